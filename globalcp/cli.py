@@ -1,0 +1,34 @@
+"""``globalcp``: the global control plane daemon."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from kds.cli_common import run_with_config
+from kds.config import GlobalConfig, click_options
+from kds.version import __version__
+
+
+@click.group(help="Global control plane: holds Meshes, Secrets and GlobalSecrets and pushes "
+                  "them to every connected zone control plane.")
+@click.version_option(__version__, prog_name="globalcp")
+def cli() -> None:
+    pass
+
+
+@cli.command(help="Run the global control plane until SIGTERM or SIGINT. Options come from "
+                  "flags, then GLOBALCP_* environment variables, then the --config file.")
+@click_options(GlobalConfig, "GLOBALCP_")
+@click.pass_context
+def run(ctx: click.Context, config_file: Path | None, **given: Any) -> None:
+    from globalcp.app import run_global
+
+    sys.exit(run_with_config(ctx, GlobalConfig, config_file, given, run_global))
+
+
+def main() -> None:
+    cli()

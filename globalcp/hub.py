@@ -1,0 +1,70 @@
+"""Fan-out on global: learns of every committed change and wakes each zone's stream.
+
+The hub holds global's head revision, the log floor, and a bounded cache of the newest
+change records (their encoded bytes, shared by every zone). It never queues per zone: each
+stream keeps its own position (kds.protocol.session) and reads the range it needs from the
+cache, or from the store's change log when the cache no longer covers it. So a slow zone
+costs the hub nothing and never delays another zone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+
+from kds.store import ChangeRecord
+
+__all__ = ["Hub"]
+
+
+class Hub:
+    def __init__(self, head: int, log_floor: int, log_size: int, cache_bytes: int = 64 << 20):
+        self.head = head
+        self.log_floor = log_floor
+        self._log_size = log_size
+        self._cache: OrderedDict[int, ChangeRecord] = OrderedDict()
+        self._cache_bytes = 0
+        self._cache_limit = cache_bytes
+        self._pending: dict[int, ChangeRecord] = {}
+        self._waiters: set[asyncio.Event] = set()
+
+    def subscribe(self) -> asyncio.Event:
+        ev = asyncio.Event()
+        self._waiters.add(ev)
+        return ev
+
+    def unsubscribe(self, ev: asyncio.Event) -> None:
+        self._waiters.discard(ev)
+
+    def publish(self, record: ChangeRecord) -> None:
+        """Called after a write committed. Records may arrive out of order; head moves only
+        over a gap-free prefix."""
+        if record.revision <= self.head:
+            return
+        self._pending[record.revision] = record
+        moved = False
+        while self.head + 1 in self._pending:
+            rec = self._pending.pop(self.head + 1)
+            self.head = rec.revision
+            self._cache[rec.revision] = rec
+            self._cache_bytes += len(rec.change)
+            moved = True
+        if not moved:
+            return
+        self.log_floor = max(self.log_floor, self.head - self._log_size)
+        while self._cache and (
+            self._cache_bytes > self._cache_limit or len(self._cache) > self._log_size
+        ):
+            _, old = self._cache.popitem(last=False)
+            self._cache_bytes -= len(old.change)
+        for ev in self._waiters:
+            ev.set()
+
+    def cached_range(self, after: int, upto: int) -> list[ChangeRecord] | None:
+        """The records (after, upto] if the cache holds all of them, else None."""
+        if upto <= after:
+            return []
+        first = next(iter(self._cache), None)
+        if first is None or first > after + 1:
+            return None
+        return [self._cache[r] for r in range(after + 1, upto + 1)]

@@ -1,0 +1,314 @@
+"""The gRPC edge on global: one handler per zone stream.
+
+It decodes zone messages, feeds them to the pure session (kds.protocol.session), asks the
+session what to send next, reads that from the hub's cache or the store, encodes it once
+(kds.wire.assemble_batch over pre-encoded changes) and writes it. Reading and writing run as
+two tasks of one stream; they share only the session object, on one event loop.
+
+One zone name, one live stream: a new stream for a zone that already has one replaces it;
+the old stream is ended with ABORTED, so two streams never report for one zone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import structlog
+
+from globalcp.hub import Hub
+from kds import wire
+from kds._pb import sync_pb2 as pb
+from kds.clock import rfc3339
+from kds.errors import ProtocolError
+from kds.model import validate_name
+from kds.protocol.batching import coalesce, pack
+from kds.protocol.session import Ack, GlobalSession, Hello, Mode, SendRange, SendSnapshot
+from kds.store import AsyncStore
+from kds.wire import PROTOCOL_VERSION
+
+__all__ = ["METHOD", "SyncServicer", "ZoneLink"]
+
+METHOD = "/kds.v1.SecretSync/Sync"
+log = structlog.get_logger("globalcp.sync")
+
+
+@dataclass
+class ZoneLink:
+    """What global knows of one zone's live stream (a later issue persists this)."""
+
+    zone: str
+    instance_id: str
+    stream_id: str
+    software_version: str
+    store_backend: str
+    connected_at: str
+    session: GlobalSession
+    conflicts: list[str] = field(default_factory=list)
+    rejected: int = 0
+    task: asyncio.Task[Any] | None = None
+
+
+class SyncServicer:
+    def __init__(
+        self,
+        store: AsyncStore,
+        hub: Hub,
+        *,
+        instance_id: str,
+        software_version: str,
+        max_unacked: int,
+        max_message_bytes: int,
+        heartbeat_interval: float,
+    ):
+        self.store = store
+        self.hub = hub
+        self.instance_id = instance_id
+        self.software_version = software_version
+        self.max_unacked = max_unacked
+        self.max_message_bytes = max_message_bytes
+        self.heartbeat_interval = heartbeat_interval
+        self.links: dict[str, ZoneLink] = {}
+        self._stopping = asyncio.Event()
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            "kds.v1.SecretSync",
+            {
+                "Sync": grpc.stream_stream_rpc_method_handler(
+                    self.sync,
+                    request_deserializer=pb.ZoneMessage.FromString,
+                    response_serializer=lambda b: b,  # batches arrive encoded
+                )
+            },
+        )
+
+    def stop(self) -> None:
+        """Ask every stream to end (before server.stop) so shutdown does not wait for them."""
+        self._stopping.set()
+        for link in list(self.links.values()):
+            if link.task:
+                link.task.cancel()
+
+    async def sync(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+        stream_id = uuid.uuid4().hex[:12]
+        try:
+            first = await asyncio.wait_for(context.read(), timeout=10)
+        except TimeoutError:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no hello within 10 s")
+            return
+        if first is grpc.aio.EOF or first.WhichOneof("msg") != "hello":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be hello")
+            return
+        h = first.hello
+        errs = validate_name(h.zone, "hello.zone")
+        if errs:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(errs[0]))
+            return
+        with structlog.contextvars.bound_contextvars(zone=h.zone, stream=stream_id):
+            await self._serve(h, stream_id, context)
+
+    async def _serve(self, h: pb.Hello, stream_id: str, context: grpc.aio.ServicerContext) -> None:
+        session = GlobalSession(self.store.sync.store_id, self.max_unacked)
+        hello = Hello(
+            zone=h.zone,
+            instance_id=h.instance_id,
+            protocol_version=h.protocol_version,
+            store_id=h.resume.global_store_id,
+            revision=h.resume.revision,
+        )
+        try:
+            mode = session.on_hello(hello, self.hub.head, self.hub.log_floor)
+        except ProtocolError as e:
+            log.warning("zone refused", reason=str(e), instance=h.instance_id)
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+            return
+        link = ZoneLink(
+            zone=h.zone,
+            instance_id=h.instance_id,
+            stream_id=stream_id,
+            software_version=h.software_version,
+            store_backend=h.store_backend,
+            connected_at=rfc3339(),
+            session=session,
+            task=asyncio.current_task(),
+        )
+        old = self.links.get(h.zone)
+        if old is not None and old.task is not None:
+            log.warning(
+                "zone connected again: the new stream replaces the old one",
+                old_stream=old.stream_id,
+                old_instance=old.instance_id,
+                instance=h.instance_id,
+            )
+            old.task.cancel()
+        self.links[h.zone] = link
+        limit = min(self.max_message_bytes, h.max_message_bytes or self.max_message_bytes)
+        log.info(
+            "zone connected",
+            instance=h.instance_id,
+            zone_version=h.software_version,
+            mode=mode.name,
+            zone_revision=h.resume.revision,
+            head=self.hub.head,
+        )
+        await context.write(
+            pb.GlobalMessage(
+                welcome=pb.Welcome(
+                    global_instance_id=self.instance_id,
+                    global_store_id=self.store.sync.store_id,
+                    head_revision=self.hub.head,
+                    mode=pb.Welcome.RESUME if mode is Mode.RESUME else pb.Welcome.SNAPSHOT,
+                    max_unacked=self.max_unacked,
+                    protocol_version=PROTOCOL_VERSION,
+                    software_version=self.software_version,
+                )
+            ).SerializeToString()
+        )
+        wake = self.hub.subscribe()
+        wake.set()
+        reader = asyncio.create_task(self._read(context, link, wake), name=f"read-{stream_id}")
+        writer = asyncio.create_task(
+            self._write(context, link, wake, limit), name=f"write-{stream_id}"
+        )
+        reason = "zone closed the stream"
+        try:
+            done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                exc = t.exception()
+                if isinstance(exc, ProtocolError):
+                    reason = f"protocol error: {exc}"
+                    log.warning("zone broke the protocol", reason=str(exc))
+                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+                elif exc is not None:
+                    reason = f"{type(exc).__name__}"
+                    log.info("stream ended", reason=repr(exc))
+        except asyncio.CancelledError:
+            reason = "replaced or shutting down"
+            raise
+        finally:
+            for t in (reader, writer):
+                t.cancel()
+            self.hub.unsubscribe(wake)
+            if self.links.get(h.zone) is link:
+                del self.links[h.zone]
+            log.info(
+                "zone disconnected",
+                reason=reason,
+                acked_revision=session.acked_revision,
+                head=self.hub.head,
+            )
+
+    async def _read(self, context: grpc.aio.ServicerContext, link: ZoneLink, wake: asyncio.Event) -> None:
+        session = link.session
+        while True:
+            msg = await context.read()
+            if msg is grpc.aio.EOF:
+                return
+            kind = msg.WhichOneof("msg")
+            if kind == "ack":
+                done = session.on_ack(Ack(msg.ack.seq, msg.ack.applied_revision))
+                for rej in msg.ack.rejected:
+                    link.rejected += 1
+                    log.warning(
+                        "zone rejected a resource",
+                        type=pb.Kind.Name(rej.key.kind),
+                        mesh=rej.key.mesh,
+                        name=rej.key.name,
+                        reason=rej.reason,
+                        revision=done.revision,
+                    )
+                wake.set()
+            elif kind == "status":
+                link.conflicts = [
+                    f"{pb.Kind.Name(k.kind)}:{k.mesh}/{k.name}" if k.mesh else f"{pb.Kind.Name(k.kind)}:{k.name}"
+                    for k in msg.status.conflicts
+                ]
+                log.info("zone reported conflicts", conflicts=link.conflicts)
+            else:
+                raise ProtocolError(f"unexpected {kind} after hello")
+
+    async def _write(
+        self, context: grpc.aio.ServicerContext, link: ZoneLink, wake: asyncio.Event, limit: int
+    ) -> None:
+        session = link.session
+        loop = asyncio.get_running_loop()
+        last_sent = loop.time()
+        while True:
+            action = session.next_action(self.hub.head, self.hub.log_floor)
+            if action is None:
+                wake.clear()
+                # Re-check after clearing: a publish between next_action and clear is not lost.
+                action = session.next_action(self.hub.head, self.hub.log_floor)
+            if action is None:
+                timeout = max(0.0, self.heartbeat_interval - (loop.time() - last_sent))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), timeout)
+                if not wake.is_set():
+                    await context.write(
+                        pb.GlobalMessage(
+                            heartbeat=pb.Heartbeat(head_revision=self.hub.head)
+                        ).SerializeToString()
+                    )
+                    last_sent = loop.time()
+                continue
+            if isinstance(action, SendSnapshot):
+                snap = await self.store.read(self.store.sync.snapshot)
+                await self._send_parts(context, session, snap.changes, 0, snap.revision, True, limit)
+                log.info("snapshot sent", revision=snap.revision, resources=len(snap.changes))
+            elif isinstance(action, SendRange):
+                records = await self._range(action)
+                if records is None:
+                    log.info("zone fell behind the change log: sending a snapshot")
+                    session.on_failed_range()
+                    continue
+                await self._send_parts(
+                    context,
+                    session,
+                    coalesce(records),
+                    action.from_revision,
+                    action.to_revision,
+                    False,
+                    limit,
+                )
+            session.on_done()
+            last_sent = loop.time()
+
+    async def _range(self, action: SendRange) -> list[Any] | None:
+        records = self.hub.cached_range(action.from_revision, action.to_revision)
+        if records is not None:
+            return records
+        records = await self.store.read(
+            self.store.sync.changes_after, action.from_revision, action.to_revision
+        )
+        if len(records) != action.to_revision - action.from_revision:
+            return None  # pruned meanwhile
+        return records
+
+    async def _send_parts(
+        self,
+        context: grpc.aio.ServicerContext,
+        session: GlobalSession,
+        records: list[Any],
+        from_revision: int,
+        revision: int,
+        snapshot: bool,
+        limit: int,
+    ) -> None:
+        for part in pack(records, limit):
+            seq = session.next_seq()
+            data = wire.assemble_batch(
+                seq=seq,
+                from_revision=from_revision,
+                revision=revision,
+                snapshot=snapshot,
+                final=part.final,
+                head_revision=self.hub.head,
+                framed_changes=[r.framed for r in part.records],
+            )
+            session.on_sent(seq, revision, part.final)
+            await context.write(data)

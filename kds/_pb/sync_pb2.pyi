@@ -1,0 +1,188 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    KIND_UNSPECIFIED: _ClassVar[Kind]
+    MESH: _ClassVar[Kind]
+    SECRET: _ClassVar[Kind]
+    GLOBAL_SECRET: _ClassVar[Kind]
+KIND_UNSPECIFIED: Kind
+MESH: Kind
+SECRET: Kind
+GLOBAL_SECRET: Kind
+
+class Resource(_message.Message):
+    __slots__ = ("kind", "mesh", "name", "data", "labels", "creation_time", "modification_time", "version", "spec")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MESH_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    CREATION_TIME_FIELD_NUMBER: _ClassVar[int]
+    MODIFICATION_TIME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    kind: Kind
+    mesh: str
+    name: str
+    data: bytes
+    labels: _containers.ScalarMap[str, str]
+    creation_time: str
+    modification_time: str
+    version: int
+    spec: bytes
+    def __init__(self, kind: _Optional[_Union[Kind, str]] = ..., mesh: _Optional[str] = ..., name: _Optional[str] = ..., data: _Optional[bytes] = ..., labels: _Optional[_Mapping[str, str]] = ..., creation_time: _Optional[str] = ..., modification_time: _Optional[str] = ..., version: _Optional[int] = ..., spec: _Optional[bytes] = ...) -> None: ...
+
+class ResourceKey(_message.Message):
+    __slots__ = ("kind", "mesh", "name")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MESH_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    kind: Kind
+    mesh: str
+    name: str
+    def __init__(self, kind: _Optional[_Union[Kind, str]] = ..., mesh: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class Change(_message.Message):
+    __slots__ = ("revision", "put", "delete")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    PUT_FIELD_NUMBER: _ClassVar[int]
+    DELETE_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    put: Resource
+    delete: ResourceKey
+    def __init__(self, revision: _Optional[int] = ..., put: _Optional[_Union[Resource, _Mapping]] = ..., delete: _Optional[_Union[ResourceKey, _Mapping]] = ...) -> None: ...
+
+class ResumePoint(_message.Message):
+    __slots__ = ("global_store_id", "revision")
+    GLOBAL_STORE_ID_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    global_store_id: str
+    revision: int
+    def __init__(self, global_store_id: _Optional[str] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class Hello(_message.Message):
+    __slots__ = ("zone", "instance_id", "software_version", "protocol_version", "resume", "store_backend", "max_message_bytes")
+    ZONE_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    SOFTWARE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FIELD_NUMBER: _ClassVar[int]
+    STORE_BACKEND_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    zone: str
+    instance_id: str
+    software_version: str
+    protocol_version: int
+    resume: ResumePoint
+    store_backend: str
+    max_message_bytes: int
+    def __init__(self, zone: _Optional[str] = ..., instance_id: _Optional[str] = ..., software_version: _Optional[str] = ..., protocol_version: _Optional[int] = ..., resume: _Optional[_Union[ResumePoint, _Mapping]] = ..., store_backend: _Optional[str] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+
+class Ack(_message.Message):
+    __slots__ = ("seq", "applied_revision", "rejected")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_REVISION_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    applied_revision: int
+    rejected: _containers.RepeatedCompositeFieldContainer[Rejection]
+    def __init__(self, seq: _Optional[int] = ..., applied_revision: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ...) -> None: ...
+
+class Rejection(_message.Message):
+    __slots__ = ("key", "reason")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    key: ResourceKey
+    reason: str
+    def __init__(self, key: _Optional[_Union[ResourceKey, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ZoneStatus(_message.Message):
+    __slots__ = ("conflicts",)
+    CONFLICTS_FIELD_NUMBER: _ClassVar[int]
+    conflicts: _containers.RepeatedCompositeFieldContainer[ResourceKey]
+    def __init__(self, conflicts: _Optional[_Iterable[_Union[ResourceKey, _Mapping]]] = ...) -> None: ...
+
+class ZoneMessage(_message.Message):
+    __slots__ = ("hello", "ack", "status")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    hello: Hello
+    ack: Ack
+    status: ZoneStatus
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., status: _Optional[_Union[ZoneStatus, _Mapping]] = ...) -> None: ...
+
+class Welcome(_message.Message):
+    __slots__ = ("global_instance_id", "global_store_id", "head_revision", "mode", "max_unacked", "protocol_version", "software_version")
+    class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        MODE_UNSPECIFIED: _ClassVar[Welcome.Mode]
+        RESUME: _ClassVar[Welcome.Mode]
+        SNAPSHOT: _ClassVar[Welcome.Mode]
+    MODE_UNSPECIFIED: Welcome.Mode
+    RESUME: Welcome.Mode
+    SNAPSHOT: Welcome.Mode
+    GLOBAL_INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    GLOBAL_STORE_ID_FIELD_NUMBER: _ClassVar[int]
+    HEAD_REVISION_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    MAX_UNACKED_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SOFTWARE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    global_instance_id: str
+    global_store_id: str
+    head_revision: int
+    mode: Welcome.Mode
+    max_unacked: int
+    protocol_version: int
+    software_version: str
+    def __init__(self, global_instance_id: _Optional[str] = ..., global_store_id: _Optional[str] = ..., head_revision: _Optional[int] = ..., mode: _Optional[_Union[Welcome.Mode, str]] = ..., max_unacked: _Optional[int] = ..., protocol_version: _Optional[int] = ..., software_version: _Optional[str] = ...) -> None: ...
+
+class Batch(_message.Message):
+    __slots__ = ("seq", "from_revision", "revision", "snapshot", "final", "head_revision", "changes")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    FROM_REVISION_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
+    HEAD_REVISION_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    from_revision: int
+    revision: int
+    snapshot: bool
+    final: bool
+    head_revision: int
+    changes: _containers.RepeatedCompositeFieldContainer[Change]
+    def __init__(self, seq: _Optional[int] = ..., from_revision: _Optional[int] = ..., revision: _Optional[int] = ..., snapshot: _Optional[bool] = ..., final: _Optional[bool] = ..., head_revision: _Optional[int] = ..., changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ...) -> None: ...
+
+class Heartbeat(_message.Message):
+    __slots__ = ("head_revision",)
+    HEAD_REVISION_FIELD_NUMBER: _ClassVar[int]
+    head_revision: int
+    def __init__(self, head_revision: _Optional[int] = ...) -> None: ...
+
+class GlobalMessage(_message.Message):
+    __slots__ = ("welcome", "batch", "heartbeat")
+    WELCOME_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    welcome: Welcome
+    batch: Batch
+    heartbeat: Heartbeat
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., batch: _Optional[_Union[Batch, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,485 @@
+"""The HTTP JSON API both control planes serve (Kuma's paths and shapes), on aiohttp.
+
+Routes::
+
+    GET                /                                 {"role", "zone", "version"}
+    GET                /meshes                           list
+    GET|PUT|DELETE     /meshes/{name}
+    GET                /meshes/{mesh}/secrets            list (404 when the mesh does not exist)
+    GET|PUT|DELETE     /meshes/{mesh}/secrets/{name}
+    GET                /global-secrets                   list
+    GET|PUT|DELETE     /global-secrets/{name}
+    GET                /openapi.yaml, /openapi.json      the API description (kds/openapi.yaml)
+
+A resource body is the Universal form (kds.model.to_json); responses add the system labels
+``kuma.io/origin`` (and ``kuma.io/zone`` for zone-local rows), which are never stored and
+never accepted in a PUT. Errors are ``{"title", "status", "detail", "causes": [{field,
+message}]}``.
+
+Secret data never reaches a log line or an error message: errors name types, meshes, names
+and fields only, and unexpected exceptions are logged by type and stack, without their
+message or local variables (which could hold a request body).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sqlite3
+import traceback
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata, resources
+from typing import Any, Literal
+
+import structlog
+import yaml
+from aiohttp import web
+
+from kds import wire
+from kds.errors import Conflict, FieldError, InvalidResource, KdsError, NotFound
+from kds.model import (
+    LABEL_ORIGIN,
+    LABEL_ZONE,
+    Key,
+    Kind,
+    Limits,
+    Resource,
+    from_json_body,
+    to_json,
+)
+from kds.store import ORIGIN_GLOBAL, ORIGIN_ZONE, AsyncStore, Row, SqliteStore, WriteResult
+from kds.store.base import Origin
+
+__all__ = [
+    "ApiContext",
+    "build_app",
+    "client_max_size",
+    "encoded_message_size",
+    "rfc3339_now",
+]
+
+log = structlog.get_logger("kds.api")
+
+# Header on a PUT answer telling what the write did: created, updated or unchanged.
+RESULT_HEADER = "X-Kds-Result"
+
+# Largest revision/version a Change can carry (uint64 on the wire; 2**63-1 in SQLite).
+_MAX_REVISION = 2**63 - 1
+_BODY_SLACK = 64 * 1024
+
+
+def rfc3339_now() -> str:
+    """The current UTC time as RFC 3339 with milliseconds, e.g. 2026-11-29T01:02:03.456Z."""
+    t = datetime.now(UTC)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+
+
+def _version() -> str:
+    try:
+        return str(importlib.import_module("kds.version").__version__)
+    except (ImportError, AttributeError):
+        pass
+    try:
+        return metadata.version("kds-sync")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass
+class ApiContext:
+    store: AsyncStore
+    role: Literal["global", "zone"]
+    zone: str = ""  # the zone's name when role == "zone"
+    limits: Limits = Limits()
+    # A resource whose largest encoded Change plus kds.wire.BATCH_OVERHEAD exceeds this is
+    # refused with 400 naming "data": it could never be sent to a zone in one message.
+    max_message_bytes: int = 4 * 1024 * 1024
+    now: Callable[[], str] = field(default=rfc3339_now)
+    # Called after every write or delete that changed something (global: push to zones).
+    on_write: Callable[[WriteResult], None] | None = None
+
+
+CTX: web.AppKey[ApiContext] = web.AppKey("kds_api_ctx", ApiContext)
+_OPENAPI: web.AppKey[str] = web.AppKey("kds_openapi_yaml", str)
+
+
+def client_max_size(limits: Limits) -> int:
+    """The largest request body accepted: base64 of the largest data plus room for the rest."""
+    return 4 * ((limits.max_data_bytes + 2) // 3) + _BODY_SLACK
+
+
+def encoded_message_size(resource: Resource, now: str) -> int:
+    """An upper bound of the message that carries ``resource`` alone to a zone.
+
+    Counts the Change as global will encode it (timestamps set, the largest possible
+    revision and version), plus kds.wire.BATCH_OVERHEAD for the batch header and framing.
+    """
+    probe = resource.with_meta(creation_time=now, modification_time=now, version=_MAX_REVISION)
+    return len(wire.change_put(_MAX_REVISION, probe)) + wire.BATCH_OVERHEAD
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class _HttpError(Exception):
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str,
+        causes: Sequence[FieldError] = (),
+        headers: Mapping[str, str] | None = None,
+    ):
+        super().__init__(detail)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.causes = list(causes)
+        self.headers = dict(headers or {})
+
+
+def _error_response(e: _HttpError) -> web.Response:
+    body = {
+        "title": e.title,
+        "status": e.status,
+        "detail": e.detail,
+        "causes": [{"field": c.field, "message": c.message} for c in e.causes],
+    }
+    return web.json_response(body, status=e.status, headers=e.headers)
+
+
+def _log_unexpected(request: web.Request, exc: BaseException) -> None:
+    # No exc_info: a renderer that shows locals could print a request body. The message is
+    # kept only for exception types whose messages are ours or the system's, never data.
+    safe_message = isinstance(exc, (KdsError, OSError, sqlite3.Error))
+    log.error(
+        "unhandled error in API handler",
+        method=request.method,
+        path=request.path,
+        error_type=type(exc).__name__,
+        error=str(exc) if safe_message else None,
+        stack="".join(traceback.format_tb(exc.__traceback__)),
+    )
+
+
+@web.middleware
+async def _error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except _HttpError as e:
+        return _error_response(e)
+    except InvalidResource as e:
+        return _error_response(_HttpError(400, "Invalid resource", "invalid resource", e.errors))
+    except Conflict as e:  # and ReadOnlySynced: a synced copy is read-only on a zone
+        return _error_response(_HttpError(409, "Conflict", str(e)))
+    except NotFound as e:
+        return _error_response(_HttpError(404, "Not found", str(e)))
+    except web.HTTPRequestEntityTooLarge:
+        return _error_response(_too_large(request.app[CTX]))
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        headers = {"Allow": e.headers["Allow"]} if "Allow" in e.headers else {}
+        detail = {
+            404: f"no such path: {request.path}",
+            405: f"method {request.method} is not allowed on {request.path}",
+        }.get(e.status, e.reason)
+        return _error_response(_HttpError(e.status, e.reason, detail, headers=headers))
+    except Exception as e:
+        _log_unexpected(request, e)
+        return _error_response(
+            _HttpError(
+                500,
+                "Internal server error",
+                "the control plane failed to handle the request; see its log",
+            )
+        )
+
+
+def _too_large(ctx: ApiContext) -> _HttpError:
+    return _HttpError(
+        413,
+        "Request body too large",
+        f"the request body exceeds {client_max_size(ctx.limits)} bytes; secret data may be at "
+        f"most {ctx.limits.max_data_bytes} bytes once decoded",
+        [FieldError("data", f"must decode to at most {ctx.limits.max_data_bytes} bytes")],
+    )
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _system_labels(ctx: ApiContext, row: Row) -> dict[str, str]:
+    if row.origin == ORIGIN_ZONE:
+        labels = {LABEL_ORIGIN: "zone"}
+        if ctx.zone:
+            labels[LABEL_ZONE] = ctx.zone
+        return labels
+    return {LABEL_ORIGIN: "global"}
+
+
+def _render(ctx: ApiContext, row: Row) -> dict[str, Any]:
+    return to_json(row.resource, _system_labels(ctx, row))
+
+
+def _key(kind: Kind, request: web.Request) -> Key:
+    mi = request.match_info
+    return Key(kind, mi["mesh"] if kind is Kind.SECRET else "", mi["name"])
+
+
+def _int_param(request: web.Request, name: str, default: int | None) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0 or (name == "size" and value == 0):
+        raise _HttpError(
+            400,
+            "Bad request",
+            f"invalid query parameter {name!r}",
+            [FieldError(name, "must be a positive integer" if name == "size" else ">= 0")],
+        )
+    return value
+
+
+async def _require_mesh(ctx: ApiContext, mesh: str) -> None:
+    if await ctx.store.read(ctx.store.sync.get, Key(Kind.MESH, "", mesh)) is None:
+        raise NotFound(f"mesh {mesh!r} does not exist")
+
+
+# --------------------------------------------------------------------------- store calls
+# Run on the store's single writer thread, so reading the previous row and writing are one
+# step as far as other writes are concerned.
+
+
+def _put_tx(store: SqliteStore, res: Resource, now: str) -> tuple[WriteResult, bool]:
+    prev = store.get(res.key)
+    result = store.put(res, now)
+    created = result.changed and (prev is None or prev.origin != _own_origin(store))
+    return result, created
+
+
+def _delete_tx(store: SqliteStore, key: Key) -> tuple[WriteResult, Row | None]:
+    prev = store.get(key)
+    return store.delete(key), prev
+
+
+def _own_origin(store: SqliteStore) -> Origin:
+    return ORIGIN_ZONE if store.role == "zone" else ORIGIN_GLOBAL
+
+
+def _notify(ctx: ApiContext, result: WriteResult) -> None:
+    if ctx.on_write is None or not result.changed:
+        return
+    try:
+        ctx.on_write(result)
+    except Exception as e:  # the write is committed; a failed hook must not undo the answer
+        log.error(
+            "on_write hook failed",
+            error_type=type(e).__name__,
+            stack="".join(traceback.format_tb(e.__traceback__)),
+        )
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+async def _index(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    return web.json_response({"role": ctx.role, "zone": ctx.zone, "version": _version()})
+
+
+async def _openapi_yaml(request: web.Request) -> web.Response:
+    return web.Response(text=request.app[_OPENAPI], content_type="application/yaml")
+
+
+async def _openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(yaml.safe_load(request.app[_OPENAPI]))
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _list_handler(kind: Kind) -> Handler:
+    async def handler(request: web.Request) -> web.Response:
+        ctx = request.app[CTX]
+        offset = _int_param(request, "offset", 0) or 0
+        size = _int_param(request, "size", None)
+        mesh: str | None = None
+        if kind is Kind.SECRET:
+            mesh = request.match_info["mesh"]
+            await _require_mesh(ctx, mesh)
+        rows = await ctx.store.read(ctx.store.sync.list, kind, mesh)
+        page = rows[offset:] if size is None else rows[offset : offset + size]
+        next_url = None
+        if size is not None and offset + size < len(rows):
+            next_url = str(
+                request.url.update_query({"offset": str(offset + size), "size": str(size)})
+            )
+        return web.json_response(
+            {"total": len(rows), "items": [_render(ctx, r) for r in page], "next": next_url}
+        )
+
+    return handler
+
+
+def _get_handler(kind: Kind) -> Handler:
+    async def handler(request: web.Request) -> web.Response:
+        ctx = request.app[CTX]
+        key = _key(kind, request)
+        if kind is Kind.SECRET:
+            await _require_mesh(ctx, key.mesh)
+        row = await ctx.store.read(ctx.store.sync.get, key)
+        if row is None:
+            raise NotFound(f"{key} not found")
+        return web.json_response(_render(ctx, row))
+
+    return handler
+
+
+async def _read_json(request: web.Request) -> object:
+    ctx = request.app[CTX]
+    if request.content_length is not None and request.content_length > client_max_size(
+        ctx.limits
+    ):
+        raise _too_large(ctx)
+    raw = await request.read()
+    if not raw.strip():
+        raise _HttpError(400, "Bad request", "the request body is empty: expected a JSON object")
+    try:
+        return json.loads(raw)
+    except UnicodeDecodeError:
+        raise _HttpError(400, "Bad request", "the request body must be UTF-8 JSON") from None
+    except json.JSONDecodeError as e:
+        # e.msg and the position only: e.doc is the body.
+        raise _HttpError(
+            400,
+            "Bad request",
+            f"the request body is not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})",
+        ) from None
+
+
+def _put_handler(kind: Kind) -> Handler:
+    async def handler(request: web.Request) -> web.Response:
+        ctx = request.app[CTX]
+        key = _key(kind, request)
+        body = await _read_json(request)
+        try:
+            res = from_json_body(body, kind, key.name, key.mesh, ctx.limits)
+        except InvalidResource as e:
+            raise _HttpError(400, "Invalid resource", f"{key} is invalid", e.errors) from None
+        now = ctx.now()
+        size = encoded_message_size(res, now)
+        if size > ctx.max_message_bytes:
+            raise _HttpError(
+                400,
+                "Invalid resource",
+                f"{key} is invalid",
+                [
+                    FieldError(
+                        "data",
+                        f"the resource would encode to about {size} bytes, over the sync "
+                        f"message limit of {ctx.max_message_bytes} bytes",
+                    )
+                ],
+            )
+        try:
+            result, created = await ctx.store.write(_put_tx, ctx.store.sync, res, now)
+        except NotFound as e:
+            if kind is not Kind.SECRET:
+                raise
+            raise _HttpError(
+                400,
+                "Invalid resource",
+                f"{key} is invalid",
+                [FieldError("mesh", f"mesh {key.mesh!r} does not exist")],
+            ) from e
+        stored = result.resource
+        assert stored is not None
+        origin = _own_origin(ctx.store.sync)
+        if result.changed:
+            log.info(
+                "resource written",
+                type=str(kind),
+                mesh=key.mesh,
+                name=key.name,
+                origin=origin,
+                version=stored.version,
+                created=created,
+            )
+            _notify(ctx, result)
+        else:
+            log.debug("resource unchanged", type=str(kind), mesh=key.mesh, name=key.name)
+        outcome = "created" if created else "updated" if result.changed else "unchanged"
+        return web.json_response(
+            _render(ctx, Row(stored, origin)),
+            status=201 if created else 200,
+            headers={RESULT_HEADER: outcome},
+        )
+
+    return handler
+
+
+def _delete_handler(kind: Kind) -> Handler:
+    async def handler(request: web.Request) -> web.Response:
+        ctx = request.app[CTX]
+        key = _key(kind, request)
+        if kind is Kind.SECRET:
+            await _require_mesh(ctx, key.mesh)
+        result, prev = await ctx.store.write(_delete_tx, ctx.store.sync, key)
+        version = result.record.revision if result.record else (prev.resource.version if prev else 0)
+        log.info(
+            "resource deleted",
+            type=str(kind),
+            mesh=key.mesh,
+            name=key.name,
+            origin=_own_origin(ctx.store.sync),
+            version=version,
+        )
+        _notify(ctx, result)
+        return web.json_response({})
+
+    return handler
+
+
+def _load_openapi() -> str:
+    return resources.files("kds").joinpath("openapi.yaml").read_text(encoding="utf-8")
+
+
+def build_app(
+    ctx: ApiContext, extra_routes: list[web.RouteDef] | None = None
+) -> web.Application:
+    """The API application; ``extra_routes`` lets a daemon add its own (e.g. /status)."""
+    app = web.Application(
+        middlewares=[_error_middleware], client_max_size=client_max_size(ctx.limits)
+    )
+    app[CTX] = ctx
+    app[_OPENAPI] = _load_openapi()
+    routes: list[web.RouteDef] = [
+        web.get("/", _index),
+        web.get("/openapi.yaml", _openapi_yaml),
+        web.get("/openapi.json", _openapi_json),
+    ]
+    paths = {
+        Kind.MESH: ("/meshes", "/meshes/{name}"),
+        Kind.SECRET: ("/meshes/{mesh}/secrets", "/meshes/{mesh}/secrets/{name}"),
+        Kind.GLOBAL_SECRET: ("/global-secrets", "/global-secrets/{name}"),
+    }
+    for kind, (collection, item) in paths.items():
+        routes += [
+            web.get(collection, _list_handler(kind)),
+            web.get(item, _get_handler(kind)),
+            web.put(item, _put_handler(kind)),
+            web.delete(item, _delete_handler(kind)),
+        ]
+    app.add_routes(routes)
+    if extra_routes:
+        app.add_routes(extra_routes)
+    return app

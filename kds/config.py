@@ -1,0 +1,264 @@
+"""Daemon configuration: frozen objects built once at start-up, then passed down.
+
+Sources, strongest first: command-line flags, environment variables, the YAML file given with
+``--config``, built-in defaults. One table of options per daemon (the dataclass fields and
+their metadata) drives the click options, the environment variable names, the file keys and
+the ``--help`` text, so the four can never disagree. Nothing else reads ``os.environ``.
+
+File keys are the flag names without the leading dashes (``data-dir: /var/lib/kds``);
+an unknown key or a bad value is an error naming the key and the source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import yaml
+
+from kds.errors import ConfigError
+
+__all__ = [
+    "GlobalConfig",
+    "ZoneConfig",
+    "click_options",
+    "load_config",
+    "parse_address",
+    "parse_duration",
+    "parse_size",
+]
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB)?\s*$")
+_SIZE_UNITS = {
+    None: 1,
+    "B": 1,
+    "KiB": 1024,
+    "MiB": 1024**2,
+    "GiB": 1024**3,
+    "KB": 1000,
+    "MB": 1000**2,
+    "GB": 1000**3,
+}
+
+
+def parse_duration(value: object) -> float:
+    """'5s', '250ms', '2m', '1h' or a number of seconds -> seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return float(value)
+    m = _DURATION_RE.match(str(value))
+    if not m:
+        raise ValueError(f"{value!r} is not a duration like 5s, 250ms, 2m or 1h")
+    n = float(m.group(1))
+    return n * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+
+
+def parse_size(value: object) -> int:
+    """'1MiB', '512KiB', '4MB' or a number of bytes -> bytes."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value <= 0:
+            raise ValueError("must be positive")
+        return value
+    m = _SIZE_RE.match(str(value))
+    if not m:
+        raise ValueError(f"{value!r} is not a size like 1048576, 512KiB or 4MiB")
+    n = int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+    if n <= 0:
+        raise ValueError("must be positive")
+    return n
+
+
+def parse_address(value: object) -> tuple[str, int]:
+    """'HOST:PORT' (IPv6 as [::1]:PORT) -> (host, port)."""
+    text = str(value)
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def parse_global_address(value: object) -> str:
+    text = str(value)
+    if not text.startswith("grpc://"):
+        raise ValueError(f"{text!r} must look like grpc://HOST:PORT")
+    parse_address(text.removeprefix("grpc://"))
+    return text
+
+
+def _positive_int(value: object) -> int:
+    n = int(str(value))
+    if n <= 0:
+        raise ValueError("must be a positive integer")
+    return n
+
+
+def _level(value: object) -> str:
+    text = str(value).lower()
+    if text not in {"debug", "info", "warning", "error"}:
+        raise ValueError("must be one of debug, info, warning, error")
+    return text
+
+
+def _fmt(value: object) -> str:
+    text = str(value).lower()
+    if text not in {"json", "console"}:
+        raise ValueError("must be json or console")
+    return text
+
+
+def _zone_name(value: object) -> str:
+    from kds.model import validate_name
+
+    errs = validate_name(value, "zone")
+    if errs:
+        raise ValueError(errs[0].message)
+    return str(value)
+
+
+def opt(default: Any, parse: Callable[[object], Any], help: str, metavar: str = "") -> Any:
+    return field(default=default, metadata={"parse": parse, "help": help, "metavar": metavar})
+
+
+def _common() -> dict[str, Any]:
+    return {}
+
+
+@dataclass(frozen=True)
+class _Common:
+    log_level: str = opt("info", _level, "Log level: debug, info, warning or error.", "LEVEL")
+    log_format: str = opt("console", _fmt, "Log format: console (human) or json (one object a line).", "FMT")
+    max_data_bytes: int = opt(
+        1024 * 1024, parse_size, "Largest decoded secret value accepted (e.g. 1MiB).", "SIZE"
+    )
+    max_message_bytes: int = opt(
+        4 * 1024 * 1024,
+        parse_size,
+        "Largest sync message sent or received; batches are split to fit it.",
+        "SIZE",
+    )
+    keepalive_interval: float = opt(
+        3.0, parse_duration, "Ping the peer after this much silence on the sync stream.", "DURATION"
+    )
+    keepalive_timeout: float = opt(
+        2.0, parse_duration, "Declare the peer dead when a ping is unanswered this long.", "DURATION"
+    )
+
+
+@dataclass(frozen=True)
+class GlobalConfig(_Common):
+    data_dir: Path = opt(Path("globalcp-data"), Path, "Directory for the store (created 0700).", "DIR")
+    api_address: tuple[str, int] = opt(
+        ("127.0.0.1", 5681), parse_address, "HTTP API listen address.", "HOST:PORT"
+    )
+    kds_address: tuple[str, int] = opt(
+        ("127.0.0.1", 5685),
+        parse_address,
+        "Sync (gRPC) listen address zones dial; use 0.0.0.0:5685 to serve other hosts.",
+        "HOST:PORT",
+    )
+    log_size: int = opt(
+        10_000,
+        _positive_int,
+        "Changes kept in the change log; a zone further behind gets a full snapshot.",
+        "N",
+    )
+    max_unacked: int = opt(
+        8, _positive_int, "Batches in flight per zone before global waits for its acks.", "N"
+    )
+    heartbeat_interval: float = opt(
+        2.0, parse_duration, "Send global's revision to idle zones this often.", "DURATION"
+    )
+
+
+@dataclass(frozen=True)
+class ZoneConfig(_Common):
+    zone: str = opt("", _zone_name, "This zone's name (RFC 1123 subdomain). Required.", "NAME")
+    global_address: str = opt(
+        "grpc://127.0.0.1:5685", parse_global_address, "Global's sync address.", "grpc://HOST:PORT"
+    )
+    data_dir: Path = opt(Path("zonecp-data"), Path, "Directory for the store (created 0700).", "DIR")
+    api_address: tuple[str, int] = opt(
+        ("127.0.0.1", 5682), parse_address, "HTTP API listen address.", "HOST:PORT"
+    )
+    reconnect_max_delay: float = opt(
+        15.0, parse_duration, "Longest wait between reconnect attempts (with jitter).", "DURATION"
+    )
+
+
+C = TypeVar("C", GlobalConfig, ZoneConfig)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def click_options(cls: type[C], env_prefix: str) -> Callable[[Callable[..., Any]], Any]:
+    """Decorate a click command with one option per config field (all default to None)."""
+
+    def deco(fn: Callable[..., Any]) -> Any:
+        for f in reversed(dataclasses.fields(cls)):
+            env = env_prefix + f.name.upper()
+            default = f.default
+            shown = f"{default[0]}:{default[1]}" if isinstance(default, tuple) else default
+            fn = click.option(
+                _flag(f.name),
+                f.name,
+                default=None,
+                envvar=env,
+                metavar=f.metadata["metavar"] or None,
+                help=f"{f.metadata['help']} [env {env}; default {shown}]",
+            )(fn)
+        return click.option(
+            "--config",
+            "config_file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            envvar=env_prefix + "CONFIG",
+            help=f"YAML file of options (keys as the flags, without dashes). [env {env_prefix}CONFIG]",
+        )(fn)
+
+    return deco
+
+
+def load_config(
+    cls: type[C], config_file: Path | None, given: Mapping[str, Any], sources: Mapping[str, str]
+) -> C:
+    """Merge defaults < file < environment/flags. ``given`` holds values click collected."""
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if config_file is not None:
+        try:
+            doc = yaml.safe_load(config_file.read_text()) or {}
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {config_file}: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {config_file} is not valid YAML: {e}") from None
+        if not isinstance(doc, dict):
+            raise ConfigError(f"config file {config_file} must be a map of option: value")
+        for key, value in doc.items():
+            name = str(key).replace("-", "_")
+            if name not in fields:
+                known = ", ".join(sorted(n.replace("_", "-") for n in fields))
+                raise ConfigError(
+                    f"config file {config_file}: unknown option {key!r} (known: {known})"
+                )
+            values[name] = value
+            origin[name] = f"config file {config_file}"
+    for name, value in given.items():
+        if value is not None and name in fields:
+            values[name] = value
+            origin[name] = sources.get(name, "flag")
+    parsed: dict[str, Any] = {}
+    for name, value in values.items():
+        try:
+            parsed[name] = fields[name].metadata["parse"](value)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"{_flag(name)} (from {origin[name]}): {e}") from None
+    return cls(**parsed)

@@ -1,0 +1,39 @@
+"""gRPC channel and server options, one place for both ends so they stay consistent.
+
+Measured here (see the README's design notes): with keepalive on, the HTTP/2 ping timeout
+defaults to one minute; setting ``grpc.http2.ping_timeout_ms`` brings dead-peer detection down
+to keepalive interval + timeout. tests/integration/test_dead_peer.py proves the figure, so a
+grpcio upgrade that changes it is caught.
+"""
+
+from __future__ import annotations
+
+__all__ = ["client_options", "server_options"]
+
+
+def _common(max_message_bytes: int, interval: float, timeout: float) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", int(interval * 1000)),
+        ("grpc.keepalive_timeout_ms", int(timeout * 1000)),
+        ("grpc.http2.ping_timeout_ms", int(timeout * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+def server_options(max_message_bytes: int, interval: float, timeout: float) -> list[tuple[str, int]]:
+    return [
+        *_common(max_message_bytes, interval, timeout),
+        # Zones ping as often as global does; never cut them off for it.
+        ("grpc.http2.min_ping_interval_without_data_ms", max(100, int(interval * 1000) // 2)),
+        ("grpc.http2.max_ping_strikes", 0),
+    ]
+
+
+def client_options(max_message_bytes: int, interval: float, timeout: float) -> list[tuple[str, int]]:
+    return [
+        *_common(max_message_bytes, interval, timeout),
+        ("grpc.min_reconnect_backoff_ms", 100),
+    ]

@@ -1,0 +1,140 @@
+"""Zone side of the protocol: turn one received batch into a plan the store applies at once.
+
+Pure: fed a decoded batch and a view of the zone's current rows, returns a Plan (synced
+copies to put and delete, rejections, conflicts that began or ended, the revision to record).
+The store runs the plan in the same transaction that read the view, so nothing can slip in
+between; see kds.store.sqlite.SqliteStore.apply_batch.
+
+Rules:
+- A zone-local row is never written or deleted here; a synced put for a key the zone holds
+  locally is kept aside (a name conflict: reported once, when it begins).
+- A Secret needs its Mesh on the zone (synced or zone-local) or it is rejected.
+- A synced Mesh is not deleted while Secrets still live in it on the zone; rejected instead.
+- A rejection is reported in the ack and the revision still advances: never retried in a loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from kds.errors import InvalidResource
+from kds.model import Key, Kind, Limits, Resource, validate
+
+__all__ = ["DecodedBatch", "Incoming", "Plan", "ZoneView", "plan_batch"]
+
+
+@dataclass(frozen=True)
+class Incoming:
+    revision: int
+    key: Key | None  # None: the change could not be decoded (e.g. a kind from a newer global)
+    resource: Resource | None = None  # set for a put
+    error: str = ""
+
+    @property
+    def deleted(self) -> bool:
+        return self.resource is None
+
+
+@dataclass(frozen=True)
+class DecodedBatch:
+    seq: int
+    from_revision: int
+    revision: int
+    snapshot: bool
+    final: bool
+    head_revision: int
+    changes: tuple[Incoming, ...]
+
+
+@dataclass(frozen=True)
+class ZoneView:
+    local: frozenset[Key] = frozenset()  # batch keys that have a zone-local row
+    synced: frozenset[Key] = frozenset()  # batch keys that have a synced row
+    local_meshes: frozenset[str] = frozenset()
+    synced_meshes: frozenset[str] = frozenset()
+    # for meshes the batch deletes: (zone-local secrets, synced secrets) living in them
+    secrets_per_mesh: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    stale: tuple[Key, ...] = ()  # final snapshot part: synced keys the snapshot did not carry
+
+
+@dataclass
+class Plan:
+    puts: list[Resource] = field(default_factory=list)
+    deletes: list[Key] = field(default_factory=list)
+    rejected: list[tuple[Key, str]] = field(default_factory=list)
+    new_conflicts: list[Key] = field(default_factory=list)
+    resolved_conflicts: list[Key] = field(default_factory=list)
+    record_revision: int | None = None
+    stale_removed: int = 0
+
+
+# Zones accept what global accepted; the size limit is global's business.
+_ZONE_LIMITS = Limits(max_data_bytes=1 << 62)
+
+
+def plan_batch(batch: DecodedBatch, view: ZoneView) -> Plan:
+    plan = Plan()
+    synced = set(view.synced)
+    local = view.local
+    synced_meshes = set(view.synced_meshes)
+    secrets = {m: list(c) for m, c in view.secrets_per_mesh.items()}
+
+    def mesh_present(mesh: str) -> bool:
+        return mesh in synced_meshes or mesh in view.local_meshes
+
+    def delete(key: Key) -> None:
+        if key not in synced:
+            return  # already gone: deletes are idempotent
+        if key.kind is Kind.MESH:
+            local_n, synced_n = secrets.get(key.name, [0, 0])
+            if key.name not in view.local_meshes and (local_n or synced_n):
+                plan.rejected.append(
+                    (key, f"mesh still holds {local_n} zone-local and {synced_n} synced secrets")
+                )
+                return
+            synced_meshes.discard(key.name)
+        elif key.kind is Kind.SECRET and key.mesh in secrets:
+            secrets[key.mesh][1] -= 1
+        synced.discard(key)
+        plan.deletes.append(key)
+        if key in local:
+            plan.resolved_conflicts.append(key)
+
+    for ch in batch.changes:
+        if ch.key is None:
+            plan.rejected.append((Key(Kind.SECRET, "", ""), ch.error or "undecodable change"))
+            continue
+        if ch.error:
+            plan.rejected.append((ch.key, ch.error))
+            continue
+        if ch.resource is None:
+            delete(ch.key)
+            continue
+        res = ch.resource
+        try:
+            validate(res, _ZONE_LIMITS)
+        except InvalidResource as e:
+            plan.rejected.append((ch.key, f"invalid resource: {e}"))
+            continue
+        if res.kind is Kind.SECRET and not mesh_present(res.mesh):
+            plan.rejected.append((ch.key, f"mesh {res.mesh!r} does not exist on this zone"))
+            continue
+        if ch.key in local and ch.key not in synced:
+            plan.new_conflicts.append(ch.key)
+        if res.kind is Kind.MESH:
+            synced_meshes.add(res.name)
+        elif res.kind is Kind.SECRET and res.mesh in secrets and ch.key not in synced:
+            secrets[res.mesh][1] += 1
+        synced.add(ch.key)
+        plan.puts.append(res)
+
+    if batch.snapshot and batch.final:
+        # Secrets before meshes, so a stale mesh's stale secrets go first.
+        for key in sorted(view.stale, key=lambda k: k.kind is Kind.MESH):
+            before = len(plan.deletes)
+            delete(key)
+            plan.stale_removed += len(plan.deletes) - before
+    if batch.final:
+        plan.record_revision = batch.revision
+    return plan

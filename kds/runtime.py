@@ -1,0 +1,89 @@
+"""A daemon's life: signals, guarded root tasks, graceful stop.
+
+SIGINT and SIGTERM only set the stop event; the daemon's main coroutine then closes its
+servers with a short grace. A root task that dies is logged with its name and stops the
+daemon (exit code 1) instead of leaving a half-working process behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from kds.errors import ConfigError
+
+__all__ = ["Guard", "ensure_private_dir", "run_daemon"]
+
+log = structlog.get_logger("kds.runtime")
+
+
+class Guard:
+    """Starts named root tasks; the first one to fail sets ``failed`` and the stop event."""
+
+    def __init__(self, stop: asyncio.Event):
+        self.stop = stop
+        self.failed: BaseException | None = None
+        self.tasks: list[asyncio.Task[Any]] = []
+
+    def start(self, name: str, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._done)
+        self.tasks.append(task)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        if task in self.tasks:
+            self.tasks.remove(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("root task failed", task=task.get_name(), error=repr(exc), exc_info=exc)
+            self.failed = self.failed or exc
+            self.stop.set()
+
+    async def cancel_all(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        for t in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+
+
+def ensure_private_dir(path: Path) -> Path:
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(path, 0o700)
+    except OSError as e:
+        raise ConfigError(f"--data-dir {path}: cannot create or use it: {e.strerror}") from None
+    return path
+
+
+def run_daemon(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
+    """Run ``main(stop_event)`` on a fresh event loop with signal handling; return exit code."""
+
+    async def runner() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        hits = {"n": 0}
+
+        def on_signal(sig: signal.Signals) -> None:
+            hits["n"] += 1
+            if hits["n"] > 1:
+                log.warning("second signal: exiting now", signal=sig.name)
+                os._exit(130)
+            log.info("stopping", signal=sig.name)
+            stop.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal, sig)
+        return await main(stop)
+
+    return asyncio.run(runner())

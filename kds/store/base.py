@@ -1,0 +1,138 @@
+"""The store interface both control planes use, and the records it returns.
+
+One store holds resources as rows keyed by (kind, mesh, name, origin):
+- origin ``global``: on global, every resource; on a zone, a copy synced from global.
+- origin ``zone``: a zone-local resource (zones only). Sync never writes or deletes one.
+
+On a zone a key may hold both rows: that is a name conflict. The zone-local row is what the
+zone serves; the synced row is "global's copy kept aside" and takes its place the moment the
+local row is deleted, with no reconnect. The effective view is computed, never stored.
+
+Global also keeps a bounded change log: revision -> the encoded Change (see kds.wire), plus
+``log_floor``: every change after it is still in the log, so a zone at revision r can resume
+when ``log_floor <= r <= head``.
+
+Implementations are synchronous; kds.store.AsyncStore runs them on dedicated threads.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from kds.model import Key, Kind, Resource
+
+__all__ = [
+    "ORIGIN_GLOBAL",
+    "ORIGIN_ZONE",
+    "ChangeRecord",
+    "Row",
+    "Snapshot",
+    "Store",
+    "SyncState",
+    "WriteResult",
+    "ZoneApplyResult",
+]
+
+Origin = Literal["global", "zone"]
+ORIGIN_GLOBAL: Origin = "global"
+ORIGIN_ZONE: Origin = "zone"
+
+
+@dataclass(frozen=True)
+class Row:
+    """A resource as a control plane serves it."""
+
+    resource: Resource
+    origin: Origin
+    shadows_synced: bool = False  # zone-local and global's copy is kept aside
+
+
+@dataclass(frozen=True)
+class ChangeRecord:
+    revision: int
+    key: Key
+    deleted: bool
+    change: bytes  # encoded kds.v1.Change
+
+    @functools.cached_property
+    def framed(self) -> bytes:
+        """The change framed as a Batch.changes entry, computed once and shared by all zones."""
+        from kds.wire import frame_change
+
+        return frame_change(self.change)
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    resource: Resource | None  # None for a delete
+    changed: bool
+    record: ChangeRecord | None  # global only: what the hub pushes to zones
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    revision: int
+    store_id: str
+    changes: list[ChangeRecord]  # one put per resource, in sync order
+
+
+@dataclass(frozen=True)
+class SyncState:
+    global_store_id: str
+    applied_revision: int
+    applied_at: str
+
+
+@dataclass
+class ZoneApplyResult:
+    applied_revision: int
+    rejected: list[tuple[Key, str]] = field(default_factory=list)
+    new_conflicts: list[Key] = field(default_factory=list)
+    resolved_conflicts: list[Key] = field(default_factory=list)
+    removed_stale: int = 0
+
+
+class Store(Protocol):
+    role: Literal["global", "zone"]
+    backend: str
+
+    @property
+    def store_id(self) -> str: ...
+
+    def close(self) -> None: ...
+
+    # reads (effective view)
+    def get(self, key: Key) -> Row | None: ...
+    def list(self, kind: Kind, mesh: str | None = None) -> list[Row]: ...
+    def conflicts(self) -> list[Key]: ...
+    def counts(self) -> dict[str, dict[str, int]]: ...
+
+    # writes from the API (global: appends to the change log; zone: zone-local rows only)
+    def put(self, resource: Resource, now: str) -> WriteResult: ...
+    def delete(self, key: Key) -> WriteResult: ...
+
+    # global
+    def head(self) -> int: ...
+    def log_floor(self) -> int: ...
+    def changes_after(self, revision: int, upto: int) -> list[ChangeRecord]: ...
+    def snapshot(self) -> Snapshot: ...
+
+    # zone
+    def sync_state(self) -> SyncState: ...
+    def apply_batch(
+        self, plan_fn: Callable[..., object], batch: object, now: str
+    ) -> ZoneApplyResult: ...
+
+
+def sort_records(records: Sequence[ChangeRecord]) -> list[ChangeRecord]:
+    """Mesh puts first, Mesh deletes last, the rest in revision order between."""
+
+    def rank(r: ChangeRecord) -> tuple[int, int]:
+        if r.key.kind is Kind.MESH:
+            return (2 if r.deleted else 0, r.revision)
+        return (1, r.revision)
+
+    return sorted(records, key=rank)

@@ -1,0 +1,459 @@
+"""The embedded store: SQLite in the data dir, WAL, synchronous=FULL.
+
+Every write the API acknowledges is committed (and fsynced by the WAL) before the answer is
+sent, so it survives a crash. A global write, its change-log entry and the new head revision
+commit in one transaction; a zone applies a batch and records the applied revision in one.
+
+Not thread-safe by itself: kds.store.AsyncStore gives it one writer thread and one reader
+thread, each with its own connection.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+from kds import wire
+from kds.errors import Conflict, NotFound, ReadOnlySynced, StoreError
+from kds.model import Key, Kind, Resource
+from kds.protocol.applier import DecodedBatch, Plan, ZoneView, plan_batch
+from kds.store.base import (
+    ORIGIN_GLOBAL,
+    ORIGIN_ZONE,
+    ChangeRecord,
+    Row,
+    Snapshot,
+    SyncState,
+    WriteResult,
+    ZoneApplyResult,
+    sort_records,
+)
+
+__all__ = ["DEFAULT_LOG_SIZE", "SqliteStore"]
+
+DEFAULT_LOG_SIZE = 10_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS resources (
+    kind TEXT NOT NULL,
+    mesh TEXT NOT NULL,
+    name TEXT NOT NULL,
+    origin TEXT NOT NULL CHECK (origin IN ('global', 'zone')),
+    data BLOB NOT NULL,
+    labels TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    creation_time TEXT NOT NULL,
+    modification_time TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    wire BLOB,                       -- global: the encoded Change that put this state
+    sync_gen INTEGER NOT NULL DEFAULT 0,  -- zone: snapshot generation that wrote it
+    PRIMARY KEY (kind, mesh, name, origin)
+);
+CREATE INDEX IF NOT EXISTS resources_by_mesh ON resources (mesh, kind);
+CREATE TABLE IF NOT EXISTS changelog (
+    revision INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    mesh TEXT NOT NULL,
+    name TEXT NOT NULL,
+    deleted INTEGER NOT NULL,
+    change BLOB NOT NULL
+);
+"""
+
+_COLS = "kind, mesh, name, origin, data, labels, spec, creation_time, modification_time, version"
+
+
+def _row_to_resource(r: sqlite3.Row | tuple[Any, ...]) -> Resource:
+    return Resource(
+        kind=Kind(r[0]),
+        mesh=r[1],
+        name=r[2],
+        data=bytes(r[4]),
+        labels=json.loads(r[5]),
+        spec=json.loads(r[6]),
+        creation_time=r[7],
+        modification_time=r[8],
+        version=r[9],
+    )
+
+
+class SqliteStore:
+    backend = "sqlite"
+
+    def __init__(
+        self,
+        path: str | Path,
+        role: Literal["global", "zone"],
+        *,
+        log_size: int = DEFAULT_LOG_SIZE,
+    ):
+        self.role: Literal["global", "zone"] = role
+        self.path = Path(path)
+        self.log_size = log_size
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        fresh = not self.path.exists()
+        conn = self._conn()
+        if fresh:
+            os.chmod(self.path, 0o600)
+        conn.executescript(_SCHEMA)
+        with self._tx(conn):
+            row = conn.execute("SELECT value FROM meta WHERE key='role'").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO meta VALUES ('role', ?)", (role,))
+                conn.execute("INSERT INTO meta VALUES ('store_id', ?)", (uuid.uuid4().hex,))
+                conn.execute("INSERT INTO meta VALUES ('head', '0')")
+                conn.execute("INSERT INTO meta VALUES ('log_floor', '0')")
+            elif row[0] != role:
+                raise StoreError(
+                    f"store {self.path} belongs to a {row[0]} control plane, not a {role} one"
+                )
+        self._store_id = self._meta(conn, "store_id")
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=10000")
+            self._local.conn = conn
+            with self._lock:
+                self._conns.append(conn)
+        return conn
+
+    @contextmanager
+    def _tx(self, conn: sqlite3.Connection, mode: str = "IMMEDIATE") -> Iterator[None]:
+        conn.execute(f"BEGIN {mode}")
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+
+    @staticmethod
+    def _meta(conn: sqlite3.Connection, key: str, default: str = "") -> str:
+        row = conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else default
+
+    @staticmethod
+    def _set_meta(conn: sqlite3.Connection, key: str, value: object) -> None:
+        conn.execute(
+            "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+            (key, str(value)),
+        )
+
+    @property
+    def store_id(self) -> str:
+        return self._store_id
+
+    def close(self) -> None:
+        with self._lock:
+            for c in self._conns:
+                c.close()
+            self._conns.clear()
+        self._local = threading.local()
+
+    def size_bytes(self) -> int:
+        return sum(
+            p.stat().st_size
+            for p in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm"))
+            if p.exists()
+        )
+
+    # ------------------------------------------------------------------ reads
+
+    def _rows(self, conn: sqlite3.Connection, key: Key) -> dict[str, Resource]:
+        cur = conn.execute(
+            f"SELECT {_COLS} FROM resources WHERE kind=? AND mesh=? AND name=?",
+            (str(key.kind), key.mesh, key.name),
+        )
+        return {r[3]: _row_to_resource(r) for r in cur}
+
+    def get(self, key: Key) -> Row | None:
+        rows = self._rows(self._conn(), key)
+        if ORIGIN_ZONE in rows:
+            return Row(rows[ORIGIN_ZONE], ORIGIN_ZONE, shadows_synced=ORIGIN_GLOBAL in rows)
+        if ORIGIN_GLOBAL in rows:
+            return Row(rows[ORIGIN_GLOBAL], ORIGIN_GLOBAL)
+        return None
+
+    def list(self, kind: Kind, mesh: str | None = None) -> list[Row]:
+        sql = f"SELECT {_COLS} FROM resources WHERE kind=?"
+        args: list[Any] = [str(kind)]
+        if mesh is not None:
+            sql += " AND mesh=?"
+            args.append(mesh)
+        sql += " ORDER BY mesh, name, origin DESC"  # 'zone' before 'global'
+        out: list[Row] = []
+        for r in self._conn().execute(sql, args):
+            res = _row_to_resource(r)
+            if out and out[-1].resource.key == res.key:
+                out[-1] = Row(out[-1].resource, out[-1].origin, shadows_synced=True)
+                continue
+            out.append(Row(res, r[3]))
+        return out
+
+    def conflicts(self) -> list[Key]:
+        cur = self._conn().execute(
+            "SELECT kind, mesh, name FROM resources GROUP BY kind, mesh, name "
+            "HAVING COUNT(*) > 1 ORDER BY kind, mesh, name"
+        )
+        return [Key(Kind(k), m, n) for k, m, n in cur]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {str(k): {"global": 0, "zone": 0} for k in Kind}
+        for kind, origin, n in self._conn().execute(
+            "SELECT kind, origin, COUNT(*) FROM resources GROUP BY kind, origin"
+        ):
+            out[kind][origin] = n
+        return out
+
+    def _mesh_exists(self, conn: sqlite3.Connection, mesh: str) -> bool:
+        return (
+            conn.execute(
+                "SELECT 1 FROM resources WHERE kind='Mesh' AND mesh='' AND name=? LIMIT 1", (mesh,)
+            ).fetchone()
+            is not None
+        )
+
+    def _secrets_in_mesh(self, conn: sqlite3.Connection, mesh: str) -> dict[str, int]:
+        out = {ORIGIN_GLOBAL: 0, ORIGIN_ZONE: 0}
+        for origin, n in conn.execute(
+            "SELECT origin, COUNT(*) FROM resources WHERE kind='Secret' AND mesh=? GROUP BY origin",
+            (mesh,),
+        ):
+            out[origin] = n
+        return out
+
+    # ------------------------------------------------------------------ API writes
+
+    def put(self, resource: Resource, now: str) -> WriteResult:
+        conn = self._conn()
+        with self._tx(conn):
+            rows = self._rows(conn, resource.key)
+            if self.role == "zone":
+                if ORIGIN_GLOBAL in rows and ORIGIN_ZONE not in rows:
+                    raise ReadOnlySynced(
+                        f"{resource.key} is synced from global and read-only on this zone: "
+                        "change it on global"
+                    )
+                origin = ORIGIN_ZONE
+            else:
+                origin = ORIGIN_GLOBAL
+            old = rows.get(origin)
+            if resource.kind is Kind.SECRET and not self._mesh_exists(conn, resource.mesh):
+                raise NotFound(f"mesh {resource.mesh!r} does not exist")
+            if old is not None and old.same_content(resource):
+                return WriteResult(old, changed=False, record=None)
+            revision = int(self._meta(conn, "head")) + 1 if self.role == "global" else 0
+            stored = resource.with_meta(
+                creation_time=old.creation_time if old else now,
+                modification_time=now,
+                version=revision if self.role == "global" else (old.version + 1 if old else 1),
+            )
+            record = None
+            wire_bytes = None
+            if self.role == "global":
+                wire_bytes = wire.change_put(revision, stored)
+                record = ChangeRecord(revision, stored.key, False, wire_bytes)
+                self._append_log(conn, record)
+            conn.execute(
+                "INSERT OR REPLACE INTO resources "
+                f"({_COLS}, wire) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    str(stored.kind),
+                    stored.mesh,
+                    stored.name,
+                    origin,
+                    stored.data,
+                    json.dumps(dict(stored.labels), sort_keys=True),
+                    json.dumps(dict(stored.spec), sort_keys=True),
+                    stored.creation_time,
+                    stored.modification_time,
+                    stored.version,
+                    wire_bytes,
+                ),
+            )
+            return WriteResult(stored, changed=True, record=record)
+
+    def delete(self, key: Key) -> WriteResult:
+        conn = self._conn()
+        with self._tx(conn):
+            rows = self._rows(conn, key)
+            origin = ORIGIN_ZONE if self.role == "zone" else ORIGIN_GLOBAL
+            if origin not in rows:
+                if ORIGIN_GLOBAL in rows:
+                    raise ReadOnlySynced(
+                        f"{key} is synced from global and read-only on this zone: "
+                        "delete it on global"
+                    )
+                raise NotFound(f"{key} not found")
+            if key.kind is Kind.MESH:
+                n = self._secrets_in_mesh(conn, key.name)
+                mesh_stays = self.role == "zone" and ORIGIN_GLOBAL in rows
+                if not mesh_stays and (n[ORIGIN_GLOBAL] or n[ORIGIN_ZONE]):
+                    total = n[ORIGIN_GLOBAL] + n[ORIGIN_ZONE]
+                    raise Conflict(
+                        f"mesh {key.name!r} still holds {total} secret(s): delete them first"
+                    )
+            conn.execute(
+                "DELETE FROM resources WHERE kind=? AND mesh=? AND name=? AND origin=?",
+                (str(key.kind), key.mesh, key.name, origin),
+            )
+            record = None
+            if self.role == "global":
+                revision = int(self._meta(conn, "head")) + 1
+                record = ChangeRecord(revision, key, True, wire.change_delete(revision, key))
+                self._append_log(conn, record)
+            return WriteResult(None, changed=True, record=record)
+
+    def _append_log(self, conn: sqlite3.Connection, rec: ChangeRecord) -> None:
+        conn.execute(
+            "INSERT INTO changelog VALUES (?,?,?,?,?,?)",
+            (rec.revision, str(rec.key.kind), rec.key.mesh, rec.key.name, rec.deleted, rec.change),
+        )
+        self._set_meta(conn, "head", rec.revision)
+        floor = rec.revision - self.log_size
+        if floor > int(self._meta(conn, "log_floor")):
+            conn.execute("DELETE FROM changelog WHERE revision <= ?", (floor,))
+            self._set_meta(conn, "log_floor", floor)
+
+    # ------------------------------------------------------------------ global sync reads
+
+    def head(self) -> int:
+        return int(self._meta(self._conn(), "head"))
+
+    def log_floor(self) -> int:
+        return int(self._meta(self._conn(), "log_floor"))
+
+    def changes_after(self, revision: int, upto: int) -> list[ChangeRecord]:
+        cur = self._conn().execute(
+            "SELECT revision, kind, mesh, name, deleted, change FROM changelog "
+            "WHERE revision > ? AND revision <= ? ORDER BY revision",
+            (revision, upto),
+        )
+        return [
+            ChangeRecord(rev, Key(Kind(k), m, n), bool(d), bytes(c)) for rev, k, m, n, d, c in cur
+        ]
+
+    def snapshot(self) -> Snapshot:
+        conn = self._conn()
+        with self._tx(conn, "DEFERRED"):
+            head = int(self._meta(conn, "head"))
+            cur = conn.execute(
+                "SELECT version, kind, mesh, name, wire FROM resources WHERE origin='global'"
+            )
+            records = [
+                ChangeRecord(v, Key(Kind(k), m, n), False, bytes(w)) for v, k, m, n, w in cur
+            ]
+        return Snapshot(head, self._store_id, sort_records(records))
+
+    # ------------------------------------------------------------------ zone sync writes
+
+    def sync_state(self) -> SyncState:
+        conn = self._conn()
+        return SyncState(
+            self._meta(conn, "synced_store_id"),
+            int(self._meta(conn, "applied_revision", "0")),
+            self._meta(conn, "applied_at"),
+        )
+
+    def apply_batch(self, batch: DecodedBatch, global_store_id: str, now: str) -> ZoneApplyResult:
+        """Plan (kds.protocol.applier) and apply one batch in one transaction."""
+        conn = self._conn()
+        with self._tx(conn):
+            view = self._zone_view(conn, batch)
+            plan = plan_batch(batch, view)
+            self._execute(conn, plan, batch)
+            applied = int(self._meta(conn, "applied_revision", "0"))
+            if plan.record_revision is not None:
+                applied = plan.record_revision
+                self._set_meta(conn, "applied_revision", applied)
+                self._set_meta(conn, "synced_store_id", global_store_id)
+                self._set_meta(conn, "applied_at", now)
+        return ZoneApplyResult(
+            applied_revision=applied,
+            rejected=plan.rejected,
+            new_conflicts=plan.new_conflicts,
+            resolved_conflicts=plan.resolved_conflicts,
+            removed_stale=plan.stale_removed,
+        )
+
+    def _zone_view(self, conn: sqlite3.Connection, batch: DecodedBatch) -> ZoneView:
+        keys = {c.key for c in batch.changes if c.key is not None}
+        stale: list[Key] = []
+        if batch.snapshot and batch.final:
+            cur = conn.execute(
+                "SELECT kind, mesh, name FROM resources WHERE origin='global' AND sync_gen != ?",
+                (batch.revision,),
+            )
+            stale = [k for k in (Key(Kind(a), b, c) for a, b, c in cur) if k not in keys]
+        local: set[Key] = set()
+        synced: set[Key] = set()
+        for key in keys | set(stale):
+            rows = self._rows(conn, key)
+            if ORIGIN_ZONE in rows:
+                local.add(key)
+            if ORIGIN_GLOBAL in rows:
+                synced.add(key)
+        local_meshes: set[str] = set()
+        synced_meshes: set[str] = set()
+        for name, origin in conn.execute("SELECT name, origin FROM resources WHERE kind='Mesh'"):
+            (local_meshes if origin == ORIGIN_ZONE else synced_meshes).add(name)
+        deleted_meshes = {
+            k.name for k in (set(stale) | {c.key for c in batch.changes if c.deleted and c.key})
+            if k.kind is Kind.MESH
+        }
+        per_mesh = {}
+        for m in deleted_meshes:
+            n = self._secrets_in_mesh(conn, m)
+            per_mesh[m] = (n[ORIGIN_ZONE], n[ORIGIN_GLOBAL])
+        return ZoneView(
+            local=frozenset(local),
+            synced=frozenset(synced),
+            local_meshes=frozenset(local_meshes),
+            synced_meshes=frozenset(synced_meshes),
+            secrets_per_mesh=per_mesh,
+            stale=tuple(stale),
+        )
+
+    def _execute(self, conn: sqlite3.Connection, plan: Plan, batch: DecodedBatch) -> None:
+        gen = batch.revision if batch.snapshot else 0
+        for key in plan.deletes:
+            conn.execute(
+                "DELETE FROM resources WHERE kind=? AND mesh=? AND name=? AND origin='global'",
+                (str(key.kind), key.mesh, key.name),
+            )
+        conn.executemany(
+            "INSERT OR REPLACE INTO resources "
+            f"({_COLS}, sync_gen) VALUES (?,?,?,'global',?,?,?,?,?,?,?)",
+            [
+                (
+                    str(r.kind),
+                    r.mesh,
+                    r.name,
+                    r.data,
+                    json.dumps(dict(r.labels), sort_keys=True),
+                    json.dumps(dict(r.spec), sort_keys=True),
+                    r.creation_time,
+                    r.modification_time,
+                    r.version,
+                    gen,
+                )
+                for r in plan.puts
+            ],
+        )

@@ -1,0 +1,119 @@
+"""Conversion between model objects and protobuf messages, and batch assembly from bytes.
+
+Global encodes each Change once (when the write commits) and keeps the bytes. A Batch is
+assembled by writing its small header and then each Change as a pre-framed field 15 entry
+(tag, length, bytes), so the same Change bytes go to every zone without re-encoding.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from google.protobuf.internal.encoder import _VarintBytes  # type: ignore[attr-defined]
+
+from kds._pb import sync_pb2 as pb
+from kds.model import Key, Kind, Resource
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "KIND_TO_PB",
+    "PB_TO_KIND",
+    "assemble_batch",
+    "change_delete",
+    "change_put",
+    "frame_change",
+    "key_from_pb",
+    "key_to_pb",
+    "resource_from_pb",
+    "resource_to_pb",
+]
+
+PROTOCOL_VERSION = 1
+
+KIND_TO_PB = {Kind.MESH: pb.MESH, Kind.SECRET: pb.SECRET, Kind.GLOBAL_SECRET: pb.GLOBAL_SECRET}
+PB_TO_KIND = {v: k for k, v in KIND_TO_PB.items()}
+
+_CHANGES_TAG = _VarintBytes((15 << 3) | 2)  # Batch.changes, length-delimited
+_BATCH_TAG = _VarintBytes((2 << 3) | 2)  # GlobalMessage.batch, length-delimited
+
+
+def resource_to_pb(r: Resource) -> pb.Resource:
+    return pb.Resource(
+        kind=KIND_TO_PB[r.kind],
+        mesh=r.mesh,
+        name=r.name,
+        data=r.data,
+        labels=dict(r.labels),
+        creation_time=r.creation_time,
+        modification_time=r.modification_time,
+        version=r.version,
+        spec=json.dumps(dict(r.spec), sort_keys=True).encode() if r.spec else b"",
+    )
+
+
+def resource_from_pb(m: pb.Resource) -> Resource:
+    """Raise KeyError for a kind this version does not know."""
+    return Resource(
+        kind=PB_TO_KIND[m.kind],
+        mesh=m.mesh,
+        name=m.name,
+        data=m.data,
+        labels=dict(m.labels),
+        spec=json.loads(m.spec) if m.spec else {},
+        creation_time=m.creation_time,
+        modification_time=m.modification_time,
+        version=m.version,
+    )
+
+
+def key_to_pb(k: Key) -> pb.ResourceKey:
+    return pb.ResourceKey(kind=KIND_TO_PB[k.kind], mesh=k.mesh, name=k.name)
+
+
+def key_from_pb(m: pb.ResourceKey) -> Key:
+    return Key(PB_TO_KIND[m.kind], m.mesh, m.name)
+
+
+def change_put(revision: int, r: Resource) -> bytes:
+    return pb.Change(revision=revision, put=resource_to_pb(r)).SerializeToString()
+
+
+def change_delete(revision: int, k: Key) -> bytes:
+    return pb.Change(revision=revision, delete=key_to_pb(k)).SerializeToString()
+
+
+def frame_change(change: bytes) -> bytes:
+    """Frame encoded Change bytes as one Batch.changes entry."""
+    return _CHANGES_TAG + _VarintBytes(len(change)) + change
+
+
+def framed_size(change_len: int) -> int:
+    return len(_CHANGES_TAG) + len(_VarintBytes(change_len)) + change_len
+
+
+def assemble_batch(
+    *,
+    seq: int,
+    from_revision: int,
+    revision: int,
+    snapshot: bool,
+    final: bool,
+    head_revision: int,
+    framed_changes: Iterable[bytes],
+) -> bytes:
+    """Encode a GlobalMessage{batch} from pre-framed Change entries."""
+    header = pb.Batch(
+        seq=seq,
+        from_revision=from_revision,
+        revision=revision,
+        snapshot=snapshot,
+        final=final,
+        head_revision=head_revision,
+    ).SerializeToString()
+    body = header + b"".join(framed_changes)
+    return _BATCH_TAG + _VarintBytes(len(body)) + body
+
+
+# Room for the Batch header and GlobalMessage framing when packing parts.
+BATCH_OVERHEAD = 64

@@ -1,0 +1,80 @@
+"""Composition root of zonecp: store, API and the sync client, run until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from aiohttp import web
+
+from kds.api import ApiContext, build_app
+from kds.clock import rfc3339
+from kds.config import ZoneConfig
+from kds.errors import ConfigError
+from kds.model import Limits
+from kds.runtime import Guard, ensure_private_dir
+from kds.store import AsyncStore, SqliteStore, WriteResult
+from kds.version import __version__
+from zonecp.client import ZoneClient
+
+__all__ = ["run_zone"]
+
+log = structlog.get_logger("zonecp")
+
+
+async def run_zone(cfg: ZoneConfig, stop: asyncio.Event) -> int:
+    if not cfg.zone:
+        raise ConfigError("--zone is required (env ZONECP_ZONE or 'zone:' in the config file)")
+    structlog.contextvars.bind_contextvars(zone=cfg.zone)
+    data_dir = ensure_private_dir(cfg.data_dir)
+    store = AsyncStore(SqliteStore(data_dir / "zone.db", "zone"))
+    client = ZoneClient(
+        store,
+        zone=cfg.zone,
+        global_address=cfg.global_address,
+        software_version=__version__,
+        max_message_bytes=cfg.max_message_bytes,
+        keepalive_interval=cfg.keepalive_interval,
+        keepalive_timeout=cfg.keepalive_timeout,
+        reconnect_max_delay=cfg.reconnect_max_delay,
+    )
+    guard = Guard(stop)
+
+    def on_write(result: WriteResult) -> None:
+        # A zone-local write may start or end a name conflict: re-read and tell global.
+        guard.start("refresh-conflicts", client.refresh_conflicts())
+
+    ctx = ApiContext(
+        store=store,
+        role="zone",
+        zone=cfg.zone,
+        limits=Limits(max_data_bytes=cfg.max_data_bytes),
+        max_message_bytes=cfg.max_message_bytes,
+        now=rfc3339,
+        on_write=on_write,
+    )
+    runner = web.AppRunner(build_app(ctx), access_log=None)
+    await runner.setup()
+    api_host, api_port = cfg.api_address
+    try:
+        await web.TCPSite(runner, api_host, api_port).start()
+    except OSError as e:
+        await runner.cleanup()
+        raise ConfigError(f"--api-address {api_host}:{api_port}: cannot listen: {e.strerror}") from None
+    state = store.sync.sync_state()
+    log.info(
+        "zone started",
+        version=__version__,
+        instance=client.instance_id,
+        api=f"http://{api_host}:{api_port}",
+        global_address=cfg.global_address,
+        store=str(store.sync.path),
+        revision=state.applied_revision,
+    )
+    guard.start("sync-client", client.run(stop))
+    await stop.wait()
+    await guard.cancel_all()
+    await runner.cleanup()
+    store.close()
+    log.info("zone stopped")
+    return 1 if guard.failed else 0

@@ -1,0 +1,314 @@
+"""The zone's side of the sync stream: dial global, say hello, apply batches, acknowledge.
+
+The dial loop retries with exponential backoff and jitter (tenacity), logging each attempt;
+after a stream that was welcomed ends, backoff starts again from its shortest delay. Each
+batch is decoded, planned and applied in one store transaction (kds.protocol.applier via
+SqliteStore.apply_batch), then acknowledged. The zone sends global nothing of its own
+resources: only the hello, acks (with per-resource rejections) and its conflict names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import structlog
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    wait_exponential_jitter,
+)
+
+from kds import wire
+from kds._pb import sync_pb2 as pb
+from kds.clock import rfc3339
+from kds.errors import ProtocolError
+from kds.grpc_options import client_options
+from kds.model import Key
+from kds.protocol.applier import DecodedBatch, Incoming
+from kds.store import AsyncStore
+
+__all__ = ["ZoneClient", "ZoneSyncStatus", "decode_batch"]
+
+METHOD = "/kds.v1.SecretSync/Sync"
+log = structlog.get_logger("zonecp.sync")
+
+
+class StreamEnded(Exception):
+    """The stream closed; retried by the dial loop."""
+
+
+@dataclass
+class ZoneSyncStatus:
+    """The zone's own view of its sync (a later issue serves it on the API)."""
+
+    connected: bool = False
+    global_instance_id: str = ""
+    global_head: int = 0
+    applied_revision: int = 0
+    applied_at: str = ""
+    last_error: str = ""
+    attempts: int = 0
+    conflicts: list[Key] = field(default_factory=list)
+
+
+def decode_batch(b: pb.Batch) -> DecodedBatch:
+    changes: list[Incoming] = []
+    for ch in b.changes:
+        which = ch.WhichOneof("op")
+        try:
+            if which == "put":
+                res = wire.resource_from_pb(ch.put)
+                changes.append(Incoming(ch.revision, res.key, res))
+            elif which == "delete":
+                changes.append(Incoming(ch.revision, wire.key_from_pb(ch.delete)))
+            else:
+                changes.append(Incoming(ch.revision, None, error="change with no operation"))
+        except (KeyError, ValueError) as e:
+            changes.append(Incoming(ch.revision, None, error=f"cannot decode change: {e!r}"))
+    return DecodedBatch(
+        seq=b.seq,
+        from_revision=b.from_revision,
+        revision=b.revision,
+        snapshot=b.snapshot,
+        final=b.final,
+        head_revision=b.head_revision,
+        changes=tuple(changes),
+    )
+
+
+def _key_name(k: Key) -> dict[str, str]:
+    return {"type": str(k.kind), "mesh": k.mesh, "name": k.name}
+
+
+class ZoneClient:
+    def __init__(
+        self,
+        store: AsyncStore,
+        *,
+        zone: str,
+        global_address: str,
+        software_version: str,
+        max_message_bytes: int,
+        keepalive_interval: float,
+        keepalive_timeout: float,
+        reconnect_max_delay: float,
+    ):
+        self.store = store
+        self.zone = zone
+        self.target = global_address.removeprefix("grpc://")
+        self.software_version = software_version
+        self.max_message_bytes = max_message_bytes
+        self.keepalive = (keepalive_interval, keepalive_timeout)
+        self.reconnect_max_delay = reconnect_max_delay
+        self.instance_id = f"{zone}-{uuid.uuid4().hex[:8]}"
+        self.status = ZoneSyncStatus()
+        self._write_lock = asyncio.Lock()
+        self._call: Any = None
+        self._status_dirty = asyncio.Event()
+
+    # ------------------------------------------------------------------ conflicts
+
+    async def refresh_conflicts(self) -> None:
+        """Re-read the conflict set; log the ones that ended; tell global if it changed."""
+        current = await self.store.read(self.store.sync.conflicts)
+        ended = set(self.status.conflicts) - set(current)
+        for k in sorted(ended):
+            log.info("name conflict ended: the synced copy is now served", **_key_name(k))
+        if current != self.status.conflicts:
+            self.status.conflicts = current
+            self._status_dirty.set()
+
+    # ------------------------------------------------------------------ dial loop
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.status.conflicts = await self.store.read(self.store.sync.conflicts)
+        while not stop.is_set():
+            retrying = AsyncRetrying(
+                wait=wait_exponential_jitter(initial=0.2, max=self.reconnect_max_delay, jitter=0.5),
+                retry=retry_if_exception_type((StreamEnded, grpc.aio.AioRpcError, ProtocolError, OSError)),
+                before_sleep=self._log_retry,
+                reraise=True,
+            )
+            async for attempt in retrying:
+                welcomed = False
+                with attempt:
+                    if stop.is_set():
+                        return
+                    welcomed = await self._stream_once(stop)
+                if welcomed:
+                    break
+            # A welcomed stream ended: reconnect soon, from the shortest backoff again, with
+            # jitter so zones do not all dial a restarted global at the same instant.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), random.uniform(0.05, 0.5))
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        delay = state.next_action.sleep if state.next_action else 0.0
+        self.status.attempts = state.attempt_number
+        self.status.last_error = _describe(exc)
+        log.warning(
+            "cannot sync with global: retrying",
+            attempt=state.attempt_number,
+            retry_in=round(delay, 2),
+            error=_describe(exc),
+            global_address=self.target,
+        )
+
+    async def _stream_once(self, stop: asyncio.Event) -> bool:
+        """One stream from dial to end. Returns True once welcomed (however it ended later);
+        raises if it failed before the welcome, so the dial loop backs off."""
+        opts = client_options(self.max_message_bytes, *self.keepalive)
+        async with grpc.aio.insecure_channel(self.target, options=opts) as channel:
+            call = channel.stream_stream(
+                METHOD,
+                request_serializer=pb.ZoneMessage.SerializeToString,
+                response_deserializer=pb.GlobalMessage.FromString,
+            )()
+            self._call = call
+            stopper = asyncio.create_task(stop.wait())
+            try:
+                return await self._converse(call, stopper)
+            finally:
+                stopper.cancel()
+                self._call = None
+                if self.status.connected:
+                    log.info("disconnected from global")
+                self.status.connected = False
+                call.cancel()
+
+    async def _converse(self, call: Any, stopper: asyncio.Task[Any]) -> bool:
+        state = await self.store.read(self.store.sync.sync_state)
+        await call.write(
+            pb.ZoneMessage(
+                hello=pb.Hello(
+                    zone=self.zone,
+                    instance_id=self.instance_id,
+                    software_version=self.software_version,
+                    protocol_version=wire.PROTOCOL_VERSION,
+                    resume=pb.ResumePoint(
+                        global_store_id=state.global_store_id, revision=state.applied_revision
+                    ),
+                    store_backend=self.store.sync.backend,
+                    max_message_bytes=self.max_message_bytes,
+                )
+            )
+        )
+        first = await self._read(call, stopper)
+        if first is None:
+            return True
+        if first.WhichOneof("msg") != "welcome":
+            raise ProtocolError("global did not answer the hello with a welcome")
+        w = first.welcome
+        global_store_id = w.global_store_id
+        self.status.connected = True
+        self.status.global_instance_id = w.global_instance_id
+        self.status.global_head = w.head_revision
+        self.status.applied_revision = state.applied_revision
+        self.status.last_error = ""
+        log.info(
+            "connected to global",
+            global_instance=w.global_instance_id,
+            mode=pb.Welcome.Mode.Name(w.mode),
+            revision=state.applied_revision,
+            head=w.head_revision,
+        )
+        status_task = asyncio.create_task(self._status_sender(call))
+        self._status_dirty.set()  # report current conflicts on every new stream
+        try:
+            while True:
+                msg = await self._read(call, stopper)
+                if msg is None:
+                    return True
+                kind = msg.WhichOneof("msg")
+                if kind == "batch":
+                    await self._apply(call, msg.batch, global_store_id)
+                elif kind == "heartbeat":
+                    self.status.global_head = msg.heartbeat.head_revision
+                else:
+                    raise ProtocolError(f"unexpected {kind} from global")
+        except (StreamEnded, grpc.aio.AioRpcError) as e:
+            self.status.last_error = _describe(e) if not isinstance(e, StreamEnded) else str(e)
+            log.warning("sync stream ended", error=self.status.last_error)
+            return True
+        finally:
+            status_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await status_task
+
+    async def _read(self, call: Any, stopper: asyncio.Task[Any]) -> Any:
+        reader = asyncio.ensure_future(call.read())
+        done, _ = await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if reader not in done:
+            reader.cancel()
+            return None
+        msg = reader.result()
+        if msg is grpc.aio.EOF:
+            code = await call.code()
+            details = await call.details()
+            raise StreamEnded(f"global ended the stream: {code.name}: {details}")
+        return msg
+
+    async def _apply(self, call: Any, b: pb.Batch, global_store_id: str) -> None:
+        batch = decode_batch(b)
+        result = await self.store.write(
+            self.store.sync.apply_batch, batch, global_store_id, rfc3339()
+        )
+        for k in result.new_conflicts:
+            log.warning(
+                "name conflict: this zone keeps its own resource; global's copy is kept aside",
+                zone=self.zone,
+                **_key_name(k),
+            )
+        for k, reason in result.rejected:
+            log.warning("rejected a synced resource", reason=reason, **_key_name(k))
+        if result.removed_stale:
+            log.info("removed synced copies global no longer has", count=result.removed_stale)
+        self.status.applied_revision = result.applied_revision
+        self.status.global_head = max(self.status.global_head, b.head_revision)
+        if b.final:
+            self.status.applied_at = rfc3339()
+        log.debug(
+            "applied batch",
+            seq=b.seq,
+            revision=result.applied_revision,
+            changes=len(batch.changes),
+            snapshot=b.snapshot,
+            final=b.final,
+        )
+        ack = pb.Ack(
+            seq=b.seq,
+            applied_revision=result.applied_revision,
+            rejected=[
+                pb.Rejection(key=wire.key_to_pb(k), reason=reason)
+                for k, reason in result.rejected
+                if k.name
+            ],
+        )
+        async with self._write_lock:
+            await call.write(pb.ZoneMessage(ack=ack))
+        if result.new_conflicts or result.resolved_conflicts:
+            await self.refresh_conflicts()
+
+    async def _status_sender(self, call: Any) -> None:
+        while True:
+            await self._status_dirty.wait()
+            self._status_dirty.clear()
+            msg = pb.ZoneMessage(
+                status=pb.ZoneStatus(conflicts=[wire.key_to_pb(k) for k in self.status.conflicts])
+            )
+            async with self._write_lock:
+                await call.write(msg)
+
+
+def _describe(exc: BaseException | None) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return repr(exc) if exc else ""
