@@ -30,7 +30,10 @@ async def run_global(cfg: GlobalConfig, stop: asyncio.Event) -> int:
     data_dir = ensure_private_dir(cfg.data_dir)
     store = AsyncStore(SqliteStore(data_dir / "global.db", "global", log_size=cfg.log_size))
     sync_store = store.sync
-    if sync_store.head() == 0 and await store.read(sync_store.get, Key(Kind.MESH, "", "default")) is None:
+    if (
+        sync_store.head() == 0
+        and await store.read(sync_store.get, Key(Kind.MESH, "", "default")) is None
+    ):
         await store.write(sync_store.put, Resource(Kind.MESH, "default"), rfc3339())
         log.info("created the default mesh on a fresh store")
     hub = Hub(sync_store.head(), sync_store.log_floor(), cfg.log_size)
@@ -100,5 +103,7 @@ async def _start_api(cfg: GlobalConfig, store: AsyncStore, hub: Hub) -> web.AppR
         await web.TCPSite(runner, api_host, api_port).start()
     except OSError as e:
         await runner.cleanup()
-        raise ConfigError(f"--api-address {api_host}:{api_port}: cannot listen: {e.strerror}") from None
+        raise ConfigError(
+            f"--api-address {api_host}:{api_port}: cannot listen: {e.strerror}"
+        ) from None
     return runner

@@ -13,15 +13,19 @@ from kds.config import GlobalConfig, click_options
 from kds.version import __version__
 
 
-@click.group(help="Global control plane: holds Meshes, Secrets and GlobalSecrets and pushes "
-                  "them to every connected zone control plane.")
+@click.group(
+    help="Global control plane: holds Meshes, Secrets and GlobalSecrets and pushes "
+    "them to every connected zone control plane."
+)
 @click.version_option(__version__, prog_name="globalcp")
 def cli() -> None:
     pass
 
 
-@cli.command(help="Run the global control plane until SIGTERM or SIGINT. Options come from "
-                  "flags, then GLOBALCP_* environment variables, then the --config file.")
+@cli.command(
+    help="Run the global control plane until SIGTERM or SIGINT. Options come from "
+    "flags, then GLOBALCP_* environment variables, then the --config file."
+)
 @click_options(GlobalConfig, "GLOBALCP_")
 @click.pass_context
 def run(ctx: click.Context, config_file: Path | None, **given: Any) -> None:

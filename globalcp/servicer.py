@@ -203,7 +203,9 @@ class SyncServicer:
                 head=self.hub.head,
             )
 
-    async def _read(self, context: grpc.aio.ServicerContext, link: ZoneLink, wake: asyncio.Event) -> None:
+    async def _read(
+        self, context: grpc.aio.ServicerContext, link: ZoneLink, wake: asyncio.Event
+    ) -> None:
         session = link.session
         while True:
             msg = await context.read()
@@ -225,7 +227,9 @@ class SyncServicer:
                 wake.set()
             elif kind == "status":
                 link.conflicts = [
-                    f"{pb.Kind.Name(k.kind)}:{k.mesh}/{k.name}" if k.mesh else f"{pb.Kind.Name(k.kind)}:{k.name}"
+                    f"{pb.Kind.Name(k.kind)}:{k.mesh}/{k.name}"
+                    if k.mesh
+                    else f"{pb.Kind.Name(k.kind)}:{k.name}"
                     for k in msg.status.conflicts
                 ]
                 log.info("zone reported conflicts", conflicts=link.conflicts)
@@ -238,6 +242,7 @@ class SyncServicer:
         session = link.session
         loop = asyncio.get_running_loop()
         last_sent = loop.time()
+        first_range = True
         while True:
             action = session.next_action(self.hub.head, self.hub.log_floor)
             if action is None:
@@ -258,23 +263,41 @@ class SyncServicer:
                 continue
             if isinstance(action, SendSnapshot):
                 snap = await self.store.read(self.store.sync.snapshot)
-                await self._send_parts(context, session, snap.changes, 0, snap.revision, True, limit)
-                log.info("snapshot sent", revision=snap.revision, resources=len(snap.changes))
+                sent = await self._send_parts(
+                    context, session, snap.changes, 0, snap.revision, True, limit
+                )
+                log.info(
+                    "snapshot sent",
+                    revision=snap.revision,
+                    resources=len(snap.changes),
+                    bytes=sent,
+                )
+                first_range = False
             elif isinstance(action, SendRange):
                 records = await self._range(action)
                 if records is None:
                     log.info("zone fell behind the change log: sending a snapshot")
                     session.on_failed_range()
                     continue
-                await self._send_parts(
+                changes = coalesce(records)
+                sent = await self._send_parts(
                     context,
                     session,
-                    coalesce(records),
+                    changes,
                     action.from_revision,
                     action.to_revision,
                     False,
                     limit,
                 )
+                if first_range and session.mode is Mode.RESUME:
+                    log.info(
+                        "resumed zone from its revision",
+                        from_revision=action.from_revision,
+                        to_revision=action.to_revision,
+                        changes=len(changes),
+                        bytes=sent,
+                    )
+                first_range = False
             session.on_done()
             last_sent = loop.time()
 
@@ -298,7 +321,9 @@ class SyncServicer:
         revision: int,
         snapshot: bool,
         limit: int,
-    ) -> None:
+    ) -> int:
+        """Write the records as one or more batches; return the bytes written."""
+        total = 0
         for part in pack(records, limit):
             seq = session.next_seq()
             data = wire.assemble_batch(
@@ -312,3 +337,5 @@ class SyncServicer:
             )
             session.on_sent(seq, revision, part.final)
             await context.write(data)
+            total += len(data)
+        return total

@@ -53,6 +53,8 @@ from kds.store import ORIGIN_GLOBAL, ORIGIN_ZONE, AsyncStore, Row, SqliteStore, 
 from kds.store.base import Origin
 
 __all__ = [
+    "API_CONTEXT",
+    "RESULT_HEADER",
     "ApiContext",
     "build_app",
     "client_max_size",
@@ -101,7 +103,7 @@ class ApiContext:
     on_write: Callable[[WriteResult], None] | None = None
 
 
-CTX: web.AppKey[ApiContext] = web.AppKey("kds_api_ctx", ApiContext)
+API_CONTEXT: web.AppKey[ApiContext] = web.AppKey("kds_api_ctx", ApiContext)
 _OPENAPI: web.AppKey[str] = web.AppKey("kds_openapi_yaml", str)
 
 
@@ -179,7 +181,7 @@ async def _error_middleware(
     except NotFound as e:
         return _error_response(_HttpError(404, "Not found", str(e)))
     except web.HTTPRequestEntityTooLarge:
-        return _error_response(_too_large(request.app[CTX]))
+        return _error_response(_too_large(request.app[API_CONTEXT]))
     except web.HTTPException as e:
         if e.status < 400:
             raise
@@ -244,7 +246,11 @@ def _int_param(request: web.Request, name: str, default: int | None) -> int | No
             400,
             "Bad request",
             f"invalid query parameter {name!r}",
-            [FieldError(name, "must be a positive integer" if name == "size" else ">= 0")],
+            [
+                FieldError(
+                    name, "must be an integer >= 1" if name == "size" else "must be an integer >= 0"
+                )
+            ],
         )
     return value
 
@@ -292,7 +298,7 @@ def _notify(ctx: ApiContext, result: WriteResult) -> None:
 
 
 async def _index(request: web.Request) -> web.Response:
-    ctx = request.app[CTX]
+    ctx = request.app[API_CONTEXT]
     return web.json_response({"role": ctx.role, "zone": ctx.zone, "version": _version()})
 
 
@@ -309,14 +315,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def _list_handler(kind: Kind) -> Handler:
     async def handler(request: web.Request) -> web.Response:
-        ctx = request.app[CTX]
+        ctx = request.app[API_CONTEXT]
         offset = _int_param(request, "offset", 0) or 0
         size = _int_param(request, "size", None)
         mesh: str | None = None
         if kind is Kind.SECRET:
             mesh = request.match_info["mesh"]
             await _require_mesh(ctx, mesh)
-        rows = await ctx.store.read(ctx.store.sync.list, kind, mesh)
+        rows = await ctx.store.read(ctx.store.sync.list_rows, kind, mesh)
         page = rows[offset:] if size is None else rows[offset : offset + size]
         next_url = None
         if size is not None and offset + size < len(rows):
@@ -332,7 +338,7 @@ def _list_handler(kind: Kind) -> Handler:
 
 def _get_handler(kind: Kind) -> Handler:
     async def handler(request: web.Request) -> web.Response:
-        ctx = request.app[CTX]
+        ctx = request.app[API_CONTEXT]
         key = _key(kind, request)
         if kind is Kind.SECRET:
             await _require_mesh(ctx, key.mesh)
@@ -345,18 +351,18 @@ def _get_handler(kind: Kind) -> Handler:
 
 
 async def _read_json(request: web.Request) -> object:
-    ctx = request.app[CTX]
-    if request.content_length is not None and request.content_length > client_max_size(
-        ctx.limits
-    ):
+    ctx = request.app[API_CONTEXT]
+    if request.content_length is not None and request.content_length > client_max_size(ctx.limits):
         raise _too_large(ctx)
     raw = await request.read()
     if not raw.strip():
         raise _HttpError(400, "Bad request", "the request body is empty: expected a JSON object")
     try:
-        return json.loads(raw)
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise _HttpError(400, "Bad request", "the request body must be UTF-8 JSON") from None
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as e:
         # e.msg and the position only: e.doc is the body.
         raise _HttpError(
@@ -368,7 +374,7 @@ async def _read_json(request: web.Request) -> object:
 
 def _put_handler(kind: Kind) -> Handler:
     async def handler(request: web.Request) -> web.Response:
-        ctx = request.app[CTX]
+        ctx = request.app[API_CONTEXT]
         key = _key(kind, request)
         body = await _read_json(request)
         try:
@@ -429,12 +435,14 @@ def _put_handler(kind: Kind) -> Handler:
 
 def _delete_handler(kind: Kind) -> Handler:
     async def handler(request: web.Request) -> web.Response:
-        ctx = request.app[CTX]
+        ctx = request.app[API_CONTEXT]
         key = _key(kind, request)
         if kind is Kind.SECRET:
             await _require_mesh(ctx, key.mesh)
         result, prev = await ctx.store.write(_delete_tx, ctx.store.sync, key)
-        version = result.record.revision if result.record else (prev.resource.version if prev else 0)
+        version = (
+            result.record.revision if result.record else (prev.resource.version if prev else 0)
+        )
         log.info(
             "resource deleted",
             type=str(kind),
@@ -453,14 +461,12 @@ def _load_openapi() -> str:
     return resources.files("kds").joinpath("openapi.yaml").read_text(encoding="utf-8")
 
 
-def build_app(
-    ctx: ApiContext, extra_routes: list[web.RouteDef] | None = None
-) -> web.Application:
+def build_app(ctx: ApiContext, extra_routes: list[web.RouteDef] | None = None) -> web.Application:
     """The API application; ``extra_routes`` lets a daemon add its own (e.g. /status)."""
     app = web.Application(
         middlewares=[_error_middleware], client_max_size=client_max_size(ctx.limits)
     )
-    app[CTX] = ctx
+    app[API_CONTEXT] = ctx
     app[_OPENAPI] = _load_openapi()
     routes: list[web.RouteDef] = [
         web.get("/", _index),

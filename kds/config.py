@@ -92,6 +92,10 @@ def parse_global_address(value: object) -> str:
     return text
 
 
+def _path(value: object) -> Path:
+    return Path(str(value))
+
+
 def _positive_int(value: object) -> int:
     n = int(str(value))
     if n <= 0:
@@ -126,14 +130,12 @@ def opt(default: Any, parse: Callable[[object], Any], help: str, metavar: str = 
     return field(default=default, metadata={"parse": parse, "help": help, "metavar": metavar})
 
 
-def _common() -> dict[str, Any]:
-    return {}
-
-
 @dataclass(frozen=True)
 class _Common:
     log_level: str = opt("info", _level, "Log level: debug, info, warning or error.", "LEVEL")
-    log_format: str = opt("console", _fmt, "Log format: console (human) or json (one object a line).", "FMT")
+    log_format: str = opt(
+        "console", _fmt, "Log format: console (human) or json (one object a line).", "FMT"
+    )
     max_data_bytes: int = opt(
         1024 * 1024, parse_size, "Largest decoded secret value accepted (e.g. 1MiB).", "SIZE"
     )
@@ -147,13 +149,18 @@ class _Common:
         3.0, parse_duration, "Ping the peer after this much silence on the sync stream.", "DURATION"
     )
     keepalive_timeout: float = opt(
-        2.0, parse_duration, "Declare the peer dead when a ping is unanswered this long.", "DURATION"
+        2.0,
+        parse_duration,
+        "Declare the peer dead when a ping is unanswered this long.",
+        "DURATION",
     )
 
 
 @dataclass(frozen=True)
 class GlobalConfig(_Common):
-    data_dir: Path = opt(Path("globalcp-data"), Path, "Directory for the store (created 0700).", "DIR")
+    data_dir: Path = opt(
+        Path("globalcp-data"), _path, "Directory for the store (created 0700).", "DIR"
+    )
     api_address: tuple[str, int] = opt(
         ("127.0.0.1", 5681), parse_address, "HTTP API listen address.", "HOST:PORT"
     )
@@ -183,7 +190,9 @@ class ZoneConfig(_Common):
     global_address: str = opt(
         "grpc://127.0.0.1:5685", parse_global_address, "Global's sync address.", "grpc://HOST:PORT"
     )
-    data_dir: Path = opt(Path("zonecp-data"), Path, "Directory for the store (created 0700).", "DIR")
+    data_dir: Path = opt(
+        Path("zonecp-data"), _path, "Directory for the store (created 0700).", "DIR"
+    )
     api_address: tuple[str, int] = opt(
         ("127.0.0.1", 5682), parse_address, "HTTP API listen address.", "HOST:PORT"
     )

@@ -23,7 +23,9 @@ def _common(max_message_bytes: int, interval: float, timeout: float) -> list[tup
     ]
 
 
-def server_options(max_message_bytes: int, interval: float, timeout: float) -> list[tuple[str, int]]:
+def server_options(
+    max_message_bytes: int, interval: float, timeout: float
+) -> list[tuple[str, int]]:
     return [
         *_common(max_message_bytes, interval, timeout),
         # Zones ping as often as global does; never cut them off for it.
@@ -32,7 +34,9 @@ def server_options(max_message_bytes: int, interval: float, timeout: float) -> l
     ]
 
 
-def client_options(max_message_bytes: int, interval: float, timeout: float) -> list[tuple[str, int]]:
+def client_options(
+    max_message_bytes: int, interval: float, timeout: float
+) -> list[tuple[str, int]]:
     return [
         *_common(max_message_bytes, interval, timeout),
         ("grpc.min_reconnect_backoff_ms", 100),

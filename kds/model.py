@@ -139,14 +139,13 @@ def _validate_label_key(key: str, field_name: str) -> list[FieldError]:
     errs: list[FieldError] = []
     if "/" in key and not prefix:
         errs.append(FieldError(field_name, f"label key {key!r}: prefix must not be empty"))
-    if prefix:
-        if len(prefix) > 253 or not _SUBDOMAIN_RE.match(prefix):
-            errs.append(
-                FieldError(
-                    field_name,
-                    f"label key {key!r}: prefix must be a DNS subdomain of at most 253 characters",
-                )
+    if prefix and (len(prefix) > 253 or not _SUBDOMAIN_RE.match(prefix)):
+        errs.append(
+            FieldError(
+                field_name,
+                f"label key {key!r}: prefix must be a DNS subdomain of at most 253 characters",
             )
+        )
     if not name or len(name) > 63 or not _LABEL_NAME_RE.match(name):
         errs.append(
             FieldError(

@@ -16,9 +16,9 @@ from kds._pb import sync_pb2 as pb
 from kds.model import Key, Kind, Resource
 
 __all__ = [
-    "PROTOCOL_VERSION",
     "KIND_TO_PB",
     "PB_TO_KIND",
+    "PROTOCOL_VERSION",
     "assemble_batch",
     "change_delete",
     "change_put",

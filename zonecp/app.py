@@ -60,7 +60,9 @@ async def run_zone(cfg: ZoneConfig, stop: asyncio.Event) -> int:
         await web.TCPSite(runner, api_host, api_port).start()
     except OSError as e:
         await runner.cleanup()
-        raise ConfigError(f"--api-address {api_host}:{api_port}: cannot listen: {e.strerror}") from None
+        raise ConfigError(
+            f"--api-address {api_host}:{api_port}: cannot listen: {e.strerror}"
+        ) from None
     state = store.sync.sync_state()
     log.info(
         "zone started",

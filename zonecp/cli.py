@@ -13,15 +13,19 @@ from kds.config import ZoneConfig, click_options
 from kds.version import __version__
 
 
-@click.group(help="Zone control plane: receives Meshes, Secrets and GlobalSecrets from the "
-                  "global control plane and serves them with the zone's own resources.")
+@click.group(
+    help="Zone control plane: receives Meshes, Secrets and GlobalSecrets from the "
+    "global control plane and serves them with the zone's own resources."
+)
 @click.version_option(__version__, prog_name="zonecp")
 def cli() -> None:
     pass
 
 
-@cli.command(help="Run a zone control plane until SIGTERM or SIGINT. Options come from flags, "
-                  "then ZONECP_* environment variables, then the --config file.")
+@cli.command(
+    help="Run a zone control plane until SIGTERM or SIGINT. Options come from flags, "
+    "then ZONECP_* environment variables, then the --config file."
+)
 @click_options(ZoneConfig, "ZONECP_")
 @click.pass_context
 def run(ctx: click.Context, config_file: Path | None, **given: Any) -> None:

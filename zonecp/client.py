@@ -132,7 +132,9 @@ class ZoneClient:
         while not stop.is_set():
             retrying = AsyncRetrying(
                 wait=wait_exponential_jitter(initial=0.2, max=self.reconnect_max_delay, jitter=0.5),
-                retry=retry_if_exception_type((StreamEnded, grpc.aio.AioRpcError, ProtocolError, OSError)),
+                # Every failure is retried with backoff: a dead sync loop in a live process is
+                # the worst outcome. Unexpected errors are logged with their traceback.
+                retry=retry_if_exception_type(Exception),
                 before_sleep=self._log_retry,
                 reraise=True,
             )
@@ -154,12 +156,14 @@ class ZoneClient:
         delay = state.next_action.sleep if state.next_action else 0.0
         self.status.attempts = state.attempt_number
         self.status.last_error = _describe(exc)
+        expected = isinstance(exc, StreamEnded | grpc.aio.AioRpcError | ProtocolError | OSError)
         log.warning(
             "cannot sync with global: retrying",
             attempt=state.attempt_number,
             retry_in=round(delay, 2),
             error=_describe(exc),
             global_address=self.target,
+            exc_info=None if expected else exc,
         )
 
     async def _stream_once(self, stop: asyncio.Event) -> bool:
@@ -176,6 +180,9 @@ class ZoneClient:
             stopper = asyncio.create_task(stop.wait())
             try:
                 return await self._converse(call, stopper)
+            except asyncio.InvalidStateError:
+                # A write after the call ended (e.g. global refused the connection).
+                raise StreamEnded(f"{(await call.code()).name}: {await call.details()}") from None
             finally:
                 stopper.cancel()
                 self._call = None
@@ -234,7 +241,7 @@ class ZoneClient:
                     self.status.global_head = msg.heartbeat.head_revision
                 else:
                     raise ProtocolError(f"unexpected {kind} from global")
-        except (StreamEnded, grpc.aio.AioRpcError) as e:
+        except (StreamEnded, grpc.aio.AioRpcError, asyncio.InvalidStateError) as e:
             self.status.last_error = _describe(e) if not isinstance(e, StreamEnded) else str(e)
             log.warning("sync stream ended", error=self.status.last_error)
             return True

@@ -79,6 +79,7 @@ def plan_batch(batch: DecodedBatch, view: ZoneView) -> Plan:
     local = view.local
     synced_meshes = set(view.synced_meshes)
     secrets = {m: list(c) for m, c in view.secrets_per_mesh.items()}
+    put_here: set[Key] = set()
 
     def mesh_present(mesh: str) -> bool:
         return mesh in synced_meshes or mesh in view.local_meshes
@@ -97,8 +98,13 @@ def plan_batch(batch: DecodedBatch, view: ZoneView) -> Plan:
         elif key.kind is Kind.SECRET and key.mesh in secrets:
             secrets[key.mesh][1] -= 1
         synced.discard(key)
+        if key in put_here:  # an uncoalesced range put it earlier in this batch: undo that
+            put_here.discard(key)
+            plan.puts = [r for r in plan.puts if r.key != key]
         plan.deletes.append(key)
-        if key in local:
+        if key in plan.new_conflicts:
+            plan.new_conflicts.remove(key)  # began and ended in this batch: nothing to report
+        elif key in local:
             plan.resolved_conflicts.append(key)
 
     for ch in batch.changes:
@@ -127,6 +133,7 @@ def plan_batch(batch: DecodedBatch, view: ZoneView) -> Plan:
         elif res.kind is Kind.SECRET and res.mesh in secrets and ch.key not in synced:
             secrets[res.mesh][1] += 1
         synced.add(ch.key)
+        put_here.add(ch.key)
         plan.puts.append(res)
 
     if batch.snapshot and batch.final:

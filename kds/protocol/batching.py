@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from kds.store.base import ChangeRecord, sort_records
+from kds.protocol.records import ChangeRecord, sort_records
 from kds.wire import BATCH_OVERHEAD, framed_size
 
 __all__ = ["Part", "coalesce", "pack"]

@@ -91,7 +91,9 @@ class GlobalSession:
                 f"(global speaks {sorted(SUPPORTED_PROTOCOL_VERSIONS)})"
             )
         resumable = (
-            hello.store_id == self.store_id and hello.store_id != "" and log_floor <= hello.revision <= head
+            hello.store_id == self.store_id
+            and hello.store_id != ""
+            and log_floor <= hello.revision <= head
         )
         if resumable:
             self.mode = Mode.RESUME

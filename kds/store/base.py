@@ -17,12 +17,12 @@ Implementations are synchronous; kds.store.AsyncStore runs them on dedicated thr
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from kds.model import Key, Kind, Resource
+from kds.protocol.records import ChangeRecord, sort_records
 
 __all__ = [
     "ORIGIN_GLOBAL",
@@ -34,6 +34,7 @@ __all__ = [
     "SyncState",
     "WriteResult",
     "ZoneApplyResult",
+    "sort_records",
 ]
 
 Origin = Literal["global", "zone"]
@@ -48,21 +49,6 @@ class Row:
     resource: Resource
     origin: Origin
     shadows_synced: bool = False  # zone-local and global's copy is kept aside
-
-
-@dataclass(frozen=True)
-class ChangeRecord:
-    revision: int
-    key: Key
-    deleted: bool
-    change: bytes  # encoded kds.v1.Change
-
-    @functools.cached_property
-    def framed(self) -> bytes:
-        """The change framed as a Batch.changes entry, computed once and shared by all zones."""
-        from kds.wire import frame_change
-
-        return frame_change(self.change)
 
 
 @dataclass(frozen=True)
@@ -106,7 +92,7 @@ class Store(Protocol):
 
     # reads (effective view)
     def get(self, key: Key) -> Row | None: ...
-    def list(self, kind: Kind, mesh: str | None = None) -> list[Row]: ...
+    def list_rows(self, kind: Kind, mesh: str | None = None) -> list[Row]: ...
     def conflicts(self) -> list[Key]: ...
     def counts(self) -> dict[str, dict[str, int]]: ...
 
@@ -125,14 +111,3 @@ class Store(Protocol):
     def apply_batch(
         self, plan_fn: Callable[..., object], batch: object, now: str
     ) -> ZoneApplyResult: ...
-
-
-def sort_records(records: Sequence[ChangeRecord]) -> list[ChangeRecord]:
-    """Mesh puts first, Mesh deletes last, the rest in revision order between."""
-
-    def rank(r: ChangeRecord) -> tuple[int, int]:
-        if r.key.kind is Kind.MESH:
-            return (2 if r.deleted else 0, r.revision)
-        return (1, r.revision)
-
-    return sorted(records, key=rank)

@@ -191,7 +191,7 @@ class SqliteStore:
             return Row(rows[ORIGIN_GLOBAL], ORIGIN_GLOBAL)
         return None
 
-    def list(self, kind: Kind, mesh: str | None = None) -> list[Row]:
+    def list_rows(self, kind: Kind, mesh: str | None = None) -> list[Row]:
         sql = f"SELECT {_COLS} FROM resources WHERE kind=?"
         args: list[Any] = [str(kind)]
         if mesh is not None:
@@ -231,7 +231,7 @@ class SqliteStore:
         )
 
     def _secrets_in_mesh(self, conn: sqlite3.Connection, mesh: str) -> dict[str, int]:
-        out = {ORIGIN_GLOBAL: 0, ORIGIN_ZONE: 0}
+        out: dict[str, int] = {ORIGIN_GLOBAL: 0, ORIGIN_ZONE: 0}
         for origin, n in conn.execute(
             "SELECT origin, COUNT(*) FROM resources WHERE kind='Secret' AND mesh=? GROUP BY origin",
             (mesh,),
@@ -272,8 +272,7 @@ class SqliteStore:
                 record = ChangeRecord(revision, stored.key, False, wire_bytes)
                 self._append_log(conn, record)
             conn.execute(
-                "INSERT OR REPLACE INTO resources "
-                f"({_COLS}, wire) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT OR REPLACE INTO resources ({_COLS}, wire) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     str(stored.kind),
                     stored.mesh,
@@ -376,9 +375,10 @@ class SqliteStore:
         """Plan (kds.protocol.applier) and apply one batch in one transaction."""
         conn = self._conn()
         with self._tx(conn):
-            view = self._zone_view(conn, batch)
+            gen = self._snapshot_gen(conn, batch, global_store_id) if batch.snapshot else 0
+            view = self._zone_view(conn, batch, gen)
             plan = plan_batch(batch, view)
-            self._execute(conn, plan, batch)
+            self._execute(conn, plan, gen)
             applied = int(self._meta(conn, "applied_revision", "0"))
             if plan.record_revision is not None:
                 applied = plan.record_revision
@@ -393,13 +393,27 @@ class SqliteStore:
             removed_stale=plan.stale_removed,
         )
 
-    def _zone_view(self, conn: sqlite3.Connection, batch: DecodedBatch) -> ZoneView:
+    def _snapshot_gen(self, conn: sqlite3.Connection, batch: DecodedBatch, store_id: str) -> int:
+        """The generation stamped by every part of one snapshot; a new snapshot gets a new one.
+
+        A counter, not the revision: a snapshot from a new global store may share the revision
+        (0 for an empty store) with rows written earlier, and those must still go stale.
+        """
+        tag = f"{store_id}@{batch.revision}"
+        gen = int(self._meta(conn, "snapshot_gen", "0"))
+        if self._meta(conn, "snapshot_tag") != tag:
+            gen += 1
+            self._set_meta(conn, "snapshot_gen", gen)
+            self._set_meta(conn, "snapshot_tag", tag)
+        return gen
+
+    def _zone_view(self, conn: sqlite3.Connection, batch: DecodedBatch, gen: int) -> ZoneView:
         keys = {c.key for c in batch.changes if c.key is not None}
         stale: list[Key] = []
         if batch.snapshot and batch.final:
             cur = conn.execute(
                 "SELECT kind, mesh, name FROM resources WHERE origin='global' AND sync_gen != ?",
-                (batch.revision,),
+                (gen,),
             )
             stale = [k for k in (Key(Kind(a), b, c) for a, b, c in cur) if k not in keys]
         local: set[Key] = set()
@@ -415,7 +429,8 @@ class SqliteStore:
         for name, origin in conn.execute("SELECT name, origin FROM resources WHERE kind='Mesh'"):
             (local_meshes if origin == ORIGIN_ZONE else synced_meshes).add(name)
         deleted_meshes = {
-            k.name for k in (set(stale) | {c.key for c in batch.changes if c.deleted and c.key})
+            k.name
+            for k in (set(stale) | {c.key for c in batch.changes if c.deleted and c.key})
             if k.kind is Kind.MESH
         }
         per_mesh = {}
@@ -431,8 +446,7 @@ class SqliteStore:
             stale=tuple(stale),
         )
 
-    def _execute(self, conn: sqlite3.Connection, plan: Plan, batch: DecodedBatch) -> None:
-        gen = batch.revision if batch.snapshot else 0
+    def _execute(self, conn: sqlite3.Connection, plan: Plan, gen: int) -> None:
         for key in plan.deletes:
             conn.execute(
                 "DELETE FROM resources WHERE kind=? AND mesh=? AND name=? AND origin='global'",

@@ -811,3 +811,58 @@ def test_order_for_sync() -> None:
     g = Key(Kind.GLOBAL_SECRET, "", "g")
     items = [(m, True), (s1, False), (m, False), (g, True)]
     assert order_for_sync(items) == [(m, False), (s1, False), (g, True), (m, True)]
+
+
+def test_universal_mesh_mtls_must_be_map() -> None:
+    """A Universal Mesh whose mtls is not a map is refused naming mtls."""
+    with pytest.raises(InvalidResource) as e:
+        from_document({"type": "Mesh", "name": "m", "mtls": "yes"})
+    assert fields_of(e) == {"mtls"}
+
+
+def test_k8s_mesh_mtls_must_be_map() -> None:
+    """A Kubernetes Mesh whose spec.mtls is not a map is refused naming spec.mtls."""
+    with pytest.raises(InvalidResource) as e:
+        from_document(
+            {
+                "apiVersion": "kuma.io/v1alpha1",
+                "kind": "Mesh",
+                "metadata": {"name": "m"},
+                "spec": {"mtls": ["x"]},
+            }
+        )
+    assert fields_of(e) == {"spec.mtls"}
+
+
+def test_k8s_mesh_unknown_top_level_field() -> None:
+    """A Kubernetes Mesh with a top-level field it does not have (data) is refused, named."""
+    with pytest.raises(InvalidResource) as e:
+        from_document(
+            {
+                "apiVersion": "kuma.io/v1alpha1",
+                "kind": "Mesh",
+                "metadata": {"name": "m"},
+                "data": {"value": B64},
+            }
+        )
+    assert fields_of(e) == {"data"}
+
+
+def test_k8s_null_labels_ok() -> None:
+    """metadata.labels: null on a global secret is treated as no labels."""
+    res = from_document(k8s_secret(labels=None, type=K8S_GLOBAL_SECRET_TYPE))
+    assert dict(res.labels) == {}
+
+
+def test_kubectl_output_shape_accepted() -> None:
+    """A Secret as `kubectl get -o yaml` prints it (extra metadata fields) is accepted."""
+    doc = k8s_secret()
+    doc["metadata"] = {
+        "name": "sample-secret",
+        "namespace": "kuma-system",
+        "labels": {"kuma.io/mesh": "default"},
+        "creationTimestamp": "2024-01-01T00:00:00Z",
+        "resourceVersion": "123",
+        "uid": "abc",
+    }
+    assert from_document(doc).key == Key(Kind.SECRET, "default", "sample-secret")

@@ -1,0 +1,36 @@
+"""Change records: one committed change on global, encoded once, shared by every zone. Pure."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from kds.model import Key, Kind
+from kds.wire import frame_change
+
+__all__ = ["ChangeRecord", "sort_records"]
+
+
+@dataclass(frozen=True)
+class ChangeRecord:
+    revision: int
+    key: Key
+    deleted: bool
+    change: bytes  # encoded kds.v1.Change
+
+    @functools.cached_property
+    def framed(self) -> bytes:
+        """The change framed as a Batch.changes entry, computed once and shared by all zones."""
+        return frame_change(self.change)
+
+
+def sort_records(records: Sequence[ChangeRecord]) -> list[ChangeRecord]:
+    """Mesh puts first, Mesh deletes last, the rest in revision order between."""
+
+    def rank(r: ChangeRecord) -> tuple[int, int]:
+        if r.key.kind is Kind.MESH:
+            return (2 if r.deleted else 0, r.revision)
+        return (1, r.revision)
+
+    return sorted(records, key=rank)

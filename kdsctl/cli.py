@@ -1,0 +1,491 @@
+"""kdsctl: manage Meshes, Secrets and GlobalSecrets through a control plane's HTTP API.
+
+    kdsctl apply -f secrets.yaml
+    kdsctl get secrets --mesh default
+    kdsctl get secret sample-secret -o yaml
+    kdsctl delete secret sample-secret --mesh default
+
+The command group ``cli`` is meant to be extended: a new command takes the API client with
+``@pass_client`` and raises ``ApiError`` / ``ApiUnreachable`` (or calls ``fail``); the group
+prints those as ``Error: ...`` on stderr and exits 1.
+
+Tables never show secret data; ``-o json`` and ``-o yaml`` print the API's answer as is.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import IO, Any, NoReturn
+from urllib.parse import quote
+
+import click
+import httpx
+import yaml
+
+from kds.errors import InvalidResource
+from kds.model import LABEL_ORIGIN, LABEL_ZONE, Kind, Limits, Resource, from_document, to_json
+
+__all__ = [
+    "DEFAULT_API_URL",
+    "ApiClient",
+    "ApiError",
+    "ApiUnreachable",
+    "cli",
+    "fail",
+    "main",
+    "pass_client",
+    "resource_path",
+]
+
+DEFAULT_API_URL = "http://127.0.0.1:5681"
+RESULT_HEADER = "X-Kds-Result"  # kds.api.RESULT_HEADER; not imported to keep startup light
+
+# Local checks leave the size limit to the server, whose limit is configurable.
+_LOCAL_LIMITS = Limits(max_data_bytes=1 << 62)
+
+
+# --------------------------------------------------------------------------- client
+
+
+@dataclass(eq=False)
+class ApiError(Exception):
+    """The API answered with an error."""
+
+    status: int
+    title: str
+    detail: str = ""
+    causes: list[tuple[str, str]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return f"{self.title}: {self.detail}" if self.detail else self.title
+
+
+class ApiUnreachable(Exception):
+    """No HTTP answer: connection refused, timeout, bad URL."""
+
+
+class ApiClient:
+    def __init__(self, base_url: str, timeout: float):
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self._http: httpx.Client | None = None
+
+    @property
+    def http(self) -> httpx.Client:
+        if self._http is None:
+            self._http = httpx.Client(base_url=self.base_url, timeout=self.timeout)
+        return self._http
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
+    def request(
+        self, method: str, path: str, body: Mapping[str, Any] | None = None
+    ) -> httpx.Response:
+        """Send one request; raise ApiUnreachable or ApiError, else return the response."""
+        url = f"{self.base_url}{path}"
+        try:
+            resp = self.http.request(method, path, json=body)
+        except httpx.ConnectError as e:
+            raise ApiUnreachable(
+                f"cannot connect to the control plane API at {self.base_url}: {_reason(e)}. "
+                "Is the control plane running? Set --api-url or KDSCTL_API_URL."
+            ) from None
+        except httpx.TimeoutException:
+            raise ApiUnreachable(
+                f"no answer from {url} within {self.timeout:g}s (see --timeout)"
+            ) from None
+        except (httpx.HTTPError, httpx.InvalidURL) as e:
+            raise ApiUnreachable(f"request to {url} failed: {_reason(e)}") from None
+        if resp.status_code >= 400:
+            raise _api_error(resp)
+        return resp
+
+    def get(self, path: str) -> Any:
+        return _json(self.request("GET", path))
+
+    def put(self, path: str, body: Mapping[str, Any]) -> httpx.Response:
+        return self.request("PUT", path, body)
+
+    def delete(self, path: str) -> Any:
+        return _json(self.request("DELETE", path))
+
+
+def _reason(e: Exception) -> str:
+    text = str(e) or type(e).__name__
+    if "Connection refused" in text or "Errno 111" in text:
+        return "connection refused"
+    return text
+
+
+def _json(resp: httpx.Response) -> Any:
+    try:
+        return resp.json()
+    except ValueError:
+        raise ApiUnreachable(
+            f"{resp.request.method} {resp.request.url}: the answer is not JSON "
+            f"(HTTP {resp.status_code}); is --api-url a kds control plane?"
+        ) from None
+
+
+def _api_error(resp: httpx.Response) -> ApiError:
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or "title" not in body:
+        return ApiError(resp.status_code, f"HTTP {resp.status_code} {resp.reason_phrase}")
+    causes = [
+        (str(c.get("field", "")), str(c.get("message", "")))
+        for c in body.get("causes") or []
+        if isinstance(c, dict)
+    ]
+    return ApiError(resp.status_code, str(body["title"]), str(body.get("detail", "")), causes)
+
+
+def resource_path(kind: Kind, name: str = "", mesh: str = "") -> str:
+    """The API path of a resource (or of its collection when ``name`` is empty)."""
+    if kind is Kind.MESH:
+        base = "/meshes"
+    elif kind is Kind.SECRET:
+        base = f"/meshes/{quote(mesh, safe='')}/secrets"
+    else:
+        base = "/global-secrets"
+    return f"{base}/{quote(name, safe='')}" if name else base
+
+
+# --------------------------------------------------------------------------- output helpers
+
+
+def _print_error(message: str, causes: Iterable[tuple[str, str]] = ()) -> None:
+    click.echo(f"Error: {message}", err=True)
+    for f, m in causes:
+        click.echo(f"  {f}: {m}" if f else f"  {m}", err=True)
+
+
+def fail(message: str, causes: Iterable[tuple[str, str]] = ()) -> NoReturn:
+    """Print ``Error: message`` (and one line per cause) on stderr and exit 1."""
+    _print_error(message, causes)
+    raise click.exceptions.Exit(1)
+
+
+def _age(timestamp: str, now: datetime) -> str:
+    try:
+        t = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    except ValueError:
+        return "<unknown>"
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    s = max(0, int((now - t).total_seconds()))
+    if s < 120:
+        return f"{s}s"
+    if s < 2 * 3600:
+        return f"{s // 60}m"
+    if s < 2 * 86400:
+        return f"{s // 3600}h"
+    return f"{s // 86400}d"
+
+
+def _origin(item: Mapping[str, Any]) -> str:
+    labels = item.get("labels") or {}
+    origin = str(labels.get(LABEL_ORIGIN, ""))
+    zone = labels.get(LABEL_ZONE)
+    return f"{origin} ({zone})" if origin == "zone" and zone else origin or "-"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    lines = [
+        "   ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip()
+        for line in [list(headers), *rows]
+    ]
+    return "\n".join(lines)
+
+
+def _render_table(kind: Kind, items: Sequence[Mapping[str, Any]]) -> str:
+    now = datetime.now(UTC)
+    headers = (["MESH"] if kind is Kind.SECRET else []) + ["NAME", "ORIGIN", "AGE"]
+    rows = []
+    for it in items:
+        row = [str(it.get("mesh", ""))] if kind is Kind.SECRET else []
+        row += [str(it.get("name", "")), _origin(it), _age(str(it.get("creationTime", "")), now)]
+        rows.append(row)
+    return _table(headers, rows)
+
+
+def _print(kind: Kind, answer: Any, output: str, single: bool) -> None:
+    if output == "json":
+        click.echo(json.dumps(answer, indent=2))
+    elif output == "yaml":
+        click.echo(yaml.safe_dump(answer, sort_keys=False, default_flow_style=False), nl=False)
+    else:
+        items = [answer] if single else list(answer.get("items") or [])
+        if not items:
+            click.echo(f"No {kind} resources found.", err=True)
+            return
+        click.echo(_render_table(kind, items))
+
+
+# --------------------------------------------------------------------------- the group
+
+
+class _RootGroup(click.Group):
+    """Prints API and connection errors of any subcommand as ``Error: ...``, exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ApiError as e:
+            fail(str(e), e.causes)
+        except ApiUnreachable as e:
+            fail(str(e))
+
+
+class _AliasGroup(click.Group):
+    """A group whose commands also answer to a singular/plural alias."""
+
+    def __init__(self, *args: Any, aliases: Mapping[str, str] | None = None, **kw: Any):
+        super().__init__(*args, **kw)
+        self.aliases = dict(aliases or {})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return super().get_command(ctx, self.aliases.get(cmd_name, cmd_name))
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        _, cmd, rest = super().resolve_command(ctx, args)
+        return (cmd.name if cmd else None), cmd, rest
+
+
+pass_client = click.make_pass_decorator(ApiClient)
+
+
+@click.group("kdsctl", cls=_RootGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--api-url",
+    envvar="KDSCTL_API_URL",
+    default=DEFAULT_API_URL,
+    show_default=True,
+    metavar="URL",
+    help="Base URL of the control plane's HTTP API (global or zone). Environment: KDSCTL_API_URL.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long to wait for each API answer.",
+)
+@click.pass_context
+def cli(ctx: click.Context, api_url: str, timeout: float) -> None:
+    """Manage Meshes, Secrets and GlobalSecrets of a kds-sync control plane.
+
+    Write on the global control plane: resources created there are synced to every zone.
+    On a zone, synced resources are read-only; zone-local ones can be managed there.
+    """
+    client = ApiClient(api_url, timeout)
+    ctx.obj = client
+    ctx.call_on_close(client.close)
+
+
+def main() -> None:
+    cli(prog_name="kdsctl")
+
+
+# --------------------------------------------------------------------------- apply
+
+
+@dataclass
+class _Doc:
+    where: str  # "FILE document N"
+    resource: Resource
+
+
+def _load_documents(stream: IO[str]) -> list[_Doc]:
+    name = "stdin" if stream.name in ("<stdin>", "-") else stream.name
+    try:
+        docs = list(yaml.safe_load_all(stream))
+    except yaml.MarkedYAMLError as e:
+        # Problem and position only: a snippet of the line could show secret data.
+        mark = e.problem_mark
+        pos = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        fail(f"{name}: invalid YAML{pos}: {e.problem or e.context or 'cannot parse'}")
+    except yaml.YAMLError:
+        fail(f"{name}: invalid YAML")
+    out: list[_Doc] = []
+    problems = 0
+    for index, doc in enumerate(docs, start=1):
+        if doc is None:
+            continue
+        where = f"{name} document {index}"
+        try:
+            out.append(_Doc(where, from_document(doc, _LOCAL_LIMITS)))
+        except InvalidResource as e:
+            problems += 1
+            _print_error(f"{where}: invalid resource", [(c.field, c.message) for c in e.errors])
+    if problems:
+        fail(f"{problems} invalid document(s); nothing was applied")
+    return out
+
+
+def _body(res: Resource) -> dict[str, Any]:
+    body = to_json(res)
+    body.pop("creationTime", None)
+    body.pop("modificationTime", None)
+    return body
+
+
+@cli.command()
+@click.option(
+    "-f",
+    "--file",
+    "files",
+    type=click.File("r", encoding="utf-8"),
+    multiple=True,
+    required=True,
+    metavar="FILE",
+    help="YAML file with one or more documents ('---' separated), or '-' for stdin. "
+    "Universal (type: Secret|GlobalSecret|Mesh) and Kubernetes (apiVersion/kind) forms "
+    "are accepted. Repeatable.",
+)
+@pass_client
+def apply(client: ApiClient, files: tuple[IO[str], ...]) -> None:
+    """Create or update the resources described in FILE.
+
+    Every document is checked before anything is sent; an invalid one is reported with its
+    document number and field, and nothing is applied. Meshes are applied first, then
+    secrets in file order. Stops at the first resource the API refuses.
+    """
+    docs: list[_Doc] = []
+    for f in files:
+        docs += _load_documents(f)
+    if not docs:
+        fail("no resources found in the input")
+    docs.sort(key=lambda d: d.resource.kind is not Kind.MESH)  # stable: meshes first
+    for d in docs:
+        res = d.resource
+        path = resource_path(res.kind, res.name, res.mesh)
+        try:
+            resp = client.put(path, _body(res))
+        except ApiError as e:
+            fail(f"{e} ({d.where})", e.causes)
+        if resp.status_code == 201:
+            outcome = "created"
+        else:
+            outcome = resp.headers.get(RESULT_HEADER, "configured")
+        click.echo(f"{res.key} {outcome}")
+
+
+# --------------------------------------------------------------------------- get
+
+_OUTPUT = click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["table", "json", "yaml"]),
+    default="table",
+    show_default=True,
+    help="Output format. Tables never show secret data; json and yaml print the API "
+    "answer, data included.",
+)
+_MESH = click.option(
+    "-m",
+    "--mesh",
+    default="default",
+    show_default=True,
+    help="The mesh the secret belongs to.",
+)
+_NAME = click.argument("name", required=False)
+
+
+def _get(client: ApiClient, kind: Kind, name: str | None, output: str, mesh: str = "") -> None:
+    answer = client.get(resource_path(kind, name or "", mesh))
+    _print(kind, answer, output, single=bool(name))
+
+
+@cli.group(
+    cls=_AliasGroup,
+    aliases={"mesh": "meshes", "secret": "secrets", "global-secret": "global-secrets"},
+)
+def get() -> None:
+    """Show resources: meshes, secrets or global-secrets (singular forms work too)."""
+
+
+@get.command("meshes")
+@_NAME
+@_OUTPUT
+@pass_client
+def get_meshes(client: ApiClient, name: str | None, output: str) -> None:
+    """List meshes, or show the mesh NAME. Alias: mesh."""
+    _get(client, Kind.MESH, name, output)
+
+
+@get.command("secrets")
+@_NAME
+@_MESH
+@_OUTPUT
+@pass_client
+def get_secrets(client: ApiClient, name: str | None, mesh: str, output: str) -> None:
+    """List the secrets of a mesh, or show the secret NAME. Alias: secret."""
+    _get(client, Kind.SECRET, name, output, mesh)
+
+
+@get.command("global-secrets")
+@_NAME
+@_OUTPUT
+@pass_client
+def get_global_secrets(client: ApiClient, name: str | None, output: str) -> None:
+    """List global secrets, or show the global secret NAME. Alias: global-secret."""
+    _get(client, Kind.GLOBAL_SECRET, name, output)
+
+
+# --------------------------------------------------------------------------- delete
+
+
+def _delete(client: ApiClient, kind: Kind, name: str, mesh: str = "") -> None:
+    client.delete(resource_path(kind, name, mesh))
+    label = f"{kind} {mesh}/{name}" if kind is Kind.SECRET else f"{kind} {name}"
+    click.echo(f"{label} deleted")
+
+
+@cli.group(
+    cls=_AliasGroup,
+    aliases={"meshes": "mesh", "secrets": "secret", "global-secrets": "global-secret"},
+)
+def delete() -> None:
+    """Delete a mesh, secret or global-secret."""
+
+
+@delete.command("mesh")
+@click.argument("name")
+@pass_client
+def delete_mesh(client: ApiClient, name: str) -> None:
+    """Delete the mesh NAME. Refused while the mesh still holds secrets."""
+    _delete(client, Kind.MESH, name)
+
+
+@delete.command("secret")
+@click.argument("name")
+@_MESH
+@pass_client
+def delete_secret(client: ApiClient, name: str, mesh: str) -> None:
+    """Delete the secret NAME of a mesh."""
+    _delete(client, Kind.SECRET, name, mesh)
+
+
+@delete.command("global-secret")
+@click.argument("name")
+@pass_client
+def delete_global_secret(client: ApiClient, name: str) -> None:
+    """Delete the global secret NAME."""
+    _delete(client, Kind.GLOBAL_SECRET, name)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

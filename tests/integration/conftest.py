@@ -1,0 +1,241 @@
+"""Real globalcp / zonecp processes on loopback ports, driven through kdsctl and the HTTP API.
+
+Daemons log JSON lines to a file per process; tests read those lines to assert what was
+logged (warnings, resume figures) and, at the end, that no secret value ever reached a log.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def wait_for(pred: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = pred()
+        except (httpx.HTTPError, OSError, TypeError, KeyError) as e:  # not there yet
+            last = e
+        else:
+            if last:
+                return last
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+class Daemon:
+    def __init__(self, name: str, argv: list[str], log_path: Path, api_url: str):
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.api_url = api_url
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.http = httpx.Client(base_url=api_url, timeout=5)
+
+    def start(self) -> Daemon:
+        logf = open(self.log_path, "ab")  # noqa: SIM115  # the child owns it
+        self.proc = subprocess.Popen(self.argv, stdout=logf, stderr=logf)
+        logf.close()
+        wait_for(self._ready, 15, f"{self.name} API at {self.api_url}")
+        return self
+
+    def _ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"{self.name} exited {self.proc.returncode}:\n{self.log_text()}")
+        try:
+            return self.http.get("/").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"{self.name} did not stop within {timeout}s") from None
+        return self.proc.returncode
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def logs(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                out.append({"event": line, "_raw": True})
+        return out
+
+    def events(self, event: str, **match: Any) -> list[dict[str, Any]]:
+        return [
+            e
+            for e in self.logs()
+            if e.get("event") == event and all(e.get(k) == v for k, v in match.items())
+        ]
+
+    def wait_event(self, event: str, timeout: float = 10, **match: Any) -> dict[str, Any]:
+        found = wait_for(lambda: self.events(event, **match), timeout, f"{self.name} log {event!r}")
+        return found[-1]  # type: ignore[no-any-return]
+
+    # -- API shortcuts
+    def put(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        return self.http.put(path, json=body)
+
+    def get_json(self, path: str) -> Any:
+        r = self.http.get(path)
+        return r.json() if r.status_code == 200 else None
+
+    def secret(self, mesh: str, name: str) -> Any:
+        return self.get_json(f"/meshes/{mesh}/secrets/{name}")
+
+
+class Cluster:
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.daemons: list[Daemon] = []
+        self.kds_port = free_port()
+        self.global_api = free_port()
+
+    def start_global(self, *extra: str) -> Daemon:
+        api = f"http://127.0.0.1:{self.global_api}"
+        argv = [
+            str(BIN / "globalcp"),
+            "run",
+            "--data-dir",
+            str(self.tmp / "global"),
+            "--api-address",
+            f"127.0.0.1:{self.global_api}",
+            "--kds-address",
+            f"127.0.0.1:{self.kds_port}",
+            "--log-format",
+            "json",
+            "--log-level",
+            "debug",
+            "--keepalive-interval",
+            "1s",
+            "--keepalive-timeout",
+            "1s",
+            *extra,
+        ]
+        d = Daemon("global", argv, self.tmp / "global.log", api)
+        self.daemons.append(d)
+        return d.start()
+
+    def start_zone(self, zone: str, *extra: str, api_port: int | None = None) -> Daemon:
+        port = api_port or free_port()
+        argv = [
+            str(BIN / "zonecp"),
+            "run",
+            "--zone",
+            zone,
+            "--global-address",
+            f"grpc://127.0.0.1:{self.kds_port}",
+            "--data-dir",
+            str(self.tmp / zone),
+            "--api-address",
+            f"127.0.0.1:{port}",
+            "--log-format",
+            "json",
+            "--log-level",
+            "debug",
+            "--keepalive-interval",
+            "1s",
+            "--keepalive-timeout",
+            "1s",
+            "--reconnect-max-delay",
+            "1s",
+            *extra,
+        ]
+        d = Daemon(zone, argv, self.tmp / f"{zone}.log", f"http://127.0.0.1:{port}")
+        self.daemons.append(d)
+        return d.start()
+
+    def restart(self, d: Daemon) -> Daemon:
+        d.stop()
+        return d.start()
+
+    def kdsctl(
+        self, *args: str, api: str | None = None, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "KDSCTL_API_URL": api or f"http://127.0.0.1:{self.global_api}"}
+        r = subprocess.run(
+            [str(BIN / "kdsctl"), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+        )
+        if check and r.returncode != 0:
+            raise AssertionError(f"kdsctl {' '.join(args)} failed: {r.stdout}\n{r.stderr}")
+        return r
+
+    def all_logs(self) -> str:
+        return "\n".join(d.log_text() for d in self.daemons)
+
+    def close(self) -> None:
+        for d in self.daemons:
+            if d.proc and d.proc.poll() is None:
+                try:
+                    d.signal(signal.SIGCONT)
+                    d.stop()
+                except (AssertionError, ProcessLookupError):
+                    d.proc.kill()
+            d.http.close()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    c = Cluster(tmp_path)
+    try:
+        yield c
+    finally:
+        c.close()
+        rep = getattr(request.node, "rep_call", None)
+        if rep is not None and rep.failed:
+            for d in c.daemons:
+                sys.stderr.write(f"\n----- {d.name} log -----\n{d.log_text()[-6000:]}\n")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    rep = outcome.get_result()  # type: ignore[attr-defined]
+    if rep.when == "call":
+        item.rep_call = rep  # type: ignore[attr-defined]

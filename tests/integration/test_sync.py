@@ -1,0 +1,310 @@
+"""End to end: real globalcp and zonecp processes on loopback, driven by kdsctl and the API."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from tests.integration.conftest import Cluster, b64, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _secret(mesh: str, name: str, value: str, **labels: str) -> dict[str, object]:
+    return {"type": "Secret", "mesh": mesh, "name": name, "data": b64(value), "labels": labels}
+
+
+def test_create_update_delete_of_all_types_reaches_two_zones(cluster: Cluster) -> None:
+    """Meshes, Secrets and GlobalSecrets written on global appear, change and vanish on both zones."""
+    g = cluster.start_global()
+    zones = [cluster.start_zone("zone-1"), cluster.start_zone("zone-2")]
+    cluster.kdsctl(
+        "apply",
+        "-f",
+        "-",
+        input=(
+            "type: Mesh\nname: payments\n---\n"
+            "type: Secret\nmesh: payments\nname: db-pass\ndata: " + b64("v1-pass") + "\n---\n"
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: api-token\n  labels:\n"
+            "    kuma.io/mesh: default\ndata:\n  value: " + b64("v1-token") + "\n"
+            "type: system.kuma.io/secret\n---\n"
+            "type: GlobalSecret\nname: shared-key\ndata: " + b64("v1-shared") + "\n"
+        ),
+    )
+    for z in zones:
+        wait_for(lambda z=z: z.secret("payments", "db-pass"), what=f"db-pass on {z.name}")
+        wait_for(lambda z=z: z.secret("default", "api-token"), what=f"api-token on {z.name}")
+        wait_for(lambda z=z: z.get_json("/global-secrets/shared-key"), what="shared-key")
+        got = z.secret("payments", "db-pass")
+        assert got["data"] == b64("v1-pass")
+        assert got["labels"]["kuma.io/origin"] == "global"
+        assert z.get_json("/meshes/payments")["name"] == "payments"
+
+    # update
+    assert g.put("/meshes/payments/secrets/db-pass", _secret("payments", "db-pass", "v2")).status_code == 200
+    assert g.put("/global-secrets/shared-key", {"type": "GlobalSecret", "name": "shared-key", "data": b64("v2s")}).status_code == 200
+    for z in zones:
+        wait_for(lambda z=z: z.secret("payments", "db-pass")["data"] == b64("v2"), what="update")
+        wait_for(lambda z=z: z.get_json("/global-secrets/shared-key")["data"] == b64("v2s"), what="gs update")
+
+    # delete (secret, global secret, then the now-empty mesh)
+    cluster.kdsctl("delete", "secret", "db-pass", "--mesh", "payments")
+    cluster.kdsctl("delete", "global-secret", "shared-key")
+    cluster.kdsctl("delete", "mesh", "payments")
+    for z in zones:
+        wait_for(lambda z=z: z.get_json("/meshes/payments") is None, what="mesh gone")
+        assert z.secret("payments", "db-pass") is None
+        assert z.get_json("/global-secrets/shared-key") is None
+        assert z.secret("default", "api-token")["data"] == b64("v1-token")
+    # No zone rejected anything, and ordering never made a Secret arrive before its Mesh.
+    assert not g.events("zone rejected a resource")
+
+
+def test_zone_local_secret_never_reaches_global_and_synced_copies_are_read_only(
+    cluster: Cluster,
+) -> None:
+    """A zone's own secret stays on the zone; synced copies refuse writes with 409."""
+    g = cluster.start_global()
+    z = cluster.start_zone("zone-1")
+    assert z.put("/meshes/default/secrets/local-only", _secret("default", "local-only", "zone-only-value")).status_code == 201
+    assert g.put("/meshes/default/secrets/from-global", _secret("default", "from-global", "gv")).status_code == 201
+    wait_for(lambda: z.secret("default", "from-global"), what="sync")
+    time.sleep(0.3)
+    assert g.secret("default", "local-only") is None
+    local = z.secret("default", "local-only")
+    assert local["labels"] == {"kuma.io/origin": "zone", "kuma.io/zone": "zone-1"}
+    assert "zone-only-value" not in g.log_text()
+    assert b64("zone-only-value") not in g.log_text()
+
+    r = z.put("/meshes/default/secrets/from-global", _secret("default", "from-global", "x"))
+    assert r.status_code == 409 and "global" in r.json()["detail"]
+    r = z.http.delete("/meshes/default/secrets/from-global")
+    assert r.status_code == 409 and "global" in r.json()["detail"]
+    assert z.secret("default", "from-global")["data"] == b64("gv")
+
+
+def test_name_conflict_rules(cluster: Cluster) -> None:
+    """Zone keeps its own, warns once, keeps global's copy aside, swaps it in on local delete."""
+    g = cluster.start_global()
+    z = cluster.start_zone("zone-1")
+    z2 = cluster.start_zone("zone-2")
+    assert z.put("/meshes/default/secrets/dup", _secret("default", "dup", "zone-value")).status_code == 201
+    g.put("/meshes/default/secrets/dup", _secret("default", "dup", "global-value-1"))
+    wait_for(lambda: z2.secret("default", "dup"), what="zone-2 sync")
+    warning = z.wait_event(
+        "name conflict: this zone keeps its own resource; global's copy is kept aside"
+    )
+    assert warning["level"] == "warning"
+    assert (warning["type"], warning["mesh"], warning["name"], warning["zone"]) == (
+        "Secret",
+        "default",
+        "dup",
+        "zone-1",
+    )
+    assert z.secret("default", "dup")["data"] == b64("zone-value")
+    # The zone reports its conflicts to global, names only.
+    report = g.wait_event("zone reported conflicts", zone="zone-1", conflicts=["SECRET:default/dup"])
+    assert report
+
+    # Global updates its copy: the copy aside follows, the local one is untouched, no new warning.
+    g.put("/meshes/default/secrets/dup", _secret("default", "dup", "global-value-2"))
+    wait_for(lambda: z2.secret("default", "dup")["data"] == b64("global-value-2"), what="z2 update")
+    time.sleep(0.3)
+    assert z.secret("default", "dup")["data"] == b64("zone-value")
+    warnings = z.events("name conflict: this zone keeps its own resource; global's copy is kept aside")
+    assert len(warnings) == 1
+
+    # Deleting the zone-local one puts global's (updated) copy in its place at once.
+    assert z.http.delete("/meshes/default/secrets/dup").status_code == 200
+    got = z.secret("default", "dup")
+    assert got["data"] == b64("global-value-2")
+    assert got["labels"]["kuma.io/origin"] == "global"
+    g.wait_event("zone reported conflicts", zone="zone-1", conflicts=[])
+
+    # A new conflict, then global deletes its copy: the local one survives.
+    assert z.put("/meshes/default/secrets/dup2", _secret("default", "dup2", "z2")).status_code == 201
+    g.put("/meshes/default/secrets/dup2", _secret("default", "dup2", "g2"))
+    wait_for(lambda: z2.secret("default", "dup2"), what="dup2 on zone-2")
+    z.wait_event("name conflict: this zone keeps its own resource; global's copy is kept aside", name="dup2")
+    assert g.http.delete("/meshes/default/secrets/dup2").status_code == 200
+    wait_for(lambda: z2.secret("default", "dup2") is None, what="dup2 deleted on zone-2")
+    time.sleep(0.3)
+    assert z.secret("default", "dup2")["data"] == b64("z2")
+    # The copy aside is gone too: deleting the local one leaves nothing.
+    assert z.http.delete("/meshes/default/secrets/dup2").status_code == 200
+    assert z.secret("default", "dup2") is None
+
+    # A zone-local resource cannot take a key a synced copy holds.
+    r = z.put("/meshes/default/secrets/dup", _secret("default", "dup", "again"))
+    assert r.status_code == 409
+    for value in ("zone-value", "global-value-1", "global-value-2", "z2", "g2"):
+        assert b64(value) not in cluster.all_logs()
+
+
+def test_zone_restart_resumes_with_only_the_changes(cluster: Cluster) -> None:
+    """A zone restarted after changes on global receives only those changes, not a snapshot."""
+    g = cluster.start_global()
+    z = cluster.start_zone("zone-1")
+    for i in range(20):
+        g.put(f"/meshes/default/secrets/s{i}", _secret("default", f"s{i}", f"v{i}"))
+    wait_for(lambda: z.secret("default", "s19"), what="initial sync")
+    z.stop()
+    g.wait_event("zone disconnected", zone="zone-1")
+    for i in range(3):
+        g.put(f"/meshes/default/secrets/s{i}", _secret("default", f"s{i}", f"changed{i}"))
+    g.http.delete("/meshes/default/secrets/s5")
+    z.start()
+    wait_for(lambda: z.secret("default", "s2")["data"] == b64("changed2"), what="resume")
+    assert z.secret("default", "s5") is None
+    resumed = g.wait_event("resumed zone from its revision", zone="zone-1")
+    assert resumed["changes"] == 4
+    assert resumed["to_revision"] - resumed["from_revision"] == 4
+    connects = g.events("zone connected", zone="zone-1")
+    assert [c["mode"] for c in connects] == ["SNAPSHOT", "RESUME"]
+
+
+def test_global_restart_zones_keep_serving_and_resume(cluster: Cluster) -> None:
+    """While global is down zones serve their last state; after restart they resume, not resync."""
+    g = cluster.start_global()
+    z1, z2 = cluster.start_zone("zone-1"), cluster.start_zone("zone-2")
+    g.put("/meshes/default/secrets/before", _secret("default", "before", "b"))
+    for z in (z1, z2):
+        wait_for(lambda z=z: z.secret("default", "before"), what="initial")
+    assert g.stop() == 0
+    for z in (z1, z2):
+        z.wait_event("disconnected from global")
+        assert z.secret("default", "before")["data"] == b64("b")
+    g.start()
+    g.put("/meshes/default/secrets/after", _secret("default", "after", "a"))
+    g.put("/meshes/default/secrets/before", _secret("default", "before", "b2"))
+    for z in (z1, z2):
+        wait_for(lambda z=z: z.secret("default", "after"), what="after restart")
+        wait_for(lambda z=z: z.secret("default", "before")["data"] == b64("b2"), what="update")
+    for name in ("zone-1", "zone-2"):
+        modes = [c["mode"] for c in g.events("zone connected", zone=name)]
+        assert modes[0] == "SNAPSHOT" and set(modes[1:]) == {"RESUME"}, modes
+        assert not [e for e in g.events("snapshot sent", zone=name)][1:]
+
+
+def test_zone_offline_longer_than_change_log_gets_full_resync(cluster: Cluster) -> None:
+    """Past the change log: a snapshot; stale synced copies removed; zone-local ones kept."""
+    g = cluster.start_global("--log-size", "5")
+    z = cluster.start_zone("zone-1")
+    g.put("/meshes/default/secrets/doomed", _secret("default", "doomed", "d"))
+    g.put("/meshes/default/secrets/kept", _secret("default", "kept", "k"))
+    g.put("/meshes/stale-mesh", {"type": "Mesh", "name": "stale-mesh"})
+    g.put("/meshes/stale-mesh/secrets/inner", _secret("stale-mesh", "inner", "i"))
+    z.put("/meshes/default/secrets/mine", _secret("default", "mine", "m"))
+    wait_for(lambda: z.secret("stale-mesh", "inner"), what="initial sync")
+    z.stop()
+    g.http.delete("/meshes/default/secrets/doomed")
+    g.http.delete("/meshes/stale-mesh/secrets/inner")
+    g.http.delete("/meshes/stale-mesh")
+    for i in range(10):
+        g.put(f"/meshes/default/secrets/n{i}", _secret("default", f"n{i}", f"n{i}"))
+    z.start()
+    wait_for(lambda: z.secret("default", "n9"), what="resync")
+    assert z.secret("default", "doomed") is None
+    assert z.get_json("/meshes/stale-mesh") is None
+    assert z.secret("default", "kept")["data"] == b64("k")
+    assert z.secret("default", "mine")["labels"]["kuma.io/origin"] == "zone"
+    modes = [c["mode"] for c in g.events("zone connected", zone="zone-1")]
+    assert modes == ["SNAPSHOT", "SNAPSHOT"]
+    assert z.events("removed synced copies global no longer has")[-1]["count"] == 3
+
+
+def test_invalid_input_is_refused_with_400_and_changes_nothing(cluster: Cluster) -> None:
+    """Bad names, data, labels and types are 400 naming the field, on the API and in kdsctl."""
+    g = cluster.start_global("--max-data-bytes", "1KiB")
+    z = cluster.start_zone("zone-1")
+    cases = {
+        "name": _secret("default", "Bad_Name", "x") | {"name": "Bad_Name"},
+        "data": {"type": "Secret", "mesh": "default", "name": "ok", "data": "***not base64***"},
+        "labels[kuma.io/origin]": _secret("default", "ok", "x", **{"kuma.io/origin": "zone"}),
+        "labels[bad key!]": _secret("default", "ok", "x", **{"bad key!": "v"}),
+    }
+    for field, body in cases.items():
+        path = f"/meshes/default/secrets/{body['name']}"
+        r = g.put(path, body)
+        assert r.status_code == 400, (field, r.text)
+        assert field in [c["field"] for c in r.json()["causes"]], (field, r.json())
+    r = g.put("/meshes/default/secrets/big", _secret("default", "big", "x" * 2000))
+    assert r.status_code == 400 and r.json()["causes"][0]["field"] == "data"
+    r = g.put("/meshes/default/secrets/empty", {"type": "Secret", "mesh": "default", "name": "empty", "data": ""})
+    assert r.status_code == 400
+    bad = cluster.kdsctl("apply", "-f", "-", input="type: Secretz\nname: a\ndata: eA==\n", check=False)
+    assert bad.returncode != 0 and "type" in bad.stderr
+    bad = cluster.kdsctl(
+        "apply", "-f", "-", input="apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n", check=False
+    )
+    assert bad.returncode != 0 and "kind" in bad.stderr
+    assert g.get_json("/meshes/default/secrets")["total"] == 0
+    time.sleep(0.3)
+    assert z.get_json("/meshes/default/secrets")["total"] == 0
+
+
+def test_slow_zone_does_not_slow_others_and_catches_up_coalesced(cluster: Cluster) -> None:
+    """A frozen zone holds only its own stream; when it thaws it gets the newest state."""
+    g = cluster.start_global("--max-unacked", "2")
+    fast = cluster.start_zone("fast")
+    slow = cluster.start_zone("slow")
+    g.put("/meshes/default/secrets/k", _secret("default", "k", "v0"))
+    wait_for(lambda: slow.secret("default", "k"), what="initial")
+    slow.signal(signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        for i in range(1, 101):
+            assert g.put("/meshes/default/secrets/k", _secret("default", "k", f"v{i}")).status_code == 200
+            g.put(f"/meshes/default/secrets/n{i % 10}", _secret("default", f"n{i % 10}", f"{i}"))
+        wait_for(lambda: fast.secret("default", "k")["data"] == b64("v100"), what="fast zone")
+        assert time.monotonic() - t0 < 30
+    finally:
+        slow.signal(signal.SIGCONT)
+    wait_for(lambda: slow.secret("default", "k")["data"] == b64("v100"), timeout=20, what="slow zone")
+    assert slow.get_json("/meshes/default/secrets")["total"] == 11
+
+
+def test_batches_split_to_fit_the_message_limit_and_oversized_is_refused(cluster: Cluster) -> None:
+    """With a 64 KiB message limit, 40 secrets of 4 KiB arrive in several parts; a bigger one is 400."""
+    g = cluster.start_global("--max-message-bytes", "64KiB", "--max-data-bytes", "256KiB")
+    docs = "".join(
+        f"---\ntype: Secret\nmesh: default\nname: big-{i}\ndata: {b64(str(i) * 4096)}\n" for i in range(40)
+    )
+    cluster.kdsctl("apply", "-f", "-", input=docs)
+    z = cluster.start_zone("zone-1", "--max-message-bytes", "64KiB")
+    wait_for(lambda: z.get_json("/meshes/default/secrets")["total"] == 40, what="all 40")
+    snap = g.wait_event("snapshot sent", zone="zone-1")
+    assert snap["resources"] == 41  # 40 secrets and the default mesh
+    assert snap["bytes"] > 64 * 1024  # so it must have been split
+    r = g.put("/meshes/default/secrets/too-big", _secret("default", "too-big", "x" * 100_000))
+    assert r.status_code == 400 and r.json()["causes"][0]["field"] == "data"
+
+
+def test_dead_zone_is_noticed_within_seconds(cluster: Cluster) -> None:
+    """A zone frozen with SIGSTOP is declared gone by keepalive within a few seconds."""
+    g = cluster.start_global()
+    z = cluster.start_zone("zone-1")
+    g.wait_event("zone connected", zone="zone-1")
+    z.signal(signal.SIGSTOP)
+    t0 = time.monotonic()
+    try:
+        g.wait_event("zone disconnected", timeout=15, zone="zone-1")
+        elapsed = time.monotonic() - t0
+    finally:
+        z.signal(signal.SIGCONT)
+    # keepalive 1 s + ping timeout 1 s; the heartbeat write blocking adds at most a little.
+    assert elapsed < 8, elapsed
+    g.wait_event("zone connected", zone="zone-1", mode="RESUME")
+
+
+def test_sigterm_stops_both_daemons_cleanly(cluster: Cluster) -> None:
+    """SIGTERM and SIGINT end each daemon with exit code 0 within a few seconds."""
+    g = cluster.start_global()
+    z = cluster.start_zone("zone-1")
+    g.wait_event("zone connected", zone="zone-1")
+    t0 = time.monotonic()
+    assert z.stop(signal.SIGINT) == 0
+    assert g.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - t0 < 8

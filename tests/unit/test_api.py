@@ -1,0 +1,542 @@
+"""kds.api against a real SqliteStore, on both roles."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp.test_utils import TestClient, TestServer
+from structlog.testing import capture_logs
+
+from kds.api import ApiContext, build_app, client_max_size
+from kds.model import Key, Kind, Limits, Resource
+from kds.protocol.applier import DecodedBatch, Incoming
+from kds.store import AsyncStore, SqliteStore, WriteResult
+
+SECRET = b"s3cr3t-value-\x00\xff-do-not-leak"
+SECRET_B64 = base64.b64encode(SECRET).decode()
+OTHER = b"another-secret-value"
+OTHER_B64 = base64.b64encode(OTHER).decode()
+
+
+@dataclass
+class Api:
+    client: TestClient
+    store: AsyncStore
+    writes: list[WriteResult] = field(default_factory=list)
+
+    async def put(self, path: str, body: Any) -> tuple[int, Any, str]:
+        resp = await self.client.put(path, json=body)
+        text = await resp.text()
+        return resp.status, json.loads(text), resp.headers.get("X-Kds-Result", "")
+
+    async def get(self, path: str) -> tuple[int, Any]:
+        resp = await self.client.get(path)
+        return resp.status, await resp.json()
+
+    async def delete(self, path: str) -> tuple[int, Any]:
+        resp = await self.client.delete(path)
+        return resp.status, await resp.json()
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        return self.store.sync.counts()
+
+
+MakeApi = Callable[..., Awaitable[Api]]
+
+
+@pytest.fixture
+async def make_api(tmp_path: Path) -> AsyncIterator[MakeApi]:
+    made: list[Api] = []
+    clock = itertools.count(1)
+
+    def now() -> str:
+        n = next(clock)
+        return f"2026-11-29T01:{n // 60:02d}:{n % 60:02d}.000Z"
+
+    async def factory(role: str = "global", zone: str = "", **kw: Any) -> Api:
+        store = AsyncStore(SqliteStore(tmp_path / f"{role}-{len(made)}.db", role))  # type: ignore[arg-type]
+        writes: list[WriteResult] = []
+        kw.setdefault("on_write", writes.append)
+        ctx = ApiContext(store=store, role=role, zone=zone, now=now, **kw)  # type: ignore[arg-type]
+        client = TestClient(TestServer(build_app(ctx)))
+        await client.start_server()
+        api = Api(client, store, writes)
+        made.append(api)
+        return api
+
+    yield factory
+    for api in made:
+        await api.client.close()
+        api.store.close()
+
+
+@pytest.fixture
+async def api(make_api: MakeApi) -> Api:
+    return await make_api()
+
+
+async def _seed(api: Api) -> None:
+    assert (await api.put("/meshes/default", {"type": "Mesh", "name": "default"}))[0] == 201
+
+
+def _synced_batch(*resources: Resource, revision: int = 2) -> DecodedBatch:
+    changes = tuple(Incoming(i + 1, r.key, r) for i, r in enumerate(resources))
+    return DecodedBatch(
+        seq=1,
+        from_revision=0,
+        revision=revision,
+        snapshot=False,
+        final=True,
+        head_revision=revision,
+        changes=changes,
+    )
+
+
+def _g(kind: Kind, name: str, mesh: str = "", data: bytes = b"", version: int = 1) -> Resource:
+    ts = "2026-11-28T00:00:00.000Z"
+    return Resource(kind, name, mesh, data, creation_time=ts, modification_time=ts, version=version)
+
+
+# --------------------------------------------------------------------------- meta
+
+
+async def test_index_and_openapi(make_api: MakeApi) -> None:
+    zone = await make_api("zone", zone="zone-1")
+    status, body = await zone.get("/")
+    assert status == 200
+    assert body["role"] == "zone" and body["zone"] == "zone-1" and body["version"]
+
+    resp = await zone.client.get("/openapi.yaml")
+    assert resp.status == 200
+    doc = yaml.safe_load(await resp.text())
+    assert doc["openapi"].startswith("3.0")
+    for path in (
+        "/meshes",
+        "/meshes/{name}",
+        "/meshes/{mesh}/secrets",
+        "/meshes/{mesh}/secrets/{name}",
+        "/global-secrets",
+        "/global-secrets/{name}",
+    ):
+        assert path in doc["paths"]
+    assert {"Resource", "Error", "List"} <= set(doc["components"]["schemas"])
+    status, as_json = await zone.get("/openapi.json")
+    assert status == 200 and as_json == doc
+
+
+def test_openapi_document_is_valid() -> None:
+    validator = pytest.importorskip("openapi_spec_validator")
+    doc = yaml.safe_load((Path(__file__).parents[2] / "kds" / "openapi.yaml").read_text())
+    validator.validate(doc)
+
+
+# --------------------------------------------------------------------------- CRUD
+
+
+async def test_mesh_crud(api: Api) -> None:
+    status, body, result = await api.put("/meshes/default", {"type": "Mesh", "name": "default"})
+    assert (status, result) == (201, "created")
+    assert body["type"] == "Mesh" and body["name"] == "default"
+    assert body["labels"] == {"kuma.io/origin": "global"}
+    assert body["creationTime"] and body["modificationTime"] == body["creationTime"]
+    assert "data" not in body
+
+    # the same body again: 200 and nothing changes, no push
+    status, again, result = await api.put("/meshes/default", {})
+    assert (status, result) == (200, "unchanged")
+    assert again["modificationTime"] == body["modificationTime"]
+    assert len(api.writes) == 1
+
+    status, upd, result = await api.put("/meshes/default", {"labels": {"team": "a"}})
+    assert (status, result) == (200, "updated")
+    assert upd["labels"] == {"team": "a", "kuma.io/origin": "global"}
+    assert upd["creationTime"] == body["creationTime"]
+    assert upd["modificationTime"] != body["modificationTime"]
+
+    status, listing = await api.get("/meshes")
+    assert status == 200
+    assert listing == {"total": 1, "items": [upd], "next": None}
+    assert (await api.get("/meshes/default")) == (200, upd)
+
+    assert await api.delete("/meshes/default") == (200, {})
+    assert (await api.get("/meshes/default"))[0] == 404
+    assert await api.get("/meshes") == (200, {"total": 0, "items": [], "next": None})
+    assert [w.changed for w in api.writes] == [True, True, True]
+    assert [w.record.deleted for w in api.writes if w.record] == [False, False, True]
+
+
+async def test_secret_crud(api: Api) -> None:
+    await _seed(api)
+    body = {"type": "Secret", "name": "foo", "mesh": "default", "data": SECRET_B64}
+    status, created, result = await api.put("/meshes/default/secrets/foo", body)
+    assert (status, result) == (201, "created")
+    assert created["data"] == SECRET_B64
+    assert created["mesh"] == "default" and created["labels"] == {"kuma.io/origin": "global"}
+    rec = api.writes[-1].record
+    assert rec is not None and rec.key == Key(Kind.SECRET, "default", "foo")
+
+    # type, name and mesh may be left to the path
+    status, same, result = await api.put("/meshes/default/secrets/foo", {"data": SECRET_B64})
+    assert (status, result) == (200, "unchanged")
+    assert same == created
+    status, upd, result = await api.put("/meshes/default/secrets/foo", {"data": OTHER_B64})
+    assert (status, result) == (200, "updated")
+    assert upd["data"] == OTHER_B64
+
+    # a GET answer can be PUT back as is (times are ignored; system labels are not)
+    got = (await api.get("/meshes/default/secrets/foo"))[1]
+    got["labels"] = {}
+    status, _, result = await api.put("/meshes/default/secrets/foo", got)
+    assert (status, result) == (200, "unchanged")
+
+    status, listing = await api.get("/meshes/default/secrets")
+    assert status == 200 and listing["total"] == 1 and listing["next"] is None
+    assert listing["items"][0]["name"] == "foo" and listing["items"][0]["data"] == OTHER_B64
+
+    assert await api.delete("/meshes/default/secrets/foo") == (200, {})
+    assert (await api.get("/meshes/default/secrets/foo"))[0] == 404
+    assert (await api.delete("/meshes/default/secrets/foo"))[0] == 404
+
+
+async def test_global_secret_crud(api: Api) -> None:
+    status, created, result = await api.put(
+        "/global-secrets/gs", {"type": "GlobalSecret", "name": "gs", "data": SECRET_B64}
+    )
+    assert (status, result) == (201, "created")
+    assert "mesh" not in created and created["data"] == SECRET_B64
+    assert (await api.get("/global-secrets/gs"))[1] == created
+    listing = (await api.get("/global-secrets"))[1]
+    assert listing == {"total": 1, "items": [created], "next": None}
+    assert (await api.put("/global-secrets/gs", {"data": OTHER_B64}))[0] == 200
+    assert await api.delete("/global-secrets/gs") == (200, {})
+    assert (await api.get("/global-secrets/gs"))[0] == 404
+    # a GlobalSecret is not a mesh Secret
+    assert (await api.get("/global-secrets"))[1]["total"] == 0
+
+
+async def test_list_pages(api: Api) -> None:
+    for n in range(5):
+        assert (await api.put(f"/global-secrets/s{n}", {"data": SECRET_B64}))[0] == 201
+    status, page = await api.get("/global-secrets?size=2")
+    assert status == 200 and page["total"] == 5
+    assert [i["name"] for i in page["items"]] == ["s0", "s1"]
+    names = []
+    url = "/global-secrets?size=2"
+    while url:
+        page = (await api.get(url))[1]
+        names += [i["name"] for i in page["items"]]
+        url = page["next"] and page["next"][page["next"].index("/global-secrets") :]
+    assert names == [f"s{n}" for n in range(5)]
+    status, err = await api.get("/global-secrets?size=abc")
+    assert status == 400 and err["causes"][0]["field"] == "size"
+
+
+# --------------------------------------------------------------------------- invalid input
+
+BAD = "/meshes/default/secrets/foo"
+
+INVALID: list[tuple[str, str, Any, str]] = [
+    ("bad name", "/global-secrets/bad_name", {"data": SECRET_B64}, "name"),
+    ("name too long", "/global-secrets/" + "a" * 254, {"data": SECRET_B64}, "name"),
+    ("uppercase name", "/global-secrets/Foo", {"data": SECRET_B64}, "name"),
+    ("uppercase mesh", "/meshes/Default/secrets/foo", {"data": SECRET_B64}, "mesh"),
+    ("bad base64", BAD, {"data": "not*base64"}, "data"),
+    ("empty data", BAD, {"data": ""}, "data"),
+    ("no data", BAD, {"type": "Secret"}, "data"),
+    ("data not a string", BAD, {"data": 12}, "data"),
+    ("data over the limit", BAD, {"data": base64.b64encode(b"x" * 65).decode()}, "data"),
+    ("bad label key", BAD, {"data": SECRET_B64, "labels": {"bad key": "v"}}, "labels[bad key]"),
+    ("bad label value", BAD, {"data": SECRET_B64, "labels": {"app": "a b"}}, "labels[app]"),
+    ("label value too long", BAD, {"data": SECRET_B64, "labels": {"a": "x" * 64}}, "labels[a]"),
+    (
+        "system label origin",
+        BAD,
+        {"data": SECRET_B64, "labels": {"kuma.io/origin": "global"}},
+        "labels[kuma.io/origin]",
+    ),
+    (
+        "system label zone",
+        BAD,
+        {"data": SECRET_B64, "labels": {"kuma.io/zone": "z"}},
+        "labels[kuma.io/zone]",
+    ),
+    ("labels not a map", BAD, {"data": SECRET_B64, "labels": ["a"]}, "labels"),
+    ("unknown type", BAD, {"type": "Token", "data": SECRET_B64}, "type"),
+    ("type mismatch", BAD, {"type": "GlobalSecret", "data": SECRET_B64}, "type"),
+    ("name mismatch", BAD, {"name": "bar", "data": SECRET_B64}, "name"),
+    ("mesh mismatch", BAD, {"mesh": "other", "data": SECRET_B64}, "mesh"),
+    ("unknown field", BAD, {"data": SECRET_B64, "value": SECRET_B64}, "value"),
+    ("mesh field on a global secret", "/global-secrets/g", {"mesh": "default"}, "mesh"),
+    ("data on a mesh", "/meshes/m2", {"data": SECRET_B64}, "data"),
+    ("missing mesh", "/meshes/nope/secrets/foo", {"data": SECRET_B64}, "mesh"),
+    ("body not an object", BAD, [SECRET_B64], ""),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"), [c[1:] for c in INVALID], ids=[c[0] for c in INVALID]
+)
+async def test_invalid_input_is_refused_naming_the_field(
+    make_api: MakeApi, path: str, body: Any, field: str
+) -> None:
+    api = await make_api(limits=Limits(max_data_bytes=64))
+    await _seed(api)
+    before = api.counts()
+    with capture_logs() as logs:
+        resp = await api.client.put(path, json=body)
+        text = await resp.text()
+    assert resp.status == 400, text
+    err = json.loads(text)
+    assert err["status"] == 400 and err["title"] and err["detail"]
+    assert field in [c["field"] for c in err["causes"]], err
+    assert api.counts() == before
+    assert len(api.writes) == 1  # the seed only
+    for value in (SECRET_B64, "not*base64"):
+        assert value not in text
+        assert value not in repr(logs)
+
+
+@pytest.mark.parametrize(
+    ("raw", "detail"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"", "empty"),
+        (b"\xff\xfe{}", "UTF-8"),
+    ],
+)
+async def test_malformed_body(api: Api, raw: bytes, detail: str) -> None:
+    await _seed(api)
+    resp = await api.client.put(
+        "/global-secrets/x", data=raw, headers={"Content-Type": "application/json"}
+    )
+    assert resp.status == 400
+    err = await resp.json()
+    assert detail in err["detail"] and err["causes"] == []
+    assert api.counts()["GlobalSecret"] == {"global": 0, "zone": 0}
+
+
+async def test_body_too_large(make_api: MakeApi) -> None:
+    limits = Limits(max_data_bytes=64)
+    api = await make_api(limits=limits)
+    body = json.dumps({"data": "A" * (client_max_size(limits) + 10)}).encode()
+    with capture_logs() as logs:
+        resp = await api.client.put("/global-secrets/big", data=body)
+        text = await resp.text()
+    assert resp.status == 413
+    err = json.loads(text)
+    assert err["status"] == 413 and "64 bytes" in err["detail"]
+    assert err["causes"][0]["field"] == "data"
+    assert "AAAAAAAA" not in text and "AAAAAAAA" not in repr(logs)
+    assert api.counts()["GlobalSecret"]["global"] == 0
+
+
+async def test_resource_too_large_for_one_sync_message(make_api: MakeApi) -> None:
+    api = await make_api(max_message_bytes=1024)
+    ok = base64.b64encode(b"x" * 600).decode()
+    assert (await api.put("/global-secrets/small", {"data": ok}))[0] == 201
+    big = base64.b64encode(b"x" * 1000).decode()
+    status, err, _ = await api.put("/global-secrets/big", {"data": big})
+    assert status == 400
+    assert err["causes"][0]["field"] == "data" and "1024" in err["causes"][0]["message"]
+    assert (await api.get("/global-secrets/big"))[0] == 404
+    # an update that grows past the limit leaves the old value
+    status, _, _ = await api.put("/global-secrets/small", {"data": big})
+    assert status == 400
+    assert (await api.get("/global-secrets/small"))[1]["data"] == ok
+
+
+# --------------------------------------------------------------------------- 404 / 405 / 409
+
+
+async def test_not_found(api: Api) -> None:
+    status, err = await api.get("/meshes/nope")
+    assert status == 404 and err["title"] == "Not found" and "nope" in err["detail"]
+    status, err = await api.get("/meshes/nope/secrets/foo")
+    assert status == 404 and "mesh 'nope' does not exist" in err["detail"]
+    status, err = await api.get("/meshes/nope/secrets")
+    assert status == 404 and "mesh 'nope'" in err["detail"]
+    assert (await api.delete("/meshes/nope/secrets/foo"))[0] == 404
+    assert (await api.delete("/global-secrets/nope"))[0] == 404
+    assert (await api.delete("/meshes/nope"))[0] == 404
+    status, err = await api.get("/no/such/path")
+    assert status == 404 and err["status"] == 404 and err["causes"] == []
+    resp = await api.client.post("/meshes/x")
+    assert resp.status == 405 and "PUT" in resp.headers["Allow"]
+    assert (await resp.json())["status"] == 405
+
+
+async def test_delete_mesh_with_secrets_is_a_conflict(api: Api) -> None:
+    await _seed(api)
+    assert (await api.put("/meshes/default/secrets/a", {"data": SECRET_B64}))[0] == 201
+    status, err = await api.delete("/meshes/default")
+    assert status == 409 and err["title"] == "Conflict"
+    assert "secret" in err["detail"] and SECRET_B64 not in json.dumps(err)
+    assert (await api.get("/meshes/default"))[0] == 200
+    assert await api.delete("/meshes/default/secrets/a") == (200, {})
+    assert await api.delete("/meshes/default") == (200, {})
+
+
+# --------------------------------------------------------------------------- zone
+
+
+async def _zone_with_synced(make_api: MakeApi) -> Api:
+    zone = await make_api("zone", zone="zone-1")
+    batch = _synced_batch(
+        _g(Kind.MESH, "default", version=1),
+        _g(Kind.SECRET, "synced", "default", SECRET, version=2),
+        _g(Kind.GLOBAL_SECRET, "gsynced", "", SECRET, version=3),
+        revision=3,
+    )
+    await zone.store.write(zone.store.sync.apply_batch, batch, "global-store", "now")
+    return zone
+
+
+async def test_zone_synced_rows_are_read_only(make_api: MakeApi) -> None:
+    zone = await _zone_with_synced(make_api)
+    before = zone.counts()
+    for path, body in [
+        ("/meshes/default/secrets/synced", {"data": OTHER_B64}),
+        ("/global-secrets/gsynced", {"data": OTHER_B64}),
+        ("/meshes/default", {}),
+    ]:
+        status, err, _ = await zone.put(path, body)
+        assert status == 409, path
+        assert "global" in err["detail"] and err["title"] == "Conflict"
+        assert SECRET_B64 not in json.dumps(err) and OTHER_B64 not in json.dumps(err)
+        status, err = await zone.delete(path)
+        assert status == 409 and "global" in err["detail"]
+    assert zone.counts() == before
+    assert zone.writes == []
+    status, got = await zone.get("/meshes/default/secrets/synced")
+    assert status == 200 and got["data"] == SECRET_B64
+    assert got["labels"] == {"kuma.io/origin": "global"}
+
+
+async def test_zone_local_resources(make_api: MakeApi) -> None:
+    zone = await _zone_with_synced(make_api)
+    # a zone-local secret in a synced mesh
+    status, body, _ = await zone.put("/meshes/default/secrets/local", {"data": OTHER_B64})
+    assert status == 201
+    assert body["labels"] == {"kuma.io/origin": "zone", "kuma.io/zone": "zone-1"}
+    status, listing = await zone.get("/meshes/default/secrets")
+    by_name = {i["name"]: i["labels"] for i in listing["items"]}
+    assert by_name == {
+        "local": {"kuma.io/origin": "zone", "kuma.io/zone": "zone-1"},
+        "synced": {"kuma.io/origin": "global"},
+    }
+    assert len(zone.writes) == 1 and zone.writes[0].record is None
+    # zone-local mesh and global secret
+    assert (await zone.put("/meshes/zmesh", {"labels": {"env": "dev"}}))[0] == 201
+    status, ms = await zone.get("/meshes")
+    assert [(m["name"], m["labels"]["kuma.io/origin"]) for m in ms["items"]] == [
+        ("default", "global"),
+        ("zmesh", "zone"),
+    ]
+    assert (await zone.put("/global-secrets/zg", {"data": OTHER_B64}))[0] == 201
+    assert (await zone.put("/global-secrets/zg", {"data": OTHER_B64}))[2] == "unchanged"
+    assert (await zone.put("/global-secrets/zg", {"data": SECRET_B64}))[2] == "updated"
+    assert await zone.delete("/global-secrets/zg") == (200, {})
+    assert await zone.delete("/meshes/default/secrets/local") == (200, {})
+
+
+async def test_zone_local_row_shadowing_a_synced_copy(make_api: MakeApi) -> None:
+    zone = await make_api("zone", zone="zone-1")
+    assert (await zone.put("/global-secrets/shared", {"data": OTHER_B64}))[0] == 201
+    # global later syncs the same key: the zone-local row keeps being served
+    batch = _synced_batch(_g(Kind.GLOBAL_SECRET, "shared", "", SECRET, version=1), revision=1)
+    await zone.store.write(zone.store.sync.apply_batch, batch, "global-store", "now")
+    status, got = await zone.get("/global-secrets/shared")
+    assert got["data"] == OTHER_B64 and got["labels"]["kuma.io/origin"] == "zone"
+    # the local row can still be changed; deleting it reveals global's copy
+    status, _, result = await zone.put(
+        "/global-secrets/shared", {"data": base64.b64encode(b"z").decode()}
+    )
+    assert (status, result) == (200, "updated")
+    assert await zone.delete("/global-secrets/shared") == (200, {})
+    status, got = await zone.get("/global-secrets/shared")
+    assert got["data"] == SECRET_B64 and got["labels"] == {"kuma.io/origin": "global"}
+    # and now it is read-only again: a new local row under that key is refused
+    status, err, _ = await zone.put("/global-secrets/shared", {"data": OTHER_B64})
+    assert status == 409 and "global" in err["detail"]
+
+
+# --------------------------------------------------------------------------- logs, failures
+
+
+async def test_writes_are_logged_without_data(api: Api) -> None:
+    with capture_logs() as logs:
+        await _seed(api)
+        await api.put("/meshes/default/secrets/foo", {"data": SECRET_B64})
+        await api.put("/meshes/default/secrets/foo", {"data": OTHER_B64})
+        await api.put("/meshes/default/secrets/foo", {"data": OTHER_B64})  # unchanged
+        await api.delete("/meshes/default/secrets/foo")
+    written = [e for e in logs if e["event"] == "resource written"]
+    assert [(e["type"], e["mesh"], e["name"]) for e in written] == [
+        ("Mesh", "", "default"),
+        ("Secret", "default", "foo"),
+        ("Secret", "default", "foo"),
+    ]
+    assert all(e["log_level"] == "info" and e["origin"] == "global" for e in written)
+    assert [e["version"] for e in written] == [1, 2, 3]
+    deleted = [e for e in logs if e["event"] == "resource deleted"]
+    assert len(deleted) == 1 and deleted[0]["version"] == 4 and deleted[0]["name"] == "foo"
+    text = repr(logs)
+    for value in (SECRET_B64, OTHER_B64, repr(SECRET), repr(OTHER), "s3cr3t", "another-secret"):
+        assert value not in text
+
+
+async def test_unexpected_error_is_500_without_details(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await _seed(api)
+
+    def boom(resource: Resource, now: str) -> WriteResult:
+        raise RuntimeError(f"failed on {resource.data!r}")
+
+    monkeypatch.setattr(api.store.sync, "put", boom)
+    with capture_logs() as logs:
+        resp = await api.client.put("/global-secrets/x", json={"data": SECRET_B64})
+        text = await resp.text()
+    assert resp.status == 500
+    err = json.loads(text)
+    assert err["title"] == "Internal server error" and err["causes"] == []
+    assert "s3cr3t" not in text and SECRET_B64 not in text
+    assert [e["event"] for e in logs] == ["unhandled error in API handler"]
+    assert logs[0]["error_type"] == "RuntimeError" and logs[0]["log_level"] == "error"
+    assert "s3cr3t" not in repr(logs) and SECRET_B64 not in repr(logs)
+
+
+async def test_failing_on_write_hook_does_not_fail_the_write(make_api: MakeApi) -> None:
+    def hook(result: WriteResult) -> None:
+        raise RuntimeError("hub down")
+
+    api = await make_api(on_write=hook)
+    with capture_logs() as logs:
+        assert (await api.put("/global-secrets/x", {"data": SECRET_B64}))[0] == 201
+    assert any(e["event"] == "on_write hook failed" for e in logs)
+    assert (await api.get("/global-secrets/x"))[0] == 200
+
+
+async def test_extra_routes(tmp_path: Path) -> None:
+    from aiohttp import web
+
+    async def status(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    store = AsyncStore(SqliteStore(tmp_path / "x.db", "global"))
+    app = build_app(ApiContext(store=store, role="global"), [web.get("/status", status)])
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.get("/status")
+        assert await resp.json() == {"ok": True}
+        resp = await client.put("/global-secrets/a", json={"data": SECRET_B64})
+        body = await resp.json()
+        assert resp.status == 201 and body["creationTime"].endswith("Z")
+    store.close()

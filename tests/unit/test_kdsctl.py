@@ -1,0 +1,301 @@
+"""kdsctl against a real API server (kds.api on a SqliteStore) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+from collections.abc import Iterator, MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp import web
+from click.testing import CliRunner, Result
+from structlog.testing import capture_logs
+
+from kds.api import ApiContext, build_app
+from kds.model import Limits
+from kds.store import AsyncStore, SqliteStore
+from kdsctl.cli import cli
+
+# The examples of secrets.md, as written there (the namespace template filled in).
+UNIVERSAL = """\
+type: Secret
+mesh: default
+name: sample-secret
+data: dGVzdAo=
+---
+type: GlobalSecret
+name: sample-global-secret
+data: dGVzdAo=
+---
+type: Mesh
+name: default
+"""
+
+KUBERNETES = """\
+apiVersion: v1
+kind: Secret
+metadata:
+  name: sample-secret
+  namespace: kuma-system
+  labels:
+    kuma.io/mesh: default
+data:
+  value: dGVzdAo=
+type: system.kuma.io/secret
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: sample-secret-2
+  namespace: kuma-system
+data:
+  value: dGVzdAo=
+type: system.kuma.io/global-secret
+---
+apiVersion: kuma.io/v1alpha1
+kind: Mesh
+metadata:
+  name: other
+"""
+
+DATA = "dGVzdAo="
+
+
+@dataclass
+class Server:
+    url: str
+    store: AsyncStore
+    logs: list[MutableMapping[str, Any]]
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    store = AsyncStore(SqliteStore(tmp_path / "global.db", "global"))
+    ctx = ApiContext(store=store, role="global", limits=Limits(max_data_bytes=1024))
+    runner = web.AppRunner(build_app(ctx), access_log=None)
+
+    async def start() -> int:
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        return int(runner.addresses[0][1])
+
+    port = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
+    try:
+        # The server logs into a list, not into the stdout CliRunner captures.
+        with capture_logs() as logs:
+            yield Server(f"http://127.0.0.1:{port}", store, logs)
+        assert DATA not in repr(logs)
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+        store.close()
+
+
+def run(server: Server | str, *args: str, input: str | None = None) -> Result:
+    url = server if isinstance(server, str) else server.url
+    return CliRunner().invoke(cli, ["--api-url", url, *args], input=input)
+
+
+def test_apply_universal_and_kubernetes_examples(server: Server, tmp_path: Path) -> None:
+    f = tmp_path / "universal.yaml"
+    f.write_text(UNIVERSAL)
+    res = run(server, "apply", "-f", str(f))
+    assert res.exit_code == 0, res.output
+    # meshes first, then the rest in file order
+    assert res.stdout.splitlines() == [
+        "Mesh default created",
+        "Secret default/sample-secret created",
+        "GlobalSecret sample-global-secret created",
+    ]
+    res = run(server, "apply", "-f", "-", input=KUBERNETES)
+    assert res.exit_code == 0, res.output
+    assert res.stdout.splitlines() == [
+        "Mesh other created",
+        "Secret default/sample-secret unchanged",  # the same secret in the other form
+        "GlobalSecret sample-secret-2 created",
+    ]
+    changed = UNIVERSAL.replace(
+        "data: dGVzdAo=\n---\ntype: GlobalSecret", "data: Y2hhbmdlZA==\n---\ntype: GlobalSecret"
+    )
+    res = run(server, "apply", "-f", "-", input=changed)
+    assert res.exit_code == 0, res.output
+    assert "Secret default/sample-secret updated" in res.stdout
+    assert "Mesh default unchanged" in res.stdout
+
+
+def _applied(server: Server) -> None:
+    res = run(server, "apply", "-f", "-", input=UNIVERSAL)
+    assert res.exit_code == 0, res.output
+
+
+def test_get_tables_never_show_data(server: Server) -> None:
+    _applied(server)
+    res = run(server, "get", "secrets")
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert lines[0].split() == ["MESH", "NAME", "ORIGIN", "AGE"]
+    assert lines[1].split()[:3] == ["default", "sample-secret", "global"]
+    for args in (
+        ["get", "secrets", "--mesh", "default"],
+        ["get", "secret", "sample-secret"],
+        ["get", "global-secrets"],
+        ["get", "global-secret", "sample-global-secret"],
+        ["get", "meshes"],
+        ["get", "mesh", "default"],
+        ["get", "secrets", "-o", "table"],
+    ):
+        res = run(server, *args)
+        assert res.exit_code == 0, (args, res.output)
+        assert DATA not in res.output and "test" not in res.output, args
+        assert len(res.stdout.splitlines()) == 2, args
+    res = run(server, "get", "global-secrets")
+    assert res.stdout.splitlines()[0].split() == ["NAME", "ORIGIN", "AGE"]
+    assert res.stdout.splitlines()[1].split()[:2] == ["sample-global-secret", "global"]
+
+
+def test_get_json_and_yaml(server: Server) -> None:
+    _applied(server)
+    res = run(server, "get", "secret", "sample-secret", "-o", "json")
+    assert res.exit_code == 0, res.output
+    body = json.loads(res.stdout)
+    assert body["data"] == DATA and body["mesh"] == "default"
+    assert body["labels"] == {"kuma.io/origin": "global"}
+    res = run(server, "get", "secrets", "-o", "yaml")
+    listing = yaml.safe_load(res.stdout)
+    assert listing["total"] == 1 and listing["items"][0]["name"] == "sample-secret"
+    res = run(server, "get", "meshes", "-o", "json")
+    assert [m["name"] for m in json.loads(res.stdout)["items"]] == ["default"]
+    res = run(server, "get", "global-secret", "sample-global-secret", "-o", "yaml")
+    assert yaml.safe_load(res.stdout)["data"] == DATA
+
+
+def test_get_empty_and_missing(server: Server) -> None:
+    res = run(server, "get", "global-secrets")
+    assert res.exit_code == 0 and res.stdout == ""
+    assert "No GlobalSecret resources found" in res.stderr
+    res = run(server, "get", "secret", "nope")
+    assert res.exit_code == 1
+    assert res.stderr.startswith("Error: Not found: mesh 'default' does not exist")
+    _applied(server)
+    res = run(server, "get", "secret", "nope")
+    assert res.exit_code == 1
+    assert res.stderr.strip() == "Error: Not found: Secret default/nope not found"
+
+
+def test_delete(server: Server) -> None:
+    _applied(server)
+    res = run(server, "delete", "mesh", "default")
+    assert res.exit_code == 1
+    assert res.stderr.startswith("Error: Conflict: mesh 'default' still holds 1 secret(s)")
+    res = run(server, "delete", "secret", "sample-secret", "--mesh", "default")
+    assert res.exit_code == 0, res.output
+    assert res.stdout.strip() == "Secret default/sample-secret deleted"
+    res = run(server, "delete", "global-secret", "sample-global-secret")
+    assert res.stdout.strip() == "GlobalSecret sample-global-secret deleted"
+    res = run(server, "delete", "mesh", "default")
+    assert res.stdout.strip() == "Mesh default deleted"
+    res = run(server, "get", "meshes", "-o", "json")
+    assert json.loads(res.stdout)["total"] == 0
+    res = run(server, "delete", "global-secret", "sample-global-secret")
+    assert res.exit_code == 1 and "Not found" in res.stderr
+
+
+def test_apply_invalid_document_names_index_and_field(server: Server) -> None:
+    doc = UNIVERSAL.replace("name: sample-global-secret\ndata: dGVzdAo=", "name: Bad\ndata: '%%%'")
+    res = run(server, "apply", "-f", "-", input=doc)
+    assert res.exit_code == 1
+    assert "stdin document 2: invalid resource" in res.stderr
+    assert "  data: must be valid base64" in res.stderr
+    assert "  name: must be an RFC 1123 subdomain" in res.stderr
+    assert "nothing was applied" in res.stderr
+    assert "%%%" not in res.output
+    res = run(server, "get", "meshes", "-o", "json")
+    assert json.loads(res.stdout)["total"] == 0  # nothing was sent
+
+
+def test_apply_server_refusal_names_the_field(server: Server) -> None:
+    doc = "type: Secret\nmesh: nope\nname: s\ndata: dGVzdAo=\n"
+    res = run(server, "apply", "-f", "-", input=doc)
+    assert res.exit_code == 1
+    assert res.stderr.splitlines() == [
+        "Error: Invalid resource: Secret nope/s is invalid (stdin document 1)",
+        "  mesh: mesh 'nope' does not exist",
+    ]
+    # over the server's data limit (1 KiB here): the client leaves the limit to the server
+    big = "type: GlobalSecret\nname: big\ndata: " + "QUFB" * 400 + "\n"
+    res = run(server, "apply", "-f", "-", input=big)
+    assert res.exit_code == 1
+    assert "  data: decoded size 1200 bytes exceeds the limit of 1024 bytes" in res.stderr
+    assert "QUFB" not in res.output
+
+
+def test_apply_stops_at_first_failure(server: Server) -> None:
+    doc = UNIVERSAL + "---\ntype: Secret\nmesh: nope\nname: s\ndata: dGVzdAo=\n"
+    doc += "---\ntype: GlobalSecret\nname: after\ndata: dGVzdAo=\n"
+    res = run(server, "apply", "-f", "-", input=doc)
+    assert res.exit_code == 1
+    assert "document 4" in res.stderr
+    assert "GlobalSecret after" not in res.stdout
+    assert run(server, "get", "global-secret", "after").exit_code == 1
+
+
+def test_apply_bad_yaml_does_not_echo_the_line(server: Server) -> None:
+    res = run(server, "apply", "-f", "-", input="type: Secret\ndata: [c2VjcmV0: \n  - x\n")
+    assert res.exit_code == 1
+    assert res.stderr.startswith("Error: stdin: invalid YAML at line")
+    assert "c2VjcmV0" not in res.output
+    res = run(server, "apply", "-f", "-", input="---\n")
+    assert res.exit_code == 1 and "no resources" in res.stderr
+
+
+def test_connection_refused_names_the_url() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    res = run(url, "get", "meshes")
+    assert res.exit_code == 1
+    assert f"cannot connect to the control plane API at {url}" in res.stderr
+    assert "connection refused" in res.stderr
+    res = CliRunner().invoke(cli, ["get", "meshes"], env={"KDSCTL_API_URL": url})
+    assert res.exit_code == 1 and url in res.stderr
+
+
+def test_not_a_kds_api(server: Server) -> None:
+    res = run(server.url + "/openapi.yaml", "get", "meshes")
+    assert res.exit_code == 1 and "Error:" in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ([], ["--api-url", "KDSCTL_API_URL", "--timeout", "apply", "get", "delete"]),
+        (["apply"], ["-f, --file", "stdin", "Kubernetes"]),
+        (["get"], ["meshes", "secrets", "global-secrets"]),
+        (["get", "secrets"], ["--mesh", "--output", "table|json|yaml", "never show"]),
+        (["get", "secret"], ["--mesh"]),
+        (["get", "meshes"], ["--output"]),
+        (["get", "global-secrets"], ["--output"]),
+        (["delete"], ["mesh", "secret", "global-secret"]),
+        (["delete", "secret"], ["--mesh", "NAME"]),
+        (["delete", "mesh"], ["holds secrets"]),
+        (["delete", "global-secret"], ["NAME"]),
+    ],
+)
+def test_help(args: list[str], expected: list[str]) -> None:
+    res = CliRunner().invoke(cli, [*args, "--help"])
+    assert res.exit_code == 0, res.output
+    for text in expected:
+        assert text in res.stdout, (args, text)
