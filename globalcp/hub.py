@@ -65,6 +65,6 @@ class Hub:
         if upto <= after:
             return []
         first = next(iter(self._cache), None)
-        if first is None or first > after + 1:
+        if first is None or first > after + 1 or upto > self.head:
             return None
         return [self._cache[r] for r in range(after + 1, upto + 1)]

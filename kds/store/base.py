@@ -17,11 +17,14 @@ Implementations are synchronous; kds.store.AsyncStore runs them on dedicated thr
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from kds.model import Key, Kind, Resource
+from kds.protocol.applier import DecodedBatch
+
+if TYPE_CHECKING:
+    from kds.protocol.applier import DecodedBatch
 from kds.protocol.records import ChangeRecord, sort_records
 
 __all__ = [
@@ -109,5 +112,5 @@ class Store(Protocol):
     # zone
     def sync_state(self) -> SyncState: ...
     def apply_batch(
-        self, plan_fn: Callable[..., object], batch: object, now: str
+        self, batch: DecodedBatch, global_store_id: str, now: str
     ) -> ZoneApplyResult: ...

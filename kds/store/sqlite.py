@@ -101,6 +101,16 @@ class SqliteStore:
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        try:
+            self._store_id = self._open(role)
+        except (sqlite3.Error, OSError) as e:
+            self.close()
+            raise StoreError(f"cannot open store {self.path}: {e}") from e
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, role: str) -> str:
         fresh = not self.path.exists()
         conn = self._conn()
         if fresh:
@@ -117,7 +127,7 @@ class SqliteStore:
                 raise StoreError(
                     f"store {self.path} belongs to a {row[0]} control plane, not a {role} one"
                 )
-        self._store_id = self._meta(conn, "store_id")
+        return self._meta(conn, "store_id")
 
     # ------------------------------------------------------------------ plumbing
 

@@ -43,11 +43,23 @@ def test_create_update_delete_of_all_types_reaches_two_zones(cluster: Cluster) -
         assert z.get_json("/meshes/payments")["name"] == "payments"
 
     # update
-    assert g.put("/meshes/payments/secrets/db-pass", _secret("payments", "db-pass", "v2")).status_code == 200
-    assert g.put("/global-secrets/shared-key", {"type": "GlobalSecret", "name": "shared-key", "data": b64("v2s")}).status_code == 200
+    assert (
+        g.put("/meshes/payments/secrets/db-pass", _secret("payments", "db-pass", "v2")).status_code
+        == 200
+    )
+    assert (
+        g.put(
+            "/global-secrets/shared-key",
+            {"type": "GlobalSecret", "name": "shared-key", "data": b64("v2s")},
+        ).status_code
+        == 200
+    )
     for z in zones:
         wait_for(lambda z=z: z.secret("payments", "db-pass")["data"] == b64("v2"), what="update")
-        wait_for(lambda z=z: z.get_json("/global-secrets/shared-key")["data"] == b64("v2s"), what="gs update")
+        wait_for(
+            lambda z=z: z.get_json("/global-secrets/shared-key")["data"] == b64("v2s"),
+            what="gs update",
+        )
 
     # delete (secret, global secret, then the now-empty mesh)
     cluster.kdsctl("delete", "secret", "db-pass", "--mesh", "payments")
@@ -68,8 +80,19 @@ def test_zone_local_secret_never_reaches_global_and_synced_copies_are_read_only(
     """A zone's own secret stays on the zone; synced copies refuse writes with 409."""
     g = cluster.start_global()
     z = cluster.start_zone("zone-1")
-    assert z.put("/meshes/default/secrets/local-only", _secret("default", "local-only", "zone-only-value")).status_code == 201
-    assert g.put("/meshes/default/secrets/from-global", _secret("default", "from-global", "gv")).status_code == 201
+    assert (
+        z.put(
+            "/meshes/default/secrets/local-only",
+            _secret("default", "local-only", "zone-only-value"),
+        ).status_code
+        == 201
+    )
+    assert (
+        g.put(
+            "/meshes/default/secrets/from-global", _secret("default", "from-global", "gv")
+        ).status_code
+        == 201
+    )
     wait_for(lambda: z.secret("default", "from-global"), what="sync")
     time.sleep(0.3)
     assert g.secret("default", "local-only") is None
@@ -90,7 +113,10 @@ def test_name_conflict_rules(cluster: Cluster) -> None:
     g = cluster.start_global()
     z = cluster.start_zone("zone-1")
     z2 = cluster.start_zone("zone-2")
-    assert z.put("/meshes/default/secrets/dup", _secret("default", "dup", "zone-value")).status_code == 201
+    assert (
+        z.put("/meshes/default/secrets/dup", _secret("default", "dup", "zone-value")).status_code
+        == 201
+    )
     g.put("/meshes/default/secrets/dup", _secret("default", "dup", "global-value-1"))
     wait_for(lambda: z2.secret("default", "dup"), what="zone-2 sync")
     warning = z.wait_event(
@@ -105,7 +131,9 @@ def test_name_conflict_rules(cluster: Cluster) -> None:
     )
     assert z.secret("default", "dup")["data"] == b64("zone-value")
     # The zone reports its conflicts to global, names only.
-    report = g.wait_event("zone reported conflicts", zone="zone-1", conflicts=["SECRET:default/dup"])
+    report = g.wait_event(
+        "zone reported conflicts", zone="zone-1", conflicts=["SECRET:default/dup"]
+    )
     assert report
 
     # Global updates its copy: the copy aside follows, the local one is untouched, no new warning.
@@ -113,7 +141,9 @@ def test_name_conflict_rules(cluster: Cluster) -> None:
     wait_for(lambda: z2.secret("default", "dup")["data"] == b64("global-value-2"), what="z2 update")
     time.sleep(0.3)
     assert z.secret("default", "dup")["data"] == b64("zone-value")
-    warnings = z.events("name conflict: this zone keeps its own resource; global's copy is kept aside")
+    warnings = z.events(
+        "name conflict: this zone keeps its own resource; global's copy is kept aside"
+    )
     assert len(warnings) == 1
 
     # Deleting the zone-local one puts global's (updated) copy in its place at once.
@@ -124,10 +154,14 @@ def test_name_conflict_rules(cluster: Cluster) -> None:
     g.wait_event("zone reported conflicts", zone="zone-1", conflicts=[])
 
     # A new conflict, then global deletes its copy: the local one survives.
-    assert z.put("/meshes/default/secrets/dup2", _secret("default", "dup2", "z2")).status_code == 201
+    assert (
+        z.put("/meshes/default/secrets/dup2", _secret("default", "dup2", "z2")).status_code == 201
+    )
     g.put("/meshes/default/secrets/dup2", _secret("default", "dup2", "g2"))
     wait_for(lambda: z2.secret("default", "dup2"), what="dup2 on zone-2")
-    z.wait_event("name conflict: this zone keeps its own resource; global's copy is kept aside", name="dup2")
+    z.wait_event(
+        "name conflict: this zone keeps its own resource; global's copy is kept aside", name="dup2"
+    )
     assert g.http.delete("/meshes/default/secrets/dup2").status_code == 200
     wait_for(lambda: z2.secret("default", "dup2") is None, what="dup2 deleted on zone-2")
     time.sleep(0.3)
@@ -232,12 +266,21 @@ def test_invalid_input_is_refused_with_400_and_changes_nothing(cluster: Cluster)
         assert field in [c["field"] for c in r.json()["causes"]], (field, r.json())
     r = g.put("/meshes/default/secrets/big", _secret("default", "big", "x" * 2000))
     assert r.status_code == 400 and r.json()["causes"][0]["field"] == "data"
-    r = g.put("/meshes/default/secrets/empty", {"type": "Secret", "mesh": "default", "name": "empty", "data": ""})
+    r = g.put(
+        "/meshes/default/secrets/empty",
+        {"type": "Secret", "mesh": "default", "name": "empty", "data": ""},
+    )
     assert r.status_code == 400
-    bad = cluster.kdsctl("apply", "-f", "-", input="type: Secretz\nname: a\ndata: eA==\n", check=False)
+    bad = cluster.kdsctl(
+        "apply", "-f", "-", input="type: Secretz\nname: a\ndata: eA==\n", check=False
+    )
     assert bad.returncode != 0 and "type" in bad.stderr
     bad = cluster.kdsctl(
-        "apply", "-f", "-", input="apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n", check=False
+        "apply",
+        "-f",
+        "-",
+        input="apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n",
+        check=False,
     )
     assert bad.returncode != 0 and "kind" in bad.stderr
     assert g.get_json("/meshes/default/secrets")["total"] == 0
@@ -256,13 +299,18 @@ def test_slow_zone_does_not_slow_others_and_catches_up_coalesced(cluster: Cluste
     try:
         t0 = time.monotonic()
         for i in range(1, 101):
-            assert g.put("/meshes/default/secrets/k", _secret("default", "k", f"v{i}")).status_code == 200
+            assert (
+                g.put("/meshes/default/secrets/k", _secret("default", "k", f"v{i}")).status_code
+                == 200
+            )
             g.put(f"/meshes/default/secrets/n{i % 10}", _secret("default", f"n{i % 10}", f"{i}"))
         wait_for(lambda: fast.secret("default", "k")["data"] == b64("v100"), what="fast zone")
         assert time.monotonic() - t0 < 30
     finally:
         slow.signal(signal.SIGCONT)
-    wait_for(lambda: slow.secret("default", "k")["data"] == b64("v100"), timeout=20, what="slow zone")
+    wait_for(
+        lambda: slow.secret("default", "k")["data"] == b64("v100"), timeout=20, what="slow zone"
+    )
     assert slow.get_json("/meshes/default/secrets")["total"] == 11
 
 
@@ -270,7 +318,8 @@ def test_batches_split_to_fit_the_message_limit_and_oversized_is_refused(cluster
     """With a 64 KiB message limit, 40 secrets of 4 KiB arrive in several parts; a bigger one is 400."""
     g = cluster.start_global("--max-message-bytes", "64KiB", "--max-data-bytes", "256KiB")
     docs = "".join(
-        f"---\ntype: Secret\nmesh: default\nname: big-{i}\ndata: {b64(str(i) * 4096)}\n" for i in range(40)
+        f"---\ntype: Secret\nmesh: default\nname: big-{i}\ndata: {b64(str(i) * 4096)}\n"
+        for i in range(40)
     )
     cluster.kdsctl("apply", "-f", "-", input=docs)
     z = cluster.start_zone("zone-1", "--max-message-bytes", "64KiB")

@@ -68,7 +68,9 @@ def test_coalesce_orders_mesh_puts_first_and_mesh_deletes_last() -> None:
 
 def test_coalesce_mesh_deleted_then_recreated_is_a_put_first() -> None:
     """A Mesh deleted and created again within the range is sent as a put, before Secrets."""
-    out = coalesce([put(1, SECRET), delete(2, SECRET), delete(3, MESH), put(4, MESH), put(5, SECRET)])
+    out = coalesce(
+        [put(1, SECRET), delete(2, SECRET), delete(3, MESH), put(4, MESH), put(5, SECRET)]
+    )
     assert [(r.key, r.deleted, r.revision) for r in out] == [(MESH, False, 4), (SECRET, False, 5)]
 
 

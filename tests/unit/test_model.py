@@ -343,13 +343,12 @@ def test_universal_mesh_minimal() -> None:
     assert res.data == b"" and dict(res.spec) == {}
 
 
-def test_universal_mesh_example_with_mtls() -> None:
-    """The Universal Mesh example of secrets.md (provided CA mtls) parses, mtls kept in spec."""
-    res = from_document(yaml.safe_load(UNIVERSAL_MESH_MTLS))
-    assert res.key == Key(Kind.MESH, "", "default")
-    backend = res.spec["mtls"]["backends"][0]
-    assert backend["type"] == "provided"
-    assert backend["config"]["cert"]["secret"] == "my-cert"
+def test_universal_mesh_example_with_mtls_is_refused_for_now() -> None:
+    """The Universal Mesh example with mtls is refused naming mtls: backends are not built yet."""
+    with pytest.raises(InvalidResource) as e:
+        from_document(yaml.safe_load(UNIVERSAL_MESH_MTLS))
+    assert fields_of(e) == {"mtls"}
+    assert "not supported yet" in str(e.value)
 
 
 def test_universal_with_labels() -> None:
@@ -513,11 +512,11 @@ def test_k8s_global_secret_example() -> None:
     assert res.data == b"test\n"
 
 
-def test_k8s_mesh_example() -> None:
-    """The Kubernetes Mesh example (apiVersion kuma.io/v1alpha1) parses with its mtls spec."""
-    res = from_document(yaml.safe_load(K8S_MESH))
-    assert res.key == Key(Kind.MESH, "", "default")
-    assert res.spec["mtls"]["backends"][0]["name"] == "ca-1"
+def test_k8s_mesh_example_with_mtls_is_refused_for_now() -> None:
+    """The Kubernetes Mesh example with spec.mtls is refused naming spec.mtls for now."""
+    with pytest.raises(InvalidResource) as e:
+        from_document(yaml.safe_load(K8S_MESH))
+    assert fields_of(e) == {"spec.mtls"}
 
 
 def test_k8s_mesh_without_spec() -> None:
@@ -699,11 +698,12 @@ def test_to_json_extra_labels_added_not_stored() -> None:
 
 
 def test_to_json_mesh_has_no_data() -> None:
-    """A Mesh's JSON form has no data field and carries its spec fields."""
-    out = to_json(Resource(Kind.MESH, "m", spec={"mtls": {"backends": []}}))
+    """A Mesh's JSON form has no data field, carries its spec fields, and never lets them
+    shadow the common ones."""
+    out = to_json(Resource(Kind.MESH, "m", spec={"extra": {"backends": []}, "name": "x"}))
     assert "data" not in out and "mesh" not in out
-    assert out["mtls"] == {"backends": []}
-    assert from_document(out).spec == {"mtls": {"backends": []}}
+    assert out["extra"] == {"backends": []}
+    assert out["name"] == "m" and out["type"] == "Mesh"
 
 
 # --------------------------------------------------------------------------- from_json_body
@@ -866,3 +866,11 @@ def test_kubectl_output_shape_accepted() -> None:
         "uid": "abc",
     }
     assert from_document(doc).key == Key(Kind.SECRET, "default", "sample-secret")
+
+
+def test_mesh_mtls_must_be_json() -> None:
+    """A Mesh mtls holding YAML values JSON cannot carry (a date) is refused, not a crash later."""
+    doc = yaml.safe_load("type: Mesh\nname: m\nmtls:\n  since: 2024-01-01\n")
+    with pytest.raises(InvalidResource) as e:
+        from_document(doc)
+    assert fields_of(e) == {"mtls"}

@@ -699,3 +699,13 @@ def test_zone_writes_do_not_touch_global_meta(zstore: SqliteStore) -> None:
     zstore.delete(G1)
     assert zstore.head() == 0 and zstore.changes_after(0, 10) == []
     assert zstore.sync_state().applied_revision == 0
+
+
+def test_not_a_database_is_store_error(tmp_path: Path) -> None:
+    """A file that is not a SQLite database, or a path that cannot be opened, is StoreError."""
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"this is not a sqlite database, just some text " * 20)
+    with pytest.raises(StoreError):
+        SqliteStore(bad, "global")
+    with pytest.raises(StoreError):
+        SqliteStore(tmp_path / "missing-dir" / "x.db", "global")

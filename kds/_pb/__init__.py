@@ -1,0 +1,1 @@
+"""Generated protobuf code (scripts/genproto); never edited by hand."""
