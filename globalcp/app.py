@@ -18,7 +18,7 @@ from kds.errors import ConfigError
 from kds.grpc_options import server_options
 from kds.model import Key, Kind, Limits, Resource
 from kds.runtime import ensure_private_dir
-from kds.store import AsyncStore, SqliteStore, WriteResult
+from kds.store import AsyncStore, SqliteStore
 from kds.version import __version__
 
 __all__ = ["run_global"]
@@ -37,6 +37,8 @@ async def run_global(cfg: GlobalConfig, stop: asyncio.Event) -> int:
         await store.write(sync_store.put, Resource(Kind.MESH, "default"), rfc3339())
         log.info("created the default mesh on a fresh store")
     hub = Hub(sync_store.head(), sync_store.log_floor(), cfg.log_size)
+    loop = asyncio.get_running_loop()
+    sync_store.on_commit = lambda record: loop.call_soon_threadsafe(hub.publish, record)
     instance_id = f"global-{uuid.uuid4().hex[:8]}"
     servicer = SyncServicer(
         store,
@@ -61,7 +63,7 @@ async def run_global(cfg: GlobalConfig, stop: asyncio.Event) -> int:
     await server.start()
     runner: web.AppRunner | None = None
     try:
-        runner = await _start_api(cfg, store, hub)
+        runner = await _start_api(cfg, store)
         log.info(
             "global started",
             version=__version__,
@@ -83,18 +85,13 @@ async def run_global(cfg: GlobalConfig, stop: asyncio.Event) -> int:
     return 0
 
 
-async def _start_api(cfg: GlobalConfig, store: AsyncStore, hub: Hub) -> web.AppRunner:
-    def on_write(result: WriteResult) -> None:
-        if result.record is not None:
-            hub.publish(result.record)
-
+async def _start_api(cfg: GlobalConfig, store: AsyncStore) -> web.AppRunner:
     ctx = ApiContext(
         store=store,
         role="global",
         limits=Limits(max_data_bytes=cfg.max_data_bytes),
         max_message_bytes=cfg.max_message_bytes,
         now=rfc3339,
-        on_write=on_write,
     )
     runner = web.AppRunner(build_app(ctx), access_log=None)
     await runner.setup()

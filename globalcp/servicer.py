@@ -122,6 +122,14 @@ class SyncServicer:
             revision=h.resume.revision,
         )
         try:
+            if 0 < h.max_message_bytes < self.max_message_bytes:
+                # Global accepts single resources up to its own limit; a zone that cannot
+                # receive them would fail on the same batch after every reconnect.
+                raise ProtocolError(
+                    f"zone accepts messages of at most {h.max_message_bytes} bytes but global "
+                    f"may send up to {self.max_message_bytes}: give the zone "
+                    f"--max-message-bytes {self.max_message_bytes} or more"
+                )
             mode = session.on_hello(hello, self.hub.head, self.hub.log_floor)
         except ProtocolError as e:
             log.warning("zone refused", reason=str(e), instance=h.instance_id)
@@ -147,7 +155,7 @@ class SyncServicer:
             )
             old.task.cancel()
         self.links[h.zone] = link
-        limit = min(self.max_message_bytes, h.max_message_bytes or self.max_message_bytes)
+        limit = self.max_message_bytes
         log.info(
             "zone connected",
             instance=h.instance_id,

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from kds.errors import InvalidResource
+from kds.errors import InvalidResource, ProtocolError
 from kds.model import Key, Kind, Limits, Resource, validate
 
 __all__ = ["DecodedBatch", "Incoming", "Plan", "ZoneView", "plan_batch"]
@@ -56,6 +56,7 @@ class ZoneView:
     # for meshes the batch deletes: (zone-local secrets, synced secrets) living in them
     secrets_per_mesh: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     stale: tuple[Key, ...] = ()  # final snapshot part: synced keys the snapshot did not carry
+    applied_revision: int | None = None  # the zone's recorded revision (None: not checked)
 
 
 @dataclass
@@ -74,6 +75,17 @@ _ZONE_LIMITS = Limits(max_data_bytes=1 << 62)
 
 
 def plan_batch(batch: DecodedBatch, view: ZoneView) -> Plan:
+    """Raise ProtocolError if a range does not start where the zone is: a gap would
+    silently lose changes, so the stream is dropped and the zone resumes from its revision."""
+    if (
+        not batch.snapshot
+        and view.applied_revision is not None
+        and batch.from_revision != view.applied_revision
+    ):
+        raise ProtocolError(
+            f"batch {batch.seq} covers revisions ({batch.from_revision}, {batch.revision}] "
+            f"but this zone is at revision {view.applied_revision}"
+        )
     plan = Plan()
     synced = set(view.synced)
     local = view.local

@@ -15,7 +15,7 @@ import os
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -98,6 +98,10 @@ class SqliteStore:
         self.role: Literal["global", "zone"] = role
         self.path = Path(path)
         self.log_size = log_size
+        # Global: called with each ChangeRecord right after its commit, in revision order
+        # (writes are serialized). The daemon hands it to the hub with call_soon_threadsafe,
+        # so no commit can be missed by the zones' fan-out, whatever happens to the request.
+        self.on_commit: Callable[[ChangeRecord], object] | None = None
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -252,6 +256,18 @@ class SqliteStore:
     # ------------------------------------------------------------------ API writes
 
     def put(self, resource: Resource, now: str) -> WriteResult:
+        return self._committed(self._put(resource, now))
+
+    def delete(self, key: Key) -> WriteResult:
+        return self._committed(self._delete(key))
+
+    def _committed(self, result: WriteResult) -> WriteResult:
+        """Runs after the transaction committed, on the writing thread, in commit order."""
+        if result.record is not None and self.on_commit is not None:
+            self.on_commit(result.record)
+        return result
+
+    def _put(self, resource: Resource, now: str) -> WriteResult:
         conn = self._conn()
         with self._tx(conn):
             rows = self._rows(conn, resource.key)
@@ -299,7 +315,7 @@ class SqliteStore:
             )
             return WriteResult(stored, changed=True, record=record)
 
-    def delete(self, key: Key) -> WriteResult:
+    def _delete(self, key: Key) -> WriteResult:
         conn = self._conn()
         with self._tx(conn):
             rows = self._rows(conn, key)
@@ -448,6 +464,7 @@ class SqliteStore:
             n = self._secrets_in_mesh(conn, m)
             per_mesh[m] = (n[ORIGIN_ZONE], n[ORIGIN_GLOBAL])
         return ZoneView(
+            applied_revision=int(self._meta(conn, "applied_revision", "0")),
             local=frozenset(local),
             synced=frozenset(synced),
             local_meshes=frozenset(local_meshes),

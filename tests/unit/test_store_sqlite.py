@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from kds._pb import sync_pb2 as pb
-from kds.errors import Conflict, NotFound, ReadOnlySynced, StoreError
+from kds.errors import Conflict, NotFound, ProtocolError, ReadOnlySynced, StoreError
 from kds.model import Key, Kind, Resource
 from kds.protocol.applier import DecodedBatch, Incoming
 from kds.store import ORIGIN_GLOBAL, ORIGIN_ZONE, SqliteStore
@@ -40,9 +42,18 @@ def gstore(tmp_path: Path) -> Iterator[SqliteStore]:
     s.close()
 
 
+class ZoneStore(SqliteStore):
+    """A zone store whose batches built with from_revision=HERE start where the zone is."""
+
+    def apply_batch(self, batch: DecodedBatch, global_store_id: str, now: str) -> Any:
+        if batch.from_revision == HERE:
+            batch = replace(batch, from_revision=self.sync_state().applied_revision)
+        return super().apply_batch(batch, global_store_id, now)
+
+
 @pytest.fixture
 def zstore(tmp_path: Path) -> Iterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "zone.db", "zone")
+    s = ZoneStore(tmp_path / "zone.db", "zone")
     yield s
     s.close()
 
@@ -372,7 +383,7 @@ def dbatch(
     *,
     snapshot: bool = False,
     final: bool = True,
-    from_revision: int = 0,
+    from_revision: int = -1,  # HERE: wherever the zone is
 ) -> DecodedBatch:
     return DecodedBatch(
         seq=1,
@@ -386,6 +397,7 @@ def dbatch(
 
 
 GSID = "global-store-a"
+HERE = -1
 
 
 def test_zone_put_creates_zone_rows(zstore: SqliteStore) -> None:
@@ -646,7 +658,7 @@ def test_repeated_snapshot_parts_keep_earlier_parts(zstore: SqliteStore) -> None
 def test_zone_reopen_keeps_sync_state(tmp_path: Path) -> None:
     """A zone store reopened keeps local rows, synced rows, conflicts and sync state."""
     path = tmp_path / "z.db"
-    z = SqliteStore(path, "zone")
+    z = ZoneStore(path, "zone")
     z.put(mk(G1, b"local"), T0)
     z.apply_batch(dbatch([inc_put(mk(G1, b"g"), 1), inc_put(mk(G2), 2)], 2), GSID, T1)
     sid = z.store_id
@@ -709,3 +721,12 @@ def test_not_a_database_is_store_error(tmp_path: Path) -> None:
         SqliteStore(bad, "global")
     with pytest.raises(StoreError):
         SqliteStore(tmp_path / "missing-dir" / "x.db", "global")
+
+
+def test_zone_refuses_a_range_that_does_not_start_at_its_revision(zstore: SqliteStore) -> None:
+    """A batch (from, to] with from != the zone's revision raises ProtocolError, applies nothing."""
+    zstore.apply_batch(dbatch([inc_put(mk(G1), 1)], 1), GSID, T0)
+    with pytest.raises(ProtocolError, match="at revision 1"):
+        zstore.apply_batch(dbatch([inc_put(mk(G2), 3)], 3, from_revision=2), GSID, T1)
+    assert zstore.get(G2) is None
+    assert zstore.sync_state().applied_revision == 1
