@@ -226,20 +226,13 @@ class SyncServicer:
                     link.rejected += 1
                     log.warning(
                         "zone rejected a resource",
-                        type=pb.Kind.Name(rej.key.kind),
-                        mesh=rej.key.mesh,
-                        name=rej.key.name,
+                        key=_key_label(rej.key),
                         reason=rej.reason,
                         revision=done.revision,
                     )
                 wake.set()
             elif kind == "status":
-                link.conflicts = [
-                    f"{pb.Kind.Name(k.kind)}:{k.mesh}/{k.name}"
-                    if k.mesh
-                    else f"{pb.Kind.Name(k.kind)}:{k.name}"
-                    for k in msg.status.conflicts
-                ]
+                link.conflicts = [_key_label(k) for k in msg.status.conflicts]
                 log.info("zone reported conflicts", conflicts=link.conflicts)
             else:
                 raise ProtocolError(f"unexpected {kind} after hello")
@@ -347,3 +340,11 @@ class SyncServicer:
             await context.write(data)
             total += len(data)
         return total
+
+
+def _key_label(k: pb.ResourceKey) -> str:
+    """'Secret:mesh/name' or 'GlobalSecret:name'; a kind this version does not know shows
+    as its number (a newer zone may report one)."""
+    kind = wire.PB_TO_KIND.get(k.kind)
+    label = str(kind) if kind is not None else f"kind-{k.kind}"
+    return f"{label}:{k.mesh}/{k.name}" if k.mesh else f"{label}:{k.name}"

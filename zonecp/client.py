@@ -58,8 +58,11 @@ class ZoneSyncStatus:
     conflicts: list[Key] = field(default_factory=list)
 
 
-def decode_batch(b: pb.Batch) -> DecodedBatch:
+def decode_batch(b: pb.Batch) -> tuple[DecodedBatch, list[pb.Rejection]]:
+    """Decode a batch; changes this version cannot read (a kind from a newer global, a change
+    with no operation) come back as rejections naming the key exactly as global sent it."""
     changes: list[Incoming] = []
+    undecodable: list[pb.Rejection] = []
     for ch in b.changes:
         which = ch.WhichOneof("op")
         try:
@@ -69,10 +72,17 @@ def decode_batch(b: pb.Batch) -> DecodedBatch:
             elif which == "delete":
                 changes.append(Incoming(ch.revision, wire.key_from_pb(ch.delete)))
             else:
-                changes.append(Incoming(ch.revision, None, error="change with no operation"))
+                undecodable.append(pb.Rejection(reason="change with no operation"))
         except (KeyError, ValueError) as e:
-            changes.append(Incoming(ch.revision, None, error=f"cannot decode change: {e!r}"))
-    return DecodedBatch(
+            raw = ch.put if which == "put" else ch.delete
+            key = pb.ResourceKey(kind=raw.kind, mesh=raw.mesh, name=raw.name)
+            reason = (
+                f"unknown resource kind {raw.kind}: this zone runs an older version"
+                if isinstance(e, KeyError)
+                else f"cannot decode change: {e}"
+            )
+            undecodable.append(pb.Rejection(key=key, reason=reason))
+    batch = DecodedBatch(
         seq=b.seq,
         from_revision=b.from_revision,
         revision=b.revision,
@@ -81,6 +91,7 @@ def decode_batch(b: pb.Batch) -> DecodedBatch:
         head_revision=b.head_revision,
         changes=tuple(changes),
     )
+    return batch, undecodable
 
 
 def _key_name(k: Key) -> dict[str, str]:
@@ -264,7 +275,7 @@ class ZoneClient:
         return msg
 
     async def _apply(self, call: Any, b: pb.Batch, global_store_id: str) -> None:
-        batch = decode_batch(b)
+        batch, undecodable = decode_batch(b)
         result = await self.store.write(
             self.store.sync.apply_batch, batch, global_store_id, rfc3339()
         )
@@ -276,6 +287,14 @@ class ZoneClient:
             )
         for k, reason in result.rejected:
             log.warning("rejected a synced resource", reason=reason, **_key_name(k))
+        for rej in undecodable:
+            log.warning(
+                "rejected a synced resource",
+                reason=rej.reason,
+                kind=rej.key.kind,
+                mesh=rej.key.mesh,
+                name=rej.key.name,
+            )
         if result.removed_stale:
             log.info("removed synced copies global no longer has", count=result.removed_stale)
         self.status.applied_revision = result.applied_revision
@@ -294,9 +313,11 @@ class ZoneClient:
             seq=b.seq,
             applied_revision=result.applied_revision,
             rejected=[
-                pb.Rejection(key=wire.key_to_pb(k), reason=reason)
-                for k, reason in result.rejected
-                if k.name
+                *(
+                    pb.Rejection(key=wire.key_to_pb(k), reason=reason)
+                    for k, reason in result.rejected
+                ),
+                *undecodable,
             ],
         )
         async with self._write_lock:

@@ -449,7 +449,8 @@ class ConnectionPair:
             return False
         msg = pb.GlobalMessage.FromString(self.to_zone.popleft())
         assert msg.WhichOneof("msg") == "batch"
-        batch = decode_batch(msg.batch)
+        batch, undecodable = decode_batch(msg.batch)
+        assert not undecodable
         self.batches_seen.append(batch)
         applied = self.z.apply(batch, self.g.store_id)
         ack = pb.ZoneMessage(ack=pb.Ack(seq=batch.seq, applied_revision=applied))
