@@ -23,14 +23,12 @@ message or local variables (which could hold a request body).
 
 from __future__ import annotations
 
-import importlib
 import json
 import sqlite3
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from importlib import metadata, resources
+from importlib import resources
 from typing import Any, Literal
 
 import structlog
@@ -38,6 +36,7 @@ import yaml
 from aiohttp import web
 
 from kds import wire
+from kds.clock import rfc3339
 from kds.errors import Conflict, FieldError, InvalidResource, KdsError, NotFound
 from kds.model import (
     LABEL_ORIGIN,
@@ -51,6 +50,7 @@ from kds.model import (
 )
 from kds.store import ORIGIN_GLOBAL, ORIGIN_ZONE, AsyncStore, Row, SqliteStore, WriteResult
 from kds.store.base import Origin
+from kds.version import __version__
 
 __all__ = [
     "API_CONTEXT",
@@ -59,7 +59,6 @@ __all__ = [
     "build_app",
     "client_max_size",
     "encoded_message_size",
-    "rfc3339_now",
 ]
 
 log = structlog.get_logger("kds.api")
@@ -72,23 +71,6 @@ _MAX_REVISION = 2**63 - 1
 _BODY_SLACK = 64 * 1024
 
 
-def rfc3339_now() -> str:
-    """The current UTC time as RFC 3339 with milliseconds, e.g. 2026-11-29T01:02:03.456Z."""
-    t = datetime.now(UTC)
-    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
-
-
-def _version() -> str:
-    try:
-        return str(importlib.import_module("kds.version").__version__)
-    except (ImportError, AttributeError):
-        pass
-    try:
-        return metadata.version("kds-sync")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
 @dataclass
 class ApiContext:
     store: AsyncStore
@@ -98,7 +80,7 @@ class ApiContext:
     # A resource whose largest encoded Change plus kds.wire.BATCH_OVERHEAD exceeds this is
     # refused with 400 naming "data": it could never be sent to a zone in one message.
     max_message_bytes: int = 4 * 1024 * 1024
-    now: Callable[[], str] = field(default=rfc3339_now)
+    now: Callable[[], str] = field(default=rfc3339)
     # Called after every write or delete that changed something (global: push to zones).
     on_write: Callable[[WriteResult], None] | None = None
 
@@ -299,7 +281,7 @@ def _notify(ctx: ApiContext, result: WriteResult) -> None:
 
 async def _index(request: web.Request) -> web.Response:
     ctx = request.app[API_CONTEXT]
-    return web.json_response({"role": ctx.role, "zone": ctx.zone, "version": _version()})
+    return web.json_response({"role": ctx.role, "zone": ctx.zone, "version": __version__})
 
 
 async def _openapi_yaml(request: web.Request) -> web.Response:
