@@ -202,6 +202,7 @@ class ZoneConfig(_Common):
 
 
 C = TypeVar("C", GlobalConfig, ZoneConfig)
+_COMMON_NAMES = frozenset(f.name for f in dataclasses.fields(_Common))
 
 
 def _flag(name: str) -> str:
@@ -212,10 +213,14 @@ def click_options(cls: type[C], env_prefix: str) -> Callable[[Callable[..., Any]
     """Decorate a click command with one option per config field (all default to None)."""
 
     def deco(fn: Callable[..., Any]) -> Any:
-        for f in reversed(dataclasses.fields(cls)):
+        # The daemon's own options first (zone, addresses, data dir), then the shared tuning.
+        own = [f for f in dataclasses.fields(cls) if f.name not in _COMMON_NAMES]
+        shared = [f for f in dataclasses.fields(cls) if f.name in _COMMON_NAMES]
+        for f in reversed(own + shared):
             env = env_prefix + f.name.upper()
             default = f.default
             shown = f"{default[0]}:{default[1]}" if isinstance(default, tuple) else default
+            shown = "none" if shown == "" else shown
             fn = click.option(
                 _flag(f.name),
                 f.name,

@@ -220,6 +220,9 @@ def test_global_restart_zones_keep_serving_and_resume(cluster: Cluster) -> None:
         modes = [c["mode"] for c in g.events("zone connected", zone=name)]
         assert modes[0] == "SNAPSHOT" and set(modes[1:]) == {"RESUME"}, modes
         assert not [e for e in g.events("snapshot sent", zone=name)][1:]
+        # Resuming sent only what changed: the two writes after the restart, nothing else.
+        resumed = g.events("resumed zone from its revision", zone=name)
+        assert sum(e["changes"] for e in resumed) <= 2, resumed
 
 
 def test_zone_offline_longer_than_change_log_gets_full_resync(cluster: Cluster) -> None:

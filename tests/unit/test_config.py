@@ -1,0 +1,130 @@
+"""Daemon configuration: flags win over environment, environment over the file, file over
+defaults; every bad value is refused naming the option and where it came from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from globalcp.cli import cli as globalcp_cli
+from kds.config import (
+    GlobalConfig,
+    ZoneConfig,
+    load_config,
+    parse_address,
+    parse_duration,
+    parse_size,
+)
+from kds.errors import ConfigError
+from zonecp.cli import cli as zonecp_cli
+
+
+def test_defaults() -> None:
+    """With no file and no flags, the documented defaults apply."""
+    cfg = load_config(GlobalConfig, None, {}, {})
+    assert cfg.api_address == ("127.0.0.1", 5681)
+    assert cfg.kds_address == ("127.0.0.1", 5685)
+    assert cfg.max_data_bytes == 1024 * 1024
+    assert cfg.log_size == 10_000
+
+
+def test_file_then_given_values_win(tmp_path: Path) -> None:
+    """A value from flags or environment beats the file; the file beats the default."""
+    f = tmp_path / "zone.yaml"
+    f.write_text("zone: from-file\ndata-dir: /tmp/from-file\nmax-message-bytes: 8MiB\n")
+    cfg = load_config(ZoneConfig, f, {"zone": "from-flag", "data_dir": None}, {"zone": "flag"})
+    assert cfg.zone == "from-flag"
+    assert cfg.data_dir == Path("/tmp/from-file")
+    assert cfg.max_message_bytes == 8 * 1024 * 1024
+
+
+def test_unknown_file_key_is_named(tmp_path: Path) -> None:
+    """An unknown key in the file is refused, naming the key and the file."""
+    f = tmp_path / "g.yaml"
+    f.write_text("api-adress: 127.0.0.1:1\n")
+    with pytest.raises(ConfigError, match=r"unknown option 'api-adress'.*known: api-address"):
+        load_config(GlobalConfig, f, {}, {})
+
+
+def test_bad_value_names_option_and_source(tmp_path: Path) -> None:
+    """A bad value names the flag and whether it came from the file, env or a flag."""
+    f = tmp_path / "g.yaml"
+    f.write_text("kds-address: nowhere\n")
+    with pytest.raises(ConfigError, match=r"--kds-address \(from config file .*g.yaml\)"):
+        load_config(GlobalConfig, f, {}, {})
+    with pytest.raises(ConfigError, match=r"--zone \(from environment\): must be an RFC 1123"):
+        load_config(ZoneConfig, None, {"zone": "Bad_Zone"}, {"zone": "environment"})
+    with pytest.raises(ConfigError, match=r"--global-address \(from flag\): .*grpc://HOST:PORT"):
+        load_config(ZoneConfig, None, {"global_address": "http://x:1"}, {})
+
+
+def test_file_must_be_a_map(tmp_path: Path) -> None:
+    """A file that is not a YAML map, or not YAML at all, is a clear error."""
+    f = tmp_path / "g.yaml"
+    f.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must be a map"):
+        load_config(GlobalConfig, f, {}, {})
+    f.write_text("a: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(GlobalConfig, f, {}, {})
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(GlobalConfig, tmp_path / "missing.yaml", {}, {})
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("5s", 5.0), ("250ms", 0.25), ("2m", 120.0), ("1h", 3600.0), (3, 3.0)]
+)
+def test_durations(text: object, seconds: float) -> None:
+    """Durations take ms, s, m, h or plain seconds."""
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(("text", "size"), [("1MiB", 1 << 20), ("512KiB", 512 << 10), (10, 10)])
+def test_sizes(text: object, size: int) -> None:
+    """Sizes take B, KiB, MiB, GiB, KB, MB, GB or plain bytes."""
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("bad", ["-1", "0", "1 TB", "lots"])
+def test_bad_sizes(bad: str) -> None:
+    """Zero, negative and unknown units are refused."""
+    with pytest.raises(ValueError):
+        parse_size(bad)
+
+
+def test_addresses() -> None:
+    """HOST:PORT, including bracketed IPv6; a missing or bad port is refused."""
+    assert parse_address("0.0.0.0:5685") == ("0.0.0.0", 5685)
+    assert parse_address("[::1]:80") == ("::1", 80)
+    for bad in ("localhost", ":80", "h:99999", "h:x"):
+        with pytest.raises(ValueError):
+            parse_address(bad)
+
+
+def test_cli_env_beats_file_and_flag_beats_env(tmp_path: Path) -> None:
+    """Through the real CLI: a bad env value is reported as coming from the environment, and a
+    flag overrides it (the run then fails later, at --zone, which proves the order)."""
+    f = tmp_path / "z.yaml"
+    f.write_text("zone: good-zone\n")
+    runner = CliRunner()
+    r = runner.invoke(
+        zonecp_cli, ["run", "--config", str(f)], env={"ZONECP_KEEPALIVE_TIMEOUT": "soon"}
+    )
+    assert r.exit_code == 2
+    assert "--keepalive-timeout (from environment)" in r.output
+    r = runner.invoke(
+        zonecp_cli,
+        ["run", "--config", str(f), "--zone", "Bad_Zone"],
+        env={"ZONECP_ZONE": "env-zone"},
+    )
+    assert r.exit_code == 2 and "--zone (from flag)" in r.output
+
+
+def test_help_explains_every_option() -> None:
+    """--help lists each option with its environment variable and default."""
+    out = CliRunner().invoke(globalcp_cli, ["run", "--help"]).output
+    for flag in ("--data-dir", "--api-address", "--kds-address", "--log-size", "--config"):
+        assert flag in out
+    assert "GLOBALCP_KDS_ADDRESS" in out and "default 127.0.0.1:5685" in out
