@@ -157,7 +157,10 @@ class Cluster:
         self.daemons.append(d)
         return d.start()
 
-    def start_zone(self, zone: str, *extra: str, api_port: int | None = None) -> Daemon:
+    def start_zone(
+        self, zone: str, *extra: str, api_port: int | None = None, synced: bool = True
+    ) -> Daemon:
+        """Start a zone; with ``synced`` wait until it holds global's default mesh."""
         port = api_port or free_port()
         argv = [
             str(BIN / "zonecp"),
@@ -184,7 +187,10 @@ class Cluster:
         ]
         d = Daemon(zone, argv, self.tmp / f"{zone}.log", f"http://127.0.0.1:{port}")
         self.daemons.append(d)
-        return d.start()
+        d.start()
+        if synced:
+            wait_for(lambda: d.get_json("/meshes/default"), what=f"{zone} first sync")
+        return d
 
     def restart(self, d: Daemon) -> Daemon:
         d.stop()
