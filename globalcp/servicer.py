@@ -146,12 +146,26 @@ class SyncServicer:
             task=asyncio.current_task(),
         )
         old = self.links.get(h.zone)
-        if old is not None and old.task is not None:
+        if old is not None and old.instance_id != h.instance_id:
+            # Another live process claims this zone: refuse it rather than let two instances
+            # take turns. A dead stream (host gone, link cut) is noticed by keepalive within
+            # seconds, after which the new instance's next attempt gets in.
             log.warning(
-                "zone connected again: the new stream replaces the old one",
-                old_stream=old.stream_id,
-                old_instance=old.instance_id,
+                "refused a second instance of a connected zone",
                 instance=h.instance_id,
+                connected_instance=old.instance_id,
+                connected_since=old.connected_at,
+            )
+            await context.abort(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"zone {h.zone!r} is already connected from instance {old.instance_id} "
+                f"(since {old.connected_at}); one zone name, one live stream",
+            )
+            return
+        if old is not None and old.task is not None:
+            # The same process dialled again before global noticed its old stream had died.
+            log.info(
+                "zone reconnected: the new stream replaces the old one", old_stream=old.stream_id
             )
             old.task.cancel()
         self.links[h.zone] = link

@@ -389,3 +389,41 @@ def test_acknowledged_writes_survive_sigkill_of_global_and_zone(cluster: Cluster
     assert z.secret("default", "k29")["data"] == b64("v29")
     # The zone kept what it had applied before it died and resumed from there.
     assert g.events("zone connected", zone="zone-1")[-1]["mode"] == "RESUME"
+
+
+def test_second_instance_of_a_zone_is_refused_until_the_first_is_gone(cluster: Cluster) -> None:
+    """One zone name, one live stream: a second live instance is refused with a clear reason,
+    the first keeps its stream, and the second gets in once the first stops."""
+    g = cluster.start_global()
+    first = cluster.start_zone("zone-1")
+    g.wait_event("zone connected", zone="zone-1")
+    second = cluster.start_zone("zone-1-twin", synced=False)
+    # Same zone name, its own data dir and port: relaunch the twin under zone-1's name.
+    second.stop()
+    second.argv[second.argv.index("--zone") + 1] = "zone-1"
+    second.start()
+    refused = second.wait_event("cannot sync with global: retrying")
+    assert "ALREADY_EXISTS" in refused["error"] and "already connected" in refused["error"]
+    g.wait_event("refused a second instance of a connected zone", zone="zone-1")
+    assert len(g.events("zone connected", zone="zone-1")) == 1
+    g.put("/meshes/default/secrets/s", _secret("default", "s", "v"))
+    wait_for(lambda: first.secret("default", "s"), what="first instance still syncing")
+    first.stop()
+    wait_for(lambda: second.secret("default", "s"), timeout=20, what="second instance took over")
+
+
+def test_frozen_global_is_noticed_by_zones_and_they_resume(cluster: Cluster) -> None:
+    """A global frozen with SIGSTOP is declared gone by the zone within seconds; after SIGCONT
+    the zone reconnects and resumes."""
+    g = cluster.start_global()
+    z = cluster.start_zone("zone-1")
+    g.signal(signal.SIGSTOP)
+    t0 = time.monotonic()
+    try:
+        z.wait_event("disconnected from global", timeout=15)
+        elapsed = time.monotonic() - t0
+    finally:
+        g.signal(signal.SIGCONT)
+    assert elapsed < 8, elapsed
+    g.put("/meshes/default/secrets/after", _secret("default", "after", "a"))
+    wait_for(lambda: z.secret("default", "after"), timeout=20, what="resumed")
