@@ -23,3 +23,24 @@ def test_propagation_benchmark_runs_and_prints_a_table() -> None:
     assert r.returncode == 0, r.stderr
     rows = [line for line in r.stdout.splitlines() if line.startswith("| 1 |")]
     assert len(rows) == 1 and "| 20 |" in rows[0], r.stdout
+
+
+def test_reconnect_memory_benchmark_runs() -> None:
+    """bench/reconnect_memory.py opens and abandons streams against a real global and reports."""
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "reconnect_memory.py"),
+            "--streams",
+            "100",
+            "--every",
+            "50",
+            "--secrets",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "| 100 |" in r.stdout and "MiB per 1,000 streams" in r.stdout, r.stdout
