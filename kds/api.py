@@ -45,6 +45,7 @@ from kds.model import (
     Kind,
     Limits,
     Resource,
+    from_document,
     from_json_body,
     to_json,
 )
@@ -83,6 +84,8 @@ class ApiContext:
     now: Callable[[], str] = field(default=rfc3339)
     # Called after every write or delete that changed something (global: push to zones).
     on_write: Callable[[WriteResult], None] | None = None
+    # Largest body POST /_apply accepts (many resources, applied in one transaction).
+    max_apply_bytes: int = 64 * 1024 * 1024
 
 
 API_CONTEXT: web.AppKey[ApiContext] = web.AppKey("kds_api_ctx", ApiContext)
@@ -184,12 +187,12 @@ async def _error_middleware(
         )
 
 
-def _too_large(ctx: ApiContext) -> _HttpError:
+def _too_large(ctx: ApiContext, limit: int | None = None) -> _HttpError:
     return _HttpError(
         413,
         "Request body too large",
-        f"the request body exceeds {client_max_size(ctx.limits)} bytes; secret data may be at "
-        f"most {ctx.limits.max_data_bytes} bytes once decoded",
+        f"the request body exceeds {limit or client_max_size(ctx.limits)} bytes; secret data "
+        f"may be at most {ctx.limits.max_data_bytes} bytes once decoded",
         [FieldError("data", f"must decode to at most {ctx.limits.max_data_bytes} bytes")],
     )
 
@@ -245,13 +248,6 @@ async def _require_mesh(ctx: ApiContext, mesh: str) -> None:
 # --------------------------------------------------------------------------- store calls
 # Run on the store's single writer thread, so reading the previous row and writing are one
 # step as far as other writes are concerned.
-
-
-def _put_tx(store: SqliteStore, res: Resource, now: str) -> tuple[WriteResult, bool]:
-    prev = store.get(res.key)
-    result = store.put(res, now)
-    created = result.changed and (prev is None or prev.origin != _own_origin(store))
-    return result, created
 
 
 def _delete_tx(store: SqliteStore, key: Key) -> tuple[WriteResult, Row | None]:
@@ -332,10 +328,11 @@ def _get_handler(kind: Kind) -> Handler:
     return handler
 
 
-async def _read_json(request: web.Request) -> object:
+async def _read_json(request: web.Request, limit: int | None = None) -> object:
     ctx = request.app[API_CONTEXT]
-    if request.content_length is not None and request.content_length > client_max_size(ctx.limits):
-        raise _too_large(ctx)
+    limit = limit or client_max_size(ctx.limits)
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large(ctx, limit)
     raw = await request.read()
     if not raw.strip():
         raise _HttpError(400, "Bad request", "the request body is empty: expected a JSON object")
@@ -364,22 +361,12 @@ def _put_handler(kind: Kind) -> Handler:
         except InvalidResource as e:
             raise _HttpError(400, "Invalid resource", f"{key} is invalid", e.errors) from None
         now = ctx.now()
-        size = encoded_message_size(res, now)
-        if size > ctx.max_message_bytes:
-            raise _HttpError(
-                400,
-                "Invalid resource",
-                f"{key} is invalid",
-                [
-                    FieldError(
-                        "data",
-                        f"the resource would encode to about {size} bytes, over the sync "
-                        f"message limit of {ctx.max_message_bytes} bytes",
-                    )
-                ],
-            )
+        too_big = _size_error(ctx, res, now)
+        if too_big:
+            raise _HttpError(400, "Invalid resource", f"{key} is invalid", [too_big])
         try:
-            result, created = await ctx.store.write(_put_tx, ctx.store.sync, res, now)
+            result = await ctx.store.write(ctx.store.sync.put, res, now)
+            created = result.created
         except NotFound as e:
             if kind is not Kind.SECRET:
                 raise
@@ -415,6 +402,99 @@ def _put_handler(kind: Kind) -> Handler:
     return handler
 
 
+def _size_error(ctx: ApiContext, res: Resource, now: str, prefix: str = "") -> FieldError | None:
+    size = encoded_message_size(res, now)
+    if size <= ctx.max_message_bytes:
+        return None
+    return FieldError(
+        f"{prefix}data",
+        f"the resource would encode to about {size} bytes, over the sync message limit of "
+        f"{ctx.max_message_bytes} bytes",
+    )
+
+
+async def _apply_handler(request: web.Request) -> web.Response:
+    """POST /_apply {"items": [...]}: create or update many resources in one transaction.
+
+    Items take either text form (as from a YAML file). Meshes are written first, then the
+    rest in the order given. Either every item is written or none: a problem answers 400
+    (or 409) naming ``items[i]`` and the field.
+    """
+    ctx = request.app[API_CONTEXT]
+    body = await _read_json(request, ctx.max_apply_bytes)
+    items = body.get("items") if isinstance(body, Mapping) else None
+    if not isinstance(items, list):
+        raise _HttpError(
+            400,
+            "Bad request",
+            'expected {"items": [resource, ...]}',
+            [FieldError("items", "must be a list of resources")],
+        )
+    now = ctx.now()
+    errs: list[FieldError] = []
+    parsed: list[tuple[int, Resource]] = []
+    seen: dict[Key, int] = {}
+    for i, item in enumerate(items):
+        try:
+            res = from_document(item, ctx.limits)
+        except InvalidResource as e:
+            errs += [
+                FieldError(f"items[{i}].{c.field}" if c.field else f"items[{i}]", c.message)
+                for c in e.errors
+            ]
+            continue
+        too_big = _size_error(ctx, res, now, f"items[{i}].")
+        if too_big:
+            errs.append(too_big)
+        if res.key in seen:
+            errs.append(FieldError(f"items[{i}]", f"{res.key} is also items[{seen[res.key]}]"))
+        seen[res.key] = i
+        parsed.append((i, res))
+    if errs:
+        raise _HttpError(400, "Invalid resources", "nothing was applied", errs)
+    parsed.sort(key=lambda p: p[1].kind is not Kind.MESH)  # stable: meshes first
+    try:
+        results = await ctx.store.write(ctx.store.sync.put_many, [r for _, r in parsed], now)
+    except KdsError as e:
+        index = parsed[getattr(e, "item_index", 0)][0]
+        res = parsed[getattr(e, "item_index", 0)][1]
+        if isinstance(e, NotFound) and res.kind is Kind.SECRET:
+            raise _HttpError(
+                400,
+                "Invalid resources",
+                f"nothing was applied: items[{index}] ({res.key}) is invalid",
+                [FieldError(f"items[{index}].mesh", f"mesh {res.mesh!r} does not exist")],
+            ) from None
+        status = 409 if isinstance(e, Conflict) else 404 if isinstance(e, NotFound) else 400
+        raise _HttpError(
+            status,
+            "Conflict" if status == 409 else "Invalid resources",
+            f"nothing was applied: items[{index}]: {e}",
+        ) from None
+    origin = _own_origin(ctx.store.sync)
+    out = []
+    counts = {"created": 0, "updated": 0, "unchanged": 0}
+    for (_, res), result in zip(parsed, results, strict=True):
+        outcome = "created" if result.created else "updated" if result.changed else "unchanged"
+        counts[outcome] += 1
+        if result.changed:
+            stored = result.resource
+            assert stored is not None
+            log.debug(
+                "resource written",
+                type=str(res.kind),
+                mesh=res.mesh,
+                name=res.name,
+                origin=origin,
+                version=stored.version,
+                created=result.created,
+            )
+            _notify(ctx, result)
+        out.append({"type": str(res.kind), "mesh": res.mesh, "name": res.name, "result": outcome})
+    log.info("resources applied", total=len(out), origin=origin, **counts)
+    return web.json_response({"items": out})
+
+
 def _delete_handler(kind: Kind) -> Handler:
     async def handler(request: web.Request) -> web.Response:
         ctx = request.app[API_CONTEXT]
@@ -446,7 +526,8 @@ def _load_openapi() -> str:
 def build_app(ctx: ApiContext, extra_routes: list[web.RouteDef] | None = None) -> web.Application:
     """The API application; ``extra_routes`` lets a daemon add its own (e.g. /status)."""
     app = web.Application(
-        middlewares=[_error_middleware], client_max_size=client_max_size(ctx.limits)
+        middlewares=[_error_middleware],
+        client_max_size=max(client_max_size(ctx.limits), ctx.max_apply_bytes),
     )
     app[API_CONTEXT] = ctx
     app[_OPENAPI] = _load_openapi()
@@ -454,6 +535,7 @@ def build_app(ctx: ApiContext, extra_routes: list[web.RouteDef] | None = None) -
         web.get("/", _index),
         web.get("/openapi.yaml", _openapi_yaml),
         web.get("/openapi.json", _openapi_json),
+        web.post("/_apply", _apply_handler),
     ]
     paths = {
         Kind.MESH: ("/meshes", "/meshes/{name}"),

@@ -17,11 +17,11 @@ Implementations are synchronous; kds.store.AsyncStore runs them on dedicated thr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from kds.model import Key, Kind, Resource
-from kds.protocol.applier import DecodedBatch
 
 if TYPE_CHECKING:
     from kds.protocol.applier import DecodedBatch
@@ -59,6 +59,7 @@ class WriteResult:
     resource: Resource | None  # None for a delete
     changed: bool
     record: ChangeRecord | None  # global only: what the hub pushes to zones
+    created: bool = False  # a put that created the resource (for this origin)
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ class Store(Protocol):
 
     # writes from the API (global: appends to the change log; zone: zone-local rows only)
     def put(self, resource: Resource, now: str) -> WriteResult: ...
+    def put_many(self, resources: Sequence[Resource], now: str) -> list[WriteResult]: ...
     def delete(self, key: Key) -> WriteResult: ...
 
     # global

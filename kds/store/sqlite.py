@@ -15,13 +15,13 @@ import os
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 from kds import wire
-from kds.errors import Conflict, NotFound, ReadOnlySynced, StoreError
+from kds.errors import Conflict, KdsError, NotFound, ReadOnlySynced, StoreError
 from kds.model import Key, Kind, Resource
 from kds.protocol.applier import DecodedBatch, Plan, ZoneView, plan_batch
 from kds.store.base import (
@@ -256,95 +256,116 @@ class SqliteStore:
     # ------------------------------------------------------------------ API writes
 
     def put(self, resource: Resource, now: str) -> WriteResult:
-        return self._committed(self._put(resource, now))
+        conn = self._conn()
+        with self._tx(conn):
+            result = self._put(conn, resource, now)
+        return self._committed([result])[0]
+
+    def put_many(self, resources: Sequence[Resource], now: str) -> list[WriteResult]:
+        """Write all resources in one transaction: all of them, or none.
+
+        A failure raises the error of the first resource that failed, with its position in
+        ``item_index``; nothing is written. On global each changed resource still gets its
+        own revision (so zones see ordinary changes), all committed at once.
+        """
+        conn = self._conn()
+        results = []
+        with self._tx(conn):
+            for i, resource in enumerate(resources):
+                try:
+                    results.append(self._put(conn, resource, now))
+                except KdsError as e:
+                    e.item_index = i  # type: ignore[attr-defined]
+                    raise
+        return self._committed(results)
 
     def delete(self, key: Key) -> WriteResult:
-        return self._committed(self._delete(key))
+        conn = self._conn()
+        with self._tx(conn):
+            result = self._delete(conn, key)
+        return self._committed([result])[0]
 
-    def _committed(self, result: WriteResult) -> WriteResult:
+    def _committed(self, results: list[WriteResult]) -> list[WriteResult]:
         """Runs after the transaction committed, on the writing thread, in commit order."""
-        if result.record is not None and self.on_commit is not None:
-            self.on_commit(result.record)
-        return result
+        if self.on_commit is not None:
+            for result in results:
+                if result.record is not None:
+                    self.on_commit(result.record)
+        return results
 
-    def _put(self, resource: Resource, now: str) -> WriteResult:
-        conn = self._conn()
-        with self._tx(conn):
-            rows = self._rows(conn, resource.key)
-            if self.role == "zone":
-                if ORIGIN_GLOBAL in rows and ORIGIN_ZONE not in rows:
-                    raise ReadOnlySynced(
-                        f"{resource.key} is synced from global and read-only on this zone: "
-                        "change it on global"
-                    )
-                origin = ORIGIN_ZONE
-            else:
-                origin = ORIGIN_GLOBAL
-            old = rows.get(origin)
-            if resource.kind is Kind.SECRET and not self._mesh_exists(conn, resource.mesh):
-                raise NotFound(f"mesh {resource.mesh!r} does not exist")
-            if old is not None and old.same_content(resource):
-                return WriteResult(old, changed=False, record=None)
-            revision = int(self._meta(conn, "head")) + 1 if self.role == "global" else 0
-            stored = resource.with_meta(
-                creation_time=old.creation_time if old else now,
-                modification_time=now,
-                version=revision if self.role == "global" else (old.version + 1 if old else 1),
-            )
-            record = None
-            wire_bytes = None
-            if self.role == "global":
-                wire_bytes = wire.change_put(revision, stored)
-                record = ChangeRecord(revision, stored.key, False, wire_bytes)
-                self._append_log(conn, record)
-            conn.execute(
-                f"INSERT OR REPLACE INTO resources ({_COLS}, wire) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    str(stored.kind),
-                    stored.mesh,
-                    stored.name,
-                    origin,
-                    stored.data,
-                    json.dumps(dict(stored.labels), sort_keys=True),
-                    json.dumps(dict(stored.spec), sort_keys=True),
-                    stored.creation_time,
-                    stored.modification_time,
-                    stored.version,
-                    wire_bytes,
-                ),
-            )
-            return WriteResult(stored, changed=True, record=record)
+    def _put(self, conn: sqlite3.Connection, resource: Resource, now: str) -> WriteResult:
+        rows = self._rows(conn, resource.key)
+        if self.role == "zone":
+            if ORIGIN_GLOBAL in rows and ORIGIN_ZONE not in rows:
+                raise ReadOnlySynced(
+                    f"{resource.key} is synced from global and read-only on this zone: "
+                    "change it on global"
+                )
+            origin = ORIGIN_ZONE
+        else:
+            origin = ORIGIN_GLOBAL
+        old = rows.get(origin)
+        if resource.kind is Kind.SECRET and not self._mesh_exists(conn, resource.mesh):
+            raise NotFound(f"mesh {resource.mesh!r} does not exist")
+        if old is not None and old.same_content(resource):
+            return WriteResult(old, changed=False, record=None)
+        revision = int(self._meta(conn, "head")) + 1 if self.role == "global" else 0
+        stored = resource.with_meta(
+            creation_time=old.creation_time if old else now,
+            modification_time=now,
+            version=revision if self.role == "global" else (old.version + 1 if old else 1),
+        )
+        record = None
+        wire_bytes = None
+        if self.role == "global":
+            wire_bytes = wire.change_put(revision, stored)
+            record = ChangeRecord(revision, stored.key, False, wire_bytes)
+            self._append_log(conn, record)
+        conn.execute(
+            f"INSERT OR REPLACE INTO resources ({_COLS}, wire) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                str(stored.kind),
+                stored.mesh,
+                stored.name,
+                origin,
+                stored.data,
+                json.dumps(dict(stored.labels), sort_keys=True),
+                json.dumps(dict(stored.spec), sort_keys=True),
+                stored.creation_time,
+                stored.modification_time,
+                stored.version,
+                wire_bytes,
+            ),
+        )
+        return WriteResult(stored, changed=True, record=record, created=old is None)
 
-    def _delete(self, key: Key) -> WriteResult:
-        conn = self._conn()
-        with self._tx(conn):
-            rows = self._rows(conn, key)
-            origin = ORIGIN_ZONE if self.role == "zone" else ORIGIN_GLOBAL
-            if origin not in rows:
-                if ORIGIN_GLOBAL in rows:
-                    raise ReadOnlySynced(
-                        f"{key} is synced from global and read-only on this zone: "
-                        "delete it on global"
-                    )
-                raise NotFound(f"{key} not found")
-            if key.kind is Kind.MESH:
-                n = self._secrets_in_mesh(conn, key.name)
-                mesh_stays = self.role == "zone" and ORIGIN_GLOBAL in rows
-                if not mesh_stays and (n[ORIGIN_GLOBAL] or n[ORIGIN_ZONE]):
-                    total = n[ORIGIN_GLOBAL] + n[ORIGIN_ZONE]
-                    raise Conflict(
-                        f"mesh {key.name!r} still holds {total} secret(s): delete them first"
-                    )
-            conn.execute(
-                "DELETE FROM resources WHERE kind=? AND mesh=? AND name=? AND origin=?",
-                (str(key.kind), key.mesh, key.name, origin),
-            )
-            record = None
-            if self.role == "global":
-                revision = int(self._meta(conn, "head")) + 1
-                record = ChangeRecord(revision, key, True, wire.change_delete(revision, key))
-                self._append_log(conn, record)
-            return WriteResult(None, changed=True, record=record)
+    def _delete(self, conn: sqlite3.Connection, key: Key) -> WriteResult:
+        rows = self._rows(conn, key)
+        origin = ORIGIN_ZONE if self.role == "zone" else ORIGIN_GLOBAL
+        if origin not in rows:
+            if ORIGIN_GLOBAL in rows:
+                raise ReadOnlySynced(
+                    f"{key} is synced from global and read-only on this zone: delete it on global"
+                )
+            raise NotFound(f"{key} not found")
+        if key.kind is Kind.MESH:
+            n = self._secrets_in_mesh(conn, key.name)
+            mesh_stays = self.role == "zone" and ORIGIN_GLOBAL in rows
+            if not mesh_stays and (n[ORIGIN_GLOBAL] or n[ORIGIN_ZONE]):
+                total = n[ORIGIN_GLOBAL] + n[ORIGIN_ZONE]
+                raise Conflict(
+                    f"mesh {key.name!r} still holds {total} secret(s): delete them first"
+                )
+        conn.execute(
+            "DELETE FROM resources WHERE kind=? AND mesh=? AND name=? AND origin=?",
+            (str(key.kind), key.mesh, key.name, origin),
+        )
+        record = None
+        if self.role == "global":
+            revision = int(self._meta(conn, "head")) + 1
+            record = ChangeRecord(revision, key, True, wire.change_delete(revision, key))
+            self._append_log(conn, record)
+        return WriteResult(None, changed=True, record=record)
 
     def _append_log(self, conn: sqlite3.Connection, rec: ChangeRecord) -> None:
         conn.execute(

@@ -540,3 +540,82 @@ async def test_extra_routes(tmp_path: Path) -> None:
         body = await resp.json()
         assert resp.status == 201 and body["creationTime"].endswith("Z")
     store.close()
+
+
+# --------------------------------------------------------------------------- POST /_apply
+
+
+async def _apply(api: Api, items: Any) -> tuple[int, Any]:
+    resp = await api.client.post("/_apply", json={"items": items} if items is not None else {})
+    return resp.status, await resp.json()
+
+
+def _sec(name: str, mesh: str = "payments", data: str = SECRET_B64) -> dict[str, Any]:
+    return {"type": "Secret", "mesh": mesh, "name": name, "data": data}
+
+
+async def test_apply_many_in_one_transaction_meshes_first(api: Api) -> None:
+    """Secrets listed before their Mesh still apply; each item gets its own revision."""
+    head = api.store.sync.head()
+    status, body = await _apply(
+        api,
+        [
+            _sec("a"),
+            _sec("b"),
+            {"type": "Mesh", "name": "payments"},
+            {"type": "GlobalSecret", "name": "g", "data": OTHER_B64},
+        ],
+    )
+    assert status == 200, body
+    assert [(i["type"], i["name"], i["result"]) for i in body["items"]] == [
+        ("Mesh", "payments", "created"),
+        ("Secret", "a", "created"),
+        ("Secret", "b", "created"),
+        ("GlobalSecret", "g", "created"),
+    ]
+    assert api.store.sync.head() == head + 4
+    assert [w.record.revision for w in api.writes if w.record] == list(range(head + 1, head + 5))
+    status, body = await _apply(
+        api, [{"type": "Mesh", "name": "payments"}, _sec("a", data=OTHER_B64)]
+    )
+    assert [i["result"] for i in body["items"]] == ["unchanged", "updated"]
+
+
+async def test_apply_is_all_or_nothing(api: Api) -> None:
+    """One invalid item (or one missing mesh) refuses the request naming items[i]; nothing is written."""
+    await _seed(api)
+    before = api.counts()
+    status, body = await _apply(api, [_sec("ok", "default"), _sec("Bad_Name", "default", "%%")])
+    assert status == 400
+    fields = {c["field"] for c in body["causes"]}
+    assert {"items[1].name", "items[1].data"} <= fields
+    status, body = await _apply(api, [_sec("ok", "default"), _sec("s", "nowhere")])
+    assert status == 400
+    assert body["causes"] == [
+        {"field": "items[1].mesh", "message": "mesh 'nowhere' does not exist"}
+    ]
+    assert api.counts() == before
+    assert SECRET_B64 not in json.dumps(body)
+
+
+async def test_apply_refuses_duplicates_and_bad_shapes(api: Api) -> None:
+    """The same key twice, or a body without an items list, is a 400 naming the field."""
+    await _seed(api)
+    status, body = await _apply(api, [_sec("x", "default"), _sec("x", "default")])
+    assert status == 400 and body["causes"][0]["field"] == "items[1]"
+    status, body = await _apply(api, None)
+    assert status == 400 and body["causes"][0]["field"] == "items"
+
+
+async def test_apply_on_a_zone_cannot_touch_synced_copies(make_api: MakeApi) -> None:
+    """On a zone, an item whose key a synced copy holds makes the whole request a 409."""
+    zone = await make_api("zone", zone="z1")
+    await zone.store.write(
+        zone.store.sync.apply_batch,
+        _synced_batch(_g(Kind.MESH, "default"), _g(Kind.SECRET, "s", "default", b"g")),
+        "gsid",
+        "2026-11-29T00:00:00.000Z",
+    )
+    status, body = await _apply(zone, [_sec("mine", "default"), _sec("s", "default")])
+    assert status == 409 and "items[1]" in body["detail"] and "global" in body["detail"]
+    assert zone.store.sync.get(Key(Kind.SECRET, "default", "mine")) is None

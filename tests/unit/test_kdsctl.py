@@ -230,14 +230,17 @@ def test_apply_server_refusal_names_the_field(server: Server) -> None:
     res = run(server, "apply", "-f", "-", input=doc)
     assert res.exit_code == 1
     assert res.stderr.splitlines() == [
-        "Error: Invalid resource: Secret nope/s is invalid (stdin document 1)",
-        "  mesh: mesh 'nope' does not exist",
+        "Error: Invalid resources: nothing was applied: stdin document 1 (Secret nope/s) "
+        "is invalid",
+        "  stdin document 1: mesh: mesh 'nope' does not exist",
     ]
     # over the server's data limit (1 KiB here): the client leaves the limit to the server
     big = "type: GlobalSecret\nname: big\ndata: " + "QUFB" * 400 + "\n"
     res = run(server, "apply", "-f", "-", input=big)
     assert res.exit_code == 1
-    assert "  data: decoded size 1200 bytes exceeds the limit of 1024 bytes" in res.stderr
+    assert "  stdin document 1: data: decoded size 1200 bytes exceeds the limit of 1024 bytes" in (
+        res.stderr
+    )
     assert "QUFB" not in res.output
 
 
