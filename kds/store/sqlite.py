@@ -85,6 +85,22 @@ def _row_to_resource(r: sqlite3.Row | tuple[Any, ...]) -> Resource:
     )
 
 
+def _row_values(r: Resource, origin: str) -> tuple[Any, ...]:
+    """The values of _COLS for one row."""
+    return (
+        str(r.kind),
+        r.mesh,
+        r.name,
+        origin,
+        r.data,
+        json.dumps(dict(r.labels), sort_keys=True),
+        json.dumps(dict(r.spec), sort_keys=True),
+        r.creation_time,
+        r.modification_time,
+        r.version,
+    )
+
+
 class SqliteStore:
     backend = "sqlite"
 
@@ -322,20 +338,9 @@ class SqliteStore:
             record = ChangeRecord(revision, stored.key, False, wire_bytes)
             self._append_log(conn, record)
         conn.execute(
-            f"INSERT OR REPLACE INTO resources ({_COLS}, wire) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                str(stored.kind),
-                stored.mesh,
-                stored.name,
-                origin,
-                stored.data,
-                json.dumps(dict(stored.labels), sort_keys=True),
-                json.dumps(dict(stored.spec), sort_keys=True),
-                stored.creation_time,
-                stored.modification_time,
-                stored.version,
-                wire_bytes,
-            ),
+            f"INSERT OR REPLACE INTO resources ({_COLS}, wire, sync_gen) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,0)",
+            (*_row_values(stored, origin), wire_bytes),
         )
         return WriteResult(stored, changed=True, record=record, created=old is None)
 
@@ -501,21 +506,7 @@ class SqliteStore:
                 (str(key.kind), key.mesh, key.name),
             )
         conn.executemany(
-            "INSERT OR REPLACE INTO resources "
-            f"({_COLS}, sync_gen) VALUES (?,?,?,'global',?,?,?,?,?,?,?)",
-            [
-                (
-                    str(r.kind),
-                    r.mesh,
-                    r.name,
-                    r.data,
-                    json.dumps(dict(r.labels), sort_keys=True),
-                    json.dumps(dict(r.spec), sort_keys=True),
-                    r.creation_time,
-                    r.modification_time,
-                    r.version,
-                    gen,
-                )
-                for r in plan.puts
-            ],
+            f"INSERT OR REPLACE INTO resources ({_COLS}, wire, sync_gen) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,NULL,?)",
+            [(*_row_values(r, ORIGIN_GLOBAL), gen) for r in plan.puts],
         )

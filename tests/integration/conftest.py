@@ -24,6 +24,19 @@ import pytest
 BIN = Path(sys.executable).parent
 
 
+# JSON logs the tests read; short keepalive so dead peers are noticed fast.
+_TEST_ARGS = (
+    "--log-format",
+    "json",
+    "--log-level",
+    "debug",
+    "--keepalive-interval",
+    "1s",
+    "--keepalive-timeout",
+    "1s",
+)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -143,14 +156,7 @@ class Cluster:
             f"127.0.0.1:{self.global_api}",
             "--kds-address",
             f"127.0.0.1:{self.kds_port}",
-            "--log-format",
-            "json",
-            "--log-level",
-            "debug",
-            "--keepalive-interval",
-            "1s",
-            "--keepalive-timeout",
-            "1s",
+            *_TEST_ARGS,
             *extra,
         ]
         d = Daemon("global", argv, self.tmp / "global.log", api)
@@ -173,14 +179,7 @@ class Cluster:
             str(self.tmp / zone),
             "--api-address",
             f"127.0.0.1:{port}",
-            "--log-format",
-            "json",
-            "--log-level",
-            "debug",
-            "--keepalive-interval",
-            "1s",
-            "--keepalive-timeout",
-            "1s",
+            *_TEST_ARGS,
             "--reconnect-max-delay",
             "1s",
             *extra,
