@@ -178,27 +178,31 @@ class SyncServicer:
             zone_revision=h.resume.revision,
             head=self.hub.head,
         )
-        await context.write(
-            pb.GlobalMessage(
-                welcome=pb.Welcome(
-                    global_instance_id=self.instance_id,
-                    global_store_id=self.store.sync.store_id,
-                    head_revision=self.hub.head,
-                    mode=pb.Welcome.RESUME if mode is Mode.RESUME else pb.Welcome.SNAPSHOT,
-                    max_unacked=self.max_unacked,
-                    protocol_version=PROTOCOL_VERSION,
-                    software_version=self.software_version,
-                )
-            ).SerializeToString()
-        )
-        wake = self.hub.subscribe()
-        wake.set()
-        reader = asyncio.create_task(self._read(context, link, wake), name=f"read-{stream_id}")
-        writer = asyncio.create_task(
-            self._write(context, link, wake, limit), name=f"write-{stream_id}"
-        )
         reason = "zone closed the stream"
+        reader: asyncio.Task[None] | None = None
+        writer: asyncio.Task[None] | None = None
+        wake = self.hub.subscribe()
+        # From here on every exit goes through the finally below, so a stream that fails even
+        # while writing the welcome never leaves its zone marked as connected.
         try:
+            await context.write(
+                pb.GlobalMessage(
+                    welcome=pb.Welcome(
+                        global_instance_id=self.instance_id,
+                        global_store_id=self.store.sync.store_id,
+                        head_revision=self.hub.head,
+                        mode=pb.Welcome.RESUME if mode is Mode.RESUME else pb.Welcome.SNAPSHOT,
+                        max_unacked=self.max_unacked,
+                        protocol_version=PROTOCOL_VERSION,
+                        software_version=self.software_version,
+                    )
+                ).SerializeToString()
+            )
+            wake.set()
+            reader = asyncio.create_task(self._read(context, link, wake), name=f"read-{stream_id}")
+            writer = asyncio.create_task(
+                self._write(context, link, wake, limit), name=f"write-{stream_id}"
+            )
             done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
             for t in done:
                 exc = t.exception()
@@ -213,8 +217,9 @@ class SyncServicer:
             reason = "replaced or shutting down"
             raise
         finally:
-            for t in (reader, writer):
-                t.cancel()
+            for task in (reader, writer):
+                if task is not None:
+                    task.cancel()
             self.hub.unsubscribe(wake)
             if self.links.get(h.zone) is link:
                 del self.links[h.zone]
