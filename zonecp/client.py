@@ -121,7 +121,6 @@ class ZoneClient:
         self.instance_id = f"{zone}-{uuid.uuid4().hex[:8]}"
         self.status = ZoneSyncStatus()
         self._write_lock = asyncio.Lock()
-        self._call: Any = None
         self._status_dirty = asyncio.Event()
 
     # ------------------------------------------------------------------ conflicts
@@ -187,7 +186,6 @@ class ZoneClient:
                 request_serializer=pb.ZoneMessage.SerializeToString,
                 response_deserializer=pb.GlobalMessage.FromString,
             )()
-            self._call = call
             stopper = asyncio.create_task(stop.wait())
             try:
                 return await self._converse(call, stopper)
@@ -196,7 +194,6 @@ class ZoneClient:
                 raise StreamEnded(f"{(await call.code()).name}: {await call.details()}") from None
             finally:
                 stopper.cancel()
-                self._call = None
                 if self.status.connected:
                     log.info("disconnected from global")
                 self.status.connected = False
@@ -258,7 +255,8 @@ class ZoneClient:
             return True
         finally:
             status_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # Its own failure (a write on a dead call) is the stream ending, handled above.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await status_task
 
     async def _read(self, call: Any, stopper: asyncio.Task[Any]) -> Any:
