@@ -195,6 +195,7 @@ class SyncServicer:
                         max_unacked=self.max_unacked,
                         protocol_version=PROTOCOL_VERSION,
                         software_version=self.software_version,
+                        heartbeat_interval_ms=int(self.heartbeat_interval * 1000),
                     )
                 ).SerializeToString()
             )

@@ -223,6 +223,8 @@ class ZoneClient:
             raise ProtocolError("global did not answer the hello with a welcome")
         w = first.welcome
         global_store_id = w.global_store_id
+        # Watchdog: global promises a message at least every heartbeat interval.
+        silence = 3 * w.heartbeat_interval_ms / 1000 if w.heartbeat_interval_ms else None
         self.status.connected = True
         self.status.global_instance_id = w.global_instance_id
         self.status.global_head = w.head_revision
@@ -239,7 +241,7 @@ class ZoneClient:
         self._status_dirty.set()  # report current conflicts on every new stream
         try:
             while True:
-                msg = await self._read(call, stopper)
+                msg = await self._read(call, stopper, silence)
                 if msg is None:
                     return True
                 kind = msg.WhichOneof("msg")
@@ -259,12 +261,21 @@ class ZoneClient:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await status_task
 
-    async def _read(self, call: Any, stopper: asyncio.Task[Any]) -> Any:
+    async def _read(
+        self, call: Any, stopper: asyncio.Task[Any], silence: float | None = None
+    ) -> Any:
+        """The next message; None when the zone is stopping. Raises StreamEnded when global
+        ended the stream or, with ``silence``, sent nothing for that many seconds."""
         reader = asyncio.ensure_future(call.read())
-        done, _ = await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {reader, stopper}, timeout=silence, return_when=asyncio.FIRST_COMPLETED
+        )
         if reader not in done:
             reader.cancel()
-            return None
+            if stopper in done:
+                return None
+            log.warning("global went silent: reconnecting", silent_for=silence)
+            raise StreamEnded(f"global sent nothing for {silence:g}s (heartbeats expected)")
         msg = reader.result()
         if msg is grpc.aio.EOF:
             code = await call.code()

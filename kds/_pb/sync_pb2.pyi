@@ -128,7 +128,7 @@ class ZoneMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., status: _Optional[_Union[ZoneStatus, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("global_instance_id", "global_store_id", "head_revision", "mode", "max_unacked", "protocol_version", "software_version")
+    __slots__ = ("global_instance_id", "global_store_id", "head_revision", "mode", "max_unacked", "protocol_version", "software_version", "heartbeat_interval_ms")
     class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         MODE_UNSPECIFIED: _ClassVar[Welcome.Mode]
@@ -144,6 +144,7 @@ class Welcome(_message.Message):
     MAX_UNACKED_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SOFTWARE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     global_instance_id: str
     global_store_id: str
     head_revision: int
@@ -151,7 +152,8 @@ class Welcome(_message.Message):
     max_unacked: int
     protocol_version: int
     software_version: str
-    def __init__(self, global_instance_id: _Optional[str] = ..., global_store_id: _Optional[str] = ..., head_revision: _Optional[int] = ..., mode: _Optional[_Union[Welcome.Mode, str]] = ..., max_unacked: _Optional[int] = ..., protocol_version: _Optional[int] = ..., software_version: _Optional[str] = ...) -> None: ...
+    heartbeat_interval_ms: int
+    def __init__(self, global_instance_id: _Optional[str] = ..., global_store_id: _Optional[str] = ..., head_revision: _Optional[int] = ..., mode: _Optional[_Union[Welcome.Mode, str]] = ..., max_unacked: _Optional[int] = ..., protocol_version: _Optional[int] = ..., software_version: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ...) -> None: ...
 
 class Batch(_message.Message):
     __slots__ = ("seq", "from_revision", "revision", "snapshot", "final", "head_revision", "changes")
