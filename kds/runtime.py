@@ -69,6 +69,9 @@ def ensure_private_dir(path: Path) -> Path:
 def run_daemon(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
     """Run ``main(stop_event)`` on a fresh event loop with signal handling; return exit code."""
 
+    # Everything a daemon creates (store, WAL, future key files) is private to its user.
+    os.umask(0o077)
+
     async def runner() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
