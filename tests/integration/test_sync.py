@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import stat
 import time
 
 import pytest
@@ -365,6 +366,13 @@ def test_sigterm_stops_both_daemons_cleanly(cluster: Cluster) -> None:
     assert z.stop(signal.SIGINT) == 0
     assert g.stop(signal.SIGTERM) == 0
     assert time.monotonic() - t0 < 8
+    # The data dirs are private, and so is every store file (the WAL holds secret data too).
+    for d in (cluster.tmp / "global", cluster.tmp / "zone-1"):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700
+        files = list(d.iterdir())
+        assert files
+        for f in files:
+            assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
 
 
 def test_acknowledged_writes_survive_sigkill_of_global_and_zone(cluster: Cluster) -> None:
