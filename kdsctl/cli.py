@@ -28,6 +28,7 @@ import yaml
 
 from kds.errors import InvalidResource
 from kds.model import LABEL_ORIGIN, LABEL_ZONE, Kind, Limits, Resource, from_document, to_json
+from kds.version import __version__
 
 __all__ = [
     "DEFAULT_API_URL",
@@ -88,12 +89,17 @@ class ApiClient:
             self._http = None
 
     def request(
-        self, method: str, path: str, body: Mapping[str, Any] | None = None
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
     ) -> httpx.Response:
         """Send one request; raise ApiUnreachable or ApiError, else return the response."""
         url = f"{self.base_url}{path}"
+        timeout = timeout or self.timeout
         try:
-            resp = self.http.request(method, path, json=body)
+            resp = self.http.request(method, path, json=body, timeout=timeout)
         except httpx.ConnectError as e:
             raise ApiUnreachable(
                 f"cannot connect to the control plane API at {self.base_url}: {_reason(e)}. "
@@ -101,7 +107,7 @@ class ApiClient:
             ) from None
         except httpx.TimeoutException:
             raise ApiUnreachable(
-                f"no answer from {url} within {self.timeout:g}s (see --timeout)"
+                f"no answer from {url} within {timeout:g}s (see --timeout)"
             ) from None
         except (httpx.HTTPError, httpx.InvalidURL) as e:
             raise ApiUnreachable(f"request to {url} failed: {_reason(e)}") from None
@@ -115,8 +121,8 @@ class ApiClient:
     def put(self, path: str, body: Mapping[str, Any]) -> httpx.Response:
         return self.request("PUT", path, body)
 
-    def post(self, path: str, body: Mapping[str, Any]) -> Any:
-        return _json(self.request("POST", path, body))
+    def post(self, path: str, body: Mapping[str, Any], timeout: float | None = None) -> Any:
+        return _json(self.request("POST", path, body, timeout))
 
     def delete(self, path: str) -> Any:
         return _json(self.request("DELETE", path))
@@ -289,6 +295,7 @@ pass_client = click.make_pass_decorator(ApiClient)
     metavar="SECONDS",
     help="How long to wait for each API answer.",
 )
+@click.version_option(__version__, prog_name="kdsctl")
 @click.pass_context
 def cli(ctx: click.Context, api_url: str, timeout: float) -> None:
     """Manage Meshes, Secrets and GlobalSecrets of a kds-sync control plane.
@@ -369,7 +376,8 @@ def apply(client: ApiClient, files: tuple[IO[str], ...]) -> None:
     document number and field, and nothing is applied. The resources then go to the API's
     POST /_apply in requests of up to 8 MiB, each written in one transaction (all or
     nothing), Meshes first. An input under 8 MiB is therefore applied atomically; a larger one
-    stops at the first request the API refuses, and says which resources were applied.
+    stops at the first request the API refuses, and says which resources were applied. Each
+    request may take up to 5 minutes (or --timeout, if longer).
     """
     docs: list[_Doc] = []
     for f in files:
@@ -380,7 +388,11 @@ def apply(client: ApiClient, files: tuple[IO[str], ...]) -> None:
     applied = 0
     for chunk in _chunks(docs, APPLY_CHUNK_BYTES):
         try:
-            answer = client.post("/_apply", {"items": [_body(d.resource) for d in chunk]})
+            answer = client.post(
+                "/_apply",
+                {"items": [_body(d.resource) for d in chunk]},
+                timeout=max(client.timeout, APPLY_TIMEOUT),
+            )
         except ApiError as e:
             causes = [(_where(chunk, f.replace("].", "]: ", 1)), m) for f, m in e.causes]
             detail = _where(chunk, e.detail)
@@ -393,6 +405,8 @@ def apply(client: ApiClient, files: tuple[IO[str], ...]) -> None:
 
 
 APPLY_CHUNK_BYTES = 8 * 1024 * 1024
+# A large apply is one transaction on the server: wait for it longer than for a read.
+APPLY_TIMEOUT = 300.0
 
 
 def _chunks(docs: list[_Doc], limit: int) -> Iterator[list[_Doc]]:
