@@ -303,6 +303,18 @@ def _universal(doc: Mapping[str, Any], limits: Limits) -> Resource:
         errs += spec_errs
     labels = doc.get("labels") or {}
     label_errs = validate_labels(labels)
+    if isinstance(labels, Mapping) and LABEL_MESH in labels:
+        # The Kubernetes form's way of naming the mesh: in this form it must agree with
+        # ``mesh``, and it is implied by it, so it is not stored twice.
+        if kind is not Kind.SECRET:
+            label_errs.append(
+                FieldError(f"labels[{LABEL_MESH}]", f"only a Secret has a mesh, not a {kind}")
+            )
+        elif labels[LABEL_MESH] != doc.get("mesh"):
+            label_errs.append(
+                FieldError(f"labels[{LABEL_MESH}]", f"must equal mesh ({doc.get('mesh')!r})")
+            )
+        labels = {k: v for k, v in labels.items() if k != LABEL_MESH}
     if errs or label_errs:
         raise InvalidResource(errs + label_errs + validate_name(doc.get("name")))
     res = Resource(
@@ -315,6 +327,23 @@ def _universal(doc: Mapping[str, Any], limits: Limits) -> Resource:
     )
     validate(res, limits)
     return res
+
+
+def _validate_k8s(res: Resource, limits: Limits) -> None:
+    """validate(), naming fields as the Kubernetes form writes them (metadata.name)."""
+    try:
+        validate(res, limits)
+    except InvalidResource as e:
+        raise InvalidResource([_k8s_field(err) for err in e.errors]) from None
+
+
+def _k8s_field(err: FieldError) -> FieldError:
+    f = err.field
+    if f in ("name", "mesh"):
+        f = "metadata.name" if f == "name" else f"metadata.labels[{LABEL_MESH}]"
+    elif f.startswith("labels"):
+        f = "metadata." + f
+    return FieldError(f, err.message)
 
 
 def _kubernetes(doc: Mapping[str, Any], limits: Limits) -> Resource:
@@ -344,7 +373,7 @@ def _kubernetes(doc: Mapping[str, Any], limits: Limits) -> Resource:
         if errs:
             raise InvalidResource(errs)
         res = Resource(kind=Kind.MESH, name=meta.get("name"), labels=labels, spec=mesh_spec)  # type: ignore[arg-type]
-        validate(res, limits)
+        _validate_k8s(res, limits)
         return res
     if kind_name != "Secret":
         raise InvalidResource(
@@ -379,7 +408,7 @@ def _kubernetes(doc: Mapping[str, Any], limits: Limits) -> Resource:
                 )
             ]
         )
-    validate(res, limits)
+    _validate_k8s(res, limits)
     return res
 
 

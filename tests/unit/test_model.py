@@ -614,7 +614,7 @@ def test_k8s_system_label_refused() -> None:
     """System labels are refused in the Kubernetes form too."""
     with pytest.raises(InvalidResource) as e:
         from_document(k8s_secret(labels={"kuma.io/mesh": "default", "kuma.io/origin": "zone"}))
-    assert fields_of(e) == {"labels[kuma.io/origin]"}
+    assert fields_of(e) == {"metadata.labels[kuma.io/origin]"}
 
 
 def test_k8s_bad_name_and_mesh() -> None:
@@ -625,14 +625,14 @@ def test_k8s_bad_name_and_mesh() -> None:
                 metadata={"name": "Sample", "labels": {"kuma.io/mesh": "Default"}},
             )
         )
-    assert fields_of(e) == {"name", "mesh"}
+    assert fields_of(e) == {"metadata.name", "metadata.labels[kuma.io/mesh]"}
 
 
 def test_k8s_missing_name() -> None:
     """A Kubernetes Secret without metadata.name is refused."""
     with pytest.raises(InvalidResource) as e:
         from_document(k8s_secret(metadata={"labels": {"kuma.io/mesh": "default"}}))
-    assert fields_of(e) == {"name"}
+    assert fields_of(e) == {"metadata.name"}
 
 
 def test_k8s_respects_limits() -> None:
@@ -874,3 +874,16 @@ def test_mesh_mtls_must_be_json() -> None:
     with pytest.raises(InvalidResource) as e:
         from_document(doc)
     assert fields_of(e) == {"mtls"}
+
+
+def test_universal_kuma_mesh_label_must_agree_with_mesh() -> None:
+    """In the Universal form a kuma.io/mesh label must equal mesh (then it is implied, not
+    stored) and is refused on kinds without a mesh."""
+    res = from_document(secret_doc(labels={"kuma.io/mesh": "default", "app": "web"}))
+    assert dict(res.labels) == {"app": "web"}
+    with pytest.raises(InvalidResource) as e:
+        from_document(secret_doc(labels={"kuma.io/mesh": "other"}))
+    assert fields_of(e) == {"labels[kuma.io/mesh]"}
+    with pytest.raises(InvalidResource) as e:
+        from_document({"type": "Mesh", "name": "m", "labels": {"kuma.io/mesh": "m"}})
+    assert fields_of(e) == {"labels[kuma.io/mesh]"}
