@@ -22,7 +22,8 @@ from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception_type,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from kds import wire
@@ -141,7 +142,10 @@ class ZoneClient:
         self.status.conflicts = await self.store.read(self.store.sync.conflicts)
         while not stop.is_set():
             retrying = AsyncRetrying(
-                wait=wait_exponential_jitter(initial=0.2, max=self.reconnect_max_delay, jitter=0.5),
+                # Exponential from 0.2 s up to the cap, plus jitter added after capping, so zones
+                # that wait the longest (after a long outage) still spread their dials out.
+                wait=wait_exponential(multiplier=0.1, min=0.2, max=self.reconnect_max_delay)
+                + wait_random(0, max(0.5, self.reconnect_max_delay / 4)),
                 # Every failure is retried with backoff: a dead sync loop in a live process is
                 # the worst outcome. Unexpected errors are logged with their traceback.
                 retry=retry_if_exception_type(Exception),

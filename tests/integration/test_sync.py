@@ -470,3 +470,18 @@ def test_secret_values_never_reach_logs_or_kdsctl_tables(cluster: Cluster) -> No
     text = cluster.all_logs() + "\n".join(outputs)
     for m in markers:
         assert m not in text and b64(m) not in text, m
+
+
+def test_zone_backs_off_with_jitter_and_logs_every_attempt(cluster: Cluster) -> None:
+    """With no global, the zone logs each attempt with a growing, capped, jittered delay, and
+    connects as soon as global appears."""
+    z = cluster.start_zone("zone-1", synced=False)  # --reconnect-max-delay 1s in tests
+    wait_for(lambda: len(z.events("cannot sync with global: retrying")) >= 6, what="attempts")
+    attempts = z.events("cannot sync with global: retrying")
+    assert [a["attempt"] for a in attempts[:6]] == [1, 2, 3, 4, 5, 6]
+    delays = [a["retry_in"] for a in attempts]
+    assert all(0 < d <= 1.5 for d in delays), delays  # cap 1 s plus at most 0.5 s of jitter
+    assert max(delays[3:]) > min(delays[:2]), delays  # it grows
+    assert "Connection refused" in attempts[0]["error"]
+    cluster.start_global()
+    wait_for(lambda: z.get_json("/meshes/default"), what="connected once global is up")
