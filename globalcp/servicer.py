@@ -120,7 +120,11 @@ class SyncServicer:
             protocol_version=h.protocol_version,
             store_id=h.resume.global_store_id,
             revision=h.resume.revision,
+            chain=h.resume.chain,
         )
+        chain_at_revision = None
+        if h.resume.global_store_id == self.store.sync.store_id:
+            chain_at_revision = await self.store.read(self.store.sync.chain_at, h.resume.revision)
         try:
             if 0 < h.max_message_bytes < self.max_message_bytes:
                 # Global accepts single resources up to its own limit; a zone that cannot
@@ -130,7 +134,7 @@ class SyncServicer:
                     f"may send up to {self.max_message_bytes}: give the zone "
                     f"--max-message-bytes {self.max_message_bytes} or more"
                 )
-            mode = session.on_hello(hello, self.hub.head, self.hub.log_floor)
+            mode = session.on_hello(hello, self.hub.head, self.hub.log_floor, chain_at_revision)
         except ProtocolError as e:
             log.warning("zone refused", reason=str(e), instance=h.instance_id)
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
@@ -285,7 +289,7 @@ class SyncServicer:
             if isinstance(action, SendSnapshot):
                 snap = await self.store.read(self.store.sync.snapshot)
                 sent = await self._send_parts(
-                    context, session, snap.changes, 0, snap.revision, True, limit
+                    context, session, snap.changes, 0, snap.revision, True, limit, snap.chain
                 )
                 log.info(
                     "snapshot sent",
@@ -309,6 +313,7 @@ class SyncServicer:
                     action.to_revision,
                     False,
                     limit,
+                    records[-1].chain if records else b"",
                 )
                 if first_range and session.mode is Mode.RESUME:
                     log.info(
@@ -342,6 +347,7 @@ class SyncServicer:
         revision: int,
         snapshot: bool,
         limit: int,
+        chain: bytes,
     ) -> int:
         """Write the records as one or more batches; return the bytes written."""
         total = 0
@@ -355,6 +361,7 @@ class SyncServicer:
                 final=part.final,
                 head_revision=self.hub.head,
                 framed_changes=[r.framed for r in part.records],
+                chain=chain if part.final else b"",
             )
             session.on_sent(seq, revision, part.final)
             await context.write(data)

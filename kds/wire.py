@@ -101,6 +101,7 @@ def assemble_batch(
     final: bool,
     head_revision: int,
     framed_changes: Iterable[bytes],
+    chain: bytes = b"",
 ) -> bytes:
     """Encode a GlobalMessage{batch} from pre-framed Change entries."""
     header = pb.Batch(
@@ -110,6 +111,7 @@ def assemble_batch(
         snapshot=snapshot,
         final=final,
         head_revision=head_revision,
+        chain=chain,
     ).SerializeToString()
     body = header + b"".join(framed_changes)
     return _BATCH_TAG + _VarintBytes(len(body)) + body

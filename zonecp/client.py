@@ -91,6 +91,7 @@ def decode_batch(b: pb.Batch) -> tuple[DecodedBatch, list[pb.Rejection]]:
         final=b.final,
         head_revision=b.head_revision,
         changes=tuple(changes),
+        chain=b.chain,
     )
     return batch, undecodable
 
@@ -213,7 +214,9 @@ class ZoneClient:
                     software_version=self.software_version,
                     protocol_version=wire.PROTOCOL_VERSION,
                     resume=pb.ResumePoint(
-                        global_store_id=state.global_store_id, revision=state.applied_revision
+                        global_store_id=state.global_store_id,
+                        revision=state.applied_revision,
+                        chain=state.chain,
                     ),
                     store_backend=self.store.sync.backend,
                     max_message_bytes=self.max_message_bytes,

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\nsync.proto\x12\x06kds.v1\"\xfe\x01\n\x08Resource\x12\x1a\n\x04kind\x18\x01 \x01(\x0e\x32\x0c.kds.v1.Kind\x12\x0c\n\x04mesh\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12,\n\x06labels\x18\x05 \x03(\x0b\x32\x1c.kds.v1.Resource.LabelsEntry\x12\x15\n\rcreation_time\x18\x06 \x01(\t\x12\x19\n\x11modification_time\x18\x07 \x01(\t\x12\x0f\n\x07version\x18\x08 \x01(\x04\x12\x0c\n\x04spec\x18\t \x01(\x0c\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"E\n\x0bResourceKey\x12\x1a\n\x04kind\x18\x01 \x01(\x0e\x32\x0c.kds.v1.Kind\x12\x0c\n\x04mesh\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"h\n\x06\x43hange\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x1f\n\x03put\x18\x02 \x01(\x0b\x32\x10.kds.v1.ResourceH\x00\x12%\n\x06\x64\x65lete\x18\x03 \x01(\x0b\x32\x13.kds.v1.ResourceKeyH\x00\x42\x04\n\x02op\"8\n\x0bResumePoint\x12\x17\n\x0fglobal_store_id\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x04\"\xb5\x01\n\x05Hello\x12\x0c\n\x04zone\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x18\n\x10software_version\x18\x03 \x01(\t\x12\x18\n\x10protocol_version\x18\x04 \x01(\r\x12#\n\x06resume\x18\x05 \x01(\x0b\x32\x13.kds.v1.ResumePoint\x12\x15\n\rstore_backend\x18\x06 \x01(\t\x12\x19\n\x11max_message_bytes\x18\x07 \x01(\r\"Q\n\x03\x41\x63k\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x18\n\x10\x61pplied_revision\x18\x02 \x01(\x04\x12#\n\x08rejected\x18\x03 \x03(\x0b\x32\x11.kds.v1.Rejection\"=\n\tRejection\x12 \n\x03key\x18\x01 \x01(\x0b\x32\x13.kds.v1.ResourceKey\x12\x0e\n\x06reason\x18\x02 \x01(\t\"4\n\nZoneStatus\x12&\n\tconflicts\x18\x01 \x03(\x0b\x32\x13.kds.v1.ResourceKey\"v\n\x0bZoneMessage\x12\x1e\n\x05hello\x18\x01 \x01(\x0b\x32\r.kds.v1.HelloH\x00\x12\x1a\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x0b.kds.v1.AckH\x00\x12$\n\x06status\x18\x03 \x01(\x0b\x32\x12.kds.v1.ZoneStatusH\x00\x42\x05\n\x03msg\"\x99\x02\n\x07Welcome\x12\x1a\n\x12global_instance_id\x18\x01 \x01(\t\x12\x17\n\x0fglobal_store_id\x18\x02 \x01(\t\x12\x15\n\rhead_revision\x18\x03 \x01(\x04\x12\"\n\x04mode\x18\x04 \x01(\x0e\x32\x14.kds.v1.Welcome.Mode\x12\x13\n\x0bmax_unacked\x18\x05 \x01(\r\x12\x18\n\x10protocol_version\x18\x06 \x01(\r\x12\x18\n\x10software_version\x18\x07 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x08 \x01(\r\"6\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\n\n\x06RESUME\x10\x01\x12\x0c\n\x08SNAPSHOT\x10\x02\"\x96\x01\n\x05\x42\x61tch\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x15\n\rfrom_revision\x18\x02 \x01(\x04\x12\x10\n\x08revision\x18\x03 \x01(\x04\x12\x10\n\x08snapshot\x18\x04 \x01(\x08\x12\r\n\x05\x66inal\x18\x05 \x01(\x08\x12\x15\n\rhead_revision\x18\x06 \x01(\x04\x12\x1f\n\x07\x63hanges\x18\x0f \x03(\x0b\x32\x0e.kds.v1.Change\"\"\n\tHeartbeat\x12\x15\n\rhead_revision\x18\x01 \x01(\x04\"\x82\x01\n\rGlobalMessage\x12\"\n\x07welcome\x18\x01 \x01(\x0b\x32\x0f.kds.v1.WelcomeH\x00\x12\x1e\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\r.kds.v1.BatchH\x00\x12&\n\theartbeat\x18\x03 \x01(\x0b\x32\x11.kds.v1.HeartbeatH\x00\x42\x05\n\x03msg*E\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x08\n\x04MESH\x10\x01\x12\n\n\x06SECRET\x10\x02\x12\x11\n\rGLOBAL_SECRET\x10\x03\x32\x44\n\nSecretSync\x12\x36\n\x04Sync\x12\x13.kds.v1.ZoneMessage\x1a\x15.kds.v1.GlobalMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\nsync.proto\x12\x06kds.v1\"\xfe\x01\n\x08Resource\x12\x1a\n\x04kind\x18\x01 \x01(\x0e\x32\x0c.kds.v1.Kind\x12\x0c\n\x04mesh\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12,\n\x06labels\x18\x05 \x03(\x0b\x32\x1c.kds.v1.Resource.LabelsEntry\x12\x15\n\rcreation_time\x18\x06 \x01(\t\x12\x19\n\x11modification_time\x18\x07 \x01(\t\x12\x0f\n\x07version\x18\x08 \x01(\x04\x12\x0c\n\x04spec\x18\t \x01(\x0c\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"E\n\x0bResourceKey\x12\x1a\n\x04kind\x18\x01 \x01(\x0e\x32\x0c.kds.v1.Kind\x12\x0c\n\x04mesh\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"h\n\x06\x43hange\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x1f\n\x03put\x18\x02 \x01(\x0b\x32\x10.kds.v1.ResourceH\x00\x12%\n\x06\x64\x65lete\x18\x03 \x01(\x0b\x32\x13.kds.v1.ResourceKeyH\x00\x42\x04\n\x02op\"G\n\x0bResumePoint\x12\x17\n\x0fglobal_store_id\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x04\x12\r\n\x05\x63hain\x18\x03 \x01(\x0c\"\xb5\x01\n\x05Hello\x12\x0c\n\x04zone\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x18\n\x10software_version\x18\x03 \x01(\t\x12\x18\n\x10protocol_version\x18\x04 \x01(\r\x12#\n\x06resume\x18\x05 \x01(\x0b\x32\x13.kds.v1.ResumePoint\x12\x15\n\rstore_backend\x18\x06 \x01(\t\x12\x19\n\x11max_message_bytes\x18\x07 \x01(\r\"Q\n\x03\x41\x63k\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x18\n\x10\x61pplied_revision\x18\x02 \x01(\x04\x12#\n\x08rejected\x18\x03 \x03(\x0b\x32\x11.kds.v1.Rejection\"=\n\tRejection\x12 \n\x03key\x18\x01 \x01(\x0b\x32\x13.kds.v1.ResourceKey\x12\x0e\n\x06reason\x18\x02 \x01(\t\"4\n\nZoneStatus\x12&\n\tconflicts\x18\x01 \x03(\x0b\x32\x13.kds.v1.ResourceKey\"v\n\x0bZoneMessage\x12\x1e\n\x05hello\x18\x01 \x01(\x0b\x32\r.kds.v1.HelloH\x00\x12\x1a\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x0b.kds.v1.AckH\x00\x12$\n\x06status\x18\x03 \x01(\x0b\x32\x12.kds.v1.ZoneStatusH\x00\x42\x05\n\x03msg\"\x99\x02\n\x07Welcome\x12\x1a\n\x12global_instance_id\x18\x01 \x01(\t\x12\x17\n\x0fglobal_store_id\x18\x02 \x01(\t\x12\x15\n\rhead_revision\x18\x03 \x01(\x04\x12\"\n\x04mode\x18\x04 \x01(\x0e\x32\x14.kds.v1.Welcome.Mode\x12\x13\n\x0bmax_unacked\x18\x05 \x01(\r\x12\x18\n\x10protocol_version\x18\x06 \x01(\r\x12\x18\n\x10software_version\x18\x07 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x08 \x01(\r\"6\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\n\n\x06RESUME\x10\x01\x12\x0c\n\x08SNAPSHOT\x10\x02\"\xa5\x01\n\x05\x42\x61tch\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x15\n\rfrom_revision\x18\x02 \x01(\x04\x12\x10\n\x08revision\x18\x03 \x01(\x04\x12\x10\n\x08snapshot\x18\x04 \x01(\x08\x12\r\n\x05\x66inal\x18\x05 \x01(\x08\x12\x15\n\rhead_revision\x18\x06 \x01(\x04\x12\r\n\x05\x63hain\x18\x07 \x01(\x0c\x12\x1f\n\x07\x63hanges\x18\x0f \x03(\x0b\x32\x0e.kds.v1.Change\"\"\n\tHeartbeat\x12\x15\n\rhead_revision\x18\x01 \x01(\x04\"\x82\x01\n\rGlobalMessage\x12\"\n\x07welcome\x18\x01 \x01(\x0b\x32\x0f.kds.v1.WelcomeH\x00\x12\x1e\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\r.kds.v1.BatchH\x00\x12&\n\theartbeat\x18\x03 \x01(\x0b\x32\x11.kds.v1.HeartbeatH\x00\x42\x05\n\x03msg*E\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x08\n\x04MESH\x10\x01\x12\n\n\x06SECRET\x10\x02\x12\x11\n\rGLOBAL_SECRET\x10\x03\x32\x44\n\nSecretSync\x12\x36\n\x04Sync\x12\x13.kds.v1.ZoneMessage\x1a\x15.kds.v1.GlobalMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RESOURCE_LABELSENTRY']._loaded_options = None
   _globals['_RESOURCE_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_KIND']._serialized_start=1624
-  _globals['_KIND']._serialized_end=1693
+  _globals['_KIND']._serialized_start=1654
+  _globals['_KIND']._serialized_end=1723
   _globals['_RESOURCE']._serialized_start=23
   _globals['_RESOURCE']._serialized_end=277
   _globals['_RESOURCE_LABELSENTRY']._serialized_start=232
@@ -44,27 +44,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHANGE']._serialized_start=350
   _globals['_CHANGE']._serialized_end=454
   _globals['_RESUMEPOINT']._serialized_start=456
-  _globals['_RESUMEPOINT']._serialized_end=512
-  _globals['_HELLO']._serialized_start=515
-  _globals['_HELLO']._serialized_end=696
-  _globals['_ACK']._serialized_start=698
-  _globals['_ACK']._serialized_end=779
-  _globals['_REJECTION']._serialized_start=781
-  _globals['_REJECTION']._serialized_end=842
-  _globals['_ZONESTATUS']._serialized_start=844
-  _globals['_ZONESTATUS']._serialized_end=896
-  _globals['_ZONEMESSAGE']._serialized_start=898
-  _globals['_ZONEMESSAGE']._serialized_end=1016
-  _globals['_WELCOME']._serialized_start=1019
-  _globals['_WELCOME']._serialized_end=1300
-  _globals['_WELCOME_MODE']._serialized_start=1246
-  _globals['_WELCOME_MODE']._serialized_end=1300
-  _globals['_BATCH']._serialized_start=1303
-  _globals['_BATCH']._serialized_end=1453
-  _globals['_HEARTBEAT']._serialized_start=1455
-  _globals['_HEARTBEAT']._serialized_end=1489
-  _globals['_GLOBALMESSAGE']._serialized_start=1492
-  _globals['_GLOBALMESSAGE']._serialized_end=1622
-  _globals['_SECRETSYNC']._serialized_start=1695
-  _globals['_SECRETSYNC']._serialized_end=1763
+  _globals['_RESUMEPOINT']._serialized_end=527
+  _globals['_HELLO']._serialized_start=530
+  _globals['_HELLO']._serialized_end=711
+  _globals['_ACK']._serialized_start=713
+  _globals['_ACK']._serialized_end=794
+  _globals['_REJECTION']._serialized_start=796
+  _globals['_REJECTION']._serialized_end=857
+  _globals['_ZONESTATUS']._serialized_start=859
+  _globals['_ZONESTATUS']._serialized_end=911
+  _globals['_ZONEMESSAGE']._serialized_start=913
+  _globals['_ZONEMESSAGE']._serialized_end=1031
+  _globals['_WELCOME']._serialized_start=1034
+  _globals['_WELCOME']._serialized_end=1315
+  _globals['_WELCOME_MODE']._serialized_start=1261
+  _globals['_WELCOME_MODE']._serialized_end=1315
+  _globals['_BATCH']._serialized_start=1318
+  _globals['_BATCH']._serialized_end=1483
+  _globals['_HEARTBEAT']._serialized_start=1485
+  _globals['_HEARTBEAT']._serialized_end=1519
+  _globals['_GLOBALMESSAGE']._serialized_start=1522
+  _globals['_GLOBALMESSAGE']._serialized_end=1652
+  _globals['_SECRETSYNC']._serialized_start=1725
+  _globals['_SECRETSYNC']._serialized_end=1793
 # @@protoc_insertion_point(module_scope)

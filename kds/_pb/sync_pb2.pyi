@@ -68,12 +68,14 @@ class Change(_message.Message):
     def __init__(self, revision: _Optional[int] = ..., put: _Optional[_Union[Resource, _Mapping]] = ..., delete: _Optional[_Union[ResourceKey, _Mapping]] = ...) -> None: ...
 
 class ResumePoint(_message.Message):
-    __slots__ = ("global_store_id", "revision")
+    __slots__ = ("global_store_id", "revision", "chain")
     GLOBAL_STORE_ID_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_FIELD_NUMBER: _ClassVar[int]
     global_store_id: str
     revision: int
-    def __init__(self, global_store_id: _Optional[str] = ..., revision: _Optional[int] = ...) -> None: ...
+    chain: bytes
+    def __init__(self, global_store_id: _Optional[str] = ..., revision: _Optional[int] = ..., chain: _Optional[bytes] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("zone", "instance_id", "software_version", "protocol_version", "resume", "store_backend", "max_message_bytes")
@@ -156,13 +158,14 @@ class Welcome(_message.Message):
     def __init__(self, global_instance_id: _Optional[str] = ..., global_store_id: _Optional[str] = ..., head_revision: _Optional[int] = ..., mode: _Optional[_Union[Welcome.Mode, str]] = ..., max_unacked: _Optional[int] = ..., protocol_version: _Optional[int] = ..., software_version: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ...) -> None: ...
 
 class Batch(_message.Message):
-    __slots__ = ("seq", "from_revision", "revision", "snapshot", "final", "head_revision", "changes")
+    __slots__ = ("seq", "from_revision", "revision", "snapshot", "final", "head_revision", "chain", "changes")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     FROM_REVISION_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     FINAL_FIELD_NUMBER: _ClassVar[int]
     HEAD_REVISION_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_FIELD_NUMBER: _ClassVar[int]
     CHANGES_FIELD_NUMBER: _ClassVar[int]
     seq: int
     from_revision: int
@@ -170,8 +173,9 @@ class Batch(_message.Message):
     snapshot: bool
     final: bool
     head_revision: int
+    chain: bytes
     changes: _containers.RepeatedCompositeFieldContainer[Change]
-    def __init__(self, seq: _Optional[int] = ..., from_revision: _Optional[int] = ..., revision: _Optional[int] = ..., snapshot: _Optional[bool] = ..., final: _Optional[bool] = ..., head_revision: _Optional[int] = ..., changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ...) -> None: ...
+    def __init__(self, seq: _Optional[int] = ..., from_revision: _Optional[int] = ..., revision: _Optional[int] = ..., snapshot: _Optional[bool] = ..., final: _Optional[bool] = ..., head_revision: _Optional[int] = ..., chain: _Optional[bytes] = ..., changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("head_revision",)

@@ -45,6 +45,7 @@ class DecodedBatch:
     final: bool
     head_revision: int
     changes: tuple[Incoming, ...]
+    chain: bytes = b""  # final parts: global's history chain at ``revision``
 
 
 @dataclass(frozen=True)

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kds.model import Key, Kind
 from kds.wire import frame_change
 
-__all__ = ["ChangeRecord", "sort_records"]
+__all__ = ["GENESIS_CHAIN", "ChangeRecord", "next_chain", "sort_records"]
+
+# The history chain before the first change.
+GENESIS_CHAIN = b""
+
+
+def next_chain(previous: bytes, change: bytes) -> bytes:
+    """chain(r) = H(chain(r-1) || Change(r)): equal chains mean the same history up to r."""
+    return hashlib.blake2b(previous + change, digest_size=16).digest()
 
 
 @dataclass(frozen=True)
@@ -18,6 +27,7 @@ class ChangeRecord:
     key: Key
     deleted: bool
     change: bytes  # encoded kds.v1.Change
+    chain: bytes = GENESIS_CHAIN  # global's history chain at this revision
 
     @functools.cached_property
     def framed(self) -> bytes:

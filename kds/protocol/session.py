@@ -39,6 +39,7 @@ class Hello:
     protocol_version: int
     store_id: str  # global store the zone last synced from ("" if never)
     revision: int
+    chain: bytes = b""  # global's history chain at that revision, as the zone recorded it
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,11 @@ class GlobalSession:
 
     # ------------------------------------------------------------------ inputs
 
-    def on_hello(self, hello: Hello, head: int, log_floor: int) -> Mode:
+    def on_hello(
+        self, hello: Hello, head: int, log_floor: int, chain_at_revision: bytes | None = None
+    ) -> Mode:
+        """Decide RESUME or SNAPSHOT. ``chain_at_revision`` is global's history chain at
+        ``hello.revision`` (None if unknown): a zone resumes only from global's own history."""
         if self.mode is not None:
             raise ProtocolError("hello sent twice on one stream")
         if hello.protocol_version not in SUPPORTED_PROTOCOL_VERSIONS:
@@ -94,6 +99,8 @@ class GlobalSession:
             hello.store_id == self.store_id
             and hello.store_id != ""
             and log_floor <= hello.revision <= head
+            and chain_at_revision is not None
+            and chain_at_revision == hello.chain
         )
         if resumable:
             self.mode = Mode.RESUME

@@ -67,6 +67,7 @@ class Snapshot:
     revision: int
     store_id: str
     changes: list[ChangeRecord]  # one put per resource, in sync order
+    chain: bytes = b""  # the history chain at ``revision``
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class SyncState:
     global_store_id: str
     applied_revision: int
     applied_at: str
+    chain: bytes = b""  # global's history chain at applied_revision
 
 
 @dataclass
@@ -109,6 +111,7 @@ class Store(Protocol):
     def head(self) -> int: ...
     def log_floor(self) -> int: ...
     def changes_after(self, revision: int, upto: int) -> list[ChangeRecord]: ...
+    def chain_at(self, revision: int) -> bytes | None: ...
     def snapshot(self) -> Snapshot: ...
 
     # zone

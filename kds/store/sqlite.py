@@ -24,6 +24,7 @@ from kds import wire
 from kds.errors import Conflict, KdsError, NotFound, ReadOnlySynced, StoreError
 from kds.model import Key, Kind, Resource
 from kds.protocol.applier import DecodedBatch, Plan, ZoneView, plan_batch
+from kds.protocol.records import next_chain
 from kds.store.base import (
     ORIGIN_GLOBAL,
     ORIGIN_ZONE,
@@ -64,7 +65,8 @@ CREATE TABLE IF NOT EXISTS changelog (
     mesh TEXT NOT NULL,
     name TEXT NOT NULL,
     deleted INTEGER NOT NULL,
-    change BLOB NOT NULL
+    change BLOB NOT NULL,
+    chain BLOB NOT NULL              -- history chain at this revision (kds.protocol.records)
 );
 """
 
@@ -143,6 +145,8 @@ class SqliteStore:
                 conn.execute("INSERT INTO meta VALUES ('store_id', ?)", (uuid.uuid4().hex,))
                 conn.execute("INSERT INTO meta VALUES ('head', '0')")
                 conn.execute("INSERT INTO meta VALUES ('log_floor', '0')")
+                conn.execute("INSERT INTO meta VALUES ('chain', '')")
+                conn.execute("INSERT INTO meta VALUES ('floor_chain', '')")
             elif row[0] != role:
                 raise StoreError(
                     f"store {self.path} belongs to a {row[0]} control plane, not a {role} one"
@@ -335,8 +339,7 @@ class SqliteStore:
         wire_bytes = None
         if self.role == "global":
             wire_bytes = wire.change_put(revision, stored)
-            record = ChangeRecord(revision, stored.key, False, wire_bytes)
-            self._append_log(conn, record)
+            record = self._append_log(conn, revision, stored.key, False, wire_bytes)
         conn.execute(
             f"INSERT OR REPLACE INTO resources ({_COLS}, wire, sync_gen) "
             "VALUES (?,?,?,?,?,?,?,?,?,?,?,0)",
@@ -368,20 +371,41 @@ class SqliteStore:
         record = None
         if self.role == "global":
             revision = int(self._meta(conn, "head")) + 1
-            record = ChangeRecord(revision, key, True, wire.change_delete(revision, key))
-            self._append_log(conn, record)
+            record = self._append_log(conn, revision, key, True, wire.change_delete(revision, key))
         return WriteResult(None, changed=True, record=record)
 
-    def _append_log(self, conn: sqlite3.Connection, rec: ChangeRecord) -> None:
+    def _append_log(
+        self, conn: sqlite3.Connection, revision: int, key: Key, deleted: bool, change: bytes
+    ) -> ChangeRecord:
+        chain = next_chain(bytes.fromhex(self._meta(conn, "chain")), change)
+        rec = ChangeRecord(revision, key, deleted, change, chain)
         conn.execute(
-            "INSERT INTO changelog VALUES (?,?,?,?,?,?)",
-            (rec.revision, str(rec.key.kind), rec.key.mesh, rec.key.name, rec.deleted, rec.change),
+            "INSERT INTO changelog VALUES (?,?,?,?,?,?,?)",
+            (revision, str(key.kind), key.mesh, key.name, deleted, change, chain),
         )
-        self._set_meta(conn, "head", rec.revision)
-        floor = rec.revision - self.log_size
+        self._set_meta(conn, "head", revision)
+        self._set_meta(conn, "chain", chain.hex())
+        floor = revision - self.log_size
         if floor > int(self._meta(conn, "log_floor")):
+            row = conn.execute("SELECT chain FROM changelog WHERE revision=?", (floor,)).fetchone()
             conn.execute("DELETE FROM changelog WHERE revision <= ?", (floor,))
             self._set_meta(conn, "log_floor", floor)
+            self._set_meta(conn, "floor_chain", bytes(row[0]).hex() if row else "")
+        return rec
+
+    def chain_at(self, revision: int) -> bytes | None:
+        """Global's history chain at ``revision``, or None when the log no longer knows it."""
+        conn = self._conn()
+        with self._tx(conn, "DEFERRED"):
+            head, floor = int(self._meta(conn, "head")), int(self._meta(conn, "log_floor"))
+            if revision == head:
+                return bytes.fromhex(self._meta(conn, "chain"))
+            if revision == floor:
+                return bytes.fromhex(self._meta(conn, "floor_chain"))
+            row = conn.execute(
+                "SELECT chain FROM changelog WHERE revision=?", (revision,)
+            ).fetchone()
+            return bytes(row[0]) if row else None
 
     # ------------------------------------------------------------------ global sync reads
 
@@ -393,25 +417,27 @@ class SqliteStore:
 
     def changes_after(self, revision: int, upto: int) -> list[ChangeRecord]:
         cur = self._conn().execute(
-            "SELECT revision, kind, mesh, name, deleted, change FROM changelog "
+            "SELECT revision, kind, mesh, name, deleted, change, chain FROM changelog "
             "WHERE revision > ? AND revision <= ? ORDER BY revision",
             (revision, upto),
         )
         return [
-            ChangeRecord(rev, Key(Kind(k), m, n), bool(d), bytes(c)) for rev, k, m, n, d, c in cur
+            ChangeRecord(rev, Key(Kind(k), m, n), bool(d), bytes(c), bytes(ch))
+            for rev, k, m, n, d, c, ch in cur
         ]
 
     def snapshot(self) -> Snapshot:
         conn = self._conn()
         with self._tx(conn, "DEFERRED"):
             head = int(self._meta(conn, "head"))
+            chain = bytes.fromhex(self._meta(conn, "chain"))
             cur = conn.execute(
                 "SELECT version, kind, mesh, name, wire FROM resources WHERE origin='global'"
             )
             records = [
                 ChangeRecord(v, Key(Kind(k), m, n), False, bytes(w)) for v, k, m, n, w in cur
             ]
-        return Snapshot(head, self._store_id, sort_records(records))
+        return Snapshot(head, self._store_id, sort_records(records), chain)
 
     # ------------------------------------------------------------------ zone sync writes
 
@@ -421,6 +447,7 @@ class SqliteStore:
             self._meta(conn, "synced_store_id"),
             int(self._meta(conn, "applied_revision", "0")),
             self._meta(conn, "applied_at"),
+            bytes.fromhex(self._meta(conn, "applied_chain")),
         )
 
     def apply_batch(self, batch: DecodedBatch, global_store_id: str, now: str) -> ZoneApplyResult:
@@ -436,6 +463,7 @@ class SqliteStore:
                 applied = plan.record_revision
                 self._set_meta(conn, "applied_revision", applied)
                 self._set_meta(conn, "synced_store_id", global_store_id)
+                self._set_meta(conn, "applied_chain", batch.chain.hex())
                 self._set_meta(conn, "applied_at", now)
         return ZoneApplyResult(
             applied_revision=applied,

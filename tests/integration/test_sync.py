@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import stat
 import time
@@ -485,3 +486,35 @@ def test_zone_backs_off_with_jitter_and_logs_every_attempt(cluster: Cluster) -> 
     assert "Connection refused" in attempts[0]["error"]
     cluster.start_global()
     wait_for(lambda: z.get_json("/meshes/default"), what="connected once global is up")
+
+
+def test_global_restored_from_a_backup_never_feeds_a_zone_another_history(
+    cluster: Cluster,
+) -> None:
+    """Global restored from a backup (same store id) and written to past the zone's revision:
+    the zone's history chain does not match, so it gets a snapshot and ends equal to global,
+    instead of resuming onto the tail of a different history."""
+    g = cluster.start_global()
+    z = cluster.start_zone("zone-1")
+    g.put("/meshes/default/secrets/base", _secret("default", "base", "b"))
+    wait_for(lambda: z.secret("default", "base"), what="base")
+    g.stop()
+    backup = cluster.tmp / "global-backup"
+    shutil.copytree(cluster.tmp / "global", backup)
+    g.start()
+    for i in range(3):  # history A: the zone follows it
+        g.put(f"/meshes/default/secrets/a{i}", _secret("default", f"a{i}", "a"))
+    wait_for(lambda: z.secret("default", "a2"), what="history A on the zone")
+    z.stop()
+    g.stop()
+    shutil.rmtree(cluster.tmp / "global")
+    shutil.copytree(backup, cluster.tmp / "global")  # the restore
+    g.start()
+    for i in range(5):  # history B: same store id, revisions past the zone's
+        g.put(f"/meshes/default/secrets/b{i}", _secret("default", f"b{i}", "b"))
+    z.start()
+    wait_for(lambda: z.secret("default", "b4"), what="history B on the zone")
+    assert z.secret("default", "a0") is None  # history A's writes are gone, as on global
+    assert z.get_json("/meshes/default/secrets")["total"] == 6
+    modes = [c["mode"] for c in g.events("zone connected", zone="zone-1")]
+    assert modes[-1] == "SNAPSHOT", modes

@@ -41,7 +41,7 @@ def hello(store_id: str = STORE, revision: int = 0, version: int = 1) -> Hello:
 
 def resumed(revision: int, head: int, max_unacked: int = 2, floor: int = 0) -> GlobalSession:
     s = GlobalSession(STORE, max_unacked)
-    assert s.on_hello(hello(revision=revision), head, floor) is Mode.RESUME
+    assert s.on_hello(hello(revision=revision), head, floor, b"") is Mode.RESUME
     return s
 
 
@@ -63,7 +63,7 @@ def send(s: GlobalSession, revision: int, parts: int = 1) -> list[int]:
 def test_hello_within_log_resumes(revision: int) -> None:
     """Same store id and log_floor <= revision <= head: RESUME from the zone's revision."""
     s = GlobalSession(STORE, 2)
-    assert s.on_hello(hello(revision=revision), 10, 5) is Mode.RESUME
+    assert s.on_hello(hello(revision=revision), 10, 5, b"") is Mode.RESUME
     assert s.mode is Mode.RESUME
     assert s.sent_revision == s.acked_revision == revision
     expected = SendRange(revision, 10) if revision < 10 else None
@@ -90,8 +90,17 @@ def test_hello_caught_up_has_nothing_to_send() -> None:
 def test_hello_outside_log_gets_snapshot(store_id: str, revision: int) -> None:
     """A mismatched or empty store id, or a revision outside [log_floor, head]: SNAPSHOT."""
     s = GlobalSession(STORE, 2)
-    assert s.on_hello(hello(store_id, revision), 10, 5) is Mode.SNAPSHOT
+    assert s.on_hello(hello(store_id, revision), 10, 5, b"") is Mode.SNAPSHOT
     assert s.next_action(10, 5) == SendSnapshot()
+
+
+def test_resume_needs_the_same_history_chain() -> None:
+    """Same store id and revision but another history (a global restored from a backup, then
+    written to) or an unknown chain: SNAPSHOT, never the tail of a different history."""
+    ours = Hello("zone-1", "zone-1-x", 1, STORE, 7, chain=b"chain-a")
+    assert GlobalSession(STORE, 2).on_hello(ours, 10, 5, b"chain-a") is Mode.RESUME
+    assert GlobalSession(STORE, 2).on_hello(ours, 10, 5, b"chain-b") is Mode.SNAPSHOT
+    assert GlobalSession(STORE, 2).on_hello(ours, 10, 5, None) is Mode.SNAPSHOT
 
 
 def test_empty_store_id_never_resumes_even_if_global_store_id_is_empty() -> None:
@@ -399,7 +408,7 @@ class ConnectionPair:
         self.to_global.clear()
         self.session = GlobalSession(self.g.store_id, self.max_unacked)
         h = hello(self.z.store_id, self.z.applied_revision)
-        return self.session.on_hello(h, self.g.head, self.seen_floor)
+        return self.session.on_hello(h, self.g.head, self.seen_floor, b"")
 
     @property
     def seen_floor(self) -> int:

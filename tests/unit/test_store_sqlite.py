@@ -730,3 +730,33 @@ def test_zone_refuses_a_range_that_does_not_start_at_its_revision(zstore: Sqlite
         zstore.apply_batch(dbatch([inc_put(mk(G2), 3)], 3, from_revision=2), GSID, T1)
     assert zstore.get(G2) is None
     assert zstore.sync_state().applied_revision == 1
+
+
+def test_history_chain_follows_every_change_and_the_log(tmp_path: Path) -> None:
+    """Each change extends the chain by hashing its bytes; chain_at knows the head, every
+    revision still in the log and the floor, and nothing older."""
+    from kds.protocol.records import next_chain
+
+    s = SqliteStore(tmp_path / "g.db", "global", log_size=3)
+    try:
+        chains = [b""]
+        for i in range(6):
+            rec = s.put(mk(G1, f"v{i}".encode()), T0).record
+            assert rec is not None
+            assert rec.chain == next_chain(chains[-1], rec.change)
+            chains.append(rec.chain)
+        assert s.head() == 6 and s.log_floor() == 3
+        assert [s.chain_at(r) for r in range(7)] == [None, None, None, *chains[3:]]
+        assert [r.chain for r in s.changes_after(3, 6)] == chains[4:]
+        assert s.snapshot().chain == chains[6]
+    finally:
+        s.close()
+
+
+def test_zone_records_the_chain_with_its_revision(zstore: SqliteStore) -> None:
+    """A final batch's chain is kept with the applied revision; a non-final part's is not."""
+    zstore.apply_batch(replace(dbatch([inc_put(mk(G1), 1)], 1), chain=b"c1"), GSID, T0)
+    assert zstore.sync_state().chain == b"c1"
+    part = replace(dbatch([inc_put(mk(G2), 2)], 2, final=False), chain=b"ignored")
+    zstore.apply_batch(part, GSID, T0)
+    assert zstore.sync_state().chain == b"c1"
