@@ -31,6 +31,9 @@ def server_options(
         # Zones ping as often as global does; never cut them off for it.
         ("grpc.http2.min_ping_interval_without_data_ms", max(100, int(interval * 1000) // 2)),
         ("grpc.http2.max_ping_strikes", 0),
+        # grpc sets SO_REUSEPORT by default: a second global on the same port would start and
+        # share the zones with the first. Refuse it instead ("cannot listen there").
+        ("grpc.so_reuseport", 0),
     ]
 
 

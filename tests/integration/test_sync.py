@@ -5,11 +5,12 @@ from __future__ import annotations
 import shutil
 import signal
 import stat
+import subprocess
 import time
 
 import pytest
 
-from tests.integration.conftest import Cluster, b64, wait_for
+from tests.integration.conftest import BIN, Cluster, b64, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -518,3 +519,19 @@ def test_global_restored_from_a_backup_never_feeds_a_zone_another_history(
     assert z.get_json("/meshes/default/secrets")["total"] == 6
     modes = [c["mode"] for c in g.events("zone connected", zone="zone-1")]
     assert modes[-1] == "SNAPSHOT", modes
+
+
+def test_a_second_global_on_the_same_sync_port_refuses_to_start(cluster: Cluster) -> None:
+    """grpc would share a port (SO_REUSEPORT) and split the zones between two globals; ours
+    exits 1 naming --kds-address instead."""
+    cluster.start_global()
+    r = subprocess.run(
+        [
+            str(BIN / "globalcp"), "run", "--data-dir", str(cluster.tmp / "other"),
+            "--api-address", f"127.0.0.1:{free_port()}",
+            "--kds-address", f"127.0.0.1:{cluster.kds_port}",
+        ],
+        capture_output=True, text=True, timeout=20,
+    )  # fmt: skip
+    assert r.returncode == 1
+    assert f"--kds-address 127.0.0.1:{cluster.kds_port}: cannot listen there" in r.stderr
