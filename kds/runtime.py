@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
@@ -58,12 +59,30 @@ class Guard:
 
 
 def ensure_private_dir(path: Path) -> Path:
+    """Create the data dir (0700) and lock it for this process's lifetime: two daemons on one
+    store would both serve and sync it, so the second is refused, naming the first's pid."""
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(path, 0o700)
+        fd = os.open(path / "LOCK", os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as e:
         raise ConfigError(f"--data-dir {path}: cannot create or use it: {e.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise ConfigError(
+            f"--data-dir {path} is in use by another process (pid {holder}); "
+            "give each daemon its own data dir"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _held_locks.append(fd)  # closed (and so released) when the process exits
     return path
+
+
+_held_locks: list[int] = []
 
 
 def run_daemon(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:

@@ -535,3 +535,19 @@ def test_a_second_global_on_the_same_sync_port_refuses_to_start(cluster: Cluster
     )  # fmt: skip
     assert r.returncode == 1
     assert f"--kds-address 127.0.0.1:{cluster.kds_port}: cannot listen there" in r.stderr
+
+
+def test_a_second_daemon_on_the_same_data_dir_refuses_to_start(cluster: Cluster) -> None:
+    """Two processes on one store would both serve and sync it: the second exits 1 naming the
+    data dir and the first one's pid."""
+    z = cluster.start_zone("zone-1", synced=False)
+    assert z.proc is not None
+    r = subprocess.run(
+        [
+            str(BIN / "zonecp"), "run", "--zone", "zone-1", "--data-dir", str(cluster.tmp / "zone-1"),
+            "--api-address", f"127.0.0.1:{free_port()}",
+        ],
+        capture_output=True, text=True, timeout=20,
+    )  # fmt: skip
+    assert r.returncode == 1
+    assert f"is in use by another process (pid {z.proc.pid})" in r.stderr
