@@ -300,15 +300,14 @@ def _list_handler(kind: Kind) -> Handler:
         if kind is Kind.SECRET:
             mesh = request.match_info["mesh"]
             await _require_mesh(ctx, mesh)
-        rows = await ctx.store.read(ctx.store.sync.list_rows, kind, mesh)
-        page = rows[offset:] if size is None else rows[offset : offset + size]
+        total, page = await ctx.store.read(ctx.store.sync.page, kind, mesh, offset, size)
         next_url = None
-        if size is not None and offset + size < len(rows):
+        if size is not None and offset + size < total:
             next_url = str(
                 request.url.update_query({"offset": str(offset + size), "size": str(size)})
             )
         return web.json_response(
-            {"total": len(rows), "items": [_render(ctx, r) for r in page], "next": next_url}
+            {"total": total, "items": [_render(ctx, r) for r in page], "next": next_url}
         )
 
     return handler

@@ -87,6 +87,10 @@ def _row_to_resource(r: sqlite3.Row | tuple[Any, ...]) -> Resource:
     )
 
 
+def _json_map(m: Any) -> str:
+    return json.dumps(dict(m), sort_keys=True) if m else "{}"
+
+
 def _row_values(r: Resource, origin: str) -> tuple[Any, ...]:
     """The values of _COLS for one row."""
     return (
@@ -95,8 +99,8 @@ def _row_values(r: Resource, origin: str) -> tuple[Any, ...]:
         r.name,
         origin,
         r.data,
-        json.dumps(dict(r.labels), sort_keys=True),
-        json.dumps(dict(r.spec), sort_keys=True),
+        _json_map(r.labels),
+        _json_map(r.spec),
         r.creation_time,
         r.modification_time,
         r.version,
@@ -226,20 +230,36 @@ class SqliteStore:
         return None
 
     def list_rows(self, kind: Kind, mesh: str | None = None) -> list[Row]:
-        sql = f"SELECT {_COLS} FROM resources WHERE kind=?"
+        return self.page(kind, mesh)[1]
+
+    def page(
+        self, kind: Kind, mesh: str | None = None, offset: int = 0, limit: int | None = None
+    ) -> tuple[int, list[Row]]:
+        """(total, rows) of the effective view, ordered by mesh and name, paged in SQL: a
+        zone-local row hides the synced copy of its key and is marked as shadowing it."""
+        where = "r.kind=?"
         args: list[Any] = [str(kind)]
         if mesh is not None:
-            sql += " AND mesh=?"
+            where += " AND r.mesh=?"
             args.append(mesh)
-        sql += " ORDER BY mesh, name, origin DESC"  # 'zone' before 'global'
-        out: list[Row] = []
-        for r in self._conn().execute(sql, args):
-            res = _row_to_resource(r)
-            if out and out[-1].resource.key == res.key:
-                out[-1] = Row(out[-1].resource, out[-1].origin, shadows_synced=True)
-                continue
-            out.append(Row(res, r[3]))
-        return out
+        where += (
+            " AND (r.origin='zone' OR NOT EXISTS (SELECT 1 FROM resources z WHERE"
+            " z.kind=r.kind AND z.mesh=r.mesh AND z.name=r.name AND z.origin='zone'))"
+        )
+        cols = ", ".join(f"r.{c.strip()}" for c in _COLS.split(","))
+        conn = self._conn()
+        with self._tx(conn, "DEFERRED"):
+            total = conn.execute(
+                f"SELECT COUNT(*) FROM resources r WHERE {where}", args
+            ).fetchone()[0]
+            cur = conn.execute(
+                f"SELECT {cols}, r.origin='zone' AND EXISTS (SELECT 1 FROM resources g WHERE"
+                " g.kind=r.kind AND g.mesh=r.mesh AND g.name=r.name AND g.origin='global')"
+                f" FROM resources r WHERE {where} ORDER BY r.mesh, r.name LIMIT ? OFFSET ?",
+                [*args, -1 if limit is None else limit, offset],
+            )
+            rows = [Row(_row_to_resource(r), r[3], shadows_synced=bool(r[-1])) for r in cur]
+        return total, rows
 
     def conflicts(self) -> list[Key]:
         cur = self._conn().execute(

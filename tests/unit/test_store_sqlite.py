@@ -760,3 +760,27 @@ def test_zone_records_the_chain_with_its_revision(zstore: SqliteStore) -> None:
     part = replace(dbatch([inc_put(mk(G2), 2)], 2, final=False), chain=b"ignored")
     zstore.apply_batch(part, GSID, T0)
     assert zstore.sync_state().chain == b"c1"
+
+
+def test_page_counts_and_slices_the_effective_view_in_sql(zstore: SqliteStore) -> None:
+    """page() gives the total of the effective view (a shadowed synced copy counts once) and
+    the requested slice in mesh/name order, with the shadowing flag."""
+    mesh = mk(MESH)
+    synced = [inc_put(mesh, 1)] + [
+        inc_put(Resource(Kind.GLOBAL_SECRET, f"g{i}", data=b"s").with_meta(version=i + 2), i + 2)
+        for i in range(4)
+    ]
+    zstore.put(Resource(Kind.GLOBAL_SECRET, "g1", data=b"mine"), T1)  # will shadow g1
+    zstore.put(Resource(Kind.GLOBAL_SECRET, "local", data=b"l"), T1)
+    zstore.apply_batch(dbatch(synced, 5), GSID, T0)
+    total, rows = zstore.page(Kind.GLOBAL_SECRET)
+    assert total == 5
+    assert [(r.resource.name, r.origin, r.shadows_synced) for r in rows] == [
+        ("g0", "global", False),
+        ("g1", "zone", True),
+        ("g2", "global", False),
+        ("g3", "global", False),
+        ("local", "zone", False),
+    ]
+    total, rows = zstore.page(Kind.GLOBAL_SECRET, None, offset=1, limit=2)
+    assert total == 5 and [r.resource.name for r in rows] == ["g1", "g2"]
