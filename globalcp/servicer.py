@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +29,7 @@ from kds.errors import ProtocolError
 from kds.model import validate_name
 from kds.protocol.batching import coalesce, pack
 from kds.protocol.session import Ack, GlobalSession, Hello, Mode, SendRange, SendSnapshot
-from kds.store import AsyncStore
+from kds.store import AsyncStore, Snapshot
 from kds.wire import PROTOCOL_VERSION
 
 __all__ = ["METHOD", "SyncServicer", "ZoneLink"]
@@ -73,6 +74,8 @@ class SyncServicer:
         self.max_message_bytes = max_message_bytes
         self.heartbeat_interval = heartbeat_interval
         self.links: dict[str, ZoneLink] = {}
+        self._shared_snapshot: weakref.ref[Snapshot] | None = None
+        self._snapshot_read: asyncio.Future[Snapshot] | None = None
         self._stopping = asyncio.Event()
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -287,7 +290,7 @@ class SyncServicer:
                     last_sent = loop.time()
                 continue
             if isinstance(action, SendSnapshot):
-                snap = await self.store.read(self.store.sync.snapshot)
+                snap = await self._snapshot()
                 sent = await self._send_parts(
                     context, session, snap.changes, 0, snap.revision, True, limit, snap.chain
                 )
@@ -327,6 +330,23 @@ class SyncServicer:
             session.on_done()
             last_sent = loop.time()
 
+    async def _snapshot(self) -> Snapshot:
+        """The current snapshot, shared by every stream that needs one at the same time: when a
+        fleet of zones needs one at once (a new global, a long outage), global reads and holds
+        one copy, not one per zone. A read in progress is joined; a finished one is held
+        weakly, so it is freed when the last stream sending it is done."""
+        shared = self._shared_snapshot() if self._shared_snapshot else None
+        if shared is not None and shared.revision == self.hub.head:
+            return shared
+        if self._snapshot_read is None or self._snapshot_read.done():
+            self._snapshot_read = asyncio.ensure_future(self.store.read(self.store.sync.snapshot))
+        read = self._snapshot_read
+        snap = await asyncio.shield(read)  # one stream ending must not cancel the others' read
+        self._shared_snapshot = weakref.ref(snap)
+        if self._snapshot_read is read:
+            self._snapshot_read = None  # the future would keep the snapshot alive
+        return snap
+
     async def _range(self, action: SendRange) -> list[Any] | None:
         records = self.hub.cached_range(action.from_revision, action.to_revision)
         if records is not None:
@@ -360,7 +380,11 @@ class SyncServicer:
                 snapshot=snapshot,
                 final=part.final,
                 head_revision=self.hub.head,
-                framed_changes=[r.framed for r in part.records],
+                # Range records are shared through the hub's cache, so their framing is kept;
+                # a snapshot's is made per part and dropped, not held for the whole snapshot.
+                framed_changes=[
+                    wire.frame_change(r.change) if snapshot else r.framed for r in part.records
+                ],
                 chain=chain if part.final else b"",
             )
             session.on_sent(seq, revision, part.final)

@@ -1,0 +1,66 @@
+"""Global shares one snapshot among the streams that need one at the same time."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from pathlib import Path
+
+from globalcp.hub import Hub
+from globalcp.servicer import SyncServicer
+from kds.model import Kind, Resource
+from kds.store import AsyncStore, SqliteStore
+
+
+def _servicer(tmp_path: Path) -> tuple[SyncServicer, AsyncStore, list[int]]:
+    sync = SqliteStore(tmp_path / "g.db", "global")
+    sync.put(Resource(Kind.MESH, "default"), "2026-11-29T00:00:00.000Z")
+    calls: list[int] = []
+    real = sync.snapshot
+
+    def counting():  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return real()
+
+    sync.snapshot = counting  # type: ignore[method-assign]
+    store = AsyncStore(sync)
+    hub = Hub(sync.head(), sync.log_floor(), 100)
+    servicer = SyncServicer(
+        store,
+        hub,
+        instance_id="g",
+        software_version="test",
+        max_unacked=2,
+        max_message_bytes=1 << 20,
+        heartbeat_interval=1.0,
+    )
+    return servicer, store, calls
+
+
+async def test_concurrent_snapshot_requests_share_one_read(tmp_path: Path) -> None:
+    """Three streams asking at once get the same object from a single store read."""
+    servicer, store, calls = _servicer(tmp_path)
+    try:
+        snaps = await asyncio.gather(*(servicer._snapshot() for _ in range(3)))
+        assert calls == [1]
+        assert snaps[0] is snaps[1] is snaps[2]
+        again = await servicer._snapshot()  # still held by a stream: reused
+        assert again is snaps[0] and calls == [1]
+    finally:
+        store.close()
+
+
+async def test_snapshot_is_read_again_when_stale_or_released(tmp_path: Path) -> None:
+    """A snapshot older than the head, or no longer held by any stream, is not reused."""
+    servicer, store, calls = _servicer(tmp_path)
+    try:
+        first = await servicer._snapshot()
+        servicer.hub.head += 1  # a newer write was published
+        second = await servicer._snapshot()
+        assert calls == [1, 1] and second is not first
+        del first, second
+        gc.collect()
+        await servicer._snapshot()
+        assert calls == [1, 1, 1]
+    finally:
+        store.close()
