@@ -259,8 +259,11 @@ class SyncServicer:
                     )
                 wake.set()
             elif kind == "status":
+                before = link.conflicts
                 link.conflicts = [_key_label(k) for k in msg.status.conflicts]
-                log.info("zone reported conflicts", conflicts=link.conflicts)
+                # Every stream starts with a report; an empty one that changes nothing is noise.
+                report = log.info if (link.conflicts or before) else log.debug
+                report("zone reported conflicts", conflicts=link.conflicts)
             else:
                 raise ProtocolError(f"unexpected {kind} after hello")
 

@@ -479,7 +479,7 @@ async def _apply_handler(request: web.Request) -> web.Response:
         if result.changed:
             stored = result.resource
             assert stored is not None
-            log.debug(
+            log.info(  # one line per resource, as for a PUT: the audit trail names each
                 "resource written",
                 type=str(res.kind),
                 mesh=res.mesh,
