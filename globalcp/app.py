@@ -11,7 +11,7 @@ from aiohttp import web
 
 from globalcp.hub import Hub
 from globalcp.servicer import SyncServicer
-from kds.api import ApiContext, build_app
+from kds.api import ApiContext, serve_api
 from kds.clock import rfc3339
 from kds.config import GlobalConfig
 from kds.errors import ConfigError
@@ -93,14 +93,4 @@ async def _start_api(cfg: GlobalConfig, store: AsyncStore) -> web.AppRunner:
         max_message_bytes=cfg.max_message_bytes,
         now=rfc3339,
     )
-    runner = web.AppRunner(build_app(ctx), access_log=None)
-    await runner.setup()
-    api_host, api_port = cfg.api_address
-    try:
-        await web.TCPSite(runner, api_host, api_port).start()
-    except OSError as e:
-        await runner.cleanup()
-        raise ConfigError(
-            f"--api-address {api_host}:{api_port}: cannot listen: {e.strerror}"
-        ) from None
-    return runner
+    return await serve_api(ctx, cfg.api_address)

@@ -37,7 +37,7 @@ from aiohttp import web
 
 from kds import wire
 from kds.clock import rfc3339
-from kds.errors import Conflict, FieldError, InvalidResource, KdsError, NotFound
+from kds.errors import ConfigError, Conflict, FieldError, InvalidResource, KdsError, NotFound
 from kds.model import (
     LABEL_ORIGIN,
     LABEL_ZONE,
@@ -60,6 +60,7 @@ __all__ = [
     "build_app",
     "client_max_size",
     "encoded_message_size",
+    "serve_api",
 ]
 
 log = structlog.get_logger("kds.api")
@@ -552,3 +553,16 @@ def build_app(ctx: ApiContext, extra_routes: list[web.RouteDef] | None = None) -
     if extra_routes:
         app.add_routes(extra_routes)
     return app
+
+
+async def serve_api(ctx: ApiContext, address: tuple[str, int]) -> web.AppRunner:
+    """Start the API on ``address``; a port that cannot be bound is a ConfigError naming it."""
+    runner = web.AppRunner(build_app(ctx), access_log=None)
+    await runner.setup()
+    host, port = address
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as e:
+        await runner.cleanup()
+        raise ConfigError(f"--api-address {host}:{port}: cannot listen: {e.strerror}") from None
+    return runner

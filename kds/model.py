@@ -16,7 +16,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -488,15 +488,3 @@ def to_kubernetes(resource: Resource) -> dict[str, Any]:
         "data": {"value": base64.b64encode(resource.data).decode("ascii")},
         "type": K8S_SECRET_TYPE if resource.kind is Kind.SECRET else K8S_GLOBAL_SECRET_TYPE,
     }
-
-
-def order_for_sync(keys: Iterable[tuple[Key, bool]]) -> list[tuple[Key, bool]]:
-    """Order (key, is_delete) pairs so Mesh puts come first and Mesh deletes last."""
-
-    def rank(item: tuple[Key, bool]) -> int:
-        key, is_delete = item
-        if key.kind is Kind.MESH:
-            return 2 if is_delete else 0
-        return 1
-
-    return sorted(keys, key=rank)

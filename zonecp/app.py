@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import structlog
-from aiohttp import web
 
-from kds.api import ApiContext, build_app
+from kds.api import ApiContext, serve_api
 from kds.clock import rfc3339
 from kds.config import ZoneConfig
 from kds.errors import ConfigError
@@ -53,22 +52,13 @@ async def run_zone(cfg: ZoneConfig, stop: asyncio.Event) -> int:
         now=rfc3339,
         on_write=on_write,
     )
-    runner = web.AppRunner(build_app(ctx), access_log=None)
-    await runner.setup()
-    api_host, api_port = cfg.api_address
-    try:
-        await web.TCPSite(runner, api_host, api_port).start()
-    except OSError as e:
-        await runner.cleanup()
-        raise ConfigError(
-            f"--api-address {api_host}:{api_port}: cannot listen: {e.strerror}"
-        ) from None
+    runner = await serve_api(ctx, cfg.api_address)
     state = store.sync.sync_state()
     log.info(
         "zone started",
         version=__version__,
         instance=client.instance_id,
-        api=f"http://{api_host}:{api_port}",
+        api=f"http://{cfg.api_address[0]}:{cfg.api_address[1]}",
         global_address=cfg.global_address,
         store=str(store.sync.path),
         revision=state.applied_revision,

@@ -19,7 +19,6 @@ from kds.model import (
     decode_data,
     from_document,
     from_json_body,
-    order_for_sync,
     to_json,
     to_kubernetes,
     validate,
@@ -802,15 +801,6 @@ def test_key_str() -> None:
     """A Key prints as kind mesh/name, or kind name without a mesh."""
     assert str(Key(Kind.SECRET, "m", "s")) == "Secret m/s"
     assert str(Key(Kind.GLOBAL_SECRET, "", "g")) == "GlobalSecret g"
-
-
-def test_order_for_sync() -> None:
-    """Mesh puts come first and Mesh deletes last, others keep their order between."""
-    m = Key(Kind.MESH, "", "m")
-    s1 = Key(Kind.SECRET, "m", "a")
-    g = Key(Kind.GLOBAL_SECRET, "", "g")
-    items = [(m, True), (s1, False), (m, False), (g, True)]
-    assert order_for_sync(items) == [(m, False), (s1, False), (g, True), (m, True)]
 
 
 def test_universal_mesh_mtls_must_be_map() -> None:
