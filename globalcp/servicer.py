@@ -176,7 +176,6 @@ class SyncServicer:
             )
             old.task.cancel()
         self.links[h.zone] = link
-        limit = self.max_message_bytes
         log.info(
             "zone connected",
             instance=h.instance_id,
@@ -209,7 +208,7 @@ class SyncServicer:
             wake.set()
             reader = asyncio.create_task(self._read(context, link, wake), name=f"read-{stream_id}")
             writer = asyncio.create_task(
-                self._write(context, link, wake, limit), name=f"write-{stream_id}"
+                self._write(context, link, wake), name=f"write-{stream_id}"
             )
             done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
             for t in done:
@@ -268,7 +267,7 @@ class SyncServicer:
                 raise ProtocolError(f"unexpected {kind} after hello")
 
     async def _write(
-        self, context: grpc.aio.ServicerContext, link: ZoneLink, wake: asyncio.Event, limit: int
+        self, context: grpc.aio.ServicerContext, link: ZoneLink, wake: asyncio.Event
     ) -> None:
         session = link.session
         loop = asyncio.get_running_loop()
@@ -295,7 +294,7 @@ class SyncServicer:
             if isinstance(action, SendSnapshot):
                 snap = await self._snapshot()
                 sent = await self._send_parts(
-                    context, session, snap.changes, 0, snap.revision, True, limit, snap.chain
+                    context, session, snap.changes, 0, snap.revision, True, snap.chain
                 )
                 log.info(
                     "snapshot sent",
@@ -318,7 +317,6 @@ class SyncServicer:
                     action.from_revision,
                     action.to_revision,
                     False,
-                    limit,
                     records[-1].chain if records else b"",
                 )
                 if first_range and session.mode is Mode.RESUME:
@@ -369,12 +367,11 @@ class SyncServicer:
         from_revision: int,
         revision: int,
         snapshot: bool,
-        limit: int,
         chain: bytes,
     ) -> int:
         """Write the records as one or more batches; return the bytes written."""
         total = 0
-        for part in pack(records, limit):
+        for part in pack(records, self.max_message_bytes):
             seq = session.next_seq()
             data = wire.assemble_batch(
                 seq=seq,
