@@ -1,0 +1,1 @@
+"""Benchmarks: the harness (python -m bench, or scripts/bench) and the older single scripts."""

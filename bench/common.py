@@ -1,0 +1,272 @@
+"""Plumbing shared by the harness's processes: ports, process memory, a byte-counting proxy,
+line-protocol readers for the fleet processes, and percentiles.
+
+The fleet processes (bench.fleet for zones, bench.etcd_watch for etcd watchers) print one
+JSON object per line on stdout; ``Fleet`` reads them on a thread and lets the driver wait
+until every member reached a revision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"no answer from {url} within {timeout}s")
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def proc_status_kib(pid: int, field: str) -> int:
+    """A figure from /proc/PID/status in KiB (VmRSS: resident now; VmHWM: peak resident)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} for pid {pid}")
+
+
+def rss_mb(pid: int) -> float:
+    return proc_status_kib(pid, "VmRSS") / 1024
+
+
+def peak_rss_mb(pid: int) -> float:
+    return proc_status_kib(pid, "VmHWM") / 1024
+
+
+def dir_size_mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty sequence."""
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, math.ceil(q / 100 * len(s)) - 1))
+    return s[k]
+
+
+def stop_process(p: subprocess.Popen[Any], timeout: float = 15.0) -> None:
+    if p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+
+
+class Fleet:
+    """One or more fleet processes whose members report applied revisions on stdout.
+
+    Each line is JSON: {"m": member, "rev": revision, "n": changes, "t": unix time} for an
+    apply, {"connected": k} as members connect, {"error": text} on a failure.
+    """
+
+    def __init__(self, procs: list[subprocess.Popen[str]], members: int, first: int = 0):
+        self.procs = procs
+        self.members = members
+        self.first = first  # member numbers start here
+        self.cond = threading.Condition()
+        self.rev = [0] * members  # highest revision each member applied
+        self.count = [0] * members  # changes each member applied (etcd: events received)
+        self.events: list[list[tuple[int, float]]] = [[] for _ in range(members)]
+        self.connected = 0
+        self.errors: list[str] = []
+        self._threads = [threading.Thread(target=self._pump, args=(p,), daemon=True) for p in procs]
+        for t in self._threads:
+            t.start()
+
+    def _pump(self, p: subprocess.Popen[str]) -> None:
+        assert p.stdout is not None
+        for line in p.stdout:
+            try:
+                msg = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            with self.cond:
+                if "m" in msg:
+                    m = msg["m"] - self.first
+                    self.rev[m] = max(self.rev[m], msg["rev"])
+                    self.count[m] += msg.get("n", 0)
+                    self.events[m].append((msg["rev"], msg["t"]))
+                elif "connected" in msg:
+                    self.connected += msg["connected"]
+                elif "error" in msg:
+                    self.errors.append(msg["error"])
+                self.cond.notify_all()
+        with self.cond:
+            self.errors.append(f"fleet process {p.pid} exited with {p.wait()}")
+            self.cond.notify_all()
+
+    def wait(self, pred: Callable[[], bool], timeout: float, what: str) -> None:
+        with self.cond:
+            ok = self.cond.wait_for(lambda: pred() or bool(self.errors), timeout)
+            if self.errors and not pred():
+                raise RuntimeError(f"{what}: {self.errors[0]}")
+            if not ok:
+                raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
+
+    def wait_connected(self, timeout: float = 120.0) -> None:
+        self.wait(lambda: self.connected >= self.members, timeout, "members to connect")
+
+    def wait_revision(self, rev: int, timeout: float = 300.0) -> None:
+        self.wait(lambda: min(self.rev) >= rev, timeout, f"every member at revision {rev}")
+
+    def wait_count(self, n: int, timeout: float = 300.0) -> None:
+        self.wait(lambda: min(self.count) >= n, timeout, f"every member to receive {n} changes")
+
+    def last_time(self, member: int) -> float:
+        with self.cond:
+            return self.events[member][-1][1]
+
+    def first_at(self, member: int, rev: int) -> float:
+        """When ``member`` first applied ``rev`` or later."""
+        with self.cond:
+            for r, t in self.events[member]:
+                if r >= rev:
+                    return t
+        raise RuntimeError(f"member {member} never reached revision {rev}")
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None and p.stdin is not None:
+                with contextlib.suppress(OSError):
+                    p.stdin.close()  # fleets stop on stdin EOF
+        for p in self.procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                stop_process(p)
+
+
+def start_fleet(
+    module: str,
+    members: int,
+    procs: int,
+    args: list[str],
+    log_dir: Path,
+    name: str,
+    first: int = 0,
+) -> Fleet:
+    """Start ``members`` (numbered from ``first``) across ``procs`` processes of
+    ``python -m module``."""
+    procs = max(1, min(procs, members))
+    out: list[subprocess.Popen[str]] = []
+    per = -(-members // procs)
+    for i in range(procs):
+        start, count = first + i * per, min(per, members - i * per)
+        if count <= 0:
+            break
+        log = open(log_dir / f"{name}-{i}.log", "ab")  # noqa: SIM115  # the child owns it
+        out.append(
+            subprocess.Popen(
+                [sys.executable, "-m", module, "--first", str(start), "--count", str(count), *args],
+                cwd=ROOT,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        )
+        log.close()
+    return Fleet(out, members, first)
+
+
+def report_line(lock: threading.Lock, **fields: Any) -> None:
+    """Write one JSON line to stdout (fleet processes; called from any thread)."""
+    line = json.dumps(fields, separators=(",", ":")) + "\n"
+    with lock:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+
+
+async def stdin_closed() -> None:
+    """Returns when the harness closes this process's stdin (how fleets are told to stop)."""
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sys.stdin.read)
+
+
+class CountingProxy:
+    """A TCP proxy on loopback that counts the bytes it forwards each way."""
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self.port = free_port()
+        self.down_bytes = 0  # target -> client (global -> zone)
+        self.up_bytes = 0
+        self._loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        threading.Thread(target=self._run, args=(ready,), daemon=True).start()
+        ready.wait(5)
+
+    def _run(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", self.port))
+        ready.set()
+        self._loop.run_forever()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            ur, uw = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter, down: bool) -> None:
+            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+                while data := await r.read(65536):
+                    if down:
+                        self.down_bytes += len(data)
+                    else:
+                        self.up_bytes += len(data)
+                    w.write(data)
+                    await w.drain()
+            with contextlib.suppress(OSError):
+                w.close()
+
+        await asyncio.gather(pipe(reader, uw, False), pipe(ur, writer, True))
+
+    def reset(self) -> None:
+        self.down_bytes = self.up_bytes = 0
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)

@@ -1,0 +1,114 @@
+"""Many zones in one process, each the real thing: a zonecp.client.ZoneClient (its own gRPC
+channel and stream to global) over its own kds.store SqliteStore in its own data dir, wired as
+zonecp.app wires a zone (minus the HTTP API, which sync does not use).
+
+The only addition is ``TimedStore``: the real store, which also reports when each final batch
+committed (revision, time) as a JSON line on stdout for the harness (bench.common.Fleet).
+Stops when stdin closes.
+
+    python -m bench.fleet --first 0 --count 50 --global-address grpc://127.0.0.1:5685 \
+        --data-dir /tmp/zones [--seed-db zone.db]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import structlog
+
+from bench.common import report_line, stdin_closed
+from kds.logging import configure_logging
+from kds.protocol.applier import DecodedBatch
+from kds.runtime import ensure_private_dir
+from kds.store import AsyncStore, SqliteStore, ZoneApplyResult
+from kds.version import __version__
+from zonecp.client import ZoneClient
+
+_LOCK = threading.Lock()
+
+
+class TimedStore(SqliteStore):
+    """The real zone store; reports each committed final batch."""
+
+    def __init__(self, path: Path, member: int):
+        super().__init__(path, "zone")
+        self.member = member
+
+    def apply_batch(self, batch: DecodedBatch, global_store_id: str, now: str) -> ZoneApplyResult:
+        result = super().apply_batch(batch, global_store_id, now)
+        t = time.time()
+        report_line(_LOCK, m=self.member, rev=result.applied_revision, n=len(batch.changes), t=t)
+        return result
+
+
+async def _zone(client: ZoneClient, stop: asyncio.Event) -> None:
+    structlog.contextvars.bind_contextvars(zone=client.zone)
+    await client.run(stop)
+
+
+async def _watch_connected(clients: list[ZoneClient], stop: asyncio.Event) -> None:
+    seen: set[int] = set()
+    while not stop.is_set():
+        new = {i for i, c in enumerate(clients) if c.status.connected} - seen
+        if new:
+            seen |= new
+            report_line(_LOCK, connected=len(new))
+        await asyncio.sleep(0.05)
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    stop = asyncio.Event()
+    stores: list[AsyncStore] = []
+    clients: list[ZoneClient] = []
+    for m in range(args.first, args.first + args.count):
+        data_dir = ensure_private_dir(Path(args.data_dir) / f"z{m}")
+        if args.seed_db and not (data_dir / "zone.db").exists():
+            shutil.copyfile(args.seed_db, data_dir / "zone.db")
+        store = AsyncStore(TimedStore(data_dir / "zone.db", m))
+        stores.append(store)
+        clients.append(
+            ZoneClient(
+                store,
+                zone=f"{args.zone_prefix}{m}",
+                global_address=args.global_address,
+                software_version=__version__,
+                max_message_bytes=4 << 20,
+                keepalive_interval=3.0,
+                keepalive_timeout=2.0,
+                reconnect_max_delay=2.0,
+            )
+        )
+    tasks = [asyncio.create_task(_zone(c, stop)) for c in clients]
+    watcher = asyncio.create_task(_watch_connected(clients, stop))
+    await stdin_closed()
+    stop.set()
+    for t in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(t, 10)
+    watcher.cancel()
+    for s in stores:
+        s.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--first", type=int, required=True)
+    ap.add_argument("--count", type=int, required=True)
+    ap.add_argument("--global-address", required=True)
+    ap.add_argument("--data-dir", required=True)
+    ap.add_argument("--zone-prefix", default="zone-")
+    ap.add_argument("--seed-db", default="", help="copy this zone.db into each new zone's dir")
+    ap.add_argument("--log-level", default="warning")
+    args = ap.parse_args()
+    configure_logging(args.log_level, "json")
+    asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""Turns the harness's results into docs/benchmarks.md (tables, targets) and a PNG plot.
+
+Figures across repeats are medians; ratios to etcd are the median of each repeat's own
+ratio (kds and etcd ran back to back in that repeat).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+NOTE = """\
+Figures from a **shared 2-core machine** (other jobs ran at the same time), loopback, every
+process real. Medians over the repeats; "x etcd" is the median of each repeat's own ratio
+(kds and etcd run back to back, so the ratio holds better than either figure). Produced by
+`scripts/bench` (see the README); raw results in `benchmarks.json`.
+
+How each side is measured:
+- **kds**: a real `globalcp` process (default settings, JSON logs at info); zones run as
+  fleets of real `ZoneClient`s, each with its own SQLite store (fsync on every commit) and its
+  own gRPC stream; 100 zones share two processes. Single writes are HTTP PUTs to global's API,
+  timed from the API's answer to the commit on the last zone. Bulk is one `kdsctl apply -f`
+  of a YAML file, timed from starting kdsctl to the commit on the last zone.
+- **etcd** (Debian's etcd-server, one member, temp data dir): writes are KV.Put (bulk: one Txn
+  of all the puts), watchers are grpc.aio Watch streams on a prefix, one channel each, split
+  across processes like the zones, keeping key -> value in memory (no disk). Timed from the
+  write's answer (bulk: from sending the Txn) to the last watcher receiving it.
+"""
+
+
+def _med(xs: list[float]) -> float:
+    return round(statistics.median(xs), 2) if xs else float("nan")
+
+
+def summarize(results: dict[str, Any]) -> dict[str, Any]:
+    prop: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in results.get("propagation", []):
+        z = r["kds"]["zones"]
+        for side in ("kds", "etcd"):
+            prop[z][f"{side}_p50"].append(r[side]["p50_ms"])
+            prop[z][f"{side}_p99"].append(r[side]["p99_ms"])
+            prop[z][f"{side}_send_p50"].append(r[side]["from_send_p50_ms"])
+            prop[z][f"{side}_send_p99"].append(r[side]["from_send_p99_ms"])
+        prop[z]["ratio_p50"].append(r["kds"]["p50_ms"] / max(r["etcd"]["p50_ms"], 1e-3))
+        prop[z]["ratio_p99"].append(r["kds"]["p99_ms"] / max(r["etcd"]["p99_ms"], 1e-3))
+        prop[z]["ratio_send_p99"].append(
+            r["kds"]["from_send_p99_ms"] / max(r["etcd"]["from_send_p99_ms"], 1e-3)
+        )
+    bulk: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in results.get("bulk", []):
+        z = r["kds"]["zones"]
+        for side in ("kds", "etcd"):
+            bulk[z][f"{side}_s"].append(r[side]["all_zones_s"])
+            bulk[z][f"{side}_per_s"].append(r[side]["per_s"])
+        bulk[z]["kds_apply_s"].append(r["kds"]["apply_s"])
+        bulk[z]["ratio"].append(r["kds"]["all_zones_s"] / max(r["etcd"]["all_zones_s"], 1e-3))
+    return {
+        "propagation": {z: {k: _med(v) for k, v in d.items()} for z, d in sorted(prop.items())},
+        "bulk": {z: {k: _med(v) for k, v in d.items()} for z, d in sorted(bulk.items())},
+        "repeats": len({r["repeat"] for r in results.get("propagation", [])}) or 1,
+    }
+
+
+def targets(results: dict[str, Any], s: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
+    """(target, figure, met) for each target of issue 7; met is None when not measured."""
+    out: list[tuple[str, str, bool | None]] = []
+    prop, bulk = s["propagation"], s["bulk"]
+
+    def add(name: str, value: float | None, limit: float, fmt: str) -> None:
+        if value is None:
+            out.append((name, "not measured in this run", None))
+        else:
+            out.append((name, fmt.format(value), value <= limit))
+
+    add("propagation p99 to 1 zone <= 50 ms", prop.get(1, {}).get("kds_p99"), 50, "{} ms")
+    add("propagation p99 to 100 zones <= 250 ms", prop.get(100, {}).get("kds_p99"), 250, "{} ms")
+    add("10,000 secrets to 10 zones <= 10 s", bulk.get(10, {}).get("kds_s"), 10, "{} s")
+    resume = results.get("resume")
+    add("resume bytes <= 2x changed resources", resume and resume["ratio"], 2, "{}x")
+    foot = results.get("footprint")
+    big = foot and foot["idle_zones"] >= 100 and foot["secrets"] >= 100_000
+    add(
+        "global RSS <= 150 MB, 100 zones + 100,000 secrets",
+        foot["global_rss_mb_idle_zones"] if big and foot else None,
+        150,
+        "{} MB",
+    )
+    if foot and big:
+        add("  (peak over the run, snapshot included)", foot["global_peak_rss_mb"], 150, "{} MB")
+    for z, d in prop.items():
+        add(f"propagation p99 within 2x etcd, {z} zone(s)", d["ratio_p99"], 2, "{}x")
+    for z, d in bulk.items():
+        add(f"bulk within 2x etcd, {z} zones", d["ratio"], 2, "{}x")
+    return out
+
+
+def markdown(results: dict[str, Any]) -> str:
+    s = summarize(results)
+    m = results["machine"]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Run {results['started']} to {results['finished']}; {m['cpus']} CPUs, Python "
+        f"{m['python']}, {m['etcd']}; {s['repeats']} repeat(s); plan: "
+        + ", ".join(f"{k}={v}" for k, v in results["plan"].items())
+        + ".",
+        "",
+        NOTE,
+        "![propagation and bulk, kds-sync and etcd](benchmarks.png)",
+        "",
+        "## Targets (issue 7)",
+        "",
+        "| target | figure | met |",
+        "|---|---|---|",
+    ]
+    for name, fig, met in targets(results, s):
+        lines.append(f"| {name} | {fig} | {'-' if met is None else 'yes' if met else '**no**'} |")
+    lines += [
+        "",
+        "## 1 and 5. Single-write propagation (ms, acknowledgement to applied everywhere)",
+        "",
+        "| zones | kds p50 | kds p99 | etcd p50 | etcd p99 | p50 x etcd | p99 x etcd |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for z, d in s["propagation"].items():
+        lines.append(
+            f"| {z} | {d['kds_p50']} | {d['kds_p99']} | {d['etcd_p50']} | {d['etcd_p99']} "
+            f"| {d['ratio_p50']} | {d['ratio_p99']} |"
+        )
+    lines += [
+        "",
+        "The same writes timed from sending the write (so each side's own commit counts too):",
+        "",
+        "| zones | kds p50 | kds p99 | etcd p50 | etcd p99 | p99 x etcd |",
+        "|---|---|---|---|---|---|",
+    ]
+    for z, d in s["propagation"].items():
+        lines.append(
+            f"| {z} | {d['kds_send_p50']} | {d['kds_send_p99']} | {d['etcd_send_p50']} "
+            f"| {d['etcd_send_p99']} | {d['ratio_send_p99']} |"
+        )
+    n = results["plan"]["bulk_n"]
+    lines += [
+        "",
+        f"## 2 and 5. Bulk: {n:,} secrets in one apply until every zone holds them",
+        "",
+        "| zones | kds s (apply returns) | kds secrets/s | etcd s | etcd secrets/s | x etcd |",
+        "|---|---|---|---|---|---|",
+    ]
+    for z, d in s["bulk"].items():
+        lines.append(
+            f"| {z} | {d['kds_s']} ({d['kds_apply_s']}) | {d['kds_per_s']:.0f} | {d['etcd_s']} "
+            f"| {d['etcd_per_s']:.0f} | {d['ratio']} |"
+        )
+    r = results.get("resume")
+    if r:
+        lines += [
+            "",
+            f"## 3. Resume: a zone offline while {r['changed']:,} of {r['secrets']:,} secrets "
+            "changed",
+            "",
+            "| what | figure |",
+            "|---|---|",
+            f"| changed resources, protobuf Resource bytes | {r['changed_resource_bytes']:,} |",
+            f"| bytes global sent the zone on reconnect (TCP payload) | {r['wire_bytes_to_zone']:,} |",
+            f"| ratio | {r['ratio']}x |",
+            f"| bytes the zone sent global | {r['wire_bytes_from_zone']:,} |",
+            f"| reconnect to caught up | {r['resume_s']} s |",
+            f"| for comparison: the zone's first snapshot | {r['snapshot_s']} s, "
+            f"{r['snapshot_wire_bytes']:,} bytes |",
+            f"| prefill through POST /_apply | {r['prefill_apply_s']} s |",
+        ]
+    f = results.get("footprint")
+    if f:
+        lines += [
+            "",
+            f"## 4. Footprint: {f['secrets']:,} secrets",
+            "",
+            "| what | figure |",
+            "|---|---|",
+            f"| global RSS, empty store | {f['global_rss_mb_empty']} MB |",
+            f"| global RSS, secrets held, no zone | {f['global_rss_mb_no_zones']} MB |",
+            f"| global RSS, {f['idle_zones']} idle zones | {f['global_rss_mb_idle_zones']} MB |",
+            f"| global RSS, {f['idle_zones'] + f['extra_zones']} idle zones "
+            f"| {f['global_rss_mb_more_zones']} MB |",
+            f"| each further zone adds | {f['per_zone_kb']} KB |",
+            f"| global peak RSS over the scenario (one snapshot served) "
+            f"| {f['global_peak_rss_mb']} MB |",
+            f"| global store on disk | {f['global_store_mb']} MB |",
+            f"| a zone's store on disk | {f['zone_store_mb']} MB |",
+            "",
+            "The idle zones start from copies of the first zone's synced store, so they resume "
+            "instead of each taking a snapshot.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = summarize(results)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    zs = list(s["propagation"])
+    x = range(len(zs))
+    w = 0.2
+    for i, (key, label) in enumerate(
+        [
+            ("kds_p50", "kds p50"),
+            ("kds_p99", "kds p99"),
+            ("etcd_p50", "etcd p50"),
+            ("etcd_p99", "etcd p99"),
+        ]
+    ):
+        heights = [max(0.01, s["propagation"][z][key]) for z in zs]  # log scale: no <= 0
+        a.bar([j + (i - 1.5) * w for j in x], heights, w, label=label)
+    a.set_xticks(list(x), [f"{z} zone{'s' if z != 1 else ''}" for z in zs])
+    a.set_yscale("log")
+    a.set_ylabel("ms, write acknowledged -> on every zone")
+    a.set_title("Single-write propagation")
+    a.legend(fontsize=8)
+    bz = list(s["bulk"])
+    xb = range(len(bz))
+    b.bar([j - 0.2 for j in xb], [s["bulk"][z]["kds_s"] for z in bz], 0.4, label="kds-sync")
+    b.bar([j + 0.2 for j in xb], [s["bulk"][z]["etcd_s"] for z in bz], 0.4, label="etcd")
+    b.set_xticks(list(xb), [f"{z} zones" for z in bz])
+    b.set_ylabel("s until every zone holds them")
+    b.set_title(f"Bulk: {results['plan']['bulk_n']:,} secrets in one apply")
+    b.legend(fontsize=8)
+    fig.suptitle("kds-sync vs etcd watch (shared 2-core machine, loopback)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write(results: dict[str, Any], out: Path) -> None:
+    (out / "benchmarks.md").write_text(markdown(results))
+    plot(results, out / "benchmarks.png")

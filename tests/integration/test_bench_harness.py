@@ -1,0 +1,55 @@
+"""The benchmark harness's small run (scripts/bench --quick) produces well-formed results.
+
+Figures are never asserted (timing tests flake on a shared machine); the shape is: every
+scenario ran against kds and etcd, the JSON, Markdown and PNG were written, and the targets
+table names every target. Under CI a missing etcd fails the test (tests/conftest.py turns the
+skip into a failure); .ci/run installs it with scripts/setup-bench.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_quick_harness_run_writes_results_for_every_scenario(tmp_path: Path) -> None:
+    """bench --quick: propagation, bulk (kds and etcd), resume and footprint, in all outputs."""
+    if shutil.which("etcd") is None:
+        pytest.skip("etcd is not installed: run scripts/setup-bench")
+    pytest.importorskip("matplotlib")
+    r = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-4000:]
+    res = json.loads((tmp_path / "benchmarks.json").read_text())
+    assert {p["kds"]["zones"] for p in res["propagation"]} == set(res["plan"]["prop_zones"])
+    for row in res["propagation"]:
+        for side in ("kds", "etcd"):
+            assert row[side]["writes"] == res["plan"]["writes"]
+            assert row[side]["p50_ms"] <= row[side]["p99_ms"] <= row[side]["max_ms"]
+    for row in res["bulk"]:
+        for side in ("kds", "etcd"):
+            assert row[side]["secrets"] == res["plan"]["bulk_n"] and row[side]["per_s"] > 0
+    resume = res["resume"]
+    assert resume["changed"] == res["plan"]["resume_total"] // 100
+    assert resume["wire_bytes_to_zone"] > 0 and resume["changed_resource_bytes"] > 0
+    foot = res["footprint"]
+    assert foot["idle_zones"] == res["plan"]["idle_zones"]
+    assert foot["global_rss_mb_idle_zones"] > 0 and foot["zone_store_mb"] > 0
+    md = (tmp_path / "benchmarks.md").read_text()
+    for heading in ("## Targets", "## 1 and 5.", "## 2 and 5.", "## 3. Resume", "## 4. Footprint"):
+        assert heading in md
+    assert "shared 2-core machine" in md
+    assert (tmp_path / "benchmarks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
