@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import os
+import queue
 import socket
 import subprocess
 import sys
@@ -211,12 +212,29 @@ def start_fleet(
     return Fleet(out, members, first)
 
 
-def report_line(lock: threading.Lock, **fields: Any) -> None:
-    """Write one JSON line to stdout (fleet processes; called from any thread)."""
-    line = json.dumps(fields, separators=(",", ":")) + "\n"
-    with lock:
-        sys.stdout.write(line)
+_lines: queue.SimpleQueue[str] = queue.SimpleQueue()
+_writer_started = threading.Lock()
+_writer: list[threading.Thread] = []
+
+
+def _write_lines() -> None:
+    while True:
+        batch = [_lines.get()]
+        while not _lines.empty():
+            batch.append(_lines.get())
+        sys.stdout.write("".join(batch))
         sys.stdout.flush()
+
+
+def report_line(**fields: Any) -> None:
+    """Queue one JSON line for stdout (fleet processes; any thread). One writer thread writes
+    them in batches, so reporting costs the reporting thread almost nothing."""
+    if not _writer:
+        with _writer_started:
+            if not _writer:
+                _writer.append(threading.Thread(target=_write_lines, daemon=True))
+                _writer[0].start()
+    _lines.put(json.dumps(fields, separators=(",", ":")) + "\n")
 
 
 async def stdin_closed() -> None:

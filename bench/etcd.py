@@ -16,7 +16,6 @@ import asyncio
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,6 @@ import grpc
 from bench.common import free_port, report_line, stdin_closed, wait_port
 
 _PROTO_DIR = Path(__file__).resolve().parent / "etcdproto"
-_LOCK = threading.Lock()
 _PB: Any = None
 
 PUT = "/etcdserverpb.KV/Put"
@@ -151,10 +149,10 @@ async def _watcher(member: int, endpoint: str, prefix: bytes, connected: asyncio
         await call.write(m.WatchRequest(create_request=create))
         async for resp in call:
             if resp.created:
-                report_line(_LOCK, connected=1)
+                report_line(connected=1)
                 continue
             if resp.canceled:
-                report_line(_LOCK, error=f"watch canceled: {resp.cancel_reason}")
+                report_line(error=f"watch canceled: {resp.cancel_reason}")
                 return
             rev = 0
             for ev in resp.events:
@@ -164,7 +162,7 @@ async def _watcher(member: int, endpoint: str, prefix: bytes, connected: asyncio
                     cache[ev.kv.key] = ev.kv.value
                 rev = max(rev, ev.kv.mod_revision)
             if resp.events:
-                report_line(_LOCK, m=member, rev=rev, n=len(resp.events), t=time.time())
+                report_line(m=member, rev=rev, n=len(resp.events), t=time.time())
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -178,7 +176,7 @@ async def main_async(args: argparse.Namespace) -> None:
     done, _ = await asyncio.wait({waiter, *tasks}, return_when=asyncio.FIRST_COMPLETED)
     for t in done:
         if t is not waiter and t.exception() is not None:
-            report_line(_LOCK, error=repr(t.exception()))
+            report_line(error=repr(t.exception()))
     for t in tasks:
         t.cancel()
 

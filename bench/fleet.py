@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import contextlib
 import shutil
-import threading
 import time
 from pathlib import Path
 
@@ -30,8 +29,6 @@ from kds.store import AsyncStore, SqliteStore, ZoneApplyResult
 from kds.version import __version__
 from zonecp.client import ZoneClient
 
-_LOCK = threading.Lock()
-
 
 class TimedStore(SqliteStore):
     """The real zone store; reports each committed final batch."""
@@ -43,7 +40,7 @@ class TimedStore(SqliteStore):
     def apply_batch(self, batch: DecodedBatch, global_store_id: str, now: str) -> ZoneApplyResult:
         result = super().apply_batch(batch, global_store_id, now)
         t = time.time()
-        report_line(_LOCK, m=self.member, rev=result.applied_revision, n=len(batch.changes), t=t)
+        report_line(m=self.member, rev=result.applied_revision, n=len(batch.changes), t=t)
         return result
 
 
@@ -58,7 +55,7 @@ async def _watch_connected(clients: list[ZoneClient], stop: asyncio.Event) -> No
         new = {i for i, c in enumerate(clients) if c.status.connected} - seen
         if new:
             seen |= new
-            report_line(_LOCK, connected=len(new))
+            report_line(connected=len(new))
         await asyncio.sleep(0.05)
 
 

@@ -531,10 +531,14 @@ def main(argv: list[str] | None = None) -> int:
         "--only", nargs="+", choices=["propagation", "bulk", "resume"], help="run only these"
     )
     ap.add_argument("--keep", action="store_true", help="keep work dirs (logs, stores)")
+    ap.add_argument("--prop-zones", type=int, nargs="+", help="override propagation zone counts")
+    ap.add_argument("--bulk-zones", type=int, nargs="+", help="override bulk zone counts")
+    ap.add_argument("--writes", type=int, help="override single writes per run")
     args = ap.parse_args(argv)
     plan = dict(PLANS["quick" if args.quick else "full"])
-    if args.repeats:
-        plan["repeats"] = args.repeats
+    for key in ("repeats", "prop_zones", "bulk_zones", "writes"):
+        if getattr(args, key):
+            plan[key] = getattr(args, key)
     if etcd_binary() is None:
         print(
             "etcd not found: run scripts/setup-bench (installs Debian's etcd-server)",
