@@ -107,6 +107,58 @@ def _row_values(r: Resource, origin: str) -> tuple[Any, ...]:
     )
 
 
+class _WriteTx:
+    """One API write transaction on global's change log: head, chain and floor are read once
+    at its start, carried in memory across its writes, and stored once at its end, so an apply
+    of many resources does not read and rewrite the meta rows for each of them."""
+
+    def __init__(self, store: SqliteStore, conn: sqlite3.Connection):
+        self.store = store
+        self.conn = conn
+        self.head = 0
+        self.chain = b""
+        self.floor = 0
+        self._head0 = 0
+        self.meshes: set[str] = set()  # meshes known to exist in this transaction
+
+    @classmethod
+    def begin(cls, store: SqliteStore, conn: sqlite3.Connection) -> _WriteTx:
+        tx = cls(store, conn)
+        if store.role == "global":
+            tx.head = tx._head0 = int(store._meta(conn, "head"))
+            tx.chain = bytes.fromhex(store._meta(conn, "chain"))
+            tx.floor = int(store._meta(conn, "log_floor"))
+        return tx
+
+    def mesh_exists(self, mesh: str) -> bool:
+        if mesh not in self.meshes and self.store._mesh_exists(self.conn, mesh):
+            self.meshes.add(mesh)
+        return mesh in self.meshes
+
+    def append_log(self, revision: int, key: Key, deleted: bool, change: bytes) -> ChangeRecord:
+        self.chain = next_chain(self.chain, change)
+        self.head = revision
+        self.conn.execute(
+            "INSERT INTO changelog VALUES (?,?,?,?,?,?,?)",
+            (revision, str(key.kind), key.mesh, key.name, deleted, change, self.chain),
+        )
+        return ChangeRecord(revision, key, deleted, change, self.chain)
+
+    def finish(self) -> None:
+        """Store the head, the chain, and the log floor (trimming the log past it)."""
+        if self.head == self._head0:
+            return
+        conn, store = self.conn, self.store
+        store._set_meta(conn, "head", self.head)
+        store._set_meta(conn, "chain", self.chain.hex())
+        floor = self.head - store.log_size
+        if floor > self.floor:
+            row = conn.execute("SELECT chain FROM changelog WHERE revision=?", (floor,)).fetchone()
+            conn.execute("DELETE FROM changelog WHERE revision <= ?", (floor,))
+            store._set_meta(conn, "log_floor", floor)
+            store._set_meta(conn, "floor_chain", bytes(row[0]).hex() if row else "")
+
+
 class SqliteStore:
     backend = "sqlite"
 
@@ -298,7 +350,9 @@ class SqliteStore:
     def put(self, resource: Resource, now: str) -> WriteResult:
         conn = self._conn()
         with self._tx(conn):
-            result = self._put(conn, resource, now)
+            tx = _WriteTx.begin(self, conn)
+            result = self._put(tx, resource, now)
+            tx.finish()
         return self._committed([result])[0]
 
     def put_many(self, resources: Sequence[Resource], now: str) -> list[WriteResult]:
@@ -311,18 +365,22 @@ class SqliteStore:
         conn = self._conn()
         results = []
         with self._tx(conn):
+            tx = _WriteTx.begin(self, conn)
             for i, resource in enumerate(resources):
                 try:
-                    results.append(self._put(conn, resource, now))
+                    results.append(self._put(tx, resource, now))
                 except KdsError as e:
                     e.item_index = i  # type: ignore[attr-defined]
                     raise
+            tx.finish()
         return self._committed(results)
 
     def delete(self, key: Key) -> WriteResult:
         conn = self._conn()
         with self._tx(conn):
-            result = self._delete(conn, key)
+            tx = _WriteTx.begin(self, conn)
+            result = self._delete(tx, key)
+            tx.finish()
         return self._committed([result])[0]
 
     def _committed(self, results: list[WriteResult]) -> list[WriteResult]:
@@ -333,7 +391,8 @@ class SqliteStore:
                     self.on_commit(result.record)
         return results
 
-    def _put(self, conn: sqlite3.Connection, resource: Resource, now: str) -> WriteResult:
+    def _put(self, tx: _WriteTx, resource: Resource, now: str) -> WriteResult:
+        conn = tx.conn
         rows = self._rows(conn, resource.key)
         if self.role == "zone":
             if ORIGIN_GLOBAL in rows and ORIGIN_ZONE not in rows:
@@ -345,11 +404,11 @@ class SqliteStore:
         else:
             origin = ORIGIN_GLOBAL
         old = rows.get(origin)
-        if resource.kind is Kind.SECRET and not self._mesh_exists(conn, resource.mesh):
+        if resource.kind is Kind.SECRET and not tx.mesh_exists(resource.mesh):
             raise NotFound(f"mesh {resource.mesh!r} does not exist")
         if old is not None and old.same_content(resource):
             return WriteResult(old, changed=False, record=None)
-        revision = int(self._meta(conn, "head")) + 1 if self.role == "global" else 0
+        revision = tx.head + 1 if self.role == "global" else 0
         stored = resource.with_meta(
             creation_time=old.creation_time if old else now,
             modification_time=now,
@@ -359,15 +418,18 @@ class SqliteStore:
         wire_bytes = None
         if self.role == "global":
             wire_bytes = wire.change_put(revision, stored)
-            record = self._append_log(conn, revision, stored.key, False, wire_bytes)
+            record = tx.append_log(revision, stored.key, False, wire_bytes)
         conn.execute(
             f"INSERT OR REPLACE INTO resources ({_COLS}, wire, sync_gen) "
             "VALUES (?,?,?,?,?,?,?,?,?,?,?,0)",
             (*_row_values(stored, origin), wire_bytes),
         )
+        if stored.kind is Kind.MESH:
+            tx.meshes.add(stored.name)
         return WriteResult(stored, changed=True, record=record, created=old is None)
 
-    def _delete(self, conn: sqlite3.Connection, key: Key) -> WriteResult:
+    def _delete(self, tx: _WriteTx, key: Key) -> WriteResult:
+        conn = tx.conn
         rows = self._rows(conn, key)
         origin = ORIGIN_ZONE if self.role == "zone" else ORIGIN_GLOBAL
         if origin not in rows:
@@ -384,34 +446,16 @@ class SqliteStore:
                 raise Conflict(
                     f"mesh {key.name!r} still holds {total} secret(s): delete them first"
                 )
+            tx.meshes.discard(key.name)
         conn.execute(
             "DELETE FROM resources WHERE kind=? AND mesh=? AND name=? AND origin=?",
             (str(key.kind), key.mesh, key.name, origin),
         )
         record = None
         if self.role == "global":
-            revision = int(self._meta(conn, "head")) + 1
-            record = self._append_log(conn, revision, key, True, wire.change_delete(revision, key))
+            revision = tx.head + 1
+            record = tx.append_log(revision, key, True, wire.change_delete(revision, key))
         return WriteResult(None, changed=True, record=record)
-
-    def _append_log(
-        self, conn: sqlite3.Connection, revision: int, key: Key, deleted: bool, change: bytes
-    ) -> ChangeRecord:
-        chain = next_chain(bytes.fromhex(self._meta(conn, "chain")), change)
-        rec = ChangeRecord(revision, key, deleted, change, chain)
-        conn.execute(
-            "INSERT INTO changelog VALUES (?,?,?,?,?,?,?)",
-            (revision, str(key.kind), key.mesh, key.name, deleted, change, chain),
-        )
-        self._set_meta(conn, "head", revision)
-        self._set_meta(conn, "chain", chain.hex())
-        floor = revision - self.log_size
-        if floor > int(self._meta(conn, "log_floor")):
-            row = conn.execute("SELECT chain FROM changelog WHERE revision=?", (floor,)).fetchone()
-            conn.execute("DELETE FROM changelog WHERE revision <= ?", (floor,))
-            self._set_meta(conn, "log_floor", floor)
-            self._set_meta(conn, "floor_chain", bytes(row[0]).hex() if row else "")
-        return rec
 
     def chain_at(self, revision: int) -> bytes | None:
         """Global's history chain at ``revision``, or None when the log no longer knows it."""
