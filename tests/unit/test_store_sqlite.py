@@ -495,6 +495,30 @@ def test_apply_batch_is_atomic(zstore: SqliteStore) -> None:
     assert zstore.apply_batch(dbatch([inc_put(mk(G2), 2)], 2), GSID, T1).applied_revision == 2
 
 
+def _synchronous(store: SqliteStore) -> int:
+    return int(store._conn().execute("PRAGMA synchronous").fetchone()[0])
+
+
+def test_apply_batch_skips_the_fsync_but_api_writes_keep_it(zstore: SqliteStore) -> None:
+    """A synced batch commits with synchronous=NORMAL (global can resend it); the connection
+    is back to FULL afterwards, also after a failed batch, so zone-local writes stay durable."""
+    seen: list[int] = []
+    plan_rows = zstore._zone_view
+
+    def spy(*args: Any) -> Any:
+        seen.append(_synchronous(zstore))
+        return plan_rows(*args)
+
+    zstore._zone_view = spy  # type: ignore[method-assign]
+    zstore.apply_batch(dbatch([inc_put(mk(G1), 1)], 1), GSID, T0)
+    assert seen == [1]  # NORMAL while the batch applies
+    assert _synchronous(zstore) == 2  # FULL again
+    bad = mk(MESH).with_meta(spec={"mtls": {"x": object()}})
+    with pytest.raises(TypeError):
+        zstore.apply_batch(dbatch([inc_put(bad, 2)], 2), GSID, T1)
+    assert _synchronous(zstore) == 2
+
+
 def test_zone_conflict(zstore: SqliteStore) -> None:
     """A synced put over a zone-local key is a conflict: the local row is served."""
     zstore.put(mk(G1, b"local"), T0)
