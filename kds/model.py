@@ -62,7 +62,9 @@ class Kind(StrEnum):
     GLOBAL_SECRET = "GlobalSecret"
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(
+    frozen=True, order=True, slots=True
+)  # slots: global holds one per resource in a snapshot
 class Key:
     """Identity of a resource: (kind, mesh, name); mesh is empty except for a Secret."""
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kds.model import Key, Kind
 from kds.wire import frame_change
@@ -21,18 +20,23 @@ def next_chain(previous: bytes, change: bytes) -> bytes:
     return hashlib.blake2b(previous + change, digest_size=16).digest()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a snapshot holds one per resource (issue 7)
 class ChangeRecord:
     revision: int
     key: Key
     deleted: bool
     change: bytes  # encoded kds.v1.Change
     chain: bytes = GENESIS_CHAIN  # global's history chain at this revision
+    _framed: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
-    @functools.cached_property
+    @property
     def framed(self) -> bytes:
         """The change framed as a Batch.changes entry, computed once and shared by all zones."""
-        return frame_change(self.change)
+        framed = self._framed
+        if framed is None:
+            framed = frame_change(self.change)
+            object.__setattr__(self, "_framed", framed)
+        return framed
 
 
 def sort_records(records: Sequence[ChangeRecord]) -> list[ChangeRecord]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -498,8 +499,9 @@ class SqliteStore:
             cur = conn.execute(
                 "SELECT version, kind, mesh, name, wire FROM resources WHERE origin='global'"
             )
+            # Mesh names and kinds repeat across resources: share one object for each.
             records = [
-                ChangeRecord(v, Key(Kind(k), m, n), False, bytes(w)) for v, k, m, n, w in cur
+                ChangeRecord(v, Key(Kind(k), sys.intern(m), n), False, w) for v, k, m, n, w in cur
             ]
         return Snapshot(head, self._store_id, sort_records(records), chain)
 
