@@ -17,7 +17,7 @@ import binascii
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
@@ -93,7 +93,14 @@ class Resource:
         return Key(self.kind, self.mesh, self.name)
 
     def with_meta(self, **changes: Any) -> Resource:
-        return replace(self, **changes)
+        # Not dataclasses.replace, which is ~10x slower: global calls this for every resource
+        # it writes, 10,000 times for a 10,000-secret apply (issue 7).
+        unknown = changes.keys() - _RESOURCE_FIELDS
+        if unknown:
+            raise TypeError(f"Resource has no field(s) {sorted(unknown)}")
+        new = object.__new__(Resource)
+        new.__dict__.update(self.__dict__, **changes)  # frozen: fill the instance dict as is
+        return new
 
     def same_content(self, other: Resource) -> bool:
         """True when a write of ``other`` over ``self`` would change nothing a user can see."""
@@ -111,6 +118,9 @@ class Resource:
         )
 
     __str__ = __repr__
+
+
+_RESOURCE_FIELDS = frozenset(f.name for f in fields(Resource))
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import yaml
 from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
-from kds.api import ApiContext, build_app, client_max_size
+from kds.api import ApiContext, _size_bound, build_app, client_max_size, encoded_message_size
 from kds.model import Key, Kind, Limits, Resource
 from kds.protocol.applier import DecodedBatch, Incoming
 from kds.store import AsyncStore, SqliteStore, WriteResult
@@ -619,3 +619,18 @@ async def test_apply_on_a_zone_cannot_touch_synced_copies(make_api: MakeApi) -> 
     status, body = await _apply(zone, [_sec("mine", "default"), _sec("s", "default")])
     assert status == 409 and "items[1]" in body["detail"] and "global" in body["detail"]
     assert zone.store.sync.get(Key(Kind.SECRET, "default", "mine")) is None
+
+
+@pytest.mark.parametrize(
+    "res",
+    [
+        Resource(Kind.SECRET, "s", "default"),
+        Resource(Kind.SECRET, "a" * 253, "m" * 253, data=b"\xff" * 70_000),
+        Resource(Kind.GLOBAL_SECRET, "g", data=b"x", labels={"k" * 63: "v" * 63, "a": ""}),
+        Resource(Kind.MESH, "m", spec={"mtls": {"enabledBackend": "ca-1"}}),
+    ],
+)
+def test_size_bound_is_never_below_the_encoded_size(res: Resource) -> None:
+    """The cheap bound the API checks first never under-counts the real encoded size."""
+    now = "2026-01-01T00:00:00.000Z"
+    assert _size_bound(res, now) >= encoded_message_size(res, now)

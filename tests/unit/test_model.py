@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
 
 import pytest
 import yaml
@@ -795,6 +796,17 @@ def test_same_content_ignores_metadata() -> None:
     assert not a.same_content(a.with_meta(data=b"y"))
     assert not a.same_content(a.with_meta(labels={}))
     assert not a.same_content(a.with_meta(name="h"))
+
+
+def test_with_meta_copies_and_refuses_unknown_fields() -> None:
+    """with_meta returns a new resource with the given fields changed (as dataclasses.replace
+    would) and refuses a field Resource does not have."""
+    a = Resource(Kind.SECRET, "s", "m", data=b"x", labels={"a": "b"}, version=1)
+    b = a.with_meta(version=2, modification_time="t")
+    assert b == replace(a, version=2, modification_time="t") and b is not a
+    assert a.version == 1
+    with pytest.raises(TypeError, match="colour"):
+        a.with_meta(colour="red")
 
 
 def test_key_str() -> None:
