@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import Iterable
 
 from kds.store import ChangeRecord
 
@@ -37,11 +38,15 @@ class Hub:
         self._waiters.discard(ev)
 
     def publish(self, record: ChangeRecord) -> None:
-        """Called after a write committed. Records may arrive out of order; head moves only
-        over a gap-free prefix."""
-        if record.revision <= self.head:
-            return
-        self._pending[record.revision] = record
+        self.publish_all([record])
+
+    def publish_all(self, records: Iterable[ChangeRecord]) -> None:
+        """Called after a transaction committed, with its records. Records may arrive out of
+        order; head moves only over a gap-free prefix. Streams are woken once per call, not
+        once per record (a 10,000-secret apply is one call)."""
+        for record in records:
+            if record.revision > self.head:
+                self._pending[record.revision] = record
         moved = False
         while self.head + 1 in self._pending:
             rec = self._pending.pop(self.head + 1)

@@ -173,10 +173,10 @@ class SqliteStore:
         self.role: Literal["global", "zone"] = role
         self.path = Path(path)
         self.log_size = log_size
-        # Global: called with each ChangeRecord right after its commit, in revision order
-        # (writes are serialized). The daemon hands it to the hub with call_soon_threadsafe,
+        # Global: called with the ChangeRecords of each transaction right after its commit,
+        # in revision order (writes are serialized). The daemon hands it to the hub with call_soon_threadsafe,
         # so no commit can be missed by the zones' fan-out, whatever happens to the request.
-        self.on_commit: Callable[[ChangeRecord], object] | None = None
+        self.on_commit: Callable[[list[ChangeRecord]], object] | None = None
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -386,10 +386,9 @@ class SqliteStore:
 
     def _committed(self, results: list[WriteResult]) -> list[WriteResult]:
         """Runs after the transaction committed, on the writing thread, in commit order."""
-        if self.on_commit is not None:
-            for result in results:
-                if result.record is not None:
-                    self.on_commit(result.record)
+        records = [r.record for r in results if r.record is not None]
+        if self.on_commit is not None and records:
+            self.on_commit(records)  # once per transaction: one wake-up for a whole apply
         return results
 
     def _put(self, tx: _WriteTx, resource: Resource, now: str) -> WriteResult:

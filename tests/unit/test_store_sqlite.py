@@ -808,3 +808,14 @@ def test_page_counts_and_slices_the_effective_view_in_sql(zstore: SqliteStore) -
     ]
     total, rows = zstore.page(Kind.GLOBAL_SECRET, None, offset=1, limit=2)
     assert total == 5 and [r.resource.name for r in rows] == ["g1", "g2"]
+
+
+def test_on_commit_gets_each_transactions_records_once(gstore: SqliteStore) -> None:
+    """Global's commit hook is called once per transaction with its records in revision
+    order, and not at all for a write that changed nothing."""
+    calls: list[list[int]] = []
+    gstore.on_commit = lambda records: calls.append([r.revision for r in records])
+    gstore.put_many([mk(MESH), mk(S1), mk(G1)], T0)
+    gstore.put(mk(G1), T1)  # unchanged
+    gstore.delete(G1)
+    assert calls == [[1, 2, 3], [4]]
