@@ -500,23 +500,29 @@ def _synchronous(store: SqliteStore) -> int:
 
 
 def test_apply_batch_skips_the_fsync_but_api_writes_keep_it(zstore: SqliteStore) -> None:
-    """A synced batch commits with synchronous=NORMAL (global can resend it); the connection
-    is back to FULL afterwards, also after a failed batch, so zone-local writes stay durable."""
+    """A synced batch commits with synchronous=NORMAL (global can resend it); a zone-local
+    write from the API commits with FULL, also when it fails, and the zone is back to NORMAL
+    after it. Global commits everything with FULL."""
     seen: list[int] = []
-    plan_rows = zstore._zone_view
+    rows = zstore._rows
 
     def spy(*args: Any) -> Any:
         seen.append(_synchronous(zstore))
-        return plan_rows(*args)
+        return rows(*args)
 
-    zstore._zone_view = spy  # type: ignore[method-assign]
+    zstore._rows = spy  # type: ignore[method-assign]
     zstore.apply_batch(dbatch([inc_put(mk(G1), 1)], 1), GSID, T0)
-    assert seen == [1]  # NORMAL while the batch applies
-    assert _synchronous(zstore) == 2  # FULL again
-    bad = mk(MESH).with_meta(spec={"mtls": {"x": object()}})
-    with pytest.raises(TypeError):
-        zstore.apply_batch(dbatch([inc_put(bad, 2)], 2), GSID, T1)
-    assert _synchronous(zstore) == 2
+    zstore.put(mk(G2, b"local"), T0)
+    with pytest.raises(NotFound):
+        zstore.delete(Key(Kind.GLOBAL_SECRET, "", "absent"))
+    assert seen == [1, 2, 2]  # NORMAL, FULL, FULL
+    assert _synchronous(zstore) == 1
+
+
+def test_global_commits_with_fsync(gstore: SqliteStore) -> None:
+    """Every write on global is fsynced on commit (synchronous=FULL)."""
+    gstore.put(mk(G1), T0)
+    assert _synchronous(gstore) == 2
 
 
 def test_zone_conflict(zstore: SqliteStore) -> None:
