@@ -293,9 +293,7 @@ class SyncServicer:
                 continue
             if isinstance(action, SendSnapshot):
                 snap = await self._snapshot()
-                sent = await self._send_parts(
-                    context, session, snap.changes, 0, snap.revision, True, snap.chain
-                )
+                sent = await self._send_snapshot(context, session, snap)
                 log.info(
                     "snapshot sent",
                     revision=snap.revision,
@@ -380,14 +378,34 @@ class SyncServicer:
                 snapshot=snapshot,
                 final=part.final,
                 head_revision=self.hub.head,
-                # Range records are shared through the hub's cache, so their framing is kept;
-                # a snapshot's is made per part and dropped, not held for the whole snapshot.
-                framed_changes=[
-                    wire.frame_change(r.change) if snapshot else r.framed for r in part.records
-                ],
+                # Range records are shared through the hub's cache, framing included.
+                framed_changes=[r.framed for r in part.records],
                 chain=chain if part.final else b"",
             )
             session.on_sent(seq, revision, part.final)
+            await context.write(data)
+            total += len(data)
+        return total
+
+    async def _send_snapshot(
+        self, context: grpc.aio.ServicerContext, session: GlobalSession, snap: Snapshot
+    ) -> int:
+        """Write the snapshot's parts, each a slice of its one shared buffer of framed changes
+        (no per-resource objects, no per-stream copy but the message being written)."""
+        total = 0
+        for body, final in snap.changes.parts(self.max_message_bytes):
+            seq = session.next_seq()
+            data = wire.assemble_batch(
+                seq=seq,
+                from_revision=0,
+                revision=snap.revision,
+                snapshot=True,
+                final=final,
+                head_revision=self.hub.head,
+                framed_changes=[body],
+                chain=snap.chain if final else b"",
+            )
+            session.on_sent(seq, snap.revision, final)
             await context.write(data)
             total += len(data)
         return total

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from kds.model import Key, Kind, Resource
+from kds.wire import PackedChanges
 
 if TYPE_CHECKING:
     from kds.protocol.applier import DecodedBatch
@@ -66,7 +67,7 @@ class WriteResult:
 class Snapshot:
     revision: int
     store_id: str
-    changes: list[ChangeRecord]  # one put per resource, in sync order
+    changes: PackedChanges  # one put per resource, in sync order, framed in one buffer
     chain: bytes = b""  # the history chain at ``revision``
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -35,7 +34,6 @@ from kds.store.base import (
     SyncState,
     WriteResult,
     ZoneApplyResult,
-    sort_records,
 )
 
 __all__ = ["DEFAULT_LOG_SIZE", "SqliteStore"]
@@ -508,18 +506,18 @@ class SqliteStore:
         ]
 
     def snapshot(self) -> Snapshot:
+        """Every resource as a put, in sync order (Meshes first, then by revision), packed
+        into one buffer: the snapshot global shares among the zones that need one."""
         conn = self._conn()
+        changes = wire.PackedChanges()
         with self._tx(conn, "DEFERRED"):
             head = int(self._meta(conn, "head"))
             chain = bytes.fromhex(self._meta(conn, "chain"))
-            cur = conn.execute(
-                "SELECT version, kind, mesh, name, wire FROM resources WHERE origin='global'"
-            )
-            # Mesh names and kinds repeat across resources: share one object for each.
-            records = [
-                ChangeRecord(v, Key(Kind(k), sys.intern(m), n), False, w) for v, k, m, n, w in cur
-            ]
-        return Snapshot(head, self._store_id, sort_records(records), chain)
+            for (change,) in conn.execute(
+                "SELECT wire FROM resources WHERE origin='global' ORDER BY kind <> 'Mesh', version"
+            ):
+                changes.append(change)
+        return Snapshot(head, self._store_id, changes, chain)
 
     # ------------------------------------------------------------------ zone sync writes
 

@@ -7,6 +7,7 @@ import pytest
 from kds._pb import sync_pb2 as pb
 from kds.model import Key, Kind, Resource
 from kds.wire import (
+    BATCH_OVERHEAD,
     KIND_TO_PB,
     PB_TO_KIND,
     assemble_batch,
@@ -239,3 +240,27 @@ def test_assembled_size_matches_framed_sizes() -> None:
     )
     body = sum(framed_size(len(c)) for c in encoded)
     assert body < len(raw) <= body + BATCH_OVERHEAD
+
+
+def test_packed_changes_split_as_pack_does() -> None:
+    """PackedChanges.parts cuts the same parts as batching.pack over the same changes, every
+    part fits the limit, and the parts hold every change once, in order."""
+    from kds.protocol.batching import pack
+    from kds.protocol.records import ChangeRecord
+    from kds.wire import PackedChanges
+
+    changes = [change_put(i + 1, RESOURCES[i % len(RESOURCES)]) for i in range(300)]
+    packed = PackedChanges()
+    for c in changes:
+        packed.append(c)
+    assert len(packed) == 300 and list(packed) == changes
+    records = [ChangeRecord(i + 1, RESOURCES[0].key, False, c) for i, c in enumerate(changes)]
+    for limit in (200, 1000, 4096, 1 << 20):
+        parts = list(packed.parts(limit))
+        expected = list(pack(records, limit))
+        assert [final for _, final in parts] == [p.final for p in expected]
+        for (body, _), part in zip(parts, expected, strict=True):
+            assert bytes(body) == b"".join(r.framed for r in part.records)
+            assert len(body) + BATCH_OVERHEAD <= limit or len(part.records) == 1
+    empty = list(PackedChanges().parts(1000))
+    assert [(bytes(b), f) for b, f in empty] == [(b"", True)]
