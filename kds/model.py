@@ -92,6 +92,36 @@ class Resource:
     def key(self) -> Key:
         return Key(self.kind, self.mesh, self.name)
 
+    @classmethod
+    def of(
+        cls,
+        kind: Kind,
+        name: str,
+        mesh: str,
+        data: bytes,
+        labels: Mapping[str, str],
+        spec: Mapping[str, Any],
+        creation_time: str,
+        modification_time: str,
+        version: int,
+    ) -> Resource:
+        """Every field given, no defaults: what decoders that build many resources at once use
+        (a zone decoding 10,000 changes, the store reading rows). About 3x cheaper than the
+        frozen dataclass __init__, which sets each field through object.__setattr__."""
+        r = object.__new__(cls)
+        r.__dict__.update(
+            kind=kind,
+            name=name,
+            mesh=mesh,
+            data=data,
+            labels=labels,
+            spec=spec,
+            creation_time=creation_time,
+            modification_time=modification_time,
+            version=version,
+        )
+        return r
+
     def with_meta(self, **changes: Any) -> Resource:
         # Not dataclasses.replace, which is ~10x slower: global calls this for every resource
         # it writes, 10,000 times for a 10,000-secret apply (issue 7).

@@ -58,12 +58,12 @@ def resource_to_pb(r: Resource) -> pb.Resource:
 
 def resource_from_pb(m: pb.Resource) -> Resource:
     """Raise KeyError for a kind this version does not know."""
-    return Resource(
+    return Resource.of(
         kind=PB_TO_KIND[m.kind],
         mesh=m.mesh,
         name=m.name,
         data=m.data,
-        labels=dict(m.labels),
+        labels=dict(m.labels) if m.labels else {},
         spec=json.loads(m.spec) if m.spec else {},
         creation_time=m.creation_time,
         modification_time=m.modification_time,

@@ -73,7 +73,7 @@ _COLS = "kind, mesh, name, origin, data, labels, spec, creation_time, modificati
 
 
 def _row_to_resource(r: sqlite3.Row | tuple[Any, ...]) -> Resource:
-    return Resource(
+    return Resource.of(
         kind=Kind(r[0]),
         mesh=r[1],
         name=r[2],

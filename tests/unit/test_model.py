@@ -889,3 +889,23 @@ def test_universal_kuma_mesh_label_must_agree_with_mesh() -> None:
     with pytest.raises(InvalidResource) as e:
         from_document({"type": "Mesh", "name": "m", "labels": {"kuma.io/mesh": "m"}})
     assert fields_of(e) == {"labels[kuma.io/mesh]"}
+
+
+def test_of_builds_the_same_resource_as_the_constructor() -> None:
+    """Resource.of (the decoders' fast path) gives a resource equal to the normal one,
+    still frozen."""
+    args = dict(
+        kind=Kind.SECRET,
+        name="s",
+        mesh="m",
+        data=b"x",
+        labels={"a": "b"},
+        spec={},
+        creation_time="t",
+        modification_time="u",
+        version=3,
+    )
+    fast = Resource.of(**args)  # type: ignore[arg-type]
+    assert fast == Resource(**args) and hash(fast.key) == hash(Resource(**args).key)  # type: ignore[arg-type]
+    with pytest.raises(AttributeError):
+        fast.name = "t"  # type: ignore[misc]
