@@ -369,7 +369,7 @@ class SyncServicer:
     ) -> int:
         """Write the records as one or more batches; return the bytes written."""
         total = 0
-        for part in pack(records, self.max_message_bytes):
+        for part in pack(records, min(self.max_message_bytes, wire.PART_BYTES)):
             seq = session.next_seq()
             data = wire.assemble_batch(
                 seq=seq,
@@ -393,7 +393,7 @@ class SyncServicer:
         """Write the snapshot's parts, each a slice of its one shared buffer of framed changes
         (no per-resource objects, no per-stream copy but the message being written)."""
         total = 0
-        for body, final in snap.changes.parts(self.max_message_bytes):
+        for body, final in snap.changes.parts(min(self.max_message_bytes, wire.PART_BYTES)):
             seq = session.next_seq()
             data = wire.assemble_batch(
                 seq=seq,
