@@ -73,6 +73,30 @@ def peak_rss_mb(pid: int) -> float:
     return proc_status_kib(pid, "VmHWM") / 1024
 
 
+class RssSampler:
+    """Samples a process's resident memory every ``every`` seconds on a thread; ``peak`` is
+    the highest (MB) seen while the ``with`` block ran."""
+
+    def __init__(self, pid: int, every: float = 0.1):
+        self.pid, self.every, self.peak = pid, every, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(OSError, RuntimeError):
+                self.peak = max(self.peak, rss_mb(self.pid))
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def dir_size_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6
 

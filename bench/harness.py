@@ -50,6 +50,7 @@ from bench.common import (
     ROOT,
     CountingProxy,
     Fleet,
+    RssSampler,
     dir_size_mb,
     free_port,
     peak_rss_mb,
@@ -332,7 +333,7 @@ def bulk_etcd(watchers: int, n: int, procs: int, keep: bool) -> dict:
 
 
 def resume_and_footprint(
-    total: int, idle_zones: int, extra_zones: int, procs: int, keep: bool
+    total: int, idle_zones: int, extra_zones: int, storm_zones: int, procs: int, keep: bool
 ) -> tuple[dict, dict]:
     """Scenario 3, then scenario 4 on the same global (it already holds the secrets)."""
     with _workdir("resume", keep) as work:
@@ -406,6 +407,17 @@ def resume_and_footprint(
             time.sleep(5)
             rss_more = rss_mb(pid)
             more.stop()
+            fleet.stop()
+            fleet = None
+            # Snapshot storm: new zones (empty stores) all needing the whole store at once,
+            # as after a global's store is replaced; global's RSS sampled throughout.
+            with RssSampler(pid) as sampler:
+                t0 = time.time()
+                fleet = _zones(g, work, storm_zones, procs, prefix="new-", data=work / "storm")
+                fleet.wait_revision(g.head(), 3600)
+                storm_s = max(fleet.first_at(m, g.head()) for m in range(storm_zones)) - t0
+            fleet.stop()
+            fleet = None
             foot.update(
                 {
                     "idle_zones": idle_zones,
@@ -413,6 +425,9 @@ def resume_and_footprint(
                     "extra_zones": extra_zones,
                     "global_rss_mb_more_zones": _mb(rss_more),
                     "per_zone_kb": round((rss_more - rss_idle) * 1024 / extra_zones, 1),
+                    "storm_zones": storm_zones,
+                    "storm_s": round(storm_s, 1),
+                    "global_rss_mb_storm_peak": _mb(sampler.peak),
                     "global_peak_rss_mb": _mb(peak_rss_mb(pid)),
                     "global_store_mb": round(dir_size_mb(g.dir), 1),
                     "zone_store_mb": round(dir_size_mb(work / "zones" / "z0"), 1),
@@ -442,6 +457,7 @@ PLANS = {
         "resume_total": 100_000,
         "idle_zones": 100,
         "extra_zones": 10,
+        "storm_zones": 100,
         "repeats": 3,
     },
     "quick": {
@@ -452,6 +468,7 @@ PLANS = {
         "resume_total": 2_000,
         "idle_zones": 3,
         "extra_zones": 2,
+        "storm_zones": 3,
         "repeats": 1,
     },
 }
@@ -503,7 +520,12 @@ def run(plan: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         _log(f"resume and footprint: {plan['resume_total']} secrets, {plan['idle_zones']} zones")
         p = _procs(plan["idle_zones"], args.procs)
         resume, foot = resume_and_footprint(
-            plan["resume_total"], plan["idle_zones"], plan["extra_zones"], p, args.keep
+            plan["resume_total"],
+            plan["idle_zones"],
+            plan["extra_zones"],
+            plan["storm_zones"],
+            p,
+            args.keep,
         )
         results["resume"] = resume
         results["footprint"] = foot

@@ -48,6 +48,9 @@ def test_quick_harness_run_writes_results_for_every_scenario(tmp_path: Path) -> 
     foot = res["footprint"]
     assert foot["idle_zones"] == res["plan"]["idle_zones"]
     assert foot["global_rss_mb_idle_zones"] > 0 and foot["zone_store_mb"] > 0
+    assert (
+        foot["storm_zones"] == res["plan"]["storm_zones"] and foot["global_rss_mb_storm_peak"] > 0
+    )
     md = (tmp_path / "benchmarks.md").read_text()
     for heading in ("## Targets", "## 1 and 5.", "## 2 and 5.", "## 3. Resume", "## 4. Footprint"):
         assert heading in md
