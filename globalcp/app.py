@@ -10,14 +10,18 @@ import structlog
 from aiohttp import web
 
 from globalcp.hub import Hub
+from globalcp.metrics import GlobalMetrics
 from globalcp.servicer import SyncServicer
+from globalcp.status_api import zone_routes
+from globalcp.zones import ZoneTracker
 from kds.api import ApiContext, serve_api
 from kds.clock import rfc3339
 from kds.config import GlobalConfig
 from kds.errors import ConfigError
 from kds.grpc_options import server_options
 from kds.model import Key, Kind, Limits, Resource
-from kds.runtime import ensure_private_dir
+from kds.observe import health_routes, metrics_route
+from kds.runtime import Guard, ensure_private_dir
 from kds.store import AsyncStore, SqliteStore
 from kds.version import __version__
 
@@ -40,9 +44,15 @@ async def run_global(cfg: GlobalConfig, stop: asyncio.Event) -> int:
     loop = asyncio.get_running_loop()
     sync_store.on_commit = lambda record: loop.call_soon_threadsafe(hub.publish, record)
     instance_id = f"global-{uuid.uuid4().hex[:8]}"
+    metrics = GlobalMetrics()
+    tracker = ZoneTracker(store, hub, observe_latency=metrics.observe_propagation)
+    await tracker.load()
+    guard = Guard(stop)
+    guard.start("zone-status-flusher", tracker.run_flusher())
     servicer = SyncServicer(
         store,
         hub,
+        tracker,
         instance_id=instance_id,
         software_version=__version__,
         max_unacked=cfg.max_unacked,
@@ -61,9 +71,26 @@ async def run_global(cfg: GlobalConfig, stop: asyncio.Event) -> int:
     if bound == 0:
         raise ConfigError(f"--kds-address {host}:{port}: cannot listen there (in use or invalid)")
     await server.start()
+    serving = True
     runner: web.AppRunner | None = None
+
+    def ready() -> tuple[bool, dict[str, object]]:
+        # The store is open and the sync port listens for as long as ``serving`` holds.
+        return serving, {"revision": hub.head, "zonesConnected": len(servicer.links)}
+
+    def alive() -> tuple[bool, dict[str, object]]:
+        return guard.failed is None, {}
+
+    async def before_scrape() -> None:
+        metrics.update(hub.head, await tracker.views())
+
+    extra = [
+        *zone_routes(tracker),
+        *health_routes(alive, ready),
+        metrics_route(metrics.registry, before_scrape),
+    ]
     try:
-        runner = await _start_api(cfg, store)
+        runner = await _start_api(cfg, store, extra)
         log.info(
             "global started",
             version=__version__,
@@ -76,8 +103,11 @@ async def run_global(cfg: GlobalConfig, stop: asyncio.Event) -> int:
         )
         await stop.wait()
     finally:
+        serving = False
         servicer.stop()
         await server.stop(grace=2)
+        await guard.cancel_all()
+        await tracker.flush()  # the disconnects of the streams just ended
         if runner is not None:
             await runner.cleanup()
         store.close()
@@ -85,7 +115,9 @@ async def run_global(cfg: GlobalConfig, stop: asyncio.Event) -> int:
     return 0
 
 
-async def _start_api(cfg: GlobalConfig, store: AsyncStore) -> web.AppRunner:
+async def _start_api(
+    cfg: GlobalConfig, store: AsyncStore, extra_routes: list[web.RouteDef]
+) -> web.AppRunner:
     ctx = ApiContext(
         store=store,
         role="global",
@@ -93,4 +125,4 @@ async def _start_api(cfg: GlobalConfig, store: AsyncStore) -> web.AppRunner:
         max_message_bytes=cfg.max_message_bytes,
         now=rfc3339,
     )
-    return await serve_api(ctx, cfg.api_address)
+    return await serve_api(ctx, cfg.api_address, extra_routes)

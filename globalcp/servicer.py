@@ -15,13 +15,14 @@ import asyncio
 import contextlib
 import uuid
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import structlog
 
 from globalcp.hub import Hub
+from globalcp.zones import ZoneHandle, ZoneTracker
 from kds import wire
 from kds._pb import sync_pb2 as pb
 from kds.clock import rfc3339
@@ -40,17 +41,14 @@ log = structlog.get_logger("globalcp.sync")
 
 @dataclass
 class ZoneLink:
-    """What global knows of one zone's live stream (a later issue persists this)."""
+    """One zone's live stream; its status is kept by globalcp.zones through ``status``."""
 
     zone: str
     instance_id: str
     stream_id: str
-    software_version: str
-    store_backend: str
     connected_at: str
     session: GlobalSession
-    conflicts: list[str] = field(default_factory=list)
-    rejected: int = 0
+    status: ZoneHandle
     task: asyncio.Task[Any] | None = None
 
 
@@ -59,6 +57,7 @@ class SyncServicer:
         self,
         store: AsyncStore,
         hub: Hub,
+        tracker: ZoneTracker,
         *,
         instance_id: str,
         software_version: str,
@@ -68,6 +67,7 @@ class SyncServicer:
     ):
         self.store = store
         self.hub = hub
+        self.tracker = tracker
         self.instance_id = instance_id
         self.software_version = software_version
         self.max_unacked = max_unacked
@@ -140,18 +140,9 @@ class SyncServicer:
             mode = session.on_hello(hello, self.hub.head, self.hub.log_floor, chain_at_revision)
         except ProtocolError as e:
             log.warning("zone refused", reason=str(e), instance=h.instance_id)
+            self.tracker.refused(h.zone, f"refused instance {h.instance_id}: {e}")
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
             return
-        link = ZoneLink(
-            zone=h.zone,
-            instance_id=h.instance_id,
-            stream_id=stream_id,
-            software_version=h.software_version,
-            store_backend=h.store_backend,
-            connected_at=rfc3339(),
-            session=session,
-            task=asyncio.current_task(),
-        )
         old = self.links.get(h.zone)
         if old is not None and old.instance_id != h.instance_id:
             # Another live process claims this zone: refuse it rather than let two instances
@@ -163,11 +154,12 @@ class SyncServicer:
                 connected_instance=old.instance_id,
                 connected_since=old.connected_at,
             )
-            await context.abort(
-                grpc.StatusCode.ALREADY_EXISTS,
+            message = (
                 f"zone {h.zone!r} is already connected from instance {old.instance_id} "
-                f"(since {old.connected_at}); one zone name, one live stream",
+                f"(since {old.connected_at}); one zone name, one live stream"
             )
+            self.tracker.refused(h.zone, f"refused instance {h.instance_id}: {message}")
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, message)
             return
         if old is not None and old.task is not None:
             # The same process dialled again before global noticed its old stream had died.
@@ -175,6 +167,23 @@ class SyncServicer:
                 "zone reconnected: the new stream replaces the old one", old_stream=old.stream_id
             )
             old.task.cancel()
+        link = ZoneLink(
+            zone=h.zone,
+            instance_id=h.instance_id,
+            stream_id=stream_id,
+            connected_at=rfc3339(),
+            session=session,
+            status=self.tracker.connected(
+                h.zone,
+                stream_id=stream_id,
+                instance_id=h.instance_id,
+                zone_version=h.software_version,
+                protocol_version=h.protocol_version,
+                store_backend=h.store_backend,
+                resumed_revision=h.resume.revision if mode is Mode.RESUME else None,
+            ),
+            task=asyncio.current_task(),
+        )
         self.links[h.zone] = link
         log.info(
             "zone connected",
@@ -216,6 +225,7 @@ class SyncServicer:
                 if isinstance(exc, ProtocolError):
                     reason = f"protocol error: {exc}"
                     log.warning("zone broke the protocol", reason=str(exc))
+                    link.status.error(reason)
                     await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
                 elif exc is not None:
                     reason = f"{type(exc).__name__}"
@@ -230,6 +240,7 @@ class SyncServicer:
             self.hub.unsubscribe(wake)
             if self.links.get(h.zone) is link:
                 del self.links[h.zone]
+            link.status.disconnected(reason)
             log.info(
                 "zone disconnected",
                 reason=reason,
@@ -241,28 +252,36 @@ class SyncServicer:
         self, context: grpc.aio.ServicerContext, link: ZoneLink, wake: asyncio.Event
     ) -> None:
         session = link.session
+        status = link.status
         while True:
             msg = await context.read()
             if msg is grpc.aio.EOF:
                 return
+            status.message_received()
             kind = msg.WhichOneof("msg")
             if kind == "ack":
                 done = session.on_ack(Ack(msg.ack.seq, msg.ack.applied_revision))
                 for rej in msg.ack.rejected:
-                    link.rejected += 1
+                    label = _key_label(rej.key)
                     log.warning(
                         "zone rejected a resource",
-                        key=_key_label(rej.key),
+                        key=label,
                         reason=rej.reason,
                         revision=done.revision,
                     )
+                    status.rejected(wire.PB_TO_KIND.get(rej.key.kind), label, rej.reason)
+                status.batch_acked(
+                    done.seq,
+                    done.revision if done.final else None,
+                    self.hub.commit_time(done.revision) if done.final else None,
+                )
                 wake.set()
             elif kind == "status":
-                before = link.conflicts
-                link.conflicts = [_key_label(k) for k in msg.status.conflicts]
+                conflicts = [_key_label(k) for k in msg.status.conflicts]
                 # Every stream starts with a report; an empty one that changes nothing is noise.
-                report = log.info if (link.conflicts or before) else log.debug
-                report("zone reported conflicts", conflicts=link.conflicts)
+                report = log.info if conflicts or status.conflict_count else log.debug
+                report("zone reported conflicts", conflicts=conflicts)
+                status.conflicts(conflicts)
             else:
                 raise ProtocolError(f"unexpected {kind} after hello")
 
@@ -294,7 +313,7 @@ class SyncServicer:
             if isinstance(action, SendSnapshot):
                 snap = await self._snapshot()
                 sent = await self._send_parts(
-                    context, session, snap.changes, 0, snap.revision, True, snap.chain
+                    context, link, snap.changes, 0, snap.revision, True, snap.chain
                 )
                 log.info(
                     "snapshot sent",
@@ -312,7 +331,7 @@ class SyncServicer:
                 changes = coalesce(records)
                 sent = await self._send_parts(
                     context,
-                    session,
+                    link,
                     changes,
                     action.from_revision,
                     action.to_revision,
@@ -362,7 +381,7 @@ class SyncServicer:
     async def _send_parts(
         self,
         context: grpc.aio.ServicerContext,
-        session: GlobalSession,
+        link: ZoneLink,
         records: list[Any],
         from_revision: int,
         revision: int,
@@ -371,6 +390,7 @@ class SyncServicer:
     ) -> int:
         """Write the records as one or more batches; return the bytes written."""
         total = 0
+        session = link.session
         for part in pack(records, self.max_message_bytes):
             seq = session.next_seq()
             data = wire.assemble_batch(
@@ -388,6 +408,7 @@ class SyncServicer:
                 chain=chain if part.final else b"",
             )
             session.on_sent(seq, revision, part.final)
+            link.status.batch_sent(seq, (r.key.kind for r in part.records))
             await context.write(data)
             total += len(data)
         return total

@@ -555,9 +555,11 @@ def build_app(ctx: ApiContext, extra_routes: list[web.RouteDef] | None = None) -
     return app
 
 
-async def serve_api(ctx: ApiContext, address: tuple[str, int]) -> web.AppRunner:
+async def serve_api(
+    ctx: ApiContext, address: tuple[str, int], extra_routes: list[web.RouteDef] | None = None
+) -> web.AppRunner:
     """Start the API on ``address``; a port that cannot be bound is a ConfigError naming it."""
-    runner = web.AppRunner(build_app(ctx), access_log=None)
+    runner = web.AppRunner(build_app(ctx, extra_routes), access_log=None)
     await runner.setup()
     host, port = address
     try:

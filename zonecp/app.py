@@ -11,10 +11,12 @@ from kds.clock import rfc3339
 from kds.config import ZoneConfig
 from kds.errors import ConfigError
 from kds.model import Limits
+from kds.observe import health_routes, metrics_route
 from kds.runtime import Guard, ensure_private_dir
 from kds.store import AsyncStore, SqliteStore, WriteResult
 from kds.version import __version__
 from zonecp.client import ZoneClient
+from zonecp.status import ZoneMetrics, status_route
 
 __all__ = ["run_zone"]
 
@@ -52,7 +54,33 @@ async def run_zone(cfg: ZoneConfig, stop: asyncio.Event) -> int:
         now=rfc3339,
         on_write=on_write,
     )
-    runner = await serve_api(ctx, cfg.api_address)
+    metrics = ZoneMetrics(client.status, store)
+
+    def alive() -> tuple[bool, dict[str, object]]:
+        # The sync client runs as a guarded task; if it died the zone can no longer sync.
+        return guard.failed is None, {"connected": client.status.connected}
+
+    def ready() -> tuple[bool, dict[str, object]]:
+        st = client.status
+        details: dict[str, object] = {
+            "connected": st.connected,
+            "appliedRevision": st.applied_revision,
+            "globalRevision": st.global_head,
+        }
+        if not st.ready:
+            details["reason"] = (
+                "not caught up with global yet"
+                if st.connected
+                else "has not connected to global and caught up since it started"
+            )
+        return st.ready, details
+
+    extra = [
+        status_route(cfg.zone, client, store),
+        *health_routes(alive, ready),
+        metrics_route(metrics.registry, metrics.before_scrape),
+    ]
+    runner = await serve_api(ctx, cfg.api_address, extra)
     state = store.sync.sync_state()
     log.info(
         "zone started",

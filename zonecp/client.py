@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,16 +49,33 @@ class StreamEnded(Exception):
 
 @dataclass
 class ZoneSyncStatus:
-    """The zone's own view of its sync (a later issue serves it on the API)."""
+    """The zone's own view of its sync, served by zonecp.status (times: wall-clock seconds)."""
 
+    global_address: str = ""
     connected: bool = False
+    # Ready once connected and caught up with global at least once since this process
+    # started; it stays ready while global is away (the zone serves its last state).
+    ready: bool = False
     global_instance_id: str = ""
-    global_head: int = 0
+    global_store_id: str = ""
+    connected_since: float = 0.0
+    disconnected_at: float = 0.0
+    last_message_at: float = 0.0
+    global_head: int = 0  # global's revision as last heard
     applied_revision: int = 0
-    applied_at: str = ""
+    applied_at: str = ""  # when the last complete range or snapshot was applied
     last_error: str = ""
-    attempts: int = 0
+    last_error_at: float = 0.0
+    attempts: int = 0  # failed dial attempts in a row
+    connections: int = 0  # streams welcomed since start
+    batches_applied: int = 0
+    applied: Counter[str] = field(default_factory=Counter)  # resource changes, by type
+    rejected: Counter[str] = field(default_factory=Counter)
     conflicts: list[Key] = field(default_factory=list)
+
+    def error(self, message: str) -> None:
+        self.last_error = message
+        self.last_error_at = time.time()
 
 
 def decode_batch(b: pb.Batch) -> tuple[DecodedBatch, list[pb.Rejection]]:
@@ -121,7 +140,7 @@ class ZoneClient:
         self.keepalive = (keepalive_interval, keepalive_timeout)
         self.reconnect_max_delay = reconnect_max_delay
         self.instance_id = f"{zone}-{uuid.uuid4().hex[:8]}"
-        self.status = ZoneSyncStatus()
+        self.status = ZoneSyncStatus(global_address=global_address)
         self._write_lock = asyncio.Lock()
         self._status_dirty = asyncio.Event()
 
@@ -170,7 +189,7 @@ class ZoneClient:
         exc = state.outcome.exception() if state.outcome else None
         delay = state.next_action.sleep if state.next_action else 0.0
         self.status.attempts = state.attempt_number
-        self.status.last_error = _describe(exc)
+        self.status.error(_describe(exc))
         expected = isinstance(exc, StreamEnded | grpc.aio.AioRpcError | ProtocolError | OSError)
         log.warning(
             "cannot sync with global: retrying",
@@ -201,6 +220,7 @@ class ZoneClient:
                 stopper.cancel()
                 if self.status.connected:
                     log.info("disconnected from global")
+                    self.status.disconnected_at = time.time()
                 self.status.connected = False
                 call.cancel()
 
@@ -232,11 +252,17 @@ class ZoneClient:
         global_store_id = w.global_store_id
         # Watchdog: global promises a message at least every heartbeat interval.
         silence = 3 * w.heartbeat_interval_ms / 1000 if w.heartbeat_interval_ms else None
-        self.status.connected = True
-        self.status.global_instance_id = w.global_instance_id
-        self.status.global_head = w.head_revision
-        self.status.applied_revision = state.applied_revision
-        self.status.last_error = ""
+        st = self.status
+        st.connected = True
+        st.connections += 1
+        st.attempts = 0
+        st.connected_since = st.last_message_at = time.time()
+        st.global_instance_id = w.global_instance_id
+        st.global_store_id = global_store_id
+        st.global_head = w.head_revision
+        st.applied_revision = state.applied_revision
+        if w.mode == pb.Welcome.RESUME and state.applied_revision >= w.head_revision:
+            st.ready = True
         log.info(
             "connected to global",
             global_instance=w.global_instance_id,
@@ -251,6 +277,7 @@ class ZoneClient:
                 msg = await self._read(call, stopper, silence)
                 if msg is None:
                     return True
+                self.status.last_message_at = time.time()
                 kind = msg.WhichOneof("msg")
                 if kind == "batch":
                     await self._apply(call, msg.batch, global_store_id)
@@ -259,7 +286,7 @@ class ZoneClient:
                 else:
                     raise ProtocolError(f"unexpected {kind} from global")
         except (StreamEnded, grpc.aio.AioRpcError, asyncio.InvalidStateError) as e:
-            self.status.last_error = _describe(e) if not isinstance(e, StreamEnded) else str(e)
+            self.status.error(_describe(e) if not isinstance(e, StreamEnded) else str(e))
             log.warning("sync stream ended", error=self.status.last_error)
             return True
         finally:
@@ -313,10 +340,24 @@ class ZoneClient:
             )
         if result.removed_stale:
             log.info("removed synced copies global no longer has", count=result.removed_stale)
-        self.status.applied_revision = result.applied_revision
-        self.status.global_head = max(self.status.global_head, b.head_revision)
+        st = self.status
+        st.applied_revision = result.applied_revision
+        st.global_head = max(st.global_head, b.head_revision)
+        st.batches_applied += 1
+        refused = {k for k, _ in result.rejected}
+        st.applied.update(
+            str(c.key.kind) for c in batch.changes if c.key is not None and c.key not in refused
+        )
+        st.rejected.update(str(k.kind) for k, _ in result.rejected)
+        st.rejected.update(
+            str(wire.PB_TO_KIND.get(r.key.kind, f"kind-{r.key.kind}")) for r in undecodable
+        )
+        if result.rejected or undecodable:
+            st.error(f"rejected {len(result.rejected) + len(undecodable)} synced resource(s)")
         if b.final:
-            self.status.applied_at = rfc3339()
+            st.applied_at = rfc3339()
+            if st.applied_revision >= st.global_head:
+                st.ready = True
         log.debug(
             "applied batch",
             seq=b.seq,

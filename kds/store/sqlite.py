@@ -14,6 +14,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -66,7 +67,12 @@ CREATE TABLE IF NOT EXISTS changelog (
     name TEXT NOT NULL,
     deleted INTEGER NOT NULL,
     change BLOB NOT NULL,
-    chain BLOB NOT NULL              -- history chain at this revision (kds.protocol.records)
+    chain BLOB NOT NULL,             -- history chain at this revision (kds.protocol.records)
+    committed_at REAL NOT NULL DEFAULT 0  -- wall-clock seconds (for zone lag in seconds)
+);
+CREATE TABLE IF NOT EXISTS zone_status (  -- global: each zone's sync status (globalcp.zones)
+    name TEXT PRIMARY KEY,
+    status TEXT NOT NULL                -- JSON
 );
 """
 
@@ -142,6 +148,9 @@ class SqliteStore:
         if fresh:
             os.chmod(self.path, 0o600)
         conn.executescript(_SCHEMA)
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(changelog)")}
+        if "committed_at" not in columns:  # a store made before commit times were kept
+            conn.execute("ALTER TABLE changelog ADD COLUMN committed_at REAL NOT NULL DEFAULT 0")
         with self._tx(conn):
             row = conn.execute("SELECT value FROM meta WHERE key='role'").fetchone()
             if row is None:
@@ -398,10 +407,10 @@ class SqliteStore:
         self, conn: sqlite3.Connection, revision: int, key: Key, deleted: bool, change: bytes
     ) -> ChangeRecord:
         chain = next_chain(bytes.fromhex(self._meta(conn, "chain")), change)
-        rec = ChangeRecord(revision, key, deleted, change, chain)
+        rec = ChangeRecord(revision, key, deleted, change, chain, time.time())
         conn.execute(
-            "INSERT INTO changelog VALUES (?,?,?,?,?,?,?)",
-            (revision, str(key.kind), key.mesh, key.name, deleted, change, chain),
+            "INSERT INTO changelog VALUES (?,?,?,?,?,?,?,?)",
+            (revision, str(key.kind), key.mesh, key.name, deleted, change, chain, rec.committed_at),
         )
         self._set_meta(conn, "head", revision)
         self._set_meta(conn, "chain", chain.hex())
@@ -437,14 +446,45 @@ class SqliteStore:
 
     def changes_after(self, revision: int, upto: int) -> list[ChangeRecord]:
         cur = self._conn().execute(
-            "SELECT revision, kind, mesh, name, deleted, change, chain FROM changelog "
-            "WHERE revision > ? AND revision <= ? ORDER BY revision",
+            "SELECT revision, kind, mesh, name, deleted, change, chain, committed_at "
+            "FROM changelog WHERE revision > ? AND revision <= ? ORDER BY revision",
             (revision, upto),
         )
         return [
-            ChangeRecord(rev, Key(Kind(k), m, n), bool(d), bytes(c), bytes(ch))
-            for rev, k, m, n, d, c, ch in cur
+            ChangeRecord(rev, Key(Kind(k), m, n), bool(d), bytes(c), bytes(ch), at)
+            for rev, k, m, n, d, c, ch, at in cur
         ]
+
+    def commit_time(self, revision: int) -> float | None:
+        """When ``revision`` was committed (wall-clock seconds); for a revision the log no
+        longer holds, the oldest time it still knows (a lower bound of how long ago it was).
+        None when the log knows no time at or after it."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT committed_at FROM changelog WHERE revision >= ? AND committed_at > 0 "
+                "ORDER BY revision LIMIT 1",
+                (revision,),
+            )
+            .fetchone()
+        )
+        return float(row[0]) if row else None
+
+    # ------------------------------------------------------------------ global: zone status
+
+    def zone_statuses(self) -> dict[str, str]:
+        """Every zone's last saved status (JSON text), by zone name."""
+        return dict(self._conn().execute("SELECT name, status FROM zone_status ORDER BY name"))
+
+    def save_zone_statuses(self, statuses: dict[str, str]) -> None:
+        """Save the given zones' statuses (JSON text) in one transaction."""
+        conn = self._conn()
+        with self._tx(conn):
+            conn.executemany(
+                "INSERT INTO zone_status VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET status=excluded.status",
+                sorted(statuses.items()),
+            )
 
     def snapshot(self) -> Snapshot:
         conn = self._conn()
