@@ -231,7 +231,12 @@ class SyncServicer:
                     reason = f"{type(exc).__name__}"
                     log.info("stream ended", reason=repr(exc))
         except asyncio.CancelledError:
-            reason = "replaced or shutting down"
+            if self._stopping.is_set():
+                reason = "global is shutting down"
+            elif self.links.get(h.zone) is not link:
+                reason = "replaced by a new stream from the same zone instance"
+            else:  # grpc cancels the handler when the peer vanishes or the link dies
+                reason = "connection lost"
             raise
         finally:
             for task in (reader, writer):

@@ -1,7 +1,7 @@
 """Global's zone status on its HTTP API, and the status page.
 
-    GET /zones                    {"total", "items": [summary], "next": null}
-    GET /zones/_overview          {"total", "items": [overview], "next": null}
+    GET /zones                    {"total", "items": [summary], "next": null, "globalRevision"}
+    GET /zones/_overview          {"total", "items": [overview], "next": null, "globalRevision"}
     GET /zones/{name}             summary of one zone (404 if global never saw it)
     GET /zones/{name}/_overview   overview of one zone: summary + per-type counters,
                                   conflict names and the last error
@@ -23,9 +23,9 @@ from kds.errors import NotFound
 __all__ = ["zone_routes"]
 
 
-def _listing(views: list[ZoneView], detail: bool) -> dict[str, Any]:
+def _listing(views: list[ZoneView], detail: bool, head: int) -> dict[str, Any]:
     items = [v.overview() if detail else v.summary() for v in views]
-    return {"total": len(items), "items": items, "next": None}
+    return {"total": len(items), "items": items, "next": None, "globalRevision": head}
 
 
 def zone_routes(tracker: ZoneTracker) -> list[web.RouteDef]:
@@ -39,10 +39,10 @@ def zone_routes(tracker: ZoneTracker) -> list[web.RouteDef]:
         return web.json_response(view.overview() if detail else view.summary())
 
     async def list_zones(request: web.Request) -> web.Response:
-        return web.json_response(_listing(await tracker.views(), False))
+        return web.json_response(_listing(await tracker.views(), False, tracker.hub.head))
 
     async def list_overviews(request: web.Request) -> web.Response:
-        return web.json_response(_listing(await tracker.views(), True))
+        return web.json_response(_listing(await tracker.views(), True, tracker.hub.head))
 
     async def get_zone(request: web.Request) -> web.Response:
         return await one(request, False)

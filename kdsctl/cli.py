@@ -37,9 +37,11 @@ __all__ = [
     "ApiUnreachable",
     "cli",
     "fail",
+    "format_age",
     "main",
     "pass_client",
     "resource_path",
+    "table",
 ]
 
 DEFAULT_API_URL = "http://127.0.0.1:5681"
@@ -186,7 +188,8 @@ def fail(message: str, causes: Iterable[tuple[str, str]] = ()) -> NoReturn:
     raise click.exceptions.Exit(1)
 
 
-def _age(timestamp: str, now: datetime) -> str:
+def format_age(timestamp: str, now: datetime) -> str:
+    """How long before ``now`` an RFC 3339 ``timestamp`` was: 45s, 3m, 5h, 2d."""
     try:
         t = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
     except ValueError:
@@ -210,7 +213,7 @@ def _origin(item: Mapping[str, Any]) -> str:
     return f"{origin} ({zone})" if origin == "zone" and zone else origin or "-"
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     lines = [
         "   ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip()
@@ -225,9 +228,13 @@ def _render_table(kind: Kind, items: Sequence[Mapping[str, Any]]) -> str:
     rows = []
     for it in items:
         row = [str(it.get("mesh", ""))] if kind is Kind.SECRET else []
-        row += [str(it.get("name", "")), _origin(it), _age(str(it.get("creationTime", "")), now)]
+        row += [
+            str(it.get("name", "")),
+            _origin(it),
+            format_age(str(it.get("creationTime", "")), now),
+        ]
         rows.append(row)
-    return _table(headers, rows)
+    return table(headers, rows)
 
 
 def _print(kind: Kind, answer: Any, output: str, single: bool) -> None:
@@ -539,6 +546,9 @@ def delete_global_secret(client: ApiClient, name: str) -> None:
     """Delete the global secret NAME."""
     _delete(client, Kind.GLOBAL_SECRET, name)
 
+
+# The status commands (inspect, wait) live in their own module and register themselves here.
+from kdsctl import status as _status  # noqa: E402, F401
 
 if __name__ == "__main__":  # pragma: no cover
     main()
