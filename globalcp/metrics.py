@@ -55,6 +55,11 @@ class _ZonesCollector(Collector):
         messages = counter(
             "kds_global_zone_messages_sent", "Sync batches sent to the zone.", ["zone"]
         )
+        messages_acked = counter(
+            "kds_global_zone_messages_acknowledged",
+            "Sync batches the zone acknowledged.",
+            ["zone"],
+        )
         sent = counter("kds_global_zone_resources_sent", "Resource changes sent.", ["zone", "type"])
         acknowledged = counter(
             "kds_global_zone_resources_acknowledged",
@@ -81,6 +86,7 @@ class _ZonesCollector(Collector):
                 lag_s.add_metric(z, v.lag_seconds)
             conflicts.add_metric(z, len(s.conflicts))
             messages.add_metric(z, s.messages_sent)
+            messages_acked.add_metric(z, s.messages_acked)
             errors.add_metric(z, s.errors)
             reconnects.add_metric(z, max(0, s.connections - 1))
             for kind in KINDS:
@@ -94,6 +100,7 @@ class _ZonesCollector(Collector):
             lag_s,
             conflicts,
             messages,
+            messages_acked,
             sent,
             acknowledged,
             rejected,

@@ -65,6 +65,7 @@ class ZoneState:
     acked_revision: int = 0
     connections: int = 0
     messages_sent: int = 0
+    messages_acked: int = 0
     sent: dict[str, int] = field(default_factory=_per_kind)
     acknowledged: dict[str, int] = field(default_factory=_per_kind)
     rejected: dict[str, int] = field(default_factory=_per_kind)
@@ -140,6 +141,7 @@ class ZoneView:
             **self.summary(),
             "connections": s.connections,
             "messagesSent": s.messages_sent,
+            "messagesAcknowledged": s.messages_acked,
             "resources": {
                 kind: {
                     "sent": s.sent[kind],
@@ -203,6 +205,7 @@ class ZoneHandle:
         s = self._state
         now = self._tracker.clock()
         s.last_update_at = now
+        s.messages_acked += 1
         for kind, n in counts.items():
             s.acknowledged[kind] = s.acknowledged.get(kind, 0) + n
         if revision is not None:

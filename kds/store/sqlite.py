@@ -122,10 +122,12 @@ class SqliteStore:
         role: Literal["global", "zone"],
         *,
         log_size: int = DEFAULT_LOG_SIZE,
+        clock: Callable[[], float] = time.time,
     ):
         self.role: Literal["global", "zone"] = role
         self.path = Path(path)
         self.log_size = log_size
+        self.clock = clock  # wall-clock seconds, recorded with each change-log entry
         # Global: called with each ChangeRecord right after its commit, in revision order
         # (writes are serialized). The daemon hands it to the hub with call_soon_threadsafe,
         # so no commit can be missed by the zones' fan-out, whatever happens to the request.
@@ -407,7 +409,7 @@ class SqliteStore:
         self, conn: sqlite3.Connection, revision: int, key: Key, deleted: bool, change: bytes
     ) -> ChangeRecord:
         chain = next_chain(bytes.fromhex(self._meta(conn, "chain")), change)
-        rec = ChangeRecord(revision, key, deleted, change, chain, time.time())
+        rec = ChangeRecord(revision, key, deleted, change, chain, self.clock())
         conn.execute(
             "INSERT INTO changelog VALUES (?,?,?,?,?,?,?,?)",
             (revision, str(key.kind), key.mesh, key.name, deleted, change, chain, rec.committed_at),

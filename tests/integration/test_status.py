@@ -221,6 +221,7 @@ def test_metrics_on_both_daemons(cluster: Cluster) -> None:
     assert m[("kds_global_zone_resources_sent_total", (("type", "Secret"), *z))] == 3
     assert m[("kds_global_zone_resources_acknowledged_total", (("type", "Secret"), *z))] == 3
     assert m[("kds_global_zone_reconnects_total", z)] == 0
+    assert m[("kds_global_zone_messages_acknowledged_total", z)] >= 4  # snapshot + 3 writes
     assert m[("kds_global_propagation_seconds_count", z)] >= 3
     assert m[("process_resident_memory_bytes", ())] > 0
     zm = _metrics(a)
