@@ -25,12 +25,13 @@ from globalcp.hub import Hub
 from globalcp.zones import ZoneHandle, ZoneTracker
 from kds import wire
 from kds._pb import sync_pb2 as pb
-from kds.clock import rfc3339
+from kds.clock import rfc3339, utcnow
 from kds.errors import ProtocolError
 from kds.model import validate_name
 from kds.protocol.batching import coalesce, pack
 from kds.protocol.session import Ack, GlobalSession, Hello, Mode, SendRange, SendSnapshot
 from kds.store import AsyncStore, Snapshot
+from kds.tokens import TokenRefused, ZoneTokens
 from kds.wire import PROTOCOL_VERSION
 
 __all__ = ["METHOD", "SyncServicer", "ZoneLink"]
@@ -49,7 +50,14 @@ class ZoneLink:
     connected_at: str
     session: GlobalSession
     status: ZoneHandle
+    token_id: str = ""
     task: asyncio.Task[Any] | None = None
+    wake: asyncio.Event | None = None
+    end: TokenRefused | None = None  # set to end the stream with this status (revocation)
+
+
+class _EndStream(Exception):
+    """The writer ends the stream with the link's ``end`` status."""
 
 
 class SyncServicer:
@@ -59,6 +67,7 @@ class SyncServicer:
         hub: Hub,
         tracker: ZoneTracker,
         *,
+        tokens: ZoneTokens | None,
         instance_id: str,
         software_version: str,
         max_unacked: int,
@@ -68,6 +77,7 @@ class SyncServicer:
         self.store = store
         self.hub = hub
         self.tracker = tracker
+        self.tokens = tokens  # None: plaintext test mode, no zone authentication
         self.instance_id = instance_id
         self.software_version = software_version
         self.max_unacked = max_unacked
@@ -113,9 +123,42 @@ class SyncServicer:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(errs[0]))
             return
         with structlog.contextvars.bound_contextvars(zone=h.zone, stream=stream_id):
-            await self._serve(h, stream_id, context)
+            token_id = await self._authenticate(h, context)
+            if token_id is not None:
+                await self._serve(h, stream_id, context, token_id)
 
-    async def _serve(self, h: pb.Hello, stream_id: str, context: grpc.aio.ServicerContext) -> None:
+    async def _authenticate(self, h: pb.Hello, context: grpc.aio.ServicerContext) -> str | None:
+        """The verified token's id ("" with no authentication); None once refused."""
+        if self.tokens is None:
+            return ""
+        metadata = dict(context.invocation_metadata() or ())
+        auth = str(metadata.get("authorization", ""))
+        token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        try:
+            return self.tokens.verify(token, h.zone, utcnow()).token_id
+        except TokenRefused as e:
+            log.warning(
+                "zone refused: bad token", code=e.code.name, reason=e.reason, instance=h.instance_id
+            )
+            if h.zone in self.tracker.zones:  # never let unknown names fill the zone list
+                self.tracker.refused(h.zone, f"refused instance {h.instance_id}: {e.reason}")
+            await context.abort(e.code, e.reason)
+            return None
+
+    def end_streams_of_token(self, token_id: str, reason: str) -> int:
+        """End the live streams authenticated with ``token_id`` (revoked); return how many."""
+        ended = 0
+        for link in list(self.links.values()):
+            if token_id and link.token_id == token_id:
+                link.end = TokenRefused(grpc.StatusCode.PERMISSION_DENIED, reason)
+                if link.wake is not None:
+                    link.wake.set()
+                ended += 1
+        return ended
+
+    async def _serve(
+        self, h: pb.Hello, stream_id: str, context: grpc.aio.ServicerContext, token_id: str
+    ) -> None:
         session = GlobalSession(self.store.sync.store_id, self.max_unacked)
         hello = Hello(
             zone=h.zone,
@@ -182,6 +225,7 @@ class SyncServicer:
                 store_backend=h.store_backend,
                 resumed_revision=h.resume.revision if mode is Mode.RESUME else None,
             ),
+            token_id=token_id,
             task=asyncio.current_task(),
         )
         self.links[h.zone] = link
@@ -196,7 +240,7 @@ class SyncServicer:
         reason = "zone closed the stream"
         reader: asyncio.Task[None] | None = None
         writer: asyncio.Task[None] | None = None
-        wake = self.hub.subscribe()
+        wake = link.wake = self.hub.subscribe()
         # From here on every exit goes through the finally below, so a stream that fails even
         # while writing the welcome never leaves its zone marked as connected.
         try:
@@ -222,7 +266,12 @@ class SyncServicer:
             done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
             for t in done:
                 exc = t.exception()
-                if isinstance(exc, ProtocolError):
+                if isinstance(exc, _EndStream) and link.end is not None:
+                    reason = link.end.reason
+                    log.warning("ending the zone's stream", reason=reason)
+                    link.status.error(reason)
+                    await context.abort(link.end.code, reason)
+                elif isinstance(exc, ProtocolError):
                     reason = f"protocol error: {exc}"
                     log.warning("zone broke the protocol", reason=str(exc))
                     link.status.error(reason)
@@ -298,10 +347,14 @@ class SyncServicer:
         last_sent = loop.time()
         first_range = True
         while True:
+            if link.end is not None:
+                raise _EndStream()
             action = session.next_action(self.hub.head, self.hub.log_floor)
             if action is None:
                 wake.clear()
-                # Re-check after clearing: a publish between next_action and clear is not lost.
+                # Re-check after clearing: a publish (or an end) in between is not lost.
+                if link.end is not None:
+                    raise _EndStream()
                 action = session.next_action(self.hub.head, self.hub.log_floor)
             if action is None:
                 timeout = max(0.0, self.heartbeat_interval - (loop.time() - last_sent))

@@ -74,15 +74,17 @@ class ApiUnreachable(Exception):
 
 
 class ApiClient:
-    def __init__(self, base_url: str, timeout: float):
+    def __init__(self, base_url: str, timeout: float, token: str = ""):
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.token = token
         self._http: httpx.Client | None = None
 
     @property
     def http(self) -> httpx.Client:
         if self._http is None:
-            self._http = httpx.Client(base_url=self.base_url, timeout=self.timeout)
+            headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+            self._http = httpx.Client(base_url=self.base_url, timeout=self.timeout, headers=headers)
         return self._http
 
     def close(self) -> None:
@@ -302,15 +304,23 @@ pass_client = click.make_pass_decorator(ApiClient)
     metavar="SECONDS",
     help="How long to wait for each API answer.",
 )
+@click.option(
+    "--token",
+    envvar="KDSCTL_TOKEN",
+    default="",
+    metavar="TOKEN",
+    help="Bearer token for the API: the daemon's admin token (DATA_DIR/admin-token) or its "
+    "read-only token, which sees no secret data. Environment: KDSCTL_TOKEN.",
+)
 @click.version_option(__version__, prog_name="kdsctl")
 @click.pass_context
-def cli(ctx: click.Context, api_url: str, timeout: float) -> None:
+def cli(ctx: click.Context, api_url: str, timeout: float, token: str) -> None:
     """Manage Meshes, Secrets and GlobalSecrets of a kds-sync control plane.
 
     Write on the global control plane: resources created there are synced to every zone.
     On a zone, synced resources are read-only; zone-local ones can be managed there.
     """
-    client = ApiClient(api_url, timeout)
+    client = ApiClient(api_url, timeout, token.strip())
     ctx.obj = client
     ctx.call_on_close(client.close)
 
@@ -549,6 +559,7 @@ def delete_global_secret(client: ApiClient, name: str) -> None:
 
 # The status commands (inspect, wait) live in their own module and register themselves here.
 from kdsctl import status as _status  # noqa: E402, F401
+from kdsctl import tokens as _tokens  # noqa: E402, F401
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -45,6 +46,10 @@ log = structlog.get_logger("zonecp.sync")
 
 class StreamEnded(Exception):
     """The stream closed; retried by the dial loop."""
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None):
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass
@@ -131,10 +136,16 @@ class ZoneClient:
         keepalive_interval: float,
         keepalive_timeout: float,
         reconnect_max_delay: float,
+        ca_pem: bytes | None = None,
+        token_file: Path | None = None,
+        insecure: bool = False,
     ):
         self.store = store
         self.zone = zone
-        self.target = global_address.removeprefix("grpc://")
+        self.target = global_address.partition("://")[2]
+        self.insecure = insecure
+        self.ca_pem = ca_pem
+        self.token_file = token_file
         self.software_version = software_version
         self.max_message_bytes = max_message_bytes
         self.keepalive = (keepalive_interval, keepalive_timeout)
@@ -185,13 +196,27 @@ class ZoneClient:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), random.uniform(0.05, 0.5))
 
+    def _read_token(self) -> str:
+        """The token as the file holds it now (read at every dial, so a replaced file is
+        used without a restart)."""
+        if self.token_file is None:
+            return ""
+        try:
+            return self.token_file.read_text().strip()
+        except OSError as e:
+            raise StreamEnded(f"cannot read --token-file {self.token_file}: {e.strerror}") from None
+
     def _log_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         delay = state.next_action.sleep if state.next_action else 0.0
         self.status.attempts = state.attempt_number
         self.status.error(_describe(exc))
         expected = isinstance(exc, StreamEnded | grpc.aio.AioRpcError | ProtocolError | OSError)
-        log.warning(
+        code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else getattr(exc, "code", None)
+        refused = code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+        # Refused credentials need an operator (a new token); say so louder than a blip.
+        report = log.error if refused else log.warning
+        report(
             "cannot sync with global: retrying",
             attempt=state.attempt_number,
             retry_in=round(delay, 2),
@@ -204,18 +229,26 @@ class ZoneClient:
         """One stream from dial to end. Returns True once welcomed (however it ended later);
         raises if it failed before the welcome, so the dial loop backs off."""
         opts = client_options(self.max_message_bytes, *self.keepalive)
-        async with grpc.aio.insecure_channel(self.target, options=opts) as channel:
+        metadata: tuple[tuple[str, str], ...] = ()
+        if self.insecure:
+            channel = grpc.aio.insecure_channel(self.target, options=opts)
+        else:
+            creds = grpc.ssl_channel_credentials(root_certificates=self.ca_pem)
+            channel = grpc.aio.secure_channel(self.target, creds, options=opts)
+            metadata = (("authorization", f"Bearer {self._read_token()}"),)
+        async with channel:
             call = channel.stream_stream(
                 METHOD,
                 request_serializer=pb.ZoneMessage.SerializeToString,
                 response_deserializer=pb.GlobalMessage.FromString,
-            )()
+            )(metadata=metadata)
             stopper = asyncio.create_task(stop.wait())
             try:
                 return await self._converse(call, stopper)
             except asyncio.InvalidStateError:
                 # A write after the call ended (e.g. global refused the connection).
-                raise StreamEnded(f"{(await call.code()).name}: {await call.details()}") from None
+                code = await call.code()
+                raise StreamEnded(f"{code.name}: {await call.details()}", code) from None
             finally:
                 stopper.cancel()
                 if self.status.connected:
@@ -314,7 +347,7 @@ class ZoneClient:
         if msg is grpc.aio.EOF:
             code = await call.code()
             details = await call.details()
-            raise StreamEnded(f"global ended the stream: {code.name}: {details}")
+            raise StreamEnded(f"global ended the stream: {code.name}: {details}", code)
         return msg
 
     async def _apply(self, call: Any, b: pb.Batch, global_store_id: str) -> None:

@@ -70,6 +70,19 @@ CREATE TABLE IF NOT EXISTS changelog (
     chain BLOB NOT NULL,             -- history chain at this revision (kds.protocol.records)
     committed_at REAL NOT NULL DEFAULT 0  -- wall-clock seconds (for zone lag in seconds)
 );
+CREATE TABLE IF NOT EXISTS internal_secrets (  -- global's own keys: never synced nor served
+    name TEXT PRIMARY KEY,
+    data BLOB NOT NULL,
+    created TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS zone_tokens (  -- global: zone tokens issued (never the token itself)
+    id TEXT PRIMARY KEY,
+    zone TEXT NOT NULL,
+    key_name TEXT NOT NULL,
+    issued_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    revoked_at TEXT NOT NULL DEFAULT ''
+);
 CREATE TABLE IF NOT EXISTS zone_status (  -- global: each zone's sync status (globalcp.zones)
     name TEXT PRIMARY KEY,
     status TEXT NOT NULL                -- JSON
@@ -471,6 +484,75 @@ class SqliteStore:
             .fetchone()
         )
         return float(row[0]) if row else None
+
+    # ------------------------------------------------------------------ global: internal secrets
+
+    def internal_secrets(self, prefix: str = "") -> dict[str, bytes]:
+        """Global's internal secrets (CA key, token signing keys) whose name starts with
+        ``prefix``. They live apart from resources: never in the change log, never synced,
+        never served by the API."""
+        cur = self._conn().execute(
+            "SELECT name, data FROM internal_secrets WHERE substr(name, 1, ?) = ? ORDER BY name",
+            (len(prefix), prefix),
+        )
+        return {name: self._open_internal(name, bytes(data)) for name, data in cur}
+
+    def put_internal_secret(self, name: str, data: bytes, now: str) -> None:
+        conn = self._conn()
+        with self._tx(conn):
+            conn.execute(
+                "INSERT INTO internal_secrets VALUES (?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET data=excluded.data",
+                (name, self._seal_internal(name, data), now),
+            )
+
+    def delete_internal_secret(self, name: str) -> bool:
+        conn = self._conn()
+        with self._tx(conn):
+            return conn.execute("DELETE FROM internal_secrets WHERE name=?", (name,)).rowcount > 0
+
+    def _seal_internal(self, name: str, data: bytes) -> bytes:
+        return data
+
+    def _open_internal(self, name: str, data: bytes) -> bytes:
+        return data
+
+    # ------------------------------------------------------------------ global: zone tokens
+
+    def add_zone_token(
+        self, token_id: str, zone: str, key_name: str, issued: str, expires: str
+    ) -> None:
+        conn = self._conn()
+        with self._tx(conn):
+            conn.execute(
+                "INSERT INTO zone_tokens (id, zone, key_name, issued_at, expires_at) "
+                "VALUES (?,?,?,?,?)",
+                (token_id, zone, key_name, issued, expires),
+            )
+
+    def revoke_zone_token(self, token_id: str, now: str) -> dict[str, str] | None:
+        """Mark a token revoked (once); None when no such token was issued."""
+        conn = self._conn()
+        with self._tx(conn):
+            conn.execute(
+                "UPDATE zone_tokens SET revoked_at=? WHERE id=? AND revoked_at=''", (now, token_id)
+            )
+            rows = self._token_rows(conn, "WHERE id=?", (token_id,))
+        return rows[0] if rows else None
+
+    def zone_tokens(self) -> list[dict[str, str]]:
+        return self._token_rows(self._conn(), "ORDER BY issued_at, id", ())
+
+    @staticmethod
+    def _token_rows(
+        conn: sqlite3.Connection, where: str, args: tuple[Any, ...]
+    ) -> list[dict[str, str]]:
+        cur = conn.execute(
+            f"SELECT id, zone, key_name, issued_at, expires_at, revoked_at FROM zone_tokens {where}",
+            args,
+        )
+        keys = ("id", "zone", "keyName", "issuedAt", "expiresAt", "revokedAt")
+        return [dict(zip(keys, row, strict=True)) for row in cur]
 
     # ------------------------------------------------------------------ global: zone status
 

@@ -159,13 +159,14 @@ def test_zone_view_readiness_and_conflicts_on_both_sides(cluster: Cluster) -> No
     r = cluster.kdsctl("inspect", "sync", check=False)  # against global
     assert r.returncode == 1 and "needs a zone's API" in r.stderr
 
+    token_b = cluster.zone_token("zone-b")
     g.stop()
     wait_for(lambda: not a.get_json("/status")["connected"], what="zone-a disconnected")
     st = a.get_json("/status")
     assert st["ready"] and st["lastError"]["message"]  # serves its last state, still ready
     assert a.http.get("/readyz").status_code == 200
     # A zone that never reached global is not ready, and says why.
-    b = cluster.start_zone("zone-b", synced=False)
+    b = cluster.start_zone("zone-b", synced=False, token_file=token_b)
     r = b.http.get("/readyz")
     assert r.status_code == 503 and "not ready" in r.json()["status"]
     assert "has not connected" in r.json()["reason"]

@@ -79,8 +79,17 @@ def test_status_page_shows_every_zone_and_follows_changes(
     )
     cluster.kdsctl("wait", "synced", "--timeout", "10s")
 
+    # Without a token the page asks for one and shows no zone.
     browser.get(f"{g.api_url}/gui")  # type: ignore[attr-defined]
     assert browser.title == "kds-sync: zones"  # type: ignore[attr-defined]
+    wait_for(
+        lambda: browser.find_element("id", "login").is_displayed(),  # type: ignore[attr-defined]
+        10,
+        "the token form",
+    )
+    assert _rows(browser) == {}
+    # The read-only token is enough; given in the fragment, it never reaches the server.
+    browser.get(f"{g.api_url}/gui#token={g.read_only_token}")  # type: ignore[attr-defined]
     rows = wait_for(
         lambda: (
             len(r := _rows(browser)) == 3 and all(v["status"] == "Online" for v in r.values()) and r

@@ -30,6 +30,7 @@ def _servicer(tmp_path: Path) -> tuple[SyncServicer, AsyncStore, list[int]]:
         store,
         hub,
         ZoneTracker(store, hub),
+        tokens=None,
         instance_id="g",
         software_version="test",
         max_unacked=2,
