@@ -20,6 +20,7 @@ from kds.api import ApiContext, serve_api
 from kds.auth import ApiTokens, load_api_tokens
 from kds.clock import rfc3339
 from kds.config import GlobalConfig
+from kds.crypto import load_key_file
 from kds.errors import ConfigError
 from kds.grpc_options import server_options
 from kds.model import Key, Kind, Limits, Resource
@@ -37,7 +38,10 @@ log = structlog.get_logger("globalcp")
 async def run_global(cfg: GlobalConfig, stop: asyncio.Event) -> int:
     data_dir = ensure_private_dir(cfg.data_dir)
     api_tokens = load_api_tokens(data_dir, cfg.admin_token_file, cfg.read_only_token_file)
-    store = AsyncStore(SqliteStore(data_dir / "global.db", "global", log_size=cfg.log_size))
+    cipher = load_key_file(cfg.encryption_key_file) if cfg.encryption_key_file else None
+    store = AsyncStore(
+        SqliteStore(data_dir / "global.db", "global", log_size=cfg.log_size, cipher=cipher)
+    )
     sync_store = store.sync
     if (
         sync_store.head() == 0

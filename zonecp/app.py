@@ -10,6 +10,7 @@ from kds.api import ApiContext, serve_api
 from kds.auth import load_api_tokens
 from kds.clock import rfc3339
 from kds.config import ZoneConfig
+from kds.crypto import load_key_file
 from kds.errors import ConfigError
 from kds.model import Limits
 from kds.observe import health_routes, metrics_route
@@ -31,7 +32,8 @@ async def run_zone(cfg: ZoneConfig, stop: asyncio.Event) -> int:
     ca_pem = _check_transport(cfg)
     data_dir = ensure_private_dir(cfg.data_dir)
     api_tokens = load_api_tokens(data_dir, cfg.admin_token_file, cfg.read_only_token_file)
-    store = AsyncStore(SqliteStore(data_dir / "zone.db", "zone"))
+    cipher = load_key_file(cfg.encryption_key_file) if cfg.encryption_key_file else None
+    store = AsyncStore(SqliteStore(data_dir / "zone.db", "zone", cipher=cipher))
     client = ZoneClient(
         store,
         zone=cfg.zone,

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kds import wire
+from kds.crypto import DataCipher
 from kds.errors import Conflict, KdsError, NotFound, ReadOnlySynced, StoreError
 from kds.model import Key, Kind, Resource
 from kds.protocol.applier import DecodedBatch, Plan, ZoneView, plan_batch
@@ -57,6 +58,7 @@ CREATE TABLE IF NOT EXISTS resources (
     version INTEGER NOT NULL,
     wire BLOB,                       -- global: the encoded Change that put this state
     sync_gen INTEGER NOT NULL DEFAULT 0,  -- zone: snapshot generation that wrote it
+    sealed TEXT NOT NULL DEFAULT '',  -- id of the key data and wire are encrypted with ('': none)
     PRIMARY KEY (kind, mesh, name, origin)
 );
 CREATE INDEX IF NOT EXISTS resources_by_mesh ON resources (mesh, kind);
@@ -68,12 +70,14 @@ CREATE TABLE IF NOT EXISTS changelog (
     deleted INTEGER NOT NULL,
     change BLOB NOT NULL,
     chain BLOB NOT NULL,             -- history chain at this revision (kds.protocol.records)
-    committed_at REAL NOT NULL DEFAULT 0  -- wall-clock seconds (for zone lag in seconds)
+    committed_at REAL NOT NULL DEFAULT 0, -- wall-clock seconds (for zone lag in seconds)
+    sealed TEXT NOT NULL DEFAULT ''       -- id of the key change is encrypted with ('': none)
 );
 CREATE TABLE IF NOT EXISTS internal_secrets (  -- global's own keys: never synced nor served
     name TEXT PRIMARY KEY,
     data BLOB NOT NULL,
-    created TEXT NOT NULL
+    created TEXT NOT NULL,
+    sealed TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS zone_tokens (  -- global: zone tokens issued (never the token itself)
     id TEXT PRIMARY KEY,
@@ -89,15 +93,23 @@ CREATE TABLE IF NOT EXISTS zone_status (  -- global: each zone's sync status (gl
 );
 """
 
-_COLS = "kind, mesh, name, origin, data, labels, spec, creation_time, modification_time, version"
+_COLS = (
+    "kind, mesh, name, origin, data, labels, spec, creation_time, modification_time, version, "
+    "sealed"
+)
 
 
-def _row_to_resource(r: sqlite3.Row | tuple[Any, ...]) -> Resource:
+def _aad(table: str, kind: str, mesh: str, name: str, origin: str) -> bytes:
+    """Where a sealed value lives: it opens only there."""
+    return "\0".join((table, kind, mesh, name, origin)).encode()
+
+
+def _row_to_resource(r: sqlite3.Row | tuple[Any, ...], data: bytes) -> Resource:
     return Resource(
         kind=Kind(r[0]),
         mesh=r[1],
         name=r[2],
-        data=bytes(r[4]),
+        data=data,
         labels=json.loads(r[5]),
         spec=json.loads(r[6]),
         creation_time=r[7],
@@ -110,19 +122,20 @@ def _json_map(m: Any) -> str:
     return json.dumps(dict(m), sort_keys=True) if m else "{}"
 
 
-def _row_values(r: Resource, origin: str) -> tuple[Any, ...]:
-    """The values of _COLS for one row."""
+def _row_values(r: Resource, origin: str, data: bytes, sealed: str) -> tuple[Any, ...]:
+    """The values of _COLS for one row (``data`` as stored: sealed or not)."""
     return (
         str(r.kind),
         r.mesh,
         r.name,
         origin,
-        r.data,
+        data,
         _json_map(r.labels),
         _json_map(r.spec),
         r.creation_time,
         r.modification_time,
         r.version,
+        sealed,
     )
 
 
@@ -136,11 +149,13 @@ class SqliteStore:
         *,
         log_size: int = DEFAULT_LOG_SIZE,
         clock: Callable[[], float] = time.time,
+        cipher: DataCipher | None = None,
     ):
         self.role: Literal["global", "zone"] = role
         self.path = Path(path)
         self.log_size = log_size
         self.clock = clock  # wall-clock seconds, recorded with each change-log entry
+        self.cipher = cipher  # encrypts secret data at rest (kds.crypto); None: plaintext
         # Global: called with each ChangeRecord right after its commit, in revision order
         # (writes are serialized). The daemon hands it to the hub with call_soon_threadsafe,
         # so no commit can be missed by the zones' fan-out, whatever happens to the request.
@@ -150,6 +165,7 @@ class SqliteStore:
         self._lock = threading.Lock()
         try:
             self._store_id = self._open(role)
+            self._reseal()
         except (sqlite3.Error, OSError) as e:
             self.close()
             raise StoreError(f"cannot open store {self.path}: {e}") from e
@@ -163,9 +179,15 @@ class SqliteStore:
         if fresh:
             os.chmod(self.path, 0o600)
         conn.executescript(_SCHEMA)
-        columns = {r[1] for r in conn.execute("PRAGMA table_info(changelog)")}
-        if "committed_at" not in columns:  # a store made before commit times were kept
-            conn.execute("ALTER TABLE changelog ADD COLUMN committed_at REAL NOT NULL DEFAULT 0")
+        # Columns added after the first release: a store made before gets them here.
+        for table, column, ddl in (
+            ("changelog", "committed_at", "REAL NOT NULL DEFAULT 0"),
+            ("changelog", "sealed", "TEXT NOT NULL DEFAULT ''"),
+            ("resources", "sealed", "TEXT NOT NULL DEFAULT ''"),
+            ("internal_secrets", "sealed", "TEXT NOT NULL DEFAULT ''"),
+        ):
+            if column not in {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
         with self._tx(conn):
             row = conn.execute("SELECT value FROM meta WHERE key='role'").fetchone()
             if row is None:
@@ -190,6 +212,7 @@ class SqliteStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=10000")
+            conn.execute("PRAGMA secure_delete=ON")  # freed pages are zeroed, not left readable
             self._local.conn = conn
             with self._lock:
                 self._conns.append(conn)
@@ -205,6 +228,97 @@ class SqliteStore:
             raise
         else:
             conn.execute("COMMIT")
+
+    # ------------------------------------------------------------------ encryption at rest
+
+    def _seal(self, plain: bytes, aad: bytes) -> tuple[bytes, str]:
+        if self.cipher is None:
+            return plain, ""
+        return self.cipher.seal(plain, aad), self.cipher.current
+
+    def _open_value(self, stored: bytes, sealed: str, aad: bytes) -> bytes:
+        if not sealed:
+            return stored
+        if self.cipher is None:
+            raise StoreError(
+                f"store {self.path} holds encrypted values: give --encryption-key-file"
+            )
+        return self.cipher.open(stored, sealed, aad)
+
+    def _resource(self, r: sqlite3.Row | tuple[Any, ...]) -> Resource:
+        """A resources row (selected as _COLS) as a Resource, its data opened."""
+        aad = _aad("data", r[0], r[1], r[2], r[3])
+        return _row_to_resource(r, self._open_value(bytes(r[4]), r[10], aad))
+
+    def _row_values(
+        self, r: Resource, origin: str, wire_bytes: bytes | None, *extra: Any
+    ) -> tuple[Any, ...]:
+        """_COLS, wire and ``extra`` for one row, data and wire sealed with one key."""
+        key = (str(r.kind), r.mesh, r.name, origin)
+        data, sealed = self._seal(r.data, _aad("data", *key))
+        if wire_bytes is not None:
+            wire_bytes, _ = self._seal(wire_bytes, _aad("wire", *key))
+        return (*_row_values(r, origin, data, sealed), wire_bytes, *extra)
+
+    def _reseal(self) -> None:
+        """At start: check every sealed value has its key, and re-seal with the current key
+        every value sealed with another key or stored in plaintext (so enabling encryption,
+        or rotating to a new first key, covers what is already stored)."""
+        conn = self._conn()
+        used = {
+            row[0]
+            for table in ("resources", "changelog", "internal_secrets")
+            for row in conn.execute(f"SELECT DISTINCT sealed FROM {table}")
+        } - {""}
+        if self.cipher is None:
+            if used:
+                raise StoreError(
+                    f"store {self.path} holds values encrypted with key(s) "
+                    f"{', '.join(sorted(used))}: give --encryption-key-file"
+                )
+            return
+        missing = used - self.cipher.key_ids
+        if missing:
+            raise StoreError(
+                f"store {self.path} holds values encrypted with key(s) "
+                f"{', '.join(sorted(missing))} that --encryption-key-file does not hold"
+            )
+        current = self.cipher.current
+        with self._tx(conn):
+            cur = conn.execute(f"SELECT {_COLS}, wire FROM resources WHERE sealed != ?", (current,))
+            for r in cur.fetchall():
+                res = self._resource(r)
+                key = (r[0], r[1], r[2], r[3])
+                plain_wire = (
+                    None
+                    if r[11] is None
+                    else self._open_value(bytes(r[11]), r[10], _aad("wire", *key))
+                )
+                values = self._row_values(res, r[3], plain_wire)
+                conn.execute(
+                    "UPDATE resources SET data=?, sealed=?, wire=? "
+                    "WHERE kind=? AND mesh=? AND name=? AND origin=?",
+                    (values[4], values[10], values[11], *key),
+                )
+            cur = conn.execute(
+                "SELECT revision, change, sealed FROM changelog WHERE sealed != ?", (current,)
+            )
+            for rev, change, sealed in cur.fetchall():
+                aad = _aad("changelog", str(rev), "", "", "")
+                stored, kid = self._seal(self._open_value(bytes(change), sealed, aad), aad)
+                conn.execute(
+                    "UPDATE changelog SET change=?, sealed=? WHERE revision=?", (stored, kid, rev)
+                )
+            cur = conn.execute(
+                "SELECT name, data, sealed FROM internal_secrets WHERE sealed != ?", (current,)
+            )
+            for name, data, sealed in cur.fetchall():
+                aad = _aad("internal", "", "", name, "")
+                stored, kid = self._seal(self._open_value(bytes(data), sealed, aad), aad)
+                conn.execute(
+                    "UPDATE internal_secrets SET data=?, sealed=? WHERE name=?", (stored, kid, name)
+                )
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # no old page lingers in the WAL
 
     @staticmethod
     def _meta(conn: sqlite3.Connection, key: str, default: str = "") -> str:
@@ -243,7 +357,7 @@ class SqliteStore:
             f"SELECT {_COLS} FROM resources WHERE kind=? AND mesh=? AND name=?",
             (str(key.kind), key.mesh, key.name),
         )
-        return {r[3]: _row_to_resource(r) for r in cur}
+        return {r[3]: self._resource(r) for r in cur}
 
     def get(self, key: Key) -> Row | None:
         rows = self._rows(self._conn(), key)
@@ -282,7 +396,7 @@ class SqliteStore:
                 f" FROM resources r WHERE {where} ORDER BY r.mesh, r.name LIMIT ? OFFSET ?",
                 [*args, -1 if limit is None else limit, offset],
             )
-            rows = [Row(_row_to_resource(r), r[3], shadows_synced=bool(r[-1])) for r in cur]
+            rows = [Row(self._resource(r), r[3], shadows_synced=bool(r[-1])) for r in cur]
         return total, rows
 
     def conflicts(self) -> list[Key]:
@@ -386,8 +500,8 @@ class SqliteStore:
             record = self._append_log(conn, revision, stored.key, False, wire_bytes)
         conn.execute(
             f"INSERT OR REPLACE INTO resources ({_COLS}, wire, sync_gen) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,0)",
-            (*_row_values(stored, origin), wire_bytes),
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,0)",
+            self._row_values(stored, origin, wire_bytes),
         )
         return WriteResult(stored, changed=True, record=record, created=old is None)
 
@@ -423,9 +537,21 @@ class SqliteStore:
     ) -> ChangeRecord:
         chain = next_chain(bytes.fromhex(self._meta(conn, "chain")), change)
         rec = ChangeRecord(revision, key, deleted, change, chain, self.clock())
+        stored, sealed = self._seal(change, _aad("changelog", str(revision), "", "", ""))
         conn.execute(
-            "INSERT INTO changelog VALUES (?,?,?,?,?,?,?,?)",
-            (revision, str(key.kind), key.mesh, key.name, deleted, change, chain, rec.committed_at),
+            "INSERT INTO changelog (revision, kind, mesh, name, deleted, change, chain, "
+            "committed_at, sealed) VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                revision,
+                str(key.kind),
+                key.mesh,
+                key.name,
+                deleted,
+                stored,
+                chain,
+                rec.committed_at,
+                sealed,
+            ),
         )
         self._set_meta(conn, "head", revision)
         self._set_meta(conn, "chain", chain.hex())
@@ -461,13 +587,20 @@ class SqliteStore:
 
     def changes_after(self, revision: int, upto: int) -> list[ChangeRecord]:
         cur = self._conn().execute(
-            "SELECT revision, kind, mesh, name, deleted, change, chain, committed_at "
+            "SELECT revision, kind, mesh, name, deleted, change, chain, committed_at, sealed "
             "FROM changelog WHERE revision > ? AND revision <= ? ORDER BY revision",
             (revision, upto),
         )
         return [
-            ChangeRecord(rev, Key(Kind(k), m, n), bool(d), bytes(c), bytes(ch), at)
-            for rev, k, m, n, d, c, ch, at in cur
+            ChangeRecord(
+                rev,
+                Key(Kind(k), m, n),
+                bool(d),
+                self._open_value(bytes(c), sl, _aad("changelog", str(rev), "", "", "")),
+                bytes(ch),
+                at,
+            )
+            for rev, k, m, n, d, c, ch, at, sl in cur
         ]
 
     def commit_time(self, revision: int) -> float | None:
@@ -492,30 +625,29 @@ class SqliteStore:
         ``prefix``. They live apart from resources: never in the change log, never synced,
         never served by the API."""
         cur = self._conn().execute(
-            "SELECT name, data FROM internal_secrets WHERE substr(name, 1, ?) = ? ORDER BY name",
+            "SELECT name, data, sealed FROM internal_secrets WHERE substr(name, 1, ?) = ? "
+            "ORDER BY name",
             (len(prefix), prefix),
         )
-        return {name: self._open_internal(name, bytes(data)) for name, data in cur}
+        return {
+            name: self._open_value(bytes(data), sl, _aad("internal", "", "", name, ""))
+            for name, data, sl in cur
+        }
 
     def put_internal_secret(self, name: str, data: bytes, now: str) -> None:
         conn = self._conn()
         with self._tx(conn):
+            stored, sealed = self._seal(data, _aad("internal", "", "", name, ""))
             conn.execute(
-                "INSERT INTO internal_secrets VALUES (?, ?, ?) "
-                "ON CONFLICT(name) DO UPDATE SET data=excluded.data",
-                (name, self._seal_internal(name, data), now),
+                "INSERT INTO internal_secrets (name, data, created, sealed) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET data=excluded.data, sealed=excluded.sealed",
+                (name, stored, now, sealed),
             )
 
     def delete_internal_secret(self, name: str) -> bool:
         conn = self._conn()
         with self._tx(conn):
             return conn.execute("DELETE FROM internal_secrets WHERE name=?", (name,)).rowcount > 0
-
-    def _seal_internal(self, name: str, data: bytes) -> bytes:
-        return data
-
-    def _open_internal(self, name: str, data: bytes) -> bytes:
-        return data
 
     # ------------------------------------------------------------------ global: zone tokens
 
@@ -576,10 +708,17 @@ class SqliteStore:
             head = int(self._meta(conn, "head"))
             chain = bytes.fromhex(self._meta(conn, "chain"))
             cur = conn.execute(
-                "SELECT version, kind, mesh, name, wire FROM resources WHERE origin='global'"
+                "SELECT version, kind, mesh, name, wire, sealed FROM resources "
+                "WHERE origin='global'"
             )
             records = [
-                ChangeRecord(v, Key(Kind(k), m, n), False, bytes(w)) for v, k, m, n, w in cur
+                ChangeRecord(
+                    v,
+                    Key(Kind(k), m, n),
+                    False,
+                    self._open_value(bytes(w), sl, _aad("wire", k, m, n, ORIGIN_GLOBAL)),
+                )
+                for v, k, m, n, w, sl in cur
             ]
         return Snapshot(head, self._store_id, sort_records(records), chain)
 
@@ -679,6 +818,6 @@ class SqliteStore:
             )
         conn.executemany(
             f"INSERT OR REPLACE INTO resources ({_COLS}, wire, sync_gen) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,NULL,?)",
-            [(*_row_values(r, ORIGIN_GLOBAL), gen) for r in plan.puts],
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            [self._row_values(r, ORIGIN_GLOBAL, None, gen) for r in plan.puts],
         )
