@@ -3,7 +3,9 @@ revocation of a live stream, signing key rotation, API tokens, insecure mode war
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import os
 import socket
 import ssl
 import subprocess
@@ -304,3 +306,77 @@ def test_sync_port_speaks_tls_1_2_or_newer_only(cluster: Cluster) -> None:
         answer = b""
     plain.close()
     assert b"kds" not in answer  # no gRPC service answers in plaintext
+
+
+def test_no_secret_value_leaks_and_encrypted_stores_hold_no_plaintext(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Unique markers written through every path never show in a log, an API answer other
+    than the secret's own GET, status, metrics, the status page or kdsctl output; with
+    --encryption-key-file no store file holds them."""
+    keys = tmp_path / "keys"
+    keys.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+    keys.chmod(0o600)
+    enc = ("--encryption-key-file", str(keys))
+    markers = [f"leak-marker-{i}-c41d" for i in range(7)]
+    g = cluster.start_global(*enc)
+    z = cluster.start_zone("zone-1", *enc)
+    outputs: list[str] = []
+
+    def secret(name: str, value: str, mesh: str = "default", **labels: str) -> dict:  # type: ignore[type-arg]
+        body = {"type": "Secret", "mesh": mesh, "name": name, "data": b64(value)}
+        return {**body, "labels": labels} if labels else body
+
+    g.put("/meshes/default/secrets/api", secret("api", markers[0]))  # the API
+    r = cluster.kdsctl(  # kdsctl
+        "apply", "-f", "-", input=f"type: GlobalSecret\nname: cli\ndata: {b64(markers[1])}\n"
+    )
+    outputs += [r.stdout, r.stderr]
+    z.put("/meshes/default/secrets/dup", secret("dup", markers[2]))  # a conflict
+    g.put("/meshes/default/secrets/dup", secret("dup", markers[3]))
+    z.wait_event("name conflict: this zone keeps its own resource; global's copy is kept aside")
+    bad = secret("bad", markers[4], **{"bad key!": "v"})  # refused input
+    outputs.append(g.put("/meshes/default/secrets/bad", bad).text)
+    r = cluster.kdsctl(
+        "apply", "-f", "-", check=False,
+        input=f"type: Secret\nmesh: nope\nname: x\ndata: {b64(markers[4])}\n",
+    )  # fmt: skip
+    outputs += [r.stdout, r.stderr]
+    g.put("/meshes/team", {"type": "Mesh", "name": "team"})  # a resource the zone rejects
+    wait_for(lambda: z.get_json("/meshes/team"), what="mesh team")
+    z.put("/meshes/team/secrets/own", secret("own", markers[5], "team"))
+    g.http.delete("/meshes/team")
+    other = cluster.zone_token("zone-other")  # a zone refused for a bad token
+    refused = cluster.start_zone("zone-2", *enc, synced=False, token_file=other)
+    _refusal(refused, "not 'zone-2'")
+    g.put("/global-secrets/late", {"type": "GlobalSecret", "name": "late", "data": b64(markers[6])})
+    cluster.kdsctl("wait", "synced", "--timeout", "20s")
+
+    ro = {"Authorization": f"Bearer {g.read_only_token}"}
+    for path in ("/zones", "/zones/_overview", "/zones/zone-1/_overview", "/metrics", "/gui"):
+        outputs.append(g.http.get(path).text)
+    outputs.append(httpx.get(f"{g.api_url}/meshes/default/secrets", headers=ro).text)
+    for path in ("/status", "/metrics"):
+        outputs.append(z.http.get(path).text)
+    for args, api in (
+        (("inspect", "zones"), None),
+        (("inspect", "zone", "zone-1"), None),
+        (("inspect", "sync"), z.api_url),
+        (("get", "secrets"), None),
+        (("get", "secrets"), z.api_url),
+        (("get", "global-secrets"), z.api_url),
+        (("get", "zone-tokens"), None),
+    ):
+        outputs.append(cluster.kdsctl(*args, api=api).stdout)
+    assert z.secret("default", "api")["data"] == b64(markers[0])  # it did sync
+    cluster.close()  # every daemon stopped: logs complete, stores checkpointed
+    text = cluster.all_logs() + "\n".join(outputs)
+    stores = b"".join(
+        p.read_bytes()
+        for d in ("global", "zone-1", "zone-2")
+        for p in (cluster.tmp / d).rglob("*")
+        if p.is_file()
+    )
+    for m in markers:
+        assert m not in text and b64(m) not in text, m
+        assert m.encode() not in stores and b64(m).encode() not in stores, m
