@@ -179,7 +179,7 @@ def inspect_zone(client: ApiClient, name: str, output: str) -> None:
     else:
         since = z.get("disconnectedAt")
         why = f": {z['disconnectReason']}" if z.get("disconnectReason") else ""
-        status = f"Offline since {since or 'ever'}{why}" if since else "Offline (never connected)"
+        status = f"Offline since {since}{why}" if since else "Offline (never connected)"
     pairs = [
         ("Zone", str(z["name"])),
         ("Status", status),
