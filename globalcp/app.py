@@ -38,7 +38,7 @@ async def run_global(cfg: GlobalConfig, stop: asyncio.Event) -> int:
         log.info("created the default mesh on a fresh store")
     hub = Hub(sync_store.head(), sync_store.log_floor(), cfg.log_size)
     loop = asyncio.get_running_loop()
-    sync_store.on_commit = lambda record: loop.call_soon_threadsafe(hub.publish, record)
+    sync_store.on_commit = lambda records: loop.call_soon_threadsafe(hub.publish_many, records)
     instance_id = f"global-{uuid.uuid4().hex[:8]}"
     servicer = SyncServicer(
         store,
