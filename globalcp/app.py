@@ -28,7 +28,14 @@ log = structlog.get_logger("globalcp")
 
 async def run_global(cfg: GlobalConfig, stop: asyncio.Event) -> int:
     data_dir = ensure_private_dir(cfg.data_dir)
-    store = AsyncStore(SqliteStore(data_dir / "global.db", "global", log_size=cfg.log_size))
+    store = AsyncStore(
+        SqliteStore(
+            data_dir / "global.db",
+            "global",
+            log_size=cfg.log_size,
+            max_message_bytes=cfg.max_message_bytes,
+        )
+    )
     sync_store = store.sync
     if (
         sync_store.head() == 0

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from kds import wire
 from kds.ca import check_ca, generate_ca
 from kds.errors import Conflict, FieldError
 from kds.model import Key, Kind, Resource
@@ -41,6 +42,7 @@ __all__ = [
     "TxView",
     "builtin_cas_to_generate",
     "check_delete",
+    "check_unit_sizes",
     "check_written",
     "users_of",
 ]
@@ -121,6 +123,40 @@ def check_written(view: TxView, written: Sequence[Resource]) -> Problems:
                 use = f"mesh {mesh.name!r} mTLS backend {users[0].backend!r} uses this secret"
                 problems.add(i, FieldError("data", f"{use}: {err.field}: {err.message}"))
     return problems
+
+
+def check_unit_sizes(view: TxView, written: Sequence[Resource], limit: int) -> Problems:
+    """A Mesh and the Secrets its backends use reach a zone in one message (see
+    kds.protocol.records), so together they must fit ``limit`` bytes."""
+    problems = Problems()
+    for i, res in enumerate(written):
+        mesh_name = res.name if res.kind is Kind.MESH else res.mesh
+        if res.kind is Kind.SECRET and not users_of(view, res.key):
+            continue
+        mesh = view.get(Key(Kind.MESH, "", mesh_name))
+        if res.kind is Kind.GLOBAL_SECRET or mesh is None or "mtls" not in mesh.spec:
+            continue
+        size = _unit_bytes(mesh, view)
+        if size > limit:
+            problems.add(
+                i,
+                FieldError(
+                    "mtls" if res.kind is Kind.MESH else "data",
+                    f"mesh {mesh.name!r} and the secrets its mTLS backends use would encode to "
+                    f"{size} bytes together, over the sync message limit of {limit} bytes: "
+                    "they must reach zones in one message",
+                ),
+            )
+    return problems
+
+
+def _unit_bytes(mesh: Resource, view: TxView) -> int:
+    names = {r.secret for r in secret_refs(mesh.name, mesh.spec)}
+    found = [view.get(Key(Kind.SECRET, mesh.name, n)) for n in sorted(names)]
+    unit = [mesh, *(r for r in found if r is not None)]
+    return wire.BATCH_OVERHEAD + sum(
+        wire.framed_size(len(wire.change_put(r.version, r))) for r in unit
+    )
 
 
 def _mesh_errors(mesh: Resource, view: TxView) -> list[FieldError]:

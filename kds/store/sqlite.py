@@ -155,10 +155,13 @@ class SqliteStore:
         role: Literal["global", "zone"],
         *,
         log_size: int = DEFAULT_LOG_SIZE,
+        max_message_bytes: int | None = None,
     ):
         self.role: Literal["global", "zone"] = role
         self.path = Path(path)
         self.log_size = log_size
+        # Global: a Mesh and its mTLS backend secrets must fit one sync message together.
+        self.max_message_bytes = max_message_bytes
         # Global: called once per committed transaction with its ChangeRecords, in revision
         # order (writes are serialized), right after the commit. The daemon hands them to the
         # hub with call_soon_threadsafe, so no commit can be missed by the zones' fan-out,
@@ -372,6 +375,8 @@ class SqliteStore:
                 for cert, key in integrity.builtin_cas_to_generate(res, view, now):
                     generated += [self._put(conn, cert, now), self._put(conn, key, now)]
         problems = integrity.check_written(view, resources)
+        if not problems and self.role == "global" and self.max_message_bytes:
+            problems = integrity.check_unit_sizes(view, resources, self.max_message_bytes)
         if problems:
             e = InvalidReferences(problems.by_index)
             e.item_index = next(iter(e.by_index))  # type: ignore[attr-defined]

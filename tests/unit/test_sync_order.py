@@ -224,3 +224,35 @@ def test_store_reports_each_transaction_once(tmp_path: Path) -> None:
     g.put(provided("m1", "c", "k"), NOW)
     g.close()
     assert calls == [[1, 2, 3], [4]]
+
+
+def test_a_mesh_and_its_backend_secrets_must_fit_one_message(tmp_path: Path) -> None:
+    """Global refuses a Mesh whose unit could not travel in one message (field mtls), and a
+    secret update that would make it too large (field data); nothing is written."""
+    from kds.errors import InvalidReferences
+
+    g = SqliteStore(tmp_path / "g.db", "global", max_message_bytes=2000)
+    try:
+        g.put_many([Resource(Kind.MESH, "m1"), secret("m1", "c", b"c" * 900)], NOW)
+        g.put(secret("m1", "k", b"k" * 900), NOW)
+        mesh = provided("m1", "c", "k")
+        skip = {"mtls": {**mesh.spec["mtls"], "skipValidation": True}}
+        try:
+            g.put(mesh.with_meta(spec=skip), NOW)
+        except InvalidReferences as e:
+            assert [err.field for err in e.errors] == ["mtls"]
+            assert "over the sync message limit of 2000 bytes" in str(e)
+        else:
+            raise AssertionError("an oversized unit was accepted")
+        g.put(secret("m1", "k", b"k" * 500), NOW)
+        g.put(mesh.with_meta(spec=skip), NOW)
+        head = g.head()
+        try:
+            g.put(secret("m1", "c", b"c" * 1400), NOW)
+        except InvalidReferences as e:
+            assert [err.field for err in e.errors] == ["data"]
+        else:
+            raise AssertionError("a secret update past the unit limit was accepted")
+        assert g.head() == head
+    finally:
+        g.close()
