@@ -30,6 +30,7 @@ from kds.errors import (
     StoreError,
 )
 from kds.model import Key, Kind, Resource
+from kds.mtls import secret_refs
 from kds.protocol.applier import DecodedBatch, Plan, ZoneView, plan_batch
 from kds.protocol.records import next_chain
 from kds.store.base import (
@@ -602,9 +603,14 @@ class SqliteStore:
             if k.kind is Kind.MESH
         }
         per_mesh = {}
+        backend_secrets = {}
         for m in deleted_meshes:
             n = self._secrets_in_mesh(conn, m)
             per_mesh[m] = (n[ORIGIN_ZONE], n[ORIGIN_GLOBAL])
+            synced_mesh = self._rows(conn, Key(Kind.MESH, "", m)).get(ORIGIN_GLOBAL)
+            if synced_mesh is not None:
+                refs = secret_refs(m, synced_mesh.spec)
+                backend_secrets[m] = frozenset(r.secret for r in refs)
         return ZoneView(
             applied_revision=int(self._meta(conn, "applied_revision", "0")),
             local=frozenset(local),
@@ -612,6 +618,7 @@ class SqliteStore:
             local_meshes=frozenset(local_meshes),
             synced_meshes=frozenset(synced_meshes),
             secrets_per_mesh=per_mesh,
+            backend_secrets=backend_secrets,
             stale=tuple(stale),
         )
 

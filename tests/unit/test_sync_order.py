@@ -256,3 +256,30 @@ def test_a_mesh_and_its_backend_secrets_must_fit_one_message(tmp_path: Path) -> 
         assert g.head() == head
     finally:
         g.close()
+
+
+def test_a_mesh_delete_a_zone_refuses_keeps_its_backend_secrets(tmp_path: Path) -> None:
+    """A zone-local Secret keeps a synced Mesh from being deleted on that zone; the deletes of
+    the CA secrets sent with it are refused too, so the Mesh that stays keeps its CA."""
+    from kds.protocol.applier import DecodedBatch, Incoming
+
+    z = SqliteStore(tmp_path / "z.db", "zone")
+    try:
+        mesh = builtin("m1", "b1")
+        cert = secret("m1", "m1.ca-builtin-cert-b1", b"c")
+        key = secret("m1", "m1.ca-builtin-key-b1", b"k")
+        puts = tuple(Incoming(i + 1, r.key, r) for i, r in enumerate([mesh, cert, key]))
+        z.apply_batch(DecodedBatch(1, 0, 3, False, True, 3, puts), "g", NOW)
+        z.put(secret("m1", "local", b"l"), NOW)  # the zone's own secret in the mesh
+        deletes = tuple(Incoming(4 + i, r.key) for i, r in enumerate([cert, key, mesh]))
+        result = z.apply_batch(DecodedBatch(2, 3, 6, False, True, 6, deletes), "g", NOW)
+        assert sorted(k.name for k, _ in result.rejected) == [
+            "m1",
+            "m1.ca-builtin-cert-b1",
+            "m1.ca-builtin-key-b1",
+        ]
+        assert z.get(mesh.key) is not None
+        assert z.get(cert.key) is not None and z.get(key.key) is not None
+        assert result.applied_revision == 6  # reported once, never retried
+    finally:
+        z.close()
