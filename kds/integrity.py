@@ -69,12 +69,14 @@ class Problems:
         return bool(self.by_index)
 
 
-def users_of(view: TxView, secret: Key) -> list[SecretRef]:
-    """The backend references to a Secret (only its own mesh's backends can use it)."""
+def users_of(view: TxView, secret: Key, every: bool = False) -> list[SecretRef]:
+    """The backend references to a Secret (only its own mesh's backends can use it); with
+    ``every``, all of that mesh's references."""
     mesh = view.get(Key(Kind.MESH, "", secret.mesh))
     if mesh is None:
         return []
-    return [r for r in secret_refs(mesh.name, mesh.spec) if r.secret == secret.name]
+    refs = secret_refs(mesh.name, mesh.spec)
+    return refs if every else [r for r in refs if r.secret == secret.name]
 
 
 def builtin_cas_to_generate(
@@ -103,35 +105,61 @@ def builtin_cas_to_generate(
 def check_written(view: TxView, written: Sequence[Resource]) -> Problems:
     """Check every Mesh the write touched, attributing problems to the written resource."""
     problems = Problems()
-    seen: set[str] = set()
+    users = _Users(view)
+    meshes_written = {r.name for r in written if r.kind is Kind.MESH}
     for i, res in enumerate(written):
         if res.kind is Kind.MESH:
             mesh = view.get(res.key)
-            for err in _mesh_errors(mesh, view) if mesh is not None else []:
-                problems.add(i, err)
-            seen.add(res.name)
-    for i, res in enumerate(written):
-        if res.kind is not Kind.SECRET or res.mesh in seen:
+            errors = _mesh_errors(mesh, view) if mesh is not None else []
+        elif res.kind is Kind.SECRET and res.mesh not in meshes_written:
+            errors = _secret_errors(res, users.of(res.key), view)
+        else:
             continue
-        mesh = view.get(Key(Kind.MESH, "", res.mesh))
-        users = users_of(view, res.key)
-        if mesh is None or not users or skip_validation(mesh.spec):
-            continue
-        backends_used = {u.field.split("]")[0] + "]" for u in users}
-        for err in _mesh_errors(mesh, view):
-            if err.field.split("]")[0] + "]" in backends_used:
-                use = f"mesh {mesh.name!r} mTLS backend {users[0].backend!r} uses this secret"
-                problems.add(i, FieldError("data", f"{use}: {err.field}: {err.message}"))
+        for err in errors:
+            problems.add(i, err)
     return problems
+
+
+class _Users:
+    """users_of for many secrets of a write, reading and parsing each mesh once."""
+
+    def __init__(self, view: TxView):
+        self._view = view
+        self._refs: dict[str, list[SecretRef]] = {}
+
+    def of(self, secret: Key) -> list[SecretRef]:
+        if secret.mesh not in self._refs:
+            self._refs[secret.mesh] = users_of(self._view, Key(Kind.SECRET, secret.mesh, ""), True)
+        return [r for r in self._refs[secret.mesh] if r.secret == secret.name]
+
+
+def _backend(field_name: str) -> str:
+    """'mtls.backends[0].config.cert.secret' -> 'mtls.backends[0]'."""
+    return field_name.split("]")[0] + "]"
+
+
+def _secret_errors(secret: Resource, refs: list[SecretRef], view: TxView) -> list[FieldError]:
+    """A written Secret that backends use: those backends' problems, named as its own."""
+    mesh = view.get(Key(Kind.MESH, "", secret.mesh))
+    if not refs or mesh is None or skip_validation(mesh.spec):
+        return []
+    used_by = {_backend(r.field) for r in refs}
+    use = f"mesh {mesh.name!r} mTLS backend {refs[0].backend!r} uses this secret"
+    return [
+        FieldError("data", f"{use}: {err.field}: {err.message}")
+        for err in _mesh_errors(mesh, view)
+        if _backend(err.field) in used_by
+    ]
 
 
 def check_unit_sizes(view: TxView, written: Sequence[Resource], limit: int) -> Problems:
     """A Mesh and the Secrets its backends use reach a zone in one message (see
     kds.protocol.records), so together they must fit ``limit`` bytes."""
     problems = Problems()
+    users = _Users(view)
     for i, res in enumerate(written):
         mesh_name = res.name if res.kind is Kind.MESH else res.mesh
-        if res.kind is Kind.SECRET and not users_of(view, res.key):
+        if res.kind is Kind.SECRET and not users.of(res.key):
             continue
         mesh = view.get(Key(Kind.MESH, "", mesh_name))
         if res.kind is Kind.GLOBAL_SECRET or mesh is None or "mtls" not in mesh.spec:

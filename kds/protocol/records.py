@@ -75,11 +75,7 @@ def sync_units(records: Iterable[ChangeRecord]) -> list[list[ChangeRecord]]:
     mesh_puts = [r for r in by_rev if r.key.kind is Kind.MESH and not r.deleted]
     mesh_deletes = [r for r in by_rev if r.key.kind is Kind.MESH and r.deleted]
     deleted_meshes = {r.key.name for r in mesh_deletes}
-    claimed = {
-        Key(Kind.SECRET, m.key.name, name): m.key.name
-        for m in mesh_puts
-        for name in m.backend_secrets
-    }
+    claimed = {Key(Kind.SECRET, m.key.name, n) for m in mesh_puts for n in m.backend_secrets}
     with_put: dict[str, list[ChangeRecord]] = {}  # a Mesh put's backend secret puts
     with_delete: dict[str, list[ChangeRecord]] = {}  # a Mesh delete's secret deletes
     rest: list[ChangeRecord] = []
