@@ -73,3 +73,8 @@ class Hub:
         if first is None or first > after + 1 or upto > self.head:
             return None
         return [self._cache[r] for r in range(after + 1, upto + 1)]
+
+    def commit_time(self, revision: int) -> float | None:
+        """When ``revision`` was committed, if the cache still holds it (and knows)."""
+        rec = self._cache.get(revision)
+        return rec.committed_at if rec is not None and rec.committed_at else None

@@ -36,6 +36,7 @@ import yaml
 from aiohttp import web
 
 from kds import wire
+from kds.auth import ApiTokens, Role
 from kds.clock import rfc3339
 from kds.errors import (
     ConfigError,
@@ -96,9 +97,16 @@ class ApiContext:
     on_write: Callable[[WriteResult], None] | None = None
     # Largest body POST /_apply accepts (many resources, applied in one transaction).
     max_apply_bytes: int = 64 * 1024 * 1024
+    # Bearer tokens the API requires (None: no authentication, for in-process tests only).
+    tokens: ApiTokens | None = None
 
 
 API_CONTEXT: web.AppKey[ApiContext] = web.AppKey("kds_api_ctx", ApiContext)
+# Paths anyone may read: they carry no resource data and no status beyond up or down.
+OPEN_PATHS = frozenset(
+    {"/", "/healthz", "/readyz", "/openapi.yaml", "/openapi.json", "/gui", "/favicon.ico"}
+)
+_READ_ONLY_KEY = "kds_read_only"
 _OPENAPI: web.AppKey[str] = web.AppKey("kds_openapi_yaml", str)
 
 
@@ -197,6 +205,36 @@ async def _error_middleware(
         )
 
 
+@web.middleware
+async def _auth_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Bearer tokens: the admin token may do anything; the read-only one may use GET on
+    metadata and status, and gets resources without their data."""
+    tokens = request.app[API_CONTEXT].tokens
+    if tokens is None or request.path in OPEN_PATHS:
+        return await handler(request)
+    auth = request.headers.get("Authorization", "")
+    token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+    role = tokens.role_of(token) if token else None
+    if role is None:
+        raise _HttpError(
+            401,
+            "Unauthorized",
+            ("the bearer token is not valid" if token else "this API needs a bearer token")
+            + ": pass kdsctl --token (or KDSCTL_TOKEN) or an 'Authorization: Bearer' header; "
+            "the daemon's admin token is in its data dir (admin-token)",
+            headers={"WWW-Authenticate": 'Bearer realm="kds-sync"'},
+        )
+    if role is Role.READ_ONLY:
+        if request.method not in ("GET", "HEAD"):
+            raise _HttpError(
+                403, "Forbidden", f"the read-only token may not {request.method} {request.path}"
+            )
+        request[_READ_ONLY_KEY] = True
+    return await handler(request)
+
+
 def _too_large(ctx: ApiContext, limit: int | None = None) -> _HttpError:
     return _HttpError(
         413,
@@ -219,8 +257,11 @@ def _system_labels(ctx: ApiContext, row: Row) -> dict[str, str]:
     return {LABEL_ORIGIN: "global"}
 
 
-def _render(ctx: ApiContext, row: Row) -> dict[str, Any]:
-    return to_json(row.resource, _system_labels(ctx, row))
+def _render(ctx: ApiContext, row: Row, request: web.Request) -> dict[str, Any]:
+    body = to_json(row.resource, _system_labels(ctx, row))
+    if request.get(_READ_ONLY_KEY):
+        body.pop("data", None)  # the read-only token never sees secret data
+    return body
 
 
 def _key(kind: Kind, request: web.Request) -> Key:
@@ -317,7 +358,7 @@ def _list_handler(kind: Kind) -> Handler:
                 request.url.update_query({"offset": str(offset + size), "size": str(size)})
             )
         return web.json_response(
-            {"total": total, "items": [_render(ctx, r) for r in page], "next": next_url}
+            {"total": total, "items": [_render(ctx, r, request) for r in page], "next": next_url}
         )
 
     return handler
@@ -332,7 +373,7 @@ def _get_handler(kind: Kind) -> Handler:
         row = await ctx.store.read(ctx.store.sync.get, key)
         if row is None:
             raise NotFound(f"{key} not found")
-        return web.json_response(_render(ctx, row))
+        return web.json_response(_render(ctx, row, request))
 
     return handler
 
@@ -400,7 +441,7 @@ def _put_handler(kind: Kind) -> Handler:
             log.debug("resource unchanged", type=str(kind), mesh=key.mesh, name=key.name)
         outcome = "created" if created else "updated" if result.changed else "unchanged"
         return web.json_response(
-            _render(ctx, Row(stored, origin)),
+            _render(ctx, Row(stored, origin), request),
             status=201 if created else 200,
             headers={RESULT_HEADER: outcome},
         )
@@ -574,7 +615,7 @@ def _load_openapi() -> str:
 def build_app(ctx: ApiContext, extra_routes: list[web.RouteDef] | None = None) -> web.Application:
     """The API application; ``extra_routes`` lets a daemon add its own (e.g. /status)."""
     app = web.Application(
-        middlewares=[_error_middleware],
+        middlewares=[_error_middleware, _auth_middleware],
         client_max_size=max(client_max_size(ctx.limits), ctx.max_apply_bytes),
     )
     app[API_CONTEXT] = ctx
@@ -603,9 +644,11 @@ def build_app(ctx: ApiContext, extra_routes: list[web.RouteDef] | None = None) -
     return app
 
 
-async def serve_api(ctx: ApiContext, address: tuple[str, int]) -> web.AppRunner:
+async def serve_api(
+    ctx: ApiContext, address: tuple[str, int], extra_routes: list[web.RouteDef] | None = None
+) -> web.AppRunner:
     """Start the API on ``address``; a port that cannot be bound is a ConfigError naming it."""
-    runner = web.AppRunner(build_app(ctx), access_log=None)
+    runner = web.AppRunner(build_app(ctx, extra_routes), access_log=None)
     await runner.setup()
     host, port = address
     try:

@@ -49,6 +49,7 @@ class ChangeRecord:
     deleted: bool
     change: bytes  # encoded kds.v1.Change
     chain: bytes = GENESIS_CHAIN  # global's history chain at this revision
+    committed_at: float = 0.0  # wall-clock seconds of the commit on global (0: unknown)
 
     @functools.cached_property
     def framed(self) -> bytes:

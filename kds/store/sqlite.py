@@ -14,6 +14,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -74,7 +75,25 @@ CREATE TABLE IF NOT EXISTS changelog (
     name TEXT NOT NULL,
     deleted INTEGER NOT NULL,
     change BLOB NOT NULL,
-    chain BLOB NOT NULL              -- history chain at this revision (kds.protocol.records)
+    chain BLOB NOT NULL,             -- history chain at this revision (kds.protocol.records)
+    committed_at REAL NOT NULL DEFAULT 0  -- wall-clock seconds (for zone lag in seconds)
+);
+CREATE TABLE IF NOT EXISTS internal_secrets (  -- global's own keys: never synced nor served
+    name TEXT PRIMARY KEY,
+    data BLOB NOT NULL,
+    created TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS zone_tokens (  -- global: zone tokens issued (never the token itself)
+    id TEXT PRIMARY KEY,
+    zone TEXT NOT NULL,
+    key_name TEXT NOT NULL,
+    issued_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    revoked_at TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS zone_status (  -- global: each zone's sync status (globalcp.zones)
+    name TEXT PRIMARY KEY,
+    status TEXT NOT NULL                -- JSON
 );
 """
 
@@ -157,12 +176,14 @@ class SqliteStore:
         *,
         log_size: int = DEFAULT_LOG_SIZE,
         max_message_bytes: int | None = None,
+        clock: Callable[[], float] = time.time,
     ):
         self.role: Literal["global", "zone"] = role
         self.path = Path(path)
         self.log_size = log_size
         # Global: a Mesh and its mTLS backend secrets must fit one sync message together.
         self.max_message_bytes = max_message_bytes
+        self.clock = clock  # wall-clock seconds, recorded with each change-log entry
         # Global: called once per committed transaction with its ChangeRecords, in revision
         # order (writes are serialized), right after the commit. The daemon hands them to the
         # hub with call_soon_threadsafe, so no commit can be missed by the zones' fan-out,
@@ -186,6 +207,9 @@ class SqliteStore:
         if fresh:
             os.chmod(self.path, 0o600)
         conn.executescript(_SCHEMA)
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(changelog)")}
+        if "committed_at" not in columns:  # a store made before commit times were kept
+            conn.execute("ALTER TABLE changelog ADD COLUMN committed_at REAL NOT NULL DEFAULT 0")
         with self._tx(conn):
             row = conn.execute("SELECT value FROM meta WHERE key='role'").fetchone()
             if row is None:
@@ -467,10 +491,10 @@ class SqliteStore:
         self, conn: sqlite3.Connection, revision: int, key: Key, deleted: bool, change: bytes
     ) -> ChangeRecord:
         chain = next_chain(bytes.fromhex(self._meta(conn, "chain")), change)
-        rec = ChangeRecord(revision, key, deleted, change, chain)
+        rec = ChangeRecord(revision, key, deleted, change, chain, self.clock())
         conn.execute(
-            "INSERT INTO changelog VALUES (?,?,?,?,?,?,?)",
-            (revision, str(key.kind), key.mesh, key.name, deleted, change, chain),
+            "INSERT INTO changelog VALUES (?,?,?,?,?,?,?,?)",
+            (revision, str(key.kind), key.mesh, key.name, deleted, change, chain, rec.committed_at),
         )
         self._set_meta(conn, "head", revision)
         self._set_meta(conn, "chain", chain.hex())
@@ -506,14 +530,114 @@ class SqliteStore:
 
     def changes_after(self, revision: int, upto: int) -> list[ChangeRecord]:
         cur = self._conn().execute(
-            "SELECT revision, kind, mesh, name, deleted, change, chain FROM changelog "
-            "WHERE revision > ? AND revision <= ? ORDER BY revision",
+            "SELECT revision, kind, mesh, name, deleted, change, chain, committed_at "
+            "FROM changelog WHERE revision > ? AND revision <= ? ORDER BY revision",
             (revision, upto),
         )
         return [
-            ChangeRecord(rev, Key(Kind(k), m, n), bool(d), bytes(c), bytes(ch))
-            for rev, k, m, n, d, c, ch in cur
+            ChangeRecord(rev, Key(Kind(k), m, n), bool(d), bytes(c), bytes(ch), at)
+            for rev, k, m, n, d, c, ch, at in cur
         ]
+
+    def commit_time(self, revision: int) -> float | None:
+        """When ``revision`` was committed (wall-clock seconds); for a revision the log no
+        longer holds, the oldest time it still knows (a lower bound of how long ago it was).
+        None when the log knows no time at or after it."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT committed_at FROM changelog WHERE revision >= ? AND committed_at > 0 "
+                "ORDER BY revision LIMIT 1",
+                (revision,),
+            )
+            .fetchone()
+        )
+        return float(row[0]) if row else None
+
+    # ------------------------------------------------------------------ global: internal secrets
+
+    def internal_secrets(self, prefix: str = "") -> dict[str, bytes]:
+        """Global's internal secrets (CA key, token signing keys) whose name starts with
+        ``prefix``. They live apart from resources: never in the change log, never synced,
+        never served by the API."""
+        cur = self._conn().execute(
+            "SELECT name, data FROM internal_secrets WHERE substr(name, 1, ?) = ? ORDER BY name",
+            (len(prefix), prefix),
+        )
+        return {name: self._open_internal(name, bytes(data)) for name, data in cur}
+
+    def put_internal_secret(self, name: str, data: bytes, now: str) -> None:
+        conn = self._conn()
+        with self._tx(conn):
+            conn.execute(
+                "INSERT INTO internal_secrets VALUES (?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET data=excluded.data",
+                (name, self._seal_internal(name, data), now),
+            )
+
+    def delete_internal_secret(self, name: str) -> bool:
+        conn = self._conn()
+        with self._tx(conn):
+            return conn.execute("DELETE FROM internal_secrets WHERE name=?", (name,)).rowcount > 0
+
+    def _seal_internal(self, name: str, data: bytes) -> bytes:
+        return data
+
+    def _open_internal(self, name: str, data: bytes) -> bytes:
+        return data
+
+    # ------------------------------------------------------------------ global: zone tokens
+
+    def add_zone_token(
+        self, token_id: str, zone: str, key_name: str, issued: str, expires: str
+    ) -> None:
+        conn = self._conn()
+        with self._tx(conn):
+            conn.execute(
+                "INSERT INTO zone_tokens (id, zone, key_name, issued_at, expires_at) "
+                "VALUES (?,?,?,?,?)",
+                (token_id, zone, key_name, issued, expires),
+            )
+
+    def revoke_zone_token(self, token_id: str, now: str) -> dict[str, str] | None:
+        """Mark a token revoked (once); None when no such token was issued."""
+        conn = self._conn()
+        with self._tx(conn):
+            conn.execute(
+                "UPDATE zone_tokens SET revoked_at=? WHERE id=? AND revoked_at=''", (now, token_id)
+            )
+            rows = self._token_rows(conn, "WHERE id=?", (token_id,))
+        return rows[0] if rows else None
+
+    def zone_tokens(self) -> list[dict[str, str]]:
+        return self._token_rows(self._conn(), "ORDER BY issued_at, id", ())
+
+    @staticmethod
+    def _token_rows(
+        conn: sqlite3.Connection, where: str, args: tuple[Any, ...]
+    ) -> list[dict[str, str]]:
+        cur = conn.execute(
+            f"SELECT id, zone, key_name, issued_at, expires_at, revoked_at FROM zone_tokens {where}",
+            args,
+        )
+        keys = ("id", "zone", "keyName", "issuedAt", "expiresAt", "revokedAt")
+        return [dict(zip(keys, row, strict=True)) for row in cur]
+
+    # ------------------------------------------------------------------ global: zone status
+
+    def zone_statuses(self) -> dict[str, str]:
+        """Every zone's last saved status (JSON text), by zone name."""
+        return dict(self._conn().execute("SELECT name, status FROM zone_status ORDER BY name"))
+
+    def save_zone_statuses(self, statuses: dict[str, str]) -> None:
+        """Save the given zones' statuses (JSON text) in one transaction."""
+        conn = self._conn()
+        with self._tx(conn):
+            conn.executemany(
+                "INSERT INTO zone_status VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET status=excluded.status",
+                sorted(statuses.items()),
+            )
 
     def snapshot(self) -> Snapshot:
         conn = self._conn()

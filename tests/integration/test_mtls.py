@@ -193,7 +193,7 @@ def test_zone_reconnecting_mid_change_never_holds_a_mesh_without_its_secrets(
     stop = threading.Event()
     found: list[str] = []
     try:
-        z = cluster.start_zone("zone-cut", "--global-address", f"grpc://127.0.0.1:{proxy.port}")
+        z = cluster.start_zone("zone-cut", "--global-address", f"grpcs://127.0.0.1:{proxy.port}")
         steady = cluster.start_zone("zone-steady")
         db = tmp_path / "zone-cut" / "zone.db"
 
