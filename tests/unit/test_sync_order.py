@@ -283,3 +283,38 @@ def test_a_mesh_delete_a_zone_refuses_keeps_its_backend_secrets(tmp_path: Path) 
         assert result.applied_revision == 6  # reported once, never retried
     finally:
         z.close()
+
+
+def test_conflict_rules_apply_to_ca_secrets_on_a_zone(tmp_path: Path) -> None:
+    """A zone's own secret named like a backend's keeps its place (a conflict, reported);
+    global's copy is kept aside and served when the zone's own is deleted."""
+    from kds.protocol.applier import DecodedBatch, Incoming
+
+    z = SqliteStore(tmp_path / "z.db", "zone")
+    try:
+        ca = certs.ca()
+        z.apply_batch(
+            DecodedBatch(
+                1,
+                0,
+                1,
+                False,
+                True,
+                1,
+                (Incoming(1, Key(Kind.MESH, "", "m1"), Resource(Kind.MESH, "m1")),),
+            ),
+            "g",
+            NOW,
+        )
+        z.put(secret("m1", "c", b"zone's own"), NOW)
+        unit = [provided("m1", "c", "k"), secret("m1", "c", ca.cert), secret("m1", "k", ca.key)]
+        changes = tuple(Incoming(2 + i, r.key, r) for i, r in enumerate(unit))
+        result = z.apply_batch(DecodedBatch(2, 1, 4, False, True, 4, changes), "g", NOW)
+        assert result.rejected == [] and result.new_conflicts == [Key(Kind.SECRET, "m1", "c")]
+        row = z.get(Key(Kind.SECRET, "m1", "c"))
+        assert row is not None and row.origin == "zone" and row.resource.data == b"zone's own"
+        z.delete(Key(Kind.SECRET, "m1", "c"))  # the zone's own: global's copy takes its place
+        row = z.get(Key(Kind.SECRET, "m1", "c"))
+        assert row is not None and row.origin == "global" and row.resource.data == ca.cert
+    finally:
+        z.close()
