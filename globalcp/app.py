@@ -40,7 +40,13 @@ async def run_global(cfg: GlobalConfig, stop: asyncio.Event) -> int:
     api_tokens = load_api_tokens(data_dir, cfg.admin_token_file, cfg.read_only_token_file)
     cipher = load_key_file(cfg.encryption_key_file) if cfg.encryption_key_file else None
     store = AsyncStore(
-        SqliteStore(data_dir / "global.db", "global", log_size=cfg.log_size, cipher=cipher)
+        SqliteStore(
+            data_dir / "global.db",
+            "global",
+            log_size=cfg.log_size,
+            max_message_bytes=cfg.max_message_bytes,
+            cipher=cipher,
+        )
     )
     sync_store = store.sync
     if (
@@ -51,7 +57,7 @@ async def run_global(cfg: GlobalConfig, stop: asyncio.Event) -> int:
         log.info("created the default mesh on a fresh store")
     hub = Hub(sync_store.head(), sync_store.log_floor(), cfg.log_size)
     loop = asyncio.get_running_loop()
-    sync_store.on_commit = lambda record: loop.call_soon_threadsafe(hub.publish, record)
+    sync_store.on_commit = lambda records: loop.call_soon_threadsafe(hub.publish_many, records)
     instance_id = f"global-{uuid.uuid4().hex[:8]}"
     metrics = GlobalMetrics()
     tracker = ZoneTracker(store, hub, observe_latency=metrics.observe_propagation)

@@ -37,11 +37,16 @@ class Hub:
         self._waiters.discard(ev)
 
     def publish(self, record: ChangeRecord) -> None:
-        """Called after a write committed. Records may arrive out of order; head moves only
-        over a gap-free prefix."""
-        if record.revision <= self.head:
-            return
-        self._pending[record.revision] = record
+        self.publish_many([record])
+
+    def publish_many(self, records: list[ChangeRecord]) -> None:
+        """Called after a transaction committed, with its records. Transactions may arrive
+        out of order; head moves only over a gap-free prefix, and a transaction's records
+        arrive in one call, so head never stops inside a transaction: every range a zone is
+        sent ends at a state global committed (a Mesh with the secrets it uses, say)."""
+        for record in records:
+            if record.revision > self.head:
+                self._pending[record.revision] = record
         moved = False
         while self.head + 1 in self._pending:
             rec = self._pending.pop(self.head + 1)

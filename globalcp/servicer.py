@@ -28,7 +28,7 @@ from kds._pb import sync_pb2 as pb
 from kds.clock import rfc3339, utcnow
 from kds.errors import ProtocolError
 from kds.model import validate_name
-from kds.protocol.batching import coalesce, pack
+from kds.protocol.batching import Part, coalesce, pack
 from kds.protocol.session import Ack, GlobalSession, Hello, Mode, SendRange, SendSnapshot
 from kds.store import AsyncStore, Snapshot
 from kds.tokens import TokenRefused, ZoneTokens
@@ -370,8 +370,9 @@ class SyncServicer:
                 continue
             if isinstance(action, SendSnapshot):
                 snap = await self._snapshot()
+                parts = list(pack(snap.changes, self.max_message_bytes))
                 sent = await self._send_parts(
-                    context, link, snap.changes, 0, snap.revision, True, snap.chain
+                    context, link, parts, 0, snap.revision, True, snap.chain
                 )
                 log.info(
                     "snapshot sent",
@@ -387,10 +388,17 @@ class SyncServicer:
                     session.on_failed_range()
                     continue
                 changes = coalesce(records)
+                parts = list(pack(changes, self.max_message_bytes))
+                if any(p.split_unit for p in parts):
+                    # A Mesh and the secrets it uses must reach the zone in one message; a
+                    # snapshot applies deletions in its last part, so it never needs that.
+                    log.info("a mesh change does not fit one message: sending a snapshot")
+                    session.on_failed_range()
+                    continue
                 sent = await self._send_parts(
                     context,
                     link,
-                    changes,
+                    parts,
                     action.from_revision,
                     action.to_revision,
                     False,
@@ -440,16 +448,16 @@ class SyncServicer:
         self,
         context: grpc.aio.ServicerContext,
         link: ZoneLink,
-        records: list[Any],
+        parts: list[Part],
         from_revision: int,
         revision: int,
         snapshot: bool,
         chain: bytes,
     ) -> int:
-        """Write the records as one or more batches; return the bytes written."""
+        """Write the parts as batches; return the bytes written."""
         total = 0
         session = link.session
-        for part in pack(records, self.max_message_bytes):
+        for part in parts:
             seq = session.next_seq()
             data = wire.assemble_batch(
                 seq=seq,

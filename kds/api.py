@@ -38,7 +38,15 @@ from aiohttp import web
 from kds import wire
 from kds.auth import ApiTokens, Role
 from kds.clock import rfc3339
-from kds.errors import ConfigError, Conflict, FieldError, InvalidResource, KdsError, NotFound
+from kds.errors import (
+    ConfigError,
+    Conflict,
+    FieldError,
+    InvalidReferences,
+    InvalidResource,
+    KdsError,
+    NotFound,
+)
 from kds.model import (
     LABEL_ORIGIN,
     LABEL_ZONE,
@@ -48,6 +56,7 @@ from kds.model import (
     Resource,
     from_document,
     from_json_body,
+    kubernetes_field,
     to_json,
 )
 from kds.store import ORIGIN_GLOBAL, ORIGIN_ZONE, AsyncStore, Row, SqliteStore, WriteResult
@@ -408,6 +417,8 @@ def _put_handler(kind: Kind) -> Handler:
         try:
             result = await ctx.store.write(ctx.store.sync.put, res, now)
             created = result.created
+        except InvalidResource as e:  # a rule across resources (kds.integrity)
+            raise _HttpError(400, "Invalid resource", f"{key} is invalid", e.errors) from None
         except NotFound as e:
             if kind is not Kind.SECRET:
                 raise
@@ -421,16 +432,11 @@ def _put_handler(kind: Kind) -> Handler:
         assert stored is not None
         origin = _own_origin(ctx.store.sync)
         if result.changed:
-            log.info(
-                "resource written",
-                type=str(kind),
-                mesh=key.mesh,
-                name=key.name,
-                origin=origin,
-                version=stored.version,
-                created=created,
-            )
+            _log_written(result, origin)
             _notify(ctx, result)
+            for extra in result.also:
+                _log_written(extra, origin, reason="builtin CA generated")
+                _notify(ctx, extra)
         else:
             log.debug("resource unchanged", type=str(kind), mesh=key.mesh, name=key.name)
         outcome = "created" if created else "updated" if result.changed else "unchanged"
@@ -441,6 +447,22 @@ def _put_handler(kind: Kind) -> Handler:
         )
 
     return handler
+
+
+def _log_written(result: WriteResult, origin: str, **extra: str) -> None:
+    """One info line per written resource (the audit trail); never its data."""
+    stored = result.resource
+    assert stored is not None
+    log.info(
+        "resource written",
+        type=str(stored.kind),
+        mesh=stored.mesh,
+        name=stored.name,
+        origin=origin,
+        version=stored.version,
+        created=result.created,
+        **extra,
+    )
 
 
 def _size_error(ctx: ApiContext, res: Resource, now: str, prefix: str = "") -> FieldError | None:
@@ -475,6 +497,7 @@ async def _apply_handler(request: web.Request) -> web.Response:
     errs: list[FieldError] = []
     parsed: list[tuple[int, Resource]] = []
     seen: dict[Key, int] = {}
+    k8s = {i for i, it in enumerate(items) if isinstance(it, Mapping) and "apiVersion" in it}
     for i, item in enumerate(items):
         try:
             res = from_document(item, ctx.limits)
@@ -496,6 +519,21 @@ async def _apply_handler(request: web.Request) -> web.Response:
     parsed.sort(key=lambda p: p[1].kind is not Kind.MESH)  # stable: meshes first
     try:
         results = await ctx.store.write(ctx.store.sync.put_many, [r for _, r in parsed], now)
+    except InvalidReferences as e:
+        causes = [
+            FieldError(
+                f"items[{parsed[j][0]}].{_item_field(f.field, parsed[j][0] in k8s)}", f.message
+            )
+            for j, fields in e.by_index.items()
+            for f in fields
+        ]
+        index, res = parsed[next(iter(e.by_index))]
+        raise _HttpError(
+            400,
+            "Invalid resources",
+            f"nothing was applied: items[{index}] ({res.key}) is invalid",
+            causes,
+        ) from None
     except KdsError as e:
         index = parsed[getattr(e, "item_index", 0)][0]
         res = parsed[getattr(e, "item_index", 0)][1]
@@ -515,25 +553,22 @@ async def _apply_handler(request: web.Request) -> web.Response:
     origin = _own_origin(ctx.store.sync)
     out = []
     counts = {"created": 0, "updated": 0, "unchanged": 0}
-    for (_, res), result in zip(parsed, results, strict=True):
+    written = [res for _, res in parsed]
+    # Builtin CA secrets generated in the same transaction follow the items given.
+    written += [r.resource for r in results[len(parsed) :] if r.resource is not None]
+    for res, result in zip(written, results, strict=True):
         outcome = "created" if result.created else "updated" if result.changed else "unchanged"
         counts[outcome] += 1
         if result.changed:
-            stored = result.resource
-            assert stored is not None
-            log.info(  # one line per resource, as for a PUT: the audit trail names each
-                "resource written",
-                type=str(res.kind),
-                mesh=res.mesh,
-                name=res.name,
-                origin=origin,
-                version=stored.version,
-                created=result.created,
-            )
+            _log_written(result, origin)
             _notify(ctx, result)
         out.append({"type": str(res.kind), "mesh": res.mesh, "name": res.name, "result": outcome})
     log.info("resources applied", total=len(out), origin=origin, **counts)
     return web.json_response({"items": out})
+
+
+def _item_field(f: str, kubernetes: bool) -> str:
+    return kubernetes_field(f) if kubernetes else f
 
 
 def _delete_handler(kind: Kind) -> Handler:
@@ -546,12 +581,25 @@ def _delete_handler(kind: Kind) -> Handler:
         version = (
             result.record.revision if result.record else (prev.resource.version if prev else 0)
         )
+        origin = _own_origin(ctx.store.sync)
+        for extra in result.also:  # a Mesh's builtin CA secrets go with it
+            assert extra.deleted is not None
+            log.info(
+                "resource deleted",
+                type=str(extra.deleted.kind),
+                mesh=extra.deleted.mesh,
+                name=extra.deleted.name,
+                origin=origin,
+                version=extra.record.revision if extra.record else 0,
+                reason="builtin CA of a deleted mesh",
+            )
+            _notify(ctx, extra)
         log.info(
             "resource deleted",
             type=str(kind),
             mesh=key.mesh,
             name=key.name,
-            origin=_own_origin(ctx.store.sync),
+            origin=origin,
             version=version,
         )
         _notify(ctx, result)

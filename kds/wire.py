@@ -25,6 +25,7 @@ __all__ = [
     "frame_change",
     "key_from_pb",
     "key_to_pb",
+    "mesh_spec_of",
     "resource_from_pb",
     "resource_to_pb",
 ]
@@ -65,6 +66,13 @@ def resource_from_pb(m: pb.Resource) -> Resource:
         modification_time=m.modification_time,
         version=m.version,
     )
+
+
+def mesh_spec_of(change: bytes) -> dict[str, object]:
+    """The spec of the Mesh an encoded Change puts ({} for none)."""
+    m = pb.Change.FromString(change)
+    spec = json.loads(m.put.spec) if m.WhichOneof("op") == "put" and m.put.spec else {}
+    return spec if isinstance(spec, dict) else {}
 
 
 def key_to_pb(k: Key) -> pb.ResourceKey:

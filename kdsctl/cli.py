@@ -224,17 +224,25 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def _mtls(item: Mapping[str, Any]) -> str:
+    """A Mesh's mTLS column: the enabled backend and its type, or off."""
+    mtls = item.get("mtls") or {}
+    backends = {b.get("name"): b.get("type") for b in mtls.get("backends") or []}
+    enabled = mtls.get("enabledBackend")
+    if enabled in backends:
+        return f"{enabled} ({backends[enabled]})"
+    return f"off ({len(backends)} backends)" if backends else "off"
+
+
 def _render_table(kind: Kind, items: Sequence[Mapping[str, Any]]) -> str:
     now = datetime.now(UTC)
-    headers = (["MESH"] if kind is Kind.SECRET else []) + ["NAME", "ORIGIN", "AGE"]
+    headers = (["MESH"] if kind is Kind.SECRET else []) + ["NAME"]
+    headers += (["MTLS"] if kind is Kind.MESH else []) + ["ORIGIN", "AGE"]
     rows = []
     for it in items:
         row = [str(it.get("mesh", ""))] if kind is Kind.SECRET else []
-        row += [
-            str(it.get("name", "")),
-            _origin(it),
-            format_age(str(it.get("creationTime", "")), now),
-        ]
+        row += [str(it.get("name", ""))] + ([_mtls(it)] if kind is Kind.MESH else [])
+        row += [_origin(it), format_age(str(it.get("creationTime", "")), now)]
         rows.append(row)
     return table(headers, rows)
 
@@ -536,7 +544,9 @@ def delete() -> None:
 @click.argument("name")
 @pass_client
 def delete_mesh(client: ApiClient, name: str) -> None:
-    """Delete the mesh NAME. Refused while the mesh still holds secrets."""
+    """Delete the mesh NAME. Refused while it still holds secrets, except its builtin CA
+    secrets, which are deleted with it (a secret an mTLS backend uses can be deleted once the
+    backend is removed)."""
     _delete(client, Kind.MESH, name)
 
 

@@ -60,6 +60,10 @@ class WriteResult:
     changed: bool
     record: ChangeRecord | None  # global only: what the hub pushes to zones
     created: bool = False  # a put that created the resource (for this origin)
+    # written in the same transaction as a consequence: a builtin backend's CA secrets
+    # (put), or a deleted Mesh's builtin CA secrets (delete)
+    also: tuple[WriteResult, ...] = ()
+    deleted: Key | None = None  # a delete: the key deleted
 
 
 @dataclass(frozen=True)

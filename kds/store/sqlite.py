@@ -18,13 +18,21 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
-from kds import wire
+from kds import integrity, wire
 from kds.crypto import DataCipher
-from kds.errors import Conflict, KdsError, NotFound, ReadOnlySynced, StoreError
+from kds.errors import (
+    InvalidReferences,
+    KdsError,
+    NotFound,
+    ReadOnlySynced,
+    StoreError,
+)
 from kds.model import Key, Kind, Resource
+from kds.mtls import secret_refs
 from kds.protocol.applier import DecodedBatch, Plan, ZoneView, plan_batch
 from kds.protocol.records import next_chain
 from kds.store.base import (
@@ -139,6 +147,38 @@ def _row_values(r: Resource, origin: str, data: bytes, sealed: str) -> tuple[Any
     )
 
 
+class _TxView:
+    """kds.integrity.TxView over the writing transaction's connection (effective rows)."""
+
+    def __init__(self, store: SqliteStore, conn: sqlite3.Connection):
+        self._store = store
+        self._conn = conn
+        self._cache: dict[Key, Resource | None] = {}
+
+    def get(self, key: Key) -> Resource | None:
+        if key.kind is Kind.MESH and key in self._cache:
+            return self._cache[key]
+        rows = self._store._rows(self._conn, key)
+        found = rows.get(ORIGIN_ZONE) or rows.get(ORIGIN_GLOBAL)
+        if key.kind is Kind.MESH:
+            self._cache[key] = found
+        return found
+
+    def secret_meshes(self, name: str) -> list[str]:
+        cur = self._conn.execute(
+            "SELECT DISTINCT mesh FROM resources WHERE kind='Secret' AND name=? ORDER BY mesh",
+            (name,),
+        )
+        return [m for (m,) in cur]
+
+    def secret_names(self, mesh: str) -> list[str]:
+        cur = self._conn.execute(
+            "SELECT DISTINCT name FROM resources WHERE kind='Secret' AND mesh=? ORDER BY name",
+            (mesh,),
+        )
+        return [n for (n,) in cur]
+
+
 class SqliteStore:
     backend = "sqlite"
 
@@ -148,18 +188,22 @@ class SqliteStore:
         role: Literal["global", "zone"],
         *,
         log_size: int = DEFAULT_LOG_SIZE,
+        max_message_bytes: int | None = None,
         clock: Callable[[], float] = time.time,
         cipher: DataCipher | None = None,
     ):
         self.role: Literal["global", "zone"] = role
         self.path = Path(path)
         self.log_size = log_size
+        # Global: a Mesh and its mTLS backend secrets must fit one sync message together.
+        self.max_message_bytes = max_message_bytes
         self.clock = clock  # wall-clock seconds, recorded with each change-log entry
         self.cipher = cipher  # encrypts secret data at rest (kds.crypto); None: plaintext
-        # Global: called with each ChangeRecord right after its commit, in revision order
-        # (writes are serialized). The daemon hands it to the hub with call_soon_threadsafe,
-        # so no commit can be missed by the zones' fan-out, whatever happens to the request.
-        self.on_commit: Callable[[ChangeRecord], object] | None = None
+        # Global: called once per committed transaction with its ChangeRecords, in revision
+        # order (writes are serialized), right after the commit. The daemon hands them to the
+        # hub with call_soon_threadsafe, so no commit can be missed by the zones' fan-out,
+        # and the hub's head only ever stops at a transaction's end (never inside one).
+        self.on_commit: Callable[[list[ChangeRecord]], object] | None = None
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -434,17 +478,19 @@ class SqliteStore:
     # ------------------------------------------------------------------ API writes
 
     def put(self, resource: Resource, now: str) -> WriteResult:
-        conn = self._conn()
-        with self._tx(conn):
-            result = self._put(conn, resource, now)
-        return self._committed([result])[0]
+        """Write one resource; builtin CA secrets it needs are in ``result.also``."""
+        results = self.put_many([resource], now)
+        return replace(results[0], also=tuple(results[1:]))
 
     def put_many(self, resources: Sequence[Resource], now: str) -> list[WriteResult]:
         """Write all resources in one transaction: all of them, or none.
 
         A failure raises the error of the first resource that failed, with its position in
         ``item_index``; nothing is written. On global each changed resource still gets its
-        own revision (so zones see ordinary changes), all committed at once.
+        own revision (so zones see ordinary changes), all committed at once. Builtin CA
+        secrets generated for the Meshes written follow the results of ``resources``. The
+        mTLS rules (kds.integrity) are checked on the transaction's final state: a Mesh and
+        the secrets it uses may come in any order.
         """
         conn = self._conn()
         results = []
@@ -455,20 +501,40 @@ class SqliteStore:
                 except KdsError as e:
                     e.item_index = i  # type: ignore[attr-defined]
                     raise
+            results += self._after_puts(conn, resources, now)
         return self._committed(results)
 
+    def _after_puts(
+        self, conn: sqlite3.Connection, resources: Sequence[Resource], now: str
+    ) -> list[WriteResult]:
+        view = _TxView(self, conn)
+        generated = []
+        for res in resources:
+            if res.kind is Kind.MESH and res.spec:
+                for cert, key in integrity.builtin_cas_to_generate(res, view, now):
+                    generated += [self._put(conn, cert, now), self._put(conn, key, now)]
+        problems = integrity.check_written(view, resources)
+        if not problems and self.role == "global" and self.max_message_bytes:
+            problems = integrity.check_unit_sizes(view, resources, self.max_message_bytes)
+        if problems:
+            e = InvalidReferences(problems.by_index)
+            e.item_index = next(iter(e.by_index))  # type: ignore[attr-defined]
+            raise e
+        return generated
+
     def delete(self, key: Key) -> WriteResult:
+        """Delete one resource; a Mesh's builtin CA secrets deleted with it are in ``also``."""
         conn = self._conn()
         with self._tx(conn):
             result = self._delete(conn, key)
-        return self._committed([result])[0]
+        self._committed([*result.also, result])
+        return result
 
     def _committed(self, results: list[WriteResult]) -> list[WriteResult]:
         """Runs after the transaction committed, on the writing thread, in commit order."""
-        if self.on_commit is not None:
-            for result in results:
-                if result.record is not None:
-                    self.on_commit(result.record)
+        records = [r.record for r in results if r.record is not None]
+        if self.on_commit is not None and records:
+            self.on_commit(records)
         return results
 
     def _put(self, conn: sqlite3.Connection, resource: Resource, now: str) -> WriteResult:
@@ -514,14 +580,17 @@ class SqliteStore:
                     f"{key} is synced from global and read-only on this zone: delete it on global"
                 )
             raise NotFound(f"{key} not found")
-        if key.kind is Kind.MESH:
-            n = self._secrets_in_mesh(conn, key.name)
-            mesh_stays = self.role == "zone" and ORIGIN_GLOBAL in rows
-            if not mesh_stays and (n[ORIGIN_GLOBAL] or n[ORIGIN_ZONE]):
-                total = n[ORIGIN_GLOBAL] + n[ORIGIN_ZONE]
-                raise Conflict(
-                    f"mesh {key.name!r} still holds {total} secret(s): delete them first"
-                )
+        also: list[WriteResult] = []
+        # On a zone, a local row that shadows a synced copy leaves that copy in its place.
+        if not (self.role == "zone" and ORIGIN_GLOBAL in rows):
+            for name in integrity.check_delete(_TxView(self, conn), key):
+                secret = Key(Kind.SECRET, key.name, name)
+                if origin in self._rows(conn, secret):
+                    also.append(self._delete_row(conn, secret, origin))
+        result = self._delete_row(conn, key, origin)
+        return replace(result, also=tuple(also))
+
+    def _delete_row(self, conn: sqlite3.Connection, key: Key, origin: str) -> WriteResult:
         conn.execute(
             "DELETE FROM resources WHERE kind=? AND mesh=? AND name=? AND origin=?",
             (str(key.kind), key.mesh, key.name, origin),
@@ -530,7 +599,7 @@ class SqliteStore:
         if self.role == "global":
             revision = int(self._meta(conn, "head")) + 1
             record = self._append_log(conn, revision, key, True, wire.change_delete(revision, key))
-        return WriteResult(None, changed=True, record=record)
+        return WriteResult(None, changed=True, record=record, deleted=key)
 
     def _append_log(
         self, conn: sqlite3.Connection, revision: int, key: Key, deleted: bool, change: bytes
@@ -797,9 +866,14 @@ class SqliteStore:
             if k.kind is Kind.MESH
         }
         per_mesh = {}
+        backend_secrets = {}
         for m in deleted_meshes:
             n = self._secrets_in_mesh(conn, m)
             per_mesh[m] = (n[ORIGIN_ZONE], n[ORIGIN_GLOBAL])
+            synced_mesh = self._rows(conn, Key(Kind.MESH, "", m)).get(ORIGIN_GLOBAL)
+            if synced_mesh is not None:
+                refs = secret_refs(m, synced_mesh.spec)
+                backend_secrets[m] = frozenset(r.secret for r in refs)
         return ZoneView(
             applied_revision=int(self._meta(conn, "applied_revision", "0")),
             local=frozenset(local),
@@ -807,6 +881,7 @@ class SqliteStore:
             local_meshes=frozenset(local_meshes),
             synced_meshes=frozenset(synced_meshes),
             secrets_per_mesh=per_mesh,
+            backend_secrets=backend_secrets,
             stale=tuple(stale),
         )
 

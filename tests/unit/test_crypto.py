@@ -121,3 +121,14 @@ def test_key_file_is_checked(tmp_path: Path) -> None:
     f.write_text("# nothing\n")
     with pytest.raises(ConfigError, match="no key in it"):
         load_key_file(f)
+
+
+def test_builtin_ca_keys_are_sealed_too(tmp_path: Path) -> None:
+    db = tmp_path / "g.db"
+    store = SqliteStore(db, "global", cipher=DataCipher([K1]))
+    mtls = {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]}
+    store.put(Resource(Kind.MESH, "payments", spec={"mtls": mtls}), NOW)
+    key = store.get(Key(Kind.SECRET, "payments", "payments.ca-builtin-key-ca-1"))
+    assert key is not None and b"PRIVATE KEY" in key.resource.data
+    store.close()
+    assert b"PRIVATE KEY" not in _files(db)

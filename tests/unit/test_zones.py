@@ -40,7 +40,7 @@ def _tracker(
     store: AsyncStore, clock: Clock, seen: list[tuple[str, float]] | None = None
 ) -> ZoneTracker:
     hub = Hub(store.sync.head(), store.sync.log_floor(), 100)
-    store.sync.on_commit = hub.publish
+    store.sync.on_commit = hub.publish_many
     return ZoneTracker(
         store,
         hub,
