@@ -263,6 +263,10 @@ class SyncServicer:
             writer = asyncio.create_task(
                 self._write(context, link, wake), name=f"write-{stream_id}"
             )
+            for half in (reader, writer):
+                # The one that did not end the stream may fail while being cancelled (a write
+                # on a closed call): its error is the stream's end, already handled here.
+                half.add_done_callback(_consume_outcome)
             done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
             for t in done:
                 exc = t.exception()
@@ -478,6 +482,11 @@ class SyncServicer:
             await context.write(data)
             total += len(data)
         return total
+
+
+def _consume_outcome(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _key_label(k: pb.ResourceKey) -> str:
