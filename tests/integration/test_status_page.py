@@ -88,8 +88,18 @@ def test_status_page_shows_every_zone_and_follows_changes(
         "the token form",
     )
     assert _rows(browser) == {}
-    # The read-only token is enough; given in the fragment, it never reaches the server.
-    browser.get(f"{g.api_url}/gui#token={g.read_only_token}")  # type: ignore[attr-defined]
+    # A wrong token is refused; the read-only token, typed into the form, is enough.
+    field = browser.find_element("id", "token")  # type: ignore[attr-defined]
+    field.send_keys("wrong-token")
+    field.submit()
+    wait_for(
+        lambda: "token was refused" in browser.find_element("id", "problem").text,  # type: ignore[attr-defined]
+        10,
+        "the refusal",
+    )
+    field.clear()
+    field.send_keys(g.read_only_token)
+    field.submit()
     rows = wait_for(
         lambda: (
             len(r := _rows(browser)) == 3 and all(v["status"] == "Online" for v in r.values()) and r
@@ -114,3 +124,10 @@ def test_status_page_shows_every_zone_and_follows_changes(
 
     html = browser.page_source  # type: ignore[attr-defined]
     assert marker not in html and b64(marker) not in html
+
+    # A fresh tab given the token in the address fragment (never sent to the server).
+    browser.switch_to.new_window("tab")  # type: ignore[attr-defined]
+    browser.get(f"{g.api_url}/gui#token={g.read_only_token}")  # type: ignore[attr-defined]
+    wait_for(lambda: len(_rows(browser)) == 3, 10, "zones from the fragment's token")
+    assert g.read_only_token not in browser.current_url  # type: ignore[attr-defined]
+    assert g.read_only_token not in g.log_text()
