@@ -79,6 +79,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 keepalive_interval=3.0,
                 keepalive_timeout=2.0,
                 reconnect_max_delay=2.0,
+                insecure=True,  # the harness's global serves plaintext (bench.harness.KdsGlobal)
             )
         )
     tasks = [asyncio.create_task(_zone(c, stop)) for c in clients]

@@ -95,12 +95,20 @@ class KdsGlobal:
                     f"127.0.0.1:{self.kds_port}",
                     "--log-format",
                     "json",
+                    # Plaintext sync without zone tokens, as etcd runs here: the side-by-side
+                    # compares like with like (TLS is the default in production).
+                    "--kds-insecure",
                 ],
                 stdout=f,
                 stderr=f,
             )
         wait_http(self.api + "/")
-        self.http = httpx.Client(base_url=self.api, timeout=600)
+        self.admin_token = (self.dir / "admin-token").read_text().strip()
+        self.http = httpx.Client(
+            base_url=self.api,
+            timeout=600,
+            headers={"Authorization": f"Bearer {self.admin_token}"},
+        )
         self._db = sqlite3.connect(f"file:{self.dir / 'global.db'}?mode=ro", uri=True)
 
     @property
@@ -286,6 +294,7 @@ def bulk_kds(zones: int, n: int, procs: int, keep: bool) -> dict:
             t0 = time.time()
             subprocess.run(
                 [str(BIN / "kdsctl"), "--api-url", g.api, "apply", "-f", str(path)],
+                env={**os.environ, "KDSCTL_TOKEN": g.admin_token},
                 check=True,
                 capture_output=True,
             )

@@ -89,8 +89,13 @@ def run(zones: int, writes: int, pace: float, workdir: Path) -> list[float]:
                 )
             )
         _wait(f"http://127.0.0.1:{api}/")
+        auth = {"Authorization": f"Bearer {(workdir / 'g' / 'admin-token').read_text().strip()}"}
         for i in range(zones):
             zport = _port()
+            token = httpx.post(
+                f"http://127.0.0.1:{api}/zone-tokens", json={"zone": f"z{i}"}, headers=auth
+            ).json()["token"]
+            (workdir / f"z{i}.token").write_text(token)
             with open(workdir / f"z{i}.log", "wb") as f:
                 procs.append(
                     subprocess.Popen(
@@ -100,7 +105,11 @@ def run(zones: int, writes: int, pace: float, workdir: Path) -> list[float]:
                             "--zone",
                             f"z{i}",
                             "--global-address",
-                            f"grpc://127.0.0.1:{kds}",
+                            f"grpcs://127.0.0.1:{kds}",
+                            "--ca-file",
+                            str(workdir / "g" / "ca.crt"),
+                            "--token-file",
+                            str(workdir / f"z{i}.token"),
                             "--data-dir",
                             str(workdir / f"z{i}"),
                             "--api-address",
@@ -114,7 +123,7 @@ def run(zones: int, writes: int, pace: float, workdir: Path) -> list[float]:
             _wait(f"http://127.0.0.1:{zport}/")
         time.sleep(1.0)  # every zone connected and snapshotted
         acks: dict[int, float] = {}
-        with httpx.Client(base_url=f"http://127.0.0.1:{api}") as http:
+        with httpx.Client(base_url=f"http://127.0.0.1:{api}", headers=auth) as http:
             base = 1  # the default mesh
             for i in range(writes):
                 data = base64.b64encode(f"value-{i}".encode()).decode()

@@ -85,7 +85,9 @@ def main() -> None:
     kds, api = _port(), _port()
     proc = subprocess.Popen(
         [str(BIN / "globalcp"), "run", "--data-dir", str(work / "g"), "--api-address",
-         f"127.0.0.1:{api}", "--kds-address", f"127.0.0.1:{kds}", "--log-level", "warning"],
+         f"127.0.0.1:{api}", "--kds-address", f"127.0.0.1:{kds}", "--log-level", "warning",
+         # Plaintext, no tokens: this measures stream teardown, which TLS does not change.
+         "--kds-insecure"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
@@ -95,7 +97,9 @@ def main() -> None:
                 break
             except httpx.HTTPError:
                 time.sleep(0.05)
-        with httpx.Client(base_url=f"http://127.0.0.1:{api}") as http:
+        token = (work / "g" / "admin-token").read_text().strip()
+        auth = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{api}", headers=auth) as http:
             for i in range(args.secrets):
                 http.put(
                     f"/meshes/default/secrets/s{i}",

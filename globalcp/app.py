@@ -10,15 +10,24 @@ import structlog
 from aiohttp import web
 
 from globalcp.hub import Hub
+from globalcp.metrics import GlobalMetrics
+from globalcp.security import server_credentials
 from globalcp.servicer import SyncServicer
+from globalcp.status_api import zone_routes
+from globalcp.token_api import token_routes
+from globalcp.zones import ZoneTracker
 from kds.api import ApiContext, serve_api
+from kds.auth import ApiTokens, load_api_tokens
 from kds.clock import rfc3339
 from kds.config import GlobalConfig
+from kds.crypto import load_key_file
 from kds.errors import ConfigError
 from kds.grpc_options import server_options
 from kds.model import Key, Kind, Limits, Resource
-from kds.runtime import ensure_private_dir
+from kds.observe import health_routes, metrics_route
+from kds.runtime import Guard, ensure_private_dir
 from kds.store import AsyncStore, SqliteStore
+from kds.tokens import ZoneTokens
 from kds.version import __version__
 
 __all__ = ["run_global"]
@@ -28,7 +37,17 @@ log = structlog.get_logger("globalcp")
 
 async def run_global(cfg: GlobalConfig, stop: asyncio.Event) -> int:
     data_dir = ensure_private_dir(cfg.data_dir)
-    store = AsyncStore(SqliteStore(data_dir / "global.db", "global", log_size=cfg.log_size))
+    api_tokens = load_api_tokens(data_dir, cfg.admin_token_file, cfg.read_only_token_file)
+    cipher = load_key_file(cfg.encryption_key_file) if cfg.encryption_key_file else None
+    store = AsyncStore(
+        SqliteStore(
+            data_dir / "global.db",
+            "global",
+            log_size=cfg.log_size,
+            max_message_bytes=cfg.max_message_bytes,
+            cipher=cipher,
+        )
+    )
     sync_store = store.sync
     if (
         sync_store.head() == 0
@@ -38,11 +57,22 @@ async def run_global(cfg: GlobalConfig, stop: asyncio.Event) -> int:
         log.info("created the default mesh on a fresh store")
     hub = Hub(sync_store.head(), sync_store.log_floor(), cfg.log_size)
     loop = asyncio.get_running_loop()
-    sync_store.on_commit = lambda records: loop.call_soon_threadsafe(hub.publish_all, records)
+    sync_store.on_commit = lambda records: loop.call_soon_threadsafe(hub.publish_many, records)
     instance_id = f"global-{uuid.uuid4().hex[:8]}"
+    metrics = GlobalMetrics()
+    tracker = ZoneTracker(store, hub, observe_latency=metrics.observe_propagation)
+    await tracker.load()
+    guard = Guard(stop)
+    guard.start("zone-status-flusher", tracker.run_flusher())
+    zone_tokens: ZoneTokens | None = None
+    if not cfg.kds_insecure:
+        zone_tokens = ZoneTokens(store, issuer=f"kds-sync global {sync_store.store_id}")
+        await zone_tokens.load()
     servicer = SyncServicer(
         store,
         hub,
+        tracker,
+        tokens=zone_tokens,
         instance_id=instance_id,
         software_version=__version__,
         max_unacked=cfg.max_unacked,
@@ -55,29 +85,60 @@ async def run_global(cfg: GlobalConfig, stop: asyncio.Event) -> int:
     server.add_generic_rpc_handlers([servicer.handler()])
     host, port = cfg.kds_address
     try:
-        bound = server.add_insecure_port(f"{host}:{port}")
+        if cfg.kds_insecure:
+            log.warning(
+                "INSECURE: the sync stream is plaintext and zones are not authenticated "
+                "(--kds-insecure); never use this beyond one trusted host"
+            )
+            bound = server.add_insecure_port(f"{host}:{port}")
+        else:
+            creds = await server_credentials(cfg, store, data_dir)
+            bound = server.add_secure_port(f"{host}:{port}", creds.credentials())
     except RuntimeError:
         bound = 0
     if bound == 0:
         raise ConfigError(f"--kds-address {host}:{port}: cannot listen there (in use or invalid)")
     await server.start()
+    serving = True
     runner: web.AppRunner | None = None
+
+    def ready() -> tuple[bool, dict[str, object]]:
+        # The store is open and the sync port listens for as long as ``serving`` holds.
+        return serving, {"revision": hub.head, "zonesConnected": len(servicer.links)}
+
+    def alive() -> tuple[bool, dict[str, object]]:
+        return guard.failed is None, {}
+
+    async def before_scrape() -> None:
+        metrics.update(hub.head, await tracker.views())
+
+    extra = [
+        *zone_routes(tracker),
+        *(token_routes(zone_tokens, servicer.end_streams_of_token) if zone_tokens else []),
+        *health_routes(alive, ready),
+        metrics_route(metrics.registry, before_scrape),
+    ]
     try:
-        runner = await _start_api(cfg, store)
+        runner = await _start_api(cfg, store, extra, api_tokens)
         log.info(
             "global started",
             version=__version__,
             instance=instance_id,
             api=f"http://{cfg.api_address[0]}:{cfg.api_address[1]}",
-            kds=f"grpc://{host}:{bound}",
+            kds=f"{'grpc' if cfg.kds_insecure else 'grpcs'}://{host}:{bound}",
+            ca_file=None if cfg.kds_insecure or cfg.tls_cert_file else str(data_dir / "ca.crt"),
+            admin_token_file=str(api_tokens.admin_file),
             store=str(sync_store.path),
             store_id=sync_store.store_id,
             revision=hub.head,
         )
         await stop.wait()
     finally:
+        serving = False
         servicer.stop()
         await server.stop(grace=2)
+        await guard.cancel_all()
+        await tracker.flush()  # the disconnects of the streams just ended
         if runner is not None:
             await runner.cleanup()
         store.close()
@@ -85,12 +146,15 @@ async def run_global(cfg: GlobalConfig, stop: asyncio.Event) -> int:
     return 0
 
 
-async def _start_api(cfg: GlobalConfig, store: AsyncStore) -> web.AppRunner:
+async def _start_api(
+    cfg: GlobalConfig, store: AsyncStore, extra_routes: list[web.RouteDef], tokens: ApiTokens
+) -> web.AppRunner:
     ctx = ApiContext(
         store=store,
         role="global",
         limits=Limits(max_data_bytes=cfg.max_data_bytes),
         max_message_bytes=cfg.max_message_bytes,
         now=rfc3339,
+        tokens=tokens,
     )
-    return await serve_api(ctx, cfg.api_address)
+    return await serve_api(ctx, cfg.api_address, extra_routes)

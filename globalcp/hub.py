@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Iterable
 
 from kds.store import ChangeRecord
 
@@ -38,12 +37,13 @@ class Hub:
         self._waiters.discard(ev)
 
     def publish(self, record: ChangeRecord) -> None:
-        self.publish_all([record])
+        self.publish_many([record])
 
-    def publish_all(self, records: Iterable[ChangeRecord]) -> None:
-        """Called after a transaction committed, with its records. Records may arrive out of
-        order; head moves only over a gap-free prefix. Streams are woken once per call, not
-        once per record (a 10,000-secret apply is one call)."""
+    def publish_many(self, records: list[ChangeRecord]) -> None:
+        """Called after a transaction committed, with its records. Transactions may arrive
+        out of order; head moves only over a gap-free prefix, and a transaction's records
+        arrive in one call, so head never stops inside a transaction: every range a zone is
+        sent ends at a state global committed (a Mesh with the secrets it uses, say)."""
         for record in records:
             if record.revision > self.head:
                 self._pending[record.revision] = record
@@ -73,3 +73,8 @@ class Hub:
         if first is None or first > after + 1 or upto > self.head:
             return None
         return [self._cache[r] for r in range(after + 1, upto + 1)]
+
+    def commit_time(self, revision: int) -> float | None:
+        """When ``revision`` was committed, if the cache still holds it (and knows)."""
+        rec = self._cache.get(revision)
+        return rec.committed_at if rec is not None and rec.committed_at else None

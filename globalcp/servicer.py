@@ -15,21 +15,23 @@ import asyncio
 import contextlib
 import uuid
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import structlog
 
 from globalcp.hub import Hub
+from globalcp.zones import ZoneHandle, ZoneTracker
 from kds import wire
 from kds._pb import sync_pb2 as pb
-from kds.clock import rfc3339
+from kds.clock import rfc3339, utcnow
 from kds.errors import ProtocolError
 from kds.model import validate_name
-from kds.protocol.batching import coalesce, pack
+from kds.protocol.batching import Part, coalesce, pack
 from kds.protocol.session import Ack, GlobalSession, Hello, Mode, SendRange, SendSnapshot
 from kds.store import AsyncStore, Snapshot
+from kds.tokens import TokenRefused, ZoneTokens
 from kds.wire import PROTOCOL_VERSION
 
 __all__ = ["METHOD", "SyncServicer", "ZoneLink"]
@@ -40,18 +42,22 @@ log = structlog.get_logger("globalcp.sync")
 
 @dataclass
 class ZoneLink:
-    """What global knows of one zone's live stream (a later issue persists this)."""
+    """One zone's live stream; its status is kept by globalcp.zones through ``status``."""
 
     zone: str
     instance_id: str
     stream_id: str
-    software_version: str
-    store_backend: str
     connected_at: str
     session: GlobalSession
-    conflicts: list[str] = field(default_factory=list)
-    rejected: int = 0
+    status: ZoneHandle
+    token_id: str = ""
     task: asyncio.Task[Any] | None = None
+    wake: asyncio.Event | None = None
+    end: TokenRefused | None = None  # set to end the stream with this status (revocation)
+
+
+class _EndStream(Exception):
+    """The writer ends the stream with the link's ``end`` status."""
 
 
 class SyncServicer:
@@ -59,7 +65,9 @@ class SyncServicer:
         self,
         store: AsyncStore,
         hub: Hub,
+        tracker: ZoneTracker,
         *,
+        tokens: ZoneTokens | None,
         instance_id: str,
         software_version: str,
         max_unacked: int,
@@ -68,6 +76,8 @@ class SyncServicer:
     ):
         self.store = store
         self.hub = hub
+        self.tracker = tracker
+        self.tokens = tokens  # None: plaintext test mode, no zone authentication
         self.instance_id = instance_id
         self.software_version = software_version
         self.max_unacked = max_unacked
@@ -113,9 +123,42 @@ class SyncServicer:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(errs[0]))
             return
         with structlog.contextvars.bound_contextvars(zone=h.zone, stream=stream_id):
-            await self._serve(h, stream_id, context)
+            token_id = await self._authenticate(h, context)
+            if token_id is not None:
+                await self._serve(h, stream_id, context, token_id)
 
-    async def _serve(self, h: pb.Hello, stream_id: str, context: grpc.aio.ServicerContext) -> None:
+    async def _authenticate(self, h: pb.Hello, context: grpc.aio.ServicerContext) -> str | None:
+        """The verified token's id ("" with no authentication); None once refused."""
+        if self.tokens is None:
+            return ""
+        metadata = dict(context.invocation_metadata() or ())
+        auth = str(metadata.get("authorization", ""))
+        token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        try:
+            return self.tokens.verify(token, h.zone, utcnow()).token_id
+        except TokenRefused as e:
+            log.warning(
+                "zone refused: bad token", code=e.code.name, reason=e.reason, instance=h.instance_id
+            )
+            if h.zone in self.tracker.zones:  # never let unknown names fill the zone list
+                self.tracker.refused(h.zone, f"refused instance {h.instance_id}: {e.reason}")
+            await context.abort(e.code, e.reason)
+            return None
+
+    def end_streams_of_token(self, token_id: str, reason: str) -> int:
+        """End the live streams authenticated with ``token_id`` (revoked); return how many."""
+        ended = 0
+        for link in list(self.links.values()):
+            if token_id and link.token_id == token_id:
+                link.end = TokenRefused(grpc.StatusCode.PERMISSION_DENIED, reason)
+                if link.wake is not None:
+                    link.wake.set()
+                ended += 1
+        return ended
+
+    async def _serve(
+        self, h: pb.Hello, stream_id: str, context: grpc.aio.ServicerContext, token_id: str
+    ) -> None:
         session = GlobalSession(self.store.sync.store_id, self.max_unacked)
         hello = Hello(
             zone=h.zone,
@@ -140,18 +183,9 @@ class SyncServicer:
             mode = session.on_hello(hello, self.hub.head, self.hub.log_floor, chain_at_revision)
         except ProtocolError as e:
             log.warning("zone refused", reason=str(e), instance=h.instance_id)
+            self.tracker.refused(h.zone, f"refused instance {h.instance_id}: {e}")
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
             return
-        link = ZoneLink(
-            zone=h.zone,
-            instance_id=h.instance_id,
-            stream_id=stream_id,
-            software_version=h.software_version,
-            store_backend=h.store_backend,
-            connected_at=rfc3339(),
-            session=session,
-            task=asyncio.current_task(),
-        )
         old = self.links.get(h.zone)
         if old is not None and old.instance_id != h.instance_id:
             # Another live process claims this zone: refuse it rather than let two instances
@@ -163,11 +197,12 @@ class SyncServicer:
                 connected_instance=old.instance_id,
                 connected_since=old.connected_at,
             )
-            await context.abort(
-                grpc.StatusCode.ALREADY_EXISTS,
+            message = (
                 f"zone {h.zone!r} is already connected from instance {old.instance_id} "
-                f"(since {old.connected_at}); one zone name, one live stream",
+                f"(since {old.connected_at}); one zone name, one live stream"
             )
+            self.tracker.refused(h.zone, f"refused instance {h.instance_id}: {message}")
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, message)
             return
         if old is not None and old.task is not None:
             # The same process dialled again before global noticed its old stream had died.
@@ -175,6 +210,24 @@ class SyncServicer:
                 "zone reconnected: the new stream replaces the old one", old_stream=old.stream_id
             )
             old.task.cancel()
+        link = ZoneLink(
+            zone=h.zone,
+            instance_id=h.instance_id,
+            stream_id=stream_id,
+            connected_at=rfc3339(),
+            session=session,
+            status=self.tracker.connected(
+                h.zone,
+                stream_id=stream_id,
+                instance_id=h.instance_id,
+                zone_version=h.software_version,
+                protocol_version=h.protocol_version,
+                store_backend=h.store_backend,
+                resumed_revision=h.resume.revision if mode is Mode.RESUME else None,
+            ),
+            token_id=token_id,
+            task=asyncio.current_task(),
+        )
         self.links[h.zone] = link
         log.info(
             "zone connected",
@@ -187,7 +240,7 @@ class SyncServicer:
         reason = "zone closed the stream"
         reader: asyncio.Task[None] | None = None
         writer: asyncio.Task[None] | None = None
-        wake = self.hub.subscribe()
+        wake = link.wake = self.hub.subscribe()
         # From here on every exit goes through the finally below, so a stream that fails even
         # while writing the welcome never leaves its zone marked as connected.
         try:
@@ -210,18 +263,33 @@ class SyncServicer:
             writer = asyncio.create_task(
                 self._write(context, link, wake), name=f"write-{stream_id}"
             )
+            for half in (reader, writer):
+                # The one that did not end the stream may fail while being cancelled (a write
+                # on a closed call): its error is the stream's end, already handled here.
+                half.add_done_callback(_consume_outcome)
             done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
             for t in done:
                 exc = t.exception()
-                if isinstance(exc, ProtocolError):
+                if isinstance(exc, _EndStream) and link.end is not None:
+                    reason = link.end.reason
+                    log.warning("ending the zone's stream", reason=reason)
+                    link.status.error(reason)
+                    await context.abort(link.end.code, reason)
+                elif isinstance(exc, ProtocolError):
                     reason = f"protocol error: {exc}"
                     log.warning("zone broke the protocol", reason=str(exc))
+                    link.status.error(reason)
                     await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
                 elif exc is not None:
                     reason = f"{type(exc).__name__}"
                     log.info("stream ended", reason=repr(exc))
         except asyncio.CancelledError:
-            reason = "replaced or shutting down"
+            if self._stopping.is_set():
+                reason = "global is shutting down"
+            elif self.links.get(h.zone) is not link:
+                reason = "replaced by a new stream from the same zone instance"
+            else:  # grpc cancels the handler when the peer vanishes or the link dies
+                reason = "connection lost"
             raise
         finally:
             for task in (reader, writer):
@@ -230,6 +298,7 @@ class SyncServicer:
             self.hub.unsubscribe(wake)
             if self.links.get(h.zone) is link:
                 del self.links[h.zone]
+            link.status.disconnected(reason)
             log.info(
                 "zone disconnected",
                 reason=reason,
@@ -241,28 +310,36 @@ class SyncServicer:
         self, context: grpc.aio.ServicerContext, link: ZoneLink, wake: asyncio.Event
     ) -> None:
         session = link.session
+        status = link.status
         while True:
             msg = await context.read()
             if msg is grpc.aio.EOF:
                 return
+            status.message_received()
             kind = msg.WhichOneof("msg")
             if kind == "ack":
                 done = session.on_ack(Ack(msg.ack.seq, msg.ack.applied_revision))
                 for rej in msg.ack.rejected:
-                    link.rejected += 1
+                    label = _key_label(rej.key)
                     log.warning(
                         "zone rejected a resource",
-                        key=_key_label(rej.key),
+                        key=label,
                         reason=rej.reason,
                         revision=done.revision,
                     )
+                    status.rejected(wire.PB_TO_KIND.get(rej.key.kind), label, rej.reason)
+                status.batch_acked(
+                    done.seq,
+                    done.revision if done.final else None,
+                    self.hub.commit_time(done.revision) if done.final else None,
+                )
                 wake.set()
             elif kind == "status":
-                before = link.conflicts
-                link.conflicts = [_key_label(k) for k in msg.status.conflicts]
+                conflicts = [_key_label(k) for k in msg.status.conflicts]
                 # Every stream starts with a report; an empty one that changes nothing is noise.
-                report = log.info if (link.conflicts or before) else log.debug
-                report("zone reported conflicts", conflicts=link.conflicts)
+                report = log.info if conflicts or status.conflict_count else log.debug
+                report("zone reported conflicts", conflicts=conflicts)
+                status.conflicts(conflicts)
             else:
                 raise ProtocolError(f"unexpected {kind} after hello")
 
@@ -274,10 +351,14 @@ class SyncServicer:
         last_sent = loop.time()
         first_range = True
         while True:
+            if link.end is not None:
+                raise _EndStream()
             action = session.next_action(self.hub.head, self.hub.log_floor)
             if action is None:
                 wake.clear()
-                # Re-check after clearing: a publish between next_action and clear is not lost.
+                # Re-check after clearing: a publish (or an end) in between is not lost.
+                if link.end is not None:
+                    raise _EndStream()
                 action = session.next_action(self.hub.head, self.hub.log_floor)
             if action is None:
                 timeout = max(0.0, self.heartbeat_interval - (loop.time() - last_sent))
@@ -293,7 +374,10 @@ class SyncServicer:
                 continue
             if isinstance(action, SendSnapshot):
                 snap = await self._snapshot()
-                sent = await self._send_snapshot(context, session, snap)
+                parts = list(pack(snap.changes, self.max_message_bytes, wire.PART_BYTES))
+                sent = await self._send_parts(
+                    context, link, parts, 0, snap.revision, True, snap.chain
+                )
                 log.info(
                     "snapshot sent",
                     revision=snap.revision,
@@ -308,10 +392,17 @@ class SyncServicer:
                     session.on_failed_range()
                     continue
                 changes = coalesce(records)
+                parts = list(pack(changes, self.max_message_bytes, wire.PART_BYTES))
+                if any(p.split_unit for p in parts):
+                    # A Mesh and the secrets it uses must reach the zone in one message; a
+                    # snapshot applies deletions in its last part, so it never needs that.
+                    log.info("a mesh change does not fit one message: sending a snapshot")
+                    session.on_failed_range()
+                    continue
                 sent = await self._send_parts(
                     context,
-                    session,
-                    changes,
+                    link,
+                    parts,
                     action.from_revision,
                     action.to_revision,
                     False,
@@ -360,16 +451,17 @@ class SyncServicer:
     async def _send_parts(
         self,
         context: grpc.aio.ServicerContext,
-        session: GlobalSession,
-        records: list[Any],
+        link: ZoneLink,
+        parts: list[Part],
         from_revision: int,
         revision: int,
         snapshot: bool,
         chain: bytes,
     ) -> int:
-        """Write the records as one or more batches; return the bytes written."""
+        """Write the parts as batches; return the bytes written."""
         total = 0
-        for part in pack(records, min(self.max_message_bytes, wire.PART_BYTES)):
+        session = link.session
+        for part in parts:
             seq = session.next_seq()
             data = wire.assemble_batch(
                 seq=seq,
@@ -378,37 +470,23 @@ class SyncServicer:
                 snapshot=snapshot,
                 final=part.final,
                 head_revision=self.hub.head,
-                # Range records are shared through the hub's cache, framing included.
-                framed_changes=[r.framed for r in part.records],
+                # Range records are shared through the hub's cache, so their framing is kept;
+                # a snapshot's is made per part and dropped, not held for the whole snapshot.
+                framed_changes=[
+                    wire.frame_change(r.change) if snapshot else r.framed for r in part.records
+                ],
                 chain=chain if part.final else b"",
             )
             session.on_sent(seq, revision, part.final)
+            link.status.batch_sent(seq, (r.key.kind for r in part.records))
             await context.write(data)
             total += len(data)
         return total
 
-    async def _send_snapshot(
-        self, context: grpc.aio.ServicerContext, session: GlobalSession, snap: Snapshot
-    ) -> int:
-        """Write the snapshot's parts, each a slice of its one shared buffer of framed changes
-        (no per-resource objects, no per-stream copy but the message being written)."""
-        total = 0
-        for body, final in snap.changes.parts(min(self.max_message_bytes, wire.PART_BYTES)):
-            seq = session.next_seq()
-            data = wire.assemble_batch(
-                seq=seq,
-                from_revision=0,
-                revision=snap.revision,
-                snapshot=True,
-                final=final,
-                head_revision=self.hub.head,
-                framed_changes=[body],
-                chain=snap.chain if final else b"",
-            )
-            session.on_sent(seq, snap.revision, final)
-            await context.write(data)
-            total += len(data)
-        return total
+
+def _consume_outcome(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _key_label(k: pb.ResourceKey) -> str:

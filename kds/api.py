@@ -36,8 +36,17 @@ import yaml
 from aiohttp import web
 
 from kds import wire
+from kds.auth import ApiTokens, Role
 from kds.clock import rfc3339
-from kds.errors import ConfigError, Conflict, FieldError, InvalidResource, KdsError, NotFound
+from kds.errors import (
+    ConfigError,
+    Conflict,
+    FieldError,
+    InvalidReferences,
+    InvalidResource,
+    KdsError,
+    NotFound,
+)
 from kds.model import (
     LABEL_ORIGIN,
     LABEL_ZONE,
@@ -47,6 +56,7 @@ from kds.model import (
     Resource,
     from_document,
     from_json_body,
+    kubernetes_field,
     to_json,
 )
 from kds.store import ORIGIN_GLOBAL, ORIGIN_ZONE, AsyncStore, Row, SqliteStore, WriteResult
@@ -87,9 +97,16 @@ class ApiContext:
     on_write: Callable[[WriteResult], None] | None = None
     # Largest body POST /_apply accepts (many resources, applied in one transaction).
     max_apply_bytes: int = 64 * 1024 * 1024
+    # Bearer tokens the API requires (None: no authentication, for in-process tests only).
+    tokens: ApiTokens | None = None
 
 
 API_CONTEXT: web.AppKey[ApiContext] = web.AppKey("kds_api_ctx", ApiContext)
+# Paths anyone may read: they carry no resource data and no status beyond up or down.
+OPEN_PATHS = frozenset(
+    {"/", "/healthz", "/readyz", "/openapi.yaml", "/openapi.json", "/gui", "/favicon.ico"}
+)
+_READ_ONLY_KEY = "kds_read_only"
 _OPENAPI: web.AppKey[str] = web.AppKey("kds_openapi_yaml", str)
 
 
@@ -188,6 +205,36 @@ async def _error_middleware(
         )
 
 
+@web.middleware
+async def _auth_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Bearer tokens: the admin token may do anything; the read-only one may use GET on
+    metadata and status, and gets resources without their data."""
+    tokens = request.app[API_CONTEXT].tokens
+    if tokens is None or request.path in OPEN_PATHS:
+        return await handler(request)
+    auth = request.headers.get("Authorization", "")
+    token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+    role = tokens.role_of(token) if token else None
+    if role is None:
+        raise _HttpError(
+            401,
+            "Unauthorized",
+            ("the bearer token is not valid" if token else "this API needs a bearer token")
+            + ": pass kdsctl --token (or KDSCTL_TOKEN) or an 'Authorization: Bearer' header; "
+            "the daemon's admin token is in its data dir (admin-token)",
+            headers={"WWW-Authenticate": 'Bearer realm="kds-sync"'},
+        )
+    if role is Role.READ_ONLY:
+        if request.method not in ("GET", "HEAD"):
+            raise _HttpError(
+                403, "Forbidden", f"the read-only token may not {request.method} {request.path}"
+            )
+        request[_READ_ONLY_KEY] = True
+    return await handler(request)
+
+
 def _too_large(ctx: ApiContext, limit: int | None = None) -> _HttpError:
     return _HttpError(
         413,
@@ -210,8 +257,11 @@ def _system_labels(ctx: ApiContext, row: Row) -> dict[str, str]:
     return {LABEL_ORIGIN: "global"}
 
 
-def _render(ctx: ApiContext, row: Row) -> dict[str, Any]:
-    return to_json(row.resource, _system_labels(ctx, row))
+def _render(ctx: ApiContext, row: Row, request: web.Request) -> dict[str, Any]:
+    body = to_json(row.resource, _system_labels(ctx, row))
+    if request.get(_READ_ONLY_KEY):
+        body.pop("data", None)  # the read-only token never sees secret data
+    return body
 
 
 def _key(kind: Kind, request: web.Request) -> Key:
@@ -308,7 +358,7 @@ def _list_handler(kind: Kind) -> Handler:
                 request.url.update_query({"offset": str(offset + size), "size": str(size)})
             )
         return web.json_response(
-            {"total": total, "items": [_render(ctx, r) for r in page], "next": next_url}
+            {"total": total, "items": [_render(ctx, r, request) for r in page], "next": next_url}
         )
 
     return handler
@@ -323,7 +373,7 @@ def _get_handler(kind: Kind) -> Handler:
         row = await ctx.store.read(ctx.store.sync.get, key)
         if row is None:
             raise NotFound(f"{key} not found")
-        return web.json_response(_render(ctx, row))
+        return web.json_response(_render(ctx, row, request))
 
     return handler
 
@@ -367,6 +417,8 @@ def _put_handler(kind: Kind) -> Handler:
         try:
             result = await ctx.store.write(ctx.store.sync.put, res, now)
             created = result.created
+        except InvalidResource as e:  # a rule across resources (kds.integrity)
+            raise _HttpError(400, "Invalid resource", f"{key} is invalid", e.errors) from None
         except NotFound as e:
             if kind is not Kind.SECRET:
                 raise
@@ -380,21 +432,16 @@ def _put_handler(kind: Kind) -> Handler:
         assert stored is not None
         origin = _own_origin(ctx.store.sync)
         if result.changed:
-            log.info(
-                "resource written",
-                type=str(kind),
-                mesh=key.mesh,
-                name=key.name,
-                origin=origin,
-                version=stored.version,
-                created=created,
-            )
+            _log_written(result, origin)
             _notify(ctx, result)
+            for extra in result.also:
+                _log_written(extra, origin, reason="builtin CA generated")
+                _notify(ctx, extra)
         else:
             log.debug("resource unchanged", type=str(kind), mesh=key.mesh, name=key.name)
         outcome = "created" if created else "updated" if result.changed else "unchanged"
         return web.json_response(
-            _render(ctx, Row(stored, origin)),
+            _render(ctx, Row(stored, origin), request),
             status=201 if created else 200,
             headers={RESULT_HEADER: outcome},
         )
@@ -411,6 +458,22 @@ def _size_bound(r: Resource, now: str) -> int:
     n = len(r.data) + len(r.name.encode()) + len(r.mesh.encode()) + 2 * len(now.encode())
     n += sum(len(k.encode()) + len(v.encode()) + 24 for k, v in r.labels.items())
     return n + 9 * 11 + 32 + wire.BATCH_OVERHEAD
+
+
+def _log_written(result: WriteResult, origin: str, **extra: str) -> None:
+    """One info line per written resource (the audit trail); never its data."""
+    stored = result.resource
+    assert stored is not None
+    log.info(
+        "resource written",
+        type=str(stored.kind),
+        mesh=stored.mesh,
+        name=stored.name,
+        origin=origin,
+        version=stored.version,
+        created=result.created,
+        **extra,
+    )
 
 
 def _size_error(ctx: ApiContext, res: Resource, now: str, prefix: str = "") -> FieldError | None:
@@ -447,6 +510,7 @@ async def _apply_handler(request: web.Request) -> web.Response:
     errs: list[FieldError] = []
     parsed: list[tuple[int, Resource]] = []
     seen: dict[Key, int] = {}
+    k8s = {i for i, it in enumerate(items) if isinstance(it, Mapping) and "apiVersion" in it}
     for i, item in enumerate(items):
         try:
             res = from_document(item, ctx.limits)
@@ -468,6 +532,21 @@ async def _apply_handler(request: web.Request) -> web.Response:
     parsed.sort(key=lambda p: p[1].kind is not Kind.MESH)  # stable: meshes first
     try:
         results = await ctx.store.write(ctx.store.sync.put_many, [r for _, r in parsed], now)
+    except InvalidReferences as e:
+        causes = [
+            FieldError(
+                f"items[{parsed[j][0]}].{_item_field(f.field, parsed[j][0] in k8s)}", f.message
+            )
+            for j, fields in e.by_index.items()
+            for f in fields
+        ]
+        index, res = parsed[next(iter(e.by_index))]
+        raise _HttpError(
+            400,
+            "Invalid resources",
+            f"nothing was applied: items[{index}] ({res.key}) is invalid",
+            causes,
+        ) from None
     except KdsError as e:
         index = parsed[getattr(e, "item_index", 0)][0]
         res = parsed[getattr(e, "item_index", 0)][1]
@@ -487,25 +566,22 @@ async def _apply_handler(request: web.Request) -> web.Response:
     origin = _own_origin(ctx.store.sync)
     out = []
     counts = {"created": 0, "updated": 0, "unchanged": 0}
-    for (_, res), result in zip(parsed, results, strict=True):
+    written = [res for _, res in parsed]
+    # Builtin CA secrets generated in the same transaction follow the items given.
+    written += [r.resource for r in results[len(parsed) :] if r.resource is not None]
+    for res, result in zip(written, results, strict=True):
         outcome = "created" if result.created else "updated" if result.changed else "unchanged"
         counts[outcome] += 1
         if result.changed:
-            stored = result.resource
-            assert stored is not None
-            log.info(  # one line per resource, as for a PUT: the audit trail names each
-                "resource written",
-                type=str(res.kind),
-                mesh=res.mesh,
-                name=res.name,
-                origin=origin,
-                version=stored.version,
-                created=result.created,
-            )
+            _log_written(result, origin)
             _notify(ctx, result)
         out.append({"type": str(res.kind), "mesh": res.mesh, "name": res.name, "result": outcome})
     log.info("resources applied", total=len(out), origin=origin, **counts)
     return web.json_response({"items": out})
+
+
+def _item_field(f: str, kubernetes: bool) -> str:
+    return kubernetes_field(f) if kubernetes else f
 
 
 def _delete_handler(kind: Kind) -> Handler:
@@ -518,12 +594,25 @@ def _delete_handler(kind: Kind) -> Handler:
         version = (
             result.record.revision if result.record else (prev.resource.version if prev else 0)
         )
+        origin = _own_origin(ctx.store.sync)
+        for extra in result.also:  # a Mesh's builtin CA secrets go with it
+            assert extra.deleted is not None
+            log.info(
+                "resource deleted",
+                type=str(extra.deleted.kind),
+                mesh=extra.deleted.mesh,
+                name=extra.deleted.name,
+                origin=origin,
+                version=extra.record.revision if extra.record else 0,
+                reason="builtin CA of a deleted mesh",
+            )
+            _notify(ctx, extra)
         log.info(
             "resource deleted",
             type=str(kind),
             mesh=key.mesh,
             name=key.name,
-            origin=_own_origin(ctx.store.sync),
+            origin=origin,
             version=version,
         )
         _notify(ctx, result)
@@ -539,7 +628,7 @@ def _load_openapi() -> str:
 def build_app(ctx: ApiContext, extra_routes: list[web.RouteDef] | None = None) -> web.Application:
     """The API application; ``extra_routes`` lets a daemon add its own (e.g. /status)."""
     app = web.Application(
-        middlewares=[_error_middleware],
+        middlewares=[_error_middleware, _auth_middleware],
         client_max_size=max(client_max_size(ctx.limits), ctx.max_apply_bytes),
     )
     app[API_CONTEXT] = ctx
@@ -568,9 +657,11 @@ def build_app(ctx: ApiContext, extra_routes: list[web.RouteDef] | None = None) -
     return app
 
 
-async def serve_api(ctx: ApiContext, address: tuple[str, int]) -> web.AppRunner:
+async def serve_api(
+    ctx: ApiContext, address: tuple[str, int], extra_routes: list[web.RouteDef] | None = None
+) -> web.AppRunner:
     """Start the API on ``address``; a port that cannot be bound is a ConfigError naming it."""
-    runner = web.AppRunner(build_app(ctx), access_log=None)
+    runner = web.AppRunner(build_app(ctx, extra_routes), access_log=None)
     await runner.setup()
     host, port = address
     try:

@@ -33,7 +33,7 @@ __all__ = [
     "parse_size",
 ]
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB)?\s*$")
 _SIZE_UNITS = {
     None: 1,
@@ -48,16 +48,16 @@ _SIZE_UNITS = {
 
 
 def parse_duration(value: object) -> float:
-    """'5s', '250ms', '2m', '1h' or a number of seconds -> seconds."""
+    """'5s', '250ms', '2m', '1h', '30d' or a number of seconds -> seconds."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         if value < 0:
             raise ValueError("must not be negative")
         return float(value)
     m = _DURATION_RE.match(str(value))
     if not m:
-        raise ValueError(f"{value!r} is not a duration like 5s, 250ms, 2m or 1h")
+        raise ValueError(f"{value!r} is not a duration like 5s, 250ms, 2m, 1h or 30d")
     n = float(m.group(1))
-    return n * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+    return n * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}[m.group(2)]
 
 
 def parse_size(value: object) -> int:
@@ -85,11 +85,37 @@ def parse_address(value: object) -> tuple[str, int]:
 
 
 def parse_global_address(value: object) -> str:
+    """grpcs://HOST:PORT (TLS, the default) or grpc://HOST:PORT (plaintext, with --insecure)."""
     text = str(value)
-    if not text.startswith("grpc://"):
-        raise ValueError(f"{text!r} must look like grpc://HOST:PORT")
-    parse_address(text.removeprefix("grpc://"))
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme not in {"grpc", "grpcs"}:
+        raise ValueError(f"{text!r} must look like grpcs://HOST:PORT (or grpc:// with --insecure)")
+    parse_address(rest)
     return text
+
+
+def _optional_path(value: object) -> Path | None:
+    return Path(str(value)) if str(value) else None
+
+
+def _names(value: object) -> tuple[str, ...]:
+    """'a,b,c' (or a YAML list) -> ('a', 'b', 'c')."""
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    names = tuple(str(n).strip() for n in items if str(n).strip())
+    if not names:
+        raise ValueError("give at least one name")
+    return names
+
+
+def _bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"{value!r} is not true or false")
 
 
 def _path(value: object) -> Path:
@@ -126,8 +152,11 @@ def _zone_name(value: object) -> str:
     return str(value)
 
 
-def opt(default: Any, parse: Callable[[object], Any], help: str, metavar: str = "") -> Any:
-    return field(default=default, metadata={"parse": parse, "help": help, "metavar": metavar})
+def opt(
+    default: Any, parse: Callable[[object], Any], help: str, metavar: str = "", flag: bool = False
+) -> Any:
+    meta = {"parse": parse, "help": help, "metavar": metavar, "flag": flag}
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -153,6 +182,27 @@ class _Common:
         parse_duration,
         "Declare the peer dead when a ping is unanswered this long.",
         "DURATION",
+    )
+    admin_token_file: Path | None = opt(
+        None,
+        _optional_path,
+        "File holding the API's admin bearer token (default: DATA_DIR/admin-token, created "
+        "0600 at first start).",
+        "FILE",
+    )
+    read_only_token_file: Path | None = opt(
+        None,
+        _optional_path,
+        "File holding the API's read-only bearer token, which reads metadata but never "
+        "secret data (default: DATA_DIR/read-only-token, created 0600 at first start).",
+        "FILE",
+    )
+    encryption_key_file: Path | None = opt(
+        None,
+        _optional_path,
+        "Encrypt secret data in the store with AES-256-GCM. The file holds base64 keys of 32 "
+        "bytes, one a line: the first encrypts, all decrypt (rotate by adding a new first line).",
+        "FILE",
     )
 
 
@@ -182,13 +232,60 @@ class GlobalConfig(_Common):
     heartbeat_interval: float = opt(
         2.0, parse_duration, "Send global's revision to idle zones this often.", "DURATION"
     )
+    tls_cert_file: Path | None = opt(
+        None,
+        _optional_path,
+        "Sync server certificate (PEM chain). Default: one global makes and signs with its "
+        "own CA (DATA_DIR/ca.crt is the CA to give zones). Replaced files are used for new "
+        "connections without a restart.",
+        "FILE",
+    )
+    tls_key_file: Path | None = opt(
+        None, _optional_path, "Private key of --tls-cert-file (PEM).", "FILE"
+    )
+    tls_names: tuple[str, ...] = opt(
+        (),
+        _names,
+        "Names and addresses (comma-separated) of the generated sync certificate. Default: "
+        "this host's name, localhost, its addresses.",
+        "NAMES",
+    )
+    kds_insecure: bool = opt(
+        False,
+        _bool,
+        "Serve the sync stream in plaintext without zone tokens (for tests on one host only; "
+        "a warning is logged at every start).",
+        flag=True,
+    )
 
 
 @dataclass(frozen=True)
 class ZoneConfig(_Common):
     zone: str = opt("", _zone_name, "This zone's name (RFC 1123 subdomain). Required.", "NAME")
     global_address: str = opt(
-        "grpc://127.0.0.1:5685", parse_global_address, "Global's sync address.", "grpc://HOST:PORT"
+        "grpcs://127.0.0.1:5685",
+        parse_global_address,
+        "Global's sync address: grpcs:// (TLS), or grpc:// with --insecure.",
+        "grpcs://HOST:PORT",
+    )
+    ca_file: Path | None = opt(
+        None,
+        _optional_path,
+        "CA certificate (PEM) that signed global's sync certificate, e.g. global's "
+        "DATA_DIR/ca.crt. Default: the system's trusted CAs.",
+        "FILE",
+    )
+    token_file: Path | None = opt(
+        None,
+        _optional_path,
+        "File holding this zone's token (kdsctl generate zone-token); read at every dial.",
+        "FILE",
+    )
+    insecure: bool = opt(
+        False,
+        _bool,
+        "Dial global in plaintext (grpc://) without a token; a warning is logged at every start.",
+        flag=True,
     )
     data_dir: Path = opt(
         Path("zonecp-data"), _path, "Directory for the store (created 0700).", "DIR"
@@ -219,8 +316,21 @@ def click_options(cls: type[C], env_prefix: str) -> Callable[[Callable[..., Any]
         for f in reversed(own + shared):
             env = env_prefix + f.name.upper()
             default = f.default
-            shown = f"{default[0]}:{default[1]}" if isinstance(default, tuple) else default
-            shown = "none" if shown == "" else shown
+            if isinstance(default, tuple) and len(default) == 2 and isinstance(default[1], int):
+                shown: Any = f"{default[0]}:{default[1]}"  # an address
+            else:
+                shown = default
+            shown = "none" if shown in ("", None, ()) else shown
+            if f.metadata["flag"]:
+                fn = click.option(
+                    _flag(f.name),
+                    f.name,
+                    is_flag=True,
+                    default=None,
+                    envvar=env,
+                    help=f"{f.metadata['help']} [env {env}]",
+                )(fn)
+                continue
             fn = click.option(
                 _flag(f.name),
                 f.name,

@@ -2,6 +2,7 @@
 
     KdsError
     ├── InvalidResource      the user's input broke a rule (API 400); lists FieldErrors
+    │   └── InvalidReferences  ... a rule across resources (a Mesh's mTLS secrets), per item
     ├── NotFound             the resource does not exist (API 404)
     ├── Conflict             the write clashes with current state (API 409)
     │   └── ReadOnlySynced   a zone was asked to change a copy synced from global (API 409)
@@ -20,6 +21,7 @@ __all__ = [
     "ConfigError",
     "Conflict",
     "FieldError",
+    "InvalidReferences",
     "InvalidResource",
     "KdsError",
     "NotFound",
@@ -46,6 +48,15 @@ class InvalidResource(KdsError):
     def __init__(self, errors: list[FieldError]):
         self.errors = errors
         super().__init__("; ".join(str(e) for e in errors) or "invalid resource")
+
+
+class InvalidReferences(InvalidResource):
+    """Checked inside the write's transaction; ``by_index`` maps a written resource's
+    position in the write to its errors."""
+
+    def __init__(self, by_index: dict[int, list[FieldError]]):
+        self.by_index = dict(sorted(by_index.items()))
+        super().__init__([e for errs in self.by_index.values() for e in errs])
 
 
 class NotFound(KdsError):

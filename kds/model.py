@@ -22,6 +22,7 @@ from enum import StrEnum
 from typing import Any
 
 from kds.errors import FieldError, InvalidResource
+from kds.mtls import validate_mtls
 
 __all__ = [
     "DEFAULT_MAX_DATA_BYTES",
@@ -37,6 +38,7 @@ __all__ = [
     "Resource",
     "from_document",
     "from_json_body",
+    "kubernetes_field",
     "to_json",
     "validate",
     "validate_name",
@@ -275,7 +277,7 @@ def validate(resource: Resource, limits: Limits) -> None:
 
 # --------------------------------------------------------------------------- text forms
 
-# Kind-specific Mesh fields, kept in Resource.spec. mtls is recognised but refused for now.
+# Kind-specific Mesh fields, kept in Resource.spec (see kds.mtls for mtls).
 _MESH_SPEC_FIELDS = frozenset({"mtls"})
 
 _UNIVERSAL_FIELDS = {
@@ -290,19 +292,10 @@ _K8S_FIELDS = {
 
 
 def _mesh_spec(
-    fields: Mapping[str, Any], prefix: str = ""
+    fields: Mapping[str, Any], mesh_name: object, prefix: str = ""
 ) -> tuple[dict[str, Any], list[FieldError]]:
     spec = {k: fields[k] for k in sorted(_MESH_SPEC_FIELDS) if k in fields}
     errs = []
-    if "mtls" in spec:
-        # The wire and store carry a Mesh spec already; validating mTLS backends (provided and
-        # builtin CAs) is not built yet, and accepting them unchecked would mislead.
-        return {}, [
-            FieldError(
-                f"{prefix}mtls",
-                "Mesh mTLS backends are not supported yet; apply the Mesh without mtls",
-            )
-        ]
     for k, v in spec.items():
         try:
             ok = isinstance(v, Mapping) and json.loads(json.dumps(v)) == v
@@ -310,6 +303,8 @@ def _mesh_spec(
             ok = False
         if not ok:
             errs.append(FieldError(f"{prefix}{k}", "must be a map of JSON values"))
+    if "mtls" in spec and not errs:
+        errs += validate_mtls(spec["mtls"], mesh_name, prefix)
     return spec, errs
 
 
@@ -341,7 +336,7 @@ def _universal(doc: Mapping[str, Any], limits: Limits) -> Resource:
             errs += e.errors
     spec: dict[str, Any] = {}
     if kind is Kind.MESH:
-        spec, spec_errs = _mesh_spec(doc)
+        spec, spec_errs = _mesh_spec(doc, doc.get("name"))
         errs += spec_errs
     labels = doc.get("labels") or {}
     label_errs = validate_labels(labels)
@@ -380,12 +375,22 @@ def _validate_k8s(res: Resource, limits: Limits) -> None:
 
 
 def _k8s_field(err: FieldError) -> FieldError:
-    f = err.field
-    if f in ("name", "mesh"):
-        f = "metadata.name" if f == "name" else f"metadata.labels[{LABEL_MESH}]"
-    elif f.startswith("labels"):
-        f = "metadata." + f
-    return FieldError(f, err.message)
+    return FieldError(kubernetes_field(err.field), err.message)
+
+
+def kubernetes_field(f: str) -> str:
+    """A field as the Universal form names it, renamed as the Kubernetes form writes it."""
+    if f == "name":
+        return "metadata.name"
+    if f == "mesh":
+        return f"metadata.labels[{LABEL_MESH}]"
+    if f.startswith("labels"):
+        return "metadata." + f
+    if f == "data":
+        return "data.value"
+    if f.startswith("mtls"):
+        return "spec." + f
+    return f
 
 
 def _kubernetes(doc: Mapping[str, Any], limits: Limits) -> Resource:
@@ -407,7 +412,7 @@ def _kubernetes(doc: Mapping[str, Any], limits: Limits) -> Resource:
         spec = doc.get("spec") or {}
         if not isinstance(spec, Mapping):
             raise InvalidResource([FieldError("spec", "must be a map")])
-        mesh_spec, errs = _mesh_spec(spec, "spec.")
+        mesh_spec, errs = _mesh_spec(spec, meta.get("name"), "spec.")
         errs += [
             FieldError(f"spec.{k}", "unknown field for a Mesh")
             for k in sorted(set(spec) - _MESH_SPEC_FIELDS)

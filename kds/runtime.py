@@ -51,9 +51,10 @@ class Guard:
             self.stop.set()
 
     async def cancel_all(self) -> None:
-        for t in self.tasks:
+        tasks = list(self.tasks)  # each task's done callback removes it from self.tasks
+        for t in tasks:
             t.cancel()
-        for t in self.tasks:
+        for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
 

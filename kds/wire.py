@@ -7,12 +7,9 @@ assembled by writing its small header and then each Change as a pre-framed field
 
 from __future__ import annotations
 
-import bisect
 import json
-from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
-from google.protobuf.internal.decoder import _DecodeVarint  # type: ignore[attr-defined]
 from google.protobuf.internal.encoder import _VarintBytes  # type: ignore[attr-defined]
 
 from kds._pb import sync_pb2 as pb
@@ -23,13 +20,13 @@ __all__ = [
     "PART_BYTES",
     "PB_TO_KIND",
     "PROTOCOL_VERSION",
-    "PackedChanges",
     "assemble_batch",
     "change_delete",
     "change_put",
     "frame_change",
     "key_from_pb",
     "key_to_pb",
+    "mesh_spec_of",
     "resource_from_pb",
     "resource_to_pb",
 ]
@@ -70,6 +67,13 @@ def resource_from_pb(m: pb.Resource) -> Resource:
         modification_time=m.modification_time,
         version=m.version,
     )
+
+
+def mesh_spec_of(change: bytes) -> dict[str, object]:
+    """The spec of the Mesh an encoded Change puts ({} for none)."""
+    m = pb.Change.FromString(change)
+    spec = json.loads(m.put.spec) if m.WhichOneof("op") == "put" and m.put.spec else {}
+    return spec if isinstance(spec, dict) else {}
 
 
 def key_to_pb(k: Key) -> pb.ResourceKey:
@@ -131,61 +135,3 @@ BATCH_OVERHEAD = 64
 # memory grows by per zone (issue 7: 20 zones taking a 100,000-secret snapshot at once peaked
 # at 256 MB with 4 MiB parts, 88 MB with these; a part is one transaction on the zone).
 PART_BYTES = 256 * 1024
-
-
-class PackedChanges:
-    """Changes framed as Batch.changes entries, back to back in one buffer, and where each
-    entry ends. Global's snapshot of 100,000 resources is one such buffer (about 16 MB)
-    instead of 100,000 record objects, and each part it sends is a slice of it.
-
-    Build with ``append`` (encoded Change bytes, in sync order); send with ``parts``.
-    """
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-        self._ends = array("Q")
-
-    def append(self, change: bytes) -> None:
-        self._buf += _CHANGES_TAG
-        self._buf += _VarintBytes(len(change))
-        self._buf += change
-        self._ends.append(len(self._buf))
-
-    def __len__(self) -> int:
-        return len(self._ends)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, PackedChanges):
-            return NotImplemented
-        return self._ends == other._ends and self._buf == other._buf
-
-    __hash__ = None  # type: ignore[assignment]
-
-    @property
-    def nbytes(self) -> int:
-        return len(self._buf)
-
-    def parts(self, max_message_bytes: int) -> Iterator[tuple[memoryview, bool]]:
-        """(framed entries, final) per part: each part fits ``max_message_bytes`` with the
-        batch header, as kds.protocol.batching.pack splits records. Always at least one part
-        (an empty final part still carries the revision)."""
-        view = memoryview(self._buf).toreadonly()
-        ends, n = self._ends, len(self._ends)
-        budget = max_message_bytes - BATCH_OVERHEAD
-        i = start = 0
-        while True:
-            # Entries i..k-1 fit in the budget; an entry bigger than it goes alone.
-            k = max(i + 1, bisect.bisect_right(ends, start + budget, i)) if i < n else n
-            end = ends[k - 1] if k > i else start
-            yield view[start:end], k >= n
-            if k >= n:
-                return
-            i, start = k, end
-
-    def __iter__(self) -> Iterator[bytes]:
-        """Each encoded Change, unframed (for tests and tools; senders use ``parts``)."""
-        start = 0
-        for end in self._ends:
-            _, pos = _DecodeVarint(self._buf, start + len(_CHANGES_TAG))
-            yield bytes(self._buf[pos:end])
-            start = end

@@ -37,9 +37,11 @@ __all__ = [
     "ApiUnreachable",
     "cli",
     "fail",
+    "format_age",
     "main",
     "pass_client",
     "resource_path",
+    "table",
 ]
 
 DEFAULT_API_URL = "http://127.0.0.1:5681"
@@ -72,15 +74,17 @@ class ApiUnreachable(Exception):
 
 
 class ApiClient:
-    def __init__(self, base_url: str, timeout: float):
+    def __init__(self, base_url: str, timeout: float, token: str = ""):
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.token = token
         self._http: httpx.Client | None = None
 
     @property
     def http(self) -> httpx.Client:
         if self._http is None:
-            self._http = httpx.Client(base_url=self.base_url, timeout=self.timeout)
+            headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+            self._http = httpx.Client(base_url=self.base_url, timeout=self.timeout, headers=headers)
         return self._http
 
     def close(self) -> None:
@@ -186,7 +190,8 @@ def fail(message: str, causes: Iterable[tuple[str, str]] = ()) -> NoReturn:
     raise click.exceptions.Exit(1)
 
 
-def _age(timestamp: str, now: datetime) -> str:
+def format_age(timestamp: str, now: datetime) -> str:
+    """How long before ``now`` an RFC 3339 ``timestamp`` was: 45s, 3m, 5h, 2d."""
     try:
         t = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
     except ValueError:
@@ -210,7 +215,7 @@ def _origin(item: Mapping[str, Any]) -> str:
     return f"{origin} ({zone})" if origin == "zone" and zone else origin or "-"
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     lines = [
         "   ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip()
@@ -219,15 +224,27 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def _mtls(item: Mapping[str, Any]) -> str:
+    """A Mesh's mTLS column: the enabled backend and its type, or off."""
+    mtls = item.get("mtls") or {}
+    backends = {b.get("name"): b.get("type") for b in mtls.get("backends") or []}
+    enabled = mtls.get("enabledBackend")
+    if enabled in backends:
+        return f"{enabled} ({backends[enabled]})"
+    return f"off ({len(backends)} backends)" if backends else "off"
+
+
 def _render_table(kind: Kind, items: Sequence[Mapping[str, Any]]) -> str:
     now = datetime.now(UTC)
-    headers = (["MESH"] if kind is Kind.SECRET else []) + ["NAME", "ORIGIN", "AGE"]
+    headers = (["MESH"] if kind is Kind.SECRET else []) + ["NAME"]
+    headers += (["MTLS"] if kind is Kind.MESH else []) + ["ORIGIN", "AGE"]
     rows = []
     for it in items:
         row = [str(it.get("mesh", ""))] if kind is Kind.SECRET else []
-        row += [str(it.get("name", "")), _origin(it), _age(str(it.get("creationTime", "")), now)]
+        row += [str(it.get("name", ""))] + ([_mtls(it)] if kind is Kind.MESH else [])
+        row += [_origin(it), format_age(str(it.get("creationTime", "")), now)]
         rows.append(row)
-    return _table(headers, rows)
+    return table(headers, rows)
 
 
 def _print(kind: Kind, answer: Any, output: str, single: bool) -> None:
@@ -295,15 +312,23 @@ pass_client = click.make_pass_decorator(ApiClient)
     metavar="SECONDS",
     help="How long to wait for each API answer.",
 )
+@click.option(
+    "--token",
+    envvar="KDSCTL_TOKEN",
+    default="",
+    metavar="TOKEN",
+    help="Bearer token for the API: the daemon's admin token (DATA_DIR/admin-token) or its "
+    "read-only token, which sees no secret data. Environment: KDSCTL_TOKEN.",
+)
 @click.version_option(__version__, prog_name="kdsctl")
 @click.pass_context
-def cli(ctx: click.Context, api_url: str, timeout: float) -> None:
+def cli(ctx: click.Context, api_url: str, timeout: float, token: str) -> None:
     """Manage Meshes, Secrets and GlobalSecrets of a kds-sync control plane.
 
     Write on the global control plane: resources created there are synced to every zone.
     On a zone, synced resources are read-only; zone-local ones can be managed there.
     """
-    client = ApiClient(api_url, timeout)
+    client = ApiClient(api_url, timeout, token.strip())
     ctx.obj = client
     ctx.call_on_close(client.close)
 
@@ -519,7 +544,9 @@ def delete() -> None:
 @click.argument("name")
 @pass_client
 def delete_mesh(client: ApiClient, name: str) -> None:
-    """Delete the mesh NAME. Refused while the mesh still holds secrets."""
+    """Delete the mesh NAME. Refused while it still holds secrets, except its builtin CA
+    secrets, which are deleted with it (a secret an mTLS backend uses can be deleted once the
+    backend is removed)."""
     _delete(client, Kind.MESH, name)
 
 
@@ -539,6 +566,10 @@ def delete_global_secret(client: ApiClient, name: str) -> None:
     """Delete the global secret NAME."""
     _delete(client, Kind.GLOBAL_SECRET, name)
 
+
+# The status commands (inspect, wait) live in their own module and register themselves here.
+from kdsctl import status as _status  # noqa: E402, F401
+from kdsctl import tokens as _tokens  # noqa: E402, F401
 
 if __name__ == "__main__":  # pragma: no cover
     main()

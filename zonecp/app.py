@@ -7,14 +7,18 @@ import asyncio
 import structlog
 
 from kds.api import ApiContext, serve_api
+from kds.auth import load_api_tokens
 from kds.clock import rfc3339
 from kds.config import ZoneConfig
+from kds.crypto import load_key_file
 from kds.errors import ConfigError
 from kds.model import Limits
+from kds.observe import health_routes, metrics_route
 from kds.runtime import Guard, ensure_private_dir
 from kds.store import AsyncStore, SqliteStore, WriteResult
 from kds.version import __version__
 from zonecp.client import ZoneClient
+from zonecp.status import ZoneMetrics, status_route
 
 __all__ = ["run_zone"]
 
@@ -25,8 +29,11 @@ async def run_zone(cfg: ZoneConfig, stop: asyncio.Event) -> int:
     if not cfg.zone:
         raise ConfigError("--zone is required (env ZONECP_ZONE or 'zone:' in the config file)")
     structlog.contextvars.bind_contextvars(zone=cfg.zone)
+    ca_pem = _check_transport(cfg)
     data_dir = ensure_private_dir(cfg.data_dir)
-    store = AsyncStore(SqliteStore(data_dir / "zone.db", "zone"))
+    api_tokens = load_api_tokens(data_dir, cfg.admin_token_file, cfg.read_only_token_file)
+    cipher = load_key_file(cfg.encryption_key_file) if cfg.encryption_key_file else None
+    store = AsyncStore(SqliteStore(data_dir / "zone.db", "zone", cipher=cipher))
     client = ZoneClient(
         store,
         zone=cfg.zone,
@@ -36,6 +43,9 @@ async def run_zone(cfg: ZoneConfig, stop: asyncio.Event) -> int:
         keepalive_interval=cfg.keepalive_interval,
         keepalive_timeout=cfg.keepalive_timeout,
         reconnect_max_delay=cfg.reconnect_max_delay,
+        ca_pem=ca_pem,
+        token_file=cfg.token_file,
+        insecure=cfg.insecure,
     )
     guard = Guard(stop)
 
@@ -51,8 +61,35 @@ async def run_zone(cfg: ZoneConfig, stop: asyncio.Event) -> int:
         max_message_bytes=cfg.max_message_bytes,
         now=rfc3339,
         on_write=on_write,
+        tokens=api_tokens,
     )
-    runner = await serve_api(ctx, cfg.api_address)
+    metrics = ZoneMetrics(client.status, store)
+
+    def alive() -> tuple[bool, dict[str, object]]:
+        # The sync client runs as a guarded task; if it died the zone can no longer sync.
+        return guard.failed is None, {"connected": client.status.connected}
+
+    def ready() -> tuple[bool, dict[str, object]]:
+        st = client.status
+        details: dict[str, object] = {
+            "connected": st.connected,
+            "appliedRevision": st.applied_revision,
+            "globalRevision": st.global_head,
+        }
+        if not st.ready:
+            details["reason"] = (
+                "not caught up with global yet"
+                if st.connected
+                else "has not connected to global and caught up since it started"
+            )
+        return st.ready, details
+
+    extra = [
+        status_route(cfg.zone, client, store),
+        *health_routes(alive, ready),
+        metrics_route(metrics.registry, metrics.before_scrape),
+    ]
+    runner = await serve_api(ctx, cfg.api_address, extra)
     state = store.sync.sync_state()
     log.info(
         "zone started",
@@ -60,6 +97,7 @@ async def run_zone(cfg: ZoneConfig, stop: asyncio.Event) -> int:
         instance=client.instance_id,
         api=f"http://{cfg.api_address[0]}:{cfg.api_address[1]}",
         global_address=cfg.global_address,
+        admin_token_file=str(api_tokens.admin_file),
         store=str(store.sync.path),
         revision=state.applied_revision,
     )
@@ -70,3 +108,33 @@ async def run_zone(cfg: ZoneConfig, stop: asyncio.Event) -> int:
     store.close()
     log.info("zone stopped")
     return 1 if guard.failed else 0
+
+
+def _check_transport(cfg: ZoneConfig) -> bytes | None:
+    """Refuse contradictory transport options; return the CA to verify global with."""
+    scheme = cfg.global_address.partition("://")[0]
+    if cfg.insecure:
+        if scheme != "grpc":
+            raise ConfigError("--insecure dials plaintext: give --global-address grpc://HOST:PORT")
+        log.warning(
+            "INSECURE: dialling global in plaintext without a token (--insecure); secrets "
+            "cross the network unencrypted and global cannot tell this zone from another"
+        )
+        return None
+    if scheme != "grpcs":
+        raise ConfigError(
+            f"--global-address {cfg.global_address} is plaintext: use grpcs://HOST:PORT "
+            "(or pass --insecure, for tests on one host only)"
+        )
+    if cfg.token_file is None:
+        raise ConfigError(
+            "--token-file is required: on global, run "
+            f"'kdsctl generate zone-token --zone {cfg.zone} > {cfg.zone}.token' and give "
+            "the zone that file"
+        )
+    if cfg.ca_file is None:
+        return None  # verify global with the system's trusted CAs
+    try:
+        return cfg.ca_file.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"--ca-file {cfg.ca_file}: cannot read it: {e.strerror}") from None

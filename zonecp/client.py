@@ -12,8 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -44,19 +47,40 @@ log = structlog.get_logger("zonecp.sync")
 class StreamEnded(Exception):
     """The stream closed; retried by the dial loop."""
 
+    def __init__(self, message: str, code: grpc.StatusCode | None = None):
+        super().__init__(message)
+        self.code = code
+
 
 @dataclass
 class ZoneSyncStatus:
-    """The zone's own view of its sync (a later issue serves it on the API)."""
+    """The zone's own view of its sync, served by zonecp.status (times: wall-clock seconds)."""
 
+    global_address: str = ""
     connected: bool = False
+    # Ready once connected and caught up with global at least once since this process
+    # started; it stays ready while global is away (the zone serves its last state).
+    ready: bool = False
     global_instance_id: str = ""
-    global_head: int = 0
+    global_store_id: str = ""
+    connected_since: float = 0.0
+    disconnected_at: float = 0.0
+    last_message_at: float = 0.0
+    global_head: int = 0  # global's revision as last heard
     applied_revision: int = 0
-    applied_at: str = ""
+    applied_at: str = ""  # when the last complete range or snapshot was applied
     last_error: str = ""
-    attempts: int = 0
+    last_error_at: float = 0.0
+    attempts: int = 0  # failed dial attempts in a row
+    connections: int = 0  # streams welcomed since start
+    batches_applied: int = 0
+    applied: Counter[str] = field(default_factory=Counter)  # resource changes, by type
+    rejected: Counter[str] = field(default_factory=Counter)
     conflicts: list[Key] = field(default_factory=list)
+
+    def error(self, message: str) -> None:
+        self.last_error = message
+        self.last_error_at = time.time()
 
 
 def decode_batch(b: pb.Batch) -> tuple[DecodedBatch, list[pb.Rejection]]:
@@ -112,16 +136,22 @@ class ZoneClient:
         keepalive_interval: float,
         keepalive_timeout: float,
         reconnect_max_delay: float,
+        ca_pem: bytes | None = None,
+        token_file: Path | None = None,
+        insecure: bool = False,
     ):
         self.store = store
         self.zone = zone
-        self.target = global_address.removeprefix("grpc://")
+        self.target = global_address.partition("://")[2]
+        self.insecure = insecure
+        self.ca_pem = ca_pem
+        self.token_file = token_file
         self.software_version = software_version
         self.max_message_bytes = max_message_bytes
         self.keepalive = (keepalive_interval, keepalive_timeout)
         self.reconnect_max_delay = reconnect_max_delay
         self.instance_id = f"{zone}-{uuid.uuid4().hex[:8]}"
-        self.status = ZoneSyncStatus()
+        self.status = ZoneSyncStatus(global_address=global_address)
         self._write_lock = asyncio.Lock()
         self._status_dirty = asyncio.Event()
 
@@ -166,13 +196,27 @@ class ZoneClient:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), random.uniform(0.05, 0.5))
 
+    def _read_token(self) -> str:
+        """The token as the file holds it now (read at every dial, so a replaced file is
+        used without a restart)."""
+        if self.token_file is None:
+            return ""
+        try:
+            return self.token_file.read_text().strip()
+        except OSError as e:
+            raise StreamEnded(f"cannot read --token-file {self.token_file}: {e.strerror}") from None
+
     def _log_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         delay = state.next_action.sleep if state.next_action else 0.0
         self.status.attempts = state.attempt_number
-        self.status.last_error = _describe(exc)
+        self.status.error(_describe(exc))
         expected = isinstance(exc, StreamEnded | grpc.aio.AioRpcError | ProtocolError | OSError)
-        log.warning(
+        code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else getattr(exc, "code", None)
+        refused = code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+        # Refused credentials need an operator (a new token); say so louder than a blip.
+        report = log.error if refused else log.warning
+        report(
             "cannot sync with global: retrying",
             attempt=state.attempt_number,
             retry_in=round(delay, 2),
@@ -185,22 +229,31 @@ class ZoneClient:
         """One stream from dial to end. Returns True once welcomed (however it ended later);
         raises if it failed before the welcome, so the dial loop backs off."""
         opts = client_options(self.max_message_bytes, *self.keepalive)
-        async with grpc.aio.insecure_channel(self.target, options=opts) as channel:
+        metadata: tuple[tuple[str, str], ...] = ()
+        if self.insecure:
+            channel = grpc.aio.insecure_channel(self.target, options=opts)
+        else:
+            creds = grpc.ssl_channel_credentials(root_certificates=self.ca_pem)
+            channel = grpc.aio.secure_channel(self.target, creds, options=opts)
+            metadata = (("authorization", f"Bearer {self._read_token()}"),)
+        async with channel:
             call = channel.stream_stream(
                 METHOD,
                 request_serializer=pb.ZoneMessage.SerializeToString,
                 response_deserializer=pb.GlobalMessage.FromString,
-            )()
+            )(metadata=metadata)
             stopper = asyncio.create_task(stop.wait())
             try:
                 return await self._converse(call, stopper)
             except asyncio.InvalidStateError:
                 # A write after the call ended (e.g. global refused the connection).
-                raise StreamEnded(f"{(await call.code()).name}: {await call.details()}") from None
+                code = await call.code()
+                raise StreamEnded(f"{code.name}: {await call.details()}", code) from None
             finally:
                 stopper.cancel()
                 if self.status.connected:
                     log.info("disconnected from global")
+                    self.status.disconnected_at = time.time()
                 self.status.connected = False
                 call.cancel()
 
@@ -232,11 +285,17 @@ class ZoneClient:
         global_store_id = w.global_store_id
         # Watchdog: global promises a message at least every heartbeat interval.
         silence = 3 * w.heartbeat_interval_ms / 1000 if w.heartbeat_interval_ms else None
-        self.status.connected = True
-        self.status.global_instance_id = w.global_instance_id
-        self.status.global_head = w.head_revision
-        self.status.applied_revision = state.applied_revision
-        self.status.last_error = ""
+        st = self.status
+        st.connected = True
+        st.connections += 1
+        st.attempts = 0
+        st.connected_since = st.last_message_at = time.time()
+        st.global_instance_id = w.global_instance_id
+        st.global_store_id = global_store_id
+        st.global_head = w.head_revision
+        st.applied_revision = state.applied_revision
+        if w.mode == pb.Welcome.RESUME and state.applied_revision >= w.head_revision:
+            st.ready = True
         log.info(
             "connected to global",
             global_instance=w.global_instance_id,
@@ -251,6 +310,7 @@ class ZoneClient:
                 msg = await self._read(call, stopper, silence)
                 if msg is None:
                     return True
+                self.status.last_message_at = time.time()
                 kind = msg.WhichOneof("msg")
                 if kind == "batch":
                     await self._apply(call, msg.batch, global_store_id)
@@ -259,7 +319,7 @@ class ZoneClient:
                 else:
                     raise ProtocolError(f"unexpected {kind} from global")
         except (StreamEnded, grpc.aio.AioRpcError, asyncio.InvalidStateError) as e:
-            self.status.last_error = _describe(e) if not isinstance(e, StreamEnded) else str(e)
+            self.status.error(_describe(e) if not isinstance(e, StreamEnded) else str(e))
             log.warning("sync stream ended", error=self.status.last_error)
             return True
         finally:
@@ -287,7 +347,7 @@ class ZoneClient:
         if msg is grpc.aio.EOF:
             code = await call.code()
             details = await call.details()
-            raise StreamEnded(f"global ended the stream: {code.name}: {details}")
+            raise StreamEnded(f"global ended the stream: {code.name}: {details}", code)
         return msg
 
     async def _apply(self, call: Any, b: pb.Batch, global_store_id: str) -> None:
@@ -313,10 +373,24 @@ class ZoneClient:
             )
         if result.removed_stale:
             log.info("removed synced copies global no longer has", count=result.removed_stale)
-        self.status.applied_revision = result.applied_revision
-        self.status.global_head = max(self.status.global_head, b.head_revision)
+        st = self.status
+        st.applied_revision = result.applied_revision
+        st.global_head = max(st.global_head, b.head_revision)
+        st.batches_applied += 1
+        refused = {k for k, _ in result.rejected}
+        st.applied.update(
+            str(c.key.kind) for c in batch.changes if c.key is not None and c.key not in refused
+        )
+        st.rejected.update(str(k.kind) for k, _ in result.rejected)
+        st.rejected.update(
+            str(wire.PB_TO_KIND.get(r.key.kind, f"kind-{r.key.kind}")) for r in undecodable
+        )
+        if result.rejected or undecodable:
+            st.error(f"rejected {len(result.rejected) + len(undecodable)} synced resource(s)")
         if b.final:
-            self.status.applied_at = rfc3339()
+            st.applied_at = rfc3339()
+            if st.applied_revision >= st.global_head:
+                st.ready = True
         log.debug(
             "applied batch",
             seq=b.seq,

@@ -10,6 +10,9 @@ Rules:
   locally is kept aside (a name conflict: reported once, when it begins).
 - A Secret needs its Mesh on the zone (synced or zone-local) or it is rejected.
 - A synced Mesh is not deleted while Secrets still live in it on the zone; rejected instead.
+  The deletes of the Secrets its mTLS backends use are then rejected too, so the Mesh that
+  stays never names a Secret the zone lacks (global sends those deletes with the Mesh delete,
+  in one part: kds.protocol.records).
 - A rejection is reported in the ack and the revision still advances: never retried in a loop.
 """
 
@@ -56,6 +59,8 @@ class ZoneView:
     synced_meshes: frozenset[str] = frozenset()
     # for meshes the batch deletes: (zone-local secrets, synced secrets) living in them
     secrets_per_mesh: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    # for meshes the batch deletes: the Secrets their synced copy's mTLS backends use
+    backend_secrets: Mapping[str, frozenset[str]] = field(default_factory=dict)
     stale: tuple[Key, ...] = ()  # final snapshot part: synced keys the snapshot did not carry
     applied_revision: int | None = None  # the zone's recorded revision (None: not checked)
 
@@ -106,6 +111,7 @@ def plan_batch(batch: DecodedBatch, view: ZoneView) -> Plan:
                 plan.rejected.append(
                     (key, f"mesh still holds {local_n} zone-local and {synced_n} synced secrets")
                 )
+                keep_backend_secrets(key.name)
                 return
             synced_meshes.discard(key.name)
         elif key.kind is Kind.SECRET and key.mesh in secrets:
@@ -119,6 +125,18 @@ def plan_batch(batch: DecodedBatch, view: ZoneView) -> Plan:
             plan.new_conflicts.remove(key)  # began and ended in this batch: nothing to report
         elif key in local:
             plan.resolved_conflicts.append(key)
+
+    def keep_backend_secrets(mesh: str) -> None:
+        """The Mesh stays: undo this batch's deletes of the Secrets its backends use."""
+        for name in sorted(view.backend_secrets.get(mesh, frozenset())):
+            key = Key(Kind.SECRET, mesh, name)
+            if key not in plan.deletes:
+                continue
+            plan.deletes.remove(key)
+            if key in plan.resolved_conflicts:
+                plan.resolved_conflicts.remove(key)
+            synced.add(key)
+            plan.rejected.append((key, f"mesh {mesh!r} stays on this zone and its mTLS uses it"))
 
     for ch in batch.changes:
         if ch.key is None:

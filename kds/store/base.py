@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from kds.model import Key, Kind, Resource
-from kds.wire import PackedChanges
 
 if TYPE_CHECKING:
     from kds.protocol.applier import DecodedBatch
@@ -61,13 +60,17 @@ class WriteResult:
     changed: bool
     record: ChangeRecord | None  # global only: what the hub pushes to zones
     created: bool = False  # a put that created the resource (for this origin)
+    # written in the same transaction as a consequence: a builtin backend's CA secrets
+    # (put), or a deleted Mesh's builtin CA secrets (delete)
+    also: tuple[WriteResult, ...] = ()
+    deleted: Key | None = None  # a delete: the key deleted
 
 
 @dataclass(frozen=True)
 class Snapshot:
     revision: int
     store_id: str
-    changes: PackedChanges  # one put per resource, in sync order, framed in one buffer
+    changes: list[ChangeRecord]  # one put per resource, in sync order
     chain: bytes = b""  # the history chain at ``revision``
 
 
@@ -117,6 +120,9 @@ class Store(Protocol):
     def changes_after(self, revision: int, upto: int) -> list[ChangeRecord]: ...
     def chain_at(self, revision: int) -> bytes | None: ...
     def snapshot(self) -> Snapshot: ...
+    def commit_time(self, revision: int) -> float | None: ...
+    def zone_statuses(self) -> dict[str, str]: ...
+    def save_zone_statuses(self, statuses: dict[str, str]) -> None: ...
 
     # zone
     def sync_state(self) -> SyncState: ...

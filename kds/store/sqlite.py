@@ -14,15 +14,25 @@ import json
 import os
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
-from kds import wire
-from kds.errors import Conflict, KdsError, NotFound, ReadOnlySynced, StoreError
+from kds import integrity, wire
+from kds.crypto import DataCipher
+from kds.errors import (
+    InvalidReferences,
+    KdsError,
+    NotFound,
+    ReadOnlySynced,
+    StoreError,
+)
 from kds.model import Key, Kind, Resource
+from kds.mtls import secret_refs
 from kds.protocol.applier import DecodedBatch, Plan, ZoneView, plan_batch
 from kds.protocol.records import next_chain
 from kds.store.base import (
@@ -34,6 +44,7 @@ from kds.store.base import (
     SyncState,
     WriteResult,
     ZoneApplyResult,
+    sort_records,
 )
 
 __all__ = ["DEFAULT_LOG_SIZE", "SqliteStore"]
@@ -55,6 +66,7 @@ CREATE TABLE IF NOT EXISTS resources (
     version INTEGER NOT NULL,
     wire BLOB,                       -- global: the encoded Change that put this state
     sync_gen INTEGER NOT NULL DEFAULT 0,  -- zone: snapshot generation that wrote it
+    sealed TEXT NOT NULL DEFAULT '',  -- id of the key data and wire are encrypted with ('': none)
     PRIMARY KEY (kind, mesh, name, origin)
 );
 CREATE INDEX IF NOT EXISTS resources_by_mesh ON resources (mesh, kind);
@@ -65,19 +77,47 @@ CREATE TABLE IF NOT EXISTS changelog (
     name TEXT NOT NULL,
     deleted INTEGER NOT NULL,
     change BLOB NOT NULL,
-    chain BLOB NOT NULL              -- history chain at this revision (kds.protocol.records)
+    chain BLOB NOT NULL,             -- history chain at this revision (kds.protocol.records)
+    committed_at REAL NOT NULL DEFAULT 0, -- wall-clock seconds (for zone lag in seconds)
+    sealed TEXT NOT NULL DEFAULT ''       -- id of the key change is encrypted with ('': none)
+);
+CREATE TABLE IF NOT EXISTS internal_secrets (  -- global's own keys: never synced nor served
+    name TEXT PRIMARY KEY,
+    data BLOB NOT NULL,
+    created TEXT NOT NULL,
+    sealed TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS zone_tokens (  -- global: zone tokens issued (never the token itself)
+    id TEXT PRIMARY KEY,
+    zone TEXT NOT NULL,
+    key_name TEXT NOT NULL,
+    issued_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    revoked_at TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS zone_status (  -- global: each zone's sync status (globalcp.zones)
+    name TEXT PRIMARY KEY,
+    status TEXT NOT NULL                -- JSON
 );
 """
 
-_COLS = "kind, mesh, name, origin, data, labels, spec, creation_time, modification_time, version"
+_COLS = (
+    "kind, mesh, name, origin, data, labels, spec, creation_time, modification_time, version, "
+    "sealed"
+)
 
 
-def _row_to_resource(r: sqlite3.Row | tuple[Any, ...]) -> Resource:
-    return Resource.of(
+def _aad(table: str, kind: str, mesh: str, name: str, origin: str) -> bytes:
+    """Where a sealed value lives: it opens only there."""
+    return "\0".join((table, kind, mesh, name, origin)).encode()
+
+
+def _row_to_resource(r: sqlite3.Row | tuple[Any, ...], data: bytes) -> Resource:
+    return Resource(
         kind=Kind(r[0]),
         mesh=r[1],
         name=r[2],
-        data=bytes(r[4]),
+        data=data,
         labels=json.loads(r[5]),
         spec=json.loads(r[6]),
         creation_time=r[7],
@@ -90,72 +130,53 @@ def _json_map(m: Any) -> str:
     return json.dumps(dict(m), sort_keys=True) if m else "{}"
 
 
-def _row_values(r: Resource, origin: str) -> tuple[Any, ...]:
-    """The values of _COLS for one row."""
+def _row_values(r: Resource, origin: str, data: bytes, sealed: str) -> tuple[Any, ...]:
+    """The values of _COLS for one row (``data`` as stored: sealed or not)."""
     return (
         str(r.kind),
         r.mesh,
         r.name,
         origin,
-        r.data,
+        data,
         _json_map(r.labels),
         _json_map(r.spec),
         r.creation_time,
         r.modification_time,
         r.version,
+        sealed,
     )
 
 
-class _WriteTx:
-    """One API write transaction on global's change log: head, chain and floor are read once
-    at its start, carried in memory across its writes, and stored once at its end, so an apply
-    of many resources does not read and rewrite the meta rows for each of them."""
+class _TxView:
+    """kds.integrity.TxView over the writing transaction's connection (effective rows)."""
 
     def __init__(self, store: SqliteStore, conn: sqlite3.Connection):
-        self.store = store
-        self.conn = conn
-        self.head = 0
-        self.chain = b""
-        self.floor = 0
-        self._head0 = 0
-        self.meshes: set[str] = set()  # meshes known to exist in this transaction
+        self._store = store
+        self._conn = conn
+        self._cache: dict[Key, Resource | None] = {}
 
-    @classmethod
-    def begin(cls, store: SqliteStore, conn: sqlite3.Connection) -> _WriteTx:
-        tx = cls(store, conn)
-        if store.role == "global":
-            tx.head = tx._head0 = int(store._meta(conn, "head"))
-            tx.chain = bytes.fromhex(store._meta(conn, "chain"))
-            tx.floor = int(store._meta(conn, "log_floor"))
-        return tx
+    def get(self, key: Key) -> Resource | None:
+        if key.kind is Kind.MESH and key in self._cache:
+            return self._cache[key]
+        rows = self._store._rows(self._conn, key)
+        found = rows.get(ORIGIN_ZONE) or rows.get(ORIGIN_GLOBAL)
+        if key.kind is Kind.MESH:
+            self._cache[key] = found
+        return found
 
-    def mesh_exists(self, mesh: str) -> bool:
-        if mesh not in self.meshes and self.store._mesh_exists(self.conn, mesh):
-            self.meshes.add(mesh)
-        return mesh in self.meshes
-
-    def append_log(self, revision: int, key: Key, deleted: bool, change: bytes) -> ChangeRecord:
-        self.chain = next_chain(self.chain, change)
-        self.head = revision
-        self.conn.execute(
-            "INSERT INTO changelog VALUES (?,?,?,?,?,?,?)",
-            (revision, str(key.kind), key.mesh, key.name, deleted, change, self.chain),
+    def secret_meshes(self, name: str) -> list[str]:
+        cur = self._conn.execute(
+            "SELECT DISTINCT mesh FROM resources WHERE kind='Secret' AND name=? ORDER BY mesh",
+            (name,),
         )
-        return ChangeRecord(revision, key, deleted, change, self.chain)
+        return [m for (m,) in cur]
 
-    def finish(self) -> None:
-        """Store the head, the chain, and the log floor (trimming the log past it)."""
-        if self.head == self._head0:
-            return
-        conn, store = self.conn, self.store
-        store._set_meta(conn, "head", self.head)
-        store._set_meta(conn, "chain", self.chain.hex())
-        floor = self.head - store.log_size
-        if floor > self.floor:
-            row = conn.execute("SELECT chain FROM changelog WHERE revision=?", (floor,)).fetchone()
-            conn.execute("DELETE FROM changelog WHERE revision <= ?", (floor,))
-            store._set_meta(conn, "log_floor", floor)
-            store._set_meta(conn, "floor_chain", bytes(row[0]).hex() if row else "")
+    def secret_names(self, mesh: str) -> list[str]:
+        cur = self._conn.execute(
+            "SELECT DISTINCT name FROM resources WHERE kind='Secret' AND mesh=? ORDER BY name",
+            (mesh,),
+        )
+        return [n for (n,) in cur]
 
 
 class SqliteStore:
@@ -167,19 +188,28 @@ class SqliteStore:
         role: Literal["global", "zone"],
         *,
         log_size: int = DEFAULT_LOG_SIZE,
+        max_message_bytes: int | None = None,
+        clock: Callable[[], float] = time.time,
+        cipher: DataCipher | None = None,
     ):
         self.role: Literal["global", "zone"] = role
         self.path = Path(path)
         self.log_size = log_size
-        # Global: called with the ChangeRecords of each transaction right after its commit,
-        # in revision order (writes are serialized). The daemon hands it to the hub with call_soon_threadsafe,
-        # so no commit can be missed by the zones' fan-out, whatever happens to the request.
+        # Global: a Mesh and its mTLS backend secrets must fit one sync message together.
+        self.max_message_bytes = max_message_bytes
+        self.clock = clock  # wall-clock seconds, recorded with each change-log entry
+        self.cipher = cipher  # encrypts secret data at rest (kds.crypto); None: plaintext
+        # Global: called once per committed transaction with its ChangeRecords, in revision
+        # order (writes are serialized), right after the commit. The daemon hands them to the
+        # hub with call_soon_threadsafe, so no commit can be missed by the zones' fan-out,
+        # and the hub's head only ever stops at a transaction's end (never inside one).
         self.on_commit: Callable[[list[ChangeRecord]], object] | None = None
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         try:
             self._store_id = self._open(role)
+            self._reseal()
         except (sqlite3.Error, OSError) as e:
             self.close()
             raise StoreError(f"cannot open store {self.path}: {e}") from e
@@ -193,6 +223,15 @@ class SqliteStore:
         if fresh:
             os.chmod(self.path, 0o600)
         conn.executescript(_SCHEMA)
+        # Columns added after the first release: a store made before gets them here.
+        for table, column, ddl in (
+            ("changelog", "committed_at", "REAL NOT NULL DEFAULT 0"),
+            ("changelog", "sealed", "TEXT NOT NULL DEFAULT ''"),
+            ("resources", "sealed", "TEXT NOT NULL DEFAULT ''"),
+            ("internal_secrets", "sealed", "TEXT NOT NULL DEFAULT ''"),
+        ):
+            if column not in {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
         with self._tx(conn):
             row = conn.execute("SELECT value FROM meta WHERE key='role'").fetchone()
             if row is None:
@@ -215,10 +254,9 @@ class SqliteStore:
         if conn is None:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
-            # A zone's connection commits synced batches without an fsync (see apply_batch);
-            # its API writes switch to FULL for their transaction (_api_tx).
-            conn.execute(f"PRAGMA synchronous={'NORMAL' if self.role == 'zone' else 'FULL'}")
+            conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=10000")
+            conn.execute("PRAGMA secure_delete=ON")  # freed pages are zeroed, not left readable
             self._local.conn = conn
             with self._lock:
                 self._conns.append(conn)
@@ -235,20 +273,96 @@ class SqliteStore:
         else:
             conn.execute("COMMIT")
 
-    @contextmanager
-    def _api_tx(self, conn: sqlite3.Connection) -> Iterator[None]:
-        """A write transaction for the API: always fsynced on commit (a zone's connection is
-        switched to FULL for it and back to NORMAL after)."""
-        if self.role != "zone":
-            with self._tx(conn):
-                yield
+    # ------------------------------------------------------------------ encryption at rest
+
+    def _seal(self, plain: bytes, aad: bytes) -> tuple[bytes, str]:
+        if self.cipher is None:
+            return plain, ""
+        return self.cipher.seal(plain, aad), self.cipher.current
+
+    def _open_value(self, stored: bytes, sealed: str, aad: bytes) -> bytes:
+        if not sealed:
+            return stored
+        if self.cipher is None:
+            raise StoreError(
+                f"store {self.path} holds encrypted values: give --encryption-key-file"
+            )
+        return self.cipher.open(stored, sealed, aad)
+
+    def _resource(self, r: sqlite3.Row | tuple[Any, ...]) -> Resource:
+        """A resources row (selected as _COLS) as a Resource, its data opened."""
+        aad = _aad("data", r[0], r[1], r[2], r[3])
+        return _row_to_resource(r, self._open_value(bytes(r[4]), r[10], aad))
+
+    def _row_values(
+        self, r: Resource, origin: str, wire_bytes: bytes | None, *extra: Any
+    ) -> tuple[Any, ...]:
+        """_COLS, wire and ``extra`` for one row, data and wire sealed with one key."""
+        key = (str(r.kind), r.mesh, r.name, origin)
+        data, sealed = self._seal(r.data, _aad("data", *key))
+        if wire_bytes is not None:
+            wire_bytes, _ = self._seal(wire_bytes, _aad("wire", *key))
+        return (*_row_values(r, origin, data, sealed), wire_bytes, *extra)
+
+    def _reseal(self) -> None:
+        """At start: check every sealed value has its key, and re-seal with the current key
+        every value sealed with another key or stored in plaintext (so enabling encryption,
+        or rotating to a new first key, covers what is already stored)."""
+        conn = self._conn()
+        used = {
+            row[0]
+            for table in ("resources", "changelog", "internal_secrets")
+            for row in conn.execute(f"SELECT DISTINCT sealed FROM {table}")
+        } - {""}
+        if self.cipher is None:
+            if used:
+                raise StoreError(
+                    f"store {self.path} holds values encrypted with key(s) "
+                    f"{', '.join(sorted(used))}: give --encryption-key-file"
+                )
             return
-        conn.execute("PRAGMA synchronous=FULL")
-        try:
-            with self._tx(conn):
-                yield
-        finally:
-            conn.execute("PRAGMA synchronous=NORMAL")
+        missing = used - self.cipher.key_ids
+        if missing:
+            raise StoreError(
+                f"store {self.path} holds values encrypted with key(s) "
+                f"{', '.join(sorted(missing))} that --encryption-key-file does not hold"
+            )
+        current = self.cipher.current
+        with self._tx(conn):
+            cur = conn.execute(f"SELECT {_COLS}, wire FROM resources WHERE sealed != ?", (current,))
+            for r in cur.fetchall():
+                res = self._resource(r)
+                key = (r[0], r[1], r[2], r[3])
+                plain_wire = (
+                    None
+                    if r[11] is None
+                    else self._open_value(bytes(r[11]), r[10], _aad("wire", *key))
+                )
+                values = self._row_values(res, r[3], plain_wire)
+                conn.execute(
+                    "UPDATE resources SET data=?, sealed=?, wire=? "
+                    "WHERE kind=? AND mesh=? AND name=? AND origin=?",
+                    (values[4], values[10], values[11], *key),
+                )
+            cur = conn.execute(
+                "SELECT revision, change, sealed FROM changelog WHERE sealed != ?", (current,)
+            )
+            for rev, change, sealed in cur.fetchall():
+                aad = _aad("changelog", str(rev), "", "", "")
+                stored, kid = self._seal(self._open_value(bytes(change), sealed, aad), aad)
+                conn.execute(
+                    "UPDATE changelog SET change=?, sealed=? WHERE revision=?", (stored, kid, rev)
+                )
+            cur = conn.execute(
+                "SELECT name, data, sealed FROM internal_secrets WHERE sealed != ?", (current,)
+            )
+            for name, data, sealed in cur.fetchall():
+                aad = _aad("internal", "", "", name, "")
+                stored, kid = self._seal(self._open_value(bytes(data), sealed, aad), aad)
+                conn.execute(
+                    "UPDATE internal_secrets SET data=?, sealed=? WHERE name=?", (stored, kid, name)
+                )
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # no old page lingers in the WAL
 
     @staticmethod
     def _meta(conn: sqlite3.Connection, key: str, default: str = "") -> str:
@@ -287,7 +401,7 @@ class SqliteStore:
             f"SELECT {_COLS} FROM resources WHERE kind=? AND mesh=? AND name=?",
             (str(key.kind), key.mesh, key.name),
         )
-        return {r[3]: _row_to_resource(r) for r in cur}
+        return {r[3]: self._resource(r) for r in cur}
 
     def get(self, key: Key) -> Row | None:
         rows = self._rows(self._conn(), key)
@@ -326,7 +440,7 @@ class SqliteStore:
                 f" FROM resources r WHERE {where} ORDER BY r.mesh, r.name LIMIT ? OFFSET ?",
                 [*args, -1 if limit is None else limit, offset],
             )
-            rows = [Row(_row_to_resource(r), r[3], shadows_synced=bool(r[-1])) for r in cur]
+            rows = [Row(self._resource(r), r[3], shadows_synced=bool(r[-1])) for r in cur]
         return total, rows
 
     def conflicts(self) -> list[Key]:
@@ -364,50 +478,66 @@ class SqliteStore:
     # ------------------------------------------------------------------ API writes
 
     def put(self, resource: Resource, now: str) -> WriteResult:
-        conn = self._conn()
-        with self._api_tx(conn):
-            tx = _WriteTx.begin(self, conn)
-            result = self._put(tx, resource, now)
-            tx.finish()
-        return self._committed([result])[0]
+        """Write one resource; builtin CA secrets it needs are in ``result.also``."""
+        results = self.put_many([resource], now)
+        return replace(results[0], also=tuple(results[1:]))
 
     def put_many(self, resources: Sequence[Resource], now: str) -> list[WriteResult]:
         """Write all resources in one transaction: all of them, or none.
 
         A failure raises the error of the first resource that failed, with its position in
         ``item_index``; nothing is written. On global each changed resource still gets its
-        own revision (so zones see ordinary changes), all committed at once.
+        own revision (so zones see ordinary changes), all committed at once. Builtin CA
+        secrets generated for the Meshes written follow the results of ``resources``. The
+        mTLS rules (kds.integrity) are checked on the transaction's final state: a Mesh and
+        the secrets it uses may come in any order.
         """
         conn = self._conn()
         results = []
-        with self._api_tx(conn):
-            tx = _WriteTx.begin(self, conn)
+        with self._tx(conn):
             for i, resource in enumerate(resources):
                 try:
-                    results.append(self._put(tx, resource, now))
+                    results.append(self._put(conn, resource, now))
                 except KdsError as e:
                     e.item_index = i  # type: ignore[attr-defined]
                     raise
-            tx.finish()
+            results += self._after_puts(conn, resources, now)
         return self._committed(results)
 
+    def _after_puts(
+        self, conn: sqlite3.Connection, resources: Sequence[Resource], now: str
+    ) -> list[WriteResult]:
+        view = _TxView(self, conn)
+        generated = []
+        for res in resources:
+            if res.kind is Kind.MESH and res.spec:
+                for cert, key in integrity.builtin_cas_to_generate(res, view, now):
+                    generated += [self._put(conn, cert, now), self._put(conn, key, now)]
+        problems = integrity.check_written(view, resources)
+        if not problems and self.role == "global" and self.max_message_bytes:
+            problems = integrity.check_unit_sizes(view, resources, self.max_message_bytes)
+        if problems:
+            e = InvalidReferences(problems.by_index)
+            e.item_index = next(iter(e.by_index))  # type: ignore[attr-defined]
+            raise e
+        return generated
+
     def delete(self, key: Key) -> WriteResult:
+        """Delete one resource; a Mesh's builtin CA secrets deleted with it are in ``also``."""
         conn = self._conn()
-        with self._api_tx(conn):
-            tx = _WriteTx.begin(self, conn)
-            result = self._delete(tx, key)
-            tx.finish()
-        return self._committed([result])[0]
+        with self._tx(conn):
+            result = self._delete(conn, key)
+        self._committed([*result.also, result])
+        return result
 
     def _committed(self, results: list[WriteResult]) -> list[WriteResult]:
         """Runs after the transaction committed, on the writing thread, in commit order."""
         records = [r.record for r in results if r.record is not None]
         if self.on_commit is not None and records:
-            self.on_commit(records)  # once per transaction: one wake-up for a whole apply
+            self.on_commit(records)
         return results
 
-    def _put(self, tx: _WriteTx, resource: Resource, now: str) -> WriteResult:
-        conn = tx.conn
+    def _put(self, conn: sqlite3.Connection, resource: Resource, now: str) -> WriteResult:
         rows = self._rows(conn, resource.key)
         if self.role == "zone":
             if ORIGIN_GLOBAL in rows and ORIGIN_ZONE not in rows:
@@ -419,11 +549,11 @@ class SqliteStore:
         else:
             origin = ORIGIN_GLOBAL
         old = rows.get(origin)
-        if resource.kind is Kind.SECRET and not tx.mesh_exists(resource.mesh):
+        if resource.kind is Kind.SECRET and not self._mesh_exists(conn, resource.mesh):
             raise NotFound(f"mesh {resource.mesh!r} does not exist")
         if old is not None and old.same_content(resource):
             return WriteResult(old, changed=False, record=None)
-        revision = tx.head + 1 if self.role == "global" else 0
+        revision = int(self._meta(conn, "head")) + 1 if self.role == "global" else 0
         stored = resource.with_meta(
             creation_time=old.creation_time if old else now,
             modification_time=now,
@@ -433,18 +563,15 @@ class SqliteStore:
         wire_bytes = None
         if self.role == "global":
             wire_bytes = wire.change_put(revision, stored)
-            record = tx.append_log(revision, stored.key, False, wire_bytes)
+            record = self._append_log(conn, revision, stored.key, False, wire_bytes)
         conn.execute(
             f"INSERT OR REPLACE INTO resources ({_COLS}, wire, sync_gen) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,0)",
-            (*_row_values(stored, origin), wire_bytes),
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,0)",
+            self._row_values(stored, origin, wire_bytes),
         )
-        if stored.kind is Kind.MESH:
-            tx.meshes.add(stored.name)
         return WriteResult(stored, changed=True, record=record, created=old is None)
 
-    def _delete(self, tx: _WriteTx, key: Key) -> WriteResult:
-        conn = tx.conn
+    def _delete(self, conn: sqlite3.Connection, key: Key) -> WriteResult:
         rows = self._rows(conn, key)
         origin = ORIGIN_ZONE if self.role == "zone" else ORIGIN_GLOBAL
         if origin not in rows:
@@ -453,24 +580,57 @@ class SqliteStore:
                     f"{key} is synced from global and read-only on this zone: delete it on global"
                 )
             raise NotFound(f"{key} not found")
-        if key.kind is Kind.MESH:
-            n = self._secrets_in_mesh(conn, key.name)
-            mesh_stays = self.role == "zone" and ORIGIN_GLOBAL in rows
-            if not mesh_stays and (n[ORIGIN_GLOBAL] or n[ORIGIN_ZONE]):
-                total = n[ORIGIN_GLOBAL] + n[ORIGIN_ZONE]
-                raise Conflict(
-                    f"mesh {key.name!r} still holds {total} secret(s): delete them first"
-                )
-            tx.meshes.discard(key.name)
+        also: list[WriteResult] = []
+        # On a zone, a local row that shadows a synced copy leaves that copy in its place.
+        if not (self.role == "zone" and ORIGIN_GLOBAL in rows):
+            for name in integrity.check_delete(_TxView(self, conn), key):
+                secret = Key(Kind.SECRET, key.name, name)
+                if origin in self._rows(conn, secret):
+                    also.append(self._delete_row(conn, secret, origin))
+        result = self._delete_row(conn, key, origin)
+        return replace(result, also=tuple(also))
+
+    def _delete_row(self, conn: sqlite3.Connection, key: Key, origin: str) -> WriteResult:
         conn.execute(
             "DELETE FROM resources WHERE kind=? AND mesh=? AND name=? AND origin=?",
             (str(key.kind), key.mesh, key.name, origin),
         )
         record = None
         if self.role == "global":
-            revision = tx.head + 1
-            record = tx.append_log(revision, key, True, wire.change_delete(revision, key))
-        return WriteResult(None, changed=True, record=record)
+            revision = int(self._meta(conn, "head")) + 1
+            record = self._append_log(conn, revision, key, True, wire.change_delete(revision, key))
+        return WriteResult(None, changed=True, record=record, deleted=key)
+
+    def _append_log(
+        self, conn: sqlite3.Connection, revision: int, key: Key, deleted: bool, change: bytes
+    ) -> ChangeRecord:
+        chain = next_chain(bytes.fromhex(self._meta(conn, "chain")), change)
+        rec = ChangeRecord(revision, key, deleted, change, chain, self.clock())
+        stored, sealed = self._seal(change, _aad("changelog", str(revision), "", "", ""))
+        conn.execute(
+            "INSERT INTO changelog (revision, kind, mesh, name, deleted, change, chain, "
+            "committed_at, sealed) VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                revision,
+                str(key.kind),
+                key.mesh,
+                key.name,
+                deleted,
+                stored,
+                chain,
+                rec.committed_at,
+                sealed,
+            ),
+        )
+        self._set_meta(conn, "head", revision)
+        self._set_meta(conn, "chain", chain.hex())
+        floor = revision - self.log_size
+        if floor > int(self._meta(conn, "log_floor")):
+            row = conn.execute("SELECT chain FROM changelog WHERE revision=?", (floor,)).fetchone()
+            conn.execute("DELETE FROM changelog WHERE revision <= ?", (floor,))
+            self._set_meta(conn, "log_floor", floor)
+            self._set_meta(conn, "floor_chain", bytes(row[0]).hex() if row else "")
+        return rec
 
     def chain_at(self, revision: int) -> bytes | None:
         """Global's history chain at ``revision``, or None when the log no longer knows it."""
@@ -496,28 +656,140 @@ class SqliteStore:
 
     def changes_after(self, revision: int, upto: int) -> list[ChangeRecord]:
         cur = self._conn().execute(
-            "SELECT revision, kind, mesh, name, deleted, change, chain FROM changelog "
-            "WHERE revision > ? AND revision <= ? ORDER BY revision",
+            "SELECT revision, kind, mesh, name, deleted, change, chain, committed_at, sealed "
+            "FROM changelog WHERE revision > ? AND revision <= ? ORDER BY revision",
             (revision, upto),
         )
         return [
-            ChangeRecord(rev, Key(Kind(k), m, n), bool(d), bytes(c), bytes(ch))
-            for rev, k, m, n, d, c, ch in cur
+            ChangeRecord(
+                rev,
+                Key(Kind(k), m, n),
+                bool(d),
+                self._open_value(bytes(c), sl, _aad("changelog", str(rev), "", "", "")),
+                bytes(ch),
+                at,
+            )
+            for rev, k, m, n, d, c, ch, at, sl in cur
         ]
 
-    def snapshot(self) -> Snapshot:
-        """Every resource as a put, in sync order (Meshes first, then by revision), packed
-        into one buffer: the snapshot global shares among the zones that need one."""
+    def commit_time(self, revision: int) -> float | None:
+        """When ``revision`` was committed (wall-clock seconds); for a revision the log no
+        longer holds, the oldest time it still knows (a lower bound of how long ago it was).
+        None when the log knows no time at or after it."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT committed_at FROM changelog WHERE revision >= ? AND committed_at > 0 "
+                "ORDER BY revision LIMIT 1",
+                (revision,),
+            )
+            .fetchone()
+        )
+        return float(row[0]) if row else None
+
+    # ------------------------------------------------------------------ global: internal secrets
+
+    def internal_secrets(self, prefix: str = "") -> dict[str, bytes]:
+        """Global's internal secrets (CA key, token signing keys) whose name starts with
+        ``prefix``. They live apart from resources: never in the change log, never synced,
+        never served by the API."""
+        cur = self._conn().execute(
+            "SELECT name, data, sealed FROM internal_secrets WHERE substr(name, 1, ?) = ? "
+            "ORDER BY name",
+            (len(prefix), prefix),
+        )
+        return {
+            name: self._open_value(bytes(data), sl, _aad("internal", "", "", name, ""))
+            for name, data, sl in cur
+        }
+
+    def put_internal_secret(self, name: str, data: bytes, now: str) -> None:
         conn = self._conn()
-        changes = wire.PackedChanges()
+        with self._tx(conn):
+            stored, sealed = self._seal(data, _aad("internal", "", "", name, ""))
+            conn.execute(
+                "INSERT INTO internal_secrets (name, data, created, sealed) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET data=excluded.data, sealed=excluded.sealed",
+                (name, stored, now, sealed),
+            )
+
+    def delete_internal_secret(self, name: str) -> bool:
+        conn = self._conn()
+        with self._tx(conn):
+            return conn.execute("DELETE FROM internal_secrets WHERE name=?", (name,)).rowcount > 0
+
+    # ------------------------------------------------------------------ global: zone tokens
+
+    def add_zone_token(
+        self, token_id: str, zone: str, key_name: str, issued: str, expires: str
+    ) -> None:
+        conn = self._conn()
+        with self._tx(conn):
+            conn.execute(
+                "INSERT INTO zone_tokens (id, zone, key_name, issued_at, expires_at) "
+                "VALUES (?,?,?,?,?)",
+                (token_id, zone, key_name, issued, expires),
+            )
+
+    def revoke_zone_token(self, token_id: str, now: str) -> dict[str, str] | None:
+        """Mark a token revoked (once); None when no such token was issued."""
+        conn = self._conn()
+        with self._tx(conn):
+            conn.execute(
+                "UPDATE zone_tokens SET revoked_at=? WHERE id=? AND revoked_at=''", (now, token_id)
+            )
+            rows = self._token_rows(conn, "WHERE id=?", (token_id,))
+        return rows[0] if rows else None
+
+    def zone_tokens(self) -> list[dict[str, str]]:
+        return self._token_rows(self._conn(), "ORDER BY issued_at, id", ())
+
+    @staticmethod
+    def _token_rows(
+        conn: sqlite3.Connection, where: str, args: tuple[Any, ...]
+    ) -> list[dict[str, str]]:
+        cur = conn.execute(
+            f"SELECT id, zone, key_name, issued_at, expires_at, revoked_at FROM zone_tokens {where}",
+            args,
+        )
+        keys = ("id", "zone", "keyName", "issuedAt", "expiresAt", "revokedAt")
+        return [dict(zip(keys, row, strict=True)) for row in cur]
+
+    # ------------------------------------------------------------------ global: zone status
+
+    def zone_statuses(self) -> dict[str, str]:
+        """Every zone's last saved status (JSON text), by zone name."""
+        return dict(self._conn().execute("SELECT name, status FROM zone_status ORDER BY name"))
+
+    def save_zone_statuses(self, statuses: dict[str, str]) -> None:
+        """Save the given zones' statuses (JSON text) in one transaction."""
+        conn = self._conn()
+        with self._tx(conn):
+            conn.executemany(
+                "INSERT INTO zone_status VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET status=excluded.status",
+                sorted(statuses.items()),
+            )
+
+    def snapshot(self) -> Snapshot:
+        conn = self._conn()
         with self._tx(conn, "DEFERRED"):
             head = int(self._meta(conn, "head"))
             chain = bytes.fromhex(self._meta(conn, "chain"))
-            for (change,) in conn.execute(
-                "SELECT wire FROM resources WHERE origin='global' ORDER BY kind <> 'Mesh', version"
-            ):
-                changes.append(change)
-        return Snapshot(head, self._store_id, changes, chain)
+            cur = conn.execute(
+                "SELECT version, kind, mesh, name, wire, sealed FROM resources "
+                "WHERE origin='global'"
+            )
+            records = [
+                ChangeRecord(
+                    v,
+                    Key(Kind(k), m, n),
+                    False,
+                    self._open_value(bytes(w), sl, _aad("wire", k, m, n, ORIGIN_GLOBAL)),
+                )
+                for v, k, m, n, w, sl in cur
+            ]
+        return Snapshot(head, self._store_id, sort_records(records), chain)
 
     # ------------------------------------------------------------------ zone sync writes
 
@@ -533,32 +805,32 @@ class SqliteStore:
     def apply_batch(self, batch: DecodedBatch, global_store_id: str, now: str) -> ZoneApplyResult:
         """Plan (kds.protocol.applier) and apply one batch in one transaction.
 
-        The transaction is atomic but not fsynced on commit (a zone's connection runs with
-        synchronous=NORMAL; only its API writes switch to FULL): everything it writes is a
-        copy global can send again. A crash may lose the last batches
-        a zone applied, never part of one, and never a zone-local write (those stay FULL); the
-        zone then resumes from the revision it still holds. Skipping the fsync is what lets
-        one host apply a write for many zones at once (issue 7: 100 zones' p99 and bulk).
-        """
+        Committed without an fsync (synchronous=NORMAL, for this transaction only): a power
+        loss may take the last batches, but the applied revision goes with them and global
+        resends them at the next connection. Zone-local API writes keep FULL (issue 7: a
+        50-zone fleet spent 30% of its time in this fsync)."""
         conn = self._conn()
+        conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            return self._apply_batch(conn, batch, global_store_id, now)
+        finally:
+            conn.execute("PRAGMA synchronous=FULL")
+
+    def _apply_batch(
+        self, conn: sqlite3.Connection, batch: DecodedBatch, global_store_id: str, now: str
+    ) -> ZoneApplyResult:
         with self._tx(conn):
             gen = self._snapshot_gen(conn, batch, global_store_id) if batch.snapshot else 0
             view = self._zone_view(conn, batch, gen)
             plan = plan_batch(batch, view)
             self._execute(conn, plan, gen)
-            applied = view.applied_revision or 0  # _zone_view always reads it
+            applied = int(self._meta(conn, "applied_revision", "0"))
             if plan.record_revision is not None:
                 applied = plan.record_revision
-                conn.executemany(
-                    "INSERT INTO meta VALUES (?, ?) "
-                    "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                    [
-                        ("applied_revision", str(applied)),
-                        ("synced_store_id", global_store_id),
-                        ("applied_chain", batch.chain.hex()),
-                        ("applied_at", now),
-                    ],
-                )
+                self._set_meta(conn, "applied_revision", applied)
+                self._set_meta(conn, "synced_store_id", global_store_id)
+                self._set_meta(conn, "applied_chain", batch.chain.hex())
+                self._set_meta(conn, "applied_at", now)
         return ZoneApplyResult(
             applied_revision=applied,
             rejected=plan.rejected,
@@ -608,9 +880,14 @@ class SqliteStore:
             if k.kind is Kind.MESH
         }
         per_mesh = {}
+        backend_secrets = {}
         for m in deleted_meshes:
             n = self._secrets_in_mesh(conn, m)
             per_mesh[m] = (n[ORIGIN_ZONE], n[ORIGIN_GLOBAL])
+            synced_mesh = self._rows(conn, Key(Kind.MESH, "", m)).get(ORIGIN_GLOBAL)
+            if synced_mesh is not None:
+                refs = secret_refs(m, synced_mesh.spec)
+                backend_secrets[m] = frozenset(r.secret for r in refs)
         return ZoneView(
             applied_revision=int(self._meta(conn, "applied_revision", "0")),
             local=frozenset(local),
@@ -618,6 +895,7 @@ class SqliteStore:
             local_meshes=frozenset(local_meshes),
             synced_meshes=frozenset(synced_meshes),
             secrets_per_mesh=per_mesh,
+            backend_secrets=backend_secrets,
             stale=tuple(stale),
         )
 
@@ -629,6 +907,6 @@ class SqliteStore:
             )
         conn.executemany(
             f"INSERT OR REPLACE INTO resources ({_COLS}, wire, sync_gen) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,NULL,?)",
-            [(*_row_values(r, ORIGIN_GLOBAL), gen) for r in plan.puts],
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            [self._row_values(r, ORIGIN_GLOBAL, None, gen) for r in plan.puts],
         )

@@ -63,19 +63,30 @@ def wait_for(pred: Callable[[], Any], timeout: float = 10.0, what: str = "condit
 
 
 class Daemon:
-    def __init__(self, name: str, argv: list[str], log_path: Path, api_url: str):
+    def __init__(self, name: str, argv: list[str], log_path: Path, api_url: str, data_dir: Path):
         self.name = name
         self.argv = argv
         self.log_path = log_path
         self.api_url = api_url
+        self.data_dir = data_dir
         self.proc: subprocess.Popen[bytes] | None = None
         self.http = httpx.Client(base_url=api_url, timeout=5)
+
+    @property
+    def admin_token(self) -> str:
+        return (self.data_dir / "admin-token").read_text().strip()
+
+    @property
+    def read_only_token(self) -> str:
+        return (self.data_dir / "read-only-token").read_text().strip()
 
     def start(self) -> Daemon:
         logf = open(self.log_path, "ab")  # noqa: SIM115  # the child owns it
         self.proc = subprocess.Popen(self.argv, stdout=logf, stderr=logf)
         logf.close()
         wait_for(self._ready, 15, f"{self.name} API at {self.api_url}")
+        # The API needs the daemon's admin token, created in its data dir at first start.
+        self.http.headers["Authorization"] = f"Bearer {self.admin_token}"
         return self
 
     def _ready(self) -> bool:
@@ -159,22 +170,42 @@ class Cluster:
             *_TEST_ARGS,
             *extra,
         ]
-        d = Daemon("global", argv, self.tmp / "global.log", api)
+        d = Daemon("global", argv, self.tmp / "global.log", api, self.tmp / "global")
         self.daemons.append(d)
+        self.global_daemon = d
         return d.start()
 
+    def zone_token(self, zone: str, valid_for: str = "1h") -> Path:
+        """A token for ``zone`` from global, in a file for --token-file."""
+        r = self.global_daemon.http.post("/zone-tokens", json={"zone": zone, "validFor": valid_for})
+        assert r.status_code == 201, r.text
+        path = self.tmp / f"{zone}-{r.json()['id'][:8]}.token"
+        path.write_text(r.json()["token"] + "\n")
+        return path
+
     def start_zone(
-        self, zone: str, *extra: str, api_port: int | None = None, synced: bool = True
+        self,
+        zone: str,
+        *extra: str,
+        api_port: int | None = None,
+        synced: bool = True,
+        token_file: Path | None = None,
     ) -> Daemon:
-        """Start a zone; with ``synced`` wait until it holds global's default mesh."""
+        """Start a zone the secure way (TLS verified with global's CA, a token from global);
+        with ``synced`` wait until it holds global's default mesh."""
         port = api_port or free_port()
+        token_file = token_file or self.zone_token(zone)
         argv = [
             str(BIN / "zonecp"),
             "run",
             "--zone",
             zone,
             "--global-address",
-            f"grpc://127.0.0.1:{self.kds_port}",
+            f"grpcs://127.0.0.1:{self.kds_port}",
+            "--ca-file",
+            str(self.tmp / "global" / "ca.crt"),
+            "--token-file",
+            str(token_file),
             "--data-dir",
             str(self.tmp / zone),
             "--api-address",
@@ -184,7 +215,9 @@ class Cluster:
             "1s",
             *extra,
         ]
-        d = Daemon(zone, argv, self.tmp / f"{zone}.log", f"http://127.0.0.1:{port}")
+        d = Daemon(
+            zone, argv, self.tmp / f"{zone}.log", f"http://127.0.0.1:{port}", self.tmp / zone
+        )
         self.daemons.append(d)
         d.start()
         if synced:
@@ -196,9 +229,18 @@ class Cluster:
         return d.start()
 
     def kdsctl(
-        self, *args: str, api: str | None = None, input: str | None = None, check: bool = True
+        self,
+        *args: str,
+        api: str | None = None,
+        input: str | None = None,
+        check: bool = True,
+        token: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "KDSCTL_API_URL": api or f"http://127.0.0.1:{self.global_api}"}
+        """Run kdsctl against ``api`` (default global) with that daemon's admin token."""
+        url = api or f"http://127.0.0.1:{self.global_api}"
+        if token is None:
+            token = next((d.admin_token for d in self.daemons if d.api_url == url), "")
+        env = {**os.environ, "KDSCTL_API_URL": url, "KDSCTL_TOKEN": token}
         r = subprocess.run(
             [str(BIN / "kdsctl"), *args],
             input=input,

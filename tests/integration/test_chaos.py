@@ -37,7 +37,7 @@ def test_zones_converge_under_kills_cuts_and_freezes(cluster: Cluster) -> None:
     try:
         killed = cluster.start_zone("zone-killed")
         frozen = cluster.start_zone("zone-frozen")
-        cut = cluster.start_zone("zone-cut", "--global-address", f"grpc://127.0.0.1:{proxy.port}")
+        cut = cluster.start_zone("zone-cut", "--global-address", f"grpcs://127.0.0.1:{proxy.port}")
         assert g.put("/meshes/blue", {"type": "Mesh", "name": "blue"}).status_code == 201
         names = [f"s{i}" for i in range(25)]
         events: dict[int, Any] = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -76,7 +77,12 @@ def test_zone_reconnects_when_global_goes_silent(cluster: Cluster) -> None:
     fake = StuckGlobal()
     try:
         z = cluster.start_zone(
-            "zone-1", "--global-address", f"grpc://127.0.0.1:{fake.port}", synced=False
+            "zone-1",
+            "--global-address",
+            f"grpc://127.0.0.1:{fake.port}",
+            "--insecure",  # the fake global serves plaintext
+            synced=False,
+            token_file=Path("/nonexistent"),
         )
         z.wait_event("global went silent: reconnecting", timeout=10)
         wait_for(lambda: fake.streams >= 3, timeout=15, what="repeated reconnects")

@@ -134,3 +134,14 @@ def test_pack_oversized_change_travels_alone() -> None:
     recs = [*secrets(1, size=10), *secrets(1, size=500, start=2), *secrets(1, size=10, start=3)]
     parts = list(pack(recs, 300))
     assert [len(p.records) for p in parts] == [1, 1, 1]
+
+
+def test_part_bytes_closes_parts_early_but_never_splits_what_fits_a_message() -> None:
+    records = secrets(50, size=1000)
+    parts = list(pack(records, 1 << 20, part_bytes=8 * 1024))
+    assert len(parts) > 1 and [r for p in parts for r in p.records] == records
+    for p in parts:
+        assert sum(len(r.framed) for r in p.records) + BATCH_OVERHEAD <= 8 * 1024
+    big = [put(1, SECRET, b"y" * 20_000)]  # larger than a part, within the message limit
+    (only,) = pack(big, 1 << 20, part_bytes=8 * 1024)
+    assert only.records == big and only.final and not only.split_unit

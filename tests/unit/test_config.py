@@ -44,7 +44,7 @@ def test_unknown_file_key_is_named(tmp_path: Path) -> None:
     """An unknown key in the file is refused, naming the key and the file."""
     f = tmp_path / "g.yaml"
     f.write_text("api-adress: 127.0.0.1:1\n")
-    with pytest.raises(ConfigError, match=r"unknown option 'api-adress'.*known: api-address"):
+    with pytest.raises(ConfigError, match=r"unknown option .api-adress.*known: .*api-address"):
         load_config(GlobalConfig, f, {}, {})
 
 
@@ -56,7 +56,7 @@ def test_bad_value_names_option_and_source(tmp_path: Path) -> None:
         load_config(GlobalConfig, f, {}, {})
     with pytest.raises(ConfigError, match=r"--zone \(from environment\): must be an RFC 1123"):
         load_config(ZoneConfig, None, {"zone": "Bad_Zone"}, {"zone": "environment"})
-    with pytest.raises(ConfigError, match=r"--global-address \(from flag\): .*grpc://HOST:PORT"):
+    with pytest.raises(ConfigError, match=r"--global-address \(from flag\): .*grpcs://HOST:PORT"):
         load_config(ZoneConfig, None, {"global_address": "http://x:1"}, {})
 
 

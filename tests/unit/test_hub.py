@@ -156,12 +156,12 @@ async def test_waiting_stream_wakes_on_publish() -> None:
     assert await asyncio.wait_for(task, 1) == 1
 
 
-def test_publish_all_moves_head_over_a_whole_transaction_and_trims_the_cache() -> None:
+def test_publish_many_moves_head_over_a_whole_transaction_and_trims_the_cache() -> None:
     """A transaction's records arrive in one call: the head moves to the last of them, the
     cache keeps within its bounds, and subscribers are woken."""
     hub = Hub(head=0, log_floor=0, log_size=5)
     ev = hub.subscribe()
-    hub.publish_all([rec(r) for r in range(1, 9)])
+    hub.publish_many([rec(r) for r in range(1, 9)])
     assert hub.head == 8 and hub.log_floor == 3 and ev.is_set()
     assert hub.cached_range(3, 8) == [rec(r) for r in range(4, 9)]
     assert hub.cached_range(2, 8) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import socket
 import threading
@@ -302,3 +303,77 @@ def test_help(args: list[str], expected: list[str]) -> None:
     assert res.exit_code == 0, res.output
     for text in expected:
         assert text in res.stdout, (args, text)
+
+
+def test_meshes_with_mtls_in_both_forms(server: Server, tmp_path: Path) -> None:
+    """apply takes a provided-CA Mesh and its secrets (Universal, any order) and a builtin one
+    (Kubernetes); get shows the backend; a secret in use and a mesh with secrets refuse delete."""
+    from tests import certs
+
+    ca = certs.ca()
+    universal = (
+        "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n"
+        "    - name: ca-1\n      type: provided\n      config:\n"
+        "        cert:\n          secret: my-cert\n        key:\n          secret: my-key\n---\n"
+        f"type: Secret\nmesh: default\nname: my-cert\ndata: {ca.cert_b64}\n---\n"
+        f"type: Secret\nmesh: default\nname: my-key\ndata: {ca.key_b64}\n"
+    )
+    kubernetes = (
+        "apiVersion: kuma.io/v1alpha1\nkind: Mesh\nmetadata:\n  name: payments\nspec:\n"
+        "  mtls:\n    enabledBackend: ca-1\n    backends:\n      - name: ca-1\n"
+        "        type: builtin\n        config:\n          caCert:\n            keyType: ECDSA\n"
+    )
+    res = run(server, "apply", "-f", "-", input=universal)
+    assert res.exit_code == 0, res.output
+    assert res.stdout.splitlines() == [
+        "Mesh default created",
+        "Secret default/my-cert created",
+        "Secret default/my-key created",
+    ]
+    bad = universal.replace(ca.key_b64, base64.b64encode(certs.other_key()).decode())
+    res = run(server, "apply", "-f", "-", input=bad)
+    assert res.exit_code == 1
+    assert "stdin document 1: mtls.backends[0].config.key.secret" in res.output
+    assert "not the private key of the certificate" in res.output
+    res = run(server, "apply", "-f", "-", input=kubernetes)
+    assert res.exit_code == 0, res.output
+    assert res.stdout.splitlines() == [
+        "Mesh payments created",
+        "Secret payments/payments.ca-builtin-cert-ca-1 created",
+        "Secret payments/payments.ca-builtin-key-ca-1 created",
+    ]
+    res = run(server, "get", "meshes")
+    assert res.stdout.splitlines()[0].split() == ["NAME", "MTLS", "ORIGIN", "AGE"]
+    assert "ca-1 (builtin)" in res.stdout
+    res = run(server, "get", "mesh", "payments", "-o", "yaml")
+    assert yaml.safe_load(res.stdout)["mtls"]["backends"][0]["type"] == "builtin"
+    res = run(server, "delete", "secret", "payments.ca-builtin-key-ca-1", "--mesh", "payments")
+    assert res.exit_code == 1
+    assert "used by mesh 'payments' mTLS backend 'ca-1'" in res.output
+    res = run(server, "delete", "mesh", "payments")
+    assert res.exit_code == 0, res.output
+    res = run(server, "get", "secrets", "--mesh", "default")
+    assert "payments.ca-builtin" not in res.output
+
+
+def test_readme_mtls_examples_apply_as_written(server: Server) -> None:
+    """The README's Mesh mTLS examples (the seed's, with its secrets; the builtin one) apply
+    through kdsctl; only the shell's base64 substitutions are filled in."""
+    import re
+
+    from tests import certs
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("## Mesh mTLS", 1)[1].split("\n## ", 1)[0]
+    shell, builtin = re.findall(r"```(?:sh|yaml)\n(.*?)```", section, re.S)[:2]
+    ca = certs.ca()
+    body = shell.split("<<EOF\n", 1)[1].rsplit("EOF\n", 1)[0]
+    body = body.replace("$(base64 -w0 ca.crt)", ca.cert_b64).replace(
+        "$(base64 -w0 ca.key)", ca.key_b64
+    )
+    res = run(server, "apply", "-f", "-", input=body)
+    assert res.exit_code == 0, res.output
+    assert "Mesh default created" in res.stdout
+    res = run(server, "apply", "-f", "-", input=builtin)
+    assert res.exit_code == 0, res.output
+    assert "Secret payments/payments.ca-builtin-key-ca-1 created" in res.stdout

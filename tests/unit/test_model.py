@@ -343,12 +343,13 @@ def test_universal_mesh_minimal() -> None:
     assert res.data == b"" and dict(res.spec) == {}
 
 
-def test_universal_mesh_example_with_mtls_is_refused_for_now() -> None:
-    """The Universal Mesh example with mtls is refused naming mtls: backends are not built yet."""
-    with pytest.raises(InvalidResource) as e:
-        from_document(yaml.safe_load(UNIVERSAL_MESH_MTLS))
-    assert fields_of(e) == {"mtls"}
-    assert "not supported yet" in str(e.value)
+def test_universal_mesh_example_with_mtls_parses() -> None:
+    """The seed's Universal Mesh example with a provided mTLS backend parses, mtls in spec."""
+    res = from_document(yaml.safe_load(UNIVERSAL_MESH_MTLS))
+    assert res.key == Key(Kind.MESH, "", "default")
+    backend = res.spec["mtls"]["backends"][0]
+    assert backend["config"] == {"cert": {"secret": "my-cert"}, "key": {"secret": "my-key"}}
+    assert to_json(res)["mtls"] == res.spec["mtls"]
 
 
 def test_universal_with_labels() -> None:
@@ -512,11 +513,11 @@ def test_k8s_global_secret_example() -> None:
     assert res.data == b"test\n"
 
 
-def test_k8s_mesh_example_with_mtls_is_refused_for_now() -> None:
-    """The Kubernetes Mesh example with spec.mtls is refused naming spec.mtls for now."""
-    with pytest.raises(InvalidResource) as e:
-        from_document(yaml.safe_load(K8S_MESH))
-    assert fields_of(e) == {"spec.mtls"}
+def test_k8s_mesh_example_with_mtls_parses() -> None:
+    """The seed's Kubernetes Mesh example parses to the same resource as the Universal one."""
+    res = from_document(yaml.safe_load(K8S_MESH))
+    assert res.spec == from_document(yaml.safe_load(UNIVERSAL_MESH_MTLS)).spec
+    assert to_kubernetes(res)["spec"] == res.spec
 
 
 def test_k8s_mesh_without_spec() -> None:

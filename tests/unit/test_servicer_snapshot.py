@@ -8,6 +8,7 @@ from pathlib import Path
 
 from globalcp.hub import Hub
 from globalcp.servicer import SyncServicer
+from globalcp.zones import ZoneTracker
 from kds.model import Kind, Resource
 from kds.store import AsyncStore, SqliteStore
 
@@ -28,6 +29,8 @@ def _servicer(tmp_path: Path) -> tuple[SyncServicer, AsyncStore, list[int]]:
     servicer = SyncServicer(
         store,
         hub,
+        ZoneTracker(store, hub),
+        tokens=None,
         instance_id="g",
         software_version="test",
         max_unacked=2,

@@ -264,22 +264,25 @@ def test_snapshot(gstore: SqliteStore) -> None:
     snap = gstore.snapshot()
     assert snap.revision == 7 == gstore.head()
     assert snap.store_id == gstore.store_id
-    msgs = [pb.Change.FromString(c) for c in snap.changes]
-    assert all(m.WhichOneof("op") == "put" for m in msgs)
-    keys = [resource_from_pb(m.put).key for m in msgs]
-    assert keys == [MESH, Key(Kind.MESH, "", "aaa"), S1, G1]  # Meshes first, then by revision
-    for m in msgs:
-        r = resource_from_pb(m.put)
-        assert r.version == m.revision
-        row = gstore.get(r.key)
+    keys = [c.key for c in snap.changes]
+    assert sorted(keys) == sorted([G1, MESH, S1, Key(Kind.MESH, "", "aaa")])
+    assert [k.kind for k in keys[:2]] == [Kind.MESH, Kind.MESH]
+    assert all(not c.deleted for c in snap.changes)
+    for c in snap.changes:
+        msg = pb.Change.FromString(c.change)
+        assert msg.WhichOneof("op") == "put"
+        r = resource_from_pb(msg.put)
+        assert r.key == c.key and r.version == c.revision
+        row = gstore.get(c.key)
         assert row is not None and row.resource == r
-    assert msgs[-1].revision == 7
+    g1 = next(c for c in snap.changes if c.key == G1)
+    assert g1.revision == 7
 
 
 def test_snapshot_empty(gstore: SqliteStore) -> None:
     """An empty global store snapshots as no changes at revision 0."""
     snap = gstore.snapshot()
-    assert (snap.revision, list(snap.changes)) == (0, [])
+    assert (snap.revision, snap.changes) == (0, [])
 
 
 def test_snapshot_survives_log_trim(tmp_path: Path) -> None:
@@ -290,8 +293,7 @@ def test_snapshot_survives_log_trim(tmp_path: Path) -> None:
         s.put(mk(S1), T0)
         s.put(mk(G1), T0)
         snap = s.snapshot()
-        keys = [resource_from_pb(pb.Change.FromString(c).put).key for c in snap.changes]
-        assert keys == [MESH, S1, G1]
+        assert [c.key for c in snap.changes] == [MESH, S1, G1]
     finally:
         s.close()
 
@@ -491,36 +493,6 @@ def test_apply_batch_is_atomic(zstore: SqliteStore) -> None:
     assert zstore.sync_state().applied_revision == 1
     # the store is still usable afterwards
     assert zstore.apply_batch(dbatch([inc_put(mk(G2), 2)], 2), GSID, T1).applied_revision == 2
-
-
-def _synchronous(store: SqliteStore) -> int:
-    return int(store._conn().execute("PRAGMA synchronous").fetchone()[0])
-
-
-def test_apply_batch_skips_the_fsync_but_api_writes_keep_it(zstore: SqliteStore) -> None:
-    """A synced batch commits with synchronous=NORMAL (global can resend it); a zone-local
-    write from the API commits with FULL, also when it fails, and the zone is back to NORMAL
-    after it. Global commits everything with FULL."""
-    seen: list[int] = []
-    rows = zstore._rows
-
-    def spy(*args: Any) -> Any:
-        seen.append(_synchronous(zstore))
-        return rows(*args)
-
-    zstore._rows = spy  # type: ignore[method-assign]
-    zstore.apply_batch(dbatch([inc_put(mk(G1), 1)], 1), GSID, T0)
-    zstore.put(mk(G2, b"local"), T0)
-    with pytest.raises(NotFound):
-        zstore.delete(Key(Kind.GLOBAL_SECRET, "", "absent"))
-    assert seen == [1, 2, 2]  # NORMAL, FULL, FULL
-    assert _synchronous(zstore) == 1
-
-
-def test_global_commits_with_fsync(gstore: SqliteStore) -> None:
-    """Every write on global is fsynced on commit (synchronous=FULL)."""
-    gstore.put(mk(G1), T0)
-    assert _synchronous(gstore) == 2
 
 
 def test_zone_conflict(zstore: SqliteStore) -> None:
@@ -812,6 +784,32 @@ def test_page_counts_and_slices_the_effective_view_in_sql(zstore: SqliteStore) -
     ]
     total, rows = zstore.page(Kind.GLOBAL_SECRET, None, offset=1, limit=2)
     assert total == 5 and [r.resource.name for r in rows] == ["g1", "g2"]
+
+
+def _synchronous(store: SqliteStore) -> int:
+    return int(store._conn().execute("PRAGMA synchronous").fetchone()[0])
+
+
+def test_apply_batch_skips_the_fsync_but_api_writes_keep_it(zstore: SqliteStore) -> None:
+    """A synced batch commits with synchronous=NORMAL (global resends what a power loss
+    takes, and the applied revision rolls back with it); a zone-local write from the API
+    commits with FULL, also right after a batch. Global commits everything with FULL."""
+    seen: list[int] = []
+    rows = zstore._rows
+
+    def spy(*args: Any) -> Any:
+        seen.append(_synchronous(zstore))
+        return rows(*args)
+
+    zstore._rows = spy  # type: ignore[method-assign]
+    zstore.apply_batch(dbatch([inc_put(mk(G1), 1)], 1), GSID, T0)
+    zstore.put(mk(G2, b"local"), T0)
+    assert seen == [1, 2]  # NORMAL, FULL
+
+
+def test_global_commits_with_fsync(gstore: SqliteStore) -> None:
+    gstore.put(mk(G1), T0)
+    assert _synchronous(gstore) == 2
 
 
 def test_on_commit_gets_each_transactions_records_once(gstore: SqliteStore) -> None:

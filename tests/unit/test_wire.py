@@ -226,7 +226,6 @@ def test_assemble_batch_many_changes() -> None:
 
 def test_assembled_size_matches_framed_sizes() -> None:
     """A batch is its header plus the sum of framed sizes, within BATCH_OVERHEAD."""
-    from kds.wire import BATCH_OVERHEAD
 
     encoded = [change_put(i, RESOURCES[0]) for i in range(50)]
     raw = assemble_batch(
@@ -240,27 +239,3 @@ def test_assembled_size_matches_framed_sizes() -> None:
     )
     body = sum(framed_size(len(c)) for c in encoded)
     assert body < len(raw) <= body + BATCH_OVERHEAD
-
-
-def test_packed_changes_split_as_pack_does() -> None:
-    """PackedChanges.parts cuts the same parts as batching.pack over the same changes, every
-    part fits the limit, and the parts hold every change once, in order."""
-    from kds.protocol.batching import pack
-    from kds.protocol.records import ChangeRecord
-    from kds.wire import PackedChanges
-
-    changes = [change_put(i + 1, RESOURCES[i % len(RESOURCES)]) for i in range(300)]
-    packed = PackedChanges()
-    for c in changes:
-        packed.append(c)
-    assert len(packed) == 300 and list(packed) == changes
-    records = [ChangeRecord(i + 1, RESOURCES[0].key, False, c) for i, c in enumerate(changes)]
-    for limit in (200, 1000, 4096, 1 << 20):
-        parts = list(packed.parts(limit))
-        expected = list(pack(records, limit))
-        assert [final for _, final in parts] == [p.final for p in expected]
-        for (body, _), part in zip(parts, expected, strict=True):
-            assert bytes(body) == b"".join(r.framed for r in part.records)
-            assert len(body) + BATCH_OVERHEAD <= limit or len(part.records) == 1
-    empty = list(PackedChanges().parts(1000))
-    assert [(bytes(b), f) for b, f in empty] == [(b"", True)]

@@ -1,0 +1,79 @@
+"""Global's start-up security provisioning: the sync server's TLS certificate.
+
+Given ``--tls-cert-file`` and ``--tls-key-file``, global serves those (reloaded when the
+files change). Otherwise it provisions its own:
+
+- a CA, made once: its private key is the internal secret ``sync-ca-key`` (never synced,
+  never served), its certificate the internal secret ``sync-ca-cert`` and the file
+  ``DATA_DIR/ca.crt`` that zones are given with ``--ca-file``;
+- a server certificate signed by that CA for ``--tls-names`` (default: this host's name,
+  localhost and its addresses), in ``DATA_DIR/tls/``, reissued at start when it expires within
+  30 days or the names changed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import structlog
+
+from kds import tls
+from kds.clock import rfc3339
+from kds.config import GlobalConfig
+from kds.errors import ConfigError
+from kds.store import AsyncStore
+
+__all__ = ["CA_CERT", "CA_KEY", "server_credentials"]
+
+log = structlog.get_logger("globalcp.security")
+
+CA_KEY = "sync-ca-key"
+CA_CERT = "sync-ca-cert"
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` (0600) atomically: a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+async def _own_ca(store: AsyncStore, data_dir: Path) -> tls.CertPair:
+    found = await store.read(store.sync.internal_secrets, "sync-ca-")
+    if CA_KEY in found and CA_CERT in found:
+        ca = tls.CertPair(found[CA_CERT], found[CA_KEY])
+    else:
+        ca = tls.make_ca("kds-sync global sync CA")
+        now = rfc3339()
+        await store.write(store.sync.put_internal_secret, CA_KEY, ca.key_pem, now)
+        await store.write(store.sync.put_internal_secret, CA_CERT, ca.cert_pem, now)
+        log.info("created the sync CA", ca_file=str(data_dir / "ca.crt"))
+    ca_file = data_dir / "ca.crt"
+    if not ca_file.exists() or ca_file.read_bytes() != ca.cert_pem:
+        _write_private(ca_file, ca.cert_pem)
+    return ca
+
+
+async def server_credentials(
+    cfg: GlobalConfig, store: AsyncStore, data_dir: Path
+) -> tls.ReloadingServerCredentials:
+    if bool(cfg.tls_cert_file) != bool(cfg.tls_key_file):
+        raise ConfigError("--tls-cert-file and --tls-key-file go together: give both or neither")
+    if cfg.tls_cert_file and cfg.tls_key_file:
+        return tls.ReloadingServerCredentials(cfg.tls_cert_file, cfg.tls_key_file)
+    ca = await _own_ca(store, data_dir)
+    names = list(cfg.tls_names) or tls.default_names(cfg.kds_address[0])
+    tls_dir = data_dir / "tls"
+    tls_dir.mkdir(mode=0o700, exist_ok=True)
+    cert_file, key_file = tls_dir / "server.crt", tls_dir / "server.key"
+    if not cert_file.exists() or tls.needs_reissue(cert_file.read_bytes(), names):
+        pair = tls.issue_server_cert(ca, names)
+        _write_private(key_file, pair.key_pem)
+        _write_private(cert_file, pair.cert_pem)
+        log.info("issued the sync server certificate", names=names)
+    return tls.ReloadingServerCredentials(cert_file, key_file)

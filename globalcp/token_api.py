@@ -1,0 +1,120 @@
+"""Zone tokens on global's API (admin token only for every write).
+
+    POST   /zone-tokens                      {"zone", "validFor"} -> 201 {"id", "zone",
+                                             "keyName", "expiresAt", "token"}
+    GET    /zone-tokens                      issued tokens' ids, zones, times (never a token)
+    POST   /zone-tokens/{id}/revoke          refuse the token from now on, end its streams
+    GET    /zone-token-signing-keys          the signing keys' names (never a key)
+    POST   /zone-token-signing-keys          rotate: a new key signs tokens from now on
+    DELETE /zone-token-signing-keys/{name}   tokens signed by that key are refused from now on
+
+A token is shown once, in the answer that issued it; global keeps only its id and facts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import structlog
+from aiohttp import web
+
+from kds.clock import utcnow
+from kds.config import parse_duration
+from kds.errors import Conflict, FieldError, InvalidResource, NotFound
+from kds.model import validate_name
+from kds.tokens import ZoneTokens
+
+__all__ = ["DEFAULT_VALIDITY", "token_routes"]
+
+log = structlog.get_logger("globalcp.tokens")
+
+DEFAULT_VALIDITY = 365 * 86400.0
+
+
+async def _body(request: web.Request) -> Mapping[str, object]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise InvalidResource([FieldError("", "the body must be a JSON object")]) from None
+    if not isinstance(body, Mapping):
+        raise InvalidResource([FieldError("", "the body must be a JSON object")])
+    return body
+
+
+def token_routes(tokens: ZoneTokens, end_streams: Callable[[str, str], int]) -> list[web.RouteDef]:
+    async def issue(request: web.Request) -> web.Response:
+        body = await _body(request)
+        zone = body.get("zone")
+        errs = validate_name(zone, "zone")
+        valid_for = DEFAULT_VALIDITY
+        if body.get("validFor") not in (None, ""):
+            try:
+                valid_for = parse_duration(body["validFor"])
+            except ValueError as e:
+                errs.append(FieldError("validFor", str(e)))
+            else:
+                if valid_for <= 0:
+                    errs.append(FieldError("validFor", "must be longer than 0"))
+        if errs:
+            raise InvalidResource(errs)
+        token, info = await tokens.issue(str(zone), valid_for, utcnow())
+        log.info(
+            "zone token issued",
+            token_id=info.token_id,
+            zone=info.zone,
+            key=info.key_name,
+            expires_at=info.expires_at,
+        )
+        return web.json_response(
+            {
+                "id": info.token_id,
+                "zone": info.zone,
+                "keyName": info.key_name,
+                "expiresAt": info.expires_at,
+                "token": token,
+            },
+            status=201,
+        )
+
+    async def list_tokens(request: web.Request) -> web.Response:
+        rows = await tokens.store.read(tokens.store.sync.zone_tokens)
+        return web.json_response({"total": len(rows), "items": rows, "next": None})
+
+    async def revoke(request: web.Request) -> web.Response:
+        token_id = request.match_info["id"]
+        row = await tokens.revoke(token_id)
+        if row is None:
+            raise NotFound(f"no zone token with id {token_id!r} was issued by this global")
+        ended = end_streams(token_id, f"zone token {token_id} has been revoked")
+        log.warning("zone token revoked", token_id=token_id, zone=row["zone"], streams_ended=ended)
+        return web.json_response({**row, "streamsEnded": ended})
+
+    async def list_keys(request: web.Request) -> web.Response:
+        current = tokens.current_key
+        items = [{"name": k, "current": k == current} for k in sorted(tokens.keys)]
+        return web.json_response({"total": len(items), "items": items, "next": None})
+
+    async def rotate(request: web.Request) -> web.Response:
+        name = await tokens.rotate()
+        log.info("zone token signing key added; it signs new tokens from now on", key=name)
+        return web.json_response({"name": name, "current": True}, status=201)
+
+    async def remove_key(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        try:
+            await tokens.remove_key(name)
+        except KeyError:
+            raise NotFound(f"no signing key {name!r}") from None
+        except ValueError as e:
+            raise Conflict(str(e)) from None
+        log.warning("zone token signing key removed; tokens it signed are refused", key=name)
+        return web.json_response({})
+
+    return [
+        web.post("/zone-tokens", issue),
+        web.get("/zone-tokens", list_tokens),
+        web.post("/zone-tokens/{id}/revoke", revoke),
+        web.get("/zone-token-signing-keys", list_keys),
+        web.post("/zone-token-signing-keys", rotate),
+        web.delete("/zone-token-signing-keys/{name}", remove_key),
+    ]

@@ -1,0 +1,69 @@
+"""Bearer tokens of the HTTP API: an admin token and a read-only token per daemon.
+
+Each is read from a file: the one given by option, or ``DATA_DIR/admin-token`` and
+``DATA_DIR/read-only-token``, created (mode 0600, 256 random bits) at first start. The admin
+token may do anything; the read-only token may read and list metadata and status, and sees
+resources without their secret data. Tokens are compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from kds.errors import ConfigError
+
+__all__ = ["ApiTokens", "Role", "load_api_tokens"]
+
+ADMIN_FILE = "admin-token"
+READ_ONLY_FILE = "read-only-token"
+
+
+class Role(Enum):
+    ADMIN = "admin"
+    READ_ONLY = "read-only"
+
+
+@dataclass(frozen=True)
+class ApiTokens:
+    admin: str
+    read_only: str
+    admin_file: Path
+
+    def role_of(self, token: str) -> Role | None:
+        presented = token.encode()
+        if hmac.compare_digest(presented, self.admin.encode()):
+            return Role.ADMIN
+        if hmac.compare_digest(presented, self.read_only.encode()):
+            return Role.READ_ONLY
+        return None
+
+
+def _token_file(given: Path | None, default: Path, option: str) -> tuple[str, Path]:
+    if given is not None:
+        try:
+            token = given.read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"{option} {given}: cannot read it: {e.strerror}") from None
+        if len(token) < 16:
+            raise ConfigError(f"{option} {given}: the token must be at least 16 characters")
+        return token, given
+    if not default.exists():
+        fd = os.open(default, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+    return default.read_text().strip(), default
+
+
+def load_api_tokens(
+    data_dir: Path, admin_file: Path | None, read_only_file: Path | None
+) -> ApiTokens:
+    admin, admin_path = _token_file(admin_file, data_dir / ADMIN_FILE, "--admin-token-file")
+    read_only, _ = _token_file(read_only_file, data_dir / READ_ONLY_FILE, "--read-only-token-file")
+    if hmac.compare_digest(admin.encode(), read_only.encode()):
+        raise ConfigError("the admin and read-only tokens must differ")
+    return ApiTokens(admin, read_only, admin_path)

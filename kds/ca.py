@@ -1,0 +1,154 @@
+"""Certificate authorities for Mesh mTLS backends, with the ``cryptography`` package.
+
+- ``check_ca(cert_pem, key_pem)``: is this a usable CA (a parsable X.509 certificate with
+  basicConstraints CA=true and keyUsage keyCertSign) and does the key belong to it?
+- ``generate_ca(...)``: a new self-signed CA for a builtin backend (RSA or ECDSA P-256).
+
+No I/O and no clock of its own: callers pass ``now``. Problems are returned as short
+sentences that never quote the input (a key is a secret; so may be anything pasted in its place).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+from kds.mtls import CaOptions
+
+__all__ = ["CaProblems", "GeneratedCa", "check_ca", "generate_ca"]
+
+
+@dataclass(frozen=True)
+class CaProblems:
+    cert: str = ""  # what is wrong with the certificate ("" if nothing)
+    key: str = ""  # what is wrong with the key, or its match with the certificate
+
+    def __bool__(self) -> bool:
+        return bool(self.cert or self.key)
+
+
+@dataclass(frozen=True)
+class GeneratedCa:
+    cert_pem: bytes
+    key_pem: bytes
+
+    def __repr__(self) -> str:  # never show the key, even in a traceback
+        return f"GeneratedCa(cert=<{len(self.cert_pem)} bytes>, key=<redacted>)"
+
+
+def _load_cert(data: bytes) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(data)
+    except ValueError:
+        return x509.load_der_x509_certificate(data)
+
+
+def _load_key(data: bytes) -> object:
+    try:
+        return serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return serialization.load_der_private_key(data, password=None)
+
+
+def _cert_problem(cert: x509.Certificate) -> str:
+    try:
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return "is not a CA certificate: it has no basicConstraints extension (CA:TRUE)"
+    if not bc.ca:
+        return "is not a CA certificate: basicConstraints has CA:FALSE"
+    try:
+        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return "is not a CA certificate: it has no keyUsage extension with keyCertSign"
+    if not ku.key_cert_sign:
+        return "is not a CA certificate: keyUsage lacks keyCertSign"
+    return ""
+
+
+def check_ca(cert_data: bytes, key_data: bytes) -> CaProblems:
+    """Check a CA certificate and its private key (PEM or DER)."""
+    try:
+        cert = _load_cert(cert_data)
+    except ValueError:
+        cert = None
+    try:
+        key = _load_key(key_data)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        key = None
+    cert_problem = (
+        "does not hold an X.509 certificate (PEM or DER)" if cert is None else _cert_problem(cert)
+    )
+    key_problem = "does not hold an unencrypted private key (PEM or DER)" if key is None else ""
+    if cert is not None and key is not None and not _matches(cert, key):
+        key_problem = "is not the private key of the certificate"
+    return CaProblems(cert_problem, key_problem)
+
+
+def _matches(cert: x509.Certificate, key: object) -> bool:
+    public = getattr(key, "public_key", None)
+    if public is None:
+        return False
+    fmt = serialization.PublicFormat.SubjectPublicKeyInfo
+    enc = serialization.Encoding.DER
+    try:
+        return bool(public().public_bytes(enc, fmt) == cert.public_key().public_bytes(enc, fmt))
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return False
+
+
+def generate_ca(mesh: str, backend: str, options: CaOptions, now: dt.datetime) -> GeneratedCa:
+    """A self-signed CA for the builtin backend ``backend`` of ``mesh``."""
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+    if options.key_type == "ECDSA":
+        key = ec.generate_private_key(ec.SECP256R1())
+    else:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=options.rsa_bits)
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "kds-sync"),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, f"Mesh {mesh}"),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"{mesh} builtin CA {backend}"),
+        ]
+    )
+    start = now - dt.timedelta(minutes=5)  # tolerate small clock skew between hosts
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(seconds=options.validity_seconds))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return GeneratedCa(
+        cert_pem=cert.public_bytes(serialization.Encoding.PEM),
+        key_pem=key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )

@@ -1,0 +1,263 @@
+"""A Mesh's ``mtls`` section: its shape, and the Secrets its certificate authorities use. Pure.
+
+Shape (Kuma's, in the Universal form; under ``spec`` in the Kubernetes form)::
+
+    mtls:
+      enabledBackend: ca-1          # optional; names one of the backends
+      skipValidation: false         # optional; skips the certificate checks (not the
+                                    #   existence of the secrets: zones need those)
+      backends:
+        - name: ca-1
+          type: provided            # CA certificate and key taken from mesh Secrets
+          config:
+            cert: {secret: my-cert}
+            key: {secret: my-key}
+        - name: ca-2
+          type: builtin             # global generates the CA and stores it as Secrets
+          config:                   #   {mesh}.ca-builtin-cert-ca-2 / -key-ca-2
+            caCert: {keyType: RSA, RSAbits: 2048, expiration: 10y}   # all optional
+
+Checks that need other resources (the secrets exist, the certificate is a CA, ...) live in
+kds.integrity; this module only checks the shape and says which secrets a backend uses.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kds.errors import FieldError
+
+__all__ = [
+    "BUILTIN",
+    "PROVIDED",
+    "Backend",
+    "CaOptions",
+    "SecretRef",
+    "backends",
+    "builtin_secret_names",
+    "is_builtin_secret_name",
+    "parse_duration",
+    "secret_refs",
+    "skip_validation",
+    "validate_mtls",
+]
+
+PROVIDED = "provided"
+BUILTIN = "builtin"
+
+_MTLS_FIELDS = frozenset({"enabledBackend", "backends", "skipValidation"})
+# dpCert, mode and rootChain are Kuma backend fields kds-sync carries but does not act on.
+_BACKEND_FIELDS = frozenset({"name", "type", "config", "dpCert", "mode", "rootChain"})
+_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DURATION_RE = re.compile(r"^([1-9][0-9]*)(y|d|h|m|s)$")
+_UNIT_SECONDS = {"y": 365 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1}
+_MAX_VALIDITY = 100 * 365 * 86400
+
+
+@dataclass(frozen=True)
+class CaOptions:
+    """How a builtin backend's CA is generated."""
+
+    key_type: str = "RSA"  # or "ECDSA" (P-256)
+    rsa_bits: int = 2048
+    validity_seconds: int = 10 * 365 * 86400
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """One Secret a backend uses: ``role`` is "cert" or "key"; ``field`` names where it is set."""
+
+    backend: str
+    role: str
+    secret: str
+    field: str
+
+
+@dataclass(frozen=True)
+class Backend:
+    index: int
+    name: str
+    type: str
+    refs: tuple[SecretRef, SecretRef]
+    ca: CaOptions
+
+
+def builtin_secret_names(mesh: str, backend: str) -> tuple[str, str]:
+    """(cert, key) Secret names of a builtin backend, as Kuma names them."""
+    return f"{mesh}.ca-builtin-cert-{backend}", f"{mesh}.ca-builtin-key-{backend}"
+
+
+def is_builtin_secret_name(mesh: str, name: str) -> bool:
+    prefix = f"{mesh}.ca-builtin-"
+    return name.startswith(prefix + "cert-") or name.startswith(prefix + "key-")
+
+
+def parse_duration(value: object) -> int | None:
+    """'10y', '365d', '24h', '30m', '90s' -> seconds; None if malformed."""
+    m = _DURATION_RE.match(value) if isinstance(value, str) else None
+    return int(m.group(1)) * _UNIT_SECONDS[m.group(2)] if m else None
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def backends(mesh_name: str, spec: Mapping[str, Any]) -> list[Backend]:
+    """The backends of a validated spec (empty when there is no mtls)."""
+    mtls = spec.get("mtls") or {}
+    out = []
+    for i, b in enumerate(mtls.get("backends") or []):
+        name, kind = b["name"], b["type"]
+        base = f"mtls.backends[{i}]"
+        if kind == PROVIDED:
+            conf = b["config"]
+            refs = (
+                SecretRef(name, "cert", conf["cert"]["secret"], f"{base}.config.cert.secret"),
+                SecretRef(name, "key", conf["key"]["secret"], f"{base}.config.key.secret"),
+            )
+        else:
+            cert, key = builtin_secret_names(mesh_name, name)
+            refs = (SecretRef(name, "cert", cert, base), SecretRef(name, "key", key, base))
+        out.append(Backend(i, name, kind, refs, _ca_options(b.get("config") or {})))
+    return out
+
+
+def secret_refs(mesh_name: str, spec: Mapping[str, Any]) -> list[SecretRef]:
+    return [ref for b in backends(mesh_name, spec) for ref in b.refs]
+
+
+def skip_validation(spec: Mapping[str, Any]) -> bool:
+    return bool((spec.get("mtls") or {}).get("skipValidation", False))
+
+
+def _ca_options(config: Mapping[str, Any]) -> CaOptions:
+    ca = config.get("caCert") or {}
+    validity = parse_duration(ca.get("expiration", "10y"))
+    return CaOptions(
+        key_type=str(ca.get("keyType", "RSA")).upper(),
+        rsa_bits=int(ca.get("RSAbits", 2048)),
+        validity_seconds=validity or CaOptions.validity_seconds,
+    )
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate_mtls(mtls: object, mesh_name: object, prefix: str = "") -> list[FieldError]:
+    """Check the shape of ``mtls``; fields are named ``{prefix}mtls...``."""
+    f = f"{prefix}mtls"
+    if not isinstance(mtls, Mapping):
+        return [FieldError(f, "must be a map with backends (and optionally enabledBackend)")]
+    errs = [FieldError(f"{f}.{k}", "unknown field") for k in sorted(set(mtls) - _MTLS_FIELDS)]
+    if "skipValidation" in mtls and not isinstance(mtls["skipValidation"], bool):
+        errs.append(FieldError(f"{f}.skipValidation", "must be true or false"))
+    raw = mtls.get("backends", [])
+    if not isinstance(raw, list):
+        return [*errs, FieldError(f"{f}.backends", "must be a list of backends")]
+    names: dict[str, int] = {}
+    for i, b in enumerate(raw):
+        errs += _validate_backend(b, f"{f}.backends[{i}]", mesh_name)
+        name = b.get("name") if isinstance(b, Mapping) else None
+        if isinstance(name, str):
+            if name in names:
+                errs.append(
+                    FieldError(f"{f}.backends[{i}].name", f"duplicates backends[{names[name]}]")
+                )
+            names.setdefault(name, i)
+    enabled = mtls.get("enabledBackend")
+    if enabled is not None and enabled != "":
+        if not isinstance(enabled, str):
+            errs.append(FieldError(f"{f}.enabledBackend", "must be a string"))
+        elif enabled not in names:
+            errs.append(
+                FieldError(
+                    f"{f}.enabledBackend",
+                    f"{enabled!r} is not one of the backends ({', '.join(names) or 'none'})",
+                )
+            )
+    return errs
+
+
+def _validate_backend(b: object, f: str, mesh_name: object) -> list[FieldError]:
+    if not isinstance(b, Mapping):
+        return [FieldError(f, "must be a map with name, type and config")]
+    errs = [FieldError(f"{f}.{k}", "unknown field") for k in sorted(set(b) - _BACKEND_FIELDS)]
+    name = b.get("name")
+    if not isinstance(name, str) or not _NAME_RE.match(name) or len(name) > 63:
+        errs.append(
+            FieldError(
+                f"{f}.name",
+                "must be 1-63 lower-case letters, digits or '-', starting and ending with a "
+                "letter or digit",
+            )
+        )
+    elif isinstance(mesh_name, str) and len(builtin_secret_names(mesh_name, name)[0]) > 253:
+        errs.append(FieldError(f"{f}.name", "too long: its CA secret names would exceed 253"))
+    kind = b.get("type")
+    config = b.get("config", {})
+    if not isinstance(config, Mapping):
+        return [*errs, FieldError(f"{f}.config", "must be a map")]
+    if kind == PROVIDED:
+        errs += _validate_provided(config, f"{f}.config")
+    elif kind == BUILTIN:
+        errs += _validate_builtin(config, f"{f}.config")
+    else:
+        errs.append(FieldError(f"{f}.type", f"must be {PROVIDED} or {BUILTIN} (got {kind!r})"))
+    return errs
+
+
+def _validate_provided(config: Mapping[str, Any], f: str) -> list[FieldError]:
+    errs = [
+        FieldError(f"{f}.{k}", "unknown field for a provided backend")
+        for k in sorted(set(config) - {"cert", "key"})
+    ]
+    for role in ("cert", "key"):
+        source = config.get(role)
+        if not isinstance(source, Mapping) or "secret" not in source:
+            errs.append(FieldError(f"{f}.{role}.secret", "is required: the name of a mesh Secret"))
+            continue
+        extra = sorted(set(source) - {"secret"})
+        if extra:
+            errs.append(
+                FieldError(
+                    f"{f}.{role}.{extra[0]}",
+                    "only secret is supported: files and inline values would not reach zones",
+                )
+            )
+        secret = source["secret"]
+        if not isinstance(secret, str) or not secret:
+            errs.append(FieldError(f"{f}.{role}.secret", "must be the name of a mesh Secret"))
+    return errs
+
+
+def _validate_builtin(config: Mapping[str, Any], f: str) -> list[FieldError]:
+    errs = [
+        FieldError(f"{f}.{k}", "unknown field for a builtin backend")
+        for k in sorted(set(config) - {"caCert"})
+    ]
+    ca = config.get("caCert", {})
+    if not isinstance(ca, Mapping):
+        return [*errs, FieldError(f"{f}.caCert", "must be a map")]
+    errs += [
+        FieldError(f"{f}.caCert.{k}", "unknown field: expected keyType, RSAbits or expiration")
+        for k in sorted(set(ca) - {"keyType", "RSAbits", "expiration"})
+    ]
+    key_type = ca.get("keyType", "RSA")
+    if not isinstance(key_type, str) or key_type.upper() not in ("RSA", "ECDSA"):
+        errs.append(FieldError(f"{f}.caCert.keyType", "must be RSA or ECDSA"))
+    bits = ca.get("RSAbits", 2048)
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in (2048, 3072, 4096):
+        errs.append(FieldError(f"{f}.caCert.RSAbits", "must be 2048, 3072 or 4096"))
+    elif "RSAbits" in ca and str(key_type).upper() == "ECDSA":
+        errs.append(FieldError(f"{f}.caCert.RSAbits", "applies to keyType RSA only"))
+    validity = parse_duration(ca.get("expiration", "10y"))
+    if validity is None or not 3600 <= validity <= _MAX_VALIDITY:
+        errs.append(
+            FieldError(
+                f"{f}.caCert.expiration",
+                "must be a duration such as 10y, 365d or 24h, from 1h to 100y",
+            )
+        )
+    return errs

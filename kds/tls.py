@@ -1,0 +1,235 @@
+"""TLS for the sync stream: global's certificate authority and server certificate.
+
+With no certificate given, global makes its own at first start: an ECDSA P-256 CA (valid 10
+years) and a server certificate it signs (valid 1 year, reissued at start when it expires
+within 30 days or its names changed). The CA's private key is kept as an internal secret in
+global's store (never synced, never served); the CA certificate is written to
+``<data-dir>/ca.crt`` for operators to hand to zones (``zonecp --ca-file``).
+
+Global serves with dynamic credentials: each new TLS handshake uses the certificate files as
+they are on disk, so replacing ``--tls-cert-file`` / ``--tls-key-file`` takes effect for the
+next zone connection without a restart (live streams keep their session).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from kds.errors import ConfigError
+
+__all__ = [
+    "CertPair",
+    "ReloadingServerCredentials",
+    "default_names",
+    "issue_server_cert",
+    "make_ca",
+    "needs_reissue",
+]
+
+log = structlog.get_logger("kds.tls")
+
+CA_VALIDITY = dt.timedelta(days=3650)
+SERVER_VALIDITY = dt.timedelta(days=365)
+REISSUE_BEFORE = dt.timedelta(days=30)
+
+
+@dataclass(frozen=True)
+class CertPair:
+    cert_pem: bytes
+    key_pem: bytes
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def make_ca(common_name: str) -> CertPair:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "kds-sync"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+    now = _now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + CA_VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return CertPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
+
+
+def _san(names: Iterable[str]) -> list[x509.GeneralName]:
+    out: list[x509.GeneralName] = []
+    for n in names:
+        try:
+            out.append(x509.IPAddress(ipaddress.ip_address(n)))
+        except ValueError:
+            out.append(x509.DNSName(n))
+    return out
+
+
+def issue_server_cert(ca: CertPair, names: Iterable[str]) -> CertPair:
+    names = list(dict.fromkeys(names))
+    if not names:
+        raise ConfigError("--tls-names: at least one name is needed for the certificate")
+    ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
+    ca_key = serialization.load_pem_private_key(ca.key_pem, None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = _now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0][:64])]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + SERVER_VALIDITY)
+        .add_extension(x509.SubjectAlternativeName(_san(names)), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return CertPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
+
+
+def cert_names(cert_pem: bytes) -> list[str]:
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [str(v) for v in san.get_values_for_type(x509.DNSName)] + [
+        str(v) for v in san.get_values_for_type(x509.IPAddress)
+    ]
+
+
+def needs_reissue(cert_pem: bytes, names: Iterable[str]) -> bool:
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    expiring = cert.not_valid_after_utc - _now() < REISSUE_BEFORE
+    return expiring or set(cert_names(cert_pem)) != set(names)
+
+
+def default_names(listen_host: str) -> list[str]:
+    """This host's name, localhost, loopback and the host's addresses (and the listen
+    address when it is a specific one)."""
+    names = [socket.gethostname(), "localhost", "127.0.0.1", "::1"]
+    try:
+        for info in socket.getaddrinfo(socket.gethostname(), None):
+            names.append(str(info[4][0]))
+    except OSError:
+        pass
+    if listen_host not in {"", "0.0.0.0", "::"}:
+        names.append(listen_host)
+    return list(dict.fromkeys(n for n in names if n))
+
+
+def _read(path: Path, option: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{option} {path}: cannot read it: {e.strerror}") from None
+
+
+def check_pair(cert_pem: bytes, key_pem: bytes, where: str) -> None:
+    """Refuse a certificate and key that do not parse or do not belong together."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
+        raise ConfigError(f"{where}: the certificate is not PEM X.509") from None
+    try:
+        key = serialization.load_pem_private_key(key_pem, None)
+    except (ValueError, TypeError):
+        raise ConfigError(f"{where}: the key is not an unencrypted PEM private key") from None
+    pub = serialization.PublicFormat.SubjectPublicKeyInfo
+    enc = serialization.Encoding.DER
+    if cert.public_key().public_bytes(enc, pub) != key.public_key().public_bytes(enc, pub):
+        raise ConfigError(f"{where}: the key does not match the certificate")
+
+
+class ReloadingServerCredentials:
+    """Server credentials that pick up replaced certificate files at the next handshake."""
+
+    def __init__(self, cert_file: Path, key_file: Path):
+        self.cert_file = cert_file
+        self.key_file = key_file
+        self._stamp = self._mtimes()
+        cert, key = _read(cert_file, "--tls-cert-file"), _read(key_file, "--tls-key-file")
+        check_pair(cert, key, f"--tls-cert-file {cert_file} / --tls-key-file {key_file}")
+        self._initial = grpc.ssl_server_certificate_configuration([(key, cert)])
+
+    def _mtimes(self) -> tuple[int, int]:
+        try:
+            return (os.stat(self.cert_file).st_mtime_ns, os.stat(self.key_file).st_mtime_ns)
+        except OSError:
+            return self._stamp if hasattr(self, "_stamp") else (0, 0)
+
+    def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        """Called by grpc for each new handshake: a new configuration when the files changed
+        (and still form a valid pair), else None to keep the current one."""
+        stamp = self._mtimes()
+        if stamp == self._stamp:
+            return None
+        try:
+            cert = self.cert_file.read_bytes()
+            key = self.key_file.read_bytes()
+            check_pair(cert, key, "replaced certificate")
+        except (OSError, ConfigError) as e:
+            log.error(
+                "cannot use the replaced TLS certificate; keeping the current one", error=str(e)
+            )
+            return None
+        self._stamp = stamp
+        log.info("TLS certificate reloaded", cert_file=str(self.cert_file), names=cert_names(cert))
+        return grpc.ssl_server_certificate_configuration([(key, cert)])
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.dynamic_ssl_server_credentials(self._initial, self._fetch)  # type: ignore[arg-type]

@@ -1,0 +1,157 @@
+"""Zone tokens: how global knows a stream comes from the zone it claims to be.
+
+A zone token is a JWT (PyJWT, HS256) that global signs with one of its signing keys, kept as
+internal secrets ``zone-token-signing-key-N`` in its store (never synced, never served). The
+header's ``kid`` names the key; claims: ``sub`` the zone name, ``jti`` the token id, ``iat``,
+``exp``. Only global verifies tokens, so a symmetric key that never leaves it is enough.
+
+Rotation: a new key gets the next N and signs every token issued from then on; tokens signed
+by an older key verify until that key is removed. Revocation: a revoked token id is refused at
+its next dial, and global ends the live stream that used it.
+
+Every refusal is a ``TokenRefused`` with a gRPC status and a reason that never includes the
+token itself.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import uuid
+from dataclasses import dataclass
+
+import grpc
+import jwt
+
+from kds.clock import rfc3339
+from kds.store import AsyncStore
+
+__all__ = ["SIGNING_KEY_PREFIX", "TokenInfo", "TokenRefused", "ZoneTokens"]
+
+SIGNING_KEY_PREFIX = "zone-token-signing-key-"
+_ALGORITHM = "HS256"
+
+
+class TokenRefused(Exception):
+    def __init__(self, code: grpc.StatusCode, reason: str):
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    token_id: str
+    zone: str
+    key_name: str
+    expires_at: str
+
+
+def _key_number(name: str) -> int:
+    return int(name.removeprefix(SIGNING_KEY_PREFIX))
+
+
+class ZoneTokens:
+    def __init__(self, store: AsyncStore, issuer: str):
+        self.store = store
+        self.issuer = issuer
+        self.keys: dict[str, bytes] = {}
+        self.revoked: set[str] = set()
+
+    async def load(self) -> None:
+        """Read the signing keys and revoked token ids; make the first key on a new store."""
+        self.keys = await self.store.read(self.store.sync.internal_secrets, SIGNING_KEY_PREFIX)
+        if not self.keys:
+            await self.rotate()
+        rows = await self.store.read(self.store.sync.zone_tokens)
+        self.revoked = {r["id"] for r in rows if r["revokedAt"]}
+
+    @property
+    def current_key(self) -> str:
+        return max(self.keys, key=_key_number)
+
+    async def rotate(self) -> str:
+        """Add a signing key with the next number; it signs every token issued from now on."""
+        n = max((_key_number(k) for k in self.keys), default=0) + 1
+        name = f"{SIGNING_KEY_PREFIX}{n}"
+        key = secrets.token_bytes(32)
+        await self.store.write(self.store.sync.put_internal_secret, name, key, rfc3339())
+        self.keys[name] = key
+        return name
+
+    async def remove_key(self, name: str) -> None:
+        """Remove a signing key: tokens it signed are refused from then on."""
+        if name not in self.keys:
+            raise KeyError(name)
+        if len(self.keys) == 1:
+            raise ValueError(f"{name} is the only signing key; rotate first, then remove it")
+        await self.store.write(self.store.sync.delete_internal_secret, name)
+        del self.keys[name]
+
+    async def issue(self, zone: str, valid_for: float, now: dt.datetime) -> tuple[str, TokenInfo]:
+        key_name = self.current_key
+        token_id = uuid.uuid4().hex
+        expires = now + dt.timedelta(seconds=valid_for)
+        claims = {
+            "iss": self.issuer,
+            "sub": zone,
+            "jti": token_id,
+            "iat": int(now.timestamp()),
+            "exp": int(expires.timestamp()),
+        }
+        token = jwt.encode(
+            claims, self.keys[key_name], algorithm=_ALGORITHM, headers={"kid": key_name}
+        )
+        info = TokenInfo(token_id, zone, key_name, rfc3339(expires))
+        await self.store.write(
+            self.store.sync.add_zone_token, token_id, zone, key_name, rfc3339(now), info.expires_at
+        )
+        return token, info
+
+    async def revoke(self, token_id: str) -> dict[str, str] | None:
+        row = await self.store.write(self.store.sync.revoke_zone_token, token_id, rfc3339())
+        if row is not None:
+            self.revoked.add(token_id)
+        return row
+
+    def verify(self, token: str, zone: str, now: dt.datetime) -> TokenInfo:
+        """The token's facts if it is valid for ``zone`` at ``now``; else TokenRefused."""
+        unauth = grpc.StatusCode.UNAUTHENTICATED
+        if not token:
+            raise TokenRefused(unauth, "no zone token: start the zone with --token-file")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError:
+            raise TokenRefused(unauth, "malformed zone token") from None
+        kid = str(header.get("kid", ""))
+        key = self.keys.get(kid)
+        if key is None:
+            raise TokenRefused(
+                unauth,
+                f"zone token signed by an unknown key ({kid or 'none'}): the key was removed; "
+                "generate a new token",
+            )
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[_ALGORITHM],
+                issuer=self.issuer,
+                options={"require": ["sub", "jti", "exp", "iat"], "verify_exp": False},
+            )
+        except jwt.InvalidTokenError as e:
+            raise TokenRefused(unauth, f"invalid zone token: {e}") from None
+        token_id, subject = str(claims["jti"]), str(claims["sub"])
+        expires = dt.datetime.fromtimestamp(int(claims["exp"]), dt.UTC)
+        if now >= expires:
+            raise TokenRefused(unauth, f"zone token {token_id} expired at {rfc3339(expires)}")
+        if token_id in self.revoked:
+            raise TokenRefused(
+                grpc.StatusCode.PERMISSION_DENIED, f"zone token {token_id} has been revoked"
+            )
+        if subject != zone:
+            raise TokenRefused(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"zone token {token_id} was issued for zone {subject!r}, not {zone!r}",
+            )
+        return TokenInfo(token_id, subject, kid, rfc3339(expires))

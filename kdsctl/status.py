@@ -1,0 +1,353 @@
+"""kdsctl's sync status commands: inspect zones / zone / sync, and wait synced.
+
+    kdsctl inspect zones              every zone global knows, as a table
+    kdsctl inspect zone NAME          one zone in detail (per-type counters, conflicts)
+    kdsctl inspect sync               against a zone's API: that zone's own view
+    kdsctl wait synced [--zone N]...  exit 0 once the zones acknowledged global's revision
+
+Times shown as "ago" are measured against the server's clock (its Date header), so a skewed
+clock on the machine running kdsctl does not distort them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import click
+import httpx
+import yaml
+
+from kds.config import parse_duration
+from kdsctl.cli import ApiClient, cli, fail, format_age, pass_client, table
+
+__all__ = ["inspect", "wait"]
+
+_OUTPUT = click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["table", "json", "yaml"]),
+    default="table",
+    show_default=True,
+    help="Output format; json and yaml print the API answer as is.",
+)
+
+
+def _server_now(resp: httpx.Response) -> datetime:
+    try:
+        return parsedate_to_datetime(resp.headers["Date"]).astimezone(UTC)
+    except (KeyError, TypeError, ValueError):
+        return datetime.now(UTC)
+
+
+def _get(client: ApiClient, path: str) -> tuple[Any, datetime]:
+    resp = client.request("GET", path)
+    try:
+        return resp.json(), _server_now(resp)
+    except ValueError:
+        fail(f"GET {path}: the answer is not JSON; is --api-url a kds control plane?")
+
+
+def _role(client: ApiClient) -> str:
+    index, _ = _get(client, "/")
+    return str(index.get("role", "")) if isinstance(index, Mapping) else ""
+
+
+def _need_role(client: ApiClient, role: str, command: str) -> None:
+    actual = _role(client)
+    if actual != role:
+        other = "a zone's" if role == "zone" else "global's"
+        fail(
+            f"{command} needs {other} API, but {client.base_url} is a {actual or 'unknown'} "
+            "control plane (see --api-url)"
+        )
+
+
+def _dump(answer: Any, output: str) -> None:
+    if output == "json":
+        click.echo(json.dumps(answer, indent=2))
+    else:
+        click.echo(yaml.safe_dump(answer, sort_keys=False, default_flow_style=False), nl=False)
+
+
+def _ago(timestamp: str | None, now: datetime) -> str:
+    return "never" if not timestamp else format_age(timestamp, now)
+
+
+def _since(timestamp: str | None, now: datetime) -> str:
+    return "never" if not timestamp else f"{format_age(timestamp, now)} ago"
+
+
+def _lag(z: Mapping[str, Any]) -> str:
+    lag = int(z.get("lagRevisions") or 0)
+    seconds = z.get("lagSeconds")
+    if lag and isinstance(seconds, int | float):
+        return f"{lag} ({seconds:.1f}s)"
+    return str(lag)
+
+
+# --------------------------------------------------------------------------- inspect
+
+
+@cli.group()
+def inspect() -> None:
+    """Show sync status: zones (on global) or this zone's sync (on a zone)."""
+
+
+@inspect.command("zones")
+@_OUTPUT
+@pass_client
+def inspect_zones(client: ApiClient, output: str) -> None:
+    """List every zone global knows, with its sync status.
+
+    \b
+    LAST CONNECTED AGO  since the zone's current (or last) stream was accepted
+    LAST UPDATED AGO    since the zone last acknowledged a batch
+    REVISION LAG        global's revision minus the zone's acknowledged one (and its age)
+    TOTAL UPDATES       resource changes the zone acknowledged
+    TOTAL ERRORS        rejected resources, refused streams, protocol errors
+    CONFLICTS           zone-local resources shadowing global ones (names: inspect zone)
+    """
+    _need_role(client, "global", "inspect zones")
+    answer, now = _get(client, "/zones")
+    if output != "table":
+        _dump(answer, output)
+        return
+    items = answer.get("items") or []
+    if not items:
+        click.echo("No zones have connected to this global yet.", err=True)
+        return
+    headers = [
+        "NAME",
+        "STATUS",
+        "LAST CONNECTED AGO",
+        "LAST UPDATED AGO",
+        "REVISION LAG",
+        "TOTAL UPDATES",
+        "TOTAL ERRORS",
+        "CONFLICTS",
+        "ZONE-CP VERSION",
+        "BACKEND",
+    ]
+    rows = [
+        [
+            str(z["name"]),
+            str(z["status"]),
+            _ago(z.get("connectedAt"), now),
+            _ago(z.get("lastUpdateAt"), now),
+            _lag(z),
+            str(z.get("totalUpdates", 0)),
+            str(z.get("totalErrors", 0)),
+            str(z.get("conflictCount", 0)),
+            str(z.get("zoneVersion") or "-"),
+            str(z.get("storeBackend") or "-"),
+        ]
+        for z in items
+    ]
+    click.echo(table(headers, rows))
+
+
+def _fields(pairs: Sequence[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in pairs) + 1
+    return "\n".join(f"{k + ':':<{width}} {v}" for k, v in pairs)
+
+
+def _error_line(z: Mapping[str, Any], now: datetime) -> str:
+    last = z.get("lastError")
+    if not last:
+        return "none"
+    return f"{last['message']} ({_since(last.get('time'), now)})"
+
+
+@inspect.command("zone")
+@click.argument("name")
+@_OUTPUT
+@pass_client
+def inspect_zone(client: ApiClient, name: str, output: str) -> None:
+    """Show the zone NAME in detail: connection, revisions, per-type counters, conflicts."""
+    _need_role(client, "global", "inspect zone")
+    z, now = _get(client, f"/zones/{name}/_overview")
+    if output != "table":
+        _dump(z, output)
+        return
+    if z["status"] == "Online":
+        status = f"Online since {z['connectedAt']} ({_since(z['connectedAt'], now)})"
+    else:
+        since = z.get("disconnectedAt")
+        why = f": {z['disconnectReason']}" if z.get("disconnectReason") else ""
+        status = f"Offline since {since}{why}" if since else "Offline (never connected)"
+    pairs = [
+        ("Zone", str(z["name"])),
+        ("Status", status),
+        ("Instance", str(z.get("instanceId") or "-")),
+        (
+            "Zone CP",
+            f"version {z.get('zoneVersion') or '-'}, protocol {z.get('protocolVersion') or '-'}, "
+            f"store {z.get('storeBackend') or '-'}",
+        ),
+        (
+            "Revision",
+            f"acknowledged {z['ackedRevision']} of {z['globalRevision']} (lag {_lag(z)})",
+        ),
+        ("Last message", _since(z.get("lastMessageAt"), now)),
+        ("Last update", _since(z.get("lastUpdateAt"), now)),
+        ("Connections", str(z.get("connections", 0))),
+        ("Messages sent", str(z.get("messagesSent", 0))),
+        ("Errors", f"{z.get('totalErrors', 0)}; last: {_error_line(z, now)}"),
+    ]
+    click.echo(_fields(pairs))
+    click.echo()
+    resources = z.get("resources") or {}
+    click.echo(
+        table(
+            ["TYPE", "SENT", "ACKNOWLEDGED", "REJECTED"],
+            [
+                [kind, str(c["sent"]), str(c["acknowledged"]), str(c["rejected"])]
+                for kind, c in resources.items()
+            ],
+        )
+    )
+    conflicts = z.get("conflicts") or []
+    click.echo()
+    click.echo(f"Conflicts ({len(conflicts)}):" if conflicts else "Conflicts: none")
+    for c in conflicts:
+        click.echo(f"  {c}")
+
+
+@inspect.command("sync")
+@_OUTPUT
+@pass_client
+def inspect_sync(client: ApiClient, output: str) -> None:
+    """Against a zone's API: the zone's own view of its sync with global."""
+    _need_role(client, "zone", "inspect sync")
+    st, now = _get(client, "/status")
+    if output != "table":
+        _dump(st, output)
+        return
+    g = st.get("global") or {}
+    if st["connected"]:
+        link = f"connected since {st['connectedSince']} ({_since(st['connectedSince'], now)})"
+    else:
+        link = "NOT connected" + (
+            f" since {st['disconnectedAt']}" if st.get("disconnectedAt") else ""
+        )
+    pairs = [
+        ("Zone", str(st["zone"])),
+        ("Global", f"{g.get('address')} ({link})"),
+        ("Global instance", str(g.get("instanceId") or "-")),
+        ("Ready", "yes" if st["ready"] else "no"),
+        (
+            "Applied revision",
+            f"{st['appliedRevision']} at {st.get('appliedAt') or '-'} "
+            f"(global at {st['globalRevision']} as last heard, lag {st['lagRevisions']})",
+        ),
+        ("Last message", _since(st.get("lastMessageAt"), now)),
+        ("Connections", str(st.get("connections", 0))),
+        ("Last error", _error_line(st, now)),
+    ]
+    click.echo(_fields(pairs))
+    click.echo()
+    rows = [
+        [
+            kind,
+            str(c["synced"]),
+            str(c["local"]),
+            str(st["applied"].get(kind, 0)),
+            str(st["rejected"].get(kind, 0)),
+        ]
+        for kind, c in (st.get("resources") or {}).items()
+    ]
+    click.echo(table(["TYPE", "SYNCED", "LOCAL", "APPLIED", "REJECTED"], rows))
+    conflicts = st.get("conflicts") or []
+    click.echo()
+    click.echo(f"Conflicts ({len(conflicts)}):" if conflicts else "Conflicts: none")
+    for c in conflicts:
+        where = f"{c['mesh']}/{c['name']}" if c.get("mesh") else c["name"]
+        click.echo(f"  {c['type']} {where}: this zone's own copy is served")
+
+
+# --------------------------------------------------------------------------- wait
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+@cli.group()
+def wait() -> None:
+    """Wait for a condition instead of sleeping in scripts."""
+
+
+@wait.command("synced")
+@click.option(
+    "--zone",
+    "zones",
+    multiple=True,
+    metavar="NAME",
+    help="A zone to wait for (repeatable). Default: every zone Online when the wait starts.",
+)
+@click.option(
+    "--timeout",
+    "wait_for",
+    default="30s",
+    show_default=True,
+    callback=_duration,
+    metavar="DURATION",
+    help="Give up after this long (5s, 2m, ...).",
+)
+@click.option(
+    "--interval",
+    default="250ms",
+    show_default=True,
+    callback=_duration,
+    metavar="DURATION",
+    help="How often to ask global.",
+)
+@pass_client
+def wait_synced(
+    client: ApiClient, zones: tuple[str, ...], wait_for: float, interval: float
+) -> None:
+    """Exit 0 once every zone has acknowledged global's current revision.
+
+    The revision is global's when the wait starts; later writes are not waited for. A zone
+    named with --zone that has not connected yet is waited for. On timeout, exits 1 and says
+    which zones lag and by how much.
+    """
+    _need_role(client, "global", "wait synced")
+    deadline = time.monotonic() + wait_for
+    answer, now = _get(client, "/zones")
+    target = int(answer.get("globalRevision", 0))
+    wanted = list(zones) or [z["name"] for z in answer["items"] if z["status"] == "Online"]
+    if not wanted:
+        click.echo("No zone is online: nothing to wait for.", err=True)
+        return
+    while True:
+        by_name = {z["name"]: z for z in answer["items"]}
+        lagging = [n for n in wanted if n not in by_name or by_name[n]["ackedRevision"] < target]
+        if not lagging:
+            click.echo(f"{len(wanted)} zone(s) synced to revision {target}: {', '.join(wanted)}")
+            return
+        if time.monotonic() >= deadline:
+            fail(
+                f"timed out after {wait_for:g}s: {len(lagging)} of {len(wanted)} zone(s) have "
+                f"not acknowledged revision {target}",
+                [("", _behind(n, by_name.get(n), target, now)) for n in lagging],
+            )
+        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+        answer, now = _get(client, "/zones")
+
+
+def _behind(name: str, z: Mapping[str, Any] | None, target: int, now: datetime) -> str:
+    if z is None:
+        return f"{name}: has never connected to this global"
+    where = f"{name}: {z['status']}, acknowledged {z['ackedRevision']} ({target - z['ackedRevision']} behind)"
+    if z["status"] != "Online":
+        where += f", offline since {_since(z.get('disconnectedAt'), now)}"
+    return where + f", last update {_since(z.get('lastUpdateAt'), now)}"

@@ -1,0 +1,111 @@
+"""kdsctl's zone token commands (against global's API, with its admin token).
+
+kdsctl generate zone-token --zone NAME [--valid-for 30d] > NAME.token
+kdsctl get zone-tokens
+kdsctl revoke zone-token ID
+kdsctl get zone-token-signing-keys
+kdsctl rotate zone-token-signing-key
+kdsctl delete zone-token-signing-key NAME
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import click
+
+from kdsctl.cli import ApiClient, cli, delete, get, pass_client, table
+
+__all__ = ["generate", "revoke", "rotate"]
+
+
+@cli.group()
+def generate() -> None:
+    """Generate credentials (zone tokens) on global."""
+
+
+@generate.command("zone-token")
+@click.option("--zone", required=True, metavar="NAME", help="The zone the token is for.")
+@click.option(
+    "--valid-for",
+    default="365d",
+    show_default=True,
+    metavar="DURATION",
+    help="How long the token is valid (e.g. 24h, 30d).",
+)
+@pass_client
+def generate_zone_token(client: ApiClient, zone: str, valid_for: str) -> None:
+    """Issue a token for the zone NAME and print it on stdout (and nothing else), for
+    'zonecp --token-file'. Its id and expiry go to stderr. The token is shown only now."""
+    answer = client.post("/zone-tokens", {"zone": zone, "validFor": valid_for})
+    click.echo(answer["token"])
+    click.echo(
+        f"zone token {answer['id']} for zone {answer['zone']}, valid until "
+        f"{answer['expiresAt']} (revoke with: kdsctl revoke zone-token {answer['id']})",
+        err=True,
+    )
+
+
+@cli.group()
+def revoke() -> None:
+    """Revoke credentials."""
+
+
+@revoke.command("zone-token")
+@click.argument("token_id", metavar="ID")
+@pass_client
+def revoke_zone_token(client: ApiClient, token_id: str) -> None:
+    """Refuse the zone token ID from now on and end the streams using it."""
+    answer = client.post(f"/zone-tokens/{quote(token_id, safe='')}/revoke", {})
+    click.echo(
+        f"zone token {answer['id']} (zone {answer['zone']}) revoked at {answer['revokedAt']}; "
+        f"{answer['streamsEnded']} live stream(s) ended"
+    )
+
+
+@get.command("zone-tokens")
+@pass_client
+def get_zone_tokens(client: ApiClient) -> None:
+    """List the zone tokens global issued (ids and times, never the tokens)."""
+    items = client.get("/zone-tokens")["items"]
+    if not items:
+        click.echo("No zone tokens have been issued.", err=True)
+        return
+    rows = [
+        [t["id"], t["zone"], t["keyName"], t["issuedAt"], t["expiresAt"], t["revokedAt"] or "-"]
+        for t in items
+    ]
+    click.echo(table(["ID", "ZONE", "SIGNING KEY", "ISSUED", "EXPIRES", "REVOKED"], rows))
+
+
+@get.command("zone-token-signing-keys")
+@pass_client
+def get_signing_keys(client: ApiClient) -> None:
+    """List the keys that sign zone tokens (names only; the newest signs new tokens)."""
+    items = client.get("/zone-token-signing-keys")["items"]
+    click.echo(
+        table(["NAME", "CURRENT"], [[k["name"], "yes" if k["current"] else ""] for k in items])
+    )
+
+
+@cli.group()
+def rotate() -> None:
+    """Rotate keys."""
+
+
+@rotate.command("zone-token-signing-key")
+@pass_client
+def rotate_signing_key(client: ApiClient) -> None:
+    """Add a signing key that signs every zone token issued from now on. Tokens signed by
+    older keys keep working until those keys are deleted."""
+    answer = client.post("/zone-token-signing-keys", {})
+    click.echo(f"{answer['name']} now signs new zone tokens")
+
+
+@delete.command("zone-token-signing-key")
+@click.argument("name")
+@pass_client
+def delete_signing_key(client: ApiClient, name: str) -> None:
+    """Delete the signing key NAME: zone tokens it signed are refused from now on."""
+    client.delete(f"/zone-token-signing-keys/{quote(name, safe='')}")
+    click.echo(f"{name} deleted; tokens it signed are refused from now on")

@@ -1,0 +1,113 @@
+"""Real certificates and keys for tests, made with the cryptography package.
+
+A CA (basicConstraints CA:TRUE, keyUsage keyCertSign), a leaf it signs (not a CA), a CA
+without keyCertSign, an unrelated key, and garbage. ECDSA P-256 keeps generation fast.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from dataclasses import dataclass
+from functools import cache
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+GARBAGE = b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n"
+
+
+@dataclass(frozen=True)
+class Pair:
+    cert: bytes  # PEM
+    key: bytes  # PEM (PKCS#8, unencrypted)
+
+    @property
+    def cert_b64(self) -> str:
+        return base64.b64encode(self.cert).decode()
+
+    @property
+    def key_b64(self) -> str:
+        return base64.b64encode(self.key).decode()
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _cert(
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: tuple[str, ec.EllipticCurvePrivateKey] | None,
+    ca: bool,
+    cert_sign: bool,
+) -> bytes:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    issuer_name, signer = (
+        (x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer[0])]), issuer[1])
+        if issuer
+        else (name, key)
+    )
+    now = dt.datetime.now(dt.UTC)
+    usage = x509.KeyUsage(
+        digital_signature=not ca,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(usage, critical=True)
+        .sign(signer, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+@cache
+def ca(label: str = "ca") -> Pair:
+    """A self-signed CA: basicConstraints CA:TRUE, keyUsage keyCertSign."""
+    key = _key()
+    return Pair(_cert(f"test {label}", key, None, ca=True, cert_sign=True), _pem(key))
+
+
+@cache
+def leaf() -> Pair:
+    """A certificate the test CA signed that is not a CA (CA:FALSE), with its key."""
+    issuer_key = serialization.load_pem_private_key(ca().key, None)
+    assert isinstance(issuer_key, ec.EllipticCurvePrivateKey)
+    key = _key()
+    return Pair(_cert("leaf", key, ("test ca", issuer_key), ca=False, cert_sign=False), _pem(key))
+
+
+@cache
+def ca_without_cert_sign() -> Pair:
+    key = _key()
+    return Pair(_cert("no-sign", key, None, ca=True, cert_sign=False), _pem(key))
+
+
+@cache
+def other_key() -> bytes:
+    """A private key that belongs to no test certificate."""
+    return _pem(_key())

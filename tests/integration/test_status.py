@@ -1,0 +1,232 @@
+"""Sync status with real processes: zones API, zone /status, kdsctl inspect and wait,
+readiness, metrics. Global runs with its default keepalive (3 s + 2 s) in the tests that
+time how fast a dead zone shows Offline, so the figure is the one users get."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.conftest import Cluster, Daemon, b64, wait_for
+
+DEFAULT_KEEPALIVE = ("--keepalive-interval", "3s", "--keepalive-timeout", "2s")
+
+
+def _zone(g: Daemon, name: str) -> dict:  # type: ignore[type-arg]
+    r = g.http.get(f"/zones/{name}/_overview")
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def _secret(name: str, value: str, mesh: str = "default") -> dict:  # type: ignore[type-arg]
+    return {"type": "Secret", "mesh": mesh, "name": name, "data": b64(value)}
+
+
+def _metrics(d: Daemon) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = d.http.get("/metrics").text
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_killed_zone_shows_offline_within_10s_and_online_after_restart(cluster: Cluster) -> None:
+    g = cluster.start_global(*DEFAULT_KEEPALIVE)
+    a = cluster.start_zone("zone-a")
+    cluster.start_zone("zone-b")
+    wait_for(lambda: _zone(g, "zone-a")["status"] == "Online", what="zone-a Online")
+    first = _zone(g, "zone-a")
+    assert first["connections"] == 1 and first["instanceId"].startswith("zone-a-")
+    assert first["storeBackend"] == "sqlite" and first["zoneVersion"]
+
+    a.signal(signal.SIGKILL)
+    a.proc.wait()  # type: ignore[union-attr]
+    killed = time.monotonic()
+    wait_for(lambda: _zone(g, "zone-a")["status"] == "Offline", 10, "zone-a Offline")
+    offline_after = time.monotonic() - killed
+    assert offline_after < 10
+    z = _zone(g, "zone-a")
+    assert z["disconnectedAt"] and z["disconnectReason"]
+    assert _zone(g, "zone-b")["status"] == "Online"
+
+    g.put("/meshes/default/secrets/while-down", _secret("while-down", "v1"))
+    head = g.get_json("/zones")["globalRevision"]
+    assert _zone(g, "zone-a")["lagRevisions"] == head - z["ackedRevision"] > 0
+
+    a.start()
+    wait_for(lambda: _zone(g, "zone-a")["status"] == "Online", 15, "zone-a Online again")
+    wait_for(lambda: _zone(g, "zone-a")["ackedRevision"] == head, 10, "zone-a caught up")
+    z = _zone(g, "zone-a")
+    assert z["connections"] == 2 and z["instanceId"] != first["instanceId"]
+    assert z["lagRevisions"] == 0 and z["lagSeconds"] == 0
+    assert z["disconnectedAt"] is None
+
+
+def test_stopped_zone_shows_lag_and_wait_synced_reports_it(cluster: Cluster) -> None:
+    g = cluster.start_global(*DEFAULT_KEEPALIVE)
+    cluster.start_zone("zone-a")
+    b = cluster.start_zone("zone-b")
+    cluster.kdsctl("wait", "synced", "--timeout", "10s")
+
+    b.signal(signal.SIGSTOP)
+    stopped = time.monotonic()
+    for i in range(5):
+        assert g.put(f"/meshes/default/secrets/s{i}", _secret(f"s{i}", "x")).status_code == 201
+    head = g.get_json("/zones")["globalRevision"]
+    wait_for(lambda: _zone(g, "zone-a")["ackedRevision"] == head, what="zone-a synced")
+
+    r = cluster.kdsctl(
+        "wait", "synced", "--zone", "zone-a", "--zone", "zone-b", "--timeout", "1s", check=False
+    )
+    assert r.returncode == 1
+    assert f"1 of 2 zone(s) have not acknowledged revision {head}" in r.stderr
+    assert "zone-b:" in r.stderr and "5 behind" in r.stderr
+    assert "zone-a:" not in r.stderr
+
+    z = _zone(g, "zone-b")
+    assert z["lagRevisions"] == 5 and z["lagSeconds"] > 0
+    table = cluster.kdsctl("inspect", "zones").stdout
+    row = next(line for line in table.splitlines() if line.startswith("zone-b"))
+    assert " 5 (" in row  # REVISION LAG with its age
+    m = _metrics(g)
+    assert m[("kds_global_zone_lag_revisions", (("zone", "zone-b"),))] == 5
+    assert m[("kds_global_zone_lag_revisions", (("zone", "zone-a"),))] == 0
+
+    # A stopped process answers no keepalive ping: global sees the link as dead.
+    wait_for(lambda: _zone(g, "zone-b")["status"] == "Offline", 10, "zone-b Offline")
+    assert time.monotonic() - stopped < 12
+    assert _zone(g, "zone-b")["lagRevisions"] == 5
+
+    b.signal(signal.SIGCONT)
+    r = cluster.kdsctl("wait", "synced", "--zone", "zone-a", "--zone", "zone-b", "--timeout", "30s")
+    assert f"2 zone(s) synced to revision {head}" in r.stdout
+    assert _zone(g, "zone-b")["lagRevisions"] == 0
+
+
+def test_wait_synced_fails_clearly_for_a_zone_that_cannot_catch_up(cluster: Cluster) -> None:
+    cluster.start_global()
+    a = cluster.start_zone("zone-a")
+    r = cluster.kdsctl(
+        "wait", "synced", "--zone", "zone-a", "--zone", "nowhere", "--timeout", "1s", check=False
+    )
+    assert r.returncode == 1
+    assert "nowhere: has never connected to this global" in r.stderr
+    a.stop()
+    cluster.kdsctl("apply", "-f", "-", input="type: GlobalSecret\nname: later\ndata: eA==\n")
+    r = cluster.kdsctl("wait", "synced", "--zone", "zone-a", "--timeout", "1s", check=False)
+    assert r.returncode == 1
+    assert "zone-a: Offline, acknowledged" in r.stderr and "1 behind" in r.stderr
+    # Default: only zones Online when the wait starts; none are.
+    r = cluster.kdsctl("wait", "synced", "--timeout", "1s")
+    assert "No zone is online" in r.stderr
+    r = cluster.kdsctl("wait", "synced", api=a.api_url, check=False)
+    assert r.returncode == 1  # zone-a is stopped: its API does not answer
+
+
+def test_zone_view_readiness_and_conflicts_on_both_sides(cluster: Cluster) -> None:
+    g = cluster.start_global()
+    a = cluster.start_zone("zone-a")
+    assert g.http.get("/readyz").status_code == 200
+    assert g.http.get("/healthz").json()["status"] == "alive"
+    wait_for(lambda: a.http.get("/readyz").status_code == 200, what="zone-a ready")
+
+    g.put("/meshes/default/secrets/shared", _secret("shared", "from-global"))
+    a.put("/meshes/default/secrets/mine", _secret("mine", "local"))
+    wait_for(lambda: a.secret("default", "shared"), what="shared synced")
+    # A zone-local GlobalSecret, then global creates one with the same name: a conflict.
+    a.put("/global-secrets/clash", {"type": "GlobalSecret", "name": "clash", "data": b64("z")})
+    g.put("/global-secrets/clash", {"type": "GlobalSecret", "name": "clash", "data": b64("g")})
+    wait_for(lambda: _zone(g, "zone-a")["conflicts"] == ["GlobalSecret:clash"], what="conflict")
+
+    st = a.get_json("/status")
+    assert st["zone"] == "zone-a" and st["connected"] and st["ready"]
+    assert st["global"]["instanceId"].startswith("global-")
+    assert st["appliedRevision"] == st["globalRevision"] == g.get_json("/zones")["globalRevision"]
+    assert st["lagRevisions"] == 0 and st["appliedAt"]
+    assert st["resources"]["Secret"] == {"synced": 1, "local": 1}
+    assert st["resources"]["GlobalSecret"] == {"synced": 1, "local": 1}
+    assert st["conflicts"] == [{"type": "GlobalSecret", "mesh": "", "name": "clash"}]
+    assert _zone(g, "zone-a")["conflictCount"] == 1
+
+    out = cluster.kdsctl("inspect", "sync", api=a.api_url).stdout
+    assert "Ready:" in out and "yes" in out
+    assert "GlobalSecret clash: this zone's own copy is served" in out
+    detail = cluster.kdsctl("inspect", "zone", "zone-a").stdout
+    assert "Conflicts (1):" in detail and "GlobalSecret:clash" in detail
+    r = cluster.kdsctl("inspect", "sync", check=False)  # against global
+    assert r.returncode == 1 and "needs a zone's API" in r.stderr
+
+    token_b = cluster.zone_token("zone-b")
+    g.stop()
+    wait_for(lambda: not a.get_json("/status")["connected"], what="zone-a disconnected")
+    st = a.get_json("/status")
+    assert st["ready"] and st["lastError"]["message"]  # serves its last state, still ready
+    assert a.http.get("/readyz").status_code == 200
+    # A zone that never reached global is not ready, and says why.
+    b = cluster.start_zone("zone-b", synced=False, token_file=token_b)
+    r = b.http.get("/readyz")
+    assert r.status_code == 503 and "not ready" in r.json()["status"]
+    assert "has not connected" in r.json()["reason"]
+    assert b.http.get("/healthz").status_code == 200
+
+
+def test_rejections_count_as_errors_and_status_survives_a_global_restart(cluster: Cluster) -> None:
+    g = cluster.start_global()
+    a = cluster.start_zone("zone-a")
+    g.put("/meshes/team", {"type": "Mesh", "name": "team"})
+    wait_for(lambda: a.get_json("/meshes/team"), what="mesh team synced")
+    # The zone keeps a secret of its own in the synced mesh: global's delete of the mesh
+    # cannot be applied there and is rejected (the zone keeps serving the mesh).
+    a.put("/meshes/team/secrets/own", _secret("own", "zone-secret-value", "team"))
+    assert g.http.delete("/meshes/team").status_code == 200
+    head = g.get_json("/zones")["globalRevision"]
+    wait_for(lambda: _zone(g, "zone-a")["ackedRevision"] == head, what="zone-a acked")
+    z = _zone(g, "zone-a")
+    assert z["resources"]["Mesh"]["rejected"] == 1
+    assert z["resources"]["Mesh"]["acknowledged"] == 3  # default, team, team's delete
+    assert z["totalErrors"] == 1
+    assert "Mesh:team" in z["lastError"]["message"]
+    assert a.get_json("/status")["rejected"]["Mesh"] == 1
+    assert "zone-secret-value" not in str(z)
+
+    a.stop()
+    wait_for(lambda: _zone(g, "zone-a")["status"] == "Offline", what="zone-a Offline")
+    before = _zone(g, "zone-a")
+    cluster.restart(g)
+    after = _zone(g, "zone-a")  # read back from global's store
+    assert after["status"] == "Offline"
+    for field in ("ackedRevision", "totalUpdates", "totalErrors", "resources", "lastError"):
+        assert after[field] == before[field], field
+    a.start()
+    wait_for(lambda: _zone(g, "zone-a")["status"] == "Online", what="zone-a back")
+    assert _zone(g, "zone-a")["connections"] == 2
+    assert g.http.get("/zones/never-seen").status_code == 404
+
+
+def test_metrics_on_both_daemons(cluster: Cluster) -> None:
+    g = cluster.start_global()
+    a = cluster.start_zone("zone-a")
+    for i in range(3):
+        g.put(f"/meshes/default/secrets/m{i}", _secret(f"m{i}", "x"))
+    head = g.get_json("/zones")["globalRevision"]
+    wait_for(lambda: _zone(g, "zone-a")["ackedRevision"] == head, what="zone-a synced")
+    m = _metrics(g)
+    z = (("zone", "zone-a"),)
+    assert m[("kds_global_revision", ())] == head
+    assert m[("kds_global_zones_connected", ())] == 1
+    assert m[("kds_global_zone_online", z)] == 1
+    assert m[("kds_global_zone_acked_revision", z)] == head
+    assert m[("kds_global_zone_resources_sent_total", (("type", "Secret"), *z))] == 3
+    assert m[("kds_global_zone_resources_acknowledged_total", (("type", "Secret"), *z))] == 3
+    assert m[("kds_global_zone_reconnects_total", z)] == 0
+    assert m[("kds_global_zone_messages_acknowledged_total", z)] >= 4  # snapshot + 3 writes
+    assert m[("kds_global_propagation_seconds_count", z)] >= 3
+    assert m[("process_resident_memory_bytes", ())] > 0
+    zm = _metrics(a)
+    assert zm[("kds_zone_connected", ())] == 1
+    assert zm[("kds_zone_applied_revision", ())] == head
+    assert zm[("kds_zone_resources", (("origin", "global"), ("type", "Secret")))] == 3
+    assert zm[("kds_zone_resources_applied_total", (("type", "Secret"),))] == 3

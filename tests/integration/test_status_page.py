@@ -1,0 +1,133 @@
+"""The status page at /gui in headless Chromium (Debian's chromium and chromium-driver,
+driven by Selenium): it renders every zone of a running global with its status, updates
+itself when a zone dies, and never shows secret data."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import Cluster, b64, wait_for
+
+CHROMIUM = shutil.which("chromium")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="needs Debian's chromium and chromium-driver (.ci/run installs them)",
+)
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[object]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    os.environ.setdefault("SE_AVOID_STATS", "true")  # Selenium Manager must not phone home
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",  # tests run as root in CI
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",  # this machine's network is closed
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+    ):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+_READ_ROWS = """
+return Array.from(document.querySelectorAll('#zones tr')).map(
+    tr => [tr.dataset.zone, Array.from(tr.cells).map(td => td.textContent)]);
+"""
+
+
+def _rows(driver: object) -> dict[str, dict[str, str]]:
+    """The table as rendered, read in one script call (the page redraws every 2 s)."""
+    rows = driver.execute_script(_READ_ROWS)  # type: ignore[attr-defined]
+    return {
+        zone: {"status": cells[1], "lag": cells[2], "all": " ".join(cells)} for zone, cells in rows
+    }
+
+
+def test_status_page_shows_every_zone_and_follows_changes(
+    cluster: Cluster, browser: object
+) -> None:
+    g = cluster.start_global("--keepalive-interval", "3s", "--keepalive-timeout", "2s")
+    cluster.start_zone("zone-a")
+    b = cluster.start_zone("zone-b")
+    cluster.start_zone("zone-c")
+    marker = "page-marker-value-7f3a"
+    g.put(
+        "/global-secrets/page-secret",
+        {"type": "GlobalSecret", "name": "page-secret", "data": b64(marker)},
+    )
+    cluster.kdsctl("wait", "synced", "--timeout", "10s")
+
+    # Without a token the page asks for one and shows no zone.
+    browser.get(f"{g.api_url}/gui")  # type: ignore[attr-defined]
+    assert browser.title == "kds-sync: zones"  # type: ignore[attr-defined]
+    wait_for(
+        lambda: browser.find_element("id", "login").is_displayed(),  # type: ignore[attr-defined]
+        10,
+        "the token form",
+    )
+    assert _rows(browser) == {}
+    # A wrong token is refused; the read-only token, typed into the form, is enough.
+    field = browser.find_element("id", "token")  # type: ignore[attr-defined]
+    field.send_keys("wrong-token")
+    field.submit()
+    wait_for(
+        lambda: "token was refused" in browser.find_element("id", "problem").text,  # type: ignore[attr-defined]
+        10,
+        "the refusal",
+    )
+    field.clear()
+    field.send_keys(g.read_only_token)
+    field.submit()
+    rows = wait_for(
+        lambda: (
+            len(r := _rows(browser)) == 3 and all(v["status"] == "Online" for v in r.values()) and r
+        ),
+        10,
+        "three Online zones on the page",
+    )
+    assert sorted(rows) == ["zone-a", "zone-b", "zone-c"]
+    assert all(v["lag"] == "0" for v in rows.values())
+    summary = browser.find_element("id", "summary").text  # type: ignore[attr-defined]
+    assert summary.startswith("3 of 3 zones online")
+
+    # No reload from here on: the page refreshes itself.
+    b.signal(signal.SIGKILL)
+    wait_for(
+        lambda: _rows(browser)["zone-b"]["status"] == "Offline", 15, "zone-b Offline on the page"
+    )
+    g.put("/global-secrets/after", {"type": "GlobalSecret", "name": "after", "data": b64(marker)})
+    wait_for(lambda: _rows(browser)["zone-b"]["lag"] == "1", 10, "zone-b lag on the page")
+    assert _rows(browser)["zone-a"]["status"] == "Online"
+    assert "2 of 3 zones online" in browser.find_element("id", "summary").text  # type: ignore[attr-defined]
+
+    html = browser.page_source  # type: ignore[attr-defined]
+    assert marker not in html and b64(marker) not in html
+
+    # A fresh tab given the token in the address fragment (never sent to the server).
+    browser.switch_to.new_window("tab")  # type: ignore[attr-defined]
+    browser.get(f"{g.api_url}/gui#token={g.read_only_token}")  # type: ignore[attr-defined]
+    wait_for(lambda: len(_rows(browser)) == 3, 10, "zones from the fragment's token")
+    assert g.read_only_token not in browser.current_url  # type: ignore[attr-defined]
+    assert g.read_only_token not in g.log_text()

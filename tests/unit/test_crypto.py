@@ -1,0 +1,134 @@
+"""Encryption at rest: the store file holds no plaintext, keys rotate, errors say what to do."""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+
+import pytest
+
+from kds.crypto import DataCipher, key_id, load_key_file
+from kds.errors import ConfigError, StoreError
+from kds.model import Key, Kind, Resource
+from kds.store import SqliteStore
+
+NOW = "2026-11-29T00:00:00.000Z"
+MARKER = b"plaintext-marker-5d2c"
+K1, K2 = os.urandom(32), os.urandom(32)
+
+
+def _files(db: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in db.parent.iterdir() if p.name.startswith(db.name))
+
+
+def _fill(store: SqliteStore, n: int = 20) -> None:
+    store.put(Resource(Kind.MESH, "default"), NOW)
+    for i in range(n):
+        store.put(Resource(Kind.SECRET, f"s{i}", mesh="default", data=MARKER + bytes([i])), NOW)
+    store.put(Resource(Kind.GLOBAL_SECRET, "g", data=MARKER), NOW)
+    store.put_internal_secret("signing-key", MARKER + b"-internal", NOW)
+
+
+def test_global_store_holds_no_plaintext_and_reads_it_back(tmp_path: Path) -> None:
+    db = tmp_path / "g.db"
+    store = SqliteStore(db, "global", cipher=DataCipher([K1]))
+    _fill(store)
+    row = store.get(Key(Kind.SECRET, "default", "s3"))
+    assert row is not None and row.resource.data == MARKER + b"\x03"
+    changes = store.changes_after(0, store.head())
+    assert any(MARKER in c.change for c in changes)  # sync reads plaintext
+    assert all(MARKER in c.change for c in store.snapshot().changes if c.key.kind is not Kind.MESH)
+    assert store.internal_secrets("signing")["signing-key"] == MARKER + b"-internal"
+    store.close()
+    raw = _files(db)
+    assert MARKER not in raw and base64.b64encode(MARKER)[:16] not in raw
+
+
+def test_zone_store_holds_no_plaintext(tmp_path: Path) -> None:
+    db = tmp_path / "z.db"
+    store = SqliteStore(db, "zone", cipher=DataCipher([K1]))
+    store.put(Resource(Kind.MESH, "default"), NOW)
+    store.put(Resource(Kind.SECRET, "local", mesh="default", data=MARKER), NOW)
+    row = store.get(Key(Kind.SECRET, "default", "local"))
+    assert row is not None and row.resource.data == MARKER
+    store.close()
+    assert MARKER not in _files(db)
+
+
+def test_keys_rotate_without_losing_data(tmp_path: Path) -> None:
+    db = tmp_path / "g.db"
+    store = SqliteStore(db, "global", cipher=DataCipher([K1]))
+    _fill(store)
+    store.close()
+    with pytest.raises(StoreError, match=rf"key\(s\) {key_id(K1)} that --encryption-key-file"):
+        SqliteStore(db, "global", cipher=DataCipher([K2]))
+    with pytest.raises(StoreError, match="give --encryption-key-file"):
+        SqliteStore(db, "global")
+    # New key first, old key kept: everything reads, and is re-sealed with the new key.
+    store = SqliteStore(db, "global", cipher=DataCipher([K2, K1]))
+    assert store.get(Key(Kind.GLOBAL_SECRET, "", "g")).resource.data == MARKER  # type: ignore[union-attr]
+    store.close()
+    store = SqliteStore(db, "global", cipher=DataCipher([K2]))  # the old key can go
+    assert store.get(Key(Kind.SECRET, "default", "s0")).resource.data == MARKER + b"\x00"  # type: ignore[union-attr]
+    assert len(store.changes_after(0, store.head())) == store.head()
+    store.close()
+
+
+def test_enabling_encryption_seals_what_is_stored(tmp_path: Path) -> None:
+    db = tmp_path / "g.db"
+    store = SqliteStore(db, "global")
+    _fill(store)
+    store.close()
+    assert MARKER in _files(db)
+    store = SqliteStore(db, "global", cipher=DataCipher([K1]))
+    assert store.internal_secrets()["signing-key"] == MARKER + b"-internal"
+    store.close()
+    assert MARKER not in _files(db)
+
+
+def test_a_value_moved_to_another_row_does_not_open(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "g.db"
+    store = SqliteStore(db, "global", cipher=DataCipher([K1]))
+    _fill(store, 2)
+    store.close()
+    conn = sqlite3.connect(db)
+    data = conn.execute("SELECT data FROM resources WHERE name='s0'").fetchone()[0]
+    conn.execute("UPDATE resources SET data=? WHERE name='s1'", (data,))
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="does not decrypt"):
+        # With a second key first, opening re-seals every value: s1's copy fails to open.
+        SqliteStore(db, "global", cipher=DataCipher([K2, K1]))
+
+
+def test_key_file_is_checked(tmp_path: Path) -> None:
+    f = tmp_path / "keys"
+    f.write_text(f"# current\n{base64.b64encode(K2).decode()}\n{base64.b64encode(K1).decode()}\n")
+    f.chmod(0o600)
+    cipher = load_key_file(f)
+    assert cipher.current == key_id(K2) and cipher.key_ids == {key_id(K1), key_id(K2)}
+    f.chmod(0o644)
+    with pytest.raises(ConfigError, match=r"readable by other users .* chmod 600"):
+        load_key_file(f)
+    f.chmod(0o600)
+    f.write_text("c2hvcnQ=\n")
+    with pytest.raises(ConfigError, match="line 1: not a base64 key of 32 bytes") as e:
+        load_key_file(f)
+    assert "c2hvcnQ" not in str(e.value)
+    f.write_text("# nothing\n")
+    with pytest.raises(ConfigError, match="no key in it"):
+        load_key_file(f)
+
+
+def test_builtin_ca_keys_are_sealed_too(tmp_path: Path) -> None:
+    db = tmp_path / "g.db"
+    store = SqliteStore(db, "global", cipher=DataCipher([K1]))
+    mtls = {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]}
+    store.put(Resource(Kind.MESH, "payments", spec={"mtls": mtls}), NOW)
+    key = store.get(Key(Kind.SECRET, "payments", "payments.ca-builtin-key-ca-1"))
+    assert key is not None and b"PRIVATE KEY" in key.resource.data
+    store.close()
+    assert b"PRIVATE KEY" not in _files(db)

@@ -1,0 +1,187 @@
+"""kds.mtls (the shape of a Mesh's mtls) and kds.ca (CA checks and generation)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from kds.ca import check_ca, generate_ca
+from kds.errors import InvalidResource
+from kds.model import from_document
+from kds.mtls import CaOptions, backends, builtin_secret_names, parse_duration, secret_refs
+from tests import certs
+
+
+def provided(name: str = "ca-1", cert: str = "my-cert", key: str = "my-key") -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "provided",
+        "config": {"cert": {"secret": cert}, "key": {"secret": key}},
+    }
+
+
+def mesh(mtls: Any, name: str = "default") -> dict[str, Any]:
+    return {"type": "Mesh", "name": name, "mtls": mtls}
+
+
+def k8s_mesh(mtls: Any, name: str = "default") -> dict[str, Any]:
+    return {
+        "apiVersion": "kuma.io/v1alpha1",
+        "kind": "Mesh",
+        "metadata": {"name": name},
+        "spec": {"mtls": mtls},
+    }
+
+
+def fields(mtls: Any, k8s: bool = False) -> set[str]:
+    with pytest.raises(InvalidResource) as e:
+        from_document(k8s_mesh(mtls) if k8s else mesh(mtls))
+    return {err.field for err in e.value.errors}
+
+
+def test_provided_and_builtin_backends_parse_with_their_secrets() -> None:
+    """A provided backend names its secrets; a builtin one uses Kuma's CA secret names."""
+    res = from_document(
+        mesh(
+            {
+                "enabledBackend": "ca-2",
+                "backends": [provided(), {"name": "ca-2", "type": "builtin"}],
+            }
+        )
+    )
+    assert [(r.backend, r.role, r.secret) for r in secret_refs(res.name, res.spec)] == [
+        ("ca-1", "cert", "my-cert"),
+        ("ca-1", "key", "my-key"),
+        ("ca-2", "cert", "default.ca-builtin-cert-ca-2"),
+        ("ca-2", "key", "default.ca-builtin-key-ca-2"),
+    ]
+    assert builtin_secret_names("m", "b") == ("m.ca-builtin-cert-b", "m.ca-builtin-key-b")
+
+
+@pytest.mark.parametrize(
+    ("mtls", "expected"),
+    [
+        ("on", {"mtls"}),
+        ({"backends": "x"}, {"mtls.backends"}),
+        ({"backends": [provided()], "enabledBackend": "nope"}, {"mtls.enabledBackend"}),
+        ({"backends": [provided(), provided()]}, {"mtls.backends[1].name"}),
+        ({"backends": [{**provided(), "type": "vault"}]}, {"mtls.backends[0].type"}),
+        ({"backends": [{**provided(), "name": "Bad_Name"}]}, {"mtls.backends[0].name"}),
+        ({"backends": [provided(cert="")]}, {"mtls.backends[0].config.cert.secret"}),
+        (
+            {"backends": [{"name": "ca-1", "type": "provided", "config": {"cert": {}}}]},
+            {"mtls.backends[0].config.cert.secret", "mtls.backends[0].config.key.secret"},
+        ),
+        (
+            {
+                "backends": [
+                    {
+                        "name": "ca-1",
+                        "type": "provided",
+                        "config": {"cert": {"file": "/x"}, "key": {"secret": "k"}},
+                    }
+                ]
+            },
+            {"mtls.backends[0].config.cert.secret"},
+        ),
+        ({"backends": [provided()], "skipValidation": "yes"}, {"mtls.skipValidation"}),
+        ({"backends": [provided()], "extra": 1}, {"mtls.extra"}),
+        (
+            {
+                "backends": [
+                    {"name": "b", "type": "builtin", "config": {"caCert": {"keyType": "DSA"}}}
+                ]
+            },
+            {"mtls.backends[0].config.caCert.keyType"},
+        ),
+        (
+            {
+                "backends": [
+                    {"name": "b", "type": "builtin", "config": {"caCert": {"RSAbits": 1024}}}
+                ]
+            },
+            {"mtls.backends[0].config.caCert.RSAbits"},
+        ),
+        (
+            {
+                "backends": [
+                    {"name": "b", "type": "builtin", "config": {"caCert": {"expiration": "10"}}}
+                ]
+            },
+            {"mtls.backends[0].config.caCert.expiration"},
+        ),
+    ],
+)
+def test_bad_shapes_name_the_field(mtls: Any, expected: set[str]) -> None:
+    """Each shape problem is refused naming its field, in both forms (spec. in Kubernetes)."""
+    assert fields(mtls) == expected
+    assert fields(mtls, k8s=True) == {f"spec.{f}" for f in expected}
+
+
+def test_enabled_backend_is_optional_as_in_the_seed_example() -> None:
+    """The seed's example has no enabledBackend: it is optional."""
+    res = from_document(mesh({"backends": [provided()]}))
+    assert [b.name for b in backends(res.name, res.spec)] == ["ca-1"]
+
+
+def test_durations() -> None:
+    assert parse_duration("10y") == 10 * 365 * 86400
+    assert parse_duration("24h") == 86400
+    assert parse_duration("0d") is None and parse_duration(10) is None
+
+
+# --------------------------------------------------------------------------- kds.ca
+
+
+def test_a_real_ca_and_its_key_pass() -> None:
+    assert not check_ca(certs.ca().cert, certs.ca().key)
+
+
+def test_a_leaf_certificate_is_not_a_ca() -> None:
+    problems = check_ca(certs.leaf().cert, certs.leaf().key)
+    assert "CA:FALSE" in problems.cert and not problems.key
+
+
+def test_a_ca_without_key_cert_sign_is_refused() -> None:
+    assert (
+        "keyCertSign"
+        in check_ca(certs.ca_without_cert_sign().cert, certs.ca_without_cert_sign().key).cert
+    )
+
+
+def test_a_key_of_another_certificate_is_refused() -> None:
+    problems = check_ca(certs.ca().cert, certs.other_key())
+    assert not problems.cert and problems.key == "is not the private key of the certificate"
+
+
+def test_garbage_is_refused_without_quoting_it() -> None:
+    problems = check_ca(certs.GARBAGE, b"not a key at all")
+    assert "X.509" in problems.cert and "private key" in problems.key
+    assert "bm90" not in problems.cert + problems.key
+
+
+@pytest.mark.parametrize(
+    ("options", "key_class"),
+    [
+        (CaOptions(key_type="ECDSA", validity_seconds=86400), ec.EllipticCurvePrivateKey),
+        (CaOptions(key_type="RSA", rsa_bits=2048), rsa.RSAPrivateKey),
+    ],
+)
+def test_generated_ca_is_a_valid_ca_of_the_requested_kind(
+    options: CaOptions, key_class: type
+) -> None:
+    """A builtin CA passes check_ca, has the key type and the validity asked for."""
+    now = dt.datetime(2026, 11, 29, tzinfo=dt.UTC)
+    ca = generate_ca("default", "ca-1", options, now)
+    assert not check_ca(ca.cert_pem, ca.key_pem)
+    cert = x509.load_pem_x509_certificate(ca.cert_pem)
+    assert isinstance(serialization.load_pem_private_key(ca.key_pem, None), key_class)
+    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+    assert lifetime == dt.timedelta(seconds=options.validity_seconds)
+    assert "default builtin CA ca-1" in cert.subject.rfc4514_string()
+    assert "redacted" in repr(ca) and b"PRIVATE" not in repr(ca).encode()

@@ -1,0 +1,169 @@
+"""globalcp.zones: each zone's status as the stream reports it, saved and read back."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from globalcp.hub import Hub
+from globalcp.zones import ZoneState, ZoneTracker
+from kds.model import Kind, Resource
+from kds.store import AsyncStore, SqliteStore
+
+NOW = "2026-11-29T00:00:00.000Z"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: Clock) -> Iterator[AsyncStore]:
+    s = AsyncStore(SqliteStore(tmp_path / "g.db", "global", clock=clock))
+    yield s
+    s.close()
+
+
+def _tracker(
+    store: AsyncStore, clock: Clock, seen: list[tuple[str, float]] | None = None
+) -> ZoneTracker:
+    hub = Hub(store.sync.head(), store.sync.log_floor(), 100)
+    store.sync.on_commit = hub.publish_many
+    return ZoneTracker(
+        store,
+        hub,
+        clock=clock,
+        observe_latency=(lambda z, s: seen.append((z, s))) if seen is not None else None,
+    )
+
+
+def _connect(t: ZoneTracker, stream: str = "s1", resumed: int | None = None):  # type: ignore[no-untyped-def]
+    return t.connected(
+        "zone-a",
+        stream_id=stream,
+        instance_id=f"zone-a-{stream}",
+        zone_version="0.1.0",
+        protocol_version=1,
+        store_backend="sqlite",
+        resumed_revision=resumed,
+    )
+
+
+async def test_a_stream_reports_sends_acks_and_latency(store: AsyncStore, clock: Clock) -> None:
+    seen: list[tuple[str, float]] = []
+    t = _tracker(store, clock, seen)
+    clock.t -= 100
+    store.sync.put(Resource(Kind.MESH, "default"), NOW)  # committed before the zone connected
+    clock.t += 100
+    h = _connect(t)
+    h.batch_sent(1, [Kind.MESH])
+    h.batch_acked(1, 1, t.hub.commit_time(1))
+    assert seen == []  # a catch-up is not a propagation latency
+    clock.t += 1
+    store.sync.put(Resource(Kind.SECRET, "x", mesh="default", data=b"v"), NOW)
+    clock.t += 0.25
+    h.batch_sent(2, [Kind.SECRET])
+    h.batch_acked(2, 2, store.sync.commit_time(2))
+    assert len(seen) == 1 and seen[0][0] == "zone-a" and seen[0][1] == pytest.approx(0.25, abs=0.05)
+    v = await t.view("zone-a")
+    assert v is not None
+    s = v.overview()
+    assert s["status"] == "Online" and s["ackedRevision"] == 2 and s["lagRevisions"] == 0
+    assert s["resources"]["Mesh"] == {"sent": 1, "acknowledged": 1, "rejected": 0}
+    assert s["resources"]["Secret"] == {"sent": 1, "acknowledged": 1, "rejected": 0}
+    assert s["totalUpdates"] == 2 and s["messagesSent"] == 2 and s["lastError"] is None
+
+
+async def test_lag_in_revisions_and_seconds(store: AsyncStore, clock: Clock) -> None:
+    t = _tracker(store, clock)
+    h = _connect(t, resumed=0)
+    store.sync.put(Resource(Kind.MESH, "m1"), NOW)
+    clock.t += 5
+    store.sync.put(Resource(Kind.MESH, "m2"), NOW)
+    clock.t += 2
+    v = await t.view("zone-a")
+    assert v is not None and v.lag_revisions == 2 and v.lag_seconds == pytest.approx(7, abs=0.5)
+    h.batch_sent(1, [Kind.MESH])
+    h.batch_acked(1, 1, None)
+    v = await t.view("zone-a")
+    assert v is not None and v.lag_revisions == 1 and v.lag_seconds == pytest.approx(2, abs=0.5)
+    t.hub._cache.clear()  # the store's change log answers when the hub no longer knows
+    v = await t.view("zone-a")
+    assert v is not None and v.lag_seconds == pytest.approx(2, abs=0.5)
+
+
+async def test_only_the_current_stream_writes_status(store: AsyncStore, clock: Clock) -> None:
+    t = _tracker(store, clock)
+    old = _connect(t, "s1")
+    new = _connect(t, "s2")
+    old.conflicts(["Secret:default/x"])
+    old.rejected(Kind.SECRET, "Secret:default/x", "nope")
+    old.disconnected("replaced")  # the old stream's end must not mark the zone Offline
+    v = await t.view("zone-a")
+    assert v is not None
+    s = v.overview()
+    assert s["status"] == "Online" and s["instanceId"] == "zone-a-s2"
+    assert s["conflicts"] == [] and s["totalErrors"] == 0 and s["connections"] == 2
+    new.disconnected("connection lost")
+    v = await t.view("zone-a")
+    assert v is not None and v.summary()["status"] == "Offline"
+    assert v.summary()["disconnectReason"] == "connection lost"
+
+
+async def test_rejections_and_refusals_are_errors(store: AsyncStore, clock: Clock) -> None:
+    t = _tracker(store, clock)
+    h = _connect(t)
+    h.rejected(Kind.MESH, "Mesh:team", "secrets still live in it")
+    t.refused("zone-a", "refused instance zone-a-x: already connected")
+    t.refused("zone-new", "refused instance zone-new-1: protocol version 9")
+    v = await t.view("zone-a")
+    assert v is not None
+    o = v.overview()
+    assert o["totalErrors"] == 2 and o["resources"]["Mesh"]["rejected"] == 1
+    assert o["lastError"]["message"] == "refused instance zone-a-x: already connected"
+    assert o["status"] == "Online"  # a refused second instance leaves the live one alone
+    new = await t.view("zone-new")
+    assert new is not None and new.summary()["status"] == "Offline"
+    assert new.summary()["connectedAt"] is None
+
+
+async def test_status_is_saved_and_read_back_offline_after_a_restart(
+    store: AsyncStore, clock: Clock
+) -> None:
+    t = _tracker(store, clock)
+    h = _connect(t, resumed=0)
+    h.batch_sent(1, [Kind.MESH, Kind.MESH])
+    h.batch_acked(1, 5, None)
+    h.conflicts(["GlobalSecret:g"])
+    clock.t += 3
+    h.message_received()
+    await t.flush()
+    again = _tracker(store, clock)
+    clock.t += 60
+    await again.load()
+    v = await again.view("zone-a")
+    assert v is not None
+    s = v.overview()
+    assert s["status"] == "Offline" and s["disconnectReason"] == "global stopped"
+    assert s["ackedRevision"] == 5 and s["resources"]["Mesh"]["acknowledged"] == 2
+    assert s["conflicts"] == ["GlobalSecret:g"]
+    assert v.state.disconnected_at == 1_800_000_003.0  # its last message, not the restart
+
+
+def test_saved_state_from_another_version_loads() -> None:
+    text = json.dumps({"online": True, "acked_revision": 3, "future_field": 1, "sent": {}})
+    s = ZoneState.from_json("z", text)
+    assert s.name == "z" and s.acked_revision == 3 and s.sent["Secret"] == 0
+    assert ZoneState.from_json("z", "not json").acked_revision == 0
