@@ -374,7 +374,10 @@ class SyncServicer:
                 continue
             if isinstance(action, SendSnapshot):
                 snap = await self._snapshot()
-                parts = list(pack(snap.changes, self.max_message_bytes, wire.PART_BYTES))
+                limits = (self.max_message_bytes, wire.PART_BYTES)
+                parts = snap.parts.get(limits)
+                if parts is None:  # cut once per snapshot, then shared by every stream
+                    parts = snap.parts[limits] = list(pack(snap.changes, *limits))
                 sent = await self._send_parts(
                     context, link, parts, 0, snap.revision, True, snap.chain
                 )

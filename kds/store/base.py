@@ -25,6 +25,7 @@ from kds.model import Key, Kind, Resource
 
 if TYPE_CHECKING:
     from kds.protocol.applier import DecodedBatch
+    from kds.protocol.batching import Part
 from kds.protocol.records import ChangeRecord, sort_records
 
 __all__ = [
@@ -72,6 +73,11 @@ class Snapshot:
     store_id: str
     changes: list[ChangeRecord]  # one put per resource, in sync order
     chain: bytes = b""  # the history chain at ``revision``
+    # Global: the snapshot cut into message parts, made once and shared by every stream that
+    # sends this snapshot (a fleet of zones taking it at once holds one copy, not one each).
+    parts: dict[tuple[int, int], list[Part]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
 
 @dataclass(frozen=True)
