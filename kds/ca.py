@@ -21,7 +21,14 @@ from cryptography.x509.oid import NameOID
 
 from kds.mtls import CaOptions
 
-__all__ = ["CaProblems", "GeneratedCa", "check_ca", "generate_ca"]
+__all__ = [
+    "CaProblems",
+    "GeneratedCa",
+    "check_ca",
+    "generate_ca",
+    "key_matches",
+    "self_signed_ca",
+]
 
 
 @dataclass(frozen=True)
@@ -86,12 +93,13 @@ def check_ca(cert_data: bytes, key_data: bytes) -> CaProblems:
         "does not hold an X.509 certificate (PEM or DER)" if cert is None else _cert_problem(cert)
     )
     key_problem = "does not hold an unencrypted private key (PEM or DER)" if key is None else ""
-    if cert is not None and key is not None and not _matches(cert, key):
+    if cert is not None and key is not None and not key_matches(cert, key):
         key_problem = "is not the private key of the certificate"
     return CaProblems(cert_problem, key_problem)
 
 
-def _matches(cert: x509.Certificate, key: object) -> bool:
+def key_matches(cert: x509.Certificate, key: object) -> bool:
+    """Whether ``key`` is the private key of ``cert``."""
     public = getattr(key, "public_key", None)
     if public is None:
         return False
@@ -101,6 +109,44 @@ def _matches(cert: x509.Certificate, key: object) -> bool:
         return bool(public().public_bytes(enc, fmt) == cert.public_key().public_bytes(enc, fmt))
     except (ValueError, TypeError, UnsupportedAlgorithm):
         return False
+
+
+def self_signed_ca(
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey,
+    name: x509.Name,
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+    *,
+    path_length: int | None = None,
+    digital_signature: bool = False,
+) -> x509.Certificate:
+    """A self-signed CA certificate (basicConstraints CA, keyUsage keyCertSign and cRLSign)."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=digital_signature,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
 
 
 def generate_ca(mesh: str, backend: str, options: CaOptions, now: dt.datetime) -> GeneratedCa:
@@ -118,32 +164,7 @@ def generate_ca(mesh: str, backend: str, options: CaOptions, now: dt.datetime) -
         ]
     )
     start = now - dt.timedelta(minutes=5)  # tolerate small clock skew between hosts
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + dt.timedelta(seconds=options.validity_seconds))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
+    cert = self_signed_ca(key, name, start, start + dt.timedelta(seconds=options.validity_seconds))
     return GeneratedCa(
         cert_pem=cert.public_bytes(serialization.Encoding.PEM),
         key_pem=key.private_bytes(

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from kds.ca import key_matches, self_signed_ca
 from kds.errors import ConfigError
 
 __all__ = [
@@ -73,31 +74,13 @@ def make_ca(common_name: str) -> CertPair:
         ]
     )
     now = _now()
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + CA_VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
+    cert = self_signed_ca(
+        key,
+        name,
+        now - dt.timedelta(minutes=5),
+        now + CA_VALIDITY,
+        path_length=0,  # it signs server certificates only
+        digital_signature=True,
     )
     return CertPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
 
@@ -189,9 +172,7 @@ def check_pair(cert_pem: bytes, key_pem: bytes, where: str) -> None:
         key = serialization.load_pem_private_key(key_pem, None)
     except (ValueError, TypeError):
         raise ConfigError(f"{where}: the key is not an unencrypted PEM private key") from None
-    pub = serialization.PublicFormat.SubjectPublicKeyInfo
-    enc = serialization.Encoding.DER
-    if cert.public_key().public_bytes(enc, pub) != key.public_key().public_bytes(enc, pub):
+    if not key_matches(cert, key):
         raise ConfigError(f"{where}: the key does not match the certificate")
 
 
