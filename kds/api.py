@@ -222,7 +222,8 @@ async def _auth_middleware(
             401,
             "Unauthorized",
             ("the bearer token is not valid" if token else "this API needs a bearer token")
-            + ": pass kdsctl --token (or KDSCTL_TOKEN) or an 'Authorization: Bearer' header; "
+            + ": pass kdsctl --token-file or --token (KDSCTL_TOKEN_FILE, KDSCTL_TOKEN) or an "
+            "'Authorization: Bearer' header; "
             "the daemon's admin token is in its data dir (admin-token)",
             headers={"WWW-Authenticate": 'Bearer realm="kds-sync"'},
         )

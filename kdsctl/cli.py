@@ -19,6 +19,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import IO, Any, NoReturn
 from urllib.parse import quote
 
@@ -320,14 +321,35 @@ pass_client = click.make_pass_decorator(ApiClient)
     help="Bearer token for the API: the daemon's admin token (DATA_DIR/admin-token) or its "
     "read-only token, which sees no secret data. Environment: KDSCTL_TOKEN.",
 )
+@click.option(
+    "--token-file",
+    envvar="KDSCTL_TOKEN_FILE",
+    default=None,
+    metavar="FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Read the bearer token from FILE (e.g. the daemon's DATA_DIR/admin-token), which keeps "
+    "it out of the process list; --token wins when both are given. "
+    "Environment: KDSCTL_TOKEN_FILE.",
+)
 @click.version_option(__version__, prog_name="kdsctl")
 @click.pass_context
-def cli(ctx: click.Context, api_url: str, timeout: float, token: str) -> None:
+def cli(
+    ctx: click.Context, api_url: str, timeout: float, token: str, token_file: Path | None
+) -> None:
     """Manage Meshes, Secrets and GlobalSecrets of a kds-sync control plane.
 
     Write on the global control plane: resources created there are synced to every zone.
     On a zone, synced resources are read-only; zone-local ones can be managed there.
     """
+    if not token and token_file is not None:
+        try:
+            token = token_file.read_text()
+        except OSError as e:
+            raise click.BadParameter(
+                f"cannot read {token_file}: {e.strerror}", param_hint="'--token-file'"
+            ) from None
+        if not token.strip():
+            raise click.BadParameter(f"{token_file} is empty", param_hint="'--token-file'")
     client = ApiClient(api_url, timeout, token.strip())
     ctx.obj = client
     ctx.call_on_close(client.close)

@@ -73,6 +73,12 @@ class ZoneSyncStatus:
     last_error_at: float = 0.0
     attempts: int = 0  # failed dial attempts in a row
     connections: int = 0  # streams welcomed since start
+    # How global answered the last hello: "resume" (only the changes after from_revision) or
+    # "snapshot" (everything again); and how often each happened since start.
+    sync_mode: str = ""
+    sync_from_revision: int = 0
+    resumes: int = 0
+    snapshots: int = 0
     batches_applied: int = 0
     applied: Counter[str] = field(default_factory=Counter)  # resource changes, by type
     rejected: Counter[str] = field(default_factory=Counter)
@@ -293,7 +299,13 @@ class ZoneClient:
         st.global_instance_id = w.global_instance_id
         st.global_store_id = global_store_id
         st.global_head = w.head_revision
-        st.applied_revision = state.applied_revision
+        st.applied_revision = st.sync_from_revision = state.applied_revision
+        if w.mode == pb.Welcome.RESUME:
+            st.sync_mode = "resume"
+            st.resumes += 1
+        else:
+            st.sync_mode = "snapshot"
+            st.snapshots += 1
         if w.mode == pb.Welcome.RESUME and state.applied_revision >= w.head_revision:
             st.ready = True
         log.info(

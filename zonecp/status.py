@@ -2,7 +2,9 @@
 
     GET /status   {"zone", "connected", "ready", "global": {...}, "appliedRevision",
                    "appliedAt", "globalRevision", "lagRevisions", "resources": {type:
-                   {"synced", "local"}}, "conflicts": [...], "lastError", ...}
+                   {"synced", "local"}}, "conflicts": [...], "lastSync": {"mode":
+                   "resume"|"snapshot", "fromRevision"}, "resumes", "snapshots",
+                   "lastError", ...}
 
 Counts and names only: never resource data.
 """
@@ -60,6 +62,12 @@ def status_document(
         "batchesApplied": st.batches_applied,
         "conflicts": [{"type": str(k.kind), "mesh": k.mesh, "name": k.name} for k in st.conflicts],
         "connections": st.connections,
+        # How the last stream started: resumed after the zone's revision, or a full snapshot.
+        "lastSync": (
+            {"mode": st.sync_mode, "fromRevision": st.sync_from_revision} if st.sync_mode else None
+        ),
+        "resumes": st.resumes,
+        "snapshots": st.snapshots,
         "failedAttempts": st.attempts,
         "lastError": (
             {"message": st.last_error, "time": _ts(st.last_error_at)} if st.last_error else None

@@ -200,6 +200,10 @@ def test_zone_restart_resumes_with_only_the_changes(cluster: Cluster) -> None:
     assert resumed["to_revision"] - resumed["from_revision"] == 4
     connects = g.events("zone connected", zone="zone-1")
     assert [c["mode"] for c in connects] == ["SNAPSHOT", "RESUME"]
+    # The zone says so too (its counters start with the process).
+    st = z.get_json("/status")
+    assert st["lastSync"] == {"mode": "resume", "fromRevision": resumed["from_revision"]}
+    assert (st["resumes"], st["snapshots"]) == (1, 0)
 
 
 def test_global_restart_zones_keep_serving_and_resume(cluster: Cluster) -> None:

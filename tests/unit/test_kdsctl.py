@@ -19,6 +19,7 @@ from click.testing import CliRunner, Result
 from structlog.testing import capture_logs
 
 from kds.api import ApiContext, build_app
+from kds.auth import ApiTokens
 from kds.model import Limits
 from kds.store import AsyncStore, SqliteStore
 from kdsctl.cli import cli
@@ -377,3 +378,54 @@ def test_readme_mtls_examples_apply_as_written(server: Server) -> None:
     res = run(server, "apply", "-f", "-", input=builtin)
     assert res.exit_code == 0, res.output
     assert "Secret payments/payments.ca-builtin-key-ca-1 created" in res.stdout
+
+
+@pytest.fixture
+def secured(tmp_path: Path) -> Iterator[str]:
+    """An API that requires tokens: admin 'a' * 20, read-only 'r' * 20."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    store = AsyncStore(SqliteStore(tmp_path / "global.db", "global"))
+    tokens = ApiTokens(admin="a" * 20, read_only="r" * 20, admin_file=tmp_path / "admin-token")
+    runner = web.AppRunner(build_app(ApiContext(store=store, role="global", tokens=tokens)))
+
+    async def start() -> int:
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        return int(runner.addresses[0][1])
+
+    port = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+        store.close()
+
+
+def test_token_file_from_option_and_environment(secured: str, tmp_path: Path) -> None:
+    admin = tmp_path / "admin"
+    admin.write_text("a" * 20 + "\n")
+    r = CliRunner().invoke(cli, ["--api-url", secured, "--token-file", str(admin), "get", "meshes"])
+    assert r.exit_code == 0, r.output
+    env = {"KDSCTL_API_URL": secured, "KDSCTL_TOKEN_FILE": str(admin)}
+    r = CliRunner().invoke(cli, ["get", "meshes"], env=env)
+    assert r.exit_code == 0, r.output
+    # --token wins over the file.
+    r = CliRunner().invoke(cli, ["--token", "r" * 20, "delete", "mesh", "m"], env=env)
+    assert r.exit_code == 1 and "read-only token may not DELETE" in r.output
+    r = CliRunner().invoke(cli, ["get", "meshes"], env={"KDSCTL_API_URL": secured})
+    assert r.exit_code == 1 and "--token-file" in r.output
+
+
+def test_token_file_unreadable_or_empty_names_the_option(tmp_path: Path) -> None:
+    r = run("http://127.0.0.1:9", "--token-file", str(tmp_path / "nope"), "get", "meshes")
+    assert r.exit_code == 2
+    assert "'--token-file'" in r.output and "nope" in r.output and "No such file" in r.output
+    (tmp_path / "empty").write_text("\n")
+    r = run("http://127.0.0.1:9", "--token-file", str(tmp_path / "empty"), "get", "meshes")
+    assert r.exit_code == 2 and "is empty" in r.output
