@@ -215,4 +215,6 @@ def project(image: str) -> Iterator[Project]:
 def global_api(project: Project) -> httpx.Client:
     """Global's API as published on the host's loopback, with the admin token."""
     token = project.exec("global", "cat", "/var/lib/kds/global/admin-token").stdout.strip()
-    return httpx.Client(base_url=project.api_url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    return httpx.Client(
+        base_url=project.api_url, headers={"Authorization": f"Bearer {token}"}, timeout=10
+    )

@@ -6,6 +6,7 @@ for the next. Values are unique per run so a leak into any log can be searched f
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
@@ -253,6 +254,30 @@ def test_restarted_zone_container_resumes_from_its_revision(
     resumed = project.events("global", "resumed zone from its revision", zone="zone-1")
     assert resumed and resumed[-1]["from_revision"] == before
     assert resumed[-1]["changes"] == 3, resumed[-1]
+
+
+def test_a_revoked_zone_token_is_replaced_by_running_provision_again(project: Project) -> None:
+    """As compose/README.md says: revoke, `start provision`, and the zone is back unrestarted."""
+    token = project.exec("zone-2", "cat", "/credentials/token").stdout.strip()
+    payload = token.split(".")[1]
+    token_id = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["jti"]
+    zone_container = project.container("zone-2")
+    project.kdsctl("global", "revoke", "zone-token", token_id)
+    wait_for(lambda: _offline(project, "zone-2"), 30, "zone-2 Offline after the revocation")
+    wait_for(
+        lambda: "revoked" in (project.sync_status("zone-2")["lastError"] or {}).get("message", ""),
+        30,
+        "the refusal in zone-2's status",
+    )
+    project.compose("start", "provision")
+    code = project.docker("wait", project.container("provision"), timeout=120).stdout.strip()
+    assert code == "0", project.logs("provision")
+    reissued = [ln for ln in project.logs("provision").splitlines() if "zone-2: issued" in ln]
+    assert len(reissued) == 2 and "revoked" in reissued[-1], reissued
+    wait_for(lambda: project.zones()["zone-2"]["status"] == "Online", 60, "zone-2 back Online")
+    wait_synced(project)
+    assert project.container("zone-2") == zone_container
+    assert project.exec("zone-2", "cat", "/credentials/token").stdout.strip() != token
 
 
 def test_a_fourth_zone_added_as_the_readme_says(project: Project, global_api: httpx.Client) -> None:
