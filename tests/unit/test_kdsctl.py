@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import socket
 import threading
@@ -76,13 +77,14 @@ class Server:
     logs: list[MutableMapping[str, Any]]
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
+@contextlib.contextmanager
+def serve_api(tmp_path: Path, **ctx_args: Any) -> Iterator[tuple[str, AsyncStore]]:
+    """kds.api on a fresh SqliteStore, on a loop in a thread, at an ephemeral 127.0.0.1 port."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     store = AsyncStore(SqliteStore(tmp_path / "global.db", "global"))
-    ctx = ApiContext(store=store, role="global", limits=Limits(max_data_bytes=1024))
+    ctx = ApiContext(store=store, role="global", **ctx_args)
     runner = web.AppRunner(build_app(ctx), access_log=None)
 
     async def start() -> int:
@@ -93,16 +95,22 @@ def server(tmp_path: Path) -> Iterator[Server]:
 
     port = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
     try:
-        # The server logs into a list, not into the stdout CliRunner captures.
-        with capture_logs() as logs:
-            yield Server(f"http://127.0.0.1:{port}", store, logs)
-        assert DATA not in repr(logs)
+        yield f"http://127.0.0.1:{port}", store
     finally:
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.close()
         store.close()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    with serve_api(tmp_path, limits=Limits(max_data_bytes=1024)) as (url, store):
+        # The server logs into a list, not into the stdout CliRunner captures.
+        with capture_logs() as logs:
+            yield Server(url, store, logs)
+        assert DATA not in repr(logs)
 
 
 def run(server: Server | str, *args: str, input: str | None = None) -> Result:
@@ -383,28 +391,9 @@ def test_readme_mtls_examples_apply_as_written(server: Server) -> None:
 @pytest.fixture
 def secured(tmp_path: Path) -> Iterator[str]:
     """An API that requires tokens: admin 'a' * 20, read-only 'r' * 20."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    store = AsyncStore(SqliteStore(tmp_path / "global.db", "global"))
     tokens = ApiTokens(admin="a" * 20, read_only="r" * 20, admin_file=tmp_path / "admin-token")
-    runner = web.AppRunner(build_app(ApiContext(store=store, role="global", tokens=tokens)))
-
-    async def start() -> int:
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        return int(runner.addresses[0][1])
-
-    port = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        loop.close()
-        store.close()
+    with serve_api(tmp_path, tokens=tokens) as (url, _):
+        yield url
 
 
 def test_token_file_from_option_and_environment(secured: str, tmp_path: Path) -> None:
