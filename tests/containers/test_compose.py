@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
 import time
 import uuid
 
 import httpx
+import pytest
 
 from tests.containers.conftest import ZONES, Project
 from tests.integration.conftest import b64, wait_for
@@ -225,6 +228,33 @@ def test_global_killed_zones_keep_serving_then_resume_without_resync(
     modes = {e["zone"]: e["mode"] for e in logs if e.get("event") == "zone connected"}
     assert modes == dict.fromkeys(ZONES, "RESUME"), modes
     assert not [e for e in logs if e.get("event") == "snapshot sent"]
+
+
+def test_global_process_crash_is_undone_by_the_restart_policy(
+    project: Project, global_api: httpx.Client
+) -> None:
+    """Not `docker kill` (a stop by hand): the process dies by itself; Docker restarts it."""
+    if os.geteuid() != 0:
+        pytest.skip("killing a container's process from the host needs root")
+    gid = project.container("global")
+    fmt = "{{.State.Pid}} {{.RestartCount}}"
+    pid, restarts = map(int, project.docker("inspect", "--format", fmt, gid).stdout.split())
+    data = value("before-crash")
+    put_secret(global_api, "before-crash", data)
+    os.kill(pid, signal.SIGKILL)
+    wait_for(
+        lambda: (
+            int(project.docker("inspect", "--format", "{{.RestartCount}}", gid).stdout) > restarts
+        ),
+        30,
+        "Docker restarting global",
+    )
+    wait_for(lambda: project.health("global") == "healthy", 60, "global healthy again")
+    assert has_value(project, "global", "before-crash", data)
+    wait_synced(project)
+    for zone in ZONES:
+        assert has_value(project, zone, "before-crash", data)
+        assert project.sync_status(zone)["lastSync"]["mode"] == "resume"
 
 
 def _lines_since_last_start(log: str) -> list[str]:
