@@ -114,7 +114,7 @@ async def run_global(cfg: GlobalConfig, stop: asyncio.Event) -> int:
 
     extra = [
         *zone_routes(tracker),
-        *(token_routes(zone_tokens, servicer.end_streams_of_token) if zone_tokens else []),
+        *(token_routes(zone_tokens, servicer.end_streams) if zone_tokens else []),
         *health_routes(alive, ready),
         metrics_route(metrics.registry, before_scrape),
     ]

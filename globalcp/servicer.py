@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import uuid
 import weakref
 from dataclasses import dataclass
@@ -31,13 +32,16 @@ from kds.model import validate_name
 from kds.protocol.batching import Part, coalesce, pack
 from kds.protocol.session import Ack, GlobalSession, Hello, Mode, SendRange, SendSnapshot
 from kds.store import AsyncStore, Snapshot
-from kds.tokens import TokenRefused, ZoneTokens
+from kds.tokens import TokenInfo, TokenRefused, ZoneTokens
 from kds.wire import PROTOCOL_VERSION
 
 __all__ = ["METHOD", "SyncServicer", "ZoneLink"]
 
 METHOD = "/kds.v1.SecretSync/Sync"
 log = structlog.get_logger("globalcp.sync")
+
+# The token of a stream when global runs without zone authentication (--kds-insecure).
+NO_TOKEN = TokenInfo(token_id="", zone="", key_name="", expires_at="")
 
 
 @dataclass
@@ -51,9 +55,16 @@ class ZoneLink:
     session: GlobalSession
     status: ZoneHandle
     token_id: str = ""
+    key_name: str = ""  # the signing key of its token
     task: asyncio.Task[Any] | None = None
     wake: asyncio.Event | None = None
-    end: TokenRefused | None = None  # set to end the stream with this status (revocation)
+    # Set to end the stream with this status (token revoked, expired, or its key removed).
+    end: TokenRefused | None = None
+
+    def end_with(self, refusal: TokenRefused) -> None:
+        self.end = refusal
+        if self.wake is not None:
+            self.wake.set()
 
 
 class _EndStream(Exception):
@@ -123,19 +134,21 @@ class SyncServicer:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(errs[0]))
             return
         with structlog.contextvars.bound_contextvars(zone=h.zone, stream=stream_id):
-            token_id = await self._authenticate(h, context)
-            if token_id is not None:
-                await self._serve(h, stream_id, context, token_id)
+            token = await self._authenticate(h, context)
+            if token is not None:
+                await self._serve(h, stream_id, context, token)
 
-    async def _authenticate(self, h: pb.Hello, context: grpc.aio.ServicerContext) -> str | None:
-        """The verified token's id ("" with no authentication); None once refused."""
+    async def _authenticate(
+        self, h: pb.Hello, context: grpc.aio.ServicerContext
+    ) -> TokenInfo | None:
+        """The verified token's facts (NO_TOKEN with no authentication); None once refused."""
         if self.tokens is None:
-            return ""
+            return NO_TOKEN
         metadata = dict(context.invocation_metadata() or ())
         auth = str(metadata.get("authorization", ""))
         token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
         try:
-            return self.tokens.verify(token, h.zone, utcnow()).token_id
+            return self.tokens.verify(token, h.zone, utcnow())
         except TokenRefused as e:
             log.warning(
                 "zone refused: bad token", code=e.code.name, reason=e.reason, instance=h.instance_id
@@ -145,19 +158,18 @@ class SyncServicer:
             await context.abort(e.code, e.reason)
             return None
 
-    def end_streams_of_token(self, token_id: str, reason: str) -> int:
-        """End the live streams authenticated with ``token_id`` (revoked); return how many."""
+    def end_streams(self, reason: str, *, token_id: str = "", key_name: str = "") -> int:
+        """End the live streams authenticated with the token ``token_id`` (revoked) or with
+        tokens signed by ``key_name`` (removed); return how many."""
         ended = 0
         for link in list(self.links.values()):
-            if token_id and link.token_id == token_id:
-                link.end = TokenRefused(grpc.StatusCode.PERMISSION_DENIED, reason)
-                if link.wake is not None:
-                    link.wake.set()
+            if (token_id and link.token_id == token_id) or (key_name and link.key_name == key_name):
+                link.end_with(TokenRefused(grpc.StatusCode.PERMISSION_DENIED, reason))
                 ended += 1
         return ended
 
     async def _serve(
-        self, h: pb.Hello, stream_id: str, context: grpc.aio.ServicerContext, token_id: str
+        self, h: pb.Hello, stream_id: str, context: grpc.aio.ServicerContext, token: TokenInfo
     ) -> None:
         session = GlobalSession(self.store.sync.store_id, self.max_unacked)
         hello = Hello(
@@ -225,10 +237,24 @@ class SyncServicer:
                 store_backend=h.store_backend,
                 resumed_revision=h.resume.revision if mode is Mode.RESUME else None,
             ),
-            token_id=token_id,
+            token_id=token.token_id,
+            key_name=token.key_name,
             task=asyncio.current_task(),
         )
         self.links[h.zone] = link
+        # A token is checked when a stream starts; one that expires during the stream ends it
+        # then, and the zone's next attempt is refused until it is given a new token.
+        expiry: asyncio.TimerHandle | None = None
+        if token.expires_at:
+            left = (dt.datetime.fromisoformat(token.expires_at) - utcnow()).total_seconds()
+            expiry = asyncio.get_running_loop().call_later(
+                max(0.0, left),
+                link.end_with,
+                TokenRefused(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    f"zone token {token.token_id} expired at {token.expires_at}",
+                ),
+            )
         log.info(
             "zone connected",
             instance=h.instance_id,
@@ -292,6 +318,8 @@ class SyncServicer:
                 reason = "connection lost"
             raise
         finally:
+            if expiry is not None:
+                expiry.cancel()
             for task in (reader, writer):
                 if task is not None:
                     task.cancel()

@@ -6,7 +6,8 @@
     POST   /zone-tokens/{id}/revoke          refuse the token from now on, end its streams
     GET    /zone-token-signing-keys          the signing keys' names (never a key)
     POST   /zone-token-signing-keys          rotate: a new key signs tokens from now on
-    DELETE /zone-token-signing-keys/{name}   tokens signed by that key are refused from now on
+    DELETE /zone-token-signing-keys/{name}   tokens signed by that key are refused from now on,
+                                             their streams ended -> {"streamsEnded"}
 
 A token is shown once, in the answer that issued it; global keeps only its id and facts.
 """
@@ -41,7 +42,9 @@ async def _body(request: web.Request) -> Mapping[str, object]:
     return body
 
 
-def token_routes(tokens: ZoneTokens, end_streams: Callable[[str, str], int]) -> list[web.RouteDef]:
+def token_routes(tokens: ZoneTokens, end_streams: Callable[..., int]) -> list[web.RouteDef]:
+    """``end_streams(reason, token_id=..., key_name=...)`` ends the matching live streams."""
+
     async def issue(request: web.Request) -> web.Response:
         body = await _body(request)
         zone = body.get("zone")
@@ -85,7 +88,7 @@ def token_routes(tokens: ZoneTokens, end_streams: Callable[[str, str], int]) -> 
         row = await tokens.revoke(token_id)
         if row is None:
             raise NotFound(f"no zone token with id {token_id!r} was issued by this global")
-        ended = end_streams(token_id, f"zone token {token_id} has been revoked")
+        ended = end_streams(f"zone token {token_id} has been revoked", token_id=token_id)
         log.warning("zone token revoked", token_id=token_id, zone=row["zone"], streams_ended=ended)
         return web.json_response({**row, "streamsEnded": ended})
 
@@ -107,8 +110,15 @@ def token_routes(tokens: ZoneTokens, end_streams: Callable[[str, str], int]) -> 
             raise NotFound(f"no signing key {name!r}") from None
         except ValueError as e:
             raise Conflict(str(e)) from None
-        log.warning("zone token signing key removed; tokens it signed are refused", key=name)
-        return web.json_response({})
+        ended = end_streams(
+            f"the key that signed this zone's token ({name}) was removed", key_name=name
+        )
+        log.warning(
+            "zone token signing key removed; tokens it signed are refused",
+            key=name,
+            streams_ended=ended,
+        )
+        return web.json_response({"streamsEnded": ended})
 
     return [
         web.post("/zone-tokens", issue),

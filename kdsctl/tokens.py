@@ -107,5 +107,8 @@ def rotate_signing_key(client: ApiClient) -> None:
 @pass_client
 def delete_signing_key(client: ApiClient, name: str) -> None:
     """Delete the signing key NAME: zone tokens it signed are refused from now on."""
-    client.delete(f"/zone-token-signing-keys/{quote(name, safe='')}")
-    click.echo(f"{name} deleted; tokens it signed are refused from now on")
+    answer = client.delete(f"/zone-token-signing-keys/{quote(name, safe='')}") or {}
+    click.echo(
+        f"{name} deleted; tokens it signed are refused from now on; "
+        f"{answer.get('streamsEnded', 0)} live stream(s) ended"
+    )

@@ -107,13 +107,35 @@ def test_signing_keys_rotate_and_removed_keys_refuse_their_tokens(cluster: Clust
     assert "zone-token-signing-key-1" in keys and "zone-token-signing-key-2" in keys
     r = g.http.get("/zone-token-signing-keys")
     assert all(set(k) == {"name", "current"} for k in r.json()["items"])  # never a key
-    cluster.kdsctl("delete", "zone-token-signing-key", "zone-token-signing-key-1")
-    z1.stop()
-    z1.start()
+    out = cluster.kdsctl("delete", "zone-token-signing-key", "zone-token-signing-key-1").stdout
+    assert "1 live stream(s) ended" in out
+    # The live stream it authenticated ends at once; every new attempt is refused.
+    e = wait_for(lambda: z1.events("sync stream ended"), 10, "zone-1's stream ended")[-1]
+    assert "PERMISSION_DENIED" in e["error"] and "zone-token-signing-key-1" in e["error"]
     _refusal(z1, "signed by an unknown key (zone-token-signing-key-1)")
     assert z2.get_json("/status")["connected"]
+    assert not z2.events("sync stream ended")
     r = cluster.kdsctl("delete", "zone-token-signing-key", "zone-token-signing-key-2", check=False)
     assert r.returncode == 1 and "only signing key" in r.stderr
+
+
+def test_a_token_expiring_during_a_stream_ends_it_and_a_new_file_brings_the_zone_back(
+    cluster: Cluster,
+) -> None:
+    g = cluster.start_global()
+    path = cluster.zone_token("zone-1", valid_for="6s")
+    z = cluster.start_zone("zone-1", "--reconnect-max-delay", "1s", token_file=path)
+    e = wait_for(lambda: z.events("sync stream ended"), 20, "the stream ended at expiry")[-1]
+    assert e["error"].startswith("UNAUTHENTICATED") and "expired at" in e["error"], e
+    ended = g.wait_event("ending the zone's stream", zone="zone-1")
+    assert "expired at" in ended["reason"]
+    _refusal(z, "expired at")  # redials are refused until the file holds a valid token
+    wait_for(lambda: g.get_json("/zones/zone-1")["status"] == "Offline", what="zone-1 Offline")
+    fresh = cluster.zone_token("zone-1")
+    path.write_text(fresh.read_text())
+    wait_for(lambda: z.get_json("/status")["connected"], 15, "zone-1 back with the new token")
+    g.put("/global-secrets/after", {"type": "GlobalSecret", "name": "after", "data": b64("x")})
+    wait_for(lambda: z.get_json("/global-secrets/after"), what="sync after the new token")
 
 
 def test_api_needs_a_token_and_the_read_only_token_never_sees_data(cluster: Cluster) -> None:
