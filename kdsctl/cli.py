@@ -28,7 +28,16 @@ import httpx
 import yaml
 
 from kds.errors import InvalidResource
-from kds.model import LABEL_ORIGIN, LABEL_ZONE, Kind, Limits, Resource, from_document, to_json
+from kds.model import (
+    LABEL_ORIGIN,
+    LABEL_ZONE,
+    SYSTEM_LABELS,
+    Kind,
+    Limits,
+    Resource,
+    from_document,
+    to_json,
+)
 from kds.version import __version__
 
 __all__ = [
@@ -381,10 +390,9 @@ def _load_documents(stream: IO[str]) -> list[_Doc]:
         fail(f"{name}: invalid YAML")
     out: list[_Doc] = []
     problems = 0
-    for index, doc in enumerate(docs, start=1):
-        if doc is None:
-            continue
-        where = f"{name} document {index}"
+    stripped = 0
+    for where, doc in _documents(name, docs):
+        stripped += _strip_system_labels(doc)
         try:
             out.append(_Doc(where, from_document(doc, _LOCAL_LIMITS)))
         except InvalidResource as e:
@@ -392,7 +400,42 @@ def _load_documents(stream: IO[str]) -> list[_Doc]:
             _print_error(f"{where}: invalid resource", [(c.field, c.message) for c in e.errors])
     if problems:
         fail(f"{problems} invalid document(s); nothing was applied")
+    if stripped:
+        click.echo(
+            f"note: {name}: left out the labels {LABEL_ORIGIN} and {LABEL_ZONE} of {stripped} "
+            "resource(s): the control plane sets them",
+            err=True,
+        )
     return out
+
+
+def _documents(name: str, docs: list[Any]) -> Iterator[tuple[str, Any]]:
+    """Each resource with where it came from. A list, as `kdsctl get ... -o yaml|json` prints
+    it ({"items": [...]}, or Kubernetes' kind: List), stands for its items."""
+    for index, doc in enumerate(docs, start=1):
+        if doc is None:
+            continue
+        where = f"{name} document {index}"
+        items = doc.get("items") if isinstance(doc, Mapping) else None
+        if isinstance(items, list) and "type" not in doc and doc.get("kind") in (None, "List"):
+            for i, item in enumerate(items):
+                yield f"{where} items[{i}]", item
+        else:
+            yield where, doc
+
+
+def _strip_system_labels(doc: Any) -> int:
+    """Drop kuma.io/origin and kuma.io/zone (which `get` shows and the API refuses) so that
+    `get -o yaml` output applies as it is; 1 if the document had any, else 0."""
+    if not isinstance(doc, dict):
+        return 0
+    holder = doc.get("metadata") if ("apiVersion" in doc or "kind" in doc) else doc
+    labels = holder.get("labels") if isinstance(holder, dict) else None
+    if not isinstance(labels, dict) or not (SYSTEM_LABELS & labels.keys()):
+        return 0
+    for k in SYSTEM_LABELS:
+        labels.pop(k, None)
+    return 1
 
 
 def _body(res: Resource) -> dict[str, Any]:

@@ -191,6 +191,46 @@ def test_get_json_and_yaml(server: Server) -> None:
     assert yaml.safe_load(res.stdout)["data"] == DATA
 
 
+def test_get_output_applies_as_it_is(server: Server) -> None:
+    """`get -o yaml|json` output (lists included) goes back through `apply`: the system labels
+    it shows are left out with a note, everything else is applied."""
+    _applied(server)
+    for kind in ("meshes", "secrets", "global-secrets"):
+        for fmt in ("yaml", "json"):
+            out = run(server, "get", kind, "-o", fmt).stdout
+            res = run(server, "apply", "-f", "-", input=out)
+            assert res.exit_code == 0, res.output
+            assert "unchanged" in res.stdout and "created" not in res.stdout
+            assert "left out the labels kuma.io/origin and kuma.io/zone" in res.stderr
+    one = yaml.safe_load(run(server, "get", "secret", "sample-secret", "-o", "yaml").stdout)
+    one["data"] = "Y2hhbmdlZAo="
+    one["labels"]["team"] = "a"
+    res = run(server, "apply", "-f", "-", input=yaml.safe_dump(one))
+    assert res.exit_code == 0 and "Secret default/sample-secret updated" in res.stdout
+    got = json.loads(run(server, "get", "secret", "sample-secret", "-o", "json").stdout)
+    assert got["labels"] == {"team": "a", "kuma.io/origin": "global"}
+    # Kubernetes form, as a List, with the system label under metadata.labels.
+    k8s = {
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": "system.kuma.io/global-secret",
+                "metadata": {"name": "from-list", "labels": {"kuma.io/origin": "global"}},
+                "data": {"value": DATA},
+            }
+        ],
+    }
+    res = run(server, "apply", "-f", "-", input=yaml.safe_dump(k8s))
+    assert res.exit_code == 0 and "GlobalSecret from-list created" in res.stdout, res.output
+    # An invalid item is named by its place in the list.
+    k8s["items"][0]["metadata"]["name"] = "Bad_Name"
+    res = run(server, "apply", "-f", "-", input=yaml.safe_dump(k8s))
+    assert res.exit_code == 1 and "stdin document 1 items[0]" in res.output
+
+
 def test_get_empty_and_missing(server: Server) -> None:
     res = run(server, "get", "global-secrets")
     assert res.exit_code == 0 and res.stdout == ""
