@@ -16,7 +16,7 @@ from globalcp.servicer import SyncServicer
 from globalcp.status_api import zone_routes
 from globalcp.token_api import token_routes
 from globalcp.zones import ZoneTracker
-from kds.api import ApiContext, serve_api
+from kds.api import ApiContext, api_ssl_context, serve_api
 from kds.auth import ApiTokens, load_api_tokens
 from kds.clock import rfc3339
 from kds.config import GlobalConfig
@@ -124,7 +124,7 @@ async def run_global(cfg: GlobalConfig, stop: asyncio.Event) -> int:
             "global started",
             version=__version__,
             instance=instance_id,
-            api=f"http://{cfg.api_address[0]}:{cfg.api_address[1]}",
+            api=f"{'https' if cfg.api_tls_cert_file else 'http'}://{cfg.api_address[0]}:{cfg.api_address[1]}",
             kds=f"{'grpc' if cfg.kds_insecure else 'grpcs'}://{host}:{bound}",
             ca_file=None if cfg.kds_insecure or cfg.tls_cert_file else str(data_dir / "ca.crt"),
             admin_token_file=str(api_tokens.admin_file),
@@ -157,4 +157,5 @@ async def _start_api(
         now=rfc3339,
         tokens=tokens,
     )
-    return await serve_api(ctx, cfg.api_address, extra_routes)
+    tls = api_ssl_context(cfg.api_tls_cert_file, cfg.api_tls_key_file)
+    return await serve_api(ctx, cfg.api_address, extra_routes, tls)

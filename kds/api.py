@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import ssl
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Any, Literal
 
 import structlog
@@ -61,6 +63,7 @@ from kds.model import (
 )
 from kds.store import ORIGIN_GLOBAL, ORIGIN_ZONE, AsyncStore, Row, SqliteStore, WriteResult
 from kds.store.base import Origin
+from kds.tls import ReloadingServerSSLContext
 from kds.version import __version__
 
 __all__ = [
@@ -658,15 +661,28 @@ def build_app(ctx: ApiContext, extra_routes: list[web.RouteDef] | None = None) -
     return app
 
 
+def api_ssl_context(cert_file: Path | None, key_file: Path | None) -> ssl.SSLContext | None:
+    """The API's TLS context from --api-tls-cert-file/--api-tls-key-file, or None for HTTP."""
+    if cert_file is None and key_file is None:
+        return None
+    if cert_file is None or key_file is None:
+        raise ConfigError("--api-tls-cert-file and --api-tls-key-file go together: give both")
+    return ReloadingServerSSLContext(cert_file, key_file).context
+
+
 async def serve_api(
-    ctx: ApiContext, address: tuple[str, int], extra_routes: list[web.RouteDef] | None = None
+    ctx: ApiContext,
+    address: tuple[str, int],
+    extra_routes: list[web.RouteDef] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> web.AppRunner:
-    """Start the API on ``address``; a port that cannot be bound is a ConfigError naming it."""
+    """Start the API on ``address`` (HTTPS with ``ssl_context``); a port that cannot be bound
+    is a ConfigError naming it."""
     runner = web.AppRunner(build_app(ctx, extra_routes), access_log=None)
     await runner.setup()
     host, port = address
     try:
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
     except OSError as e:
         await runner.cleanup()
         raise ConfigError(f"--api-address {host}:{port}: cannot listen: {e.strerror}") from None

@@ -197,6 +197,16 @@ class _Common:
         "secret data (default: DATA_DIR/read-only-token, created 0600 at first start).",
         "FILE",
     )
+    api_tls_cert_file: Path | None = opt(
+        None,
+        _optional_path,
+        "Serve the HTTP API over HTTPS (TLS 1.2+) with this certificate (PEM chain); "
+        "replaced files are used for new connections without a restart. Default: plain HTTP.",
+        "FILE",
+    )
+    api_tls_key_file: Path | None = opt(
+        None, _optional_path, "Private key of --api-tls-cert-file (PEM).", "FILE"
+    )
     encryption_key_file: Path | None = opt(
         None,
         _optional_path,

@@ -1,4 +1,5 @@
-"""TLS for the sync stream: global's certificate authority and server certificate.
+"""TLS for the sync stream (global's certificate authority and server certificate) and for the
+HTTP API (optional, given files).
 
 With no certificate given, global makes its own at first start: an ECDSA P-256 CA (valid 10
 years) and a server certificate it signs (valid 1 year, reissued at start when it expires
@@ -17,6 +18,7 @@ import datetime as dt
 import ipaddress
 import os
 import socket
+import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,7 @@ from kds.errors import ConfigError
 __all__ = [
     "CertPair",
     "ReloadingServerCredentials",
+    "ReloadingServerSSLContext",
     "default_names",
     "issue_server_cert",
     "make_ca",
@@ -176,16 +179,16 @@ def check_pair(cert_pem: bytes, key_pem: bytes, where: str) -> None:
         raise ConfigError(f"{where}: the key does not match the certificate")
 
 
-class ReloadingServerCredentials:
-    """Server credentials that pick up replaced certificate files at the next handshake."""
+class _WatchedPair:
+    """A certificate and key file pair, checked at start, re-read when either file changes."""
 
-    def __init__(self, cert_file: Path, key_file: Path):
+    def __init__(self, cert_file: Path, key_file: Path, cert_option: str, key_option: str):
         self.cert_file = cert_file
         self.key_file = key_file
         self._stamp = self._mtimes()
-        cert, key = _read(cert_file, "--tls-cert-file"), _read(key_file, "--tls-key-file")
-        check_pair(cert, key, f"--tls-cert-file {cert_file} / --tls-key-file {key_file}")
-        self._initial = grpc.ssl_server_certificate_configuration([(key, cert)])
+        self.cert = _read(cert_file, cert_option)
+        self.key = _read(key_file, key_option)
+        check_pair(self.cert, self.key, f"{cert_option} {cert_file} / {key_option} {key_file}")
 
     def _mtimes(self) -> tuple[int, int]:
         try:
@@ -193,24 +196,70 @@ class ReloadingServerCredentials:
         except OSError:
             return self._stamp if hasattr(self, "_stamp") else (0, 0)
 
-    def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
-        """Called by grpc for each new handshake: a new configuration when the files changed
-        (and still form a valid pair), else None to keep the current one."""
+    def reread(self, what: str) -> bool:
+        """True when the files changed and still form a valid pair (now in cert and key);
+        a replaced pair that is not valid is logged and the current one kept."""
         stamp = self._mtimes()
         if stamp == self._stamp:
-            return None
+            return False
         try:
             cert = self.cert_file.read_bytes()
             key = self.key_file.read_bytes()
             check_pair(cert, key, "replaced certificate")
         except (OSError, ConfigError) as e:
             log.error(
-                "cannot use the replaced TLS certificate; keeping the current one", error=str(e)
+                f"cannot use the replaced {what} certificate; keeping the current one",
+                error=str(e),
             )
+            return False
+        self._stamp, self.cert, self.key = stamp, cert, key
+        log.info(
+            f"{what} certificate reloaded", cert_file=str(self.cert_file), names=cert_names(cert)
+        )
+        return True
+
+
+class ReloadingServerCredentials:
+    """Server credentials that pick up replaced certificate files at the next handshake."""
+
+    def __init__(self, cert_file: Path, key_file: Path):
+        self.pair = _WatchedPair(cert_file, key_file, "--tls-cert-file", "--tls-key-file")
+        self._initial = grpc.ssl_server_certificate_configuration([(self.pair.key, self.pair.cert)])
+
+    def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        """Called by grpc for each new handshake: a new configuration when the files changed
+        (and still form a valid pair), else None to keep the current one."""
+        if not self.pair.reread("TLS"):
             return None
-        self._stamp = stamp
-        log.info("TLS certificate reloaded", cert_file=str(self.cert_file), names=cert_names(cert))
-        return grpc.ssl_server_certificate_configuration([(key, cert)])
+        return grpc.ssl_server_certificate_configuration([(self.pair.key, self.pair.cert)])
 
     def credentials(self) -> grpc.ServerCredentials:
         return grpc.dynamic_ssl_server_credentials(self._initial, self._fetch)  # type: ignore[arg-type]
+
+
+class ReloadingServerSSLContext:
+    """The HTTP API's TLS (``--api-tls-cert-file``/``--api-tls-key-file``): TLS 1.2 or newer;
+    replaced files are used from the next handshake on, with no restart (the SNI callback runs
+    at every handshake, stats the two files and swaps in a new context when they changed)."""
+
+    def __init__(self, cert_file: Path, key_file: Path):
+        self.pair = _WatchedPair(cert_file, key_file, "--api-tls-cert-file", "--api-tls-key-file")
+        self.context = self._new()
+        self.context.sni_callback = self._on_handshake
+        self._current = self.context
+
+    def _new(self) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        # OpenSSL checks again that the key is the certificate's (files may change meanwhile).
+        ctx.load_cert_chain(self.pair.cert_file, self.pair.key_file)
+        return ctx
+
+    def _on_handshake(self, sock: ssl.SSLObject, server_name: str | None, _: object) -> None:
+        if self.pair.reread("API TLS"):
+            try:
+                self._current = self._new()
+            except (OSError, ssl.SSLError) as e:
+                log.error("cannot load the replaced API TLS certificate", error=str(e))
+        if self._current is not self.context:
+            sock.context = self._current

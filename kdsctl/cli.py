@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -84,17 +85,23 @@ class ApiUnreachable(Exception):
 
 
 class ApiClient:
-    def __init__(self, base_url: str, timeout: float, token: str = ""):
+    def __init__(self, base_url: str, timeout: float, token: str = "", ca_file: Path | None = None):
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.token = token
+        self.ca_file = ca_file
         self._http: httpx.Client | None = None
 
     @property
     def http(self) -> httpx.Client:
         if self._http is None:
             headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-            self._http = httpx.Client(base_url=self.base_url, timeout=self.timeout, headers=headers)
+            verify: ssl.SSLContext | bool = True
+            if self.ca_file is not None:
+                verify = ssl.create_default_context(cafile=str(self.ca_file))
+            self._http = httpx.Client(
+                base_url=self.base_url, timeout=self.timeout, headers=headers, verify=verify
+            )
         return self._http
 
     def close(self) -> None:
@@ -115,9 +122,14 @@ class ApiClient:
         try:
             resp = self.http.request(method, path, json=body, timeout=timeout)
         except httpx.ConnectError as e:
+            reason = _reason(e)
+            hint = (
+                ""
+                if "TLS" in reason
+                else (". Is the control plane running? Set --api-url or KDSCTL_API_URL.")
+            )
             raise ApiUnreachable(
-                f"cannot connect to the control plane API at {self.base_url}: {_reason(e)}. "
-                "Is the control plane running? Set --api-url or KDSCTL_API_URL."
+                f"cannot connect to the control plane API at {self.base_url}: {reason}{hint}"
             ) from None
         except httpx.TimeoutException:
             raise ApiUnreachable(
@@ -146,6 +158,13 @@ def _reason(e: Exception) -> str:
     text = str(e) or type(e).__name__
     if "Connection refused" in text or "Errno 111" in text:
         return "connection refused"
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return (
+            f"its TLS certificate is not trusted ({text.rpartition('certificate verify failed: ')[2].rstrip(')')}); "
+            "give the CA that signed it with --ca-file or KDSCTL_CA_FILE"
+        )
+    if "WRONG_VERSION_NUMBER" in text or "record layer failure" in text:
+        return f"TLS handshake failed ({text}): is the API plain HTTP? Then use an http:// URL"
     return text
 
 
@@ -340,10 +359,24 @@ pass_client = click.make_pass_decorator(ApiClient)
     "it out of the process list; --token wins when both are given. "
     "Environment: KDSCTL_TOKEN_FILE.",
 )
+@click.option(
+    "--ca-file",
+    envvar="KDSCTL_CA_FILE",
+    default=None,
+    metavar="FILE",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CA certificate (PEM) to verify an https:// API with (one started with "
+    "--api-tls-cert-file); default: the system's trusted CAs. Environment: KDSCTL_CA_FILE.",
+)
 @click.version_option(__version__, prog_name="kdsctl")
 @click.pass_context
 def cli(
-    ctx: click.Context, api_url: str, timeout: float, token: str, token_file: Path | None
+    ctx: click.Context,
+    api_url: str,
+    timeout: float,
+    token: str,
+    token_file: Path | None,
+    ca_file: Path | None,
 ) -> None:
     """Manage Meshes, Secrets and GlobalSecrets of a kds-sync control plane.
 
@@ -359,7 +392,14 @@ def cli(
             ) from None
         if not token.strip():
             raise click.BadParameter(f"{token_file} is empty", param_hint="'--token-file'")
-    client = ApiClient(api_url, timeout, token.strip())
+    if ca_file is not None:
+        try:
+            ssl.create_default_context(cafile=str(ca_file))
+        except (ssl.SSLError, ValueError):
+            raise click.BadParameter(
+                f"{ca_file} holds no PEM certificate", param_hint="'--ca-file'"
+            ) from None
+    client = ApiClient(api_url, timeout, token.strip(), ca_file)
     ctx.obj = client
     ctx.call_on_close(client.close)
 

@@ -6,7 +6,7 @@ import asyncio
 
 import structlog
 
-from kds.api import ApiContext, serve_api
+from kds.api import ApiContext, api_ssl_context, serve_api
 from kds.auth import load_api_tokens
 from kds.clock import rfc3339
 from kds.config import ZoneConfig
@@ -89,13 +89,14 @@ async def run_zone(cfg: ZoneConfig, stop: asyncio.Event) -> int:
         *health_routes(alive, ready),
         metrics_route(metrics.registry, metrics.before_scrape),
     ]
-    runner = await serve_api(ctx, cfg.api_address, extra)
+    tls = api_ssl_context(cfg.api_tls_cert_file, cfg.api_tls_key_file)
+    runner = await serve_api(ctx, cfg.api_address, extra, tls)
     state = store.sync.sync_state()
     log.info(
         "zone started",
         version=__version__,
         instance=client.instance_id,
-        api=f"http://{cfg.api_address[0]}:{cfg.api_address[1]}",
+        api=f"{'https' if cfg.api_tls_cert_file else 'http'}://{cfg.api_address[0]}:{cfg.api_address[1]}",
         global_address=cfg.global_address,
         admin_token_file=str(api_tokens.admin_file),
         store=str(store.sync.path),

@@ -24,6 +24,8 @@ def test_candidate_urls() -> None:
         "http://x/readyz"
     ]
     assert candidate_urls(["http://y/readyz"], env) == ["http://y/readyz"]
+    tls = {"ZONECP_API_ADDRESS": "0.0.0.0:5682", "ZONECP_API_TLS_CERT_FILE": "/c.pem"}
+    assert candidate_urls([], tls) == ["https://127.0.0.1:5682/readyz"]
 
 
 def _serve(status: int) -> Iterator[str]:
