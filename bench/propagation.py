@@ -16,7 +16,6 @@ import bisect
 import datetime as dt
 import json
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,24 +25,10 @@ from pathlib import Path
 
 import httpx
 
-BIN = Path(sys.executable).parent
+if __package__ in (None, ""):  # run as a script: bench/ is sys.path[0], the repository is not
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait(url: str) -> None:
-    for _ in range(200):
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise SystemExit(f"no answer from {url}")
+from bench.common import BIN, free_port, wait_http
 
 
 def _ts(text: str) -> float:
@@ -65,7 +50,7 @@ def _applied(log: Path) -> tuple[list[int], list[float]]:
 
 
 def run(zones: int, writes: int, pace: float, workdir: Path) -> list[float]:
-    kds, api = _port(), _port()
+    kds, api = free_port(), free_port()
     procs: list[subprocess.Popen[bytes]] = []
     common = ["--log-format", "json", "--log-level", "debug"]
     try:
@@ -88,10 +73,10 @@ def run(zones: int, writes: int, pace: float, workdir: Path) -> list[float]:
                     stderr=f,
                 )
             )
-        _wait(f"http://127.0.0.1:{api}/")
+        wait_http(f"http://127.0.0.1:{api}/")
         auth = {"Authorization": f"Bearer {(workdir / 'g' / 'admin-token').read_text().strip()}"}
         for i in range(zones):
-            zport = _port()
+            zport = free_port()
             token = httpx.post(
                 f"http://127.0.0.1:{api}/zone-tokens", json={"zone": f"z{i}"}, headers=auth
             ).json()["token"]
@@ -120,7 +105,7 @@ def run(zones: int, writes: int, pace: float, workdir: Path) -> list[float]:
                         stderr=f,
                     )
                 )
-            _wait(f"http://127.0.0.1:{zport}/")
+            wait_http(f"http://127.0.0.1:{zport}/")
         time.sleep(1.0)  # every zone connected and snapshotted
         acks: dict[int, float] = {}
         with httpx.Client(base_url=f"http://127.0.0.1:{api}", headers=auth) as http:
