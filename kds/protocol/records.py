@@ -85,6 +85,8 @@ def sync_units(records: Iterable[ChangeRecord]) -> list[list[ChangeRecord]]:
     """The records (at most one per key: coalesced, or a snapshot) in sync order, grouped
     into the units that must reach a zone in one message. See the module docstring."""
     by_rev = sorted(records, key=lambda r: r.revision)
+    if not any(r.key.kind is Kind.MESH for r in by_rev):
+        return [[r] for r in by_rev]  # no Mesh, nothing to keep together (bulk secret writes)
     mesh_puts = [r for r in by_rev if r.key.kind is Kind.MESH and not r.deleted]
     mesh_deletes = [r for r in by_rev if r.key.kind is Kind.MESH and r.deleted]
     deleted_meshes = {r.key.name for r in mesh_deletes}

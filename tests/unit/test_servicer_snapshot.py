@@ -1,4 +1,4 @@
-"""Global shares one snapshot among the streams that need one at the same time."""
+"""Global shares one snapshot, and one plan per range, among the streams that need them."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import gc
 from pathlib import Path
 
 from globalcp.hub import Hub
-from globalcp.servicer import SyncServicer
+from globalcp.servicer import RANGE_PLANS_KEPT, SyncServicer
 from globalcp.zones import ZoneTracker
 from kds.model import Kind, Resource
+from kds.protocol.session import SendRange
 from kds.store import AsyncStore, SqliteStore
 
 
@@ -65,5 +66,27 @@ async def test_snapshot_is_read_again_when_stale_or_released(tmp_path: Path) -> 
         gc.collect()
         await servicer._snapshot()
         assert calls == [1, 1, 1]
+    finally:
+        store.close()
+
+
+async def test_a_range_is_coalesced_and_packed_once_for_every_stream(tmp_path: Path) -> None:
+    """Zones in step ask for the same ranges: the plan is made once and shared; the oldest
+    plans are dropped past RANGE_PLANS_KEPT; a range that left the change log is None."""
+    servicer, store, _ = _servicer(tmp_path)
+    sync = store.sync
+    try:
+        for i in range(5):
+            sync.put(Resource(Kind.SECRET, f"s{i}", "default", data=b"v"), "2026-11-29T00:00:00Z")
+        head = sync.head()
+        first = await servicer._range_plan(SendRange(head - 5, head))
+        assert first is not None and first.changes == 5 and not first.split_unit
+        assert [r.key.name for p in first.parts for r in p.records] == [f"s{i}" for i in range(5)]
+        assert await servicer._range_plan(SendRange(head - 5, head)) is first
+        for i in range(RANGE_PLANS_KEPT):
+            await servicer._range_plan(SendRange(head - 4, head - 4 + (i % 4) + 1))
+            await servicer._range_plan(SendRange(head - 3 - (i % 2), head))
+        assert len(servicer._range_plans) <= RANGE_PLANS_KEPT
+        assert await servicer._range_plan(SendRange(-10, head)) is None
     finally:
         store.close()
