@@ -140,13 +140,10 @@ def main() -> int:
             zdir = _zone_dir(out, zone)
             _write(zdir / "ca.crt", ca, 0o644)
             path = zdir / "token"
-            reason = (
-                stale_reason(path.read_text(), zone, issued, renew_before)
-                if path.exists()
-                else "no token yet"
-            )
+            held = path.read_text() if path.exists() else ""
+            reason = stale_reason(held, zone, issued, renew_before) if held else "no token yet"
             if reason is None:
-                jti = token_claims(path.read_text())["jti"]
+                jti = token_claims(held)["jti"]
                 print(f"{zone}: kept token {jti} (expires {issued[jti]['expiresAt']})")
                 continue
             r = http.post("/zone-tokens", json={"zone": zone, "validFor": valid_for})

@@ -3,8 +3,9 @@
 The image's HEALTHCHECK runs it. It asks ``GET /readyz`` (open, no token; it carries no data)
 on the URL given, else on ``KDS_HEALTHCHECK_URL``, else on the loopback side of the API address
 in ``GLOBALCP_API_ADDRESS`` and ``ZONECP_API_ADDRESS`` (whichever daemon the container runs
-answers; the other port is closed), over https when ``*_API_TLS_CERT_FILE`` is set. A global is ready once its store is open; a zone once it
-has caught up with global after starting (and stays ready while global is away).
+answers; the other port is closed), over https when ``*_API_TLS_CERT_FILE`` is set. A global
+is ready once its store is open; a zone once it has caught up with global after starting (and
+stays ready while global is away).
 
 Standard library only, so a check every few seconds costs a short-lived process and no more.
 """

@@ -85,22 +85,21 @@ class ApiUnreachable(Exception):
 
 
 class ApiClient:
-    def __init__(self, base_url: str, timeout: float, token: str = "", ca_file: Path | None = None):
+    def __init__(
+        self, base_url: str, timeout: float, token: str = "", verify: ssl.SSLContext | bool = True
+    ):
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.token = token
-        self.ca_file = ca_file
+        self.verify = verify  # True: the system's CAs; a context made from --ca-file
         self._http: httpx.Client | None = None
 
     @property
     def http(self) -> httpx.Client:
         if self._http is None:
             headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-            verify: ssl.SSLContext | bool = True
-            if self.ca_file is not None:
-                verify = ssl.create_default_context(cafile=str(self.ca_file))
             self._http = httpx.Client(
-                base_url=self.base_url, timeout=self.timeout, headers=headers, verify=verify
+                base_url=self.base_url, timeout=self.timeout, headers=headers, verify=self.verify
             )
         return self._http
 
@@ -392,14 +391,15 @@ def cli(
             ) from None
         if not token.strip():
             raise click.BadParameter(f"{token_file} is empty", param_hint="'--token-file'")
+    verify: ssl.SSLContext | bool = True
     if ca_file is not None:
         try:
-            ssl.create_default_context(cafile=str(ca_file))
+            verify = ssl.create_default_context(cafile=str(ca_file))
         except (ssl.SSLError, ValueError):
             raise click.BadParameter(
                 f"{ca_file} holds no PEM certificate", param_hint="'--ca-file'"
             ) from None
-    client = ApiClient(api_url, timeout, token.strip(), ca_file)
+    client = ApiClient(api_url, timeout, token.strip(), verify)
     ctx.obj = client
     ctx.call_on_close(client.close)
 

@@ -34,8 +34,14 @@ ZONES = ("zone-1", "zone-2", "zone-3")
 BASE_IMAGE = os.environ.get("KDS_BASE_IMAGE") or "local/python:3.11"
 
 
-def _run(argv: list[str], timeout: float = 120, **kw: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kw)
+def _run(
+    argv: list[str], timeout: float = 120, check: bool = False, **kw: Any
+) -> subprocess.CompletedProcess[str]:
+    """Run a command, its output captured; with ``check``, a failure names it and shows both."""
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kw)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} exited {r.returncode}:\n{r.stdout}\n{r.stderr}")
+    return r
 
 
 def compose_command() -> list[str] | None:
@@ -81,10 +87,7 @@ class Project:
     def compose(
         self, *args: str, check: bool = True, timeout: float = 300
     ) -> subprocess.CompletedProcess[str]:
-        r = _run([*self.base, *args], timeout=timeout, cwd=COMPOSE_DIR, env=self.env)
-        if check and r.returncode != 0:
-            raise AssertionError(f"compose {' '.join(args)} exited {r.returncode}:\n{r.stderr}")
-        return r
+        return _run([*self.base, *args], timeout, check, cwd=COMPOSE_DIR, env=self.env)
 
     def with_files(self, *extra: str) -> Project:
         return Project(self.name, [*self.files, *extra], self.env)
@@ -103,21 +106,14 @@ class Project:
     def docker(
         self, *args: str, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
-        r = _run(["docker", *args], timeout=timeout)
-        if check and r.returncode != 0:
-            raise AssertionError(f"docker {' '.join(args)} exited {r.returncode}:\n{r.stderr}")
-        return r
+        return _run(["docker", *args], timeout, check)
 
     def exec(
         self, service: str, *argv: str, input: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         flags = ["-i"] if input is not None else []
-        r = _run(["docker", "exec", *flags, self.container(service), *argv], input=input)
-        if check and r.returncode != 0:
-            raise AssertionError(
-                f"{service}: {' '.join(argv)} exited {r.returncode}:\n{r.stdout}\n{r.stderr}"
-            )
-        return r
+        container = self.container(service)
+        return _run(["docker", "exec", *flags, container, *argv], check=check, input=input)
 
     def kdsctl(self, service: str, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
         """kdsctl inside the service's container, on its own API with its admin token."""
@@ -178,9 +174,7 @@ def image() -> str:
     tag = os.environ.get("KDS_IMAGE", "kds-sync:test")
     env = {**os.environ, "KDS_IMAGE": tag, "KDS_BASE_IMAGE": BASE_IMAGE}
     t0 = time.monotonic()
-    r = _run([str(ROOT / "scripts" / "container-image")], timeout=1200, env=env)
-    if r.returncode != 0:
-        raise AssertionError(f"scripts/container-image failed:\n{r.stdout}\n{r.stderr}")
+    _run([str(ROOT / "scripts" / "container-image")], 1200, check=True, env=env)
     print(f"image {tag} built in {time.monotonic() - t0:.0f}s")
     return tag
 
