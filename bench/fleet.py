@@ -25,7 +25,7 @@ from bench.common import report_line, stdin_closed
 from kds.logging import configure_logging
 from kds.protocol.applier import DecodedBatch
 from kds.runtime import ensure_private_dir
-from kds.store import AsyncStore, SqliteStore, ZoneApplyResult
+from kds.store import SqliteStore, ThreadedStore, ZoneApplyResult, ZoneStore
 from kds.version import __version__
 from zonecp.client import ZoneClient
 
@@ -61,13 +61,13 @@ async def _watch_connected(clients: list[ZoneClient], stop: asyncio.Event) -> No
 
 async def main_async(args: argparse.Namespace) -> None:
     stop = asyncio.Event()
-    stores: list[AsyncStore] = []
+    stores: list[ZoneStore] = []
     clients: list[ZoneClient] = []
     for m in range(args.first, args.first + args.count):
         data_dir = ensure_private_dir(Path(args.data_dir) / f"z{m}")
         if args.seed_db and not (data_dir / "zone.db").exists():
             shutil.copyfile(args.seed_db, data_dir / "zone.db")
-        store = AsyncStore(TimedStore(data_dir / "zone.db", m))
+        store = ThreadedStore(TimedStore(data_dir / "zone.db", m))
         stores.append(store)
         clients.append(
             ZoneClient(

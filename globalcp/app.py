@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 
 import grpc
 import structlog
@@ -26,7 +27,7 @@ from kds.grpc_options import server_options
 from kds.model import Key, Kind, Limits, Resource
 from kds.observe import health_routes, metrics_route
 from kds.runtime import Guard, ensure_private_dir
-from kds.store import AsyncStore, SqliteStore
+from kds.store import GlobalStore, WriteResult, open_global_store
 from kds.tokens import ZoneTokens
 from kds.version import __version__
 
@@ -39,25 +40,27 @@ async def run_global(cfg: GlobalConfig, stop: asyncio.Event) -> int:
     data_dir = ensure_private_dir(cfg.data_dir)
     api_tokens = load_api_tokens(data_dir, cfg.admin_token_file, cfg.read_only_token_file)
     cipher = load_key_file(cfg.encryption_key_file) if cfg.encryption_key_file else None
-    store = AsyncStore(
-        SqliteStore(
-            data_dir / "global.db",
-            "global",
-            log_size=cfg.log_size,
-            max_message_bytes=cfg.max_message_bytes,
-            cipher=cipher,
-        )
-    )
-    sync_store = store.sync
-    if (
-        sync_store.head() == 0
-        and await store.read(sync_store.get, Key(Kind.MESH, "", "default")) is None
-    ):
-        await store.write(sync_store.put, Resource(Kind.MESH, "default"), rfc3339())
-        log.info("created the default mesh on a fresh store")
-    hub = Hub(sync_store.head(), sync_store.log_floor(), cfg.log_size)
     loop = asyncio.get_running_loop()
-    sync_store.on_commit = lambda records: loop.call_soon_threadsafe(hub.publish_many, records)
+    hub: Hub | None = None  # made once the store tells where the change log stands
+
+    def on_commit(results: Sequence[WriteResult]) -> None:
+        # The store's writer thread, after each commit: hand the records to the hub.
+        records = [r.record for r in results if r.record is not None]
+        if hub is not None and records:
+            loop.call_soon_threadsafe(hub.publish_many, records)
+
+    store = open_global_store(
+        data_dir / "global.db",
+        log_size=cfg.log_size,
+        max_message_bytes=cfg.max_message_bytes,
+        cipher=cipher,
+        on_commit=on_commit,
+    )
+    if await store.head() == 0 and await store.get(Key(Kind.MESH, "", "default")) is None:
+        await store.put(Resource(Kind.MESH, "default"), rfc3339())
+        log.info("created the default mesh on a fresh store")
+    # Nothing else writes until the API starts: every later commit reaches the hub.
+    hub = Hub(await store.head(), await store.log_floor(), cfg.log_size)
     instance_id = f"global-{uuid.uuid4().hex[:8]}"
     metrics = GlobalMetrics()
     tracker = ZoneTracker(store, hub, observe_latency=metrics.observe_propagation)
@@ -66,7 +69,7 @@ async def run_global(cfg: GlobalConfig, stop: asyncio.Event) -> int:
     guard.start("zone-status-flusher", tracker.run_flusher())
     zone_tokens: ZoneTokens | None = None
     if not cfg.kds_insecure:
-        zone_tokens = ZoneTokens(store, issuer=f"kds-sync global {sync_store.store_id}")
+        zone_tokens = ZoneTokens(store, issuer=f"kds-sync global {store.store_id}")
         await zone_tokens.load()
     servicer = SyncServicer(
         store,
@@ -128,8 +131,8 @@ async def run_global(cfg: GlobalConfig, stop: asyncio.Event) -> int:
             kds=f"{'grpc' if cfg.kds_insecure else 'grpcs'}://{host}:{bound}",
             ca_file=None if cfg.kds_insecure or cfg.tls_cert_file else str(data_dir / "ca.crt"),
             admin_token_file=str(api_tokens.admin_file),
-            store=str(sync_store.path),
-            store_id=sync_store.store_id,
+            store=store.location,
+            store_id=store.store_id,
             revision=hub.head,
         )
         await stop.wait()
@@ -147,7 +150,7 @@ async def run_global(cfg: GlobalConfig, stop: asyncio.Event) -> int:
 
 
 async def _start_api(
-    cfg: GlobalConfig, store: AsyncStore, extra_routes: list[web.RouteDef], tokens: ApiTokens
+    cfg: GlobalConfig, store: GlobalStore, extra_routes: list[web.RouteDef], tokens: ApiTokens
 ) -> web.AppRunner:
     ctx = ApiContext(
         store=store,

@@ -22,7 +22,7 @@ from kds import tls
 from kds.clock import rfc3339
 from kds.config import GlobalConfig
 from kds.errors import ConfigError
-from kds.store import AsyncStore
+from kds.store import GlobalStore
 
 __all__ = ["CA_CERT", "CA_KEY", "server_credentials"]
 
@@ -43,15 +43,15 @@ def _write_private(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-async def _own_ca(store: AsyncStore, data_dir: Path) -> tls.CertPair:
-    found = await store.read(store.sync.internal_secrets, "sync-ca-")
+async def _own_ca(store: GlobalStore, data_dir: Path) -> tls.CertPair:
+    found = await store.internal_secrets("sync-ca-")
     if CA_KEY in found and CA_CERT in found:
         ca = tls.CertPair(found[CA_CERT], found[CA_KEY])
     else:
         ca = tls.make_ca("kds-sync global sync CA")
         now = rfc3339()
-        await store.write(store.sync.put_internal_secret, CA_KEY, ca.key_pem, now)
-        await store.write(store.sync.put_internal_secret, CA_CERT, ca.cert_pem, now)
+        await store.put_internal_secret(CA_KEY, ca.key_pem, now)
+        await store.put_internal_secret(CA_CERT, ca.cert_pem, now)
         log.info("created the sync CA", ca_file=str(data_dir / "ca.crt"))
     ca_file = data_dir / "ca.crt"
     if not ca_file.exists() or ca_file.read_bytes() != ca.cert_pem:
@@ -60,7 +60,7 @@ async def _own_ca(store: AsyncStore, data_dir: Path) -> tls.CertPair:
 
 
 async def server_credentials(
-    cfg: GlobalConfig, store: AsyncStore, data_dir: Path
+    cfg: GlobalConfig, store: GlobalStore, data_dir: Path
 ) -> tls.ReloadingServerCredentials:
     if bool(cfg.tls_cert_file) != bool(cfg.tls_key_file):
         raise ConfigError("--tls-cert-file and --tls-key-file go together: give both or neither")

@@ -32,7 +32,7 @@ from kds.errors import ProtocolError
 from kds.model import validate_name
 from kds.protocol.batching import Part, coalesce, pack
 from kds.protocol.session import Ack, GlobalSession, Hello, Mode, SendRange, SendSnapshot
-from kds.store import AsyncStore, Snapshot
+from kds.store import GlobalStore, Snapshot
 from kds.tokens import TokenInfo, TokenRefused, ZoneTokens
 from kds.wire import PROTOCOL_VERSION
 
@@ -90,7 +90,7 @@ RANGE_PLANS_KEPT = 64
 class SyncServicer:
     def __init__(
         self,
-        store: AsyncStore,
+        store: GlobalStore,
         hub: Hub,
         tracker: ZoneTracker,
         *,
@@ -188,7 +188,7 @@ class SyncServicer:
     async def _serve(
         self, h: pb.Hello, stream_id: str, context: grpc.aio.ServicerContext, token: TokenInfo
     ) -> None:
-        session = GlobalSession(self.store.sync.store_id, self.max_unacked)
+        session = GlobalSession(self.store.store_id, self.max_unacked)
         hello = Hello(
             zone=h.zone,
             instance_id=h.instance_id,
@@ -198,8 +198,8 @@ class SyncServicer:
             chain=h.resume.chain,
         )
         chain_at_revision = None
-        if h.resume.global_store_id == self.store.sync.store_id:
-            chain_at_revision = await self.store.read(self.store.sync.chain_at, h.resume.revision)
+        if h.resume.global_store_id == self.store.store_id:
+            chain_at_revision = await self.store.chain_at(h.resume.revision)
         try:
             if 0 < h.max_message_bytes < self.max_message_bytes:
                 # Global accepts single resources up to its own limit; a zone that cannot
@@ -291,7 +291,7 @@ class SyncServicer:
                 pb.GlobalMessage(
                     welcome=pb.Welcome(
                         global_instance_id=self.instance_id,
-                        global_store_id=self.store.sync.store_id,
+                        global_store_id=self.store.store_id,
                         head_revision=self.hub.head,
                         mode=pb.Welcome.RESUME if mode is Mode.RESUME else pb.Welcome.SNAPSHOT,
                         max_unacked=self.max_unacked,
@@ -475,7 +475,7 @@ class SyncServicer:
         if shared is not None and shared.revision == self.hub.head:
             return shared
         if self._snapshot_read is None or self._snapshot_read.done():
-            self._snapshot_read = asyncio.ensure_future(self.store.read(self.store.sync.snapshot))
+            self._snapshot_read = asyncio.ensure_future(self.store.snapshot())
         read = self._snapshot_read
         snap = await asyncio.shield(read)  # one stream ending must not cancel the others' read
         self._shared_snapshot = weakref.ref(snap)
@@ -512,9 +512,7 @@ class SyncServicer:
         records = self.hub.cached_range(action.from_revision, action.to_revision)
         if records is not None:
             return records
-        records = await self.store.read(
-            self.store.sync.changes_after, action.from_revision, action.to_revision
-        )
+        records = await self.store.changes_after(action.from_revision, action.to_revision)
         if len(records) != action.to_revision - action.from_revision:
             return None  # pruned meanwhile
         return records

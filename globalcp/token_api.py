@@ -80,7 +80,7 @@ def token_routes(tokens: ZoneTokens, end_streams: Callable[..., int]) -> list[we
         )
 
     async def list_tokens(request: web.Request) -> web.Response:
-        rows = await tokens.store.read(tokens.store.sync.zone_tokens)
+        rows = await tokens.store.zone_tokens()
         return web.json_response({"total": len(rows), "items": rows, "next": None})
 
     async def revoke(request: web.Request) -> web.Response:

@@ -33,7 +33,7 @@ import structlog
 from globalcp.hub import Hub
 from kds.clock import rfc3339
 from kds.model import Kind
-from kds.store import AsyncStore
+from kds.store import GlobalStore
 
 __all__ = ["ZoneHandle", "ZoneState", "ZoneTracker", "ZoneView"]
 
@@ -244,7 +244,7 @@ class ZoneHandle:
 class ZoneTracker:
     def __init__(
         self,
-        store: AsyncStore,
+        store: GlobalStore,
         hub: Hub,
         *,
         clock: Callable[[], float] = time.time,
@@ -266,7 +266,7 @@ class ZoneTracker:
         """Read every zone's saved status. None is connected to a global that just started:
         a zone saved as Online was cut off when global stopped; it is Offline since its last
         message (or since now, if it never sent one)."""
-        saved = await self.store.read(self.store.sync.zone_statuses)
+        saved = await self.store.zone_statuses()
         for name, text in saved.items():
             state = ZoneState.from_json(name, text)
             if state.online:
@@ -290,7 +290,7 @@ class ZoneTracker:
         batch = {name: self.zones[name].to_json() for name in self._dirty if name in self.zones}
         self._dirty.clear()
         try:
-            await self.store.write(self.store.sync.save_zone_statuses, batch)
+            await self.store.save_zone_statuses(batch)
         except Exception as e:  # status must never take the sync down; retry next round
             self._dirty.update(batch)
             log.error("cannot save zone status", error_type=type(e).__name__, error=str(e))
@@ -370,5 +370,5 @@ class ZoneTracker:
         oldest = max(acked, 0) + 1
         committed = self.hub.commit_time(oldest)
         if committed is None:
-            committed = await self.store.read(self.store.sync.commit_time, oldest)
+            committed = await self.store.commit_time(oldest)
         return None if committed is None else max(0.0, self.clock() - committed)

@@ -61,7 +61,7 @@ from kds.model import (
     kubernetes_field,
     to_json,
 )
-from kds.store import ORIGIN_GLOBAL, ORIGIN_ZONE, AsyncStore, Row, SqliteStore, WriteResult
+from kds.store import ORIGIN_GLOBAL, ORIGIN_ZONE, ResourceStore, Row, WriteResult
 from kds.store.base import Origin
 from kds.tls import ReloadingServerSSLContext
 from kds.version import __version__
@@ -88,7 +88,7 @@ _BODY_SLACK = 64 * 1024
 
 @dataclass
 class ApiContext:
-    store: AsyncStore
+    store: ResourceStore  # GlobalStore on global, ZoneStore on a zone
     role: Literal["global", "zone"]
     zone: str = ""  # the zone's name when role == "zone"
     limits: Limits = Limits()
@@ -96,8 +96,6 @@ class ApiContext:
     # refused with 400 naming "data": it could never be sent to a zone in one message.
     max_message_bytes: int = 4 * 1024 * 1024
     now: Callable[[], str] = field(default=rfc3339)
-    # Called after every write or delete that changed something (global: push to zones).
-    on_write: Callable[[WriteResult], None] | None = None
     # Largest body POST /_apply accepts (many resources, applied in one transaction).
     max_apply_bytes: int = 64 * 1024 * 1024
     # Bearer tokens the API requires (None: no authentication, for in-process tests only).
@@ -296,35 +294,13 @@ def _int_param(request: web.Request, name: str, default: int | None) -> int | No
 
 
 async def _require_mesh(ctx: ApiContext, mesh: str) -> None:
-    if await ctx.store.read(ctx.store.sync.get, Key(Kind.MESH, "", mesh)) is None:
+    if await ctx.store.get(Key(Kind.MESH, "", mesh)) is None:
         raise NotFound(f"mesh {mesh!r} does not exist")
 
 
-# --------------------------------------------------------------------------- store calls
-# Run on the store's single writer thread, so reading the previous row and writing are one
-# step as far as other writes are concerned.
-
-
-def _delete_tx(store: SqliteStore, key: Key) -> tuple[WriteResult, Row | None]:
-    prev = store.get(key)
-    return store.delete(key), prev
-
-
-def _own_origin(store: SqliteStore) -> Origin:
-    return ORIGIN_ZONE if store.role == "zone" else ORIGIN_GLOBAL
-
-
-def _notify(ctx: ApiContext, result: WriteResult) -> None:
-    if ctx.on_write is None or not result.changed:
-        return
-    try:
-        ctx.on_write(result)
-    except Exception as e:  # the write is committed; a failed hook must not undo the answer
-        log.error(
-            "on_write hook failed",
-            error_type=type(e).__name__,
-            stack="".join(traceback.format_tb(e.__traceback__)),
-        )
+def _own_origin(ctx: ApiContext) -> Origin:
+    """The origin of the rows this API writes: a zone's own, or global's."""
+    return ORIGIN_ZONE if ctx.role == "zone" else ORIGIN_GLOBAL
 
 
 # --------------------------------------------------------------------------- handlers
@@ -355,7 +331,7 @@ def _list_handler(kind: Kind) -> Handler:
         if kind is Kind.SECRET:
             mesh = request.match_info["mesh"]
             await _require_mesh(ctx, mesh)
-        total, page = await ctx.store.read(ctx.store.sync.page, kind, mesh, offset, size)
+        total, page = await ctx.store.page(kind, mesh, offset, size)
         next_url = None
         if size is not None and offset + size < total:
             next_url = str(
@@ -374,7 +350,7 @@ def _get_handler(kind: Kind) -> Handler:
         key = _key(kind, request)
         if kind is Kind.SECRET:
             await _require_mesh(ctx, key.mesh)
-        row = await ctx.store.read(ctx.store.sync.get, key)
+        row = await ctx.store.get(key)
         if row is None:
             raise NotFound(f"{key} not found")
         return web.json_response(_render(ctx, row, request))
@@ -419,7 +395,7 @@ def _put_handler(kind: Kind) -> Handler:
         if too_big:
             raise _HttpError(400, "Invalid resource", f"{key} is invalid", [too_big])
         try:
-            result = await ctx.store.write(ctx.store.sync.put, res, now)
+            result = await ctx.store.put(res, now)
             created = result.created
         except InvalidResource as e:  # a rule across resources (kds.integrity)
             raise _HttpError(400, "Invalid resource", f"{key} is invalid", e.errors) from None
@@ -434,13 +410,11 @@ def _put_handler(kind: Kind) -> Handler:
             ) from e
         stored = result.resource
         assert stored is not None
-        origin = _own_origin(ctx.store.sync)
+        origin = _own_origin(ctx)
         if result.changed:
             _log_written(result, origin)
-            _notify(ctx, result)
             for extra in result.also:
                 _log_written(extra, origin, reason="builtin CA generated")
-                _notify(ctx, extra)
         else:
             log.debug("resource unchanged", type=str(kind), mesh=key.mesh, name=key.name)
         outcome = "created" if created else "updated" if result.changed else "unchanged"
@@ -535,7 +509,7 @@ async def _apply_handler(request: web.Request) -> web.Response:
         raise _HttpError(400, "Invalid resources", "nothing was applied", errs)
     parsed.sort(key=lambda p: p[1].kind is not Kind.MESH)  # stable: meshes first
     try:
-        results = await ctx.store.write(ctx.store.sync.put_many, [r for _, r in parsed], now)
+        results = await ctx.store.put_many([r for _, r in parsed], now)
     except InvalidReferences as e:
         causes = [
             FieldError(
@@ -552,8 +526,7 @@ async def _apply_handler(request: web.Request) -> web.Response:
             causes,
         ) from None
     except KdsError as e:
-        index = parsed[getattr(e, "item_index", 0)][0]
-        res = parsed[getattr(e, "item_index", 0)][1]
+        index, res = parsed[e.item_index or 0]
         if isinstance(e, NotFound) and res.kind is Kind.SECRET:
             raise _HttpError(
                 400,
@@ -567,7 +540,7 @@ async def _apply_handler(request: web.Request) -> web.Response:
             "Conflict" if status == 409 else "Invalid resources",
             f"nothing was applied: items[{index}]: {e}",
         ) from None
-    origin = _own_origin(ctx.store.sync)
+    origin = _own_origin(ctx)
     out = []
     counts = {"created": 0, "updated": 0, "unchanged": 0}
     written = [res for _, res in parsed]
@@ -578,7 +551,6 @@ async def _apply_handler(request: web.Request) -> web.Response:
         counts[outcome] += 1
         if result.changed:
             _log_written(result, origin)
-            _notify(ctx, result)
         out.append({"type": str(res.kind), "mesh": res.mesh, "name": res.name, "result": outcome})
     log.info("resources applied", total=len(out), origin=origin, **counts)
     return web.json_response({"items": out})
@@ -594,11 +566,10 @@ def _delete_handler(kind: Kind) -> Handler:
         key = _key(kind, request)
         if kind is Kind.SECRET:
             await _require_mesh(ctx, key.mesh)
-        result, prev = await ctx.store.write(_delete_tx, ctx.store.sync, key)
-        version = (
-            result.record.revision if result.record else (prev.resource.version if prev else 0)
-        )
-        origin = _own_origin(ctx.store.sync)
+        result = await ctx.store.delete(key)
+        prev = result.previous
+        version = result.record.revision if result.record else (prev.version if prev else 0)
+        origin = _own_origin(ctx)
         for extra in result.also:  # a Mesh's builtin CA secrets go with it
             assert extra.deleted is not None
             log.info(
@@ -610,7 +581,6 @@ def _delete_handler(kind: Kind) -> Handler:
                 version=extra.record.revision if extra.record else 0,
                 reason="builtin CA of a deleted mesh",
             )
-            _notify(ctx, extra)
         log.info(
             "resource deleted",
             type=str(kind),
@@ -619,7 +589,6 @@ def _delete_handler(kind: Kind) -> Handler:
             origin=origin,
             version=version,
         )
-        _notify(ctx, result)
         return web.json_response({})
 
     return handler

@@ -43,6 +43,10 @@ class FieldError:
 class KdsError(Exception):
     """Base of every error kds-sync raises on purpose."""
 
+    # Set by a store's put_many: the position, in the resources given, of the one that
+    # failed (the whole write was refused). None when the error is not about one item.
+    item_index: int | None = None
+
 
 class InvalidResource(KdsError):
     def __init__(self, errors: list[FieldError]):

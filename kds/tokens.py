@@ -24,7 +24,7 @@ import grpc
 import jwt
 
 from kds.clock import rfc3339
-from kds.store import AsyncStore
+from kds.store import GlobalStore
 
 __all__ = ["SIGNING_KEY_PREFIX", "TokenInfo", "TokenRefused", "ZoneTokens"]
 
@@ -52,7 +52,7 @@ def _key_number(name: str) -> int:
 
 
 class ZoneTokens:
-    def __init__(self, store: AsyncStore, issuer: str):
+    def __init__(self, store: GlobalStore, issuer: str):
         self.store = store
         self.issuer = issuer
         self.keys: dict[str, bytes] = {}
@@ -60,10 +60,10 @@ class ZoneTokens:
 
     async def load(self) -> None:
         """Read the signing keys and revoked token ids; make the first key on a new store."""
-        self.keys = await self.store.read(self.store.sync.internal_secrets, SIGNING_KEY_PREFIX)
+        self.keys = await self.store.internal_secrets(SIGNING_KEY_PREFIX)
         if not self.keys:
             await self.rotate()
-        rows = await self.store.read(self.store.sync.zone_tokens)
+        rows = await self.store.zone_tokens()
         self.revoked = {r["id"] for r in rows if r["revokedAt"]}
 
     @property
@@ -75,7 +75,7 @@ class ZoneTokens:
         n = max((_key_number(k) for k in self.keys), default=0) + 1
         name = f"{SIGNING_KEY_PREFIX}{n}"
         key = secrets.token_bytes(32)
-        await self.store.write(self.store.sync.put_internal_secret, name, key, rfc3339())
+        await self.store.put_internal_secret(name, key, rfc3339())
         self.keys[name] = key
         return name
 
@@ -85,7 +85,7 @@ class ZoneTokens:
             raise KeyError(name)
         if len(self.keys) == 1:
             raise ValueError(f"{name} is the only signing key; rotate first, then remove it")
-        await self.store.write(self.store.sync.delete_internal_secret, name)
+        await self.store.delete_internal_secret(name)
         del self.keys[name]
 
     async def issue(self, zone: str, valid_for: float, now: dt.datetime) -> tuple[str, TokenInfo]:
@@ -103,13 +103,11 @@ class ZoneTokens:
             claims, self.keys[key_name], algorithm=_ALGORITHM, headers={"kid": key_name}
         )
         info = TokenInfo(token_id, zone, key_name, rfc3339(expires))
-        await self.store.write(
-            self.store.sync.add_zone_token, token_id, zone, key_name, rfc3339(now), info.expires_at
-        )
+        await self.store.add_zone_token(token_id, zone, key_name, rfc3339(now), info.expires_at)
         return token, info
 
     async def revoke(self, token_id: str) -> dict[str, str] | None:
-        row = await self.store.write(self.store.sync.revoke_zone_token, token_id, rfc3339())
+        row = await self.store.revoke_zone_token(token_id, rfc3339())
         if row is not None:
             self.revoked.add(token_id)
         return row

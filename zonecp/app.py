@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import structlog
 
@@ -15,7 +16,7 @@ from kds.errors import ConfigError
 from kds.model import Limits
 from kds.observe import health_routes, metrics_route
 from kds.runtime import Guard, ensure_private_dir
-from kds.store import AsyncStore, SqliteStore, WriteResult
+from kds.store import WriteResult, open_zone_store
 from kds.version import __version__
 from zonecp.client import ZoneClient
 from zonecp.status import ZoneMetrics, status_route
@@ -33,7 +34,20 @@ async def run_zone(cfg: ZoneConfig, stop: asyncio.Event) -> int:
     data_dir = ensure_private_dir(cfg.data_dir)
     api_tokens = load_api_tokens(data_dir, cfg.admin_token_file, cfg.read_only_token_file)
     cipher = load_key_file(cfg.encryption_key_file) if cfg.encryption_key_file else None
-    store = AsyncStore(SqliteStore(data_dir / "zone.db", "zone", cipher=cipher))
+    loop = asyncio.get_running_loop()
+    client: ZoneClient | None = None
+    guard = Guard(stop)
+
+    def on_commit(results: Sequence[WriteResult]) -> None:
+        # The store's writer thread, after a zone-local write: it may start or end a name
+        # conflict, so the client re-reads them and tells global.
+        if client is not None:
+            loop.call_soon_threadsafe(refresh_conflicts, client)
+
+    def refresh_conflicts(client: ZoneClient) -> None:
+        guard.start("refresh-conflicts", client.refresh_conflicts())
+
+    store = open_zone_store(data_dir / "zone.db", cipher=cipher, on_commit=on_commit)
     client = ZoneClient(
         store,
         zone=cfg.zone,
@@ -47,12 +61,6 @@ async def run_zone(cfg: ZoneConfig, stop: asyncio.Event) -> int:
         token_file=cfg.token_file,
         insecure=cfg.insecure,
     )
-    guard = Guard(stop)
-
-    def on_write(result: WriteResult) -> None:
-        # A zone-local write may start or end a name conflict: re-read and tell global.
-        guard.start("refresh-conflicts", client.refresh_conflicts())
-
     ctx = ApiContext(
         store=store,
         role="zone",
@@ -60,7 +68,6 @@ async def run_zone(cfg: ZoneConfig, stop: asyncio.Event) -> int:
         limits=Limits(max_data_bytes=cfg.max_data_bytes),
         max_message_bytes=cfg.max_message_bytes,
         now=rfc3339,
-        on_write=on_write,
         tokens=api_tokens,
     )
     metrics = ZoneMetrics(client.status, store)
@@ -91,7 +98,7 @@ async def run_zone(cfg: ZoneConfig, stop: asyncio.Event) -> int:
     ]
     tls = api_ssl_context(cfg.api_tls_cert_file, cfg.api_tls_key_file)
     runner = await serve_api(ctx, cfg.api_address, extra, tls)
-    state = store.sync.sync_state()
+    state = await store.sync_state()
     log.info(
         "zone started",
         version=__version__,
@@ -99,7 +106,7 @@ async def run_zone(cfg: ZoneConfig, stop: asyncio.Event) -> int:
         api=f"{'https' if cfg.api_tls_cert_file else 'http'}://{cfg.api_address[0]}:{cfg.api_address[1]}",
         global_address=cfg.global_address,
         admin_token_file=str(api_tokens.admin_file),
-        store=str(store.sync.path),
+        store=store.location,
         revision=state.applied_revision,
     )
     guard.start("sync-client", client.run(stop))

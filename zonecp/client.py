@@ -36,7 +36,7 @@ from kds.errors import ProtocolError
 from kds.grpc_options import client_options
 from kds.model import Key
 from kds.protocol.applier import DecodedBatch, Incoming
-from kds.store import AsyncStore
+from kds.store import ZoneStore
 
 __all__ = ["ZoneClient", "ZoneSyncStatus", "decode_batch"]
 
@@ -133,7 +133,7 @@ def _key_name(k: Key) -> dict[str, str]:
 class ZoneClient:
     def __init__(
         self,
-        store: AsyncStore,
+        store: ZoneStore,
         *,
         zone: str,
         global_address: str,
@@ -165,7 +165,7 @@ class ZoneClient:
 
     async def refresh_conflicts(self) -> None:
         """Re-read the conflict set; log the ones that ended; tell global if it changed."""
-        current = await self.store.read(self.store.sync.conflicts)
+        current = await self.store.conflicts()
         ended = set(self.status.conflicts) - set(current)
         for k in sorted(ended):
             log.info("name conflict ended: the synced copy is now served", **_key_name(k))
@@ -176,7 +176,7 @@ class ZoneClient:
     # ------------------------------------------------------------------ dial loop
 
     async def run(self, stop: asyncio.Event) -> None:
-        self.status.conflicts = await self.store.read(self.store.sync.conflicts)
+        self.status.conflicts = await self.store.conflicts()
         while not stop.is_set():
             retrying = AsyncRetrying(
                 # Exponential from 0.2 s up to the cap, plus jitter added after capping, so zones
@@ -264,7 +264,7 @@ class ZoneClient:
                 call.cancel()
 
     async def _converse(self, call: Any, stopper: asyncio.Task[Any]) -> bool:
-        state = await self.store.read(self.store.sync.sync_state)
+        state = await self.store.sync_state()
         await call.write(
             pb.ZoneMessage(
                 hello=pb.Hello(
@@ -277,7 +277,7 @@ class ZoneClient:
                         revision=state.applied_revision,
                         chain=state.chain,
                     ),
-                    store_backend=self.store.sync.backend,
+                    store_backend=self.store.backend,
                     max_message_bytes=self.max_message_bytes,
                 )
             )
@@ -364,9 +364,7 @@ class ZoneClient:
 
     async def _apply(self, call: Any, b: pb.Batch, global_store_id: str) -> None:
         batch, undecodable = decode_batch(b)
-        result = await self.store.write(
-            self.store.sync.apply_batch, batch, global_store_id, rfc3339()
-        )
+        result = await self.store.apply_batch(batch, global_store_id, rfc3339())
         for k in result.new_conflicts:
             log.warning(
                 "name conflict: this zone keeps its own resource; global's copy is kept aside",

@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 
 from kds.clock import rfc3339
 from kds.model import Kind
-from kds.store import AsyncStore
+from kds.store import ZoneStore
 from zonecp.client import ZoneClient, ZoneSyncStatus
 
 __all__ = ["ZoneMetrics", "status_document", "status_route"]
@@ -75,9 +75,9 @@ def status_document(
     }
 
 
-def status_route(zone: str, client: ZoneClient, store: AsyncStore) -> web.RouteDef:
+def status_route(zone: str, client: ZoneClient, store: ZoneStore) -> web.RouteDef:
     async def handler(request: web.Request) -> web.Response:
-        counts = await store.read(store.sync.counts)
+        counts = await store.counts()
         return web.json_response(status_document(zone, client.status, counts))
 
     return web.get("/status", handler)
@@ -141,7 +141,7 @@ class _ZoneCollector(Collector):
 
 
 class ZoneMetrics:
-    def __init__(self, status: ZoneSyncStatus, store: AsyncStore):
+    def __init__(self, status: ZoneSyncStatus, store: ZoneStore):
         self.registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.registry)
         self._collector = _ZoneCollector(status)
@@ -149,4 +149,4 @@ class ZoneMetrics:
         self._store = store
 
     async def before_scrape(self) -> None:
-        self._collector.counts = await self._store.read(self._store.sync.counts)
+        self._collector.counts = await self._store.counts()

@@ -12,19 +12,17 @@ Global also keeps a bounded change log: revision -> the encoded Change (see kds.
 ``log_floor``: every change after it is still in the log, so a zone at revision r can resume
 when ``log_floor <= r <= head``.
 
-Implementations are synchronous; kds.store.AsyncStore runs them on dedicated threads.
+The interface itself, typed per role, is kds.store.interface.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal
 
-from kds.model import Key, Kind, Resource
+from kds.model import Key, Resource
 
 if TYPE_CHECKING:
-    from kds.protocol.applier import DecodedBatch
     from kds.protocol.batching import Part
 from kds.protocol.records import ChangeRecord, sort_records
 
@@ -34,7 +32,6 @@ __all__ = [
     "ChangeRecord",
     "Row",
     "Snapshot",
-    "Store",
     "SyncState",
     "WriteResult",
     "ZoneApplyResult",
@@ -65,6 +62,7 @@ class WriteResult:
     # (put), or a deleted Mesh's builtin CA secrets (delete)
     also: tuple[WriteResult, ...] = ()
     deleted: Key | None = None  # a delete: the key deleted
+    previous: Resource | None = None  # a delete: the row it deleted
 
 
 @dataclass(frozen=True)
@@ -95,43 +93,3 @@ class ZoneApplyResult:
     new_conflicts: list[Key] = field(default_factory=list)
     resolved_conflicts: list[Key] = field(default_factory=list)
     removed_stale: int = 0
-
-
-class Store(Protocol):
-    role: Literal["global", "zone"]
-    backend: str
-
-    @property
-    def store_id(self) -> str: ...
-
-    def close(self) -> None: ...
-
-    # reads (effective view)
-    def get(self, key: Key) -> Row | None: ...
-    def list_rows(self, kind: Kind, mesh: str | None = None) -> list[Row]: ...
-    def page(
-        self, kind: Kind, mesh: str | None = None, offset: int = 0, limit: int | None = None
-    ) -> tuple[int, list[Row]]: ...
-    def conflicts(self) -> list[Key]: ...
-    def counts(self) -> dict[str, dict[str, int]]: ...
-
-    # writes from the API (global: appends to the change log; zone: zone-local rows only)
-    def put(self, resource: Resource, now: str) -> WriteResult: ...
-    def put_many(self, resources: Sequence[Resource], now: str) -> list[WriteResult]: ...
-    def delete(self, key: Key) -> WriteResult: ...
-
-    # global
-    def head(self) -> int: ...
-    def log_floor(self) -> int: ...
-    def changes_after(self, revision: int, upto: int) -> list[ChangeRecord]: ...
-    def chain_at(self, revision: int) -> bytes | None: ...
-    def snapshot(self) -> Snapshot: ...
-    def commit_time(self, revision: int) -> float | None: ...
-    def zone_statuses(self) -> dict[str, str]: ...
-    def save_zone_statuses(self, statuses: dict[str, str]) -> None: ...
-
-    # zone
-    def sync_state(self) -> SyncState: ...
-    def apply_batch(
-        self, batch: DecodedBatch, global_store_id: str, now: str
-    ) -> ZoneApplyResult: ...

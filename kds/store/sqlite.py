@@ -15,12 +15,15 @@ import os
 import sqlite3
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
+
+import structlog
 
 from kds import integrity, wire
 from kds.crypto import DataCipher
@@ -46,10 +49,13 @@ from kds.store.base import (
     ZoneApplyResult,
     sort_records,
 )
+from kds.store.interface import OnCommit
 
 __all__ = ["DEFAULT_LOG_SIZE", "SqliteStore"]
 
 DEFAULT_LOG_SIZE = 10_000
+
+log = structlog.get_logger("kds.store")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -191,6 +197,7 @@ class SqliteStore:
         max_message_bytes: int | None = None,
         clock: Callable[[], float] = time.time,
         cipher: DataCipher | None = None,
+        on_commit: OnCommit | None = None,
     ):
         self.role: Literal["global", "zone"] = role
         self.path = Path(path)
@@ -199,11 +206,12 @@ class SqliteStore:
         self.max_message_bytes = max_message_bytes
         self.clock = clock  # wall-clock seconds, recorded with each change-log entry
         self.cipher = cipher  # encrypts secret data at rest (kds.crypto); None: plaintext
-        # Global: called once per committed transaction with its ChangeRecords, in revision
-        # order (writes are serialized), right after the commit. The daemon hands them to the
-        # hub with call_soon_threadsafe, so no commit can be missed by the zones' fan-out,
-        # and the hub's head only ever stops at a transaction's end (never inside one).
-        self.on_commit: Callable[[list[ChangeRecord]], object] | None = None
+        # Called once per committed API write transaction with its changed results, in
+        # revision order (writes are serialized), right after the commit, on this thread.
+        # Global's daemon hands the change records to the hub with call_soon_threadsafe, so
+        # no commit can be missed by the zones' fan-out and the hub's head only ever stops
+        # at a transaction's end (never inside one); a zone's re-reads its conflicts.
+        self._on_commit = on_commit
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -499,7 +507,7 @@ class SqliteStore:
                 try:
                     results.append(self._put(conn, resource, now))
                 except KdsError as e:
-                    e.item_index = i  # type: ignore[attr-defined]
+                    e.item_index = i
                     raise
             results += self._after_puts(conn, resources, now)
         return self._committed(results)
@@ -518,7 +526,7 @@ class SqliteStore:
             problems = integrity.check_unit_sizes(view, resources, self.max_message_bytes)
         if problems:
             e = InvalidReferences(problems.by_index)
-            e.item_index = next(iter(e.by_index))  # type: ignore[attr-defined]
+            e.item_index = next(iter(e.by_index))
             raise e
         return generated
 
@@ -532,9 +540,16 @@ class SqliteStore:
 
     def _committed(self, results: list[WriteResult]) -> list[WriteResult]:
         """Runs after the transaction committed, on the writing thread, in commit order."""
-        records = [r.record for r in results if r.record is not None]
-        if self.on_commit is not None and records:
-            self.on_commit(records)
+        changed = [r for r in results if r.changed]
+        if self._on_commit is not None and changed:
+            try:
+                self._on_commit(changed)
+            except Exception as e:  # the write is committed: a failed hook must not undo it
+                log.error(
+                    "on_commit hook failed",
+                    error_type=type(e).__name__,
+                    stack="".join(traceback.format_tb(e.__traceback__)),
+                )
         return results
 
     def _put(self, conn: sqlite3.Connection, resource: Resource, now: str) -> WriteResult:
@@ -588,7 +603,7 @@ class SqliteStore:
                 if origin in self._rows(conn, secret):
                     also.append(self._delete_row(conn, secret, origin))
         result = self._delete_row(conn, key, origin)
-        return replace(result, also=tuple(also))
+        return replace(result, also=tuple(also), previous=rows[origin])
 
     def _delete_row(self, conn: sqlite3.Connection, key: Key, origin: str) -> WriteResult:
         conn.execute(

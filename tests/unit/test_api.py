@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 from kds.api import ApiContext, _size_bound, build_app, client_max_size, encoded_message_size
 from kds.model import Key, Kind, Limits, Resource
 from kds.protocol.applier import DecodedBatch, Incoming
-from kds.store import AsyncStore, SqliteStore, WriteResult
+from kds.store import ResourceStore, SqliteStore, ThreadedStore, WriteResult
 
 SECRET = b"s3cr3t-value-\x00\xff-do-not-leak"
 SECRET_B64 = base64.b64encode(SECRET).decode()
@@ -29,7 +29,7 @@ OTHER_B64 = base64.b64encode(OTHER).decode()
 @dataclass
 class Api:
     client: TestClient
-    store: AsyncStore
+    store: ThreadedStore
     writes: list[WriteResult] = field(default_factory=list)
 
     async def put(self, path: str, body: Any) -> tuple[int, Any, str]:
@@ -46,7 +46,7 @@ class Api:
         return resp.status, await resp.json()
 
     def counts(self) -> dict[str, dict[str, int]]:
-        return self.store.sync.counts()
+        return self.store.engine.counts()
 
 
 MakeApi = Callable[..., Awaitable[Api]]
@@ -62,9 +62,10 @@ async def make_api(tmp_path: Path) -> AsyncIterator[MakeApi]:
         return f"2026-11-29T01:{n // 60:02d}:{n % 60:02d}.000Z"
 
     async def factory(role: str = "global", zone: str = "", **kw: Any) -> Api:
-        store = AsyncStore(SqliteStore(tmp_path / f"{role}-{len(made)}.db", role))  # type: ignore[arg-type]
         writes: list[WriteResult] = []
-        kw.setdefault("on_write", writes.append)
+        on_commit = kw.pop("on_commit", writes.extend)
+        db = tmp_path / f"{role}-{len(made)}.db"
+        store = ThreadedStore(SqliteStore(db, role, on_commit=on_commit))  # type: ignore[arg-type]
         ctx = ApiContext(store=store, role=role, zone=zone, now=now, **kw)  # type: ignore[arg-type]
         client = TestClient(TestServer(build_app(ctx)))
         await client.start_server()
@@ -395,7 +396,7 @@ async def _zone_with_synced(make_api: MakeApi) -> Api:
         _g(Kind.GLOBAL_SECRET, "gsynced", "", SECRET, version=3),
         revision=3,
     )
-    await zone.store.write(zone.store.sync.apply_batch, batch, "global-store", "now")
+    await zone.store.apply_batch(batch, "global-store", "now")
     return zone
 
 
@@ -452,7 +453,7 @@ async def test_zone_local_row_shadowing_a_synced_copy(make_api: MakeApi) -> None
     assert (await zone.put("/global-secrets/shared", {"data": OTHER_B64}))[0] == 201
     # global later syncs the same key: the zone-local row keeps being served
     batch = _synced_batch(_g(Kind.GLOBAL_SECRET, "shared", "", SECRET, version=1), revision=1)
-    await zone.store.write(zone.store.sync.apply_batch, batch, "global-store", "now")
+    await zone.store.apply_batch(batch, "global-store", "now")
     status, got = await zone.get("/global-secrets/shared")
     assert got["data"] == OTHER_B64 and got["labels"]["kuma.io/origin"] == "zone"
     # the local row can still be changed; deleting it reveals global's copy
@@ -501,7 +502,7 @@ async def test_unexpected_error_is_500_without_details(
     def boom(resource: Resource, now: str) -> WriteResult:
         raise RuntimeError(f"failed on {resource.data!r}")
 
-    monkeypatch.setattr(api.store.sync, "put", boom)
+    monkeypatch.setattr(api.store.engine, "put", boom)
     with capture_logs() as logs:
         resp = await api.client.put("/global-secrets/x", json={"data": SECRET_B64})
         text = await resp.text()
@@ -514,14 +515,14 @@ async def test_unexpected_error_is_500_without_details(
     assert "s3cr3t" not in repr(logs) and SECRET_B64 not in repr(logs)
 
 
-async def test_failing_on_write_hook_does_not_fail_the_write(make_api: MakeApi) -> None:
-    def hook(result: WriteResult) -> None:
+async def test_failing_on_commit_hook_does_not_fail_the_write(make_api: MakeApi) -> None:
+    def hook(results: Sequence[WriteResult]) -> None:
         raise RuntimeError("hub down")
 
-    api = await make_api(on_write=hook)
+    api = await make_api(on_commit=hook)
     with capture_logs() as logs:
         assert (await api.put("/global-secrets/x", {"data": SECRET_B64}))[0] == 201
-    assert any(e["event"] == "on_write hook failed" for e in logs)
+    assert any(e["event"] == "on_commit hook failed" for e in logs)
     assert (await api.get("/global-secrets/x"))[0] == 200
 
 
@@ -531,7 +532,7 @@ async def test_extra_routes(tmp_path: Path) -> None:
     async def status(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
 
-    store = AsyncStore(SqliteStore(tmp_path / "x.db", "global"))
+    store: ResourceStore = ThreadedStore(SqliteStore(tmp_path / "x.db", "global"))
     app = build_app(ApiContext(store=store, role="global"), [web.get("/status", status)])
     async with TestClient(TestServer(app)) as client:
         resp = await client.get("/status")
@@ -556,7 +557,7 @@ def _sec(name: str, mesh: str = "payments", data: str = SECRET_B64) -> dict[str,
 
 async def test_apply_many_in_one_transaction_meshes_first(api: Api) -> None:
     """Secrets listed before their Mesh still apply; each item gets its own revision."""
-    head = api.store.sync.head()
+    head = api.store.engine.head()
     status, body = await _apply(
         api,
         [
@@ -573,7 +574,7 @@ async def test_apply_many_in_one_transaction_meshes_first(api: Api) -> None:
         ("Secret", "b", "created"),
         ("GlobalSecret", "g", "created"),
     ]
-    assert api.store.sync.head() == head + 4
+    assert api.store.engine.head() == head + 4
     assert [w.record.revision for w in api.writes if w.record] == list(range(head + 1, head + 5))
     status, body = await _apply(
         api, [{"type": "Mesh", "name": "payments"}, _sec("a", data=OTHER_B64)]
@@ -610,15 +611,14 @@ async def test_apply_refuses_duplicates_and_bad_shapes(api: Api) -> None:
 async def test_apply_on_a_zone_cannot_touch_synced_copies(make_api: MakeApi) -> None:
     """On a zone, an item whose key a synced copy holds makes the whole request a 409."""
     zone = await make_api("zone", zone="z1")
-    await zone.store.write(
-        zone.store.sync.apply_batch,
+    await zone.store.apply_batch(
         _synced_batch(_g(Kind.MESH, "default"), _g(Kind.SECRET, "s", "default", b"g")),
         "gsid",
         "2026-11-29T00:00:00.000Z",
     )
     status, body = await _apply(zone, [_sec("mine", "default"), _sec("s", "default")])
     assert status == 409 and "items[1]" in body["detail"] and "global" in body["detail"]
-    assert zone.store.sync.get(Key(Kind.SECRET, "default", "mine")) is None
+    assert zone.store.engine.get(Key(Kind.SECRET, "default", "mine")) is None
 
 
 @pytest.mark.parametrize(

@@ -257,9 +257,10 @@ async def test_mesh_delete_policy(make_api: MakeApi) -> None:
 async def test_builtin_backend_generates_a_ca_in_the_same_transaction(make_api: MakeApi) -> None:
     """A builtin backend gets a CA stored as {mesh}.ca-builtin-cert/key-{backend}, committed
     with the Mesh (consecutive revisions, one on_commit call), never logged."""
-    api = await make_api()
     batches: list[list[int]] = []
-    api.store.sync.on_commit = lambda recs: batches.append([r.revision for r in recs])
+    api = await make_api(
+        on_commit=lambda results: batches.append([r.record.revision for r in results if r.record])
+    )
     with capture_logs() as logs:
         status, _, _ = await api.put("/meshes/payments", builtin(expiration="30d"))
     assert status == 201

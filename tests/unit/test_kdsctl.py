@@ -22,7 +22,7 @@ from structlog.testing import capture_logs
 from kds.api import ApiContext, build_app
 from kds.auth import ApiTokens
 from kds.model import Limits
-from kds.store import AsyncStore, SqliteStore
+from kds.store import GlobalStore, open_global_store
 from kdsctl.cli import cli
 
 # The examples of secrets.md, as written there (the namespace template filled in).
@@ -73,17 +73,17 @@ DATA = "dGVzdAo="
 @dataclass
 class Server:
     url: str
-    store: AsyncStore
+    store: GlobalStore
     logs: list[MutableMapping[str, Any]]
 
 
 @contextlib.contextmanager
-def serve_api(tmp_path: Path, **ctx_args: Any) -> Iterator[tuple[str, AsyncStore]]:
+def serve_api(tmp_path: Path, **ctx_args: Any) -> Iterator[tuple[str, GlobalStore]]:
     """kds.api on a fresh SqliteStore, on a loop in a thread, at an ephemeral 127.0.0.1 port."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    store = AsyncStore(SqliteStore(tmp_path / "global.db", "global"))
+    store = open_global_store(tmp_path / "global.db")
     ctx = ApiContext(store=store, role="global", **ctx_args)
     runner = web.AppRunner(build_app(ctx), access_log=None)
 

@@ -812,11 +812,15 @@ def test_global_commits_with_fsync(gstore: SqliteStore) -> None:
     assert _synchronous(gstore) == 2
 
 
-def test_on_commit_gets_each_transactions_records_once(gstore: SqliteStore) -> None:
+def test_on_commit_gets_each_transactions_records_once(tmp_path: Path) -> None:
     """Global's commit hook is called once per transaction with its records in revision
     order, and not at all for a write that changed nothing."""
     calls: list[list[int]] = []
-    gstore.on_commit = lambda records: calls.append([r.revision for r in records])
+    gstore = SqliteStore(
+        tmp_path / "hooked.db",
+        "global",
+        on_commit=lambda results: calls.append([r.record.revision for r in results if r.record]),
+    )
     gstore.put_many([mk(MESH), mk(S1), mk(G1)], T0)
     gstore.put(mk(G1), T1)  # unchanged
     gstore.delete(G1)

@@ -214,9 +214,12 @@ def test_hub_head_stops_only_at_the_end_of_a_transaction() -> None:
 
 
 def test_store_reports_each_transaction_once(tmp_path: Path) -> None:
-    g = SqliteStore(tmp_path / "g.db", "global")
     calls: list[list[int]] = []
-    g.on_commit = lambda recs: calls.append([r.revision for r in recs])
+    g = SqliteStore(
+        tmp_path / "g.db",
+        "global",
+        on_commit=lambda results: calls.append([r.record.revision for r in results if r.record]),
+    )
     ca = certs.ca()
     g.put_many(
         [Resource(Kind.MESH, "m1"), secret("m1", "c", ca.cert), secret("m1", "k", ca.key)], NOW

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -11,7 +11,7 @@ import pytest
 from globalcp.hub import Hub
 from globalcp.zones import ZoneState, ZoneTracker
 from kds.model import Kind, Resource
-from kds.store import AsyncStore, SqliteStore
+from kds.store import SqliteStore, ThreadedStore, WriteResult
 
 NOW = "2026-11-29T00:00:00.000Z"
 
@@ -29,18 +29,32 @@ def clock() -> Clock:
     return Clock()
 
 
+class HubStore(ThreadedStore):
+    """Global's store, its commits published to the hub of the latest tracker made."""
+
+    hub: Hub | None = None
+
+    def publish(self, results: Sequence[WriteResult]) -> None:
+        if self.hub is not None:
+            self.hub.publish_many([r.record for r in results if r.record is not None])
+
+
 @pytest.fixture
-def store(tmp_path: Path, clock: Clock) -> Iterator[AsyncStore]:
-    s = AsyncStore(SqliteStore(tmp_path / "g.db", "global", clock=clock))
+def store(tmp_path: Path, clock: Clock) -> Iterator[HubStore]:
+    made: list[HubStore] = []
+    engine = SqliteStore(
+        tmp_path / "g.db", "global", clock=clock, on_commit=lambda rs: made[0].publish(rs)
+    )
+    s = HubStore(engine)
+    made.append(s)
     yield s
     s.close()
 
 
 def _tracker(
-    store: AsyncStore, clock: Clock, seen: list[tuple[str, float]] | None = None
+    store: HubStore, clock: Clock, seen: list[tuple[str, float]] | None = None
 ) -> ZoneTracker:
-    hub = Hub(store.sync.head(), store.sync.log_floor(), 100)
-    store.sync.on_commit = hub.publish_many
+    hub = store.hub = Hub(store.engine.head(), store.engine.log_floor(), 100)
     return ZoneTracker(
         store,
         hub,
@@ -61,21 +75,21 @@ def _connect(t: ZoneTracker, stream: str = "s1", resumed: int | None = None):  #
     )
 
 
-async def test_a_stream_reports_sends_acks_and_latency(store: AsyncStore, clock: Clock) -> None:
+async def test_a_stream_reports_sends_acks_and_latency(store: HubStore, clock: Clock) -> None:
     seen: list[tuple[str, float]] = []
     t = _tracker(store, clock, seen)
     clock.t -= 100
-    store.sync.put(Resource(Kind.MESH, "default"), NOW)  # committed before the zone connected
+    store.engine.put(Resource(Kind.MESH, "default"), NOW)  # committed before the zone connected
     clock.t += 100
     h = _connect(t)
     h.batch_sent(1, [Kind.MESH])
     h.batch_acked(1, 1, t.hub.commit_time(1))
     assert seen == []  # a catch-up is not a propagation latency
     clock.t += 1
-    store.sync.put(Resource(Kind.SECRET, "x", mesh="default", data=b"v"), NOW)
+    store.engine.put(Resource(Kind.SECRET, "x", mesh="default", data=b"v"), NOW)
     clock.t += 0.25
     h.batch_sent(2, [Kind.SECRET])
-    h.batch_acked(2, 2, store.sync.commit_time(2))
+    h.batch_acked(2, 2, store.engine.commit_time(2))
     assert len(seen) == 1 and seen[0][0] == "zone-a" and seen[0][1] == pytest.approx(0.25, abs=0.05)
     v = await t.view("zone-a")
     assert v is not None
@@ -86,12 +100,12 @@ async def test_a_stream_reports_sends_acks_and_latency(store: AsyncStore, clock:
     assert s["totalUpdates"] == 2 and s["messagesSent"] == 2 and s["lastError"] is None
 
 
-async def test_lag_in_revisions_and_seconds(store: AsyncStore, clock: Clock) -> None:
+async def test_lag_in_revisions_and_seconds(store: HubStore, clock: Clock) -> None:
     t = _tracker(store, clock)
     h = _connect(t, resumed=0)
-    store.sync.put(Resource(Kind.MESH, "m1"), NOW)
+    store.engine.put(Resource(Kind.MESH, "m1"), NOW)
     clock.t += 5
-    store.sync.put(Resource(Kind.MESH, "m2"), NOW)
+    store.engine.put(Resource(Kind.MESH, "m2"), NOW)
     clock.t += 2
     v = await t.view("zone-a")
     assert v is not None and v.lag_revisions == 2 and v.lag_seconds == pytest.approx(7, abs=0.5)
@@ -104,7 +118,7 @@ async def test_lag_in_revisions_and_seconds(store: AsyncStore, clock: Clock) -> 
     assert v is not None and v.lag_seconds == pytest.approx(2, abs=0.5)
 
 
-async def test_only_the_current_stream_writes_status(store: AsyncStore, clock: Clock) -> None:
+async def test_only_the_current_stream_writes_status(store: HubStore, clock: Clock) -> None:
     t = _tracker(store, clock)
     old = _connect(t, "s1")
     new = _connect(t, "s2")
@@ -122,7 +136,7 @@ async def test_only_the_current_stream_writes_status(store: AsyncStore, clock: C
     assert v.summary()["disconnectReason"] == "connection lost"
 
 
-async def test_rejections_and_refusals_are_errors(store: AsyncStore, clock: Clock) -> None:
+async def test_rejections_and_refusals_are_errors(store: HubStore, clock: Clock) -> None:
     t = _tracker(store, clock)
     h = _connect(t)
     h.rejected(Kind.MESH, "Mesh:team", "secrets still live in it")
@@ -140,7 +154,7 @@ async def test_rejections_and_refusals_are_errors(store: AsyncStore, clock: Cloc
 
 
 async def test_status_is_saved_and_read_back_offline_after_a_restart(
-    store: AsyncStore, clock: Clock
+    store: HubStore, clock: Clock
 ) -> None:
     t = _tracker(store, clock)
     h = _connect(t, resumed=0)

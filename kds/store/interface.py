@@ -1,0 +1,152 @@
+"""What the control planes need from a store: one typed, async interface per role.
+
+Callers depend on these Protocols only, never on a backend: ``GlobalStore`` is everything
+globalcp uses, ``ZoneStore`` everything zonecp uses, and ``ResourceStore`` what both share
+(the HTTP API serves either). A backend implements them with whatever concurrency it needs
+(the SQLite backend hands each call to a writer or a reader thread); callers just await.
+The conformance suite in tests/unit/store_conformance.py runs against every backend.
+
+Rules every backend keeps:
+- Rows are keyed by (kind, mesh, name, origin). Origin ``global``: on global, every resource;
+  on a zone, a copy synced from global. Origin ``zone``: a zone-local resource, which sync
+  never writes or deletes. On a zone a key may hold both rows (a name conflict): the local
+  row is served, the synced one is kept aside and takes its place when the local row goes.
+- A write the store acknowledged is durable (except a zone's applied batch, which global
+  can send again: see ``ZoneStore.apply_batch``).
+- ``put_many`` is one transaction: every resource or none. A failure raises the error of
+  the first failing resource with its position in ``KdsError.item_index``.
+- Global: every changed resource gets the next revision; its change-log entry, the new head
+  and the history chain commit with it. ``log_floor <= r <= head`` can resume from r.
+- ``on_commit`` (given to the backend at construction) is called once per committed API
+  write transaction (put, put_many, delete) that changed something, with its changed
+  results in revision order, before the next write starts. It runs on the backend's own
+  thread: an event-loop caller hands the results over with ``call_soon_threadsafe``. A
+  failing hook is logged and never fails the committed write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+from kds.model import Key, Kind, Resource
+from kds.store.base import ChangeRecord, Row, Snapshot, SyncState, WriteResult, ZoneApplyResult
+
+if TYPE_CHECKING:
+    from kds.protocol.applier import DecodedBatch
+
+__all__ = ["GlobalStore", "OnCommit", "ResourceStore", "ZoneStore"]
+
+# Called after each committed API write transaction with its changed results (see above).
+OnCommit = Callable[[Sequence[WriteResult]], object]
+
+
+class ResourceStore(Protocol):
+    """Resources as the API serves and writes them, on either role."""
+
+    @property
+    def backend(self) -> str:
+        """The backend's name, e.g. ``sqlite`` (reported to global in the zone's hello)."""
+        ...
+
+    @property
+    def location(self) -> str:
+        """Where the data lives, for logs (a file path; never a password)."""
+        ...
+
+    @property
+    def store_id(self) -> str:
+        """A random id made when the store was created: a new store is a new history."""
+        ...
+
+    # Reads: the effective view (a zone-local row hides the synced copy of its key).
+    async def get(self, key: Key) -> Row | None: ...
+    async def page(
+        self, kind: Kind, mesh: str | None = None, offset: int = 0, limit: int | None = None
+    ) -> tuple[int, list[Row]]:
+        """(total, rows) ordered by mesh and name; ``limit`` None: all from ``offset``."""
+        ...
+
+    async def list_rows(self, kind: Kind, mesh: str | None = None) -> list[Row]: ...
+    async def conflicts(self) -> list[Key]:
+        """Keys that hold both a zone-local and a synced row (zones only; [] on global)."""
+        ...
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        """Rows by kind and origin: ``{"Secret": {"global": n, "zone": m}, ...}``."""
+        ...
+
+    # API writes. Global: each change gets a revision. Zone: zone-local rows only; a key
+    # that only global's copy holds is read-only (ReadOnlySynced).
+    async def put(self, resource: Resource, now: str) -> WriteResult:
+        """Write one resource; builtin CA secrets made for a Mesh come in ``also``."""
+        ...
+
+    async def put_many(self, resources: Sequence[Resource], now: str) -> list[WriteResult]:
+        """All in one transaction; generated CA secrets follow the given resources' results."""
+        ...
+
+    async def delete(self, key: Key) -> WriteResult:
+        """Delete one resource (NotFound if absent); ``previous`` is what was deleted and
+        ``also`` holds a Mesh's builtin CA secrets deleted with it."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and threads; the store is unusable afterwards."""
+        ...
+
+
+class GlobalStore(ResourceStore, Protocol):
+    """Global's store: resources, the change log, and global's own tables."""
+
+    # The change log.
+    async def head(self) -> int: ...
+    async def log_floor(self) -> int: ...
+    async def changes_after(self, revision: int, upto: int) -> list[ChangeRecord]:
+        """The records (revision, upto] still in the log, in revision order."""
+        ...
+
+    async def chain_at(self, revision: int) -> bytes | None:
+        """The history chain at ``revision``; None once the log no longer knows it."""
+        ...
+
+    async def snapshot(self) -> Snapshot:
+        """Every resource as one put each, in sync order, at one consistent revision."""
+        ...
+
+    async def commit_time(self, revision: int) -> float | None:
+        """When ``revision`` committed (wall-clock seconds); for a pruned one, the oldest
+        time still known; None when nothing at or after it is known."""
+        ...
+
+    # Zone status, saved by globalcp.zones (JSON text by zone name).
+    async def zone_statuses(self) -> dict[str, str]: ...
+    async def save_zone_statuses(self, statuses: dict[str, str]) -> None: ...
+
+    # Global's own secrets (CA key, token signing keys): never synced, never served.
+    async def internal_secrets(self, prefix: str = "") -> dict[str, bytes]: ...
+    async def put_internal_secret(self, name: str, data: bytes, now: str) -> None: ...
+    async def delete_internal_secret(self, name: str) -> bool: ...
+
+    # Zone tokens issued (their ids and facts, never the tokens themselves).
+    async def add_zone_token(
+        self, token_id: str, zone: str, key_name: str, issued: str, expires: str
+    ) -> None: ...
+    async def revoke_zone_token(self, token_id: str, now: str) -> dict[str, str] | None: ...
+    async def zone_tokens(self) -> list[dict[str, str]]: ...
+
+
+class ZoneStore(ResourceStore, Protocol):
+    """A zone's store: its own resources, global's copies, and where its sync stands."""
+
+    async def sync_state(self) -> SyncState:
+        """The global store and revision this zone last applied completely."""
+        ...
+
+    async def apply_batch(
+        self, batch: DecodedBatch, global_store_id: str, now: str
+    ) -> ZoneApplyResult:
+        """Plan (kds.protocol.applier) and apply one batch in one transaction, recording
+        its revision when it is a final part. May skip the fsync: a crash loses at most the
+        last batches, with their revision, and global sends them again."""
+        ...
