@@ -1,4 +1,4 @@
-"""The benchmark harness (issue 7): kds-sync end to end, side by side with etcd's watch.
+"""The benchmark harness: kds-sync end to end, side by side with etcd's watch.
 
     scripts/bench                 # full run: writes docs/benchmarks.{json,md,png}
     scripts/bench --quick --out /tmp/b   # the small run CI does (tests/integration)

@@ -38,7 +38,7 @@ transaction already built in memory.
 """
 
 
-PROFILED = """## What was profiled and fixed (issue 7)
+PROFILED = """## What was profiled and fixed
 
 Profiled with py-spy (`py-spy record -f raw` on globalcp and on a zone fleet) and cProfile /
 tracemalloc in-process; each fix is its own commit, with its before and after in the message.
@@ -97,7 +97,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def targets(results: dict[str, Any], s: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
-    """(target, figure, met) for each target of issue 7; met is None when not measured."""
+    """(target, figure, met) for each performance target; met is None when not measured."""
     out: list[tuple[str, str, bool | None]] = []
     prop, bulk = s["propagation"], s["bulk"]
 
@@ -150,7 +150,7 @@ def markdown(results: dict[str, Any]) -> str:
         NOTE,
         "![propagation and bulk, kds-sync and etcd](benchmarks.png)",
         "",
-        "## Targets (issue 7)",
+        "## Targets",
         "",
         "| target | figure | met |",
         "|---|---|---|",

@@ -1,4 +1,7 @@
-"""The pure core imports no network, database, event loop or daemon code (STYLE.md sections 1, 5).
+"""The pure core imports no network, database, event loop or daemon code.
+
+A core that never awaits, dials or reads the clock can be tested with events in and actions
+out, no network: that is what keeps most protocol tests fast and exact.
 
 Each check imports the core in a fresh interpreter and looks at sys.modules, so a forbidden
 import anywhere in the core's import graph, direct or indirect, fails it.
