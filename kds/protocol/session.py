@@ -3,7 +3,7 @@
 Fed: the zone's hello, global's head revision and log floor, what the driver sent, and the
 zone's acks. Returns: the welcome to send and, on demand, the next thing to send (a snapshot
 or a coalesced range of revisions). It never awaits, reads a clock or touches grpc; the
-servicer (globalcp.servicer) decodes, feeds, encodes and writes.
+stream (globalcp.stream, globalcp.sending) decodes, feeds, encodes and writes.
 
 Memory per zone is a few integers and the in-flight window's (seq, revision) pairs: a zone
 that stops acknowledging costs nothing but a number saying how far it was sent. When the
