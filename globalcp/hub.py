@@ -1,7 +1,9 @@
 """Fan-out on global: learns of every committed change and wakes each zone's stream.
 
 The hub holds global's head revision, the log floor, and a bounded cache of the newest
-change records (their encoded bytes, shared by every zone). It never queues per zone: each
+change records (their encoded bytes, shared by every zone). The bound counts what a cached
+record holds once it has been sent: its encoded change and that change framed as a batch
+entry (kds.protocol.records.ChangeRecord.framed, made on the first send and kept). It never queues per zone: each
 stream keeps its own position (kds.protocol.session) and reads the range it needs from the
 cache, or from the store's change log when the cache no longer covers it. So a slow zone
 costs the hub nothing and never delays another zone.
@@ -13,6 +15,7 @@ import asyncio
 from collections import OrderedDict
 
 from kds.store import ChangeRecord
+from kds.wire import framed_size
 
 __all__ = ["Hub"]
 
@@ -52,7 +55,7 @@ class Hub:
             rec = self._pending.pop(self.head + 1)
             self.head = rec.revision
             self._cache[rec.revision] = rec
-            self._cache_bytes += len(rec.change)
+            self._cache_bytes += _held_bytes(rec)
             moved = True
         if not moved:
             return
@@ -61,7 +64,7 @@ class Hub:
             self._cache_bytes > self._cache_limit or len(self._cache) > self._log_size
         ):
             _, old = self._cache.popitem(last=False)
-            self._cache_bytes -= len(old.change)
+            self._cache_bytes -= _held_bytes(old)
         for ev in self._waiters:
             ev.set()
 
@@ -78,3 +81,11 @@ class Hub:
         """When ``revision`` was committed, if the cache still holds it (and knows)."""
         rec = self._cache.get(revision)
         return rec.committed_at if rec is not None and rec.committed_at else None
+
+
+def _held_bytes(record: ChangeRecord) -> int:
+    """What a cached record holds once sent: its change, and the framed copy every range
+    send uses. Counted up front, without framing it: the framed copy is made on the first
+    send (the cache is there to be sent from), and counting it then would let the bound be
+    passed by the records already admitted."""
+    return len(record.change) + framed_size(len(record.change))

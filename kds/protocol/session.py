@@ -3,26 +3,52 @@
 Fed: the zone's hello, global's head revision and log floor, what the driver sent, and the
 zone's acks. Returns: the welcome to send and, on demand, the next thing to send (a snapshot
 or a coalesced range of revisions). It never awaits, reads a clock or touches grpc; the
-servicer (globalcp.servicer) decodes, feeds, encodes and writes.
+stream (globalcp.stream, globalcp.sending) decodes, feeds, encodes and writes.
 
 Memory per zone is a few integers and the in-flight window's (seq, revision) pairs: a zone
 that stops acknowledging costs nothing but a number saying how far it was sent. When the
 window reopens, it is sent one range from there to the head, coalesced per key.
 
-    state:   hello -> (sending snapshot | sending range | idle) ...
-    window:  at most max_unacked batches unacknowledged; a range or snapshot in progress
-             finishes (its parts may overrun the window), then waits for acks.
+Its states, and the events that move it between them, are one table (``TRANSITIONS``), in the
+style of h11: an event the table has no entry for in the current state is refused with
+ProtocolError, so a zone or driver that breaks the protocol is caught by one lookup, not by
+flags checked here and there.
+
+    AWAIT_HELLO    --hello, can resume------->  IDLE
+    AWAIT_HELLO    --hello, cannot resume---->  NEED_SNAPSHOT
+    IDLE           --start range------------->  SENDING_RANGE      the head moved
+    IDLE           --start snapshot---------->  SENDING_SNAPSHOT   fell behind the log floor
+    NEED_SNAPSHOT  --start snapshot---------->  SENDING_SNAPSHOT
+    SENDING_RANGE  --range failed------------>  NEED_SNAPSHOT      the log moved past it
+    SENDING_*      --part sent--------------->  SENDING_*
+    SENDING_*      --done-------------------->  IDLE
+    any but AWAIT_HELLO  --ack, ask---------->  the same state
+
+    window:  at most max_unacked batches unacknowledged: a start happens only below it (asked
+             then, next_action answers None); a range or snapshot in progress finishes (its
+             parts may overrun the window), then waits for acks.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, auto
 
 from kds.errors import ProtocolError
 
-__all__ = ["Ack", "GlobalSession", "Hello", "Mode", "SendRange", "SendSnapshot"]
+__all__ = [
+    "TRANSITIONS",
+    "Ack",
+    "Event",
+    "GlobalSession",
+    "Hello",
+    "Mode",
+    "SendRange",
+    "SendSnapshot",
+    "State",
+    "next_state",
+]
 
 SUPPORTED_PROTOCOL_VERSIONS = frozenset({1})
 
@@ -62,6 +88,61 @@ class SendRange:
 Action = SendSnapshot | SendRange
 
 
+class State(Enum):
+    AWAIT_HELLO = auto()  # the stream's first event must be the zone's hello
+    NEED_SNAPSHOT = auto()  # the next thing sent must be a snapshot
+    IDLE = auto()  # ranges are sent as the head moves and the window allows
+    SENDING_RANGE = auto()  # the parts of a range are being written
+    SENDING_SNAPSHOT = auto()  # the parts of a snapshot are being written
+
+
+class Event(Enum):
+    HELLO_RESUME = auto()  # the hello was accepted: the zone resumes from its revision
+    HELLO_SNAPSHOT = auto()  # the hello was accepted: the zone needs a snapshot
+    ASK = auto()  # the driver asks what to send (next_action)
+    START_RANGE = auto()  # next_action answered SendRange
+    START_SNAPSHOT = auto()  # next_action answered SendSnapshot
+    SENT = auto()  # the driver wrote a part (on_sent)
+    DONE = auto()  # the driver wrote the last part (on_done)
+    RANGE_FAILED = auto()  # the range left the change log before it was read (on_failed_range)
+    ACK = auto()  # the zone acknowledged a batch (on_ack)
+
+
+_LIVE = (State.NEED_SNAPSHOT, State.IDLE, State.SENDING_RANGE, State.SENDING_SNAPSHOT)
+_SENDING = (State.SENDING_RANGE, State.SENDING_SNAPSHOT)
+
+# {(state, event): next state}; a pair missing here is a protocol error.
+TRANSITIONS: dict[tuple[State, Event], State] = {
+    (State.AWAIT_HELLO, Event.HELLO_RESUME): State.IDLE,
+    (State.AWAIT_HELLO, Event.HELLO_SNAPSHOT): State.NEED_SNAPSHOT,
+    **{(s, Event.ASK): s for s in _LIVE},
+    **{(s, Event.ACK): s for s in _LIVE},
+    (State.IDLE, Event.START_RANGE): State.SENDING_RANGE,
+    (State.IDLE, Event.START_SNAPSHOT): State.SENDING_SNAPSHOT,
+    (State.NEED_SNAPSHOT, Event.START_SNAPSHOT): State.SENDING_SNAPSHOT,
+    **{(s, Event.SENT): s for s in _SENDING},
+    **{(s, Event.DONE): State.IDLE for s in _SENDING},
+    (State.SENDING_RANGE, Event.RANGE_FAILED): State.NEED_SNAPSHOT,
+}
+
+# What a refused event says, by event (the state is added when it tells more).
+_REFUSED: dict[Event, str] = {
+    Event.HELLO_RESUME: "hello sent twice on one stream",
+    Event.HELLO_SNAPSHOT: "hello sent twice on one stream",
+    Event.ASK: "no hello yet",
+    Event.ACK: "ack before hello",
+}
+
+
+def next_state(state: State, event: Event) -> State:
+    """The state ``event`` leads to from ``state``; ProtocolError if it is not allowed."""
+    after = TRANSITIONS.get((state, event))
+    if after is None:
+        message = _REFUSED.get(event) or f"{event.name} is not allowed in state {state.name}"
+        raise ProtocolError(message)
+    return after
+
+
 @dataclass
 class _InFlight:
     seq: int
@@ -73,13 +154,15 @@ class GlobalSession:
     def __init__(self, store_id: str, max_unacked: int):
         self.store_id = store_id
         self.max_unacked = max_unacked
+        self.state = State.AWAIT_HELLO
         self.mode: Mode | None = None
         self.sent_revision = -1  # -1: nothing known to be on the zone yet
         self.acked_revision = -1
-        self._busy = False
-        self._want_snapshot = False
         self._in_flight: deque[_InFlight] = deque()
         self._seq = 0
+
+    def _fire(self, event: Event) -> None:
+        self.state = next_state(self.state, event)
 
     # ------------------------------------------------------------------ inputs
 
@@ -88,8 +171,7 @@ class GlobalSession:
     ) -> Mode:
         """Decide RESUME or SNAPSHOT. ``chain_at_revision`` is global's history chain at
         ``hello.revision`` (None if unknown): a zone resumes only from global's own history."""
-        if self.mode is not None:
-            raise ProtocolError("hello sent twice on one stream")
+        next_state(self.state, Event.HELLO_RESUME)  # a second hello is refused before all else
         if hello.protocol_version not in SUPPORTED_PROTOCOL_VERSIONS:
             raise ProtocolError(
                 f"protocol version {hello.protocol_version} is not supported "
@@ -103,26 +185,25 @@ class GlobalSession:
             and chain_at_revision == hello.chain
         )
         if resumable:
+            self._fire(Event.HELLO_RESUME)
             self.mode = Mode.RESUME
             self.sent_revision = self.acked_revision = hello.revision
         else:
+            self._fire(Event.HELLO_SNAPSHOT)
             self.mode = Mode.SNAPSHOT
-            self._want_snapshot = True
         return self.mode
 
     def next_action(self, head: int, log_floor: int) -> Action | None:
         """What to send now, or None to wait (for an ack, or for the head to move)."""
-        if self.mode is None:
-            raise ProtocolError("no hello yet")
-        if self._busy or len(self._in_flight) >= self.max_unacked:
+        self._fire(Event.ASK)
+        if self.state in _SENDING or len(self._in_flight) >= self.max_unacked:
             return None
-        if self._want_snapshot or self.sent_revision < log_floor:
+        if self.state is State.NEED_SNAPSHOT or self.sent_revision < log_floor:
             # Behind what the change log still holds: only a snapshot can catch it up.
-            self._want_snapshot = False
-            self._busy = True
+            self._fire(Event.START_SNAPSHOT)
             return SendSnapshot()
         if self.sent_revision < head:
-            self._busy = True
+            self._fire(Event.START_RANGE)
             return SendRange(self.sent_revision, head)
         return None
 
@@ -132,6 +213,7 @@ class GlobalSession:
 
     def on_sent(self, seq: int, revision: int, final: bool) -> None:
         """The driver wrote batch ``seq`` (a part of the current range or snapshot)."""
+        self._fire(Event.SENT)
         if seq != self._seq:
             raise ProtocolError(f"batch {seq} sent out of order (expected {self._seq})")
         self._in_flight.append(_InFlight(seq, revision, final))
@@ -140,14 +222,14 @@ class GlobalSession:
 
     def on_done(self) -> None:
         """The current range or snapshot is fully written."""
-        self._busy = False
+        self._fire(Event.DONE)
 
     def on_failed_range(self) -> None:
         """The range could not be read (the log moved past it): fall back to a snapshot."""
-        self._busy = False
-        self._want_snapshot = True
+        self._fire(Event.RANGE_FAILED)
 
     def on_ack(self, ack: Ack) -> _InFlight:
+        self._fire(Event.ACK)
         if not self._in_flight:
             raise ProtocolError(f"ack for batch {ack.seq} but nothing is in flight")
         expected = self._in_flight[0]

@@ -124,11 +124,27 @@ def test_log_floor_never_moves_back() -> None:
 
 def test_cache_bounded_by_bytes() -> None:
     """The cache drops its oldest records to stay within cache_bytes; the floor does not care."""
-    hub = Hub(head=0, log_floor=0, log_size=100, cache_bytes=250)
+    # Room for two records of 100 bytes with their framed copies (2 x 202), not three.
+    hub = Hub(head=0, log_floor=0, log_size=100, cache_bytes=500)
     publish(hub, 1, 2, 3, 4, 5, size=100)
     assert [r.revision for r in hub.cached_range(3, 5) or []] == [4, 5]
     assert hub.cached_range(2, 5) is None
     assert hub.log_floor == 0
+
+
+def test_cache_bound_counts_the_framed_copy_of_each_record() -> None:
+    """What the cache holds once its records are sent (each change and its framed copy, made
+    on the first send and kept) stays within cache_bytes."""
+    limit = 10_000
+    hub = Hub(head=0, log_floor=0, log_size=1000, cache_bytes=limit)
+    publish(hub, *range(1, 201), size=100)
+    first = hub.head
+    while hub.cached_range(first - 1, hub.head) is not None:
+        first -= 1
+    cached = hub.cached_range(first, hub.head) or []
+    assert cached, "the newest records are cached"
+    held = sum(len(r.change) + len(r.framed) for r in cached)  # framed: as a send makes it
+    assert held <= limit
 
 
 def test_cache_record_larger_than_budget_is_not_kept() -> None:

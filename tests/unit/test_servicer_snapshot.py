@@ -7,7 +7,8 @@ import gc
 from pathlib import Path
 
 from globalcp.hub import Hub
-from globalcp.servicer import RANGE_PLANS_KEPT, SyncServicer
+from globalcp.sending import RANGE_PLANS_KEPT
+from globalcp.servicer import SyncServicer
 from globalcp.zones import ZoneTracker
 from kds.model import Kind, Resource
 from kds.protocol.session import SendRange
@@ -45,10 +46,10 @@ async def test_concurrent_snapshot_requests_share_one_read(tmp_path: Path) -> No
     """Three streams asking at once get the same object from a single store read."""
     servicer, store, calls = _servicer(tmp_path)
     try:
-        snaps = await asyncio.gather(*(servicer._snapshot() for _ in range(3)))
+        snaps = await asyncio.gather(*(servicer.plans.snapshot() for _ in range(3)))
         assert calls == [1]
         assert snaps[0] is snaps[1] is snaps[2]
-        again = await servicer._snapshot()  # still held by a stream: reused
+        again = await servicer.plans.snapshot()  # still held by a stream: reused
         assert again is snaps[0] and calls == [1]
     finally:
         store.close()
@@ -58,13 +59,13 @@ async def test_snapshot_is_read_again_when_stale_or_released(tmp_path: Path) -> 
     """A snapshot older than the head, or no longer held by any stream, is not reused."""
     servicer, store, calls = _servicer(tmp_path)
     try:
-        first = await servicer._snapshot()
+        first = await servicer.plans.snapshot()
         servicer.hub.head += 1  # a newer write was published
-        second = await servicer._snapshot()
+        second = await servicer.plans.snapshot()
         assert calls == [1, 1] and second is not first
         del first, second
         gc.collect()
-        await servicer._snapshot()
+        await servicer.plans.snapshot()
         assert calls == [1, 1, 1]
     finally:
         store.close()
@@ -79,14 +80,14 @@ async def test_a_range_is_coalesced_and_packed_once_for_every_stream(tmp_path: P
         for i in range(5):
             sync.put(Resource(Kind.SECRET, f"s{i}", "default", data=b"v"), "2026-11-29T00:00:00Z")
         head = sync.head()
-        first = await servicer._range_plan(SendRange(head - 5, head))
+        first = await servicer.plans.range_plan(SendRange(head - 5, head))
         assert first is not None and first.changes == 5 and not first.split_unit
         assert [r.key.name for p in first.parts for r in p.records] == [f"s{i}" for i in range(5)]
-        assert await servicer._range_plan(SendRange(head - 5, head)) is first
+        assert await servicer.plans.range_plan(SendRange(head - 5, head)) is first
         for i in range(RANGE_PLANS_KEPT):
-            await servicer._range_plan(SendRange(head - 4, head - 4 + (i % 4) + 1))
-            await servicer._range_plan(SendRange(head - 3 - (i % 2), head))
-        assert len(servicer._range_plans) <= RANGE_PLANS_KEPT
-        assert await servicer._range_plan(SendRange(-10, head)) is None
+            await servicer.plans.range_plan(SendRange(head - 4, head - 4 + (i % 4) + 1))
+            await servicer.plans.range_plan(SendRange(head - 3 - (i % 2), head))
+        assert len(servicer.plans._range_plans) <= RANGE_PLANS_KEPT
+        assert await servicer.plans.range_plan(SendRange(-10, head)) is None
     finally:
         store.close()

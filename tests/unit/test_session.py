@@ -1,12 +1,14 @@
 """Unit tests for kds.protocol.session.GlobalSession, the pure global side of one stream.
 
 Part one feeds the session by hand. Part two is a ConnectionPair in the spirit of h11/h2: a
-session and the zone applier (kds.protocol.applier.plan_batch over a dict standing in for the
-zone store) talk through real wire bytes, with no network and no grpc server.
+session, driven by global's real send loop (globalcp.sending) over an in-memory model of
+global's store, and the zone applier (kds.protocol.applier.plan_batch over a dict standing in
+for the zone store) talk through real wire bytes, with no network and no grpc server.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections import deque
 from dataclasses import dataclass, field
@@ -15,11 +17,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import kds.store
+from globalcp.hub import Hub
+from globalcp.sending import SendLoop, SendPlans
+from globalcp.zones import ZoneTracker
 from kds._pb import sync_pb2 as pb
 from kds.errors import ProtocolError
 from kds.model import Key, Kind, Resource
 from kds.protocol.applier import DecodedBatch, ZoneView, plan_batch
-from kds.protocol.batching import coalesce, pack
+from kds.protocol.batching import coalesce
 from kds.protocol.records import ChangeRecord, sort_records
 from kds.protocol.session import (
     Ack,
@@ -387,14 +393,34 @@ class ZoneModel:
         return self.applied_revision
 
 
+class ModelStore:
+    """What global's send loop reads from its store (the GlobalStore methods snapshot and
+    changes_after), answered at once from a GlobalModel."""
+
+    def __init__(self, g: GlobalModel):
+        self.g = g
+
+    @property
+    def store_id(self) -> str:
+        return self.g.store_id
+
+    async def snapshot(self) -> kds.store.Snapshot:
+        revision, records = self.g.snapshot()
+        return kds.store.Snapshot(revision, self.g.store_id, records)
+
+    async def changes_after(self, after: int, upto: int) -> list[ChangeRecord]:
+        return self.g.changes_after(after, upto) or []  # a store returns what it still holds
+
+
 class ConnectionPair:
-    """One stream between a GlobalSession and a zone, carried as bytes in two queues."""
+    """One stream between a GlobalSession and a zone, carried as bytes in two queues. Global's
+    side is its real send loop (globalcp.sending.SendLoop), writing into the zone's queue."""
 
     def __init__(
         self, g: GlobalModel, z: ZoneModel, max_unacked: int, max_bytes: int, floor_lag: int = 0
     ):
         self.g, self.z = g, z
-        self.max_unacked, self.max_bytes = max_unacked, max_bytes
+        self.max_unacked, self._max_bytes = max_unacked, max_bytes
         # Like the hub's, the floor the session sees may lag the store's: ranges can then fail.
         self.floor_lag = floor_lag
         self.to_zone: deque[bytes] = deque()
@@ -407,8 +433,40 @@ class ConnectionPair:
         self.to_zone.clear()
         self.to_global.clear()
         self.session = GlobalSession(self.g.store_id, self.max_unacked)
+        # A hub with nothing published: the loop reads every range from the model's log.
+        self.hub = Hub(self.g.head, self.seen_floor, self.g.log_size)
+        self._start_sender()
         h = hello(self.z.store_id, self.z.applied_revision)
         return self.session.on_hello(h, self.g.head, self.seen_floor, b"")
+
+    def _start_sender(self) -> None:
+        self.sender = SendLoop(
+            self.session,
+            ZoneTracker(ModelStore(self.g), self.hub).connected(
+                "zone-1",
+                stream_id="s",
+                instance_id="zone-1-x",
+                zone_version="test",
+                protocol_version=1,
+                store_backend="dict",
+                resumed_revision=None,
+            ),
+            SendPlans(ModelStore(self.g), self.hub, self.max_bytes),
+            self._write,
+            wake=asyncio.Event(),
+            ended=lambda: False,
+            heartbeat_interval=3600.0,
+        )
+
+    @property
+    def max_bytes(self) -> int:
+        return self._max_bytes
+
+    @max_bytes.setter
+    def max_bytes(self, value: int) -> None:
+        """Global's message limit, from the next range on (a new one: plans are per limit)."""
+        self._max_bytes = value
+        self._start_sender()
 
     @property
     def seen_floor(self) -> int:
@@ -421,36 +479,20 @@ class ConnectionPair:
             ack = pb.ZoneMessage.FromString(self.to_global.popleft()).ack
             self.session.on_ack(Ack(ack.seq, ack.applied_revision))
             did = True
-        while (action := self.session.next_action(self.g.head, self.seen_floor)) is not None:
-            if isinstance(action, SendSnapshot):
-                revision, records = self.g.snapshot()
-                self._send(records, 0, revision, snapshot=True)
-            else:
-                got = self.g.changes_after(action.from_revision, action.to_revision)
-                if got is None:
-                    self.session.on_failed_range()
-                    continue
-                self._send(coalesce(got), action.from_revision, action.to_revision, False)
-            self.session.on_done()
+        self.hub.head, self.hub.log_floor = self.g.head, self.seen_floor
+        return asyncio.run(self._send_all()) or did
+
+    async def _send_all(self) -> bool:
+        did = False
+        while await self.sender.send_next():
             did = True
         return did
 
-    def _send(self, records: list[ChangeRecord], frm: int, rev: int, snapshot: bool) -> None:
-        for part in pack(records, self.max_bytes):
-            seq = self.session.next_seq()
-            data = assemble_batch(
-                seq=seq,
-                from_revision=frm,
-                revision=rev,
-                snapshot=snapshot,
-                final=part.final,
-                head_revision=self.g.head,
-                framed_changes=[r.framed for r in part.records],
-            )
-            assert len(data) <= self.max_bytes
-            self.session.on_sent(seq, rev, part.final)
-            self.to_zone.append(data)
-            self.parts_sent += 1
+    async def _write(self, data: bytes) -> None:
+        """The stream as the send loop sees it: each batch goes to the zone's queue."""
+        assert len(data) <= self.max_bytes
+        self.to_zone.append(data)
+        self.parts_sent += 1
 
     def zone_step(self) -> bool:
         """The zone applies one message and acknowledges it. True if there was one."""
@@ -663,5 +705,30 @@ def test_pair_zone_moved_to_an_empty_global_is_emptied() -> None:
     pair.settle()
     pair.g = GlobalModel(store_id="global-store-b")
     assert pair.connect() is Mode.SNAPSHOT
+    pair.settle()
+    assert_converged(pair)
+
+
+def test_pair_range_is_written_as_one_batch_of_pre_framed_changes() -> None:
+    """The send loop writes a range as the batch assemble_batch makes from the range's
+    coalesced records, framed once: the newest change per key, and the range's revisions."""
+    g = GlobalModel()
+    pair = ConnectionPair(g, ZoneModel(), max_unacked=2, max_bytes=1 << 20)
+    pair.settle()  # the initial (empty) snapshot is batch 1
+    g.put(Resource(Kind.MESH, "default"))
+    g.put(Resource(Kind.SECRET, "a", mesh="default", data=b"1"))
+    g.put(Resource(Kind.SECRET, "a", mesh="default", data=b"2"))
+    assert pair.global_step()
+    assert list(pair.to_zone) == [
+        assemble_batch(
+            seq=2,
+            from_revision=0,
+            revision=g.head,
+            snapshot=False,
+            final=True,
+            head_revision=g.head,
+            framed_changes=[r.framed for r in coalesce(g.log)],
+        )
+    ]
     pair.settle()
     assert_converged(pair)
