@@ -30,7 +30,7 @@ from kds.protocol.session import (
     SendSnapshot,
 )
 from kds.wire import BATCH_OVERHEAD, assemble_batch, change_delete, change_put
-from zonecp.client import decode_batch
+from kds.wire import decode_batch as decode_batch
 
 STORE = "global-store-a"
 
