@@ -1,8 +1,8 @@
 """Conversion between model objects and protobuf messages, and batch assembly from bytes.
 
-Pure (no grpc, no I/O): both daemons and the pure protocol sessions' tests convert here. On the
-zone, a received batch is decoded here (what this version cannot read becomes a rejection, not
-an error) and the zone session's hello and acks are encoded here.
+Pure (no grpc, no I/O), so the protocol sessions can be tested through real wire bytes without
+a network. On the zone, a received batch is decoded here (a change this version cannot read
+becomes a rejection, not an error), and the zone session's plain hello and acks are encoded.
 
 Global encodes each Change once (when the write commits) and keeps the bytes. A Batch is
 assembled by writing its small header and then each Change as a pre-framed field 15 entry
@@ -202,10 +202,10 @@ def hello_to_pb(h: Hello) -> pb.ZoneMessage:
 def _rejection_to_pb(r: Rejection) -> pb.Rejection:
     if r.key is None:
         return pb.Rejection(reason=r.reason)  # no key field at all, as it named nothing
-    if isinstance(r.key, RawKey):
-        key = pb.ResourceKey(kind=r.key.kind, mesh=r.key.mesh, name=r.key.name)  # type: ignore[arg-type]
-    else:
-        key = key_to_pb(r.key)
+    if not isinstance(r.key, RawKey):
+        return pb.Rejection(key=key_to_pb(r.key), reason=r.reason)
+    raw = r.key  # exactly as global sent it, kind number and all
+    key = pb.ResourceKey(kind=raw.kind, mesh=raw.mesh, name=raw.name)  # type: ignore[arg-type]
     return pb.Rejection(key=key, reason=r.reason)
 
 
