@@ -1,5 +1,9 @@
 """Conversion between model objects and protobuf messages, and batch assembly from bytes.
 
+Pure (no grpc, no I/O), so the protocol sessions can be tested through real wire bytes without
+a network. On the zone, a received batch is decoded here (a change this version cannot read
+becomes a rejection, not an error), and the zone session's plain hello and acks are encoded.
+
 Global encodes each Change once (when the write commits) and keeps the bytes. A Batch is
 assembled by writing its small header and then each Change as a pre-framed field 15 entry
 (tag, length, bytes), so the same Change bytes go to every zone without re-encoding.
@@ -14,21 +18,27 @@ from google.protobuf.internal.encoder import _VarintBytes  # type: ignore[attr-d
 
 from kds._pb import sync_pb2 as pb
 from kds.model import Key, Kind, Resource
+from kds.protocol.applier import DecodedBatch, Incoming
+from kds.protocol.zone_session import Ack, Hello, RawKey, Rejection, SyncMode, Welcome
 
 __all__ = [
     "KIND_TO_PB",
     "PART_BYTES",
     "PB_TO_KIND",
     "PROTOCOL_VERSION",
+    "ack_to_pb",
     "assemble_batch",
     "change_delete",
     "change_put",
+    "decode_batch",
     "frame_change",
+    "hello_to_pb",
     "key_from_pb",
     "key_to_pb",
     "mesh_spec_of",
     "resource_from_pb",
     "resource_to_pb",
+    "welcome_from_pb",
 ]
 
 PROTOCOL_VERSION = 1
@@ -124,6 +134,89 @@ def assemble_batch(
     ).SerializeToString()
     body = header + b"".join(framed_changes)
     return _BATCH_TAG + _VarintBytes(len(body)) + body
+
+
+def decode_batch(b: pb.Batch) -> tuple[DecodedBatch, list[Rejection]]:
+    """Decode a batch; changes this version cannot read (a kind from a newer global, a change
+    with no operation) come back as rejections naming the key exactly as global sent it."""
+    changes: list[Incoming] = []
+    undecodable: list[Rejection] = []
+    for ch in b.changes:
+        which = ch.WhichOneof("op")
+        try:
+            if which == "put":
+                res = resource_from_pb(ch.put)
+                changes.append(Incoming(ch.revision, res.key, res))
+            elif which == "delete":
+                changes.append(Incoming(ch.revision, key_from_pb(ch.delete)))
+            else:
+                undecodable.append(Rejection(None, "change with no operation"))
+        except (KeyError, ValueError) as e:
+            raw = ch.put if which == "put" else ch.delete
+            counted_as = str(PB_TO_KIND.get(raw.kind, f"kind-{raw.kind}"))
+            key = RawKey(kind=raw.kind, mesh=raw.mesh, name=raw.name, type=counted_as)
+            reason = (
+                f"unknown resource kind {raw.kind}: this zone runs an older version"
+                if isinstance(e, KeyError)
+                else f"cannot decode change: {e}"
+            )
+            undecodable.append(Rejection(key, reason))
+    batch = DecodedBatch(
+        seq=b.seq,
+        from_revision=b.from_revision,
+        revision=b.revision,
+        snapshot=b.snapshot,
+        final=b.final,
+        head_revision=b.head_revision,
+        changes=tuple(changes),
+        chain=b.chain,
+    )
+    return batch, undecodable
+
+
+def welcome_from_pb(w: pb.Welcome) -> Welcome:
+    """Any mode but RESUME is taken as a snapshot: the zone then waits for everything."""
+    return Welcome(
+        global_instance_id=w.global_instance_id,
+        global_store_id=w.global_store_id,
+        head_revision=w.head_revision,
+        mode=SyncMode.RESUME if w.mode == pb.Welcome.RESUME else SyncMode.SNAPSHOT,
+        heartbeat_interval_ms=w.heartbeat_interval_ms,
+    )
+
+
+def hello_to_pb(h: Hello) -> pb.ZoneMessage:
+    return pb.ZoneMessage(
+        hello=pb.Hello(
+            zone=h.zone,
+            instance_id=h.instance_id,
+            software_version=h.software_version,
+            protocol_version=PROTOCOL_VERSION,
+            resume=pb.ResumePoint(global_store_id=h.store_id, revision=h.revision, chain=h.chain),
+            store_backend=h.store_backend,
+            max_message_bytes=h.max_message_bytes,
+        )
+    )
+
+
+def _rejection_to_pb(r: Rejection) -> pb.Rejection:
+    if r.key is None:
+        return pb.Rejection(reason=r.reason)  # no key field at all, as it named nothing
+    if not isinstance(r.key, RawKey):
+        return pb.Rejection(key=key_to_pb(r.key), reason=r.reason)
+    raw = r.key  # exactly as global sent it, kind number and all
+    key = pb.ResourceKey(kind=raw.kind, mesh=raw.mesh, name=raw.name)  # type: ignore[arg-type]
+    return pb.Rejection(key=key, reason=r.reason)
+
+
+def ack_to_pb(a: Ack) -> pb.ZoneMessage:
+    return pb.ZoneMessage(
+        ack=pb.Ack(
+            seq=a.seq,
+            applied_revision=a.applied_revision,
+            rejected=[_rejection_to_pb(r) for r in a.rejected],
+        )
+    )
 
 
 # Room for the Batch header and GlobalMessage framing when packing parts.

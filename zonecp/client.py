@@ -1,10 +1,15 @@
 """The zone's side of the sync stream: dial global, say hello, apply batches, acknowledge.
 
+This module does the I/O only; the protocol's decisions (what the hello says, that the welcome
+comes first, the ack, readiness, when a silent global is given up on) are the pure
+kds.protocol.zone_session.ZoneSession's, which this client feeds with what it reads.
+
 The dial loop retries with exponential backoff and jitter (tenacity), logging each attempt;
 after a stream that was welcomed ends, backoff starts again from its shortest delay. Each
-batch is decoded, planned and applied in one store transaction (kds.protocol.applier via
-SqliteStore.apply_batch), then acknowledged. The zone sends global nothing of its own
-resources: only the hello, acks (with per-resource rejections) and its conflict names.
+batch is decoded (kds.wire), planned and applied in one store transaction
+(kds.protocol.applier via SqliteStore.apply_batch), then acknowledged. The zone sends global
+nothing of its own resources: only the hello, acks (with per-resource rejections) and its
+conflict names.
 """
 
 from __future__ import annotations
@@ -35,10 +40,10 @@ from kds.clock import rfc3339
 from kds.errors import ProtocolError
 from kds.grpc_options import client_options
 from kds.model import Key
-from kds.protocol.applier import DecodedBatch, Incoming
+from kds.protocol.zone_session import RawKey, State, ZoneSession
 from kds.store import ZoneStore
 
-__all__ = ["ZoneClient", "ZoneSyncStatus", "decode_batch"]
+__all__ = ["ZoneClient", "ZoneSyncStatus"]
 
 METHOD = "/kds.v1.SecretSync/Sync"
 log = structlog.get_logger("zonecp.sync")
@@ -54,80 +59,102 @@ class StreamEnded(Exception):
 
 @dataclass
 class ZoneSyncStatus:
-    """The zone's own view of its sync, served by zonecp.status (times: wall-clock seconds)."""
+    """The zone's own view of its sync, served by zonecp.status (times: wall-clock seconds).
 
+    The protocol's state (connected, ready, heads, revisions, how streams started, counts) is
+    the session's, read through; the times, errors, dial attempts and conflicts are the
+    client's."""
+
+    session: ZoneSession
     global_address: str = ""
-    connected: bool = False
-    # Ready once connected and caught up with global at least once since this process
-    # started; it stays ready while global is away (the zone serves its last state).
-    ready: bool = False
-    global_instance_id: str = ""
-    global_store_id: str = ""
     connected_since: float = 0.0
     disconnected_at: float = 0.0
     last_message_at: float = 0.0
-    global_head: int = 0  # global's revision as last heard
-    applied_revision: int = 0
     applied_at: str = ""  # when the last complete range or snapshot was applied
     last_error: str = ""
     last_error_at: float = 0.0
     attempts: int = 0  # failed dial attempts in a row
-    connections: int = 0  # streams welcomed since start
-    # How global answered the last hello: "resume" (only the changes after from_revision) or
-    # "snapshot" (everything again); and how often each happened since start.
-    sync_mode: str = ""
-    sync_from_revision: int = 0
-    resumes: int = 0
-    snapshots: int = 0
-    batches_applied: int = 0
-    applied: Counter[str] = field(default_factory=Counter)  # resource changes, by type
-    rejected: Counter[str] = field(default_factory=Counter)
     conflicts: list[Key] = field(default_factory=list)
 
     def error(self, message: str) -> None:
         self.last_error = message
         self.last_error_at = time.time()
 
+    @property
+    def connected(self) -> bool:
+        return self.session.connected
 
-def decode_batch(b: pb.Batch) -> tuple[DecodedBatch, list[pb.Rejection]]:
-    """Decode a batch; changes this version cannot read (a kind from a newer global, a change
-    with no operation) come back as rejections naming the key exactly as global sent it."""
-    changes: list[Incoming] = []
-    undecodable: list[pb.Rejection] = []
-    for ch in b.changes:
-        which = ch.WhichOneof("op")
-        try:
-            if which == "put":
-                res = wire.resource_from_pb(ch.put)
-                changes.append(Incoming(ch.revision, res.key, res))
-            elif which == "delete":
-                changes.append(Incoming(ch.revision, wire.key_from_pb(ch.delete)))
-            else:
-                undecodable.append(pb.Rejection(reason="change with no operation"))
-        except (KeyError, ValueError) as e:
-            raw = ch.put if which == "put" else ch.delete
-            key = pb.ResourceKey(kind=raw.kind, mesh=raw.mesh, name=raw.name)
-            reason = (
-                f"unknown resource kind {raw.kind}: this zone runs an older version"
-                if isinstance(e, KeyError)
-                else f"cannot decode change: {e}"
-            )
-            undecodable.append(pb.Rejection(key=key, reason=reason))
-    batch = DecodedBatch(
-        seq=b.seq,
-        from_revision=b.from_revision,
-        revision=b.revision,
-        snapshot=b.snapshot,
-        final=b.final,
-        head_revision=b.head_revision,
-        changes=tuple(changes),
-        chain=b.chain,
-    )
-    return batch, undecodable
+    @property
+    def ready(self) -> bool:
+        """Ready once connected and caught up with global at least once since this process
+        started; it stays ready while global is away (the zone serves its last state)."""
+        return self.session.ready
+
+    @property
+    def global_instance_id(self) -> str:
+        return self.session.global_instance_id
+
+    @property
+    def global_store_id(self) -> str:
+        return self.session.global_store_id
+
+    @property
+    def global_head(self) -> int:
+        """Global's revision as last heard."""
+        return self.session.global_head
+
+    @property
+    def applied_revision(self) -> int:
+        return self.session.applied_revision
+
+    @property
+    def connections(self) -> int:
+        """Streams welcomed since start."""
+        return self.session.connections
+
+    @property
+    def sync_mode(self) -> str:
+        """How global answered the last hello: "resume" (only the changes after
+        sync_from_revision) or "snapshot" (everything again); "" before the first welcome."""
+        return self.session.sync_mode
+
+    @property
+    def sync_from_revision(self) -> int:
+        return self.session.sync_from_revision
+
+    @property
+    def resumes(self) -> int:
+        return self.session.resumes
+
+    @property
+    def snapshots(self) -> int:
+        return self.session.snapshots
+
+    @property
+    def batches_applied(self) -> int:
+        return self.session.batches_applied
+
+    @property
+    def applied(self) -> Counter[str]:
+        """Resource changes applied, by type."""
+        return self.session.applied
+
+    @property
+    def rejected(self) -> Counter[str]:
+        return self.session.rejected
 
 
 def _key_name(k: Key) -> dict[str, str]:
     return {"type": str(k.kind), "mesh": k.mesh, "name": k.name}
+
+
+def _as_sent(k: Key | RawKey | None) -> dict[str, Any]:
+    """Log fields of a change the zone could not decode, as global sent it: ``kind`` is the
+    wire number (0 when the change named nothing)."""
+    if k is None:
+        return {"kind": 0, "mesh": "", "name": ""}
+    kind = k.kind if isinstance(k, RawKey) else wire.KIND_TO_PB[k.kind]
+    return {"kind": kind, "mesh": k.mesh, "name": k.name}
 
 
 class ZoneClient:
@@ -157,7 +184,13 @@ class ZoneClient:
         self.keepalive = (keepalive_interval, keepalive_timeout)
         self.reconnect_max_delay = reconnect_max_delay
         self.instance_id = f"{zone}-{uuid.uuid4().hex[:8]}"
-        self.status = ZoneSyncStatus(global_address=global_address)
+        self.session = ZoneSession(
+            zone=zone,
+            instance_id=self.instance_id,
+            software_version=software_version,
+            max_message_bytes=max_message_bytes,
+        )
+        self.status = ZoneSyncStatus(self.session, global_address=global_address)
         self._write_lock = asyncio.Lock()
         self._status_dirty = asyncio.Event()
 
@@ -257,79 +290,32 @@ class ZoneClient:
                 raise StreamEnded(f"{code.name}: {await call.details()}", code) from None
             finally:
                 stopper.cancel()
-                if self.status.connected:
+                if self.session.state is not State.DISCONNECTED and self.session.on_end():
                     log.info("disconnected from global")
                     self.status.disconnected_at = time.time()
-                self.status.connected = False
                 call.cancel()
 
     async def _converse(self, call: Any, stopper: asyncio.Task[Any]) -> bool:
         state = await self.store.sync_state()
-        await call.write(
-            pb.ZoneMessage(
-                hello=pb.Hello(
-                    zone=self.zone,
-                    instance_id=self.instance_id,
-                    software_version=self.software_version,
-                    protocol_version=wire.PROTOCOL_VERSION,
-                    resume=pb.ResumePoint(
-                        global_store_id=state.global_store_id,
-                        revision=state.applied_revision,
-                        chain=state.chain,
-                    ),
-                    store_backend=self.store.backend,
-                    max_message_bytes=self.max_message_bytes,
-                )
-            )
+        hello = self.session.on_open(
+            state.global_store_id,
+            state.applied_revision,
+            state.chain,
+            store_backend=self.store.backend,
         )
+        await call.write(wire.hello_to_pb(hello))
         first = await self._read(call, stopper)
         if first is None:
             return True
-        if first.WhichOneof("msg") != "welcome":
-            raise ProtocolError("global did not answer the hello with a welcome")
-        w = first.welcome
-        global_store_id = w.global_store_id
-        # Watchdog: global promises a message at least every heartbeat interval.
-        silence = 3 * w.heartbeat_interval_ms / 1000 if w.heartbeat_interval_ms else None
-        st = self.status
-        st.connected = True
-        st.connections += 1
-        st.attempts = 0
-        st.connected_since = st.last_message_at = time.time()
-        st.global_instance_id = w.global_instance_id
-        st.global_store_id = global_store_id
-        st.global_head = w.head_revision
-        st.applied_revision = st.sync_from_revision = state.applied_revision
-        if w.mode == pb.Welcome.RESUME:
-            st.sync_mode = "resume"
-            st.resumes += 1
-        else:
-            st.sync_mode = "snapshot"
-            st.snapshots += 1
-        if w.mode == pb.Welcome.RESUME and state.applied_revision >= w.head_revision:
-            st.ready = True
-        log.info(
-            "connected to global",
-            global_instance=w.global_instance_id,
-            mode=pb.Welcome.Mode.Name(w.mode),
-            revision=state.applied_revision,
-            head=w.head_revision,
-        )
+        await self._receive(call, first)  # the session refuses anything but the welcome here
         status_task = asyncio.create_task(self._status_sender(call))
         self._status_dirty.set()  # report current conflicts on every new stream
         try:
             while True:
-                msg = await self._read(call, stopper, silence)
+                msg = await self._read(call, stopper)
                 if msg is None:
                     return True
-                self.status.last_message_at = time.time()
-                kind = msg.WhichOneof("msg")
-                if kind == "batch":
-                    await self._apply(call, msg.batch, global_store_id)
-                elif kind == "heartbeat":
-                    self.status.global_head = msg.heartbeat.head_revision
-                else:
-                    raise ProtocolError(f"unexpected {kind} from global")
+                await self._receive(call, msg)
         except (StreamEnded, grpc.aio.AioRpcError, asyncio.InvalidStateError) as e:
             self.status.error(_describe(e) if not isinstance(e, StreamEnded) else str(e))
             log.warning("sync stream ended", error=self.status.last_error)
@@ -340,21 +326,50 @@ class ZoneClient:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await status_task
 
-    async def _read(
-        self, call: Any, stopper: asyncio.Task[Any], silence: float | None = None
-    ) -> Any:
+    async def _receive(self, call: Any, msg: Any) -> None:
+        """Feed one message from global to the session and carry out what it decides."""
+        kind = msg.WhichOneof("msg")
+        if kind == "welcome":
+            w = msg.welcome
+            self.session.on_welcome(wire.welcome_from_pb(w), time.monotonic())
+            st = self.status
+            st.attempts = 0
+            st.connected_since = st.last_message_at = time.time()
+            log.info(
+                "connected to global",
+                global_instance=w.global_instance_id,
+                mode=pb.Welcome.Mode.Name(w.mode),
+                revision=self.session.sync_from_revision,
+                head=w.head_revision,
+            )
+        elif kind == "batch":
+            await self._apply(call, msg.batch)
+        elif kind == "heartbeat":
+            self.session.on_heartbeat(msg.heartbeat.head_revision, time.monotonic())
+            self.status.last_message_at = time.time()
+        else:
+            self.session.on_unknown(str(kind))
+
+    async def _read(self, call: Any, stopper: asyncio.Task[Any]) -> Any:
         """The next message; None when the zone is stopping. Raises StreamEnded when global
-        ended the stream or, with ``silence``, sent nothing for that many seconds."""
+        ended the stream or, as the session's watchdog decides, went silent too long."""
         reader = asyncio.ensure_future(call.read())
-        done, _ = await asyncio.wait(
-            {reader, stopper}, timeout=silence, return_when=asyncio.FIRST_COMPLETED
-        )
-        if reader not in done:
-            reader.cancel()
+        while True:
+            done, _ = await asyncio.wait(
+                {reader, stopper},
+                timeout=self.session.watchdog_wait(time.monotonic()),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if reader in done:
+                break
             if stopper in done:
+                reader.cancel()
                 return None
-            log.warning("global went silent: reconnecting", silent_for=silence)
-            raise StreamEnded(f"global sent nothing for {silence:g}s (heartbeats expected)")
+            if self.session.tick(time.monotonic()):
+                reader.cancel()
+                silence = self.session.silence_limit
+                log.warning("global went silent: reconnecting", silent_for=silence)
+                raise StreamEnded(f"global sent nothing for {silence:g}s (heartbeats expected)")
         msg = reader.result()
         if msg is grpc.aio.EOF:
             code = await call.code()
@@ -362,8 +377,11 @@ class ZoneClient:
             raise StreamEnded(f"global ended the stream: {code.name}: {details}", code)
         return msg
 
-    async def _apply(self, call: Any, b: pb.Batch, global_store_id: str) -> None:
-        batch, undecodable = decode_batch(b)
+    async def _apply(self, call: Any, b: pb.Batch) -> None:
+        batch, undecodable = wire.decode_batch(b)
+        self.session.on_batch(batch, undecodable, time.monotonic())
+        self.status.last_message_at = time.time()
+        global_store_id = self.session.global_store_id
         result = await self.store.apply_batch(batch, global_store_id, rfc3339())
         for k in result.new_conflicts:
             log.warning(
@@ -374,33 +392,14 @@ class ZoneClient:
         for k, reason in result.rejected:
             log.warning("rejected a synced resource", reason=reason, **_key_name(k))
         for rej in undecodable:
-            log.warning(
-                "rejected a synced resource",
-                reason=rej.reason,
-                kind=rej.key.kind,
-                mesh=rej.key.mesh,
-                name=rej.key.name,
-            )
+            log.warning("rejected a synced resource", reason=rej.reason, **_as_sent(rej.key))
         if result.removed_stale:
             log.info("removed synced copies global no longer has", count=result.removed_stale)
-        st = self.status
-        st.applied_revision = result.applied_revision
-        st.global_head = max(st.global_head, b.head_revision)
-        st.batches_applied += 1
-        refused = {k for k, _ in result.rejected}
-        st.applied.update(
-            str(c.key.kind) for c in batch.changes if c.key is not None and c.key not in refused
-        )
-        st.rejected.update(str(k.kind) for k, _ in result.rejected)
-        st.rejected.update(
-            str(wire.PB_TO_KIND.get(r.key.kind, f"kind-{r.key.kind}")) for r in undecodable
-        )
-        if result.rejected or undecodable:
-            st.error(f"rejected {len(result.rejected) + len(undecodable)} synced resource(s)")
-        if b.final:
-            st.applied_at = rfc3339()
-            if st.applied_revision >= st.global_head:
-                st.ready = True
+        applied = self.session.on_applied(result, time.monotonic())
+        if applied.error:
+            self.status.error(applied.error)
+        if applied.complete:
+            self.status.applied_at = rfc3339()
         log.debug(
             "applied batch",
             seq=b.seq,
@@ -409,20 +408,9 @@ class ZoneClient:
             snapshot=b.snapshot,
             final=b.final,
         )
-        ack = pb.Ack(
-            seq=b.seq,
-            applied_revision=result.applied_revision,
-            rejected=[
-                *(
-                    pb.Rejection(key=wire.key_to_pb(k), reason=reason)
-                    for k, reason in result.rejected
-                ),
-                *undecodable,
-            ],
-        )
         async with self._write_lock:
-            await call.write(pb.ZoneMessage(ack=ack))
-        if result.new_conflicts or result.resolved_conflicts:
+            await call.write(wire.ack_to_pb(applied.ack))
+        if applied.refresh_conflicts:
             await self.refresh_conflicts()
 
     async def _status_sender(self, call: Any) -> None:

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 PURE = [
     "kds.protocol.session",
+    "kds.protocol.zone_session",
     "kds.protocol.applier",
     "kds.protocol.batching",
     "kds.protocol.records",

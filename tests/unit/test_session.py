@@ -35,8 +35,7 @@ from kds.protocol.session import (
     SendRange,
     SendSnapshot,
 )
-from kds.wire import BATCH_OVERHEAD, assemble_batch, change_delete, change_put
-from zonecp.client import decode_batch
+from kds.wire import BATCH_OVERHEAD, assemble_batch, change_delete, change_put, decode_batch
 
 STORE = "global-store-a"
 

@@ -22,9 +22,8 @@ from kds.mtls import secret_refs
 from kds.protocol.batching import coalesce, pack
 from kds.protocol.records import ChangeRecord, sync_units
 from kds.store import SqliteStore
-from kds.wire import assemble_batch, change_delete, change_put
+from kds.wire import assemble_batch, change_delete, change_put, decode_batch
 from tests import certs
-from zonecp.client import decode_batch
 
 NOW = "2026-11-29T01:00:00.000Z"
 MESHES = ["m1", "m2"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from kds import wire
 from kds._pb import sync_pb2 as pb
 from kds.model import Kind, Resource
-from zonecp.client import decode_batch
+from kds.wire import decode_batch
 
 
 def _batch(*changes: pb.Change) -> pb.Batch:

@@ -1,0 +1,319 @@
+"""Zone side of the sync stream, as a plain state machine.
+
+The zone's protocol rules (the welcome comes first, global's head as last heard, when the zone
+counts as ready, what an ack says, when a silent global is given up on) live here, apart from
+grpc, asyncio, the store and the clock, so they can be read in one place and tested by feeding
+events. The client (zonecp.client) dials, decodes, feeds this session, encodes and writes; the
+session decides. Times are the caller's: ``now`` is any monotonic reading in seconds.
+
+One session lives as long as the zone process and sees each stream in turn, because readiness
+spans streams: a zone that caught up once stays ready while global is away, serving its last
+state. Its states, and the events that move between them; any other event is refused with a
+ProtocolError, straight from the table (TRANSITIONS)::
+
+                  open                  welcome            batch
+    DISCONNECTED -------> AWAITING_WELCOME -------> SYNCING <------> APPLYING
+         ^                                          |  ^    applied (returns the ack)
+         |                                          +--+
+         |                                    heartbeat, tick (returns: reconnect?)
+         +---- end, from any other state (the stream closed, for whatever reason)
+
+A batch or heartbeat before the welcome, a second welcome, or anything but ``open`` after a
+stream ended is a protocol error. Ready: once connected and caught up since start (a resume
+already at global's head at the welcome; else the final part of a range or snapshot that
+reaches the head); it stays ready after a disconnect.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+from kds.errors import ProtocolError
+from kds.model import Key
+from kds.protocol.applier import DecodedBatch
+
+__all__ = [
+    "Ack",
+    "Applied",
+    "ApplyOutcome",
+    "Event",
+    "Hello",
+    "RawKey",
+    "Rejection",
+    "State",
+    "SyncMode",
+    "Welcome",
+    "ZoneSession",
+]
+
+# Global promises a message at least every heartbeat interval; this many intervals of
+# silence mean it is stuck (the TCP link and keepalive pings may look healthy).
+SILENT_HEARTBEATS = 3
+
+
+class State(Enum):
+    DISCONNECTED = "disconnected"  # no stream: before the first, or after one ended
+    AWAITING_WELCOME = "awaiting welcome"  # hello sent
+    SYNCING = "syncing"  # welcomed; waiting for global's next message
+    APPLYING = "applying"  # a batch is being applied; its result is due
+
+
+class Event(Enum):
+    OPEN = "open"
+    WELCOME = "welcome"
+    HEARTBEAT = "heartbeat"
+    BATCH = "batch"
+    APPLIED = "applied"
+    TICK = "tick"
+    END = "end"
+    UNKNOWN = "unknown"  # a message this version does not know: never allowed
+
+
+TRANSITIONS: dict[tuple[State, Event], State] = {
+    (State.DISCONNECTED, Event.OPEN): State.AWAITING_WELCOME,
+    (State.AWAITING_WELCOME, Event.WELCOME): State.SYNCING,
+    (State.AWAITING_WELCOME, Event.END): State.DISCONNECTED,
+    (State.SYNCING, Event.HEARTBEAT): State.SYNCING,
+    (State.SYNCING, Event.BATCH): State.APPLYING,
+    (State.SYNCING, Event.TICK): State.SYNCING,
+    (State.SYNCING, Event.END): State.DISCONNECTED,
+    (State.APPLYING, Event.APPLIED): State.SYNCING,
+    (State.APPLYING, Event.END): State.DISCONNECTED,
+}
+
+_FROM_GLOBAL = frozenset({Event.WELCOME, Event.HEARTBEAT, Event.BATCH, Event.UNKNOWN})
+
+
+class SyncMode(Enum):
+    """How global answered the hello: only the changes after the zone's revision, or all."""
+
+    RESUME = "resume"
+    SNAPSHOT = "snapshot"
+
+
+@dataclass(frozen=True)
+class Hello:
+    zone: str
+    instance_id: str
+    software_version: str
+    store_id: str  # global store the zone last synced from ("" if never)
+    revision: int  # last revision applied from it
+    chain: bytes  # global's history chain at that revision, as the zone recorded it
+    store_backend: str
+    max_message_bytes: int
+
+
+@dataclass(frozen=True)
+class Welcome:
+    global_instance_id: str
+    global_store_id: str
+    head_revision: int
+    mode: SyncMode
+    heartbeat_interval_ms: int = 0  # 0: global promises no heartbeats
+
+
+@dataclass(frozen=True)
+class RawKey:
+    """A key as global sent it, for a change this zone could not decode: ``kind`` is the wire
+    number (perhaps one this version does not know) and ``type`` what the zone counts it as."""
+
+    kind: int
+    mesh: str
+    name: str
+    type: str
+
+
+@dataclass(frozen=True)
+class Rejection:
+    key: Key | RawKey | None  # None: the change named no resource (no operation)
+    reason: str
+
+
+@dataclass(frozen=True)
+class Ack:
+    seq: int
+    applied_revision: int
+    rejected: tuple[Rejection, ...] = ()
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What to do after a batch was applied."""
+
+    ack: Ack
+    refresh_conflicts: bool  # conflicts began or ended: re-read them and tell global
+    complete: bool  # the batch ended a range or snapshot
+    error: str  # "" or what the status should report (rejections)
+
+
+class ApplyOutcome(Protocol):
+    """The store's result of applying one batch (kds.store's ZoneApplyResult fits)."""
+
+    @property
+    def applied_revision(self) -> int: ...
+    @property
+    def rejected(self) -> Sequence[tuple[Key, str]]: ...
+    @property
+    def new_conflicts(self) -> Sequence[Key]: ...
+    @property
+    def resolved_conflicts(self) -> Sequence[Key]: ...
+
+
+class ZoneSession:
+    def __init__(
+        self, *, zone: str, instance_id: str, software_version: str, max_message_bytes: int
+    ):
+        self.zone = zone
+        self.instance_id = instance_id
+        self.software_version = software_version
+        self.max_message_bytes = max_message_bytes
+        self.state = State.DISCONNECTED
+        # What the zone's status shows (zonecp.status reads these through ZoneSyncStatus).
+        self.ready = False
+        self.global_instance_id = ""
+        self.global_store_id = ""
+        self.global_head = 0  # global's revision as last heard
+        self.applied_revision = 0
+        self.sync_mode = ""  # "resume" or "snapshot": how the last stream started
+        self.sync_from_revision = 0
+        self.connections = 0  # streams welcomed since start
+        self.resumes = 0
+        self.snapshots = 0
+        self.batches_applied = 0
+        self.applied: Counter[str] = Counter()  # resource changes applied, by type
+        self.rejected: Counter[str] = Counter()  # resource changes refused, by type
+        self.silence_limit: float | None = None  # seconds of silence before reconnecting
+        self._opened_at_revision = 0
+        self._quiet_since = 0.0
+        self._batch: DecodedBatch | None = None
+        self._undecodable: tuple[Rejection, ...] = ()
+
+    @property
+    def connected(self) -> bool:
+        return self.state in (State.SYNCING, State.APPLYING)
+
+    def _advance(self, event: Event, what: str = "") -> None:
+        try:
+            self.state = TRANSITIONS[self.state, event]
+        except KeyError:
+            raise ProtocolError(self._refusal(event, what or event.value)) from None
+
+    def _refusal(self, event: Event, what: str) -> str:
+        if event in _FROM_GLOBAL and self.state is State.AWAITING_WELCOME:
+            return "global did not answer the hello with a welcome"
+        if event in _FROM_GLOBAL and self.connected:
+            return f"unexpected {what} from global"
+        return f"{what} is not allowed while {self.state.value}"
+
+    # ------------------------------------------------------------------ events
+
+    def on_open(self, store_id: str, revision: int, chain: bytes, store_backend: str) -> Hello:
+        """A stream opened; the zone's sync state says where it stands. Returns the hello."""
+        self._advance(Event.OPEN)
+        self._opened_at_revision = revision
+        return Hello(
+            zone=self.zone,
+            instance_id=self.instance_id,
+            software_version=self.software_version,
+            store_id=store_id,
+            revision=revision,
+            chain=chain,
+            store_backend=store_backend,
+            max_message_bytes=self.max_message_bytes,
+        )
+
+    def on_welcome(self, w: Welcome, now: float) -> None:
+        self._advance(Event.WELCOME)
+        self.connections += 1
+        self.global_instance_id = w.global_instance_id
+        self.global_store_id = w.global_store_id
+        self.global_head = w.head_revision
+        self.applied_revision = self.sync_from_revision = self._opened_at_revision
+        self.sync_mode = w.mode.value
+        if w.mode is SyncMode.RESUME:
+            self.resumes += 1
+        else:
+            self.snapshots += 1
+        if w.mode is SyncMode.RESUME and self._opened_at_revision >= w.head_revision:
+            self.ready = True  # already caught up: nothing to wait for
+        hb = w.heartbeat_interval_ms
+        self.silence_limit = SILENT_HEARTBEATS * hb / 1000 if hb else None
+        self._quiet_since = now
+
+    def on_heartbeat(self, head_revision: int, now: float) -> None:
+        self._advance(Event.HEARTBEAT)
+        self.global_head = head_revision
+        self._quiet_since = now
+
+    def on_batch(self, batch: DecodedBatch, undecodable: Sequence[Rejection], now: float) -> None:
+        """A batch arrived, decoded (``undecodable``: the changes this version cannot read);
+        the caller applies it next and reports with on_applied."""
+        self._advance(Event.BATCH)
+        self._batch = batch
+        self._undecodable = tuple(undecodable)
+        self._quiet_since = now
+
+    def on_unknown(self, what: str) -> None:
+        """Global sent a message this version does not know: always refused."""
+        self._advance(Event.UNKNOWN, what)
+
+    def on_applied(self, result: ApplyOutcome, now: float) -> Applied:
+        """The batch was applied (in one store transaction). Returns the ack to send."""
+        self._advance(Event.APPLIED)
+        batch, undecodable = self._batch, self._undecodable
+        assert batch is not None  # the table admits APPLIED only after BATCH
+        self._batch, self._undecodable = None, ()
+        self.applied_revision = result.applied_revision
+        self.global_head = max(self.global_head, batch.head_revision)
+        self.batches_applied += 1
+        refused = {k for k, _ in result.rejected}
+        self.applied.update(
+            str(c.key.kind) for c in batch.changes if c.key is not None and c.key not in refused
+        )
+        self.rejected.update(str(k.kind) for k, _ in result.rejected)
+        self.rejected.update(_counted_as(r.key) for r in undecodable)
+        if batch.final and self.applied_revision >= self.global_head:
+            self.ready = True
+        rejections = (*(Rejection(k, reason) for k, reason in result.rejected), *undecodable)
+        # The apply may take long; that is the zone's time, not global's silence.
+        self._quiet_since = now
+        return Applied(
+            ack=Ack(batch.seq, result.applied_revision, rejections),
+            refresh_conflicts=bool(result.new_conflicts or result.resolved_conflicts),
+            complete=batch.final,
+            error=f"rejected {len(rejections)} synced resource(s)" if rejections else "",
+        )
+
+    def tick(self, now: float) -> bool:
+        """True if global has been silent too long: end the stream and dial again."""
+        self._advance(Event.TICK)
+        return self.silence_limit is not None and now - self._quiet_since >= self.silence_limit
+
+    def on_end(self) -> bool:
+        """The stream ended (either side, any reason). Returns whether it had been welcomed.
+        Readiness stays: the zone serves its last state while global is away."""
+        was_connected = self.connected
+        self._advance(Event.END)
+        self._batch, self._undecodable = None, ()
+        self.silence_limit = None
+        return was_connected
+
+    # ------------------------------------------------------------------ queries
+
+    def watchdog_wait(self, now: float) -> float | None:
+        """How long the caller may wait for global's next message before it should tick;
+        None: wait as long as it takes (no welcome yet, or global promised no heartbeats)."""
+        if self.state is not State.SYNCING or self.silence_limit is None:
+            return None
+        return max(0.0, self._quiet_since + self.silence_limit - now)
+
+
+def _counted_as(key: Key | RawKey | None) -> str:
+    if isinstance(key, Key):
+        return str(key.kind)
+    # A change that named nothing counts under the unspecified wire kind, 0.
+    return key.type if key is not None else "kind-0"
