@@ -1,0 +1,3 @@
+"""kdsctl: the command line client of the control planes' HTTP API (entry point: kdsctl.cli)."""
+
+from __future__ import annotations

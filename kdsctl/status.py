@@ -6,24 +6,25 @@
     kdsctl wait synced [--zone N]...  exit 0 once the zones acknowledged global's revision
 
 Times shown as "ago" are measured against the server's clock (its Date header), so a skewed
-clock on the machine running kdsctl does not distort them.
+clock on the machine running kdsctl does not distort them. ``kdsctl.cli`` adds the two groups
+here to the root.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import httpx
-import yaml
 
-from kds.config import parse_duration
-from kdsctl.cli import ApiClient, cli, fail, format_age, pass_client, table
+from kdsctl.client import ApiClient, pass_client
+from kdsctl.render import dump, fail, format_age, table
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["inspect", "wait"]
 
@@ -67,13 +68,6 @@ def _need_role(client: ApiClient, role: str, command: str) -> None:
         )
 
 
-def _dump(answer: Any, output: str) -> None:
-    if output == "json":
-        click.echo(json.dumps(answer, indent=2))
-    else:
-        click.echo(yaml.safe_dump(answer, sort_keys=False, default_flow_style=False), nl=False)
-
-
 def _ago(timestamp: str | None, now: datetime) -> str:
     return "never" if not timestamp else format_age(timestamp, now)
 
@@ -93,7 +87,7 @@ def _lag(z: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------- inspect
 
 
-@cli.group()
+@click.group()
 def inspect() -> None:
     """Show sync status: zones (on global) or this zone's sync (on a zone)."""
 
@@ -115,7 +109,7 @@ def inspect_zones(client: ApiClient, output: str) -> None:
     _need_role(client, "global", "inspect zones")
     answer, now = _get(client, "/zones")
     if output != "table":
-        _dump(answer, output)
+        dump(answer, output)
         return
     items = answer.get("items") or []
     if not items:
@@ -172,7 +166,7 @@ def inspect_zone(client: ApiClient, name: str, output: str) -> None:
     _need_role(client, "global", "inspect zone")
     z, now = _get(client, f"/zones/{name}/_overview")
     if output != "table":
-        _dump(z, output)
+        dump(z, output)
         return
     if z["status"] == "Online":
         status = f"Online since {z['connectedAt']} ({_since(z['connectedAt'], now)})"
@@ -226,7 +220,7 @@ def inspect_sync(client: ApiClient, output: str) -> None:
     _need_role(client, "zone", "inspect sync")
     st, now = _get(client, "/status")
     if output != "table":
-        _dump(st, output)
+        dump(st, output)
         return
     g = st.get("global") or {}
     if st["connected"]:
@@ -274,13 +268,15 @@ def inspect_sync(client: ApiClient, output: str) -> None:
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    from kds.config import parse_duration  # kds.config loads yaml: only wait synced needs it
+
     try:
         return parse_duration(value)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
 
 
-@cli.group()
+@click.group()
 def wait() -> None:
     """Wait for a condition instead of sleeping in scripts."""
 

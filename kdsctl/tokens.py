@@ -6,6 +6,9 @@ kdsctl revoke zone-token ID
 kdsctl get zone-token-signing-keys
 kdsctl rotate zone-token-signing-key
 kdsctl delete zone-token-signing-key NAME
+
+``kdsctl.cli`` adds the groups here to the root and the get_* / delete_* commands to its
+``get`` and ``delete`` groups.
 """
 
 from __future__ import annotations
@@ -14,12 +17,20 @@ from urllib.parse import quote
 
 import click
 
-from kdsctl.cli import ApiClient, cli, delete, get, pass_client, table
+from kdsctl.client import ApiClient, pass_client
+from kdsctl.render import table
 
-__all__ = ["generate", "revoke", "rotate"]
+__all__ = [
+    "delete_signing_key",
+    "generate",
+    "get_signing_keys",
+    "get_zone_tokens",
+    "revoke",
+    "rotate",
+]
 
 
-@cli.group()
+@click.group()
 def generate() -> None:
     """Generate credentials (zone tokens) on global."""
 
@@ -46,7 +57,7 @@ def generate_zone_token(client: ApiClient, zone: str, valid_for: str) -> None:
     )
 
 
-@cli.group()
+@click.group()
 def revoke() -> None:
     """Revoke credentials."""
 
@@ -63,7 +74,7 @@ def revoke_zone_token(client: ApiClient, token_id: str) -> None:
     )
 
 
-@get.command("zone-tokens")
+@click.command("zone-tokens")
 @pass_client
 def get_zone_tokens(client: ApiClient) -> None:
     """List the zone tokens global issued (ids and times, never the tokens)."""
@@ -78,7 +89,7 @@ def get_zone_tokens(client: ApiClient) -> None:
     click.echo(table(["ID", "ZONE", "SIGNING KEY", "ISSUED", "EXPIRES", "REVOKED"], rows))
 
 
-@get.command("zone-token-signing-keys")
+@click.command("zone-token-signing-keys")
 @pass_client
 def get_signing_keys(client: ApiClient) -> None:
     """List the keys that sign zone tokens (names only; the newest signs new tokens)."""
@@ -88,7 +99,7 @@ def get_signing_keys(client: ApiClient) -> None:
     )
 
 
-@cli.group()
+@click.group()
 def rotate() -> None:
     """Rotate keys."""
 
@@ -102,7 +113,7 @@ def rotate_signing_key(client: ApiClient) -> None:
     click.echo(f"{answer['name']} now signs new zone tokens")
 
 
-@delete.command("zone-token-signing-key")
+@click.command("zone-token-signing-key")
 @click.argument("name")
 @pass_client
 def delete_signing_key(client: ApiClient, name: str) -> None:

@@ -1,0 +1,111 @@
+"""How kdsctl prints: tables, ages, -o json / -o yaml, and ``Error: ...`` lines.
+
+Tables never show secret data; ``-o json`` and ``-o yaml`` print the API's answer as is. yaml
+is imported only to print -o yaml.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+import click
+
+from kds.model import LABEL_ORIGIN, LABEL_ZONE, Kind
+
+__all__ = ["dump", "fail", "format_age", "print_error", "print_resources", "table"]
+
+
+def print_error(message: str, causes: Iterable[tuple[str, str]] = ()) -> None:
+    """Print ``Error: message`` and one line per (field, message) cause on stderr."""
+    click.echo(f"Error: {message}", err=True)
+    for f, m in causes:
+        click.echo(f"  {f}: {m}" if f else f"  {m}", err=True)
+
+
+def fail(message: str, causes: Iterable[tuple[str, str]] = ()) -> NoReturn:
+    """Print ``Error: message`` (and one line per cause) on stderr and exit 1."""
+    print_error(message, causes)
+    raise click.exceptions.Exit(1)
+
+
+def format_age(timestamp: str, now: datetime) -> str:
+    """How long before ``now`` an RFC 3339 ``timestamp`` was: 45s, 3m, 5h, 2d."""
+    try:
+        t = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    except ValueError:
+        return "<unknown>"
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    s = max(0, int((now - t).total_seconds()))
+    if s < 120:
+        return f"{s}s"
+    if s < 2 * 3600:
+        return f"{s // 60}m"
+    if s < 2 * 86400:
+        return f"{s // 3600}h"
+    return f"{s // 86400}d"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns three spaces apart, a header line first; no trailing blanks."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    lines = [
+        "   ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip()
+        for line in [list(headers), *rows]
+    ]
+    return "\n".join(lines)
+
+
+def dump(answer: Any, output: str) -> None:
+    """Print an API answer as is: ``output`` is "json" or "yaml"."""
+    if output == "json":
+        click.echo(json.dumps(answer, indent=2))
+    else:
+        import yaml
+
+        click.echo(yaml.safe_dump(answer, sort_keys=False, default_flow_style=False), nl=False)
+
+
+def _origin(item: Mapping[str, Any]) -> str:
+    labels = item.get("labels") or {}
+    origin = str(labels.get(LABEL_ORIGIN, ""))
+    zone = labels.get(LABEL_ZONE)
+    return f"{origin} ({zone})" if origin == "zone" and zone else origin or "-"
+
+
+def _mtls(item: Mapping[str, Any]) -> str:
+    """A Mesh's mTLS column: the enabled backend and its type, or off."""
+    mtls = item.get("mtls") or {}
+    backends = {b.get("name"): b.get("type") for b in mtls.get("backends") or []}
+    enabled = mtls.get("enabledBackend")
+    if enabled in backends:
+        return f"{enabled} ({backends[enabled]})"
+    return f"off ({len(backends)} backends)" if backends else "off"
+
+
+def _render_table(kind: Kind, items: Sequence[Mapping[str, Any]]) -> str:
+    now = datetime.now(UTC)
+    headers = (["MESH"] if kind is Kind.SECRET else []) + ["NAME"]
+    headers += (["MTLS"] if kind is Kind.MESH else []) + ["ORIGIN", "AGE"]
+    rows = []
+    for it in items:
+        row = [str(it.get("mesh", ""))] if kind is Kind.SECRET else []
+        row += [str(it.get("name", ""))] + ([_mtls(it)] if kind is Kind.MESH else [])
+        row += [_origin(it), format_age(str(it.get("creationTime", "")), now)]
+        rows.append(row)
+    return table(headers, rows)
+
+
+def print_resources(kind: Kind, answer: Any, output: str, single: bool) -> None:
+    """Print a get's answer: one resource (``single``) or a list, as a table, json or yaml."""
+    if output in ("json", "yaml"):
+        dump(answer, output)
+    else:
+        items = [answer] if single else list(answer.get("items") or [])
+        if not items:
+            click.echo(f"No {kind} resources found.", err=True)
+            return
+        click.echo(_render_table(kind, items))
