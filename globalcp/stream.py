@@ -20,7 +20,7 @@ from globalcp.sending import SendLoop, SendPlans
 from globalcp.zones import ZoneHandle
 from kds import wire
 from kds._pb import sync_pb2 as pb
-from kds.errors import ProtocolError
+from kds.errors import KdsError, ProtocolError
 from kds.protocol.session import Ack, GlobalSession
 from kds.tokens import TokenRefused
 
@@ -52,8 +52,10 @@ class ZoneLink:
             self.wake.set()
 
 
-class _EndStream(Exception):
-    """The writer ends the stream with the link's ``end`` status."""
+class _EndStream(KdsError):
+    """The writer ends the stream on purpose, with the link's ``end`` status (its token was
+    revoked, expired or lost its signing key). Private to this module: it never leaves the
+    stream that raised it."""
 
 
 class ZoneStream:

@@ -8,8 +8,22 @@
     │   └── ReadOnlySynced   a zone was asked to change a copy synced from global (API 409)
     ├── ProtocolError        the peer broke the sync protocol (stream closed, not retried as-is)
     ├── StoreError           the store failed (our side; API 500)
-    └── ConfigError          a bad option, environment variable or config file entry
+    ├── ConfigError          a bad option, environment variable or config file entry
+    │
+    │   Defined beside the only code that raises them, on the edges:
+    ├── TokenRefused         (kds.tokens) a zone's token was refused: the zone's or its
+    │                        operator's to fix; carries the gRPC status the stream ends with
+    ├── _EndStream           (globalcp.stream) global ends one zone's stream on purpose; private
+    ├── StreamEnded          (zonecp.client) the zone's sync stream closed: dial again
+    ├── _HttpError           (kds.api) an answer the API sends as it is (status, title,
+    │                        causes); raised in handlers, never leaves the API
+    ├── ApiError             (kdsctl.client) the API answered with an error: the request's
+    │                        fault (4xx) or the control plane's (5xx)
+    └── ApiUnreachable       (kdsctl.client) no HTTP answer: the setup's or the network's
 
+Other libraries' exceptions (sqlite3, grpc, httpx) are handled at the edge that meets them:
+the API answers 500 and logs the type, the zone's dial loop logs and retries, kdsctl says
+what failed and exits 1.
 Messages never include secret data: they name types, meshes, names and fields only.
 """
 

@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 import click
 
+from kds.errors import KdsError
 from kds.model import Kind
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ __all__ = [
 
 
 @dataclass(eq=False)
-class ApiError(Exception):
+class ApiError(KdsError):
     """The API answered with an error: the request's fault (4xx) or the control plane's (5xx)."""
 
     status: int
@@ -47,7 +48,7 @@ class ApiError(Exception):
         return f"{self.title}: {self.detail}" if self.detail else self.title
 
 
-class ApiUnreachable(Exception):
+class ApiUnreachable(KdsError):
     """No HTTP answer (refused, timeout, bad URL, untrusted TLS): the setup's or network's fault."""
 
 

@@ -37,7 +37,7 @@ from tenacity import (
 from kds import wire
 from kds._pb import sync_pb2 as pb
 from kds.clock import rfc3339
-from kds.errors import ProtocolError
+from kds.errors import KdsError, ProtocolError
 from kds.grpc_options import client_options
 from kds.model import Key
 from kds.protocol.zone_session import RawKey, State, ZoneSession
@@ -49,8 +49,9 @@ METHOD = "/kds.v1.SecretSync/Sync"
 log = structlog.get_logger("zonecp.sync")
 
 
-class StreamEnded(Exception):
-    """The stream closed; retried by the dial loop."""
+class StreamEnded(KdsError):
+    """The sync stream closed (global ended it, the network dropped it, global went silent):
+    nobody's mistake to report, a reason to dial again; the dial loop retries."""
 
     def __init__(self, message: str, code: grpc.StatusCode | None = None):
         super().__init__(message)
