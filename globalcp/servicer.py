@@ -24,6 +24,7 @@ import grpc
 import structlog
 
 from globalcp.hub import Hub
+from globalcp.tokens import TokenInfo, TokenRefused, ZoneTokens
 from globalcp.zones import ZoneHandle, ZoneTracker
 from kds import wire
 from kds._pb import sync_pb2 as pb
@@ -33,7 +34,6 @@ from kds.model import validate_name
 from kds.protocol.batching import Part, coalesce, pack
 from kds.protocol.session import Ack, GlobalSession, Hello, Mode, SendRange, SendSnapshot
 from kds.store import GlobalStore, Snapshot
-from kds.tokens import TokenInfo, TokenRefused, ZoneTokens
 from kds.wire import PROTOCOL_VERSION
 
 __all__ = ["METHOD", "SyncServicer", "ZoneLink"]

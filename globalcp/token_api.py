@@ -19,11 +19,11 @@ from collections.abc import Callable, Mapping
 import structlog
 from aiohttp import web
 
+from globalcp.tokens import ZoneTokens
 from kds.clock import utcnow
 from kds.config import parse_duration
 from kds.errors import Conflict, FieldError, InvalidResource, NotFound
 from kds.model import validate_name
-from kds.tokens import ZoneTokens
 
 __all__ = ["DEFAULT_VALIDITY", "token_routes"]
 
