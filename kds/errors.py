@@ -1,7 +1,7 @@
 """The one exception tree of kds-sync. Errors say whose fault they are.
 
     KdsError
-    ├── InvalidResource      the user's input broke a rule (API 400); lists FieldErrors
+    ├── InvalidResource      the user's input broke a rule (API 400); lists FieldViolations
     │   └── InvalidReferences  ... a rule across resources (a Mesh's mTLS secrets), per item
     ├── NotFound             the resource does not exist (API 404)
     ├── Conflict             the write clashes with current state (API 409)
@@ -9,6 +9,9 @@
     ├── ProtocolError        the peer broke the sync protocol (stream closed, not retried as-is)
     ├── StoreError           the store failed (our side; API 500)
     └── ConfigError          a bad option, environment variable or config file entry
+
+FieldViolation is not an exception: it is a record (a field and the rule it broke) that an
+InvalidResource carries, one per problem, so an API answer can list each in ``causes``.
 
 Messages never include secret data: they name types, meshes, names and fields only.
 """
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 __all__ = [
     "ConfigError",
     "Conflict",
-    "FieldError",
+    "FieldViolation",
     "InvalidReferences",
     "InvalidResource",
     "KdsError",
@@ -32,7 +35,9 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class FieldError:
+class FieldViolation:
+    """One broken rule: the field (as the input names it; empty for the whole input) and why."""
+
     field: str
     message: str
 
@@ -49,7 +54,7 @@ class KdsError(Exception):
 
 
 class InvalidResource(KdsError):
-    def __init__(self, errors: list[FieldError]):
+    def __init__(self, errors: list[FieldViolation]):
         self.errors = errors
         super().__init__("; ".join(str(e) for e in errors) or "invalid resource")
 
@@ -58,7 +63,7 @@ class InvalidReferences(InvalidResource):
     """Checked inside the write's transaction; ``by_index`` maps a written resource's
     position in the write to its errors."""
 
-    def __init__(self, by_index: dict[int, list[FieldError]]):
+    def __init__(self, by_index: dict[int, list[FieldViolation]]):
         self.by_index = dict(sorted(by_index.items()))
         super().__init__([e for errs in self.by_index.values() for e in errs])
 

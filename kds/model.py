@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
-from kds.errors import FieldError, InvalidResource
+from kds.errors import FieldViolation, InvalidResource
 from kds.mtls import validate_mtls
 
 __all__ = [
@@ -163,14 +163,14 @@ class Limits:
 # --------------------------------------------------------------------------- validation
 
 
-def validate_name(value: object, field_name: str = "name") -> list[FieldError]:
+def validate_name(value: object, field_name: str = "name") -> list[FieldViolation]:
     if not isinstance(value, str) or value == "":
-        return [FieldError(field_name, "must be a non-empty string")]
+        return [FieldViolation(field_name, "must be a non-empty string")]
     if len(value) > 253:
-        return [FieldError(field_name, f"must be at most 253 characters (got {len(value)})")]
+        return [FieldViolation(field_name, f"must be at most 253 characters (got {len(value)})")]
     if not _SUBDOMAIN_RE.match(value):
         return [
-            FieldError(
+            FieldViolation(
                 field_name,
                 "must be an RFC 1123 subdomain: lower-case letters, digits, '-' and '.', "
                 "starting and ending with a letter or digit",
@@ -179,21 +179,21 @@ def validate_name(value: object, field_name: str = "name") -> list[FieldError]:
     return []
 
 
-def _validate_label_key(key: str, field_name: str) -> list[FieldError]:
+def _validate_label_key(key: str, field_name: str) -> list[FieldViolation]:
     prefix, _, name = key.rpartition("/")
-    errs: list[FieldError] = []
+    errs: list[FieldViolation] = []
     if "/" in key and not prefix:
-        errs.append(FieldError(field_name, f"label key {key!r}: prefix must not be empty"))
+        errs.append(FieldViolation(field_name, f"label key {key!r}: prefix must not be empty"))
     if prefix and (len(prefix) > 253 or not _SUBDOMAIN_RE.match(prefix)):
         errs.append(
-            FieldError(
+            FieldViolation(
                 field_name,
                 f"label key {key!r}: prefix must be a DNS subdomain of at most 253 characters",
             )
         )
     if not name or len(name) > 63 or not _LABEL_NAME_RE.match(name):
         errs.append(
-            FieldError(
+            FieldViolation(
                 field_name,
                 f"label key {key!r}: name must be 1-63 characters of letters, digits, '-', '_' "
                 "or '.', starting and ending with a letter or digit",
@@ -202,26 +202,26 @@ def _validate_label_key(key: str, field_name: str) -> list[FieldError]:
     return errs
 
 
-def validate_labels(labels: object, field_name: str = "labels") -> list[FieldError]:
+def validate_labels(labels: object, field_name: str = "labels") -> list[FieldViolation]:
     if labels is None:
         return []
     if not isinstance(labels, Mapping):
-        return [FieldError(field_name, "must be a map of string keys to string values")]
-    errs: list[FieldError] = []
+        return [FieldViolation(field_name, "must be a map of string keys to string values")]
+    errs: list[FieldViolation] = []
     for k, v in labels.items():
         f = f"{field_name}[{k}]"
         if not isinstance(k, str):
-            errs.append(FieldError(field_name, f"label key {k!r} must be a string"))
+            errs.append(FieldViolation(field_name, f"label key {k!r} must be a string"))
             continue
         if k in SYSTEM_LABELS:
-            errs.append(FieldError(f, f"label {k!r} is set by the system and cannot be given"))
+            errs.append(FieldViolation(f, f"label {k!r} is set by the system and cannot be given"))
             continue
         errs.extend(_validate_label_key(k, f))
         if not isinstance(v, str):
-            errs.append(FieldError(f, "label value must be a string"))
+            errs.append(FieldViolation(f, "label value must be a string"))
         elif len(v) > 63 or (v and not _LABEL_NAME_RE.match(v)):
             errs.append(
-                FieldError(
+                FieldViolation(
                     f,
                     "label value must be empty or 1-63 characters of letters, digits, '-', '_' "
                     "or '.', starting and ending with a letter or digit",
@@ -233,18 +233,18 @@ def validate_labels(labels: object, field_name: str = "labels") -> list[FieldErr
 def decode_data(value: object, limits: Limits, field_name: str = "data") -> bytes:
     """Decode base64 ``data``; raise InvalidResource naming the field on any problem."""
     if not isinstance(value, str) or value.strip() == "":
-        raise InvalidResource([FieldError(field_name, "must be a non-empty base64 string")])
+        raise InvalidResource([FieldViolation(field_name, "must be a non-empty base64 string")])
     compact = "".join(value.split())
     try:
         raw = base64.b64decode(compact, validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidResource([FieldError(field_name, "must be valid base64")]) from None
+        raise InvalidResource([FieldViolation(field_name, "must be valid base64")]) from None
     if not raw:
-        raise InvalidResource([FieldError(field_name, "must not decode to empty bytes")])
+        raise InvalidResource([FieldViolation(field_name, "must not decode to empty bytes")])
     if len(raw) > limits.max_data_bytes:
         raise InvalidResource(
             [
-                FieldError(
+                FieldViolation(
                     field_name,
                     f"decoded size {len(raw)} bytes exceeds the limit of "
                     f"{limits.max_data_bytes} bytes",
@@ -262,10 +262,10 @@ def validate(resource: Resource, limits: Limits) -> None:
     errs += validate_labels(resource.labels)
     if resource.kind is not Kind.MESH:
         if not resource.data:
-            errs.append(FieldError("data", "must not be empty"))
+            errs.append(FieldViolation("data", "must not be empty"))
         elif len(resource.data) > limits.max_data_bytes:
             errs.append(
-                FieldError(
+                FieldViolation(
                     "data",
                     f"decoded size {len(resource.data)} bytes exceeds the limit of "
                     f"{limits.max_data_bytes} bytes",
@@ -293,7 +293,7 @@ _K8S_FIELDS = {
 
 def _mesh_spec(
     fields: Mapping[str, Any], mesh_name: object, prefix: str = ""
-) -> tuple[dict[str, Any], list[FieldError]]:
+) -> tuple[dict[str, Any], list[FieldViolation]]:
     spec = {k: fields[k] for k in sorted(_MESH_SPEC_FIELDS) if k in fields}
     errs = []
     for k, v in spec.items():
@@ -302,7 +302,7 @@ def _mesh_spec(
         except (TypeError, ValueError):
             ok = False
         if not ok:
-            errs.append(FieldError(f"{prefix}{k}", "must be a map of JSON values"))
+            errs.append(FieldViolation(f"{prefix}{k}", "must be a map of JSON values"))
     if "mtls" in spec and not errs:
         errs += validate_mtls(spec["mtls"], mesh_name, prefix)
     return spec, errs
@@ -314,7 +314,7 @@ def _kind_of(value: object, field_name: str = "type") -> Kind:
     except ValueError:
         raise InvalidResource(
             [
-                FieldError(
+                FieldViolation(
                     field_name,
                     f"unknown type {value!r}: expected one of Mesh, Secret, GlobalSecret",
                 )
@@ -325,9 +325,9 @@ def _kind_of(value: object, field_name: str = "type") -> Kind:
 def _universal(doc: Mapping[str, Any], limits: Limits) -> Resource:
     kind = _kind_of(doc.get("type"))
     unknown = sorted(set(doc) - _UNIVERSAL_FIELDS[kind])
-    errs = [FieldError(f, f"unknown field for a {kind}") for f in unknown]
+    errs = [FieldViolation(f, f"unknown field for a {kind}") for f in unknown]
     if kind is Kind.SECRET and "mesh" not in doc:
-        errs.append(FieldError("mesh", "is required for a Secret"))
+        errs.append(FieldViolation("mesh", "is required for a Secret"))
     data = b""
     if kind is not Kind.MESH:
         try:
@@ -345,11 +345,11 @@ def _universal(doc: Mapping[str, Any], limits: Limits) -> Resource:
         # ``mesh``, and it is implied by it, so it is not stored twice.
         if kind is not Kind.SECRET:
             label_errs.append(
-                FieldError(f"labels[{LABEL_MESH}]", f"only a Secret has a mesh, not a {kind}")
+                FieldViolation(f"labels[{LABEL_MESH}]", f"only a Secret has a mesh, not a {kind}")
             )
         elif labels[LABEL_MESH] != doc.get("mesh"):
             label_errs.append(
-                FieldError(f"labels[{LABEL_MESH}]", f"must equal mesh ({doc.get('mesh')!r})")
+                FieldViolation(f"labels[{LABEL_MESH}]", f"must equal mesh ({doc.get('mesh')!r})")
             )
         labels = {k: v for k, v in labels.items() if k != LABEL_MESH}
     if errs or label_errs:
@@ -374,8 +374,8 @@ def _validate_k8s(res: Resource, limits: Limits) -> None:
         raise InvalidResource([_k8s_field(err) for err in e.errors]) from None
 
 
-def _k8s_field(err: FieldError) -> FieldError:
-    return FieldError(kubernetes_field(err.field), err.message)
+def _k8s_field(err: FieldViolation) -> FieldViolation:
+    return FieldViolation(kubernetes_field(err.field), err.message)
 
 
 def kubernetes_field(f: str) -> str:
@@ -397,24 +397,30 @@ def _kubernetes(doc: Mapping[str, Any], limits: Limits) -> Resource:
     api_version, kind_name = doc.get("apiVersion"), doc.get("kind")
     meta = doc.get("metadata")
     if not isinstance(meta, Mapping):
-        raise InvalidResource([FieldError("metadata", "is required and must be a map")])
+        raise InvalidResource([FieldViolation("metadata", "is required and must be a map")])
     if not isinstance(meta.get("labels") or {}, Mapping):
-        raise InvalidResource([FieldError("metadata.labels", "must be a map")])
+        raise InvalidResource([FieldViolation("metadata.labels", "must be a map")])
     labels = dict(meta.get("labels") or {})
     unknown = sorted(set(doc) - _K8S_FIELDS.get(str(kind_name), set(doc)))
     if unknown:
-        raise InvalidResource([FieldError(f, f"unknown field for a {kind_name}") for f in unknown])
+        raise InvalidResource(
+            [FieldViolation(f, f"unknown field for a {kind_name}") for f in unknown]
+        )
     if kind_name == "Mesh":
         if api_version != K8S_MESH_API_VERSION:
             raise InvalidResource(
-                [FieldError("apiVersion", f"a Mesh must have apiVersion {K8S_MESH_API_VERSION}")]
+                [
+                    FieldViolation(
+                        "apiVersion", f"a Mesh must have apiVersion {K8S_MESH_API_VERSION}"
+                    )
+                ]
             )
         spec = doc.get("spec") or {}
         if not isinstance(spec, Mapping):
-            raise InvalidResource([FieldError("spec", "must be a map")])
+            raise InvalidResource([FieldViolation("spec", "must be a map")])
         mesh_spec, errs = _mesh_spec(spec, meta.get("name"), "spec.")
         errs += [
-            FieldError(f"spec.{k}", "unknown field for a Mesh")
+            FieldViolation(f"spec.{k}", "unknown field for a Mesh")
             for k in sorted(set(spec) - _MESH_SPEC_FIELDS)
         ]
         if errs:
@@ -424,23 +430,25 @@ def _kubernetes(doc: Mapping[str, Any], limits: Limits) -> Resource:
         return res
     if kind_name != "Secret":
         raise InvalidResource(
-            [FieldError("kind", f"unsupported kind {kind_name!r}: expected Secret or Mesh")]
+            [FieldViolation("kind", f"unsupported kind {kind_name!r}: expected Secret or Mesh")]
         )
     if api_version != "v1":
-        raise InvalidResource([FieldError("apiVersion", "a Secret must have apiVersion v1")])
+        raise InvalidResource([FieldViolation("apiVersion", "a Secret must have apiVersion v1")])
     k8s_type = doc.get("type")
     data_map = doc.get("data")
     if not isinstance(data_map, Mapping) or "value" not in data_map:
-        raise InvalidResource([FieldError("data.value", "is required (base64 bytes)")])
+        raise InvalidResource([FieldViolation("data.value", "is required (base64 bytes)")])
     extra = sorted(set(data_map) - {"value"})
     if extra:
-        raise InvalidResource([FieldError(f"data.{k}", "unknown key; only 'value'") for k in extra])
+        raise InvalidResource(
+            [FieldViolation(f"data.{k}", "unknown key; only 'value'") for k in extra]
+        )
     data = decode_data(data_map["value"], limits, "data.value")
     if k8s_type == K8S_SECRET_TYPE:
         mesh = labels.pop(LABEL_MESH, None)
         if mesh is None:
             raise InvalidResource(
-                [FieldError(f"metadata.labels[{LABEL_MESH}]", "is required for a mesh Secret")]
+                [FieldViolation(f"metadata.labels[{LABEL_MESH}]", "is required for a mesh Secret")]
             )
         res = Resource(Kind.SECRET, name=meta.get("name"), mesh=mesh, data=data, labels=labels)  # type: ignore[arg-type]
     elif k8s_type == K8S_GLOBAL_SECRET_TYPE:
@@ -448,7 +456,7 @@ def _kubernetes(doc: Mapping[str, Any], limits: Limits) -> Resource:
     else:
         raise InvalidResource(
             [
-                FieldError(
+                FieldViolation(
                     "type",
                     f"unsupported Secret type {k8s_type!r}: expected {K8S_SECRET_TYPE} or "
                     f"{K8S_GLOBAL_SECRET_TYPE}",
@@ -463,13 +471,13 @@ def from_document(doc: object, limits: Limits | None = None) -> Resource:
     """Build a resource from one parsed YAML/JSON document in either text form."""
     limits = limits or Limits()
     if not isinstance(doc, Mapping):
-        raise InvalidResource([FieldError("", "a resource must be a YAML/JSON map")])
+        raise InvalidResource([FieldViolation("", "a resource must be a YAML/JSON map")])
     if "apiVersion" in doc or "kind" in doc:
         return _kubernetes(doc, limits)
     if "type" not in doc:
         raise InvalidResource(
             [
-                FieldError(
+                FieldViolation(
                     "type", "is required (Mesh, Secret or GlobalSecret), or use apiVersion/kind"
                 )
             ]
@@ -482,19 +490,19 @@ def from_json_body(
 ) -> Resource:
     """Build a resource from an API PUT body; the path decides kind, name and mesh."""
     if not isinstance(body, Mapping):
-        raise InvalidResource([FieldError("", "request body must be a JSON object")])
+        raise InvalidResource([FieldViolation("", "request body must be a JSON object")])
     doc = dict(body)
-    errs: list[FieldError] = []
+    errs: list[FieldViolation] = []
     doc.setdefault("type", str(kind))
     if doc["type"] != kind:
-        errs.append(FieldError("type", f"must be {kind} on this path (got {doc['type']!r})"))
+        errs.append(FieldViolation("type", f"must be {kind} on this path (got {doc['type']!r})"))
     doc.setdefault("name", name)
     if doc["name"] != name:
-        errs.append(FieldError("name", f"must match the name in the path ({name!r})"))
+        errs.append(FieldViolation("name", f"must match the name in the path ({name!r})"))
     if kind is Kind.SECRET:
         doc.setdefault("mesh", mesh)
         if doc["mesh"] != mesh:
-            errs.append(FieldError("mesh", f"must match the mesh in the path ({mesh!r})"))
+            errs.append(FieldViolation("mesh", f"must match the mesh in the path ({mesh!r})"))
     if errs:
         raise InvalidResource(errs + validate_name(name))
     return _universal(doc, limits or Limits())

@@ -14,7 +14,14 @@ from aiohttp import web
 from kds.api._context import API_CONTEXT, size_violation
 from kds.api._errors import HttpError
 from kds.api._resources import log_written, own_origin, read_json
-from kds.errors import Conflict, FieldError, InvalidReferences, InvalidResource, KdsError, NotFound
+from kds.errors import (
+    Conflict,
+    FieldViolation,
+    InvalidReferences,
+    InvalidResource,
+    KdsError,
+    NotFound,
+)
 from kds.model import Key, Kind, Resource, from_document, kubernetes_field
 
 __all__ = ["apply_handler"]
@@ -37,10 +44,10 @@ async def apply_handler(request: web.Request) -> web.Response:
             400,
             "Bad request",
             'expected {"items": [resource, ...]}',
-            [FieldError("items", "must be a list of resources")],
+            [FieldViolation("items", "must be a list of resources")],
         )
     now = ctx.now()
-    errs: list[FieldError] = []
+    errs: list[FieldViolation] = []
     parsed: list[tuple[int, Resource]] = []
     seen: dict[Key, int] = {}
     k8s = {i for i, it in enumerate(items) if isinstance(it, Mapping) and "apiVersion" in it}
@@ -49,7 +56,7 @@ async def apply_handler(request: web.Request) -> web.Response:
             res = from_document(item, ctx.limits)
         except InvalidResource as e:
             errs += [
-                FieldError(f"items[{i}].{c.field}" if c.field else f"items[{i}]", c.message)
+                FieldViolation(f"items[{i}].{c.field}" if c.field else f"items[{i}]", c.message)
                 for c in e.errors
             ]
             continue
@@ -57,7 +64,7 @@ async def apply_handler(request: web.Request) -> web.Response:
         if too_big:
             errs.append(too_big)
         if res.key in seen:
-            errs.append(FieldError(f"items[{i}]", f"{res.key} is also items[{seen[res.key]}]"))
+            errs.append(FieldViolation(f"items[{i}]", f"{res.key} is also items[{seen[res.key]}]"))
         seen[res.key] = i
         parsed.append((i, res))
     if errs:
@@ -67,7 +74,7 @@ async def apply_handler(request: web.Request) -> web.Response:
         results = await ctx.store.put_many([r for _, r in parsed], now)
     except InvalidReferences as e:
         causes = [
-            FieldError(
+            FieldViolation(
                 f"items[{parsed[j][0]}].{_item_field(f.field, parsed[j][0] in k8s)}", f.message
             )
             for j, fields in e.by_index.items()
@@ -87,7 +94,7 @@ async def apply_handler(request: web.Request) -> web.Response:
                 400,
                 "Invalid resources",
                 f"nothing was applied: items[{index}] ({res.key}) is invalid",
-                [FieldError(f"items[{index}].mesh", f"mesh {res.mesh!r} does not exist")],
+                [FieldViolation(f"items[{index}].mesh", f"mesh {res.mesh!r} does not exist")],
             ) from None
         status = 409 if isinstance(e, Conflict) else 404 if isinstance(e, NotFound) else 400
         raise HttpError(

@@ -16,7 +16,7 @@ from aiohttp import web
 from kds import wire
 from kds.api.auth import ApiTokens
 from kds.clock import rfc3339
-from kds.errors import FieldError
+from kds.errors import FieldViolation
 from kds.model import Limits, Resource
 from kds.store import ResourceStore
 
@@ -89,14 +89,16 @@ def _size_bound(r: Resource, now: str) -> int:
     return n + 9 * 11 + 32 + wire.BATCH_OVERHEAD
 
 
-def size_violation(ctx: ApiContext, res: Resource, now: str, prefix: str = "") -> FieldError | None:
+def size_violation(
+    ctx: ApiContext, res: Resource, now: str, prefix: str = ""
+) -> FieldViolation | None:
     """The violation to report when ``res`` would not fit in one sync message, else None."""
     if _size_bound(res, now) <= ctx.max_message_bytes:
         return None
     size = encoded_message_size(res, now)
     if size <= ctx.max_message_bytes:
         return None
-    return FieldError(
+    return FieldViolation(
         f"{prefix}data",
         f"the resource would encode to about {size} bytes, over the sync message limit of "
         f"{ctx.max_message_bytes} bytes",

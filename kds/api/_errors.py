@@ -17,7 +17,7 @@ from aiohttp import web
 
 from kds.api._context import API_CONTEXT, OPEN_PATHS, READ_ONLY_KEY, ApiContext, client_max_size
 from kds.api.auth import Role
-from kds.errors import Conflict, FieldError, InvalidResource, KdsError, NotFound
+from kds.errors import Conflict, FieldViolation, InvalidResource, KdsError, NotFound
 
 __all__ = ["HttpError", "auth_middleware", "error_middleware", "too_large"]
 
@@ -32,7 +32,7 @@ class HttpError(Exception):
         status: int,
         title: str,
         detail: str,
-        causes: Sequence[FieldError] = (),
+        causes: Sequence[FieldViolation] = (),
         headers: Mapping[str, str] | None = None,
     ):
         super().__init__(detail)
@@ -141,5 +141,5 @@ def too_large(ctx: ApiContext, limit: int | None = None) -> HttpError:
         "Request body too large",
         f"the request body exceeds {limit or client_max_size(ctx.limits)} bytes; secret data "
         f"may be at most {ctx.limits.max_data_bytes} bytes once decoded",
-        [FieldError("data", f"must decode to at most {ctx.limits.max_data_bytes} bytes")],
+        [FieldViolation("data", f"must decode to at most {ctx.limits.max_data_bytes} bytes")],
     )

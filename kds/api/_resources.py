@@ -24,7 +24,7 @@ from kds.api._context import (
     size_violation,
 )
 from kds.api._errors import HttpError, too_large
-from kds.errors import FieldError, InvalidResource, NotFound
+from kds.errors import FieldViolation, InvalidResource, NotFound
 from kds.model import LABEL_ORIGIN, LABEL_ZONE, Key, Kind, from_json_body, to_json
 from kds.store import ORIGIN_GLOBAL, ORIGIN_ZONE, Row, WriteResult
 from kds.store.base import Origin
@@ -80,7 +80,7 @@ def _int_param(request: web.Request, name: str, default: int | None) -> int | No
             "Bad request",
             f"invalid query parameter {name!r}",
             [
-                FieldError(
+                FieldViolation(
                     name, "must be an integer >= 1" if name == "size" else "must be an integer >= 0"
                 )
             ],
@@ -182,7 +182,7 @@ def put_handler(kind: Kind) -> Handler:
                 400,
                 "Invalid resource",
                 f"{key} is invalid",
-                [FieldError("mesh", f"mesh {key.mesh!r} does not exist")],
+                [FieldViolation("mesh", f"mesh {key.mesh!r} does not exist")],
             ) from e
         stored = result.resource
         assert stored is not None
