@@ -22,7 +22,8 @@ from kds.errors import (
     KdsError,
     NotFound,
 )
-from kds.model import Key, Kind, Resource, from_document, kubernetes_field
+from kds.kubernetes import kubernetes_field
+from kds.model import Key, Kind, Resource, from_document
 
 __all__ = ["apply_handler"]
 
