@@ -16,19 +16,19 @@ from globalcp.security import server_credentials
 from globalcp.servicer import SyncServicer
 from globalcp.status_api import zone_routes
 from globalcp.token_api import token_routes
+from globalcp.tokens import ZoneTokens
 from globalcp.zones import ZoneTracker
 from kds.api import ApiContext, api_ssl_context, serve_api
-from kds.auth import ApiTokens, load_api_tokens
+from kds.api.auth import ApiTokens, load_api_tokens
+from kds.api.observe import health_routes, metrics_route
 from kds.clock import rfc3339
 from kds.config import GlobalConfig
 from kds.crypto import load_key_file
 from kds.errors import ConfigError
 from kds.grpc_options import server_options
 from kds.model import Key, Kind, Limits, Resource
-from kds.observe import health_routes, metrics_route
 from kds.runtime import Guard, ensure_private_dir
 from kds.store import GlobalStore, WriteResult, open_global_store
-from kds.tokens import ZoneTokens
 from kds.version import __version__
 
 __all__ = ["run_global"]

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from globalcp.zones import KINDS, ZoneView
+from globalcp.zones import KINDS, ZoneStatusView
 
 __all__ = ["GlobalMetrics"]
 
@@ -23,7 +23,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 
 class _ZonesCollector(Collector):
     def __init__(self) -> None:
-        self.views: Sequence[ZoneView] = ()
+        self.views: Sequence[ZoneStatusView] = ()
         self.head = 0
 
     def collect(self) -> Iterator[Metric]:
@@ -126,7 +126,7 @@ class GlobalMetrics:
     def observe_propagation(self, zone: str, seconds: float) -> None:
         self.propagation.labels(zone).observe(seconds)
 
-    def update(self, head: int, views: Sequence[ZoneView]) -> None:
+    def update(self, head: int, views: Sequence[ZoneStatusView]) -> None:
         """Set the zone figures the next scrape reports (called just before it)."""
         self._zones.head = head
         self._zones.views = views

@@ -23,6 +23,7 @@ import structlog
 from globalcp.hub import Hub
 from globalcp.sending import SendPlans
 from globalcp.stream import ZoneLink, ZoneStream
+from globalcp.tokens import TokenInfo, TokenRefused, ZoneTokens
 from globalcp.zones import ZoneTracker
 from kds._pb import sync_pb2 as pb
 from kds.clock import rfc3339, utcnow
@@ -30,7 +31,6 @@ from kds.errors import ProtocolError
 from kds.model import validate_name
 from kds.protocol.session import GlobalSession, Hello, Mode
 from kds.store import GlobalStore
-from kds.tokens import TokenInfo, TokenRefused, ZoneTokens
 from kds.wire import PROTOCOL_VERSION
 
 __all__ = ["METHOD", "SyncServicer", "ZoneLink"]

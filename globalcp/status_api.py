@@ -7,7 +7,7 @@
                                   conflict names and the last error
     GET /gui                      the status page (static HTML that polls /zones/_overview)
 
-A summary is what ``kdsctl inspect zones`` tabulates; see globalcp.zones.ZoneView.
+A summary is what ``kdsctl inspect zones`` tabulates; see globalcp.zones.ZoneStatusView.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from typing import Any
 
 from aiohttp import web
 
-from globalcp.zones import ZoneTracker, ZoneView
+from globalcp.zones import ZoneStatusView, ZoneTracker
 from kds.errors import NotFound
 
 __all__ = ["zone_routes"]
 
 
-def _listing(views: list[ZoneView], detail: bool, head: int) -> dict[str, Any]:
+def _listing(views: list[ZoneStatusView], detail: bool, head: int) -> dict[str, Any]:
     items = [v.overview() if detail else v.summary() for v in views]
     return {"total": len(items), "items": items, "next": None, "globalRevision": head}
 

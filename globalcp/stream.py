@@ -17,12 +17,12 @@ import grpc
 import structlog
 
 from globalcp.sending import SendLoop, SendPlans
+from globalcp.tokens import TokenRefused
 from globalcp.zones import ZoneHandle
 from kds import wire
 from kds._pb import sync_pb2 as pb
 from kds.errors import KdsError, ProtocolError
 from kds.protocol.session import Ack, GlobalSession
-from kds.tokens import TokenRefused
 
 __all__ = ["ZoneLink", "ZoneStream"]
 

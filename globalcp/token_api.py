@@ -19,11 +19,11 @@ from collections.abc import Callable, Mapping
 import structlog
 from aiohttp import web
 
+from globalcp.tokens import ZoneTokens
 from kds.clock import utcnow
 from kds.config import parse_duration
-from kds.errors import Conflict, FieldError, InvalidResource, NotFound
+from kds.errors import Conflict, FieldViolation, InvalidResource, NotFound
 from kds.model import validate_name
-from kds.tokens import ZoneTokens
 
 __all__ = ["DEFAULT_VALIDITY", "token_routes"]
 
@@ -36,9 +36,9 @@ async def _body(request: web.Request) -> Mapping[str, object]:
     try:
         body = await request.json()
     except ValueError:
-        raise InvalidResource([FieldError("", "the body must be a JSON object")]) from None
+        raise InvalidResource([FieldViolation("", "the body must be a JSON object")]) from None
     if not isinstance(body, Mapping):
-        raise InvalidResource([FieldError("", "the body must be a JSON object")])
+        raise InvalidResource([FieldViolation("", "the body must be a JSON object")])
     return body
 
 
@@ -54,10 +54,10 @@ def token_routes(tokens: ZoneTokens, end_streams: Callable[..., int]) -> list[we
             try:
                 valid_for = parse_duration(body["validFor"])
             except ValueError as e:
-                errs.append(FieldError("validFor", str(e)))
+                errs.append(FieldViolation("validFor", str(e)))
             else:
                 if valid_for <= 0:
-                    errs.append(FieldError("validFor", "must be longer than 0"))
+                    errs.append(FieldViolation("validFor", "must be longer than 0"))
         if errs:
             raise InvalidResource(errs)
         token, info = await tokens.issue(str(zone), valid_for, utcnow())

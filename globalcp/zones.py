@@ -35,7 +35,7 @@ from kds.clock import rfc3339
 from kds.model import Kind
 from kds.store import GlobalStore
 
-__all__ = ["ZoneHandle", "ZoneState", "ZoneTracker", "ZoneView"]
+__all__ = ["ZoneHandle", "ZoneState", "ZoneStatusView", "ZoneTracker"]
 
 log = structlog.get_logger("globalcp.zones")
 
@@ -101,7 +101,7 @@ class ZoneState:
 
 
 @dataclass(frozen=True)
-class ZoneView:
+class ZoneStatusView:
     """A zone's state with what depends on global's head, as the API and metrics show it."""
 
     state: ZoneState
@@ -353,16 +353,16 @@ class ZoneTracker:
 
     # ------------------------------------------------------------------ views
 
-    async def view(self, name: str) -> ZoneView | None:
+    async def view(self, name: str) -> ZoneStatusView | None:
         state = self.zones.get(name)
         return None if state is None else await self._view(state)
 
-    async def views(self) -> list[ZoneView]:
+    async def views(self) -> list[ZoneStatusView]:
         return [await self._view(self.zones[name]) for name in sorted(self.zones)]
 
-    async def _view(self, state: ZoneState) -> ZoneView:
+    async def _view(self, state: ZoneState) -> ZoneStatusView:
         head = self.hub.head
-        return ZoneView(state, head, await self._lag_seconds(state.acked_revision, head))
+        return ZoneStatusView(state, head, await self._lag_seconds(state.acked_revision, head))
 
     async def _lag_seconds(self, acked: int, head: int) -> float | None:
         if acked >= head:

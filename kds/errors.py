@@ -1,7 +1,7 @@
 """The one exception tree of kds-sync. Errors say whose fault they are.
 
     KdsError
-    ├── InvalidResource      the user's input broke a rule (API 400); lists FieldErrors
+    ├── InvalidResource      the user's input broke a rule (API 400); lists FieldViolations
     │   └── InvalidReferences  ... a rule across resources (a Mesh's mTLS secrets), per item
     ├── NotFound             the resource does not exist (API 404)
     ├── Conflict             the write clashes with current state (API 409)
@@ -11,11 +11,11 @@
     ├── ConfigError          a bad option, environment variable or config file entry
     │
     │   Defined beside the only code that raises them, on the edges:
-    ├── TokenRefused         (kds.tokens) a zone's token was refused: the zone's or its
+    ├── TokenRefused         (globalcp.tokens) a zone's token was refused: the zone's or its
     │                        operator's to fix; carries the gRPC status the stream ends with
     ├── _EndStream           (globalcp.stream) global ends one zone's stream on purpose; private
     ├── StreamEnded          (zonecp.client) the zone's sync stream closed: dial again
-    ├── _HttpError           (kds.api) an answer the API sends as it is (status, title,
+    ├── HttpError            (kds.api) an answer the API sends as it is (status, title,
     │                        causes); raised in handlers, never leaves the API
     ├── ApiError             (kdsctl.client) the API answered with an error: the request's
     │                        fault (4xx) or the control plane's (5xx)
@@ -24,6 +24,10 @@
 Other libraries' exceptions (sqlite3, grpc, httpx) are handled at the edge that meets them:
 the API answers 500 and logs the type, the zone's dial loop logs and retries, kdsctl says
 what failed and exits 1.
+
+FieldViolation is not an exception: it is a record (a field and the rule it broke) that an
+InvalidResource carries, one per problem, so an API answer can list each in ``causes``.
+
 Messages never include secret data: they name types, meshes, names and fields only.
 """
 
@@ -34,7 +38,7 @@ from dataclasses import dataclass
 __all__ = [
     "ConfigError",
     "Conflict",
-    "FieldError",
+    "FieldViolation",
     "InvalidReferences",
     "InvalidResource",
     "KdsError",
@@ -46,7 +50,9 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class FieldError:
+class FieldViolation:
+    """One broken rule: the field (as the input names it; empty for the whole input) and why."""
+
     field: str
     message: str
 
@@ -63,7 +69,7 @@ class KdsError(Exception):
 
 
 class InvalidResource(KdsError):
-    def __init__(self, errors: list[FieldError]):
+    def __init__(self, errors: list[FieldViolation]):
         self.errors = errors
         super().__init__("; ".join(str(e) for e in errors) or "invalid resource")
 
@@ -72,7 +78,7 @@ class InvalidReferences(InvalidResource):
     """Checked inside the write's transaction; ``by_index`` maps a written resource's
     position in the write to its errors."""
 
-    def __init__(self, by_index: dict[int, list[FieldError]]):
+    def __init__(self, by_index: dict[int, list[FieldViolation]]):
         self.by_index = dict(sorted(by_index.items()))
         super().__init__([e for errs in self.by_index.values() for e in errs])
 

@@ -26,7 +26,7 @@ from typing import Protocol
 
 from kds import wire
 from kds.ca import check_ca, generate_ca
-from kds.errors import Conflict, FieldError
+from kds.errors import Conflict, FieldViolation
 from kds.model import Key, Kind, Resource
 from kds.mtls import (
     BUILTIN,
@@ -60,9 +60,9 @@ class TxView(Protocol):
 class Problems:
     """Field errors per written resource (its index in the write)."""
 
-    by_index: dict[int, list[FieldError]] = field(default_factory=dict)
+    by_index: dict[int, list[FieldViolation]] = field(default_factory=dict)
 
-    def add(self, index: int, err: FieldError) -> None:
+    def add(self, index: int, err: FieldViolation) -> None:
         self.by_index.setdefault(index, []).append(err)
 
     def __bool__(self) -> bool:
@@ -138,7 +138,7 @@ def _backend(field_name: str) -> str:
     return field_name.split("]")[0] + "]"
 
 
-def _secret_errors(secret: Resource, refs: list[SecretRef], view: TxView) -> list[FieldError]:
+def _secret_errors(secret: Resource, refs: list[SecretRef], view: TxView) -> list[FieldViolation]:
     """A written Secret that backends use: those backends' problems, named as its own."""
     mesh = view.get(Key(Kind.MESH, "", secret.mesh))
     if not refs or mesh is None or skip_validation(mesh.spec):
@@ -146,7 +146,7 @@ def _secret_errors(secret: Resource, refs: list[SecretRef], view: TxView) -> lis
     used_by = {_backend(r.field) for r in refs}
     use = f"mesh {mesh.name!r} mTLS backend {refs[0].backend!r} uses this secret"
     return [
-        FieldError("data", f"{use}: {err.field}: {err.message}")
+        FieldViolation("data", f"{use}: {err.field}: {err.message}")
         for err in _mesh_errors(mesh, view)
         if _backend(err.field) in used_by
     ]
@@ -168,7 +168,7 @@ def check_unit_sizes(view: TxView, written: Sequence[Resource], limit: int) -> P
         if size > limit:
             problems.add(
                 i,
-                FieldError(
+                FieldViolation(
                     "mtls" if res.kind is Kind.MESH else "data",
                     f"mesh {mesh.name!r} and the secrets its mTLS backends use would encode to "
                     f"{size} bytes together, over the sync message limit of {limit} bytes: "
@@ -187,15 +187,15 @@ def _unit_bytes(mesh: Resource, view: TxView) -> int:
     )
 
 
-def _mesh_errors(mesh: Resource, view: TxView) -> list[FieldError]:
-    errs: list[FieldError] = []
+def _mesh_errors(mesh: Resource, view: TxView) -> list[FieldViolation]:
+    errs: list[FieldViolation] = []
     skip = skip_validation(mesh.spec)
     for b in backends(mesh.name, mesh.spec):
         found: dict[str, Resource] = {}
         for ref in b.refs:
             secret = view.get(Key(Kind.SECRET, mesh.name, ref.secret))
             if secret is None:
-                errs.append(FieldError(ref.field, _missing(view, mesh.name, ref)))
+                errs.append(FieldViolation(ref.field, _missing(view, mesh.name, ref)))
             else:
                 found[ref.role] = secret
         if skip or len(found) < 2:
@@ -203,9 +203,11 @@ def _mesh_errors(mesh: Resource, view: TxView) -> list[FieldError]:
         problems = check_ca(found["cert"].data, found["key"].data)
         cert_ref, key_ref = b.refs
         if problems.cert:
-            errs.append(FieldError(cert_ref.field, f"secret {cert_ref.secret!r} {problems.cert}"))
+            errs.append(
+                FieldViolation(cert_ref.field, f"secret {cert_ref.secret!r} {problems.cert}")
+            )
         if problems.key:
-            errs.append(FieldError(key_ref.field, f"secret {key_ref.secret!r} {problems.key}"))
+            errs.append(FieldViolation(key_ref.field, f"secret {key_ref.secret!r} {problems.key}"))
     return errs
 
 

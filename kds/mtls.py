@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kds.errors import FieldError
+from kds.errors import FieldViolation
 
 __all__ = [
     "BUILTIN",
@@ -39,7 +39,7 @@ __all__ = [
     "backends",
     "builtin_secret_names",
     "is_builtin_secret_name",
-    "parse_duration",
+    "parse_ca_expiration",
     "secret_refs",
     "skip_validation",
     "validate_mtls",
@@ -95,8 +95,10 @@ def is_builtin_secret_name(mesh: str, name: str) -> bool:
     return name.startswith(prefix + "cert-") or name.startswith(prefix + "key-")
 
 
-def parse_duration(value: object) -> int | None:
-    """'10y', '365d', '24h', '30m', '90s' -> seconds; None if malformed."""
+def parse_ca_expiration(value: object) -> int | None:
+    """A builtin CA's ``caCert.expiration`` in Kuma's form ('10y', '365d', '24h', '30m',
+    '90s') -> whole seconds; None if malformed or zero. Options' durations are
+    kds.config.parse_duration (float seconds), a different grammar."""
     m = _DURATION_RE.match(value) if isinstance(value, str) else None
     return int(m.group(1)) * _UNIT_SECONDS[m.group(2)] if m else None
 
@@ -134,7 +136,7 @@ def skip_validation(spec: Mapping[str, Any]) -> bool:
 
 def _ca_options(config: Mapping[str, Any]) -> CaOptions:
     ca = config.get("caCert") or {}
-    validity = parse_duration(ca.get("expiration", "10y"))
+    validity = parse_ca_expiration(ca.get("expiration", "10y"))
     return CaOptions(
         key_type=str(ca.get("keyType", "RSA")).upper(),
         rsa_bits=int(ca.get("RSAbits", 2048)),
@@ -145,17 +147,17 @@ def _ca_options(config: Mapping[str, Any]) -> CaOptions:
 # --------------------------------------------------------------------------- validation
 
 
-def validate_mtls(mtls: object, mesh_name: object, prefix: str = "") -> list[FieldError]:
+def validate_mtls(mtls: object, mesh_name: object, prefix: str = "") -> list[FieldViolation]:
     """Check the shape of ``mtls``; fields are named ``{prefix}mtls...``."""
     f = f"{prefix}mtls"
     if not isinstance(mtls, Mapping):
-        return [FieldError(f, "must be a map with backends (and optionally enabledBackend)")]
-    errs = [FieldError(f"{f}.{k}", "unknown field") for k in sorted(set(mtls) - _MTLS_FIELDS)]
+        return [FieldViolation(f, "must be a map with backends (and optionally enabledBackend)")]
+    errs = [FieldViolation(f"{f}.{k}", "unknown field") for k in sorted(set(mtls) - _MTLS_FIELDS)]
     if "skipValidation" in mtls and not isinstance(mtls["skipValidation"], bool):
-        errs.append(FieldError(f"{f}.skipValidation", "must be true or false"))
+        errs.append(FieldViolation(f"{f}.skipValidation", "must be true or false"))
     raw = mtls.get("backends", [])
     if not isinstance(raw, list):
-        return [*errs, FieldError(f"{f}.backends", "must be a list of backends")]
+        return [*errs, FieldViolation(f"{f}.backends", "must be a list of backends")]
     names: dict[str, int] = {}
     for i, b in enumerate(raw):
         errs += _validate_backend(b, f"{f}.backends[{i}]", mesh_name)
@@ -163,16 +165,16 @@ def validate_mtls(mtls: object, mesh_name: object, prefix: str = "") -> list[Fie
         if isinstance(name, str):
             if name in names:
                 errs.append(
-                    FieldError(f"{f}.backends[{i}].name", f"duplicates backends[{names[name]}]")
+                    FieldViolation(f"{f}.backends[{i}].name", f"duplicates backends[{names[name]}]")
                 )
             names.setdefault(name, i)
     enabled = mtls.get("enabledBackend")
     if enabled is not None and enabled != "":
         if not isinstance(enabled, str):
-            errs.append(FieldError(f"{f}.enabledBackend", "must be a string"))
+            errs.append(FieldViolation(f"{f}.enabledBackend", "must be a string"))
         elif enabled not in names:
             errs.append(
-                FieldError(
+                FieldViolation(
                     f"{f}.enabledBackend",
                     f"{enabled!r} is not one of the backends ({', '.join(names) or 'none'})",
                 )
@@ -180,82 +182,84 @@ def validate_mtls(mtls: object, mesh_name: object, prefix: str = "") -> list[Fie
     return errs
 
 
-def _validate_backend(b: object, f: str, mesh_name: object) -> list[FieldError]:
+def _validate_backend(b: object, f: str, mesh_name: object) -> list[FieldViolation]:
     if not isinstance(b, Mapping):
-        return [FieldError(f, "must be a map with name, type and config")]
-    errs = [FieldError(f"{f}.{k}", "unknown field") for k in sorted(set(b) - _BACKEND_FIELDS)]
+        return [FieldViolation(f, "must be a map with name, type and config")]
+    errs = [FieldViolation(f"{f}.{k}", "unknown field") for k in sorted(set(b) - _BACKEND_FIELDS)]
     name = b.get("name")
     if not isinstance(name, str) or not _NAME_RE.match(name) or len(name) > 63:
         errs.append(
-            FieldError(
+            FieldViolation(
                 f"{f}.name",
                 "must be 1-63 lower-case letters, digits or '-', starting and ending with a "
                 "letter or digit",
             )
         )
     elif isinstance(mesh_name, str) and len(builtin_secret_names(mesh_name, name)[0]) > 253:
-        errs.append(FieldError(f"{f}.name", "too long: its CA secret names would exceed 253"))
+        errs.append(FieldViolation(f"{f}.name", "too long: its CA secret names would exceed 253"))
     kind = b.get("type")
     config = b.get("config", {})
     if not isinstance(config, Mapping):
-        return [*errs, FieldError(f"{f}.config", "must be a map")]
+        return [*errs, FieldViolation(f"{f}.config", "must be a map")]
     if kind == PROVIDED:
         errs += _validate_provided(config, f"{f}.config")
     elif kind == BUILTIN:
         errs += _validate_builtin(config, f"{f}.config")
     else:
-        errs.append(FieldError(f"{f}.type", f"must be {PROVIDED} or {BUILTIN} (got {kind!r})"))
+        errs.append(FieldViolation(f"{f}.type", f"must be {PROVIDED} or {BUILTIN} (got {kind!r})"))
     return errs
 
 
-def _validate_provided(config: Mapping[str, Any], f: str) -> list[FieldError]:
+def _validate_provided(config: Mapping[str, Any], f: str) -> list[FieldViolation]:
     errs = [
-        FieldError(f"{f}.{k}", "unknown field for a provided backend")
+        FieldViolation(f"{f}.{k}", "unknown field for a provided backend")
         for k in sorted(set(config) - {"cert", "key"})
     ]
     for role in ("cert", "key"):
         source = config.get(role)
         if not isinstance(source, Mapping) or "secret" not in source:
-            errs.append(FieldError(f"{f}.{role}.secret", "is required: the name of a mesh Secret"))
+            errs.append(
+                FieldViolation(f"{f}.{role}.secret", "is required: the name of a mesh Secret")
+            )
             continue
         extra = sorted(set(source) - {"secret"})
         if extra:
             errs.append(
-                FieldError(
+                FieldViolation(
                     f"{f}.{role}.{extra[0]}",
                     "only secret is supported: files and inline values would not reach zones",
                 )
             )
         secret = source["secret"]
         if not isinstance(secret, str) or not secret:
-            errs.append(FieldError(f"{f}.{role}.secret", "must be the name of a mesh Secret"))
+            errs.append(FieldViolation(f"{f}.{role}.secret", "must be the name of a mesh Secret"))
     return errs
 
 
-def _validate_builtin(config: Mapping[str, Any], f: str) -> list[FieldError]:
+def _validate_builtin(config: Mapping[str, Any], f: str) -> list[FieldViolation]:
     errs = [
-        FieldError(f"{f}.{k}", "unknown field for a builtin backend")
+        FieldViolation(f"{f}.{k}", "unknown field for a builtin backend")
         for k in sorted(set(config) - {"caCert"})
     ]
     ca = config.get("caCert", {})
     if not isinstance(ca, Mapping):
-        return [*errs, FieldError(f"{f}.caCert", "must be a map")]
+        return [*errs, FieldViolation(f"{f}.caCert", "must be a map")]
     errs += [
-        FieldError(f"{f}.caCert.{k}", "unknown field: expected keyType, RSAbits or expiration")
+        FieldViolation(f"{f}.caCert.{k}", "unknown field: expected keyType, RSAbits or expiration")
         for k in sorted(set(ca) - {"keyType", "RSAbits", "expiration"})
     ]
     key_type = ca.get("keyType", "RSA")
     if not isinstance(key_type, str) or key_type.upper() not in ("RSA", "ECDSA"):
-        errs.append(FieldError(f"{f}.caCert.keyType", "must be RSA or ECDSA"))
+        errs.append(FieldViolation(f"{f}.caCert.keyType", "must be RSA or ECDSA"))
     bits = ca.get("RSAbits", 2048)
     if isinstance(bits, bool) or not isinstance(bits, int) or bits not in (2048, 3072, 4096):
-        errs.append(FieldError(f"{f}.caCert.RSAbits", "must be 2048, 3072 or 4096"))
+        errs.append(FieldViolation(f"{f}.caCert.RSAbits", "must be 2048, 3072 or 4096"))
     elif "RSAbits" in ca and str(key_type).upper() == "ECDSA":
-        errs.append(FieldError(f"{f}.caCert.RSAbits", "applies to keyType RSA only"))
-    validity = parse_duration(ca.get("expiration", "10y"))
+        errs.append(FieldViolation(f"{f}.caCert.RSAbits", "applies to keyType RSA only"))
+    validity = parse_ca_expiration(ca.get("expiration", "10y"))
     if validity is None or not 3600 <= validity <= _MAX_VALIDITY:
         errs.append(
-            FieldError(
+            FieldViolation(
                 f"{f}.caCert.expiration",
                 "must be a duration such as 10y, 365d or 24h, from 1h to 100y",
             )

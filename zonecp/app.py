@@ -8,13 +8,13 @@ from collections.abc import Sequence
 import structlog
 
 from kds.api import ApiContext, api_ssl_context, serve_api
-from kds.auth import load_api_tokens
+from kds.api.auth import load_api_tokens
+from kds.api.observe import health_routes, metrics_route
 from kds.clock import rfc3339
 from kds.config import ZoneConfig
 from kds.crypto import load_key_file
 from kds.errors import ConfigError
 from kds.model import Limits
-from kds.observe import health_routes, metrics_route
 from kds.runtime import Guard, ensure_private_dir
 from kds.store import WriteResult, open_zone_store
 from kds.version import __version__

@@ -20,7 +20,7 @@ from click.testing import CliRunner, Result
 from structlog.testing import capture_logs
 
 from kds.api import ApiContext, build_app
-from kds.auth import ApiTokens
+from kds.api.auth import ApiTokens
 from kds.model import Limits
 from kds.store import GlobalStore, open_global_store
 from kdsctl.cli import cli

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import yaml
 
-from kds.errors import FieldError, InvalidResource
+from kds.errors import FieldViolation, InvalidResource
 from kds.model import (
     DEFAULT_MAX_DATA_BYTES,
     K8S_GLOBAL_SECRET_TYPE,
@@ -262,7 +262,7 @@ def test_validate_collects_every_problem() -> None:
     with pytest.raises(InvalidResource) as e:
         validate(res, Limits())
     assert fields_of(e) == {"name", "mesh", "labels[k]", "data"}
-    assert all(isinstance(x, FieldError) for x in e.value.errors)
+    assert all(isinstance(x, FieldViolation) for x in e.value.errors)
 
 
 def test_validate_mesh_needs_no_data() -> None:

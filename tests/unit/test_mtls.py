@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from kds.ca import check_ca, generate_ca
 from kds.errors import InvalidResource
 from kds.model import from_document
-from kds.mtls import CaOptions, backends, builtin_secret_names, parse_duration, secret_refs
+from kds.mtls import CaOptions, backends, builtin_secret_names, parse_ca_expiration, secret_refs
 from tests import certs
 
 
@@ -130,9 +130,9 @@ def test_enabled_backend_is_optional_as_in_the_seed_example() -> None:
 
 
 def test_durations() -> None:
-    assert parse_duration("10y") == 10 * 365 * 86400
-    assert parse_duration("24h") == 86400
-    assert parse_duration("0d") is None and parse_duration(10) is None
+    assert parse_ca_expiration("10y") == 10 * 365 * 86400
+    assert parse_ca_expiration("24h") == 86400
+    assert parse_ca_expiration("0d") is None and parse_ca_expiration(10) is None
 
 
 # --------------------------------------------------------------------------- kds.ca

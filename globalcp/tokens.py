@@ -24,6 +24,7 @@ import grpc
 import jwt
 
 from kds.clock import rfc3339
+from kds.errors import KdsError
 from kds.store import GlobalStore
 
 __all__ = ["SIGNING_KEY_PREFIX", "TokenInfo", "TokenRefused", "ZoneTokens"]
@@ -32,7 +33,11 @@ SIGNING_KEY_PREFIX = "zone-token-signing-key-"
 _ALGORITHM = "HS256"
 
 
-class TokenRefused(Exception):
+class TokenRefused(KdsError):
+    """A zone's token was refused (missing, forged, expired, revoked, for another zone, or
+    signed by a removed key): the zone's or its operator's to fix. ``code`` is the gRPC
+    status the stream ends with."""
+
     def __init__(self, code: grpc.StatusCode, reason: str):
         super().__init__(reason)
         self.code = code

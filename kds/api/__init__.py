@@ -1,0 +1,47 @@
+"""The HTTP JSON API both control planes serve (Kuma's paths and shapes), on aiohttp.
+
+The modules, by job:
+
+    _context    ApiContext (store, role, limits) and the size rules a resource must meet
+    _errors     the error type, and the middlewares for errors and bearer tokens
+    _resources  list, get, put and delete of each kind, and how a resource is rendered
+    _apply      POST /_apply: many resources in one transaction
+    _app        build_app and serve_api: the routes, the OpenAPI document, TLS
+    auth        the API's bearer tokens (admin, read-only)
+    observe     health and Prometheus metrics routes a daemon adds
+
+A resource body is the Universal form (kds.model.to_json); responses add the system labels
+``kuma.io/origin`` (and ``kuma.io/zone`` for zone-local rows), which are never stored and
+never accepted in a PUT. Errors are ``{"title", "status", "detail", "causes": [{field,
+message}]}``.
+
+Secret data never reaches a log line or an error message: errors name types, meshes, names
+and fields only, and unexpected exceptions are logged by type and stack, without their
+message or local variables (which could hold a request body).
+"""
+
+from __future__ import annotations
+
+from kds.api._app import api_ssl_context, build_app, serve_api
+from kds.api._context import (
+    API_CONTEXT,
+    OPEN_PATHS,
+    RESULT_HEADER,
+    ApiContext,
+    _size_bound,
+    client_max_size,
+    encoded_message_size,
+)
+
+__all__ = [
+    "API_CONTEXT",
+    "OPEN_PATHS",
+    "RESULT_HEADER",
+    "ApiContext",
+    "_size_bound",
+    "api_ssl_context",
+    "build_app",
+    "client_max_size",
+    "encoded_message_size",
+    "serve_api",
+]

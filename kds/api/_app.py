@@ -1,0 +1,115 @@
+"""The API application: its routes and middlewares, served over HTTP or HTTPS.
+
+Routes::
+
+    GET                /                                 {"role", "zone", "version"}
+    GET                /meshes                           list
+    GET|PUT|DELETE     /meshes/{name}
+    GET                /meshes/{mesh}/secrets            list (404 when the mesh does not exist)
+    GET|PUT|DELETE     /meshes/{mesh}/secrets/{name}
+    GET                /global-secrets                   list
+    GET|PUT|DELETE     /global-secrets/{name}
+    POST               /_apply                           many resources in one transaction
+    GET                /openapi.yaml, /openapi.json      the API description (kds/openapi.yaml)
+
+A daemon adds its own routes (health, metrics, status) through ``extra_routes``.
+"""
+
+from __future__ import annotations
+
+import ssl
+from importlib import resources
+from pathlib import Path
+
+import yaml
+from aiohttp import web
+
+from kds.api._apply import apply_handler
+from kds.api._context import API_CONTEXT, ApiContext, client_max_size
+from kds.api._errors import auth_middleware, error_middleware
+from kds.api._resources import delete_handler, get_handler, list_handler, put_handler
+from kds.errors import ConfigError
+from kds.model import Kind
+from kds.tls import ReloadingServerSSLContext
+from kds.version import __version__
+
+__all__ = ["api_ssl_context", "build_app", "serve_api"]
+
+_OPENAPI: web.AppKey[str] = web.AppKey("kds_openapi_yaml", str)
+
+
+async def _index(request: web.Request) -> web.Response:
+    ctx = request.app[API_CONTEXT]
+    return web.json_response({"role": ctx.role, "zone": ctx.zone, "version": __version__})
+
+
+async def _openapi_yaml(request: web.Request) -> web.Response:
+    return web.Response(text=request.app[_OPENAPI], content_type="application/yaml")
+
+
+async def _openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(yaml.safe_load(request.app[_OPENAPI]))
+
+
+def _load_openapi() -> str:
+    return resources.files("kds").joinpath("openapi.yaml").read_text(encoding="utf-8")
+
+
+def build_app(ctx: ApiContext, extra_routes: list[web.RouteDef] | None = None) -> web.Application:
+    """The API application; ``extra_routes`` lets a daemon add its own (e.g. /status)."""
+    app = web.Application(
+        middlewares=[error_middleware, auth_middleware],
+        client_max_size=max(client_max_size(ctx.limits), ctx.max_apply_bytes),
+    )
+    app[API_CONTEXT] = ctx
+    app[_OPENAPI] = _load_openapi()
+    routes: list[web.RouteDef] = [
+        web.get("/", _index),
+        web.get("/openapi.yaml", _openapi_yaml),
+        web.get("/openapi.json", _openapi_json),
+        web.post("/_apply", apply_handler),
+    ]
+    paths = {
+        Kind.MESH: ("/meshes", "/meshes/{name}"),
+        Kind.SECRET: ("/meshes/{mesh}/secrets", "/meshes/{mesh}/secrets/{name}"),
+        Kind.GLOBAL_SECRET: ("/global-secrets", "/global-secrets/{name}"),
+    }
+    for kind, (collection, item) in paths.items():
+        routes += [
+            web.get(collection, list_handler(kind)),
+            web.get(item, get_handler(kind)),
+            web.put(item, put_handler(kind)),
+            web.delete(item, delete_handler(kind)),
+        ]
+    app.add_routes(routes)
+    if extra_routes:
+        app.add_routes(extra_routes)
+    return app
+
+
+def api_ssl_context(cert_file: Path | None, key_file: Path | None) -> ssl.SSLContext | None:
+    """The API's TLS context from --api-tls-cert-file/--api-tls-key-file, or None for HTTP."""
+    if cert_file is None and key_file is None:
+        return None
+    if cert_file is None or key_file is None:
+        raise ConfigError("--api-tls-cert-file and --api-tls-key-file go together: give both")
+    return ReloadingServerSSLContext(cert_file, key_file).context
+
+
+async def serve_api(
+    ctx: ApiContext,
+    address: tuple[str, int],
+    extra_routes: list[web.RouteDef] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> web.AppRunner:
+    """Start the API on ``address`` (HTTPS with ``ssl_context``); a port that cannot be bound
+    is a ConfigError naming it."""
+    runner = web.AppRunner(build_app(ctx, extra_routes), access_log=None)
+    await runner.setup()
+    host, port = address
+    try:
+        await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
+    except OSError as e:
+        await runner.cleanup()
+        raise ConfigError(f"--api-address {host}:{port}: cannot listen: {e.strerror}") from None
+    return runner

@@ -1,0 +1,123 @@
+"""POST /_apply: many resources, in either text form, written in one transaction.
+
+Either every item is written or none; a problem is reported against ``items[i]`` and the
+field, named as the item's own form names it (``metadata.name`` for a Kubernetes item).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import structlog
+from aiohttp import web
+
+from kds.api._context import API_CONTEXT, size_violation
+from kds.api._errors import HttpError
+from kds.api._resources import log_written, own_origin, read_json
+from kds.errors import (
+    Conflict,
+    FieldViolation,
+    InvalidReferences,
+    InvalidResource,
+    KdsError,
+    NotFound,
+)
+from kds.kubernetes import kubernetes_field
+from kds.model import Key, Kind, Resource, from_document
+
+__all__ = ["apply_handler"]
+
+log = structlog.get_logger("kds.api")
+
+
+async def apply_handler(request: web.Request) -> web.Response:
+    """POST /_apply {"items": [...]}: create or update many resources in one transaction.
+
+    Items take either text form (as from a YAML file). Meshes are written first, then the
+    rest in the order given. Either every item is written or none: a problem answers 400
+    (or 409) naming ``items[i]`` and the field.
+    """
+    ctx = request.app[API_CONTEXT]
+    body = await read_json(request, ctx.max_apply_bytes)
+    items = body.get("items") if isinstance(body, Mapping) else None
+    if not isinstance(items, list):
+        raise HttpError(
+            400,
+            "Bad request",
+            'expected {"items": [resource, ...]}',
+            [FieldViolation("items", "must be a list of resources")],
+        )
+    now = ctx.now()
+    errs: list[FieldViolation] = []
+    parsed: list[tuple[int, Resource]] = []
+    seen: dict[Key, int] = {}
+    k8s = {i for i, it in enumerate(items) if isinstance(it, Mapping) and "apiVersion" in it}
+    for i, item in enumerate(items):
+        try:
+            res = from_document(item, ctx.limits)
+        except InvalidResource as e:
+            errs += [
+                FieldViolation(f"items[{i}].{c.field}" if c.field else f"items[{i}]", c.message)
+                for c in e.errors
+            ]
+            continue
+        too_big = size_violation(ctx, res, now, f"items[{i}].")
+        if too_big:
+            errs.append(too_big)
+        if res.key in seen:
+            errs.append(FieldViolation(f"items[{i}]", f"{res.key} is also items[{seen[res.key]}]"))
+        seen[res.key] = i
+        parsed.append((i, res))
+    if errs:
+        raise HttpError(400, "Invalid resources", "nothing was applied", errs)
+    parsed.sort(key=lambda p: p[1].kind is not Kind.MESH)  # stable: meshes first
+    try:
+        results = await ctx.store.put_many([r for _, r in parsed], now)
+    except InvalidReferences as e:
+        causes = [
+            FieldViolation(
+                f"items[{parsed[j][0]}].{_item_field(f.field, parsed[j][0] in k8s)}", f.message
+            )
+            for j, fields in e.by_index.items()
+            for f in fields
+        ]
+        index, res = parsed[next(iter(e.by_index))]
+        raise HttpError(
+            400,
+            "Invalid resources",
+            f"nothing was applied: items[{index}] ({res.key}) is invalid",
+            causes,
+        ) from None
+    except KdsError as e:
+        index, res = parsed[e.item_index or 0]
+        if isinstance(e, NotFound) and res.kind is Kind.SECRET:
+            raise HttpError(
+                400,
+                "Invalid resources",
+                f"nothing was applied: items[{index}] ({res.key}) is invalid",
+                [FieldViolation(f"items[{index}].mesh", f"mesh {res.mesh!r} does not exist")],
+            ) from None
+        status = 409 if isinstance(e, Conflict) else 404 if isinstance(e, NotFound) else 400
+        raise HttpError(
+            status,
+            "Conflict" if status == 409 else "Invalid resources",
+            f"nothing was applied: items[{index}]: {e}",
+        ) from None
+    origin = own_origin(ctx)
+    out = []
+    counts = {"created": 0, "updated": 0, "unchanged": 0}
+    written = [res for _, res in parsed]
+    # Builtin CA secrets generated in the same transaction follow the items given.
+    written += [r.resource for r in results[len(parsed) :] if r.resource is not None]
+    for res, result in zip(written, results, strict=True):
+        outcome = "created" if result.created else "updated" if result.changed else "unchanged"
+        counts[outcome] += 1
+        if result.changed:
+            log_written(result, origin)
+        out.append({"type": str(res.kind), "mesh": res.mesh, "name": res.name, "result": outcome})
+    log.info("resources applied", total=len(out), origin=origin, **counts)
+    return web.json_response({"items": out})
+
+
+def _item_field(f: str, kubernetes: bool) -> str:
+    return kubernetes_field(f) if kubernetes else f

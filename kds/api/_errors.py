@@ -1,0 +1,146 @@
+"""How the API answers what goes wrong, and who may ask: the error and auth middlewares.
+
+Every error is ``{"title", "status", "detail", "causes": [{field, message}]}``. Handlers raise
+HttpError, or a KdsError the error middleware maps to its status (InvalidResource 400,
+NotFound 404, Conflict 409); anything else is a 500 logged by type and stack, never by its
+message or local variables (which could hold a request body).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import traceback
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+import structlog
+from aiohttp import web
+
+from kds.api._context import API_CONTEXT, OPEN_PATHS, READ_ONLY_KEY, ApiContext, client_max_size
+from kds.api.auth import Role
+from kds.errors import Conflict, FieldViolation, InvalidResource, KdsError, NotFound
+
+__all__ = ["HttpError", "auth_middleware", "error_middleware", "too_large"]
+
+log = structlog.get_logger("kds.api")
+
+
+class HttpError(KdsError):
+    """An answer other than 2xx, with the fields that caused it: raised in handlers and
+    turned into the response by the error middleware; it never leaves the API."""
+
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str,
+        causes: Sequence[FieldViolation] = (),
+        headers: Mapping[str, str] | None = None,
+    ):
+        super().__init__(detail)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.causes = list(causes)
+        self.headers = dict(headers or {})
+
+
+def _error_response(e: HttpError) -> web.Response:
+    body = {
+        "title": e.title,
+        "status": e.status,
+        "detail": e.detail,
+        "causes": [{"field": c.field, "message": c.message} for c in e.causes],
+    }
+    return web.json_response(body, status=e.status, headers=e.headers)
+
+
+def _log_unexpected(request: web.Request, exc: BaseException) -> None:
+    # No exc_info: a renderer that shows locals could print a request body. The message is
+    # kept only for exception types whose messages are ours or the system's, never data.
+    safe_message = isinstance(exc, (KdsError, OSError, sqlite3.Error))
+    log.error(
+        "unhandled error in API handler",
+        method=request.method,
+        path=request.path,
+        error_type=type(exc).__name__,
+        error=str(exc) if safe_message else None,
+        stack="".join(traceback.format_tb(exc.__traceback__)),
+    )
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except HttpError as e:
+        return _error_response(e)
+    except InvalidResource as e:
+        return _error_response(HttpError(400, "Invalid resource", "invalid resource", e.errors))
+    except Conflict as e:  # and ReadOnlySynced: a synced copy is read-only on a zone
+        return _error_response(HttpError(409, "Conflict", str(e)))
+    except NotFound as e:
+        return _error_response(HttpError(404, "Not found", str(e)))
+    except web.HTTPRequestEntityTooLarge:
+        return _error_response(too_large(request.app[API_CONTEXT]))
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        headers = {"Allow": e.headers["Allow"]} if "Allow" in e.headers else {}
+        detail = {
+            404: f"no such path: {request.path}",
+            405: f"method {request.method} is not allowed on {request.path}",
+        }.get(e.status, e.reason)
+        return _error_response(HttpError(e.status, e.reason, detail, headers=headers))
+    except Exception as e:
+        _log_unexpected(request, e)
+        return _error_response(
+            HttpError(
+                500,
+                "Internal server error",
+                "the control plane failed to handle the request; see its log",
+            )
+        )
+
+
+@web.middleware
+async def auth_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Bearer tokens: the admin token may do anything; the read-only one may use GET on
+    metadata and status, and gets resources without their data."""
+    tokens = request.app[API_CONTEXT].tokens
+    if tokens is None or request.path in OPEN_PATHS:
+        return await handler(request)
+    auth = request.headers.get("Authorization", "")
+    token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+    role = tokens.role_of(token) if token else None
+    if role is None:
+        raise HttpError(
+            401,
+            "Unauthorized",
+            ("the bearer token is not valid" if token else "this API needs a bearer token")
+            + ": pass kdsctl --token-file or --token (KDSCTL_TOKEN_FILE, KDSCTL_TOKEN) or an "
+            "'Authorization: Bearer' header; "
+            "the daemon's admin token is in its data dir (admin-token)",
+            headers={"WWW-Authenticate": 'Bearer realm="kds-sync"'},
+        )
+    if role is Role.READ_ONLY:
+        if request.method not in ("GET", "HEAD"):
+            raise HttpError(
+                403, "Forbidden", f"the read-only token may not {request.method} {request.path}"
+            )
+        request[READ_ONLY_KEY] = True
+    return await handler(request)
+
+
+def too_large(ctx: ApiContext, limit: int | None = None) -> HttpError:
+    """413 for a body over ``limit`` (by default, the largest a single resource may send)."""
+    return HttpError(
+        413,
+        "Request body too large",
+        f"the request body exceeds {limit or client_max_size(ctx.limits)} bytes; secret data "
+        f"may be at most {ctx.limits.max_data_bytes} bytes once decoded",
+        [FieldViolation("data", f"must decode to at most {ctx.limits.max_data_bytes} bytes")],
+    )

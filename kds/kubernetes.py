@@ -1,0 +1,156 @@
+"""The Kubernetes text form of a resource, both ways. Pure.
+
+A Secret is ``apiVersion: v1, kind: Secret``, ``type: system.kuma.io/secret`` with label
+``kuma.io/mesh``; a GlobalSecret is ``type: system.kuma.io/global-secret``; the bytes are
+base64 in ``data.value``. A Mesh is ``apiVersion: kuma.io/v1alpha1, kind: Mesh`` with its
+fields under ``spec``. Problems name fields as this form writes them (``metadata.name``).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from typing import Any
+
+from kds.errors import FieldViolation, InvalidResource
+from kds.resource import LABEL_MESH, Kind, Limits, Resource
+from kds.validation import MESH_SPEC_FIELDS, decode_data, read_mesh_spec, validate
+
+__all__ = [
+    "K8S_GLOBAL_SECRET_TYPE",
+    "K8S_MESH_API_VERSION",
+    "K8S_SECRET_TYPE",
+    "from_kubernetes",
+    "kubernetes_field",
+    "to_kubernetes",
+]
+
+K8S_SECRET_TYPE = "system.kuma.io/secret"
+K8S_GLOBAL_SECRET_TYPE = "system.kuma.io/global-secret"
+K8S_MESH_API_VERSION = "kuma.io/v1alpha1"
+
+_K8S_FIELDS = {
+    "Secret": {"apiVersion", "kind", "metadata", "data", "type"},
+    "Mesh": {"apiVersion", "kind", "metadata", "spec"},
+}
+
+
+def _validate_k8s(res: Resource, limits: Limits) -> None:
+    """validate(), naming fields as the Kubernetes form writes them (metadata.name)."""
+    try:
+        validate(res, limits)
+    except InvalidResource as e:
+        raise InvalidResource([_k8s_field(err) for err in e.errors]) from None
+
+
+def _k8s_field(err: FieldViolation) -> FieldViolation:
+    return FieldViolation(kubernetes_field(err.field), err.message)
+
+
+def kubernetes_field(f: str) -> str:
+    """A field as the Universal form names it, renamed as the Kubernetes form writes it."""
+    if f == "name":
+        return "metadata.name"
+    if f == "mesh":
+        return f"metadata.labels[{LABEL_MESH}]"
+    if f.startswith("labels"):
+        return "metadata." + f
+    if f == "data":
+        return "data.value"
+    if f.startswith("mtls"):
+        return "spec." + f
+    return f
+
+
+def from_kubernetes(doc: Mapping[str, Any], limits: Limits) -> Resource:
+    api_version, kind_name = doc.get("apiVersion"), doc.get("kind")
+    meta = doc.get("metadata")
+    if not isinstance(meta, Mapping):
+        raise InvalidResource([FieldViolation("metadata", "is required and must be a map")])
+    if not isinstance(meta.get("labels") or {}, Mapping):
+        raise InvalidResource([FieldViolation("metadata.labels", "must be a map")])
+    labels = dict(meta.get("labels") or {})
+    unknown = sorted(set(doc) - _K8S_FIELDS.get(str(kind_name), set(doc)))
+    if unknown:
+        raise InvalidResource(
+            [FieldViolation(f, f"unknown field for a {kind_name}") for f in unknown]
+        )
+    if kind_name == "Mesh":
+        if api_version != K8S_MESH_API_VERSION:
+            raise InvalidResource(
+                [
+                    FieldViolation(
+                        "apiVersion", f"a Mesh must have apiVersion {K8S_MESH_API_VERSION}"
+                    )
+                ]
+            )
+        spec = doc.get("spec") or {}
+        if not isinstance(spec, Mapping):
+            raise InvalidResource([FieldViolation("spec", "must be a map")])
+        mesh_spec, errs = read_mesh_spec(spec, meta.get("name"), "spec.")
+        errs += [
+            FieldViolation(f"spec.{k}", "unknown field for a Mesh")
+            for k in sorted(set(spec) - MESH_SPEC_FIELDS)
+        ]
+        if errs:
+            raise InvalidResource(errs)
+        res = Resource(kind=Kind.MESH, name=meta.get("name"), labels=labels, spec=mesh_spec)  # type: ignore[arg-type]
+        _validate_k8s(res, limits)
+        return res
+    if kind_name != "Secret":
+        raise InvalidResource(
+            [FieldViolation("kind", f"unsupported kind {kind_name!r}: expected Secret or Mesh")]
+        )
+    if api_version != "v1":
+        raise InvalidResource([FieldViolation("apiVersion", "a Secret must have apiVersion v1")])
+    k8s_type = doc.get("type")
+    data_map = doc.get("data")
+    if not isinstance(data_map, Mapping) or "value" not in data_map:
+        raise InvalidResource([FieldViolation("data.value", "is required (base64 bytes)")])
+    extra = sorted(set(data_map) - {"value"})
+    if extra:
+        raise InvalidResource(
+            [FieldViolation(f"data.{k}", "unknown key; only 'value'") for k in extra]
+        )
+    data = decode_data(data_map["value"], limits, "data.value")
+    if k8s_type == K8S_SECRET_TYPE:
+        mesh = labels.pop(LABEL_MESH, None)
+        if mesh is None:
+            raise InvalidResource(
+                [FieldViolation(f"metadata.labels[{LABEL_MESH}]", "is required for a mesh Secret")]
+            )
+        res = Resource(Kind.SECRET, name=meta.get("name"), mesh=mesh, data=data, labels=labels)  # type: ignore[arg-type]
+    elif k8s_type == K8S_GLOBAL_SECRET_TYPE:
+        res = Resource(Kind.GLOBAL_SECRET, name=meta.get("name"), data=data, labels=labels)  # type: ignore[arg-type]
+    else:
+        raise InvalidResource(
+            [
+                FieldViolation(
+                    "type",
+                    f"unsupported Secret type {k8s_type!r}: expected {K8S_SECRET_TYPE} or "
+                    f"{K8S_GLOBAL_SECRET_TYPE}",
+                )
+            ]
+        )
+    _validate_k8s(res, limits)
+    return res
+
+
+def to_kubernetes(resource: Resource) -> dict[str, Any]:
+    if resource.kind is Kind.MESH:
+        return {
+            "apiVersion": K8S_MESH_API_VERSION,
+            "kind": "Mesh",
+            "metadata": {"name": resource.name, "labels": dict(resource.labels)},
+            "spec": dict(resource.spec),
+        }
+    labels = dict(resource.labels)
+    if resource.kind is Kind.SECRET:
+        labels[LABEL_MESH] = resource.mesh
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": resource.name, "labels": labels},
+        "data": {"value": base64.b64encode(resource.data).decode("ascii")},
+        "type": K8S_SECRET_TYPE if resource.kind is Kind.SECRET else K8S_GLOBAL_SECRET_TYPE,
+    }
