@@ -4,7 +4,7 @@ Callers depend on these Protocols only, never on a backend: ``GlobalStore`` is e
 globalcp uses, ``ZoneStore`` everything zonecp uses, and ``ResourceStore`` what both share
 (the HTTP API serves either). A backend implements them with whatever concurrency it needs
 (the SQLite backend hands each call to a writer or a reader thread); callers just await.
-The conformance suite in tests/unit/store_conformance.py runs against every backend.
+The conformance suite in tests/unit/test_store_conformance.py runs against every backend.
 
 Rules every backend keeps:
 - Rows are keyed by (kind, mesh, name, origin). Origin ``global``: on global, every resource;
