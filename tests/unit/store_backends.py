@@ -25,7 +25,7 @@ class StoreFactory(Protocol):
         ...
 
 
-class SqliteStores:
+class SqliteFactory:
     """SQLite stores, one file per name."""
 
     def __init__(self, where: Path):
@@ -38,4 +38,4 @@ class SqliteStores:
         return open_zone_store(self.where / f"{name}.db", **options)
 
 
-BACKENDS: dict[str, Callable[[Path], StoreFactory]] = {"sqlite": SqliteStores}
+BACKENDS: dict[str, Callable[[Path], StoreFactory]] = {"sqlite": SqliteFactory}

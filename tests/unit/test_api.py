@@ -1,4 +1,4 @@
-"""kds.api against a real SqliteStore, on both roles."""
+"""kds.api against a real SQLite store, on both roles."""
 
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ __all__ = ["SqliteGlobalStore", "SqliteZoneStore"]
 E = TypeVar("E", bound=ResourceEngine)
 
 
-class _SqliteStore(Generic[E]):
+class _SqliteResourceStore(Generic[E]):
     """What both roles' async stores share (kds.store.interface.ResourceStore)."""
 
     def __init__(self, engine: E):
@@ -79,7 +79,7 @@ class _SqliteStore(Generic[E]):
         self._threads.close(self._engine.close)
 
 
-class SqliteGlobalStore(_SqliteStore[GlobalEngine]):
+class SqliteGlobalStore(_SqliteResourceStore[GlobalEngine]):
     """Global's store (kds.store.interface.GlobalStore) on a GlobalEngine."""
 
     async def head(self) -> int:
@@ -129,7 +129,7 @@ class SqliteGlobalStore(_SqliteStore[GlobalEngine]):
         return await self._threads.read(self._engine.zone_tokens)
 
 
-class SqliteZoneStore(_SqliteStore[ZoneEngine]):
+class SqliteZoneStore(_SqliteResourceStore[ZoneEngine]):
     """A zone's store (kds.store.interface.ZoneStore) on a ZoneEngine."""
 
     async def sync_state(self) -> SyncState:
