@@ -1,9 +1,10 @@
 """Many zones in one process, each the real thing: a zonecp.client.ZoneClient (its own gRPC
-channel and stream to global) over its own kds.store SqliteStore in its own data dir, wired as
+channel and stream to global) over its own SQLite zone store in its own data dir, wired as
 zonecp.app wires a zone (minus the HTTP API, which sync does not use).
 
-The only addition is ``TimedStore``: the real store, which also reports when each final batch
-committed (revision, time) as a JSON line on stdout for the harness (bench.common.Fleet).
+The only addition is ``TimedEngine``: the real zone engine, which also reports when each final
+batch committed (revision, time) as a JSON line on stdout for the harness (bench.common.Fleet),
+from the writer thread right after the commit.
 Stops when stdin closes.
 
     python -m bench.fleet --first 0 --count 50 --global-address grpc://127.0.0.1:5685 \
@@ -25,16 +26,17 @@ from bench.common import report_line, stdin_closed
 from kds.logging import configure_logging
 from kds.protocol.applier import DecodedBatch
 from kds.runtime import ensure_private_dir
-from kds.store import SqliteStore, ThreadedStore, ZoneApplyResult, ZoneStore
+from kds.store import ZoneApplyResult, ZoneStore
+from kds.store.sqlite import SqliteZoneStore, ZoneEngine
 from kds.version import __version__
 from zonecp.client import ZoneClient
 
 
-class TimedStore(SqliteStore):
-    """The real zone store; reports each committed final batch."""
+class TimedEngine(ZoneEngine):
+    """The real zone engine; reports each committed final batch."""
 
     def __init__(self, path: Path, member: int):
-        super().__init__(path, "zone")
+        super().__init__(path)
         self.member = member
 
     def apply_batch(self, batch: DecodedBatch, global_store_id: str, now: str) -> ZoneApplyResult:
@@ -67,7 +69,7 @@ async def main_async(args: argparse.Namespace) -> None:
         data_dir = ensure_private_dir(Path(args.data_dir) / f"z{m}")
         if args.seed_db and not (data_dir / "zone.db").exists():
             shutil.copyfile(args.seed_db, data_dir / "zone.db")
-        store = ThreadedStore(TimedStore(data_dir / "zone.db", m))
+        store = SqliteZoneStore(TimedEngine(data_dir / "zone.db", m))
         stores.append(store)
         clients.append(
             ZoneClient(

@@ -5,7 +5,7 @@
 
 Every kds process is real: globalcp runs as its own process (the daemon, default settings,
 JSON logs); zones run as fleets (bench.fleet), each zone a real ZoneClient over its own
-SqliteStore. Writes go through global's HTTP API (single writes) or kdsctl (bulk), as a user's
+SQLite store. Writes go through global's HTTP API (single writes) or kdsctl (bulk), as a user's
 would. etcd (Debian's etcd-server) runs on loopback with a temp data dir; its watchers
 (bench.etcd) use grpc.aio and protobuf like the zones. Each repeat runs kds, then etcd, so the
 ratio of the two is taken from the same minutes of a noisy machine.

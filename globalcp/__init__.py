@@ -1,0 +1,3 @@
+"""globalcp: the global control plane daemon. app.py wires the store, hub, sync servicer and
+HTTP API; cli.py is its command line (entry point globalcp.cli:main).
+"""

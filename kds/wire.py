@@ -225,7 +225,7 @@ BATCH_OVERHEAD = 64
 # Global packs ranges and snapshots into parts of about this size (a resource bigger than it
 # goes alone, up to the message limit). Global holds each part written to a zone's stream
 # until grpc has sent it, so with many zones catching up at once the part size is what its
-# memory grows by per zone (issue 7: 20 zones taking a 100,000-secret snapshot at once peaked
+# memory grows by per zone (measured: 20 zones taking a 100,000-secret snapshot at once peaked
 # at 256 MB with 4 MiB parts, 88 MB with 256 KiB; 100 zones at once peaked at 159 MB with
 # 256 KiB, 134 MB with these). A part is one transaction on the zone.
 PART_BYTES = 128 * 1024

@@ -1,0 +1,3 @@
+"""zonecp: the zone control plane daemon. app.py wires the store, sync client and HTTP API;
+cli.py is its command line (entry point zonecp.cli:main).
+"""

@@ -7,7 +7,7 @@ kds.protocol.zone_session.ZoneSession's, which this client feeds with what it re
 The dial loop retries with exponential backoff and jitter (tenacity), logging each attempt;
 after a stream that was welcomed ends, backoff starts again from its shortest delay. Each
 batch is decoded (kds.wire), planned and applied in one store transaction
-(kds.protocol.applier via SqliteStore.apply_batch), then acknowledged. The zone sends global
+(kds.protocol.applier via ZoneStore.apply_batch), then acknowledged. The zone sends global
 nothing of its own resources: only the hello, acks (with per-resource rejections) and its
 conflict names.
 """

@@ -27,7 +27,7 @@ from kds.api._errors import HttpError, too_large
 from kds.errors import FieldViolation, InvalidResource, NotFound
 from kds.model import LABEL_ORIGIN, LABEL_ZONE, Key, Kind, from_json_body, to_json
 from kds.store import ORIGIN_GLOBAL, ORIGIN_ZONE, Row, WriteResult
-from kds.store.base import Origin
+from kds.store.results import Origin
 
 __all__ = [
     "Handler",

@@ -3,7 +3,7 @@
 Pure: fed a decoded batch and a view of the zone's current rows, returns a Plan (synced
 copies to put and delete, rejections, conflicts that began or ended, the revision to record).
 The store runs the plan in the same transaction that read the view, so nothing can slip in
-between; see kds.store.sqlite.SqliteStore.apply_batch.
+between; see kds.store.interface.ZoneStore.apply_batch.
 
 Rules:
 - A zone-local row is never written or deleted here; a synced put for a key the zone holds

@@ -41,7 +41,7 @@ def next_chain(previous: bytes, change: bytes) -> bytes:
     return hashlib.blake2b(previous + change, digest_size=16).digest()
 
 
-@dataclass(frozen=True, slots=True)  # slots: a snapshot holds one per resource (issue 7)
+@dataclass(frozen=True, slots=True)  # slots: a snapshot holds one per resource
 class ChangeRecord:
     revision: int
     key: Key

@@ -4,7 +4,7 @@ Callers depend on these Protocols only, never on a backend: ``GlobalStore`` is e
 globalcp uses, ``ZoneStore`` everything zonecp uses, and ``ResourceStore`` what both share
 (the HTTP API serves either). A backend implements them with whatever concurrency it needs
 (the SQLite backend hands each call to a writer or a reader thread); callers just await.
-The conformance suite in tests/unit/store_conformance.py runs against every backend.
+The conformance suite in tests/unit/test_store_conformance.py runs against every backend.
 
 Rules every backend keeps:
 - Rows are keyed by (kind, mesh, name, origin). Origin ``global``: on global, every resource;
@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from kds.model import Key, Kind, Resource
-from kds.store.base import ChangeRecord, Row, Snapshot, SyncState, WriteResult, ZoneApplyResult
+from kds.store.results import ChangeRecord, Row, Snapshot, SyncState, WriteResult, ZoneApplyResult
 
 if TYPE_CHECKING:
     from kds.protocol.applier import DecodedBatch

@@ -1,4 +1,4 @@
-"""kds.api against a real SqliteStore, on both roles."""
+"""kds.api against a real SQLite store, on both roles."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from structlog.testing import capture_logs
 from kds.api import ApiContext, _size_bound, build_app, client_max_size, encoded_message_size
 from kds.model import Key, Kind, Limits, Resource
 from kds.protocol.applier import DecodedBatch, Incoming
-from kds.store import ResourceStore, SqliteStore, ThreadedStore, WriteResult
+from kds.store import ResourceStore, WriteResult, open_global_store
+from kds.store.sqlite import GlobalEngine, SqliteGlobalStore, SqliteZoneStore, ZoneEngine
 
 SECRET = b"s3cr3t-value-\x00\xff-do-not-leak"
 SECRET_B64 = base64.b64encode(SECRET).decode()
@@ -29,7 +30,8 @@ OTHER_B64 = base64.b64encode(OTHER).decode()
 @dataclass
 class Api:
     client: TestClient
-    store: ThreadedStore
+    store: Any  # SqliteGlobalStore or SqliteZoneStore, by role
+    engine: Any  # the store's engine, for reads the tests make without the event loop
     writes: list[WriteResult] = field(default_factory=list)
 
     async def put(self, path: str, body: Any) -> tuple[int, Any, str]:
@@ -46,7 +48,7 @@ class Api:
         return resp.status, await resp.json()
 
     def counts(self) -> dict[str, dict[str, int]]:
-        return self.store.engine.counts()
+        return self.engine.counts()
 
 
 MakeApi = Callable[..., Awaitable[Api]]
@@ -65,11 +67,16 @@ async def make_api(tmp_path: Path) -> AsyncIterator[MakeApi]:
         writes: list[WriteResult] = []
         on_commit = kw.pop("on_commit", writes.extend)
         db = tmp_path / f"{role}-{len(made)}.db"
-        store = ThreadedStore(SqliteStore(db, role, on_commit=on_commit))  # type: ignore[arg-type]
+        if role == "global":
+            engine: Any = GlobalEngine(db, on_commit=on_commit)
+            store: Any = SqliteGlobalStore(engine)
+        else:
+            engine = ZoneEngine(db, on_commit=on_commit)
+            store = SqliteZoneStore(engine)
         ctx = ApiContext(store=store, role=role, zone=zone, now=now, **kw)  # type: ignore[arg-type]
         client = TestClient(TestServer(build_app(ctx)))
         await client.start_server()
-        api = Api(client, store, writes)
+        api = Api(client, store, engine, writes)
         made.append(api)
         return api
 
@@ -502,7 +509,7 @@ async def test_unexpected_error_is_500_without_details(
     def boom(resource: Resource, now: str) -> WriteResult:
         raise RuntimeError(f"failed on {resource.data!r}")
 
-    monkeypatch.setattr(api.store.engine, "put", boom)
+    monkeypatch.setattr(api.engine, "put", boom)
     with capture_logs() as logs:
         resp = await api.client.put("/global-secrets/x", json={"data": SECRET_B64})
         text = await resp.text()
@@ -532,7 +539,7 @@ async def test_extra_routes(tmp_path: Path) -> None:
     async def status(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
 
-    store: ResourceStore = ThreadedStore(SqliteStore(tmp_path / "x.db", "global"))
+    store: ResourceStore = open_global_store(tmp_path / "x.db")
     app = build_app(ApiContext(store=store, role="global"), [web.get("/status", status)])
     async with TestClient(TestServer(app)) as client:
         resp = await client.get("/status")
@@ -557,7 +564,7 @@ def _sec(name: str, mesh: str = "payments", data: str = SECRET_B64) -> dict[str,
 
 async def test_apply_many_in_one_transaction_meshes_first(api: Api) -> None:
     """Secrets listed before their Mesh still apply; each item gets its own revision."""
-    head = api.store.engine.head()
+    head = api.engine.head()
     status, body = await _apply(
         api,
         [
@@ -574,7 +581,7 @@ async def test_apply_many_in_one_transaction_meshes_first(api: Api) -> None:
         ("Secret", "b", "created"),
         ("GlobalSecret", "g", "created"),
     ]
-    assert api.store.engine.head() == head + 4
+    assert api.engine.head() == head + 4
     assert [w.record.revision for w in api.writes if w.record] == list(range(head + 1, head + 5))
     status, body = await _apply(
         api, [{"type": "Mesh", "name": "payments"}, _sec("a", data=OTHER_B64)]
@@ -618,7 +625,7 @@ async def test_apply_on_a_zone_cannot_touch_synced_copies(make_api: MakeApi) -> 
     )
     status, body = await _apply(zone, [_sec("mine", "default"), _sec("s", "default")])
     assert status == 409 and "items[1]" in body["detail"] and "global" in body["detail"]
-    assert zone.store.engine.get(Key(Kind.SECRET, "default", "mine")) is None
+    assert zone.engine.get(Key(Kind.SECRET, "default", "mine")) is None
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Meshes with mTLS backends through the HTTP API, against a real SqliteStore (kds.integrity)."""
+"""Meshes with mTLS backends through the HTTP API, against a real SQLite store (kds.integrity)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ CA = certs.ca()
 
 @pytest.fixture
 def make_api(make_api_fixture: MakeApi) -> MakeApi:  # noqa: F811
-    """test_api's factory: an API on a real SqliteStore, either role."""
+    """test_api's factory: an API on a real SQLite store, either role."""
     return make_api_fixture
 
 

@@ -11,7 +11,7 @@ import pytest
 from kds.crypto import DataCipher, key_id, load_key_file
 from kds.errors import ConfigError, StoreError
 from kds.model import Key, Kind, Resource
-from kds.store import SqliteStore
+from kds.store.sqlite import GlobalEngine, ZoneEngine
 
 NOW = "2026-11-29T00:00:00.000Z"
 MARKER = b"plaintext-marker-5d2c"
@@ -22,7 +22,7 @@ def _files(db: Path) -> bytes:
     return b"".join(p.read_bytes() for p in db.parent.iterdir() if p.name.startswith(db.name))
 
 
-def _fill(store: SqliteStore, n: int = 20) -> None:
+def _fill(store: GlobalEngine, n: int = 20) -> None:
     store.put(Resource(Kind.MESH, "default"), NOW)
     for i in range(n):
         store.put(Resource(Kind.SECRET, f"s{i}", mesh="default", data=MARKER + bytes([i])), NOW)
@@ -32,7 +32,7 @@ def _fill(store: SqliteStore, n: int = 20) -> None:
 
 def test_global_store_holds_no_plaintext_and_reads_it_back(tmp_path: Path) -> None:
     db = tmp_path / "g.db"
-    store = SqliteStore(db, "global", cipher=DataCipher([K1]))
+    store = GlobalEngine(db, cipher=DataCipher([K1]))
     _fill(store)
     row = store.get(Key(Kind.SECRET, "default", "s3"))
     assert row is not None and row.resource.data == MARKER + b"\x03"
@@ -47,7 +47,7 @@ def test_global_store_holds_no_plaintext_and_reads_it_back(tmp_path: Path) -> No
 
 def test_zone_store_holds_no_plaintext(tmp_path: Path) -> None:
     db = tmp_path / "z.db"
-    store = SqliteStore(db, "zone", cipher=DataCipher([K1]))
+    store = ZoneEngine(db, cipher=DataCipher([K1]))
     store.put(Resource(Kind.MESH, "default"), NOW)
     store.put(Resource(Kind.SECRET, "local", mesh="default", data=MARKER), NOW)
     row = store.get(Key(Kind.SECRET, "default", "local"))
@@ -58,18 +58,18 @@ def test_zone_store_holds_no_plaintext(tmp_path: Path) -> None:
 
 def test_keys_rotate_without_losing_data(tmp_path: Path) -> None:
     db = tmp_path / "g.db"
-    store = SqliteStore(db, "global", cipher=DataCipher([K1]))
+    store = GlobalEngine(db, cipher=DataCipher([K1]))
     _fill(store)
     store.close()
     with pytest.raises(StoreError, match=rf"key\(s\) {key_id(K1)} that --encryption-key-file"):
-        SqliteStore(db, "global", cipher=DataCipher([K2]))
+        GlobalEngine(db, cipher=DataCipher([K2]))
     with pytest.raises(StoreError, match="give --encryption-key-file"):
-        SqliteStore(db, "global")
+        GlobalEngine(db)
     # New key first, old key kept: everything reads, and is re-sealed with the new key.
-    store = SqliteStore(db, "global", cipher=DataCipher([K2, K1]))
+    store = GlobalEngine(db, cipher=DataCipher([K2, K1]))
     assert store.get(Key(Kind.GLOBAL_SECRET, "", "g")).resource.data == MARKER  # type: ignore[union-attr]
     store.close()
-    store = SqliteStore(db, "global", cipher=DataCipher([K2]))  # the old key can go
+    store = GlobalEngine(db, cipher=DataCipher([K2]))  # the old key can go
     assert store.get(Key(Kind.SECRET, "default", "s0")).resource.data == MARKER + b"\x00"  # type: ignore[union-attr]
     assert len(store.changes_after(0, store.head())) == store.head()
     store.close()
@@ -77,11 +77,11 @@ def test_keys_rotate_without_losing_data(tmp_path: Path) -> None:
 
 def test_enabling_encryption_seals_what_is_stored(tmp_path: Path) -> None:
     db = tmp_path / "g.db"
-    store = SqliteStore(db, "global")
+    store = GlobalEngine(db)
     _fill(store)
     store.close()
     assert MARKER in _files(db)
-    store = SqliteStore(db, "global", cipher=DataCipher([K1]))
+    store = GlobalEngine(db, cipher=DataCipher([K1]))
     assert store.internal_secrets()["signing-key"] == MARKER + b"-internal"
     store.close()
     assert MARKER not in _files(db)
@@ -91,7 +91,7 @@ def test_a_value_moved_to_another_row_does_not_open(tmp_path: Path) -> None:
     import sqlite3
 
     db = tmp_path / "g.db"
-    store = SqliteStore(db, "global", cipher=DataCipher([K1]))
+    store = GlobalEngine(db, cipher=DataCipher([K1]))
     _fill(store, 2)
     store.close()
     conn = sqlite3.connect(db)
@@ -101,7 +101,7 @@ def test_a_value_moved_to_another_row_does_not_open(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(StoreError, match="does not decrypt"):
         # With a second key first, opening re-seals every value: s1's copy fails to open.
-        SqliteStore(db, "global", cipher=DataCipher([K2, K1]))
+        GlobalEngine(db, cipher=DataCipher([K2, K1]))
 
 
 def test_key_file_is_checked(tmp_path: Path) -> None:
@@ -125,7 +125,7 @@ def test_key_file_is_checked(tmp_path: Path) -> None:
 
 def test_builtin_ca_keys_are_sealed_too(tmp_path: Path) -> None:
     db = tmp_path / "g.db"
-    store = SqliteStore(db, "global", cipher=DataCipher([K1]))
+    store = GlobalEngine(db, cipher=DataCipher([K1]))
     mtls = {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]}
     store.put(Resource(Kind.MESH, "payments", spec={"mtls": mtls}), NOW)
     key = store.get(Key(Kind.SECRET, "payments", "payments.ca-builtin-key-ca-1"))

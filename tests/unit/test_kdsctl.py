@@ -1,4 +1,4 @@
-"""kdsctl against a real API server (kds.api on a SqliteStore) on 127.0.0.1."""
+"""kdsctl against a real API server (kds.api on a SQLite store) on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ class Server:
 
 @contextlib.contextmanager
 def serve_api(tmp_path: Path, **ctx_args: Any) -> Iterator[tuple[str, GlobalStore]]:
-    """kds.api on a fresh SqliteStore, on a loop in a thread, at an ephemeral 127.0.0.1 port."""
+    """kds.api on a fresh SQLite store, on a loop in a thread, at an ephemeral 127.0.0.1 port."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()

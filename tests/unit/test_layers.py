@@ -180,3 +180,14 @@ def test_module_level_imports_come_first() -> None:
             elif seen_code:
                 late.setdefault(name, []).append(node.lineno)
     assert late == {}
+
+
+def test_no_module_is_over_500_lines() -> None:
+    """Each module does one job a reader can hold at once (generated code and tests aside)."""
+    bench = {_module_name(p): p for p in (ROOT / "bench").glob("*.py")}
+    long = {
+        name: n
+        for name, path in {**_modules(), **bench}.items()
+        if (n := len(path.read_text().splitlines())) > 500
+    }
+    assert long == {}

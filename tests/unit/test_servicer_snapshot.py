@@ -12,11 +12,11 @@ from globalcp.servicer import SyncServicer
 from globalcp.zones import ZoneTracker
 from kds.model import Kind, Resource
 from kds.protocol.session import SendRange
-from kds.store import SqliteStore, ThreadedStore
+from kds.store.sqlite import GlobalEngine, SqliteGlobalStore
 
 
-def _servicer(tmp_path: Path) -> tuple[SyncServicer, ThreadedStore, list[int]]:
-    sync = SqliteStore(tmp_path / "g.db", "global")
+def _servicer(tmp_path: Path) -> tuple[SyncServicer, SqliteGlobalStore, list[int]]:
+    sync = GlobalEngine(tmp_path / "g.db")
     sync.put(Resource(Kind.MESH, "default"), "2026-11-29T00:00:00.000Z")
     calls: list[int] = []
     real = sync.snapshot
@@ -26,7 +26,7 @@ def _servicer(tmp_path: Path) -> tuple[SyncServicer, ThreadedStore, list[int]]:
         return real()
 
     sync.snapshot = counting  # type: ignore[method-assign]
-    store = ThreadedStore(sync)
+    store = SqliteGlobalStore(sync)
     hub = Hub(sync.head(), sync.log_floor(), 100)
     servicer = SyncServicer(
         store,
@@ -75,11 +75,12 @@ async def test_a_range_is_coalesced_and_packed_once_for_every_stream(tmp_path: P
     """Zones in step ask for the same ranges: the plan is made once and shared; the oldest
     plans are dropped past RANGE_PLANS_KEPT; a range that left the change log is None."""
     servicer, store, _ = _servicer(tmp_path)
-    sync = store.engine
     try:
         for i in range(5):
-            sync.put(Resource(Kind.SECRET, f"s{i}", "default", data=b"v"), "2026-11-29T00:00:00Z")
-        head = sync.head()
+            await store.put(
+                Resource(Kind.SECRET, f"s{i}", "default", data=b"v"), "2026-11-29T00:00:00Z"
+            )
+        head = await store.head()
         first = await servicer.plans.range_plan(SendRange(head - 5, head))
         assert first is not None and first.changes == 5 and not first.split_unit
         assert [r.key.name for p in first.parts for r in p.records] == [f"s{i}" for i in range(5)]

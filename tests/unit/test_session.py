@@ -372,7 +372,7 @@ class ZoneModel:
         )
 
     def apply(self, b: DecodedBatch, global_store_id: str) -> int:
-        """Plan and apply one batch as one step, as SqliteStore.apply_batch does."""
+        """Plan and apply one batch as one step, as ZoneEngine.apply_batch does."""
         if not b.snapshot:
             # The range must start where the zone stands (parts share from_revision).
             assert b.from_revision == self.applied_revision

@@ -1,7 +1,7 @@
 """Sync order of Meshes with mTLS and their Secrets (kds.protocol.records.sync_units).
 
-A real global SqliteStore takes random transactions under the mTLS rules; a real zone
-SqliteStore receives ranges and snapshots packed into small messages and applies them part
+A real GlobalEngine takes random transactions under the mTLS rules; a real ZoneEngine
+receives ranges and snapshots packed into small messages and applies them part
 by part, sometimes cut mid-range (it then resumes from its revision, as after a reconnect).
 After every part the zone commits: no rejection, every Secret's Mesh exists, and no synced
 Mesh names a backend Secret the zone lacks.
@@ -21,7 +21,7 @@ from kds.model import Key, Kind, Resource
 from kds.mtls import secret_refs
 from kds.protocol.batching import coalesce, pack
 from kds.protocol.records import ChangeRecord, sync_units
-from kds.store import SqliteStore
+from kds.store.sqlite import GlobalEngine, ZoneEngine
 from kds.wire import assemble_batch, change_delete, change_put, decode_batch
 from tests import certs
 
@@ -50,7 +50,7 @@ def secret(mesh: str, name: str, data: bytes) -> Resource:
     return Resource(Kind.SECRET, name, mesh, data)
 
 
-def random_tx(g: SqliteStore, rng: random.Random) -> None:
+def random_tx(g: GlobalEngine, rng: random.Random) -> None:
     """One global transaction the API could make; refused ones change nothing."""
     m = rng.choice(MESHES)
     n = rng.randint(0, 99)
@@ -83,7 +83,7 @@ def random_tx(g: SqliteStore, rng: random.Random) -> None:
 
 class Zone:
     def __init__(self, path: Path):
-        self.store = SqliteStore(path, "zone")
+        self.store = ZoneEngine(path)
         self.seq = 0
 
     @property
@@ -91,7 +91,12 @@ class Zone:
         return self.store.sync_state().applied_revision
 
     def receive(
-        self, g: SqliteStore, records: list[ChangeRecord], frm: int, snapshot: bool, cut: int | None
+        self,
+        g: GlobalEngine,
+        records: list[ChangeRecord],
+        frm: int,
+        snapshot: bool,
+        cut: int | None,
     ) -> None:
         """Apply the parts in order; stop before part ``cut`` (a link cut mid-range)."""
         parts = list(pack(records, MAX_BYTES))
@@ -126,7 +131,7 @@ class Zone:
         for row in self.store.list_rows(Kind.SECRET):
             assert row.resource.mesh in meshes
 
-    def sync(self, g: SqliteStore, rng: random.Random, may_cut: bool = True) -> None:
+    def sync(self, g: GlobalEngine, rng: random.Random, may_cut: bool = True) -> None:
         cut = rng.choice([None, None, 0, 1, 2]) if may_cut else None
         if rng.random() < 0.2 or self.revision == 0:
             self.receive(g, g.snapshot().changes, 0, True, cut)
@@ -150,7 +155,7 @@ def test_zone_never_holds_a_mesh_without_its_backend_secrets(
     Mesh naming a Secret it lacks, nor a Secret without its Mesh, and ends equal to global."""
     rng = random.Random(seed)
     tmp = Path(tmp_path_factory.mktemp("order"))  # type: ignore[attr-defined]
-    g = SqliteStore(tmp / "g.db", "global")
+    g = GlobalEngine(tmp / "g.db")
     z = Zone(tmp / "z.db")
     try:
         for _ in range(steps):
@@ -214,9 +219,8 @@ def test_hub_head_stops_only_at_the_end_of_a_transaction() -> None:
 
 def test_store_reports_each_transaction_once(tmp_path: Path) -> None:
     calls: list[list[int]] = []
-    g = SqliteStore(
+    g = GlobalEngine(
         tmp_path / "g.db",
-        "global",
         on_commit=lambda results: calls.append([r.record.revision for r in results if r.record]),
     )
     ca = certs.ca()
@@ -233,7 +237,7 @@ def test_a_mesh_and_its_backend_secrets_must_fit_one_message(tmp_path: Path) -> 
     secret update that would make it too large (field data); nothing is written."""
     from kds.errors import InvalidReferences
 
-    g = SqliteStore(tmp_path / "g.db", "global", max_message_bytes=2000)
+    g = GlobalEngine(tmp_path / "g.db", max_message_bytes=2000)
     try:
         g.put_many([Resource(Kind.MESH, "m1"), secret("m1", "c", b"c" * 900)], NOW)
         g.put(secret("m1", "k", b"k" * 900), NOW)
@@ -265,7 +269,7 @@ def test_a_mesh_delete_a_zone_refuses_keeps_its_backend_secrets(tmp_path: Path) 
     the CA secrets sent with it are refused too, so the Mesh that stays keeps its CA."""
     from kds.protocol.applier import DecodedBatch, Incoming
 
-    z = SqliteStore(tmp_path / "z.db", "zone")
+    z = ZoneEngine(tmp_path / "z.db")
     try:
         mesh = builtin("m1", "b1")
         cert = secret("m1", "m1.ca-builtin-cert-b1", b"c")
@@ -292,7 +296,7 @@ def test_conflict_rules_apply_to_ca_secrets_on_a_zone(tmp_path: Path) -> None:
     global's copy is kept aside and served when the zone's own is deleted."""
     from kds.protocol.applier import DecodedBatch, Incoming
 
-    z = SqliteStore(tmp_path / "z.db", "zone")
+    z = ZoneEngine(tmp_path / "z.db")
     try:
         ca = certs.ca()
         z.apply_batch(

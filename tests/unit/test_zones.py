@@ -11,7 +11,8 @@ import pytest
 from globalcp.hub import Hub
 from globalcp.zones import ZoneState, ZoneTracker
 from kds.model import Kind, Resource
-from kds.store import SqliteStore, ThreadedStore, WriteResult
+from kds.store import WriteResult
+from kds.store.sqlite import GlobalEngine, SqliteGlobalStore
 
 NOW = "2026-11-29T00:00:00.000Z"
 
@@ -29,10 +30,15 @@ def clock() -> Clock:
     return Clock()
 
 
-class HubStore(ThreadedStore):
-    """Global's store, its commits published to the hub of the latest tracker made."""
+class HubStore(SqliteGlobalStore):
+    """Global's store, its commits published to the hub of the latest tracker made; the
+    tests also drive its engine directly."""
 
     hub: Hub | None = None
+
+    def __init__(self, engine: GlobalEngine):
+        super().__init__(engine)
+        self.engine = engine
 
     def publish(self, results: Sequence[WriteResult]) -> None:
         if self.hub is not None:
@@ -42,9 +48,7 @@ class HubStore(ThreadedStore):
 @pytest.fixture
 def store(tmp_path: Path, clock: Clock) -> Iterator[HubStore]:
     made: list[HubStore] = []
-    engine = SqliteStore(
-        tmp_path / "g.db", "global", clock=clock, on_commit=lambda rs: made[0].publish(rs)
-    )
+    engine = GlobalEngine(tmp_path / "g.db", clock=clock, on_commit=lambda rs: made[0].publish(rs))
     s = HubStore(engine)
     made.append(s)
     yield s

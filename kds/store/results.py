@@ -1,18 +1,9 @@
-"""The store interface both control planes use, and the records it returns.
+"""What a store returns: rows, write results, snapshots and sync state (plain records).
 
-One store holds resources as rows keyed by (kind, mesh, name, origin):
-- origin ``global``: on global, every resource; on a zone, a copy synced from global.
-- origin ``zone``: a zone-local resource (zones only). Sync never writes or deletes one.
-
-On a zone a key may hold both rows: that is a name conflict. The zone-local row is what the
-zone serves; the synced row is "global's copy kept aside" and takes its place the moment the
-local row is deleted, with no reconnect. The effective view is computed, never stored.
-
-Global also keeps a bounded change log: revision -> the encoded Change (see kds.wire), plus
-``log_floor``: every change after it is still in the log, so a zone at revision r can resume
-when ``log_floor <= r <= head``.
-
-The interface itself, typed per role, is kds.store.interface.
+A row is keyed by (kind, mesh, name, origin): origin ``global`` is, on global, every
+resource and, on a zone, a copy synced from global; origin ``zone`` is a zone-local resource.
+The rules that connect them (conflicts, the change log and its floor) are the interface's:
+kds.store.interface.
 """
 
 from __future__ import annotations

@@ -1,0 +1,211 @@
+"""The SQLite file: schema, column migration, a connection per thread, transactions, meta.
+
+Every connection runs in WAL mode with synchronous=FULL, so a committed transaction is on
+disk before the call returns, and with secure_delete, so freed pages are zeroed rather than
+left readable. Each thread that touches the store gets its own connection (the async stores
+use one writer thread and one reader thread). The meta table holds the store's role, its
+id and the small per-store values (head, log floor, chains, a zone's applied revision).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from kds.errors import StoreError
+from kds.model import Kind, Resource
+
+__all__ = ["COLS", "Database", "get_meta", "row_to_resource", "row_values", "set_meta"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS resources (
+    kind TEXT NOT NULL,
+    mesh TEXT NOT NULL,
+    name TEXT NOT NULL,
+    origin TEXT NOT NULL CHECK (origin IN ('global', 'zone')),
+    data BLOB NOT NULL,
+    labels TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    creation_time TEXT NOT NULL,
+    modification_time TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    wire BLOB,                       -- global: the encoded Change that put this state
+    sync_gen INTEGER NOT NULL DEFAULT 0,  -- zone: snapshot generation that wrote it
+    sealed TEXT NOT NULL DEFAULT '',  -- id of the key data and wire are encrypted with ('': none)
+    PRIMARY KEY (kind, mesh, name, origin)
+);
+CREATE INDEX IF NOT EXISTS resources_by_mesh ON resources (mesh, kind);
+CREATE TABLE IF NOT EXISTS changelog (
+    revision INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    mesh TEXT NOT NULL,
+    name TEXT NOT NULL,
+    deleted INTEGER NOT NULL,
+    change BLOB NOT NULL,
+    chain BLOB NOT NULL,             -- history chain at this revision (kds.protocol.records)
+    committed_at REAL NOT NULL DEFAULT 0, -- wall-clock seconds (for zone lag in seconds)
+    sealed TEXT NOT NULL DEFAULT ''       -- id of the key change is encrypted with ('': none)
+);
+CREATE TABLE IF NOT EXISTS internal_secrets (  -- global's own keys: never synced nor served
+    name TEXT PRIMARY KEY,
+    data BLOB NOT NULL,
+    created TEXT NOT NULL,
+    sealed TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS zone_tokens (  -- global: zone tokens issued (never the token itself)
+    id TEXT PRIMARY KEY,
+    zone TEXT NOT NULL,
+    key_name TEXT NOT NULL,
+    issued_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    revoked_at TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS zone_status (  -- global: each zone's sync status (globalcp.zones)
+    name TEXT PRIMARY KEY,
+    status TEXT NOT NULL                -- JSON
+);
+"""
+
+# Columns added after the first release: a store made before gets them when opened.
+_ADDED_COLUMNS = (
+    ("changelog", "committed_at", "REAL NOT NULL DEFAULT 0"),
+    ("changelog", "sealed", "TEXT NOT NULL DEFAULT ''"),
+    ("resources", "sealed", "TEXT NOT NULL DEFAULT ''"),
+    ("internal_secrets", "sealed", "TEXT NOT NULL DEFAULT ''"),
+)
+
+# The resources columns a Resource is read from and written to, in this order.
+COLS = (
+    "kind, mesh, name, origin, data, labels, spec, creation_time, modification_time, version, "
+    "sealed"
+)
+
+
+def row_to_resource(r: sqlite3.Row | tuple[Any, ...], data: bytes) -> Resource:
+    """A resources row selected as COLS, with ``data`` already opened."""
+    return Resource(
+        kind=Kind(r[0]),
+        mesh=r[1],
+        name=r[2],
+        data=data,
+        labels=json.loads(r[5]),
+        spec=json.loads(r[6]),
+        creation_time=r[7],
+        modification_time=r[8],
+        version=r[9],
+    )
+
+
+def _json_map(m: Any) -> str:
+    return json.dumps(dict(m), sort_keys=True) if m else "{}"
+
+
+def row_values(r: Resource, origin: str, data: bytes, sealed: str) -> tuple[Any, ...]:
+    """The values of COLS for one row (``data`` as stored: sealed or not)."""
+    return (
+        str(r.kind),
+        r.mesh,
+        r.name,
+        origin,
+        data,
+        _json_map(r.labels),
+        _json_map(r.spec),
+        r.creation_time,
+        r.modification_time,
+        r.version,
+        sealed,
+    )
+
+
+def get_meta(conn: sqlite3.Connection, key: str, default: str = "") -> str:
+    row = conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+    return row[0] if row else default
+
+
+def set_meta(conn: sqlite3.Connection, key: str, value: object) -> None:
+    conn.execute(
+        "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+        (key, str(value)),
+    )
+
+
+class Database:
+    """One store file: its connections (one per thread) and its transactions."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=10000")
+            conn.execute("PRAGMA secure_delete=ON")  # freed pages are zeroed, not left readable
+            self._local.conn = conn
+            with self._lock:
+                self._conns.append(conn)
+        return conn
+
+    @contextmanager
+    def tx(self, conn: sqlite3.Connection, mode: str = "IMMEDIATE") -> Iterator[None]:
+        conn.execute(f"BEGIN {mode}")
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+
+    def open(self, role: str) -> str:
+        """Create or migrate the schema, check the file belongs to ``role``; the store id."""
+        fresh = not self.path.exists()
+        conn = self.conn()
+        if fresh:
+            os.chmod(self.path, 0o600)
+        conn.executescript(_SCHEMA)
+        for table, column, ddl in _ADDED_COLUMNS:
+            if column not in {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
+        with self.tx(conn):
+            row = conn.execute("SELECT value FROM meta WHERE key='role'").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO meta VALUES ('role', ?)", (role,))
+                conn.execute("INSERT INTO meta VALUES ('store_id', ?)", (uuid.uuid4().hex,))
+                conn.execute("INSERT INTO meta VALUES ('head', '0')")
+                conn.execute("INSERT INTO meta VALUES ('log_floor', '0')")
+                conn.execute("INSERT INTO meta VALUES ('chain', '')")
+                conn.execute("INSERT INTO meta VALUES ('floor_chain', '')")
+            elif row[0] != role:
+                raise StoreError(
+                    f"store {self.path} belongs to a {row[0]} control plane, not a {role} one"
+                )
+        return get_meta(conn, "store_id")
+
+    def close(self) -> None:
+        with self._lock:
+            for c in self._conns:
+                c.close()
+            self._conns.clear()
+        self._local = threading.local()
+
+    def size_bytes(self) -> int:
+        return sum(
+            p.stat().st_size
+            for p in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm"))
+            if p.exists()
+        )

@@ -1,0 +1,194 @@
+"""Global's engine: revisioned resource writes, the snapshot, and the tables only global
+keeps (internal secrets, zone tokens, zone status).
+
+Every changed resource gets the next revision, which is also its version; the encoded
+Change is kept with the row (the snapshot sends it as is) and appended to the change log in
+the same transaction (kds.store.sqlite._changelog).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from kds import integrity, wire
+from kds.crypto import DataCipher
+from kds.model import Key, Kind, Resource
+from kds.store.interface import OnCommit
+from kds.store.results import ORIGIN_GLOBAL, ChangeRecord, Snapshot, sort_records
+from kds.store.sqlite._changelog import ChangeLog
+from kds.store.sqlite._db import get_meta
+from kds.store.sqlite._resources import ResourceEngine, TxView
+from kds.store.sqlite._sealing import aad
+
+__all__ = ["DEFAULT_LOG_SIZE", "GlobalEngine"]
+
+DEFAULT_LOG_SIZE = 10_000
+
+
+class GlobalEngine(ResourceEngine):
+    """Global's store file as a blocking engine (one call at a time per thread)."""
+
+    role = "global"
+    origin = ORIGIN_GLOBAL
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        log_size: int = DEFAULT_LOG_SIZE,
+        max_message_bytes: int | None = None,
+        clock: Callable[[], float] = time.time,
+        cipher: DataCipher | None = None,
+        on_commit: OnCommit | None = None,
+    ):
+        # A Mesh and its mTLS backend secrets must fit one sync message together.
+        self.max_message_bytes = max_message_bytes
+        super().__init__(path, cipher=cipher, on_commit=on_commit)
+        self.changelog = ChangeLog(self.db, self.sealer, log_size, clock)
+
+    # ------------------------------------------------------------------ revisioned writes
+
+    def _next_version(self, conn: sqlite3.Connection, old: Resource | None) -> int:
+        return ChangeLog.next_revision(conn)
+
+    def _log_put(
+        self, conn: sqlite3.Connection, stored: Resource
+    ) -> tuple[ChangeRecord | None, bytes | None]:
+        wire_bytes = wire.change_put(stored.version, stored)
+        record = self.changelog.append(conn, stored.version, stored.key, False, wire_bytes)
+        return record, wire_bytes
+
+    def _log_delete(self, conn: sqlite3.Connection, key: Key) -> ChangeRecord | None:
+        revision = ChangeLog.next_revision(conn)
+        return self.changelog.append(conn, revision, key, True, wire.change_delete(revision, key))
+
+    def _more_problems(self, view: TxView, resources: Sequence[Resource]) -> integrity.Problems:
+        if self.max_message_bytes:
+            return integrity.check_unit_sizes(view, resources, self.max_message_bytes)
+        return integrity.Problems()
+
+    # ------------------------------------------------------------------ sync reads
+
+    def head(self) -> int:
+        return self.changelog.head()
+
+    def log_floor(self) -> int:
+        return self.changelog.log_floor()
+
+    def changes_after(self, revision: int, upto: int) -> list[ChangeRecord]:
+        return self.changelog.changes_after(revision, upto)
+
+    def chain_at(self, revision: int) -> bytes | None:
+        return self.changelog.chain_at(revision)
+
+    def commit_time(self, revision: int) -> float | None:
+        return self.changelog.commit_time(revision)
+
+    def snapshot(self) -> Snapshot:
+        conn = self.db.conn()
+        with self.db.tx(conn, "DEFERRED"):
+            head = int(get_meta(conn, "head"))
+            chain = bytes.fromhex(get_meta(conn, "chain"))
+            cur = conn.execute(
+                "SELECT version, kind, mesh, name, wire, sealed FROM resources "
+                "WHERE origin='global'"
+            )
+            open_value = self.sealer.open
+            records = [
+                ChangeRecord(
+                    v,
+                    Key(Kind(k), m, n),
+                    False,
+                    open_value(bytes(w), sl, aad("wire", k, m, n, ORIGIN_GLOBAL)),
+                )
+                for v, k, m, n, w, sl in cur
+            ]
+        return Snapshot(head, self._store_id, sort_records(records), chain)
+
+    # ------------------------------------------------------------------ internal secrets
+
+    def internal_secrets(self, prefix: str = "") -> dict[str, bytes]:
+        """Global's internal secrets (CA key, token signing keys) whose name starts with
+        ``prefix``. They live apart from resources: never in the change log, never synced,
+        never served by the API."""
+        cur = self.db.conn().execute(
+            "SELECT name, data, sealed FROM internal_secrets WHERE substr(name, 1, ?) = ? "
+            "ORDER BY name",
+            (len(prefix), prefix),
+        )
+        return {
+            name: self.sealer.open(bytes(data), sl, aad("internal", "", "", name, ""))
+            for name, data, sl in cur
+        }
+
+    def put_internal_secret(self, name: str, data: bytes, now: str) -> None:
+        conn = self.db.conn()
+        with self.db.tx(conn):
+            stored, sealed = self.sealer.seal(data, aad("internal", "", "", name, ""))
+            conn.execute(
+                "INSERT INTO internal_secrets (name, data, created, sealed) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET data=excluded.data, sealed=excluded.sealed",
+                (name, stored, now, sealed),
+            )
+
+    def delete_internal_secret(self, name: str) -> bool:
+        conn = self.db.conn()
+        with self.db.tx(conn):
+            return conn.execute("DELETE FROM internal_secrets WHERE name=?", (name,)).rowcount > 0
+
+    # ------------------------------------------------------------------ zone tokens
+
+    def add_zone_token(
+        self, token_id: str, zone: str, key_name: str, issued: str, expires: str
+    ) -> None:
+        conn = self.db.conn()
+        with self.db.tx(conn):
+            conn.execute(
+                "INSERT INTO zone_tokens (id, zone, key_name, issued_at, expires_at) "
+                "VALUES (?,?,?,?,?)",
+                (token_id, zone, key_name, issued, expires),
+            )
+
+    def revoke_zone_token(self, token_id: str, now: str) -> dict[str, str] | None:
+        """Mark a token revoked (once); None when no such token was issued."""
+        conn = self.db.conn()
+        with self.db.tx(conn):
+            conn.execute(
+                "UPDATE zone_tokens SET revoked_at=? WHERE id=? AND revoked_at=''", (now, token_id)
+            )
+            rows = self._token_rows(conn, "WHERE id=?", (token_id,))
+        return rows[0] if rows else None
+
+    def zone_tokens(self) -> list[dict[str, str]]:
+        return self._token_rows(self.db.conn(), "ORDER BY issued_at, id", ())
+
+    @staticmethod
+    def _token_rows(
+        conn: sqlite3.Connection, where: str, args: tuple[Any, ...]
+    ) -> list[dict[str, str]]:
+        cur = conn.execute(
+            f"SELECT id, zone, key_name, issued_at, expires_at, revoked_at FROM zone_tokens {where}",
+            args,
+        )
+        keys = ("id", "zone", "keyName", "issuedAt", "expiresAt", "revokedAt")
+        return [dict(zip(keys, row, strict=True)) for row in cur]
+
+    # ------------------------------------------------------------------ zone status
+
+    def zone_statuses(self) -> dict[str, str]:
+        """Every zone's last saved status (JSON text), by zone name."""
+        return dict(self.db.conn().execute("SELECT name, status FROM zone_status ORDER BY name"))
+
+    def save_zone_statuses(self, statuses: dict[str, str]) -> None:
+        """Save the given zones' statuses (JSON text) in one transaction."""
+        conn = self.db.conn()
+        with self.db.tx(conn):
+            conn.executemany(
+                "INSERT INTO zone_status VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET status=excluded.status",
+                sorted(statuses.items()),
+            )

@@ -1,0 +1,330 @@
+"""The resource rows both roles keep: the effective-view reads, API puts and deletes, and
+the kds.integrity checks inside the writing transaction.
+
+``ResourceEngine`` is the blocking engine both roles build on (kds.store.sqlite._global and
+._zone); a role supplies, as overrides, only what differs: which origin the API writes, how
+a write is versioned and logged, whether a synced copy is read-only. Calls block; the async
+stores run them on their writer and reader threads.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+import structlog
+
+from kds import integrity
+from kds.crypto import DataCipher
+from kds.errors import InvalidReferences, KdsError, NotFound, StoreError
+from kds.model import Key, Kind, Resource
+from kds.store.interface import OnCommit
+from kds.store.results import ORIGIN_GLOBAL, ORIGIN_ZONE, ChangeRecord, Origin, Row, WriteResult
+from kds.store.sqlite._db import COLS, Database
+from kds.store.sqlite._sealing import Sealer
+
+__all__ = ["ResourceEngine", "TxView"]
+
+log = structlog.get_logger("kds.store")
+
+
+class TxView:
+    """kds.integrity.TxView over the writing transaction's connection (effective rows)."""
+
+    def __init__(self, engine: ResourceEngine, conn: sqlite3.Connection):
+        self._engine = engine
+        self._conn = conn
+        self._cache: dict[Key, Resource | None] = {}
+
+    def get(self, key: Key) -> Resource | None:
+        if key.kind is Kind.MESH and key in self._cache:
+            return self._cache[key]
+        rows = self._engine._rows(self._conn, key)
+        found = rows.get(ORIGIN_ZONE) or rows.get(ORIGIN_GLOBAL)
+        if key.kind is Kind.MESH:
+            self._cache[key] = found
+        return found
+
+    def secret_meshes(self, name: str) -> list[str]:
+        cur = self._conn.execute(
+            "SELECT DISTINCT mesh FROM resources WHERE kind='Secret' AND name=? ORDER BY mesh",
+            (name,),
+        )
+        return [m for (m,) in cur]
+
+    def secret_names(self, mesh: str) -> list[str]:
+        cur = self._conn.execute(
+            "SELECT DISTINCT name FROM resources WHERE kind='Secret' AND mesh=? ORDER BY name",
+            (mesh,),
+        )
+        return [n for (n,) in cur]
+
+
+class ResourceEngine:
+    """One store file's resources, as a blocking engine; subclassed per role."""
+
+    backend = "sqlite"
+    role: ClassVar[str]  # recorded in a new file; a file of the other role is refused
+    origin: ClassVar[Origin]  # the origin of the rows the API writes
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        cipher: DataCipher | None = None,
+        on_commit: OnCommit | None = None,
+    ):
+        self.path = Path(path)
+        self.cipher = cipher  # encrypts secret data at rest (kds.crypto); None: plaintext
+        self.db = Database(self.path)
+        self.sealer = Sealer(self.path, cipher)
+        # Called once per committed API write transaction with its changed results, in
+        # revision order (writes are serialized), right after the commit, on this thread.
+        # Global's daemon hands the change records to the hub with call_soon_threadsafe, so
+        # no commit can be missed by the zones' fan-out and the hub's head only ever stops
+        # at a transaction's end (never inside one); a zone's re-reads its conflicts.
+        self._on_commit = on_commit
+        try:
+            self._store_id = self.db.open(self.role)
+            self.sealer.reseal(self.db)
+        except (sqlite3.Error, OSError) as e:
+            self.close()
+            raise StoreError(f"cannot open store {self.path}: {e}") from e
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def store_id(self) -> str:
+        return self._store_id
+
+    def close(self) -> None:
+        self.db.close()
+
+    def size_bytes(self) -> int:
+        return self.db.size_bytes()
+
+    # ------------------------------------------------------------------ reads
+
+    def _rows(self, conn: sqlite3.Connection, key: Key) -> dict[str, Resource]:
+        cur = conn.execute(
+            f"SELECT {COLS} FROM resources WHERE kind=? AND mesh=? AND name=?",
+            (str(key.kind), key.mesh, key.name),
+        )
+        return {r[3]: self.sealer.resource(r) for r in cur}
+
+    def get(self, key: Key) -> Row | None:
+        rows = self._rows(self.db.conn(), key)
+        if ORIGIN_ZONE in rows:
+            return Row(rows[ORIGIN_ZONE], ORIGIN_ZONE, shadows_synced=ORIGIN_GLOBAL in rows)
+        if ORIGIN_GLOBAL in rows:
+            return Row(rows[ORIGIN_GLOBAL], ORIGIN_GLOBAL)
+        return None
+
+    def list_rows(self, kind: Kind, mesh: str | None = None) -> list[Row]:
+        return self.page(kind, mesh)[1]
+
+    def page(
+        self, kind: Kind, mesh: str | None = None, offset: int = 0, limit: int | None = None
+    ) -> tuple[int, list[Row]]:
+        """(total, rows) of the effective view, ordered by mesh and name, paged in SQL: a
+        zone-local row hides the synced copy of its key and is marked as shadowing it."""
+        where = "r.kind=?"
+        args: list[Any] = [str(kind)]
+        if mesh is not None:
+            where += " AND r.mesh=?"
+            args.append(mesh)
+        where += (
+            " AND (r.origin='zone' OR NOT EXISTS (SELECT 1 FROM resources z WHERE"
+            " z.kind=r.kind AND z.mesh=r.mesh AND z.name=r.name AND z.origin='zone'))"
+        )
+        cols = ", ".join(f"r.{c.strip()}" for c in COLS.split(","))
+        conn = self.db.conn()
+        with self.db.tx(conn, "DEFERRED"):
+            total = conn.execute(
+                f"SELECT COUNT(*) FROM resources r WHERE {where}", args
+            ).fetchone()[0]
+            cur = conn.execute(
+                f"SELECT {cols}, r.origin='zone' AND EXISTS (SELECT 1 FROM resources g WHERE"
+                " g.kind=r.kind AND g.mesh=r.mesh AND g.name=r.name AND g.origin='global')"
+                f" FROM resources r WHERE {where} ORDER BY r.mesh, r.name LIMIT ? OFFSET ?",
+                [*args, -1 if limit is None else limit, offset],
+            )
+            resource = self.sealer.resource
+            rows = [Row(resource(r), r[3], shadows_synced=bool(r[-1])) for r in cur]
+        return total, rows
+
+    def conflicts(self) -> list[Key]:
+        cur = self.db.conn().execute(
+            "SELECT kind, mesh, name FROM resources GROUP BY kind, mesh, name "
+            "HAVING COUNT(*) > 1 ORDER BY kind, mesh, name"
+        )
+        return [Key(Kind(k), m, n) for k, m, n in cur]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {str(k): {"global": 0, "zone": 0} for k in Kind}
+        for kind, origin, n in self.db.conn().execute(
+            "SELECT kind, origin, COUNT(*) FROM resources GROUP BY kind, origin"
+        ):
+            out[kind][origin] = n
+        return out
+
+    def _mesh_exists(self, conn: sqlite3.Connection, mesh: str) -> bool:
+        return (
+            conn.execute(
+                "SELECT 1 FROM resources WHERE kind='Mesh' AND mesh='' AND name=? LIMIT 1", (mesh,)
+            ).fetchone()
+            is not None
+        )
+
+    def _secrets_in_mesh(self, conn: sqlite3.Connection, mesh: str) -> dict[str, int]:
+        out: dict[str, int] = {ORIGIN_GLOBAL: 0, ORIGIN_ZONE: 0}
+        for origin, n in conn.execute(
+            "SELECT origin, COUNT(*) FROM resources WHERE kind='Secret' AND mesh=? GROUP BY origin",
+            (mesh,),
+        ):
+            out[origin] = n
+        return out
+
+    # ------------------------------------------------------------------ API writes
+
+    def put(self, resource: Resource, now: str) -> WriteResult:
+        """Write one resource; builtin CA secrets it needs are in ``result.also``."""
+        results = self.put_many([resource], now)
+        return replace(results[0], also=tuple(results[1:]))
+
+    def put_many(self, resources: Sequence[Resource], now: str) -> list[WriteResult]:
+        """Write all resources in one transaction: all of them, or none.
+
+        A failure raises the error of the first resource that failed, with its position in
+        ``item_index``; nothing is written. On global each changed resource still gets its
+        own revision (so zones see ordinary changes), all committed at once. Builtin CA
+        secrets generated for the Meshes written follow the results of ``resources``. The
+        mTLS rules (kds.integrity) are checked on the transaction's final state: a Mesh and
+        the secrets it uses may come in any order.
+        """
+        conn = self.db.conn()
+        results = []
+        with self.db.tx(conn):
+            for i, resource in enumerate(resources):
+                try:
+                    results.append(self._put(conn, resource, now))
+                except KdsError as e:
+                    e.item_index = i
+                    raise
+            results += self._after_puts(conn, resources, now)
+        return self._committed(results)
+
+    def _after_puts(
+        self, conn: sqlite3.Connection, resources: Sequence[Resource], now: str
+    ) -> list[WriteResult]:
+        view = TxView(self, conn)
+        generated = []
+        for res in resources:
+            if res.kind is Kind.MESH and res.spec:
+                for cert, key in integrity.builtin_cas_to_generate(res, view, now):
+                    generated += [self._put(conn, cert, now), self._put(conn, key, now)]
+        problems = integrity.check_written(view, resources)
+        if not problems:
+            problems = self._more_problems(view, resources)
+        if problems:
+            e = InvalidReferences(problems.by_index)
+            e.item_index = next(iter(e.by_index))
+            raise e
+        return generated
+
+    def delete(self, key: Key) -> WriteResult:
+        """Delete one resource; a Mesh's builtin CA secrets deleted with it are in ``also``."""
+        conn = self.db.conn()
+        with self.db.tx(conn):
+            result = self._delete(conn, key)
+        self._committed([*result.also, result])
+        return result
+
+    def _committed(self, results: list[WriteResult]) -> list[WriteResult]:
+        """Runs after the transaction committed, on the writing thread, in commit order."""
+        changed = [r for r in results if r.changed]
+        if self._on_commit is not None and changed:
+            try:
+                self._on_commit(changed)
+            except Exception as e:  # the write is committed: a failed hook must not undo it
+                log.error(
+                    "on_commit hook failed",
+                    error_type=type(e).__name__,
+                    stack="".join(traceback.format_tb(e.__traceback__)),
+                )
+        return results
+
+    def _put(self, conn: sqlite3.Connection, resource: Resource, now: str) -> WriteResult:
+        rows = self._rows(conn, resource.key)
+        self._check_writable(resource.key, rows, "change")
+        old = rows.get(self.origin)
+        if resource.kind is Kind.SECRET and not self._mesh_exists(conn, resource.mesh):
+            raise NotFound(f"mesh {resource.mesh!r} does not exist")
+        if old is not None and old.same_content(resource):
+            return WriteResult(old, changed=False, record=None)
+        stored = resource.with_meta(
+            creation_time=old.creation_time if old else now,
+            modification_time=now,
+            version=self._next_version(conn, old),
+        )
+        record, wire_bytes = self._log_put(conn, stored)
+        conn.execute(
+            f"INSERT OR REPLACE INTO resources ({COLS}, wire, sync_gen) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,0)",
+            self.sealer.row_values(stored, self.origin, wire_bytes),
+        )
+        return WriteResult(stored, changed=True, record=record, created=old is None)
+
+    def _delete(self, conn: sqlite3.Connection, key: Key) -> WriteResult:
+        rows = self._rows(conn, key)
+        self._check_writable(key, rows, "delete")
+        origin = self.origin
+        if origin not in rows:
+            raise NotFound(f"{key} not found")
+        also: list[WriteResult] = []
+        if not self._leaves_a_copy(rows):
+            for name in integrity.check_delete(TxView(self, conn), key):
+                secret = Key(Kind.SECRET, key.name, name)
+                if origin in self._rows(conn, secret):
+                    also.append(self._delete_row(conn, secret))
+        result = self._delete_row(conn, key)
+        return replace(result, also=tuple(also), previous=rows[origin])
+
+    def _delete_row(self, conn: sqlite3.Connection, key: Key) -> WriteResult:
+        conn.execute(
+            "DELETE FROM resources WHERE kind=? AND mesh=? AND name=? AND origin=?",
+            (str(key.kind), key.mesh, key.name, self.origin),
+        )
+        return WriteResult(None, changed=True, record=self._log_delete(conn, key), deleted=key)
+
+    # ------------------------------------------------------------------ what a role decides
+
+    def _check_writable(self, key: Key, rows: Mapping[str, Resource], verb: str) -> None:
+        """Raise when the API may not ``verb`` (change, delete) ``key`` held as ``rows``."""
+
+    def _leaves_a_copy(self, rows: Mapping[str, Resource]) -> bool:
+        """Whether deleting the API's row of a key leaves another row of it in its place."""
+        return False
+
+    def _next_version(self, conn: sqlite3.Connection, old: Resource | None) -> int:
+        """The version of a changed resource whose previous row (of this origin) is ``old``."""
+        raise NotImplementedError
+
+    def _log_put(
+        self, conn: sqlite3.Connection, stored: Resource
+    ) -> tuple[ChangeRecord | None, bytes | None]:
+        """Record a changed resource: (its change record, the encoded change kept with it)."""
+        return None, None
+
+    def _log_delete(self, conn: sqlite3.Connection, key: Key) -> ChangeRecord | None:
+        """Record a deleted resource: its change record."""
+        return None
+
+    def _more_problems(self, view: TxView, resources: Sequence[Resource]) -> integrity.Problems:
+        """Rules a role adds to kds.integrity's, checked when those pass."""
+        return integrity.Problems()

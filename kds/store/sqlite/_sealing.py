@@ -1,0 +1,121 @@
+"""Encryption at rest (kds.crypto): sealing values as they are written, opening them as they
+are read, and re-sealing what is stored when the store opens.
+
+A sealed value is bound to where it lives (its table and row, as associated data), so a
+value copied to another row does not open there. The ``sealed`` column holds the id of the
+key a value is sealed with ('' for plaintext).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from kds.crypto import DataCipher
+from kds.errors import StoreError
+from kds.model import Resource
+from kds.store.sqlite._db import COLS, Database, row_to_resource, row_values
+
+__all__ = ["Sealer", "aad"]
+
+
+def aad(table: str, kind: str, mesh: str, name: str, origin: str) -> bytes:
+    """Where a sealed value lives: it opens only there."""
+    return "\0".join((table, kind, mesh, name, origin)).encode()
+
+
+class Sealer:
+    """Seals and opens the values of one store file with ``cipher`` (None: plaintext)."""
+
+    def __init__(self, path: Path, cipher: DataCipher | None):
+        self.path = path
+        self.cipher = cipher
+
+    def seal(self, plain: bytes, where: bytes) -> tuple[bytes, str]:
+        """(stored bytes, key id) for ``plain`` living at ``where``."""
+        if self.cipher is None:
+            return plain, ""
+        return self.cipher.seal(plain, where), self.cipher.current
+
+    def open(self, stored: bytes, sealed: str, where: bytes) -> bytes:
+        if not sealed:
+            return stored
+        if self.cipher is None:
+            raise StoreError(
+                f"store {self.path} holds encrypted values: give --encryption-key-file"
+            )
+        return self.cipher.open(stored, sealed, where)
+
+    def resource(self, r: sqlite3.Row | tuple[Any, ...]) -> Resource:
+        """A resources row (selected as COLS) as a Resource, its data opened."""
+        where = aad("data", r[0], r[1], r[2], r[3])
+        return row_to_resource(r, self.open(bytes(r[4]), r[10], where))
+
+    def row_values(
+        self, r: Resource, origin: str, wire_bytes: bytes | None, *extra: Any
+    ) -> tuple[Any, ...]:
+        """COLS, wire and ``extra`` for one row, data and wire sealed with one key."""
+        key = (str(r.kind), r.mesh, r.name, origin)
+        data, sealed = self.seal(r.data, aad("data", *key))
+        if wire_bytes is not None:
+            wire_bytes, _ = self.seal(wire_bytes, aad("wire", *key))
+        return (*row_values(r, origin, data, sealed), wire_bytes, *extra)
+
+    def reseal(self, db: Database) -> None:
+        """At start: check every sealed value has its key, and re-seal with the current key
+        every value sealed with another key or stored in plaintext (so enabling encryption,
+        or rotating to a new first key, covers what is already stored)."""
+        conn = db.conn()
+        used = {
+            row[0]
+            for table in ("resources", "changelog", "internal_secrets")
+            for row in conn.execute(f"SELECT DISTINCT sealed FROM {table}")
+        } - {""}
+        if self.cipher is None:
+            if used:
+                raise StoreError(
+                    f"store {self.path} holds values encrypted with key(s) "
+                    f"{', '.join(sorted(used))}: give --encryption-key-file"
+                )
+            return
+        missing = used - self.cipher.key_ids
+        if missing:
+            raise StoreError(
+                f"store {self.path} holds values encrypted with key(s) "
+                f"{', '.join(sorted(missing))} that --encryption-key-file does not hold"
+            )
+        current = self.cipher.current
+        with db.tx(conn):
+            cur = conn.execute(f"SELECT {COLS}, wire FROM resources WHERE sealed != ?", (current,))
+            for r in cur.fetchall():
+                res = self.resource(r)
+                key = (r[0], r[1], r[2], r[3])
+                plain_wire = (
+                    None if r[11] is None else self.open(bytes(r[11]), r[10], aad("wire", *key))
+                )
+                values = self.row_values(res, r[3], plain_wire)
+                conn.execute(
+                    "UPDATE resources SET data=?, sealed=?, wire=? "
+                    "WHERE kind=? AND mesh=? AND name=? AND origin=?",
+                    (values[4], values[10], values[11], *key),
+                )
+            cur = conn.execute(
+                "SELECT revision, change, sealed FROM changelog WHERE sealed != ?", (current,)
+            )
+            for rev, change, sealed in cur.fetchall():
+                where = aad("changelog", str(rev), "", "", "")
+                stored, kid = self.seal(self.open(bytes(change), sealed, where), where)
+                conn.execute(
+                    "UPDATE changelog SET change=?, sealed=? WHERE revision=?", (stored, kid, rev)
+                )
+            cur = conn.execute(
+                "SELECT name, data, sealed FROM internal_secrets WHERE sealed != ?", (current,)
+            )
+            for name, data, sealed in cur.fetchall():
+                where = aad("internal", "", "", name, "")
+                stored, kid = self.seal(self.open(bytes(data), sealed, where), where)
+                conn.execute(
+                    "UPDATE internal_secrets SET data=?, sealed=? WHERE name=?", (stored, kid, name)
+                )
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # no old page lingers in the WAL

@@ -1,0 +1,164 @@
+"""A zone's engine: zone-local writes, global's copies read-only, and applying sync batches.
+
+API writes make origin ``zone`` rows, versioned locally (1, 2, ...), with no change log. A
+key held only as global's copy is read-only here. ``apply_batch`` plans a batch with
+kds.protocol.applier against the rows it touches, then executes the plan and records the
+applied revision in the same transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping
+
+from kds.errors import ReadOnlySynced
+from kds.model import Key, Kind, Resource
+from kds.mtls import secret_refs
+from kds.protocol.applier import DecodedBatch, Plan, ZoneView, plan_batch
+from kds.store.results import ORIGIN_GLOBAL, ORIGIN_ZONE, SyncState, ZoneApplyResult
+from kds.store.sqlite._db import COLS, get_meta, set_meta
+from kds.store.sqlite._resources import ResourceEngine
+
+__all__ = ["ZoneEngine"]
+
+
+class ZoneEngine(ResourceEngine):
+    """A zone's store file as a blocking engine (one call at a time per thread)."""
+
+    role = "zone"
+    origin = ORIGIN_ZONE
+
+    # ------------------------------------------------------------------ zone-local writes
+
+    def _check_writable(self, key: Key, rows: Mapping[str, Resource], verb: str) -> None:
+        if ORIGIN_GLOBAL in rows and ORIGIN_ZONE not in rows:
+            raise ReadOnlySynced(
+                f"{key} is synced from global and read-only on this zone: {verb} it on global"
+            )
+
+    def _leaves_a_copy(self, rows: Mapping[str, Resource]) -> bool:
+        # A local row that shadows a synced copy leaves that copy in its place.
+        return ORIGIN_GLOBAL in rows
+
+    def _next_version(self, conn: sqlite3.Connection, old: Resource | None) -> int:
+        return old.version + 1 if old else 1
+
+    # ------------------------------------------------------------------ sync
+
+    def sync_state(self) -> SyncState:
+        conn = self.db.conn()
+        return SyncState(
+            get_meta(conn, "synced_store_id"),
+            int(get_meta(conn, "applied_revision", "0")),
+            get_meta(conn, "applied_at"),
+            bytes.fromhex(get_meta(conn, "applied_chain")),
+        )
+
+    def apply_batch(self, batch: DecodedBatch, global_store_id: str, now: str) -> ZoneApplyResult:
+        """Plan (kds.protocol.applier) and apply one batch in one transaction.
+
+        Committed without an fsync (synchronous=NORMAL, for this transaction only): a power
+        loss may take the last batches, but the applied revision goes with them and global
+        resends them at the next connection. Zone-local API writes keep FULL (a 50-zone
+        fleet spent 30% of its time in this fsync)."""
+        conn = self.db.conn()
+        conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            return self._apply_batch(conn, batch, global_store_id, now)
+        finally:
+            conn.execute("PRAGMA synchronous=FULL")
+
+    def _apply_batch(
+        self, conn: sqlite3.Connection, batch: DecodedBatch, global_store_id: str, now: str
+    ) -> ZoneApplyResult:
+        with self.db.tx(conn):
+            gen = self._snapshot_gen(conn, batch, global_store_id) if batch.snapshot else 0
+            view = self._zone_view(conn, batch, gen)
+            plan = plan_batch(batch, view)
+            self._execute(conn, plan, gen)
+            applied = int(get_meta(conn, "applied_revision", "0"))
+            if plan.record_revision is not None:
+                applied = plan.record_revision
+                set_meta(conn, "applied_revision", applied)
+                set_meta(conn, "synced_store_id", global_store_id)
+                set_meta(conn, "applied_chain", batch.chain.hex())
+                set_meta(conn, "applied_at", now)
+        return ZoneApplyResult(
+            applied_revision=applied,
+            rejected=plan.rejected,
+            new_conflicts=plan.new_conflicts,
+            resolved_conflicts=plan.resolved_conflicts,
+            removed_stale=plan.stale_removed,
+        )
+
+    def _snapshot_gen(self, conn: sqlite3.Connection, batch: DecodedBatch, store_id: str) -> int:
+        """The generation stamped by every part of one snapshot; a new snapshot gets a new one.
+
+        A counter, not the revision: a snapshot from a new global store may share the revision
+        (0 for an empty store) with rows written earlier, and those must still go stale.
+        """
+        tag = f"{store_id}@{batch.revision}"
+        gen = int(get_meta(conn, "snapshot_gen", "0"))
+        if get_meta(conn, "snapshot_tag") != tag:
+            gen += 1
+            set_meta(conn, "snapshot_gen", gen)
+            set_meta(conn, "snapshot_tag", tag)
+        return gen
+
+    def _zone_view(self, conn: sqlite3.Connection, batch: DecodedBatch, gen: int) -> ZoneView:
+        keys = {c.key for c in batch.changes if c.key is not None}
+        stale: list[Key] = []
+        if batch.snapshot and batch.final:
+            cur = conn.execute(
+                "SELECT kind, mesh, name FROM resources WHERE origin='global' AND sync_gen != ?",
+                (gen,),
+            )
+            stale = [k for k in (Key(Kind(a), b, c) for a, b, c in cur) if k not in keys]
+        local: set[Key] = set()
+        synced: set[Key] = set()
+        for key in keys | set(stale):
+            rows = self._rows(conn, key)
+            if ORIGIN_ZONE in rows:
+                local.add(key)
+            if ORIGIN_GLOBAL in rows:
+                synced.add(key)
+        local_meshes: set[str] = set()
+        synced_meshes: set[str] = set()
+        for name, origin in conn.execute("SELECT name, origin FROM resources WHERE kind='Mesh'"):
+            (local_meshes if origin == ORIGIN_ZONE else synced_meshes).add(name)
+        deleted_meshes = {
+            k.name
+            for k in (set(stale) | {c.key for c in batch.changes if c.deleted and c.key})
+            if k.kind is Kind.MESH
+        }
+        per_mesh = {}
+        backend_secrets = {}
+        for m in deleted_meshes:
+            n = self._secrets_in_mesh(conn, m)
+            per_mesh[m] = (n[ORIGIN_ZONE], n[ORIGIN_GLOBAL])
+            synced_mesh = self._rows(conn, Key(Kind.MESH, "", m)).get(ORIGIN_GLOBAL)
+            if synced_mesh is not None:
+                refs = secret_refs(m, synced_mesh.spec)
+                backend_secrets[m] = frozenset(r.secret for r in refs)
+        return ZoneView(
+            applied_revision=int(get_meta(conn, "applied_revision", "0")),
+            local=frozenset(local),
+            synced=frozenset(synced),
+            local_meshes=frozenset(local_meshes),
+            synced_meshes=frozenset(synced_meshes),
+            secrets_per_mesh=per_mesh,
+            backend_secrets=backend_secrets,
+            stale=tuple(stale),
+        )
+
+    def _execute(self, conn: sqlite3.Connection, plan: Plan, gen: int) -> None:
+        for key in plan.deletes:
+            conn.execute(
+                "DELETE FROM resources WHERE kind=? AND mesh=? AND name=? AND origin='global'",
+                (str(key.kind), key.mesh, key.name),
+            )
+        conn.executemany(
+            f"INSERT OR REPLACE INTO resources ({COLS}, wire, sync_gen) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            [self.sealer.row_values(r, ORIGIN_GLOBAL, None, gen) for r in plan.puts],
+        )
