@@ -11,7 +11,30 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from kds.model import Key, Kind, Resource
+from kds.protocol.applier import Incoming
 from kds.store import GlobalStore, ZoneStore, open_global_store, open_zone_store
+
+# Test data both store suites (conformance and SQLite's own) use.
+T0 = "2024-01-01T00:00:00Z"
+T1 = "2024-01-01T00:00:01Z"
+MESH = Key(Kind.MESH, "", "default")
+S1 = Key(Kind.SECRET, "default", "s1")
+G1 = Key(Kind.GLOBAL_SECRET, "", "g1")
+G2 = Key(Kind.GLOBAL_SECRET, "", "g2")
+GSID = "global-store-a"
+
+
+def mk(key: Key, data: bytes = b"v", **kw: object) -> Resource:
+    """A resource with ``key`` (a Mesh carries no data)."""
+    return Resource(
+        key.kind, key.name, mesh=key.mesh, data=b"" if key.kind is Kind.MESH else data, **kw
+    )  # type: ignore[arg-type]
+
+
+def inc_put(r: Resource, rev: int = 1) -> Incoming:
+    """A synced put of ``r`` at revision ``rev``, as a zone receives it."""
+    return Incoming(rev, r.key, r.with_meta(version=rev, creation_time=T0, modification_time=T0))
 
 
 class StoreFactory(Protocol):

@@ -28,18 +28,23 @@ from kds.store import (
     ZoneStore,
 )
 from kds.wire import key_from_pb, resource_from_pb
-from tests.unit.store_backends import BACKENDS, StoreFactory
+from tests.unit.store_backends import (
+    BACKENDS,
+    G1,
+    G2,
+    GSID,
+    MESH,
+    S1,
+    T0,
+    T1,
+    StoreFactory,
+    inc_put,
+    mk,
+)
 
-T0 = "2024-01-01T00:00:00Z"
-T1 = "2024-01-01T00:00:01Z"
 T2 = "2024-01-01T00:00:02Z"
 
-MESH = Key(Kind.MESH, "", "default")
-S1 = Key(Kind.SECRET, "default", "s1")
 S2 = Key(Kind.SECRET, "default", "s2")
-G1 = Key(Kind.GLOBAL_SECRET, "", "g1")
-G2 = Key(Kind.GLOBAL_SECRET, "", "g2")
-GSID = "global-store-a"
 HERE = -1  # a batch's from_revision: wherever the zone is
 
 
@@ -84,16 +89,6 @@ def gstore(stores: Stores) -> GlobalStore:
 @pytest.fixture
 def zstore(stores: Stores) -> ZoneStore:
     return stores.zone_store()
-
-
-def mk(key: Key, data: bytes = b"v", **kw: object) -> Resource:
-    return Resource(
-        key.kind, key.name, mesh=key.mesh, data=b"" if key.kind is Kind.MESH else data, **kw
-    )  # type: ignore[arg-type]
-
-
-def inc_put(r: Resource, rev: int = 1) -> Incoming:
-    return Incoming(rev, r.key, r.with_meta(version=rev, creation_time=T0, modification_time=T0))
 
 
 def inc_del(key: Key, rev: int = 1) -> Incoming:

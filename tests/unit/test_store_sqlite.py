@@ -14,29 +14,10 @@ from typing import Any
 import pytest
 
 from kds.errors import StoreError
-from kds.model import Key, Kind, Resource
 from kds.protocol.applier import DecodedBatch, Incoming
 from kds.store.sqlite import GlobalEngine, ZoneEngine
 from kds.store.sqlite._db import get_meta
-
-T0 = "2024-01-01T00:00:00Z"
-T1 = "2024-01-01T00:00:01Z"
-
-MESH = Key(Kind.MESH, "", "default")
-S1 = Key(Kind.SECRET, "default", "s1")
-G1 = Key(Kind.GLOBAL_SECRET, "", "g1")
-G2 = Key(Kind.GLOBAL_SECRET, "", "g2")
-GSID = "global-store-a"
-
-
-def mk(key: Key, data: bytes = b"v", **kw: object) -> Resource:
-    return Resource(
-        key.kind, key.name, mesh=key.mesh, data=b"" if key.kind is Kind.MESH else data, **kw
-    )  # type: ignore[arg-type]
-
-
-def inc_put(r: Resource, rev: int = 1) -> Incoming:
-    return Incoming(rev, r.key, r.with_meta(version=rev, creation_time=T0, modification_time=T0))
+from tests.unit.store_backends import G1, G2, GSID, MESH, S1, T0, T1, inc_put, mk
 
 
 def dbatch(changes: Iterable[Incoming], revision: int, from_revision: int = 0) -> DecodedBatch:
