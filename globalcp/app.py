@@ -19,7 +19,7 @@ from globalcp.token_api import token_routes
 from globalcp.tokens import ZoneTokens
 from globalcp.zones import ZoneTracker
 from kds.api import ApiContext, api_ssl_context, serve_api
-from kds.api.auth import ApiTokens, load_api_tokens
+from kds.api.auth import load_api_tokens, token_changes
 from kds.api.observe import health_routes, metrics_route
 from kds.clock import rfc3339
 from kds.config import GlobalConfig
@@ -27,8 +27,9 @@ from kds.crypto import load_key_file
 from kds.errors import ConfigError
 from kds.grpc_options import server_options
 from kds.model import Key, Kind, Limits, Resource
-from kds.runtime import Guard, ensure_private_dir
-from kds.store import GlobalStore, WriteResult, open_global_store
+from kds.reload import Reloader
+from kds.runtime import Guard, Service, ensure_private_dir
+from kds.store import WriteResult, open_global_store
 from kds.version import __version__
 
 __all__ = ["run_global"]
@@ -36,7 +37,21 @@ __all__ = ["run_global"]
 log = structlog.get_logger("globalcp")
 
 
-async def run_global(cfg: GlobalConfig, stop: asyncio.Event) -> int:
+# Options a reload (SIGHUP) applies while running; the others need a restart. Heartbeat
+# interval and window size reach streams that start after the reload; live streams keep theirs.
+LIVE_OPTIONS = frozenset(
+    {
+        "admin_token_file",
+        "read_only_token_file",
+        "heartbeat_interval",
+        "max_unacked",
+        "max_data_bytes",
+    }
+)
+
+
+async def run_global(cfg: GlobalConfig, service: Service) -> int:
+    stop = service.stop
     data_dir = ensure_private_dir(cfg.data_dir)
     api_tokens = load_api_tokens(data_dir, cfg.admin_token_file, cfg.read_only_token_file)
     cipher = load_key_file(cfg.encryption_key_file) if cfg.encryption_key_file else None
@@ -109,8 +124,11 @@ async def run_global(cfg: GlobalConfig, stop: asyncio.Event) -> int:
         # The store is open and the sync port listens for as long as ``serving`` holds.
         return serving, {"revision": hub.head, "zonesConnected": len(servicer.links)}
 
+    def alive_now() -> bool:
+        return guard.failed is None
+
     def alive() -> tuple[bool, dict[str, object]]:
-        return guard.failed is None, {}
+        return alive_now(), {}
 
     async def before_scrape() -> None:
         metrics.update(hub.head, await tracker.views())
@@ -121,8 +139,36 @@ async def run_global(cfg: GlobalConfig, stop: asyncio.Event) -> int:
         *health_routes(alive, ready),
         metrics_route(metrics.registry, before_scrape),
     ]
+    ctx = ApiContext(
+        store=store,
+        role="global",
+        limits=Limits(max_data_bytes=cfg.max_data_bytes),
+        max_message_bytes=cfg.max_message_bytes,
+        now=rfc3339,
+        tokens=api_tokens,
+    )
+
+    def apply(new: GlobalConfig) -> list[str]:
+        tokens = load_api_tokens(data_dir, new.admin_token_file, new.read_only_token_file)
+        notes = token_changes(ctx.tokens, tokens)
+        ctx.tokens = tokens
+        ctx.limits = Limits(max_data_bytes=new.max_data_bytes)
+        servicer.heartbeat_interval = new.heartbeat_interval
+        servicer.max_unacked = new.max_unacked
+        return notes
+
+    def status() -> tuple[bool, str]:
+        return serving, f"serving {len(servicer.links)} zones, revision {hub.head}"
+
     try:
-        runner = await _start_api(cfg, store, extra, api_tokens)
+        tls = api_ssl_context(cfg.api_tls_cert_file, cfg.api_tls_key_file)
+        runner = await serve_api(ctx, cfg.api_address, extra, tls)
+        # The store is open and both ports listen: tell the service manager, keep it posted.
+        service.notifier.ready(status()[1])
+        guard.start("notify", service.notifier.run(alive_now, status))
+        if service.load_config is not None:
+            reloader = Reloader(cfg, service.load_config, LIVE_OPTIONS, apply, service.notifier)
+            service.on_reload = reloader.reload
         log.info(
             "global started",
             version=__version__,
@@ -137,6 +183,8 @@ async def run_global(cfg: GlobalConfig, stop: asyncio.Event) -> int:
         )
         await stop.wait()
     finally:
+        service.on_reload = None
+        service.notifier.stopping()
         serving = False
         servicer.stop()
         await server.stop(grace=2)
@@ -146,19 +194,5 @@ async def run_global(cfg: GlobalConfig, stop: asyncio.Event) -> int:
             await runner.cleanup()
         store.close()
     log.info("global stopped", revision=hub.head)
-    return 0
-
-
-async def _start_api(
-    cfg: GlobalConfig, store: GlobalStore, extra_routes: list[web.RouteDef], tokens: ApiTokens
-) -> web.AppRunner:
-    ctx = ApiContext(
-        store=store,
-        role="global",
-        limits=Limits(max_data_bytes=cfg.max_data_bytes),
-        max_message_bytes=cfg.max_message_bytes,
-        now=rfc3339,
-        tokens=tokens,
-    )
-    tls = api_ssl_context(cfg.api_tls_cert_file, cfg.api_tls_key_file)
-    return await serve_api(ctx, cfg.api_address, extra_routes, tls)
+    # A root task that died is a failure: the service manager restarts on a non-zero exit.
+    return 1 if guard.failed else 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -13,7 +12,7 @@ import structlog
 from kds.config import load_config
 from kds.errors import KdsError
 from kds.logging import configure_logging
-from kds.runtime import run_daemon
+from kds.runtime import Service, run_daemon
 
 C = TypeVar("C")
 
@@ -23,19 +22,24 @@ def run_with_config(
     cls: type[Any],
     config_file: Path | None,
     given: dict[str, Any],
-    main: Callable[[Any, asyncio.Event], Awaitable[int]],
+    main: Callable[[Any, Service], Awaitable[int]],
 ) -> int:
     sources = {}
     for name in given:
         src = ctx.get_parameter_source(name)
         sources[name] = "environment" if src is click.core.ParameterSource.ENVIRONMENT else "flag"
+
+    def load() -> Any:
+        # At start and at every reload: the file read again, flags and environment as given.
+        return load_config(cls, config_file, given, sources)
+
     try:
-        cfg = load_config(cls, config_file, given, sources)
+        cfg = load()
     except KdsError as e:
         raise click.UsageError(str(e)) from None
     configure_logging(cfg.log_level, cfg.log_format)
     try:
-        return run_daemon(lambda stop: main(cfg, stop))
+        return run_daemon(lambda service: main(cfg, service), load)
     except KdsError as e:
         structlog.get_logger("kds").error("cannot start", error=str(e))
         return 1

@@ -2,13 +2,19 @@
 
 Log lines name types, meshes, names, zones and revisions; they never carry secret data.
 Per-stream context (zone, stream) is bound with structlog.contextvars.
+
+Level and format can change while a daemon runs (a reload on SIGHUP): loggers are cached on
+first use, so instead of reconfiguring structlog the first processor filters by the current
+level and the last one renders with the current renderer (every configuration shares them,
+so loggers cached under an earlier one follow too).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+from collections.abc import MutableMapping
+from typing import Any, Literal
 
 import structlog
 
@@ -17,27 +23,64 @@ __all__ = ["configure_logging"]
 LogFormat = Literal["json", "console"]
 
 
+_METHOD_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "msg": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "exception": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "fatal": logging.CRITICAL,
+}
+
+
+class _Switch:
+    """The level and renderer in force; read by the processors at every log call."""
+
+    def __init__(self) -> None:
+        self.level = logging.INFO
+        self.renderer: structlog.typing.Processor = structlog.dev.ConsoleRenderer(colors=False)
+
+    def filter(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> Any:
+        if _METHOD_LEVELS.get(method, logging.INFO) < self.level:
+            raise structlog.DropEvent
+        return event
+
+    def render(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> Any:
+        return self.renderer(logger, method, event)
+
+
+_switch = _Switch()
+
+
 def configure_logging(level: str = "info", fmt: LogFormat = "console") -> None:
+    """Set up logging, or change the level and format of logging already set up."""
     numeric = logging.getLevelNamesMapping().get(level.upper())
     if numeric is None:
         raise ValueError(f"unknown log level {level!r}")
-    renderer: structlog.typing.Processor = (
+    _switch.level = numeric
+    _switch.renderer = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=False)
     )
+    # grpc and aiohttp log through the standard library; keep them at warning and above.
+    logging.getLogger().setLevel(max(numeric, logging.WARNING))
     structlog.configure(
         processors=[
+            _switch.filter,
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            renderer,
+            _switch.render,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        # Debug calls reach the filter above, so a reload can turn them on.
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    # grpc and aiohttp log through the standard library; keep them at warning and above.
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

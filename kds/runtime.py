@@ -1,8 +1,10 @@
 """A daemon's life: signals, guarded root tasks, graceful stop.
 
 SIGINT and SIGTERM only set the stop event; the daemon's main coroutine then closes its
-servers with a short grace. A root task that dies is logged with its name and stops the
-daemon (exit code 1) instead of leaving a half-working process behind.
+servers with a short grace. SIGHUP asks the daemon to reload its configuration (see
+kds/reload.py); a daemon that has not yet said how ignores it with a warning. A root task
+that dies is logged with its name and stops the daemon (exit code 1) instead of leaving a
+half-working process behind.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from typing import Any
 import structlog
 
 from kds.errors import ConfigError
+from kds.notify import Notifier
 
-__all__ = ["Guard", "ensure_private_dir", "run_daemon"]
+__all__ = ["Guard", "Service", "ensure_private_dir", "run_daemon"]
 
 log = structlog.get_logger("kds.runtime")
 
@@ -59,6 +62,29 @@ class Guard:
                 await t
 
 
+class Service:
+    """What a daemon's main coroutine gets from its process: the stop event, the service
+    manager's notifier (a no-op without NOTIFY_SOCKET), a way to load its configuration again
+    as at start, and ``on_reload``, which the daemon sets to what SIGHUP should do."""
+
+    def __init__(
+        self,
+        stop: asyncio.Event,
+        notifier: Notifier | None = None,
+        load_config: Callable[[], Any] | None = None,
+    ):
+        self.stop = stop
+        self.notifier = notifier or Notifier(None)
+        self.load_config = load_config
+        self.on_reload: Callable[[], object] | None = None
+
+    def reload(self) -> None:
+        if self.on_reload is None:
+            log.warning("SIGHUP ignored: the daemon is not running yet")
+            return
+        self.on_reload()
+
+
 def ensure_private_dir(path: Path) -> Path:
     """Create the data dir (0700) and lock it for this process's lifetime: two daemons on one
     store would both serve and sync it, so the second is refused, naming the first's pid."""
@@ -86,8 +112,11 @@ def ensure_private_dir(path: Path) -> Path:
 _held_locks: list[int] = []
 
 
-def run_daemon(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
-    """Run ``main(stop_event)`` on a fresh event loop with signal handling; return exit code."""
+def run_daemon(
+    main: Callable[[Service], Awaitable[int]], load_config: Callable[[], Any] | None = None
+) -> int:
+    """Run ``main(service)`` on a fresh event loop with signal handling; return exit code.
+    ``load_config`` loads the configuration again as at start, for reloads."""
 
     # Everything a daemon creates (store, WAL, future key files) is private to its user.
     os.umask(0o077)
@@ -105,8 +134,10 @@ def run_daemon(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
             log.info("stopping", signal=sig.name)
             stop.set()
 
+        service = Service(stop, Notifier.from_environ(), load_config)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal, sig)
-        return await main(stop)
+        loop.add_signal_handler(signal.SIGHUP, service.reload)
+        return await main(service)
 
     return asyncio.run(runner())

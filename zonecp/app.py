@@ -8,14 +8,15 @@ from collections.abc import Sequence
 import structlog
 
 from kds.api import ApiContext, api_ssl_context, serve_api
-from kds.api.auth import load_api_tokens
+from kds.api.auth import load_api_tokens, token_changes
 from kds.api.observe import health_routes, metrics_route
 from kds.clock import rfc3339
 from kds.config import ZoneConfig
 from kds.crypto import load_key_file
 from kds.errors import ConfigError
 from kds.model import Limits
-from kds.runtime import Guard, ensure_private_dir
+from kds.reload import Reloader
+from kds.runtime import Guard, Service, ensure_private_dir
 from kds.store import WriteResult, open_zone_store
 from kds.version import __version__
 from zonecp.client import ZoneClient
@@ -26,7 +27,23 @@ __all__ = ["run_zone"]
 log = structlog.get_logger("zonecp")
 
 
-async def run_zone(cfg: ZoneConfig, stop: asyncio.Event) -> int:
+# Options a reload (SIGHUP) applies while running; the others need a restart. The token
+# file and keepalive settings are used from the next dial on (the file's content is read at
+# every dial anyway); a live stream keeps its own.
+LIVE_OPTIONS = frozenset(
+    {
+        "admin_token_file",
+        "read_only_token_file",
+        "max_data_bytes",
+        "token_file",
+        "keepalive_interval",
+        "keepalive_timeout",
+    }
+)
+
+
+async def run_zone(cfg: ZoneConfig, service: Service) -> int:
+    stop = service.stop
     if not cfg.zone:
         raise ConfigError("--zone is required (env ZONECP_ZONE or 'zone:' in the config file)")
     structlog.contextvars.bind_contextvars(zone=cfg.zone)
@@ -96,6 +113,28 @@ async def run_zone(cfg: ZoneConfig, stop: asyncio.Event) -> int:
         *health_routes(alive, ready),
         metrics_route(metrics.registry, metrics.before_scrape),
     ]
+
+    def apply(new: ZoneConfig) -> list[str]:
+        tokens = load_api_tokens(data_dir, new.admin_token_file, new.read_only_token_file)
+        if new.token_file is None and not new.insecure:
+            raise ConfigError("--token-file is required")
+        notes = token_changes(ctx.tokens, tokens)
+        ctx.tokens = tokens
+        ctx.limits = Limits(max_data_bytes=new.max_data_bytes)
+        client.token_file = new.token_file
+        client.keepalive = (new.keepalive_interval, new.keepalive_timeout)
+        return notes
+
+    def sync_status() -> tuple[bool, str]:
+        st = client.status
+        if st.connected and st.ready:
+            return True, f"synced to revision {st.applied_revision}"
+        if st.ready:
+            return True, "global unreachable, serving last state"
+        if st.connected:
+            return False, f"catching up with global (revision {st.applied_revision})"
+        return False, "connecting to global"
+
     tls = api_ssl_context(cfg.api_tls_cert_file, cfg.api_tls_key_file)
     runner = await serve_api(ctx, cfg.api_address, extra, tls)
     state = await store.sync_state()
@@ -110,7 +149,15 @@ async def run_zone(cfg: ZoneConfig, stop: asyncio.Event) -> int:
         revision=state.applied_revision,
     )
     guard.start("sync-client", client.run(stop))
+    # READY=1 once the zone is ready as /readyz defines it (synced once since start).
+    service.notifier.status(sync_status()[1])
+    guard.start("notify", service.notifier.run(lambda: guard.failed is None, sync_status))
+    if service.load_config is not None:
+        reloader = Reloader(cfg, service.load_config, LIVE_OPTIONS, apply, service.notifier)
+        service.on_reload = reloader.reload
     await stop.wait()
+    service.on_reload = None
+    service.notifier.stopping()
     await guard.cancel_all()
     await runner.cleanup()
     store.close()

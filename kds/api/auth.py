@@ -17,7 +17,7 @@ from pathlib import Path
 
 from kds.errors import ConfigError
 
-__all__ = ["ApiTokens", "Role", "load_api_tokens"]
+__all__ = ["ApiTokens", "Role", "load_api_tokens", "token_changes"]
 
 ADMIN_FILE = "admin-token"
 READ_ONLY_FILE = "read-only-token"
@@ -67,3 +67,13 @@ def load_api_tokens(
     if hmac.compare_digest(admin.encode(), read_only.encode()):
         raise ConfigError("the admin and read-only tokens must differ")
     return ApiTokens(admin, read_only, admin_path)
+
+
+def token_changes(old: ApiTokens | None, new: ApiTokens) -> list[str]:
+    """What re-reading the token files changed, for a log line: which token, never its value."""
+    notes = []
+    if old is None or not hmac.compare_digest(old.admin.encode(), new.admin.encode()):
+        notes.append("admin token replaced")
+    if old is None or not hmac.compare_digest(old.read_only.encode(), new.read_only.encode()):
+        notes.append("read-only token replaced")
+    return notes
