@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import structlog
 
-__all__ = ["configure_logging"]
+__all__ = ["configure_logging", "switch_logging"]
 
 LogFormat = Literal["json", "console"]
 
@@ -55,8 +55,8 @@ class _Switch:
 _switch = _Switch()
 
 
-def configure_logging(level: str = "info", fmt: LogFormat = "console") -> None:
-    """Set up logging, or change the level and format of logging already set up."""
+def switch_logging(level: str, fmt: LogFormat | str) -> int:
+    """Change the level and format of the logging configure_logging set up (a reload)."""
     numeric = logging.getLevelNamesMapping().get(level.upper())
     if numeric is None:
         raise ValueError(f"unknown log level {level!r}")
@@ -68,6 +68,12 @@ def configure_logging(level: str = "info", fmt: LogFormat = "console") -> None:
     )
     # grpc and aiohttp log through the standard library; keep them at warning and above.
     logging.getLogger().setLevel(max(numeric, logging.WARNING))
+    return numeric
+
+
+def configure_logging(level: str = "info", fmt: LogFormat = "console") -> None:
+    """Set up logging for a daemon (structlog and the standard library, to stderr)."""
+    numeric = switch_logging(level, fmt)
     structlog.configure(
         processors=[
             _switch.filter,

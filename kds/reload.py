@@ -20,7 +20,7 @@ from typing import Any, Generic, TypeVar
 import structlog
 
 from kds.errors import KdsError
-from kds.logging import configure_logging
+from kds.logging import switch_logging
 from kds.notify import Notifier
 
 __all__ = ["Change", "ConfigDiff", "Reloader", "diff_configs"]
@@ -133,7 +133,7 @@ class Reloader(Generic[C]):
             return None
         self.current = running
         cfg: Any = running
-        configure_logging(cfg.log_level, cfg.log_format)
+        switch_logging(cfg.log_level, cfg.log_format)
         done = [str(c) for c in diff.live] + notes
         log.info(f"reloaded: {', '.join(done)}" if done else "reloaded: nothing changed")
         if diff.restart:
