@@ -23,7 +23,7 @@ def cli() -> None:
 
 
 @cli.command(
-    help="Run the global control plane until SIGTERM or SIGINT. Options come from "
+    help="Run the global control plane until SIGTERM or SIGINT; SIGHUP reloads the configuration (what can change live is applied, the rest logged as needing a restart). Under systemd (NOTIFY_SOCKET set) it reports readiness, status and watchdog pings. Options come from "
     "flags, then GLOBALCP_* environment variables, then the --config file."
 )
 @click_options(GlobalConfig, "GLOBALCP_")

@@ -23,7 +23,7 @@ def cli() -> None:
 
 
 @cli.command(
-    help="Run a zone control plane until SIGTERM or SIGINT. Options come from flags, "
+    help="Run a zone control plane until SIGTERM or SIGINT; SIGHUP reloads the configuration (what can change live is applied, the rest logged as needing a restart). Under systemd (NOTIFY_SOCKET set) it reports readiness, status and watchdog pings. Options come from flags, "
     "then ZONECP_* environment variables, then the --config file."
 )
 @click_options(ZoneConfig, "ZONECP_")
