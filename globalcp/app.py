@@ -28,6 +28,7 @@ from kds.errors import ConfigError
 from kds.grpc_options import server_options
 from kds.model import Key, Kind, Limits, Resource
 from kds.runtime import Guard, ensure_private_dir
+from kds.secret_files import check_secret_files
 from kds.store import GlobalStore, WriteResult, open_global_store
 from kds.version import __version__
 
@@ -38,6 +39,9 @@ log = structlog.get_logger("globalcp")
 
 async def run_global(cfg: GlobalConfig, stop: asyncio.Event) -> int:
     data_dir = ensure_private_dir(cfg.data_dir)
+    check_secret_files(
+        {"--tls-key-file": cfg.tls_key_file, "--api-tls-key-file": cfg.api_tls_key_file}
+    )
     api_tokens = load_api_tokens(data_dir, cfg.admin_token_file, cfg.read_only_token_file)
     cipher = load_key_file(cfg.encryption_key_file) if cfg.encryption_key_file else None
     loop = asyncio.get_running_loop()
