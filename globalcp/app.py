@@ -29,6 +29,7 @@ from kds.grpc_options import server_options
 from kds.model import Key, Kind, Limits, Resource
 from kds.reload import Reloader
 from kds.runtime import Guard, Service, ensure_private_dir
+from kds.secret_files import check_secret_files
 from kds.store import WriteResult, open_global_store
 from kds.version import __version__
 
@@ -53,6 +54,9 @@ LIVE_OPTIONS = frozenset(
 async def run_global(cfg: GlobalConfig, service: Service) -> int:
     stop = service.stop
     data_dir = ensure_private_dir(cfg.data_dir)
+    check_secret_files(
+        {"--tls-key-file": cfg.tls_key_file, "--api-tls-key-file": cfg.api_tls_key_file}
+    )
     api_tokens = load_api_tokens(data_dir, cfg.admin_token_file, cfg.read_only_token_file)
     cipher = load_key_file(cfg.encryption_key_file) if cfg.encryption_key_file else None
     loop = asyncio.get_running_loop()

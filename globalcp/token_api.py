@@ -20,6 +20,7 @@ import structlog
 from aiohttp import web
 
 from globalcp.tokens import ZoneTokens
+from kds.api import read_json
 from kds.clock import utcnow
 from kds.config import parse_duration
 from kds.errors import Conflict, FieldViolation, InvalidResource, NotFound
@@ -32,11 +33,12 @@ log = structlog.get_logger("globalcp.tokens")
 DEFAULT_VALIDITY = 365 * 86400.0
 
 
+# A token request is a zone name and a duration: a few hundred bytes.
+_MAX_BODY = 64 * 1024
+
+
 async def _body(request: web.Request) -> Mapping[str, object]:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise InvalidResource([FieldViolation("", "the body must be a JSON object")]) from None
+    body = await read_json(request, _MAX_BODY)
     if not isinstance(body, Mapping):
         raise InvalidResource([FieldViolation("", "the body must be a JSON object")])
     return body

@@ -12,6 +12,7 @@ an unknown key or a bad value is an error naming the key and the source.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,7 +22,8 @@ from typing import Any, TypeVar
 import click
 import yaml
 
-from kds.errors import ConfigError
+from kds.errors import ConfigError, shown
+from kds.safe_yaml import AliasRefused, NoAliasLoader
 
 __all__ = [
     "GlobalConfig",
@@ -33,8 +35,11 @@ __all__ = [
     "parse_size",
 ]
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB)?\s*$")
+# Used with fullmatch only ("$" would also match before a final newline); ASCII digits only.
+_DURATION_RE = re.compile(r"\s*([0-9]{1,15}(?:\.[0-9]{1,9})?)\s*(ms|s|m|h|d)?\s*", re.ASCII)
+_SIZE_RE = re.compile(r"\s*([0-9]{1,15})\s*(B|KiB|MiB|GiB|KB|MB|GB)?\s*", re.ASCII)
+# The longest duration accepted anywhere (options, token lifetimes): 100 years.
+MAX_DURATION = 100 * 365 * 86400.0
 _SIZE_UNITS = {
     None: 1,
     "B": 1,
@@ -50,14 +55,18 @@ _SIZE_UNITS = {
 def parse_duration(value: object) -> float:
     """'5s', '250ms', '2m', '1h', '30d' or a number of seconds -> seconds."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        if value < 0:
-            raise ValueError("must not be negative")
-        return float(value)
-    m = _DURATION_RE.match(str(value))
-    if not m:
-        raise ValueError(f"{value!r} is not a duration like 5s, 250ms, 2m, 1h or 30d")
-    n = float(m.group(1))
-    return n * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}[m.group(2)]
+        n = float(value) if -MAX_DURATION <= value <= MAX_DURATION else math.inf
+    else:
+        m = _DURATION_RE.fullmatch(value) if isinstance(value, str) else None
+        if not m:
+            raise ValueError(f"{shown(value)} is not a duration like 5s, 250ms, 2m, 1h or 30d")
+        n = float(m.group(1))
+        n *= {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}[m.group(2)]
+    if n < 0:
+        raise ValueError("must not be negative")
+    if not n <= MAX_DURATION:  # also NaN
+        raise ValueError("must be at most 100 years (36500d)")
+    return n
 
 
 def parse_size(value: object) -> int:
@@ -66,9 +75,9 @@ def parse_size(value: object) -> int:
         if value <= 0:
             raise ValueError("must be positive")
         return value
-    m = _SIZE_RE.match(str(value))
+    m = _SIZE_RE.fullmatch(value) if isinstance(value, str) else None
     if not m:
-        raise ValueError(f"{value!r} is not a size like 1048576, 512KiB or 4MiB")
+        raise ValueError(f"{shown(value)} is not a size like 1048576, 512KiB or 4MiB")
     n = int(m.group(1)) * _SIZE_UNITS[m.group(2)]
     if n <= 0:
         raise ValueError("must be positive")
@@ -369,9 +378,11 @@ def load_config(
     fields = {f.name: f for f in dataclasses.fields(cls)}
     if config_file is not None:
         try:
-            doc = yaml.safe_load(config_file.read_text()) or {}
+            doc = yaml.load(config_file.read_text(), Loader=NoAliasLoader) or {}
         except OSError as e:
             raise ConfigError(f"cannot read config file {config_file}: {e.strerror}") from None
+        except AliasRefused as e:
+            raise ConfigError(f"config file {config_file}: {e}") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {config_file} is not valid YAML: {e}") from None
         if not isinstance(doc, dict):

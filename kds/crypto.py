@@ -16,13 +16,13 @@ import base64
 import binascii
 import hashlib
 import os
-import stat
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from kds.errors import ConfigError, StoreError
+from kds.secret_files import check_secret_file
 
 __all__ = ["DataCipher", "load_key_file"]
 
@@ -66,15 +66,10 @@ class DataCipher:
 def load_key_file(path: Path) -> DataCipher:
     """Read and check the key file; errors name the file and line, never a key."""
     try:
-        mode = stat.S_IMODE(path.stat().st_mode)
         text = path.read_text()
     except OSError as e:
         raise ConfigError(f"--encryption-key-file {path}: cannot read it: {e.strerror}") from None
-    if mode & 0o077:
-        raise ConfigError(
-            f"--encryption-key-file {path} is readable by other users (mode {mode:04o}): "
-            "chmod 600 it"
-        )
+    check_secret_file(path, "--encryption-key-file", strict=True)
     keys = []
     for n, line in enumerate(text.splitlines(), 1):
         line = line.strip()

@@ -46,7 +46,21 @@ __all__ = [
     "ProtocolError",
     "ReadOnlySynced",
     "StoreError",
+    "shown",
 ]
+
+
+def shown(value: object, limit: int = 64) -> str:
+    """A user-given value as an error message may show it: a short string quoted, a longer
+    one cut, anything else by its type alone (a nested list could take gigabytes to print,
+    and a value could be secret data, so it is never printed whole)."""
+    if isinstance(value, str):
+        return repr(value) if len(value) <= limit else repr(value[:limit]) + "..."
+    if isinstance(value, int) and value.bit_length() > 3 * limit:
+        return "a very large integer"  # repr of over 4300 digits raises ValueError
+    if value is None or isinstance(value, bool | int | float):
+        return repr(value)
+    return f"a {type(value).__name__}"
 
 
 @dataclass(frozen=True)

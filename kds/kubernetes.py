@@ -12,7 +12,7 @@ import base64
 from collections.abc import Mapping
 from typing import Any
 
-from kds.errors import FieldViolation, InvalidResource
+from kds.errors import FieldViolation, InvalidResource, shown
 from kds.resource import LABEL_MESH, Kind, Limits, Resource
 from kds.validation import MESH_SPEC_FIELDS, decode_data, read_mesh_spec, validate
 
@@ -70,7 +70,8 @@ def from_kubernetes(doc: Mapping[str, Any], limits: Limits) -> Resource:
     if not isinstance(meta.get("labels") or {}, Mapping):
         raise InvalidResource([FieldViolation("metadata.labels", "must be a map")])
     labels = dict(meta.get("labels") or {})
-    unknown = sorted(set(doc) - _K8S_FIELDS.get(str(kind_name), set(doc)))
+    kind_key = kind_name if isinstance(kind_name, str) else ""
+    unknown = sorted(str(k) for k in set(doc) - _K8S_FIELDS.get(kind_key, set(doc)))
     if unknown:
         raise InvalidResource(
             [FieldViolation(f, f"unknown field for a {kind_name}") for f in unknown]
@@ -99,7 +100,11 @@ def from_kubernetes(doc: Mapping[str, Any], limits: Limits) -> Resource:
         return res
     if kind_name != "Secret":
         raise InvalidResource(
-            [FieldViolation("kind", f"unsupported kind {kind_name!r}: expected Secret or Mesh")]
+            [
+                FieldViolation(
+                    "kind", f"unsupported kind {shown(kind_name)}: expected Secret or Mesh"
+                )
+            ]
         )
     if api_version != "v1":
         raise InvalidResource([FieldViolation("apiVersion", "a Secret must have apiVersion v1")])
@@ -127,7 +132,7 @@ def from_kubernetes(doc: Mapping[str, Any], limits: Limits) -> Resource:
             [
                 FieldViolation(
                     "type",
-                    f"unsupported Secret type {k8s_type!r}: expected {K8S_SECRET_TYPE} or "
+                    f"unsupported Secret type {shown(k8s_type)}: expected {K8S_SECRET_TYPE} or "
                     f"{K8S_GLOBAL_SECRET_TYPE}",
                 )
             ]

@@ -16,7 +16,7 @@ import base64
 from collections.abc import Mapping
 from typing import Any
 
-from kds.errors import FieldViolation, InvalidResource
+from kds.errors import FieldViolation, InvalidResource, shown
 from kds.kubernetes import (
     K8S_GLOBAL_SECRET_TYPE,
     K8S_SECRET_TYPE,
@@ -76,13 +76,14 @@ _UNIVERSAL_FIELDS = {
 
 def _kind_of(value: object, field_name: str = "type") -> Kind:
     try:
-        return Kind(str(value))
+        # Only a string names a type: str() of a nested value could take gigabytes.
+        return Kind(value if isinstance(value, str) else "")
     except ValueError:
         raise InvalidResource(
             [
                 FieldViolation(
                     field_name,
-                    f"unknown type {value!r}: expected one of Mesh, Secret, GlobalSecret",
+                    f"unknown type {shown(value)}: expected one of Mesh, Secret, GlobalSecret",
                 )
             ]
         ) from None
@@ -90,7 +91,7 @@ def _kind_of(value: object, field_name: str = "type") -> Kind:
 
 def _universal(doc: Mapping[str, Any], limits: Limits) -> Resource:
     kind = _kind_of(doc.get("type"))
-    unknown = sorted(set(doc) - _UNIVERSAL_FIELDS[kind])
+    unknown = sorted(str(k) for k in set(doc) - _UNIVERSAL_FIELDS[kind])
     errs = [FieldViolation(f, f"unknown field for a {kind}") for f in unknown]
     if kind is Kind.SECRET and "mesh" not in doc:
         errs.append(FieldViolation("mesh", "is required for a Secret"))
@@ -115,7 +116,9 @@ def _universal(doc: Mapping[str, Any], limits: Limits) -> Resource:
             )
         elif labels[LABEL_MESH] != doc.get("mesh"):
             label_errs.append(
-                FieldViolation(f"labels[{LABEL_MESH}]", f"must equal mesh ({doc.get('mesh')!r})")
+                FieldViolation(
+                    f"labels[{LABEL_MESH}]", f"must equal mesh ({shown(doc.get('mesh'))})"
+                )
             )
         labels = {k: v for k, v in labels.items() if k != LABEL_MESH}
     if errs or label_errs:
@@ -160,14 +163,16 @@ def from_json_body(
     errs: list[FieldViolation] = []
     doc.setdefault("type", str(kind))
     if doc["type"] != kind:
-        errs.append(FieldViolation("type", f"must be {kind} on this path (got {doc['type']!r})"))
+        errs.append(
+            FieldViolation("type", f"must be {kind} on this path (got {shown(doc['type'])})")
+        )
     doc.setdefault("name", name)
     if doc["name"] != name:
-        errs.append(FieldViolation("name", f"must match the name in the path ({name!r})"))
+        errs.append(FieldViolation("name", f"must match the name in the path ({shown(name)})"))
     if kind is Kind.SECRET:
         doc.setdefault("mesh", mesh)
         if doc["mesh"] != mesh:
-            errs.append(FieldViolation("mesh", f"must match the mesh in the path ({mesh!r})"))
+            errs.append(FieldViolation("mesh", f"must match the mesh in the path ({shown(mesh)})"))
     if errs:
         raise InvalidResource(errs + validate_name(name))
     return _universal(doc, limits or Limits())

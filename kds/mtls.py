@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kds.errors import FieldViolation
+from kds.errors import FieldViolation, shown
 
 __all__ = [
     "BUILTIN",
@@ -51,8 +51,9 @@ BUILTIN = "builtin"
 _MTLS_FIELDS = frozenset({"enabledBackend", "backends", "skipValidation"})
 # dpCert, mode and rootChain are Kuma backend fields kds-sync carries but does not act on.
 _BACKEND_FIELDS = frozenset({"name", "type", "config", "dpCert", "mode", "rootChain"})
-_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DURATION_RE = re.compile(r"^([1-9][0-9]*)(y|d|h|m|s)$")
+# Used with fullmatch only: "$" would also match before a final newline.
+_NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DURATION_RE = re.compile(r"([1-9][0-9]*)(y|d|h|m|s)")
 _UNIT_SECONDS = {"y": 365 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1}
 _MAX_VALIDITY = 100 * 365 * 86400
 
@@ -99,7 +100,7 @@ def parse_ca_expiration(value: object) -> int | None:
     """A builtin CA's ``caCert.expiration`` in Kuma's form ('10y', '365d', '24h', '30m',
     '90s') -> whole seconds; None if malformed or zero. Options' durations are
     kds.config.parse_duration (float seconds), a different grammar."""
-    m = _DURATION_RE.match(value) if isinstance(value, str) else None
+    m = _DURATION_RE.fullmatch(value) if isinstance(value, str) else None
     return int(m.group(1)) * _UNIT_SECONDS[m.group(2)] if m else None
 
 
@@ -176,7 +177,7 @@ def validate_mtls(mtls: object, mesh_name: object, prefix: str = "") -> list[Fie
             errs.append(
                 FieldViolation(
                     f"{f}.enabledBackend",
-                    f"{enabled!r} is not one of the backends ({', '.join(names) or 'none'})",
+                    f"{shown(enabled)} is not one of the backends ({', '.join(names) or 'none'})",
                 )
             )
     return errs
@@ -187,7 +188,7 @@ def _validate_backend(b: object, f: str, mesh_name: object) -> list[FieldViolati
         return [FieldViolation(f, "must be a map with name, type and config")]
     errs = [FieldViolation(f"{f}.{k}", "unknown field") for k in sorted(set(b) - _BACKEND_FIELDS)]
     name = b.get("name")
-    if not isinstance(name, str) or not _NAME_RE.match(name) or len(name) > 63:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or len(name) > 63:
         errs.append(
             FieldViolation(
                 f"{f}.name",
@@ -206,7 +207,9 @@ def _validate_backend(b: object, f: str, mesh_name: object) -> list[FieldViolati
     elif kind == BUILTIN:
         errs += _validate_builtin(config, f"{f}.config")
     else:
-        errs.append(FieldViolation(f"{f}.type", f"must be {PROVIDED} or {BUILTIN} (got {kind!r})"))
+        errs.append(
+            FieldViolation(f"{f}.type", f"must be {PROVIDED} or {BUILTIN} (got {shown(kind)})")
+        )
     return errs
 
 

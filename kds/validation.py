@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from kds.errors import FieldViolation, InvalidResource
+from kds.errors import FieldViolation, InvalidResource, shown
 from kds.mtls import validate_mtls
 from kds.resource import SYSTEM_LABELS, Kind, Limits, Resource
 
@@ -29,8 +29,9 @@ __all__ = [
 ]
 
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
-_SUBDOMAIN_RE = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*$")
-_LABEL_NAME_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$")
+# Used with fullmatch only: "$" would also match before a final newline.
+_SUBDOMAIN_RE = re.compile(rf"{_DNS_LABEL}(\.{_DNS_LABEL})*")
+_LABEL_NAME_RE = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 
 # Kind-specific Mesh fields, kept in Resource.spec (see kds.mtls for mtls).
 MESH_SPEC_FIELDS = frozenset({"mtls"})
@@ -41,7 +42,7 @@ def validate_name(value: object, field_name: str = "name") -> list[FieldViolatio
         return [FieldViolation(field_name, "must be a non-empty string")]
     if len(value) > 253:
         return [FieldViolation(field_name, f"must be at most 253 characters (got {len(value)})")]
-    if not _SUBDOMAIN_RE.match(value):
+    if not _SUBDOMAIN_RE.fullmatch(value):
         return [
             FieldViolation(
                 field_name,
@@ -56,19 +57,19 @@ def _validate_label_key(key: str, field_name: str) -> list[FieldViolation]:
     prefix, _, name = key.rpartition("/")
     errs: list[FieldViolation] = []
     if "/" in key and not prefix:
-        errs.append(FieldViolation(field_name, f"label key {key!r}: prefix must not be empty"))
-    if prefix and (len(prefix) > 253 or not _SUBDOMAIN_RE.match(prefix)):
+        errs.append(FieldViolation(field_name, f"label key {shown(key)}: prefix must not be empty"))
+    if prefix and (len(prefix) > 253 or not _SUBDOMAIN_RE.fullmatch(prefix)):
         errs.append(
             FieldViolation(
                 field_name,
-                f"label key {key!r}: prefix must be a DNS subdomain of at most 253 characters",
+                f"label key {shown(key)}: prefix must be a DNS subdomain of at most 253 characters",
             )
         )
-    if not name or len(name) > 63 or not _LABEL_NAME_RE.match(name):
+    if not name or len(name) > 63 or not _LABEL_NAME_RE.fullmatch(name):
         errs.append(
             FieldViolation(
                 field_name,
-                f"label key {key!r}: name must be 1-63 characters of letters, digits, '-', '_' "
+                f"label key {shown(key)}: name must be 1-63 characters of letters, digits, '-', '_' "
                 "or '.', starting and ending with a letter or digit",
             )
         )
@@ -84,7 +85,7 @@ def validate_labels(labels: object, field_name: str = "labels") -> list[FieldVio
     for k, v in labels.items():
         f = f"{field_name}[{k}]"
         if not isinstance(k, str):
-            errs.append(FieldViolation(field_name, f"label key {k!r} must be a string"))
+            errs.append(FieldViolation(field_name, f"label key {shown(k)} must be a string"))
             continue
         if k in SYSTEM_LABELS:
             errs.append(FieldViolation(f, f"label {k!r} is set by the system and cannot be given"))
@@ -92,7 +93,7 @@ def validate_labels(labels: object, field_name: str = "labels") -> list[FieldVio
         errs.extend(_validate_label_key(k, f))
         if not isinstance(v, str):
             errs.append(FieldViolation(f, "label value must be a string"))
-        elif len(v) > 63 or (v and not _LABEL_NAME_RE.match(v)):
+        elif len(v) > 63 or (v and not _LABEL_NAME_RE.fullmatch(v)):
             errs.append(
                 FieldViolation(
                     f,

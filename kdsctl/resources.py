@@ -61,11 +61,17 @@ class _Doc:
 def _load_documents(stream: IO[str]) -> list[_Doc]:
     import yaml
 
+    from kds.safe_yaml import AliasRefused, NoAliasLoader
+
     name = "stdin" if stream.name in ("<stdin>", "-") else stream.name
-    # libyaml's loader when PyYAML was built with it (the wheels are): ~12x faster on big files.
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    # libyaml's loader when PyYAML was built with it (the wheels are): ~12x faster on big
+    # files. It refuses aliases, which could make a small file expand to gigabytes.
+    docs: list[Any] = []
     try:
-        docs = list(yaml.load_all(stream, Loader=loader))
+        for doc in yaml.load_all(stream, Loader=NoAliasLoader):
+            docs.append(doc)
+    except AliasRefused as e:
+        fail(f"{name} document {len(docs) + 1}: {e}")
     except yaml.MarkedYAMLError as e:
         # Problem and position only: a snippet of the line could show secret data.
         mark = e.problem_mark

@@ -1,6 +1,6 @@
 """kdsctl's zone token commands (against global's API, with its admin token).
 
-kdsctl generate zone-token --zone NAME [--valid-for 30d] > NAME.token
+kdsctl generate zone-token --zone NAME [--valid-for 30d] --output-file NAME.token
 kdsctl get zone-tokens
 kdsctl revoke zone-token ID
 kdsctl get zone-token-signing-keys
@@ -13,12 +13,13 @@ kdsctl delete zone-token-signing-key NAME
 
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import quote
 
 import click
 
 from kdsctl.client import ApiClient, pass_client
-from kdsctl.render import table
+from kdsctl.render import fail, table
 
 __all__ = [
     "delete_signing_key",
@@ -44,12 +45,34 @@ def generate() -> None:
     metavar="DURATION",
     help="How long the token is valid (e.g. 24h, 30d).",
 )
+@click.option(
+    "--output-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Write the token to FILE, mode 0600 (replacing FILE at once if it exists), for "
+    "'zonecp --token-file FILE', instead of printing it.",
+)
 @pass_client
-def generate_zone_token(client: ApiClient, zone: str, valid_for: str) -> None:
-    """Issue a token for the zone NAME and print it on stdout (and nothing else), for
-    'zonecp --token-file'. Its id and expiry go to stderr. The token is shown only now."""
+def generate_zone_token(
+    client: ApiClient, zone: str, valid_for: str, output_file: Path | None
+) -> None:
+    """Issue a token for the zone NAME and write it to --output-file (mode 0600), or print
+    it on stdout (and nothing else), for 'zonecp --token-file'. Its id and expiry go to
+    stderr. The token is shown only now."""
     answer = client.post("/zone-tokens", {"zone": zone, "validFor": valid_for})
-    click.echo(answer["token"])
+    if output_file is None:
+        click.echo(answer["token"])
+    else:
+        from kds.secret_files import write_secret_file  # structlog: only this command needs it
+
+        try:
+            write_secret_file(output_file, answer["token"] + "\n")
+        except OSError as e:
+            fail(
+                f"--output-file {output_file}: cannot write it: {e.strerror}; the token "
+                f"{answer['id']} was issued: revoke it with kdsctl revoke zone-token {answer['id']}"
+            )
+        click.echo(f"wrote the zone token to {output_file} (mode 0600)", err=True)
     click.echo(
         f"zone token {answer['id']} for zone {answer['zone']}, valid until "
         f"{answer['expiresAt']} (revoke with: kdsctl revoke zone-token {answer['id']})",

@@ -17,6 +17,7 @@ from kds.errors import ConfigError
 from kds.model import Limits
 from kds.reload import Reloader
 from kds.runtime import Guard, Service, ensure_private_dir
+from kds.secret_files import check_secret_files
 from kds.store import WriteResult, open_zone_store
 from kds.version import __version__
 from zonecp.client import ZoneClient
@@ -48,6 +49,12 @@ async def run_zone(cfg: ZoneConfig, service: Service) -> int:
         raise ConfigError("--zone is required (env ZONECP_ZONE or 'zone:' in the config file)")
     structlog.contextvars.bind_contextvars(zone=cfg.zone)
     ca_pem = _check_transport(cfg)
+    check_secret_files(
+        {
+            "--token-file": None if cfg.insecure else cfg.token_file,
+            "--api-tls-key-file": cfg.api_tls_key_file,
+        }
+    )
     data_dir = ensure_private_dir(cfg.data_dir)
     api_tokens = load_api_tokens(data_dir, cfg.admin_token_file, cfg.read_only_token_file)
     cipher = load_key_file(cfg.encryption_key_file) if cfg.encryption_key_file else None
@@ -184,8 +191,8 @@ def _check_transport(cfg: ZoneConfig) -> bytes | None:
     if cfg.token_file is None:
         raise ConfigError(
             "--token-file is required: on global, run "
-            f"'kdsctl generate zone-token --zone {cfg.zone} > {cfg.zone}.token' and give "
-            "the zone that file"
+            f"'kdsctl generate zone-token --zone {cfg.zone} --output-file {cfg.zone}.token' "
+            "and give the zone that file"
         )
     if cfg.ca_file is None:
         return None  # verify global with the system's trusted CAs

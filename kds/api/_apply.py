@@ -11,9 +11,10 @@ from collections.abc import Mapping
 import structlog
 from aiohttp import web
 
+from kds.api._body import read_json
 from kds.api._context import API_CONTEXT, size_violation
 from kds.api._errors import HttpError
-from kds.api._resources import log_written, own_origin, read_json
+from kds.api._resources import log_written, own_origin
 from kds.errors import (
     Conflict,
     FieldViolation,

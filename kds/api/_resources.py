@@ -8,22 +8,15 @@ Each write logs one line naming the resource, never its data.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
 from aiohttp import web
 
-from kds.api._context import (
-    API_CONTEXT,
-    READ_ONLY_KEY,
-    RESULT_HEADER,
-    ApiContext,
-    client_max_size,
-    size_violation,
-)
-from kds.api._errors import HttpError, too_large
+from kds.api._body import int_param, read_json
+from kds.api._context import API_CONTEXT, READ_ONLY_KEY, RESULT_HEADER, ApiContext, size_violation
+from kds.api._errors import HttpError
 from kds.errors import FieldViolation, InvalidResource, NotFound
 from kds.model import LABEL_ORIGIN, LABEL_ZONE, Key, Kind, from_json_body, to_json
 from kds.store import ORIGIN_GLOBAL, ORIGIN_ZONE, Row, WriteResult
@@ -37,7 +30,6 @@ __all__ = [
     "log_written",
     "own_origin",
     "put_handler",
-    "read_json",
 ]
 
 log = structlog.get_logger("kds.api")
@@ -66,28 +58,6 @@ def _key(kind: Kind, request: web.Request) -> Key:
     return Key(kind, mi["mesh"] if kind is Kind.SECRET else "", mi["name"])
 
 
-def _int_param(request: web.Request, name: str, default: int | None) -> int | None:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if value < 0 or (name == "size" and value == 0):
-        raise HttpError(
-            400,
-            "Bad request",
-            f"invalid query parameter {name!r}",
-            [
-                FieldViolation(
-                    name, "must be an integer >= 1" if name == "size" else "must be an integer >= 0"
-                )
-            ],
-        )
-    return value
-
-
 async def _require_mesh(ctx: ApiContext, mesh: str) -> None:
     if await ctx.store.get(Key(Kind.MESH, "", mesh)) is None:
         raise NotFound(f"mesh {mesh!r} does not exist")
@@ -101,8 +71,8 @@ def own_origin(ctx: ApiContext) -> Origin:
 def list_handler(kind: Kind) -> Handler:
     async def handler(request: web.Request) -> web.Response:
         ctx = request.app[API_CONTEXT]
-        offset = _int_param(request, "offset", 0) or 0
-        size = _int_param(request, "size", None)
+        offset = int_param(request, "offset", 0, minimum=0) or 0
+        size = int_param(request, "size", None, minimum=1)
         mesh: str | None = None
         if kind is Kind.SECRET:
             mesh = request.match_info["mesh"]
@@ -132,29 +102,6 @@ def get_handler(kind: Kind) -> Handler:
         return web.json_response(_render(ctx, row, request))
 
     return handler
-
-
-async def read_json(request: web.Request, limit: int | None = None) -> object:
-    ctx = request.app[API_CONTEXT]
-    limit = limit or client_max_size(ctx.limits)
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large(ctx, limit)
-    raw = await request.read()
-    if not raw.strip():
-        raise HttpError(400, "Bad request", "the request body is empty: expected a JSON object")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise HttpError(400, "Bad request", "the request body must be UTF-8 JSON") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        # e.msg and the position only: e.doc is the body.
-        raise HttpError(
-            400,
-            "Bad request",
-            f"the request body is not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})",
-        ) from None
 
 
 def put_handler(kind: Kind) -> Handler:

@@ -16,6 +16,7 @@ from enum import Enum
 from pathlib import Path
 
 from kds.errors import ConfigError
+from kds.secret_files import check_secret_file
 
 __all__ = ["ApiTokens", "Role", "load_api_tokens", "token_changes"]
 
@@ -51,6 +52,7 @@ def _token_file(given: Path | None, default: Path, option: str) -> tuple[str, Pa
             raise ConfigError(f"{option} {given}: cannot read it: {e.strerror}") from None
         if len(token) < 16:
             raise ConfigError(f"{option} {given}: the token must be at least 16 characters")
+        check_secret_file(given, option)
         return token, given
     if not default.exists():
         fd = os.open(default, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -402,3 +402,18 @@ def test_no_secret_value_leaks_and_encrypted_stores_hold_no_plaintext(
     for m in markers:
         assert m not in text and b64(m) not in text, m
         assert m.encode() not in stores and b64(m).encode() not in stores, m
+
+
+def test_a_zone_warns_about_a_token_file_others_can_read(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.start_global()
+    token = cluster.zone_token("zone-1")
+    token.chmod(0o644)  # as `kdsctl generate zone-token > file` leaves it under umask 022
+    z = cluster.start_zone("zone-1", token_file=token)
+    event = "a file holding a secret is readable by other users: run chmod 600 on it"
+    [w] = z.events(event)
+    assert w["level"] == "warning" and w["option"] == "--token-file", w
+    assert w["file"] == str(token) and w["mode"] == "0644" and w["fix"] == f"chmod 600 {token}"
+    assert token.read_text().strip() not in z.log_text()
+    private = cluster.zone_token("zone-2")
+    private.chmod(0o600)
+    assert cluster.start_zone("zone-2", token_file=private).events(event) == []

@@ -29,6 +29,7 @@ PURE = [
     "kds.model",
     "kds.mtls",
     "kds.resource",
+    "kds.safe_yaml",
     "kds.validation",
     "kds.wire",
 ]

@@ -1,0 +1,107 @@
+"""What a request may send: a JSON body within a size limit, and paging parameters.
+
+A body is read in chunks and refused (413) as soon as it passes its limit, whether it came
+with a Content-Length or chunked, so a client cannot make the daemon hold more than the
+limit. A body that parses but could not be handled safely is a 400 too: nesting deeper than
+MAX_DEPTH, or a number of more digits than Python converts. Messages name the problem and
+its place, never the body's text (it may hold secret data).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from aiohttp import web
+
+from kds.api._context import API_CONTEXT, client_max_size
+from kds.api._errors import HttpError, too_large
+from kds.errors import FieldViolation
+
+__all__ = ["MAX_DEPTH", "MAX_PAGE_NUMBER", "int_param", "read_json"]
+
+# No resource nests deeper than a dozen levels (a Mesh's mTLS backends); Python's recursion
+# limit, which the JSON parser and encoder hit, is about 1000.
+MAX_DEPTH = 64
+# Largest offset or page size accepted: far more rows than a store holds, and well inside
+# SQLite's 64-bit integers.
+MAX_PAGE_NUMBER = 10**12
+_PAGE_NUMBER_RE = re.compile(r"[0-9]{1,13}", re.ASCII)
+
+
+def _bad_body(message: str) -> HttpError:
+    return HttpError(
+        400, "Bad request", f"the request body {message}", [FieldViolation("body", message)]
+    )
+
+
+async def _read_limited(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large(request.app[API_CONTEXT], limit)
+    body = bytearray()
+    async for chunk in request.content.iter_any():
+        body += chunk
+        if len(body) > limit:
+            raise too_large(request.app[API_CONTEXT], limit)
+    return bytes(body)
+
+
+def _depth_over(value: object, limit: int) -> bool:
+    """Whether ``value`` nests lists and maps deeper than ``limit`` (without recursion)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: list[object] = list(item.values())
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
+
+
+async def read_json(request: web.Request, limit: int | None = None) -> object:
+    """The request's JSON body, at most ``limit`` bytes (by default, one resource's)."""
+    limit = limit or client_max_size(request.app[API_CONTEXT].limits)
+    raw = await _read_limited(request, limit)
+    if not raw.strip():
+        raise HttpError(400, "Bad request", "the request body is empty: expected a JSON object")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise HttpError(400, "Bad request", "the request body must be UTF-8 JSON") from None
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as e:
+        # e.msg and the position only: e.doc is the body.
+        raise HttpError(
+            400,
+            "Bad request",
+            f"the request body is not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})",
+        ) from None
+    except RecursionError:
+        raise _bad_body(f"nests lists and objects deeper than {MAX_DEPTH} levels") from None
+    except ValueError:  # an integer of more digits than int() converts; its message is ours
+        raise _bad_body("holds a number of too many digits") from None
+    if _depth_over(body, MAX_DEPTH):
+        raise _bad_body(f"nests lists and objects deeper than {MAX_DEPTH} levels")
+    return body
+
+
+def int_param(request: web.Request, name: str, default: int | None, minimum: int) -> int | None:
+    """The query parameter ``name`` as an integer from ``minimum`` to MAX_PAGE_NUMBER."""
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    value = int(raw) if _PAGE_NUMBER_RE.fullmatch(raw) else -1
+    if not minimum <= value <= MAX_PAGE_NUMBER:
+        raise HttpError(
+            400,
+            "Bad request",
+            f"invalid query parameter {name!r}",
+            [FieldViolation(name, f"must be an integer from {minimum} to {MAX_PAGE_NUMBER}")],
+        )
+    return value

@@ -1,0 +1,76 @@
+"""The one rule for files that hold secrets a daemon reads: only their owner may open them.
+
+A file other users may read (or write) is named, with its mode and the fix, by
+``check_secret_file``. The encryption key refuses such a file (``strict``): it has since it
+was added, and a key file is made by hand for this daemon alone. Token files and TLS private
+keys get a loud warning at every start instead: a token written by shell redirection under
+the usual umask 022 is 0644, and Kubernetes mounts Secret volumes 0644 by default, so
+refusing them would stop daemons that run today.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+import structlog
+
+from kds.errors import ConfigError
+
+__all__ = ["check_secret_file", "check_secret_files", "open_mode", "write_secret_file"]
+
+log = structlog.get_logger("kds.secret_files")
+
+
+def open_mode(path: Path) -> int | None:
+    """The file's permission bits when other users may read or write it, else None (also
+    when it cannot be stat'ed: reading it will say why)."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return None
+    return mode if mode & 0o077 else None
+
+
+def check_secret_file(path: Path, option: str, *, strict: bool = False) -> None:
+    """Refuse (``strict``) or warn about a secret file other users may open."""
+    mode = open_mode(path)
+    if mode is None:
+        return
+    if strict:
+        raise ConfigError(
+            f"{option} {path} is readable by other users (mode {mode:04o}): chmod 600 {path}"
+        )
+    log.warning(
+        "a file holding a secret is readable by other users: run chmod 600 on it",
+        option=option,
+        file=str(path),
+        mode=f"{mode:04o}",
+        fix=f"chmod 600 {path}",
+    )
+
+
+def check_secret_files(files: dict[str, Path | None]) -> None:
+    """Warn about each given secret file (option -> path) other users may open."""
+    for option, path in files.items():
+        if path is not None:
+            check_secret_file(path, option)
+
+
+def write_secret_file(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``, mode 0600 from the first byte: a new file is made beside it
+    (O_EXCL, 0600) and renamed over ``path``, so a reader sees the old or the new whole."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent or Path("."), prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
