@@ -100,6 +100,7 @@ async def run_global(cfg: GlobalConfig, service: Service) -> int:
         max_unacked=cfg.max_unacked,
         max_message_bytes=cfg.max_message_bytes,
         heartbeat_interval=cfg.heartbeat_interval,
+        on_token_refused=metrics.token_refused,
     )
     server = grpc.aio.server(
         options=server_options(cfg.max_message_bytes, cfg.keepalive_interval, cfg.keepalive_timeout)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -84,7 +84,7 @@ class _ZonesCollector(Collector):
             lag.add_metric(z, v.lag_revisions)
             if v.lag_seconds is not None:
                 lag_s.add_metric(z, v.lag_seconds)
-            conflicts.add_metric(z, len(s.conflicts))
+            conflicts.add_metric(z, s.conflict_count)
             messages.add_metric(z, s.messages_sent)
             messages_acked.add_metric(z, s.messages_acked)
             errors.add_metric(z, s.errors)
@@ -122,6 +122,17 @@ class GlobalMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        # Not per zone: whoever was refused proved no zone name, and any name can be claimed.
+        self.token_refusals = Counter(
+            "kds_global_zone_token_refusals",
+            "Sync streams refused for their zone token, by gRPC status code.",
+            ["code"],
+            registry=self.registry,
+        )
+
+    def token_refused(self, code: str) -> None:
+        """A stream's zone token was refused (with this gRPC status code name)."""
+        self.token_refusals.labels(code).inc()
 
     def observe_propagation(self, zone: str, seconds: float) -> None:
         self.propagation.labels(zone).observe(seconds)

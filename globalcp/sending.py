@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import weakref
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,9 @@ from globalcp.hub import Hub
 from globalcp.zones import ZoneHandle
 from kds import wire
 from kds._pb import sync_pb2 as pb
+from kds.model import Key
 from kds.protocol.batching import Part, coalesce, pack
+from kds.protocol.records import ChangeRecord
 from kds.protocol.session import GlobalSession, Mode, SendRange, SendSnapshot
 from kds.store import GlobalStore, Snapshot
 
@@ -48,6 +50,22 @@ class _RangePlan:
     changes: int  # resources in it, after coalescing
     chain: bytes  # the history chain at its last revision
     split_unit: bool  # a unit did not fit one message: send a snapshot instead
+
+
+class _PartKeys:
+    """The keys of a part's changes, read from its records when asked: the session keeps one
+    per batch in flight without copying the part (shared by every zone sent it)."""
+
+    __slots__ = ("_records",)
+
+    def __init__(self, records: list[ChangeRecord]):
+        self._records = records
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __iter__(self) -> Iterator[Key]:
+        return (r.key for r in self._records)
 
 
 class SendPlans:
@@ -261,7 +279,7 @@ class SendLoop:
                 ],
                 chain=chain if part.final else b"",
             )
-            session.on_sent(seq, revision, part.final)
+            session.on_sent(seq, revision, part.final, _PartKeys(part.records))
             self.status.batch_sent(seq, (r.key.kind for r in part.records))
             await self.send(data)
             total += len(data)

@@ -6,8 +6,16 @@ with the welcome and hands the stream to a globalcp.stream.ZoneStream, which rea
 acks and sends it batches (globalcp.sending) until the stream ends; then it takes the stream
 out of the registry and marks its zone disconnected.
 
-One zone name, one live stream: a new stream for a zone that already has one replaces it;
-the old stream is ended with ABORTED, so two streams never report for one zone.
+One zone name, one live stream: a new stream from the instance that already has one
+replaces it, and the old call is ended with ABORTED, so two streams never report for one zone
+and the old one's resources are freed; another instance is refused while the zone is live.
+
+Nothing a peer sends is trusted before it is checked. The hello is read before the token is
+verified, so it is bounded first (kds.protocol.limits): a field over its limit ends the
+stream with INVALID_ARGUMENT naming the field and the limit. A message that does not decode
+ends it with INVALID_ARGUMENT too. A refused token touches no zone's status: it is counted
+(``on_token_refused``, a metric) and logged at most once per zone name per
+REFUSAL_LOG_INTERVAL seconds, the line saying how many refusals it stands for.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -22,15 +31,18 @@ import structlog
 
 from globalcp.hub import Hub
 from globalcp.sending import SendPlans
-from globalcp.stream import ZoneLink, ZoneStream
+from globalcp.stream import ZoneLink, ZoneStream, decode_zone_message
+from globalcp.throttle import Throttle
 from globalcp.tokens import TokenInfo, TokenRefused, ZoneTokens
 from globalcp.zones import ZoneTracker
 from kds._pb import sync_pb2 as pb
 from kds.clock import rfc3339, utcnow
 from kds.errors import ProtocolError
 from kds.model import validate_name
+from kds.protocol.limits import check_hello
 from kds.protocol.session import GlobalSession, Hello, Mode
 from kds.store import GlobalStore
+from kds.text import safe_text
 from kds.wire import PROTOCOL_VERSION
 
 __all__ = ["METHOD", "SyncServicer", "ZoneLink"]
@@ -40,6 +52,10 @@ log = structlog.get_logger("globalcp.sync")
 
 # The token of a stream when global runs without zone authentication (--kds-insecure).
 NO_TOKEN = TokenInfo(token_id="", zone="", key_name="", expires_at="")
+
+REPLACED = "replaced by a new stream from the same zone instance"
+# A zone name's refused tokens are logged once per this many seconds (each is counted).
+REFUSAL_LOG_INTERVAL = 10.0
 
 
 class SyncServicer:
@@ -55,6 +71,7 @@ class SyncServicer:
         max_unacked: int,
         max_message_bytes: int,
         heartbeat_interval: float,
+        on_token_refused: Callable[[str], None] | None = None,
     ):
         self.store = store
         self.hub = hub
@@ -69,6 +86,8 @@ class SyncServicer:
         # Shared by every stream: one snapshot read, one plan per range, however many zones.
         self.plans = SendPlans(store, hub, max_message_bytes)
         self._stopping = asyncio.Event()
+        self._on_token_refused = on_token_refused  # given the refusal's status code name
+        self._refusal_log = Throttle(REFUSAL_LOG_INTERVAL)
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(
@@ -76,7 +95,9 @@ class SyncServicer:
             {
                 "Sync": grpc.stream_stream_rpc_method_handler(
                     self.sync,
-                    request_deserializer=pb.ZoneMessage.FromString,
+                    # Messages arrive as bytes and are decoded by the handler, which ends a
+                    # stream whose message does not decode with a status saying so.
+                    request_deserializer=None,
                     response_serializer=lambda b: b,  # batches arrive encoded
                 )
             },
@@ -96,13 +117,26 @@ class SyncServicer:
         except TimeoutError:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no hello within 10 s")
             return
-        if first is grpc.aio.EOF or first.WhichOneof("msg") != "hello":
+        msg = None if first is grpc.aio.EOF else decode_zone_message(first)
+        if msg is None and first is not grpc.aio.EOF:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "the first message is not a hello"
+            )
+            return
+        if msg is None or msg.WhichOneof("msg") != "hello":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be hello")
             return
-        h = first.hello
-        errs = validate_name(h.zone, "hello.zone")
-        if errs:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(errs[0]))
+        h = msg.hello
+        problem = next(iter(validate_name(h.zone, "hello.zone")), None) or check_hello(
+            instance_id=h.instance_id,
+            software_version=h.software_version,
+            store_backend=h.store_backend,
+            store_id=h.resume.global_store_id,
+            revision=h.resume.revision,
+            chain=h.resume.chain,
+        )
+        if problem is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(problem))
             return
         with structlog.contextvars.bound_contextvars(zone=h.zone, stream=stream_id):
             token = await self._authenticate(h, context)
@@ -121,11 +155,19 @@ class SyncServicer:
         try:
             return self.tokens.verify(token, h.zone, utcnow())
         except TokenRefused as e:
-            log.warning(
-                "zone refused: bad token", code=e.code.name, reason=e.reason, instance=h.instance_id
-            )
-            if h.zone in self.tracker.zones:  # never let unknown names fill the zone list
-                self.tracker.refused(h.zone, f"refused instance {h.instance_id}: {e.reason}")
+            # Nothing here is the zone's: whoever sent it holds no token for it. It is counted
+            # and logged, never written to the zone's status.
+            if self._on_token_refused is not None:
+                self._on_token_refused(e.code.name)
+            held_back = self._refusal_log.allow(h.zone)
+            if held_back is not None:
+                log.warning(
+                    "zone refused: bad token",
+                    code=e.code.name,
+                    reason=safe_text(e.reason),
+                    instance=safe_text(h.instance_id),
+                    refusals_not_logged=held_back,
+                )
             await context.abort(e.code, e.reason)
             return None
 
@@ -135,7 +177,7 @@ class SyncServicer:
         ended = 0
         for link in list(self.links.values()):
             if (token_id and link.token_id == token_id) or (key_name and link.key_name == key_name):
-                link.end_with(TokenRefused(grpc.StatusCode.PERMISSION_DENIED, reason))
+                link.end_with(grpc.StatusCode.PERMISSION_DENIED, reason)
                 ended += 1
         return ended
 
@@ -204,7 +246,7 @@ class SyncServicer:
                 )
             mode = session.on_hello(hello, self.hub.head, self.hub.log_floor, chain_at_revision)
         except ProtocolError as e:
-            log.warning("zone refused", reason=str(e), instance=h.instance_id)
+            log.warning("zone refused", reason=str(e), instance=safe_text(h.instance_id))
             self.tracker.refused(h.zone, f"refused instance {h.instance_id}: {e}")
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
             return None
@@ -239,12 +281,13 @@ class SyncServicer:
         """Make the admitted stream its zone's live one, replacing the same instance's old
         stream if there is one, and mark the zone connected."""
         old = self.links.get(h.zone)
-        if old is not None and old.task is not None:
+        if old is not None:
             # The same process dialled again before global noticed its old stream had died.
+            # The old call is ended (ABORTED) by its own handler, which frees it.
             log.info(
                 "zone reconnected: the new stream replaces the old one", old_stream=old.stream_id
             )
-            old.task.cancel()
+            old.end_with(grpc.StatusCode.ABORTED, REPLACED, quiet=True)
         link = ZoneLink(
             zone=h.zone,
             instance_id=h.instance_id,
@@ -276,10 +319,8 @@ class SyncServicer:
         return asyncio.get_running_loop().call_later(
             max(0.0, left),
             link.end_with,
-            TokenRefused(
-                grpc.StatusCode.UNAUTHENTICATED,
-                f"zone token {token.token_id} expired at {token.expires_at}",
-            ),
+            grpc.StatusCode.UNAUTHENTICATED,
+            f"zone token {token.token_id} expired at {token.expires_at}",
         )
 
     def _welcome(self, mode: Mode) -> bytes:
@@ -301,7 +342,7 @@ class SyncServicer:
         if self._stopping.is_set():
             return "global is shutting down"
         if self.links.get(link.zone) is not link:
-            return "replaced by a new stream from the same zone instance"
+            return REPLACED
         return "connection lost"  # grpc cancels the handler when the peer vanishes or the link dies
 
     def _unregister(self, link: ZoneLink, reason: str) -> None:

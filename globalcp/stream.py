@@ -4,29 +4,69 @@ The servicer (globalcp.servicer) authenticates and admits a zone, then hands its
 ``ZoneStream``: it writes the welcome and runs two tasks on one event loop, a reader that
 feeds the zone's acks and status reports to the session, and a writer (globalcp.sending's
 ``SendLoop``) that sends what the session asks for. They share only the session. When either
-ends, the stream ends with a status saying why, and the other task is cancelled.
+ends, the stream ends with a status saying why, and the other task is cancelled. Another
+task may end the stream too (``ZoneLink.end_with``: a token revoked or expired, the stream
+replaced): the call is then aborted with the status given, whatever its tasks are doing.
+
+What the zone sends is checked before it is used: a message that does not decode ends the
+stream with INVALID_ARGUMENT; an ack's rejections must name changes of the batch it
+acknowledges (kds.protocol.session), a status report's conflicts known kinds and valid names
+(kds.protocol.limits), or the stream ends with FAILED_PRECONDITION. An ack with rejections
+is one log line however many it holds; conflict reports are logged when they change, at most
+CONFLICT_LOG_BURST lines per CONFLICT_LOG_INTERVAL seconds per stream; reasons and names are
+bounded and escaped (kds.text) before they are logged or kept.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
 
 from globalcp.sending import SendLoop, SendPlans
-from globalcp.tokens import TokenRefused
-from globalcp.zones import ZoneHandle
+from globalcp.throttle import Throttle
+from globalcp.zones import CONFLICTS_KEPT, ZoneHandle
 from kds import wire
 from kds._pb import sync_pb2 as pb
 from kds.errors import KdsError, ProtocolError
+from kds.model import Key
+from kds.protocol.limits import REASON_CHARS, check_key
 from kds.protocol.session import Ack, GlobalSession
+from kds.text import safe_text
 
-__all__ = ["ZoneLink", "ZoneStream"]
+__all__ = ["ZoneLink", "ZoneStream", "decode_zone_message"]
 
 log = structlog.get_logger("globalcp.sync")
+
+# Rejections (key and reason) named in the one line an ack with rejections is logged as.
+REJECTIONS_LOGGED = 5
+# Conflict names in a "zone reported conflicts" line.
+CONFLICTS_LOGGED = 10
+# Changed conflict reports logged per stream: this many per interval, then one line saying how
+# many were not.
+CONFLICT_LOG_BURST = 10
+CONFLICT_LOG_INTERVAL = 60.0
+
+
+def decode_zone_message(data: bytes) -> pb.ZoneMessage | None:
+    """The zone's message, or None if the bytes are not one."""
+    try:
+        return pb.ZoneMessage.FromString(data)
+    except DecodeError:
+        return None
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    """Why global ends a stream, and the status the call is aborted with."""
+
+    code: grpc.StatusCode
+    reason: str
+    quiet: bool = False  # an expected end (replaced): logged at info, not as a warning
 
 
 @dataclass
@@ -43,11 +83,15 @@ class ZoneLink:
     key_name: str = ""  # the signing key of its token
     task: asyncio.Task[Any] | None = None
     wake: asyncio.Event | None = None
-    # Set to end the stream with this status (token revoked, expired, or its key removed).
-    end: TokenRefused | None = None
+    # Set to end the stream with this status (token revoked, expired, or its key removed; the
+    # stream replaced by a new one).
+    end: StreamEnd | None = None
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def end_with(self, refusal: TokenRefused) -> None:
-        self.end = refusal
+    def end_with(self, code: grpc.StatusCode, reason: str, *, quiet: bool = False) -> None:
+        if self.end is None:
+            self.end = StreamEnd(code, reason, quiet)
+        self.ended.set()
         if self.wake is not None:
             self.wake.set()
 
@@ -56,6 +100,10 @@ class _EndStream(KdsError):
     """The writer ends the stream on purpose, with the link's ``end`` status (its token was
     revoked, expired or lost its signing key). Private to this module: it never leaves the
     stream that raised it."""
+
+
+class _Undecodable(ProtocolError):
+    """A message from the zone that is not a ZoneMessage: the stream ends INVALID_ARGUMENT."""
 
 
 class ZoneStream:
@@ -78,6 +126,8 @@ class ZoneStream:
         self.heartbeat_interval = heartbeat_interval
         # Why the stream ended, as its zone's status and the "zone disconnected" log say.
         self.reason = "zone closed the stream"
+        self._conflict_log = Throttle(CONFLICT_LOG_INTERVAL, burst=CONFLICT_LOG_BURST)
+        self._reports = 0  # status reports read on this stream
 
     async def run(self) -> None:
         """Write the welcome, then read and write until one side ends the stream; aborts the
@@ -86,22 +136,30 @@ class ZoneStream:
         link, context = self.link, self.context
         reader: asyncio.Task[None] | None = None
         writer: asyncio.Task[None] | None = None
+        ender: asyncio.Task[bool] | None = None
         wake = link.wake = self.hub.subscribe()
-        # Every exit goes through the finally below: neither task outlives the stream.
+        # Every exit goes through the finally below: no task outlives the stream.
         try:
             await context.write(self.welcome)
             wake.set()
             reader = asyncio.create_task(self._read(wake), name=f"read-{link.stream_id}")
             writer = asyncio.create_task(self._write(wake), name=f"write-{link.stream_id}")
+            # Ended from elsewhere: the call is aborted even if the writer is stuck in a write.
+            ender = asyncio.create_task(link.ended.wait(), name=f"end-{link.stream_id}")
             for half in (reader, writer):
                 # The one that did not end the stream may fail while being cancelled (a write
                 # on a closed call): its error is the stream's end, already handled here.
                 half.add_done_callback(_consume_outcome)
-            done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
-            for t in done:
-                await self._ended_by(t.exception())
+            done, _ = await asyncio.wait(
+                {reader, writer, ender}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if link.end is not None:
+                await self._ended_by(_EndStream())
+            else:
+                for t in done:
+                    await self._ended_by(t.exception())
         finally:
-            for task in (reader, writer):
+            for task in (reader, writer, ender):
                 if task is not None:
                     task.cancel()
             self.hub.unsubscribe(wake)
@@ -111,9 +169,15 @@ class ZoneStream:
         link = self.link
         if isinstance(exc, _EndStream) and link.end is not None:
             self.reason = link.end.reason
-            log.warning("ending the zone's stream", reason=self.reason)
-            link.status.error(self.reason)
+            if not link.end.quiet:
+                log.warning("ending the zone's stream", reason=self.reason)
+                link.status.error(self.reason)
             await self.context.abort(link.end.code, self.reason)
+        elif isinstance(exc, _Undecodable):
+            self.reason = f"protocol error: {exc}"
+            log.warning("zone broke the protocol", reason=str(exc))
+            link.status.error(self.reason)
+            await self.context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         elif isinstance(exc, ProtocolError):
             self.reason = f"protocol error: {exc}"
             log.warning("zone broke the protocol", reason=str(exc))
@@ -125,39 +189,85 @@ class ZoneStream:
 
     async def _read(self, wake: asyncio.Event) -> None:
         context = self.context
-        session = self.link.session
         status = self.link.status
+        count = 1  # messages read on this stream: the hello was the first
         while True:
-            msg = await context.read()
-            if msg is grpc.aio.EOF:
+            data = await context.read()
+            if data is grpc.aio.EOF:
                 return
+            count += 1
+            msg = decode_zone_message(data)
+            if msg is None:
+                raise _Undecodable(f"message {count} on the stream is not a ZoneMessage")
             status.message_received()
             kind = msg.WhichOneof("msg")
             if kind == "ack":
-                done = session.on_ack(Ack(msg.ack.seq, msg.ack.applied_revision))
-                for rej in msg.ack.rejected:
-                    label = _key_label(rej.key)
-                    log.warning(
-                        "zone rejected a resource",
-                        key=label,
-                        reason=rej.reason,
-                        revision=done.revision,
-                    )
-                    status.rejected(wire.PB_TO_KIND.get(rej.key.kind), label, rej.reason)
-                status.batch_acked(
-                    done.seq,
-                    done.revision if done.final else None,
-                    self.hub.commit_time(done.revision) if done.final else None,
-                )
+                self._on_ack(msg.ack)
                 wake.set()
             elif kind == "status":
-                conflicts = [_key_label(k) for k in msg.status.conflicts]
-                # Every stream starts with a report; an empty one that changes nothing is noise.
-                report = log.info if conflicts or status.conflict_count else log.debug
-                report("zone reported conflicts", conflicts=conflicts)
-                status.conflicts(conflicts)
+                self._on_status(msg.status)
             else:
                 raise ProtocolError(f"unexpected {kind} after hello")
+
+    def _on_ack(self, ack: pb.Ack) -> None:
+        """Give the ack to the session (which checks its rejections against the batch), then
+        record and log it: one line for all its rejections."""
+        status = self.link.status
+        rejected = tuple(_rejected_key(r) for r in ack.rejected)
+        done = self.link.session.on_ack(Ack(ack.seq, ack.applied_revision, rejected))
+        if ack.rejected:
+            # The session checked each key is one the batch held: valid, known names.
+            items = [
+                (key.kind, _key_label(r.key), safe_text(r.reason, REASON_CHARS))
+                for key, r in zip(rejected, ack.rejected, strict=True)
+                if key is not None
+            ]
+            if len(items) == 1:
+                _, label, reason = items[0]
+                log.warning(
+                    "zone rejected a resource", key=label, reason=reason, revision=done.revision
+                )
+            else:
+                log.warning(
+                    "zone rejected resources",
+                    count=len(items),
+                    first=[f"{label}: {reason}" for _, label, reason in items[:REJECTIONS_LOGGED]],
+                    revision=done.revision,
+                )
+            status.rejections(items)
+        status.batch_acked(
+            done.seq,
+            done.revision if done.final else None,
+            self.hub.commit_time(done.revision) if done.final else None,
+        )
+
+    def _on_status(self, report: pb.ZoneStatus) -> None:
+        """Check every conflict the zone reports, keep the first CONFLICTS_KEPT and their
+        count, and log the report when it changes what global holds (throttled)."""
+        status = self.link.status
+        conflicts: list[str] = []
+        for i, k in enumerate(report.conflicts):
+            problem = check_key(
+                wire.PB_TO_KIND.get(k.kind), k.mesh, k.name, f"status.conflicts[{i}]"
+            )
+            if problem is not None:
+                raise ProtocolError(str(problem))
+            if len(conflicts) < CONFLICTS_KEPT:
+                conflicts.append(_key_label(k))
+        total = len(report.conflicts)
+        self._reports += 1
+        changed = status.conflicts(conflicts, total)
+        # Every stream starts with a report; an empty one that changes nothing is noise.
+        if not (changed or (self._reports == 1 and total)):
+            return
+        held_back = self._conflict_log.allow("conflicts")
+        if held_back is not None:
+            log.info(
+                "zone reported conflicts",
+                conflicts=conflicts[:CONFLICTS_LOGGED],
+                count=total,
+                reports_not_logged=held_back,
+            )
 
     async def _write(self, wake: asyncio.Event) -> None:
         link = self.link
@@ -176,6 +286,12 @@ class ZoneStream:
 def _consume_outcome(task: asyncio.Task[Any]) -> None:
     if not task.cancelled():
         task.exception()
+
+
+def _rejected_key(r: pb.Rejection) -> Key | None:
+    """The resource a rejection names; None for none this version knows."""
+    kind = wire.PB_TO_KIND.get(r.key.kind) if r.HasField("key") else None
+    return None if kind is None else Key(kind, r.key.mesh, r.key.name)
 
 
 def _key_label(k: pb.ResourceKey) -> str:

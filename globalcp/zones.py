@@ -11,6 +11,10 @@ all dirty zones in one transaction. A crash loses at most that interval of count
 the connection facts are saved before anything else happens on the stream. After a restart
 every zone is Offline until its stream comes back.
 
+What a zone sent is bounded before it is kept (kds.text): an error or disconnect reason at
+ERROR_CHARS characters, escaped; conflicts at the first CONFLICTS_KEPT names plus their count.
+A refused stream whose token did not verify is not a zone's: it never reaches this module.
+
 Lag: in revisions, global's head minus the zone's acknowledged revision; in seconds, how long
 ago the oldest change the zone has not acknowledged was committed (0 when caught up).
 """
@@ -34,12 +38,25 @@ from globalcp.hub import Hub
 from kds.clock import rfc3339
 from kds.model import Kind
 from kds.store import GlobalStore
+from kds.text import safe_text
 
-__all__ = ["ZoneHandle", "ZoneState", "ZoneStatusView", "ZoneTracker"]
+__all__ = [
+    "CONFLICTS_KEPT",
+    "ERROR_CHARS",
+    "ZoneHandle",
+    "ZoneState",
+    "ZoneStatusView",
+    "ZoneTracker",
+]
 
 log = structlog.get_logger("globalcp.zones")
 
 KINDS = tuple(str(k) for k in Kind)
+
+# The most characters of an error or disconnect reason kept (and shown) per zone.
+ERROR_CHARS = 512
+# The conflict names kept per zone; the count says how many the zone reported in all.
+CONFLICTS_KEPT = 100
 
 
 def _per_kind() -> dict[str, int]:
@@ -72,7 +89,12 @@ class ZoneState:
     errors: int = 0
     last_error: str = ""
     last_error_at: float = 0.0
-    conflicts: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)  # the first CONFLICTS_KEPT
+    conflicts_total: int = 0  # how many the zone reported
+
+    @property
+    def conflict_count(self) -> int:
+        return max(self.conflicts_total, len(self.conflicts))
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -89,6 +111,10 @@ class ZoneState:
         for counters in (state.sent, state.acknowledged, state.rejected):
             for kind in KINDS:
                 counters.setdefault(kind, 0)
+        # Saved by an older version, which kept them as they came.
+        state.last_error = safe_text(state.last_error, ERROR_CHARS)
+        state.disconnect_reason = safe_text(state.disconnect_reason, ERROR_CHARS)
+        state.conflicts = [safe_text(c) for c in state.conflicts[:CONFLICTS_KEPT]]
         return state
 
     @property
@@ -132,7 +158,7 @@ class ZoneStatusView:
             "lagSeconds": None if self.lag_seconds is None else round(self.lag_seconds, 3),
             "totalUpdates": s.total_updates,
             "totalErrors": s.total_errors,
-            "conflictCount": len(s.conflicts),
+            "conflictCount": s.conflict_count,
         }
 
     def overview(self) -> dict[str, Any]:
@@ -173,7 +199,7 @@ class ZoneHandle:
 
     @property
     def conflict_count(self) -> int:
-        return len(self._state.conflicts)
+        return self._state.conflict_count
 
     @property
     def current(self) -> bool:
@@ -222,10 +248,31 @@ class ZoneHandle:
             s.rejected[str(kind)] = s.rejected.get(str(kind), 0) + 1
         self._tracker.record_error(s, f"zone rejected {key}: {reason}")
 
-    def conflicts(self, names: list[str]) -> None:
-        if self.current and names != self._state.conflicts:
-            self._state.conflicts = list(names)
-            self._tracker.mark(self._state, urgent=True)
+    def rejections(self, items: list[tuple[Kind, str, str]]) -> None:
+        """The zone rejected these (kind, key label, reason) in one ack: each is counted, the
+        first is the last error, which says how many there were."""
+        if not self.current or not items:
+            return
+        s = self._state
+        for kind, _, _ in items:
+            s.rejected[str(kind)] = s.rejected.get(str(kind), 0) + 1
+        _, key, reason = items[0]
+        more = f" (and {len(items) - 1} more in the same batch)" if len(items) > 1 else ""
+        self._tracker.record_error(s, f"zone rejected {key}: {reason}{more}", len(items))
+
+    def conflicts(self, names: list[str], total: int | None = None) -> bool:
+        """The zone's conflicts are now ``names`` (the first of ``total``; at most
+        CONFLICTS_KEPT are kept); True if that changed what global holds. Saved with the next
+        flush, not at once: a zone reporting in a loop costs one write per flush interval."""
+        kept = names[:CONFLICTS_KEPT]
+        count = len(names) if total is None else total
+        s = self._state
+        if not self.current or (kept == s.conflicts and count == s.conflict_count):
+            return False
+        s.conflicts = kept
+        s.conflicts_total = count
+        self._tracker.mark(s)
+        return True
 
     def error(self, message: str) -> None:
         if self.current:
@@ -237,7 +284,7 @@ class ZoneHandle:
         s = self._state
         s.online = False
         s.disconnected_at = self._tracker.clock()
-        s.disconnect_reason = reason
+        s.disconnect_reason = safe_text(reason, ERROR_CHARS)
         self._tracker.mark(s, urgent=True)
 
 
@@ -321,13 +368,13 @@ class ZoneTracker:
         now = self.clock()
         state.online = True
         state.stream_id = stream_id
-        state.instance_id = instance_id
+        state.instance_id = safe_text(instance_id)
         state.connected_at = state.last_message_at = now
         state.disconnected_at = 0.0
         state.disconnect_reason = ""
-        state.zone_version = zone_version
+        state.zone_version = safe_text(zone_version)
         state.protocol_version = protocol_version
-        state.store_backend = store_backend
+        state.store_backend = safe_text(store_backend)
         state.connections += 1
         if resumed_revision is not None:
             state.acked_revision = resumed_revision
@@ -341,9 +388,10 @@ class ZoneTracker:
         self.zones[name] = state
         self.record_error(state, message)
 
-    def record_error(self, state: ZoneState, message: str) -> None:
-        state.errors += 1
-        state.last_error = message
+    def record_error(self, state: ZoneState, message: str, count: int = 1) -> None:
+        """``count`` errors happened; ``message`` (bounded, escaped) describes the last."""
+        state.errors += count
+        state.last_error = safe_text(message, ERROR_CHARS)
         state.last_error_at = self.clock()
         self.mark(state, urgent=True)
 

@@ -7,6 +7,10 @@ Level and format can change while a daemon runs (a reload on SIGHUP): loggers ar
 first use, so instead of reconfiguring structlog the first processor filters by the current
 level and the last one renders with the current renderer (every configuration shares them,
 so loggers cached under an earlier one follow too).
+
+Every string in a line has its control and other non-printable characters escaped (kds.text)
+before it is rendered, so text a peer sent can neither break a line nor reach a terminal as
+an escape.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from typing import Any, Literal
 
 import structlog
 
-__all__ = ["configure_logging", "switch_logging"]
+from kds.text import escape
+
+__all__ = ["configure_logging", "escape_control_characters", "switch_logging"]
 
 LogFormat = Literal["json", "console"]
 
@@ -55,6 +61,29 @@ class _Switch:
 _switch = _Switch()
 
 
+def _escaped(value: Any) -> Any:
+    if isinstance(value, str):
+        return escape(value)
+    if isinstance(value, list | tuple):
+        return [escape(v) if isinstance(v, str) else v for v in value]
+    return value
+
+
+def escape_control_characters(
+    logger: Any, method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Escape non-printable characters in every value (and in the strings of a list value);
+    a traceback keeps its line breaks and tabs."""
+    for key, value in event_dict.items():
+        if key == "exception" and isinstance(value, str):
+            event_dict[key] = "\n".join(
+                "\t".join(escape(part) for part in line.split("\t")) for line in value.split("\n")
+            )
+        else:
+            event_dict[key] = _escaped(value)
+    return event_dict
+
+
 def switch_logging(level: str, fmt: LogFormat | str) -> int:
     """Change the level and format of the logging configure_logging set up (a reload)."""
     numeric = logging.getLevelNamesMapping().get(level.upper())
@@ -81,6 +110,7 @@ def configure_logging(level: str = "info", fmt: LogFormat = "console") -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            escape_control_characters,
             _switch.render,
         ],
         # Debug calls reach the filter above, so a reload can turn them on.

@@ -1,7 +1,8 @@
 """How kdsctl prints: tables, ages, -o json / -o yaml, and ``Error: ...`` lines.
 
 Tables never show secret data; ``-o json`` and ``-o yaml`` print the API's answer as is. yaml
-is imported only to print -o yaml.
+is imported only to print -o yaml. Text a daemon relays from a peer (a zone's instance id,
+version, conflicts, errors) goes through ``safe_text`` before it is printed.
 """
 
 from __future__ import annotations
@@ -13,9 +14,27 @@ from typing import Any, NoReturn
 
 import click
 
+from kds import text
 from kds.model import LABEL_ORIGIN, LABEL_ZONE, Kind
 
-__all__ = ["dump", "fail", "format_age", "print_error", "print_resources", "table"]
+__all__ = [
+    "dump",
+    "fail",
+    "format_age",
+    "print_error",
+    "print_resources",
+    "safe_text",
+    "table",
+]
+
+# The most characters of one value kdsctl prints in a table or a detail line.
+SHOWN_CHARS = 1024
+
+
+def safe_text(value: object, limit: int = SHOWN_CHARS) -> str:
+    """``value`` as text safe to print on a terminal: control and other non-printable
+    characters escaped (``\\x1b``), at most ``limit`` characters."""
+    return text.safe_text(value, limit)
 
 
 def print_error(message: str, causes: Iterable[tuple[str, str]] = ()) -> None:

@@ -6,8 +6,9 @@
     kdsctl wait synced [--zone N]...  exit 0 once the zones acknowledged global's revision
 
 Times shown as "ago" are measured against the server's clock (its Date header), so a skewed
-clock on the machine running kdsctl does not distort them. ``kdsctl.cli`` adds the two groups
-here to the root.
+clock on the machine running kdsctl does not distort them. Every value that came from the API
+is printed through ``safe_text`` (a zone's instance id, version, conflicts and errors are what
+the zone sent). ``kdsctl.cli`` adds the two groups here to the root.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from kdsctl.client import ApiClient, pass_client
-from kdsctl.render import dump, fail, format_age, table
+from kdsctl.render import dump, fail, format_age, safe_text, table
 
 if TYPE_CHECKING:
     import httpx
@@ -36,6 +37,10 @@ _OUTPUT = click.option(
     show_default=True,
     help="Output format; json and yaml print the API answer as is.",
 )
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    return table(headers, [[safe_text(cell) for cell in row] for row in rows])
 
 
 def _server_now(resp: httpx.Response) -> datetime:
@@ -142,12 +147,12 @@ def inspect_zones(client: ApiClient, output: str) -> None:
         ]
         for z in items
     ]
-    click.echo(table(headers, rows))
+    click.echo(_table(headers, rows))
 
 
 def _fields(pairs: Sequence[tuple[str, str]]) -> str:
     width = max(len(k) for k, _ in pairs) + 1
-    return "\n".join(f"{k + ':':<{width}} {v}" for k, v in pairs)
+    return "\n".join(f"{k + ':':<{width}} {safe_text(v)}" for k, v in pairs)
 
 
 def _error_line(z: Mapping[str, Any], now: datetime) -> str:
@@ -197,7 +202,7 @@ def inspect_zone(client: ApiClient, name: str, output: str) -> None:
     click.echo()
     resources = z.get("resources") or {}
     click.echo(
-        table(
+        _table(
             ["TYPE", "SENT", "ACKNOWLEDGED", "REJECTED"],
             [
                 [kind, str(c["sent"]), str(c["acknowledged"]), str(c["rejected"])]
@@ -206,10 +211,16 @@ def inspect_zone(client: ApiClient, name: str, output: str) -> None:
         )
     )
     conflicts = z.get("conflicts") or []
+    count = int(z.get("conflictCount") or len(conflicts))
     click.echo()
-    click.echo(f"Conflicts ({len(conflicts)}):" if conflicts else "Conflicts: none")
+    if not count:
+        click.echo("Conflicts: none")
+    elif count > len(conflicts):
+        click.echo(f"Conflicts ({count}, the first {len(conflicts)} shown):")
+    else:
+        click.echo(f"Conflicts ({count}):")
     for c in conflicts:
-        click.echo(f"  {c}")
+        click.echo(f"  {safe_text(c)}")
 
 
 @inspect.command("sync")
@@ -255,13 +266,13 @@ def inspect_sync(client: ApiClient, output: str) -> None:
         ]
         for kind, c in (st.get("resources") or {}).items()
     ]
-    click.echo(table(["TYPE", "SYNCED", "LOCAL", "APPLIED", "REJECTED"], rows))
+    click.echo(_table(["TYPE", "SYNCED", "LOCAL", "APPLIED", "REJECTED"], rows))
     conflicts = st.get("conflicts") or []
     click.echo()
     click.echo(f"Conflicts ({len(conflicts)}):" if conflicts else "Conflicts: none")
     for c in conflicts:
         where = f"{c['mesh']}/{c['name']}" if c.get("mesh") else c["name"]
-        click.echo(f"  {c['type']} {where}: this zone's own copy is served")
+        click.echo(f"  {safe_text(c['type'])} {safe_text(where)}: this zone's own copy is served")
 
 
 # --------------------------------------------------------------------------- wait
@@ -328,13 +339,14 @@ def wait_synced(
         by_name = {z["name"]: z for z in answer["items"]}
         lagging = [n for n in wanted if n not in by_name or by_name[n]["ackedRevision"] < target]
         if not lagging:
-            click.echo(f"{len(wanted)} zone(s) synced to revision {target}: {', '.join(wanted)}")
+            names = safe_text(", ".join(wanted))
+            click.echo(f"{len(wanted)} zone(s) synced to revision {target}: {names}")
             return
         if time.monotonic() >= deadline:
             fail(
                 f"timed out after {wait_for:g}s: {len(lagging)} of {len(wanted)} zone(s) have "
                 f"not acknowledged revision {target}",
-                [("", _behind(n, by_name.get(n), target, now)) for n in lagging],
+                [("", safe_text(_behind(n, by_name.get(n), target, now))) for n in lagging],
             )
         time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
         answer, now = _get(client, "/zones")

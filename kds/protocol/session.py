@@ -5,8 +5,13 @@ zone's acks. Returns: the welcome to send and, on demand, the next thing to send
 or a coalesced range of revisions). It never awaits, reads a clock or touches grpc; the
 stream (globalcp.stream, globalcp.sending) decodes, feeds, encodes and writes.
 
-Memory per zone is a few integers and the in-flight window's (seq, revision) pairs: a zone
-that stops acknowledging costs nothing but a number saying how far it was sent. When the
+Memory per zone is a few integers and the in-flight window's (seq, revision) pairs, each with
+a reference to the keys its batch held (the driver's shared records, not a copy): a zone that
+stops acknowledging costs nothing but a number saying how far it was sent.
+
+An ack may reject resources only from the batch it acknowledges, each at most once: a
+rejection of anything else (more rejections than changes sent, a key the batch did not hold,
+one key twice) is a protocol error, so what a zone reports never exceeds what it was sent. When the
 window reopens, it is sent one range from there to the head, coalesced per key.
 
 Its states, and the events that move it between them, are one table (``TRANSITIONS``), in the
@@ -32,10 +37,13 @@ flags checked here and there.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum, auto
+from typing import Protocol
 
 from kds.errors import ProtocolError
+from kds.resource import Key
 
 __all__ = [
     "TRANSITIONS",
@@ -43,6 +51,7 @@ __all__ = [
     "Event",
     "GlobalSession",
     "Hello",
+    "Keys",
     "Mode",
     "SendRange",
     "SendSnapshot",
@@ -68,10 +77,21 @@ class Hello:
     chain: bytes = b""  # global's history chain at that revision, as the zone recorded it
 
 
+class Keys(Protocol):
+    """The keys of the changes in one batch, as the driver holds them (sized, iterable)."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[Key]: ...
+
+
 @dataclass(frozen=True)
 class Ack:
     seq: int
     applied_revision: int
+    # The keys the zone rejected, in its order; None for one that names no resource global
+    # knows (a kind it does not know, or no key at all).
+    rejected: tuple[Key | None, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -148,6 +168,7 @@ class _InFlight:
     seq: int
     revision: int
     final: bool
+    keys: Keys = ()
 
 
 class GlobalSession:
@@ -211,12 +232,13 @@ class GlobalSession:
         self._seq += 1
         return self._seq
 
-    def on_sent(self, seq: int, revision: int, final: bool) -> None:
-        """The driver wrote batch ``seq`` (a part of the current range or snapshot)."""
+    def on_sent(self, seq: int, revision: int, final: bool, keys: Keys = ()) -> None:
+        """The driver wrote batch ``seq`` (a part of the current range or snapshot) holding
+        changes to ``keys`` (kept by reference until the batch is acknowledged)."""
         self._fire(Event.SENT)
         if seq != self._seq:
             raise ProtocolError(f"batch {seq} sent out of order (expected {self._seq})")
-        self._in_flight.append(_InFlight(seq, revision, final))
+        self._in_flight.append(_InFlight(seq, revision, final, keys))
         if final:
             self.sent_revision = revision
 
@@ -235,6 +257,8 @@ class GlobalSession:
         expected = self._in_flight[0]
         if ack.seq != expected.seq:
             raise ProtocolError(f"ack for batch {ack.seq}, expected batch {expected.seq}")
+        if ack.rejected:
+            _check_rejections(ack, expected)
         self._in_flight.popleft()
         if expected.final and ack.applied_revision != expected.revision:
             raise ProtocolError(
@@ -248,3 +272,25 @@ class GlobalSession:
     @property
     def in_flight(self) -> int:
         return len(self._in_flight)
+
+
+def _check_rejections(ack: Ack, batch: _InFlight) -> None:
+    """Every rejected key is one the batch held, and none is rejected twice. The messages
+    name positions and counts, never what the zone sent."""
+    if len(ack.rejected) > len(batch.keys):
+        raise ProtocolError(
+            f"ack for batch {ack.seq} rejects {len(ack.rejected)} resources but the batch "
+            f"held {len(batch.keys)} changes"
+        )
+    sent = set(batch.keys)
+    seen: set[Key] = set()
+    for i, key in enumerate(ack.rejected):
+        if key is None or key not in sent:
+            raise ProtocolError(
+                f"ack for batch {ack.seq}: rejection {i} names a resource the batch did not hold"
+            )
+        if key in seen:
+            raise ProtocolError(
+                f"ack for batch {ack.seq}: rejection {i} rejects a resource a second time"
+            )
+        seen.add(key)

@@ -1,0 +1,192 @@
+"""A real global against a peer speaking the sync protocol by hand: hostile hellos before the
+token is checked, and an authenticated zone flooding global with status and rejections."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import httpx
+
+from kds._pb import sync_pb2 as pb
+from tests.integration.conftest import Cluster, Daemon, wait_for
+
+METHOD = "/kds.v1.SecretSync/Sync"
+HUGE = "x" * (4 * 1024 * 1024 - 4096)  # just under the 4 MiB message limit
+
+
+def _hello(zone: str, instance_id: str, revision: int = 0) -> bytes:
+    return pb.ZoneMessage(
+        hello=pb.Hello(
+            zone=zone,
+            instance_id=instance_id,
+            software_version="test",
+            protocol_version=1,
+            resume=pb.ResumePoint(revision=revision),
+        )
+    ).SerializeToString()
+
+
+def _with_channel(cluster: Cluster, body: Callable[[Any], Awaitable[Any]]) -> Any:
+    """Run ``body(open_stream)`` against global's sync port, over TLS with its CA."""
+    ca = (cluster.tmp / "global" / "ca.crt").read_bytes()
+
+    async def main() -> Any:
+        creds = grpc.ssl_channel_credentials(root_certificates=ca)
+        async with grpc.aio.secure_channel(f"127.0.0.1:{cluster.kds_port}", creds) as ch:
+            sync = ch.stream_stream(
+                METHOD, request_serializer=lambda b: b, response_deserializer=lambda b: b
+            )
+
+            def open_stream(token: str) -> Any:
+                return sync(metadata=(("authorization", f"Bearer {token}"),))
+
+            return await body(open_stream)
+
+    return asyncio.run(main())
+
+
+async def _ended(call: Any, timeout: float = 10) -> tuple[grpc.StatusCode, str]:
+    """Read until the stream ends; its status code and details."""
+
+    async def drain() -> None:
+        while await call.read() is not grpc.aio.EOF:
+            pass
+
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        await asyncio.wait_for(drain(), timeout)
+    return await call.code(), await call.details()
+
+
+def _log_size(d: Daemon) -> int:
+    return d.log_path.stat().st_size
+
+
+def _metric(g: Daemon, line_start: str) -> float:
+    text = g.http.get("/metrics").text
+    return float(next(x.split()[-1] for x in text.splitlines() if x.startswith(line_start)))
+
+
+def test_hostile_hellos_are_refused_bounded_and_never_reach_a_zone(cluster: Cluster) -> None:
+    g = cluster.start_global()
+    cluster.start_zone("zone-1")
+    before = g.get_json("/zones/zone-1/_overview")
+    size = _log_size(g)
+
+    async def hostile(open_stream: Any) -> list[tuple[grpc.StatusCode, str]]:
+        out = []
+        for _ in range(10):  # a garbage token and a 4 MiB instance id, naming a known zone
+            call = open_stream("garbage")
+            await call.write(_hello("zone-1", HUGE))
+            out.append(await _ended(call))
+        call = open_stream("garbage")
+        await call.write(_hello("zone-1", "zone-1-beyond", revision=2**63))
+        out.append(await _ended(call))
+        for _ in range(5):  # a bounded hello with a bad token: refused, counted, logged once
+            call = open_stream("garbage")
+            await call.write(_hello("zone-1", "zone-1-forger"))
+            out.append(await _ended(call))
+        return out
+
+    ended = _with_channel(cluster, hostile)
+    for code, details in ended[:10]:
+        assert code is grpc.StatusCode.INVALID_ARGUMENT, (code, details)
+        assert details == "hello.instance_id: must be at most 300 characters (got 4190208)"
+    assert ended[10][0] is grpc.StatusCode.INVALID_ARGUMENT
+    assert ended[10][1].startswith("hello.resume.revision: must be at most 9223372036854775807")
+    assert all(code is grpc.StatusCode.UNAUTHENTICATED for code, _ in ended[11:])
+    # Global's log grew by a few lines, not by megabytes; nothing of it is zone-1's status.
+    wait_for(lambda: g.events("zone refused: bad token", zone="zone-1"), what="refusal logged")
+    grown = _log_size(g) - size
+    assert grown < 16_384, grown
+    assert len(g.events("zone refused: bad token", zone="zone-1")) == 1  # 5 refusals, one line
+    after = g.get_json("/zones/zone-1/_overview")
+    assert after["totalErrors"] == before["totalErrors"]
+    assert after["lastError"] == before["lastError"]
+    assert after["status"] == "Online"
+    assert _metric(g, 'kds_global_zone_token_refusals_total{code="UNAUTHENTICATED"}') == 5
+
+
+def _read_batches(call: Any) -> Callable[[], Awaitable[pb.Batch]]:
+    async def next_batch() -> pb.Batch:
+        while True:
+            msg = pb.GlobalMessage.FromString(await asyncio.wait_for(call.read(), 10))
+            if msg.WhichOneof("msg") == "batch":
+                return msg.batch
+
+    return next_batch
+
+
+def test_an_authenticated_zone_cannot_flood_global(cluster: Cluster) -> None:
+    g = cluster.start_global()
+    token = cluster.zone_token("zone-raw").read_text().strip()
+
+    async def flood(open_stream: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        call = open_stream(token)
+        await call.write(_hello("zone-raw", "zone-raw-1"))
+        batch = await _read_batches(call)()  # the snapshot: the default mesh
+        conflicts = [
+            pb.ResourceKey(kind=pb.SECRET, mesh="default", name=f"conflict-{i}")
+            for i in range(30_000)
+        ]
+        await call.write(
+            pb.ZoneMessage(status=pb.ZoneStatus(conflicts=conflicts)).SerializeToString()
+        )
+        await asyncio.to_thread(
+            wait_for,
+            lambda: g.get_json("/zones/zone-raw/_overview")["conflictCount"] == 30_000,
+            10,
+            "30,000 conflicts counted",
+        )
+        rejected = [
+            pb.Rejection(key=pb.ResourceKey(kind=pb.GLOBAL_SECRET, name=f"g-{i}"), reason="no")
+            for i in range(20_000)
+        ]
+        ack = pb.Ack(seq=batch.seq, applied_revision=batch.revision, rejected=rejected)
+        await call.write(pb.ZoneMessage(ack=ack).SerializeToString())
+        out["flood"] = await _ended(call)
+
+        call = open_stream(token)  # random bytes after a hello
+        await call.write(_hello("zone-raw", "zone-raw-1"))
+        await _read_batches(call)()
+        await call.write(b"\xff\xfe garbage \x00\x01")
+        out["garbage"] = await _ended(call)
+
+        old = open_stream(token)  # the same instance dials again: the old stream is ended
+        await old.write(_hello("zone-raw", "zone-raw-1"))
+        await _read_batches(old)()
+        new = open_stream(token)
+        await new.write(_hello("zone-raw", "zone-raw-1"))
+        await _read_batches(new)()
+        out["replaced"] = await _ended(old, 5)
+        new.cancel()
+        return out
+
+    size = _log_size(g)
+    out = _with_channel(cluster, flood)
+    z = g.get_json("/zones/zone-raw/_overview")
+    assert len(z["conflicts"]) == 100 and z["conflicts"][0] == "Secret:default/conflict-0"
+    code, details = out["flood"]
+    assert code is grpc.StatusCode.FAILED_PRECONDITION
+    assert details == "ack for batch 1 rejects 20000 resources but the batch held 1 changes"
+    assert sum(z["resources"][k]["rejected"] for k in z["resources"]) == 0
+    assert not g.events("zone rejected a resource") and not g.events("zone rejected resources")
+    reported = g.events("zone reported conflicts", zone="zone-raw")
+    assert len(reported) == 1 and reported[0]["count"] == 30_000
+    assert len(reported[0]["conflicts"]) == 10
+    code, details = out["garbage"]
+    assert code is grpc.StatusCode.INVALID_ARGUMENT and "is not a ZoneMessage" in details
+    code, details = out["replaced"]
+    assert code is grpc.StatusCode.ABORTED, (code, details)
+    assert details == "replaced by a new stream from the same zone instance"
+    assert _log_size(g) - size < 65_536
+    # What the status page and kdsctl read stays small.
+    r = httpx.get(
+        f"{g.api_url}/zones/zone-raw/_overview",
+        headers={"Authorization": f"Bearer {g.admin_token}"},
+    )
+    assert len(r.content) < 16_384

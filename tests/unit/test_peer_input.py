@@ -1,0 +1,254 @@
+"""What a zone sends global is checked and bounded: escaping (kds.text), hello limits, the
+session's check of rejections, the zone tracker's bounds, the log throttle, kdsctl's printing."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+import structlog
+from click.testing import CliRunner
+
+from globalcp.throttle import Throttle
+from globalcp.zones import CONFLICTS_KEPT, ERROR_CHARS, ZoneState, ZoneStatusView
+from kds.errors import ProtocolError
+from kds.logging import escape_control_characters
+from kds.model import Key, Kind
+from kds.protocol.limits import MAX_REVISION, check_hello, check_key
+from kds.protocol.session import Ack, GlobalSession, Hello, Mode, SendSnapshot
+from kds.text import bound, escape, safe_text
+from kdsctl.cli import cli
+
+FORGED = "\x1b[2J\x1b[H\x1b[32mall zones healthy\x1b[0m\r\n\u202eevil"
+
+# --------------------------------------------------------------------------- kds.text
+
+
+def test_escape_makes_every_hidden_character_visible() -> None:
+    assert escape("zone-a-1f2e3d4c") == "zone-a-1f2e3d4c"
+    assert escape("ünïcode ok ✓") == "ünïcode ok ✓"
+    out = escape(FORGED)
+    assert out.isprintable() and "\x1b" not in out and "\n" not in out
+    assert out.startswith("\\x1b[2J\\x1b[H") and "\\x0d\\x0a" in out and "\\u202e" in out
+    assert escape("\x00\x7f\x85\u2028\U000e0001") == "\\x00\\x7f\\x85\\u2028\\U000e0001"
+
+
+def test_bound_and_safe_text_cut_long_text_and_say_so() -> None:
+    assert bound("abc", 3) == "abc"
+    assert bound("x" * 10, 4) == "xxxx...[6 more characters]"
+    huge = "\x1b" * 4_000_000
+    out = safe_text(huge, 100)
+    assert len(out) < 500 and out.isprintable() and "3999900 more characters" in out
+    assert safe_text(12) == "12"
+
+
+def test_log_lines_escape_control_characters() -> None:
+    event = {"event": "zone refused", "instance": FORGED, "conflicts": ["a\x1bb"], "n": 3}
+    out = escape_control_characters(None, "warning", dict(event))
+    assert out["instance"] == escape(FORGED) and out["conflicts"] == ["a\\x1bb"] and out["n"] == 3
+    line = structlog.dev.ConsoleRenderer(colors=False)(None, "warning", out)
+    assert "\x1b" not in line and "\n" not in line and "\r" not in line
+    tb = escape_control_characters(None, "error", {"exception": "Traceback\n\tline\x1b"})
+    assert tb["exception"] == "Traceback\n\tline\\x1b"  # a traceback keeps its lines
+
+
+# --------------------------------------------------------------------------- hello limits
+
+_HELLO = {
+    "instance_id": "zone-a-1f2e3d4c",
+    "software_version": "0.1.0",
+    "store_backend": "sqlite",
+    "store_id": "0123456789abcdef0123456789abcdef",
+    "revision": 12,
+    "chain": b"\x01" * 16,
+}
+
+
+def test_a_well_formed_hello_passes() -> None:
+    assert check_hello(**_HELLO) is None  # type: ignore[arg-type]
+    longest = {**_HELLO, "instance_id": "z" * 253 + "-1f2e3d4c", "revision": MAX_REVISION}
+    assert check_hello(**longest) is None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("instance_id", "x" * 4_000_000, "hello.instance_id: must be at most 300 characters"),
+        ("instance_id", FORGED, "hello.instance_id: must be printable text"),
+        ("software_version", "v" * 129, "hello.software_version: must be at most 128"),
+        ("store_backend", "s" * 65, "hello.store_backend: must be at most 64"),
+        ("store_id", "i" * 65, "hello.resume.global_store_id: must be at most 64"),
+        ("chain", b"c" * 65, "hello.resume.chain: must be at most 64 bytes"),
+        ("revision", 2**63, "hello.resume.revision: must be at most 9223372036854775807"),
+        ("revision", 2**64 - 1, "hello.resume.revision"),
+    ],
+)
+def test_a_hello_field_over_its_limit_is_named_never_echoed(
+    field: str, value: Any, expected: str
+) -> None:
+    problem = check_hello(**{**_HELLO, field: value})  # type: ignore[arg-type]
+    assert problem is not None and str(problem).startswith(expected)
+    assert len(str(problem)) < 120
+
+
+def test_reported_keys_must_be_known_kinds_and_valid_names() -> None:
+    assert check_key(Kind.SECRET, "default", "db", "k") is None
+    assert check_key(Kind.GLOBAL_SECRET, "", "g", "k") is None
+    assert str(check_key(None, "", "g", "k")) == "k: kind is not one this protocol knows"
+    assert str(check_key(Kind.SECRET, "", "db", "k")).startswith("k.mesh: must be a non-empty")
+    assert str(check_key(Kind.MESH, "default", "m", "k")) == "k.mesh: must be empty for a Mesh"
+    assert str(check_key(Kind.GLOBAL_SECRET, "", "A\x1b", "k")).startswith("k.name: must be an")
+    assert "at most 253" in str(check_key(Kind.GLOBAL_SECRET, "", "a" * 300, "k"))
+
+
+# --------------------------------------------------------------------------- session
+
+
+def _sending_session(keys: list[Key]) -> GlobalSession:
+    """A session that sent one snapshot batch (seq 1, revision 5) holding ``keys``."""
+    s = GlobalSession("store-1", max_unacked=8)
+    assert s.on_hello(Hello("zone-a", "i", 1, "", 0), head=5, log_floor=0) is Mode.SNAPSHOT
+    assert isinstance(s.next_action(5, 0), SendSnapshot)
+    s.on_sent(s.next_seq(), 5, True, keys)
+    s.on_done()
+    return s
+
+
+A = Key(Kind.SECRET, "default", "a")
+B = Key(Kind.GLOBAL_SECRET, "", "b")
+
+
+def test_rejections_of_what_the_batch_held_are_accepted() -> None:
+    s = _sending_session([A, B])
+    done = s.on_ack(Ack(1, 5, (B, A)))
+    assert done.seq == 1 and s.acked_revision == 5
+
+
+@pytest.mark.parametrize(
+    ("rejected", "message"),
+    [
+        ((A, B, A), "ack for batch 1 rejects 3 resources but the batch held 2 changes"),
+        ((Key(Kind.GLOBAL_SECRET, "", "never-sent"),), "rejection 0 names a resource the batch"),
+        ((A, None), "rejection 1 names a resource the batch did not hold"),
+        ((A, A), "rejection 1 rejects a resource a second time"),
+    ],
+)
+def test_rejections_beyond_the_batch_are_a_protocol_error(
+    rejected: tuple[Key | None, ...], message: str
+) -> None:
+    s = _sending_session([A, B])
+    with pytest.raises(ProtocolError, match=message):
+        s.on_ack(Ack(1, 5, rejected))
+
+
+def test_twenty_thousand_rejections_of_a_one_change_batch_end_the_stream() -> None:
+    s = _sending_session([A])
+    flood = tuple(Key(Kind.GLOBAL_SECRET, "", f"g-{i}") for i in range(20_000))
+    with pytest.raises(ProtocolError, match="rejects 20000 resources but the batch held 1"):
+        s.on_ack(Ack(1, 5, flood))
+
+
+# --------------------------------------------------------------------------- zone state
+
+
+def test_saved_state_is_bounded_when_loaded() -> None:
+    saved = {
+        "last_error": "refused instance " + "x" * 4_000_000 + FORGED,
+        "disconnect_reason": FORGED,
+        "conflicts": [f"GlobalSecret:c-{i}" for i in range(30_000)],
+    }
+    s = ZoneState.from_json("zone-a", json.dumps(saved))
+    assert len(s.last_error) < ERROR_CHARS + 100 and s.last_error.isprintable()
+    assert s.disconnect_reason == escape(FORGED)
+    assert len(s.conflicts) == CONFLICTS_KEPT
+    summary = ZoneStatusView(s, 0, 0.0).summary()
+    assert summary["conflictCount"] == CONFLICTS_KEPT  # older saves kept no total
+
+
+# --------------------------------------------------------------------------- throttle
+
+
+def test_throttle_lets_a_burst_through_per_key_then_counts() -> None:
+    now = [0.0]
+    t = Throttle(10, burst=2, max_keys=2, clock=lambda: now[0])
+    assert [t.allow("a") for _ in range(5)] == [0, 0, None, None, None]
+    assert t.allow("b") == 0
+    # c, d and e share the overflow slot: a burst of two
+    assert [t.allow("c"), t.allow("d"), t.allow("e")] == [0, 0, None]
+    now[0] = 10.0
+    assert t.allow("a") == 3  # a new interval: the line says 3 were held back
+
+
+# --------------------------------------------------------------------------- kdsctl
+
+
+class _FakeGlobal(BaseHTTPRequestHandler):
+    """Global's API answering with what a hostile zone might have made it hold."""
+
+    answers: dict[str, Any] = {
+        "/": {"role": "global"},
+        "/zones": {
+            "globalRevision": 3,
+            "items": [
+                {
+                    "name": "zone-a",
+                    "status": "Online",
+                    "zoneVersion": FORGED,
+                    "storeBackend": "sqlite\x1b]0;title\x07",
+                    "ackedRevision": 3,
+                }
+            ],
+        },
+        "/zones/zone-a/_overview": {
+            "name": "zone-a",
+            "status": "Offline",
+            "disconnectedAt": "2024-01-01T00:00:00Z",
+            "disconnectReason": FORGED,
+            "instanceId": FORGED,
+            "zoneVersion": FORGED,
+            "ackedRevision": 3,
+            "globalRevision": 3,
+            "lastError": {"message": FORGED, "time": "2024-01-01T00:00:00Z"},
+            "resources": {"Secret\x1b[1m": {"sent": 1, "acknowledged": 1, "rejected": 0}},
+            "conflicts": [f"GlobalSecret:c\x1b[31m{i}" for i in range(3)],
+            "conflictCount": 30_000,
+        },
+    }
+
+    def do_GET(self) -> None:
+        body = json.dumps(self.answers[self.path]).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_global() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeGlobal)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("args", [["inspect", "zone", "zone-a"], ["inspect", "zones"]])
+def test_kdsctl_prints_peer_text_escaped(fake_global: str, args: list[str]) -> None:
+    res = CliRunner().invoke(cli, ["--api-url", fake_global, "--token", "t", *args])
+    assert res.exit_code == 0, res.output
+    assert "\x1b" not in res.output and "\r" not in res.output and "\u202e" not in res.output
+    assert "\\x1b[32mall zones healthy" in res.output
+    if "zone" in args:
+        assert "Conflicts (30000, the first 3 shown):" in res.output
+        assert "GlobalSecret:c\\x1b[31m0" in res.output
