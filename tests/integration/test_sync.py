@@ -401,6 +401,24 @@ def test_sigterm_stops_both_daemons_cleanly(cluster: Cluster) -> None:
                 assert stat.S_IMODE(inner.stat().st_mode) == 0o600, inner
 
 
+def test_a_second_signal_exits_at_once(cluster: Cluster) -> None:
+    """The first SIGTERM or SIGINT starts the graceful stop (exit code 0); a second signal ends
+    the process at once: exit code 130, and the log says why. The two signals differ: two of
+    the same kind sent back to back may merge into one while the first is pending."""
+    g = cluster.start_global()
+    z = cluster.start_zone("zone-1")
+    g.wait_event("zone connected", zone="zone-1")
+    for d, first, second in (
+        (z, signal.SIGINT, signal.SIGTERM),
+        (g, signal.SIGTERM, signal.SIGINT),
+    ):
+        assert d.proc is not None
+        d.signal(first)
+        d.signal(second)
+        assert d.proc.wait(10) == 130, d.name
+        assert d.events("second signal: exiting now"), d.name
+
+
 def test_acknowledged_writes_survive_sigkill_of_global_and_zone(cluster: Cluster) -> None:
     """Every write the API acknowledged is there after SIGKILL; a killed zone resumes to the head."""
     g = cluster.start_global()
