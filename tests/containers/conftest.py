@@ -123,9 +123,19 @@ class Project:
         return json.loads(self.kdsctl(service, *args, "-o", "json").stdout)
 
     def secret(self, service: str, mesh: str, name: str) -> dict[str, Any] | None:
-        """The secret as that control plane serves it, or None if it has none (or is down)."""
+        """The secret as that control plane serves it; None only when it answers 404 (absent).
+        Any other failure (refused token, 500, daemon down) fails the test with kdsctl's exit
+        code and error (errors never carry secret data), so an "absent" check cannot pass on
+        it."""
         r = self.kdsctl(service, "get", "secret", name, "--mesh", mesh, "-o", "json", check=False)
-        return json.loads(r.stdout) if r.returncode == 0 else None
+        if r.returncode == 0:
+            return json.loads(r.stdout)
+        if r.stderr.startswith("Error: Not found:"):
+            return None
+        raise AssertionError(
+            f"kdsctl get secret {name} --mesh {mesh} on {service} exited {r.returncode}: "
+            f"{r.stderr.strip()[:500]}"
+        )
 
     def sync_status(self, zone: str) -> dict[str, Any]:
         return self.kdsctl_json(zone, "inspect", "sync")  # type: ignore[no-any-return]

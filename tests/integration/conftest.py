@@ -142,8 +142,15 @@ class Daemon:
         return self.http.put(path, json=body)
 
     def get_json(self, path: str) -> Any:
+        """The JSON body of a 200; None for a 404 (absent). Any other status fails the test
+        with the status and the error body (errors never carry secret data), so an "absent"
+        check cannot pass on a 401 or a 500."""
         r = self.http.get(path)
-        return r.json() if r.status_code == 200 else None
+        if r.status_code == 200:
+            return r.json()
+        if r.status_code == 404:
+            return None
+        raise AssertionError(f"GET {path} on {self.name}: HTTP {r.status_code}: {r.text[:500]}")
 
     def secret(self, mesh: str, name: str) -> Any:
         return self.get_json(f"/meshes/{mesh}/secrets/{name}")

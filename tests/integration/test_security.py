@@ -218,6 +218,10 @@ def test_transport_options_are_checked_and_insecure_mode_warns(cluster: Cluster)
         token_file=token,
     )
     assert any(e["event"].startswith("INSECURE: dialling global in plaintext") for e in z.logs())
+    # The probe test_sync_port_speaks_tls_1_2_or_newer_only relies on tells the two apart: a
+    # plaintext global answers it with an HTTP/2 SETTINGS frame.
+    answer = _plaintext_http2_probe(cluster.kds_port)
+    assert answer is not None and len(answer) >= 9 and answer[3] == HTTP2_SETTINGS, answer
 
 
 def _ca(name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
@@ -294,6 +298,22 @@ def test_given_certificate_is_served_and_replaced_without_a_restart(
     assert z2.get_json("/status")["connected"]
 
 
+TLS_ALERT = 0x15  # the content type of a TLS alert record
+HTTP2_SETTINGS = 0x04  # the type of an HTTP/2 SETTINGS frame (the fourth byte of its header)
+
+
+def _plaintext_http2_probe(port: int) -> bytes | None:
+    """Open the port as a plaintext HTTP/2 client would (preface and an empty SETTINGS frame)
+    and return the first bytes the server answers, or None when it closes the connection.
+    A server that says nothing within 5 s fails the test (silence proves nothing)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as plain:
+        plain.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        try:
+            return plain.recv(100) or None
+        except ConnectionResetError:
+            return None
+
+
 def _handshake(port: int, version: ssl.TLSVersion, ca: Path) -> str:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.load_verify_locations(ca)
@@ -319,15 +339,11 @@ def test_sync_port_speaks_tls_1_2_or_newer_only(cluster: Cluster) -> None:
     assert old.startswith("refused"), old
     # Refused by the server (grpc logs why), not by this client: it offered TLS 1.1.
     wait_for(lambda: "UNSUPPORTED_PROTOCOL" in g.log_text(), 5, "global's handshake refusal")
-    plain = socket.create_connection(("127.0.0.1", cluster.kds_port), timeout=5)
-    plain.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")  # a plaintext HTTP/2 client
-    plain.settimeout(5)
-    try:
-        answer = plain.recv(100)
-    except OSError:
-        answer = b""
-    plain.close()
-    assert b"kds" not in answer  # no gRPC service answers in plaintext
+    # A plaintext HTTP/2 client gets a TLS alert or a closed connection, never an HTTP/2 frame
+    # (test_transport_options_are_checked_and_insecure_mode_warns shows a plaintext global
+    # answers the same probe with one).
+    answer = _plaintext_http2_probe(cluster.kds_port)
+    assert answer is None or answer[0] == TLS_ALERT, answer
 
 
 def test_no_secret_value_leaks_and_encrypted_stores_hold_no_plaintext(

@@ -10,13 +10,24 @@ import time
 
 import pytest
 
-from tests.integration.conftest import BIN, Cluster, b64, free_port, wait_for
+from tests.integration.conftest import BIN, Cluster, Daemon, b64, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
 
 def _secret(mesh: str, name: str, value: str, **labels: str) -> dict[str, object]:
     return {"type": "Secret", "mesh": mesh, "name": name, "data": b64(value), "labels": labels}
+
+
+def _acked(g: Daemon, zone: str) -> int:
+    """The revision global has recorded as acknowledged by ``zone``."""
+    return int(g.get_json(f"/zones/{zone}/_overview")["ackedRevision"])
+
+
+def _wait_applied_head(g: Daemon, z: Daemon) -> None:
+    """Wait until zone ``z`` has applied global's head revision as it is now."""
+    head = g.get_json("/zones")["globalRevision"]
+    wait_for(lambda: z.get_json("/status")["appliedRevision"] >= head, what=f"{z.name} at {head}")
 
 
 def test_create_update_delete_of_all_types_reaches_two_zones(cluster: Cluster) -> None:
@@ -97,7 +108,10 @@ def test_zone_local_secret_never_reaches_global_and_synced_copies_are_read_only(
         == 201
     )
     wait_for(lambda: z.secret("default", "from-global"), what="sync")
-    time.sleep(0.3)
+    # Global has heard from the zone after its local write: the zone acknowledged the later
+    # write on the one stream it could have used to send its own secret.
+    head = g.get_json("/zones")["globalRevision"]
+    wait_for(lambda: _acked(g, "zone-1") == head, what="zone-1's ack of from-global")
     assert g.secret("default", "local-only") is None
     local = z.secret("default", "local-only")
     assert local["labels"] == {"kuma.io/origin": "zone", "kuma.io/zone": "zone-1"}
@@ -142,7 +156,7 @@ def test_name_conflict_rules(cluster: Cluster) -> None:
     # Global updates its copy: the copy aside follows, the local one is untouched, no new warning.
     g.put("/meshes/default/secrets/dup", _secret("default", "dup", "global-value-2"))
     wait_for(lambda: z2.secret("default", "dup")["data"] == b64("global-value-2"), what="z2 update")
-    time.sleep(0.3)
+    _wait_applied_head(g, z)  # zone-1 applied the update too (a warning is logged before that)
     assert z.secret("default", "dup")["data"] == b64("zone-value")
     warnings = z.events(
         "name conflict: this zone keeps its own resource; global's copy is kept aside"
@@ -167,7 +181,7 @@ def test_name_conflict_rules(cluster: Cluster) -> None:
     )
     assert g.http.delete("/meshes/default/secrets/dup2").status_code == 200
     wait_for(lambda: z2.secret("default", "dup2") is None, what="dup2 deleted on zone-2")
-    time.sleep(0.3)
+    _wait_applied_head(g, z)  # zone-1 applied the delete too
     assert z.secret("default", "dup2")["data"] == b64("z2")
     # The copy aside is gone too: deleting the local one leaves nothing.
     assert z.http.delete("/meshes/default/secrets/dup2").status_code == 200
@@ -294,8 +308,12 @@ def test_invalid_input_is_refused_with_400_and_changes_nothing(cluster: Cluster)
     )
     assert bad.returncode != 0 and "kind" in bad.stderr
     assert g.get_json("/meshes/default/secrets")["total"] == 0
-    time.sleep(0.3)
-    assert z.get_json("/meshes/default/secrets")["total"] == 0
+    # A valid write after the refused ones: once it is on the zone, so would they be.
+    assert (
+        g.put("/meshes/default/secrets/after", _secret("default", "after", "a")).status_code == 201
+    )
+    wait_for(lambda: z.secret("default", "after"), what="the later valid write on the zone")
+    assert [s["name"] for s in z.get_json("/meshes/default/secrets")["items"]] == ["after"]
 
 
 def test_slow_zone_does_not_slow_others_and_catches_up_coalesced(cluster: Cluster) -> None:
@@ -381,6 +399,24 @@ def test_sigterm_stops_both_daemons_cleanly(cluster: Cluster) -> None:
             assert stat.S_IMODE(f.stat().st_mode) == (0o700 if f.is_dir() else 0o600), f
             for inner in f.iterdir() if f.is_dir() else ():
                 assert stat.S_IMODE(inner.stat().st_mode) == 0o600, inner
+
+
+def test_a_second_signal_exits_at_once(cluster: Cluster) -> None:
+    """The first SIGTERM or SIGINT starts the graceful stop (exit code 0); a second signal ends
+    the process at once: exit code 130, and the log says why. The two signals differ: two of
+    the same kind sent back to back may merge into one while the first is pending."""
+    g = cluster.start_global()
+    z = cluster.start_zone("zone-1")
+    g.wait_event("zone connected", zone="zone-1")
+    for d, first, second in (
+        (z, signal.SIGINT, signal.SIGTERM),
+        (g, signal.SIGTERM, signal.SIGINT),
+    ):
+        assert d.proc is not None
+        d.signal(first)
+        d.signal(second)
+        assert d.proc.wait(10) == 130, d.name
+        assert d.events("second signal: exiting now"), d.name
 
 
 def test_acknowledged_writes_survive_sigkill_of_global_and_zone(cluster: Cluster) -> None:

@@ -1,0 +1,77 @@
+"""The zone's dial loop (zonecp.client.ZoneClient.run): backoff grows while dials fail and,
+after a stream that worked (was welcomed), starts again from its shortest delay after a short
+random pause. The stream is a scripted fake, backoff sleeps are recorded instead of slept,
+and every random draw is pinned to its lower bound, so each delay is exact."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import random
+from typing import Any
+
+import pytest
+from tenacity import AsyncRetrying
+
+from zonecp import client as zone_client
+from zonecp.client import StreamEnded, ZoneClient
+
+
+class _Store:
+    backend = "fake"
+
+    async def conflicts(self) -> list[Any]:
+        return []
+
+
+async def test_backoff_starts_again_from_the_shortest_delay_after_a_stream_that_worked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    events: list[Any] = []
+    script = ["fail"] * 5 + ["welcomed"] + ["fail"] * 2 + ["welcomed"]
+
+    async def backoff_sleep(seconds: float) -> None:
+        events.append(round(seconds, 3))
+
+    def uniform(a: float, b: float) -> float:
+        events.append(("pause", a, b))
+        return a
+
+    monkeypatch.setattr(
+        zone_client, "AsyncRetrying", functools.partial(AsyncRetrying, sleep=backoff_sleep)
+    )
+    monkeypatch.setattr(random, "random", lambda: 0.0)  # tenacity's jitter: none
+    monkeypatch.setattr(random, "uniform", uniform)  # the pause after a welcomed stream
+    client = ZoneClient(
+        _Store(),  # type: ignore[arg-type]
+        zone="zone-1",
+        global_address="grpcs://127.0.0.1:1",
+        software_version="test",
+        max_message_bytes=1 << 20,
+        keepalive_interval=1,
+        keepalive_timeout=1,
+        reconnect_max_delay=15,
+    )
+    stop = asyncio.Event()
+
+    async def stream_once(stop_: asyncio.Event) -> bool:
+        step = script.pop(0)
+        events.append(step)
+        if step == "fail":
+            raise StreamEnded("UNAVAILABLE: connection refused")
+        if not script:
+            stop.set()
+        return True
+
+    monkeypatch.setattr(client, "_stream_once", stream_once)
+    await asyncio.wait_for(client.run(stop), 10)
+    # 0.2 s doubling (0.1 * 2^(n-1), at least 0.2) while dials fail; after the welcomed
+    # stream a 50-500 ms pause, then 0.2 s again instead of the 3.2 s the sixth failure
+    # in a row would wait.
+    assert events == [
+        "fail", 0.2, "fail", 0.2, "fail", 0.4, "fail", 0.8, "fail", 1.6,
+        "welcomed", ("pause", 0.05, 0.5),
+        "fail", 0.2, "fail", 0.2,
+        "welcomed", ("pause", 0.05, 0.5),
+    ]  # fmt: skip
+    assert client.status.attempts == 2  # the count restarted too: the last retry was the 2nd
