@@ -187,6 +187,7 @@ class Cluster:
         r = self.global_daemon.http.post("/zone-tokens", json={"zone": zone, "validFor": valid_for})
         assert r.status_code == 201, r.text
         path = self.tmp / f"{zone}-{r.json()['id'][:8]}.token"
+        path.touch(mode=0o600)  # as `kdsctl generate zone-token --output-file` writes it
         path.write_text(r.json()["token"] + "\n")
         return path
 
