@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PURE = [
     "kds.protocol.session",
     "kds.protocol.zone_session",
+    "kds.protocol.limits",
+    "kds.text",
     "kds.protocol.applier",
     "kds.protocol.batching",
     "kds.protocol.records",
