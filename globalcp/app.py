@@ -74,6 +74,7 @@ async def run_global(cfg: GlobalConfig, service: Service) -> int:
         max_message_bytes=cfg.max_message_bytes,
         cipher=cipher,
         on_commit=on_commit,
+        new_store=cfg.new_store,
     )
     if await store.head() == 0 and await store.get(Key(Kind.MESH, "", "default")) is None:
         await store.put(Resource(Kind.MESH, "default"), rfc3339())

@@ -223,6 +223,13 @@ class _Common:
         "bytes, one a line: the first encrypts, all decrypt (rotate by adding a new first line).",
         "FILE",
     )
+    new_store: bool = opt(
+        False,
+        _bool,
+        "Accept a new empty store where the data dir's marker (<store file>.id) says one was "
+        "(the store file is missing or empty): only when its data is meant to be gone.",
+        flag=True,
+    )
 
 
 @dataclass(frozen=True)

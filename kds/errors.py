@@ -8,6 +8,10 @@
     │   └── ReadOnlySynced   a zone was asked to change a copy synced from global (API 409)
     ├── ProtocolError        the peer broke the sync protocol (stream closed, not retried as-is)
     ├── StoreError           the store failed (our side; API 500)
+    │   ├── StoreDamaged     a stored row no longer matches its digest or does not decrypt:
+    │   │                    the disk's or the file's fault (API 500 naming the key)
+    │   └── StoreFull        the disk under the store is full: the host operator's to fix
+    │                        (API 507)
     ├── ConfigError          a bad option, environment variable or config file entry
     │
     │   Defined beside the only code that raises them, on the edges:
@@ -45,7 +49,9 @@ __all__ = [
     "NotFound",
     "ProtocolError",
     "ReadOnlySynced",
+    "StoreDamaged",
     "StoreError",
+    "StoreFull",
     "shown",
 ]
 
@@ -118,4 +124,17 @@ class StoreError(KdsError):
 
 
 class ConfigError(KdsError):
+    pass
+
+
+class StoreDamaged(StoreError):
+    """A row's stored bytes no longer match its digest (or no longer decrypt): the disk or
+    someone with access to the file altered it. ``key`` names the row (never its value)."""
+
+    def __init__(self, message: str, key: str = ""):
+        super().__init__(message)
+        self.key = key
+
+
+class StoreFull(StoreError):
     pass

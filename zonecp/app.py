@@ -71,7 +71,9 @@ async def run_zone(cfg: ZoneConfig, service: Service) -> int:
     def refresh_conflicts(client: ZoneClient) -> None:
         guard.start("refresh-conflicts", client.refresh_conflicts())
 
-    store = open_zone_store(data_dir / "zone.db", cipher=cipher, on_commit=on_commit)
+    store = open_zone_store(
+        data_dir / "zone.db", cipher=cipher, on_commit=on_commit, new_store=cfg.new_store
+    )
     client = ZoneClient(
         store,
         zone=cfg.zone,

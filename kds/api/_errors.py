@@ -2,8 +2,9 @@
 
 Every error is ``{"title", "status", "detail", "causes": [{field, message}]}``. Handlers raise
 HttpError, or a KdsError the error middleware maps to its status (InvalidResource 400,
-NotFound 404, Conflict 409); anything else is a 500 logged by type and stack, never by its
-message or local variables (which could hold a request body).
+NotFound 404, Conflict 409, StoreDamaged 500 naming the damaged key, StoreFull 507);
+anything else is a 500 logged by type and stack, never by its message or local variables
+(which could hold a request body).
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ from aiohttp import web
 
 from kds.api._context import API_CONTEXT, OPEN_PATHS, READ_ONLY_KEY, ApiContext, client_max_size
 from kds.api.auth import Role
-from kds.errors import Conflict, FieldViolation, InvalidResource, KdsError, NotFound
+from kds.errors import (
+    Conflict,
+    FieldViolation,
+    InvalidResource,
+    KdsError,
+    NotFound,
+    StoreDamaged,
+    StoreFull,
+)
 
 __all__ = ["HttpError", "auth_middleware", "error_middleware", "too_large"]
 
@@ -82,6 +91,12 @@ async def error_middleware(
         return _error_response(HttpError(409, "Conflict", str(e)))
     except NotFound as e:
         return _error_response(HttpError(404, "Not found", str(e)))
+    except StoreDamaged as e:  # the message names the key and the store, never a value
+        log.error("damaged row asked for", method=request.method, path=request.path, key=e.key)
+        return _error_response(HttpError(500, "Damaged data", str(e)))
+    except StoreFull as e:
+        log.error("write refused: disk full", method=request.method, path=request.path)
+        return _error_response(HttpError(507, "Insufficient Storage", str(e)))
     except web.HTTPRequestEntityTooLarge:
         return _error_response(too_large(request.app[API_CONTEXT]))
     except web.HTTPException as e:

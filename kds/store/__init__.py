@@ -61,8 +61,10 @@ def open_global_store(
     cipher: DataCipher | None = None,
     on_commit: OnCommit | None = None,
     clock: Callable[[], float] = time.time,
+    new_store: bool = False,
 ) -> GlobalStore:
-    """Global's store in the SQLite file ``path`` (made if missing)."""
+    """Global's store in the SQLite file ``path`` (made if missing; when a marker says a
+    store was there, only with ``new_store``)."""
     return SqliteGlobalStore(
         GlobalEngine(
             path,
@@ -71,12 +73,20 @@ def open_global_store(
             cipher=cipher,
             on_commit=on_commit,
             clock=clock,
+            new_store=new_store,
         )
     )
 
 
 def open_zone_store(
-    path: str | Path, *, cipher: DataCipher | None = None, on_commit: OnCommit | None = None
+    path: str | Path,
+    *,
+    cipher: DataCipher | None = None,
+    on_commit: OnCommit | None = None,
+    new_store: bool = False,
 ) -> ZoneStore:
-    """A zone's store in the SQLite file ``path`` (made if missing)."""
-    return SqliteZoneStore(ZoneEngine(path, cipher=cipher, on_commit=on_commit))
+    """A zone's store in the SQLite file ``path`` (made if missing; when a marker says a
+    store was there, only with ``new_store``)."""
+    return SqliteZoneStore(
+        ZoneEngine(path, cipher=cipher, on_commit=on_commit, new_store=new_store)
+    )

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kds.crypto import DataCipher, key_id, load_key_file
-from kds.errors import ConfigError, StoreError
+from kds.errors import ConfigError, StoreDamaged, StoreError
 from kds.model import Key, Kind, Resource
 from kds.store.sqlite import GlobalEngine, ZoneEngine
 
@@ -87,21 +87,55 @@ def test_enabling_encryption_seals_what_is_stored(tmp_path: Path) -> None:
     assert MARKER not in _files(db)
 
 
-def test_a_value_moved_to_another_row_does_not_open(tmp_path: Path) -> None:
+def _move_value(db: Path, redigest: bool) -> None:
+    """Copy s0's sealed value into s1's row (a digest recomputed when ``redigest``)."""
     import sqlite3
 
+    from kds.store.sqlite._db import COLS, DIGEST
+    from kds.store.sqlite._digest import row_digest
+
+    conn = sqlite3.connect(db)
+    data = conn.execute("SELECT data FROM resources WHERE name='s0'").fetchone()[0]
+    conn.execute("UPDATE resources SET data=? WHERE name='s1'", (data,))
+    if redigest:
+        row = conn.execute(f"SELECT {COLS} FROM resources WHERE name='s1'").fetchone()
+        conn.execute("UPDATE resources SET digest=? WHERE name='s1'", (row_digest(row[:DIGEST]),))
+    conn.commit()
+    conn.close()
+
+
+def test_a_value_moved_to_another_row_does_not_open(tmp_path: Path) -> None:
+    """Its digest no longer matches: the store opens (re-sealing what it can), and that row
+    alone is refused, by name."""
     db = tmp_path / "g.db"
     store = GlobalEngine(db, cipher=DataCipher([K1]))
     _fill(store, 2)
     store.close()
-    conn = sqlite3.connect(db)
-    data = conn.execute("SELECT data FROM resources WHERE name='s0'").fetchone()[0]
-    conn.execute("UPDATE resources SET data=? WHERE name='s1'", (data,))
-    conn.commit()
-    conn.close()
-    with pytest.raises(StoreError, match="does not decrypt"):
-        # With a second key first, opening re-seals every value: s1's copy fails to open.
-        GlobalEngine(db, cipher=DataCipher([K2, K1]))
+    _move_value(db, redigest=False)
+    store = GlobalEngine(db, cipher=DataCipher([K2, K1]))
+    assert [d.key for d in store.damaged] == ["Secret default/s1"]
+    with pytest.raises(StoreDamaged, match=r"Secret default/s1 .* damaged"):
+        store.get(Key(Kind.SECRET, "default", "s1"))
+    total, rows = store.page(Kind.SECRET)
+    assert (total, [r.resource.name for r in rows]) == (1, ["s0"])
+    store.close()
+
+
+def test_a_value_that_does_not_decrypt_fails_its_own_row_only(tmp_path: Path) -> None:
+    """A sealed value that matches its digest but does not open (moved by someone who
+    recomputed the digest): a get of it names it as damaged, a list serves the others."""
+    db = tmp_path / "z.db"
+    store = GlobalEngine(db, cipher=DataCipher([K1]))
+    _fill(store, 3)
+    store.close()
+    _move_value(db, redigest=True)
+    store = GlobalEngine(db, cipher=DataCipher([K1]))
+    with pytest.raises(StoreDamaged, match=r"Secret default/s1 .* does not decrypt"):
+        store.get(Key(Kind.SECRET, "default", "s1"))
+    total, rows = store.page(Kind.SECRET)
+    assert (total, [r.resource.name for r in rows]) == (2, ["s0", "s2"])
+    assert all(MARKER not in str(r) for r in store.damaged)
+    store.close()
 
 
 def test_key_file_is_checked(tmp_path: Path) -> None:

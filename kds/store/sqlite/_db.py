@@ -5,10 +5,16 @@ disk before the call returns, and with secure_delete, so freed pages are zeroed 
 left readable. Each thread that touches the store gets its own connection (the async stores
 use one writer thread and one reader thread). The meta table holds the store's role, its
 id and the small per-store values (head, log floor, chains, a zone's applied revision).
+
+Each resources row carries a digest of its stored columns (kds.store.sqlite._digest). Beside
+the file, a marker (``<file>.id``) holds the store id: a store file found missing or empty
+where a marker says one was is refused, not silently replaced by a new empty store. A write
+that fails because the disk is full raises StoreFull.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sqlite3
@@ -19,10 +25,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from kds.errors import StoreError
+from kds.errors import StoreError, StoreFull
 from kds.model import Kind, Resource
+from kds.store.sqlite._digest import add_missing_digests, row_digest
 
-__all__ = ["COLS", "Database", "get_meta", "row_to_resource", "row_values", "set_meta"]
+__all__ = [
+    "COLS",
+    "DIGEST",
+    "Database",
+    "get_meta",
+    "is_disk_full",
+    "row_to_resource",
+    "row_values",
+    "set_meta",
+]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -80,13 +96,16 @@ _ADDED_COLUMNS = (
     ("changelog", "sealed", "TEXT NOT NULL DEFAULT ''"),
     ("resources", "sealed", "TEXT NOT NULL DEFAULT ''"),
     ("internal_secrets", "sealed", "TEXT NOT NULL DEFAULT ''"),
+    ("resources", "digest", "BLOB NOT NULL DEFAULT x''"),  # kds.store.sqlite._digest
 )
 
-# The resources columns a Resource is read from and written to, in this order.
+# The resources columns a Resource is read from and written to, in this order; the last,
+# digest, is the digest of the eleven before it as stored.
 COLS = (
     "kind, mesh, name, origin, data, labels, spec, creation_time, modification_time, version, "
-    "sealed"
+    "sealed, digest"
 )
+DIGEST = 11  # the digest's position in COLS
 
 
 def row_to_resource(r: sqlite3.Row | tuple[Any, ...], data: bytes) -> Resource:
@@ -110,7 +129,7 @@ def _json_map(m: Any) -> str:
 
 def row_values(r: Resource, origin: str, data: bytes, sealed: str) -> tuple[Any, ...]:
     """The values of COLS for one row (``data`` as stored: sealed or not)."""
-    return (
+    values = (
         str(r.kind),
         r.mesh,
         r.name,
@@ -123,6 +142,16 @@ def row_values(r: Resource, origin: str, data: bytes, sealed: str) -> tuple[Any,
         r.version,
         sealed,
     )
+    return (*values, row_digest(values))
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """Whether ``e`` says the disk (or the file's size limit) is full."""
+    if isinstance(e, sqlite3.Error):
+        return getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or (
+            "database or disk is full" in str(e)
+        )
+    return isinstance(e, OSError) and e.errno == errno.ENOSPC
 
 
 def get_meta(conn: sqlite3.Connection, key: str, default: str = "") -> str:
@@ -145,6 +174,8 @@ class Database:
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self.role = ""
+        self.marker = self.path.with_name(self.path.name + ".id")
 
     def conn(self) -> sqlite3.Connection:
         """This thread's connection, opened on first use."""
@@ -162,18 +193,35 @@ class Database:
 
     @contextmanager
     def tx(self, conn: sqlite3.Connection, mode: str = "IMMEDIATE") -> Iterator[None]:
-        conn.execute(f"BEGIN {mode}")
         try:
-            yield
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        else:
-            conn.execute("COMMIT")
+            conn.execute(f"BEGIN {mode}")
+            try:
+                yield
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            else:
+                conn.execute("COMMIT")
+        except (sqlite3.Error, OSError) as e:
+            if not is_disk_full(e):
+                raise
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            whose = "the zone's" if self.role == "zone" else f"{self.role or 'the'}'s"
+            raise StoreFull(
+                f"{whose} disk is full: the write to store {self.path} was not made; free "
+                "space on that disk"
+            ) from e
 
-    def open(self, role: str) -> str:
-        """Create or migrate the schema, check the file belongs to ``role``; the store id."""
+    def open(self, role: str, new_store: bool = False) -> str:
+        """Create or migrate the schema, check the file belongs to ``role``; the store id.
+
+        Refused (StoreError) when the file is missing or empty but its marker says this data
+        dir held a store, unless ``new_store``: an operator accepts a new empty store."""
+        self.role = role
         fresh = not self.path.exists()
+        self._check_marker(fresh or self.path.stat().st_size == 0, new_store)
         conn = self.conn()
         if fresh:
             os.chmod(self.path, 0o600)
@@ -182,6 +230,9 @@ class Database:
             if column not in {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}:
                 conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
         with self.tx(conn):
+            if get_meta(conn, "row_digests") != "1":  # a store made before row digests
+                add_missing_digests(conn, COLS)
+                set_meta(conn, "row_digests", "1")
             row = conn.execute("SELECT value FROM meta WHERE key='role'").fetchone()
             if row is None:
                 conn.execute("INSERT INTO meta VALUES ('role', ?)", (role,))
@@ -194,7 +245,42 @@ class Database:
                 raise StoreError(
                     f"store {self.path} belongs to a {row[0]} control plane, not a {role} one"
                 )
-        return get_meta(conn, "store_id")
+            store_id = get_meta(conn, "store_id")
+        self._write_marker(store_id)
+        return store_id
+
+    def _check_marker(self, empty: bool, new_store: bool) -> None:
+        if not empty or not self.marker.exists() or new_store:
+            return
+        try:
+            held = self.marker.read_text().strip()[:64]
+        except OSError:
+            held = "?"
+        what = "missing" if not self.path.exists() else "empty"
+        loses = (
+            "every zone would take a snapshot of the empty store and delete what it synced"
+            if self.role == "global"
+            else "the zone-local resources would be gone and everything resynced"
+        )
+        raise StoreError(
+            f"store {self.path} is {what}, but {self.marker} says this data dir held store "
+            f"{held!r}: restore {self.path} from a backup, or start with --new-store (or "
+            f"remove {self.marker}) to accept a new empty store ({loses})"
+        )
+
+    def _write_marker(self, store_id: str) -> None:
+        try:
+            if self.marker.exists() and self.marker.read_text().strip() == store_id:
+                return
+            tmp = self.marker.with_name(self.marker.name + ".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(store_id + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.marker)
+        except OSError as e:
+            raise StoreError(f"cannot write the store marker {self.marker}: {e.strerror}") from e
 
     def close(self) -> None:
         with self._lock:

@@ -44,10 +44,11 @@ class GlobalEngine(ResourceEngine):
         clock: Callable[[], float] = time.time,
         cipher: DataCipher | None = None,
         on_commit: OnCommit | None = None,
+        new_store: bool = False,
     ):
         # A Mesh and its mTLS backend secrets must fit one sync message together.
         self.max_message_bytes = max_message_bytes
-        super().__init__(path, cipher=cipher, on_commit=on_commit)
+        super().__init__(path, cipher=cipher, on_commit=on_commit, new_store=new_store)
         self.changelog = ChangeLog(self.db, self.sealer, log_size, clock)
 
     # ------------------------------------------------------------------ revisioned writes

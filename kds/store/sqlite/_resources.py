@@ -5,6 +5,10 @@ the kds.integrity checks inside the writing transaction.
 ._zone); a role supplies, as overrides, only what differs: which origin the API writes, how
 a write is versioned and logged, whether a synced copy is read-only. Calls block; the async
 stores run them on their writer and reader threads.
+
+A damaged row (kds.store.sqlite._digest) is never served: ``get`` raises StoreDamaged naming
+its key, a list leaves it out with a warning, and a write treats it as missing (so putting
+the resource again repairs it). At open every row is checked (``_after_check``).
 """
 
 from __future__ import annotations
@@ -20,11 +24,12 @@ import structlog
 
 from kds import integrity
 from kds.crypto import DataCipher
-from kds.errors import InvalidReferences, KdsError, NotFound, StoreError
+from kds.errors import InvalidReferences, KdsError, NotFound, StoreDamaged, StoreError
 from kds.model import Key, Kind, Resource
 from kds.store.interface import OnCommit
 from kds.store.results import ORIGIN_GLOBAL, ORIGIN_ZONE, ChangeRecord, Origin, Row, WriteResult
 from kds.store.sqlite._db import COLS, Database
+from kds.store.sqlite._digest import DamagedRow, scan
 from kds.store.sqlite._sealing import Sealer
 
 __all__ = ["ResourceEngine", "TxView"]
@@ -77,6 +82,7 @@ class ResourceEngine:
         *,
         cipher: DataCipher | None = None,
         on_commit: OnCommit | None = None,
+        new_store: bool = False,
     ):
         self.path = Path(path)
         self.cipher = cipher  # encrypts secret data at rest (kds.crypto); None: plaintext
@@ -89,7 +95,9 @@ class ResourceEngine:
         # at a transaction's end (never inside one); a zone's re-reads its conflicts.
         self._on_commit = on_commit
         try:
-            self._store_id = self.db.open(self.role)
+            self._store_id = self.db.open(self.role, new_store)
+            self.damaged = scan(self.db.conn())
+            self._after_check(self.damaged)
             self.sealer.reseal(self.db)
         except (sqlite3.Error, OSError) as e:
             self.close()
@@ -110,15 +118,27 @@ class ResourceEngine:
 
     # ------------------------------------------------------------------ reads
 
-    def _rows(self, conn: sqlite3.Connection, key: Key) -> dict[str, Resource]:
+    def _rows(
+        self, conn: sqlite3.Connection, key: Key, skip_damaged: bool = True
+    ) -> dict[str, Resource]:
+        """The rows of ``key`` by origin; a damaged one is left out (logged), or raises
+        StoreDamaged when not ``skip_damaged``."""
         cur = conn.execute(
             f"SELECT {COLS} FROM resources WHERE kind=? AND mesh=? AND name=?",
             (str(key.kind), key.mesh, key.name),
         )
-        return {r[3]: self.sealer.resource(r) for r in cur}
+        out = {}
+        for r in cur:
+            try:
+                out[r[3]] = self.sealer.resource(r)
+            except StoreDamaged as e:
+                if not skip_damaged:
+                    raise
+                log.warning("damaged row left out", key=e.key, origin=r[3], path=str(self.path))
+        return out
 
     def get(self, key: Key) -> Row | None:
-        rows = self._rows(self.db.conn(), key)
+        rows = self._rows(self.db.conn(), key, skip_damaged=False)
         if ORIGIN_ZONE in rows:
             return Row(rows[ORIGIN_ZONE], ORIGIN_ZONE, shadows_synced=ORIGIN_GLOBAL in rows)
         if ORIGIN_GLOBAL in rows:
@@ -154,8 +174,15 @@ class ResourceEngine:
                 f" FROM resources r WHERE {where} ORDER BY r.mesh, r.name LIMIT ? OFFSET ?",
                 [*args, -1 if limit is None else limit, offset],
             )
-            resource = self.sealer.resource
-            rows = [Row(resource(r), r[3], shadows_synced=bool(r[-1])) for r in cur]
+            rows = []
+            for r in cur:
+                try:
+                    rows.append(Row(self.sealer.resource(r), r[3], shadows_synced=bool(r[-1])))
+                except StoreDamaged as e:  # this row only: the rest of the list is served
+                    total -= 1
+                    log.warning(
+                        "damaged row left out of a list", key=e.key, origin=r[3], error=str(e)
+                    )
         return total, rows
 
     def conflicts(self) -> list[Key]:
@@ -275,7 +302,7 @@ class ResourceEngine:
         record, wire_bytes = self._log_put(conn, stored)
         conn.execute(
             f"INSERT OR REPLACE INTO resources ({COLS}, wire, sync_gen) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,0)",
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,0)",
             self.sealer.row_values(stored, self.origin, wire_bytes),
         )
         return WriteResult(stored, changed=True, record=record, created=old is None)
@@ -303,6 +330,18 @@ class ResourceEngine:
         return WriteResult(None, changed=True, record=self._log_delete(conn, key), deleted=key)
 
     # ------------------------------------------------------------------ what a role decides
+
+    def _after_check(self, damaged: list[DamagedRow]) -> None:
+        """At open, given the rows whose digest does not match: report them (by key, never
+        a value). A zone also repairs its synced ones (kds.store.sqlite._zone)."""
+        for d in damaged:
+            log.error(
+                "damaged row in store: it is not served",
+                key=d.key,
+                origin=d.origin,
+                path=str(self.path),
+                fix="put the resource again, or restore the store from a backup",
+            )
 
     def _check_writable(self, key: Key, rows: Mapping[str, Resource], verb: str) -> None:
         """Raise when the API may not ``verb`` (change, delete) ``key`` held as ``rows``."""

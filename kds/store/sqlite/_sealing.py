@@ -4,6 +4,9 @@ are read, and re-sealing what is stored when the store opens.
 A sealed value is bound to where it lives (its table and row, as associated data), so a
 value copied to another row does not open there. The ``sealed`` column holds the id of the
 key a value is sealed with ('' for plaintext).
+
+Reading a row checks its digest (kds.store.sqlite._digest) first: a row that does not match,
+or whose value does not decrypt, raises StoreDamaged naming its key, never wrong data.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from kds.crypto import DataCipher
-from kds.errors import StoreError
+from kds.errors import StoreDamaged, StoreError
 from kds.model import Resource
-from kds.store.sqlite._db import COLS, Database, row_to_resource, row_values
+from kds.store.sqlite._db import COLS, DIGEST, Database, row_to_resource, row_values
+from kds.store.sqlite._digest import row_digest
 
 __all__ = ["Sealer", "aad"]
 
@@ -48,9 +52,29 @@ class Sealer:
         return self.cipher.open(stored, sealed, where)
 
     def resource(self, r: sqlite3.Row | tuple[Any, ...]) -> Resource:
-        """A resources row (selected as COLS) as a Resource, its data opened."""
+        """A resources row (selected as COLS) as a Resource, its data opened; StoreDamaged
+        when its digest does not match or its data does not decrypt."""
+        if row_digest(r[:DIGEST]) != r[DIGEST]:
+            raise self._damaged(r, "its stored bytes do not match their digest")
         where = aad("data", r[0], r[1], r[2], r[3])
-        return row_to_resource(r, self.open(bytes(r[4]), r[10], where))
+        try:
+            data = self.open(bytes(r[4]), r[10], where)
+        except StoreError as e:
+            if self.cipher is None or r[10] not in self.cipher.key_ids:
+                raise  # a missing key: the whole store's setup, not this row
+            raise self._damaged(r, "its value does not decrypt") from e
+        try:
+            return row_to_resource(r, data)
+        except (ValueError, TypeError) as e:
+            raise self._damaged(r, "its columns do not parse") from e
+
+    def _damaged(self, r: sqlite3.Row | tuple[Any, ...], why: str) -> StoreDamaged:
+        key = f"{r[0]} {r[1] + '/' if r[1] else ''}{r[2]}"
+        origin = "synced" if r[3] == "global" else "zone-local" if r[3] == "zone" else "?"
+        return StoreDamaged(
+            f"{key} ({origin}) is damaged in store {self.path}: {why}; it is not served",
+            key=key,
+        )
 
     def row_values(
         self, r: Resource, origin: str, wire_bytes: bytes | None, *extra: Any
@@ -89,16 +113,20 @@ class Sealer:
         with db.tx(conn):
             cur = conn.execute(f"SELECT {COLS}, wire FROM resources WHERE sealed != ?", (current,))
             for r in cur.fetchall():
-                res = self.resource(r)
+                try:
+                    res = self.resource(r)
+                except StoreDamaged:
+                    continue  # left as it is: reported by the start-up check
                 key = (r[0], r[1], r[2], r[3])
+                wire = r[DIGEST + 1]
                 plain_wire = (
-                    None if r[11] is None else self.open(bytes(r[11]), r[10], aad("wire", *key))
+                    None if wire is None else self.open(bytes(wire), r[10], aad("wire", *key))
                 )
                 values = self.row_values(res, r[3], plain_wire)
                 conn.execute(
-                    "UPDATE resources SET data=?, sealed=?, wire=? "
+                    "UPDATE resources SET data=?, sealed=?, digest=?, wire=? "
                     "WHERE kind=? AND mesh=? AND name=? AND origin=?",
-                    (values[4], values[10], values[11], *key),
+                    (values[4], values[10], values[DIGEST], values[DIGEST + 1], *key),
                 )
             cur = conn.execute(
                 "SELECT revision, change, sealed FROM changelog WHERE sealed != ?", (current,)

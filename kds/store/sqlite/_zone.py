@@ -4,6 +4,11 @@ API writes make origin ``zone`` rows, versioned locally (1, 2, ...), with no cha
 key held only as global's copy is read-only here. ``apply_batch`` plans a batch with
 kds.protocol.applier against the rows it touches, then executes the plan and records the
 applied revision in the same transaction.
+
+At open, synced rows found damaged (kds.store.sqlite._digest) are removed and the recorded
+sync state cleared, so the zone takes a snapshot from global at its next connection instead
+of resuming: the snapshot rewrites every synced row through ``apply_batch``. Damaged
+zone-local rows cannot come back from global: they are reported and never served.
 """
 
 from __future__ import annotations
@@ -11,13 +16,18 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Mapping
 
+import structlog
+
 from kds.errors import ReadOnlySynced
 from kds.model import Key, Kind, Resource
 from kds.mtls import secret_refs
 from kds.protocol.applier import DecodedBatch, Plan, ZoneView, plan_batch
 from kds.store.results import ORIGIN_GLOBAL, ORIGIN_ZONE, SyncState, ZoneApplyResult
 from kds.store.sqlite._db import COLS, get_meta, set_meta
+from kds.store.sqlite._digest import DamagedRow
 from kds.store.sqlite._resources import ResourceEngine
+
+log = structlog.get_logger("kds.store")
 
 __all__ = ["ZoneEngine"]
 
@@ -42,6 +52,33 @@ class ZoneEngine(ResourceEngine):
 
     def _next_version(self, conn: sqlite3.Connection, old: Resource | None) -> int:
         return old.version + 1 if old else 1
+
+    # ------------------------------------------------------------------ damage
+
+    def _after_check(self, damaged: list[DamagedRow]) -> None:
+        local = [d for d in damaged if d.origin == ORIGIN_ZONE]
+        synced = [d for d in damaged if d.origin != ORIGIN_ZONE]
+        for d in local:
+            log.error(
+                "damaged zone-local row: global cannot repair it; it is not served",
+                key=d.key,
+                path=str(self.path),
+                fix="put the resource again on this zone, or restore the store from a backup",
+            )
+        if not synced:
+            return
+        conn = self.db.conn()
+        with self.db.tx(conn):
+            conn.executemany("DELETE FROM resources WHERE rowid=?", [(d.rowid,) for d in synced])
+            for k in ("synced_store_id", "applied_chain", "applied_at", "snapshot_tag"):
+                set_meta(conn, k, "")
+            set_meta(conn, "applied_revision", 0)
+        log.error(
+            "damaged synced rows removed: the zone takes a snapshot from global to repair them",
+            keys=sorted({d.key for d in synced})[:100],
+            count=len(synced),
+            path=str(self.path),
+        )
 
     # ------------------------------------------------------------------ sync
 
@@ -159,6 +196,6 @@ class ZoneEngine(ResourceEngine):
             )
         conn.executemany(
             f"INSERT OR REPLACE INTO resources ({COLS}, wire, sync_gen) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             [self.sealer.row_values(r, ORIGIN_GLOBAL, None, gen) for r in plan.puts],
         )
