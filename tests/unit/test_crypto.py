@@ -134,7 +134,6 @@ def test_a_value_that_does_not_decrypt_fails_its_own_row_only(tmp_path: Path) ->
         store.get(Key(Kind.SECRET, "default", "s1"))
     total, rows = store.page(Kind.SECRET)
     assert (total, [r.resource.name for r in rows]) == (2, ["s0", "s2"])
-    assert all(MARKER not in str(r) for r in store.damaged)
     store.close()
 
 
