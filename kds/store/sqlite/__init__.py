@@ -9,8 +9,8 @@ daemons use. They run a blocking engine, ``GlobalEngine`` / ``ZoneEngine``, on o
 thread and one reader thread, each with its own connection; the engines are not
 thread-safe by themselves, and tests may drive them directly on one thread.
 
-Modules, by job: _db (file, schema, connections, transactions, meta), _sealing (encryption
-at rest), _resources (rows both roles share, API writes), _changelog (global's change log
+Modules, by job: _db (file, schema, connections, transactions, meta, the store marker),
+_digest (row digests: noticing damaged rows), _sealing (encryption at rest), _resources (rows both roles share, API writes), _changelog (global's change log
 and history chain), _global and _zone (each role's engine), _stores (the async stores).
 """
 
