@@ -1,4 +1,4 @@
-"""The propagation benchmark still runs (its figures are not asserted: timing tests flake)."""
+"""The benchmark scripts still run (its figures are not asserted: timing tests flake)."""
 
 from __future__ import annotations
 
@@ -44,3 +44,23 @@ def test_reconnect_memory_benchmark_runs() -> None:
     )
     assert r.returncode == 0, r.stderr
     assert "| 100 |" in r.stdout and "MiB per 1,000 streams" in r.stdout, r.stdout
+
+
+def test_digest_cost_benchmark_runs() -> None:
+    """bench/digest_cost.py times a zone's apply with and without row digests, and the
+    start-up check, and prints the table."""
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "digest_cost.py"),
+            "--secrets",
+            "200",
+            "--rows",
+            "500",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "| start-up check of 500 rows |" in r.stdout, r.stdout

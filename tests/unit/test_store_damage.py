@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -161,33 +160,3 @@ def test_a_full_disk_raises_store_full(tmp_path: Path) -> None:
     conn.execute("PRAGMA max_page_count=1073741823")
     z.put(mk(Key(Kind.SECRET, "default", "small"), b"x"), T0)  # the store still works
     z.close()
-
-
-@pytest.mark.skipif(not os.environ.get("KDS_DIGEST_TIMING"), reason="KDS_DIGEST_TIMING unset")
-def test_digest_cost(tmp_path: Path) -> None:  # pragma: no cover - a measurement
-    """Time a 10,000-secret apply_batch and a start-up check of 100,000 rows, with the
-    digest and with it stubbed out (printed; run with -s and KDS_DIGEST_TIMING=1)."""
-    import kds.store.sqlite._db as dbmod
-    import kds.store.sqlite._digest as digmod
-    import kds.store.sqlite._sealing as sealmod
-
-    def apply(path: Path, n: int) -> float:
-        z = ZoneEngine(path)
-        t = time.perf_counter()
-        z.apply_batch(batch(secrets(n), n + 2), GSID, T0)
-        took = time.perf_counter() - t
-        z.close()
-        return took
-
-    real = digmod.row_digest
-    for label in ("with digest", "digest stubbed"):
-        took = apply(tmp_path / f"a-{label}.db", 10_000)
-        print(f"\napply_batch 10,000 secrets, {label}: {took * 1000:.0f} ms")
-        dbmod.row_digest = sealmod.row_digest = lambda v: b""  # type: ignore[assignment]
-    dbmod.row_digest = sealmod.row_digest = real
-    big = tmp_path / "big.db"
-    apply(big, 100_000)
-    conn = sqlite3.connect(big)
-    t = time.perf_counter()
-    assert digmod.scan(conn) == []
-    print(f"start-up check of 100,000 rows: {(time.perf_counter() - t) * 1000:.0f} ms")
