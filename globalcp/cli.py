@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from kds.cli_common import quiet_grpc_core, run_with_config
+from kds.cli_common import run_with_config
 from kds.config import GlobalConfig, click_options
 from kds.version import __version__
 
@@ -36,5 +36,7 @@ def run(ctx: click.Context, config_file: Path | None, **given: Any) -> None:
 
 
 def main() -> None:
-    quiet_grpc_core()
+    # gRPC's C core keeps its own lines here: a client's failed handshake on the sync port
+    # (wrong CA, old TLS, plain HTTP) is logged by nothing else. A taken port is refused
+    # before grpc binds it (check_ports_free), so its add_port.cc error never shows.
     cli()

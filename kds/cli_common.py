@@ -47,8 +47,7 @@ def run_with_config(
 
 
 def quiet_grpc_core() -> None:
-    """Keep gRPC's C core from printing its own lines (``I1130 ... ssl_transport_security.cc``,
-    ``E1130 ... add_port.cc``) into a daemon's structured log: the daemon logs the events an
-    operator can act on itself (a failed dial, with a hint; a port it cannot bind). Called
-    before grpc is imported; a GRPC_VERBOSITY the user set wins."""
+    """Keep gRPC's C core from printing its own lines (``I1130 ... ssl_transport_security.cc``)
+    into zonecp's structured log: the zone logs every failed dial itself, with a hint at the
+    fix. Called before grpc is imported; a GRPC_VERBOSITY the user set wins."""
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
