@@ -73,3 +73,13 @@ def test_kdsctl_at_the_sync_port_says_where_the_api_is() -> None:
         srv.close()
     assert "looks like global's sync port" in str(e.value)
     assert "5681 on global, 5682 on a zone" in str(e.value)
+
+
+def test_zone_dial_errors_carry_a_hint() -> None:
+    from zonecp.client import _hint
+
+    tls = "UNAVAILABLE: ... SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED: unable to get"
+    assert "pass global's DATA_DIR/ca.crt with --ca-file" in _hint(tls)
+    http = "UNAVAILABLE: ... SSL routines:OPENSSL_internal:WRONG_VERSION_NUMBER: Invalid"
+    assert "not the sync port (global's --kds-address, default 5685)" in _hint(http)
+    assert _hint("UNAVAILABLE: failed to connect to all addresses; Connection refused") == ""
