@@ -28,7 +28,7 @@ from kds.errors import ConfigError
 from kds.grpc_options import server_options
 from kds.model import Key, Kind, Limits, Resource
 from kds.reload import Reloader
-from kds.runtime import Guard, Service, ensure_private_dir
+from kds.runtime import Guard, Service, check_ports_free, ensure_private_dir
 from kds.secret_files import check_secret_files
 from kds.store import WriteResult, open_global_store
 from kds.version import __version__
@@ -53,6 +53,7 @@ LIVE_OPTIONS = frozenset(
 
 async def run_global(cfg: GlobalConfig, service: Service) -> int:
     stop = service.stop
+    check_ports_free({"--kds-address": cfg.kds_address, "--api-address": cfg.api_address})
     data_dir = ensure_private_dir(cfg.data_dir)
     check_secret_files(
         {"--tls-key-file": cfg.tls_key_file, "--api-tls-key-file": cfg.api_tls_key_file}

@@ -14,8 +14,9 @@ from kds.version import __version__
 
 
 @click.group(
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Global control plane: holds Meshes, Secrets and GlobalSecrets and pushes "
-    "them to every connected zone control plane."
+    "them to every connected zone control plane.",
 )
 @click.version_option(__version__, prog_name="globalcp")
 def cli() -> None:
@@ -35,4 +36,7 @@ def run(ctx: click.Context, config_file: Path | None, **given: Any) -> None:
 
 
 def main() -> None:
+    # gRPC's C core keeps its own lines here: a client's failed handshake on the sync port
+    # (wrong CA, old TLS, plain HTTP) is logged by nothing else. A taken port is refused
+    # before grpc binds it (check_ports_free), so its add_port.cc error never shows.
     cli()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,3 +44,10 @@ def run_with_config(
     except KdsError as e:
         structlog.get_logger("kds").error("cannot start", error=str(e))
         return 1
+
+
+def quiet_grpc_core() -> None:
+    """Keep gRPC's C core from printing its own lines (``I1130 ... ssl_transport_security.cc``)
+    into zonecp's structured log: the zone logs every failed dial itself, with a hint at the
+    fix. Called before grpc is imported; a GRPC_VERBOSITY the user set wins."""
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")

@@ -332,6 +332,24 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def format_duration(seconds: float) -> str:
+    """A duration as an option takes it, in its largest whole unit: 2s, 15m, 1.5s, 250ms."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    if seconds >= 1:
+        return f"{seconds:g}s"
+    return f"{seconds * 1000:g}ms"
+
+
+def format_size(n: int) -> str:
+    """A size as an option takes it, in its largest whole binary unit: 1MiB, 4MiB, 512B."""
+    for unit in ("GiB", "MiB", "KiB"):
+        if n >= _SIZE_UNITS[unit] and n % _SIZE_UNITS[unit] == 0:
+            return f"{n // _SIZE_UNITS[unit]}{unit}"
+    return f"{n}B"
+
+
 def click_options(cls: type[C], env_prefix: str) -> Callable[[Callable[..., Any]], Any]:
     """Decorate a click command with one option per config field (all default to None)."""
 
@@ -344,6 +362,10 @@ def click_options(cls: type[C], env_prefix: str) -> Callable[[Callable[..., Any]
             default = f.default
             if isinstance(default, tuple) and len(default) == 2 and isinstance(default[1], int):
                 shown: Any = f"{default[0]}:{default[1]}"  # an address
+            elif f.metadata["metavar"] == "DURATION" and isinstance(default, int | float):
+                shown = format_duration(default)  # as the README and the flags write it: 2s
+            elif f.metadata["metavar"] == "SIZE" and isinstance(default, int):
+                shown = format_size(default)  # 1MiB
             else:
                 shown = default
             shown = "none" if shown in ("", None, ()) else shown

@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import os
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import structlog
 from kds.errors import ConfigError
 from kds.notify import Notifier
 
-__all__ = ["Guard", "Service", "ensure_private_dir", "run_daemon"]
+__all__ = ["Guard", "Service", "check_ports_free", "ensure_private_dir", "run_daemon"]
 
 log = structlog.get_logger("kds.runtime")
 
@@ -83,6 +84,25 @@ class Service:
             log.warning("SIGHUP ignored: the daemon is not running yet")
             return
         self.on_reload()
+
+
+def check_ports_free(addresses: dict[str, tuple[str, int]]) -> None:
+    """Bind each ``--option: (host, port)`` for a moment and let it go, so a daemon that could
+    not listen stops before it writes anything (data dir, CA, tokens). A ConfigError names the
+    first option that cannot listen. Port 0 (any free port) is not checked."""
+    for option, (host, port) in addresses.items():
+        if port == 0:
+            continue
+        try:
+            family, kind, proto, _, sockaddr = socket.getaddrinfo(
+                host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+            with socket.socket(family, kind, proto) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(sockaddr)
+        except (OSError, UnicodeError) as e:
+            reason = getattr(e, "strerror", None) or str(e)
+            raise ConfigError(f"{option} {host}:{port}: cannot listen: {reason}") from None
 
 
 def ensure_private_dir(path: Path) -> Path:

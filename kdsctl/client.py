@@ -108,6 +108,13 @@ class ApiClient:
             raise ApiUnreachable(
                 f"no answer from {url} within {timeout:g}s (see --timeout)"
             ) from None
+        except httpx.RemoteProtocolError as e:
+            # What global's sync port (gRPC over HTTP/2) does to an HTTP/1.1 request.
+            raise ApiUnreachable(
+                f"request to {url} failed: {_reason(e).rstrip('.')}."
+                " This looks like global's sync port (--kds-address, default 5685), not an API: the API is on --api-address"
+                " (default port 5681 on global, 5682 on a zone)"
+            ) from None
         except (httpx.HTTPError, httpx.InvalidURL) as e:
             raise ApiUnreachable(f"request to {url} failed: {_reason(e)}") from None
         if resp.status_code >= 400:

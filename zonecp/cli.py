@@ -8,14 +8,15 @@ from typing import Any
 
 import click
 
-from kds.cli_common import run_with_config
+from kds.cli_common import quiet_grpc_core, run_with_config
 from kds.config import ZoneConfig, click_options
 from kds.version import __version__
 
 
 @click.group(
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Zone control plane: receives Meshes, Secrets and GlobalSecrets from the "
-    "global control plane and serves them with the zone's own resources."
+    "global control plane and serves them with the zone's own resources.",
 )
 @click.version_option(__version__, prog_name="zonecp")
 def cli() -> None:
@@ -35,4 +36,5 @@ def run(ctx: click.Context, config_file: Path | None, **given: Any) -> None:
 
 
 def main() -> None:
+    quiet_grpc_core()
     cli()

@@ -427,5 +427,20 @@ class ZoneClient:
 
 def _describe(exc: BaseException | None) -> str:
     if isinstance(exc, grpc.aio.AioRpcError):
-        return f"{exc.code().name}: {exc.details()}"
+        text = f"{exc.code().name}: {exc.details()}"
+        return text + _hint(text)
     return repr(exc) if exc else ""
+
+
+def _hint(text: str) -> str:
+    """What to do about a dial error an operator can fix, as a sentence to add to it."""
+    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+        return (
+            " (global's certificate is not trusted: pass global's DATA_DIR/ca.crt with --ca-file)"
+        )
+    if "WRONG_VERSION_NUMBER" in text or "HTTP_REQUEST" in text:
+        return (
+            " (this looks like an HTTP port, not the sync port"
+            " (global's --kds-address, default 5685))"
+        )
+    return ""

@@ -88,12 +88,17 @@ def test_status_page_shows_every_zone_and_follows_changes(
         "the token form",
     )
     assert _rows(browser) == {}
+    # It says where the token is, ends the "Loading", and does not claim global is unreachable.
+    summary = browser.find_element("id", "summary").text  # type: ignore[attr-defined]
+    assert "A token is needed" in summary and "DATA_DIR/read-only-token" in summary, summary
+    assert "Loading" not in summary
+    assert not browser.find_element("id", "problem").is_displayed()  # type: ignore[attr-defined]
     # A wrong token is refused; the read-only token, typed into the form, is enough.
     field = browser.find_element("id", "token")  # type: ignore[attr-defined]
     field.send_keys("wrong-token")
     field.submit()
     wait_for(
-        lambda: "token was refused" in browser.find_element("id", "problem").text,  # type: ignore[attr-defined]
+        lambda: "token was refused" in browser.find_element("id", "summary").text,  # type: ignore[attr-defined]
         10,
         "the refusal",
     )
