@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -123,12 +124,36 @@ async def test_run_pings_while_healthy_sends_ready_once_and_stops_pinging_when_u
 
 
 async def test_a_hung_loop_sends_no_pings(listener: Listener) -> None:
+    """Pings come from the event loop: while it is blocked none is sent, so systemd's watchdog
+    fires. Arrival times are read by a thread, so a busy machine cannot blur the windows."""
+    arrivals: list[tuple[float, dict[str, str]]] = []
+    done = threading.Event()
+
+    def receive() -> None:
+        listener.sock.settimeout(0.05)
+        while not done.is_set():
+            try:
+                data = listener.sock.recv(4096)
+            except TimeoutError:
+                continue
+            arrivals.append((time.monotonic(), parse(data)))
+
+    reader = threading.Thread(target=receive, daemon=True)
+    reader.start()
     n = Notifier.from_environ({"NOTIFY_SOCKET": listener.address, "WATCHDOG_USEC": "100000"})
     task = asyncio.create_task(n.run(lambda: True, lambda: (True, "ok")))
-    await asyncio.sleep(0.01)
-    first = await asyncio.to_thread(listener.recv_all, 0.05)
-    time.sleep(0.5)  # the event loop is blocked: the task cannot run
-    during = listener.recv_all(0.01)
+    deadline = time.monotonic() + 5
+    while not any(m.get("WATCHDOG") == "1" for _, m in arrivals) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    blocked_at = time.monotonic()
+    time.sleep(0.6)  # the event loop is blocked: the task cannot run
+    unblocked_at = time.monotonic()
     task.cancel()
-    assert any(m.get("WATCHDOG") == "1" for m in first)
-    assert during == []
+    done.set()
+    reader.join()
+    assert any(m.get("WATCHDOG") == "1" for _, m in arrivals)
+    # A ping already in flight when the loop blocked may land just after; none later.
+    late = [
+        t for t, m in arrivals if m.get("WATCHDOG") == "1" and blocked_at + 0.1 < t < unblocked_at
+    ]
+    assert late == []
