@@ -16,7 +16,7 @@ from kds.crypto import load_key_file
 from kds.errors import ConfigError
 from kds.model import Limits
 from kds.reload import Reloader
-from kds.runtime import Guard, Service, ensure_private_dir
+from kds.runtime import Guard, Service, check_ports_free, ensure_private_dir
 from kds.secret_files import check_secret_files
 from kds.store import WriteResult, open_zone_store
 from kds.version import __version__
@@ -55,6 +55,7 @@ async def run_zone(cfg: ZoneConfig, service: Service) -> int:
             "--api-tls-key-file": cfg.api_tls_key_file,
         }
     )
+    check_ports_free({"--api-address": cfg.api_address})
     data_dir = ensure_private_dir(cfg.data_dir)
     api_tokens = load_api_tokens(data_dir, cfg.admin_token_file, cfg.read_only_token_file)
     cipher = load_key_file(cfg.encryption_key_file) if cfg.encryption_key_file else None

@@ -50,6 +50,36 @@ def test_taken_port_leaves_no_data_dir(tmp_path: Path) -> None:
             _no_c_core_lines(out)
 
 
+def test_a_zone_whose_api_port_is_taken_leaves_no_data_dir(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        data_dir = tmp_path / "zone"
+        run = subprocess.run(
+            [
+                str(BIN / "zonecp"),
+                "run",
+                "--zone",
+                "zone-a",
+                "--insecure",
+                "--global-address",
+                f"grpc://127.0.0.1:{free_port()}",
+                "--data-dir",
+                str(data_dir),
+                "--api-address",
+                f"127.0.0.1:{port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        out = run.stdout + run.stderr
+        assert run.returncode == 1, out
+        assert f"--api-address 127.0.0.1:{port}: cannot listen" in out, out
+        assert not data_dir.exists(), out
+
+
 def test_zone_dial_errors_name_the_fix(cluster: Cluster) -> None:
     cluster.start_global()
     token = cluster.zone_token("zone-1")
