@@ -22,8 +22,6 @@ import click
 
 from kds.errors import InvalidResource
 from kds.model import (
-    LABEL_ORIGIN,
-    LABEL_ZONE,
     SYSTEM_LABELS,
     Kind,
     Limits,
@@ -93,8 +91,8 @@ def _load_documents(stream: IO[str]) -> list[_Doc]:
         fail(f"{problems} invalid document(s); nothing was applied")
     if stripped:
         click.echo(
-            f"note: {name}: left out the labels {LABEL_ORIGIN} and {LABEL_ZONE} of {stripped} "
-            "resource(s): the control plane sets them",
+            f"note: {name}: left out the labels the control plane sets "
+            f"({', '.join(sorted(SYSTEM_LABELS))}) of {stripped} resource(s)",
             err=True,
         )
     return out
@@ -116,8 +114,8 @@ def _documents(name: str, docs: list[Any]) -> Iterator[tuple[str, Any]]:
 
 
 def _strip_system_labels(doc: Any) -> int:
-    """Drop kuma.io/origin and kuma.io/zone (which `get` shows and the API refuses) so that
-    `get -o yaml` output applies as it is; 1 if the document had any, else 0."""
+    """Drop the labels the control plane computes (which `get` shows), so that `get -o yaml`
+    output applies as it is, even to another control plane; 1 if the document had any."""
     if not isinstance(doc, dict):
         return 0
     holder = doc.get("metadata") if ("apiVersion" in doc or "kind" in doc) else doc

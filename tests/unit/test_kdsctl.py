@@ -181,7 +181,11 @@ def test_get_json_and_yaml(server: Server) -> None:
     assert res.exit_code == 0, res.output
     body = json.loads(res.stdout)
     assert body["data"] == DATA and body["mesh"] == "default"
-    assert body["labels"] == {"kuma.io/origin": "global"}
+    assert body["labels"] == {
+        "kuma.io/origin": "global",
+        "kuma.io/display-name": "sample-secret",
+        "kuma.io/mesh": "default",
+    }
     res = run(server, "get", "secrets", "-o", "yaml")
     listing = yaml.safe_load(res.stdout)
     assert listing["total"] == 1 and listing["items"][0]["name"] == "sample-secret"
@@ -201,14 +205,19 @@ def test_get_output_applies_as_it_is(server: Server) -> None:
             res = run(server, "apply", "-f", "-", input=out)
             assert res.exit_code == 0, res.output
             assert "unchanged" in res.stdout and "created" not in res.stdout
-            assert "left out the labels kuma.io/origin and kuma.io/zone" in res.stderr
+            assert "left out the labels the control plane sets (kuma.io/display-name" in res.stderr
     one = yaml.safe_load(run(server, "get", "secret", "sample-secret", "-o", "yaml").stdout)
     one["data"] = "Y2hhbmdlZAo="
     one["labels"]["team"] = "a"
     res = run(server, "apply", "-f", "-", input=yaml.safe_dump(one))
     assert res.exit_code == 0 and "Secret default/sample-secret updated" in res.stdout
     got = json.loads(run(server, "get", "secret", "sample-secret", "-o", "json").stdout)
-    assert got["labels"] == {"team": "a", "kuma.io/origin": "global"}
+    assert got["labels"] == {
+        "team": "a",
+        "kuma.io/origin": "global",
+        "kuma.io/display-name": "sample-secret",
+        "kuma.io/mesh": "default",
+    }
     # Kubernetes form, as a List, with the system label under metadata.labels.
     k8s = {
         "apiVersion": "v1",
@@ -382,7 +391,7 @@ def test_meshes_with_mtls_in_both_forms(server: Server, tmp_path: Path) -> None:
     bad = universal.replace(ca.key_b64, base64.b64encode(certs.other_key()).decode())
     res = run(server, "apply", "-f", "-", input=bad)
     assert res.exit_code == 1
-    assert "stdin document 1: mtls.backends[0].config.key.secret" in res.output
+    assert "stdin document 1: mtls.backends[0].conf.key.secret" in res.output
     assert "not the private key of the certificate" in res.output
     res = run(server, "apply", "-f", "-", input=kubernetes)
     assert res.exit_code == 0, res.output
