@@ -168,9 +168,14 @@ def _api_error(resp: httpx.Response) -> ApiError:
         body = None
     if not isinstance(body, dict) or "title" not in body:
         return ApiError(resp.status_code, f"HTTP {resp.status_code} {resp.reason_phrase}")
+    # Kuma's invalid_parameters [{field, reason}], else its older causes [{field, message}].
+    params = body.get("invalid_parameters")
+    entries, text = (
+        (params, "reason") if isinstance(params, list) else (body.get("causes"), "message")
+    )
     causes = [
-        (str(c.get("field", "")), str(c.get("message", "")))
-        for c in body.get("causes") or []
+        (str(c.get("field", "")), str(c.get(text, "")))
+        for c in entries or []
         if isinstance(c, dict)
     ]
     return ApiError(resp.status_code, str(body["title"]), str(body.get("detail", "")), causes)
