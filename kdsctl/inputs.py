@@ -66,6 +66,8 @@ def read_inputs(paths: tuple[str, ...]) -> list[Input]:
         if path == "-":
             out.append(Input("stdin", sys.stdin.read()))
             continue
+        if path.startswith(("http://", "https://")):
+            fail(f"{path}: kdsctl reads files, not URLs (unlike kumactl): download it first")
         p = Path(path)
         try:
             if p.is_dir():
