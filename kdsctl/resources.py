@@ -34,7 +34,7 @@ from kds.model import (
 )
 from kdsctl.client import ApiClient, ApiError, pass_client, resource_path
 from kdsctl.inputs import Input, parse_vars, read_inputs, render
-from kdsctl.render import fail, print_error, print_resources
+from kdsctl.render import fail, print_error, print_resources, safe_text
 
 __all__ = [
     "APPLY_CHUNK_BYTES",
@@ -218,13 +218,14 @@ def apply(
                 f"name={_quoted(item['name'])} {str(item['result']).capitalize()}"
             )
         for warning in answer.get("warnings", []):
-            click.echo(f"Warning: {_where(chunk, str(warning))}", err=True)
+            click.echo(f"Warning: {_where(chunk, safe_text(warning))}", err=True)
         applied += len(chunk)
 
 
 def _quoted(value: object) -> str:
-    """As kumactl's %q shows a string: JSON quoting is the same for printable text."""
-    return json.dumps(str(value), ensure_ascii=False)
+    """As kumactl's %q shows a string (JSON quoting is the same for printable text), with
+    what the server sent made safe for a terminal first."""
+    return json.dumps(safe_text(value), ensure_ascii=False)
 
 
 APPLY_CHUNK_BYTES = 8 * 1024 * 1024
