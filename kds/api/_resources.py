@@ -4,7 +4,7 @@ Kuma's conventions: a resource body is the Universal form (kds.model.to_json), a
 add the labels the control plane computes (kds.api._labels), which are never stored. A
 write answers ``{}`` (201 created, 200 updated), or ``{"warnings": [...]}``: never the
 resource, so a write does not echo secret data back. ``GET ...?format=k8s`` answers the
-Kubernetes form. Lists page by ``offset`` and ``size`` (100 by default, at most 1000) and
+Kubernetes form (of each item, on a list). Lists page by ``offset`` and ``size`` (100 by default, at most 1000) and
 select with ``name`` (a part of the name) and ``filter[labels.KEY]=VALUE``. A Secret path
 in a mesh that does not exist is 404. A read with the read-only token gets resources
 without their data. Each write logs one line naming the resource, never its data.
@@ -130,9 +130,16 @@ def _label_filters(request: web.Request) -> dict[str, str]:
     return filters
 
 
-def _selected(rendered: Mapping[str, Any], name_part: str, filters: Mapping[str, str]) -> bool:
-    labels = rendered.get("labels") or {}
-    return name_part in rendered["name"] and all(labels.get(k) == v for k, v in filters.items())
+def _selected(ctx: ApiContext, row: Row, name_part: str, filters: Mapping[str, str]) -> bool:
+    """Whether ``row`` is selected by the list's ``name`` and label filters, on the labels
+    its answer shows (computed ones included)."""
+    res = row.resource
+    if name_part not in res.name:
+        return False
+    if not filters:
+        return True
+    labels = {**res.labels, **computed_labels(ctx, res, row.origin)}
+    return all(labels.get(k) == v for k, v in filters.items())
 
 
 def list_handler(kind: Kind, all_meshes: bool = False) -> Handler:
@@ -151,6 +158,7 @@ def list_handler(kind: Kind, all_meshes: bool = False) -> Handler:
             )
         name_part = request.query.get("name", "")
         filters = _label_filters(request)
+        k8s = _k8s_format(request)
         mesh: str | None = None
         if kind is Kind.SECRET and not all_meshes:
             mesh = request.match_info["mesh"]
@@ -158,17 +166,12 @@ def list_handler(kind: Kind, all_meshes: bool = False) -> Handler:
         if name_part or filters:
             # Selection is on what the answer shows (computed labels included), so it reads
             # the kind's rows and pages what it selects.
-            selected = [
-                body
-                for body in (
-                    _render(ctx, r, request) for r in await ctx.store.list_rows(kind, mesh)
-                )
-                if _selected(body, name_part, filters)
-            ]
-            total, items = len(selected), selected[offset : offset + size]
+            rows = await ctx.store.list_rows(kind, mesh)
+            selected = [r for r in rows if _selected(ctx, r, name_part, filters)]
+            total, page = len(selected), selected[offset : offset + size]
         else:
             total, page = await ctx.store.page(kind, mesh, offset, size)
-            items = [_render(ctx, r, request) for r in page]
+        items = [_render(ctx, r, request, k8s) for r in page]
         next_url = None
         if offset + size < total:
             next_url = str(

@@ -404,13 +404,16 @@ async def test_globalsecrets_and_secrets_paths(api: Api) -> None:
 
 
 async def test_format_k8s(api: Api) -> None:
-    """?format=k8s (or kubernetes) answers the Kubernetes form; another value is a 400."""
+    """?format=k8s (or kubernetes) answers the Kubernetes form (Kuma's, on a single
+    resource; on lists too, kds-sync's addition); another value is a 400."""
     assert (await api.put("/meshes/default/secrets/s", {"data": DATA}))[0] == 201
     status, got = await api.get("/meshes/default/secrets/s?format=k8s")
     assert status == 200 and got["kind"] == "Secret" and got["type"] == "system.kuma.io/secret"
     assert got["metadata"]["labels"]["kuma.io/mesh"] == "default"
     assert got["data"] == {"value": DATA}
     assert (await api.get("/meshes/default?format=kubernetes"))[1]["kind"] == "Mesh"
+    listing = (await api.get("/meshes/default/secrets?format=k8s&name=s"))[1]
+    assert listing["total"] == 1 and listing["items"] == [got]
     status, err = await api.get("/meshes/default?format=xml")
     assert status == 400 and err["invalid_parameters"][0]["field"] == "format"
 
