@@ -29,6 +29,7 @@ import click
 
 from kds.errors import KdsError
 from kds.model import Kind
+from kds.text import safe_text
 
 __all__ = [
     "ApiClient",
@@ -335,12 +336,15 @@ def _api_error(resp: Response) -> ApiError:
     entries, text = (
         (params, "reason") if isinstance(params, list) else (body.get("causes"), "message")
     )
+    # What the server sends is printed on a terminal: escaped and bounded first.
     causes = [
-        (str(c.get("field", "")), str(c.get(text, "")))
+        (safe_text(c.get("field", "")), safe_text(c.get(text, "")))
         for c in entries or []
         if isinstance(c, dict)
     ]
-    return ApiError(resp.status_code, str(body["title"]), str(body.get("detail", "")), causes)
+    return ApiError(
+        resp.status_code, safe_text(body["title"]), safe_text(body.get("detail", "")), causes
+    )
 
 
 def resource_path(kind: Kind, name: str = "", mesh: str = "") -> str:

@@ -128,3 +128,30 @@ def test_get_lists_every_page_or_the_page_asked_for(server: Server, tmp_path: Pa
     assert [i["name"] for i in page["items"]] == [f"g{i}" for i in range(120, 130)]
     table = run(server, "get", "globalsecrets", "--offset", "125").stdout
     assert "g125" in table and "g124" not in table and "g129" in table
+
+
+def test_kuma_error_bodies_are_read_and_made_safe_to_print() -> None:
+    """kdsctl reads Kuma's invalid_parameters (else the older causes), and escapes what the
+    server sent before it reaches a terminal."""
+    import http.client
+    import json
+
+    from kdsctl.client import Response, _api_error
+
+    def answer(body: object) -> Response:
+        content = json.dumps(body).encode()
+        return Response("PUT", "http://x/", 400, "Bad Request", http.client.HTTPMessage(), content)
+
+    kuma = {
+        "type": "/std-errors",
+        "status": 400,
+        "title": "Could not process a resource",
+        "detail": "Resource is not valid\x1b[2J",
+        "invalid_parameters": [{"field": "name", "reason": "cannot be empty"}],
+        "causes": [{"field": "ignored", "message": "older clients read this"}],
+    }
+    e = _api_error(answer(kuma))
+    assert e.causes == [("name", "cannot be empty")]
+    assert "\x1b" not in e.detail and "\\x1b[2J" in e.detail
+    older = {"title": "Bad Request", "detail": "x", "causes": [{"field": "a", "message": "b"}]}
+    assert _api_error(answer(older)).causes == [("a", "b")]
