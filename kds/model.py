@@ -48,6 +48,7 @@ from kds.validation import (
     read_mesh_spec,
     validate,
     validate_labels,
+    validate_mesh_name,
     validate_name,
 )
 
@@ -75,6 +76,7 @@ __all__ = [
     "to_kubernetes",
     "validate",
     "validate_labels",
+    "validate_mesh_name",
     "validate_name",
 ]
 

@@ -99,8 +99,9 @@ def validate_name(value: object, field_name: str = "name") -> list[FieldViolatio
 
 
 def validate_mesh_name(value: object, field_name: str = "name") -> list[FieldViolation]:
-    """A new Mesh's name: an RFC 1035 label (Kuma's rule). Existing meshes are addressed by
-    the looser validate_name rule, so a mesh created under it stays reachable."""
+    """A new Mesh's name: an RFC 1035 label (Kuma's rule). The API checks it when a Mesh is
+    created; a mesh created under the looser validate_name rule stays usable: it can be
+    read, changed, deleted and hold secrets."""
     if not isinstance(value, str) or value == "":
         return [FieldViolation(field_name, "must be a non-empty string")]
     if len(value) > 63:
@@ -195,10 +196,7 @@ def decode_data(value: object, limits: Limits, field_name: str = "data") -> byte
 
 def validate(resource: Resource, limits: Limits) -> None:
     """Check a resource built from user input; raise InvalidResource listing every problem."""
-    if resource.kind is Kind.MESH:
-        errs = validate_mesh_name(resource.name)
-    else:
-        errs = validate_name(resource.name)
+    errs = validate_name(resource.name)  # a new Mesh's name: validate_mesh_name too
     if resource.kind is Kind.SECRET:
         errs += validate_name(resource.mesh, "mesh")
     errs += validate_labels(resource.labels)

@@ -17,7 +17,12 @@ from kds.api._body import read_json
 from kds.api._context import API_CONTEXT, size_violation
 from kds.api._errors import HttpError
 from kds.api._labels import take_computed_labels
-from kds.api._resources import log_written, own_origin, write_warnings
+from kds.api._resources import (
+    log_written,
+    new_mesh_name_problems,
+    own_origin,
+    write_warnings,
+)
 from kds.errors import (
     Conflict,
     FieldViolation,
@@ -63,6 +68,11 @@ async def apply_handler(request: web.Request) -> web.Response:
             res = from_document(doc, ctx.limits)
         except InvalidResource as e:
             label_errs += e.errors
+        else:
+            label_errs += [
+                FieldViolation(_item_field(v.field, i in k8s), v.message)
+                for v in await new_mesh_name_problems(ctx, res)
+            ]
         if label_errs:
             errs += [
                 FieldViolation(f"items[{i}].{c.field}" if c.field else f"items[{i}]", c.message)

@@ -31,6 +31,7 @@ from kds.model import (
     stays_on_global,
     to_json,
     to_kubernetes,
+    validate_mesh_name,
 )
 from kds.mtls import CONF_ALIAS
 from kds.store import ORIGIN_GLOBAL, ORIGIN_ZONE, Row, WriteResult
@@ -44,6 +45,7 @@ __all__ = [
     "get_handler",
     "list_handler",
     "log_written",
+    "new_mesh_name_problems",
     "own_origin",
     "put_handler",
     "write_warnings",
@@ -197,6 +199,14 @@ def get_handler(kind: Kind) -> Handler:
     return handler
 
 
+async def new_mesh_name_problems(ctx: ApiContext, res: Resource) -> list[FieldViolation]:
+    """Kuma's RFC 1035 rule for the name of a Mesh this write would create; a Mesh created
+    under the older rule can still be changed."""
+    if res.kind is not Kind.MESH or await ctx.store.get(res.key) is not None:
+        return []
+    return validate_mesh_name(res.name)
+
+
 def write_warnings(body: object, resource: Resource, prefix: str = "") -> list[str]:
     """What a write did that its author may not expect, said in its answer (Kuma's
     ``warnings``)."""
@@ -233,6 +243,7 @@ def put_handler(kind: Kind) -> Handler:
             raise HttpError(
                 400, "Invalid resource", f"{key} is invalid", label_errs + e.errors
             ) from None
+        label_errs += await new_mesh_name_problems(ctx, res)
         if label_errs:
             raise HttpError(400, "Invalid resource", f"{key} is invalid", label_errs)
         now = ctx.now()
