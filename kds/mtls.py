@@ -256,7 +256,8 @@ def _validate_backend_options(b: Mapping[str, Any], f: str) -> list[FieldViolati
         if k in b and not isinstance(b[k], Mapping)
     ]
     mode = b.get("mode", "STRICT")
-    if mode not in _MODES and mode not in (0, 1):
+    numeric = isinstance(mode, int) and not isinstance(mode, bool) and mode in (0, 1)
+    if not numeric and mode not in _MODES:  # protobuf JSON takes the enum's name or number
         errs.append(FieldViolation(f"{f}.mode", "must be STRICT or PERMISSIVE"))
     return errs
 

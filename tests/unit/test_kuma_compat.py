@@ -274,6 +274,11 @@ def test_what_kumactl_writes_back_is_accepted() -> None:
         ),
         ({"routing": {"zoneEgress": "yes"}}, "routing.zoneEgress", "must be true or false"),
         (
+            {"mtls": {"backends": [{"name": "ca-1", "type": "builtin", "mode": True}]}},
+            "mtls.backends[0].mode",
+            "must be STRICT or PERMISSIVE",
+        ),
+        (
             {"tracing": {"backends": [{"sampling": "x"}]}},
             "tracing.backends[0].sampling",
             "a number",
