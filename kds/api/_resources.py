@@ -4,9 +4,9 @@ Kuma's conventions: a resource body is the Universal form (kds.model.to_json), a
 add the labels the control plane computes (kds.api._labels), which are never stored. A
 write answers ``{}`` (201 created, 200 updated), or ``{"warnings": [...]}``: never the
 resource, so a write does not echo secret data back. ``GET ...?format=k8s`` answers the
-Kubernetes form (of each item, on a list). Lists page by ``offset`` and ``size`` (100 by default, at most 1000) and
-select with ``name`` (a part of the name) and ``filter[labels.KEY]=VALUE``. A Secret path
-in a mesh that does not exist is 404. A read with the read-only token gets resources
+Kubernetes form (of each item, on a list). Lists page by ``offset`` and ``size`` (100 by
+default, at most 1000) and select with ``name`` (a part of the name) and
+``filter[labels.KEY]=VALUE``. A Secret path in a mesh that does not exist is 404. A read with the read-only token gets resources
 without their data. Each write logs one line naming the resource, never its data.
 """
 
