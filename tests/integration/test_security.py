@@ -87,7 +87,7 @@ def test_revoking_a_token_ends_its_live_stream(cluster: Cluster) -> None:
     assert "PERMISSION_DENIED" in e["error"] and "revoked" in e["error"]
     _refusal(z, "has been revoked")  # and every new attempt is refused
     wait_for(lambda: g.get_json("/zones/zone-1")["status"] == "Offline", what="zone-1 Offline")
-    assert "revoked" in g.get_json("/zones/zone-1/_overview")["lastError"]["message"]
+    assert "revoked" in g.zone_sync("zone-1")["lastError"]["message"]
     listed = cluster.kdsctl("get", "zone-tokens").stdout
     assert token_id in listed and "zone-1" in listed
     g.put("/global-secrets/after", {"type": "GlobalSecret", "name": "after", "data": b64("x")})
