@@ -136,3 +136,133 @@ def test_status_page_shows_every_zone_and_follows_changes(
     wait_for(lambda: len(_rows(browser)) == 3, 10, "zones from the fragment's token")
     assert g.read_only_token not in browser.current_url  # type: ignore[attr-defined]
     assert g.read_only_token not in g.log_text()
+
+
+OUTPUT = Path(
+    os.environ.get("KDS_TEST_OUTPUT", Path(__file__).resolve().parents[2] / "test-output")
+)
+
+
+def _screenshot(driver: object, name: str) -> None:
+    """Save the page as it is now to test-output/status-page/NAME.png (KDS_TEST_OUTPUT)."""
+    out = OUTPUT / "status-page"
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False}
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)  # type: ignore[attr-defined]
+    height = _js(driver, "return document.documentElement.scrollHeight")
+    metrics["height"] = max(600, min(int(height), 4000))  # type: ignore[call-overload]
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)  # type: ignore[attr-defined]
+    assert driver.save_screenshot(str(out / f"{name}.png"))  # type: ignore[attr-defined]
+
+
+def _js(driver: object, script: str) -> object:
+    return driver.execute_script(script)  # type: ignore[attr-defined]
+
+
+def _go(driver: object, fragment: str, view: str) -> None:
+    _js(driver, f"location.hash = {fragment!r}")
+    wait_for(
+        lambda: (
+            _js(driver, "return document.body.dataset.rendered") == view
+            and _js(driver, "return document.body.dataset.view") == view
+        ),
+        10,
+        f"the {view} view",
+    )
+
+
+def test_status_page_views_history_charts_and_resources(cluster: Cluster, browser: object) -> None:
+    """Each view in Chromium, with a screenshot: the zones with the propagation-latency
+    chart; one zone's lag chart, connection timeline, events and conflicts; the resources
+    and which zones hold each or keep their own copy. Nothing is rendered as HTML."""
+    g = cluster.start_global("--keepalive-interval", "3s", "--keepalive-timeout", "2s")
+    a = cluster.start_zone("zone-a")
+    b = cluster.start_zone("zone-b")
+    marker = "page-marker-value-93c1"
+    b.put("/global-secrets/clash", {"type": "GlobalSecret", "name": "clash", "data": b64("z")})
+    g.put("/global-secrets/clash", {"type": "GlobalSecret", "name": "clash", "data": b64(marker)})
+    for i in range(3):
+        g.put(
+            f"/meshes/default/secrets/s{i}",
+            {"type": "Secret", "name": f"s{i}", "data": b64(marker)},
+        )
+    cluster.kdsctl("wait", "synced", "--timeout", "10s")
+    wait_for(lambda: g.zone_sync("zone-b")["conflictCount"] == 1, what="zone-b's conflict")
+    a.signal(signal.SIGKILL)
+    a.proc.wait()  # type: ignore[union-attr]
+    wait_for(lambda: g.zone_sync("zone-a")["status"] == "Offline", 15, "zone-a Offline")
+    g.put("/meshes/default/secrets/late", {"type": "Secret", "name": "late", "data": b64("x")})
+    a.start()
+    wait_for(lambda: g.zone_sync("zone-a")["status"] == "Online", 15, "zone-a Online again")
+    cluster.kdsctl("wait", "synced", "--timeout", "10s")
+
+    browser.get(f"{g.api_url}/gui#token={g.read_only_token}")  # type: ignore[attr-defined]
+    wait_for(lambda: len(_rows(browser)) == 2, 10, "two zones on the page")
+    _go(browser, "", "zones")
+    bars = wait_for(
+        lambda: (
+            (
+                b := _js(
+                    browser,
+                    "return Array.from(document.querySelectorAll('#latency-svg rect'))"
+                    ".map(r => Number(r.dataset.count))",
+                )
+            )
+            and sum(b) > 0  # type: ignore[arg-type]
+            and b
+        ),
+        10,
+        "the latency chart",
+    )
+    assert len(bars) == 15  # type: ignore[arg-type]  # 14 bounds and "more"
+    _screenshot(browser, "zones")
+
+    _go(browser, "#zone=zone-a", "zone")
+    wait_for(
+        lambda: (
+            _js(browser, "return document.querySelectorAll('#timeline-svg rect.offline').length")
+            and _js(browser, "return document.querySelectorAll('#lag-svg circle.sample').length")
+        ),
+        10,
+        "zone-a's timeline with an outage and its lag samples",
+    )
+    types = _js(
+        browser,
+        "return Array.from(document.querySelectorAll('#events tr')).map(t => t.dataset.type)",
+    )
+    assert types[:3] == ["connected", "disconnected", "connected"], types  # newest first
+    title = browser.find_element("id", "zone-title").text  # type: ignore[attr-defined]
+    assert title == "Zone zone-a: Online"
+    _screenshot(browser, "zone-a")
+
+    _go(browser, "#zone=zone-b", "zone")
+    wait_for(
+        lambda: "GlobalSecret:clash" in browser.find_element("id", "conflicts").text,  # type: ignore[attr-defined]
+        10,
+        "zone-b's conflict listed",
+    )
+    events = browser.find_element("id", "events").text  # type: ignore[attr-defined]
+    assert "conflicts: 1 now; started GlobalSecret:clash" in events
+    assert browser.find_element("id", "conflicts-title").text == "Conflicts (1)"  # type: ignore[attr-defined]
+    _screenshot(browser, "zone-b")
+
+    _go(browser, "#resources", "resources")
+    rows = _js(
+        browser,
+        "return Object.fromEntries(Array.from(document.querySelectorAll('#resources tr')).map("
+        "tr => [tr.dataset.key, Object.fromEntries(Array.from(tr.querySelectorAll('td[data-field]'))"
+        ".map(td => [td.dataset.field, td.textContent]))]))",
+    )
+    assert rows["GlobalSecret:clash"] == {"held": "zone-a", "own": "zone-b", "pending": "\u2013"}  # type: ignore[index]
+    assert rows["Secret:default/late"]["held"] == "zone-a, zone-b"  # type: ignore[index]
+    assert set(rows) >= {"Mesh:default", "Secret:default/s0", "Secret:default/s2"}  # type: ignore[arg-type]
+    _screenshot(browser, "resources")
+
+    # Names, counts and times only; the page's own script is its only script, and nothing
+    # the API said became an element.
+    html = browser.page_source  # type: ignore[attr-defined]
+    assert marker not in html and b64(marker) not in html
+    assert (
+        _js(browser, "return document.querySelectorAll('script, img, iframe, object').length") == 1
+    )
+    assert (OUTPUT / "status-page" / "zone-b.png").stat().st_size > 10_000
