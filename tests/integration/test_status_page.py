@@ -4,10 +4,15 @@ itself when a zone dies, and never shows secret data."""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
 import shutil
 import signal
+import threading
+import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -266,3 +271,152 @@ def test_status_page_views_history_charts_and_resources(cluster: Cluster, browse
         _js(browser, "return document.querySelectorAll('script, img, iframe, object').length") == 1
     )
     assert (OUTPUT / "status-page" / "zone-b.png").stat().st_size > 10_000
+
+
+HOSTILE = '<img src=x onerror="document.body.dataset.pwned=1">'
+
+
+def _canned(path: str, now: float) -> object:
+    """A global's status API with an hour of one zone's history, holding hostile text
+    wherever a zone's words reach the page."""
+
+    def ts(ago: float) -> str:
+        return (
+            dt.datetime.fromtimestamp(now - ago, dt.UTC).isoformat(timespec="milliseconds")[:-6]
+            + "Z"
+        )
+
+    zone = {
+        "name": "zone-x",
+        "status": "Online",
+        "instanceId": HOSTILE,
+        "connectedAt": ts(600),
+        "disconnectedAt": None,
+        "disconnectReason": None,
+        "lastUpdateAt": ts(3),
+        "zoneVersion": HOSTILE,
+        "storeBackend": "sqlite",
+        "globalRevision": 420,
+        "ackedRevision": 417,
+        "lagRevisions": 3,
+        "lagSeconds": 1.5,
+        "totalUpdates": 400,
+        "totalErrors": 2,
+        "conflictCount": 2,
+        "conflicts": ["Secret:default/db-password", HOSTILE],
+        "lastError": {"message": HOSTILE, "time": ts(900)},
+        "lastSyncMode": "resume",
+        "connections": 3,
+    }
+    if path == "/zones/_overview":
+        return {"total": 1, "items": [{"type": "ZoneOverview", "name": "zone-x", "kdsSync": zone}],
+                "next": None, "globalRevision": 420}  # fmt: skip
+    if path.startswith("/zones/zone-x/events"):
+        lag = [
+            {"time": ts(3600 - 30 * i), "revisions": (i * 7) % 23 if 40 <= i < 70 else i % 3,
+             "seconds": 0.5 * (i % 5)}
+            for i in range(120)
+        ]  # fmt: skip
+        events = [
+            {"time": ts(3000), "type": "connected", "instance": "zone-x-1", "version": "0.1.0",
+             "mode": "snapshot"},
+            {"time": ts(2400), "type": "disconnected", "reason": HOSTILE},
+            {"time": ts(2300), "type": "token-refused", "code": "PERMISSION_DENIED",
+             "reason": "zone token t1 has been revoked", "more": 4},
+            {"time": ts(1500), "type": "connected", "instance": HOSTILE, "version": HOSTILE,
+             "mode": "resume"},
+            {"time": ts(1200), "type": "conflicts", "count": 2, "started": [HOSTILE],
+             "startedCount": 2, "ended": [], "endedCount": 0},
+            {"time": ts(900), "type": "disconnected", "reason": "connection lost"},
+            {"time": ts(600), "type": "connected", "instance": "zone-x-3", "version": "0.1.0",
+             "mode": "resume"},
+            {"time": ts(60), "type": HOSTILE},
+        ]  # fmt: skip
+        return {"name": "zone-x", "events": events, "lag": lag}
+    if path == "/zones/_propagation":
+        counts = [0, 1, 5, 20, 60, 80, 85, 86, 86, 86, 86, 86, 86, 86]
+        return {"buckets": [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
+                            10, 30],
+                "total": {"counts": counts, "count": 87, "sum": 4.2}, "zones": {}}  # fmt: skip
+    if path == "/zones/_resources":
+        return {"globalRevision": 420, "zones": ["zone-x"], "total": 1, "truncated": False,
+                "items": [{"type": "Secret", "mesh": "default", "name": "db-password",
+                           "origin": "global", "revision": 12,
+                           "zones": {"held": [], "ownCopy": [HOSTILE], "pending": []}}]}  # fmt: skip
+    return None
+
+
+@pytest.fixture
+def canned_global() -> Iterator[str]:
+    page = (Path(__file__).resolve().parents[2] / "globalcp" / "status.html").read_bytes()
+    csp = (
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+        "connect-src 'self'"
+    )
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/gui":
+                body, kind = page, "text/html"
+            else:
+                answer = _canned(self.path, time.time())
+                if answer is None:
+                    self.send_error(404)
+                    return
+                body, kind = json.dumps(answer).encode(), "application/json"
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Security-Policy", csp)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_status_page_draws_an_hour_of_history_and_shows_hostile_text_as_text(
+    canned_global: str, browser: object
+) -> None:
+    """A zone's hour (three connections, a refused token, conflicts, lag rising and falling)
+    drawn from canned API answers, with a zone's hostile text in every place it can reach:
+    it shows as text and never becomes an element."""
+    browser.get(f"{canned_global}/gui#token=t&zone=zone-x")  # type: ignore[attr-defined]
+    wait_for(lambda: _js(browser, "return document.body.dataset.rendered") == "zone", 10, "zone")
+    wait_for(
+        lambda: (
+            _js(browser, "return document.querySelectorAll('#lag-svg circle.sample').length") == 121
+        ),  # the 120 samples and now
+        10,
+        "the lag chart",
+    )
+    spans = _js(
+        browser,
+        "return Array.from(document.querySelectorAll('#timeline-svg rect')).map(r => r.classList[0])",
+    )
+    assert spans == ["unknown", "online", "offline", "online", "offline", "online"], spans
+    text = browser.find_element("id", "view-zone").text  # type: ignore[attr-defined]
+    assert HOSTILE in text and "token refused (PERMISSION_DENIED)" in text
+    assert "conflicts: 2 now; started " + HOSTILE + " (+1 more)" in text
+    _screenshot(browser, "zone-history")
+    for fragment, view in (("", "zones"), ("#resources", "resources")):
+        _go(browser, fragment, view)
+        assert HOSTILE in browser.find_element("id", f"view-{view}").text  # type: ignore[attr-defined]
+    _screenshot(browser, "resources-hostile")
+    _go(browser, "", "zones")
+    wait_for(
+        lambda: _js(browser, "return document.querySelectorAll('#latency-svg rect').length") == 15,
+        10,
+        "the latency chart",
+    )
+    _screenshot(browser, "zones-latency")
+    assert _js(browser, "return document.body.dataset.pwned") is None
+    assert _js(browser, "return document.querySelectorAll('img').length") == 0
