@@ -4,8 +4,9 @@ Two series per zone, kept in the store (kds.store: ``add_zone_events`` / ``zone_
 they survive a restart, each bounded to its newest KEEP rows:
 
 - ``event``: the zone connected (its instance, version, and whether it resumed or took a
-  snapshot), disconnected (why), was refused (why: a revoked or expired token, a second
-  instance, an old protocol), or its conflicts changed (names that started and ended).
+  snapshot), disconnected (why), was refused (why: a second instance, an old protocol, a
+  message limit too small), or its conflicts changed (the names that started and ended: up
+  to NAMES_PER_EVENT of each, and NAME_CHARS characters, with their counts).
 - ``refusal``: tokens refused for a zone global knows, at most one entry per zone every
   10 s (the servicer's log throttle) saying how many it stands for. Whoever sent such a token
   holds none for the zone, so these have a series of their own: a flood of them never
@@ -55,6 +56,7 @@ SAMPLE_INTERVAL = 30.0
 # The largest event, as JSON; the conflict names one event lists.
 EVENT_BYTES = 4096
 NAMES_PER_EVENT = 10
+NAME_CHARS = 1200  # of the names one list of an event holds
 PENDING_MAX = 10_000
 
 
@@ -98,9 +100,9 @@ class ZoneHistory:
         self.event(
             zone,
             "conflicts",
-            started=started[:NAMES_PER_EVENT],
+            started=_first(started),
             startedCount=len(started),
-            ended=ended[:NAMES_PER_EVENT],
+            ended=_first(ended),
             endedCount=len(ended),
             count=count,
         )
@@ -138,6 +140,19 @@ class ZoneHistory:
         samples = await self.store.zone_events(zone, LAG, lag_since, self.keep)
         samples += [e for e in pending if e.kind == LAG and e.time >= lag_since]
         return {"events": _items(events), "lag": _items(samples)}
+
+
+def _first(names: list[str]) -> list[str]:
+    """The first NAMES_PER_EVENT names, fewer when they would exceed NAME_CHARS together
+    (a key's name may be 253 characters), so an event never outgrows EVENT_BYTES."""
+    out: list[str] = []
+    used = 0
+    for name in names[:NAMES_PER_EVENT]:
+        used += len(name)
+        if used > NAME_CHARS:
+            break
+        out.append(name)
+    return out
 
 
 def _items(rows: list[ZoneEvent]) -> list[dict[str, Any]]:

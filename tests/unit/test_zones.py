@@ -247,6 +247,16 @@ async def test_history_is_bounded_per_zone_and_series(store: HubStore, clock: Cl
     h.conflicts(names)
     await t.flush()
     last = (await t.history.read("zone-a", 1, 0.0))["events"][0]
-    assert last["startedCount"] == 100 and len(last["started"]) == 10
+    assert last["startedCount"] == 100 and len(last["started"]) == 5  # 1,200 characters
+    # The longest names a key can have, starting and ending in one change: still listed.
+    longest = [f"GlobalSecret:{'n' * 250}{i:03d}" for i in range(20)]
+    h.conflicts(longest[:10])
+    clock.t += 1
+    h.conflicts(longest[10:])
+    await t.flush()
+    last = (await t.history.read("zone-a", 1, 0.0))["events"][0]
+    assert last["started"] == longest[10:14] and last["ended"] == longest[:4]
+    assert last["startedCount"] == last["endedCount"] == 10
     rows = await store.zone_events("zone-a", "event", 0.0, 1000)
     assert all(len(r.data.encode()) <= 4096 for r in rows)
+    assert all("truncated" not in r.data for r in rows)
