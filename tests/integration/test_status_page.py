@@ -249,6 +249,16 @@ def test_status_page_views_history_charts_and_resources(cluster: Cluster, browse
     events = browser.find_element("id", "events").text  # type: ignore[attr-defined]
     assert "conflicts: 1 now; started GlobalSecret:clash" in events
     assert browser.find_element("id", "conflicts-title").text == "Conflicts (1)"  # type: ignore[attr-defined]
+    zone_bars = wait_for(
+        lambda: _js(
+            browser,
+            "return Array.from(document.querySelectorAll('#zone-latency-svg rect'))"
+            ".map(r => Number(r.dataset.count))",
+        ),
+        10,
+        "zone-b's latency chart",
+    )
+    assert len(zone_bars) == 15 and sum(zone_bars) >= 1  # type: ignore[arg-type]
     _screenshot(browser, "zone-b")
 
     _go(browser, "#resources", "resources")
