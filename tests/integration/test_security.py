@@ -350,8 +350,8 @@ def test_no_secret_value_leaks_and_encrypted_stores_hold_no_plaintext(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     """Unique markers written through every path never show in a log, an API answer other
-    than the secret's own GET, status, metrics, the status page or kdsctl output; with
-    --encryption-key-file no store file holds them."""
+    than the secret's own GET, status (history, resources and latency too), metrics, the
+    status page or kdsctl output; with --encryption-key-file no store file holds them."""
     keys = tmp_path / "keys"
     keys.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
     keys.chmod(0o600)
@@ -391,8 +391,19 @@ def test_no_secret_value_leaks_and_encrypted_stores_hold_no_plaintext(
     cluster.kdsctl("wait", "synced", "--timeout", "20s")
 
     ro = {"Authorization": f"Bearer {g.read_only_token}"}
-    for path in ("/zones", "/zones/_overview", "/zones/zone-1/_overview", "/metrics", "/gui"):
-        outputs.append(g.http.get(path).text)
+    for path in (
+        "/zones",
+        "/zones/_overview",
+        "/zones/zone-1/_overview",
+        "/zones/zone-1/events",
+        "/zones/_resources",
+        "/zones/_propagation",
+        "/metrics",
+        "/gui",
+    ):
+        r = g.http.get(path)
+        assert r.status_code == 200, (path, r.text)
+        outputs.append(r.text)
     outputs.append(httpx.get(f"{g.api_url}/meshes/default/secrets", headers=ro).text)
     for path in ("/status", "/metrics"):
         outputs.append(z.http.get(path).text)
