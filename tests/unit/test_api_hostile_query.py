@@ -4,10 +4,13 @@ quote what the request sent (always escaped and cut, never growing with the requ
 
 from __future__ import annotations
 
+import base64
 import json
+from pathlib import Path
 
 import pytest
 
+from kds.api.auth import ApiTokens
 from tests.unit.test_api import Api, MakeApi
 from tests.unit.test_api import make_api as make_api_fixture  # noqa: F401  # registers it
 
@@ -22,6 +25,9 @@ async def api(make_api: MakeApi) -> Api:
     api = await make_api()
     assert (await api.put("/meshes/default", {"type": "Mesh", "name": "default"}))[0] == 201
     return api
+
+
+DATA = base64.b64encode(b"never-shown-to-read-only").decode()
 
 
 def _fields(body: dict[str, object]) -> list[str]:
@@ -78,3 +84,39 @@ async def test_an_error_quoting_the_path_is_escaped_and_bounded(api: Api, path: 
     assert "\x1b" not in shown and "\x07" not in shown
     assert "\\x1b" in body["detail"]
     assert len(body["detail"]) < 2200 and len(text) < 8 * 1024
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/secrets",
+        "/secrets?format=k8s",
+        "/secrets?filter[labels.kuma.io/origin]=global&name=s",
+        "/meshes/default/secrets?format=k8s",
+        "/meshes/default/secrets/s?format=k8s",
+        "/globalsecrets",
+        "/globalsecrets?format=k8s",
+        "/globalsecrets/g",
+        "/globalsecrets/g?format=kubernetes",
+    ],
+)
+async def test_the_read_only_token_sees_no_data_on_kumas_paths_and_forms(
+    make_api: MakeApi, tmp_path: Path, path: str
+) -> None:
+    tokens = ApiTokens(admin="a" * 20, read_only="r" * 20, admin_file=tmp_path / "admin-token")
+    api = await make_api(tokens=tokens)
+    admin = {"Authorization": "Bearer " + "a" * 20}
+    for p, body in [
+        ("/meshes/default", {"type": "Mesh", "name": "default"}),
+        (
+            "/meshes/default/secrets/s",
+            {"type": "Secret", "mesh": "default", "name": "s", "data": DATA},
+        ),
+        ("/globalsecrets/g", {"type": "GlobalSecret", "name": "g", "data": DATA}),
+    ]:
+        assert (await api.client.put(p, json=body, headers=admin)).status in (200, 201)
+    resp = await api.client.get(path, headers={"Authorization": "Bearer " + "r" * 20})
+    text = await resp.text()
+    assert resp.status == 200, text
+    assert '"s"' in text or '"g"' in text, text
+    assert DATA not in text and '"data"' not in text and '"value"' not in text
