@@ -117,6 +117,25 @@ def _loopback(host: str) -> bool:
         return False
 
 
+def _no_proxy_range(host: str) -> bool:
+    """Whether NO_PROXY holds an address range (``10.0.0.0/8``) that ``host`` is in: Go's
+    net/http (kumactl's) honours them; urllib's proxy_bypass, which does the rest, does not."""
+    value = os.environ.get("no_proxy") or os.environ.get("NO_PROXY") or ""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    for entry in value.split(","):
+        if "/" not in entry:
+            continue
+        try:
+            if address in ipaddress.ip_network(entry.strip(), strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
 def _without_credentials(url: str) -> str:
     """``url`` as an error message may show it: a proxy's user and password left out."""
     try:
@@ -139,7 +158,11 @@ def _proxy(target: _Target) -> tuple[_Target, dict[str, str]] | None:
         return None
     import urllib.request
 
-    if _loopback(target.host) or urllib.request.proxy_bypass(target.host):
+    if (
+        _loopback(target.host)
+        or _no_proxy_range(target.host)
+        or urllib.request.proxy_bypass(target.host)
+    ):
         return None
     proxies = urllib.request.getproxies_environment()
     url = proxies.get(target.scheme) or proxies.get("all")

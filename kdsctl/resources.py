@@ -328,7 +328,11 @@ def _list(client: ApiClient, path: str, size: int | None, offset: int | None) ->
     if size is not None:
         return answer
     items = list(answer.get("items", []))
-    while answer.get("next"):
+    total = answer.get("total")
+    total = total if isinstance(total, int) else 0
+    # Pages until the first answer's total: a server whose "next" never ends cannot keep
+    # kdsctl reading forever.
+    while answer.get("next") and len(items) + (offset or 0) < total:
         start = len(items) + (offset or 0)
         answer = client.get(f"{path}?offset={start}&size=1000")
         if not answer.get("items"):

@@ -174,3 +174,37 @@ def test_a_proxy_error_never_shows_its_password(
     code, out = _kdsctl(f"{scheme}://global.example:5681", "get", "meshes")
     assert code == 1 and "proxy" in out, out
     assert "s3cret" not in out and "--api-url" not in out
+
+
+def test_a_server_that_ignores_offset_cannot_keep_get_reading_forever(
+    serve: Callable[..., OneServer],
+) -> None:
+    """kdsctl get follows the pages up to the first answer's total, whatever "next" says."""
+    page = {"total": 3, "items": [{"type": "Mesh", "name": "m"}], "next": "http://x/?offset=1"}
+    server = serve(page)
+    code, out = _kdsctl(server.url, "get", "meshes", "-o", "json")
+    assert code == 0, out
+    assert len(json.loads(out)["items"]) == 3 and server.connections == 3
+
+
+@pytest.mark.parametrize(
+    ("no_proxy", "proxied"),
+    [
+        ("", True),
+        ("10.0.0.0/8", False),
+        ("192.168.0.0/16, 10.1.2.0/24", False),
+        ("10.1.2.4/32", True),
+        ("not-a-range/8,10.1.2.3", False),
+    ],
+)
+def test_no_proxy_takes_address_ranges_as_kumactl_does(
+    monkeypatch: pytest.MonkeyPatch, no_proxy: str, proxied: bool
+) -> None:
+    from kdsctl.client import _proxy, _target
+
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", no_proxy)
+    found = _proxy(_target("http://10.1.2.3:5681"))
+    assert (found is not None) is proxied
+    if found:
+        assert (found[0].host, found[0].port) == ("proxy.example", 3128)
