@@ -240,7 +240,7 @@ def put_handler(kind: Kind) -> Handler:
         if kind is Kind.SECRET:
             await _require_mesh(ctx, key.mesh)
         body = await read_json(request)
-        doc, label_errs = take_computed_labels(ctx, body)
+        doc, label_errs = take_computed_labels(ctx, body, kind)
         try:
             res = from_json_body(doc, kind, key.name, key.mesh, ctx.limits)
         except InvalidResource as e:
