@@ -5,6 +5,7 @@ Secret and GlobalSecret, never a Mesh), and a zone's own answer written back as 
 from __future__ import annotations
 
 import base64
+import json
 
 import pytest
 
@@ -43,3 +44,35 @@ async def test_a_zone_secret_and_global_secret_have_them(make_api: MakeApi) -> N
     for path in ("/meshes/zmesh/secrets/s", "/globalsecrets/g"):
         labels = (await zone.get(path))[1]["labels"]
         assert labels["kuma.io/zone"] == "zone-1" and labels["kuma.io/env"] == "universal"
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "gs", "labels": {"kuma.io/mesh": "default"}},
+            "data": {"value": DATA},
+            "type": "system.kuma.io/global-secret",
+        },
+        {
+            "apiVersion": "kuma.io/v1alpha1",
+            "kind": "Mesh",
+            "metadata": {"name": "mk", "labels": {"kuma.io/mesh": "default"}},
+        },
+    ],
+)
+async def test_only_a_secret_has_a_mesh_label_in_either_form(
+    make_api: MakeApi, item: dict[str, object]
+) -> None:
+    """The Universal form refuses kuma.io/mesh on a GlobalSecret or a Mesh; the Kubernetes
+    form refuses it too, so nothing stored carries a label its own GET-then-PUT would fail on."""
+    api = await make_api()
+    resp = await api.client.post("/_apply", json={"items": [item]})
+    body = await resp.json()
+    assert resp.status == 400, body
+    assert "metadata.labels[kuma.io/mesh]" in json.dumps(body)
+    assert "only a Secret has a mesh" in json.dumps(body)
+    assert (await api.get("/globalsecrets"))[1]["total"] == 0
+    assert (await api.get("/meshes"))[1]["total"] == 0
