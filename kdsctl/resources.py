@@ -200,23 +200,25 @@ def apply(
         )
         return
     applied = 0
-    for chunk in _chunks(docs, APPLY_CHUNK_BYTES):
+    for chunk, bodies in _chunks(docs, APPLY_CHUNK_BYTES):
         try:
             answer = client.post(
-                "/_apply",
-                {"items": [_body(d.resource) for d in chunk]},
-                timeout=max(client.timeout, APPLY_TIMEOUT),
+                "/_apply", {"items": bodies}, timeout=max(client.timeout, APPLY_TIMEOUT)
             )
         except ApiError as e:
             causes = [(_where(chunk, f.replace("].", "]: ", 1)), m) for f, m in e.causes]
             detail = _where(chunk, e.detail)
             note = f" ({applied} resources applied before this request)" if applied else ""
             fail(f"{e.title}: {detail}{note}", causes)
-        for item in answer.get("items", []):
-            click.echo(
-                f"resource type={_quoted(item['type'])} mesh={_quoted(item.get('mesh', ''))} "
-                f"name={_quoted(item['name'])} {str(item['result']).capitalize()}"
-            )
+        # One write for the lot: click.echo per line checks the terminal each time, which
+        # cost ~0.1 s of CPU per 10,000 resources.
+        lines = [
+            f"resource type={_quoted(item['type'])} mesh={_quoted(item.get('mesh', ''))} "
+            f"name={_quoted(item['name'])} {str(item['result']).capitalize()}"
+            for item in answer.get("items", [])
+        ]
+        if lines:
+            click.echo("\n".join(lines))
         for warning in answer.get("warnings", []):
             click.echo(f"Warning: {_where(chunk, safe_text(warning))}", err=True)
         applied += len(chunk)
@@ -233,18 +235,23 @@ APPLY_CHUNK_BYTES = 8 * 1024 * 1024
 APPLY_TIMEOUT = 300.0
 
 
-def _chunks(docs: list[_Doc], limit: int) -> Iterator[list[_Doc]]:
+def _chunks(docs: list[_Doc], limit: int) -> Iterator[tuple[list[_Doc], list[dict[str, Any]]]]:
+    """The documents in requests of at most ``limit`` bytes of JSON, each with the request
+    bodies of its items (built once)."""
     chunk: list[_Doc] = []
+    bodies: list[dict[str, Any]] = []
     size = 0
     for d in docs:
-        n = len(json.dumps(_body(d.resource))) + 2
+        body = _body(d.resource)
+        n = len(json.dumps(body)) + 2
         if chunk and size + n > limit:
-            yield chunk
-            chunk, size = [], 0
+            yield chunk, bodies
+            chunk, bodies, size = [], [], 0
         chunk.append(d)
+        bodies.append(body)
         size += n
     if chunk:
-        yield chunk
+        yield chunk, bodies
 
 
 _ITEM_RE = re.compile(r"items\[(\d+)\]")
