@@ -63,14 +63,14 @@ class _Doc:
 def _load_documents(item: Input) -> list[_Doc]:
     import yaml
 
-    from kds.safe_yaml import AliasRefused, NoAliasLoader
+    from kds.safe_yaml import AliasRefused, load_all
 
     name = item.name
-    # libyaml's loader when PyYAML was built with it (the wheels are): ~12x faster on big
+    # libyaml's parser when PyYAML was built with it (the wheels are): ~12x faster on big
     # files. It refuses aliases, which could make a small file expand to gigabytes.
     docs: list[Any] = []
     try:
-        for doc in yaml.load_all(item.text, Loader=NoAliasLoader):
+        for doc in load_all(item.text):
             docs.append(doc)
     except AliasRefused as e:
         fail(f"{name} document {len(docs) + 1}: {e}")
