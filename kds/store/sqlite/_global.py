@@ -54,7 +54,7 @@ class GlobalEngine(ResourceEngine):
     # ------------------------------------------------------------------ revisioned writes
 
     def _next_version(self, conn: sqlite3.Connection, old: Resource | None) -> int:
-        return ChangeLog.next_revision(conn)
+        return self.changelog.next_revision(conn)
 
     def _log_put(
         self, conn: sqlite3.Connection, stored: Resource
@@ -64,8 +64,11 @@ class GlobalEngine(ResourceEngine):
         return record, wire_bytes
 
     def _log_delete(self, conn: sqlite3.Connection, key: Key) -> ChangeRecord | None:
-        revision = ChangeLog.next_revision(conn)
+        revision = self.changelog.next_revision(conn)
         return self.changelog.append(conn, revision, key, True, wire.change_delete(revision, key))
+
+    def _before_commit(self, conn: sqlite3.Connection) -> None:
+        self.changelog.flush(conn)
 
     def _more_problems(self, view: TxView, resources: Sequence[Resource]) -> integrity.Problems:
         if self.max_message_bytes:
