@@ -34,6 +34,7 @@ from typing import Any
 
 import structlog
 
+from globalcp.history import SAMPLE_INTERVAL, ZoneHistory
 from globalcp.hub import Hub
 from kds.clock import rfc3339
 from kds.model import Kind
@@ -91,6 +92,9 @@ class ZoneState:
     last_error_at: float = 0.0
     conflicts: list[str] = field(default_factory=list)  # the first CONFLICTS_KEPT
     conflicts_total: int = 0  # how many the zone reported
+    first_seen_at: float = 0.0  # the first accepted stream (0: saved by an older version)
+    sync_mode: str = ""  # how the last stream started: "snapshot" or "resume"
+    global_instance: str = ""  # the global instance that accepted the last stream
 
     @property
     def conflict_count(self) -> int:
@@ -165,6 +169,7 @@ class ZoneStatusView:
         s = self.state
         return {
             **self.summary(),
+            "lastSyncMode": s.sync_mode or None,
             "connections": s.connections,
             "messagesSent": s.messages_sent,
             "messagesAcknowledged": s.messages_acked,
@@ -269,6 +274,7 @@ class ZoneHandle:
         s = self._state
         if not self.current or (kept == s.conflicts and count == s.conflict_count):
             return False
+        self._tracker.history.conflicts_changed(s.name, s.conflicts, kept, count)
         s.conflicts = kept
         s.conflicts_total = count
         self._tracker.mark(s)
@@ -285,6 +291,8 @@ class ZoneHandle:
         s.online = False
         s.disconnected_at = self._tracker.clock()
         s.disconnect_reason = safe_text(reason, ERROR_CHARS)
+        self._tracker.history.event(s.name, "disconnected", reason=s.disconnect_reason)
+        self._tracker.sample_soon(s.name)
         self._tracker.mark(s, urgent=True)
 
 
@@ -297,8 +305,14 @@ class ZoneTracker:
         clock: Callable[[], float] = time.time,
         flush_interval: float = 1.0,
         observe_latency: Callable[[str, float], None] | None = None,
+        instance_id: str = "",
     ):
         self.store = store
+        self.instance_id = instance_id  # this global's, recorded with each accepted stream
+        self.history = ZoneHistory(store, clock)
+        self.sample_interval = SAMPLE_INTERVAL
+        self._sample_due: set[str] = set()  # zones to sample at the next flush
+        self._sampled_at = 0.0
         self.hub = hub
         self.clock = clock
         self.flush_interval = flush_interval
@@ -320,6 +334,10 @@ class ZoneTracker:
                 state.online = False
                 state.disconnected_at = state.last_message_at or self.clock()
                 state.disconnect_reason = "global stopped"
+                # A global that crashed had no time to record the disconnect itself.
+                self.history.event(
+                    name, "disconnected", at=state.disconnected_at, reason="global stopped"
+                )
                 self.mark(state)
             self.zones[name] = state
 
@@ -332,6 +350,8 @@ class ZoneTracker:
             await self.flush()
 
     async def flush(self) -> None:
+        await self._sample_lag()
+        await self.history.flush()
         if not self._dirty:
             return
         batch = {name: self.zones[name].to_json() for name in self._dirty if name in self.zones}
@@ -341,6 +361,22 @@ class ZoneTracker:
         except Exception as e:  # status must never take the sync down; retry next round
             self._dirty.update(batch)
             log.error("cannot save zone status", error_type=type(e).__name__, error=str(e))
+
+    def sample_soon(self, name: str) -> None:
+        self._sample_due.add(name)
+
+    async def _sample_lag(self) -> None:
+        """Lag samples for the history: every zone online or offline for under an hour each
+        sample interval, and the zones that asked (connected or disconnected) at once."""
+        now = self.clock()
+        due, self._sample_due = self._sample_due, set()
+        if now - self._sampled_at >= self.sample_interval:
+            self._sampled_at = now
+            due |= {n for n, s in self.zones.items() if s.online or now - s.disconnected_at < 3600}
+        for name in sorted(due):
+            view = await self.view(name)
+            if view is not None:
+                self.history.lag_sample(name, view.lag_revisions, view.lag_seconds)
 
     # ------------------------------------------------------------------ updates
 
@@ -376,8 +412,19 @@ class ZoneTracker:
         state.protocol_version = protocol_version
         state.store_backend = safe_text(store_backend)
         state.connections += 1
+        state.first_seen_at = state.first_seen_at or now
+        state.sync_mode = "snapshot" if resumed_revision is None else "resume"
+        state.global_instance = self.instance_id
         if resumed_revision is not None:
             state.acked_revision = resumed_revision
+        self.history.event(
+            name,
+            "connected",
+            instance=state.instance_id,
+            version=state.zone_version,
+            mode=state.sync_mode,
+        )
+        self.sample_soon(name)
         self.mark(state, urgent=True)
         return ZoneHandle(self, state, stream_id)
 
@@ -387,6 +434,13 @@ class ZoneTracker:
         state = self.zones.get(name) or ZoneState(name)
         self.zones[name] = state
         self.record_error(state, message)
+        self.history.event(name, "refused", reason=state.last_error)
+
+    def token_refused(self, name: str, code: str, reason: str, more: int) -> None:
+        """A token for ``name`` was refused (``more``: refusals since the last one recorded).
+        Only a zone global knows gets the entry: the name came from whoever sent the token."""
+        if name in self.zones:
+            self.history.token_refused(name, code, safe_text(reason, ERROR_CHARS), more)
 
     def record_error(self, state: ZoneState, message: str, count: int = 1) -> None:
         """``count`` errors happened; ``message`` (bounded, escaped) describes the last."""

@@ -26,7 +26,7 @@ message or local variables (which could hold a request body).
 from __future__ import annotations
 
 from kds.api._app import api_ssl_context, build_app, serve_api
-from kds.api._body import read_json
+from kds.api._body import int_param, read_json
 from kds.api._context import (
     API_CONTEXT,
     OPEN_PATHS,
@@ -47,6 +47,7 @@ __all__ = [
     "build_app",
     "client_max_size",
     "encoded_message_size",
+    "int_param",
     "read_json",
     "serve_api",
 ]

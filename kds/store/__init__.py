@@ -23,6 +23,7 @@ from kds.store.results import (
     SyncState,
     WriteResult,
     ZoneApplyResult,
+    ZoneEvent,
 )
 from kds.store.sqlite import (
     DEFAULT_LOG_SIZE,
@@ -47,6 +48,7 @@ __all__ = [
     "SyncState",
     "WriteResult",
     "ZoneApplyResult",
+    "ZoneEvent",
     "ZoneStore",
     "open_global_store",
     "open_zone_store",

@@ -21,7 +21,7 @@ def _secret(mesh: str, name: str, value: str, **labels: str) -> dict[str, object
 
 def _acked(g: Daemon, zone: str) -> int:
     """The revision global has recorded as acknowledged by ``zone``."""
-    return int(g.get_json(f"/zones/{zone}/_overview")["ackedRevision"])
+    return int(g.zone_sync(zone)["ackedRevision"])
 
 
 def _wait_applied_head(g: Daemon, z: Daemon) -> None:
