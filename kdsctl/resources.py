@@ -200,10 +200,12 @@ def apply(
         )
         return
     applied = 0
-    for chunk, bodies in _chunks(docs, APPLY_CHUNK_BYTES):
+    for chunk, encoded in _chunks(docs, APPLY_CHUNK_BYTES):
         try:
             answer = client.post(
-                "/_apply", {"items": bodies}, timeout=max(client.timeout, APPLY_TIMEOUT)
+                "/_apply",
+                b'{"items": [' + b", ".join(encoded) + b"]}",
+                timeout=max(client.timeout, APPLY_TIMEOUT),
             )
         except ApiError as e:
             causes = [(_where(chunk, f.replace("].", "]: ", 1)), m) for f, m in e.causes]
@@ -235,23 +237,23 @@ APPLY_CHUNK_BYTES = 8 * 1024 * 1024
 APPLY_TIMEOUT = 300.0
 
 
-def _chunks(docs: list[_Doc], limit: int) -> Iterator[tuple[list[_Doc], list[dict[str, Any]]]]:
-    """The documents in requests of at most ``limit`` bytes of JSON, each with the request
-    bodies of its items (built once)."""
+def _chunks(docs: list[_Doc], limit: int) -> Iterator[tuple[list[_Doc], list[bytes]]]:
+    """The documents in requests of at most ``limit`` bytes of JSON, each with its items
+    encoded (once: the sizes are those of what is sent)."""
     chunk: list[_Doc] = []
-    bodies: list[dict[str, Any]] = []
+    encoded: list[bytes] = []
     size = 0
     for d in docs:
-        body = _body(d.resource)
-        n = len(json.dumps(body)) + 2
+        item = json.dumps(_body(d.resource)).encode()
+        n = len(item) + 2
         if chunk and size + n > limit:
-            yield chunk, bodies
-            chunk, bodies, size = [], [], 0
+            yield chunk, encoded
+            chunk, encoded, size = [], [], 0
         chunk.append(d)
-        bodies.append(body)
+        encoded.append(item)
         size += n
     if chunk:
-        yield chunk, bodies
+        yield chunk, encoded
 
 
 _ITEM_RE = re.compile(r"items\[(\d+)\]")
