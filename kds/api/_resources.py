@@ -297,7 +297,7 @@ def log_written(result: WriteResult, origin: str, **extra: str) -> None:
 
 
 # Resources an apply names per "resources written" line: a 10,000-resource apply logs 100
-# lines instead of 10,000 (rendering and writing a line costs ~30 us on the event loop), and
+# lines instead of 10,000 (rendering and writing a line costs ~10 us of the event loop), and
 # each line stays a few KB, under what log shippers split (Docker's 16 KiB).
 APPLIED_PER_LINE = 100
 
