@@ -39,6 +39,7 @@ from kds.store import ORIGIN_GLOBAL, ORIGIN_ZONE, Row, WriteResult
 from kds.store.results import Origin
 
 __all__ = [
+    "APPLIED_LINE_CHARS",
     "APPLIED_PER_LINE",
     "DEFAULT_PAGE_SIZE",
     "MAX_PAGE_SIZE",
@@ -297,28 +298,33 @@ def log_written(result: WriteResult, origin: str, **extra: str) -> None:
 
 
 # Resources an apply names per "resources written" line: a 10,000-resource apply logs 100
-# lines instead of 10,000 (rendering and writing a line costs ~10 us of the event loop), and
-# each line stays a few KB, under what log shippers split (Docker's 16 KiB).
+# lines instead of 10,000 (rendering and writing a line costs ~10 us of the event loop). A
+# line also ends before its names pass APPLIED_LINE_CHARS, so it stays under what log
+# shippers split (Docker's 16 KiB) even with names of the longest length allowed.
 APPLIED_PER_LINE = 100
+APPLIED_LINE_CHARS = 8000
 
 
 def log_applied(results: Sequence[WriteResult], origin: str) -> None:
     """The audit trail of an apply: every written resource named, with its new version and
-    whether it was created, ``APPLIED_PER_LINE`` to a line; never data. Each resource reads
-    ``Type mesh/name vN created|updated`` (``Type name ...`` for a kind without a mesh)."""
-    entries = []
+    whether it was created, up to ``APPLIED_PER_LINE`` (and ``APPLIED_LINE_CHARS``) to a
+    line; never data. Each resource reads ``Type mesh/name vN created|updated`` (``Type name
+    ...`` for a kind without a mesh)."""
+    line: list[str] = []
+    chars = 0
     for result in results:
         stored = result.resource
         assert stored is not None
         where = f"{stored.mesh}/{stored.name}" if stored.mesh else stored.name
         outcome = "created" if result.created else "updated"
-        entries.append(f"{stored.kind} {where} v{stored.version} {outcome}")
-    for start in range(0, len(entries), APPLIED_PER_LINE):
-        log.info(
-            "resources written",
-            origin=origin,
-            resources=entries[start : start + APPLIED_PER_LINE],
-        )
+        entry = f"{stored.kind} {where} v{stored.version} {outcome}"
+        if line and (len(line) >= APPLIED_PER_LINE or chars + len(entry) > APPLIED_LINE_CHARS):
+            log.info("resources written", origin=origin, resources=line)
+            line, chars = [], 0
+        line.append(entry)
+        chars += len(entry) + 4  # the quotes, comma and space around it in a JSON line
+    if line:
+        log.info("resources written", origin=origin, resources=line)
 
 
 def delete_handler(kind: Kind) -> Handler:

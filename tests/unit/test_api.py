@@ -651,6 +651,17 @@ async def test_apply_audit_names_every_written_resource_in_few_lines(
     summary = [e for e in logs if e["event"] == "resources applied"]
     assert [(e["created"], e["updated"], e["unchanged"]) for e in summary] == [(2, 1, 1)]
     assert SECRET_B64 not in repr(logs) and OTHER_B64 not in repr(logs)
+    # long names end a line before its names pass APPLIED_LINE_CHARS
+    monkeypatch.setattr(_resources, "APPLIED_PER_LINE", 100)
+    monkeypatch.setattr(_resources, "APPLIED_LINE_CHARS", 200)
+    names = [f"{c}{'x' * 60}" for c in "abcde"]
+    with capture_logs() as logs:
+        status, _ = await _apply(api, [_sec(n) for n in names])
+    assert status == 200
+    lines = [e["resources"] for e in logs if e["event"] == "resources written"]
+    assert [len(r) for r in lines] == [2, 2, 1]
+    assert [r.split()[1] for line in lines for r in line] == [f"payments/{n}" for n in names]
+    assert all(sum(len(r) + 4 for r in line) <= 200 for line in lines)
 
 
 async def test_apply_is_all_or_nothing(api: Api) -> None:
