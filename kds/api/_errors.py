@@ -2,7 +2,8 @@
 
 Every error is ``{"title", "status", "detail", "causes": [{field, message}]}``. Handlers raise
 HttpError, or a KdsError the error middleware maps to its status (InvalidResource 400,
-NotFound 404, Conflict 409, StoreDamaged 500 naming the damaged key, StoreFull 507);
+NotFound 404, Conflict 409, StoreDamaged 500 naming the damaged key, StoreFull 507,
+StoreUnavailable 503);
 anything else is a 500 logged by type and stack, never by its message or local variables
 (which could hold a request body).
 """
@@ -26,6 +27,7 @@ from kds.errors import (
     NotFound,
     StoreDamaged,
     StoreFull,
+    StoreUnavailable,
 )
 
 __all__ = ["HttpError", "auth_middleware", "error_middleware", "too_large"]
@@ -97,6 +99,9 @@ async def error_middleware(
     except StoreFull as e:
         log.error("write refused: disk full", method=request.method, path=request.path)
         return _error_response(HttpError(507, "Insufficient Storage", str(e)))
+    except StoreUnavailable as e:  # the database server is away: nothing was done
+        log.error("store unavailable", method=request.method, path=request.path, error=str(e))
+        return _error_response(HttpError(503, "Store unavailable", str(e)))
     except web.HTTPRequestEntityTooLarge:
         return _error_response(too_large(request.app[API_CONTEXT]))
     except web.HTTPException as e:
