@@ -31,6 +31,7 @@ from kds.reload import Reloader
 from kds.runtime import Guard, Service, check_ports_free, ensure_private_dir
 from kds.secret_files import check_secret_files
 from kds.store import WriteResult, open_global_store
+from kds.store.target import store_location
 from kds.version import __version__
 
 __all__ = ["run_global"]
@@ -70,7 +71,7 @@ async def run_global(cfg: GlobalConfig, service: Service) -> int:
             loop.call_soon_threadsafe(hub.publish_many, records)
 
     store = open_global_store(
-        data_dir / "global.db",
+        store_location(cfg, data_dir),
         log_size=cfg.log_size,
         max_message_bytes=cfg.max_message_bytes,
         cipher=cipher,

@@ -19,6 +19,7 @@ from kds.reload import Reloader
 from kds.runtime import Guard, Service, check_ports_free, ensure_private_dir
 from kds.secret_files import check_secret_files
 from kds.store import WriteResult, open_zone_store
+from kds.store.target import store_location
 from kds.version import __version__
 from zonecp.client import ZoneClient
 from zonecp.status import ZoneMetrics, status_route
@@ -73,7 +74,7 @@ async def run_zone(cfg: ZoneConfig, service: Service) -> int:
         guard.start("refresh-conflicts", client.refresh_conflicts())
 
     store = open_zone_store(
-        data_dir / "zone.db", cipher=cipher, on_commit=on_commit, new_store=cfg.new_store
+        store_location(cfg, data_dir), cipher=cipher, on_commit=on_commit, new_store=cfg.new_store
     )
     client = ZoneClient(
         store,

@@ -22,7 +22,7 @@ from kds.protocol.records import next_chain
 from kds.store.interface import OnCommit
 from kds.store.postgres._db import PgTarget, get_meta, set_meta
 from kds.store.postgres._resources import Conn, PgResourceEngine, PgTxView
-from kds.store.results import ORIGIN_GLOBAL, ChangeRecord, Snapshot, sort_records
+from kds.store.results import ORIGIN_GLOBAL, ChangeRecord, Snapshot, WriteResult, sort_records
 from kds.store.sqlite._sealing import aad
 
 __all__ = ["DEFAULT_LOG_SIZE", "PgGlobalEngine"]
@@ -91,6 +91,15 @@ class PgGlobalEngine(PgResourceEngine):
         if self.max_message_bytes:
             return integrity.check_unit_sizes(view, resources, self.max_message_bytes)
         return integrity.Problems()
+
+    def _announce(self, conn: Conn, results: Sequence[WriteResult]) -> None:
+        if any(r.record is not None for r in results):
+            self._notify(conn, "change")
+
+    def _notify(self, conn: Conn, what: str) -> None:
+        """Tell every instance listening on this store (kds.store.postgres._listen) that
+        ``what`` changed; PostgreSQL delivers it when (and only if) the transaction commits."""
+        conn.execute("SELECT pg_notify(%s, %s)", (self.db.target.schema, what))
 
     # ------------------------------------------------------------------ sync reads
 
@@ -186,10 +195,36 @@ class PgGlobalEngine(PgResourceEngine):
                 "ON CONFLICT (name) DO UPDATE SET data=EXCLUDED.data, sealed=EXCLUDED.sealed",
                 (name, stored, now, sealed),
             )
+            self._notify(conn, "secrets")
+
+    def add_internal_secrets(self, secrets: dict[str, bytes], now: str) -> dict[str, bytes]:
+        """Store all of ``secrets`` unless one of their names is there; what is stored."""
+        names = sorted(secrets)
+        with self.db.write() as conn:
+            held = conn.execute(
+                "SELECT 1 FROM internal_secrets WHERE name = ANY(%s) LIMIT 1", (names,)
+            ).fetchone()
+            if held is None:
+                for name in names:
+                    where = aad("internal", "", "", name, "")
+                    stored, sealed = self.sealer.seal(secrets[name], where)
+                    conn.execute(
+                        "INSERT INTO internal_secrets (name, data, created, sealed) "
+                        "VALUES (%s, %s, %s, %s)",
+                        (name, stored, now, sealed),
+                    )
+                self._notify(conn, "secrets")
+            rows = conn.execute(
+                "SELECT name, data, sealed FROM internal_secrets WHERE name = ANY(%s)", (names,)
+            ).fetchall()
+        return {
+            n: self.sealer.open(bytes(d), sl, aad("internal", "", "", n, "")) for n, d, sl in rows
+        }
 
     def delete_internal_secret(self, name: str) -> bool:
         with self.db.write() as conn:
             cur = conn.execute("DELETE FROM internal_secrets WHERE name=%s", (name,))
+            self._notify(conn, "secrets")
             return cur.rowcount > 0
 
     # ------------------------------------------------------------------ zone tokens
@@ -210,6 +245,7 @@ class PgGlobalEngine(PgResourceEngine):
                 "UPDATE zone_tokens SET revoked_at=%s WHERE id=%s AND revoked_at=''",
                 (now, token_id),
             )
+            self._notify(conn, "secrets")
             rows = self._token_rows(conn, "WHERE id=%s", (token_id,))
         return rows[0] if rows else None
 

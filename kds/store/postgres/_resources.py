@@ -224,6 +224,7 @@ class PgResourceEngine:
                     e.item_index = i
                     raise
             results += self._after_puts(conn, resources, now)
+            self._announce(conn, results)
         return self._committed(results)
 
     def _after_puts(self, conn: Conn, resources: Sequence[Resource], now: str) -> list[WriteResult]:
@@ -245,6 +246,7 @@ class PgResourceEngine:
     def delete(self, key: Key) -> WriteResult:
         with self.db.write() as conn:
             result = self._delete(conn, key)
+            self._announce(conn, [result])
         self._committed([*result.also, result])
         return result
 
@@ -328,6 +330,9 @@ class PgResourceEngine:
         reseal(self.db, self.sealer)
 
     # ------------------------------------------------------------------ what a role decides
+
+    def _announce(self, conn: Conn, results: Sequence[WriteResult]) -> None:
+        """Inside an API write transaction, before it commits: tell other instances."""
 
     def _check_writable(self, key: Key, rows: Mapping[str, Resource], verb: str) -> None:
         """Raise when the API may not ``verb`` (change, delete) ``key`` held as ``rows``."""
