@@ -12,6 +12,7 @@ from aiohttp import web
 
 from globalcp.hub import Hub
 from globalcp.metrics import GlobalMetrics
+from globalcp.peers import Peers
 from globalcp.security import server_credentials
 from globalcp.servicer import SyncServicer
 from globalcp.status_api import zone_routes
@@ -31,6 +32,7 @@ from kds.reload import Reloader
 from kds.runtime import Guard, Service, check_ports_free, ensure_private_dir
 from kds.secret_files import check_secret_files
 from kds.store import WriteResult, open_global_store
+from kds.store.postgres import PgGlobalStore
 from kds.store.target import store_location
 from kds.version import __version__
 
@@ -105,6 +107,10 @@ async def run_global(cfg: GlobalConfig, service: Service) -> int:
         heartbeat_interval=cfg.heartbeat_interval,
         on_token_refused=metrics.token_refused,
     )
+    if isinstance(store, PgGlobalStore):
+        # Other global instances may share the store: follow their commits and key changes.
+        peers = Peers(store, hub, zone_tokens, servicer.end_streams)
+        guard.start("peers", peers.run())
     server = grpc.aio.server(
         options=server_options(cfg.max_message_bytes, cfg.keepalive_interval, cfg.keepalive_timeout)
     )

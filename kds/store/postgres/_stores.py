@@ -15,6 +15,7 @@ from kds.model import Key, Kind, Resource
 from kds.protocol.applier import DecodedBatch
 from kds.store._threads import Threads
 from kds.store.postgres._global import PgGlobalEngine
+from kds.store.postgres._listen import OnEvent, listen
 from kds.store.postgres._resources import PgResourceEngine
 from kds.store.postgres._zone import PgZoneEngine
 from kds.store.results import (
@@ -131,6 +132,12 @@ class PgGlobalStore(_PgResourceStore[PgGlobalEngine]):
 
     async def zone_tokens(self) -> list[dict[str, str]]:
         return await self._threads.read(self._engine.zone_tokens)
+
+    async def follow(self, on_event: OnEvent, fallback: float = 1.0) -> None:
+        """Until cancelled: ``on_event(what)`` for each change another instance sharing this
+        store commits, and ``on_event("")`` at least every ``fallback`` seconds
+        (kds.store.postgres._listen)."""
+        await listen(self._engine.db.target, on_event, fallback)
 
 
 class PgZoneStore(_PgResourceStore[PgZoneEngine]):
