@@ -41,6 +41,10 @@ __all__ = ["run_global"]
 log = structlog.get_logger("globalcp")
 
 
+# Several instances on one store: how long an instance's claim on a zone's stream holds
+# unless renewed (renewed every half of it); a dead instance's zones show Offline after it.
+ZONE_LEASE = 10.0
+
 # Options a reload (SIGHUP) applies while running; the others need a restart. Heartbeat
 # interval and window size reach streams that start after the reload; live streams keep theirs.
 LIVE_OPTIONS = frozenset(
@@ -87,7 +91,14 @@ async def run_global(cfg: GlobalConfig, service: Service) -> int:
     hub = Hub(await store.head(), await store.log_floor(), cfg.log_size)
     instance_id = f"global-{uuid.uuid4().hex[:8]}"
     metrics = GlobalMetrics()
-    tracker = ZoneTracker(store, hub, observe_latency=metrics.observe_propagation)
+    shared = isinstance(store, PgGlobalStore)  # other instances may share the store
+    tracker = ZoneTracker(
+        store,
+        hub,
+        observe_latency=metrics.observe_propagation,
+        instance_id=instance_id,
+        lease=ZONE_LEASE if shared else None,
+    )
     await tracker.load()
     guard = Guard(stop)
     guard.start("zone-status-flusher", tracker.run_flusher())
@@ -107,7 +118,8 @@ async def run_global(cfg: GlobalConfig, service: Service) -> int:
         heartbeat_interval=cfg.heartbeat_interval,
         on_token_refused=metrics.token_refused,
     )
-    if isinstance(store, PgGlobalStore):
+    if shared:
+        assert isinstance(store, PgGlobalStore)
         # Other global instances may share the store: follow their commits and key changes.
         peers = Peers(store, hub, zone_tokens, servicer.end_streams)
         guard.start("peers", peers.run())

@@ -91,6 +91,10 @@ class ZoneState:
     last_error_at: float = 0.0
     conflicts: list[str] = field(default_factory=list)  # the first CONFLICTS_KEPT
     conflicts_total: int = 0  # how many the zone reported
+    # Several global instances on one store: the one holding the zone's stream, and until
+    # when its claim holds unless renewed (wall-clock seconds; 0: not shared).
+    global_instance: str = ""
+    lease_until: float = 0.0
 
     @property
     def conflict_count(self) -> int:
@@ -144,6 +148,7 @@ class ZoneStatusView:
             "name": s.name,
             "status": "Online" if s.online else "Offline",
             "instanceId": s.instance_id,
+            "globalInstance": s.global_instance or None,
             "connectedAt": _ts(s.connected_at),
             "disconnectedAt": None if s.online else _ts(s.disconnected_at),
             "disconnectReason": None if s.online else (s.disconnect_reason or None),
@@ -297,6 +302,8 @@ class ZoneTracker:
         clock: Callable[[], float] = time.time,
         flush_interval: float = 1.0,
         observe_latency: Callable[[str, float], None] | None = None,
+        instance_id: str = "",
+        lease: float | None = None,
     ):
         self.store = store
         self.hub = hub
@@ -306,6 +313,11 @@ class ZoneTracker:
         self.zones: dict[str, ZoneState] = {}
         self._dirty: set[str] = set()
         self._urgent = asyncio.Event()
+        # Shared store (several global instances): this instance's id, how long its claim
+        # on a zone's stream holds without renewal; None: this instance is the only one.
+        self.instance_id = instance_id
+        self.lease = lease
+        self._refreshed = 0.0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -316,6 +328,9 @@ class ZoneTracker:
         saved = await self.store.zone_statuses()
         for name, text in saved.items():
             state = ZoneState.from_json(name, text)
+            if state.online and self._held_elsewhere(state):
+                self.zones[name] = state  # another live instance's: left as it saved it
+                continue
             if state.online:
                 state.online = False
                 state.disconnected_at = state.last_message_at or self.clock()
@@ -329,6 +344,7 @@ class ZoneTracker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._urgent.wait(), self.flush_interval)
             self._urgent.clear()
+            self._renew()
             await self.flush()
 
     async def flush(self) -> None:
@@ -341,6 +357,53 @@ class ZoneTracker:
         except Exception as e:  # status must never take the sync down; retry next round
             self._dirty.update(batch)
             log.error("cannot save zone status", error_type=type(e).__name__, error=str(e))
+
+    # ------------------------------------------------------------------ shared store
+
+    def _held_elsewhere(self, state: ZoneState) -> bool:
+        """Whether another instance sharing the store holds ``state``'s stream, its claim
+        unexpired."""
+        return (
+            self.lease is not None
+            and state.online
+            and state.global_instance != self.instance_id
+            and state.lease_until > self.clock()
+        )
+
+    def _renew(self) -> None:
+        """Extend this instance's claim on each zone whose stream it holds, half a lease
+        before it lapses (saved with the next flush)."""
+        if self.lease is None:
+            return
+        now = self.clock()
+        for state in self.zones.values():
+            mine = state.online and state.global_instance == self.instance_id
+            if mine and state.lease_until - now < self.lease / 2:
+                state.lease_until = now + self.lease
+                self.mark(state)
+
+    async def refresh(self) -> None:
+        """Shared store: take the other instances' view of the zones whose streams this
+        instance does not hold (at most once a second); a claim not renewed within its
+        lease shows its zone Offline: the instance holding it stopped."""
+        now = self.clock()
+        if self.lease is None or now - self._refreshed < 1.0:
+            return
+        self._refreshed = now
+        for name, text in (await self.store.zone_statuses()).items():
+            mine = self.zones.get(name)
+            if name in self._dirty or (
+                mine is not None and mine.online and mine.global_instance == self.instance_id
+            ):
+                continue  # this instance's news about the zone is the newest
+            state = ZoneState.from_json(name, text)
+            if state.online and state.lease_until <= now:
+                state.online = False
+                state.disconnected_at = state.lease_until
+                state.disconnect_reason = (
+                    f"global instance {state.global_instance} stopped renewing its claim"
+                )
+            self.zones[name] = state
 
     # ------------------------------------------------------------------ updates
 
@@ -376,6 +439,9 @@ class ZoneTracker:
         state.protocol_version = protocol_version
         state.store_backend = safe_text(store_backend)
         state.connections += 1
+        state.global_instance = self.instance_id
+        if self.lease is not None:
+            state.lease_until = now + self.lease
         if resumed_revision is not None:
             state.acked_revision = resumed_revision
         self.mark(state, urgent=True)
@@ -402,10 +468,12 @@ class ZoneTracker:
     # ------------------------------------------------------------------ views
 
     async def view(self, name: str) -> ZoneStatusView | None:
+        await self.refresh()
         state = self.zones.get(name)
         return None if state is None else await self._view(state)
 
     async def views(self) -> list[ZoneStatusView]:
+        await self.refresh()
         return [await self._view(self.zones[name]) for name in sorted(self.zones)]
 
     async def _view(self, state: ZoneState) -> ZoneStatusView:

@@ -119,7 +119,9 @@ class GlobalStore(ResourceStore, Protocol):
         time still known; None when nothing at or after it is known."""
         ...
 
-    # Zone status, saved by globalcp.zones (JSON text by zone name).
+    # Zone status, saved by globalcp.zones (JSON text by zone name). A backend several
+    # instances share keeps a stored status whose ``connected_at`` is later than the one
+    # saved (a newer stream of the zone, held by another instance).
     async def zone_statuses(self) -> dict[str, str]: ...
     async def save_zone_statuses(self, statuses: dict[str, str]) -> None: ...
 

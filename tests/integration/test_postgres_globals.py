@@ -115,6 +115,16 @@ def test_two_globals_share_writes_one_ca_and_a_zone_resumes_on_the_survivor(pg: 
     holder = ids[status["global"]["instanceId"]]
     survivor = b if holder is a else a
     snapshots = status["snapshots"]
+    holder_id = status["global"]["instanceId"]
+    # Zone status is shared: the instance not holding the stream names the one that does.
+    wait_for(
+        lambda: (
+            (v := survivor.get_json("/zones/z1"))["status"] == "Online"
+            and v["globalInstance"] == holder_id
+        ),
+        5,
+        "the other instance's view of the zone",
+    )
     holder.stop(signal.SIGKILL)
     killed = time.monotonic()
 
@@ -133,6 +143,8 @@ def test_two_globals_share_writes_one_ca_and_a_zone_resumes_on_the_survivor(pg: 
     assert st["snapshots"] == snapshots and st["lastSync"]["mode"] == "resume", st
     assert time.monotonic() - killed < 10  # "within a few seconds", with a loaded machine's margin
     assert z.secret("default", "from-a") and z.secret("default", "from-b")
+    view = survivor.get_json("/zones/z1")
+    assert view["status"] == "Online" and view["globalInstance"] == pg.instance_id(survivor)
 
 
 def test_a_token_revoked_on_one_instance_ends_the_stream_another_holds(pg: Pg) -> None:

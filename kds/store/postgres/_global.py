@@ -27,6 +27,9 @@ from kds.store.sqlite._sealing import aad
 
 __all__ = ["DEFAULT_LOG_SIZE", "PgGlobalEngine"]
 
+# A zone status's connected_at (globalcp.zones.ZoneState, JSON): the stream it describes.
+_CONNECTED_AT = "COALESCE(({0}.status::jsonb->>'connected_at')::float8, 0)"
+
 DEFAULT_LOG_SIZE = 10_000
 
 
@@ -271,9 +274,16 @@ class PgGlobalEngine(PgResourceEngine):
             }
 
     def save_zone_statuses(self, statuses: dict[str, str]) -> None:
+        """Saved unless the stored status describes a newer stream (a later ``connected_at``):
+        with several instances, one whose stream of a zone ended must not overwrite the
+        status of the instance that took the zone's new stream."""
         with self.db.write() as conn, conn.cursor() as cur:
             cur.executemany(
                 "INSERT INTO zone_status VALUES (%s, %s) "
-                "ON CONFLICT (name) DO UPDATE SET status=EXCLUDED.status",
+                "ON CONFLICT (name) DO UPDATE SET status=EXCLUDED.status "
+                "WHERE "
+                + _CONNECTED_AT.format("EXCLUDED")
+                + " >= "
+                + _CONNECTED_AT.format("zone_status"),
                 sorted(statuses.items()),
             )

@@ -1,0 +1,140 @@
+"""What the PostgreSQL backend adds to the store interface (the shared rules are the
+conformance suite's): several store objects on one schema, as several instances share it;
+wake-ups by LISTEN/NOTIFY; encryption at rest; the schema version; the data dir's marker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from kds.crypto import DataCipher
+from kds.errors import StoreError, StoreUnavailable
+from kds.model import Key, Kind
+from kds.protocol.records import next_chain
+from kds.store import PgTarget, open_global_store, open_zone_store
+from kds.store.postgres import SCHEMA_VERSION, PgGlobalStore
+from tests.pgserver import shared_server
+from tests.unit.store_backends import MESH, T0, mk
+
+
+def _target(**kw: object) -> PgTarget:
+    return PgTarget(shared_server().url, "u" + uuid.uuid4().hex[:12], **kw)  # type: ignore[arg-type]
+
+
+async def test_two_instances_writing_at_once_make_one_gap_free_sequence() -> None:
+    """Writers on two store objects (two instances) interleave: every revision is taken
+    once, none is skipped, and the change log holds them in revision order."""
+    target = _target()
+    a, b = open_global_store(target), open_global_store(target)
+    try:
+
+        async def writes(store: PgGlobalStore, who: str) -> None:
+            for i in range(15):
+                await store.put(mk(Key(Kind.GLOBAL_SECRET, "", f"{who}{i}")), T0)
+
+        assert isinstance(a, PgGlobalStore) and isinstance(b, PgGlobalStore)
+        await asyncio.gather(writes(a, "a"), writes(b, "b"))
+        head = await a.head()
+        assert head == await b.head() == 30
+        records = await b.changes_after(0, head)
+        assert [r.revision for r in records] == list(range(1, 31))
+        chain = b""
+        for r in records:  # one history chain over both instances' writes
+            chain = next_chain(chain, r.change)
+            assert r.chain == chain
+    finally:
+        a.close()
+        b.close()
+
+
+async def test_a_commit_wakes_the_other_instance() -> None:
+    """A write on one instance notifies the other (LISTEN/NOTIFY) well before the fallback."""
+    target = _target()
+    a, b = open_global_store(target), open_global_store(target)
+    assert isinstance(b, PgGlobalStore)
+    got: asyncio.Queue[str] = asyncio.Queue()
+
+    async def on_event(what: str) -> None:
+        await got.put(what)
+
+    follower = asyncio.create_task(b.follow(on_event, fallback=30))
+    try:
+        assert await asyncio.wait_for(got.get(), 10) == ""  # the catch-up after LISTEN
+        await a.put(mk(MESH), T0)
+        assert await asyncio.wait_for(got.get(), 5) == "change"
+        await a.put_internal_secret("k", b"v", T0)
+        assert await asyncio.wait_for(got.get(), 5) == "secrets"
+    finally:
+        follower.cancel()
+        a.close()
+        b.close()
+
+
+async def test_zone_status_of_an_older_stream_never_replaces_a_newer_one() -> None:
+    """An instance whose stream of a zone ended saves its view after another instance took
+    the zone's new stream: the newer claim stays."""
+    store = open_global_store(_target())
+    try:
+        await store.save_zone_statuses({"z": '{"connected_at": 20.0, "online": true}'})
+        await store.save_zone_statuses({"z": '{"connected_at": 10.0, "online": false}'})
+        assert await store.zone_statuses() == {"z": '{"connected_at": 20.0, "online": true}'}
+        await store.save_zone_statuses({"z": '{"connected_at": 20.0, "online": false}'})
+        assert await store.zone_statuses() == {"z": '{"connected_at": 20.0, "online": false}'}
+    finally:
+        store.close()
+
+
+async def test_encrypted_at_rest_with_the_same_sealing(tmp_path: Path) -> None:
+    """Secret data is stored sealed (never the plaintext in the table), opens with the key
+    file's keys, and a store opened without them is refused naming the option."""
+    target = _target()
+    cipher = DataCipher([os.urandom(32)])
+    store = open_global_store(target, cipher=cipher)
+    await store.put(mk(MESH), T0)
+    key = Key(Kind.SECRET, "default", "s")
+    await store.put(mk(key, b"plain-secret-value"), T0)
+    assert (await store.get(key)).resource.data == b"plain-secret-value"  # type: ignore[union-attr]
+    store.close()
+    with psycopg.connect(target.url) as conn:
+        rows = conn.execute(
+            f"SELECT data, wire FROM {target.schema}.resources WHERE name='s'"
+        ).fetchall()
+        log = conn.execute(f"SELECT change FROM {target.schema}.changelog").fetchall()
+    assert all(b"plain-secret-value" not in bytes(v) for r in rows + log for v in r if v)
+    with pytest.raises(StoreError, match="give --encryption-key-file"):
+        open_global_store(target)
+
+
+def test_roles_schema_versions_and_the_marker_are_checked(tmp_path: Path) -> None:
+    marker = tmp_path / "postgres-store.id"
+    target = _target(marker=marker)
+    g = open_global_store(target)
+    store_id = g.store_id
+    g.close()
+    assert marker.read_text().strip() == store_id
+    with pytest.raises(StoreError, match="belongs to a global control plane, not a zone one"):
+        open_zone_store(target)
+    with psycopg.connect(target.url) as conn:
+        conn.execute(
+            f"UPDATE {target.schema}.meta SET value=%s WHERE key='schema_version'",
+            (str(SCHEMA_VERSION + 1),),
+        )
+    with pytest.raises(StoreError, match="made by a newer kds-sync"):
+        open_global_store(target)
+    # An empty schema where the marker says this instance used a store: refused.
+    elsewhere = PgTarget(target.url, target.schema + "x", marker=marker)
+    with pytest.raises(StoreError, match="--new-store"):
+        open_global_store(elsewhere)
+    open_global_store(elsewhere, new_store=True).close()
+
+
+async def test_an_unreachable_server_is_store_unavailable() -> None:
+    """No server at the URL: opening fails saying PostgreSQL is unreachable, no password."""
+    with pytest.raises(StoreUnavailable, match=r"PostgreSQL at postgresql://127\.0\.0\.1:1/") as e:
+        open_global_store(PgTarget("postgresql://u@127.0.0.1:1/db", "s", password="pw-x"))
+    assert "pw-x" not in str(e.value)
