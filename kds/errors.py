@@ -12,8 +12,8 @@
     │   │                    the disk's or the file's fault (API 500 naming the key)
     │   ├── StoreFull        the disk under the store is full: the host operator's to fix
     │   │                    (API 507)
-    │   └── StoreUnavailable the store's database server is unreachable (PostgreSQL): nothing
-    │                        was written; retry once it is back (API 503)
+    │   └── StoreUnavailable the store's database server is unreachable (PostgreSQL): retry
+    │                        once it is back (API 503)
     ├── ConfigError          a bad option, environment variable or config file entry
     │
     │   Defined beside the only code that raises them, on the edges:
@@ -144,5 +144,6 @@ class StoreFull(StoreError):
 
 
 class StoreUnavailable(StoreError):
-    """The database server holding the store cannot be reached or failed mid-call: the call
-    did nothing (a write was not committed) and may be retried once the server is back."""
+    """The database server holding the store cannot be reached or failed mid-call. A write
+    refused before it reached the server was not made; one cut off at its commit may have
+    been: retry (a put of the same content changes nothing) once the server is back."""

@@ -99,7 +99,7 @@ async def error_middleware(
     except StoreFull as e:
         log.error("write refused: disk full", method=request.method, path=request.path)
         return _error_response(HttpError(507, "Insufficient Storage", str(e)))
-    except StoreUnavailable as e:  # the database server is away: nothing was done
+    except StoreUnavailable as e:  # the database server is away: retry once it is back
         log.error("store unavailable", method=request.method, path=request.path, error=str(e))
         return _error_response(HttpError(503, "Store unavailable", str(e)))
     except web.HTTPRequestEntityTooLarge:

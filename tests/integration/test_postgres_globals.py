@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import _TEST_ARGS, BIN, Daemon, b64, free_port, wait_for
-from tests.pgserver import shared_server
+from tests.pgserver import PgServer, find_bindir, shared_server
 
 
 def _secret(name: str, value: str) -> dict[str, Any]:
@@ -155,3 +155,38 @@ def test_a_token_revoked_on_one_instance_ends_the_stream_another_holds(pg: Pg) -
     assert b.http.post(f"/zone-tokens/{token_id}/revoke").status_code == 200
     a.wait_event("zone token revoked on another instance", token_id=token_id)
     wait_for(lambda: not z.get_json("/status")["connected"], 10, "the zone's stream ended")
+
+
+def test_postgresql_killed_and_back(tmp_path: Path) -> None:
+    """PostgreSQL crashes (immediate stop): global refuses writes with 503 naming the store,
+    logs it, and once the server is back accepts writes again and the zone gets them; a
+    SIGTERM then stops it in time."""
+    bindir = find_bindir()
+    assert bindir is not None, "run scripts/setup-postgres"
+    server = PgServer(bindir)
+    server.start()
+    pg = Pg(tmp_path)
+    pg.url = server.url
+    try:
+        g = pg.start_global("ga")
+        _, token = pg.token(g, "z3")
+        z = pg.start_zone("z3", token, "ga")
+        server.stop("immediate")
+        r = g.put("/meshes/default/secrets/while-down", _secret("while-down", "x"))
+        assert r.status_code == 503 and "PostgreSQL" in r.json()["detail"], r.text
+        g.wait_event("PostgreSQL unreachable: writes refused, wake-ups paused")
+        assert z.get_json("/meshes/default")  # the zone keeps serving what it holds
+        server.start()
+        wait_for(
+            lambda: (
+                g.put("/meshes/default/secrets/after", _secret("after", "y")).status_code == 201
+            ),
+            20,
+            "a write once PostgreSQL is back",
+        )
+        g.wait_event("PostgreSQL reachable again")
+        wait_for(lambda: z.secret("default", "after"), 20, "the write on the zone")
+        assert g.stop() == 0
+    finally:
+        pg.close()
+        server.remove()

@@ -22,6 +22,7 @@ the schema version; a store made by a newer release is refused rather than misre
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -104,6 +105,15 @@ CREATE TABLE IF NOT EXISTS zone_status (name TEXT PRIMARY KEY, status TEXT NOT N
 """,
 }
 SCHEMA_VERSION = max(_MIGRATIONS)
+
+# How long the pool keeps trying to replace a broken connection before giving it up (a
+# call that needs one then asks for a new one): short, so a server that is back is used soon.
+RECONNECT_S = 10.0
+
+# psycopg's pool reports each failed connection attempt through the logging module, in its
+# own format, while the server is away: the listener (kds.store.postgres._listen) reports an
+# outage once, in the daemon's log format, and calls that fail raise StoreUnavailable.
+logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
 
 
 @dataclass(frozen=True)
@@ -196,8 +206,8 @@ class Database:
             ) from e
         except (psycopg.OperationalError, psycopg.InterfaceError) as e:
             raise StoreUnavailable(
-                f"PostgreSQL at {self.location} failed: {_first_line(e)}; nothing was "
-                "written by the failed call"
+                f"PostgreSQL at {self.location} failed: {_first_line(e)}; retry once it is "
+                "back (a write cut off at its commit may have been made: read it back)"
             ) from e
         except psycopg.Error as e:
             raise StoreError(f"PostgreSQL at {self.location}: {_first_line(e)}") from e
@@ -237,8 +247,8 @@ class Database:
             min_size=1,
             max_size=4,
             configure=self._configure,
-            timeout=10,
-            reconnect_timeout=0,  # keep trying while the server is away; calls time out
+            timeout=5,  # a call waits this long for a connection, then StoreUnavailable
+            reconnect_timeout=RECONNECT_S,
             name=f"kds-{self.role}",
             open=False,
         )
@@ -314,7 +324,7 @@ class Database:
 
     def close(self) -> None:
         if self.pool is not None:
-            self.pool.close()
+            self.pool.close(timeout=1)
 
 
 def _first_line(e: BaseException) -> str:

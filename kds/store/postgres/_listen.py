@@ -35,7 +35,7 @@ async def listen(
     """Forever (until cancelled): deliver the store's notifications to ``on_event``."""
     where = describe(target.url, target.schema)
     delay = 0.2
-    down_since: float | None = None
+    down_since: float | None = None  # when the connection was lost or first refused
     loop = asyncio.get_running_loop()
     while True:
         try:
@@ -43,8 +43,9 @@ async def listen(
         except (psycopg.Error, OSError) as e:
             if down_since is None:
                 down_since = loop.time()
-                log.error("PostgreSQL unreachable: instances' wake-ups paused", store=where,
-                          error=_line(e))  # fmt: skip
+            if delay == 0.2:  # once per outage, not at every retry
+                log.error("PostgreSQL unreachable: writes refused, wake-ups paused",
+                          store=where, error=_line(e))  # fmt: skip
             await asyncio.sleep(delay)
             delay = min(delay * 2, retry_max)
             continue
