@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from globalcp.zones import KINDS, ZoneStatusView
+from kds.logging import lost_log_lines
 
 __all__ = ["GlobalMetrics"]
 
@@ -28,6 +29,10 @@ class _ZonesCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         views = self.views
+        yield CounterMetricFamily(
+            "kds_log_lines_lost", "Log lines dropped because stderr could not take them.",
+            lost_log_lines(),
+        )  # fmt: skip
         yield GaugeMetricFamily("kds_global_revision", "Global's current revision.", self.head)
         yield GaugeMetricFamily(
             "kds_global_zones_connected",

@@ -23,7 +23,6 @@ from typing import Any
 
 import click
 
-from kds.version import __version__
 from kdsctl import resources, status, tokens
 from kdsctl.client import ApiClient, ApiError, ApiUnreachable, read_token, tls_verify
 from kdsctl.render import fail
@@ -62,6 +61,17 @@ class _AliasGroup(click.Group):
     ) -> tuple[str | None, click.Command | None, list[str]]:
         _, cmd, rest = super().resolve_command(ctx, args)
         return (cmd.name if cmd else None), cmd, rest
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    # kds.version asks importlib.metadata, which costs more to import than the rest of a
+    # simple command: only --version pays for it.
+    if not value or ctx.resilient_parsing:
+        return
+    from kds.version import __version__
+
+    click.echo(f"kdsctl, version {__version__}")
+    ctx.exit()
 
 
 @click.group("kdsctl", cls=_RootGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -108,7 +118,14 @@ class _AliasGroup(click.Group):
     help="CA certificate (PEM) to verify an https:// API with (one started with "
     "--api-tls-cert-file); default: the system's trusted CAs. Environment: KDSCTL_CA_FILE.",
 )
-@click.version_option(__version__, prog_name="kdsctl")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show the version and exit.",
+)
 @click.pass_context
 def cli(
     ctx: click.Context,

@@ -17,15 +17,12 @@ import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
-from kdsctl.client import ApiClient, pass_client
+from kdsctl.client import ApiClient, Response, pass_client
 from kdsctl.render import dump, fail, format_age, safe_text, table
-
-if TYPE_CHECKING:
-    import httpx
 
 __all__ = ["inspect", "wait"]
 
@@ -43,9 +40,9 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return table(headers, [[safe_text(cell) for cell in row] for row in rows])
 
 
-def _server_now(resp: httpx.Response) -> datetime:
+def _server_now(resp: Response) -> datetime:
     try:
-        return parsedate_to_datetime(resp.headers["Date"]).astimezone(UTC)
+        return parsedate_to_datetime(resp.headers.get("Date", "")).astimezone(UTC)
     except (KeyError, TypeError, ValueError):
         return datetime.now(UTC)
 

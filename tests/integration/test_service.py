@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import signal
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import BIN, Cluster, Daemon, b64, wait_for
+from tests.integration.conftest import BIN, Cluster, Daemon, b64, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -189,3 +190,31 @@ def test_sighup_before_a_config_file_changes_nothing(cluster: Cluster) -> None:
     g.signal(signal.SIGHUP)
     g.wait_event("reloaded: nothing changed")
     assert g.http.get("/readyz").status_code == 200
+
+
+def test_a_daemon_whose_log_reader_went_away_still_stops_on_sigterm(tmp_path: Path) -> None:
+    """A zone logging into a pipe nobody reads any more (its supervisor's logger died) keeps
+    running and stops on SIGTERM: a log line that cannot be written is dropped, not raised."""
+    zone = subprocess.Popen(
+        [
+            str(BIN / "zonecp"), "run", "--zone", "piped", "--data-dir", str(tmp_path / "z"),
+            "--api-address", f"127.0.0.1:{free_port()}",
+            # Nothing listens there: the zone keeps dialling and logging each failure.
+            "--global-address", f"grpc://127.0.0.1:{free_port()}", "--insecure",
+            "--reconnect-max-delay", "0.2s",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        assert zone.stdout is not None
+        assert zone.stdout.readline()  # it is up and logging
+        zone.stdout.close()  # the reader goes away
+        time.sleep(1)  # the zone logs into the broken pipe meanwhile
+        assert zone.poll() is None, "the zone died of its broken log pipe"
+        zone.send_signal(signal.SIGTERM)
+        assert zone.wait(10) == 0
+    finally:
+        if zone.poll() is None:
+            zone.kill()
+            zone.wait()

@@ -228,7 +228,9 @@ def test_metrics_on_both_daemons(cluster: Cluster) -> None:
     assert m[("kds_global_zone_messages_acknowledged_total", z)] >= 4  # snapshot + 3 writes
     assert m[("kds_global_propagation_seconds_count", z)] >= 3
     assert m[("process_resident_memory_bytes", ())] > 0
+    assert m[("kds_log_lines_lost_total", ())] == 0  # its log file takes every line
     zm = _metrics(a)
+    assert zm[("kds_log_lines_lost_total", ())] == 0
     assert zm[("kds_zone_connected", ())] == 1
     assert zm[("kds_zone_applied_revision", ())] == head
     assert zm[("kds_zone_resources", (("origin", "global"), ("type", "Secret")))] == 3
