@@ -15,11 +15,12 @@ import pytest
 from kds.crypto import DataCipher
 from kds.errors import StoreError, StoreUnavailable
 from kds.model import Key, Kind
+from kds.protocol.applier import DecodedBatch
 from kds.protocol.records import next_chain
 from kds.store import PgTarget, open_global_store, open_zone_store
-from kds.store.postgres import SCHEMA_VERSION, PgGlobalStore
+from kds.store.postgres import SCHEMA_VERSION, Leadership, NotLeader, PgGlobalStore, PgZoneEngine
 from tests.pgserver import shared_server
-from tests.unit.store_backends import MESH, T0, mk
+from tests.unit.store_backends import MESH, T0, inc_put, mk
 
 
 def _target(**kw: object) -> PgTarget:
@@ -138,3 +139,74 @@ async def test_an_unreachable_server_is_store_unavailable() -> None:
     with pytest.raises(StoreUnavailable, match=r"PostgreSQL at postgresql://127\.0\.0\.1:1/") as e:
         open_global_store(PgTarget("postgresql://u@127.0.0.1:1/db", "s", password="pw-x"))
     assert "pw-x" not in str(e.value)
+
+
+def _batch(key: Key, revision: int) -> DecodedBatch:
+    return DecodedBatch(
+        seq=1,
+        from_revision=revision - 1,
+        revision=revision,
+        snapshot=False,
+        final=True,
+        head_revision=revision,
+        changes=(inc_put(mk(key), revision),),
+    )
+
+
+def test_an_old_leader_cannot_apply_after_a_new_one_took_over() -> None:
+    """Fencing: each leader takes the next epoch; a batch is applied only while the store
+    is at the applying instance's epoch, checked inside the applying transaction."""
+    target = _target()
+    old, new = PgZoneEngine(target), PgZoneEngine(target)
+    try:
+        old.fencing = Leadership(old, "zone-old")._take_epoch()
+        old.apply_batch(_batch(MESH, 1), "gsid", T0)
+        new.fencing = Leadership(new, "zone-new")._take_epoch()
+        with pytest.raises(NotLeader, match="another instance took over; batch not applied"):
+            old.apply_batch(_batch(Key(Kind.GLOBAL_SECRET, "", "g"), 2), "gsid", T0)
+        assert new.sync_state().applied_revision == 1
+        assert Leadership(new, "").leader() == ("zone-new", new.fencing)
+        new.apply_batch(_batch(Key(Kind.GLOBAL_SECRET, "", "g"), 2), "gsid", T0)
+    finally:
+        old.close()
+        new.close()
+
+
+async def test_a_paused_leader_loses_the_lock_to_a_standby() -> None:
+    """A leader that stops sending heartbeats (paused) has its session ended by the server
+    after idle_timeout, freeing the lock; the standby leads at the next epoch, and the old
+    leader is told it lost."""
+    target = _target()
+    a_engine, b_engine = PgZoneEngine(target), PgZoneEngine(target)
+    a = Leadership(a_engine, "zone-a", heartbeat=0.2, idle_timeout=1.0)
+    b = Leadership(b_engine, "zone-b", heartbeat=0.2, idle_timeout=1.0)
+    a_lost, b_leads = asyncio.Event(), asyncio.Event()
+
+    async def a_leads(lost: asyncio.Event) -> None:
+        await lost.wait()
+
+    async def _paused(conn: object, lost: asyncio.Event) -> None:
+        await asyncio.sleep(2.5)  # paused past idle_timeout; then it runs again
+        try:
+            await conn.execute("SELECT 1")  # type: ignore[attr-defined]
+        except psycopg.Error:
+            lost.set()
+            a_lost.set()
+
+    async def b_lead(lost: asyncio.Event) -> None:
+        b_leads.set()
+        await asyncio.sleep(3600)
+
+    a._heartbeat = _paused  # type: ignore[method-assign]  # a pauses: no heartbeat
+    ta = asyncio.create_task(a.run(a_leads))
+    try:
+        await asyncio.sleep(0.3)
+        tb = asyncio.create_task(b.run(b_lead))
+        await asyncio.wait_for(b_leads.wait(), 10)
+        assert b_engine.fencing == (a_engine.fencing or 0) + 1
+        await asyncio.wait_for(a_lost.wait(), 10)
+        tb.cancel()
+    finally:
+        ta.cancel()
+        a_engine.close()
+        b_engine.close()

@@ -22,7 +22,7 @@ from psycopg import sql
 
 from kds.store.postgres._db import PgTarget, describe
 
-__all__ = ["OnEvent", "listen"]
+__all__ = ["OnEvent", "connect_own", "first_line", "listen"]
 
 log = structlog.get_logger("kds.store")
 
@@ -39,13 +39,13 @@ async def listen(
     loop = asyncio.get_running_loop()
     while True:
         try:
-            conn = await _connect(target)
+            conn = await connect_own(target)
         except (psycopg.Error, OSError) as e:
             if down_since is None:
                 down_since = loop.time()
             if delay == 0.2:  # once per outage, not at every retry
                 log.error("PostgreSQL unreachable: writes refused, wake-ups paused",
-                          store=where, error=_line(e))  # fmt: skip
+                          store=where, error=first_line(e))  # fmt: skip
             await asyncio.sleep(delay)
             delay = min(delay * 2, retry_max)
             continue
@@ -68,10 +68,10 @@ async def listen(
         except (psycopg.Error, OSError) as e:
             down_since = loop.time()
             log.error("PostgreSQL connection for wake-ups lost: reconnecting", store=where,
-                      error=_line(e))  # fmt: skip
+                      error=first_line(e))  # fmt: skip
 
 
-async def _connect(target: PgTarget) -> psycopg.AsyncConnection[Any]:
+async def connect_own(target: PgTarget) -> psycopg.AsyncConnection[Any]:
     kwargs: dict[str, Any] = {
         "autocommit": True,
         "connect_timeout": 5,
@@ -82,6 +82,6 @@ async def _connect(target: PgTarget) -> psycopg.AsyncConnection[Any]:
     return await psycopg.AsyncConnection.connect(target.url, **kwargs)
 
 
-def _line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     lines = str(e).strip().splitlines()
     return (lines[0] if lines else type(e).__name__)[:300]

@@ -15,6 +15,7 @@ from kds.model import Key, Kind, Resource
 from kds.protocol.applier import DecodedBatch
 from kds.store._threads import Threads
 from kds.store.postgres._global import PgGlobalEngine
+from kds.store.postgres._leader import Leadership
 from kds.store.postgres._listen import OnEvent, listen
 from kds.store.postgres._resources import PgResourceEngine
 from kds.store.postgres._zone import PgZoneEngine
@@ -142,6 +143,17 @@ class PgGlobalStore(_PgResourceStore[PgGlobalEngine]):
 
 class PgZoneStore(_PgResourceStore[PgZoneEngine]):
     """A zone's store (kds.store.interface.ZoneStore) on a PgZoneEngine."""
+
+    def leadership(self, instance_id: str) -> Leadership:
+        """This instance's part in electing the zone's one stream holder (_leader)."""
+        return Leadership(self._engine, instance_id)
+
+    async def leader(self) -> tuple[str, int]:
+        """(the leading instance, its epoch) as the store records them."""
+        return await self._threads.read(self._leader_of)
+
+    def _leader_of(self) -> tuple[str, int]:
+        return Leadership(self._engine, "").leader()
 
     async def sync_state(self) -> SyncState:
         return await self._threads.read(self._engine.sync_state)
