@@ -439,8 +439,8 @@ class ZoneTracker:
         state.protocol_version = protocol_version
         state.store_backend = safe_text(store_backend)
         state.connections += 1
-        state.global_instance = self.instance_id
         if self.lease is not None:
+            state.global_instance = self.instance_id
             state.lease_until = now + self.lease
         if resumed_revision is not None:
             state.acked_revision = resumed_revision

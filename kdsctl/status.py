@@ -144,6 +144,10 @@ def inspect_zones(client: ApiClient, output: str) -> None:
         ]
         for z in items
     ]
+    if any(z.get("globalInstance") for z in items):  # several global instances on one store
+        headers.append("GLOBAL INSTANCE")
+        for row, z in zip(rows, items, strict=True):
+            row.append(str(z.get("globalInstance") or "-"))
     click.echo(_table(headers, rows))
 
 
@@ -180,6 +184,7 @@ def inspect_zone(client: ApiClient, name: str, output: str) -> None:
         ("Zone", str(z["name"])),
         ("Status", status),
         ("Instance", str(z.get("instanceId") or "-")),
+        *([("Global instance", str(z["globalInstance"]))] if z.get("globalInstance") else []),
         (
             "Zone CP",
             f"version {z.get('zoneVersion') or '-'}, protocol {z.get('protocolVersion') or '-'}, "

@@ -7,7 +7,9 @@ never a snapshot, with nothing lost); a token revoked on one ends the stream ano
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -145,6 +147,12 @@ def test_two_globals_share_writes_one_ca_and_a_zone_resumes_on_the_survivor(pg: 
     assert z.secret("default", "from-a") and z.secret("default", "from-b")
     view = survivor.get_json("/zones/z1")
     assert view["status"] == "Online" and view["globalInstance"] == pg.instance_id(survivor)
+    env = {**os.environ, "KDSCTL_API_URL": survivor.api_url, "KDSCTL_TOKEN": survivor.admin_token}
+    out = subprocess.run(
+        [str(BIN / "kdsctl"), "inspect", "zones"], env=env, capture_output=True, text=True,
+        timeout=30, check=True,
+    ).stdout  # fmt: skip
+    assert "GLOBAL INSTANCE" in out and pg.instance_id(survivor) in out, out
 
 
 def test_a_token_revoked_on_one_instance_ends_the_stream_another_holds(pg: Pg) -> None:
