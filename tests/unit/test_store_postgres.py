@@ -18,9 +18,16 @@ from kds.model import Key, Kind
 from kds.protocol.applier import DecodedBatch
 from kds.protocol.records import next_chain
 from kds.store import PgTarget, open_global_store, open_zone_store
-from kds.store.postgres import SCHEMA_VERSION, Leadership, NotLeader, PgGlobalStore, PgZoneEngine
+from kds.store.postgres import (
+    SCHEMA_VERSION,
+    Leadership,
+    NotLeader,
+    PgGlobalStore,
+    PgZoneEngine,
+    import_sqlite_global,
+)
 from tests.pgserver import shared_server
-from tests.unit.store_backends import MESH, T0, inc_put, mk
+from tests.unit.store_backends import MESH, T0, T1, inc_put, mk
 
 
 def _target(**kw: object) -> PgTarget:
@@ -210,3 +217,47 @@ async def test_a_paused_leader_loses_the_lock_to_a_standby() -> None:
         ta.cancel()
         a_engine.close()
         b_engine.close()
+
+
+async def test_a_sqlite_global_moves_with_its_id_history_and_sealed_values(
+    tmp_path: Path,
+) -> None:
+    """import_sqlite_global: the PostgreSQL store is the same store (id, head, change log,
+    chains, snapshot), sealed values open with the same key, tokens and internal secrets
+    came along; a schema that holds a store is refused."""
+    cipher = DataCipher([os.urandom(32)])
+    src = open_global_store(tmp_path / "global.db", cipher=cipher, log_size=3)
+    await src.put(mk(MESH), T0)
+    for i in range(5):
+        await src.put(mk(Key(Kind.SECRET, "default", f"s{i}"), f"v{i}".encode()), T0)
+    await src.delete(Key(Kind.SECRET, "default", "s0"))
+    await src.put_internal_secret("sync-ca-key", b"ca", T0)
+    await src.add_zone_token("t1", "zone-a", "k1", T0, T0)
+    await src.save_zone_statuses({"zone-a": '{"connected_at": 1.0}'})
+    before = (src.store_id, await src.head(), await src.log_floor(), await src.snapshot())
+    log = await src.changes_after(before[2], before[1])
+    src.close()
+
+    target = _target()
+    store_id, counts = import_sqlite_global(tmp_path / "global.db", target)
+    assert store_id == before[0] and counts["head"] == before[1] == 7
+    assert counts["resources"] == 5 and counts["changelog"] == 3
+    pg = open_global_store(target, cipher=cipher, log_size=3)
+    try:
+        assert (pg.store_id, await pg.head(), await pg.log_floor()) == before[:3]
+        assert await pg.changes_after(before[2], before[1]) == log
+        assert await pg.chain_at(before[1]) == before[3].chain
+        snap = await pg.snapshot()
+        assert (snap.revision, snap.changes, snap.chain) == (
+            before[3].revision, before[3].changes, before[3].chain,
+        )  # fmt: skip
+        got = await pg.get(Key(Kind.SECRET, "default", "s4"))
+        assert got is not None and got.resource.data == b"v4"
+        assert await pg.internal_secrets() == {"sync-ca-key": b"ca"}
+        assert [t["id"] for t in await pg.zone_tokens()] == ["t1"]
+        await pg.put(mk(Key(Kind.SECRET, "default", "new")), T1)  # the sequence goes on
+        assert await pg.head() == 8
+    finally:
+        pg.close()
+    with pytest.raises(StoreError, match="already holds a store"):
+        import_sqlite_global(tmp_path / "global.db", target)

@@ -9,13 +9,15 @@ gap-free and commit in order across instances (kds.store.postgres._db).
 Modules, by job: _db (connections, the versioned schema, transactions, meta, errors),
 _resources (rows both roles share, API writes), _reseal (encryption at rest at open),
 _global and _zone (each role's engine), _stores (the async stores), _listen (LISTEN/NOTIFY
-wake-ups between instances), _leader (one zone instance holds the stream, fenced).
+wake-ups between instances), _leader (one zone instance holds the stream, fenced),
+_import (a SQLite global store moved here, keeping its id and history).
 """
 
 from __future__ import annotations
 
 from kds.store.postgres._db import SCHEMA_VERSION, PgTarget
 from kds.store.postgres._global import PgGlobalEngine
+from kds.store.postgres._import import import_sqlite_global
 from kds.store.postgres._leader import Leadership
 from kds.store.postgres._stores import PgGlobalStore, PgZoneStore
 from kds.store.postgres._zone import NotLeader, PgZoneEngine
@@ -29,4 +31,5 @@ __all__ = [
     "PgTarget",
     "PgZoneEngine",
     "PgZoneStore",
+    "import_sqlite_global",
 ]
