@@ -48,8 +48,9 @@ def _free_port() -> int:
 class PgServer:
     """One server in a temp dir; ``url`` connects as the superuser ``postgres`` (trust)."""
 
-    def __init__(self, bindir: Path):
+    def __init__(self, bindir: Path, fsync: bool = False):
         self.bindir = bindir
+        self.fsync = fsync  # off for the tests (speed); on for measurements
         self.dir = Path(tempfile.mkdtemp(prefix="kds-pg-"))
         self.data = self.dir / "data"
         self.port = _free_port()
@@ -68,7 +69,8 @@ class PgServer:
             raise RuntimeError(f"{tool} failed ({out.returncode}): {out.stderr[-2000:]}")
 
     def start(self) -> None:
-        opts = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir} -c fsync=off"
+        opts = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir}"
+        opts += "" if self.fsync else " -c fsync=off"
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "log"), "-w", "-o", opts,
                   "start")  # fmt: skip
 
