@@ -122,6 +122,7 @@ async def run_global(cfg: GlobalConfig, service: Service) -> int:
         assert isinstance(store, PgGlobalStore)
         # Other global instances may share the store: follow their commits and key changes.
         peers = Peers(store, hub, zone_tokens, servicer.end_streams)
+        servicer.catch_up = peers.catch_up
         guard.start("peers", peers.run())
     server = grpc.aio.server(
         options=server_options(cfg.max_message_bytes, cfg.keepalive_interval, cfg.keepalive_timeout)

@@ -88,14 +88,17 @@ class Leadership:
     async def _acquire(self) -> psycopg.AsyncConnection[Any]:
         """A connection holding the leader lock (waits, trying every heartbeat)."""
         db = self.engine.db
-        waited = False
+        waited = unreachable = False
         while True:
             try:
                 conn = await connect_own(db.target)
             except (psycopg.Error, OSError) as e:
-                log.warning("cannot reach PostgreSQL to lead the zone", error=first_line(e))
+                if not unreachable:  # once per outage, not every second
+                    log.warning("cannot reach PostgreSQL to lead the zone", error=first_line(e))
+                    unreachable = True
                 await asyncio.sleep(self.heartbeat)
                 continue
+            unreachable = False
             try:
                 ms = int(self.idle_timeout * 1000)
                 await conn.execute(f"SET idle_session_timeout = {ms}")
