@@ -14,7 +14,7 @@ from kds.api.observe import health_routes, metrics_route
 from kds.clock import rfc3339
 from kds.config import ZoneConfig
 from kds.crypto import load_key_file
-from kds.errors import ConfigError
+from kds.errors import ConfigError, StoreError
 from kds.model import Limits
 from kds.reload import Reloader
 from kds.runtime import Guard, Service, check_ports_free, ensure_private_dir
@@ -110,6 +110,15 @@ async def run_zone(cfg: ZoneConfig, service: Service) -> int:
         return {"instanceId": who or None, "thisInstance": who == client.instance_id,
                 "epoch": epoch}  # fmt: skip
 
+    async def on_shared_change(what: str) -> None:
+        # Another instance of this zone wrote a zone-local resource: conflicts may have
+        # changed, and the leader is the one that tells global.
+        if leadership is not None and leadership.leading and what in ("local", ""):
+            try:
+                await client.refresh_conflicts()
+            except StoreError as e:
+                log.warning("cannot re-read the zone's conflicts", error=str(e))
+
     async def lead(lost: asyncio.Event) -> None:
         # Sync until this instance stops leading or the daemon stops.
         leading = asyncio.Event()
@@ -183,7 +192,9 @@ async def run_zone(cfg: ZoneConfig, service: Service) -> int:
         revision=state.applied_revision,
     )
     if leadership is not None:
+        assert isinstance(store, PgZoneStore)
         guard.start("sync-client", leadership.run(lead))
+        guard.start("shared-store", store.follow(on_shared_change, fallback=5.0))
     else:
         guard.start("sync-client", client.run(stop))
     # READY=1 once the zone is ready as /readyz defines it (synced once since start).

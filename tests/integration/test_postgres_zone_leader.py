@@ -57,6 +57,14 @@ def test_one_leader_syncs_both_serve_and_the_other_takes_over(pg: Pg) -> None:
     wait_for(lambda: g.get_json("/zones/zz")["instanceId"] == lead["instanceId"], 10,
              "global names the leader")  # fmt: skip
 
+    # A conflict ended by a zone-local delete on the standby reaches global through the
+    # leader, woken by the shared store's notification.
+    assert standby.put("/meshes/default/secrets/dup", _secret("dup", "z")).status_code == 201
+    assert g.put("/meshes/default/secrets/dup", _secret("dup", "g")).status_code == 201
+    wait_for(lambda: g.get_json("/zones/zz")["conflictCount"] == 1, 10, "the conflict on global")
+    assert standby.http.delete("/meshes/default/secrets/dup").status_code in (200, 204)
+    wait_for(lambda: g.get_json("/zones/zz")["conflictCount"] == 0, 10, "the conflict ended")
+
     leader.stop(signal.SIGKILL)
     killed = time.monotonic()
     assert g.put("/meshes/default/secrets/s2", _secret("s2", "2")).status_code == 201

@@ -99,11 +99,6 @@ class PgGlobalEngine(PgResourceEngine):
         if any(r.record is not None for r in results):
             self._notify(conn, "change")
 
-    def _notify(self, conn: Conn, what: str) -> None:
-        """Tell every instance listening on this store (kds.store.postgres._listen) that
-        ``what`` changed; PostgreSQL delivers it when (and only if) the transaction commits."""
-        conn.execute("SELECT pg_notify(%s, %s)", (self.db.target.schema, what))
-
     # ------------------------------------------------------------------ sync reads
 
     def head(self) -> int:

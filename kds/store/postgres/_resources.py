@@ -334,6 +334,11 @@ class PgResourceEngine:
     def _announce(self, conn: Conn, results: Sequence[WriteResult]) -> None:
         """Inside an API write transaction, before it commits: tell other instances."""
 
+    def _notify(self, conn: Conn, what: str) -> None:
+        """Tell every instance listening on this store (kds.store.postgres._listen) that
+        ``what`` changed; PostgreSQL delivers it when (and only if) the transaction commits."""
+        conn.execute("SELECT pg_notify(%s, %s)", (self.db.target.schema, what))
+
     def _check_writable(self, key: Key, rows: Mapping[str, Resource], verb: str) -> None:
         """Raise when the API may not ``verb`` (change, delete) ``key`` held as ``rows``."""
 

@@ -81,6 +81,12 @@ class _PgResourceStore(Generic[E]):
     def close(self) -> None:
         self._threads.close(self._engine.close)
 
+    async def follow(self, on_event: OnEvent, fallback: float = 1.0) -> None:
+        """Until cancelled: ``on_event(what)`` for each change an instance sharing this store
+        commits, and ``on_event("")`` at least every ``fallback`` seconds
+        (kds.store.postgres._listen)."""
+        await listen(self._engine.db.target, on_event, fallback)
+
 
 class PgGlobalStore(_PgResourceStore[PgGlobalEngine]):
     """Global's store (kds.store.interface.GlobalStore) on a PgGlobalEngine."""
@@ -133,12 +139,6 @@ class PgGlobalStore(_PgResourceStore[PgGlobalEngine]):
 
     async def zone_tokens(self) -> list[dict[str, str]]:
         return await self._threads.read(self._engine.zone_tokens)
-
-    async def follow(self, on_event: OnEvent, fallback: float = 1.0) -> None:
-        """Until cancelled: ``on_event(what)`` for each change another instance sharing this
-        store commits, and ``on_event("")`` at least every ``fallback`` seconds
-        (kds.store.postgres._listen)."""
-        await listen(self._engine.db.target, on_event, fallback)
 
 
 class PgZoneStore(_PgResourceStore[PgZoneEngine]):

@@ -15,7 +15,7 @@ leader that was paused past its lease cannot apply after a new leader took over.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import structlog
 
@@ -25,7 +25,7 @@ from kds.mtls import secret_refs
 from kds.protocol.applier import DecodedBatch, Plan, ZoneView, plan_batch
 from kds.store.postgres._db import get_meta, set_meta
 from kds.store.postgres._resources import UPSERT, Conn, PgResourceEngine
-from kds.store.results import ORIGIN_GLOBAL, ORIGIN_ZONE, SyncState, ZoneApplyResult
+from kds.store.results import ORIGIN_GLOBAL, ORIGIN_ZONE, SyncState, WriteResult, ZoneApplyResult
 
 log = structlog.get_logger("kds.store")
 
@@ -56,6 +56,11 @@ class PgZoneEngine(PgResourceEngine):
 
     def _next_version(self, conn: Conn, old: Resource | None) -> int:
         return old.version + 1 if old else 1
+
+    def _announce(self, conn: Conn, results: Sequence[WriteResult]) -> None:
+        # A zone-local write may start or end a name conflict: the leader tells global.
+        if any(r.changed for r in results):
+            self._notify(conn, "local")
 
     def _after_check(self, damaged: list[tuple[str, str, str, str]]) -> None:
         local = [d for d in damaged if d[3] == ORIGIN_ZONE]
