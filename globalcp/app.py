@@ -11,6 +11,7 @@ import structlog
 from aiohttp import web
 
 from globalcp.hub import Hub
+from globalcp.inventory import inventory_routes
 from globalcp.metrics import GlobalMetrics
 from globalcp.peers import Peers
 from globalcp.security import server_credentials
@@ -161,6 +162,8 @@ async def run_global(cfg: GlobalConfig, service: Service) -> int:
         metrics.update(hub.head, await tracker.views())
 
     extra = [
+        # Before zone_routes, whose /zones/{name} would take these paths.
+        *inventory_routes(tracker, metrics.propagation_summary),
         *zone_routes(tracker),
         *(token_routes(zone_tokens, servicer.end_streams) if zone_tokens else []),
         *health_routes(alive, ready),

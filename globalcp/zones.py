@@ -34,7 +34,9 @@ from typing import Any
 
 import structlog
 
+from globalcp.history import SAMPLE_INTERVAL, ZoneHistory
 from globalcp.hub import Hub
+from globalcp.zone_claims import ZoneClaims
 from kds.clock import rfc3339
 from kds.model import Kind
 from kds.store import GlobalStore
@@ -91,9 +93,11 @@ class ZoneState:
     last_error_at: float = 0.0
     conflicts: list[str] = field(default_factory=list)  # the first CONFLICTS_KEPT
     conflicts_total: int = 0  # how many the zone reported
-    # Several global instances on one store: the one holding the zone's stream, and until
-    # when its claim holds unless renewed (wall-clock seconds; 0: not shared).
-    global_instance: str = ""
+    first_seen_at: float = 0.0  # the first accepted stream (0: saved by an older version)
+    sync_mode: str = ""  # how the last stream started: "snapshot" or "resume"
+    global_instance: str = ""  # the global instance that accepted the last stream
+    # Several global instances on one store: until when the holder's claim on the zone's
+    # stream holds unless renewed (wall-clock seconds; 0: not shared).
     lease_until: float = 0.0
 
     @property
@@ -170,6 +174,7 @@ class ZoneStatusView:
         s = self.state
         return {
             **self.summary(),
+            "lastSyncMode": s.sync_mode or None,
             "connections": s.connections,
             "messagesSent": s.messages_sent,
             "messagesAcknowledged": s.messages_acked,
@@ -274,6 +279,7 @@ class ZoneHandle:
         s = self._state
         if not self.current or (kept == s.conflicts and count == s.conflict_count):
             return False
+        self._tracker.history.conflicts_changed(s.name, s.conflicts, kept, count)
         s.conflicts = kept
         s.conflicts_total = count
         self._tracker.mark(s)
@@ -290,6 +296,8 @@ class ZoneHandle:
         s.online = False
         s.disconnected_at = self._tracker.clock()
         s.disconnect_reason = safe_text(reason, ERROR_CHARS)
+        self._tracker.history.event(s.name, "disconnected", reason=s.disconnect_reason)
+        self._tracker.sample_soon(s.name)
         self._tracker.mark(s, urgent=True)
 
 
@@ -306,6 +314,11 @@ class ZoneTracker:
         lease: float | None = None,
     ):
         self.store = store
+        self.instance_id = instance_id  # this global's, recorded with each accepted stream
+        self.history = ZoneHistory(store, clock)
+        self.sample_interval = SAMPLE_INTERVAL
+        self._sample_due: set[str] = set()  # zones to sample at the next flush
+        self._sampled_at = 0.0
         self.hub = hub
         self.clock = clock
         self.flush_interval = flush_interval
@@ -313,11 +326,9 @@ class ZoneTracker:
         self.zones: dict[str, ZoneState] = {}
         self._dirty: set[str] = set()
         self._urgent = asyncio.Event()
-        # Shared store (several global instances): this instance's id, how long its claim
-        # on a zone's stream holds without renewal; None: this instance is the only one.
-        self.instance_id = instance_id
-        self.lease = lease
-        self._refreshed = 0.0
+        # Several global instances on one store: their claims on zones' streams (``lease``:
+        # how long one holds unless renewed); None when this instance is the only one.
+        self.claims = ZoneClaims(instance_id, lease, clock) if lease is not None else None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -328,13 +339,17 @@ class ZoneTracker:
         saved = await self.store.zone_statuses()
         for name, text in saved.items():
             state = ZoneState.from_json(name, text)
-            if state.online and self._held_elsewhere(state):
+            if self.claims is not None and self.claims.held_elsewhere(state):
                 self.zones[name] = state  # another live instance's: left as it saved it
                 continue
             if state.online:
                 state.online = False
                 state.disconnected_at = state.last_message_at or self.clock()
                 state.disconnect_reason = "global stopped"
+                # A global that crashed had no time to record the disconnect itself.
+                self.history.event(
+                    name, "disconnected", at=state.disconnected_at, reason="global stopped"
+                )
                 self.mark(state)
             self.zones[name] = state
 
@@ -344,10 +359,13 @@ class ZoneTracker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._urgent.wait(), self.flush_interval)
             self._urgent.clear()
-            self._renew()
+            for state in self.claims.renew(self.zones.values()) if self.claims else []:
+                self.mark(state)
             await self.flush()
 
     async def flush(self) -> None:
+        await self._sample_lag()
+        await self.history.flush()
         if not self._dirty:
             return
         batch = {name: self.zones[name].to_json() for name in self._dirty if name in self.zones}
@@ -358,52 +376,21 @@ class ZoneTracker:
             self._dirty.update(batch)
             log.error("cannot save zone status", error_type=type(e).__name__, error=str(e))
 
-    # ------------------------------------------------------------------ shared store
+    def sample_soon(self, name: str) -> None:
+        self._sample_due.add(name)
 
-    def _held_elsewhere(self, state: ZoneState) -> bool:
-        """Whether another instance sharing the store holds ``state``'s stream, its claim
-        unexpired."""
-        return (
-            self.lease is not None
-            and state.online
-            and state.global_instance != self.instance_id
-            and state.lease_until > self.clock()
-        )
-
-    def _renew(self) -> None:
-        """Extend this instance's claim on each zone whose stream it holds, half a lease
-        before it lapses (saved with the next flush)."""
-        if self.lease is None:
-            return
+    async def _sample_lag(self) -> None:
+        """Lag samples for the history: every zone online or offline for under an hour each
+        sample interval, and the zones that asked (connected or disconnected) at once."""
         now = self.clock()
-        for state in self.zones.values():
-            mine = state.online and state.global_instance == self.instance_id
-            if mine and state.lease_until - now < self.lease / 2:
-                state.lease_until = now + self.lease
-                self.mark(state)
-
-    async def refresh(self) -> None:
-        """Shared store: take the other instances' view of the zones whose streams this
-        instance does not hold (at most once a second); a claim not renewed within its
-        lease shows its zone Offline: the instance holding it stopped."""
-        now = self.clock()
-        if self.lease is None or now - self._refreshed < 1.0:
-            return
-        self._refreshed = now
-        for name, text in (await self.store.zone_statuses()).items():
-            mine = self.zones.get(name)
-            if name in self._dirty or (
-                mine is not None and mine.online and mine.global_instance == self.instance_id
-            ):
-                continue  # this instance's news about the zone is the newest
-            state = ZoneState.from_json(name, text)
-            if state.online and state.lease_until <= now:
-                state.online = False
-                state.disconnected_at = state.lease_until
-                state.disconnect_reason = (
-                    f"global instance {state.global_instance} stopped renewing its claim"
-                )
-            self.zones[name] = state
+        due, self._sample_due = self._sample_due, set()
+        if now - self._sampled_at >= self.sample_interval:
+            self._sampled_at = now
+            due |= {n for n, s in self.zones.items() if s.online or now - s.disconnected_at < 3600}
+        for name in sorted(due):
+            view = await self.view(name)
+            if view is not None:
+                self.history.lag_sample(name, view.lag_revisions, view.lag_seconds)
 
     # ------------------------------------------------------------------ updates
 
@@ -439,11 +426,21 @@ class ZoneTracker:
         state.protocol_version = protocol_version
         state.store_backend = safe_text(store_backend)
         state.connections += 1
-        if self.lease is not None:
-            state.global_instance = self.instance_id
-            state.lease_until = now + self.lease
+        state.first_seen_at = state.first_seen_at or now
+        state.sync_mode = "snapshot" if resumed_revision is None else "resume"
+        state.global_instance = self.instance_id
+        if self.claims is not None:
+            self.claims.claim(state)
         if resumed_revision is not None:
             state.acked_revision = resumed_revision
+        self.history.event(
+            name,
+            "connected",
+            instance=state.instance_id,
+            version=state.zone_version,
+            mode=state.sync_mode,
+        )
+        self.sample_soon(name)
         self.mark(state, urgent=True)
         return ZoneHandle(self, state, stream_id)
 
@@ -453,6 +450,13 @@ class ZoneTracker:
         state = self.zones.get(name) or ZoneState(name)
         self.zones[name] = state
         self.record_error(state, message)
+        self.history.event(name, "refused", reason=state.last_error)
+
+    def token_refused(self, name: str, code: str, reason: str, more: int) -> None:
+        """A token for ``name`` was refused (``more``: refusals since the last one recorded).
+        Only a zone global knows gets the entry: the name came from whoever sent the token."""
+        if name in self.zones:
+            self.history.token_refused(name, code, safe_text(reason, ERROR_CHARS), more)
 
     def record_error(self, state: ZoneState, message: str, count: int = 1) -> None:
         """``count`` errors happened; ``message`` (bounded, escaped) describes the last."""
@@ -466,6 +470,11 @@ class ZoneTracker:
             self._observe(zone, seconds)
 
     # ------------------------------------------------------------------ views
+
+    async def refresh(self) -> None:
+        """With several instances on one store: the others' zones, as the store holds them."""
+        if self.claims is not None:
+            await self.claims.refresh(self.store, self.zones, self._dirty, ZoneState.from_json)
 
     async def view(self, name: str) -> ZoneStatusView | None:
         await self.refresh()

@@ -148,18 +148,31 @@ def cli(
 
 @cli.group(
     cls=_AliasGroup,
-    aliases={"mesh": "meshes", "secret": "secrets", "global-secret": "global-secrets"},
+    aliases={
+        "mesh": "meshes",
+        "secret": "secrets",
+        "global-secret": "global-secrets",
+        "globalsecret": "global-secrets",  # kumactl's names
+        "globalsecrets": "global-secrets",
+    },
 )
 def get() -> None:
-    """Show resources: meshes, secrets or global-secrets (singular forms work too)."""
+    """Show resources: meshes, secrets or global-secrets (singular forms and kumactl's
+    globalsecret(s) work too)."""
 
 
 @cli.group(
     cls=_AliasGroup,
-    aliases={"meshes": "mesh", "secrets": "secret", "global-secrets": "global-secret"},
+    aliases={
+        "meshes": "mesh",
+        "secrets": "secret",
+        "global-secrets": "global-secret",
+        "globalsecret": "global-secret",  # kumactl's names
+        "globalsecrets": "global-secret",
+    },
 )
 def delete() -> None:
-    """Delete a mesh, secret or global-secret."""
+    """Delete a mesh, secret or global-secret (kumactl's globalsecret works too)."""
 
 
 for command in (resources.apply, status.inspect, status.wait):

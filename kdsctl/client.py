@@ -29,6 +29,7 @@ import click
 
 from kds.errors import KdsError
 from kds.model import Kind
+from kds.text import safe_text
 
 __all__ = [
     "ApiClient",
@@ -330,12 +331,20 @@ def _api_error(resp: Response) -> ApiError:
         body = None
     if not isinstance(body, dict) or "title" not in body:
         return ApiError(resp.status_code, f"HTTP {resp.status_code} {resp.reason_phrase}")
+    # Kuma's invalid_parameters [{field, reason}], else its older causes [{field, message}].
+    params = body.get("invalid_parameters")
+    entries, text = (
+        (params, "reason") if isinstance(params, list) else (body.get("causes"), "message")
+    )
+    # What the server sends is printed on a terminal: escaped and bounded first.
     causes = [
-        (str(c.get("field", "")), str(c.get("message", "")))
-        for c in body.get("causes") or []
+        (safe_text(c.get("field", "")), safe_text(c.get(text, "")))
+        for c in entries or []
         if isinstance(c, dict)
     ]
-    return ApiError(resp.status_code, str(body["title"]), str(body.get("detail", "")), causes)
+    return ApiError(
+        resp.status_code, safe_text(body["title"]), safe_text(body.get("detail", "")), causes
+    )
 
 
 def resource_path(kind: Kind, name: str = "", mesh: str = "") -> str:

@@ -30,7 +30,15 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from kds.model import Key, Kind, Resource
-from kds.store.results import ChangeRecord, Row, Snapshot, SyncState, WriteResult, ZoneApplyResult
+from kds.store.results import (
+    ChangeRecord,
+    Row,
+    Snapshot,
+    SyncState,
+    WriteResult,
+    ZoneApplyResult,
+    ZoneEvent,
+)
 
 if TYPE_CHECKING:
     from kds.protocol.applier import DecodedBatch
@@ -124,6 +132,19 @@ class GlobalStore(ResourceStore, Protocol):
     # saved (a newer stream of the zone, held by another instance).
     async def zone_statuses(self) -> dict[str, str]: ...
     async def save_zone_statuses(self, statuses: dict[str, str]) -> None: ...
+
+    # Zone status history, written by globalcp.history.
+    async def add_zone_events(self, events: Sequence[ZoneEvent], keep: int) -> None:
+        """Append ``events`` in one transaction, then keep only the newest ``keep`` of each
+        (zone, kind) they added to (newest: last added)."""
+        ...
+
+    async def zone_events(
+        self, zone: str, kind: str, since: float = 0.0, limit: int = 1000
+    ) -> list[ZoneEvent]:
+        """The newest ``limit`` events of ``zone`` and ``kind`` whose time is at least
+        ``since``, oldest first (in the order they were added)."""
+        ...
 
     # Global's own secrets (CA key, token signing keys): never synced, never served.
     async def internal_secrets(self, prefix: str = "") -> dict[str, bytes]: ...

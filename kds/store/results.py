@@ -26,6 +26,7 @@ __all__ = [
     "SyncState",
     "WriteResult",
     "ZoneApplyResult",
+    "ZoneEvent",
     "sort_records",
 ]
 
@@ -67,6 +68,18 @@ class Snapshot:
     parts: dict[tuple[int, int], list[Part]] = field(
         default_factory=dict, compare=False, repr=False
     )
+
+
+@dataclass(frozen=True)
+class ZoneEvent:
+    """One entry of a zone's status history on global (globalcp.history): ``kind`` says
+    which series it belongs to (each is bounded on its own), ``time`` is wall-clock seconds
+    and ``data`` JSON text, bounded by its writer."""
+
+    zone: str
+    kind: str
+    time: float
+    data: str
 
 
 @dataclass(frozen=True)

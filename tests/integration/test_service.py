@@ -152,7 +152,7 @@ def test_sighup_reloads_global_without_dropping_the_zone(cluster: Cluster) -> No
     config.write_text("log-level: info\nheartbeat-interval: 2s\n")
     g = _global_with_config(cluster, config)
     cluster.start_zone("zone-a")
-    before = g.get_json("/zones/zone-a/_overview")
+    before = g.zone_sync("zone-a")
     assert before["status"] == "Online"
     body = {"type": "Secret", "data": b64("same")}
     assert g.put("/meshes/default/secrets/s1", body).is_success
@@ -175,7 +175,7 @@ def test_sighup_reloads_global_without_dropping_the_zone(cluster: Cluster) -> No
     assert g.http.get("/readyz").status_code == 200
 
     # The zone's stream was never dropped: the same connection, still online, still syncing.
-    after = g.get_json("/zones/zone-a/_overview")
+    after = g.zone_sync("zone-a")
     assert after["status"] == "Online"
     assert after["connections"] == before["connections"]
     assert g.put("/meshes/default/secrets/s2", {"type": "Secret", "data": b64("y")}).is_success

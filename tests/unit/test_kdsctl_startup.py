@@ -52,7 +52,7 @@ print(json.dumps({"code": code, "heavy": heavy}), file=sys.stderr)
 
 class _Api(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
-        body = json.dumps({"items": [], "total": 0, "next": None}).encode()
+        body = json.dumps({"role": "global", "items": [], "total": 0, "next": None}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -93,6 +93,7 @@ def _loaded(*args: str) -> tuple[int, list[str], str]:
         ["get", "secrets"],
         ["get", "meshes", "-o", "json"],
         ["get", "global-secrets"],
+        ["inspect", "zones"],
         ["-h"],
         ["get", "secrets", "--help"],
     ],

@@ -27,6 +27,7 @@ PURE = [
     "kds.protocol.batching",
     "kds.protocol.records",
     "kds.errors",
+    "kds.fields",
     "kds.kubernetes",
     "kds.model",
     "kds.mtls",

@@ -261,3 +261,26 @@ async def test_a_sqlite_global_moves_with_its_id_history_and_sealed_values(
         pg.close()
     with pytest.raises(StoreError, match="already holds a store"):
         import_sqlite_global(tmp_path / "global.db", target)
+
+
+async def test_a_store_of_an_older_schema_version_is_migrated_at_open() -> None:
+    """A store made at schema version 1 (before the zone history table) gets version 2's
+    table when opened, its data untouched."""
+    target = _target()
+    store = open_global_store(target)
+    await store.put(mk(MESH), T0)
+    store.close()
+    with psycopg.connect(target.url) as conn:
+        conn.execute(f"DROP TABLE {target.schema}.zone_events")
+        conn.execute(f"UPDATE {target.schema}.meta SET value='1' WHERE key='schema_version'")
+    store = open_global_store(target)
+    try:
+        assert await store.zone_events("z", "event") == []
+        assert await store.head() == 1 and await store.get(MESH) is not None
+    finally:
+        store.close()
+    with psycopg.connect(target.url) as conn:
+        row = conn.execute(
+            f"SELECT value FROM {target.schema}.meta WHERE key='schema_version'"
+        ).fetchone()
+    assert row is not None and int(row[0]) == SCHEMA_VERSION == 2

@@ -103,6 +103,16 @@ CREATE TABLE IF NOT EXISTS zone_tokens (
 );
 CREATE TABLE IF NOT EXISTS zone_status (name TEXT PRIMARY KEY, status TEXT NOT NULL);
 """,
+    2: """
+CREATE TABLE IF NOT EXISTS zone_events (
+    id BIGSERIAL PRIMARY KEY,
+    zone TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    time DOUBLE PRECISION NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS zone_events_by_zone ON zone_events (zone, kind, id);
+""",
 }
 SCHEMA_VERSION = max(_MIGRATIONS)
 

@@ -22,7 +22,14 @@ from kds.protocol.records import next_chain
 from kds.store.interface import OnCommit
 from kds.store.postgres._db import PgTarget, get_meta, set_meta
 from kds.store.postgres._resources import Conn, PgResourceEngine, PgTxView
-from kds.store.results import ORIGIN_GLOBAL, ChangeRecord, Snapshot, WriteResult, sort_records
+from kds.store.results import (
+    ORIGIN_GLOBAL,
+    ChangeRecord,
+    Snapshot,
+    WriteResult,
+    ZoneEvent,
+    sort_records,
+)
 from kds.store.sqlite._sealing import aad
 
 __all__ = ["DEFAULT_LOG_SIZE", "PgGlobalEngine"]
@@ -169,6 +176,38 @@ class PgGlobalEngine(PgResourceEngine):
             for v, k, m, n, w, sl in rows
         ]
         return Snapshot(head, self._store_id, sort_records(records), chain)
+
+    # ------------------------------------------------------------------ zone history
+
+    def add_zone_events(self, events: Sequence[ZoneEvent], keep: int) -> None:
+        """Append ``events`` in one transaction; keep the newest ``keep`` of each (zone, kind)
+        they added to."""
+        if not events:
+            return
+        with self.db.write() as conn:
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO zone_events (zone, kind, time, data) VALUES (%s,%s,%s,%s)",
+                    [(e.zone, e.kind, e.time, e.data) for e in events],
+                )
+            for zone, kind in sorted({(e.zone, e.kind) for e in events}):
+                conn.execute(
+                    "DELETE FROM zone_events WHERE zone=%s AND kind=%s AND id <= ("
+                    "  SELECT id FROM zone_events WHERE zone=%s AND kind=%s"
+                    "  ORDER BY id DESC LIMIT 1 OFFSET %s)",
+                    (zone, kind, zone, kind, max(0, keep)),
+                )
+
+    def zone_events(
+        self, zone: str, kind: str, since: float = 0.0, limit: int = 1000
+    ) -> list[ZoneEvent]:
+        with self.db.read() as conn:
+            rows = conn.execute(
+                "SELECT time, data FROM zone_events WHERE zone=%s AND kind=%s AND time>=%s "
+                "ORDER BY id DESC LIMIT %s",
+                (zone, kind, since, max(0, limit)),
+            ).fetchall()
+        return [ZoneEvent(zone, kind, float(t), data) for t, data in reversed(rows)]
 
     # ------------------------------------------------------------------ internal secrets
 

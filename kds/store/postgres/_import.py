@@ -33,6 +33,7 @@ _TABLES = {
     "internal_secrets": "name, data, created, sealed",
     "zone_tokens": "id, zone, key_name, issued_at, expires_at, revoked_at",
     "zone_status": "name, status",
+    "zone_events": "zone, kind, time, data",  # in the order added (by id)
 }
 _META = ("store_id", "head", "log_floor", "chain", "floor_chain")
 
@@ -70,8 +71,13 @@ def _copy(src: sqlite3.Connection, path: Path, target: PgTarget) -> tuple[str, d
                     "(another --postgres-schema, or drop this one)"
                 )
             db._migrate(conn, new_store=True)
+            held = {n for (n,) in src.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             for table, cols in _TABLES.items():
-                rows = src.execute(f"SELECT {cols} FROM {table}").fetchall()
+                if table not in held:  # a store from before the table existed
+                    counts[table] = 0
+                    continue
+                order = " ORDER BY id" if table == "zone_events" else ""
+                rows = src.execute(f"SELECT {cols} FROM {table}{order}").fetchall()
                 if table == "changelog":
                     rows = [(*r[:4], bool(r[4]), *r[5:]) for r in rows]
                 marks = ", ".join(["%s"] * len(cols.split(",")))
