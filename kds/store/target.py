@@ -13,6 +13,9 @@ import hashlib
 import re
 from pathlib import Path
 
+import structlog
+from psycopg.conninfo import conninfo_to_dict
+
 from kds.config import GlobalConfig, ZoneConfig
 from kds.errors import ConfigError
 from kds.secret_files import check_secret_file
@@ -21,6 +24,8 @@ from kds.store.postgres import PgTarget
 __all__ = ["default_schema", "store_location"]
 
 MARKER = "postgres-store.id"
+
+log = structlog.get_logger("kds.store")
 
 
 def default_schema(role: str, zone: str = "") -> str:
@@ -56,6 +61,11 @@ def store_location(cfg: GlobalConfig | ZoneConfig, data_dir: Path) -> Path | PgT
         raise ConfigError(
             "--store postgres needs --postgres-url (e.g. postgresql://kds@db.example:5432/kds"
             "?sslmode=verify-full&sslrootcert=/etc/kds/db-ca.pem)"
+        )
+    if conninfo_to_dict(cfg.postgres_url).get("password"):
+        log.warning(
+            "--postgres-url holds a password: given as a flag it shows in the process list",
+            fix="put it in a file (0600) given with --postgres-password-file",
         )
     password = None
     if cfg.postgres_password_file is not None:
