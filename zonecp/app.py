@@ -121,11 +121,11 @@ async def run_zone(cfg: ZoneConfig, service: Service) -> int:
 
     async def lead(lost: asyncio.Event) -> None:
         # Sync until this instance stops leading or the daemon stops.
-        leading = asyncio.Event()
+        stop_leading = asyncio.Event()
         ended = asyncio.create_task(_first_of(stop, lost))
-        ended.add_done_callback(lambda _: leading.set())
+        ended.add_done_callback(lambda _: stop_leading.set())
         try:
-            await client.run(leading)
+            await client.run(stop_leading)
         finally:
             ended.cancel()
 
