@@ -14,11 +14,13 @@ from tests.integration.test_postgres_globals import Pg, _secret
 from tests.integration.test_postgres_globals import pg as pg  # the fixture
 
 
-def _start_zone_instance(pg: Pg, name: str, token: Path, schema: str) -> Daemon:
+def _start_zone_instance(
+    pg: Pg, name: str, token: Path, schema: str, globals_: tuple[str, ...] = ("g",)
+) -> Daemon:
     api = free_port()
+    addresses = ",".join(f"grpcs://127.0.0.1:{pg.kds[g]}" for g in globals_)
     argv = [
-        str(BIN / "zonecp"), "run", "--zone", "zz",
-        "--global-address", f"grpcs://127.0.0.1:{pg.kds['g']}",
+        str(BIN / "zonecp"), "run", "--zone", "zz", "--global-address", addresses,
         "--ca-file", str(pg.tmp / "g" / "ca.crt"), "--token-file", str(token),
         "--data-dir", str(pg.tmp / name), "--api-address", f"127.0.0.1:{api}",
         "--store", "postgres", "--postgres-url", pg.url, "--postgres-schema", schema,
