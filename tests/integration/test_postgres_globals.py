@@ -198,3 +198,20 @@ def test_postgresql_killed_and_back(tmp_path: Path) -> None:
     finally:
         pg.close()
         server.remove()
+
+
+def test_a_signing_key_added_on_one_instance_and_removed_on_another(pg: Pg) -> None:
+    """A key rotated in on one instance signs tokens the other accepts; removed on the
+    other instance, it ends the stream the first holds with a token it signed."""
+    a = pg.start_global("ga")
+    b = pg.start_global("gb")
+    r = a.http.post("/zone-token-signing-keys")
+    assert r.status_code == 201, r.text
+    key = r.json()["name"]
+    _, token = pg.token(a, "z4")  # signed by the new key
+    wait_for(lambda: any(k["name"] == key for k in b.get_json("/zone-token-signing-keys")["items"]),
+             5, "the other instance knows the new key")  # fmt: skip
+    z = pg.start_zone("z4", token, "ga")
+    assert b.http.delete(f"/zone-token-signing-keys/{key}").status_code == 200
+    a.wait_event("signing key removed on another instance", key=key)
+    wait_for(lambda: not z.get_json("/status")["connected"], 10, "the zone's stream ended")
