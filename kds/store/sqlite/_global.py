@@ -139,6 +139,28 @@ class GlobalEngine(ResourceEngine):
                 (name, stored, now, sealed),
             )
 
+    def add_internal_secrets(self, secrets: dict[str, bytes], now: str) -> dict[str, bytes]:
+        """Store all of ``secrets`` unless one of their names is there; what is stored."""
+        conn = self.db.conn()
+        with self.db.tx(conn):
+            names = sorted(secrets)
+            marks = ",".join("?" * len(names))
+            held = conn.execute(
+                f"SELECT 1 FROM internal_secrets WHERE name IN ({marks}) LIMIT 1", names
+            ).fetchone()
+            if held is None:
+                for name in names:
+                    stored, sealed = self.sealer.seal(
+                        secrets[name], aad("internal", "", "", name, "")
+                    )
+                    conn.execute(
+                        "INSERT INTO internal_secrets (name, data, created, sealed) "
+                        "VALUES (?, ?, ?, ?)",
+                        (name, stored, now, sealed),
+                    )
+        found = self.internal_secrets()
+        return {n: found[n] for n in names if n in found}
+
     def delete_internal_secret(self, name: str) -> bool:
         conn = self.db.conn()
         with self.db.tx(conn):
