@@ -15,6 +15,7 @@ that fails because the disk is full raises StoreFull.
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import os
 import sqlite3
@@ -182,6 +183,7 @@ class Database:
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._tx_serials = itertools.count(1)
         self.role = ""
         self.marker = self.path.with_name(self.path.name + ".id")
 
@@ -201,6 +203,7 @@ class Database:
 
     @contextmanager
     def tx(self, conn: sqlite3.Connection, mode: str = "IMMEDIATE") -> Iterator[None]:
+        self._local.tx = next(self._tx_serials)
         try:
             conn.execute(f"BEGIN {mode}")
             try:
@@ -221,6 +224,15 @@ class Database:
                 f"{whose} disk is full: the write to store {self.path} was not made; free "
                 "space on that disk"
             ) from e
+        finally:
+            self._local.tx = 0
+
+    def tx_serial(self) -> int:
+        """A number naming this thread's transaction in progress (``tx``), never reused; 0
+        outside one. What a writer caches for one transaction is keyed by it, so nothing
+        read in a transaction that rolled back outlives it."""
+        serial: int = getattr(self._local, "tx", 0)
+        return serial
 
     def open(self, role: str, new_store: bool = False) -> str:
         """Create or migrate the schema, check the file belongs to ``role``; the store id.

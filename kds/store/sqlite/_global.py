@@ -54,7 +54,7 @@ class GlobalEngine(ResourceEngine):
     # ------------------------------------------------------------------ revisioned writes
 
     def _next_version(self, conn: sqlite3.Connection, old: Resource | None) -> int:
-        return ChangeLog.next_revision(conn)
+        return self.changelog.next_revision(conn)
 
     def _log_put(
         self, conn: sqlite3.Connection, stored: Resource
@@ -64,8 +64,11 @@ class GlobalEngine(ResourceEngine):
         return record, wire_bytes
 
     def _log_delete(self, conn: sqlite3.Connection, key: Key) -> ChangeRecord | None:
-        revision = ChangeLog.next_revision(conn)
+        revision = self.changelog.next_revision(conn)
         return self.changelog.append(conn, revision, key, True, wire.change_delete(revision, key))
+
+    def _before_commit(self, conn: sqlite3.Connection) -> None:
+        self.changelog.flush(conn)
 
     def _more_problems(self, view: TxView, resources: Sequence[Resource]) -> integrity.Problems:
         if self.max_message_bytes:
@@ -135,6 +138,28 @@ class GlobalEngine(ResourceEngine):
                 "ON CONFLICT(name) DO UPDATE SET data=excluded.data, sealed=excluded.sealed",
                 (name, stored, now, sealed),
             )
+
+    def add_internal_secrets(self, secrets: dict[str, bytes], now: str) -> dict[str, bytes]:
+        """Store all of ``secrets`` unless one of their names is there; what is stored."""
+        conn = self.db.conn()
+        with self.db.tx(conn):
+            names = sorted(secrets)
+            marks = ",".join("?" * len(names))
+            held = conn.execute(
+                f"SELECT 1 FROM internal_secrets WHERE name IN ({marks}) LIMIT 1", names
+            ).fetchone()
+            if held is None:
+                for name in names:
+                    stored, sealed = self.sealer.seal(
+                        secrets[name], aad("internal", "", "", name, "")
+                    )
+                    conn.execute(
+                        "INSERT INTO internal_secrets (name, data, created, sealed) "
+                        "VALUES (?, ?, ?, ?)",
+                        (name, stored, now, sealed),
+                    )
+        found = self.internal_secrets()
+        return {n: found[n] for n in names if n in found}
 
     def delete_internal_secret(self, name: str) -> bool:
         conn = self.db.conn()

@@ -32,7 +32,7 @@ def aad(table: str, kind: str, mesh: str, name: str, origin: str) -> bytes:
 class Sealer:
     """Seals and opens the values of one store file with ``cipher`` (None: plaintext)."""
 
-    def __init__(self, path: Path, cipher: DataCipher | None):
+    def __init__(self, path: Path | str, cipher: DataCipher | None):
         self.path = path
         self.cipher = cipher
 
