@@ -12,7 +12,9 @@ the connection facts are saved before anything else happens on the stream. After
 every zone is Offline until its stream comes back.
 
 What a zone sent is bounded before it is kept (kds.text): an error or disconnect reason at
-ERROR_CHARS characters, escaped; conflicts at the first CONFLICTS_KEPT names plus their count.
+ERROR_CHARS characters, escaped; the problem a zone reports (why it is failing, e.g. its disk
+is full) the same, kept until the zone reports it over and shown while the zone is offline
+too; conflicts at the first CONFLICTS_KEPT names plus their count.
 A refused stream whose token did not verify is not a zone's: it never reaches this module.
 
 Lag: in revisions, global's head minus the zone's acknowledged revision; in seconds, how long
@@ -91,6 +93,8 @@ class ZoneState:
     last_error_at: float = 0.0
     conflicts: list[str] = field(default_factory=list)  # the first CONFLICTS_KEPT
     conflicts_total: int = 0  # how many the zone reported
+    problem: str = ""  # why the zone says it is failing ("": nothing is wrong)
+    problem_at: float = 0.0  # when it first reported that problem
 
     @property
     def conflict_count(self) -> int:
@@ -114,6 +118,7 @@ class ZoneState:
         # Saved by an older version, which kept them as they came.
         state.last_error = safe_text(state.last_error, ERROR_CHARS)
         state.disconnect_reason = safe_text(state.disconnect_reason, ERROR_CHARS)
+        state.problem = safe_text(state.problem, ERROR_CHARS)
         state.conflicts = [safe_text(c) for c in state.conflicts[:CONFLICTS_KEPT]]
         return state
 
@@ -159,6 +164,7 @@ class ZoneStatusView:
             "totalUpdates": s.total_updates,
             "totalErrors": s.total_errors,
             "conflictCount": s.conflict_count,
+            "problem": ({"message": s.problem, "since": _ts(s.problem_at)} if s.problem else None),
         }
 
     def overview(self) -> dict[str, Any]:
@@ -271,6 +277,28 @@ class ZoneHandle:
             return False
         s.conflicts = kept
         s.conflicts_total = count
+        self._tracker.mark(s)
+        return True
+
+    @property
+    def problem_text(self) -> str:
+        return self._state.problem
+
+    def problem(self, text: str) -> bool:
+        """The zone reports ``text`` as its problem ("" for none); True if that changed what
+        global holds. A new problem is also the zone's last error (counted once, however
+        often the zone repeats it); saved with the next flush, so a zone flapping its
+        problem costs one write per flush interval."""
+        shown = safe_text(text, ERROR_CHARS)
+        s = self._state
+        if not self.current or shown == s.problem:
+            return False
+        s.problem = shown
+        s.problem_at = self._tracker.clock() if shown else 0.0
+        if shown:
+            s.errors += 1
+            s.last_error = f"zone reports: {shown}"
+            s.last_error_at = s.problem_at
         self._tracker.mark(s)
         return True
 

@@ -4,6 +4,8 @@
                    "appliedAt", "globalRevision", "lagRevisions", "resources": {type:
                    {"synced", "local"}}, "conflicts": [...], "lastSync": {"mode":
                    "resume"|"snapshot", "fromRevision"}, "resumes", "snapshots",
+                   "problem": {"message", "since"} (why the zone cannot apply what
+                   global sends, e.g. its disk is full; null when nothing is wrong),
                    "lastError", ...}
 
 Counts and names only: never resource data.
@@ -69,6 +71,7 @@ def status_document(
         "resumes": st.resumes,
         "snapshots": st.snapshots,
         "failedAttempts": st.attempts,
+        "problem": ({"message": st.problem, "since": _ts(st.problem_at)} if st.problem else None),
         "lastError": (
             {"message": st.last_error, "time": _ts(st.last_error_at)} if st.last_error else None
         ),
@@ -109,6 +112,11 @@ class _ZoneCollector(Collector):
         )
         yield GaugeMetricFamily(
             "kds_zone_conflicts", "Zone-local resources shadowing global ones.", len(st.conflicts)
+        )
+        yield GaugeMetricFamily(
+            "kds_zone_problem",
+            "1 while the zone cannot apply what global sends (its store failed: /status says why).",
+            int(bool(st.problem)),
         )
         yield CounterMetricFamily(
             "kds_zone_batches_applied", "Sync batches applied.", st.batches_applied

@@ -114,10 +114,12 @@ class Rejection(_message.Message):
     def __init__(self, key: _Optional[_Union[ResourceKey, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ZoneStatus(_message.Message):
-    __slots__ = ("conflicts",)
+    __slots__ = ("conflicts", "problem")
     CONFLICTS_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
     conflicts: _containers.RepeatedCompositeFieldContainer[ResourceKey]
-    def __init__(self, conflicts: _Optional[_Iterable[_Union[ResourceKey, _Mapping]]] = ...) -> None: ...
+    problem: str
+    def __init__(self, conflicts: _Optional[_Iterable[_Union[ResourceKey, _Mapping]]] = ..., problem: _Optional[str] = ...) -> None: ...
 
 class ZoneMessage(_message.Message):
     __slots__ = ("hello", "ack", "status")
