@@ -39,12 +39,14 @@ log = structlog.get_logger("globalcp")
 
 
 # Options a reload (SIGHUP) applies while running; the others need a restart. Heartbeat
-# interval and window size reach streams that start after the reload; live streams keep theirs.
+# interval, anti-entropy interval and window size reach streams that start after the reload;
+# live streams keep theirs.
 LIVE_OPTIONS = frozenset(
     {
         "admin_token_file",
         "read_only_token_file",
         "heartbeat_interval",
+        "anti_entropy_interval",
         "max_unacked",
         "max_data_bytes",
     }
@@ -102,6 +104,7 @@ async def run_global(cfg: GlobalConfig, service: Service) -> int:
         max_unacked=cfg.max_unacked,
         max_message_bytes=cfg.max_message_bytes,
         heartbeat_interval=cfg.heartbeat_interval,
+        anti_entropy_interval=cfg.anti_entropy_interval,
         on_token_refused=metrics.token_refused,
     )
     server = grpc.aio.server(
@@ -161,6 +164,7 @@ async def run_global(cfg: GlobalConfig, service: Service) -> int:
         ctx.tokens = tokens
         ctx.limits = Limits(max_data_bytes=new.max_data_bytes)
         servicer.heartbeat_interval = new.heartbeat_interval
+        servicer.anti_entropy_interval = new.anti_entropy_interval
         servicer.max_unacked = new.max_unacked
         return notes
 

@@ -28,6 +28,7 @@ import grpc
 import structlog
 from google.protobuf.message import DecodeError
 
+from globalcp.checks import ZoneChecks
 from globalcp.sending import SendLoop, SendPlans
 from globalcp.throttle import Throttle
 from globalcp.zones import CONFLICTS_KEPT, ZoneHandle
@@ -118,7 +119,9 @@ class ZoneStream:
         *,
         welcome: bytes,
         heartbeat_interval: float,
+        checks: ZoneChecks | None = None,
     ):
+        self.checks = checks  # anti-entropy (globalcp.checks)
         self.link = link
         self.context = context
         self.plans = plans
@@ -207,6 +210,9 @@ class ZoneStream:
                 wake.set()
             elif kind == "status":
                 self._on_status(msg.status)
+            elif kind == "digest_answer" and self.checks is not None:
+                self.checks.on_answer(msg.digest_answer)
+                wake.set()
             else:
                 raise ProtocolError(f"unexpected {kind} after hello")
 
@@ -294,6 +300,7 @@ class ZoneStream:
             wake=wake,
             ended=lambda: link.end is not None,
             heartbeat_interval=self.heartbeat_interval,
+            checks=self.checks,
         ).run()
         raise _EndStream()
 

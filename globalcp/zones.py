@@ -43,6 +43,7 @@ from kds.store import GlobalStore
 from kds.text import safe_text
 
 __all__ = [
+    "CHECK_KEYS_KEPT",
     "CONFLICTS_KEPT",
     "ERROR_CHARS",
     "ZoneHandle",
@@ -59,6 +60,8 @@ KINDS = tuple(str(k) for k in Kind)
 ERROR_CHARS = 512
 # The conflict names kept per zone; the count says how many the zone reported in all.
 CONFLICTS_KEPT = 100
+# Differing ranges and repaired keys kept of a zone's last anti-entropy check.
+CHECK_KEYS_KEPT = 20
 
 
 def _per_kind() -> dict[str, int]:
@@ -95,6 +98,10 @@ class ZoneState:
     conflicts_total: int = 0  # how many the zone reported
     problem: str = ""  # why the zone says it is failing ("": nothing is wrong)
     problem_at: float = 0.0  # when it first reported that problem
+    checks: dict[str, int] = field(default_factory=dict)  # anti-entropy checks by result
+    repaired: int = 0  # synced resources anti-entropy repaired on the zone
+    last_check: dict[str, Any] = field(default_factory=dict)  # the last check (see check_done)
+    last_repair: dict[str, Any] = field(default_factory=dict)  # the last check that repaired
 
     @property
     def conflict_count(self) -> int:
@@ -120,6 +127,10 @@ class ZoneState:
         state.disconnect_reason = safe_text(state.disconnect_reason, ERROR_CHARS)
         state.problem = safe_text(state.problem, ERROR_CHARS)
         state.conflicts = [safe_text(c) for c in state.conflicts[:CONFLICTS_KEPT]]
+        if not all(
+            isinstance(d, dict) for d in (state.last_check, state.last_repair, state.checks)
+        ):
+            state.last_check, state.last_repair, state.checks = {}, {}, {}
         return state
 
     @property
@@ -183,6 +194,13 @@ class ZoneStatusView:
                 for kind in KINDS
             },
             "conflicts": list(s.conflicts),
+            "antiEntropy": {
+                "checks": dict(s.checks),
+                "repaired": s.repaired,
+                "lastCheck": _stamped(s.last_check),
+                # Kept past the check that verifies it (which usually follows at once).
+                "lastRepair": _stamped(s.last_repair),
+            },
             "lastError": (
                 {"message": s.last_error, "time": _ts(s.last_error_at)} if s.last_error else None
             ),
@@ -191,6 +209,10 @@ class ZoneStatusView:
 
 def _ts(t: float) -> str | None:
     return rfc3339(dt.datetime.fromtimestamp(t, dt.UTC)) if t else None
+
+
+def _stamped(check: dict[str, Any]) -> dict[str, Any] | None:
+    return {**check, "at": _ts(check.get("at", 0.0))} if check else None
 
 
 class ZoneHandle:
@@ -301,6 +323,19 @@ class ZoneHandle:
             s.last_error_at = s.problem_at
         self._tracker.mark(s)
         return True
+
+    def check_done(self, check: dict[str, Any]) -> None:
+        """An anti-entropy check ended (globalcp.sending: result, revision, rounds, the
+        ranges that differed, the keys repaired and their count, ranges deferred)."""
+        if not self.current:
+            return
+        s = self._state
+        s.checks[check["result"]] = s.checks.get(check["result"], 0) + 1
+        s.repaired += check["repairedCount"]
+        s.last_check = {**check, "at": self._tracker.clock()}
+        if check["repairedCount"]:
+            s.last_repair = s.last_check
+        self._tracker.mark(s)
 
     def error(self, message: str) -> None:
         if self.current:

@@ -43,6 +43,8 @@ from kds.clock import rfc3339
 from kds.errors import KdsError, ProtocolError, StoreError
 from kds.grpc_options import client_options
 from kds.model import Key
+from kds.protocol.anti_entropy import answer
+from kds.protocol.digest_tree import DigestTree
 from kds.protocol.limits import PROBLEM_CHARS
 from kds.protocol.zone_session import RawKey, State, ZoneSession
 from kds.store import ZoneStore
@@ -51,6 +53,8 @@ from zonecp.sync_status import ZoneSyncStatus, store_problem
 __all__ = ["ZoneClient", "ZoneSyncStatus", "store_problem"]
 
 METHOD = "/kds.v1.SecretSync/Sync"
+# Keys of the last repair kept for /status and named in its log line.
+REPAIRED_KEPT = 20
 # How long a zone whose store failed waits for global to take its report and end the stream.
 REPORT_TIMEOUT = 2.0
 log = structlog.get_logger("zonecp.sync")
@@ -114,6 +118,8 @@ class ZoneClient:
         self.status = ZoneSyncStatus(self.session, global_address=global_address)
         self._write_lock = asyncio.Lock()
         self._status_dirty = asyncio.Event()
+        # The anti-entropy check in progress: (check id, revision, this zone's tree then).
+        self._check: tuple[int, int, DigestTree] | None = None
 
     # ------------------------------------------------------------------ conflicts
 
@@ -213,6 +219,7 @@ class ZoneClient:
                 raise StreamEnded(f"{code.name}: {await call.details()}", code) from None
             finally:
                 stopper.cancel()
+                self._check = None
                 if self.session.state is not State.DISCONNECTED and self.session.on_end():
                     log.info("disconnected from global")
                     self.status.disconnected_at = time.time()
@@ -270,6 +277,10 @@ class ZoneClient:
         elif kind == "heartbeat":
             self.session.on_heartbeat(msg.heartbeat.head_revision, time.monotonic())
             self.status.last_message_at = time.time()
+        elif kind == "digest_query":
+            self.session.on_digest_query(time.monotonic())
+            self.status.last_message_at = time.time()
+            await self._answer_digest(call, msg.digest_query)
         else:
             self.session.on_unknown(str(kind))
 
@@ -323,6 +334,8 @@ class ZoneClient:
             log.warning("rejected a synced resource", reason=reason, **_key_name(k))
         for rej in undecodable:
             log.warning("rejected a synced resource", reason=rej.reason, **_as_sent(rej.key))
+        if b.repair:
+            self._log_repair(batch, result.rejected)
         if result.removed_stale:
             log.info("removed synced copies global no longer has", count=result.removed_stale)
         applied = self.session.on_applied(result, time.monotonic())
@@ -333,15 +346,53 @@ class ZoneClient:
         log.debug(
             "applied batch",
             seq=b.seq,
+            from_revision=b.from_revision,
             revision=result.applied_revision,
             changes=len(batch.changes),
             snapshot=b.snapshot,
             final=b.final,
+            repair=b.repair,
         )
         async with self._write_lock:
             await call.write(wire.ack_to_pb(applied.ack))
         if applied.refresh_conflicts:
             await self.refresh_conflicts()
+
+    async def _answer_digest(self, call: Any, m: pb.DigestQuery) -> None:
+        """Answer an anti-entropy query from this zone's tree, built when a check's first
+        query arrives (every batch up to the check's revision was applied before it) and kept
+        for the check's later rounds, while batches keep being applied."""
+        query = wire.query_from_pb(m)
+        st = self.status
+        if self._check is None or self._check[0] != query.check:
+            leaves = await self.store.sync_leaves()
+            tree = await asyncio.to_thread(DigestTree, leaves.leaves)
+            self._check = (query.check, leaves.revision, tree)
+            st.checks += 1
+            st.last_check_at = time.time()
+            st.last_check_revision = leaves.revision
+            st.last_check_differed = 0
+        _, revision, tree = self._check
+        ans = await asyncio.to_thread(answer, tree, query, revision)
+        st.last_check_differed += sum(1 for d in ans.differ if d.listed)
+        async with self._write_lock:
+            await call.write(wire.answer_to_pb(ans))
+
+    def _log_repair(self, batch: Any, rejected: Any) -> None:
+        """A repair batch applied: log and count what it repaired, by key (never values)."""
+        refused = {k for k, _ in rejected}
+        keys = [c.key for c in batch.changes if c.key is not None and c.key not in refused]
+        labels = [f"{k.kind} {k.mesh + '/' if k.mesh else ''}{k.name}" for k in keys]
+        st = self.status
+        st.repaired += len(keys)
+        st.last_repair_at = time.time()
+        st.last_repaired = labels[-REPAIRED_KEPT:]
+        log.warning(
+            "repaired synced resources from global (anti-entropy)",
+            count=len(keys),
+            keys=labels[:REPAIRED_KEPT],
+            deleted=sum(1 for c in batch.changes if c.deleted),
+        )
 
     def _status_message(self) -> pb.ZoneMessage:
         st = self.status

@@ -34,6 +34,16 @@ class ZoneSyncStatus:
     conflicts: list[Key] = field(default_factory=list)
     problem: str = ""  # why the zone cannot apply what global sends ("": nothing is wrong)
     problem_at: float = 0.0
+    # Anti-entropy, as this zone saw it: checks global ran (first queries answered), when the
+    # last one started and at which revision, the nodes this zone reported different in it,
+    # and the synced resources repaired (count, when, the last ones by key).
+    checks: int = 0
+    last_check_at: float = 0.0
+    last_check_revision: int = 0
+    last_check_differed: int = 0
+    repaired: int = 0
+    last_repair_at: float = 0.0
+    last_repaired: list[str] = field(default_factory=list)
 
     def error(self, message: str) -> None:
         self.last_error = message

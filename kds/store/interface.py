@@ -30,7 +30,15 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from kds.model import Key, Kind, Resource
-from kds.store.results import ChangeRecord, Row, Snapshot, SyncState, WriteResult, ZoneApplyResult
+from kds.store.results import (
+    ChangeRecord,
+    Row,
+    Snapshot,
+    SyncLeaves,
+    SyncState,
+    WriteResult,
+    ZoneApplyResult,
+)
 
 if TYPE_CHECKING:
     from kds.protocol.applier import DecodedBatch
@@ -119,6 +127,11 @@ class GlobalStore(ResourceStore, Protocol):
         time still known; None when nothing at or after it is known."""
         ...
 
+    async def sync_leaves(self) -> SyncLeaves:
+        """Every resource's key and leaf digest (kds.protocol.digest_tree.leaf_digest) at the
+        head, read in one consistent read; a row that fails its digest check is left out."""
+        ...
+
     # Zone status, saved by globalcp.zones (JSON text by zone name).
     async def zone_statuses(self) -> dict[str, str]: ...
     async def save_zone_statuses(self, statuses: dict[str, str]) -> None: ...
@@ -149,4 +162,11 @@ class ZoneStore(ResourceStore, Protocol):
         """Plan (kds.protocol.applier) and apply one batch in one transaction, recording
         its revision when it is a final part. May skip the fsync: a crash loses at most the
         last batches, with their revision, and global sends them again."""
+        ...
+
+    async def sync_leaves(self) -> SyncLeaves:
+        """Every synced row's key and leaf digest (kds.protocol.digest_tree.leaf_digest), the
+        copies kept aside by name conflicts included, never a zone-local row, at the applied
+        revision, in one consistent read; a row that fails its digest check is left out (its
+        range then differs from global's and anti-entropy repairs it)."""
         ...
