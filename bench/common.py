@@ -73,6 +73,13 @@ def peak_rss_mb(pid: int) -> float:
     return proc_status_kib(pid, "VmHWM") / 1024
 
 
+def cpu_s(pid: int) -> float:
+    """CPU time (user + system, seconds) a process has used so far, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class RssSampler:
     """Samples a process's resident memory every ``every`` seconds on a thread; ``peak`` is
     the highest (MB) seen while the ``with`` block ran."""

@@ -8,7 +8,11 @@ from the writer thread right after the commit.
 Stops when stdin closes.
 
     python -m bench.fleet --first 0 --count 50 --global-address grpc://127.0.0.1:5685 \
-        --data-dir /tmp/zones [--seed-db zone.db]
+        --data-dir /tmp/zones (--ca-file G/ca.crt --token-dir TOKENS | --insecure) \
+        [--seed-db zone.db]
+
+With --ca-file and --token-dir each zone dials over TLS, verifying global against that CA, and
+presents the zone token in TOKENS/<zone>.token, as production zones do.
 """
 
 from __future__ import annotations
@@ -63,6 +67,8 @@ async def _watch_connected(clients: list[ZoneClient], stop: asyncio.Event) -> No
 
 async def main_async(args: argparse.Namespace) -> None:
     stop = asyncio.Event()
+    ca_pem = Path(args.ca_file).read_bytes() if args.ca_file else None
+    token_dir = Path(args.token_dir) if args.token_dir else None
     stores: list[ZoneStore] = []
     clients: list[ZoneClient] = []
     for m in range(args.first, args.first + args.count):
@@ -70,18 +76,21 @@ async def main_async(args: argparse.Namespace) -> None:
         if args.seed_db and not (data_dir / "zone.db").exists():
             shutil.copyfile(args.seed_db, data_dir / "zone.db")
         store = SqliteZoneStore(TimedEngine(data_dir / "zone.db", m))
+        zone = f"{args.zone_prefix}{m}"
         stores.append(store)
         clients.append(
             ZoneClient(
                 store,
-                zone=f"{args.zone_prefix}{m}",
+                zone=zone,
                 global_address=args.global_address,
                 software_version=__version__,
                 max_message_bytes=4 << 20,
                 keepalive_interval=3.0,
                 keepalive_timeout=2.0,
                 reconnect_max_delay=2.0,
-                insecure=True,  # the harness's global serves plaintext (bench.harness.KdsGlobal)
+                ca_pem=ca_pem,
+                token_file=token_dir / f"{zone}.token" if token_dir else None,
+                insecure=args.insecure,
             )
         )
     tasks = [asyncio.create_task(_zone(c, stop)) for c in clients]
@@ -104,8 +113,13 @@ def main() -> None:
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--zone-prefix", default="zone-")
     ap.add_argument("--seed-db", default="", help="copy this zone.db into each new zone's dir")
+    ap.add_argument("--ca-file", default="", help="global's CA (PEM): dial over TLS")
+    ap.add_argument("--token-dir", default="", help="holds <zone>.token for each zone")
+    ap.add_argument("--insecure", action="store_true", help="plaintext, no token")
     ap.add_argument("--log-level", default="warning")
     args = ap.parse_args()
+    if args.insecure == bool(args.ca_file and args.token_dir):
+        ap.error("give either --ca-file and --token-dir (TLS) or --insecure (plaintext)")
     configure_logging(args.log_level, "json")
     asyncio.run(main_async(args))
 

@@ -5,7 +5,10 @@
 
 Every kds process is real: globalcp runs as its own process (the daemon, default settings,
 JSON logs); zones run as fleets (bench.fleet), each zone a real ZoneClient over its own
-SQLite store. Writes go through global's HTTP API (single writes) or kdsctl (bulk), as a user's
+SQLite store. Sync runs as in production: TLS with global's own CA, each zone presenting a
+zone token issued through the API. Scenarios 1 and 2 also run kds in plaintext without tokens
+(--kds-insecure), as an extra column showing what TLS costs (--no-plaintext skips it); etcd
+runs plaintext. Writes go through global's HTTP API (single writes) or kdsctl (bulk), as a user's
 would. etcd (Debian's etcd-server) runs on loopback with a temp data dir; its watchers
 (bench.etcd) use grpc.aio and protobuf like the zones. Each repeat runs kds, then etcd, so the
 ratio of the two is taken from the same minutes of a noisy machine.
@@ -64,6 +67,7 @@ PLANS = {
         "extra_zones": 10,
         "storm_zones": 100,
         "ae_total": 100_000,
+        "plaintext": True,
         "repeats": 3,
     },
     "quick": {
@@ -76,6 +80,7 @@ PLANS = {
         "extra_zones": 2,
         "storm_zones": 3,
         "ae_total": 2_000,
+        "plaintext": True,
         "repeats": 1,
     },
 }
@@ -108,20 +113,34 @@ def run(plan: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
                 p = _procs(z, args.procs)
                 _log(f"repeat {rep + 1}: propagation, {z} zone(s)")
                 k = propagation_kds(z, plan["writes"], args.pace, p, args.keep)
-                e = propagation_etcd(z, plan["writes"], args.pace, p, args.keep)
-                results["propagation"].append({"repeat": rep + 1, "kds": k, "etcd": e})
+                row: dict[str, Any] = {"repeat": rep + 1, "kds": k}
+                if plan["plaintext"]:
+                    row["kds_plain"] = propagation_kds(
+                        z, plan["writes"], args.pace, p, args.keep, tls=False
+                    )
+                e = row["etcd"] = propagation_etcd(z, plan["writes"], args.pace, p, args.keep)
+                results["propagation"].append(row)
+                plain = row.get("kds_plain")
                 _log(
-                    f"  kds p50 {k['p50_ms']} p99 {k['p99_ms']}; etcd p50 {e['p50_ms']} p99 {e['p99_ms']}"
+                    f"  kds p50 {k['p50_ms']} p99 {k['p99_ms']}"
+                    + (f" (plaintext p99 {plain['p99_ms']})" if plain else "")
+                    + f"; etcd p50 {e['p50_ms']} p99 {e['p99_ms']}"
                 )
         if "bulk" in only:
             for z in plan["bulk_zones"]:
                 p = _procs(z, args.procs)
                 _log(f"repeat {rep + 1}: bulk {plan['bulk_n']}, {z} zone(s)")
                 k = bulk_kds(z, plan["bulk_n"], p, args.keep)
-                e = bulk_etcd(z, plan["bulk_n"], p, args.keep)
-                results["bulk"].append({"repeat": rep + 1, "kds": k, "etcd": e})
+                row = {"repeat": rep + 1, "kds": k}
+                if plan["plaintext"]:
+                    row["kds_plain"] = bulk_kds(z, plan["bulk_n"], p, args.keep, tls=False)
+                e = row["etcd"] = bulk_etcd(z, plan["bulk_n"], p, args.keep)
+                results["bulk"].append(row)
+                plain = row.get("kds_plain")
                 _log(
-                    f"  kds {k['all_zones_s']} s (apply {k['apply_s']} s); etcd {e['all_zones_s']} s"
+                    f"  kds {k['all_zones_s']} s (apply {k['apply_s']} s)"
+                    + (f" (plaintext {plain['all_zones_s']} s)" if plain else "")
+                    + f"; etcd {e['all_zones_s']} s"
                 )
     if "resume" in only:
         _log(f"resume and footprint: {plan['resume_total']} secrets, {plan['idle_zones']} zones")
@@ -170,8 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prop-zones", type=int, nargs="+", help="override propagation zone counts")
     ap.add_argument("--bulk-zones", type=int, nargs="+", help="override bulk zone counts")
     ap.add_argument("--writes", type=int, help="override single writes per run")
+    ap.add_argument(
+        "--no-plaintext", action="store_true", help="skip the plaintext kds runs (TLS only)"
+    )
     args = ap.parse_args(argv)
     plan = dict(PLANS["quick" if args.quick else "full"])
+    if args.no_plaintext:
+        plan["plaintext"] = False
     for key in ("repeats", "prop_zones", "bulk_zones", "writes"):
         if getattr(args, key):
             plan[key] = getattr(args, key)

@@ -27,6 +27,7 @@ from bench.common import (
     CountingProxy,
     Fleet,
     RssSampler,
+    cpu_s,
     dir_size_mb,
     free_port,
     peak_rss_mb,
@@ -51,10 +52,16 @@ def _value(i: int, salt: str) -> bytes:
 
 
 class KdsGlobal:
-    """A real globalcp process on loopback ports."""
+    """A real globalcp process on loopback ports.
 
-    def __init__(self, work: Path, name: str = "global"):
+    With ``tls`` (the default, as in production) the sync port serves TLS with global's own
+    CA and zones present zone tokens; without it global serves plaintext without tokens
+    (``--kds-insecure``), the extra column that shows what TLS costs."""
+
+    def __init__(self, work: Path, name: str = "global", tls: bool = True):
+        self.tls = tls
         self.dir = work / name
+        self.token_dir = work / f"{name}-zone-tokens"
         self.api_port, self.kds_port = free_port(), free_port()
         self.api = f"http://127.0.0.1:{self.api_port}"
         self.log = work / f"{name}.log"
@@ -71,9 +78,7 @@ class KdsGlobal:
                     f"127.0.0.1:{self.kds_port}",
                     "--log-format",
                     "json",
-                    # Plaintext sync without zone tokens, as etcd runs here: the side-by-side
-                    # compares like with like (TLS is the default in production).
-                    "--kds-insecure",
+                    *([] if tls else ["--kds-insecure"]),
                 ],
                 stdout=f,
                 stderr=f,
@@ -90,6 +95,22 @@ class KdsGlobal:
     @property
     def address(self) -> str:
         return f"grpc://127.0.0.1:{self.kds_port}"
+
+    def zone_args(self, names: list[str]) -> list[str]:
+        """bench.fleet's options to reach this global: over TLS, a zone token for each name
+        (issued through the API, as an operator would; written 0600), or plaintext."""
+        if not self.tls:
+            return ["--insecure"]
+        self.token_dir.mkdir(mode=0o700, exist_ok=True)
+        for zone in names:
+            path = self.token_dir / f"{zone}.token"
+            if not path.exists():
+                r = self.http.post("/zone-tokens", json={"zone": zone})
+                r.raise_for_status()
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(r.json()["token"])
+        return ["--ca-file", str(self.dir / "ca.crt"), "--token-dir", str(self.token_dir)]
 
     def head(self) -> int:
         return int(self._db.execute("SELECT value FROM meta WHERE key='head'").fetchone()[0])
@@ -158,6 +179,7 @@ def _zones(g: KdsGlobal, work: Path, n: int, procs: int, *, address: str = "", *
         str(data),
         "--zone-prefix",
         prefix,
+        *g.zone_args([f"{prefix}{m}" for m in range(first, first + n)]),
     ]
     if seed:
         args += ["--seed-db", str(seed)]
@@ -198,9 +220,11 @@ def _summary(lat_ms: list[float], from_send_ms: list[float]) -> dict[str, Any]:
 # ---------------------------------------------------------------------- scenarios
 
 
-def propagation_kds(zones: int, writes: int, pace: float, procs: int, keep: bool) -> dict:
+def propagation_kds(
+    zones: int, writes: int, pace: float, procs: int, keep: bool, tls: bool = True
+) -> dict:
     with _workdir(f"prop-kds-{zones}", keep) as work:
-        g = KdsGlobal(work)
+        g = KdsGlobal(work, tls=tls)
         fleet = _zones(g, work, zones, procs)
         try:
             fleet.wait_connected()
@@ -218,6 +242,7 @@ def propagation_kds(zones: int, writes: int, pace: float, procs: int, keep: bool
                 time.sleep(pace)
             return {
                 "zones": zones,
+                "tls": tls,
                 **_summary(lat, full),
                 "global_peak_rss_mb": _mb(peak_rss_mb(g.proc.pid)),
             }
@@ -252,9 +277,9 @@ def propagation_etcd(watchers: int, writes: int, pace: float, procs: int, keep: 
             server.stop()
 
 
-def bulk_kds(zones: int, n: int, procs: int, keep: bool) -> dict:
+def bulk_kds(zones: int, n: int, procs: int, keep: bool, tls: bool = True) -> dict:
     with _workdir(f"bulk-kds-{zones}", keep) as work:
-        g = KdsGlobal(work)
+        g = KdsGlobal(work, tls=tls)
         fleet = _zones(g, work, zones, procs)
         try:
             fleet.wait_connected()
@@ -267,24 +292,34 @@ def bulk_kds(zones: int, n: int, procs: int, keep: bool) -> dict:
                     for it in _secret_items(n, "bulk")
                 )
             )
-            t0 = time.time()
-            subprocess.run(
-                [str(BIN / "kdsctl"), "--api-url", g.api, "apply", "-f", str(path)],
-                env={**os.environ, "KDSCTL_TOKEN": g.admin_token},
-                check=True,
-                capture_output=True,
-            )
+            errors = work / "kdsctl.err"
+            t0, g_cpu0 = time.time(), cpu_s(g.proc.pid)
+            with open(errors, "wb") as err:
+                kdsctl = subprocess.Popen(
+                    [str(BIN / "kdsctl"), "--api-url", g.api, "apply", "-f", str(path)],
+                    env={**os.environ, "KDSCTL_TOKEN": g.admin_token},
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                )
+                # wait4 gives the child's own CPU time (user + system).
+                _, status, usage = os.wait4(kdsctl.pid, 0)
+                kdsctl.returncode = os.waitstatus_to_exitcode(status)
             acked = time.time()
+            assert kdsctl.returncode == 0, errors.read_text()[-2000:]
             target = head0 + n
             fleet.wait_revision(target, 1200)
             done = max(fleet.first_at(m, target) for m in range(zones))
+            global_cpu = cpu_s(g.proc.pid) - g_cpu0
             assert g.head() == target, (g.head(), target)
             return {
                 "zones": zones,
+                "tls": tls,
                 "secrets": n,
                 "apply_s": round(acked - t0, 3),
                 "all_zones_s": round(done - t0, 3),
                 "per_s": round(n / (done - t0)),
+                "kdsctl_cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+                "global_cpu_s": round(global_cpu, 2),
                 "global_peak_rss_mb": _mb(peak_rss_mb(g.proc.pid)),
             }
         finally:
@@ -396,6 +431,7 @@ def resume_and_footprint(
             fleet = None
             # Snapshot storm: new zones (empty stores) all needing the whole store at once,
             # as after a global's store is replaced; global's RSS sampled throughout.
+            g.zone_args([f"new-{m}" for m in range(storm_zones)])  # tokens issued before timing
             with RssSampler(pid) as sampler:
                 t0 = time.time()
                 fleet = _zones(g, work, storm_zones, procs, prefix="new-", data=work / "storm")

@@ -11,6 +11,7 @@ import structlog
 from aiohttp import web
 
 from globalcp.hub import Hub
+from globalcp.inventory import inventory_routes
 from globalcp.metrics import GlobalMetrics
 from globalcp.security import server_credentials
 from globalcp.servicer import SyncServicer
@@ -86,7 +87,9 @@ async def run_global(cfg: GlobalConfig, service: Service) -> int:
     hub = Hub(await store.head(), await store.log_floor(), cfg.log_size)
     instance_id = f"global-{uuid.uuid4().hex[:8]}"
     metrics = GlobalMetrics()
-    tracker = ZoneTracker(store, hub, observe_latency=metrics.observe_propagation)
+    tracker = ZoneTracker(
+        store, hub, observe_latency=metrics.observe_propagation, instance_id=instance_id
+    )
     await tracker.load()
     guard = Guard(stop)
     guard.start("zone-status-flusher", tracker.run_flusher())
@@ -144,6 +147,8 @@ async def run_global(cfg: GlobalConfig, service: Service) -> int:
         metrics.update(hub.head, await tracker.views())
 
     extra = [
+        # Before zone_routes, whose /zones/{name} would take these paths.
+        *inventory_routes(tracker, metrics.propagation_summary),
         *zone_routes(tracker),
         *(token_routes(zone_tokens, servicer.end_streams) if zone_tokens else []),
         *health_routes(alive, ready),

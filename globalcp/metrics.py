@@ -8,12 +8,14 @@ its own registry, so several can run in one test process.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from globalcp.zones import KINDS, ZoneStatusView
+from kds.logging import lost_log_lines
 
 __all__ = ["GlobalMetrics"]
 
@@ -28,6 +30,10 @@ class _ZonesCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         views = self.views
+        yield CounterMetricFamily(
+            "kds_log_lines_lost", "Log lines dropped because stderr could not take them.",
+            lost_log_lines(),
+        )  # fmt: skip
         yield GaugeMetricFamily("kds_global_revision", "Global's current revision.", self.head)
         yield GaugeMetricFamily(
             "kds_global_zones_connected",
@@ -151,6 +157,28 @@ class GlobalMetrics:
 
     def observe_propagation(self, zone: str, seconds: float) -> None:
         self.propagation.labels(zone).observe(seconds)
+
+    def propagation_summary(self) -> dict[str, Any]:
+        """The propagation histogram as JSON: bucket bounds (seconds) and, per zone and in
+        all, the observations at or under each bound (cumulative), their count and sum."""
+        zones: dict[str, dict[str, Any]] = {}
+        for metric in self.propagation.collect():
+            for sample in metric.samples:
+                zone = sample.labels.get("zone", "")
+                z = zones.setdefault(zone, {"counts": [], "count": 0, "sum": 0.0})
+                if sample.name.endswith("_bucket") and sample.labels.get("le") != "+Inf":
+                    z["counts"].append(int(sample.value))
+                elif sample.name.endswith("_count"):
+                    z["count"] = int(sample.value)
+                elif sample.name.endswith("_sum"):
+                    z["sum"] = round(sample.value, 6)
+        total = {
+            "counts": [sum(c) for c in zip(*(z["counts"] for z in zones.values()), strict=True)]
+            or [0] * len(LATENCY_BUCKETS),
+            "count": sum(z["count"] for z in zones.values()),
+            "sum": round(sum(z["sum"] for z in zones.values()), 6),
+        }
+        return {"buckets": list(LATENCY_BUCKETS), "total": total, "zones": zones}
 
     def update(self, head: int, views: Sequence[ZoneStatusView]) -> None:
         """Set the zone figures the next scrape reports (called just before it)."""

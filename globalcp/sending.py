@@ -28,7 +28,7 @@ from globalcp.hub import Hub
 from globalcp.zones import CHECK_KEYS_KEPT, ZoneHandle
 from kds import wire
 from kds._pb import sync_pb2 as pb
-from kds.model import Key
+from kds.model import Key, stays_on_global
 from kds.protocol.anti_entropy import Outcome, Query
 from kds.protocol.batching import Part, coalesce, pack
 from kds.protocol.records import ChangeRecord
@@ -104,7 +104,7 @@ class SendPlans:
         limits = (self.max_message_bytes, wire.PART_BYTES)
         parts = snap.parts.get(limits)
         if parts is None:
-            parts = snap.parts[limits] = list(pack(snap.changes, *limits))
+            parts = snap.parts[limits] = list(pack(_zone_bound(snap.changes), *limits))
         return parts
 
     async def range_plan(self, action: SendRange) -> _RangePlan | None:
@@ -119,7 +119,7 @@ class SendPlans:
         records = await self._range(action)
         if records is None:
             return None
-        changes = coalesce(records)
+        changes = _zone_bound(coalesce(records))
         parts = list(pack(changes, self.max_message_bytes, wire.PART_BYTES))
         plan = _RangePlan(
             parts=parts,
@@ -140,6 +140,14 @@ class SendPlans:
         if len(records) != action.to_revision - action.from_revision:
             return None  # pruned meanwhile
         return records
+
+
+def _zone_bound(records: list[ChangeRecord]) -> list[ChangeRecord]:
+    """The records zones are sent: Kuma's system GlobalSecrets (kds.resource.stays_on_global)
+    stay on global. A range's revisions and chain still cover what was left out."""
+    if not any(stays_on_global(r.key) for r in records):
+        return records  # the common case: no copy of a large list
+    return [r for r in records if not stays_on_global(r.key)]
 
 
 class SendLoop:

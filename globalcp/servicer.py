@@ -160,7 +160,8 @@ class SyncServicer:
             return self.tokens.verify(token, h.zone, utcnow())
         except TokenRefused as e:
             # Nothing here is the zone's: whoever sent it holds no token for it. It is counted
-            # and logged, never written to the zone's status.
+            # and logged, never written to the zone's status; a known zone's history notes it
+            # (throttled as the log is, in a series of its own: globalcp.history).
             if self._on_token_refused is not None:
                 self._on_token_refused(e.code.name)
             held_back = self._refusal_log.allow(h.zone)
@@ -172,6 +173,7 @@ class SyncServicer:
                     instance=safe_text(h.instance_id),
                     refusals_not_logged=held_back,
                 )
+                self.tracker.token_refused(h.zone, e.code.name, e.reason, held_back)
             await context.abort(e.code, e.reason)
             return None
 

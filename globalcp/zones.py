@@ -25,19 +25,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import datetime as dt
-import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
+from globalcp.history import SAMPLE_INTERVAL, ZoneHistory
 from globalcp.hub import Hub
-from kds.clock import rfc3339
+from globalcp.zone_state import (
+    CHECK_KEYS_KEPT,
+    CONFLICTS_KEPT,
+    ERROR_CHARS,
+    KINDS,
+    ZoneState,
+    ZoneStatusView,
+)
 from kds.model import Kind
 from kds.store import GlobalStore
 from kds.text import safe_text
@@ -46,6 +50,7 @@ __all__ = [
     "CHECK_KEYS_KEPT",
     "CONFLICTS_KEPT",
     "ERROR_CHARS",
+    "KINDS",
     "ZoneHandle",
     "ZoneState",
     "ZoneStatusView",
@@ -53,166 +58,6 @@ __all__ = [
 ]
 
 log = structlog.get_logger("globalcp.zones")
-
-KINDS = tuple(str(k) for k in Kind)
-
-# The most characters of an error or disconnect reason kept (and shown) per zone.
-ERROR_CHARS = 512
-# The conflict names kept per zone; the count says how many the zone reported in all.
-CONFLICTS_KEPT = 100
-# Differing ranges and repaired keys kept of a zone's last anti-entropy check.
-CHECK_KEYS_KEPT = 20
-
-
-def _per_kind() -> dict[str, int]:
-    return dict.fromkeys(KINDS, 0)
-
-
-@dataclass
-class ZoneState:
-    """What global knows of one zone (saved as JSON; field names are the storage format)."""
-
-    name: str
-    online: bool = False
-    stream_id: str = ""
-    instance_id: str = ""
-    connected_at: float = 0.0
-    disconnected_at: float = 0.0
-    disconnect_reason: str = ""
-    last_message_at: float = 0.0
-    last_update_at: float = 0.0  # last acknowledgement of a batch
-    zone_version: str = ""
-    protocol_version: int = 0
-    store_backend: str = ""
-    acked_revision: int = 0
-    connections: int = 0
-    messages_sent: int = 0
-    messages_acked: int = 0
-    sent: dict[str, int] = field(default_factory=_per_kind)
-    acknowledged: dict[str, int] = field(default_factory=_per_kind)
-    rejected: dict[str, int] = field(default_factory=_per_kind)
-    errors: int = 0
-    last_error: str = ""
-    last_error_at: float = 0.0
-    conflicts: list[str] = field(default_factory=list)  # the first CONFLICTS_KEPT
-    conflicts_total: int = 0  # how many the zone reported
-    problem: str = ""  # why the zone says it is failing ("": nothing is wrong)
-    problem_at: float = 0.0  # when it first reported that problem
-    checks: dict[str, int] = field(default_factory=dict)  # anti-entropy checks by result
-    repaired: int = 0  # synced resources anti-entropy repaired on the zone
-    last_check: dict[str, Any] = field(default_factory=dict)  # the last check (see check_done)
-    last_repair: dict[str, Any] = field(default_factory=dict)  # the last check that repaired
-
-    @property
-    def conflict_count(self) -> int:
-        return max(self.conflicts_total, len(self.conflicts))
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, name: str, text: str) -> ZoneState:
-        """Tolerant: unknown keys (a newer version's) are ignored, missing ones defaulted."""
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError:
-            raw = {}
-        known = {f.name for f in dataclasses.fields(cls)}
-        state = cls(**{k: v for k, v in raw.items() if k in known and k != "name"}, name=name)
-        for counters in (state.sent, state.acknowledged, state.rejected):
-            for kind in KINDS:
-                counters.setdefault(kind, 0)
-        # Saved by an older version, which kept them as they came.
-        state.last_error = safe_text(state.last_error, ERROR_CHARS)
-        state.disconnect_reason = safe_text(state.disconnect_reason, ERROR_CHARS)
-        state.problem = safe_text(state.problem, ERROR_CHARS)
-        state.conflicts = [safe_text(c) for c in state.conflicts[:CONFLICTS_KEPT]]
-        if not all(
-            isinstance(d, dict) for d in (state.last_check, state.last_repair, state.checks)
-        ):
-            state.last_check, state.last_repair, state.checks = {}, {}, {}
-        return state
-
-    @property
-    def total_updates(self) -> int:
-        return sum(self.acknowledged.values())
-
-    @property
-    def total_errors(self) -> int:
-        return self.errors
-
-
-@dataclass(frozen=True)
-class ZoneStatusView:
-    """A zone's state with what depends on global's head, as the API and metrics show it."""
-
-    state: ZoneState
-    global_revision: int
-    lag_seconds: float | None
-
-    @property
-    def lag_revisions(self) -> int:
-        return max(0, self.global_revision - self.state.acked_revision)
-
-    def summary(self) -> dict[str, Any]:
-        s = self.state
-        return {
-            "name": s.name,
-            "status": "Online" if s.online else "Offline",
-            "instanceId": s.instance_id,
-            "connectedAt": _ts(s.connected_at),
-            "disconnectedAt": None if s.online else _ts(s.disconnected_at),
-            "disconnectReason": None if s.online else (s.disconnect_reason or None),
-            "lastMessageAt": _ts(s.last_message_at),
-            "lastUpdateAt": _ts(s.last_update_at),
-            "zoneVersion": s.zone_version,
-            "protocolVersion": s.protocol_version,
-            "storeBackend": s.store_backend,
-            "globalRevision": self.global_revision,
-            "ackedRevision": s.acked_revision,
-            "lagRevisions": self.lag_revisions,
-            "lagSeconds": None if self.lag_seconds is None else round(self.lag_seconds, 3),
-            "totalUpdates": s.total_updates,
-            "totalErrors": s.total_errors,
-            "conflictCount": s.conflict_count,
-            "problem": ({"message": s.problem, "since": _ts(s.problem_at)} if s.problem else None),
-        }
-
-    def overview(self) -> dict[str, Any]:
-        s = self.state
-        return {
-            **self.summary(),
-            "connections": s.connections,
-            "messagesSent": s.messages_sent,
-            "messagesAcknowledged": s.messages_acked,
-            "resources": {
-                kind: {
-                    "sent": s.sent[kind],
-                    "acknowledged": s.acknowledged[kind],
-                    "rejected": s.rejected[kind],
-                }
-                for kind in KINDS
-            },
-            "conflicts": list(s.conflicts),
-            "antiEntropy": {
-                "checks": dict(s.checks),
-                "repaired": s.repaired,
-                "lastCheck": _stamped(s.last_check),
-                # Kept past the check that verifies it (which usually follows at once).
-                "lastRepair": _stamped(s.last_repair),
-            },
-            "lastError": (
-                {"message": s.last_error, "time": _ts(s.last_error_at)} if s.last_error else None
-            ),
-        }
-
-
-def _ts(t: float) -> str | None:
-    return rfc3339(dt.datetime.fromtimestamp(t, dt.UTC)) if t else None
-
-
-def _stamped(check: dict[str, Any]) -> dict[str, Any] | None:
-    return {**check, "at": _ts(check.get("at", 0.0))} if check else None
 
 
 class ZoneHandle:
@@ -297,6 +142,7 @@ class ZoneHandle:
         s = self._state
         if not self.current or (kept == s.conflicts and count == s.conflict_count):
             return False
+        self._tracker.history.conflicts_changed(s.name, s.conflicts, kept, count)
         s.conflicts = kept
         s.conflicts_total = count
         self._tracker.mark(s)
@@ -348,6 +194,8 @@ class ZoneHandle:
         s.online = False
         s.disconnected_at = self._tracker.clock()
         s.disconnect_reason = safe_text(reason, ERROR_CHARS)
+        self._tracker.history.event(s.name, "disconnected", reason=s.disconnect_reason)
+        self._tracker.sample_soon(s.name)
         self._tracker.mark(s, urgent=True)
 
 
@@ -360,8 +208,14 @@ class ZoneTracker:
         clock: Callable[[], float] = time.time,
         flush_interval: float = 1.0,
         observe_latency: Callable[[str, float], None] | None = None,
+        instance_id: str = "",
     ):
         self.store = store
+        self.instance_id = instance_id  # this global's, recorded with each accepted stream
+        self.history = ZoneHistory(store, clock)
+        self.sample_interval = SAMPLE_INTERVAL
+        self._sample_due: set[str] = set()  # zones to sample at the next flush
+        self._sampled_at = 0.0
         self.hub = hub
         self.clock = clock
         self.flush_interval = flush_interval
@@ -383,6 +237,10 @@ class ZoneTracker:
                 state.online = False
                 state.disconnected_at = state.last_message_at or self.clock()
                 state.disconnect_reason = "global stopped"
+                # A global that crashed had no time to record the disconnect itself.
+                self.history.event(
+                    name, "disconnected", at=state.disconnected_at, reason="global stopped"
+                )
                 self.mark(state)
             self.zones[name] = state
 
@@ -395,6 +253,8 @@ class ZoneTracker:
             await self.flush()
 
     async def flush(self) -> None:
+        await self._sample_lag()
+        await self.history.flush()
         if not self._dirty:
             return
         batch = {name: self.zones[name].to_json() for name in self._dirty if name in self.zones}
@@ -404,6 +264,22 @@ class ZoneTracker:
         except Exception as e:  # status must never take the sync down; retry next round
             self._dirty.update(batch)
             log.error("cannot save zone status", error_type=type(e).__name__, error=str(e))
+
+    def sample_soon(self, name: str) -> None:
+        self._sample_due.add(name)
+
+    async def _sample_lag(self) -> None:
+        """Lag samples for the history: every zone online or offline for under an hour each
+        sample interval, and the zones that asked (connected or disconnected) at once."""
+        now = self.clock()
+        due, self._sample_due = self._sample_due, set()
+        if now - self._sampled_at >= self.sample_interval:
+            self._sampled_at = now
+            due |= {n for n, s in self.zones.items() if s.online or now - s.disconnected_at < 3600}
+        for name in sorted(due):
+            view = await self.view(name)
+            if view is not None:
+                self.history.lag_sample(name, view.lag_revisions, view.lag_seconds)
 
     # ------------------------------------------------------------------ updates
 
@@ -439,8 +315,19 @@ class ZoneTracker:
         state.protocol_version = protocol_version
         state.store_backend = safe_text(store_backend)
         state.connections += 1
+        state.first_seen_at = state.first_seen_at or now
+        state.sync_mode = "snapshot" if resumed_revision is None else "resume"
+        state.global_instance = self.instance_id
         if resumed_revision is not None:
             state.acked_revision = resumed_revision
+        self.history.event(
+            name,
+            "connected",
+            instance=state.instance_id,
+            version=state.zone_version,
+            mode=state.sync_mode,
+        )
+        self.sample_soon(name)
         self.mark(state, urgent=True)
         return ZoneHandle(self, state, stream_id)
 
@@ -450,6 +337,13 @@ class ZoneTracker:
         state = self.zones.get(name) or ZoneState(name)
         self.zones[name] = state
         self.record_error(state, message)
+        self.history.event(name, "refused", reason=state.last_error)
+
+    def token_refused(self, name: str, code: str, reason: str, more: int) -> None:
+        """A token for ``name`` was refused (``more``: refusals since the last one recorded).
+        Only a zone global knows gets the entry: the name came from whoever sent the token."""
+        if name in self.zones:
+            self.history.token_refused(name, code, safe_text(reason, ERROR_CHARS), more)
 
     def record_error(self, state: ZoneState, message: str, count: int = 1) -> None:
         """``count`` errors happened; ``message`` (bounded, escaped) describes the last."""

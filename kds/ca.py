@@ -11,6 +11,7 @@ sentences that never quote the input (a key is a secret; so may be anything past
 from __future__ import annotations
 
 import datetime as dt
+import warnings
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -50,10 +51,16 @@ class GeneratedCa:
 
 
 def _load_cert(data: bytes) -> x509.Certificate:
-    try:
-        return x509.load_pem_x509_certificate(data)
-    except ValueError:
-        return x509.load_der_x509_certificate(data)
+    # Kuma's builtin CAs have serial number 0, which RFC 5280 disallows and cryptography
+    # loads with a deprecation warning. Such a CA must keep working as a provided CA (a
+    # user moving from Kuma brings it along), so that warning alone is silenced here;
+    # tests/unit/test_kuma_compat.py fails if a cryptography release starts refusing it.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Parsed a serial number which wasn't positive")
+        try:
+            return x509.load_pem_x509_certificate(data)
+        except ValueError:
+            return x509.load_der_x509_certificate(data)
 
 
 def _load_key(data: bytes) -> object:

@@ -1,7 +1,7 @@
 """The Kubernetes text form of a resource, both ways. Pure.
 
 A Secret is ``apiVersion: v1, kind: Secret``, ``type: system.kuma.io/secret`` with label
-``kuma.io/mesh``; a GlobalSecret is ``type: system.kuma.io/global-secret``; the bytes are
+``kuma.io/mesh`` (without it, mesh ``default``, as in Kuma); a GlobalSecret is ``type: system.kuma.io/global-secret``; the bytes are
 base64 in ``data.value``. A Mesh is ``apiVersion: kuma.io/v1alpha1, kind: Mesh`` with its
 fields under ``spec``. Problems name fields as this form writes them (``metadata.name``).
 """
@@ -13,7 +13,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from kds.errors import FieldViolation, InvalidResource, shown
-from kds.resource import LABEL_MESH, Kind, Limits, Resource
+from kds.fields import unknown_fields
+from kds.mtls import canonical_mtls
+from kds.resource import DEFAULT_MESH, LABEL_MESH, Kind, Limits, Resource
 from kds.validation import MESH_SPEC_FIELDS, decode_data, read_mesh_spec, validate
 
 __all__ = [
@@ -71,11 +73,9 @@ def from_kubernetes(doc: Mapping[str, Any], limits: Limits) -> Resource:
         raise InvalidResource([FieldViolation("metadata.labels", "must be a map")])
     labels = dict(meta.get("labels") or {})
     kind_key = kind_name if isinstance(kind_name, str) else ""
-    unknown = sorted(str(k) for k in set(doc) - _K8S_FIELDS.get(kind_key, set(doc)))
+    unknown = unknown_fields("", doc, _K8S_FIELDS.get(kind_key, set(doc)))
     if unknown:
-        raise InvalidResource(
-            [FieldViolation(f, f"unknown field for a {kind_name}") for f in unknown]
-        )
+        raise InvalidResource(unknown)
     if kind_name == "Mesh":
         if api_version != K8S_MESH_API_VERSION:
             raise InvalidResource(
@@ -89,10 +89,7 @@ def from_kubernetes(doc: Mapping[str, Any], limits: Limits) -> Resource:
         if not isinstance(spec, Mapping):
             raise InvalidResource([FieldViolation("spec", "must be a map")])
         mesh_spec, errs = read_mesh_spec(spec, meta.get("name"), "spec.")
-        errs += [
-            FieldViolation(f"spec.{k}", "unknown field for a Mesh")
-            for k in sorted(set(spec) - MESH_SPEC_FIELDS)
-        ]
+        errs += unknown_fields("spec.", spec, MESH_SPEC_FIELDS)
         if errs:
             raise InvalidResource(errs)
         res = Resource(kind=Kind.MESH, name=meta.get("name"), labels=labels, spec=mesh_spec)  # type: ignore[arg-type]
@@ -119,11 +116,7 @@ def from_kubernetes(doc: Mapping[str, Any], limits: Limits) -> Resource:
         )
     data = decode_data(data_map["value"], limits, "data.value")
     if k8s_type == K8S_SECRET_TYPE:
-        mesh = labels.pop(LABEL_MESH, None)
-        if mesh is None:
-            raise InvalidResource(
-                [FieldViolation(f"metadata.labels[{LABEL_MESH}]", "is required for a mesh Secret")]
-            )
+        mesh = labels.pop(LABEL_MESH, DEFAULT_MESH)
         res = Resource(Kind.SECRET, name=meta.get("name"), mesh=mesh, data=data, labels=labels)  # type: ignore[arg-type]
     elif k8s_type == K8S_GLOBAL_SECRET_TYPE:
         res = Resource(Kind.GLOBAL_SECRET, name=meta.get("name"), data=data, labels=labels)  # type: ignore[arg-type]
@@ -147,7 +140,7 @@ def to_kubernetes(resource: Resource) -> dict[str, Any]:
             "apiVersion": K8S_MESH_API_VERSION,
             "kind": "Mesh",
             "metadata": {"name": resource.name, "labels": dict(resource.labels)},
-            "spec": dict(resource.spec),
+            "spec": _k8s_spec(resource),
         }
     labels = dict(resource.labels)
     if resource.kind is Kind.SECRET:
@@ -159,3 +152,10 @@ def to_kubernetes(resource: Resource) -> dict[str, Any]:
         "data": {"value": base64.b64encode(resource.data).decode("ascii")},
         "type": K8S_SECRET_TYPE if resource.kind is Kind.SECRET else K8S_GLOBAL_SECRET_TYPE,
     }
+
+
+def _k8s_spec(resource: Resource) -> dict[str, Any]:
+    spec = dict(resource.spec)
+    if isinstance(spec.get("mtls"), Mapping):  # a row written when ``config`` was kept as given
+        spec["mtls"] = canonical_mtls(spec["mtls"])
+    return spec

@@ -8,6 +8,10 @@ first use, so instead of reconfiguring structlog the first processor filters by 
 level and the last one renders with the current renderer (every configuration shares them,
 so loggers cached under an earlier one follow too).
 
+Logging never raises: a line that cannot be written (stderr is a closed pipe, a full disk) is
+dropped and counted (``lost_log_lines``), so a daemon whose log reader went away still stops on
+SIGTERM, syncs and serves instead of failing in whatever code path logged.
+
 Every string in a line has its control and other non-printable characters escaped (kds.text)
 before it is rendered, so text a peer sent can neither break a line nor reach a terminal as
 an escape.
@@ -24,7 +28,7 @@ import structlog
 
 from kds.text import escape
 
-__all__ = ["configure_logging", "escape_control_characters", "switch_logging"]
+__all__ = ["configure_logging", "escape_control_characters", "lost_log_lines", "switch_logging"]
 
 LogFormat = Literal["json", "console"]
 
@@ -100,6 +104,26 @@ def switch_logging(level: str, fmt: LogFormat | str) -> int:
     return numeric
 
 
+class _LossTolerantLogger(structlog.PrintLogger):
+    """structlog's PrintLogger, except that a line it cannot write is dropped and counted."""
+
+    lost = 0
+
+    def msg(self, message: str) -> None:
+        try:
+            super().msg(message)
+        except (OSError, ValueError):  # a broken pipe, a full disk, a closed file
+            _LossTolerantLogger.lost += 1
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
+def lost_log_lines() -> int:
+    """Log lines dropped since start because stderr could not take them."""
+    return _LossTolerantLogger.lost
+
+
 def configure_logging(level: str = "info", fmt: LogFormat = "console") -> None:
     """Set up logging for a daemon (structlog and the standard library, to stderr)."""
     numeric = switch_logging(level, fmt)
@@ -115,7 +139,7 @@ def configure_logging(level: str = "info", fmt: LogFormat = "console") -> None:
         ],
         # Debug calls reach the filter above, so a reload can turn them on.
         wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=lambda *_: _LossTolerantLogger(sys.stderr),
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kds.errors import FieldViolation, InvalidResource, shown
+from kds.fields import unknown_fields
 from kds.kubernetes import (
     K8S_GLOBAL_SECRET_TYPE,
     K8S_SECRET_TYPE,
@@ -24,8 +25,12 @@ from kds.kubernetes import (
     kubernetes_field,
     to_kubernetes,
 )
+from kds.mtls import canonical_mtls
 from kds.resource import (
     DEFAULT_MAX_DATA_BYTES,
+    DEFAULT_MESH,
+    LABEL_DISPLAY_NAME,
+    LABEL_ENV,
     LABEL_MESH,
     LABEL_ORIGIN,
     LABEL_ZONE,
@@ -34,20 +39,26 @@ from kds.resource import (
     Kind,
     Limits,
     Resource,
+    stays_on_global,
 )
 from kds.validation import (
     MESH_SPEC_FIELDS,
+    OUTPUT_ONLY_FIELDS,
     decode_data,
     read_mesh_spec,
     validate,
     validate_labels,
+    validate_mesh_name,
     validate_name,
 )
 
 __all__ = [
     "DEFAULT_MAX_DATA_BYTES",
+    "DEFAULT_MESH",
     "K8S_GLOBAL_SECRET_TYPE",
     "K8S_SECRET_TYPE",
+    "LABEL_DISPLAY_NAME",
+    "LABEL_ENV",
     "LABEL_MESH",
     "LABEL_ORIGIN",
     "LABEL_ZONE",
@@ -60,17 +71,19 @@ __all__ = [
     "from_document",
     "from_json_body",
     "kubernetes_field",
+    "stays_on_global",
     "to_json",
     "to_kubernetes",
     "validate",
     "validate_labels",
+    "validate_mesh_name",
     "validate_name",
 ]
 
 _UNIVERSAL_FIELDS = {
-    Kind.SECRET: {"type", "name", "mesh", "data", "labels", "creationTime", "modificationTime"},
-    Kind.GLOBAL_SECRET: {"type", "name", "data", "labels", "creationTime", "modificationTime"},
-    Kind.MESH: {"type", "name", "labels", "creationTime", "modificationTime", *MESH_SPEC_FIELDS},
+    Kind.SECRET: {"type", "name", "mesh", "data", "labels", *OUTPUT_ONLY_FIELDS},
+    Kind.GLOBAL_SECRET: {"type", "name", "data", "labels", *OUTPUT_ONLY_FIELDS},
+    Kind.MESH: {"type", "name", "labels", *OUTPUT_ONLY_FIELDS, *MESH_SPEC_FIELDS},
 }
 
 
@@ -91,8 +104,7 @@ def _kind_of(value: object, field_name: str = "type") -> Kind:
 
 def _universal(doc: Mapping[str, Any], limits: Limits) -> Resource:
     kind = _kind_of(doc.get("type"))
-    unknown = sorted(str(k) for k in set(doc) - _UNIVERSAL_FIELDS[kind])
-    errs = [FieldViolation(f, f"unknown field for a {kind}") for f in unknown]
+    errs = unknown_fields("", doc, _UNIVERSAL_FIELDS[kind])
     if kind is Kind.SECRET and "mesh" not in doc:
         errs.append(FieldViolation("mesh", "is required for a Secret"))
     data = b""
@@ -181,6 +193,8 @@ def from_json_body(
 def to_json(resource: Resource, extra_labels: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The API / Universal form. Data is base64; pass the result only where data may show."""
     out: dict[str, Any] = dict(resource.spec)  # kind-specific fields never shadow the common ones
+    if isinstance(out.get("mtls"), Mapping):  # a row written when ``config`` was kept as given
+        out["mtls"] = canonical_mtls(out["mtls"])
     out.update({"type": str(resource.kind), "name": resource.name})
     if resource.kind is Kind.SECRET:
         out["mesh"] = resource.mesh

@@ -9,12 +9,12 @@ Shape (Kuma's, in the Universal form; under ``spec`` in the Kubernetes form)::
       backends:
         - name: ca-1
           type: provided            # CA certificate and key taken from mesh Secrets
-          config:
-            cert: {secret: my-cert}
+          conf:                     # Kuma's key; ``config`` is accepted too and stored
+            cert: {secret: my-cert} #   as ``conf``
             key: {secret: my-key}
         - name: ca-2
           type: builtin             # global generates the CA and stores it as Secrets
-          config:                   #   {mesh}.ca-builtin-cert-ca-2 / -key-ca-2
+          conf:                     #   {mesh}.ca-builtin-cert-ca-2 / -key-ca-2
             caCert: {keyType: RSA, RSAbits: 2048, expiration: 10y}   # all optional
 
 Checks that need other resources (the secrets exist, the certificate is a CA, ...) live in
@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kds.errors import FieldViolation, shown
+from kds.fields import unknown_fields
 
 __all__ = [
     "BUILTIN",
@@ -36,8 +37,10 @@ __all__ = [
     "Backend",
     "CaOptions",
     "SecretRef",
+    "backend_conf",
     "backends",
     "builtin_secret_names",
+    "canonical_mtls",
     "is_builtin_secret_name",
     "parse_ca_expiration",
     "secret_refs",
@@ -49,8 +52,12 @@ PROVIDED = "provided"
 BUILTIN = "builtin"
 
 _MTLS_FIELDS = frozenset({"enabledBackend", "backends", "skipValidation"})
-# dpCert, mode and rootChain are Kuma backend fields kds-sync carries but does not act on.
-_BACKEND_FIELDS = frozenset({"name", "type", "config", "dpCert", "mode", "rootChain"})
+# Kuma's backend fields (CertificateAuthorityBackend). dpCert, mode and rootChain are carried
+# to zones as given; kds-sync does not act on them.
+_BACKEND_FIELDS = frozenset({"name", "type", "conf", "dpCert", "mode", "rootChain"})
+# The seed document's spelling of ``conf``: accepted on input, stored and returned as ``conf``.
+CONF_ALIAS = "config"
+_MODES = ("STRICT", "PERMISSIVE")
 # Used with fullmatch only: "$" would also match before a final newline.
 _NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _DURATION_RE = re.compile(r"([1-9][0-9]*)(y|d|h|m|s)")
@@ -114,16 +121,38 @@ def backends(mesh_name: str, spec: Mapping[str, Any]) -> list[Backend]:
     for i, b in enumerate(mtls.get("backends") or []):
         name, kind = b["name"], b["type"]
         base = f"mtls.backends[{i}]"
+        conf = backend_conf(b)
         if kind == PROVIDED:
-            conf = b["config"]
             refs = (
-                SecretRef(name, "cert", conf["cert"]["secret"], f"{base}.config.cert.secret"),
-                SecretRef(name, "key", conf["key"]["secret"], f"{base}.config.key.secret"),
+                SecretRef(name, "cert", conf["cert"]["secret"], f"{base}.conf.cert.secret"),
+                SecretRef(name, "key", conf["key"]["secret"], f"{base}.conf.key.secret"),
             )
         else:
             cert, key = builtin_secret_names(mesh_name, name)
             refs = (SecretRef(name, "cert", cert, base), SecretRef(name, "key", key, base))
-        out.append(Backend(i, name, kind, refs, _ca_options(b.get("config") or {})))
+        out.append(Backend(i, name, kind, refs, _ca_options(conf)))
+    return out
+
+
+def backend_conf(backend: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A backend's ``conf`` (or ``config``, as rows written before ``conf`` was canonical
+    hold it); empty when it has neither."""
+    conf = backend.get("conf", backend.get(CONF_ALIAS))
+    return conf if isinstance(conf, Mapping) else {}
+
+
+def canonical_mtls(mtls: Mapping[str, Any]) -> dict[str, Any]:
+    """``mtls`` with each backend's ``config`` renamed ``conf``, Kuma's key (a validated
+    mtls has at most one of the two)."""
+    out = dict(mtls)
+    raw = mtls.get("backends")
+    if isinstance(raw, list):
+        out["backends"] = [
+            {("conf" if k == CONF_ALIAS else k): v for k, v in b.items()}
+            if isinstance(b, Mapping)
+            else b
+            for b in raw
+        ]
     return out
 
 
@@ -153,7 +182,7 @@ def validate_mtls(mtls: object, mesh_name: object, prefix: str = "") -> list[Fie
     f = f"{prefix}mtls"
     if not isinstance(mtls, Mapping):
         return [FieldViolation(f, "must be a map with backends (and optionally enabledBackend)")]
-    errs = [FieldViolation(f"{f}.{k}", "unknown field") for k in sorted(set(mtls) - _MTLS_FIELDS)]
+    errs = unknown_fields(f"{f}.", mtls, _MTLS_FIELDS)
     if "skipValidation" in mtls and not isinstance(mtls["skipValidation"], bool):
         errs.append(FieldViolation(f"{f}.skipValidation", "must be true or false"))
     raw = mtls.get("backends", [])
@@ -185,8 +214,9 @@ def validate_mtls(mtls: object, mesh_name: object, prefix: str = "") -> list[Fie
 
 def _validate_backend(b: object, f: str, mesh_name: object) -> list[FieldViolation]:
     if not isinstance(b, Mapping):
-        return [FieldViolation(f, "must be a map with name, type and config")]
-    errs = [FieldViolation(f"{f}.{k}", "unknown field") for k in sorted(set(b) - _BACKEND_FIELDS)]
+        return [FieldViolation(f, "must be a map with name, type and conf")]
+    errs = unknown_fields(f"{f}.", (k for k in b if k != CONF_ALIAS), _BACKEND_FIELDS)
+    errs += _validate_backend_options(b, f)
     name = b.get("name")
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or len(name) > 63:
         errs.append(
@@ -199,13 +229,18 @@ def _validate_backend(b: object, f: str, mesh_name: object) -> list[FieldViolati
     elif isinstance(mesh_name, str) and len(builtin_secret_names(mesh_name, name)[0]) > 253:
         errs.append(FieldViolation(f"{f}.name", "too long: its CA secret names would exceed 253"))
     kind = b.get("type")
-    config = b.get("config", {})
+    key = CONF_ALIAS if CONF_ALIAS in b and "conf" not in b else "conf"
+    if CONF_ALIAS in b and "conf" in b:
+        errs.append(
+            FieldViolation(f"{f}.{CONF_ALIAS}", "give conf (Kuma's key) or config, not both")
+        )
+    config = b.get(key, {})
     if not isinstance(config, Mapping):
-        return [*errs, FieldViolation(f"{f}.config", "must be a map")]
+        return [*errs, FieldViolation(f"{f}.{key}", "must be a map")]
     if kind == PROVIDED:
-        errs += _validate_provided(config, f"{f}.config")
+        errs += _validate_provided(config, f"{f}.{key}")
     elif kind == BUILTIN:
-        errs += _validate_builtin(config, f"{f}.config")
+        errs += _validate_builtin(config, f"{f}.{key}")
     else:
         errs.append(
             FieldViolation(f"{f}.type", f"must be {PROVIDED} or {BUILTIN} (got {shown(kind)})")
@@ -213,11 +248,22 @@ def _validate_backend(b: object, f: str, mesh_name: object) -> list[FieldViolati
     return errs
 
 
-def _validate_provided(config: Mapping[str, Any], f: str) -> list[FieldViolation]:
+def _validate_backend_options(b: Mapping[str, Any], f: str) -> list[FieldViolation]:
+    """dpCert, rootChain and mode: carried as given, so only their JSON shape is checked."""
     errs = [
-        FieldViolation(f"{f}.{k}", "unknown field for a provided backend")
-        for k in sorted(set(config) - {"cert", "key"})
+        FieldViolation(f"{f}.{k}", "must be a map")
+        for k in ("dpCert", "rootChain")
+        if k in b and not isinstance(b[k], Mapping)
     ]
+    mode = b.get("mode", "STRICT")
+    numeric = isinstance(mode, int) and not isinstance(mode, bool) and mode in (0, 1)
+    if not numeric and mode not in _MODES:  # protobuf JSON takes the enum's name or number
+        errs.append(FieldViolation(f"{f}.mode", "must be STRICT or PERMISSIVE"))
+    return errs
+
+
+def _validate_provided(config: Mapping[str, Any], f: str) -> list[FieldViolation]:
+    errs = unknown_fields(f"{f}.", config, ("cert", "key"))
     for role in ("cert", "key"):
         source = config.get(role)
         if not isinstance(source, Mapping) or "secret" not in source:
@@ -240,17 +286,11 @@ def _validate_provided(config: Mapping[str, Any], f: str) -> list[FieldViolation
 
 
 def _validate_builtin(config: Mapping[str, Any], f: str) -> list[FieldViolation]:
-    errs = [
-        FieldViolation(f"{f}.{k}", "unknown field for a builtin backend")
-        for k in sorted(set(config) - {"caCert"})
-    ]
+    errs = unknown_fields(f"{f}.", config, ("caCert",))
     ca = config.get("caCert", {})
     if not isinstance(ca, Mapping):
         return [*errs, FieldViolation(f"{f}.caCert", "must be a map")]
-    errs += [
-        FieldViolation(f"{f}.caCert.{k}", "unknown field: expected keyType, RSAbits or expiration")
-        for k in sorted(set(ca) - {"keyType", "RSAbits", "expiration"})
-    ]
+    errs += unknown_fields(f"{f}.caCert.", ca, ("keyType", "RSAbits", "expiration"))
     key_type = ca.get("keyType", "RSA")
     if not isinstance(key_type, str) or key_type.upper() not in ("RSA", "ECDSA"):
         errs.append(FieldViolation(f"{f}.caCert.keyType", "must be RSA or ECDSA"))

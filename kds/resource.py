@@ -14,6 +14,9 @@ from typing import Any
 
 __all__ = [
     "DEFAULT_MAX_DATA_BYTES",
+    "DEFAULT_MESH",
+    "LABEL_DISPLAY_NAME",
+    "LABEL_ENV",
     "LABEL_MESH",
     "LABEL_ORIGIN",
     "LABEL_ZONE",
@@ -22,13 +25,31 @@ __all__ = [
     "Kind",
     "Limits",
     "Resource",
+    "stays_on_global",
 ]
 
 DEFAULT_MAX_DATA_BYTES = 1024 * 1024
 LABEL_ORIGIN = "kuma.io/origin"
 LABEL_ZONE = "kuma.io/zone"
 LABEL_MESH = "kuma.io/mesh"
-SYSTEM_LABELS = frozenset({LABEL_ORIGIN, LABEL_ZONE})
+LABEL_DISPLAY_NAME = "kuma.io/display-name"
+LABEL_ENV = "kuma.io/env"
+# Labels the control plane computes (Kuma's): shown in answers, never stored. An API write
+# may carry them when they agree with what the control plane would compute (a resource read
+# and written back as it is); kuma.io/mesh is the Kubernetes form's way to name the mesh.
+SYSTEM_LABELS = frozenset({LABEL_ORIGIN, LABEL_ZONE, LABEL_DISPLAY_NAME, LABEL_ENV})
+# The mesh a Kubernetes-form Secret without the kuma.io/mesh label belongs to (Kuma's).
+DEFAULT_MESH = "default"
+
+# GlobalSecrets that Kuma keeps on its global control plane and never syncs to zones (its
+# KDS filter): its admin token, internal CAs, user token signing keys and revocations.
+# kds-sync keeps them on global too, so the keys stay where Kuma keeps them.
+_GLOBAL_ONLY_NAMES = frozenset(
+    {"admin-user-token", "envoy-admin-ca", "inter-cp-ca", "user-token-revocations"}
+)
+# Kuma syncs only the public half of a zone token signing key (renamed
+# zone-token-signing-public-key-N); kds-sync does not derive it and keeps the key on global.
+_GLOBAL_ONLY_PREFIXES = ("user-token-signing-key", "zone-token-signing-key")
 
 
 class Kind(StrEnum):
@@ -126,6 +147,13 @@ class Resource:
 
 
 _RESOURCE_FIELDS = frozenset(f.name for f in fields(Resource))
+
+
+def stays_on_global(key: Key) -> bool:
+    """Whether ``key`` is one of Kuma's system GlobalSecrets, never sent to zones."""
+    return key.kind is Kind.GLOBAL_SECRET and (
+        key.name in _GLOBAL_ONLY_NAMES or key.name.startswith(_GLOBAL_ONLY_PREFIXES)
+    )
 
 
 @dataclass(frozen=True)

@@ -151,8 +151,8 @@ def run_daemon(
             if hits["n"] > 1:
                 log.warning("second signal: exiting now", signal=sig.name)
                 os._exit(130)
+            stop.set()  # first: nothing that follows may keep the daemon from stopping
             log.info("stopping", signal=sig.name)
-            stop.set()
 
         service = Service(stop, Notifier.from_environ(), load_config)
         for sig in (signal.SIGINT, signal.SIGTERM):

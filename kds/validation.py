@@ -16,15 +16,18 @@ from collections.abc import Mapping
 from typing import Any
 
 from kds.errors import FieldViolation, InvalidResource, shown
-from kds.mtls import validate_mtls
+from kds.fields import unknown_fields
+from kds.mtls import canonical_mtls, validate_mtls
 from kds.resource import SYSTEM_LABELS, Kind, Limits, Resource
 
 __all__ = [
     "MESH_SPEC_FIELDS",
+    "OUTPUT_ONLY_FIELDS",
     "decode_data",
     "read_mesh_spec",
     "validate",
     "validate_labels",
+    "validate_mesh_name",
     "validate_name",
 ]
 
@@ -33,8 +36,50 @@ _DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _SUBDOMAIN_RE = re.compile(rf"{_DNS_LABEL}(\.{_DNS_LABEL})*")
 _LABEL_NAME_RE = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 
+# A Mesh name is an RFC 1035 label (Kuma's rule since it enforced it: a mesh name ends up in
+# DNS host names): a lower-case letter first, at most 63 characters.
+_RFC1035_LABEL_RE = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+
+# Fields a resource's Universal form carries that the server sets: accepted on input (a
+# resource read and written back as it is) and ignored. kumactl sends ``kri`` in every write.
+OUTPUT_ONLY_FIELDS = frozenset({"creationTime", "modificationTime", "kri"})
+
+# What each of Kuma's Mesh fields holds (api/mesh/v1alpha1/mesh.proto and metrics.proto,
+# every field any Kuma version defines): a dict is an object with those fields, a one-item
+# list an array of that, and a type (or tuple of types) a value; _ANY is free-form (a
+# protobuf Struct such as a backend's ``conf``). The fields are kept as given and synced to
+# zones; kds-sync acts on mtls only (kds.mtls checks it in full).
+_ANY = object
+_STR, _BOOL, _NUM = (str,), (bool,), (int, float)
+_ENUM = (str, int)
+_MESH_SCHEMA: dict[str, Any] = {
+    "tracing": {
+        "defaultBackend": _STR,
+        "backends": [{"name": _STR, "sampling": _NUM, "type": _STR, "conf": _ANY}],
+    },
+    "logging": {
+        "defaultBackend": _STR,
+        "backends": [{"name": _STR, "format": _STR, "type": _STR, "conf": _ANY}],
+    },
+    "metrics": {
+        "enabledBackend": _STR,
+        "backends": [{"name": _STR, "type": _STR, "conf": _ANY}],
+    },
+    "networking": {"outbound": {"passthrough": _BOOL}},
+    "routing": {
+        "localityAwareLoadBalancing": _BOOL,
+        "zoneEgress": _BOOL,
+        "defaultForbidMeshExternalServiceAccess": _BOOL,
+    },
+    "constraints": {
+        "dataplaneProxy": {"requirements": [{"tags": _ANY}], "restrictions": [{"tags": _ANY}]}
+    },
+    "skipCreatingInitialPolicies": [_STR],
+    "meshServices": {"mode": _ENUM},
+}
+
 # Kind-specific Mesh fields, kept in Resource.spec (see kds.mtls for mtls).
-MESH_SPEC_FIELDS = frozenset({"mtls"})
+MESH_SPEC_FIELDS = frozenset({"mtls", *_MESH_SCHEMA})
 
 
 def validate_name(value: object, field_name: str = "name") -> list[FieldViolation]:
@@ -48,6 +93,27 @@ def validate_name(value: object, field_name: str = "name") -> list[FieldViolatio
                 field_name,
                 "must be an RFC 1123 subdomain: lower-case letters, digits, '-' and '.', "
                 "starting and ending with a letter or digit",
+            )
+        ]
+    return []
+
+
+def validate_mesh_name(value: object, field_name: str = "name") -> list[FieldViolation]:
+    """A new Mesh's name: an RFC 1035 label (Kuma's rule). The API checks it when a Mesh is
+    created; a mesh created under the looser validate_name rule stays usable: it can be
+    read, changed, deleted and hold secrets."""
+    if not isinstance(value, str) or value == "":
+        return [FieldViolation(field_name, "must be a non-empty string")]
+    if len(value) > 63:
+        return [
+            FieldViolation(field_name, f"must be no more than 63 characters (got {len(value)})")
+        ]
+    if not _RFC1035_LABEL_RE.fullmatch(value):
+        return [
+            FieldViolation(
+                field_name,
+                "a mesh name must be an RFC 1035 label: lower-case letters, digits and '-', "
+                "starting with a letter and ending with a letter or digit (e.g. 'my-mesh')",
             )
         ]
     return []
@@ -130,7 +196,7 @@ def decode_data(value: object, limits: Limits, field_name: str = "data") -> byte
 
 def validate(resource: Resource, limits: Limits) -> None:
     """Check a resource built from user input; raise InvalidResource listing every problem."""
-    errs = validate_name(resource.name)
+    errs = validate_name(resource.name)  # a new Mesh's name: validate_mesh_name too
     if resource.kind is Kind.SECRET:
         errs += validate_name(resource.mesh, "mesh")
     errs += validate_labels(resource.labels)
@@ -152,17 +218,52 @@ def validate(resource: Resource, limits: Limits) -> None:
 def read_mesh_spec(
     fields: Mapping[str, Any], mesh_name: object, prefix: str = ""
 ) -> tuple[dict[str, Any], list[FieldViolation]]:
-    """A Mesh's kind-specific fields (``mtls``) taken from ``fields``, and their problems,
-    named under ``prefix`` (``spec.`` in the Kubernetes form)."""
+    """A Mesh's kind-specific fields (Kuma's: mtls, tracing, ...) taken from ``fields``, and
+    their problems, named under ``prefix`` (``spec.`` in the Kubernetes form). An mtls
+    backend's ``config`` comes back as ``conf``, Kuma's key."""
     spec = {k: fields[k] for k in sorted(MESH_SPEC_FIELDS) if k in fields}
     errs = []
     for k, v in spec.items():
         try:
-            ok = isinstance(v, Mapping) and json.loads(json.dumps(v)) == v
-        except (TypeError, ValueError):
+            ok = json.loads(json.dumps(v)) == v
+        except (TypeError, ValueError, RecursionError):
             ok = False
         if not ok:
-            errs.append(FieldViolation(f"{prefix}{k}", "must be a map of JSON values"))
+            errs.append(FieldViolation(f"{prefix}{k}", "must hold JSON values only"))
+        elif k == "mtls":
+            errs += validate_mtls(v, mesh_name, prefix)
+        else:
+            errs += _check_shape(v, _MESH_SCHEMA[k], f"{prefix}{k}")
     if "mtls" in spec and not errs:
-        errs += validate_mtls(spec["mtls"], mesh_name, prefix)
+        spec["mtls"] = canonical_mtls(spec["mtls"])
     return spec, errs
+
+
+def _check_shape(value: object, schema: Any, f: str) -> list[FieldViolation]:
+    """``value`` against one _MESH_SCHEMA entry: unknown fields and JSON types, by path."""
+    if schema is _ANY:
+        return []
+    if isinstance(schema, dict):
+        if not isinstance(value, Mapping):
+            return [FieldViolation(f, "must be a map")]
+        errs = unknown_fields(f"{f}.", value, schema)
+        for k, v in value.items():
+            if k in schema:
+                errs += _check_shape(v, schema[k], f"{f}.{k}")
+        return errs
+    if isinstance(schema, list):
+        if not isinstance(value, list):
+            return [FieldViolation(f, "must be a list")]
+        return [
+            e for i, item in enumerate(value) for e in _check_shape(item, schema[0], f"{f}[{i}]")
+        ]
+    if (
+        value is None
+        or isinstance(value, bool) is not (bool in schema)
+        or not isinstance(value, schema)
+    ):
+        names = {str: "a string", bool: "true or false", int: "a number", float: "a number"}
+        return [
+            FieldViolation(f, f"must be {' or '.join(dict.fromkeys(names[t] for t in schema))}")
+        ]
+    return []

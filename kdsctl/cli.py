@@ -23,7 +23,6 @@ from typing import Any
 
 import click
 
-from kds.version import __version__
 from kdsctl import resources, status, tokens
 from kdsctl.client import ApiClient, ApiError, ApiUnreachable, read_token, tls_verify
 from kdsctl.render import fail
@@ -62,6 +61,17 @@ class _AliasGroup(click.Group):
     ) -> tuple[str | None, click.Command | None, list[str]]:
         _, cmd, rest = super().resolve_command(ctx, args)
         return (cmd.name if cmd else None), cmd, rest
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    # kds.version asks importlib.metadata, which costs more to import than the rest of a
+    # simple command: only --version pays for it.
+    if not value or ctx.resilient_parsing:
+        return
+    from kds.version import __version__
+
+    click.echo(f"kdsctl, version {__version__}")
+    ctx.exit()
 
 
 @click.group("kdsctl", cls=_RootGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -108,7 +118,14 @@ class _AliasGroup(click.Group):
     help="CA certificate (PEM) to verify an https:// API with (one started with "
     "--api-tls-cert-file); default: the system's trusted CAs. Environment: KDSCTL_CA_FILE.",
 )
-@click.version_option(__version__, prog_name="kdsctl")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show the version and exit.",
+)
 @click.pass_context
 def cli(
     ctx: click.Context,
@@ -131,18 +148,31 @@ def cli(
 
 @cli.group(
     cls=_AliasGroup,
-    aliases={"mesh": "meshes", "secret": "secrets", "global-secret": "global-secrets"},
+    aliases={
+        "mesh": "meshes",
+        "secret": "secrets",
+        "global-secret": "global-secrets",
+        "globalsecret": "global-secrets",  # kumactl's names
+        "globalsecrets": "global-secrets",
+    },
 )
 def get() -> None:
-    """Show resources: meshes, secrets or global-secrets (singular forms work too)."""
+    """Show resources: meshes, secrets or global-secrets (singular forms and kumactl's
+    globalsecret(s) work too)."""
 
 
 @cli.group(
     cls=_AliasGroup,
-    aliases={"meshes": "mesh", "secrets": "secret", "global-secrets": "global-secret"},
+    aliases={
+        "meshes": "mesh",
+        "secrets": "secret",
+        "global-secrets": "global-secret",
+        "globalsecret": "global-secret",  # kumactl's names
+        "globalsecrets": "global-secret",
+    },
 )
 def delete() -> None:
-    """Delete a mesh, secret or global-secret."""
+    """Delete a mesh, secret or global-secret (kumactl's globalsecret works too)."""
 
 
 for command in (resources.apply, status.inspect, status.wait):

@@ -2,37 +2,52 @@
 
 ``ApiClient`` sends the requests; ``ApiError`` and ``ApiUnreachable`` say why one failed;
 ``read_token`` and ``tls_verify`` turn the --token-file and --ca-file options into what the
-client needs; ``pass_client`` hands the client to a command. httpx is imported on the first
-request, so commands that send none (``--version``, ``--help``) do not load it.
+client needs; ``pass_client`` hands the client to a command.
+
+The client is the standard library's ``http.client``: kdsctl sends a few JSON requests per
+run, and importing a full HTTP library cost more than the rest of a ``kdsctl get`` together
+(about 70 ms of a 150 ms call). It verifies the server's certificate and host name (the
+system's CAs, or --ca-file's), keeps one connection open for a command's requests, applies
+--timeout to connecting and to every read, and honours ``HTTP_PROXY``, ``HTTPS_PROXY`` and
+``NO_PROXY`` as other HTTP clients do (a CONNECT tunnel for https:// APIs).
 """
 
 from __future__ import annotations
 
+import http.client
+import json
+import os
+import socket
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
 
 import click
 
 from kds.errors import KdsError
 from kds.model import Kind
-
-if TYPE_CHECKING:
-    import ssl
-
-    import httpx
+from kds.text import safe_text
 
 __all__ = [
     "ApiClient",
     "ApiError",
     "ApiUnreachable",
+    "Response",
     "pass_client",
     "read_token",
     "resource_path",
     "tls_verify",
 ]
+
+_SYNC_PORT_HINT = (
+    " This looks like global's sync port (--kds-address, default 5685), not an API: the API is"
+    " on --api-address (default port 5681 on global, 5682 on a zone); an API served over HTTPS"
+    " needs an https:// URL"
+)
+_RUNNING_HINT = ". Is the control plane running? Set --api-url or KDSCTL_API_URL."
 
 
 @dataclass(eq=False)
@@ -52,6 +67,72 @@ class ApiUnreachable(KdsError):
     """No HTTP answer (refused, timeout, bad URL, untrusted TLS): the setup's or network's fault."""
 
 
+@dataclass(frozen=True)
+class Response:
+    """One complete answer: status, headers (case-insensitive ``get``) and body."""
+
+    method: str
+    url: str
+    status_code: int
+    reason_phrase: str
+    headers: http.client.HTTPMessage
+    content: bytes
+
+    def json(self) -> Any:
+        """The body as JSON; ValueError when it is not."""
+        return json.loads(self.content)
+
+
+@dataclass(frozen=True)
+class _Target:
+    scheme: str
+    host: str
+    port: int
+    prefix: str  # the base URL's path, without its trailing slash
+
+
+def _target(base_url: str) -> _Target:
+    try:
+        parts = urlsplit(base_url)
+        port = parts.port
+    except ValueError as e:
+        raise ApiUnreachable(f"--api-url {base_url!r} is not a valid URL: {e}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ApiUnreachable(
+            f"--api-url {base_url!r} is not a valid URL: it must look like http://HOST:PORT "
+            "or https://HOST:PORT"
+        )
+    default = 443 if parts.scheme == "https" else 80
+    return _Target(parts.scheme, parts.hostname, port or default, parts.path.rstrip("/"))
+
+
+def _proxy(target: _Target) -> tuple[_Target, dict[str, str]] | None:
+    """The proxy the environment names for ``target`` (HTTP_PROXY / HTTPS_PROXY / ALL_PROXY,
+    minus NO_PROXY) and the headers that authenticate to it, or None. urllib.request is
+    imported only when a proxy variable is set."""
+    if not any(k.lower() in ("http_proxy", "https_proxy", "all_proxy") for k in os.environ):
+        return None
+    import urllib.request
+
+    if urllib.request.proxy_bypass(target.host):
+        return None
+    proxies = urllib.request.getproxies_environment()
+    url = proxies.get(target.scheme) or proxies.get("all")
+    if not url:
+        return None
+    url = url if "://" in url else f"http://{url}"
+    proxy = _target(url)
+    if proxy.scheme != "http":
+        raise ApiUnreachable(f"proxy {url}: only http:// proxies are supported")
+    parts = urlsplit(url)
+    if parts.username is None:
+        return proxy, {}
+    import base64
+
+    pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+    return proxy, {"Proxy-Authorization": "Basic " + base64.b64encode(pair).decode()}
+
+
 class ApiClient:
     """One control plane's API: JSON in and out, errors raised as ApiError / ApiUnreachable."""
 
@@ -62,23 +143,35 @@ class ApiClient:
         self.timeout = timeout
         self.token = token
         self.verify = verify  # True: the system's CAs; a context made from --ca-file
-        self._http: httpx.Client | None = None
+        self._conn: http.client.HTTPConnection | None = None
+        self._answered = 0  # requests answered on the open connection
+        self._via_proxy = False  # plain HTTP through a proxy: absolute URLs, its headers
+        self._proxy_headers: dict[str, str] = {}
 
-    @property
-    def http(self) -> httpx.Client:
-        if self._http is None:
-            import httpx
-
-            headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-            self._http = httpx.Client(
-                base_url=self.base_url, timeout=self.timeout, headers=headers, verify=self.verify
+    def _connection(self, target: _Target, timeout: float) -> http.client.HTTPConnection:
+        if self._conn is not None:
+            return self._conn
+        proxy, auth = _proxy(target) or (None, {})
+        host, port = (proxy.host, proxy.port) if proxy else (target.host, target.port)
+        conn: http.client.HTTPConnection
+        if target.scheme == "https":
+            conn = http.client.HTTPSConnection(
+                host, port, timeout=timeout, context=_tls_context(self.verify)
             )
-        return self._http
+            if proxy:
+                conn.set_tunnel(target.host, target.port, headers=auth)
+            self._proxy_headers = {}
+        else:
+            conn = http.client.HTTPConnection(host, port, timeout=timeout)
+            self._proxy_headers = auth
+        self._conn, self._answered = conn, 0
+        self._via_proxy = bool(proxy) and target.scheme == "http"
+        return conn
 
     def close(self) -> None:
-        if self._http is not None:
-            self._http.close()
-            self._http = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     def request(
         self,
@@ -86,45 +179,92 @@ class ApiClient:
         path: str,
         body: Mapping[str, Any] | None = None,
         timeout: float | None = None,
-    ) -> httpx.Response:
+    ) -> Response:
         """Send one request; raise ApiUnreachable or ApiError, else return the response."""
-        import httpx
-
         url = f"{self.base_url}{path}"
         timeout = timeout or self.timeout
-        try:
-            resp = self.http.request(method, path, json=body, timeout=timeout)
-        except httpx.ConnectError as e:
-            reason = _reason(e)
-            hint = (
-                ""
-                if "TLS" in reason
-                else (". Is the control plane running? Set --api-url or KDSCTL_API_URL.")
-            )
-            raise ApiUnreachable(
-                f"cannot connect to the control plane API at {self.base_url}: {reason}{hint}"
-            ) from None
-        except httpx.TimeoutException:
-            raise ApiUnreachable(
-                f"no answer from {url} within {timeout:g}s (see --timeout)"
-            ) from None
-        except httpx.RemoteProtocolError as e:
-            # What global's sync port (gRPC over HTTP/2) does to an HTTP/1.1 request.
-            raise ApiUnreachable(
-                f"request to {url} failed: {_reason(e).rstrip('.')}."
-                " This looks like global's sync port (--kds-address, default 5685), not an API: the API is on --api-address"
-                " (default port 5681 on global, 5682 on a zone)"
-            ) from None
-        except (httpx.HTTPError, httpx.InvalidURL) as e:
-            raise ApiUnreachable(f"request to {url} failed: {_reason(e)}") from None
+        target = _target(self.base_url)
+        headers = {"Accept": "application/json", "User-Agent": "kdsctl"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        payload = None
+        if body is not None:
+            payload = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        while True:
+            conn = self._connection(target, timeout)
+            reused = self._answered > 0
+            try:
+                resp = self._exchange(conn, target, method, path, payload, headers, timeout)
+                break
+            except ApiUnreachable:
+                self.close()
+                raise
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                self.close()
+                # A kept-alive connection the server has since closed: a GET goes again once
+                # on a new one; a write does not, as the server may have applied it.
+                if reused and method == "GET":
+                    continue
+                raise ApiUnreachable(
+                    f"request to {url} failed: the server closed the connection without an "
+                    f"answer.{_SYNC_PORT_HINT}"
+                ) from None
+            except TimeoutError:
+                self.close()
+                raise ApiUnreachable(
+                    f"no answer from {url} within {timeout:g}s (see --timeout)"
+                ) from None
+            except (http.client.HTTPException, OSError) as e:
+                self.close()
+                raise ApiUnreachable(f"request to {url} failed: {_reason(e)}") from None
         if resp.status_code >= 400:
             raise _api_error(resp)
         return resp
 
+    def _exchange(
+        self,
+        conn: http.client.HTTPConnection,
+        target: _Target,
+        method: str,
+        path: str,
+        payload: bytes | None,
+        headers: Mapping[str, str],
+        timeout: float,
+    ) -> Response:
+        if conn.sock is None:
+            conn.timeout = timeout
+            try:
+                conn.connect()
+            except TimeoutError:
+                raise  # reported as no answer within --timeout
+            except (OSError, http.client.HTTPException) as e:
+                reason = _reason(e)
+                hint = "" if isinstance(e, ssl.SSLError) else _RUNNING_HINT
+                raise ApiUnreachable(
+                    f"cannot connect to the control plane API at {self.base_url}: {reason}{hint}"
+                ) from None
+        else:
+            conn.sock.settimeout(timeout)
+        request_target = target.prefix + path
+        if self._via_proxy:
+            request_target = f"http://{_netloc(target)}{request_target}"
+        conn.request(
+            method, request_target, body=payload, headers={**headers, **self._proxy_headers}
+        )
+        raw = conn.getresponse()
+        content = raw.read()
+        self._answered += 1
+        if raw.will_close:
+            self.close()
+        return Response(
+            method, f"{self.base_url}{path}", raw.status, raw.reason, raw.headers, content
+        )
+
     def get(self, path: str) -> Any:
         return _json(self.request("GET", path))
 
-    def put(self, path: str, body: Mapping[str, Any]) -> httpx.Response:
+    def put(self, path: str, body: Mapping[str, Any]) -> Response:
         return self.request("PUT", path, body)
 
     def post(self, path: str, body: Mapping[str, Any], timeout: float | None = None) -> Any:
@@ -137,43 +277,74 @@ class ApiClient:
 pass_client = click.make_pass_decorator(ApiClient)
 
 
-def _reason(e: Exception) -> str:
-    text = str(e) or type(e).__name__
-    if "Connection refused" in text or "Errno 111" in text:
-        return "connection refused"
-    if "CERTIFICATE_VERIFY_FAILED" in text:
+def _tls_context(verify: ssl.SSLContext | bool) -> ssl.SSLContext:
+    if isinstance(verify, ssl.SSLContext):
+        return verify
+    context = ssl.create_default_context()
+    if not verify:  # no verification at all: only what a caller asks for explicitly
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _netloc(target: _Target) -> str:
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    return f"{host}:{target.port}"
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, ssl.SSLCertVerificationError):
         return (
-            f"its TLS certificate is not trusted ({text.rpartition('certificate verify failed: ')[2].rstrip(')')}); "
+            f"its TLS certificate is not trusted ({e.verify_message}); "
             "give the CA that signed it with --ca-file or KDSCTL_CA_FILE"
         )
-    if "WRONG_VERSION_NUMBER" in text or "record layer failure" in text:
+    text = str(e) or type(e).__name__
+    if isinstance(e, ssl.SSLError) and (
+        "WRONG_VERSION_NUMBER" in text or "record layer failure" in text
+    ):
         return f"TLS handshake failed ({text}): is the API plain HTTP? Then use an http:// URL"
+    if isinstance(e, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(e, socket.gaierror):
+        return f"cannot resolve its host name ({e.strerror})"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    if isinstance(e, OSError) and "Tunnel connection failed" in text:
+        return f"the proxy refused the tunnel ({text})"
     return text
 
 
-def _json(resp: httpx.Response) -> Any:
+def _json(resp: Response) -> Any:
     try:
         return resp.json()
     except ValueError:
         raise ApiUnreachable(
-            f"{resp.request.method} {resp.request.url}: the answer is not JSON "
+            f"{resp.method} {resp.url}: the answer is not JSON "
             f"(HTTP {resp.status_code}); is --api-url a kds control plane?"
         ) from None
 
 
-def _api_error(resp: httpx.Response) -> ApiError:
+def _api_error(resp: Response) -> ApiError:
     try:
         body = resp.json()
     except ValueError:
         body = None
     if not isinstance(body, dict) or "title" not in body:
         return ApiError(resp.status_code, f"HTTP {resp.status_code} {resp.reason_phrase}")
+    # Kuma's invalid_parameters [{field, reason}], else its older causes [{field, message}].
+    params = body.get("invalid_parameters")
+    entries, text = (
+        (params, "reason") if isinstance(params, list) else (body.get("causes"), "message")
+    )
+    # What the server sends is printed on a terminal: escaped and bounded first.
     causes = [
-        (str(c.get("field", "")), str(c.get("message", "")))
-        for c in body.get("causes") or []
+        (safe_text(c.get("field", "")), safe_text(c.get(text, "")))
+        for c in entries or []
         if isinstance(c, dict)
     ]
-    return ApiError(resp.status_code, str(body["title"]), str(body.get("detail", "")), causes)
+    return ApiError(
+        resp.status_code, safe_text(body["title"]), safe_text(body.get("detail", "")), causes
+    )
 
 
 def resource_path(kind: Kind, name: str = "", mesh: str = "") -> str:
@@ -205,8 +376,6 @@ def tls_verify(ca_file: Path | None) -> ssl.SSLContext | bool:
     """What to verify the API's certificate with: the system's CAs (True) or ``ca_file``'s."""
     if ca_file is None:
         return True
-    import ssl
-
     try:
         return ssl.create_default_context(cafile=str(ca_file))
     except (ssl.SSLError, ValueError):

@@ -1,9 +1,12 @@
 """kdsctl's resource commands: apply, and the get and delete commands of each kind.
 
-    kdsctl apply -f secrets.yaml
+    kdsctl apply -f secrets.yaml            (or -f dir/, -f -; -v KEY=VALUE; --dry-run)
     kdsctl get secrets --mesh default
     kdsctl get secret sample-secret -o yaml
     kdsctl delete secret sample-secret --mesh default
+
+Verbs, flags and messages are kumactl's where kumactl has them (``resource type="Secret"
+mesh="default" name="sample" Created``, ``deleted Secret "sample"``, ``Warning: ...``).
 
 The commands here are not in a group: ``kdsctl.cli`` puts ``apply`` under the root and the
 get_* / delete_* commands under its ``get`` and ``delete`` groups. yaml is imported only when
@@ -16,14 +19,12 @@ import json
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any
 
 import click
 
 from kds.errors import InvalidResource
 from kds.model import (
-    LABEL_ORIGIN,
-    LABEL_ZONE,
     SYSTEM_LABELS,
     Kind,
     Limits,
@@ -32,7 +33,8 @@ from kds.model import (
     to_json,
 )
 from kdsctl.client import ApiClient, ApiError, pass_client, resource_path
-from kdsctl.render import fail, print_error, print_resources
+from kdsctl.inputs import Input, parse_vars, read_inputs, render
+from kdsctl.render import fail, print_error, print_resources, safe_text
 
 __all__ = [
     "APPLY_CHUNK_BYTES",
@@ -58,17 +60,17 @@ class _Doc:
     resource: Resource
 
 
-def _load_documents(stream: IO[str]) -> list[_Doc]:
+def _load_documents(item: Input) -> list[_Doc]:
     import yaml
 
     from kds.safe_yaml import AliasRefused, NoAliasLoader
 
-    name = "stdin" if stream.name in ("<stdin>", "-") else stream.name
+    name = item.name
     # libyaml's loader when PyYAML was built with it (the wheels are): ~12x faster on big
     # files. It refuses aliases, which could make a small file expand to gigabytes.
     docs: list[Any] = []
     try:
-        for doc in yaml.load_all(stream, Loader=NoAliasLoader):
+        for doc in yaml.load_all(item.text, Loader=NoAliasLoader):
             docs.append(doc)
     except AliasRefused as e:
         fail(f"{name} document {len(docs) + 1}: {e}")
@@ -93,8 +95,8 @@ def _load_documents(stream: IO[str]) -> list[_Doc]:
         fail(f"{problems} invalid document(s); nothing was applied")
     if stripped:
         click.echo(
-            f"note: {name}: left out the labels {LABEL_ORIGIN} and {LABEL_ZONE} of {stripped} "
-            "resource(s): the control plane sets them",
+            f"note: {name}: left out the labels the control plane sets "
+            f"({', '.join(sorted(SYSTEM_LABELS))}) of {stripped} resource(s)",
             err=True,
         )
     return out
@@ -116,8 +118,8 @@ def _documents(name: str, docs: list[Any]) -> Iterator[tuple[str, Any]]:
 
 
 def _strip_system_labels(doc: Any) -> int:
-    """Drop kuma.io/origin and kuma.io/zone (which `get` shows and the API refuses) so that
-    `get -o yaml` output applies as it is; 1 if the document had any, else 0."""
+    """Drop the labels the control plane computes (which `get` shows), so that `get -o yaml`
+    output applies as it is, even to another control plane; 1 if the document had any."""
     if not isinstance(doc, dict):
         return 0
     holder = doc.get("metadata") if ("apiVersion" in doc or "kind" in doc) else doc
@@ -141,17 +143,35 @@ def _body(res: Resource) -> dict[str, Any]:
     "-f",
     "--file",
     "files",
-    type=click.File("r", encoding="utf-8"),
     multiple=True,
     required=True,
-    metavar="FILE",
-    help="YAML file with one or more documents ('---' separated), or '-' for stdin. "
-    "Universal (type: Secret|GlobalSecret|Mesh) and Kubernetes (apiVersion/kind) forms "
-    "are accepted. Repeatable.",
+    metavar="FILE|DIR|-",
+    help="YAML or JSON file with one or more documents ('---' separated), '-' for stdin, or "
+    "a directory: every .yaml, .yml and .json file in it, in name order (as kumactl). "
+    "Universal (type: Secret|GlobalSecret|Mesh) and Kubernetes (apiVersion/kind) forms are "
+    "accepted. Repeatable.",
+)
+@click.option(
+    "-v",
+    "--var",
+    "variables",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Replace {{ KEY }} in the input by VALUE before it is read (kumactl's variables); "
+    "repeatable, or comma-separated: -v mesh=default,team=a. A variable the input uses but "
+    "no -v gives is an error.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Check every resource and print them as YAML, variables resolved, without applying "
+    "anything (as kumactl; the output holds the input's secret data).",
 )
 @pass_client
-def apply(client: ApiClient, files: tuple[IO[str], ...]) -> None:
-    """Create or update the resources described in FILE.
+def apply(
+    client: ApiClient, files: tuple[str, ...], variables: tuple[str, ...], dry_run: bool
+) -> None:
+    """Create or modify the resources described in FILE.
 
     Every document is checked before anything is sent; an invalid one is reported with its
     document number and field, and nothing is applied. The resources then go to the API's
@@ -159,13 +179,26 @@ def apply(client: ApiClient, files: tuple[IO[str], ...]) -> None:
     nothing), Meshes first. An input under 8 MiB is therefore applied atomically; a larger one
     stops at the first request the API refuses, and says which resources were applied. Each
     request may take up to 5 minutes (or --timeout, if longer).
+
+    Each resource is reported as kumactl reports it, with Unchanged for one already as given:
+
+    \b
+      resource type="Secret" mesh="default" name="sample" Created
     """
+    given = parse_vars(variables)
     docs: list[_Doc] = []
-    for f in files:
-        docs += _load_documents(f)
+    for item in read_inputs(files):
+        docs += _load_documents(render(item, given) if given else item)
     if not docs:
-        fail("no resources found in the input")
+        fail("no resource(s) passed to apply")
     docs.sort(key=lambda d: d.resource.kind is not Kind.MESH)  # stable: meshes first
+    if dry_run:
+        import yaml
+
+        click.echo(
+            "---\n".join(yaml.safe_dump(_body(d.resource), sort_keys=False) for d in docs), nl=False
+        )
+        return
     applied = 0
     for chunk in _chunks(docs, APPLY_CHUNK_BYTES):
         try:
@@ -180,9 +213,19 @@ def apply(client: ApiClient, files: tuple[IO[str], ...]) -> None:
             note = f" ({applied} resources applied before this request)" if applied else ""
             fail(f"{e.title}: {detail}{note}", causes)
         for item in answer.get("items", []):
-            key = f"{item['mesh']}/{item['name']}" if item.get("mesh") else item["name"]
-            click.echo(f"{item['type']} {key} {item['result']}")
+            click.echo(
+                f"resource type={_quoted(item['type'])} mesh={_quoted(item.get('mesh', ''))} "
+                f"name={_quoted(item['name'])} {str(item['result']).capitalize()}"
+            )
+        for warning in answer.get("warnings", []):
+            click.echo(f"Warning: {_where(chunk, safe_text(warning))}", err=True)
         applied += len(chunk)
+
+
+def _quoted(value: object) -> str:
+    """As kumactl's %q shows a string (JSON quoting is the same for printable text), with
+    what the server sent made safe for a terminal first."""
+    return json.dumps(safe_text(value), ensure_ascii=False)
 
 
 APPLY_CHUNK_BYTES = 8 * 1024 * 1024
@@ -238,46 +281,119 @@ _MESH = click.option(
 _NAME = click.argument("name", required=False)
 
 
-def _get(client: ApiClient, kind: Kind, name: str | None, output: str, mesh: str = "") -> None:
-    answer = client.get(resource_path(kind, name or "", mesh))
-    print_resources(kind, answer, output, single=bool(name))
+_SIZE = click.option(
+    "--size",
+    type=click.IntRange(1, 1000),
+    default=None,
+    help="List one page of at most this many items (kumactl's flag); default: every page.",
+)
+_OFFSET = click.option(
+    "--offset",
+    type=click.IntRange(min=0),
+    default=None,
+    help="List from this item on (with --size: one page from there).",
+)
+
+
+def _get(
+    client: ApiClient,
+    kind: Kind,
+    name: str | None,
+    output: str,
+    mesh: str = "",
+    size: int | None = None,
+    offset: int | None = None,
+) -> None:
+    path = resource_path(kind, name or "", mesh)
+    if name:
+        try:
+            answer = client.get(path)
+        except ApiError as e:
+            if e.status != 404:
+                raise
+            where = f" in {mesh} mesh" if kind is Kind.SECRET else ""
+            fail(f"No resources found{where}", e.causes)  # kumactl's words
+        print_resources(kind, answer, output, single=True)
+        return
+    print_resources(kind, _list(client, path, size, offset), output, single=False)
+
+
+def _list(client: ApiClient, path: str, size: int | None, offset: int | None) -> dict[str, Any]:
+    """One page when --size is given, else every page (the API pages by 100 by default),
+    following ``next`` on the same API."""
+    query = {"size": size, "offset": offset}
+    params = "&".join(f"{k}={v}" for k, v in query.items() if v is not None)
+    answer: dict[str, Any] = client.get(f"{path}?{params}" if params else path)
+    if size is not None:
+        return answer
+    items = list(answer.get("items", []))
+    while answer.get("next"):
+        start = len(items) + (offset or 0)
+        answer = client.get(f"{path}?offset={start}&size=1000")
+        if not answer.get("items"):
+            break
+        items += answer["items"]
+    return {"total": answer.get("total", len(items)), "items": items, "next": None}
 
 
 @click.command("meshes")
 @_NAME
 @_OUTPUT
+@_SIZE
+@_OFFSET
 @pass_client
-def get_meshes(client: ApiClient, name: str | None, output: str) -> None:
+def get_meshes(
+    client: ApiClient, name: str | None, output: str, size: int | None, offset: int | None
+) -> None:
     """List meshes, or show the mesh NAME. Alias: mesh."""
-    _get(client, Kind.MESH, name, output)
+    _get(client, Kind.MESH, name, output, "", size, offset)
 
 
 @click.command("secrets")
 @_NAME
 @_MESH
 @_OUTPUT
+@_SIZE
+@_OFFSET
 @pass_client
-def get_secrets(client: ApiClient, name: str | None, mesh: str, output: str) -> None:
+def get_secrets(
+    client: ApiClient,
+    name: str | None,
+    mesh: str,
+    output: str,
+    size: int | None,
+    offset: int | None,
+) -> None:
     """List the secrets of a mesh, or show the secret NAME. Alias: secret."""
-    _get(client, Kind.SECRET, name, output, mesh)
+    _get(client, Kind.SECRET, name, output, mesh, size, offset)
 
 
 @click.command("global-secrets")
 @_NAME
 @_OUTPUT
+@_SIZE
+@_OFFSET
 @pass_client
-def get_global_secrets(client: ApiClient, name: str | None, output: str) -> None:
-    """List global secrets, or show the global secret NAME. Alias: global-secret."""
-    _get(client, Kind.GLOBAL_SECRET, name, output)
+def get_global_secrets(
+    client: ApiClient, name: str | None, output: str, size: int | None, offset: int | None
+) -> None:
+    """List global secrets, or show the global secret NAME. Aliases: global-secret,
+    globalsecrets, globalsecret (kumactl's)."""
+    _get(client, Kind.GLOBAL_SECRET, name, output, "", size, offset)
 
 
 # --------------------------------------------------------------------------- delete
 
 
 def _delete(client: ApiClient, kind: Kind, name: str, mesh: str = "") -> None:
-    client.delete(resource_path(kind, name, mesh))
-    label = f"{kind} {mesh}/{name}" if kind is Kind.SECRET else f"{kind} {name}"
-    click.echo(f"{label} deleted")
+    try:
+        client.delete(resource_path(kind, name, mesh))
+    except ApiError as e:
+        if e.status != 404:
+            raise
+        where = f" in mesh {_quoted(mesh)}" if kind is Kind.SECRET else ""
+        fail(f"there is no {kind} with name {_quoted(name)}{where}", e.causes)  # kumactl's words
+    click.echo(f"deleted {kind} {_quoted(name)}")  # kumactl's words
 
 
 @click.command("mesh")
@@ -303,5 +419,5 @@ def delete_secret(client: ApiClient, name: str, mesh: str) -> None:
 @click.argument("name")
 @pass_client
 def delete_global_secret(client: ApiClient, name: str) -> None:
-    """Delete the global secret NAME."""
+    """Delete the global secret NAME. Aliases: globalsecret (kumactl's), global-secrets."""
     _delete(client, Kind.GLOBAL_SECRET, name)

@@ -17,15 +17,13 @@ import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
+from urllib.parse import quote
 
 import click
 
-from kdsctl.client import ApiClient, pass_client
+from kdsctl.client import ApiClient, Response, pass_client
 from kdsctl.render import dump, fail, format_age, safe_text, table
-
-if TYPE_CHECKING:
-    import httpx
 
 __all__ = ["inspect", "wait"]
 
@@ -43,9 +41,9 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return table(headers, [[safe_text(cell) for cell in row] for row in rows])
 
 
-def _server_now(resp: httpx.Response) -> datetime:
+def _server_now(resp: Response) -> datetime:
     try:
-        return parsedate_to_datetime(resp.headers["Date"]).astimezone(UTC)
+        return parsedate_to_datetime(resp.headers.get("Date", "")).astimezone(UTC)
     except (KeyError, TypeError, ValueError):
         return datetime.now(UTC)
 
@@ -160,6 +158,14 @@ def _fields(pairs: Sequence[tuple[str, str]]) -> str:
     return "\n".join(f"{k + ':':<{width}} {safe_text(v)}" for k, v in pairs)
 
 
+def _sync_mode(mode: object) -> str:
+    if mode == "snapshot":
+        return "snapshot (the zone was sent global's full state)"
+    if mode == "resume":
+        return "resume (the zone was sent the changes since its revision)"
+    return str(mode or "-")
+
+
 def _error_line(z: Mapping[str, Any], now: datetime) -> str:
     last = z.get("lastError")
     if not last:
@@ -174,17 +180,89 @@ def _problem_line(z: Mapping[str, Any], now: datetime) -> str:
     return f"{safe_text(problem['message'])} (since {_since(problem.get('since'), now)})"
 
 
+def _names(names: object, count: object) -> str:
+    shown = [safe_text(n) for n in names] if isinstance(names, list) else []
+    total = count if isinstance(count, int) else len(shown)
+    more = f" (+{total - len(shown)} more)" if total > len(shown) else ""
+    return ", ".join(shown) + more
+
+
+def _event_text(e: Mapping[str, Any]) -> str:
+    """One history event as a line; what the zone sent is escaped by the caller's table."""
+    kind = e.get("type")
+    if kind == "connected":
+        return (
+            f"connected: instance {e.get('instance')}, version {e.get('version')}, {e.get('mode')}"
+        )
+    if kind == "disconnected":
+        return f"disconnected: {e.get('reason')}"
+    if kind == "refused":
+        return f"refused: {e.get('reason')}"
+    if kind == "token-refused":
+        more = f" (and {e['more']} more)" if e.get("more") else ""
+        return f"token refused ({e.get('code')}): {e.get('reason')}{more}"
+    if kind == "conflicts":
+        parts = [f"{e.get('count')} now"]
+        if e.get("startedCount"):
+            parts.append("started " + _names(e.get("started"), e.get("startedCount")))
+        if e.get("endedCount"):
+            parts.append("ended " + _names(e.get("ended"), e.get("endedCount")))
+        return "conflicts: " + "; ".join(parts)
+    return str(kind)
+
+
+def _lag_line(samples: Sequence[Mapping[str, Any]]) -> str:
+    if not samples:
+        return "no samples"
+    worst = max((s["revisions"] for s in samples if isinstance(s.get("revisions"), int)), default=0)
+    seconds = [float(s["seconds"]) for s in samples if isinstance(s.get("seconds"), int | float)]
+    age = f", oldest unacknowledged change {max(seconds):.1f}s old" if seconds else ""
+    return f"at most {worst} revision(s) behind{age} ({len(samples)} samples)"
+
+
+def _print_history(client: ApiClient, name: str, shown: int, now: datetime) -> None:
+    history, _ = _get(client, f"/zones/{quote(name, safe='')}/events?limit={shown}")
+    click.echo()
+    click.echo(f"Lag over the last hour: {_lag_line(history.get('lag') or [])}")
+    events = history.get("events") or []
+    click.echo()
+    if not events:
+        click.echo("Events: none recorded")
+        return
+    click.echo(f"Events (the last {len(events)}, oldest first):")
+    rows = [[f"{_ago(e.get('time'), now)} ago", _event_text(e)] for e in events]
+    click.echo("\n".join("  " + line for line in _table(["WHEN", "WHAT"], rows).splitlines()))
+
+
 @inspect.command("zone")
 @click.argument("name")
 @_OUTPUT
+@click.option(
+    "--events",
+    "shown",
+    type=click.IntRange(0, 1000),
+    default=10,
+    show_default=True,
+    metavar="N",
+    help="Show the zone's last N events (connects, disconnects and why, refusals, conflicts "
+    "starting and ending) and its lag over the last hour; 0 leaves them out. Table only.",
+)
 @pass_client
-def inspect_zone(client: ApiClient, name: str, output: str) -> None:
-    """Show the zone NAME in detail: connection, revisions, per-type counters, conflicts."""
+def inspect_zone(client: ApiClient, name: str, output: str, shown: int) -> None:
+    """Show the zone NAME in detail: connection, revisions, per-type counters, conflicts,
+    its lag over the last hour and its recent events.
+
+    -o json and -o yaml print the API's answer: Kuma's ZoneOverview, with these figures in
+    its kdsSync field (the events are at GET /zones/NAME/events).
+    """
     _need_role(client, "global", "inspect zone")
-    z, now = _get(client, f"/zones/{name}/_overview")
+    answer, now = _get(client, f"/zones/{quote(name, safe='')}/_overview")
     if output != "table":
-        dump(z, output)
+        dump(answer, output)
         return
+    z = answer.get("kdsSync") if isinstance(answer, Mapping) else None
+    if not isinstance(z, Mapping):
+        fail(f"GET /zones/{name}/_overview: the answer has no kdsSync field; is this a kds global?")
     if z["status"] == "Online":
         status = f"Online since {z['connectedAt']} ({_since(z['connectedAt'], now)})"
     else:
@@ -204,6 +282,7 @@ def inspect_zone(client: ApiClient, name: str, output: str) -> None:
             "Revision",
             f"acknowledged {z['ackedRevision']} of {z['globalRevision']} (lag {_lag(z)})",
         ),
+        ("Last sync", _sync_mode(z.get("lastSyncMode"))),
         ("Last message", _since(z.get("lastMessageAt"), now)),
         ("Last update", _since(z.get("lastUpdateAt"), now)),
         ("Connections", str(z.get("connections", 0))),
@@ -234,6 +313,8 @@ def inspect_zone(client: ApiClient, name: str, output: str) -> None:
         click.echo(f"Conflicts ({count}):")
     for c in conflicts:
         click.echo(f"  {safe_text(c)}")
+    if shown:
+        _print_history(client, name, shown, now)
 
 
 @inspect.command("sync")

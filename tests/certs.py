@@ -111,3 +111,44 @@ def ca_without_cert_sign() -> Pair:
 def other_key() -> bytes:
     """A private key that belongs to no test certificate."""
     return _pem(_key())
+
+
+def _der(tag: int, body: bytes) -> bytes:
+    n = len(body)
+    size = bytes([n]) if n < 128 else bytes([0x80 | ((n.bit_length() + 7) // 8)])
+    if n >= 128:
+        size += n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([tag]) + size + body
+
+
+def _der_body(data: bytes, at: int) -> tuple[int, int]:
+    """(start, end) of the body of the DER element at ``at``."""
+    first = data[at + 1]
+    if first < 128:
+        return at + 2, at + 2 + first
+    n = first & 0x7F
+    length = int.from_bytes(data[at + 2 : at + 2 + n], "big")
+    return at + 2 + n, at + 2 + n + length
+
+
+@cache
+def serial_zero_ca() -> Pair:
+    """A CA whose serial number is 0, as Kuma's builtin CAs are (RFC 5280 wants a positive
+    one, so cryptography's builder refuses it: the TBS certificate is edited and signed
+    again)."""
+    key = _key()
+    cert = x509.load_pem_x509_certificate(_cert("kuma-ca", key, None, ca=True, cert_sign=True))
+    tbs = cert.tbs_certificate_bytes
+    start, end = _der_body(tbs, 0)
+    version_end = _der_body(tbs, start)[1]  # [0] EXPLICIT version
+    serial_end = _der_body(tbs, version_end)[1]
+    body = tbs[start:version_end] + _der(0x02, b"\x00") + tbs[serial_end:end]
+    new_tbs = _der(0x30, body)
+    signature = key.sign(new_tbs, ec.ECDSA(hashes.SHA256()))
+    ecdsa_sha256 = _der(0x30, _der(0x06, bytes.fromhex("2a8648ce3d040302")))
+    der = _der(0x30, new_tbs + ecdsa_sha256 + _der(0x03, b"\x00" + signature))
+    pem = b"-----BEGIN CERTIFICATE-----\n"
+    b64 = base64.b64encode(der)
+    pem += b"\n".join(b64[i : i + 64] for i in range(0, len(b64), 64))
+    pem += b"\n-----END CERTIFICATE-----\n"
+    return Pair(pem, _pem(key))

@@ -24,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from kds.clock import rfc3339
+from kds.logging import lost_log_lines
 from kds.model import Kind
 from kds.store import ZoneStore
 from zonecp.client import ZoneClient, ZoneSyncStatus
@@ -104,6 +105,10 @@ class _ZoneCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         st = self.status
+        yield CounterMetricFamily(
+            "kds_log_lines_lost", "Log lines dropped because stderr could not take them.",
+            lost_log_lines(),
+        )  # fmt: skip
         yield GaugeMetricFamily(
             "kds_zone_connected", "1 while the sync stream to global is up.", int(st.connected)
         )

@@ -7,8 +7,9 @@ Routes::
     GET|PUT|DELETE     /meshes/{name}
     GET                /meshes/{mesh}/secrets            list (404 when the mesh does not exist)
     GET|PUT|DELETE     /meshes/{mesh}/secrets/{name}
-    GET                /global-secrets                   list
-    GET|PUT|DELETE     /global-secrets/{name}
+    GET                /secrets                          list: every mesh's secrets
+    GET                /globalsecrets                    list (Kuma's path; /global-secrets too)
+    GET|PUT|DELETE     /globalsecrets/{name}
     POST               /_apply                           many resources in one transaction
     GET                /openapi.yaml, /openapi.json      the API description (kds/openapi.yaml)
 
@@ -69,12 +70,16 @@ def build_app(ctx: ApiContext, extra_routes: list[web.RouteDef] | None = None) -
         web.get("/openapi.json", _openapi_json),
         web.post("/_apply", apply_handler),
     ]
-    paths = {
-        Kind.MESH: ("/meshes", "/meshes/{name}"),
-        Kind.SECRET: ("/meshes/{mesh}/secrets", "/meshes/{mesh}/secrets/{name}"),
-        Kind.GLOBAL_SECRET: ("/global-secrets", "/global-secrets/{name}"),
-    }
-    for kind, (collection, item) in paths.items():
+    paths = [
+        (Kind.MESH, "/meshes", "/meshes/{name}"),
+        (Kind.SECRET, "/meshes/{mesh}/secrets", "/meshes/{mesh}/secrets/{name}"),
+        # Kuma's path for global secrets is /globalsecrets (kumactl's); /global-secrets is
+        # its alternative path, and was this API's first.
+        (Kind.GLOBAL_SECRET, "/globalsecrets", "/globalsecrets/{name}"),
+        (Kind.GLOBAL_SECRET, "/global-secrets", "/global-secrets/{name}"),
+    ]
+    routes.append(web.get("/secrets", list_handler(Kind.SECRET, all_meshes=True)))
+    for kind, collection, item in paths:
         routes += [
             web.get(collection, list_handler(kind)),
             web.get(item, get_handler(kind)),

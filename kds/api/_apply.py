@@ -2,6 +2,8 @@
 
 Either every item is written or none; a problem is reported against ``items[i]`` and the
 field, named as the item's own form names it (``metadata.name`` for a Kubernetes item).
+Items may carry the labels the control plane computes, as a PUT may (kds.api._labels); the
+answer's ``warnings`` says what a write did that its author may not expect, as a PUT's does.
 """
 
 from __future__ import annotations
@@ -14,7 +16,13 @@ from aiohttp import web
 from kds.api._body import read_json
 from kds.api._context import API_CONTEXT, size_violation
 from kds.api._errors import HttpError
-from kds.api._resources import log_written, own_origin
+from kds.api._labels import take_computed_labels
+from kds.api._resources import (
+    log_written,
+    new_mesh_name_problems,
+    own_origin,
+    write_warnings,
+)
 from kds.errors import (
     Conflict,
     FieldViolation,
@@ -53,15 +61,25 @@ async def apply_handler(request: web.Request) -> web.Response:
     parsed: list[tuple[int, Resource]] = []
     seen: dict[Key, int] = {}
     k8s = {i for i, it in enumerate(items) if isinstance(it, Mapping) and "apiVersion" in it}
+    warnings: list[str] = []
     for i, item in enumerate(items):
+        doc, label_errs = take_computed_labels(ctx, item)
         try:
-            res = from_document(item, ctx.limits)
+            res = from_document(doc, ctx.limits)
         except InvalidResource as e:
+            label_errs += e.errors
+        else:
+            label_errs += [
+                FieldViolation(_item_field(v.field, i in k8s), v.message)
+                for v in await new_mesh_name_problems(ctx, res)
+            ]
+        if label_errs:
             errs += [
                 FieldViolation(f"items[{i}].{c.field}" if c.field else f"items[{i}]", c.message)
-                for c in e.errors
+                for c in label_errs
             ]
             continue
+        warnings += write_warnings(item, res, f"items[{i}]: ")
         too_big = size_violation(ctx, res, now, f"items[{i}].")
         if too_big:
             errs.append(too_big)
@@ -117,7 +135,7 @@ async def apply_handler(request: web.Request) -> web.Response:
             log_written(result, origin)
         out.append({"type": str(res.kind), "mesh": res.mesh, "name": res.name, "result": outcome})
     log.info("resources applied", total=len(out), origin=origin, **counts)
-    return web.json_response({"items": out})
+    return web.json_response({"items": out, "warnings": warnings} if warnings else {"items": out})
 
 
 def _item_field(f: str, kubernetes: bool) -> str:

@@ -1,6 +1,10 @@
 """How the API answers what goes wrong, and who may ask: the error and auth middlewares.
 
-Every error is ``{"title", "status", "detail", "causes": [{field, message}]}``. Handlers raise
+Every error is Kuma's error body: ``{"type": "/std-errors", "status", "title", "detail",
+"instance", "invalid_parameters": [{field, reason}], "details", "causes": [{field,
+message}]}``; ``details`` and ``causes`` repeat ``detail`` and ``invalid_parameters`` under
+the names older Kuma clients read, and ``instance`` is an id for this answer that a 500 also
+logs, so a user's report can be matched with the log line. Handlers raise
 HttpError, or a KdsError the error middleware maps to its status (InvalidResource 400,
 NotFound 404, Conflict 409, StoreDamaged 500 naming the damaged key, StoreFull 507);
 anything else is a 500 logged by type and stack, never by its message or local variables
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import sqlite3
 import traceback
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import structlog
@@ -53,22 +58,27 @@ class HttpError(KdsError):
         self.headers = dict(headers or {})
 
 
-def _error_response(e: HttpError) -> web.Response:
+def _error_response(e: HttpError, instance: str = "") -> web.Response:
     body = {
-        "title": e.title,
+        "type": "/std-errors",
         "status": e.status,
+        "title": e.title,
         "detail": e.detail,
+        "instance": instance or uuid.uuid4().hex,
+        "invalid_parameters": [{"field": c.field, "reason": c.message} for c in e.causes],
+        "details": e.detail,
         "causes": [{"field": c.field, "message": c.message} for c in e.causes],
     }
     return web.json_response(body, status=e.status, headers=e.headers)
 
 
-def _log_unexpected(request: web.Request, exc: BaseException) -> None:
+def _log_unexpected(request: web.Request, exc: BaseException, instance: str) -> None:
     # No exc_info: a renderer that shows locals could print a request body. The message is
     # kept only for exception types whose messages are ours or the system's, never data.
     safe_message = isinstance(exc, (KdsError, OSError, sqlite3.Error))
     log.error(
         "unhandled error in API handler",
+        instance=instance,
         method=request.method,
         path=request.path,
         error_type=type(exc).__name__,
@@ -109,13 +119,15 @@ async def error_middleware(
         }.get(e.status, e.reason)
         return _error_response(HttpError(e.status, e.reason, detail, headers=headers))
     except Exception as e:
-        _log_unexpected(request, e)
+        instance = uuid.uuid4().hex
+        _log_unexpected(request, e, instance)
         return _error_response(
             HttpError(
                 500,
                 "Internal server error",
-                "the control plane failed to handle the request; see its log",
-            )
+                f"the control plane failed to handle the request; see its log (instance={instance})",
+            ),
+            instance,
         )
 
 

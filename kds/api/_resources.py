@@ -1,14 +1,18 @@
 """The resource routes: list, get, put and delete of Meshes, Secrets and GlobalSecrets.
 
-A resource body is the Universal form (kds.model.to_json); responses add the system labels
-``kuma.io/origin`` (and ``kuma.io/zone`` for zone-local rows), which are never stored and
-never accepted in a PUT. A read with the read-only token gets resources without their data.
-Each write logs one line naming the resource, never its data.
+Kuma's conventions: a resource body is the Universal form (kds.model.to_json), and answers
+add the labels the control plane computes (kds.api._labels), which are never stored. A
+write answers ``{}`` (201 created, 200 updated), or ``{"warnings": [...]}``: never the
+resource, so a write does not echo secret data back. ``GET ...?format=k8s`` answers the
+Kubernetes form (of each item, on a list). Lists page by ``offset`` and ``size`` (100 by
+default, at most 1000) and select with ``name`` (a part of the name) and
+``filter[labels.KEY]=VALUE``. A Secret path in a mesh that does not exist is 404. A read with the read-only token gets resources
+without their data. Each write logs one line naming the resource, never its data.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import structlog
@@ -17,37 +21,56 @@ from aiohttp import web
 from kds.api._body import int_param, read_json
 from kds.api._context import API_CONTEXT, READ_ONLY_KEY, RESULT_HEADER, ApiContext, size_violation
 from kds.api._errors import HttpError
+from kds.api._labels import computed_labels, take_computed_labels
 from kds.errors import FieldViolation, InvalidResource, NotFound
-from kds.model import LABEL_ORIGIN, LABEL_ZONE, Key, Kind, from_json_body, to_json
+from kds.model import (
+    Key,
+    Kind,
+    Resource,
+    from_json_body,
+    stays_on_global,
+    to_json,
+    to_kubernetes,
+    validate_mesh_name,
+)
+from kds.mtls import CONF_ALIAS
 from kds.store import ORIGIN_GLOBAL, ORIGIN_ZONE, Row, WriteResult
 from kds.store.results import Origin
 
 __all__ = [
+    "DEFAULT_PAGE_SIZE",
+    "MAX_PAGE_SIZE",
     "Handler",
     "delete_handler",
     "get_handler",
     "list_handler",
     "log_written",
+    "new_mesh_name_problems",
     "own_origin",
     "put_handler",
+    "write_warnings",
 ]
 
 log = structlog.get_logger("kds.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-
-def _system_labels(ctx: ApiContext, row: Row) -> dict[str, str]:
-    if row.origin == ORIGIN_ZONE:
-        labels = {LABEL_ORIGIN: "zone"}
-        if ctx.zone:
-            labels[LABEL_ZONE] = ctx.zone
-        return labels
-    return {LABEL_ORIGIN: "global"}
+# Kuma's list paging: 100 items when ``size`` is not given, at most 1000.
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+_FILTER_PREFIX = "filter["
+_LABEL_FILTER_PREFIX = "filter[labels."
 
 
-def _render(ctx: ApiContext, row: Row, request: web.Request) -> dict[str, Any]:
-    body = to_json(row.resource, _system_labels(ctx, row))
+def _render(ctx: ApiContext, row: Row, request: web.Request, k8s: bool = False) -> dict[str, Any]:
+    labels = computed_labels(ctx, row.resource, row.origin)
+    if k8s:
+        body = to_kubernetes(row.resource)
+        body["metadata"]["labels"].update(labels)
+        if request.get(READ_ONLY_KEY):
+            body.pop("data", None)
+        return body
+    body = to_json(row.resource, labels)
     if request.get(READ_ONLY_KEY):
         body.pop("data", None)  # the read-only token never sees secret data
     return body
@@ -60,7 +83,16 @@ def _key(kind: Kind, request: web.Request) -> Key:
 
 async def _require_mesh(ctx: ApiContext, mesh: str) -> None:
     if await ctx.store.get(Key(Kind.MESH, "", mesh)) is None:
-        raise NotFound(f"mesh {mesh!r} does not exist")
+        raise _mesh_not_found(mesh)
+
+
+def _mesh_not_found(mesh: str) -> HttpError:
+    return HttpError(
+        404,
+        "Not found",
+        f"mesh {mesh!r} does not exist",
+        [FieldViolation("mesh", f"mesh {mesh!r} does not exist")],
+    )
 
 
 def own_origin(ctx: ApiContext) -> Origin:
@@ -68,24 +100,86 @@ def own_origin(ctx: ApiContext) -> Origin:
     return ORIGIN_ZONE if ctx.role == "zone" else ORIGIN_GLOBAL
 
 
-def list_handler(kind: Kind) -> Handler:
+def _k8s_format(request: web.Request) -> bool:
+    fmt = request.query.get("format", "")
+    if fmt in ("", "universal"):
+        return False
+    if fmt in ("k8s", "kubernetes"):
+        return True
+    raise HttpError(
+        400,
+        "Bad request",
+        "invalid query parameter 'format'",
+        [FieldViolation("format", "must be one of: k8s, kubernetes, universal")],
+    )
+
+
+def _label_filters(request: web.Request) -> dict[str, str]:
+    """``filter[labels.KEY]=VALUE`` parameters (Kuma's: exact match, the last value given)."""
+    filters: dict[str, str] = {}
+    errs = []
+    for name in request.query:
+        if not name.startswith(_FILTER_PREFIX):
+            continue
+        if not name.startswith(_LABEL_FILTER_PREFIX) or not name.endswith("]"):
+            errs.append(
+                FieldViolation(name, "only filter[labels.KEY]=VALUE is supported (exact match)")
+            )
+            continue
+        filters[name[len(_LABEL_FILTER_PREFIX) : -1]] = request.query.getall(name)[-1]
+    if errs:
+        raise HttpError(400, "Bad request", "invalid filter", errs)
+    return filters
+
+
+def _selected(ctx: ApiContext, row: Row, name_part: str, filters: Mapping[str, str]) -> bool:
+    """Whether ``row`` is selected by the list's ``name`` and label filters, on the labels
+    its answer shows (computed ones included)."""
+    res = row.resource
+    if name_part not in res.name:
+        return False
+    if not filters:
+        return True
+    labels = {**res.labels, **computed_labels(ctx, res, row.origin)}
+    return all(labels.get(k) == v for k, v in filters.items())
+
+
+def list_handler(kind: Kind, all_meshes: bool = False) -> Handler:
+    """A list; for Secrets, of one mesh, or of every mesh with ``all_meshes`` (``/secrets``)."""
+
     async def handler(request: web.Request) -> web.Response:
         ctx = request.app[API_CONTEXT]
         offset = int_param(request, "offset", 0, minimum=0) or 0
-        size = int_param(request, "size", None, minimum=1)
+        size = int_param(request, "size", DEFAULT_PAGE_SIZE, minimum=1) or DEFAULT_PAGE_SIZE
+        if size > MAX_PAGE_SIZE:
+            raise HttpError(
+                400,
+                "Bad request",
+                "invalid page size",
+                [FieldViolation("size", f"must be at most {MAX_PAGE_SIZE} (got {size})")],
+            )
+        name_part = request.query.get("name", "")
+        filters = _label_filters(request)
+        k8s = _k8s_format(request)
         mesh: str | None = None
-        if kind is Kind.SECRET:
+        if kind is Kind.SECRET and not all_meshes:
             mesh = request.match_info["mesh"]
             await _require_mesh(ctx, mesh)
-        total, page = await ctx.store.page(kind, mesh, offset, size)
+        if name_part or filters:
+            # Selection is on what the answer shows (computed labels included), so it reads
+            # the kind's rows and pages what it selects.
+            rows = await ctx.store.list_rows(kind, mesh)
+            selected = [r for r in rows if _selected(ctx, r, name_part, filters)]
+            total, page = len(selected), selected[offset : offset + size]
+        else:
+            total, page = await ctx.store.page(kind, mesh, offset, size)
+        items = [_render(ctx, r, request, k8s) for r in page]
         next_url = None
-        if size is not None and offset + size < total:
+        if offset + size < total:
             next_url = str(
                 request.url.update_query({"offset": str(offset + size), "size": str(size)})
             )
-        return web.json_response(
-            {"total": total, "items": [_render(ctx, r, request) for r in page], "next": next_url}
-        )
+        return web.json_response({"total": total, "items": items, "next": next_url})
 
     return handler
 
@@ -94,25 +188,64 @@ def get_handler(kind: Kind) -> Handler:
     async def handler(request: web.Request) -> web.Response:
         ctx = request.app[API_CONTEXT]
         key = _key(kind, request)
+        k8s = _k8s_format(request)
         if kind is Kind.SECRET:
             await _require_mesh(ctx, key.mesh)
         row = await ctx.store.get(key)
         if row is None:
             raise NotFound(f"{key} not found")
-        return web.json_response(_render(ctx, row, request))
+        return web.json_response(_render(ctx, row, request, k8s))
 
     return handler
+
+
+async def new_mesh_name_problems(ctx: ApiContext, res: Resource) -> list[FieldViolation]:
+    """Kuma's RFC 1035 rule for the name of a Mesh this write would create; a Mesh created
+    under the older rule can still be changed."""
+    if res.kind is not Kind.MESH or await ctx.store.get(res.key) is not None:
+        return []
+    return validate_mesh_name(res.name)
+
+
+def write_warnings(body: object, resource: Resource, prefix: str = "") -> list[str]:
+    """What a write did that its author may not expect, said in its answer (Kuma's
+    ``warnings``)."""
+    warnings = []
+    if resource.kind is Kind.MESH and isinstance(body, Mapping):
+        spec = body.get("spec") if "apiVersion" in body else body
+        mtls = spec.get("mtls") if isinstance(spec, Mapping) else None
+        backends = mtls.get("backends") if isinstance(mtls, Mapping) else None
+        for i, b in enumerate(backends if isinstance(backends, list) else []):
+            if isinstance(b, Mapping) and CONF_ALIAS in b:
+                warnings.append(
+                    f"{prefix}mtls.backends[{i}].{CONF_ALIAS} is stored and returned as conf, "
+                    "Kuma's name for it"
+                )
+    if stays_on_global(resource.key):
+        warnings.append(
+            f"{prefix}{resource.key} stays on global and is not synced to zones: Kuma keeps its "
+            "system global secrets (admin token, internal CAs, token signing keys) on global"
+        )
+    return warnings
 
 
 def put_handler(kind: Kind) -> Handler:
     async def handler(request: web.Request) -> web.Response:
         ctx = request.app[API_CONTEXT]
         key = _key(kind, request)
+        if kind is Kind.SECRET:
+            await _require_mesh(ctx, key.mesh)
         body = await read_json(request)
+        doc, label_errs = take_computed_labels(ctx, body)
         try:
-            res = from_json_body(body, kind, key.name, key.mesh, ctx.limits)
+            res = from_json_body(doc, kind, key.name, key.mesh, ctx.limits)
         except InvalidResource as e:
-            raise HttpError(400, "Invalid resource", f"{key} is invalid", e.errors) from None
+            raise HttpError(
+                400, "Invalid resource", f"{key} is invalid", label_errs + e.errors
+            ) from None
+        label_errs += await new_mesh_name_problems(ctx, res)
+        if label_errs:
+            raise HttpError(400, "Invalid resource", f"{key} is invalid", label_errs)
         now = ctx.now()
         too_big = size_violation(ctx, res, now)
         if too_big:
@@ -125,14 +258,7 @@ def put_handler(kind: Kind) -> Handler:
         except NotFound as e:
             if kind is not Kind.SECRET:
                 raise
-            raise HttpError(
-                400,
-                "Invalid resource",
-                f"{key} is invalid",
-                [FieldViolation("mesh", f"mesh {key.mesh!r} does not exist")],
-            ) from e
-        stored = result.resource
-        assert stored is not None
+            raise _mesh_not_found(key.mesh) from e  # deleted since the check above
         origin = own_origin(ctx)
         if result.changed:
             log_written(result, origin)
@@ -141,8 +267,9 @@ def put_handler(kind: Kind) -> Handler:
         else:
             log.debug("resource unchanged", type=str(kind), mesh=key.mesh, name=key.name)
         outcome = "created" if created else "updated" if result.changed else "unchanged"
+        warnings = write_warnings(body, res)
         return web.json_response(
-            _render(ctx, Row(stored, origin), request),
+            {"warnings": warnings} if warnings else {},
             status=201 if created else 200,
             headers={RESULT_HEADER: outcome},
         )

@@ -24,6 +24,7 @@ from kds.store.results import (
     SyncState,
     WriteResult,
     ZoneApplyResult,
+    ZoneEvent,
 )
 from kds.store.sqlite import (
     DEFAULT_LOG_SIZE,
@@ -49,6 +50,7 @@ __all__ = [
     "SyncState",
     "WriteResult",
     "ZoneApplyResult",
+    "ZoneEvent",
     "ZoneStore",
     "open_global_store",
     "open_zone_store",

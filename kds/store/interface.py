@@ -38,6 +38,7 @@ from kds.store.results import (
     SyncState,
     WriteResult,
     ZoneApplyResult,
+    ZoneEvent,
 )
 
 if TYPE_CHECKING:
@@ -135,6 +136,19 @@ class GlobalStore(ResourceStore, Protocol):
     # Zone status, saved by globalcp.zones (JSON text by zone name).
     async def zone_statuses(self) -> dict[str, str]: ...
     async def save_zone_statuses(self, statuses: dict[str, str]) -> None: ...
+
+    # Zone status history, written by globalcp.history.
+    async def add_zone_events(self, events: Sequence[ZoneEvent], keep: int) -> None:
+        """Append ``events`` in one transaction, then keep only the newest ``keep`` of each
+        (zone, kind) they added to (newest: last added)."""
+        ...
+
+    async def zone_events(
+        self, zone: str, kind: str, since: float = 0.0, limit: int = 1000
+    ) -> list[ZoneEvent]:
+        """The newest ``limit`` events of ``zone`` and ``kind`` whose time is at least
+        ``since``, oldest first (in the order they were added)."""
+        ...
 
     # Global's own secrets (CA key, token signing keys): never synced, never served.
     async def internal_secrets(self, prefix: str = "") -> dict[str, bytes]: ...

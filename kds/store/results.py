@@ -27,6 +27,7 @@ __all__ = [
     "SyncState",
     "WriteResult",
     "ZoneApplyResult",
+    "ZoneEvent",
     "sort_records",
 ]
 
@@ -77,6 +78,18 @@ class SyncLeaves:
 
     revision: int  # global: its head; a zone: its applied revision
     leaves: list[tuple[Key, bytes]]
+
+
+@dataclass(frozen=True)
+class ZoneEvent:
+    """One entry of a zone's status history on global (globalcp.history): ``kind`` says
+    which series it belongs to (each is bounded on its own), ``time`` is wall-clock seconds
+    and ``data`` JSON text, bounded by its writer."""
+
+    zone: str
+    kind: str
+    time: float
+    data: str
 
 
 @dataclass(frozen=True)

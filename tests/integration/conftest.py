@@ -141,6 +141,10 @@ class Daemon:
     def put(self, path: str, body: dict[str, Any]) -> httpx.Response:
         return self.http.put(path, json=body)
 
+    def zone_sync(self, zone: str) -> dict[str, Any]:
+        """Global's own figures for ``zone``: the kdsSync field of its ZoneOverview."""
+        return self.get_json(f"/zones/{zone}/_overview")["kdsSync"]  # type: ignore[no-any-return]
+
     def get_json(self, path: str) -> Any:
         """The JSON body of a 200; None for a 404 (absent). Any other status fails the test
         with the status and the error body (errors never carry secret data), so an "absent"

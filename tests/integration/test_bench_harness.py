@@ -37,12 +37,16 @@ def test_quick_harness_run_writes_results_for_every_scenario(tmp_path: Path) -> 
     res = json.loads((tmp_path / "benchmarks.json").read_text())
     assert {p["kds"]["zones"] for p in res["propagation"]} == set(res["plan"]["prop_zones"])
     for row in res["propagation"]:
-        for side in ("kds", "etcd"):
+        # kds over TLS with zone tokens (as in production), kds in plaintext, etcd.
+        assert row["kds"]["tls"] is True and row["kds_plain"]["tls"] is False
+        for side in ("kds", "kds_plain", "etcd"):
             assert row[side]["writes"] == res["plan"]["writes"]
             assert row[side]["p50_ms"] <= row[side]["p99_ms"] <= row[side]["max_ms"]
     for row in res["bulk"]:
-        for side in ("kds", "etcd"):
+        assert row["kds"]["tls"] is True and row["kds_plain"]["tls"] is False
+        for side in ("kds", "kds_plain", "etcd"):
             assert row[side]["secrets"] == res["plan"]["bulk_n"] and row[side]["per_s"] > 0
+        assert row["kds"]["kdsctl_cpu_s"] > 0 and row["kds"]["global_cpu_s"] > 0
     resume = res["resume"]
     assert resume["changed"] == res["plan"]["resume_total"] // 100
     assert resume["wire_bytes_to_zone"] > 0 and resume["changed_resource_bytes"] > 0
@@ -68,3 +72,4 @@ def test_quick_harness_run_writes_results_for_every_scenario(tmp_path: Path) -> 
         assert heading in md
     assert "shared 2-core machine" in md
     assert (tmp_path / "benchmarks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| kds plaintext p99 |" in md and "kdsctl CPU s" in md

@@ -66,6 +66,18 @@ def test_digest_cost_benchmark_runs() -> None:
     assert "| start-up check of 500 rows |" in r.stdout, r.stdout
 
 
+def test_kdsctl_calls_benchmark_runs() -> None:
+    """bench/kdsctl_calls.py starts a global, times kdsctl calls against it and prints medians."""
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "kdsctl_calls.py"), "--calls", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "| kdsctl get secrets |" in r.stdout and "| kdsctl --version |" in r.stdout, r.stdout
+
+
 def test_anti_entropy_benchmark_runs() -> None:
     """bench/anti_entropy.py checks an equal store, then finds and repairs one damaged
     secret (exit 0 only if the repair left the stores equal), and prints the table."""

@@ -73,7 +73,7 @@ def _metric(g: Daemon, line_start: str) -> float:
 def test_hostile_hellos_are_refused_bounded_and_never_reach_a_zone(cluster: Cluster) -> None:
     g = cluster.start_global()
     cluster.start_zone("zone-1")
-    before = g.get_json("/zones/zone-1/_overview")
+    before = g.zone_sync("zone-1")
     size = _log_size(g)
 
     async def hostile(open_stream: Any) -> list[tuple[grpc.StatusCode, str]]:
@@ -103,7 +103,7 @@ def test_hostile_hellos_are_refused_bounded_and_never_reach_a_zone(cluster: Clus
     grown = _log_size(g) - size
     assert grown < 16_384, grown
     assert len(g.events("zone refused: bad token", zone="zone-1")) == 1  # 5 refusals, one line
-    after = g.get_json("/zones/zone-1/_overview")
+    after = g.zone_sync("zone-1")
     assert after["totalErrors"] == before["totalErrors"]
     assert after["lastError"] == before["lastError"]
     assert after["status"] == "Online"
@@ -138,7 +138,7 @@ def test_an_authenticated_zone_cannot_flood_global(cluster: Cluster) -> None:
         )
         await asyncio.to_thread(
             wait_for,
-            lambda: g.get_json("/zones/zone-raw/_overview")["conflictCount"] == 30_000,
+            lambda: g.zone_sync("zone-raw")["conflictCount"] == 30_000,
             10,
             "30,000 conflicts counted",
         )
@@ -168,7 +168,7 @@ def test_an_authenticated_zone_cannot_flood_global(cluster: Cluster) -> None:
 
     size = _log_size(g)
     out = _with_channel(cluster, flood)
-    z = g.get_json("/zones/zone-raw/_overview")
+    z = g.zone_sync("zone-raw")
     assert len(z["conflicts"]) == 100 and z["conflicts"][0] == "Secret:default/conflict-0"
     code, details = out["flood"]
     assert code is grpc.StatusCode.FAILED_PRECONDITION

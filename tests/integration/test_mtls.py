@@ -95,18 +95,18 @@ def test_seed_example_and_builtin_ca_reach_two_zones(cluster: Cluster) -> None:
         "-",
         input=SEED_UNIVERSAL + "---\n" + _secrets_yaml("default", "my-cert", "my-key", ca),
     ).stdout
-    assert "Mesh default updated" in out
+    assert 'resource type="Mesh" mesh="" name="default" Updated' in out
     out = cluster.kdsctl("apply", "-f", "-", input=SEED_KUBERNETES).stdout
-    assert out.strip() == "Mesh default unchanged"
+    assert out.strip() == 'resource type="Mesh" mesh="" name="default" Unchanged'
     out = cluster.kdsctl("apply", "-f", "-", input=BUILTIN).stdout
-    assert "Secret payments/payments.ca-builtin-key-ca-1 created" in out
+    assert 'mesh="payments" name="payments.ca-builtin-key-ca-1" Created' in out
     key_data = g.secret("payments", "payments.ca-builtin-key-ca-1")["data"]
     for z in zones:
         wait_for(
             lambda z=z: z.secret("payments", "payments.ca-builtin-key-ca-1"), what=f"CA on {z.name}"
         )
         assert z.secret("payments", "payments.ca-builtin-key-ca-1")["data"] == key_data
-        assert z.get_json("/meshes/default")["mtls"]["backends"][0]["config"]["cert"] == {
+        assert z.get_json("/meshes/default")["mtls"]["backends"][0]["conf"]["cert"] == {
             "secret": "my-cert"
         }
         assert z.secret("default", "my-key")["data"] == ca.key_b64
@@ -125,7 +125,7 @@ def test_seed_example_and_builtin_ca_reach_two_zones(cluster: Cluster) -> None:
         check=False,
     )
     assert r.returncode == 1  # replacing the CA with a leaf certificate is refused
-    assert "mtls.backends[0].config.cert.secret" in r.stderr
+    assert "mtls.backends[0].conf.cert.secret" in r.stderr
 
     cluster.kdsctl("delete", "mesh", "payments")
     for z in zones:
@@ -154,7 +154,7 @@ def _violations(db: Path) -> list[str]:
     for name, spec in meshes.items():
         for b in (spec.get("mtls") or {}).get("backends") or []:
             if b["type"] == "provided":
-                refs = [b["config"]["cert"]["secret"], b["config"]["key"]["secret"]]
+                refs = [b["conf"]["cert"]["secret"], b["conf"]["key"]["secret"]]
             else:
                 refs = [f"{name}.ca-builtin-cert-{b['name']}", f"{name}.ca-builtin-key-{b['name']}"]
             bad += [f"mesh {name} lacks {r}" for r in refs if (name, r) not in secrets]

@@ -87,7 +87,7 @@ def test_revoking_a_token_ends_its_live_stream(cluster: Cluster) -> None:
     assert "PERMISSION_DENIED" in e["error"] and "revoked" in e["error"]
     _refusal(z, "has been revoked")  # and every new attempt is refused
     wait_for(lambda: g.get_json("/zones/zone-1")["status"] == "Offline", what="zone-1 Offline")
-    assert "revoked" in g.get_json("/zones/zone-1/_overview")["lastError"]["message"]
+    assert "revoked" in g.zone_sync("zone-1")["lastError"]["message"]
     listed = cluster.kdsctl("get", "zone-tokens").stdout
     assert token_id in listed and "zone-1" in listed
     g.put("/global-secrets/after", {"type": "GlobalSecret", "name": "after", "data": b64("x")})
@@ -350,8 +350,8 @@ def test_no_secret_value_leaks_and_encrypted_stores_hold_no_plaintext(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     """Unique markers written through every path never show in a log, an API answer other
-    than the secret's own GET, status, metrics, the status page or kdsctl output; with
-    --encryption-key-file no store file holds them."""
+    than the secret's own GET, status (history, resources and latency too), metrics, the
+    status page or kdsctl output; with --encryption-key-file no store file holds them."""
     keys = tmp_path / "keys"
     keys.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
     keys.chmod(0o600)
@@ -391,8 +391,19 @@ def test_no_secret_value_leaks_and_encrypted_stores_hold_no_plaintext(
     cluster.kdsctl("wait", "synced", "--timeout", "20s")
 
     ro = {"Authorization": f"Bearer {g.read_only_token}"}
-    for path in ("/zones", "/zones/_overview", "/zones/zone-1/_overview", "/metrics", "/gui"):
-        outputs.append(g.http.get(path).text)
+    for path in (
+        "/zones",
+        "/zones/_overview",
+        "/zones/zone-1/_overview",
+        "/zones/zone-1/events",
+        "/zones/_resources",
+        "/zones/_propagation",
+        "/metrics",
+        "/gui",
+    ):
+        r = g.http.get(path)
+        assert r.status_code == 200, (path, r.text)
+        outputs.append(r.text)
     outputs.append(httpx.get(f"{g.api_url}/meshes/default/secrets", headers=ro).text)
     for path in ("/status", "/metrics"):
         outputs.append(z.http.get(path).text)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import signal
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import BIN, Cluster, Daemon, b64, wait_for
+from tests.integration.conftest import BIN, Cluster, Daemon, b64, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -151,7 +152,7 @@ def test_sighup_reloads_global_without_dropping_the_zone(cluster: Cluster) -> No
     config.write_text("log-level: info\nheartbeat-interval: 2s\n")
     g = _global_with_config(cluster, config)
     cluster.start_zone("zone-a")
-    before = g.get_json("/zones/zone-a/_overview")
+    before = g.zone_sync("zone-a")
     assert before["status"] == "Online"
     body = {"type": "Secret", "data": b64("same")}
     assert g.put("/meshes/default/secrets/s1", body).is_success
@@ -174,7 +175,7 @@ def test_sighup_reloads_global_without_dropping_the_zone(cluster: Cluster) -> No
     assert g.http.get("/readyz").status_code == 200
 
     # The zone's stream was never dropped: the same connection, still online, still syncing.
-    after = g.get_json("/zones/zone-a/_overview")
+    after = g.zone_sync("zone-a")
     assert after["status"] == "Online"
     assert after["connections"] == before["connections"]
     assert g.put("/meshes/default/secrets/s2", {"type": "Secret", "data": b64("y")}).is_success
@@ -189,3 +190,31 @@ def test_sighup_before_a_config_file_changes_nothing(cluster: Cluster) -> None:
     g.signal(signal.SIGHUP)
     g.wait_event("reloaded: nothing changed")
     assert g.http.get("/readyz").status_code == 200
+
+
+def test_a_daemon_whose_log_reader_went_away_still_stops_on_sigterm(tmp_path: Path) -> None:
+    """A zone logging into a pipe nobody reads any more (its supervisor's logger died) keeps
+    running and stops on SIGTERM: a log line that cannot be written is dropped, not raised."""
+    zone = subprocess.Popen(
+        [
+            str(BIN / "zonecp"), "run", "--zone", "piped", "--data-dir", str(tmp_path / "z"),
+            "--api-address", f"127.0.0.1:{free_port()}",
+            # Nothing listens there: the zone keeps dialling and logging each failure.
+            "--global-address", f"grpc://127.0.0.1:{free_port()}", "--insecure",
+            "--reconnect-max-delay", "0.2s",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        assert zone.stdout is not None
+        assert zone.stdout.readline()  # it is up and logging
+        zone.stdout.close()  # the reader goes away
+        time.sleep(1)  # the zone logs into the broken pipe meanwhile
+        assert zone.poll() is None, "the zone died of its broken log pipe"
+        zone.send_signal(signal.SIGTERM)
+        assert zone.wait(10) == 0
+    finally:
+        if zone.poll() is None:
+            zone.kill()
+            zone.wait()

@@ -21,7 +21,7 @@ def _secret(mesh: str, name: str, value: str, **labels: str) -> dict[str, object
 
 def _acked(g: Daemon, zone: str) -> int:
     """The revision global has recorded as acknowledged by ``zone``."""
-    return int(g.get_json(f"/zones/{zone}/_overview")["ackedRevision"])
+    return int(g.zone_sync(zone)["ackedRevision"])
 
 
 def _wait_applied_head(g: Daemon, z: Daemon) -> None:
@@ -114,7 +114,13 @@ def test_zone_local_secret_never_reaches_global_and_synced_copies_are_read_only(
     wait_for(lambda: _acked(g, "zone-1") == head, what="zone-1's ack of from-global")
     assert g.secret("default", "local-only") is None
     local = z.secret("default", "local-only")
-    assert local["labels"] == {"kuma.io/origin": "zone", "kuma.io/zone": "zone-1"}
+    assert local["labels"] == {  # the labels Kuma computes for a zone's own resource
+        "kuma.io/origin": "zone",
+        "kuma.io/zone": "zone-1",
+        "kuma.io/env": "universal",
+        "kuma.io/display-name": "local-only",
+        "kuma.io/mesh": "default",
+    }
     assert "zone-only-value" not in g.log_text()
     assert b64("zone-only-value") not in g.log_text()
 

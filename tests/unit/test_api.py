@@ -149,30 +149,39 @@ def test_openapi_document_is_valid() -> None:
 # --------------------------------------------------------------------------- CRUD
 
 
+def shown_labels(name: str, mesh: str = "", **own: str) -> dict[str, str]:
+    """The labels global's answers add to one of its resources (Kuma's computed labels)."""
+    labels = {"kuma.io/display-name": name, "kuma.io/origin": "global", **own}
+    if mesh:
+        labels["kuma.io/mesh"] = mesh
+    return labels
+
+
 async def test_mesh_crud(api: Api) -> None:
     status, body, result = await api.put("/meshes/default", {"type": "Mesh", "name": "default"})
-    assert (status, result) == (201, "created")
-    assert body["type"] == "Mesh" and body["name"] == "default"
-    assert body["labels"] == {"kuma.io/origin": "global"}
-    assert body["creationTime"] and body["modificationTime"] == body["creationTime"]
-    assert "data" not in body
+    assert (status, body, result) == (201, {}, "created")  # Kuma's answer: no resource echoed
+    status, got = await api.get("/meshes/default")
+    assert status == 200 and got["type"] == "Mesh" and got["name"] == "default"
+    assert got["labels"] == shown_labels("default")
+    assert got["creationTime"] and got["modificationTime"] == got["creationTime"]
+    assert "data" not in got
 
     # the same body again: 200 and nothing changes, no push
     status, again, result = await api.put("/meshes/default", {})
-    assert (status, result) == (200, "unchanged")
-    assert again["modificationTime"] == body["modificationTime"]
+    assert (status, again, result) == (200, {}, "unchanged")
+    assert (await api.get("/meshes/default"))[1]["modificationTime"] == got["modificationTime"]
     assert len(api.writes) == 1
 
-    status, upd, result = await api.put("/meshes/default", {"labels": {"team": "a"}})
+    status, _, result = await api.put("/meshes/default", {"labels": {"team": "a"}})
     assert (status, result) == (200, "updated")
-    assert upd["labels"] == {"team": "a", "kuma.io/origin": "global"}
-    assert upd["creationTime"] == body["creationTime"]
-    assert upd["modificationTime"] != body["modificationTime"]
+    upd = (await api.get("/meshes/default"))[1]
+    assert upd["labels"] == shown_labels("default", team="a")
+    assert upd["creationTime"] == got["creationTime"]
+    assert upd["modificationTime"] != got["modificationTime"]
 
     status, listing = await api.get("/meshes")
     assert status == 200
     assert listing == {"total": 1, "items": [upd], "next": None}
-    assert (await api.get("/meshes/default")) == (200, upd)
 
     assert await api.delete("/meshes/default") == (200, {})
     assert (await api.get("/meshes/default"))[0] == 404
@@ -184,24 +193,26 @@ async def test_mesh_crud(api: Api) -> None:
 async def test_secret_crud(api: Api) -> None:
     await _seed(api)
     body = {"type": "Secret", "name": "foo", "mesh": "default", "data": SECRET_B64}
-    status, created, result = await api.put("/meshes/default/secrets/foo", body)
-    assert (status, result) == (201, "created")
+    status, answer, result = await api.put("/meshes/default/secrets/foo", body)
+    assert (status, answer, result) == (201, {}, "created")  # the data is not echoed back
+    created = (await api.get("/meshes/default/secrets/foo"))[1]
     assert created["data"] == SECRET_B64
-    assert created["mesh"] == "default" and created["labels"] == {"kuma.io/origin": "global"}
+    assert created["mesh"] == "default"
+    assert created["labels"] == shown_labels("foo", "default")
     rec = api.writes[-1].record
     assert rec is not None and rec.key == Key(Kind.SECRET, "default", "foo")
 
     # type, name and mesh may be left to the path
-    status, same, result = await api.put("/meshes/default/secrets/foo", {"data": SECRET_B64})
+    status, _, result = await api.put("/meshes/default/secrets/foo", {"data": SECRET_B64})
     assert (status, result) == (200, "unchanged")
-    assert same == created
-    status, upd, result = await api.put("/meshes/default/secrets/foo", {"data": OTHER_B64})
+    assert (await api.get("/meshes/default/secrets/foo"))[1] == created
+    status, _, result = await api.put("/meshes/default/secrets/foo", {"data": OTHER_B64})
     assert (status, result) == (200, "updated")
-    assert upd["data"] == OTHER_B64
 
-    # a GET answer can be PUT back as is (times are ignored; system labels are not)
+    # a GET answer can be PUT back as is, computed labels and times included (Kuma's global
+    # accepts its own output)
     got = (await api.get("/meshes/default/secrets/foo"))[1]
-    got["labels"] = {}
+    assert got["data"] == OTHER_B64
     status, _, result = await api.put("/meshes/default/secrets/foo", got)
     assert (status, result) == (200, "unchanged")
 
@@ -215,12 +226,13 @@ async def test_secret_crud(api: Api) -> None:
 
 
 async def test_global_secret_crud(api: Api) -> None:
-    status, created, result = await api.put(
+    status, answer, result = await api.put(
         "/global-secrets/gs", {"type": "GlobalSecret", "name": "gs", "data": SECRET_B64}
     )
-    assert (status, result) == (201, "created")
+    assert (status, answer, result) == (201, {}, "created")
+    created = (await api.get("/global-secrets/gs"))[1]
     assert "mesh" not in created and created["data"] == SECRET_B64
-    assert (await api.get("/global-secrets/gs"))[1] == created
+    assert created["labels"] == shown_labels("gs")
     listing = (await api.get("/global-secrets"))[1]
     assert listing == {"total": 1, "items": [created], "next": None}
     assert (await api.put("/global-secrets/gs", {"data": OTHER_B64}))[0] == 200
@@ -255,7 +267,6 @@ INVALID: list[tuple[str, str, Any, str]] = [
     ("bad name", "/global-secrets/bad_name", {"data": SECRET_B64}, "name"),
     ("name too long", "/global-secrets/" + "a" * 254, {"data": SECRET_B64}, "name"),
     ("uppercase name", "/global-secrets/Foo", {"data": SECRET_B64}, "name"),
-    ("uppercase mesh", "/meshes/Default/secrets/foo", {"data": SECRET_B64}, "mesh"),
     ("bad base64", BAD, {"data": "not*base64"}, "data"),
     ("empty data", BAD, {"data": ""}, "data"),
     ("no data", BAD, {"type": "Secret"}, "data"),
@@ -265,9 +276,9 @@ INVALID: list[tuple[str, str, Any, str]] = [
     ("bad label value", BAD, {"data": SECRET_B64, "labels": {"app": "a b"}}, "labels[app]"),
     ("label value too long", BAD, {"data": SECRET_B64, "labels": {"a": "x" * 64}}, "labels[a]"),
     (
-        "system label origin",
+        "system label origin of a zone, on global",
         BAD,
-        {"data": SECRET_B64, "labels": {"kuma.io/origin": "global"}},
+        {"data": SECRET_B64, "labels": {"kuma.io/origin": "zone"}},
         "labels[kuma.io/origin]",
     ),
     (
@@ -284,7 +295,13 @@ INVALID: list[tuple[str, str, Any, str]] = [
     ("unknown field", BAD, {"data": SECRET_B64, "value": SECRET_B64}, "value"),
     ("mesh field on a global secret", "/global-secrets/g", {"mesh": "default"}, "mesh"),
     ("data on a mesh", "/meshes/m2", {"data": SECRET_B64}, "data"),
-    ("missing mesh", "/meshes/nope/secrets/foo", {"data": SECRET_B64}, "mesh"),
+    (
+        "display name other than the name",
+        BAD,
+        {"data": SECRET_B64, "labels": {"kuma.io/display-name": "bar"}},
+        "labels[kuma.io/display-name]",
+    ),
+    ("mesh name not an RFC 1035 label", "/meshes/1mesh", {}, "name"),
     ("body not an object", BAD, [SECRET_B64], ""),
 ]
 
@@ -425,21 +442,29 @@ async def test_zone_synced_rows_are_read_only(make_api: MakeApi) -> None:
     assert zone.writes == []
     status, got = await zone.get("/meshes/default/secrets/synced")
     assert status == 200 and got["data"] == SECRET_B64
-    assert got["labels"] == {"kuma.io/origin": "global"}
+    assert got["labels"] == shown_labels("synced", "default")
+
+
+ZONE_LOCAL = {"kuma.io/origin": "zone", "kuma.io/zone": "zone-1", "kuma.io/env": "universal"}
 
 
 async def test_zone_local_resources(make_api: MakeApi) -> None:
     zone = await _zone_with_synced(make_api)
     # a zone-local secret in a synced mesh
     status, body, _ = await zone.put("/meshes/default/secrets/local", {"data": OTHER_B64})
-    assert status == 201
-    assert body["labels"] == {"kuma.io/origin": "zone", "kuma.io/zone": "zone-1"}
+    assert (status, body) == (201, {})
+    local_labels = {
+        **ZONE_LOCAL,
+        "kuma.io/display-name": "local",
+        "kuma.io/mesh": "default",
+    }
+    assert (await zone.get("/meshes/default/secrets/local"))[1]["labels"] == local_labels
     status, listing = await zone.get("/meshes/default/secrets")
     by_name = {i["name"]: i["labels"] for i in listing["items"]}
-    assert by_name == {
-        "local": {"kuma.io/origin": "zone", "kuma.io/zone": "zone-1"},
-        "synced": {"kuma.io/origin": "global"},
-    }
+    assert by_name == {"local": local_labels, "synced": shown_labels("synced", "default")}
+    # a zone's own resource, read and written back as it is, is accepted there
+    got = (await zone.get("/meshes/default/secrets/local"))[1]
+    assert (await zone.put("/meshes/default/secrets/local", got))[2] == "unchanged"
     assert len(zone.writes) == 1 and zone.writes[0].record is None
     # zone-local mesh and global secret
     assert (await zone.put("/meshes/zmesh", {"labels": {"env": "dev"}}))[0] == 201
@@ -470,7 +495,7 @@ async def test_zone_local_row_shadowing_a_synced_copy(make_api: MakeApi) -> None
     assert (status, result) == (200, "updated")
     assert await zone.delete("/global-secrets/shared") == (200, {})
     status, got = await zone.get("/global-secrets/shared")
-    assert got["data"] == SECRET_B64 and got["labels"] == {"kuma.io/origin": "global"}
+    assert got["data"] == SECRET_B64 and got["labels"] == shown_labels("shared")
     # and now it is read-only again: a new local row under that key is refused
     status, err, _ = await zone.put("/global-secrets/shared", {"data": OTHER_B64})
     assert status == 409 and "global" in err["detail"]
@@ -545,8 +570,9 @@ async def test_extra_routes(tmp_path: Path) -> None:
         resp = await client.get("/status")
         assert await resp.json() == {"ok": True}
         resp = await client.put("/global-secrets/a", json={"data": SECRET_B64})
-        body = await resp.json()
-        assert resp.status == 201 and body["creationTime"].endswith("Z")
+        assert resp.status == 201
+        body = await (await client.get("/global-secrets/a")).json()
+        assert body["creationTime"].endswith("Z")
     store.close()
 
 

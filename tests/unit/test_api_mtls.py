@@ -102,8 +102,16 @@ async def test_provided_ca_mesh_is_accepted_with_a_real_ca(make_api: MakeApi) ->
     await with_secrets(api)
     status, body, result = await api.put("/meshes/default", mesh())
     assert (status, result) == (200, "updated")
-    assert body["mtls"]["backends"][0]["config"]["cert"] == {"secret": "my-cert"}
-    assert (await api.get("/meshes/default"))[1]["mtls"] == provided_mtls()
+    # the seed document's ``config`` is kept as ``conf``, Kuma's key, and the answer says so
+    assert body == {
+        "warnings": ["mtls.backends[0].config is stored and returned as conf, Kuma's name for it"]
+    }
+    got = (await api.get("/meshes/default"))[1]["mtls"]
+    assert got["backends"][0] == {
+        "name": "ca-1",
+        "type": "provided",
+        "conf": {"cert": {"secret": "my-cert"}, "key": {"secret": "my-key"}},
+    }
 
 
 @pytest.mark.parametrize(
@@ -132,7 +140,7 @@ async def test_provided_ca_refusals_name_the_field(
         status, body, _ = await api.put("/meshes/default", mesh())
     assert status == 400
     got = causes(body)
-    assert words in got[f"mtls.backends[0].config.{field}.secret"]
+    assert words in got[f"mtls.backends[0].conf.{field}.secret"]
     for pem in (cert, key):
         assert base64.b64encode(pem).decode()[:40] not in repr(body) + repr(logs)
         if len(pem) > 70:  # the base64 body of a PEM
@@ -154,16 +162,15 @@ async def test_missing_global_and_other_mesh_secrets_are_refused(make_api: MakeA
     status, body, _ = await api.put("/meshes/default", mesh(skipValidation=True))
     assert status == 400
     got = causes(body)
-    assert "GlobalSecret" in got["mtls.backends[0].config.cert.secret"]
+    assert "GlobalSecret" in got["mtls.backends[0].conf.cert.secret"]
     assert (
-        "global secrets cannot be used in mesh policies"
-        in got["mtls.backends[0].config.cert.secret"]
+        "global secrets cannot be used in mesh policies" in got["mtls.backends[0].conf.cert.secret"]
     )
-    assert "belongs to mesh 'other'" in got["mtls.backends[0].config.key.secret"]
+    assert "belongs to mesh 'other'" in got["mtls.backends[0].conf.key.secret"]
     status, body, _ = await api.put("/meshes/default", mesh(cert="nope", key="nope2"))
     assert (
         "secret 'nope' does not exist in mesh 'default'"
-        in causes(body)["mtls.backends[0].config.cert.secret"]
+        in causes(body)["mtls.backends[0].conf.cert.secret"]
     )
 
 
@@ -194,8 +201,8 @@ async def test_apply_errors_name_item_and_kubernetes_field(make_api: MakeApi) ->
     )
     assert status == 400 and body["detail"].startswith("nothing was applied: items[2]")
     assert set(causes(body)) == {
-        "items[2].spec.mtls.backends[0].config.cert.secret",
-        "items[2].spec.mtls.backends[0].config.key.secret",
+        "items[2].spec.mtls.backends[0].conf.cert.secret",
+        "items[2].spec.mtls.backends[0].conf.key.secret",
     }
     assert api.counts()["Secret"]["global"] == 0  # all or nothing
 

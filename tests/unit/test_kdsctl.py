@@ -125,24 +125,27 @@ def test_apply_universal_and_kubernetes_examples(server: Server, tmp_path: Path)
     assert res.exit_code == 0, res.output
     # meshes first, then the rest in file order
     assert res.stdout.splitlines() == [
-        "Mesh default created",
-        "Secret default/sample-secret created",
-        "GlobalSecret sample-global-secret created",
+        'resource type="Mesh" mesh="" name="default" Created',
+        'resource type="Secret" mesh="default" name="sample-secret" Created',
+        'resource type="GlobalSecret" mesh="" name="sample-global-secret" Created',
     ]
     res = run(server, "apply", "-f", "-", input=KUBERNETES)
     assert res.exit_code == 0, res.output
-    assert res.stdout.splitlines() == [
-        "Mesh other created",
-        "Secret default/sample-secret unchanged",  # the same secret in the other form
-        "GlobalSecret sample-secret-2 created",
-    ]
+    assert (
+        res.stdout.splitlines()
+        == [
+            'resource type="Mesh" mesh="" name="other" Created',
+            'resource type="Secret" mesh="default" name="sample-secret" Unchanged',  # the same secret in the other form
+            'resource type="GlobalSecret" mesh="" name="sample-secret-2" Created',
+        ]
+    )
     changed = UNIVERSAL.replace(
         "data: dGVzdAo=\n---\ntype: GlobalSecret", "data: Y2hhbmdlZA==\n---\ntype: GlobalSecret"
     )
     res = run(server, "apply", "-f", "-", input=changed)
     assert res.exit_code == 0, res.output
-    assert "Secret default/sample-secret updated" in res.stdout
-    assert "Mesh default unchanged" in res.stdout
+    assert 'resource type="Secret" mesh="default" name="sample-secret" Updated' in res.stdout
+    assert 'resource type="Mesh" mesh="" name="default" Unchanged' in res.stdout
 
 
 def _applied(server: Server) -> None:
@@ -181,7 +184,11 @@ def test_get_json_and_yaml(server: Server) -> None:
     assert res.exit_code == 0, res.output
     body = json.loads(res.stdout)
     assert body["data"] == DATA and body["mesh"] == "default"
-    assert body["labels"] == {"kuma.io/origin": "global"}
+    assert body["labels"] == {
+        "kuma.io/origin": "global",
+        "kuma.io/display-name": "sample-secret",
+        "kuma.io/mesh": "default",
+    }
     res = run(server, "get", "secrets", "-o", "yaml")
     listing = yaml.safe_load(res.stdout)
     assert listing["total"] == 1 and listing["items"][0]["name"] == "sample-secret"
@@ -200,15 +207,23 @@ def test_get_output_applies_as_it_is(server: Server) -> None:
             out = run(server, "get", kind, "-o", fmt).stdout
             res = run(server, "apply", "-f", "-", input=out)
             assert res.exit_code == 0, res.output
-            assert "unchanged" in res.stdout and "created" not in res.stdout
-            assert "left out the labels kuma.io/origin and kuma.io/zone" in res.stderr
+            assert "Unchanged" in res.stdout and "Created" not in res.stdout
+            assert "left out the labels the control plane sets (kuma.io/display-name" in res.stderr
     one = yaml.safe_load(run(server, "get", "secret", "sample-secret", "-o", "yaml").stdout)
     one["data"] = "Y2hhbmdlZAo="
     one["labels"]["team"] = "a"
     res = run(server, "apply", "-f", "-", input=yaml.safe_dump(one))
-    assert res.exit_code == 0 and "Secret default/sample-secret updated" in res.stdout
+    assert (
+        res.exit_code == 0
+        and 'resource type="Secret" mesh="default" name="sample-secret" Updated' in res.stdout
+    )
     got = json.loads(run(server, "get", "secret", "sample-secret", "-o", "json").stdout)
-    assert got["labels"] == {"team": "a", "kuma.io/origin": "global"}
+    assert got["labels"] == {
+        "team": "a",
+        "kuma.io/origin": "global",
+        "kuma.io/display-name": "sample-secret",
+        "kuma.io/mesh": "default",
+    }
     # Kubernetes form, as a List, with the system label under metadata.labels.
     k8s = {
         "apiVersion": "v1",
@@ -224,7 +239,10 @@ def test_get_output_applies_as_it_is(server: Server) -> None:
         ],
     }
     res = run(server, "apply", "-f", "-", input=yaml.safe_dump(k8s))
-    assert res.exit_code == 0 and "GlobalSecret from-list created" in res.stdout, res.output
+    assert (
+        res.exit_code == 0
+        and 'resource type="GlobalSecret" mesh="" name="from-list" Created' in res.stdout
+    ), res.output
     # An invalid item is named by its place in the list.
     k8s["items"][0]["metadata"]["name"] = "Bad_Name"
     res = run(server, "apply", "-f", "-", input=yaml.safe_dump(k8s))
@@ -237,11 +255,12 @@ def test_get_empty_and_missing(server: Server) -> None:
     assert "No GlobalSecret resources found" in res.stderr
     res = run(server, "get", "secret", "nope")
     assert res.exit_code == 1
-    assert res.stderr.startswith("Error: Not found: mesh 'default' does not exist")
+    assert res.stderr.startswith("Error: No resources found in default mesh")  # kumactl's
+    assert "mesh: mesh 'default' does not exist" in res.stderr
     _applied(server)
     res = run(server, "get", "secret", "nope")
     assert res.exit_code == 1
-    assert res.stderr.strip() == "Error: Not found: Secret default/nope not found"
+    assert res.stderr.strip() == "Error: No resources found in default mesh"
 
 
 def test_delete(server: Server) -> None:
@@ -251,15 +270,16 @@ def test_delete(server: Server) -> None:
     assert res.stderr.startswith("Error: Conflict: mesh 'default' still holds 1 secret(s)")
     res = run(server, "delete", "secret", "sample-secret", "--mesh", "default")
     assert res.exit_code == 0, res.output
-    assert res.stdout.strip() == "Secret default/sample-secret deleted"
+    assert res.stdout.strip() == 'deleted Secret "sample-secret"'
     res = run(server, "delete", "global-secret", "sample-global-secret")
-    assert res.stdout.strip() == "GlobalSecret sample-global-secret deleted"
+    assert res.stdout.strip() == 'deleted GlobalSecret "sample-global-secret"'
     res = run(server, "delete", "mesh", "default")
-    assert res.stdout.strip() == "Mesh default deleted"
+    assert res.stdout.strip() == 'deleted Mesh "default"'
     res = run(server, "get", "meshes", "-o", "json")
     assert json.loads(res.stdout)["total"] == 0
     res = run(server, "delete", "global-secret", "sample-global-secret")
-    assert res.exit_code == 1 and "Not found" in res.stderr
+    assert res.exit_code == 1
+    assert res.stderr.strip() == 'Error: there is no GlobalSecret with name "sample-global-secret"'
 
 
 def test_apply_invalid_document_names_index_and_field(server: Server) -> None:
@@ -310,7 +330,7 @@ def test_apply_bad_yaml_does_not_echo_the_line(server: Server) -> None:
     assert res.stderr.startswith("Error: stdin: invalid YAML at line")
     assert "c2VjcmV0" not in res.output
     res = run(server, "apply", "-f", "-", input="---\n")
-    assert res.exit_code == 1 and "no resources" in res.stderr
+    assert res.exit_code == 1 and "no resource(s) passed to apply" in res.stderr
 
 
 def test_connection_refused_names_the_url() -> None:
@@ -375,21 +395,21 @@ def test_meshes_with_mtls_in_both_forms(server: Server, tmp_path: Path) -> None:
     res = run(server, "apply", "-f", "-", input=universal)
     assert res.exit_code == 0, res.output
     assert res.stdout.splitlines() == [
-        "Mesh default created",
-        "Secret default/my-cert created",
-        "Secret default/my-key created",
+        'resource type="Mesh" mesh="" name="default" Created',
+        'resource type="Secret" mesh="default" name="my-cert" Created',
+        'resource type="Secret" mesh="default" name="my-key" Created',
     ]
     bad = universal.replace(ca.key_b64, base64.b64encode(certs.other_key()).decode())
     res = run(server, "apply", "-f", "-", input=bad)
     assert res.exit_code == 1
-    assert "stdin document 1: mtls.backends[0].config.key.secret" in res.output
+    assert "stdin document 1: mtls.backends[0].conf.key.secret" in res.output
     assert "not the private key of the certificate" in res.output
     res = run(server, "apply", "-f", "-", input=kubernetes)
     assert res.exit_code == 0, res.output
     assert res.stdout.splitlines() == [
-        "Mesh payments created",
-        "Secret payments/payments.ca-builtin-cert-ca-1 created",
-        "Secret payments/payments.ca-builtin-key-ca-1 created",
+        'resource type="Mesh" mesh="" name="payments" Created',
+        'resource type="Secret" mesh="payments" name="payments.ca-builtin-cert-ca-1" Created',
+        'resource type="Secret" mesh="payments" name="payments.ca-builtin-key-ca-1" Created',
     ]
     res = run(server, "get", "meshes")
     assert res.stdout.splitlines()[0].split() == ["NAME", "MTLS", "ORIGIN", "AGE"]
@@ -422,10 +442,13 @@ def test_readme_mtls_examples_apply_as_written(server: Server) -> None:
     )
     res = run(server, "apply", "-f", "-", input=body)
     assert res.exit_code == 0, res.output
-    assert "Mesh default created" in res.stdout
+    assert 'resource type="Mesh" mesh="" name="default" Created' in res.stdout
     res = run(server, "apply", "-f", "-", input=builtin)
     assert res.exit_code == 0, res.output
-    assert "Secret payments/payments.ca-builtin-key-ca-1 created" in res.stdout
+    assert (
+        'resource type="Secret" mesh="payments" name="payments.ca-builtin-key-ca-1" Created'
+        in res.stdout
+    )
 
 
 @pytest.fixture

@@ -348,7 +348,9 @@ def test_universal_mesh_example_with_mtls_parses() -> None:
     res = from_document(yaml.safe_load(UNIVERSAL_MESH_MTLS))
     assert res.key == Key(Kind.MESH, "", "default")
     backend = res.spec["mtls"]["backends"][0]
-    assert backend["config"] == {"cert": {"secret": "my-cert"}, "key": {"secret": "my-key"}}
+    # The seed document's ``config`` is stored and returned as ``conf``, Kuma's key.
+    assert backend["conf"] == {"cert": {"secret": "my-cert"}, "key": {"secret": "my-key"}}
+    assert "config" not in backend
     assert to_json(res)["mtls"] == res.spec["mtls"]
 
 
@@ -534,11 +536,12 @@ def test_k8s_other_labels_kept() -> None:
     assert dict(res.labels) == {"app": "web"}
 
 
-def test_k8s_missing_mesh_label() -> None:
-    """A system.kuma.io/secret without the kuma.io/mesh label is refused naming that label."""
-    with pytest.raises(InvalidResource) as e:
-        from_document(k8s_secret(labels={}))
-    assert fields_of(e) == {"metadata.labels[kuma.io/mesh]"}
+def test_k8s_missing_mesh_label_means_mesh_default() -> None:
+    """A system.kuma.io/secret without the kuma.io/mesh label belongs to mesh default, as in
+    Kuma."""
+    res = from_document(k8s_secret(labels={}))
+    assert res.key == Key(Kind.SECRET, "default", res.name)
+    assert "kuma.io/mesh" not in res.labels
 
 
 @pytest.mark.parametrize(

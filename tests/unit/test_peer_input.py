@@ -205,19 +205,39 @@ class _FakeGlobal(BaseHTTPRequestHandler):
             ],
         },
         "/zones/zone-a/_overview": {
+            "type": "ZoneOverview",
             "name": "zone-a",
-            "status": "Offline",
-            "disconnectedAt": "2024-01-01T00:00:00Z",
-            "disconnectReason": FORGED,
-            "instanceId": FORGED,
-            "zoneVersion": FORGED,
-            "ackedRevision": 3,
-            "globalRevision": 3,
-            "lastError": {"message": FORGED, "time": "2024-01-01T00:00:00Z"},
-            "resources": {"Secret\x1b[1m": {"sent": 1, "acknowledged": 1, "rejected": 0}},
-            "conflicts": [f"GlobalSecret:c\x1b[31m{i}" for i in range(3)],
-            "conflictCount": 30_000,
-            "problem": {"message": "disk full: " + FORGED, "since": "2024-01-01T00:00:00Z"},
+            "kdsSync": {
+                "name": "zone-a",
+                "status": "Offline",
+                "disconnectedAt": "2024-01-01T00:00:00Z",
+                "disconnectReason": FORGED,
+                "instanceId": FORGED,
+                "zoneVersion": FORGED,
+                "ackedRevision": 3,
+                "globalRevision": 3,
+                "lastError": {"message": FORGED, "time": "2024-01-01T00:00:00Z"},
+                "resources": {"Secret\x1b[1m": {"sent": 1, "acknowledged": 1, "rejected": 0}},
+                "conflicts": [f"GlobalSecret:c\x1b[31m{i}" for i in range(3)],
+                "conflictCount": 30_000,
+                "lastSyncMode": FORGED,
+                "problem": {"message": "disk full: " + FORGED, "since": "2024-01-01T00:00:00Z"},
+            },
+        },
+        "/zones/zone-a/events?limit=10": {
+            "name": "zone-a",
+            "events": [
+                {"time": "2024-01-01T00:00:00Z", "type": "disconnected", "reason": FORGED},
+                {"time": "2024-01-01T00:00:01Z", "type": FORGED},
+                {
+                    "time": "2024-01-01T00:00:02Z",
+                    "type": "conflicts",
+                    "count": 2,
+                    "started": [FORGED],
+                    "startedCount": 2,
+                },
+            ],
+            "lag": [{"time": "2024-01-01T00:00:00Z", "revisions": 4, "seconds": 1.5}],
         },
     }
 
@@ -256,3 +276,4 @@ def test_kdsctl_prints_peer_text_escaped(fake_global: str, args: list[str]) -> N
     if "zone" in args:
         assert "Conflicts (30000, the first 3 shown):" in res.output
         assert "GlobalSecret:c\\x1b[31m0" in res.output
+        assert "at most 4 revision(s) behind" in res.output and "(+1 more)" in res.output

@@ -29,6 +29,7 @@ PURE = [
     "kds.protocol.digest_tree",
     "kds.protocol.anti_entropy",
     "kds.errors",
+    "kds.fields",
     "kds.kubernetes",
     "kds.model",
     "kds.mtls",

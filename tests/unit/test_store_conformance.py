@@ -25,6 +25,7 @@ from kds.store import (
     SyncState,
     WriteResult,
     ZoneApplyResult,
+    ZoneEvent,
     ZoneStore,
 )
 from kds.wire import key_from_pb, resource_from_pb
@@ -987,6 +988,28 @@ async def test_zone_statuses_are_saved_and_updated(gstore: GlobalStore) -> None:
     await gstore.save_zone_statuses({"b": '{"n": 1}', "a": "{}"})
     await gstore.save_zone_statuses({"b": '{"n": 2}'})
     assert await gstore.zone_statuses() == {"a": "{}", "b": '{"n": 2}'}
+
+
+async def test_zone_events_are_kept_per_zone_and_kind_and_bounded(gstore: GlobalStore) -> None:
+    """Events come back oldest first; each (zone, kind) keeps only its newest ``keep``, so
+    one series filling up never pushes out another's; ``since`` and ``limit`` narrow a read."""
+    assert await gstore.zone_events("a", "event") == []
+    await gstore.add_zone_events([], keep=3)
+    first = [ZoneEvent("a", "event", 10.0 + i, f'{{"i": {i}}}') for i in range(5)]
+    await gstore.add_zone_events([*first, ZoneEvent("b", "event", 1.0, "{}")], keep=3)
+    await gstore.add_zone_events([ZoneEvent("a", "lag", 20.0, '{"r": 1}')], keep=3)
+    assert [e.data for e in await gstore.zone_events("a", "event")] == [
+        '{"i": 2}',
+        '{"i": 3}',
+        '{"i": 4}',
+    ]
+    assert await gstore.zone_events("a", "lag") == [ZoneEvent("a", "lag", 20.0, '{"r": 1}')]
+    assert await gstore.zone_events("b", "event") == [ZoneEvent("b", "event", 1.0, "{}")]
+    assert [e.time for e in await gstore.zone_events("a", "event", since=13.0)] == [13.0, 14.0]
+    assert [e.time for e in await gstore.zone_events("a", "event", limit=1)] == [14.0]
+    # Order is the order added, even when clocks step back.
+    await gstore.add_zone_events([ZoneEvent("a", "event", 5.0, "{}")], keep=3)
+    assert [e.time for e in await gstore.zone_events("a", "event")] == [13.0, 14.0, 5.0]
 
 
 # --------------------------------------------------------------------------- anti-entropy

@@ -178,6 +178,12 @@ async def test_status_is_saved_and_read_back_offline_after_a_restart(
     assert s["ackedRevision"] == 5 and s["resources"]["Mesh"]["acknowledged"] == 2
     assert s["conflicts"] == ["GlobalSecret:g"]
     assert v.state.disconnected_at == 1_800_000_003.0  # its last message, not the restart
+    last = (await again.history.read("zone-a", 10, 0.0))["events"][-1]
+    assert last == {
+        "type": "disconnected",
+        "reason": "global stopped",
+        "time": "2027-01-15T08:00:03.000Z",
+    }
 
 
 def test_saved_state_from_another_version_loads() -> None:
@@ -185,3 +191,72 @@ def test_saved_state_from_another_version_loads() -> None:
     s = ZoneState.from_json("z", text)
     assert s.name == "z" and s.acked_revision == 3 and s.sent["Secret"] == 0
     assert ZoneState.from_json("z", "not json").acked_revision == 0
+
+
+async def test_history_records_the_zone_timeline_and_survives_a_restart(
+    store: HubStore, clock: Clock
+) -> None:
+    t = _tracker(store, clock)
+    h = _connect(t)
+    clock.t += 1
+    h.conflicts(["Secret:default/a", "Secret:default/b"])
+    clock.t += 1
+    h.conflicts(["Secret:default/b"])
+    t.token_refused("zone-a", "PERMISSION_DENIED", "zone token t1 has been revoked", 2)
+    t.token_refused("zone-unknown", "UNAUTHENTICATED", "bad signature", 0)  # not a known zone
+    clock.t += 1
+    h.disconnected("connection lost \x1b[31m")
+    await t.flush()
+    again = _tracker(store, clock)
+    await again.load()
+    got = await again.history.read("zone-a", 100, 0.0)
+    events = got["events"]
+    assert [e["type"] for e in events] == [
+        "connected",
+        "conflicts",
+        "conflicts",
+        "token-refused",
+        "disconnected",
+    ]
+    assert events[0]["mode"] == "snapshot" and events[0]["instance"] == "zone-a-s1"
+    assert events[1]["started"] == ["Secret:default/a", "Secret:default/b"]
+    assert events[2]["ended"] == ["Secret:default/a"] and events[2]["count"] == 1
+    assert events[3]["code"] == "PERMISSION_DENIED" and events[3]["more"] == 2
+    assert events[4]["reason"] == "connection lost \\x1b[31m"  # escaped, as the status keeps it
+    assert events[0]["time"] == "2027-01-15T08:00:00.000Z"
+    # A lag sample when a zone connects or disconnects, taken at the next flush.
+    assert [s["revisions"] for s in got["lag"]] == [0]
+    assert (await again.history.read("zone-unknown", 100, 0.0))["events"] == []
+
+
+async def test_history_is_bounded_per_zone_and_series(store: HubStore, clock: Clock) -> None:
+    t = _tracker(store, clock)
+    t.history.keep = 5
+    h = _connect(t)
+    for i in range(20):
+        t.token_refused("zone-a", "UNAUTHENTICATED", "x" * 10_000, i)  # a flood of refusals
+        h.conflicts([f"Secret:default/c{i}"])
+    await t.flush()
+    got = await t.history.read("zone-a", 100, 0.0)
+    kinds = [e["type"] for e in got["events"]]
+    # Each series keeps its newest five: the flood of refusals cannot push out the others.
+    assert kinds.count("token-refused") == 5 and kinds.count("conflicts") == 5
+    assert all(len(e["reason"]) < 600 for e in got["events"] if e["type"] == "token-refused")
+    names = ["Secret:default/many-" + "x" * 200 + str(i) for i in range(100)]
+    clock.t += 1
+    h.conflicts(names)
+    await t.flush()
+    last = (await t.history.read("zone-a", 1, 0.0))["events"][0]
+    assert last["startedCount"] == 100 and len(last["started"]) == 5  # 1,200 characters
+    # The longest names a key can have, starting and ending in one change: still listed.
+    longest = [f"GlobalSecret:{'n' * 250}{i:03d}" for i in range(20)]
+    h.conflicts(longest[:10])
+    clock.t += 1
+    h.conflicts(longest[10:])
+    await t.flush()
+    last = (await t.history.read("zone-a", 1, 0.0))["events"][0]
+    assert last["started"] == longest[10:14] and last["ended"] == longest[:4]
+    assert last["startedCount"] == last["endedCount"] == 10
+    rows = await store.zone_events("zone-a", "event", 0.0, 1000)
+    assert all(len(r.data.encode()) <= 4096 for r in rows)
+    assert all("truncated" not in r.data for r in rows)

@@ -88,6 +88,14 @@ CREATE TABLE IF NOT EXISTS zone_status (  -- global: each zone's sync status (gl
     name TEXT PRIMARY KEY,
     status TEXT NOT NULL                -- JSON
 );
+CREATE TABLE IF NOT EXISTS zone_events (  -- global: each zone's status history (globalcp.history)
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    zone TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    time REAL NOT NULL,
+    data TEXT NOT NULL                  -- JSON
+);
+CREATE INDEX IF NOT EXISTS zone_events_by_zone ON zone_events (zone, kind, id);
 """
 
 # Columns added after the first release: a store made before gets them when opened.

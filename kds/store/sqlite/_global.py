@@ -18,7 +18,7 @@ from kds import integrity, wire
 from kds.crypto import DataCipher
 from kds.model import Key, Kind, Resource
 from kds.store.interface import OnCommit
-from kds.store.results import ORIGIN_GLOBAL, ChangeRecord, Snapshot, sort_records
+from kds.store.results import ORIGIN_GLOBAL, ChangeRecord, Snapshot, ZoneEvent, sort_records
 from kds.store.sqlite._changelog import ChangeLog
 from kds.store.sqlite._db import get_meta
 from kds.store.sqlite._resources import ResourceEngine, TxView
@@ -196,3 +196,34 @@ class GlobalEngine(ResourceEngine):
                 "ON CONFLICT(name) DO UPDATE SET status=excluded.status",
                 sorted(statuses.items()),
             )
+
+    # ------------------------------------------------------------------ zone status history
+
+    def add_zone_events(self, events: Sequence[ZoneEvent], keep: int) -> None:
+        """Append ``events`` in one transaction; keep the newest ``keep`` of each (zone, kind)
+        they added to."""
+        if not events:
+            return
+        conn = self.db.conn()
+        with self.db.tx(conn):
+            conn.executemany(
+                "INSERT INTO zone_events (zone, kind, time, data) VALUES (?,?,?,?)",
+                [(e.zone, e.kind, e.time, e.data) for e in events],
+            )
+            for zone, kind in sorted({(e.zone, e.kind) for e in events}):
+                conn.execute(
+                    "DELETE FROM zone_events WHERE zone=? AND kind=? AND id <= ("
+                    "  SELECT id FROM zone_events WHERE zone=? AND kind=?"
+                    "  ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                    (zone, kind, zone, kind, max(0, keep)),
+                )
+
+    def zone_events(
+        self, zone: str, kind: str, since: float = 0.0, limit: int = 1000
+    ) -> list[ZoneEvent]:
+        rows = self.db.conn().execute(
+            "SELECT time, data FROM zone_events WHERE zone=? AND kind=? AND time>=? "
+            "ORDER BY id DESC LIMIT ?",
+            (zone, kind, since, max(0, limit)),
+        )
+        return [ZoneEvent(zone, kind, t, data) for t, data in reversed(rows.fetchall())]

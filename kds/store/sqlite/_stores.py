@@ -21,6 +21,7 @@ from kds.store.results import (
     SyncState,
     WriteResult,
     ZoneApplyResult,
+    ZoneEvent,
 )
 from kds.store.sqlite._global import GlobalEngine
 from kds.store.sqlite._resources import ResourceEngine
@@ -109,6 +110,14 @@ class SqliteGlobalStore(_SqliteResourceStore[GlobalEngine]):
 
     async def save_zone_statuses(self, statuses: dict[str, str]) -> None:
         await self._threads.write(self._engine.save_zone_statuses, statuses)
+
+    async def add_zone_events(self, events: Sequence[ZoneEvent], keep: int) -> None:
+        await self._threads.write(self._engine.add_zone_events, events, keep)
+
+    async def zone_events(
+        self, zone: str, kind: str, since: float = 0.0, limit: int = 1000
+    ) -> list[ZoneEvent]:
+        return await self._threads.read(self._engine.zone_events, zone, kind, since, limit)
 
     async def internal_secrets(self, prefix: str = "") -> dict[str, bytes]:
         return await self._threads.read(self._engine.internal_secrets, prefix)

@@ -1,0 +1,97 @@
+"""The labels the control plane computes, as Kuma computes them: shown, never stored.
+
+An answer adds to a resource's own labels ``kuma.io/display-name`` (its name),
+``kuma.io/mesh`` (a Secret's mesh) and ``kuma.io/origin``; a zone's own resources also get
+``kuma.io/zone`` and ``kuma.io/env: universal``. A write may carry these labels when they
+agree with what this control plane would show for it, so a resource read and written back
+as it is (GET then PUT) is accepted, as Kuma accepts its own output; a value that disagrees
+is refused naming the label. They are taken out before the resource is parsed, so nothing
+stores them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from kds.api._context import ApiContext
+from kds.errors import FieldViolation, shown
+from kds.model import (
+    LABEL_DISPLAY_NAME,
+    LABEL_ENV,
+    LABEL_MESH,
+    LABEL_ORIGIN,
+    LABEL_ZONE,
+    SYSTEM_LABELS,
+    Kind,
+    Resource,
+)
+from kds.store import ORIGIN_ZONE
+
+__all__ = ["ENV_UNIVERSAL", "computed_labels", "take_computed_labels"]
+
+ENV_UNIVERSAL = "universal"
+
+
+def computed_labels(ctx: ApiContext, resource: Resource, origin: str) -> dict[str, str]:
+    """The labels an answer adds to ``resource`` (stored with ``origin``)."""
+    labels = {LABEL_DISPLAY_NAME: resource.name}
+    if resource.kind is Kind.SECRET:
+        labels[LABEL_MESH] = resource.mesh
+    if origin == ORIGIN_ZONE:
+        labels[LABEL_ORIGIN] = "zone"
+        if ctx.zone:
+            labels[LABEL_ZONE] = ctx.zone
+        labels[LABEL_ENV] = ENV_UNIVERSAL
+    else:
+        labels[LABEL_ORIGIN] = "global"
+    return labels
+
+
+def _expected(ctx: ApiContext, name: object) -> dict[str, str]:
+    """The computed labels (kuma.io/mesh aside) a write on this control plane would get."""
+    labels = {LABEL_ORIGIN: "zone" if ctx.role == "zone" else "global"}
+    if isinstance(name, str):
+        labels[LABEL_DISPLAY_NAME] = name
+    if ctx.role == "zone":
+        labels[LABEL_ENV] = ENV_UNIVERSAL
+        if ctx.zone:
+            labels[LABEL_ZONE] = ctx.zone
+    return labels
+
+
+def take_computed_labels(ctx: ApiContext, doc: object) -> tuple[object, list[FieldViolation]]:
+    """``doc`` (either text form) without the computed labels it carries, and a violation
+    for each that disagrees with what this control plane computes. kuma.io/mesh stays: the
+    text forms check it against the resource's mesh."""
+    if not isinstance(doc, Mapping):
+        return doc, []
+    kubernetes = "apiVersion" in doc or "kind" in doc
+    holder: Any = doc.get("metadata") if kubernetes else doc
+    labels = holder.get("labels") if isinstance(holder, Mapping) else None
+    if not isinstance(labels, Mapping) or not (SYSTEM_LABELS & labels.keys()):
+        return doc, []
+    expected = _expected(ctx, holder.get("name"))
+    prefix = "metadata.labels" if kubernetes else "labels"
+    errs = []
+    for key in sorted(SYSTEM_LABELS & labels.keys()):
+        want = expected.get(key)
+        if want is None:
+            errs.append(
+                FieldViolation(
+                    f"{prefix}[{key}]",
+                    f"is set by the control plane and not shown on a {ctx.role} control plane's "
+                    "own resources: leave it out",
+                )
+            )
+        elif labels[key] != want:
+            errs.append(
+                FieldViolation(
+                    f"{prefix}[{key}]",
+                    f"is set by the control plane: must be {want!r} here or left out "
+                    f"(got {shown(labels[key])})",
+                )
+            )
+    kept = {k: v for k, v in labels.items() if k not in SYSTEM_LABELS}
+    new_holder = {**holder, "labels": kept}
+    return ({**doc, "metadata": new_holder} if kubernetes else new_holder), errs

@@ -1,0 +1,50 @@
+"""bench.report draws and links only what a run measured."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import report
+
+pytest.importorskip("matplotlib")
+
+
+def _results(**parts: Any) -> dict[str, Any]:
+    return {
+        "started": "2026-11-30T00:00:00+00:00",
+        "finished": "2026-11-30T00:01:00+00:00",
+        "machine": {"cpus": 2, "python": "3.11", "etcd": "etcd 3.4", "note": ""},
+        "plan": {"bulk_n": 300, "repeats": 1},
+        "propagation": [],
+        "bulk": [],
+        **parts,
+    }
+
+
+def _bulk_row(tls_s: float, plain_s: float) -> dict[str, Any]:
+    kds = {"zones": 2, "secrets": 300, "apply_s": 0.2, "all_zones_s": tls_s, "per_s": 1000}
+    return {
+        "repeat": 1,
+        "kds": {**kds, "tls": True, "kdsctl_cpu_s": 0.3, "global_cpu_s": 0.2},
+        "kds_plain": {**kds, "tls": False, "all_zones_s": plain_s},
+        "etcd": {"zones": 2, "secrets": 300, "apply_s": 0.01, "all_zones_s": 0.02, "per_s": 9e3},
+    }
+
+
+def test_a_bulk_only_run_plots_bulk_and_reports_tls_plaintext_and_cpu(tmp_path: Path) -> None:
+    report.write(_results(bulk=[_bulk_row(0.5, 0.4)]), tmp_path)
+    md = (tmp_path / "benchmarks.md").read_text()
+    assert "](benchmarks.png)" in md
+    assert "| 2 | 0.5 (0.2) | 1000 | 0.4 | 0.3 | 0.2 | 0.02 |" in md
+    assert "| 10,000 secrets to 10 zones <= 3 s | not measured in this run | - |" in md
+    assert (tmp_path / "benchmarks.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_run_without_propagation_or_bulk_draws_no_plot(tmp_path: Path) -> None:
+    (tmp_path / "benchmarks.png").write_bytes(b"old plot")  # a previous run's
+    report.write(_results(), tmp_path)
+    assert not (tmp_path / "benchmarks.png").exists()
+    assert "benchmarks.png" not in (tmp_path / "benchmarks.md").read_text()

@@ -1,0 +1,72 @@
+"""globalcp.inventory: which zones hold each resource, and the propagation histogram as JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from globalcp.hub import Hub
+from globalcp.inventory import _resources
+from globalcp.metrics import LATENCY_BUCKETS, GlobalMetrics
+from globalcp.zones import ZoneTracker
+from kds.model import Kind, Resource
+from kds.store.sqlite import GlobalEngine, SqliteGlobalStore
+
+NOW = "2026-11-29T00:00:00.000Z"
+
+
+def test_propagation_summary_is_cumulative_per_zone_and_in_all() -> None:
+    m = GlobalMetrics()
+    assert m.propagation_summary()["total"] == {
+        "counts": [0] * len(LATENCY_BUCKETS),
+        "count": 0,
+        "sum": 0.0,
+    }
+    m.observe_propagation("zone-a", 0.003)
+    m.observe_propagation("zone-b", 0.2)
+    m.observe_propagation("zone-b", 60)  # beyond the last bound
+    s = m.propagation_summary()
+    assert s["buckets"] == list(LATENCY_BUCKETS)
+    a, b, total = s["zones"]["zone-a"], s["zones"]["zone-b"], s["total"]
+    assert a["counts"][LATENCY_BUCKETS.index(0.005)] == 1 and a["counts"][0] == 0
+    assert b["counts"][-1] == 1 and b["count"] == 2  # 60 s counts, in no bucket
+    assert total["count"] == 3 and total["counts"][-1] == 2
+    assert total["sum"] == round(0.003 + 0.2 + 60, 6)
+
+
+async def test_resources_say_which_zones_hold_them(tmp_path: Path) -> None:
+    engine = GlobalEngine(tmp_path / "g.db")
+    store = SqliteGlobalStore(engine)
+    try:
+        engine.put(Resource(Kind.MESH, "default"), NOW)  # revision 1
+        engine.put(Resource(Kind.SECRET, "s", mesh="default", data=b"secret-value"), NOW)  # 2
+        engine.put(Resource(Kind.GLOBAL_SECRET, "clash", data=b"v"), NOW)  # 3
+        t = ZoneTracker(store, Hub(engine.head(), 0, 100))
+        for zone, resumed in (("zone-a", 3), ("zone-b", 1), ("zone-c", 2)):
+            t.connected(
+                zone,
+                stream_id=zone,
+                instance_id=zone,
+                zone_version="",
+                protocol_version=1,
+                store_backend="",
+                resumed_revision=resumed,
+            )
+        t.zones["zone-c"].conflicts = ["GlobalSecret:clash"]
+        t.refused("zone-never", "refused")  # never connected: not counted
+        out = await _resources(t)
+        assert out["zones"] == ["zone-a", "zone-b", "zone-c"] and out["total"] == 3
+        zones = {(i["type"], i["name"]): i["zones"] for i in out["items"]}
+        assert zones[("Mesh", "default")]["held"] == ["zone-a", "zone-b", "zone-c"]
+        assert zones[("Secret", "s")] == {
+            "held": ["zone-a", "zone-c"],
+            "ownCopy": [],
+            "pending": ["zone-b"],
+        }
+        assert zones[("GlobalSecret", "clash")] == {
+            "held": ["zone-a"],
+            "ownCopy": ["zone-c"],
+            "pending": ["zone-b"],
+        }
+        assert "secret-value" not in repr(out) and all("data" not in i for i in out["items"])
+    finally:
+        store.close()

@@ -1,0 +1,211 @@
+"""kdsctl's HTTP client (the standard library's http.client) against scripted servers on
+127.0.0.1: proxies from the environment, a kept-alive connection the server closed, the
+timeout, a base URL with a path, and URLs it cannot use."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from kdsctl.client import ApiClient, ApiError, ApiUnreachable
+
+OK = json.dumps({"items": []}).encode()
+
+
+def _answer(status: str = "200 OK", body: bytes = OK, close: bool = False) -> bytes:
+    head = f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    return (head + ("Connection: close\r\n" if close else "") + "\r\n").encode() + body
+
+
+def _read_head(conn: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+class Scripted:
+    """Accepts connections one after another; ``script(conn, heads)`` serves each one."""
+
+    def __init__(self, script: Callable[[socket.socket, list[bytes]], None]):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.heads: list[bytes] = []
+        self.connections = 0
+        self._script = script
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                self._script(conn, self.heads)
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[..., Scripted]]:
+    made: list[Scripted] = []
+
+    def make(script: Callable[[socket.socket, list[bytes]], None]) -> Scripted:
+        made.append(Scripted(script))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.sock.close()
+
+
+def _one_answer(conn: socket.socket, heads: list[bytes]) -> None:
+    """Answers one request, keeps the connection alive in HTTP terms, then closes it."""
+    heads.append(_read_head(conn))
+    conn.sendall(_answer())
+
+
+def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+
+def test_plain_http_goes_through_the_environment_proxy(
+    scripted: Callable[..., Scripted], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _no_proxy(monkeypatch)
+    proxy = scripted(_one_answer)
+    monkeypatch.setenv("HTTP_PROXY", f"http://ops:p%40ss@127.0.0.1:{proxy.port}")
+    client = ApiClient("http://global.example:5681", timeout=5, token="t0k")
+    try:
+        assert client.get("/meshes") == {"items": []}
+    finally:
+        client.close()
+    head = proxy.heads[0].decode()
+    assert head.startswith("GET http://global.example:5681/meshes HTTP/1.1\r\n")
+    assert f"Proxy-Authorization: Basic {base64.b64encode(b'ops:p@ss').decode()}" in head
+    assert "Authorization: Bearer t0k" in head
+
+
+def test_no_proxy_bypasses_it(
+    scripted: Callable[..., Scripted], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _no_proxy(monkeypatch)
+    proxy = scripted(_one_answer)
+    api = scripted(_one_answer)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+    client = ApiClient(f"http://127.0.0.1:{api.port}", timeout=5)
+    try:
+        assert client.get("/meshes") == {"items": []}
+    finally:
+        client.close()
+    assert proxy.connections == 0 and api.heads[0].startswith(b"GET /meshes HTTP/1.1")
+
+
+def test_https_asks_the_proxy_for_a_tunnel(
+    scripted: Callable[..., Scripted], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _no_proxy(monkeypatch)
+
+    def refuse(conn: socket.socket, heads: list[bytes]) -> None:
+        heads.append(_read_head(conn))
+        conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+
+    proxy = scripted(refuse)
+    monkeypatch.setenv("HTTPS_PROXY", f"127.0.0.1:{proxy.port}")
+    client = ApiClient("https://global.example:5681", timeout=5)
+    with pytest.raises(ApiUnreachable, match=r"the proxy refused the tunnel.*403"):
+        client.get("/meshes")
+    assert proxy.heads[0].startswith(b"CONNECT global.example:5681 HTTP/1.")
+
+
+def test_a_closed_kept_alive_connection_is_replaced_for_a_read_only(
+    scripted: Callable[..., Scripted], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _no_proxy(monkeypatch)
+    api = scripted(_one_answer)  # closes each connection after one answer
+    client = ApiClient(f"http://127.0.0.1:{api.port}/", timeout=5)
+    try:
+        assert client.get("/a") == {"items": []}
+        assert client.get("/b") == {"items": []}  # sent again on a new connection
+        assert api.connections == 2
+        # A write is not sent twice: the server may have applied it before closing.
+        with pytest.raises(ApiUnreachable, match="closed the connection without an answer"):
+            client.post("/c", {})
+    finally:
+        client.close()
+    assert [h.split(b" ")[1] for h in api.heads] == [b"/a", b"/b"]
+
+
+def test_keep_alive_reuses_one_connection(
+    scripted: Callable[..., Scripted], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _no_proxy(monkeypatch)
+
+    def serve_all(conn: socket.socket, heads: list[bytes]) -> None:
+        while head := _read_head(conn):
+            heads.append(head)
+            conn.sendall(_answer())
+
+    api = scripted(serve_all)
+    client = ApiClient(f"http://127.0.0.1:{api.port}/api/v1", timeout=5)
+    try:
+        for _ in range(3):
+            client.get("/meshes")
+    finally:
+        client.close()
+    assert api.connections == 1
+    assert all(h.startswith(b"GET /api/v1/meshes HTTP/1.1") for h in api.heads)
+
+
+def test_no_answer_within_the_timeout(
+    scripted: Callable[..., Scripted], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _no_proxy(monkeypatch)
+    done = threading.Event()
+
+    def hang(conn: socket.socket, heads: list[bytes]) -> None:
+        heads.append(_read_head(conn))
+        done.wait(10)
+
+    api = scripted(hang)
+    client = ApiClient(f"http://127.0.0.1:{api.port}", timeout=0.2)
+    try:
+        with pytest.raises(ApiUnreachable, match=r"no answer from .*/meshes within 0\.2s"):
+            client.get("/meshes")
+    finally:
+        done.set()
+        client.close()
+
+
+def test_an_error_answer_that_is_not_json_names_the_status(
+    scripted: Callable[..., Scripted], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _no_proxy(monkeypatch)
+
+    def teapot(conn: socket.socket, heads: list[bytes]) -> None:
+        heads.append(_read_head(conn))
+        conn.sendall(_answer("502 Bad Gateway", b"<html>", close=True))
+
+    api = scripted(teapot)
+    client = ApiClient(f"http://127.0.0.1:{api.port}", timeout=5)
+    with pytest.raises(ApiError, match="HTTP 502 Bad Gateway"):
+        client.get("/meshes")
+
+
+@pytest.mark.parametrize(
+    "url", ["127.0.0.1:5681", "ftp://127.0.0.1", "http://", "http://127.0.0.1:99999"]
+)
+def test_an_unusable_url_says_so(url: str) -> None:
+    with pytest.raises(ApiUnreachable, match="is not a valid URL"):
+        ApiClient(url, timeout=5).get("/meshes")
