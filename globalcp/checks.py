@@ -27,7 +27,7 @@ import structlog
 from kds import wire
 from kds._pb import sync_pb2 as pb
 from kds.errors import ProtocolError, StoreDamaged
-from kds.model import Key
+from kds.model import Key, stays_on_global
 from kds.protocol.anti_entropy import Answer, GlobalCheck, Outcome, Query
 from kds.protocol.digest_tree import DigestTree
 from kds.protocol.records import ChangeRecord
@@ -75,7 +75,10 @@ class ZoneChecks:
         if leaves.revision != revision:
             self._next_at = self.clock() + min(self.interval, 1.0)
             return None
-        tree = await asyncio.to_thread(DigestTree, leaves.leaves)
+        # What zones are sent: Kuma's system GlobalSecrets stay on global, so they are no
+        # leaf of global's tree (a zone holding one has it deleted, never one put).
+        sent = [(k, d) for k, d in leaves.leaves if not stays_on_global(k)]
+        tree = await asyncio.to_thread(DigestTree, sent)
         self._ids += 1
         self.check = GlobalCheck(self._ids, revision, tree)
         return wire.query_to_pb(self.check.first_query())
@@ -102,6 +105,8 @@ class ZoneChecks:
         check's revision are left to the ranges that carry them."""
         records = []
         for key in outcome.puts:
+            if stays_on_global(key):
+                continue  # never sent to a zone (not in global's tree: a safeguard)
             try:
                 row = await self.store.get(key)
             except StoreDamaged as e:  # global's own row is damaged: nothing right to send

@@ -40,6 +40,7 @@ from typing import Any
 
 import httpx
 
+from kds.model import stays_on_global
 from kds.store.sqlite import GlobalEngine, ZoneEngine
 from tests.faults.checker import Applied, History, Observation, Op, Violation, check
 from tests.integration.conftest import Cluster, Daemon, wait_for
@@ -381,7 +382,7 @@ class FaultRun:
 
     def _equal_since(self, zone: str, head: int) -> bool:
         ov = self.g.get_json(f"/zones/{zone}/_overview")
-        last = (ov or {}).get("antiEntropy", {}).get("lastCheck") or {}
+        last = (ov or {}).get("kdsSync", {}).get("antiEntropy", {}).get("lastCheck") or {}
         return bool(last.get("result") == "equal" and last.get("revision") == head)
 
     def _final(self) -> None:
@@ -440,7 +441,9 @@ class FaultRun:
 
         g = GlobalEngine(self.work / "global" / "global.db")
         try:
-            self.history.global_leaves = keyed(g.sync_leaves().leaves)
+            # What zones are sent: Kuma's system GlobalSecrets stay on global.
+            sent = [(k, d) for k, d in g.sync_leaves().leaves if not stays_on_global(k)]
+            self.history.global_leaves = keyed(sent)
         finally:
             g.close()
         for z in self.zones:
