@@ -27,7 +27,7 @@ from typing import Any
 
 from kds.errors import StoreError, StoreFull
 from kds.model import Kind, Resource
-from kds.store.sqlite._digest import add_missing_digests, row_digest
+from kds.store.sqlite._digest import add_missing_digests, row_digest, upgrade_digests
 
 __all__ = [
     "COLS",
@@ -35,6 +35,7 @@ __all__ = [
     "Database",
     "get_meta",
     "is_disk_full",
+    "is_malformed",
     "row_to_resource",
     "row_values",
     "set_meta",
@@ -107,13 +108,17 @@ _ADDED_COLUMNS = (
     ("resources", "digest", "BLOB NOT NULL DEFAULT x''"),  # kds.store.sqlite._digest
 )
 
-# The resources columns a Resource is read from and written to, in this order; the last,
-# digest, is the digest of the eleven before it as stored.
+# The resources columns a row is read from and written to, in this order; the last, digest,
+# is the digest of the twelve before it as stored (wire included: global's encoded Change,
+# which snapshots send as it is, so damage to it is caught like damage to the data).
 COLS = (
     "kind, mesh, name, origin, data, labels, spec, creation_time, modification_time, version, "
-    "sealed, digest"
+    "sealed, wire, digest"
 )
-DIGEST = 11  # the digest's position in COLS
+WIRE = 11  # the wire column's position in COLS
+DIGEST = 12  # the digest's position in COLS
+# The row digest format: 1 covered the eleven columns before wire, 2 covers wire too.
+ROW_DIGESTS = "2"
 
 
 def row_to_resource(r: sqlite3.Row | tuple[Any, ...], data: bytes) -> Resource:
@@ -135,8 +140,10 @@ def _json_map(m: Any) -> str:
     return json.dumps(dict(m), sort_keys=True) if m else "{}"
 
 
-def row_values(r: Resource, origin: str, data: bytes, sealed: str) -> tuple[Any, ...]:
-    """The values of COLS for one row (``data`` as stored: sealed or not)."""
+def row_values(
+    r: Resource, origin: str, data: bytes, sealed: str, wire: bytes | None = None
+) -> tuple[Any, ...]:
+    """The values of COLS for one row (``data`` and ``wire`` as stored: sealed or not)."""
     values = (
         str(r.kind),
         r.mesh,
@@ -149,8 +156,23 @@ def row_values(r: Resource, origin: str, data: bytes, sealed: str) -> tuple[Any,
         r.modification_time,
         r.version,
         sealed,
+        wire,
     )
     return (*values, row_digest(values))
+
+
+def is_malformed(e: BaseException) -> bool:
+    """Whether ``e`` says SQLite finds the file itself damaged (not a database, or a
+    malformed page), as opposed to one row whose digest does not match."""
+    if not isinstance(e, sqlite3.DatabaseError):
+        return False
+    code = getattr(e, "sqlite_errorcode", None)
+    text = str(e)
+    return (
+        code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+        or "malformed" in text
+        or "not a database" in text
+    )
 
 
 def is_disk_full(e: BaseException) -> bool:
@@ -238,9 +260,12 @@ class Database:
             if column not in {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}:
                 conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
         with self.tx(conn):
-            if get_meta(conn, "row_digests") != "1":  # a store made before row digests
+            digests = get_meta(conn, "row_digests")
+            if digests == "1":  # digests made before they covered wire
+                upgrade_digests(conn)
+            elif digests != ROW_DIGESTS:  # a store made before row digests
                 add_missing_digests(conn, COLS)
-                set_meta(conn, "row_digests", "1")
+            set_meta(conn, "row_digests", ROW_DIGESTS)
             row = conn.execute("SELECT value FROM meta WHERE key='role'").fetchone()
             if row is None:
                 conn.execute("INSERT INTO meta VALUES ('role', ?)", (role,))

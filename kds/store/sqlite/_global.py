@@ -20,7 +20,7 @@ from kds.model import Key, Kind, Resource
 from kds.store.interface import OnCommit
 from kds.store.results import ORIGIN_GLOBAL, ChangeRecord, Snapshot, ZoneEvent, sort_records
 from kds.store.sqlite._changelog import ChangeLog
-from kds.store.sqlite._db import get_meta
+from kds.store.sqlite._db import COLS, WIRE, get_meta
 from kds.store.sqlite._resources import ResourceEngine, TxView
 from kds.store.sqlite._sealing import aad
 
@@ -97,20 +97,16 @@ class GlobalEngine(ResourceEngine):
         with self.db.tx(conn, "DEFERRED"):
             head = int(get_meta(conn, "head"))
             chain = bytes.fromhex(get_meta(conn, "chain"))
-            cur = conn.execute(
-                "SELECT version, kind, mesh, name, wire, sealed FROM resources "
-                "WHERE origin='global'"
-            )
-            open_value = self.sealer.open
-            records = [
-                ChangeRecord(
-                    v,
-                    Key(Kind(k), m, n),
-                    False,
-                    open_value(bytes(w), sl, aad("wire", k, m, n, ORIGIN_GLOBAL)),
-                )
-                for v, k, m, n, w, sl in cur
-            ]
+            cur = conn.execute(f"SELECT {COLS} FROM resources WHERE origin='global'")
+            sealer = self.sealer
+            records = []
+            for r in cur:
+                # The row's digest covers the wire bytes sent as they are: a damaged row
+                # is never sent (StoreDamaged names it; the snapshot is refused).
+                sealer.check_digest(r)
+                k, m, n = r[0], r[1], r[2]
+                wire = sealer.open(bytes(r[WIRE]), r[10], aad("wire", k, m, n, ORIGIN_GLOBAL))
+                records.append(ChangeRecord(r[9], Key(Kind(k), m, n), False, wire))
         return Snapshot(head, self._store_id, sort_records(records), chain)
 
     # ------------------------------------------------------------------ internal secrets

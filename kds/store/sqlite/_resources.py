@@ -37,7 +37,7 @@ from kds.store.results import (
     SyncLeaves,
     WriteResult,
 )
-from kds.store.sqlite._db import COLS, Database
+from kds.store.sqlite._db import COLS, Database, is_malformed
 from kds.store.sqlite._digest import DamagedRow, scan
 from kds.store.sqlite._sealing import Sealer
 
@@ -110,10 +110,28 @@ class ResourceEngine:
             self.sealer.reseal(self.db)
         except (sqlite3.Error, OSError) as e:
             self.close()
+            if is_malformed(e):
+                raise StoreError(self._malformed(e)) from e
             raise StoreError(f"cannot open store {self.path}: {e}") from e
         except BaseException:
             self.close()
             raise
+
+    def _malformed(self, e: BaseException) -> str:
+        """What to do about a file SQLite itself finds damaged (beyond one row's digest):
+        no row can be trusted or repaired in place, so the daemon refuses to start."""
+        head = f"store {self.path} is damaged beyond repair by row ({e}): "
+        if self.role == "zone":
+            return head + (
+                f"move it aside (mv {self.path} {self.path}.damaged) and start again with "
+                "--new-store: the zone takes a full snapshot from global; its zone-local "
+                "resources come back only from a backup"
+            )
+        return head + (
+            f"restore it from a backup (or recover what SQLite can: sqlite3 {self.path} "
+            "'.recover' | sqlite3 NEW.db); --new-store starts an empty store instead, and "
+            "every zone then follows it"
+        )
 
     @property
     def store_id(self) -> str:
@@ -330,7 +348,7 @@ class ResourceEngine:
         )
         record, wire_bytes = self._log_put(conn, stored)
         conn.execute(
-            f"INSERT OR REPLACE INTO resources ({COLS}, wire, sync_gen) "
+            f"INSERT OR REPLACE INTO resources ({COLS}, sync_gen) "
             "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,0)",
             self.sealer.row_values(stored, self.origin, wire_bytes),
         )
