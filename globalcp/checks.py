@@ -33,13 +33,42 @@ from kds.protocol.digest_tree import DigestTree
 from kds.protocol.records import ChangeRecord
 from kds.store import GlobalStore
 
-__all__ = ["RECHECKS_AT_ONCE", "ZoneChecks", "key_label"]
+__all__ = ["RECHECKS_AT_ONCE", "GlobalTrees", "ZoneChecks", "key_label"]
 
 log = structlog.get_logger("globalcp.sync")
 
 # Checks run at once after one that repaired or deferred something, before the interval
 # applies again (a zone that keeps diverging must not keep global busy).
 RECHECKS_AT_ONCE = 3
+
+
+class GlobalTrees:
+    """Global's tree, shared by every zone stream's checks: read and built once per head
+    revision, however many zones are checked at it (a read in progress is joined), so a
+    fleet checked at the same revision costs global one read of its leaves."""
+
+    def __init__(self, store: GlobalStore):
+        self.store = store
+        self._tree: tuple[int, DigestTree] | None = None
+        self._building: asyncio.Future[tuple[int, DigestTree]] | None = None
+
+    async def at(self, revision: int) -> DigestTree | None:
+        """The tree at ``revision``; None if the store's head is elsewhere now."""
+        held = self._tree
+        if held is not None and held[0] == revision:
+            return held[1]
+        if self._building is None or self._building.done():
+            self._building = asyncio.ensure_future(self._build())
+        built = await asyncio.shield(self._building)
+        self._tree = built
+        return built[1] if built[0] == revision else None
+
+    async def _build(self) -> tuple[int, DigestTree]:
+        leaves = await self.store.sync_leaves()
+        # What zones are sent: Kuma's system GlobalSecrets stay on global, so they are no
+        # leaf of global's tree (a zone holding one has it deleted, never one put).
+        sent = [(k, d) for k, d in leaves.leaves if not stays_on_global(k)]
+        return leaves.revision, await asyncio.to_thread(DigestTree, sent)
 
 
 def key_label(k: Key) -> str:
@@ -49,8 +78,15 @@ def key_label(k: Key) -> str:
 class ZoneChecks:
     """The anti-entropy checks of one zone stream (see the module docstring)."""
 
-    def __init__(self, store: GlobalStore, interval: float, clock: Callable[[], float]):
+    def __init__(
+        self,
+        store: GlobalStore,
+        interval: float,
+        clock: Callable[[], float],
+        trees: GlobalTrees | None = None,
+    ):
         self.store = store
+        self.trees = trees or GlobalTrees(store)
         self.interval = interval  # seconds between checks; 0: never
         self.clock = clock
         self.check: GlobalCheck | None = None
@@ -71,14 +107,10 @@ class ZoneChecks:
     async def start(self, revision: int) -> bytes | None:
         """Begin a check at ``revision`` (the zone's acknowledged one, equal to global's
         head): the first query's bytes, or None if the head moved meanwhile (tried later)."""
-        leaves = await self.store.sync_leaves()
-        if leaves.revision != revision:
+        tree = await self.trees.at(revision)
+        if tree is None:
             self._next_at = self.clock() + min(self.interval, 1.0)
             return None
-        # What zones are sent: Kuma's system GlobalSecrets stay on global, so they are no
-        # leaf of global's tree (a zone holding one has it deleted, never one put).
-        sent = [(k, d) for k, d in leaves.leaves if not stays_on_global(k)]
-        tree = await asyncio.to_thread(DigestTree, sent)
         self._ids += 1
         self.check = GlobalCheck(self._ids, revision, tree)
         return wire.query_to_pb(self.check.first_query())

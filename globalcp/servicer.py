@@ -30,7 +30,7 @@ from typing import Any
 import grpc
 import structlog
 
-from globalcp.checks import ZoneChecks
+from globalcp.checks import GlobalTrees, ZoneChecks
 from globalcp.hub import Hub
 from globalcp.sending import SendPlans
 from globalcp.stream import ZoneLink, ZoneStream, decode_zone_message
@@ -89,6 +89,7 @@ class SyncServicer:
         self.links: dict[str, ZoneLink] = {}
         # Shared by every stream: one snapshot read, one plan per range, however many zones.
         self.plans = SendPlans(store, hub, max_message_bytes)
+        self.trees = GlobalTrees(store)  # anti-entropy: global's tree, one per head
         self._stopping = asyncio.Event()
         self._on_token_refused = on_token_refused  # given the refusal's status code name
         self._refusal_log = Throttle(REFUSAL_LOG_INTERVAL)
@@ -210,7 +211,7 @@ class SyncServicer:
             self.plans,
             welcome=self._welcome(mode),
             heartbeat_interval=self.heartbeat_interval,
-            checks=ZoneChecks(self.store, self.anti_entropy_interval, time.monotonic),
+            checks=ZoneChecks(self.store, self.anti_entropy_interval, time.monotonic, self.trees),
         )
         # From here on every exit goes through the finally below, so a stream that fails even
         # while writing the welcome never leaves its zone marked as connected.
