@@ -28,6 +28,47 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
+# --profile DIR: each kds process the harness starts is sampled by py-spy (the bench extra
+# installs it) into DIR/<scenario>-<process>-<pid>.txt, py-spy's "raw" format (collapsed
+# stacks: flamegraph.pl or speedscope read it). Sampling costs the sampled process some CPU,
+# so a profiled run's figures are not the benchmark's.
+_profile: dict[str, Any] = {"dir": None, "spies": []}
+
+
+def profile_into(directory: Path) -> None:
+    """Sample every process ``sample`` is given from now on into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    _profile["dir"] = directory
+
+
+def sample(pid: int, name: str) -> None:
+    """With --profile, start py-spy on ``pid`` (it writes its file when the process ends)."""
+    directory = _profile["dir"]
+    if directory is None:
+        return
+    exe = BIN / "py-spy"
+    out = directory / f"{name}-{pid}.txt"
+    _profile["spies"].append(
+        subprocess.Popen(
+            [
+                *(str(exe), "record", "--pid", str(pid), "--rate", "250"),
+                *("--format", "raw", "--output", str(out), "--nonblocking"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    )
+
+
+def samplers_done(timeout: float = 60.0) -> None:
+    """Wait for the py-spy processes (each ends when its process has)."""
+    for spy in _profile["spies"]:
+        try:
+            spy.wait(timeout)
+        except subprocess.TimeoutExpired:
+            stop_process(spy)
+    _profile["spies"].clear()
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -240,6 +281,7 @@ def start_fleet(
             )
         )
         log.close()
+        sample(out[-1].pid, f"{log_dir.name}-{name}-{i}")
     return Fleet(out, members, first)
 
 

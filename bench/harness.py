@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import anti_entropy, report
-from bench.common import ROOT
+from bench.common import ROOT, profile_into, samplers_done
 from bench.etcd import etcd_binary
 from bench.scenarios import (
     bulk_etcd,
@@ -186,6 +186,13 @@ def main(argv: list[str] | None = None) -> int:
         help="run only these",
     )
     ap.add_argument("--keep", action="store_true", help="keep work dirs (logs, stores)")
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="sample global and every fleet process with py-spy into DIR (collapsed stacks, "
+        "one file per process); the run's figures then include py-spy's cost",
+    )
     ap.add_argument("--prop-zones", type=int, nargs="+", help="override propagation zone counts")
     ap.add_argument("--bulk-zones", type=int, nargs="+", help="override bulk zone counts")
     ap.add_argument("--writes", type=int, help="override single writes per run")
@@ -205,7 +212,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.profile:
+        profile_into(args.profile)
     results = run(plan, args)
+    samplers_done()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "benchmarks.json").write_text(json.dumps(results, indent=2) + "\n")
     report.write(results, args.out)

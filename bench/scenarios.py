@@ -33,6 +33,7 @@ from bench.common import (
     peak_rss_mb,
     percentile,
     rss_mb,
+    sample,
     start_fleet,
     stop_process,
     wait_http,
@@ -83,6 +84,7 @@ class KdsGlobal:
                 stdout=f,
                 stderr=f,
             )
+        sample(self.proc.pid, f"{work.name}-{name}")
         wait_http(self.api + "/")
         self.admin_token = (self.dir / "admin-token").read_text().strip()
         self.http = httpx.Client(

@@ -13,6 +13,7 @@ from aiohttp import web
 from globalcp.hub import Hub
 from globalcp.inventory import inventory_routes
 from globalcp.metrics import GlobalMetrics
+from globalcp.peers import Peers
 from globalcp.security import server_credentials
 from globalcp.servicer import SyncServicer
 from globalcp.status_api import zone_routes
@@ -32,12 +33,18 @@ from kds.reload import Reloader
 from kds.runtime import Guard, Service, check_ports_free, ensure_private_dir
 from kds.secret_files import check_secret_files
 from kds.store import WriteResult, open_global_store
+from kds.store.postgres import PgGlobalStore
+from kds.store.target import store_location
 from kds.version import __version__
 
 __all__ = ["run_global"]
 
 log = structlog.get_logger("globalcp")
 
+
+# Several instances on one store: how long an instance's claim on a zone's stream holds
+# unless renewed (renewed every half of it); a dead instance's zones show Offline after it.
+ZONE_LEASE = 10.0
 
 # Options a reload (SIGHUP) applies while running; the others need a restart. Heartbeat
 # interval, anti-entropy interval and window size reach streams that start after the reload;
@@ -73,7 +80,7 @@ async def run_global(cfg: GlobalConfig, service: Service) -> int:
             loop.call_soon_threadsafe(hub.publish_many, records)
 
     store = open_global_store(
-        data_dir / "global.db",
+        store_location(cfg, data_dir),
         log_size=cfg.log_size,
         max_message_bytes=cfg.max_message_bytes,
         cipher=cipher,
@@ -87,8 +94,13 @@ async def run_global(cfg: GlobalConfig, service: Service) -> int:
     hub = Hub(await store.head(), await store.log_floor(), cfg.log_size)
     instance_id = f"global-{uuid.uuid4().hex[:8]}"
     metrics = GlobalMetrics()
+    shared = isinstance(store, PgGlobalStore)  # other instances may share the store
     tracker = ZoneTracker(
-        store, hub, observe_latency=metrics.observe_propagation, instance_id=instance_id
+        store,
+        hub,
+        observe_latency=metrics.observe_propagation,
+        instance_id=instance_id,
+        lease=ZONE_LEASE if shared else None,
     )
     await tracker.load()
     guard = Guard(stop)
@@ -110,6 +122,12 @@ async def run_global(cfg: GlobalConfig, service: Service) -> int:
         anti_entropy_interval=cfg.anti_entropy_interval,
         on_token_refused=metrics.token_refused,
     )
+    if shared:
+        assert isinstance(store, PgGlobalStore)
+        # Other global instances may share the store: follow their commits and key changes.
+        peers = Peers(store, hub, zone_tokens, servicer.end_streams)
+        servicer.catch_up = peers.catch_up
+        guard.start("peers", peers.run())
     server = grpc.aio.server(
         options=server_options(cfg.max_message_bytes, cfg.keepalive_interval, cfg.keepalive_timeout)
     )

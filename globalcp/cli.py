@@ -35,6 +35,23 @@ def run(ctx: click.Context, config_file: Path | None, **given: Any) -> None:
     sys.exit(run_with_config(ctx, GlobalConfig, config_file, given, run_global))
 
 
+@cli.command(
+    "migrate-store",
+    help="Copy this global's SQLite store (DATA_DIR/global.db) into PostgreSQL "
+    "(--postgres-url, --postgres-schema, --postgres-password-file), keeping its store id, "
+    "revisions, change log, CA, signing keys and zone tokens, so zones resume instead of "
+    "taking a snapshot. Stop globalcp first (its data dir is locked); the SQLite file is only "
+    "read; the schema must not hold a store yet. Then run globalcp with --store postgres. "
+    "Takes globalcp run's options (the others are ignored).",
+)
+@click_options(GlobalConfig, "GLOBALCP_")
+@click.pass_context
+def migrate_store(ctx: click.Context, config_file: Path | None, **given: Any) -> None:
+    from globalcp.migrate import migrate_store
+
+    sys.exit(migrate_store(ctx, config_file, given))
+
+
 def main() -> None:
     # gRPC's C core keeps its own lines here: a client's failed handshake on the sync port
     # (wrong CA, old TLS, plain HTTP) is logged by nothing else. A taken port is refused

@@ -68,6 +68,20 @@ class Hub:
         for ev in self._waiters:
             ev.set()
 
+    def jump(self, head: int, log_floor: int) -> None:
+        """Move to ``head`` without the records in between (another instance sharing the
+        store committed them, and the log no longer holds them all): the cache is emptied,
+        and a zone behind the new floor takes a snapshot, as after any pruned log."""
+        if head <= self.head:
+            return
+        self.head = head
+        self.log_floor = max(self.log_floor, log_floor)
+        self._pending = {r: rec for r, rec in self._pending.items() if r > head}
+        self._cache.clear()
+        self._cache_bytes = 0
+        for ev in self._waiters:
+            ev.set()
+
     def cached_range(self, after: int, upto: int) -> list[ChangeRecord] | None:
         """The records (after, upto] if the cache holds all of them, else None."""
         if upto <= after:

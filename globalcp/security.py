@@ -48,11 +48,20 @@ async def _own_ca(store: GlobalStore, data_dir: Path) -> tls.CertPair:
     if CA_KEY in found and CA_CERT in found:
         ca = tls.CertPair(found[CA_CERT], found[CA_KEY])
     else:
-        ca = tls.make_ca("kds-sync global sync CA")
-        now = rfc3339()
-        await store.put_internal_secret(CA_KEY, ca.key_pem, now)
-        await store.put_internal_secret(CA_CERT, ca.cert_pem, now)
-        log.info("created the sync CA", ca_file=str(data_dir / "ca.crt"))
+        # Made once: key and certificate are stored together unless either is there, so
+        # global instances starting at once on one empty store all take the first one made.
+        made = tls.make_ca("kds-sync global sync CA")
+        stored = await store.add_internal_secrets(
+            {CA_KEY: made.key_pem, CA_CERT: made.cert_pem}, rfc3339()
+        )
+        if CA_KEY not in stored or CA_CERT not in stored:
+            raise ConfigError(
+                f"the store holds only one of the internal secrets {CA_KEY} and {CA_CERT}: "
+                "restore the store from a backup"
+            )
+        ca = tls.CertPair(stored[CA_CERT], stored[CA_KEY])
+        if ca.key_pem == made.key_pem:
+            log.info("created the sync CA", ca_file=str(data_dir / "ca.crt"))
     ca_file = data_dir / "ca.crt"
     if not ca_file.exists() or ca_file.read_bytes() != ca.cert_pem:
         _write_private(ca_file, ca.cert_pem)

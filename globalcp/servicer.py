@@ -24,7 +24,7 @@ import asyncio
 import datetime as dt
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -81,6 +81,9 @@ class SyncServicer:
         self.tracker = tracker
         self.tokens = tokens  # None: plaintext test mode, no zone authentication
         self.instance_id = instance_id
+        # Several instances on one store (globalcp.peers): brings the hub up to the store's
+        # head, for a zone that applied more than this instance's hub has heard of yet.
+        self.catch_up: Callable[[], Awaitable[None]] | None = None
         self.software_version = software_version
         self.max_unacked = max_unacked
         self.max_message_bytes = max_message_bytes
@@ -242,6 +245,8 @@ class SyncServicer:
         )
         chain_at_revision = None
         if h.resume.global_store_id == self.store.store_id:
+            if self.catch_up is not None and h.resume.revision > self.hub.head:
+                await self.catch_up()  # resumed from another instance, ahead of this hub
             chain_at_revision = await self.store.chain_at(h.resume.revision)
         try:
             if 0 < h.max_message_bytes < self.max_message_bytes:

@@ -67,22 +67,43 @@ class ZoneTokens:
         """Read the signing keys and revoked token ids; make the first key on a new store."""
         self.keys = await self.store.internal_secrets(SIGNING_KEY_PREFIX)
         if not self.keys:
-            await self.rotate()
+            # Added only where no instance sharing the store made one first.
+            first = f"{SIGNING_KEY_PREFIX}1"
+            self.keys = await self.store.add_internal_secrets(
+                {first: secrets.token_bytes(32)}, rfc3339()
+            )
         rows = await self.store.zone_tokens()
         self.revoked = {r["id"] for r in rows if r["revokedAt"]}
+
+    async def reload(self) -> tuple[set[str], set[str]]:
+        """Re-read the signing keys and revocations another instance sharing the store may
+        have changed: (signing keys removed, token ids newly revoked)."""
+        keys = await self.store.internal_secrets(SIGNING_KEY_PREFIX)
+        rows = await self.store.zone_tokens()
+        revoked = {r["id"] for r in rows if r["revokedAt"]}
+        removed = set(self.keys) - set(keys)
+        newly = revoked - self.revoked
+        if keys:  # never left with no key: the store answered, so it holds at least one
+            self.keys = keys
+        self.revoked |= revoked
+        return removed, newly
 
     @property
     def current_key(self) -> str:
         return max(self.keys, key=_key_number)
 
     async def rotate(self) -> str:
-        """Add a signing key with the next number; it signs every token issued from now on."""
-        n = max((_key_number(k) for k in self.keys), default=0) + 1
-        name = f"{SIGNING_KEY_PREFIX}{n}"
-        key = secrets.token_bytes(32)
-        await self.store.put_internal_secret(name, key, rfc3339())
-        self.keys[name] = key
-        return name
+        """Add a signing key with the next number; it signs every token issued from now on.
+        A number another instance sharing the store took meanwhile is skipped, not replaced."""
+        for _ in range(100):
+            n = max((_key_number(k) for k in self.keys), default=0) + 1
+            name = f"{SIGNING_KEY_PREFIX}{n}"
+            key = secrets.token_bytes(32)
+            stored = await self.store.add_internal_secrets({name: key}, rfc3339())
+            self.keys[name] = stored[name]
+            if stored[name] == key:
+                return name
+        raise RuntimeError("could not add a signing key: every number tried was taken")
 
     async def remove_key(self, name: str) -> None:
         """Remove a signing key: tokens it signed are refused from then on."""

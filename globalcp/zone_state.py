@@ -72,6 +72,9 @@ class ZoneState:
     first_seen_at: float = 0.0  # the first accepted stream (0: saved by an older version)
     sync_mode: str = ""  # how the last stream started: "snapshot" or "resume"
     global_instance: str = ""  # the global instance that accepted the last stream
+    # Several global instances on one store: until when the holder's claim on the zone's
+    # stream holds unless renewed (wall-clock seconds; 0: not shared).
+    lease_until: float = 0.0
     problem: str = ""  # why the zone says it is failing ("": nothing is wrong)
     problem_at: float = 0.0  # when it first reported that problem
     checks: dict[str, int] = field(default_factory=dict)  # anti-entropy checks by result
@@ -136,6 +139,7 @@ class ZoneStatusView:
             "name": s.name,
             "status": "Online" if s.online else "Offline",
             "instanceId": s.instance_id,
+            "globalInstance": s.global_instance or None,
             "connectedAt": _ts(s.connected_at),
             "disconnectedAt": None if s.online else _ts(s.disconnected_at),
             "disconnectReason": None if s.online else (s.disconnect_reason or None),

@@ -34,6 +34,7 @@ import structlog
 
 from globalcp.history import SAMPLE_INTERVAL, ZoneHistory
 from globalcp.hub import Hub
+from globalcp.zone_claims import ZoneClaims
 from globalcp.zone_state import (
     CHECK_KEYS_KEPT,
     CONFLICTS_KEPT,
@@ -209,6 +210,7 @@ class ZoneTracker:
         flush_interval: float = 1.0,
         observe_latency: Callable[[str, float], None] | None = None,
         instance_id: str = "",
+        lease: float | None = None,
     ):
         self.store = store
         self.instance_id = instance_id  # this global's, recorded with each accepted stream
@@ -223,6 +225,9 @@ class ZoneTracker:
         self.zones: dict[str, ZoneState] = {}
         self._dirty: set[str] = set()
         self._urgent = asyncio.Event()
+        # Several global instances on one store: their claims on zones' streams (``lease``:
+        # how long one holds unless renewed); None when this instance is the only one.
+        self.claims = ZoneClaims(instance_id, lease, clock) if lease is not None else None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -233,6 +238,9 @@ class ZoneTracker:
         saved = await self.store.zone_statuses()
         for name, text in saved.items():
             state = ZoneState.from_json(name, text)
+            if self.claims is not None and self.claims.held_elsewhere(state):
+                self.zones[name] = state  # another live instance's: left as it saved it
+                continue
             if state.online:
                 state.online = False
                 state.disconnected_at = state.last_message_at or self.clock()
@@ -250,6 +258,8 @@ class ZoneTracker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._urgent.wait(), self.flush_interval)
             self._urgent.clear()
+            for state in self.claims.renew(self.zones.values()) if self.claims else []:
+                self.mark(state)
             await self.flush()
 
     async def flush(self) -> None:
@@ -318,6 +328,8 @@ class ZoneTracker:
         state.first_seen_at = state.first_seen_at or now
         state.sync_mode = "snapshot" if resumed_revision is None else "resume"
         state.global_instance = self.instance_id
+        if self.claims is not None:
+            self.claims.claim(state)
         if resumed_revision is not None:
             state.acked_revision = resumed_revision
         self.history.event(
@@ -358,11 +370,18 @@ class ZoneTracker:
 
     # ------------------------------------------------------------------ views
 
+    async def refresh(self) -> None:
+        """With several instances on one store: the others' zones, as the store holds them."""
+        if self.claims is not None:
+            await self.claims.refresh(self.store, self.zones, self._dirty, ZoneState.from_json)
+
     async def view(self, name: str) -> ZoneStatusView | None:
+        await self.refresh()
         state = self.zones.get(name)
         return None if state is None else await self._view(state)
 
     async def views(self) -> list[ZoneStatusView]:
+        await self.refresh()
         return [await self._view(self.zones[name]) for name in sorted(self.zones)]
 
     async def _view(self, state: ZoneState) -> ZoneStatusView:

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import click
 import yaml
 
+from kds.config_store import postgres_url, schema_name, store_backend
 from kds.errors import ConfigError, shown
 from kds.safe_yaml import AliasRefused, NoAliasLoader
 
@@ -94,13 +95,26 @@ def parse_address(value: object) -> tuple[str, int]:
 
 
 def parse_global_address(value: object) -> str:
-    """grpcs://HOST:PORT (TLS, the default) or grpc://HOST:PORT (plaintext, with --insecure)."""
+    """grpcs://HOST:PORT (TLS, the default) or grpc://HOST:PORT (plaintext, with --insecure);
+    several global instances comma-separated, all with one scheme."""
     text = str(value)
-    scheme, sep, rest = text.partition("://")
-    if not sep or scheme not in {"grpc", "grpcs"}:
-        raise ValueError(f"{text!r} must look like grpcs://HOST:PORT (or grpc:// with --insecure)")
-    parse_address(rest)
-    return text
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise ValueError("give grpcs://HOST:PORT")
+    if len(parts) > 16:
+        raise ValueError("at most 16 addresses")
+    schemes = set()
+    for part in parts:
+        scheme, sep, rest = part.partition("://")
+        if not sep or scheme not in {"grpc", "grpcs"}:
+            raise ValueError(
+                f"{part!r} must look like grpcs://HOST:PORT (or grpc:// with --insecure)"
+            )
+        parse_address(rest)
+        schemes.add(scheme)
+    if len(schemes) > 1:
+        raise ValueError("give every address with the same scheme (all grpcs:// or all grpc://)")
+    return ",".join(parts)
 
 
 def _optional_path(value: object) -> Path | None:
@@ -223,6 +237,34 @@ class _Common:
         "bytes, one a line: the first encrypts, all decrypt (rotate by adding a new first line).",
         "FILE",
     )
+    store: str = opt(
+        "sqlite",
+        store_backend,
+        "Where the store lives: sqlite (one file in DATA_DIR, one instance) or postgres "
+        "(--postgres-url; several instances of this control plane may share it).",
+        "BACKEND",
+    )
+    postgres_url: str = opt(
+        "",
+        postgres_url,
+        "PostgreSQL for --store postgres, as a libpq URL: "
+        "postgresql://USER@HOST:PORT/DATABASE?sslmode=verify-full&sslrootcert=CA.pem (libpq's "
+        "parameters pass through). Give the password with --postgres-password-file, not here.",
+        "URL",
+    )
+    postgres_password_file: Path | None = opt(
+        None,
+        _optional_path,
+        "File holding the PostgreSQL password (first line), so it is not in the process list.",
+        "FILE",
+    )
+    postgres_schema: str = opt(
+        "",
+        schema_name,
+        "PostgreSQL schema holding this store; one store per schema, so a global and its zones "
+        "may share a database. Default: kds_global on global, kds_zone_<zone> on a zone.",
+        "NAME",
+    )
     new_store: bool = opt(
         False,
         _bool,
@@ -298,7 +340,9 @@ class ZoneConfig(_Common):
     global_address: str = opt(
         "grpcs://127.0.0.1:5685",
         parse_global_address,
-        "Global's sync address: grpcs:// (TLS), or grpc:// with --insecure.",
+        "Global's sync address: grpcs:// (TLS), or grpc:// with --insecure. Several global "
+        "instances sharing one PostgreSQL store: comma-separated; the zone dials the next "
+        "when one fails.",
         "grpcs://HOST:PORT",
     )
     ca_file: Path | None = opt(

@@ -10,8 +10,10 @@
     ├── StoreError           the store failed (our side; API 500)
     │   ├── StoreDamaged     a stored row no longer matches its digest or does not decrypt:
     │   │                    the disk's or the file's fault (API 500 naming the key)
-    │   └── StoreFull        the disk under the store is full: the host operator's to fix
-    │                        (API 507)
+    │   ├── StoreFull        the disk under the store is full: the host operator's to fix
+    │   │                    (API 507)
+    │   └── StoreUnavailable the store's database server is unreachable (PostgreSQL): retry
+    │                        once it is back (API 503)
     ├── ConfigError          a bad option, environment variable or config file entry
     │
     │   Defined beside the only code that raises them, on the edges:
@@ -52,6 +54,7 @@ __all__ = [
     "StoreDamaged",
     "StoreError",
     "StoreFull",
+    "StoreUnavailable",
     "shown",
 ]
 
@@ -138,3 +141,9 @@ class StoreDamaged(StoreError):
 
 class StoreFull(StoreError):
     pass
+
+
+class StoreUnavailable(StoreError):
+    """The database server holding the store cannot be reached or failed mid-call. A write
+    refused before it reached the server was not made; one cut off at its commit may have
+    been: retry (a put of the same content changes nothing) once the server is back."""

@@ -5,17 +5,31 @@ An alias repeats a node without repeating its text, so a few hundred bytes of ne
 Resources and config files never need them, so the loader here refuses every alias (and
 merge key, which works through aliases) the moment it meets one, before anything is
 expanded. It is PyYAML's safe loader otherwise (libyaml's when PyYAML was built with it).
+
+``load_all`` reads many documents (an apply of thousands of resources) about twice as fast as
+``yaml.load_all``: libyaml composes the nodes as before, and the strings, mappings and
+sequences that make up nearly all of a resource are built directly instead of through
+PyYAML's per-node constructor machinery; every other node (numbers, booleans, null,
+timestamps, binary, sets, unknown tags) goes to PyYAML's safe constructor, so the values are
+the same as ``yaml.load_all`` with ``NoAliasLoader`` gives.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import yaml
+from yaml.constructor import ConstructorError
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-__all__ = ["AliasRefused", "NoAliasLoader"]
+__all__ = ["AliasRefused", "NoAliasLoader", "load_all"]
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_VALUE_TAG = "tag:yaml.org,2002:value"
+_STR_TAG = "tag:yaml.org,2002:str"
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
 _Base: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
@@ -40,3 +54,71 @@ class NoAliasLoader(_Base):
             if key_node.tag == _MERGE_TAG:
                 raise AliasRefused()
         super().flatten_mapping(node)
+
+
+def load_all(text: str) -> Iterator[Any]:
+    """Each document of ``text``, as ``yaml.load_all(text, Loader=NoAliasLoader)`` gives it
+    (AliasRefused at the first alias or merge key; yaml.YAMLError for invalid YAML)."""
+    loader = NoAliasLoader(text)
+    try:
+        while loader.check_node():
+            yield _Builder(loader).build(loader.get_node())
+    finally:
+        loader.dispose()
+
+
+class _Builder:
+    """One document's values from its nodes; a node met twice is an alias."""
+
+    def __init__(self, loader: NoAliasLoader):
+        self.loader = loader
+        self.seen: set[int] = set()  # ids of nodes built (the document holds them alive)
+
+    def _visit(self, node: Node) -> None:
+        if id(node) in self.seen:
+            raise AliasRefused()
+        self.seen.add(id(node))
+
+    def build(self, node: Node) -> Any:
+        self._visit(node)
+        tag = node.tag
+        if tag == _STR_TAG and type(node) is ScalarNode:
+            return node.value
+        if tag == _MAP_TAG and type(node) is MappingNode:
+            out: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == _MERGE_TAG:
+                    raise AliasRefused()
+                if key_node.tag == _VALUE_TAG:  # "=" as a key: a plain string, as PyYAML has it
+                    key_node.tag = _STR_TAG
+                key = self.build(key_node)
+                try:
+                    hash(key)
+                except TypeError:
+                    raise ConstructorError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        "found unhashable key",
+                        key_node.start_mark,
+                    ) from None
+                out[key] = self.build(value_node)
+            return out
+        if tag == _SEQ_TAG and type(node) is SequenceNode:
+            return [self.build(item) for item in node.value]
+        # Anything else is PyYAML's to build, after a check of its nodes for aliases (to
+        # nodes inside it or built before it).
+        self._check(node, top=True)
+        return self.loader.construct_document(node)
+
+    def _check(self, node: Node, top: bool = False) -> None:
+        if not top:
+            self._visit(node)
+        if isinstance(node, MappingNode):
+            for key_node, value_node in node.value:
+                if key_node.tag == _MERGE_TAG:
+                    raise AliasRefused()
+                self._check(key_node)
+                self._check(value_node)
+        elif isinstance(node, SequenceNode):
+            for item in node.value:
+                self._check(item)

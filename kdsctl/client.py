@@ -177,10 +177,11 @@ class ApiClient:
         self,
         method: str,
         path: str,
-        body: Mapping[str, Any] | None = None,
+        body: Mapping[str, Any] | bytes | None = None,
         timeout: float | None = None,
     ) -> Response:
-        """Send one request; raise ApiUnreachable or ApiError, else return the response."""
+        """Send one request; raise ApiUnreachable or ApiError, else return the response.
+        ``body`` is sent as JSON; bytes are taken as JSON already encoded."""
         url = f"{self.base_url}{path}"
         timeout = timeout or self.timeout
         target = _target(self.base_url)
@@ -189,7 +190,7 @@ class ApiClient:
             headers["Authorization"] = f"Bearer {self.token}"
         payload = None
         if body is not None:
-            payload = json.dumps(body).encode()
+            payload = body if isinstance(body, bytes) else json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
         while True:
             conn = self._connection(target, timeout)
@@ -267,7 +268,7 @@ class ApiClient:
     def put(self, path: str, body: Mapping[str, Any]) -> Response:
         return self.request("PUT", path, body)
 
-    def post(self, path: str, body: Mapping[str, Any], timeout: float | None = None) -> Any:
+    def post(self, path: str, body: Mapping[str, Any] | bytes, timeout: float | None = None) -> Any:
         return _json(self.request("POST", path, body, timeout))
 
     def delete(self, path: str) -> Any:

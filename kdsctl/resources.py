@@ -63,14 +63,14 @@ class _Doc:
 def _load_documents(item: Input) -> list[_Doc]:
     import yaml
 
-    from kds.safe_yaml import AliasRefused, NoAliasLoader
+    from kds.safe_yaml import AliasRefused, load_all
 
     name = item.name
-    # libyaml's loader when PyYAML was built with it (the wheels are): ~12x faster on big
+    # libyaml's parser when PyYAML was built with it (the wheels are): ~12x faster on big
     # files. It refuses aliases, which could make a small file expand to gigabytes.
     docs: list[Any] = []
     try:
-        for doc in yaml.load_all(item.text, Loader=NoAliasLoader):
+        for doc in load_all(item.text):
             docs.append(doc)
     except AliasRefused as e:
         fail(f"{name} document {len(docs) + 1}: {e}")
@@ -200,11 +200,11 @@ def apply(
         )
         return
     applied = 0
-    for chunk in _chunks(docs, APPLY_CHUNK_BYTES):
+    for chunk, encoded in _chunks(docs, APPLY_CHUNK_BYTES):
         try:
             answer = client.post(
                 "/_apply",
-                {"items": [_body(d.resource) for d in chunk]},
+                b'{"items": [' + b", ".join(encoded) + b"]}",
                 timeout=max(client.timeout, APPLY_TIMEOUT),
             )
         except ApiError as e:
@@ -212,11 +212,15 @@ def apply(
             detail = _where(chunk, e.detail)
             note = f" ({applied} resources applied before this request)" if applied else ""
             fail(f"{e.title}: {detail}{note}", causes)
-        for item in answer.get("items", []):
-            click.echo(
-                f"resource type={_quoted(item['type'])} mesh={_quoted(item.get('mesh', ''))} "
-                f"name={_quoted(item['name'])} {str(item['result']).capitalize()}"
-            )
+        # One write for the lot: click.echo per line checks the terminal each time, which
+        # cost ~0.1 s of CPU per 10,000 resources.
+        lines = [
+            f"resource type={_quoted(item['type'])} mesh={_quoted(item.get('mesh', ''))} "
+            f"name={_quoted(item['name'])} {str(item['result']).capitalize()}"
+            for item in answer.get("items", [])
+        ]
+        if lines:
+            click.echo("\n".join(lines))
         for warning in answer.get("warnings", []):
             click.echo(f"Warning: {_where(chunk, safe_text(warning))}", err=True)
         applied += len(chunk)
@@ -233,18 +237,23 @@ APPLY_CHUNK_BYTES = 8 * 1024 * 1024
 APPLY_TIMEOUT = 300.0
 
 
-def _chunks(docs: list[_Doc], limit: int) -> Iterator[list[_Doc]]:
+def _chunks(docs: list[_Doc], limit: int) -> Iterator[tuple[list[_Doc], list[bytes]]]:
+    """The documents in requests of at most ``limit`` bytes of JSON, each with its items
+    encoded (once: the sizes are those of what is sent)."""
     chunk: list[_Doc] = []
+    encoded: list[bytes] = []
     size = 0
     for d in docs:
-        n = len(json.dumps(_body(d.resource))) + 2
+        item = json.dumps(_body(d.resource)).encode()
+        n = len(item) + 2
         if chunk and size + n > limit:
-            yield chunk
-            chunk, size = [], 0
+            yield chunk, encoded
+            chunk, encoded, size = [], [], 0
         chunk.append(d)
+        encoded.append(item)
         size += n
     if chunk:
-        yield chunk
+        yield chunk, encoded
 
 
 _ITEM_RE = re.compile(r"items\[(\d+)\]")

@@ -145,6 +145,10 @@ def inspect_zones(client: ApiClient, output: str) -> None:
         ]
         for z in items
     ]
+    if any(z.get("globalInstance") for z in items):  # the instance holding each zone's stream
+        headers.append("GLOBAL INSTANCE")
+        for row, z in zip(rows, items, strict=True):
+            row.append(str(z.get("globalInstance") or "-"))
     click.echo(_table(headers, rows))
     failing = [z for z in items if z.get("problem")]
     if failing:
@@ -273,6 +277,7 @@ def inspect_zone(client: ApiClient, name: str, output: str, shown: int) -> None:
         ("Zone", str(z["name"])),
         ("Status", status),
         ("Instance", str(z.get("instanceId") or "-")),
+        *([("Global instance", str(z["globalInstance"]))] if z.get("globalInstance") else []),
         (
             "Zone CP",
             f"version {z.get('zoneVersion') or '-'}, protocol {z.get('protocolVersion') or '-'}, "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 import structlog
 
@@ -13,12 +14,14 @@ from kds.api.observe import health_routes, metrics_route
 from kds.clock import rfc3339
 from kds.config import ZoneConfig
 from kds.crypto import load_key_file
-from kds.errors import ConfigError
+from kds.errors import ConfigError, StoreError
 from kds.model import Limits
 from kds.reload import Reloader
 from kds.runtime import Guard, Service, check_ports_free, ensure_private_dir
 from kds.secret_files import check_secret_files
 from kds.store import WriteResult, open_zone_store
+from kds.store.postgres import PgZoneStore
+from kds.store.target import store_location
 from kds.version import __version__
 from zonecp.client import ZoneClient
 from zonecp.status import ZoneMetrics, status_route
@@ -73,7 +76,7 @@ async def run_zone(cfg: ZoneConfig, service: Service) -> int:
         guard.start("refresh-conflicts", client.refresh_conflicts())
 
     store = open_zone_store(
-        data_dir / "zone.db", cipher=cipher, on_commit=on_commit, new_store=cfg.new_store
+        store_location(cfg, data_dir), cipher=cipher, on_commit=on_commit, new_store=cfg.new_store
     )
     client = ZoneClient(
         store,
@@ -98,6 +101,33 @@ async def run_zone(cfg: ZoneConfig, service: Service) -> int:
         tokens=api_tokens,
     )
     metrics = ZoneMetrics(client.status, store)
+    # Several instances of this zone on one PostgreSQL store: one leader holds the stream.
+    leadership = store.leadership(client.instance_id) if isinstance(store, PgZoneStore) else None
+
+    async def leader() -> dict[str, Any]:
+        assert isinstance(store, PgZoneStore)
+        who, epoch = await store.leader()
+        return {"instanceId": who or None, "thisInstance": who == client.instance_id,
+                "epoch": epoch}  # fmt: skip
+
+    async def on_shared_change(what: str) -> None:
+        # Another instance of this zone wrote a zone-local resource: conflicts may have
+        # changed, and the leader is the one that tells global.
+        if leadership is not None and leadership.leading and what in ("local", ""):
+            try:
+                await client.refresh_conflicts()
+            except StoreError as e:
+                log.warning("cannot re-read the zone's conflicts", error=str(e))
+
+    async def lead(lost: asyncio.Event) -> None:
+        # Sync until this instance stops leading or the daemon stops.
+        stop_leading = asyncio.Event()
+        ended = asyncio.create_task(_first_of(stop, lost))
+        ended.add_done_callback(lambda _: stop_leading.set())
+        try:
+            await client.run(stop_leading)
+        finally:
+            ended.cancel()
 
     def alive() -> tuple[bool, dict[str, object]]:
         # The sync client runs as a guarded task; if it died the zone can no longer sync.
@@ -105,6 +135,9 @@ async def run_zone(cfg: ZoneConfig, service: Service) -> int:
 
     def ready() -> tuple[bool, dict[str, object]]:
         st = client.status
+        if leadership is not None and not leadership.leading and leadership.leader_seen:
+            # Standing by: it serves the shared store, which the leader keeps synced.
+            return True, {"connected": False, "leader": leadership.leader_seen}
         details: dict[str, object] = {
             "connected": st.connected,
             "appliedRevision": st.applied_revision,
@@ -119,7 +152,7 @@ async def run_zone(cfg: ZoneConfig, service: Service) -> int:
         return st.ready, details
 
     extra = [
-        status_route(cfg.zone, client, store),
+        status_route(cfg.zone, client, store, leader if leadership is not None else None),
         *health_routes(alive, ready),
         metrics_route(metrics.registry, metrics.before_scrape),
     ]
@@ -158,7 +191,12 @@ async def run_zone(cfg: ZoneConfig, service: Service) -> int:
         store=store.location,
         revision=state.applied_revision,
     )
-    guard.start("sync-client", client.run(stop))
+    if leadership is not None:
+        assert isinstance(store, PgZoneStore)
+        guard.start("sync-client", leadership.run(lead))
+        guard.start("shared-store", store.follow(on_shared_change, fallback=5.0))
+    else:
+        guard.start("sync-client", client.run(stop))
     # READY=1 once the zone is ready as /readyz defines it (synced once since start).
     service.notifier.status(sync_status()[1])
     guard.start("notify", service.notifier.run(lambda: guard.failed is None, sync_status))
@@ -173,6 +211,16 @@ async def run_zone(cfg: ZoneConfig, service: Service) -> int:
     store.close()
     log.info("zone stopped")
     return 1 if guard.failed else 0
+
+
+async def _first_of(*events: asyncio.Event) -> None:
+    """Return once any of ``events`` is set."""
+    waits = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
 
 
 def _check_transport(cfg: ZoneConfig) -> bytes | None:

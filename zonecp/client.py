@@ -100,7 +100,9 @@ class ZoneClient:
     ):
         self.store = store
         self.zone = zone
-        self.target = global_address.partition("://")[2]
+        # Several global instances (sharing one store): each failed dial moves to the next.
+        self.targets = [a.partition("://")[2] for a in global_address.split(",")]
+        self._dial = 0
         self.insecure = insecure
         self.ca_pem = ca_pem
         self.token_file = token_file
@@ -172,6 +174,11 @@ class ZoneClient:
         except OSError as e:
             raise StreamEnded(f"cannot read --token-file {self.token_file}: {e.strerror}") from None
 
+    @property
+    def target(self) -> str:
+        """The global address the next dial goes to."""
+        return self.targets[self._dial % len(self.targets)]
+
     def _log_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         delay = state.next_action.sleep if state.next_action else 0.0
@@ -192,6 +199,7 @@ class ZoneClient:
             global_address=self.target,
             exc_info=None if expected else exc,
         )
+        self._dial += 1  # the next attempt tries the next global instance, if there are several
 
     async def _stream_once(self, stop: asyncio.Event) -> bool:
         """One stream from dial to end. Returns True once welcomed (however it ended later);

@@ -15,7 +15,7 @@ Counts and names only: never resource data.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from aiohttp import web
@@ -90,10 +90,20 @@ def status_document(
     }
 
 
-def status_route(zone: str, client: ZoneClient, store: ZoneStore) -> web.RouteDef:
+def status_route(
+    zone: str,
+    client: ZoneClient,
+    store: ZoneStore,
+    leader: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+) -> web.RouteDef:
+    """``leader``: with several instances of the zone on one store, which one holds the
+    stream (``{"instanceId", "thisInstance", "epoch"}``); the document's ``leader``."""
+
     async def handler(request: web.Request) -> web.Response:
         counts = await store.counts()
-        return web.json_response(status_document(zone, client.status, counts))
+        doc = status_document(zone, client.status, counts)
+        doc["leader"] = await leader() if leader is not None else None
+        return web.json_response(doc)
 
     return web.get("/status", handler)
 

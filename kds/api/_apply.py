@@ -18,7 +18,7 @@ from kds.api._context import API_CONTEXT, size_violation
 from kds.api._errors import HttpError
 from kds.api._labels import take_computed_labels
 from kds.api._resources import (
-    log_written,
+    log_applied,
     new_mesh_name_problems,
     own_origin,
     write_warnings,
@@ -33,6 +33,7 @@ from kds.errors import (
 )
 from kds.kubernetes import kubernetes_field
 from kds.model import Key, Kind, Resource, from_document
+from kds.store import WriteResult
 
 __all__ = ["apply_handler"]
 
@@ -128,12 +129,14 @@ async def apply_handler(request: web.Request) -> web.Response:
     written = [res for _, res in parsed]
     # Builtin CA secrets generated in the same transaction follow the items given.
     written += [r.resource for r in results[len(parsed) :] if r.resource is not None]
+    changed: list[WriteResult] = []
     for res, result in zip(written, results, strict=True):
         outcome = "created" if result.created else "updated" if result.changed else "unchanged"
         counts[outcome] += 1
         if result.changed:
-            log_written(result, origin)
+            changed.append(result)
         out.append({"type": str(res.kind), "mesh": res.mesh, "name": res.name, "result": outcome})
+    log_applied(changed, origin)
     log.info("resources applied", total=len(out), origin=origin, **counts)
     return web.json_response({"items": out, "warnings": warnings} if warnings else {"items": out})
 

@@ -6,7 +6,8 @@ message}]}``; ``details`` and ``causes`` repeat ``detail`` and ``invalid_paramet
 the names older Kuma clients read, and ``instance`` is an id for this answer that a 500 also
 logs, so a user's report can be matched with the log line. Handlers raise
 HttpError, or a KdsError the error middleware maps to its status (InvalidResource 400,
-NotFound 404, Conflict 409, StoreDamaged 500 naming the damaged key, StoreFull 507);
+NotFound 404, Conflict 409, StoreDamaged 500 naming the damaged key, StoreFull 507,
+StoreUnavailable 503);
 anything else is a 500 logged by type and stack, never by its message or local variables
 (which could hold a request body).
 """
@@ -31,6 +32,7 @@ from kds.errors import (
     NotFound,
     StoreDamaged,
     StoreFull,
+    StoreUnavailable,
 )
 
 __all__ = ["HttpError", "auth_middleware", "error_middleware", "too_large"]
@@ -107,6 +109,9 @@ async def error_middleware(
     except StoreFull as e:
         log.error("write refused: disk full", method=request.method, path=request.path)
         return _error_response(HttpError(507, "Insufficient Storage", str(e)))
+    except StoreUnavailable as e:  # the database server is away: retry once it is back
+        log.error("store unavailable", method=request.method, path=request.path, error=str(e))
+        return _error_response(HttpError(503, "Store unavailable", str(e)))
     except web.HTTPRequestEntityTooLarge:
         return _error_response(too_large(request.app[API_CONTEXT]))
     except web.HTTPException as e:

@@ -78,6 +78,19 @@ def test_kdsctl_calls_benchmark_runs() -> None:
     assert "| kdsctl get secrets |" in r.stdout and "| kdsctl --version |" in r.stdout, r.stdout
 
 
+def test_postgres_benchmark_runs_and_writes_its_table(tmp_path: Path) -> None:
+    """bench/postgres.py with one repeat and 20 writes: SQLite and PostgreSQL side by side,
+    two globals, a zone of two instances, one failover of each, and its Markdown table."""
+    r = subprocess.run(
+        [sys.executable, "-m", "bench.postgres", "--repeats", "1", "--writes", "20",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    table = (tmp_path / "benchmarks-postgres.md").read_text()
+    assert "zone leader SIGKILLed" in table and "two globals written at once" in table, table
+
+
 def test_anti_entropy_benchmark_runs() -> None:
     """bench/anti_entropy.py checks an equal store, then finds and repairs one damaged
     secret (exit 0 only if the repair left the stores equal), and prints the table."""

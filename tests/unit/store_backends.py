@@ -7,13 +7,15 @@ store: opening it again after closing it reopens what was written.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 from kds.model import Key, Kind, Resource
 from kds.protocol.applier import Incoming
-from kds.store import GlobalStore, ZoneStore, open_global_store, open_zone_store
+from kds.store import GlobalStore, PgTarget, ZoneStore, open_global_store, open_zone_store
+from tests.pgserver import shared_server
 
 # Test data both store suites (conformance and SQLite's own) use.
 T0 = "2024-01-01T00:00:00Z"
@@ -61,4 +63,25 @@ class SqliteFactory:
         return open_zone_store(self.where / f"{name}.db", **options)
 
 
-BACKENDS: dict[str, Callable[[Path], StoreFactory]] = {"sqlite": SqliteFactory}
+class PostgresFactory:
+    """PostgreSQL stores on the session's throwaway server (tests/pgserver.py), one schema
+    per directory and name: a fresh directory is a fresh set of stores."""
+
+    def __init__(self, where: Path):
+        self.url = shared_server().url
+        self.prefix = "t" + hashlib.blake2b(str(where).encode(), digest_size=6).hexdigest()
+
+    def target(self, name: str) -> PgTarget:
+        return PgTarget(self.url, f"{self.prefix}_{name}")
+
+    def global_store(self, name: str, **options: Any) -> GlobalStore:
+        return open_global_store(self.target(name), **options)
+
+    def zone_store(self, name: str, **options: Any) -> ZoneStore:
+        return open_zone_store(self.target(name), **options)
+
+
+BACKENDS: dict[str, Callable[[Path], StoreFactory]] = {
+    "sqlite": SqliteFactory,
+    "postgres": PostgresFactory,
+}

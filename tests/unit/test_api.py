@@ -15,7 +15,14 @@ import yaml
 from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
-from kds.api import ApiContext, _size_bound, build_app, client_max_size, encoded_message_size
+from kds.api import (
+    ApiContext,
+    _resources,
+    _size_bound,
+    build_app,
+    client_max_size,
+    encoded_message_size,
+)
 from kds.model import Key, Kind, Limits, Resource
 from kds.protocol.applier import DecodedBatch, Incoming
 from kds.store import ResourceStore, WriteResult, open_global_store
@@ -613,6 +620,48 @@ async def test_apply_many_in_one_transaction_meshes_first(api: Api) -> None:
         api, [{"type": "Mesh", "name": "payments"}, _sec("a", data=OTHER_B64)]
     )
     assert [i["result"] for i in body["items"]] == ["unchanged", "updated"]
+
+
+async def test_apply_audit_names_every_written_resource_in_few_lines(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An apply logs "resources written" lines naming each created or updated resource with
+    its version, APPLIED_PER_LINE to a line (unchanged ones are left out), and never data."""
+    monkeypatch.setattr(_resources, "APPLIED_PER_LINE", 2)
+    await _seed(api)
+    await _apply(api, [{"type": "Mesh", "name": "payments"}, _sec("a")])
+    with capture_logs() as logs:
+        status, _ = await _apply(
+            api,
+            [
+                {"type": "Mesh", "name": "payments"},  # unchanged
+                _sec("a", data=OTHER_B64),
+                _sec("b"),
+                {"type": "GlobalSecret", "name": "g", "data": OTHER_B64},
+            ],
+        )
+    assert status == 200
+    lines = [e for e in logs if e["event"] == "resources written"]
+    assert [e["resources"] for e in lines] == [
+        ["Secret payments/a v4 updated", "Secret payments/b v5 created"],
+        ["GlobalSecret g v6 created"],
+    ]
+    assert all(e["log_level"] == "info" and e["origin"] == "global" for e in lines)
+    assert not [e for e in logs if e["event"] == "resource written"]
+    summary = [e for e in logs if e["event"] == "resources applied"]
+    assert [(e["created"], e["updated"], e["unchanged"]) for e in summary] == [(2, 1, 1)]
+    assert SECRET_B64 not in repr(logs) and OTHER_B64 not in repr(logs)
+    # long names end a line before its names pass APPLIED_LINE_CHARS
+    monkeypatch.setattr(_resources, "APPLIED_PER_LINE", 100)
+    monkeypatch.setattr(_resources, "APPLIED_LINE_CHARS", 200)
+    names = [f"{c}{'x' * 60}" for c in "abcde"]
+    with capture_logs() as logs:
+        status, _ = await _apply(api, [_sec(n) for n in names])
+    assert status == 200
+    lines = [e["resources"] for e in logs if e["event"] == "resources written"]
+    assert [len(r) for r in lines] == [2, 2, 1]
+    assert [r.split()[1] for line in lines for r in line] == [f"payments/{n}" for n in names]
+    assert all(sum(len(r) + 4 for r in line) <= 200 for line in lines)
 
 
 async def test_apply_is_all_or_nothing(api: Api) -> None:

@@ -23,6 +23,7 @@ from kds.api import ApiContext, build_app
 from kds.api.auth import ApiTokens
 from kds.model import Limits
 from kds.store import GlobalStore, open_global_store
+from kdsctl import resources as kdsctl_resources
 from kdsctl.cli import cli
 
 # The examples of secrets.md, as written there (the namespace template filled in).
@@ -322,6 +323,35 @@ def test_apply_stops_at_first_failure(server: Server) -> None:
     assert "document 4" in res.stderr
     assert "GlobalSecret after" not in res.stdout
     assert run(server, "get", "global-secret", "after").exit_code == 1
+
+
+def test_apply_splits_a_large_input_into_requests_of_the_chunk_size(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each request holds what fits APPLY_CHUNK_BYTES; a later request's failure says how
+    many resources the earlier ones applied."""
+    monkeypatch.setattr(kdsctl_resources, "APPLY_CHUNK_BYTES", 170)
+    docs = "".join(
+        f"---\ntype: GlobalSecret\nname: g{i}\ndata: dGVzdAo=\nlabels: {{n: '{i}'}}\n"
+        for i in range(5)
+    )
+    res = run(server, "apply", "-f", "-", input=docs)
+    assert res.exit_code == 0, res.output
+    assert [line.split()[-2:] for line in res.stdout.splitlines()] == [
+        [f'name="g{i}"', "Created"] for i in range(5)
+    ]
+    summaries = [e for e in server.logs if e["event"] == "resources applied"]
+    assert [e["total"] for e in summaries] == [2, 2, 1]
+    for i in range(5):
+        got = json.loads(run(server, "get", "global-secret", f"g{i}", "-o", "json").stdout)
+        assert got["labels"]["n"] == str(i)
+    bad = (
+        docs.replace("name: g", "name: h")
+        + "---\ntype: Secret\nmesh: nope\nname: s\ndata: dGVzdAo=\n"
+    )
+    res = run(server, "apply", "-f", "-", input=bad)
+    assert res.exit_code == 1
+    assert "(4 resources applied before this request)" in res.stderr
 
 
 def test_apply_bad_yaml_does_not_echo_the_line(server: Server) -> None:

@@ -949,6 +949,26 @@ async def test_internal_secrets_round_trip_apart_from_resources(gstore: GlobalSt
     assert await gstore.internal_secrets() == {"signing/1": b"s1"}
 
 
+async def test_internal_secrets_added_once_keep_the_first_set(stores: Stores) -> None:
+    """add_internal_secrets stores a set only where none of its names is stored: two stores
+    on one backing store making a CA at once agree on the first one committed."""
+    a = stores.global_store("shared")
+    assert await a.add_internal_secrets({"ca-key": b"k1", "ca-cert": b"c1"}, T0) == {
+        "ca-key": b"k1",
+        "ca-cert": b"c1",
+    }
+    assert await a.add_internal_secrets({"ca-key": b"k2", "ca-cert": b"c2"}, T1) == {
+        "ca-key": b"k1",
+        "ca-cert": b"c1",
+    }
+    # One name held is enough to refuse the whole set: never a key of one CA, a cert of another.
+    await a.delete_internal_secret("ca-cert")
+    assert await a.add_internal_secrets({"ca-key": b"k3", "ca-cert": b"c3"}, T1) == {
+        "ca-key": b"k1"
+    }
+    assert await a.internal_secrets("ca-") == {"ca-key": b"k1"}
+
+
 async def test_zone_tokens_are_recorded_and_revoked_once(gstore: GlobalStore) -> None:
     """Issued tokens are listed by issue time; a revocation is kept at its first time; an
     unknown token revokes to None."""

@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 
-from kds.errors import StoreError
+from kds.errors import NotFound, StoreError
+from kds.model import Key, Kind
 from kds.protocol.applier import DecodedBatch, Incoming
+from kds.protocol.records import next_chain
 from kds.store.sqlite import GlobalEngine, ZoneEngine
 from kds.store.sqlite._db import get_meta
 from tests.unit.store_backends import G1, G2, GSID, MESH, S1, T0, T1, inc_put, mk
@@ -165,3 +167,42 @@ def test_apply_batch_skips_the_fsync_but_api_writes_keep_it(zstore: ZoneEngine) 
 def test_global_commits_with_fsync(gstore: GlobalEngine) -> None:
     gstore.put(mk(G1), T0)
     assert _synchronous(gstore) == 2
+
+
+def test_change_log_tail_survives_a_rolled_back_apply(tmp_path: Path) -> None:
+    """The head, chain and floor a writing transaction keeps in memory are dropped with a
+    transaction that rolls back: the next write continues the committed log."""
+    g = GlobalEngine(tmp_path / "global.db", log_size=3)
+    try:
+        g.put_many([mk(MESH), mk(S1), mk(G1)], T0)
+        with pytest.raises(NotFound, match="does not exist"):
+            # g2 is appended (revisions 4, 5) before the secret in a missing mesh fails
+            g.put_many([mk(G2), mk(G1, b"w"), mk(Key(Kind.SECRET, "nowhere", "s"))], T0)
+        assert g.head() == 3 and g.log_floor() == 0
+        g.put_many([mk(G2), mk(G1, b"w")], T1)
+        assert (g.head(), g.log_floor()) == (5, 2)
+        records = g.changes_after(2, 5)
+        assert [r.revision for r in records] == [3, 4, 5]
+        chain = g.chain_at(2)
+        assert chain is not None
+        for r in records:
+            chain = next_chain(chain, r.change)
+            assert r.chain == chain
+        assert g.chain_at(5) == chain
+        # one transaction longer than the log: the floor and its chain follow its last write
+        g.put_many([mk(Key(Kind.GLOBAL_SECRET, "", f"x{i}")) for i in range(5)], T1)
+        assert (g.head(), g.log_floor()) == (10, 7)
+        records = g.changes_after(7, 10)
+        assert [r.revision for r in records] == [8, 9, 10]
+        assert g.chain_at(7) is not None
+        assert next_chain(
+            next_chain(next_chain(g.chain_at(7), records[0].change), records[1].change),
+            records[2].change,
+        ) == g.chain_at(10)
+        # a mesh found in one transaction is not taken as found in the next
+        g.delete(S1)
+        g.delete(MESH)
+        with pytest.raises(NotFound, match="does not exist"):
+            g.put_many([mk(S1)], T1)
+    finally:
+        g.close()

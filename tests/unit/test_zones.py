@@ -193,6 +193,36 @@ def test_saved_state_from_another_version_loads() -> None:
     assert ZoneState.from_json("z", "not json").acked_revision == 0
 
 
+async def test_instances_sharing_a_store_see_each_others_zones_and_a_lapsed_claim(
+    store: HubStore, clock: Clock
+) -> None:
+    """Two trackers on one store (two global instances): the one without the zone's stream
+    shows it Online at the other instance, renewals keep it so, and once the holder stops
+    renewing for a lease the zone shows Offline naming the silent instance; a restarted
+    instance leaves another's live zone alone."""
+    hub = store.hub = Hub(store.engine.head(), store.engine.log_floor(), 100)
+    a = ZoneTracker(store, hub, clock=clock, instance_id="global-a", lease=10.0)
+    b = ZoneTracker(store, hub, clock=clock, instance_id="global-b", lease=10.0)
+    _connect(a)
+    await a.flush()
+    (view,) = await b.views()
+    assert view.state.online and view.summary()["globalInstance"] == "global-a"
+    for _ in range(4):  # a renews its claim while it runs: b keeps seeing the zone Online
+        clock.t += 4
+        for s in a.claims.renew(a.zones.values()) if a.claims else []:
+            a.mark(s)
+        await a.flush()
+        (view,) = await b.views()
+        assert view.state.online
+    restarted = ZoneTracker(store, hub, clock=clock, instance_id="global-c", lease=10.0)
+    await restarted.load()
+    assert restarted.zones["zone-a"].online  # another live instance's zone: not "stopped"
+    clock.t += 11  # a stops renewing (killed)
+    (view,) = await b.views()
+    assert not view.state.online
+    assert "global-a stopped renewing" in view.summary()["disconnectReason"]
+
+
 async def test_history_records_the_zone_timeline_and_survives_a_restart(
     store: HubStore, clock: Clock
 ) -> None:

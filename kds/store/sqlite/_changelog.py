@@ -5,13 +5,15 @@ log, and the history chain (kds.protocol.records.next_chain) advances over it, a
 writing transaction. The log keeps the last ``log_size`` revisions; ``log_floor`` rises so
 that every change after it is still there (a zone at ``log_floor <= r <= head`` resumes
 from r), and the chain at the floor is kept, so ``chain_at`` still answers for a zone at
-the floor. Meta holds the head, the chain at the head, the floor and the chain at the floor.
+the floor. Meta holds the head, the chain at the head, the floor and the chain at the floor,
+written once at the end of each writing transaction (``flush``).
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from kds.model import Key, Kind
 from kds.protocol.records import next_chain
@@ -20,6 +22,15 @@ from kds.store.sqlite._db import Database, get_meta, set_meta
 from kds.store.sqlite._sealing import Sealer, aad
 
 __all__ = ["ChangeLog"]
+
+
+@dataclass
+class _Tail:
+    serial: int  # the transaction it was read in (Database.tx_serial)
+    head: int
+    chain: bytes
+    floor: int
+    dirty: bool = False  # appended since read: flush writes head and chain to meta
 
 
 class ChangeLog:
@@ -32,16 +43,34 @@ class ChangeLog:
         self.sealer = sealer
         self.log_size = log_size
         self.clock = clock  # wall-clock seconds, recorded with each entry
+        self._tail_kept: _Tail | None = None
 
-    @staticmethod
-    def next_revision(conn: sqlite3.Connection) -> int:
-        return int(get_meta(conn, "head")) + 1
+    def _tail(self, conn: sqlite3.Connection) -> _Tail:
+        """The log's head, chain and floor in the writing transaction: read from meta once
+        per transaction, then kept as appends move them (an apply of 10,000 resources read
+        them 30,000 times)."""
+        serial = self.db.tx_serial()
+        tail = self._tail_kept
+        if tail is None or tail.serial != serial or not serial:
+            tail = _Tail(
+                serial,
+                int(get_meta(conn, "head")),
+                bytes.fromhex(get_meta(conn, "chain")),
+                int(get_meta(conn, "log_floor")),
+            )
+            self._tail_kept = tail if serial else None
+        return tail
+
+    def next_revision(self, conn: sqlite3.Connection) -> int:
+        return self._tail(conn).head + 1
 
     def append(
         self, conn: sqlite3.Connection, revision: int, key: Key, deleted: bool, change: bytes
     ) -> ChangeRecord:
-        """Log ``change`` at ``revision`` inside the writing transaction; prune past log_size."""
-        chain = next_chain(bytes.fromhex(get_meta(conn, "chain")), change)
+        """Log ``change`` at ``revision`` inside the writing transaction; ``flush`` before
+        the commit writes the new head and prunes past log_size."""
+        tail = self._tail(conn)
+        chain = next_chain(tail.chain, change)
         rec = ChangeRecord(revision, key, deleted, change, chain, self.clock())
         stored, sealed = self.sealer.seal(change, aad("changelog", str(revision), "", "", ""))
         conn.execute(
@@ -59,15 +88,27 @@ class ChangeLog:
                 sealed,
             ),
         )
-        set_meta(conn, "head", revision)
-        set_meta(conn, "chain", chain.hex())
-        floor = revision - self.log_size
-        if floor > int(get_meta(conn, "log_floor")):
+        tail.head, tail.chain, tail.dirty = revision, chain, True
+        return rec
+
+    def flush(self, conn: sqlite3.Connection) -> None:
+        """At the end of a writing transaction that appended: write the head and its chain
+        to meta and prune past log_size, once for the whole transaction (per append, an
+        apply of 10,000 resources ran 40,000 more statements; nothing reads the log inside
+        the transaction, so the committed state is the same)."""
+        tail = self._tail_kept
+        if tail is None or not tail.dirty or tail.serial != self.db.tx_serial():
+            return
+        set_meta(conn, "head", tail.head)
+        set_meta(conn, "chain", tail.chain.hex())
+        floor = tail.head - self.log_size
+        if floor > tail.floor:
             row = conn.execute("SELECT chain FROM changelog WHERE revision=?", (floor,)).fetchone()
             conn.execute("DELETE FROM changelog WHERE revision <= ?", (floor,))
             set_meta(conn, "log_floor", floor)
             set_meta(conn, "floor_chain", bytes(row[0]).hex() if row else "")
-        return rec
+            tail.floor = floor
+        tail.dirty = False
 
     def chain_at(self, revision: int) -> bytes | None:
         """The history chain at ``revision``, or None when the log no longer knows it."""

@@ -15,6 +15,7 @@ that fails because the disk is full raises StoreFull.
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import os
 import sqlite3
@@ -27,7 +28,7 @@ from typing import Any
 
 from kds.errors import StoreError, StoreFull
 from kds.model import Kind, Resource
-from kds.store.sqlite._digest import add_missing_digests, row_digest, upgrade_digests
+from kds.store.sqlite._digest import add_missing_digests, row_digest
 
 __all__ = [
     "COLS",
@@ -108,17 +109,13 @@ _ADDED_COLUMNS = (
     ("resources", "digest", "BLOB NOT NULL DEFAULT x''"),  # kds.store.sqlite._digest
 )
 
-# The resources columns a row is read from and written to, in this order; the last, digest,
-# is the digest of the twelve before it as stored (wire included: global's encoded Change,
-# which snapshots send as it is, so damage to it is caught like damage to the data).
+# The resources columns a Resource is read from and written to, in this order; the last,
+# digest, is the digest of the eleven before it as stored.
 COLS = (
     "kind, mesh, name, origin, data, labels, spec, creation_time, modification_time, version, "
-    "sealed, wire, digest"
+    "sealed, digest"
 )
-WIRE = 11  # the wire column's position in COLS
-DIGEST = 12  # the digest's position in COLS
-# The row digest format: 1 covered the eleven columns before wire, 2 covers wire too.
-ROW_DIGESTS = "2"
+DIGEST = 11  # the digest's position in COLS
 
 
 def row_to_resource(r: sqlite3.Row | tuple[Any, ...], data: bytes) -> Resource:
@@ -140,10 +137,8 @@ def _json_map(m: Any) -> str:
     return json.dumps(dict(m), sort_keys=True) if m else "{}"
 
 
-def row_values(
-    r: Resource, origin: str, data: bytes, sealed: str, wire: bytes | None = None
-) -> tuple[Any, ...]:
-    """The values of COLS for one row (``data`` and ``wire`` as stored: sealed or not)."""
+def row_values(r: Resource, origin: str, data: bytes, sealed: str) -> tuple[Any, ...]:
+    """The values of COLS for one row (``data`` as stored: sealed or not)."""
     values = (
         str(r.kind),
         r.mesh,
@@ -156,7 +151,6 @@ def row_values(
         r.modification_time,
         r.version,
         sealed,
-        wire,
     )
     return (*values, row_digest(values))
 
@@ -204,6 +198,7 @@ class Database:
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._tx_serials = itertools.count(1)
         self.role = ""
         self.marker = self.path.with_name(self.path.name + ".id")
 
@@ -223,6 +218,7 @@ class Database:
 
     @contextmanager
     def tx(self, conn: sqlite3.Connection, mode: str = "IMMEDIATE") -> Iterator[None]:
+        self._local.tx = next(self._tx_serials)
         try:
             conn.execute(f"BEGIN {mode}")
             try:
@@ -243,6 +239,15 @@ class Database:
                 f"{whose} disk is full: the write to store {self.path} was not made; free "
                 "space on that disk"
             ) from e
+        finally:
+            self._local.tx = 0
+
+    def tx_serial(self) -> int:
+        """A number naming this thread's transaction in progress (``tx``), never reused; 0
+        outside one. What a writer caches for one transaction is keyed by it, so nothing
+        read in a transaction that rolled back outlives it."""
+        serial: int = getattr(self._local, "tx", 0)
+        return serial
 
     def open(self, role: str, new_store: bool = False) -> str:
         """Create or migrate the schema, check the file belongs to ``role``; the store id.
@@ -260,12 +265,9 @@ class Database:
             if column not in {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}:
                 conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
         with self.tx(conn):
-            digests = get_meta(conn, "row_digests")
-            if digests == "1":  # digests made before they covered wire
-                upgrade_digests(conn)
-            elif digests != ROW_DIGESTS:  # a store made before row digests
+            if get_meta(conn, "row_digests") != "1":  # a store made before row digests
                 add_missing_digests(conn, COLS)
-            set_meta(conn, "row_digests", ROW_DIGESTS)
+                set_meta(conn, "row_digests", "1")
             row = conn.execute("SELECT value FROM meta WHERE key='role'").fetchone()
             if row is None:
                 conn.execute("INSERT INTO meta VALUES ('role', ?)", (role,))

@@ -2,13 +2,10 @@
 
 SQLite's own checks (``PRAGMA integrity_check``) see only the file's structure; a flipped
 byte inside a row's value passes them. So each resources row carries a digest (BLAKE2b,
-16 bytes) of its stored columns (the data as stored, sealed or not, and on global the encoded
-Change a snapshot sends as it is, ``wire``), written with the row
+16 bytes) of its stored columns (the data as stored, sealed or not), written with the row
 and checked whenever the row is read: a row that does not match is damaged, and is never
 served as if it were right. ``scan`` checks every row (at start); stores made before the
-digest column get their digests computed once, when they are first opened; stores whose
-digests did not cover ``wire`` yet get new ones for every row whose old digest still
-matches (a row damaged before stays damaged).
+digest column get their digests computed once, when they are first opened.
 
 The digest is not a MAC: it catches damage (a disk, a bad copy), not a forger who rewrites
 the digest too; encryption at rest (kds.store.sqlite._sealing) authenticates sealed data.
@@ -22,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DamagedRow", "add_missing_digests", "row_digest", "scan", "upgrade_digests"]
+__all__ = ["DamagedRow", "add_missing_digests", "row_digest", "scan"]
 
 _PERSON = b"kds-row-v1"
 _NULL = b"\xff\xff\xff\xff"
@@ -78,7 +75,6 @@ _COLS_AS_BLOBS = ", ".join(
         "modification_time",
         "version",
         "sealed",
-        "wire",
     )
 )
 
@@ -92,7 +88,7 @@ def scan(conn: sqlite3.Connection) -> list[DamagedRow]:
     damaged = []
     cur = conn.execute(f"SELECT rowid, {_COLS_AS_BLOBS}, digest FROM resources")
     for r in cur:
-        if row_digest(r[1:13]) != (bytes(r[13]) if r[13] is not None else b""):
+        if row_digest(r[1:12]) != (bytes(r[12]) if r[12] is not None else b""):
             damaged.append(DamagedRow(r[0], _text(r[1]), _text(r[2]), _text(r[3]), _text(r[4])))
     return damaged
 
@@ -100,19 +96,6 @@ def scan(conn: sqlite3.Connection) -> list[DamagedRow]:
 def add_missing_digests(conn: sqlite3.Connection, cols: str) -> int:
     """Compute the digest of every row (a store made before digests); the rows done."""
     cur = conn.execute(f"SELECT rowid, {cols} FROM resources")
-    rows = [(row_digest(r[1:13]), r[0]) for r in cur.fetchall()]
-    conn.executemany("UPDATE resources SET digest=? WHERE rowid=?", rows)
-    return len(rows)
-
-
-def upgrade_digests(conn: sqlite3.Connection) -> int:
-    """Digests that covered the eleven columns before ``wire`` made to cover it too, for the
-    rows whose old digest still matches; the rows done (a damaged row stays damaged)."""
-    cur = conn.execute(f"SELECT rowid, {_COLS_AS_BLOBS}, digest FROM resources")
-    rows = [
-        (row_digest(r[1:13]), r[0])
-        for r in cur.fetchall()
-        if row_digest(r[1:12]) == (bytes(r[13]) if r[13] is not None else b"")
-    ]
+    rows = [(row_digest(r[1:12]), r[0]) for r in cur.fetchall()]
     conn.executemany("UPDATE resources SET digest=? WHERE rowid=?", rows)
     return len(rows)

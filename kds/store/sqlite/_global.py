@@ -20,7 +20,7 @@ from kds.model import Key, Kind, Resource
 from kds.store.interface import OnCommit
 from kds.store.results import ORIGIN_GLOBAL, ChangeRecord, Snapshot, ZoneEvent, sort_records
 from kds.store.sqlite._changelog import ChangeLog
-from kds.store.sqlite._db import COLS, WIRE, get_meta
+from kds.store.sqlite._db import get_meta
 from kds.store.sqlite._resources import ResourceEngine, TxView
 from kds.store.sqlite._sealing import aad
 
@@ -54,7 +54,7 @@ class GlobalEngine(ResourceEngine):
     # ------------------------------------------------------------------ revisioned writes
 
     def _next_version(self, conn: sqlite3.Connection, old: Resource | None) -> int:
-        return ChangeLog.next_revision(conn)
+        return self.changelog.next_revision(conn)
 
     def _log_put(
         self, conn: sqlite3.Connection, stored: Resource
@@ -64,8 +64,11 @@ class GlobalEngine(ResourceEngine):
         return record, wire_bytes
 
     def _log_delete(self, conn: sqlite3.Connection, key: Key) -> ChangeRecord | None:
-        revision = ChangeLog.next_revision(conn)
+        revision = self.changelog.next_revision(conn)
         return self.changelog.append(conn, revision, key, True, wire.change_delete(revision, key))
+
+    def _before_commit(self, conn: sqlite3.Connection) -> None:
+        self.changelog.flush(conn)
 
     def _more_problems(self, view: TxView, resources: Sequence[Resource]) -> integrity.Problems:
         if self.max_message_bytes:
@@ -97,16 +100,20 @@ class GlobalEngine(ResourceEngine):
         with self.db.tx(conn, "DEFERRED"):
             head = int(get_meta(conn, "head"))
             chain = bytes.fromhex(get_meta(conn, "chain"))
-            cur = conn.execute(f"SELECT {COLS} FROM resources WHERE origin='global'")
-            sealer = self.sealer
-            records = []
-            for r in cur:
-                # The row's digest covers the wire bytes sent as they are: a damaged row
-                # is never sent (StoreDamaged names it; the snapshot is refused).
-                sealer.check_digest(r)
-                k, m, n = r[0], r[1], r[2]
-                wire = sealer.open(bytes(r[WIRE]), r[10], aad("wire", k, m, n, ORIGIN_GLOBAL))
-                records.append(ChangeRecord(r[9], Key(Kind(k), m, n), False, wire))
+            cur = conn.execute(
+                "SELECT version, kind, mesh, name, wire, sealed FROM resources "
+                "WHERE origin='global'"
+            )
+            open_value = self.sealer.open
+            records = [
+                ChangeRecord(
+                    v,
+                    Key(Kind(k), m, n),
+                    False,
+                    open_value(bytes(w), sl, aad("wire", k, m, n, ORIGIN_GLOBAL)),
+                )
+                for v, k, m, n, w, sl in cur
+            ]
         return Snapshot(head, self._store_id, sort_records(records), chain)
 
     # ------------------------------------------------------------------ internal secrets
@@ -134,6 +141,28 @@ class GlobalEngine(ResourceEngine):
                 "ON CONFLICT(name) DO UPDATE SET data=excluded.data, sealed=excluded.sealed",
                 (name, stored, now, sealed),
             )
+
+    def add_internal_secrets(self, secrets: dict[str, bytes], now: str) -> dict[str, bytes]:
+        """Store all of ``secrets`` unless one of their names is there; what is stored."""
+        conn = self.db.conn()
+        with self.db.tx(conn):
+            names = sorted(secrets)
+            marks = ",".join("?" * len(names))
+            held = conn.execute(
+                f"SELECT 1 FROM internal_secrets WHERE name IN ({marks}) LIMIT 1", names
+            ).fetchone()
+            if held is None:
+                for name in names:
+                    stored, sealed = self.sealer.seal(
+                        secrets[name], aad("internal", "", "", name, "")
+                    )
+                    conn.execute(
+                        "INSERT INTO internal_secrets (name, data, created, sealed) "
+                        "VALUES (?, ?, ?, ?)",
+                        (name, stored, now, sealed),
+                    )
+        found = self.internal_secrets()
+        return {n: found[n] for n in names if n in found}
 
     def delete_internal_secret(self, name: str) -> bool:
         conn = self.db.conn()

@@ -97,6 +97,7 @@ class ResourceEngine:
         self.cipher = cipher  # encrypts secret data at rest (kds.crypto); None: plaintext
         self.db = Database(self.path)
         self.sealer = Sealer(self.path, cipher)
+        self._meshes_found: tuple[int, set[str]] = (0, set())  # (tx serial, meshes)
         # Called once per committed API write transaction with its changed results, in
         # revision order (writes are serialized), right after the commit, on this thread.
         # Global's daemon hands the change records to the hub with call_soon_threadsafe, so
@@ -248,12 +249,23 @@ class ResourceEngine:
         return out
 
     def _mesh_exists(self, conn: sqlite3.Connection, mesh: str) -> bool:
-        return (
+        """Whether the mesh has a row. A mesh found is remembered for the rest of the
+        transaction (nothing in a writing transaction deletes a mesh and then puts into it):
+        an apply of 10,000 secrets asked 10,000 times."""
+        serial = self.db.tx_serial()
+        if serial and self._meshes_found[0] == serial and mesh in self._meshes_found[1]:
+            return True
+        found = (
             conn.execute(
                 "SELECT 1 FROM resources WHERE kind='Mesh' AND mesh='' AND name=? LIMIT 1", (mesh,)
             ).fetchone()
             is not None
         )
+        if found and serial:
+            if self._meshes_found[0] != serial:
+                self._meshes_found = (serial, set())
+            self._meshes_found[1].add(mesh)
+        return found
 
     def _secrets_in_mesh(self, conn: sqlite3.Connection, mesh: str) -> dict[str, int]:
         out: dict[str, int] = {ORIGIN_GLOBAL: 0, ORIGIN_ZONE: 0}
@@ -291,7 +303,12 @@ class ResourceEngine:
                     e.item_index = i
                     raise
             results += self._after_puts(conn, resources, now)
+            self._before_commit(conn)
         return self._committed(results)
+
+    def _before_commit(self, conn: sqlite3.Connection) -> None:
+        """The last step of a writing transaction (put_many, delete); global writes its
+        change log's head there."""
 
     def _after_puts(
         self, conn: sqlite3.Connection, resources: Sequence[Resource], now: str
@@ -316,6 +333,7 @@ class ResourceEngine:
         conn = self.db.conn()
         with self.db.tx(conn):
             result = self._delete(conn, key)
+            self._before_commit(conn)
         self._committed([*result.also, result])
         return result
 
@@ -348,7 +366,7 @@ class ResourceEngine:
         )
         record, wire_bytes = self._log_put(conn, stored)
         conn.execute(
-            f"INSERT OR REPLACE INTO resources ({COLS}, sync_gen) "
+            f"INSERT OR REPLACE INTO resources ({COLS}, wire, sync_gen) "
             "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,0)",
             self.sealer.row_values(stored, self.origin, wire_bytes),
         )

@@ -18,7 +18,7 @@ from typing import Any
 from kds.crypto import DataCipher
 from kds.errors import StoreDamaged, StoreError
 from kds.model import Resource
-from kds.store.sqlite._db import COLS, DIGEST, WIRE, Database, row_to_resource, row_values
+from kds.store.sqlite._db import COLS, DIGEST, Database, row_to_resource, row_values
 from kds.store.sqlite._digest import row_digest
 
 __all__ = ["Sealer", "aad"]
@@ -32,7 +32,7 @@ def aad(table: str, kind: str, mesh: str, name: str, origin: str) -> bytes:
 class Sealer:
     """Seals and opens the values of one store file with ``cipher`` (None: plaintext)."""
 
-    def __init__(self, path: Path, cipher: DataCipher | None):
+    def __init__(self, path: Path | str, cipher: DataCipher | None):
         self.path = path
         self.cipher = cipher
 
@@ -54,7 +54,8 @@ class Sealer:
     def resource(self, r: sqlite3.Row | tuple[Any, ...]) -> Resource:
         """A resources row (selected as COLS) as a Resource, its data opened; StoreDamaged
         when its digest does not match or its data does not decrypt."""
-        self.check_digest(r)
+        if row_digest(r[:DIGEST]) != r[DIGEST]:
+            raise self._damaged(r, "its stored bytes do not match their digest")
         where = aad("data", r[0], r[1], r[2], r[3])
         try:
             data = self.open(bytes(r[4]), r[10], where)
@@ -67,11 +68,6 @@ class Sealer:
         except (ValueError, TypeError) as e:
             raise self._damaged(r, "its columns do not parse") from e
 
-    def check_digest(self, r: sqlite3.Row | tuple[Any, ...]) -> None:
-        """StoreDamaged when a row (selected as COLS) no longer matches its digest."""
-        if row_digest(r[:DIGEST]) != r[DIGEST]:
-            raise self._damaged(r, "its stored bytes do not match their digest")
-
     def _damaged(self, r: sqlite3.Row | tuple[Any, ...], why: str) -> StoreDamaged:
         key = f"{r[0]} {r[1] + '/' if r[1] else ''}{r[2]}"
         origin = "synced" if r[3] == "global" else "zone-local" if r[3] == "zone" else "?"
@@ -83,12 +79,12 @@ class Sealer:
     def row_values(
         self, r: Resource, origin: str, wire_bytes: bytes | None, *extra: Any
     ) -> tuple[Any, ...]:
-        """COLS and ``extra`` for one row, data and wire sealed with one key."""
+        """COLS, wire and ``extra`` for one row, data and wire sealed with one key."""
         key = (str(r.kind), r.mesh, r.name, origin)
         data, sealed = self.seal(r.data, aad("data", *key))
         if wire_bytes is not None:
             wire_bytes, _ = self.seal(wire_bytes, aad("wire", *key))
-        return (*row_values(r, origin, data, sealed, wire_bytes), *extra)
+        return (*row_values(r, origin, data, sealed), wire_bytes, *extra)
 
     def reseal(self, db: Database) -> None:
         """At start: check every sealed value has its key, and re-seal with the current key
@@ -115,14 +111,14 @@ class Sealer:
             )
         current = self.cipher.current
         with db.tx(conn):
-            cur = conn.execute(f"SELECT {COLS} FROM resources WHERE sealed != ?", (current,))
+            cur = conn.execute(f"SELECT {COLS}, wire FROM resources WHERE sealed != ?", (current,))
             for r in cur.fetchall():
                 try:
                     res = self.resource(r)
                 except StoreDamaged:
                     continue  # left as it is: reported by the start-up check
                 key = (r[0], r[1], r[2], r[3])
-                wire = r[WIRE]
+                wire = r[DIGEST + 1]
                 plain_wire = (
                     None if wire is None else self.open(bytes(wire), r[10], aad("wire", *key))
                 )
@@ -130,7 +126,7 @@ class Sealer:
                 conn.execute(
                     "UPDATE resources SET data=?, sealed=?, digest=?, wire=? "
                     "WHERE kind=? AND mesh=? AND name=? AND origin=?",
-                    (values[4], values[10], values[DIGEST], values[WIRE], *key),
+                    (values[4], values[10], values[DIGEST], values[DIGEST + 1], *key),
                 )
             cur = conn.execute(
                 "SELECT revision, change, sealed FROM changelog WHERE sealed != ?", (current,)

@@ -125,6 +125,9 @@ class SqliteGlobalStore(_SqliteResourceStore[GlobalEngine]):
     async def put_internal_secret(self, name: str, data: bytes, now: str) -> None:
         await self._threads.write(self._engine.put_internal_secret, name, data, now)
 
+    async def add_internal_secrets(self, secrets: dict[str, bytes], now: str) -> dict[str, bytes]:
+        return await self._threads.write(self._engine.add_internal_secrets, secrets, now)
+
     async def delete_internal_secret(self, name: str) -> bool:
         return await self._threads.write(self._engine.delete_internal_secret, name)
 

@@ -198,7 +198,7 @@ class ZoneEngine(ResourceEngine):
                 (str(key.kind), key.mesh, key.name),
             )
         conn.executemany(
-            f"INSERT OR REPLACE INTO resources ({COLS}, sync_gen) "
+            f"INSERT OR REPLACE INTO resources ({COLS}, wire, sync_gen) "
             "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             [self.sealer.row_values(r, ORIGIN_GLOBAL, None, gen) for r in plan.puts],
         )

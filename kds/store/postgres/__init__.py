@@ -1,0 +1,35 @@
+"""The PostgreSQL backend: one store per schema, shared by several instances of a role.
+
+``PgGlobalStore`` / ``PgZoneStore`` are the async stores (kds.store.interface) the daemons
+use with ``--store postgres``. They keep the SQLite backend's rules and formats (revisions,
+change log, history chain, row digests, sealing) and add what sharing one database between
+instances needs: every write transaction holds the store's advisory lock, so revisions are
+gap-free and commit in order across instances (kds.store.postgres._db).
+
+Modules, by job: _db (connections, the versioned schema, transactions, meta, errors),
+_resources (rows both roles share, API writes), _reseal (encryption at rest at open),
+_global and _zone (each role's engine), _stores (the async stores), _listen (LISTEN/NOTIFY
+wake-ups between instances), _leader (one zone instance holds the stream, fenced),
+_import (a SQLite global store moved here, keeping its id and history).
+"""
+
+from __future__ import annotations
+
+from kds.store.postgres._db import SCHEMA_VERSION, PgTarget
+from kds.store.postgres._global import PgGlobalEngine
+from kds.store.postgres._import import import_sqlite_global
+from kds.store.postgres._leader import Leadership
+from kds.store.postgres._stores import PgGlobalStore, PgZoneStore
+from kds.store.postgres._zone import NotLeader, PgZoneEngine
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Leadership",
+    "NotLeader",
+    "PgGlobalEngine",
+    "PgGlobalStore",
+    "PgTarget",
+    "PgZoneEngine",
+    "PgZoneStore",
+    "import_sqlite_global",
+]

@@ -1,0 +1,343 @@
+"""The PostgreSQL database: connecting, the versioned schema, transactions, meta, errors.
+
+One store lives in one PostgreSQL schema (a namespace inside a database), so a global and
+its zones may share one server, each in a schema of its own. Connections come from a
+psycopg pool; each sets ``search_path`` to the store's schema. The password is never part
+of the URL the store logs: it comes from the URL itself or from a password file, and
+``location`` names host, port, database and schema only.
+
+Several control-plane instances may share one store. Every write transaction starts by
+taking a transaction-level advisory lock on the store (``pg_advisory_xact_lock``), held
+until it commits or rolls back: writers run one at a time across every instance, so the
+revision a write reads from ``meta`` and the one it commits are the head at its commit, and
+revisions are gap-free and in commit order (a sequence gives neither: a value taken by a
+transaction that rolls back is lost, and a later value may commit first). Reads never take
+the lock; a read of several statements runs in one REPEATABLE READ snapshot.
+
+The schema is created and migrated at open, under another advisory lock, so two instances
+starting at once on an empty database make one schema and one store id. ``meta`` records
+the schema version; a store made by a newer release is refused rather than misread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import psycopg.errors
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from kds.errors import StoreError, StoreFull, StoreUnavailable
+
+__all__ = [
+    "LOCK_LEADER",
+    "LOCK_WRITE",
+    "SCHEMA_VERSION",
+    "Database",
+    "PgTarget",
+    "get_meta",
+    "set_meta",
+]
+
+# Advisory lock purposes; the other half of each lock's key is the store's schema.
+LOCK_WRITE = 1  # every write transaction
+LOCK_SCHEMA = 2  # creating or migrating the schema at open
+LOCK_LEADER = 3  # a zone's stream to global: held by its leader instance (session lock)
+
+# Migrations by the version they bring the schema to; ``meta.schema_version`` says which ran.
+_MIGRATIONS: dict[int, str] = {
+    1: """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS resources (
+    kind TEXT NOT NULL,
+    mesh TEXT NOT NULL,
+    name TEXT NOT NULL,
+    origin TEXT NOT NULL CHECK (origin IN ('global', 'zone')),
+    data BYTEA NOT NULL,
+    labels TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    creation_time TEXT NOT NULL,
+    modification_time TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    sealed TEXT NOT NULL DEFAULT '',
+    digest BYTEA NOT NULL,
+    wire BYTEA,
+    sync_gen BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (kind, mesh, name, origin)
+);
+CREATE INDEX IF NOT EXISTS resources_by_mesh ON resources (mesh, kind);
+CREATE TABLE IF NOT EXISTS changelog (
+    revision BIGINT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    mesh TEXT NOT NULL,
+    name TEXT NOT NULL,
+    deleted BOOLEAN NOT NULL,
+    change BYTEA NOT NULL,
+    chain BYTEA NOT NULL,
+    committed_at DOUBLE PRECISION NOT NULL DEFAULT 0,
+    sealed TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS internal_secrets (
+    name TEXT PRIMARY KEY,
+    data BYTEA NOT NULL,
+    created TEXT NOT NULL,
+    sealed TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS zone_tokens (
+    id TEXT PRIMARY KEY,
+    zone TEXT NOT NULL,
+    key_name TEXT NOT NULL,
+    issued_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    revoked_at TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS zone_status (name TEXT PRIMARY KEY, status TEXT NOT NULL);
+""",
+    2: """
+CREATE TABLE IF NOT EXISTS zone_events (
+    id BIGSERIAL PRIMARY KEY,
+    zone TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    time DOUBLE PRECISION NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS zone_events_by_zone ON zone_events (zone, kind, id);
+""",
+}
+SCHEMA_VERSION = max(_MIGRATIONS)
+
+# How long the pool keeps trying to replace a broken connection before giving it up (a
+# call that needs one then asks for a new one): short, so a server that is back is used soon.
+RECONNECT_S = 10.0
+
+# psycopg's pool reports each failed connection attempt through the logging module, in its
+# own format, while the server is away: the listener (kds.store.postgres._listen) reports an
+# outage once, in the daemon's log format, and calls that fail raise StoreUnavailable.
+logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
+
+
+@dataclass(frozen=True)
+class PgTarget:
+    """Where a PostgreSQL store lives: a libpq URL (``sslmode``, ``sslrootcert`` and the
+    other libpq parameters pass through), the schema, and optionally the password read from
+    a file. ``marker``: a file in the daemon's data dir holding the store id, so a database
+    found empty where this instance used a store is refused (as the SQLite marker is)."""
+
+    url: str
+    schema: str
+    password: str | None = None
+    marker: Path | None = None
+    application: str = "kds-sync"
+
+
+def lock_key(schema: str) -> int:
+    """The advisory lock namespace of one store: 32 bits of its schema name's hash."""
+    return int.from_bytes(
+        hashlib.blake2b(schema.encode(), digest_size=4).digest(), "big", signed=True
+    )
+
+
+def describe(url: str, schema: str) -> str:
+    """host:port/database and schema, for logs and errors: never the password."""
+    try:
+        d = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return f"postgresql (unparsable URL) schema {schema}"
+    host = d.get("host") or d.get("hostaddr") or "localhost"
+    return f"postgresql://{host}:{d.get('port') or 5432}/{d.get('dbname') or ''} schema {schema}"
+
+
+def get_meta(conn: psycopg.Connection[Any], key: str, default: str = "") -> str:
+    row = conn.execute("SELECT value FROM meta WHERE key=%s", (key,)).fetchone()
+    return str(row[0]) if row else default
+
+
+def set_meta(conn: psycopg.Connection[Any], key: str, value: object) -> None:
+    conn.execute(
+        "INSERT INTO meta VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value=EXCLUDED.value",
+        (key, str(value)),
+    )
+
+
+class Database:
+    """One store's schema on a PostgreSQL server: a connection pool and its transactions."""
+
+    def __init__(self, target: PgTarget, role: str):
+        self.target = target
+        self.role = role
+        self.location = describe(target.url, target.schema)
+        self.lock = lock_key(target.schema)
+        self._kwargs: dict[str, Any] = {
+            "application_name": target.application,
+            "connect_timeout": 5,
+            "autocommit": False,
+        }
+        if target.password is not None:
+            self._kwargs["password"] = target.password
+        self.pool: ConnectionPool[psycopg.Connection[Any]] | None = None
+
+    # ------------------------------------------------------------------ connections
+
+    def connect(self) -> psycopg.Connection[Any]:
+        """A connection of its own (not from the pool), search_path set; the caller closes it."""
+        with self.errors():
+            conn = psycopg.connect(self.target.url, **self._kwargs)
+            self._configure(conn)
+            return conn
+
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.target.schema)))
+        conn.commit()
+
+    @contextmanager
+    def errors(self) -> Iterator[None]:
+        """PostgreSQL's errors as the store's: the server unreachable, its disk full."""
+        try:
+            yield
+        except psycopg.errors.DiskFull as e:
+            raise StoreFull(
+                f"PostgreSQL's disk is full: the write to {self.location} was not made; free "
+                "space on the database server"
+            ) from e
+        except PoolTimeout as e:
+            raise StoreUnavailable(
+                f"PostgreSQL at {self.location} is unreachable (no connection within the "
+                "pool's timeout): nothing was written; the store retries as it comes back"
+            ) from e
+        except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+            raise StoreUnavailable(
+                f"PostgreSQL at {self.location} failed: {_first_line(e)}; retry once it is "
+                "back (a write cut off at its commit may have been made: read it back)"
+            ) from e
+        except psycopg.Error as e:
+            raise StoreError(f"PostgreSQL at {self.location}: {_first_line(e)}") from e
+
+    @contextmanager
+    def write(self) -> Iterator[psycopg.Connection[Any]]:
+        """One write transaction, serialized with every other writer of this store."""
+        assert self.pool is not None
+        with self.errors(), self.pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (self.lock, LOCK_WRITE))
+            yield conn
+
+    @contextmanager
+    def read(self, snapshot: bool = False) -> Iterator[psycopg.Connection[Any]]:
+        """A read-only transaction; ``snapshot``: all of it sees one point in time."""
+        assert self.pool is not None
+        with self.errors(), self.pool.connection() as conn, conn.transaction():
+            level = "REPEATABLE READ" if snapshot else "READ COMMITTED"
+            conn.execute(f"SET TRANSACTION ISOLATION LEVEL {level} READ ONLY")
+            yield conn
+
+    # ------------------------------------------------------------------ opening
+
+    def open(self, new_store: bool = False) -> str:
+        """Create or migrate the schema, check it belongs to this role; the store id."""
+        conn = self.connect()
+        try:
+            with self.errors(), conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (self.lock, LOCK_SCHEMA))
+                store_id = self._migrate(conn, new_store)
+        finally:
+            conn.close()
+        self._write_marker(store_id)
+        self.pool = ConnectionPool(
+            self.target.url,
+            kwargs=self._kwargs,
+            min_size=1,
+            max_size=4,
+            configure=self._configure,
+            timeout=5,  # a call waits this long for a connection, then StoreUnavailable
+            reconnect_timeout=RECONNECT_S,
+            name=f"kds-{self.role}",
+            open=False,
+        )
+        self.pool.open(wait=False)
+        return store_id
+
+    def _migrate(self, conn: psycopg.Connection[Any], new_store: bool) -> str:
+        schema = sql.Identifier(self.target.schema)
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
+        conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(schema))
+        exists = conn.execute(
+            "SELECT 1 FROM information_schema.tables WHERE table_schema=%s AND table_name='meta'",
+            (self.target.schema,),
+        ).fetchone()
+        version = int(get_meta(conn, "schema_version", "0")) if exists else 0
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"store {self.location} has schema version {version}, made by a newer kds-sync "
+                f"(this one knows up to {SCHEMA_VERSION}): upgrade this instance"
+            )
+        for v in range(version + 1, SCHEMA_VERSION + 1):
+            conn.execute(_MIGRATIONS[v])
+            set_meta(conn, "schema_version", v)
+        role = get_meta(conn, "role")
+        if not role:
+            self._check_marker(new_store)
+            for key, value in (
+                ("role", self.role),
+                ("store_id", uuid.uuid4().hex),
+                ("head", "0"),
+                ("log_floor", "0"),
+                ("chain", ""),
+                ("floor_chain", ""),
+            ):
+                set_meta(conn, key, value)
+        elif role != self.role:
+            raise StoreError(
+                f"store {self.location} belongs to a {role} control plane, not a {self.role} one"
+            )
+        return get_meta(conn, "store_id")
+
+    def _check_marker(self, new_store: bool) -> None:
+        marker = self.target.marker
+        if marker is None or new_store or not marker.exists():
+            return
+        try:
+            held = marker.read_text().strip()[:64]
+        except OSError:
+            held = "?"
+        raise StoreError(
+            f"store {self.location} is empty, but {marker} says this instance used store "
+            f"{held!r}: point --postgres-url and --postgres-schema at that store, restore it "
+            f"from a backup, or start with --new-store (or remove {marker}) to accept a new "
+            "empty store"
+        )
+
+    def _write_marker(self, store_id: str) -> None:
+        marker = self.target.marker
+        if marker is None:
+            return
+        try:
+            if marker.exists() and marker.read_text().strip() == store_id:
+                return
+            tmp = marker.with_name(marker.name + ".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(store_id + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, marker)
+        except OSError as e:
+            raise StoreError(f"cannot write the store marker {marker}: {e.strerror}") from e
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close(timeout=1)
+
+
+def _first_line(e: BaseException) -> str:
+    """An error's first line, bounded (the lines after it may quote a row's values)."""
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:300]

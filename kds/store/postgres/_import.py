@@ -1,0 +1,103 @@
+"""Moving a SQLite global store to PostgreSQL, keeping its store id and history.
+
+Zones hold global's store id and their revision with its history chain; a store moved with
+the same id, head, change log and chains is, for them, the same store: they resume where
+they were instead of taking a snapshot. So the import copies every table as stored:
+values sealed at rest stay sealed (a sealed value is bound to its table and key, not to the
+backend, so it opens with the same key file), row digests are kept (the PostgreSQL store
+checks them at its first start), and meta's head, log floor and chains are the SQLite
+store's. It runs in one transaction into an empty schema: it happens whole or not at all,
+and a schema that already holds a store is refused. The SQLite file is only read.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from kds.errors import StoreError
+from kds.store.postgres._db import LOCK_SCHEMA, LOCK_WRITE, Database, PgTarget, get_meta, set_meta
+
+__all__ = ["import_sqlite_global"]
+
+# Table -> the columns copied, as both backends name them.
+_TABLES = {
+    "resources": (
+        "kind, mesh, name, origin, data, labels, spec, creation_time, modification_time, "
+        "version, sealed, digest, wire, sync_gen"
+    ),
+    "changelog": "revision, kind, mesh, name, deleted, change, chain, committed_at, sealed",
+    "internal_secrets": "name, data, created, sealed",
+    "zone_tokens": "id, zone, key_name, issued_at, expires_at, revoked_at",
+    "zone_status": "name, status",
+    "zone_events": "zone, kind, time, data",  # in the order added (by id)
+}
+_META = ("store_id", "head", "log_floor", "chain", "floor_chain")
+
+
+def import_sqlite_global(path: Path, target: PgTarget) -> tuple[str, dict[str, int]]:
+    """Copy the SQLite global store at ``path`` into ``target``'s (empty) schema: its store
+    id, and the rows copied per table (and the head revision as ``head``)."""
+    if not path.exists():
+        raise StoreError(f"{path} does not exist: give the SQLite global's --data-dir")
+    src = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return _copy(src, path, target)
+    except sqlite3.Error as e:
+        raise StoreError(f"cannot read {path}: {e}") from e
+    finally:
+        src.close()
+
+
+def _copy(src: sqlite3.Connection, path: Path, target: PgTarget) -> tuple[str, dict[str, int]]:
+    meta = dict(src.execute("SELECT key, value FROM meta").fetchall())
+    if meta.get("role") != "global":
+        raise StoreError(f"{path} is not a global store (role {meta.get('role')!r})")
+    if meta.get("row_digests") != "1":
+        raise StoreError(f"{path} predates row digests: start globalcp on it once, then migrate")
+    db = Database(target, "global")
+    conn = db.connect()
+    counts: dict[str, int] = {}
+    try:
+        with db.errors(), conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (db.lock, LOCK_SCHEMA))
+            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (db.lock, LOCK_WRITE))
+            if _holds_a_store(conn, target.schema):
+                raise StoreError(
+                    f"{db.location} already holds a store: migrate into an empty schema "
+                    "(another --postgres-schema, or drop this one)"
+                )
+            db._migrate(conn, new_store=True)
+            held = {n for (n,) in src.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            for table, cols in _TABLES.items():
+                if table not in held:  # a store from before the table existed
+                    counts[table] = 0
+                    continue
+                order = " ORDER BY id" if table == "zone_events" else ""
+                rows = src.execute(f"SELECT {cols} FROM {table}{order}").fetchall()
+                if table == "changelog":
+                    rows = [(*r[:4], bool(r[4]), *r[5:]) for r in rows]
+                marks = ", ".join(["%s"] * len(cols.split(",")))
+                with conn.cursor() as cur:
+                    cur.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", rows)
+                counts[table] = len(rows)
+            for key in _META:
+                set_meta(conn, key, meta.get(key, ""))
+            counts["head"] = int(get_meta(conn, "head"))
+    finally:
+        conn.close()
+    return meta["store_id"], counts
+
+
+def _holds_a_store(conn: psycopg.Connection[object], schema: str) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM information_schema.tables WHERE table_schema=%s AND table_name='meta'",
+        (schema,),
+    ).fetchone()
+    if row is None:
+        return False
+    conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
+    return bool(get_meta(conn, "role"))

@@ -1,0 +1,87 @@
+"""Wake-ups between instances sharing a PostgreSQL store: LISTEN/NOTIFY, with a fallback.
+
+A write transaction that changes something other instances keep in memory sends a
+notification on the store's channel (its schema name) with what changed (``change``: the
+change log moved; ``secrets``: signing keys or token revocations); PostgreSQL delivers it
+to every listening session when, and only if, the transaction commits. ``listen`` holds one
+connection of its own, LISTENs, and calls ``on_event`` with each payload. A notification
+can be lost (the listening connection broke, the server restarted): so ``on_event("")``
+runs after every ``fallback`` seconds without one, and after each reconnection, and the
+callee re-reads what it follows instead of trusting the payloads alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psycopg
+import structlog
+from psycopg import sql
+
+from kds.store.postgres._db import PgTarget, describe
+
+__all__ = ["OnEvent", "connect_own", "first_line", "listen"]
+
+log = structlog.get_logger("kds.store")
+
+OnEvent = Callable[[str], Awaitable[None]]
+
+
+async def listen(
+    target: PgTarget, on_event: OnEvent, fallback: float = 1.0, retry_max: float = 5.0
+) -> None:
+    """Forever (until cancelled): deliver the store's notifications to ``on_event``."""
+    where = describe(target.url, target.schema)
+    delay = 0.2
+    down_since: float | None = None  # when the connection was lost or first refused
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            conn = await connect_own(target)
+        except (psycopg.Error, OSError) as e:
+            if down_since is None:
+                down_since = loop.time()
+            if delay == 0.2:  # once per outage, not at every retry
+                log.error("PostgreSQL unreachable: writes refused, wake-ups paused",
+                          store=where, error=first_line(e))  # fmt: skip
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, retry_max)
+            continue
+        if down_since is not None:
+            log.info("PostgreSQL reachable again", store=where,
+                     down_s=round(loop.time() - down_since, 1))  # fmt: skip
+            down_since = None
+        delay = 0.2
+        try:
+            async with conn:
+                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(target.schema)))
+                await on_event("")  # whatever was sent while no one listened
+                while True:
+                    got = False
+                    async for n in conn.notifies(timeout=fallback):
+                        got = True
+                        await on_event(n.payload)
+                    if not got:
+                        await on_event("")
+        except (psycopg.Error, OSError) as e:
+            down_since = loop.time()
+            log.error("PostgreSQL connection for wake-ups lost: reconnecting", store=where,
+                      error=first_line(e))  # fmt: skip
+
+
+async def connect_own(target: PgTarget) -> psycopg.AsyncConnection[Any]:
+    kwargs: dict[str, Any] = {
+        "autocommit": True,
+        "connect_timeout": 5,
+        "application_name": target.application,
+    }
+    if target.password is not None:
+        kwargs["password"] = target.password
+    return await psycopg.AsyncConnection.connect(target.url, **kwargs)
+
+
+def first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return (lines[0] if lines else type(e).__name__)[:300]

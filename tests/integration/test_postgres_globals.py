@@ -1,0 +1,217 @@
+"""Several global instances on one PostgreSQL store (a throwaway server: tests/pgserver.py).
+
+Both accept writes and serve zones; they share one CA and one set of token signing keys; a
+zone given both addresses resumes on the other when its instance is SIGKILLed (a resume,
+never a snapshot, with nothing lost); a token revoked on one ends the stream another holds.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import _TEST_ARGS, BIN, Daemon, b64, free_port, wait_for
+from tests.pgserver import PgServer, find_bindir, shared_server
+
+
+def _secret(name: str, value: str) -> dict[str, Any]:
+    return {"type": "Secret", "mesh": "default", "name": name, "data": b64(value)}
+
+
+class Pg:
+    """Global instances and zones on one store; every daemon stopped at the end."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.url = shared_server().url
+        self.schema = "t" + uuid.uuid4().hex[:12]
+        self.daemons: list[Daemon] = []
+        self.kds: dict[str, int] = {}
+
+    def start_global(self, name: str) -> Daemon:
+        api, kds = free_port(), free_port()
+        self.kds[name] = kds
+        argv = [
+            str(BIN / "globalcp"), "run", "--data-dir", str(self.tmp / name),
+            "--api-address", f"127.0.0.1:{api}", "--kds-address", f"127.0.0.1:{kds}",
+            "--store", "postgres", "--postgres-url", self.url, "--postgres-schema", self.schema,
+            *_TEST_ARGS,
+        ]  # fmt: skip
+        d = Daemon(name, argv, self.tmp / f"{name}.log", f"http://127.0.0.1:{api}", self.tmp / name)
+        self.daemons.append(d)
+        return d.start()
+
+    def instance_id(self, g: Daemon) -> str:
+        return str(g.wait_event("global started")["instance"])
+
+    def token(self, g: Daemon, zone: str) -> tuple[str, Path]:
+        r = g.http.post("/zone-tokens", json={"zone": zone, "validFor": "1h"})
+        assert r.status_code == 201, r.text
+        path = self.tmp / f"{zone}.token"
+        path.touch(mode=0o600)
+        path.write_text(r.json()["token"] + "\n")
+        return r.json()["id"], path
+
+    def start_zone(self, zone: str, token: Path, *globals_: str) -> Daemon:
+        api = free_port()
+        addresses = ",".join(f"grpcs://127.0.0.1:{self.kds[g]}" for g in globals_)
+        argv = [
+            str(BIN / "zonecp"), "run", "--zone", zone, "--global-address", addresses,
+            "--ca-file", str(self.tmp / globals_[0] / "ca.crt"), "--token-file", str(token),
+            "--data-dir", str(self.tmp / zone), "--api-address", f"127.0.0.1:{api}",
+            *_TEST_ARGS, "--reconnect-max-delay", "1s",
+        ]  # fmt: skip
+        d = Daemon(zone, argv, self.tmp / f"{zone}.log", f"http://127.0.0.1:{api}", self.tmp / zone)
+        self.daemons.append(d)
+        d.start()
+        wait_for(lambda: d.get_json("/meshes/default"), what=f"{zone} first sync")
+        return d
+
+    def close(self) -> None:
+        for d in self.daemons:
+            if d.proc and d.proc.poll() is None:
+                d.stop()
+            d.http.close()
+
+
+@pytest.fixture
+def pg(tmp_path: Path, request: pytest.FixtureRequest) -> Any:
+    c = Pg(tmp_path)
+    try:
+        yield c
+    finally:
+        c.close()
+        rep = getattr(request.node, "rep_call", None)
+        if rep is not None and rep.failed:
+            for d in c.daemons:
+                print(f"\n----- {d.name} log -----\n{d.log_text()[-6000:]}")
+
+
+def test_two_globals_share_writes_one_ca_and_a_zone_resumes_on_the_survivor(pg: Pg) -> None:
+    a = pg.start_global("ga")
+    b = pg.start_global("gb")
+    ids = {pg.instance_id(a): a, pg.instance_id(b): b}
+    # One CA: the second instance took the first one's, it did not make its own.
+    assert (pg.tmp / "ga" / "ca.crt").read_bytes() == (pg.tmp / "gb" / "ca.crt").read_bytes()
+    _, token = pg.token(b, "z1")  # issued by b, verified by whichever instance the zone dials
+    z = pg.start_zone("z1", token, "ga", "gb")
+
+    # Writes through both instances reach the zone, in one revision sequence.
+    assert a.put("/meshes/default/secrets/from-a", _secret("from-a", "1")).status_code == 201
+    assert b.put("/meshes/default/secrets/from-b", _secret("from-b", "2")).status_code == 201
+    wait_for(lambda: z.secret("default", "from-a") and z.secret("default", "from-b"),
+             what="writes through both globals on the zone")  # fmt: skip
+    rev_a = a.wait_event("resource written", name="from-a")["version"]
+    rev_b = b.wait_event("resource written", name="from-b")["version"]
+    assert rev_b == rev_a + 1  # one gap-free sequence across the instances
+    wait_for(lambda: z.get_json("/status")["appliedRevision"] == rev_b, what="zone at the head")
+
+    status = z.get_json("/status")
+    holder = ids[status["global"]["instanceId"]]
+    survivor = b if holder is a else a
+    snapshots = status["snapshots"]
+    holder_id = status["global"]["instanceId"]
+    # Zone status is shared: the instance not holding the stream names the one that does.
+    wait_for(
+        lambda: (
+            (v := survivor.get_json("/zones/z1"))["status"] == "Online"
+            and v["globalInstance"] == holder_id
+        ),
+        5,
+        "the other instance's view of the zone",
+    )
+    holder.stop(signal.SIGKILL)
+    killed = time.monotonic()
+
+    # Written on the survivor while the zone moves to it: the zone resumes there and gets it.
+    assert survivor.put("/meshes/default/secrets/after", _secret("after", "3")).status_code == 201
+    wait_for(lambda: z.secret("default", "after"), 20, "the write after the kill on the zone")
+    st = wait_for(
+        lambda: (
+            (s := z.get_json("/status"))["connected"]
+            and s["global"]["instanceId"] == pg.instance_id(survivor)
+            and s
+        ),
+        20,
+        "the zone connected to the surviving instance",
+    )
+    assert st["snapshots"] == snapshots and st["lastSync"]["mode"] == "resume", st
+    assert time.monotonic() - killed < 10  # "within a few seconds", with a loaded machine's margin
+    assert z.secret("default", "from-a") and z.secret("default", "from-b")
+    view = survivor.get_json("/zones/z1")
+    assert view["status"] == "Online" and view["globalInstance"] == pg.instance_id(survivor)
+    env = {**os.environ, "KDSCTL_API_URL": survivor.api_url, "KDSCTL_TOKEN": survivor.admin_token}
+    out = subprocess.run(
+        [str(BIN / "kdsctl"), "inspect", "zones"], env=env, capture_output=True, text=True,
+        timeout=30, check=True,
+    ).stdout  # fmt: skip
+    assert "GLOBAL INSTANCE" in out and pg.instance_id(survivor) in out, out
+
+
+def test_a_token_revoked_on_one_instance_ends_the_stream_another_holds(pg: Pg) -> None:
+    a = pg.start_global("ga")
+    b = pg.start_global("gb")
+    token_id, token = pg.token(a, "z2")
+    z = pg.start_zone("z2", token, "ga")  # held by a only
+    assert b.http.post(f"/zone-tokens/{token_id}/revoke").status_code == 200
+    a.wait_event("zone token revoked on another instance", token_id=token_id)
+    wait_for(lambda: not z.get_json("/status")["connected"], 10, "the zone's stream ended")
+
+
+def test_postgresql_killed_and_back(tmp_path: Path) -> None:
+    """PostgreSQL crashes (immediate stop): global refuses writes with 503 naming the store,
+    logs it, and once the server is back accepts writes again and the zone gets them; a
+    SIGTERM then stops it in time."""
+    bindir = find_bindir()
+    assert bindir is not None, "run scripts/setup-postgres"
+    server = PgServer(bindir)
+    server.start()
+    pg = Pg(tmp_path)
+    pg.url = server.url
+    try:
+        g = pg.start_global("ga")
+        _, token = pg.token(g, "z3")
+        z = pg.start_zone("z3", token, "ga")
+        server.stop("immediate")
+        r = g.put("/meshes/default/secrets/while-down", _secret("while-down", "x"))
+        assert r.status_code == 503 and "PostgreSQL" in r.json()["detail"], r.text
+        g.wait_event("PostgreSQL unreachable: writes refused, wake-ups paused")
+        assert z.get_json("/meshes/default")  # the zone keeps serving what it holds
+        server.start()
+        wait_for(
+            lambda: (
+                g.put("/meshes/default/secrets/after", _secret("after", "y")).status_code == 201
+            ),
+            20,
+            "a write once PostgreSQL is back",
+        )
+        g.wait_event("PostgreSQL reachable again")
+        wait_for(lambda: z.secret("default", "after"), 20, "the write on the zone")
+        assert g.stop() == 0
+    finally:
+        pg.close()
+        server.remove()
+
+
+def test_a_signing_key_added_on_one_instance_and_removed_on_another(pg: Pg) -> None:
+    """A key rotated in on one instance signs tokens the other accepts; removed on the
+    other instance, it ends the stream the first holds with a token it signed."""
+    a = pg.start_global("ga")
+    b = pg.start_global("gb")
+    r = a.http.post("/zone-token-signing-keys")
+    assert r.status_code == 201, r.text
+    key = r.json()["name"]
+    _, token = pg.token(a, "z4")  # signed by the new key
+    wait_for(lambda: any(k["name"] == key for k in b.get_json("/zone-token-signing-keys")["items"]),
+             5, "the other instance knows the new key")  # fmt: skip
+    z = pg.start_zone("z4", token, "ga")
+    assert b.http.delete(f"/zone-token-signing-keys/{key}").status_code == 200
+    a.wait_event("signing key removed on another instance", key=key)
+    wait_for(lambda: not z.get_json("/status")["connected"], 10, "the zone's stream ended")
