@@ -116,6 +116,8 @@ def test_postgres_variant_two_globals_and_every_zone_instance_on_one_database() 
         assert env["ZONECP_STORE"] == "postgres" and env["ZONECP_POSTGRES_URL"] == url
         assert env["ZONECP_POSTGRES_PASSWORD_FILE"] == "/db/password"
         assert "postgres-password:/db:ro" in services[name]["volumes"]
+        # A dead global's name fails to resolve within 1 s, so the zone soon dials the next.
+        assert services[name]["dns_opt"] == ["timeout:1", "attempts:1"]
     # zone-1's second instance: the same zone and credentials as zone-1, its own data dir.
     b, z1 = services["zone-1-b"], base["services"]["zone-1"]
     assert b["environment"]["ZONECP_ZONE"] == "zone-1"
