@@ -24,6 +24,8 @@ Scenarios:
   4 footprint    global's resident memory with idle zones connected and the secrets held, what
                  each further zone adds, and the stores' size on disk.
   5 etcd         scenarios 1 and 2 against etcd, in the same run.
+  6 anti_entropy bytes to check an equal N-secret store; time and bytes to find and repair
+                 one damaged secret among N (in one process, bench.anti_entropy).
 
 The scenarios themselves are in bench.scenarios; this module plans the repeats, runs them and
 writes the report (bench.report).
@@ -32,6 +34,7 @@ writes the report (bench.report).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import json
 import os
@@ -42,7 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import report
+from bench import anti_entropy, report
 from bench.common import ROOT, profile_into, samplers_done
 from bench.etcd import etcd_binary
 from bench.scenarios import (
@@ -63,6 +66,7 @@ PLANS = {
         "idle_zones": 100,
         "extra_zones": 10,
         "storm_zones": 100,
+        "ae_total": 100_000,
         "plaintext": True,
         "repeats": 3,
     },
@@ -75,6 +79,7 @@ PLANS = {
         "idle_zones": 3,
         "extra_zones": 2,
         "storm_zones": 3,
+        "ae_total": 2_000,
         "plaintext": True,
         "repeats": 1,
     },
@@ -101,7 +106,7 @@ def run(plan: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         "propagation": [],
         "bulk": [],
     }
-    only = set(args.only or ["propagation", "bulk", "resume"])
+    only = set(args.only or ["propagation", "bulk", "resume", "anti_entropy"])
     for rep in range(plan["repeats"]):
         if "propagation" in only:
             for z in plan["prop_zones"]:
@@ -151,6 +156,10 @@ def run(plan: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         results["resume"] = resume
         results["footprint"] = foot
         _log(f"  {json.dumps(resume)}\n  {json.dumps(foot)}")
+    if "anti_entropy" in only:
+        _log(f"anti-entropy: {plan['ae_total']} secrets, one damaged")
+        results["anti_entropy"] = asyncio.run(anti_entropy.measure(plan["ae_total"]))
+        _log(f"  {json.dumps(results['anti_entropy'])}")
     results["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     return results
 
@@ -171,7 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pace", type=float, default=0.01, help="pause between single writes (s)")
     ap.add_argument("--procs", type=int, default=0, help="fleet processes (0: by zone count)")
     ap.add_argument(
-        "--only", nargs="+", choices=["propagation", "bulk", "resume"], help="run only these"
+        "--only",
+        nargs="+",
+        choices=["propagation", "bulk", "resume", "anti_entropy"],
+        help="run only these",
     )
     ap.add_argument("--keep", action="store_true", help="keep work dirs (logs, stores)")
     ap.add_argument(

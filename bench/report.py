@@ -262,6 +262,25 @@ def markdown(results: dict[str, Any]) -> str:
             "The idle zones start from copies of the first zone's synced store, so they resume "
             "instead of each taking a snapshot.",
         ]
+    a = results.get("anti_entropy")
+    if a:
+        e, d = a["equal"], a["one_damaged"]
+        lines += [
+            "",
+            f"## 6. Anti-entropy: {a['secrets']:,} secrets",
+            "",
+            "| what | rounds | bytes | s |",
+            "|---|---|---|---|",
+            f"| check of an equal store ({e['result']}) | {e['rounds']} | {e['bytes']:,} "
+            f"| {e['seconds']} |",
+            f"| find and repair one damaged secret ({d['result']}, then {d['after']}) "
+            f"| {d['rounds']} | {d['check_bytes']:,} + repair {d['repair_bytes']:,} "
+            f"| {d['seconds']} |",
+            "",
+            "In one process, with the daemons' code on both sides: encoded message bytes, and "
+            "the work of both sides with no network between them (a link adds a round trip "
+            "per round).",
+        ]
     return "\n".join(lines) + "\n\n" + PROFILED
 
 

@@ -47,12 +47,14 @@ log = structlog.get_logger("globalcp")
 ZONE_LEASE = 10.0
 
 # Options a reload (SIGHUP) applies while running; the others need a restart. Heartbeat
-# interval and window size reach streams that start after the reload; live streams keep theirs.
+# interval, anti-entropy interval and window size reach streams that start after the reload;
+# live streams keep theirs.
 LIVE_OPTIONS = frozenset(
     {
         "admin_token_file",
         "read_only_token_file",
         "heartbeat_interval",
+        "anti_entropy_interval",
         "max_unacked",
         "max_data_bytes",
     }
@@ -117,6 +119,7 @@ async def run_global(cfg: GlobalConfig, service: Service) -> int:
         max_unacked=cfg.max_unacked,
         max_message_bytes=cfg.max_message_bytes,
         heartbeat_interval=cfg.heartbeat_interval,
+        anti_entropy_interval=cfg.anti_entropy_interval,
         on_token_refused=metrics.token_refused,
     )
     if shared:
@@ -184,6 +187,7 @@ async def run_global(cfg: GlobalConfig, service: Service) -> int:
         ctx.tokens = tokens
         ctx.limits = Limits(max_data_bytes=new.max_data_bytes)
         servicer.heartbeat_interval = new.heartbeat_interval
+        servicer.anti_entropy_interval = new.anti_entropy_interval
         servicer.max_unacked = new.max_unacked
         return notes
 

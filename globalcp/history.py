@@ -70,6 +70,7 @@ class ZoneHistory:
         self.clock = clock
         self.keep = keep
         self._pending: list[ZoneEvent] = []
+        self._inflight: list[ZoneEvent] = []  # being written by flush: in neither place yet
         self.dropped = 0  # events lost because the store could not take them in time
 
     def _add(self, zone: str, kind: str, data: dict[str, Any], at: float | None = None) -> None:
@@ -118,6 +119,7 @@ class ZoneHistory:
         if not self._pending:
             return
         batch, self._pending = self._pending, []
+        self._inflight = batch
         try:
             await self.store.add_zone_events(batch, self.keep)
         except Exception as e:  # history must never take the sync down; retry next round
@@ -127,19 +129,25 @@ class ZoneHistory:
                 del self._pending[:overflow]
                 self.dropped += overflow
             log.error("cannot save zone history", error_type=type(e).__name__, error=str(e))
+        finally:
+            self._inflight = []
 
     async def read(self, zone: str, limit: int, lag_since: float) -> dict[str, Any]:
         """The zone's newest ``limit`` events and its lag samples since ``lag_since``, oldest
-        first, as the API serves them; events not yet saved included."""
-        pending = [e for e in self._pending if e.zone == zone]
+        first, as the API serves them; events not yet saved included, those a flush is
+        writing too. Taken before the store is read, so an event the flush commits meanwhile
+        is found once (read from both, kept once) rather than in neither."""
+        unsaved = [e for e in [*self._inflight, *self._pending] if e.zone == zone]
         events: list[ZoneEvent] = []
         for kind in (EVENT, REFUSAL):
             events += await self.store.zone_events(zone, kind, 0.0, limit)
-            events += [e for e in pending if e.kind == kind]
-        events = sorted(events, key=lambda e: e.time)[-limit:] if limit else []
+            events += [e for e in unsaved if e.kind == kind]
+        once = list(dict.fromkeys(events))  # in order: events at one time keep theirs
+        newest = sorted(once, key=lambda e: e.time)[-limit:] if limit else []
         samples = await self.store.zone_events(zone, LAG, lag_since, self.keep)
-        samples += [e for e in pending if e.kind == LAG and e.time >= lag_since]
-        return {"events": _items(events), "lag": _items(samples)}
+        samples += [e for e in unsaved if e.kind == LAG and e.time >= lag_since]
+        lag = sorted(dict.fromkeys(samples), key=lambda e: e.time)
+        return {"events": _items(newest), "lag": _items(lag)}
 
 
 def _first(names: list[str]) -> list[str]:

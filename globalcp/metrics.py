@@ -83,6 +83,16 @@ class _ZonesCollector(Collector):
         reconnects = counter(
             "kds_global_zone_reconnects", "Streams accepted after the zone's first.", ["zone"]
         )
+        checks = counter(
+            "kds_global_zone_anti_entropy_checks",
+            "Anti-entropy checks by result: equal, repair, differed, inconclusive.",
+            ["zone", "result"],
+        )
+        repaired = counter(
+            "kds_global_zone_anti_entropy_repaired",
+            "Synced resources anti-entropy repaired on the zone.",
+            ["zone"],
+        )
         for v in views:
             s, z = v.state, [v.state.name]
             online.add_metric(z, 1 if s.online else 0)
@@ -95,6 +105,9 @@ class _ZonesCollector(Collector):
             messages_acked.add_metric(z, s.messages_acked)
             errors.add_metric(z, s.errors)
             reconnects.add_metric(z, max(0, s.connections - 1))
+            repaired.add_metric(z, s.repaired)
+            for result in ("equal", "repair", "differed", "inconclusive"):
+                checks.add_metric([s.name, result], s.checks.get(result, 0))
             for kind in KINDS:
                 sent.add_metric([s.name, kind], s.sent.get(kind, 0))
                 acknowledged.add_metric([s.name, kind], s.acknowledged.get(kind, 0))
@@ -112,6 +125,8 @@ class _ZonesCollector(Collector):
             rejected,
             errors,
             reconnects,
+            checks,
+            repaired,
         )
 
 

@@ -23,11 +23,13 @@ from typing import Any
 
 import structlog
 
+from globalcp.checks import ZoneChecks, key_label
 from globalcp.hub import Hub
-from globalcp.zones import ZoneHandle
+from globalcp.zones import CHECK_KEYS_KEPT, ZoneHandle
 from kds import wire
 from kds._pb import sync_pb2 as pb
 from kds.model import Key, stays_on_global
+from kds.protocol.anti_entropy import Outcome, Query
 from kds.protocol.batching import Part, coalesce, pack
 from kds.protocol.records import ChangeRecord
 from kds.protocol.session import GlobalSession, Mode, SendRange, SendSnapshot
@@ -161,7 +163,9 @@ class SendLoop:
         wake: asyncio.Event,
         ended: Callable[[], bool],
         heartbeat_interval: float,
+        checks: ZoneChecks | None = None,
     ):
+        self.checks = checks  # anti-entropy (globalcp.checks); None: never checked
         self.session = session
         self.status = status
         self.plans = plans
@@ -207,7 +211,7 @@ class SendLoop:
         session = self.session
         action = session.next_action(self.hub.head, self.hub.log_floor)
         if action is None:
-            return False
+            return await self._anti_entropy()
         if isinstance(action, SendSnapshot):
             await self._send_snapshot()
         elif not await self._send_range(action):
@@ -215,6 +219,83 @@ class SendLoop:
         session.on_done()
         self._last_sent = asyncio.get_running_loop().time()
         return True
+
+    async def _anti_entropy(self) -> bool:
+        """Run the stream's anti-entropy check one step (globalcp.checks): start one when due
+        and the zone is caught up, send the next query once the zone answered, or finish
+        one (log, status, repair). False when there was nothing to do."""
+        checks, session = self.checks, self.session
+        if checks is None:
+            return False
+        if checks.check is None:
+            if not checks.due() or not session.can_check(self.hub.head):
+                return False
+            first = await checks.start(session.acked_revision)
+            if first is None:
+                return False
+            await self.send(first)
+            return True
+        if checks.pending is None:
+            return False  # waiting for the zone's answer
+        step = await checks.advance()
+        if isinstance(step, Query):
+            await self.send(wire.query_to_pb(step))
+            return True
+        await self._finish_check(step)
+        return True
+
+    async def _finish_check(self, out: Outcome) -> None:
+        records = await self.checks.repairs(out) if self.checks and out.result == "repair" else []
+        differed = [n.label() for n in out.differed]
+        repaired = [key_label(r.key) for r in records]
+        fields = {
+            "result": out.result,
+            "revision": out.revision,
+            "rounds": out.rounds,
+            "differed": differed[:10],
+            "repaired": repaired[:20],
+            "repaired_count": len(repaired),
+            "deferred": out.deferred,
+        }
+        if records:
+            log.warning("anti-entropy: repairing the zone's synced copies", **fields)
+        elif out.result == "equal":
+            log.info("anti-entropy: the zone's synced copies are equal to global's", **fields)
+        else:
+            log.info("anti-entropy check", reason=out.reason, **fields)
+        self.status.check_done(
+            {
+                "result": out.result,
+                "revision": out.revision,
+                "rounds": out.rounds,
+                "differed": differed[:CHECK_KEYS_KEPT],
+                "repaired": repaired[:CHECK_KEYS_KEPT],
+                "repairedCount": len(repaired),
+                "deferred": out.deferred,
+                "reason": out.reason,
+            }
+        )
+        if not records:
+            return
+        session = self.session
+        revision = session.start_repair()
+        parts = pack(records, self.plans.max_message_bytes, wire.PART_BYTES)
+        for part in parts:
+            seq = session.next_seq()
+            data = wire.assemble_batch(
+                seq=seq,
+                from_revision=revision,
+                revision=revision,
+                snapshot=False,
+                final=True,
+                head_revision=self.hub.head,
+                framed_changes=[r.framed for r in part.records],
+                repair=True,
+            )
+            session.on_sent(seq, revision, True, _PartKeys(part.records))
+            self.status.batch_sent(seq, (r.key.kind for r in part.records))
+            await self.send(data)
+        session.on_done()
 
     async def _send_snapshot(self) -> None:
         snap = await self.plans.snapshot()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -29,6 +30,7 @@ from typing import Any
 import grpc
 import structlog
 
+from globalcp.checks import GlobalTrees, ZoneChecks
 from globalcp.hub import Hub
 from globalcp.sending import SendPlans
 from globalcp.stream import ZoneLink, ZoneStream, decode_zone_message
@@ -71,6 +73,7 @@ class SyncServicer:
         max_unacked: int,
         max_message_bytes: int,
         heartbeat_interval: float,
+        anti_entropy_interval: float = 0.0,
         on_token_refused: Callable[[str], None] | None = None,
     ):
         self.store = store
@@ -85,9 +88,11 @@ class SyncServicer:
         self.max_unacked = max_unacked
         self.max_message_bytes = max_message_bytes
         self.heartbeat_interval = heartbeat_interval
+        self.anti_entropy_interval = anti_entropy_interval  # 0: no anti-entropy checks
         self.links: dict[str, ZoneLink] = {}
         # Shared by every stream: one snapshot read, one plan per range, however many zones.
         self.plans = SendPlans(store, hub, max_message_bytes)
+        self.trees = GlobalTrees(store)  # anti-entropy: global's tree, one per head
         self._stopping = asyncio.Event()
         self._on_token_refused = on_token_refused  # given the refusal's status code name
         self._refusal_log = Throttle(REFUSAL_LOG_INTERVAL)
@@ -209,6 +214,7 @@ class SyncServicer:
             self.plans,
             welcome=self._welcome(mode),
             heartbeat_interval=self.heartbeat_interval,
+            checks=ZoneChecks(self.store, self.anti_entropy_interval, time.monotonic, self.trees),
         )
         # From here on every exit goes through the finally below, so a stream that fails even
         # while writing the welcome never leaves its zone marked as connected.

@@ -11,10 +11,11 @@ replaced): the call is then aborted with the status given, whatever its tasks ar
 What the zone sends is checked before it is used: a message that does not decode ends the
 stream with INVALID_ARGUMENT; an ack's rejections must name changes of the batch it
 acknowledges (kds.protocol.session), a status report's conflicts known kinds and valid names
-(kds.protocol.limits), or the stream ends with FAILED_PRECONDITION. An ack with rejections
+and its problem text its bound (kds.protocol.limits), or the stream ends with
+FAILED_PRECONDITION. An ack with rejections
 is one log line however many it holds; conflict reports are logged when they change, at most
-CONFLICT_LOG_BURST lines per CONFLICT_LOG_INTERVAL seconds per stream; reasons and names are
-bounded and escaped (kds.text) before they are logged or kept.
+CONFLICT_LOG_BURST lines per CONFLICT_LOG_INTERVAL seconds per stream (a changed problem
+too, under its own key); reasons, problems and names are bounded and escaped (kds.text) before they are logged or kept.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import grpc
 import structlog
 from google.protobuf.message import DecodeError
 
+from globalcp.checks import ZoneChecks
 from globalcp.sending import SendLoop, SendPlans
 from globalcp.throttle import Throttle
 from globalcp.zones import CONFLICTS_KEPT, ZoneHandle
@@ -34,7 +36,7 @@ from kds import wire
 from kds._pb import sync_pb2 as pb
 from kds.errors import KdsError, ProtocolError
 from kds.model import Key
-from kds.protocol.limits import REASON_CHARS, check_key
+from kds.protocol.limits import REASON_CHARS, check_key, check_problem
 from kds.protocol.session import Ack, GlobalSession
 from kds.text import safe_text
 
@@ -117,7 +119,9 @@ class ZoneStream:
         *,
         welcome: bytes,
         heartbeat_interval: float,
+        checks: ZoneChecks | None = None,
     ):
+        self.checks = checks  # anti-entropy (globalcp.checks)
         self.link = link
         self.context = context
         self.plans = plans
@@ -206,6 +210,9 @@ class ZoneStream:
                 wake.set()
             elif kind == "status":
                 self._on_status(msg.status)
+            elif kind == "digest_answer" and self.checks is not None:
+                self.checks.on_answer(msg.digest_answer)
+                wake.set()
             else:
                 raise ProtocolError(f"unexpected {kind} after hello")
 
@@ -243,8 +250,22 @@ class ZoneStream:
 
     def _on_status(self, report: pb.ZoneStatus) -> None:
         """Check every conflict the zone reports, keep the first CONFLICTS_KEPT and their
-        count, and log the report when it changes what global holds (throttled)."""
+        count, and log the report when it changes what global holds (throttled); the same
+        for the zone's problem, which also becomes its last error."""
         status = self.link.status
+        problem = check_problem(report.problem)
+        if problem is not None:
+            raise ProtocolError(str(problem))
+        if status.problem(report.problem):
+            held_back = self._conflict_log.allow("problem")
+            if held_back is not None:
+                shown = status.problem_text
+                if shown:
+                    log.warning(
+                        "zone reports a problem", problem=shown, reports_not_logged=held_back
+                    )
+                else:
+                    log.info("zone reports its problem is over", reports_not_logged=held_back)
         conflicts: list[str] = []
         for i, k in enumerate(report.conflicts):
             problem = check_key(
@@ -279,6 +300,7 @@ class ZoneStream:
             wake=wake,
             ended=lambda: link.end is not None,
             heartbeat_interval=self.heartbeat_interval,
+            checks=self.checks,
         ).run()
         raise _EndStream()
 

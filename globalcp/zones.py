@@ -12,7 +12,9 @@ the connection facts are saved before anything else happens on the stream. After
 every zone is Offline until its stream comes back.
 
 What a zone sent is bounded before it is kept (kds.text): an error or disconnect reason at
-ERROR_CHARS characters, escaped; conflicts at the first CONFLICTS_KEPT names plus their count.
+ERROR_CHARS characters, escaped; the problem a zone reports (why it is failing, e.g. its disk
+is full) the same, kept until the zone reports it over and shown while the zone is offline
+too; conflicts at the first CONFLICTS_KEPT names plus their count.
 A refused stream whose token did not verify is not a zone's: it never reaches this module.
 
 Lag: in revisions, global's head minus the zone's acknowledged revision; in seconds, how long
@@ -23,13 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import datetime as dt
-import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -37,14 +35,23 @@ import structlog
 from globalcp.history import SAMPLE_INTERVAL, ZoneHistory
 from globalcp.hub import Hub
 from globalcp.zone_claims import ZoneClaims
-from kds.clock import rfc3339
+from globalcp.zone_state import (
+    CHECK_KEYS_KEPT,
+    CONFLICTS_KEPT,
+    ERROR_CHARS,
+    KINDS,
+    ZoneState,
+    ZoneStatusView,
+)
 from kds.model import Kind
 from kds.store import GlobalStore
 from kds.text import safe_text
 
 __all__ = [
+    "CHECK_KEYS_KEPT",
     "CONFLICTS_KEPT",
     "ERROR_CHARS",
+    "KINDS",
     "ZoneHandle",
     "ZoneState",
     "ZoneStatusView",
@@ -52,149 +59,6 @@ __all__ = [
 ]
 
 log = structlog.get_logger("globalcp.zones")
-
-KINDS = tuple(str(k) for k in Kind)
-
-# The most characters of an error or disconnect reason kept (and shown) per zone.
-ERROR_CHARS = 512
-# The conflict names kept per zone; the count says how many the zone reported in all.
-CONFLICTS_KEPT = 100
-
-
-def _per_kind() -> dict[str, int]:
-    return dict.fromkeys(KINDS, 0)
-
-
-@dataclass
-class ZoneState:
-    """What global knows of one zone (saved as JSON; field names are the storage format)."""
-
-    name: str
-    online: bool = False
-    stream_id: str = ""
-    instance_id: str = ""
-    connected_at: float = 0.0
-    disconnected_at: float = 0.0
-    disconnect_reason: str = ""
-    last_message_at: float = 0.0
-    last_update_at: float = 0.0  # last acknowledgement of a batch
-    zone_version: str = ""
-    protocol_version: int = 0
-    store_backend: str = ""
-    acked_revision: int = 0
-    connections: int = 0
-    messages_sent: int = 0
-    messages_acked: int = 0
-    sent: dict[str, int] = field(default_factory=_per_kind)
-    acknowledged: dict[str, int] = field(default_factory=_per_kind)
-    rejected: dict[str, int] = field(default_factory=_per_kind)
-    errors: int = 0
-    last_error: str = ""
-    last_error_at: float = 0.0
-    conflicts: list[str] = field(default_factory=list)  # the first CONFLICTS_KEPT
-    conflicts_total: int = 0  # how many the zone reported
-    first_seen_at: float = 0.0  # the first accepted stream (0: saved by an older version)
-    sync_mode: str = ""  # how the last stream started: "snapshot" or "resume"
-    global_instance: str = ""  # the global instance that accepted the last stream
-    # Several global instances on one store: until when the holder's claim on the zone's
-    # stream holds unless renewed (wall-clock seconds; 0: not shared).
-    lease_until: float = 0.0
-
-    @property
-    def conflict_count(self) -> int:
-        return max(self.conflicts_total, len(self.conflicts))
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, name: str, text: str) -> ZoneState:
-        """Tolerant: unknown keys (a newer version's) are ignored, missing ones defaulted."""
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError:
-            raw = {}
-        known = {f.name for f in dataclasses.fields(cls)}
-        state = cls(**{k: v for k, v in raw.items() if k in known and k != "name"}, name=name)
-        for counters in (state.sent, state.acknowledged, state.rejected):
-            for kind in KINDS:
-                counters.setdefault(kind, 0)
-        # Saved by an older version, which kept them as they came.
-        state.last_error = safe_text(state.last_error, ERROR_CHARS)
-        state.disconnect_reason = safe_text(state.disconnect_reason, ERROR_CHARS)
-        state.conflicts = [safe_text(c) for c in state.conflicts[:CONFLICTS_KEPT]]
-        return state
-
-    @property
-    def total_updates(self) -> int:
-        return sum(self.acknowledged.values())
-
-    @property
-    def total_errors(self) -> int:
-        return self.errors
-
-
-@dataclass(frozen=True)
-class ZoneStatusView:
-    """A zone's state with what depends on global's head, as the API and metrics show it."""
-
-    state: ZoneState
-    global_revision: int
-    lag_seconds: float | None
-
-    @property
-    def lag_revisions(self) -> int:
-        return max(0, self.global_revision - self.state.acked_revision)
-
-    def summary(self) -> dict[str, Any]:
-        s = self.state
-        return {
-            "name": s.name,
-            "status": "Online" if s.online else "Offline",
-            "instanceId": s.instance_id,
-            "globalInstance": s.global_instance or None,
-            "connectedAt": _ts(s.connected_at),
-            "disconnectedAt": None if s.online else _ts(s.disconnected_at),
-            "disconnectReason": None if s.online else (s.disconnect_reason or None),
-            "lastMessageAt": _ts(s.last_message_at),
-            "lastUpdateAt": _ts(s.last_update_at),
-            "zoneVersion": s.zone_version,
-            "protocolVersion": s.protocol_version,
-            "storeBackend": s.store_backend,
-            "globalRevision": self.global_revision,
-            "ackedRevision": s.acked_revision,
-            "lagRevisions": self.lag_revisions,
-            "lagSeconds": None if self.lag_seconds is None else round(self.lag_seconds, 3),
-            "totalUpdates": s.total_updates,
-            "totalErrors": s.total_errors,
-            "conflictCount": s.conflict_count,
-        }
-
-    def overview(self) -> dict[str, Any]:
-        s = self.state
-        return {
-            **self.summary(),
-            "lastSyncMode": s.sync_mode or None,
-            "connections": s.connections,
-            "messagesSent": s.messages_sent,
-            "messagesAcknowledged": s.messages_acked,
-            "resources": {
-                kind: {
-                    "sent": s.sent[kind],
-                    "acknowledged": s.acknowledged[kind],
-                    "rejected": s.rejected[kind],
-                }
-                for kind in KINDS
-            },
-            "conflicts": list(s.conflicts),
-            "lastError": (
-                {"message": s.last_error, "time": _ts(s.last_error_at)} if s.last_error else None
-            ),
-        }
-
-
-def _ts(t: float) -> str | None:
-    return rfc3339(dt.datetime.fromtimestamp(t, dt.UTC)) if t else None
 
 
 class ZoneHandle:
@@ -284,6 +148,41 @@ class ZoneHandle:
         s.conflicts_total = count
         self._tracker.mark(s)
         return True
+
+    @property
+    def problem_text(self) -> str:
+        return self._state.problem
+
+    def problem(self, text: str) -> bool:
+        """The zone reports ``text`` as its problem ("" for none); True if that changed what
+        global holds. A new problem is also the zone's last error (counted once, however
+        often the zone repeats it); saved with the next flush, so a zone flapping its
+        problem costs one write per flush interval."""
+        shown = safe_text(text, ERROR_CHARS)
+        s = self._state
+        if not self.current or shown == s.problem:
+            return False
+        s.problem = shown
+        s.problem_at = self._tracker.clock() if shown else 0.0
+        if shown:
+            s.errors += 1
+            s.last_error = f"zone reports: {shown}"
+            s.last_error_at = s.problem_at
+        self._tracker.mark(s)
+        return True
+
+    def check_done(self, check: dict[str, Any]) -> None:
+        """An anti-entropy check ended (globalcp.sending: result, revision, rounds, the
+        ranges that differed, the keys repaired and their count, ranges deferred)."""
+        if not self.current:
+            return
+        s = self._state
+        s.checks[check["result"]] = s.checks.get(check["result"], 0) + 1
+        s.repaired += check["repairedCount"]
+        s.last_check = {**check, "at": self._tracker.clock()}
+        if check["repairedCount"]:
+            s.last_repair = s.last_check
+        self._tracker.mark(s)
 
     def error(self, message: str) -> None:
         if self.current:

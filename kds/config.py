@@ -300,6 +300,13 @@ class GlobalConfig(_Common):
     heartbeat_interval: float = opt(
         2.0, parse_duration, "Send global's revision to idle zones this often.", "DURATION"
     )
+    anti_entropy_interval: float = opt(
+        300.0,
+        parse_duration,
+        "Compare each zone's synced copies with global's (a hash tree) this often, and at "
+        "every connect, and repair what differs; 0 turns it off.",
+        "DURATION",
+    )
     tls_cert_file: Path | None = opt(
         None,
         _optional_path,

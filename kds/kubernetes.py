@@ -76,6 +76,17 @@ def from_kubernetes(doc: Mapping[str, Any], limits: Limits) -> Resource:
     unknown = unknown_fields("", doc, _K8S_FIELDS.get(kind_key, set(doc)))
     if unknown:
         raise InvalidResource(unknown)
+    if LABEL_MESH in labels and (kind_name == "Mesh" or doc.get("type") == K8S_GLOBAL_SECRET_TYPE):
+        # As in the Universal form: only a Secret has a mesh (a GlobalSecret or a Mesh
+        # holding the label could not be read and written back in the Universal form).
+        other = "Mesh" if kind_name == "Mesh" else Kind.GLOBAL_SECRET
+        raise InvalidResource(
+            [
+                FieldViolation(
+                    f"metadata.labels[{LABEL_MESH}]", f"only a Secret has a mesh, not a {other}"
+                )
+            ]
+        )
     if kind_name == "Mesh":
         if api_version != K8S_MESH_API_VERSION:
             raise InvalidResource(

@@ -266,19 +266,22 @@ def _validate_provided(config: Mapping[str, Any], f: str) -> list[FieldViolation
     errs = unknown_fields(f"{f}.", config, ("cert", "key"))
     for role in ("cert", "key"):
         source = config.get(role)
-        if not isinstance(source, Mapping) or "secret" not in source:
-            errs.append(
-                FieldViolation(f"{f}.{role}.secret", "is required: the name of a mesh Secret")
-            )
-            continue
-        extra = sorted(set(source) - {"secret"})
-        if extra:
+        extra = sorted(map(str, source)) if isinstance(source, Mapping) else []
+        extra = [k for k in extra if k != "secret"]
+        if extra:  # Kuma's inline, inlineString and file: named, with what to do instead
             errs.append(
                 FieldViolation(
                     f"{f}.{role}.{extra[0]}",
-                    "only secret is supported: files and inline values would not reach zones",
+                    "only secret is supported: files and inline values would not reach zones; "
+                    f"store the value in a Secret of this mesh and name it in {role}.secret",
                 )
             )
+        if not isinstance(source, Mapping) or "secret" not in source:
+            if not extra:
+                errs.append(
+                    FieldViolation(f"{f}.{role}.secret", "is required: the name of a mesh Secret")
+                )
+            continue
         secret = source["secret"]
         if not isinstance(secret, str) or not secret:
             errs.append(FieldViolation(f"{f}.{role}.secret", "must be the name of a mesh Secret"))

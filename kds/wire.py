@@ -17,8 +17,12 @@ from collections.abc import Iterable
 from google.protobuf.internal.encoder import _VarintBytes  # type: ignore[attr-defined]
 
 from kds._pb import sync_pb2 as pb
+from kds.errors import ProtocolError
 from kds.model import Key, Kind, Resource
+from kds.protocol.anti_entropy import MAX_ANSWER_LEAVES, Answer, Listed, Query
 from kds.protocol.applier import DecodedBatch, Incoming
+from kds.protocol.digest_tree import DIGEST_BYTES, MAX_DEPTH, NodeId, Summary
+from kds.protocol.limits import check_key
 from kds.protocol.zone_session import Ack, Hello, RawKey, Rejection, SyncMode, Welcome
 
 __all__ = [
@@ -27,6 +31,8 @@ __all__ = [
     "PB_TO_KIND",
     "PROTOCOL_VERSION",
     "ack_to_pb",
+    "answer_from_pb",
+    "answer_to_pb",
     "assemble_batch",
     "change_delete",
     "change_put",
@@ -36,6 +42,8 @@ __all__ = [
     "key_from_pb",
     "key_to_pb",
     "mesh_spec_of",
+    "query_from_pb",
+    "query_to_pb",
     "resource_from_pb",
     "resource_to_pb",
     "welcome_from_pb",
@@ -121,6 +129,7 @@ def assemble_batch(
     head_revision: int,
     framed_changes: Iterable[bytes | memoryview],
     chain: bytes = b"",
+    repair: bool = False,
 ) -> bytes:
     """Encode a GlobalMessage{batch} from pre-framed Change entries."""
     header = pb.Batch(
@@ -131,6 +140,7 @@ def assemble_batch(
         final=final,
         head_revision=head_revision,
         chain=chain,
+        repair=repair,
     ).SerializeToString()
     body = header + b"".join(framed_changes)
     return _BATCH_TAG + _VarintBytes(len(body)) + body
@@ -170,6 +180,7 @@ def decode_batch(b: pb.Batch) -> tuple[DecodedBatch, list[Rejection]]:
         head_revision=b.head_revision,
         changes=tuple(changes),
         chain=b.chain,
+        repair=b.repair,
     )
     return batch, undecodable
 
@@ -229,3 +240,86 @@ BATCH_OVERHEAD = 64
 # at 256 MB with 4 MiB parts, 88 MB with 256 KiB; 100 zones at once peaked at 159 MB with
 # 256 KiB, 134 MB with these). A part is one transaction on the zone.
 PART_BYTES = 128 * 1024
+
+
+# ---------------------------------------------------------------------- anti-entropy
+
+_HEXDIGITS = frozenset("0123456789abcdef")
+_MAX_COUNT = 1 << 48
+
+
+def _node_to_pb(
+    s: Summary, listed: bool = False, leaves: Iterable[tuple[str, bytes]] = ()
+) -> pb.DigestNode:
+    return pb.DigestNode(
+        kind=KIND_TO_PB[s.node.kind],
+        mesh=s.node.mesh,
+        prefix=s.node.prefix,
+        count=s.count,
+        hash=s.hash,
+        listed=listed,
+        leaves=[pb.DigestLeaf(name=n, digest=d) for n, d in leaves],
+    )
+
+
+def _node_from_pb(m: pb.DigestNode, where: str) -> Summary:
+    """A node as the peer sent it, checked: a known kind, a valid mesh for it, a prefix of
+    hex digits no deeper than the tree, a bounded count and a digest-sized hash."""
+    kind = PB_TO_KIND.get(m.kind)
+    problem = check_key(kind, m.mesh, "x", where)
+    if problem is not None:
+        raise ProtocolError(str(problem))
+    if len(m.prefix) > MAX_DEPTH or not _HEXDIGITS.issuperset(m.prefix):
+        raise ProtocolError(f"{where}.prefix must be at most {MAX_DEPTH} hex digits")
+    if m.count > _MAX_COUNT or len(m.hash) > DIGEST_BYTES:
+        raise ProtocolError(f"{where}: count or hash out of bounds")
+    assert kind is not None  # check_key refused an unknown kind
+    return Summary(NodeId(kind, m.mesh, m.prefix), m.count, m.hash)
+
+
+def query_to_pb(q: Query) -> bytes:
+    return pb.GlobalMessage(
+        digest_query=pb.DigestQuery(
+            check=q.check,
+            revision=q.revision,
+            groups=q.groups,
+            parents=[_node_to_pb(Summary(p, 0, b"")) for p in q.parents],
+            nodes=[_node_to_pb(s) for s in q.nodes],
+        )
+    ).SerializeToString()
+
+
+def query_from_pb(m: pb.DigestQuery) -> Query:
+    return Query(
+        check=m.check,
+        revision=m.revision,
+        groups=m.groups,
+        parents=tuple(
+            _node_from_pb(p, f"digest_query.parents[{i}]").node for i, p in enumerate(m.parents)
+        ),
+        nodes=tuple(_node_from_pb(n, f"digest_query.nodes[{i}]") for i, n in enumerate(m.nodes)),
+    )
+
+
+def answer_to_pb(a: Answer) -> pb.ZoneMessage:
+    return pb.ZoneMessage(
+        digest_answer=pb.DigestAnswer(
+            check=a.check,
+            revision=a.revision,
+            differ=[_node_to_pb(d.summary, d.listed, d.leaves) for d in a.differ],
+        )
+    )
+
+
+def answer_from_pb(m: pb.DigestAnswer) -> Answer:
+    """The zone's answer, its shape checked (kds.protocol.anti_entropy checks its sense)."""
+    if sum(len(d.leaves) for d in m.differ) > MAX_ANSWER_LEAVES:
+        raise ProtocolError(f"digest_answer lists more than {MAX_ANSWER_LEAVES} leaves")
+    differ = []
+    for i, d in enumerate(m.differ):
+        where = f"digest_answer.differ[{i}]"
+        if d.leaves and not d.listed:
+            raise ProtocolError(f"{where} has leaves but is not listed")
+        leaves = tuple((leaf.name, leaf.digest) for leaf in d.leaves)
+        differ.append(Listed(_node_from_pb(d, where), d.listed, leaves))
+    return Answer(m.check, m.revision, tuple(differ))

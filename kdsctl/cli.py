@@ -25,7 +25,7 @@ import click
 
 from kdsctl import resources, status, tokens
 from kdsctl.client import ApiClient, ApiError, ApiUnreachable, read_token, tls_verify
-from kdsctl.render import fail
+from kdsctl.render import fail, safe_text
 
 __all__ = ["DEFAULT_API_URL", "cli", "main"]
 
@@ -43,7 +43,8 @@ class _RootGroup(click.Group):
         except ApiError as e:
             fail(str(e), e.causes)
         except ApiUnreachable as e:
-            fail(str(e))
+            # It may quote what a server or proxy sent (a reason phrase): made safe to print.
+            fail(safe_text(str(e), 4096))
 
 
 class _AliasGroup(click.Group):

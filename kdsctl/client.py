@@ -15,6 +15,7 @@ system's CAs, or --ca-file's), keeps one connection open for a command's request
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import json
 import os
 import socket
@@ -106,24 +107,77 @@ def _target(base_url: str) -> _Target:
     return _Target(parts.scheme, parts.hostname, port or default, parts.path.rstrip("/"))
 
 
+def _loopback(host: str) -> bool:
+    """Whether ``host`` is this machine: localhost or a loopback address."""
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _no_proxy_range(host: str) -> bool:
+    """Whether NO_PROXY holds an address range (``10.0.0.0/8``) that ``host`` is in: Go's
+    net/http (kumactl's) honours them; urllib's proxy_bypass, which does the rest, does not."""
+    value = os.environ.get("no_proxy") or os.environ.get("NO_PROXY") or ""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    for entry in value.split(","):
+        if "/" not in entry:
+            continue
+        try:
+            if address in ipaddress.ip_network(entry.strip(), strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def _without_credentials(url: str) -> str:
+    """``url`` as an error message may show it: a proxy's user and password left out."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(an unparsable URL)"
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}{port}" if parts.scheme else host + port
+
+
 def _proxy(target: _Target) -> tuple[_Target, dict[str, str]] | None:
     """The proxy the environment names for ``target`` (HTTP_PROXY / HTTPS_PROXY / ALL_PROXY,
-    minus NO_PROXY) and the headers that authenticate to it, or None. urllib.request is
-    imported only when a proxy variable is set."""
+    minus NO_PROXY) and the headers that authenticate to it, or None. As in Go's net/http
+    (kumactl's), an API on this machine (localhost, a loopback address) is never reached
+    through a proxy, which would otherwise see its bearer token. urllib.request is imported
+    only when a proxy variable is set."""
     if not any(k.lower() in ("http_proxy", "https_proxy", "all_proxy") for k in os.environ):
         return None
     import urllib.request
 
-    if urllib.request.proxy_bypass(target.host):
+    if (
+        _loopback(target.host)
+        or _no_proxy_range(target.host)
+        or urllib.request.proxy_bypass(target.host)
+    ):
         return None
     proxies = urllib.request.getproxies_environment()
     url = proxies.get(target.scheme) or proxies.get("all")
     if not url:
         return None
     url = url if "://" in url else f"http://{url}"
-    proxy = _target(url)
+    shown = _without_credentials(url)  # never print the proxy's password
+    try:
+        proxy = _target(url)
+    except ApiUnreachable:
+        raise ApiUnreachable(
+            f"the proxy {shown} ({target.scheme}_proxy in the environment) is not a valid URL"
+        ) from None
     if proxy.scheme != "http":
-        raise ApiUnreachable(f"proxy {url}: only http:// proxies are supported")
+        raise ApiUnreachable(f"proxy {shown}: only http:// proxies are supported")
     parts = urlsplit(url)
     if parts.username is None:
         return proxy, {}
@@ -331,7 +385,9 @@ def _api_error(resp: Response) -> ApiError:
     except ValueError:
         body = None
     if not isinstance(body, dict) or "title" not in body:
-        return ApiError(resp.status_code, f"HTTP {resp.status_code} {resp.reason_phrase}")
+        return ApiError(
+            resp.status_code, f"HTTP {resp.status_code} {safe_text(resp.reason_phrase)}"
+        )
     # Kuma's invalid_parameters [{field, reason}], else its older causes [{field, message}].
     params = body.get("invalid_parameters")
     entries, text = (

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import click
 
-from kdsctl.render import fail
+from kdsctl.render import fail, safe_text
 
-__all__ = ["SUPPORTED_SUFFIXES", "Input", "parse_vars", "read_inputs", "render"]
+__all__ = ["SUPPORTED_SUFFIXES", "Input", "parse_vars", "read_inputs", "render", "unfilled_hint"]
 
 SUPPORTED_SUFFIXES = (".yaml", ".yml", ".json")
 # {{ name }} or {{{ name }}} (mustache's unescaped form), the name letters, digits, _ - and .
@@ -35,10 +35,22 @@ class Input:
 
 
 def parse_vars(values: tuple[str, ...]) -> dict[str, str]:
-    """``-v`` values (``KEY=VALUE``, or several comma-separated) as a mapping."""
+    """``-v`` values as a mapping, split as kumactl's flag library (pflag's StringToString)
+    splits them: a value with one ``=`` is one pair, commas and all (``-v hosts=a,b``, outer
+    double quotes dropped); with more, it is a CSV line of pairs (``-v '"a=x,y",b=2'``), each
+    split at its first ``=`` (``-v data=dGVzdAo=``)."""
+    import csv
+
     out: dict[str, str] = {}
     for value in values:
-        for pair in value.split(","):
+        if value.count("=") == 1:
+            pairs = [value.strip('"')]
+        else:
+            try:
+                pairs = next(csv.reader([value], strict=True), [])
+            except csv.Error:
+                pairs = [value]  # reported below as not KEY=VALUE
+        for pair in pairs:
             key, sep, val = pair.partition("=")
             if not sep or not key.strip():
                 raise click.BadParameter(
@@ -46,6 +58,15 @@ def parse_vars(values: tuple[str, ...]) -> dict[str, str]:
                 )
             out[key.strip()] = val
     return out
+
+
+def unfilled_hint(item: Input) -> str:
+    """For an input that did not parse: a hint naming the ``{{ KEY }}`` it still holds (no
+    ``-v`` was given, so, as in kumactl, nothing was replaced), else nothing."""
+    used = sorted({m.group(1) for m in _VAR_RE.finditer(item.text)})
+    if not used:
+        return ""
+    return f" (it uses the variable(s) {', '.join(used)}: give each with -v {used[0]}=VALUE)"
 
 
 def render(item: Input, variables: dict[str, str]) -> Input:
@@ -74,11 +95,24 @@ def read_inputs(paths: tuple[str, ...]) -> list[Input]:
                 files = sorted(
                     f for f in p.iterdir() if f.suffix.lower() in SUPPORTED_SUFFIXES and f.is_file()
                 )
-                out += [Input(str(f), f.read_text(encoding="utf-8")) for f in files]
             else:
-                out.append(Input(path, p.read_text(encoding="utf-8")))
+                files = [p]
         except OSError as e:
-            fail(f"error while reading {e.filename or path}: {e.strerror}")
-        except UnicodeDecodeError:
-            fail(f"error while reading {path}: not UTF-8 text")
+            fail(f"error while reading {_shown(e.filename or path)}: {e.strerror}")
+        out += [_read(f) for f in files]
     return out
+
+
+def _shown(path: object) -> str:
+    """A file name as messages print it: a name in a directory can hold terminal escapes."""
+    return safe_text(str(path), 1024)
+
+
+def _read(file: Path) -> Input:
+    name = _shown(file)
+    try:
+        return Input(name, file.read_text(encoding="utf-8"))
+    except OSError as e:
+        fail(f"error while reading {name}: {e.strerror}")
+    except UnicodeDecodeError:
+        fail(f"error while reading {name}: not UTF-8 text")

@@ -114,7 +114,7 @@ def _render_table(kind: Kind, items: Sequence[Mapping[str, Any]]) -> str:
         row = [str(it.get("mesh", ""))] if kind is Kind.SECRET else []
         row += [str(it.get("name", ""))] + ([_mtls(it)] if kind is Kind.MESH else [])
         row += [_origin(it), format_age(str(it.get("creationTime", "")), now)]
-        rows.append(row)
+        rows.append([safe_text(cell) for cell in row])  # what the server sent, made safe
     return table(headers, rows)
 
 

@@ -33,7 +33,7 @@ from kds.model import (
     to_json,
 )
 from kdsctl.client import ApiClient, ApiError, pass_client, resource_path
-from kdsctl.inputs import Input, parse_vars, read_inputs, render
+from kdsctl.inputs import Input, parse_vars, read_inputs, render, unfilled_hint
 from kdsctl.render import fail, print_error, print_resources, safe_text
 
 __all__ = [
@@ -78,9 +78,10 @@ def _load_documents(item: Input) -> list[_Doc]:
         # Problem and position only: a snippet of the line could show secret data.
         mark = e.problem_mark
         pos = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        fail(f"{name}: invalid YAML{pos}: {e.problem or e.context or 'cannot parse'}")
+        problem = e.problem or e.context or "cannot parse"
+        fail(f"{name}: invalid YAML{pos}: {problem}{unfilled_hint(item)}")
     except yaml.YAMLError:
-        fail(f"{name}: invalid YAML")
+        fail(f"{name}: invalid YAML{unfilled_hint(item)}")
     out: list[_Doc] = []
     problems = 0
     stripped = 0
@@ -336,7 +337,11 @@ def _list(client: ApiClient, path: str, size: int | None, offset: int | None) ->
     if size is not None:
         return answer
     items = list(answer.get("items", []))
-    while answer.get("next"):
+    total = answer.get("total")
+    total = total if isinstance(total, int) else 0
+    # Pages until the first answer's total: a server whose "next" never ends cannot keep
+    # kdsctl reading forever.
+    while answer.get("next") and len(items) + (offset or 0) < total:
         start = len(items) + (offset or 0)
         answer = client.get(f"{path}?offset={start}&size=1000")
         if not answer.get("items"):

@@ -150,6 +150,11 @@ def inspect_zones(client: ApiClient, output: str) -> None:
         for row, z in zip(rows, items, strict=True):
             row.append(str(z.get("globalInstance") or "-"))
     click.echo(_table(headers, rows))
+    failing = [z for z in items if z.get("problem")]
+    if failing:
+        click.echo()
+    for z in failing:
+        click.echo(f"{safe_text(z['name'])} reports: {_problem_line(z, now)}")
 
 
 def _fields(pairs: Sequence[tuple[str, str]]) -> str:
@@ -170,6 +175,13 @@ def _error_line(z: Mapping[str, Any], now: datetime) -> str:
     if not last:
         return "none"
     return f"{last['message']} ({_since(last.get('time'), now)})"
+
+
+def _problem_line(z: Mapping[str, Any], now: datetime) -> str:
+    problem = z.get("problem")
+    if not problem:
+        return "none"
+    return f"{safe_text(problem['message'])} (since {_since(problem.get('since'), now)})"
 
 
 def _names(names: object, count: object) -> str:
@@ -280,6 +292,7 @@ def inspect_zone(client: ApiClient, name: str, output: str, shown: int) -> None:
         ("Last update", _since(z.get("lastUpdateAt"), now)),
         ("Connections", str(z.get("connections", 0))),
         ("Messages sent", str(z.get("messagesSent", 0))),
+        ("Zone problem", _problem_line(z, now)),
         ("Errors", f"{z.get('totalErrors', 0)}; last: {_error_line(z, now)}"),
     ]
     click.echo(_fields(pairs))
@@ -338,6 +351,7 @@ def inspect_sync(client: ApiClient, output: str) -> None:
         ),
         ("Last message", _since(st.get("lastMessageAt"), now)),
         ("Connections", str(st.get("connections", 0))),
+        ("Problem", _problem_line(st, now)),
         ("Last error", _error_line(st, now)),
     ]
     click.echo(_fields(pairs))

@@ -19,7 +19,7 @@ from urllib.parse import quote
 import click
 
 from kdsctl.client import ApiClient, pass_client
-from kdsctl.render import fail, table
+from kdsctl.render import fail, safe_text, table
 
 __all__ = [
     "delete_signing_key",
@@ -109,6 +109,7 @@ def get_zone_tokens(client: ApiClient) -> None:
         [t["id"], t["zone"], t["keyName"], t["issuedAt"], t["expiresAt"], t["revokedAt"] or "-"]
         for t in items
     ]
+    rows = [[safe_text(cell) for cell in row] for row in rows]  # what the server sent
     click.echo(table(["ID", "ZONE", "SIGNING KEY", "ISSUED", "EXPIRES", "REVOKED"], rows))
 
 
@@ -118,7 +119,10 @@ def get_signing_keys(client: ApiClient) -> None:
     """List the keys that sign zone tokens (names only; the newest signs new tokens)."""
     items = client.get("/zone-token-signing-keys")["items"]
     click.echo(
-        table(["NAME", "CURRENT"], [[k["name"], "yes" if k["current"] else ""] for k in items])
+        table(
+            ["NAME", "CURRENT"],
+            [[safe_text(k["name"]), "yes" if k["current"] else ""] for k in items],
+        )
     )
 
 

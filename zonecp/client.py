@@ -9,7 +9,12 @@ after a stream that was welcomed ends, backoff starts again from its shortest de
 batch is decoded (kds.wire), planned and applied in one store transaction
 (kds.protocol.applier via ZoneStore.apply_batch), then acknowledged. The zone sends global
 nothing of its own resources: only the hello, acks (with per-resource rejections) and its
-conflict names.
+status: conflict names and its problem.
+
+A batch the store cannot apply (its disk is full, the store failed) becomes the zone's
+problem: the zone tells global in a status report, closes its side of the stream, and dials
+again with backoff; every new stream reports the problem again until a batch applies, so an
+operator looking at global sees why the zone is failing, not only that it went offline.
 """
 
 from __future__ import annotations
@@ -19,8 +24,6 @@ import contextlib
 import random
 import time
 import uuid
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +40,23 @@ from tenacity import (
 from kds import wire
 from kds._pb import sync_pb2 as pb
 from kds.clock import rfc3339
-from kds.errors import KdsError, ProtocolError
+from kds.errors import KdsError, ProtocolError, StoreError
 from kds.grpc_options import client_options
 from kds.model import Key
+from kds.protocol.anti_entropy import answer
+from kds.protocol.digest_tree import DigestTree
+from kds.protocol.limits import PROBLEM_CHARS
 from kds.protocol.zone_session import RawKey, State, ZoneSession
 from kds.store import ZoneStore
+from zonecp.sync_status import ZoneSyncStatus, store_problem
 
-__all__ = ["ZoneClient", "ZoneSyncStatus"]
+__all__ = ["ZoneClient", "ZoneSyncStatus", "store_problem"]
 
 METHOD = "/kds.v1.SecretSync/Sync"
+# Keys of the last repair kept for /status and named in its log line.
+REPAIRED_KEPT = 20
+# How long a zone whose store failed waits for global to take its report and end the stream.
+REPORT_TIMEOUT = 2.0
 log = structlog.get_logger("zonecp.sync")
 
 
@@ -56,93 +67,6 @@ class StreamEnded(KdsError):
     def __init__(self, message: str, code: grpc.StatusCode | None = None):
         super().__init__(message)
         self.code = code
-
-
-@dataclass
-class ZoneSyncStatus:
-    """The zone's own view of its sync, served by zonecp.status (times: wall-clock seconds).
-
-    The protocol's state (connected, ready, heads, revisions, how streams started, counts) is
-    the session's, read through; the times, errors, dial attempts and conflicts are the
-    client's."""
-
-    session: ZoneSession
-    global_address: str = ""
-    connected_since: float = 0.0
-    disconnected_at: float = 0.0
-    last_message_at: float = 0.0
-    applied_at: str = ""  # when the last complete range or snapshot was applied
-    last_error: str = ""
-    last_error_at: float = 0.0
-    attempts: int = 0  # failed dial attempts in a row
-    conflicts: list[Key] = field(default_factory=list)
-
-    def error(self, message: str) -> None:
-        self.last_error = message
-        self.last_error_at = time.time()
-
-    @property
-    def connected(self) -> bool:
-        return self.session.connected
-
-    @property
-    def ready(self) -> bool:
-        """Ready once connected and caught up with global at least once since this process
-        started; it stays ready while global is away (the zone serves its last state)."""
-        return self.session.ready
-
-    @property
-    def global_instance_id(self) -> str:
-        return self.session.global_instance_id
-
-    @property
-    def global_store_id(self) -> str:
-        return self.session.global_store_id
-
-    @property
-    def global_head(self) -> int:
-        """Global's revision as last heard."""
-        return self.session.global_head
-
-    @property
-    def applied_revision(self) -> int:
-        return self.session.applied_revision
-
-    @property
-    def connections(self) -> int:
-        """Streams welcomed since start."""
-        return self.session.connections
-
-    @property
-    def sync_mode(self) -> str:
-        """How global answered the last hello: "resume" (only the changes after
-        sync_from_revision) or "snapshot" (everything again); "" before the first welcome."""
-        return self.session.sync_mode
-
-    @property
-    def sync_from_revision(self) -> int:
-        return self.session.sync_from_revision
-
-    @property
-    def resumes(self) -> int:
-        return self.session.resumes
-
-    @property
-    def snapshots(self) -> int:
-        return self.session.snapshots
-
-    @property
-    def batches_applied(self) -> int:
-        return self.session.batches_applied
-
-    @property
-    def applied(self) -> Counter[str]:
-        """Resource changes applied, by type."""
-        return self.session.applied
-
-    @property
-    def rejected(self) -> Counter[str]:
-        return self.session.rejected
 
 
 def _key_name(k: Key) -> dict[str, str]:
@@ -196,6 +120,8 @@ class ZoneClient:
         self.status = ZoneSyncStatus(self.session, global_address=global_address)
         self._write_lock = asyncio.Lock()
         self._status_dirty = asyncio.Event()
+        # The anti-entropy check in progress: (check id, revision, this zone's tree then).
+        self._check: tuple[int, int, DigestTree] | None = None
 
     # ------------------------------------------------------------------ conflicts
 
@@ -258,7 +184,9 @@ class ZoneClient:
         delay = state.next_action.sleep if state.next_action else 0.0
         self.status.attempts = state.attempt_number
         self.status.error(_describe(exc))
-        expected = isinstance(exc, StreamEnded | grpc.aio.AioRpcError | ProtocolError | OSError)
+        expected = isinstance(
+            exc, StreamEnded | grpc.aio.AioRpcError | ProtocolError | OSError | StoreError
+        )
         code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else getattr(exc, "code", None)
         refused = code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
         # Refused credentials need an operator (a new token); say so louder than a blip.
@@ -299,6 +227,7 @@ class ZoneClient:
                 raise StreamEnded(f"{code.name}: {await call.details()}", code) from None
             finally:
                 stopper.cancel()
+                self._check = None
                 if self.session.state is not State.DISCONNECTED and self.session.on_end():
                     log.info("disconnected from global")
                     self.status.disconnected_at = time.time()
@@ -356,6 +285,10 @@ class ZoneClient:
         elif kind == "heartbeat":
             self.session.on_heartbeat(msg.heartbeat.head_revision, time.monotonic())
             self.status.last_message_at = time.time()
+        elif kind == "digest_query":
+            self.session.on_digest_query(time.monotonic())
+            self.status.last_message_at = time.time()
+            await self._answer_digest(call, msg.digest_query)
         else:
             self.session.on_unknown(str(kind))
 
@@ -391,7 +324,14 @@ class ZoneClient:
         self.session.on_batch(batch, undecodable, time.monotonic())
         self.status.last_message_at = time.time()
         global_store_id = self.session.global_store_id
-        result = await self.store.apply_batch(batch, global_store_id, rfc3339())
+        try:
+            result = await self.store.apply_batch(batch, global_store_id, rfc3339())
+        except Exception as e:
+            await self._report_and_close(call, store_problem(e))
+            raise
+        if self.status.set_problem(""):
+            log.info("the store applies batches again: problem over")
+            self._status_dirty.set()
         for k in result.new_conflicts:
             log.warning(
                 "name conflict: this zone keeps its own resource; global's copy is kept aside",
@@ -402,6 +342,8 @@ class ZoneClient:
             log.warning("rejected a synced resource", reason=reason, **_key_name(k))
         for rej in undecodable:
             log.warning("rejected a synced resource", reason=rej.reason, **_as_sent(rej.key))
+        if b.repair:
+            self._log_repair(batch, result.rejected)
         if result.removed_stale:
             log.info("removed synced copies global no longer has", count=result.removed_stale)
         applied = self.session.on_applied(result, time.monotonic())
@@ -412,25 +354,83 @@ class ZoneClient:
         log.debug(
             "applied batch",
             seq=b.seq,
+            from_revision=b.from_revision,
             revision=result.applied_revision,
             changes=len(batch.changes),
             snapshot=b.snapshot,
             final=b.final,
+            repair=b.repair,
         )
         async with self._write_lock:
             await call.write(wire.ack_to_pb(applied.ack))
         if applied.refresh_conflicts:
             await self.refresh_conflicts()
 
+    async def _answer_digest(self, call: Any, m: pb.DigestQuery) -> None:
+        """Answer an anti-entropy query from this zone's tree, built when a check's first
+        query arrives (every batch up to the check's revision was applied before it) and kept
+        for the check's later rounds, while batches keep being applied."""
+        query = wire.query_from_pb(m)
+        st = self.status
+        if self._check is None or self._check[0] != query.check:
+            leaves = await self.store.sync_leaves()
+            tree = await asyncio.to_thread(DigestTree, leaves.leaves)
+            self._check = (query.check, leaves.revision, tree)
+            st.checks += 1
+            st.last_check_at = time.time()
+            st.last_check_revision = leaves.revision
+            st.last_check_differed = 0
+        _, revision, tree = self._check
+        ans = await asyncio.to_thread(answer, tree, query, revision)
+        st.last_check_differed += sum(1 for d in ans.differ if d.listed)
+        async with self._write_lock:
+            await call.write(wire.answer_to_pb(ans))
+
+    def _log_repair(self, batch: Any, rejected: Any) -> None:
+        """A repair batch applied: log and count what it repaired, by key (never values)."""
+        refused = {k for k, _ in rejected}
+        keys = [c.key for c in batch.changes if c.key is not None and c.key not in refused]
+        labels = [f"{k.kind} {k.mesh + '/' if k.mesh else ''}{k.name}" for k in keys]
+        st = self.status
+        st.repaired += len(keys)
+        st.last_repair_at = time.time()
+        st.last_repaired = labels[-REPAIRED_KEPT:]
+        log.warning(
+            "repaired synced resources from global (anti-entropy)",
+            count=len(keys),
+            keys=labels[:REPAIRED_KEPT],
+            deleted=sum(1 for c in batch.changes if c.deleted),
+        )
+
+    def _status_message(self) -> pb.ZoneMessage:
+        st = self.status
+        return pb.ZoneMessage(
+            status=pb.ZoneStatus(
+                conflicts=[wire.key_to_pb(k) for k in st.conflicts],
+                problem=st.problem[:PROBLEM_CHARS],
+            )
+        )
+
     async def _status_sender(self, call: Any) -> None:
         while True:
             await self._status_dirty.wait()
             self._status_dirty.clear()
-            msg = pb.ZoneMessage(
-                status=pb.ZoneStatus(conflicts=[wire.key_to_pb(k) for k in self.status.conflicts])
-            )
             async with self._write_lock:
-                await call.write(msg)
+                await call.write(self._status_message())
+
+    async def _report_and_close(self, call: Any, problem: str) -> None:
+        """The store failed: make ``problem`` the zone's, tell global, and close this side of
+        the stream, waiting (briefly) for global to end it, so global reads the report before
+        it sees the stream go. Best effort: the stream may be gone already."""
+        if self.status.set_problem(problem):
+            log.error("cannot apply what global sent: will retry", problem=problem)
+        self.status.error(problem)
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(REPORT_TIMEOUT):
+                async with self._write_lock:
+                    await call.write(self._status_message())
+                    await call.done_writing()
+                await call.code()
 
 
 def _describe(exc: BaseException | None) -> str:

@@ -4,6 +4,9 @@
                    "appliedAt", "globalRevision", "lagRevisions", "resources": {type:
                    {"synced", "local"}}, "conflicts": [...], "lastSync": {"mode":
                    "resume"|"snapshot", "fromRevision"}, "resumes", "snapshots",
+                   "antiEntropy": {"checks", "lastCheckAt", "repaired",
+                   "lastRepaired", ...}, "problem": {"message", "since"} (why the zone cannot apply what
+                   global sends, e.g. its disk is full; null when nothing is wrong),
                    "lastError", ...}
 
 Counts and names only: never resource data.
@@ -70,6 +73,17 @@ def status_document(
         "resumes": st.resumes,
         "snapshots": st.snapshots,
         "failedAttempts": st.attempts,
+        "problem": ({"message": st.problem, "since": _ts(st.problem_at)} if st.problem else None),
+        # Anti-entropy checks global ran with this zone, and what they repaired here.
+        "antiEntropy": {
+            "checks": st.checks,
+            "lastCheckAt": _ts(st.last_check_at),
+            "lastCheckRevision": st.last_check_revision,
+            "lastCheckDiffered": st.last_check_differed,
+            "repaired": st.repaired,
+            "lastRepairAt": _ts(st.last_repair_at),
+            "lastRepaired": list(st.last_repaired),
+        },
         "lastError": (
             {"message": st.last_error, "time": _ts(st.last_error_at)} if st.last_error else None
         ),
@@ -124,6 +138,19 @@ class _ZoneCollector(Collector):
         )
         yield GaugeMetricFamily(
             "kds_zone_conflicts", "Zone-local resources shadowing global ones.", len(st.conflicts)
+        )
+        yield GaugeMetricFamily(
+            "kds_zone_problem",
+            "1 while the zone cannot apply what global sends (its store failed: /status says why).",
+            int(bool(st.problem)),
+        )
+        yield CounterMetricFamily(
+            "kds_zone_anti_entropy_checks", "Anti-entropy checks global ran.", st.checks
+        )
+        yield CounterMetricFamily(
+            "kds_zone_anti_entropy_repaired",
+            "Synced resources repaired by anti-entropy.",
+            st.repaired,
         )
         yield CounterMetricFamily(
             "kds_zone_batches_applied", "Sync batches applied.", st.batches_applied

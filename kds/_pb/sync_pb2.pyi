@@ -114,20 +114,74 @@ class Rejection(_message.Message):
     def __init__(self, key: _Optional[_Union[ResourceKey, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ZoneStatus(_message.Message):
-    __slots__ = ("conflicts",)
+    __slots__ = ("conflicts", "problem")
     CONFLICTS_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
     conflicts: _containers.RepeatedCompositeFieldContainer[ResourceKey]
-    def __init__(self, conflicts: _Optional[_Iterable[_Union[ResourceKey, _Mapping]]] = ...) -> None: ...
+    problem: str
+    def __init__(self, conflicts: _Optional[_Iterable[_Union[ResourceKey, _Mapping]]] = ..., problem: _Optional[str] = ...) -> None: ...
 
 class ZoneMessage(_message.Message):
-    __slots__ = ("hello", "ack", "status")
+    __slots__ = ("hello", "ack", "status", "digest_answer")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_ANSWER_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     ack: Ack
     status: ZoneStatus
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., status: _Optional[_Union[ZoneStatus, _Mapping]] = ...) -> None: ...
+    digest_answer: DigestAnswer
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., status: _Optional[_Union[ZoneStatus, _Mapping]] = ..., digest_answer: _Optional[_Union[DigestAnswer, _Mapping]] = ...) -> None: ...
+
+class DigestNode(_message.Message):
+    __slots__ = ("kind", "mesh", "prefix", "count", "hash", "listed", "leaves")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MESH_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    LISTED_FIELD_NUMBER: _ClassVar[int]
+    LEAVES_FIELD_NUMBER: _ClassVar[int]
+    kind: Kind
+    mesh: str
+    prefix: str
+    count: int
+    hash: bytes
+    listed: bool
+    leaves: _containers.RepeatedCompositeFieldContainer[DigestLeaf]
+    def __init__(self, kind: _Optional[_Union[Kind, str]] = ..., mesh: _Optional[str] = ..., prefix: _Optional[str] = ..., count: _Optional[int] = ..., hash: _Optional[bytes] = ..., listed: _Optional[bool] = ..., leaves: _Optional[_Iterable[_Union[DigestLeaf, _Mapping]]] = ...) -> None: ...
+
+class DigestLeaf(_message.Message):
+    __slots__ = ("name", "digest")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    digest: bytes
+    def __init__(self, name: _Optional[str] = ..., digest: _Optional[bytes] = ...) -> None: ...
+
+class DigestQuery(_message.Message):
+    __slots__ = ("check", "revision", "groups", "parents", "nodes")
+    CHECK_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    PARENTS_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    check: int
+    revision: int
+    groups: bool
+    parents: _containers.RepeatedCompositeFieldContainer[DigestNode]
+    nodes: _containers.RepeatedCompositeFieldContainer[DigestNode]
+    def __init__(self, check: _Optional[int] = ..., revision: _Optional[int] = ..., groups: _Optional[bool] = ..., parents: _Optional[_Iterable[_Union[DigestNode, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[DigestNode, _Mapping]]] = ...) -> None: ...
+
+class DigestAnswer(_message.Message):
+    __slots__ = ("check", "revision", "differ")
+    CHECK_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    DIFFER_FIELD_NUMBER: _ClassVar[int]
+    check: int
+    revision: int
+    differ: _containers.RepeatedCompositeFieldContainer[DigestNode]
+    def __init__(self, check: _Optional[int] = ..., revision: _Optional[int] = ..., differ: _Optional[_Iterable[_Union[DigestNode, _Mapping]]] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("global_instance_id", "global_store_id", "head_revision", "mode", "max_unacked", "protocol_version", "software_version", "heartbeat_interval_ms")
@@ -158,7 +212,7 @@ class Welcome(_message.Message):
     def __init__(self, global_instance_id: _Optional[str] = ..., global_store_id: _Optional[str] = ..., head_revision: _Optional[int] = ..., mode: _Optional[_Union[Welcome.Mode, str]] = ..., max_unacked: _Optional[int] = ..., protocol_version: _Optional[int] = ..., software_version: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ...) -> None: ...
 
 class Batch(_message.Message):
-    __slots__ = ("seq", "from_revision", "revision", "snapshot", "final", "head_revision", "chain", "changes")
+    __slots__ = ("seq", "from_revision", "revision", "snapshot", "final", "head_revision", "chain", "repair", "changes")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     FROM_REVISION_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
@@ -166,6 +220,7 @@ class Batch(_message.Message):
     FINAL_FIELD_NUMBER: _ClassVar[int]
     HEAD_REVISION_FIELD_NUMBER: _ClassVar[int]
     CHAIN_FIELD_NUMBER: _ClassVar[int]
+    REPAIR_FIELD_NUMBER: _ClassVar[int]
     CHANGES_FIELD_NUMBER: _ClassVar[int]
     seq: int
     from_revision: int
@@ -174,8 +229,9 @@ class Batch(_message.Message):
     final: bool
     head_revision: int
     chain: bytes
+    repair: bool
     changes: _containers.RepeatedCompositeFieldContainer[Change]
-    def __init__(self, seq: _Optional[int] = ..., from_revision: _Optional[int] = ..., revision: _Optional[int] = ..., snapshot: _Optional[bool] = ..., final: _Optional[bool] = ..., head_revision: _Optional[int] = ..., chain: _Optional[bytes] = ..., changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ...) -> None: ...
+    def __init__(self, seq: _Optional[int] = ..., from_revision: _Optional[int] = ..., revision: _Optional[int] = ..., snapshot: _Optional[bool] = ..., final: _Optional[bool] = ..., head_revision: _Optional[int] = ..., chain: _Optional[bytes] = ..., repair: _Optional[bool] = ..., changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("head_revision",)
@@ -184,11 +240,13 @@ class Heartbeat(_message.Message):
     def __init__(self, head_revision: _Optional[int] = ...) -> None: ...
 
 class GlobalMessage(_message.Message):
-    __slots__ = ("welcome", "batch", "heartbeat")
+    __slots__ = ("welcome", "batch", "heartbeat", "digest_query")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_QUERY_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     batch: Batch
     heartbeat: Heartbeat
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., batch: _Optional[_Union[Batch, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+    digest_query: DigestQuery
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., batch: _Optional[_Union[Batch, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., digest_query: _Optional[_Union[DigestQuery, _Mapping]] = ...) -> None: ...

@@ -34,6 +34,7 @@ from kds.errors import (
     StoreFull,
     StoreUnavailable,
 )
+from kds.text import safe_text
 
 __all__ = ["HttpError", "auth_middleware", "error_middleware", "too_large"]
 
@@ -60,16 +61,28 @@ class HttpError(KdsError):
         self.headers = dict(headers or {})
 
 
+# The most characters of an error's detail, and of a cause's field and reason, an answer
+# holds. They may quote what the request sent (a path, a name, a query parameter): each is
+# cut and its control characters escaped, so no client that prints them (kumactl, curl) puts
+# a terminal escape on a screen, and an answer never grows with the request.
+DETAIL_CHARS = 2048
+FIELD_CHARS = 512
+
+
 def _error_response(e: HttpError, instance: str = "") -> web.Response:
+    detail = safe_text(e.detail, DETAIL_CHARS)
+    causes = [
+        (safe_text(c.field, FIELD_CHARS), safe_text(c.message, DETAIL_CHARS)) for c in e.causes
+    ]
     body = {
         "type": "/std-errors",
         "status": e.status,
-        "title": e.title,
-        "detail": e.detail,
+        "title": safe_text(e.title, FIELD_CHARS),
+        "detail": detail,
         "instance": instance or uuid.uuid4().hex,
-        "invalid_parameters": [{"field": c.field, "reason": c.message} for c in e.causes],
-        "details": e.detail,
-        "causes": [{"field": c.field, "message": c.message} for c in e.causes],
+        "invalid_parameters": [{"field": f, "reason": m} for f, m in causes],
+        "details": detail,
+        "causes": [{"field": f, "message": m} for f, m in causes],
     }
     return web.json_response(body, status=e.status, headers=e.headers)
 

@@ -1,8 +1,9 @@
 """The labels the control plane computes, as Kuma computes them: shown, never stored.
 
 An answer adds to a resource's own labels ``kuma.io/display-name`` (its name),
-``kuma.io/mesh`` (a Secret's mesh) and ``kuma.io/origin``; a zone's own resources also get
-``kuma.io/zone`` and ``kuma.io/env: universal``. A write may carry these labels when they
+``kuma.io/mesh`` (a Secret's mesh) and ``kuma.io/origin``; a zone's own Secrets and
+GlobalSecrets also get ``kuma.io/zone`` and ``kuma.io/env: universal`` (Kuma sets these only
+on the kinds a zone provides, so never on a Mesh). A write may carry these labels when they
 agree with what this control plane would show for it, so a resource read and written back
 as it is (GET then PUT) is accepted, as Kuma accepts its own output; a value that disagrees
 is refused naming the label. They are taken out before the resource is parsed, so nothing
@@ -40,30 +41,34 @@ def computed_labels(ctx: ApiContext, resource: Resource, origin: str) -> dict[st
         labels[LABEL_MESH] = resource.mesh
     if origin == ORIGIN_ZONE:
         labels[LABEL_ORIGIN] = "zone"
-        if ctx.zone:
-            labels[LABEL_ZONE] = ctx.zone
-        labels[LABEL_ENV] = ENV_UNIVERSAL
+        if resource.kind is not Kind.MESH:
+            if ctx.zone:
+                labels[LABEL_ZONE] = ctx.zone
+            labels[LABEL_ENV] = ENV_UNIVERSAL
     else:
         labels[LABEL_ORIGIN] = "global"
     return labels
 
 
-def _expected(ctx: ApiContext, name: object) -> dict[str, str]:
+def _expected(ctx: ApiContext, name: object, mesh_kind: bool) -> dict[str, str]:
     """The computed labels (kuma.io/mesh aside) a write on this control plane would get."""
     labels = {LABEL_ORIGIN: "zone" if ctx.role == "zone" else "global"}
     if isinstance(name, str):
         labels[LABEL_DISPLAY_NAME] = name
-    if ctx.role == "zone":
+    if ctx.role == "zone" and not mesh_kind:
         labels[LABEL_ENV] = ENV_UNIVERSAL
         if ctx.zone:
             labels[LABEL_ZONE] = ctx.zone
     return labels
 
 
-def take_computed_labels(ctx: ApiContext, doc: object) -> tuple[object, list[FieldViolation]]:
+def take_computed_labels(
+    ctx: ApiContext, doc: object, kind: Kind | None = None
+) -> tuple[object, list[FieldViolation]]:
     """``doc`` (either text form) without the computed labels it carries, and a violation
     for each that disagrees with what this control plane computes. kuma.io/mesh stays: the
-    text forms check it against the resource's mesh."""
+    text forms check it against the resource's mesh. ``kind``: the path's, when it has one
+    (else the document's type)."""
     if not isinstance(doc, Mapping):
         return doc, []
     kubernetes = "apiVersion" in doc or "kind" in doc
@@ -71,7 +76,8 @@ def take_computed_labels(ctx: ApiContext, doc: object) -> tuple[object, list[Fie
     labels = holder.get("labels") if isinstance(holder, Mapping) else None
     if not isinstance(labels, Mapping) or not (SYSTEM_LABELS & labels.keys()):
         return doc, []
-    expected = _expected(ctx, holder.get("name"))
+    mesh_kind = (kind or doc.get("kind" if kubernetes else "type")) in (Kind.MESH, "Mesh")
+    expected = _expected(ctx, holder.get("name"), mesh_kind)
     prefix = "metadata.labels" if kubernetes else "labels"
     errs = []
     for key in sorted(SYSTEM_LABELS & labels.keys()):

@@ -23,7 +23,7 @@ from kds.api._body import int_param, read_json
 from kds.api._context import API_CONTEXT, READ_ONLY_KEY, RESULT_HEADER, ApiContext, size_violation
 from kds.api._errors import HttpError
 from kds.api._labels import computed_labels, take_computed_labels
-from kds.errors import FieldViolation, InvalidResource, NotFound
+from kds.errors import FieldViolation, InvalidResource, NotFound, shown
 from kds.model import (
     Key,
     Kind,
@@ -64,6 +64,7 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 _FILTER_PREFIX = "filter["
 _LABEL_FILTER_PREFIX = "filter[labels."
+_MAX_FILTER_ERRORS = 10  # refused filter parameters named in one answer
 
 
 def _render(ctx: ApiContext, row: Row, request: web.Request, k8s: bool = False) -> dict[str, Any]:
@@ -91,12 +92,8 @@ async def _require_mesh(ctx: ApiContext, mesh: str) -> None:
 
 
 def _mesh_not_found(mesh: str) -> HttpError:
-    return HttpError(
-        404,
-        "Not found",
-        f"mesh {mesh!r} does not exist",
-        [FieldViolation("mesh", f"mesh {mesh!r} does not exist")],
-    )
+    message = f"mesh {shown(mesh, 253)} does not exist"  # 253: the longest valid name
+    return HttpError(404, "Not found", message, [FieldViolation("mesh", message)])
 
 
 def own_origin(ctx: ApiContext) -> Origin:
@@ -119,18 +116,25 @@ def _k8s_format(request: web.Request) -> bool:
 
 
 def _label_filters(request: web.Request) -> dict[str, str]:
-    """``filter[labels.KEY]=VALUE`` parameters (Kuma's: exact match, the last value given)."""
+    """``filter[labels.KEY]=VALUE`` parameters (Kuma's: exact match, the last value given;
+    the key ends at the first ``]``, so ``filter[labels.KEY][eq]``, an operator Kuma does
+    not support either, is refused rather than matching nothing). A refused parameter is
+    named as an error may show user input: escaped and cut."""
     filters: dict[str, str] = {}
     errs = []
-    for name in request.query:
+    for name in dict.fromkeys(request.query):  # a repeated parameter is one
         if not name.startswith(_FILTER_PREFIX):
             continue
-        if not name.startswith(_LABEL_FILTER_PREFIX) or not name.endswith("]"):
-            errs.append(
-                FieldViolation(name, "only filter[labels.KEY]=VALUE is supported (exact match)")
-            )
+        if not name.startswith(_LABEL_FILTER_PREFIX):
+            reason = "only filter[labels.KEY]=VALUE is supported (exact match)"
+        elif name.find("]") != len(name) - 1:
+            reason = "advanced filters are not supported: only filter[labels.KEY]=VALUE"
+        else:
+            filters[name[len(_LABEL_FILTER_PREFIX) : -1]] = request.query.getall(name)[-1]
             continue
-        filters[name[len(_LABEL_FILTER_PREFIX) : -1]] = request.query.getall(name)[-1]
+        errs.append(FieldViolation(name, reason))
+        if len(errs) == _MAX_FILTER_ERRORS:
+            break
     if errs:
         raise HttpError(400, "Bad request", "invalid filter", errs)
     return filters
@@ -240,7 +244,7 @@ def put_handler(kind: Kind) -> Handler:
         if kind is Kind.SECRET:
             await _require_mesh(ctx, key.mesh)
         body = await read_json(request)
-        doc, label_errs = take_computed_labels(ctx, body)
+        doc, label_errs = take_computed_labels(ctx, body, kind)
         try:
             res = from_json_body(doc, kind, key.name, key.mesh, ctx.limits)
         except InvalidResource as e:

@@ -14,6 +14,8 @@ Rules:
   stays never names a Secret the zone lacks (global sends those deletes with the Mesh delete,
   in one part: kds.protocol.records).
 - A rejection is reported in the ack and the revision still advances: never retried in a loop.
+- An anti-entropy repair batch (``repair``) starts and ends at the zone's revision and is
+  applied by the same rules; it records nothing (the revision and chain stay).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class DecodedBatch:
     head_revision: int
     changes: tuple[Incoming, ...]
     chain: bytes = b""  # final parts: global's history chain at ``revision``
+    repair: bool = False  # anti-entropy: applied like any batch; records no revision
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,6 @@ def plan_batch(batch: DecodedBatch, view: ZoneView) -> Plan:
             before = len(plan.deletes)
             delete(key)
             plan.stale_removed += len(plan.deletes) - before
-    if batch.final:
+    if batch.final and not batch.repair:
         plan.record_revision = batch.revision
     return plan

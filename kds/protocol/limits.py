@@ -4,7 +4,9 @@ A zone's hello is read before its token is verified, so each of its fields is ch
 against a fixed limit first: a field over its limit (or a string with a non-printable
 character) refuses the stream with a message naming the field and the limit, never the value.
 A conflict a zone reports names a resource by kind, mesh and name: it must be a kind this
-protocol knows and names global would accept (kds.validation).
+protocol knows and names global would accept (kds.validation). The problem a zone reports
+in its status (why it is failing) is text for an operator: at most PROBLEM_CHARS characters;
+it is escaped (kds.text) wherever it is shown, not refused for what it contains.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ __all__ = [
     "HELLO_BYTES",
     "HELLO_CHARS",
     "MAX_REVISION",
+    "PROBLEM_CHARS",
     "REASON_CHARS",
     "check_hello",
     "check_key",
+    "check_problem",
 ]
 
 # The most characters of each string a hello carries. A zone's instance id is its name (at
@@ -36,6 +40,9 @@ HELLO_BYTES = {"hello.resume.chain": 64}
 MAX_REVISION = 2**63 - 1
 # The most characters of a rejection's reason global keeps or logs.
 REASON_CHARS = 200
+# The most characters of the problem a zone reports in its status (an error message and the
+# fix it names; a store's path in it can be long).
+PROBLEM_CHARS = 1024
 
 
 def check_hello(
@@ -83,3 +90,12 @@ def check_key(kind: Kind | None, mesh: str, name: str, field_name: str) -> Field
         errs = []
     errs = errs or validate_name(name, f"{field_name}.name")
     return errs[0] if errs else None
+
+
+def check_problem(problem: str) -> FieldViolation | None:
+    """Whether the problem text a zone reported is within its bound (never echoed)."""
+    if len(problem) > PROBLEM_CHARS:
+        return FieldViolation(
+            "status.problem", f"must be at most {PROBLEM_CHARS} characters (got {len(problem)})"
+        )
+    return None

@@ -25,6 +25,7 @@ flags checked here and there.
     IDLE           --start snapshot---------->  SENDING_SNAPSHOT   fell behind the log floor
     NEED_SNAPSHOT  --start snapshot---------->  SENDING_SNAPSHOT
     SENDING_RANGE  --range failed------------>  NEED_SNAPSHOT      the log moved past it
+    IDLE           --start repair------------>  SENDING_REPAIR     anti-entropy found damage
     SENDING_*      --part sent--------------->  SENDING_*
     SENDING_*      --done-------------------->  IDLE
     any but AWAIT_HELLO  --ack, ask---------->  the same state
@@ -114,6 +115,7 @@ class State(Enum):
     IDLE = auto()  # ranges are sent as the head moves and the window allows
     SENDING_RANGE = auto()  # the parts of a range are being written
     SENDING_SNAPSHOT = auto()  # the parts of a snapshot are being written
+    SENDING_REPAIR = auto()  # the parts of an anti-entropy repair are being written
 
 
 class Event(Enum):
@@ -122,14 +124,15 @@ class Event(Enum):
     ASK = auto()  # the driver asks what to send (next_action)
     START_RANGE = auto()  # next_action answered SendRange
     START_SNAPSHOT = auto()  # next_action answered SendSnapshot
+    START_REPAIR = auto()  # the driver sends an anti-entropy repair (start_repair)
     SENT = auto()  # the driver wrote a part (on_sent)
     DONE = auto()  # the driver wrote the last part (on_done)
     RANGE_FAILED = auto()  # the range left the change log before it was read (on_failed_range)
     ACK = auto()  # the zone acknowledged a batch (on_ack)
 
 
-_LIVE = (State.NEED_SNAPSHOT, State.IDLE, State.SENDING_RANGE, State.SENDING_SNAPSHOT)
-_SENDING = (State.SENDING_RANGE, State.SENDING_SNAPSHOT)
+_SENDING = (State.SENDING_RANGE, State.SENDING_SNAPSHOT, State.SENDING_REPAIR)
+_LIVE = (State.NEED_SNAPSHOT, State.IDLE, *_SENDING)
 
 # {(state, event): next state}; a pair missing here is a protocol error.
 TRANSITIONS: dict[tuple[State, Event], State] = {
@@ -140,6 +143,7 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (State.IDLE, Event.START_RANGE): State.SENDING_RANGE,
     (State.IDLE, Event.START_SNAPSHOT): State.SENDING_SNAPSHOT,
     (State.NEED_SNAPSHOT, Event.START_SNAPSHOT): State.SENDING_SNAPSHOT,
+    (State.IDLE, Event.START_REPAIR): State.SENDING_REPAIR,
     **{(s, Event.SENT): s for s in _SENDING},
     **{(s, Event.DONE): State.IDLE for s in _SENDING},
     (State.SENDING_RANGE, Event.RANGE_FAILED): State.NEED_SNAPSHOT,
@@ -227,6 +231,21 @@ class GlobalSession:
             self._fire(Event.START_RANGE)
             return SendRange(self.sent_revision, head)
         return None
+
+    def can_check(self, head: int) -> bool:
+        """Whether an anti-entropy check may start: idle, nothing in flight, and the zone
+        has acknowledged everything up to ``head`` (so both trees are at one revision)."""
+        return (
+            self.state is State.IDLE
+            and not self._in_flight
+            and self.acked_revision == self.sent_revision == head
+        )
+
+    def start_repair(self) -> int:
+        """The driver sends an anti-entropy repair now; the revision its batches start and
+        end at (the zone's, once it applied what was sent): they record nothing."""
+        self._fire(Event.START_REPAIR)
+        return self.sent_revision
 
     def next_seq(self) -> int:
         self._seq += 1

@@ -15,7 +15,7 @@ ProtocolError, straight from the table (TRANSITIONS)::
     DISCONNECTED -------> AWAITING_WELCOME -------> SYNCING <------> APPLYING
          ^                                          |  ^    applied (returns the ack)
          |                                          +--+
-         |                                    heartbeat, tick (returns: reconnect?)
+         |                         heartbeat, digest query, tick (returns: reconnect?)
          +---- end, from any other state (the stream closed, for whatever reason)
 
 A batch or heartbeat before the welcome, a second welcome, or anything but ``open`` after a
@@ -66,6 +66,7 @@ class Event(Enum):
     OPEN = "open"
     WELCOME = "welcome"
     HEARTBEAT = "heartbeat"
+    DIGEST_QUERY = "digest query"  # anti-entropy: answered from the zone's tree, no state
     BATCH = "batch"
     APPLIED = "applied"
     TICK = "tick"
@@ -78,6 +79,7 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (State.AWAITING_WELCOME, Event.WELCOME): State.SYNCING,
     (State.AWAITING_WELCOME, Event.END): State.DISCONNECTED,
     (State.SYNCING, Event.HEARTBEAT): State.SYNCING,
+    (State.SYNCING, Event.DIGEST_QUERY): State.SYNCING,
     (State.SYNCING, Event.BATCH): State.APPLYING,
     (State.SYNCING, Event.TICK): State.SYNCING,
     (State.SYNCING, Event.END): State.DISCONNECTED,
@@ -85,7 +87,9 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (State.APPLYING, Event.END): State.DISCONNECTED,
 }
 
-_FROM_GLOBAL = frozenset({Event.WELCOME, Event.HEARTBEAT, Event.BATCH, Event.UNKNOWN})
+_FROM_GLOBAL = frozenset(
+    {Event.WELCOME, Event.HEARTBEAT, Event.BATCH, Event.DIGEST_QUERY, Event.UNKNOWN}
+)
 
 
 class SyncMode(Enum):
@@ -255,6 +259,11 @@ class ZoneSession:
         self._advance(Event.BATCH)
         self._batch = batch
         self._undecodable = tuple(undecodable)
+        self._quiet_since = now
+
+    def on_digest_query(self, now: float) -> None:
+        """Global asks to compare hash trees (kds.protocol.anti_entropy): a sign of life."""
+        self._advance(Event.DIGEST_QUERY)
         self._quiet_since = now
 
     def on_unknown(self, what: str) -> None:

@@ -34,6 +34,7 @@ from kds.store.results import (
     ChangeRecord,
     Row,
     Snapshot,
+    SyncLeaves,
     SyncState,
     WriteResult,
     ZoneApplyResult,
@@ -127,6 +128,11 @@ class GlobalStore(ResourceStore, Protocol):
         time still known; None when nothing at or after it is known."""
         ...
 
+    async def sync_leaves(self) -> SyncLeaves:
+        """Every resource's key and leaf digest (kds.protocol.digest_tree.leaf_digest) at the
+        head, read in one consistent read; a row that fails its digest check is left out."""
+        ...
+
     # Zone status, saved by globalcp.zones (JSON text by zone name). A backend several
     # instances share keeps a stored status whose ``connected_at`` is later than the one
     # saved (a newer stream of the zone, held by another instance).
@@ -177,4 +183,11 @@ class ZoneStore(ResourceStore, Protocol):
         """Plan (kds.protocol.applier) and apply one batch in one transaction, recording
         its revision when it is a final part. May skip the fsync: a crash loses at most the
         last batches, with their revision, and global sends them again."""
+        ...
+
+    async def sync_leaves(self) -> SyncLeaves:
+        """Every synced row's key and leaf digest (kds.protocol.digest_tree.leaf_digest), the
+        copies kept aside by name conflicts included, never a zone-local row, at the applied
+        revision, in one consistent read; a row that fails its digest check is left out (its
+        range then differs from global's and anti-entropy repairs it)."""
         ...

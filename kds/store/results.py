@@ -23,6 +23,7 @@ __all__ = [
     "ChangeRecord",
     "Row",
     "Snapshot",
+    "SyncLeaves",
     "SyncState",
     "WriteResult",
     "ZoneApplyResult",
@@ -68,6 +69,15 @@ class Snapshot:
     parts: dict[tuple[int, int], list[Part]] = field(
         default_factory=dict, compare=False, repr=False
     )
+
+
+@dataclass(frozen=True)
+class SyncLeaves:
+    """The anti-entropy leaves of a store's synced resources at one revision: each key with
+    kds.protocol.digest_tree.leaf_digest of its resource. A damaged row is no leaf."""
+
+    revision: int  # global: its head; a zone: its applied revision
+    leaves: list[tuple[Key, bytes]]
 
 
 @dataclass(frozen=True)

@@ -136,7 +136,7 @@ class Project:
         r = self.kdsctl(service, "get", "secret", name, "--mesh", mesh, "-o", "json", check=False)
         if r.returncode == 0:
             return json.loads(r.stdout)
-        if r.stderr.startswith("Error: No resources found"):  # kdsctl on a 404
+        if r.stderr.startswith("Error: No resources found"):  # kdsctl's (kumactl's) 404
             return None
         raise AssertionError(
             f"kdsctl get secret {name} --mesh {mesh} on {service} exited {r.returncode}: "

@@ -113,7 +113,7 @@ class Machine:
             timeout=30,
         )
         if r.returncode != 0:
-            assert r.stderr.startswith("Error: Not found:"), r.stderr[:500]
+            assert r.stderr.startswith("Error: No resources found"), r.stderr[:500]
             return None
         return base64.b64decode(json.loads(r.stdout)["data"]).decode()
 

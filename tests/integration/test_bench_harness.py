@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_quick_harness_run_writes_results_for_every_scenario(tmp_path: Path) -> None:
-    """bench --quick: propagation, bulk (kds and etcd), resume and footprint, in all outputs."""
+    """bench --quick: propagation, bulk (kds and etcd), resume, footprint and anti-entropy,
+    in all outputs."""
     if shutil.which("etcd") is None:
         pytest.skip("etcd is not installed: run scripts/setup-bench")
     pytest.importorskip("matplotlib")
@@ -55,8 +56,19 @@ def test_quick_harness_run_writes_results_for_every_scenario(tmp_path: Path) -> 
     assert (
         foot["storm_zones"] == res["plan"]["storm_zones"] and foot["global_rss_mb_storm_peak"] > 0
     )
+    ae = res["anti_entropy"]
+    assert ae["secrets"] == res["plan"]["ae_total"] and ae["equal"]["result"] == "equal"
+    assert ae["one_damaged"]["result"] == "repair" and ae["one_damaged"]["after"] == "equal"
+    assert len(ae["one_damaged"]["repaired"]) == 1 and ae["one_damaged"]["repair_bytes"] > 0
     md = (tmp_path / "benchmarks.md").read_text()
-    for heading in ("## Targets", "## 1 and 5.", "## 2 and 5.", "## 3. Resume", "## 4. Footprint"):
+    for heading in (
+        "## Targets",
+        "## 1 and 5.",
+        "## 2 and 5.",
+        "## 3. Resume",
+        "## 4. Footprint",
+        "## 6. Anti-entropy",
+    ):
         assert heading in md
     assert "shared 2-core machine" in md
     assert (tmp_path / "benchmarks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -89,3 +89,17 @@ def test_postgres_benchmark_runs_and_writes_its_table(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
     table = (tmp_path / "benchmarks-postgres.md").read_text()
     assert "zone leader SIGKILLed" in table and "two globals written at once" in table, table
+
+
+def test_anti_entropy_benchmark_runs() -> None:
+    """bench/anti_entropy.py checks an equal store, then finds and repairs one damaged
+    secret (exit 0 only if the repair left the stores equal), and prints the table."""
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "anti_entropy.py"), "--secrets", "500"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "| equal stores: check | equal | 1 |" in r.stdout, r.stdout
+    assert "repair ['Secret default/s250'], then equal" in r.stdout, r.stdout

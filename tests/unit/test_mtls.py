@@ -87,7 +87,7 @@ def test_provided_and_builtin_backends_parse_with_their_secrets() -> None:
                     }
                 ]
             },
-            {"mtls.backends[0].config.cert.secret"},
+            {"mtls.backends[0].config.cert.file"},
         ),
         ({"backends": [provided()], "skipValidation": "yes"}, {"mtls.skipValidation"}),
         ({"backends": [provided()], "extra": 1}, {"mtls.extra"}),

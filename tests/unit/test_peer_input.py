@@ -200,6 +200,7 @@ class _FakeGlobal(BaseHTTPRequestHandler):
                     "zoneVersion": FORGED,
                     "storeBackend": "sqlite\x1b]0;title\x07",
                     "ackedRevision": 3,
+                    "problem": {"message": "disk full: " + FORGED, "since": "2024-01-01T00:00:00Z"},
                 }
             ],
         },
@@ -220,6 +221,7 @@ class _FakeGlobal(BaseHTTPRequestHandler):
                 "conflicts": [f"GlobalSecret:c\x1b[31m{i}" for i in range(3)],
                 "conflictCount": 30_000,
                 "lastSyncMode": FORGED,
+                "problem": {"message": "disk full: " + FORGED, "since": "2024-01-01T00:00:00Z"},
             },
         },
         "/zones/zone-a/events?limit=10": {
@@ -269,6 +271,8 @@ def test_kdsctl_prints_peer_text_escaped(fake_global: str, args: list[str]) -> N
     assert res.exit_code == 0, res.output
     assert "\x1b" not in res.output and "\r" not in res.output and "\u202e" not in res.output
     assert "\\x1b[32mall zones healthy" in res.output
+    # The problem the zone reported is shown, escaped, in the list and in the detail.
+    assert "disk full: " in res.output and "(since " in res.output
     if "zone" in args:
         assert "Conflicts (30000, the first 3 shown):" in res.output
         assert "GlobalSecret:c\\x1b[31m0" in res.output

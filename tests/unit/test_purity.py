@@ -26,6 +26,8 @@ PURE = [
     "kds.protocol.applier",
     "kds.protocol.batching",
     "kds.protocol.records",
+    "kds.protocol.digest_tree",
+    "kds.protocol.anti_entropy",
     "kds.errors",
     "kds.fields",
     "kds.kubernetes",

@@ -1030,3 +1030,48 @@ async def test_zone_events_are_kept_per_zone_and_kind_and_bounded(gstore: Global
     # Order is the order added, even when clocks step back.
     await gstore.add_zone_events([ZoneEvent("a", "event", 5.0, "{}")], keep=3)
     assert [e.time for e in await gstore.zone_events("a", "event")] == [13.0, 14.0, 5.0]
+
+
+# --------------------------------------------------------------------------- anti-entropy
+
+
+async def test_sync_leaves_are_equal_on_global_and_a_zone_in_step(stores: Stores) -> None:
+    """Global's leaves at its head equal a zone's at the same applied revision: a leaf is
+    the resource as sent, whatever each side stores; a zone-local row is never a leaf, the
+    synced copy a conflict keeps aside is one."""
+    g = stores.global_store()
+    z = stores.zone_store()
+    await g.put(mk(MESH), T0)
+    await g.put(mk(S1, b"one"), T0)
+    await g.put(mk(G1, b"global"), T0)
+    await z.put(mk(G1, b"local"), T0)  # a conflict: global's copy is kept aside
+    await z.put(mk(G2, b"local-only"), T0)
+    snap = await g.snapshot()
+    changes = [
+        Incoming(c.revision, c.key, resource_from_pb(pb.Change.FromString(c.change).put))
+        for c in snap.changes
+    ]
+    await apply(z, dbatch(changes, snap.revision, snapshot=True, from_revision=0), GSID, T1)
+    gl, zl = await g.sync_leaves(), await z.sync_leaves()
+    assert gl.revision == zl.revision == 3
+    assert sorted(gl.leaves) == sorted(zl.leaves)
+    assert {k for k, _ in zl.leaves} == {MESH, S1, G1}  # G2 is zone-local: no leaf
+    assert all(len(d) == 16 for _, d in gl.leaves)
+    await g.put(mk(S1, b"two"), T0)
+    changed = dict((await g.sync_leaves()).leaves)
+    assert changed[S1] != dict(gl.leaves)[S1] and changed[MESH] == dict(gl.leaves)[MESH]
+
+
+async def test_a_repair_batch_applies_and_records_no_revision(zstore: ZoneStore) -> None:
+    """An anti-entropy repair starts and ends at the zone's revision: its puts and deletes
+    apply like any batch's, and the recorded revision and chain stay as they were."""
+    await apply(zstore, dbatch([inc_put(mk(MESH), 1), inc_put(mk(S1, b"old"), 2)], 2), GSID, T0)
+    before = await zstore.sync_state()
+    repair = replace(
+        dbatch([inc_put(mk(S1, b"right"), 2), inc_del(G1, 2)], 2, from_revision=2), repair=True
+    )
+    result = await zstore.apply_batch(repair, GSID, T1)
+    assert result.applied_revision == 2
+    row = await zstore.get(S1)
+    assert row is not None and row.resource.data == b"right"
+    assert await zstore.sync_state() == before

@@ -160,3 +160,24 @@ def test_a_full_disk_raises_store_full(tmp_path: Path) -> None:
     conn.execute("PRAGMA max_page_count=1073741823")
     z.put(mk(Key(Kind.SECRET, "default", "small"), b"x"), T0)  # the store still works
     z.close()
+
+
+@pytest.mark.parametrize("engine", [ZoneEngine, GlobalEngine])
+def test_a_malformed_file_is_refused_with_the_fix(tmp_path: Path, engine: type) -> None:
+    """Pages SQLite itself finds damaged ("database disk image is malformed") cannot be
+    repaired row by row: the store refuses to open and says what to do, per role."""
+    db = tmp_path / "store.db"
+    e = engine(db)
+    for i in range(200):
+        e.put(mk(Key(Kind.GLOBAL_SECRET, "", f"g{i}"), VALUE % i), T0)
+    e.close()
+    raw = bytearray(db.read_bytes())
+    page = 4096
+    raw[page : 4 * page] = b"\xa5" * (3 * page)  # the b-tree pages after the first
+    db.write_bytes(bytes(raw))
+    with pytest.raises(StoreError, match="damaged beyond repair by row") as err:
+        engine(db)
+    if engine is ZoneEngine:
+        assert "--new-store" in str(err.value) and "full snapshot from global" in str(err.value)
+    else:
+        assert "restore it from a backup" in str(err.value) and ".recover" in str(err.value)

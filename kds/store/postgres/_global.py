@@ -157,6 +157,9 @@ class PgGlobalEngine(PgResourceEngine):
             ).fetchone()
         return float(row[0]) if row else None
 
+    def _sync_revision(self, conn: Conn) -> int:
+        return int(get_meta(conn, "head", "0"))
+
     def snapshot(self) -> Snapshot:
         with self.db.read(snapshot=True) as conn:
             head = int(get_meta(conn, "head"))

@@ -22,10 +22,19 @@ from kds import integrity
 from kds.crypto import DataCipher
 from kds.errors import InvalidReferences, KdsError, NotFound, StoreDamaged
 from kds.model import Key, Kind, Resource
+from kds.protocol.digest_tree import leaf_digest
 from kds.store.interface import OnCommit
 from kds.store.postgres._db import Database, PgTarget
 from kds.store.postgres._reseal import reseal
-from kds.store.results import ORIGIN_GLOBAL, ORIGIN_ZONE, ChangeRecord, Origin, Row, WriteResult
+from kds.store.results import (
+    ORIGIN_GLOBAL,
+    ORIGIN_ZONE,
+    ChangeRecord,
+    Origin,
+    Row,
+    SyncLeaves,
+    WriteResult,
+)
 from kds.store.sqlite._db import COLS
 from kds.store.sqlite._digest import row_digest
 from kds.store.sqlite._sealing import Sealer
@@ -113,6 +122,26 @@ class PgResourceEngine:
         self.db.close()
 
     # ------------------------------------------------------------------ reads
+
+    def sync_leaves(self) -> SyncLeaves:
+        """The anti-entropy leaves of the synced rows (origin global) at this store's
+        revision, in one snapshot read; a damaged row is no leaf (logged by key)."""
+        with self.db.read(snapshot=True) as conn:
+            revision = self._sync_revision(conn)
+            rows = conn.execute(f"SELECT {COLS} FROM resources WHERE origin='global'").fetchall()
+        leaves = []
+        for r in rows:
+            try:
+                res = self.sealer.resource(r)
+            except StoreDamaged as e:
+                log.warning("damaged row is no anti-entropy leaf", key=e.key)
+                continue
+            leaves.append((res.key, leaf_digest(res)))
+        return SyncLeaves(revision, leaves)
+
+    def _sync_revision(self, conn: Conn) -> int:
+        """Global: its head; a zone: its applied revision."""
+        raise NotImplementedError
 
     def _rows(self, conn: Conn, key: Key, skip_damaged: bool = True) -> dict[str, Resource]:
         cur = conn.execute(

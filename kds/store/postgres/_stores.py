@@ -23,6 +23,7 @@ from kds.store.results import (
     ChangeRecord,
     Row,
     Snapshot,
+    SyncLeaves,
     SyncState,
     WriteResult,
     ZoneApplyResult,
@@ -107,6 +108,9 @@ class PgGlobalStore(_PgResourceStore[PgGlobalEngine]):
     async def snapshot(self) -> Snapshot:
         return await self._threads.read(self._engine.snapshot)
 
+    async def sync_leaves(self) -> SyncLeaves:
+        return await self._threads.read(self._engine.sync_leaves)
+
     async def commit_time(self, revision: int) -> float | None:
         return await self._threads.read(self._engine.commit_time, revision)
 
@@ -166,6 +170,9 @@ class PgZoneStore(_PgResourceStore[PgZoneEngine]):
 
     async def sync_state(self) -> SyncState:
         return await self._threads.read(self._engine.sync_state)
+
+    async def sync_leaves(self) -> SyncLeaves:
+        return await self._threads.read(self._engine.sync_leaves)
 
     async def apply_batch(
         self, batch: DecodedBatch, global_store_id: str, now: str

@@ -85,6 +85,9 @@ class PgZoneEngine(PgResourceEngine):
 
     # ------------------------------------------------------------------ sync
 
+    def _sync_revision(self, conn: Conn) -> int:
+        return int(get_meta(conn, "applied_revision", "0"))
+
     def sync_state(self) -> SyncState:
         with self.db.read(snapshot=True) as conn:
             return SyncState(

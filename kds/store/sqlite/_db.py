@@ -36,6 +36,7 @@ __all__ = [
     "Database",
     "get_meta",
     "is_disk_full",
+    "is_malformed",
     "row_to_resource",
     "row_values",
     "set_meta",
@@ -152,6 +153,20 @@ def row_values(r: Resource, origin: str, data: bytes, sealed: str) -> tuple[Any,
         sealed,
     )
     return (*values, row_digest(values))
+
+
+def is_malformed(e: BaseException) -> bool:
+    """Whether ``e`` says SQLite finds the file itself damaged (not a database, or a
+    malformed page), as opposed to one row whose digest does not match."""
+    if not isinstance(e, sqlite3.DatabaseError):
+        return False
+    code = getattr(e, "sqlite_errorcode", None)
+    text = str(e)
+    return (
+        code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+        or "malformed" in text
+        or "not a database" in text
+    )
 
 
 def is_disk_full(e: BaseException) -> bool:

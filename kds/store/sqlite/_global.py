@@ -80,6 +80,9 @@ class GlobalEngine(ResourceEngine):
     def head(self) -> int:
         return self.changelog.head()
 
+    def _sync_revision(self, conn: sqlite3.Connection) -> int:
+        return int(get_meta(conn, "head", "0"))
+
     def log_floor(self) -> int:
         return self.changelog.log_floor()
 

@@ -26,9 +26,18 @@ from kds import integrity
 from kds.crypto import DataCipher
 from kds.errors import InvalidReferences, KdsError, NotFound, StoreDamaged, StoreError
 from kds.model import Key, Kind, Resource
+from kds.protocol.digest_tree import leaf_digest
 from kds.store.interface import OnCommit
-from kds.store.results import ORIGIN_GLOBAL, ORIGIN_ZONE, ChangeRecord, Origin, Row, WriteResult
-from kds.store.sqlite._db import COLS, Database
+from kds.store.results import (
+    ORIGIN_GLOBAL,
+    ORIGIN_ZONE,
+    ChangeRecord,
+    Origin,
+    Row,
+    SyncLeaves,
+    WriteResult,
+)
+from kds.store.sqlite._db import COLS, Database, is_malformed
 from kds.store.sqlite._digest import DamagedRow, scan
 from kds.store.sqlite._sealing import Sealer
 
@@ -102,10 +111,28 @@ class ResourceEngine:
             self.sealer.reseal(self.db)
         except (sqlite3.Error, OSError) as e:
             self.close()
+            if is_malformed(e):
+                raise StoreError(self._malformed(e)) from e
             raise StoreError(f"cannot open store {self.path}: {e}") from e
         except BaseException:
             self.close()
             raise
+
+    def _malformed(self, e: BaseException) -> str:
+        """What to do about a file SQLite itself finds damaged (beyond one row's digest):
+        no row can be trusted or repaired in place, so the daemon refuses to start."""
+        head = f"store {self.path} is damaged beyond repair by row ({e}): "
+        if self.role == "zone":
+            return head + (
+                f"move it aside (mv {self.path} {self.path}.damaged) and start again with "
+                "--new-store: the zone takes a full snapshot from global; its zone-local "
+                "resources come back only from a backup"
+            )
+        return head + (
+            f"restore it from a backup (or recover what SQLite can: sqlite3 {self.path} "
+            "'.recover' | sqlite3 NEW.db); --new-store starts an empty store instead, and "
+            "every zone then follows it"
+        )
 
     @property
     def store_id(self) -> str:
@@ -185,6 +212,26 @@ class ResourceEngine:
                         "damaged row left out of a list", key=e.key, origin=r[3], error=str(e)
                     )
         return total, rows
+
+    def sync_leaves(self) -> SyncLeaves:
+        """The anti-entropy leaves of the synced rows (origin global) at this store's
+        revision, in one read transaction; a damaged row is no leaf (logged by key)."""
+        conn = self.db.conn()
+        leaves = []
+        with self.db.tx(conn, "DEFERRED"):
+            revision = self._sync_revision(conn)
+            for r in conn.execute(f"SELECT {COLS} FROM resources WHERE origin='global'"):
+                try:
+                    res = self.sealer.resource(r)
+                except StoreDamaged as e:
+                    log.warning("damaged row is no anti-entropy leaf", key=e.key)
+                    continue
+                leaves.append((res.key, leaf_digest(res)))
+        return SyncLeaves(revision, leaves)
+
+    def _sync_revision(self, conn: sqlite3.Connection) -> int:
+        """Global: its head; a zone: its applied revision."""
+        raise NotImplementedError
 
     def conflicts(self) -> list[Key]:
         cur = self.db.conn().execute(

@@ -17,6 +17,7 @@ from kds.store.results import (
     ChangeRecord,
     Row,
     Snapshot,
+    SyncLeaves,
     SyncState,
     WriteResult,
     ZoneApplyResult,
@@ -101,6 +102,9 @@ class SqliteGlobalStore(_SqliteResourceStore[GlobalEngine]):
     async def commit_time(self, revision: int) -> float | None:
         return await self._threads.read(self._engine.commit_time, revision)
 
+    async def sync_leaves(self) -> SyncLeaves:
+        return await self._threads.read(self._engine.sync_leaves)
+
     async def zone_statuses(self) -> dict[str, str]:
         return await self._threads.read(self._engine.zone_statuses)
 
@@ -151,3 +155,6 @@ class SqliteZoneStore(_SqliteResourceStore[ZoneEngine]):
         self, batch: DecodedBatch, global_store_id: str, now: str
     ) -> ZoneApplyResult:
         return await self._threads.write(self._engine.apply_batch, batch, global_store_id, now)
+
+    async def sync_leaves(self) -> SyncLeaves:
+        return await self._threads.read(self._engine.sync_leaves)

@@ -82,6 +82,9 @@ class ZoneEngine(ResourceEngine):
 
     # ------------------------------------------------------------------ sync
 
+    def _sync_revision(self, conn: sqlite3.Connection) -> int:
+        return int(get_meta(conn, "applied_revision", "0"))
+
     def sync_state(self) -> SyncState:
         conn = self.db.conn()
         return SyncState(

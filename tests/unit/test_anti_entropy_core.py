@@ -1,0 +1,220 @@
+"""The anti-entropy tree and check, pure: a changed leaf changes its parents; a check finds
+exactly the keys that differ (and only those) however the zone's copy was damaged; a hostile
+answer is refused."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kds.errors import ProtocolError
+from kds.model import Key, Kind, Resource
+from kds.protocol.anti_entropy import (
+    LEAF_BUCKET,
+    Answer,
+    GlobalCheck,
+    Listed,
+    Outcome,
+    Query,
+    answer,
+)
+from kds.protocol.digest_tree import DigestTree, NodeId, Summary, bucket_of, leaf_digest
+
+Leaves = dict[Key, bytes]
+
+
+def _digest(i: int) -> bytes:
+    return i.to_bytes(16, "big")
+
+
+def _store(n: int, meshes: int = 2) -> Leaves:
+    out: Leaves = {Key(Kind.MESH, "", f"m{j}"): _digest(j) for j in range(meshes)}
+    for i in range(n):
+        out[Key(Kind.SECRET, f"m{i % meshes}", f"s{i}")] = _digest(1000 + i)
+    out[Key(Kind.GLOBAL_SECRET, "", "g")] = _digest(7)
+    return out
+
+
+def run_check(global_leaves: Leaves, zone_leaves: Leaves, zone_revision: int = 5) -> Outcome:
+    """Drive one check to its outcome, as the two daemons do over the stream."""
+    check = GlobalCheck(1, 5, DigestTree(global_leaves.items()))
+    zone_tree = DigestTree(zone_leaves.items())
+    step: Query | Outcome = check.first_query()
+    while isinstance(step, Query):
+        step = check.on_answer(answer(zone_tree, step, zone_revision))
+    return step
+
+
+def test_leaf_digest_covers_every_field_global_sends() -> None:
+    base = Resource(Kind.SECRET, "s", mesh="m", data=b"v", labels={"a": "b"}, version=3)
+    d = leaf_digest(base)
+    assert d == leaf_digest(dataclasses.replace(base, labels={"a": "b"}))
+    for change in (
+        {"data": b"w"},
+        {"labels": {"a": "c"}},
+        {"version": 4},
+        {"name": "t"},
+        {"mesh": "n"},
+        {"modification_time": "2026-01-01T00:00:00Z"},
+        {"creation_time": "2026-01-01T00:00:00Z"},
+    ):
+        assert leaf_digest(dataclasses.replace(base, **change)) != d, change  # type: ignore[arg-type]
+
+
+def test_a_changed_leaf_changes_every_parent_and_no_sibling() -> None:
+    leaves = _store(500)
+    tree = DigestTree(leaves.items())
+    key = Key(Kind.SECRET, "m1", "s7")
+    damaged = DigestTree({**leaves, key: _digest(1)}.items())
+    bucket = bucket_of(key.name)
+    for depth in range(4):
+        node = NodeId(Kind.SECRET, "m1", bucket[:depth])
+        assert tree.summary(node).hash != damaged.summary(node).hash
+        assert tree.summary(node).count == damaged.summary(node).count
+    sibling = NodeId(Kind.SECRET, "m1", bucket[:1] + ("0" if bucket[1] != "0" else "1"))
+    assert tree.summary(sibling) == damaged.summary(sibling)
+    assert tree.summary(NodeId(Kind.SECRET, "m0")) == damaged.summary(NodeId(Kind.SECRET, "m0"))
+
+
+def test_equal_stores_are_equal_in_one_round() -> None:
+    leaves = _store(2000)
+    out = run_check(leaves, dict(leaves))
+    assert (out.result, out.rounds, out.puts, out.deletes) == ("equal", 1, [], [])
+
+
+def test_one_damaged_secret_among_many_is_found_by_descending() -> None:
+    leaves = _store(20_000, meshes=1)
+    key = Key(Kind.SECRET, "m0", "s12345")
+    zone = {k: v for k, v in leaves.items() if k != key}  # a damaged row is no leaf at all
+    out = run_check(leaves, zone)
+    assert out.result == "repair" and out.puts == [key] and out.deletes == []
+    assert 2 < out.rounds <= 6  # groups, then a few levels of 16 children
+
+
+def test_a_zone_not_at_global_revision_is_inconclusive() -> None:
+    leaves = _store(10)
+    out = run_check(leaves, leaves, zone_revision=4)
+    assert out.result == "inconclusive" and "revision 4" in out.reason
+
+
+keys = st.builds(
+    Key,
+    st.sampled_from([Kind.SECRET, Kind.GLOBAL_SECRET, Kind.MESH]),
+    st.just(""),
+    st.from_regex(r"[a-z]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True),
+).map(lambda k: Key(k.kind, "m" if k.kind is Kind.SECRET else "", k.name))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    base=st.dictionaries(keys, st.binary(min_size=16, max_size=16), max_size=300),
+    drop=st.sets(st.integers(0, 299), max_size=20),
+    alter=st.sets(st.integers(0, 299), max_size=20),
+    extra=st.dictionaries(keys, st.binary(min_size=16, max_size=16), max_size=20),
+)
+def test_a_check_repairs_exactly_what_differs(
+    base: Leaves, drop: set[int], alter: set[int], extra: Leaves
+) -> None:
+    """Whatever was lost, altered or added on the zone, the check names exactly those keys;
+    applying its repair from global's leaves makes the two trees equal."""
+    ordered = sorted(base)
+    zone = dict(base)
+    for i in alter:
+        if i < len(ordered):
+            zone[ordered[i]] = b"\xff" * 16
+    for i in drop:
+        if i < len(ordered):
+            zone.pop(ordered[i], None)
+    for k, v in extra.items():
+        zone.setdefault(k, v)
+    out = run_check(base, zone)
+    expected_puts = {k for k in base if zone.get(k) != base[k]}
+    expected_deletes = set(zone) - set(base)
+    assert set(out.puts) == expected_puts
+    assert set(out.deletes) == expected_deletes
+    assert out.result == ("repair" if expected_puts or expected_deletes else "equal")
+    for k in out.puts:
+        zone[k] = base[k]
+    for k in out.deletes:
+        del zone[k]
+    assert run_check(base, zone).result == "equal"
+
+
+def _first_answer(global_leaves: Leaves, zone_leaves: Leaves) -> tuple[GlobalCheck, Answer]:
+    check = GlobalCheck(1, 5, DigestTree(global_leaves.items()))
+    ans = answer(DigestTree(zone_leaves.items()), check.first_query(), 5)
+    return check, ans
+
+
+def test_an_answer_about_a_node_never_asked_is_refused() -> None:
+    check, _ = _first_answer(_store(5), _store(5))
+    bogus = Listed(Summary(NodeId(Kind.SECRET, "m0", "ab"), 1, b"x" * 16))
+    with pytest.raises(ProtocolError, match="did not ask about"):
+        check.on_answer(Answer(1, 5, (bogus,)))
+
+
+def test_listed_leaves_must_match_their_count_and_node() -> None:
+    leaves = _store(5, meshes=1)
+    zone = {**leaves, Key(Kind.GLOBAL_SECRET, "", "g"): _digest(8)}
+    check, ans = _first_answer(leaves, zone)
+    (item,) = ans.differ
+    assert item.listed and item.summary.count <= LEAF_BUCKET
+    too_many = dataclasses.replace(item, leaves=(*item.leaves, ("other", _digest(1))))
+    fresh = GlobalCheck(1, 5, DigestTree(leaves.items()))
+    fresh.first_query()
+    with pytest.raises(ProtocolError, match="lists 2 leaves but counts 1"):
+        fresh.on_answer(Answer(1, 5, (too_many,)))
+    wrong_node = dataclasses.replace(
+        item,
+        summary=Summary(NodeId(Kind.GLOBAL_SECRET, "", "0"), 1, _digest(2)),
+    )
+    fresh = GlobalCheck(1, 5, DigestTree(leaves.items()))
+    fresh.first_query()
+    with pytest.raises(ProtocolError):
+        fresh.on_answer(Answer(1, 5, (wrong_node,)))
+    bad_name = dataclasses.replace(item, leaves=(("Bad\nname", _digest(1)),))
+    fresh = GlobalCheck(1, 5, DigestTree(leaves.items()))
+    fresh.first_query()
+    with pytest.raises(ProtocolError, match="leaves\\[0\\]"):
+        fresh.on_answer(Answer(1, 5, (bad_name,)))
+    assert check.on_answer(ans).result == "repair"  # type: ignore[union-attr]
+
+
+def test_a_listed_node_that_is_not_small_is_refused() -> None:
+    leaves = _store(200, meshes=1)
+    check = GlobalCheck(1, 5, DigestTree(leaves.items()))
+    check.first_query()
+    group = NodeId(Kind.SECRET, "m0")
+    lying = Listed(Summary(group, 1, _digest(3)), True, (("s1", _digest(3)),))
+    with pytest.raises(ProtocolError, match="not small"):
+        check.on_answer(Answer(1, 5, (lying,)))
+
+
+def test_a_check_starts_only_when_the_zone_acknowledged_the_head() -> None:
+    """The session allows a check only when idle with nothing in flight and the zone at the
+    head; a repair starts and ends at that revision and only from idle."""
+    from kds.protocol.session import Ack as SessionAck
+    from kds.protocol.session import GlobalSession, Hello, SendRange
+
+    s = GlobalSession("store", max_unacked=4)
+    s.on_hello(Hello("z", "z-1", 1, "store", 3, b"c"), head=5, log_floor=0, chain_at_revision=b"c")
+    assert not s.can_check(5)  # the zone is at 3
+    assert s.next_action(5, 0) == SendRange(3, 5)
+    seq = s.next_seq()
+    s.on_sent(seq, 5, True)
+    assert not s.can_check(5)  # sending, then in flight
+    s.on_done()
+    assert not s.can_check(5)
+    s.on_ack(SessionAck(seq, 5))
+    assert s.can_check(5) and not s.can_check(6)
+    assert s.start_repair() == 5
+    with pytest.raises(ProtocolError):
+        s.start_repair()  # already sending one
+    seq = s.next_seq()
+    s.on_sent(seq, 5, True)
+    s.on_done()
+    s.on_ack(SessionAck(seq, 5))
+    assert s.acked_revision == 5 and s.can_check(5)

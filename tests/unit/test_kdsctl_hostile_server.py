@@ -1,0 +1,210 @@
+"""kdsctl against a server or proxy it cannot trust: whatever it sends is escaped before it
+reaches the terminal, and the proxy settings of the environment never leak the API's token
+or the proxy's password."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+from click.testing import CliRunner
+
+from kdsctl.cli import cli
+from kdsctl.client import ApiClient, ApiUnreachable
+
+ESC = "\x1b]0;owned\x07\x1b[2J"
+
+
+class OneServer:
+    """Answers every request on 127.0.0.1 with one status line and JSON body."""
+
+    def __init__(self, body: object, status: str = "200 OK"):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.connections = 0
+        content = json.dumps(body).encode()
+        self.answer = (
+            f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(content)}\r\nConnection: close\r\n\r\n"
+        ).encode("latin-1") + content
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                conn.sendall(self.answer)
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., OneServer]]:
+    made: list[OneServer] = []
+
+    def make(body: object, status: str = "200 OK") -> OneServer:
+        made.append(OneServer(body, status))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.sock.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+
+def _kdsctl(url: str, *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["--api-url", url, *args])
+    return result.exit_code, result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "item"),
+    [
+        (["get", "secrets"], {"type": "Secret", "mesh": ESC, "name": ESC}),
+        (
+            ["get", "meshes"],
+            {
+                "type": "Mesh",
+                "name": "m",
+                "mtls": {"enabledBackend": ESC, "backends": [{"name": ESC, "type": ESC}]},
+            },
+        ),
+        (
+            ["get", "globalsecrets"],
+            {
+                "type": "GlobalSecret",
+                "name": "g",
+                "labels": {"kuma.io/origin": "zone", "kuma.io/zone": ESC},
+            },
+        ),
+    ],
+)
+def test_resource_tables_escape_what_the_server_sent(
+    serve: Callable[..., OneServer], args: list[str], item: dict[str, object]
+) -> None:
+    server = serve({"total": 1, "items": [item], "next": None})
+    code, out = _kdsctl(server.url, *args)
+    assert code == 0, out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "\\x1b]0;owned\\x07" in out
+
+
+def test_zone_token_tables_escape_what_the_server_sent(
+    serve: Callable[..., OneServer],
+) -> None:
+    token = {
+        "id": ESC,
+        "zone": "z",
+        "keyName": "k",
+        "issuedAt": ESC,
+        "expiresAt": "e",
+        "revokedAt": None,
+    }
+    server = serve({"items": [token]})
+    code, out = _kdsctl(server.url, "get", "zone-tokens")
+    assert code == 0 and "\x1b" not in out and "\\x1b" in out, out
+    keys = serve({"items": [{"name": ESC, "current": True}]})
+    code, out = _kdsctl(keys.url, "get", "zone-token-signing-keys")
+    assert code == 0 and "\x1b" not in out and "\\x1b" in out, out
+
+
+def test_a_reason_phrase_is_escaped(serve: Callable[..., OneServer]) -> None:
+    """An error answer that is not Kuma's error body is reported by its status line, whose
+    reason phrase the server chose."""
+    server = serve(["not an error body"], status=f"418 I{ESC}")
+    code, out = _kdsctl(server.url, "get", "meshes")
+    assert code == 1 and "HTTP 418" in out
+    assert "\x1b" not in out and "\\x1b" in out
+
+
+def test_an_api_on_this_machine_is_never_reached_through_a_proxy(
+    serve: Callable[..., OneServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As in Go's net/http (kumactl's): a proxy named by the environment is not used for
+    localhost or a loopback address, so it never sees the API's bearer token, even when
+    NO_PROXY does not list them."""
+    proxy = serve({"total": 0, "items": [], "next": None})
+    api = serve({"total": 0, "items": [], "next": None})
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.setenv("ALL_PROXY", proxy.url)
+    for host in ("127.0.0.1", "localhost", "127.0.0.2"):
+        client = ApiClient(f"http://{host}:{api.port}", timeout=5, token="t0k")
+        try:
+            if host == "127.0.0.2":
+                with pytest.raises(ApiUnreachable):  # nothing listens there: not the proxy
+                    client.get("/meshes")
+            else:
+                assert client.get("/meshes")["total"] == 0
+        finally:
+            client.close()
+    assert proxy.connections == 0 and api.connections == 2
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("HTTPS_PROXY", "https://ops:s3cret@proxy.example:3128"),  # not an http:// proxy
+        ("HTTPS_PROXY", "http://ops:s3cret@proxy.example:port"),  # not a valid URL
+        ("HTTP_PROXY", "socks5://ops:s3cret@proxy.example:1080"),
+    ],
+)
+def test_a_proxy_error_never_shows_its_password(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    scheme = "https" if variable == "HTTPS_PROXY" else "http"
+    code, out = _kdsctl(f"{scheme}://global.example:5681", "get", "meshes")
+    assert code == 1 and "proxy" in out, out
+    assert "s3cret" not in out and "--api-url" not in out
+
+
+def test_a_server_that_ignores_offset_cannot_keep_get_reading_forever(
+    serve: Callable[..., OneServer],
+) -> None:
+    """kdsctl get follows the pages up to the first answer's total, whatever "next" says."""
+    page = {"total": 3, "items": [{"type": "Mesh", "name": "m"}], "next": "http://x/?offset=1"}
+    server = serve(page)
+    code, out = _kdsctl(server.url, "get", "meshes", "-o", "json")
+    assert code == 0, out
+    assert len(json.loads(out)["items"]) == 3 and server.connections == 3
+
+
+@pytest.mark.parametrize(
+    ("no_proxy", "proxied"),
+    [
+        ("", True),
+        ("10.0.0.0/8", False),
+        ("192.168.0.0/16, 10.1.2.0/24", False),
+        ("10.1.2.4/32", True),
+        ("not-a-range/8,10.1.2.3", False),
+    ],
+)
+def test_no_proxy_takes_address_ranges_as_kumactl_does(
+    monkeypatch: pytest.MonkeyPatch, no_proxy: str, proxied: bool
+) -> None:
+    from kdsctl.client import _proxy, _target
+
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", no_proxy)
+    found = _proxy(_target("http://10.1.2.3:5681"))
+    assert (found is not None) is proxied
+    if found:
+        assert (found[0].host, found[0].port) == ("proxy.example", 3128)
