@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = ROOT / "compose"
 ZONES = ("zone-1", "zone-2", "zone-3")
 BASE_IMAGE = os.environ.get("KDS_BASE_IMAGE") or "local/python:3.11"
+POSTGRES_IMAGE = os.environ.get("KDS_POSTGRES_IMAGE") or "kds-sync-postgres:test"
 
 
 def _run(
@@ -67,6 +68,11 @@ def why_no_containers() -> str | None:
         "local/"
     ):
         return f"no base image {BASE_IMAGE} (scripts/setup-containers makes it)"
+    if (
+        BASE_IMAGE.startswith("local/")
+        and _run(["docker", "image", "inspect", "local/postgres:bookworm"]).returncode != 0
+    ):
+        return "no base image local/postgres:bookworm (scripts/setup-containers makes it)"
     return None
 
 
@@ -182,10 +188,16 @@ def image() -> str:
     if reason is not None:
         pytest.skip(f"containers cannot run here: {reason}")
     tag = os.environ.get("KDS_IMAGE", "kds-sync:test")
-    env = {**os.environ, "KDS_IMAGE": tag, "KDS_BASE_IMAGE": BASE_IMAGE}
+    env = {
+        **os.environ,
+        "KDS_IMAGE": tag,
+        "KDS_BASE_IMAGE": BASE_IMAGE,
+        "KDS_POSTGRES_IMAGE": POSTGRES_IMAGE,
+    }
     t0 = time.monotonic()
+    # Also builds POSTGRES_IMAGE, for the PostgreSQL variant (compose/postgres.yml).
     _run([str(ROOT / "scripts" / "container-image")], 1200, check=True, env=env)
-    print(f"image {tag} built in {time.monotonic() - t0:.0f}s")
+    print(f"images {tag} and {POSTGRES_IMAGE} built in {time.monotonic() - t0:.0f}s")
     return tag
 
 

@@ -24,7 +24,7 @@ def _load(name: str) -> dict[str, Any]:
     return yaml.safe_load((COMPOSE / name).read_text())  # type: ignore[no-any-return]
 
 
-@pytest.mark.parametrize("name", ["docker-compose.yml", "zone-4.yml"])
+@pytest.mark.parametrize("name", ["docker-compose.yml", "zone-4.yml", "postgres.yml"])
 def test_valid_against_the_compose_specification(name: str) -> None:
     exe = Path(sys.executable).parent / "check-jsonschema"
     r = subprocess.run(
@@ -83,6 +83,55 @@ def test_fourth_zone_file_follows_the_same_pattern() -> None:
         "zone-4",
     ]
     assert "zone-4-credentials:/credentials/zone-4" in extra["services"]["provision"]["volumes"]
+
+
+def test_postgres_variant_two_globals_and_every_zone_instance_on_one_database() -> None:
+    base, pg = _load("docker-compose.yml"), _load("postgres.yml")
+    services = pg["services"]
+    assert set(pg) <= {"services", "volumes"} | {k for k in pg if k.startswith("x-")}
+    globals_ = ["global", "global-2"]
+    zones = ["zone-1", "zone-2", "zone-3", "zone-1-b"]
+    assert sorted(services) == sorted(["postgres", *globals_, *zones])
+    # Only the override's own services are new; the others extend docker-compose.yml's.
+    assert {"global", "zone-1", "zone-2", "zone-3"} <= set(base["services"])
+    url = "postgresql://kds@postgres:5432/kds"
+    for name in globals_:
+        env = services[name]["environment"]
+        assert env["GLOBALCP_STORE"] == "postgres" and env["GLOBALCP_POSTGRES_URL"] == url
+        assert env["GLOBALCP_POSTGRES_PASSWORD_FILE"] == "/db/password"
+        assert "postgres-password:/db:ro" in services[name]["volumes"]
+        assert services[name]["depends_on"]["postgres"]["condition"] == "service_healthy"
+        # API and sync ports, on the host's loopback only.
+        ports = services[name]["ports"]
+        assert all(p.startswith("127.0.0.1:") for p in ports), (name, ports)
+    assert {p.rsplit(":", 1)[1] for p in services["global-2"]["ports"]} == {"5681", "5685"}
+    assert services["global"]["ports"][0].endswith(":5685")  # 5681: docker-compose.yml's
+    assert "global-2" in services["global-2"]["environment"]["GLOBALCP_TLS_NAMES"].split(",")
+    for name in zones:
+        env = services[name]["environment"]
+        assert env["ZONECP_GLOBAL_ADDRESS"].split(",") == [
+            "grpcs://global:5685",
+            "grpcs://global-2:5685",
+        ]
+        assert env["ZONECP_STORE"] == "postgres" and env["ZONECP_POSTGRES_URL"] == url
+        assert env["ZONECP_POSTGRES_PASSWORD_FILE"] == "/db/password"
+        assert "postgres-password:/db:ro" in services[name]["volumes"]
+        # A dead global's name fails to resolve within 1 s, so the zone soon dials the next.
+        assert services[name]["dns_opt"] == ["timeout:1", "attempts:1"]
+    # zone-1's second instance: the same zone and credentials as zone-1, its own data dir.
+    b, z1 = services["zone-1-b"], base["services"]["zone-1"]
+    assert b["environment"]["ZONECP_ZONE"] == "zone-1"
+    assert "zone-1-credentials:/credentials:ro" in b["volumes"]
+    assert "zone-1-b-data:/var/lib/kds" in b["volumes"]
+    assert b["depends_on"] == z1["depends_on"] and b["command"] == z1["command"]
+    # PostgreSQL: not published; the password is made in its volume, never written here.
+    db = services["postgres"]
+    assert "ports" not in db and "environment" not in db
+    assert "postgres-password:/db-password" in db["volumes"]
+    # A password is only ever given as a file.
+    for name, svc in services.items():
+        for key in svc.get("environment", {}):
+            assert "PASSWORD" not in key or key.endswith("_PASSWORD_FILE"), (name, key)
 
 
 @pytest.fixture(scope="module")
