@@ -84,6 +84,7 @@ class ZoneChecks:
         interval: float,
         clock: Callable[[], float],
         trees: GlobalTrees | None = None,
+        after_snapshot: bool = False,
     ):
         self.store = store
         self.trees = trees or GlobalTrees(store)
@@ -91,7 +92,11 @@ class ZoneChecks:
         self.clock = clock
         self.check: GlobalCheck | None = None
         self.pending: Answer | None = None
-        self._next_at = clock()  # the first check as soon as the zone caught up
+        # The first check as soon as the zone caught up, except on a stream that began with a
+        # snapshot: that replaced every synced resource the zone held, so there is nothing to
+        # compare yet, and a hundred new zones each reading back what they just wrote would
+        # slow each other's snapshots; their first check comes one interval later.
+        self._next_at = clock() + (interval if after_snapshot else 0.0)
         self._ids = 0
         self._at_once = 0
 

@@ -214,7 +214,13 @@ class SyncServicer:
             self.plans,
             welcome=self._welcome(mode),
             heartbeat_interval=self.heartbeat_interval,
-            checks=ZoneChecks(self.store, self.anti_entropy_interval, time.monotonic, self.trees),
+            checks=ZoneChecks(
+                self.store,
+                self.anti_entropy_interval,
+                time.monotonic,
+                self.trees,
+                after_snapshot=mode is Mode.SNAPSHOT,
+            ),
         )
         # From here on every exit goes through the finally below, so a stream that fails even
         # while writing the welcome never leaves its zone marked as connected.

@@ -304,7 +304,7 @@ class GlobalConfig(_Common):
         300.0,
         parse_duration,
         "Compare each zone's synced copies with global's (a hash tree) this often, and at "
-        "every connect, and repair what differs; 0 turns it off.",
+        "every connect that resumes, and repair what differs; 0 turns it off.",
         "DURATION",
     )
     tls_cert_file: Path | None = opt(

@@ -135,3 +135,19 @@ async def wait_until_async(pred, timeout: float = 10.0):  # type: ignore[no-unty
         if loop.time() > deadline:
             raise AssertionError("timed out")
         await asyncio.sleep(0.05)
+
+
+def test_a_stream_that_began_with_a_snapshot_checks_one_interval_later() -> None:
+    """A resumed stream is checked as soon as the zone caught up (the damage anti-entropy looks
+    for lies below the resume point); one that began with a snapshot has just replaced every
+    synced resource, so its first check waits one interval."""
+    from globalcp.checks import ZoneChecks
+
+    now = [100.0]
+    resumed = ZoneChecks(None, 300.0, lambda: now[0])  # type: ignore[arg-type]
+    fresh = ZoneChecks(None, 300.0, lambda: now[0], after_snapshot=True)  # type: ignore[arg-type]
+    assert resumed.due() and not fresh.due()
+    now[0] += 299.0
+    assert not fresh.due()
+    now[0] += 1.0
+    assert fresh.due()
