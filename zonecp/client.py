@@ -37,7 +37,7 @@ from tenacity import (
     wait_random,
 )
 
-from kds import wire
+from kds import failpoints, wire
 from kds._pb import sync_pb2 as pb
 from kds.clock import rfc3339
 from kds.errors import KdsError, ProtocolError, StoreError
@@ -361,6 +361,9 @@ class ZoneClient:
             final=b.final,
             repair=b.repair,
         )
+        if b.snapshot and not b.final:
+            failpoints.reach("zone-snapshot-part-applied")
+        failpoints.reach("zone-batch-before-ack")
         async with self._write_lock:
             await call.write(wire.ack_to_pb(applied.ack))
         if applied.refresh_conflicts:

@@ -71,6 +71,10 @@ class Daemon:
         self.data_dir = data_dir
         self.proc: subprocess.Popen[bytes] | None = None
         self.http = httpx.Client(base_url=api_url, timeout=5)
+        # Added to the environment of the next start only (e.g. a test-only crash point).
+        self.env_once: dict[str, str] = {}
+        # Put before argv at every start (e.g. nsenter into a mount namespace of its own).
+        self.prefix: list[str] = []
 
     @property
     def admin_token(self) -> str:
@@ -82,7 +86,9 @@ class Daemon:
 
     def start(self) -> Daemon:
         logf = open(self.log_path, "ab")  # noqa: SIM115  # the child owns it
-        self.proc = subprocess.Popen(self.argv, stdout=logf, stderr=logf)
+        env = {**os.environ, **self.env_once} if self.env_once else None
+        self.env_once = {}
+        self.proc = subprocess.Popen([*self.prefix, *self.argv], stdout=logf, stderr=logf, env=env)
         logf.close()
         wait_for(self._ready, 15, f"{self.name} API at {self.api_url}")
         # The API needs the daemon's admin token, created in its data dir at first start.
@@ -202,6 +208,7 @@ class Cluster:
         api_port: int | None = None,
         synced: bool = True,
         token_file: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> Daemon:
         """Start a zone the secure way (TLS verified with global's CA, a token from global);
         with ``synced`` wait until it holds global's default mesh."""
@@ -231,6 +238,7 @@ class Cluster:
             zone, argv, self.tmp / f"{zone}.log", f"http://127.0.0.1:{port}", self.tmp / zone
         )
         self.daemons.append(d)
+        d.env_once = dict(env or {})
         d.start()
         if synced:
             wait_for(lambda: d.get_json("/meshes/default"), what=f"{zone} first sync")
