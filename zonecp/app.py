@@ -99,6 +99,7 @@ async def run_zone(cfg: ZoneConfig, service: Service) -> int:
         max_message_bytes=cfg.max_message_bytes,
         now=rfc3339,
         tokens=api_tokens,
+        on_write=client.local_write,
     )
     metrics = ZoneMetrics(client.status, store)
     # Several instances of this zone on one PostgreSQL store: one leader holds the stream.

@@ -172,6 +172,10 @@ class Cluster:
         self.daemons: list[Daemon] = []
         self.kds_port = free_port()
         self.global_api = free_port()
+        # Daemons started with this before their argv, their data dirs seen through ``view``
+        # (tests.integration.small_disks: data dirs on small disks of their own).
+        self.prefix: list[str] = []
+        self.view: Callable[[Path], Path] = lambda path: path
 
     def start_global(self, *extra: str) -> Daemon:
         api = f"http://127.0.0.1:{self.global_api}"
@@ -187,7 +191,8 @@ class Cluster:
             *_TEST_ARGS,
             *extra,
         ]
-        d = Daemon("global", argv, self.tmp / "global.log", api, self.tmp / "global")
+        d = Daemon("global", argv, self.tmp / "global.log", api, self.view(self.tmp / "global"))
+        d.prefix = list(self.prefix)
         self.daemons.append(d)
         self.global_daemon = d
         return d.start()
@@ -235,8 +240,13 @@ class Cluster:
             *extra,
         ]
         d = Daemon(
-            zone, argv, self.tmp / f"{zone}.log", f"http://127.0.0.1:{port}", self.tmp / zone
+            zone,
+            argv,
+            self.tmp / f"{zone}.log",
+            f"http://127.0.0.1:{port}",
+            self.view(self.tmp / zone),
         )
+        d.prefix = list(self.prefix)
         self.daemons.append(d)
         d.env_once = dict(env or {})
         d.start()
