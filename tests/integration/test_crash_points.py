@@ -7,7 +7,10 @@ its store is, and every side ends with the same data."""
 from __future__ import annotations
 
 import base64
+import contextlib
+import json
 import signal
+from typing import Any
 
 import httpx
 import pytest
@@ -23,6 +26,14 @@ def _killed_at(d: Daemon, point: str) -> None:
     wait_for(lambda: d.proc is not None and d.proc.poll() is not None, 20, f"{d.name} killed")
     assert d.proc.returncode == -signal.SIGKILL, d.log_text()[-2000:]
     assert d.events("TEST-ONLY crash point reached: SIGKILL", point=point)
+
+
+def _events_since(d: Daemon, offset: int) -> list[dict[str, Any]]:
+    out = []
+    for line in d.log_path.read_bytes()[offset:].decode(errors="replace").splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            out.append(json.loads(line))
+    return out
 
 
 def _value(d: Daemon, mesh: str, name: str) -> str | None:
@@ -62,10 +73,14 @@ def test_zone_killed_between_a_batch_commit_and_its_ack_resumes(cluster: Cluster
     _killed_at(z, "zone-batch-before-ack")
     size = z.log_path.stat().st_size
     z.start()
-    wait_for(lambda: _value(z, "default", "s1") == "v1", 20, "the batch on the zone")
     # It resumed from what its store committed (no snapshot), and syncs on.
-    later = z.log_path.read_bytes()[size:].decode()
-    assert '"mode": "RESUME"' in later or '"mode":"RESUME"' in later, later[-2000:]
+    connected = wait_for(
+        lambda: [e for e in _events_since(z, size) if e.get("event") == "connected to global"],
+        20,
+        "zone-a connected again",
+    )
+    assert connected[0]["mode"] == "RESUME", connected
+    wait_for(lambda: _value(z, "default", "s1") == "v1", 20, "the batch on the zone")
     assert g.put("/meshes/default/secrets/s2", {"data": b64("v2")}).status_code == 201
     wait_for(lambda: _value(z, "default", "s2") == "v2", 20, "the next write on the zone")
     head = g.get_json("/readyz")["revision"]
