@@ -67,7 +67,7 @@ CRASH_POINTS = {
 class ZoneProc:
     """One zone process slot: its daemon, the proxy it dials global through, its lives."""
 
-    def __init__(self, name: str, daemon: Daemon, proxy: Proxy):
+    def __init__(self, name: str, daemon: Daemon, proxy: Proxy | None):
         self.name = name
         self.daemon = daemon
         self.proxy = proxy
@@ -100,6 +100,7 @@ class Injector:
     _global_stopped: bool
     _global_full: bool
     _global_armed: bool
+    _unexpected: int
 
     def _fault(self) -> None:
         what = self.rng.choice(FAULTS)
@@ -126,7 +127,7 @@ class Injector:
             self._arm_zone(zone, CRASH_POINTS[what], empty=False)
         elif what == "crash-zone-snapshot" and z_ok:
             self._arm_zone(zone, CRASH_POINTS[what], empty=True)
-        elif what == "partition" and zone.proxy._accepting:
+        elif what == "partition" and zone.proxy is not None and zone.proxy._accepting:
             zone.proxy.down()
             self._heal.append((now + self.rng.uniform(0.3, 3.0), "partition", zone))
         elif what == "stop-zone" and zone.up:
@@ -178,13 +179,23 @@ class Injector:
 
     def _revive(self) -> None:
         """Start again, unarmed, a process that died at its crash point."""
-        if self.g.proc is not None and self.g.proc.poll() is not None and not self._global_full:
+        proc = self.g.proc
+        if proc is not None and proc.poll() is not None and not self._global_full:
+            self._exited(self.g, self._global_armed)
             self.g.start()
             self._global_armed = False
         for z in self.zones:
             proc = z.daemon.proc
             if not z.stopped and not z.full and proc is not None and proc.poll() is not None:
+                self._exited(z.daemon, z.armed)
                 self._start_zone(z)
+
+    def _exited(self, d: Daemon, armed: bool) -> None:
+        """Count ``d``'s death if it was not at its crash point: it died by itself."""
+        assert d.proc is not None
+        if not (armed and d.proc.returncode == -signal.SIGKILL):
+            self._unexpected += 1
+            self.say(f"{d.name} exited by itself ({d.proc.returncode}): restarted")
 
     def _disarm(self) -> None:
         """The end: restart, unarmed, every process whose crash point has not fired."""
@@ -201,6 +212,7 @@ class Injector:
     def _arm_zone(self, zone: ZoneProc, point: str, empty: bool) -> None:
         """Restart ``zone`` with ``point`` armed (cut off from global while it starts, so the
         crash cannot come before its API answers); ``empty``: on an empty data dir."""
+        assert zone.proxy is not None
         was_up = zone.proxy._accepting
         zone.proxy.down()
         zone.daemon.stop(signal.SIGKILL)

@@ -62,6 +62,7 @@ class Summary:
     history: History = field(repr=False)
     repairs: int = 0  # synced resources anti-entropy repaired on the zones
     crashes: Counter[str] = field(default_factory=Counter)  # crash points reached, by name
+    unexpected_exits: int = 0  # daemons that died by themselves (restarted, and counted here)
 
     def text(self) -> str:
         faults = ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items())) or "none"
@@ -72,6 +73,7 @@ class Summary:
             f"{sum(1 for a in self.history.applied if not a.start)} applied batches; "
             f"anti-entropy repaired {self.repairs} synced resources; crash points reached: "
             + (", ".join(f"{k} {v}" for k, v in sorted(self.crashes.items())) or "none"),
+            f"daemons that exited by themselves: {self.unexpected_exits}",
             f"violations: {len(self.violations)}",
             *(f"  {v.kind}: {v.detail}" for v in self.violations[:50]),
         ]
@@ -96,26 +98,14 @@ class FaultRun(Injector):
         self._meshes = {"default"}
         self._repairs = 0
         self._crashes: Counter[str] = Counter()
+        self._unexpected = 0
 
     # ------------------------------------------------------------------ the run
 
     def run(self) -> Summary:
-        names = [f"zone-{i + 1}" for i in range(self.zone_count)]
-        self.disks = SmallDisks([self.work / n for n in ("global", *names)])
-        cluster = Cluster(self.work)
-        cluster.prefix, cluster.view = self.disks.prefix, self.disks.view
-        zones: list[ZoneProc] = []
         try:
             try:
-                g = cluster.start_global("--anti-entropy-interval", "1s")
-                for name in names:
-                    proxy = Proxy(cluster.kds_port)
-                    address = f"grpcs://127.0.0.1:{proxy.port}"
-                    d = cluster.start_zone(name, "--global-address", address)
-                    zones.append(ZoneProc(name, d, proxy))
-                self.cluster, self.g, self.zones = cluster, g, zones
-                for c in (g.http, *(z.daemon.http for z in zones)):
-                    c.timeout = httpx.Timeout(2.0)
+                self._up()
                 self._large()
                 ends = time.monotonic() + self.duration
                 while time.monotonic() < ends:
@@ -126,19 +116,17 @@ class FaultRun(Injector):
                     else:
                         self._operation()
                     if self.rng.random() < 0.4:
-                        self._poll(self.rng.choice(zones))
+                        self._poll(self.rng.choice(self.zones))
                 self._heal_due(float("inf"))
                 self._disarm()
                 self._settle()
                 self._final()
             finally:
-                cluster.close()
-                for z in zones:
-                    z.proxy.close()
+                self._down()
             self._read_logs()
             self._read_stores()
         finally:
-            self.disks.close()
+            self._cleanup()
         violations = check(self.history)
         return Summary(
             self.seed,
@@ -150,7 +138,36 @@ class FaultRun(Injector):
             self.history,
             self._repairs,
             self._crashes,
+            self._unexpected,
         )
+
+    def _up(self) -> None:
+        """Start the topology: one global, the zones (each through a proxy, every data dir
+        on a small disk of its own)."""
+        names = [f"zone-{i + 1}" for i in range(self.zone_count)]
+        self.disks = SmallDisks([self.work / n for n in ("global", *names)])
+        self.cluster = cluster = Cluster(self.work)
+        cluster.prefix, cluster.view = self.disks.prefix, self.disks.view
+        self.zones = []
+        self.g = cluster.start_global("--anti-entropy-interval", "1s")
+        self.g.http.timeout = httpx.Timeout(2.0)
+        for name in names:
+            proxy = Proxy(cluster.kds_port)
+            address = f"grpcs://127.0.0.1:{proxy.port}"
+            d = cluster.start_zone(name, "--global-address", address)
+            d.http.timeout = httpx.Timeout(2.0)
+            self.zones.append(ZoneProc(name, d, proxy))
+
+    def _down(self) -> None:
+        if hasattr(self, "cluster"):
+            self.cluster.close()
+        for z in getattr(self, "zones", []):
+            if z.proxy is not None:
+                z.proxy.close()
+
+    def _cleanup(self) -> None:
+        if hasattr(self, "disks"):
+            self.disks.close()
 
     # ------------------------------------------------------------------ operations
 
@@ -285,7 +302,8 @@ class FaultRun(Injector):
         """Every fault healed: wait until each zone holds global's head and a check after
         the last write found it equal (the damage anti-entropy repairs included)."""
         for z in self.zones:
-            z.proxy.up()
+            if z.proxy is not None:
+                z.proxy.up()
         # A write global took before a stop or a partition may commit only now: its head is
         # read again until it holds still.
         for z in self.zones:
@@ -329,36 +347,43 @@ class FaultRun(Injector):
             for item in page["items"]:
                 h.global_secrets[(mesh, item["name"])] = base64.b64decode(item["data"]).decode()
 
+    def _zone_lives(self, z: ZoneProc) -> list[tuple[int, dict[str, Any]]]:
+        """The zone's log lines, each with the process life that wrote it."""
+        text = z.daemon.log_path.read_bytes()
+        bounds = [*z.log_offsets[1:], (None, len(text))]
+        return [
+            (life, e)
+            for (life, start), (_, end) in zip(z.log_offsets, bounds, strict=True)
+            for e in _json_lines(text[start:end].decode(errors="replace"))
+        ]
+
     def _read_logs(self) -> None:
         for z in self.zones:
-            text = z.daemon.log_path.read_bytes()
-            bounds = [*z.log_offsets[1:], (None, len(text))]
-            for (life, start), (_, end) in zip(z.log_offsets, bounds, strict=True):
-                for e in _json_lines(text[start:end].decode(errors="replace")):
-                    if e.get("event") == "applied batch":
-                        self.history.applied.append(
-                            Applied(
-                                z.name,
-                                life,
-                                int(e["from_revision"]),
-                                int(e["revision"]),
-                                bool(e["snapshot"]),
-                                bool(e["final"]),
-                                bool(e.get("repair")),
-                            )
+            for life, e in self._zone_lives(z):
+                if e.get("event") == "applied batch":
+                    self.history.applied.append(
+                        Applied(
+                            z.name,
+                            life,
+                            int(e["from_revision"]),
+                            int(e["revision"]),
+                            bool(e["snapshot"]),
+                            bool(e["final"]),
+                            bool(e.get("repair")),
                         )
-                    elif e.get("event") == "repaired synced resources from global (anti-entropy)":
-                        self._repairs += int(e.get("count", 0))
-                    elif str(e.get("event", "")).startswith("damaged synced rows removed"):
-                        # Cleared at start (the corrupt fault, then a restart): a snapshot.
-                        self.history.reset_lives.add((z.name, life))
-                    elif e.get("event") == "TEST-ONLY crash point reached: SIGKILL":
-                        self._crashes[str(e.get("point"))] += 1
-                    elif e.get("event") == "connected to global":
-                        rev = int(e["revision"])
-                        self.history.applied.append(
-                            Applied(z.name, life, rev, rev, False, True, start=True)
-                        )
+                    )
+                elif e.get("event") == "repaired synced resources from global (anti-entropy)":
+                    self._repairs += int(e.get("count", 0))
+                elif str(e.get("event", "")).startswith("damaged synced rows removed"):
+                    # Cleared at start (the corrupt fault, then a restart): a snapshot.
+                    self.history.reset_lives.add((z.name, life))
+                elif e.get("event") == "TEST-ONLY crash point reached: SIGKILL":
+                    self._crashes[str(e.get("point"))] += 1
+                elif e.get("event") == "connected to global":
+                    rev = int(e["revision"])
+                    self.history.applied.append(
+                        Applied(z.name, life, rev, rev, False, True, start=True)
+                    )
 
     def _read_stores(self) -> None:
         def keyed(leaves: list[Any]) -> dict[tuple[str, str, str], bytes]:

@@ -84,12 +84,16 @@ class Daemon:
     def read_only_token(self) -> str:
         return (self.data_dir / "read-only-token").read_text().strip()
 
-    def start(self) -> Daemon:
+    def launch(self) -> None:
+        """Start the process without waiting for its API (see ``start``)."""
         logf = open(self.log_path, "ab")  # noqa: SIM115  # the child owns it
         env = {**os.environ, **self.env_once} if self.env_once else None
         self.env_once = {}
         self.proc = subprocess.Popen([*self.prefix, *self.argv], stdout=logf, stderr=logf, env=env)
         logf.close()
+
+    def start(self) -> Daemon:
+        self.launch()
         wait_for(self._ready, 15, f"{self.name} API at {self.api_url}")
         # The API needs the daemon's admin token, created in its data dir at first start.
         self.http.headers["Authorization"] = f"Bearer {self.admin_token}"
