@@ -14,12 +14,21 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from kds.errors import StoreError
-from kds.store.postgres._db import LOCK_SCHEMA, LOCK_WRITE, Database, PgTarget, get_meta, set_meta
+from kds.store.postgres._db import (
+    LOCK_SCHEMA,
+    LOCK_WRITE,
+    Database,
+    PgConn,
+    PgTarget,
+    get_meta,
+    set_meta,
+)
 
 __all__ = ["import_sqlite_global"]
 
@@ -85,14 +94,14 @@ def _copy(src: sqlite3.Connection, path: Path, target: PgTarget) -> tuple[str, d
                     cur.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", rows)
                 counts[table] = len(rows)
             for key in _META:
-                set_meta(conn, key, meta.get(key, ""))
-            counts["head"] = int(get_meta(conn, "head"))
+                set_meta(PgConn(conn), key, meta.get(key, ""))
+            counts["head"] = int(get_meta(PgConn(conn), "head"))
     finally:
         conn.close()
     return meta["store_id"], counts
 
 
-def _holds_a_store(conn: psycopg.Connection[object], schema: str) -> bool:
+def _holds_a_store(conn: psycopg.Connection[Any], schema: str) -> bool:
     row = conn.execute(
         "SELECT 1 FROM information_schema.tables WHERE table_schema=%s AND table_name='meta'",
         (schema,),
@@ -100,4 +109,4 @@ def _holds_a_store(conn: psycopg.Connection[object], schema: str) -> bool:
     if row is None:
         return False
     conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
-    return bool(get_meta(conn, "role"))
+    return bool(get_meta(PgConn(conn), "role"))

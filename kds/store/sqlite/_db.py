@@ -16,19 +16,19 @@ from __future__ import annotations
 
 import errno
 import itertools
-import json
 import os
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
 from kds.errors import StoreError, StoreFull
-from kds.model import Kind, Resource
-from kds.store.sqlite._digest import add_missing_digests, row_digest
+from kds.store._marker import held_store, write_marker
+from kds.store._rows import COLS, DIGEST, Conn, DamagedRow, get_meta, set_meta
+from kds.store.sqlite._digest import add_missing_digests, scan
 
 __all__ = [
     "COLS",
@@ -37,8 +37,6 @@ __all__ = [
     "get_meta",
     "is_disk_full",
     "is_malformed",
-    "row_to_resource",
-    "row_values",
     "set_meta",
 ]
 
@@ -109,51 +107,6 @@ _ADDED_COLUMNS = (
     ("resources", "digest", "BLOB NOT NULL DEFAULT x''"),  # kds.store.sqlite._digest
 )
 
-# The resources columns a Resource is read from and written to, in this order; the last,
-# digest, is the digest of the eleven before it as stored.
-COLS = (
-    "kind, mesh, name, origin, data, labels, spec, creation_time, modification_time, version, "
-    "sealed, digest"
-)
-DIGEST = 11  # the digest's position in COLS
-
-
-def row_to_resource(r: sqlite3.Row | tuple[Any, ...], data: bytes) -> Resource:
-    """A resources row selected as COLS, with ``data`` already opened."""
-    return Resource(
-        kind=Kind(r[0]),
-        mesh=r[1],
-        name=r[2],
-        data=data,
-        labels=json.loads(r[5]),
-        spec=json.loads(r[6]),
-        creation_time=r[7],
-        modification_time=r[8],
-        version=r[9],
-    )
-
-
-def _json_map(m: Any) -> str:
-    return json.dumps(dict(m), sort_keys=True) if m else "{}"
-
-
-def row_values(r: Resource, origin: str, data: bytes, sealed: str) -> tuple[Any, ...]:
-    """The values of COLS for one row (``data`` as stored: sealed or not)."""
-    values = (
-        str(r.kind),
-        r.mesh,
-        r.name,
-        origin,
-        data,
-        _json_map(r.labels),
-        _json_map(r.spec),
-        r.creation_time,
-        r.modification_time,
-        r.version,
-        sealed,
-    )
-    return (*values, row_digest(values))
-
 
 def is_malformed(e: BaseException) -> bool:
     """Whether ``e`` says SQLite finds the file itself damaged (not a database, or a
@@ -178,28 +131,25 @@ def is_disk_full(e: BaseException) -> bool:
     return isinstance(e, OSError) and e.errno == errno.ENOSPC
 
 
-def get_meta(conn: sqlite3.Connection, key: str, default: str = "") -> str:
-    row = conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-    return row[0] if row else default
+class Database:
+    """One store file of ``role``: its connections (one per thread) and its transactions
+    (kds.store._rows.Db)."""
 
-
-def set_meta(conn: sqlite3.Connection, key: str, value: object) -> None:
-    conn.execute(
-        "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-        (key, str(value)),
+    backend: ClassVar[str] = "sqlite"
+    NO_LIMIT: ClassVar[int | None] = -1
+    STATUS_UPSERT: ClassVar[str] = (
+        "INSERT INTO zone_status VALUES (?, ?) "
+        "ON CONFLICT (name) DO UPDATE SET status=excluded.status"
     )
 
-
-class Database:
-    """One store file: its connections (one per thread) and its transactions."""
-
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, role: str):
         self.path = Path(path)
+        self.location = str(self.path)
+        self.role = role
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._tx_serials = itertools.count(1)
-        self.role = ""
         self.marker = self.path.with_name(self.path.name + ".id")
 
     def conn(self) -> sqlite3.Connection:
@@ -249,12 +199,75 @@ class Database:
         serial: int = getattr(self._local, "tx", 0)
         return serial
 
-    def open(self, role: str, new_store: bool = False) -> str:
-        """Create or migrate the schema, check the file belongs to ``role``; the store id.
+    @contextmanager
+    def read(self, snapshot: bool = False) -> Iterator[sqlite3.Connection]:
+        """This thread's connection; ``snapshot``: in a read transaction (one point in time)."""
+        conn = self.conn()
+        if not snapshot:
+            yield conn
+            return
+        with self.tx(conn, "DEFERRED"):
+            yield conn
+
+    @contextmanager
+    def write(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """A write transaction (IMMEDIATE: writers queue on the file's lock). Not ``durable``:
+        committed with synchronous=NORMAL, for this transaction only (no fsync; a power loss
+        may take it)."""
+        conn = self.conn()
+        if durable:
+            with self.tx(conn):
+                yield conn
+            return
+        conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with self.tx(conn):
+                yield conn
+        finally:
+            conn.execute("PRAGMA synchronous=FULL")
+
+    def notify(self, conn: Conn, what: str) -> None:
+        """No other instance shares a SQLite file: nobody to tell."""
+
+    def scan(self) -> list[DamagedRow]:
+        return scan(self.conn())
+
+    def delete_rows(self, conn: Conn, rows: Sequence[DamagedRow]) -> None:
+        # By rowid: a damaged row's key columns may be damaged too.
+        conn.executemany("DELETE FROM resources WHERE rowid=?", [(d.rowid,) for d in rows])
+
+    def after_reseal(self) -> None:
+        self.conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")  # no old page lingers in the WAL
+
+    def open_failed(self, e: BaseException) -> BaseException | None:
+        if not isinstance(e, sqlite3.Error | OSError):
+            return None
+        if is_malformed(e):
+            return StoreError(self._malformed(e))
+        return StoreError(f"cannot open store {self.path}: {e}")
+
+    def _malformed(self, e: BaseException) -> str:
+        """What to do about a file SQLite itself finds damaged (beyond one row's digest):
+        no row can be trusted or repaired in place, so the daemon refuses to start."""
+        head = f"store {self.path} is damaged beyond repair by row ({e}): "
+        if self.role == "zone":
+            return head + (
+                f"move it aside (mv {self.path} {self.path}.damaged) and start again with "
+                "--new-store: the zone takes a full snapshot from global; its zone-local "
+                "resources come back only from a backup"
+            )
+        return head + (
+            f"restore it from a backup (or recover what SQLite can: sqlite3 {self.path} "
+            "'.recover' | sqlite3 NEW.db); --new-store starts an empty store instead, and "
+            "every zone then follows it"
+        )
+
+    def open(self, new_store: bool = False) -> str:
+        """Create or migrate the schema, check the file belongs to this role; the store id.
 
         Refused (StoreError) when the file is missing or empty but its marker says this data
         dir held a store, unless ``new_store``: an operator accepts a new empty store."""
-        self.role = role
+        role = self.role
         fresh = not self.path.exists()
         self._check_marker(fresh or self.path.stat().st_size == 0, new_store)
         conn = self.conn()
@@ -281,16 +294,13 @@ class Database:
                     f"store {self.path} belongs to a {row[0]} control plane, not a {role} one"
                 )
             store_id = get_meta(conn, "store_id")
-        self._write_marker(store_id)
+        write_marker(self.marker, store_id)
         return store_id
 
     def _check_marker(self, empty: bool, new_store: bool) -> None:
         if not empty or not self.marker.exists() or new_store:
             return
-        try:
-            held = self.marker.read_text().strip()[:64]
-        except OSError:
-            held = "?"
+        held = held_store(self.marker)
         what = "missing" if not self.path.exists() else "empty"
         loses = (
             "every zone would take a snapshot of the empty store and delete what it synced"
@@ -302,20 +312,6 @@ class Database:
             f"{held!r}: restore {self.path} from a backup, or start with --new-store (or "
             f"remove {self.marker}) to accept a new empty store ({loses})"
         )
-
-    def _write_marker(self, store_id: str) -> None:
-        try:
-            if self.marker.exists() and self.marker.read_text().strip() == store_id:
-                return
-            tmp = self.marker.with_name(self.marker.name + ".tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(store_id + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.marker)
-        except OSError as e:
-            raise StoreError(f"cannot write the store marker {self.marker}: {e.strerror}") from e
 
     def close(self) -> None:
         with self._lock:
