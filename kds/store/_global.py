@@ -13,12 +13,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypedDict
 
+import structlog
+
 from kds import integrity, wire
 from kds.crypto import DataCipher
 from kds.model import Key, Kind, Resource
 from kds.store._changelog import ChangeLog
 from kds.store._engine import ResourceEngine, TxView
-from kds.store._rows import Conn, Db, get_meta
+from kds.store._rows import COLS, DIGEST, WIRE, Conn, Db, get_meta, row_digest
 from kds.store._sealing import aad
 from kds.store.interface import OnCommit
 from kds.store.results import (
@@ -31,6 +33,8 @@ from kds.store.results import (
 )
 
 __all__ = ["DEFAULT_LOG_SIZE", "GlobalEngine", "GlobalOptions"]
+
+log = structlog.get_logger("kds.store")
 
 DEFAULT_LOG_SIZE = 10_000
 
@@ -119,23 +123,27 @@ class GlobalEngine(ResourceEngine):
         return self.changelog.commit_time(revision)
 
     def snapshot(self) -> Snapshot:
+        """Every resource's kept encoded change (``wire``), at one revision. A row whose
+        digest does not match is left out, reported by key: its damaged bytes are never
+        sent to a zone (putting the resource again repairs it)."""
         with self.db.read(snapshot=True) as conn:
             head = int(get_meta(conn, "head"))
             chain = bytes.fromhex(get_meta(conn, "chain"))
-            rows = conn.execute(
-                "SELECT version, kind, mesh, name, wire, sealed FROM resources "
-                "WHERE origin='global'"
-            ).fetchall()
-        open_value = self.sealer.open
-        records = [
-            ChangeRecord(
-                int(v),
-                Key(Kind(k), m, n),
-                False,
-                open_value(bytes(w), sl, aad("wire", k, m, n, ORIGIN_GLOBAL)),
-            )
-            for v, k, m, n, w, sl in rows
-        ]
+            rows = conn.execute(f"SELECT {COLS} FROM resources WHERE origin='global'").fetchall()
+        records = []
+        for r in rows:
+            k, m, n = r[0], r[1], r[2]
+            if row_digest(r[:DIGEST]) != bytes(r[DIGEST]) or r[WIRE] is None:
+                log.error(
+                    "damaged row left out of a snapshot: it is not sent",
+                    key=f"{k} {m + '/' if m else ''}{n}",
+                    store=self.location,
+                    fix="put the resource again, or restore the store from a backup",
+                )
+                continue
+            where = aad("wire", k, m, n, ORIGIN_GLOBAL)
+            change = self.sealer.open(bytes(r[WIRE]), r[10], where)
+            records.append(ChangeRecord(int(r[9]), Key(Kind(k), m, n), False, change))
         return Snapshot(head, self._store_id, sort_records(records), chain)
 
     # ------------------------------------------------------------------ internal secrets

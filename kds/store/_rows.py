@@ -7,8 +7,8 @@ CONFLICT ... DO UPDATE``, ``IN (?, ?)``); the PostgreSQL backend's connections t
 into psycopg's ``%s`` (kds.store.postgres._db.PgConn). The few points where the dialects
 differ are attributes of each backend's Database (``NO_LIMIT``, ``STATUS_UPSERT``).
 
-Each resources row carries a digest (BLAKE2b, 16 bytes) of its stored columns (the data as
-stored, sealed or not), written with the row and checked whenever the row is read: a row
+Each resources row carries a digest (BLAKE2b, 16 bytes) of its stored columns (the data and
+global's encoded change, ``wire``, as stored, sealed or not), written with the row and checked whenever the row is read: a row
 that does not match is damaged, and is never served as if it were right. The digest is not
 a MAC: it catches damage (a disk, a bad copy), not a forger who rewrites the digest too;
 encryption at rest (kds.store._sealing) authenticates sealed data.
@@ -29,13 +29,17 @@ __all__ = [
     "COLS",
     "COL_NAMES",
     "DIGEST",
+    "ROW_FORMAT",
     "UPSERT_RESOURCE",
+    "WIRE",
     "Conn",
     "Cursor",
     "DamagedRow",
     "Db",
     "get_meta",
+    "redigested",
     "row_digest",
+    "row_digest_v1",
     "row_to_resource",
     "row_values",
     "set_meta",
@@ -60,29 +64,32 @@ class Conn(Protocol):
 
 
 # The resources columns a Resource is read from and written to, in this order; the last,
-# digest, is the digest of the eleven before it as stored.
+# digest, is the digest of the twelve before it as stored (``wire`` included: the encoded
+# change global sends every zone must not be damaged unnoticed either).
 COLS = (
     "kind, mesh, name, origin, data, labels, spec, creation_time, modification_time, version, "
-    "sealed, digest"
+    "sealed, wire, digest"
 )
 COL_NAMES = [c.strip() for c in COLS.split(",")]
-DIGEST = 11  # the digest's position in COLS
+WIRE = 11  # wire's position in COLS (global: the encoded Change; a zone: NULL)
+DIGEST = 12  # the digest's position in COLS
 
-# Insert or replace one resources row (COLS, wire, sync_gen): SQLite and PostgreSQL alike.
+# The row format stores record (SQLite: meta ``schema_version``; PostgreSQL: its schema
+# version 3): 2 is the digest over ``wire`` too. Format 1 digested the columns before wire.
+ROW_FORMAT = 2
+
+# Insert or replace one resources row (COLS, sync_gen): SQLite and PostgreSQL alike.
 UPSERT_RESOURCE = (
-    f"INSERT INTO resources ({COLS}, wire, sync_gen) VALUES ({', '.join(['?'] * 14)}) "
+    f"INSERT INTO resources ({COLS}, sync_gen) VALUES ({', '.join(['?'] * 14)}) "
     "ON CONFLICT (kind, mesh, name, origin) DO UPDATE SET "
-    + ", ".join(f"{c}=excluded.{c}" for c in [*COL_NAMES[4:], "wire", "sync_gen"])
+    + ", ".join(f"{c}=excluded.{c}" for c in [*COL_NAMES[4:], "sync_gen"])
 )
 
-_PERSON = b"kds-row-v1"
 _NULL = b"\xff\xff\xff\xff"
 
 
-def row_digest(values: Sequence[Any]) -> bytes:
-    """The digest of one row's stored COLS values (text, integers and blobs alike: each as
-    the bytes SQLite would give for it cast to a blob, so a scan can read raw bytes)."""
-    h = hashlib.blake2b(digest_size=16, person=_PERSON)
+def _digest(person: bytes, values: Sequence[Any]) -> bytes:
+    h = hashlib.blake2b(digest_size=16, person=person)
     for v in values:
         if v is None:
             h.update(_NULL)
@@ -96,6 +103,31 @@ def row_digest(values: Sequence[Any]) -> bytes:
         h.update(len(b).to_bytes(4, "big"))
         h.update(b)
     return h.digest()
+
+
+def row_digest(values: Sequence[Any]) -> bytes:
+    """The digest of one row's stored COLS values before the digest, ``wire`` included
+    (text, integers and blobs alike: each as the bytes SQLite would give for it cast to a
+    blob, so a scan can read raw bytes)."""
+    return _digest(b"kds-row-v2", values)
+
+
+def row_digest_v1(values: Sequence[Any]) -> bytes:
+    """Format 1's digest, over the columns before ``wire`` (read only to migrate)."""
+    return _digest(b"kds-row-v1", values)
+
+
+def redigested(rows: Iterable[Sequence[Any]]) -> list[tuple[bytes, Any]]:
+    """Migrating format 1 to 2: given rows selected as (where, *COLS), the new digest and
+    ``where`` of each row whose format-1 digest matches. A row that does not match keeps
+    its old digest, which cannot match the new one: damage found before the migration is
+    still damage after it, never laundered into a valid digest."""
+    out = []
+    for r in rows:
+        values, digest = r[1 : 1 + DIGEST], r[1 + DIGEST]
+        if digest is not None and row_digest_v1(values[:WIRE]) == bytes(digest):
+            out.append((row_digest(values), r[0]))
+    return out
 
 
 @dataclass(frozen=True)
@@ -134,8 +166,10 @@ def _json_map(m: Any) -> str:
     return json.dumps(dict(m), sort_keys=True) if m else "{}"
 
 
-def row_values(r: Resource, origin: str, data: bytes, sealed: str) -> tuple[Any, ...]:
-    """The values of COLS for one row (``data`` as stored: sealed or not)."""
+def row_values(
+    r: Resource, origin: str, data: bytes, sealed: str, wire: bytes | None
+) -> tuple[Any, ...]:
+    """The values of COLS for one row (``data`` and ``wire`` as stored: sealed or not)."""
     values = (
         str(r.kind),
         r.mesh,
@@ -148,6 +182,7 @@ def row_values(r: Resource, origin: str, data: bytes, sealed: str) -> tuple[Any,
         r.modification_time,
         r.version,
         sealed,
+        wire,
     )
     return (*values, row_digest(values))
 

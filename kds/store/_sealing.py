@@ -17,7 +17,7 @@ from typing import Any
 from kds.crypto import DataCipher
 from kds.errors import StoreDamaged, StoreError
 from kds.model import Resource
-from kds.store._rows import COLS, DIGEST, Db, row_digest, row_to_resource, row_values
+from kds.store._rows import COLS, DIGEST, WIRE, Db, row_digest, row_to_resource, row_values
 
 __all__ = ["Sealer", "aad", "reseal"]
 
@@ -78,12 +78,12 @@ class Sealer:
     def row_values(
         self, r: Resource, origin: str, wire_bytes: bytes | None, *extra: Any
     ) -> tuple[Any, ...]:
-        """COLS, wire and ``extra`` for one row, data and wire sealed with one key."""
+        """COLS and ``extra`` for one row, data and wire sealed with one key."""
         key = (str(r.kind), r.mesh, r.name, origin)
         data, sealed = self.seal(r.data, aad("data", *key))
         if wire_bytes is not None:
             wire_bytes, _ = self.seal(wire_bytes, aad("wire", *key))
-        return (*row_values(r, origin, data, sealed), wire_bytes, *extra)
+        return (*row_values(r, origin, data, sealed, wire_bytes), *extra)
 
 
 def reseal(db: Db, sealer: Sealer) -> None:
@@ -114,7 +114,7 @@ def reseal(db: Db, sealer: Sealer) -> None:
     current = cipher.current
     with db.write() as conn:
         rows = conn.execute(
-            f"SELECT {COLS}, wire FROM resources WHERE sealed != ?", (current,)
+            f"SELECT {COLS} FROM resources WHERE sealed != ?", (current,)
         ).fetchall()
         for r in rows:
             try:
@@ -122,15 +122,15 @@ def reseal(db: Db, sealer: Sealer) -> None:
             except StoreDamaged:
                 continue  # left as it is: reported by the start-up check
             key = (r[0], r[1], r[2], r[3])
-            wire = r[DIGEST + 1]
+            wire = r[WIRE]
             plain_wire = (
                 None if wire is None else sealer.open(bytes(wire), r[10], aad("wire", *key))
             )
             values = sealer.row_values(res, r[3], plain_wire)
             conn.execute(
-                "UPDATE resources SET data=?, sealed=?, digest=?, wire=? "
+                "UPDATE resources SET data=?, sealed=?, wire=?, digest=? "
                 "WHERE kind=? AND mesh=? AND name=? AND origin=?",
-                (values[4], values[10], values[DIGEST], values[DIGEST + 1], *key),
+                (values[4], values[10], values[WIRE], values[DIGEST], *key),
             )
         changes = conn.execute(
             "SELECT revision, change, sealed FROM changelog WHERE sealed != ?", (current,)

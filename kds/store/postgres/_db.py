@@ -16,7 +16,9 @@ the lock; a read of several statements runs in one REPEATABLE READ snapshot.
 
 The schema is created and migrated at open, under another advisory lock, so two instances
 starting at once on an empty database make one schema and one store id. ``meta`` records
-the schema version; a store made by a newer release is refused rather than misread.
+the schema version; a store made by a newer release is refused rather than misread, and an
+older one is migrated in the opening transaction (version 3: row digests cover ``wire``,
+existing rows re-digested).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import itertools
 import logging
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +43,16 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from kds.errors import StoreError, StoreFull, StoreUnavailable
 from kds.store._marker import held_store, write_marker
-from kds.store._rows import COLS, Conn, DamagedRow, get_meta, row_digest, set_meta
+from kds.store._rows import (
+    COLS,
+    DIGEST,
+    Conn,
+    DamagedRow,
+    get_meta,
+    redigested,
+    row_digest,
+    set_meta,
+)
 
 __all__ = [
     "LOCK_LEADER",
@@ -59,8 +70,21 @@ LOCK_WRITE = 1  # every write transaction
 LOCK_SCHEMA = 2  # creating or migrating the schema at open
 LOCK_LEADER = 3  # a zone's stream to global: held by its leader instance (session lock)
 
+
+def _digest_wire(conn: PgConn) -> None:
+    """Row digests cover ``wire`` too (kds.store._rows, format 2): every row whose digest
+    still matches its columns without wire is re-digested; a row that did not match stays
+    damaged."""
+    rows = conn.execute(f"SELECT ARRAY[kind, mesh, name, origin], {COLS} FROM resources").fetchall()
+    conn.executemany(
+        "UPDATE resources SET digest=? WHERE kind=? AND mesh=? AND name=? AND origin=?",
+        [(digest, *where) for digest, where in redigested(rows)],
+    )
+
+
 # Migrations by the version they bring the schema to; ``meta.schema_version`` says which ran.
-_MIGRATIONS: dict[int, str] = {
+# SQL, or a function run on the migrating transaction's connection.
+_MIGRATIONS: dict[int, str | Callable[[PgConn], None]] = {
     1: """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS resources (
@@ -118,6 +142,7 @@ CREATE TABLE IF NOT EXISTS zone_events (
 );
 CREATE INDEX IF NOT EXISTS zone_events_by_zone ON zone_events (zone, kind, id);
 """,
+    3: _digest_wire,
 }
 SCHEMA_VERSION = max(_MIGRATIONS)
 
@@ -299,7 +324,7 @@ class Database:
             return [
                 DamagedRow(0, r[0], r[1], r[2], r[3])
                 for r in conn.execute(f"SELECT {COLS} FROM resources")
-                if row_digest(r[:11]) != bytes(r[11])
+                if row_digest(r[:DIGEST]) != bytes(r[DIGEST])
             ]
 
     def delete_rows(self, conn: Conn, rows: Sequence[DamagedRow]) -> None:
@@ -357,7 +382,11 @@ class Database:
                 f"(this one knows up to {SCHEMA_VERSION}): upgrade this instance"
             )
         for v in range(version + 1, SCHEMA_VERSION + 1):
-            raw.execute(_MIGRATIONS[v])
+            step = _MIGRATIONS[v]
+            if isinstance(step, str):
+                raw.execute(step)
+            else:
+                step(conn)
             set_meta(conn, "schema_version", v)
         role = get_meta(conn, "role")
         if not role:

@@ -20,6 +20,7 @@ import psycopg
 from psycopg import sql
 
 from kds.errors import StoreError
+from kds.store._rows import ROW_FORMAT
 from kds.store.postgres._db import (
     LOCK_SCHEMA,
     LOCK_WRITE,
@@ -63,10 +64,14 @@ def import_sqlite_global(path: Path, target: PgTarget) -> tuple[str, dict[str, i
 
 def _copy(src: sqlite3.Connection, path: Path, target: PgTarget) -> tuple[str, dict[str, int]]:
     meta = dict(src.execute("SELECT key, value FROM meta").fetchall())
-    if meta.get("role") != "global":
-        raise StoreError(f"{path} is not a global store (role {meta.get('role')!r})")
-    if meta.get("row_digests") != "1":
-        raise StoreError(f"{path} predates row digests: start globalcp on it once, then migrate")
+    role = str(meta.get("role", "")).split(" ", 1)[0]
+    if role != "global":
+        raise StoreError(f"{path} is not a global store (role {role[:40]!r})")
+    if meta.get("row_digests") != "1" or meta.get("schema_version") != str(ROW_FORMAT):
+        raise StoreError(
+            f"{path} was made by an older kds-sync (its row digests are of another format): "
+            "start this globalcp on it once, then migrate"
+        )
     db = Database(target, "global")
     conn = db.connect()
     counts: dict[str, int] = {}

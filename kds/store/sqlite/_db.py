@@ -6,7 +6,11 @@ left readable. Each thread that touches the store gets its own connection (the a
 use one writer thread and one reader thread). The meta table holds the store's role, its
 id and the small per-store values (head, log floor, chains, a zone's applied revision).
 
-Each resources row carries a digest of its stored columns (kds.store.sqlite._digest). Beside
+Each resources row carries a digest of its stored columns (kds.store._rows,
+kds.store.sqlite._digest). Meta records the store's format (``schema_version``, absent
+before format 2): a store of a newer format is refused, an older one is migrated at open in
+the opening transaction; the role is recorded with the format, so that a release from
+before formats were recorded refuses the store instead of misreading it. Beside
 the file, a marker (``<file>.id``) holds the store id: a store file found missing or empty
 where a marker says one was is refused, not silently replaced by a new empty store. A write
 that fails because the disk is full raises StoreFull.
@@ -27,8 +31,8 @@ from typing import ClassVar
 
 from kds.errors import StoreError, StoreFull
 from kds.store._marker import held_store, write_marker
-from kds.store._rows import COLS, DIGEST, Conn, DamagedRow, get_meta, set_meta
-from kds.store.sqlite._digest import add_missing_digests, scan
+from kds.store._rows import COLS, DIGEST, ROW_FORMAT, Conn, DamagedRow, get_meta, set_meta
+from kds.store.sqlite._digest import add_missing_digests, scan, to_format_2
 
 __all__ = [
     "COLS",
@@ -129,6 +133,14 @@ def is_disk_full(e: BaseException) -> bool:
             "database or disk is full" in str(e)
         )
     return isinstance(e, OSError) and e.errno == errno.ENOSPC
+
+
+def _role_value(role: str) -> str:
+    """Meta's role of a store of ROW_FORMAT. Releases before format 2 read no format: they
+    compare this value with their role and refuse the store when it differs, quoting it
+    ("store PATH belongs to a global (store format 2, made by a newer kds-sync) control
+    plane, not a global one"), rather than misread digests they cannot check."""
+    return f"{role} (store format {ROW_FORMAT}, made by a newer kds-sync)"
 
 
 class Database:
@@ -278,24 +290,47 @@ class Database:
             if column not in {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}:
                 conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
         with self.tx(conn):
-            if get_meta(conn, "row_digests") != "1":  # a store made before row digests
-                add_missing_digests(conn, COLS)
-                set_meta(conn, "row_digests", "1")
             row = conn.execute("SELECT value FROM meta WHERE key='role'").fetchone()
             if row is None:
-                conn.execute("INSERT INTO meta VALUES ('role', ?)", (role,))
-                conn.execute("INSERT INTO meta VALUES ('store_id', ?)", (uuid.uuid4().hex,))
-                conn.execute("INSERT INTO meta VALUES ('head', '0')")
-                conn.execute("INSERT INTO meta VALUES ('log_floor', '0')")
-                conn.execute("INSERT INTO meta VALUES ('chain', '')")
-                conn.execute("INSERT INTO meta VALUES ('floor_chain', '')")
-            elif row[0] != role:
-                raise StoreError(
-                    f"store {self.path} belongs to a {row[0]} control plane, not a {role} one"
-                )
+                for key, value in (
+                    ("role", _role_value(role)),
+                    ("store_id", uuid.uuid4().hex),
+                    ("head", "0"),
+                    ("log_floor", "0"),
+                    ("chain", ""),
+                    ("floor_chain", ""),
+                    ("row_digests", "1"),
+                    ("schema_version", ROW_FORMAT),
+                ):
+                    set_meta(conn, key, value)
+            else:
+                self._migrate(conn, row[0])
             store_id = get_meta(conn, "store_id")
         write_marker(self.marker, store_id)
         return store_id
+
+    def _migrate(self, conn: sqlite3.Connection, held_role: str) -> None:
+        """An existing store: check its role and format, and bring it to ROW_FORMAT, in the
+        opening transaction (it happens whole or not at all)."""
+        if held_role.split(" ", 1)[0] != self.role:
+            raise StoreError(
+                f"store {self.path} belongs to a {held_role.split(' ', 1)[0]} control plane, "
+                f"not a {self.role} one"
+            )
+        version = int(get_meta(conn, "schema_version", "1"))
+        if version > ROW_FORMAT:
+            raise StoreError(
+                f"store {self.path} has store format {version}, made by a newer kds-sync "
+                f"(this one knows up to {ROW_FORMAT}): upgrade this kds-sync"
+            )
+        if get_meta(conn, "row_digests") != "1":  # a store made before row digests
+            add_missing_digests(conn)
+            set_meta(conn, "row_digests", "1")
+        elif version < 2:  # row digests that did not cover wire
+            to_format_2(conn)
+        if version < ROW_FORMAT:
+            set_meta(conn, "schema_version", ROW_FORMAT)
+            set_meta(conn, "role", _role_value(self.role))
 
     def _check_marker(self, empty: bool, new_store: bool) -> None:
         if not empty or not self.marker.exists() or new_store:

@@ -5,16 +5,17 @@ byte inside a row's value passes them. So each resources row carries a digest of
 columns (kds.store._rows.row_digest), checked whenever the row is read. ``scan`` checks
 every row (at start), reading each column as raw bytes, so text that no longer decodes is
 reported rather than failing the scan; stores made before the digest column get their
-digests computed once, when they are first opened.
+digests computed once, when they are first opened, and stores of format 1 (whose digest did
+not cover ``wire``) are re-digested once (``to_format_2``).
 """
 
 from __future__ import annotations
 
 import sqlite3
 
-from kds.store._rows import DamagedRow, row_digest
+from kds.store._rows import DamagedRow, redigested, row_digest
 
-__all__ = ["DamagedRow", "add_missing_digests", "row_digest", "scan"]
+__all__ = ["DamagedRow", "add_missing_digests", "row_digest", "scan", "to_format_2"]
 
 
 # Every COLS column cast to a blob: text that no longer decodes as UTF-8 is read as bytes.
@@ -32,6 +33,7 @@ _COLS_AS_BLOBS = ", ".join(
         "modification_time",
         "version",
         "sealed",
+        "wire",
     )
 )
 
@@ -45,14 +47,23 @@ def scan(conn: sqlite3.Connection) -> list[DamagedRow]:
     damaged = []
     cur = conn.execute(f"SELECT rowid, {_COLS_AS_BLOBS}, digest FROM resources")
     for r in cur:
-        if row_digest(r[1:12]) != (bytes(r[12]) if r[12] is not None else b""):
+        if row_digest(r[1:13]) != (bytes(r[13]) if r[13] is not None else b""):
             damaged.append(DamagedRow(r[0], _text(r[1]), _text(r[2]), _text(r[3]), _text(r[4])))
     return damaged
 
 
-def add_missing_digests(conn: sqlite3.Connection, cols: str) -> int:
+def add_missing_digests(conn: sqlite3.Connection) -> int:
     """Compute the digest of every row (a store made before digests); the rows done."""
-    cur = conn.execute(f"SELECT rowid, {cols} FROM resources")
-    rows = [(row_digest(r[1:12]), r[0]) for r in cur.fetchall()]
+    cur = conn.execute(f"SELECT rowid, {_COLS_AS_BLOBS} FROM resources")
+    rows = [(row_digest(r[1:13]), r[0]) for r in cur.fetchall()]
+    conn.executemany("UPDATE resources SET digest=? WHERE rowid=?", rows)
+    return len(rows)
+
+
+def to_format_2(conn: sqlite3.Connection) -> int:
+    """Re-digest every row whose format-1 digest (before ``wire`` was covered) matches
+    (kds.store._rows.redigested); the rows done."""
+    cur = conn.execute(f"SELECT rowid, {_COLS_AS_BLOBS}, digest FROM resources")
+    rows = redigested(cur.fetchall())
     conn.executemany("UPDATE resources SET digest=? WHERE rowid=?", rows)
     return len(rows)
