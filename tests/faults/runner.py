@@ -68,7 +68,9 @@ class Summary:
         faults = ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items())) or "none"
         lines = [
             f"seed {self.seed}, {self.duration:.0f} s: {self.operations} operations "
-            f"({self.acknowledged} acknowledged), faults: {faults}",
+            f"({self.acknowledged} acknowledged, "
+            f"{sum(1 for o in self.history.ops if o.refused)} refused as not made), "
+            f"faults: {faults}",
             f"recorded: {len(self.history.observations)} zone polls, "
             f"{sum(1 for a in self.history.applied if not a.start)} applied batches; "
             f"anti-entropy repaired {self.repairs} synced resources; crash points reached: "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import signal
 import uuid
+from typing import Any
 
 from tests.integration.conftest import b64, wait_for
 from tests.integration.test_chaos import _state
@@ -40,13 +41,14 @@ def test_writes_through_both_globals_converge_under_kills(pg: Pg) -> None:
                         "data": b64(f"{name}-{rng.random()}")}  # fmt: skip
                 assert g.put(f"/meshes/default/secrets/{name}", body).status_code in (200, 201)
 
-    def leader() -> object:
-        return next(z for z in zz if z.get_json("/status")["leader"]["thisInstance"])
+    def leader() -> Any:
+        # None until an instance leads (right after a start, or a kill, none may yet).
+        return next((z for z in zz if z.get_json("/status")["leader"]["thisInstance"]), None)
 
     write(40)
     for _ in range(2):
         # The global holding zone zz's stream, killed mid-writes and started again.
-        holder = ids[wait_for(lambda: leader().get_json("/status")["global"]["instanceId"],  # type: ignore[attr-defined]
+        holder = ids[wait_for(lambda: (lead := leader()) and lead.get_json("/status")["global"]["instanceId"],
                               10, "zz connected")]  # fmt: skip
         holder.stop(signal.SIGKILL)
         write(30)
@@ -54,9 +56,9 @@ def test_writes_through_both_globals_converge_under_kills(pg: Pg) -> None:
         ids = {pg.instance_id(a): a, pg.instance_id(b): b}
         # The zone's leader, killed and started again.
         lead = wait_for(leader, 15, "zz's leader")
-        lead.stop(signal.SIGKILL)  # type: ignore[attr-defined]
+        lead.stop(signal.SIGKILL)
         write(30)
-        lead.start()  # type: ignore[attr-defined]
+        lead.start()
     write(20)
 
     expected = _state(a)
