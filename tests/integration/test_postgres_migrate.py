@@ -1,5 +1,5 @@
-"""globalcp migrate-store: a SQLite global moved to PostgreSQL stays the same store for its
-zones, which resume (no snapshot) when global comes back on PostgreSQL."""
+"""globalcp and zonecp migrate-store: a SQLite store moved to PostgreSQL stays the same store,
+so zones resume (no snapshot) when global, or the zone itself, comes back on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -10,6 +10,19 @@ from tests.integration.conftest import BIN, Cluster, Daemon, b64, wait_for
 from tests.pgserver import shared_server
 
 
+def _migrate(command: str, d: Daemon) -> tuple[list[str], subprocess.CompletedProcess[str]]:
+    """``command migrate-store`` on ``d``'s data dir: refused while ``d`` runs, then done once
+    it is stopped. The --postgres-* options used, and the finished run."""
+    pg = ["--postgres-url", shared_server().url, "--postgres-schema", "m" + uuid.uuid4().hex[:12]]
+    migrate = [str(BIN / command), "migrate-store", "--data-dir", str(d.data_dir), *pg]
+    refused = subprocess.run(migrate, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "in use by another process" in refused.stderr
+    d.stop()
+    done = subprocess.run(migrate, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return pg, done
+
+
 def test_a_migrated_global_is_resumed_by_its_zone(cluster: Cluster) -> None:
     g = cluster.start_global()
     z = cluster.start_zone("zone-m")
@@ -18,13 +31,7 @@ def test_a_migrated_global_is_resumed_by_its_zone(cluster: Cluster) -> None:
     wait_for(lambda: z.secret("default", "before"), what="the write before the move")
     snapshots = z.get_json("/status")["snapshots"]
 
-    pg = ["--postgres-url", shared_server().url, "--postgres-schema", "m" + uuid.uuid4().hex[:12]]
-    migrate = [str(BIN / "globalcp"), "migrate-store", "--data-dir", str(g.data_dir), *pg]
-    refused = subprocess.run(migrate, capture_output=True, text=True, timeout=60)
-    assert refused.returncode == 1 and "in use by another process" in refused.stderr
-    g.stop()
-    done = subprocess.run(migrate, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+    pg, done = _migrate("globalcp", g)
     assert "revision 2" in done.stdout and "zones resume" in done.stdout
 
     g.argv += ["--store", "postgres", *pg]
@@ -55,13 +62,7 @@ def test_a_migrated_zone_resumes_keeping_its_own_secrets_and_conflicts(cluster: 
     before = z.get_json("/status")
     store_id = (z.data_dir / "zone.db.id").read_text().strip()
 
-    pg = ["--postgres-url", shared_server().url, "--postgres-schema", "z" + uuid.uuid4().hex[:12]]
-    migrate = [str(BIN / "zonecp"), "migrate-store", "--data-dir", str(z.data_dir), *pg]
-    refused = subprocess.run(migrate, capture_output=True, text=True, timeout=60)
-    assert refused.returncode == 1 and "in use by another process" in refused.stderr
-    z.stop()
-    done = subprocess.run(migrate, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+    pg, done = _migrate("zonecp", z)
     assert f"copied store {store_id}" in done.stdout and "resumes" in done.stdout
     body = {"type": "Secret", "mesh": "default", "name": "meanwhile", "data": b64("2")}
     assert g.put("/meshes/default/secrets/meanwhile", body).status_code == 201

@@ -150,15 +150,7 @@ async def test_an_unreachable_server_is_store_unavailable() -> None:
 
 
 def _batch(key: Key, revision: int) -> DecodedBatch:
-    return DecodedBatch(
-        seq=1,
-        from_revision=revision - 1,
-        revision=revision,
-        snapshot=False,
-        final=True,
-        head_revision=revision,
-        changes=(inc_put(mk(key), revision),),
-    )
+    return _batch_of([inc_put(mk(key), revision)], revision)
 
 
 def test_an_old_leader_cannot_apply_after_a_new_one_took_over() -> None:
