@@ -207,6 +207,8 @@ class Db(Protocol):
     role: str
     # LIMIT's value meaning "no limit" in this dialect.
     NO_LIMIT: ClassVar[int | None]
+    # "The text {} holds ?" (a str.format template over a column): position, not a pattern.
+    CONTAINS: ClassVar[str]
     # Save one zone status (name, JSON status): kds.store.interface.GlobalStore.
     STATUS_UPSERT: ClassVar[str]
 

@@ -218,6 +218,7 @@ class Database:
 
     backend: ClassVar[str] = "postgres"
     NO_LIMIT: ClassVar[int | None] = None
+    CONTAINS: ClassVar[str] = "strpos({}, ?) > 0"
     # Saved unless the stored status describes a newer stream (a later ``connected_at``):
     # with several instances, one whose stream of a zone ended must not overwrite the
     # status of the instance that took the zone's new stream.

@@ -149,6 +149,7 @@ class Database:
 
     backend: ClassVar[str] = "sqlite"
     NO_LIMIT: ClassVar[int | None] = -1
+    CONTAINS: ClassVar[str] = "instr({}, ?) > 0"
     STATUS_UPSERT: ClassVar[str] = (
         "INSERT INTO zone_status VALUES (?, ?) "
         "ON CONFLICT (name) DO UPDATE SET status=excluded.status"
