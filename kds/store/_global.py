@@ -77,6 +77,7 @@ class GlobalEngine(ResourceEngine):
         self.clock = clock
         super().__init__(db, cipher=cipher, on_commit=on_commit, new_store=new_store)
         self.changelog = ChangeLog(self.db, self.sealer, log_size, clock)
+        self.damaged_log = self.changelog.check()
 
     # ------------------------------------------------------------------ revisioned writes
 

@@ -258,8 +258,9 @@ async def test_a_sqlite_global_moves_with_its_id_history_and_sealed_values(
 
 async def test_a_store_of_an_older_schema_version_is_migrated_at_open() -> None:
     """A store made at schema version 1 (before the zone history table) gets version 2's
-    table and version 3's row digests when opened, its data untouched (the rows' digests,
-    already of version 3, are kept: test_store_wire_digest.py migrates older ones)."""
+    table, version 3's row digests and version 4's change-log digests when opened, its data
+    untouched (the digests, already of the current format, are kept: test_store_wire_digest.py
+    and test_store_log_digest.py migrate older ones)."""
     target = _target()
     store = open_global_store(target)
     await store.put(mk(MESH), T0)
@@ -277,7 +278,7 @@ async def test_a_store_of_an_older_schema_version_is_migrated_at_open() -> None:
         row = conn.execute(
             f"SELECT value FROM {target.schema}.meta WHERE key='schema_version'"
         ).fetchone()
-    assert row is not None and int(row[0]) == SCHEMA_VERSION == 3
+    assert row is not None and int(row[0]) == SCHEMA_VERSION == 4
 
 
 async def test_a_sqlite_zone_moves_with_its_sync_state_and_conflicts(tmp_path: Path) -> None:

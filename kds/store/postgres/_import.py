@@ -24,7 +24,7 @@ import psycopg
 from psycopg import sql
 
 from kds.errors import StoreError
-from kds.store._rows import ROW_FORMAT
+from kds.store._rows import LOG_COLS, ROW_FORMAT
 from kds.store.postgres._db import (
     LOCK_SCHEMA,
     LOCK_WRITE,
@@ -43,7 +43,7 @@ _TABLES = {
         "kind, mesh, name, origin, data, labels, spec, creation_time, modification_time, "
         "version, sealed, digest, wire, sync_gen"
     ),
-    "changelog": "revision, kind, mesh, name, deleted, change, chain, committed_at, sealed",
+    "changelog": LOG_COLS,
     "internal_secrets": "name, data, created, sealed",
     "zone_tokens": "id, zone, key_name, issued_at, expires_at, revoked_at",
     "zone_status": "name, status",
