@@ -269,6 +269,23 @@ class GlobalEngine(ResourceEngine):
                     (zone, kind, zone, kind, max(0, keep)),
                 )
 
+    def prune_zone_events(self, seen_since: float, total: int) -> int:
+        """Bound the history in total: drop every entry of each zone with no entry at or
+        after ``seen_since`` (a zone gone, or not seen for the retention time), then the
+        oldest entries beyond ``total``; the entries dropped."""
+        with self.db.write() as conn:
+            gone = conn.execute(
+                "DELETE FROM zone_events WHERE zone IN (SELECT zone FROM zone_events"
+                " GROUP BY zone HAVING MAX(time) < ?)",
+                (seen_since,),
+            ).rowcount
+            over = conn.execute(
+                "DELETE FROM zone_events WHERE id <= ("
+                "  SELECT id FROM zone_events ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (max(0, total),),
+            ).rowcount
+        return max(0, gone) + max(0, over)
+
     def zone_events(
         self, zone: str, kind: str, since: float = 0.0, limit: int = 1000
     ) -> list[ZoneEvent]:

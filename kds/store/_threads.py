@@ -155,6 +155,9 @@ class ThreadedGlobalStore(ThreadedResourceStore[G]):
     async def add_zone_events(self, events: Sequence[ZoneEvent], keep: int) -> None:
         await self._threads.write(self._engine.add_zone_events, events, keep)
 
+    async def prune_zone_events(self, seen_since: float, total: int) -> int:
+        return await self._threads.write(self._engine.prune_zone_events, seen_since, total)
+
     async def zone_events(
         self, zone: str, kind: str, since: float = 0.0, limit: int = 1000
     ) -> list[ZoneEvent]:

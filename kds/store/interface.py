@@ -155,6 +155,11 @@ class GlobalStore(ResourceStore, Protocol):
         (zone, kind) they added to (newest: last added)."""
         ...
 
+    async def prune_zone_events(self, seen_since: float, total: int) -> int:
+        """Drop the history of every zone with no entry at or after ``seen_since``, then the
+        oldest entries beyond ``total``, in one transaction; the entries dropped."""
+        ...
+
     async def zone_events(
         self, zone: str, kind: str, since: float = 0.0, limit: int = 1000
     ) -> list[ZoneEvent]:
