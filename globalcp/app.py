@@ -128,6 +128,7 @@ async def run_global(cfg: GlobalConfig, service: Service) -> int:
         peers = Peers(store, hub, zone_tokens, servicer.end_streams)
         servicer.catch_up = peers.catch_up
         guard.start("peers", peers.run())
+        guard.start("zone-lease-watch", tracker.run_lease_watch(servicer.end_zone_stream))
     server = grpc.aio.server(
         options=server_options(cfg.max_message_bytes, cfg.keepalive_interval, cfg.keepalive_timeout)
     )
