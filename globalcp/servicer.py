@@ -174,6 +174,7 @@ class SyncServicer:
                     "zone refused: bad token",
                     code=e.code.name,
                     reason=safe_text(e.reason),
+                    **({"detail": e.detail} if e.detail else {}),
                     instance=safe_text(h.instance_id),
                     refusals_not_logged=held_back,
                 )
