@@ -263,7 +263,10 @@ class ZoneTracker:
             await self.flush()
 
     async def flush(self) -> None:
-        await self._sample_lag()
+        try:
+            await self._sample_lag()
+        except Exception as e:  # a lag sample is not worth the flusher: next round
+            log.error("cannot sample zone lag", error_type=type(e).__name__, error=str(e))
         await self.history.flush()
         if not self._dirty:
             return

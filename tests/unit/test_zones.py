@@ -11,6 +11,7 @@ import pytest
 
 from globalcp.hub import Hub
 from globalcp.zones import ZoneState, ZoneTracker
+from kds.errors import StoreUnavailable
 from kds.model import Kind, Resource
 from kds.store import WriteResult
 from kds.store.sqlite import GlobalEngine, SqliteGlobalStore
@@ -351,3 +352,21 @@ async def test_the_lease_watch_ends_the_streams_it_cannot_renew(
         assert zone == "zone-a" and "global-a cannot renew its claim" in reason
     finally:
         watch.cancel()
+
+
+async def test_a_store_away_while_sampling_lag_never_ends_the_flusher(
+    store: HubStore, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flusher is a root task (its failure stops global): a store that cannot answer
+    the lag sample's reads costs that sample only; the statuses are still saved."""
+    hub = store.hub = Hub(store.engine.head(), store.engine.log_floor(), 100)
+    a = ZoneTracker(store, hub, clock=clock, instance_id="global-a", lease=10.0)
+    _connect(a)
+
+    async def away() -> dict[str, str]:
+        raise StoreUnavailable("PostgreSQL at test is unreachable")
+
+    monkeypatch.setattr(store, "zone_statuses", away)
+    await a.flush()
+    monkeypatch.undo()
+    assert json.loads((await store.zone_statuses())["zone-a"])["online"]
