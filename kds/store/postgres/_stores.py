@@ -81,6 +81,9 @@ class _PgResourceStore(Generic[E]):
         return await self._threads.write(self._engine.delete, key)
 
     def close(self) -> None:
+        # The pool first, from here: a call waiting for a connection (the server away) and
+        # every call queued behind it then fail at once instead of each waiting its timeout.
+        self._engine.db.close()
         self._threads.close(self._engine.close)
 
     async def follow(self, on_event: OnEvent, fallback: float = 1.0) -> None:
