@@ -6,7 +6,9 @@ lives. Every instance shows the zones it does not hold as the store says, re-rea
 once a second; a claim past its lease shows its zone Offline: the instance holding it
 stopped (killed, or cut off from the store). The store keeps a status describing a newer
 stream over one describing an older stream (kds.store.interface), so the instance that took a
-zone's new stream wins over the one whose stream ended.
+zone's new stream wins over the one whose stream ended. ``lease_until`` is in this
+instance's clock here; the store keeps it on PostgreSQL's clock and converts it on the way
+in and out (kds.store.postgres._global), so instances whose clocks differ agree on it.
 """
 
 from __future__ import annotations

@@ -6,18 +6,20 @@ change log, history chain, row digests, sealing) and add what sharing one databa
 instances needs: every write transaction holds the store's advisory lock, so revisions are
 gap-free and commit in order across instances (kds.store.postgres._db).
 
-Modules, by job: _db (connections, the versioned schema, transactions, meta, errors),
-_resources (rows both roles share, API writes), _reseal (encryption at rest at open),
-_global and _zone (each role's engine), _stores (the async stores), _listen (LISTEN/NOTIFY
-wake-ups between instances), _leader (one zone instance holds the stream, fenced),
-_import (a SQLite global store moved here, keeping its id and history).
+The engines' logic and SQL are the SQLite backend's, shared (kds.store._engine, ._global,
+._zone, ._changelog, ._sealing, ._threads). Modules here, by job: _db (connections, the
+versioned schema, transactions, the ``?`` to ``%s`` placeholders, the dialect points,
+errors), _global and _zone (each role's engine over a schema; a zone's fencing), _stores
+(the async stores, with follow and leadership), _listen (LISTEN/NOTIFY wake-ups between
+instances), _leader (one zone instance holds the stream, fenced), _import (a SQLite store
+moved here, keeping its id and its history or sync state).
 """
 
 from __future__ import annotations
 
 from kds.store.postgres._db import SCHEMA_VERSION, PgTarget
 from kds.store.postgres._global import PgGlobalEngine
-from kds.store.postgres._import import import_sqlite_global
+from kds.store.postgres._import import import_sqlite_global, import_sqlite_store
 from kds.store.postgres._leader import Leadership
 from kds.store.postgres._stores import PgGlobalStore, PgZoneStore
 from kds.store.postgres._zone import NotLeader, PgZoneEngine
@@ -32,4 +34,5 @@ __all__ = [
     "PgZoneEngine",
     "PgZoneStore",
     "import_sqlite_global",
+    "import_sqlite_store",
 ]
