@@ -320,3 +320,35 @@ def _batch_of(changes: list[Incoming], revision: int) -> DecodedBatch:
         changes=tuple(changes),
         chain=next_chain(b"", str(revision).encode()),
     )
+
+
+async def test_a_leader_epoch_that_cannot_be_written_is_tried_again() -> None:
+    """The server lost between taking the lock and writing the epoch (it restarted, a pooled
+    connection died): the leadership tries again rather than ending (the zone's sync task
+    would die with it)."""
+    engine = PgZoneEngine(_target())
+    leader = Leadership(engine, "zone-a", heartbeat=0.05, idle_timeout=1.0)
+    take = leader._take_epoch
+    calls = 0
+
+    def flaky() -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise StoreUnavailable("PostgreSQL at test failed: server closed the connection")
+        return take()
+
+    leader._take_epoch = flaky  # type: ignore[method-assign]
+    leads = asyncio.Event()
+
+    async def lead(lost: asyncio.Event) -> None:
+        leads.set()
+        await asyncio.sleep(3600)
+
+    task = asyncio.create_task(leader.run(lead))
+    try:
+        await asyncio.wait_for(leads.wait(), 10)
+        assert calls == 2 and engine.fencing == 1 and leader.leading
+    finally:
+        task.cancel()
+        engine.close()
