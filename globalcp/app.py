@@ -47,6 +47,9 @@ log = structlog.get_logger("globalcp")
 # unless renewed (renewed every half of it); a dead instance's zones show Offline after it.
 ZONE_LEASE = 10.0
 
+# On shutdown, how long saving the zones' last status may take (the store may be away).
+FINAL_FLUSH_WAIT = 2.0
+
 # Options a reload (SIGHUP) applies while running; the others need a restart. Heartbeat
 # interval, anti-entropy interval and window size reach streams that start after the reload;
 # live streams keep theirs.
@@ -130,6 +133,7 @@ async def run_global(cfg: GlobalConfig, service: Service) -> int:
         peers = Peers(store, hub, zone_tokens, servicer.end_streams)
         servicer.catch_up = peers.catch_up
         guard.start("peers", peers.run())
+        guard.start("zone-lease-watch", tracker.run_lease_watch(servicer.end_zone_stream))
     server = grpc.aio.server(
         options=server_options(cfg.max_message_bytes, cfg.keepalive_interval, cfg.keepalive_timeout)
     )
@@ -223,12 +227,28 @@ async def run_global(cfg: GlobalConfig, service: Service) -> int:
         service.notifier.stopping()
         serving = False
         servicer.stop()
-        await server.stop(grace=2)
+        # Each step is bounded, so a store that is away cannot hold the shutdown up: the
+        # streams and the API's requests get 2 s (together), the last status save 2 s, and
+        # closing the store fails at once whatever still waits on it.
+        await asyncio.gather(
+            server.stop(grace=2), runner.cleanup() if runner is not None else asyncio.sleep(0)
+        )
         await guard.cancel_all()
-        await tracker.flush()  # the disconnects of the streams just ended
-        if runner is not None:
-            await runner.cleanup()
+        await _final_flush(tracker)
         store.close()
     log.info("global stopped", revision=hub.head)
     # A root task that died is a failure: the service manager restarts on a non-zero exit.
     return 1 if guard.failed else 0
+
+
+async def _final_flush(tracker: ZoneTracker) -> None:
+    """Save the disconnects of the streams just ended, if the store answers in time: a
+    store that is away must not hold the shutdown up, nor make it a failure."""
+    try:
+        await asyncio.wait_for(tracker.flush(), FINAL_FLUSH_WAIT)
+    except Exception as e:
+        log.error(
+            "cannot save the zones' last status while stopping",
+            error_type=type(e).__name__,
+            error=str(e) or f"no answer from the store within {FINAL_FLUSH_WAIT:g} s",
+        )

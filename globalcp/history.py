@@ -14,6 +14,11 @@ they survive a restart, each bounded to its newest KEEP rows:
 - ``lag``: samples of its lag in revisions and seconds, taken every SAMPLE_INTERVAL for each
   zone online or offline for less than an hour, and when it connects or disconnects.
 
+In total the history is bounded too (``prune``, at most once per PRUNE_EVERY): a zone with
+no entry for RETAIN_S (removed, renamed, or gone for that long: one online, or offline for
+less than an hour, has a lag sample every SAMPLE_INTERVAL) loses its history, and beyond
+TOTAL_KEEP entries in all the oldest go, whichever zone they belong to.
+
 Every string in an event either came from the zone and was bounded and escaped by
 globalcp.zones (kds.text.safe_text) or is global's own; each event's JSON is at most
 EVENT_BYTES. Events are written with the zone status flush (at most once a second, in one
@@ -39,8 +44,11 @@ __all__ = [
     "KEEP",
     "LAG",
     "NAMES_PER_EVENT",
+    "PRUNE_EVERY",
     "REFUSAL",
+    "RETAIN_S",
     "SAMPLE_INTERVAL",
+    "TOTAL_KEEP",
     "ZoneHistory",
 ]
 
@@ -58,6 +66,11 @@ EVENT_BYTES = 4096
 NAMES_PER_EVENT = 10
 NAME_CHARS = 1200  # of the names one list of an event holds
 PENDING_MAX = 10_000
+# The bound in total: a zone not seen for 30 days loses its history; at most 500,000 entries
+# in all (250 zones' full series; at EVENT_BYTES each, 2 GB at worst, typically ~100 MB).
+RETAIN_S = 30 * 86_400.0
+TOTAL_KEEP = 500_000
+PRUNE_EVERY = 3600.0
 
 
 def _ts(t: float) -> str:
@@ -72,6 +85,7 @@ class ZoneHistory:
         self._pending: list[ZoneEvent] = []
         self._inflight: list[ZoneEvent] = []  # being written by flush: in neither place yet
         self.dropped = 0  # events lost because the store could not take them in time
+        self._pruned_at: float | None = None  # when prune last ran (None: not yet)
 
     def _add(self, zone: str, kind: str, data: dict[str, Any], at: float | None = None) -> None:
         text = json.dumps(data, sort_keys=True)
@@ -116,6 +130,7 @@ class ZoneHistory:
         )
 
     async def flush(self) -> None:
+        await self.prune()
         if not self._pending:
             return
         batch, self._pending = self._pending, []
@@ -131,6 +146,21 @@ class ZoneHistory:
             log.error("cannot save zone history", error_type=type(e).__name__, error=str(e))
         finally:
             self._inflight = []
+
+    async def prune(self) -> None:
+        """Bound the history in total (module doc), at most once per PRUNE_EVERY; the first
+        flush after a start prunes."""
+        now = self.clock()
+        if self._pruned_at is not None and now - self._pruned_at < PRUNE_EVERY:
+            return
+        self._pruned_at = now
+        try:
+            dropped = await self.store.prune_zone_events(now - RETAIN_S, TOTAL_KEEP)
+        except Exception as e:  # history must never take the sync down; retry next time
+            log.error("cannot bound zone history", error_type=type(e).__name__, error=str(e))
+            return
+        if dropped:
+            log.info("old zone history dropped", entries=dropped)
 
     async def read(self, zone: str, limit: int, lag_since: float) -> dict[str, Any]:
         """The zone's newest ``limit`` events and its lag samples since ``lag_since``, oldest

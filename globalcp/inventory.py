@@ -40,10 +40,13 @@ async def _resources(tracker: ZoneTracker) -> dict[str, Any]:
     items: list[dict[str, Any]] = []
     total = 0
     for kind in (Kind.MESH, Kind.SECRET, Kind.GLOBAL_SECRET):
-        for row in await tracker.store.list_rows(kind):
-            total += 1
+        # Only the rows shown are read (a page), however many the store holds: the page is
+        # open to the read-only token and polled by the status page.
+        count, rows = await tracker.store.page(kind, None, 0, max(MAX_RESOURCES - len(items), 1))
+        total += count
+        for row in rows:
             if len(items) >= MAX_RESOURCES:
-                continue
+                break
             r = row.resource
             held, own, pending = [], [], []
             for z in zones:

@@ -174,6 +174,7 @@ class SyncServicer:
                     "zone refused: bad token",
                     code=e.code.name,
                     reason=safe_text(e.reason),
+                    **({"detail": e.detail} if e.detail else {}),
                     instance=safe_text(h.instance_id),
                     refusals_not_logged=held_back,
                 )
@@ -190,6 +191,15 @@ class SyncServicer:
                 link.end_with(grpc.StatusCode.PERMISSION_DENIED, reason)
                 ended += 1
         return ended
+
+    def end_zone_stream(self, zone: str, reason: str) -> bool:
+        """End ``zone``'s live stream as unavailable here, so it reconnects to another
+        global instance; False if it has none."""
+        link = self.links.get(zone)
+        if link is None:
+            return False
+        link.end_with(grpc.StatusCode.UNAVAILABLE, reason)
+        return True
 
     async def _serve(
         self, h: pb.Hello, stream_id: str, context: grpc.aio.ServicerContext, token: TokenInfo
@@ -240,6 +250,17 @@ class SyncServicer:
         """The hello's session and whether it resumes; None once the stream is refused (a
         protocol the session refuses, a message limit below global's, or a second live
         instance of a zone that is connected)."""
+        claims = self.tracker.claims
+        if claims is not None and claims.cut_off:
+            # Its claim could not be saved: the zone would be ended again a lease later.
+            message = (
+                f"global instance {self.instance_id} cannot save its claims on zone streams "
+                "in the shared store (unreachable from it): connect to another instance"
+            )
+            log.warning("zone refused: this instance cannot save its claims")
+            self.tracker.refused(h.zone, message)  # its save tells when the store is back
+            await context.abort(grpc.StatusCode.UNAVAILABLE, message)
+            return None
         session = GlobalSession(self.store.store_id, self.max_unacked)
         hello = Hello(
             zone=h.zone,

@@ -26,22 +26,27 @@ import jwt
 from kds.clock import rfc3339
 from kds.errors import KdsError
 from kds.store import GlobalStore
+from kds.text import safe_text
 
 __all__ = ["SIGNING_KEY_PREFIX", "TokenInfo", "TokenRefused", "ZoneTokens"]
 
 SIGNING_KEY_PREFIX = "zone-token-signing-key-"
 _ALGORITHM = "HS256"
+KID_LOGGED = 80  # characters of an unknown key id kept in global's log
 
 
 class TokenRefused(KdsError):
     """A zone's token was refused (missing, forged, expired, revoked, for another zone, or
     signed by a removed key): the zone's or its operator's to fix. ``code`` is the gRPC
-    status the stream ends with."""
+    status the stream ends with; ``reason`` is what the peer is told, fixed text or facts
+    from a token that verified, never text the peer made up; ``detail`` is for global's own
+    log only (peer-supplied, so bounded and escaped)."""
 
-    def __init__(self, code: grpc.StatusCode, reason: str):
+    def __init__(self, code: grpc.StatusCode, reason: str, detail: str = ""):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -147,13 +152,15 @@ class ZoneTokens:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
             raise TokenRefused(unauth, "malformed zone token") from None
-        kid = str(header.get("kid", ""))
-        key = self.keys.get(kid)
-        if key is None:
+        kid = header.get("kid")
+        key = self.keys.get(kid) if isinstance(kid, str) else None
+        if key is None or not isinstance(kid, str):
+            # The peer chose the kid: it is not echoed back, and logged here bounded, escaped.
             raise TokenRefused(
                 unauth,
-                f"zone token signed by an unknown key ({kid or 'none'}): the key was removed; "
-                "generate a new token",
+                "zone token signed by a key this global does not hold (removed, or never "
+                "made here): generate a new token",
+                detail=f"kid {safe_text(kid, KID_LOGGED) if kid is not None else 'missing'}",
             )
         try:
             claims = jwt.decode(
@@ -164,7 +171,8 @@ class ZoneTokens:
                 options={"require": ["sub", "jti", "exp", "iat"], "verify_exp": False},
             )
         except jwt.InvalidTokenError as e:
-            raise TokenRefused(unauth, f"invalid zone token: {e}") from None
+            # PyJWT's own wording (fixed texts naming the failed check), bounded all the same.
+            raise TokenRefused(unauth, f"invalid zone token: {safe_text(e, 200)}") from None
         token_id, subject = str(claims["jti"]), str(claims["sub"])
         expires = dt.datetime.fromtimestamp(int(claims["exp"]), dt.UTC)
         if now >= expires:

@@ -9,6 +9,13 @@ stream over one describing an older stream (kds.store.interface), so the instanc
 zone's new stream wins over the one whose stream ended. ``lease_until`` is in this
 instance's clock here; the store keeps it on PostgreSQL's clock and converts it on the way
 in and out (kds.store.postgres._global), so instances whose clocks differ agree on it.
+
+An instance that cannot save its renewals (cut off from the store while others still reach
+it) must not keep the streams: the others take its zones once its claims lapse, and it no
+longer sees their writes. So each claim's deadline is the lease the store last accepted
+(a new claim: its first lease); a stream whose deadline is less than ``LAPSE_MARGIN`` away
+is ended (``lapsing``), and until a save works again the instance refuses new streams
+(``cut_off``), so its zones reconnect to another instance rather than to it again.
 """
 
 from __future__ import annotations
@@ -18,7 +25,12 @@ from typing import Protocol, TypeVar
 
 from kds.store import GlobalStore
 
-__all__ = ["ZoneClaims"]
+__all__ = ["LAPSE_MARGIN", "ZoneClaims"]
+
+# A claim the store does not hold renewed is given up this many seconds (at most a tenth of
+# the lease) before it lapses, so its stream has ended by the time another instance may take
+# the zone.
+LAPSE_MARGIN = 1.0
 
 
 class Claimed(Protocol):
@@ -38,6 +50,10 @@ class ZoneClaims:
         self.lease = lease
         self.clock = clock
         self._refreshed = 0.0
+        # Zone -> until when the store holds this instance's claim (or, not yet saved, until
+        # when its first lease runs).
+        self._deadline: dict[str, float] = {}
+        self.cut_off = False  # a claim lapsed unsaved and no save has worked since
 
     def mine(self, state: Claimed) -> bool:
         return state.online and state.global_instance == self.instance_id
@@ -46,8 +62,33 @@ class ZoneClaims:
         """Another instance holds ``state``'s stream, its claim unexpired."""
         return state.online and not self.mine(state) and state.lease_until > self.clock()
 
-    def claim(self, state: Claimed) -> None:
+    def claim(self, state: Claimed, name: str) -> None:
         state.lease_until = self.clock() + self.lease
+        self._deadline[name] = state.lease_until
+
+    def saved(self, leases: dict[str, float]) -> None:
+        """The store took these zones' statuses, with this instance's claims running until
+        the times given."""
+        self._deadline.update(leases)
+        self.cut_off = False
+
+    def lapsing(self, states: dict[str, S]) -> list[str]:
+        """The zones whose streams this instance holds on a claim the store has not renewed
+        and that lapses within the margin: the caller ends those streams. Each is returned
+        once per claim."""
+        now = self.clock()
+        margin = min(LAPSE_MARGIN, self.lease / 10)
+        lapsing: list[str] = []
+        for name, until in list(self._deadline.items()):
+            state = states.get(name)
+            if state is None or not self.mine(state):
+                del self._deadline[name]  # its stream ended: nothing held
+            elif until - now <= margin:
+                del self._deadline[name]
+                lapsing.append(name)
+        if lapsing:
+            self.cut_off = True
+        return lapsing
 
     def renew(self, states: Iterable[S]) -> list[S]:
         """The claims of this instance due for renewal (half a lease before they lapse),

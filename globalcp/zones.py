@@ -274,17 +274,44 @@ class ZoneTracker:
                 failing = False
 
     async def flush(self) -> None:
-        await self._sample_lag()
+        try:
+            await self._sample_lag()
+        except Exception as e:  # a lag sample is not worth the flusher: next round
+            log.error("cannot sample zone lag", error_type=type(e).__name__, error=str(e))
         await self.history.flush()
         if not self._dirty:
             return
         batch = {name: self.zones[name].to_json() for name in self._dirty if name in self.zones}
+        claimed = {n: s.lease_until for n in batch if self._is_mine(s := self.zones[n])}
         self._dirty.clear()
         try:
             await self.store.save_zone_statuses(batch)
         except Exception as e:  # status must never take the sync down; retry next round
             self._dirty.update(batch)
             log.error("cannot save zone status", error_type=type(e).__name__, error=str(e))
+            return
+        if self.claims is not None:
+            self.claims.saved(claimed)
+
+    def _is_mine(self, state: ZoneState) -> bool:
+        return self.claims is not None and self.claims.mine(state)
+
+    async def run_lease_watch(self, end_stream: Callable[[str, str], bool]) -> None:
+        """Several instances on one store: end the stream of each zone whose claim this
+        instance could not renew in the store before it lapses (``end_stream(zone,
+        reason)``), so the zone reconnects to an instance that can. Apart from the flusher,
+        whose save may wait on an unreachable store longer than a lease."""
+        assert self.claims is not None
+        while True:
+            await asyncio.sleep(min(0.5, self.claims.lease / 20))
+            for name in self.claims.lapsing(self.zones):
+                reason = (
+                    f"global instance {self.instance_id} cannot renew its claim on this "
+                    "zone's stream in the shared store (unreachable from it) before the claim "
+                    "lapses: reconnect to another global instance"
+                )
+                if end_stream(name, reason):
+                    log.warning("cannot renew the claim on a zone's stream: ending it", zone=name)
 
     def sample_soon(self, name: str) -> None:
         self._sample_due.add(name)
@@ -340,7 +367,7 @@ class ZoneTracker:
         state.sync_mode = "snapshot" if resumed_revision is None else "resume"
         state.global_instance = self.instance_id
         if self.claims is not None:
-            self.claims.claim(state)
+            self.claims.claim(state, name)
         if resumed_revision is not None:
             state.acked_revision = resumed_revision
         self.history.event(

@@ -45,6 +45,19 @@ class _RootGroup(click.Group):
         except ApiUnreachable as e:
             # It may quote what a server or proxy sent (a reason phrase): made safe to print.
             fail(safe_text(str(e), 4096))
+        except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:
+            # An answer without the fields or types kdsctl reads (a broken or hostile server,
+            # or not a kds-sync API at all): said so, never a traceback. Raised before any
+            # answer, it is kdsctl's own bug and shown as such.
+            client = ctx.find_object(ApiClient)
+            if client is None or not client.last_request:
+                raise
+            what = f"no field {e.args[0]!r}" if isinstance(e, KeyError) and e.args else str(e)
+            fail(
+                f"the answer to {client.last_request} is not what kdsctl expects "
+                f"({safe_text(what, 200)}): is --api-url a kds-sync control plane of this "
+                "version?"
+            )
 
 
 class _AliasGroup(click.Group):

@@ -18,6 +18,7 @@ import http.client
 import ipaddress
 import json
 import os
+import re
 import socket
 import ssl
 from collections.abc import Mapping
@@ -33,12 +34,14 @@ from kds.model import Kind
 from kds.text import safe_text
 
 __all__ = [
+    "MAX_ANSWER_BYTES",
     "ApiClient",
     "ApiError",
     "ApiUnreachable",
     "Response",
     "pass_client",
     "read_token",
+    "redacted",
     "resource_path",
     "tls_verify",
 ]
@@ -97,11 +100,13 @@ def _target(base_url: str) -> _Target:
         parts = urlsplit(base_url)
         port = parts.port
     except ValueError as e:
-        raise ApiUnreachable(f"--api-url {base_url!r} is not a valid URL: {e}") from None
+        raise ApiUnreachable(
+            f"--api-url {redacted(base_url)!r} is not a valid URL: {redacted(str(e))}"
+        ) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ApiUnreachable(
-            f"--api-url {base_url!r} is not a valid URL: it must look like http://HOST:PORT "
-            "or https://HOST:PORT"
+            f"--api-url {redacted(base_url)!r} is not a valid URL: it must look like "
+            "http://HOST:PORT or https://HOST:PORT"
         )
     default = 443 if parts.scheme == "https" else 80
     return _Target(parts.scheme, parts.hostname, port or default, parts.path.rstrip("/"))
@@ -134,6 +139,15 @@ def _no_proxy_range(host: str) -> bool:
         except ValueError:
             continue
     return False
+
+
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
+
+
+def redacted(url: str) -> str:
+    """``url`` with any user and password in it replaced by ``***``: what errors show of
+    --api-url (kdsctl never sends them; the API takes a bearer token)."""
+    return _USERINFO.sub(r"\1***@", url)
 
 
 def _without_credentials(url: str) -> str:
@@ -194,7 +208,10 @@ class ApiClient:
         self, base_url: str, timeout: float, token: str = "", verify: ssl.SSLContext | bool = True
     ):
         self.base_url = base_url.rstrip("/")
+        self.shown_url = redacted(self.base_url)  # for messages: no user or password
         self.timeout = timeout
+        self.max_answer_bytes = MAX_ANSWER_BYTES
+        self.last_request = ""  # "METHOD URL" of the last answer, for errors about its shape
         self.token = token
         self.verify = verify  # True: the system's CAs; a context made from --ca-file
         self._conn: http.client.HTTPConnection | None = None
@@ -236,7 +253,7 @@ class ApiClient:
     ) -> Response:
         """Send one request; raise ApiUnreachable or ApiError, else return the response.
         ``body`` is sent as JSON; bytes are taken as JSON already encoded."""
-        url = f"{self.base_url}{path}"
+        url = f"{self.shown_url}{path}"
         timeout = timeout or self.timeout
         target = _target(self.base_url)
         headers = {"Accept": "application/json", "User-Agent": "kdsctl"}
@@ -273,6 +290,7 @@ class ApiClient:
             except (http.client.HTTPException, OSError) as e:
                 self.close()
                 raise ApiUnreachable(f"request to {url} failed: {_reason(e)}") from None
+        self.last_request = f"{method} {url}"
         if resp.status_code >= 400:
             raise _api_error(resp)
         return resp
@@ -297,7 +315,7 @@ class ApiClient:
                 reason = _reason(e)
                 hint = "" if isinstance(e, ssl.SSLError) else _RUNNING_HINT
                 raise ApiUnreachable(
-                    f"cannot connect to the control plane API at {self.base_url}: {reason}{hint}"
+                    f"cannot connect to the control plane API at {self.shown_url}: {reason}{hint}"
                 ) from None
         else:
             conn.sock.settimeout(timeout)
@@ -308,13 +326,20 @@ class ApiClient:
             method, request_target, body=payload, headers={**headers, **self._proxy_headers}
         )
         raw = conn.getresponse()
-        content = raw.read()
-        self._answered += 1
-        if raw.will_close:
+        url = f"{self.shown_url}{path}"
+        limit = self.max_answer_bytes
+        length = raw.getheader("Content-Length", "")
+        if length.isdigit() and int(length) > limit:
             self.close()
-        return Response(
-            method, f"{self.base_url}{path}", raw.status, raw.reason, raw.headers, content
-        )
+            raise ApiUnreachable(_too_large(method, url, limit, f"{int(length)} bytes"))
+        content = raw.read(limit + 1)
+        if len(content) > limit:
+            self.close()
+            raise ApiUnreachable(_too_large(method, url, limit, "more"))
+        self._answered += 1
+        if raw.will_close or not raw.isclosed():
+            self.close()  # not read to its end (a body longer than its Content-Length)
+        return Response(method, url, raw.status, raw.reason, raw.headers, content)
 
     def get(self, path: str) -> Any:
         return _json(self.request("GET", path))
@@ -330,6 +355,18 @@ class ApiClient:
 
 
 pass_client = click.make_pass_decorator(ApiClient)
+
+# The largest answer kdsctl reads: a page of 1000 secrets at the default 1 MiB value limit
+# is about 1.4 GB, but lists of large secrets are paged smaller (--size); a server that
+# sends more is refused rather than let fill kdsctl's memory.
+MAX_ANSWER_BYTES = 256 * 1024 * 1024
+
+
+def _too_large(method: str, url: str, limit: int, size: str) -> str:
+    return (
+        f"{method} {url}: the answer ({size}) is larger than {limit} bytes, kdsctl's limit "
+        "for one answer; list large secrets a page at a time with --size"
+    )
 
 
 def _tls_context(verify: ssl.SSLContext | bool) -> ssl.SSLContext:

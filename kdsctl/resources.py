@@ -218,13 +218,30 @@ def apply(
         lines = [
             f"resource type={_quoted(item['type'])} mesh={_quoted(item.get('mesh', ''))} "
             f"name={_quoted(item['name'])} {str(item['result']).capitalize()}"
-            for item in answer.get("items", [])
+            for item in _applied(answer)
         ]
         if lines:
             click.echo("\n".join(lines))
-        for warning in answer.get("warnings", []):
+        warnings = answer.get("warnings") or []
+        for warning in warnings if isinstance(warnings, list) else [warnings]:
             click.echo(f"Warning: {_where(chunk, safe_text(warning))}", err=True)
         applied += len(chunk)
+
+
+def _applied(answer: object) -> list[dict[str, Any]]:
+    """The items of an answer to POST /_apply, checked: objects, each with a string
+    ``type``, ``name`` and ``result``; else an error naming what is wrong."""
+    where = "the answer to POST /_apply"
+    items = answer.get("items") if isinstance(answer, dict) else None
+    if not isinstance(items, list):
+        fail(f"{where} has no list 'items': is --api-url a kds-sync control plane?")
+    for i, item in enumerate(items):
+        for name in ("type", "name", "result"):
+            if not isinstance(item, dict) or not isinstance(item.get(name), str):
+                fail(f"{where}: items[{i}] has no string {name!r}")
+        if not isinstance(item.get("mesh", ""), str):
+            fail(f"{where}: items[{i}].mesh is not a string")
+    return items
 
 
 def _quoted(value: object) -> str:

@@ -66,7 +66,7 @@ def _need_role(client: ApiClient, role: str, command: str) -> None:
     if actual != role:
         other = "a zone's" if role == "zone" else "global's"
         fail(
-            f"{command} needs {other} API, but {client.base_url} is a {actual or 'unknown'} "
+            f"{command} needs {other} API, but {client.shown_url} is a {safe_text(actual, 64) or 'unknown'} "
             "control plane (see --api-url)"
         )
 

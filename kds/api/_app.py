@@ -101,6 +101,12 @@ def api_ssl_context(cert_file: Path | None, key_file: Path | None) -> ssl.SSLCon
     return ReloadingServerSSLContext(cert_file, key_file).context
 
 
+# On shutdown, how long requests in progress may still take before they are cancelled (one
+# waiting on an unreachable store would otherwise hold the daemon up for its full timeout).
+# aiohttp waits this long twice (for the handlers, then for the connections): 2 s in all.
+SHUTDOWN_WAIT = 1.0
+
+
 async def serve_api(
     ctx: ApiContext,
     address: tuple[str, int],
@@ -109,7 +115,9 @@ async def serve_api(
 ) -> web.AppRunner:
     """Start the API on ``address`` (HTTPS with ``ssl_context``); a port that cannot be bound
     is a ConfigError naming it."""
-    runner = web.AppRunner(build_app(ctx, extra_routes), access_log=None)
+    runner = web.AppRunner(
+        build_app(ctx, extra_routes), access_log=None, shutdown_timeout=SHUTDOWN_WAIT
+    )
     await runner.setup()
     host, port = address
     try:

@@ -62,7 +62,7 @@ OPEN_PATHS = frozenset(
     {"/", "/healthz", "/readyz", "/openapi.yaml", "/openapi.json", "/gui", "/favicon.ico"}
 )
 # Set on a request made with the read-only token: its answers leave out secret data.
-READ_ONLY_KEY = "kds_read_only"
+READ_ONLY_KEY: web.RequestKey[bool] = web.RequestKey("kds_read_only", bool)
 
 
 def client_max_size(limits: Limits) -> int:

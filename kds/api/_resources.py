@@ -14,6 +14,7 @@ without their data. Each write logs one line naming the resource, never its data
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -36,7 +37,7 @@ from kds.model import (
     validate_mesh_name,
 )
 from kds.mtls import CONF_ALIAS
-from kds.store import ORIGIN_GLOBAL, ORIGIN_ZONE, Row, WriteResult
+from kds.store import ORIGIN_GLOBAL, ORIGIN_ZONE, Clause, Row, Selection, WriteResult
 from kds.store.results import Origin
 
 __all__ = [
@@ -66,6 +67,9 @@ MAX_PAGE_SIZE = 1000
 _FILTER_PREFIX = "filter["
 _LABEL_FILTER_PREFIX = "filter[labels."
 _MAX_FILTER_ERRORS = 10  # refused filter parameters named in one answer
+# Stand-ins for a row's name and mesh when finding which computed labels show them: neither
+# is a valid name, so no fixed computed value equals one.
+_NAME, _MESH = "\0name", "\0mesh"
 
 
 def _render(ctx: ApiContext, row: Row, request: web.Request, k8s: bool = False) -> dict[str, Any]:
@@ -141,16 +145,34 @@ def _label_filters(request: web.Request) -> dict[str, str]:
     return filters
 
 
-def _selected(ctx: ApiContext, row: Row, name_part: str, filters: Mapping[str, str]) -> bool:
-    """Whether ``row`` is selected by the list's ``name`` and label filters, on the labels
-    its answer shows (computed ones included)."""
-    res = row.resource
-    if name_part not in res.name:
-        return False
-    if not filters:
-        return True
-    labels = {**res.labels, **computed_labels(ctx, res, row.origin)}
-    return all(labels.get(k) == v for k, v in filters.items())
+def _selection(
+    ctx: ApiContext, kind: Kind, name_part: str, filters: Mapping[str, str]
+) -> Selection:
+    """The list's ``name`` and label filters as a store selection, on the labels its answer
+    shows: a label the control plane computes for a row (kds.api._labels) is matched on
+    what it computes (the row's name, its mesh, or a value fixed by its origin), any other
+    on the row's stored labels."""
+    origins: dict[Origin, Clause] = {}
+    for origin in (ORIGIN_GLOBAL, ORIGIN_ZONE):
+        computed = computed_labels(ctx, Resource(kind, _NAME, mesh=_MESH), origin)
+        clause = Clause(labels={k: v for k, v in filters.items() if k not in computed})
+        for key, value in filters.items():
+            shown_as = computed.get(key)
+            if shown_as is None:
+                continue
+            field = "name" if shown_as == _NAME else "mesh" if shown_as == _MESH else None
+            if field is None:
+                if value != shown_as:
+                    break  # a fixed label this origin's rows never show with this value
+            elif getattr(clause, field) in (None, value):
+                clause = (
+                    replace(clause, name=value) if field == "name" else replace(clause, mesh=value)
+                )
+            else:
+                break  # two filters on one computed label disagree
+        else:
+            origins[origin] = clause
+    return Selection(name_part, origins)
 
 
 def list_handler(kind: Kind, all_meshes: bool = False) -> Handler:
@@ -174,14 +196,8 @@ def list_handler(kind: Kind, all_meshes: bool = False) -> Handler:
         if kind is Kind.SECRET and not all_meshes:
             mesh = request.match_info["mesh"]
             await _require_mesh(ctx, mesh)
-        if name_part or filters:
-            # Selection is on what the answer shows (computed labels included), so it reads
-            # the kind's rows and pages what it selects.
-            rows = await ctx.store.list_rows(kind, mesh)
-            selected = [r for r in rows if _selected(ctx, r, name_part, filters)]
-            total, page = len(selected), selected[offset : offset + size]
-        else:
-            total, page = await ctx.store.page(kind, mesh, offset, size)
+        select = _selection(ctx, kind, name_part, filters) if name_part or filters else None
+        total, page = await ctx.store.page(kind, mesh, offset, size, select)
         items = [_render(ctx, r, request, k8s) for r in page]
         next_url = None
         if offset + size < total:

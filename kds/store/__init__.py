@@ -22,10 +22,13 @@ from kds.store._zone import ZoneOptions
 from kds.store.interface import GlobalStore, OnCommit, ResourceStore, ZoneStore
 from kds.store.postgres import PgGlobalEngine, PgGlobalStore, PgTarget, PgZoneEngine, PgZoneStore
 from kds.store.results import (
+    ANY,
     ORIGIN_GLOBAL,
     ORIGIN_ZONE,
     ChangeRecord,
+    Clause,
     Row,
+    Selection,
     Snapshot,
     SyncLeaves,
     SyncState,
@@ -42,15 +45,18 @@ from kds.store.sqlite import (
 )
 
 __all__ = [
+    "ANY",
     "DEFAULT_LOG_SIZE",
     "ORIGIN_GLOBAL",
     "ORIGIN_ZONE",
     "ChangeRecord",
+    "Clause",
     "GlobalStore",
     "OnCommit",
     "PgTarget",
     "ResourceStore",
     "Row",
+    "Selection",
     "Snapshot",
     "SqliteGlobalStore",
     "SqliteZoneStore",

@@ -9,20 +9,47 @@ the floor. Meta holds the head, the chain at the head, the floor and the chain a
 written once at the end of each writing transaction (``flush``). On PostgreSQL every writer
 holds the store's advisory lock (kds.store.postgres._db), so the head a writer reads is the
 last committed one and revisions stay gap-free across instances sharing the store.
+
+Each entry carries a digest of its stored columns (kds.store._rows.log_digest, as rows do),
+checked whenever it is read and for every entry at open: a damaged entry is reported by its
+revision, never resumes a zone (``chain_at`` knows no chain for it) and ends any range that
+reaches it (``changes_after``), so the zone is sent a snapshot instead.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+import structlog
 
 from kds.model import Key, Kind
 from kds.protocol.records import next_chain
-from kds.store._rows import Conn, Db, get_meta, set_meta
+from kds.store._rows import LOG_COLS, Conn, Db, get_meta, log_digest, set_meta
 from kds.store._sealing import Sealer, aad
 from kds.store.results import ChangeRecord
 
-__all__ = ["ChangeLog"]
+__all__ = ["ChangeLog", "digest_entries"]
+
+log = structlog.get_logger("kds.store")
+
+
+def _sound(entry: Any) -> bool:
+    """Whether an entry selected as LOG_COLS matches its digest."""
+    digest = entry[-1]
+    return digest is not None and log_digest(entry[:-1]) == bytes(digest)
+
+
+def digest_entries(conn: Conn) -> int:
+    """Migrating a store from before entry digests: the digest of every entry that has
+    none (what it holds now is all there is to check it against); the entries done."""
+    rows = conn.execute(f"SELECT {LOG_COLS} FROM changelog WHERE digest IS NULL").fetchall()
+    conn.executemany(
+        "UPDATE changelog SET digest=? WHERE revision=?",
+        [(log_digest(r[:-1]), r[0]) for r in rows],
+    )
+    return len(rows)
 
 
 @dataclass
@@ -72,20 +99,20 @@ class ChangeLog:
         chain = next_chain(tail.chain, change)
         rec = ChangeRecord(revision, key, deleted, change, chain, self.clock())
         stored, sealed = self.sealer.seal(change, aad("changelog", str(revision), "", "", ""))
+        values = (
+            revision,
+            str(key.kind),
+            key.mesh,
+            key.name,
+            deleted,
+            stored,
+            chain,
+            rec.committed_at,
+            sealed,
+        )
         conn.execute(
-            "INSERT INTO changelog (revision, kind, mesh, name, deleted, change, chain, "
-            "committed_at, sealed) VALUES (?,?,?,?,?,?,?,?,?)",
-            (
-                revision,
-                str(key.kind),
-                key.mesh,
-                key.name,
-                deleted,
-                stored,
-                chain,
-                rec.committed_at,
-                sealed,
-            ),
+            f"INSERT INTO changelog ({LOG_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (*values, log_digest(values)),
         )
         tail.head, tail.chain, tail.dirty = revision, chain, True
         return rec
@@ -118,9 +145,14 @@ class ChangeLog:
             if revision == floor:
                 return bytes.fromhex(get_meta(conn, "floor_chain"))
             row = conn.execute(
-                "SELECT chain FROM changelog WHERE revision=?", (revision,)
+                f"SELECT {LOG_COLS} FROM changelog WHERE revision=?", (revision,)
             ).fetchone()
-            return bytes(row[0]) if row else None
+        if row is None:
+            return None
+        if not _sound(row):
+            self._damaged(row, "its chain is not trusted: a zone at this revision takes a snapshot")
+            return None
+        return bytes(row[6])
 
     def head(self) -> int:
         with self.db.read() as conn:
@@ -131,24 +163,53 @@ class ChangeLog:
             return int(get_meta(conn, "log_floor"))
 
     def changes_after(self, revision: int, upto: int) -> list[ChangeRecord]:
+        """The entries after ``revision`` up to ``upto``, in order; a damaged entry ends
+        the list before it (reported), so a range reaching it comes out short and the zone
+        is sent a snapshot instead of a damaged change or a gap."""
         with self.db.read() as conn:
             rows = conn.execute(
-                "SELECT revision, kind, mesh, name, deleted, change, chain, committed_at, sealed "
-                "FROM changelog WHERE revision > ? AND revision <= ? ORDER BY revision",
+                f"SELECT {LOG_COLS} FROM changelog WHERE revision > ? AND revision <= ? "
+                "ORDER BY revision",
                 (revision, upto),
             ).fetchall()
         open_value = self.sealer.open
-        return [
-            ChangeRecord(
-                int(rev),
-                Key(Kind(k), m, n),
-                bool(d),
-                open_value(bytes(c), sl, aad("changelog", str(rev), "", "", "")),
-                bytes(ch),
-                float(at),
+        out = []
+        for row in rows:
+            if not _sound(row):
+                self._damaged(row, "the changes from it on are not sent: a snapshot is")
+                break
+            rev, k, m, n, d, c, ch, at, sl, _ = row
+            out.append(
+                ChangeRecord(
+                    int(rev),
+                    Key(Kind(k), m, n),
+                    bool(d),
+                    open_value(bytes(c), sl, aad("changelog", str(rev), "", "", "")),
+                    bytes(ch),
+                    float(at),
+                )
             )
-            for rev, k, m, n, d, c, ch, at, sl in rows
-        ]
+        return out
+
+    def check(self) -> list[int]:
+        """At open: the revisions of every damaged entry, each reported."""
+        with self.db.read() as conn:
+            rows = conn.execute(f"SELECT {LOG_COLS} FROM changelog ORDER BY revision").fetchall()
+        damaged = [r for r in rows if not _sound(r)]
+        for row in damaged:
+            self._damaged(row, "zones behind it take a snapshot instead of resuming through it")
+        return [int(r[0]) for r in damaged]
+
+    def _damaged(self, row: Any, consequence: str) -> None:
+        """Report a damaged entry by its revision (its other columns may be damaged too;
+        never its change, which holds a value)."""
+        log.error(
+            "damaged change-log entry: its stored bytes do not match their digest",
+            revision=int(row[0]),
+            store=self.db.location,
+            consequence=consequence,
+            fix="none needed: it leaves the log as the log moves on",
+        )
 
     def commit_time(self, revision: int) -> float | None:
         """When ``revision`` was committed (wall-clock seconds); for a revision the log no

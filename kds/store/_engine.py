@@ -30,6 +30,7 @@ from kds.model import Key, Kind, Resource
 from kds.protocol.digest_tree import leaf_digest
 from kds.store._rows import COL_NAMES, COLS, UPSERT_RESOURCE, Conn, DamagedRow, Db
 from kds.store._sealing import Sealer, reseal
+from kds.store._select import selected_sql
 from kds.store.interface import OnCommit
 from kds.store.results import (
     ORIGIN_GLOBAL,
@@ -37,6 +38,7 @@ from kds.store.results import (
     ChangeRecord,
     Origin,
     Row,
+    Selection,
     SyncLeaves,
     WriteResult,
 )
@@ -155,10 +157,16 @@ class ResourceEngine:
         return self.page(kind, mesh)[1]
 
     def page(
-        self, kind: Kind, mesh: str | None = None, offset: int = 0, limit: int | None = None
+        self,
+        kind: Kind,
+        mesh: str | None = None,
+        offset: int = 0,
+        limit: int | None = None,
+        select: Selection | None = None,
     ) -> tuple[int, list[Row]]:
-        """(total, rows) of the effective view, ordered by mesh and name, paged in SQL: a
-        zone-local row hides the synced copy of its key and is marked as shadowing it."""
+        """(total, rows) of the effective view, ordered by mesh and name, selected
+        (kds.store._select) and paged in SQL: a zone-local row hides the synced copy of its
+        key and is marked as shadowing it."""
         where = "r.kind=?"
         args: list[Any] = [str(kind)]
         if mesh is not None:
@@ -168,6 +176,10 @@ class ResourceEngine:
             " AND (r.origin='zone' OR NOT EXISTS (SELECT 1 FROM resources z WHERE"
             " z.kind=r.kind AND z.mesh=r.mesh AND z.name=r.name AND z.origin='zone'))"
         )
+        if select is not None:
+            cond, more = selected_sql(select, self.db.CONTAINS)
+            where += f" AND {cond}"
+            args += more
         cols = ", ".join(f"r.{c}" for c in COL_NAMES)
         with self.db.read(snapshot=True) as conn:
             one = conn.execute(f"SELECT COUNT(*) FROM resources r WHERE {where}", args).fetchone()
@@ -192,17 +204,18 @@ class ResourceEngine:
     def sync_leaves(self) -> SyncLeaves:
         """The anti-entropy leaves of the synced rows (origin global) at this store's
         revision, in one snapshot read; a damaged row is no leaf (logged by key)."""
+        leaves = []
         with self.db.read(snapshot=True) as conn:
             revision = self._sync_revision(conn)
-            rows = conn.execute(f"SELECT {COLS} FROM resources WHERE origin='global'").fetchall()
-        leaves = []
-        for r in rows:
-            try:
-                res = self.sealer.resource(r)
-            except StoreDamaged as e:
-                log.warning("damaged row is no anti-entropy leaf", key=e.key)
-                continue
-            leaves.append((res.key, leaf_digest(res)))
+            # Row by row, not fetchall: every row of a large store held at once took over
+            # 100 MB for 100,000 secrets, where only each key and its digest are kept.
+            for r in conn.execute(f"SELECT {COLS} FROM resources WHERE origin='global'"):
+                try:
+                    res = self.sealer.resource(r)
+                except StoreDamaged as e:
+                    log.warning("damaged row is no anti-entropy leaf", key=e.key)
+                    continue
+                leaves.append((res.key, leaf_digest(res)))
         return SyncLeaves(revision, leaves)
 
     def _sync_revision(self, conn: Conn) -> int:

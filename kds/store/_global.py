@@ -77,6 +77,7 @@ class GlobalEngine(ResourceEngine):
         self.clock = clock
         super().__init__(db, cipher=cipher, on_commit=on_commit, new_store=new_store)
         self.changelog = ChangeLog(self.db, self.sealer, log_size, clock)
+        self.damaged_log = self.changelog.check()
 
     # ------------------------------------------------------------------ revisioned writes
 
@@ -126,24 +127,25 @@ class GlobalEngine(ResourceEngine):
         """Every resource's kept encoded change (``wire``), at one revision. A row whose
         digest does not match is left out, reported by key: its damaged bytes are never
         sent to a zone (putting the resource again repairs it)."""
+        records = []
         with self.db.read(snapshot=True) as conn:
             head = int(get_meta(conn, "head"))
             chain = bytes.fromhex(get_meta(conn, "chain"))
-            rows = conn.execute(f"SELECT {COLS} FROM resources WHERE origin='global'").fetchall()
-        records = []
-        for r in rows:
-            k, m, n = r[0], r[1], r[2]
-            if row_digest(r[:DIGEST]) != bytes(r[DIGEST]) or r[WIRE] is None:
-                log.error(
-                    "damaged row left out of a snapshot: it is not sent",
-                    key=f"{k} {m + '/' if m else ''}{n}",
-                    store=self.location,
-                    fix="put the resource again, or restore the store from a backup",
-                )
-                continue
-            where = aad("wire", k, m, n, ORIGIN_GLOBAL)
-            change = self.sealer.open(bytes(r[WIRE]), r[10], where)
-            records.append(ChangeRecord(int(r[9]), Key(Kind(k), m, n), False, change))
+            # Row by row, not fetchall: every row (data included) of a large store held at
+            # once more than doubled global's memory while a snapshot was read.
+            for r in conn.execute(f"SELECT {COLS} FROM resources WHERE origin='global'"):
+                k, m, n = r[0], r[1], r[2]
+                if row_digest(r[:DIGEST]) != bytes(r[DIGEST]) or r[WIRE] is None:
+                    log.error(
+                        "damaged row left out of a snapshot: it is not sent",
+                        key=f"{k} {m + '/' if m else ''}{n}",
+                        store=self.location,
+                        fix="put the resource again, or restore the store from a backup",
+                    )
+                    continue
+                where = aad("wire", k, m, n, ORIGIN_GLOBAL)
+                change = self.sealer.open(bytes(r[WIRE]), r[10], where)
+                records.append(ChangeRecord(int(r[9]), Key(Kind(k), m, n), False, change))
         return Snapshot(head, self._store_id, sort_records(records), chain)
 
     # ------------------------------------------------------------------ internal secrets
@@ -267,6 +269,23 @@ class GlobalEngine(ResourceEngine):
                     "  ORDER BY id DESC LIMIT 1 OFFSET ?)",
                     (zone, kind, zone, kind, max(0, keep)),
                 )
+
+    def prune_zone_events(self, seen_since: float, total: int) -> int:
+        """Bound the history in total: drop every entry of each zone with no entry at or
+        after ``seen_since`` (a zone gone, or not seen for the retention time), then the
+        oldest entries beyond ``total``; the entries dropped."""
+        with self.db.write() as conn:
+            gone = conn.execute(
+                "DELETE FROM zone_events WHERE zone IN (SELECT zone FROM zone_events"
+                " GROUP BY zone HAVING MAX(time) < ?)",
+                (seen_since,),
+            ).rowcount
+            over = conn.execute(
+                "DELETE FROM zone_events WHERE id <= ("
+                "  SELECT id FROM zone_events ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (max(0, total),),
+            ).rowcount
+        return max(0, gone) + max(0, over)
 
     def zone_events(
         self, zone: str, kind: str, since: float = 0.0, limit: int = 1000

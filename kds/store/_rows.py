@@ -29,6 +29,7 @@ __all__ = [
     "COLS",
     "COL_NAMES",
     "DIGEST",
+    "LOG_COLS",
     "ROW_FORMAT",
     "UPSERT_RESOURCE",
     "WIRE",
@@ -37,6 +38,7 @@ __all__ = [
     "DamagedRow",
     "Db",
     "get_meta",
+    "log_digest",
     "redigested",
     "row_digest",
     "row_digest_v1",
@@ -74,9 +76,14 @@ COL_NAMES = [c.strip() for c in COLS.split(",")]
 WIRE = 11  # wire's position in COLS (global: the encoded Change; a zone: NULL)
 DIGEST = 12  # the digest's position in COLS
 
-# The row format stores record (SQLite: meta ``schema_version``; PostgreSQL: its schema
-# version 3): 2 is the digest over ``wire`` too. Format 1 digested the columns before wire.
-ROW_FORMAT = 2
+# The row format stores record (SQLite: meta ``schema_version``; PostgreSQL: schema versions
+# 3 and 4): 2 is the digest over ``wire`` too (format 1 digested the columns before wire);
+# 3: change-log entries carry a digest too (LOG_COLS).
+ROW_FORMAT = 3
+
+# The changelog columns an entry is read from and written to; the last, digest, is the
+# digest of the ones before it as stored (log_digest), checked whenever an entry is read.
+LOG_COLS = "revision, kind, mesh, name, deleted, change, chain, committed_at, sealed, digest"
 
 # Insert or replace one resources row (COLS, sync_gen): SQLite and PostgreSQL alike.
 UPSERT_RESOURCE = (
@@ -110,6 +117,13 @@ def row_digest(values: Sequence[Any]) -> bytes:
     (text, integers and blobs alike: each as the bytes SQLite would give for it cast to a
     blob, so a scan can read raw bytes)."""
     return _digest(b"kds-row-v2", values)
+
+
+def log_digest(values: Sequence[Any]) -> bytes:
+    """The digest of one change-log entry's stored LOG_COLS values before the digest, as
+    row_digest is of a row (``deleted`` as 0 or 1, which both backends' types give)."""
+    rev, kind, mesh, name, deleted, *rest = values
+    return _digest(b"kds-log-v1", (int(rev), kind, mesh, name, int(bool(deleted)), *rest))
 
 
 def row_digest_v1(values: Sequence[Any]) -> bytes:
@@ -207,6 +221,8 @@ class Db(Protocol):
     role: str
     # LIMIT's value meaning "no limit" in this dialect.
     NO_LIMIT: ClassVar[int | None]
+    # "The text {} holds ?" (a str.format template over a column): position, not a pattern.
+    CONTAINS: ClassVar[str]
     # Save one zone status (name, JSON status): kds.store.interface.GlobalStore.
     STATUS_UPSERT: ClassVar[str]
 

@@ -17,7 +17,17 @@ from typing import Any
 from kds.crypto import DataCipher
 from kds.errors import StoreDamaged, StoreError
 from kds.model import Resource
-from kds.store._rows import COLS, DIGEST, WIRE, Db, row_digest, row_to_resource, row_values
+from kds.store._rows import (
+    COLS,
+    DIGEST,
+    LOG_COLS,
+    WIRE,
+    Db,
+    log_digest,
+    row_digest,
+    row_to_resource,
+    row_values,
+)
 
 __all__ = ["Sealer", "aad", "reseal"]
 
@@ -133,13 +143,18 @@ def reseal(db: Db, sealer: Sealer) -> None:
                 (values[4], values[10], values[WIRE], values[DIGEST], *key),
             )
         changes = conn.execute(
-            "SELECT revision, change, sealed FROM changelog WHERE sealed != ?", (current,)
+            f"SELECT {LOG_COLS} FROM changelog WHERE sealed != ?", (current,)
         ).fetchall()
-        for rev, change, sealed in changes:
+        for entry in changes:
+            if entry[-1] is None or log_digest(entry[:-1]) != bytes(entry[-1]):
+                continue  # left as it is: reported by the start-up check
+            rev, change, sealed = entry[0], entry[5], entry[8]
             where = aad("changelog", str(rev), "", "", "")
             stored, kid = sealer.seal(sealer.open(bytes(change), sealed, where), where)
+            digest = log_digest((*entry[:5], stored, entry[6], entry[7], kid))
             conn.execute(
-                "UPDATE changelog SET change=?, sealed=? WHERE revision=?", (stored, kid, rev)
+                "UPDATE changelog SET change=?, sealed=?, digest=? WHERE revision=?",
+                (stored, kid, digest, rev),
             )
         secrets = conn.execute(
             "SELECT name, data, sealed FROM internal_secrets WHERE sealed != ?", (current,)

@@ -26,6 +26,7 @@ from kds.store._zone import ZoneEngine
 from kds.store.results import (
     ChangeRecord,
     Row,
+    Selection,
     Snapshot,
     SyncLeaves,
     SyncState,
@@ -90,9 +91,14 @@ class ThreadedResourceStore(Generic[E]):
         return await self._threads.read(self._engine.get, key)
 
     async def page(
-        self, kind: Kind, mesh: str | None = None, offset: int = 0, limit: int | None = None
+        self,
+        kind: Kind,
+        mesh: str | None = None,
+        offset: int = 0,
+        limit: int | None = None,
+        select: Selection | None = None,
     ) -> tuple[int, list[Row]]:
-        return await self._threads.read(self._engine.page, kind, mesh, offset, limit)
+        return await self._threads.read(self._engine.page, kind, mesh, offset, limit, select)
 
     async def list_rows(self, kind: Kind, mesh: str | None = None) -> list[Row]:
         return await self._threads.read(self._engine.list_rows, kind, mesh)
@@ -148,6 +154,9 @@ class ThreadedGlobalStore(ThreadedResourceStore[G]):
 
     async def add_zone_events(self, events: Sequence[ZoneEvent], keep: int) -> None:
         await self._threads.write(self._engine.add_zone_events, events, keep)
+
+    async def prune_zone_events(self, seen_since: float, total: int) -> int:
+        return await self._threads.write(self._engine.prune_zone_events, seen_since, total)
 
     async def zone_events(
         self, zone: str, kind: str, since: float = 0.0, limit: int = 1000

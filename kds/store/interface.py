@@ -33,6 +33,7 @@ from kds.model import Key, Kind, Resource
 from kds.store.results import (
     ChangeRecord,
     Row,
+    Selection,
     Snapshot,
     SyncLeaves,
     SyncState,
@@ -71,9 +72,16 @@ class ResourceStore(Protocol):
     # Reads: the effective view (a zone-local row hides the synced copy of its key).
     async def get(self, key: Key) -> Row | None: ...
     async def page(
-        self, kind: Kind, mesh: str | None = None, offset: int = 0, limit: int | None = None
+        self,
+        kind: Kind,
+        mesh: str | None = None,
+        offset: int = 0,
+        limit: int | None = None,
+        select: Selection | None = None,
     ) -> tuple[int, list[Row]]:
-        """(total, rows) ordered by mesh and name; ``limit`` None: all from ``offset``."""
+        """(total, rows) ordered by mesh and name; ``limit`` None: all from ``offset``;
+        ``select``: only the rows it selects (counted in ``total``), selected in the
+        database."""
         ...
 
     async def list_rows(self, kind: Kind, mesh: str | None = None) -> list[Row]: ...
@@ -145,6 +153,11 @@ class GlobalStore(ResourceStore, Protocol):
     async def add_zone_events(self, events: Sequence[ZoneEvent], keep: int) -> None:
         """Append ``events`` in one transaction, then keep only the newest ``keep`` of each
         (zone, kind) they added to (newest: last added)."""
+        ...
+
+    async def prune_zone_events(self, seen_since: float, total: int) -> int:
+        """Drop the history of every zone with no entry at or after ``seen_since``, then the
+        oldest entries beyond ``total``, in one transaction; the entries dropped."""
         ...
 
     async def zone_events(

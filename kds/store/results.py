@@ -8,6 +8,7 @@ kds.store.interface.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -18,10 +19,13 @@ if TYPE_CHECKING:
 from kds.protocol.records import ChangeRecord, sort_records
 
 __all__ = [
+    "ANY",
     "ORIGIN_GLOBAL",
     "ORIGIN_ZONE",
     "ChangeRecord",
+    "Clause",
     "Row",
+    "Selection",
     "Snapshot",
     "SyncLeaves",
     "SyncState",
@@ -43,6 +47,31 @@ class Row:
     resource: Resource
     origin: Origin
     shadows_synced: bool = False  # zone-local and global's copy is kept aside
+
+
+@dataclass(frozen=True)
+class Clause:
+    """What a row of one origin must be to be selected: its exact name and mesh (None: any)
+    and stored labels (exact values, all of them)."""
+
+    name: str | None = None
+    mesh: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+ANY: Clause = Clause()
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which rows a list selects (ResourceStore.page): names containing ``name_part``
+    (case-sensitive; "" selects all), and per origin what its rows must match; an origin
+    absent from ``origins`` selects none of its rows."""
+
+    name_part: str = ""
+    origins: Mapping[Origin, Clause] = field(
+        default_factory=lambda: {ORIGIN_GLOBAL: ANY, ORIGIN_ZONE: ANY}
+    )
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,19 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = ROOT / "compose"
 ZONES = ("zone-1", "zone-2", "zone-3")
 BASE_IMAGE = os.environ.get("KDS_BASE_IMAGE") or "local/python:3.11"
-POSTGRES_IMAGE = os.environ.get("KDS_POSTGRES_IMAGE") or "kds-sync-postgres:test"
+# The images a test run builds get tags of their own (so one run never removes another's),
+# and are removed with the build cache when the run ends: Docker's vfs driver here copies
+# every layer in full, and a day of runs filled 72 GB. The base images scripts/setup-containers
+# made (local/*, minutes of debootstrap each) stay. KDS_IMAGE / KDS_POSTGRES_IMAGE given:
+# those are kept, as is everything with KDS_KEEP_PROJECT set.
+RUN_TAG = f"test-{uuid.uuid4().hex[:8]}"
+IMAGE = os.environ.get("KDS_IMAGE") or f"kds-sync:{RUN_TAG}"
+POSTGRES_IMAGE = os.environ.get("KDS_POSTGRES_IMAGE") or f"kds-sync-postgres:{RUN_TAG}"
+BUILT_HERE = [
+    tag
+    for tag, given in ((IMAGE, "KDS_IMAGE"), (POSTGRES_IMAGE, "KDS_POSTGRES_IMAGE"))
+    if not os.environ.get(given)
+]
 
 
 def _run(
@@ -181,13 +193,22 @@ class Project:
         return nets[0]
 
 
+def remove_images(tags: list[str]) -> None:
+    """Remove ``tags`` and the build cache their builds left (the cache of a build still
+    running elsewhere is in use, and kept); keeps every other image."""
+    if tags:
+        _run(["docker", "rmi", "-f", *tags], timeout=300)
+    _run(["docker", "builder", "prune", "-f"], timeout=300)
+
+
 @pytest.fixture(scope="session")
-def image() -> str:
-    """Builds the image the way compose/README.md says to on a machine without a registry."""
+def image() -> Iterator[str]:
+    """Builds the image the way compose/README.md says to on a machine without a registry;
+    removes it (and the PostgreSQL image) when the session ends."""
     reason = why_no_containers()
     if reason is not None:
         pytest.skip(f"containers cannot run here: {reason}")
-    tag = os.environ.get("KDS_IMAGE", "kds-sync:test")
+    tag = IMAGE
     env = {
         **os.environ,
         "KDS_IMAGE": tag,
@@ -196,9 +217,15 @@ def image() -> str:
     }
     t0 = time.monotonic()
     # Also builds POSTGRES_IMAGE, for the PostgreSQL variant (compose/postgres.yml).
-    _run([str(ROOT / "scripts" / "container-image")], 1200, check=True, env=env)
-    print(f"images {tag} and {POSTGRES_IMAGE} built in {time.monotonic() - t0:.0f}s")
-    return tag
+    try:
+        _run([str(ROOT / "scripts" / "container-image")], 1200, check=True, env=env)
+        print(f"images {tag} and {POSTGRES_IMAGE} built in {time.monotonic() - t0:.0f}s")
+        yield tag
+    finally:
+        if os.environ.get("KDS_KEEP_PROJECT"):
+            print(f"kept images {tag} and {POSTGRES_IMAGE} (KDS_KEEP_PROJECT)")
+        else:
+            remove_images(BUILT_HERE)
 
 
 @pytest.fixture(scope="session")

@@ -198,7 +198,8 @@ systemctl daemon-reload
             print(f"container {name} set up in {time.monotonic() - t0:.0f}s")
             yield m
         finally:
-            subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=120)
+            # -v: with its anonymous volumes, which would otherwise stay behind.
+            subprocess.run(["docker", "rm", "-f", "-v", name], capture_output=True, timeout=120)
 
 
 def test_global_starts_once_ready(machine: Machine) -> None:

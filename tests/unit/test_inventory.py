@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from globalcp import inventory
 from globalcp.hub import Hub
 from globalcp.inventory import _resources
 from globalcp.metrics import LATENCY_BUCKETS, GlobalMetrics
@@ -68,5 +71,31 @@ async def test_resources_say_which_zones_hold_them(tmp_path: Path) -> None:
             "pending": ["zone-b"],
         }
         assert "secret-value" not in repr(out) and all("data" not in i for i in out["items"])
+    finally:
+        store.close()
+
+
+async def test_resources_read_only_the_rows_they_show(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cut at MAX_RESOURCES, with every row counted: the store is read a page at a time,
+    never in full (the page is open to the read-only token and polled)."""
+    monkeypatch.setattr(inventory, "MAX_RESOURCES", 3)
+    engine = GlobalEngine(tmp_path / "g.db")
+    store = SqliteGlobalStore(engine)
+    try:
+        engine.put(Resource(Kind.MESH, "default"), NOW)
+        for i in range(5):
+            engine.put(Resource(Kind.SECRET, f"s{i}", mesh="default", data=b"v"), NOW)
+        engine.put(Resource(Kind.GLOBAL_SECRET, "g", data=b"v"), NOW)
+
+        async def everything(*args: object) -> None:
+            raise AssertionError("read every row")
+
+        monkeypatch.setattr(store, "list_rows", everything)
+        t = ZoneTracker(store, Hub(engine.head(), 0, 100))
+        out = await _resources(t)
+        assert out["total"] == 7 and out["truncated"]
+        assert [i["name"] for i in out["items"]] == ["default", "s0", "s1"]
     finally:
         store.close()

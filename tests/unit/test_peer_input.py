@@ -3,23 +3,29 @@ session's check of rejections, the zone tracker's bounds, the log throttle, kdsc
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
+import grpc
+import jwt
 import pytest
 import structlog
 from click.testing import CliRunner
 
 from globalcp.throttle import Throttle
+from globalcp.tokens import KID_LOGGED, TokenRefused, ZoneTokens
 from globalcp.zones import CONFLICTS_KEPT, ERROR_CHARS, ZoneState, ZoneStatusView
 from kds.errors import ProtocolError
 from kds.logging import escape_control_characters
 from kds.model import Key, Kind
 from kds.protocol.limits import MAX_REVISION, check_hello, check_key
 from kds.protocol.session import Ack, GlobalSession, Hello, Mode, SendSnapshot
+from kds.store import open_global_store
 from kds.text import bound, escape, safe_text
 from kdsctl.cli import cli
 
@@ -277,3 +283,33 @@ def test_kdsctl_prints_peer_text_escaped(fake_global: str, args: list[str]) -> N
         assert "Conflicts (30000, the first 3 shown):" in res.output
         assert "GlobalSecret:c\\x1b[31m0" in res.output
         assert "at most 4 revision(s) behind" in res.output and "(+1 more)" in res.output
+
+
+# --------------------------------------------------------------------------- token key ids
+
+
+@pytest.mark.parametrize("kid", [FORGED * 2000, "zone-token-signing-key-9", None])
+async def test_a_token_s_unknown_key_id_is_never_echoed_to_the_peer(
+    tmp_path: Path, kid: object
+) -> None:
+    """The peer is told a fixed reason; global's log gets the key id cut and escaped."""
+    store = open_global_store(tmp_path / "global.db")
+    try:
+        tokens = ZoneTokens(store, issuer="test")
+        await tokens.load()
+        headers = {} if kid is None else {"kid": kid}
+        forged = jwt.encode({"sub": "zone-a"}, "k" * 32, algorithm="HS256", headers=headers)
+        with pytest.raises(TokenRefused) as e:
+            tokens.verify(forged, "zone-a", dt.datetime.now(dt.UTC))
+        assert e.value.reason == (
+            "zone token signed by a key this global does not hold (removed, or never made "
+            "here): generate a new token"
+        )
+        assert e.value.code == grpc.StatusCode.UNAUTHENTICATED
+        assert len(e.value.detail) < 6 * KID_LOGGED + 40  # escaping makes a character 6 at most
+        assert "\x1b" not in e.value.detail and "\u202e" not in e.value.detail
+        assert e.value.detail == (
+            "kid missing" if kid is None else f"kid {safe_text(kid, KID_LOGGED)}"
+        )
+    finally:
+        store.close()

@@ -7,6 +7,7 @@ digest still matched (damage found before the migration stays damaged)."""
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,9 @@ from structlog.testing import capture_logs
 from kds.errors import StoreDamaged, StoreError
 from kds.model import Key, Kind
 from kds.store import PgTarget
+from kds.store._rows import ROW_FORMAT
 from kds.store.postgres import PgGlobalEngine
+from kds.store.postgres._db import SCHEMA_VERSION
 from kds.store.sqlite import GlobalEngine
 from tests.pgserver import shared_server
 from tests.unit.store_backends import MESH, T0, mk
@@ -34,14 +37,12 @@ class Backend:
     def __init__(self, name: str, tmp: Path):
         self.name = name
         self.path = tmp / "global.db"
-        self.target = PgTarget(
-            shared_server().url, "wd_" + tmp.name.lower()[-40:].replace("-", "_")
-        )
+        self.target = PgTarget(shared_server().url, f"wd_{uuid.uuid4().hex[:12]}")
 
-    def open(self) -> GlobalEngine | PgGlobalEngine:
+    def open(self, **options: Any) -> GlobalEngine | PgGlobalEngine:
         if self.name == "sqlite":
-            return GlobalEngine(self.path)
-        return PgGlobalEngine(self.target)
+            return GlobalEngine(self.path, **options)
+        return PgGlobalEngine(self.target, **options)
 
     def sql(self, query: str, *args: Any) -> list[Any]:
         """Run ``query`` (``?`` placeholders) and commit; its rows, if any."""
@@ -140,7 +141,7 @@ def test_a_store_from_before_is_migrated_keeping_old_damage(backend: Backend) ->
     finally:
         g.close()
     ((version,),) = backend.sql("SELECT value FROM meta WHERE key='schema_version'")
-    assert int(version) == (2 if backend.name == "sqlite" else 3)
+    assert int(version) == (ROW_FORMAT if backend.name == "sqlite" else SCHEMA_VERSION)
     backend.flip_wire("s1")  # after the migration, wire is covered
     g = backend.open()
     try:
@@ -164,5 +165,5 @@ def test_a_sqlite_release_before_format_2_refuses_the_store(tmp_path: Path) -> N
     b = Backend("sqlite", tmp_path)
     _fill(b)
     ((role,),) = b.sql("SELECT value FROM meta WHERE key='role'")
-    assert role == "global (store format 2, made by a newer kds-sync)"
+    assert role == f"global (store format {ROW_FORMAT}, made by a newer kds-sync)"
     b.open().close()  # this release reads it as a global store

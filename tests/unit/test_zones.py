@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from globalcp.hub import Hub
 from globalcp.zones import ZoneState, ZoneTracker
+from kds.errors import StoreUnavailable
 from kds.model import Kind, Resource
 from kds.store import WriteResult
 from kds.store.sqlite import GlobalEngine, SqliteGlobalStore
@@ -290,3 +292,81 @@ async def test_history_is_bounded_per_zone_and_series(store: HubStore, clock: Cl
     rows = await store.zone_events("zone-a", "event", 0.0, 1000)
     assert all(len(r.data.encode()) <= 4096 for r in rows)
     assert all("truncated" not in r.data for r in rows)
+
+
+async def test_a_claim_the_store_does_not_renew_ends_its_stream_before_it_lapses(
+    store: HubStore, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An instance whose renewals cannot be saved (cut off from the store) gives up the
+    zone's stream within the margin before the saved claim lapses, once, and refuses new
+    streams (cut_off) until a save works again; while saves work it never does."""
+    hub = store.hub = Hub(store.engine.head(), store.engine.log_floor(), 100)
+    a = ZoneTracker(store, hub, clock=clock, instance_id="global-a", lease=10.0)
+    assert a.claims is not None
+    _connect(a)
+    await a.flush()
+    for _ in range(5):  # renewed and saved: never lapsing
+        clock.t += 4
+        for s in a.claims.renew(a.zones.values()):
+            a.mark(s)
+        await a.flush()
+        assert a.claims.lapsing(a.zones) == [] and not a.claims.cut_off
+    saved_until = a.zones["zone-a"].lease_until
+
+    async def unreachable(batch: object) -> None:
+        raise OSError("connection refused")
+
+    monkeypatch.setattr(store, "save_zone_statuses", unreachable)
+    clock.t = saved_until - 4.5
+    for s in a.claims.renew(a.zones.values()):  # renewed in memory, the save fails
+        a.mark(s)
+    await a.flush()
+    assert a.zones["zone-a"].lease_until > saved_until  # not what the store holds
+    clock.t = saved_until - 1.5
+    assert a.claims.lapsing(a.zones) == []
+    clock.t = saved_until - 1.0  # the margin: end it before another instance may take it
+    assert a.claims.lapsing(a.zones) == ["zone-a"] and a.claims.cut_off
+    assert a.claims.lapsing(a.zones) == []  # once
+    monkeypatch.undo()
+    a.mark(a.zones["zone-a"])
+    await a.flush()
+    assert not a.claims.cut_off
+
+
+async def test_the_lease_watch_ends_the_streams_it_cannot_renew(
+    store: HubStore, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub = store.hub = Hub(store.engine.head(), store.engine.log_floor(), 100)
+    a = ZoneTracker(store, hub, clock=clock, instance_id="global-a", lease=2.0)
+    _connect(a)  # never saved: its first lease is its deadline
+    ended: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+
+    def end_stream(zone: str, reason: str) -> bool:
+        ended.put_nowait((zone, reason))
+        return True
+
+    watch = asyncio.create_task(a.run_lease_watch(end_stream))
+    try:
+        clock.t += 1.9
+        zone, reason = await asyncio.wait_for(ended.get(), 5)
+        assert zone == "zone-a" and "global-a cannot renew its claim" in reason
+    finally:
+        watch.cancel()
+
+
+async def test_a_store_away_while_sampling_lag_never_ends_the_flusher(
+    store: HubStore, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flusher is a root task (its failure stops global): a store that cannot answer
+    the lag sample's reads costs that sample only; the statuses are still saved."""
+    hub = store.hub = Hub(store.engine.head(), store.engine.log_floor(), 100)
+    a = ZoneTracker(store, hub, clock=clock, instance_id="global-a", lease=10.0)
+    _connect(a)
+
+    async def away() -> dict[str, str]:
+        raise StoreUnavailable("PostgreSQL at test is unreachable")
+
+    monkeypatch.setattr(store, "zone_statuses", away)
+    await a.flush()
+    monkeypatch.undo()
+    assert json.loads((await store.zone_statuses())["zone-a"])["online"]

@@ -18,7 +18,7 @@ The schema is created and migrated at open, under another advisory lock, so two 
 starting at once on an empty database make one schema and one store id. ``meta`` records
 the schema version; a store made by a newer release is refused rather than misread, and an
 older one is migrated in the opening transaction (version 3: row digests cover ``wire``,
-existing rows re-digested).
+existing rows re-digested; version 4: change-log entries carry a digest).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from kds.errors import StoreError, StoreFull, StoreUnavailable
+from kds.store._changelog import digest_entries
 from kds.store._marker import held_store, write_marker
 from kds.store._rows import (
     COLS,
@@ -80,6 +81,13 @@ def _digest_wire(conn: PgConn) -> None:
         "UPDATE resources SET digest=? WHERE kind=? AND mesh=? AND name=? AND origin=?",
         [(digest, *where) for digest, where in redigested(rows)],
     )
+
+
+def _digest_log(conn: PgConn) -> None:
+    """Change-log entries carry a digest (kds.store._rows, format 3): the column, and the
+    digest of every entry already there."""
+    conn.execute("ALTER TABLE changelog ADD COLUMN IF NOT EXISTS digest BYTEA")
+    digest_entries(conn)
 
 
 # Migrations by the version they bring the schema to; ``meta.schema_version`` says which ran.
@@ -143,6 +151,7 @@ CREATE TABLE IF NOT EXISTS zone_events (
 CREATE INDEX IF NOT EXISTS zone_events_by_zone ON zone_events (zone, kind, id);
 """,
     3: _digest_wire,
+    4: _digest_log,
 }
 SCHEMA_VERSION = max(_MIGRATIONS)
 
@@ -218,6 +227,7 @@ class Database:
 
     backend: ClassVar[str] = "postgres"
     NO_LIMIT: ClassVar[int | None] = None
+    CONTAINS: ClassVar[str] = "strpos({}, ?) > 0"
     # Saved unless the stored status describes a newer stream (a later ``connected_at``):
     # with several instances, one whose stream of a zone ended must not overwrite the
     # status of the instance that took the zone's new stream.

@@ -31,6 +31,7 @@ import psycopg
 import structlog
 from psycopg import sql
 
+from kds.errors import StoreError
 from kds.store.postgres._db import LOCK_LEADER, get_meta, set_meta
 from kds.store.postgres._listen import connect_own, first_line
 from kds.store.postgres._zone import PgZoneEngine
@@ -68,7 +69,14 @@ class Leadership:
             conn = await self._acquire()
             lost = asyncio.Event()
             try:
-                epoch = await asyncio.to_thread(self._take_epoch)
+                try:
+                    epoch = await asyncio.to_thread(self._take_epoch)
+                except StoreError as e:
+                    # The server went away (or restarted) between the lock and the epoch: a
+                    # failure to try again, never the end of the zone's sync.
+                    log.warning("cannot take the next leader epoch: trying again", error=str(e))
+                    await asyncio.sleep(self.heartbeat)
+                    continue  # the lock's connection is closed below
                 self.engine.fencing = epoch
                 self.leading = True
                 log.info("leading the zone's sync stream", instance=self.instance_id, epoch=epoch)

@@ -22,6 +22,12 @@ P = TypeVar("P", PgGlobalEngine, PgZoneEngine)
 
 
 class _Follow(ThreadedResourceStore[P]):
+    def close(self) -> None:
+        # The pool first, from here: a call waiting for a connection (the server away) and
+        # every call queued behind it then fail at once instead of each waiting its timeout.
+        self._engine.db.close()
+        super().close()
+
     async def follow(self, on_event: OnEvent, fallback: float = 1.0) -> None:
         """Until cancelled: ``on_event(what)`` for each change an instance sharing this store
         commits, and ``on_event("")`` at least every ``fallback`` seconds

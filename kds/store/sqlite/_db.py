@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from kds.errors import StoreError, StoreFull
+from kds.store._changelog import digest_entries
 from kds.store._marker import held_store, write_marker
 from kds.store._rows import COLS, DIGEST, ROW_FORMAT, Conn, DamagedRow, get_meta, set_meta
 from kds.store.sqlite._digest import add_missing_digests, scan, to_format_2
@@ -72,7 +73,8 @@ CREATE TABLE IF NOT EXISTS changelog (
     change BLOB NOT NULL,
     chain BLOB NOT NULL,             -- history chain at this revision (kds.protocol.records)
     committed_at REAL NOT NULL DEFAULT 0, -- wall-clock seconds (for zone lag in seconds)
-    sealed TEXT NOT NULL DEFAULT ''       -- id of the key change is encrypted with ('': none)
+    sealed TEXT NOT NULL DEFAULT '',      -- id of the key change is encrypted with ('': none)
+    digest BLOB                           -- of the columns before it (kds.store._rows)
 );
 CREATE TABLE IF NOT EXISTS internal_secrets (  -- global's own keys: never synced nor served
     name TEXT PRIMARY KEY,
@@ -109,6 +111,7 @@ _ADDED_COLUMNS = (
     ("resources", "sealed", "TEXT NOT NULL DEFAULT ''"),
     ("internal_secrets", "sealed", "TEXT NOT NULL DEFAULT ''"),
     ("resources", "digest", "BLOB NOT NULL DEFAULT x''"),  # kds.store.sqlite._digest
+    ("changelog", "digest", "BLOB"),  # format 3 (kds.store._changelog.digest_entries)
 )
 
 
@@ -149,6 +152,7 @@ class Database:
 
     backend: ClassVar[str] = "sqlite"
     NO_LIMIT: ClassVar[int | None] = -1
+    CONTAINS: ClassVar[str] = "instr({}, ?) > 0"
     STATUS_UPSERT: ClassVar[str] = (
         "INSERT INTO zone_status VALUES (?, ?) "
         "ON CONFLICT (name) DO UPDATE SET status=excluded.status"
@@ -328,6 +332,8 @@ class Database:
             set_meta(conn, "row_digests", "1")
         elif version < 2:  # row digests that did not cover wire
             to_format_2(conn)
+        if version < 3:  # change-log entries without digests
+            digest_entries(conn)
         if version < ROW_FORMAT:
             set_meta(conn, "schema_version", ROW_FORMAT)
             set_meta(conn, "role", _role_value(self.role))
