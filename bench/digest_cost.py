@@ -18,9 +18,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: bench/ is sys.path[0], the repository is not
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import kds.store.sqlite._db as dbmod
+import kds.store._rows as rowsmod
+import kds.store._sealing as sealmod
 import kds.store.sqlite._digest as digmod
-import kds.store.sqlite._sealing as sealmod
 from kds.model import Kind, Resource
 from kds.protocol.applier import DecodedBatch, Incoming
 from kds.store.sqlite import ZoneEngine
@@ -67,11 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         with_digest = _apply(work / "with.db", args.secrets)
         real = digmod.row_digest
-        dbmod.row_digest = sealmod.row_digest = lambda values: b""  # type: ignore[assignment]
+        rowsmod.row_digest = sealmod.row_digest = lambda values: b""  # type: ignore[assignment]
         try:
             stubbed = _apply(work / "stubbed.db", args.secrets)
         finally:
-            dbmod.row_digest = sealmod.row_digest = real
+            rowsmod.row_digest = sealmod.row_digest = real
         big = work / "big.db"
         _apply(big, args.rows)
         conn = sqlite3.connect(big)

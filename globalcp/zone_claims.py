@@ -6,7 +6,9 @@ lives. Every instance shows the zones it does not hold as the store says, re-rea
 once a second; a claim past its lease shows its zone Offline: the instance holding it
 stopped (killed, or cut off from the store). The store keeps a status describing a newer
 stream over one describing an older stream (kds.store.interface), so the instance that took a
-zone's new stream wins over the one whose stream ended.
+zone's new stream wins over the one whose stream ended. ``lease_until`` is in this
+instance's clock here; the store keeps it on PostgreSQL's clock and converts it on the way
+in and out (kds.store.postgres._global), so instances whose clocks differ agree on it.
 
 An instance that cannot save its renewals (cut off from the store while others still reach
 it) must not keep the streams: the others take its zones once its claims lapse, and it no
@@ -32,6 +34,7 @@ LAPSE_MARGIN = 1.0
 
 
 class Claimed(Protocol):
+    name: str
     online: bool
     global_instance: str
     lease_until: float
@@ -60,9 +63,9 @@ class ZoneClaims:
         """Another instance holds ``state``'s stream, its claim unexpired."""
         return state.online and not self.mine(state) and state.lease_until > self.clock()
 
-    def claim(self, state: Claimed, name: str) -> None:
+    def claim(self, state: Claimed) -> None:
         state.lease_until = self.clock() + self.lease
-        self._deadline[name] = state.lease_until
+        self._deadline[state.name] = state.lease_until
 
     def saved(self, leases: dict[str, float]) -> None:
         """The store took these zones' statuses, with this instance's claims running until

@@ -356,7 +356,7 @@ class ZoneTracker:
         state.sync_mode = "snapshot" if resumed_revision is None else "resume"
         state.global_instance = self.instance_id
         if self.claims is not None:
-            self.claims.claim(state, name)
+            self.claims.claim(state)
         if resumed_revision is not None:
             state.acked_revision = resumed_revision
         self.history.event(

@@ -4,18 +4,21 @@ Callers open a store with ``open_global_store`` or ``open_zone_store`` and depen
 ``GlobalStore`` / ``ZoneStore`` Protocols. Two backends: SQLite (kds.store.sqlite), one file
 in the data dir, and PostgreSQL (kds.store.postgres), one schema on a server that several
 instances of a control plane may share. Both block (SQLite fsyncs on commit; psycopg's
-connections are synchronous), so their stores run writes on one thread, serialized, and
-reads on another; callers only await their methods. Where the store lives decides the
-backend: a file path is SQLite, a ``PgTarget`` is PostgreSQL.
+connections are synchronous), so one generic store (kds.store._threads) runs each
+backend's engine with writes on one thread, serialized, and reads on another; callers only
+await their methods. The engines' logic and SQL are written once (kds.store._engine,
+._global, ._zone) over a small database interface each backend implements (``Db`` in
+kds.store._rows: connections, transactions, schema, a few dialect points). Where the store
+lives decides the backend: a file path is SQLite, a ``PgTarget`` is PostgreSQL.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
+from typing import Unpack
 
-from kds.crypto import DataCipher
+from kds.store._global import GlobalOptions
+from kds.store._zone import ZoneOptions
 from kds.store.interface import GlobalStore, OnCommit, ResourceStore, ZoneStore
 from kds.store.postgres import PgGlobalEngine, PgGlobalStore, PgTarget, PgZoneEngine, PgZoneStore
 from kds.store.results import (
@@ -62,58 +65,20 @@ __all__ = [
 ]
 
 
-def open_global_store(
-    path: str | Path | PgTarget,
-    *,
-    log_size: int = DEFAULT_LOG_SIZE,
-    max_message_bytes: int | None = None,
-    cipher: DataCipher | None = None,
-    on_commit: OnCommit | None = None,
-    clock: Callable[[], float] = time.time,
-    new_store: bool = False,
-) -> GlobalStore:
+def open_global_store(path: str | Path | PgTarget, **options: Unpack[GlobalOptions]) -> GlobalStore:
     """Global's store in the SQLite file ``path``, or on PostgreSQL when ``path`` is a
     PgTarget (made if missing; when a marker says a store was there, only with
-    ``new_store``)."""
+    ``new_store``). Options: kds.store._global.GlobalOptions (log_size, max_message_bytes,
+    clock, cipher, on_commit, new_store)."""
     if isinstance(path, PgTarget):
-        return PgGlobalStore(
-            PgGlobalEngine(
-                path,
-                log_size=log_size,
-                max_message_bytes=max_message_bytes,
-                cipher=cipher,
-                on_commit=on_commit,
-                clock=clock,
-                new_store=new_store,
-            )
-        )
-    return SqliteGlobalStore(
-        GlobalEngine(
-            path,
-            log_size=log_size,
-            max_message_bytes=max_message_bytes,
-            cipher=cipher,
-            on_commit=on_commit,
-            clock=clock,
-            new_store=new_store,
-        )
-    )
+        return PgGlobalStore(PgGlobalEngine(path, **options))
+    return SqliteGlobalStore(GlobalEngine(path, **options))
 
 
-def open_zone_store(
-    path: str | Path | PgTarget,
-    *,
-    cipher: DataCipher | None = None,
-    on_commit: OnCommit | None = None,
-    new_store: bool = False,
-) -> ZoneStore:
+def open_zone_store(path: str | Path | PgTarget, **options: Unpack[ZoneOptions]) -> ZoneStore:
     """A zone's store in the SQLite file ``path``, or on PostgreSQL when ``path`` is a
     PgTarget (made if missing; when a marker says a store was there, only with
-    ``new_store``)."""
+    ``new_store``). Options: kds.store._zone.ZoneOptions (cipher, on_commit, new_store)."""
     if isinstance(path, PgTarget):
-        return PgZoneStore(
-            PgZoneEngine(path, cipher=cipher, on_commit=on_commit, new_store=new_store)
-        )
-    return SqliteZoneStore(
-        ZoneEngine(path, cipher=cipher, on_commit=on_commit, new_store=new_store)
-    )
+        return PgZoneStore(PgZoneEngine(path, **options))
+    return SqliteZoneStore(ZoneEngine(path, **options))

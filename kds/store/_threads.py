@@ -1,20 +1,40 @@
-"""A blocking engine's calls, run off the event loop: writes on one thread, reads on another.
+"""The async stores over a blocking engine: writes on one thread, reads on another.
 
-Writes are serialized on the writer thread (a transaction, its commit and its ``on_commit``
-hook run there, in order); reads run on the reader thread, so a large snapshot read never
-delays a write's acknowledgement for long and never blocks the event loop. A backend whose
-calls block builds its async store on this; callers of the store never see it.
+Both backends' engines block (SQLite fsyncs on commit; psycopg's connections are
+synchronous, and kds.integrity reads the writing transaction synchronously), so one generic
+store serves both: ``ThreadedGlobalStore`` / ``ThreadedZoneStore`` implement
+kds.store.interface's ``GlobalStore`` / ``ZoneStore`` by handing each call to its engine
+(kds.store._global, ._zone) on the writer or the reader thread. Writes are serialized on
+the writer thread (a transaction, its commit and its ``on_commit`` hook run there, in
+order); reads run on the reader thread, so a large snapshot read never delays a write's
+acknowledgement for long and never blocks the event loop. Callers only await.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
-__all__ = ["Threads"]
+from kds.model import Key, Kind, Resource
+from kds.protocol.applier import DecodedBatch
+from kds.store._engine import ResourceEngine
+from kds.store._global import GlobalEngine
+from kds.store._zone import ZoneEngine
+from kds.store.results import (
+    ChangeRecord,
+    Row,
+    Snapshot,
+    SyncLeaves,
+    SyncState,
+    WriteResult,
+    ZoneApplyResult,
+    ZoneEvent,
+)
+
+__all__ = ["ThreadedGlobalStore", "ThreadedResourceStore", "ThreadedZoneStore", "Threads"]
 
 T = TypeVar("T")
 
@@ -40,3 +60,133 @@ class Threads:
         self._reader.submit(close).result()
         self._writer.shutdown()
         self._reader.shutdown()
+
+
+E = TypeVar("E", bound=ResourceEngine)
+G = TypeVar("G", bound=GlobalEngine)
+Z = TypeVar("Z", bound=ZoneEngine)
+
+
+class ThreadedResourceStore(Generic[E]):
+    """What both roles' async stores share (kds.store.interface.ResourceStore)."""
+
+    def __init__(self, engine: E):
+        self._engine = engine
+        self._threads = Threads()
+
+    @property
+    def backend(self) -> str:
+        return self._engine.backend
+
+    @property
+    def location(self) -> str:
+        return self._engine.location
+
+    @property
+    def store_id(self) -> str:
+        return self._engine.store_id
+
+    async def get(self, key: Key) -> Row | None:
+        return await self._threads.read(self._engine.get, key)
+
+    async def page(
+        self, kind: Kind, mesh: str | None = None, offset: int = 0, limit: int | None = None
+    ) -> tuple[int, list[Row]]:
+        return await self._threads.read(self._engine.page, kind, mesh, offset, limit)
+
+    async def list_rows(self, kind: Kind, mesh: str | None = None) -> list[Row]:
+        return await self._threads.read(self._engine.list_rows, kind, mesh)
+
+    async def conflicts(self) -> list[Key]:
+        return await self._threads.read(self._engine.conflicts)
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        return await self._threads.read(self._engine.counts)
+
+    async def sync_leaves(self) -> SyncLeaves:
+        return await self._threads.read(self._engine.sync_leaves)
+
+    async def put(self, resource: Resource, now: str) -> WriteResult:
+        return await self._threads.write(self._engine.put, resource, now)
+
+    async def put_many(self, resources: Sequence[Resource], now: str) -> list[WriteResult]:
+        return await self._threads.write(self._engine.put_many, resources, now)
+
+    async def delete(self, key: Key) -> WriteResult:
+        return await self._threads.write(self._engine.delete, key)
+
+    def close(self) -> None:
+        self._threads.close(self._engine.close)
+
+
+class ThreadedGlobalStore(ThreadedResourceStore[G]):
+    """Global's store (kds.store.interface.GlobalStore) on a GlobalEngine."""
+
+    async def head(self) -> int:
+        return await self._threads.read(self._engine.head)
+
+    async def log_floor(self) -> int:
+        return await self._threads.read(self._engine.log_floor)
+
+    async def changes_after(self, revision: int, upto: int) -> list[ChangeRecord]:
+        return await self._threads.read(self._engine.changes_after, revision, upto)
+
+    async def chain_at(self, revision: int) -> bytes | None:
+        return await self._threads.read(self._engine.chain_at, revision)
+
+    async def snapshot(self) -> Snapshot:
+        return await self._threads.read(self._engine.snapshot)
+
+    async def commit_time(self, revision: int) -> float | None:
+        return await self._threads.read(self._engine.commit_time, revision)
+
+    async def zone_statuses(self) -> dict[str, str]:
+        return await self._threads.read(self._engine.zone_statuses)
+
+    async def save_zone_statuses(self, statuses: dict[str, str]) -> None:
+        await self._threads.write(self._engine.save_zone_statuses, statuses)
+
+    async def add_zone_events(self, events: Sequence[ZoneEvent], keep: int) -> None:
+        await self._threads.write(self._engine.add_zone_events, events, keep)
+
+    async def zone_events(
+        self, zone: str, kind: str, since: float = 0.0, limit: int = 1000
+    ) -> list[ZoneEvent]:
+        return await self._threads.read(self._engine.zone_events, zone, kind, since, limit)
+
+    async def internal_secrets(self, prefix: str = "") -> dict[str, bytes]:
+        return await self._threads.read(self._engine.internal_secrets, prefix)
+
+    async def put_internal_secret(self, name: str, data: bytes, now: str) -> None:
+        await self._threads.write(self._engine.put_internal_secret, name, data, now)
+
+    async def add_internal_secrets(self, secrets: dict[str, bytes], now: str) -> dict[str, bytes]:
+        return await self._threads.write(self._engine.add_internal_secrets, secrets, now)
+
+    async def delete_internal_secret(self, name: str) -> bool:
+        return await self._threads.write(self._engine.delete_internal_secret, name)
+
+    async def add_zone_token(
+        self, token_id: str, zone: str, key_name: str, issued: str, expires: str
+    ) -> None:
+        await self._threads.write(
+            self._engine.add_zone_token, token_id, zone, key_name, issued, expires
+        )
+
+    async def revoke_zone_token(self, token_id: str, now: str) -> dict[str, str] | None:
+        return await self._threads.write(self._engine.revoke_zone_token, token_id, now)
+
+    async def zone_tokens(self) -> list[dict[str, str]]:
+        return await self._threads.read(self._engine.zone_tokens)
+
+
+class ThreadedZoneStore(ThreadedResourceStore[Z]):
+    """A zone's store (kds.store.interface.ZoneStore) on a ZoneEngine."""
+
+    async def sync_state(self) -> SyncState:
+        return await self._threads.read(self._engine.sync_state)
+
+    async def apply_batch(
+        self, batch: DecodedBatch, global_store_id: str, now: str
+    ) -> ZoneApplyResult:
+        return await self._threads.write(self._engine.apply_batch, batch, global_store_id, now)

@@ -135,7 +135,9 @@ class GlobalStore(ResourceStore, Protocol):
 
     # Zone status, saved by globalcp.zones (JSON text by zone name). A backend several
     # instances share keeps a stored status whose ``connected_at`` is later than the one
-    # saved (a newer stream of the zone, held by another instance).
+    # saved (a newer stream of the zone, held by another instance), and keeps a claim's
+    # ``lease_until`` on a clock they share: it is saved and read in the clock the store was
+    # opened with, whatever the other instances' clocks say.
     async def zone_statuses(self) -> dict[str, str]: ...
     async def save_zone_statuses(self, statuses: dict[str, str]) -> None: ...
 

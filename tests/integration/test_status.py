@@ -223,6 +223,16 @@ def test_rejections_count_as_errors_and_status_survives_a_global_restart(cluster
 def test_metrics_on_both_daemons(cluster: Cluster) -> None:
     g = cluster.start_global()
     a = cluster.start_zone("zone-a")
+    # The zone's snapshot first: a write made before it connects travels in the snapshot,
+    # and the message and propagation counts below would then see one fewer.
+    first = g.get_json("/zones")["globalRevision"]
+    wait_for(
+        lambda: (
+            g.http.get("/zones/zone-a/_overview").status_code == 200
+            and _zone(g, "zone-a")["ackedRevision"] == first
+        ),
+        what="zone-a's snapshot",
+    )
     for i in range(3):
         g.put(f"/meshes/default/secrets/m{i}", _secret(f"m{i}", "x"))
         # One write at a time: writes made together may travel as one batch and one

@@ -25,8 +25,7 @@ def _write_row(engine: ZoneEngine, r: Resource) -> None:
     old copy of the file would hold it)."""
     conn = engine.db.conn()
     conn.execute(
-        f"INSERT OR REPLACE INTO resources ({COLS}, wire, sync_gen) "
-        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        f"INSERT OR REPLACE INTO resources ({COLS}, sync_gen) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         engine.sealer.row_values(r, ORIGIN_GLOBAL, None, 0),
     )
 

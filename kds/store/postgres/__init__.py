@@ -6,11 +6,13 @@ change log, history chain, row digests, sealing) and add what sharing one databa
 instances needs: every write transaction holds the store's advisory lock, so revisions are
 gap-free and commit in order across instances (kds.store.postgres._db).
 
-Modules, by job: _db (connections, the versioned schema, transactions, meta, errors),
-_resources (rows both roles share, API writes), _reseal (encryption at rest at open),
-_global and _zone (each role's engine), _stores (the async stores), _listen (LISTEN/NOTIFY
-wake-ups between instances), _leader (one zone instance holds the stream, fenced),
-_import (a SQLite global store moved here, keeping its id and history).
+The engines' logic and SQL are the SQLite backend's, shared (kds.store._engine, ._global,
+._zone, ._changelog, ._sealing, ._threads). Modules here, by job: _db (connections, the
+versioned schema, transactions, the ``?`` to ``%s`` placeholders, the dialect points,
+errors), _global and _zone (each role's engine over a schema; a zone's fencing), _stores
+(the async stores, with follow and leadership), _listen (LISTEN/NOTIFY wake-ups between
+instances), _leader (one zone instance holds the stream, fenced), _import (a SQLite global
+store moved here, keeping its id and history).
 """
 
 from __future__ import annotations

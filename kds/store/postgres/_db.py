@@ -16,20 +16,24 @@ the lock; a read of several statements runs in one REPEATABLE READ snapshot.
 
 The schema is created and migrated at open, under another advisory lock, so two instances
 starting at once on an empty database make one schema and one store id. ``meta`` records
-the schema version; a store made by a newer release is refused rather than misread.
+the schema version; a store made by a newer release is refused rather than misread, and an
+older one is migrated in the opening transaction (version 3: row digests cover ``wire``,
+existing rows re-digested).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 import logging
-import os
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import psycopg
 import psycopg.errors
@@ -38,12 +42,24 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from kds.errors import StoreError, StoreFull, StoreUnavailable
+from kds.store._marker import held_store, write_marker
+from kds.store._rows import (
+    COLS,
+    DIGEST,
+    Conn,
+    DamagedRow,
+    get_meta,
+    redigested,
+    row_digest,
+    set_meta,
+)
 
 __all__ = [
     "LOCK_LEADER",
     "LOCK_WRITE",
     "SCHEMA_VERSION",
     "Database",
+    "PgConn",
     "PgTarget",
     "get_meta",
     "set_meta",
@@ -54,8 +70,21 @@ LOCK_WRITE = 1  # every write transaction
 LOCK_SCHEMA = 2  # creating or migrating the schema at open
 LOCK_LEADER = 3  # a zone's stream to global: held by its leader instance (session lock)
 
+
+def _digest_wire(conn: PgConn) -> None:
+    """Row digests cover ``wire`` too (kds.store._rows, format 2): every row whose digest
+    still matches its columns without wire is re-digested; a row that did not match stays
+    damaged."""
+    rows = conn.execute(f"SELECT ARRAY[kind, mesh, name, origin], {COLS} FROM resources").fetchall()
+    conn.executemany(
+        "UPDATE resources SET digest=? WHERE kind=? AND mesh=? AND name=? AND origin=?",
+        [(digest, *where) for digest, where in redigested(rows)],
+    )
+
+
 # Migrations by the version they bring the schema to; ``meta.schema_version`` says which ran.
-_MIGRATIONS: dict[int, str] = {
+# SQL, or a function run on the migrating transaction's connection.
+_MIGRATIONS: dict[int, str | Callable[[PgConn], None]] = {
     1: """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS resources (
@@ -113,6 +142,7 @@ CREATE TABLE IF NOT EXISTS zone_events (
 );
 CREATE INDEX IF NOT EXISTS zone_events_by_zone ON zone_events (zone, kind, id);
 """,
+    3: _digest_wire,
 }
 SCHEMA_VERSION = max(_MIGRATIONS)
 
@@ -157,23 +187,52 @@ def describe(url: str, schema: str) -> str:
     return f"postgresql://{host}:{d.get('port') or 5432}/{d.get('dbname') or ''} schema {schema}"
 
 
-def get_meta(conn: psycopg.Connection[Any], key: str, default: str = "") -> str:
-    row = conn.execute("SELECT value FROM meta WHERE key=%s", (key,)).fetchone()
-    return str(row[0]) if row else default
+@functools.lru_cache(maxsize=512)
+def _paramstyle(query: str) -> str:
+    """The shared engines' SQL (``?`` placeholders) in psycopg's style (``%s``); a literal
+    ``%`` is doubled, as psycopg reads it as the start of a placeholder."""
+    return query.replace("%", "%%").replace("?", "%s")
 
 
-def set_meta(conn: psycopg.Connection[Any], key: str, value: object) -> None:
-    conn.execute(
-        "INSERT INTO meta VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value=EXCLUDED.value",
-        (key, str(value)),
-    )
+class PgConn:
+    """A psycopg connection taking the shared engines' SQL (kds.store._rows.Conn)."""
+
+    def __init__(self, raw: psycopg.Connection[Any]):
+        self.raw = raw
+
+    def execute(self, query: str, params: Any = None, /) -> psycopg.Cursor[Any]:
+        return self.raw.execute(_paramstyle(query), params)
+
+    def executemany(self, query: str, params: Iterable[Any], /) -> None:
+        with self.raw.cursor() as cur:
+            cur.executemany(_paramstyle(query), list(params))
+
+
+# A zone status's connected_at (globalcp.zones.ZoneState, JSON): the stream it describes.
+_CONNECTED_AT = "COALESCE(({0}.status::jsonb->>'connected_at')::float8, 0)"
 
 
 class Database:
-    """One store's schema on a PostgreSQL server: a connection pool and its transactions."""
+    """One store's schema on a PostgreSQL server: a connection pool and its transactions
+    (kds.store._rows.Db)."""
+
+    backend: ClassVar[str] = "postgres"
+    NO_LIMIT: ClassVar[int | None] = None
+    # Saved unless the stored status describes a newer stream (a later ``connected_at``):
+    # with several instances, one whose stream of a zone ended must not overwrite the
+    # status of the instance that took the zone's new stream.
+    STATUS_UPSERT: ClassVar[str] = (
+        "INSERT INTO zone_status VALUES (?, ?) "
+        "ON CONFLICT (name) DO UPDATE SET status=excluded.status WHERE "
+        + _CONNECTED_AT.format("excluded")
+        + " >= "
+        + _CONNECTED_AT.format("zone_status")
+    )
 
     def __init__(self, target: PgTarget, role: str):
         self.target = target
+        self._local = threading.local()
+        self._tx_serials = itertools.count(1)
         self.role = role
         self.location = describe(target.url, target.schema)
         self.lock = lock_key(target.schema)
@@ -223,21 +282,62 @@ class Database:
             raise StoreError(f"PostgreSQL at {self.location}: {_first_line(e)}") from e
 
     @contextmanager
-    def write(self) -> Iterator[psycopg.Connection[Any]]:
-        """One write transaction, serialized with every other writer of this store."""
+    def write(self, durable: bool = True) -> Iterator[PgConn]:
+        """One write transaction, serialized with every other writer of this store. Not
+        ``durable``: committed without waiting for the server's WAL flush
+        (``synchronous_commit=off`` for this transaction only)."""
         assert self.pool is not None
-        with self.errors(), self.pool.connection() as conn, conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (self.lock, LOCK_WRITE))
-            yield conn
+        self._local.tx = next(self._tx_serials)
+        try:
+            with self.errors(), self.pool.connection() as conn, conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (self.lock, LOCK_WRITE))
+                if not durable:
+                    conn.execute("SET LOCAL synchronous_commit TO OFF")
+                yield PgConn(conn)
+        finally:
+            self._local.tx = 0
+
+    def tx_serial(self) -> int:
+        """A number naming this thread's write transaction in progress, never reused; 0
+        outside one (kds.store._rows.Db)."""
+        serial: int = getattr(self._local, "tx", 0)
+        return serial
 
     @contextmanager
-    def read(self, snapshot: bool = False) -> Iterator[psycopg.Connection[Any]]:
+    def read(self, snapshot: bool = False) -> Iterator[PgConn]:
         """A read-only transaction; ``snapshot``: all of it sees one point in time."""
         assert self.pool is not None
         with self.errors(), self.pool.connection() as conn, conn.transaction():
             level = "REPEATABLE READ" if snapshot else "READ COMMITTED"
             conn.execute(f"SET TRANSACTION ISOLATION LEVEL {level} READ ONLY")
-            yield conn
+            yield PgConn(conn)
+
+    def notify(self, conn: Conn, what: str) -> None:
+        """Tell every instance listening on this store (kds.store.postgres._listen) that
+        ``what`` changed; PostgreSQL delivers it when (and only if) the transaction commits."""
+        conn.execute("SELECT pg_notify(?, ?)", (self.target.schema, what))
+
+    def scan(self) -> list[DamagedRow]:
+        """Every resources row whose digest does not match (PostgreSQL keeps text valid, so
+        the key columns locate a damaged row)."""
+        with self.read(snapshot=True) as conn:
+            return [
+                DamagedRow(0, r[0], r[1], r[2], r[3])
+                for r in conn.execute(f"SELECT {COLS} FROM resources")
+                if row_digest(r[:DIGEST]) != bytes(r[DIGEST])
+            ]
+
+    def delete_rows(self, conn: Conn, rows: Sequence[DamagedRow]) -> None:
+        conn.executemany(
+            "DELETE FROM resources WHERE kind=? AND mesh=? AND name=? AND origin=?",
+            [(d.kind, d.mesh, d.name, d.origin) for d in rows],
+        )
+
+    def after_reseal(self) -> None:
+        """Nothing: PostgreSQL's old row versions go with VACUUM, as with any update."""
+
+    def open_failed(self, e: BaseException) -> BaseException | None:
+        return None  # errors() already made the store's errors
 
     # ------------------------------------------------------------------ opening
 
@@ -250,7 +350,8 @@ class Database:
                 store_id = self._migrate(conn, new_store)
         finally:
             conn.close()
-        self._write_marker(store_id)
+        if self.target.marker is not None:
+            write_marker(self.target.marker, store_id)
         self.pool = ConnectionPool(
             self.target.url,
             kwargs=self._kwargs,
@@ -265,12 +366,13 @@ class Database:
         self.pool.open(wait=False)
         return store_id
 
-    def _migrate(self, conn: psycopg.Connection[Any], new_store: bool) -> str:
+    def _migrate(self, raw: psycopg.Connection[Any], new_store: bool) -> str:
         schema = sql.Identifier(self.target.schema)
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
-        conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(schema))
+        raw.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
+        raw.execute(sql.SQL("SET LOCAL search_path TO {}").format(schema))
+        conn = PgConn(raw)
         exists = conn.execute(
-            "SELECT 1 FROM information_schema.tables WHERE table_schema=%s AND table_name='meta'",
+            "SELECT 1 FROM information_schema.tables WHERE table_schema=? AND table_name='meta'",
             (self.target.schema,),
         ).fetchone()
         version = int(get_meta(conn, "schema_version", "0")) if exists else 0
@@ -280,7 +382,11 @@ class Database:
                 f"(this one knows up to {SCHEMA_VERSION}): upgrade this instance"
             )
         for v in range(version + 1, SCHEMA_VERSION + 1):
-            conn.execute(_MIGRATIONS[v])
+            step = _MIGRATIONS[v]
+            if isinstance(step, str):
+                raw.execute(step)
+            else:
+                step(conn)
             set_meta(conn, "schema_version", v)
         role = get_meta(conn, "role")
         if not role:
@@ -304,33 +410,13 @@ class Database:
         marker = self.target.marker
         if marker is None or new_store or not marker.exists():
             return
-        try:
-            held = marker.read_text().strip()[:64]
-        except OSError:
-            held = "?"
+        held = held_store(marker)
         raise StoreError(
             f"store {self.location} is empty, but {marker} says this instance used store "
             f"{held!r}: point --postgres-url and --postgres-schema at that store, restore it "
             f"from a backup, or start with --new-store (or remove {marker}) to accept a new "
             "empty store"
         )
-
-    def _write_marker(self, store_id: str) -> None:
-        marker = self.target.marker
-        if marker is None:
-            return
-        try:
-            if marker.exists() and marker.read_text().strip() == store_id:
-                return
-            tmp = marker.with_name(marker.name + ".tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(store_id + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, marker)
-        except OSError as e:
-            raise StoreError(f"cannot write the store marker {marker}: {e.strerror}") from e
 
     def close(self) -> None:
         if self.pool is not None:

@@ -14,12 +14,22 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from kds.errors import StoreError
-from kds.store.postgres._db import LOCK_SCHEMA, LOCK_WRITE, Database, PgTarget, get_meta, set_meta
+from kds.store._rows import ROW_FORMAT
+from kds.store.postgres._db import (
+    LOCK_SCHEMA,
+    LOCK_WRITE,
+    Database,
+    PgConn,
+    PgTarget,
+    get_meta,
+    set_meta,
+)
 
 __all__ = ["import_sqlite_global"]
 
@@ -54,10 +64,14 @@ def import_sqlite_global(path: Path, target: PgTarget) -> tuple[str, dict[str, i
 
 def _copy(src: sqlite3.Connection, path: Path, target: PgTarget) -> tuple[str, dict[str, int]]:
     meta = dict(src.execute("SELECT key, value FROM meta").fetchall())
-    if meta.get("role") != "global":
-        raise StoreError(f"{path} is not a global store (role {meta.get('role')!r})")
-    if meta.get("row_digests") != "1":
-        raise StoreError(f"{path} predates row digests: start globalcp on it once, then migrate")
+    role = str(meta.get("role", "")).split(" ", 1)[0]
+    if role != "global":
+        raise StoreError(f"{path} is not a global store (role {role[:40]!r})")
+    if meta.get("row_digests") != "1" or meta.get("schema_version") != str(ROW_FORMAT):
+        raise StoreError(
+            f"{path} was made by an older kds-sync (its row digests are of another format): "
+            "start this globalcp on it once, then migrate"
+        )
     db = Database(target, "global")
     conn = db.connect()
     counts: dict[str, int] = {}
@@ -85,14 +99,14 @@ def _copy(src: sqlite3.Connection, path: Path, target: PgTarget) -> tuple[str, d
                     cur.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", rows)
                 counts[table] = len(rows)
             for key in _META:
-                set_meta(conn, key, meta.get(key, ""))
-            counts["head"] = int(get_meta(conn, "head"))
+                set_meta(PgConn(conn), key, meta.get(key, ""))
+            counts["head"] = int(get_meta(PgConn(conn), "head"))
     finally:
         conn.close()
     return meta["store_id"], counts
 
 
-def _holds_a_store(conn: psycopg.Connection[object], schema: str) -> bool:
+def _holds_a_store(conn: psycopg.Connection[Any], schema: str) -> bool:
     row = conn.execute(
         "SELECT 1 FROM information_schema.tables WHERE table_schema=%s AND table_name='meta'",
         (schema,),
@@ -100,4 +114,4 @@ def _holds_a_store(conn: psycopg.Connection[object], schema: str) -> bool:
     if row is None:
         return False
     conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
-    return bool(get_meta(conn, "role"))
+    return bool(get_meta(PgConn(conn), "role"))

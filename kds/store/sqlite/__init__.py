@@ -9,15 +9,16 @@ daemons use. They run a blocking engine, ``GlobalEngine`` / ``ZoneEngine``, on o
 thread and one reader thread, each with its own connection; the engines are not
 thread-safe by themselves, and tests may drive them directly on one thread.
 
-Modules, by job: _db (file, schema, connections, transactions, meta, the store marker),
-_digest (row digests: noticing damaged rows), _sealing (encryption at rest), _resources (rows both roles share, API writes), _changelog (global's change log
-and history chain), _global and _zone (each role's engine), _stores (the async stores).
+The engines' logic and SQL are shared with the PostgreSQL backend (kds.store._engine,
+._global, ._zone, ._changelog, ._sealing, ._threads); this package holds what is SQLite's
+own: _db (file, schema, column migration, connections, transactions, the store marker, the
+dialect points), _digest (the start-up scan of row digests), _engines (the engines and
+stores over a file).
 """
 
 from __future__ import annotations
 
-from kds.store.sqlite._global import DEFAULT_LOG_SIZE, GlobalEngine
-from kds.store.sqlite._stores import SqliteGlobalStore, SqliteZoneStore
-from kds.store.sqlite._zone import ZoneEngine
+from kds.store._global import DEFAULT_LOG_SIZE
+from kds.store.sqlite._engines import GlobalEngine, SqliteGlobalStore, SqliteZoneStore, ZoneEngine
 
 __all__ = ["DEFAULT_LOG_SIZE", "GlobalEngine", "SqliteGlobalStore", "SqliteZoneStore", "ZoneEngine"]

@@ -6,7 +6,11 @@ left readable. Each thread that touches the store gets its own connection (the a
 use one writer thread and one reader thread). The meta table holds the store's role, its
 id and the small per-store values (head, log floor, chains, a zone's applied revision).
 
-Each resources row carries a digest of its stored columns (kds.store.sqlite._digest). Beside
+Each resources row carries a digest of its stored columns (kds.store._rows,
+kds.store.sqlite._digest). Meta records the store's format (``schema_version``, absent
+before format 2): a store of a newer format is refused, an older one is migrated at open in
+the opening transaction; the role is recorded with the format, so that a release from
+before formats were recorded refuses the store instead of misreading it. Beside
 the file, a marker (``<file>.id``) holds the store id: a store file found missing or empty
 where a marker says one was is refused, not silently replaced by a new empty store. A write
 that fails because the disk is full raises StoreFull.
@@ -16,19 +20,19 @@ from __future__ import annotations
 
 import errno
 import itertools
-import json
 import os
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
 from kds.errors import StoreError, StoreFull
-from kds.model import Kind, Resource
-from kds.store.sqlite._digest import add_missing_digests, row_digest
+from kds.store._marker import held_store, write_marker
+from kds.store._rows import COLS, DIGEST, ROW_FORMAT, Conn, DamagedRow, get_meta, set_meta
+from kds.store.sqlite._digest import add_missing_digests, scan, to_format_2
 
 __all__ = [
     "COLS",
@@ -37,8 +41,6 @@ __all__ = [
     "get_meta",
     "is_disk_full",
     "is_malformed",
-    "row_to_resource",
-    "row_values",
     "set_meta",
 ]
 
@@ -109,51 +111,6 @@ _ADDED_COLUMNS = (
     ("resources", "digest", "BLOB NOT NULL DEFAULT x''"),  # kds.store.sqlite._digest
 )
 
-# The resources columns a Resource is read from and written to, in this order; the last,
-# digest, is the digest of the eleven before it as stored.
-COLS = (
-    "kind, mesh, name, origin, data, labels, spec, creation_time, modification_time, version, "
-    "sealed, digest"
-)
-DIGEST = 11  # the digest's position in COLS
-
-
-def row_to_resource(r: sqlite3.Row | tuple[Any, ...], data: bytes) -> Resource:
-    """A resources row selected as COLS, with ``data`` already opened."""
-    return Resource(
-        kind=Kind(r[0]),
-        mesh=r[1],
-        name=r[2],
-        data=data,
-        labels=json.loads(r[5]),
-        spec=json.loads(r[6]),
-        creation_time=r[7],
-        modification_time=r[8],
-        version=r[9],
-    )
-
-
-def _json_map(m: Any) -> str:
-    return json.dumps(dict(m), sort_keys=True) if m else "{}"
-
-
-def row_values(r: Resource, origin: str, data: bytes, sealed: str) -> tuple[Any, ...]:
-    """The values of COLS for one row (``data`` as stored: sealed or not)."""
-    values = (
-        str(r.kind),
-        r.mesh,
-        r.name,
-        origin,
-        data,
-        _json_map(r.labels),
-        _json_map(r.spec),
-        r.creation_time,
-        r.modification_time,
-        r.version,
-        sealed,
-    )
-    return (*values, row_digest(values))
-
 
 def is_malformed(e: BaseException) -> bool:
     """Whether ``e`` says SQLite finds the file itself damaged (not a database, or a
@@ -178,28 +135,33 @@ def is_disk_full(e: BaseException) -> bool:
     return isinstance(e, OSError) and e.errno == errno.ENOSPC
 
 
-def get_meta(conn: sqlite3.Connection, key: str, default: str = "") -> str:
-    row = conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-    return row[0] if row else default
-
-
-def set_meta(conn: sqlite3.Connection, key: str, value: object) -> None:
-    conn.execute(
-        "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-        (key, str(value)),
-    )
+def _role_value(role: str) -> str:
+    """Meta's role of a store of ROW_FORMAT. Releases before format 2 read no format: they
+    compare this value with their role and refuse the store when it differs, quoting it
+    ("store PATH belongs to a global (store format 2, made by a newer kds-sync) control
+    plane, not a global one"), rather than misread digests they cannot check."""
+    return f"{role} (store format {ROW_FORMAT}, made by a newer kds-sync)"
 
 
 class Database:
-    """One store file: its connections (one per thread) and its transactions."""
+    """One store file of ``role``: its connections (one per thread) and its transactions
+    (kds.store._rows.Db)."""
 
-    def __init__(self, path: str | Path):
+    backend: ClassVar[str] = "sqlite"
+    NO_LIMIT: ClassVar[int | None] = -1
+    STATUS_UPSERT: ClassVar[str] = (
+        "INSERT INTO zone_status VALUES (?, ?) "
+        "ON CONFLICT (name) DO UPDATE SET status=excluded.status"
+    )
+
+    def __init__(self, path: str | Path, role: str):
         self.path = Path(path)
+        self.location = str(self.path)
+        self.role = role
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._tx_serials = itertools.count(1)
-        self.role = ""
         self.marker = self.path.with_name(self.path.name + ".id")
 
     def conn(self) -> sqlite3.Connection:
@@ -249,12 +211,75 @@ class Database:
         serial: int = getattr(self._local, "tx", 0)
         return serial
 
-    def open(self, role: str, new_store: bool = False) -> str:
-        """Create or migrate the schema, check the file belongs to ``role``; the store id.
+    @contextmanager
+    def read(self, snapshot: bool = False) -> Iterator[sqlite3.Connection]:
+        """This thread's connection; ``snapshot``: in a read transaction (one point in time)."""
+        conn = self.conn()
+        if not snapshot:
+            yield conn
+            return
+        with self.tx(conn, "DEFERRED"):
+            yield conn
+
+    @contextmanager
+    def write(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """A write transaction (IMMEDIATE: writers queue on the file's lock). Not ``durable``:
+        committed with synchronous=NORMAL, for this transaction only (no fsync; a power loss
+        may take it)."""
+        conn = self.conn()
+        if durable:
+            with self.tx(conn):
+                yield conn
+            return
+        conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with self.tx(conn):
+                yield conn
+        finally:
+            conn.execute("PRAGMA synchronous=FULL")
+
+    def notify(self, conn: Conn, what: str) -> None:
+        """No other instance shares a SQLite file: nobody to tell."""
+
+    def scan(self) -> list[DamagedRow]:
+        return scan(self.conn())
+
+    def delete_rows(self, conn: Conn, rows: Sequence[DamagedRow]) -> None:
+        # By rowid: a damaged row's key columns may be damaged too.
+        conn.executemany("DELETE FROM resources WHERE rowid=?", [(d.rowid,) for d in rows])
+
+    def after_reseal(self) -> None:
+        self.conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")  # no old page lingers in the WAL
+
+    def open_failed(self, e: BaseException) -> BaseException | None:
+        if not isinstance(e, sqlite3.Error | OSError):
+            return None
+        if is_malformed(e):
+            return StoreError(self._malformed(e))
+        return StoreError(f"cannot open store {self.path}: {e}")
+
+    def _malformed(self, e: BaseException) -> str:
+        """What to do about a file SQLite itself finds damaged (beyond one row's digest):
+        no row can be trusted or repaired in place, so the daemon refuses to start."""
+        head = f"store {self.path} is damaged beyond repair by row ({e}): "
+        if self.role == "zone":
+            return head + (
+                f"move it aside (mv {self.path} {self.path}.damaged) and start again with "
+                "--new-store: the zone takes a full snapshot from global; its zone-local "
+                "resources come back only from a backup"
+            )
+        return head + (
+            f"restore it from a backup (or recover what SQLite can: sqlite3 {self.path} "
+            "'.recover' | sqlite3 NEW.db); --new-store starts an empty store instead, and "
+            "every zone then follows it"
+        )
+
+    def open(self, new_store: bool = False) -> str:
+        """Create or migrate the schema, check the file belongs to this role; the store id.
 
         Refused (StoreError) when the file is missing or empty but its marker says this data
         dir held a store, unless ``new_store``: an operator accepts a new empty store."""
-        self.role = role
+        role = self.role
         fresh = not self.path.exists()
         self._check_marker(fresh or self.path.stat().st_size == 0, new_store)
         conn = self.conn()
@@ -265,32 +290,52 @@ class Database:
             if column not in {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}:
                 conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
         with self.tx(conn):
-            if get_meta(conn, "row_digests") != "1":  # a store made before row digests
-                add_missing_digests(conn, COLS)
-                set_meta(conn, "row_digests", "1")
             row = conn.execute("SELECT value FROM meta WHERE key='role'").fetchone()
             if row is None:
-                conn.execute("INSERT INTO meta VALUES ('role', ?)", (role,))
-                conn.execute("INSERT INTO meta VALUES ('store_id', ?)", (uuid.uuid4().hex,))
-                conn.execute("INSERT INTO meta VALUES ('head', '0')")
-                conn.execute("INSERT INTO meta VALUES ('log_floor', '0')")
-                conn.execute("INSERT INTO meta VALUES ('chain', '')")
-                conn.execute("INSERT INTO meta VALUES ('floor_chain', '')")
-            elif row[0] != role:
-                raise StoreError(
-                    f"store {self.path} belongs to a {row[0]} control plane, not a {role} one"
-                )
+                for key, value in (
+                    ("role", _role_value(role)),
+                    ("store_id", uuid.uuid4().hex),
+                    ("head", "0"),
+                    ("log_floor", "0"),
+                    ("chain", ""),
+                    ("floor_chain", ""),
+                    ("row_digests", "1"),
+                    ("schema_version", ROW_FORMAT),
+                ):
+                    set_meta(conn, key, value)
+            else:
+                self._migrate(conn, row[0])
             store_id = get_meta(conn, "store_id")
-        self._write_marker(store_id)
+        write_marker(self.marker, store_id)
         return store_id
+
+    def _migrate(self, conn: sqlite3.Connection, held_role: str) -> None:
+        """An existing store: check its role and format, and bring it to ROW_FORMAT, in the
+        opening transaction (it happens whole or not at all)."""
+        if held_role.split(" ", 1)[0] != self.role:
+            raise StoreError(
+                f"store {self.path} belongs to a {held_role.split(' ', 1)[0]} control plane, "
+                f"not a {self.role} one"
+            )
+        version = int(get_meta(conn, "schema_version", "1"))
+        if version > ROW_FORMAT:
+            raise StoreError(
+                f"store {self.path} has store format {version}, made by a newer kds-sync "
+                f"(this one knows up to {ROW_FORMAT}): upgrade this kds-sync"
+            )
+        if get_meta(conn, "row_digests") != "1":  # a store made before row digests
+            add_missing_digests(conn)
+            set_meta(conn, "row_digests", "1")
+        elif version < 2:  # row digests that did not cover wire
+            to_format_2(conn)
+        if version < ROW_FORMAT:
+            set_meta(conn, "schema_version", ROW_FORMAT)
+            set_meta(conn, "role", _role_value(self.role))
 
     def _check_marker(self, empty: bool, new_store: bool) -> None:
         if not empty or not self.marker.exists() or new_store:
             return
-        try:
-            held = self.marker.read_text().strip()[:64]
-        except OSError:
-            held = "?"
+        held = held_store(self.marker)
         what = "missing" if not self.path.exists() else "empty"
         loses = (
             "every zone would take a snapshot of the empty store and delete what it synced"
@@ -302,20 +347,6 @@ class Database:
             f"{held!r}: restore {self.path} from a backup, or start with --new-store (or "
             f"remove {self.marker}) to accept a new empty store ({loses})"
         )
-
-    def _write_marker(self, store_id: str) -> None:
-        try:
-            if self.marker.exists() and self.marker.read_text().strip() == store_id:
-                return
-            tmp = self.marker.with_name(self.marker.name + ".tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(store_id + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.marker)
-        except OSError as e:
-            raise StoreError(f"cannot write the store marker {self.marker}: {e.strerror}") from e
 
     def close(self) -> None:
         with self._lock:

@@ -1,63 +1,21 @@
-"""Row digests: noticing a resources row whose stored bytes changed behind the store's back.
+"""Row digests in a SQLite file: the start-up scan, and digests for a store made before them.
 
 SQLite's own checks (``PRAGMA integrity_check``) see only the file's structure; a flipped
-byte inside a row's value passes them. So each resources row carries a digest (BLAKE2b,
-16 bytes) of its stored columns (the data as stored, sealed or not), written with the row
-and checked whenever the row is read: a row that does not match is damaged, and is never
-served as if it were right. ``scan`` checks every row (at start); stores made before the
-digest column get their digests computed once, when they are first opened.
-
-The digest is not a MAC: it catches damage (a disk, a bad copy), not a forger who rewrites
-the digest too; encryption at rest (kds.store.sqlite._sealing) authenticates sealed data.
+byte inside a row's value passes them. So each resources row carries a digest of its stored
+columns (kds.store._rows.row_digest), checked whenever the row is read. ``scan`` checks
+every row (at start), reading each column as raw bytes, so text that no longer decodes is
+reported rather than failing the scan; stores made before the digest column get their
+digests computed once, when they are first opened, and stores of format 1 (whose digest did
+not cover ``wire``) are re-digested once (``to_format_2``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
 
-__all__ = ["DamagedRow", "add_missing_digests", "row_digest", "scan"]
+from kds.store._rows import DamagedRow, redigested, row_digest
 
-_PERSON = b"kds-row-v1"
-_NULL = b"\xff\xff\xff\xff"
-
-
-def row_digest(values: Sequence[Any]) -> bytes:
-    """The digest of one row's stored COLS values (text, integers and blobs alike: each as
-    the bytes SQLite would give for it cast to a blob, so ``scan`` can read raw bytes)."""
-    h = hashlib.blake2b(digest_size=16, person=_PERSON)
-    for v in values:
-        if v is None:
-            h.update(_NULL)
-            continue
-        if isinstance(v, str):
-            b = v.encode("utf-8", "surrogatepass")
-        elif isinstance(v, bytes | bytearray | memoryview):
-            b = bytes(v)
-        else:
-            b = str(v).encode()
-        h.update(len(b).to_bytes(4, "big"))
-        h.update(b)
-    return h.digest()
-
-
-@dataclass(frozen=True)
-class DamagedRow:
-    """A row whose digest does not match: where it is (rowid) and what it claims to be."""
-
-    rowid: int
-    kind: str
-    mesh: str
-    name: str
-    origin: str
-
-    @property
-    def key(self) -> str:
-        """The key as the damaged row reads (its key columns may be damaged too)."""
-        return f"{self.kind} {self.mesh + '/' if self.mesh else ''}{self.name}"
+__all__ = ["DamagedRow", "add_missing_digests", "row_digest", "scan", "to_format_2"]
 
 
 # Every COLS column cast to a blob: text that no longer decodes as UTF-8 is read as bytes.
@@ -75,6 +33,7 @@ _COLS_AS_BLOBS = ", ".join(
         "modification_time",
         "version",
         "sealed",
+        "wire",
     )
 )
 
@@ -88,14 +47,23 @@ def scan(conn: sqlite3.Connection) -> list[DamagedRow]:
     damaged = []
     cur = conn.execute(f"SELECT rowid, {_COLS_AS_BLOBS}, digest FROM resources")
     for r in cur:
-        if row_digest(r[1:12]) != (bytes(r[12]) if r[12] is not None else b""):
+        if row_digest(r[1:13]) != (bytes(r[13]) if r[13] is not None else b""):
             damaged.append(DamagedRow(r[0], _text(r[1]), _text(r[2]), _text(r[3]), _text(r[4])))
     return damaged
 
 
-def add_missing_digests(conn: sqlite3.Connection, cols: str) -> int:
+def add_missing_digests(conn: sqlite3.Connection) -> int:
     """Compute the digest of every row (a store made before digests); the rows done."""
-    cur = conn.execute(f"SELECT rowid, {cols} FROM resources")
-    rows = [(row_digest(r[1:12]), r[0]) for r in cur.fetchall()]
+    cur = conn.execute(f"SELECT rowid, {_COLS_AS_BLOBS} FROM resources")
+    rows = [(row_digest(r[1:13]), r[0]) for r in cur.fetchall()]
+    conn.executemany("UPDATE resources SET digest=? WHERE rowid=?", rows)
+    return len(rows)
+
+
+def to_format_2(conn: sqlite3.Connection) -> int:
+    """Re-digest every row whose format-1 digest (before ``wire`` was covered) matches
+    (kds.store._rows.redigested); the rows done."""
+    cur = conn.execute(f"SELECT rowid, {_COLS_AS_BLOBS}, digest FROM resources")
+    rows = redigested(cur.fetchall())
     conn.executemany("UPDATE resources SET digest=? WHERE rowid=?", rows)
     return len(rows)

@@ -1,39 +1,51 @@
-"""A zone's engine: zone-local writes, global's copies read-only, and applying sync batches.
+"""A zone's engine, on either backend: zone-local writes, global's copies read-only, and
+applying sync batches.
 
 API writes make origin ``zone`` rows, versioned locally (1, 2, ...), with no change log. A
 key held only as global's copy is read-only here. ``apply_batch`` plans a batch with
 kds.protocol.applier against the rows it touches, then executes the plan and records the
-applied revision in the same transaction.
+applied revision in the same transaction, committed without waiting for the flush to disk
+(``Db.write(durable=False)``): a crash may lose the last batches, but the applied revision
+goes with them and global sends them again at the next connection.
 
-At open, synced rows found damaged (kds.store.sqlite._digest) are removed and the recorded
-sync state cleared, so the zone takes a snapshot from global at its next connection instead
-of resuming: the snapshot rewrites every synced row through ``apply_batch``. Damaged
+At open, synced rows found damaged (kds.store._rows) are removed and the recorded sync
+state cleared, so the zone takes a snapshot from global at its next connection instead of
+resuming: the snapshot rewrites every synced row through ``apply_batch``. Damaged
 zone-local rows cannot come back from global: they are reported and never served.
 """
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import TypedDict
 
 import structlog
 
+from kds.crypto import DataCipher
 from kds.errors import ReadOnlySynced
 from kds.model import Key, Kind, Resource
 from kds.mtls import secret_refs
 from kds.protocol.applier import DecodedBatch, Plan, ZoneView, plan_batch
-from kds.store.results import ORIGIN_GLOBAL, ORIGIN_ZONE, SyncState, ZoneApplyResult
-from kds.store.sqlite._db import COLS, get_meta, set_meta
-from kds.store.sqlite._digest import DamagedRow
-from kds.store.sqlite._resources import ResourceEngine
+from kds.store._engine import ResourceEngine
+from kds.store._rows import UPSERT_RESOURCE, Conn, DamagedRow, get_meta, set_meta
+from kds.store.interface import OnCommit
+from kds.store.results import ORIGIN_GLOBAL, ORIGIN_ZONE, SyncState, WriteResult, ZoneApplyResult
 
 log = structlog.get_logger("kds.store")
 
-__all__ = ["ZoneEngine"]
+__all__ = ["ZoneEngine", "ZoneOptions"]
+
+
+class ZoneOptions(TypedDict, total=False):
+    """ZoneEngine's options, as each backend's engine takes them."""
+
+    cipher: DataCipher | None
+    on_commit: OnCommit | None
+    new_store: bool
 
 
 class ZoneEngine(ResourceEngine):
-    """A zone's store file as a blocking engine (one call at a time per thread)."""
+    """A zone's store as a blocking engine (one call at a time per thread)."""
 
     role = "zone"
     origin = ORIGIN_ZONE
@@ -50,8 +62,13 @@ class ZoneEngine(ResourceEngine):
         # A local row that shadows a synced copy leaves that copy in its place.
         return ORIGIN_GLOBAL in rows
 
-    def _next_version(self, conn: sqlite3.Connection, old: Resource | None) -> int:
+    def _next_version(self, conn: Conn, old: Resource | None) -> int:
         return old.version + 1 if old else 1
+
+    def _before_commit(self, conn: Conn, results: Sequence[WriteResult]) -> None:
+        # A zone-local write may start or end a name conflict: the leader tells global.
+        if any(r.changed for r in results):
+            self.db.notify(conn, "local")
 
     # ------------------------------------------------------------------ damage
 
@@ -62,14 +79,13 @@ class ZoneEngine(ResourceEngine):
             log.error(
                 "damaged zone-local row: global cannot repair it; it is not served",
                 key=d.key,
-                path=str(self.path),
+                store=self.location,
                 fix="put the resource again on this zone, or restore the store from a backup",
             )
         if not synced:
             return
-        conn = self.db.conn()
-        with self.db.tx(conn):
-            conn.executemany("DELETE FROM resources WHERE rowid=?", [(d.rowid,) for d in synced])
+        with self.db.write() as conn:
+            self.db.delete_rows(conn, synced)
             for k in ("synced_store_id", "applied_chain", "applied_at", "snapshot_tag"):
                 set_meta(conn, k, "")
             set_meta(conn, "applied_revision", 0)
@@ -77,41 +93,29 @@ class ZoneEngine(ResourceEngine):
             "damaged synced rows removed: the zone takes a snapshot from global to repair them",
             keys=sorted({d.key for d in synced})[:100],
             count=len(synced),
-            path=str(self.path),
+            store=self.location,
         )
 
     # ------------------------------------------------------------------ sync
 
-    def _sync_revision(self, conn: sqlite3.Connection) -> int:
+    def _sync_revision(self, conn: Conn) -> int:
         return int(get_meta(conn, "applied_revision", "0"))
 
     def sync_state(self) -> SyncState:
-        conn = self.db.conn()
-        return SyncState(
-            get_meta(conn, "synced_store_id"),
-            int(get_meta(conn, "applied_revision", "0")),
-            get_meta(conn, "applied_at"),
-            bytes.fromhex(get_meta(conn, "applied_chain")),
-        )
+        with self.db.read(snapshot=True) as conn:
+            return SyncState(
+                get_meta(conn, "synced_store_id"),
+                int(get_meta(conn, "applied_revision", "0")),
+                get_meta(conn, "applied_at"),
+                bytes.fromhex(get_meta(conn, "applied_chain")),
+            )
 
     def apply_batch(self, batch: DecodedBatch, global_store_id: str, now: str) -> ZoneApplyResult:
-        """Plan (kds.protocol.applier) and apply one batch in one transaction.
-
-        Committed without an fsync (synchronous=NORMAL, for this transaction only): a power
-        loss may take the last batches, but the applied revision goes with them and global
-        resends them at the next connection. Zone-local API writes keep FULL (a 50-zone
+        """Plan (kds.protocol.applier) and apply one batch in one transaction, committed
+        without waiting for the flush to disk (zone-local API writes keep it: a 50-zone
         fleet spent 30% of its time in this fsync)."""
-        conn = self.db.conn()
-        conn.execute("PRAGMA synchronous=NORMAL")
-        try:
-            return self._apply_batch(conn, batch, global_store_id, now)
-        finally:
-            conn.execute("PRAGMA synchronous=FULL")
-
-    def _apply_batch(
-        self, conn: sqlite3.Connection, batch: DecodedBatch, global_store_id: str, now: str
-    ) -> ZoneApplyResult:
-        with self.db.tx(conn):
+        with self.db.write(durable=False) as conn:
+            self._before_apply(conn)
             gen = self._snapshot_gen(conn, batch, global_store_id) if batch.snapshot else 0
             view = self._zone_view(conn, batch, gen)
             plan = plan_batch(batch, view)
@@ -131,7 +135,11 @@ class ZoneEngine(ResourceEngine):
             removed_stale=plan.stale_removed,
         )
 
-    def _snapshot_gen(self, conn: sqlite3.Connection, batch: DecodedBatch, store_id: str) -> int:
+    def _before_apply(self, conn: Conn) -> None:
+        """First in each applying transaction: raise to refuse the batch (kds.store.postgres
+        checks that this instance still leads the zone's stream)."""
+
+    def _snapshot_gen(self, conn: Conn, batch: DecodedBatch, store_id: str) -> int:
         """The generation stamped by every part of one snapshot; a new snapshot gets a new one.
 
         A counter, not the revision: a snapshot from a new global store may share the revision
@@ -145,7 +153,7 @@ class ZoneEngine(ResourceEngine):
             set_meta(conn, "snapshot_tag", tag)
         return gen
 
-    def _zone_view(self, conn: sqlite3.Connection, batch: DecodedBatch, gen: int) -> ZoneView:
+    def _zone_view(self, conn: Conn, batch: DecodedBatch, gen: int) -> ZoneView:
         keys = {c.key for c in batch.changes if c.key is not None}
         stale: list[Key] = []
         if batch.snapshot and batch.final:
@@ -191,14 +199,14 @@ class ZoneEngine(ResourceEngine):
             stale=tuple(stale),
         )
 
-    def _execute(self, conn: sqlite3.Connection, plan: Plan, gen: int) -> None:
+    def _execute(self, conn: Conn, plan: Plan, gen: int) -> None:
         for key in plan.deletes:
             conn.execute(
                 "DELETE FROM resources WHERE kind=? AND mesh=? AND name=? AND origin='global'",
                 (str(key.kind), key.mesh, key.name),
             )
-        conn.executemany(
-            f"INSERT OR REPLACE INTO resources ({COLS}, wire, sync_gen) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            [self.sealer.row_values(r, ORIGIN_GLOBAL, None, gen) for r in plan.puts],
-        )
+        if plan.puts:
+            conn.executemany(
+                UPSERT_RESOURCE,
+                [self.sealer.row_values(r, ORIGIN_GLOBAL, None, gen) for r in plan.puts],
+            )

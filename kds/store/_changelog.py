@@ -6,20 +6,21 @@ writing transaction. The log keeps the last ``log_size`` revisions; ``log_floor`
 that every change after it is still there (a zone at ``log_floor <= r <= head`` resumes
 from r), and the chain at the floor is kept, so ``chain_at`` still answers for a zone at
 the floor. Meta holds the head, the chain at the head, the floor and the chain at the floor,
-written once at the end of each writing transaction (``flush``).
+written once at the end of each writing transaction (``flush``). On PostgreSQL every writer
+holds the store's advisory lock (kds.store.postgres._db), so the head a writer reads is the
+last committed one and revisions stay gap-free across instances sharing the store.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from kds.model import Key, Kind
 from kds.protocol.records import next_chain
+from kds.store._rows import Conn, Db, get_meta, set_meta
+from kds.store._sealing import Sealer, aad
 from kds.store.results import ChangeRecord
-from kds.store.sqlite._db import Database, get_meta, set_meta
-from kds.store.sqlite._sealing import Sealer, aad
 
 __all__ = ["ChangeLog"]
 
@@ -34,18 +35,16 @@ class _Tail:
 
 
 class ChangeLog:
-    """The change log of one global store file."""
+    """The change log of one global store."""
 
-    def __init__(
-        self, db: Database, sealer: Sealer, log_size: int, clock: Callable[[], float]
-    ) -> None:
+    def __init__(self, db: Db, sealer: Sealer, log_size: int, clock: Callable[[], float]) -> None:
         self.db = db
         self.sealer = sealer
         self.log_size = log_size
         self.clock = clock  # wall-clock seconds, recorded with each entry
         self._tail_kept: _Tail | None = None
 
-    def _tail(self, conn: sqlite3.Connection) -> _Tail:
+    def _tail(self, conn: Conn) -> _Tail:
         """The log's head, chain and floor in the writing transaction: read from meta once
         per transaction, then kept as appends move them (an apply of 10,000 resources read
         them 30,000 times)."""
@@ -61,11 +60,11 @@ class ChangeLog:
             self._tail_kept = tail if serial else None
         return tail
 
-    def next_revision(self, conn: sqlite3.Connection) -> int:
+    def next_revision(self, conn: Conn) -> int:
         return self._tail(conn).head + 1
 
     def append(
-        self, conn: sqlite3.Connection, revision: int, key: Key, deleted: bool, change: bytes
+        self, conn: Conn, revision: int, key: Key, deleted: bool, change: bytes
     ) -> ChangeRecord:
         """Log ``change`` at ``revision`` inside the writing transaction; ``flush`` before
         the commit writes the new head and prunes past log_size."""
@@ -91,7 +90,7 @@ class ChangeLog:
         tail.head, tail.chain, tail.dirty = revision, chain, True
         return rec
 
-    def flush(self, conn: sqlite3.Connection) -> None:
+    def flush(self, conn: Conn) -> None:
         """At the end of a writing transaction that appended: write the head and its chain
         to meta and prune past log_size, once for the whole transaction (per append, an
         apply of 10,000 resources ran 40,000 more statements; nothing reads the log inside
@@ -112,8 +111,7 @@ class ChangeLog:
 
     def chain_at(self, revision: int) -> bytes | None:
         """The history chain at ``revision``, or None when the log no longer knows it."""
-        conn = self.db.conn()
-        with self.db.tx(conn, "DEFERRED"):
+        with self.db.read(snapshot=True) as conn:
             head, floor = int(get_meta(conn, "head")), int(get_meta(conn, "log_floor"))
             if revision == head:
                 return bytes.fromhex(get_meta(conn, "chain"))
@@ -125,41 +123,41 @@ class ChangeLog:
             return bytes(row[0]) if row else None
 
     def head(self) -> int:
-        return int(get_meta(self.db.conn(), "head"))
+        with self.db.read() as conn:
+            return int(get_meta(conn, "head"))
 
     def log_floor(self) -> int:
-        return int(get_meta(self.db.conn(), "log_floor"))
+        with self.db.read() as conn:
+            return int(get_meta(conn, "log_floor"))
 
     def changes_after(self, revision: int, upto: int) -> list[ChangeRecord]:
-        cur = self.db.conn().execute(
-            "SELECT revision, kind, mesh, name, deleted, change, chain, committed_at, sealed "
-            "FROM changelog WHERE revision > ? AND revision <= ? ORDER BY revision",
-            (revision, upto),
-        )
+        with self.db.read() as conn:
+            rows = conn.execute(
+                "SELECT revision, kind, mesh, name, deleted, change, chain, committed_at, sealed "
+                "FROM changelog WHERE revision > ? AND revision <= ? ORDER BY revision",
+                (revision, upto),
+            ).fetchall()
         open_value = self.sealer.open
         return [
             ChangeRecord(
-                rev,
+                int(rev),
                 Key(Kind(k), m, n),
                 bool(d),
                 open_value(bytes(c), sl, aad("changelog", str(rev), "", "", "")),
                 bytes(ch),
-                at,
+                float(at),
             )
-            for rev, k, m, n, d, c, ch, at, sl in cur
+            for rev, k, m, n, d, c, ch, at, sl in rows
         ]
 
     def commit_time(self, revision: int) -> float | None:
         """When ``revision`` was committed (wall-clock seconds); for a revision the log no
         longer holds, the oldest time it still knows (a lower bound of how long ago it was).
         None when the log knows no time at or after it."""
-        row = (
-            self.db.conn()
-            .execute(
+        with self.db.read() as conn:
+            row = conn.execute(
                 "SELECT committed_at FROM changelog WHERE revision >= ? AND committed_at > 0 "
                 "ORDER BY revision LIMIT 1",
                 (revision,),
-            )
-            .fetchone()
-        )
+            ).fetchone()
         return float(row[0]) if row else None

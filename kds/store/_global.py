@@ -1,43 +1,68 @@
-"""Global's engine: revisioned resource writes, the snapshot, and the tables only global
-keeps (internal secrets, zone tokens, zone status).
+"""Global's engine, on either backend: revisioned resource writes, the snapshot, and the
+tables only global keeps (internal secrets, zone tokens, zone status and its history).
 
 Every changed resource gets the next revision, which is also its version; the encoded
 Change is kept with the row (the snapshot sends it as is) and appended to the change log in
-the same transaction (kds.store.sqlite._changelog).
+the same transaction (kds.store._changelog). Writes other instances sharing the store must
+see (changes, global's own secrets, revoked tokens) are announced at commit (``Db.notify``).
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
+
+import structlog
 
 from kds import integrity, wire
 from kds.crypto import DataCipher
 from kds.model import Key, Kind, Resource
+from kds.store._changelog import ChangeLog
+from kds.store._engine import ResourceEngine, TxView
+from kds.store._rows import COLS, DIGEST, WIRE, Conn, Db, get_meta, row_digest
+from kds.store._sealing import aad
 from kds.store.interface import OnCommit
-from kds.store.results import ORIGIN_GLOBAL, ChangeRecord, Snapshot, ZoneEvent, sort_records
-from kds.store.sqlite._changelog import ChangeLog
-from kds.store.sqlite._db import get_meta
-from kds.store.sqlite._resources import ResourceEngine, TxView
-from kds.store.sqlite._sealing import aad
+from kds.store.results import (
+    ORIGIN_GLOBAL,
+    ChangeRecord,
+    Snapshot,
+    WriteResult,
+    ZoneEvent,
+    sort_records,
+)
 
-__all__ = ["DEFAULT_LOG_SIZE", "GlobalEngine"]
+__all__ = ["DEFAULT_LOG_SIZE", "GlobalEngine", "GlobalOptions"]
+
+log = structlog.get_logger("kds.store")
 
 DEFAULT_LOG_SIZE = 10_000
 
 
+class GlobalOptions(TypedDict, total=False):
+    """GlobalEngine's options, as each backend's engine takes them."""
+
+    log_size: int
+    max_message_bytes: int | None
+    clock: Callable[[], float]
+    cipher: DataCipher | None
+    on_commit: OnCommit | None
+    new_store: bool
+
+
+def _internal(name: str) -> bytes:
+    return aad("internal", "", "", name, "")
+
+
 class GlobalEngine(ResourceEngine):
-    """Global's store file as a blocking engine (one call at a time per thread)."""
+    """Global's store as a blocking engine (one call at a time per thread)."""
 
     role = "global"
     origin = ORIGIN_GLOBAL
 
     def __init__(
         self,
-        path: str | Path,
+        db: Db,
         *,
         log_size: int = DEFAULT_LOG_SIZE,
         max_message_bytes: int | None = None,
@@ -48,27 +73,29 @@ class GlobalEngine(ResourceEngine):
     ):
         # A Mesh and its mTLS backend secrets must fit one sync message together.
         self.max_message_bytes = max_message_bytes
-        super().__init__(path, cipher=cipher, on_commit=on_commit, new_store=new_store)
+        self.log_size = log_size
+        self.clock = clock
+        super().__init__(db, cipher=cipher, on_commit=on_commit, new_store=new_store)
         self.changelog = ChangeLog(self.db, self.sealer, log_size, clock)
 
     # ------------------------------------------------------------------ revisioned writes
 
-    def _next_version(self, conn: sqlite3.Connection, old: Resource | None) -> int:
+    def _next_version(self, conn: Conn, old: Resource | None) -> int:
         return self.changelog.next_revision(conn)
 
-    def _log_put(
-        self, conn: sqlite3.Connection, stored: Resource
-    ) -> tuple[ChangeRecord | None, bytes | None]:
+    def _log_put(self, conn: Conn, stored: Resource) -> tuple[ChangeRecord | None, bytes | None]:
         wire_bytes = wire.change_put(stored.version, stored)
         record = self.changelog.append(conn, stored.version, stored.key, False, wire_bytes)
         return record, wire_bytes
 
-    def _log_delete(self, conn: sqlite3.Connection, key: Key) -> ChangeRecord | None:
+    def _log_delete(self, conn: Conn, key: Key) -> ChangeRecord | None:
         revision = self.changelog.next_revision(conn)
         return self.changelog.append(conn, revision, key, True, wire.change_delete(revision, key))
 
-    def _before_commit(self, conn: sqlite3.Connection) -> None:
+    def _before_commit(self, conn: Conn, results: Sequence[WriteResult]) -> None:
         self.changelog.flush(conn)
+        if any(r.record is not None for r in results):
+            self.db.notify(conn, "change")
 
     def _more_problems(self, view: TxView, resources: Sequence[Resource]) -> integrity.Problems:
         if self.max_message_bytes:
@@ -80,7 +107,7 @@ class GlobalEngine(ResourceEngine):
     def head(self) -> int:
         return self.changelog.head()
 
-    def _sync_revision(self, conn: sqlite3.Connection) -> int:
+    def _sync_revision(self, conn: Conn) -> int:
         return int(get_meta(conn, "head", "0"))
 
     def log_floor(self) -> int:
@@ -96,24 +123,27 @@ class GlobalEngine(ResourceEngine):
         return self.changelog.commit_time(revision)
 
     def snapshot(self) -> Snapshot:
-        conn = self.db.conn()
-        with self.db.tx(conn, "DEFERRED"):
+        """Every resource's kept encoded change (``wire``), at one revision. A row whose
+        digest does not match is left out, reported by key: its damaged bytes are never
+        sent to a zone (putting the resource again repairs it)."""
+        with self.db.read(snapshot=True) as conn:
             head = int(get_meta(conn, "head"))
             chain = bytes.fromhex(get_meta(conn, "chain"))
-            cur = conn.execute(
-                "SELECT version, kind, mesh, name, wire, sealed FROM resources "
-                "WHERE origin='global'"
-            )
-            open_value = self.sealer.open
-            records = [
-                ChangeRecord(
-                    v,
-                    Key(Kind(k), m, n),
-                    False,
-                    open_value(bytes(w), sl, aad("wire", k, m, n, ORIGIN_GLOBAL)),
+            rows = conn.execute(f"SELECT {COLS} FROM resources WHERE origin='global'").fetchall()
+        records = []
+        for r in rows:
+            k, m, n = r[0], r[1], r[2]
+            if row_digest(r[:DIGEST]) != bytes(r[DIGEST]) or r[WIRE] is None:
+                log.error(
+                    "damaged row left out of a snapshot: it is not sent",
+                    key=f"{k} {m + '/' if m else ''}{n}",
+                    store=self.location,
+                    fix="put the resource again, or restore the store from a backup",
                 )
-                for v, k, m, n, w, sl in cur
-            ]
+                continue
+            where = aad("wire", k, m, n, ORIGIN_GLOBAL)
+            change = self.sealer.open(bytes(r[WIRE]), r[10], where)
+            records.append(ChangeRecord(int(r[9]), Key(Kind(k), m, n), False, change))
         return Snapshot(head, self._store_id, sort_records(records), chain)
 
     # ------------------------------------------------------------------ internal secrets
@@ -122,60 +152,58 @@ class GlobalEngine(ResourceEngine):
         """Global's internal secrets (CA key, token signing keys) whose name starts with
         ``prefix``. They live apart from resources: never in the change log, never synced,
         never served by the API."""
-        cur = self.db.conn().execute(
-            "SELECT name, data, sealed FROM internal_secrets WHERE substr(name, 1, ?) = ? "
-            "ORDER BY name",
-            (len(prefix), prefix),
-        )
-        return {
-            name: self.sealer.open(bytes(data), sl, aad("internal", "", "", name, ""))
-            for name, data, sl in cur
-        }
+        with self.db.read() as conn:
+            rows = conn.execute(
+                "SELECT name, data, sealed FROM internal_secrets "
+                "WHERE substr(name, 1, length(?)) = ? ORDER BY name",
+                (prefix, prefix),
+            ).fetchall()
+        return {name: self.sealer.open(bytes(data), sl, _internal(name)) for name, data, sl in rows}
 
     def put_internal_secret(self, name: str, data: bytes, now: str) -> None:
-        conn = self.db.conn()
-        with self.db.tx(conn):
-            stored, sealed = self.sealer.seal(data, aad("internal", "", "", name, ""))
+        stored, sealed = self.sealer.seal(data, _internal(name))
+        with self.db.write() as conn:
             conn.execute(
                 "INSERT INTO internal_secrets (name, data, created, sealed) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(name) DO UPDATE SET data=excluded.data, sealed=excluded.sealed",
+                "ON CONFLICT (name) DO UPDATE SET data=excluded.data, sealed=excluded.sealed",
                 (name, stored, now, sealed),
             )
+            self.db.notify(conn, "secrets")
 
     def add_internal_secrets(self, secrets: dict[str, bytes], now: str) -> dict[str, bytes]:
         """Store all of ``secrets`` unless one of their names is there; what is stored."""
-        conn = self.db.conn()
-        with self.db.tx(conn):
-            names = sorted(secrets)
-            marks = ",".join("?" * len(names))
+        names = sorted(secrets)
+        marks = ",".join("?" * len(names))
+        with self.db.write() as conn:
             held = conn.execute(
                 f"SELECT 1 FROM internal_secrets WHERE name IN ({marks}) LIMIT 1", names
             ).fetchone()
             if held is None:
                 for name in names:
-                    stored, sealed = self.sealer.seal(
-                        secrets[name], aad("internal", "", "", name, "")
-                    )
+                    stored, sealed = self.sealer.seal(secrets[name], _internal(name))
                     conn.execute(
                         "INSERT INTO internal_secrets (name, data, created, sealed) "
                         "VALUES (?, ?, ?, ?)",
                         (name, stored, now, sealed),
                     )
-        found = self.internal_secrets()
-        return {n: found[n] for n in names if n in found}
+                self.db.notify(conn, "secrets")
+            rows = conn.execute(
+                f"SELECT name, data, sealed FROM internal_secrets WHERE name IN ({marks})", names
+            ).fetchall()
+        return {n: self.sealer.open(bytes(d), sl, _internal(n)) for n, d, sl in rows}
 
     def delete_internal_secret(self, name: str) -> bool:
-        conn = self.db.conn()
-        with self.db.tx(conn):
-            return conn.execute("DELETE FROM internal_secrets WHERE name=?", (name,)).rowcount > 0
+        with self.db.write() as conn:
+            cur = conn.execute("DELETE FROM internal_secrets WHERE name=?", (name,))
+            self.db.notify(conn, "secrets")
+            return cur.rowcount > 0
 
     # ------------------------------------------------------------------ zone tokens
 
     def add_zone_token(
         self, token_id: str, zone: str, key_name: str, issued: str, expires: str
     ) -> None:
-        conn = self.db.conn()
-        with self.db.tx(conn):
+        with self.db.write() as conn:
             conn.execute(
                 "INSERT INTO zone_tokens (id, zone, key_name, issued_at, expires_at) "
                 "VALUES (?,?,?,?,?)",
@@ -184,21 +212,20 @@ class GlobalEngine(ResourceEngine):
 
     def revoke_zone_token(self, token_id: str, now: str) -> dict[str, str] | None:
         """Mark a token revoked (once); None when no such token was issued."""
-        conn = self.db.conn()
-        with self.db.tx(conn):
+        with self.db.write() as conn:
             conn.execute(
                 "UPDATE zone_tokens SET revoked_at=? WHERE id=? AND revoked_at=''", (now, token_id)
             )
+            self.db.notify(conn, "secrets")
             rows = self._token_rows(conn, "WHERE id=?", (token_id,))
         return rows[0] if rows else None
 
     def zone_tokens(self) -> list[dict[str, str]]:
-        return self._token_rows(self.db.conn(), "ORDER BY issued_at, id", ())
+        with self.db.read() as conn:
+            return self._token_rows(conn, "ORDER BY issued_at, id", ())
 
     @staticmethod
-    def _token_rows(
-        conn: sqlite3.Connection, where: str, args: tuple[Any, ...]
-    ) -> list[dict[str, str]]:
+    def _token_rows(conn: Conn, where: str, args: tuple[Any, ...]) -> list[dict[str, str]]:
         cur = conn.execute(
             f"SELECT id, zone, key_name, issued_at, expires_at, revoked_at FROM zone_tokens {where}",
             args,
@@ -210,17 +237,16 @@ class GlobalEngine(ResourceEngine):
 
     def zone_statuses(self) -> dict[str, str]:
         """Every zone's last saved status (JSON text), by zone name."""
-        return dict(self.db.conn().execute("SELECT name, status FROM zone_status ORDER BY name"))
+        with self.db.read() as conn:
+            return {
+                n: s for n, s in conn.execute("SELECT name, status FROM zone_status ORDER BY name")
+            }
 
     def save_zone_statuses(self, statuses: dict[str, str]) -> None:
-        """Save the given zones' statuses (JSON text) in one transaction."""
-        conn = self.db.conn()
-        with self.db.tx(conn):
-            conn.executemany(
-                "INSERT INTO zone_status VALUES (?, ?) "
-                "ON CONFLICT(name) DO UPDATE SET status=excluded.status",
-                sorted(statuses.items()),
-            )
+        """Save the given zones' statuses (JSON text) in one transaction (on a store several
+        instances share, not over one describing a newer stream: Db.STATUS_UPSERT)."""
+        with self.db.write() as conn:
+            conn.executemany(self.db.STATUS_UPSERT, sorted(statuses.items()))
 
     # ------------------------------------------------------------------ zone status history
 
@@ -229,8 +255,7 @@ class GlobalEngine(ResourceEngine):
         they added to."""
         if not events:
             return
-        conn = self.db.conn()
-        with self.db.tx(conn):
+        with self.db.write() as conn:
             conn.executemany(
                 "INSERT INTO zone_events (zone, kind, time, data) VALUES (?,?,?,?)",
                 [(e.zone, e.kind, e.time, e.data) for e in events],
@@ -246,9 +271,10 @@ class GlobalEngine(ResourceEngine):
     def zone_events(
         self, zone: str, kind: str, since: float = 0.0, limit: int = 1000
     ) -> list[ZoneEvent]:
-        rows = self.db.conn().execute(
-            "SELECT time, data FROM zone_events WHERE zone=? AND kind=? AND time>=? "
-            "ORDER BY id DESC LIMIT ?",
-            (zone, kind, since, max(0, limit)),
-        )
-        return [ZoneEvent(zone, kind, t, data) for t, data in reversed(rows.fetchall())]
+        with self.db.read() as conn:
+            rows = conn.execute(
+                "SELECT time, data FROM zone_events WHERE zone=? AND kind=? AND time>=? "
+                "ORDER BY id DESC LIMIT ?",
+                (zone, kind, since, max(0, limit)),
+            ).fetchall()
+        return [ZoneEvent(zone, kind, float(t), data) for t, data in reversed(rows)]

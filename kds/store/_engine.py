@@ -1,32 +1,35 @@
-"""The resource rows both roles keep: the effective-view reads, API puts and deletes, and
-the kds.integrity checks inside the writing transaction.
+"""The resource rows both roles keep, on either backend: the effective-view reads, API puts
+and deletes, and the kds.integrity checks inside the writing transaction.
 
-``ResourceEngine`` is the blocking engine both roles build on (kds.store.sqlite._global and
-._zone); a role supplies, as overrides, only what differs: which origin the API writes, how
-a write is versioned and logged, whether a synced copy is read-only. Calls block; the async
-stores run them on their writer and reader threads.
+``ResourceEngine`` is the blocking engine every store builds on (kds.store._global and
+._zone, then each backend's thin subclasses); it reaches its database only through ``Db`` (kds.store._rows),
+which each backend implements (kds.store.sqlite._db, kds.store.postgres._db): connections,
+transactions, the schema, the start-up scan and the few dialect points. A role supplies, as
+overrides, only what differs: which origin the API writes, how a write is versioned and
+logged, whether a synced copy is read-only. Calls block; the async stores
+(kds.store._async) run them on their writer and reader threads.
 
-A damaged row (kds.store.sqlite._digest) is never served: ``get`` raises StoreDamaged naming
-its key, a list leaves it out with a warning, and a write treats it as missing (so putting
-the resource again repairs it). At open every row is checked (``_after_check``).
+A damaged row (kds.store._rows) is never served: ``get`` raises StoreDamaged naming its
+key, a list leaves it out with a warning, and a write treats it as missing (so putting the
+resource again repairs it). At open every row is checked (``_after_check``).
 """
 
 from __future__ import annotations
 
-import sqlite3
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, ClassVar
 
 import structlog
 
 from kds import integrity
 from kds.crypto import DataCipher
-from kds.errors import InvalidReferences, KdsError, NotFound, StoreDamaged, StoreError
+from kds.errors import InvalidReferences, KdsError, NotFound, StoreDamaged
 from kds.model import Key, Kind, Resource
 from kds.protocol.digest_tree import leaf_digest
+from kds.store._rows import COL_NAMES, COLS, UPSERT_RESOURCE, Conn, DamagedRow, Db
+from kds.store._sealing import Sealer, reseal
 from kds.store.interface import OnCommit
 from kds.store.results import (
     ORIGIN_GLOBAL,
@@ -37,9 +40,6 @@ from kds.store.results import (
     SyncLeaves,
     WriteResult,
 )
-from kds.store.sqlite._db import COLS, Database, is_malformed
-from kds.store.sqlite._digest import DamagedRow, scan
-from kds.store.sqlite._sealing import Sealer
 
 __all__ = ["ResourceEngine", "TxView"]
 
@@ -49,7 +49,7 @@ log = structlog.get_logger("kds.store")
 class TxView:
     """kds.integrity.TxView over the writing transaction's connection (effective rows)."""
 
-    def __init__(self, engine: ResourceEngine, conn: sqlite3.Connection):
+    def __init__(self, engine: ResourceEngine, conn: Conn):
         self._engine = engine
         self._conn = conn
         self._cache: dict[Key, Resource | None] = {}
@@ -79,24 +79,24 @@ class TxView:
 
 
 class ResourceEngine:
-    """One store file's resources, as a blocking engine; subclassed per role."""
+    """One store's resources, as a blocking engine; subclassed per role and backend."""
 
-    backend = "sqlite"
-    role: ClassVar[str]  # recorded in a new file; a file of the other role is refused
+    role: ClassVar[str]  # recorded in a new store; a store of the other role is refused
     origin: ClassVar[Origin]  # the origin of the rows the API writes
 
     def __init__(
         self,
-        path: str | Path,
+        db: Db,
         *,
         cipher: DataCipher | None = None,
         on_commit: OnCommit | None = None,
         new_store: bool = False,
     ):
-        self.path = Path(path)
+        self.db = db
+        self.backend = db.backend
+        self.location = db.location
         self.cipher = cipher  # encrypts secret data at rest (kds.crypto); None: plaintext
-        self.db = Database(self.path)
-        self.sealer = Sealer(self.path, cipher)
+        self.sealer = Sealer(self.location, cipher)
         self._meshes_found: tuple[int, set[str]] = (0, set())  # (tx serial, meshes)
         # Called once per committed API write transaction with its changed results, in
         # revision order (writes are serialized), right after the commit, on this thread.
@@ -105,34 +105,16 @@ class ResourceEngine:
         # at a transaction's end (never inside one); a zone's re-reads its conflicts.
         self._on_commit = on_commit
         try:
-            self._store_id = self.db.open(self.role, new_store)
-            self.damaged = scan(self.db.conn())
+            self._store_id = db.open(new_store)
+            self.damaged = db.scan()
             self._after_check(self.damaged)
-            self.sealer.reseal(self.db)
-        except (sqlite3.Error, OSError) as e:
+            reseal(db, self.sealer)
+        except BaseException as e:
             self.close()
-            if is_malformed(e):
-                raise StoreError(self._malformed(e)) from e
-            raise StoreError(f"cannot open store {self.path}: {e}") from e
-        except BaseException:
-            self.close()
+            instead = db.open_failed(e)
+            if instead is not None:
+                raise instead from e
             raise
-
-    def _malformed(self, e: BaseException) -> str:
-        """What to do about a file SQLite itself finds damaged (beyond one row's digest):
-        no row can be trusted or repaired in place, so the daemon refuses to start."""
-        head = f"store {self.path} is damaged beyond repair by row ({e}): "
-        if self.role == "zone":
-            return head + (
-                f"move it aside (mv {self.path} {self.path}.damaged) and start again with "
-                "--new-store: the zone takes a full snapshot from global; its zone-local "
-                "resources come back only from a backup"
-            )
-        return head + (
-            f"restore it from a backup (or recover what SQLite can: sqlite3 {self.path} "
-            "'.recover' | sqlite3 NEW.db); --new-store starts an empty store instead, and "
-            "every zone then follows it"
-        )
 
     @property
     def store_id(self) -> str:
@@ -141,14 +123,9 @@ class ResourceEngine:
     def close(self) -> None:
         self.db.close()
 
-    def size_bytes(self) -> int:
-        return self.db.size_bytes()
-
     # ------------------------------------------------------------------ reads
 
-    def _rows(
-        self, conn: sqlite3.Connection, key: Key, skip_damaged: bool = True
-    ) -> dict[str, Resource]:
+    def _rows(self, conn: Conn, key: Key, skip_damaged: bool = True) -> dict[str, Resource]:
         """The rows of ``key`` by origin; a damaged one is left out (logged), or raises
         StoreDamaged when not ``skip_damaged``."""
         cur = conn.execute(
@@ -162,11 +139,12 @@ class ResourceEngine:
             except StoreDamaged as e:
                 if not skip_damaged:
                     raise
-                log.warning("damaged row left out", key=e.key, origin=r[3], path=str(self.path))
+                log.warning("damaged row left out", key=e.key, origin=r[3], store=self.location)
         return out
 
     def get(self, key: Key) -> Row | None:
-        rows = self._rows(self.db.conn(), key, skip_damaged=False)
+        with self.db.read() as conn:
+            rows = self._rows(conn, key, skip_damaged=False)
         if ORIGIN_ZONE in rows:
             return Row(rows[ORIGIN_ZONE], ORIGIN_ZONE, shadows_synced=ORIGIN_GLOBAL in rows)
         if ORIGIN_GLOBAL in rows:
@@ -190,17 +168,15 @@ class ResourceEngine:
             " AND (r.origin='zone' OR NOT EXISTS (SELECT 1 FROM resources z WHERE"
             " z.kind=r.kind AND z.mesh=r.mesh AND z.name=r.name AND z.origin='zone'))"
         )
-        cols = ", ".join(f"r.{c.strip()}" for c in COLS.split(","))
-        conn = self.db.conn()
-        with self.db.tx(conn, "DEFERRED"):
-            total = conn.execute(
-                f"SELECT COUNT(*) FROM resources r WHERE {where}", args
-            ).fetchone()[0]
+        cols = ", ".join(f"r.{c}" for c in COL_NAMES)
+        with self.db.read(snapshot=True) as conn:
+            one = conn.execute(f"SELECT COUNT(*) FROM resources r WHERE {where}", args).fetchone()
+            total = int(one[0]) if one else 0
             cur = conn.execute(
                 f"SELECT {cols}, r.origin='zone' AND EXISTS (SELECT 1 FROM resources g WHERE"
                 " g.kind=r.kind AND g.mesh=r.mesh AND g.name=r.name AND g.origin='global')"
                 f" FROM resources r WHERE {where} ORDER BY r.mesh, r.name LIMIT ? OFFSET ?",
-                [*args, -1 if limit is None else limit, offset],
+                [*args, self.db.NO_LIMIT if limit is None else limit, offset],
             )
             rows = []
             for r in cur:
@@ -215,40 +191,42 @@ class ResourceEngine:
 
     def sync_leaves(self) -> SyncLeaves:
         """The anti-entropy leaves of the synced rows (origin global) at this store's
-        revision, in one read transaction; a damaged row is no leaf (logged by key)."""
-        conn = self.db.conn()
-        leaves = []
-        with self.db.tx(conn, "DEFERRED"):
+        revision, in one snapshot read; a damaged row is no leaf (logged by key)."""
+        with self.db.read(snapshot=True) as conn:
             revision = self._sync_revision(conn)
-            for r in conn.execute(f"SELECT {COLS} FROM resources WHERE origin='global'"):
-                try:
-                    res = self.sealer.resource(r)
-                except StoreDamaged as e:
-                    log.warning("damaged row is no anti-entropy leaf", key=e.key)
-                    continue
-                leaves.append((res.key, leaf_digest(res)))
+            rows = conn.execute(f"SELECT {COLS} FROM resources WHERE origin='global'").fetchall()
+        leaves = []
+        for r in rows:
+            try:
+                res = self.sealer.resource(r)
+            except StoreDamaged as e:
+                log.warning("damaged row is no anti-entropy leaf", key=e.key)
+                continue
+            leaves.append((res.key, leaf_digest(res)))
         return SyncLeaves(revision, leaves)
 
-    def _sync_revision(self, conn: sqlite3.Connection) -> int:
+    def _sync_revision(self, conn: Conn) -> int:
         """Global: its head; a zone: its applied revision."""
         raise NotImplementedError
 
     def conflicts(self) -> list[Key]:
-        cur = self.db.conn().execute(
-            "SELECT kind, mesh, name FROM resources GROUP BY kind, mesh, name "
-            "HAVING COUNT(*) > 1 ORDER BY kind, mesh, name"
-        )
-        return [Key(Kind(k), m, n) for k, m, n in cur]
+        with self.db.read() as conn:
+            cur = conn.execute(
+                "SELECT kind, mesh, name FROM resources GROUP BY kind, mesh, name "
+                "HAVING COUNT(*) > 1 ORDER BY kind, mesh, name"
+            )
+            return [Key(Kind(k), m, n) for k, m, n in cur]
 
     def counts(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {str(k): {"global": 0, "zone": 0} for k in Kind}
-        for kind, origin, n in self.db.conn().execute(
-            "SELECT kind, origin, COUNT(*) FROM resources GROUP BY kind, origin"
-        ):
-            out[kind][origin] = n
+        with self.db.read() as conn:
+            for kind, origin, n in conn.execute(
+                "SELECT kind, origin, COUNT(*) FROM resources GROUP BY kind, origin"
+            ):
+                out[kind][origin] = int(n)
         return out
 
-    def _mesh_exists(self, conn: sqlite3.Connection, mesh: str) -> bool:
+    def _mesh_exists(self, conn: Conn, mesh: str) -> bool:
         """Whether the mesh has a row. A mesh found is remembered for the rest of the
         transaction (nothing in a writing transaction deletes a mesh and then puts into it):
         an apply of 10,000 secrets asked 10,000 times."""
@@ -267,13 +245,13 @@ class ResourceEngine:
             self._meshes_found[1].add(mesh)
         return found
 
-    def _secrets_in_mesh(self, conn: sqlite3.Connection, mesh: str) -> dict[str, int]:
+    def _secrets_in_mesh(self, conn: Conn, mesh: str) -> dict[str, int]:
         out: dict[str, int] = {ORIGIN_GLOBAL: 0, ORIGIN_ZONE: 0}
         for origin, n in conn.execute(
             "SELECT origin, COUNT(*) FROM resources WHERE kind='Secret' AND mesh=? GROUP BY origin",
             (mesh,),
         ):
-            out[origin] = n
+            out[origin] = int(n)
         return out
 
     # ------------------------------------------------------------------ API writes
@@ -293,9 +271,8 @@ class ResourceEngine:
         mTLS rules (kds.integrity) are checked on the transaction's final state: a Mesh and
         the secrets it uses may come in any order.
         """
-        conn = self.db.conn()
         results = []
-        with self.db.tx(conn):
+        with self.db.write() as conn:
             for i, resource in enumerate(resources):
                 try:
                     results.append(self._put(conn, resource, now))
@@ -303,16 +280,10 @@ class ResourceEngine:
                     e.item_index = i
                     raise
             results += self._after_puts(conn, resources, now)
-            self._before_commit(conn)
+            self._before_commit(conn, results)
         return self._committed(results)
 
-    def _before_commit(self, conn: sqlite3.Connection) -> None:
-        """The last step of a writing transaction (put_many, delete); global writes its
-        change log's head there."""
-
-    def _after_puts(
-        self, conn: sqlite3.Connection, resources: Sequence[Resource], now: str
-    ) -> list[WriteResult]:
+    def _after_puts(self, conn: Conn, resources: Sequence[Resource], now: str) -> list[WriteResult]:
         view = TxView(self, conn)
         generated = []
         for res in resources:
@@ -330,10 +301,9 @@ class ResourceEngine:
 
     def delete(self, key: Key) -> WriteResult:
         """Delete one resource; a Mesh's builtin CA secrets deleted with it are in ``also``."""
-        conn = self.db.conn()
-        with self.db.tx(conn):
+        with self.db.write() as conn:
             result = self._delete(conn, key)
-            self._before_commit(conn)
+            self._before_commit(conn, [result])
         self._committed([*result.also, result])
         return result
 
@@ -351,7 +321,7 @@ class ResourceEngine:
                 )
         return results
 
-    def _put(self, conn: sqlite3.Connection, resource: Resource, now: str) -> WriteResult:
+    def _put(self, conn: Conn, resource: Resource, now: str) -> WriteResult:
         rows = self._rows(conn, resource.key)
         self._check_writable(resource.key, rows, "change")
         old = rows.get(self.origin)
@@ -365,14 +335,10 @@ class ResourceEngine:
             version=self._next_version(conn, old),
         )
         record, wire_bytes = self._log_put(conn, stored)
-        conn.execute(
-            f"INSERT OR REPLACE INTO resources ({COLS}, wire, sync_gen) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,0)",
-            self.sealer.row_values(stored, self.origin, wire_bytes),
-        )
+        conn.execute(UPSERT_RESOURCE, self.sealer.row_values(stored, self.origin, wire_bytes, 0))
         return WriteResult(stored, changed=True, record=record, created=old is None)
 
-    def _delete(self, conn: sqlite3.Connection, key: Key) -> WriteResult:
+    def _delete(self, conn: Conn, key: Key) -> WriteResult:
         rows = self._rows(conn, key)
         self._check_writable(key, rows, "delete")
         origin = self.origin
@@ -387,7 +353,7 @@ class ResourceEngine:
         result = self._delete_row(conn, key)
         return replace(result, also=tuple(also), previous=rows[origin])
 
-    def _delete_row(self, conn: sqlite3.Connection, key: Key) -> WriteResult:
+    def _delete_row(self, conn: Conn, key: Key) -> WriteResult:
         conn.execute(
             "DELETE FROM resources WHERE kind=? AND mesh=? AND name=? AND origin=?",
             (str(key.kind), key.mesh, key.name, self.origin),
@@ -398,15 +364,19 @@ class ResourceEngine:
 
     def _after_check(self, damaged: list[DamagedRow]) -> None:
         """At open, given the rows whose digest does not match: report them (by key, never
-        a value). A zone also repairs its synced ones (kds.store.sqlite._zone)."""
+        a value). A zone also removes its synced ones (kds.store._zone)."""
         for d in damaged:
             log.error(
                 "damaged row in store: it is not served",
                 key=d.key,
                 origin=d.origin,
-                path=str(self.path),
+                store=self.location,
                 fix="put the resource again, or restore the store from a backup",
             )
+
+    def _before_commit(self, conn: Conn, results: Sequence[WriteResult]) -> None:
+        """The last step of an API write transaction (put_many, delete), before it commits:
+        global writes its change log's head there; instances sharing the store are told."""
 
     def _check_writable(self, key: Key, rows: Mapping[str, Resource], verb: str) -> None:
         """Raise when the API may not ``verb`` (change, delete) ``key`` held as ``rows``."""
@@ -415,17 +385,15 @@ class ResourceEngine:
         """Whether deleting the API's row of a key leaves another row of it in its place."""
         return False
 
-    def _next_version(self, conn: sqlite3.Connection, old: Resource | None) -> int:
+    def _next_version(self, conn: Conn, old: Resource | None) -> int:
         """The version of a changed resource whose previous row (of this origin) is ``old``."""
         raise NotImplementedError
 
-    def _log_put(
-        self, conn: sqlite3.Connection, stored: Resource
-    ) -> tuple[ChangeRecord | None, bytes | None]:
+    def _log_put(self, conn: Conn, stored: Resource) -> tuple[ChangeRecord | None, bytes | None]:
         """Record a changed resource: (its change record, the encoded change kept with it)."""
         return None, None
 
-    def _log_delete(self, conn: sqlite3.Connection, key: Key) -> ChangeRecord | None:
+    def _log_delete(self, conn: Conn, key: Key) -> ChangeRecord | None:
         """Record a deleted resource: its change record."""
         return None
 
