@@ -248,6 +248,15 @@ def markdown(results: dict[str, Any]) -> str:
             f"| global RSS, empty store | {f['global_rss_mb_empty']} MB |",
             f"| global RSS, secrets held, no zone | {f['global_rss_mb_no_zones']} MB |",
             f"| global RSS, {f['idle_zones']} idle zones | {f['global_rss_mb_idle_zones']} MB |",
+        ]
+        if "global_rss_mb_idle_checking" in f:
+            lines += [
+                f"|   same, 5 s after they connected, their first anti-entropy checks running "
+                f"| {f['global_rss_mb_idle_checking']} MB |",
+                f"|   same, peak while they connected and were checked "
+                f"| {f['global_rss_mb_idle_connect_peak']} MB |",
+            ]
+        lines += [
             f"| global RSS, {f['idle_zones'] + f['extra_zones']} idle zones "
             f"| {f['global_rss_mb_more_zones']} MB |",
             f"| each further zone adds | {f['per_zone_kb']} KB |",
@@ -260,7 +269,8 @@ def markdown(results: dict[str, Any]) -> str:
             f"| a zone's store on disk | {f['zone_store_mb']} MB |",
             "",
             "The idle zones start from copies of the first zone's synced store, so they resume "
-            "instead of each taking a snapshot.",
+            "instead of each taking a snapshot; each is checked (anti-entropy) when it resumes, "
+            "and the idle figures are taken once every check is done.",
         ]
     a = results.get("anti_entropy")
     if a:

@@ -415,18 +415,25 @@ def resume_and_footprint(
             # Scenario 4: idle zones, each starting from a copy of the synced zone's store
             # (so they resume; 100 snapshots of 100,000 secrets would take a quarter hour).
             seed = work / "zones" / "z0" / "zone.db"
-            fleet = _zones(
-                g, work, idle_zones, procs, seed=seed, prefix="idle-", data=work / "idle"
-            )
-            fleet.wait_connected(300)
-            time.sleep(5)
+            # Each resumed zone is checked (anti-entropy) at connect: RSS is taken 5 s after
+            # they connected, while those checks run, and again once every check is done.
+            with RssSampler(pid) as connecting:
+                fleet = _zones(
+                    g, work, idle_zones, procs, seed=seed, prefix="idle-", data=work / "idle"
+                )
+                fleet.wait_connected(300)
+                time.sleep(5)
+                rss_checking = rss_mb(pid)
+                _wait_checks(g, idle_zones, 900)
+            time.sleep(2)
             rss_idle = rss_mb(pid)
             more = _zones(
                 g, work, extra_zones, 1, seed=seed, prefix="idle-", data=work / "idle",
                 first=idle_zones,
             )  # fmt: skip
             more.wait_connected(300)
-            time.sleep(5)
+            _wait_checks(g, idle_zones + extra_zones, 600)
+            time.sleep(2)
             rss_more = rss_mb(pid)
             more.stop()
             fleet.stop()
@@ -445,6 +452,8 @@ def resume_and_footprint(
                 {
                     "idle_zones": idle_zones,
                     "global_rss_mb_idle_zones": _mb(rss_idle),
+                    "global_rss_mb_idle_checking": _mb(rss_checking),
+                    "global_rss_mb_idle_connect_peak": _mb(connecting.peak),
                     "extra_zones": extra_zones,
                     "global_rss_mb_more_zones": _mb(rss_more),
                     "per_zone_kb": round((rss_more - rss_idle) * 1024 / extra_zones, 1),
@@ -462,6 +471,28 @@ def resume_and_footprint(
                 fleet.stop()
             proxy.close()
             g.stop()
+
+
+_CHECK_DONE = (
+    "anti-entropy: the zone's synced copies are equal to global's",
+    "anti-entropy: repairing the zone's synced copies",
+    "anti-entropy check",
+)
+
+
+def _wait_checks(g: KdsGlobal, zones: int, timeout: float, prefix: str = "idle-") -> None:
+    """Until global logged an anti-entropy check's outcome for ``zones`` zones named
+    ``prefix``..."""
+    deadline = time.time() + timeout
+
+    def checked() -> int:
+        events = (e for name in _CHECK_DONE for e in g.log_events(name))
+        return len({e.get("zone") for e in events if str(e.get("zone", "")).startswith(prefix)})
+
+    while checked() < zones:
+        if time.time() > deadline:
+            raise RuntimeError(f"fewer than {zones} anti-entropy checks done in {timeout} s")
+        time.sleep(1)
 
 
 def _mb(x: float) -> float:

@@ -20,6 +20,7 @@ from globalcp.status_api import zone_routes
 from globalcp.token_api import token_routes
 from globalcp.tokens import ZoneTokens
 from globalcp.zones import ZoneTracker
+from kds import failpoints
 from kds.api import ApiContext, api_ssl_context, serve_api
 from kds.api.auth import load_api_tokens, token_changes
 from kds.api.observe import health_routes, metrics_route
@@ -79,6 +80,7 @@ async def run_global(cfg: GlobalConfig, service: Service) -> int:
     def on_commit(results: Sequence[WriteResult]) -> None:
         # The store's writer thread, after each commit: hand the records to the hub.
         records = [r.record for r in results if r.record is not None]
+        failpoints.reach("global-commit-before-wake")
         if hub is not None and records:
             loop.call_soon_threadsafe(hub.publish_many, records)
 

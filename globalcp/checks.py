@@ -67,7 +67,7 @@ class GlobalTrees:
         leaves = await self.store.sync_leaves()
         # What zones are sent: Kuma's system GlobalSecrets stay on global, so they are no
         # leaf of global's tree (a zone holding one has it deleted, never one put).
-        sent = [(k, d) for k, d in leaves.leaves if not stays_on_global(k)]
+        sent = ((k, d) for k, d in leaves.leaves if not stays_on_global(k))
         return leaves.revision, await asyncio.to_thread(DigestTree, sent)
 
 

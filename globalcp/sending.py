@@ -8,7 +8,8 @@ serves zones is the one unit tests drive over in-memory bytes.
 
 ``SendPlans`` is shared by all the streams of one global: zones in step ask for the same
 ranges, and a fleet catching up asks for the same snapshot, so each range is coalesced and
-packed once and each snapshot read and cut into parts once, however many zones are sent it.
+packed once and each snapshot read and cut into framed parts once (globalcp.snapshot_plan),
+however many zones are sent it.
 """
 
 from __future__ import annotations
@@ -25,15 +26,16 @@ import structlog
 
 from globalcp.checks import ZoneChecks, key_label
 from globalcp.hub import Hub
+from globalcp.snapshot_plan import SnapshotPlan, plan_snapshot, zone_bound
 from globalcp.zones import CHECK_KEYS_KEPT, ZoneHandle
 from kds import wire
 from kds._pb import sync_pb2 as pb
-from kds.model import Key, stays_on_global
+from kds.model import Key
 from kds.protocol.anti_entropy import Outcome, Query
 from kds.protocol.batching import Part, coalesce, pack
 from kds.protocol.records import ChangeRecord
 from kds.protocol.session import GlobalSession, Mode, SendRange, SendSnapshot
-from kds.store import GlobalStore, Snapshot
+from kds.store import GlobalStore
 
 __all__ = ["RANGE_PLANS_KEPT", "SendLoop", "SendPlans"]
 
@@ -77,20 +79,20 @@ class SendPlans:
         self.store = store
         self.hub = hub
         self.max_message_bytes = max_message_bytes
-        self._shared_snapshot: weakref.ref[Snapshot] | None = None
-        self._snapshot_read: asyncio.Future[Snapshot] | None = None
+        self._shared_snapshot: weakref.ref[SnapshotPlan] | None = None
+        self._snapshot_read: asyncio.Future[SnapshotPlan] | None = None
         self._range_plans: OrderedDict[tuple[int, int], _RangePlan] = OrderedDict()
 
-    async def snapshot(self) -> Snapshot:
-        """The current snapshot, shared by every stream that needs one at the same time: when a
-        fleet of zones needs one at once (a new global, a long outage), global reads and holds
-        one copy, not one per zone. A read in progress is joined; a finished one is held
-        weakly, so it is freed when the last stream sending it is done."""
+    async def snapshot(self) -> SnapshotPlan:
+        """The current snapshot cut into parts, shared by every stream that needs one at the
+        same time: when a fleet of zones needs one at once (a new global, a long outage),
+        global reads and holds one copy, not one per zone. A read in progress is joined; a
+        finished one is held weakly, so it is freed when the last stream sending it is done."""
         shared = self._shared_snapshot() if self._shared_snapshot else None
         if shared is not None and shared.revision == self.hub.head:
             return shared
         if self._snapshot_read is None or self._snapshot_read.done():
-            self._snapshot_read = asyncio.ensure_future(self.store.snapshot())
+            self._snapshot_read = asyncio.ensure_future(self._read_snapshot())
         read = self._snapshot_read
         snap = await asyncio.shield(read)  # one stream ending must not cancel the others' read
         self._shared_snapshot = weakref.ref(snap)
@@ -98,14 +100,10 @@ class SendPlans:
             self._snapshot_read = None  # the future would keep the snapshot alive
         return snap
 
-    def snapshot_parts(self, snap: Snapshot) -> list[Part]:
-        """The snapshot cut into message parts: cut once per snapshot, then shared by every
-        stream sending it."""
+    async def _read_snapshot(self) -> SnapshotPlan:
+        snap = await self.store.snapshot()
         limits = (self.max_message_bytes, wire.PART_BYTES)
-        parts = snap.parts.get(limits)
-        if parts is None:
-            parts = snap.parts[limits] = list(pack(_zone_bound(snap.changes), *limits))
-        return parts
+        return await asyncio.to_thread(plan_snapshot, snap, *limits)
 
     async def range_plan(self, action: SendRange) -> _RangePlan | None:
         """The range coalesced and packed, made once for all the streams sending it (the
@@ -119,7 +117,7 @@ class SendPlans:
         records = await self._range(action)
         if records is None:
             return None
-        changes = _zone_bound(coalesce(records))
+        changes = zone_bound(coalesce(records))
         parts = list(pack(changes, self.max_message_bytes, wire.PART_BYTES))
         plan = _RangePlan(
             parts=parts,
@@ -140,14 +138,6 @@ class SendPlans:
         if len(records) != action.to_revision - action.from_revision:
             return None  # pruned meanwhile
         return records
-
-
-def _zone_bound(records: list[ChangeRecord]) -> list[ChangeRecord]:
-    """The records zones are sent: Kuma's system GlobalSecrets (kds.resource.stays_on_global)
-    stay on global. A range's revisions and chain still cover what was left out."""
-    if not any(stays_on_global(r.key) for r in records):
-        return records  # the common case: no copy of a large list
-    return [r for r in records if not stays_on_global(r.key)]
 
 
 class SendLoop:
@@ -299,14 +289,24 @@ class SendLoop:
 
     async def _send_snapshot(self) -> None:
         snap = await self.plans.snapshot()
-        parts = self.plans.snapshot_parts(snap)
-        sent = await self._send_parts(parts, 0, snap.revision, True, snap.chain)
-        log.info(
-            "snapshot sent",
-            revision=snap.revision,
-            resources=len(snap.changes),
-            bytes=sent,
-        )
+        session, sent = self.session, 0
+        for part in snap.parts:
+            seq = session.next_seq()
+            data = wire.assemble_batch(
+                seq=seq,
+                from_revision=0,
+                revision=snap.revision,
+                snapshot=True,
+                final=part.final,
+                head_revision=self.hub.head,
+                framed_changes=(part.body,),
+                chain=snap.chain if part.final else b"",
+            )
+            session.on_sent(seq, snap.revision, part.final, part.sent_keys())
+            self.status.batch_sent(seq, part.kinds())
+            await self.send(data)
+            sent += len(data)
+        log.info("snapshot sent", revision=snap.revision, resources=snap.resources, bytes=sent)
         self._first_range = False
 
     async def _send_range(self, action: SendRange) -> bool:
@@ -327,7 +327,6 @@ class SendLoop:
             plan.parts,
             action.from_revision,
             action.to_revision,
-            False,
             plan.chain,
         )
         if self._first_range and session.mode is Mode.RESUME:
@@ -346,7 +345,6 @@ class SendLoop:
         parts: list[Part],
         from_revision: int,
         revision: int,
-        snapshot: bool,
         chain: bytes,
     ) -> int:
         """Write the parts as batches; return the bytes written."""
@@ -358,14 +356,11 @@ class SendLoop:
                 seq=seq,
                 from_revision=from_revision,
                 revision=revision,
-                snapshot=snapshot,
+                snapshot=False,
                 final=part.final,
                 head_revision=self.hub.head,
-                # Range records are shared through the hub's cache, so their framing is kept;
-                # a snapshot's is made per part and dropped, not held for the whole snapshot.
-                framed_changes=[
-                    wire.frame_change(r.change) if snapshot else r.framed for r in part.records
-                ],
+                # Range records are shared through the hub's cache, so their framing is kept.
+                framed_changes=[r.framed for r in part.records],
                 chain=chain if part.final else b"",
             )
             session.on_sent(seq, revision, part.final, _PartKeys(part.records))

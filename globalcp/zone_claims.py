@@ -34,7 +34,6 @@ LAPSE_MARGIN = 1.0
 
 
 class Claimed(Protocol):
-    name: str
     online: bool
     global_instance: str
     lease_until: float
@@ -63,9 +62,9 @@ class ZoneClaims:
         """Another instance holds ``state``'s stream, its claim unexpired."""
         return state.online and not self.mine(state) and state.lease_until > self.clock()
 
-    def claim(self, state: Claimed) -> None:
+    def claim(self, state: Claimed, name: str) -> None:
         state.lease_until = self.clock() + self.lease
-        self._deadline[state.name] = state.lease_until
+        self._deadline[name] = state.lease_until
 
     def saved(self, leases: dict[str, float]) -> None:
         """The store took these zones' statuses, with this instance's claims running until

@@ -43,6 +43,7 @@ from globalcp.zone_state import (
     ZoneState,
     ZoneStatusView,
 )
+from kds.errors import StoreError
 from kds.model import Kind
 from kds.store import GlobalStore
 from kds.text import safe_text
@@ -253,14 +254,24 @@ class ZoneTracker:
             self.zones[name] = state
 
     async def run_flusher(self) -> None:
-        """Save dirty zones: at once when something urgent happened, else every interval."""
+        """Save dirty zones: at once when something urgent happened, else every interval.
+        A store that fails (PostgreSQL away) is tried again the next round: status must never
+        stop the daemon."""
+        failing = False
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._urgent.wait(), self.flush_interval)
             self._urgent.clear()
             for state in self.claims.renew(self.zones.values()) if self.claims else []:
                 self.mark(state)
-            await self.flush()
+            try:
+                await self.flush()
+            except StoreError as e:
+                if not failing:  # once per outage
+                    log.warning("cannot read or save zone status: retrying", error=str(e))
+                failing = True
+            else:
+                failing = False
 
     async def flush(self) -> None:
         try:
@@ -356,7 +367,7 @@ class ZoneTracker:
         state.sync_mode = "snapshot" if resumed_revision is None else "resume"
         state.global_instance = self.instance_id
         if self.claims is not None:
-            self.claims.claim(state)
+            self.claims.claim(state, name)
         if resumed_revision is not None:
             state.acked_revision = resumed_revision
         self.history.event(

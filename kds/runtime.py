@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from kds import failpoints
 from kds.errors import ConfigError
 from kds.notify import Notifier
 
@@ -140,6 +141,7 @@ def run_daemon(
 
     # Everything a daemon creates (store, WAL, future key files) is private to its user.
     os.umask(0o077)
+    failpoints.arm_from_environ()  # test-only crash points; nothing unless the variable is set
 
     async def runner() -> int:
         stop = asyncio.Event()

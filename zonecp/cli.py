@@ -35,6 +35,24 @@ def run(ctx: click.Context, config_file: Path | None, **given: Any) -> None:
     sys.exit(run_with_config(ctx, ZoneConfig, config_file, given, run_zone))
 
 
+@cli.command(
+    "migrate-store",
+    help="Copy this zone's SQLite store (DATA_DIR/zone.db) into PostgreSQL "
+    "(--postgres-url, --postgres-schema, --postgres-password-file), keeping its store id, "
+    "the global store and revision it has applied, its zone-local resources and global's "
+    "copies (name conflicts included), so the zone resumes instead of taking a snapshot. "
+    "Stop zonecp first (its data dir is locked); the SQLite file is only read; the schema "
+    "must not hold a store yet. Then run zonecp with --store postgres. Takes zonecp run's "
+    "options (the others are ignored).",
+)
+@click_options(ZoneConfig, "ZONECP_")
+@click.pass_context
+def migrate_store(ctx: click.Context, config_file: Path | None, **given: Any) -> None:
+    from zonecp.migrate import migrate_store
+
+    sys.exit(migrate_store(ctx, config_file, given))
+
+
 def main() -> None:
     quiet_grpc_core()
     cli()

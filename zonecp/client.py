@@ -37,7 +37,7 @@ from tenacity import (
     wait_random,
 )
 
-from kds import wire
+from kds import failpoints, wire
 from kds._pb import sync_pb2 as pb
 from kds.clock import rfc3339
 from kds.errors import KdsError, ProtocolError, StoreError
@@ -48,7 +48,7 @@ from kds.protocol.digest_tree import DigestTree
 from kds.protocol.limits import PROBLEM_CHARS
 from kds.protocol.zone_session import RawKey, State, ZoneSession
 from kds.store import ZoneStore
-from zonecp.sync_status import ZoneSyncStatus, store_problem
+from zonecp.sync_status import DISK_FULL, ZoneSyncStatus, store_problem
 
 __all__ = ["ZoneClient", "ZoneSyncStatus", "store_problem"]
 
@@ -133,6 +133,20 @@ class ZoneClient:
             log.info("name conflict ended: the synced copy is now served", **_key_name(k))
         if current != self.status.conflicts:
             self.status.conflicts = current
+            self._status_dirty.set()
+
+    def local_write(self, refused: BaseException | None) -> None:
+        """A zone-local API write that a full disk ``refused`` (or None: one that went
+        through): the full disk becomes the zone's problem, told to global as when a batch
+        cannot be applied; a write that goes through again ends it."""
+        if refused is None and not self.status.problem.startswith(DISK_FULL):
+            return  # another problem (a damaged store) is not ended by a write
+        problem = store_problem(refused) if refused is not None else ""
+        if self.status.set_problem(problem):
+            if problem:
+                log.error("a zone-local write was refused: reported to global", problem=problem)
+            else:
+                log.info("zone-local writes go through again: problem over")
             self._status_dirty.set()
 
     # ------------------------------------------------------------------ dial loop
@@ -361,6 +375,9 @@ class ZoneClient:
             final=b.final,
             repair=b.repair,
         )
+        if b.snapshot and not b.final:
+            failpoints.reach("zone-snapshot-part-applied")
+        failpoints.reach("zone-batch-before-ack")
         async with self._write_lock:
             await call.write(wire.ack_to_pb(applied.ack))
         if applied.refresh_conflicts:

@@ -11,7 +11,7 @@ from kds.errors import StoreDamaged, StoreError, StoreFull
 from kds.model import Key
 from kds.protocol.zone_session import ZoneSession
 
-__all__ = ["ZoneSyncStatus", "store_problem"]
+__all__ = ["DISK_FULL", "ZoneSyncStatus", "store_problem"]
 
 
 @dataclass
@@ -121,11 +121,14 @@ class ZoneSyncStatus:
         return self.session.rejected
 
 
+DISK_FULL = "disk full:"  # how a problem a full disk caused begins
+
+
 def store_problem(exc: BaseException) -> str:
     """The problem a store failure is reported as: its cause first, then the store's own
     message (which names the store and the fix, never a value)."""
     if isinstance(exc, StoreFull):
-        return f"disk full: {exc}"
+        return f"{DISK_FULL} {exc}"
     if isinstance(exc, StoreDamaged):
         return f"store damaged: {exc}"
     if isinstance(exc, StoreError):

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import structlog
 from aiohttp import web
 
+from kds import failpoints
 from kds.api._body import read_json
 from kds.api._context import API_CONTEXT, size_violation
 from kds.api._errors import HttpError
@@ -123,6 +124,7 @@ async def apply_handler(request: web.Request) -> web.Response:
             "Conflict" if status == 409 else "Invalid resources",
             f"nothing was applied: items[{index}]: {e}",
         ) from None
+    failpoints.reach("api-after-commit")
     origin = own_origin(ctx)
     out = []
     counts = {"created": 0, "updated": 0, "unchanged": 0}

@@ -16,7 +16,7 @@ from aiohttp import web
 from kds import wire
 from kds.api.auth import ApiTokens
 from kds.clock import rfc3339
-from kds.errors import FieldViolation
+from kds.errors import FieldViolation, StoreFull
 from kds.model import Limits, Resource
 from kds.store import ResourceStore
 
@@ -51,6 +51,9 @@ class ApiContext:
     max_apply_bytes: int = 64 * 1024 * 1024
     # Bearer tokens the API requires (None: no authentication, for in-process tests only).
     tokens: ApiTokens | None = None
+    # Told of every write: None when it went through, the error when a full disk refused it
+    # (a zone reports that to global as its problem).
+    on_write: Callable[[StoreFull | None], None] | None = None
 
 
 API_CONTEXT: web.AppKey[ApiContext] = web.AppKey("kds_api_ctx", ApiContext)

@@ -107,7 +107,7 @@ async def error_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     try:
-        return await handler(request)
+        response = await handler(request)
     except HttpError as e:
         return _error_response(e)
     except InvalidResource as e:
@@ -121,6 +121,7 @@ async def error_middleware(
         return _error_response(HttpError(500, "Damaged data", str(e)))
     except StoreFull as e:
         log.error("write refused: disk full", method=request.method, path=request.path)
+        _write_outcome(request, e)
         return _error_response(HttpError(507, "Insufficient Storage", str(e)))
     except StoreUnavailable as e:  # the database server is away: retry once it is back
         log.error("store unavailable", method=request.method, path=request.path, error=str(e))
@@ -147,6 +148,20 @@ async def error_middleware(
             ),
             instance,
         )
+    if request.method in _WRITES and response.status < 300:
+        _write_outcome(request, None)
+    return response
+
+
+_WRITES = frozenset({"PUT", "POST", "DELETE"})
+
+
+def _write_outcome(request: web.Request, refused: StoreFull | None) -> None:
+    """Tell the daemon (ApiContext.on_write) that a write went through or that a full disk
+    refused it."""
+    ctx = request.app.get(API_CONTEXT)
+    if ctx is not None and ctx.on_write is not None:
+        ctx.on_write(refused)
 
 
 @web.middleware

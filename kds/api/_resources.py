@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from kds import failpoints
 from kds.api._body import int_param, read_json
 from kds.api._context import API_CONTEXT, READ_ONLY_KEY, RESULT_HEADER, ApiContext, size_violation
 from kds.api._errors import HttpError
@@ -267,6 +268,7 @@ def put_handler(kind: Kind) -> Handler:
             if kind is not Kind.SECRET:
                 raise
             raise _mesh_not_found(key.mesh) from e  # deleted since the check above
+        failpoints.reach("api-after-commit")
         origin = own_origin(ctx)
         if result.changed:
             log_written(result, origin)
@@ -338,6 +340,7 @@ def delete_handler(kind: Kind) -> Handler:
         if kind is Kind.SECRET:
             await _require_mesh(ctx, key.mesh)
         result = await ctx.store.delete(key)
+        failpoints.reach("api-after-commit")
         prev = result.previous
         version = result.record.revision if result.record else (prev.version if prev else 0)
         origin = own_origin(ctx)

@@ -3,6 +3,7 @@ history checker (tests/faults/checker.py). Usage:
 
     scripts/faults --seed 7 --duration 300     # a long run
     scripts/faults --seed 7 --duration 20 --keep   # keep the daemons' logs and stores
+    scripts/faults --postgres --seed 7 --duration 300   # two globals on PostgreSQL
 
 Prints a summary (operations, faults, violations) and exits 1 if any guarantee was broken.
 The same seed makes the same choices (the daemons' timing still varies).
@@ -17,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.faults.pg_runner import PgFaultRun
 from tests.faults.runner import FaultRun
 
 
@@ -28,7 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--seed", type=int, default=None, help="random seed (default: a new one)")
     ap.add_argument("--duration", type=float, default=60.0, help="seconds of operations")
-    ap.add_argument("--zones", type=int, default=2, help="zones (default 2)")
+    ap.add_argument("--zones", type=int, default=2, help="zones (default 2; SQLite topology)")
+    ap.add_argument(
+        "--postgres",
+        action="store_true",
+        help="the PostgreSQL topology: two globals, a zone of two instances and a zone on "
+        "SQLite, on a throwaway PostgreSQL server (needs scripts/setup-postgres)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, stores)")
     args = ap.parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
@@ -37,8 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     def say(text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
-    say(f"seed {seed}, {args.duration:g} s, {args.zones} zones, work dir {work}")
-    summary = FaultRun(work, seed, args.duration, args.zones, log=say).run()
+    if args.postgres:
+        say(f"seed {seed}, {args.duration:g} s, PostgreSQL topology, work dir {work}")
+        summary = PgFaultRun(work, seed, args.duration, log=say).run()
+    else:
+        say(f"seed {seed}, {args.duration:g} s, {args.zones} zones, work dir {work}")
+        summary = FaultRun(work, seed, args.duration, args.zones, log=say).run()
     print(summary.text())
     if args.keep:
         import pickle

@@ -26,6 +26,9 @@ Guarantees (one ``Violation`` kind each):
                  the end show the value the zone's API last acknowledged.
   diverged       at the end, every zone's synced resources equal global's, byte for byte (by
                  anti-entropy leaf digest), the copies kept aside by name conflicts included.
+  refused-made   a put the API refused as not made (507, a full disk) is never seen: not in
+                 any poll of a zone, nor in global's or a zone's final state (values are
+                 unique per operation, so a value names the put that wrote it).
 """
 
 from __future__ import annotations
@@ -49,7 +52,9 @@ SKey = tuple[str, str]  # a secret: (mesh, name)
 class Op:
     """One operation: ``target`` "global" or a zone's name; ``kind`` put or delete (secret),
     mesh-put or mesh-delete (key ("", mesh)); ``acked`` whether the API answered 2xx;
-    ``revision`` global's head right after an acknowledged global operation."""
+    ``revision`` global's head right after an acknowledged global operation; ``refused``
+    when the answer said the write was not made (a full disk's 507), where no answer at
+    all (a crash, a timeout) leaves it unknown."""
 
     seq: int
     target: str
@@ -58,6 +63,7 @@ class Op:
     value: str = ""
     acked: bool = True
     revision: int | None = None
+    refused: bool = False  # the answer said it was not made (507: a full disk)
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,7 @@ def check(h: History) -> list[Violation]:
         *_resurrected(h),
         *_local_changed(h),
         *_diverged(h),
+        *_refused_made(h),
     ]
 
 
@@ -168,10 +175,14 @@ def _not_reached(h: History) -> Iterable[Violation]:
 
 
 def _revisions(h: History) -> Iterable[Violation]:
-    last_of_zone: dict[str, int] = {}
+    last_of_zone: dict[str, int | None] = {}
     by_life: dict[tuple[str, int], list[Applied]] = {}
     for a in h.applied:
         by_life.setdefault((a.zone, a.life), []).append(a)
+    # A life whose store was replaced counts even if it recorded nothing (it died before it
+    # connected): the lives after it start from that replaced store, wherever it was.
+    for reset in h.reset_lives:
+        by_life.setdefault(reset, [])
     for (zone, life), batches in sorted(by_life.items()):
         recorded = last_of_zone.get(zone)
         if (zone, life) in h.reset_lives:
@@ -216,8 +227,7 @@ def _revisions(h: History) -> Iterable[Violation]:
                         f"{zone} (life {life}) recorded {a.revision} after {recorded}",
                     )
                 recorded = a.revision
-        if recorded is not None:
-            last_of_zone[zone] = recorded
+        last_of_zone[zone] = recorded
 
 
 def _resurrected(h: History) -> Iterable[Violation]:
@@ -295,3 +305,23 @@ def _diverged(h: History) -> Iterable[Violation]:
                     f"differs from global's ({'missing' if key not in leaves else 'present'}"
                     f"{'' if key in h.global_leaves else ', global has none'})",
                 )
+
+
+def _refused_made(h: History) -> Iterable[Violation]:
+    refused = {o.value: o for o in h.ops if o.refused and o.kind == "put"}
+    if not refused:
+        return
+    seen: list[tuple[str, str]] = [(v, "global's final state") for v in h.global_secrets.values()]
+    for zone, local in sorted(h.zone_local.items()):
+        seen += [(v, f"{zone}'s final state") for v in local.values()]
+    for obs in h.observations:
+        seen += [(v, f"a poll of {obs.zone}") for v, _ in obs.secrets.values()]
+    for value, where in seen:
+        o = refused.get(value)
+        if o is not None:
+            yield Violation(
+                "refused-made",
+                f"op {o.seq} ({o.target} put {o.key[0]}/{o.key[1]}) was refused as not made, "
+                f"but its value is in {where}",
+            )
+            del refused[value]  # once per op

@@ -71,6 +71,10 @@ class Daemon:
         self.data_dir = data_dir
         self.proc: subprocess.Popen[bytes] | None = None
         self.http = httpx.Client(base_url=api_url, timeout=5)
+        # Added to the environment of the next start only (e.g. a test-only crash point).
+        self.env_once: dict[str, str] = {}
+        # Put before argv at every start (e.g. nsenter into a mount namespace of its own).
+        self.prefix: list[str] = []
 
     @property
     def admin_token(self) -> str:
@@ -80,10 +84,16 @@ class Daemon:
     def read_only_token(self) -> str:
         return (self.data_dir / "read-only-token").read_text().strip()
 
-    def start(self) -> Daemon:
+    def launch(self) -> None:
+        """Start the process without waiting for its API (see ``start``)."""
         logf = open(self.log_path, "ab")  # noqa: SIM115  # the child owns it
-        self.proc = subprocess.Popen(self.argv, stdout=logf, stderr=logf)
+        env = {**os.environ, **self.env_once} if self.env_once else None
+        self.env_once = {}
+        self.proc = subprocess.Popen([*self.prefix, *self.argv], stdout=logf, stderr=logf, env=env)
         logf.close()
+
+    def start(self) -> Daemon:
+        self.launch()
         wait_for(self._ready, 15, f"{self.name} API at {self.api_url}")
         # The API needs the daemon's admin token, created in its data dir at first start.
         self.http.headers["Authorization"] = f"Bearer {self.admin_token}"
@@ -166,6 +176,10 @@ class Cluster:
         self.daemons: list[Daemon] = []
         self.kds_port = free_port()
         self.global_api = free_port()
+        # Daemons started with this before their argv, their data dirs seen through ``view``
+        # (tests.integration.small_disks: data dirs on small disks of their own).
+        self.prefix: list[str] = []
+        self.view: Callable[[Path], Path] = lambda path: path
 
     def start_global(self, *extra: str) -> Daemon:
         api = f"http://127.0.0.1:{self.global_api}"
@@ -181,7 +195,8 @@ class Cluster:
             *_TEST_ARGS,
             *extra,
         ]
-        d = Daemon("global", argv, self.tmp / "global.log", api, self.tmp / "global")
+        d = Daemon("global", argv, self.tmp / "global.log", api, self.view(self.tmp / "global"))
+        d.prefix = list(self.prefix)
         self.daemons.append(d)
         self.global_daemon = d
         return d.start()
@@ -202,6 +217,7 @@ class Cluster:
         api_port: int | None = None,
         synced: bool = True,
         token_file: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> Daemon:
         """Start a zone the secure way (TLS verified with global's CA, a token from global);
         with ``synced`` wait until it holds global's default mesh."""
@@ -228,9 +244,15 @@ class Cluster:
             *extra,
         ]
         d = Daemon(
-            zone, argv, self.tmp / f"{zone}.log", f"http://127.0.0.1:{port}", self.tmp / zone
+            zone,
+            argv,
+            self.tmp / f"{zone}.log",
+            f"http://127.0.0.1:{port}",
+            self.view(self.tmp / zone),
         )
+        d.prefix = list(self.prefix)
         self.daemons.append(d)
+        d.env_once = dict(env or {})
         d.start()
         if synced:
             wait_for(lambda: d.get_json("/meshes/default"), what=f"{zone} first sync")

@@ -19,5 +19,8 @@ def test_a_seeded_run_with_faults_breaks_no_guarantee(tmp_path: Path) -> None:
     assert summary.acknowledged >= 40, summary.text()
     assert {o.target for o in h.ops} >= {"global", "zone-1", "zone-2"}, summary.text()
     assert len(summary.faults) >= 4 and sum(summary.faults.values()) >= 8, summary.text()
+    # Crashes at chosen points did happen, and disks were filled.
+    assert sum(summary.crashes.values()) >= 2, summary.text()
+    assert {"disk-full-zone", "disk-full-global"} & set(summary.faults), summary.text()
     assert len(h.observations) >= 10 and sum(1 for a in h.applied if not a.start) >= 20
     assert h.global_leaves and all(h.zone_leaves.values())

@@ -5,6 +5,7 @@ answer is refused."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import pytest
 from hypothesis import given, settings
@@ -21,7 +22,15 @@ from kds.protocol.anti_entropy import (
     Query,
     answer,
 )
-from kds.protocol.digest_tree import DigestTree, NodeId, Summary, bucket_of, leaf_digest
+from kds.protocol.digest_tree import (
+    DIGEST_BYTES,
+    DigestTree,
+    NodeId,
+    Summary,
+    _leaf_hash,
+    bucket_of,
+    leaf_digest,
+)
 
 Leaves = dict[Key, bytes]
 
@@ -77,6 +86,45 @@ def test_a_changed_leaf_changes_every_parent_and_no_sibling() -> None:
     sibling = NodeId(Kind.SECRET, "m1", bucket[:1] + ("0" if bucket[1] != "0" else "1"))
     assert tree.summary(sibling) == damaged.summary(sibling)
     assert tree.summary(NodeId(Kind.SECRET, "m0")) == damaged.summary(NodeId(Kind.SECRET, "m0"))
+
+
+def _reference_summary(leaves: Leaves, node: NodeId) -> tuple[int, bytes]:
+    """A node's count and hash as the protocol defines them, computed leaf by leaf: the
+    hash of the leaf hashes under the node, in (bucket, name) order. Zones of an earlier
+    version compute it so, so however the tree holds its leaves it must give the same."""
+    under = sorted(
+        (bucket_of(k.name), k.name, d)
+        for k, d in leaves.items()
+        if (k.kind, k.mesh) == (node.kind, node.mesh) and bucket_of(k.name).startswith(node.prefix)
+    )
+    if not under:
+        return 0, b""
+    leaf_hashes = b"".join(_leaf_hash(n, d) for _, n, d in under)
+    return len(under), hashlib.blake2b(leaf_hashes, digest_size=DIGEST_BYTES).digest()
+
+
+def test_node_hashes_are_the_protocols_and_leaves_come_back_as_given() -> None:
+    leaves = _store(300)
+    leaves[Key(Kind.SECRET, "m0", "caf\u00e9-\u4e2d")] = _digest(99)  # names are UTF-8
+    tree = DigestTree(leaves.items())
+    assert len(tree) == len(leaves)
+    nodes = [s.node for s in tree.groups()]
+    for group in list(nodes):
+        for child in tree.children(group):
+            nodes.append(child.node)
+            nodes += [c.node for c in tree.children(child.node)]
+    for node in nodes:
+        s = tree.summary(node)
+        assert (s.count, s.hash) == _reference_summary(leaves, node), node
+        listed = dict(tree.leaves(node))
+        assert len(listed) == s.count
+        assert all(leaves[Key(node.kind, node.mesh, n)] == d for n, d in listed.items())
+    assert tree.summary(NodeId(Kind.SECRET, "nowhere")) == Summary(
+        NodeId(Kind.SECRET, "nowhere"), 0, b""
+    )
+    assert [c.node.prefix for c in tree.children(NodeId(Kind.MESH, ""))] == sorted(
+        {bucket_of(k.name)[0] for k in leaves if k.kind is Kind.MESH}
+    )
 
 
 def test_equal_stores_are_equal_in_one_round() -> None:

@@ -67,6 +67,19 @@ def test_an_unacknowledged_write_may_or_may_not_have_happened() -> None:
     assert _kinds(h) == {"lost-write"}
 
 
+def test_a_write_refused_as_not_made_must_not_be_seen() -> None:
+    h = clean()
+    h.ops.append(Op(5, "global", "put", A, "full1", False, refused=True))
+    h.ops.append(Op(6, "zone-a", "put", C, "full2", False, refused=True))
+    assert check(h) == []
+    h.global_secrets = {A: "full1"}  # the refused put of a was made after all
+    assert _kinds(h) == {"refused-made"}
+    h = clean()
+    h.ops.append(Op(5, "zone-a", "put", C, "full2", False, refused=True))
+    h.observations.append(Observation("zone-a", 5, 3, {C: ("full2", "zone")}))
+    assert "refused-made" in _kinds(h)
+
+
 def test_a_zone_that_ends_behind_global() -> None:
     h = clean()
     h.final_revisions = {"zone-a": 2}
@@ -85,6 +98,19 @@ def test_a_new_life_may_start_ahead_of_its_last_logged_batch_never_behind() -> N
     assert check(h) == []  # killed after applying 3, before logging it
     h.applied[2] = Applied("zone-a", 2, 1, 1, False, True, start=True)
     assert "backwards" in _kinds(h)
+
+
+def test_a_replaced_store_counts_even_when_its_life_recorded_nothing() -> None:
+    h = clean()
+    # Life 3 started on an emptied data dir and died before it connected; life 4 opens its
+    # stream on that empty store, at 0, then takes a snapshot.
+    h.applied += [
+        Applied("zone-a", 4, 0, 0, False, True, start=True),
+        Applied("zone-a", 4, 0, 3, True, True),
+    ]
+    assert "backwards" in _kinds(h)  # without the replaced store, 0 after 3 is going back
+    h.reset_lives.add(("zone-a", 3))
+    assert check(h) == []
 
 
 def test_revisions_going_backwards() -> None:

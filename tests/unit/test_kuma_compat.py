@@ -571,7 +571,8 @@ async def test_system_global_secrets_are_not_sent_to_zones(tmp_path: Path) -> No
             Key(Kind.SECRET, "default", "user-token-signing-key-1"),  # only GlobalSecrets
         }
         snap = await servicer.plans.snapshot()
-        assert {r.key for p in servicer.plans.snapshot_parts(snap) for r in p.records} == expected
+        assert {k for p in snap.parts for k in p.sent_keys()} == expected
+        assert snap.resources == 3
         plan = await servicer.plans.range_plan(SendRange(0, head))
         assert plan is not None
         assert {r.key for p in plan.parts for r in p.records} == expected

@@ -10,6 +10,8 @@ from globalcp.hub import Hub
 from globalcp.sending import RANGE_PLANS_KEPT
 from globalcp.servicer import SyncServicer
 from globalcp.zones import ZoneTracker
+from kds import wire
+from kds._pb import sync_pb2 as pb
 from kds.model import Kind, Resource
 from kds.protocol.session import SendRange
 from kds.store.sqlite import GlobalEngine, SqliteGlobalStore
@@ -90,5 +92,45 @@ async def test_a_range_is_coalesced_and_packed_once_for_every_stream(tmp_path: P
             await servicer.plans.range_plan(SendRange(head - 3 - (i % 2), head))
         assert len(servicer.plans._range_plans) <= RANGE_PLANS_KEPT
         assert await servicer.plans.range_plan(SendRange(-10, head)) is None
+    finally:
+        store.close()
+
+
+async def test_a_snapshot_is_held_as_framed_parts_that_decode_to_every_resource(
+    tmp_path: Path,
+) -> None:
+    """The shared snapshot keeps each part as one framed body: a batch built from it decodes
+    to every resource at its version, and a part's keys and kinds are read back from it."""
+    servicer, store, _ = _servicer(tmp_path)
+    try:
+        for i in range(40):
+            await store.put(
+                Resource(Kind.SECRET, f"s{i}", "default", data=b"v" * 4000),
+                "2026-11-29T00:00:00Z",
+            )
+        servicer.hub.head = await store.head()
+        servicer.plans.max_message_bytes = 64 * 1024  # several parts
+        snap = await servicer.plans.snapshot()
+        assert len(snap.parts) > 1 and snap.resources == 41
+        assert [p.final for p in snap.parts] == [False] * (len(snap.parts) - 1) + [True]
+        seen = []
+        for part in snap.parts:
+            data = wire.assemble_batch(
+                seq=1,
+                from_revision=0,
+                revision=snap.revision,
+                snapshot=True,
+                final=part.final,
+                head_revision=snap.revision,
+                framed_changes=(part.body,),
+            )
+            batch, rejected = wire.decode_batch(pb.GlobalMessage.FromString(data).batch)
+            assert rejected == []
+            keys = [c.key for c in batch.changes]
+            assert list(part.sent_keys()) == keys and len(part.sent_keys()) == len(keys)
+            assert sorted(part.kinds()) == sorted(k.kind for k in keys)
+            seen += [(c.key.name, c.resource.version) for c in batch.changes if c.resource]
+        rows = {r.resource.name: r.resource.version for r in await store.list_rows(Kind.SECRET)}
+        assert {n: v for n, v in seen if n != "default"} == rows
     finally:
         store.close()

@@ -15,7 +15,7 @@ import pytest
 from kds.crypto import DataCipher
 from kds.errors import StoreError, StoreUnavailable
 from kds.model import Key, Kind
-from kds.protocol.applier import DecodedBatch
+from kds.protocol.applier import DecodedBatch, Incoming
 from kds.protocol.records import next_chain
 from kds.store import PgTarget, open_global_store, open_zone_store
 from kds.store.postgres import (
@@ -25,6 +25,7 @@ from kds.store.postgres import (
     PgGlobalStore,
     PgZoneEngine,
     import_sqlite_global,
+    import_sqlite_store,
 )
 from tests.pgserver import shared_server
 from tests.unit.store_backends import MESH, T0, T1, inc_put, mk
@@ -149,15 +150,7 @@ async def test_an_unreachable_server_is_store_unavailable() -> None:
 
 
 def _batch(key: Key, revision: int) -> DecodedBatch:
-    return DecodedBatch(
-        seq=1,
-        from_revision=revision - 1,
-        revision=revision,
-        snapshot=False,
-        final=True,
-        head_revision=revision,
-        changes=(inc_put(mk(key), revision),),
-    )
+    return _batch_of([inc_put(mk(key), revision)], revision)
 
 
 def test_an_old_leader_cannot_apply_after_a_new_one_took_over() -> None:
@@ -285,6 +278,47 @@ async def test_a_store_of_an_older_schema_version_is_migrated_at_open() -> None:
             f"SELECT value FROM {target.schema}.meta WHERE key='schema_version'"
         ).fetchone()
     assert row is not None and int(row[0]) == SCHEMA_VERSION == 3
+
+
+async def test_a_sqlite_zone_moves_with_its_sync_state_and_conflicts(tmp_path: Path) -> None:
+    """import_sqlite_store for a zone: the same store id and sync state (so the zone resumes),
+    its zone-local rows and the synced copy a name conflict keeps aside; a global's file is
+    not taken for a zone's."""
+    src = open_zone_store(tmp_path / "zone.db")
+    dup = Key(Kind.SECRET, "default", "dup")
+    await src.apply_batch(_batch_of([inc_put(mk(MESH), 1)], 1), "global-1", T0)
+    await src.put(mk(dup, b"zone-own"), T0)
+    await src.apply_batch(_batch_of([inc_put(mk(dup, b"global-copy"), 2)], 2), "global-1", T0)
+    before = (src.store_id, await src.sync_state(), await src.conflicts())
+    src.close()
+    assert before[2] == [dup]
+
+    target = _target()
+    store_id, counts = import_sqlite_store(tmp_path / "zone.db", target, "zone")
+    assert store_id == before[0] and counts["applied_revision"] == 2 and counts["resources"] == 3
+    pg = open_zone_store(target)
+    try:
+        assert (pg.store_id, await pg.sync_state(), await pg.conflicts()) == before
+        got = await pg.get(dup)
+        assert got is not None and got.resource.data == b"zone-own" and got.shadows_synced
+    finally:
+        pg.close()
+    open_global_store(tmp_path / "global.db").close()
+    with pytest.raises(StoreError, match="is not a zone store"):
+        import_sqlite_store(tmp_path / "global.db", _target(), "zone")
+
+
+def _batch_of(changes: list[Incoming], revision: int) -> DecodedBatch:
+    return DecodedBatch(
+        seq=1,
+        from_revision=revision - 1,
+        revision=revision,
+        snapshot=False,
+        final=True,
+        head_revision=revision,
+        changes=tuple(changes),
+        chain=next_chain(b"", str(revision).encode()),
+    )
 
 
 async def test_a_leader_epoch_that_cannot_be_written_is_tried_again() -> None:

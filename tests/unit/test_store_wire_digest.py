@@ -7,6 +7,7 @@ digest still matched (damage found before the migration stays damaged)."""
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,7 @@ class Backend:
     def __init__(self, name: str, tmp: Path):
         self.name = name
         self.path = tmp / "global.db"
-        self.target = PgTarget(
-            shared_server().url, "wd_" + tmp.name.lower()[-40:].replace("-", "_")
-        )
+        self.target = PgTarget(shared_server().url, f"wd_{uuid.uuid4().hex[:12]}")
 
     def open(self) -> GlobalEngine | PgGlobalEngine:
         if self.name == "sqlite":

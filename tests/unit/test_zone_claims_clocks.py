@@ -35,7 +35,7 @@ def _held_by_a(claims: ZoneClaims, lease_left: float) -> ZoneState:
     state.online = True
     state.global_instance = "global-a"
     state.connected_at = claims.clock()
-    claims.claim(state)
+    claims.claim(state, "zone-1")
     state.lease_until = claims.clock() + lease_left
     return state
 

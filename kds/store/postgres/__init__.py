@@ -11,15 +11,15 @@ The engines' logic and SQL are the SQLite backend's, shared (kds.store._engine, 
 versioned schema, transactions, the ``?`` to ``%s`` placeholders, the dialect points,
 errors), _global and _zone (each role's engine over a schema; a zone's fencing), _stores
 (the async stores, with follow and leadership), _listen (LISTEN/NOTIFY wake-ups between
-instances), _leader (one zone instance holds the stream, fenced), _import (a SQLite global
-store moved here, keeping its id and history).
+instances), _leader (one zone instance holds the stream, fenced), _import (a SQLite store
+moved here, keeping its id and its history or sync state).
 """
 
 from __future__ import annotations
 
 from kds.store.postgres._db import SCHEMA_VERSION, PgTarget
 from kds.store.postgres._global import PgGlobalEngine
-from kds.store.postgres._import import import_sqlite_global
+from kds.store.postgres._import import import_sqlite_global, import_sqlite_store
 from kds.store.postgres._leader import Leadership
 from kds.store.postgres._stores import PgGlobalStore, PgZoneStore
 from kds.store.postgres._zone import NotLeader, PgZoneEngine
@@ -34,4 +34,5 @@ __all__ = [
     "PgZoneEngine",
     "PgZoneStore",
     "import_sqlite_global",
+    "import_sqlite_store",
 ]
