@@ -472,7 +472,10 @@ def test_second_instance_of_a_zone_is_refused_until_the_first_is_gone(cluster: C
     )[-1]
     assert "already connected" in refused["error"]
     g.wait_event("refused a second instance of a connected zone", zone="zone-1")
-    assert len(g.events("zone connected", zone="zone-1")) == 1
+    # Only the first instance was ever let in. (It may have reconnected on its own: with the
+    # tests' 1 s keepalive a loaded machine can drop a stream; the twin still never got in.)
+    connected = {e["instance"] for e in g.events("zone connected", zone="zone-1")}
+    assert connected == {first.events("zone started")[-1]["instance"]}, connected
     g.put("/meshes/default/secrets/s", _secret("default", "s", "v"))
     wait_for(lambda: first.secret("default", "s"), what="first instance still syncing")
     first.stop()
