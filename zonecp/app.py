@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -194,7 +194,7 @@ async def run_zone(cfg: ZoneConfig, service: Service) -> int:
     )
     if leadership is not None:
         assert isinstance(store, PgZoneStore)
-        guard.start("sync-client", _lead_while_running(leadership, lead))
+        guard.start("sync-client", leadership.run(lead))
         guard.start("shared-store", store.follow(on_shared_change, fallback=5.0))
     else:
         guard.start("sync-client", client.run(stop))
@@ -212,20 +212,6 @@ async def run_zone(cfg: ZoneConfig, service: Service) -> int:
     store.close()
     log.info("zone stopped")
     return 1 if guard.failed else 0
-
-
-async def _lead_while_running(
-    leadership: Any, lead: Callable[[asyncio.Event], Awaitable[None]]
-) -> None:
-    """Stand by and lead for as long as the daemon runs: a store that fails while this
-    instance takes the lead (PostgreSQL crashed between the lock and the epoch) is tried
-    again, not the end of the daemon."""
-    while True:
-        try:
-            await leadership.run(lead)
-        except StoreError as e:
-            log.warning("cannot take the zone's lead: trying again", error=str(e))
-            await asyncio.sleep(1.0)
 
 
 async def _first_of(*events: asyncio.Event) -> None:
