@@ -73,7 +73,7 @@ def _one_answer(conn: socket.socket, heads: list[bytes]) -> None:
     conn.sendall(_answer())
 
 
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+def clear_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(name.upper(), raising=False)
@@ -82,7 +82,7 @@ def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_plain_http_goes_through_the_environment_proxy(
     scripted: Callable[..., Scripted], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _no_proxy(monkeypatch)
+    clear_proxy_env(monkeypatch)
     proxy = scripted(_one_answer)
     monkeypatch.setenv("HTTP_PROXY", f"http://ops:p%40ss@127.0.0.1:{proxy.port}")
     client = ApiClient("http://global.example:5681", timeout=5, token="t0k")
@@ -99,7 +99,7 @@ def test_plain_http_goes_through_the_environment_proxy(
 def test_no_proxy_bypasses_it(
     scripted: Callable[..., Scripted], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _no_proxy(monkeypatch)
+    clear_proxy_env(monkeypatch)
     proxy = scripted(_one_answer)
     api = scripted(_one_answer)
     monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
@@ -115,7 +115,7 @@ def test_no_proxy_bypasses_it(
 def test_https_asks_the_proxy_for_a_tunnel(
     scripted: Callable[..., Scripted], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _no_proxy(monkeypatch)
+    clear_proxy_env(monkeypatch)
 
     def refuse(conn: socket.socket, heads: list[bytes]) -> None:
         heads.append(_read_head(conn))
@@ -132,7 +132,7 @@ def test_https_asks_the_proxy_for_a_tunnel(
 def test_a_closed_kept_alive_connection_is_replaced_for_a_read_only(
     scripted: Callable[..., Scripted], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _no_proxy(monkeypatch)
+    clear_proxy_env(monkeypatch)
     api = scripted(_one_answer)  # closes each connection after one answer
     client = ApiClient(f"http://127.0.0.1:{api.port}/", timeout=5)
     try:
@@ -150,7 +150,7 @@ def test_a_closed_kept_alive_connection_is_replaced_for_a_read_only(
 def test_keep_alive_reuses_one_connection(
     scripted: Callable[..., Scripted], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _no_proxy(monkeypatch)
+    clear_proxy_env(monkeypatch)
 
     def serve_all(conn: socket.socket, heads: list[bytes]) -> None:
         while head := _read_head(conn):
@@ -171,7 +171,7 @@ def test_keep_alive_reuses_one_connection(
 def test_no_answer_within_the_timeout(
     scripted: Callable[..., Scripted], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _no_proxy(monkeypatch)
+    clear_proxy_env(monkeypatch)
     done = threading.Event()
 
     def hang(conn: socket.socket, heads: list[bytes]) -> None:
@@ -191,7 +191,7 @@ def test_no_answer_within_the_timeout(
 def test_an_error_answer_that_is_not_json_names_the_status(
     scripted: Callable[..., Scripted], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _no_proxy(monkeypatch)
+    clear_proxy_env(monkeypatch)
 
     def teapot(conn: socket.socket, heads: list[bytes]) -> None:
         heads.append(_read_head(conn))

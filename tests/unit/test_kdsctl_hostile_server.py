@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from kdsctl.cli import cli
 from kdsctl.client import ApiClient, ApiUnreachable
+from tests.unit.test_kdsctl_client import clear_proxy_env
 
 ESC = "\x1b]0;owned\x07\x1b[2J"
 
@@ -65,9 +66,7 @@ def serve() -> Iterator[Callable[..., OneServer]]:
 
 @pytest.fixture(autouse=True)
 def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
+    clear_proxy_env(monkeypatch)
 
 
 def _kdsctl(url: str, *args: str) -> tuple[int, str]:

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from kdsctl.cli import cli
 from kdsctl.client import ApiClient, ApiUnreachable
+from tests.unit.test_kdsctl_client import clear_proxy_env
 
 # Every field name kdsctl reads from an answer (kdsctl/*.py), for the poisoned answers.
 FIELDS = [
@@ -197,9 +198,7 @@ def api() -> Iterator[FakeApi]:
 
 @pytest.fixture(autouse=True)
 def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
+    clear_proxy_env(monkeypatch)
 
 
 def _run(api: FakeApi, args: list[str], tmp: Path | None = None) -> Any:
