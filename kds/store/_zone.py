@@ -27,7 +27,7 @@ from kds.model import Key, Kind, Resource
 from kds.mtls import secret_refs
 from kds.protocol.applier import DecodedBatch, Plan, ZoneView, plan_batch
 from kds.store._engine import ResourceEngine
-from kds.store._rows import UPSERT_RESOURCE, Conn, DamagedRow, get_meta, set_meta
+from kds.store._rows import UPSERT_RESOURCE, Conn, DamagedRow, get_meta, set_meta, set_metas
 from kds.store.interface import OnCommit
 from kds.store.results import ORIGIN_GLOBAL, ORIGIN_ZONE, SyncState, WriteResult, ZoneApplyResult
 
@@ -126,13 +126,16 @@ class ZoneEngine(ResourceEngine):
         view = self._zone_view(conn, batch, gen)
         plan = plan_batch(batch, view)
         self._execute(conn, plan, gen)
-        applied = int(get_meta(conn, "applied_revision", "0"))
+        applied = view.applied_revision or 0  # read at the start of this transaction
         if plan.record_revision is not None:
             applied = plan.record_revision
-            set_meta(conn, "applied_revision", applied)
-            set_meta(conn, "synced_store_id", global_store_id)
-            set_meta(conn, "applied_chain", batch.chain.hex())
-            set_meta(conn, "applied_at", now)
+            values = {
+                "applied_revision": applied,
+                "synced_store_id": global_store_id,
+                "applied_chain": batch.chain.hex(),
+                "applied_at": now,
+            }
+            set_metas(conn, values)
         return ZoneApplyResult(
             applied_revision=applied,
             rejected=plan.rejected,
