@@ -316,9 +316,16 @@ class ResourceEngine:
         """
         results = []
         with self.db.write() as conn:
+            # Many resources: every key's rows read at once (a 10,000-secret apply ran one
+            # SELECT each); a key given twice reads its rows again, after its first write.
+            found = self._rows_of(conn, [r.key for r in resources]) if len(resources) > 1 else None
+            seen: set[Key] = set()
             for i, resource in enumerate(resources):
+                key = resource.key
+                rows = found.get(key, {}) if found is not None and key not in seen else None
+                seen.add(key)
                 try:
-                    results.append(self._put(conn, resource, now))
+                    results.append(self._put(conn, resource, now, rows))
                 except KdsError as e:
                     e.item_index = i
                     raise
@@ -364,8 +371,12 @@ class ResourceEngine:
                 )
         return results
 
-    def _put(self, conn: Conn, resource: Resource, now: str) -> WriteResult:
-        rows = self._rows(conn, resource.key)
+    def _put(
+        self, conn: Conn, resource: Resource, now: str, rows: Mapping[str, Resource] | None = None
+    ) -> WriteResult:
+        """Write one resource; ``rows``: its key's rows when already read (``_rows``)."""
+        if rows is None:
+            rows = self._rows(conn, resource.key)
         self._check_writable(resource.key, rows, "change")
         old = rows.get(self.origin)
         if resource.kind is Kind.SECRET and not self._mesh_exists(conn, resource.mesh):

@@ -902,6 +902,22 @@ async def test_put_many_is_all_or_nothing_and_names_the_failing_item(gstore: Glo
     assert [r.record.revision for r in results if r.record] == [2, 3]
 
 
+async def test_put_many_sees_its_own_earlier_writes(gstore: GlobalStore) -> None:
+    """Existing rows are read for all keys at once; a key given twice still sees its first
+    write (an update of what the same put_many created), and an unchanged repeat is one."""
+    await gstore.put_many([mk(MESH), mk(G1, b"old")], T0)
+    results = await gstore.put_many([mk(G1, b"a"), mk(S1), mk(G1, b"b"), mk(G1, b"b")], T1)
+    assert [(r.created, r.changed) for r in results] == [
+        (False, True),
+        (True, True),
+        (False, True),
+        (False, False),
+    ]
+    assert [r.record.revision for r in results if r.record] == [3, 4, 5]
+    row = await gstore.get(G1)
+    assert row is not None and row.resource.data == b"b" and row.resource.version == 5
+
+
 async def test_zone_put_many_refuses_a_synced_key_and_writes_nothing(zstore: ZoneStore) -> None:
     """On a zone, one item whose key only global's copy holds refuses the whole put_many."""
     await apply(zstore, dbatch([inc_put(mk(G1, b"g"), 1)], 1), GSID, T0)
