@@ -1,6 +1,7 @@
 """Many zones in one process, each the real thing: a zonecp.client.ZoneClient (its own gRPC
 channel and stream to global) over its own SQLite zone store in its own data dir, wired as
-zonecp.app wires a zone (minus the HTTP API, which sync does not use).
+zonecp.app wires a zone (minus the HTTP API, which sync does not use), with the collector
+tuned as both daemons tune it (kds.runtime.tune_gc).
 
 The only addition is ``TimedEngine``: the real zone engine, which also reports when each final
 batch committed (revision, time) as a JSON line on stdout for the harness (bench.common.Fleet),
@@ -30,7 +31,7 @@ import structlog
 from bench.common import report_line, stdin_closed
 from kds.logging import configure_logging
 from kds.protocol.applier import DecodedBatch
-from kds.runtime import ensure_private_dir
+from kds.runtime import ensure_private_dir, tune_gc
 from kds.store import ZoneApplyResult, ZoneStore
 from kds.store.sqlite import SqliteZoneStore, ZoneEngine
 from kds.version import __version__
@@ -129,6 +130,7 @@ def main() -> None:
     if args.insecure == bool(args.ca_file and args.token_dir):
         ap.error("give either --ca-file and --token-dir (TLS) or --insecure (plaintext)")
     configure_logging(args.log_level, "json")
+    tune_gc()  # as zonecp's run_daemon does
     asyncio.run(main_async(args))
 
 

@@ -36,6 +36,5 @@ def unknown_fields(
 ) -> list[FieldViolation]:
     """One violation per key of ``given`` not in ``known``; fields named ``{prefix}{key}``."""
     known = frozenset(known)
-    return [
-        unknown_field(f"{prefix}{k}", k, known) for k in sorted(given, key=str) if k not in known
-    ]
+    unknown = [k for k in given if k not in known]  # sorted only when there are any
+    return [unknown_field(f"{prefix}{k}", k, known) for k in sorted(unknown, key=str)]

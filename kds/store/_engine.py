@@ -17,7 +17,7 @@ resource again repairs it). At open every row is checked (``_after_check``).
 from __future__ import annotations
 
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -46,6 +46,9 @@ from kds.store.results import (
 __all__ = ["ResourceEngine", "TxView"]
 
 log = structlog.get_logger("kds.store")
+
+# Names per ``name IN (...)`` lookup: well under SQLite's oldest limit of 999 variables.
+_IN_NAMES = 500
 
 
 class TxView:
@@ -142,6 +145,33 @@ class ResourceEngine:
                 if not skip_damaged:
                     raise
                 log.warning("damaged row left out", key=e.key, origin=r[3], store=self.location)
+        return out
+
+    def _rows_of(self, conn: Conn, keys: Iterable[Key]) -> dict[Key, dict[str, Resource]]:
+        """``_rows`` of many keys at once (a key with no row is absent): one statement per
+        mesh and kind and up to ``_IN_NAMES`` names, where a zone applying 10,000 changes ran
+        one SELECT per key (0.022 of its 0.165 CPU seconds)."""
+        names: dict[tuple[Kind, str], list[str]] = {}
+        for key in keys:
+            names.setdefault((key.kind, key.mesh), []).append(key.name)
+        out: dict[Key, dict[str, Resource]] = {}
+        for (kind, mesh), group in names.items():
+            for i in range(0, len(group), _IN_NAMES):
+                chunk = group[i : i + _IN_NAMES]
+                cur = conn.execute(
+                    f"SELECT {COLS} FROM resources WHERE kind=? AND mesh=? "
+                    f"AND name IN ({', '.join('?' * len(chunk))})",
+                    (str(kind), mesh, *chunk),
+                )
+                for r in cur:
+                    try:
+                        resource = self.sealer.resource(r)
+                    except StoreDamaged as e:
+                        log.warning(
+                            "damaged row left out", key=e.key, origin=r[3], store=self.location
+                        )
+                        continue
+                    out.setdefault(Key(kind, mesh, r[2]), {})[r[3]] = resource
         return out
 
     def get(self, key: Key) -> Row | None:
@@ -286,9 +316,16 @@ class ResourceEngine:
         """
         results = []
         with self.db.write() as conn:
+            # Many resources: every key's rows read at once (a 10,000-secret apply ran one
+            # SELECT each); a key given twice reads its rows again, after its first write.
+            found = self._rows_of(conn, [r.key for r in resources]) if len(resources) > 1 else None
+            seen: set[Key] = set()
             for i, resource in enumerate(resources):
+                key = resource.key
+                rows = found.get(key, {}) if found is not None and key not in seen else None
+                seen.add(key)
                 try:
-                    results.append(self._put(conn, resource, now))
+                    results.append(self._put(conn, resource, now, rows))
                 except KdsError as e:
                     e.item_index = i
                     raise
@@ -334,8 +371,12 @@ class ResourceEngine:
                 )
         return results
 
-    def _put(self, conn: Conn, resource: Resource, now: str) -> WriteResult:
-        rows = self._rows(conn, resource.key)
+    def _put(
+        self, conn: Conn, resource: Resource, now: str, rows: Mapping[str, Resource] | None = None
+    ) -> WriteResult:
+        """Write one resource; ``rows``: its key's rows when already read (``_rows``)."""
+        if rows is None:
+            rows = self._rows(conn, resource.key)
         self._check_writable(resource.key, rows, "change")
         old = rows.get(self.origin)
         if resource.kind is Kind.SECRET and not self._mesh_exists(conn, resource.mesh):

@@ -173,8 +173,7 @@ class ZoneEngine(ResourceEngine):
             stale = [k for k in (Key(Kind(a), b, c) for a, b, c in cur) if k not in keys]
         local: set[Key] = set()
         synced: set[Key] = set()
-        for key in keys | set(stale):
-            rows = self._rows(conn, key)
+        for key, rows in self._rows_of(conn, keys | set(stale)).items():
             if ORIGIN_ZONE in rows:
                 local.add(key)
             if ORIGIN_GLOBAL in rows:

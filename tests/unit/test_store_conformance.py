@@ -569,6 +569,28 @@ async def test_zone_conflict(zstore: ZoneStore) -> None:
     assert r2.new_conflicts == []
 
 
+async def test_zone_large_batch_finds_every_existing_row(zstore: ZoneStore) -> None:
+    """A batch of more keys than one lookup statement takes (the zone reads the rows a batch
+    touches in groups), over two meshes and several kinds: every zone-local row among them
+    is a conflict, every synced one an update, no matter which group it fell in."""
+    other = Key(Kind.MESH, "", "other")
+    await apply(zstore, dbatch([inc_put(mk(MESH), 1), inc_put(mk(other), 2)], 2), GSID, T0)
+    keys = [Key(Kind.SECRET, m, f"s{i}") for m in ("default", "other") for i in range(1200)]
+    keys += [Key(Kind.GLOBAL_SECRET, "", f"g{i}") for i in range(30)]
+    local = set(keys[7::97])
+    for key in sorted(local, key=str):
+        await zstore.put(mk(key, b"local"), T0)
+    first = await apply(zstore, dbatch([inc_put(mk(k), 3) for k in keys[::2]], 3), GSID, T1)
+    assert sorted(first.new_conflicts, key=str) == sorted(local & set(keys[::2]), key=str)
+    r = await apply(zstore, dbatch([inc_put(mk(k, b"new"), 4) for k in keys], 4), GSID, T1)
+    assert sorted(r.new_conflicts, key=str) == sorted(local - set(keys[::2]), key=str)
+    assert r.rejected == []
+    local_secrets = sum(1 for k in local if k.kind is Kind.SECRET)
+    counts = await zstore.counts()
+    assert counts["Secret"] == {"global": 2400, "zone": local_secrets}
+    assert counts["GlobalSecret"] == {"global": 30, "zone": len(local) - local_secrets}
+
+
 async def test_zone_local_row_updatable_during_conflict(zstore: ZoneStore) -> None:
     """The zone may still update its own row while global's copy is kept aside."""
     await zstore.put(mk(G1, b"local"), T0)
@@ -878,6 +900,22 @@ async def test_put_many_is_all_or_nothing_and_names_the_failing_item(gstore: Glo
     assert await gstore.get(G1) is None and await gstore.get(S1) is None
     results = await gstore.put_many([mk(S1), mk(G1)], T1)
     assert [r.record.revision for r in results if r.record] == [2, 3]
+
+
+async def test_put_many_sees_its_own_earlier_writes(gstore: GlobalStore) -> None:
+    """Existing rows are read for all keys at once; a key given twice still sees its first
+    write (an update of what the same put_many created), and an unchanged repeat is one."""
+    await gstore.put_many([mk(MESH), mk(G1, b"old")], T0)
+    results = await gstore.put_many([mk(G1, b"a"), mk(S1), mk(G1, b"b"), mk(G1, b"b")], T1)
+    assert [(r.created, r.changed) for r in results] == [
+        (False, True),
+        (True, True),
+        (False, True),
+        (False, False),
+    ]
+    assert [r.record.revision for r in results if r.record] == [3, 4, 5]
+    row = await gstore.get(G1)
+    assert row is not None and row.resource.data == b"b" and row.resource.version == 5
 
 
 async def test_zone_put_many_refuses_a_synced_key_and_writes_nothing(zstore: ZoneStore) -> None:

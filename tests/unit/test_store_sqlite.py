@@ -9,7 +9,7 @@ import os
 import sqlite3
 import stat
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -154,13 +154,17 @@ def test_apply_batch_skips_the_fsync_but_api_writes_keep_it(zstore: ZoneEngine) 
     takes, and the applied revision rolls back with it); a zone-local write from the API
     commits with FULL, also right after a batch. Global commits everything with FULL."""
     seen: list[int] = []
-    rows = zstore._rows
+    view, check = zstore._zone_view, zstore._check_writable
 
-    def spy(*args: Any) -> Any:
-        seen.append(_synchronous(zstore))
-        return rows(*args)
+    def spy(step: Callable[..., Any]) -> Callable[..., Any]:
+        def spied(*args: Any) -> Any:  # a step inside the writing transaction
+            seen.append(_synchronous(zstore))
+            return step(*args)
 
-    zstore._rows = spy  # type: ignore[method-assign]
+        return spied
+
+    zstore._zone_view = spy(view)  # type: ignore[method-assign]
+    zstore._check_writable = spy(check)  # type: ignore[method-assign]
     zstore.apply_batch(dbatch([inc_put(mk(G1), 1)], 1), GSID, T0)
     zstore.put(mk(G2, b"local"), T0)
     assert seen == [1, 2]  # NORMAL, FULL
