@@ -286,6 +286,7 @@ def start_fleet(
 
 
 _lines: queue.SimpleQueue[str] = queue.SimpleQueue()
+REPORT_GATHER = 0.002  # seconds the line writer waits for the rest of a burst
 _writer_started = threading.Lock()
 _writer: list[threading.Thread] = []
 
@@ -293,6 +294,11 @@ _writer: list[threading.Thread] = []
 def _write_lines() -> None:
     while True:
         batch = [_lines.get()]
+        # Let the rest of a burst (every zone of the process applying one write) queue up:
+        # a put that wakes this thread costs the reporting thread a GIL hand-off (about
+        # 100 us per line, measured with 50 zones in a process), a put while it sleeps does
+        # not. The times reported were taken before queueing, so this delays no figure.
+        time.sleep(REPORT_GATHER)
         while not _lines.empty():
             batch.append(_lines.get())
         sys.stdout.write("".join(batch))

@@ -137,7 +137,10 @@ class EtcdServer:
 
 async def _watcher(member: int, endpoint: str, prefix: bytes, connected: asyncio.Event) -> None:
     m = pb()
-    opts = [("grpc.max_receive_message_length", MAX_MSG)]
+    # Its own connection, as a zone has (and as a watcher on another host would): grpc
+    # otherwise shares one TCP connection among a process's channels to the same address, so
+    # fifty watchers would cost etcd and this process one connection's work per write.
+    opts = [("grpc.max_receive_message_length", MAX_MSG), ("grpc.use_local_subchannel_pool", 1)]
     cache: dict[bytes, bytes] = {}
     async with grpc.aio.insecure_channel(endpoint, options=opts) as channel:
         call = channel.stream_stream(

@@ -4,7 +4,8 @@ zonecp.app wires a zone (minus the HTTP API, which sync does not use).
 
 The only addition is ``TimedEngine``: the real zone engine, which also reports when each final
 batch committed (revision, time) as a JSON line on stdout for the harness (bench.common.Fleet),
-from the writer thread right after the commit.
+from the thread that applied it (the writer thread, or the event loop's for a small batch)
+right after the commit.
 Stops when stdin closes.
 
     python -m bench.fleet --first 0 --count 50 --global-address grpc://127.0.0.1:5685 \
@@ -44,7 +45,14 @@ class TimedEngine(ZoneEngine):
         self.member = member
 
     def apply_batch(self, batch: DecodedBatch, global_store_id: str, now: str) -> ZoneApplyResult:
-        result = super().apply_batch(batch, global_store_id, now)
+        return self._report(batch, super().apply_batch(batch, global_store_id, now))
+
+    def apply_batch_now(
+        self, batch: DecodedBatch, global_store_id: str, now: str
+    ) -> ZoneApplyResult:
+        return self._report(batch, super().apply_batch_now(batch, global_store_id, now))
+
+    def _report(self, batch: DecodedBatch, result: ZoneApplyResult) -> ZoneApplyResult:
         t = time.time()
         report_line(m=self.member, rev=result.applied_revision, n=len(batch.changes), t=t)
         return result

@@ -60,6 +60,7 @@ LIVE_OPTIONS = frozenset(
         "heartbeat_interval",
         "anti_entropy_interval",
         "max_unacked",
+        "ack_delay",
         "max_data_bytes",
     }
 )
@@ -122,6 +123,7 @@ async def run_global(cfg: GlobalConfig, service: Service) -> int:
         instance_id=instance_id,
         software_version=__version__,
         max_unacked=cfg.max_unacked,
+        ack_delay=cfg.ack_delay,
         max_message_bytes=cfg.max_message_bytes,
         heartbeat_interval=cfg.heartbeat_interval,
         anti_entropy_interval=cfg.anti_entropy_interval,
@@ -195,6 +197,7 @@ async def run_global(cfg: GlobalConfig, service: Service) -> int:
         servicer.heartbeat_interval = new.heartbeat_interval
         servicer.anti_entropy_interval = new.anti_entropy_interval
         servicer.max_unacked = new.max_unacked
+        servicer.ack_delay = new.ack_delay
         return notes
 
     def status() -> tuple[bool, str]:

@@ -73,6 +73,7 @@ class SyncServicer:
         max_unacked: int,
         max_message_bytes: int,
         heartbeat_interval: float,
+        ack_delay: float = 0.0,
         anti_entropy_interval: float = 0.0,
         on_token_refused: Callable[[str], None] | None = None,
     ):
@@ -86,6 +87,7 @@ class SyncServicer:
         self.catch_up: Callable[[], Awaitable[None]] | None = None
         self.software_version = software_version
         self.max_unacked = max_unacked
+        self.ack_delay = ack_delay  # how long a zone may hold an ack (0: one per batch)
         self.max_message_bytes = max_message_bytes
         self.heartbeat_interval = heartbeat_interval
         self.anti_entropy_interval = anti_entropy_interval  # 0: no anti-entropy checks
@@ -224,6 +226,7 @@ class SyncServicer:
             self.plans,
             welcome=self._welcome(mode),
             heartbeat_interval=self.heartbeat_interval,
+            ack_delay_ms=int(self.ack_delay * 1000),
             checks=ZoneChecks(
                 self.store,
                 self.anti_entropy_interval,
@@ -374,6 +377,7 @@ class SyncServicer:
                 protocol_version=PROTOCOL_VERSION,
                 software_version=self.software_version,
                 heartbeat_interval_ms=int(self.heartbeat_interval * 1000),
+                ack_delay_ms=int(self.ack_delay * 1000),
             )
         ).SerializeToString()
 

@@ -119,6 +119,7 @@ class ZoneStream:
         *,
         welcome: bytes,
         heartbeat_interval: float,
+        ack_delay_ms: int = 0,
         checks: ZoneChecks | None = None,
     ):
         self.checks = checks  # anti-entropy (globalcp.checks)
@@ -128,6 +129,7 @@ class ZoneStream:
         self.hub = plans.hub
         self.welcome = welcome
         self.heartbeat_interval = heartbeat_interval
+        self.ack_delay_ms = ack_delay_ms  # the longest the zone may hold an ack (welcome)
         # Why the stream ended, as its zone's status and the "zone disconnected" log say.
         self.reason = "zone closed the stream"
         self._conflict_log = Throttle(CONFLICT_LOG_INTERVAL, burst=CONFLICT_LOG_BURST)
@@ -221,7 +223,8 @@ class ZoneStream:
         record and log it: one line for all its rejections."""
         status = self.link.status
         rejected = tuple(_rejected_key(r) for r in ack.rejected)
-        done = self.link.session.on_ack(Ack(ack.seq, ack.applied_revision, rejected))
+        acked = self.link.session.on_ack(Ack(ack.seq, ack.applied_revision, rejected))
+        done = acked[-1]
         if ack.rejected:
             # The session checked each key is one the batch held: valid, known names.
             items = [
@@ -242,11 +245,18 @@ class ZoneStream:
                     revision=done.revision,
                 )
             status.rejections(items)
-        status.batch_acked(
-            done.seq,
-            done.revision if done.final else None,
-            self.hub.commit_time(done.revision) if done.final else None,
-        )
+        # Propagation latency is observed for the batch the ack names, less the time the
+        # zone held the ack (at most the delay global allows): the earlier batches it covers
+        # were applied sooner, by an amount global cannot know.
+        held = min(ack.held_ms, self.ack_delay_ms) / 1000
+        for batch in acked:
+            last = batch is done
+            status.batch_acked(
+                batch.seq,
+                batch.revision if batch.final else None,
+                self.hub.commit_time(batch.revision) if last and batch.final else None,
+                held if last else 0.0,
+            )
 
     def _on_status(self, report: pb.ZoneStatus) -> None:
         """Check every conflict the zone reports, keep the first CONFLICTS_KEPT and their

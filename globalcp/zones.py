@@ -96,10 +96,13 @@ class ZoneHandle:
             s.sent[kind] = s.sent.get(kind, 0) + n
         self._tracker.mark(s)
 
-    def batch_acked(self, seq: int, revision: int | None, committed_at: float | None) -> None:
+    def batch_acked(
+        self, seq: int, revision: int | None, committed_at: float | None, held: float = 0.0
+    ) -> None:
         """Batch ``seq`` was acknowledged; ``revision`` is set when it completed a range or
         snapshot, and ``committed_at`` when that revision was committed while this stream
-        was up (its propagation latency is then observed)."""
+        was up (its propagation latency is then observed, less ``held``: the seconds the zone
+        held its ack back after applying it)."""
         counts = self._in_flight.pop(seq, Counter())
         if not self.current:
             return
@@ -112,7 +115,7 @@ class ZoneHandle:
         if revision is not None:
             s.acked_revision = revision
             if committed_at and committed_at >= s.connected_at:
-                self._tracker.observe_latency(s.name, max(0.0, now - committed_at))
+                self._tracker.observe_latency(s.name, max(0.0, now - committed_at - held))
         self._tracker.mark(s)
 
     def rejected(self, kind: Kind | None, key: str, reason: str) -> None:

@@ -117,6 +117,12 @@ def parse_global_address(value: object) -> str:
     return ",".join(parts)
 
 
+def _ack_delay(value: object) -> float:
+    if (n := parse_duration(value)) > 1.0:
+        raise ValueError("must be at most 1s (global's view of each zone lags by this much)")
+    return n
+
+
 def _optional_path(value: object) -> Path | None:
     return Path(str(value)) if str(value) else None
 
@@ -133,8 +139,7 @@ def _names(value: object) -> tuple[str, ...]:
 def _bool(value: object) -> bool:
     if isinstance(value, bool):
         return value
-    text = str(value).strip().lower()
-    if text in {"1", "true", "yes", "on"}:
+    if (text := str(value).strip().lower()) in {"1", "true", "yes", "on"}:
         return True
     if text in {"0", "false", "no", "off", ""}:
         return False
@@ -146,8 +151,7 @@ def _path(value: object) -> Path:
 
 
 def _positive_int(value: object) -> int:
-    n = int(str(value))
-    if n <= 0:
+    if (n := int(str(value))) <= 0:
         raise ValueError("must be a positive integer")
     return n
 
@@ -296,6 +300,13 @@ class GlobalConfig(_Common):
     )
     max_unacked: int = opt(
         8, _positive_int, "Batches in flight per zone before global waits for its acks.", "N"
+    )
+    ack_delay: float = opt(
+        0.1,
+        _ack_delay,
+        "How long a zone may hold an ack to cover later batches with one message (global's "
+        "view of the zone lags by up to this); 0: an ack per batch. At most 1s.",
+        "DURATION",
     )
     heartbeat_interval: float = opt(
         2.0, parse_duration, "Send global's revision to idle zones this often.", "DURATION"

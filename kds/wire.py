@@ -193,6 +193,8 @@ def welcome_from_pb(w: pb.Welcome) -> Welcome:
         head_revision=w.head_revision,
         mode=SyncMode.RESUME if w.mode == pb.Welcome.RESUME else SyncMode.SNAPSHOT,
         heartbeat_interval_ms=w.heartbeat_interval_ms,
+        ack_delay_ms=w.ack_delay_ms,
+        max_unacked=w.max_unacked,
     )
 
 
@@ -226,6 +228,7 @@ def ack_to_pb(a: Ack) -> pb.ZoneMessage:
             seq=a.seq,
             applied_revision=a.applied_revision,
             rejected=[_rejection_to_pb(r) for r in a.rejected],
+            held_ms=a.held_ms,
         )
     )
 

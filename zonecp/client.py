@@ -120,6 +120,7 @@ class ZoneClient:
         self.status = ZoneSyncStatus(self.session, global_address=global_address)
         self._write_lock = asyncio.Lock()
         self._status_dirty = asyncio.Event()
+        self._ack_held = asyncio.Event()  # an ack is held back (kds.protocol.zone_session)
         # The anti-entropy check in progress: (check id, revision, this zone's tree then).
         self._check: tuple[int, int, DigestTree] | None = None
 
@@ -261,6 +262,7 @@ class ZoneClient:
             return True
         await self._receive(call, first)  # the session refuses anything but the welcome here
         status_task = asyncio.create_task(self._status_sender(call))
+        ack_task = asyncio.create_task(self._ack_sender(call))
         self._status_dirty.set()  # report current conflicts on every new stream
         try:
             while True:
@@ -274,9 +276,11 @@ class ZoneClient:
             return True
         finally:
             status_task.cancel()
-            # Its own failure (a write on a dead call) is the stream ending, handled above.
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await status_task
+            ack_task.cancel()
+            # Their own failure (a write on a dead call) is the stream ending, handled above.
+            for task in (status_task, ack_task):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
     async def _receive(self, call: Any, msg: Any) -> None:
         """Feed one message from global to the session and carry out what it decides."""
@@ -378,8 +382,11 @@ class ZoneClient:
         if b.snapshot and not b.final:
             failpoints.reach("zone-snapshot-part-applied")
         failpoints.reach("zone-batch-before-ack")
-        async with self._write_lock:
-            await call.write(wire.ack_to_pb(applied.ack))
+        if applied.ack is not None:
+            async with self._write_lock:
+                await call.write(wire.ack_to_pb(applied.ack))
+        else:
+            self._ack_held.set()  # _ack_sender sends it when due, unless an ack covers it first
         if applied.refresh_conflicts:
             await self.refresh_conflicts()
 
@@ -427,6 +434,22 @@ class ZoneClient:
                 problem=st.problem[:PROBLEM_CHARS],
             )
         )
+
+    async def _ack_sender(self, call: Any) -> None:
+        """Send a held ack once it is due (kds.protocol.zone_session), unless a later ack
+        covered it meanwhile."""
+        session = self.session
+        while True:
+            await self._ack_held.wait()
+            self._ack_held.clear()
+            due = session.ack_due()
+            if due is None:
+                continue
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            async with self._write_lock:
+                ack = session.take_ack(time.monotonic())
+                if ack is not None:
+                    await call.write(wire.ack_to_pb(ack))
 
     async def _status_sender(self, call: Any) -> None:
         while True:

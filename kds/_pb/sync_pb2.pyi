@@ -96,14 +96,16 @@ class Hello(_message.Message):
     def __init__(self, zone: _Optional[str] = ..., instance_id: _Optional[str] = ..., software_version: _Optional[str] = ..., protocol_version: _Optional[int] = ..., resume: _Optional[_Union[ResumePoint, _Mapping]] = ..., store_backend: _Optional[str] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
 
 class Ack(_message.Message):
-    __slots__ = ("seq", "applied_revision", "rejected")
+    __slots__ = ("seq", "applied_revision", "rejected", "held_ms")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     APPLIED_REVISION_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
+    HELD_MS_FIELD_NUMBER: _ClassVar[int]
     seq: int
     applied_revision: int
     rejected: _containers.RepeatedCompositeFieldContainer[Rejection]
-    def __init__(self, seq: _Optional[int] = ..., applied_revision: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ...) -> None: ...
+    held_ms: int
+    def __init__(self, seq: _Optional[int] = ..., applied_revision: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., held_ms: _Optional[int] = ...) -> None: ...
 
 class Rejection(_message.Message):
     __slots__ = ("key", "reason")
@@ -184,7 +186,7 @@ class DigestAnswer(_message.Message):
     def __init__(self, check: _Optional[int] = ..., revision: _Optional[int] = ..., differ: _Optional[_Iterable[_Union[DigestNode, _Mapping]]] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("global_instance_id", "global_store_id", "head_revision", "mode", "max_unacked", "protocol_version", "software_version", "heartbeat_interval_ms")
+    __slots__ = ("global_instance_id", "global_store_id", "head_revision", "mode", "max_unacked", "protocol_version", "software_version", "heartbeat_interval_ms", "ack_delay_ms")
     class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         MODE_UNSPECIFIED: _ClassVar[Welcome.Mode]
@@ -201,6 +203,7 @@ class Welcome(_message.Message):
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SOFTWARE_VERSION_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    ACK_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
     global_instance_id: str
     global_store_id: str
     head_revision: int
@@ -209,7 +212,8 @@ class Welcome(_message.Message):
     protocol_version: int
     software_version: str
     heartbeat_interval_ms: int
-    def __init__(self, global_instance_id: _Optional[str] = ..., global_store_id: _Optional[str] = ..., head_revision: _Optional[int] = ..., mode: _Optional[_Union[Welcome.Mode, str]] = ..., max_unacked: _Optional[int] = ..., protocol_version: _Optional[int] = ..., software_version: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ...) -> None: ...
+    ack_delay_ms: int
+    def __init__(self, global_instance_id: _Optional[str] = ..., global_store_id: _Optional[str] = ..., head_revision: _Optional[int] = ..., mode: _Optional[_Union[Welcome.Mode, str]] = ..., max_unacked: _Optional[int] = ..., protocol_version: _Optional[int] = ..., software_version: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ..., ack_delay_ms: _Optional[int] = ...) -> None: ...
 
 class Batch(_message.Message):
     __slots__ = ("seq", "from_revision", "revision", "snapshot", "final", "head_revision", "chain", "repair", "changes")

@@ -9,7 +9,9 @@ Memory per zone is a few integers and the in-flight window's (seq, revision) pai
 a reference to the keys its batch held (the driver's shared records, not a copy): a zone that
 stops acknowledging costs nothing but a number saying how far it was sent.
 
-An ack may reject resources only from the batch it acknowledges, each at most once: a
+Acks are cumulative: an ack for batch N acknowledges every batch up to N still in flight, so a
+zone may acknowledge several batches with one message. An ack may reject resources only from
+the batch it names, each at most once: a
 rejection of anything else (more rejections than changes sent, a key the batch did not hold,
 one key twice) is a protocol error, so what a zone reports never exceeds what it was sent. When the
 window reopens, it is sent one range from there to the head, coalesced per key.
@@ -269,24 +271,33 @@ class GlobalSession:
         """The range could not be read (the log moved past it): fall back to a snapshot."""
         self._fire(Event.RANGE_FAILED)
 
-    def on_ack(self, ack: Ack) -> _InFlight:
+    def on_ack(self, ack: Ack) -> list[_InFlight]:
+        """The zone acknowledged batch ``ack.seq`` and every earlier batch still in flight
+        (acks are cumulative: a zone may acknowledge several batches with one message).
+        Returns the batches it acknowledged, oldest first. Its rejections name changes of
+        batch ``ack.seq``; its applied revision is the zone's after that batch."""
         self._fire(Event.ACK)
         if not self._in_flight:
             raise ProtocolError(f"ack for batch {ack.seq} but nothing is in flight")
-        expected = self._in_flight[0]
-        if ack.seq != expected.seq:
-            raise ProtocolError(f"ack for batch {ack.seq}, expected batch {expected.seq}")
-        if ack.rejected:
-            _check_rejections(ack, expected)
-        self._in_flight.popleft()
-        if expected.final and ack.applied_revision != expected.revision:
+        count = next((i + 1 for i, b in enumerate(self._in_flight) if b.seq == ack.seq), 0)
+        if not count:
+            first, last = self._in_flight[0].seq, self._in_flight[-1].seq
             raise ProtocolError(
-                f"batch {ack.seq} ends at revision {expected.revision} but the zone recorded "
+                f"ack for batch {ack.seq}, but the batches in flight are {first} to {last}"
+            )
+        acked_batch = self._in_flight[count - 1]
+        if ack.rejected:
+            _check_rejections(ack, acked_batch)
+        if acked_batch.final and ack.applied_revision != acked_batch.revision:
+            raise ProtocolError(
+                f"batch {ack.seq} ends at revision {acked_batch.revision} but the zone recorded "
                 f"{ack.applied_revision}"
             )
-        if expected.final:
-            self.acked_revision = ack.applied_revision
-        return expected
+        done = [self._in_flight.popleft() for _ in range(count)]
+        finals = [b.revision for b in done if b.final]
+        if finals:
+            self.acked_revision = finals[-1]
+        return done
 
     @property
     def in_flight(self) -> int:

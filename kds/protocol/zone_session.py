@@ -22,6 +22,14 @@ A batch or heartbeat before the welcome, a second welcome, or anything but ``ope
 stream ended is a protocol error. Ready: once connected and caught up since start (a resume
 already at global's head at the welcome; else the final part of a range or snapshot that
 reaches the head); it stays ready after a disconnect.
+
+Acks. When global allows it (the welcome's ack delay), the ack of a range's last part may be
+held back for up to that delay, so the batches that arrive meanwhile are acknowledged with one
+message (acks are cumulative): ``on_applied`` then returns no ack, ``ack_due`` says when the
+held one must go and ``take_ack`` hands it over. Everything else is acknowledged at once,
+together with what was held: a snapshot part, a repair, a part that does not end its range, a
+batch with rejections (they name changes of the acknowledged batch only), and the batch that
+brings the held ones to half of global's window.
 """
 
 from __future__ import annotations
@@ -53,6 +61,11 @@ __all__ = [
 # Global promises a message at least every heartbeat interval; this many intervals of
 # silence mean it is stuck (the TCP link and keepalive pings may look healthy).
 SILENT_HEARTBEATS = 3
+
+# The longest this zone holds an ack back, whatever the welcome asks (global allows up to 1s).
+MAX_ACK_DELAY_MS = 1_000
+# The longest an ack is reported as held (Ack.held_ms): global counts at most its own delay.
+MAX_HELD_MS = 60_000
 
 
 class State(Enum):
@@ -118,6 +131,8 @@ class Welcome:
     head_revision: int
     mode: SyncMode
     heartbeat_interval_ms: int = 0  # 0: global promises no heartbeats
+    ack_delay_ms: int = 0  # how long an ack may be held back (0: ack each batch at once)
+    max_unacked: int = 0  # global's window: batches it sends before waiting for acks
 
 
 @dataclass(frozen=True)
@@ -139,16 +154,17 @@ class Rejection:
 
 @dataclass(frozen=True)
 class Ack:
-    seq: int
+    seq: int  # acknowledges this batch and every earlier one not acknowledged yet
     applied_revision: int
-    rejected: tuple[Rejection, ...] = ()
+    rejected: tuple[Rejection, ...] = ()  # changes of batch ``seq`` only
+    held_ms: int = 0  # how long the ack was held back after batch ``seq`` was applied
 
 
 @dataclass(frozen=True)
 class Applied:
     """What to do after a batch was applied."""
 
-    ack: Ack
+    ack: Ack | None  # None: held back (``ack_due``, ``take_ack``)
     refresh_conflicts: bool  # conflicts began or ended: re-read them and tell global
     complete: bool  # the batch ended a range or snapshot
     error: str  # "" or what the status should report (rejections)
@@ -195,6 +211,12 @@ class ZoneSession:
         self._quiet_since = 0.0
         self._batch: DecodedBatch | None = None
         self._undecodable: tuple[Rejection, ...] = ()
+        self._ack_delay = 0.0  # seconds an ack may be held (the welcome's)
+        self._ack_batch = 1  # held acks sent once this many batches wait (half the window)
+        self._held: Ack | None = None  # the ack held back, if any
+        self._held_count = 0  # batches it covers
+        self._held_applied_at = 0.0  # when its batch was applied
+        self._held_due = 0.0  # when it must be sent: the delay after the first held batch
 
     @property
     def connected(self) -> bool:
@@ -247,6 +269,9 @@ class ZoneSession:
         hb = w.heartbeat_interval_ms
         self.silence_limit = SILENT_HEARTBEATS * hb / 1000 if hb else None
         self._quiet_since = now
+        self._ack_delay = min(w.ack_delay_ms, MAX_ACK_DELAY_MS) / 1000
+        self._ack_batch = max(1, w.max_unacked // 2)
+        self._drop_held()
 
     def on_heartbeat(self, head_revision: int, now: float) -> None:
         self._advance(Event.HEARTBEAT)
@@ -290,12 +315,45 @@ class ZoneSession:
         rejections = (*(Rejection(k, reason) for k, reason in result.rejected), *undecodable)
         # The apply may take long; that is the zone's time, not global's silence.
         self._quiet_since = now
+        ack: Ack | None = Ack(batch.seq, result.applied_revision, rejections)
+        may_hold = (
+            self._ack_delay > 0
+            and batch.final
+            and not batch.snapshot
+            and not batch.repair
+            and not rejections
+            and self._held_count + 1 < self._ack_batch
+        )
+        if may_hold:
+            if self._held is None:
+                self._held_due = now + self._ack_delay
+            self._held, self._held_applied_at = ack, now
+            self._held_count += 1
+            ack = None
+        else:
+            self._drop_held()  # this ack covers the held ones
         return Applied(
-            ack=Ack(batch.seq, result.applied_revision, rejections),
+            ack=ack,
             refresh_conflicts=bool(result.new_conflicts or result.resolved_conflicts),
             complete=batch.final,
             error=f"rejected {len(rejections)} synced resource(s)" if rejections else "",
         )
+
+    def ack_due(self) -> float | None:
+        """When the held ack must be sent (a ``now`` reading); None: none is held."""
+        return self._held_due if self._held is not None else None
+
+    def take_ack(self, now: float) -> Ack | None:
+        """The held ack, saying how long it was held, to send now; None if none is held."""
+        ack = self._held
+        if ack is None:
+            return None
+        held_ms = min(MAX_HELD_MS, max(0, round((now - self._held_applied_at) * 1000)))
+        self._drop_held()
+        return Ack(ack.seq, ack.applied_revision, ack.rejected, held_ms)
+
+    def _drop_held(self) -> None:
+        self._held, self._held_count = None, 0
 
     def tick(self, now: float) -> bool:
         """True if global has been silent too long: end the stream and dial again."""
@@ -309,6 +367,7 @@ class ZoneSession:
         self._advance(Event.END)
         self._batch, self._undecodable = None, ()
         self.silence_limit = None
+        self._drop_held()  # the next stream resumes from the store's revision
         return was_connected
 
     # ------------------------------------------------------------------ queries

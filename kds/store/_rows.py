@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
@@ -206,11 +206,16 @@ def get_meta(conn: Conn, key: str, default: str = "") -> str:
     return str(row[0]) if row else default
 
 
+_SET_META = "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value=excluded.value"
+
+
 def set_meta(conn: Conn, key: str, value: object) -> None:
-    conn.execute(
-        "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value=excluded.value",
-        (key, str(value)),
-    )
+    conn.execute(_SET_META, (key, str(value)))
+
+
+def set_metas(conn: Conn, values: Mapping[str, object]) -> None:
+    """set_meta for each, in one statement."""
+    conn.executemany(_SET_META, [(k, str(v)) for k, v in values.items()])
 
 
 class Db(Protocol):

@@ -28,6 +28,7 @@ def test_defaults() -> None:
     assert cfg.kds_address == ("127.0.0.1", 5685)
     assert cfg.max_data_bytes == 1024 * 1024
     assert cfg.log_size == 10_000
+    assert cfg.ack_delay == 0.1
 
 
 def test_file_then_given_values_win(tmp_path: Path) -> None:
@@ -58,6 +59,9 @@ def test_bad_value_names_option_and_source(tmp_path: Path) -> None:
         load_config(ZoneConfig, None, {"zone": "Bad_Zone"}, {"zone": "environment"})
     with pytest.raises(ConfigError, match=r"--global-address \(from flag\): .*grpcs://HOST:PORT"):
         load_config(ZoneConfig, None, {"global_address": "http://x:1"}, {})
+    with pytest.raises(ConfigError, match=r"--ack-delay \(from flag\): must be at most 1s"):
+        load_config(GlobalConfig, None, {"ack_delay": "2s"}, {})
+    assert load_config(GlobalConfig, None, {"ack_delay": "0"}, {}).ack_delay == 0.0
 
 
 def test_file_must_be_a_map(tmp_path: Path) -> None:

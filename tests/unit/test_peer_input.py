@@ -130,7 +130,7 @@ B = Key(Kind.GLOBAL_SECRET, "", "b")
 
 def test_rejections_of_what_the_batch_held_are_accepted() -> None:
     s = _sending_session([A, B])
-    done = s.on_ack(Ack(1, 5, (B, A)))
+    (done,) = s.on_ack(Ack(1, 5, (B, A)))
     assert done.seq == 1 and s.acked_revision == 5
 
 

@@ -164,15 +164,59 @@ def test_busy_while_a_range_is_being_written() -> None:
     assert s.next_action(9, 0) == SendRange(5, 9)
 
 
-def test_acks_must_come_in_order() -> None:
-    """An ack for any batch but the oldest in flight raises ProtocolError."""
+def test_an_ack_covers_every_earlier_batch_in_flight() -> None:
+    """Acks are cumulative: acknowledging batch 3 acknowledges 1 and 2 as well, and moves
+    acked_revision to the last final batch it covers."""
+    s = resumed(0, 1, max_unacked=4)
+    for rev in (1, 2, 3):
+        s.next_action(rev, 0)
+        send(s, rev)
+    s.next_action(4, 0)
+    send(s, 4)
+    done = s.on_ack(Ack(3, 3))
+    assert [b.seq for b in done] == [1, 2, 3]
+    assert s.acked_revision == 3 and s.in_flight == 1
+    assert [b.seq for b in s.on_ack(Ack(4, 4))] == [4]
+    assert s.acked_revision == 4
+
+
+def test_an_ack_for_a_batch_not_in_flight_is_refused() -> None:
+    """An ack naming a batch already acknowledged, or one not sent yet, raises ProtocolError,
+    and acknowledges nothing."""
     s = resumed(0, 1, max_unacked=3)
     s.next_action(1, 0)
     send(s, 1)
     s.next_action(2, 0)
     send(s, 2)
-    with pytest.raises(ProtocolError, match="expected batch 1"):
-        s.on_ack(Ack(2, 2))
+    with pytest.raises(
+        ProtocolError, match="ack for batch 3, but the batches in flight are 1 to 2"
+    ):
+        s.on_ack(Ack(3, 3))
+    assert s.in_flight == 2
+    s.on_ack(Ack(1, 1))
+    with pytest.raises(
+        ProtocolError, match="ack for batch 1, but the batches in flight are 2 to 2"
+    ):
+        s.on_ack(Ack(1, 1))
+
+
+def test_a_cumulative_ack_checks_rejections_and_revision_against_its_own_batch() -> None:
+    """Rejections name changes of the batch the ack names, not of the earlier ones it covers;
+    the applied revision must be that batch's."""
+    a, b = Key(Kind.SECRET, "default", "a"), Key(Kind.SECRET, "default", "b")
+    s = resumed(0, 2, max_unacked=4)
+    s.next_action(1, 0)
+    s.on_sent(s.next_seq(), 1, True, [a])
+    s.on_done()
+    s.next_action(2, 0)
+    s.on_sent(s.next_seq(), 2, True, [b])
+    s.on_done()
+    with pytest.raises(ProtocolError, match="rejection 0 names a resource the batch did not"):
+        s.on_ack(Ack(2, 2, (a,)))
+    with pytest.raises(ProtocolError, match="ends at revision 2 but the zone recorded 1"):
+        s.on_ack(Ack(2, 1))
+    assert s.in_flight == 2
+    assert [x.seq for x in s.on_ack(Ack(2, 2, (b,)))] == [1, 2]
 
 
 def test_ack_with_nothing_in_flight_is_refused() -> None:
@@ -260,7 +304,7 @@ def test_acked_revision_tracks_final_acks_only() -> None:
     s.on_ack(Ack(1, 2))
     s.on_ack(Ack(2, 2))
     assert s.acked_revision == 2
-    done = s.on_ack(Ack(3, 9))
+    (done,) = s.on_ack(Ack(3, 9))
     assert done.final
     assert s.acked_revision == 9
 

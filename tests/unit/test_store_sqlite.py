@@ -4,9 +4,11 @@ test_store_conformance.py."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import stat
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +19,8 @@ from kds.errors import NotFound, StoreError
 from kds.model import Key, Kind
 from kds.protocol.applier import DecodedBatch, Incoming
 from kds.protocol.records import next_chain
-from kds.store.sqlite import GlobalEngine, ZoneEngine
-from kds.store.sqlite._db import get_meta
+from kds.store.sqlite import GlobalEngine, SqliteZoneStore, ZoneEngine
+from kds.store.sqlite._db import WriterBusy, get_meta
 from tests.unit.store_backends import G1, G2, GSID, MESH, S1, T0, T1, inc_put, mk
 
 
@@ -206,3 +208,38 @@ def test_change_log_tail_survives_a_rolled_back_apply(tmp_path: Path) -> None:
             g.put_many([mk(S1)], T1)
     finally:
         g.close()
+
+
+async def test_a_small_batch_is_applied_on_the_loop_unless_another_writer_holds_the_file(
+    tmp_path: Path,
+) -> None:
+    """A small range batch is applied on the event loop's thread: it lands while the writer
+    thread is busy with something else. If another connection holds the write lock, the
+    attempt on the loop writes nothing and gives way to the writer thread, which waits for
+    the lock and applies the batch once."""
+    store = SqliteZoneStore(ZoneEngine(tmp_path / "zone.db"))
+    gate = threading.Event()
+    try:
+        busy = asyncio.ensure_future(store._threads.write(gate.wait, 10))
+        await store.apply_batch(dbatch([inc_put(mk(MESH), 1)], 1), GSID, T0)
+        assert not busy.done()  # applied without the writer thread
+        gate.set()
+        await busy
+        other = sqlite3.connect(tmp_path / "zone.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(WriterBusy):
+            store._engine.apply_batch_now(dbatch([inc_put(mk(S1), 2)], 2, 1), GSID, T0)
+        applying = asyncio.ensure_future(
+            store.apply_batch(dbatch([inc_put(mk(S1), 2)], 2, 1), GSID, T0)
+        )
+        await asyncio.sleep(0.2)
+        assert not applying.done()  # waiting for the lock on the writer thread
+        other.execute("COMMIT")
+        other.close()
+        result = await applying
+        assert result.applied_revision == 2
+        assert (await store.sync_state()).applied_revision == 2
+        assert await store.get(S1) is not None
+    finally:
+        gate.set()
+        store.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,8 +23,15 @@ from zonecp.status import status_document
 T0 = "2026-11-30T00:00:00.000Z"
 
 
+async def _cap_writers(zone: Any, pages: int | None) -> None:
+    """_cap on both connections that write a zone's store: the writer thread's, and the
+    event loop's (small batches are applied there)."""
+    await zone.store._threads.write(lambda: _cap(zone.engine, pages))
+    _cap(zone.engine, pages)
+
+
 def _cap(engine: ZoneEngine, pages: int | None) -> None:
-    """Limit the store file to its current size (None: lift the limit), on the writer's
+    """Limit the store file to its current size (None: lift the limit), on this thread's
     connection: SQLite then fails every write that needs a page more with SQLITE_FULL, as a
     full disk does."""
     conn = engine.db.conn()
@@ -38,7 +46,7 @@ async def test_a_full_zone_disk_reaches_global_and_clears_when_space_returns(
         await pair.store.put(Resource(Kind.MESH, "default"), T0)
         zone = pair.start_zone("zone-a")
         await wait_until(lambda: zone.client.status.applied_revision == pair.hub.head, what="sync")
-        await zone.store._threads.write(lambda: _cap(zone.engine, 0))
+        await _cap_writers(zone, 0)
         big = base64.b64encode(b"x" * 200_000)
         await pair.store.put(Resource(Kind.SECRET, "big", mesh="default", data=big), T0)
 
@@ -62,7 +70,7 @@ async def test_a_full_zone_disk_reaches_global_and_clears_when_space_returns(
         await wait_until(lambda: zone.client.status.connections >= 3, what="redials")
         assert state.errors == 1 and state.problem == shown
         # Space returns: the next batch applies and the problem is over, on both sides.
-        await zone.store._threads.write(lambda: _cap(zone.engine, None))
+        await _cap_writers(zone, None)
         await wait_until(lambda: not problem(), what="the problem cleared")
         await wait_until(lambda: zone.client.status.applied_revision == pair.hub.head)
         assert zone.client.status.problem == ""

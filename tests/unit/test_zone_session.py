@@ -238,6 +238,83 @@ def test_ack_carries_rejections_store_ones_first_then_undecodable() -> None:
     assert s.rejected["Secret"] == 1 and s.rejected["kind-99"] == 1
 
 
+def held_acks(max_unacked: int = 8, delay_ms: int = 100) -> ZoneSession:
+    """A zone whose global lets it hold acks back for ``delay_ms``."""
+    s = session()
+    s.on_open(STORE, 0, b"chain", "sqlite")
+    w = Welcome("global-1", STORE, 0, SyncMode.RESUME, 200, delay_ms, max_unacked)
+    s.on_welcome(w, now=100.0)
+    return s
+
+
+def apply(s: ZoneSession, b: DecodedBatch, now: float, result: Result | None = None) -> Ack | None:
+    s.on_batch(b, [], now=now)
+    return s.on_applied(result or Result(b.revision), now=now).ack
+
+
+def test_a_range_ack_is_held_until_due_and_says_how_long() -> None:
+    """With an ack delay, a range's last part is acknowledged when the delay after the first
+    held batch is up, with one ack naming the last batch and how long it was held."""
+    s = held_acks()
+    assert apply(s, batch(1, 1, 1, put(1, MESH)), now=101.0) is None
+    assert s.ack_due() == pytest.approx(101.1)
+    assert apply(s, batch(2, 2, 2, put(2, SECRET)), now=101.05) is None
+    assert s.ack_due() == pytest.approx(101.1)  # the first held batch sets when
+    assert s.take_ack(101.1) == Ack(2, 2, (), 50)
+    assert s.ack_due() is None and s.take_ack(101.2) is None
+
+
+def test_half_the_window_of_held_batches_is_acknowledged_at_once() -> None:
+    """Global stops sending at max_unacked: the batch that brings the held ones to half of it
+    is acknowledged at once, covering them."""
+    s = held_acks(max_unacked=8)
+    for seq in (1, 2, 3):
+        assert apply(s, batch(seq, seq, seq, put(seq, SECRET)), now=101.0) is None
+    assert apply(s, batch(4, 4, 4, put(4, SECRET)), now=101.0) == Ack(4, 4, ())
+    assert s.ack_due() is None
+
+
+@pytest.mark.parametrize("kind", ["snapshot", "part", "repair", "rejection"])
+def test_what_global_needs_to_hear_at_once_is_never_held(kind: str) -> None:
+    """A snapshot part, a part that does not end its range, a repair and a batch with
+    rejections are acknowledged at once, and their ack covers the ones held before."""
+    s = held_acks()
+    assert apply(s, batch(1, 1, 5, put(1, MESH)), now=101.0) is None
+    b = batch(2, 2, 5, put(2, SECRET), snapshot=kind == "snapshot", final=kind != "part")
+    if kind == "repair":
+        b = DecodedBatch(2, 1, 1, False, True, 5, (put(2, SECRET),), repair=True)
+    rejected = [(SECRET.key, "no mesh")] if kind == "rejection" else []
+    ack = apply(s, b, now=101.01, result=Result(b.revision, rejected=rejected))
+    assert ack is not None and ack.seq == 2
+    assert s.ack_due() is None and s.take_ack(102.0) is None
+
+
+def test_no_delay_or_a_small_window_means_an_ack_per_batch() -> None:
+    """A global that does not offer a delay (an older one sends none), or whose window is too
+    small to share, gets every batch acknowledged at once."""
+    for s in (held_acks(delay_ms=0), held_acks(max_unacked=2), connected(revision=0, head=1)):
+        assert apply(s, batch(1, 1, 1, put(1, MESH)), now=101.0) == Ack(1, 1, ())
+
+
+def test_a_held_ack_is_dropped_with_its_stream_and_the_delay_is_bounded() -> None:
+    """A stream that ends forgets the held ack (the next one resumes from the store); a
+    global asking for a delay over a second gets one second."""
+    s = held_acks(delay_ms=3_600_000)
+    assert apply(s, batch(1, 1, 1, put(1, MESH)), now=101.0) is None
+    assert s.ack_due() == pytest.approx(102.0)
+    s.on_end()
+    assert s.ack_due() is None and s.take_ack(103.0) is None
+
+
+def test_a_held_ack_on_the_wire() -> None:
+    """held_ms travels in the Ack message."""
+    s = held_acks()
+    apply(s, batch(1, 1, 1, put(1, MESH)), now=101.0)
+    ack = s.take_ack(101.25)
+    assert ack is not None
+    assert wire.ack_to_pb(ack).ack == pb.Ack(seq=1, applied_revision=1, held_ms=250)
+
+
 def test_conflicts_that_begin_or_end_ask_for_a_refresh() -> None:
     """A conflict that began or ended in the apply asks the caller to re-read conflicts."""
     s = connected(revision=0, head=2)

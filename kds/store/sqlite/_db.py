@@ -39,11 +39,20 @@ __all__ = [
     "COLS",
     "DIGEST",
     "Database",
+    "WriterBusy",
     "get_meta",
     "is_disk_full",
     "is_malformed",
     "set_meta",
 ]
+
+# How long a write waits for another connection's write lock before it fails.
+BUSY_TIMEOUT_MS = 10_000
+
+
+class WriterBusy(Exception):
+    """Database.write_now: another connection holds the write lock; nothing was done."""
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -175,7 +184,7 @@ class Database:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA busy_timeout=10000")
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA secure_delete=ON")  # freed pages are zeroed, not left readable
             self._local.conn = conn
             with self._lock:
@@ -241,6 +250,24 @@ class Database:
                 yield conn
         finally:
             conn.execute("PRAGMA synchronous=FULL")
+
+    @contextmanager
+    def write_now(self) -> Iterator[sqlite3.Connection]:
+        """write(durable=False), begun only if no other connection holds the write lock: for
+        a caller that must not wait (an event loop). Raises WriterBusy, having done nothing,
+        if one does. Once begun nothing waits: in WAL mode only BEGIN IMMEDIATE waits for
+        another writer."""
+        conn = self.conn()
+        conn.execute("PRAGMA busy_timeout=0")
+        try:
+            with self.write(durable=False):
+                yield conn
+        except sqlite3.OperationalError as e:
+            if e.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                raise
+            raise WriterBusy(str(e)) from e  # rolled back by tx: nothing was written
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
     def notify(self, conn: Conn, what: str) -> None:
         """No other instance shares a SQLite file: nobody to tell."""

@@ -1,0 +1,49 @@
+"""Acknowledgements held back, end to end in one process: a real global servicer and a real
+zone client over loopback gRPC. With an ack delay, batches that arrive within it are
+acknowledged with one message, and global's view of the zone still reaches the head."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from globalcp.stream import ZoneStream
+from kds.model import Kind, Resource
+from tests.unit.inprocess import running_pair, wait_until
+
+T0 = "2026-11-30T00:00:00.000Z"
+
+
+def _count_acks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    seen: list[int] = []
+    real = ZoneStream._on_ack
+
+    def counting(self: ZoneStream, ack: Any) -> None:
+        seen.append(ack.seq)
+        real(self, ack)
+
+    monkeypatch.setattr(ZoneStream, "_on_ack", counting)
+    return seen
+
+
+async def test_batches_within_the_delay_share_one_ack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running_pair(tmp_path, ack_delay=1.0, max_unacked=8) as pair:
+        await pair.store.put(Resource(Kind.MESH, "default"), T0)
+        zone = pair.start_zone("zone-a")
+        state = lambda: pair.tracker.zones["zone-a"]  # noqa: E731
+        await wait_until(lambda: zone.client.status.applied_revision == pair.hub.head)
+        await wait_until(lambda: "zone-a" in pair.tracker.zones)
+        await wait_until(lambda: state().acked_revision == pair.hub.head, what="first ack")
+        acks = _count_acks(monkeypatch)
+        acked_before = state().messages_acked
+        for i in range(3):  # three writes, three batches, applied one after the other
+            await pair.store.put(Resource(Kind.SECRET, f"s{i}", mesh="default", data=b"x"), T0)
+            await wait_until(lambda: zone.client.status.applied_revision == pair.hub.head)
+        assert state().acked_revision < pair.hub.head  # held back, not lost
+        await wait_until(lambda: state().acked_revision == pair.hub.head, what="the held ack")
+        assert len(acks) == 1  # one message acknowledged the three batches
+        assert state().messages_acked - acked_before == 3
