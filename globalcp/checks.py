@@ -24,12 +24,12 @@ from collections.abc import Callable
 
 import structlog
 
-from kds import wire
+from kds import memory, wire
 from kds._pb import sync_pb2 as pb
 from kds.errors import ProtocolError, StoreDamaged
 from kds.model import Key, stays_on_global
 from kds.protocol.anti_entropy import Answer, GlobalCheck, Outcome, Query
-from kds.protocol.digest_tree import DigestTree
+from kds.protocol.digest_tree import DigestTree, TreeBuilder
 from kds.protocol.records import ChangeRecord
 from kds.store import GlobalStore
 
@@ -64,11 +64,24 @@ class GlobalTrees:
         return built[1] if built[0] == revision else None
 
     async def _build(self) -> tuple[int, DigestTree]:
-        leaves = await self.store.sync_leaves()
-        # What zones are sent: Kuma's system GlobalSecrets stay on global, so they are no
-        # leaf of global's tree (a zone holding one has it deleted, never one put).
-        sent = ((k, d) for k, d in leaves.leaves if not stays_on_global(k))
-        return leaves.revision, await asyncio.to_thread(DigestTree, sent)
+        builder = TreeBuilder()
+
+        def take(key: Key, digest: bytes) -> None:
+            # What zones are sent: Kuma's system GlobalSecrets stay on global, so they are
+            # no leaf of global's tree (a zone holding one has it deleted, never one put).
+            if not stays_on_global(key):
+                builder.add(key, digest)
+
+        # Leaves go into the tree as the rows are read (no list of every leaf is held), and
+        # the memory the read and the build used is given back to the system after them.
+        revision = await self.store.sync_leaves_into(take)
+        return revision, await asyncio.to_thread(_build_and_release, builder)
+
+
+def _build_and_release(builder: TreeBuilder) -> DigestTree:
+    tree = builder.build()
+    memory.release()
+    return tree
 
 
 def key_label(k: Key) -> str:

@@ -26,9 +26,9 @@ import structlog
 
 from globalcp.checks import ZoneChecks, key_label
 from globalcp.hub import Hub
-from globalcp.snapshot_plan import SnapshotPlan, plan_snapshot, zone_bound
+from globalcp.snapshot_plan import PlanBuilder, SnapshotPlan, zone_bound
 from globalcp.zones import CHECK_KEYS_KEPT, ZoneHandle
-from kds import wire
+from kds import memory, wire
 from kds._pb import sync_pb2 as pb
 from kds.model import Key
 from kds.protocol.anti_entropy import Outcome, Query
@@ -95,15 +95,22 @@ class SendPlans:
             self._snapshot_read = asyncio.ensure_future(self._read_snapshot())
         read = self._snapshot_read
         snap = await asyncio.shield(read)  # one stream ending must not cancel the others' read
-        self._shared_snapshot = weakref.ref(snap)
+        if self._shared_snapshot is None or self._shared_snapshot() is not snap:
+            self._shared_snapshot = weakref.ref(snap)
+            # Once the last stream sending it is done, give its memory back to the system.
+            weakref.finalize(snap, _release_soon, asyncio.get_running_loop())
         if self._snapshot_read is read:
             self._snapshot_read = None  # the future would keep the snapshot alive
         return snap
 
     async def _read_snapshot(self) -> SnapshotPlan:
-        snap = await self.store.snapshot()
-        limits = (self.max_message_bytes, wire.PART_BYTES)
-        return await asyncio.to_thread(plan_snapshot, snap, *limits)
+        # Cut into parts as it is read (globalcp.snapshot_plan.PlanBuilder): no record per
+        # resource is ever held, and the memory the read used is given back after it.
+        builder = PlanBuilder(self.max_message_bytes, wire.PART_BYTES)
+        revision, chain = await self.store.snapshot_units(builder.take)
+        plan = builder.finish(revision, chain)
+        await asyncio.to_thread(memory.release)
+        return plan
 
     async def range_plan(self, action: SendRange) -> _RangePlan | None:
         """The range coalesced and packed, made once for all the streams sending it (the
@@ -138,6 +145,13 @@ class SendPlans:
         if len(records) != action.to_revision - action.from_revision:
             return None  # pruned meanwhile
         return records
+
+
+def _release_soon(loop: asyncio.AbstractEventLoop) -> None:
+    """Return freed memory to the system off the event loop (kds.memory), from a finalizer:
+    scheduled, since the object is not yet freed while its finalizer runs."""
+    with contextlib.suppress(RuntimeError):  # the loop is closed: the process is ending
+        loop.call_soon_threadsafe(loop.run_in_executor, None, memory.release)
 
 
 class SendLoop:

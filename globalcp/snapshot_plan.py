@@ -19,11 +19,11 @@ from itertools import repeat
 from kds import wire
 from kds._pb import sync_pb2 as pb
 from kds.model import Key, Kind, stays_on_global
-from kds.protocol.batching import pack
-from kds.protocol.records import ChangeRecord
+from kds.protocol.batching import Packer, Part
+from kds.protocol.records import ChangeRecord, sync_units
 from kds.store import Snapshot
 
-__all__ = ["SnapshotPart", "SnapshotPlan", "plan_snapshot", "zone_bound"]
+__all__ = ["PlanBuilder", "SnapshotPart", "SnapshotPlan", "plan_snapshot", "zone_bound"]
 
 
 def zone_bound(records: list[ChangeRecord]) -> list[ChangeRecord]:
@@ -81,12 +81,41 @@ class SnapshotPlan:
         return sum(p.count for p in self.parts)
 
 
+class PlanBuilder:
+    """A SnapshotPlan made from units handed over one at a time in sync order (the store's
+    ``snapshot_units`` calls ``take``): each part is framed as soon as it closes and its
+    records dropped, so at most one part's records are held, never one per resource (the
+    read and the cut together peaked at about 70 MB over the 13 MB plan for 100,000
+    secrets when the whole snapshot was read as records first)."""
+
+    def __init__(self, max_message_bytes: int, part_bytes: int):
+        self._packer = Packer(max_message_bytes, part_bytes)
+        self._parts: list[SnapshotPart] = []
+
+    def take(self, unit: list[ChangeRecord]) -> None:
+        if any(stays_on_global(r.key) for r in unit):
+            unit = zone_bound(unit)
+            if not unit:
+                return
+        for part in self._packer.add(unit):
+            self._parts.append(_framed(part))
+
+    def finish(self, revision: int, chain: bytes) -> SnapshotPlan:
+        self._parts.append(_framed(self._packer.finish()))
+        parts, self._parts = self._parts, []
+        return SnapshotPlan(revision, chain, parts)
+
+
+def _framed(part: Part) -> SnapshotPart:
+    records = part.records
+    kinds = Counter(r.key.kind for r in records)
+    body = b"".join([wire.frame_change(r.change) for r in records])
+    return SnapshotPart(body, len(records), tuple(kinds.items()), part.final)
+
+
 def plan_snapshot(snap: Snapshot, max_message_bytes: int, part_bytes: int) -> SnapshotPlan:
     """Cut ``snap`` into parts as zones are sent it (blocking: run off the event loop)."""
-    parts = []
-    for part in pack(zone_bound(snap.changes), max_message_bytes, part_bytes):
-        records = part.records
-        kinds = Counter(r.key.kind for r in records)
-        body = b"".join([wire.frame_change(r.change) for r in records])
-        parts.append(SnapshotPart(body, len(records), tuple(kinds.items()), part.final))
-    return SnapshotPlan(snap.revision, snap.chain, parts)
+    builder = PlanBuilder(max_message_bytes, part_bytes)
+    for unit in sync_units(snap.changes):
+        builder.take(unit)
+    return builder.finish(snap.revision, snap.chain)

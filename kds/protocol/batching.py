@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from kds.protocol.records import ChangeRecord, sort_records, sync_units
 from kds.wire import BATCH_OVERHEAD, framed_size
 
-__all__ = ["Part", "coalesce", "pack"]
+__all__ = ["Packer", "Part", "coalesce", "pack"]
 
 
 @dataclass(frozen=True)
@@ -40,26 +40,45 @@ def pack(
     Always yields at least one part (an empty final part still carries the revision).
     A single change larger than the limit cannot happen: the API refuses such a resource.
     """
-    budget = max_message_bytes - BATCH_OVERHEAD
-    target = min(budget, part_bytes - BATCH_OVERHEAD) if part_bytes else budget
-    current: list[ChangeRecord] = []
-    size = 0
-    split = False
+    packer = Packer(max_message_bytes, part_bytes)
     for unit in sync_units(records):
+        yield from packer.add(unit)
+    yield packer.finish()
+
+
+class Packer:
+    """``pack`` one unit at a time, for units that arrive already in sync order (a snapshot
+    read row by row): the parts closed so far are handed out as they close, so only the
+    part being filled is held."""
+
+    def __init__(self, max_message_bytes: int, part_bytes: int | None = None):
+        self.budget = max_message_bytes - BATCH_OVERHEAD
+        self.target = min(self.budget, part_bytes - BATCH_OVERHEAD) if part_bytes else self.budget
+        self._current: list[ChangeRecord] = []
+        self._size = 0
+        self._split = False
+
+    def add(self, unit: Sequence[ChangeRecord]) -> Iterator[Part]:
+        """Take the next unit; the parts it closed."""
         n = sum(framed_size(len(r.change)) for r in unit)
-        if current and size + n > target:
-            yield Part(current, final=False, split_unit=split)
-            current, size, split = [], 0, False
-        if n <= budget:
-            current += unit
-            size += n
-            continue
+        if self._current and self._size + n > self.target:
+            yield Part(self._current, final=False, split_unit=self._split)
+            self._current, self._size, self._split = [], 0, False
+        if n <= self.budget:
+            self._current += unit
+            self._size += n
+            return
         for r in unit:  # too large for any message: split, and say so
             m = framed_size(len(r.change))
-            if current and size + m > budget:
-                yield Part(current, final=False, split_unit=True)
-                current, size = [], 0
-            current.append(r)
-            size += m
-        split = True
-    yield Part(current, final=True, split_unit=split)
+            if self._current and self._size + m > self.budget:
+                yield Part(self._current, final=False, split_unit=True)
+                self._current, self._size = [], 0
+            self._current.append(r)
+            self._size += m
+        self._split = True
+
+    def finish(self) -> Part:
+        """The last part (final; empty if nothing was added since the last part closed)."""
+        part = Part(self._current, final=True, split_unit=self._split)
+        self._current, self._size, self._split = [], 0, False
+        return part

@@ -31,6 +31,7 @@ __all__ = [
     "DigestTree",
     "NodeId",
     "Summary",
+    "TreeBuilder",
     "bucket_of",
     "leaf_digest",
 ]
@@ -162,15 +163,16 @@ class DigestTree:
     """The hash tree of one side's synced resources at one revision."""
 
     def __init__(self, leaves: Iterable[tuple[Key, bytes]]):
-        by_group: dict[tuple[Kind, str], list[tuple[int, str, bytes]]] = {}
+        builder = TreeBuilder()
         for key, digest in leaves:
-            by_group.setdefault((key.kind, key.mesh), []).append(
-                (_bucket_number(key.name), key.name, digest)
-            )
-        self._groups: dict[tuple[Kind, str], _Group] = {}
-        while by_group:  # each group's list is dropped once its flat copy is made
-            group, group_leaves = by_group.popitem()
-            self._groups[group] = _Group(group_leaves)
+            builder.add(key, digest)
+        self._groups: dict[tuple[Kind, str], _Group] = builder.take_groups()
+
+    @classmethod
+    def from_builder(cls, builder: TreeBuilder) -> DigestTree:
+        tree = cls(())
+        tree._groups = builder.take_groups()
+        return tree
 
     def __len__(self) -> int:
         return sum(len(g) for g in self._groups.values())
@@ -207,3 +209,31 @@ class DigestTree:
         if group is None:
             return iter(())
         return group.leaves(*group.span(node.prefix))
+
+
+class TreeBuilder:
+    """A DigestTree's leaves added one at a time (a store read row by row): only each leaf's
+    bucket, name and digest are held until ``build``, never a key or a resource per leaf,
+    nor a list of every leaf before the tree is started."""
+
+    def __init__(self) -> None:
+        self._by_group: dict[tuple[Kind, str], list[tuple[int, str, bytes]]] = {}
+        self._meshes: dict[str, str] = {}  # one string per mesh name, not one per leaf
+
+    def add(self, key: Key, digest: bytes) -> None:
+        mesh = self._meshes.setdefault(key.mesh, key.mesh)
+        self._by_group.setdefault((key.kind, mesh), []).append(
+            (_bucket_number(key.name), key.name, digest)
+        )
+
+    def take_groups(self) -> dict[tuple[Kind, str], _Group]:
+        by_group, self._by_group = self._by_group, {}
+        groups = {}
+        while by_group:  # each group's list is dropped once its flat copy is made
+            group, group_leaves = by_group.popitem()
+            groups[group] = _Group(group_leaves)
+        return groups
+
+    def build(self) -> DigestTree:
+        """The tree of the leaves added (the builder is empty afterwards)."""
+        return DigestTree.from_builder(self)

@@ -17,7 +17,7 @@ resource again repairs it). At open every row is checked (``_after_check``).
 from __future__ import annotations
 
 import traceback
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -234,7 +234,13 @@ class ResourceEngine:
     def sync_leaves(self) -> SyncLeaves:
         """The anti-entropy leaves of the synced rows (origin global) at this store's
         revision, in one snapshot read; a damaged row is no leaf (logged by key)."""
-        leaves = []
+        leaves: list[tuple[Key, bytes]] = []
+        revision = self.sync_leaves_into(lambda k, d: leaves.append((k, d)))
+        return SyncLeaves(revision, leaves)
+
+    def sync_leaves_into(self, take: Callable[[Key, bytes], None]) -> int:
+        """``sync_leaves`` handed to ``take`` leaf by leaf as the rows are read (a caller
+        building a tree as they come never holds a list of every leaf); the revision."""
         with self.db.read(snapshot=True) as conn:
             revision = self._sync_revision(conn)
             # Row by row, not fetchall: every row of a large store held at once took over
@@ -245,8 +251,8 @@ class ResourceEngine:
                 except StoreDamaged as e:
                     log.warning("damaged row is no anti-entropy leaf", key=e.key)
                     continue
-                leaves.append((res.key, leaf_digest(res)))
-        return SyncLeaves(revision, leaves)
+                take(res.key, leaf_digest(res))
+        return revision
 
     def _sync_revision(self, conn: Conn) -> int:
         """Global: its head; a zone: its applied revision."""

@@ -112,6 +112,9 @@ class ThreadedResourceStore(Generic[E]):
     async def sync_leaves(self) -> SyncLeaves:
         return await self._threads.read(self._engine.sync_leaves)
 
+    async def sync_leaves_into(self, take: Callable[[Key, bytes], None]) -> int:
+        return await self._threads.read(self._engine.sync_leaves_into, take)
+
     async def put(self, resource: Resource, now: str) -> WriteResult:
         return await self._threads.write(self._engine.put, resource, now)
 
@@ -142,6 +145,9 @@ class ThreadedGlobalStore(ThreadedResourceStore[G]):
 
     async def snapshot(self) -> Snapshot:
         return await self._threads.read(self._engine.snapshot)
+
+    async def snapshot_units(self, take: Callable[[list[ChangeRecord]], None]) -> tuple[int, bytes]:
+        return await self._threads.read(self._engine.snapshot_units, take)
 
     async def commit_time(self, revision: int) -> float | None:
         return await self._threads.read(self._engine.commit_time, revision)

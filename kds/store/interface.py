@@ -131,6 +131,13 @@ class GlobalStore(ResourceStore, Protocol):
         """Every resource as one put each, in sync order, at one consistent revision."""
         ...
 
+    async def snapshot_units(self, take: Callable[[list[ChangeRecord]], None]) -> tuple[int, bytes]:
+        """The snapshot handed to ``take`` one sync unit at a time (kds.protocol.records:
+        each Mesh with the backend Secrets it names, then every other resource alone), read
+        row by row, so no record per resource is held at once; ``take`` runs on the store's
+        reader thread and must not block. The revision and the history chain it is at."""
+        ...
+
     async def commit_time(self, revision: int) -> float | None:
         """When ``revision`` committed (wall-clock seconds); for a pruned one, the oldest
         time still known; None when nothing at or after it is known."""
@@ -139,6 +146,12 @@ class GlobalStore(ResourceStore, Protocol):
     async def sync_leaves(self) -> SyncLeaves:
         """Every resource's key and leaf digest (kds.protocol.digest_tree.leaf_digest) at the
         head, read in one consistent read; a row that fails its digest check is left out."""
+        ...
+
+    async def sync_leaves_into(self, take: Callable[[Key, bytes], None]) -> int:
+        """``sync_leaves`` handed to ``take`` leaf by leaf as the rows are read, so no list
+        of every leaf is held (``take`` runs on the store's reader thread and must not
+        block); the head revision they are at."""
         ...
 
     # Zone status, saved by globalcp.zones (JSON text by zone name). A backend several

@@ -19,13 +19,13 @@ async def test_streams_checked_at_one_revision_share_one_read(tmp_path: Path) ->
     engine.put(Resource(Kind.GLOBAL_SECRET, "admin-user-token", data=b"x"), T0)  # stays
     store = SqliteGlobalStore(engine)
     reads: list[int] = []
-    real = store.sync_leaves
+    real = store.sync_leaves_into
 
-    async def counting():  # type: ignore[no-untyped-def]
+    async def counting(take):  # type: ignore[no-untyped-def]
         reads.append(1)
-        return await real()
+        return await real(take)
 
-    store.sync_leaves = counting  # type: ignore[method-assign]
+    store.sync_leaves_into = counting  # type: ignore[method-assign]
     trees = GlobalTrees(store)
     try:
         head = await store.head()

@@ -21,13 +21,13 @@ def _servicer(tmp_path: Path) -> tuple[SyncServicer, SqliteGlobalStore, list[int
     sync = GlobalEngine(tmp_path / "g.db")
     sync.put(Resource(Kind.MESH, "default"), "2026-11-29T00:00:00.000Z")
     calls: list[int] = []
-    real = sync.snapshot
+    real = sync.snapshot_units
 
-    def counting():  # type: ignore[no-untyped-def]
+    def counting(take):  # type: ignore[no-untyped-def]
         calls.append(1)
-        return real()
+        return real(take)
 
-    sync.snapshot = counting  # type: ignore[method-assign]
+    sync.snapshot_units = counting  # type: ignore[method-assign]
     store = SqliteGlobalStore(sync)
     hub = Hub(sync.head(), sync.log_floor(), 100)
     servicer = SyncServicer(

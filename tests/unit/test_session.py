@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import kds.store
 from globalcp.hub import Hub
 from globalcp.sending import SendLoop, SendPlans
 from globalcp.zones import ZoneTracker
@@ -26,7 +26,7 @@ from kds.errors import ProtocolError
 from kds.model import Key, Kind, Resource
 from kds.protocol.applier import DecodedBatch, ZoneView, plan_batch
 from kds.protocol.batching import coalesce
-from kds.protocol.records import ChangeRecord, sort_records
+from kds.protocol.records import ChangeRecord, sort_records, sync_units
 from kds.protocol.session import (
     Ack,
     GlobalSession,
@@ -447,9 +447,11 @@ class ModelStore:
     def store_id(self) -> str:
         return self.g.store_id
 
-    async def snapshot(self) -> kds.store.Snapshot:
+    async def snapshot_units(self, take: Callable[[list[ChangeRecord]], None]) -> tuple[int, bytes]:
         revision, records = self.g.snapshot()
-        return kds.store.Snapshot(revision, self.g.store_id, records)
+        for unit in sync_units(records):
+            take(unit)
+        return revision, b""
 
     async def changes_after(self, after: int, upto: int) -> list[ChangeRecord]:
         return self.g.changes_after(after, upto) or []  # a store returns what it still holds

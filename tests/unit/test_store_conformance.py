@@ -20,6 +20,7 @@ from kds.protocol.applier import DecodedBatch, Incoming
 from kds.store import (
     ORIGIN_GLOBAL,
     ORIGIN_ZONE,
+    ChangeRecord,
     GlobalStore,
     ResourceStore,
     SyncState,
@@ -888,6 +889,27 @@ async def test_builtin_ca_secrets_come_and_go_with_their_mesh(gstore: GlobalStor
     assert [r.record.revision for r in (*res.also, res) if r.record] == [4, 5, 6]
     assert await gstore.list_rows(Kind.SECRET, "payments") == []
     assert await gstore.get(BUILTIN.key) is None
+
+
+async def test_snapshot_units_come_in_sync_order(gstore: GlobalStore) -> None:
+    """snapshot_units hands over the snapshot's records unit by unit: each Mesh first, with
+    the backend Secrets it names in its unit, then every other resource alone; the same
+    records snapshot() returns, at the same revision and chain."""
+    await gstore.put(mk(G1), T0)
+    await gstore.put(BUILTIN, T0)  # and its two CA secrets
+    await gstore.put(mk(MESH), T0)
+    await gstore.put(mk(S1), T0)
+    units: list[list[ChangeRecord]] = []
+    revision, chain = await gstore.snapshot_units(units.append)
+    snap = await gstore.snapshot()
+    assert (revision, chain) == (snap.revision, snap.chain) and revision == await gstore.head()
+    meshes = [u for u in units if u[0].key.kind is Kind.MESH]
+    assert units[: len(meshes)] == meshes  # every Mesh unit before any other
+    by_mesh = {u[0].key.name: sorted(r.key.name for r in u[1:]) for u in meshes}
+    assert by_mesh == {"payments": CA_SECRETS, MESH.name: []}
+    assert all(len(u) == 1 for u in units[len(meshes) :])
+    flat = [r for u in units for r in u]
+    assert sorted(flat, key=lambda r: r.revision) == sorted(snap.changes, key=lambda r: r.revision)
 
 
 async def test_put_many_is_all_or_nothing_and_names_the_failing_item(gstore: GlobalStore) -> None:

@@ -1,0 +1,63 @@
+"""Giving memory freed after a heavy phase back to the operating system.
+
+CPython frees a large transient structure (a snapshot cut into parts, a store's anti-entropy
+leaves) to the C allocator, and glibc keeps most of it: its heaps only shrink from the top,
+and the heaps of the threads that read the store (``asyncio.to_thread``, the store's
+readers) are never trimmed on their own. The process's resident size then stays at its peak
+long after the phase. ``release()`` asks glibc to return every free page it holds
+(``malloc_trim(0)``, which also trims the other threads' heaps and releases free pages in
+the middle of a heap). It frees nothing live, so calling it is always safe; it costs a walk
+over the allocator's free lists (milliseconds for a few hundred megabytes), so it is called
+after a phase that freed a lot, never per message.
+
+Where the C library is not glibc (musl, macOS), ``release()`` does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import threading
+from collections.abc import Callable
+
+__all__ = ["available", "release"]
+
+
+def _load_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+        trim = libc.malloc_trim  # glibc only
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim
+
+
+_trim = _load_trim()
+_lock = threading.Lock()  # one trim at a time; a second caller meanwhile has nothing to add
+
+
+def available() -> bool:
+    """Whether ``release()`` can return memory here (the C library is glibc)."""
+    return _trim is not None
+
+
+def release() -> bool:
+    """Return the C allocator's free memory to the operating system (blocking: a walk of the
+    allocator's free lists, so call it off the event loop after a large free); True if
+    glibc released something. A no-op where the C library is not glibc, or while another
+    thread is already releasing."""
+    if _trim is None or not _lock.acquire(blocking=False):
+        return False
+    try:
+        # A full collection first: it also empties CPython's free lists, whose few thousand
+        # spare objects, scattered over the heap, each keep a whole arena (1 MiB) in use.
+        gc.collect()
+        return bool(_trim(0))
+    finally:
+        _lock.release()
