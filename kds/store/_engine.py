@@ -139,13 +139,21 @@ class ResourceEngine:
         )
         out = {}
         for r in cur:
-            try:
-                out[r[3]] = self.sealer.resource(r)
-            except StoreDamaged as e:
-                if not skip_damaged:
-                    raise
-                log.warning("damaged row left out", key=e.key, origin=r[3], store=self.location)
+            resource = self._resource(r, skip_damaged)
+            if resource is not None:
+                out[r[3]] = resource
         return out
+
+    def _resource(self, r: Sequence[Any], skip_damaged: bool = True) -> Resource | None:
+        """A resource row read back; a damaged one is None (logged), or raises StoreDamaged
+        when not ``skip_damaged``."""
+        try:
+            return self.sealer.resource(r)
+        except StoreDamaged as e:
+            if not skip_damaged:
+                raise
+            log.warning("damaged row left out", key=e.key, origin=r[3], store=self.location)
+            return None
 
     def _rows_of(self, conn: Conn, keys: Iterable[Key]) -> dict[Key, dict[str, Resource]]:
         """``_rows`` of many keys at once (a key with no row is absent): one statement per
@@ -164,14 +172,8 @@ class ResourceEngine:
                     (str(kind), mesh, *chunk),
                 )
                 for r in cur:
-                    try:
-                        resource = self.sealer.resource(r)
-                    except StoreDamaged as e:
-                        log.warning(
-                            "damaged row left out", key=e.key, origin=r[3], store=self.location
-                        )
-                        continue
-                    out.setdefault(Key(kind, mesh, r[2]), {})[r[3]] = resource
+                    if (resource := self._resource(r)) is not None:
+                        out.setdefault(Key(kind, mesh, r[2]), {})[r[3]] = resource
         return out
 
     def get(self, key: Key) -> Row | None:
