@@ -300,7 +300,7 @@ class SendLoop:
                 framed_changes=[r.framed for r in part.records],
                 repair=True,
             )
-            session.on_sent(seq, revision, True, _PartKeys(part.records))
+            session.on_sent(seq, revision, True, _PartKeys(part.records), len(data))
             self.status.batch_sent(seq, (r.key.kind for r in part.records))
             await self.send(data)
         session.on_done()
@@ -320,7 +320,7 @@ class SendLoop:
                 framed_changes=(part.body,),
                 chain=snap.chain if part.final else b"",
             )
-            session.on_sent(seq, snap.revision, part.final, part.sent_keys())
+            session.on_sent(seq, snap.revision, part.final, part.sent_keys(), len(data))
             self.status.batch_sent(seq, part.kinds())
             await self.send(data)
             sent += len(data)
@@ -381,7 +381,7 @@ class SendLoop:
                 framed_changes=[r.framed for r in part.records],
                 chain=chain if part.final else b"",
             )
-            session.on_sent(seq, revision, part.final, _PartKeys(part.records))
+            session.on_sent(seq, revision, part.final, _PartKeys(part.records), len(data))
             self.status.batch_sent(seq, (r.key.kind for r in part.records))
             await self.send(data)
             total += len(data)
