@@ -208,8 +208,13 @@ class ZoneStream:
             status.message_received()
             kind = msg.WhichOneof("msg")
             if kind == "ack":
+                # The send loop has something new to do only if the window was full or an
+                # anti-entropy check is due (it waits for the zone to acknowledge the head):
+                # waking it for every ack cost global a wasted turn of it per ack.
+                was_full = self.link.session.window_full()
                 self._on_ack(msg.ack)
-                wake.set()
+                if was_full or (self.checks is not None and self.checks.due()):
+                    wake.set()
             elif kind == "status":
                 self._on_status(msg.status)
             elif kind == "digest_answer" and self.checks is not None:
