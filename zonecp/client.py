@@ -48,6 +48,7 @@ from kds.protocol.digest_tree import DigestTree
 from kds.protocol.limits import PROBLEM_CHARS
 from kds.protocol.zone_session import RawKey, State, ZoneSession
 from kds.store import ZoneStore
+from zonecp.read_waits import ReadWaits
 from zonecp.sync_status import DISK_FULL, ZoneSyncStatus, store_problem
 
 __all__ = ["ZoneClient", "ZoneSyncStatus", "store_problem"]
@@ -233,22 +234,25 @@ class ZoneClient:
                 request_serializer=pb.ZoneMessage.SerializeToString,
                 response_deserializer=pb.GlobalMessage.FromString,
             )(metadata=metadata)
+            waits = ReadWaits(self.session)
             stopper = asyncio.create_task(stop.wait())
+            stopper.add_done_callback(lambda _: waits.interrupt("stop"))
             try:
-                return await self._converse(call, stopper)
+                return await self._converse(call, waits)
             except asyncio.InvalidStateError:
                 # A write after the call ended (e.g. global refused the connection).
                 code = await call.code()
                 raise StreamEnded(f"{code.name}: {await call.details()}", code) from None
             finally:
                 stopper.cancel()
+                waits.close()
                 self._check = None
                 if self.session.state is not State.DISCONNECTED and self.session.on_end():
                     log.info("disconnected from global")
                     self.status.disconnected_at = time.time()
                 call.cancel()
 
-    async def _converse(self, call: Any, stopper: asyncio.Task[Any]) -> bool:
+    async def _converse(self, call: Any, waits: ReadWaits) -> bool:
         state = await self.store.sync_state()
         hello = self.session.on_open(
             state.global_store_id,
@@ -257,16 +261,17 @@ class ZoneClient:
             store_backend=self.store.backend,
         )
         await call.write(wire.hello_to_pb(hello))
-        first = await self._read(call, stopper)
+        first = await self._read(call, waits)
         if first is None:
             return True
         await self._receive(call, first)  # the session refuses anything but the welcome here
+        waits.watch()
         status_task = asyncio.create_task(self._status_sender(call))
         ack_task = asyncio.create_task(self._ack_sender(call))
         self._status_dirty.set()  # report current conflicts on every new stream
         try:
             while True:
-                msg = await self._read(call, stopper)
+                msg = await self._read(call, waits)
                 if msg is None:
                     return True
                 await self._receive(call, msg)
@@ -310,32 +315,32 @@ class ZoneClient:
         else:
             self.session.on_unknown(str(kind))
 
-    async def _read(self, call: Any, stopper: asyncio.Task[Any]) -> Any:
+    async def _read(self, call: Any, waits: ReadWaits) -> Any:
         """The next message; None when the zone is stopping. Raises StreamEnded when global
         ended the stream or, as the session's watchdog decides, went silent too long."""
-        reader = asyncio.ensure_future(call.read())
-        while True:
-            done, _ = await asyncio.wait(
-                {reader, stopper},
-                timeout=self.session.watchdog_wait(time.monotonic()),
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            if reader in done:
-                break
-            if stopper in done:
-                reader.cancel()
-                return None
-            if self.session.tick(time.monotonic()):
-                reader.cancel()
-                silence = self.session.silence_limit
-                log.warning("global went silent: reconnecting", silent_for=silence)
-                raise StreamEnded(f"global sent nothing for {silence:g}s (heartbeats expected)")
-        msg = reader.result()
-        if msg is grpc.aio.EOF:
-            code = await call.code()
-            details = await call.details()
-            raise StreamEnded(f"global ended the stream: {code.name}: {details}", code)
-        return msg
+        if waits.why is None:
+            waits.reading = True
+            try:
+                msg = await call.read()
+            except asyncio.CancelledError:
+                if waits.why is None:
+                    raise  # not ours: the zone is being torn down
+                task = asyncio.current_task()
+                if task is not None and task.uncancel() > 0:
+                    raise  # cancelled from outside as well
+            else:
+                if msg is grpc.aio.EOF:
+                    code = await call.code()
+                    details = await call.details()
+                    raise StreamEnded(f"global ended the stream: {code.name}: {details}", code)
+                return msg
+            finally:
+                waits.reading = False
+        if waits.why == "stop":
+            return None
+        silence = self.session.silence_limit
+        log.warning("global went silent: reconnecting", silent_for=silence)
+        raise StreamEnded(f"global sent nothing for {silence:g}s (heartbeats expected)")
 
     async def _apply(self, call: Any, b: pb.Batch) -> None:
         batch, undecodable = wire.decode_batch(b)

@@ -1,0 +1,66 @@
+"""A zone's wait for global's next message ends on stop or silence, and only the wait: a
+batch being applied when the watchdog looks is never cut short."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from zonecp.read_waits import ReadWaits
+
+
+class Silent:
+    """A session whose watchdog always finds global silent."""
+
+    ticks = 0
+
+    def watchdog_wait(self, now: float) -> float:
+        return 0.01
+
+    def tick(self, now: float) -> bool:
+        self.ticks += 1
+        return True
+
+
+async def _reader(waits: ReadWaits, read: asyncio.Future[None]) -> str:
+    waits.reading = True
+    try:
+        await read
+    except asyncio.CancelledError:
+        asyncio.current_task().uncancel()  # type: ignore[union-attr]
+        return f"interrupted: {waits.why}"
+    finally:
+        waits.reading = False
+    return "read"
+
+
+async def test_silence_ends_a_read_but_not_an_apply() -> None:
+    session = Silent()
+
+    async def converse() -> list[str]:
+        waits = ReadWaits(session)  # type: ignore[arg-type]
+        waits.watch()
+        await asyncio.sleep(0.1)  # "applying": the watchdog looks, and waits
+        assert waits.why is None and session.ticks == 0
+        out = [await _reader(waits, asyncio.get_running_loop().create_future())]
+        waits.close()
+        return out
+
+    assert await asyncio.wait_for(converse(), 5) == ["interrupted: silent"]
+    assert session.ticks == 1
+
+
+@pytest.mark.parametrize("reading", [True, False])
+async def test_a_stop_ends_a_read_at_once_or_is_seen_before_the_next(reading: bool) -> None:
+    async def converse() -> str:
+        waits = ReadWaits(Silent())  # type: ignore[arg-type]
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.02, waits.interrupt, "stop")
+        if not reading:
+            await asyncio.sleep(0.05)
+            assert waits.why == "stop"  # the next read does not begin
+            return "seen"
+        return await _reader(waits, loop.create_future())
+
+    assert await asyncio.wait_for(converse(), 5) == ("interrupted: stop" if reading else "seen")

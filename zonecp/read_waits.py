@@ -1,0 +1,55 @@
+"""How a zone's stream stops waiting for global's next message (zonecp.client)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from kds.protocol.zone_session import ZoneSession
+
+__all__ = ["ReadWaits"]
+
+
+class ReadWaits:
+    """Ends a stream's wait for global's next message, without a task and a wait per message
+    (they were about a tenth of a zone's CPU per single write): the zone stopping and the
+    session's watchdog (a timer, set again only when it fires early) cancel the conversing
+    task, but only while it waits in ``call.read()``, never while it applies a batch; what
+    they asked for is then seen before the next read. Cancelling a read cancels the call:
+    the stream ends either way."""
+
+    def __init__(self, session: ZoneSession):
+        self.session = session
+        self.task = asyncio.current_task()
+        self.reading = False
+        self.why: str | None = None  # "stop" or "silent" once asked
+        self._timer: asyncio.TimerHandle | None = None
+
+    def interrupt(self, why: str) -> None:
+        if self.why is None:
+            self.why = why
+            if self.reading and self.task is not None:
+                self.task.cancel()
+
+    def watch(self, at_least: float = 0.0) -> None:
+        """Start the watchdog (after the welcome, which says how long global may be silent)."""
+        wait = self.session.watchdog_wait(time.monotonic())
+        if wait is not None and self.why is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(max(wait, at_least), self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        if self.why is not None:
+            return
+        if self.reading and self.session.tick(time.monotonic()):
+            self.interrupt("silent")
+        else:
+            # Heard from global since, or busy applying a batch (the watchdog judges only
+            # waits for global): look again later.
+            self.watch(at_least=0.05)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
