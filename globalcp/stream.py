@@ -249,14 +249,13 @@ class ZoneStream:
         # zone held the ack (at most the delay global allows): the earlier batches it covers
         # were applied sooner, by an amount global cannot know.
         held = min(ack.held_ms, self.ack_delay_ms) / 1000
-        for batch in acked:
-            last = batch is done
-            status.batch_acked(
-                batch.seq,
-                batch.revision if batch.final else None,
-                self.hub.commit_time(batch.revision) if last and batch.final else None,
-                held if last else 0.0,
-            )
+        finals = [b.revision for b in acked if b.final]
+        status.batches_acked(
+            [b.seq for b in acked],
+            finals[-1] if finals else None,
+            self.hub.commit_time(done.revision) if done.final else None,
+            held,
+        )
 
     def _on_status(self, report: pb.ZoneStatus) -> None:
         """Check every conflict the zone reports, keep the first CONFLICTS_KEPT and their

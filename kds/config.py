@@ -299,7 +299,7 @@ class GlobalConfig(_Common):
         "N",
     )
     max_unacked: int = opt(
-        8, _positive_int, "Batches in flight per zone before global waits for its acks.", "N"
+        64, _positive_int, "Unacknowledged batches (1 MiB at most) in flight per zone.", "N"
     )
     ack_delay: float = opt(
         0.1,
