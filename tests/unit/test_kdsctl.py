@@ -371,6 +371,21 @@ def test_a_large_input_streams_in_one_transaction(server: Server) -> None:
     assert [e["total"] for e in summaries] == [1501]
 
 
+def test_an_input_found_too_large_while_streaming_goes_again_in_requests(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream that passes APPLY_CHUNK_BYTES after its first block went is left unfinished
+    (nothing of it applied) and the whole input goes again in requests of that size."""
+    monkeypatch.setattr(kdsctl_apply, "APPLY_CHUNK_BYTES", 100_000)
+    docs = "".join(f"---\ntype: Secret\nmesh: big\nname: s{i}\ndata: {DATA}\n" for i in range(1500))
+    res = run(server, "apply", "-f", "-", input=docs + "---\ntype: Mesh\nname: big\n")
+    assert res.exit_code == 0, res.output
+    assert len(res.stdout.splitlines()) == 1501
+    summaries = [e["total"] for e in server.logs if e["event"] == "resources applied"]
+    assert len(summaries) == 2 and sum(summaries) == 1501
+    assert not [e for e in server.logs if e["log_level"] in ("error", "critical")]
+
+
 def test_an_invalid_document_late_in_a_streamed_input_applies_nothing(server: Server) -> None:
     """Blocks already sent when a later document turns out invalid are not applied: the
     request is left unfinished, and the messages are those of a check before sending."""
