@@ -11,7 +11,10 @@ expanded. It is PyYAML's safe loader otherwise (libyaml's when PyYAML was built 
 sequences that make up nearly all of a resource are built directly instead of through
 PyYAML's per-node constructor machinery; every other node (numbers, booleans, null,
 timestamps, binary, sets, unknown tags) goes to PyYAML's safe constructor, so the values are
-the same as ``yaml.load_all`` with ``NoAliasLoader`` gives.
+the same as ``yaml.load_all`` with ``NoAliasLoader`` gives. The tag of a plain scalar depends
+on its text alone, so the loader remembers it for short texts: the keys and most values of
+thousands of similar documents (``type``, ``mesh``, ``Secret``, ``default``) repeat, and
+PyYAML's resolver, called by libyaml for every scalar, tries its patterns each time.
 """
 
 from __future__ import annotations
@@ -40,8 +43,30 @@ class AliasRefused(yaml.YAMLError):
         super().__init__("YAML anchors and aliases are not accepted")
 
 
+# Plain scalars up to this many characters have their resolved tag remembered, up to
+# _RESOLVED_MAX texts per loader (so memory stays bounded whatever the input).
+_RESOLVED_CHARS = 64
+_RESOLVED_MAX = 4096
+
+
 class NoAliasLoader(_Base):
     """A safe loader that raises AliasRefused at the first alias or merge key."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._resolved: dict[str, str] = {}
+
+    def resolve(self, kind: type[Node], value: Any, implicit: Any) -> Any:
+        # A plain scalar's tag depends on its text only (SafeLoader has no path resolvers,
+        # the other input of PyYAML's resolve), so a text seen before resolves as before.
+        if kind is ScalarNode and implicit[0] and not self.yaml_path_resolvers:
+            tag = self._resolved.get(value)
+            if tag is None:
+                tag = super().resolve(kind, value, implicit)
+                if len(value) <= _RESOLVED_CHARS and len(self._resolved) < _RESOLVED_MAX:
+                    self._resolved[value] = tag
+            return tag
+        return super().resolve(kind, value, implicit)
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         # A node met a second time in one document is an alias of it (or a cycle).
@@ -86,22 +111,37 @@ class _Builder:
             return node.value
         if tag == _MAP_TAG and type(node) is MappingNode:
             out: dict[Any, Any] = {}
+            seen = self.seen
             for key_node, value_node in node.value:
-                if key_node.tag == _MERGE_TAG:
-                    raise AliasRefused()
-                if key_node.tag == _VALUE_TAG:  # "=" as a key: a plain string, as PyYAML has it
-                    key_node.tag = _STR_TAG
-                key = self.build(key_node)
-                try:
-                    hash(key)
-                except TypeError:
-                    raise ConstructorError(
-                        "while constructing a mapping",
-                        node.start_mark,
-                        "found unhashable key",
-                        key_node.start_mark,
-                    ) from None
-                out[key] = self.build(value_node)
+                key_tag = key_node.tag
+                if key_tag == _STR_TAG and type(key_node) is ScalarNode:
+                    # The common case inline (a string key): what build and _visit do.
+                    if id(key_node) in seen:
+                        raise AliasRefused()
+                    seen.add(id(key_node))
+                    key = key_node.value
+                else:
+                    if key_tag == _MERGE_TAG:
+                        raise AliasRefused()
+                    if key_tag == _VALUE_TAG:  # "=" as a key: a plain string, as PyYAML has it
+                        key_node.tag = _STR_TAG
+                    key = self.build(key_node)
+                    try:
+                        hash(key)
+                    except TypeError:
+                        raise ConstructorError(
+                            "while constructing a mapping",
+                            node.start_mark,
+                            "found unhashable key",
+                            key_node.start_mark,
+                        ) from None
+                if value_node.tag == _STR_TAG and type(value_node) is ScalarNode:
+                    if id(value_node) in seen:
+                        raise AliasRefused()
+                    seen.add(id(value_node))
+                    out[key] = value_node.value
+                else:
+                    out[key] = self.build(value_node)
             return out
         if tag == _SEQ_TAG and type(node) is SequenceNode:
             return [self.build(item) for item in node.value]

@@ -6,8 +6,8 @@
     kdsctl delete secret sample-secret --mesh default
 
 This module assembles the command line: the root group ``cli`` with the connection options,
-the ``get`` and ``delete`` groups, and the commands of ``kdsctl.resources``, ``kdsctl.status``
-and ``kdsctl.tokens``, which import neither this module nor each other. A new command lives
+the ``get`` and ``delete`` groups, and the commands of ``kdsctl.apply``, ``kdsctl.resources``,
+``kdsctl.status`` and ``kdsctl.tokens``, which import neither this module nor each other. A new command lives
 in such a module, takes the API client with ``@pass_client`` (``kdsctl.client``) and raises
 ``ApiError`` / ``ApiUnreachable`` or calls ``fail`` (``kdsctl.render``); it is added to a group
 here, and the root group prints those errors as ``Error: ...`` on stderr and exits 1.
@@ -23,7 +23,7 @@ from typing import Any
 
 import click
 
-from kdsctl import resources, status, tokens
+from kdsctl import apply, resources, status, tokens
 from kdsctl.client import ApiClient, ApiError, ApiUnreachable, read_token, tls_verify
 from kdsctl.render import fail, safe_text
 
@@ -189,7 +189,7 @@ def delete() -> None:
     """Delete a mesh, secret or global-secret (kumactl's globalsecret works too)."""
 
 
-for command in (resources.apply, status.inspect, status.wait):
+for command in (apply.apply, status.inspect, status.wait):
     cli.add_command(command)
 for command in (tokens.generate, tokens.revoke, tokens.rotate):
     cli.add_command(command)

@@ -21,7 +21,7 @@ import os
 import re
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -248,11 +248,14 @@ class ApiClient:
         self,
         method: str,
         path: str,
-        body: Mapping[str, Any] | bytes | None = None,
+        body: Mapping[str, Any] | bytes | Iterable[bytes] | None = None,
         timeout: float | None = None,
+        content_type: str = "application/json",
     ) -> Response:
         """Send one request; raise ApiUnreachable or ApiError, else return the response.
-        ``body`` is sent as JSON; bytes are taken as JSON already encoded."""
+        ``body`` is sent as JSON; bytes are taken as encoded already, and an iterable of
+        bytes is sent chunked as it yields (an exception it raises ends the request
+        unfinished, the connection closed, and goes on to the caller)."""
         url = f"{self.shown_url}{path}"
         timeout = timeout or self.timeout
         target = _target(self.base_url)
@@ -261,8 +264,8 @@ class ApiClient:
             headers["Authorization"] = f"Bearer {self.token}"
         payload = None
         if body is not None:
-            payload = body if isinstance(body, bytes) else json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
+            payload = json.dumps(body).encode() if isinstance(body, Mapping) else body
+            headers["Content-Type"] = content_type
         while True:
             conn = self._connection(target, timeout)
             reused = self._answered > 0
@@ -290,6 +293,9 @@ class ApiClient:
             except (http.client.HTTPException, OSError) as e:
                 self.close()
                 raise ApiUnreachable(f"request to {url} failed: {_reason(e)}") from None
+            except BaseException:  # from a body being streamed: the request is left unfinished
+                self.close()
+                raise
         self.last_request = f"{method} {url}"
         if resp.status_code >= 400:
             raise _api_error(resp)
@@ -301,7 +307,7 @@ class ApiClient:
         target: _Target,
         method: str,
         path: str,
-        payload: bytes | None,
+        payload: bytes | Iterable[bytes] | None,
         headers: Mapping[str, str],
         timeout: float,
     ) -> Response:
@@ -347,8 +353,14 @@ class ApiClient:
     def put(self, path: str, body: Mapping[str, Any]) -> Response:
         return self.request("PUT", path, body)
 
-    def post(self, path: str, body: Mapping[str, Any] | bytes, timeout: float | None = None) -> Any:
-        return _json(self.request("POST", path, body, timeout))
+    def post(
+        self,
+        path: str,
+        body: Mapping[str, Any] | bytes | Iterable[bytes],
+        timeout: float | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        return _json(self.request("POST", path, body, timeout, content_type))
 
     def delete(self, path: str) -> Any:
         return _json(self.request("DELETE", path))

@@ -23,6 +23,7 @@ __all__ = [
     "format_age",
     "print_error",
     "print_resources",
+    "quoted",
     "safe_text",
     "table",
 ]
@@ -35,6 +36,22 @@ def safe_text(value: object, limit: int = SHOWN_CHARS) -> str:
     """``value`` as text safe to print on a terminal: control and other non-printable
     characters escaped (``\\x1b``), at most ``limit`` characters."""
     return text.safe_text(value, limit)
+
+
+def quoted(value: object) -> str:
+    """As kumactl's %q shows a string (JSON quoting is the same for printable text), with
+    what the server sent made safe for a terminal first."""
+    if (
+        type(value) is str
+        and len(value) <= SHOWN_CHARS
+        and value.isprintable()
+        and '"' not in value
+        and "\\" not in value
+    ):
+        # What the general case gives such a text (safe_text leaves it as it is, and JSON
+        # escapes nothing in it), without its cost: an apply prints three per resource.
+        return f'"{value}"'
+    return json.dumps(safe_text(value), ensure_ascii=False)
 
 
 def print_error(message: str, causes: Iterable[tuple[str, str]] = ()) -> None:

@@ -2,6 +2,11 @@
 
 Either every item is written or none; a problem is reported against ``items[i]`` and the
 field, named as the item's own form names it (``metadata.name`` for a Kubernetes item).
+The items come as ``{"items": [...]}``, or as JSON Lines (``Content-Type:
+application/x-ndjson``, one item per line, ``items[i]`` the i-th non-blank line), which are
+checked one by one as they arrive: a client that sends while it still reads its input
+(``kdsctl apply``) has most of them checked by the time it is done. Either way nothing is
+written before the whole body is in and every item has passed.
 Items may carry the labels the control plane computes, as a PUT may (kds.api._labels); the
 answer's ``warnings`` says what a write did that its author may not expect, as a PUT's does.
 """
@@ -14,8 +19,8 @@ import structlog
 from aiohttp import web
 
 from kds import failpoints
-from kds.api._body import read_json
-from kds.api._context import API_CONTEXT, size_violation
+from kds.api._body import json_lines, read_json
+from kds.api._context import API_CONTEXT, ApiContext, size_violation
 from kds.api._errors import HttpError
 from kds.api._labels import take_computed_labels
 from kds.api._resources import (
@@ -36,59 +41,46 @@ from kds.kubernetes import kubernetes_field
 from kds.model import Key, Kind, Resource, from_document
 from kds.store import WriteResult
 
-__all__ = ["apply_handler"]
+__all__ = ["NDJSON", "apply_handler"]
+
+# The Content-Type of a body of JSON Lines: one item per line.
+NDJSON = "application/x-ndjson"
 
 log = structlog.get_logger("kds.api")
 
 
 async def apply_handler(request: web.Request) -> web.Response:
-    """POST /_apply {"items": [...]}: create or update many resources in one transaction.
+    """POST /_apply {"items": [...]} (or JSON Lines, one item a line): create or update
+    many resources in one transaction.
 
     Items take either text form (as from a YAML file). Meshes are written first, then the
     rest in the order given. Either every item is written or none: a problem answers 400
     (or 409) naming ``items[i]`` and the field.
     """
     ctx = request.app[API_CONTEXT]
-    body = await read_json(request, ctx.max_apply_bytes)
-    items = body.get("items") if isinstance(body, Mapping) else None
-    if not isinstance(items, list):
-        raise HttpError(
-            400,
-            "Bad request",
-            'expected {"items": [resource, ...]}',
-            [FieldViolation("items", "must be a list of resources")],
-        )
-    now = ctx.now()
-    errs: list[FieldViolation] = []
-    parsed: list[tuple[int, Resource]] = []
-    seen: dict[Key, int] = {}
-    k8s = {i for i, it in enumerate(items) if isinstance(it, Mapping) and "apiVersion" in it}
-    warnings: list[str] = []
-    for i, item in enumerate(items):
-        doc, label_errs = take_computed_labels(ctx, item)
-        try:
-            res = from_document(doc, ctx.limits)
-        except InvalidResource as e:
-            label_errs += e.errors
-        else:
-            label_errs += [
-                FieldViolation(_item_field(v.field, i in k8s), v.message)
-                for v in await new_mesh_name_problems(ctx, res)
-            ]
-        if label_errs:
-            errs += [
-                FieldViolation(f"items[{i}].{c.field}" if c.field else f"items[{i}]", c.message)
-                for c in label_errs
-            ]
-            continue
-        warnings += write_warnings(item, res, f"items[{i}]: ")
-        too_big = size_violation(ctx, res, now, f"items[{i}].")
-        if too_big:
-            errs.append(too_big)
-        if res.key in seen:
-            errs.append(FieldViolation(f"items[{i}]", f"{res.key} is also items[{seen[res.key]}]"))
-        seen[res.key] = i
-        parsed.append((i, res))
+    items = _Items(ctx, ctx.now())
+    if request.content_type == NDJSON:
+        async for item in json_lines(request, ctx.max_apply_bytes):
+            await items.add(item)
+    else:
+        body = await read_json(request, ctx.max_apply_bytes)
+        listed = body.get("items") if isinstance(body, Mapping) else None
+        if not isinstance(listed, list):
+            raise HttpError(
+                400,
+                "Bad request",
+                'expected {"items": [resource, ...]}',
+                [FieldViolation("items", "must be a list of resources")],
+            )
+        for item in listed:
+            await items.add(item)
+    now, errs, parsed, k8s, warnings = (
+        items.now,
+        items.errs,
+        items.parsed,
+        items.k8s,
+        items.warnings,
+    )
     if errs:
         raise HttpError(400, "Invalid resources", "nothing was applied", errs)
     parsed.sort(key=lambda p: p[1].kind is not Kind.MESH)  # stable: meshes first
@@ -141,6 +133,54 @@ async def apply_handler(request: web.Request) -> web.Response:
     log_applied(changed, origin)
     log.info("resources applied", total=len(out), origin=origin, **counts)
     return web.json_response({"items": out, "warnings": warnings} if warnings else {"items": out})
+
+
+class _Items:
+    """The items of one apply, each checked as it comes: every problem found (naming
+    ``items[i]`` and the field), the resources parsed, which items took the Kubernetes form,
+    and the warnings to answer with."""
+
+    def __init__(self, ctx: ApiContext, now: str):
+        self.ctx = ctx
+        self.now = now
+        self.errs: list[FieldViolation] = []
+        self.parsed: list[tuple[int, Resource]] = []
+        self.k8s: set[int] = set()
+        self.warnings: list[str] = []
+        self._seen: dict[Key, int] = {}
+        self._count = 0
+
+    async def add(self, item: object) -> None:
+        i, ctx = self._count, self.ctx
+        self._count += 1
+        if isinstance(item, Mapping) and "apiVersion" in item:
+            self.k8s.add(i)
+        doc, label_errs = take_computed_labels(ctx, item)
+        try:
+            res = from_document(doc, ctx.limits)
+        except InvalidResource as e:
+            label_errs += e.errors
+        else:
+            label_errs += [
+                FieldViolation(_item_field(v.field, i in self.k8s), v.message)
+                for v in await new_mesh_name_problems(ctx, res)
+            ]
+        if label_errs:
+            self.errs += [
+                FieldViolation(f"items[{i}].{c.field}" if c.field else f"items[{i}]", c.message)
+                for c in label_errs
+            ]
+            return
+        self.warnings += write_warnings(item, res, f"items[{i}]: ")
+        too_big = size_violation(ctx, res, self.now, f"items[{i}].")
+        if too_big:
+            self.errs.append(too_big)
+        if res.key in self._seen:
+            self.errs.append(
+                FieldViolation(f"items[{i}]", f"{res.key} is also items[{self._seen[res.key]}]")
+            )
+        self._seen[res.key] = i
+        self.parsed.append((i, res))
 
 
 def _item_field(f: str, kubernetes: bool) -> str:

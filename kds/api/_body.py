@@ -5,20 +5,26 @@ with a Content-Length or chunked, so a client cannot make the daemon hold more t
 limit. A body that parses but could not be handled safely is a 400 too: nesting deeper than
 MAX_DEPTH, or a number of more digits than Python converts. Messages name the problem and
 its place, never the body's text (it may hold secret data).
+
+A body of JSON Lines (one JSON value per line, ``json_lines``) is decoded line by line as it
+arrives, within the same limits, so a handler can check each value while the client is still
+sending the next ones.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import AsyncIterator
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from kds.api._context import API_CONTEXT, client_max_size
 from kds.api._errors import HttpError, too_large
 from kds.errors import FieldViolation
 
-__all__ = ["MAX_DEPTH", "MAX_PAGE_NUMBER", "int_param", "read_json"]
+__all__ = ["MAX_DEPTH", "MAX_PAGE_NUMBER", "int_param", "json_lines", "read_json"]
 
 # No resource nests deeper than a dozen levels (a Mesh's mTLS backends); Python's recursion
 # limit, which the JSON parser and encoder hit, is about 1000.
@@ -69,26 +75,62 @@ async def read_json(request: web.Request, limit: int | None = None) -> object:
     raw = await _read_limited(request, limit)
     if not raw.strip():
         raise HttpError(400, "Bad request", "the request body is empty: expected a JSON object")
+    return _decode(raw)
+
+
+def _decode(raw: bytes, line: int = 0) -> object:
+    """One JSON value: the whole body, or its line ``line`` (counted from 1) of JSON Lines."""
+    where = f" (line {line})" if line else ""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise HttpError(400, "Bad request", "the request body must be UTF-8 JSON") from None
+        raise HttpError(400, "Bad request", f"the request body must be UTF-8 JSON{where}") from None
     try:
         body = json.loads(text)
     except json.JSONDecodeError as e:
         # e.msg and the position only: e.doc is the body.
+        at = f"line {line}, column {e.colno}" if line else f"line {e.lineno}, column {e.colno}"
         raise HttpError(
-            400,
-            "Bad request",
-            f"the request body is not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})",
+            400, "Bad request", f"the request body is not valid JSON: {e.msg} ({at})"
         ) from None
     except RecursionError:
-        raise _bad_body(f"nests lists and objects deeper than {MAX_DEPTH} levels") from None
+        raise _bad_body(f"nests lists and objects deeper than {MAX_DEPTH} levels{where}") from None
     except ValueError:  # an integer of more digits than int() converts; its message is ours
-        raise _bad_body("holds a number of too many digits") from None
+        raise _bad_body(f"holds a number of too many digits{where}") from None
     if _depth_over(body, MAX_DEPTH):
-        raise _bad_body(f"nests lists and objects deeper than {MAX_DEPTH} levels")
+        raise _bad_body(f"nests lists and objects deeper than {MAX_DEPTH} levels{where}")
     return body
+
+
+async def json_lines(request: web.Request, limit: int) -> AsyncIterator[object]:
+    """The request's body as JSON Lines: each line's value as soon as the line is in (blank
+    lines skipped), at most ``limit`` bytes in all. A body that ends early (the client gave
+    up, or found a problem of its own while sending) is a 400, and nothing after its last
+    whole line is taken."""
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large(request.app[API_CONTEXT], limit)
+    pending = bytearray()  # the start of a line whose end has not come yet
+    size = line = 0
+    try:
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise too_large(request.app[API_CONTEXT], limit)
+            start = len(pending)
+            pending += chunk
+            end = pending.rfind(b"\n", start)  # only the new bytes can end a line
+            if end < 0:
+                continue
+            lines = bytes(pending[:end]).split(b"\n")
+            del pending[: end + 1]
+            for raw in lines:
+                line += 1
+                if raw.strip():
+                    yield _decode(raw, line)
+    except (ConnectionError, HttpProcessingError) as e:
+        raise _bad_body(f"ended before it was complete ({type(e).__name__})") from None
+    if pending.strip():
+        yield _decode(bytes(pending), line + 1)
 
 
 def int_param(request: web.Request, name: str, default: int | None, minimum: int) -> int | None:

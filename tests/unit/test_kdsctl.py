@@ -23,7 +23,7 @@ from kds.api import ApiContext, build_app
 from kds.api.auth import ApiTokens
 from kds.model import Limits
 from kds.store import GlobalStore, open_global_store
-from kdsctl import resources as kdsctl_resources
+from kdsctl import apply as kdsctl_apply
 from kdsctl.cli import cli
 
 # The examples of secrets.md, as written there (the namespace template filled in).
@@ -330,7 +330,7 @@ def test_apply_splits_a_large_input_into_requests_of_the_chunk_size(
 ) -> None:
     """Each request holds what fits APPLY_CHUNK_BYTES; a later request's failure says how
     many resources the earlier ones applied."""
-    monkeypatch.setattr(kdsctl_resources, "APPLY_CHUNK_BYTES", 170)
+    monkeypatch.setattr(kdsctl_apply, "APPLY_CHUNK_BYTES", 170)
     docs = "".join(
         f"---\ntype: GlobalSecret\nname: g{i}\ndata: dGVzdAo=\nlabels: {{n: '{i}'}}\n"
         for i in range(5)
@@ -352,6 +352,58 @@ def test_apply_splits_a_large_input_into_requests_of_the_chunk_size(
     res = run(server, "apply", "-f", "-", input=bad)
     assert res.exit_code == 1
     assert "(4 resources applied before this request)" in res.stderr
+
+
+def test_a_large_input_streams_in_one_transaction(server: Server) -> None:
+    """An input of many blocks is sent while it is read, as one request written in one
+    transaction, Meshes first, reported as before."""
+    docs = "".join(
+        f"---\ntype: Secret\nmesh: streamed\nname: s{i}\ndata: {DATA}\n" for i in range(1500)
+    )
+    res = run(server, "apply", "-f", "-", input=docs + "---\ntype: Mesh\nname: streamed\n")
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert lines[0] == 'resource type="Mesh" mesh="" name="streamed" Created'
+    assert lines[1:] == [
+        f'resource type="Secret" mesh="streamed" name="s{i}" Created' for i in range(1500)
+    ]
+    summaries = [e for e in server.logs if e["event"] == "resources applied"]
+    assert [e["total"] for e in summaries] == [1501]
+
+
+def test_an_input_found_too_large_while_streaming_goes_again_in_requests(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream that passes APPLY_CHUNK_BYTES after its first block went is left unfinished
+    (nothing of it applied) and the whole input goes again in requests of that size."""
+    monkeypatch.setattr(kdsctl_apply, "APPLY_CHUNK_BYTES", 100_000)
+    docs = "".join(f"---\ntype: Secret\nmesh: big\nname: s{i}\ndata: {DATA}\n" for i in range(1500))
+    res = run(server, "apply", "-f", "-", input=docs + "---\ntype: Mesh\nname: big\n")
+    assert res.exit_code == 0, res.output
+    assert len(res.stdout.splitlines()) == 1501
+    summaries = [e["total"] for e in server.logs if e["event"] == "resources applied"]
+    assert len(summaries) == 2 and sum(summaries) == 1501
+    assert not [e for e in server.logs if e["log_level"] in ("error", "critical")]
+
+
+def test_an_invalid_document_late_in_a_streamed_input_applies_nothing(server: Server) -> None:
+    """Blocks already sent when a later document turns out invalid are not applied: the
+    request is left unfinished, and the messages are those of a check before sending."""
+    docs = "---\ntype: Mesh\nname: late\n" + "".join(
+        f"---\ntype: Secret\nmesh: late\nname: s{i}\ndata: {DATA}\n" for i in range(1500)
+    )
+    bad = docs + "---\ntype: Secret\nmesh: late\nname: Bad_Name\ndata: '%%'\n"
+    res = run(server, "apply", "-f", "-", input=bad)
+    assert res.exit_code == 1
+    assert res.stderr.splitlines()[0] == "Error: stdin document 1502: invalid resource"
+    assert res.stderr.splitlines()[-1] == "Error: 1 invalid document(s); nothing was applied"
+    assert res.stdout == ""
+    assert not [e for e in server.logs if e["event"] == "resources applied"]
+    assert not [e for e in server.logs if e["log_level"] in ("error", "critical")]
+    assert run(server, "get", "mesh", "late").exit_code == 1
+    # the same input without it applies whole
+    assert run(server, "apply", "-f", "-", input=docs).exit_code == 0
+    assert run(server, "get", "mesh", "late").exit_code == 0
 
 
 def test_apply_bad_yaml_does_not_echo_the_line(server: Server) -> None:

@@ -70,6 +70,7 @@ def test_same_values_as_pyyaml_for_any_dumped_document(docs: list[Any], flow: bo
     "text",
     [
         "a: &x hello\nb: *x\n",  # a string
+        "&k a: 1\n*k : 2\n",  # a string key
         "a: &x 1\nb: *x\n",  # a number (built by PyYAML)
         "a: &x {k: v}\nb: [*x]\n",
         "a: &x [1]\nb: !!set {? *x }\n",  # into a node PyYAML builds
@@ -82,6 +83,32 @@ def test_same_values_as_pyyaml_for_any_dumped_document(docs: list[Any], flow: bo
 def test_aliases_and_merge_keys_are_refused(text: str) -> None:
     with pytest.raises(AliasRefused):
         list(load_all(text))
+
+
+def test_a_text_seen_before_resolves_as_it_did_plain_or_quoted() -> None:
+    """The loader remembers the tag of short plain scalars: a text met again, plain or
+    quoted, in the same document or a later one, gets the value PyYAML gives it."""
+    text = "".join(
+        f"---\na: 1\nb: '1'\nc: yes\nd: \"yes\"\ne: null\nf: s{i}\ng: 'null'\nh: 1\n"
+        for i in range(3)
+    )
+    assert list(load_all(text)) == _reference(text)
+    assert next(load_all(text)) == {
+        "a": 1,
+        "b": "1",
+        "c": True,
+        "d": "yes",
+        "e": None,
+        "f": "s0",
+        "g": "null",
+        "h": 1,
+    }
+
+
+def test_more_texts_than_remembered_still_resolve() -> None:
+    """Past the number of texts the loader remembers, scalars resolve as PyYAML's do."""
+    text = "".join(f"k{i}: {i}\nt{i}: true\nx{i}: x{i}\n" for i in range(3000))
+    assert list(load_all(text)) == _reference(text)
 
 
 def test_unhashable_key_and_invalid_yaml_raise_yaml_errors() -> None:
