@@ -261,10 +261,15 @@ def apply(
         first = next(body, None)
         if first is not None:
             sent = first if stream.done else itertools.chain([first], body)
-            _send(client, stream.docs, sent, _NDJSON, 0)
+            _send(client, stream.docs, sent, _NDJSON, 0, _OLDER_GLOBAL)
             return
     except _Unsent:
         pass
+    except _OlderGlobal:
+        # A global from before JSON Lines read the body as one JSON document, refused it
+        # and applied nothing: send it again as JSON, as that version takes it.
+        for _ in body:  # the whole input was read and checked (the request had it all)
+            pass
     docs = stream.docs
     if not docs:
         fail("no resource(s) passed to apply")
@@ -276,18 +281,31 @@ def apply(
         applied += len(chunk)
 
 
+# What a global from before JSON Lines answers them with (it parses the body as one JSON
+# document: several lines are not one, one line has no "items"); it applies nothing then.
+_OLDER_GLOBAL = ("the request body is not valid JSON: Extra data", 'expected {"items": [')
+
+
+class _OlderGlobal(Exception):
+    pass
+
+
 def _send(
     client: ApiClient,
     chunk: list[_Doc],
     body: bytes | Iterator[bytes],
     content_type: str,
     applied: int,
+    older_global: tuple[str, ...] = (),
 ) -> None:
     """POST /_apply of ``chunk`` (``applied`` resources went in requests before it) and
-    print its answer; an error fails naming the documents."""
+    print its answer; an error fails naming the documents (a 400 whose detail starts with
+    ``older_global``, if given, raises _OlderGlobal instead)."""
     try:
         answer = client.post("/_apply", body, max(client.timeout, APPLY_TIMEOUT), content_type)
     except ApiError as e:
+        if e.status == 400 and older_global and e.detail.startswith(older_global):
+            raise _OlderGlobal() from e
         causes = [(_where(chunk, f.replace("].", "]: ", 1)), m) for f, m in e.causes]
         detail = _where(chunk, e.detail)
         note = f" ({applied} resources applied before this request)" if applied else ""

@@ -563,3 +563,22 @@ def test_token_file_unreadable_or_empty_names_the_option(tmp_path: Path) -> None
     (tmp_path / "empty").write_text("\n")
     r = run("http://127.0.0.1:9", "--token-file", str(tmp_path / "empty"), "get", "meshes")
     assert r.exit_code == 2 and "is empty" in r.output
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_a_global_from_before_json_lines_gets_the_apply_as_json(
+    server: Server, monkeypatch: pytest.MonkeyPatch, count: int
+) -> None:
+    """A global that reads /_apply's body only as one JSON document refuses JSON Lines and
+    applies nothing; kdsctl then sends the input again as JSON, and it is applied once."""
+    import kds.api._apply as api_apply
+
+    monkeypatch.setattr(api_apply, "NDJSON", "application/x-not-known-here")
+    docs = "---\ntype: Mesh\nname: older\n" + "".join(
+        f"---\ntype: Secret\nmesh: older\nname: s{i}\ndata: {DATA}\n" for i in range(count - 1)
+    )
+    res = run(server, "apply", "-f", "-", input=docs)
+    assert res.exit_code == 0, res.output
+    assert len(res.stdout.splitlines()) == count
+    summaries = [e["total"] for e in server.logs if e["event"] == "resources applied"]
+    assert summaries == [count]
