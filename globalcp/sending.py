@@ -20,10 +20,12 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
 
+from globalcp.admission import SnapshotTurns, Ticket
 from globalcp.checks import ZoneChecks, key_label
 from globalcp.hub import Hub
 from globalcp.snapshot_plan import PlanBuilder, SnapshotPlan, zone_bound
@@ -43,6 +45,8 @@ log = structlog.get_logger("globalcp.sync")
 
 # Range plans kept for the next stream that asks (a few bulk writes' worth for a fleet in step).
 RANGE_PLANS_KEPT = 64
+# Streams sending a snapshot at once, unless told otherwise (globalcp.admission).
+SNAPSHOT_STREAMS = 20
 
 
 @dataclass(frozen=True)
@@ -72,14 +76,37 @@ class _PartKeys:
         return (r.key for r in self._records)
 
 
+@dataclass
+class _SnapshotCursor:
+    """How far one stream has sent the shared snapshot."""
+
+    plan: SnapshotPlan
+    next: int = 0  # the next part to send
+    sent: int = 0  # bytes written
+
+
 class SendPlans:
     """The snapshot and the range plans every stream of one global sends from."""
 
-    def __init__(self, store: GlobalStore, hub: Hub, max_message_bytes: int):
+    def __init__(
+        self,
+        store: GlobalStore,
+        hub: Hub,
+        max_message_bytes: int,
+        snapshot_streams: int = SNAPSHOT_STREAMS,
+        spill_dir: Path | None = None,
+    ):
         self.store = store
         self.hub = hub
         self.max_message_bytes = max_message_bytes
+        self.spill_dir = spill_dir  # where snapshot parts are kept (None: the temp directory)
+        # Turns to send a snapshot: the others wait, heartbeating (globalcp.admission).
+        self.turns = SnapshotTurns(snapshot_streams)
         self._shared_snapshot: weakref.ref[SnapshotPlan] | None = None
+        # The snapshot kept while streams hold or wait for a turn to send it: between one
+        # turn's streams finishing and the next ones starting, no stream holds it, and reading
+        # it again per turn cost seconds each.
+        self._kept: SnapshotPlan | None = None
         self._snapshot_read: asyncio.Future[SnapshotPlan] | None = None
         self._range_plans: OrderedDict[tuple[int, int], _RangePlan] = OrderedDict()
 
@@ -90,6 +117,7 @@ class SendPlans:
         finished one is held weakly, so it is freed when the last stream sending it is done."""
         shared = self._shared_snapshot() if self._shared_snapshot else None
         if shared is not None and shared.revision == self.hub.head:
+            self._kept = shared
             return shared
         if self._snapshot_read is None or self._snapshot_read.done():
             self._snapshot_read = asyncio.ensure_future(self._read_snapshot())
@@ -101,12 +129,19 @@ class SendPlans:
             weakref.finalize(snap, _release_soon, asyncio.get_running_loop())
         if self._snapshot_read is read:
             self._snapshot_read = None  # the future would keep the snapshot alive
+        self._kept = snap
         return snap
+
+    def turn_given_back(self) -> None:
+        """A stream gave its snapshot turn back: once no stream holds or waits for one, the
+        snapshot is no longer kept (it is freed when the last stream sending it is done)."""
+        if self.turns.sending == 0 and self.turns.waiting == 0:
+            self._kept = None
 
     async def _read_snapshot(self) -> SnapshotPlan:
         # Cut into parts as it is read (globalcp.snapshot_plan.PlanBuilder): no record per
         # resource is ever held, and the memory the read used is given back after it.
-        builder = PlanBuilder(self.max_message_bytes, wire.PART_BYTES)
+        builder = PlanBuilder(self.max_message_bytes, wire.PART_BYTES, self.spill_dir)
         revision, chain = await self.store.snapshot_units(builder.take)
         plan = builder.finish(revision, chain)
         await asyncio.to_thread(memory.release)
@@ -180,14 +215,29 @@ class SendLoop:
         self.heartbeat_interval = heartbeat_interval
         self._last_sent = 0.0  # event loop time of the last write
         self._first_range = True
+        # The turn to send a snapshot (globalcp.admission), held until the zone acknowledged
+        # the snapshot's last part (revision ``_turn_until``) or the stream ends.
+        self._turn: Ticket | None = None
+        self._turn_until = 0
+        self._snapshot: _SnapshotCursor | None = None  # a snapshot being sent, part by part
 
     async def run(self) -> None:
         """Send until ``ended()``, then return: whatever the session asks for, and a heartbeat
         after heartbeat_interval with nothing written."""
+        try:
+            await self._run()
+        finally:
+            if self._turn is not None:
+                self._turn.leave()
+                self._turn = None
+                self.plans.turn_given_back()
+
+    async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         wake = self.wake
         self._last_sent = loop.time()
         while True:
+            self._give_turn_back()
             if self.ended():
                 return
             if await self.send_next():
@@ -206,23 +256,56 @@ class SendLoop:
                 async with asyncio.timeout(timeout):
                     await wake.wait()
             if not wake.is_set():
-                await self.send(
-                    pb.GlobalMessage(
-                        heartbeat=pb.Heartbeat(head_revision=self.hub.head)
-                    ).SerializeToString()
-                )
-                self._last_sent = loop.time()
+                await self._heartbeat()
+
+    async def _heartbeat(self) -> None:
+        await self.send(
+            pb.GlobalMessage(
+                heartbeat=pb.Heartbeat(head_revision=self.hub.head)
+            ).SerializeToString()
+        )
+        self._last_sent = asyncio.get_running_loop().time()
+
+    def _give_turn_back(self) -> None:
+        """Once the zone acknowledged the snapshot's last part, the next stream may send."""
+        if self._turn is not None and self.session.acked_revision >= self._turn_until:
+            self._turn.leave()
+            self._turn = None
+            self.plans.turn_given_back()
+
+    async def _wait_turn(self) -> bool:
+        """Wait for a turn to send a snapshot, heartbeating meanwhile so the zone's watchdog
+        sees global alive; False if the stream must end first."""
+        if self._turn is None:
+            self._turn = self.plans.turns.ask()
+        turn = self._turn
+        if not turn.granted:
+            log.info("waiting for a turn to send the snapshot", waiting=self.plans.turns.waiting)
+        loop = asyncio.get_running_loop()
+        while not turn.granted:
+            if self.ended():
+                return False
+            timeout = max(0.0, self.heartbeat_interval - (loop.time() - self._last_sent))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await turn.wait()
+            if not turn.granted:
+                await self._heartbeat()
+        return not self.ended()
 
     async def send_next(self) -> bool:
         """Send the snapshot or range the session asks for now; False if it asks for none.
         A range that cannot be sent turns into a snapshot the session asks for next."""
+        if self._snapshot is not None:
+            return await self._continue_snapshot()
         session = self.session
         action = session.next_action(self.hub.head, self.hub.log_floor)
         if action is None:
             return await self._anti_entropy()
         if isinstance(action, SendSnapshot):
-            await self._send_snapshot()
-        elif not await self._send_range(action):
+            await self._start_snapshot()  # False: the stream ends, and run() sees it
+            return True
+        if not await self._send_range(action):
             return True
         session.on_done()
         self._last_sent = asyncio.get_running_loop().time()
@@ -305,10 +388,27 @@ class SendLoop:
             await self.send(data)
         session.on_done()
 
-    async def _send_snapshot(self) -> None:
+    async def _start_snapshot(self) -> bool:
+        """Take the shared snapshot and send its first parts; False if the stream must end
+        while waiting for a turn."""
+        if not await self._wait_turn():
+            return False
         snap = await self.plans.snapshot()
-        session, sent = self.session, 0
-        for part in snap.parts:
+        self._turn_until = snap.revision
+        self._snapshot = _SnapshotCursor(snap)
+        await self._continue_snapshot()
+        return True
+
+    async def _continue_snapshot(self) -> bool:
+        """Send the snapshot's next parts while the zone's window has room (the zone
+        acknowledges snapshot parts at once); True if it sent any or finished. Written
+        ahead of the zone's acks, a snapshot's parts piled up in grpc's buffers for a zone
+        that applies slower than global writes: megabytes per stream in a storm."""
+        cur, session = self._snapshot, self.session
+        assert cur is not None
+        snap, did = cur.plan, False
+        while cur.next < len(snap.parts) and session.in_flight < session.max_unacked:
+            part = snap.parts[cur.next]
             seq = session.next_seq()
             data = wire.assemble_batch(
                 seq=seq,
@@ -322,10 +422,18 @@ class SendLoop:
             )
             session.on_sent(seq, snap.revision, part.final, part.sent_keys())
             self.status.batch_sent(seq, part.kinds())
+            cur.next += 1
             await self.send(data)
-            sent += len(data)
-        log.info("snapshot sent", revision=snap.revision, resources=snap.resources, bytes=sent)
+            cur.sent += len(data)
+            did = True
+        if cur.next < len(snap.parts):
+            return did
+        log.info("snapshot sent", revision=snap.revision, resources=snap.resources, bytes=cur.sent)
+        self._snapshot = None
         self._first_range = False
+        session.on_done()
+        self._last_sent = asyncio.get_running_loop().time()
+        return True
 
     async def _send_range(self, action: SendRange) -> bool:
         """Send the range; False if it has to be a snapshot instead (the session is told)."""
