@@ -90,6 +90,18 @@ def _procs(zones: int, requested: int) -> int:
     return requested if requested else (1 if zones < 10 else 2)
 
 
+def _commit() -> str:
+    """The checked-out commit, with "+changes" if the work tree differs from it: a published
+    run names what it measured."""
+    git = ["git", "-C", str(Path(__file__).resolve().parent.parent)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        return "unknown (not a git checkout)"
+    dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()  # fmt: skip
+    return head.stdout.strip() + ("+changes" if dirty else "")
+
+
 def run(plan: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {
         "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -100,8 +112,10 @@ def run(plan: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
             "etcd": subprocess.run(
                 [etcd_binary() or "etcd", "--version"], capture_output=True, text=True
             ).stdout.splitlines()[0],
-            "note": "shared 2-core machine; other jobs ran at the same time",
+            "note": "shared 2-core machine; other jobs may run at the same time",
+            "load_at_start": [round(x, 2) for x in os.getloadavg()],
         },
+        "commit": _commit(),
         "plan": plan,
         "propagation": [],
         "bulk": [],

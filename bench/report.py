@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 NOTE = """\
-Figures from a **shared 2-core machine** (other jobs ran at the same time), loopback, every
-process real. Medians over the repeats; "x etcd" is the median of each repeat's own ratio
+Figures from a **shared 2-core machine** (other jobs may run at the same time: the load
+average at the start is above), loopback, every process real. Medians over the repeats;
+"x etcd" is the median of each repeat's own ratio
 (kds and etcd run back to back, so the ratio holds better than either figure). Produced by
 `scripts/bench` (see the README); raw results in `benchmarks.json`.
 
@@ -162,13 +163,21 @@ def targets(results: dict[str, Any], s: dict[str, Any]) -> list[tuple[str, str, 
     return out
 
 
+def _load(machine: dict[str, Any]) -> str:
+    load = machine.get("load_at_start")
+    if load is None:
+        return f"load average at the start not recorded ({machine.get('note', '')})"
+    return "load average at the start " + " / ".join(map(str, load)) + " (1 / 5 / 15 min)"
+
+
 def markdown(results: dict[str, Any]) -> str:
     s = summarize(results)
     m = results["machine"]
     lines = [
         "# Benchmarks",
         "",
-        f"Run {results['started']} to {results['finished']}; {m['cpus']} CPUs, Python "
+        f"Run {results['started']} to {results['finished']} on commit "
+        f"{results.get('commit', 'not recorded')}; {_load(m)}; {m['cpus']} CPUs, Python "
         f"{m['python']}, {m['etcd']}; {s['repeats']} repeat(s); plan: "
         + ", ".join(f"{k}={v}" for k, v in results["plan"].items())
         + ".",

@@ -6,58 +6,36 @@ assembled from pre-framed changes, with a heartbeat whenever the stream has been
 writes through an async ``send(bytes)`` callable, not a grpc context, so the same loop that
 serves zones is the one unit tests drive over in-memory bytes.
 
-``SendPlans`` is shared by all the streams of one global: zones in step ask for the same
-ranges, and a fleet catching up asks for the same snapshot, so each range is coalesced and
-packed once and each snapshot read and cut into framed parts once (globalcp.snapshot_plan),
-however many zones are sent it.
+``SendPlans`` (globalcp.send_plans) is shared by all the streams of one global: each range
+is coalesced and packed once and each snapshot read and cut into framed parts once, however
+many zones are sent it; it also holds the turns to send a snapshot (globalcp.admission).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import weakref
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import structlog
 
-from globalcp.admission import SnapshotTurns, Ticket
+from globalcp.admission import Ticket
 from globalcp.checks import ZoneChecks, key_label
-from globalcp.hub import Hub
-from globalcp.snapshot_plan import PlanBuilder, SnapshotPlan, zone_bound
+from globalcp.send_plans import RANGE_PLANS_KEPT, SNAPSHOT_STREAMS, SendPlans
+from globalcp.snapshot_plan import SnapshotPlan
 from globalcp.zones import CHECK_KEYS_KEPT, ZoneHandle
-from kds import memory, wire
+from kds import wire
 from kds._pb import sync_pb2 as pb
 from kds.model import Key
 from kds.protocol.anti_entropy import Outcome, Query
-from kds.protocol.batching import Part, coalesce, pack
+from kds.protocol.batching import Part, pack
 from kds.protocol.records import ChangeRecord
 from kds.protocol.session import GlobalSession, Mode, SendRange, SendSnapshot
-from kds.store import GlobalStore
 
-__all__ = ["RANGE_PLANS_KEPT", "SendLoop", "SendPlans"]
+__all__ = ["RANGE_PLANS_KEPT", "SNAPSHOT_STREAMS", "SendLoop", "SendPlans"]
 
 log = structlog.get_logger("globalcp.sync")
-
-# Range plans kept for the next stream that asks (a few bulk writes' worth for a fleet in step).
-RANGE_PLANS_KEPT = 64
-# Streams sending a snapshot at once, unless told otherwise (globalcp.admission).
-SNAPSHOT_STREAMS = 20
-
-
-@dataclass(frozen=True)
-class _RangePlan:
-    """A range of the change log coalesced and cut into parts: the same for every zone that
-    is sent it, so it is made once and shared (zones in step ask for the same ranges)."""
-
-    parts: list[Part]
-    changes: int  # resources in it, after coalescing
-    chain: bytes  # the history chain at its last revision
-    split_unit: bool  # a unit did not fit one message: send a snapshot instead
 
 
 class _PartKeys:
@@ -83,110 +61,6 @@ class _SnapshotCursor:
     plan: SnapshotPlan
     next: int = 0  # the next part to send
     sent: int = 0  # bytes written
-
-
-class SendPlans:
-    """The snapshot and the range plans every stream of one global sends from."""
-
-    def __init__(
-        self,
-        store: GlobalStore,
-        hub: Hub,
-        max_message_bytes: int,
-        snapshot_streams: int = SNAPSHOT_STREAMS,
-        spill_dir: Path | None = None,
-    ):
-        self.store = store
-        self.hub = hub
-        self.max_message_bytes = max_message_bytes
-        self.spill_dir = spill_dir  # where snapshot parts are kept (None: the temp directory)
-        # Turns to send a snapshot: the others wait, heartbeating (globalcp.admission).
-        self.turns = SnapshotTurns(snapshot_streams)
-        self._shared_snapshot: weakref.ref[SnapshotPlan] | None = None
-        # The snapshot kept while streams hold or wait for a turn to send it: between one
-        # turn's streams finishing and the next ones starting, no stream holds it, and reading
-        # it again per turn cost seconds each.
-        self._kept: SnapshotPlan | None = None
-        self._snapshot_read: asyncio.Future[SnapshotPlan] | None = None
-        self._range_plans: OrderedDict[tuple[int, int], _RangePlan] = OrderedDict()
-
-    async def snapshot(self) -> SnapshotPlan:
-        """The current snapshot cut into parts, shared by every stream that needs one at the
-        same time: when a fleet of zones needs one at once (a new global, a long outage),
-        global reads and holds one copy, not one per zone. A read in progress is joined; a
-        finished one is held weakly, so it is freed when the last stream sending it is done."""
-        shared = self._shared_snapshot() if self._shared_snapshot else None
-        if shared is not None and shared.revision == self.hub.head:
-            self._kept = shared
-            return shared
-        if self._snapshot_read is None or self._snapshot_read.done():
-            self._snapshot_read = asyncio.ensure_future(self._read_snapshot())
-        read = self._snapshot_read
-        snap = await asyncio.shield(read)  # one stream ending must not cancel the others' read
-        if self._shared_snapshot is None or self._shared_snapshot() is not snap:
-            self._shared_snapshot = weakref.ref(snap)
-            # Once the last stream sending it is done, give its memory back to the system.
-            weakref.finalize(snap, _release_soon, asyncio.get_running_loop())
-        if self._snapshot_read is read:
-            self._snapshot_read = None  # the future would keep the snapshot alive
-        self._kept = snap
-        return snap
-
-    def turn_given_back(self) -> None:
-        """A stream gave its snapshot turn back: once no stream holds or waits for one, the
-        snapshot is no longer kept (it is freed when the last stream sending it is done)."""
-        if self.turns.sending == 0 and self.turns.waiting == 0:
-            self._kept = None
-
-    async def _read_snapshot(self) -> SnapshotPlan:
-        # Cut into parts as it is read (globalcp.snapshot_plan.PlanBuilder): no record per
-        # resource is ever held, and the memory the read used is given back after it.
-        builder = PlanBuilder(self.max_message_bytes, wire.PART_BYTES, self.spill_dir)
-        revision, chain = await self.store.snapshot_units(builder.take)
-        plan = builder.finish(revision, chain)
-        await asyncio.to_thread(memory.release)
-        return plan
-
-    async def range_plan(self, action: SendRange) -> _RangePlan | None:
-        """The range coalesced and packed, made once for all the streams sending it (the
-        profile of 10,000 secrets to 100 zones had 60% of global's time in re-doing this per
-        zone); None when the range has left the change log."""
-        key = (action.from_revision, action.to_revision)
-        plan = self._range_plans.get(key)
-        if plan is not None:
-            self._range_plans.move_to_end(key)
-            return plan
-        records = await self._range(action)
-        if records is None:
-            return None
-        changes = zone_bound(coalesce(records))
-        parts = list(pack(changes, self.max_message_bytes, wire.PART_BYTES))
-        plan = _RangePlan(
-            parts=parts,
-            changes=len(changes),
-            chain=records[-1].chain if records else b"",
-            split_unit=any(p.split_unit for p in parts),
-        )
-        self._range_plans[key] = plan
-        while len(self._range_plans) > RANGE_PLANS_KEPT:
-            self._range_plans.popitem(last=False)
-        return plan
-
-    async def _range(self, action: SendRange) -> list[Any] | None:
-        records = self.hub.cached_range(action.from_revision, action.to_revision)
-        if records is not None:
-            return records
-        records = await self.store.changes_after(action.from_revision, action.to_revision)
-        if len(records) != action.to_revision - action.from_revision:
-            return None  # pruned meanwhile
-        return records
-
-
-def _release_soon(loop: asyncio.AbstractEventLoop) -> None:
-    """Return freed memory to the system off the event loop (kds.memory), from a finalizer:
-    scheduled, since the object is not yet freed while its finalizer runs."""
-    with contextlib.suppress(RuntimeError):  # the loop is closed: the process is ending
-        loop.call_soon_threadsafe(loop.run_in_executor, None, memory.release)
 
 
 class SendLoop:
@@ -236,27 +110,41 @@ class SendLoop:
         loop = asyncio.get_running_loop()
         wake = self.wake
         self._last_sent = loop.time()
-        while True:
-            self._give_turn_back()
-            if self.ended():
-                return
-            if await self.send_next():
-                continue
-            wake.clear()
-            # Re-check after clearing: a publish (or an end) in between is not lost.
-            if self.ended():
-                return
-            if await self.send_next():
-                continue
-            timeout = max(0.0, self.heartbeat_interval - (loop.time() - self._last_sent))
-            # asyncio.timeout, not wait_for: wait_for makes a task per wait, and a write to
-            # 100 zones is 100 of these waits ending (wait_for was ~12% of global's busy time
-            # in a profile of single writes to 100 zones).
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await wake.wait()
-            if not wake.is_set():
-                await self._heartbeat()
+        timer: asyncio.TimerHandle | None = None
+
+        def beat() -> None:
+            nonlocal timer
+            timer = None
+            wake.set()
+
+        try:
+            while True:
+                self._give_turn_back()
+                if self.ended():
+                    return
+                if await self.send_next():
+                    continue
+                wake.clear()
+                # Re-check after clearing: a publish (or an end) in between is not lost.
+                if self.ended():
+                    return
+                if await self.send_next():
+                    continue
+                # (1 ms early at most: a timer may fire a hair before its time)
+                if loop.time() - self._last_sent >= self.heartbeat_interval - 0.001:
+                    await self._heartbeat()
+                    continue
+                # One timer per heartbeat interval wakes the loop to check whether a heartbeat
+                # is due (a write since moves that, and the timer is then set again), rather
+                # than a timeout around every wait: a write to 100 zones is 100 waits ending,
+                # and their timeouts (wait_for, then asyncio.timeout) were 6-12% of global's
+                # busy time in profiles of single writes to 100 zones.
+                if timer is None:
+                    timer = loop.call_at(self._last_sent + self.heartbeat_interval, beat)
+                await wake.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     async def _heartbeat(self) -> None:
         await self.send(
@@ -265,6 +153,11 @@ class SendLoop:
             ).SerializeToString()
         )
         self._last_sent = asyncio.get_running_loop().time()
+
+    @property
+    def holds_turn(self) -> bool:
+        """Whether this stream holds (or waits for) a turn to send a snapshot."""
+        return self._turn is not None
 
     def _give_turn_back(self) -> None:
         """Once the zone acknowledged the snapshot's last part, the next stream may send."""
@@ -383,7 +276,7 @@ class SendLoop:
                 framed_changes=[r.framed for r in part.records],
                 repair=True,
             )
-            session.on_sent(seq, revision, True, _PartKeys(part.records))
+            session.on_sent(seq, revision, True, _PartKeys(part.records), len(data))
             self.status.batch_sent(seq, (r.key.kind for r in part.records))
             await self.send(data)
         session.on_done()
@@ -407,7 +300,7 @@ class SendLoop:
         cur, session = self._snapshot, self.session
         assert cur is not None
         snap, did = cur.plan, False
-        while cur.next < len(snap.parts) and session.in_flight < session.max_unacked:
+        while cur.next < len(snap.parts) and not session.window_full():
             part = snap.parts[cur.next]
             seq = session.next_seq()
             data = wire.assemble_batch(
@@ -420,7 +313,7 @@ class SendLoop:
                 framed_changes=(part.body,),
                 chain=snap.chain if part.final else b"",
             )
-            session.on_sent(seq, snap.revision, part.final, part.sent_keys())
+            session.on_sent(seq, snap.revision, part.final, part.sent_keys(), len(data))
             self.status.batch_sent(seq, part.kinds())
             cur.next += 1
             await self.send(data)
@@ -489,7 +382,7 @@ class SendLoop:
                 framed_changes=[r.framed for r in part.records],
                 chain=chain if part.final else b"",
             )
-            session.on_sent(seq, revision, part.final, _PartKeys(part.records))
+            session.on_sent(seq, revision, part.final, _PartKeys(part.records), len(data))
             self.status.batch_sent(seq, (r.key.kind for r in part.records))
             await self.send(data)
             total += len(data)

@@ -38,6 +38,7 @@ from globalcp.stream import ZoneLink, ZoneStream, decode_zone_message
 from globalcp.throttle import Throttle
 from globalcp.tokens import TokenInfo, TokenRefused, ZoneTokens
 from globalcp.zones import ZoneTracker
+from kds import wire
 from kds._pb import sync_pb2 as pb
 from kds.clock import rfc3339, utcnow
 from kds.errors import ProtocolError
@@ -270,7 +271,7 @@ class SyncServicer:
             self.tracker.refused(h.zone, message)  # its save tells when the store is back
             await context.abort(grpc.StatusCode.UNAVAILABLE, message)
             return None
-        session = GlobalSession(self.store.store_id, self.max_unacked)
+        session = GlobalSession(self.store.store_id, self.max_unacked, wire.WINDOW_BYTES)
         hello = Hello(
             zone=h.zone,
             instance_id=h.instance_id,
@@ -380,6 +381,7 @@ class SyncServicer:
                 head_revision=self.hub.head,
                 mode=pb.Welcome.RESUME if mode is Mode.RESUME else pb.Welcome.SNAPSHOT,
                 max_unacked=self.max_unacked,
+                max_unacked_bytes=wire.WINDOW_BYTES,
                 protocol_version=PROTOCOL_VERSION,
                 software_version=self.software_version,
                 heartbeat_interval_ms=int(self.heartbeat_interval * 1000),

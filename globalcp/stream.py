@@ -134,6 +134,7 @@ class ZoneStream:
         self.reason = "zone closed the stream"
         self._conflict_log = Throttle(CONFLICT_LOG_INTERVAL, burst=CONFLICT_LOG_BURST)
         self._reports = 0  # status reports read on this stream
+        self._sender: SendLoop | None = None  # the writer's send loop, once it runs
 
     async def run(self) -> None:
         """Write the welcome, then read and write until one side ends the stream; aborts the
@@ -208,8 +209,19 @@ class ZoneStream:
             status.message_received()
             kind = msg.WhichOneof("msg")
             if kind == "ack":
+                # The send loop has something new to do only if the window was full or an
+                # anti-entropy check is due (it waits for the zone to acknowledge the head):
+                # waking it for every ack cost global a wasted turn of it per ack.
+                # A stream holding a snapshot turn is woken too: it gives the turn back (to
+                # the next zone waiting) as soon as the snapshot's last part is acknowledged.
+                was_full = self.link.session.window_full()
                 self._on_ack(msg.ack)
-                wake.set()
+                if (
+                    was_full
+                    or (self.checks is not None and self.checks.due())
+                    or (self._sender is not None and self._sender.holds_turn)
+                ):
+                    wake.set()
             elif kind == "status":
                 self._on_status(msg.status)
             elif kind == "digest_answer" and self.checks is not None:
@@ -249,14 +261,13 @@ class ZoneStream:
         # zone held the ack (at most the delay global allows): the earlier batches it covers
         # were applied sooner, by an amount global cannot know.
         held = min(ack.held_ms, self.ack_delay_ms) / 1000
-        for batch in acked:
-            last = batch is done
-            status.batch_acked(
-                batch.seq,
-                batch.revision if batch.final else None,
-                self.hub.commit_time(batch.revision) if last and batch.final else None,
-                held if last else 0.0,
-            )
+        finals = [b.revision for b in acked if b.final]
+        status.batches_acked(
+            [b.seq for b in acked],
+            finals[-1] if finals else None,
+            self.hub.commit_time(done.revision) if done.final else None,
+            held,
+        )
 
     def _on_status(self, report: pb.ZoneStatus) -> None:
         """Check every conflict the zone reports, keep the first CONFLICTS_KEPT and their
@@ -302,7 +313,7 @@ class ZoneStream:
 
     async def _write(self, wake: asyncio.Event) -> None:
         link = self.link
-        await SendLoop(
+        self._sender = SendLoop(
             link.session,
             link.status,
             self.plans,
@@ -311,7 +322,8 @@ class ZoneStream:
             ended=lambda: link.end is not None,
             heartbeat_interval=self.heartbeat_interval,
             checks=self.checks,
-        ).run()
+        )
+        await self._sender.run()
         raise _EndStream()
 
 

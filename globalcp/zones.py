@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import structlog
@@ -103,15 +103,32 @@ class ZoneHandle:
         snapshot, and ``committed_at`` when that revision was committed while this stream
         was up (its propagation latency is then observed, less ``held``: the seconds the zone
         held its ack back after applying it)."""
-        counts = self._in_flight.pop(seq, Counter())
+        self.batches_acked((seq,), revision, committed_at, held)
+
+    def batches_acked(
+        self,
+        seqs: Sequence[int],
+        revision: int | None,
+        committed_at: float | None,
+        held: float = 0.0,
+    ) -> None:
+        """One ack covered batches ``seqs`` (oldest first): as batch_acked for each, with
+        ``revision`` the last revision they completed, and ``committed_at`` and ``held``
+        those of the last batch, the one the ack named (one clock reading and one mark for
+        them all: a zone's ack may cover dozens of single writes)."""
+        pop = self._in_flight.pop
+        counted = [pop(seq, None) for seq in seqs]
         if not self.current:
             return
         s = self._state
         now = self._tracker.clock()
         s.last_update_at = now
-        s.messages_acked += 1
-        for kind, n in counts.items():
-            s.acknowledged[kind] = s.acknowledged.get(kind, 0) + n
+        s.messages_acked += len(seqs)
+        acknowledged = s.acknowledged
+        for counts in counted:
+            if counts:
+                for kind, n in counts.items():
+                    acknowledged[kind] = acknowledged.get(kind, 0) + n
         if revision is not None:
             s.acked_revision = revision
             if committed_at and committed_at >= s.connected_at:

@@ -268,7 +268,7 @@ class GlobalConfig(_Common):
         "N",
     )
     max_unacked: int = opt(
-        8, _positive_int, "Batches in flight per zone before global waits for its acks.", "N"
+        64, _positive_int, "Unacknowledged batches (1 MiB at most) in flight per zone.", "N"
     )
     snapshot_streams: int = opt(
         20,

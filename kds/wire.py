@@ -195,6 +195,7 @@ def welcome_from_pb(w: pb.Welcome) -> Welcome:
         heartbeat_interval_ms=w.heartbeat_interval_ms,
         ack_delay_ms=w.ack_delay_ms,
         max_unacked=w.max_unacked,
+        max_unacked_bytes=w.max_unacked_bytes,
     )
 
 
@@ -243,6 +244,10 @@ BATCH_OVERHEAD = 64
 # at 256 MB with 4 MiB parts, 88 MB with 256 KiB; 100 zones at once peaked at 159 MB with
 # 256 KiB, 134 MB with these). A part is one transaction on the zone.
 PART_BYTES = 128 * 1024
+# The bytes bound of each zone's window (encoded batches sent and not yet acknowledged):
+# eight full parts, what a slow zone can make global hold for it, however many small batches
+# the batch bound (--max-unacked) lets through.
+WINDOW_BYTES = 8 * PART_BYTES
 
 
 # ---------------------------------------------------------------------- anti-entropy

@@ -339,7 +339,7 @@ class ZoneClient:
 
     async def _apply(self, call: Any, b: pb.Batch) -> None:
         batch, undecodable = wire.decode_batch(b)
-        self.session.on_batch(batch, undecodable, time.monotonic())
+        self.session.on_batch(batch, undecodable, time.monotonic(), b.ByteSize())
         self.status.last_message_at = time.time()
         global_store_id = self.session.global_store_id
         try:

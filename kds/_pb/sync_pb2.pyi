@@ -186,7 +186,7 @@ class DigestAnswer(_message.Message):
     def __init__(self, check: _Optional[int] = ..., revision: _Optional[int] = ..., differ: _Optional[_Iterable[_Union[DigestNode, _Mapping]]] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("global_instance_id", "global_store_id", "head_revision", "mode", "max_unacked", "protocol_version", "software_version", "heartbeat_interval_ms", "ack_delay_ms")
+    __slots__ = ("global_instance_id", "global_store_id", "head_revision", "mode", "max_unacked", "protocol_version", "software_version", "heartbeat_interval_ms", "ack_delay_ms", "max_unacked_bytes")
     class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         MODE_UNSPECIFIED: _ClassVar[Welcome.Mode]
@@ -204,6 +204,7 @@ class Welcome(_message.Message):
     SOFTWARE_VERSION_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     ACK_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_UNACKED_BYTES_FIELD_NUMBER: _ClassVar[int]
     global_instance_id: str
     global_store_id: str
     head_revision: int
@@ -213,7 +214,8 @@ class Welcome(_message.Message):
     software_version: str
     heartbeat_interval_ms: int
     ack_delay_ms: int
-    def __init__(self, global_instance_id: _Optional[str] = ..., global_store_id: _Optional[str] = ..., head_revision: _Optional[int] = ..., mode: _Optional[_Union[Welcome.Mode, str]] = ..., max_unacked: _Optional[int] = ..., protocol_version: _Optional[int] = ..., software_version: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ..., ack_delay_ms: _Optional[int] = ...) -> None: ...
+    max_unacked_bytes: int
+    def __init__(self, global_instance_id: _Optional[str] = ..., global_store_id: _Optional[str] = ..., head_revision: _Optional[int] = ..., mode: _Optional[_Union[Welcome.Mode, str]] = ..., max_unacked: _Optional[int] = ..., protocol_version: _Optional[int] = ..., software_version: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ..., ack_delay_ms: _Optional[int] = ..., max_unacked_bytes: _Optional[int] = ...) -> None: ...
 
 class Batch(_message.Message):
     __slots__ = ("seq", "from_revision", "revision", "snapshot", "final", "head_revision", "chain", "repair", "changes")

@@ -32,9 +32,10 @@ flags checked here and there.
     SENDING_*      --done-------------------->  IDLE
     any but AWAIT_HELLO  --ack, ask---------->  the same state
 
-    window:  at most max_unacked batches unacknowledged: a start happens only below it (asked
-             then, next_action answers None); a range or snapshot in progress finishes (its
-             parts may overrun the window), then waits for acks.
+    window:  at most max_unacked batches, and max_unacked_bytes of them (0: no byte bound),
+             unacknowledged: a start happens only below both (asked then, next_action
+             answers None); a range or snapshot in progress finishes (its parts may overrun
+             the window), then waits for acks.
 """
 
 from __future__ import annotations
@@ -175,12 +176,15 @@ class _InFlight:
     revision: int
     final: bool
     keys: Keys = ()
+    size: int = 0  # the encoded batch's bytes
 
 
 class GlobalSession:
-    def __init__(self, store_id: str, max_unacked: int):
+    def __init__(self, store_id: str, max_unacked: int, max_unacked_bytes: int = 0):
         self.store_id = store_id
         self.max_unacked = max_unacked
+        self.max_unacked_bytes = max_unacked_bytes  # 0: the window counts batches only
+        self._in_flight_bytes = 0
         self.state = State.AWAIT_HELLO
         self.mode: Mode | None = None
         self.sent_revision = -1  # -1: nothing known to be on the zone yet
@@ -223,7 +227,7 @@ class GlobalSession:
     def next_action(self, head: int, log_floor: int) -> Action | None:
         """What to send now, or None to wait (for an ack, or for the head to move)."""
         self._fire(Event.ASK)
-        if self.state in _SENDING or len(self._in_flight) >= self.max_unacked:
+        if self.state in _SENDING or self.window_full():
             return None
         if self.state is State.NEED_SNAPSHOT or self.sent_revision < log_floor:
             # Behind what the change log still holds: only a snapshot can catch it up.
@@ -253,13 +257,21 @@ class GlobalSession:
         self._seq += 1
         return self._seq
 
-    def on_sent(self, seq: int, revision: int, final: bool, keys: Keys = ()) -> None:
+    def window_full(self) -> bool:
+        """Whether the batches in flight fill the window (by count or by bytes)."""
+        return len(self._in_flight) >= self.max_unacked or (
+            self.max_unacked_bytes > 0 and self._in_flight_bytes >= self.max_unacked_bytes
+        )
+
+    def on_sent(self, seq: int, revision: int, final: bool, keys: Keys = (), size: int = 0) -> None:
         """The driver wrote batch ``seq`` (a part of the current range or snapshot) holding
-        changes to ``keys`` (kept by reference until the batch is acknowledged)."""
+        changes to ``keys`` (kept by reference until the batch is acknowledged), ``size``
+        bytes encoded."""
         self._fire(Event.SENT)
         if seq != self._seq:
             raise ProtocolError(f"batch {seq} sent out of order (expected {self._seq})")
-        self._in_flight.append(_InFlight(seq, revision, final, keys))
+        self._in_flight.append(_InFlight(seq, revision, final, keys, size))
+        self._in_flight_bytes += size
         if final:
             self.sent_revision = revision
 
@@ -294,6 +306,7 @@ class GlobalSession:
                 f"{ack.applied_revision}"
             )
         done = [self._in_flight.popleft() for _ in range(count)]
+        self._in_flight_bytes -= sum(b.size for b in done)
         finals = [b.revision for b in done if b.final]
         if finals:
             self.acked_revision = finals[-1]

@@ -29,7 +29,8 @@ message (acks are cumulative): ``on_applied`` then returns no ack, ``ack_due`` s
 held one must go and ``take_ack`` hands it over. Everything else is acknowledged at once,
 together with what was held: a snapshot part, a repair, a part that does not end its range, a
 batch with rejections (they name changes of the acknowledged batch only), and the batch that
-brings the held ones to half of global's window.
+brings the held ones to half of global's window (in batches, or in bytes when global bounds
+its window in bytes too).
 """
 
 from __future__ import annotations
@@ -133,6 +134,7 @@ class Welcome:
     heartbeat_interval_ms: int = 0  # 0: global promises no heartbeats
     ack_delay_ms: int = 0  # how long an ack may be held back (0: ack each batch at once)
     max_unacked: int = 0  # global's window: batches it sends before waiting for acks
+    max_unacked_bytes: int = 0  # and their encoded bytes (0: global bounds batches only)
 
 
 @dataclass(frozen=True)
@@ -215,6 +217,9 @@ class ZoneSession:
         self._ack_batch = 1  # held acks sent once this many batches wait (half the window)
         self._held: Ack | None = None  # the ack held back, if any
         self._held_count = 0  # batches it covers
+        self._held_bytes = 0  # their encoded size
+        self._ack_bytes = 0  # held acks sent once their batches reach this size (0: no bound)
+        self._batch_size = 0  # the encoded size of the batch being applied
         self._held_applied_at = 0.0  # when its batch was applied
         self._held_due = 0.0  # when it must be sent: the delay after the first held batch
 
@@ -271,6 +276,7 @@ class ZoneSession:
         self._quiet_since = now
         self._ack_delay = min(w.ack_delay_ms, MAX_ACK_DELAY_MS) / 1000
         self._ack_batch = max(1, w.max_unacked // 2)
+        self._ack_bytes = w.max_unacked_bytes // 2
         self._drop_held()
 
     def on_heartbeat(self, head_revision: int, now: float) -> None:
@@ -278,11 +284,15 @@ class ZoneSession:
         self.global_head = head_revision
         self._quiet_since = now
 
-    def on_batch(self, batch: DecodedBatch, undecodable: Sequence[Rejection], now: float) -> None:
-        """A batch arrived, decoded (``undecodable``: the changes this version cannot read);
-        the caller applies it next and reports with on_applied."""
+    def on_batch(
+        self, batch: DecodedBatch, undecodable: Sequence[Rejection], now: float, size: int = 0
+    ) -> None:
+        """A batch arrived, decoded (``undecodable``: the changes this version cannot read),
+        ``size`` bytes as an encoded Batch message; the caller applies it next and reports
+        with on_applied."""
         self._advance(Event.BATCH)
         self._batch = batch
+        self._batch_size = size
         self._undecodable = tuple(undecodable)
         self._quiet_since = now
 
@@ -323,12 +333,14 @@ class ZoneSession:
             and not batch.repair
             and not rejections
             and self._held_count + 1 < self._ack_batch
+            and (not self._ack_bytes or self._held_bytes + self._batch_size < self._ack_bytes)
         )
         if may_hold:
             if self._held is None:
                 self._held_due = now + self._ack_delay
             self._held, self._held_applied_at = ack, now
             self._held_count += 1
+            self._held_bytes += self._batch_size
             ack = None
         else:
             self._drop_held()  # this ack covers the held ones
@@ -353,7 +365,7 @@ class ZoneSession:
         return Ack(ack.seq, ack.applied_revision, ack.rejected, held_ms)
 
     def _drop_held(self) -> None:
-        self._held, self._held_count = None, 0
+        self._held, self._held_count, self._held_bytes = None, 0, 0
 
     def tick(self, now: float) -> bool:
         """True if global has been silent too long: end the stream and dial again."""

@@ -17,7 +17,7 @@ resource again repairs it). At open every row is checked (``_after_check``).
 from __future__ import annotations
 
 import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -159,21 +159,10 @@ class ResourceEngine:
         """``_rows`` of many keys at once (a key with no row is absent): one statement per
         mesh and kind and up to ``_IN_NAMES`` names, where a zone applying 10,000 changes ran
         one SELECT per key (0.022 of its 0.165 CPU seconds)."""
-        names: dict[tuple[Kind, str], list[str]] = {}
-        for key in keys:
-            names.setdefault((key.kind, key.mesh), []).append(key.name)
         out: dict[Key, dict[str, Resource]] = {}
-        for (kind, mesh), group in names.items():
-            for i in range(0, len(group), _IN_NAMES):
-                chunk = group[i : i + _IN_NAMES]
-                cur = conn.execute(
-                    f"SELECT {COLS} FROM resources WHERE kind=? AND mesh=? "
-                    f"AND name IN ({', '.join('?' * len(chunk))})",
-                    (str(kind), mesh, *chunk),
-                )
-                for r in cur:
-                    if (resource := self._resource(r)) is not None:
-                        out.setdefault(Key(kind, mesh, r[2]), {})[r[3]] = resource
+        for kind, mesh, r in select_key_rows(conn, COLS, keys):
+            if (resource := self._resource(r)) is not None:
+                out.setdefault(Key(kind, mesh, r[2]), {})[r[3]] = resource
         return out
 
     def get(self, key: Key) -> Row | None:
@@ -462,3 +451,21 @@ class ResourceEngine:
     def _more_problems(self, view: TxView, resources: Sequence[Resource]) -> integrity.Problems:
         """Rules a role adds to kds.integrity's, checked when those pass."""
         return integrity.Problems()
+
+
+def select_key_rows(conn: Conn, cols: str, keys: Iterable[Key]) -> Iterator[tuple[Kind, str, Any]]:
+    """(kind, mesh, row) for the resources rows of ``keys`` (every origin), each row the
+    columns ``cols`` names: one statement per mesh and kind and up to ``_IN_NAMES`` names."""
+    names: dict[tuple[Kind, str], list[str]] = {}
+    for key in keys:
+        names.setdefault((key.kind, key.mesh), []).append(key.name)
+    for (kind, mesh), group in names.items():
+        for i in range(0, len(group), _IN_NAMES):
+            chunk = group[i : i + _IN_NAMES]
+            cur = conn.execute(
+                f"SELECT {cols} FROM resources WHERE kind=? AND mesh=? "
+                f"AND name IN ({', '.join('?' * len(chunk))})",
+                (str(kind), mesh, *chunk),
+            )
+            for r in cur:
+                yield kind, mesh, r

@@ -4,6 +4,8 @@ acknowledged with one message, and global's view of the zone still reaches the h
 
 from __future__ import annotations
 
+import itertools
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,3 +49,32 @@ async def test_batches_within_the_delay_share_one_ack(
         await wait_until(lambda: state().acked_revision == pair.hub.head, what="the held ack")
         assert len(acks) == 1  # one message acknowledged the three batches
         assert state().messages_acked - acked_before == 3
+
+
+async def test_an_idle_stream_gets_a_heartbeat_each_interval_and_never_sooner(
+    tmp_path: Path,
+) -> None:
+    """Global's send loop keeps one timer per stream for heartbeats: an idle zone hears one
+    about every interval (so its watchdog never fires), none sooner than an interval after
+    the last message global wrote."""
+    async with running_pair(tmp_path, heartbeat_interval=0.2) as pair:
+        await pair.store.put(Resource(Kind.MESH, "default"), T0)
+        zone = pair.start_zone("zone-a")
+        await wait_until(lambda: zone.client.status.applied_revision == pair.hub.head)
+        seen: list[float] = []
+        real = zone.client.session.on_heartbeat
+
+        def counting(head: int, now: float) -> None:
+            seen.append(now)
+            real(head, now)
+
+        zone.client.session.on_heartbeat = counting  # type: ignore[method-assign]
+        await wait_until(lambda: len(seen) >= 4, what="four heartbeats")
+        await pair.store.put(Resource(Kind.SECRET, "s", mesh="default", data=b"x"), T0)
+        await wait_until(lambda: zone.client.status.applied_revision == pair.hub.head)
+        applied_at, written = time.monotonic(), len(seen)
+        await wait_until(lambda: len(seen) >= written + 2, what="heartbeats after a write")
+        gaps = [b - a for a, b in itertools.pairwise(seen)]
+        assert min(gaps) >= 0.19, gaps
+        assert seen[written] - applied_at >= 0.15  # the write put the next heartbeat off
+        assert zone.client.status.connections == 1

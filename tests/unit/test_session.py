@@ -153,6 +153,38 @@ def test_window_full_waits_for_an_ack() -> None:
     assert seq2 == 2
 
 
+def test_the_window_closes_on_bytes_too() -> None:
+    """Many small batches pass within max_unacked, but the encoded bytes in flight are bounded
+    as well: once they reach max_unacked_bytes global waits, and a cumulative ack frees the
+    bytes of every batch it covers."""
+    s = GlobalSession(STORE, 64, 1000)
+    assert s.on_hello(hello(revision=0), 1, 0, b"") is Mode.RESUME
+    for rev, size in ((1, 400), (2, 400)):
+        assert s.next_action(rev, 0) == SendRange(rev - 1, rev)
+        s.on_sent(s.next_seq(), rev, True, (), size)
+        s.on_done()
+    assert s.next_action(3, 0) == SendRange(2, 3)
+    s.on_sent(s.next_seq(), 3, True, (), 200)  # 1,000 bytes in flight: full
+    s.on_done()
+    assert s.window_full() and s.next_action(4, 0) is None
+    s.on_ack(Ack(1, 1))
+    assert not s.window_full() and s.next_action(4, 0) == SendRange(3, 4)
+    s.on_sent(s.next_seq(), 4, True, (), 500)
+    s.on_done()
+    assert s.window_full()  # 600 + 500
+    s.on_ack(Ack(4, 4))  # covers 2, 3 and 4
+    assert s.in_flight == 0 and not s.window_full()
+
+
+def test_no_byte_bound_counts_batches_only() -> None:
+    s = resumed(0, 1, max_unacked=3)
+    for rev in (1, 2):
+        assert s.next_action(rev, 0) == SendRange(rev - 1, rev)
+        s.on_sent(s.next_seq(), rev, True, (), 10_000_000)
+        s.on_done()
+    assert s.next_action(3, 0) == SendRange(2, 3)
+
+
 def test_busy_while_a_range_is_being_written() -> None:
     """Between next_action and on_done, the session returns None (one range at a time)."""
     s = resumed(0, 5, max_unacked=10)

@@ -20,7 +20,7 @@ from kds.model import Key, Kind
 from kds.protocol.applier import DecodedBatch, Incoming
 from kds.protocol.records import next_chain
 from kds.store.sqlite import GlobalEngine, SqliteZoneStore, ZoneEngine
-from kds.store.sqlite._db import WriterBusy, get_meta
+from kds.store.sqlite._db import BUSY_TIMEOUT_MS, WriterBusy, get_meta
 from tests.unit.store_backends import G1, G2, GSID, MESH, S1, T0, T1, inc_put, mk
 
 
@@ -168,6 +168,34 @@ def test_apply_batch_skips_the_fsync_but_api_writes_keep_it(zstore: ZoneEngine) 
     zstore.apply_batch(dbatch([inc_put(mk(G1), 1)], 1), GSID, T0)
     zstore.put(mk(G2, b"local"), T0)
     assert seen == [1, 2]  # NORMAL, FULL
+
+
+def test_a_batch_applied_now_uses_its_own_connection_and_leaves_the_other_as_it_was(
+    zstore: ZoneEngine,
+) -> None:
+    """apply_batch_now writes on a connection of its own that never waits for the lock and
+    skips the fsync; the thread's other connection keeps FULL and its busy timeout for the
+    zone-local writes that follow."""
+    seen: list[tuple[int, int]] = []
+    view = zstore._zone_view
+
+    def spied(conn: Any, *args: Any) -> Any:
+        pragma = [
+            conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("synchronous", "busy_timeout")
+        ]
+        seen.append((pragma[0], pragma[1]))
+        return view(conn, *args)
+
+    zstore._zone_view = spied  # type: ignore[method-assign]
+    zstore.apply_batch_now(dbatch([inc_put(mk(G1), 1)], 1), GSID, T0)
+    zstore.apply_batch_now(dbatch([inc_put(mk(G1, b"two"), 2)], 2, 1), GSID, T0)
+    assert seen == [(1, 0), (1, 0)]  # NORMAL, no wait
+    zstore.put(mk(G2, b"local"), T0)
+    conn = zstore.db.conn()
+    assert _synchronous(zstore) == 2
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == BUSY_TIMEOUT_MS
+    assert len(zstore.db.thread_conns()) == 2
+    assert zstore.sync_state().applied_revision == 2
 
 
 def test_global_commits_with_fsync(gstore: GlobalEngine) -> None:

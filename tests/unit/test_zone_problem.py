@@ -32,11 +32,11 @@ async def _cap_writers(zone: Any, pages: int | None) -> None:
 
 def _cap(engine: ZoneEngine, pages: int | None) -> None:
     """Limit the store file to its current size (None: lift the limit), on this thread's
-    connection: SQLite then fails every write that needs a page more with SQLITE_FULL, as a
+    connections: SQLite then fails every write that needs a page more with SQLITE_FULL, as a
     full disk does."""
-    conn = engine.db.conn()
-    now = conn.execute("PRAGMA page_count").fetchone()[0]
-    conn.execute(f"PRAGMA max_page_count={pages or now if pages is not None else 1 << 30}")
+    for conn in engine.db.thread_conns():
+        now = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count={pages or now if pages is not None else 1 << 30}")
 
 
 async def test_a_full_zone_disk_reaches_global_and_clears_when_space_returns(

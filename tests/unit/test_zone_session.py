@@ -238,17 +238,19 @@ def test_ack_carries_rejections_store_ones_first_then_undecodable() -> None:
     assert s.rejected["Secret"] == 1 and s.rejected["kind-99"] == 1
 
 
-def held_acks(max_unacked: int = 8, delay_ms: int = 100) -> ZoneSession:
+def held_acks(max_unacked: int = 8, delay_ms: int = 100, max_bytes: int = 0) -> ZoneSession:
     """A zone whose global lets it hold acks back for ``delay_ms``."""
     s = session()
     s.on_open(STORE, 0, b"chain", "sqlite")
-    w = Welcome("global-1", STORE, 0, SyncMode.RESUME, 200, delay_ms, max_unacked)
+    w = Welcome("global-1", STORE, 0, SyncMode.RESUME, 200, delay_ms, max_unacked, max_bytes)
     s.on_welcome(w, now=100.0)
     return s
 
 
-def apply(s: ZoneSession, b: DecodedBatch, now: float, result: Result | None = None) -> Ack | None:
-    s.on_batch(b, [], now=now)
+def apply(
+    s: ZoneSession, b: DecodedBatch, now: float, result: Result | None = None, size: int = 0
+) -> Ack | None:
+    s.on_batch(b, [], now=now, size=size)
     return s.on_applied(result or Result(b.revision), now=now).ack
 
 
@@ -272,6 +274,24 @@ def test_half_the_window_of_held_batches_is_acknowledged_at_once() -> None:
         assert apply(s, batch(seq, seq, seq, put(seq, SECRET)), now=101.0) is None
     assert apply(s, batch(4, 4, 4, put(4, SECRET)), now=101.0) == Ack(4, 4, ())
     assert s.ack_due() is None
+
+
+def test_half_the_window_in_bytes_is_acknowledged_at_once() -> None:
+    """When global bounds its window in bytes too, the batch that would bring the held ones to
+    half of that is acknowledged at once, however few batches are held; the count restarts."""
+    s = held_acks(max_unacked=64, max_bytes=1000)
+    assert apply(s, batch(1, 1, 1, put(1, SECRET)), now=101.0, size=300) is None
+    assert apply(s, batch(2, 2, 2, put(2, SECRET)), now=101.0, size=199) is None
+    assert apply(s, batch(3, 3, 3, put(3, SECRET)), now=101.0, size=1) == Ack(3, 3, ())
+    for seq in range(4, 20):  # small batches: only the count or the delay sends them
+        assert apply(s, batch(seq, seq, seq, put(seq, SECRET)), now=101.0, size=10) is None
+    assert s.take_ack(101.1) == Ack(19, 19, (), 100)
+
+
+def test_the_wire_carries_the_window_in_bytes() -> None:
+    w = wire.welcome_from_pb(pb.Welcome(max_unacked=64, max_unacked_bytes=1 << 20))
+    assert (w.max_unacked, w.max_unacked_bytes) == (64, 1 << 20)
+    assert wire.welcome_from_pb(pb.Welcome(max_unacked=8)).max_unacked_bytes == 0
 
 
 @pytest.mark.parametrize("kind", ["snapshot", "part", "repair", "rejection"])

@@ -106,6 +106,29 @@ async def test_a_stream_reports_sends_acks_and_latency(store: HubStore, clock: C
     assert s["totalUpdates"] == 2 and s["messagesSent"] == 2 and s["lastError"] is None
 
 
+async def test_one_ack_covering_several_batches_counts_each_and_times_the_last(
+    store: HubStore, clock: Clock
+) -> None:
+    seen: list[tuple[str, float]] = []
+    t = _tracker(store, clock, seen)
+    h = _connect(t, resumed=0)
+    store.engine.put(Resource(Kind.MESH, "default"), NOW)
+    for name in ("a", "b"):
+        store.engine.put(Resource(Kind.SECRET, name, mesh="default", data=b"v"), NOW)
+    clock.t += 0.5
+    h.batch_sent(1, [Kind.MESH])
+    h.batch_sent(2, [Kind.SECRET])
+    h.batch_sent(3, [Kind.SECRET])
+    h.batches_acked([1, 2, 3], 3, store.engine.commit_time(3), held=0.2)
+    assert len(seen) == 1 and seen[0][1] == pytest.approx(0.3, abs=0.05)  # less the hold
+    v = await t.view("zone-a")
+    assert v is not None
+    s = v.overview()
+    assert s["ackedRevision"] == 3 and s["totalUpdates"] == 3
+    assert s["resources"]["Mesh"] == {"sent": 1, "acknowledged": 1, "rejected": 0}
+    assert s["resources"]["Secret"] == {"sent": 2, "acknowledged": 2, "rejected": 0}
+
+
 async def test_lag_in_revisions_and_seconds(store: HubStore, clock: Clock) -> None:
     t = _tracker(store, clock)
     h = _connect(t, resumed=0)

@@ -181,14 +181,27 @@ class Database:
         """This thread's connection, opened on first use."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA secure_delete=ON")  # freed pages are zeroed, not left readable
-            self._local.conn = conn
-            with self._lock:
-                self._conns.append(conn)
+            conn = self._local.conn = self._open("FULL", BUSY_TIMEOUT_MS)
+        return conn
+
+    def thread_conns(self) -> list[sqlite3.Connection]:
+        """This thread's connections, opened on first use: ``conn``'s and ``write_now``'s."""
+        return [self.conn(), self._now_conn()]
+
+    def _now_conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "now_conn", None)
+        if conn is None:
+            conn = self._local.now_conn = self._open("NORMAL", 0)
+        return conn
+
+    def _open(self, synchronous: str, busy_timeout_ms: int) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+        conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+        conn.execute("PRAGMA secure_delete=ON")  # freed pages are zeroed, not left readable
+        with self._lock:
+            self._conns.append(conn)
         return conn
 
     @contextmanager
@@ -256,18 +269,17 @@ class Database:
         """write(durable=False), begun only if no other connection holds the write lock: for
         a caller that must not wait (an event loop). Raises WriterBusy, having done nothing,
         if one does. Once begun nothing waits: in WAL mode only BEGIN IMMEDIATE waits for
-        another writer."""
-        conn = self.conn()
-        conn.execute("PRAGMA busy_timeout=0")
+        another writer. It writes on a connection of its own, opened with busy_timeout=0
+        and synchronous=NORMAL, so a batch sets no PRAGMA (four statements of the ten a
+        one-change batch ran)."""
+        conn = self._now_conn()
         try:
-            with self.write(durable=False):
+            with self.tx(conn):
                 yield conn
         except sqlite3.OperationalError as e:
             if e.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
                 raise
             raise WriterBusy(str(e)) from e  # rolled back by tx: nothing was written
-        finally:
-            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
     def notify(self, conn: Conn, what: str) -> None:
         """No other instance shares a SQLite file: nobody to tell."""
