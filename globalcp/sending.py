@@ -22,7 +22,7 @@ import structlog
 
 from globalcp.admission import Ticket
 from globalcp.checks import ZoneChecks, key_label
-from globalcp.send_plans import RANGE_PLANS_KEPT, SNAPSHOT_STREAMS, SendPlans
+from globalcp.send_plans import SendPlans
 from globalcp.snapshot_plan import SnapshotPlan
 from globalcp.zones import CHECK_KEYS_KEPT, ZoneHandle
 from kds import wire
@@ -33,7 +33,7 @@ from kds.protocol.batching import Part, pack
 from kds.protocol.records import ChangeRecord
 from kds.protocol.session import GlobalSession, Mode, SendRange, SendSnapshot
 
-__all__ = ["RANGE_PLANS_KEPT", "SNAPSHOT_STREAMS", "SendLoop", "SendPlans"]
+__all__ = ["SendLoop"]
 
 log = structlog.get_logger("globalcp.sync")
 

@@ -33,7 +33,7 @@ import structlog
 
 from globalcp.checks import GlobalTrees, ZoneChecks
 from globalcp.hub import Hub
-from globalcp.sending import SNAPSHOT_STREAMS, SendPlans
+from globalcp.send_plans import SNAPSHOT_STREAMS, SendPlans
 from globalcp.stream import ZoneLink, ZoneStream, decode_zone_message
 from globalcp.throttle import Throttle
 from globalcp.tokens import TokenInfo, TokenRefused, ZoneTokens

@@ -29,7 +29,8 @@ import structlog
 from google.protobuf.message import DecodeError
 
 from globalcp.checks import ZoneChecks
-from globalcp.sending import SendLoop, SendPlans
+from globalcp.send_plans import SendPlans
+from globalcp.sending import SendLoop
 from globalcp.throttle import Throttle
 from globalcp.zones import CONFLICTS_KEPT, ZoneHandle
 from kds import wire

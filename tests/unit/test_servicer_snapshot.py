@@ -10,7 +10,7 @@ import pytest
 
 from globalcp import snapshot_plan
 from globalcp.hub import Hub
-from globalcp.sending import RANGE_PLANS_KEPT
+from globalcp.send_plans import RANGE_PLANS_KEPT
 from globalcp.servicer import SyncServicer
 from globalcp.zones import ZoneTracker
 from kds import wire
