@@ -52,7 +52,8 @@ FINAL_FLUSH_WAIT = 2.0
 
 # Options a reload (SIGHUP) applies while running; the others need a restart. Heartbeat
 # interval, anti-entropy interval and window size reach streams that start after the reload;
-# live streams keep theirs.
+# live streams keep theirs. A new snapshot-streams limit applies at once (a larger one lets
+# waiting zones start; a smaller one as the zones sending now finish).
 LIVE_OPTIONS = frozenset(
     {
         "admin_token_file",
@@ -60,6 +61,7 @@ LIVE_OPTIONS = frozenset(
         "heartbeat_interval",
         "anti_entropy_interval",
         "max_unacked",
+        "snapshot_streams",
         "ack_delay",
         "max_data_bytes",
     }
@@ -127,6 +129,8 @@ async def run_global(cfg: GlobalConfig, service: Service) -> int:
         max_message_bytes=cfg.max_message_bytes,
         heartbeat_interval=cfg.heartbeat_interval,
         anti_entropy_interval=cfg.anti_entropy_interval,
+        snapshot_streams=cfg.snapshot_streams,
+        spill_dir=data_dir,
         on_token_refused=metrics.token_refused,
     )
     if shared:
@@ -170,7 +174,8 @@ async def run_global(cfg: GlobalConfig, service: Service) -> int:
         return alive_now(), {}
 
     async def before_scrape() -> None:
-        metrics.update(hub.head, await tracker.views())
+        turns = servicer.plans.turns
+        metrics.update(hub.head, await tracker.views(), (turns.sending, turns.waiting))
 
     extra = [
         # Before zone_routes, whose /zones/{name} would take these paths.
@@ -197,6 +202,7 @@ async def run_global(cfg: GlobalConfig, service: Service) -> int:
         servicer.heartbeat_interval = new.heartbeat_interval
         servicer.anti_entropy_interval = new.anti_entropy_interval
         servicer.max_unacked = new.max_unacked
+        servicer.plans.turns.set_limit(new.snapshot_streams)
         servicer.ack_delay = new.ack_delay
         return notes
 

@@ -27,6 +27,7 @@ class _ZonesCollector(Collector):
     def __init__(self) -> None:
         self.views: Sequence[ZoneStatusView] = ()
         self.head = 0
+        self.snapshots = (0, 0)  # streams sending a snapshot, streams waiting for a turn
 
     def collect(self) -> Iterator[Metric]:
         views = self.views
@@ -35,6 +36,16 @@ class _ZonesCollector(Collector):
             lost_log_lines(),
         )  # fmt: skip
         yield GaugeMetricFamily("kds_global_revision", "Global's current revision.", self.head)
+        yield GaugeMetricFamily(
+            "kds_global_snapshot_streams_sending",
+            "Zone streams sending a snapshot (at most --snapshot-streams).",
+            self.snapshots[0],
+        )
+        yield GaugeMetricFamily(
+            "kds_global_snapshot_streams_waiting",
+            "Zone streams waiting for a turn to send the snapshot their zone needs.",
+            self.snapshots[1],
+        )
         yield GaugeMetricFamily(
             "kds_global_zones_connected",
             "Zones with a live sync stream.",
@@ -180,7 +191,11 @@ class GlobalMetrics:
         }
         return {"buckets": list(LATENCY_BUCKETS), "total": total, "zones": zones}
 
-    def update(self, head: int, views: Sequence[ZoneStatusView]) -> None:
-        """Set the zone figures the next scrape reports (called just before it)."""
+    def update(
+        self, head: int, views: Sequence[ZoneStatusView], snapshots: tuple[int, int] = (0, 0)
+    ) -> None:
+        """Set the zone figures the next scrape reports (called just before it);
+        ``snapshots``: streams sending a snapshot, and waiting for a turn to."""
         self._zones.head = head
         self._zones.views = views
+        self._zones.snapshots = snapshots

@@ -6,54 +6,36 @@ assembled from pre-framed changes, with a heartbeat whenever the stream has been
 writes through an async ``send(bytes)`` callable, not a grpc context, so the same loop that
 serves zones is the one unit tests drive over in-memory bytes.
 
-``SendPlans`` is shared by all the streams of one global: zones in step ask for the same
-ranges, and a fleet catching up asks for the same snapshot, so each range is coalesced and
-packed once and each snapshot read and cut into framed parts once (globalcp.snapshot_plan),
-however many zones are sent it.
+``SendPlans`` (globalcp.send_plans) is shared by all the streams of one global: each range
+is coalesced and packed once and each snapshot read and cut into framed parts once, however
+many zones are sent it; it also holds the turns to send a snapshot (globalcp.admission).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import weakref
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 
+from globalcp.admission import Ticket
 from globalcp.checks import ZoneChecks, key_label
-from globalcp.hub import Hub
-from globalcp.snapshot_plan import PlanBuilder, SnapshotPlan, zone_bound
+from globalcp.send_plans import SendPlans
+from globalcp.snapshot_plan import SnapshotPlan
 from globalcp.zones import CHECK_KEYS_KEPT, ZoneHandle
-from kds import memory, wire
+from kds import wire
 from kds._pb import sync_pb2 as pb
 from kds.model import Key
 from kds.protocol.anti_entropy import Outcome, Query
-from kds.protocol.batching import Part, coalesce, pack
+from kds.protocol.batching import Part, pack
 from kds.protocol.records import ChangeRecord
 from kds.protocol.session import GlobalSession, Mode, SendRange, SendSnapshot
-from kds.store import GlobalStore
 
-__all__ = ["RANGE_PLANS_KEPT", "SendLoop", "SendPlans"]
+__all__ = ["SendLoop"]
 
 log = structlog.get_logger("globalcp.sync")
-
-# Range plans kept for the next stream that asks (a few bulk writes' worth for a fleet in step).
-RANGE_PLANS_KEPT = 64
-
-
-@dataclass(frozen=True)
-class _RangePlan:
-    """A range of the change log coalesced and cut into parts: the same for every zone that
-    is sent it, so it is made once and shared (zones in step ask for the same ranges)."""
-
-    parts: list[Part]
-    changes: int  # resources in it, after coalescing
-    chain: bytes  # the history chain at its last revision
-    split_unit: bool  # a unit did not fit one message: send a snapshot instead
 
 
 class _PartKeys:
@@ -72,86 +54,13 @@ class _PartKeys:
         return (r.key for r in self._records)
 
 
-class SendPlans:
-    """The snapshot and the range plans every stream of one global sends from."""
+@dataclass
+class _SnapshotCursor:
+    """How far one stream has sent the shared snapshot."""
 
-    def __init__(self, store: GlobalStore, hub: Hub, max_message_bytes: int):
-        self.store = store
-        self.hub = hub
-        self.max_message_bytes = max_message_bytes
-        self._shared_snapshot: weakref.ref[SnapshotPlan] | None = None
-        self._snapshot_read: asyncio.Future[SnapshotPlan] | None = None
-        self._range_plans: OrderedDict[tuple[int, int], _RangePlan] = OrderedDict()
-
-    async def snapshot(self) -> SnapshotPlan:
-        """The current snapshot cut into parts, shared by every stream that needs one at the
-        same time: when a fleet of zones needs one at once (a new global, a long outage),
-        global reads and holds one copy, not one per zone. A read in progress is joined; a
-        finished one is held weakly, so it is freed when the last stream sending it is done."""
-        shared = self._shared_snapshot() if self._shared_snapshot else None
-        if shared is not None and shared.revision == self.hub.head:
-            return shared
-        if self._snapshot_read is None or self._snapshot_read.done():
-            self._snapshot_read = asyncio.ensure_future(self._read_snapshot())
-        read = self._snapshot_read
-        snap = await asyncio.shield(read)  # one stream ending must not cancel the others' read
-        if self._shared_snapshot is None or self._shared_snapshot() is not snap:
-            self._shared_snapshot = weakref.ref(snap)
-            # Once the last stream sending it is done, give its memory back to the system.
-            weakref.finalize(snap, _release_soon, asyncio.get_running_loop())
-        if self._snapshot_read is read:
-            self._snapshot_read = None  # the future would keep the snapshot alive
-        return snap
-
-    async def _read_snapshot(self) -> SnapshotPlan:
-        # Cut into parts as it is read (globalcp.snapshot_plan.PlanBuilder): no record per
-        # resource is ever held, and the memory the read used is given back after it.
-        builder = PlanBuilder(self.max_message_bytes, wire.PART_BYTES)
-        revision, chain = await self.store.snapshot_units(builder.take)
-        plan = builder.finish(revision, chain)
-        await asyncio.to_thread(memory.release)
-        return plan
-
-    async def range_plan(self, action: SendRange) -> _RangePlan | None:
-        """The range coalesced and packed, made once for all the streams sending it (the
-        profile of 10,000 secrets to 100 zones had 60% of global's time in re-doing this per
-        zone); None when the range has left the change log."""
-        key = (action.from_revision, action.to_revision)
-        plan = self._range_plans.get(key)
-        if plan is not None:
-            self._range_plans.move_to_end(key)
-            return plan
-        records = await self._range(action)
-        if records is None:
-            return None
-        changes = zone_bound(coalesce(records))
-        parts = list(pack(changes, self.max_message_bytes, wire.PART_BYTES))
-        plan = _RangePlan(
-            parts=parts,
-            changes=len(changes),
-            chain=records[-1].chain if records else b"",
-            split_unit=any(p.split_unit for p in parts),
-        )
-        self._range_plans[key] = plan
-        while len(self._range_plans) > RANGE_PLANS_KEPT:
-            self._range_plans.popitem(last=False)
-        return plan
-
-    async def _range(self, action: SendRange) -> list[Any] | None:
-        records = self.hub.cached_range(action.from_revision, action.to_revision)
-        if records is not None:
-            return records
-        records = await self.store.changes_after(action.from_revision, action.to_revision)
-        if len(records) != action.to_revision - action.from_revision:
-            return None  # pruned meanwhile
-        return records
-
-
-def _release_soon(loop: asyncio.AbstractEventLoop) -> None:
-    """Return freed memory to the system off the event loop (kds.memory), from a finalizer:
-    scheduled, since the object is not yet freed while its finalizer runs."""
-    with contextlib.suppress(RuntimeError):  # the loop is closed: the process is ending
-        loop.call_soon_threadsafe(loop.run_in_executor, None, memory.release)
+    plan: SnapshotPlan
+    next: int = 0  # the next part to send
+    sent: int = 0  # bytes written
 
 
 class SendLoop:
@@ -180,10 +89,24 @@ class SendLoop:
         self.heartbeat_interval = heartbeat_interval
         self._last_sent = 0.0  # event loop time of the last write
         self._first_range = True
+        # The turn to send a snapshot (globalcp.admission), held until the zone acknowledged
+        # the snapshot's last part (revision ``_turn_until``) or the stream ends.
+        self._turn: Ticket | None = None
+        self._turn_until = 0
+        self._snapshot: _SnapshotCursor | None = None  # a snapshot being sent, part by part
 
     async def run(self) -> None:
         """Send until ``ended()``, then return: whatever the session asks for, and a heartbeat
         after heartbeat_interval with nothing written."""
+        try:
+            await self._run()
+        finally:
+            if self._turn is not None:
+                self._turn.leave()
+                self._turn = None
+                self.plans.turn_given_back()
+
+    async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         wake = self.wake
         self._last_sent = loop.time()
@@ -196,6 +119,7 @@ class SendLoop:
 
         try:
             while True:
+                self._give_turn_back()
                 if self.ended():
                     return
                 if await self.send_next():
@@ -208,12 +132,7 @@ class SendLoop:
                     continue
                 # (1 ms early at most: a timer may fire a hair before its time)
                 if loop.time() - self._last_sent >= self.heartbeat_interval - 0.001:
-                    await self.send(
-                        pb.GlobalMessage(
-                            heartbeat=pb.Heartbeat(head_revision=self.hub.head)
-                        ).SerializeToString()
-                    )
-                    self._last_sent = loop.time()
+                    await self._heartbeat()
                     continue
                 # One timer per heartbeat interval wakes the loop to check whether a heartbeat
                 # is due (a write since moves that, and the timer is then set again), rather
@@ -227,16 +146,59 @@ class SendLoop:
             if timer is not None:
                 timer.cancel()
 
+    async def _heartbeat(self) -> None:
+        await self.send(
+            pb.GlobalMessage(
+                heartbeat=pb.Heartbeat(head_revision=self.hub.head)
+            ).SerializeToString()
+        )
+        self._last_sent = asyncio.get_running_loop().time()
+
+    @property
+    def holds_turn(self) -> bool:
+        """Whether this stream holds (or waits for) a turn to send a snapshot."""
+        return self._turn is not None
+
+    def _give_turn_back(self) -> None:
+        """Once the zone acknowledged the snapshot's last part, the next stream may send."""
+        if self._turn is not None and self.session.acked_revision >= self._turn_until:
+            self._turn.leave()
+            self._turn = None
+            self.plans.turn_given_back()
+
+    async def _wait_turn(self) -> bool:
+        """Wait for a turn to send a snapshot, heartbeating meanwhile so the zone's watchdog
+        sees global alive; False if the stream must end first."""
+        if self._turn is None:
+            self._turn = self.plans.turns.ask()
+        turn = self._turn
+        if not turn.granted:
+            log.info("waiting for a turn to send the snapshot", waiting=self.plans.turns.waiting)
+        loop = asyncio.get_running_loop()
+        while not turn.granted:
+            if self.ended():
+                return False
+            timeout = max(0.0, self.heartbeat_interval - (loop.time() - self._last_sent))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await turn.wait()
+            if not turn.granted:
+                await self._heartbeat()
+        return not self.ended()
+
     async def send_next(self) -> bool:
         """Send the snapshot or range the session asks for now; False if it asks for none.
         A range that cannot be sent turns into a snapshot the session asks for next."""
+        if self._snapshot is not None:
+            return await self._continue_snapshot()
         session = self.session
         action = session.next_action(self.hub.head, self.hub.log_floor)
         if action is None:
             return await self._anti_entropy()
         if isinstance(action, SendSnapshot):
-            await self._send_snapshot()
-        elif not await self._send_range(action):
+            await self._start_snapshot()  # False: the stream ends, and run() sees it
+            return True
+        if not await self._send_range(action):
             return True
         session.on_done()
         self._last_sent = asyncio.get_running_loop().time()
@@ -319,10 +281,27 @@ class SendLoop:
             await self.send(data)
         session.on_done()
 
-    async def _send_snapshot(self) -> None:
+    async def _start_snapshot(self) -> bool:
+        """Take the shared snapshot and send its first parts; False if the stream must end
+        while waiting for a turn."""
+        if not await self._wait_turn():
+            return False
         snap = await self.plans.snapshot()
-        session, sent = self.session, 0
-        for part in snap.parts:
+        self._turn_until = snap.revision
+        self._snapshot = _SnapshotCursor(snap)
+        await self._continue_snapshot()
+        return True
+
+    async def _continue_snapshot(self) -> bool:
+        """Send the snapshot's next parts while the zone's window has room (the zone
+        acknowledges snapshot parts at once); True if it sent any or finished. Written
+        ahead of the zone's acks, a snapshot's parts piled up in grpc's buffers for a zone
+        that applies slower than global writes: megabytes per stream in a storm."""
+        cur, session = self._snapshot, self.session
+        assert cur is not None
+        snap, did = cur.plan, False
+        while cur.next < len(snap.parts) and not session.window_full():
+            part = snap.parts[cur.next]
             seq = session.next_seq()
             data = wire.assemble_batch(
                 seq=seq,
@@ -336,10 +315,18 @@ class SendLoop:
             )
             session.on_sent(seq, snap.revision, part.final, part.sent_keys(), len(data))
             self.status.batch_sent(seq, part.kinds())
+            cur.next += 1
             await self.send(data)
-            sent += len(data)
-        log.info("snapshot sent", revision=snap.revision, resources=snap.resources, bytes=sent)
+            cur.sent += len(data)
+            did = True
+        if cur.next < len(snap.parts):
+            return did
+        log.info("snapshot sent", revision=snap.revision, resources=snap.resources, bytes=cur.sent)
+        self._snapshot = None
         self._first_range = False
+        session.on_done()
+        self._last_sent = asyncio.get_running_loop().time()
+        return True
 
     async def _send_range(self, action: SendRange) -> bool:
         """Send the range; False if it has to be a snapshot instead (the session is told)."""

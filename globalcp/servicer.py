@@ -25,6 +25,7 @@ import datetime as dt
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -32,7 +33,7 @@ import structlog
 
 from globalcp.checks import GlobalTrees, ZoneChecks
 from globalcp.hub import Hub
-from globalcp.sending import SendPlans
+from globalcp.send_plans import SNAPSHOT_STREAMS, SendPlans
 from globalcp.stream import ZoneLink, ZoneStream, decode_zone_message
 from globalcp.throttle import Throttle
 from globalcp.tokens import TokenInfo, TokenRefused, ZoneTokens
@@ -76,6 +77,8 @@ class SyncServicer:
         heartbeat_interval: float,
         ack_delay: float = 0.0,
         anti_entropy_interval: float = 0.0,
+        snapshot_streams: int = SNAPSHOT_STREAMS,
+        spill_dir: Path | None = None,
         on_token_refused: Callable[[str], None] | None = None,
     ):
         self.store = store
@@ -94,7 +97,10 @@ class SyncServicer:
         self.anti_entropy_interval = anti_entropy_interval  # 0: no anti-entropy checks
         self.links: dict[str, ZoneLink] = {}
         # Shared by every stream: one snapshot read, one plan per range, however many zones.
-        self.plans = SendPlans(store, hub, max_message_bytes)
+        # Streams sending a snapshot at once are bounded (snapshot_streams): the others wait
+        # their turn, heartbeating, and are served in the order they asked.
+        # A snapshot's parts are kept in a file in spill_dir (globalcp.snapshot_plan).
+        self.plans = SendPlans(store, hub, max_message_bytes, snapshot_streams, spill_dir)
         self.trees = GlobalTrees(store)  # anti-entropy: global's tree, one per head
         self._stopping = asyncio.Event()
         self._on_token_refused = on_token_refused  # given the refusal's status code name

@@ -1,5 +1,5 @@
 """A snapshot as global sends it: cut into message parts once, each part's changes framed and
-joined into one bytes object, and the store's record per resource dropped.
+joined into one body, and the store's record per resource dropped.
 
 A fleet of new zones (a new global, a long outage) all take the same snapshot at once, and
 global holds it for as long as the slowest of them takes: 100,000 secrets held as records
@@ -7,14 +7,23 @@ global holds it for as long as the slowest of them takes: 100,000 secrets held a
 stream then writes a part as its batch header and that one body, instead of framing every
 change again for every zone. The keys of a part, which a stream needs only to check an
 acknowledgement that rejects some, are decoded from the body when asked.
+
+The bodies are kept in an unlinked temporary file (``spill_dir``: global's data directory),
+not on global's heap: each stream reads a part back as it sends it (``os.pread``, served
+from the page cache, which the kernel may reclaim under pressure, unlike the heap). Held on
+the heap, those 13 MB were most of what a snapshot storm added to global's resident memory.
+If the file cannot be made or written (a full disk), the remaining bodies stay in memory.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import repeat
+from pathlib import Path
 
 from kds import wire
 from kds._pb import sync_pb2 as pb
@@ -34,12 +43,55 @@ def zone_bound(records: list[ChangeRecord]) -> list[ChangeRecord]:
     return [r for r in records if not stays_on_global(r.key)]
 
 
+class _Spill:
+    """Bodies written one after the other to an unlinked temporary file, read back by offset.
+    Written by one thread (the store's reader), read only once the plan is finished."""
+
+    def __init__(self, directory: Path | None):
+        self._file = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 (lives with the plan)
+        self._end = 0
+
+    def add(self, body: bytes) -> tuple[int, int]:
+        # Flushed at once: a failed write (a full disk) then loses no earlier body.
+        self._file.write(body)
+        self._file.flush()
+        start, self._end = self._end, self._end + len(body)
+        return start, len(body)
+
+    def read(self, start: int, size: int) -> bytes:
+        data = os.pread(self._file.fileno(), size, start)
+        if len(data) != size:
+            raise OSError(f"snapshot spill file: {len(data)} bytes at {start}, {size} written")
+        return data
+
+
+class _Kept:
+    """Bodies kept in memory (the spill file could not be made or written)."""
+
+    def __init__(self) -> None:
+        self._bodies: list[bytes] = []
+
+    def add(self, body: bytes) -> tuple[int, int]:
+        self._bodies.append(body)
+        return len(self._bodies) - 1, len(body)
+
+    def read(self, start: int, size: int) -> bytes:
+        return self._bodies[start]
+
+
 @dataclass(frozen=True, slots=True)
 class SnapshotPart:
-    body: bytes  # the part's changes, each framed as a Batch.changes entry, joined
+    where: _Spill | _Kept  # holds the body
+    start: int
+    size: int
     count: int  # changes in it
     kind_counts: tuple[tuple[Kind, int], ...]
     final: bool
+
+    @property
+    def body(self) -> bytes:
+        """The part's changes, each framed as a Batch.changes entry, joined (read back)."""
+        return self.where.read(self.start, self.size)
 
     def kinds(self) -> Iterator[Kind]:
         """The kind of each change in it (for the zone's sent counts)."""
@@ -47,23 +99,22 @@ class SnapshotPart:
             yield from repeat(kind, n)
 
     def sent_keys(self) -> PartKeys:
-        return PartKeys(self.body, self.count)
+        return PartKeys(self)
 
 
 class PartKeys:
     """The keys of a part's changes, decoded from its body when asked (sized, iterable)."""
 
-    __slots__ = ("_body", "_count")
+    __slots__ = ("_part",)
 
-    def __init__(self, body: bytes, count: int):
-        self._body = body
-        self._count = count
+    def __init__(self, part: SnapshotPart):
+        self._part = part
 
     def __len__(self) -> int:
-        return self._count
+        return self._part.count
 
     def __iter__(self) -> Iterator[Key]:
-        for change in pb.Batch.FromString(self._body).changes:
+        for change in pb.Batch.FromString(self._part.body).changes:
             if change.WhichOneof("op") == "delete":
                 yield wire.key_from_pb(change.delete)
             else:
@@ -88,9 +139,14 @@ class PlanBuilder:
     read and the cut together peaked at about 70 MB over the 13 MB plan for 100,000
     secrets when the whole snapshot was read as records first)."""
 
-    def __init__(self, max_message_bytes: int, part_bytes: int):
+    def __init__(self, max_message_bytes: int, part_bytes: int, spill_dir: Path | None = None):
         self._packer = Packer(max_message_bytes, part_bytes)
         self._parts: list[SnapshotPart] = []
+        self._where: _Spill | _Kept
+        try:
+            self._where = _Spill(spill_dir)
+        except OSError:
+            self._where = _Kept()
 
     def take(self, unit: list[ChangeRecord]) -> None:
         if any(stays_on_global(r.key) for r in unit):
@@ -98,24 +154,32 @@ class PlanBuilder:
             if not unit:
                 return
         for part in self._packer.add(unit):
-            self._parts.append(_framed(part))
+            self._parts.append(self._framed(part))
 
     def finish(self, revision: int, chain: bytes) -> SnapshotPlan:
-        self._parts.append(_framed(self._packer.finish()))
+        self._parts.append(self._framed(self._packer.finish()))
         parts, self._parts = self._parts, []
         return SnapshotPlan(revision, chain, parts)
 
+    def _framed(self, part: Part) -> SnapshotPart:
+        records = part.records
+        kinds = Counter(r.key.kind for r in records)
+        body = b"".join([wire.frame_change(r.change) for r in records])
+        try:
+            start, size = self._where.add(body)
+        except OSError:  # the disk is full: the rest stays in memory
+            self._where = _Kept()
+            start, size = self._where.add(body)
+        return SnapshotPart(
+            self._where, start, size, len(records), tuple(kinds.items()), part.final
+        )
 
-def _framed(part: Part) -> SnapshotPart:
-    records = part.records
-    kinds = Counter(r.key.kind for r in records)
-    body = b"".join([wire.frame_change(r.change) for r in records])
-    return SnapshotPart(body, len(records), tuple(kinds.items()), part.final)
 
-
-def plan_snapshot(snap: Snapshot, max_message_bytes: int, part_bytes: int) -> SnapshotPlan:
+def plan_snapshot(
+    snap: Snapshot, max_message_bytes: int, part_bytes: int, spill_dir: Path | None = None
+) -> SnapshotPlan:
     """Cut ``snap`` into parts as zones are sent it (blocking: run off the event loop)."""
-    builder = PlanBuilder(max_message_bytes, part_bytes)
+    builder = PlanBuilder(max_message_bytes, part_bytes, spill_dir)
     for unit in sync_units(snap.changes):
         builder.take(unit)
     return builder.finish(snap.revision, snap.chain)

@@ -29,7 +29,8 @@ import structlog
 from google.protobuf.message import DecodeError
 
 from globalcp.checks import ZoneChecks
-from globalcp.sending import SendLoop, SendPlans
+from globalcp.send_plans import SendPlans
+from globalcp.sending import SendLoop
 from globalcp.throttle import Throttle
 from globalcp.zones import CONFLICTS_KEPT, ZoneHandle
 from kds import wire
@@ -134,6 +135,7 @@ class ZoneStream:
         self.reason = "zone closed the stream"
         self._conflict_log = Throttle(CONFLICT_LOG_INTERVAL, burst=CONFLICT_LOG_BURST)
         self._reports = 0  # status reports read on this stream
+        self._sender: SendLoop | None = None  # the writer's send loop, once it runs
 
     async def run(self) -> None:
         """Write the welcome, then read and write until one side ends the stream; aborts the
@@ -211,9 +213,15 @@ class ZoneStream:
                 # The send loop has something new to do only if the window was full or an
                 # anti-entropy check is due (it waits for the zone to acknowledge the head):
                 # waking it for every ack cost global a wasted turn of it per ack.
+                # A stream holding a snapshot turn is woken too: it gives the turn back (to
+                # the next zone waiting) as soon as the snapshot's last part is acknowledged.
                 was_full = self.link.session.window_full()
                 self._on_ack(msg.ack)
-                if was_full or (self.checks is not None and self.checks.due()):
+                if (
+                    was_full
+                    or (self.checks is not None and self.checks.due())
+                    or (self._sender is not None and self._sender.holds_turn)
+                ):
                     wake.set()
             elif kind == "status":
                 self._on_status(msg.status)
@@ -306,7 +314,7 @@ class ZoneStream:
 
     async def _write(self, wake: asyncio.Event) -> None:
         link = self.link
-        await SendLoop(
+        self._sender = SendLoop(
             link.session,
             link.status,
             self.plans,
@@ -315,7 +323,8 @@ class ZoneStream:
             ended=lambda: link.end is not None,
             heartbeat_interval=self.heartbeat_interval,
             checks=self.checks,
-        ).run()
+        )
+        await self._sender.run()
         raise _EndStream()
 
 

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import click
 import yaml
 
+from kds.config_address import parse_address, parse_global_address
 from kds.config_store import postgres_url, schema_name, store_backend
 from kds.errors import ConfigError, shown
 from kds.safe_yaml import AliasRefused, NoAliasLoader
@@ -83,38 +84,6 @@ def parse_size(value: object) -> int:
     if n <= 0:
         raise ValueError("must be positive")
     return n
-
-
-def parse_address(value: object) -> tuple[str, int]:
-    """'HOST:PORT' (IPv6 as [::1]:PORT) -> (host, port)."""
-    text = str(value)
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{text!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
-
-
-def parse_global_address(value: object) -> str:
-    """grpcs://HOST:PORT (TLS, the default) or grpc://HOST:PORT (plaintext, with --insecure);
-    several global instances comma-separated, all with one scheme."""
-    text = str(value)
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if not parts:
-        raise ValueError("give grpcs://HOST:PORT")
-    if len(parts) > 16:
-        raise ValueError("at most 16 addresses")
-    schemes = set()
-    for part in parts:
-        scheme, sep, rest = part.partition("://")
-        if not sep or scheme not in {"grpc", "grpcs"}:
-            raise ValueError(
-                f"{part!r} must look like grpcs://HOST:PORT (or grpc:// with --insecure)"
-            )
-        parse_address(rest)
-        schemes.add(scheme)
-    if len(schemes) > 1:
-        raise ValueError("give every address with the same scheme (all grpcs:// or all grpc://)")
-    return ",".join(parts)
 
 
 def _ack_delay(value: object) -> float:
@@ -300,6 +269,13 @@ class GlobalConfig(_Common):
     )
     max_unacked: int = opt(
         64, _positive_int, "Unacknowledged batches (1 MiB at most) in flight per zone.", "N"
+    )
+    snapshot_streams: int = opt(
+        20,
+        _positive_int,
+        "Zones sent a full snapshot at once (new zones, a replaced store); the others wait "
+        "their turn in order, kept alive by heartbeats. Bounds global's memory in a storm.",
+        "N",
     )
     ack_delay: float = opt(
         0.1,

@@ -243,6 +243,9 @@ def test_metrics_on_both_daemons(cluster: Cluster) -> None:
     z = (("zone", "zone-a"),)
     assert m[("kds_global_revision", ())] == head
     assert m[("kds_global_zones_connected", ())] == 1
+    # zone-a's snapshot was acknowledged: no stream holds or waits for a snapshot turn.
+    assert m[("kds_global_snapshot_streams_sending", ())] == 0
+    assert m[("kds_global_snapshot_streams_waiting", ())] == 0
     assert m[("kds_global_zone_online", z)] == 1
     assert m[("kds_global_zone_acked_revision", z)] == head
     assert m[("kds_global_zone_resources_sent_total", (("type", "Secret"), *z))] == 3

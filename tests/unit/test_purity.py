@@ -28,6 +28,7 @@ PURE = [
     "kds.protocol.records",
     "kds.protocol.digest_tree",
     "kds.protocol.anti_entropy",
+    "kds.protocol.admission",
     "kds.errors",
     "kds.fields",
     "kds.kubernetes",

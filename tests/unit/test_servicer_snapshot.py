@@ -6,8 +6,11 @@ import asyncio
 import gc
 from pathlib import Path
 
+import pytest
+
+from globalcp import snapshot_plan
 from globalcp.hub import Hub
-from globalcp.sending import RANGE_PLANS_KEPT
+from globalcp.send_plans import RANGE_PLANS_KEPT
 from globalcp.servicer import SyncServicer
 from globalcp.zones import ZoneTracker
 from kds import wire
@@ -132,5 +135,46 @@ async def test_a_snapshot_is_held_as_framed_parts_that_decode_to_every_resource(
             seen += [(c.key.name, c.resource.version) for c in batch.changes if c.resource]
         rows = {r.resource.name: r.resource.version for r in await store.list_rows(Kind.SECRET)}
         assert {n: v for n, v in seen if n != "default"} == rows
+    finally:
+        store.close()
+
+
+async def test_snapshot_parts_live_in_a_spill_file_or_in_memory_when_the_disk_is_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parts' bodies are written to an unlinked file in the spill directory and read back
+    as each is sent (off global's heap); a write that fails (a full disk) keeps that part and
+    the rest in memory, and every part still reads back whole."""
+    servicer, store, _ = _servicer(tmp_path)
+    try:
+        for i in range(40):
+            await store.put(
+                Resource(Kind.SECRET, f"s{i}", "default", data=b"v" * 4000),
+                "2026-11-29T00:00:00Z",
+            )
+        servicer.hub.head = await store.head()
+        servicer.plans.max_message_bytes = 64 * 1024  # several parts
+        servicer.plans.spill_dir = tmp_path
+        spilled = await servicer.plans.snapshot()
+        assert all(isinstance(p.where, snapshot_plan._Spill) for p in spilled.parts)
+        bodies = [p.body for p in spilled.parts]
+        del spilled
+        gc.collect()
+
+        real_add, writes = snapshot_plan._Spill.add, [0]
+
+        def add(self: snapshot_plan._Spill, body: bytes) -> tuple[int, int]:
+            writes[0] += 1
+            if writes[0] > 2:
+                raise OSError(28, "No space left on device")
+            return real_add(self, body)
+
+        monkeypatch.setattr(snapshot_plan._Spill, "add", add)
+        servicer.hub.head += 1  # a fresh read
+        full = await servicer.plans.snapshot()
+        kinds = [type(p.where) for p in full.parts]
+        assert kinds[:2] == [snapshot_plan._Spill] * 2
+        assert set(kinds[2:]) == {snapshot_plan._Kept}
+        assert [p.body for p in full.parts] == bodies
     finally:
         store.close()

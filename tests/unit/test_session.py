@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from globalcp.hub import Hub
-from globalcp.sending import SendLoop, SendPlans
+from globalcp.send_plans import SendPlans
+from globalcp.sending import SendLoop
 from globalcp.zones import ZoneTracker
 from kds._pb import sync_pb2 as pb
 from kds.errors import ProtocolError
