@@ -25,6 +25,9 @@ from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from kds import wire
 from kds._pb import sync_pb2 as pb
 from kds.model import Key, Kind, stays_on_global
@@ -45,24 +48,36 @@ def zone_bound(records: list[ChangeRecord]) -> list[ChangeRecord]:
 
 class _Spill:
     """Bodies written one after the other to an unlinked temporary file, read back by offset.
-    Written by one thread (the store's reader), read only once the plan is finished."""
+    Written by one thread (the store's reader), read only once the plan is finished.
+
+    Each body is sealed (AES-256-GCM) with a key made for this file and held only in memory:
+    the bodies carry secret values in the clear, and blocks a deleted file leaves on disk
+    are not zeroed (the store's are, with secure_delete, and sealed with
+    --encryption-key-file); what is left on the disk cannot be read without the key, which
+    goes with the process."""
 
     def __init__(self, directory: Path | None):
         self._file = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 (lives with the plan)
+        self._aead = AESGCM(AESGCM.generate_key(bit_length=256))
         self._end = 0
 
     def add(self, body: bytes) -> tuple[int, int]:
+        start = self._end  # a body's offset is its nonce: unique within the file and the key
+        sealed = self._aead.encrypt(start.to_bytes(12, "big"), body, None)
         # Flushed at once: a failed write (a full disk) then loses no earlier body.
-        self._file.write(body)
+        self._file.write(sealed)
         self._file.flush()
-        start, self._end = self._end, self._end + len(body)
-        return start, len(body)
+        self._end += len(sealed)
+        return start, len(sealed)
 
     def read(self, start: int, size: int) -> bytes:
         data = os.pread(self._file.fileno(), size, start)
         if len(data) != size:
             raise OSError(f"snapshot spill file: {len(data)} bytes at {start}, {size} written")
-        return data
+        try:
+            return self._aead.decrypt(start.to_bytes(12, "big"), data, None)
+        except InvalidTag:
+            raise OSError(f"snapshot spill file: the part at {start} was changed") from None
 
 
 class _Kept:

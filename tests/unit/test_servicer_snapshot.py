@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 from pathlib import Path
 
 import pytest
@@ -178,3 +179,18 @@ async def test_snapshot_parts_live_in_a_spill_file_or_in_memory_when_the_disk_is
         assert [p.body for p in full.parts] == bodies
     finally:
         store.close()
+
+
+def test_the_spill_file_holds_no_secret_value_in_the_clear(tmp_path: Path) -> None:
+    """The bodies carry secret values; on disk they are sealed with a key held only in
+    memory, and a body changed on disk is refused, not sent."""
+    spill = snapshot_plan._Spill(tmp_path)
+    value = b"s3cret-value-" * 100
+    first = spill.add(b"head" + value)
+    second = spill.add(value + b"tail")
+    raw = os.pread(spill._file.fileno(), 1 << 20, 0)
+    assert value not in raw and b"s3cret" not in raw
+    assert spill.read(*first) == b"head" + value and spill.read(*second) == value + b"tail"
+    os.pwrite(spill._file.fileno(), b"X", second[0] + 5)
+    with pytest.raises(OSError, match="was changed"):
+        spill.read(*second)
