@@ -100,6 +100,18 @@ async def test_a_range_is_coalesced_and_packed_once_for_every_stream(tmp_path: P
         store.close()
 
 
+async def _forty_secrets_in_parts(servicer: SyncServicer, store: SqliteGlobalStore) -> None:
+    """40 secrets of 4,000 bytes in the store, and messages small enough that a snapshot of
+    them is several parts."""
+    for i in range(40):
+        await store.put(
+            Resource(Kind.SECRET, f"s{i}", "default", data=b"v" * 4000),
+            "2026-11-29T00:00:00Z",
+        )
+    servicer.hub.head = await store.head()
+    servicer.plans.max_message_bytes = 64 * 1024
+
+
 async def test_a_snapshot_is_held_as_framed_parts_that_decode_to_every_resource(
     tmp_path: Path,
 ) -> None:
@@ -107,13 +119,7 @@ async def test_a_snapshot_is_held_as_framed_parts_that_decode_to_every_resource(
     to every resource at its version, and a part's keys and kinds are read back from it."""
     servicer, store, _ = _servicer(tmp_path)
     try:
-        for i in range(40):
-            await store.put(
-                Resource(Kind.SECRET, f"s{i}", "default", data=b"v" * 4000),
-                "2026-11-29T00:00:00Z",
-            )
-        servicer.hub.head = await store.head()
-        servicer.plans.max_message_bytes = 64 * 1024  # several parts
+        await _forty_secrets_in_parts(servicer, store)
         snap = await servicer.plans.snapshot()
         assert len(snap.parts) > 1 and snap.resources == 41
         assert [p.final for p in snap.parts] == [False] * (len(snap.parts) - 1) + [True]
@@ -148,13 +154,7 @@ async def test_snapshot_parts_live_in_a_spill_file_or_in_memory_when_the_disk_is
     the rest in memory, and every part still reads back whole."""
     servicer, store, _ = _servicer(tmp_path)
     try:
-        for i in range(40):
-            await store.put(
-                Resource(Kind.SECRET, f"s{i}", "default", data=b"v" * 4000),
-                "2026-11-29T00:00:00Z",
-            )
-        servicer.hub.head = await store.head()
-        servicer.plans.max_message_bytes = 64 * 1024  # several parts
+        await _forty_secrets_in_parts(servicer, store)
         servicer.plans.spill_dir = tmp_path
         spilled = await servicer.plans.snapshot()
         assert all(isinstance(p.where, snapshot_plan._Spill) for p in spilled.parts)
