@@ -101,10 +101,7 @@ class SendLoop:
         try:
             await self._run()
         finally:
-            if self._turn is not None:
-                self._turn.leave()
-                self._turn = None
-                self.plans.turn_given_back()
+            self._leave_turn()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -161,7 +158,11 @@ class SendLoop:
 
     def _give_turn_back(self) -> None:
         """Once the zone acknowledged the snapshot's last part, the next stream may send."""
-        if self._turn is not None and self.session.acked_revision >= self._turn_until:
+        if self.session.acked_revision >= self._turn_until:
+            self._leave_turn()
+
+    def _leave_turn(self) -> None:
+        if self._turn is not None:
             self._turn.leave()
             self._turn = None
             self.plans.turn_given_back()
