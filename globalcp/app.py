@@ -13,7 +13,6 @@ from aiohttp import web
 from globalcp.hub import Hub
 from globalcp.inventory import inventory_routes
 from globalcp.metrics import GlobalMetrics
-from globalcp.peers import Peers
 from globalcp.security import server_credentials
 from globalcp.servicer import SyncServicer
 from globalcp.status_api import zone_routes
@@ -34,7 +33,6 @@ from kds.reload import Reloader
 from kds.runtime import Guard, Service, check_ports_free, ensure_private_dir
 from kds.secret_files import check_secret_files
 from kds.store import WriteResult, open_global_store
-from kds.store.postgres import PgGlobalStore
 from kds.store.target import store_location
 from kds.version import __version__
 
@@ -102,7 +100,7 @@ async def run_global(cfg: GlobalConfig, service: Service) -> int:
     hub = Hub(await store.head(), await store.log_floor(), cfg.log_size)
     instance_id = f"global-{uuid.uuid4().hex[:8]}"
     metrics = GlobalMetrics()
-    shared = isinstance(store, PgGlobalStore)  # other instances may share the store
+    shared = store.backend == "postgres"  # other instances may share the store
     tracker = ZoneTracker(
         store,
         hub,
@@ -134,6 +132,10 @@ async def run_global(cfg: GlobalConfig, service: Service) -> int:
         on_token_refused=metrics.token_refused,
     )
     if shared:
+        # Imported here: psycopg is loaded only for a store on PostgreSQL (kds.store.pg_target).
+        from globalcp.peers import Peers
+        from kds.store.postgres import PgGlobalStore
+
         assert isinstance(store, PgGlobalStore)
         # Other global instances may share the store: follow their commits and key changes.
         peers = Peers(store, hub, zone_tokens, servicer.end_streams)

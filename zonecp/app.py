@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -20,11 +20,13 @@ from kds.reload import Reloader
 from kds.runtime import Guard, Service, check_ports_free, ensure_private_dir
 from kds.secret_files import check_secret_files
 from kds.store import WriteResult, open_zone_store
-from kds.store.postgres import PgZoneStore
 from kds.store.target import store_location
 from kds.version import __version__
 from zonecp.client import ZoneClient
 from zonecp.status import ZoneMetrics, status_route
+
+if TYPE_CHECKING:
+    from kds.store.postgres import PgZoneStore
 
 __all__ = ["run_zone"]
 
@@ -103,11 +105,18 @@ async def run_zone(cfg: ZoneConfig, service: Service) -> int:
     )
     metrics = ZoneMetrics(client.status, store)
     # Several instances of this zone on one PostgreSQL store: one leader holds the stream.
-    leadership = store.leadership(client.instance_id) if isinstance(store, PgZoneStore) else None
+    pg: PgZoneStore | None = None
+    if store.backend == "postgres":
+        # Imported here: psycopg is loaded only for a store on PostgreSQL (kds.store.pg_target).
+        from kds.store.postgres import PgZoneStore
+
+        assert isinstance(store, PgZoneStore)
+        pg = store
+    leadership = pg.leadership(client.instance_id) if pg is not None else None
 
     async def leader() -> dict[str, Any]:
-        assert isinstance(store, PgZoneStore)
-        who, epoch = await store.leader()
+        assert pg is not None
+        who, epoch = await pg.leader()
         return {"instanceId": who or None, "thisInstance": who == client.instance_id,
                 "epoch": epoch}  # fmt: skip
 
@@ -193,9 +202,9 @@ async def run_zone(cfg: ZoneConfig, service: Service) -> int:
         revision=state.applied_revision,
     )
     if leadership is not None:
-        assert isinstance(store, PgZoneStore)
+        assert pg is not None
         guard.start("sync-client", leadership.run(lead))
-        guard.start("shared-store", store.follow(on_shared_change, fallback=5.0))
+        guard.start("shared-store", pg.follow(on_shared_change, fallback=5.0))
     else:
         guard.start("sync-client", client.run(stop))
     # READY=1 once the zone is ready as /readyz defines it (synced once since start).

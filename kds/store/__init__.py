@@ -20,7 +20,7 @@ from typing import Unpack
 from kds.store._global import GlobalOptions
 from kds.store._zone import ZoneOptions
 from kds.store.interface import GlobalStore, OnCommit, ResourceStore, ZoneStore
-from kds.store.postgres import PgGlobalEngine, PgGlobalStore, PgTarget, PgZoneEngine, PgZoneStore
+from kds.store.pg_target import PgTarget
 from kds.store.results import (
     ANY,
     ORIGIN_GLOBAL,
@@ -77,6 +77,8 @@ def open_global_store(path: str | Path | PgTarget, **options: Unpack[GlobalOptio
     ``new_store``). Options: kds.store._global.GlobalOptions (log_size, max_message_bytes,
     clock, cipher, on_commit, new_store)."""
     if isinstance(path, PgTarget):
+        from kds.store.postgres import PgGlobalEngine, PgGlobalStore  # psycopg: only here
+
         return PgGlobalStore(PgGlobalEngine(path, **options))
     return SqliteGlobalStore(GlobalEngine(path, **options))
 
@@ -86,5 +88,7 @@ def open_zone_store(path: str | Path | PgTarget, **options: Unpack[ZoneOptions])
     PgTarget (made if missing; when a marker says a store was there, only with
     ``new_store``). Options: kds.store._zone.ZoneOptions (cipher, on_commit, new_store)."""
     if isinstance(path, PgTarget):
+        from kds.store.postgres import PgZoneEngine, PgZoneStore  # psycopg: only here
+
         return PgZoneStore(PgZoneEngine(path, **options))
     return SqliteZoneStore(ZoneEngine(path, **options))

@@ -14,12 +14,11 @@ import re
 from pathlib import Path
 
 import structlog
-from psycopg.conninfo import conninfo_to_dict
 
 from kds.config import GlobalConfig, ZoneConfig
 from kds.errors import ConfigError
 from kds.secret_files import check_secret_file
-from kds.store.postgres import PgTarget
+from kds.store.pg_target import PgTarget
 
 __all__ = ["default_schema", "store_location"]
 
@@ -62,6 +61,8 @@ def store_location(cfg: GlobalConfig | ZoneConfig, data_dir: Path) -> Path | PgT
             "--store postgres needs --postgres-url (e.g. postgresql://kds@db.example:5432/kds"
             "?sslmode=verify-full&sslrootcert=/etc/kds/db-ca.pem)"
         )
+    from psycopg.conninfo import conninfo_to_dict  # psycopg: only for a store on PostgreSQL
+
     if conninfo_to_dict(cfg.postgres_url).get("password"):
         log.warning(
             "--postgres-url holds a password: given as a flag it shows in the process list",

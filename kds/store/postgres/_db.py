@@ -31,8 +31,6 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import psycopg
@@ -54,6 +52,7 @@ from kds.store._rows import (
     row_digest,
     set_meta,
 )
+from kds.store.pg_target import PgTarget
 
 __all__ = [
     "LOCK_LEADER",
@@ -163,20 +162,6 @@ RECONNECT_S = 10.0
 # own format, while the server is away: the listener (kds.store.postgres._listen) reports an
 # outage once, in the daemon's log format, and calls that fail raise StoreUnavailable.
 logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
-
-
-@dataclass(frozen=True)
-class PgTarget:
-    """Where a PostgreSQL store lives: a libpq URL (``sslmode``, ``sslrootcert`` and the
-    other libpq parameters pass through), the schema, and optionally the password read from
-    a file. ``marker``: a file in the daemon's data dir holding the store id, so a database
-    found empty where this instance used a store is refused (as the SQLite marker is)."""
-
-    url: str
-    schema: str
-    password: str | None = None
-    marker: Path | None = None
-    application: str = "kds-sync"
 
 
 def lock_key(schema: str) -> int:
