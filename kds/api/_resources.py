@@ -258,23 +258,30 @@ def put_handler(kind: Kind) -> Handler:
     async def handler(request: web.Request) -> web.Response:
         ctx = request.app[API_CONTEXT]
         key = _key(kind, request)
-        if kind is Kind.SECRET:
-            await _require_mesh(ctx, key.mesh)
-        body = await read_json(request)
-        doc, label_errs = take_computed_labels(ctx, body, kind)
         try:
-            res = from_json_body(doc, kind, key.name, key.mesh, ctx.limits)
-        except InvalidResource as e:
-            raise HttpError(
-                400, "Invalid resource", f"{key} is invalid", label_errs + e.errors
-            ) from None
-        label_errs += await new_mesh_name_problems(ctx, res)
-        if label_errs:
-            raise HttpError(400, "Invalid resource", f"{key} is invalid", label_errs)
-        now = ctx.now()
-        too_big = size_violation(ctx, res, now)
-        if too_big:
-            raise HttpError(400, "Invalid resource", f"{key} is invalid", [too_big])
+            body = await read_json(request)
+            doc, label_errs = take_computed_labels(ctx, body, kind)
+            try:
+                res = from_json_body(doc, kind, key.name, key.mesh, ctx.limits)
+            except InvalidResource as e:
+                raise HttpError(
+                    400, "Invalid resource", f"{key} is invalid", label_errs + e.errors
+                ) from None
+            label_errs += await new_mesh_name_problems(ctx, res)
+            if label_errs:
+                raise HttpError(400, "Invalid resource", f"{key} is invalid", label_errs)
+            now = ctx.now()
+            too_big = size_violation(ctx, res, now)
+            if too_big:
+                raise HttpError(400, "Invalid resource", f"{key} is invalid", [too_big])
+        except HttpError:
+            # A Secret's missing mesh is the answer before any problem with its body (404,
+            # not 400). Looked up only here: a write that gets to the store is refused there,
+            # in its own transaction, if the mesh is missing (NotFound below), which spares
+            # every Secret write a read of the mesh and its hop to the store's reader thread.
+            if kind is Kind.SECRET:
+                await _require_mesh(ctx, key.mesh)
+            raise
         try:
             result = await ctx.store.put(res, now)
             created = result.created
@@ -283,7 +290,7 @@ def put_handler(kind: Kind) -> Handler:
         except NotFound as e:
             if kind is not Kind.SECRET:
                 raise
-            raise _mesh_not_found(key.mesh) from e  # deleted since the check above
+            raise _mesh_not_found(key.mesh) from e
         failpoints.reach("api-after-commit")
         origin = own_origin(ctx)
         if result.changed:

@@ -374,10 +374,11 @@ class ResourceEngine:
         """Write one resource; ``rows``: its key's rows when already read (``_rows``)."""
         if rows is None:
             rows = self._rows(conn, resource.key)
-        self._check_writable(resource.key, rows, "change")
-        old = rows.get(self.origin)
+        # A missing mesh first: the API answers it before any other problem with a Secret.
         if resource.kind is Kind.SECRET and not self._mesh_exists(conn, resource.mesh):
             raise NotFound(f"mesh {resource.mesh!r} does not exist")
+        self._check_writable(resource.key, rows, "change")
+        old = rows.get(self.origin)
         if old is not None and old.same_content(resource):
             return WriteResult(old, changed=False, record=None)
         stored = resource.with_meta(

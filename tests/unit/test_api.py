@@ -398,6 +398,29 @@ async def test_not_found(api: Api) -> None:
     assert (await api.delete("/meshes/nope/secrets/foo"))[0] == 404
     assert (await api.delete("/global-secrets/nope"))[0] == 404
     assert (await api.delete("/meshes/nope"))[0] == 404
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"type": "Secret", "mesh": "nope", "name": "foo", "data": "YQ=="}',  # valid
+        b'{"type": "Secret", "mesh": "nope", "name": "foo", "data": "not base64!"}',
+        b'{"type": "Secret", "mesh": "nope", "name": "foo", "data": "YQ==", "extra": 1}',
+        b"{not json",
+        b"",
+    ],
+)
+async def test_secret_in_a_missing_mesh_is_404_whatever_its_body(api: Api, body: bytes) -> None:
+    """A Secret PUT to a mesh that does not exist answers 404 naming the mesh, before any
+    problem with its body, and writes nothing."""
+    resp = await api.client.put(
+        "/meshes/nope/secrets/foo", data=body, headers={"Content-Type": "application/json"}
+    )
+    err = await resp.json()
+    assert resp.status == 404, err
+    assert "mesh 'nope' does not exist" in err["detail"]
+    assert err["causes"] == [{"field": "mesh", "message": "mesh 'nope' does not exist"}]
+    assert api.counts()["Secret"] == {"global": 0, "zone": 0}
     status, err = await api.get("/no/such/path")
     assert status == 404 and err["status"] == 404 and err["causes"] == []
     resp = await api.client.post("/meshes/x")
