@@ -1,7 +1,7 @@
 """Many zones in one process, each the real thing: a zonecp.client.ZoneClient (its own gRPC
 channel and stream to global) over its own SQLite zone store in its own data dir, wired as
 zonecp.app wires a zone (minus the HTTP API, which sync does not use), with the collector
-tuned as both daemons tune it (kds.runtime.tune_gc).
+tuned as both daemons tune it (kds.runtime.tune_gc, settle_heap).
 
 The only addition is ``TimedEngine``: the real zone engine, which also reports when each final
 batch committed (revision, time) as a JSON line on stdout for the harness (bench.common.Fleet),
@@ -31,7 +31,7 @@ import structlog
 from bench.common import report_line, stdin_closed
 from kds.logging import configure_logging
 from kds.protocol.applier import DecodedBatch
-from kds.runtime import ensure_private_dir, tune_gc
+from kds.runtime import ensure_private_dir, settle_heap, tune_gc
 from kds.store import ZoneApplyResult, ZoneStore
 from kds.store.sqlite import SqliteZoneStore, ZoneEngine
 from kds.version import __version__
@@ -102,6 +102,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 insecure=args.insecure,
             )
         )
+    settle_heap()  # as zonecp's app does once loaded
     tasks = [asyncio.create_task(_zone(c, stop)) for c in clients]
     watcher = asyncio.create_task(_watch_connected(clients, stop))
     await stdin_closed()

@@ -161,6 +161,18 @@ def tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
+def settle_heap() -> None:
+    """Once a daemon has loaded (modules, configuration, store) and before it serves: collect
+    what loading left behind, then move every object alive now out of the collector's sight
+    (``gc.freeze``). They live as long as the daemon, yet each full collection walked all of
+    them again: 26-40 ms a collection, ten of them (0.31 s) while 100 zones connected to a
+    global, each a pause for every stream and request. Frozen objects are still freed when
+    nothing refers to them; only a cycle among them is never collected, and what loading
+    builds stays for the daemon's life anyway."""
+    gc.collect()
+    gc.freeze()
+
+
 def run_daemon(
     main: Callable[[Service], Awaitable[int]], load_config: Callable[[], Any] | None = None
 ) -> int:
