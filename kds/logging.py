@@ -28,7 +28,13 @@ import structlog
 
 from kds.text import escape
 
-__all__ = ["configure_logging", "escape_control_characters", "lost_log_lines", "switch_logging"]
+__all__ = [
+    "configure_logging",
+    "debug_enabled",
+    "escape_control_characters",
+    "lost_log_lines",
+    "switch_logging",
+]
 
 LogFormat = Literal["json", "console"]
 
@@ -117,6 +123,12 @@ class _LossTolerantLogger(structlog.PrintLogger):
 
     log = debug = info = warn = warning = msg
     fatal = failure = err = error = critical = exception = msg
+
+
+def debug_enabled() -> bool:
+    """Whether debug lines are written now (the level may change on a reload): a path taken
+    per message asks before making one, which costs a filtered call's processing."""
+    return _switch.level <= logging.DEBUG
 
 
 def lost_log_lines() -> int:
