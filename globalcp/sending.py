@@ -278,7 +278,7 @@ class SendLoop:
                 repair=True,
             )
             session.on_sent(seq, revision, True, _PartKeys(part.records), len(data))
-            self.status.batch_sent(seq, (r.key.kind for r in part.records))
+            self.status.batch_sent(seq, part.kind_counts)
             await self.send(data)
         session.on_done()
 
@@ -315,7 +315,7 @@ class SendLoop:
                 chain=snap.chain if part.final else b"",
             )
             session.on_sent(seq, snap.revision, part.final, part.sent_keys(), len(data))
-            self.status.batch_sent(seq, part.kinds())
+            self.status.batch_sent(seq, part.sent_counts())
             cur.next += 1
             await self.send(data)
             cur.sent += len(data)
@@ -384,7 +384,7 @@ class SendLoop:
                 chain=chain if part.final else b"",
             )
             session.on_sent(seq, revision, part.final, _PartKeys(part.records), len(data))
-            self.status.batch_sent(seq, (r.key.kind for r in part.records))
+            self.status.batch_sent(seq, part.kind_counts)
             await self.send(data)
             total += len(data)
         return total

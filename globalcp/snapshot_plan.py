@@ -22,7 +22,6 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import repeat
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -108,10 +107,9 @@ class SnapshotPart:
         """The part's changes, each framed as a Batch.changes entry, joined (read back)."""
         return self.where.read(self.start, self.size)
 
-    def kinds(self) -> Iterator[Kind]:
-        """The kind of each change in it (for the zone's sent counts)."""
-        for kind, n in self.kind_counts:
-            yield from repeat(kind, n)
+    def sent_counts(self) -> dict[str, int]:
+        """How many of its changes are of each kind (for the zone's sent counts)."""
+        return {str(kind): n for kind, n in self.kind_counts}
 
     def sent_keys(self) -> PartKeys:
         return PartKeys(self)

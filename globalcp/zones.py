@@ -26,8 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -70,7 +69,7 @@ class ZoneHandle:
         self._state = state
         self.stream_id = stream_id
         # Kinds sent in each unacknowledged batch, in send order (acks come in order).
-        self._in_flight: dict[int, Counter[str]] = {}
+        self._in_flight: dict[int, Mapping[str, int]] = {}
 
     @property
     def conflict_count(self) -> int:
@@ -85,10 +84,11 @@ class ZoneHandle:
             self._state.last_message_at = self._tracker.clock()
             self._tracker.mark(self._state)
 
-    def batch_sent(self, seq: int, kinds: Iterable[Kind]) -> None:
+    def batch_sent(self, seq: int, counts: Mapping[str, int]) -> None:
+        """Batch ``seq`` went out with ``counts`` changes of each kind (kept, never changed:
+        the mapping may be shared by every stream sending the same part)."""
         if not self.current:
             return
-        counts = Counter(str(k) for k in kinds)
         self._in_flight[seq] = counts
         s = self._state
         s.messages_sent += 1

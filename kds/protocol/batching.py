@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 from kds.protocol.records import ChangeRecord, sort_records, sync_units
 from kds.wire import BATCH_OVERHEAD, framed_size
@@ -16,6 +17,16 @@ class Part:
     records: list[ChangeRecord]
     final: bool
     split_unit: bool = False  # a unit (kds.protocol.records) too large for one message
+
+    @cached_property
+    def kind_counts(self) -> dict[str, int]:
+        """How many of its changes are of each kind, counted once: a range's parts are
+        shared by every stream sending them, and each records what it sent by kind."""
+        counts: dict[str, int] = {}
+        for r in self.records:
+            kind = str(r.key.kind)
+            counts[kind] = counts.get(kind, 0) + 1
+        return counts
 
 
 def coalesce(records: Iterable[ChangeRecord]) -> list[ChangeRecord]:

@@ -145,3 +145,13 @@ def test_part_bytes_closes_parts_early_but_never_splits_what_fits_a_message() ->
     big = [put(1, SECRET, b"y" * 20_000)]  # larger than a part, within the message limit
     (only,) = pack(big, 1 << 20, part_bytes=8 * 1024)
     assert only.records == big and only.final and not only.split_unit
+
+
+def test_a_part_counts_its_changes_by_kind_once() -> None:
+    """Every stream sending a shared part records its counts by kind: counted once, deletes
+    included, and the same mapping handed to each."""
+    records = [put(1, MESH), put(2, SECRET), delete(3, Key(Kind.SECRET, "default", "s2")),
+               put(4, GSECRET)]  # fmt: skip
+    (part,) = pack(records, 1 << 20)
+    assert part.kind_counts == {"Mesh": 1, "Secret": 2, "GlobalSecret": 1}
+    assert part.kind_counts is part.kind_counts

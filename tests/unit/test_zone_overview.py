@@ -70,7 +70,7 @@ async def test_an_online_then_offline_zone_as_kumactl_reads_it(tmp_path: Path) -
             resumed_revision=None,
         )
         now[0] += 5
-        h.batch_sent(1, [Kind.MESH, Kind.SECRET, Kind.SECRET])
+        h.batch_sent(1, {"Mesh": 1, "Secret": 2})
         h.batch_acked(1, 0, None)
         h.rejections([(Kind.SECRET, "Secret:default/x", "too large")])
         view = await tracker.view("zone-a")

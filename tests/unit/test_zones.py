@@ -88,13 +88,13 @@ async def test_a_stream_reports_sends_acks_and_latency(store: HubStore, clock: C
     store.engine.put(Resource(Kind.MESH, "default"), NOW)  # committed before the zone connected
     clock.t += 100
     h = _connect(t)
-    h.batch_sent(1, [Kind.MESH])
+    h.batch_sent(1, {"Mesh": 1})
     h.batch_acked(1, 1, t.hub.commit_time(1))
     assert seen == []  # a catch-up is not a propagation latency
     clock.t += 1
     store.engine.put(Resource(Kind.SECRET, "x", mesh="default", data=b"v"), NOW)
     clock.t += 0.25
-    h.batch_sent(2, [Kind.SECRET])
+    h.batch_sent(2, {"Secret": 1})
     h.batch_acked(2, 2, store.engine.commit_time(2))
     assert len(seen) == 1 and seen[0][0] == "zone-a" and seen[0][1] == pytest.approx(0.25, abs=0.05)
     v = await t.view("zone-a")
@@ -116,9 +116,9 @@ async def test_one_ack_covering_several_batches_counts_each_and_times_the_last(
     for name in ("a", "b"):
         store.engine.put(Resource(Kind.SECRET, name, mesh="default", data=b"v"), NOW)
     clock.t += 0.5
-    h.batch_sent(1, [Kind.MESH])
-    h.batch_sent(2, [Kind.SECRET])
-    h.batch_sent(3, [Kind.SECRET])
+    h.batch_sent(1, {"Mesh": 1})
+    h.batch_sent(2, {"Secret": 1})
+    h.batch_sent(3, {"Secret": 1})
     h.batches_acked([1, 2, 3], 3, store.engine.commit_time(3), held=0.2)
     assert len(seen) == 1 and seen[0][1] == pytest.approx(0.3, abs=0.05)  # less the hold
     v = await t.view("zone-a")
@@ -138,7 +138,7 @@ async def test_lag_in_revisions_and_seconds(store: HubStore, clock: Clock) -> No
     clock.t += 2
     v = await t.view("zone-a")
     assert v is not None and v.lag_revisions == 2 and v.lag_seconds == pytest.approx(7, abs=0.5)
-    h.batch_sent(1, [Kind.MESH])
+    h.batch_sent(1, {"Mesh": 1})
     h.batch_acked(1, 1, None)
     v = await t.view("zone-a")
     assert v is not None and v.lag_revisions == 1 and v.lag_seconds == pytest.approx(2, abs=0.5)
@@ -187,7 +187,7 @@ async def test_status_is_saved_and_read_back_offline_after_a_restart(
 ) -> None:
     t = _tracker(store, clock)
     h = _connect(t, resumed=0)
-    h.batch_sent(1, [Kind.MESH, Kind.MESH])
+    h.batch_sent(1, {"Mesh": 2})
     h.batch_acked(1, 5, None)
     h.conflicts(["GlobalSecret:g"])
     clock.t += 3
