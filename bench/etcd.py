@@ -39,7 +39,7 @@ def pb() -> Any:
     if _PB is None:
         if str(_PROTO_DIR) not in sys.path:
             sys.path.insert(0, str(_PROTO_DIR))
-        _PB = grpc.protos("etcd_min.proto")  # type: ignore[attr-defined]
+        _PB = grpc.protos("etcd_min.proto")
     return _PB
 
 

@@ -54,8 +54,9 @@ async def _one_stream(channel: grpc.aio.Channel, i: int) -> None:
         )
     )
     welcome = await call.read()
-    assert welcome.WhichOneof("msg") == "welcome", welcome
+    assert isinstance(welcome, pb.GlobalMessage) and welcome.WhichOneof("msg") == "welcome", welcome
     batch = await call.read()
+    assert isinstance(batch, pb.GlobalMessage), batch
     await call.write(
         pb.ZoneMessage(ack=pb.Ack(seq=batch.batch.seq, applied_revision=batch.batch.revision))
     )
