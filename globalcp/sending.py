@@ -315,7 +315,7 @@ class SendLoop:
                 chain=snap.chain if part.final else b"",
             )
             session.on_sent(seq, snap.revision, part.final, part.sent_keys(), len(data))
-            self.status.batch_sent(seq, part.sent_counts())
+            self.status.batch_sent(seq, part.kind_counts)
             cur.next += 1
             await self.send(data)
             cur.sent += len(data)

@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +28,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from kds import wire
 from kds._pb import sync_pb2 as pb
-from kds.model import Key, Kind, stays_on_global
-from kds.protocol.batching import Packer, Part
+from kds.model import Key, stays_on_global
+from kds.protocol.batching import Packer, Part, count_kinds
 from kds.protocol.records import ChangeRecord, sync_units
 from kds.store import Snapshot
 
@@ -99,17 +98,13 @@ class SnapshotPart:
     start: int
     size: int
     count: int  # changes in it
-    kind_counts: tuple[tuple[Kind, int], ...]
+    kind_counts: Mapping[str, int]  # its changes of each kind (for the zone's sent counts)
     final: bool
 
     @property
     def body(self) -> bytes:
         """The part's changes, each framed as a Batch.changes entry, joined (read back)."""
         return self.where.read(self.start, self.size)
-
-    def sent_counts(self) -> dict[str, int]:
-        """How many of its changes are of each kind (for the zone's sent counts)."""
-        return {str(kind): n for kind, n in self.kind_counts}
 
     def sent_keys(self) -> PartKeys:
         return PartKeys(self)
@@ -176,7 +171,6 @@ class PlanBuilder:
 
     def _framed(self, part: Part) -> SnapshotPart:
         records = part.records
-        kinds = Counter(r.key.kind for r in records)
         body = b"".join([wire.frame_change(r.change) for r in records])
         try:
             start, size = self._where.add(body)
@@ -184,7 +178,7 @@ class PlanBuilder:
             self._where = _Kept()
             start, size = self._where.add(body)
         return SnapshotPart(
-            self._where, start, size, len(records), tuple(kinds.items()), part.final
+            self._where, start, size, len(records), count_kinds(records), part.final
         )
 
 

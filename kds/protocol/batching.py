@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -9,7 +10,7 @@ from functools import cached_property
 from kds.protocol.records import ChangeRecord, sort_records, sync_units
 from kds.wire import BATCH_OVERHEAD, framed_size
 
-__all__ = ["Packer", "Part", "coalesce", "pack"]
+__all__ = ["Packer", "Part", "coalesce", "count_kinds", "pack"]
 
 
 @dataclass(frozen=True)
@@ -22,11 +23,12 @@ class Part:
     def kind_counts(self) -> dict[str, int]:
         """How many of its changes are of each kind, counted once: a range's parts are
         shared by every stream sending them, and each records what it sent by kind."""
-        counts: dict[str, int] = {}
-        for r in self.records:
-            kind = str(r.key.kind)
-            counts[kind] = counts.get(kind, 0) + 1
-        return counts
+        return count_kinds(self.records)
+
+
+def count_kinds(records: Iterable[ChangeRecord]) -> dict[str, int]:
+    """How many of ``records`` are of each kind, by the kind's name."""
+    return dict(Counter(str(r.key.kind) for r in records))
 
 
 def coalesce(records: Iterable[ChangeRecord]) -> list[ChangeRecord]:

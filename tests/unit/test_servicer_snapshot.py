@@ -140,7 +140,7 @@ async def test_a_snapshot_is_held_as_framed_parts_that_decode_to_every_resource(
             keys = [c.key for c in batch.changes if c.key is not None]
             assert len(keys) == len(batch.changes)
             assert list(part.sent_keys()) == keys and len(part.sent_keys()) == len(keys)
-            assert part.sent_counts() == dict(Counter(str(k.kind) for k in keys))
+            assert part.kind_counts == dict(Counter(str(k.kind) for k in keys))
             seen += [(c.resource.name, c.resource.version) for c in batch.changes if c.resource]
         rows = {r.resource.name: r.resource.version for r in await store.list_rows(Kind.SECRET)}
         assert {n: v for n, v in seen if n != "default"} == rows
