@@ -3,6 +3,10 @@
 Runs its own asyncio loop in a thread, listens on a loopback port and forwards to global.
 ``cut()`` resets every live connection (both ends see the link die); ``down()`` also refuses
 new ones until ``up()``. No privileges needed, so it runs in CI.
+
+``connections`` counts the links made through it and ``resets`` the links a cut killed while
+they were live; a test that wants to know a zone reconnected after a cut compares the two, since
+a cut that lands while the zone is between attempts kills nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ class Proxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self._accepting = True
         self.connections = 0
+        self.resets = 0
         ready = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
         self._thread.start()
@@ -63,9 +68,15 @@ class Proxy:
         fut.result(5)
 
     async def _cut(self) -> None:
+        self.resets += len(self._writers) // 2  # each link holds a writer at either end
         for w in list(self._writers):
             w.transport.abort()
         self._writers.clear()
+
+    @property
+    def live(self) -> int:
+        """Links open through the proxy right now."""
+        return len(self._writers) // 2
 
     def cut(self) -> None:
         """Reset every live connection through the proxy."""
