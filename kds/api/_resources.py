@@ -214,10 +214,12 @@ def get_handler(kind: Kind) -> Handler:
         ctx = request.app[API_CONTEXT]
         key = _key(kind, request)
         k8s = _k8s_format(request)
-        if kind is Kind.SECRET:
-            await _require_mesh(ctx, key.mesh)
         row = await ctx.store.get(key)
         if row is None:
+            # A Secret exists only in a mesh that does: its mesh is looked up (for the answer
+            # that names the missing mesh) only when the Secret is not found.
+            if kind is Kind.SECRET:
+                await _require_mesh(ctx, key.mesh)
             raise NotFound(f"{key} not found")
         return web.json_response(_render(ctx, row, request, k8s))
 
@@ -360,9 +362,12 @@ def delete_handler(kind: Kind) -> Handler:
     async def handler(request: web.Request) -> web.Response:
         ctx = request.app[API_CONTEXT]
         key = _key(kind, request)
-        if kind is Kind.SECRET:
-            await _require_mesh(ctx, key.mesh)
-        result = await ctx.store.delete(key)
+        try:
+            result = await ctx.store.delete(key)
+        except NotFound:
+            if kind is Kind.SECRET:  # as for a GET: the missing mesh is the answer, if it is
+                await _require_mesh(ctx, key.mesh)
+            raise
         failpoints.reach("api-after-commit")
         prev = result.previous
         version = result.record.revision if result.record else (prev.version if prev else 0)

@@ -395,7 +395,15 @@ async def test_not_found(api: Api) -> None:
     assert status == 404 and "mesh 'nope' does not exist" in err["detail"]
     status, err = await api.get("/meshes/nope/secrets")
     assert status == 404 and "mesh 'nope'" in err["detail"]
-    assert (await api.delete("/meshes/nope/secrets/foo"))[0] == 404
+    status, err = await api.delete("/meshes/nope/secrets/foo")
+    assert status == 404 and "mesh 'nope' does not exist" in err["detail"]
+    assert err["causes"] == [{"field": "mesh", "message": "mesh 'nope' does not exist"}]
+    # In a mesh that exists, the Secret itself is what is missing.
+    assert (await api.put("/meshes/default", {"type": "Mesh", "name": "default"}))[0] == 201
+    status, err = await api.get("/meshes/default/secrets/foo")
+    assert status == 404 and "foo" in err["detail"] and "mesh" not in str(err["causes"])
+    status, err = await api.delete("/meshes/default/secrets/foo")
+    assert status == 404 and "foo" in err["detail"] and "mesh" not in str(err["causes"])
     assert (await api.delete("/global-secrets/nope"))[0] == 404
     assert (await api.delete("/meshes/nope"))[0] == 404
 
