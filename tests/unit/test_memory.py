@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import threading
 
 import pytest
 
@@ -30,3 +31,31 @@ def test_release_without_glibc_does_nothing(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(memory, "_trim", None)
     assert memory.available() is False
     assert memory.release() is False
+
+
+def test_a_release_asked_for_during_another_walks_the_heaps_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Memory freed while another thread trims may lie where that trim already walked: the
+    trimming thread trims once more for each such request, and the second caller does not
+    wait."""
+    calls: list[str] = []
+    started, proceed = threading.Event(), threading.Event()
+
+    def trim(pad: int) -> int:
+        calls.append("trim")
+        if len(calls) == 1:
+            started.set()
+            assert proceed.wait(5)
+        return 1
+
+    monkeypatch.setattr(memory, "_trim", trim)
+    first = threading.Thread(target=memory.release)
+    first.start()
+    assert started.wait(5)
+    assert memory.release() is False  # another thread is trimming: noted, not waited for
+    assert calls == ["trim"]
+    proceed.set()
+    first.join(5)
+    assert calls == ["trim", "trim"]  # the first thread trimmed again for it
+    assert memory.release() is True and calls == ["trim", "trim", "trim"]  # no request left
