@@ -93,10 +93,11 @@ Left as they are: the per-resource audit log line of an apply (about 40 us each 
 120 us in the console format: a second per 10,000 resources on the event loop); kdsctl's
 start-up and YAML parsing (libyaml builds the parse tree, PyYAML the objects: about 0.1 s for
 10,000 documents); grpc.aio's cost per message (most of global's time per zone when 100 zones
-take a write: about 0.07-0.14 ms per zone per write, of which grpc's write itself is about
-0.025 ms (a minimal grpc.aio server writing 300 bytes to 10 or 100 streams, with TLS or
-without, spends 20-28 us per message; grpc's synchronous server 62-90 us), the rest the
-stream's send path in Python and the acks it reads; a zone in a 50-zone fleet costs about 0.3 ms per write, where an etcd watcher costs about
+take a write: about 0.07-0.14 ms per zone per write, half or more of it inside grpc's write
+call. A minimal grpc.aio server writing 300 bytes to 100 streams, with TLS or without,
+spends 20-29 us of CPU per message and stream when it writes every 2 ms, and 51-53 us when
+it writes every 30 ms, as the benchmark's single writes come: the cost is grpc's own, run
+cold; grpc's synchronous server costs more, 62-90 us at 2 ms; a zone in a 50-zone fleet costs about 0.3 ms per write, where an etcd watcher costs about
 0.05 ms: the zone's SQLite transaction (BEGIN and COMMIT are a third of its apply), its
 event loop, grpc's read and its acks); global's store write of a bulk apply, about 33 us
 per row with no single hot spot.
