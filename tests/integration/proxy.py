@@ -4,9 +4,9 @@ Runs its own asyncio loop in a thread, listens on a loopback port and forwards t
 ``cut()`` resets every live connection (both ends see the link die); ``down()`` also refuses
 new ones until ``up()``. No privileges needed, so it runs in CI.
 
-``connections`` counts the links made through it and ``resets`` the links a cut killed while
-they were live; a test that wants to know a zone reconnected after a cut compares the two, since
-a cut that lands while the zone is between attempts kills nothing.
+``resets`` counts the links a cut killed while they were live (a cut that lands while the zone
+is between reconnect attempts kills nothing) and ``live`` the links open now: a test that
+wants to know a cut really hit the zone, and that the zone came back, reads those two.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ class Proxy:
         self._loop = asyncio.new_event_loop()
         self._writers: set[asyncio.StreamWriter] = set()
         self._accepting = True
-        self.connections = 0
         self.resets = 0
         ready = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
@@ -50,7 +49,6 @@ class Proxy:
         except OSError:
             writer.transport.abort()
             return
-        self.connections += 1
         self._writers |= {writer, up_writer}
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
