@@ -97,8 +97,8 @@ take a write: about 0.07-0.14 ms per zone per write, half or more of it inside g
 call. A minimal grpc.aio server writing 300 bytes to 100 streams, with TLS or without,
 spends 20-29 us of CPU per message and stream when it writes every 2 ms, and 51-53 us when
 it writes every 30 ms, as the benchmark's single writes come: the cost is grpc's own, run
-cold; grpc's synchronous server costs more, 62-90 us at 2 ms; a zone in a 50-zone fleet costs about 0.3 ms per write, where an etcd watcher costs about
-0.05 ms: the zone's SQLite transaction (BEGIN and COMMIT are a third of its apply), its
+cold; grpc's synchronous server costs more, 62-90 us at 2 ms; a zone in a 50-zone fleet
+costs about 0.3 ms per write, where an etcd watcher costs about 0.05 ms: the zone's SQLite transaction (BEGIN and COMMIT are a third of its apply), its
 event loop, grpc's read and its acks); global's store write of a bulk apply, about 33 us
 per row with no single hot spot.
 """
