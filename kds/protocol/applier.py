@@ -58,6 +58,7 @@ class DecodedBatch:
 class ZoneView:
     local: frozenset[Key] = frozenset()  # batch keys that have a zone-local row
     synced: frozenset[Key] = frozenset()  # batch keys that have a synced row
+    # Meshes with a zone-local (synced) row: at least those the batch's keys name or live in
     local_meshes: frozenset[str] = frozenset()
     synced_meshes: frozenset[str] = frozenset()
     # for meshes the batch deletes: (zone-local secrets, synced secrets) living in them

@@ -173,18 +173,25 @@ class ZoneEngine(ResourceEngine):
             stale = [k for k in (Key(Kind(a), b, c) for a, b, c in cur) if k not in keys]
         local: set[Key] = set()
         synced: set[Key] = set()
-        # Which origins hold each key is all the plan needs: the rows themselves are not
-        # read back (nor their digests checked), which was about a third of applying a
-        # one-change batch.
-        for kind, mesh, (name, origin) in select_key_rows(conn, "name, origin", keys | set(stale)):
-            if origin == ORIGIN_ZONE:
-                local.add(Key(kind, mesh, name))
-            elif origin == ORIGIN_GLOBAL:
-                synced.add(Key(kind, mesh, name))
         local_meshes: set[str] = set()
         synced_meshes: set[str] = set()
-        for name, origin in conn.execute("SELECT name, origin FROM resources WHERE kind='Mesh'"):
-            (local_meshes if origin == ORIGIN_ZONE else synced_meshes).add(name)
+        # Which origins hold each key is all the plan needs: the rows themselves are not
+        # read back (nor their digests checked), which was about a third of applying a
+        # one-change batch. Of the Meshes, only those the batch's resources live in are
+        # read, in the same statements: reading every Mesh made a one-change batch on a
+        # zone with 1,000 meshes cost 8 times what it did with one.
+        wanted = keys | set(stale)
+        meshes = {Key(Kind.MESH, "", k.mesh) for k in wanted if k.mesh}
+        for kind, mesh, (name, origin) in select_key_rows(conn, "name, origin", wanted | meshes):
+            key = Key(kind, mesh, name)
+            if kind is Kind.MESH:
+                (local_meshes if origin == ORIGIN_ZONE else synced_meshes).add(name)
+            if key not in wanted:
+                continue
+            if origin == ORIGIN_ZONE:
+                local.add(key)
+            elif origin == ORIGIN_GLOBAL:
+                synced.add(key)
         deleted_meshes = {
             k.name
             for k in (set(stale) | {c.key for c in batch.changes if c.deleted and c.key})

@@ -66,6 +66,23 @@ def test_digest_cost_benchmark_runs() -> None:
     assert "| start-up check of 500 rows |" in r.stdout, r.stdout
 
 
+def test_write_cost_benchmark_runs() -> None:
+    """bench/write_cost.py times one write on global and its batch on a zone, by store size,
+    and prints the table."""
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "write_cost.py"),
+            *("--meshes", "1", "20", "--secrets", "50", "--writes", "5", "--repeats", "1"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "| 20 | 50 |" in r.stdout, r.stdout
+
+
 def test_kdsctl_calls_benchmark_runs() -> None:
     """bench/kdsctl_calls.py starts a global, times kdsctl calls against it and prints medians."""
     r = subprocess.run(
