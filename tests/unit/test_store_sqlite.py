@@ -275,3 +275,30 @@ async def test_a_small_batch_is_applied_on_the_loop_unless_another_writer_holds_
     finally:
         gate.set()
         store.close()
+
+
+def test_a_batch_reads_only_the_meshes_its_resources_live_in(zstore: ZoneEngine) -> None:
+    """Applying a batch reads the rows of its own keys and of the Meshes they live in, not
+    every Mesh the zone holds: a one-change batch costs the same with 1 mesh or 1,000. The
+    plan still sees a mesh that only the zone holds, and refuses a Secret whose mesh the zone
+    does not hold."""
+    meshes = [Key(Kind.MESH, "", f"m{i}") for i in range(30)]
+    zstore.apply_batch(dbatch([inc_put(mk(k), i + 1) for i, k in enumerate(meshes)], 30), GSID, T0)
+    zstore.put(mk(Key(Kind.MESH, "", "local-only")), T0)
+    conn = zstore.db._now_conn()
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    in_m3, in_local = Key(Kind.SECRET, "m3", "a"), Key(Kind.SECRET, "local-only", "b")
+    missing = Key(Kind.SECRET, "nowhere", "c")
+    changes = [inc_put(mk(in_m3), 31), inc_put(mk(in_local), 32), inc_put(mk(missing), 33)]
+    result = zstore.apply_batch_now(dbatch(changes, 33, 30), GSID, T1)
+    conn.set_trace_callback(None)
+    reads = [s for s in statements if s.startswith("SELECT") and "FROM resources" in s]
+    assert reads and all(" name IN (" in s for s in reads), reads
+    mesh_reads = [s for s in reads if "kind='Mesh'" in s]
+    assert len(mesh_reads) == 1 and "'m3'" in mesh_reads[0] and "'m4'" not in mesh_reads[0]
+    assert result.applied_revision == 33
+    assert [(k, reason) for k, reason in result.rejected] == [
+        (missing, "mesh 'nowhere' does not exist on this zone")
+    ]
+    assert zstore.get(in_m3) is not None and zstore.get(in_local) is not None
