@@ -26,6 +26,9 @@ Scenarios:
   5 etcd         scenarios 1 and 2 against etcd, in the same run.
   6 anti_entropy bytes to check an equal N-secret store; time and bytes to find and repair
                  one damaged secret among N (in one process, bench.anti_entropy).
+  7 components   the component tools (bench/write_cost.py, digest_cost.py, kdsctl_calls.py,
+                 reconnect_memory.py), once each, their tables kept verbatim
+                 (bench.components): every figure the report gives comes from this one run.
 
 The scenarios themselves are in bench.scenarios; this module plans the repeats, runs them and
 writes the report (bench.report).
@@ -45,7 +48,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import anti_entropy, report
+from bench import anti_entropy, components, report
 from bench.common import ROOT, profile_into, samplers_done
 from bench.etcd import etcd_binary
 from bench.scenarios import (
@@ -55,6 +58,8 @@ from bench.scenarios import (
     propagation_kds,
     resume_and_footprint,
 )
+
+SCENARIOS = ["propagation", "bulk", "resume", "anti_entropy", "components"]
 
 PLANS = {
     "full": {
@@ -68,6 +73,7 @@ PLANS = {
         "storm_zones": 100,
         "ae_total": 100_000,
         "plaintext": True,
+        "components": "full",
         "repeats": 3,
     },
     "quick": {
@@ -81,6 +87,7 @@ PLANS = {
         "storm_zones": 3,
         "ae_total": 2_000,
         "plaintext": True,
+        "components": "small",
         "repeats": 1,
     },
 }
@@ -120,7 +127,7 @@ def run(plan: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         "propagation": [],
         "bulk": [],
     }
-    only = set(args.only or ["propagation", "bulk", "resume", "anti_entropy"])
+    only = set(args.only or SCENARIOS)
     for rep in range(plan["repeats"]):
         if "propagation" in only:
             for z in plan["prop_zones"]:
@@ -174,6 +181,8 @@ def run(plan: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         _log(f"anti-entropy: {plan['ae_total']} secrets, one damaged")
         results["anti_entropy"] = asyncio.run(anti_entropy.measure(plan["ae_total"]))
         _log(f"  {json.dumps(results['anti_entropy'])}")
+    if "components" in only:
+        results["components"] = components.run_all(plan["components"] == "small", _log)
     results["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     return results
 
@@ -196,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--only",
         nargs="+",
-        choices=["propagation", "bulk", "resume", "anti_entropy"],
+        choices=SCENARIOS,
         help="run only these",
     )
     ap.add_argument("--keep", action="store_true", help="keep work dirs (logs, stores)")

@@ -1,4 +1,5 @@
-"""Global's resident memory across many zone reconnects (grpc/grpc#43360 watch).
+"""Global's resident memory across many zone reconnects (grpcio has leaked native memory per
+RPC whose batch failed or whose awaiter was cancelled, which every reconnect does).
 
 Starts a real globalcp, then opens and abandons sync streams in a loop, the way zones that
 restart or lose their link do: hello, welcome, snapshot, ack, then the zone side cancels

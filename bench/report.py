@@ -338,6 +338,22 @@ def markdown(results: dict[str, Any]) -> str:
             "the work of both sides with no network between them (a link adds a round trip "
             "per round).",
         ]
+    if results.get("components"):
+        lines += [
+            "",
+            "## 7. Components",
+            "",
+            "Each tool once, in this run; its table as it printed it.",
+        ]
+    for c in results.get("components", []):
+        lines += [
+            "",
+            f"### {c['what']}",
+            "",
+            f"`{c['command']}` ({c['seconds']} s):",
+            "",
+            c["output"],
+        ]
     return "\n".join(lines) + "\n\n" + PROFILED
 
 

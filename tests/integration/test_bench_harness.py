@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_quick_harness_run_writes_results_for_every_scenario(tmp_path: Path) -> None:
-    """bench --quick: propagation, bulk (kds and etcd), resume, footprint and anti-entropy,
-    in all outputs."""
+    """bench --quick: propagation, bulk (kds and etcd), resume, footprint, anti-entropy and
+    the component tools, in all outputs."""
     if shutil.which("etcd") is None:
         pytest.skip("etcd is not installed: run scripts/setup-bench")
     pytest.importorskip("matplotlib")
@@ -60,7 +60,13 @@ def test_quick_harness_run_writes_results_for_every_scenario(tmp_path: Path) -> 
     assert ae["secrets"] == res["plan"]["ae_total"] and ae["equal"]["result"] == "equal"
     assert ae["one_damaged"]["result"] == "repair" and ae["one_damaged"]["after"] == "equal"
     assert len(ae["one_damaged"]["repaired"]) == 1 and ae["one_damaged"]["repair_bytes"] > 0
+    comps = {c["name"]: c for c in res["components"]}
+    assert set(comps) == {"write_cost", "digest_cost", "kdsctl_calls", "reconnect_memory"}
+    for c in comps.values():  # each tool's own table, with the command that made it
+        assert c["command"].startswith(f"bench/{c['name']}.py ") and "|---|" in c["output"]
     md = (tmp_path / "benchmarks.md").read_text()
+    for c in comps.values():
+        assert f"`{c['command']}`" in md and c["output"] in md
     for heading in (
         "## Targets",
         "## 1 and 5.",
@@ -68,6 +74,7 @@ def test_quick_harness_run_writes_results_for_every_scenario(tmp_path: Path) -> 
         "## 3. Resume",
         "## 4. Footprint",
         "## 6. Anti-entropy",
+        "## 7. Components",
     ):
         assert heading in md
     assert "shared 2-core machine" in md
