@@ -117,6 +117,9 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             prop[z][f"{side}_p99"].append(r[side]["p99_ms"])
             prop[z][f"{side}_send_p50"].append(r[side]["from_send_p50_ms"])
             prop[z][f"{side}_send_p99"].append(r[side]["from_send_p99_ms"])
+            if "answer_p50_ms" in r[side]:  # runs before it was recorded lack it
+                prop[z][f"{side}_answer_p50"].append(r[side]["answer_p50_ms"])
+                prop[z][f"{side}_answer_p99"].append(r[side]["answer_p99_ms"])
         prop[z]["ratio_p50"].append(r["kds"]["p50_ms"] / max(r["etcd"]["p50_ms"], 1e-3))
         prop[z]["ratio_p99"].append(r["kds"]["p99_ms"] / max(r["etcd"]["p99_ms"], 1e-3))
         prop[z]["ratio_send_p99"].append(
@@ -250,6 +253,21 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {z} | {d['kds_send_p50']} | {d['kds_send_p99']} | {d.get('plain_send_p99', '-')} "
             f"| {d['etcd_send_p50']} | {d['etcd_send_p99']} | {d['ratio_send_p99']} |"
         )
+    answered = {z: d for z, d in s["propagation"].items() if "kds_answer_p50" in d}
+    if answered:
+        lines += [
+            "",
+            "The write itself, from sending it to hearing the answer (what a writer waits; "
+            "global answers once every connected zone's stream has handed the change to grpc):",
+            "",
+            "| zones | kds p50 | kds p99 | etcd p50 | etcd p99 |",
+            "|---|---|---|---|---|",
+        ]
+        for z, d in answered.items():
+            lines.append(
+                f"| {z} | {d['kds_answer_p50']} | {d['kds_answer_p99']} "
+                f"| {d['etcd_answer_p50']} | {d['etcd_answer_p99']} |"
+            )
     n = results["plan"]["bulk_n"]
     lines += [
         "",

@@ -207,7 +207,9 @@ def _workdir(name: str, keep: bool) -> Iterator[Path]:
 
 def _summary(lat_ms: list[float], from_send_ms: list[float]) -> dict[str, Any]:
     """Latency figures from the write's acknowledgement (negative: a member had it before
-    the writer heard the answer), and from sending the write (the write's own commit too)."""
+    the writer heard the answer), from sending the write (the write's own commit too), and
+    of the write itself (sending it to hearing the answer: what a writer waits)."""
+    answer_ms = [s - a for a, s in zip(lat_ms, from_send_ms, strict=True)]
     return {
         "writes": len(lat_ms),
         "p50_ms": round(percentile(lat_ms, 50), 2),
@@ -216,6 +218,8 @@ def _summary(lat_ms: list[float], from_send_ms: list[float]) -> dict[str, Any]:
         "before_ack": sum(1 for x in lat_ms if x < 0),
         "from_send_p50_ms": round(percentile(from_send_ms, 50), 2),
         "from_send_p99_ms": round(percentile(from_send_ms, 99), 2),
+        "answer_p50_ms": round(percentile(answer_ms, 50), 2),
+        "answer_p99_ms": round(percentile(answer_ms, 99), 2),
     }
 
 

@@ -42,6 +42,7 @@ def test_quick_harness_run_writes_results_for_every_scenario(tmp_path: Path) -> 
         for side in ("kds", "kds_plain", "etcd"):
             assert row[side]["writes"] == res["plan"]["writes"]
             assert row[side]["p50_ms"] <= row[side]["p99_ms"] <= row[side]["max_ms"]
+            assert 0 < row[side]["answer_p50_ms"] <= row[side]["answer_p99_ms"]
     for row in res["bulk"]:
         assert row["kds"]["tls"] is True and row["kds_plain"]["tls"] is False
         for side in ("kds", "kds_plain", "etcd"):
@@ -80,3 +81,4 @@ def test_quick_harness_run_writes_results_for_every_scenario(tmp_path: Path) -> 
     assert "shared 2-core machine" in md
     assert (tmp_path / "benchmarks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| kds plaintext p99 |" in md and "kdsctl CPU s" in md
+    assert "from sending it to hearing the answer" in md
