@@ -1,7 +1,7 @@
 """The benchmark scenarios, each one run of kds-sync or of etcd, returning its figures.
 
 bench.harness runs them in repeats and writes the report; each function here starts what it
-measures (a real globalcp process, zone fleets, an etcd member), drives it and stops it.
+measures (a real globalcp, zone fleets, an etcd member), drives it and stops it.
 """
 
 from __future__ import annotations
@@ -53,11 +53,10 @@ def _value(i: int, salt: str) -> bytes:
 
 
 class KdsGlobal:
-    """A real globalcp process on loopback ports.
-
-    With ``tls`` (the default, as in production) the sync port serves TLS with global's own
-    CA and zones present zone tokens; without it global serves plaintext without tokens
-    (``--kds-insecure``), the extra column that shows what TLS costs."""
+    """A real globalcp process on loopback ports. With ``tls`` (the default, as in
+    production) the sync port serves TLS with global's own CA and zones present zone tokens;
+    without it global serves plaintext without tokens (``--kds-insecure``), the extra column
+    that shows what TLS costs."""
 
     def __init__(self, work: Path, name: str = "global", tls: bool = True):
         self.tls = tls
@@ -206,9 +205,8 @@ def _workdir(name: str, keep: bool) -> Iterator[Path]:
 
 
 def _summary(lat_ms: list[float], from_send_ms: list[float]) -> dict[str, Any]:
-    """Latency figures from the write's acknowledgement (negative: a member had it before
-    the writer heard the answer), from sending the write (the write's own commit too), and
-    of the write itself (sending it to hearing the answer: what a writer waits)."""
+    """Latency from the write's answer (negative: a member had it first), from sending the
+    write (its commit too), and of the write itself (sending to answer: what a writer waits)."""
     answer_ms = [s - a for a, s in zip(lat_ms, from_send_ms, strict=True)]
     return {
         "writes": len(lat_ms),
@@ -485,8 +483,7 @@ _CHECK_DONE = (
 
 
 def _wait_checks(g: KdsGlobal, zones: int, timeout: float, prefix: str = "idle-") -> None:
-    """Until global logged an anti-entropy check's outcome for ``zones`` zones named
-    ``prefix``..."""
+    """Until global logged a check's outcome for ``zones`` zones named ``prefix``..."""
     deadline = time.time() + timeout
 
     def checked() -> int:
