@@ -30,7 +30,14 @@ from kds.errors import ConfigError
 from kds.grpc_options import server_options
 from kds.model import Key, Kind, Limits, Resource
 from kds.reload import Reloader
-from kds.runtime import Guard, Service, check_ports_free, ensure_private_dir, settle_heap
+from kds.runtime import (
+    Guard,
+    Service,
+    check_ports_free,
+    ensure_private_dir,
+    keep_memory_trimmed,
+    settle_heap,
+)
 from kds.secret_files import check_secret_files
 from kds.store import WriteResult, open_global_store
 from kds.store.target import store_location
@@ -143,6 +150,7 @@ async def run_global(cfg: GlobalConfig, service: Service) -> int:
         guard.start("peers", peers.run())
         guard.start("zone-lease-watch", tracker.run_lease_watch(servicer.end_zone_stream))
     settle_heap()  # loaded: what is alive now lives as long as the daemon
+    guard.start("memory-keeper", keep_memory_trimmed(stop))
     server = grpc.aio.server(
         options=server_options(cfg.max_message_bytes, cfg.keepalive_interval, cfg.keepalive_timeout)
     )

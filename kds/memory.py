@@ -10,6 +10,11 @@ the middle of a heap). It frees nothing live, so calling it is always safe; it c
 over the allocator's free lists (milliseconds for a few hundred megabytes), so it is called
 after a phase that freed a lot, never per message.
 
+A daemon also gives memory back on its own, the way a garbage-collected runtime's scavenger
+does: ``Keeper`` watches the resident size and releases when it has grown by more than a
+slack since the last release, so memory freed by a phase that called no ``release()`` (a
+burst of connections, checks ending in another order) does not stay resident.
+
 Where the C library is not glibc (musl, macOS), ``release()`` does nothing.
 """
 
@@ -18,10 +23,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import os
 import threading
 from collections.abc import Callable
 
-__all__ = ["available", "release"]
+__all__ = ["Keeper", "available", "release", "resident_bytes"]
 
 
 def _load_trim() -> Callable[[int], int] | None:
@@ -80,3 +86,49 @@ def release() -> bool:
             _lock.release()
         if not _again:
             return released
+
+
+def resident_bytes() -> int | None:
+    """This process's resident set size; None where /proc is not there to read it."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class Keeper:
+    """Decides when a daemon gives freed memory back on its own: at a check (``due``), when
+    the resident size grew by more than ``slack`` bytes over what it was after the last
+    release. Growth that is live memory (more zones, more secrets) costs one release in
+    vain, then becomes the new baseline; only further growth asks again."""
+
+    def __init__(
+        self,
+        slack: int = 8 << 20,
+        rss: Callable[[], int | None] = resident_bytes,
+        releaser: Callable[[], bool] = release,
+    ):
+        self.slack = slack
+        self._rss = rss
+        self._release = releaser
+        self.baseline = rss()
+        self.releases = 0
+
+    def due(self) -> bool:
+        """Whether the resident size grew past the slack since the last release."""
+        if _trim is None and self._release is release:
+            return False
+        now = self._rss()
+        if now is None:
+            return False
+        if self.baseline is None or now < self.baseline:
+            self.baseline = now  # it shrank on its own: measure growth from here
+            return False
+        return now - self.baseline > self.slack
+
+    def release(self) -> None:
+        """Release (blocking: call it off the event loop), then take the new baseline."""
+        self._release()
+        self.releases += 1
+        self.baseline = self._rss()

@@ -6,7 +6,9 @@ kds/reload.py); a daemon that has not yet said how ignores it with a warning. A 
 that dies is logged with its name and stops the daemon (exit code 1) instead of leaving a
 half-working process behind.
 
-Both daemons collect cyclic garbage less often than CPython's default (``tune_gc``).
+Both daemons collect cyclic garbage less often than CPython's default (``tune_gc``), and
+give freed memory back to the system on their own when their resident size grows
+(``keep_memory_trimmed``, kds.memory.Keeper).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 
 import structlog
 
-from kds import failpoints
+from kds import failpoints, memory
 from kds.errors import ConfigError
 from kds.notify import Notifier
 
@@ -34,6 +36,7 @@ __all__ = [
     "Service",
     "check_ports_free",
     "ensure_private_dir",
+    "keep_memory_trimmed",
     "run_daemon",
     "tune_gc",
 ]
@@ -171,6 +174,26 @@ def settle_heap() -> None:
     builds stays for the daemon's life anyway."""
     gc.collect()
     gc.freeze()
+
+
+MEMORY_CHECK_INTERVAL = 10.0  # seconds between looks at the resident size
+
+
+async def keep_memory_trimmed(
+    stop: asyncio.Event,
+    interval: float = MEMORY_CHECK_INTERVAL,
+    keeper: memory.Keeper | None = None,
+) -> None:
+    """Until ``stop``: every ``interval`` seconds, give freed memory back to the system if
+    the resident size grew past the keeper's slack since the last time (a thread does the
+    walk, so the event loop never waits for it). A look is one read of /proc; a release,
+    a full collection and a walk of the allocator's free lists, tens of milliseconds."""
+    keeper = keeper or memory.Keeper()
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
+        if not stop.is_set() and keeper.due():
+            await asyncio.to_thread(keeper.release)
 
 
 def run_daemon(

@@ -17,7 +17,14 @@ from kds.crypto import load_key_file
 from kds.errors import ConfigError, StoreError
 from kds.model import Limits
 from kds.reload import Reloader
-from kds.runtime import Guard, Service, check_ports_free, ensure_private_dir, settle_heap
+from kds.runtime import (
+    Guard,
+    Service,
+    check_ports_free,
+    ensure_private_dir,
+    keep_memory_trimmed,
+    settle_heap,
+)
 from kds.secret_files import check_secret_files
 from kds.store import WriteResult, open_zone_store
 from kds.store.target import store_location
@@ -190,6 +197,7 @@ async def run_zone(cfg: ZoneConfig, service: Service) -> int:
 
     tls = api_ssl_context(cfg.api_tls_cert_file, cfg.api_tls_key_file)
     settle_heap()  # loaded: what is alive now lives as long as the daemon
+    guard.start("memory-keeper", keep_memory_trimmed(stop))
     runner = await serve_api(ctx, cfg.api_address, extra, tls)
     state = await store.sync_state()
     log.info(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import platform
 import threading
 
 import pytest
 
 from kds import memory
+from kds.runtime import keep_memory_trimmed
 
 
 def test_release_is_available_with_glibc() -> None:
@@ -59,3 +61,95 @@ def test_a_release_asked_for_during_another_walks_the_heaps_again(
     first.join(5)
     assert calls == ["trim", "trim"]  # the first thread trimmed again for it
     assert memory.release() is True and calls == ["trim", "trim", "trim"]  # no request left
+
+
+class _Process:
+    """A resident size the test moves, and a release that gives back what it is told to."""
+
+    def __init__(self, rss: int):
+        self.rss = rss
+        self.freed_by_release = 0
+        self.releases = 0
+
+    def read(self) -> int:
+        return self.rss
+
+    def release(self) -> bool:
+        self.releases += 1
+        self.rss -= self.freed_by_release
+        self.freed_by_release = 0
+        return True
+
+
+MB = 1 << 20
+
+
+def test_keeper_releases_only_when_resident_size_grew_past_the_slack() -> None:
+    """Growth within the slack asks nothing; past it, one release, and the size after it is
+    the new baseline, so live growth (more zones) costs one release in vain, not one per look."""
+    p = _Process(100 * MB)
+    k = memory.Keeper(slack=8 * MB, rss=p.read, releaser=p.release)
+    p.rss += 8 * MB
+    assert not k.due()
+    p.rss += 12 * MB  # 20 MB over the baseline, 15 of them freed but held by the allocator
+    p.freed_by_release = 15 * MB
+    assert k.due()
+    k.release()
+    assert (p.releases, k.baseline) == (1, 105 * MB)
+    assert not k.due()
+    p.rss += 9 * MB  # live growth: one release in vain, then it is the baseline
+    assert k.due()
+    k.release()
+    assert (p.releases, k.baseline) == (2, 114 * MB)
+    assert not k.due()
+
+
+def test_keeper_measures_growth_from_a_size_that_shrank_on_its_own() -> None:
+    p = _Process(100 * MB)
+    k = memory.Keeper(slack=8 * MB, rss=p.read, releaser=p.release)
+    p.rss = 60 * MB
+    assert not k.due() and k.baseline == 60 * MB
+    p.rss = 70 * MB
+    assert k.due()
+
+
+def test_keeper_does_nothing_where_the_size_cannot_be_read() -> None:
+    k = memory.Keeper(rss=lambda: None, releaser=lambda: True)
+    assert not k.due()
+
+
+def test_resident_bytes_reads_this_process() -> None:
+    rss = memory.resident_bytes()
+    if platform.system() != "Linux":
+        assert rss is None
+        return
+    assert rss is not None and 1 * MB < rss < 4096 * MB
+
+
+async def test_the_daemons_keeper_task_releases_when_due_and_stops_with_the_daemon() -> None:
+    """kds.runtime.keep_memory_trimmed looks every interval, releases off the event loop
+    only when the keeper says so, and returns once stop is set."""
+    p = _Process(100 * MB)
+    loop_thread = threading.get_ident()
+    threads: list[int] = []
+
+    def release() -> bool:
+        threads.append(threading.get_ident())
+        return p.release()
+
+    k = memory.Keeper(slack=8 * MB, rss=p.read, releaser=release)
+    stop = asyncio.Event()
+    task = asyncio.create_task(keep_memory_trimmed(stop, interval=0.01, keeper=k))
+    await asyncio.sleep(0.05)
+    assert p.releases == 0  # no growth: no release
+    p.rss += 30 * MB
+    p.freed_by_release = 25 * MB
+    for _ in range(200):
+        if p.releases:
+            break
+        await asyncio.sleep(0.01)
+    assert p.releases == 1 and threads and threads[0] != loop_thread
+    await asyncio.sleep(0.05)
+    assert p.releases == 1  # back within the slack of the new baseline
+    stop.set()
+    await asyncio.wait_for(task, 1)
