@@ -25,6 +25,9 @@ from typing import Any
 
 import httpx
 
+from kds.model import Resource
+from kds.protocol.applier import DecodedBatch, Incoming
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -367,3 +370,27 @@ class CountingProxy:
 
     def close(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+# ---------------------------------------------------------------- in-process store benchmarks
+
+
+def synced_put(r: Resource, rev: int, now: str) -> Incoming:
+    """A put of ``r`` at revision ``rev``, as a zone receives it from global."""
+    return Incoming(rev, r.key, r.with_meta(version=rev, creation_time=now, modification_time=now))
+
+
+def final_batch(
+    seq: int, from_revision: int, changes: list[Incoming], snapshot: bool = False
+) -> DecodedBatch:
+    """A whole batch (its last part) carrying ``changes``, up to the last one's revision."""
+    end = changes[-1].revision
+    return DecodedBatch(
+        seq=seq,
+        from_revision=from_revision,
+        revision=end,
+        snapshot=snapshot,
+        final=True,
+        head_revision=end,
+        changes=tuple(changes),
+    )

@@ -49,7 +49,8 @@ def run_all(quick: bool, log: Any = None) -> list[dict[str, Any]]:
     """Run every component tool once; their outputs, in order."""
     out = []
     for name, what, full, small in COMPONENTS:
-        args = [sys.executable, str(ROOT / "bench" / f"{name}.py"), *(small if quick else full)]
+        chosen = small if quick else full
+        args = [sys.executable, str(ROOT / "bench" / f"{name}.py"), *chosen]
         if log is not None:
             log(f"component: {name}")
         started = time.monotonic()
@@ -60,7 +61,7 @@ def run_all(quick: bool, log: Any = None) -> list[dict[str, Any]]:
             {
                 "name": name,
                 "what": what,
-                "command": " ".join(["bench/" + name + ".py", *(small if quick else full)]),
+                "command": " ".join([f"bench/{name}.py", *chosen]),
                 "seconds": round(time.monotonic() - started, 1),
                 "output": r.stdout.strip(),
             }

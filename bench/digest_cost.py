@@ -21,32 +21,20 @@ if __package__ in (None, ""):  # run as a script: bench/ is sys.path[0], the rep
 import kds.store._rows as rowsmod
 import kds.store._sealing as sealmod
 import kds.store.sqlite._digest as digmod
+from bench.common import final_batch, synced_put
 from kds.model import Kind, Resource
-from kds.protocol.applier import DecodedBatch, Incoming
+from kds.protocol.applier import DecodedBatch
 from kds.store.sqlite import ZoneEngine
 
 NOW = "2026-11-30T00:00:00Z"
 
 
 def _batch(n: int) -> DecodedBatch:
-    def put(r: Resource, rev: int) -> Incoming:
-        return Incoming(
-            rev, r.key, r.with_meta(version=rev, creation_time=NOW, modification_time=NOW)
-        )
-
-    changes = [put(Resource(Kind.MESH, "default"), 1)] + [
-        put(Resource(Kind.SECRET, f"s{i}", mesh="default", data=b"v%06d" % i), i + 2)
+    changes = [synced_put(Resource(Kind.MESH, "default"), 1, NOW)] + [
+        synced_put(Resource(Kind.SECRET, f"s{i}", mesh="default", data=b"v%06d" % i), i + 2, NOW)
         for i in range(n)
     ]
-    return DecodedBatch(
-        seq=1,
-        from_revision=0,
-        revision=n + 1,
-        snapshot=False,
-        final=True,
-        head_revision=n + 1,
-        changes=tuple(changes),
-    )
+    return final_batch(1, 0, changes)
 
 
 def _apply(path: Path, n: int) -> float:

@@ -22,8 +22,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: bench/ is sys.path[0], the repository is not
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import final_batch, synced_put
 from kds.model import Kind, Resource
-from kds.protocol.applier import DecodedBatch, Incoming
 from kds.store.sqlite import GlobalEngine, ZoneEngine
 
 NOW = "2026-11-30T00:00:00Z"
@@ -52,36 +52,22 @@ def _global_cost(work: Path, meshes: int, secrets: int, writes: int, repeats: in
         g.close()
 
 
-def _batch(seq: int, start: int, changes: list[Incoming], snapshot: bool) -> DecodedBatch:
-    end = changes[-1].revision
-    return DecodedBatch(
-        seq=seq,
-        from_revision=start,
-        revision=end,
-        snapshot=snapshot,
-        final=True,
-        head_revision=end,
-        changes=tuple(changes),
-    )
-
-
-def _put(r: Resource, rev: int) -> Incoming:
-    return Incoming(rev, r.key, r.with_meta(version=rev, creation_time=NOW, modification_time=NOW))
-
-
 def _zone_cost(work: Path, meshes: int, secrets: int, writes: int, repeats: int) -> float:
     z = ZoneEngine(work / "zone.db")
     try:
-        held = [_put(Resource(Kind.MESH, f"m{i}"), i + 1) for i in range(meshes)]
-        held += [_put(_secret(f"s{i}", "m0", b"v%06d" % i), meshes + i + 1) for i in range(secrets)]
-        z.apply_batch(_batch(1, 0, held, snapshot=True), "bench-store", NOW)
+        held = [synced_put(Resource(Kind.MESH, f"m{i}"), i + 1, NOW) for i in range(meshes)]
+        held += [
+            synced_put(_secret(f"s{i}", "m0", b"v%06d" % i), meshes + i + 1, NOW)
+            for i in range(secrets)
+        ]
+        z.apply_batch(final_batch(1, 0, held, snapshot=True), "bench-store", NOW)
         rev = len(held)
         passes = []
         for p in range(repeats):
             batches = []
             for i in range(writes):
-                change = _put(_secret("bench", "m0", b"w%d-%d" % (p, i)), rev + i + 1)
-                batches.append(_batch(rev + i + 2, rev + i, [change], snapshot=False))
+                change = synced_put(_secret("bench", "m0", b"w%d-%d" % (p, i)), rev + i + 1, NOW)
+                batches.append(final_batch(rev + i + 2, rev + i, [change]))
             started = time.thread_time()
             for b in batches:
                 z.apply_batch_now(b, "bench-store", NOW)

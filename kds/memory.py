@@ -113,12 +113,9 @@ class Keeper:
         self._rss = rss
         self._release = releaser
         self.baseline = rss()
-        self.releases = 0
 
     def due(self) -> bool:
         """Whether the resident size grew past the slack since the last release."""
-        if _trim is None and self._release is release:
-            return False
         now = self._rss()
         if now is None:
             return False
@@ -130,5 +127,4 @@ class Keeper:
     def release(self) -> None:
         """Release (blocking: call it off the event loop), then take the new baseline."""
         self._release()
-        self.releases += 1
         self.baseline = self._rss()

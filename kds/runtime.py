@@ -187,8 +187,12 @@ async def keep_memory_trimmed(
     """Until ``stop``: every ``interval`` seconds, give freed memory back to the system if
     the resident size grew past the keeper's slack since the last time (a thread does the
     walk, so the event loop never waits for it). A look is one read of /proc; a release,
-    a full collection and a walk of the allocator's free lists, tens of milliseconds."""
-    keeper = keeper or memory.Keeper()
+    a full collection and a walk of the allocator's free lists, tens of milliseconds. Where
+    a release can give nothing back (the C library is not glibc), returns at once."""
+    if keeper is None:
+        if not memory.available():
+            return
+        keeper = memory.Keeper()
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval)

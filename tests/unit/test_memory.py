@@ -153,3 +153,11 @@ async def test_the_daemons_keeper_task_releases_when_due_and_stops_with_the_daem
     assert p.releases == 1  # back within the slack of the new baseline
     stop.set()
     await asyncio.wait_for(task, 1)
+
+
+async def test_the_keeper_task_ends_at_once_where_a_release_gives_nothing_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without glibc there is nothing to give back: no look at /proc every interval."""
+    monkeypatch.setattr(memory, "_trim", None)
+    await asyncio.wait_for(keep_memory_trimmed(asyncio.Event(), interval=60), 1)
