@@ -24,7 +24,8 @@ How each side is measured:
   fleets of real `ZoneClient`s, each with its own SQLite store and its own gRPC stream; 100
   zones share two processes. Sync runs as in production: TLS with global's own CA and a zone
   token per zone. The "plaintext" columns run the same scenario with `--kds-insecure` (no TLS,
-  no tokens), as etcd runs here. Single writes are HTTP PUTs to global's API,
+  no tokens), as etcd runs here. Single writes are HTTP PUTs to global's API, sent with
+  kdsctl's own client (the standard library's http.client, one kept-alive connection),
   timed from the API's answer to the commit on the last zone. Bulk is one `kdsctl apply -f`
   of a YAML file, timed from starting kdsctl to the commit on the last zone.
 - **etcd** (Debian's etcd-server, one member, temp data dir): writes are KV.Put (bulk: one Txn

@@ -6,11 +6,8 @@ measures (a real globalcp, zone fleets, an etcd member), drives it and stops it.
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -20,8 +17,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from bench.common import (
     BIN,
     CountingProxy,
@@ -29,143 +24,14 @@ from bench.common import (
     RssSampler,
     cpu_s,
     dir_size_mb,
-    free_port,
     peak_rss_mb,
     percentile,
     rss_mb,
-    sample,
     start_fleet,
-    stop_process,
-    wait_http,
 )
 from bench.etcd import EtcdServer
+from bench.kds_global import VALUE_BYTES, KdsGlobal, _secret_items, _value
 from kds._pb import sync_pb2 as pb
-
-VALUE_BYTES = 48  # each secret's decoded data (64 base64 characters)
-
-
-def _value(i: int, salt: str) -> bytes:
-    seed = f"{salt}-{i}-".encode()
-    return (seed * (VALUE_BYTES // len(seed) + 1))[:VALUE_BYTES]
-
-
-# ---------------------------------------------------------------------- kds global
-
-
-class KdsGlobal:
-    """A real globalcp process on loopback ports. With ``tls`` (the default, as in
-    production) the sync port serves TLS with global's own CA and zones present zone tokens;
-    without it global serves plaintext without tokens (``--kds-insecure``), the extra column
-    that shows what TLS costs."""
-
-    def __init__(self, work: Path, name: str = "global", tls: bool = True):
-        self.tls = tls
-        self.dir = work / name
-        self.token_dir = work / f"{name}-zone-tokens"
-        self.api_port, self.kds_port = free_port(), free_port()
-        self.api = f"http://127.0.0.1:{self.api_port}"
-        self.log = work / f"{name}.log"
-        with open(self.log, "ab") as f:
-            self.proc = subprocess.Popen(
-                [
-                    str(BIN / "globalcp"),
-                    "run",
-                    "--data-dir",
-                    str(self.dir),
-                    "--api-address",
-                    f"127.0.0.1:{self.api_port}",
-                    "--kds-address",
-                    f"127.0.0.1:{self.kds_port}",
-                    "--log-format",
-                    "json",
-                    *([] if tls else ["--kds-insecure"]),
-                ],
-                stdout=f,
-                stderr=f,
-            )
-        sample(self.proc.pid, f"{work.name}-{name}")
-        wait_http(self.api + "/")
-        self.admin_token = (self.dir / "admin-token").read_text().strip()
-        self.http = httpx.Client(
-            base_url=self.api,
-            timeout=600,
-            headers={"Authorization": f"Bearer {self.admin_token}"},
-        )
-        self._db = sqlite3.connect(f"file:{self.dir / 'global.db'}?mode=ro", uri=True)
-
-    @property
-    def address(self) -> str:
-        return f"grpc://127.0.0.1:{self.kds_port}"
-
-    def zone_args(self, names: list[str]) -> list[str]:
-        """bench.fleet's options to reach this global: over TLS, a zone token for each name
-        (issued through the API, as an operator would; written 0600), or plaintext."""
-        if not self.tls:
-            return ["--insecure"]
-        self.token_dir.mkdir(mode=0o700, exist_ok=True)
-        for zone in names:
-            path = self.token_dir / f"{zone}.token"
-            if not path.exists():
-                r = self.http.post("/zone-tokens", json={"zone": zone})
-                r.raise_for_status()
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "w") as f:
-                    f.write(r.json()["token"])
-        return ["--ca-file", str(self.dir / "ca.crt"), "--token-dir", str(self.token_dir)]
-
-    def head(self) -> int:
-        return int(self._db.execute("SELECT value FROM meta WHERE key='head'").fetchone()[0])
-
-    def changes(self, after: int, upto: int) -> list[bytes]:
-        cur = self._db.execute(
-            "SELECT change FROM changelog WHERE revision > ? AND revision <= ? ORDER BY revision",
-            (after, upto),
-        )
-        return [bytes(c) for (c,) in cur]
-
-    def put_secret(self, name: str, value: bytes) -> None:
-        r = self.http.put(
-            f"/meshes/default/secrets/{name}",
-            json={
-                "type": "Secret",
-                "mesh": "default",
-                "name": name,
-                "data": base64.b64encode(value).decode(),
-            },
-        )
-        r.raise_for_status()
-
-    def apply_items(self, items: list[dict[str, Any]], chunk: int = 10_000) -> None:
-        for i in range(0, len(items), chunk):
-            self.http.post("/_apply", json={"items": items[i : i + chunk]}).raise_for_status()
-
-    def log_events(self, event: str) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log.read_text().splitlines():
-            try:
-                e = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if e.get("event") == event:
-                out.append(e)
-        return out
-
-    def stop(self) -> None:
-        self.http.close()
-        self._db.close()
-        stop_process(self.proc)
-
-
-def _secret_items(n: int, salt: str, prefix: str = "s") -> list[dict[str, Any]]:
-    return [
-        {
-            "type": "Secret",
-            "mesh": "default",
-            "name": f"{prefix}{i}",
-            "data": base64.b64encode(_value(i, salt)).decode(),
-        }
-        for i in range(n)
-    ]
 
 
 def _zones(g: KdsGlobal, work: Path, n: int, procs: int, *, address: str = "", **kw: Any) -> Fleet:
