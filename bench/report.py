@@ -49,61 +49,9 @@ transaction already built in memory.
 
 PROFILED = """## What was profiled and fixed
 
-Profiled with py-spy (`py-spy record -f raw` on globalcp and on a zone fleet) and cProfile /
-tracemalloc in-process; each fix is its own commit, with its before and after in the message.
-Single runs on the same shared machine, so in-process figures are medians or minima of repeats.
-
-| what missed or cost most | found | fix | before -> after |
-|---|---|---|---|
-| 100 zones' propagation; bulk to zones | a 50-zone fleet spent 30% of its samples in COMMIT's fsync | a synced batch commits without fsync (`synchronous=NORMAL`; global can resend it, a crash rolls the zone back to a revision it then resumes from; zone-local API writes stay FULL) | 50 zones in one process, p50 225 -> 182 ms |
-| same | 13 SQL statements per batch on the zone | sync state in one statement, no per-batch pragma toggling | one-change batch decode+apply 238 -> 214 us |
-| same | a zone decoding 10,000 changes spent most of it in the frozen dataclass `__init__` | `Resource.of` fast constructor for decoders | 79-85 -> 65-68 ms |
-| bulk apply on global | meta rows (head, chain, floor) read and rewritten per resource; mesh checked per secret | carried through the transaction, stored once | 10,000-secret update 2.09 -> 1.77 s in-process |
-| same | every resource encoded twice (size check, then store); `dataclasses.replace` per write; 10,000 self-pipe writes and 10,000 wake-ups of every stream per apply | cheap size bound first; plain copy; one wake-up per transaction | (within noise each; with the store change, the apply returned after 9.9 s in the first harness run, 2.4-4.1 s after) |
-| global memory with a snapshot (peak 158 MB > 150) | a snapshot held a record object per resource | slots on records and keys, shared mesh names (a shared buffer of framed changes, 41.1 -> 16.4 MB, was dropped when merged with the mTLS sync units and per-type status counts, which need records) | 100,000-secret snapshot held 53.9 -> 41.1 MB |
-| global memory when many zones catch up at once | 4 MiB parts: grpc holds each written part per stream (20 zones taking 100,000 secrets at once peaked at 256 MB; 10,000 secrets to 100 zones at 236 MB) | parts of about 256 KiB, then 128 KiB | 20 zones at once: 256 -> 87 MB; 100 zones at once: 159 MB (256 KiB) -> 134 MB (128 KiB) |
-| the harness itself | fleet reporting was 11% of a fleet's samples | one writer thread per fleet | |
-| 100 zones' propagation | cProfile of global: about a quarter of its busy time read and recorded acks, one per zone per write; each ack also a grpc write on the zone | cumulative acks, held up to `--ack-delay` (100 ms) after a range's last part | CPU per write to 100 zones (under load): global 25.5 -> 18.0 ms, each 50-zone fleet 26.3 -> 22.0 ms |
-| same | `asyncio.wait_for` around every idle stream's wait (a task per wait) | `asyncio.timeout` | (within noise) |
-| same | a zone's hop to its writer thread and back about 180 us per batch with 50 zones in a process | a range batch of up to 16 changes applied on the event loop's thread when no other writer holds the file | (within noise alone; together with the line below, 50-zone fleet 22.0 -> 19.5 ms per write) |
-| the harness itself | a fleet's report line woke its writer thread per line (~100 us each) | the writer gathers a burst | |
-| the etcd baseline | its 50 watchers per process shared one TCP connection (grpc shares a subchannel among a process's channels) | one connection per watcher, as each zone has | etcd, 100 watchers, under load: p99 3.5 -> 8.7 ms |
-| bulk and single writes on the zone | a row's digest hashed value by value, a third of a 10,000-secret apply | one joined buffer per row, the same digest | zone, 10,000 synced secrets in process: 0.179 -> 0.139 CPU s |
-| single writes on the zone | a batch read its keys' rows back (JSON, digest) to learn which origins hold them; four PRAGMAs per batch | the origins alone; a connection of its own for batches applied on the event loop | one-change batch in process: 63 -> 43 us CPU |
-| same | a task and an `asyncio.wait` per message read, for the stop and the watchdog | one timer; the stop and the watchdog cancel only a read | 10-zone fleet, CPU per write: 4.17 -> 3.37 ms (with the lines above and below) |
-| same, both sides | a window of 8 batches: a zone taking writes fast acknowledged every fourth | window of 64 batches and 1 MiB | 10 zones, CPU per write: global -8 to -17%, zones -9 to -12% |
-| same, both sides | grpc's bandwidth-delay probes: pings on every burst | a fixed 4 MiB receive window on the zone | 10 zones, CPU per write: global -6%, zones -5% |
-| 100 zones' propagation on global | a timeout object around every wait of every stream; every ack woke its stream's send loop; `dataclasses.asdict` per zone in each status flush; a mark and a clock reading per acknowledged batch | one heartbeat timer per stream; an ack wakes the loop only when the window was full or a check is due; field by field; once per ack | 100 zones, CPU per write: global 15.5 -> 13.7 ms, each fleet 17.4 -> 14.7 ms (with the lines above; one pair, load 2) |
-| bulk apply | kdsctl sent nothing until the whole file was read and checked | JSON Lines streamed while read, checked by global as they arrive, one transaction | global starts 0.10 s after kdsctl instead of 0.30 s; answer 0.83 -> 0.71 s with no zones |
-| memory during a snapshot storm | every stream wrote its snapshot parts ahead of the zone into grpc's buffers; the shared plan on the heap | turns (`--snapshot-streams`), snapshot parts only within the zone's window, the plan's parts in an unlinked file | storm peak (storm driver, load 2.5-10): 171.0 -> 133.6 MB |
-| global memory, every scenario | every daemon loaded psycopg and its pool (the PostgreSQL driver) whatever its store | the driver loaded only for a store on PostgreSQL | empty global 86.4 -> 76.6 MB RSS |
-| pauses while 100 zones connect | each full collection walked everything the daemon loaded: ten of 26-40 ms in global while 100 zones connected | once loaded, collect and `gc.freeze()` what is alive | four full collections of 0.5-4.4 ms instead (gc callback in global) |
-| single writes, from sending | a Secret PUT read its mesh on the reader thread, then wrote on the writer thread, which checks the mesh again | the mesh read only when the body has a problem (a missing mesh still answers 404 first) | global CPU per PUT 1.88 -> 1.68 ms (three interleaved pairs) |
-| single writes on the zone | four meta upserts per batch through `executemany` | one statement of four rows | (within noise: fleet CPU per write 2.08 -> 2.03 ms) |
-| global memory after 100 zones' checks | the checks ended together and each asked for its freed memory back; a request made while another thread was giving memory back was dropped, so what was freed behind that walk stayed resident | the thread giving memory back walks once more for such requests | idle RSS after the checks 147.8 MB against 132.9 MB while they ran (one run); after the fix 132.1 and 132.5 MB against 130.9 and 130.6 MB (two runs) |
-| single writes on a zone with many meshes | every batch read every Mesh row to know which meshes exist | only the Meshes the batch's resources live in, in the statements that read its keys | one-change batch on a zone holding 1,000 meshes: 323 -> 43 us CPU (`bench/write_cost.py`; 38 us with one mesh before) |
-| global memory after 100 zones' checks, and in the snapshot storm | memory freed after the last release stayed with the allocator, in some runs and not others (which frees came last) | a keeper in each daemon: every 10 s, a release when the resident size grew more than 8 MB since the last | full run on cfb8f49: idle 148.4 MB (132.0 while the checks ran), storm peak 155.1 MB; footprint alone on 1cbcee5: 135.3 / 141.7 MB |
-
-Where a zone's time per write goes (thread CPU, 10 zones in two fleets, each a real zone): about
-0.32 ms per zone per write on the fleet's event loop, of which the store's apply is 0.16 ms
-(its SQL 0.12 ms, measured with the ten statements a batch ran before the meta upserts became
-one; the same ten in a tight loop take 0.014 ms, so most of it is running cold after the
-process slept between writes), decoding 0.02 ms, the rest grpc's read, the session and the
-loop. An etcd watcher costs 0.11 ms per event in the same setting; one zone alone in
-its process costs 0.98 ms per write, one watcher alone 0.40 ms.
-
-Left as they are: the per-resource audit log line of an apply (about 40 us each in JSON,
-120 us in the console format: a second per 10,000 resources on the event loop); kdsctl's
-start-up and YAML parsing (libyaml builds the parse tree, PyYAML the objects: about 0.1 s for
-10,000 documents); grpc.aio's cost per message (most of global's time per zone when 100 zones
-take a write: about 0.07-0.14 ms per zone per write, half or more of it inside grpc's write
-call. A minimal grpc.aio server writing 300 bytes to 100 streams, with TLS or without,
-spends 20-29 us of CPU per message and stream when it writes every 2 ms, and 51-53 us when
-it writes every 30 ms, as the benchmark's single writes come: the cost is grpc's own, run
-cold; grpc's synchronous server costs more, 62-90 us at 2 ms; a zone in a 50-zone fleet
-costs about 0.3 ms per write, where an etcd watcher costs about 0.05 ms: the zone's SQLite transaction (BEGIN and COMMIT are a third of its apply), its
-event loop, grpc's read and its acks); global's store write of a bulk apply, about 33 us
-per row with no single hot spot.
+The profiling that led to the current design, each fix with its before and after, is in
+[performance-work.md](performance-work.md). Those figures come from the investigations
+themselves, each under its own conditions, not from this run.
 """
 
 
@@ -123,6 +71,16 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             if "answer_p50_ms" in r[side]:  # runs before it was recorded lack it
                 prop[z][f"{side}_answer_p50"].append(r[side]["answer_p50_ms"])
                 prop[z][f"{side}_answer_p99"].append(r[side]["answer_p99_ms"])
+        if "server_cpu_ms_per_write" in r["kds"] and "server_cpu_ms_per_write" in r["etcd"]:
+            totals = []
+            for side in ("kds", "etcd"):
+                server = r[side]["server_cpu_ms_per_write"]
+                member = r[side]["member_cpu_ms_per_write"]
+                prop[z][f"{side}_server_cpu"].append(server)
+                prop[z][f"{side}_member_cpu"].append(member)
+                totals.append(server + member * z)
+                prop[z][f"{side}_total_cpu"].append(totals[-1])
+            prop[z]["ratio_cpu"].append(totals[0] / max(totals[1], 1e-3))
         prop[z]["ratio_p50"].append(r["kds"]["p50_ms"] / max(r["etcd"]["p50_ms"], 1e-3))
         prop[z]["ratio_p99"].append(r["kds"]["p99_ms"] / max(r["etcd"]["p99_ms"], 1e-3))
         prop[z]["ratio_send_p99"].append(
@@ -270,6 +228,25 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {z} | {d['kds_answer_p50']} | {d['kds_answer_p99']} "
                 f"| {d['etcd_answer_p50']} | {d['etcd_answer_p99']} |"
+            )
+    costed = {z: d for z, d in s["propagation"].items() if "kds_total_cpu" in d}
+    if costed:
+        lines += [
+            "",
+            "CPU per write, each side's processes (ms of user and system time over the run's "
+            "writes, idle time included; a zone or watcher is its fleet processes' time "
+            "divided by the members). On 2 cores, what both sides need per write bounds "
+            "how fast the last member can have it:",
+            "",
+            "| zones | global | each zone | kds in all | etcd | each watcher | etcd in all "
+            "| kds in all x etcd |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for z, d in costed.items():
+            lines.append(
+                f"| {z} | {d['kds_server_cpu']} | {d['kds_member_cpu']} | {d['kds_total_cpu']} "
+                f"| {d['etcd_server_cpu']} | {d['etcd_member_cpu']} | {d['etcd_total_cpu']} "
+                f"| {d['ratio_cpu']} |"
             )
     n = results["plan"]["bulk_n"]
     lines += [

@@ -87,6 +87,28 @@ def _summary(lat_ms: list[float], from_send_ms: list[float]) -> dict[str, Any]:
     }
 
 
+class _CpuPerWrite:
+    """CPU time (user + system) the server (global, or etcd) and the members (zones, or
+    watchers: every fleet process) spend per write, over a run of single writes. Idle costs
+    are in it too, and are small: with 10 zones connected and nothing written, global used
+    0.02 s and the fleets 0.09 s of CPU in 5 s."""
+
+    def __init__(self, server_pid: int, fleet: Fleet):
+        self.server_pid, self.fleet = server_pid, fleet
+        self.server0, self.members0 = cpu_s(server_pid), self._members()
+
+    def _members(self) -> float:
+        return sum(cpu_s(p.pid) for p in self.fleet.procs)
+
+    def per_write(self, writes: int, members: int) -> dict[str, float]:
+        server = (cpu_s(self.server_pid) - self.server0) / writes
+        each = (self._members() - self.members0) / writes / members
+        return {
+            "server_cpu_ms_per_write": round(server * 1000, 3),
+            "member_cpu_ms_per_write": round(each * 1000, 3),
+        }
+
+
 # ---------------------------------------------------------------------- scenarios
 
 
@@ -100,6 +122,7 @@ def propagation_kds(
             fleet.wait_connected()
             fleet.wait_revision(g.head())
             lat, full = [], []
+            cpu = _CpuPerWrite(g.proc.pid, fleet)
             for i in range(writes):
                 sent = time.time()
                 g.put_secret("bench", _value(i, "prop"))
@@ -114,6 +137,7 @@ def propagation_kds(
                 "zones": zones,
                 "tls": tls,
                 **_summary(lat, full),
+                **cpu.per_write(writes, zones),
                 "global_peak_rss_mb": _mb(peak_rss_mb(g.proc.pid)),
             }
         finally:
@@ -128,6 +152,7 @@ def propagation_etcd(watchers: int, writes: int, pace: float, procs: int, keep: 
         try:
             fleet.wait_connected()
             lat, full = [], []
+            cpu = _CpuPerWrite(server.pid(), fleet)
             for i in range(writes):
                 sent = time.time()
                 rev = server.put(b"/kds/secrets/default/bench", _value(i, "prop"))
@@ -140,6 +165,7 @@ def propagation_etcd(watchers: int, writes: int, pace: float, procs: int, keep: 
             return {
                 "zones": watchers,
                 **_summary(lat, full),
+                **cpu.per_write(writes, watchers),
                 "etcd_rss_mb": _mb(rss_mb(server.pid())),
             }
         finally:

@@ -48,3 +48,39 @@ def test_a_run_without_propagation_or_bulk_draws_no_plot(tmp_path: Path) -> None
     report.write(_results(), tmp_path)
     assert not (tmp_path / "benchmarks.png").exists()
     assert "benchmarks.png" not in (tmp_path / "benchmarks.md").read_text()
+
+
+def _prop_side(p99: float, server_cpu: float | None, member_cpu: float) -> dict[str, Any]:
+    side: dict[str, Any] = {
+        "zones": 10,
+        "p50_ms": p99 / 2,
+        "p99_ms": p99,
+        "from_send_p50_ms": p99,
+        "from_send_p99_ms": p99 * 2,
+    }
+    if server_cpu is not None:
+        side["server_cpu_ms_per_write"] = server_cpu
+        side["member_cpu_ms_per_write"] = member_cpu
+    return side
+
+
+def test_cpu_per_write_is_reported_with_each_sides_total_for_all_its_members(
+    tmp_path: Path,
+) -> None:
+    row = {
+        "repeat": 1,
+        "kds": _prop_side(4.0, 4.5, 0.7),
+        "etcd": _prop_side(1.0, 1.5, 0.25),
+    }
+    report.write(_results(propagation=[row]), tmp_path)
+    md = (tmp_path / "benchmarks.md").read_text()
+    # kds: 4.5 + 10 x 0.7 = 11.5; etcd: 1.5 + 10 x 0.25 = 4.0; 11.5 / 4.0 = 2.875
+    assert "| 10 | 4.5 | 0.7 | 11.5 | 1.5 | 0.25 | 4.0 | 2.88 |" in md
+
+
+def test_a_run_recorded_before_cpu_per_write_reports_no_cpu_table(tmp_path: Path) -> None:
+    row = {"repeat": 1, "kds": _prop_side(4.0, None, 0), "etcd": _prop_side(1.0, None, 0)}
+    report.write(_results(propagation=[row]), tmp_path)
+    md = (tmp_path / "benchmarks.md").read_text()
+    assert "| 10 |" in md  # the latency tables are there
+    assert "kds in all x etcd" not in md
