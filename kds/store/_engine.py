@@ -167,7 +167,11 @@ class ResourceEngine:
 
     def get(self, key: Key) -> Row | None:
         with self.db.read() as conn:
-            rows = self._rows(conn, key, skip_damaged=False)
+            return self._get_in(conn, key)
+
+    def _get_in(self, conn: Conn, key: Key) -> Row | None:
+        """get's work, on ``conn``."""
+        rows = self._rows(conn, key, skip_damaged=False)
         if ORIGIN_ZONE in rows:
             return Row(rows[ORIGIN_ZONE], ORIGIN_ZONE, shadows_synced=ORIGIN_GLOBAL in rows)
         if ORIGIN_GLOBAL in rows:

@@ -19,8 +19,8 @@ from kds.errors import NotFound, StoreError
 from kds.model import Key, Kind
 from kds.protocol.applier import DecodedBatch, Incoming
 from kds.protocol.records import next_chain
-from kds.store.sqlite import GlobalEngine, SqliteZoneStore, ZoneEngine
-from kds.store.sqlite._db import BUSY_TIMEOUT_MS, WriterBusy, get_meta
+from kds.store.sqlite import GlobalEngine, SqliteGlobalStore, SqliteZoneStore, ZoneEngine
+from kds.store.sqlite._db import BUSY_TIMEOUT_MS, ReaderBusy, WriterBusy, get_meta
 from tests.unit.store_backends import G1, G2, GSID, MESH, S1, T0, T1, inc_put, mk
 
 
@@ -302,3 +302,65 @@ def test_a_batch_reads_only_the_meshes_its_resources_live_in(zstore: ZoneEngine)
         (missing, "mesh 'nowhere' does not exist on this zone")
     ]
     assert zstore.get(in_m3) is not None and zstore.get(in_local) is not None
+
+
+class _LockedAgainstReaders:
+    """A connection in the rare moment its file is locked against readers (a WAL reset or
+    recovery by another connection): every statement fails with SQLITE_BUSY at once."""
+
+    def execute(self, *args: object) -> None:
+        busy = sqlite3.OperationalError("database is locked")
+        busy.sqlite_errorcode = sqlite3.SQLITE_BUSY
+        raise busy
+
+
+async def test_one_resource_is_read_on_the_loop_and_on_the_reader_thread_if_the_file_is_locked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GET of one resource reads on the event loop's thread: it answers while the reader
+    thread is busy with something else. When the file is locked against readers, the read
+    on the loop gives way to the reader thread, which answers once it is free."""
+    store = SqliteZoneStore(ZoneEngine(tmp_path / "zone.db"))
+    gate = threading.Event()
+    try:
+        await store.apply_batch(dbatch([inc_put(mk(MESH), 1), inc_put(mk(S1), 2)], 2), GSID, T0)
+        busy = asyncio.ensure_future(store._threads.read(gate.wait, 10))
+        row = await asyncio.wait_for(store.get(S1), 5)
+        assert row is not None and row.resource.key == S1 and row.origin == "global"
+        assert await store.get(G1) is None
+        assert not busy.done()  # read without the reader thread
+        monkeypatch.setattr(store._engine.db, "_now_conn", _LockedAgainstReaders)
+        reading = asyncio.ensure_future(store.get(S1))
+        await asyncio.sleep(0.2)
+        assert not reading.done()  # waiting for the reader thread
+        gate.set()
+        await busy
+        row = await reading
+        assert row is not None and row.resource.data == b"v"
+    finally:
+        gate.set()
+        store.close()
+
+
+async def test_global_reads_one_resource_on_the_loop_too(tmp_path: Path) -> None:
+    store = SqliteGlobalStore(GlobalEngine(tmp_path / "global.db"))
+    gate = threading.Event()
+    try:
+        await store.put(mk(MESH), T0)
+        await store.put(mk(S1, b"secret"), T0)
+        busy = asyncio.ensure_future(store._threads.read(gate.wait, 10))
+        row = await asyncio.wait_for(store.get(S1), 5)
+        assert row is not None and row.resource.data == b"secret"
+        assert not busy.done()
+    finally:
+        gate.set()
+        store.close()
+
+
+def test_read_now_turns_only_a_busy_file_into_reader_busy(gstore: GlobalEngine) -> None:
+    with pytest.raises(ReaderBusy), gstore.db.read_now() as conn:
+        _LockedAgainstReaders().execute("SELECT 1")
+    with pytest.raises(sqlite3.OperationalError, match="no such table"), gstore.db.read_now() as c:
+        c.execute("SELECT * FROM no_such_table")
+    with gstore.db.read_now() as conn:  # the connection that answers is a working one
+        assert conn.execute("SELECT count(*) FROM resources").fetchone() == (0,)

@@ -39,6 +39,7 @@ __all__ = [
     "COLS",
     "DIGEST",
     "Database",
+    "ReaderBusy",
     "WriterBusy",
     "get_meta",
     "is_disk_full",
@@ -52,6 +53,11 @@ BUSY_TIMEOUT_MS = 10_000
 
 class WriterBusy(Exception):
     """Database.write_now: another connection holds the write lock; nothing was done."""
+
+
+class ReaderBusy(Exception):
+    """Database.read_now: the file was locked for a moment no reader may pass (a WAL reset or
+    recovery by another connection); nothing was read."""
 
 
 _SCHEMA = """
@@ -280,6 +286,19 @@ class Database:
             if e.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
                 raise
             raise WriterBusy(str(e)) from e  # rolled back by tx: nothing was written
+
+    @contextmanager
+    def read_now(self) -> Iterator[sqlite3.Connection]:
+        """A connection for a caller that must not wait (an event loop): write_now's, with
+        busy_timeout=0. Each statement outside a transaction reads one point in time, and in
+        WAL mode a reader never waits for a writer; in the rare moment the file is locked
+        against readers too, raises ReaderBusy, having read nothing, instead of waiting."""
+        try:
+            yield self._now_conn()
+        except sqlite3.OperationalError as e:
+            if e.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                raise
+            raise ReaderBusy(str(e)) from e
 
     def notify(self, conn: Conn, what: str) -> None:
         """No other instance shares a SQLite file: nobody to tell."""
