@@ -23,7 +23,7 @@ from kdsctl.client import ApiClient
 VALUE_BYTES = 48  # each secret's decoded data (64 base64 characters)
 
 
-def _value(i: int, salt: str) -> bytes:
+def secret_value(i: int, salt: str) -> bytes:
     seed = f"{salt}-{i}-".encode()
     return (seed * (VALUE_BYTES // len(seed) + 1))[:VALUE_BYTES]
 
@@ -95,15 +95,7 @@ class KdsGlobal:
         return [bytes(c) for (c,) in cur]
 
     def put_secret(self, name: str, value: bytes) -> None:
-        self.client.put(
-            f"/meshes/default/secrets/{name}",
-            {
-                "type": "Secret",
-                "mesh": "default",
-                "name": name,
-                "data": base64.b64encode(value).decode(),
-            },
-        )
+        self.client.put(f"/meshes/default/secrets/{name}", _secret_doc(name, value))
 
     def apply_items(self, items: list[dict[str, Any]], chunk: int = 10_000) -> None:
         for i in range(0, len(items), chunk):
@@ -126,13 +118,11 @@ class KdsGlobal:
         stop_process(self.proc)
 
 
-def _secret_items(n: int, salt: str, prefix: str = "s") -> list[dict[str, Any]]:
-    return [
-        {
-            "type": "Secret",
-            "mesh": "default",
-            "name": f"{prefix}{i}",
-            "data": base64.b64encode(_value(i, salt)).decode(),
-        }
-        for i in range(n)
-    ]
+def _secret_doc(name: str, value: bytes) -> dict[str, Any]:
+    """A Secret in mesh default, as the API takes it."""
+    data = base64.b64encode(value).decode()
+    return {"type": "Secret", "mesh": "default", "name": name, "data": data}
+
+
+def secret_items(n: int, salt: str, prefix: str = "s") -> list[dict[str, Any]]:
+    return [_secret_doc(f"{prefix}{i}", secret_value(i, salt)) for i in range(n)]

@@ -30,7 +30,7 @@ from bench.common import (
     start_fleet,
 )
 from bench.etcd import EtcdServer
-from bench.kds_global import VALUE_BYTES, KdsGlobal, _secret_items, _value
+from bench.kds_global import VALUE_BYTES, KdsGlobal, secret_items, secret_value
 from kds._pb import sync_pb2 as pb
 
 
@@ -125,7 +125,7 @@ def propagation_kds(
             cpu = _CpuPerWrite(g.proc.pid, fleet)
             for i in range(writes):
                 sent = time.time()
-                g.put_secret("bench", _value(i, "prop"))
+                g.put_secret("bench", secret_value(i, "prop"))
                 acked = time.time()
                 rev = g.head()
                 fleet.wait_revision(rev, 60)
@@ -155,7 +155,7 @@ def propagation_etcd(watchers: int, writes: int, pace: float, procs: int, keep: 
             cpu = _CpuPerWrite(server.pid(), fleet)
             for i in range(writes):
                 sent = time.time()
-                rev = server.put(b"/kds/secrets/default/bench", _value(i, "prop"))
+                rev = server.put(b"/kds/secrets/default/bench", secret_value(i, "prop"))
                 acked = time.time()
                 fleet.wait_revision(rev, 60)
                 last = max(fleet.first_at(m, rev) for m in range(watchers))
@@ -185,7 +185,7 @@ def bulk_kds(zones: int, n: int, procs: int, keep: bool, tls: bool = True) -> di
             path.write_text(
                 "".join(
                     f"---\ntype: Secret\nmesh: default\nname: {it['name']}\ndata: {it['data']}\n"
-                    for it in _secret_items(n, "bulk")
+                    for it in secret_items(n, "bulk")
                 )
             )
             errors = work / "kdsctl.err"
@@ -229,7 +229,9 @@ def bulk_etcd(watchers: int, n: int, procs: int, keep: bool) -> dict:
         fleet = _watchers(server, work, watchers, procs)
         try:
             fleet.wait_connected()
-            items = [(f"/kds/secrets/default/s{i}".encode(), _value(i, "bulk")) for i in range(n)]
+            items = [
+                (f"/kds/secrets/default/s{i}".encode(), secret_value(i, "bulk")) for i in range(n)
+            ]
             t0 = time.time()
             server.put_all(items)
             acked = time.time()
@@ -260,7 +262,7 @@ def resume_and_footprint(
         try:
             foot: dict[str, Any] = {"secrets": total, "global_rss_mb_empty": _mb(rss_mb(pid))}
             t0 = time.time()
-            g.apply_items(_secret_items(total, "v1"))
+            g.apply_items(secret_items(total, "v1"))
             prefill_s = time.time() - t0
             time.sleep(1)
             foot["global_rss_mb_no_zones"] = _mb(rss_mb(pid))
@@ -278,7 +280,7 @@ def resume_and_footprint(
             changed = max(1, total // 100)
             step = total // changed
             before = g.head()
-            items = _secret_items(total, "v2")[::step][:changed]
+            items = secret_items(total, "v2")[::step][:changed]
             g.apply_items(items)
             after = g.head()
             res_bytes = 0
