@@ -86,7 +86,7 @@ class SqliteZoneStore(_GetOnTheLoop[ZoneEngine], ThreadedZoneStore[ZoneEngine]):
     One resource is read (``get``: the API's GET of one resource) on the event loop's own
     thread too: in WAL mode a read never waits for a writer, and the hop to the reader thread
     and back cost more than the read (a zone answering GETs of one secret as fast as a client
-    asked spent 0.39 ms of CPU per GET, 0.085 ms of it the reader thread's read). A list,
+    asked spent 0.39-0.46 ms of CPU per GET, 0.085 ms of it the reader thread's read). A list,
     whose size has no such bound, still goes through the reader thread."""
 
     async def apply_batch(
