@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -27,7 +28,8 @@ from kds.store.postgres import (
     import_sqlite_global,
     import_sqlite_store,
 )
-from tests.pgserver import shared_server
+from kds.store.postgres._db import connection_lost
+from tests.pgserver import PgServer, find_bindir, shared_server
 from tests.unit.store_backends import MESH, T0, T1, inc_put, mk
 
 
@@ -352,3 +354,45 @@ async def test_a_leader_epoch_that_cannot_be_written_is_tried_again() -> None:
     finally:
         task.cancel()
         engine.close()
+
+
+async def test_calls_fail_fast_while_the_server_is_away_and_recover_when_it_is_back() -> None:
+    """Once a call found the server away, the next ones each wait a short while for a
+    connection, not the pool's full wait: writes queued on the store's one writer thread all
+    get StoreUnavailable in about a second, not five seconds each in turn. A write succeeds
+    again once the server is back."""
+    bindir = find_bindir()
+    assert bindir is not None, "run scripts/setup-postgres"
+    server = PgServer(bindir)
+    server.start()
+    store = open_global_store(PgTarget(server.url, "s" + uuid.uuid4().hex[:12]))
+    try:
+        await store.put(mk(Key(Kind.GLOBAL_SECRET, "", "before")), T0)
+        server.stop("immediate")
+        start = time.monotonic()
+        for i in range(6):
+            with pytest.raises(StoreUnavailable, match="PostgreSQL at postgresql://127"):
+                await store.put(mk(Key(Kind.GLOBAL_SECRET, "", f"away{i}")), T0)
+        # Before: the first call failed at once and each next one waited the pool's 5 s (25 s).
+        assert time.monotonic() - start < 4.5
+        server.start()
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                await store.put(mk(Key(Kind.GLOBAL_SECRET, "", "after")), T1)
+                break
+            except StoreUnavailable:
+                assert time.monotonic() < deadline, "no write within 20 s of the server's return"
+                await asyncio.sleep(0.2)
+        assert await store.head() == 2
+    finally:
+        store.close()
+        server.remove()
+
+
+def test_only_a_lost_connection_counts_as_the_server_away() -> None:
+    assert connection_lost(psycopg.OperationalError("server closed the connection"))
+    assert connection_lost(psycopg.errors.AdminShutdown())
+    assert connection_lost(psycopg.errors.ConnectionFailure())
+    assert not connection_lost(psycopg.errors.SerializationFailure())
+    assert not connection_lost(psycopg.errors.QueryCanceled())

@@ -30,7 +30,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, ClassVar
 
 import psycopg
@@ -158,6 +158,13 @@ SCHEMA_VERSION = max(_MIGRATIONS)
 # call that needs one then asks for a new one): short, so a server that is back is used soon.
 RECONNECT_S = 10.0
 
+# How long a call waits for a pooled connection: while the server answers, long enough to ride
+# out every connection being busy; while the last call found it away, short, so requests
+# queued on the store's one writer thread each fail fast (503) instead of each waiting the
+# full wait in turn, and a server that is back is still found (a local connect takes ms).
+CONNECTION_WAIT_S = 5.0
+AWAY_WAIT_S = 0.5
+
 # psycopg's pool reports each failed connection attempt through the logging module, in its
 # own format, while the server is away: the listener (kds.store.postgres._listen) reports an
 # outage once, in the daemon's log format, and calls that fail raise StoreUnavailable.
@@ -239,6 +246,8 @@ class Database:
         if target.password is not None:
             self._kwargs["password"] = target.password
         self.pool: ConnectionPool[psycopg.Connection[Any]] | None = None
+        # The last call found the server away (errors()); any call that succeeds clears it.
+        self.away = False
 
     # ------------------------------------------------------------------ connections
 
@@ -255,36 +264,45 @@ class Database:
 
     @contextmanager
     def errors(self) -> Iterator[None]:
-        """PostgreSQL's errors as the store's: the server unreachable, its disk full."""
+        """PostgreSQL's errors as the store's: the server unreachable, its disk full. Records
+        whether the server was reachable (``away``)."""
         try:
             yield
         except psycopg.errors.DiskFull as e:
+            self.away = False
             raise StoreFull(
                 f"PostgreSQL's disk is full: the write to {self.location} was not made; free "
                 "space on the database server"
             ) from e
         except PoolTimeout as e:
+            self.away = True
             raise StoreUnavailable(
                 f"PostgreSQL at {self.location} is unreachable (no connection within the "
                 "pool's timeout): nothing was written; the store retries as it comes back"
             ) from e
         except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+            self.away = connection_lost(e)
             raise StoreUnavailable(
                 f"PostgreSQL at {self.location} failed: {_first_line(e)}; retry once it is "
                 "back (a write cut off at its commit may have been made: read it back)"
             ) from e
         except psycopg.Error as e:
+            self.away = False
             raise StoreError(f"PostgreSQL at {self.location}: {_first_line(e)}") from e
+        self.away = False
+
+    def _connection(self) -> AbstractContextManager[psycopg.Connection[Any]]:
+        assert self.pool is not None
+        return self.pool.connection(timeout=AWAY_WAIT_S if self.away else CONNECTION_WAIT_S)
 
     @contextmanager
     def write(self, durable: bool = True) -> Iterator[PgConn]:
         """One write transaction, serialized with every other writer of this store. Not
         ``durable``: committed without waiting for the server's WAL flush
         (``synchronous_commit=off`` for this transaction only)."""
-        assert self.pool is not None
         self._local.tx = next(self._tx_serials)
         try:
-            with self.errors(), self.pool.connection() as conn, conn.transaction():
+            with self.errors(), self._connection() as conn, conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (self.lock, LOCK_WRITE))
                 if not durable:
                     conn.execute("SET LOCAL synchronous_commit TO OFF")
@@ -301,8 +319,7 @@ class Database:
     @contextmanager
     def read(self, snapshot: bool = False) -> Iterator[PgConn]:
         """A read-only transaction; ``snapshot``: all of it sees one point in time."""
-        assert self.pool is not None
-        with self.errors(), self.pool.connection() as conn, conn.transaction():
+        with self.errors(), self._connection() as conn, conn.transaction():
             level = "REPEATABLE READ" if snapshot else "READ COMMITTED"
             conn.execute(f"SET TRANSACTION ISOLATION LEVEL {level} READ ONLY")
             yield PgConn(conn)
@@ -353,7 +370,7 @@ class Database:
             min_size=1,
             max_size=4,
             configure=self._configure,
-            timeout=5,  # a call waits this long for a connection, then StoreUnavailable
+            timeout=CONNECTION_WAIT_S,  # each call passes its own wait (_connection)
             reconnect_timeout=RECONNECT_S,
             name=f"kds-{self.role}",
             open=False,
@@ -416,6 +433,14 @@ class Database:
     def close(self) -> None:
         if self.pool is not None:
             self.pool.close(timeout=1)
+
+
+def connection_lost(e: psycopg.Error) -> bool:
+    """Whether ``e`` says the server is away: no SQLSTATE (the connection broke or was
+    refused), a connection exception (class 08) or the server shutting down (57P01-57P03);
+    not a statement's error, such as a serialization failure."""
+    state = e.sqlstate
+    return state is None or state.startswith(("08", "57P"))
 
 
 def _first_line(e: BaseException) -> str:
