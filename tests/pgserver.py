@@ -46,20 +46,29 @@ def _free_port() -> int:
 
 
 class PgServer:
-    """One server in a temp dir; ``url`` connects as the superuser ``postgres`` (trust)."""
+    """One server in a temp dir; ``url`` connects as the superuser ``postgres`` (trust).
 
-    def __init__(self, bindir: Path, fsync: bool = False):
+    ``netns``: the server runs in that network namespace, listening on ``host`` (an address
+    the namespace holds, reached over a veth pair: tests/netns.py)."""
+
+    def __init__(
+        self, bindir: Path, fsync: bool = False, netns: str | None = None, host: str = "127.0.0.1"
+    ):
         self.bindir = bindir
         self.fsync = fsync  # off for the tests (speed); on for measurements
+        self.host = host
         self.dir = Path(tempfile.mkdtemp(prefix="kds-pg-"))
         self.data = self.dir / "data"
         self.port = _free_port()
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-        self._as: list[str] = []
+        self.url = f"postgresql://postgres@{host}:{self.port}/postgres"
+        self._as: list[str] = ["ip", "netns", "exec", netns] if netns else []
         if os.geteuid() == 0:
-            self._as = ["runuser", "-u", "postgres", "--"]
+            self._as += ["runuser", "-u", "postgres", "--"]
             shutil.chown(self.dir, "postgres", "postgres")
         self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8")
+        if host != "127.0.0.1":  # initdb trusts loopback only; this, the namespace's link
+            with open(self.data / "pg_hba.conf", "a") as f:
+                f.write("host all all samenet trust\n")
 
     def _run(self, tool: str, *args: str) -> None:
         out = subprocess.run(
@@ -69,7 +78,7 @@ class PgServer:
             raise RuntimeError(f"{tool} failed ({out.returncode}): {out.stderr[-2000:]}")
 
     def start(self) -> None:
-        opts = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir}"
+        opts = f"-p {self.port} -c listen_addresses={self.host} -k {self.dir}"
         opts += "" if self.fsync else " -c fsync=off"
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "log"), "-w", "-o", opts,
                   "start")  # fmt: skip

@@ -165,6 +165,38 @@ RECONNECT_S = 10.0
 CONNECTION_WAIT_S = 5.0
 AWAY_WAIT_S = 0.5
 
+# How every connection to PostgreSQL notices a server that stopped answering without closing
+# anything (a network partition, a host gone, a firewall dropping packets): without these a
+# query on such a connection waits for the kernel to give up, about 15 minutes, holding the
+# store's writer thread, every API write queued behind it, and the daemon's shutdown.
+# tcp_user_timeout: data sent and not acknowledged for 5 s fails the connection (a live
+# server's kernel acknowledges at once, however busy the server is); keepalives: a connection
+# waiting for an answer or a notification is probed after 5 s of silence and fails after 5
+# unanswered probes a second apart. A parameter the URL sets wins over these.
+CONNECTION_DEFAULTS: dict[str, Any] = {
+    "connect_timeout": 5,
+    "tcp_user_timeout": 5000,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 1,
+    "keepalives_count": 5,
+}
+
+
+def connection_kwargs(target: PgTarget, **kwargs: Any) -> dict[str, Any]:
+    """psycopg.connect's keyword arguments for ``target``: ``kwargs``, the password, and each
+    of CONNECTION_DEFAULTS the URL does not set itself."""
+    try:
+        in_url = conninfo_to_dict(target.url)
+    except psycopg.ProgrammingError:
+        in_url = {}  # connecting reports the bad URL
+    out = {k: v for k, v in CONNECTION_DEFAULTS.items() if k not in in_url}
+    out["application_name"] = target.application
+    if target.password is not None:
+        out["password"] = target.password
+    return {**out, **kwargs}
+
+
 # psycopg's pool reports each failed connection attempt through the logging module, in its
 # own format, while the server is away: the listener (kds.store.postgres._listen) reports an
 # outage once, in the daemon's log format, and calls that fail raise StoreUnavailable.
@@ -238,13 +270,7 @@ class Database:
         self.role = role
         self.location = describe(target.url, target.schema)
         self.lock = lock_key(target.schema)
-        self._kwargs: dict[str, Any] = {
-            "application_name": target.application,
-            "connect_timeout": 5,
-            "autocommit": False,
-        }
-        if target.password is not None:
-            self._kwargs["password"] = target.password
+        self._kwargs = connection_kwargs(target, autocommit=False)
         self.pool: ConnectionPool[psycopg.Connection[Any]] | None = None
         # The last call found the server away (errors()); any call that succeeds clears it.
         self.away = False

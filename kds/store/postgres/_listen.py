@@ -20,7 +20,7 @@ import psycopg
 import structlog
 from psycopg import sql
 
-from kds.store.postgres._db import PgTarget, describe
+from kds.store.postgres._db import PgTarget, connection_kwargs, describe
 
 __all__ = ["OnEvent", "connect_own", "first_line", "listen"]
 
@@ -72,14 +72,9 @@ async def listen(
 
 
 async def connect_own(target: PgTarget) -> psycopg.AsyncConnection[Any]:
-    kwargs: dict[str, Any] = {
-        "autocommit": True,
-        "connect_timeout": 5,
-        "application_name": target.application,
-    }
-    if target.password is not None:
-        kwargs["password"] = target.password
-    return await psycopg.AsyncConnection.connect(target.url, **kwargs)
+    return await psycopg.AsyncConnection.connect(
+        target.url, **connection_kwargs(target, autocommit=True)
+    )
 
 
 def first_line(e: BaseException) -> str:
