@@ -7,23 +7,26 @@
 
 This module assembles the command line: the root group ``cli`` with the connection options,
 the ``get`` and ``delete`` groups, and the commands of ``kdsctl.apply``, ``kdsctl.resources``,
-``kdsctl.status`` and ``kdsctl.tokens``, which import neither this module nor each other. A new command lives
-in such a module, takes the API client with ``@pass_client`` (``kdsctl.client``) and raises
-``ApiError`` / ``ApiUnreachable`` or calls ``fail`` (``kdsctl.render``); it is added to a group
-here, and the root group prints those errors as ``Error: ...`` on stderr and exits 1.
+``kdsctl.status`` and ``kdsctl.tokens``, which import neither this module nor each other. A
+new command lives in such a module, takes the API client with ``@pass_client``
+(``kdsctl.client``) and raises ``ApiError`` / ``ApiUnreachable`` or calls ``fail``
+(``kdsctl.render``); it is added to a group here, by name in the group's ``lazy`` map when
+its module costs start-up time the other commands should not pay (``_LazyGroup``), and the
+root group prints those errors as ``Error: ...`` on stderr and exits 1.
 
 Tables never show secret data; ``-o json`` and ``-o yaml`` print the API's answer as is.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import click
 
-from kdsctl import apply, resources, status, tokens
+from kdsctl import resources
 from kdsctl.client import ApiClient, ApiError, ApiUnreachable, read_token, tls_verify
 from kdsctl.render import fail, safe_text
 
@@ -34,7 +37,27 @@ DEFAULT_API_URL = "http://127.0.0.1:5681"
 # --------------------------------------------------------------------------- the group
 
 
-class _RootGroup(click.Group):
+class _LazyGroup(click.Group):
+    """A group some of whose commands are imported only when used: ``lazy`` maps a command's
+    name to ``module:attribute``. A command loads its own module, not every command's (the
+    modules for apply, inspect and tokens load most of kds.model's validation, about a third
+    of a ``kdsctl get``'s start-up); --help lists them all, and so loads them."""
+
+    def __init__(self, *args: Any, lazy: Mapping[str, str] | None = None, **kw: Any):
+        super().__init__(*args, **kw)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy and cmd_name not in self.commands:
+            module, attribute = self.lazy[cmd_name].split(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+class _RootGroup(_LazyGroup):
     """Prints API and connection errors of any subcommand as ``Error: ...``, exit 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -60,7 +83,7 @@ class _RootGroup(click.Group):
             )
 
 
-class _AliasGroup(click.Group):
+class _AliasGroup(_LazyGroup):
     """A group whose commands also answer to a singular/plural alias."""
 
     def __init__(self, *args: Any, aliases: Mapping[str, str] | None = None, **kw: Any):
@@ -88,7 +111,19 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     ctx.exit()
 
 
-@click.group("kdsctl", cls=_RootGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    "kdsctl",
+    cls=_RootGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    lazy={
+        "apply": "kdsctl.apply:apply",
+        "inspect": "kdsctl.status:inspect",
+        "wait": "kdsctl.status:wait",
+        "generate": "kdsctl.tokens:generate",
+        "revoke": "kdsctl.tokens:revoke",
+        "rotate": "kdsctl.tokens:rotate",
+    },
+)
 @click.option(
     "--api-url",
     envvar="KDSCTL_API_URL",
@@ -162,6 +197,10 @@ def cli(
 
 @cli.group(
     cls=_AliasGroup,
+    lazy={
+        "zone-tokens": "kdsctl.tokens:get_zone_tokens",
+        "zone-token-signing-keys": "kdsctl.tokens:get_signing_keys",
+    },
     aliases={
         "mesh": "meshes",
         "secret": "secrets",
@@ -177,6 +216,7 @@ def get() -> None:
 
 @cli.group(
     cls=_AliasGroup,
+    lazy={"zone-token-signing-key": "kdsctl.tokens:delete_signing_key"},
     aliases={
         "meshes": "mesh",
         "secrets": "secret",
@@ -189,17 +229,10 @@ def delete() -> None:
     """Delete a mesh, secret or global-secret (kumactl's globalsecret works too)."""
 
 
-for command in (apply.apply, status.inspect, status.wait):
-    cli.add_command(command)
-for command in (tokens.generate, tokens.revoke, tokens.rotate):
-    cli.add_command(command)
 for command in (resources.get_meshes, resources.get_secrets, resources.get_global_secrets):
-    get.add_command(command)
-for command in (tokens.get_zone_tokens, tokens.get_signing_keys):
     get.add_command(command)
 for command in (resources.delete_mesh, resources.delete_secret, resources.delete_global_secret):
     delete.add_command(command)
-delete.add_command(tokens.delete_signing_key)
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ from urllib.parse import quote, unquote, urlsplit
 import click
 
 from kds.errors import KdsError
-from kds.model import Kind
+from kds.resource import Kind
 from kds.text import safe_text
 
 __all__ = [

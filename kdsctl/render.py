@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 import click
 
 from kds import text
-from kds.model import LABEL_ORIGIN, LABEL_ZONE, Kind
+from kds.resource import LABEL_ORIGIN, LABEL_ZONE, Kind
 
 __all__ = [
     "dump",

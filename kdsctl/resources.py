@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from kds.model import Kind
+from kds.resource import Kind
 from kdsctl.client import ApiClient, ApiError, pass_client, resource_path
 from kdsctl.render import fail, print_resources, quoted
 

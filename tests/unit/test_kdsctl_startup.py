@@ -75,9 +75,23 @@ def api_url() -> Iterator[str]:
         server.server_close()
 
 
-def _loaded(*args: str) -> tuple[int, list[str], str]:
+# What only writing commands need: a read loads none of it (kdsctl.cli's lazy commands).
+WRITING = (
+    "kdsctl.apply",
+    "kdsctl.inputs",
+    "kdsctl.tokens",
+    "kdsctl.status",
+    "kds.model",
+    "kds.kubernetes",
+    "kds.mtls",
+    "kds.validation",
+    "kds.safe_yaml",
+)
+
+
+def _loaded(*args: str, watch: tuple[str, ...] = HEAVY) -> tuple[int, list[str], str]:
     r = subprocess.run(
-        [sys.executable, "-c", f"HEAVY = {HEAVY!r}\n{PROBE}", *args],
+        [sys.executable, "-c", f"HEAVY = {watch!r}\n{PROBE}", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -115,3 +129,21 @@ def test_the_probe_sees_a_heavy_import(api_url: str) -> None:
     code, heavy, _ = _loaded("--api-url", api_url, "get", "meshes", "-o", "yaml")
     assert code in (0, None)
     assert "yaml" in heavy
+
+
+@pytest.mark.parametrize(
+    "args", [["get", "secrets"], ["get", "meshes", "-o", "json"], ["get", "secrets", "--help"]]
+)
+def test_a_read_loads_no_module_only_writes_need(api_url: str, args: list[str]) -> None:
+    code, loaded, out = _loaded("--api-url", api_url, *args, watch=WRITING)
+    assert code in (0, None), out
+    assert loaded == []
+
+
+def test_the_lazy_commands_load_when_used_or_listed(api_url: str) -> None:
+    """Not blind either: --help lists every command, so loads their modules; apply's own
+    --help loads apply."""
+    _, loaded, out = _loaded("--help", watch=WRITING)
+    assert "apply" in out and "rotate" in out and "kdsctl.tokens" in loaded, out
+    _, loaded, _ = _loaded("apply", "--help", watch=WRITING)
+    assert "kdsctl.apply" in loaded and "kdsctl.tokens" not in loaded
