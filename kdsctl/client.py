@@ -21,6 +21,7 @@ import os
 import re
 import socket
 import ssl
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,12 +217,15 @@ class ApiClient:
         self.verify = verify  # True: the system's CAs; a context made from --ca-file
         self._conn: http.client.HTTPConnection | None = None
         self._answered = 0  # requests answered on the open connection
+        self._last_answer = 0.0  # time.monotonic() of the last answer on it
         self._via_proxy = False  # plain HTTP through a proxy: absolute URLs, its headers
         self._proxy_headers: dict[str, str] = {}
 
     def _connection(self, target: _Target, timeout: float) -> http.client.HTTPConnection:
         if self._conn is not None:
-            return self._conn
+            if time.monotonic() - self._last_answer < REUSE_IDLE_S:
+                return self._conn
+            self.close()  # the server may be closing it as idle: a write would be lost on it
         proxy, auth = _proxy(target) or (None, {})
         host, port = (proxy.host, proxy.port) if proxy else (target.host, target.port)
         conn: http.client.HTTPConnection
@@ -343,6 +347,7 @@ class ApiClient:
             self.close()
             raise ApiUnreachable(_too_large(method, url, limit, "more"))
         self._answered += 1
+        self._last_answer = time.monotonic()
         if raw.will_close or not raw.isclosed():
             self.close()  # not read to its end (a body longer than its Content-Length)
         return Response(method, url, raw.status, raw.reason, raw.headers, content)
@@ -372,6 +377,9 @@ pass_client = click.make_pass_decorator(ApiClient)
 # is about 1.4 GB, but lists of large secrets are paged smaller (--size); a server that
 # sends more is refused rather than let fill kdsctl's memory.
 MAX_ANSWER_BYTES = 256 * 1024 * 1024
+# A kept-alive connection idle this long is not used again: the API closes one idle for 30 s
+# (kds.api._connections), and a write sent as it does so would end without an answer.
+REUSE_IDLE_S = 15.0
 
 
 def _too_large(method: str, url: str, limit: int, size: str) -> str:

@@ -8,6 +8,7 @@ The modules, by job:
     _labels     the labels Kuma computes: shown in answers, checked and dropped on writes
     _apply      POST /_apply: many resources in one transaction
     _app        build_app and serve_api: the routes, the OpenAPI document, TLS
+    _connections  how many connections a client can make the API hold, and for how long
     auth        the API's bearer tokens (admin, read-only)
     observe     health and Prometheus metrics routes a daemon adds
 

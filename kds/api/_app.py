@@ -26,6 +26,7 @@ import yaml
 from aiohttp import web
 
 from kds.api._apply import apply_handler
+from kds.api._connections import IDLE_S, MAX_CONNECTIONS, ConnectionGate, GuardedSite
 from kds.api._context import API_CONTEXT, ApiContext, client_max_size
 from kds.api._errors import auth_middleware, error_middleware
 from kds.api._resources import delete_handler, get_handler, list_handler, put_handler
@@ -112,16 +113,25 @@ async def serve_api(
     address: tuple[str, int],
     extra_routes: list[web.RouteDef] | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    max_connections: int = MAX_CONNECTIONS,
+    idle_s: float = IDLE_S,
 ) -> web.AppRunner:
     """Start the API on ``address`` (HTTPS with ``ssl_context``); a port that cannot be bound
-    is a ConfigError naming it."""
+    is a ConfigError naming it. Connections are bounded in number and time
+    (kds.api._connections)."""
     runner = web.AppRunner(
-        build_app(ctx, extra_routes), access_log=None, shutdown_timeout=SHUTDOWN_WAIT
+        build_app(ctx, extra_routes),
+        access_log=None,
+        shutdown_timeout=SHUTDOWN_WAIT,
+        keepalive_timeout=idle_s,  # also: a request's head must arrive within it
     )
     await runner.setup()
     host, port = address
+    site = GuardedSite(
+        runner, host, port, ssl_context=ssl_context, gate=ConnectionGate(max_connections)
+    )
     try:
-        await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
+        await site.start()
     except OSError as e:
         await runner.cleanup()
         raise ConfigError(f"--api-address {host}:{port}: cannot listen: {e.strerror}") from None

@@ -13,6 +13,7 @@ sending the next ones.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
@@ -24,7 +25,7 @@ from kds.api._context import API_CONTEXT, client_max_size
 from kds.api._errors import HttpError, too_large
 from kds.errors import FieldViolation
 
-__all__ = ["MAX_DEPTH", "MAX_PAGE_NUMBER", "int_param", "json_lines", "read_json"]
+__all__ = ["BODY_IDLE_S", "MAX_DEPTH", "MAX_PAGE_NUMBER", "int_param", "json_lines", "read_json"]
 
 # No resource nests deeper than a dozen levels (a Mesh's mTLS backends); Python's recursion
 # limit, which the JSON parser and encoder hit, is about 1000.
@@ -33,6 +34,8 @@ MAX_DEPTH = 64
 # SQLite's 64-bit integers.
 MAX_PAGE_NUMBER = 10**12
 _PAGE_NUMBER_RE = re.compile(r"[0-9]{1,13}", re.ASCII)
+# How long a request body may pause between two reads (nginx's client_body_timeout, shorter).
+BODY_IDLE_S = 30.0
 
 
 def _bad_body(message: str) -> HttpError:
@@ -41,11 +44,31 @@ def _bad_body(message: str) -> HttpError:
     )
 
 
+async def _chunks(request: web.Request) -> AsyncIterator[bytes]:
+    """The body's bytes as they arrive; 408 once none has come for BODY_IDLE_S, so a client
+    that stops sending part-way cannot hold a request, and its connection, open."""
+    while True:
+        try:
+            async with asyncio.timeout(BODY_IDLE_S):
+                chunk = await request.content.readany()
+        except TimeoutError:
+            raise HttpError(
+                408,
+                "Request timeout",
+                f"no part of the request body arrived for {BODY_IDLE_S:g} s: send it whole, "
+                "without pauses",
+                headers={"Connection": "close"},
+            ) from None
+        if not chunk:
+            return
+        yield chunk
+
+
 async def _read_limited(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise too_large(request.app[API_CONTEXT], limit)
     body = bytearray()
-    async for chunk in request.content.iter_any():
+    async for chunk in _chunks(request):
         body += chunk
         if len(body) > limit:
             raise too_large(request.app[API_CONTEXT], limit)
@@ -112,7 +135,7 @@ async def json_lines(request: web.Request, limit: int) -> AsyncIterator[object]:
     pending = bytearray()  # the start of a line whose end has not come yet
     size = line = 0
     try:
-        async for chunk in request.content.iter_any():
+        async for chunk in _chunks(request):
             size += len(chunk)
             if size > limit:
                 raise too_large(request.app[API_CONTEXT], limit)

@@ -9,9 +9,11 @@ import json
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 
 import pytest
 
+import kdsctl.client
 from kdsctl.client import ApiClient, ApiError, ApiUnreachable
 
 OK = json.dumps({"items": []}).encode()
@@ -166,6 +168,34 @@ def test_keep_alive_reuses_one_connection(
         client.close()
     assert api.connections == 1
     assert all(h.startswith(b"GET /api/v1/meshes HTTP/1.1") for h in api.heads)
+
+
+def test_a_connection_idle_too_long_is_not_used_for_a_write(
+    scripted: Callable[..., Scripted], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API closes a connection idle for 30 s; a write sent on it as it does so would end
+    without an answer, so the client opens a new one after REUSE_IDLE_S of quiet."""
+    clear_proxy_env(monkeypatch)
+
+    def serve_all(conn: socket.socket, heads: list[bytes]) -> None:
+        while head := _read_head(conn):
+            heads.append(head)
+            conn.sendall(_answer())
+
+    api = scripted(serve_all)
+    client = ApiClient(f"http://127.0.0.1:{api.port}/", timeout=5)
+    clock = [1000.0]
+    monkeypatch.setattr(kdsctl.client, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    try:
+        client.get("/a")
+        clock[0] += kdsctl.client.REUSE_IDLE_S - 1
+        client.post("/b", {})
+        assert api.connections == 1
+        clock[0] += kdsctl.client.REUSE_IDLE_S
+        client.post("/c", {})
+        assert api.connections == 2
+    finally:
+        client.close()
 
 
 def test_no_answer_within_the_timeout(

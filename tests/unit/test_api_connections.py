@@ -1,0 +1,134 @@
+"""What a client can make the API hold (kds.api._connections): connections beyond the most
+are answered 503 and closed; a request's head that does not arrive in time, trickled or not,
+and a body that pauses too long end their connection. The real API (serve_api) on a loopback
+port, with a small limit and short timeouts so the tests need not open a thousand
+connections nor wait half a minute."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from structlog.testing import capture_logs
+
+import kds.api._body
+from kds.api import ApiContext, serve_api
+from kds.api._connections import REFUSAL_LOG_EVERY_S, ConnectionGate
+from kds.store.sqlite import GlobalEngine, SqliteGlobalStore
+
+LIMIT = 3
+IDLE = 0.6
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[int]:
+    store = SqliteGlobalStore(GlobalEngine(tmp_path / "global.db"))
+    runner: web.AppRunner = await serve_api(
+        ApiContext(store=store, role="global"),
+        ("127.0.0.1", 0),
+        max_connections=LIMIT,
+        idle_s=IDLE,
+    )
+    try:
+        yield int(runner.addresses[0][1])
+    finally:
+        await runner.cleanup()
+        store.close()
+
+
+async def _answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """The status and body of one answer."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    status = int(head.split(b" ", 2)[1])
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    body = await asyncio.wait_for(reader.readexactly(length), 5)
+    return status, body
+
+
+async def _closed_within(reader: asyncio.StreamReader, seconds: float) -> bool:
+    try:
+        return await asyncio.wait_for(reader.read(), seconds) == b""
+    except TimeoutError:
+        return False
+
+
+def test_the_gate_counts_refuses_and_logs_once_a_minute() -> None:
+    gate = ConnectionGate(2)
+    assert gate.admit() and gate.admit()
+    assert not gate.admit() and gate.refused == 1 and gate.open == 2
+    gate.release()
+    assert gate.admit() and gate.open == 2
+    assert gate.log_due(100.0)
+    assert not gate.log_due(100.0 + REFUSAL_LOG_EVERY_S - 1)
+    assert gate.log_due(100.0 + REFUSAL_LOG_EVERY_S)
+    assert b"503 Service Unavailable" in gate.refusal and b"Connection: close" in gate.refusal
+
+
+async def test_a_connection_beyond_the_most_gets_503_and_the_others_are_served(api: int) -> None:
+    held = [await asyncio.open_connection("127.0.0.1", api) for _ in range(LIMIT)]
+    with capture_logs() as logs:
+        reader, writer = await asyncio.open_connection("127.0.0.1", api)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, body = await _answer(reader)
+    assert status == 503
+    answer = json.loads(body)
+    assert answer["status"] == 503 and f"{LIMIT} connections open" in answer["detail"]
+    refusals = [e for e in logs if e["event"] == "API connection refused: too many open"]
+    assert len(refusals) == 1 and refusals[0]["limit"] == LIMIT, logs
+    writer.close()
+    # One held connection sends a request: it is served as usual.
+    r, w = held[0]
+    w.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    status, body = await _answer(r)
+    assert status == 200 and json.loads(body)["role"] == "global"
+    for _, w in held:
+        w.close()
+
+
+async def test_a_head_not_sent_in_time_ends_the_connection_even_trickled(api: int) -> None:
+    silent_r, silent_w = await asyncio.open_connection("127.0.0.1", api)
+    trickle_r, trickle_w = await asyncio.open_connection("127.0.0.1", api)
+    trickle_w.write(b"GET / HTTP/1.1\r\nHost: x\r\n")
+
+    async def trickle() -> None:
+        for _ in range(100):  # a header byte every 50 ms: a head that never ends
+            await asyncio.sleep(0.05)
+            if trickle_w.is_closing():
+                return
+            trickle_w.write(b"X")
+
+    task = asyncio.create_task(trickle())
+    assert await _closed_within(silent_r, IDLE + 3)
+    assert await _closed_within(trickle_r, 3)
+    task.cancel()
+    # The slots are free again: as many new connections as the most are all served.
+    for _ in range(LIMIT):
+        r, w = await asyncio.open_connection("127.0.0.1", api)
+        w.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert (await _answer(r))[0] == 200
+        w.close()
+    silent_w.close()
+    trickle_w.close()
+
+
+async def test_a_body_that_pauses_too_long_is_a_408(
+    api: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kds.api._body, "BODY_IDLE_S", 0.3)
+    reader, writer = await asyncio.open_connection("127.0.0.1", api)
+    writer.write(
+        b"PUT /meshes/m1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100\r\n\r\n" + b'{"type": "Mesh", '
+    )
+    status, body = await _answer(reader)
+    assert status == 408, body
+    assert "no part of the request body arrived for 0.3 s" in json.loads(body)["detail"]
+    writer.close()
