@@ -152,7 +152,12 @@ async def run_global(cfg: GlobalConfig, service: Service) -> int:
     settle_heap()  # loaded: what is alive now lives as long as the daemon
     guard.start("memory-keeper", keep_memory_trimmed(stop))
     server = grpc.aio.server(
-        options=server_options(cfg.max_message_bytes, cfg.keepalive_interval, cfg.keepalive_timeout)
+        options=server_options(
+            cfg.max_message_bytes,
+            cfg.keepalive_interval,
+            cfg.keepalive_timeout,
+            cfg.kds_max_connections,
+        )
     )
     server.add_generic_rpc_handlers([servicer.handler()])
     host, port = cfg.kds_address

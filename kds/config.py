@@ -261,6 +261,14 @@ class GlobalConfig(_Common):
         "Sync (gRPC) listen address zones dial; use 0.0.0.0:5685 to serve other hosts.",
         "HOST:PORT",
     )
+    kds_max_connections: int = opt(
+        1024,
+        _positive_int,
+        "Most connections the sync port holds at once (one per connected zone, plus any "
+        "still in their TLS handshake, at most 10 s, or without a stream, at most 60 s); "
+        "raise it above the zone count.",
+        "N",
+    )
     log_size: int = opt(
         10_000,
         _positive_int,
