@@ -75,6 +75,13 @@ def _one_answer(conn: socket.socket, heads: list[bytes]) -> None:
     conn.sendall(_answer())
 
 
+def _serve_all(conn: socket.socket, heads: list[bytes]) -> None:
+    """Answers every request on the connection, keeping it alive."""
+    while head := _read_head(conn):
+        heads.append(head)
+        conn.sendall(_answer())
+
+
 def clear_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
@@ -154,12 +161,7 @@ def test_keep_alive_reuses_one_connection(
 ) -> None:
     clear_proxy_env(monkeypatch)
 
-    def serve_all(conn: socket.socket, heads: list[bytes]) -> None:
-        while head := _read_head(conn):
-            heads.append(head)
-            conn.sendall(_answer())
-
-    api = scripted(serve_all)
+    api = scripted(_serve_all)
     client = ApiClient(f"http://127.0.0.1:{api.port}/api/v1", timeout=5)
     try:
         for _ in range(3):
@@ -177,12 +179,7 @@ def test_a_connection_idle_too_long_is_not_used_for_a_write(
     without an answer, so the client opens a new one after REUSE_IDLE_S of quiet."""
     clear_proxy_env(monkeypatch)
 
-    def serve_all(conn: socket.socket, heads: list[bytes]) -> None:
-        while head := _read_head(conn):
-            heads.append(head)
-            conn.sendall(_answer())
-
-    api = scripted(serve_all)
+    api = scripted(_serve_all)
     client = ApiClient(f"http://127.0.0.1:{api.port}/", timeout=5)
     clock = [1000.0]
     monkeypatch.setattr(kdsctl.client, "time", SimpleNamespace(monotonic=lambda: clock[0]))
