@@ -33,7 +33,7 @@ MAX_CONNECTION_IDLE_MS = 60_000
 
 
 def server_options(
-    max_message_bytes: int, interval: float, timeout: float, max_connections: int = 1024
+    max_message_bytes: int, interval: float, timeout: float, max_connections: int
 ) -> list[tuple[str, int]]:
     return [
         *_common(max_message_bytes, interval, timeout),

@@ -61,6 +61,9 @@ __all__ = [
     "Database",
     "PgConn",
     "PgTarget",
+    "connection_kwargs",
+    "connection_lost",
+    "first_line",
     "get_meta",
     "set_meta",
 ]
@@ -309,12 +312,12 @@ class Database:
         except (psycopg.OperationalError, psycopg.InterfaceError) as e:
             self.away = connection_lost(e)
             raise StoreUnavailable(
-                f"PostgreSQL at {self.location} failed: {_first_line(e)}; retry once it is "
+                f"PostgreSQL at {self.location} failed: {first_line(e)}; retry once it is "
                 "back (a write cut off at its commit may have been made: read it back)"
             ) from e
         except psycopg.Error as e:
             self.away = False
-            raise StoreError(f"PostgreSQL at {self.location}: {_first_line(e)}") from e
+            raise StoreError(f"PostgreSQL at {self.location}: {first_line(e)}") from e
         self.away = False
 
     def _connection(self) -> AbstractContextManager[psycopg.Connection[Any]]:
@@ -469,7 +472,7 @@ def connection_lost(e: psycopg.Error) -> bool:
     return state is None or state.startswith(("08", "57P"))
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     """An error's first line, bounded (the lines after it may quote a row's values)."""
     text = str(e).strip().splitlines()
     return (text[0] if text else type(e).__name__)[:300]

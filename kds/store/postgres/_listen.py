@@ -20,7 +20,7 @@ import psycopg
 import structlog
 from psycopg import sql
 
-from kds.store.postgres._db import PgTarget, connection_kwargs, describe
+from kds.store.postgres._db import PgTarget, connection_kwargs, describe, first_line
 
 __all__ = ["OnEvent", "connect_own", "first_line", "listen"]
 
@@ -75,8 +75,3 @@ async def connect_own(target: PgTarget) -> psycopg.AsyncConnection[Any]:
     return await psycopg.AsyncConnection.connect(
         target.url, **connection_kwargs(target, autocommit=True)
     )
-
-
-def first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return (lines[0] if lines else type(e).__name__)[:300]
