@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import structlog
 
@@ -36,6 +38,8 @@ from kds.protocol.session import GlobalSession, Mode, SendRange, SendSnapshot
 __all__ = ["SendLoop"]
 
 log = structlog.get_logger("globalcp.sync")
+
+T = TypeVar("T")
 
 
 class _PartKeys:
@@ -87,7 +91,10 @@ class SendLoop:
         self.wake = wake  # set when there may be something to send (a publish, an ack, an end)
         self.ended = ended  # true once the stream must end
         self.heartbeat_interval = heartbeat_interval
-        self._last_sent = 0.0  # event loop time of the last write
+        # Event loop time of the last write (run() starts it at the loop's time; asyncio's
+        # clock is the monotonic one, so a loop driven step by step without run() starts
+        # from its creation too).
+        self._last_sent = time.monotonic()
         self._first_range = True
         # The turn to send a snapshot (globalcp.admission), held until the zone acknowledged
         # the snapshot's last part (revision ``_turn_until``) or the stream ends.
@@ -142,6 +149,23 @@ class SendLoop:
         finally:
             if timer is not None:
                 timer.cancel()
+
+    async def _beating(self, work: Awaitable[T]) -> T:
+        """``work``'s result, with a heartbeat each interval while it runs. A check's tree of a
+        big store, or a snapshot's plan, can take longer than the zone's silence limit on a
+        busy machine (shared by every stream that needs it at the time); the zone must not
+        take that for global gone silent, reconnect, and have it all start again."""
+        task = asyncio.ensure_future(work)
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                wait = max(0.0, self._last_sent + self.heartbeat_interval - loop.time())
+                done, _ = await asyncio.wait((task,), timeout=wait)
+                if done:
+                    return task.result()
+                await self._heartbeat()
+        finally:
+            task.cancel()  # only if the stream ended meanwhile (shared reads are shielded)
 
     async def _heartbeat(self) -> None:
         await self.send(
@@ -215,14 +239,14 @@ class SendLoop:
         if checks.check is None:
             if not checks.due() or not session.can_check(self.hub.head):
                 return False
-            first = await checks.start(session.acked_revision)
+            first = await self._beating(checks.start(session.acked_revision))
             if first is None:
                 return False
             await self.send(first)
             return True
         if checks.pending is None:
             return False  # waiting for the zone's answer
-        step = await checks.advance()
+        step = await self._beating(checks.advance())
         if isinstance(step, Query):
             await self.send(wire.query_to_pb(step))
             return True
@@ -230,7 +254,9 @@ class SendLoop:
         return True
 
     async def _finish_check(self, out: Outcome) -> None:
-        records = await self.checks.repairs(out) if self.checks and out.result == "repair" else []
+        records: list[ChangeRecord] = []
+        if self.checks and out.result == "repair":
+            records = await self._beating(self.checks.repairs(out))
         differed = [n.label() for n in out.differed]
         repaired = [key_label(r.key) for r in records]
         fields = {
@@ -287,7 +313,7 @@ class SendLoop:
         while waiting for a turn."""
         if not await self._wait_turn():
             return False
-        snap = await self.plans.snapshot()
+        snap = await self._beating(self.plans.snapshot())
         self._turn_until = snap.revision
         self._snapshot = _SnapshotCursor(snap)
         await self._continue_snapshot()

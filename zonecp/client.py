@@ -320,6 +320,7 @@ class ZoneClient:
         """The next message; None when the zone is stopping. Raises StreamEnded when global
         ended the stream or, as the session's watchdog decides, went silent too long."""
         if waits.why is None:
+            self.session.on_listening(time.monotonic())
             waits.reading = True
             try:
                 msg = await call.read()

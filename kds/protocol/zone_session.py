@@ -301,6 +301,15 @@ class ZoneSession:
         self._advance(Event.DIGEST_QUERY)
         self._quiet_since = now
 
+    def on_listening(self, now: float) -> None:
+        """The zone waits for global's next message from ``now``. Whatever it did since the
+        last one (apply a batch, build its tree to answer a check, wait for a busy CPU) was
+        its own time: global's silence counts from here. A zone that took longer than the
+        silence limit to answer a check would otherwise find global "silent" the moment it
+        listened again, with global's heartbeats still unread, reconnect, and be checked
+        again. Not an event of the table: it changes no state."""
+        self._quiet_since = max(self._quiet_since, now)
+
     def on_unknown(self, what: str) -> None:
         """Global sent a message this version does not know: always refused."""
         self._advance(Event.UNKNOWN, what)

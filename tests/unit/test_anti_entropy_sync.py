@@ -5,13 +5,19 @@ zone-local resources and conflicts are never touched; both sides say what was re
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from globalcp.checks import GlobalTrees
 from kds.model import Key, Kind, Resource, stays_on_global
 from kds.store.results import ORIGIN_GLOBAL
 from kds.store.sqlite import ZoneEngine
 from kds.store.sqlite._db import COLS
 from tests.unit.inprocess import Pair, ZoneRun, running_pair, wait_until
+from zonecp.client import ZoneClient
 
 T0 = "2026-11-30T00:00:00.000Z"
 
@@ -150,3 +156,85 @@ def test_a_stream_that_began_with_a_snapshot_checks_one_interval_later() -> None
     assert not fresh.due()
     now[0] += 1.0
     assert fresh.due()
+
+
+async def test_a_zone_slow_to_answer_a_check_does_not_take_global_for_silent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A zone that takes longer than its silence limit to build its tree (a big store) and
+    then reads late (a busy process) still finds global's heartbeats waiting: the check
+    completes and the stream stays up, where it used to end as "global went silent" the
+    moment the zone listened again, and the zone was checked again on its next stream."""
+    late = False
+
+    class BusyProcess:
+        """The stream as a busy zone process reads it: the read after a long answer is
+        delivered 0.2 s late (within the silence limit, counted from when the zone listens)."""
+
+        def __init__(self, call: Any):
+            self._call = call
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._call, name)
+
+        async def read(self) -> Any:
+            nonlocal late
+            if late:
+                late = False
+                await asyncio.sleep(0.2)
+            return await self._call.read()
+
+    real_converse = ZoneClient._converse
+
+    async def converse(self: ZoneClient, call: Any, waits: Any) -> bool:
+        return await real_converse(self, BusyProcess(call), waits)
+
+    monkeypatch.setattr(ZoneClient, "_converse", converse)
+    async with running_pair(tmp_path, heartbeat_interval=0.1, anti_entropy_interval=0.3) as pair:
+        await pair.store.put(Resource(Kind.MESH, "default"), T0)
+        for i in range(20):
+            await pair.store.put(_secret(f"s{i}", b"value-%d" % i), T0)
+        zone = pair.start_zone("zone-a")
+        real = zone.store.sync_leaves
+        slow = 0
+
+        async def slow_leaves() -> Any:
+            nonlocal slow, late
+            slow += 1
+            await asyncio.sleep(1.0)  # over three times the 0.3 s silence limit
+            late = True
+            return await real()
+
+        zone.store.sync_leaves = slow_leaves  # type: ignore[method-assign]
+        await wait_until(lambda: zone.client.status.applied_revision == pair.hub.head)
+        await wait_until(lambda: slow >= 3, timeout=20, what="three slow answers")
+        state = await wait_until(lambda: pair.tracker.zones["zone-a"].last_check, what="check")
+        assert state["result"] == "equal"
+        assert zone.client.session.connections == 1, "the zone reconnected"
+
+
+async def test_global_heartbeats_while_it_builds_its_tree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Global's tree of a big store can take longer than a zone's silence limit to build (a
+    busy machine, many zones connecting): the stream waiting for it keeps sending heartbeats,
+    so the zone is not lost and checked again on a new stream."""
+    real_build = GlobalTrees._build
+    builds = 0
+
+    async def slow_build(self: GlobalTrees) -> Any:
+        nonlocal builds
+        builds += 1
+        await asyncio.sleep(1.0)  # over three times the 0.3 s silence limit
+        return await real_build(self)
+
+    monkeypatch.setattr(GlobalTrees, "_build", slow_build)
+    async with running_pair(tmp_path, heartbeat_interval=0.1, anti_entropy_interval=0.3) as pair:
+        await pair.store.put(Resource(Kind.MESH, "default"), T0)
+        for i in range(20):
+            await pair.store.put(_secret(f"s{i}", b"value-%d" % i), T0)
+        zone = pair.start_zone("zone-a")
+        await wait_until(lambda: zone.client.status.applied_revision == pair.hub.head)
+        state = await wait_until(lambda: pair.tracker.zones["zone-a"].last_check, what="check")
+        assert state["result"] == "equal" and builds == 1
+        assert zone.client.session.connections == 1, "the zone reconnected"

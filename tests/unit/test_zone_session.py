@@ -367,6 +367,20 @@ def test_every_message_and_the_apply_restart_the_watchdog() -> None:
     assert s.tick(103.65)
 
 
+def test_silence_counts_from_when_the_zone_listens_again() -> None:
+    """A zone that took longer than the silence limit to answer a check (its own time) gives
+    global a whole limit once it listens again; a global that stays silent is still caught."""
+    s = connected(revision=0, head=0, heartbeat_ms=200)
+    s.on_digest_query(now=100.5)
+    assert s.tick(102.0)  # what the watchdog would say, had the zone been listening all along
+    s.on_listening(now=102.0)  # the answer took 1.5 s
+    assert s.watchdog_wait(102.0) == pytest.approx(0.6)
+    assert not s.tick(102.5)
+    assert s.tick(102.65)
+    s.on_listening(now=101.0)  # a clock reading older than the last one changes nothing
+    assert s.tick(102.65)
+
+
 def test_no_heartbeat_interval_means_no_watchdog() -> None:
     """A global that promises no heartbeats is never given up on for silence."""
     s = connected(revision=0, head=0, heartbeat_ms=0)
