@@ -9,7 +9,6 @@ each range is coalesced and packed once and each snapshot read and cut into fram
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -84,7 +83,7 @@ class SendPlans:
         if self._shared_snapshot is None or self._shared_snapshot() is not snap:
             self._shared_snapshot = weakref.ref(snap)
             # Once the last stream sending it is done, give its memory back to the system.
-            weakref.finalize(snap, _release_soon, asyncio.get_running_loop())
+            weakref.finalize(snap, memory.release_soon, asyncio.get_running_loop())
         if self._snapshot_read is read:
             self._snapshot_read = None  # the future would keep the snapshot alive
         self._kept = snap
@@ -138,10 +137,3 @@ class SendPlans:
         if len(records) != action.to_revision - action.from_revision:
             return None  # pruned meanwhile
         return records
-
-
-def _release_soon(loop: asyncio.AbstractEventLoop) -> None:
-    """Return freed memory to the system off the event loop (kds.memory), from a finalizer:
-    scheduled, since the object is not yet freed while its finalizer runs."""
-    with contextlib.suppress(RuntimeError):  # the loop is closed: the process is ending
-        loop.call_soon_threadsafe(loop.run_in_executor, None, memory.release)

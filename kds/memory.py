@@ -20,6 +20,8 @@ Where the C library is not glibc (musl, macOS), ``release()`` does nothing.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import gc
@@ -27,7 +29,7 @@ import os
 import threading
 from collections.abc import Callable
 
-__all__ = ["Keeper", "available", "release", "resident_bytes"]
+__all__ = ["Keeper", "available", "freed", "release", "release_soon", "resident_bytes"]
 
 
 def _load_trim() -> Callable[[int], int] | None:
@@ -51,6 +53,8 @@ _lock = threading.Lock()  # one trim at a time
 # doing so left a burst of concurrent frees (100 zones' anti-entropy checks finishing
 # together) up to 15 MB above what one more trim gave back.
 _again = False
+# A large free noted since the keeper's last release (``freed``).
+_freed = False
 
 
 def available() -> bool:
@@ -88,6 +92,22 @@ def release() -> bool:
             return released
 
 
+def freed() -> None:
+    """Note that a large structure was just freed (a zone's anti-entropy tree): the daemon's
+    ``Keeper`` gives memory back at its next look, once however many were noted meanwhile.
+    A flag, cheap from any thread; for frees too frequent or too many to release each."""
+    global _freed
+    _freed = True
+
+
+def release_soon(loop: asyncio.AbstractEventLoop) -> None:
+    """``release()`` on ``loop``'s executor, for a finalizer (``weakref.finalize``) of a large
+    structure shared by streams: scheduled, since the object is not yet freed while its
+    finalizer runs. Safe from any thread, and once the loop is closed (nothing then)."""
+    with contextlib.suppress(RuntimeError):  # the loop is closed: the process is ending
+        loop.call_soon_threadsafe(loop.run_in_executor, None, release)
+
+
 def resident_bytes() -> int | None:
     """This process's resident set size; None where /proc is not there to read it."""
     try:
@@ -115,7 +135,10 @@ class Keeper:
         self.baseline = rss()
 
     def due(self) -> bool:
-        """Whether the resident size grew past the slack since the last release."""
+        """Whether the resident size grew past the slack since the last release, or a large
+        free was noted (``freed``)."""
+        if _freed:
+            return True
         now = self._rss()
         if now is None:
             return False
@@ -126,5 +149,7 @@ class Keeper:
 
     def release(self) -> None:
         """Release (blocking: call it off the event loop), then take the new baseline."""
+        global _freed
+        _freed = False
         self._release()
         self.baseline = self._rss()

@@ -44,11 +44,10 @@ from kds.errors import KdsError, ProtocolError, StoreError
 from kds.grpc_options import client_options
 from kds.logging import debug_enabled
 from kds.model import Key
-from kds.protocol.anti_entropy import answer
-from kds.protocol.digest_tree import DigestTree
 from kds.protocol.limits import PROBLEM_CHARS
 from kds.protocol.zone_session import RawKey, State, ZoneSession
 from kds.store import ZoneStore
+from zonecp.check_answers import CheckAnswers
 from zonecp.read_waits import ReadWaits
 from zonecp.sync_status import DISK_FULL, ZoneSyncStatus, store_problem
 
@@ -123,8 +122,7 @@ class ZoneClient:
         self._write_lock = asyncio.Lock()
         self._status_dirty = asyncio.Event()
         self._ack_held = asyncio.Event()  # an ack is held back (kds.protocol.zone_session)
-        # The anti-entropy check in progress: (check id, revision, this zone's tree then).
-        self._check: tuple[int, int, DigestTree] | None = None
+        self.answers = CheckAnswers(store, self.status)  # anti-entropy: answers to checks
 
     # ------------------------------------------------------------------ conflicts
 
@@ -247,7 +245,7 @@ class ZoneClient:
             finally:
                 stopper.cancel()
                 waits.close()
-                self._check = None
+                self.answers.held = None
                 if self.session.state is not State.DISCONNECTED and self.session.on_end():
                     log.info("disconnected from global")
                     self.status.disconnected_at = time.time()
@@ -393,22 +391,7 @@ class ZoneClient:
             await self.refresh_conflicts()
 
     async def _answer_digest(self, call: Any, m: pb.DigestQuery) -> None:
-        """Answer an anti-entropy query from this zone's tree, built when a check's first
-        query arrives (every batch up to the check's revision was applied before it) and kept
-        for the check's later rounds, while batches keep being applied."""
-        query = wire.query_from_pb(m)
-        st = self.status
-        if self._check is None or self._check[0] != query.check:
-            leaves = await self.store.sync_leaves()
-            tree = await asyncio.to_thread(DigestTree, leaves.leaves)
-            self._check = (query.check, leaves.revision, tree)
-            st.checks += 1
-            st.last_check_at = time.time()
-            st.last_check_revision = leaves.revision
-            st.last_check_differed = 0
-        _, revision, tree = self._check
-        ans = await asyncio.to_thread(answer, tree, query, revision)
-        st.last_check_differed += sum(1 for d in ans.differ if d.listed)
+        ans = await self.answers.answer(wire.query_from_pb(m))
         async with self._write_lock:
             await call.write(wire.answer_to_pb(ans))
 

@@ -21,6 +21,7 @@ from kds.protocol.anti_entropy import (
     Outcome,
     Query,
     answer,
+    last_round,
 )
 from kds.protocol.digest_tree import (
     DIGEST_BYTES,
@@ -48,13 +49,28 @@ def _store(n: int, meshes: int = 2) -> Leaves:
 
 
 def run_check(global_leaves: Leaves, zone_leaves: Leaves, zone_revision: int = 5) -> Outcome:
-    """Drive one check to its outcome, as the two daemons do over the stream."""
+    """Drive one check to its outcome, as the two daemons do over the stream; the zone's
+    view of when the check is over (``last_round``, when it lets go of its tree) is never
+    wrong: after such an answer global asks nothing more."""
     check = GlobalCheck(1, 5, DigestTree(global_leaves.items()))
     zone_tree = DigestTree(zone_leaves.items())
     step: Query | Outcome = check.first_query()
     while isinstance(step, Query):
-        step = check.on_answer(answer(zone_tree, step, zone_revision))
+        ans = answer(zone_tree, step, zone_revision)
+        step = check.on_answer(ans)
+        if last_round(ans):
+            assert isinstance(step, Outcome), "global asked more after the zone's last round"
     return step
+
+
+def test_the_zone_knows_the_last_round_of_common_checks() -> None:
+    """An equal store, or small differences listed leaf by leaf, end the check with the first
+    answer, and the zone knows it; a difference to descend into does not."""
+    g = _store(300)
+    assert last_round(_first_answer(g, dict(g))[1])
+    assert last_round(_first_answer(g, {**g, Key(Kind.MESH, "", "m0"): _digest(99)})[1])
+    damaged = {**g, Key(Kind.SECRET, "m0", "s4"): _digest(99)}
+    assert not last_round(_first_answer(g, damaged)[1])
 
 
 def test_leaf_digest_covers_every_field_global_sends() -> None:

@@ -65,6 +65,7 @@ async def test_damage_below_the_recorded_revision_is_found_and_repaired(tmp_path
         await wait_until(lambda: zone.client.status.applied_revision == pair.hub.head)
         state = await wait_until(lambda: pair.tracker.zones["zone-a"].last_check, what="check")
         assert state["result"] == "equal" and state["repairedCount"] == 0
+        assert zone.client.answers.held is None  # the check is over: the zone let go of its tree
         # The zone's own resources: one of its own, one shadowing a synced copy (a conflict).
         await zone.store.put(_secret("mine", b"zone-local"), T0)
         await zone.store.put(Resource(Kind.GLOBAL_SECRET, "shared", data=b"local"), T0)
@@ -236,5 +237,5 @@ async def test_global_heartbeats_while_it_builds_its_tree(
         zone = pair.start_zone("zone-a")
         await wait_until(lambda: zone.client.status.applied_revision == pair.hub.head)
         state = await wait_until(lambda: pair.tracker.zones["zone-a"].last_check, what="check")
-        assert state["result"] == "equal" and builds == 1
+        assert state["result"] == "equal" and builds >= 1
         assert zone.client.session.connections == 1, "the zone reconnected"

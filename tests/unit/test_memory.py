@@ -84,6 +84,12 @@ class _Process:
 MB = 1 << 20
 
 
+@pytest.fixture(autouse=True)
+def _no_noted_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A free noted by another test in this process (a zone's check) asks nothing here."""
+    monkeypatch.setattr(memory, "_freed", False)
+
+
 def test_keeper_releases_only_when_resident_size_grew_past_the_slack() -> None:
     """Growth within the slack asks nothing; past it, one release, and the size after it is
     the new baseline, so live growth (more zones) costs one release in vain, not one per look."""
@@ -111,6 +117,19 @@ def test_keeper_measures_growth_from_a_size_that_shrank_on_its_own() -> None:
     assert not k.due() and k.baseline == 60 * MB
     p.rss = 70 * MB
     assert k.due()
+
+
+def test_a_noted_free_asks_the_keeper_for_one_release() -> None:
+    """Frees too many to release each (a zone's tree after every check) are noted; the
+    keeper's next look releases once for all of them, however little the size grew."""
+    p = _Process(100 * MB)
+    k = memory.Keeper(slack=8 * MB, rss=p.read, releaser=p.release)
+    assert not k.due()
+    memory.freed()
+    memory.freed()
+    assert k.due()
+    k.release()
+    assert p.releases == 1 and not k.due()
 
 
 def test_keeper_does_nothing_where_the_size_cannot_be_read() -> None:
