@@ -4,14 +4,9 @@ zone stream checked at it (globalcp.checks.GlobalTrees)."""
 from __future__ import annotations
 
 import asyncio
-import gc
-import weakref
 from pathlib import Path
 
-import pytest
-
 from globalcp.checks import GlobalTrees
-from kds import memory
 from kds.model import Kind, Resource
 from kds.store.sqlite import GlobalEngine, SqliteGlobalStore
 
@@ -44,35 +39,5 @@ async def test_streams_checked_at_one_revision_share_one_read(tmp_path: Path) ->
         assert fresh is not None and len(fresh) == 2 and reads == [1, 1]
         assert await trees.at(head) is None  # no longer held, and the store is past it
         assert reads == [1, 1, 1]
-    finally:
-        store.close()
-
-
-async def test_the_tree_is_freed_once_no_check_holds_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """An idle global does not keep its tree between checks (minutes apart; 17 MB per
-    100,000 secrets): freed when the last holder lets go, the memory given back, and read
-    again for the next check."""
-    engine = GlobalEngine(tmp_path / "g.db")
-    engine.put(Resource(Kind.MESH, "default"), T0)
-    store = SqliteGlobalStore(engine)
-    released: list[int] = []
-    monkeypatch.setattr(memory, "release", lambda: released.append(1) or True)
-    trees = GlobalTrees(store)
-    try:
-        head = await store.head()
-        tree = await trees.at(head)
-        assert tree is not None and await trees.at(head) is tree
-        after_build = len(released)  # the build gives back what it used
-        gone = weakref.ref(tree)
-        del tree
-        await asyncio.sleep(0)  # the loop lets go of the futures that carried it
-        gc.collect()
-        assert gone() is None, "the tree outlived its last holder"
-        await asyncio.sleep(0.1)  # the release runs on the executor
-        assert len(released) == after_build + 1
-        again = await trees.at(head)
-        assert again is not None and len(again) == 1
     finally:
         store.close()
