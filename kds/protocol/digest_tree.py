@@ -21,7 +21,8 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from itertools import accumulate
+from itertools import accumulate, chain
+from operator import sub
 
 from kds.model import Key, Kind, Resource
 
@@ -33,7 +34,9 @@ __all__ = [
     "Summary",
     "TreeBuilder",
     "bucket_of",
+    "compact_json",
     "leaf_digest",
+    "leaf_digest_of",
 ]
 
 DIGEST_BYTES = 16
@@ -41,28 +44,46 @@ MAX_DEPTH = 16  # hex digits of bucket_of: a node this deep holds only digest co
 _HEX = "0123456789abcdef"
 
 
-def _update(h: hashlib.blake2b, part: bytes) -> None:
-    h.update(len(part).to_bytes(8, "big"))
-    h.update(part)
+def compact_json(value: object) -> str:
+    """Labels and spec as leaf_digest covers them: sorted keys, no spaces."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def leaf_digest(r: Resource) -> bytes:
     """The digest of a resource as global sends it: equal on global and on every zone that
     holds the same synced copy, whatever either stores it as."""
-    h = hashlib.blake2b(digest_size=DIGEST_BYTES, person=b"kds-leaf-v1")
-    for text in (
-        str(r.kind),
-        r.mesh,
-        r.name,
-        str(r.version),
-        r.creation_time,
-        r.modification_time,
-        json.dumps(dict(r.labels), sort_keys=True, separators=(",", ":")),
-        json.dumps(r.spec, sort_keys=True, separators=(",", ":")) if r.spec else "",
-    ):
-        _update(h, text.encode("utf-8", "surrogatepass"))
-    _update(h, bytes(r.data))
-    return h.digest()
+    return leaf_digest_of(
+        (
+            str(r.kind),
+            r.mesh,
+            r.name,
+            str(r.version),
+            r.creation_time,
+            r.modification_time,
+            compact_json(dict(r.labels)),
+            compact_json(r.spec) if r.spec else "",
+        ),
+        bytes(r.data),
+    )
+
+
+def leaf_digest_of(texts: Iterable[str], data: bytes) -> bytes:
+    """``leaf_digest`` from its parts: the texts of kind, mesh, name, version, creation and
+    modification time, labels and spec (as leaf_digest gives them), then the data. A store
+    reading every row for a tree computes it from the columns, without a Resource per row.
+    Each part is length-prefixed and the whole hashed as one buffer."""
+    parts: list[bytes] = []
+    add = parts.append
+    for text in texts:
+        b = text.encode("utf-8", "surrogatepass")
+        add(len(b).to_bytes(8, "big"))
+        add(b)
+    add(len(data).to_bytes(8, "big"))
+    add(data)
+    return hashlib.blake2b(b"".join(parts), digest_size=DIGEST_BYTES, person=_LEAF).digest()
+
+
+_LEAF = b"kds-leaf-v1"
 
 
 def _bucket_hash(name: str) -> hashlib.blake2b:
@@ -81,10 +102,9 @@ def _bucket_number(name: str) -> int:
 
 
 def _leaf_hash(name: str, digest: bytes) -> bytes:
-    h = hashlib.blake2b(digest_size=DIGEST_BYTES, person=b"kds-node-v1")
-    _update(h, name.encode("utf-8", "surrogatepass"))
-    _update(h, digest)
-    return h.digest()
+    raw = name.encode("utf-8", "surrogatepass")
+    joined = b"".join((len(raw).to_bytes(8, "big"), raw, len(digest).to_bytes(8, "big"), digest))
+    return hashlib.blake2b(joined, digest_size=DIGEST_BYTES, person=b"kds-node-v1").digest()
 
 
 @dataclass(frozen=True, order=True)
@@ -158,6 +178,58 @@ class _Group:
             name = names[offsets[i] : offsets[i + 1]].decode("utf-8", "surrogatepass")
             yield name, digests[i * DIGEST_BYTES : (i + 1) * DIGEST_BYTES]
 
+    def name_at(self, i: int) -> str:
+        return self.names[self.offsets[i] : self.offsets[i + 1]].decode("utf-8", "surrogatepass")
+
+    def updated(self, changes: list[tuple[int, str, bytes | None]]) -> _Group | None:
+        """This group with ``changes`` made, each (bucket, name, digest), a name at most
+        once, None to remove its leaf: a new group (this one is never changed, a check may
+        still read it); None when no leaf is left. The leaves between two changes are copied
+        as slices of the flat arrays, so a change costs a copy of the group in C, never a
+        step per leaf in Python."""
+        buckets, names, offsets, size = self.buckets, self.names, self.offsets, len(self.buckets)
+        new_buckets = array("Q")
+        digests: list[bytes] = []
+        hashes: list[bytes] = []
+        name_parts: list[bytes] = []
+        lengths: list[Iterable[int]] = []
+        start = 0  # the first old leaf not yet copied or dropped
+
+        def copy(hi: int) -> None:  # the old leaves from start up to hi, as they are
+            if hi > start:
+                new_buckets.extend(buckets[start:hi])
+                digests.append(self.digests[start * DIGEST_BYTES : hi * DIGEST_BYTES])
+                hashes.append(self.hashes[start * DIGEST_BYTES : hi * DIGEST_BYTES])
+                name_parts.append(names[offsets[start] : offsets[hi]])
+                lengths.append(map(sub, offsets[start + 1 : hi + 1], offsets[start:hi]))
+
+        for bucket, name, digest in sorted(changes, key=lambda c: (c[0], c[1])):
+            # Leaves sort by bucket, then name (TreeBuilder sorts the tuples).
+            i = bisect_left(buckets, bucket, start)
+            while i < size and buckets[i] == bucket and self.name_at(i) < name:
+                i += 1
+            copy(i)
+            start = i
+            if i < size and buckets[i] == bucket and self.name_at(i) == name:
+                start = i + 1  # the leaf it replaces or removes
+            if digest is not None:
+                raw = name.encode("utf-8", "surrogatepass")
+                new_buckets.append(bucket)
+                digests.append(digest)
+                hashes.append(_leaf_hash(name, digest))
+                name_parts.append(raw)
+                lengths.append((len(raw),))
+        copy(size)
+        if not new_buckets:
+            return None
+        group = _Group.__new__(_Group)
+        group.buckets = new_buckets
+        group.digests = b"".join(digests)
+        group.hashes = b"".join(hashes)
+        group.names = b"".join(name_parts)
+        group.offsets = array("Q", accumulate(chain.from_iterable(lengths), initial=0))
+        return group
+
 
 class DigestTree:
     """The hash tree of one side's synced resources at one revision."""
@@ -172,6 +244,26 @@ class DigestTree:
     def from_builder(cls, builder: TreeBuilder) -> DigestTree:
         tree = cls(())
         tree._groups = builder.take_groups()
+        return tree
+
+    def updated(self, changes: Iterable[tuple[Key, bytes | None]]) -> DigestTree:
+        """This tree with each leaf of ``changes`` set to its digest, or removed where it is
+        None: a new tree, with the groups no change touches shared (a group is never
+        changed in place, so a check reading this tree is not disturbed). The same tree as
+        built from every leaf anew, at the cost of copying the changed groups."""
+        by_group: dict[tuple[Kind, str], dict[str, bytes | None]] = {}
+        for key, digest in changes:
+            by_group.setdefault((key.kind, key.mesh), {})[key.name] = digest
+        groups = dict(self._groups)
+        for group, named in by_group.items():
+            old = groups.get(group) or _Group([])
+            new = old.updated([(_bucket_number(n), n, d) for n, d in named.items()])
+            if new is None:
+                groups.pop(group, None)
+            else:
+                groups[group] = new
+        tree = DigestTree(())
+        tree._groups = groups
         return tree
 
     def __len__(self) -> int:

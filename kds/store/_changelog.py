@@ -191,6 +191,24 @@ class ChangeLog:
             )
         return out
 
+    def keys_changed(self, conn: Conn, revision: int, head: int) -> set[Key] | None:
+        """In the read ``conn``: the keys of the entries after ``revision`` up to ``head``;
+        None when the log no longer reaches back to ``revision`` or an entry among them is
+        damaged (its key columns cannot be trusted, so neither can the set)."""
+        if revision < int(get_meta(conn, "log_floor", "0")):
+            return None
+        rows = conn.execute(
+            f"SELECT {LOG_COLS} FROM changelog WHERE revision > ? AND revision <= ?",
+            (revision, head),
+        ).fetchall()
+        keys = set()
+        for row in rows:
+            if not _sound(row):
+                self._damaged(row, "anti-entropy reads its whole tree again instead")
+                return None
+            keys.add(Key(Kind(row[1]), row[2], row[3]))
+        return keys
+
     def check(self) -> list[int]:
         """At open: the revisions of every damaged entry, each reported."""
         with self.db.read() as conn:

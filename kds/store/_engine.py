@@ -27,7 +27,6 @@ from kds import integrity
 from kds.crypto import DataCipher
 from kds.errors import InvalidReferences, KdsError, NotFound, StoreDamaged
 from kds.model import Key, Kind, Resource
-from kds.protocol.digest_tree import leaf_digest
 from kds.store._rows import COL_NAMES, COLS, UPSERT_RESOURCE, Conn, DamagedRow, Db
 from kds.store._sealing import Sealer, reseal
 from kds.store._select import selected_sql
@@ -242,11 +241,11 @@ class ResourceEngine:
             # 100 MB for 100,000 secrets, where only each key and its digest are kept.
             for r in conn.execute(f"SELECT {COLS} FROM resources WHERE origin='global'"):
                 try:
-                    res = self.sealer.resource(r)
+                    key, digest = self.sealer.leaf(r)
                 except StoreDamaged as e:
                     log.warning("damaged row is no anti-entropy leaf", key=e.key)
                     continue
-                take(res.key, leaf_digest(res))
+                take(key, digest)
         return revision
 
     def _sync_revision(self, conn: Conn) -> int:

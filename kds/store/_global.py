@@ -17,6 +17,7 @@ import structlog
 
 from kds import integrity, wire
 from kds.crypto import DataCipher
+from kds.errors import StoreDamaged
 from kds.model import Key, Kind, Resource
 from kds.protocol.records import sync_units
 from kds.store._changelog import ChangeLog
@@ -27,6 +28,7 @@ from kds.store.interface import OnCommit
 from kds.store.results import (
     ORIGIN_GLOBAL,
     ChangeRecord,
+    LeafChanges,
     Snapshot,
     WriteResult,
     ZoneEvent,
@@ -123,6 +125,35 @@ class GlobalEngine(ResourceEngine):
 
     def commit_time(self, revision: int) -> float | None:
         return self.changelog.commit_time(revision)
+
+    def sync_leaves_since(self, revision: int, most: int) -> LeafChanges | None:
+        """The leaves changed after ``revision`` (a tree held at that revision) up to the
+        head, in one snapshot read: each key the change log names after it, with its leaf
+        digest now, or None where it is no leaf (deleted, or its row damaged: logged by key).
+        None when more than ``most`` changes came since, or the log no longer reaches back to
+        ``revision``: the whole tree is to be read instead."""
+        with self.db.read(snapshot=True) as conn:
+            head = self._sync_revision(conn)
+            if not revision <= head <= revision + most:
+                return None
+            keys = self.changelog.keys_changed(conn, revision, head)
+            if keys is None:
+                return None
+            leaves: list[tuple[Key, bytes | None]] = []
+            for key in keys:
+                row = conn.execute(
+                    f"SELECT {COLS} FROM resources "
+                    "WHERE kind=? AND mesh=? AND name=? AND origin='global'",
+                    (str(key.kind), key.mesh, key.name),
+                ).fetchone()
+                digest = None
+                if row is not None:
+                    try:
+                        digest = self.sealer.leaf(row)[1]
+                    except StoreDamaged as e:
+                        log.warning("damaged row is no anti-entropy leaf", key=e.key)
+                leaves.append((key, digest))
+        return LeafChanges(head, leaves)
 
     def snapshot(self) -> Snapshot:
         """Every resource's kept encoded change (``wire``), at one revision. A row whose

@@ -11,12 +11,14 @@ whose value does not decrypt, raises StoreDamaged naming its key, never wrong da
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
 from kds.crypto import DataCipher
 from kds.errors import StoreDamaged, StoreError
-from kds.model import Resource
+from kds.model import Key, Kind, Resource
+from kds.protocol.digest_tree import compact_json, leaf_digest_of
 from kds.store._rows import (
     COLS,
     DIGEST,
@@ -30,6 +32,8 @@ from kds.store._rows import (
 )
 
 __all__ = ["Sealer", "aad", "reseal"]
+
+_EMPTY = "{}"  # labels or spec stored empty (kds.store._rows.row_values)
 
 
 def aad(table: str, kind: str, mesh: str, name: str, origin: str) -> bytes:
@@ -63,19 +67,47 @@ class Sealer:
     def resource(self, r: Sequence[Any]) -> Resource:
         """A resources row (selected as COLS) as a Resource, its data opened; StoreDamaged
         when its digest does not match or its data does not decrypt."""
-        if row_digest(r[:DIGEST]) != bytes(r[DIGEST]):
-            raise self._damaged(r, "its stored bytes do not match their digest")
-        where = aad("data", r[0], r[1], r[2], r[3])
-        try:
-            data = self.open(bytes(r[4]), r[10], where)
-        except StoreError as e:
-            if self.cipher is None or r[10] not in self.cipher.key_ids:
-                raise  # a missing key: the whole store's setup, not this row
-            raise self._damaged(r, "its value does not decrypt") from e
+        data = self._opened(r)
         try:
             return row_to_resource(r, data)
         except (ValueError, TypeError) as e:
             raise self._damaged(r, "its columns do not parse") from e
+
+    def leaf(self, r: Sequence[Any]) -> tuple[Key, bytes]:
+        """A resources row's key and anti-entropy leaf digest: ``leaf_digest`` of what
+        ``resource`` gives, computed from the columns (a tree build reads every row; building
+        a Resource each and decoding its labels and spec cost a third of it). StoreDamaged
+        as for ``resource``."""
+        data = self._opened(r)
+        try:
+            kind = Kind(r[0])
+            labels = _EMPTY if r[5] == _EMPTY else compact_json(dict(json.loads(r[5])))
+            spec = json.loads(r[6]) if r[6] != _EMPTY else None
+            texts = (
+                r[0],
+                r[1],
+                r[2],
+                str(int(r[9])),
+                r[7],
+                r[8],
+                labels,
+                compact_json(spec) if spec else "",
+            )
+            return Key(kind, r[1], r[2]), leaf_digest_of(texts, data)
+        except (ValueError, TypeError) as e:
+            raise self._damaged(r, "its columns do not parse") from e
+
+    def _opened(self, r: Sequence[Any]) -> bytes:
+        """A row's data, opened, after its digest is checked."""
+        if row_digest(r[:DIGEST]) != bytes(r[DIGEST]):
+            raise self._damaged(r, "its stored bytes do not match their digest")
+        where = aad("data", r[0], r[1], r[2], r[3])
+        try:
+            return self.open(bytes(r[4]), r[10], where)
+        except StoreError as e:
+            if self.cipher is None or r[10] not in self.cipher.key_ids:
+                raise  # a missing key: the whole store's setup, not this row
+            raise self._damaged(r, "its value does not decrypt") from e
 
     def _damaged(self, r: Sequence[Any], why: str) -> StoreDamaged:
         key = f"{r[0]} {r[1] + '/' if r[1] else ''}{r[2]}"

@@ -25,6 +25,7 @@ from kds.store._global import GlobalEngine
 from kds.store._zone import ZoneEngine
 from kds.store.results import (
     ChangeRecord,
+    LeafChanges,
     Row,
     Selection,
     Snapshot,
@@ -142,6 +143,9 @@ class ThreadedGlobalStore(ThreadedResourceStore[G]):
 
     async def chain_at(self, revision: int) -> bytes | None:
         return await self._threads.read(self._engine.chain_at, revision)
+
+    async def sync_leaves_since(self, revision: int, most: int) -> LeafChanges | None:
+        return await self._threads.read(self._engine.sync_leaves_since, revision, most)
 
     async def snapshot(self) -> Snapshot:
         return await self._threads.read(self._engine.snapshot)

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Protocol
 from kds.model import Key, Kind, Resource
 from kds.store.results import (
     ChangeRecord,
+    LeafChanges,
     Row,
     Selection,
     Snapshot,
@@ -152,6 +153,13 @@ class GlobalStore(ResourceStore, Protocol):
         """``sync_leaves`` handed to ``take`` leaf by leaf as the rows are read, so no list
         of every leaf is held (``take`` runs on the store's reader thread and must not
         block); the head revision they are at."""
+        ...
+
+    async def sync_leaves_since(self, revision: int, most: int) -> LeafChanges | None:
+        """The leaves changed after ``revision`` up to the head, each with its digest now
+        (None: no leaf any more), so a tree held at ``revision`` is brought to the head
+        without reading every row; None when more than ``most`` changes came since or the
+        change log no longer reaches back to it."""
         ...
 
     # Zone status, saved by globalcp.zones (JSON text by zone name). A backend several

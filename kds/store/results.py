@@ -24,6 +24,7 @@ __all__ = [
     "ORIGIN_ZONE",
     "ChangeRecord",
     "Clause",
+    "LeafChanges",
     "Row",
     "Selection",
     "Snapshot",
@@ -107,6 +108,15 @@ class SyncLeaves:
 
     revision: int  # global: its head; a zone: its applied revision
     leaves: list[tuple[Key, bytes]]
+
+
+@dataclass(frozen=True)
+class LeafChanges:
+    """The anti-entropy leaves that changed since a revision, up to ``revision``: each key
+    with its leaf digest now, or None where it is no leaf any more."""
+
+    revision: int
+    leaves: list[tuple[Key, bytes | None]]
 
 
 @dataclass(frozen=True)

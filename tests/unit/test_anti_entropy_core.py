@@ -89,6 +89,27 @@ def test_leaf_digest_covers_every_field_global_sends() -> None:
         assert leaf_digest(dataclasses.replace(base, **change)) != d, change  # type: ignore[arg-type]
 
 
+def test_leaf_digests_stay_as_released() -> None:
+    """Zones and global of different releases compare leaves: their bytes never change."""
+    secret = Resource(
+        Kind.SECRET,
+        "s-\u00fc",
+        mesh="default",
+        data=b"\x00abc",
+        labels={"b": "2", "a": "1"},
+        creation_time="2026-11-30T00:00:00Z",
+        modification_time="2026-11-30T00:00:01Z",
+        version=7,
+    )
+    assert leaf_digest(secret).hex() == "e5e9256c50e97ef7b614ed39db7aba3e"
+    spec = {"mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]}}
+    mesh = Resource(Kind.MESH, "default", spec=spec, version=1)
+    assert leaf_digest(mesh).hex() == "97c01f7197521b31d40cba1654359095"
+    tree = DigestTree([(secret.key, leaf_digest(secret))])
+    node = NodeId(Kind.SECRET, "default")
+    assert tree.summary(node).hash.hex() == "59f40b1a15d3d5c791811710d320f78f"
+
+
 def test_a_changed_leaf_changes_every_parent_and_no_sibling() -> None:
     leaves = _store(500)
     tree = DigestTree(leaves.items())
@@ -282,3 +303,48 @@ def test_a_check_starts_only_when_the_zone_acknowledged_the_head() -> None:
     s.on_done()
     s.on_ack(SessionAck(seq, 5))
     assert s.acked_revision == 5 and s.can_check(5)
+
+
+def _same_tree(a: DigestTree, b: DigestTree) -> None:
+    assert sorted(a._groups) == sorted(b._groups)
+    for group, ga in a._groups.items():
+        gb = b._groups[group]
+        for field in ("buckets", "digests", "hashes", "names", "offsets"):
+            assert getattr(ga, field) == getattr(gb, field), (group, field)
+
+
+_NAMES = st.sampled_from([f"s{i}" for i in range(40)] + ["\u00fc", "a-b", "zz", ""])
+_KEYS = st.builds(
+    Key, st.sampled_from([Kind.SECRET, Kind.GLOBAL_SECRET]), st.sampled_from(["", "m"]), _NAMES
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    start=st.dictionaries(_KEYS, st.integers(0, 5).map(_digest), max_size=60),
+    changes=st.dictionaries(_KEYS, st.none() | st.integers(0, 5).map(_digest), max_size=30),
+    coarse=st.booleans(),
+)
+def test_a_tree_updated_is_the_tree_built_anew(
+    start: Leaves, changes: dict[Key, bytes | None], coarse: bool
+) -> None:
+    """Global brings its held tree to a new head by the leaves that changed: the result is
+    the tree built from every leaf, array for array, whether a change replaces, adds or
+    removes a leaf, empties a group or starts one; with coarse buckets (many names to a
+    bucket) the order among names in a bucket is kept too. The tree it came from is left
+    as it was."""
+    import kds.protocol.digest_tree as dt
+
+    real = dt._bucket_number
+    if coarse:
+        dt._bucket_number = lambda name: real(name) >> 62 << 62  # 4 buckets
+    try:
+        old = DigestTree(start.items())
+        before = DigestTree(start.items())
+        final = {k: d for k, d in {**start, **changes}.items() if d is not None}
+        updated = old.updated(changes.items())
+        _same_tree(updated, DigestTree(final.items()))
+        _same_tree(old, before)
+        assert len(updated) == len(final)
+    finally:
+        dt._bucket_number = real

@@ -7,17 +7,15 @@ import asyncio
 from pathlib import Path
 
 from globalcp.checks import GlobalTrees
-from kds.model import Kind, Resource
+from kds.model import Key, Kind, Resource
+from kds.protocol.digest_tree import DigestTree, NodeId
 from kds.store.sqlite import GlobalEngine, SqliteGlobalStore
 
 T0 = "2026-11-30T00:00:00.000Z"
 
 
-async def test_streams_checked_at_one_revision_share_one_read(tmp_path: Path) -> None:
-    engine = GlobalEngine(tmp_path / "g.db")
-    engine.put(Resource(Kind.MESH, "default"), T0)
-    engine.put(Resource(Kind.GLOBAL_SECRET, "admin-user-token", data=b"x"), T0)  # stays
-    store = SqliteGlobalStore(engine)
+def _count_full_reads(store: SqliteGlobalStore) -> list[int]:
+    """A list that grows by one each time every row of ``store`` is read for a tree."""
     reads: list[int] = []
     real = store.sync_leaves_into
 
@@ -26,6 +24,15 @@ async def test_streams_checked_at_one_revision_share_one_read(tmp_path: Path) ->
         return await real(take)
 
     store.sync_leaves_into = counting  # type: ignore[method-assign]
+    return reads
+
+
+async def test_streams_checked_at_one_revision_share_one_read(tmp_path: Path) -> None:
+    engine = GlobalEngine(tmp_path / "g.db")
+    engine.put(Resource(Kind.MESH, "default"), T0)
+    engine.put(Resource(Kind.GLOBAL_SECRET, "admin-user-token", data=b"x"), T0)  # stays
+    store = SqliteGlobalStore(engine)
+    reads = _count_full_reads(store)
     trees = GlobalTrees(store)
     try:
         head = await store.head()
@@ -38,6 +45,53 @@ async def test_streams_checked_at_one_revision_share_one_read(tmp_path: Path) ->
         fresh = await trees.at(head + 1)
         assert fresh is not None and len(fresh) == 2 and reads == [1, 1]
         assert await trees.at(head) is None  # no longer held, and the store is past it
-        assert reads == [1, 1, 1]
+        assert reads == [1, 1]  # nothing written since: the tree held still serves
+    finally:
+        store.close()
+
+
+async def test_a_moved_head_reads_only_the_rows_written_since(tmp_path: Path) -> None:
+    """Once built, the tree follows the head by the keys the change log names: puts, a new
+    mesh, deletes and a system GlobalSecret (never a leaf) give the tree built from every
+    row; past half the tree's leaves, or past the log's reach, every row is read again."""
+    engine = GlobalEngine(tmp_path / "g.db", log_size=30)
+    engine.put(Resource(Kind.MESH, "default"), T0)
+    for i in range(40):
+        engine.put(Resource(Kind.SECRET, f"s{i}", mesh="default", data=b"v"), T0)
+    store = SqliteGlobalStore(engine)
+    full_reads = _count_full_reads(store)
+    trees = GlobalTrees(store)
+
+    async def fresh() -> DigestTree:
+        built = GlobalTrees(store)
+        tree = await built.at(await store.head())
+        assert tree is not None
+        return tree
+
+    try:
+        assert await trees.at(await store.head()) is not None and full_reads == [1]
+        await store.put(Resource(Kind.SECRET, "s3", mesh="default", data=b"new"), T0)
+        await store.put(Resource(Kind.MESH, "other"), T0)
+        await store.put(Resource(Kind.SECRET, "o1", mesh="other", data=b"x"), T0)
+        await store.delete(Key(Kind.SECRET, "default", "s5"))
+        await store.put(Resource(Kind.GLOBAL_SECRET, "admin-user-token", data=b"x"), T0)
+        tree = await trees.at(await store.head())
+        assert tree is not None and full_reads == [1]
+        expected = await fresh()
+        assert full_reads == [1, 1]
+        assert tree.groups() == expected.groups() and len(tree) == len(expected)
+        other = NodeId(Kind.SECRET, "other")
+        assert list(tree.leaves(other)) == list(expected.leaves(other)) != []
+        for i in range(25):  # more than half of the tree's leaves
+            await store.put(Resource(Kind.SECRET, f"s{i}", mesh="default", data=b"w"), T0)
+        tree = await trees.at(await store.head())
+        assert tree is not None and full_reads == [1, 1, 1]
+        head = await store.head()
+        assert tree.groups() == (await fresh()).groups()
+        assert await store.sync_leaves_since(head - 31, 1000) is None  # past the log
+        since = await store.sync_leaves_since(head - 3, 1000)
+        assert since is not None and since.revision == head
+        assert sorted(k.name for k, _ in since.leaves) == ["s22", "s23", "s24"]
+        assert await store.sync_leaves_since(head - 3, 2) is None  # more than asked for
     finally:
         store.close()

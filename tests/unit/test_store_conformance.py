@@ -1122,6 +1122,35 @@ async def test_sync_leaves_are_equal_on_global_and_a_zone_in_step(stores: Stores
     assert changed[S1] != dict(gl.leaves)[S1] and changed[MESH] == dict(gl.leaves)[MESH]
 
 
+async def test_leaves_since_a_revision_name_each_key_written_with_its_leaf_now(
+    stores: Stores,
+) -> None:
+    """What global's held tree is brought forward by: each key written after the revision,
+    once, with its leaf now (None once deleted); None past the bound or the log's reach."""
+    g = stores.global_store(log_size=5)
+    await g.put(mk(MESH), T0)
+    await g.put(mk(S1, b"one"), T0)
+    start = await g.head()
+    await g.put(mk(S1, b"two"), T0)
+    await g.put(mk(S1, b"three"), T0)
+    await g.put(mk(G1, b"g"), T0)
+    await g.put(mk(G2, b"g"), T0)
+    await g.delete(G2)
+    since = await g.sync_leaves_since(start, 10)
+    assert since is not None and since.revision == await g.head()
+    now = dict((await g.sync_leaves()).leaves)
+    assert sorted(since.leaves, key=lambda kv: str(kv[0])) == [
+        (G1, now[G1]),
+        (G2, None),
+        (S1, now[S1]),
+    ]
+    assert await g.sync_leaves_since(start, 4) is None
+    assert await g.sync_leaves_since(await g.head(), 0) == replace(since, leaves=[])
+    for i in range(6):
+        await g.put(mk(G1, b"%d" % i), T0)
+    assert await g.sync_leaves_since(start, 100) is None  # the log no longer reaches it
+
+
 async def test_a_repair_batch_applies_and_records_no_revision(zstore: ZoneStore) -> None:
     """An anti-entropy repair starts and ends at the zone's revision: its puts and deletes
     apply like any batch's, and the recorded revision and chain stay as they were."""
