@@ -31,6 +31,13 @@ COMPONENTS: list[tuple[str, str, list[str], list[str]]] = [
         ["--secrets", "200", "--rows", "500"],
     ),
     (
+        "tree_cost",
+        "Global's anti-entropy tree: reading every row, and bringing it forward by the writes "
+        "since",
+        ["--secrets", "100000", "--writes", "1", "100", "1000", "10000"],
+        ["--secrets", "2000", "--writes", "1", "100", "--repeats", "1"],
+    ),
+    (
         "kdsctl_calls",
         "kdsctl's own cost per call against a local global",
         ["--calls", "20"],

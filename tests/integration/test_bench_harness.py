@@ -62,7 +62,13 @@ def test_quick_harness_run_writes_results_for_every_scenario(tmp_path: Path) -> 
     assert ae["one_damaged"]["result"] == "repair" and ae["one_damaged"]["after"] == "equal"
     assert len(ae["one_damaged"]["repaired"]) == 1 and ae["one_damaged"]["repair_bytes"] > 0
     comps = {c["name"]: c for c in res["components"]}
-    assert set(comps) == {"write_cost", "digest_cost", "kdsctl_calls", "reconnect_memory"}
+    assert set(comps) == {
+        "write_cost",
+        "digest_cost",
+        "tree_cost",
+        "kdsctl_calls",
+        "reconnect_memory",
+    }
     for c in comps.values():  # each tool's own table, with the command that made it
         assert c["command"].startswith(f"bench/{c['name']}.py ") and "|---|" in c["output"]
     md = (tmp_path / "benchmarks.md").read_text()

@@ -66,6 +66,24 @@ def test_digest_cost_benchmark_runs() -> None:
     assert "| start-up check of 500 rows |" in r.stdout, r.stdout
 
 
+def test_tree_cost_benchmark_runs() -> None:
+    """bench/tree_cost.py times global's full tree read and bringing a held tree forward,
+    and prints the table."""
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "tree_cost.py"),
+            *("--secrets", "300", "--writes", "1", "20", "--repeats", "1"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "| read every row (301 leaves) |" in r.stdout, r.stdout
+    assert "| bring the held tree forward by 20 writes |" in r.stdout, r.stdout
+
+
 def test_write_cost_benchmark_runs() -> None:
     """bench/write_cost.py times one write on global and its batch on a zone, by store size,
     and prints the table."""
