@@ -26,8 +26,8 @@ Scenarios:
   5 etcd         scenarios 1 and 2 against etcd, in the same run.
   6 anti_entropy bytes to check an equal N-secret store; time and bytes to find and repair
                  one damaged secret among N (in one process, bench.anti_entropy).
-  7 components   the component tools (bench/write_cost.py, digest_cost.py, kdsctl_calls.py,
-                 reconnect_memory.py), once each, their tables kept verbatim
+  7 components   the component tools (bench/write_cost.py, digest_cost.py, tree_cost.py,
+                 kdsctl_calls.py, reconnect_memory.py), once each, their tables kept verbatim
                  (bench.components): every figure the report gives comes from this one run.
                  They run first, before the scenarios above load the machine.
 
