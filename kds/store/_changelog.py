@@ -32,6 +32,8 @@ from kds.store.results import ChangeRecord
 
 __all__ = ["ChangeLog", "digest_entries"]
 
+_KINDS = frozenset(str(k) for k in Kind)
+
 log = structlog.get_logger("kds.store")
 
 
@@ -206,6 +208,8 @@ class ChangeLog:
             if not _sound(row):
                 self._damaged(row, "anti-entropy reads its whole tree again instead")
                 return None
+            if row[1] not in _KINDS:
+                return None  # a type this version does not know (a newer instance wrote it)
             keys.add(Key(Kind(row[1]), row[2], row[3]))
         return keys
 

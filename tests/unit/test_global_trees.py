@@ -9,6 +9,7 @@ from pathlib import Path
 from globalcp.checks import GlobalTrees
 from kds.model import Key, Kind, Resource
 from kds.protocol.digest_tree import DigestTree, NodeId
+from kds.store._rows import LOG_COLS, log_digest, set_meta
 from kds.store.sqlite import GlobalEngine, SqliteGlobalStore
 
 T0 = "2026-11-30T00:00:00.000Z"
@@ -95,3 +96,21 @@ async def test_a_moved_head_reads_only_the_rows_written_since(tmp_path: Path) ->
         assert await store.sync_leaves_since(head - 3, 2) is None  # more than asked for
     finally:
         store.close()
+
+
+def test_a_type_this_version_does_not_know_in_the_log_means_a_full_read(tmp_path: Path) -> None:
+    """An instance of a newer version sharing the store may log a type this one does not
+    know: the keys since cannot all be named, so the whole tree is read instead."""
+    engine = GlobalEngine(tmp_path / "g.db")
+    engine.put(Resource(Kind.MESH, "default"), T0)
+    start = engine.head()
+    values = (start + 1, "MeshTrafficPermission", "default", "p", 0, b"x", b"c" * 32, 0.0, "")
+    with engine.db.write() as conn:
+        conn.execute(
+            f"INSERT INTO changelog ({LOG_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (*values, log_digest(values)),
+        )
+        set_meta(conn, "head", start + 1)
+    assert engine.sync_leaves_since(start, 10) is None
+    assert engine.sync_leaves_since(start + 1, 10) is not None
+    engine.close()
