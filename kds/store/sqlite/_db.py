@@ -33,6 +33,7 @@ from kds.errors import StoreError, StoreFull
 from kds.store._changelog import digest_entries
 from kds.store._marker import held_store, write_marker
 from kds.store._rows import COLS, DIGEST, ROW_FORMAT, Conn, DamagedRow, get_meta, set_meta
+from kds.store.sqlite._checkpoint import Checkpointer
 from kds.store.sqlite._digest import add_missing_digests, scan, to_format_2
 
 __all__ = [
@@ -182,6 +183,7 @@ class Database:
         self._lock = threading.Lock()
         self._tx_serials = itertools.count(1)
         self.marker = self.path.with_name(self.path.name + ".id")
+        self.checkpointer = Checkpointer(self.path)
 
     def conn(self) -> sqlite3.Connection:
         """This thread's connection, opened on first use."""
@@ -223,6 +225,8 @@ class Database:
                 raise
             else:
                 conn.execute("COMMIT")
+                if mode == "IMMEDIATE":
+                    self.checkpointer.committed()
         except (sqlite3.Error, OSError) as e:
             if not is_disk_full(e):
                 raise
@@ -413,6 +417,7 @@ class Database:
         )
 
     def close(self) -> None:
+        self.checkpointer.stop()
         with self._lock:
             for c in self._conns:
                 c.close()
