@@ -419,3 +419,25 @@ def test_the_wal_stays_bounded_under_steady_writes(tmp_path: Path) -> None:
     assert (tmp_path / "z.db-wal").stat().st_size < 16 * 1024 * 1024
     assert engine.db.checkpointer.runs > 0
     engine.close()
+
+
+def test_emptying_the_wal_after_resealing_waits_out_the_checkpoint_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Re-sealing empties the WAL so that no plaintext page lingers there; a checkpoint the
+    store's thread has under way makes SQLite answer busy, and the store asks again rather
+    than leave the pages."""
+    engine = ZoneEngine(tmp_path / "z.db")
+    answers = iter([(1, -1, -1), (1, -1, -1), (0, 0, 0)])
+    asked: list[str] = []
+
+    class Conn:
+        def execute(self, sql: str) -> Any:
+            asked.append(sql)
+            return type("Cursor", (), {"fetchone": lambda _self: next(answers)})()
+
+    monkeypatch.setattr(engine.db, "conn", lambda: Conn())
+    engine.db.after_reseal()
+    assert asked == ["PRAGMA wal_checkpoint(TRUNCATE)"] * 3
+    monkeypatch.undo()
+    engine.close()

@@ -23,6 +23,7 @@ import itertools
 import os
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -315,7 +316,14 @@ class Database:
         conn.executemany("DELETE FROM resources WHERE rowid=?", [(d.rowid,) for d in rows])
 
     def after_reseal(self) -> None:
-        self.conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")  # no old page lingers in the WAL
+        """No old page (a value before it was sealed) lingers in the WAL: copy it all into
+        the file and empty it. Busy while the checkpoint thread copies: asked again."""
+        for _ in range(500):
+            busy = self.conn().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            if not busy:
+                return
+            time.sleep(0.01)
+        raise StoreError(f"store {self.path}: the WAL could not be emptied after re-sealing")
 
     def open_failed(self, e: BaseException) -> BaseException | None:
         if not isinstance(e, sqlite3.Error | OSError):
