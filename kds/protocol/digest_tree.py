@@ -72,18 +72,19 @@ def leaf_digest_of(texts: Iterable[str], data: bytes) -> bytes:
     modification time, labels and spec (as leaf_digest gives them), then the data. A store
     reading every row for a tree computes it from the columns, without a Resource per row.
     Each part is length-prefixed and the whole hashed as one buffer."""
-    parts: list[bytes] = []
-    add = parts.append
-    for text in texts:
-        b = text.encode("utf-8", "surrogatepass")
-        add(len(b).to_bytes(8, "big"))
-        add(b)
-    add(len(data).to_bytes(8, "big"))
-    add(data)
-    return hashlib.blake2b(b"".join(parts), digest_size=DIGEST_BYTES, person=_LEAF).digest()
+    encoded = [text.encode("utf-8", "surrogatepass") for text in texts]
+    encoded.append(data)
+    return _framed_hash(b"kds-leaf-v1", encoded)
 
 
-_LEAF = b"kds-leaf-v1"
+def _framed_hash(person: bytes, parts: list[bytes]) -> bytes:
+    """The digest of ``parts``, each after its length (8 bytes, big-endian), hashed as one
+    buffer: the framing of a leaf and of a node's leaf hash."""
+    framed: list[bytes] = []
+    for part in parts:
+        framed.append(len(part).to_bytes(8, "big"))
+        framed.append(part)
+    return hashlib.blake2b(b"".join(framed), digest_size=DIGEST_BYTES, person=person).digest()
 
 
 def _bucket_hash(name: str) -> hashlib.blake2b:
@@ -102,9 +103,7 @@ def _bucket_number(name: str) -> int:
 
 
 def _leaf_hash(name: str, digest: bytes) -> bytes:
-    raw = name.encode("utf-8", "surrogatepass")
-    joined = b"".join((len(raw).to_bytes(8, "big"), raw, len(digest).to_bytes(8, "big"), digest))
-    return hashlib.blake2b(joined, digest_size=DIGEST_BYTES, person=b"kds-node-v1").digest()
+    return _framed_hash(b"kds-node-v1", [name.encode("utf-8", "surrogatepass"), digest])
 
 
 @dataclass(frozen=True, order=True)
@@ -173,10 +172,9 @@ class _Group:
         return hashlib.blake2b(view, digest_size=DIGEST_BYTES).digest()
 
     def leaves(self, lo: int, hi: int) -> Iterator[tuple[str, bytes]]:
-        names, offsets, digests = self.names, self.offsets, self.digests
+        digests = self.digests
         for i in range(lo, hi):
-            name = names[offsets[i] : offsets[i + 1]].decode("utf-8", "surrogatepass")
-            yield name, digests[i * DIGEST_BYTES : (i + 1) * DIGEST_BYTES]
+            yield self.name_at(i), digests[i * DIGEST_BYTES : (i + 1) * DIGEST_BYTES]
 
     def name_at(self, i: int) -> str:
         return self.names[self.offsets[i] : self.offsets[i + 1]].decode("utf-8", "surrogatepass")
@@ -242,8 +240,12 @@ class DigestTree:
 
     @classmethod
     def from_builder(cls, builder: TreeBuilder) -> DigestTree:
+        return cls._of(builder.take_groups())
+
+    @classmethod
+    def _of(cls, groups: dict[tuple[Kind, str], _Group]) -> DigestTree:
         tree = cls(())
-        tree._groups = builder.take_groups()
+        tree._groups = groups
         return tree
 
     def updated(self, changes: Iterable[tuple[Key, bytes | None]]) -> DigestTree:
@@ -262,9 +264,7 @@ class DigestTree:
                 groups.pop(group, None)
             else:
                 groups[group] = new
-        tree = DigestTree(())
-        tree._groups = groups
-        return tree
+        return DigestTree._of(groups)
 
     def __len__(self) -> int:
         return sum(len(g) for g in self._groups.values())

@@ -240,13 +240,18 @@ class ResourceEngine:
             # Row by row, not fetchall: every row of a large store held at once took over
             # 100 MB for 100,000 secrets, where only each key and its digest are kept.
             for r in conn.execute(f"SELECT {COLS} FROM resources WHERE origin='global'"):
-                try:
-                    key, digest = self.sealer.leaf(r)
-                except StoreDamaged as e:
-                    log.warning("damaged row is no anti-entropy leaf", key=e.key)
-                    continue
-                take(key, digest)
+                leaf = self._leaf(r)
+                if leaf is not None:
+                    take(*leaf)
         return revision
+
+    def _leaf(self, r: Sequence[Any]) -> tuple[Key, bytes] | None:
+        """A row's key and leaf digest (Sealer.leaf); None, logged by key, if damaged."""
+        try:
+            return self.sealer.leaf(r)
+        except StoreDamaged as e:
+            log.warning("damaged row is no anti-entropy leaf", key=e.key)
+            return None
 
     def _sync_revision(self, conn: Conn) -> int:
         """Global: its head; a zone: its applied revision."""

@@ -17,7 +17,6 @@ import structlog
 
 from kds import integrity, wire
 from kds.crypto import DataCipher
-from kds.errors import StoreDamaged
 from kds.model import Key, Kind, Resource
 from kds.protocol.records import sync_units
 from kds.store._changelog import ChangeLog
@@ -146,13 +145,8 @@ class GlobalEngine(ResourceEngine):
                     "WHERE kind=? AND mesh=? AND name=? AND origin='global'",
                     (str(key.kind), key.mesh, key.name),
                 ).fetchone()
-                digest = None
-                if row is not None:
-                    try:
-                        digest = self.sealer.leaf(row)[1]
-                    except StoreDamaged as e:
-                        log.warning("damaged row is no anti-entropy leaf", key=e.key)
-                leaves.append((key, digest))
+                leaf = None if row is None else self._leaf(row)
+                leaves.append((key, None if leaf is None else leaf[1]))
         return LeafChanges(head, leaves)
 
     def snapshot(self) -> Snapshot:
