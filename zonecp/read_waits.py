@@ -9,6 +9,9 @@ from kds.protocol.zone_session import ZoneSession
 
 __all__ = ["ReadWaits"]
 
+# How late a watchdog may fire before the zone takes it that its own loop was stalled.
+STALL = 0.05
+
 
 class ReadWaits:
     """Ends a stream's wait for global's next message, without a task and a wait per message
@@ -16,7 +19,11 @@ class ReadWaits:
     session's watchdog (a timer, set again only when it fires early) cancel the conversing
     task, but only while it waits in ``call.read()``, never while it applies a batch; what
     they asked for is then seen before the next read. Cancelling a read cancels the call:
-    the stream ends either way."""
+    the stream ends either way.
+
+    A watchdog that fires well after its time means the zone's own loop was stalled (a
+    garbage collection, a starved CPU, a paused machine): global's messages may be waiting
+    unread, so it looks once more, shortly, before it judges global silent."""
 
     def __init__(self, session: ZoneSession):
         self.session = session
@@ -24,6 +31,8 @@ class ReadWaits:
         self.reading = False
         self.why: str | None = None  # "stop" or "silent" once asked
         self._timer: asyncio.TimerHandle | None = None
+        self._due = 0.0  # when the timer was meant to fire (the loop's clock)
+        self._stalled = False  # the last look found the loop stalled, and looked again
 
     def interrupt(self, why: str) -> None:
         if self.why is None:
@@ -36,17 +45,22 @@ class ReadWaits:
         wait = self.session.watchdog_wait(time.monotonic())
         if wait is not None and self.why is None:
             loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(max(wait, at_least), self._check)
+            delay = max(wait, at_least)
+            self._due = loop.time() + delay
+            self._timer = loop.call_later(delay, self._check)
 
     def _check(self) -> None:
         self._timer = None
         if self.why is not None:
             return
-        if self.reading and self.session.tick(time.monotonic()):
+        # Only once in a row: a loop late at every look still lets a silent global be caught.
+        stalled = not self._stalled and asyncio.get_running_loop().time() - self._due > STALL
+        self._stalled = stalled
+        if self.reading and not stalled and self.session.tick(time.monotonic()):
             self.interrupt("silent")
         else:
-            # Heard from global since, or busy applying a batch (the watchdog judges only
-            # waits for global): look again later.
+            # Heard from global since, busy applying a batch (the watchdog judges only waits
+            # for global), or stalled itself: look again later.
             self.watch(at_least=0.05)
 
     def close(self) -> None:

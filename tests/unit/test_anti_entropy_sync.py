@@ -6,6 +6,7 @@ zone-local resources and conflicts are never touched; both sides say what was re
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -240,4 +241,19 @@ async def test_global_heartbeats_while_it_builds_its_tree(
         await wait_until(lambda: zone.client.status.applied_revision == pair.hub.head)
         state = await wait_until(lambda: pair.tracker.zones["zone-a"].last_check, what="check")
         assert state["result"] == "equal" and builds == 1
+        assert zone.client.session.connections == 1, "the zone reconnected"
+
+
+async def test_a_zone_whose_own_loop_stalled_does_not_take_global_for_silent(
+    tmp_path: Path,
+) -> None:
+    """A pause of the zone's own process (a garbage collection, a starved CPU, a paused VM)
+    longer than the silence limit is not global's silence: global's heartbeats wait, unread,
+    and the zone reads them before it judges, instead of dropping a healthy stream."""
+    async with running_pair(tmp_path, heartbeat_interval=0.1) as pair:
+        zone = await _zone_of_twenty(pair)
+        await wait_until(lambda: zone.client.status.applied_revision == pair.hub.head)
+        for _ in range(3):
+            time.sleep(0.5)  # the loop (zone's and, here, global's) stalls past the 0.3 s limit
+            await asyncio.sleep(0.3)
         assert zone.client.session.connections == 1, "the zone reconnected"
