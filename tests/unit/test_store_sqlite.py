@@ -421,6 +421,26 @@ def test_the_wal_stays_bounded_under_steady_writes(tmp_path: Path) -> None:
     engine.close()
 
 
+def test_the_wal_is_cut_back_after_a_large_transaction(tmp_path: Path) -> None:
+    """A transaction larger than the WAL's usual size (a big apply) grows the file; once the
+    WAL starts over it is cut back to WAL_SIZE_LIMIT instead of keeping that disk."""
+    from kds.store.sqlite._db import WAL_SIZE_LIMIT
+
+    engine = ZoneEngine(tmp_path / "z.db")
+    wal = tmp_path / "z.db-wal"
+    value = "v" * 3000
+    with engine.db.write(durable=False) as conn:
+        for i in range(8000):
+            conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"big{i}", value))
+    grown = wal.stat().st_size
+    assert grown > WAL_SIZE_LIMIT + 4 * 1024 * 1024
+    for i in range(200):
+        with engine.db.write(durable=False) as conn:
+            conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"k{i % 5}", "x"))
+    assert wal.stat().st_size <= WAL_SIZE_LIMIT, (grown, wal.stat().st_size)
+    engine.close()
+
+
 def test_emptying_the_wal_after_resealing_waits_out_the_checkpoint_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -51,6 +51,10 @@ __all__ = [
 
 # How long a write waits for another connection's write lock before it fails.
 BUSY_TIMEOUT_MS = 10_000
+# The WAL's size on disk once it starts over after growing past it. Under steady small writes
+# it stays under 8 MB (SQLite's own checkpoint runs at about 1,000 pages), so this only cuts
+# back what a large transaction grew.
+WAL_SIZE_LIMIT = 16 * 1024 * 1024
 
 
 class WriterBusy(Exception):
@@ -209,6 +213,10 @@ class Database:
         conn.execute(f"PRAGMA synchronous={synchronous}")
         conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
         conn.execute("PRAGMA secure_delete=ON")  # freed pages are zeroed, not left readable
+        # A large transaction (a snapshot's part, an apply of many resources) grows the WAL
+        # past its usual few MB; once the WAL starts over, it is cut back to this size rather
+        # than keep that disk for as long as the store is open.
+        conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         with self._lock:
             self._conns.append(conn)
         return conn
