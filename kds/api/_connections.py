@@ -13,23 +13,33 @@ of them and the daemon can open neither its store's files nor its zones' streams
   answer (aiohttp's keep-alive timer, which closes a connection waiting for a head), and a
   kept-alive connection idle that long is closed;
 - a request's body may pause at most BODY_IDLE_S between reads (kds.api._body: 408);
-- a TLS handshake must end within HANDSHAKE_S.
+- a TLS handshake must end within HANDSHAKE_S, and counts as an open connection while it
+  lasts; one address may have at most PEER_HANDSHAKES under way (closed at once beyond).
 
 A connection that is refused never reaches aiohttp: ``GuardedSite`` wraps the protocol aiohttp
-makes for each accepted connection and counts those open.
+makes for each accepted connection and counts those open, from the accept on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 from aiohttp import web
 
-__all__ = ["HANDSHAKE_S", "IDLE_S", "MAX_CONNECTIONS", "ConnectionGate", "GuardedSite"]
+__all__ = [
+    "HANDSHAKE_S",
+    "IDLE_S",
+    "MAX_CONNECTIONS",
+    "PEER_HANDSHAKES",
+    "ConnectionGate",
+    "GuardedSite",
+]
 
 log = structlog.get_logger("kds.api")
 
@@ -38,6 +48,9 @@ log = structlog.get_logger("kds.api")
 MAX_CONNECTIONS = 1024
 IDLE_S = 30.0
 HANDSHAKE_S = 10.0
+# TLS handshakes one address may have under way at once. A client's handshake takes a few
+# milliseconds; an address holding this many is opening connections it does not finish.
+PEER_HANDSHAKES = 32
 LINGER_S = 1.0
 MAX_LINGERING = 64
 REFUSAL_LOG_EVERY_S = 60.0
@@ -69,8 +82,10 @@ class ConnectionGate:
     """The count of open connections against ``limit``, and when a refusal was last logged.
     Pure: the caller passes the time."""
 
-    def __init__(self, limit: int = MAX_CONNECTIONS):
+    def __init__(self, limit: int = MAX_CONNECTIONS, handshakes_per_peer: int | None = None):
         self.limit = limit
+        self.handshakes_per_peer = handshakes_per_peer or PEER_HANDSHAKES
+        self.handshaking: dict[str | None, int] = {}  # TLS handshakes under way, by address
         self.open = 0
         self.refused = 0  # since the daemon started
         self.lingering = 0  # refused connections waiting for their request before closing
@@ -87,6 +102,23 @@ class ConnectionGate:
     def release(self) -> None:
         self.open -= 1
 
+    def begin_handshake(self, peer: str | None) -> bool:
+        """Whether ``peer`` may start one more TLS handshake (then counted until
+        ``end_handshake``): one address cannot fill the gate with handshakes it never ends."""
+        n = self.handshaking.get(peer, 0)
+        if n >= self.handshakes_per_peer:
+            self.refused += 1
+            return False
+        self.handshaking[peer] = n + 1
+        return True
+
+    def end_handshake(self, peer: str | None) -> None:
+        n = self.handshaking.get(peer, 0) - 1
+        if n > 0:
+            self.handshaking[peer] = n
+        else:
+            self.handshaking.pop(peer, None)
+
     def log_due(self, now: float) -> bool:
         """Whether this refusal should be logged: the first, then one per
         REFUSAL_LOG_EVERY_S."""
@@ -96,18 +128,51 @@ class ConnectionGate:
         return True
 
 
-class _Guarded(asyncio.Protocol):
-    """aiohttp's protocol for one connection, reached only if the gate admits it."""
+class _Refused(asyncio.Protocol):
+    """A connection beyond the most: answered 503, closed once its request has come in."""
 
-    def __init__(self, inner: asyncio.Protocol, gate: ConnectionGate):
-        self._inner: asyncio.Protocol | None = inner
+    def __init__(self, answer: bytes):
+        self._answer = answer
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        self._transport = transport
+        transport.write(self._answer)
+
+    def data_received(self, data: bytes) -> None:
+        if self._transport is not None:
+            self._transport.close()  # its request read: closing now sends no reset
+
+
+class _Guarded(asyncio.Protocol):
+    """One accepted connection, counted by the gate from the moment it is accepted until it
+    closes, its TLS handshake included (a handshake that never ends holds a file descriptor
+    just as a request that never ends does). What it reads goes to its app once there is
+    one: aiohttp's protocol, or _Refused when the gate is full.
+
+    With TLS, the handshake is made here (``loop.start_tls``), not by the server: a server's
+    own TLS layer tells the protocol nothing until the handshake has ended, so a handshake
+    that never ends could not be counted."""
+
+    def __init__(
+        self, make_app: Callable[[], asyncio.Protocol], gate: ConnectionGate, tls: Any
+    ) -> None:
+        self._make_app = make_app
         self._gate = gate
-        self._refused: asyncio.BaseTransport | None = None
+        self._tls = tls
+        self._app: asyncio.Protocol | None = None
+        self._held: list[bytes] = []  # read after the handshake, before the app was made
+        self._held_eof = False
+        self._state = "new"  # "admitted", "lingering", then "gone" once counted out
+        self._peer: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         gate = self._gate
-        if not gate.admit():
-            self._inner = None
+        if gate.admit():
+            self._state = "admitted"
+            app = self._make_app()
+        else:
             if gate.log_due(time.monotonic()):
                 log.warning(
                     "API connection refused: too many open",
@@ -115,48 +180,102 @@ class _Guarded(asyncio.Protocol):
                     limit=gate.limit,
                     refused_so_far=gate.refused,
                 )
-            assert isinstance(transport, asyncio.WriteTransport)
-            transport.write(gate.refusal)
             if gate.lingering >= MAX_LINGERING:
+                self._state = "gone"
                 transport.close()
                 return
             gate.lingering += 1
-            self._refused = transport
+            self._state = "lingering"
+            app = _Refused(gate.refusal)
             asyncio.get_running_loop().call_later(LINGER_S, transport.close)
+        if self._tls is None:
+            self._start(app, transport)
             return
-        assert self._inner is not None
-        self._inner.connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        self._peer = str(peer[0]) if isinstance(peer, tuple) and peer else None
+        if not gate.begin_handshake(self._peer):
+            if gate.log_due(time.monotonic()):
+                log.warning(
+                    "API connection refused: too many TLS handshakes from one address",
+                    peer=self._peer,
+                    limit=gate.handshakes_per_peer,
+                )
+            self._count_out()
+            transport.close()
+            return
+        assert isinstance(transport, asyncio.Transport)
+        transport.pause_reading()  # nothing is read until the TLS layer is in place
+        task = asyncio.ensure_future(self._handshake(transport, app))
+        _HANDSHAKES.add(task)
+        task.add_done_callback(_HANDSHAKES.discard)
+
+    async def _handshake(self, raw: asyncio.Transport, app: asyncio.Protocol) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            tls = await loop.start_tls(
+                raw, self, self._tls, server_side=True, ssl_handshake_timeout=HANDSHAKE_S
+            )
+        except (OSError, ssl.SSLError, TimeoutError, asyncio.CancelledError):
+            # Failed, timed out, the peer left, or the daemon stops: start_tls closed it.
+            self._count_out()
+            return
+        finally:
+            self._gate.end_handshake(self._peer)
+        if tls is None or tls.is_closing() or self._state == "gone":
+            self._count_out()  # lost right after its handshake
+            return
+        self._start(app, tls)
+
+    def _start(self, app: asyncio.Protocol, transport: asyncio.BaseTransport) -> None:
+        self._app = app
+        app.connection_made(transport)
+        held, self._held = self._held, []
+        if held:
+            app.data_received(b"".join(held))
+        if self._held_eof and not app.eof_received():
+            transport.close()
+
+    def _count_out(self) -> None:
+        if self._state == "admitted":
+            self._gate.release()
+        elif self._state == "lingering":
+            self._gate.lingering -= 1
+        self._state = "gone"
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._inner is not None:
-            self._gate.release()
-            self._inner.connection_lost(exc)
-            self._inner = None
-        elif self._refused is not None:
-            self._gate.lingering -= 1
-            self._refused = None
+        self._count_out()
+        app, self._app = self._app, None
+        if app is not None:
+            app.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._inner is not None:
-            self._inner.data_received(data)
-        elif self._refused is not None:
-            self._refused.close()  # its request read: closing now sends no reset
+        if self._app is not None:
+            self._app.data_received(data)
+        else:
+            self._held.append(data)
 
     def eof_received(self) -> bool | None:
-        return self._inner.eof_received() if self._inner is not None else None
+        if self._app is not None:
+            return self._app.eof_received()
+        self._held_eof = True
+        return True  # kept open until the app, made next, says
 
     def pause_writing(self) -> None:
-        if self._inner is not None:
-            self._inner.pause_writing()
+        if self._app is not None:
+            self._app.pause_writing()
 
     def resume_writing(self) -> None:
-        if self._inner is not None:
-            self._inner.resume_writing()
+        if self._app is not None:
+            self._app.resume_writing()
+
+
+# The handshakes under way (a task each), kept so that none is collected before it ends.
+_HANDSHAKES: set[asyncio.Future[None]] = set()
 
 
 class GuardedSite(web.TCPSite):
-    """aiohttp's TCPSite, each connection admitted by ``gate`` and each TLS handshake
-    bounded by HANDSHAKE_S."""
+    """aiohttp's TCPSite, each connection admitted by ``gate`` from its accept on, and each
+    TLS handshake bounded by HANDSHAKE_S (made by _Guarded, not by the server)."""
 
     def __init__(self, runner: web.BaseRunner, *args: Any, gate: ConnectionGate, **kw: Any):
         super().__init__(runner, *args, **kw)
@@ -169,11 +288,9 @@ class GuardedSite(web.TCPSite):
         gate = self.gate
         tls = self._ssl_context
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: _Guarded(server(), gate),
+            lambda: _Guarded(server, gate, tls),
             self._host,
             self._port,
-            ssl=tls,
-            ssl_handshake_timeout=HANDSHAKE_S if tls is not None else None,
             backlog=self._backlog,
             reuse_address=self._reuse_address,
             reuse_port=self._reuse_port,

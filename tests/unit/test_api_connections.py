@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,9 +17,11 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 import kds.api._body
+import kds.api._connections
 from kds.api import ApiContext, serve_api
 from kds.api._connections import REFUSAL_LOG_EVERY_S, ConnectionGate
 from kds.store.sqlite import GlobalEngine, SqliteGlobalStore
+from kds.tls import ReloadingServerSSLContext, issue_server_cert, make_ca
 
 LIMIT = 3
 IDLE = 0.6
@@ -132,3 +135,103 @@ async def test_a_body_that_pauses_too_long_is_a_408(
     assert status == 408, body
     assert "no part of the request body arrived for 0.3 s" in json.loads(body)["detail"]
     writer.close()
+
+
+def test_the_gate_bounds_the_handshakes_of_one_address() -> None:
+    gate = ConnectionGate(10, handshakes_per_peer=2)
+    assert gate.begin_handshake("192.0.2.1") and gate.begin_handshake("192.0.2.1")
+    assert not gate.begin_handshake("192.0.2.1") and gate.refused == 1
+    assert gate.begin_handshake("192.0.2.2")  # another address is not held back
+    gate.end_handshake("192.0.2.1")
+    assert gate.begin_handshake("192.0.2.1")
+    for peer in ("192.0.2.1", "192.0.2.1", "192.0.2.2"):
+        gate.end_handshake(peer)
+    assert gate.handshaking == {}
+
+
+@pytest.fixture
+async def tls_api(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[int, ssl.SSLContext]]:
+    """The API over TLS (with its own CA); ``@pytest.mark.peer_handshakes(N)`` sets how many
+    handshakes one address may have under way."""
+    ca = make_ca("test CA")
+    pair = issue_server_cert(ca, ["127.0.0.1"])
+    (tmp_path / "api.crt").write_bytes(pair.cert_pem)
+    (tmp_path / "api.key").write_bytes(pair.key_pem)
+    server_tls = ReloadingServerSSLContext(tmp_path / "api.crt", tmp_path / "api.key").context
+    client_tls = ssl.create_default_context(cadata=ca.cert_pem.decode())
+    store = SqliteGlobalStore(GlobalEngine(tmp_path / "global.db"))
+    marker = request.node.get_closest_marker("peer_handshakes")
+    with pytest.MonkeyPatch.context() as mp:
+        if marker is not None:
+            mp.setattr(kds.api._connections, "PEER_HANDSHAKES", marker.args[0])
+        runner: web.AppRunner = await serve_api(
+            ApiContext(store=store, role="global"),
+            ("127.0.0.1", 0),
+            ssl_context=server_tls,
+            max_connections=LIMIT,
+            idle_s=IDLE,
+        )
+    try:
+        yield int(runner.addresses[0][1]), client_tls
+    finally:
+        await runner.cleanup()
+        store.close()
+
+
+async def _get_over_tls(port: int, tls: ssl.SSLContext) -> tuple[int, bytes]:
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port, ssl=tls), 5)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    try:
+        return await _answer(reader)
+    finally:
+        writer.close()
+
+
+async def test_tls_handshakes_under_way_count_against_the_most(
+    tls_api: tuple[int, ssl.SSLContext], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connections that never finish their TLS handshake hold a file descriptor each, as
+    open connections do: they count against the most from the accept on, and are closed
+    once the handshake has taken HANDSHAKE_S, which frees their places."""
+    monkeypatch.setattr(kds.api._connections, "HANDSHAKE_S", 1.0)
+    port, tls = tls_api
+    assert (await _get_over_tls(port, tls))[0] == 200
+    silent = [await asyncio.open_connection("127.0.0.1", port) for _ in range(LIMIT)]
+    await asyncio.sleep(0.1)
+    status, body = await _get_over_tls(port, tls)  # handshaked, then refused
+    assert status == 503 and f"{LIMIT} connections open" in json.loads(body)["detail"]
+    for reader, _ in silent:
+        assert await _closed_within(reader, 3), "a handshake outlived HANDSHAKE_S"
+    assert (await _get_over_tls(port, tls))[0] == 200
+    for _, writer in silent:
+        writer.close()
+
+
+@pytest.mark.peer_handshakes(2)
+async def test_one_address_cannot_hold_more_than_its_share_of_handshakes(
+    tls_api: tuple[int, ssl.SSLContext],
+) -> None:
+    """Beyond its share, a new connection from an address still in handshakes is closed at
+    once, so one client cannot fill the API with handshakes it never ends."""
+    port, tls = tls_api
+    silent = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    assert await _closed_within(reader, 2), "a third handshake from one address was held"
+    for _, w in silent:
+        w.close()
+    writer.close()
+    await asyncio.sleep(0.1)
+    assert (await _get_over_tls(port, tls))[0] == 200  # their places are free again
+
+
+async def test_a_failed_handshake_frees_its_place(tls_api: tuple[int, ssl.SSLContext]) -> None:
+    port, tls = tls_api
+    for _ in range(LIMIT + 2):  # plaintext spoken to a TLS port, more times than the most
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert await _closed_within(reader, 3)
+        writer.close()
+    await asyncio.sleep(0.1)
+    assert (await _get_over_tls(port, tls))[0] == 200
