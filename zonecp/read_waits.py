@@ -22,8 +22,10 @@ class ReadWaits:
     the stream ends either way.
 
     A watchdog that fires well after its time means the zone's own loop was stalled (a
-    garbage collection, a starved CPU, a paused machine): global's messages may be waiting
-    unread, so it looks once more, shortly, before it judges global silent."""
+    garbage collection, a starved CPU, a paused machine): the zone was not listening, as
+    while it applies a batch, and global's messages may be waiting unread. So global is
+    given a whole silence limit from then, once; a loop late at every look still lets a
+    silent global be caught at the next."""
 
     def __init__(self, session: ZoneSession):
         self.session = session
@@ -32,7 +34,7 @@ class ReadWaits:
         self.why: str | None = None  # "stop" or "silent" once asked
         self._timer: asyncio.TimerHandle | None = None
         self._due = 0.0  # when the timer was meant to fire (the loop's clock)
-        self._stalled = False  # the last look found the loop stalled, and looked again
+        self._stalled = False  # the last look found the loop stalled, and gave global time
 
     def interrupt(self, why: str) -> None:
         if self.why is None:
@@ -53,15 +55,16 @@ class ReadWaits:
         self._timer = None
         if self.why is not None:
             return
-        # Only once in a row: a loop late at every look still lets a silent global be caught.
         stalled = not self._stalled and asyncio.get_running_loop().time() - self._due > STALL
         self._stalled = stalled
-        if self.reading and not stalled and self.session.tick(time.monotonic()):
+        if stalled:
+            self.session.on_listening(time.monotonic())
+        elif self.reading and self.session.tick(time.monotonic()):
             self.interrupt("silent")
-        else:
-            # Heard from global since, busy applying a batch (the watchdog judges only waits
-            # for global), or stalled itself: look again later.
-            self.watch(at_least=0.05)
+            return
+        # Heard from global since, busy applying a batch (the watchdog judges only waits for
+        # global), or stalled itself: look again later.
+        self.watch(at_least=0.05)
 
     def close(self) -> None:
         if self._timer is not None:
