@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -215,8 +214,9 @@ class _Guarded(asyncio.Protocol):
             tls = await loop.start_tls(
                 raw, self, self._tls, server_side=True, ssl_handshake_timeout=HANDSHAKE_S
             )
-        except (OSError, ssl.SSLError, TimeoutError, asyncio.CancelledError):
-            # Failed, timed out, the peer left, or the daemon stops: start_tls closed it.
+        except (Exception, asyncio.CancelledError):
+            # Failed, timed out, the peer left, or the daemon stops: start_tls closed it. Any
+            # error at all counts the connection out, or its place would be lost for good.
             self._count_out()
             return
         finally:
