@@ -23,9 +23,10 @@ class ReadWaits:
 
     A watchdog that fires well after its time means the zone's own loop was stalled (a
     garbage collection, a starved CPU, a paused machine): the zone was not listening, as
-    while it applies a batch, and global's messages may be waiting unread. So global is
-    given a whole silence limit from then, once; a loop late at every look still lets a
-    silent global be caught at the next."""
+    while it applies a batch, and global's messages may be waiting unread. So global's
+    silence counts from then instead, unless the last such excuse was the last thing that
+    moved it: a loop late at every look, with nothing heard from global between, still lets
+    a silent global be caught at the next look."""
 
     def __init__(self, session: ZoneSession):
         self.session = session
@@ -34,7 +35,7 @@ class ReadWaits:
         self.why: str | None = None  # "stop" or "silent" once asked
         self._timer: asyncio.TimerHandle | None = None
         self._due = 0.0  # when the timer was meant to fire (the loop's clock)
-        self._stalled = False  # the last look found the loop stalled, and gave global time
+        self._excused: float | None = None  # the session's quiet_since after the last excuse
 
     def interrupt(self, why: str) -> None:
         if self.why is None:
@@ -55,11 +56,12 @@ class ReadWaits:
         self._timer = None
         if self.why is not None:
             return
-        stalled = not self._stalled and asyncio.get_running_loop().time() - self._due > STALL
-        self._stalled = stalled
-        if stalled:
-            self.session.on_listening(time.monotonic())
-        elif self.reading and self.session.tick(time.monotonic()):
+        session = self.session
+        late = asyncio.get_running_loop().time() - self._due > STALL
+        if late and session.quiet_since != self._excused:
+            session.on_listening(time.monotonic())
+            self._excused = session.quiet_since
+        elif self.reading and session.tick(time.monotonic()):
             self.interrupt("silent")
             return
         # Heard from global since, busy applying a batch (the watchdog judges only waits for

@@ -301,6 +301,12 @@ class ZoneSession:
         self._advance(Event.DIGEST_QUERY)
         self._quiet_since = now
 
+    @property
+    def quiet_since(self) -> float:
+        """When global's silence began to count (a ``now`` reading): its last message, or
+        the zone's last on_listening."""
+        return self._quiet_since
+
     def on_listening(self, now: float) -> None:
         """The zone waits for global's next message from ``now``. Whatever it did since the
         last one (apply a batch, build its tree to answer a check, wait for a busy CPU) was
