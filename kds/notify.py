@@ -70,8 +70,12 @@ class Notifier:
         addr = self.address
         if addr.startswith("@"):
             addr = "\0" + addr[1:]
+        # Never blocking: this runs on the event loop, and a service manager whose queue is
+        # full (one that stopped reading) would otherwise hang the daemon in sendto. Such a
+        # message is dropped instead (a watchdog ping comes again within half the interval).
+        kind = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            with socket.socket(socket.AF_UNIX, kind) as s:
                 s.sendto(text.encode(), addr)
         except OSError as e:
             if not self._warned:  # once: a gone service manager must not flood the log

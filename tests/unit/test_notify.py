@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from kds.notify import Notifier
 
@@ -96,9 +97,39 @@ def test_watchdog_interval_is_half_of_watchdog_usec_for_this_pid_only() -> None:
     assert Notifier.from_environ({"NOTIFY_SOCKET": "@x"}).watchdog_interval == 0.0
 
 
+def test_a_service_manager_that_stops_reading_never_blocks_the_sender(
+    listener: Listener,
+) -> None:
+    """Sends run on the event loop: once the socket's queue is full (the kernel holds about
+    ten datagrams for a reader that does not read), a message is dropped, with one warning,
+    instead of blocking the daemon until the reader comes back."""
+    n = Notifier.from_environ({"NOTIFY_SOCKET": listener.address})
+    started = time.monotonic()
+    with capture_logs() as logs:
+        sent = [n.send(STATUS=f"line {i}") for i in range(200)]
+    assert time.monotonic() - started < 2.0
+    assert sent[0] and not sent[-1]
+    assert [e["event"] for e in logs] == ["cannot notify the service manager"]
+    got = listener.recv_all()
+    assert got[0] == {"STATUS": "line 0"} and len(got) == sent.count(True)
+
+
 async def test_run_pings_while_healthy_sends_ready_once_and_stops_pinging_when_unhealthy(
     listener: Listener,
 ) -> None:
+    got: list[dict[str, str]] = []
+    done = threading.Event()
+
+    def receive() -> None:  # as systemd does, as the messages come: its queue never fills
+        listener.sock.settimeout(0.05)
+        while not done.is_set():
+            try:
+                got.append(parse(listener.sock.recv(4096)))
+            except TimeoutError:
+                continue
+
+    reader = threading.Thread(target=receive, daemon=True)
+    reader.start()
     n = Notifier.from_environ({"NOTIFY_SOCKET": listener.address, "WATCHDOG_USEC": "200000"})
     state = {"healthy": True, "ready": False, "line": "connecting to global"}
     task = asyncio.create_task(
@@ -112,7 +143,9 @@ async def test_run_pings_while_healthy_sends_ready_once_and_stops_pinging_when_u
     await asyncio.sleep(0.5)
     task.cancel()
     elapsed = time.monotonic() - started
-    got = await asyncio.to_thread(listener.recv_all)
+    await asyncio.sleep(0.1)
+    done.set()
+    reader.join()
     pings = [m for m in got if m.get("WATCHDOG") == "1"]
     # Every 0.1 s (half of 0.2 s) for the ~0.9 s it was healthy, none in the last 0.5 s.
     assert 6 <= len(pings) <= 11, (len(pings), elapsed)
