@@ -250,10 +250,13 @@ async def test_a_zone_whose_own_loop_stalled_does_not_take_global_for_silent(
     """A pause of the zone's own process (a garbage collection, a starved CPU, a paused VM)
     longer than the silence limit is not global's silence: global's heartbeats wait, unread,
     and the zone reads them before it judges, instead of dropping a healthy stream."""
-    async with running_pair(tmp_path, heartbeat_interval=0.1) as pair:
+    # Heartbeats every 0.25 s: a silence limit of 0.75 s. Here global shares the stalled
+    # loop, so its heartbeats are sent only once the stall ends (a real global's would be
+    # waiting already): the margins leave a loaded machine time to carry them.
+    async with running_pair(tmp_path, heartbeat_interval=0.25) as pair:
         zone = await _zone_of_twenty(pair)
         await wait_until(lambda: zone.client.status.applied_revision == pair.hub.head)
-        for _ in range(3):
-            time.sleep(0.5)  # the loop (zone's and, here, global's) stalls past the 0.3 s limit
-            await asyncio.sleep(0.6)  # heartbeats flow again between the stalls
+        for _ in range(2):
+            time.sleep(1.0)  # the loop (zone's and, here, global's) stalls past the limit
+            await asyncio.sleep(1.0)  # heartbeats flow again between the stalls
         assert zone.client.session.connections == 1, "the zone reconnected"
