@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import signal
 import time
 import uuid
@@ -376,7 +377,7 @@ class PgFaultRun(FaultRun):
         zz = self.zones[0]
         assert isinstance(zz, PgZone)
         for d in self._all():
-            wait_for(d._ready, 30, f"{d.name} up")
+            wait_for(functools.partial(self._up_again, d), 30, f"{d.name} up")
         zz.daemon = wait_for(zz.leader, 30, "zz's leader")
         self.g = self.globals[0]
         try:
@@ -391,6 +392,17 @@ class PgFaultRun(FaultRun):
                 except httpx.HTTPError as err:
                     seen[d.name] = repr(err)
             raise AssertionError(f"{e}; store head {self._head()}; {seen}") from None
+
+    def _up_again(self, d: Daemon) -> bool:
+        """``d`` answers. One that was starting when PostgreSQL was killed may give up on
+        its store only now, after the server is back ("cannot start", as it should): it is
+        started again, as an operator's service manager would, not taken for a failure."""
+        assert d.proc is not None
+        if d.proc.poll() is not None and d.name in self._excused:
+            self.say(f"{d.name} could not open its store while PostgreSQL was down: restarted")
+            self._restart(d)
+            return False
+        return d._ready()
 
     def _caught_up(self, z: ZoneProc) -> bool:
         """For zz, whichever instance leads now (the store may still name an instance
