@@ -34,7 +34,6 @@ class ReadWaits:
         self.reading = False
         self.why: str | None = None  # "stop" or "silent" once asked
         self._timer: asyncio.TimerHandle | None = None
-        self._due = 0.0  # when the timer was meant to fire (the loop's clock)
         self._excused: float | None = None  # the session's quiet_since after the last excuse
 
     def interrupt(self, why: str) -> None:
@@ -48,16 +47,14 @@ class ReadWaits:
         wait = self.session.watchdog_wait(time.monotonic())
         if wait is not None and self.why is None:
             loop = asyncio.get_running_loop()
-            delay = max(wait, at_least)
-            self._due = loop.time() + delay
-            self._timer = loop.call_later(delay, self._check)
+            self._timer = loop.call_later(max(wait, at_least), self._check)
 
     def _check(self) -> None:
-        self._timer = None
+        timer, self._timer = self._timer, None
         if self.why is not None:
             return
         session = self.session
-        late = asyncio.get_running_loop().time() - self._due > STALL
+        late = timer is not None and asyncio.get_running_loop().time() - timer.when() > STALL
         if late and session.quiet_since != self._excused:
             session.on_listening(time.monotonic())
             self._excused = session.quiet_since
