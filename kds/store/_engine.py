@@ -464,17 +464,31 @@ class ResourceEngine:
 
 def select_key_rows(conn: Conn, cols: str, keys: Iterable[Key]) -> Iterator[tuple[Kind, str, Any]]:
     """(kind, mesh, row) for the resources rows of ``keys`` (every origin), each row the
-    columns ``cols`` names: one statement per mesh and kind and up to ``_IN_NAMES`` names."""
-    names: dict[tuple[Kind, str], list[str]] = {}
+    columns ``cols`` names: one statement per ``_IN_NAMES`` names, the keys of each kind and
+    mesh in a ``name IN (...)`` term of their own. A zone's one-change batch reads its Secret
+    and that Secret's Mesh: one statement, not one per kind and mesh."""
+    names: dict[tuple[str, str], list[str]] = {}
     for key in keys:
-        names.setdefault((key.kind, key.mesh), []).append(key.name)
+        names.setdefault((str(key.kind), key.mesh), []).append(key.name)
+    terms: list[str] = []
+    args: list[str] = []
+    count = 0
     for (kind, mesh), group in names.items():
         for i in range(0, len(group), _IN_NAMES):
             chunk = group[i : i + _IN_NAMES]
-            cur = conn.execute(
-                f"SELECT {cols} FROM resources WHERE kind=? AND mesh=? "
-                f"AND name IN ({', '.join('?' * len(chunk))})",
-                (str(kind), mesh, *chunk),
-            )
-            for r in cur:
-                yield kind, mesh, r
+            if count + len(chunk) > _IN_NAMES:
+                yield from _select_terms(conn, cols, terms, args)
+                terms, args, count = [], [], 0
+            terms.append(f"(kind=? AND mesh=? AND name IN ({', '.join('?' * len(chunk))}))")
+            args += (kind, mesh, *chunk)
+            count += len(chunk)
+    if terms:
+        yield from _select_terms(conn, cols, terms, args)
+
+
+def _select_terms(
+    conn: Conn, cols: str, terms: list[str], args: list[str]
+) -> Iterator[tuple[Kind, str, Any]]:
+    cur = conn.execute(f"SELECT kind, mesh, {cols} FROM resources WHERE {' OR '.join(terms)}", args)
+    for r in cur:
+        yield Kind(r[0]), r[1], r[2:]

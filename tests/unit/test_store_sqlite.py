@@ -305,6 +305,24 @@ def test_a_batch_reads_only_the_meshes_its_resources_live_in(zstore: ZoneEngine)
     assert zstore.get(in_m3) is not None and zstore.get(in_local) is not None
 
 
+def test_a_one_change_batch_reads_its_rows_in_one_statement(zstore: ZoneEngine) -> None:
+    """The Secret a batch brings and the Mesh it lives in are read in one statement (each
+    statement is a round trip on PostgreSQL), and the batch runs no more statements than
+    it did when a one-change batch was measured at its cheapest."""
+    zstore.apply_batch(dbatch([inc_put(mk(MESH), 1)], 1), GSID, T0)
+    conn = zstore.db._now_conn()
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    result = zstore.apply_batch_now(dbatch([inc_put(mk(S1), 2)], 2, 1), GSID, T1)
+    conn.set_trace_callback(None)
+    assert result.applied_revision == 2 and result.rejected == []
+    reads = [s for s in statements if s.startswith("SELECT") and "FROM resources" in s]
+    assert len(reads) == 1, reads
+    assert "kind='Mesh'" in reads[0] and "kind='Secret'" in reads[0], reads
+    # BEGIN, the rows' read, applied_revision's read, the upsert, the meta upsert, COMMIT.
+    assert len(statements) == 6, statements
+
+
 class _LockedAgainstReaders:
     """A connection in the rare moment its file is locked against readers (a WAL reset or
     recovery by another connection): every statement fails with SQLITE_BUSY at once."""
