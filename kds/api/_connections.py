@@ -5,7 +5,8 @@ Without bounds a client that opens connections and sends a request's head a byte
 (or nothing at all) holds each one, and a file descriptor, for as long as it likes: enough
 of them and the daemon can open neither its store's files nor its zones' streams. So:
 
-- at most MAX_CONNECTIONS connections at once; one more is answered ``503`` with
+- at most MAX_CONNECTIONS connections at once, and at most PEER_CONNECTIONS of them from one
+  address (so one client cannot take every place); one more is answered ``503`` with
   ``Connection: close`` and closed as soon as its request has come in (so the client reads
   the answer rather than a reset), or after LINGER_S, or at once when MAX_LINGERING refused
   connections wait already; the first refusal in a minute is logged;
@@ -35,6 +36,7 @@ __all__ = [
     "HANDSHAKE_S",
     "IDLE_S",
     "MAX_CONNECTIONS",
+    "PEER_CONNECTIONS",
     "PEER_HANDSHAKES",
     "ConnectionGate",
     "GuardedSite",
@@ -45,6 +47,11 @@ log = structlog.get_logger("kds.api")
 # Far above what operators, kdsctl, a status page and a metrics scraper use at once, far
 # below the daemons' file descriptor limit (65,536 in the systemd units).
 MAX_CONNECTIONS = 1024
+# Connections one address may hold at once: a quarter of the most, so a client that opens
+# connections and holds them leaves room for the others (an operator, kdsctl, a status page
+# and a metrics scraper use a few each); a reverse proxy in front of the API, all of whose
+# clients come from its one address, still gets far more than it keeps open.
+PEER_CONNECTIONS = 256
 IDLE_S = 30.0
 HANDSHAKE_S = 10.0
 # TLS handshakes one address may have under way at once. A client's handshake takes a few
@@ -55,9 +62,8 @@ MAX_LINGERING = 64
 REFUSAL_LOG_EVERY_S = 60.0
 
 
-def _refusal(limit: int) -> bytes:
+def _refusal(detail: str) -> bytes:
     """The whole 503 answer, in the API's error body (kds.api._errors)."""
-    detail = f"this API has {limit} connections open, the most it holds: retry later"
     body = json.dumps(
         {
             "type": "/std-errors",
@@ -78,28 +84,57 @@ def _refusal(limit: int) -> bytes:
 
 
 class ConnectionGate:
-    """The count of open connections against ``limit``, and when a refusal was last logged.
-    Pure: the caller passes the time."""
+    """The count of open connections against ``limit`` (and of each address's against
+    ``connections_per_peer``), and when a refusal was last logged. Pure: the caller passes
+    the time. A connection whose address is unknown (None) counts against the limit only."""
 
-    def __init__(self, limit: int = MAX_CONNECTIONS, handshakes_per_peer: int | None = None):
+    def __init__(
+        self,
+        limit: int = MAX_CONNECTIONS,
+        handshakes_per_peer: int | None = None,
+        connections_per_peer: int | None = None,
+    ):
         self.limit = limit
         self.handshakes_per_peer = handshakes_per_peer or PEER_HANDSHAKES
+        self.connections_per_peer = connections_per_peer or PEER_CONNECTIONS
         self.handshaking: dict[str | None, int] = {}  # TLS handshakes under way, by address
+        self.by_peer: dict[str, int] = {}  # open connections, by address
         self.open = 0
         self.refused = 0  # since the daemon started
         self.lingering = 0  # refused connections waiting for their request before closing
-        self.refusal = _refusal(limit)
+        self.refusal = _refusal(
+            f"this API has {limit} connections open, the most it holds: retry later"
+        )
+        self.peer_refusal = _refusal(
+            f"this address has {self.connections_per_peer} connections open to this API, "
+            "the most one address may hold: close some, or retry later"
+        )
         self._logged_at: float | None = None
 
-    def admit(self) -> bool:
-        if self.open >= self.limit:
+    def admit(self, peer: str | None = None) -> bool:
+        """Whether one more connection, from ``peer``, may open (then counted until
+        ``release``); ``full`` then says whether the limit or the address's share refused it."""
+        n = self.by_peer.get(peer, 0) if peer is not None else 0
+        if self.open >= self.limit or n >= self.connections_per_peer:
             self.refused += 1
             return False
         self.open += 1
+        if peer is not None:
+            self.by_peer[peer] = n + 1
         return True
 
-    def release(self) -> None:
+    @property
+    def full(self) -> bool:
+        return self.open >= self.limit
+
+    def release(self, peer: str | None = None) -> None:
         self.open -= 1
+        if peer is not None:
+            n = self.by_peer.get(peer, 0) - 1
+            if n > 0:
+                self.by_peer[peer] = n
+            else:
+                self.by_peer.pop(peer, None)
 
     def begin_handshake(self, peer: str | None) -> bool:
         """Whether ``peer`` may start one more TLS handshake (then counted until
@@ -168,30 +203,39 @@ class _Guarded(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         gate = self._gate
-        if gate.admit():
+        peer = transport.get_extra_info("peername")
+        self._peer = str(peer[0]) if isinstance(peer, tuple) and peer else None
+        if gate.admit(self._peer):
             self._state = "admitted"
             app = self._make_app()
         else:
+            full = gate.full
             if gate.log_due(time.monotonic()):
-                log.warning(
-                    "API connection refused: too many open",
-                    open=gate.open,
-                    limit=gate.limit,
-                    refused_so_far=gate.refused,
-                )
+                if full:
+                    log.warning(
+                        "API connection refused: too many open",
+                        open=gate.open,
+                        limit=gate.limit,
+                        refused_so_far=gate.refused,
+                    )
+                else:
+                    log.warning(
+                        "API connection refused: too many open from one address",
+                        peer=self._peer,
+                        limit=gate.connections_per_peer,
+                        refused_so_far=gate.refused,
+                    )
             if gate.lingering >= MAX_LINGERING:
                 self._state = "gone"
                 transport.close()
                 return
             gate.lingering += 1
             self._state = "lingering"
-            app = _Refused(gate.refusal)
+            app = _Refused(gate.refusal if full else gate.peer_refusal)
             asyncio.get_running_loop().call_later(LINGER_S, transport.close)
         if self._tls is None:
             self._start(app, transport)
             return
-        peer = transport.get_extra_info("peername")
-        self._peer = str(peer[0]) if isinstance(peer, tuple) and peer else None
         if not gate.begin_handshake(self._peer):
             if gate.log_due(time.monotonic()):
                 log.warning(
@@ -237,7 +281,7 @@ class _Guarded(asyncio.Protocol):
 
     def _count_out(self) -> None:
         if self._state == "admitted":
-            self._gate.release()
+            self._gate.release(self._peer)
         elif self._state == "lingering":
             self._gate.lingering -= 1
         self._state = "gone"

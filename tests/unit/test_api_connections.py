@@ -28,14 +28,20 @@ IDLE = 0.6
 
 
 @pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[int]:
+async def api(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[int]:
+    """The API on a loopback port; ``@pytest.mark.peer_connections(N)`` sets how many
+    connections one address may hold."""
     store = SqliteGlobalStore(GlobalEngine(tmp_path / "global.db"))
-    runner: web.AppRunner = await serve_api(
-        ApiContext(store=store, role="global"),
-        ("127.0.0.1", 0),
-        max_connections=LIMIT,
-        idle_s=IDLE,
-    )
+    marker = request.node.get_closest_marker("peer_connections")
+    with pytest.MonkeyPatch.context() as mp:
+        if marker is not None:
+            mp.setattr(kds.api._connections, "PEER_CONNECTIONS", marker.args[0])
+        runner: web.AppRunner = await serve_api(
+            ApiContext(store=store, role="global"),
+            ("127.0.0.1", 0),
+            max_connections=LIMIT,
+            idle_s=IDLE,
+        )
     try:
         yield int(runner.addresses[0][1])
     finally:
@@ -135,6 +141,48 @@ async def test_a_body_that_pauses_too_long_is_a_408(
     assert status == 408, body
     assert "no part of the request body arrived for 0.3 s" in json.loads(body)["detail"]
     writer.close()
+
+
+def test_the_gate_bounds_the_connections_of_one_address() -> None:
+    gate = ConnectionGate(10, connections_per_peer=2)
+    assert gate.admit("192.0.2.1") and gate.admit("192.0.2.1")
+    assert not gate.admit("192.0.2.1") and gate.refused == 1 and not gate.full
+    assert gate.admit("192.0.2.2")  # another address is not held back
+    assert gate.admit(None) and gate.admit(None) and gate.admit(None)  # unknown: the limit only
+    gate.release("192.0.2.1")
+    assert gate.admit("192.0.2.1")
+    for peer in ("192.0.2.1", "192.0.2.1", "192.0.2.2", None, None, None):
+        gate.release(peer)
+    assert gate.by_peer == {} and gate.open == 0
+
+
+async def _get_from(port: int, source: str) -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    try:
+        return await _answer(reader)
+    finally:
+        writer.close()
+
+
+@pytest.mark.peer_connections(2)
+async def test_one_address_cannot_take_every_connection(api: int) -> None:
+    """An address holding its share of connections is answered 503 naming that share, and
+    logged; another address still gets in, and the first gets in again once it closes one."""
+    held = [await asyncio.open_connection("127.0.0.1", api) for _ in range(2)]
+    await asyncio.sleep(0.1)
+    with capture_logs() as logs:
+        status, body = await _get_from(api, "127.0.0.1")
+    assert status == 503
+    assert "this address has 2 connections open" in json.loads(body)["detail"]
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == [
+        "API connection refused: too many open from one address"
+    ]
+    assert (await _get_from(api, "127.0.0.2"))[0] == 200
+    held[0][1].close()
+    await asyncio.sleep(0.1)
+    assert (await _get_from(api, "127.0.0.1"))[0] == 200
+    held[1][1].close()
 
 
 def test_the_gate_bounds_the_handshakes_of_one_address() -> None:
