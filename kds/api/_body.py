@@ -120,7 +120,10 @@ def _decode(raw: bytes, line: int = 0) -> object:
         raise _bad_body(f"nests lists and objects deeper than {MAX_DEPTH} levels{where}") from None
     except ValueError:  # an integer of more digits than int() converts; its message is ours
         raise _bad_body(f"holds a number of too many digits{where}") from None
-    if _depth_over(body, MAX_DEPTH):
+    # A value nests no deeper than the brackets its text opens (those in strings counted too),
+    # so nearly every body, a resource of a few maps, is not walked: the walk was 7% of
+    # global's event loop in an apply of 10,000 secrets.
+    if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and _depth_over(body, MAX_DEPTH):
         raise _bad_body(f"nests lists and objects deeper than {MAX_DEPTH} levels{where}")
     return body
 

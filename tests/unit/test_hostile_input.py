@@ -18,6 +18,8 @@ from click.testing import CliRunner
 from globalcp.token_api import token_routes
 from globalcp.tokens import ZoneTokens
 from kds.api import ApiContext, build_app, client_max_size
+from kds.api._body import MAX_DEPTH, _decode
+from kds.api._errors import HttpError
 from kds.config import ZoneConfig, load_config, parse_duration
 from kds.errors import ConfigError, InvalidResource
 from kds.model import Limits, from_document
@@ -292,3 +294,34 @@ async def test_a_chunked_body_over_the_limit_is_refused_while_it_is_sent(
     answered.set()
     assert status == 413, answer
     assert sent_before_answer < total
+
+
+@pytest.mark.parametrize(
+    ("text", "too_deep"),
+    [
+        ("[" * MAX_DEPTH + "]" * MAX_DEPTH, False),
+        ("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1), True),
+        ('{"a": ' * MAX_DEPTH + "1" + "}" * MAX_DEPTH, False),
+        ('{"a": ' * (MAX_DEPTH + 1) + "1" + "}" * (MAX_DEPTH + 1), True),
+        # Brackets inside strings are counted by the quick look, not nested: walked, and fine.
+        (json.dumps({"name": "{[" * 500, "labels": {"k": "[" * 500}}), False),
+        (
+            '{"x": "'
+            + "[" * 500
+            + '", "y": '
+            + "[" * (MAX_DEPTH + 1)
+            + "]" * (MAX_DEPTH + 1)
+            + "}",
+            True,
+        ),
+    ],
+)
+def test_the_depth_bound_holds_at_its_edge(text: str, too_deep: bool) -> None:
+    """A body may nest lists and objects MAX_DEPTH levels, not one more, whatever brackets its
+    strings hold (the bound looks at the text's brackets before walking the value)."""
+    if too_deep:
+        with pytest.raises(HttpError) as e:
+            _decode(text.encode())
+        assert e.value.status == 400 and f"deeper than {MAX_DEPTH} levels" in e.value.detail
+    else:
+        assert _decode(text.encode()) == json.loads(text)
