@@ -27,21 +27,33 @@ LIMIT = 3
 IDLE = 0.6
 
 
-@pytest.fixture
-async def api(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[int]:
-    """The API on a loopback port; ``@pytest.mark.peer_connections(N)`` sets how many
-    connections one address may hold."""
-    store = SqliteGlobalStore(GlobalEngine(tmp_path / "global.db"))
-    marker = request.node.get_closest_marker("peer_connections")
+async def _serve(
+    store: SqliteGlobalStore, request: pytest.FixtureRequest, tls: ssl.SSLContext | None = None
+) -> web.AppRunner:
+    """The API on a loopback port with this module's small limits; a test's
+    ``@pytest.mark.peer_connections(N)`` and ``@pytest.mark.peer_handshakes(N)`` set how many
+    connections, and TLS handshakes under way, one address may have."""
     with pytest.MonkeyPatch.context() as mp:
-        if marker is not None:
-            mp.setattr(kds.api._connections, "PEER_CONNECTIONS", marker.args[0])
-        runner: web.AppRunner = await serve_api(
+        for name, constant in (
+            ("peer_connections", "PEER_CONNECTIONS"),
+            ("peer_handshakes", "PEER_HANDSHAKES"),
+        ):
+            marker = request.node.get_closest_marker(name)
+            if marker is not None:
+                mp.setattr(kds.api._connections, constant, marker.args[0])
+        return await serve_api(
             ApiContext(store=store, role="global"),
             ("127.0.0.1", 0),
+            ssl_context=tls,
             max_connections=LIMIT,
             idle_s=IDLE,
         )
+
+
+@pytest.fixture
+async def api(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[int]:
+    store = SqliteGlobalStore(GlobalEngine(tmp_path / "global.db"))
+    runner = await _serve(store, request)
     try:
         yield int(runner.addresses[0][1])
     finally:
@@ -201,8 +213,7 @@ def test_the_gate_bounds_the_handshakes_of_one_address() -> None:
 async def tls_api(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[tuple[int, ssl.SSLContext]]:
-    """The API over TLS (with its own CA); ``@pytest.mark.peer_handshakes(N)`` sets how many
-    handshakes one address may have under way."""
+    """The API over TLS, with its own CA."""
     ca = make_ca("test CA")
     pair = issue_server_cert(ca, ["127.0.0.1"])
     (tmp_path / "api.crt").write_bytes(pair.cert_pem)
@@ -210,17 +221,7 @@ async def tls_api(
     server_tls = ReloadingServerSSLContext(tmp_path / "api.crt", tmp_path / "api.key").context
     client_tls = ssl.create_default_context(cadata=ca.cert_pem.decode())
     store = SqliteGlobalStore(GlobalEngine(tmp_path / "global.db"))
-    marker = request.node.get_closest_marker("peer_handshakes")
-    with pytest.MonkeyPatch.context() as mp:
-        if marker is not None:
-            mp.setattr(kds.api._connections, "PEER_HANDSHAKES", marker.args[0])
-        runner: web.AppRunner = await serve_api(
-            ApiContext(store=store, role="global"),
-            ("127.0.0.1", 0),
-            ssl_context=server_tls,
-            max_connections=LIMIT,
-            idle_s=IDLE,
-        )
+    runner = await _serve(store, request, server_tls)
     try:
         yield int(runner.addresses[0][1]), client_tls
     finally:
