@@ -258,8 +258,8 @@ class SyncServicer:
         self, h: pb.Hello, context: grpc.aio.ServicerContext
     ) -> tuple[GlobalSession, Mode] | None:
         """The hello's session and whether it resumes; None once the stream is refused (a
-        protocol the session refuses, a message limit below global's, or a second live
-        instance of a zone that is connected)."""
+        protocol the session refuses, a message limit below global's, a second live
+        instance of a zone that is connected, or global stopping)."""
         claims = self.tracker.claims
         if claims is not None and claims.cut_off:
             # Its claim could not be saved: the zone would be ended again a lease later.
@@ -317,6 +317,14 @@ class SyncServicer:
             )
             self.tracker.refused(h.zone, f"refused instance {h.instance_id}: {message}")
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, message)
+            return None
+        if self._stopping.is_set():
+            # Stopping: a stream admitted now would run until grpc's grace cancels it, and
+            # hold the shutdown up that long. The zone dials again (another instance, or
+            # this one once it is back).
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, "global is shutting down: connect again later"
+            )
             return None
         return session, mode
 
