@@ -114,13 +114,12 @@ class ConnectionGate:
     def admit(self, peer: str | None = None) -> bool:
         """Whether one more connection, from ``peer``, may open (then counted until
         ``release``); ``full`` then says whether the limit or the address's share refused it."""
-        n = self.by_peer.get(peer, 0) if peer is not None else 0
-        if self.open >= self.limit or n >= self.connections_per_peer:
+        if self.full or (
+            peer is not None and not _count_in(self.by_peer, peer, self.connections_per_peer)
+        ):
             self.refused += 1
             return False
         self.open += 1
-        if peer is not None:
-            self.by_peer[peer] = n + 1
         return True
 
     @property
@@ -130,28 +129,18 @@ class ConnectionGate:
     def release(self, peer: str | None = None) -> None:
         self.open -= 1
         if peer is not None:
-            n = self.by_peer.get(peer, 0) - 1
-            if n > 0:
-                self.by_peer[peer] = n
-            else:
-                self.by_peer.pop(peer, None)
+            _count_out(self.by_peer, peer)
 
     def begin_handshake(self, peer: str | None) -> bool:
         """Whether ``peer`` may start one more TLS handshake (then counted until
         ``end_handshake``): one address cannot fill the gate with handshakes it never ends."""
-        n = self.handshaking.get(peer, 0)
-        if n >= self.handshakes_per_peer:
+        if not _count_in(self.handshaking, peer, self.handshakes_per_peer):
             self.refused += 1
             return False
-        self.handshaking[peer] = n + 1
         return True
 
     def end_handshake(self, peer: str | None) -> None:
-        n = self.handshaking.get(peer, 0) - 1
-        if n > 0:
-            self.handshaking[peer] = n
-        else:
-            self.handshaking.pop(peer, None)
+        _count_out(self.handshaking, peer)
 
     def log_due(self, now: float) -> bool:
         """Whether this refusal should be logged: the first, then one per
@@ -160,6 +149,24 @@ class ConnectionGate:
             return False
         self._logged_at = now
         return True
+
+
+def _count_in(counts: dict[Any, int], peer: str | None, most: int) -> bool:
+    """Count one more for ``peer`` unless it has ``most`` already; whether it was counted."""
+    n = counts.get(peer, 0)
+    if n >= most:
+        return False
+    counts[peer] = n + 1
+    return True
+
+
+def _count_out(counts: dict[Any, int], peer: str | None) -> None:
+    """Count one less for ``peer``; an address at none is forgotten."""
+    n = counts.get(peer, 0) - 1
+    if n > 0:
+        counts[peer] = n
+    else:
+        counts.pop(peer, None)
 
 
 class _Refused(asyncio.Protocol):
