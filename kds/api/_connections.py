@@ -6,7 +6,8 @@ Without bounds a client that opens connections and sends a request's head a byte
 of them and the daemon can open neither its store's files nor its zones' streams. So:
 
 - at most MAX_CONNECTIONS connections at once, and at most PEER_CONNECTIONS of them from one
-  address (so one client cannot take every place); one more is answered ``503`` with
+  address (so one client cannot take every place; an IPv6 address counts as its /64, which
+  one host is commonly given whole, so walking its addresses does not escape it); one more is answered ``503`` with
   ``Connection: close`` and closed as soon as its request has come in (so the client reads
   the answer rather than a reset), or after LINGER_S, or at once when MAX_LINGERING refused
   connections wait already; the first refusal in a minute is logged;
@@ -24,6 +25,7 @@ makes for each accepted connection and counts those open, from the accept on.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import time
 from collections.abc import Callable
@@ -40,6 +42,7 @@ __all__ = [
     "PEER_HANDSHAKES",
     "ConnectionGate",
     "GuardedSite",
+    "peer_of",
 ]
 
 log = structlog.get_logger("kds.api")
@@ -60,6 +63,26 @@ PEER_HANDSHAKES = 32
 LINGER_S = 1.0
 MAX_LINGERING = 64
 REFUSAL_LOG_EVERY_S = 60.0
+# An IPv6 client is counted by the network of this many leading bits: a host or a customer
+# is given at least a /64, and picks any address in it at will.
+IPV6_PEER_BITS = 64
+
+
+def peer_of(address: str) -> str:
+    """What one client is counted as: its IPv4 address (also when it comes as an IPv4-mapped
+    IPv6 address), or the /IPV6_PEER_BITS network of its IPv6 address; any other text as
+    it is."""
+    try:
+        ip = ipaddress.ip_address(address.partition("%")[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        if ip.is_loopback:
+            return str(ip)
+        return str(ipaddress.IPv6Network((ip, IPV6_PEER_BITS), strict=False))
+    return str(ip)
 
 
 def _refusal(detail: str) -> bytes:
@@ -211,7 +234,7 @@ class _Guarded(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         gate = self._gate
         peer = transport.get_extra_info("peername")
-        self._peer = str(peer[0]) if isinstance(peer, tuple) and peer else None
+        self._peer = peer_of(str(peer[0])) if isinstance(peer, tuple) and peer else None
         if gate.admit(self._peer):
             self._state = "admitted"
             app = self._make_app()

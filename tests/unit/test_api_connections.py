@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 import kds.api._body
 import kds.api._connections
 from kds.api import ApiContext, serve_api
-from kds.api._connections import REFUSAL_LOG_EVERY_S, ConnectionGate
+from kds.api._connections import REFUSAL_LOG_EVERY_S, ConnectionGate, _Guarded, peer_of
 from kds.store.sqlite import GlobalEngine, SqliteGlobalStore
 from kds.tls import ReloadingServerSSLContext, issue_server_cert, make_ca
 
@@ -166,6 +166,59 @@ def test_the_gate_bounds_the_connections_of_one_address() -> None:
     for peer in ("192.0.2.1", "192.0.2.1", "192.0.2.2", None, None, None):
         gate.release(peer)
     assert gate.by_peer == {} and gate.open == 0
+
+
+def test_a_client_is_counted_by_its_ipv4_address_or_its_ipv6_64() -> None:
+    assert peer_of("192.0.2.7") == "192.0.2.7"
+    assert peer_of("::ffff:192.0.2.7") == "192.0.2.7"  # IPv4 through an IPv6 socket
+    assert peer_of("2001:db8:1:2:a:b:c:d") == peer_of("2001:db8:1:2::1") == "2001:db8:1:2::/64"
+    assert peer_of("2001:db8:1:3::1") == "2001:db8:1:3::/64"
+    assert peer_of("fe80::1%eth0") == "fe80::/64"
+    assert peer_of("::1") == "::1"
+    assert peer_of("not an address") == "not an address"
+
+
+class _Transport(asyncio.Transport):
+    def __init__(self, peername: tuple[object, ...]):
+        super().__init__()
+        self.peername = peername
+        self.closed = False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return self.peername if name == "peername" else default
+
+    def close(self) -> None:
+        self.closed = True
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        pass
+
+
+async def test_every_address_of_one_ipv6_64_shares_one_share_of_connections() -> None:
+    """A client that walks the addresses of its /64 (each connection from a new one) is held
+    to one address's share; a client in another /64 is not."""
+    gate = ConnectionGate(100, connections_per_peer=3)
+    made: list[str] = []
+
+    def connect(address: str) -> _Guarded:
+        guarded = _Guarded(lambda: _App(made), gate, None)
+        guarded.connection_made(_Transport((address, 443, 0, 0)))
+        return guarded
+
+    held = [connect(f"2001:db8:1:2::{n:x}") for n in range(1, 4)]
+    assert len(made) == 3
+    connect("2001:db8:1:2:ffff::1")
+    assert len(made) == 3 and gate.refused == 1 and gate.by_peer == {"2001:db8:1:2::/64": 3}
+    connect("2001:db8:1:3::1")
+    assert len(made) == 4
+    held[0].connection_lost(None)
+    connect("2001:db8:1:2::99")
+    assert len(made) == 5
+
+
+class _App(asyncio.Protocol):
+    def __init__(self, made: list[str]):
+        made.append("app")
 
 
 async def _get_from(port: int, source: str) -> tuple[int, bytes]:
