@@ -65,6 +65,9 @@ SCENARIOS = ["propagation", "bulk", "resume", "anti_entropy", "components"]
 PLANS = {
     "full": {
         "prop_zones": [1, 10, 100],
+        # Zone counts whose propagation also runs with each zone, and each etcd watcher, in a
+        # process of its own, as zones are deployed (the scenario packs several per process).
+        "spread_zones": [10, 100],
         # A p99 of 200 writes is their second slowest, which one stall decides; of 500 it is
         # the fifth slowest.
         "writes": 500,
@@ -81,6 +84,7 @@ PLANS = {
     },
     "quick": {
         "prop_zones": [1, 3],
+        "spread_zones": [3],
         "writes": 20,
         "bulk_zones": [2],
         "bulk_n": 300,
@@ -147,13 +151,25 @@ def run(plan: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
                         z, plan["writes"], args.pace, p, args.keep, tls=False
                     )
                 e = row["etcd"] = propagation_etcd(z, plan["writes"], args.pace, p, args.keep)
-                results["propagation"].append(row)
                 plain = row.get("kds_plain")
                 _log(
                     f"  kds p50 {k['p50_ms']} p99 {k['p99_ms']}"
                     + (f" (plaintext p99 {plain['p99_ms']})" if plain else "")
                     + f"; etcd p50 {e['p50_ms']} p99 {e['p99_ms']}"
                 )
+                if z in plan.get("spread_zones", ()) and z != p:
+                    _log(f"repeat {rep + 1}: propagation, {z} zone(s), a process each")
+                    k = row["kds_spread"] = propagation_kds(
+                        z, plan["writes"], args.pace, z, args.keep
+                    )
+                    e = row["etcd_spread"] = propagation_etcd(
+                        z, plan["writes"], args.pace, z, args.keep
+                    )
+                    _log(
+                        f"  kds p50 {k['p50_ms']} p99 {k['p99_ms']}; "
+                        f"etcd p50 {e['p50_ms']} p99 {e['p99_ms']}"
+                    )
+                results["propagation"].append(row)
         if "bulk" in only:
             for z in plan["bulk_zones"]:
                 p = _procs(z, args.procs)

@@ -43,6 +43,13 @@ def test_quick_harness_run_writes_results_for_every_scenario(tmp_path: Path) -> 
             assert row[side]["writes"] == res["plan"]["writes"]
             assert row[side]["p50_ms"] <= row[side]["p99_ms"] <= row[side]["max_ms"]
             assert 0 < row[side]["answer_p50_ms"] <= row[side]["answer_p99_ms"]
+        # The zone counts run again with each zone, and each etcd watcher, in its own process.
+        spread = row["kds"]["zones"] in res["plan"]["spread_zones"]
+        assert ("kds_spread" in row) is spread and ("etcd_spread" in row) is spread
+        if spread:
+            for side in ("kds_spread", "etcd_spread"):
+                assert row[side]["writes"] == res["plan"]["writes"]
+                assert row[side]["p50_ms"] <= row[side]["p99_ms"] <= row[side]["max_ms"]
     for row in res["bulk"]:
         assert row["kds"]["tls"] is True and row["kds_plain"]["tls"] is False
         for side in ("kds", "kds_plain", "etcd"):
@@ -88,3 +95,4 @@ def test_quick_harness_run_writes_results_for_every_scenario(tmp_path: Path) -> 
     assert (tmp_path / "benchmarks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| kds plaintext p99 |" in md and "kdsctl CPU s" in md
     assert "from sending it to hearing the answer" in md
+    assert "each etcd watcher, in a process of its own" in md
