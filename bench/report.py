@@ -139,6 +139,21 @@ def _load(machine: dict[str, Any]) -> str:
     return "load average at the start " + " / ".join(map(str, load)) + " (1 / 5 / 15 min)"
 
 
+def _table(
+    prop: dict[int, dict[str, float]], needs: str, intro: str, header: str, keys: str
+) -> list[str]:
+    """A table of the propagation figures named in ``keys`` (space-separated; a row per zone
+    count, "-" where a figure is missing) under the Markdown ``header`` row, for the zone
+    counts whose figures include ``needs``; nothing if none does."""
+    rows = {z: d for z, d in prop.items() if needs in d}
+    if not rows:
+        return []
+    out = ["", intro, "", header, "|" + "---|" * header.count(" | ") + "---|"]
+    for z, d in rows.items():
+        out.append("| " + " | ".join(map(str, [z, *(d.get(k, "-") for k in keys.split())])) + " |")
+    return out
+
+
 def markdown(results: dict[str, Any]) -> str:
     s = summarize(results)
     m = results["machine"]
@@ -193,62 +208,41 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {z} | {d['kds_send_p50']} | {d['kds_send_p99']} | {d.get('plain_send_p99', '-')} "
             f"| {d['etcd_send_p50']} | {d['etcd_send_p99']} | {d['ratio_send_p99']} |"
         )
-    answered = {z: d for z, d in s["propagation"].items() if "kds_answer_p50" in d}
-    if answered:
-        lines += [
-            "",
-            "The write itself, from sending it to hearing the answer (what a writer waits; "
-            "global answers once every connected zone's stream has handed the change to grpc):",
-            "",
-            "| zones | kds p50 | kds p99 | etcd p50 | etcd p99 |",
-            "|---|---|---|---|---|",
-        ]
-        for z, d in answered.items():
-            lines.append(
-                f"| {z} | {d['kds_answer_p50']} | {d['kds_answer_p99']} "
-                f"| {d['etcd_answer_p50']} | {d['etcd_answer_p99']} |"
-            )
-    costed = {z: d for z, d in s["propagation"].items() if "kds_total_cpu" in d}
-    if costed:
-        lines += [
-            "",
-            "CPU per write, each side's processes (ms of user and system time over the run's "
-            "writes, idle time included; a zone or watcher is its fleet processes' time "
-            "divided by the members). On 2 cores, what both sides need per write bounds "
-            "how fast the last member can have it:",
-            "",
-            "| zones | global | each zone | kds in all | etcd | each watcher | etcd in all "
-            "| kds in all x etcd |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for z, d in costed.items():
-            lines.append(
-                f"| {z} | {d['kds_server_cpu']} | {d['kds_member_cpu']} | {d['kds_total_cpu']} "
-                f"| {d['etcd_server_cpu']} | {d['etcd_member_cpu']} | {d['etcd_total_cpu']} "
-                f"| {d['ratio_cpu']} |"
-            )
-    spread = {z: d for z, d in s["propagation"].items() if "spread_ratio_p99" in d}
-    if spread:
-        lines += [
-            "",
-            "The same scenario with each zone, and each etcd watcher, in a process of its own, "
-            "as zones are deployed (above, several share a process), in the same repeats: "
-            "latency in ms, from the answer and then from sending the write; CPU in ms per "
-            "write of each member:",
-            "",
-            "| zones | kds p50 | kds p99 | etcd p50 | etcd p99 | p99 x etcd "
-            "| kds p99 from sending | etcd p99 from sending | x etcd | each zone's CPU "
-            "| each watcher's CPU |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for z, d in spread.items():
-            lines.append(
-                f"| {z} | {d['spread_kds_p50']} | {d['spread_kds_p99']} "
-                f"| {d['spread_etcd_p50']} | {d['spread_etcd_p99']} | {d['spread_ratio_p99']} "
-                f"| {d['spread_kds_send_p99']} | {d['spread_etcd_send_p99']} "
-                f"| {d['spread_ratio_send_p99']} | {d.get('spread_kds_member_cpu', '-')} "
-                f"| {d.get('spread_etcd_member_cpu', '-')} |"
-            )
+    prop = s["propagation"]
+    lines += _table(
+        prop,
+        "kds_answer_p50",
+        "The write itself, from sending it to hearing the answer (what a writer waits; "
+        "global answers once every connected zone's stream has handed the change to grpc):",
+        "| zones | kds p50 | kds p99 | etcd p50 | etcd p99 |",
+        "kds_answer_p50 kds_answer_p99 etcd_answer_p50 etcd_answer_p99",
+    )
+    lines += _table(
+        prop,
+        "kds_total_cpu",
+        "CPU per write, each side's processes (ms of user and system time over the run's "
+        "writes, idle time included; a zone or watcher is its fleet processes' time "
+        "divided by the members). On 2 cores, what both sides need per write bounds "
+        "how fast the last member can have it:",
+        "| zones | global | each zone | kds in all | etcd | each watcher | etcd in all "
+        "| kds in all x etcd |",
+        "kds_server_cpu kds_member_cpu kds_total_cpu etcd_server_cpu etcd_member_cpu "
+        "etcd_total_cpu ratio_cpu",
+    )
+    lines += _table(
+        prop,
+        "spread_ratio_p99",
+        "The same scenario with each zone, and each etcd watcher, in a process of its own, "
+        "as zones are deployed (above, several share a process), in the same repeats: "
+        "latency in ms, from the answer and then from sending the write; CPU in ms per "
+        "write of each member:",
+        "| zones | kds p50 | kds p99 | etcd p50 | etcd p99 | p99 x etcd "
+        "| kds p99 from sending | etcd p99 from sending | x etcd | each zone's CPU "
+        "| each watcher's CPU |",
+        "spread_kds_p50 spread_kds_p99 spread_etcd_p50 spread_etcd_p99 spread_ratio_p99 "
+        "spread_kds_send_p99 spread_etcd_send_p99 spread_ratio_send_p99 "
+        "spread_kds_member_cpu spread_etcd_member_cpu",
+    )
     n = results["plan"]["bulk_n"]
     lines += [
         "",
