@@ -8,9 +8,10 @@ of them and the daemon can open neither its store's files nor its zones' streams
 - at most MAX_CONNECTIONS connections at once, and at most PEER_CONNECTIONS of them from one
   address (so one client cannot take every place; an IPv6 address counts as its /64, which
   one host is commonly given whole, so walking its addresses does not escape it); one more
-  is answered ``503`` with ``Connection: close`` and closed as soon as its request has come in (so the client reads
-  the answer rather than a reset), or after LINGER_S, or at once when MAX_LINGERING refused
-  connections wait already; the first refusal in a minute is logged;
+  is answered ``503`` with ``Connection: close`` and closed as soon as its request has come
+  in (so the client reads the answer rather than a reset), or after LINGER_S, or at once
+  when MAX_LINGERING refused connections wait already; the first refusal in a minute is
+  logged;
 - a connection must send a request's whole head within IDLE_S of opening or of its last
   answer (aiohttp's keep-alive timer, which closes a connection waiting for a head), and a
   kept-alive connection idle that long is closed;
