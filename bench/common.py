@@ -14,6 +14,7 @@ import contextlib
 import json
 import math
 import os
+import selectors
 import socket
 import subprocess
 import sys
@@ -186,31 +187,57 @@ class Fleet:
         self.events: list[list[tuple[int, float]]] = [[] for _ in range(members)]
         self.connected = 0
         self.errors: list[str] = []
-        self._threads = [threading.Thread(target=self._pump, args=(p,), daemon=True) for p in procs]
-        for t in self._threads:
-            t.start()
+        # One thread reads every process's reports: a thread per process meant, with a
+        # process per member, a thread woken (and the interpreter lock handed over) for
+        # every member at every write, on the cores the members and the server share.
+        self._reader = threading.Thread(target=self._pump, daemon=True)
+        self._reader.start()
 
-    def _pump(self, p: subprocess.Popen[str]) -> None:
-        assert p.stdout is not None
-        for line in p.stdout:
-            try:
-                msg = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            with self.cond:
-                if "m" in msg:
-                    m = msg["m"] - self.first
-                    self.rev[m] = max(self.rev[m], msg["rev"])
-                    self.count[m] += msg.get("n", 0)
-                    self.events[m].append((msg["rev"], msg["t"]))
-                elif "connected" in msg:
-                    self.connected += msg["connected"]
-                elif "error" in msg:
-                    self.errors.append(msg["error"])
-                self.cond.notify_all()
-        with self.cond:
-            self.errors.append(f"fleet process {p.pid} exited with {p.wait()}")
-            self.cond.notify_all()
+    def _pump(self) -> None:
+        sel = selectors.DefaultSelector()
+        partial: dict[int, bytes] = {}
+        for p in self.procs:
+            assert p.stdout is not None
+            fd = p.stdout.fileno()
+            os.set_blocking(fd, False)
+            sel.register(fd, selectors.EVENT_READ, p)
+            partial[fd] = b""
+        while sel.get_map():
+            for key, _ in sel.select():
+                fd, p = key.fd, key.data
+                try:
+                    chunk = os.read(fd, 1 << 16)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    sel.unregister(fd)
+                    with self.cond:
+                        self.errors.append(f"fleet process {p.pid} exited with {p.wait()}")
+                        self.cond.notify_all()
+                    continue
+                *lines, partial[fd] = (partial[fd] + chunk).split(b"\n")
+                msgs = []
+                for line in lines:
+                    try:
+                        msgs.append(json.loads(line))
+                    except json.JSONDecodeError:
+                        continue
+                with self.cond:
+                    for msg in msgs:
+                        self._take(msg)
+                    self.cond.notify_all()
+        sel.close()
+
+    def _take(self, msg: dict[str, Any]) -> None:
+        if "m" in msg:
+            m = msg["m"] - self.first
+            self.rev[m] = max(self.rev[m], msg["rev"])
+            self.count[m] += msg.get("n", 0)
+            self.events[m].append((msg["rev"], msg["t"]))
+        elif "connected" in msg:
+            self.connected += msg["connected"]
+        elif "error" in msg:
+            self.errors.append(msg["error"])
 
     def wait(self, pred: Callable[[], bool], timeout: float, what: str) -> None:
         with self.cond:

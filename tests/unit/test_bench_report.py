@@ -74,8 +74,19 @@ def test_cpu_per_write_is_reported_with_each_sides_total_for_all_its_members(
     }
     report.write(_results(propagation=[row]), tmp_path)
     md = (tmp_path / "benchmarks.md").read_text()
-    # kds: 4.5 + 10 x 0.7 = 11.5; etcd: 1.5 + 10 x 0.25 = 4.0; 11.5 / 4.0 = 2.875
-    assert "| 10 | 4.5 | 0.7 | 11.5 | 1.5 | 0.25 | 4.0 | 2.88 |" in md
+    # kds: 4.5 + 10 x 0.7 = 11.5; etcd: 1.5 + 10 x 0.25 = 4.0; 11.5 / 4.0 = 2.875; the
+    # harness's own CPU is not recorded in this row
+    assert "| 10 | 4.5 | 0.7 | 11.5 | 1.5 | 0.25 | 4.0 | 2.88 | - | - |" in md
+
+
+def test_the_harness_own_cpu_per_write_is_reported_beside_both_sides(tmp_path: Path) -> None:
+    row = {"repeat": 1, "kds": _prop_side(4.0, 4.5, 0.7), "etcd": _prop_side(1.0, 1.5, 0.25)}
+    row["kds"]["harness_cpu_ms_per_write"] = 0.9
+    row["etcd"]["harness_cpu_ms_per_write"] = 0.8
+    report.write(_results(propagation=[row]), tmp_path)
+    md = (tmp_path / "benchmarks.md").read_text()
+    assert "| harness, kds | harness, etcd |" in md
+    assert "| 10 | 4.5 | 0.7 | 11.5 | 1.5 | 0.25 | 4.0 | 2.88 | 0.9 | 0.8 |" in md
 
 
 def test_a_run_recorded_before_cpu_per_write_reports_no_cpu_table(tmp_path: Path) -> None:
