@@ -317,12 +317,16 @@ def start_fleet(
 
 # Lines reported on the event loop's thread, written together at the end of the loop's turn.
 _pending: list[str] = []
+# A write to a pipe larger than PIPE_BUF may be split, and a writer thread's line then land
+# inside the loop's batch: one writer at a time.
+_write_lock = threading.Lock()
 
 
 def _write_out(data: bytes) -> None:
     view = memoryview(data)
-    while view:
-        view = view[os.write(1, view) :]
+    with _write_lock:
+        while view:
+            view = view[os.write(1, view) :]
 
 
 def _flush_pending() -> None:
