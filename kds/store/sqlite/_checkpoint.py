@@ -59,7 +59,9 @@ class Checkpointer:
     propagation scenario, TLS), interleaved with the previous code: p99 from the write's
     answer 0.44 / 0.46 / 0.52 ms against 0.58 / 0.51 ms (0.51-0.73 over five earlier runs),
     the zone's CPU per write 0.56-0.58 ms against 0.56-0.66. Transactions of many pages
-    still have a checkpoint at every look."""
+    still have a checkpoint at every look. The price: when the WAL does reach SQLite's
+    1,000 pages (steady writes that never let it start over), the automatic checkpoint
+    inside that commit may find up to about PENDING_FRAMES pages to copy, not a few dozen."""
 
     def __init__(self, path: Path):
         self.path = path
