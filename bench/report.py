@@ -172,7 +172,6 @@ def _with_overall_peak(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    results = _with_overall_peak(results)
     s = summarize(results)
     m = results["machine"]
     lines = [
@@ -373,7 +372,6 @@ def markdown(results: dict[str, Any]) -> str:
 
 def before_after(before: dict[str, Any], after: dict[str, Any]) -> str:
     """Key figures of the first harness run (before the fixes) beside this run's."""
-    before, after = _with_overall_peak(before), _with_overall_peak(after)
     b, a = summarize(before), summarize(after)
     rows = ["| figure | before the fixes | now |", "|---|---|---|"]
     for z in sorted(set(b["propagation"]) & set(a["propagation"])):
@@ -469,11 +467,13 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 def write(results: dict[str, Any], out: Path) -> None:
+    results = _with_overall_peak(results)
     md = markdown(results)
     baseline = out / "benchmarks-baseline.json"
     if baseline.exists():
+        before = _with_overall_peak(json.loads(baseline.read_text()))
         head, sep, tail = md.partition("## What was profiled")
-        md = head + before_after(json.loads(baseline.read_text()), results) + "\n" + sep + tail
+        md = head + before_after(before, results) + "\n" + sep + tail
     (out / "benchmarks.md").write_text(md)
     png = out / "benchmarks.png"
     png.unlink(missing_ok=True)  # a run that measured neither panel draws no plot

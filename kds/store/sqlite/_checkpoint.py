@@ -7,7 +7,7 @@ import sys
 import threading
 from pathlib import Path
 
-__all__ = ["CHECKPOINT_EVERY", "RESTART_FRAMES", "Checkpointer"]
+__all__ = ["CHECKPOINT_EVERY", "PENDING_FRAMES", "RESTART_FRAMES", "Checkpointer"]
 
 # Write transactions between two looks at the WAL by the thread that checkpoints it off the
 # writers' path (Checkpointer); it makes a checkpoint when at least PENDING_FRAMES of the
