@@ -409,7 +409,6 @@ def test_checkpoints_are_made_on_a_thread_of_their_own(
     import kds.store.sqlite._checkpoint as checkpoint
 
     monkeypatch.setattr(checkpoint, "CHECKPOINT_EVERY", 4)
-    monkeypatch.setattr(checkpoint, "PENDING_FRAMES", 1)
     engine = ZoneEngine(tmp_path / "z.db")
     for c in engine.db.thread_conns():
         c.execute("PRAGMA wal_autocheckpoint=0")
@@ -434,59 +433,6 @@ def _steady_writes(engine: ZoneEngine, commits: int) -> None:
         with engine.db.write(durable=False) as conn:
             conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"k{i % 50}", value))
         time.sleep(0.0002)
-
-
-def _commit_rows(engine: ZoneEngine, commits: int, rows: int, value_bytes: int) -> None:
-    value = "v" * value_bytes
-    for i in range(commits):
-        with engine.db.write(durable=False) as conn:
-            conn.executemany(
-                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                [(f"k{(i * rows + j) % 50}", value) for j in range(rows)],
-            )
-        time.sleep(0.001)  # writes coming over a network, paced
-
-
-def _settled(cp: Any) -> None:
-    """Wait for the checkpoint thread to finish what it was woken for."""
-    deadline = time.monotonic() + 10
-    seen = -1
-    while time.monotonic() < deadline:
-        now = cp.runs + cp.skipped
-        if now == seen and not cp._wake.is_set():
-            return
-        seen = now
-        time.sleep(0.05)
-
-
-def test_a_checkpoint_is_made_only_when_enough_pages_wait_to_be_copied(tmp_path: Path) -> None:
-    """Each checkpoint syncs the database file. Transactions of a page or two (a zone's
-    one-change batches) leave too little to copy at most of the thread's looks, every
-    CHECKPOINT_EVERY transactions, so it skips them; transactions of many pages have one at
-    each look, as before. What the thread reads from the WAL index agrees with SQLite's own
-    count."""
-    from kds.store.sqlite._checkpoint import CHECKPOINT_EVERY, PENDING_FRAMES
-
-    engine = ZoneEngine(tmp_path / "z.db")
-    for c in engine.db.thread_conns():
-        c.execute("PRAGMA wal_autocheckpoint=0")
-    cp = engine.db.checkpointer
-    _commit_rows(engine, 10 * CHECKPOINT_EVERY, rows=1, value_bytes=10)
-    _settled(cp)
-    looks = cp.runs + cp.skipped
-    assert looks >= 8
-    assert cp.runs <= looks // 2, (cp.runs, cp.skipped)
-    pending = cp.pending()
-    assert 0 < pending < PENDING_FRAMES + 3 * CHECKPOINT_EVERY
-    check = sqlite3.connect(tmp_path / "z.db", isolation_level=None)
-    _, frames, copied = check.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-    assert frames - copied == 0 and cp.pending() == 0  # it copied what the index said waited
-    check.close()
-    runs, skipped = cp.runs, cp.skipped
-    _commit_rows(engine, 4 * CHECKPOINT_EVERY, rows=12, value_bytes=3000)
-    _settled(cp)
-    assert cp.runs - runs >= 3 and cp.skipped == skipped, (cp.runs, cp.skipped)
-    engine.close()
 
 
 def test_the_wal_stays_bounded_under_steady_writes(tmp_path: Path) -> None:
