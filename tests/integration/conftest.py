@@ -75,6 +75,10 @@ class Daemon:
         self.env_once: dict[str, str] = {}
         # Put before argv at every start (e.g. nsenter into a mount namespace of its own).
         self.prefix: list[str] = []
+        # The exit status of a process found already ended at teardown (a crash the test did
+        # not cause shows here: a negative status is the signal that killed it).
+        self.ended_alone: int | None = None
+        self._signalled = False  # the test stopped or signalled the running process
 
     @property
     def admin_token(self) -> str:
@@ -89,6 +93,7 @@ class Daemon:
         logf = open(self.log_path, "ab")  # noqa: SIM115  # the child owns it
         env = {**os.environ, **self.env_once} if self.env_once else None
         self.env_once = {}
+        self._signalled = False
         self.proc = subprocess.Popen([*self.prefix, *self.argv], stdout=logf, stderr=logf, env=env)
         logf.close()
 
@@ -110,6 +115,7 @@ class Daemon:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
         assert self.proc is not None
+        self._signalled = True
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -122,6 +128,7 @@ class Daemon:
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None
+        self._signalled = True
         os.kill(self.proc.pid, sig)
 
     def log_text(self) -> str:
@@ -292,6 +299,8 @@ class Cluster:
 
     def close(self) -> None:
         for d in self.daemons:
+            if d.proc and d.proc.poll() is not None and not d._signalled:
+                d.ended_alone = d.proc.returncode
             if d.proc and d.proc.poll() is None:
                 try:
                     d.signal(signal.SIGCONT)
@@ -311,7 +320,20 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]
         rep = getattr(request.node, "rep_call", None)
         if rep is not None and rep.failed:
             for d in c.daemons:
-                sys.stderr.write(f"\n----- {d.name} log -----\n{d.log_text()[-6000:]}\n")
+                sys.stderr.write(f"\n----- {d.name} log{_ended(d)} -----\n{d.log_text()[-6000:]}\n")
+
+
+def _ended(d: Daemon) -> str:
+    """How a daemon that was gone before teardown ended, for the failure's report."""
+    rc = d.ended_alone
+    if rc is None:
+        return ""
+    if rc < 0:
+        try:
+            return f" (it had died of {signal.Signals(-rc).name} before teardown)"
+        except ValueError:
+            return f" (it had died of signal {-rc} before teardown)"
+    return f" (it had exited with status {rc} before teardown)"
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -8,6 +8,8 @@ import asyncio
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -21,6 +23,7 @@ from kds.model import Key, Kind
 from kds.protocol.applier import DecodedBatch, Incoming
 from kds.protocol.records import next_chain
 from kds.store.sqlite import GlobalEngine, SqliteGlobalStore, SqliteZoneStore, ZoneEngine
+from kds.store.sqlite._checkpoint import CHECKPOINT_EVERY
 from kds.store.sqlite._db import BUSY_TIMEOUT_MS, ReaderBusy, WriterBusy, get_meta
 from tests.unit.store_backends import G1, G2, GSID, MESH, S1, T0, T1, inc_put, mk
 
@@ -409,6 +412,7 @@ def test_checkpoints_are_made_on_a_thread_of_their_own(
     import kds.store.sqlite._checkpoint as checkpoint
 
     monkeypatch.setattr(checkpoint, "CHECKPOINT_EVERY", 4)
+    monkeypatch.setattr(checkpoint, "PENDING_FRAMES", 1)
     engine = ZoneEngine(tmp_path / "z.db")
     for c in engine.db.thread_conns():
         c.execute("PRAGMA wal_autocheckpoint=0")
@@ -433,6 +437,104 @@ def _steady_writes(engine: ZoneEngine, commits: int) -> None:
         with engine.db.write(durable=False) as conn:
             conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"k{i % 50}", value))
         time.sleep(0.0002)
+
+
+def _commit_rows(engine: ZoneEngine, commits: int, rows: int, value_bytes: int) -> None:
+    value = "v" * value_bytes
+    for i in range(commits):
+        with engine.db.write(durable=False) as conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                [(f"k{(i * rows + j) % 50}", value) for j in range(rows)],
+            )
+        time.sleep(0.001)  # writes coming over a network, paced
+
+
+def _settled(cp: Any) -> None:
+    """Wait for the checkpoint thread to finish what it was woken for."""
+    deadline = time.monotonic() + 10
+    seen = -1
+    while time.monotonic() < deadline:
+        now = cp.runs + cp.skipped
+        if now == seen and not cp._wake.is_set():
+            return
+        seen = now
+        time.sleep(0.05)
+
+
+def test_a_checkpoint_is_made_only_when_enough_pages_wait_to_be_copied(tmp_path: Path) -> None:
+    """Each checkpoint syncs the database file. Transactions of a page or two (a zone's
+    one-change batches) leave too little to copy at most of the thread's looks, every
+    CHECKPOINT_EVERY transactions, so it skips them; transactions of many pages have one at
+    each look, as before. What the thread reads from the WAL index agrees with SQLite's own
+    count."""
+    from kds.store.sqlite._checkpoint import CHECKPOINT_EVERY, PENDING_FRAMES
+
+    engine = ZoneEngine(tmp_path / "z.db")
+    for c in engine.db.thread_conns():
+        c.execute("PRAGMA wal_autocheckpoint=0")
+    cp = engine.db.checkpointer
+    _commit_rows(engine, 10 * CHECKPOINT_EVERY, rows=1, value_bytes=10)
+    _settled(cp)
+    looks = cp.runs + cp.skipped
+    assert looks >= 8
+    assert cp.runs <= looks // 2, (cp.runs, cp.skipped)
+    pending = cp.pending()
+    assert 0 < pending < PENDING_FRAMES + 3 * CHECKPOINT_EVERY
+    check = sqlite3.connect(tmp_path / "z.db", isolation_level=None)
+    _, frames, copied = check.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert frames - copied == 0 and cp.pending() == 0  # it copied what the index said waited
+    check.close()
+    runs, skipped = cp.runs, cp.skipped
+    _commit_rows(engine, 4 * CHECKPOINT_EVERY, rows=12, value_bytes=3000)
+    _settled(cp)
+    assert cp.runs - runs >= 3 and cp.skipped == skipped, (cp.runs, cp.skipped)
+    engine.close()
+
+
+# Whether another process can lock byte 128 of a WAL index exclusively: SQLite's unix VFS
+# "dead man switch", which every connection holds shared while it is open. A process that
+# gets it takes itself for the store's first user and truncates and rebuilds the index.
+_DMS_PROBE = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+try:
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 128)
+except OSError:
+    print("held")
+else:
+    print("free")
+"""
+
+
+def _dms(shm: Path) -> str:
+    r = subprocess.run(
+        [sys.executable, "-c", _DMS_PROBE, str(shm)], capture_output=True, text=True, timeout=30
+    )
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def test_reading_the_wal_index_leaves_sqlites_locks_in_place(tmp_path: Path) -> None:
+    """The checkpoint thread reads the WAL index (the -shm file) to decide whether to make a
+    checkpoint. Closing any descriptor of that file drops every POSIX lock the process holds
+    on it, SQLite's included; another process opening the store then rebuilt the index under
+    the daemon's connections, which died of SIGBUS. After many reads, another process still
+    finds the store in use."""
+    engine = ZoneEngine(tmp_path / "z.db")
+    _commit_rows(engine, 3 * CHECKPOINT_EVERY, rows=1, value_bytes=10)
+    cp = engine.db.checkpointer
+    _settled(cp)
+    assert cp.runs + cp.skipped >= 2  # the thread looked, reading the index each time
+    for _ in range(5):
+        assert cp.pending() >= 0
+    shm = Path(f"{tmp_path / 'z.db'}-shm")
+    assert _dms(shm) == "held"
+    engine.close()
+    assert not shm.exists()  # the last connection to close took the index with it
+    unused = tmp_path / "unused-shm"
+    unused.write_bytes(bytes(256))
+    assert _dms(unused) == "free"  # the probe can tell
 
 
 def test_the_wal_stays_bounded_under_steady_writes(tmp_path: Path) -> None:

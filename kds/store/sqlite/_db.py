@@ -439,6 +439,7 @@ class Database:
                 c.close()
             self._conns.clear()
         self._local = threading.local()
+        self.checkpointer.close()  # last: it drops the process's locks on the WAL index
 
     def size_bytes(self) -> int:
         return sum(
