@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import fcntl
 import gc
 import os
@@ -208,6 +209,10 @@ def run_daemon(
 
     # Everything a daemon creates (store, WAL, future key files) is private to its user.
     os.umask(0o077)
+    # A fatal signal from native code (SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL: SQLite, grpc's
+    # core, OpenSSL) would end the process without a line; Python then writes "Fatal Python
+    # error" and every thread's stack (names and lines, never values) to stderr first.
+    faulthandler.enable(all_threads=True)
     tune_gc()
     failpoints.arm_from_environ()  # test-only crash points; nothing unless the variable is set
 

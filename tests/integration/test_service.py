@@ -218,3 +218,25 @@ def test_a_daemon_whose_log_reader_went_away_still_stops_on_sigterm(tmp_path: Pa
         if zone.poll() is None:
             zone.kill()
             zone.wait()
+
+
+@pytest.mark.parametrize(
+    ("role", "sig", "says"),
+    [("global", signal.SIGBUS, "Bus error"), ("zone", signal.SIGABRT, "Aborted")],
+)
+def test_a_daemon_dying_of_a_fatal_signal_says_where(
+    cluster: Cluster, role: str, sig: signal.Signals, says: str
+) -> None:
+    """A fatal signal from native code (SIGBUS, as a truncated memory mapping raises; SIGABRT,
+    as an abort() in a library or systemd's watchdog sends) ends a daemon without a Python
+    exception; its log then ends with Python's "Fatal Python error" and the stack of every
+    thread, the event loop's among them, instead of nothing."""
+    g = cluster.start_global()
+    d = g if role == "global" else cluster.start_zone("zone-1")
+    d.signal(sig)
+    assert d.proc is not None
+    assert d.proc.wait(10) == -sig
+    text = d.log_text()
+    assert f"Fatal Python error: {says}" in text
+    assert "most recent call first" in text and "asyncio" in text  # the stacks, the loop's too
+    assert d.admin_token not in text.split("Fatal Python error", 1)[1]  # stacks, no values
