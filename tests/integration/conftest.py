@@ -121,9 +121,18 @@ class Daemon:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise AssertionError(f"{self.name} did not stop within {timeout}s") from None
+                # The daemons dump every thread's stack to their log on SIGABRT
+                # (faulthandler): what held this one is then in the failure's report.
+                self.proc.send_signal(signal.SIGABRT)
+                try:
+                    self.proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+                raise AssertionError(
+                    f"{self.name} did not stop within {timeout}s "
+                    "(its threads' stacks, taken then, end its log)"
+                ) from None
         return self.proc.returncode
 
     def signal(self, sig: int) -> None:
