@@ -79,6 +79,10 @@ class Daemon:
         # not cause shows here: a negative status is the signal that killed it).
         self.ended_alone: int | None = None
         self._signalled = False  # the test stopped or signalled the running process
+        self._crash_armed = False  # started with a test-only crash point (kds.failpoints)
+        # Exit statuses of processes of this daemon that died of a signal nobody sent them
+        # (a crash in native code): the cluster fixture fails the test on any.
+        self.crashes: list[int] = []
 
     @property
     def admin_token(self) -> str:
@@ -91,11 +95,21 @@ class Daemon:
     def launch(self) -> None:
         """Start the process without waiting for its API (see ``start``)."""
         logf = open(self.log_path, "ab")  # noqa: SIM115  # the child owns it
+        self._note_end()
         env = {**os.environ, **self.env_once} if self.env_once else None
+        self._crash_armed = "KDS_TEST_ONLY_CRASH_AT" in self.env_once
         self.env_once = {}
         self._signalled = False
         self.proc = subprocess.Popen([*self.prefix, *self.argv], stdout=logf, stderr=logf, env=env)
         logf.close()
+
+    def _note_end(self) -> None:
+        """Record a process that died of a signal the test did not send (see ``crashes``)."""
+        if self.proc is None or self.proc.poll() is None:
+            return
+        if self.proc.returncode < 0 and not self._signalled and not self._crash_armed:
+            self.crashes.append(self.proc.returncode)
+            self._signalled = True  # counted once
 
     def start(self) -> Daemon:
         self.launch()
@@ -310,6 +324,7 @@ class Cluster:
         for d in self.daemons:
             if d.proc and d.proc.poll() is not None and not d._signalled:
                 d.ended_alone = d.proc.returncode
+            d._note_end()
             if d.proc and d.proc.poll() is None:
                 try:
                     d.signal(signal.SIGCONT)
@@ -330,6 +345,24 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]
         if rep is not None and rep.failed:
             for d in c.daemons:
                 sys.stderr.write(f"\n----- {d.name} log{_ended(d)} -----\n{d.log_text()[-6000:]}\n")
+        elif crashed := [d for d in c.daemons if d.crashes]:
+            # A test can pass with a daemon dead of SIGSEGV or SIGBUS beside it (one whose
+            # checks do not involve it); such a crash is a bug whatever the test checks.
+            pytest.fail(
+                "; ".join(f"{d.name} died of {_signal_names(d.crashes)}" for d in crashed)
+                + " during the test, which did not kill it. Its log's end:\n"
+                + crashed[0].log_text()[-6000:]
+            )
+
+
+def _signal_names(codes: list[int]) -> str:
+    names = []
+    for rc in codes:
+        try:
+            names.append(signal.Signals(-rc).name)
+        except ValueError:
+            names.append(f"signal {-rc}")
+    return ", ".join(names)
 
 
 def _ended(d: Daemon) -> str:
@@ -338,10 +371,7 @@ def _ended(d: Daemon) -> str:
     if rc is None:
         return ""
     if rc < 0:
-        try:
-            return f" (it had died of {signal.Signals(-rc).name} before teardown)"
-        except ValueError:
-            return f" (it had died of signal {-rc} before teardown)"
+        return f" (it had died of {_signal_names([rc])} before teardown)"
     return f" (it had exited with status {rc} before teardown)"
 
 

@@ -34,9 +34,16 @@ def _stop_in_time(d: Daemon) -> float:
     try:
         rc = d.proc.wait(STOP_WITHIN)  # the exit itself is the event waited for
     except subprocess.TimeoutExpired:
-        d.proc.kill()
-        d.proc.wait()
-        raise AssertionError(f"{d.name} did not stop within {STOP_WITHIN}s") from None
+        d.proc.send_signal(signal.SIGABRT)  # every thread's stack into its log (faulthandler)
+        try:
+            d.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            d.proc.kill()
+            d.proc.wait()
+        raise AssertionError(
+            f"{d.name} did not stop within {STOP_WITHIN}s; its threads' stacks, taken then, "
+            f"end its log:\n{d.log_text()[-6000:]}"
+        ) from None
     assert rc == 0, d.log_text()[-3000:]
     return time.monotonic() - start
 
