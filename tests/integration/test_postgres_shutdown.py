@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import subprocess
 import threading
 import time
 import uuid
@@ -30,20 +29,10 @@ def _stop_in_time(d: Daemon) -> float:
     """Seconds from SIGTERM to exit, asserting exit code 0 within STOP_WITHIN."""
     assert d.proc is not None and d.proc.poll() is None, f"{d.name} exited:\n{d.log_text()[-3000:]}"
     start = time.monotonic()
-    d.proc.send_signal(signal.SIGTERM)
     try:
-        rc = d.proc.wait(STOP_WITHIN)  # the exit itself is the event waited for
-    except subprocess.TimeoutExpired:
-        d.proc.send_signal(signal.SIGABRT)  # every thread's stack into its log (faulthandler)
-        try:
-            d.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            d.proc.kill()
-            d.proc.wait()
-        raise AssertionError(
-            f"{d.name} did not stop within {STOP_WITHIN}s; its threads' stacks, taken then, "
-            f"end its log:\n{d.log_text()[-6000:]}"
-        ) from None
+        rc = d.stop(signal.SIGTERM, STOP_WITHIN)  # the exit itself is the event waited for
+    except AssertionError as e:  # it did not stop: Daemon.stop had its stacks logged first
+        raise AssertionError(f"{e}:\n{d.log_text()[-6000:]}") from None
     assert rc == 0, d.log_text()[-3000:]
     return time.monotonic() - start
 
