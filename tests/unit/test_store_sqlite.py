@@ -23,7 +23,7 @@ from kds.model import Key, Kind
 from kds.protocol.applier import DecodedBatch, Incoming
 from kds.protocol.records import next_chain
 from kds.store.sqlite import GlobalEngine, SqliteGlobalStore, SqliteZoneStore, ZoneEngine
-from kds.store.sqlite._checkpoint import CHECKPOINT_EVERY
+from kds.store.sqlite._checkpoint import CHECKPOINT_EVERY, PENDING_FRAMES
 from kds.store.sqlite._db import BUSY_TIMEOUT_MS, ReaderBusy, WriterBusy, get_meta
 from tests.unit.store_backends import G1, G2, GSID, MESH, S1, T0, T1, inc_put, mk
 
@@ -468,8 +468,6 @@ def test_a_checkpoint_is_made_only_when_enough_pages_wait_to_be_copied(tmp_path:
     CHECKPOINT_EVERY transactions, so it skips them; transactions of many pages have one at
     each look, as before. What the thread reads from the WAL index agrees with SQLite's own
     count."""
-    from kds.store.sqlite._checkpoint import CHECKPOINT_EVERY, PENDING_FRAMES
-
     engine = ZoneEngine(tmp_path / "z.db")
     for c in engine.db.thread_conns():
         c.execute("PRAGMA wal_autocheckpoint=0")
