@@ -14,7 +14,7 @@ from kds.api.observe import health_routes, metrics_route
 from kds.clock import rfc3339
 from kds.config import ZoneConfig
 from kds.crypto import load_key_file
-from kds.errors import ConfigError, StoreError
+from kds.errors import ConfigError
 from kds.model import Limits
 from kds.reload import Reloader
 from kds.runtime import (
@@ -82,7 +82,7 @@ async def run_zone(cfg: ZoneConfig, service: Service) -> int:
             loop.call_soon_threadsafe(refresh_conflicts, client)
 
     def refresh_conflicts(client: ZoneClient) -> None:
-        guard.start("refresh-conflicts", client.refresh_conflicts())
+        guard.start("refresh-conflicts", client.try_refresh_conflicts())
 
     store = open_zone_store(
         store_location(cfg, data_dir), cipher=cipher, on_commit=on_commit, new_store=cfg.new_store
@@ -131,10 +131,7 @@ async def run_zone(cfg: ZoneConfig, service: Service) -> int:
         # Another instance of this zone wrote a zone-local resource: conflicts may have
         # changed, and the leader is the one that tells global.
         if leadership is not None and leadership.leading and what in ("local", ""):
-            try:
-                await client.refresh_conflicts()
-            except StoreError as e:
-                log.warning("cannot re-read the zone's conflicts", error=str(e))
+            await client.try_refresh_conflicts()
 
     async def lead(lost: asyncio.Event) -> None:
         # Sync until this instance stops leading or the daemon stops.

@@ -136,6 +136,15 @@ class ZoneClient:
             self.status.conflicts = current
             self._status_dirty.set()
 
+    async def try_refresh_conflicts(self) -> None:
+        """refresh_conflicts, for a zone-local write's aftermath: a store that fails just
+        then (PostgreSQL gone after the commit) is logged, never the end of the daemon; the
+        next write or stream reads the conflicts again."""
+        try:
+            await self.refresh_conflicts()
+        except StoreError as e:
+            log.warning("cannot re-read the zone's conflicts", error=str(e))
+
     def local_write(self, refused: BaseException | None) -> None:
         """A zone-local API write that a full disk ``refused`` (or None: one that went
         through): the full disk becomes the zone's problem, told to global as when a batch
@@ -153,7 +162,7 @@ class ZoneClient:
     # ------------------------------------------------------------------ dial loop
 
     async def run(self, stop: asyncio.Event) -> None:
-        self.status.conflicts = await self.store.conflicts()
+        conflicts_read = False
         while not stop.is_set():
             retrying = AsyncRetrying(
                 # Exponential from 0.2 s up to the cap, plus jitter added after capping, so zones
@@ -171,6 +180,12 @@ class ZoneClient:
                 with attempt:
                     if stop.is_set():
                         return
+                    if not conflicts_read:
+                        # Inside the retried attempt: a store that is away when the sync
+                        # starts (PostgreSQL restarting as this instance takes the lead) is
+                        # waited for with the same backoff, never the end of the sync loop.
+                        self.status.conflicts = await self.store.conflicts()
+                        conflicts_read = True
                     welcomed = await self._stream_once(stop)
                 if welcomed:
                     break

@@ -356,6 +356,32 @@ async def test_a_leader_epoch_that_cannot_be_written_is_tried_again() -> None:
         engine.close()
 
 
+async def test_a_store_failure_under_the_lead_lets_go_and_leads_again() -> None:
+    """The sync under the lead fails on the store (the server went away as this instance
+    began to lead): the lock is let go and taken again with the next epoch, instead of the
+    failure ending the leadership loop and with it the zone's sync."""
+    engine = PgZoneEngine(_target())
+    leader = Leadership(engine, "zone-a", heartbeat=0.05, idle_timeout=1.0)
+    epochs: list[int] = []
+    second = asyncio.Event()
+
+    async def lead(lost: asyncio.Event) -> None:
+        epochs.append(engine.fencing)
+        if len(epochs) == 1:
+            raise StoreUnavailable("PostgreSQL at test failed: server closed the connection")
+        second.set()
+        await asyncio.sleep(3600)
+
+    task = asyncio.create_task(leader.run(lead))
+    try:
+        await asyncio.wait_for(second.wait(), 10)
+        assert epochs == [epochs[0], epochs[0] + 1] and leader.leading
+        assert not task.done()
+    finally:
+        task.cancel()
+        engine.close()
+
+
 async def test_calls_fail_fast_while_the_server_is_away_and_recover_when_it_is_back() -> None:
     """Once a call found the server away, the next ones each wait a short while for a
     connection, not the pool's full wait: writes queued on the store's one writer thread all

@@ -11,8 +11,10 @@ import random
 from typing import Any
 
 import pytest
+import structlog.testing
 from tenacity import AsyncRetrying
 
+from kds.errors import StoreUnavailable
 from zonecp import client as zone_client
 from zonecp.client import StreamEnded, ZoneClient
 
@@ -75,3 +77,86 @@ async def test_backoff_starts_again_from_the_shortest_delay_after_a_stream_that_
         "welcomed", ("pause", 0.05, 0.5),
     ]  # fmt: skip
     assert client.status.attempts == 2  # the count restarted too: the last retry was the 2nd
+
+
+async def test_a_store_away_when_the_sync_starts_is_waited_for_not_fatal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first read of the zone's conflicts fails (PostgreSQL restarting as this instance
+    starts to sync): it is retried with the dial loop's backoff, and the stream starts once
+    the store answers, with the conflicts the store holds."""
+    events: list[Any] = []
+    said: list[str] = []
+
+    class FlakyStore(_Store):
+        calls = 0
+
+        async def conflicts(self) -> list[Any]:
+            self.calls += 1
+            events.append("conflicts")
+            if self.calls > 1:  # what the zone's status says while it waits
+                said.append(client.status.last_error)
+            if self.calls <= 2:
+                raise StoreUnavailable("PostgreSQL at test failed: server closed the connection")
+            return ["a conflict"]
+
+    async def backoff_sleep(seconds: float) -> None:
+        events.append(round(seconds, 3))
+
+    monkeypatch.setattr(
+        zone_client, "AsyncRetrying", functools.partial(AsyncRetrying, sleep=backoff_sleep)
+    )
+    monkeypatch.setattr(random, "random", lambda: 0.0)
+    store = FlakyStore()
+    client = ZoneClient(
+        store,  # type: ignore[arg-type]
+        zone="zone-1",
+        global_address="grpcs://127.0.0.1:1",
+        software_version="test",
+        max_message_bytes=1 << 20,
+        keepalive_interval=1,
+        keepalive_timeout=1,
+        reconnect_max_delay=15,
+    )
+    stop = asyncio.Event()
+
+    async def stream_once(stop_: asyncio.Event) -> bool:
+        events.append("stream")
+        if events.count("stream") == 1:
+            raise StreamEnded("UNAVAILABLE: connection refused")
+        stop.set()
+        return True
+
+    monkeypatch.setattr(client, "_stream_once", stream_once)
+    await asyncio.wait_for(client.run(stop), 10)
+    # Read once it worked, not again at each redial.
+    assert events == ["conflicts", 0.2, "conflicts", 0.2, "conflicts", "stream", 0.4, "stream"]
+    assert client.status.conflicts == ["a conflict"]
+    assert len(said) == 2 and all("PostgreSQL at test failed" in e for e in said)
+
+
+async def test_conflicts_that_cannot_be_read_after_a_local_write_are_logged_not_fatal() -> None:
+    """After a zone-local write the conflicts are read again, in a task of its own that the
+    daemon guards: a store failing just then must not end the daemon (a guarded task that
+    raises stops it), and the conflicts known before stay."""
+
+    class AwayStore(_Store):
+        async def conflicts(self) -> list[Any]:
+            raise StoreUnavailable("PostgreSQL at test failed: server closed the connection")
+
+    client = ZoneClient(
+        AwayStore(),  # type: ignore[arg-type]
+        zone="zone-1",
+        global_address="grpcs://127.0.0.1:1",
+        software_version="test",
+        max_message_bytes=1 << 20,
+        keepalive_interval=1,
+        keepalive_timeout=1,
+        reconnect_max_delay=15,
+    )
+    client.status.conflicts = ["known"]  # type: ignore[list-item]
+    with structlog.testing.capture_logs() as logs:
+        await client.try_refresh_conflicts()
+    assert client.status.conflicts == ["known"]
+    assert [e["event"] for e in logs] == ["cannot re-read the zone's conflicts"]
+    assert "server closed the connection" in logs[0]["error"]

@@ -68,6 +68,7 @@ class Leadership:
         while True:
             conn = await self._acquire()
             lost = asyncio.Event()
+            failed = False
             try:
                 try:
                     epoch = await asyncio.to_thread(self._take_epoch)
@@ -83,6 +84,11 @@ class Leadership:
                 beat = asyncio.create_task(self._heartbeat(conn, lost))
                 try:
                     await lead(lost)
+                except StoreError as e:
+                    # The store failed under the sync (the server went away): let go of the
+                    # lead and try for it again, as when the lock's session ends.
+                    log.warning("the store failed while leading: trying again", error=str(e))
+                    failed = True
                 finally:
                     beat.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -92,6 +98,8 @@ class Leadership:
                 with contextlib.suppress(psycopg.Error, OSError):
                     await conn.close()
             log.warning("no longer leading the zone's sync stream", instance=self.instance_id)
+            if failed:  # the lock is free meanwhile: another instance may take it
+                await asyncio.sleep(self.heartbeat)
 
     async def _acquire(self) -> psycopg.AsyncConnection[Any]:
         """A connection holding the leader lock (waits, trying every heartbeat)."""
