@@ -138,12 +138,14 @@ class ZoneClient:
 
     async def try_refresh_conflicts(self) -> None:
         """refresh_conflicts, for a zone-local write's aftermath: a store that fails just
-        then (PostgreSQL gone after the commit) is logged, never the end of the daemon; the
-        next write or stream reads the conflicts again."""
+        then (PostgreSQL gone after the commit, a disk error on SQLite) is logged, never the
+        end of the daemon; the next write or stream reads the conflicts again."""
         try:
             await self.refresh_conflicts()
         except StoreError as e:
             log.warning("cannot re-read the zone's conflicts", error=str(e))
+        except Exception as e:  # an error the store did not expect: with its traceback
+            log.error("cannot re-read the zone's conflicts", error=repr(e), exc_info=e)
 
     def local_write(self, refused: BaseException | None) -> None:
         """A zone-local API write that a full disk ``refused`` (or None: one that went

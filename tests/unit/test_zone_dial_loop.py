@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import random
+import sqlite3
 from typing import Any
 
 import pytest
@@ -135,14 +136,24 @@ async def test_a_store_away_when_the_sync_starts_is_waited_for_not_fatal(
     assert len(said) == 2 and all("PostgreSQL at test failed" in e for e in said)
 
 
-async def test_conflicts_that_cannot_be_read_after_a_local_write_are_logged_not_fatal() -> None:
+@pytest.mark.parametrize(
+    "error",
+    [
+        StoreUnavailable("PostgreSQL at test failed: server closed the connection"),
+        sqlite3.OperationalError("disk I/O error: server closed the connection"),
+    ],
+)
+async def test_conflicts_that_cannot_be_read_after_a_local_write_are_logged_not_fatal(
+    error: Exception,
+) -> None:
     """After a zone-local write the conflicts are read again, in a task of its own that the
-    daemon guards: a store failing just then must not end the daemon (a guarded task that
-    raises stops it), and the conflicts known before stay."""
+    daemon guards: a store failing just then, as it expects (PostgreSQL away) or not (a
+    disk error SQLite raises as it is), must not end the daemon (a guarded task that raises
+    stops it), and the conflicts known before stay."""
 
     class AwayStore(_Store):
         async def conflicts(self) -> list[Any]:
-            raise StoreUnavailable("PostgreSQL at test failed: server closed the connection")
+            raise error
 
     client = ZoneClient(
         AwayStore(),  # type: ignore[arg-type]

@@ -36,6 +36,7 @@ async def listen(
     where = describe(target.url, target.schema)
     delay = 0.2
     down_since: float | None = None  # when the connection was lost or first refused
+    told = False  # this outage's "unreachable" was logged
     loop = asyncio.get_running_loop()
     while True:
         try:
@@ -43,20 +44,26 @@ async def listen(
         except (psycopg.Error, OSError) as e:
             if down_since is None:
                 down_since = loop.time()
-            if delay == 0.2:  # once per outage, not at every retry
+            if not told:  # once per outage, not at every retry
+                told = True
                 log.error("PostgreSQL unreachable: writes refused, wake-ups paused",
                           store=where, error=first_line(e))  # fmt: skip
             await asyncio.sleep(delay)
             delay = min(delay * 2, retry_max)
             continue
-        if down_since is not None:
-            log.info("PostgreSQL reachable again", store=where,
-                     down_s=round(loop.time() - down_since, 1))  # fmt: skip
-            down_since = None
-        delay = 0.2
         try:
             async with conn:
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(target.schema)))
+                # Listening: the outage is over and the backoff starts again from its
+                # shortest. Not before, so a server that takes connections and drops them at
+                # once (shutting down, a proxy in front of a dead one) is retried with
+                # backoff, not in a spin.
+                if down_since is not None:
+                    log.info("PostgreSQL reachable again", store=where,
+                             down_s=round(loop.time() - down_since, 1))  # fmt: skip
+                    down_since = None
+                told = False
+                delay = 0.2
                 await on_event("")  # whatever was sent while no one listened
                 while True:
                     got = False
@@ -66,9 +73,11 @@ async def listen(
                     if not got:
                         await on_event("")
         except (psycopg.Error, OSError) as e:
-            down_since = loop.time()
+            down_since = down_since or loop.time()
             log.error("PostgreSQL connection for wake-ups lost: reconnecting", store=where,
-                      error=first_line(e))  # fmt: skip
+                      error=first_line(e), retry_in=delay)  # fmt: skip
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, retry_max)
 
 
 async def connect_own(target: PgTarget) -> psycopg.AsyncConnection[Any]:
