@@ -209,7 +209,7 @@ async def run_zone(cfg: ZoneConfig, service: Service) -> int:
     )
     if leadership is not None:
         assert pg is not None
-        guard.start("sync-client", leadership.run(lead))
+        guard.start("sync-client", leadership.run(lead, stop))
         guard.start("shared-store", pg.follow(on_shared_change, fallback=5.0))
     else:
         guard.start("sync-client", client.run(stop))

@@ -382,6 +382,37 @@ async def test_a_store_failure_under_the_lead_lets_go_and_leads_again() -> None:
         engine.close()
 
 
+async def test_a_stopping_leader_lets_go_and_never_leads_again() -> None:
+    """The daemon stops while leading: the leadership ends with the sync under it, lets go
+    of the lock at once (a standby can take it) and takes no further epoch on its way out."""
+    engine = PgZoneEngine(_target())
+    other = PgZoneEngine(engine.db.target)
+    leader = Leadership(engine, "zone-a", heartbeat=0.05, idle_timeout=1.0)
+    stop = asyncio.Event()
+    leads: list[int] = []
+    leading = asyncio.Event()
+
+    async def lead(lost: asyncio.Event) -> None:
+        leads.append(engine.fencing)
+        leading.set()
+        await stop.wait()
+
+    task = asyncio.create_task(leader.run(lead, stop))
+    try:
+        await asyncio.wait_for(leading.wait(), 10)
+        stop.set()
+        await asyncio.wait_for(task, 10)  # returns by itself: nobody cancels it
+        assert leads == [1] and not leader.leading
+        assert Leadership(other, "").leader() == ("zone-a", 1)  # no epoch taken on the way out
+        standby = Leadership(other, "zone-b", heartbeat=0.05, idle_timeout=1.0)
+        conn = await asyncio.wait_for(standby._acquire(), 5)  # the lock is free
+        await conn.close()
+    finally:
+        task.cancel()
+        engine.close()
+        other.close()
+
+
 async def test_calls_fail_fast_while_the_server_is_away_and_recover_when_it_is_back() -> None:
     """Once a call found the server away, the next ones each wait a short while for a
     connection, not the pool's full wait: writes queued on the store's one writer thread all

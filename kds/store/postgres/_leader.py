@@ -62,11 +62,19 @@ class Leadership:
         with self.engine.db.read() as conn:
             return get_meta(conn, "leader"), int(get_meta(conn, "leader_epoch", "0"))
 
-    async def run(self, lead: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-        """Forever (until cancelled): wait to become leader, then ``lead(lost)`` until
-        ``lost`` is set (the lock's session ended) or ``lead`` returns; then try again."""
-        while True:
+    async def run(
+        self, lead: Callable[[asyncio.Event], Awaitable[None]], stop: asyncio.Event | None = None
+    ) -> None:
+        """Until ``stop`` is set (or cancelled): wait to become leader, then ``lead(lost)``
+        until ``lost`` is set (the lock's session ended) or ``lead`` returns; then try again.
+        Once ``stop`` is set the lock is let go and never taken again (a stopping instance
+        taking the next epoch would only hold up the standby)."""
+        while stop is None or not stop.is_set():
             conn = await self._acquire()
+            if stop is not None and stop.is_set():
+                with contextlib.suppress(psycopg.Error, OSError):
+                    await conn.close()
+                return
             lost = asyncio.Event()
             failed = False
             try:
@@ -97,6 +105,9 @@ class Leadership:
                 self.leading = False
                 with contextlib.suppress(psycopg.Error, OSError):
                     await conn.close()
+            if stop is not None and stop.is_set():
+                log.info("let go of the zone's sync stream: stopping", instance=self.instance_id)
+                return
             log.warning("no longer leading the zone's sync stream", instance=self.instance_id)
             if failed:  # the lock is free meanwhile: another instance may take it
                 await asyncio.sleep(self.heartbeat)
