@@ -27,6 +27,20 @@ class _Store:
         return []
 
 
+def _client(store: Any) -> ZoneClient:
+    """A client of ``store`` whose dials go nowhere (the tests replace _stream_once)."""
+    return ZoneClient(
+        store,
+        zone="zone-1",
+        global_address="grpcs://127.0.0.1:1",
+        software_version="test",
+        max_message_bytes=1 << 20,
+        keepalive_interval=1,
+        keepalive_timeout=1,
+        reconnect_max_delay=15,
+    )
+
+
 async def test_backoff_starts_again_from_the_shortest_delay_after_a_stream_that_worked(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -45,16 +59,7 @@ async def test_backoff_starts_again_from_the_shortest_delay_after_a_stream_that_
     )
     monkeypatch.setattr(random, "random", lambda: 0.0)  # tenacity's jitter: none
     monkeypatch.setattr(random, "uniform", uniform)  # the pause after a welcomed stream
-    client = ZoneClient(
-        _Store(),  # type: ignore[arg-type]
-        zone="zone-1",
-        global_address="grpcs://127.0.0.1:1",
-        software_version="test",
-        max_message_bytes=1 << 20,
-        keepalive_interval=1,
-        keepalive_timeout=1,
-        reconnect_max_delay=15,
-    )
+    client = _client(_Store())
     stop = asyncio.Event()
 
     async def stream_once(stop_: asyncio.Event) -> bool:
@@ -109,16 +114,7 @@ async def test_a_store_away_when_the_sync_starts_is_waited_for_not_fatal(
     )
     monkeypatch.setattr(random, "random", lambda: 0.0)
     store = FlakyStore()
-    client = ZoneClient(
-        store,  # type: ignore[arg-type]
-        zone="zone-1",
-        global_address="grpcs://127.0.0.1:1",
-        software_version="test",
-        max_message_bytes=1 << 20,
-        keepalive_interval=1,
-        keepalive_timeout=1,
-        reconnect_max_delay=15,
-    )
+    client = _client(store)
     stop = asyncio.Event()
 
     async def stream_once(stop_: asyncio.Event) -> bool:
@@ -155,16 +151,7 @@ async def test_conflicts_that_cannot_be_read_after_a_local_write_are_logged_not_
         async def conflicts(self) -> list[Any]:
             raise error
 
-    client = ZoneClient(
-        AwayStore(),  # type: ignore[arg-type]
-        zone="zone-1",
-        global_address="grpcs://127.0.0.1:1",
-        software_version="test",
-        max_message_bytes=1 << 20,
-        keepalive_interval=1,
-        keepalive_timeout=1,
-        reconnect_max_delay=15,
-    )
+    client = _client(AwayStore())
     client.status.conflicts = ["known"]  # type: ignore[list-item]
     with structlog.testing.capture_logs() as logs:
         await client.try_refresh_conflicts()
