@@ -69,9 +69,10 @@ class Leadership:
         until ``lost`` is set (the lock's session ended) or ``lead`` returns; then try again.
         Once ``stop`` is set the lock is let go and never taken again (a stopping instance
         taking the next epoch would only hold up the standby)."""
-        while stop is None or not stop.is_set():
+        stop = stop or asyncio.Event()  # none given: until cancelled
+        while not stop.is_set():
             conn = await self._acquire()
-            if stop is not None and stop.is_set():
+            if stop.is_set():
                 with contextlib.suppress(psycopg.Error, OSError):
                     await conn.close()
                 return
@@ -105,7 +106,7 @@ class Leadership:
                 self.leading = False
                 with contextlib.suppress(psycopg.Error, OSError):
                     await conn.close()
-            if stop is not None and stop.is_set():
+            if stop.is_set():
                 log.info("let go of the zone's sync stream: stopping", instance=self.instance_id)
                 return
             log.warning("no longer leading the zone's sync stream", instance=self.instance_id)
