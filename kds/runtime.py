@@ -21,6 +21,7 @@ import gc
 import os
 import signal
 import socket
+import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,41 @@ __all__ = [
 ]
 
 log = structlog.get_logger("kds.runtime")
+
+
+# Seconds a stopping daemon gives its cancelled tasks to end, twice at most (its root
+# tasks, then whatever they left), with the API's own wait between: well within the 90 s a
+# service manager gives a stop by default.
+STOP_GRACE = 3.0
+
+
+def waits_at(task: asyncio.Task[Any]) -> list[str]:
+    """Where a suspended task waits: each coroutine of its await chain, outermost first, as
+    ``file:line in function`` (names and lines only, never values)."""
+    out: list[str] = []
+    obj: Any = task.get_coro()
+    while obj is not None and len(out) < 50:
+        frame = getattr(obj, "cr_frame", None) or getattr(obj, "gi_frame", None)
+        frame = frame or getattr(obj, "ag_frame", None)
+        if frame is not None:
+            out.append(f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+        nxt = getattr(obj, "cr_await", None) or getattr(obj, "gi_yieldfrom", None)
+        obj = nxt or getattr(obj, "ag_await", None)
+    return out
+
+
+async def cancel_within(tasks: list[asyncio.Task[Any]], grace: float) -> list[asyncio.Task[Any]]:
+    """Cancel ``tasks`` and wait up to ``grace`` seconds for them to end; log each one still
+    running then, with where it waits, and return those."""
+    for t in tasks:
+        t.cancel()
+    if not tasks:
+        return []
+    _, pending = await asyncio.wait(tasks, timeout=grace)
+    for t in pending:
+        log.error("a task did not end within its stop grace: left behind",
+                  task=t.get_name(), grace_s=grace, waits_at=waits_at(t))  # fmt: skip
+    return list(pending)
 
 
 class Guard:
@@ -70,13 +106,12 @@ class Guard:
             self.failed = self.failed or exc
             self.stop.set()
 
-    async def cancel_all(self) -> None:
+    async def cancel_all(self, grace: float = STOP_GRACE) -> None:
+        """Cancel every task and wait up to ``grace`` seconds for them to end. One still
+        running then is named in the log with where it waits, and left behind: a stopping
+        daemon never hangs on one task's clean-up (a driver waiting on a dead server)."""
         tasks = list(self.tasks)  # each task's done callback removes it from self.tasks
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_within(tasks, grace)
 
 
 class Service:
@@ -233,6 +268,16 @@ def run_daemon(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, service.reload)
-        return await main(service)
+        code = await main(service)
+        # Whatever the daemon's tasks left running gets one grace; asyncio.run would then
+        # cancel and wait for it without bound, so one that still runs ends the process
+        # here, its stop already logged and its store closed.
+        me = asyncio.current_task()
+        left = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+        if await cancel_within(left, STOP_GRACE):
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        return code
 
     return asyncio.run(runner())
