@@ -49,7 +49,7 @@ log = structlog.get_logger("kds.runtime")
 # Seconds a stopping daemon gives its cancelled tasks to end, twice at most (its root
 # tasks, then whatever they left), with the API's own wait between: well within the 90 s a
 # service manager gives a stop by default.
-STOP_GRACE = 3.0
+STOP_GRACE = 2.0
 
 
 def waits_at(task: asyncio.Task[Any]) -> list[str]:
