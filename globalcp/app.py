@@ -258,7 +258,9 @@ async def run_global(cfg: GlobalConfig, service: Service) -> int:
         await asyncio.gather(
             server.stop(grace=2), runner.cleanup() if runner is not None else asyncio.sleep(0)
         )
+        log.debug("stopping: streams and API closed; ending tasks")  # a slow step shows
         await guard.cancel_all()
+        log.debug("stopping: tasks ended; saving the zones' last status")
         await _final_flush(tracker)
         store.close()
     log.info("global stopped", revision=hub.head)

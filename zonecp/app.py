@@ -223,7 +223,9 @@ async def run_zone(cfg: ZoneConfig, service: Service) -> int:
     service.on_reload = None
     service.notifier.stopping()
     await guard.cancel_all()
+    log.debug("stopping: tasks ended; closing the API")  # each step logged: a slow one shows
     await runner.cleanup()
+    log.debug("stopping: API closed; closing the store")
     store.close()
     log.info("zone stopped")
     return 1 if guard.failed else 0
