@@ -22,6 +22,7 @@ checker. Values are random per operation, so a value names the operation that wr
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import random
 import shutil
@@ -63,6 +64,9 @@ class Summary:
     repairs: int = 0  # synced resources anti-entropy repaired on the zones
     crashes: Counter[str] = field(default_factory=Counter)  # crash points reached, by name
     unexpected_exits: int = 0  # daemons that died by themselves (restarted, and counted here)
+    # Tasks a stopping daemon left behind after their grace (kds.runtime.cancel_within), by
+    # name: the daemon still stopped in bounded time, but something waited that should not.
+    left_at_stop: Counter[str] = field(default_factory=Counter)
 
     def text(self) -> str:
         faults = ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items())) or "none"
@@ -75,11 +79,25 @@ class Summary:
             f"{sum(1 for a in self.history.applied if not a.start)} applied batches; "
             f"anti-entropy repaired {self.repairs} synced resources; crash points reached: "
             + (", ".join(f"{k} {v}" for k, v in sorted(self.crashes.items())) or "none"),
-            f"daemons that exited by themselves: {self.unexpected_exits}",
+            f"daemons that exited by themselves: {self.unexpected_exits}; tasks left behind "
+            "at a stop: "
+            + (", ".join(f"{k} {v}" for k, v in sorted(self.left_at_stop.items())) or "none"),
             f"violations: {len(self.violations)}",
             *(f"  {v.kind}: {v.detail}" for v in self.violations[:50]),
         ]
         return "\n".join(lines)
+
+
+def left_at_stop(work: Path) -> Counter[str]:
+    """The tasks every daemon log under ``work`` says a stop left behind, by name."""
+    left: Counter[str] = Counter()
+    for path in work.rglob("*.log"):
+        with open(path, "rb") as f:
+            for line in f:
+                if b"did not end within its stop grace" in line:
+                    with contextlib.suppress(ValueError):
+                        left[str(json.loads(line).get("task"))] += 1
+    return left
 
 
 class FaultRun(Injector):
@@ -127,6 +145,7 @@ class FaultRun(Injector):
                 self._down()
             self._read_logs()
             self._read_stores()
+            left = left_at_stop(self.work)  # before the small disks holding logs go
         finally:
             self._cleanup()
         violations = check(self.history)
@@ -141,6 +160,7 @@ class FaultRun(Injector):
             self._repairs,
             self._crashes,
             self._unexpected,
+            left,
         )
 
     def _up(self) -> None:
