@@ -69,23 +69,26 @@ class Summary:
     left_at_stop: Counter[str] = field(default_factory=Counter)
 
     def text(self) -> str:
-        faults = ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items())) or "none"
         lines = [
             f"seed {self.seed}, {self.duration:.0f} s: {self.operations} operations "
             f"({self.acknowledged} acknowledged, "
             f"{sum(1 for o in self.history.ops if o.refused)} refused as not made), "
-            f"faults: {faults}",
+            f"faults: {_counts(self.faults)}",
             f"recorded: {len(self.history.observations)} zone polls, "
             f"{sum(1 for a in self.history.applied if not a.start)} applied batches; "
             f"anti-entropy repaired {self.repairs} synced resources; crash points reached: "
-            + (", ".join(f"{k} {v}" for k, v in sorted(self.crashes.items())) or "none"),
+            f"{_counts(self.crashes)}",
             f"daemons that exited by themselves: {self.unexpected_exits}; tasks left behind "
-            "at a stop: "
-            + (", ".join(f"{k} {v}" for k, v in sorted(self.left_at_stop.items())) or "none"),
+            f"at a stop: {_counts(self.left_at_stop)}",
             f"violations: {len(self.violations)}",
             *(f"  {v.kind}: {v.detail}" for v in self.violations[:50]),
         ]
         return "\n".join(lines)
+
+
+def _counts(counts: Counter[str]) -> str:
+    """``name n, ...`` by name, or ``none``."""
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
 
 
 def left_at_stop(work: Path) -> Counter[str]:
