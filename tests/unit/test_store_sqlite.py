@@ -456,7 +456,7 @@ def _settled(cp: Any) -> None:
     seen = -1
     while time.monotonic() < deadline:
         now = cp.runs + cp.skipped
-        if now == seen and not cp._wake.is_set():
+        if now == seen and not cp.asked():
             return
         seen = now
         time.sleep(0.05)

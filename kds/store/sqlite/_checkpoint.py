@@ -123,6 +123,10 @@ class Checkpointer:
         finally:
             conn.close()
 
+    def asked(self) -> bool:
+        """A look at the WAL was asked for and has not begun (tests wait for it to settle)."""
+        return self._wake.is_set()
+
     def pending(self) -> int:
         """Pages in the WAL not yet copied into the database file, read from the WAL index's
         header (mxFrame less nBackfill); PENDING_FRAMES if it cannot be read (a missing or
