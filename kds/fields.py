@@ -12,7 +12,10 @@ from collections.abc import Iterable
 
 from kds.errors import FieldViolation, shown
 
-__all__ = ["nearest", "unknown_field", "unknown_fields"]
+__all__ = ["UNKNOWN_FIELD", "nearest", "unknown_field", "unknown_fields"]
+
+# How every message about an unknown field begins.
+UNKNOWN_FIELD = "unknown field"
 
 
 def nearest(key: str, known: Iterable[str]) -> str | None:
@@ -27,8 +30,8 @@ def unknown_field(path: str, key: object, known: Iterable[str]) -> FieldViolatio
     known = sorted(known)
     guess = nearest(key, known) if isinstance(key, str) else None
     if guess is not None:
-        return FieldViolation(path, f"unknown field: did you mean {guess}?")
-    return FieldViolation(path, f"unknown field {shown(key)}: expected one of {', '.join(known)}")
+        return FieldViolation(path, f"{UNKNOWN_FIELD}: did you mean {guess}?")
+    return FieldViolation(path, f"{UNKNOWN_FIELD} {shown(key)}: expected one of {', '.join(known)}")
 
 
 def unknown_fields(

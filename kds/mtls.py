@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kds.errors import FieldViolation, shown
-from kds.fields import unknown_fields
+from kds.fields import UNKNOWN_FIELD, unknown_fields
 
 __all__ = [
     "BUILTIN",
@@ -175,6 +175,19 @@ def _ca_options(config: Mapping[str, Any]) -> CaOptions:
 
 
 # --------------------------------------------------------------------------- validation
+
+
+def synced_mtls_problems(mesh_name: str, spec: Mapping[str, Any]) -> list[FieldViolation]:
+    """On a zone, what in a synced Mesh's ``mtls`` this version cannot read: the checks of
+    validate_mtls but unknown fields, which a newer global may send and which nothing here
+    reads. A zone stores a synced Mesh only when this is empty, so its code reading backends
+    (which Secrets they use, a zone-local Secret's checks) reads a spec of the shape it
+    expects."""
+    if "mtls" not in spec:
+        return []
+    return [
+        e for e in validate_mtls(spec["mtls"], mesh_name) if not e.message.startswith(UNKNOWN_FIELD)
+    ]
 
 
 def validate_mtls(mtls: object, mesh_name: object, prefix: str = "") -> list[FieldViolation]:

@@ -21,9 +21,11 @@ from kds.mtls import canonical_mtls, validate_mtls
 from kds.resource import SYSTEM_LABELS, Kind, Limits, Resource
 
 __all__ = [
+    "MAX_DEPTH",
     "MESH_SPEC_FIELDS",
     "OUTPUT_ONLY_FIELDS",
     "decode_data",
+    "depth_over",
     "read_mesh_spec",
     "validate",
     "validate_labels",
@@ -168,6 +170,28 @@ def validate_labels(labels: object, field_name: str = "labels") -> list[FieldVio
                 )
             )
     return errs
+
+
+# No resource nests deeper than a dozen levels (a Mesh's mTLS backends); Python's recursion
+# limit, which the JSON parser and encoder hit, is about 1000.
+MAX_DEPTH = 64
+
+
+def depth_over(value: object, limit: int) -> bool:
+    """Whether ``value`` nests lists and maps deeper than ``limit`` (without recursion)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: list[object] = list(item.values())
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
 
 
 def decode_data(value: object, limits: Limits, field_name: str = "data") -> bytes:

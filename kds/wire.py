@@ -22,8 +22,10 @@ from kds.model import Key, Kind, Resource
 from kds.protocol.anti_entropy import MAX_ANSWER_LEAVES, Answer, Listed, Query
 from kds.protocol.applier import DecodedBatch, Incoming
 from kds.protocol.digest_tree import DIGEST_BYTES, MAX_DEPTH, NodeId, Summary
-from kds.protocol.limits import check_key
+from kds.protocol.limits import MAX_REVISION, check_key
 from kds.protocol.zone_session import Ack, Hello, RawKey, Rejection, SyncMode, Welcome
+from kds.validation import MAX_DEPTH as MAX_DEPTH_JSON
+from kds.validation import depth_over
 
 __all__ = [
     "KIND_TO_PB",
@@ -73,18 +75,43 @@ def resource_to_pb(r: Resource) -> pb.Resource:
 
 
 def resource_from_pb(m: pb.Resource) -> Resource:
-    """Raise KeyError for a kind this version does not know."""
+    """Raise KeyError for a kind this version does not know, ValueError for a resource no
+    global could have sent (a mesh on a Mesh, a spec that is not a JSON object, a version
+    over the stores' integers): the zone rejects that one change, not its whole batch."""
+    kind = PB_TO_KIND[m.kind]
+    _check_mesh(kind, m.mesh)
+    if m.version > MAX_REVISION:
+        raise ValueError(f"version is over {MAX_REVISION} (2^63-1)")
     return Resource.of(
-        kind=PB_TO_KIND[m.kind],
+        kind=kind,
         mesh=m.mesh,
         name=m.name,
         data=m.data,
         labels=dict(m.labels) if m.labels else {},
-        spec=json.loads(m.spec) if m.spec else {},
+        spec=_spec_of(m.spec) if m.spec else {},
         creation_time=m.creation_time,
         modification_time=m.modification_time,
         version=m.version,
     )
+
+
+def _check_mesh(kind: Kind, mesh: str) -> None:
+    """Only a Secret lives in a mesh: a Mesh or GlobalSecret naming one would be stored beside
+    the zone's own resource of that name instead of conflicting with it."""
+    if mesh and kind is not Kind.SECRET:
+        raise ValueError(f"a {kind} has no mesh (got one)")
+
+
+def _spec_of(raw: bytes) -> dict[str, object]:
+    try:
+        spec = json.loads(raw)
+    except RecursionError:
+        raise ValueError(f"spec nests deeper than {MAX_DEPTH_JSON} levels") from None
+    if not isinstance(spec, dict):
+        raise ValueError("spec is not a JSON object")
+    if depth_over(spec, MAX_DEPTH_JSON):
+        raise ValueError(f"spec nests deeper than {MAX_DEPTH_JSON} levels")
+    return spec
 
 
 def mesh_spec_of(change: bytes) -> dict[str, object]:
@@ -99,7 +126,9 @@ def key_to_pb(k: Key) -> pb.ResourceKey:
 
 
 def key_from_pb(m: pb.ResourceKey) -> Key:
-    return Key(PB_TO_KIND[m.kind], m.mesh, m.name)
+    kind = PB_TO_KIND[m.kind]
+    _check_mesh(kind, m.mesh)
+    return Key(kind, m.mesh, m.name)
 
 
 def change_put(revision: int, r: Resource) -> bytes:

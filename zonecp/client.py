@@ -367,6 +367,8 @@ class ZoneClient:
         now = rfc3339()
         try:
             result = await self.store.apply_batch(batch, global_store_id, now)
+        except ProtocolError:
+            raise  # a batch that does not follow on: the stream ends, the zone resumes
         except Exception as e:
             await self._report_and_close(call, store_problem(e))
             raise

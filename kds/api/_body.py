@@ -24,12 +24,10 @@ from aiohttp.http_exceptions import HttpProcessingError
 from kds.api._context import API_CONTEXT, client_max_size
 from kds.api._errors import HttpError, too_large
 from kds.errors import FieldViolation
+from kds.validation import MAX_DEPTH, depth_over
 
 __all__ = ["BODY_IDLE_S", "MAX_DEPTH", "MAX_PAGE_NUMBER", "int_param", "json_lines", "read_json"]
 
-# No resource nests deeper than a dozen levels (a Mesh's mTLS backends); Python's recursion
-# limit, which the JSON parser and encoder hit, is about 1000.
-MAX_DEPTH = 64
 # Largest offset or page size accepted: far more rows than a store holds, and well inside
 # SQLite's 64-bit integers.
 MAX_PAGE_NUMBER = 10**12
@@ -75,23 +73,6 @@ async def _read_limited(request: web.Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def _depth_over(value: object, limit: int) -> bool:
-    """Whether ``value`` nests lists and maps deeper than ``limit`` (without recursion)."""
-    stack: list[tuple[object, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: list[object] = list(item.values())
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        if depth > limit:
-            return True
-        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
-    return False
-
-
 async def read_json(request: web.Request, limit: int | None = None) -> object:
     """The request's JSON body, at most ``limit`` bytes (by default, one resource's)."""
     limit = limit or client_max_size(request.app[API_CONTEXT].limits)
@@ -123,7 +104,7 @@ def _decode(raw: bytes, line: int = 0) -> object:
     # A value nests no deeper than the brackets its text opens (those in strings counted too),
     # so nearly every body, a resource of a few maps, is not walked: the walk was 7% of
     # global's event loop in an apply of 10,000 secrets.
-    if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and _depth_over(body, MAX_DEPTH):
+    if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and depth_over(body, MAX_DEPTH):
         raise _bad_body(f"nests lists and objects deeper than {MAX_DEPTH} levels{where}")
     return body
 

@@ -9,6 +9,8 @@ Rules:
 - A zone-local row is never written or deleted here; a synced put for a key the zone holds
   locally is kept aside (a name conflict: reported once, when it begins).
 - A Secret needs its Mesh on the zone (synced or zone-local) or it is rejected.
+- A Mesh whose mTLS backends this version cannot read is rejected (fields it does not know
+  are not a reason: a newer global may send them).
 - A synced Mesh is not deleted while Secrets still live in it on the zone; rejected instead.
   The deletes of the Secrets its mTLS backends use are then rejected too, so the Mesh that
   stays never names a Secret the zone lacks (global sends those deletes with the Mesh delete,
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 
 from kds.errors import InvalidResource, ProtocolError
 from kds.model import Key, Kind, Limits, Resource, validate
+from kds.mtls import synced_mtls_problems
 
 __all__ = ["DecodedBatch", "Incoming", "Plan", "ZoneView", "plan_batch"]
 
@@ -157,6 +160,9 @@ def plan_batch(batch: DecodedBatch, view: ZoneView) -> Plan:
             validate(res, _ZONE_LIMITS)
         except InvalidResource as e:
             plan.rejected.append((ch.key, f"invalid resource: {e}"))
+            continue
+        if res.kind is Kind.MESH and (problems := synced_mtls_problems(res.name, res.spec)):
+            plan.rejected.append((ch.key, f"invalid resource: {problems[0]}"))
             continue
         if res.kind is Kind.SECRET and not mesh_present(res.mesh):
             plan.rejected.append((ch.key, f"mesh {res.mesh!r} does not exist on this zone"))

@@ -7,6 +7,11 @@ A conflict a zone reports names a resource by kind, mesh and name: it must be a 
 protocol knows and names global would accept (kds.validation). The problem a zone reports
 in its status (why it is failing) is text for an operator: at most PROBLEM_CHARS characters;
 it is escaped (kds.text) wherever it is shown, not refused for what it contains.
+
+The other way, a zone checks the fields of global's welcome and of each batch's header that
+it records and sends back in every later hello (the store id, the revision, the history
+chain) against the same limits: a value over them would be stored, and an honest global
+would then refuse every hello the zone makes.
 """
 
 from __future__ import annotations
@@ -21,9 +26,12 @@ __all__ = [
     "MAX_REVISION",
     "PROBLEM_CHARS",
     "REASON_CHARS",
+    "WELCOME_CHARS",
+    "check_batch_header",
     "check_hello",
     "check_key",
     "check_problem",
+    "check_welcome",
 ]
 
 # The most characters of each string a hello carries. A zone's instance id is its name (at
@@ -36,6 +44,12 @@ HELLO_CHARS = {
 }
 # The most bytes of each bytes field a hello carries (a history chain is 16 bytes).
 HELLO_BYTES = {"hello.resume.chain": 64}
+# The most characters of each string a welcome carries: global's instance id ("global-" and 8
+# hex digits) and its store id, which the zone sends back as hello.resume.global_store_id.
+WELCOME_CHARS = {
+    "welcome.global_instance_id": 300,
+    "welcome.global_store_id": HELLO_CHARS["hello.resume.global_store_id"],
+}
 # Revisions are SQLite integers: signed 64-bit.
 MAX_REVISION = 2**63 - 1
 # The most characters of a rejection's reason global keeps or logs.
@@ -75,6 +89,47 @@ def check_hello(
     if not 0 <= revision <= MAX_REVISION:
         return FieldViolation("hello.resume.revision", f"must be at most {MAX_REVISION} (2^63-1)")
     return None
+
+
+def _check_text(fields: dict[str, str], limits: dict[str, int]) -> FieldViolation | None:
+    for name, value in fields.items():
+        limit = limits[name]
+        if len(value) > limit:
+            return FieldViolation(name, f"must be at most {limit} characters (got {len(value)})")
+        if not value.isprintable():
+            return FieldViolation(name, "must be printable text (no control characters)")
+    return None
+
+
+def _check_revisions(fields: dict[str, int]) -> FieldViolation | None:
+    for name, value in fields.items():
+        if not 0 <= value <= MAX_REVISION:
+            return FieldViolation(name, f"must be at most {MAX_REVISION} (2^63-1)")
+    return None
+
+
+def check_welcome(*, instance_id: str, store_id: str, head_revision: int) -> FieldViolation | None:
+    """On the zone: the first field of global's welcome that breaks its limit, or None."""
+    return _check_text(
+        {"welcome.global_instance_id": instance_id, "welcome.global_store_id": store_id},
+        WELCOME_CHARS,
+    ) or _check_revisions({"welcome.head_revision": head_revision})
+
+
+def check_batch_header(
+    *, from_revision: int, revision: int, head_revision: int, chain: bytes
+) -> FieldViolation | None:
+    """On the zone: the first field of a batch's header that breaks its limit, or None."""
+    limit = HELLO_BYTES["hello.resume.chain"]
+    if len(chain) > limit:
+        return FieldViolation("batch.chain", f"must be at most {limit} bytes (got {len(chain)})")
+    return _check_revisions(
+        {
+            "batch.from_revision": from_revision,
+            "batch.revision": revision,
+            "batch.head_revision": head_revision,
+        }
+    )
 
 
 def check_key(kind: Kind | None, mesh: str, name: str, field_name: str) -> FieldViolation | None:

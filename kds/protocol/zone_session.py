@@ -41,9 +41,10 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
-from kds.errors import ProtocolError
+from kds.errors import FieldViolation, ProtocolError
 from kds.model import Key
 from kds.protocol.applier import DecodedBatch
+from kds.protocol.limits import check_batch_header, check_welcome
 
 __all__ = [
     "Ack",
@@ -258,7 +259,16 @@ class ZoneSession:
         )
 
     def on_welcome(self, w: Welcome, now: float) -> None:
+        """Raise ProtocolError for a welcome whose fields break their limits
+        (kds.protocol.limits): the zone records the store id and sends it back."""
         self._advance(Event.WELCOME)
+        _refuse(
+            check_welcome(
+                instance_id=w.global_instance_id,
+                store_id=w.global_store_id,
+                head_revision=w.head_revision,
+            )
+        )
         self.connections += 1
         self.global_instance_id = w.global_instance_id
         self.global_store_id = w.global_store_id
@@ -289,8 +299,17 @@ class ZoneSession:
     ) -> None:
         """A batch arrived, decoded (``undecodable``: the changes this version cannot read),
         ``size`` bytes as an encoded Batch message; the caller applies it next and reports
-        with on_applied."""
+        with on_applied. Raise ProtocolError for a header whose fields break their limits:
+        its revision and chain are recorded and sent back in later hellos."""
         self._advance(Event.BATCH)
+        _refuse(
+            check_batch_header(
+                from_revision=batch.from_revision,
+                revision=batch.revision,
+                head_revision=batch.head_revision,
+                chain=batch.chain,
+            )
+        )
         self._batch = batch
         self._batch_size = size
         self._undecodable = tuple(undecodable)
@@ -405,6 +424,11 @@ class ZoneSession:
         if self.state is not State.SYNCING or self.silence_limit is None:
             return None
         return max(0.0, self._quiet_since + self.silence_limit - now)
+
+
+def _refuse(problem: FieldViolation | None) -> None:
+    if problem is not None:
+        raise ProtocolError(f"global's {problem.field}: {problem.message}")
 
 
 def _counted_as(key: Key | RawKey | None) -> str:

@@ -24,7 +24,7 @@ import structlog
 from kds.crypto import DataCipher
 from kds.errors import ReadOnlySynced
 from kds.model import Key, Kind, Resource
-from kds.mtls import secret_refs
+from kds.mtls import secret_refs, synced_mtls_problems
 from kds.protocol.applier import DecodedBatch, Plan, ZoneView, plan_batch
 from kds.store._engine import ResourceEngine, select_key_rows
 from kds.store._rows import UPSERT_RESOURCE, Conn, DamagedRow, get_meta, set_meta, set_metas
@@ -203,7 +203,8 @@ class ZoneEngine(ResourceEngine):
             n = self._secrets_in_mesh(conn, m)
             per_mesh[m] = (n[ORIGIN_ZONE], n[ORIGIN_GLOBAL])
             synced_mesh = self._rows(conn, Key(Kind.MESH, "", m)).get(ORIGIN_GLOBAL)
-            if synced_mesh is not None:
+            # A Mesh stored before its mTLS was checked on arrival may not be readable.
+            if synced_mesh is not None and not synced_mtls_problems(m, synced_mesh.spec):
                 refs = secret_refs(m, synced_mesh.spec)
                 backend_secrets[m] = frozenset(r.secret for r in refs)
         return ZoneView(

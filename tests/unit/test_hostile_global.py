@@ -1,0 +1,218 @@
+"""What a zone does with bytes no honest global sends: a compromised global, or anyone who
+answers the zone's dial in plaintext mode.
+
+A change the zone cannot take is rejected on its own (reported in the ack, the revision
+still advances), so one bad resource never stalls the rest of its batch; a header field the
+zone would record and send back in later hellos is refused before anything is recorded, so
+global cannot leave the zone with a resume point no honest global accepts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kds import wire
+from kds._pb import sync_pb2 as pb
+from kds.errors import ProtocolError
+from kds.model import Key, Kind, Resource
+from kds.protocol.limits import MAX_REVISION, check_hello
+from kds.protocol.zone_session import SyncMode, Welcome, ZoneSession
+from kds.store.sqlite import ZoneEngine
+
+NOW = "2026-11-30T00:00:00Z"
+STORE = "0123456789abcdef0123456789abcdef"
+
+
+def _put(revision: int, **fields: object) -> pb.Change:
+    return pb.Change(revision=revision, put=pb.Resource(**fields))  # type: ignore[arg-type]
+
+
+def _batch(*changes: pb.Change, snapshot: bool = True, **header: object) -> pb.Batch:
+    last = max((c.revision for c in changes), default=0)
+    fields: dict[str, object] = {
+        "seq": 1,
+        "from_revision": 0,
+        "revision": last,
+        "head_revision": last,
+        "snapshot": snapshot,
+        "final": True,
+        "chain": b"c" * 16,
+    }
+    fields.update(header)
+    return pb.Batch(changes=list(changes), **fields)  # type: ignore[arg-type]
+
+
+MESH = _put(1, kind=pb.MESH, name="default", version=1)
+GOOD = _put(4, kind=pb.SECRET, mesh="default", name="good", data=b"v", version=4)
+
+# Each: a change no honest global sends, and what the rejection's reason says.
+POISON = {
+    "a spec that is a JSON list": (
+        _put(3, kind=pb.MESH, name="m2", spec=b"[1]", version=3),
+        "spec is not a JSON object",
+    ),
+    "a spec that is a JSON string": (
+        _put(3, kind=pb.SECRET, mesh="default", name="s2", data=b"v", spec=b'"ab"', version=3),
+        "spec is not a JSON object",
+    ),
+    "a spec nested 200,000 levels deep": (
+        _put(3, kind=pb.MESH, name="m2", spec=b'{"a":' * 200_000 + b"1" + b"}" * 200_000),
+        "spec nests deeper than 64 levels",
+    ),
+    "a spec nested 100 levels deep": (
+        _put(3, kind=pb.MESH, name="m2", spec=b'{"a":' * 100 + b"1" + b"}" * 100),
+        "spec nests deeper than 64 levels",
+    ),
+    "a spec that is not UTF-8": (
+        _put(3, kind=pb.MESH, name="m2", spec=b'{"a": "\xff"}'),
+        "cannot decode change",
+    ),
+    "a version over the stores' integers": (
+        _put(3, kind=pb.SECRET, mesh="default", name="s2", data=b"v", version=2**64 - 1),
+        "version is over 9223372036854775807",
+    ),
+    "a GlobalSecret in a mesh": (
+        _put(3, kind=pb.GLOBAL_SECRET, mesh="x", name="gs", data=b"v", version=3),
+        "a GlobalSecret has no mesh",
+    ),
+    "a Mesh in a mesh": (
+        _put(3, kind=pb.MESH, mesh="y", name="ghost", version=3),
+        "a Mesh has no mesh",
+    ),
+    "a delete of a Mesh in a mesh": (
+        pb.Change(revision=3, delete=pb.ResourceKey(kind=pb.MESH, mesh="y", name="default")),
+        "a Mesh has no mesh",
+    ),
+    "a Mesh whose mTLS backend has no type": (
+        _put(3, kind=pb.MESH, name="m2", spec=b'{"mtls": {"backends": [{"name": "x"}]}}'),
+        "mtls.backends[0].type: must be provided or builtin",
+    ),
+    "a Mesh whose provided backend names no secrets": (
+        _put(
+            3,
+            kind=pb.MESH,
+            name="m2",
+            spec=json.dumps(
+                {"mtls": {"backends": [{"name": "x", "type": "provided", "conf": {}}]}}
+            ).encode(),
+        ),
+        "mtls.backends[0].conf.cert",
+    ),
+}
+
+
+@pytest.fixture
+def zone(tmp_path: Path) -> ZoneEngine:
+    z = ZoneEngine(tmp_path / "zone.db")
+    yield z
+    z.close()
+
+
+@pytest.mark.parametrize("what", list(POISON))
+def test_one_bad_change_is_rejected_alone_and_the_batch_applies(
+    zone: ZoneEngine, what: str
+) -> None:
+    """The good changes around it are applied, the revision is recorded (nothing is sent
+    again in a loop), and the reason names the problem, never a value."""
+    change, reason = POISON[what]
+    batch, undecodable = wire.decode_batch(_batch(MESH, change, GOOD))
+    result = zone.apply_batch(batch, STORE, NOW)
+    reasons = [r.reason for r in undecodable] + [r for _, r in result.rejected]
+    assert len(reasons) == 1 and reason in reasons[0], reasons
+    assert result.applied_revision == 4
+    assert zone.get(Key(Kind.SECRET, "default", "good")) is not None
+    assert zone.get(Key(Kind.MESH, "", "m2")) is None
+    assert zone.get(Key(Kind.MESH, "", "ghost")) is None
+
+
+def test_a_global_secret_in_a_mesh_cannot_sit_beside_the_zone_s_own(zone: ZoneEngine) -> None:
+    """A key with a mesh where its kind has none would be a second row of the same name,
+    beside the zone's own, with no conflict reported."""
+    zone.put(Resource(Kind.GLOBAL_SECRET, "gs", data=b"mine"), NOW)
+    change, _ = POISON["a GlobalSecret in a mesh"]
+    batch, undecodable = wire.decode_batch(_batch(MESH, change))
+    zone.apply_batch(batch, STORE, NOW)
+    assert len(undecodable) == 1
+    total, rows = zone.page(Kind.GLOBAL_SECRET)
+    assert total == 1 and [(r.resource.mesh, r.origin) for r in rows] == [("", "zone")]
+
+
+def test_an_mtls_field_this_version_does_not_know_is_no_reason_to_reject(
+    zone: ZoneEngine,
+) -> None:
+    """A newer global may send fields this zone does not know: the Mesh is kept."""
+    spec = {"mtls": {"backends": [{"name": "ca-1", "type": "builtin", "newField": 1}]}}
+    change = _put(2, kind=pb.MESH, name="m2", spec=json.dumps(spec).encode(), version=2)
+    batch, undecodable = wire.decode_batch(_batch(MESH, change))
+    result = zone.apply_batch(batch, STORE, NOW)
+    assert (undecodable, result.rejected) == ([], [])
+    assert zone.get(Key(Kind.MESH, "", "m2")) is not None
+
+
+def _session() -> ZoneSession:
+    s = ZoneSession(zone="z", instance_id="z-1", software_version="1", max_message_bytes=4096)
+    s.on_open(STORE, 0, b"", "sqlite")
+    return s
+
+
+@pytest.mark.parametrize(
+    ("instance_id", "store_id", "head", "field"),
+    [
+        ("global-1", "s" * 65, 1, "welcome.global_store_id"),
+        ("global-1", "store\n1", 1, "welcome.global_store_id"),
+        ("g" * 301, STORE, 1, "welcome.global_instance_id"),
+        ("global-\x1b[2J", STORE, 1, "welcome.global_instance_id"),
+        ("global-1", STORE, 2**63, "welcome.head_revision"),
+    ],
+)
+def test_a_welcome_field_over_its_limit_ends_the_stream(
+    instance_id: str, store_id: str, head: int, field: str
+) -> None:
+    """Refused before anything is recorded: the zone sends the store id back in every hello."""
+    s = _session()
+    with pytest.raises(ProtocolError, match=f"^global's {field}: ") as e:
+        s.on_welcome(Welcome(instance_id, store_id, head, SyncMode.SNAPSHOT), now=1.0)
+    assert "\x1b" not in str(e.value) and "\n" not in str(e.value)
+    assert s.global_store_id == ""
+
+
+@pytest.mark.parametrize(
+    ("header", "field"),
+    [
+        ({"chain": b"c" * 65}, "batch.chain"),
+        ({"revision": MAX_REVISION + 1}, "batch.revision"),
+        ({"from_revision": 2**64 - 1}, "batch.from_revision"),
+        ({"head_revision": 2**63}, "batch.head_revision"),
+    ],
+)
+def test_a_batch_header_over_its_limit_ends_the_stream(
+    header: dict[str, object], field: str
+) -> None:
+    """A revision or chain the zone would record is checked first: once stored, an honest
+    global would refuse every hello that repeats it."""
+    s = _session()
+    s.on_welcome(Welcome("global-1", STORE, 3, SyncMode.SNAPSHOT), now=1.0)
+    batch, _ = wire.decode_batch(_batch(MESH, **header))
+    with pytest.raises(ProtocolError, match=f"^global's {field}: "):
+        s.on_batch(batch, [], now=2.0)
+
+
+def test_what_a_zone_accepts_an_honest_global_accepts_back() -> None:
+    """The welcome and header limits are the hello's: anything that passes them makes a hello
+    global takes."""
+    s = _session()
+    s.on_welcome(Welcome("global-1", "s" * 64, MAX_REVISION, SyncMode.SNAPSHOT), now=1.0)
+    batch, _ = wire.decode_batch(_batch(MESH, chain=b"c" * 64, revision=MAX_REVISION))
+    s.on_batch(batch, [], now=2.0)
+    hello = {
+        "instance_id": "z-1",
+        "software_version": "1",
+        "store_backend": "sqlite",
+        "store_id": "s" * 64,
+        "revision": MAX_REVISION,
+        "chain": b"c" * 64,
+    }
+    assert check_hello(**hello) is None  # type: ignore[arg-type]
