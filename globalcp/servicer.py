@@ -218,6 +218,8 @@ class SyncServicer:
             return
         session, mode = admitted
         link = self._register(h, stream_id, session, mode, token)
+        if self.tokens is not None and (why := self.tokens.withdrawn(token)) is not None:
+            link.end_with(grpc.StatusCode.PERMISSION_DENIED, why)  # while it was admitted
         expiry = self._expire_with_token(link, token)
         log.info(
             "zone connected",

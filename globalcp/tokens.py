@@ -143,6 +143,17 @@ class ZoneTokens:
             self.revoked.add(token_id)
         return row
 
+    def withdrawn(self, info: TokenInfo) -> str | None:
+        """Why a token verified earlier no longer holds (revoked, or its signing key removed
+        since), or None. A stream is admitted after its token was verified: a revocation
+        landing in between found no stream to end, so the stream asks again once it is
+        registered."""
+        if info.token_id in self.revoked:
+            return f"zone token {info.token_id} has been revoked"
+        if info.key_name not in self.keys:
+            return f"the key that signed this zone's token ({info.key_name}) was removed"
+        return None
+
     def verify(self, token: str, zone: str, now: dt.datetime) -> TokenInfo:
         """The token's facts if it is valid for ``zone`` at ``now``; else TokenRefused."""
         unauth = grpc.StatusCode.UNAUTHENTICATED

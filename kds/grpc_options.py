@@ -8,7 +8,7 @@ grpcio upgrade that changes it is caught.
 
 from __future__ import annotations
 
-__all__ = ["client_options", "server_options"]
+__all__ = ["MAX_STREAMS_PER_CONNECTION", "client_options", "server_options"]
 
 
 def _common(max_message_bytes: int, interval: float, timeout: float) -> list[tuple[str, int]]:
@@ -30,6 +30,11 @@ def _common(max_message_bytes: int, interval: float, timeout: float) -> list[tup
 # connection always carries its stream, so it is never idle.
 HANDSHAKE_TIMEOUT_MS = 10_000
 MAX_CONNECTION_IDLE_MS = 60_000
+# Streams one connection may have open at once (HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS; a
+# client's further streams wait for a free one). A zone dials a connection for each stream.
+# gRPC's default is no limit: one connection with no token opened 20,000 streams, each
+# held until its hello timed out, and took global from 75 to 440 MB.
+MAX_STREAMS_PER_CONNECTION = 4
 
 
 def server_options(
@@ -40,6 +45,7 @@ def server_options(
         ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS),
         ("grpc.max_connection_idle_ms", MAX_CONNECTION_IDLE_MS),
         ("grpc.max_allowed_incoming_connections", max_connections),
+        ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
         # Zones ping as often as global does; never cut them off for it.
         ("grpc.http2.min_ping_interval_without_data_ms", max(100, int(interval * 1000) // 2)),
         ("grpc.http2.max_ping_strikes", 0),

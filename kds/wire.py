@@ -19,7 +19,7 @@ from google.protobuf.internal.encoder import _VarintBytes  # type: ignore[attr-d
 from kds._pb import sync_pb2 as pb
 from kds.errors import ProtocolError
 from kds.model import Key, Kind, Resource
-from kds.protocol.anti_entropy import MAX_ANSWER_LEAVES, Answer, Listed, Query
+from kds.protocol.anti_entropy import MAX_ANSWER_LEAVES, MAX_EXPAND, Answer, Listed, Query
 from kds.protocol.applier import DecodedBatch, Incoming
 from kds.protocol.digest_tree import DIGEST_BYTES, MAX_DEPTH, NodeId, Summary
 from kds.protocol.limits import MAX_REVISION, check_key
@@ -327,13 +327,20 @@ def query_to_pb(q: Query) -> bytes:
 
 
 def query_from_pb(m: pb.DigestQuery) -> Query:
+    """Global's query, its shape checked: at most MAX_EXPAND parents, none named twice (each
+    one costs the zone a walk of its group, off the stream's reads)."""
+    if len(m.parents) > MAX_EXPAND:
+        raise ProtocolError(f"digest_query names more than {MAX_EXPAND} parents to expand")
+    parents = tuple(
+        _node_from_pb(p, f"digest_query.parents[{i}]").node for i, p in enumerate(m.parents)
+    )
+    if len(set(parents)) != len(parents):
+        raise ProtocolError("digest_query names a parent twice")
     return Query(
         check=m.check,
         revision=m.revision,
         groups=m.groups,
-        parents=tuple(
-            _node_from_pb(p, f"digest_query.parents[{i}]").node for i, p in enumerate(m.parents)
-        ),
+        parents=parents,
         nodes=tuple(_node_from_pb(n, f"digest_query.nodes[{i}]") for i, n in enumerate(m.nodes)),
     )
 

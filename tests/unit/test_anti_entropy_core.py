@@ -11,10 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kds import wire
+from kds._pb import sync_pb2 as pb
 from kds.errors import ProtocolError
 from kds.model import Key, Kind, Resource
 from kds.protocol.anti_entropy import (
     LEAF_BUCKET,
+    MAX_EXPAND,
+    MAX_REPAIR,
     Answer,
     GlobalCheck,
     Listed,
@@ -239,6 +243,42 @@ def test_an_answer_about_a_node_never_asked_is_refused() -> None:
     bogus = Listed(Summary(NodeId(Kind.SECRET, "m0", "ab"), 1, b"x" * 16))
     with pytest.raises(ProtocolError, match="did not ask about"):
         check.on_answer(Answer(1, 5, (bogus,)))
+
+
+def test_an_answer_naming_a_node_twice_is_refused() -> None:
+    """Each copy would be compared again: 250,000 copies of one node, in an answer under
+    4 MiB, took global's memory past a gigabyte before."""
+    leaves = _store(5, meshes=1)
+    zone = {**leaves, Key(Kind.GLOBAL_SECRET, "", "g"): _digest(8)}
+    check, ans = _first_answer(leaves, zone)
+    (item,) = ans.differ
+    with pytest.raises(ProtocolError, match=r"differ\[1\] names a node an earlier item named"):
+        check.on_answer(Answer(1, 5, (item, item)))
+
+
+def test_a_check_stops_comparing_once_it_has_enough_to_repair() -> None:
+    """Nodes past MAX_REPAIR keys are left for the next check, not compared and trimmed."""
+    meshes = 100  # 20 secrets each: 2,000 keys to repair on a zone that has none of them
+    leaves = _store(20 * meshes, meshes=meshes)
+    empty = {Key(Kind.GLOBAL_SECRET, "", "g"): _digest(7)}
+    out = run_check(leaves, empty)
+    assert out.result == "repair"
+    assert len(out.puts) + len(out.deletes) <= MAX_REPAIR
+    # Compared until the puts reached MAX_REPAIR (the group that crossed it is trimmed);
+    # every secret group after it deferred, not compared.
+    assert len(out.differed) <= MAX_REPAIR // 20 + 1
+    assert out.deferred >= meshes - len(out.differed)
+
+
+def test_a_query_expands_at_most_max_expand_parents_none_twice() -> None:
+    """Each parent costs the zone a walk of its group."""
+    parent = pb.DigestNode(kind=pb.SECRET, mesh="m0", prefix="a")
+    others = [pb.DigestNode(kind=pb.SECRET, mesh="m0", prefix=f"{i:x}") for i in range(16)]
+    with pytest.raises(ProtocolError, match="names a parent twice"):
+        wire.query_from_pb(pb.DigestQuery(check=1, revision=5, parents=[parent, parent]))
+    with pytest.raises(ProtocolError, match=f"more than {MAX_EXPAND} parents"):
+        wire.query_from_pb(pb.DigestQuery(check=1, revision=5, parents=[*others, parent]))
+    assert len(wire.query_from_pb(pb.DigestQuery(parents=others)).parents) == MAX_EXPAND
 
 
 def test_listed_leaves_must_match_their_count_and_node() -> None:
