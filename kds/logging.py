@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import MutableMapping
 from typing import Any, Literal
 
@@ -29,6 +30,7 @@ import structlog
 from kds.text import escape
 
 __all__ = [
+    "HttpServerErrors",
     "configure_logging",
     "debug_enabled",
     "escape_control_characters",
@@ -156,3 +158,42 @@ def configure_logging(level: str = "info", fmt: LogFormat = "console") -> None:
     )
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, HttpServerErrors) for f in server.filters):
+        server.addFilter(HttpServerErrors())
+
+
+class HttpServerErrors(logging.Filter):
+    """aiohttp answers a request it cannot parse (400) itself, and logs the error with a
+    traceback whose message quotes the raw request line or header: a token file with a
+    Windows line ending put the API's admin token in the log, in clear, from a client with
+    no valid token. Each such record is replaced by one structlog line naming the error's
+    type and status and the client's address, never its text; at most one a minute, the
+    others counted in the next."""
+
+    INTERVAL = 60.0
+
+    def __init__(self, clock: Any = None) -> None:
+        super().__init__()
+        self._clock = clock or time.monotonic
+        self._next = 0.0
+        self.held_back = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        now = self._clock()
+        if now < self._next:
+            self.held_back += 1
+            return False
+        self._next = now + self.INTERVAL
+        args = record.args if isinstance(record.args, tuple) else ()
+        peer = args[0] if args and "%s" in str(record.msg) else None
+        structlog.get_logger("kds.api").warning(
+            "API request refused by the HTTP server: malformed or failed",
+            error=type(exc).__name__ if exc is not None else None,
+            status=getattr(exc, "code", None),
+            client=str(peer)[:64] if peer is not None else None,
+            not_logged=self.held_back,
+        )
+        self.held_back = 0
+        return False

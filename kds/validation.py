@@ -249,11 +249,22 @@ def read_mesh_spec(
     errs = []
     for k, v in spec.items():
         try:
-            ok = json.loads(json.dumps(v)) == v
+            # No NaN or infinity and no lone surrogate: stored, every answer holding them
+            # would not be JSON (NaN compares unequal to itself, so the round trip alone
+            # lets the parser's shared NaN object through).
+            text = json.dumps(v, allow_nan=False)
+            ok = json.loads(text) == v
+            json.dumps(v, ensure_ascii=False).encode("utf-8")
         except (TypeError, ValueError, RecursionError):
             ok = False
         if not ok:
-            errs.append(FieldViolation(f"{prefix}{k}", "must hold JSON values only"))
+            errs.append(
+                FieldViolation(
+                    f"{prefix}{k}",
+                    "must hold JSON values only (no NaN or infinite numbers, no lone "
+                    "surrogates in text)",
+                )
+            )
         elif k == "mtls":
             errs += validate_mtls(v, mesh_name, prefix)
         else:

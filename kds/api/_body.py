@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 from collections.abc import AsyncIterator
 
@@ -90,7 +91,9 @@ def _decode(raw: bytes, line: int = 0) -> object:
     except UnicodeDecodeError:
         raise HttpError(400, "Bad request", f"the request body must be UTF-8 JSON{where}") from None
     try:
-        body = json.loads(text)
+        body = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+    except _NotJson as e:
+        raise _bad_body(f"{e}{where}") from None
     except json.JSONDecodeError as e:
         # e.msg and the position only: e.doc is the body.
         at = f"line {line}, column {e.colno}" if line else f"line {e.lineno}, column {e.colno}"
@@ -106,7 +109,35 @@ def _decode(raw: bytes, line: int = 0) -> object:
     # global's event loop in an apply of 10,000 secrets.
     if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and depth_over(body, MAX_DEPTH):
         raise _bad_body(f"nests lists and objects deeper than {MAX_DEPTH} levels{where}")
+    # An escaped lone surrogate decodes to a string no UTF-8 encoder takes: stored, every
+    # later answer holding it would not be JSON. Looked for only where the text escapes one.
+    if _SURROGATE_ESCAPE.search(raw):
+        try:
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise _bad_body(
+                f"holds a lone UTF-16 surrogate escape (\\uD800-\\uDFFF){where}"
+            ) from None
     return body
+
+
+class _NotJson(ValueError):
+    """What Python's JSON parser takes and JSON is not; the message names it."""
+
+
+# \uD800 to \uDFFF, as JSON escapes them (a pair decodes to one character and is fine).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _no_constant(name: str) -> float:
+    raise _NotJson(f"holds {name}, which is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotJson("holds a number too large for a 64-bit float")
+    return value
 
 
 async def json_lines(request: web.Request, limit: int) -> AsyncIterator[object]:

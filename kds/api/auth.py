@@ -36,7 +36,8 @@ class ApiTokens:
     admin_file: Path
 
     def role_of(self, token: str) -> Role | None:
-        presented = token.encode()
+        # A header's bytes that are not UTF-8 come as surrogates: compared as sent, never a 500.
+        presented = token.encode("utf-8", "surrogatepass")
         if hmac.compare_digest(presented, self.admin.encode()):
             return Role.ADMIN
         if hmac.compare_digest(presented, self.read_only.encode()):

@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
 from kds.api import ApiContext, build_app
-from kds.api._apply import NDJSON
+from kds.api._apply import MAX_PROBLEMS, NDJSON
 from kds.model import Key, Kind
 from kds.store.sqlite import GlobalEngine, SqliteGlobalStore
 
@@ -84,6 +84,22 @@ async def test_problems_name_the_item_and_nothing_is_applied(api: Api) -> None:
     assert {"items[2].name", "items[2].data", "items[3]"} <= set(fields)
     assert api.engine.get(Key(Kind.MESH, "", "payments")) is None
     assert SECRET_B64 not in json.dumps(answer)
+
+
+@pytest.mark.parametrize("form", ["lines", "json"])
+async def test_an_apply_answers_at_most_max_problems(api: Api, form: str) -> None:
+    """Every empty item is a problem; the answer stops at MAX_PROBLEMS instead of growing with
+    the body (3 MiB of empty lines made a 238 MB answer and took global past 1 GB)."""
+    n = 5_000
+    if form == "lines":
+        status, answer = await api.apply_lines(b"{}\n" * n)
+    else:
+        resp = await api.client.post("/_apply", json={"items": [{}] * n})
+        status, answer = resp.status, await resp.json()
+    assert status == 400
+    assert len(answer["causes"]) == MAX_PROBLEMS
+    assert answer["detail"].startswith(f"nothing was applied: {MAX_PROBLEMS} problems or more")
+    assert "were not read" in answer["detail"]
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +21,8 @@ import kds.api._body
 import kds.api._connections
 from kds.api import ApiContext, serve_api
 from kds.api._connections import REFUSAL_LOG_EVERY_S, ConnectionGate, _Guarded, peer_of
+from kds.api.auth import ApiTokens
+from kds.logging import HttpServerErrors
 from kds.store.sqlite import GlobalEngine, SqliteGlobalStore
 from kds.tls import ReloadingServerSSLContext, issue_server_cert, make_ca
 
@@ -337,3 +340,54 @@ async def test_a_failed_handshake_frees_its_place(tls_api: tuple[int, ssl.SSLCon
         writer.close()
     await asyncio.sleep(0.1)
     assert (await _get_over_tls(port, tls))[0] == 200
+
+
+async def test_a_request_the_http_server_cannot_parse_never_logs_its_text(
+    api: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp answers 400 itself and logged the error with the raw header line: a token
+    file with a Windows line ending put the token in the log. One structlog line names the
+    error's type and the client instead; a flood of them is one line a minute."""
+    token = "admin-token-that-must-not-be-logged"
+    server_log = logging.getLogger("aiohttp.server")
+    errors = HttpServerErrors()
+    server_log.addFilter(errors)
+    try:
+        with caplog.at_level(logging.DEBUG), capture_logs() as logs:
+            for _ in range(3):
+                reader, writer = await asyncio.open_connection("127.0.0.1", api)
+                writer.write(
+                    b"GET /meshes HTTP/1.1\r\nHost: x\r\n"
+                    + f"Authorization: Bearer {token}\r\r\n\r\n".encode()
+                )
+                await writer.drain()
+                status, _ = await _answer(reader)
+                assert status == 400
+                writer.close()
+    finally:
+        server_log.removeFilter(errors)
+    assert token not in caplog.text and token not in repr(logs)
+    refused = [e for e in logs if e["event"].startswith("API request refused by the HTTP")]
+    assert len(refused) == 1 and refused[0]["error"] == "BadHttpMessage"
+    assert refused[0]["client"] == "127.0.0.1" and refused[0]["status"] == 400
+    assert errors.held_back == 2
+
+
+async def test_a_token_that_is_not_utf8_is_refused_not_a_server_error(tmp_path: Path) -> None:
+    """aiohttp gives a header's non-UTF-8 bytes as surrogates; comparing them answered 500."""
+    store = SqliteGlobalStore(GlobalEngine(tmp_path / "global.db"))
+    tokens = ApiTokens("a" * 32, "r" * 32, tmp_path / "admin-token")
+    runner = await serve_api(
+        ApiContext(store=store, role="global", tokens=tokens), ("127.0.0.1", 0)
+    )
+    try:
+        port = int(runner.addresses[0][1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /meshes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\n\r\n")
+        await writer.drain()
+        status, _ = await _answer(reader)
+        writer.close()
+    finally:
+        await runner.cleanup()
+        store.close()
+    assert status == 401

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,7 +26,7 @@ from kds.errors import ConfigError, InvalidResource
 from kds.model import Limits, from_document
 from kds.mtls import parse_ca_expiration, validate_mtls
 from kds.store import open_global_store
-from kds.validation import validate_labels, validate_name
+from kds.validation import read_mesh_spec, validate_labels, validate_name
 from kdsctl.cli import cli
 
 SECRET = b"hostile-input-secret-value"
@@ -255,7 +256,8 @@ async def test_zone_token_validity_is_bounded(client: TestClient, valid_for: obj
         await client.post("/zone-tokens", data=text, headers={"Content-Type": "application/json"})
     )
     assert status == 400, body
-    assert _fields(body) == ["validFor"], body
+    # NaN is not JSON: refused with the body, before any field is read.
+    assert _fields(body) == (["body"] if valid_for == "NaN" else ["validFor"]), body
 
 
 def test_durations_are_finite_and_bounded() -> None:
@@ -325,3 +327,34 @@ def test_the_depth_bound_holds_at_its_edge(text: str, too_deep: bool) -> None:
         assert e.value.status == 400 and f"deeper than {MAX_DEPTH} levels" in e.value.detail
     else:
         assert _decode(text.encode()) == json.loads(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ('{"sampling": NaN}', "holds NaN, which is not JSON"),
+        ('{"sampling": -Infinity}', "holds -Infinity, which is not JSON"),
+        ('{"sampling": 1e400}', "holds a number too large for a 64-bit float"),
+        ('{"name": "\\ud800"}', "holds a lone UTF-16 surrogate escape"),
+        ('{"name": "a\\uDFFFb"}', "holds a lone UTF-16 surrogate escape"),
+    ],
+)
+def test_what_python_parses_and_json_is_not_is_refused(text: str, problem: str) -> None:
+    """Python's parser takes NaN, Infinity, 1e400 (as infinity) and lone surrogate escapes;
+    stored in a Mesh, each made every later answer holding it invalid JSON."""
+    with pytest.raises(HttpError) as e:
+        _decode(text.encode())
+    assert e.value.status == 400 and problem in e.value.detail
+
+
+def test_a_surrogate_pair_and_large_finite_numbers_are_json() -> None:
+    text = '{"name": "\\ud83d\\ude00", "n": 1e308}'
+    assert _decode(text.encode()) == json.loads(text)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, "\ud800", {"a": [1, -math.inf]}])
+def test_a_mesh_field_holding_what_json_cannot_is_named(value: object) -> None:
+    """The same rule for a Mesh read from any form (YAML through kdsctl, Kubernetes)."""
+    _, errs = read_mesh_spec({"tracing": {"backends": [{"name": "a", "conf": value}]}}, "m")
+    assert [e.field for e in errs] == ["tracing"]
+    assert "no NaN or infinite numbers" in errs[0].message
