@@ -68,7 +68,15 @@ class _RootGroup(_LazyGroup):
         except ApiUnreachable as e:
             # It may quote what a server or proxy sent (a reason phrase): made safe to print.
             fail(safe_text(str(e), 4096))
-        except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:
+        except (
+            KeyError,
+            TypeError,
+            AttributeError,
+            IndexError,
+            ValueError,
+            ArithmeticError,
+            RecursionError,
+        ) as e:
             # An answer without the fields or types kdsctl reads (a broken or hostile server,
             # or not a kds-sync API at all): said so, never a traceback. Raised before any
             # answer, it is kdsctl's own bug and shown as such.

@@ -84,8 +84,16 @@ class Response:
     content: bytes
 
     def json(self) -> Any:
-        """The body as JSON; ValueError when it is not."""
-        return json.loads(self.content)
+        """The body as JSON; ValueError when it is not (NaN and infinities are not JSON;
+        nesting past Python's recursion limit is refused as not JSON either)."""
+        try:
+            return json.loads(self.content, parse_constant=_not_json)
+        except RecursionError:
+            raise ValueError("nested too deeply") from None
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,11 @@ def _get(
     print_resources(kind, _list(client, path, size, offset), output, single=False)
 
 
+# The most resources one listing reads, page after page (a store of 100,000 secrets is a
+# hundred pages); more is paged by hand with --size and --offset.
+MAX_LISTED = 250_000
+
+
 def _list(client: ApiClient, path: str, size: int | None, offset: int | None) -> dict[str, Any]:
     """One page when --size is given, else every page (the API pages by 100 by default),
     following ``next`` on the same API."""
@@ -103,6 +108,12 @@ def _list(client: ApiClient, path: str, size: int | None, offset: int | None) ->
     # Pages until the first answer's total: a server whose "next" never ends cannot keep
     # kdsctl reading forever.
     while answer.get("next") and len(items) + (offset or 0) < total:
+        if len(items) >= MAX_LISTED:
+            # Nor one whose total is made up: 10**12 took kdsctl past 5 GB.
+            fail(
+                f"the API lists more than {MAX_LISTED:,} of them: page with --size and "
+                "--offset"
+            )
         start = len(items) + (offset or 0)
         answer = client.get(f"{path}?offset={start}&size=1000")
         if not answer.get("items"):

@@ -13,6 +13,7 @@ kdsctl delete zone-token-signing-key NAME
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from urllib.parse import quote
 
@@ -20,6 +21,9 @@ import click
 
 from kdsctl.client import ApiClient, pass_client
 from kdsctl.render import fail, safe_text, table
+
+# A signed JWT as global issues it: three base64url parts (a token is a few hundred bytes).
+_JWT = re.compile(r"[A-Za-z0-9_-]{1,4096}\.[A-Za-z0-9_-]{1,4096}\.[A-Za-z0-9_-]{1,4096}")
 
 __all__ = [
     "delete_signing_key",
@@ -60,22 +64,27 @@ def generate_zone_token(
     it on stdout (and nothing else), for 'zonecp --token-file'. Its id and expiry go to
     stderr. The token is shown only now."""
     answer = client.post("/zone-tokens", {"zone": zone, "validFor": valid_for})
+    token = answer.get("token")
+    if not isinstance(token, str) or not _JWT.fullmatch(token):
+        # Written to a file a zone reads, or to a terminal: only what a token can be.
+        fail("the API's answer holds no zone token (a JWT): was --api-url global's API?")
+    shown = {k: safe_text(answer.get(k)) for k in ("id", "zone", "expiresAt")}
     if output_file is None:
-        click.echo(answer["token"])
+        click.echo(token)
     else:
         from kds.secret_files import write_secret_file  # structlog: only this command needs it
 
         try:
-            write_secret_file(output_file, answer["token"] + "\n")
+            write_secret_file(output_file, token + "\n")
         except OSError as e:
             fail(
                 f"--output-file {output_file}: cannot write it: {e.strerror}; the token "
-                f"{answer['id']} was issued: revoke it with kdsctl revoke zone-token {answer['id']}"
+                f"{shown['id']} was issued: revoke it with kdsctl revoke zone-token {shown['id']}"
             )
         click.echo(f"wrote the zone token to {output_file} (mode 0600)", err=True)
     click.echo(
-        f"zone token {answer['id']} for zone {answer['zone']}, valid until "
-        f"{answer['expiresAt']} (revoke with: kdsctl revoke zone-token {answer['id']})",
+        f"zone token {shown['id']} for zone {shown['zone']}, valid until "
+        f"{shown['expiresAt']} (revoke with: kdsctl revoke zone-token {shown['id']})",
         err=True,
     )
 
@@ -91,9 +100,10 @@ def revoke() -> None:
 def revoke_zone_token(client: ApiClient, token_id: str) -> None:
     """Refuse the zone token ID from now on and end the streams using it."""
     answer = client.post(f"/zone-tokens/{quote(token_id, safe='')}/revoke", {})
+    shown = {k: safe_text(answer.get(k)) for k in ("id", "zone", "revokedAt", "streamsEnded")}
     click.echo(
-        f"zone token {answer['id']} (zone {answer['zone']}) revoked at {answer['revokedAt']}; "
-        f"{answer['streamsEnded']} live stream(s) ended"
+        f"zone token {shown['id']} (zone {shown['zone']}) revoked at {shown['revokedAt']}; "
+        f"{shown['streamsEnded']} live stream(s) ended"
     )
 
 
@@ -137,7 +147,7 @@ def rotate_signing_key(client: ApiClient) -> None:
     """Add a signing key that signs every zone token issued from now on. Tokens signed by
     older keys keep working until those keys are deleted."""
     answer = client.post("/zone-token-signing-keys", {})
-    click.echo(f"{answer['name']} now signs new zone tokens")
+    click.echo(f"{safe_text(answer.get('name'))} now signs new zone tokens")
 
 
 @click.command("zone-token-signing-key")
@@ -147,6 +157,6 @@ def delete_signing_key(client: ApiClient, name: str) -> None:
     """Delete the signing key NAME: zone tokens it signed are refused from now on."""
     answer = client.delete(f"/zone-token-signing-keys/{quote(name, safe='')}") or {}
     click.echo(
-        f"{name} deleted; tokens it signed are refused from now on; "
-        f"{answer.get('streamsEnded', 0)} live stream(s) ended"
+        f"{safe_text(name)} deleted; tokens it signed are refused from now on; "
+        f"{safe_text(answer.get('streamsEnded', 0))} live stream(s) ended"
     )

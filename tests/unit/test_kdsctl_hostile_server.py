@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from click.testing import CliRunner
 
+import kdsctl.resources
 from kdsctl.cli import cli
 from kdsctl.client import ApiClient, ApiUnreachable
 from tests.unit.test_kdsctl_client import clear_proxy_env
@@ -186,6 +187,54 @@ def test_a_server_that_ignores_offset_cannot_keep_get_reading_forever(
     assert len(json.loads(out)["items"]) == 3 and server.connections == 3
 
 
+def test_a_server_whose_total_is_made_up_cannot_make_get_read_without_end(
+    serve: Callable[..., OneServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A total of 10**12 and a full page every time: kdsctl stops at MAX_LISTED resources
+    (it read on past 5 GB before) and says how to page by hand."""
+    monkeypatch.setattr(kdsctl.resources, "MAX_LISTED", 5_000)
+    items = [{"type": "Mesh", "name": f"m{i}"} for i in range(1000)]
+    server = serve({"total": 10**12, "items": items, "next": "http://x/?offset=1"})
+    code, out = _kdsctl(server.url, "get", "meshes", "-o", "json")
+    assert code == 1 and server.connections == 5
+    assert "lists more than 5,000 of them: page with --size and --offset" in out
+
+
+OSC = "\x1b]0;owned\x07"  # sets a terminal's title; click strips colours, not this
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["generate", "zone-token", "--zone", "z"],
+        ["revoke", "zone-token", "id-1"],
+        ["rotate", "zone-token-signing-key"],
+        ["delete", "zone-token-signing-key", "k1"],
+    ],
+)
+def test_token_commands_print_what_the_server_sent_escaped(
+    serve: Callable[..., OneServer], args: list[str]
+) -> None:
+    fields = ("id", "zone", "expiresAt", "revokedAt", "streamsEnded", "name")
+    answer = {k: f"v{OSC}" for k in fields} | {"token": "a.b.c"}
+    server = serve(answer)
+    result = CliRunner().invoke(cli, ["--api-url", server.url, *args])
+    out = result.output + (result.stderr if result.stderr_bytes is not None else "")
+    assert result.exit_code == 0, out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "\\x1b]0;owned\\x07" in out or args[0] == "delete"
+
+
+@pytest.mark.parametrize("token", [f"a.b.c{OSC}", "", "not a jwt", 12])
+def test_generate_prints_only_a_token_shaped_like_one(
+    serve: Callable[..., OneServer], token: object
+) -> None:
+    server = serve({"id": "t1", "zone": "z", "expiresAt": "x", "token": token})
+    code, out = _kdsctl(server.url, "generate", "zone-token", "--zone", "z")
+    assert code == 1 and "\x1b" not in out
+    assert "holds no zone token (a JWT)" in out
+
+
 @pytest.mark.parametrize(
     ("no_proxy", "proxied"),
     [
@@ -207,3 +256,35 @@ def test_no_proxy_takes_address_ranges_as_kumactl_does(
     assert (found is not None) is proxied
     if found:
         assert (found[0].host, found[0].port) == ("proxy.example", 3128)
+
+
+@pytest.mark.parametrize(
+    ("body", "args"),
+    [
+        ("[" * 100_000 + "]" * 100_000, ["get", "meshes"]),
+        (
+            '{"items": [{"name": "z", "lagRevisions": 1e400, "globalRevision": 1e400}]}',
+            ["inspect", "zones"],
+        ),
+        ('{"total": NaN, "items": []}', ["get", "meshes"]),
+    ],
+)
+@pytest.mark.parametrize("status", ["200 OK", "400 Bad Request"])
+def test_an_answer_that_parses_but_cannot_be_used_is_an_error_not_a_traceback(
+    body: str, args: list[str], status: str
+) -> None:
+    server = OneServer(None, status)
+    server.answer = (
+        server.answer.split(b"\r\n\r\n")[0].replace(
+            b"Content-Length: 4", f"Content-Length: {len(body)}".encode()
+        )
+        + b"\r\n\r\n"
+        + body.encode()
+    )
+    try:
+        result = CliRunner().invoke(cli, ["--api-url", server.url, *args])
+    finally:
+        server.sock.close()
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output and result.output.startswith("Error: ")
