@@ -272,7 +272,8 @@ async def _final_flush(tracker: ZoneTracker) -> None:
     """Save the disconnects of the streams just ended, if the store answers in time: a
     store that is away must not hold the shutdown up, nor make it a failure."""
     try:
-        await asyncio.wait_for(tracker.flush(), FINAL_FLUSH_WAIT)
+        async with asyncio.timeout(FINAL_FLUSH_WAIT):
+            await tracker.flush()
     except Exception as e:
         log.error(
             "cannot save the zones' last status while stopping",

@@ -130,7 +130,8 @@ class SyncServicer:
     async def sync(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
         stream_id = uuid.uuid4().hex[:12]
         try:
-            first = await asyncio.wait_for(context.read(), timeout=10)
+            async with asyncio.timeout(10):
+                first = await context.read()
         except TimeoutError:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no hello within 10 s")
             return

@@ -280,7 +280,8 @@ class ZoneTracker:
         failing = False
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._urgent.wait(), self.flush_interval)
+                async with asyncio.timeout(self.flush_interval):
+                    await self._urgent.wait()
             self._urgent.clear()
             for state in self.claims.renew(self.zones.values()) if self.claims else []:
                 self.mark(state)

@@ -9,6 +9,12 @@ half-working process behind.
 Both daemons collect cyclic garbage less often than CPython's default (``tune_gc``), and
 give freed memory back to the system on their own when their resident size grows
 (``keep_memory_trimmed``, kds.memory.Keeper).
+
+No code here or in the daemons waits with ``asyncio.wait_for``: on Python 3.11, a task
+cancelled in the same turn of the loop as the awaited thing completes has its cancellation
+swallowed (wait_for returns the result), so a loop around it never ends; a stop then waited
+its full grace on a status flusher that was still going round. ``asyncio.timeout`` raises
+the cancellation whatever else happened in that turn.
 """
 
 from __future__ import annotations
@@ -231,7 +237,8 @@ async def keep_memory_trimmed(
         keeper = memory.Keeper()
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval)
+            async with asyncio.timeout(interval):  # not wait_for: see above
+                await stop.wait()
         if not stop.is_set() and keeper.due():
             await asyncio.to_thread(keeper.release)
 

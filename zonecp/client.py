@@ -194,7 +194,8 @@ class ZoneClient:
             # A welcomed stream ended: reconnect soon, from the shortest backoff again, with
             # jitter so zones do not all dial a restarted global at the same instant.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), random.uniform(0.05, 0.5))
+                async with asyncio.timeout(random.uniform(0.05, 0.5)):
+                    await stop.wait()
 
     def _read_token(self) -> str:
         """The token as the file holds it now (read at every dial, so a replaced file is

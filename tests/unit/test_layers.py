@@ -191,3 +191,13 @@ def test_no_module_is_over_500_lines() -> None:
         if (n := len(path.read_text().splitlines())) > 500
     }
     assert long == {}
+
+
+def test_no_module_waits_with_asyncio_wait_for() -> None:
+    """On Python 3.11, asyncio.wait_for swallows a cancellation that comes in the same turn
+    of the loop as the awaited thing completes, and a loop around it never ends (a status
+    flusher held daemons' stops): asyncio.timeout instead (kds.runtime)."""
+    found = {
+        name: n for name, path in _modules().items() if (n := path.read_text().count("wait_for("))
+    }
+    assert found == {}

@@ -393,3 +393,19 @@ async def test_a_store_away_while_sampling_lag_never_ends_the_flusher(
     await a.flush()
     monkeypatch.undo()
     assert json.loads((await store.zone_statuses())["zone-a"])["online"]
+
+
+async def test_the_flusher_stops_when_cancelled_as_it_is_woken(
+    store: HubStore, clock: Clock
+) -> None:
+    """Cancelled in the same turn of the loop as something urgent wakes it, the flusher ends.
+    Around asyncio.wait_for, Python 3.11 swallowed that cancellation and the flusher went on
+    for ever, holding a daemon's stop for its whole grace."""
+    tracker = _tracker(store, clock)
+    for _ in range(20):
+        task = asyncio.create_task(tracker.run_flusher())
+        await asyncio.sleep(0.01)  # waiting for something urgent
+        tracker._urgent.set()
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=2)
+        assert task in done and task.cancelled()

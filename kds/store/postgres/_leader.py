@@ -162,7 +162,8 @@ class Leadership:
         try:
             while True:
                 await asyncio.sleep(self.heartbeat)
-                await asyncio.wait_for(conn.execute("SELECT 1"), self.idle_timeout)
+                async with asyncio.timeout(self.idle_timeout):
+                    await conn.execute("SELECT 1")
         except (psycopg.Error, OSError, TimeoutError) as e:
             log.error("the zone's leader lock was lost", error=first_line(e))
             lost.set()
