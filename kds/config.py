@@ -350,7 +350,8 @@ class ZoneConfig(_Common):
     token_file: Path | None = opt(
         None,
         _optional_path,
-        "File holding this zone's token (kdsctl generate zone-token); read at every dial.",
+        "File holding this zone's token (kdsctl generate zone-token); read at every dial. "
+        "Required unless --insecure.",
         "FILE",
     )
     insecure: bool = opt(
@@ -366,7 +367,11 @@ class ZoneConfig(_Common):
         ("127.0.0.1", 5682), parse_address, "HTTP API listen address.", "HOST:PORT"
     )
     reconnect_max_delay: float = opt(
-        15.0, parse_duration, "Longest wait between reconnect attempts (with jitter).", "DURATION"
+        15.0,
+        parse_duration,
+        "Cap of the reconnect backoff, which doubles from 0.2s; up to a quarter more (at "
+        "least 0.5s) is added as random jitter.",
+        "DURATION",
     )
 
 
@@ -438,7 +443,8 @@ def click_options(cls: type[C], env_prefix: str) -> Callable[[Callable[..., Any]
             "config_file",
             type=click.Path(dir_okay=False, path_type=Path),
             envvar=env_prefix + "CONFIG",
-            help=f"YAML file of options (keys as the flags, without dashes). [env {env_prefix}CONFIG]",
+            help="YAML file of options (keys as the flags without the leading --, e.g. "
+            f"data-dir). [env {env_prefix}CONFIG]",
         )(fn)
 
     return deco

@@ -1,4 +1,5 @@
-"""The one rule for files that hold secrets a daemon reads: only their owner may open them.
+"""The one rule for files that hold secrets a daemon reads: only their owner (and the
+daemon's own group, read only) may open them.
 
 A file other users may read (or write) is named, with its mode and the fix, by
 ``check_secret_file``. The encryption key refuses such a file (``strict``): it has since it
@@ -27,12 +28,20 @@ log = structlog.get_logger("kds.secret_files")
 
 def open_mode(path: Path) -> int | None:
     """The file's permission bits when other users may read or write it, else None (also
-    when it cannot be stat'ed: reading it will say why)."""
+    when it cannot be stat'ed: reading it will say why). A file only its owner and the
+    daemon's own group may read (``root:kds 0640`` for a service running as ``kds``, the
+    layout of packaging/systemd) is not open: nobody outside the service's group reads it."""
     try:
-        mode = stat.S_IMODE(path.stat().st_mode)
+        st = path.stat()
     except OSError:
         return None
-    return mode if mode & 0o077 else None
+    mode = stat.S_IMODE(st.st_mode)
+    if not mode & 0o077:
+        return None
+    own_group = st.st_gid == os.getegid() or st.st_gid in os.getgroups()
+    if mode & 0o037 == 0 and own_group and st.st_uid in (0, os.geteuid()):
+        return None
+    return mode
 
 
 def check_secret_file(path: Path, option: str, *, strict: bool = False) -> None:

@@ -20,6 +20,7 @@ Tables never show secret data; ``-o json`` and ``-o yaml`` print the API's answe
 from __future__ import annotations
 
 import importlib
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from typing import Any
 import click
 
 from kdsctl import resources
-from kdsctl.client import ApiClient, ApiError, ApiUnreachable, read_token, tls_verify
+from kdsctl.client import ApiClient, ApiError, ApiUnreachable
 from kdsctl.render import fail, safe_text
 
 __all__ = ["DEFAULT_API_URL", "cli", "main"]
@@ -108,6 +109,32 @@ class _AliasGroup(_LazyGroup):
         return (cmd.name if cmd else None), cmd, rest
 
 
+def read_token(token: str, token_file: Path | None) -> str:
+    """The bearer token: ``token`` if given, else the content of ``token_file``, stripped."""
+    if not token and token_file is not None:
+        try:
+            token = token_file.read_text()
+        except OSError as e:
+            raise click.BadParameter(
+                f"cannot read {token_file}: {e.strerror}", param_hint="'--token-file'"
+            ) from None
+        if not token.strip():
+            raise click.BadParameter(f"{token_file} is empty", param_hint="'--token-file'")
+    return token.strip()
+
+
+def tls_verify(ca_file: Path | None) -> ssl.SSLContext | bool:
+    """What to verify the API's certificate with: the system's CAs (True) or ``ca_file``'s."""
+    if ca_file is None:
+        return True
+    try:
+        return ssl.create_default_context(cafile=str(ca_file))
+    except (ssl.SSLError, ValueError):
+        raise click.BadParameter(
+            f"{ca_file} holds no PEM certificate", param_hint="'--ca-file'"
+        ) from None
+
+
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     # kds.version asks importlib.metadata, which costs more to import than the rest of a
     # simple command: only --version pays for it.
@@ -163,7 +190,8 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     metavar="FILE",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Read the bearer token from FILE (e.g. the daemon's DATA_DIR/admin-token), which keeps "
-    "it out of the process list; --token wins when both are given. "
+    "it out of the process list. When both are given the same way, --token wins; a flag "
+    "on the command line wins over the environment (--token-file over KDSCTL_TOKEN). "
     "Environment: KDSCTL_TOKEN_FILE.",
 )
 @click.option(
@@ -197,6 +225,14 @@ def cli(
     Write on the global control plane: resources created there are synced to every zone.
     On a zone, synced resources are read-only; zone-local ones can be managed there.
     """
+    # A flag on the command line beats the environment: with KDSCTL_TOKEN exported for
+    # global, --token-file of a zone's admin-token is what the user means.
+    given = click.core.ParameterSource.COMMANDLINE
+    if (
+        ctx.get_parameter_source("token_file") is given
+        and ctx.get_parameter_source("token") is not given
+    ):
+        token = ""
     token = read_token(token, token_file)
     client = ApiClient(api_url, timeout, token, tls_verify(ca_file))
     ctx.obj = client

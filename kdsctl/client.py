@@ -24,7 +24,6 @@ import ssl
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -41,10 +40,8 @@ __all__ = [
     "ApiUnreachable",
     "Response",
     "pass_client",
-    "read_token",
     "redacted",
     "resource_path",
-    "tls_verify",
 ]
 
 _SYNC_PORT_HINT = (
@@ -478,29 +475,3 @@ def resource_path(kind: Kind, name: str = "", mesh: str = "") -> str:
     else:
         base = "/global-secrets"
     return f"{base}/{quote(name, safe='')}" if name else base
-
-
-def read_token(token: str, token_file: Path | None) -> str:
-    """The bearer token: ``token`` if given, else the content of ``token_file``, stripped."""
-    if not token and token_file is not None:
-        try:
-            token = token_file.read_text()
-        except OSError as e:
-            raise click.BadParameter(
-                f"cannot read {token_file}: {e.strerror}", param_hint="'--token-file'"
-            ) from None
-        if not token.strip():
-            raise click.BadParameter(f"{token_file} is empty", param_hint="'--token-file'")
-    return token.strip()
-
-
-def tls_verify(ca_file: Path | None) -> ssl.SSLContext | bool:
-    """What to verify the API's certificate with: the system's CAs (True) or ``ca_file``'s."""
-    if ca_file is None:
-        return True
-    try:
-        return ssl.create_default_context(cafile=str(ca_file))
-    except (ssl.SSLError, ValueError):
-        raise click.BadParameter(
-            f"{ca_file} holds no PEM certificate", param_hint="'--ca-file'"
-        ) from None

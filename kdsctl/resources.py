@@ -110,10 +110,7 @@ def _list(client: ApiClient, path: str, size: int | None, offset: int | None) ->
     while answer.get("next") and len(items) + (offset or 0) < total:
         if len(items) >= MAX_LISTED:
             # Nor one whose total is made up: 10**12 took kdsctl past 5 GB.
-            fail(
-                f"the API lists more than {MAX_LISTED:,} of them: page with --size and "
-                "--offset"
-            )
+            fail(f"the API lists more than {MAX_LISTED:,} of them: page with --size and --offset")
         start = len(items) + (offset or 0)
         answer = client.get(f"{path}?offset={start}&size=1000")
         if not answer.get("items"):

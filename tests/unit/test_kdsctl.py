@@ -554,6 +554,11 @@ def test_token_file_from_option_and_environment(secured: str, tmp_path: Path) ->
     assert r.exit_code == 1 and "read-only token may not DELETE" in r.output
     r = CliRunner().invoke(cli, ["get", "meshes"], env={"KDSCTL_API_URL": secured})
     assert r.exit_code == 1 and "--token-file" in r.output
+    # A flag beats the environment: KDSCTL_TOKEN exported for one daemon, --token-file of
+    # another's admin token on the command line.
+    env = {"KDSCTL_API_URL": secured, "KDSCTL_TOKEN": "r" * 20}
+    r = CliRunner().invoke(cli, ["--token-file", str(admin), "delete", "mesh", "m"], env=env)
+    assert "read-only token" not in r.output, r.output
 
 
 def test_token_file_unreadable_or_empty_names_the_option(tmp_path: Path) -> None:

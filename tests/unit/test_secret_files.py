@@ -18,7 +18,7 @@ from kds.secret_files import check_secret_file, check_secret_files
 from kdsctl.cli import cli
 from kdsctl.client import ApiClient
 
-TOKEN = "zone-token-value-that-must-not-leak-0123456789"
+TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ6b25lLWEifQ.zone-token-value-that-must-not-leak-0123"
 
 
 def _file(path: Path, text: str, mode: int) -> Path:
@@ -39,14 +39,30 @@ def test_a_secret_file_open_to_others_is_named_with_its_mode_and_fix(tmp_path: P
     assert w["option"] == "--token-file" and w["file"] == str(f) and w["mode"] == "0644"
     assert w["fix"] == f"chmod 600 {f}" and "chmod 600" in w["event"]
     assert TOKEN not in repr(logs)
-    with pytest.raises(ConfigError, match=r"--token-file .* \(mode 0640\): chmod 600"):
-        f.chmod(0o640)
+    with pytest.raises(ConfigError, match=r"--token-file .* \(mode 0660\): chmod 600"):
+        f.chmod(0o660)  # the group may write it
         check_secret_file(f, "--token-file", strict=True)
     f.chmod(0o600)
     with capture_logs() as logs:
         check_secret_file(f, "--token-file", strict=True)
         check_secret_files({"--token-file": f, "--tls-key-file": None})
     assert logs == []
+
+
+def test_a_file_only_its_owner_and_the_daemon_s_group_read_is_not_open(tmp_path: Path) -> None:
+    """root:kds 0640 for a service running as kds (packaging/systemd): nobody outside the
+    service's own group reads it, so no warning, and the key file is taken too."""
+    f = _file(tmp_path / "zone.token", TOKEN, 0o640)
+    with capture_logs() as logs:
+        check_secret_file(f, "--token-file", strict=True)
+        check_secret_file(f, "--token-file")
+    assert logs == []
+    others = next(g for g in (65534, 65533, 12345) if g not in (os.getegid(), *os.getgroups()))
+    if os.geteuid() != 0:
+        pytest.skip("giving a file to another group needs root; the rest is checked")
+    os.chown(f, -1, others)
+    with pytest.raises(ConfigError, match=r"\(mode 0640\): chmod 600"):
+        check_secret_file(f, "--token-file", strict=True)
 
 
 def test_api_token_files_given_by_path_are_checked(tmp_path: Path) -> None:
