@@ -22,7 +22,7 @@ from kds.model import Key, Kind, Resource
 from kds.protocol.anti_entropy import MAX_ANSWER_LEAVES, MAX_EXPAND, Answer, Listed, Query
 from kds.protocol.applier import DecodedBatch, Incoming
 from kds.protocol.digest_tree import DIGEST_BYTES, MAX_DEPTH, NodeId, Summary
-from kds.protocol.limits import MAX_REVISION, check_key
+from kds.protocol.limits import MAX_REVISION, REASON_CHARS, check_key
 from kds.protocol.zone_session import Ack, Hello, RawKey, Rejection, SyncMode, Welcome
 from kds.validation import MAX_DEPTH as MAX_DEPTH_JSON
 from kds.validation import depth_over
@@ -243,13 +243,14 @@ def hello_to_pb(h: Hello) -> pb.ZoneMessage:
 
 
 def _rejection_to_pb(r: Rejection) -> pb.Rejection:
+    reason = r.reason[:REASON_CHARS]  # global keeps no more of it
     if r.key is None:
-        return pb.Rejection(reason=r.reason)  # no key field at all, as it named nothing
+        return pb.Rejection(reason=reason)  # no key field at all, as it named nothing
     if not isinstance(r.key, RawKey):
-        return pb.Rejection(key=key_to_pb(r.key), reason=r.reason)
+        return pb.Rejection(key=key_to_pb(r.key), reason=reason)
     raw = r.key  # exactly as global sent it, kind number and all
     key = pb.ResourceKey(kind=raw.kind, mesh=raw.mesh, name=raw.name)  # type: ignore[arg-type]
-    return pb.Rejection(key=key, reason=r.reason)
+    return pb.Rejection(key=key, reason=reason)
 
 
 def ack_to_pb(a: Ack) -> pb.ZoneMessage:

@@ -43,10 +43,11 @@ from kds.clock import rfc3339
 from kds.errors import KdsError, ProtocolError, StoreError
 from kds.grpc_options import client_options
 from kds.logging import debug_enabled
-from kds.model import Key
 from kds.protocol.limits import PROBLEM_CHARS
-from kds.protocol.zone_session import RawKey, State, ZoneSession
+from kds.protocol.zone_session import State, ZoneSession
 from kds.store import ZoneStore
+from kds.text import safe_text
+from zonecp.batch_log import key_fields, log_rejections
 from zonecp.check_answers import CheckAnswers
 from zonecp.read_waits import ReadWaits
 from zonecp.sync_status import DISK_FULL, ZoneSyncStatus, store_problem
@@ -68,19 +69,6 @@ class StreamEnded(KdsError):
     def __init__(self, message: str, code: grpc.StatusCode | None = None):
         super().__init__(message)
         self.code = code
-
-
-def _key_name(k: Key) -> dict[str, str]:
-    return {"type": str(k.kind), "mesh": k.mesh, "name": k.name}
-
-
-def _as_sent(k: Key | RawKey | None) -> dict[str, Any]:
-    """Log fields of a change the zone could not decode, as global sent it: ``kind`` is the
-    wire number (0 when the change named nothing)."""
-    if k is None:
-        return {"kind": 0, "mesh": "", "name": ""}
-    kind = k.kind if isinstance(k, RawKey) else wire.KIND_TO_PB[k.kind]
-    return {"kind": kind, "mesh": k.mesh, "name": k.name}
 
 
 class ZoneClient:
@@ -131,7 +119,7 @@ class ZoneClient:
         current = await self.store.conflicts()
         ended = set(self.status.conflicts) - set(current)
         for k in sorted(ended):
-            log.info("name conflict ended: the synced copy is now served", **_key_name(k))
+            log.info("name conflict ended: the synced copy is now served", **key_fields(k))
         if current != self.status.conflicts:
             self.status.conflicts = current
             self._status_dirty.set()
@@ -380,12 +368,9 @@ class ZoneClient:
             log.warning(
                 "name conflict: this zone keeps its own resource; global's copy is kept aside",
                 zone=self.zone,
-                **_key_name(k),
+                **key_fields(k),
             )
-        for k, reason in result.rejected:
-            log.warning("rejected a synced resource", reason=reason, **_key_name(k))
-        for rej in undecodable:
-            log.warning("rejected a synced resource", reason=rej.reason, **_as_sent(rej.key))
+        log_rejections(log, result.rejected, undecodable)
         if b.repair:
             self._log_repair(batch, result.rejected)
         if result.removed_stale:
@@ -419,7 +404,9 @@ class ZoneClient:
         """A repair batch applied: log and count what it repaired, by key (never values)."""
         refused = {k for k, _ in rejected}
         keys = [c.key for c in batch.changes if c.key is not None and c.key not in refused]
-        labels = [f"{k.kind} {k.mesh + '/' if k.mesh else ''}{k.name}" for k in keys]
+        labels = [
+            safe_text(f"{k.kind} {k.mesh + '/' if k.mesh else ''}{k.name}", 600) for k in keys
+        ]
         st = self.status
         st.repaired += len(keys)
         st.last_repair_at = time.time()

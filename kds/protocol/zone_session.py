@@ -359,7 +359,10 @@ class ZoneSession:
         rejections = (*(Rejection(k, reason) for k, reason in result.rejected), *undecodable)
         # The apply may take long; that is the zone's time, not global's silence.
         self._quiet_since = now
-        ack: Ack | None = Ack(batch.seq, result.applied_revision, rejections)
+        # The ack names at most MAX_ACK_REJECTIONS of them (the zone logs and counts them
+        # all): 100,000 undecodable changes in one 600 KB batch made an ack over 4 MiB, which
+        # the zone could not send.
+        ack: Ack | None = Ack(batch.seq, result.applied_revision, rejections[:MAX_ACK_REJECTIONS])
         may_hold = (
             self._ack_delay > 0
             and batch.final
@@ -424,6 +427,10 @@ class ZoneSession:
         if self.state is not State.SYNCING or self.silence_limit is None:
             return None
         return max(0.0, self._quiet_since + self.silence_limit - now)
+
+
+# The most rejections one ack names.
+MAX_ACK_REJECTIONS = 1000
 
 
 def _refuse(problem: FieldViolation | None) -> None:

@@ -13,14 +13,17 @@ import json
 from pathlib import Path
 
 import pytest
+import structlog
+from structlog.testing import capture_logs
 
 from kds import wire
 from kds._pb import sync_pb2 as pb
 from kds.errors import ProtocolError
 from kds.model import Key, Kind, Resource
 from kds.protocol.limits import MAX_REVISION, check_hello
-from kds.protocol.zone_session import SyncMode, Welcome, ZoneSession
+from kds.protocol.zone_session import MAX_ACK_REJECTIONS, SyncMode, Welcome, ZoneSession
 from kds.store.sqlite import ZoneEngine
+from zonecp.batch_log import REJECTIONS_LOGGED, log_rejections
 
 NOW = "2026-11-30T00:00:00Z"
 STORE = "0123456789abcdef0123456789abcdef"
@@ -216,3 +219,30 @@ def test_what_a_zone_accepts_an_honest_global_accepts_back() -> None:
         "chain": b"c" * 64,
     }
     assert check_hello(**hello) is None  # type: ignore[arg-type]
+
+
+def test_a_batch_of_many_undecodable_changes_makes_a_bounded_ack_and_log() -> None:
+    """100,000 changes of a kind no version knows, in one batch of about 600 KB: the ack
+    names MAX_ACK_REJECTIONS of them (it was over 4 MiB, and the zone could not send it),
+    and the zone's log has REJECTIONS_LOGGED lines and a count, with names cut."""
+    unknown = pb.Change(revision=2, put=pb.Resource(kind=99, name="n" * 5000))  # type: ignore[arg-type]
+    many = [pb.Change(revision=2, put=pb.Resource(kind=99, name="x"))] * 100_000  # type: ignore[arg-type]
+    batch, undecodable = wire.decode_batch(_batch(MESH, unknown, *many, snapshot=False))
+    s = _session()
+    s.on_welcome(Welcome("global-1", STORE, 2, SyncMode.RESUME), now=1.0)
+    s.on_batch(batch, undecodable, now=2.0)
+
+    class Result:
+        applied_revision = 2
+        rejected: list[tuple[Key, str]] = []
+        new_conflicts: list[Key] = []
+        resolved_conflicts: list[Key] = []
+
+    ack = s.on_applied(Result(), now=3.0).ack
+    assert ack is not None and len(ack.rejected) == MAX_ACK_REJECTIONS
+    assert wire.ack_to_pb(ack).ByteSize() < 1 << 20
+    with capture_logs() as logs:
+        log_rejections(structlog.get_logger(), [], undecodable)
+    assert len(logs) == REJECTIONS_LOGGED + 1
+    assert logs[-1]["count"] == 100_001 - REJECTIONS_LOGGED
+    assert max(len(e.get("name", "")) for e in logs) < 400
