@@ -75,19 +75,17 @@ def check_hello(
         "hello.store_backend": store_backend,
         "hello.resume.global_store_id": store_id,
     }
-    for name, value in strings.items():
-        limit = HELLO_CHARS[name]
-        if len(value) > limit:
-            return FieldViolation(name, f"must be at most {limit} characters (got {len(value)})")
-        if not value.isprintable():
-            return FieldViolation(name, "must be printable text (no control characters)")
-    if len(chain) > HELLO_BYTES["hello.resume.chain"]:
-        limit = HELLO_BYTES["hello.resume.chain"]
-        return FieldViolation(
-            "hello.resume.chain", f"must be at most {limit} bytes (got {len(chain)})"
-        )
-    if not 0 <= revision <= MAX_REVISION:
-        return FieldViolation("hello.resume.revision", f"must be at most {MAX_REVISION} (2^63-1)")
+    return (
+        _check_text(strings, HELLO_CHARS)
+        or _check_bytes("hello.resume.chain", chain)
+        or _check_revisions({"hello.resume.revision": revision})
+    )
+
+
+def _check_bytes(name: str, value: bytes) -> FieldViolation | None:
+    limit = HELLO_BYTES["hello.resume.chain"]  # the one bytes field: a history chain
+    if len(value) > limit:
+        return FieldViolation(name, f"must be at most {limit} bytes (got {len(value)})")
     return None
 
 
@@ -120,10 +118,7 @@ def check_batch_header(
     *, from_revision: int, revision: int, head_revision: int, chain: bytes
 ) -> FieldViolation | None:
     """On the zone: the first field of a batch's header that breaks its limit, or None."""
-    limit = HELLO_BYTES["hello.resume.chain"]
-    if len(chain) > limit:
-        return FieldViolation("batch.chain", f"must be at most {limit} bytes (got {len(chain)})")
-    return _check_revisions(
+    return _check_bytes("batch.chain", chain) or _check_revisions(
         {
             "batch.from_revision": from_revision,
             "batch.revision": revision,
