@@ -29,6 +29,7 @@ from globalcp.snapshot_plan import SnapshotPlan
 from globalcp.zones import CHECK_KEYS_KEPT, ZoneHandle
 from kds import wire
 from kds._pb import sync_pb2 as pb
+from kds.errors import ProtocolError
 from kds.model import Key
 from kds.protocol.anti_entropy import Outcome, Query
 from kds.protocol.batching import Part, pack
@@ -40,6 +41,9 @@ __all__ = ["SendLoop"]
 log = structlog.get_logger("globalcp.sync")
 
 T = TypeVar("T")
+# How long a zone holding a turn to be sent a snapshot may acknowledge nothing. A part is
+# 128 KiB: a zone applies one in well under a second, seconds on a loaded machine.
+TURN_STALL = 60.0
 
 
 class _PartKeys:
@@ -100,6 +104,7 @@ class SendLoop:
         # the snapshot's last part (revision ``_turn_until``) or the stream ends.
         self._turn: Ticket | None = None
         self._turn_until = 0
+        self._turn_progress: tuple[int, float] | None = None  # (oldest unacked seq, since)
         self._snapshot: _SnapshotCursor | None = None  # a snapshot being sent, part by part
 
     async def run(self) -> None:
@@ -124,6 +129,7 @@ class SendLoop:
         try:
             while True:
                 self._give_turn_back()
+                self._check_turn_progress(loop.time())
                 if self.ended():
                     return
                 if await self.send_next():
@@ -179,6 +185,23 @@ class SendLoop:
     def holds_turn(self) -> bool:
         """Whether this stream holds (or waits for) a turn to send a snapshot."""
         return self._turn is not None
+
+    def _check_turn_progress(self, now: float) -> None:
+        """A zone holding a turn that acknowledges nothing for TURN_STALL ends its stream, so
+        the turn goes to the next zone (the loop runs at least once a heartbeat): zones that
+        stopped acknowledging mid-snapshot could otherwise hold every turn for good. It
+        resumes its snapshot when it dials again, at the back of the line."""
+        oldest = self.session.oldest_unacked
+        if self._turn is None or not self._turn.granted or oldest is None:
+            self._turn_progress = None
+            return
+        if self._turn_progress is None or self._turn_progress[0] != oldest:
+            self._turn_progress = (oldest, now)
+        elif now - self._turn_progress[1] > TURN_STALL:
+            raise ProtocolError(
+                f"the zone acknowledged nothing for {TURN_STALL:g} s while holding a turn to "
+                "be sent a snapshot: the turn goes to the next zone"
+            )
 
     def _give_turn_back(self) -> None:
         """Once the zone acknowledged the snapshot's last part, the next stream may send."""

@@ -316,6 +316,12 @@ class GlobalSession:
     def in_flight(self) -> int:
         return len(self._in_flight)
 
+    @property
+    def oldest_unacked(self) -> int | None:
+        """The seq of the oldest batch the zone has not acknowledged (None: none in flight);
+        it moves on with every ack, so a stalled zone is one where it stays put."""
+        return self._in_flight[0].seq if self._in_flight else None
+
 
 def _check_rejections(ack: Ack, batch: _InFlight) -> None:
     """Every rejected key is one the batch held, and none is rejected twice. The messages

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+import globalcp.sending
 from kds.model import Kind, Resource
 from kds.protocol.session import Ack, GlobalSession
 from kds.store.sqlite import SqliteZoneStore
@@ -92,3 +93,48 @@ async def test_a_snapshot_storm_sends_to_at_most_n_zones_at_once(
         assert "zone disconnected" not in events
         assert events.count("waiting for a turn to send the snapshot") == ZONES - TURNS
         await wait_until(lambda: pair.servicer.plans.turns.sending == 0, what="turns given back")
+
+
+async def test_a_zone_that_stops_acknowledging_gives_its_turn_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A zone holding the only turn that acknowledges nothing for TURN_STALL has its stream
+    ended, and the zone waiting behind it is sent the snapshot: zones that stop acknowledging
+    mid-snapshot could otherwise hold every turn for good."""
+    monkeypatch.setattr(globalcp.sending, "TURN_STALL", 0.5)
+    stuck: set[int] = set()
+    release = asyncio.Event()
+    real_apply = SqliteZoneStore.apply_batch
+
+    async def apply(self: SqliteZoneStore, batch: Any, *args: Any) -> Any:
+        if id(self) in stuck:
+            await release.wait()  # a zone that takes its first part and never answers
+        return await real_apply(self, batch, *args)
+
+    monkeypatch.setattr(SqliteZoneStore, "apply_batch", apply)
+    async with running_pair(
+        tmp_path, snapshot_streams=1, max_unacked=WINDOW, heartbeat_interval=0.2
+    ) as pair:
+        await pair.store.put(Resource(Kind.MESH, "default"), T0)
+        value = b"v" * 2000
+        await pair.store.put_many(
+            [Resource(Kind.SECRET, f"s{j}", mesh="default", data=value) for j in range(200)],
+            T0,
+        )
+        head = pair.hub.head
+        with capture_logs() as logs:
+            first = pair.start_zone("zone-stuck")
+            stuck.add(id(first.store))
+            await wait_until(
+                lambda: pair.servicer.plans.turns.sending == 1, what="the stuck zone's turn"
+            )
+            second = pair.start_zone("zone-next")
+            await wait_until(
+                lambda: second.client.status.applied_revision == head,
+                timeout=30,
+                what="the zone behind it to hold the snapshot",
+            )
+            release.set()
+        ended = [e for e in logs if e["event"] == "zone broke the protocol"]
+        assert len(ended) == 1 and "acknowledged nothing for 0.5 s" in ended[0]["reason"]
+        assert first.client.status.applied_revision != head
