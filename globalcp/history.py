@@ -23,13 +23,16 @@ Every string in an event either came from the zone and was bounded and escaped b
 globalcp.zones (kds.text.safe_text) or is global's own; each event's JSON is at most
 EVENT_BYTES. Events are written with the zone status flush (at most once a second, in one
 transaction); until then, and while the store cannot be written, they wait in memory (at
-most PENDING_MAX; the oldest are dropped beyond it and counted).
+most PENDING_MAX; the oldest are dropped beyond it and counted). One zone has at most
+PENDING_PER_ZONE of them waiting (its newer ones are dropped and counted), so a zone
+reconnecting as fast as it can never pushes another zone's events out before they are saved.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -66,6 +69,7 @@ EVENT_BYTES = 4096
 NAMES_PER_EVENT = 10
 NAME_CHARS = 1200  # of the names one list of an event holds
 PENDING_MAX = 10_000
+PENDING_PER_ZONE = 500
 # The bound in total: a zone not seen for 30 days loses its history; at most 500,000 entries
 # in all (250 zones' full series; at EVENT_BYTES each, 2 GB at worst, typically ~100 MB).
 RETAIN_S = 30 * 86_400.0
@@ -83,6 +87,7 @@ class ZoneHistory:
         self.clock = clock
         self.keep = keep
         self._pending: list[ZoneEvent] = []
+        self._waiting: Counter[str] = Counter()  # events in _pending, by zone
         self._inflight: list[ZoneEvent] = []  # being written by flush: in neither place yet
         self.dropped = 0  # events lost because the store could not take them in time
         self._pruned_at: float | None = None  # when prune last ran (None: not yet)
@@ -91,9 +96,13 @@ class ZoneHistory:
         text = json.dumps(data, sort_keys=True)
         if len(text.encode()) > EVENT_BYTES:  # cannot happen with bounded fields; never store more
             text = json.dumps({"type": data.get("type", "unknown"), "truncated": True})
+        if self._waiting[zone] >= PENDING_PER_ZONE:
+            self.dropped += 1
+            return
         self._pending.append(ZoneEvent(zone, kind, self.clock() if at is None else at, text))
+        self._waiting[zone] += 1
         if len(self._pending) > PENDING_MAX:
-            del self._pending[0]
+            self._waiting[self._pending.pop(0).zone] -= 1
             self.dropped += 1
 
     def event(self, zone: str, type_: str, at: float | None = None, **fields: Any) -> None:
@@ -134,6 +143,7 @@ class ZoneHistory:
         if not self._pending:
             return
         batch, self._pending = self._pending, []
+        self._waiting.clear()
         self._inflight = batch
         try:
             await self.store.add_zone_events(batch, self.keep)
@@ -143,6 +153,7 @@ class ZoneHistory:
             if overflow > 0:
                 del self._pending[:overflow]
                 self.dropped += overflow
+            self._waiting = Counter(ev.zone for ev in self._pending)
             log.error("cannot save zone history", error_type=type(e).__name__, error=str(e))
         finally:
             self._inflight = []

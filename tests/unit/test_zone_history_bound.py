@@ -6,7 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from globalcp.history import KEEP, PRUNE_EVERY, RETAIN_S, ZoneHistory
+from globalcp.history import (
+    KEEP,
+    PENDING_MAX,
+    PENDING_PER_ZONE,
+    PRUNE_EVERY,
+    RETAIN_S,
+    ZoneHistory,
+)
 from kds.store import GlobalStore, ZoneEvent
 from kds.store.sqlite import GlobalEngine, SqliteGlobalStore
 from tests.unit.test_store_conformance import gstore, stores
@@ -60,5 +67,27 @@ async def test_global_prunes_at_its_first_flush_then_once_an_hour(tmp_path: Path
         await history.flush()
         assert await store.zone_events("gone2", "event") == []
         assert len(await store.zone_events("alive", "event")) == 1
+    finally:
+        store.close()
+
+
+async def test_one_zone_flooding_events_never_pushes_another_s_out(tmp_path: Path) -> None:
+    """Between two flushes one zone may have PENDING_PER_ZONE events waiting, its newer ones
+    dropped and counted: a zone reconnecting as fast as it can pushed another zone's
+    unsaved "disconnected" out of the shared list before."""
+    store = SqliteGlobalStore(GlobalEngine(tmp_path / "global.db"))
+    try:
+        history = ZoneHistory(store, clock=lambda: 1000.0)
+        history.event("quiet", "disconnected", reason="connection lost")
+        for i in range(PENDING_MAX + 10):
+            history.event("noisy", "connected", instance=f"i-{i}")
+        assert history.dropped == PENDING_MAX + 10 - PENDING_PER_ZONE
+        await history.flush()
+        saved = await store.zone_events("quiet", "event")
+        assert len(saved) == 1 and "disconnected" in saved[0].data
+        assert len(await store.zone_events("noisy", "event")) == PENDING_PER_ZONE
+        history.event("noisy", "disconnected")  # saved: the zone's count starts again
+        await history.flush()
+        assert len(await store.zone_events("noisy", "event")) == PENDING_PER_ZONE + 1
     finally:
         store.close()
