@@ -69,9 +69,11 @@ def from_kubernetes(doc: Mapping[str, Any], limits: Limits) -> Resource:
     meta = doc.get("metadata")
     if not isinstance(meta, Mapping):
         raise InvalidResource([FieldViolation("metadata", "is required and must be a map")])
-    if not isinstance(meta.get("labels") or {}, Mapping):
+    given = meta.get("labels")
+    labels_in = {} if given is None else given  # [] or "" is not a missing map: refused
+    if not isinstance(labels_in, Mapping):
         raise InvalidResource([FieldViolation("metadata.labels", "must be a map")])
-    labels = dict(meta.get("labels") or {})
+    labels = dict(labels_in)
     kind_key = kind_name if isinstance(kind_name, str) else ""
     unknown = unknown_fields("", doc, _K8S_FIELDS.get(kind_key, set(doc)))
     if unknown:
@@ -96,7 +98,8 @@ def from_kubernetes(doc: Mapping[str, Any], limits: Limits) -> Resource:
                     )
                 ]
             )
-        spec = doc.get("spec") or {}
+        spec = doc.get("spec")
+        spec = {} if spec is None else spec  # an empty list or string is not a missing spec
         if not isinstance(spec, Mapping):
             raise InvalidResource([FieldViolation("spec", "must be a map")])
         mesh_spec, errs = read_mesh_spec(spec, meta.get("name"), "spec.")

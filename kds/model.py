@@ -117,8 +117,9 @@ def _universal(doc: Mapping[str, Any], limits: Limits) -> Resource:
     if kind is Kind.MESH:
         spec, spec_errs = read_mesh_spec(doc, doc.get("name"))
         errs += spec_errs
-    labels = doc.get("labels") or {}
-    label_errs = validate_labels(labels)
+    labels = doc.get("labels")
+    label_errs = validate_labels(labels)  # None is no labels; [] or "" is refused
+    labels = {} if labels is None else labels
     if isinstance(labels, Mapping) and LABEL_MESH in labels:
         # The Kubernetes form's way of naming the mesh: in this form it must agree with
         # ``mesh``, and it is implied by it, so it is not stored twice.

@@ -530,6 +530,16 @@ def test_k8s_mesh_without_spec() -> None:
     assert res.key == Key(Kind.MESH, "", "m")
 
 
+@pytest.mark.parametrize("spec", [[], "", 0, False, ["mtls"]])
+def test_k8s_mesh_spec_that_is_not_a_map_is_named(spec: object) -> None:
+    """An empty list or string is not a missing spec: refused, naming spec, not taken as {}."""
+    doc = {"apiVersion": "kuma.io/v1alpha1", "kind": "Mesh", "metadata": {"name": "m"}}
+    with pytest.raises(InvalidResource) as e:
+        from_document({**doc, "spec": spec})
+    assert [(v.field, v.message) for v in e.value.errors] == [("spec", "must be a map")]
+    assert from_document({**doc, "spec": None}).key == Key(Kind.MESH, "", "m")
+
+
 def test_k8s_other_labels_kept() -> None:
     """Other Kubernetes labels are kept as resource labels."""
     res = from_document(k8s_secret(labels={"kuma.io/mesh": "default", "app": "web"}))
@@ -913,3 +923,16 @@ def test_of_builds_the_same_resource_as_the_constructor() -> None:
     assert fast == Resource(**args) and hash(fast.key) == hash(Resource(**args).key)  # type: ignore[arg-type]
     with pytest.raises(AttributeError):
         fast.name = "t"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("labels", [[], "", 0, False])
+def test_labels_that_are_not_a_map_are_named_in_both_forms(labels: object) -> None:
+    """An empty list or string is not "no labels": refused, not taken as {}."""
+    with pytest.raises(InvalidResource) as e:
+        from_document({"type": "Mesh", "name": "m", "labels": labels})
+    assert [v.field for v in e.value.errors] == ["labels"]
+    k8s = {"apiVersion": "kuma.io/v1alpha1", "kind": "Mesh"}
+    with pytest.raises(InvalidResource) as e:
+        from_document({**k8s, "metadata": {"name": "m", "labels": labels}})
+    assert [v.field for v in e.value.errors] == ["metadata.labels"]
+    assert from_document({"type": "Mesh", "name": "m", "labels": None}).labels == {}
