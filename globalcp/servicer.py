@@ -35,7 +35,6 @@ from globalcp.checks import GlobalTrees, ZoneChecks
 from globalcp.hub import Hub
 from globalcp.send_plans import SNAPSHOT_STREAMS, SendPlans
 from globalcp.stream import ZoneLink, ZoneStream, decode_zone_message
-from globalcp.throttle import Throttle
 from globalcp.tokens import TokenInfo, TokenRefused, ZoneTokens
 from globalcp.zones import ZoneTracker
 from kds import wire
@@ -47,6 +46,7 @@ from kds.protocol.limits import check_hello
 from kds.protocol.session import GlobalSession, Hello, Mode
 from kds.store import GlobalStore
 from kds.text import safe_text
+from kds.throttle import Throttle
 from kds.wire import PROTOCOL_VERSION
 
 __all__ = ["METHOD", "SyncServicer", "ZoneLink"]

@@ -31,7 +31,6 @@ from google.protobuf.message import DecodeError
 from globalcp.checks import ZoneChecks
 from globalcp.send_plans import SendPlans
 from globalcp.sending import SendLoop
-from globalcp.throttle import Throttle
 from globalcp.zones import CONFLICTS_KEPT, ZoneHandle
 from kds import wire
 from kds._pb import sync_pb2 as pb
@@ -40,6 +39,7 @@ from kds.model import Key
 from kds.protocol.limits import REASON_CHARS, check_key, check_problem
 from kds.protocol.session import Ack, GlobalSession
 from kds.text import safe_text
+from kds.throttle import Throttle
 
 __all__ = ["ZoneLink", "ZoneStream", "decode_zone_message"]
 

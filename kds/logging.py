@@ -22,12 +22,13 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any, Literal
 
 import structlog
 
 from kds.text import escape
+from kds.throttle import Throttle
 
 __all__ = [
     "HttpServerErrors",
@@ -169,23 +170,23 @@ class HttpServerErrors(logging.Filter):
     Windows line ending put the API's admin token in the log, in clear, from a client with
     no valid token. Each such record is replaced by one structlog line naming the error's
     type and status and the client's address, never its text; at most one a minute, the
-    others counted in the next."""
+    others counted in the next (kds.throttle)."""
 
     INTERVAL = 60.0
 
-    def __init__(self, clock: Any = None) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
-        self._clock = clock or time.monotonic
-        self._next = 0.0
-        self.held_back = 0
+        self._throttle = Throttle(self.INTERVAL, clock=clock)
+
+    @property
+    def held_back(self) -> int:
+        return self._throttle.held(_HTTP_SERVER)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        now = self._clock()
-        if now < self._next:
-            self.held_back += 1
+        not_logged = self._throttle.allow(_HTTP_SERVER)
+        if not_logged is None:
             return False
-        self._next = now + self.INTERVAL
+        exc = record.exc_info[1] if record.exc_info else None
         args = record.args if isinstance(record.args, tuple) else ()
         peer = args[0] if args and "%s" in str(record.msg) else None
         structlog.get_logger("kds.api").warning(
@@ -193,7 +194,9 @@ class HttpServerErrors(logging.Filter):
             error=type(exc).__name__ if exc is not None else None,
             status=getattr(exc, "code", None),
             client=str(peer)[:64] if peer is not None else None,
-            not_logged=self.held_back,
+            not_logged=not_logged,
         )
-        self.held_back = 0
         return False
+
+
+_HTTP_SERVER = "aiohttp.server"  # the throttle's one key

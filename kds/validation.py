@@ -252,9 +252,9 @@ def read_mesh_spec(
             # No NaN or infinity and no lone surrogate: stored, every answer holding them
             # would not be JSON (NaN compares unequal to itself, so the round trip alone
             # lets the parser's shared NaN object through).
-            text = json.dumps(v, allow_nan=False)
+            text = json.dumps(v, allow_nan=False, ensure_ascii=False)
+            text.encode("utf-8")  # a lone surrogate cannot be encoded
             ok = json.loads(text) == v
-            json.dumps(v, ensure_ascii=False).encode("utf-8")
         except (TypeError, ValueError, RecursionError):
             ok = False
         if not ok:

@@ -21,12 +21,12 @@ REJECTIONS_LOGGED = 20
 NAME_CHARS = 300  # a valid name is at most 253 characters
 
 
+def _place(k: Key | RawKey) -> dict[str, str]:
+    return {"mesh": safe_text(k.mesh, NAME_CHARS), "name": safe_text(k.name, NAME_CHARS)}
+
+
 def key_fields(k: Key) -> dict[str, str]:
-    return {
-        "type": str(k.kind),
-        "mesh": safe_text(k.mesh, NAME_CHARS),
-        "name": safe_text(k.name, NAME_CHARS),
-    }
+    return {"type": str(k.kind), **_place(k)}
 
 
 def _as_sent(k: Key | RawKey | None) -> dict[str, Any]:
@@ -35,11 +35,7 @@ def _as_sent(k: Key | RawKey | None) -> dict[str, Any]:
     if k is None:
         return {"kind": 0, "mesh": "", "name": ""}
     kind = k.kind if isinstance(k, RawKey) else wire.KIND_TO_PB[k.kind]
-    return {
-        "kind": kind,
-        "mesh": safe_text(k.mesh, NAME_CHARS),
-        "name": safe_text(k.name, NAME_CHARS),
-    }
+    return {"kind": kind, **_place(k)}
 
 
 def log_rejections(

@@ -17,7 +17,6 @@ import pytest
 import structlog
 from click.testing import CliRunner
 
-from globalcp.throttle import Throttle
 from globalcp.tokens import KID_LOGGED, TokenRefused, ZoneTokens
 from globalcp.zones import CONFLICTS_KEPT, ERROR_CHARS, ZoneState, ZoneStatusView
 from kds.errors import ProtocolError
@@ -27,6 +26,7 @@ from kds.protocol.limits import MAX_REVISION, check_hello, check_key
 from kds.protocol.session import Ack, GlobalSession, Hello, Mode, SendSnapshot
 from kds.store import open_global_store
 from kds.text import bound, escape, safe_text
+from kds.throttle import Throttle
 from kdsctl.cli import cli
 
 FORGED = "\x1b[2J\x1b[H\x1b[32mall zones healthy\x1b[0m\r\n\u202eevil"

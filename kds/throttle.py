@@ -1,9 +1,10 @@
 """A per-key rate limit for log lines a peer can cause, with a count of what it held back.
 
-A peer that repeats what global logs (a refused token, a conflict report) gets ``burst`` lines
-per key per interval; the next line let through says how many were held back in between. The keys remembered
-are bounded too: when ``max_keys`` are in use within one interval, every further key shares
-one slot, so a peer inventing keys gets no more lines than that.
+A peer that repeats what a daemon logs (a refused token, a conflict report, a request the
+HTTP server cannot parse) gets ``burst`` lines per key per interval; the next line let
+through says how many were held back in between. The keys remembered are bounded too: when
+``max_keys`` are in use within one interval, every further key shares one slot, so a peer
+inventing keys gets no more lines than that.
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ class Throttle:
             return None
         self._used[key] += 1
         return self._held.pop(key, 0)
+
+    def held(self, key: str) -> int:
+        """Lines of ``key`` held back since the last one let through."""
+        return self._held.get(key, 0)
 
     def _forget_before(self, cutoff: float) -> None:
         for k in [k for k, t in self._last.items() if t < cutoff and k != OVERFLOW_KEY]:
