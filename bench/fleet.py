@@ -65,8 +65,11 @@ async def _zone(client: ZoneClient, stop: asyncio.Event) -> None:
 
 
 async def _watch_connected(clients: list[ZoneClient], stop: asyncio.Event) -> None:
+    # Ends once every zone has connected: polling on would wake the process 20 times a
+    # second for the whole run (4-5 ms of CPU a second for one idle zone in its own
+    # process, against 1 ms without), which the harness would count as the zone's.
     seen: set[int] = set()
-    while not stop.is_set():
+    while not stop.is_set() and len(seen) < len(clients):
         new = {i for i, c in enumerate(clients) if c.status.connected} - seen
         if new:
             seen |= new
