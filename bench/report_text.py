@@ -29,7 +29,7 @@ Reading the ratios: etcd sends watch events as it answers the write, so its figu
 acknowledgement" is near zero for one watcher, and any ratio over it is large; the table timed
 from sending the write counts both sides' own commit. A zone does more than a watcher: it
 decodes, plans and commits each batch to SQLite and acknowledges it (one ack may cover the
-batches of up to `--ack-delay`, 100 ms by default). With 100 zones, 50 zones share one
+batches that came within `--ack-delay`, 500 ms by default, of each other). With 100 zones, 50 zones share one
 process and its one interpreter lock on a 2-core machine that also runs global, so the
 100-zone figures measure how much CPU the zones and global need per write more than any
 wait; a zone on its own host pays none of the other 49 zones' work. With a process each,

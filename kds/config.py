@@ -286,10 +286,12 @@ class GlobalConfig(_Common):
         "N",
     )
     ack_delay: float = opt(
-        0.1,
+        0.5,
         _ack_delay,
-        "How long a zone may hold an ack to cover later batches with one message (global's "
-        "view of the zone lags by up to this); 0: an ack per batch. At most 1s.",
+        "How long a zone may hold an ack to cover the batches that follow with one message, "
+        "when batches come within this of each other (global's view of the zone then lags "
+        "by up to this; a single write is acknowledged at once); 0: an ack per batch. At "
+        "most 1s.",
         "DURATION",
     )
     heartbeat_interval: float = opt(

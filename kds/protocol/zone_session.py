@@ -23,10 +23,12 @@ stream ended is a protocol error. Ready: once connected and caught up since star
 already at global's head at the welcome; else the final part of a range or snapshot that
 reaches the head); it stays ready after a disconnect.
 
-Acks. When global allows it (the welcome's ack delay), the ack of a range's last part may be
-held back for up to that delay, so the batches that arrive meanwhile are acknowledged with one
-message (acks are cumulative): ``on_applied`` then returns no ack, ``ack_due`` says when the
-held one must go and ``take_ack`` hands it over. Everything else is acknowledged at once,
+Acks. When global allows it (the welcome's ack delay), the ack of a range's last part that
+came within that delay of the batch before it may be held back for up to the delay, so the
+batches that arrive meanwhile are acknowledged with one message (acks are cumulative):
+``on_applied`` then returns no ack, ``ack_due`` says when the held one must go and
+``take_ack`` hands it over. The first batch after a quiet spell (a single write) is
+acknowledged at once, and so is everything else,
 together with what was held: a snapshot part, a repair, a part that does not end its range, a
 batch with rejections (they name changes of the acknowledged batch only), and the batch that
 brings the held ones to half of global's window (in batches, or in bytes when global bounds
@@ -35,6 +37,7 @@ its window in bytes too).
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -223,6 +226,8 @@ class ZoneSession:
         self._batch_size = 0  # the encoded size of the batch being applied
         self._held_applied_at = 0.0  # when its batch was applied
         self._held_due = 0.0  # when it must be sent: the delay after the first held batch
+        self._last_batch_at = -math.inf  # when the previous batch arrived (this stream)
+        self._follows = False  # the batch being applied came within the delay of the last
 
     @property
     def connected(self) -> bool:
@@ -287,6 +292,7 @@ class ZoneSession:
         self._ack_delay = min(w.ack_delay_ms, MAX_ACK_DELAY_MS) / 1000
         self._ack_batch = max(1, w.max_unacked // 2)
         self._ack_bytes = w.max_unacked_bytes // 2
+        self._last_batch_at = -math.inf
         self._drop_held()
 
     def on_heartbeat(self, head_revision: int, now: float) -> None:
@@ -314,6 +320,8 @@ class ZoneSession:
         self._batch_size = size
         self._undecodable = tuple(undecodable)
         self._quiet_since = now
+        self._follows = now - self._last_batch_at < self._ack_delay
+        self._last_batch_at = now
 
     def on_digest_query(self, now: float) -> None:
         """Global asks to compare hash trees (kds.protocol.anti_entropy): a sign of life."""
@@ -363,8 +371,12 @@ class ZoneSession:
         # all): 100,000 undecodable changes in one 600 KB batch made an ack over 4 MiB, which
         # the zone could not send.
         ack: Ack | None = Ack(batch.seq, result.applied_revision, rejections[:MAX_ACK_REJECTIONS])
+        # Only a batch that follows another within the delay is held: the first after a quiet
+        # spell (a single write, the end of which a script may be waiting for) is
+        # acknowledged at once, and a flow of writes shares one ack per delay.
         may_hold = (
             self._ack_delay > 0
+            and self._follows
             and batch.final
             and not batch.snapshot
             and not batch.repair

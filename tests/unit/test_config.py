@@ -28,7 +28,7 @@ def test_defaults() -> None:
     assert cfg.kds_address == ("127.0.0.1", 5685)
     assert cfg.max_data_bytes == 1024 * 1024
     assert cfg.log_size == 10_000
-    assert cfg.ack_delay == 0.1
+    assert cfg.ack_delay == 0.5
 
 
 def test_file_then_given_values_win(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ def _count_acks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 async def test_batches_within_the_delay_share_one_ack(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with running_pair(tmp_path, ack_delay=1.0, max_unacked=8) as pair:
+    async with running_pair(tmp_path, ack_delay=1.0, max_unacked=16) as pair:
         await pair.store.put(Resource(Kind.MESH, "default"), T0)
         zone = pair.start_zone("zone-a")
         state = lambda: pair.tracker.zones["zone-a"]  # noqa: E731
@@ -42,13 +42,15 @@ async def test_batches_within_the_delay_share_one_ack(
         await wait_until(lambda: state().acked_revision == pair.hub.head, what="first ack")
         acks = _count_acks(monkeypatch)
         acked_before = state().messages_acked
-        for i in range(3):  # three writes, three batches, applied one after the other
+        for i in range(4):  # four writes, four batches, applied one after the other
             await pair.store.put(Resource(Kind.SECRET, f"s{i}", mesh="default", data=b"x"), T0)
             await wait_until(lambda: zone.client.status.applied_revision == pair.hub.head)
         assert state().acked_revision < pair.hub.head  # held back, not lost
         await wait_until(lambda: state().acked_revision == pair.hub.head, what="the held ack")
-        assert len(acks) == 1  # one message acknowledged the three batches
-        assert state().messages_acked - acked_before == 3
+        # The first write may come over a second after the last batch (a slow machine): it
+        # is then acknowledged at once. The three that follow it share one message.
+        assert len(acks) == 1 or (len(acks) == 2 and acks[1] - acks[0] == 3), acks
+        assert state().messages_acked - acked_before == 4
 
 
 async def test_an_idle_stream_gets_a_heartbeat_each_interval_and_never_sooner(

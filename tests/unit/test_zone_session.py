@@ -239,11 +239,13 @@ def test_ack_carries_rejections_store_ones_first_then_undecodable() -> None:
 
 
 def held_acks(max_unacked: int = 8, delay_ms: int = 100, max_bytes: int = 0) -> ZoneSession:
-    """A zone whose global lets it hold acks back for ``delay_ms``."""
+    """A zone whose global lets it hold acks back for ``delay_ms``, which has just applied
+    batch 1 (revision 1) at 100.99: the batches that follow within the delay may be held."""
     s = session()
     s.on_open(STORE, 0, b"chain", "sqlite")
     w = Welcome("global-1", STORE, 0, SyncMode.RESUME, 200, delay_ms, max_unacked, max_bytes)
     s.on_welcome(w, now=100.0)
+    assert apply(s, batch(1, 1, 1, put(1, MESH)), now=100.99) == Ack(1, 1, ())
     return s
 
 
@@ -255,24 +257,38 @@ def apply(
 
 
 def test_a_range_ack_is_held_until_due_and_says_how_long() -> None:
-    """With an ack delay, a range's last part is acknowledged when the delay after the first
-    held batch is up, with one ack naming the last batch and how long it was held."""
+    """With an ack delay, a range's last part that follows another batch within the delay
+    is acknowledged when the delay after the first held batch is up, with one ack naming the
+    last batch and how long it was held."""
     s = held_acks()
-    assert apply(s, batch(1, 1, 1, put(1, MESH)), now=101.0) is None
+    assert apply(s, batch(2, 2, 2, put(2, SECRET)), now=101.0) is None
     assert s.ack_due() == pytest.approx(101.1)
-    assert apply(s, batch(2, 2, 2, put(2, SECRET)), now=101.05) is None
+    assert apply(s, batch(3, 3, 3, put(3, SECRET)), now=101.05) is None
     assert s.ack_due() == pytest.approx(101.1)  # the first held batch sets when
-    assert s.take_ack(101.1) == Ack(2, 2, (), 50)
+    assert s.take_ack(101.1) == Ack(3, 3, (), 50)
     assert s.ack_due() is None and s.take_ack(101.2) is None
+
+
+def test_the_first_batch_after_a_quiet_spell_is_acknowledged_at_once() -> None:
+    """A single write (the first batch of a stream, or one that comes more than the delay
+    after the last) is acknowledged at once: a script waiting for it is not kept waiting
+    for the delay. The batch after it, within the delay, is held."""
+    s = held_acks(delay_ms=500)
+    assert apply(s, batch(2, 2, 2, put(2, SECRET)), now=101.4) is None  # 0.41 s after batch 1
+    assert s.take_ack(101.9) == Ack(2, 2, (), 500)
+    # Quiet is counted from the last batch's arrival, not its ack: 0.6 s after batch 2.
+    assert apply(s, batch(3, 3, 3, put(3, SECRET)), now=102.0) == Ack(3, 3, ())
+    assert apply(s, batch(4, 4, 4, put(4, SECRET)), now=102.1) is None
+    assert s.ack_due() == pytest.approx(102.6)
 
 
 def test_half_the_window_of_held_batches_is_acknowledged_at_once() -> None:
     """Global stops sending at max_unacked: the batch that brings the held ones to half of it
     is acknowledged at once, covering them."""
     s = held_acks(max_unacked=8)
-    for seq in (1, 2, 3):
+    for seq in (2, 3, 4):
         assert apply(s, batch(seq, seq, seq, put(seq, SECRET)), now=101.0) is None
-    assert apply(s, batch(4, 4, 4, put(4, SECRET)), now=101.0) == Ack(4, 4, ())
+    assert apply(s, batch(5, 5, 5, put(5, SECRET)), now=101.0) == Ack(5, 5, ())
     assert s.ack_due() is None
 
 
@@ -280,12 +296,12 @@ def test_half_the_window_in_bytes_is_acknowledged_at_once() -> None:
     """When global bounds its window in bytes too, the batch that would bring the held ones to
     half of that is acknowledged at once, however few batches are held; the count restarts."""
     s = held_acks(max_unacked=64, max_bytes=1000)
-    assert apply(s, batch(1, 1, 1, put(1, SECRET)), now=101.0, size=300) is None
-    assert apply(s, batch(2, 2, 2, put(2, SECRET)), now=101.0, size=199) is None
-    assert apply(s, batch(3, 3, 3, put(3, SECRET)), now=101.0, size=1) == Ack(3, 3, ())
-    for seq in range(4, 20):  # small batches: only the count or the delay sends them
+    assert apply(s, batch(2, 2, 2, put(2, SECRET)), now=101.0, size=300) is None
+    assert apply(s, batch(3, 3, 3, put(3, SECRET)), now=101.0, size=199) is None
+    assert apply(s, batch(4, 4, 4, put(4, SECRET)), now=101.0, size=1) == Ack(4, 4, ())
+    for seq in range(5, 21):  # small batches: only the count or the delay sends them
         assert apply(s, batch(seq, seq, seq, put(seq, SECRET)), now=101.0, size=10) is None
-    assert s.take_ack(101.1) == Ack(19, 19, (), 100)
+    assert s.take_ack(101.1) == Ack(20, 20, (), 100)
 
 
 def test_the_wire_carries_the_window_in_bytes() -> None:
@@ -299,28 +315,30 @@ def test_what_global_needs_to_hear_at_once_is_never_held(kind: str) -> None:
     """A snapshot part, a part that does not end its range, a repair and a batch with
     rejections are acknowledged at once, and their ack covers the ones held before."""
     s = held_acks()
-    assert apply(s, batch(1, 1, 5, put(1, MESH)), now=101.0) is None
-    b = batch(2, 2, 5, put(2, SECRET), snapshot=kind == "snapshot", final=kind != "part")
+    assert apply(s, batch(2, 2, 5, put(2, SECRET)), now=101.0) is None
+    b = batch(3, 3, 5, put(3, SECRET), snapshot=kind == "snapshot", final=kind != "part")
     if kind == "repair":
-        b = DecodedBatch(2, 1, 1, False, True, 5, (put(2, SECRET),), repair=True)
+        b = DecodedBatch(3, 2, 2, False, True, 5, (put(3, SECRET),), repair=True)
     rejected = [(SECRET.key, "no mesh")] if kind == "rejection" else []
     ack = apply(s, b, now=101.01, result=Result(b.revision, rejected=rejected))
-    assert ack is not None and ack.seq == 2
+    assert ack is not None and ack.seq == 3
     assert s.ack_due() is None and s.take_ack(102.0) is None
 
 
 def test_no_delay_or_a_small_window_means_an_ack_per_batch() -> None:
     """A global that does not offer a delay (an older one sends none), or whose window is too
     small to share, gets every batch acknowledged at once."""
-    for s in (held_acks(delay_ms=0), held_acks(max_unacked=2), connected(revision=0, head=1)):
-        assert apply(s, batch(1, 1, 1, put(1, MESH)), now=101.0) == Ack(1, 1, ())
+    for s in (held_acks(delay_ms=0), held_acks(max_unacked=2)):
+        assert apply(s, batch(2, 2, 2, put(2, SECRET)), now=101.0) == Ack(2, 2, ())
+    s = connected(revision=0, head=1)
+    assert apply(s, batch(1, 1, 1, put(1, MESH)), now=101.0) == Ack(1, 1, ())
 
 
 def test_a_held_ack_is_dropped_with_its_stream_and_the_delay_is_bounded() -> None:
     """A stream that ends forgets the held ack (the next one resumes from the store); a
     global asking for a delay over a second gets one second."""
     s = held_acks(delay_ms=3_600_000)
-    assert apply(s, batch(1, 1, 1, put(1, MESH)), now=101.0) is None
+    assert apply(s, batch(2, 2, 2, put(2, SECRET)), now=101.0) is None
     assert s.ack_due() == pytest.approx(102.0)
     s.on_end()
     assert s.ack_due() is None and s.take_ack(103.0) is None
@@ -329,10 +347,10 @@ def test_a_held_ack_is_dropped_with_its_stream_and_the_delay_is_bounded() -> Non
 def test_a_held_ack_on_the_wire() -> None:
     """held_ms travels in the Ack message."""
     s = held_acks()
-    apply(s, batch(1, 1, 1, put(1, MESH)), now=101.0)
+    apply(s, batch(2, 2, 2, put(2, SECRET)), now=101.0)
     ack = s.take_ack(101.25)
     assert ack is not None
-    assert wire.ack_to_pb(ack).ack == pb.Ack(seq=1, applied_revision=1, held_ms=250)
+    assert wire.ack_to_pb(ack).ack == pb.Ack(seq=2, applied_revision=2, held_ms=250)
 
 
 def test_conflicts_that_begin_or_end_ask_for_a_refresh() -> None:
