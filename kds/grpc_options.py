@@ -68,4 +68,9 @@ def client_options(
         # limit (30,000 secrets through a link with 50 ms each way: 1.42 s, 1.47 s before).
         ("grpc.http2.bdp_probe", 0),
         ("grpc.http2.lookahead_bytes", 4 << 20),
+        # A connection of each channel's own: grpc otherwise shares one among a process's
+        # channels to the same address with the same options, and global lets a connection
+        # hold MAX_STREAMS_PER_CONNECTION streams, so the fifth zone client of a process
+        # (tests, the benchmark's fleets, a program embedding several) waited for ever.
+        ("grpc.use_local_subchannel_pool", 1),
     ]
