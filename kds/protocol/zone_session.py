@@ -27,8 +27,9 @@ Acks. When global allows it (the welcome's ack delay), the ack of a range's last
 came within that delay of the batch before it may be held back for up to the delay, so the
 batches that arrive meanwhile are acknowledged with one message (acks are cumulative):
 ``on_applied`` then returns no ack, ``ack_due`` says when the held one must go and
-``take_ack`` hands it over. The first batch after a quiet spell (a single write) is
-acknowledged at once, and so is everything else,
+``take_ack`` hands it over. The first batch after a quiet spell (a single write) and the
+last part of a range of several parts (a bulk apply) are acknowledged at once, and so is
+everything else,
 together with what was held: a snapshot part, a repair, a part that does not end its range, a
 batch with rejections (they name changes of the acknowledged batch only), and the batch that
 brings the held ones to half of global's window (in batches, or in bytes when global bounds
@@ -227,7 +228,10 @@ class ZoneSession:
         self._held_applied_at = 0.0  # when its batch was applied
         self._held_due = 0.0  # when it must be sent: the delay after the first held batch
         self._last_batch_at = -math.inf  # when the previous batch arrived (this stream)
-        self._follows = False  # the batch being applied came within the delay of the last
+        self._last_final = True  # whether it ended its range
+        # The batch being applied is a range of one part that came within the delay of the
+        # range before it (its ack may be held).
+        self._follows = False
 
     @property
     def connected(self) -> bool:
@@ -292,7 +296,7 @@ class ZoneSession:
         self._ack_delay = min(w.ack_delay_ms, MAX_ACK_DELAY_MS) / 1000
         self._ack_batch = max(1, w.max_unacked // 2)
         self._ack_bytes = w.max_unacked_bytes // 2
-        self._last_batch_at = -math.inf
+        self._last_batch_at, self._last_final = -math.inf, True
         self._drop_held()
 
     def on_heartbeat(self, head_revision: int, now: float) -> None:
@@ -320,8 +324,8 @@ class ZoneSession:
         self._batch_size = size
         self._undecodable = tuple(undecodable)
         self._quiet_since = now
-        self._follows = now - self._last_batch_at < self._ack_delay
-        self._last_batch_at = now
+        self._follows = self._last_final and now - self._last_batch_at < self._ack_delay
+        self._last_batch_at, self._last_final = now, batch.final
 
     def on_digest_query(self, now: float) -> None:
         """Global asks to compare hash trees (kds.protocol.anti_entropy): a sign of life."""
@@ -371,9 +375,10 @@ class ZoneSession:
         # all): 100,000 undecodable changes in one 600 KB batch made an ack over 4 MiB, which
         # the zone could not send.
         ack: Ack | None = Ack(batch.seq, result.applied_revision, rejections[:MAX_ACK_REJECTIONS])
-        # Only a batch that follows another within the delay is held: the first after a quiet
-        # spell (a single write, the end of which a script may be waiting for) is
-        # acknowledged at once, and a flow of writes shares one ack per delay.
+        # Only a range of one part that follows another range within the delay is held: the
+        # first after a quiet spell (a single write) and the last part of a longer range (a
+        # bulk apply), whose end a script may be waiting for, are acknowledged at once, and
+        # a flow of writes shares one ack per delay.
         may_hold = (
             self._ack_delay > 0
             and self._follows

@@ -282,6 +282,15 @@ def test_the_first_batch_after_a_quiet_spell_is_acknowledged_at_once() -> None:
     assert s.ack_due() == pytest.approx(102.6)
 
 
+def test_the_last_part_of_a_longer_range_is_acknowledged_at_once() -> None:
+    """A range of several parts (a bulk apply) has each part acknowledged at once, its last
+    too, however soon after the range before it: a script waits for its end."""
+    s = held_acks(delay_ms=500)
+    assert apply(s, batch(2, 2, 3, put(2, SECRET), final=False), now=101.0) == Ack(2, 2, ())
+    assert apply(s, batch(3, 3, 3, put(3, SECRET)), now=101.01) == Ack(3, 3, ())
+    assert apply(s, batch(4, 4, 4, put(4, SECRET)), now=101.02) is None  # a range of one
+
+
 def test_half_the_window_of_held_batches_is_acknowledged_at_once() -> None:
     """Global stops sending at max_unacked: the batch that brings the held ones to half of it
     is acknowledged at once, covering them."""
