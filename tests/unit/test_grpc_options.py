@@ -7,6 +7,8 @@ limit."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import grpc
 
@@ -15,82 +17,77 @@ from kds.grpc_options import MAX_STREAMS_PER_CONNECTION, client_options, server_
 METHOD = "/test.Hold/Hold"
 
 
-async def test_one_connection_holds_at_most_the_streams_it_may_have() -> None:
-    running = 0
-    most = 0
-    release = asyncio.Event()
+class Holder:
+    """A server whose one method holds each stream until ``release`` is set, counting the
+    streams that reached it (running now, and the most at once)."""
 
-    async def hold(requests: object, context: grpc.aio.ServicerContext) -> None:
-        nonlocal running, most
-        running += 1
-        most = max(most, running)
+    def __init__(self) -> None:
+        self.running = 0
+        self.most = 0
+        self.release = asyncio.Event()
+        self.port = 0
+
+    async def hold(self, requests: object, context: grpc.aio.ServicerContext) -> None:
+        self.running += 1
+        self.most = max(self.most, self.running)
         try:
-            await release.wait()
+            await self.release.wait()
         finally:
-            running -= 1
+            self.running -= 1
 
+    async def until(self, streams: int) -> None:
+        """Wait (up to 5 s) for ``streams`` streams to reach the handler."""
+        for _ in range(250):
+            if self.running >= streams:
+                return
+            await asyncio.sleep(0.02)
+
+
+@asynccontextmanager
+async def holding_server(max_connections: int) -> AsyncIterator[Holder]:
+    holder = Holder()
     handler = grpc.method_handlers_generic_handler(
-        "test.Hold", {"Hold": grpc.stream_stream_rpc_method_handler(hold)}
+        "test.Hold", {"Hold": grpc.stream_stream_rpc_method_handler(holder.hold)}
     )
-    server = grpc.aio.server(options=server_options(4 << 20, 5.0, 2.0, 16))
+    server = grpc.aio.server(options=server_options(4 << 20, 5.0, 2.0, max_connections))
     server.add_generic_rpc_handlers([handler])
-    port = server.add_insecure_port("127.0.0.1:0")
+    holder.port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
-        async with grpc.aio.insecure_channel(
-            f"127.0.0.1:{port}", options=client_options(4 << 20, 5.0, 2.0)
-        ) as channel:
-            calls = [channel.stream_stream(METHOD)() for _ in range(40)]
-            for _ in range(100):  # until the first streams reached their handlers
-                if running >= MAX_STREAMS_PER_CONNECTION:
-                    break
-                await asyncio.sleep(0.02)
-            await asyncio.sleep(0.5)  # room for any stream beyond the limit to arrive
-            assert most == MAX_STREAMS_PER_CONNECTION
-            release.set()
-            for call in calls:
-                call.cancel()
+        yield holder
     finally:
+        holder.release.set()
         await server.stop(0)
+
+
+def _channel(port: int) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=client_options(4 << 20, 5.0, 2.0))
+
+
+async def test_one_connection_holds_at_most_the_streams_it_may_have() -> None:
+    async with holding_server(16) as server, _channel(server.port) as channel:
+        calls: list[grpc.aio.StreamStreamCall] = [
+            channel.stream_stream(METHOD)() for _ in range(40)
+        ]
+        await server.until(MAX_STREAMS_PER_CONNECTION)  # the first streams reached it
+        await asyncio.sleep(0.5)  # room for any stream beyond the limit to arrive
+        assert server.most == MAX_STREAMS_PER_CONNECTION
+        for call in calls:
+            call.cancel()
 
 
 async def test_each_client_channel_has_a_connection_of_its_own() -> None:
     """Ten channels of one process to one address, with the zone's options, each hold a
     stream at once: grpc would share one connection among them otherwise, and streams past
     the per-connection limit would wait."""
-    running = 0
-    release = asyncio.Event()
-
-    async def hold(requests: object, context: grpc.aio.ServicerContext) -> None:
-        nonlocal running
-        running += 1
+    async with holding_server(64) as server:
+        channels = [_channel(server.port) for _ in range(10)]
         try:
-            await release.wait()
+            calls: list[grpc.aio.StreamStreamCall] = [ch.stream_stream(METHOD)() for ch in channels]
+            await server.until(len(channels))
+            assert server.running == len(channels)
+            for call in calls:
+                call.cancel()
         finally:
-            running -= 1
-
-    handler = grpc.method_handlers_generic_handler(
-        "test.Hold", {"Hold": grpc.stream_stream_rpc_method_handler(hold)}
-    )
-    server = grpc.aio.server(options=server_options(4 << 20, 5.0, 2.0, 64))
-    server.add_generic_rpc_handlers([handler])
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    channels = [
-        grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=client_options(4 << 20, 5.0, 2.0))
-        for _ in range(10)
-    ]
-    try:
-        calls = [ch.stream_stream(METHOD)() for ch in channels]
-        for _ in range(250):
-            if running == len(channels):
-                break
-            await asyncio.sleep(0.02)
-        assert running == len(channels)
-        release.set()
-        for call in calls:
-            call.cancel()
-    finally:
-        for ch in channels:
-            await ch.close()
-        await server.stop(0)
+            for ch in channels:
+                await ch.close()
