@@ -290,8 +290,8 @@ class GlobalConfig(_Common):
         _ack_delay,
         "How long a zone may hold an ack to cover the batches that follow with one message, "
         "when batches come within this of each other (global's view of the zone then lags "
-        "by up to this; a single write is acknowledged at once); 0: an ack per batch. At "
-        "most 1s.",
+        "by up to this; a single write, and every part of a bulk apply, is acknowledged at "
+        "once); 0: an ack per batch. At most 1s.",
         "DURATION",
     )
     heartbeat_interval: float = opt(
