@@ -23,8 +23,8 @@ stream ended is a protocol error. Ready: once connected and caught up since star
 already at global's head at the welcome; else the final part of a range or snapshot that
 reaches the head); it stays ready after a disconnect.
 
-Acks. When global allows it (the welcome's ack delay), the ack of a range's last part that
-came within that delay of the batch before it may be held back for up to the delay, so the
+Acks. When global allows it (the welcome's ack delay), the ack of a range of one part that
+came within that delay of the range before it may be held back for up to the delay, so the
 batches that arrive meanwhile are acknowledged with one message (acks are cumulative):
 ``on_applied`` then returns no ack, ``ack_due`` says when the held one must go and
 ``take_ack`` hands it over. The first batch after a quiet spell (a single write) and the
