@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-import yaml
 
 from kds.config_address import parse_address, parse_global_address
+from kds.config_file import read_config_file
 from kds.config_store import postgres_url, schema_name, store_backend
 from kds.errors import ConfigError, shown
-from kds.safe_yaml import AliasRefused, NoAliasLoader
 
 __all__ = [
     "GlobalConfig",
@@ -460,18 +459,7 @@ def load_config(
     origin: dict[str, str] = {}
     fields = {f.name: f for f in dataclasses.fields(cls)}
     if config_file is not None:
-        try:
-            doc = yaml.load(config_file.read_text(), Loader=NoAliasLoader) or {}
-        except OSError as e:
-            raise ConfigError(f"cannot read config file {config_file}: {e.strerror}") from None
-        except AliasRefused as e:
-            raise ConfigError(f"config file {config_file}: {e}") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {config_file} is not valid YAML: {e}") from None
-        if not isinstance(doc, dict):
-            raise ConfigError(f"config file {config_file} must be a map of option: value")
-        for key, value in doc.items():
-            name = str(key).replace("-", "_")
+        for name, (key, value) in read_config_file(config_file).items():
             if name not in fields:
                 known = ", ".join(sorted(n.replace("_", "-") for n in fields))
                 raise ConfigError(

@@ -6,6 +6,9 @@ Resources and config files never need them, so the loader here refuses every ali
 merge key, which works through aliases) the moment it meets one, before anything is
 expanded. It is PyYAML's safe loader otherwise (libyaml's when PyYAML was built with it).
 
+A mapping that names a key twice is refused (DuplicateKey, naming the key and where it
+repeats): YAML forbids it, and PyYAML would keep the last copy without a word.
+
 ``load_all`` reads many documents (an apply of thousands of resources) about twice as fast as
 ``yaml.load_all``: libyaml composes the nodes as before, and the strings, mappings and
 sequences that make up nearly all of a resource are built directly instead of through
@@ -26,7 +29,9 @@ import yaml
 from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-__all__ = ["AliasRefused", "NoAliasLoader", "load_all"]
+from kds.text import safe_text
+
+__all__ = ["AliasRefused", "DuplicateKey", "NoAliasLoader", "load_all"]
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _VALUE_TAG = "tag:yaml.org,2002:value"
@@ -41,6 +46,20 @@ class AliasRefused(yaml.YAMLError):
 
     def __init__(self) -> None:
         super().__init__("YAML anchors and aliases are not accepted")
+
+
+class DuplicateKey(ConstructorError):
+    """A mapping names one key twice. YAML forbids it, and PyYAML would keep the last copy
+    silently: a file edited by appending a field would then mean something its reader may
+    not see. The problem names the key (bounded, escaped); the mark is where it repeats."""
+
+    def __init__(self, key: object, mapping: Node, repeated: Node) -> None:
+        super().__init__(
+            "while constructing a mapping",
+            mapping.start_mark,
+            f'found duplicate key "{safe_text(key, 100)}"',
+            repeated.start_mark,
+        )
 
 
 # Plain scalars up to this many characters have their resolved tag remembered, up to
@@ -79,6 +98,17 @@ class NoAliasLoader(_Base):
             if key_node.tag == _MERGE_TAG:
                 raise AliasRefused()
         super().flatten_mapping(node)
+
+    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep)
+        if len(mapping) != len(node.value):  # a key repeated: find the first that is
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.constructed_objects[key_node]
+                if key in seen:
+                    raise DuplicateKey(key, node, key_node)
+                seen.add(key)
+        return mapping
 
 
 def load_all(text: str) -> Iterator[Any]:
@@ -135,6 +165,8 @@ class _Builder:
                             "found unhashable key",
                             key_node.start_mark,
                         ) from None
+                if key in out:
+                    raise DuplicateKey(key, node, key_node)
                 if value_node.tag == _STR_TAG and type(value_node) is ScalarNode:
                     if id(value_node) in seen:
                         raise AliasRefused()

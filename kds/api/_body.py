@@ -3,8 +3,10 @@
 A body is read in chunks and refused (413) as soon as it passes its limit, whether it came
 with a Content-Length or chunked, so a client cannot make the daemon hold more than the
 limit. A body that parses but could not be handled safely is a 400 too: nesting deeper than
-MAX_DEPTH, or a number of more digits than Python converts. Messages name the problem and
-its place, never the body's text (it may hold secret data).
+MAX_DEPTH, a number of more digits than Python converts, or an object that repeats a key
+(JSON leaves what that means to the parser: Python's keeps the last, another program on the
+request's way may have read the first). Messages name the problem and its place, never the
+body's text (it may hold secret data).
 
 A body of JSON Lines (one JSON value per line, ``json_lines``) is decoded line by line as it
 arrives, within the same limits, so a handler can check each value while the client is still
@@ -18,6 +20,7 @@ import json
 import math
 import re
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -25,6 +28,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from kds.api._context import API_CONTEXT, client_max_size
 from kds.api._errors import HttpError, too_large
 from kds.errors import FieldViolation
+from kds.text import safe_text
 from kds.validation import MAX_DEPTH, depth_over
 
 __all__ = ["BODY_IDLE_S", "MAX_DEPTH", "MAX_PAGE_NUMBER", "int_param", "json_lines", "read_json"]
@@ -91,7 +95,18 @@ def _decode(raw: bytes, line: int = 0) -> object:
     except UnicodeDecodeError:
         raise HttpError(400, "Bad request", f"the request body must be UTF-8 JSON{where}") from None
     try:
-        body = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+        body = json.loads(
+            text, parse_constant=_no_constant, parse_float=_finite, object_pairs_hook=_object
+        )
+    except _RepeatedKey:
+        key, path = _repeated_key(text)
+        message = f"repeats the key {key} in one object" + (f" (at {path})" if path else "")
+        raise HttpError(
+            400,
+            "Bad request",
+            f"the request body {message}{where}",
+            [FieldViolation(path or "body", f"repeats the key {key}{where}")],
+        ) from None
     except _NotJson as e:
         raise _bad_body(f"{e}{where}") from None
     except json.JSONDecodeError as e:
@@ -127,6 +142,63 @@ class _NotJson(ValueError):
 
 # \uD800 to \uDFFF, as JSON escapes them (a pair decodes to one character and is fine).
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+class _RepeatedKey(ValueError):
+    """An object of the body names one key twice."""
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object of the body, refused if it repeats a key (about 0.4 us per object more
+    than json's own dict: 4 ms in a body of 10,000 resources)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise _RepeatedKey()
+    return obj
+
+
+class _Repeated:
+    """Where a second parse found an object repeating ``key``."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+
+def _repeated_key(text: str) -> tuple[str, str]:
+    """The key (quoted, escaped) and the path of the first object of ``text`` found repeating
+    a key ("" at the top): the text is parsed again with each such object left as a
+    _Repeated marker, then walked to it. Only on the way to an error: a body that is fine
+    is parsed once."""
+
+    def mark(pairs: list[tuple[str, Any]]) -> object:
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                return _Repeated(key)
+            seen.add(key)
+        return dict(pairs)
+
+    def find(value: object, path: str) -> tuple[str, str] | None:
+        if isinstance(value, _Repeated):
+            return f'"{safe_text(value.key, 100)}"', path
+        if isinstance(value, dict):
+            items: Any = ((f"{path}.{safe_text(k, 100)}" if path else safe_text(k, 100), v)
+                          for k, v in value.items())  # fmt: skip
+        elif isinstance(value, list):
+            items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+        else:
+            return None
+        for where, child in items:
+            found = find(child, where)
+            if found is not None:
+                return found
+        return None
+
+    try:
+        found = find(json.loads(text, object_pairs_hook=mark), "")
+    except (ValueError, RecursionError):
+        found = None
+    return found or ("(a key)", "")
 
 
 def _no_constant(name: str) -> float:

@@ -170,6 +170,28 @@ def test_config_file_refuses_yaml_aliases(tmp_path: Path) -> None:
         load_config(ZoneConfig, f, {}, {})
 
 
+def test_apply_refuses_a_repeated_key_naming_it_and_where(tmp_path: Path) -> None:
+    f = tmp_path / "dup.yaml"
+    other = base64.b64encode(b"the other value").decode()
+    f.write_text(f"type: GlobalSecret\nname: gs\ndata: {DATA}\ndata: {other}\n")
+    res = CliRunner().invoke(cli, ["--api-url", "http://127.0.0.1:9", "apply", "-f", str(f)])
+    assert res.exit_code == 1, res.output
+    assert f'{f}: invalid YAML at line 4, column 1: found duplicate key "data"' in res.stderr
+    assert DATA not in res.output and other not in res.output
+
+
+def test_config_file_refuses_an_option_given_twice(tmp_path: Path) -> None:
+    f = tmp_path / "zonecp.yaml"
+    f.write_text("zone: zone-a\nzone: zone-b\n")
+    with pytest.raises(
+        ConfigError, match='not valid YAML at line 2, column 1: found duplicate key "zone"'
+    ):
+        load_config(ZoneConfig, f, {}, {})
+    f.write_text("zone: zone-a\nlog-level: info\nlog_level: debug\n")
+    with pytest.raises(ConfigError, match="option 'log_level' is also given as 'log-level'"):
+        load_config(ZoneConfig, f, {}, {})
+
+
 def test_errors_never_print_a_nested_value() -> None:
     nested: Any = ["x"] * 9
     for _ in range(6):
@@ -224,6 +246,39 @@ async def test_an_integer_of_too_many_digits_is_a_400(client: TestClient) -> Non
         assert status == 400, (method, path, answer)
         assert _fields(answer) == ["body"], answer
         assert "7777" not in json.dumps(answer)
+
+
+async def test_a_repeated_key_in_a_json_body_is_a_400_naming_it(client: TestClient) -> None:
+    other = base64.b64encode(b"the other value").decode()
+    twice = f'"data": "{DATA}", "data": "{other}"'
+    headers = {"Content-Type": "application/json"}
+    for method, path, text, field in (
+        ("PUT", "/global-secrets/gs", f'{{"type": "GlobalSecret", {twice}}}', "body"),
+        (
+            "POST",
+            "/_apply",
+            f'{{"items": [{{"type": "Mesh", "name": "m"}}, {{"type": "GlobalSecret", '
+            f'"name": "gs", "data": "{DATA}", "labels": {{"a": "1", "a": "2"}}}}]}}',
+            "items[1].labels",
+        ),
+        ("POST", "/zone-tokens", '{"zone": "zone-a", "zone": "zone-b"}', "body"),
+    ):
+        status, answer = await _answer(
+            await client.request(method, path, data=text, headers=headers)
+        )
+        assert status == 400, (method, path, answer)
+        assert _fields(answer) == [field], answer
+        assert "repeats the key" in answer["detail"], answer
+        assert DATA not in json.dumps(answer) and other not in json.dumps(answer)
+    status, answer = await _answer(await client.get("/global-secrets/gs"))
+    assert status == 404, answer  # nothing was written
+    lines = f'{{"type": "Mesh", "name": "m"}}\n{{"type": "GlobalSecret", {twice}}}\n'
+    status, answer = await _answer(
+        await client.post("/_apply", data=lines, headers={"Content-Type": "application/x-ndjson"})
+    )
+    assert status == 400, answer
+    assert 'repeats the key "data" in one object (line 2)' in answer["detail"], answer
+    assert DATA not in json.dumps(answer) and other not in json.dumps(answer)
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kds.safe_yaml import AliasRefused, NoAliasLoader, load_all
+from kds.safe_yaml import AliasRefused, DuplicateKey, NoAliasLoader, load_all
 
 
 def _reference(text: str) -> list[Any]:
@@ -25,13 +25,12 @@ SAMPLES = [
     "h: 0x1f\ni: .inf\nj: -.NaN\nk: 1_000\nl: '1'\nm: \"yes\"\nn: yes\no: 0o17\n",
     "bin: !!binary aGVsbG8=\nset: !!set {a, b}\nomap: !!omap [{a: 1}, {b: 2}]\n",
     "nested: {labels: {a: b, c: [1, {d: e}]}, list: [[], {}, '', x]}\n",
-    "1: one\n2.5: two\ntrue: three\nnull: four\n",
+    "1: one\n2.5: two\nfalse: three\nnull: four\n",
     "= : value-key\nother: 1\n",
     "- a\n- b: c\n- [d, e]\n",
     "plain string\n",
     "!!str 42\n",
     "spec: !!map {x: !!seq [1, 2]}\n",
-    "dup: 1\ndup: 2\n",
 ]
 
 
@@ -121,3 +120,26 @@ def test_unhashable_key_and_invalid_yaml_raise_yaml_errors() -> None:
     assert next(it) == {"a": 1}
     with pytest.raises(yaml.YAMLError):
         next(it)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line", "column"),
+    [
+        ("dup: 1\ndup: 2\n", "dup", 2, 1),
+        ("a: {k: 1, k: 2}\n", "k", 1, 11),
+        ("- x\n- {z: 1, y: 2, z: 3}\n", "z", 2, 16),
+        ("1: one\n1: two\n", "1", 2, 1),
+        ("yes: a\ntrue: b\n", "True", 2, 1),
+        ("ok: 1\n---\ns: !!set {a, a}\n", "a", 3, 14),
+    ],
+)
+def test_a_repeated_key_is_refused_where_it_repeats(
+    text: str, key: str, line: int, column: int
+) -> None:
+    for load in (lambda t: list(load_all(t)), lambda t: list(yaml.load_all(t, NoAliasLoader))):
+        with pytest.raises(DuplicateKey) as e:
+            load(text)
+        assert e.value.problem == f'found duplicate key "{key}"'
+        mark = e.value.problem_mark
+        assert mark is not None
+        assert (mark.line + 1, mark.column + 1) == (line, column)
