@@ -288,9 +288,10 @@ def start_fleet(
     log_dir: Path,
     name: str,
     first: int = 0,
+    environ: dict[str, str] | None = None,
 ) -> Fleet:
     """Start ``members`` (numbered from ``first``) across ``procs`` processes of
-    ``python -m module``."""
+    ``python -m module``, with ``environ`` (os.environ by default)."""
     procs = max(1, min(procs, members))
     out: list[subprocess.Popen[str]] = []
     per = -(-members // procs)
@@ -307,7 +308,7 @@ def start_fleet(
                 stdout=subprocess.PIPE,
                 stderr=log,
                 text=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**(os.environ if environ is None else environ), "PYTHONUNBUFFERED": "1"},
             )
         )
         log.close()

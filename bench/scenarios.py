@@ -31,6 +31,7 @@ from bench.common import (
 )
 from bench.etcd import EtcdServer
 from bench.kds_global import VALUE_BYTES, KdsGlobal, secret_items, secret_value
+from kds import grpc_env
 from kds._pb import sync_pb2 as pb
 
 
@@ -55,7 +56,9 @@ def _zones(g: KdsGlobal, work: Path, n: int, procs: int, *, address: str = "", *
 
 def _watchers(server: EtcdServer, work: Path, n: int, procs: int) -> Fleet:
     args = ["--endpoint", server.endpoint, "--prefix", "/kds/"]
-    return start_fleet("bench.etcd", n, procs, args, work, "watchers")
+    # grpc at its defaults, as an etcd client program has it: kds's own setting of grpc's
+    # environment (kds.grpc_env) is the product's, not etcd's.
+    return start_fleet("bench.etcd", n, procs, args, work, "watchers", environ=grpc_env.as_given())
 
 
 @contextmanager

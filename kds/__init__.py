@@ -6,3 +6,7 @@ the process helpers (config, logging, runtime, cli_common, clock) build on it.
 """
 
 from __future__ import annotations
+
+from kds import grpc_env
+
+grpc_env.apply()  # before anything loads grpc, which reads it once (kds.grpc_env says why)

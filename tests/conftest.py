@@ -9,6 +9,8 @@ import os
 
 import pytest
 
+import kds  # noqa: F401  # before any test loads grpc: kds.grpc_env sets grpc's environment
+
 
 def _in_ci() -> bool:
     return bool(os.environ.get("CI"))
