@@ -14,14 +14,16 @@ How each side is measured:
   zones share two processes, 100 zones two as well. The propagation scenario runs again with
   each zone in a process of its own, as zones are deployed (and each etcd watcher in its
   own): the "a process each" figures. Sync runs as in production: TLS with global's own CA
-  and a zone token per zone. The "plaintext" columns run the same scenario with `--kds-insecure` (no TLS,
+  and a zone token per zone; gRPC as the daemons set it (`GRPC_EXPERIMENTS=-event_engine_client`,
+  `kds/grpc_env.py`). The "plaintext" columns run the same scenario with `--kds-insecure` (no TLS,
   no tokens), as etcd runs here. Single writes are HTTP PUTs to global's API, sent with
   kdsctl's own client (the standard library's http.client, one kept-alive connection),
   timed from the API's answer to the commit on the last zone. Bulk is one `kdsctl apply -f`
   of a YAML file, timed from starting kdsctl to the commit on the last zone.
 - **etcd** (Debian's etcd-server, one member, temp data dir): writes are KV.Put (bulk: one Txn
   of all the puts), watchers are grpc.aio Watch streams on a prefix, each on its own channel
-  and TCP connection (as each zone is), split across processes like the zones, keeping
+  and TCP connection (as each zone is), at gRPC's default settings, split across processes
+  like the zones, keeping
   key -> value in memory (no disk, no acknowledgement). Timed from the write's answer (bulk:
   from sending the Txn) to the last watcher receiving it.
 
