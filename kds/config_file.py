@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from kds.errors import ConfigError
-from kds.safe_yaml import AliasRefused, NoAliasLoader
+from kds.safe_yaml import AliasRefused, NoAliasLoader, where_and_problem
 
 __all__ = ["read_config_file"]
 
@@ -26,11 +26,7 @@ def read_config_file(path: Path) -> dict[str, tuple[object, Any]]:
     except AliasRefused as e:
         raise ConfigError(f"config file {path}: {e}") from None
     except yaml.MarkedYAMLError as e:
-        # The problem and its place: a snippet of the line could show a password.
-        mark = e.problem_mark or e.context_mark
-        pos = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = e.problem or e.context or "cannot parse"
-        raise ConfigError(f"config file {path} is not valid YAML{pos}: {problem}") from None
+        raise ConfigError(f"config file {path} is not valid YAML{where_and_problem(e)}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
     if not isinstance(doc, dict):

@@ -31,7 +31,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from kds.text import safe_text
 
-__all__ = ["AliasRefused", "DuplicateKey", "NoAliasLoader", "load_all"]
+__all__ = ["AliasRefused", "DuplicateKey", "NoAliasLoader", "load_all", "where_and_problem"]
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _VALUE_TAG = "tag:yaml.org,2002:value"
@@ -120,6 +120,14 @@ def load_all(text: str) -> Iterator[Any]:
             yield _Builder(loader).build(loader.get_node())
     finally:
         loader.dispose()
+
+
+def where_and_problem(e: yaml.MarkedYAMLError) -> str:
+    """ " at line L, column C: problem" for an error the parser or a constructor raised: its
+    place and its problem only, never a snippet of the line (it could show secret data)."""
+    mark = e.problem_mark
+    pos = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return f"{pos}: {e.problem or e.context or 'cannot parse'}"
 
 
 class _Builder:

@@ -57,7 +57,7 @@ def _read_documents(item: Input) -> Iterator[_Doc]:
     invalid YAML fails at once, naming where."""
     import yaml
 
-    from kds.safe_yaml import AliasRefused, load_all
+    from kds.safe_yaml import AliasRefused, load_all, where_and_problem
 
     name = item.name
     # libyaml's parser when PyYAML was built with it (the wheels are): ~12x faster on big
@@ -71,11 +71,7 @@ def _read_documents(item: Input) -> Iterator[_Doc]:
         except AliasRefused as e:
             fail(f"{name} document {index + 1}: {e}")
         except yaml.MarkedYAMLError as e:
-            # Problem and position only: a snippet of the line could show secret data.
-            mark = e.problem_mark
-            pos = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = e.problem or e.context or "cannot parse"
-            fail(f"{name}: invalid YAML{pos}: {problem}{unfilled_hint(item)}")
+            fail(f"{name}: invalid YAML{where_and_problem(e)}{unfilled_hint(item)}")
         except yaml.YAMLError:
             fail(f"{name}: invalid YAML{unfilled_hint(item)}")
         if doc is _END:
