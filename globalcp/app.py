@@ -41,6 +41,7 @@ from kds.runtime import (
 from kds.secret_files import check_secret_files
 from kds.store import WriteResult, open_global_store
 from kds.store.target import store_location
+from kds.store_start import open_store
 from kds.version import __version__
 
 __all__ = ["run_global"]
@@ -92,14 +93,24 @@ async def run_global(cfg: GlobalConfig, service: Service) -> int:
         if hub is not None and records:
             loop.call_soon_threadsafe(hub.publish_many, records)
 
-    store = open_global_store(
-        store_location(cfg, data_dir),
-        log_size=cfg.log_size,
-        max_message_bytes=cfg.max_message_bytes,
-        cipher=cipher,
-        on_commit=on_commit,
-        new_store=cfg.new_store,
+    location = store_location(cfg, data_dir)
+    opened = await open_store(
+        lambda: open_global_store(
+            location,
+            log_size=cfg.log_size,
+            max_message_bytes=cfg.max_message_bytes,
+            cipher=cipher,
+            on_commit=on_commit,
+            new_store=cfg.new_store,
+        ),
+        location,
+        cfg.postgres_start_wait,
+        stop,
+        service.notifier,
     )
+    if opened is None:  # stopped while waiting for PostgreSQL
+        return 0
+    store = opened
     if await store.head() == 0 and await store.get(Key(Kind.MESH, "", "default")) is None:
         await store.put(Resource(Kind.MESH, "default"), rfc3339())
         log.info("created the default mesh on a fresh store")

@@ -230,6 +230,14 @@ class _Common:
         "File holding the PostgreSQL password (first line), so it is not in the process list.",
         "FILE",
     )
+    postgres_start_wait: float = opt(
+        300.0,
+        parse_duration,
+        "How long a daemon starting on --store postgres waits for the server to answer: it "
+        "tries again with a backoff of 1s doubling up to 15s, logging each failure, then exits; "
+        "0 gives up at the first failure.",
+        "DURATION",
+    )
     postgres_schema: str = opt(
         "",
         schema_name,

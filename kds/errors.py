@@ -146,4 +146,8 @@ class StoreFull(StoreError):
 class StoreUnavailable(StoreError):
     """The database server holding the store cannot be reached or failed mid-call. A write
     refused before it reached the server was not made; one cut off at its commit may have
-    been: retry (a put of the same content changes nothing) once the server is back."""
+    been: retry (a put of the same content changes nothing) once the server is back.
+    ``away``: the server could not be reached at all (refused, unresolvable, silent,
+    shutting down), as against one that answered with an error (a refused password)."""
+
+    away = True

@@ -28,6 +28,7 @@ from kds.runtime import (
 from kds.secret_files import check_secret_files
 from kds.store import WriteResult, open_zone_store
 from kds.store.target import store_location
+from kds.store_start import open_store
 from kds.version import __version__
 from zonecp.client import ZoneClient
 from zonecp.status import ZoneMetrics, status_route
@@ -84,9 +85,19 @@ async def run_zone(cfg: ZoneConfig, service: Service) -> int:
     def refresh_conflicts(client: ZoneClient) -> None:
         guard.start("refresh-conflicts", client.try_refresh_conflicts())
 
-    store = open_zone_store(
-        store_location(cfg, data_dir), cipher=cipher, on_commit=on_commit, new_store=cfg.new_store
+    location = store_location(cfg, data_dir)
+    opened = await open_store(
+        lambda: open_zone_store(
+            location, cipher=cipher, on_commit=on_commit, new_store=cfg.new_store
+        ),
+        location,
+        cfg.postgres_start_wait,
+        stop,
+        service.notifier,
     )
+    if opened is None:  # stopped while waiting for PostgreSQL
+        return 0
+    store = opened
     client = ZoneClient(
         store,
         zone=cfg.zone,

@@ -35,17 +35,21 @@ class Pg:
         self.daemons: list[Daemon] = []
         self.kds: dict[str, int] = {}
 
-    def start_global(self, name: str) -> Daemon:
+    def start_global(self, name: str, *extra: str, wait: bool = True) -> Daemon:
+        """A global instance, its API answering; without ``wait``, only launched."""
         api, kds = free_port(), free_port()
         self.kds[name] = kds
         argv = [
             str(BIN / "globalcp"), "run", "--data-dir", str(self.tmp / name),
             "--api-address", f"127.0.0.1:{api}", "--kds-address", f"127.0.0.1:{kds}",
             "--store", "postgres", "--postgres-url", self.url, "--postgres-schema", self.schema,
-            *_TEST_ARGS,
+            *_TEST_ARGS, *extra,
         ]  # fmt: skip
         d = Daemon(name, argv, self.tmp / f"{name}.log", f"http://127.0.0.1:{api}", self.tmp / name)
         self.daemons.append(d)
+        if not wait:
+            d.launch()
+            return d
         return d.start()
 
     def instance_id(self, g: Daemon) -> str:
@@ -195,6 +199,46 @@ def test_postgresql_killed_and_back(tmp_path: Path) -> None:
         g.wait_event("PostgreSQL reachable again")
         wait_for(lambda: z.secret("default", "after"), 20, "the write on the zone")
         assert g.stop() == 0
+    finally:
+        pg.close()
+        server.remove()
+
+
+def test_a_global_started_before_postgresql_waits_for_it(tmp_path: Path) -> None:
+    """Global started while its PostgreSQL is down logs each failed try, starts once the
+    server does, and takes writes; one given no wait exits at the first failure; one stopped
+    while it waits exits at once."""
+    bindir = find_bindir()
+    assert bindir is not None, "run scripts/setup-postgres"
+    server = PgServer(bindir)  # made, not started
+    pg = Pg(tmp_path)
+    pg.url = server.url
+    try:
+        g = pg.start_global("ga", "--postgres-start-wait", "2m", wait=False)
+        first = g.wait_event("store unreachable at start: trying again", 20)
+        assert first["store"] == f"postgresql://127.0.0.1:{server.port}/postgres schema {pg.schema}"
+        assert "Connection refused" in first["error"] and first["gives_up_after_s"] == 120
+        g.wait_event("store unreachable at start: trying again", 20, attempt=2)
+        assert g.proc is not None and g.proc.poll() is None
+        server.start()
+        wait_for(g._ready, 40, "global's API once PostgreSQL is up")
+        g.http.headers["Authorization"] = f"Bearer {g.admin_token}"
+        assert g.wait_event("store reachable: starting")["attempts"] >= 3
+        r = g.put("/meshes/default/secrets/after-wait", _secret("after-wait", "v"))
+        assert r.status_code == 201, r.text
+
+        pg.url = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"  # nothing there
+        at_once = pg.start_global("gb", "--postgres-start-wait", "0", wait=False)
+        assert at_once.proc is not None and at_once.proc.wait(30) == 1
+        assert at_once.events("cannot start") and not at_once.events(
+            "store unreachable at start: trying again"
+        )
+        waiting = pg.start_global("gc", wait=False)
+        waiting.wait_event("store unreachable at start: trying again", 20)
+        started = time.monotonic()
+        assert waiting.stop(timeout=10) == 0
+        assert time.monotonic() - started < 8
+        assert waiting.events("stopped while waiting for the store")
     finally:
         pg.close()
         server.remove()

@@ -311,10 +311,12 @@ class Database:
             ) from e
         except (psycopg.OperationalError, psycopg.InterfaceError) as e:
             self.away = connection_lost(e)
-            raise StoreUnavailable(
+            failed = StoreUnavailable(
                 f"PostgreSQL at {self.location} failed: {first_line(e)}; retry once it is "
                 "back (a write cut off at its commit may have been made: read it back)"
-            ) from e
+            )
+            failed.away = self.away
+            raise failed from e
         except psycopg.Error as e:
             self.away = False
             raise StoreError(f"PostgreSQL at {self.location}: {first_line(e)}") from e
