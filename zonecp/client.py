@@ -45,6 +45,7 @@ from kds.grpc_options import client_options
 from kds.logging import debug_enabled
 from kds.protocol.limits import PROBLEM_CHARS
 from kds.protocol.zone_session import State, ZoneSession
+from kds.resource import Key
 from kds.store import ZoneStore
 from kds.text import safe_text
 from zonecp.batch_log import key_fields, log_rejections
@@ -372,7 +373,7 @@ class ZoneClient:
             )
         log_rejections(log, result.rejected, undecodable)
         if b.repair:
-            self._log_repair(batch, result.rejected)
+            self._log_repair(batch, result.rejected, result.already_gone)
         if result.removed_stale:
             log.info("removed synced copies global no longer has", count=result.removed_stale)
         applied = self.session.on_applied(result, time.monotonic())
@@ -400,10 +401,17 @@ class ZoneClient:
         async with self._write_lock:
             await call.write(wire.answer_to_pb(ans))
 
-    def _log_repair(self, batch: Any, rejected: Any) -> None:
-        """A repair batch applied: log and count what it repaired, by key (never values)."""
-        refused = {k for k, _ in rejected}
-        keys = [c.key for c in batch.changes if c.key is not None and c.key not in refused]
+    def _log_repair(self, batch: Any, rejected: Any, already_gone: list[Key]) -> None:
+        """A repair batch applied: log and count what it repaired, by key (never values).
+        A refused change repaired nothing, nor did a delete of a key this zone held no synced
+        copy of (the check and the repair are not one transaction: a range may have got
+        there first)."""
+        unchanged = {k for k, _ in rejected} | set(already_gone)
+        changes = [c for c in batch.changes if c.key is not None and c.key not in unchanged]
+        keys = [c.key for c in changes]
+        if not keys:
+            log.info("anti-entropy repair changed nothing here", changes=len(batch.changes))
+            return
         labels = [
             safe_text(f"{k.kind} {k.mesh + '/' if k.mesh else ''}{k.name}", 600) for k in keys
         ]
@@ -415,7 +423,7 @@ class ZoneClient:
             "repaired synced resources from global (anti-entropy)",
             count=len(keys),
             keys=labels[:REPAIRED_KEPT],
-            deleted=sum(1 for c in batch.changes if c.deleted),
+            deleted=sum(1 for c in changes if c.deleted),
         )
 
     def _status_message(self) -> pb.ZoneMessage:

@@ -81,6 +81,9 @@ class Plan:
     resolved_conflicts: list[Key] = field(default_factory=list)
     record_revision: int | None = None
     stale_removed: int = 0
+    # Keys whose only changes were deletes this zone had nothing to delete for (deletes are
+    # idempotent): nothing done, nothing to report as done.
+    already_gone: list[Key] = field(default_factory=list)
 
 
 # Zones accept what global accepted; the size limit is global's business.
@@ -105,13 +108,15 @@ def plan_batch(batch: DecodedBatch, view: ZoneView) -> Plan:
     synced_meshes = set(view.synced_meshes)
     secrets = {m: list(c) for m, c in view.secrets_per_mesh.items()}
     put_here: set[Key] = set()
+    gone: list[Key] = []
 
     def mesh_present(mesh: str) -> bool:
         return mesh in synced_meshes or mesh in view.local_meshes
 
     def delete(key: Key) -> None:
         if key not in synced:
-            return  # already gone: deletes are idempotent
+            gone.append(key)  # deletes are idempotent
+            return
         if key.kind is Kind.MESH:
             local_n, synced_n = secrets.get(key.name, [0, 0])
             if key.name not in view.local_meshes and (local_n or synced_n):
@@ -185,4 +190,7 @@ def plan_batch(batch: DecodedBatch, view: ZoneView) -> Plan:
             plan.stale_removed += len(plan.deletes) - before
     if batch.final and not batch.repair:
         plan.record_revision = batch.revision
+    if gone:
+        done = put_here.union(plan.deletes)
+        plan.already_gone = [k for k in dict.fromkeys(gone) if k not in done]
     return plan

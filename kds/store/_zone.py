@@ -142,6 +142,7 @@ class ZoneEngine(ResourceEngine):
             new_conflicts=plan.new_conflicts,
             resolved_conflicts=plan.resolved_conflicts,
             removed_stale=plan.stale_removed,
+            already_gone=plan.already_gone,
         )
 
     def _before_apply(self, conn: Conn) -> None:

@@ -146,3 +146,4 @@ class ZoneApplyResult:
     new_conflicts: list[Key] = field(default_factory=list)
     resolved_conflicts: list[Key] = field(default_factory=list)
     removed_stale: int = 0
+    already_gone: list[Key] = field(default_factory=list)  # deletes of keys not held here

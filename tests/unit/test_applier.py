@@ -121,6 +121,18 @@ def test_delete_of_absent_key_is_idempotent() -> None:
     plan = plan_batch(batch([delete(G1), delete(S1), delete(MESH)]), view())
     assert plan.deletes == [] and plan.rejected == []
     assert plan.record_revision == 10
+    assert plan.already_gone == [G1, S1, MESH]  # nothing done for them, to report as such
+
+
+def test_a_key_a_batch_did_change_is_not_already_gone() -> None:
+    """A delete that found nothing, of a key the same batch deleted or put, is not
+    reported as a change that did nothing."""
+    twice = plan_batch(batch([delete(G1, 1), delete(G1, 2)]), view(synced=[G1]))
+    assert twice.deletes == [G1] and twice.already_gone == []
+    then_put = plan_batch(batch([delete(S1, 1), put(S1, 2)]), view(synced_meshes=["default"]))
+    assert then_put.puts and then_put.already_gone == []
+    mixed = plan_batch(batch([delete(S1), delete(S2)]), view(synced=[S1]))
+    assert mixed.deletes == [S1] and mixed.already_gone == [S2]
 
 
 def test_double_delete_in_one_batch_is_idempotent() -> None:

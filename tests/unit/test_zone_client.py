@@ -37,3 +37,35 @@ def test_delete_decodes_to_a_key() -> None:
     batch, undecodable = decode_batch(_batch(pb.Change(revision=1, delete=wire.key_to_pb(key))))
     assert not undecodable
     assert batch.changes[0].key == key and batch.changes[0].deleted
+
+
+def test_a_repair_counts_only_what_it_changed() -> None:
+    """A repair batch's refused changes and its deletes of keys the zone did not hold are
+    not counted or logged as repaired; a repair that changed nothing logs no warning."""
+    from structlog.testing import capture_logs
+
+    from tests.unit.test_zone_dial_loop import _client, _Store
+
+    put = Resource(Kind.SECRET, "s1", mesh="default", data=b"v")
+    gone = Resource(Kind.SECRET, "s2", mesh="default").key
+    held = Resource(Kind.SECRET, "s3", mesh="default").key
+    refused = Resource(Kind.SECRET, "s4", mesh="default")
+    changes = [
+        pb.Change(revision=1, put=wire.resource_to_pb(put)),
+        pb.Change(revision=2, delete=wire.key_to_pb(gone)),
+        pb.Change(revision=3, delete=wire.key_to_pb(held)),
+        pb.Change(revision=4, put=wire.resource_to_pb(refused)),
+    ]
+    batch, _ = decode_batch(_batch(*changes))
+    client = _client(_Store())
+    with capture_logs() as logs:
+        client._log_repair(batch, [(refused.key, "mesh gone")], [gone])
+    assert client.status.repaired == 2
+    assert client.status.last_repaired == ["Secret default/s1", "Secret default/s3"]
+    (warning,) = [e for e in logs if e["log_level"] == "warning"]
+    assert warning["count"] == 2 and warning["deleted"] == 1
+    only_gone, _ = decode_batch(_batch(changes[1]))
+    with capture_logs() as logs:
+        client._log_repair(only_gone, [], [gone])
+    assert client.status.repaired == 2
+    assert [e["log_level"] for e in logs] == ["info"]
