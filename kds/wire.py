@@ -61,17 +61,22 @@ _BATCH_TAG = _VarintBytes((2 << 3) | 2)  # GlobalMessage.batch, length-delimited
 
 
 def resource_to_pb(r: Resource) -> pb.Resource:
-    return pb.Resource(
+    m = pb.Resource(
         kind=KIND_TO_PB[r.kind],
         mesh=r.mesh,
         name=r.name,
         data=r.data,
-        labels=dict(r.labels),
         creation_time=r.creation_time,
         modification_time=r.modification_time,
         version=r.version,
         spec=json.dumps(dict(r.spec), sort_keys=True).encode() if r.spec else b"",
     )
+    # Only when there are labels: protobuf fills a map field through Python's generic
+    # MutableMapping.update, 0.7 us per resource even for an empty one (a third of encoding
+    # a change), and most resources have none.
+    if r.labels:
+        m.labels.update(r.labels)
+    return m
 
 
 def resource_from_pb(m: pb.Resource) -> Resource:
