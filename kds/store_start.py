@@ -3,7 +3,8 @@
 A host's services start together: the database may come up after the control plane, or be
 restarting when it starts. A daemon that exits at once then leans on its service manager's
 restarts, which are limited (systemd stops after five starts within ten seconds by default;
-Kubernetes waits up to five minutes between them). Instead the daemon tries again, with a backoff of 1 s doubling up to 15 s plus jitter, for up to
+Kubernetes waits up to five minutes between them). Instead the daemon tries again, with a
+backoff of 1 s doubling up to 15 s (up to 1 s of jitter added, 15 s at most), for up to
 ``--postgres-start-wait`` (5 minutes by default):
 
 - each failure is logged as a warning with the server's reason (a wrong password or an
@@ -43,7 +44,7 @@ __all__ = ["FIRST_WAIT", "MAX_WAIT", "open_store"]
 log = structlog.get_logger("kds.store")
 
 FIRST_WAIT = 1.0  # seconds before the second try; doubling from there
-MAX_WAIT = 15.0  # the longest wait between two tries (plus up to 1 s of jitter)
+MAX_WAIT = 15.0  # the longest wait between two tries, jitter included
 _CONNECT_S = 5.0  # a try's own bound: the store's connect timeout
 
 T = TypeVar("T")
