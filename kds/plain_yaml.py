@@ -35,29 +35,32 @@ from typing import Any
 from yaml.nodes import ScalarNode
 from yaml.resolver import Resolver
 
-__all__ = ["documents"]
+__all__ = ["documents", "plain_tag"]
 
 _STR_TAG = "tag:yaml.org,2002:str"
 _WORD = r"[A-Za-z0-9_./+=][A-Za-z0-9_./+=-]*"
 _LINE = re.compile(rf"( *)({_WORD}):(?: ({_WORD}))?")
 _resolver = Resolver()
-# Whether PyYAML resolves a word to a string, remembered for words up to _SHORT characters
-# (keys and most values repeat from document to document), _STRINGS_MAX of them.
-_strings: dict[str, bool] = {}
+# The tag PyYAML resolves a plain scalar to, remembered for texts up to _SHORT characters (keys
+# and most values repeat from document to document), _TAGS_MAX of them in the process.
+_tags: dict[str, str] = {}
 _SHORT = 64
-_STRINGS_MAX = 16384
+_TAGS_MAX = 16384
 # Deeper than this is left to the parser, so that what comes out nests no deeper than what
 # the parser's own path would hand on.
 _DEPTH_MAX = 32
 
 
-def _is_string(word: str) -> bool:
-    known = _strings.get(word)
-    if known is None:
-        known = _resolver.resolve(ScalarNode, word, (True, False)) == _STR_TAG
-        if len(word) <= _SHORT and len(_strings) < _STRINGS_MAX:
-            _strings[word] = known
-    return known
+def plain_tag(text: str) -> str:
+    """The tag PyYAML's safe loader gives a plain (unquoted, untagged) scalar of ``text``.
+    It depends on the text alone: the safe loader has no path resolvers, the other input
+    of PyYAML's resolve. kds.safe_yaml's loader asks here too, so a text is resolved once."""
+    tag = _tags.get(text)
+    if tag is None:
+        tag = _resolver.resolve(ScalarNode, text, (True, False))
+        if len(text) <= _SHORT and len(_tags) < _TAGS_MAX:
+            _tags[text] = tag
+    return tag
 
 
 def documents(text: str) -> list[Any] | None:
@@ -77,7 +80,6 @@ def documents(text: str) -> list[Any] | None:
     stack: list[tuple[int, dict[str, Any]]] = [(0, root)]
     pending: tuple[str, dict[str, Any]] | None = None
     match = _LINE.fullmatch
-    is_string = _is_string
     for line in lines:
         if not line:
             continue
@@ -109,12 +111,12 @@ def documents(text: str) -> list[Any] | None:
             if indent != stack[-1][0]:
                 return None
         mapping = stack[-1][1]
-        if key in mapping or not is_string(key):
+        if key in mapping or plain_tag(key) != _STR_TAG:
             return None
         if value is None:
             mapping[key] = None  # holds the key's place; its mapping replaces it
             pending = (key, mapping)
-        elif is_string(value):
+        elif plain_tag(value) == _STR_TAG:
             mapping[key] = value
         else:
             return None

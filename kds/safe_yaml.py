@@ -17,7 +17,8 @@ timestamps, binary, sets, unknown tags) goes to PyYAML's safe constructor, so th
 the same as ``yaml.load_all`` with ``NoAliasLoader`` gives. The tag of a plain scalar depends
 on its text alone, so the loader remembers it for short texts: the keys and most values of
 thousands of similar documents (``type``, ``mesh``, ``Secret``, ``default``) repeat, and
-PyYAML's resolver, called by libyaml for every scalar, tries its patterns each time.
+PyYAML's resolver, called by libyaml for every scalar, tries its patterns each time (the
+memory is kds.plain_yaml's, shared with its reader).
 
 A text in the plainest form (one ``key: value`` per line, nested mappings by indent, plain
 words only: kds.plain_yaml) skips the parser altogether: 10,000 generated secrets in 39 ms
@@ -67,29 +68,14 @@ class DuplicateKey(ConstructorError):
         )
 
 
-# Plain scalars up to this many characters have their resolved tag remembered, up to
-# _RESOLVED_MAX texts per loader (so memory stays bounded whatever the input).
-_RESOLVED_CHARS = 64
-_RESOLVED_MAX = 4096
-
-
 class NoAliasLoader(_Base):
     """A safe loader that raises AliasRefused at the first alias or merge key."""
 
-    def __init__(self, stream: Any) -> None:
-        super().__init__(stream)
-        self._resolved: dict[str, str] = {}
-
     def resolve(self, kind: type[Node], value: Any, implicit: Any) -> Any:
-        # A plain scalar's tag depends on its text only (SafeLoader has no path resolvers,
-        # the other input of PyYAML's resolve), so a text seen before resolves as before.
+        # A plain scalar's tag depends on its text only, so a text seen before (in this
+        # file or another) resolves as before, without PyYAML trying its patterns again.
         if kind is ScalarNode and implicit[0] and not self.yaml_path_resolvers:
-            tag = self._resolved.get(value)
-            if tag is None:
-                tag = super().resolve(kind, value, implicit)
-                if len(value) <= _RESOLVED_CHARS and len(self._resolved) < _RESOLVED_MAX:
-                    self._resolved[value] = tag
-            return tag
+            return plain_yaml.plain_tag(value)
         return super().resolve(kind, value, implicit)
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:

@@ -60,8 +60,9 @@ def _read_documents(item: Input) -> Iterator[_Doc]:
     from kds.safe_yaml import AliasRefused, load_all, where_and_problem
 
     name = item.name
-    # libyaml's parser when PyYAML was built with it (the wheels are): ~12x faster on big
-    # files. It refuses aliases, which could make a small file expand to gigabytes.
+    # Plain generated files without a parser (kds.plain_yaml), anything else with libyaml's
+    # when PyYAML was built with it (the wheels are): ~12x faster than PyYAML's own on big
+    # files. Aliases are refused, which could make a small file expand to gigabytes.
     docs = load_all(item.text)
     index = problems = stripped = 0
     errors: list[tuple[str, list[tuple[str, str]]]] = []
