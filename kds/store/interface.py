@@ -227,3 +227,9 @@ class ZoneStore(ResourceStore, Protocol):
         revision, in one consistent read; a row that fails its digest check is left out (its
         range then differs from global's and anti-entropy repairs it)."""
         ...
+
+    async def sync_leaves_into(self, take: Callable[[Key, bytes], None]) -> int:
+        """``sync_leaves`` handed to ``take`` leaf by leaf as the rows are read, so no list
+        of every leaf is held (``take`` runs on the store's reader thread and must not
+        block); the applied revision they are at."""
+        ...

@@ -388,3 +388,37 @@ def test_a_tree_updated_is_the_tree_built_anew(
         assert len(updated) == len(final)
     finally:
         dt._bucket_number = real
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    leaves=st.dictionaries(_KEYS, st.integers(0, 5).map(_digest), max_size=60),
+    coarse=st.booleans(),
+)
+def test_the_flat_builder_builds_what_sorted_tuples_build(leaves: Leaves, coarse: bool) -> None:
+    """TreeBuilder holds the leaves flat and sorts positions, not tuples: each group comes
+    out array for array as sorting (bucket, name, digest) tuples makes it, also when many
+    names share a bucket (coarse buckets: four in all), where names decide the order."""
+    import kds.protocol.digest_tree as dt
+
+    real = dt._bucket_number
+    if coarse:
+        dt._bucket_number = lambda name: real(name) >> 62 << 62
+    try:
+        built = dt.DigestTree(leaves.items())
+        by_group: dict[tuple[Kind, str], list[tuple[int, str, bytes]]] = {}
+        for k, d in leaves.items():
+            by_group.setdefault((k.kind, k.mesh), []).append((dt._bucket_number(k.name), k.name, d))
+        expected = dt.DigestTree(())
+        expected._groups = {g: dt._Group(tuples) for g, tuples in by_group.items()}
+        _same_tree(built, expected)
+    finally:
+        dt._bucket_number = real
+
+
+def test_a_leaf_digest_of_another_length_is_refused() -> None:
+    from kds.protocol.digest_tree import TreeBuilder
+
+    builder = TreeBuilder()
+    with pytest.raises(ValueError, match="16 bytes, not 15"):
+        builder.add(Key(Kind.SECRET, "m", "s"), b"x" * 15)

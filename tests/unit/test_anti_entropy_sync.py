@@ -202,17 +202,17 @@ async def test_a_zone_slow_to_answer_a_check_does_not_take_global_for_silent(
     monkeypatch.setattr(ZoneClient, "_converse", converse)
     async with running_pair(tmp_path, heartbeat_interval=0.1, anti_entropy_interval=0.3) as pair:
         zone = await _zone_of_twenty(pair)
-        real = zone.store.sync_leaves
+        real = zone.store.sync_leaves_into
         slow = 0
 
-        async def slow_leaves() -> Any:
+        async def slow_leaves(take: Any) -> Any:
             nonlocal slow, late
             slow += 1
             await asyncio.sleep(1.0)  # over three times the 0.3 s silence limit
             late = True
-            return await real()
+            return await real(take)
 
-        zone.store.sync_leaves = slow_leaves  # type: ignore[method-assign]
+        zone.store.sync_leaves_into = slow_leaves  # type: ignore[method-assign]
         await wait_until(lambda: zone.client.status.applied_revision == pair.hub.head)
         await wait_until(lambda: slow >= 3, timeout=20, what="three slow answers")
         state = await wait_until(lambda: pair.tracker.zones["zone-a"].last_check, what="check")
