@@ -358,8 +358,13 @@ class _Leaves:
             new_ends.append(len(new_names))
         group = _Group.__new__(_Group)
         group.buckets = array("Q", map(self.buckets.__getitem__, order))
-        del digests, names
-        self.__init__()  # type: ignore[misc]
+        del order, digests, names  # the unsorted copies go before the sorted ones are frozen
+        self.buckets, self.digests, self.names, self.ends = (
+            array("Q"),
+            bytearray(),
+            bytearray(),
+            array("Q"),
+        )
         group.digests = bytes(new_digests)
         group.hashes = bytes(hashes)
         group.names = bytes(new_names)
