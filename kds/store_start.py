@@ -70,7 +70,7 @@ async def open_store(
     is raised."""
     if not isinstance(target, PgTarget):
         return open_()
-    from kds.store.postgres._db import describe  # psycopg: loaded for PostgreSQL only
+    from kds.store.postgres import describe  # psycopg: loaded for PostgreSQL only
 
     location = describe(target.url, target.schema)
     started = time.monotonic()

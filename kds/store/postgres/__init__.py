@@ -17,7 +17,7 @@ moved here, keeping its id and its history or sync state).
 
 from __future__ import annotations
 
-from kds.store.postgres._db import SCHEMA_VERSION, PgTarget
+from kds.store.postgres._db import SCHEMA_VERSION, PgTarget, describe
 from kds.store.postgres._global import PgGlobalEngine
 from kds.store.postgres._import import import_sqlite_global, import_sqlite_store
 from kds.store.postgres._leader import Leadership
@@ -33,6 +33,7 @@ __all__ = [
     "PgTarget",
     "PgZoneEngine",
     "PgZoneStore",
+    "describe",
     "import_sqlite_global",
     "import_sqlite_store",
 ]
