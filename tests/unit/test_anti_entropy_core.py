@@ -422,3 +422,23 @@ def test_a_leaf_digest_of_another_length_is_refused() -> None:
     builder = TreeBuilder()
     with pytest.raises(ValueError, match="16 bytes, not 15"):
         builder.add(Key(Kind.SECRET, "m", "s"), b"x" * 15)
+
+
+def test_a_tree_holds_no_object_per_leaf() -> None:
+    """The builder and the tree keep leaves in flat buffers: adding 20,000 leaves, and the
+    tree built from them, hold a handful of allocator blocks, not one or more per leaf (a
+    tuple, an integer, a name per leaf once kept a big tree's memory scattered over arenas
+    CPython could not give back)."""
+    import sys
+
+    from kds.protocol.digest_tree import TreeBuilder
+
+    leaves = [(Key(Kind.SECRET, f"m{i % 3}", f"secret-{i}"), _digest(i)) for i in range(20_000)]
+    builder = TreeBuilder()
+    before = sys.getallocatedblocks()
+    for key, digest in leaves:
+        builder.add(key, digest)
+    assert sys.getallocatedblocks() - before < 2_000  # one per leaf would be 20,000+
+    tree = builder.build()
+    assert sys.getallocatedblocks() - before < 2_000  # one per leaf would be 20,000+
+    assert len(tree) == 20_000
