@@ -77,7 +77,7 @@ def leaf_digest_of(texts: Iterable[str], data: bytes) -> bytes:
     return _framed_hash(b"kds-leaf-v1", encoded)
 
 
-def _framed_hash(person: bytes, parts: list[bytes] | list[memoryview]) -> bytes:
+def _framed_hash(person: bytes, parts: list[bytes | memoryview] | list[bytes]) -> bytes:
     """The digest of ``parts``, each after its length (8 bytes, big-endian), hashed as one
     buffer: the framing of a leaf and of a node's leaf hash."""
     framed: list[bytes | memoryview] = []
@@ -103,7 +103,12 @@ def _bucket_number(name: str) -> int:
 
 
 def _leaf_hash(name: str, digest: bytes) -> bytes:
-    return _framed_hash(b"kds-node-v1", [name.encode("utf-8", "surrogatepass"), digest])
+    return _leaf_hash_of(name.encode("utf-8", "surrogatepass"), digest)
+
+
+def _leaf_hash_of(raw_name: bytes | memoryview, digest: bytes | memoryview) -> bytes:
+    """``_leaf_hash`` of a name already encoded (UTF-8, surrogates passed)."""
+    return _framed_hash(b"kds-node-v1", [raw_name, digest])
 
 
 @dataclass(frozen=True, order=True)
@@ -146,15 +151,21 @@ class _Group:
 
     __slots__ = ("buckets", "digests", "hashes", "names", "offsets")
 
-    def __init__(self, leaves: list[tuple[int, str, bytes]]):
-        leaves.sort()
-        self.buckets = array("Q", (b for b, _, _ in leaves))
-        self.digests = b"".join([d for _, _, d in leaves])
-        self.hashes = b"".join([_leaf_hash(n, d) for _, n, d in leaves])
-        encoded = [n.encode("utf-8", "surrogatepass") for _, n, _ in leaves]
-        leaves.clear()
-        self.names = b"".join(encoded)
-        self.offsets = array("Q", accumulate(map(len, encoded), initial=0))
+    def __init__(
+        self,
+        buckets: array[int] | None = None,
+        digests: bytes = b"",
+        hashes: bytes = b"",
+        names: bytes = b"",
+        offsets: array[int] | None = None,
+    ):
+        """A group of leaves already sorted (``_Leaves.group``, ``updated``); none given,
+        the empty group. ``offsets`` has one more entry than there are leaves, 0 first."""
+        self.buckets = array("Q") if buckets is None else buckets
+        self.digests = digests
+        self.hashes = hashes
+        self.names = names
+        self.offsets = array("Q", [0]) if offsets is None else offsets
 
     def __len__(self) -> int:
         return len(self.buckets)
@@ -220,13 +231,13 @@ class _Group:
         copy(size)
         if not new_buckets:
             return None
-        group = _Group.__new__(_Group)
-        group.buckets = new_buckets
-        group.digests = b"".join(digests)
-        group.hashes = b"".join(hashes)
-        group.names = b"".join(name_parts)
-        group.offsets = array("Q", accumulate(chain.from_iterable(lengths), initial=0))
-        return group
+        return _Group(
+            new_buckets,
+            b"".join(digests),
+            b"".join(hashes),
+            b"".join(name_parts),
+            array("Q", accumulate(chain.from_iterable(lengths), initial=0)),
+        )
 
 
 class DigestTree:
@@ -258,7 +269,7 @@ class DigestTree:
             by_group.setdefault((key.kind, key.mesh), {})[key.name] = digest
         groups = dict(self._groups)
         for group, named in by_group.items():
-            old = groups.get(group) or _Group([])
+            old = groups.get(group) or _Group()
             new = old.updated([(_bucket_number(n), n, d) for n, d in named.items()])
             if new is None:
                 groups.pop(group, None)
@@ -305,18 +316,21 @@ class DigestTree:
 
 class _Leaves:
     """One group's leaves as they are added, unsorted and flat: the buckets as 8-byte
-    integers, the digests as one buffer, the names as one UTF-8 buffer with end offsets. No
+    integers, the digests as one buffer, the names as one UTF-8 buffer with offsets. No
     object per leaf: a list of a tuple, an integer, a name and a digest per leaf took about
     220 bytes a leaf and, sorted and hashed, peaked near 400 (40 MB for 100,000 leaves),
     small objects whose memory CPython keeps in the arenas that outlive them."""
 
-    __slots__ = ("buckets", "digests", "ends", "names")
+    __slots__ = ("buckets", "digests", "names", "offsets")
 
     def __init__(self) -> None:
+        self._empty()
+
+    def _empty(self) -> None:
         self.buckets = array("Q")
         self.digests = bytearray()
         self.names = bytearray()
-        self.ends = array("Q")
+        self.offsets = array("Q", [0])  # as _Group's: leaf i's name is names[o[i]:o[i + 1]]
 
     def add(self, name: str, digest: bytes) -> None:
         if len(digest) != DIGEST_BYTES:
@@ -324,10 +338,10 @@ class _Leaves:
         self.buckets.append(_bucket_number(name))
         self.digests += digest
         self.names += name.encode("utf-8", "surrogatepass")
-        self.ends.append(len(self.names))
+        self.offsets.append(len(self.names))
 
     def _name(self, i: int) -> str:
-        raw = self.names[self.ends[i - 1] if i else 0 : self.ends[i]]
+        raw = self.names[self.offsets[i] : self.offsets[i + 1]]
         return raw.decode("utf-8", "surrogatepass")
 
     def _order(self) -> list[int]:
@@ -344,32 +358,22 @@ class _Leaves:
     def group(self) -> _Group:
         """The group of these leaves, sorted and hashed; this is emptied."""
         order = self._order()
-        digests, names, ends = memoryview(self.digests), memoryview(self.names), self.ends
+        digests, names, offsets = memoryview(self.digests), memoryview(self.names), self.offsets
         new_digests = bytearray()
         hashes = bytearray()
         new_names = bytearray()
-        new_ends = array("Q", [0])
+        new_offsets = array("Q", [0])
         for i in order:
             digest = digests[i * DIGEST_BYTES : (i + 1) * DIGEST_BYTES]
-            raw = names[ends[i - 1] if i else 0 : ends[i]]
+            raw = names[offsets[i] : offsets[i + 1]]
             new_digests += digest
-            hashes += _framed_hash(b"kds-node-v1", [raw, digest])  # as _leaf_hash
+            hashes += _leaf_hash_of(raw, digest)
             new_names += raw
-            new_ends.append(len(new_names))
-        group = _Group.__new__(_Group)
-        group.buckets = array("Q", map(self.buckets.__getitem__, order))
+            new_offsets.append(len(new_names))
+        buckets = array("Q", map(self.buckets.__getitem__, order))
         del order, digests, names  # the unsorted copies go before the sorted ones are frozen
-        self.buckets, self.digests, self.names, self.ends = (
-            array("Q"),
-            bytearray(),
-            bytearray(),
-            array("Q"),
-        )
-        group.digests = bytes(new_digests)
-        group.hashes = bytes(hashes)
-        group.names = bytes(new_names)
-        group.offsets = new_ends
-        return group
+        self._empty()
+        return _Group(buckets, bytes(new_digests), bytes(hashes), bytes(new_names), new_offsets)
 
 
 class TreeBuilder:

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from array import array
+from itertools import accumulate
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -390,6 +393,21 @@ def test_a_tree_updated_is_the_tree_built_anew(
         dt._bucket_number = real
 
 
+def _sorted_group(leaves: list[tuple[int, str, bytes]]) -> Any:
+    """A group as sorting (bucket, name, digest) tuples builds it: the reference."""
+    import kds.protocol.digest_tree as dt
+
+    leaves.sort()
+    encoded = [n.encode("utf-8", "surrogatepass") for _, n, _ in leaves]
+    return dt._Group(
+        array("Q", (b for b, _, _ in leaves)),
+        b"".join(d for _, _, d in leaves),
+        b"".join(_leaf_hash(n, d) for _, n, d in leaves),
+        b"".join(encoded),
+        array("Q", accumulate(map(len, encoded), initial=0)),
+    )
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     leaves=st.dictionaries(_KEYS, st.integers(0, 5).map(_digest), max_size=60),
@@ -410,7 +428,7 @@ def test_the_flat_builder_builds_what_sorted_tuples_build(leaves: Leaves, coarse
         for k, d in leaves.items():
             by_group.setdefault((k.kind, k.mesh), []).append((dt._bucket_number(k.name), k.name, d))
         expected = dt.DigestTree(())
-        expected._groups = {g: dt._Group(tuples) for g, tuples in by_group.items()}
+        expected._groups = {g: _sorted_group(tuples) for g, tuples in by_group.items()}
         _same_tree(built, expected)
     finally:
         dt._bucket_number = real
