@@ -47,13 +47,14 @@ class GlobalTrees:
     revision, however many zones are checked at it (a read in progress is joined), so a
     fleet checked at the same revision costs global one read of its leaves.
 
-    The tree is kept (5.7 MB for 100,000 secrets with 9-character names) and brought forward when the head
-    moves: the change log names the keys written since the tree's revision, and only their
-    rows are read again (``DigestTree.updated``). Reading every row costs about 2 s of CPU
-    per 100,000 resources; with writes coming steadily, the checks of zones connected at
-    different times, spread over the interval, would each find the head moved and pay it
-    again. The whole store is read only at the first check, after more changes than half
-    the tree's leaves, or when the log no longer reaches back to the tree's revision."""
+    The tree is kept (5.7 MB for 100,000 secrets with 9-character names) and brought forward
+    when the head moves: the change log names the keys written since the tree's revision,
+    and only their rows are read again (``DigestTree.updated``). Reading every row costs
+    about 2 s of CPU per 100,000 resources; with writes coming steadily, the checks of zones
+    connected at different times, spread over the interval, would each find the head moved
+    and pay it again. The whole store is read only at the first check, after more changes
+    than half the tree's leaves, or when the log no longer reaches back to the tree's
+    revision."""
 
     def __init__(self, store: GlobalStore):
         self.store = store

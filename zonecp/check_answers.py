@@ -20,7 +20,8 @@ class CheckAnswers:
     batch up to the check's revision was applied before it) and kept for the check's later
     rounds while batches keep being applied; after the last round it is let go, not kept
     until the next check minutes later (about 57 bytes per synced resource with a
-    9-character name: 5.7 MB for 100,000 secrets), and the daemon's memory keeper gives it back."""
+    9-character name: 5.7 MB for 100,000 secrets), and the daemon's memory keeper gives it
+    back."""
 
     def __init__(self, store: ZoneStore, status: ZoneSyncStatus):
         self.store = store

@@ -114,8 +114,8 @@ def answer(tree: DigestTree, query: Query, revision: int) -> Answer:
 def last_round(ans: Answer) -> bool:
     """Whether global asks nothing more of this check after ``ans``: only a differing node
     answered without its leaves can be expanded in a next round. The zone then lets go of
-    its tree (about 57 bytes per synced resource with a short name) instead of keeping it until the next
-    check, minutes later."""
+    its tree (about 57 bytes per synced resource with a short name) instead of keeping it
+    until the next check, minutes later."""
     return all(item.listed for item in ans.differ)
 
 
