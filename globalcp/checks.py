@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import structlog
 
@@ -130,6 +130,11 @@ class ZoneChecks:
         self._next_at = clock() + (interval if after_snapshot else 0.0)
         self._ids = 0
         self._at_once = 0
+        # The keys the last check's repair sent (if it left nothing for later), and those of
+        # them the zone refused: a repair refused whole is not checked again at once.
+        self._repairing: set[Key] = set()
+        self._refused: set[Key] = set()
+        self._repaired_at = 0.0
 
     def on_answer(self, msg: pb.DigestAnswer) -> None:
         """The zone's answer (the reader's side); ProtocolError when none was asked for."""
@@ -138,7 +143,28 @@ class ZoneChecks:
         self.pending = wire.answer_from_pb(msg)
 
     def due(self) -> bool:
-        return self.interval > 0 and self.check is None and self.clock() >= self._next_at
+        if self.interval <= 0 or self.check is not None:
+            return False
+        if self._repairing and self._repairing <= self._refused:
+            # The zone refused every change the repair sent (kds.protocol.refusals): it keeps
+            # those copies on purpose, and checking again at once would only have the same
+            # changes sent and refused again. The next check comes after the interval, and
+            # repairs what the zone will take by then.
+            self._next_at = max(self._next_at, self._repaired_at + self.interval)
+            self._at_once = 0
+            self._repairing.clear()
+        return self.clock() >= self._next_at
+
+    def repairing(self, keys: set[Key], deferred: int) -> None:
+        """The check just over sends a repair of ``keys`` (and left ``deferred`` for later)."""
+        self._repairing = keys if not deferred else set()
+        self._refused = set()
+        self._repaired_at = self.clock()
+
+    def refused(self, keys: Iterable[Key]) -> None:
+        """The zone refused these changes of a repair."""
+        if self._repairing:
+            self._refused.update(keys)
 
     async def start(self, revision: int) -> bytes | None:
         """Begin a check at ``revision`` (the zone's acknowledged one, equal to global's

@@ -311,6 +311,8 @@ class SendLoop:
         )
         if not records:
             return
+        if self.checks is not None:
+            self.checks.repairing({r.key for r in records}, out.deferred)
         session = self.session
         revision = session.start_repair()
         parts = pack(records, self.plans.max_message_bytes, wire.PART_BYTES)

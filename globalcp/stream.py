@@ -247,19 +247,46 @@ class ZoneStream:
         rejected = tuple(_rejected_key(r) for r in ack.rejected)
         acked = self.link.session.on_ack(Ack(ack.seq, ack.applied_revision, rejected))
         done = acked[-1]
+        refusals = status.refusals(create=bool(ack.rejected))
+        if refusals:
+            # The changes the zone applied end whatever it refused of those keys before.
+            refused = set(rejected)
+            for batch in acked:
+                refusals.forget(k for k in batch.keys if k not in refused)
         if ack.rejected:
+            assert refusals is not None  # made for an ack with rejections
             # The session checked each key is one the batch held: valid, known names.
-            items = [
-                (key.kind, _key_label(r.key), safe_text(r.reason, REASON_CHARS))
+            entries = [
+                (key, _key_label(r.key), safe_text(r.reason, REASON_CHARS))
                 for key, r in zip(rejected, ack.rejected, strict=True)
                 if key is not None
+            ]
+            pairs = [(key, reason) for key, _, reason in entries]
+            again = refusals.repeats(pairs) if done.repair else set()
+            refusals.record(pairs)
+            if done.repair and self.checks is not None:
+                self.checks.refused(key for key, _ in pairs)
+            if again:
+                log.info(
+                    "zone still refuses resources anti-entropy sent again, for the reasons "
+                    "logged before",
+                    count=len(again),
+                    first=[label for key, label, _ in entries if key in again][:REJECTIONS_LOGGED],
+                    revision=done.revision,
+                )
+                status.rejections(
+                    [(key.kind, label, reason) for key, label, reason in entries if key in again],
+                    repeated=True,
+                )
+            items = [
+                (key.kind, label, reason) for key, label, reason in entries if key not in again
             ]
             if len(items) == 1:
                 _, label, reason = items[0]
                 log.warning(
                     "zone rejected a resource", key=label, reason=reason, revision=done.revision
                 )
-            else:
+            elif items:
                 log.warning(
                     "zone rejected resources",
                     count=len(items),

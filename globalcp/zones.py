@@ -43,7 +43,8 @@ from globalcp.zone_state import (
     ZoneStatusView,
 )
 from kds.errors import StoreError
-from kds.model import Kind
+from kds.model import Key, Kind
+from kds.protocol.refusals import Refusals
 from kds.store import GlobalStore
 from kds.text import safe_text
 
@@ -143,14 +144,23 @@ class ZoneHandle:
             s.rejected[str(kind)] = s.rejected.get(str(kind), 0) + 1
         self._tracker.record_error(s, f"zone rejected {key}: {reason}")
 
-    def rejections(self, items: list[tuple[Kind, str, str]]) -> None:
+    def refusals(self, create: bool = True) -> Refusals[Key] | None:
+        """What the zone refused lately, and why (kept while global runs, across streams);
+        None if it refused nothing and ``create`` is false."""
+        return self._tracker.refusals_of(self._state.name, create)
+
+    def rejections(self, items: list[tuple[Kind, str, str]], repeated: bool = False) -> None:
         """The zone rejected these (kind, key label, reason) in one ack: each is counted, the
-        first is the last error, which says how many there were."""
+        first is the last error, which says how many there were; ``repeated``: refused again
+        as before (kds.protocol.refusals), counted but no new error."""
         if not self.current or not items:
             return
         s = self._state
         for kind, _, _ in items:
             s.rejected[str(kind)] = s.rejected.get(str(kind), 0) + 1
+        if repeated:
+            self._tracker.mark(s)
+            return
         _, key, reason = items[0]
         more = f" (and {len(items) - 1} more in the same batch)" if len(items) > 1 else ""
         self._tracker.record_error(s, f"zone rejected {key}: {reason}{more}", len(items))
@@ -244,6 +254,9 @@ class ZoneTracker:
         self.flush_interval = flush_interval
         self._observe = observe_latency
         self.zones: dict[str, ZoneState] = {}
+        # What each zone refused lately (only zones that refused something; not saved: a
+        # restarted global reports a refusal going on once more).
+        self._refusals: dict[str, Refusals[Key]] = {}
         self._dirty: set[str] = set()
         self._urgent = asyncio.Event()
         # Several global instances on one store: their claims on zones' streams (``lease``:
@@ -351,6 +364,12 @@ class ZoneTracker:
                 self.history.lag_sample(name, view.lag_revisions, view.lag_seconds)
 
     # ------------------------------------------------------------------ updates
+
+    def refusals_of(self, zone: str, create: bool = True) -> Refusals[Key] | None:
+        refusals = self._refusals.get(zone)
+        if refusals is None and create:
+            refusals = self._refusals[zone] = Refusals()
+        return refusals
 
     def mark(self, state: ZoneState, *, urgent: bool = False) -> None:
         self._dirty.add(state.name)

@@ -7,7 +7,7 @@ REJECTIONS_LOGGED of them, then one line with the count of the rest, so a global
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from kds import wire
@@ -25,6 +25,10 @@ def _place(k: Key | RawKey) -> dict[str, str]:
     return {"mesh": safe_text(k.mesh, NAME_CHARS), "name": safe_text(k.name, NAME_CHARS)}
 
 
+def _label(k: Key) -> str:
+    return safe_text(f"{k.kind} {k.mesh + '/' if k.mesh else ''}{k.name}", 2 * NAME_CHARS)
+
+
 def key_fields(k: Key) -> dict[str, str]:
     return {"type": str(k.kind), **_place(k)}
 
@@ -39,8 +43,22 @@ def _as_sent(k: Key | RawKey | None) -> dict[str, Any]:
 
 
 def log_rejections(
-    log: Any, rejected: Sequence[tuple[Key, str]], undecodable: Sequence[Rejection]
+    log: Any,
+    rejected: Sequence[tuple[Key, str]],
+    undecodable: Sequence[Rejection],
+    repeated: Collection[Key] = (),
 ) -> None:
+    """One warning per rejection, but those in ``repeated`` (a repair refused again for the
+    reason logged before: kds.protocol.refusals), which make one info line with their count."""
+    if repeated:
+        again = [k for k, _ in rejected if k in repeated]
+        rejected = [(k, reason) for k, reason in rejected if k not in repeated]
+        log.info(
+            "still refusing synced resources anti-entropy sent again, for the reasons logged "
+            "before",
+            count=len(again),
+            first=[_label(k) for k in again[:REJECTIONS_LOGGED]],
+        )
     lines = [(reason, key_fields(k)) for k, reason in rejected]
     lines += [(r.reason, _as_sent(r.key)) for r in undecodable]
     for reason, key in lines[:REJECTIONS_LOGGED]:

@@ -371,12 +371,12 @@ class ZoneClient:
                 zone=self.zone,
                 **key_fields(k),
             )
-        log_rejections(log, result.rejected, undecodable)
+        applied = self.session.on_applied(result, time.monotonic())
+        log_rejections(log, result.rejected, undecodable, applied.repeated)
         if b.repair:
             self._log_repair(batch, result.rejected, result.already_gone)
         if result.removed_stale:
             log.info("removed synced copies global no longer has", count=result.removed_stale)
-        applied = self.session.on_applied(result, time.monotonic())
         if applied.error:
             self.status.error(applied.error)
         if applied.complete:

@@ -11,6 +11,8 @@ Rules:
 - A Secret needs its Mesh on the zone (synced or zone-local) or it is rejected.
 - A Mesh whose mTLS backends this version cannot read is rejected (fields it does not know
   are not a reason: a newer global may send them).
+- A synced Secret the zone's own Mesh of that name uses in its mTLS is not deleted: rejected,
+  so a zone-local Mesh never names a Secret the zone lacks.
 - A synced Mesh is not deleted while Secrets still live in it on the zone; rejected instead.
   The deletes of the Secrets its mTLS backends use are then rejected too, so the Mesh that
   stays never names a Secret the zone lacks (global sends those deletes with the Mesh delete,
@@ -68,6 +70,8 @@ class ZoneView:
     secrets_per_mesh: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     # for meshes the batch deletes: the Secrets their synced copy's mTLS backends use
     backend_secrets: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # for meshes the batch deletes Secrets of: the Secrets the zone's own Mesh's backends use
+    local_backend_secrets: Mapping[str, frozenset[str]] = field(default_factory=dict)
     stale: tuple[Key, ...] = ()  # final snapshot part: synced keys the snapshot did not carry
     applied_revision: int | None = None  # the zone's recorded revision (None: not checked)
 
@@ -126,6 +130,15 @@ def plan_batch(batch: DecodedBatch, view: ZoneView) -> Plan:
                 keep_backend_secrets(key.name)
                 return
             synced_meshes.discard(key.name)
+        elif (
+            key.kind is Kind.SECRET
+            and key not in local
+            and key.name in view.local_backend_secrets.get(key.mesh, ())
+        ):
+            # Global's copy is the Secret the zone's own Mesh (same name as global's, kept in
+            # its place) uses in its mTLS: deleting it would leave that Mesh without its CA.
+            plan.rejected.append((key, f"this zone's own mesh {key.mesh!r} uses it in its mTLS"))
+            return
         elif key.kind is Kind.SECRET and key.mesh in secrets:
             secrets[key.mesh][1] -= 1
         synced.discard(key)

@@ -177,6 +177,7 @@ class _InFlight:
     final: bool
     keys: Keys = ()
     size: int = 0  # the encoded batch's bytes
+    repair: bool = False  # a part of an anti-entropy repair
 
 
 class GlobalSession:
@@ -270,7 +271,8 @@ class GlobalSession:
         self._fire(Event.SENT)
         if seq != self._seq:
             raise ProtocolError(f"batch {seq} sent out of order (expected {self._seq})")
-        self._in_flight.append(_InFlight(seq, revision, final, keys, size))
+        repair = self.state is State.SENDING_REPAIR
+        self._in_flight.append(_InFlight(seq, revision, final, keys, size, repair))
         self._in_flight_bytes += size
         if final:
             self.sent_revision = revision

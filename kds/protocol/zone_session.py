@@ -49,6 +49,7 @@ from kds.errors import FieldViolation, ProtocolError
 from kds.model import Key
 from kds.protocol.applier import DecodedBatch
 from kds.protocol.limits import check_batch_header, check_welcome
+from kds.protocol.refusals import Refusals
 
 __all__ = [
     "Ack",
@@ -174,7 +175,10 @@ class Applied:
     ack: Ack | None  # None: held back (``ack_due``, ``take_ack``)
     refresh_conflicts: bool  # conflicts began or ended: re-read them and tell global
     complete: bool  # the batch ended a range or snapshot
-    error: str  # "" or what the status should report (rejections)
+    error: str  # "" or what the status should report (new rejections)
+    # Rejections of an anti-entropy repair that this zone made before for the same reason
+    # (kds.protocol.refusals): the refusal going on, logged quietly, not a new error.
+    repeated: frozenset[Key] = frozenset()
 
 
 class ApplyOutcome(Protocol):
@@ -213,6 +217,7 @@ class ZoneSession:
         self.batches_applied = 0
         self.applied: Counter[str] = Counter()  # resource changes applied, by type
         self.rejected: Counter[str] = Counter()  # resource changes refused, by type
+        self.refusals: Refusals[Key] = Refusals()  # what this zone refused lately, and why
         self.silence_limit: float | None = None  # seconds of silence before reconnecting
         self._opened_at_revision = 0
         self._quiet_since = 0.0
@@ -364,11 +369,19 @@ class ZoneSession:
         self.applied.update(
             str(c.key.kind) for c in batch.changes if c.key is not None and c.key not in refused
         )
+        refusals = self.refusals
+        repeated = frozenset(refusals.repeats(result.rejected)) if batch.repair else frozenset()
+        if refusals:
+            refusals.forget(
+                c.key for c in batch.changes if c.key is not None and c.key not in refused
+            )
+        refusals.record(result.rejected)
         self.rejected.update(str(k.kind) for k, _ in result.rejected)
         self.rejected.update(_counted_as(r.key) for r in undecodable)
         if batch.final and self.applied_revision >= self.global_head:
             self.ready = True
         rejections = (*(Rejection(k, reason) for k, reason in result.rejected), *undecodable)
+        new = len(rejections) - len(repeated)
         # The apply may take long; that is the zone's time, not global's silence.
         self._quiet_since = now
         # The ack names at most MAX_ACK_REJECTIONS of them (the zone logs and counts them
@@ -402,7 +415,8 @@ class ZoneSession:
             ack=ack,
             refresh_conflicts=bool(result.new_conflicts or result.resolved_conflicts),
             complete=batch.final,
-            error=f"rejected {len(rejections)} synced resource(s)" if rejections else "",
+            error=f"rejected {new} synced resource(s)" if new else "",
+            repeated=repeated,
         )
 
     def ack_due(self) -> float | None:

@@ -193,13 +193,16 @@ class ZoneEngine(ResourceEngine):
                 local.add(key)
             elif origin == ORIGIN_GLOBAL:
                 synced.add(key)
-        deleted_meshes = {
-            k.name
-            for k in (set(stale) | {c.key for c in batch.changes if c.deleted and c.key})
-            if k.kind is Kind.MESH
-        }
+        deleted_keys = set(stale) | {c.key for c in batch.changes if c.deleted and c.key}
+        deleted_meshes = {k.name for k in deleted_keys if k.kind is Kind.MESH}
         per_mesh = {}
         backend_secrets = {}
+        # The zone's own Meshes whose secrets the batch deletes: which secrets they use.
+        local_backend = {}
+        for m in {k.mesh for k in deleted_keys if k.kind is Kind.SECRET} & local_meshes:
+            own = self._rows(conn, Key(Kind.MESH, "", m)).get(ORIGIN_ZONE)
+            if own is not None:
+                local_backend[m] = frozenset(r.secret for r in secret_refs(m, own.spec))
         for m in deleted_meshes:
             n = self._secrets_in_mesh(conn, m)
             per_mesh[m] = (n[ORIGIN_ZONE], n[ORIGIN_GLOBAL])
@@ -216,6 +219,7 @@ class ZoneEngine(ResourceEngine):
             synced_meshes=frozenset(synced_meshes),
             secrets_per_mesh=per_mesh,
             backend_secrets=backend_secrets,
+            local_backend_secrets=local_backend,
             stale=tuple(stale),
         )
 

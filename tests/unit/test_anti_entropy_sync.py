@@ -260,3 +260,91 @@ async def test_a_zone_whose_own_loop_stalled_does_not_take_global_for_silent(
             time.sleep(1.0)  # the loop (zone's and, here, global's) stalls past the limit
             await asyncio.sleep(1.0)  # heartbeats flow again between the stalls
         assert zone.client.session.connections == 1, "the zone reconnected"
+
+
+async def test_a_refusal_going_on_is_reported_once_and_ends_when_its_reason_does(
+    tmp_path: Path,
+) -> None:
+    """A zone keeps a Mesh global deleted while zone-local secrets live in it. Each check
+    finds that copy and sends the delete again; the zone refuses it again. That is logged and
+    counted as an error once on each side, not at every check, and a check is not repeated at
+    once after a repair refused whole. Once the zone's secret is gone, the next check's
+    repair applies."""
+    from structlog.testing import capture_logs
+
+    temp = Key(Kind.MESH, "", "temp")
+    async with running_pair(tmp_path, anti_entropy_interval=0.4) as pair:
+        await pair.store.put(Resource(Kind.MESH, "default"), T0)
+        await pair.store.put(Resource(Kind.MESH, "temp"), T0)
+        zone = pair.start_zone("zone-a")
+        await wait_until(lambda: zone.client.status.applied_revision == pair.hub.head)
+        await zone.store.put(Resource(Kind.SECRET, "local", mesh="temp", data=b"v"), T0)
+        with capture_logs() as logs:
+            await pair.store.delete(temp)
+            await wait_until(lambda: zone.client.status.applied_revision == pair.hub.head)
+            state = pair.tracker.zones["zone-a"]
+            await wait_until(lambda: state.errors == 1, what="the refusal reported")
+            checks = sum(state.checks.values())
+            await asyncio.sleep(2.0)  # about five intervals
+            ran = sum(state.checks.values()) - checks
+        assert 2 <= ran <= 7, ran  # one check an interval, no rechecks at once
+        row = await zone.store.get(temp)
+        assert row is not None  # still kept: its secret lives in it
+        assert state.errors == 1 and state.rejected["Mesh"] > 1
+        warned = [e for e in logs if e["log_level"] == "warning" and "reject" in e["event"]]
+        assert len(warned) == 2, warned  # one line on global, one on the zone
+        quiet = [e for e in logs if e["event"].startswith(("still refusing", "zone still"))]
+        assert quiet and all(e["log_level"] == "info" for e in quiet)
+        zone_errors = zone.client.status.last_error_at
+        assert zone_errors  # the first refusal
+
+        # The zone's secret goes: the next check's repair deletes the Mesh there.
+        await zone.store.delete(Key(Kind.SECRET, "temp", "local"))
+        await wait_until_async(lambda: _gone(zone, temp))
+        assert zone.client.status.last_error_at == zone_errors  # no error since the first
+
+
+async def _gone(zone: ZoneRun, key: Key) -> bool:
+    return await zone.store.get(key) is None
+
+
+async def test_the_zones_own_mesh_keeps_the_synced_secrets_its_mtls_uses(tmp_path: Path) -> None:
+    """A zone's own Mesh "zm" (kept in place of global's, a name conflict) uses global's
+    copies of c and k as its CA. Global deleting them is refused, so that Mesh never names a
+    Secret the zone lacks; once the zone's Mesh stops using them, a check's repair deletes
+    them."""
+    import datetime as dt
+
+    from kds.ca import CaOptions, generate_ca
+
+    ca = generate_ca("zm", "ca-1", CaOptions(key_type="ECDSA"), dt.datetime.now(dt.UTC))
+    mtls = {
+        "enabledBackend": "ca-1",
+        "backends": [
+            {
+                "name": "ca-1",
+                "type": "provided",
+                "conf": {"cert": {"secret": "c"}, "key": {"secret": "k"}},
+            }
+        ],
+    }
+    cert, key = Key(Kind.SECRET, "zm", "c"), Key(Kind.SECRET, "zm", "k")
+    async with running_pair(tmp_path, anti_entropy_interval=0.4) as pair:
+        zone = pair.start_zone("zone-a")
+        await zone.store.put(Resource(Kind.MESH, "zm"), T0)
+        await pair.store.put(Resource(Kind.MESH, "zm"), T0)
+        await pair.store.put(Resource(Kind.SECRET, "c", mesh="zm", data=ca.cert_pem), T0)
+        await pair.store.put(Resource(Kind.SECRET, "k", mesh="zm", data=ca.key_pem), T0)
+        await wait_until(lambda: zone.client.status.applied_revision == pair.hub.head)
+        await zone.store.put(Resource(Kind.MESH, "zm", spec={"mtls": mtls}), T0)
+        await pair.store.delete(cert)
+        await pair.store.delete(key)
+        await wait_until(lambda: zone.client.status.applied_revision == pair.hub.head)
+        for k in (cert, key):
+            row = await zone.store.get(k)
+            assert row is not None and row.origin == ORIGIN_GLOBAL  # global's copy, kept
+        assert pair.tracker.zones["zone-a"].rejected["Secret"] >= 2
+        # Its Mesh no longer uses them: the next check's repair deletes them here too.
+        await zone.store.put(Resource(Kind.MESH, "zm"), T0)
+        await wait_until_async(lambda: _gone(zone, cert))
+        await wait_until_async(lambda: _gone(zone, key))

@@ -442,3 +442,25 @@ def test_rejection_messages_never_show_data() -> None:
     plan = plan_batch(batch([bad, bad2]), view())
     assert len(plan.rejected) == 2
     assert all("hunter2" not in reason for _, reason in plan.rejected)
+
+
+def test_a_synced_secret_the_zones_own_mesh_uses_is_not_deleted() -> None:
+    """The zone's own Mesh "default" (kept in place of global's) uses global's copy of s1 in
+    its mTLS: global deleting s1 is refused, so that Mesh keeps its CA; s2, which it does not
+    use, goes; a zone-local s1 of its own would stay anyway, so the synced copy may go."""
+    v = ZoneView(
+        synced=frozenset({S1, S2}),
+        local_meshes=frozenset({"default"}),
+        synced_meshes=frozenset({"default"}),
+        local_backend_secrets={"default": frozenset({"s1"})},
+    )
+    plan = plan_batch(batch([delete(S1), delete(S2)]), v)
+    assert plan.deletes == [S2]
+    assert plan.rejected == [(S1, "this zone's own mesh 'default' uses it in its mTLS")]
+    shadowed = ZoneView(
+        local=frozenset({S1}),
+        synced=frozenset({S1}),
+        local_meshes=frozenset({"default"}),
+        local_backend_secrets={"default": frozenset({"s1"})},
+    )
+    assert plan_batch(batch([delete(S1)]), shadowed).deletes == [S1]
