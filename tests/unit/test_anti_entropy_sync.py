@@ -6,6 +6,7 @@ zone-local resources and conflicts are never touched; both sides say what was re
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from pathlib import Path
 from typing import Any
@@ -273,7 +274,7 @@ async def test_a_refusal_going_on_is_reported_once_and_ends_when_its_reason_does
     from structlog.testing import capture_logs
 
     temp = Key(Kind.MESH, "", "temp")
-    async with running_pair(tmp_path, anti_entropy_interval=0.4) as pair:
+    async with running_pair(tmp_path, anti_entropy_interval=0.5) as pair:
         await pair.store.put(Resource(Kind.MESH, "default"), T0)
         await pair.store.put(Resource(Kind.MESH, "temp"), T0)
         zone = pair.start_zone("zone-a")
@@ -284,10 +285,18 @@ async def test_a_refusal_going_on_is_reported_once_and_ends_when_its_reason_does
             await wait_until(lambda: zone.client.status.applied_revision == pair.hub.head)
             state = pair.tracker.zones["zone-a"]
             await wait_until(lambda: state.errors == 1, what="the refusal reported")
-            checks = sum(state.checks.values())
-            await asyncio.sleep(2.0)  # about five intervals
-            ran = sum(state.checks.values()) - checks
-        assert 2 <= ran <= 7, ran  # one check an interval, no rechecks at once
+            # When each of the next four checks ends: one an interval (0.5 s), not three at
+            # once after a repair refused whole.
+            ended: list[float] = []
+            seen = sum(state.checks.values())
+            deadline = time.monotonic() + 30.0
+            while len(ended) < 4 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+                if (n := sum(state.checks.values())) > seen:
+                    ended += [time.monotonic()] * (n - seen)
+                    seen = n
+        gaps = [b - a for a, b in itertools.pairwise(ended)]
+        assert len(ended) == 4 and min(gaps) > 0.3, gaps
         row = await zone.store.get(temp)
         assert row is not None  # still kept: its secret lives in it
         assert state.errors == 1 and state.rejected["Mesh"] > 1
