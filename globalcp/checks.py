@@ -28,7 +28,7 @@ from kds import memory, wire
 from kds._pb import sync_pb2 as pb
 from kds.errors import ProtocolError, StoreDamaged
 from kds.model import Key, stays_on_global
-from kds.protocol.anti_entropy import Answer, GlobalCheck, Outcome, Query
+from kds.protocol.anti_entropy import GlobalCheck, Outcome, Query
 from kds.protocol.digest_tree import DigestTree, TreeBuilder
 from kds.protocol.records import ChangeRecord
 from kds.store import GlobalStore
@@ -122,7 +122,7 @@ class ZoneChecks:
         self.interval = interval  # seconds between checks; 0: never
         self.clock = clock
         self.check: GlobalCheck | None = None
-        self.pending: Answer | None = None
+        self.pending: pb.DigestAnswer | None = None
         # The first check as soon as the zone caught up, except on a stream that began with a
         # snapshot: that replaced every synced resource the zone held, so there is nothing to
         # compare yet, and a hundred new zones each reading back what they just wrote would
@@ -140,7 +140,7 @@ class ZoneChecks:
         """The zone's answer (the reader's side); ProtocolError when none was asked for."""
         if self.check is None or self.pending is not None:
             raise ProtocolError("digest answer global did not ask for")
-        self.pending = wire.answer_from_pb(msg)
+        self.pending = msg  # read in advance(), on a worker thread
 
     def due(self) -> bool:
         if self.interval <= 0 or self.check is not None:
@@ -182,7 +182,9 @@ class ZoneChecks:
         check, ans = self.check, self.pending
         assert check is not None and ans is not None
         self.pending = None
-        step = await asyncio.to_thread(check.on_answer, ans)
+        # Its shape and its sense are checked off the event loop: an answer may name
+        # thousands of nodes, each checked in Python.
+        step = await asyncio.to_thread(lambda: check.on_answer(wire.answer_from_pb(ans)))
         if isinstance(step, Outcome):
             self.check = None
             again = step.result == "repair" or step.deferred > 0

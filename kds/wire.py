@@ -19,7 +19,14 @@ from google.protobuf.internal.encoder import _VarintBytes  # type: ignore[attr-d
 from kds._pb import sync_pb2 as pb
 from kds.errors import ProtocolError
 from kds.model import Key, Kind, Resource
-from kds.protocol.anti_entropy import MAX_ANSWER_LEAVES, MAX_EXPAND, Answer, Listed, Query
+from kds.protocol.anti_entropy import (
+    MAX_ANSWER_LEAVES,
+    MAX_ANSWER_NODES,
+    MAX_EXPAND,
+    Answer,
+    Listed,
+    Query,
+)
 from kds.protocol.applier import DecodedBatch, Incoming
 from kds.protocol.digest_tree import DIGEST_BYTES, MAX_DEPTH, NodeId, Summary
 from kds.protocol.limits import MAX_REVISION, REASON_CHARS, check_key
@@ -363,6 +370,8 @@ def answer_to_pb(a: Answer) -> pb.ZoneMessage:
 
 def answer_from_pb(m: pb.DigestAnswer) -> Answer:
     """The zone's answer, its shape checked (kds.protocol.anti_entropy checks its sense)."""
+    if len(m.differ) > MAX_ANSWER_NODES:
+        raise ProtocolError(f"digest_answer names more than {MAX_ANSWER_NODES} nodes")
     if sum(len(d.leaves) for d in m.differ) > MAX_ANSWER_LEAVES:
         raise ProtocolError(f"digest_answer lists more than {MAX_ANSWER_LEAVES} leaves")
     differ = []

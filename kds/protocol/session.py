@@ -314,6 +314,15 @@ class GlobalSession:
             self.acked_revision = finals[-1]
         return done
 
+    def held_changes(self, seq: int) -> int | None:
+        """How many changes batch ``seq`` held, if it is in flight: what an ack of it may
+        reject at most, known before the ack's keys are read (a zone may send hundreds of
+        thousands in one message)."""
+        for b in self._in_flight:
+            if b.seq == seq:
+                return len(b.keys)
+        return None
+
     @property
     def in_flight(self) -> int:
         return len(self._in_flight)

@@ -158,6 +158,46 @@ def test_twenty_thousand_rejections_of_a_one_change_batch_end_the_stream() -> No
         s.on_ack(Ack(1, 5, flood))
 
 
+def _ack_reader(session: GlobalSession) -> Any:
+    """The stream's ack handling, on ``session`` (no grpc, no zone status)."""
+    from types import SimpleNamespace
+
+    from globalcp.stream import ZoneStream
+
+    stream = ZoneStream.__new__(ZoneStream)
+    stream.link = SimpleNamespace(session=session, status=None)  # type: ignore[assignment]
+    return stream
+
+
+def _flood(seq: int, n: int) -> Any:
+    from kds._pb import sync_pb2 as pb
+
+    key = pb.ResourceKey(kind=pb.GLOBAL_SECRET, name="g")
+    return pb.Ack(seq=seq, applied_revision=5, rejected=[pb.Rejection(key=key)] * n)
+
+
+@pytest.mark.parametrize(
+    ("seq", "message"),
+    [
+        (1, "ack for batch 1 rejects 200000 resources but the batch held 1 changes"),
+        (99, "ack for batch 99, but the batches in flight are 1 to 1"),
+    ],
+)
+def test_a_flood_of_rejections_is_refused_before_a_key_is_read(
+    seq: int, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ack is counted against the batch it names before its keys are read: building the
+    keys of 440,000 rejections took global's event loop over a second."""
+    import globalcp.stream
+
+    read: list[object] = []
+    monkeypatch.setattr(globalcp.stream, "_rejected_key", lambda r: read.append(r))
+    stream = _ack_reader(_sending_session([A]))
+    with pytest.raises(ProtocolError, match=message):
+        stream._on_ack(_flood(seq, 200_000))
+    assert read == []
+
+
 # --------------------------------------------------------------------------- zone state
 
 
