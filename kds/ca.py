@@ -71,14 +71,21 @@ def _load_key(data: bytes) -> object:
 
 
 def _cert_problem(cert: x509.Certificate) -> str:
+    # The extensions are parsed when first read: a certificate that loads may still hold an
+    # extension twice (DuplicateExtension) or one whose value is not what its type says
+    # (ValueError). Either makes it unusable as a CA, which is the user's to fix.
     try:
-        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        extensions = cert.extensions
+    except (x509.DuplicateExtension, ValueError):
+        return "is not a usable CA certificate: it has malformed or duplicate extensions"
+    try:
+        bc = extensions.get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:
         return "is not a CA certificate: it has no basicConstraints extension (CA:TRUE)"
     if not bc.ca:
         return "is not a CA certificate: basicConstraints has CA:FALSE"
     try:
-        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        ku = extensions.get_extension_for_class(x509.KeyUsage).value
     except x509.ExtensionNotFound:
         return "is not a CA certificate: it has no keyUsage extension with keyCertSign"
     if not ku.key_cert_sign:

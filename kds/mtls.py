@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kds.errors import FieldViolation, shown
-from kds.fields import UNKNOWN_FIELD, unknown_fields
+from kds.fields import MAX_LISTED, UNKNOWN_FIELD, not_checked, unknown_fields
 
 __all__ = [
     "BUILTIN",
@@ -60,7 +60,9 @@ CONF_ALIAS = "config"
 _MODES = ("STRICT", "PERMISSIVE")
 # Used with fullmatch only: "$" would also match before a final newline.
 _NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_DURATION_RE = re.compile(r"([1-9][0-9]*)(y|d|h|m|s)")
+# At most 12 digits: any longer number is far past the 100-year bound, and int() refuses a
+# string of over 4300 digits with a ValueError that would fail the whole request.
+_DURATION_RE = re.compile(r"([1-9][0-9]{0,11})(y|d|h|m|s)", re.ASCII)
 _UNIT_SECONDS = {"y": 365 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1}
 _MAX_VALIDITY = 100 * 365 * 86400
 
@@ -186,12 +188,19 @@ def synced_mtls_problems(mesh_name: str, spec: Mapping[str, Any]) -> list[FieldV
     if "mtls" not in spec:
         return []
     return [
-        e for e in validate_mtls(spec["mtls"], mesh_name) if not e.message.startswith(UNKNOWN_FIELD)
+        e
+        for e in validate_mtls(spec["mtls"], mesh_name, listed=None)
+        if not e.message.startswith(UNKNOWN_FIELD)
     ]
 
 
-def validate_mtls(mtls: object, mesh_name: object, prefix: str = "") -> list[FieldViolation]:
-    """Check the shape of ``mtls``; fields are named ``{prefix}mtls...``."""
+def validate_mtls(
+    mtls: object, mesh_name: object, prefix: str = "", *, listed: int | None = MAX_LISTED
+) -> list[FieldViolation]:
+    """Check the shape of ``mtls``; fields are named ``{prefix}mtls...``. Backends past the
+    first ``listed`` with problems are not checked (None: all are: a zone reading what
+    global accepted checks every backend, so that backends whose only problems are fields
+    a newer global added never stop it)."""
     f = f"{prefix}mtls"
     if not isinstance(mtls, Mapping):
         return [FieldViolation(f, "must be a map with backends (and optionally enabledBackend)")]
@@ -202,15 +211,22 @@ def validate_mtls(mtls: object, mesh_name: object, prefix: str = "") -> list[Fie
     if not isinstance(raw, list):
         return [*errs, FieldViolation(f"{f}.backends", "must be a list of backends")]
     names: dict[str, int] = {}
+    bad = 0  # backends with a problem: past MAX_LISTED, the rest are not checked
     for i, b in enumerate(raw):
-        errs += _validate_backend(b, f"{f}.backends[{i}]", mesh_name)
+        found = _validate_backend(b, f"{f}.backends[{i}]", mesh_name)
         name = b.get("name") if isinstance(b, Mapping) else None
         if isinstance(name, str):
             if name in names:
-                errs.append(
+                found.append(
                     FieldViolation(f"{f}.backends[{i}].name", f"duplicates backends[{names[name]}]")
                 )
             names.setdefault(name, i)
+        if found:
+            errs += found
+            bad += 1
+            if bad == listed and i + 1 < len(raw):
+                # enabledBackend is not checked either: it may name a backend not reached.
+                return [*errs, not_checked(f"{f}.backends", "backends")]
     enabled = mtls.get("enabledBackend")
     if enabled is not None and enabled != "":
         if not isinstance(enabled, str):

@@ -84,7 +84,11 @@ def _read_documents(item: Input) -> Iterator[_Doc]:
                 resource = from_document(one, _LOCAL_LIMITS)
             except InvalidResource as e:
                 problems += 1
-                errors.append((where, [(c.field, c.message) for c in e.errors]))
+                # A field can name a key of the input (labels[KEY]) and a message quote a
+                # value: escaped like a server's answer, so no control character of the
+                # file reaches the terminal.
+                causes = [(safe_text(c.field), safe_text(c.message)) for c in e.errors]
+                errors.append((where, causes))
             else:
                 yield _Doc(where, resource)
     # Printed once the whole file has parsed, as before: invalid YAML further on is the

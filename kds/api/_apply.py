@@ -24,6 +24,7 @@ from kds.api._context import API_CONTEXT, ApiContext, size_violation
 from kds.api._errors import HttpError
 from kds.api._labels import take_computed_labels
 from kds.api._resources import (
+    MAX_PROBLEMS,
     log_applied,
     new_mesh_name_problems,
     own_origin,
@@ -36,6 +37,7 @@ from kds.errors import (
     InvalidResource,
     KdsError,
     NotFound,
+    StoreError,
 )
 from kds.kubernetes import kubernetes_field
 from kds.model import Key, Kind, Resource, from_document
@@ -103,6 +105,10 @@ async def apply_handler(request: web.Request) -> web.Response:
             f"nothing was applied: items[{index}] ({res.key}) is invalid",
             causes,
         ) from None
+    except StoreError:
+        # The store's own failure (a full disk, a database away, a damaged row), not the
+        # items': answered as a PUT's is (507, 503, 500), and a full disk reported.
+        raise
     except KdsError as e:
         index, res = parsed[e.item_index or 0]
         if isinstance(e, NotFound) and res.kind is Kind.SECRET:
@@ -135,10 +141,6 @@ async def apply_handler(request: web.Request) -> web.Response:
     log_applied(changed, origin)
     log.info("resources applied", total=len(out), origin=origin, **counts)
     return web.json_response({"items": out, "warnings": warnings} if warnings else {"items": out})
-
-
-# The most problems (and warnings) one apply answers with.
-MAX_PROBLEMS = 100
 
 
 class _Items:

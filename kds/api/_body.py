@@ -22,8 +22,10 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
-from aiohttp import web
+import structlog
+from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web import RequestPayloadError
 
 from kds.api._context import API_CONTEXT, client_max_size
 from kds.api._errors import HttpError, too_large
@@ -40,6 +42,8 @@ _PAGE_NUMBER_RE = re.compile(r"[0-9]{1,13}", re.ASCII)
 # How long a request body may pause between two reads (nginx's client_body_timeout, shorter).
 BODY_IDLE_S = 30.0
 
+log = structlog.get_logger("kds.api")
+
 
 def _bad_body(message: str) -> HttpError:
     return HttpError(
@@ -49,7 +53,11 @@ def _bad_body(message: str) -> HttpError:
 
 async def _chunks(request: web.Request) -> AsyncIterator[bytes]:
     """The body's bytes as they arrive; 408 once none has come for BODY_IDLE_S, so a client
-    that stops sending part-way cannot hold a request, and its connection, open."""
+    that stops sending part-way cannot hold a request, and its connection, open. A body
+    that does not decode as its Content-Encoding says, or that ends before its framing
+    does, is a 400; so is a body cut off by the client closing its connection, though no
+    answer reaches it then: that is logged at debug level only, as the client's doing and
+    nothing the control plane can act on."""
     while True:
         try:
             async with asyncio.timeout(BODY_IDLE_S):
@@ -62,9 +70,32 @@ async def _chunks(request: web.Request) -> AsyncIterator[bytes]:
                 "without pauses",
                 headers={"Connection": "close"},
             ) from None
+        except (RequestPayloadError, HttpProcessingError) as e:
+            raise _undecodable(request, e) from None
+        except ConnectionError as e:
+            log.debug(
+                "request body cut off: the client closed its connection",
+                method=request.method,
+                path=request.path,
+                error_type=type(e).__name__,
+            )
+            raise _bad_body(f"ended before it was complete ({type(e).__name__})") from None
         if not chunk:
             return
         yield chunk
+
+
+def _undecodable(request: web.Request, e: Exception) -> HttpError:
+    """400 for a body aiohttp could not read: not in the Content-Encoding the request
+    names, or shorter than its Content-Length or chunked framing says. aiohttp's message is
+    not shown: it may quote the body."""
+    encoding = request.headers.get(hdrs.CONTENT_ENCODING, "")
+    if encoding and encoding.lower() != "identity":
+        return _bad_body(
+            f"could not be decoded as its Content-Encoding ({safe_text(encoding, 64)}) "
+            "says: send it encoded so, or without a Content-Encoding header"
+        )
+    return _bad_body(f"ended before it was complete ({type(e).__name__})")
 
 
 async def _read_limited(request: web.Request, limit: int) -> bytes:
@@ -221,24 +252,21 @@ async def json_lines(request: web.Request, limit: int) -> AsyncIterator[object]:
         raise too_large(request.app[API_CONTEXT], limit)
     pending = bytearray()  # the start of a line whose end has not come yet
     size = line = 0
-    try:
-        async for chunk in _chunks(request):
-            size += len(chunk)
-            if size > limit:
-                raise too_large(request.app[API_CONTEXT], limit)
-            start = len(pending)
-            pending += chunk
-            end = pending.rfind(b"\n", start)  # only the new bytes can end a line
-            if end < 0:
-                continue
-            lines = bytes(pending[:end]).split(b"\n")
-            del pending[: end + 1]
-            for raw in lines:
-                line += 1
-                if raw.strip():
-                    yield _decode(raw, line)
-    except (ConnectionError, HttpProcessingError) as e:
-        raise _bad_body(f"ended before it was complete ({type(e).__name__})") from None
+    async for chunk in _chunks(request):  # a body that ends early: a 400 from _chunks
+        size += len(chunk)
+        if size > limit:
+            raise too_large(request.app[API_CONTEXT], limit)
+        start = len(pending)
+        pending += chunk
+        end = pending.rfind(b"\n", start)  # only the new bytes can end a line
+        if end < 0:
+            continue
+        lines = bytes(pending[:end]).split(b"\n")
+        del pending[: end + 1]
+        for raw in lines:
+            line += 1
+            if raw.strip():
+                yield _decode(raw, line)
     if pending.strip():
         yield _decode(bytes(pending), line + 1)
 

@@ -63,12 +63,13 @@ def _expected(ctx: ApiContext, name: object, mesh_kind: bool) -> dict[str, str]:
 
 
 def take_computed_labels(
-    ctx: ApiContext, doc: object, kind: Kind | None = None
+    ctx: ApiContext, doc: object, kind: Kind | None = None, name: str | None = None
 ) -> tuple[object, list[FieldViolation]]:
     """``doc`` (either text form) without the computed labels it carries, and a violation
     for each that disagrees with what this control plane computes. kuma.io/mesh stays: the
-    text forms check it against the resource's mesh. ``kind``: the path's, when it has one
-    (else the document's type)."""
+    text forms check it against the resource's mesh. ``kind`` and ``name``: the path's, when
+    it has them (else the document's type and name); a PUT's body may leave its name out,
+    as the path gives it."""
     if not isinstance(doc, Mapping):
         return doc, []
     kubernetes = "apiVersion" in doc or "kind" in doc
@@ -77,7 +78,7 @@ def take_computed_labels(
     if not isinstance(labels, Mapping) or not (SYSTEM_LABELS & labels.keys()):
         return doc, []
     mesh_kind = (kind or doc.get("kind" if kubernetes else "type")) in (Kind.MESH, "Mesh")
-    expected = _expected(ctx, holder.get("name"), mesh_kind)
+    expected = _expected(ctx, holder.get("name", name), mesh_kind)
     prefix = "metadata.labels" if kubernetes else "labels"
     errs = []
     for key in sorted(SYSTEM_LABELS & labels.keys()):

@@ -45,9 +45,11 @@ __all__ = [
     "APPLIED_PER_LINE",
     "DEFAULT_PAGE_SIZE",
     "MAX_PAGE_SIZE",
+    "MAX_PROBLEMS",
     "Handler",
     "delete_handler",
     "get_handler",
+    "invalid_resource",
     "list_handler",
     "log_applied",
     "log_written",
@@ -256,26 +258,41 @@ def write_warnings(body: object, resource: Resource, prefix: str = "") -> list[s
     return warnings
 
 
+# The most problems one write answers with (a PUT's, and an apply's in kds.api._apply):
+# nothing is written either way, and the answer must not grow with the body.
+MAX_PROBLEMS = 100
+
+
+def invalid_resource(key: Key, causes: Sequence[FieldViolation]) -> HttpError:
+    """400 for ``key``, listing at most MAX_PROBLEMS of ``causes``."""
+    if len(causes) <= MAX_PROBLEMS:
+        return HttpError(400, "Invalid resource", f"{key} is invalid", causes)
+    return HttpError(
+        400,
+        "Invalid resource",
+        f"{key} is invalid: {len(causes)} problems; the first {MAX_PROBLEMS} are listed",
+        causes[:MAX_PROBLEMS],
+    )
+
+
 def put_handler(kind: Kind) -> Handler:
     async def handler(request: web.Request) -> web.Response:
         ctx = request.app[API_CONTEXT]
         key = _key(kind, request)
         try:
             body = await read_json(request)
-            doc, label_errs = take_computed_labels(ctx, body, kind)
+            doc, label_errs = take_computed_labels(ctx, body, kind, key.name)
             try:
                 res = from_json_body(doc, kind, key.name, key.mesh, ctx.limits)
             except InvalidResource as e:
-                raise HttpError(
-                    400, "Invalid resource", f"{key} is invalid", label_errs + e.errors
-                ) from None
+                raise invalid_resource(key, label_errs + e.errors) from None
             label_errs += await new_mesh_name_problems(ctx, res)
             if label_errs:
-                raise HttpError(400, "Invalid resource", f"{key} is invalid", label_errs)
+                raise invalid_resource(key, label_errs)
             now = ctx.now()
             too_big = size_violation(ctx, res, now)
             if too_big:
-                raise HttpError(400, "Invalid resource", f"{key} is invalid", [too_big])
+                raise invalid_resource(key, [too_big])
         except HttpError:
             # A Secret's missing mesh is the answer before any problem with its body (404,
             # not 400). Looked up only here: a write that gets to the store is refused there,
@@ -288,7 +305,7 @@ def put_handler(kind: Kind) -> Handler:
             result = await ctx.store.put(res, now)
             created = result.created
         except InvalidResource as e:  # a rule across resources (kds.integrity)
-            raise HttpError(400, "Invalid resource", f"{key} is invalid", e.errors) from None
+            raise invalid_resource(key, e.errors) from None
         except NotFound as e:
             if kind is not Kind.SECRET:
                 raise

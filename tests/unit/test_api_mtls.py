@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from kds.model import Key, Kind
 from tests import certs
 from tests.unit.test_api import Api, MakeApi
 from tests.unit.test_api import make_api as make_api_fixture  # noqa: F401  # registers it
+from tests.unit.test_mtls import duplicate_extension_ca, malformed_extension_ca
 
 CA = certs.ca()
 
@@ -317,3 +319,32 @@ async def test_zone_local_mesh_follows_the_same_rules(make_api: MakeApi) -> None
     await api.put("/meshes/local/secrets/my-key", secret("my-key", CA.key, "local"))
     assert (await api.put("/meshes/local", mesh("local")))[0] == 200
     assert (await api.delete("/meshes/local/secrets/my-cert"))[0] == 409
+
+
+# --------------------------------------------------------------------------- hostile values
+
+
+@pytest.mark.parametrize("pair", [duplicate_extension_ca, malformed_extension_ca])
+async def test_a_ca_with_bad_extensions_is_a_400_naming_the_secret(
+    make_api: MakeApi, pair: Callable[[], certs.Pair]
+) -> None:
+    """cryptography raises on reading such a certificate's extensions: that was a 500."""
+    api = await make_api()
+    bad = pair()
+    await with_secrets(api, bad.cert, bad.key)
+    field = "mtls.backends[0].conf.cert.secret"
+    put = (await api.put("/meshes/default", mesh()))[:2]
+    for (status, body), prefix in [(put, ""), (await apply(api, mesh()), "items[0].")]:
+        assert status == 400, body
+        assert "malformed or duplicate extensions" in causes(body)[prefix + field]
+        assert "'my-cert'" in causes(body)[prefix + field]
+
+
+async def test_an_expiration_of_too_many_digits_is_a_400_naming_it(make_api: MakeApi) -> None:
+    api = await make_api()
+    huge = builtin(expiration="9" * 5000 + "y")
+    field = "mtls.backends[0].config.caCert.expiration"
+    put = (await api.put("/meshes/payments", huge))[:2]
+    for (status, body), prefix in [(put, ""), (await apply(api, huge), "items[0].")]:
+        assert status == 400, body
+        assert "from 1h to 100y" in causes(body)[prefix + field]

@@ -113,3 +113,27 @@ def test_a_file_name_holding_terminal_escapes_is_printed_escaped(tmp_path: Path)
     code, out = _apply("-f", str(d), "--dry-run")
     assert code == 1 and "invalid resource" in out
     assert "\x1b" not in out and "\x07" not in out and "\\x1b]0;owned\\x07.yaml" in out
+
+
+def test_local_problems_are_printed_escaped(tmp_path: Path) -> None:
+    """A field kdsctl names from the file (a label's key) may hold terminal escapes: they
+    are printed escaped, as a server's answer is."""
+    f = tmp_path / "mesh.yaml"
+    f.write_text('type: Mesh\nname: m1\nlabels:\n  "bad\\e]0;owned\\a/": "x"\n')
+    code, out = _apply("-f", str(f), "--dry-run")
+    assert code == 1 and "invalid resource" in out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "labels[bad\\x1b]0;owned\\x07/]" in out
+
+
+def test_an_expiration_of_too_many_digits_is_a_problem_not_a_traceback(tmp_path: Path) -> None:
+    f = tmp_path / "mesh.yaml"
+    backend = {
+        "name": "ca-1",
+        "type": "builtin",
+        "conf": {"caCert": {"expiration": "9" * 5000 + "y"}},
+    }
+    f.write_text(yaml.safe_dump({"type": "Mesh", "name": "m1", "mtls": {"backends": [backend]}}))
+    code, out = _apply("-f", str(f), "--dry-run")
+    assert code == 1 and "Traceback" not in out
+    assert "mtls.backends[0].conf.caCert.expiration: must be a duration" in out

@@ -76,3 +76,24 @@ async def test_only_a_secret_has_a_mesh_label_in_either_form(
     assert "only a Secret has a mesh" in json.dumps(body)
     assert (await api.get("/globalsecrets"))[1]["total"] == 0
     assert (await api.get("/meshes"))[1]["total"] == 0
+
+
+@pytest.mark.parametrize("role", ["global", "zone"])
+async def test_a_put_without_a_name_may_carry_its_display_name(
+    make_api: MakeApi, role: str
+) -> None:
+    """A PUT's body may leave the name to its path; kuma.io/display-name is then checked
+    against the path's name, not refused as if the name were missing."""
+    api = await make_api(role, zone="zone-1" if role == "zone" else "")
+    body = {"type": "Mesh", "labels": {"kuma.io/display-name": "m7"}}
+    status, answer, _ = await api.put("/meshes/m7", body)
+    assert status == 201, answer
+    secret = {"data": DATA, "labels": {"kuma.io/display-name": "s7", "kuma.io/mesh": "m7"}}
+    status, answer, _ = await api.put("/meshes/m7/secrets/s7", secret)
+    assert status == 201, answer
+    global_secret = {"data": DATA, "labels": {"kuma.io/display-name": "g7"}}
+    status, answer, _ = await api.put("/globalsecrets/g7", global_secret)
+    assert status == 201, answer
+    status, answer, _ = await api.put("/meshes/m8", {"labels": {"kuma.io/display-name": "m7"}})
+    assert status == 400 and answer["causes"][0]["field"] == "labels[kuma.io/display-name]"
+    assert "must be 'm8'" in answer["causes"][0]["message"]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from kds.ca import check_ca, generate_ca
@@ -185,3 +186,77 @@ def test_generated_ca_is_a_valid_ca_of_the_requested_kind(
     assert lifetime == dt.timedelta(seconds=options.validity_seconds)
     assert "default builtin CA ca-1" in cert.subject.rfc4514_string()
     assert "redacted" in repr(ca) and b"PRIVATE" not in repr(ca).encode()
+
+
+def test_an_expiration_of_too_many_digits_is_refused_naming_the_field() -> None:
+    """int() refuses over 4300 digits: such a value made a 500, and a traceback in kdsctl."""
+    assert parse_ca_expiration("9" * 5000 + "y") is None
+    assert parse_ca_expiration("9" * 13 + "s") is None
+    assert parse_ca_expiration("100y") == 100 * 365 * 86400
+    backend = {
+        "name": "ca-1",
+        "type": "builtin",
+        "conf": {"caCert": {"expiration": "9" * 5000 + "y"}},
+    }
+    with pytest.raises(InvalidResource) as e:
+        from_document(mesh({"backends": [backend]}))
+    assert [err.field for err in e.value.errors] == ["mtls.backends[0].conf.caCert.expiration"]
+    assert "from 1h to 100y" in e.value.errors[0].message
+
+
+def _der_ca(*extensions: x509.ExtensionType) -> certs.Pair:
+    """A self-signed certificate (DER) with ``extensions`` as given, and its key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "odd CA")])
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+    )
+    for ext in extensions:
+        builder = builder.add_extension(ext, critical=True)
+    cert = builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return certs.Pair(cert, pem)
+
+
+# basicConstraints' OID, and one no extension has, of the same encoded length.
+_BASIC_CONSTRAINTS_OID = b"\x06\x03\x55\x1d\x13"  # 2.5.29.19
+_SPARE_OID = b"\x06\x03\x55\x1d\x63"  # 2.5.29.99
+
+
+def duplicate_extension_ca() -> certs.Pair:
+    """A CA holding basicConstraints twice: built with a second extension under a spare
+    OID, renamed in the DER (the signature no longer matches; loading does not check it)."""
+    ca_true = x509.BasicConstraints(ca=True, path_length=None)
+    value = ca_true.public_bytes()
+    pair = _der_ca(ca_true, x509.UnrecognizedExtension(x509.ObjectIdentifier("2.5.29.99"), value))
+    assert pair.cert.count(_SPARE_OID) == 1
+    return certs.Pair(pair.cert.replace(_SPARE_OID, _BASIC_CONSTRAINTS_OID), pair.key)
+
+
+def malformed_extension_ca() -> certs.Pair:
+    """A certificate whose basicConstraints value is not the SEQUENCE it must be."""
+    oid = x509.ObjectIdentifier("2.5.29.19")
+    return _der_ca(x509.UnrecognizedExtension(oid, b"\x04\x01\x00"))
+
+
+@pytest.mark.parametrize("pair", [duplicate_extension_ca, malformed_extension_ca])
+def test_a_certificate_with_bad_extensions_is_a_problem_not_a_crash(
+    pair: Callable[[], certs.Pair],
+) -> None:
+    ca = pair()
+    problems = check_ca(ca.cert, ca.key)
+    assert (
+        problems.cert == "is not a usable CA certificate: it has malformed or duplicate extensions"
+    )
+    assert not problems.key
