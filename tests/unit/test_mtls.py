@@ -260,3 +260,19 @@ def test_a_certificate_with_bad_extensions_is_a_problem_not_a_crash(
         problems.cert == "is not a usable CA certificate: it has malformed or duplicate extensions"
     )
     assert not problems.key
+
+
+def test_a_zone_reads_every_backend_of_a_synced_mesh_whatever_its_new_fields() -> None:
+    """The API stops checking backends after MAX_LISTED with problems; a zone reading a
+    Mesh global accepted checks them all, so backends whose only problems are fields a newer
+    global added never make it refuse the Mesh."""
+    from kds.fields import MAX_LISTED
+    from kds.mtls import synced_mtls_problems, validate_mtls
+
+    backends = [
+        {"name": f"b{i}", "type": "builtin", "fieldOfANewerRelease": 1}
+        for i in range(MAX_LISTED + 5)
+    ]
+    mtls = {"backends": backends}
+    assert synced_mtls_problems("m", {"mtls": mtls}) == []
+    assert "not checked" in validate_mtls(mtls, "m")[-1].message  # the API's bound
