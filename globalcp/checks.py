@@ -33,13 +33,16 @@ from kds.protocol.digest_tree import DigestTree, TreeBuilder
 from kds.protocol.records import ChangeRecord
 from kds.store import GlobalStore
 
-__all__ = ["RECHECKS_AT_ONCE", "GlobalTrees", "ZoneChecks", "key_label"]
+__all__ = ["RECHECKS_AT_ONCE", "REPAIR_BYTES", "GlobalTrees", "ZoneChecks", "key_label"]
 
 log = structlog.get_logger("globalcp.sync")
 
 # Checks run at once after one that repaired or deferred something, before the interval
 # applies again (a zone that keeps diverging must not keep global busy).
 RECHECKS_AT_ONCE = 3
+# The puts one check's repair reads and sends, in encoded bytes (one more resource may pass
+# it): what the zone's window lets be in flight.
+REPAIR_BYTES = wire.WINDOW_BYTES
 
 
 class GlobalTrees:
@@ -198,9 +201,16 @@ class ZoneChecks:
     async def repairs(self, outcome: Outcome) -> list[ChangeRecord]:
         """Global's state of the keys the check found different, as change records (puts at
         the resource's version, deletes at the check's revision); keys changed since the
-        check's revision are left to the ranges that carry them."""
+        check's revision are left to the ranges that carry them. Puts stop once their
+        changes reach REPAIR_BYTES (the rest are counted in ``outcome.deferred``, for the
+        next check): the repair is read and written to the stream at once, and a zone that
+        answered "I hold nothing" for 1,000 large secrets had global hold them all for it."""
         records = []
-        for key in outcome.puts:
+        budget = REPAIR_BYTES
+        for i, key in enumerate(outcome.puts):
+            if budget <= 0:
+                outcome.deferred += len(outcome.puts) - i
+                break
             if stays_on_global(key):
                 continue  # never sent to a zone (not in global's tree: a safeguard)
             try:
@@ -211,7 +221,9 @@ class ZoneChecks:
             if row is None or row.resource.version > outcome.revision:
                 continue
             res = row.resource
-            records.append(ChangeRecord(res.version, key, False, wire.change_put(res.version, res)))
+            change = wire.change_put(res.version, res)
+            budget -= len(change)
+            records.append(ChangeRecord(res.version, key, False, change))
         for key in outcome.deletes:
             with contextlib.suppress(StoreDamaged):  # damaged here: exists, so never deleted
                 if await self.store.get(key) is not None:

@@ -357,3 +357,41 @@ async def test_the_zones_own_mesh_keeps_the_synced_secrets_its_mtls_uses(tmp_pat
         await zone.store.put(Resource(Kind.MESH, "zm"), T0)
         await wait_until_async(lambda: _gone(zone, cert))
         await wait_until_async(lambda: _gone(zone, key))
+
+
+class _Rows:
+    """A global store of ``n`` secrets of ``size`` bytes each (GlobalStore.get only)."""
+
+    def __init__(self, n: int, size: int):
+        from kds.store.results import ORIGIN_GLOBAL, Row
+
+        self.rows = {
+            Key(Kind.SECRET, "m", f"s{i}"): Row(
+                Resource(Kind.SECRET, f"s{i}", mesh="m", data=b"x" * size, version=3),
+                ORIGIN_GLOBAL,
+            )
+            for i in range(n)
+        }
+
+    async def get(self, key: Key) -> object:
+        return self.rows.get(key)
+
+
+async def test_a_repair_reads_and_sends_at_most_a_window_of_puts() -> None:
+    """A zone answering "I hold nothing" has global repair every key of a check (up to
+    1,000): the puts stop once their changes reach REPAIR_BYTES, the rest deferred to the
+    next check, so a stream never holds 1,000 large secrets for a zone."""
+    from globalcp.checks import REPAIR_BYTES
+    from kds.protocol.anti_entropy import Outcome
+
+    rows = _Rows(100, 100_000)
+    from globalcp.checks import ZoneChecks
+
+    checks = ZoneChecks(rows, 300.0, lambda: 0.0)  # type: ignore[arg-type]
+    gone = Key(Kind.SECRET, "m", "only-on-the-zone")
+    out = Outcome(1, 5, "repair", puts=sorted(rows.rows, key=str), deletes=[gone])
+    records = await checks.repairs(out)
+    puts = [r for r in records if not r.deleted]
+    assert 0 < sum(len(r.change) for r in puts) < REPAIR_BYTES + 100_100
+    assert len(puts) == 11 and out.deferred == 100 - 11
+    assert [r.key for r in records if r.deleted] == [gone]  # deletes cost next to nothing
