@@ -41,6 +41,7 @@ __all__ = [
     "backends",
     "builtin_secret_names",
     "canonical_mtls",
+    "conf_alias_warnings",
     "is_builtin_secret_name",
     "parse_ca_expiration",
     "secret_refs",
@@ -141,6 +142,19 @@ def backend_conf(backend: Mapping[str, Any]) -> Mapping[str, Any]:
     hold it); empty when it has neither."""
     conf = backend.get("conf", backend.get(CONF_ALIAS))
     return conf if isinstance(conf, Mapping) else {}
+
+
+def conf_alias_warnings(fields: object, prefix: str = "") -> list[str]:
+    """What to tell the author of a Mesh whose mTLS backends say ``config`` (``fields``: the
+    Mesh's fields as given, either text form): it is stored and returned as ``conf``."""
+    mtls = fields.get("mtls") if isinstance(fields, Mapping) else None
+    raw = mtls.get("backends") if isinstance(mtls, Mapping) else None
+    return [
+        f"{prefix}mtls.backends[{i}].{CONF_ALIAS} is stored and returned as conf, Kuma's name "
+        "for it"
+        for i, b in enumerate(raw if isinstance(raw, list) else [])
+        if isinstance(b, Mapping) and CONF_ALIAS in b
+    ]
 
 
 def canonical_mtls(mtls: Mapping[str, Any]) -> dict[str, Any]:

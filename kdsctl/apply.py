@@ -28,6 +28,7 @@ import click
 
 from kds.errors import InvalidResource
 from kds.model import SYSTEM_LABELS, Kind, Limits, Resource, from_document, to_json
+from kds.mtls import conf_alias_warnings
 from kdsctl.client import ApiClient, ApiError, pass_client
 from kdsctl.inputs import Input, parse_vars, read_inputs, render, unfilled_hint
 from kdsctl.render import fail, print_error, quoted, safe_text
@@ -90,6 +91,11 @@ def _read_documents(item: Input) -> Iterator[_Doc]:
                 causes = [(safe_text(c.field), safe_text(c.message)) for c in e.errors]
                 errors.append((where, causes))
             else:
+                if resource.kind is Kind.MESH:
+                    # kdsctl sends the Mesh as stored (conf), so global cannot say this.
+                    fields = one.get("spec") if "apiVersion" in one else one
+                    for warning in conf_alias_warnings(fields):
+                        click.echo(f"Warning: {where}: {warning}", err=True)
                 yield _Doc(where, resource)
     # Printed once the whole file has parsed, as before: invalid YAML further on is the
     # one error shown.

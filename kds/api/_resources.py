@@ -36,7 +36,7 @@ from kds.model import (
     to_kubernetes,
     validate_mesh_name,
 )
-from kds.mtls import CONF_ALIAS
+from kds.mtls import conf_alias_warnings
 from kds.store import ORIGIN_GLOBAL, ORIGIN_ZONE, Clause, Row, Selection, WriteResult
 from kds.store.results import Origin
 
@@ -242,14 +242,7 @@ def write_warnings(body: object, resource: Resource, prefix: str = "") -> list[s
     warnings = []
     if resource.kind is Kind.MESH and isinstance(body, Mapping):
         spec = body.get("spec") if "apiVersion" in body else body
-        mtls = spec.get("mtls") if isinstance(spec, Mapping) else None
-        backends = mtls.get("backends") if isinstance(mtls, Mapping) else None
-        for i, b in enumerate(backends if isinstance(backends, list) else []):
-            if isinstance(b, Mapping) and CONF_ALIAS in b:
-                warnings.append(
-                    f"{prefix}mtls.backends[{i}].{CONF_ALIAS} is stored and returned as conf, "
-                    "Kuma's name for it"
-                )
+        warnings += conf_alias_warnings(spec, prefix)
     if stays_on_global(resource.key):
         warnings.append(
             f"{prefix}{resource.key} stays on global and is not synced to zones: Kuma keeps its "

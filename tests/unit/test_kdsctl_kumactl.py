@@ -93,6 +93,24 @@ def test_apply_prints_the_servers_warnings(server: Server) -> None:
     assert "stays on global" in res.stderr
 
 
+def test_apply_warns_of_config_as_the_api_does(server: Server) -> None:
+    """A Mesh backend given ``config`` (the seed document's spelling) is stored as ``conf``;
+    kdsctl sends it so, so it says what the API says of such a body, in both text forms."""
+    backend = "backends: [{name: ca-1, type: builtin, config: {caCert: {expiration: 1y}}}]"
+    universal = f"type: Mesh\nname: m1\nmtls:\n  {backend}\n"
+    kubernetes = (
+        "apiVersion: kuma.io/v1alpha1\nkind: Mesh\nmetadata: {name: m2}\n"
+        f"spec:\n  mtls:\n    {backend}\n"
+    )
+    for doc in (universal, kubernetes):
+        res = run(server, "apply", "-f", "-", input=doc)
+        assert res.exit_code == 0, res.output
+        assert res.stderr == (
+            "Warning: stdin document 1: mtls.backends[0].config is stored and returned as "
+            "conf, Kuma's name for it\n"
+        )
+
+
 def test_globalsecret_names_and_delete_messages(server: Server) -> None:
     """kumactl's globalsecret / globalsecrets work; delete says 'deleted TYPE "NAME"', and
     a missing one 'there is no TYPE with name "NAME"'."""
