@@ -87,6 +87,10 @@ async def apply_handler(request: web.Request) -> web.Response:
     )
     if errs:
         raise HttpError(400, "Invalid resources", "nothing was applied", errs)
+    if k8s:
+        errs = await _kubernetes_names(ctx, parsed, k8s)
+        if errs:
+            raise HttpError(400, "Invalid resources", "nothing was applied", errs)
     parsed.sort(key=lambda p: p[1].kind is not Kind.MESH)  # stable: meshes first
     try:
         results = await ctx.store.put_many([r for _, r in parsed], now)
@@ -141,6 +145,56 @@ async def apply_handler(request: web.Request) -> web.Response:
     log_applied(changed, origin)
     log.info("resources applied", total=len(out), origin=origin, **counts)
     return web.json_response({"items": out, "warnings": warnings} if warnings else {"items": out})
+
+
+_SECRET_KINDS = (Kind.SECRET, Kind.GLOBAL_SECRET)
+
+
+async def _kubernetes_names(
+    ctx: ApiContext, parsed: list[tuple[int, Resource]], k8s: set[int]
+) -> list[FieldViolation]:
+    """Problems of the Kubernetes-form Secrets and GlobalSecrets of an apply whose name is
+    another Secret's or GlobalSecret's (here or among the items). In that form each is a
+    Kubernetes Secret in the control plane's namespace, so a name is one object: applying it
+    with another ``kuma.io/mesh`` label would move it (Kuma refuses: "cannot change mesh of
+    the Secret"), and with another type would change a type Kubernetes keeps. Taken as a
+    Universal write, either made a second secret and left the first, still synced."""
+    named = [(i, r) for i, r in parsed if i in k8s and r.kind in _SECRET_KINDS]
+    if not named:
+        return []
+    holders: dict[str, list[Key]] = {r.name: [] for _, r in named}
+    for key in await ctx.store.secrets_named(holders):
+        holders[key.name].append(key)
+    for _, r in parsed:
+        if r.kind in _SECRET_KINDS and r.name in holders and r.key not in holders[r.name]:
+            holders[r.name].append(r.key)
+    errs = []
+    for i, r in named:
+        other = next((k for k in holders.get(r.name, ()) if k != r.key), None)
+        if other is None:
+            continue
+        if other.kind is Kind.SECRET and r.kind is Kind.SECRET:
+            errs.append(
+                FieldViolation(
+                    f"items[{i}].{kubernetes_field('mesh')}",
+                    f"cannot change mesh of the Secret: Secret {r.name!r} is in mesh "
+                    f"{other.mesh!r}; delete the Secret first and apply it again (in the "
+                    "Kubernetes form a name is one Kubernetes Secret, whatever its mesh)",
+                )
+            )
+        else:
+            where = f" in mesh {other.mesh!r}" if other.mesh else ""
+            errs.append(
+                FieldViolation(
+                    f"items[{i}].type",
+                    f"a {other.kind} {r.name!r}{where} exists: in the Kubernetes form a Secret "
+                    "and a GlobalSecret of one name are one Kubernetes Secret, whose type "
+                    "cannot change; delete it first and apply it again",
+                )
+            )
+        if len(errs) >= MAX_PROBLEMS:
+            break
+    return errs
 
 
 class _Items:

@@ -19,11 +19,13 @@ SQL runs on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from typing import Any
 
+from kds.model import Key, Kind
 from kds.store.results import Clause, Selection
 
-__all__ = ["label_entry", "selected_sql"]
+__all__ = ["label_entry", "secrets_named", "selected_sql"]
 
 # The stored labels' entries framed by ", " on both sides (see above).
 _FRAMED = "(', ' || substr(r.labels, 2, length(r.labels) - 2) || ', ')"
@@ -64,3 +66,19 @@ def selected_sql(select: Selection, contains: str) -> tuple[str, list[Any]]:
         args += [origin, *cargs]
     where.append("(" + (" OR ".join(alternatives) or "1=0") + ")")
     return " AND ".join(where), args
+
+
+def secrets_named(engine: Any, names: Collection[str]) -> list[Key]:
+    """ResourceStore.secrets_named on ``engine`` (kds.store._engine.ResourceEngine): one
+    statement over the key columns; no index leads with the name, so the names are matched
+    here rather than in SQL."""
+    wanted = set(names)
+    if not wanted:
+        return []
+    with engine.db.read() as conn:
+        cur = conn.execute(
+            "SELECT kind, mesh, name FROM resources "
+            "WHERE kind IN ('Secret', 'GlobalSecret') AND origin=?",
+            (engine.origin,),
+        )
+        return [Key(Kind(k), m, n) for k, m, n in cur if n in wanted]

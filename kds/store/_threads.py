@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
@@ -22,6 +22,7 @@ from kds.model import Key, Kind, Resource
 from kds.protocol.applier import DecodedBatch
 from kds.store._engine import ResourceEngine
 from kds.store._global import GlobalEngine
+from kds.store._select import secrets_named
 from kds.store._zone import ZoneEngine
 from kds.store.results import (
     ChangeRecord,
@@ -103,6 +104,9 @@ class ThreadedResourceStore(Generic[E]):
 
     async def list_rows(self, kind: Kind, mesh: str | None = None) -> list[Row]:
         return await self._threads.read(self._engine.list_rows, kind, mesh)
+
+    async def secrets_named(self, names: Collection[str]) -> list[Key]:
+        return await self._threads.read(secrets_named, self._engine, names)
 
     async def conflicts(self) -> list[Key]:
         return await self._threads.read(self._engine.conflicts)

@@ -26,7 +26,7 @@ Rules every backend keeps:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from kds.model import Key, Kind, Resource
@@ -86,6 +86,11 @@ class ResourceStore(Protocol):
         ...
 
     async def list_rows(self, kind: Kind, mesh: str | None = None) -> list[Row]: ...
+    async def secrets_named(self, names: Collection[str]) -> list[Key]:
+        """The keys of this control plane's own Secrets and GlobalSecrets (any mesh) named
+        one of ``names``: in the Kubernetes form each name is one Kubernetes Secret."""
+        ...
+
     async def conflicts(self) -> list[Key]:
         """Keys that hold both a zone-local and a synced row (zones only; [] on global)."""
         ...

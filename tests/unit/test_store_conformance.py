@@ -1164,3 +1164,25 @@ async def test_a_repair_batch_applies_and_records_no_revision(zstore: ZoneStore)
     row = await zstore.get(S1)
     assert row is not None and row.resource.data == b"right"
     assert await zstore.sync_state() == before
+
+
+async def test_secrets_named_are_the_own_secrets_and_global_secrets_of_those_names(
+    stores: Stores,
+) -> None:
+    """Every mesh, both kinds, only this control plane's own rows (a zone's synced copies are
+    global's), only the names asked for."""
+    g = stores.global_store()
+    other_mesh = Key(Kind.SECRET, "other", "s1")
+    await g.put(mk(MESH), T0)
+    await g.put(mk(Key(Kind.MESH, "", "other")), T0)
+    for key in (S1, S2, other_mesh, Key(Kind.GLOBAL_SECRET, "", "s1")):
+        await g.put(mk(key, b"v"), T0)
+    assert sorted(await g.secrets_named({"s1", "absent"}), key=str) == sorted(
+        [S1, other_mesh, Key(Kind.GLOBAL_SECRET, "", "s1")], key=str
+    )
+    assert await g.secrets_named(set()) == []
+    z = stores.zone_store()
+    await apply(z, dbatch([inc_put(mk(MESH), 1), inc_put(mk(S1, b"synced"), 2)], 2), GSID, T0)
+    assert await z.secrets_named({"s1"}) == []  # global's copy is not the zone's own
+    await z.put(mk(S2, b"local"), T0)
+    assert await z.secrets_named({"s1", "s2"}) == [S2]
