@@ -163,13 +163,17 @@ async def _kubernetes_names(
     if not named:
         return []
     holders: dict[str, list[Key]] = {r.name: [] for _, r in named}
-    for key in await ctx.store.secrets_named(holders):
+    stored = await ctx.store.secrets_named(holders)
+    for key in stored:
         holders[key.name].append(key)
     for _, r in parsed:
         if r.kind in _SECRET_KINDS and r.name in holders and r.key not in holders[r.name]:
             holders[r.name].append(r.key)
     errs = []
+    held = set(stored)
     for i, r in named:
+        if r.key in held:
+            continue  # an update of a stored secret (names shared before this rule held)
         other = next((k for k in holders.get(r.name, ()) if k != r.key), None)
         if other is None:
             continue

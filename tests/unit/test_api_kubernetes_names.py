@@ -94,3 +94,5 @@ async def test_the_universal_form_keeps_a_name_per_mesh(
     assert (await _apply(api, _universal("shared", "default")))[0] == 200
     assert (await _apply(api, _universal("shared", "m2")))[0] == 200
     assert engine.get(Key(Kind.SECRET, "m2", "shared")) is not None
+    # Either of them applied again in the Kubernetes form updates it in place.
+    assert (await _apply(api, _k8s("shared", "m2")))[0] == 200
