@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import difflib
 import heapq
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
 from kds.errors import FieldViolation, shown
 
@@ -23,11 +24,14 @@ __all__ = [
     "GUESS_KEY_CHARS",
     "MAX_LISTED",
     "UNKNOWN_FIELD",
+    "member_problems",
     "nearest",
     "not_checked",
     "unknown_field",
     "unknown_fields",
 ]
+
+T = TypeVar("T")
 
 # How every message about an unknown field begins (the count of those not listed too: a
 # zone drops a synced Mesh's unknown-field problems by this prefix).
@@ -79,6 +83,28 @@ def unknown_fields(
             )
         )
     return errs
+
+
+def member_problems(
+    members: Sequence[T],
+    check: Callable[[int, T], list[FieldViolation]],
+    field: str,
+    what: str,
+    listed: int | None = MAX_LISTED,
+) -> tuple[list[FieldViolation], bool]:
+    """The problems ``check(i, member)`` finds in ``members`` (of the map or list
+    ``field``), stopping once ``listed`` members had any (None: never), with one more
+    problem saying the rest of the ``what`` were not checked; and whether it stopped."""
+    errs: list[FieldViolation] = []
+    bad = 0
+    for i, member in enumerate(members):
+        found = check(i, member)
+        if found:
+            errs += found
+            bad += 1
+            if bad == listed and i + 1 < len(members):
+                return [*errs, not_checked(field, what)], True
+    return errs, False
 
 
 def not_checked(field: str, members: str) -> FieldViolation:

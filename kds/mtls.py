@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kds.errors import FieldViolation, shown
-from kds.fields import MAX_LISTED, UNKNOWN_FIELD, not_checked, unknown_fields
+from kds.fields import MAX_LISTED, UNKNOWN_FIELD, member_problems, unknown_fields
 
 __all__ = [
     "BUILTIN",
@@ -225,8 +225,8 @@ def validate_mtls(
     if not isinstance(raw, list):
         return [*errs, FieldViolation(f"{f}.backends", "must be a list of backends")]
     names: dict[str, int] = {}
-    bad = 0  # backends with a problem: past MAX_LISTED, the rest are not checked
-    for i, b in enumerate(raw):
+
+    def check(i: int, b: object) -> list[FieldViolation]:
         found = _validate_backend(b, f"{f}.backends[{i}]", mesh_name)
         name = b.get("name") if isinstance(b, Mapping) else None
         if isinstance(name, str):
@@ -235,12 +235,12 @@ def validate_mtls(
                     FieldViolation(f"{f}.backends[{i}].name", f"duplicates backends[{names[name]}]")
                 )
             names.setdefault(name, i)
-        if found:
-            errs += found
-            bad += 1
-            if bad == listed and i + 1 < len(raw):
-                # enabledBackend is not checked either: it may name a backend not reached.
-                return [*errs, not_checked(f"{f}.backends", "backends")]
+        return found
+
+    found, cut = member_problems(raw, check, f"{f}.backends", "backends", listed)
+    errs += found
+    if cut:
+        return errs  # enabledBackend is not checked either: it may name a backend not reached
     enabled = mtls.get("enabledBackend")
     if enabled is not None and enabled != "":
         if not isinstance(enabled, str):

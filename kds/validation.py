@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kds.errors import FieldViolation, InvalidResource, shown
-from kds.fields import MAX_LISTED, not_checked, unknown_fields
+from kds.fields import member_problems, unknown_fields
 from kds.mtls import canonical_mtls, validate_mtls
 from kds.resource import SYSTEM_LABELS, Kind, Limits, Resource
 
@@ -151,17 +151,12 @@ def validate_labels(labels: object, field_name: str = "labels") -> list[FieldVio
         return []
     if not isinstance(labels, Mapping):
         return [FieldViolation(field_name, "must be a map of string keys to string values")]
-    errs: list[FieldViolation] = []
-    bad = 0  # labels with a problem
-    for i, (k, v) in enumerate(labels.items()):
-        found = _label_problems(k, v, field_name)
-        if found:
-            errs += found
-            bad += 1
-            if bad == MAX_LISTED and i + 1 < len(labels):
-                errs.append(not_checked(field_name, "labels"))
-                break
-    return errs
+    return member_problems(
+        list(labels.items()),
+        lambda _, kv: _label_problems(kv[0], kv[1], field_name),
+        field_name,
+        "labels",
+    )[0]
 
 
 def _label_problems(k: object, v: object, field_name: str) -> list[FieldViolation]:
@@ -302,17 +297,9 @@ def _check_shape(value: object, schema: Any, f: str) -> list[FieldViolation]:
     if isinstance(schema, list):
         if not isinstance(value, list):
             return [FieldViolation(f, "must be a list")]
-        errs = []
-        bad = 0  # items with a problem: past MAX_LISTED, the rest are not checked
-        for i, item in enumerate(value):
-            found = _check_shape(item, schema[0], f"{f}[{i}]")
-            if found:
-                errs += found
-                bad += 1
-                if bad == MAX_LISTED and i + 1 < len(value):
-                    errs.append(not_checked(f, "items"))
-                    break
-        return errs
+        return member_problems(
+            value, lambda i, item: _check_shape(item, schema[0], f"{f}[{i}]"), f, "items"
+        )[0]
     if (
         value is None
         or isinstance(value, bool) is not (bool in schema)
