@@ -5,14 +5,13 @@ does not check again at once after a repair the zone refused whole (kds.protocol
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from globalcp.checks import ZoneChecks
 from kds.model import Key, Kind
 from kds.protocol.applier import DecodedBatch, Incoming
 from kds.protocol.refusals import Refusals
 from kds.protocol.session import Ack, GlobalSession, Hello, SendRange
 from kds.protocol.zone_session import SyncMode, Welcome, ZoneSession
+from tests.unit.test_zone_session import Result
 
 MESH = Key(Kind.MESH, "", "temp")
 SECRET = Key(Kind.SECRET, "temp", "s")
@@ -36,14 +35,6 @@ def test_refusals_are_bounded_oldest_first() -> None:
     r.record([(2, "x")])  # refused again: the newest now
     r.record([(9, "x")])
     assert r.repeats([(i, "x") for i in (2, 3, 4, 9)]) == {2, 4, 9}
-
-
-@dataclass
-class Result:
-    applied_revision: int
-    rejected: list[tuple[Key, str]] = field(default_factory=list)
-    new_conflicts: list[Key] = field(default_factory=list)
-    resolved_conflicts: list[Key] = field(default_factory=list)
 
 
 def _zone() -> ZoneSession:
