@@ -464,3 +464,18 @@ def test_a_synced_secret_the_zones_own_mesh_uses_is_not_deleted() -> None:
         local_backend_secrets={"default": frozenset({"s1"})},
     )
     assert plan_batch(batch([delete(S1)]), shadowed).deletes == [S1]
+
+
+def test_a_batch_putting_and_deleting_the_same_keys_plans_in_linear_time() -> None:
+    """No global sends it (ranges are coalesced), but a batch may: 16,000 puts each deleted
+    again later in the batch held a zone's store for 100 s while each delete rebuilt the list
+    of puts. 20,000 pairs plan in well under a second now (a bound 50 times that)."""
+    import time
+
+    keys = [Key(Kind.GLOBAL_SECRET, "", f"g{i}") for i in range(20_000)]
+    changes = [put(k) for k in keys] + [delete(k) for k in keys] + [put(keys[0], data=b"w")]
+    started = time.process_time()
+    plan = plan_batch(batch(changes), view(synced=keys[:10]))
+    assert time.process_time() - started < 10.0
+    assert put_keys(plan) == [keys[0]] and plan.puts[0].data == b"w"
+    assert sorted(plan.deletes, key=str) == sorted(keys, key=str)
