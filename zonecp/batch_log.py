@@ -7,17 +7,22 @@ REJECTIONS_LOGGED of them, then one line with the count of the rest, so a global
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection, Sequence
 from typing import Any
 
 from kds import wire
 from kds.model import Key
+from kds.protocol.applier import DecodedBatch
 from kds.protocol.zone_session import RawKey, Rejection
 from kds.text import safe_text
+from zonecp.sync_status import ZoneSyncStatus
 
-__all__ = ["REJECTIONS_LOGGED", "key_fields", "log_rejections"]
+__all__ = ["REJECTIONS_LOGGED", "REPAIRED_KEPT", "key_fields", "log_rejections", "log_repair"]
 
 REJECTIONS_LOGGED = 20
+# Keys of the last repair kept for /status and named in its log line.
+REPAIRED_KEPT = 20
 NAME_CHARS = 300  # a valid name is at most 253 characters
 
 
@@ -59,12 +64,42 @@ def log_rejections(
             count=len(again),
             first=[_label(k) for k in again[:REJECTIONS_LOGGED]],
         )
-    lines = [(reason, key_fields(k)) for k, reason in rejected]
-    lines += [(r.reason, _as_sent(r.key)) for r in undecodable]
-    for reason, key in lines[:REJECTIONS_LOGGED]:
+    # Fields only for the lines logged: a batch may hold tens of thousands of rejections.
+    shown = [(reason, key_fields(k)) for k, reason in rejected[:REJECTIONS_LOGGED]]
+    shown += [(r.reason, _as_sent(r.key)) for r in undecodable[: REJECTIONS_LOGGED - len(shown)]]
+    for reason, key in shown:
         log.warning("rejected a synced resource", reason=safe_text(reason), **key)
-    if len(lines) > REJECTIONS_LOGGED:
+    if (count := len(rejected) + len(undecodable)) > REJECTIONS_LOGGED:
         log.warning(
             "rejected more synced resources in the same batch (not named)",
-            count=len(lines) - REJECTIONS_LOGGED,
+            count=count - REJECTIONS_LOGGED,
         )
+
+
+def log_repair(
+    log: Any,
+    status: ZoneSyncStatus,
+    batch: DecodedBatch,
+    rejected: Sequence[tuple[Key, str]],
+    already_gone: Sequence[Key],
+) -> None:
+    """A repair batch applied: log and count what it repaired, by key (never values). A
+    refused change repaired nothing, nor did a delete of a key this zone held no synced copy
+    of (the check and the repair are not one transaction: a range may have got there
+    first)."""
+    unchanged = {k for k, _ in rejected} | set(already_gone)
+    changes = [c for c in batch.changes if c.key is not None and c.key not in unchanged]
+    keys = [c.key for c in changes if c.key is not None]
+    if not keys:
+        log.info("anti-entropy repair changed nothing here", changes=len(batch.changes))
+        return
+    labels = [_label(k) for k in keys]
+    status.repaired += len(keys)
+    status.last_repair_at = time.time()
+    status.last_repaired = labels[-REPAIRED_KEPT:]
+    log.warning(
+        "repaired synced resources from global (anti-entropy)",
+        count=len(keys),
+        keys=labels[:REPAIRED_KEPT],
+        deleted=sum(1 for c in changes if c.deleted),
+    )

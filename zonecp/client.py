@@ -45,10 +45,8 @@ from kds.grpc_options import client_options
 from kds.logging import debug_enabled
 from kds.protocol.limits import PROBLEM_CHARS
 from kds.protocol.zone_session import State, ZoneSession
-from kds.resource import Key
 from kds.store import ZoneStore
-from kds.text import safe_text
-from zonecp.batch_log import key_fields, log_rejections
+from zonecp.batch_log import key_fields, log_rejections, log_repair
 from zonecp.check_answers import CheckAnswers
 from zonecp.read_waits import ReadWaits
 from zonecp.sync_status import DISK_FULL, ZoneSyncStatus, store_problem
@@ -56,8 +54,11 @@ from zonecp.sync_status import DISK_FULL, ZoneSyncStatus, store_problem
 __all__ = ["ZoneClient", "ZoneSyncStatus", "store_problem"]
 
 METHOD = "/kds.v1.SecretSync/Sync"
-# Keys of the last repair kept for /status and named in its log line.
-REPAIRED_KEPT = 20
+# A batch of more changes is decoded on a worker thread (a single write's stays on the loop,
+# where the hop would cost more than the decoding).
+DECODE_INLINE_CHANGES = 256
+# A welcomed stream that ends sooner than this is dialed again with backoff, as a failure.
+STABLE_STREAM_S = 1.0
 # How long a zone whose store failed waits for global to take its report and end the stream.
 REPORT_TIMEOUT = 2.0
 log = structlog.get_logger("zonecp.sync")
@@ -177,7 +178,18 @@ class ZoneClient:
                         # waited for with the same backoff, never the end of the sync loop.
                         self.status.conflicts = await self.store.conflicts()
                         conflicts_read = True
+                    dialed = time.monotonic()
                     welcomed = await self._stream_once(stop)
+                    lasted = time.monotonic() - dialed
+                    if welcomed and lasted < STABLE_STREAM_S and not stop.is_set():
+                        # Welcomed, then ended at once (a global that closes every stream,
+                        # or promises heartbeats every millisecond): backing off as for a
+                        # failed dial, not dialing again within half a second forever.
+                        welcomed = False
+                        raise StreamEnded(
+                            f"the stream ended {lasted:.2f}s after it was dialed, "
+                            f"within {STABLE_STREAM_S:g}s"
+                        )
                 if welcomed:
                     break
             # A welcomed stream ended: reconnect soon, from the shortest backoff again, with
@@ -350,7 +362,10 @@ class ZoneClient:
         raise StreamEnded(f"global sent nothing for {silence:g}s (heartbeats expected)")
 
     async def _apply(self, call: Any, b: pb.Batch) -> None:
-        batch, undecodable = wire.decode_batch(b)
+        if len(b.changes) <= DECODE_INLINE_CHANGES:
+            batch, undecodable = wire.decode_batch(b)
+        else:  # a snapshot part or a bulk range: decoded off the event loop
+            batch, undecodable = await asyncio.to_thread(wire.decode_batch, b)
         self.session.on_batch(batch, undecodable, time.monotonic(), b.ByteSize())
         self.status.last_message_at = time.time()
         global_store_id = self.session.global_store_id
@@ -374,7 +389,7 @@ class ZoneClient:
         applied = self.session.on_applied(result, time.monotonic())
         log_rejections(log, result.rejected, undecodable, applied.repeated)
         if b.repair:
-            self._log_repair(batch, result.rejected, result.already_gone)
+            log_repair(log, self.status, batch, result.rejected, result.already_gone)
         if result.removed_stale:
             log.info("removed synced copies global no longer has", count=result.removed_stale)
         if applied.error:
@@ -397,34 +412,10 @@ class ZoneClient:
             await self.refresh_conflicts()
 
     async def _answer_digest(self, call: Any, m: pb.DigestQuery) -> None:
-        ans = await self.answers.answer(wire.query_from_pb(m))
+        # Read off the event loop: the groups round names one node per type and mesh.
+        ans = await self.answers.answer(await asyncio.to_thread(wire.query_from_pb, m))
         async with self._write_lock:
             await call.write(wire.answer_to_pb(ans))
-
-    def _log_repair(self, batch: Any, rejected: Any, already_gone: list[Key]) -> None:
-        """A repair batch applied: log and count what it repaired, by key (never values).
-        A refused change repaired nothing, nor did a delete of a key this zone held no synced
-        copy of (the check and the repair are not one transaction: a range may have got
-        there first)."""
-        unchanged = {k for k, _ in rejected} | set(already_gone)
-        changes = [c for c in batch.changes if c.key is not None and c.key not in unchanged]
-        keys = [c.key for c in changes]
-        if not keys:
-            log.info("anti-entropy repair changed nothing here", changes=len(batch.changes))
-            return
-        labels = [
-            safe_text(f"{k.kind} {k.mesh + '/' if k.mesh else ''}{k.name}", 600) for k in keys
-        ]
-        st = self.status
-        st.repaired += len(keys)
-        st.last_repair_at = time.time()
-        st.last_repaired = labels[-REPAIRED_KEPT:]
-        log.warning(
-            "repaired synced resources from global (anti-entropy)",
-            count=len(keys),
-            keys=labels[:REPAIRED_KEPT],
-            deleted=sum(1 for c in changes if c.deleted),
-        )
 
     def _status_message(self) -> pb.ZoneMessage:
         st = self.status

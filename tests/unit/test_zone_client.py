@@ -42,9 +42,11 @@ def test_delete_decodes_to_a_key() -> None:
 def test_a_repair_counts_only_what_it_changed() -> None:
     """A repair batch's refused changes and its deletes of keys the zone did not hold are
     not counted or logged as repaired; a repair that changed nothing logs no warning."""
+    import structlog
     from structlog.testing import capture_logs
 
     from tests.unit.test_zone_dial_loop import _client, _Store
+    from zonecp.batch_log import log_repair
 
     put = Resource(Kind.SECRET, "s1", mesh="default", data=b"v")
     gone = Resource(Kind.SECRET, "s2", mesh="default").key
@@ -59,13 +61,15 @@ def test_a_repair_counts_only_what_it_changed() -> None:
     batch, _ = decode_batch(_batch(*changes))
     client = _client(_Store())
     with capture_logs() as logs:
-        client._log_repair(batch, [(refused.key, "mesh gone")], [gone])
+        log_repair(
+            structlog.get_logger(), client.status, batch, [(refused.key, "mesh gone")], [gone]
+        )
     assert client.status.repaired == 2
     assert client.status.last_repaired == ["Secret default/s1", "Secret default/s3"]
     (warning,) = [e for e in logs if e["log_level"] == "warning"]
     assert warning["count"] == 2 and warning["deleted"] == 1
     only_gone, _ = decode_batch(_batch(changes[1]))
     with capture_logs() as logs:
-        client._log_repair(only_gone, [], [gone])
+        log_repair(structlog.get_logger(), client.status, only_gone, [], [gone])
     assert client.status.repaired == 2
     assert [e["log_level"] for e in logs] == ["info"]

@@ -59,6 +59,7 @@ async def test_backoff_starts_again_from_the_shortest_delay_after_a_stream_that_
     )
     monkeypatch.setattr(random, "random", lambda: 0.0)  # tenacity's jitter: none
     monkeypatch.setattr(random, "uniform", uniform)  # the pause after a welcomed stream
+    monkeypatch.setattr(zone_client, "STABLE_STREAM_S", 0.0)  # these streams end at once
     client = _client(_Store())
     stop = asyncio.Event()
 
@@ -83,6 +84,47 @@ async def test_backoff_starts_again_from_the_shortest_delay_after_a_stream_that_
         "welcomed", ("pause", 0.05, 0.5),
     ]  # fmt: skip
     assert client.status.attempts == 2  # the count restarted too: the last retry was the 2nd
+
+
+async def test_a_stream_that_ends_at_once_after_its_welcome_is_dialed_again_with_backoff(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A global that welcomes each stream and ends it at once (or promises a heartbeat
+    every millisecond, then falls silent) had the zone dial again every 50-500 ms forever,
+    logging each time: such a stream backs off as a failed dial does."""
+    events: list[Any] = []
+
+    async def backoff_sleep(seconds: float) -> None:
+        events.append(round(seconds, 3))
+
+    monkeypatch.setattr(
+        zone_client, "AsyncRetrying", functools.partial(AsyncRetrying, sleep=backoff_sleep)
+    )
+    monkeypatch.setattr(random, "random", lambda: 0.0)
+    client = _client(_Store())
+    stop = asyncio.Event()
+
+    async def stream_once(stop_: asyncio.Event) -> bool:
+        events.append("welcomed")
+        if events.count("welcomed") == 5:
+            stop.set()
+        return True
+
+    monkeypatch.setattr(client, "_stream_once", stream_once)
+    with structlog.testing.capture_logs() as logs:
+        await asyncio.wait_for(client.run(stop), 10)
+    assert events == [
+        "welcomed",
+        0.2,
+        "welcomed",
+        0.2,
+        "welcomed",
+        0.4,
+        "welcomed",
+        0.8,
+        "welcomed",
+    ]
+    assert "after it was dialed, within 1s" in logs[0]["error"]
 
 
 async def test_a_store_away_when_the_sync_starts_is_waited_for_not_fatal(
