@@ -196,7 +196,16 @@ async def auth_middleware(
 
 
 def too_large(ctx: ApiContext, limit: int | None = None) -> HttpError:
-    """413 for a body over ``limit`` (by default, the largest a single resource may send)."""
+    """413 for a body over ``limit`` (by default, the largest a single resource may send).
+    Over POST /_apply's own limit, the body as a whole is the problem, not one secret's data:
+    the answer says so rather than naming ``data``."""
+    if limit is not None and limit == ctx.max_apply_bytes:
+        return HttpError(
+            413,
+            "Request body too large",
+            f"the apply's body exceeds {limit} bytes, the most one apply takes: apply the "
+            "resources in several parts",
+        )
     return HttpError(
         413,
         "Request body too large",

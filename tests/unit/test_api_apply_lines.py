@@ -127,6 +127,9 @@ async def test_a_body_over_the_limit_is_refused(api: Api) -> None:
     status, answer = await api.apply_lines(lines)
     assert status == 413, answer
     assert api.engine.head() == 0
+    # The body as a whole is too large, not one secret's data.
+    assert "65536 bytes, the most one apply takes" in answer["detail"]
+    assert not answer.get("causes")
 
 
 async def test_a_body_that_ends_early_applies_nothing(api: Api) -> None:
