@@ -28,6 +28,7 @@ __all__ = [
     "REASON_CHARS",
     "WELCOME_CHARS",
     "check_batch_header",
+    "check_heartbeat",
     "check_hello",
     "check_key",
     "check_problem",
@@ -112,6 +113,12 @@ def check_welcome(*, instance_id: str, store_id: str, head_revision: int) -> Fie
         {"welcome.global_instance_id": instance_id, "welcome.global_store_id": store_id},
         WELCOME_CHARS,
     ) or _check_revisions({"welcome.head_revision": head_revision})
+
+
+def check_heartbeat(head_revision: int) -> FieldViolation | None:
+    """On the zone: a heartbeat's revision, if it breaks its limit (the zone shows it as
+    global's revision in its status and metrics)."""
+    return _check_revisions({"heartbeat.head_revision": head_revision})
 
 
 def check_batch_header(

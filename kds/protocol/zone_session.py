@@ -48,7 +48,7 @@ from typing import Protocol
 from kds.errors import FieldViolation, ProtocolError
 from kds.model import Key, Kind
 from kds.protocol.applier import DecodedBatch
-from kds.protocol.limits import check_batch_header, check_welcome
+from kds.protocol.limits import check_batch_header, check_heartbeat, check_welcome
 from kds.protocol.refusals import Refusals
 
 __all__ = [
@@ -306,6 +306,7 @@ class ZoneSession:
 
     def on_heartbeat(self, head_revision: int, now: float) -> None:
         self._advance(Event.HEARTBEAT)
+        _refuse(check_heartbeat(head_revision))
         self.global_head = head_revision
         self._quiet_since = now
 

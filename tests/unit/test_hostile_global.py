@@ -269,3 +269,13 @@ def test_a_later_round_naming_more_nodes_than_its_parents_children_is_refused() 
     flood = pb.DigestQuery(check=1, revision=2, parents=[parent], nodes=[child] * 17)
     with pytest.raises(ProtocolError, match="more nodes than its parents have children"):
         wire.query_from_pb(flood)
+
+
+def test_a_heartbeat_revision_past_the_limit_ends_the_stream() -> None:
+    """A heartbeat's revision becomes the zone's idea of global's head, in its status and
+    metrics: one past 2^63-1 is refused like a batch header's."""
+    s = _session()
+    s.on_welcome(Welcome("global-1", STORE, 2, SyncMode.RESUME), now=1.0)
+    s.on_heartbeat(MAX_REVISION, now=2.0)
+    with pytest.raises(ProtocolError, match=r"heartbeat\.head_revision"):
+        s.on_heartbeat(MAX_REVISION + 1, now=3.0)
