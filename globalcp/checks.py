@@ -33,7 +33,7 @@ from kds.protocol.digest_tree import DigestTree, TreeBuilder
 from kds.protocol.records import ChangeRecord
 from kds.store import GlobalStore
 
-__all__ = ["RECHECKS_AT_ONCE", "REPAIR_BYTES", "GlobalTrees", "ZoneChecks", "key_label"]
+__all__ = ["RECHECKS_AT_ONCE", "REPAIR_BYTES", "GlobalTrees", "ZoneChecks"]
 
 log = structlog.get_logger("globalcp.sync")
 
@@ -103,10 +103,6 @@ def _build_and_release(builder: TreeBuilder) -> DigestTree:
     tree = builder.build()
     memory.release()
     return tree
-
-
-def key_label(k: Key) -> str:
-    return f"{k.kind} {k.mesh + '/' if k.mesh else ''}{k.name}"
 
 
 class ZoneChecks:

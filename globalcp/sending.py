@@ -23,7 +23,7 @@ from typing import TypeVar
 import structlog
 
 from globalcp.admission import Ticket
-from globalcp.checks import ZoneChecks, key_label
+from globalcp.checks import ZoneChecks
 from globalcp.send_plans import SendPlans
 from globalcp.snapshot_plan import SnapshotPlan
 from globalcp.zones import CHECK_KEYS_KEPT, ZoneHandle
@@ -281,7 +281,7 @@ class SendLoop:
         if self.checks and out.result == "repair":
             records = await self._beating(self.checks.repairs(out))
         differed = [n.label() for n in out.differed]
-        repaired = [key_label(r.key) for r in records]
+        repaired = [str(r.key) for r in records]
         fields = {
             "result": out.result,
             "revision": out.revision,

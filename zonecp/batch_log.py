@@ -31,7 +31,7 @@ def _place(k: Key | RawKey) -> dict[str, str]:
 
 
 def _label(k: Key) -> str:
-    return safe_text(f"{k.kind} {k.mesh + '/' if k.mesh else ''}{k.name}", 2 * NAME_CHARS)
+    return safe_text(str(k), 2 * NAME_CHARS)
 
 
 def key_fields(k: Key) -> dict[str, str]:
