@@ -264,7 +264,7 @@ class ZoneClient:
             finally:
                 stopper.cancel()
                 waits.close()
-                self.answers.held = None
+                self.answers.reset()
                 if self.session.state is not State.DISCONNECTED and self.session.on_end():
                     log.info("disconnected from global")
                     self.status.disconnected_at = time.time()
@@ -370,6 +370,7 @@ class ZoneClient:
         self.status.last_message_at = time.time()
         global_store_id = self.session.global_store_id
         now = rfc3339()
+        self.answers.applying()
         try:
             result = await self.store.apply_batch(batch, global_store_id, now)
         except ProtocolError:

@@ -19,6 +19,7 @@ from kds.store.results import ORIGIN_GLOBAL
 from kds.store.sqlite import ZoneEngine
 from kds.store.sqlite._db import COLS
 from tests.unit.inprocess import Pair, ZoneRun, running_pair, wait_until
+from zonecp.check_answers import REUSE_S
 from zonecp.client import ZoneClient
 
 T0 = "2026-11-30T00:00:00.000Z"
@@ -67,7 +68,8 @@ async def test_damage_below_the_recorded_revision_is_found_and_repaired(tmp_path
         await wait_until(lambda: zone.client.status.applied_revision == pair.hub.head)
         state = await wait_until(lambda: pair.tracker.zones["zone-a"].last_check, what="check")
         assert state["result"] == "equal" and state["repairedCount"] == 0
-        assert zone.client.answers.held is None  # the check is over: the zone let go of its tree
+        # The check is over: the zone lets go of its tree once a next check could not use it.
+        await wait_until(lambda: zone.client.answers.held is None, timeout=REUSE_S + 5)
         # The zone's own resources: one of its own, one shadowing a synced copy (a conflict).
         await zone.store.put(_secret("mine", b"zone-local"), T0)
         await zone.store.put(Resource(Kind.GLOBAL_SECRET, "shared", data=b"local"), T0)
