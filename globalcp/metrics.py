@@ -69,6 +69,10 @@ class _ZonesCollector(Collector):
         conflicts = gauge(
             "kds_global_zone_conflicts", "Zone-local resources shadowing global ones."
         )
+        refused = gauge(
+            "kds_global_zone_refused_resources",
+            "Changes the zone refuses now, as this global instance last heard (0 once applied).",
+        )
         messages = counter(
             "kds_global_zone_messages_sent", "Sync batches sent to the zone.", ["zone"]
         )
@@ -112,6 +116,7 @@ class _ZonesCollector(Collector):
             if v.lag_seconds is not None:
                 lag_s.add_metric(z, v.lag_seconds)
             conflicts.add_metric(z, s.conflict_count)
+            refused.add_metric(z, v.refused_count)
             messages.add_metric(z, s.messages_sent)
             messages_acked.add_metric(z, s.messages_acked)
             errors.add_metric(z, s.errors)
@@ -129,6 +134,7 @@ class _ZonesCollector(Collector):
             lag,
             lag_s,
             conflicts,
+            refused,
             messages,
             messages_acked,
             sent,

@@ -31,6 +31,7 @@ from google.protobuf.message import DecodeError
 from globalcp.checks import ZoneChecks
 from globalcp.send_plans import SendPlans
 from globalcp.sending import SendLoop
+from globalcp.zone_state import key_label
 from globalcp.zones import CONFLICTS_KEPT, ZoneHandle
 from kds import wire
 from kds._pb import sync_pb2 as pb
@@ -412,5 +413,4 @@ def _key_label(k: pb.ResourceKey) -> str:
     """'Secret:mesh/name' or 'GlobalSecret:name'; a kind this version does not know shows
     as its number (a newer zone may report one)."""
     kind = wire.PB_TO_KIND.get(k.kind)
-    label = str(kind) if kind is not None else f"kind-{k.kind}"
-    return f"{label}:{k.mesh}/{k.name}" if k.mesh else f"{label}:{k.name}"
+    return key_label(str(kind) if kind is not None else f"kind-{k.kind}", k.mesh, k.name)

@@ -35,6 +35,14 @@ ERROR_CHARS = 512
 CONFLICTS_KEPT = 100
 # Differing ranges and repaired keys kept of a zone's last anti-entropy check.
 CHECK_KEYS_KEPT = 20
+# The refusals going on shown per zone (the newest); the count says how many in all.
+REFUSED_SHOWN = 20
+
+
+def key_label(kind: str, mesh: str, name: str) -> str:
+    """How the API names a zone's resource in conflicts and refusals: 'Secret:mesh/name',
+    'GlobalSecret:name'."""
+    return f"{kind}:{mesh}/{name}" if mesh else f"{kind}:{name}"
 
 
 def _per_kind() -> dict[str, int]:
@@ -131,6 +139,10 @@ class ZoneStatusView:
     state: ZoneState
     global_revision: int
     lag_seconds: float | None
+    # The changes the zone refuses now, as this global instance last heard (the newest
+    # REFUSED_SHOWN, each "Type mesh/name" and its reason), and how many in all.
+    refused: tuple[tuple[str, str], ...] = ()
+    refused_count: int = 0
 
     @property
     def lag_revisions(self) -> int:
@@ -158,6 +170,7 @@ class ZoneStatusView:
             "totalUpdates": s.total_updates,
             "totalErrors": s.total_errors,
             "conflictCount": s.conflict_count,
+            "refusedCount": self.refused_count,
             "problem": ({"message": s.problem, "since": _ts(s.problem_at)} if s.problem else None),
         }
 
@@ -178,6 +191,7 @@ class ZoneStatusView:
                 for kind in KINDS
             },
             "conflicts": list(s.conflicts),
+            "refused": [{"key": k, "reason": r} for k, r in self.refused],
             "antiEntropy": {
                 "checks": dict(s.checks),
                 "repaired": s.repaired,

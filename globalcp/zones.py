@@ -39,8 +39,10 @@ from globalcp.zone_state import (
     CONFLICTS_KEPT,
     ERROR_CHARS,
     KINDS,
+    REFUSED_SHOWN,
     ZoneState,
     ZoneStatusView,
+    key_label,
 )
 from kds.errors import StoreError
 from kds.model import Key, Kind
@@ -464,7 +466,14 @@ class ZoneTracker:
 
     async def _view(self, state: ZoneState) -> ZoneStatusView:
         head = self.hub.head
-        return ZoneStatusView(state, head, await self._lag_seconds(state.acked_revision, head))
+        lag = await self._lag_seconds(state.acked_revision, head)
+        refusals = self._refusals.get(state.name)
+        if not refusals:
+            return ZoneStatusView(state, head, lag)
+        refused = tuple(
+            (key_label(k.kind, k.mesh, k.name), r) for k, r in refusals.latest(REFUSED_SHOWN)
+        )
+        return ZoneStatusView(state, head, lag, refused, len(refusals))
 
     async def _lag_seconds(self, acked: int, head: int) -> float | None:
         if acked >= head:

@@ -7,7 +7,8 @@
 
 This module assembles the command line: the root group ``cli`` with the connection options,
 the ``get`` and ``delete`` groups, and the commands of ``kdsctl.apply``, ``kdsctl.resources``,
-``kdsctl.status`` and ``kdsctl.tokens``, which import neither this module nor each other. A
+``kdsctl.status``, ``kdsctl.wait`` and ``kdsctl.tokens``, which do not import this module
+(``kdsctl.wait`` borrows ``kdsctl.status``'s request helpers). A
 new command lives in such a module, takes the API client with ``@pass_client``
 (``kdsctl.client``) and raises ``ApiError`` / ``ApiUnreachable`` or calls ``fail``
 (``kdsctl.render``); it is added to a group here, by name in the group's ``lazy`` map when
@@ -153,7 +154,7 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     lazy={
         "apply": "kdsctl.apply:apply",
         "inspect": "kdsctl.status:inspect",
-        "wait": "kdsctl.status:wait",
+        "wait": "kdsctl.wait:wait",
         "generate": "kdsctl.tokens:generate",
         "revoke": "kdsctl.tokens:revoke",
         "rotate": "kdsctl.tokens:rotate",

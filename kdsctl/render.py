@@ -61,10 +61,10 @@ def print_error(message: str, causes: Iterable[tuple[str, str]] = ()) -> None:
         click.echo(f"  {f}: {m}" if f else f"  {m}", err=True)
 
 
-def fail(message: str, causes: Iterable[tuple[str, str]] = ()) -> NoReturn:
-    """Print ``Error: message`` (and one line per cause) on stderr and exit 1."""
+def fail(message: str, causes: Iterable[tuple[str, str]] = (), code: int = 1) -> NoReturn:
+    """Print ``Error: message`` (and one line per cause) on stderr and exit ``code``."""
     print_error(message, causes)
-    raise click.exceptions.Exit(1)
+    raise click.exceptions.Exit(code)
 
 
 def format_age(timestamp: str, now: datetime) -> str:

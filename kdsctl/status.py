@@ -1,19 +1,17 @@
-"""kdsctl's sync status commands: inspect zones / zone / sync, and wait synced.
+"""kdsctl's sync status commands: inspect zones / zone / sync (wait synced: kdsctl.wait).
 
     kdsctl inspect zones              every zone global knows, as a table
-    kdsctl inspect zone NAME          one zone in detail (per-type counters, conflicts)
+    kdsctl inspect zone NAME          one zone in detail (per-type counters, conflicts, refusals)
     kdsctl inspect sync               against a zone's API: that zone's own view
-    kdsctl wait synced [--zone N]...  exit 0 once the zones acknowledged global's revision
 
 Times shown as "ago" are measured against the server's clock (its Date header), so a skewed
 clock on the machine running kdsctl does not distort them. Every value that came from the API
 is printed through ``safe_text`` (a zone's instance id, version, conflicts and errors are what
-the zone sent). ``kdsctl.cli`` adds the two groups here to the root.
+the zone sent). ``kdsctl.cli`` adds the group here to the root.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -25,7 +23,7 @@ import click
 from kdsctl.client import ApiClient, Response, pass_client
 from kdsctl.render import dump, fail, format_age, safe_text, table
 
-__all__ = ["inspect", "wait"]
+__all__ = ["inspect"]
 
 _OUTPUT = click.option(
     "-o",
@@ -318,8 +316,22 @@ def inspect_zone(client: ApiClient, name: str, output: str, shown: int) -> None:
         click.echo(f"Conflicts ({count}):")
     for c in conflicts:
         click.echo(f"  {safe_text(c)}")
+    _print_refused(z)
     if shown:
         _print_history(client, name, shown, now)
+
+
+def _print_refused(z: Mapping[str, Any]) -> None:
+    refused = z.get("refused")
+    refused = [r for r in refused if isinstance(r, Mapping)] if isinstance(refused, list) else []
+    count = int(z.get("refusedCount") or len(refused))
+    if not count:
+        return  # an older global, or nothing refused
+    more = f", the newest {len(refused)} shown" if count > len(refused) else ""
+    click.echo()
+    click.echo(f"Refused by the zone ({count}{more}; global sends them again at each check):")
+    for r in refused:
+        click.echo("  " + safe_text(f"{r.get('key')}: {r.get('reason')}"))
 
 
 @inspect.command("sync")
@@ -373,89 +385,3 @@ def inspect_sync(client: ApiClient, output: str) -> None:
     for c in conflicts:
         where = f"{c['mesh']}/{c['name']}" if c.get("mesh") else c["name"]
         click.echo(f"  {safe_text(c['type'])} {safe_text(where)}: this zone's own copy is served")
-
-
-# --------------------------------------------------------------------------- wait
-
-
-def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
-    from kds.config import parse_duration  # kds.config loads yaml: only wait synced needs it
-
-    try:
-        return parse_duration(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
-
-
-@click.group()
-def wait() -> None:
-    """Wait for a condition instead of sleeping in scripts."""
-
-
-@wait.command("synced")
-@click.option(
-    "--zone",
-    "zones",
-    multiple=True,
-    metavar="NAME",
-    help="A zone to wait for (repeatable). Default: every zone Online when the wait starts.",
-)
-@click.option(
-    "--timeout",
-    "wait_for",
-    default="30s",
-    show_default=True,
-    callback=_duration,
-    metavar="DURATION",
-    help="Give up after this long (5s, 2m, ...).",
-)
-@click.option(
-    "--interval",
-    default="250ms",
-    show_default=True,
-    callback=_duration,
-    metavar="DURATION",
-    help="How often to ask global.",
-)
-@pass_client
-def wait_synced(
-    client: ApiClient, zones: tuple[str, ...], wait_for: float, interval: float
-) -> None:
-    """Exit 0 once every zone has acknowledged global's current revision.
-
-    The revision is global's when the wait starts; later writes are not waited for. A zone
-    named with --zone that has not connected yet is waited for. On timeout, exits 1 and says
-    which zones lag and by how much.
-    """
-    _need_role(client, "global", "wait synced")
-    deadline = time.monotonic() + wait_for
-    answer, now = _get(client, "/zones")
-    target = int(answer.get("globalRevision", 0))
-    wanted = list(zones) or [z["name"] for z in answer["items"] if z["status"] == "Online"]
-    if not wanted:
-        click.echo("No zone is online: nothing to wait for.", err=True)
-        return
-    while True:
-        by_name = {z["name"]: z for z in answer["items"]}
-        lagging = [n for n in wanted if n not in by_name or by_name[n]["ackedRevision"] < target]
-        if not lagging:
-            names = safe_text(", ".join(wanted))
-            click.echo(f"{len(wanted)} zone(s) synced to revision {target}: {names}")
-            return
-        if time.monotonic() >= deadline:
-            fail(
-                f"timed out after {wait_for:g}s: {len(lagging)} of {len(wanted)} zone(s) have "
-                f"not acknowledged revision {target}",
-                [("", safe_text(_behind(n, by_name.get(n), target, now))) for n in lagging],
-            )
-        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
-        answer, now = _get(client, "/zones")
-
-
-def _behind(name: str, z: Mapping[str, Any] | None, target: int, now: datetime) -> str:
-    if z is None:
-        return f"{name}: has never connected to this global"
-    where = f"{name}: {z['status']}, acknowledged {z['ackedRevision']} ({target - z['ackedRevision']} behind)"
-    if z["status"] != "Online":
-        where += f", offline since {_since(z.get('disconnectedAt'), now)}"
-    return where + f", last update {_since(z.get('lastUpdateAt'), now)}"

@@ -38,6 +38,12 @@ class Refusals(Generic[K]):
     def __bool__(self) -> bool:
         return bool(self._reasons)
 
+    def latest(self, most: int) -> list[tuple[K, str]]:
+        """The ``most`` newest refusals, each with its reason, newest last."""
+        if most <= 0:
+            return []
+        return list(self._reasons.items())[-most:]
+
     def repeats(self, refused: Iterable[tuple[K, str]]) -> set[K]:
         """The keys of ``refused`` refused before for the same reason."""
         reasons = self._reasons

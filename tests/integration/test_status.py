@@ -329,3 +329,37 @@ def test_zone_history_resources_and_latency_survive_a_global_restart(cluster: Cl
     r = g.http.get("/zones/zone-a/events?limit=x")
     assert r.status_code == 400 and "limit" in r.text
     assert g.http.get("/zones/nowhere/events").status_code == 404
+
+
+def test_wait_synced_and_inspect_name_a_change_a_zone_refuses(cluster: Cluster) -> None:
+    """A zone keeps a synced Mesh global deleted while its own secret lives in it: the zone
+    acknowledged the revision but does not hold what global holds. wait synced says so (exit
+    3, the change and the zone's reason) instead of 'synced'; once the zone's secret is gone,
+    the next check deletes the Mesh and the wait succeeds."""
+    g = cluster.start_global("--anti-entropy-interval", "1s")
+    a = cluster.start_zone("zone-a")
+    assert g.put("/meshes/m1", {"type": "Mesh", "name": "m1"}).status_code == 201
+    cluster.kdsctl("wait", "synced", "--timeout", "10s")
+    assert a.put("/meshes/m1/secrets/mine", _secret("mine", "local", "m1")).status_code == 201
+    assert g.http.delete("/meshes/m1").status_code == 200
+    head = g.get_json("/zones")["globalRevision"]
+    wait_for(lambda: _zone(g, "zone-a")["ackedRevision"] == head, what="the delete acknowledged")
+    summary = next(z for z in g.get_json("/zones")["items"] if z["name"] == "zone-a")
+    assert summary["refusedCount"] == 1
+    refused = _zone(g, "zone-a")["refused"]
+    assert [r["key"] for r in refused] == ["Mesh:m1"] and "zone-local" in refused[0]["reason"]
+
+    r = cluster.kdsctl("wait", "synced", "--timeout", "5s", check=False)
+    assert r.returncode == 3, r.stderr
+    assert f"1 zone(s) acknowledged revision {head} but refuse 1 change(s)" in r.stderr
+    assert "zone-a: refuses 1 change(s)" in r.stderr and "Mesh:m1: " in r.stderr
+    assert _metrics(g)[("kds_global_zone_refused_resources", (("zone", "zone-a"),))] == 1
+    shown = cluster.kdsctl("inspect", "zone", "zone-a").stdout
+    assert "Refused by the zone (1;" in shown and "  Mesh:m1: " in shown
+
+    assert a.http.delete("/meshes/m1/secrets/mine").status_code == 200
+    wait_for(lambda: a.http.get("/meshes/m1").status_code == 404, 20, "the Mesh deleted")
+    wait_for(lambda: _zone(g, "zone-a")["refused"] == [], 20, "the refusal over")
+    assert _metrics(g)[("kds_global_zone_refused_resources", (("zone", "zone-a"),))] == 0
+    r = cluster.kdsctl("wait", "synced", "--timeout", "10s")
+    assert "1 zone(s) synced to revision" in r.stdout

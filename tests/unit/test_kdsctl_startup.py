@@ -81,6 +81,7 @@ WRITING = (
     "kdsctl.inputs",
     "kdsctl.tokens",
     "kdsctl.status",
+    "kdsctl.wait",
     "kds.model",
     "kds.kubernetes",
     "kds.mtls",
