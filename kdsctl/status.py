@@ -106,6 +106,9 @@ def inspect_zones(client: ApiClient, output: str) -> None:
     TOTAL UPDATES       resource changes the zone acknowledged
     TOTAL ERRORS        rejected resources, refused streams, protocol errors
     CONFLICTS           zone-local resources shadowing global ones (names: inspect zone)
+
+    Below the table, a line per zone that reports a problem (its disk is full, say) and per
+    zone that refuses changes global sent (which and why: inspect zone).
     """
     _need_role(client, "global", "inspect zones")
     answer, now = _get(client, "/zones")
@@ -149,10 +152,16 @@ def inspect_zones(client: ApiClient, output: str) -> None:
             row.append(str(z.get("globalInstance") or "-"))
     click.echo(_table(headers, rows))
     failing = [z for z in items if z.get("problem")]
-    if failing:
+    refusing = [z for z in items if isinstance(z.get("refusedCount"), int) and z["refusedCount"]]
+    if failing or refusing:
         click.echo()
     for z in failing:
         click.echo(f"{safe_text(z['name'])} reports: {_problem_line(z, now)}")
+    for z in refusing:
+        name = safe_text(z["name"])
+        click.echo(
+            f"{name} refuses {z['refusedCount']} change(s) global sent (kdsctl inspect zone {name})"
+        )
 
 
 def _fields(pairs: Sequence[tuple[str, str]]) -> str:

@@ -354,6 +354,8 @@ def test_wait_synced_and_inspect_name_a_change_a_zone_refuses(cluster: Cluster) 
     assert f"1 zone(s) acknowledged revision {head} but refuse 1 change(s)" in r.stderr
     assert "zone-a: refuses 1 change(s)" in r.stderr and "Mesh:m1: " in r.stderr
     assert _metrics(g)[("kds_global_zone_refused_resources", (("zone", "zone-a"),))] == 1
+    table = cluster.kdsctl("inspect", "zones").stdout
+    assert "zone-a refuses 1 change(s) global sent (kdsctl inspect zone zone-a)" in table
     shown = cluster.kdsctl("inspect", "zone", "zone-a").stdout
     assert "Refused by the zone (1;" in shown and "  Mesh:m1: " in shown
 
