@@ -12,8 +12,6 @@ an unknown key or a bad value is an error naming the key and the source.
 from __future__ import annotations
 
 import dataclasses
-import math
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,127 +22,36 @@ import click
 from kds.config_address import parse_address, parse_global_address
 from kds.config_file import read_config_file
 from kds.config_store import postgres_url, schema_name, store_backend
-from kds.errors import ConfigError, shown
+from kds.config_values import (
+    ack_delay,
+    duration_from,
+    format_duration,
+    format_size,
+    message_bytes,
+    optional_path,
+    parse_bool,
+    parse_duration,
+    parse_log_format,
+    parse_log_level,
+    parse_names,
+    parse_path,
+    parse_size,
+    parse_zone_name,
+    positive_int,
+)
+from kds.errors import ConfigError
 
 __all__ = [
     "GlobalConfig",
     "ZoneConfig",
     "click_options",
+    "format_duration",
+    "format_size",
     "load_config",
     "parse_address",
     "parse_duration",
     "parse_size",
 ]
-
-# Used with fullmatch only ("$" would also match before a final newline); ASCII digits only.
-_DURATION_RE = re.compile(r"\s*([0-9]{1,15}(?:\.[0-9]{1,9})?)\s*(ms|s|m|h|d)?\s*", re.ASCII)
-_SIZE_RE = re.compile(r"\s*([0-9]{1,15})\s*(B|KiB|MiB|GiB|KB|MB|GB)?\s*", re.ASCII)
-# The longest duration accepted anywhere (options, token lifetimes): 100 years.
-MAX_DURATION = 100 * 365 * 86400.0
-_SIZE_UNITS = {
-    None: 1,
-    "B": 1,
-    "KiB": 1024,
-    "MiB": 1024**2,
-    "GiB": 1024**3,
-    "KB": 1000,
-    "MB": 1000**2,
-    "GB": 1000**3,
-}
-
-
-def parse_duration(value: object) -> float:
-    """'5s', '250ms', '2m', '1h', '30d' or a number of seconds -> seconds."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        n = float(value) if -MAX_DURATION <= value <= MAX_DURATION else math.inf
-    else:
-        m = _DURATION_RE.fullmatch(value) if isinstance(value, str) else None
-        if not m:
-            raise ValueError(f"{shown(value)} is not a duration like 5s, 250ms, 2m, 1h or 30d")
-        n = float(m.group(1))
-        n *= {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}[m.group(2)]
-    if n < 0:
-        raise ValueError("must not be negative")
-    if not n <= MAX_DURATION:  # also NaN
-        raise ValueError("must be at most 100 years (36500d)")
-    return n
-
-
-def parse_size(value: object) -> int:
-    """'1MiB', '512KiB', '4MB' or a number of bytes -> bytes."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value <= 0:
-            raise ValueError("must be positive")
-        return value
-    m = _SIZE_RE.fullmatch(value) if isinstance(value, str) else None
-    if not m:
-        raise ValueError(f"{shown(value)} is not a size like 1048576, 512KiB or 4MiB")
-    n = int(m.group(1)) * _SIZE_UNITS[m.group(2)]
-    if n <= 0:
-        raise ValueError("must be positive")
-    return n
-
-
-def _ack_delay(value: object) -> float:
-    if (n := parse_duration(value)) > 1.0:
-        raise ValueError("must be at most 1s (global's view of each zone lags by this much)")
-    return n
-
-
-def _optional_path(value: object) -> Path | None:
-    return Path(str(value)) if str(value) else None
-
-
-def _names(value: object) -> tuple[str, ...]:
-    """'a,b,c' (or a YAML list) -> ('a', 'b', 'c')."""
-    items = value if isinstance(value, list | tuple) else str(value).split(",")
-    names = tuple(str(n).strip() for n in items if str(n).strip())
-    if not names:
-        raise ValueError("give at least one name")
-    return names
-
-
-def _bool(value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    if (text := str(value).strip().lower()) in {"1", "true", "yes", "on"}:
-        return True
-    if text in {"0", "false", "no", "off", ""}:
-        return False
-    raise ValueError(f"{value!r} is not true or false")
-
-
-def _path(value: object) -> Path:
-    return Path(str(value))
-
-
-def _positive_int(value: object) -> int:
-    if (n := int(str(value))) <= 0:
-        raise ValueError("must be a positive integer")
-    return n
-
-
-def _level(value: object) -> str:
-    text = str(value).lower()
-    if text not in {"debug", "info", "warning", "error"}:
-        raise ValueError("must be one of debug, info, warning, error")
-    return text
-
-
-def _fmt(value: object) -> str:
-    text = str(value).lower()
-    if text not in {"json", "console"}:
-        raise ValueError("must be json or console")
-    return text
-
-
-def _zone_name(value: object) -> str:
-    from kds.model import validate_name
-
-    errs = validate_name(value, "zone")
-    if errs:
-        raise ValueError(errs[0].message)
-    return str(value)
 
 
 def opt(
@@ -156,55 +63,63 @@ def opt(
 
 @dataclass(frozen=True)
 class _Common:
-    log_level: str = opt("info", _level, "Log level: debug, info, warning or error.", "LEVEL")
+    log_level: str = opt(
+        "info", parse_log_level, "Log level: debug, info, warning or error.", "LEVEL"
+    )
     log_format: str = opt(
-        "console", _fmt, "Log format: console (human) or json (one object a line).", "FMT"
+        "console",
+        parse_log_format,
+        "Log format: console (human) or json (one object a line).",
+        "FMT",
     )
     max_data_bytes: int = opt(
         1024 * 1024, parse_size, "Largest decoded secret value accepted (e.g. 1MiB).", "SIZE"
     )
     max_message_bytes: int = opt(
         4 * 1024 * 1024,
-        parse_size,
-        "Largest sync message sent or received; batches are split to fit it.",
+        message_bytes,
+        "Largest sync message sent or received; batches are split to fit it. At least 16KiB.",
         "SIZE",
     )
     keepalive_interval: float = opt(
-        3.0, parse_duration, "Ping the peer after this much silence on the sync stream.", "DURATION"
+        3.0,
+        duration_from(1.0, "each ping is a write on both ends of every stream"),
+        "Ping the peer after this much silence on the sync stream. At least 1s.",
+        "DURATION",
     )
     keepalive_timeout: float = opt(
         2.0,
-        parse_duration,
-        "Declare the peer dead when a ping is unanswered this long.",
+        duration_from(0.1, "a ping cannot be answered sooner"),
+        "Declare the peer dead when a ping is unanswered this long. At least 100ms.",
         "DURATION",
     )
     admin_token_file: Path | None = opt(
         None,
-        _optional_path,
+        optional_path,
         "File holding the API's admin bearer token (default: DATA_DIR/admin-token, created "
         "0600 at first start).",
         "FILE",
     )
     read_only_token_file: Path | None = opt(
         None,
-        _optional_path,
+        optional_path,
         "File holding the API's read-only bearer token, which reads metadata but never "
         "secret data (default: DATA_DIR/read-only-token, created 0600 at first start).",
         "FILE",
     )
     api_tls_cert_file: Path | None = opt(
         None,
-        _optional_path,
+        optional_path,
         "Serve the HTTP API over HTTPS (TLS 1.2+) with this certificate (PEM chain); "
         "replaced files are used for new connections without a restart. Default: plain HTTP.",
         "FILE",
     )
     api_tls_key_file: Path | None = opt(
-        None, _optional_path, "Private key of --api-tls-cert-file (PEM).", "FILE"
+        None, optional_path, "Private key of --api-tls-cert-file (PEM).", "FILE"
     )
     encryption_key_file: Path | None = opt(
         None,
-        _optional_path,
+        optional_path,
         "Encrypt secret data in the store with AES-256-GCM. The file holds base64 keys of 32 "
         "bytes, one a line: the first encrypts, all decrypt (rotate by adding a new first line).",
         "FILE",
@@ -226,7 +141,7 @@ class _Common:
     )
     postgres_password_file: Path | None = opt(
         None,
-        _optional_path,
+        optional_path,
         "File holding the PostgreSQL password (first line), so it is not in the process list.",
         "FILE",
     )
@@ -247,7 +162,7 @@ class _Common:
     )
     new_store: bool = opt(
         False,
-        _bool,
+        parse_bool,
         "Accept a new empty store where the data dir's marker (<store file>.id) says one was "
         "(the store file is missing or empty): only when its data is meant to be gone.",
         flag=True,
@@ -257,7 +172,7 @@ class _Common:
 @dataclass(frozen=True)
 class GlobalConfig(_Common):
     data_dir: Path = opt(
-        Path("globalcp-data"), _path, "Directory for the store (created 0700).", "DIR"
+        Path("globalcp-data"), parse_path, "Directory for the store (created 0700).", "DIR"
     )
     api_address: tuple[str, int] = opt(
         ("127.0.0.1", 5681), parse_address, "HTTP API listen address.", "HOST:PORT"
@@ -270,7 +185,7 @@ class GlobalConfig(_Common):
     )
     kds_max_connections: int = opt(
         1024,
-        _positive_int,
+        positive_int,
         "Most connections the sync port holds at once (one per connected zone, plus any "
         "still in their TLS handshake, at most 10 s, or without a stream, at most 60 s); "
         "raise it above the zone count.",
@@ -278,23 +193,23 @@ class GlobalConfig(_Common):
     )
     log_size: int = opt(
         10_000,
-        _positive_int,
+        positive_int,
         "Changes kept in the change log; a zone further behind gets a full snapshot.",
         "N",
     )
     max_unacked: int = opt(
-        64, _positive_int, "Unacknowledged batches (1 MiB at most) in flight per zone.", "N"
+        64, positive_int, "Unacknowledged batches (1 MiB at most) in flight per zone.", "N"
     )
     snapshot_streams: int = opt(
         20,
-        _positive_int,
+        positive_int,
         "Zones sent a full snapshot at once (new zones, a replaced store); the others wait "
         "their turn in order, kept alive by heartbeats. Bounds global's memory in a storm.",
         "N",
     )
     ack_delay: float = opt(
         0.5,
-        _ack_delay,
+        ack_delay,
         "How long a zone may hold an ack to cover the batches that follow with one message, "
         "when batches come within this of each other (global's view of the zone then lags "
         "by up to this; a single write, and every part of a bulk apply, is acknowledged at "
@@ -302,7 +217,10 @@ class GlobalConfig(_Common):
         "DURATION",
     )
     heartbeat_interval: float = opt(
-        2.0, parse_duration, "Send global's revision to idle zones this often.", "DURATION"
+        2.0,
+        duration_from(0.1, "0 would send heartbeats without pause"),
+        "Send global's revision to idle zones this often. At least 100ms.",
+        "DURATION",
     )
     anti_entropy_interval: float = opt(
         300.0,
@@ -313,25 +231,25 @@ class GlobalConfig(_Common):
     )
     tls_cert_file: Path | None = opt(
         None,
-        _optional_path,
+        optional_path,
         "Sync server certificate (PEM chain). Default: one global makes and signs with its "
         "own CA (DATA_DIR/ca.crt is the CA to give zones). Replaced files are used for new "
         "connections without a restart.",
         "FILE",
     )
     tls_key_file: Path | None = opt(
-        None, _optional_path, "Private key of --tls-cert-file (PEM).", "FILE"
+        None, optional_path, "Private key of --tls-cert-file (PEM).", "FILE"
     )
     tls_names: tuple[str, ...] = opt(
         (),
-        _names,
+        parse_names,
         "Names and addresses (comma-separated) of the generated sync certificate. Default: "
         "this host's name, localhost, its addresses.",
         "NAMES",
     )
     kds_insecure: bool = opt(
         False,
-        _bool,
+        parse_bool,
         "Serve the sync stream in plaintext without zone tokens (for tests on one host only; "
         "a warning is logged at every start).",
         flag=True,
@@ -340,7 +258,7 @@ class GlobalConfig(_Common):
 
 @dataclass(frozen=True)
 class ZoneConfig(_Common):
-    zone: str = opt("", _zone_name, "This zone's name (RFC 1123 subdomain). Required.", "NAME")
+    zone: str = opt("", parse_zone_name, "This zone's name (RFC 1123 subdomain). Required.", "NAME")
     global_address: str = opt(
         "grpcs://127.0.0.1:5685",
         parse_global_address,
@@ -351,26 +269,26 @@ class ZoneConfig(_Common):
     )
     ca_file: Path | None = opt(
         None,
-        _optional_path,
+        optional_path,
         "CA certificate (PEM) that signed global's sync certificate, e.g. global's "
         "DATA_DIR/ca.crt. Default: the system's trusted CAs.",
         "FILE",
     )
     token_file: Path | None = opt(
         None,
-        _optional_path,
+        optional_path,
         "File holding this zone's token (kdsctl generate zone-token); read at every dial. "
         "Required unless --insecure.",
         "FILE",
     )
     insecure: bool = opt(
         False,
-        _bool,
+        parse_bool,
         "Dial global in plaintext (grpc://) without a token; a warning is logged at every start.",
         flag=True,
     )
     data_dir: Path = opt(
-        Path("zonecp-data"), _path, "Directory for the store (created 0700).", "DIR"
+        Path("zonecp-data"), parse_path, "Directory for the store (created 0700).", "DIR"
     )
     api_address: tuple[str, int] = opt(
         ("127.0.0.1", 5682), parse_address, "HTTP API listen address.", "HOST:PORT"
@@ -390,24 +308,6 @@ _COMMON_NAMES = frozenset(f.name for f in dataclasses.fields(_Common))
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
-
-
-def format_duration(seconds: float) -> str:
-    """A duration as an option takes it, in its largest whole unit: 2s, 15m, 1.5s, 250ms."""
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    if seconds >= 1:
-        return f"{seconds:g}s"
-    return f"{seconds * 1000:g}ms"
-
-
-def format_size(n: int) -> str:
-    """A size as an option takes it, in its largest whole binary unit: 1MiB, 4MiB, 512B."""
-    for unit in ("GiB", "MiB", "KiB"):
-        if n >= _SIZE_UNITS[unit] and n % _SIZE_UNITS[unit] == 0:
-            return f"{n // _SIZE_UNITS[unit]}{unit}"
-    return f"{n}B"
 
 
 def click_options(cls: type[C], env_prefix: str) -> Callable[[Callable[..., Any]], Any]:
@@ -485,4 +385,22 @@ def load_config(
             parsed[name] = fields[name].metadata["parse"](value)
         except (ValueError, TypeError) as e:
             raise ConfigError(f"{_flag(name)} (from {origin[name]}): {e}") from None
-    return cls(**parsed)
+    cfg = cls(**parsed)
+    if isinstance(cfg, GlobalConfig) and _same_port(cfg.api_address, cfg.kds_address):
+        raise ConfigError(
+            f"--api-address {_address(cfg.api_address)} and --kds-address "
+            f"{_address(cfg.kds_address)} share a port: give each its own"
+        )
+    return cfg
+
+
+_ANY_HOST = frozenset({"0.0.0.0", "::", ""})
+
+
+def _same_port(a: tuple[str, int], b: tuple[str, int]) -> bool:
+    """Whether two listen addresses would take one port (port 0 picks a free one)."""
+    return a[1] == b[1] != 0 and (a[0] == b[0] or a[0] in _ANY_HOST or b[0] in _ANY_HOST)
+
+
+def _address(a: tuple[str, int]) -> str:
+    return f"[{a[0]}]:{a[1]}" if ":" in a[0] else f"{a[0]}:{a[1]}"

@@ -64,6 +64,59 @@ def test_bad_value_names_option_and_source(tmp_path: Path) -> None:
     assert load_config(GlobalConfig, None, {"ack_delay": "0"}, {}).ack_delay == 0.0
 
 
+@pytest.mark.parametrize(
+    ("cls", "given", "message"),
+    [
+        # Each started before and left the daemon spinning or never in sync.
+        (GlobalConfig, {"heartbeat_interval": "0"}, r"--heartbeat-interval .*at least 100ms"),
+        (ZoneConfig, {"keepalive_interval": "0"}, r"--keepalive-interval .*at least 1s"),
+        (GlobalConfig, {"keepalive_timeout": "0"}, r"--keepalive-timeout .*at least 100ms"),
+        (ZoneConfig, {"max_message_bytes": "1"}, r"--max-message-bytes .*at least 16KiB"),
+        # Said what a number must be, not Python's parse error.
+        (GlobalConfig, {"log_size": "abc"}, r"--log-size \(from flag\): 'abc' is not a positive"),
+        (GlobalConfig, {"log_size": 1.5}, r"--log-size .*1.5 is not a positive integer"),
+        (GlobalConfig, {"max_unacked": True}, r"--max-unacked .*not a positive integer"),
+        (GlobalConfig, {"tls_names": {"a": 1}}, r"--tls-names .*as a list or comma-separated"),
+    ],
+)
+def test_values_that_leave_a_daemon_useless_are_refused(
+    cls: type[GlobalConfig] | type[ZoneConfig], given: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(cls, None, given, {})  # type: ignore[arg-type]
+
+
+def test_the_smallest_values_allowed_are_taken() -> None:
+    cfg = load_config(
+        GlobalConfig,
+        None,
+        {"heartbeat_interval": "100ms", "keepalive_interval": "1s", "keepalive_timeout": "100ms",
+         "max_message_bytes": "16KiB", "log_size": "1"},
+        {},
+    )  # fmt: skip
+    assert (cfg.heartbeat_interval, cfg.keepalive_interval, cfg.keepalive_timeout) == (
+        0.1,
+        1.0,
+        0.1,
+    )
+    assert (cfg.max_message_bytes, cfg.log_size) == (16 * 1024, 1)
+
+
+def test_the_api_and_sync_ports_must_differ() -> None:
+    """One port for both started the store and its CA, then failed to bind as if another
+    process held the port."""
+    same = {"api_address": "127.0.0.1:19681", "kds_address": "127.0.0.1:19681"}
+    with pytest.raises(ConfigError, match=r"--api-address 127.0.0.1:19681 and --kds-address "):
+        load_config(GlobalConfig, None, same, {})
+    wild = {"api_address": "0.0.0.0:19681", "kds_address": "127.0.0.1:19681"}
+    with pytest.raises(ConfigError, match="share a port"):
+        load_config(GlobalConfig, None, wild, {})
+    apart = {"api_address": "127.0.0.1:0", "kds_address": "127.0.0.1:0"}
+    assert load_config(GlobalConfig, None, apart, {}).kds_address == ("127.0.0.1", 0)
+    other_host = {"api_address": "127.0.0.1:19681", "kds_address": "127.0.0.2:19681"}
+    assert load_config(GlobalConfig, None, other_host, {}).api_address[1] == 19681
+
+
 def test_file_must_be_a_map(tmp_path: Path) -> None:
     """A file that is not a YAML map, or not YAML at all, is a clear error."""
     f = tmp_path / "g.yaml"
