@@ -43,7 +43,8 @@ def wait() -> None:
     "zones",
     multiple=True,
     metavar="NAME",
-    help="A zone to wait for (repeatable). Default: every zone Online when the wait starts.",
+    help="A zone to wait for (repeatable). Default: every zone Online when the wait starts, "
+    "or every zone global knows if none is.",
 )
 @click.option(
     "--timeout",
@@ -66,10 +67,12 @@ def wait() -> None:
 def wait_synced(
     client: ApiClient, zones: tuple[str, ...], wait_for: float, interval: float
 ) -> None:
-    """Exit 0 once every zone has acknowledged global's current revision and applied it.
+    """Exit 0 once the zones have acknowledged global's current revision and applied it.
 
-    The revision is global's when the wait starts; later writes are not waited for. A zone
-    named with --zone that has not connected yet is waited for. On timeout, exits 1 and says
+    The revision is global's when the wait starts; later writes are not waited for. The zones
+    are those named with --zone (one that has not connected yet is waited for), else every
+    zone Online when the wait starts, else (none is) every zone global knows; with no zone
+    known at all there is nothing to wait for (exit 0, said on stderr). On timeout, exits 1 and says
     which zones lag and by how much. Exits 3 when they all acknowledged it but some refuse
     changes global sent (a Mesh a zone keeps while its own secrets live in it, say): global
     keeps sending those changes, and a zone applies them once its reason is gone; until then
@@ -79,9 +82,12 @@ def wait_synced(
     deadline = time.monotonic() + wait_for
     answer, now = _get(client, "/zones")
     target = int(answer.get("globalRevision", 0))
-    wanted = list(zones) or [z["name"] for z in answer["items"] if z["status"] == "Online"]
+    known = [z["name"] for z in answer["items"]]
+    online = [z["name"] for z in answer["items"] if z["status"] == "Online"]
+    # No zone online is no proof of anything: then every zone global knows is waited for.
+    wanted = list(zones) or online or known
     if not wanted:
-        click.echo("No zone is online: nothing to wait for.", err=True)
+        click.echo("No zone has connected to this global: nothing to wait for.", err=True)
         return
     while True:
         by_name = {z["name"]: z for z in answer["items"]}
