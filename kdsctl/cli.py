@@ -147,6 +147,18 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     ctx.exit()
 
 
+def _timeout(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    from kds.config_values import parse_duration
+
+    try:
+        seconds = parse_duration(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    if seconds <= 0:
+        raise click.BadParameter("must be more than 0")
+    return seconds
+
+
 @click.group(
     "kdsctl",
     cls=_RootGroup,
@@ -170,11 +182,13 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=10.0,
+    envvar="KDSCTL_TIMEOUT",
+    default="10s",
     show_default=True,
-    metavar="SECONDS",
-    help="How long to wait for each API answer.",
+    callback=_timeout,
+    metavar="DURATION",
+    help="How long to wait for connecting and for each API answer (10s, 500ms, 2m; a bare "
+    "number is seconds). Environment: KDSCTL_TIMEOUT.",
 )
 @click.option(
     "--token",

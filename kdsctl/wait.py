@@ -24,7 +24,7 @@ __all__ = ["wait"]
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
-    from kds.config import parse_duration  # kds.config loads yaml: only wait synced needs it
+    from kds.config_values import parse_duration
 
     try:
         return parse_duration(value)

@@ -587,3 +587,17 @@ def test_a_global_from_before_json_lines_gets_the_apply_as_json(
     assert len(res.stdout.splitlines()) == count
     summaries = [e["total"] for e in server.logs if e["event"] == "resources applied"]
     assert summaries == [count]
+
+
+def test_timeout_takes_a_duration_as_every_other_option(server: Server) -> None:
+    """--timeout 10s failed ('not a valid float range') where every other duration takes it."""
+    for given in (["--timeout", "10s"], ["--timeout", "2.5"], ["--timeout", "500ms"]):
+        res = CliRunner().invoke(cli, ["--api-url", server.url, *given, "get", "meshes"])
+        assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(
+        cli, ["--api-url", server.url, "get", "meshes"], env={"KDSCTL_TIMEOUT": "3s"}
+    )
+    assert res.exit_code == 0, res.output
+    for bad, why in (("0", "must be more than 0"), ("soon", "is not a duration")):
+        res = CliRunner().invoke(cli, ["--timeout", bad, "get", "meshes"])
+        assert res.exit_code == 2 and "--timeout" in res.stderr and why in res.stderr
