@@ -18,7 +18,7 @@ import click
 from kds.config import GlobalConfig, ZoneConfig, load_config
 from kds.errors import KdsError
 from kds.runtime import ensure_private_dir
-from kds.store.postgres import PgTarget, import_sqlite_store
+from kds.store.postgres import PgTarget, import_sqlite_store, require_sqlite_store
 from kds.store.target import store_location
 
 __all__ = ["Copied", "migrate_store"]
@@ -55,6 +55,7 @@ def migrate_store(
     try:
         cfg = load_config(config_cls, config_file, given, sources)
         cfg = dataclasses.replace(cfg, store="postgres")
+        require_sqlite_store(cfg.data_dir / f"{role}.db", role)  # before the dir is made
         data_dir = ensure_private_dir(cfg.data_dir)
         target = store_location(cfg, data_dir)
         assert isinstance(target, PgTarget)

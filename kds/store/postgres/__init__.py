@@ -19,7 +19,11 @@ from __future__ import annotations
 
 from kds.store.postgres._db import SCHEMA_VERSION, PgTarget, describe
 from kds.store.postgres._global import PgGlobalEngine
-from kds.store.postgres._import import import_sqlite_global, import_sqlite_store
+from kds.store.postgres._import import (
+    import_sqlite_global,
+    import_sqlite_store,
+    require_sqlite_store,
+)
 from kds.store.postgres._leader import Leadership
 from kds.store.postgres._stores import PgGlobalStore, PgZoneStore
 from kds.store.postgres._zone import NotLeader, PgZoneEngine
@@ -36,4 +40,5 @@ __all__ = [
     "describe",
     "import_sqlite_global",
     "import_sqlite_store",
+    "require_sqlite_store",
 ]

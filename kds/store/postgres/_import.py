@@ -71,12 +71,17 @@ def import_sqlite_global(path: Path, target: PgTarget) -> tuple[str, dict[str, i
     return import_sqlite_store(path, target, "global")
 
 
+def require_sqlite_store(path: Path, role: str) -> None:
+    """StoreError unless the SQLite store of ``role`` to copy is at ``path``."""
+    if not path.is_file():
+        raise StoreError(f"{path} does not exist: give the SQLite {role}'s --data-dir")
+
+
 def import_sqlite_store(path: Path, target: PgTarget, role: str) -> tuple[str, dict[str, int]]:
     """Copy the SQLite store of ``role`` at ``path`` into ``target``'s (empty) schema: its
     store id, and the rows copied per table (and, for global, the head revision as ``head``;
     for a zone, its applied revision as ``applied_revision``)."""
-    if not path.exists():
-        raise StoreError(f"{path} does not exist: give the SQLite {role}'s --data-dir")
+    require_sqlite_store(path, role)
     src = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         return _copy(src, path, target, role)
