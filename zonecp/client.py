@@ -483,4 +483,9 @@ def _hint(text: str) -> str:
             " (this looks like an HTTP port, not the sync port"
             " (global's --kds-address, default 5685))"
         )
+    if "Hostname Verification Check failed" in text:
+        return (
+            " (global's certificate does not name the host dialled: dial a name it holds (global's"
+            " --tls-names; its own certificate is DATA_DIR/tls/server.crt) or add this host there)"
+        )
     return ""

@@ -83,3 +83,9 @@ def test_zone_dial_errors_carry_a_hint() -> None:
     http = "UNAVAILABLE: ... SSL routines:OPENSSL_internal:WRONG_VERSION_NUMBER: Invalid"
     assert "not the sync port (global's --kds-address, default 5685)" in _hint(http)
     assert _hint("UNAVAILABLE: failed to connect to all addresses; Connection refused") == ""
+    name = (
+        "UNAVAILABLE: failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:"
+        "5685: Custom verification check failed with error: UNAUTHENTICATED: Hostname "
+        "Verification Check failed."
+    )
+    assert "does not name the host dialled" in _hint(name) and "--tls-names" in _hint(name)
