@@ -330,13 +330,14 @@ def click_options(cls: type[C], env_prefix: str) -> Callable[[Callable[..., Any]
                 shown = default
             shown = "none" if shown in ("", None, ()) else shown
             if f.metadata["flag"]:
+                # --x/--no-x: a flag on the command line wins over the file and environment
+                # either way.
                 fn = click.option(
-                    _flag(f.name),
+                    f"{_flag(f.name)}/--no-{f.name.replace('_', '-')}",
                     f.name,
-                    is_flag=True,
                     default=None,
                     envvar=env,
-                    help=f"{f.metadata['help']} [env {env}]",
+                    help=f"{f.metadata['help']} [env {env}; default {'on' if default else 'off'}]",
                 )(fn)
                 continue
             fn = click.option(

@@ -4,7 +4,9 @@ defaults; every bad value is refused naming the option and where it came from.""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -83,7 +85,7 @@ def test_values_that_leave_a_daemon_useless_are_refused(
     cls: type[GlobalConfig] | type[ZoneConfig], given: dict[str, object], message: str
 ) -> None:
     with pytest.raises(ConfigError, match=message):
-        load_config(cls, None, given, {})  # type: ignore[arg-type]
+        load_config(cls, None, given, {})  # type: ignore[type-var]
 
 
 def test_the_smallest_values_allowed_are_taken() -> None:
@@ -185,3 +187,36 @@ def test_help_explains_every_option() -> None:
     for flag in ("--data-dir", "--api-address", "--kds-address", "--log-size", "--config"):
         assert flag in out
     assert "GLOBALCP_KDS_ADDRESS" in out and "default 127.0.0.1:5685" in out
+
+
+@pytest.mark.parametrize(
+    ("cli", "prefix", "flag", "field"),
+    [(globalcp_cli, "GLOBALCP", "kds-insecure", "kds_insecure"), (zonecp_cli, "ZONECP", "insecure", "insecure")],
+)  # fmt: skip
+def test_an_on_off_option_can_be_turned_off_by_a_flag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli: click.Group, prefix: str, flag: str,
+    field: str,
+) -> None:  # fmt: skip
+    """On in the file or the environment, --no-X turns it off (flags win); --help says the
+    default. There was no --no-X: only the environment could override the file."""
+    import kds.cli_common
+
+    seen: list[Any] = []
+
+    def fake_run_daemon(main: Any, load: Any) -> int:
+        seen.append(load())
+        return 0
+
+    monkeypatch.setattr(kds.cli_common, "run_daemon", fake_run_daemon)
+    monkeypatch.setattr(kds.cli_common, "configure_logging", lambda *_: None)
+    f = tmp_path / "c.yaml"
+    f.write_text(f"{flag}: true\nzone: zone-a\n" if prefix == "ZONECP" else f"{flag}: true\n")
+    runner = CliRunner()
+    r = runner.invoke(cli, ["run", "--config", str(f), f"--no-{flag}"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(cli, ["run", "--config", str(f)])
+    r = runner.invoke(
+        cli, ["run", "--config", str(f), f"--no-{flag}"], env={f"{prefix}_{field.upper()}": "1"}
+    )
+    assert [getattr(c, field) for c in seen] == [False, True, False]
+    assert "default off" in runner.invoke(cli, ["run", "--help"]).output
