@@ -9,6 +9,8 @@ Rules:
 - A zone-local row is never written or deleted here; a synced put for a key the zone holds
   locally is kept aside (a name conflict: reported once, when it begins).
 - A Secret needs its Mesh on the zone (synced or zone-local) or it is rejected.
+- A resource's creation and modification times must be RFC 3339 timestamps, or it is
+  rejected: the zone stores and serves them as global sent them.
 - A Mesh whose mTLS backends this version cannot read is rejected (fields it does not know
   are not a reason: a newer global may send them).
 - A synced Secret the zone's own Mesh of that name uses in its mTLS is not deleted: rejected,
@@ -24,10 +26,12 @@ Rules:
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from kds.errors import InvalidResource, ProtocolError
+from kds.errors import FieldViolation, InvalidResource, ProtocolError
 from kds.model import Key, Kind, Limits, Resource, validate
 from kds.mtls import synced_mtls_problems
 
@@ -92,6 +96,38 @@ class Plan:
 
 # Zones accept what global accepted; the size limit is global's business.
 _ZONE_LIMITS = Limits(max_data_bytes=1 << 62)
+
+# A synced resource's times: RFC 3339, as global writes them (kds.clock.rfc3339:
+# 2026-11-30T00:00:00.000Z) or as an older or newer global could (no fraction or one of up to
+# nine digits, an offset for the Z), at most 35 characters. Used with fullmatch only ("$"
+# would also match before a final newline); ASCII, so no other script's digits pass.
+_TIME_RE = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})"
+)
+_TIME_CHARS = 35
+
+
+def _time_problems(res: Resource) -> list[FieldViolation]:
+    """The times of ``res`` that are not RFC 3339 timestamps (kdsctl, for one, could not
+    read them), named and never shown."""
+    return [
+        FieldViolation(name, "must be an RFC 3339 timestamp such as 2006-01-02T15:04:05.000Z")
+        for name, value in (
+            ("creation_time", res.creation_time),
+            ("modification_time", res.modification_time),
+        )
+        if not _is_time(value)
+    ]
+
+
+def _is_time(value: str) -> bool:
+    if len(value) > _TIME_CHARS or not _TIME_RE.fullmatch(value):
+        return False
+    try:  # the shape is right; the ranges (month, day of that month, hour, offset) too?
+        dt.datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
 
 
 def plan_batch(batch: DecodedBatch, view: ZoneView) -> Plan:
@@ -184,6 +220,9 @@ def plan_batch(batch: DecodedBatch, view: ZoneView) -> Plan:
             validate(res, _ZONE_LIMITS)
         except InvalidResource as e:
             plan.rejected.append((ch.key, f"invalid resource: {e}"))
+            continue
+        if times := _time_problems(res):
+            plan.rejected.append((ch.key, f"invalid resource: {times[0]}"))
             continue
         if res.kind is Kind.MESH and (problems := synced_mtls_problems(res.name, res.spec)):
             plan.rejected.append((ch.key, f"invalid resource: {problems[0]}"))

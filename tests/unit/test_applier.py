@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+import pytest
+
 from kds.model import Key, Kind, Resource
 from kds.protocol.applier import DecodedBatch, Incoming, Plan, ZoneView, plan_batch
 
@@ -12,6 +14,8 @@ OTHER_MESH = Key(Kind.MESH, "", "other")
 S1 = Key(Kind.SECRET, "default", "s1")
 S2 = Key(Kind.SECRET, "default", "s2")
 G1 = Key(Kind.GLOBAL_SECRET, "", "g1")
+# A time as global writes it (kds.clock.rfc3339).
+T0 = "2026-11-30T00:00:00.000Z"
 
 
 def res(key: Key, data: bytes = b"v", version: int = 1) -> Resource:
@@ -20,6 +24,8 @@ def res(key: Key, data: bytes = b"v", version: int = 1) -> Resource:
         key.name,
         mesh=key.mesh,
         data=b"" if key.kind is Kind.MESH else data,
+        creation_time=T0,
+        modification_time=T0,
         version=version,
     )
 
@@ -417,6 +423,65 @@ def test_invalid_resource_name_rejected() -> None:
     assert put_keys(plan) == [G1]
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        "c5",  # what a test's fake global once stamped
+        "",
+        "2026-11-30",
+        "2026-11-30T00:00:00",  # no zone: whose midnight?
+        "2026-11-30 00:00:00Z",
+        "2026-11-30t00:00:00z",
+        "2026-11-30T00:00:00.Z",
+        "2026-11-30T00:00:00.1234567890Z",  # finer than nanoseconds
+        "2026-11-30T00:00:00+0200",
+        "2026-11-30T00:00:00Z\n",
+        " 2026-11-30T00:00:00Z",
+        "2026-13-01T00:00:00Z",
+        "2026-02-30T00:00:00Z",
+        "2026-11-30T24:00:00Z",
+        "2026-11-30T00:00:60Z",
+        "2026-11-30T00:00:00+24:00",
+        "0000-11-30T00:00:00Z",
+        "\uff12\uff10\uff12\uff16-11-30T00:00:00Z",  # full-width digits
+        "2026-11-30T00:00:00Z" + "0" * 100_000,
+    ],
+)
+@pytest.mark.parametrize("field", ["creation_time", "modification_time"])
+def test_a_change_whose_times_are_not_rfc3339_timestamps_is_rejected(
+    field: str, value: str
+) -> None:
+    """Global sends each resource's times as it wrote them; the zone stores and serves them
+    as given (kdsctl shows their age), so a change with anything but an RFC 3339 timestamp
+    there is rejected on its own, naming the field and never the value."""
+    bad = Incoming(1, S1, res(S1).with_meta(**{field: value}))
+    plan = plan_batch(batch([bad, put(S2)]), view(synced_meshes=["default"]))
+    assert rejected_keys(plan) == [S1]
+    reason = plan.rejected[0][1]
+    assert reason.startswith(f"invalid resource: {field}: must be an RFC 3339 timestamp")
+    assert len(reason) < 200 and (len(value) < 3 or value not in reason)
+    assert put_keys(plan) == [S2]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        T0,  # global's own form: milliseconds, in UTC
+        "2026-11-30T00:00:00Z",
+        "2026-11-30T00:00:00.5Z",
+        "2026-11-30T00:00:00.123456789Z",  # nanoseconds, as Go's RFC3339Nano writes them
+        "2026-11-30T01:00:00+01:00",
+        "2026-11-29T16:30:00.25-07:30",
+        "2024-02-29T23:59:59Z",
+    ],
+)
+def test_a_change_whose_times_are_rfc3339_timestamps_is_applied(value: str) -> None:
+    """What global writes, and the other RFC 3339 forms an older or newer global could."""
+    good = Incoming(1, S1, res(S1).with_meta(creation_time=value, modification_time=value))
+    plan = plan_batch(batch([good]), view(synced_meshes=["default"]))
+    assert (plan.rejected, put_keys(plan)) == ([], [S1])
+
+
 def test_secret_with_empty_data_rejected() -> None:
     """A synced Secret with no data is rejected as invalid."""
     inc = Incoming(1, G1, Resource(Kind.GLOBAL_SECRET, "g1", data=b""))
@@ -426,7 +491,7 @@ def test_secret_with_empty_data_rejected() -> None:
 
 def test_zone_accepts_data_larger_than_default_limit() -> None:
     """Zones accept whatever size global accepted (the size limit is global's business)."""
-    big = Incoming(1, G1, Resource(Kind.GLOBAL_SECRET, "g1", data=b"x" * (2 * 1024 * 1024)))
+    big = Incoming(1, G1, res(G1, b"x" * (2 * 1024 * 1024)))
     plan = plan_batch(batch([big]), view())
     assert put_keys(plan) == [G1]
 

@@ -30,7 +30,9 @@ STORE = "0123456789abcdef0123456789abcdef"
 
 
 def _put(revision: int, **fields: object) -> pb.Change:
-    return pb.Change(revision=revision, put=pb.Resource(**fields))  # type: ignore[arg-type]
+    """A put stamped with the times global writes, unless ``fields`` say otherwise."""
+    stamped = {"creation_time": NOW, "modification_time": NOW, **fields}
+    return pb.Change(revision=revision, put=pb.Resource(**stamped))  # type: ignore[arg-type]
 
 
 def _batch(*changes: pb.Change, snapshot: bool = True, **header: object) -> pb.Batch:
@@ -92,6 +94,21 @@ POISON = {
     "a Mesh whose mTLS backend has no type": (
         _put(3, kind=pb.MESH, name="m2", spec=b'{"mtls": {"backends": [{"name": "x"}]}}'),
         "mtls.backends[0].type: must be provided or builtin",
+    ),
+    "a creation time that is no timestamp": (
+        _put(3, kind=pb.SECRET, mesh="default", name="s2", data=b"v", creation_time="c5"),
+        "invalid resource: creation_time: must be an RFC 3339 timestamp",
+    ),
+    "a modification time past the end of its month": (
+        _put(
+            3,
+            kind=pb.SECRET,
+            mesh="default",
+            name="s2",
+            data=b"v",
+            modification_time="2026-02-30T00:00:00.000Z",
+        ),
+        "invalid resource: modification_time: must be an RFC 3339 timestamp",
     ),
     "a Mesh whose provided backend names no secrets": (
         _put(

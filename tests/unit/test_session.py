@@ -9,6 +9,7 @@ for the zone store) talk through real wire bytes, with no network and no grpc se
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import random
 from collections import deque
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from globalcp.send_plans import SendPlans
 from globalcp.sending import SendLoop
 from globalcp.zones import ZoneTracker
 from kds._pb import sync_pb2 as pb
+from kds.clock import rfc3339
 from kds.errors import ProtocolError
 from kds.model import Key, Kind, Resource
 from kds.protocol.applier import DecodedBatch, ZoneView, plan_batch
@@ -36,7 +38,14 @@ from kds.protocol.session import (
     SendRange,
     SendSnapshot,
 )
-from kds.wire import BATCH_OVERHEAD, assemble_batch, change_delete, change_put, decode_batch
+from kds.wire import (
+    BATCH_OVERHEAD,
+    assemble_batch,
+    change_delete,
+    change_put,
+    decode_batch,
+    framed_size,
+)
 
 STORE = "global-store-a"
 
@@ -359,6 +368,11 @@ def test_parts_set_sent_revision_only_at_final() -> None:
 # --------------------------------------------------------------------------- ConnectionPair
 
 
+def _stamp(revision: int) -> str:
+    """The time global stamps on the write of ``revision``: one of its own per revision."""
+    return rfc3339(dt.datetime(2026, 11, 30, tzinfo=dt.UTC) + dt.timedelta(seconds=revision))
+
+
 @dataclass
 class GlobalModel:
     """An in-memory global store: resources, a head revision and a bounded change log."""
@@ -379,8 +393,8 @@ class GlobalModel:
         self.head += 1
         old = self.resources.get(r.key)
         stored = r.with_meta(
-            creation_time=old.creation_time if old else f"c{self.head}",
-            modification_time=f"m{self.head}",
+            creation_time=old.creation_time if old else _stamp(self.head),
+            modification_time=_stamp(self.head),
             version=self.head,
         )
         self.resources[r.key] = stored
@@ -745,7 +759,7 @@ def test_pair_disconnect_mid_range_resumes_and_converges() -> None:
     for n in ("a", "b", "c", "d", "e", "f"):
         g.put(Resource(Kind.SECRET, n, mesh="default", data=b"d" * 60))
     big = max(len(r.change) for r in g.log)
-    pair.max_bytes = BATCH_OVERHEAD + 2 * (big + 2)  # two changes per part: 3 parts
+    pair.max_bytes = BATCH_OVERHEAD + 2 * framed_size(big)  # two changes per part: 3 parts
     pair.global_step()
     assert [len(pb.GlobalMessage.FromString(m).batch.changes) for m in pair.to_zone] == [2, 2, 2]
     pair.zone_step()

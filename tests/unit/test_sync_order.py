@@ -50,6 +50,11 @@ def secret(mesh: str, name: str, data: bytes) -> Resource:
     return Resource(Kind.SECRET, name, mesh, data)
 
 
+def as_synced(r: Resource) -> Resource:
+    """``r`` with the times global stamps on what it sends."""
+    return r.with_meta(creation_time=NOW, modification_time=NOW)
+
+
 def random_tx(g: GlobalEngine, rng: random.Random) -> None:
     """One global transaction the API could make; refused ones change nothing."""
     m = rng.choice(MESHES)
@@ -274,7 +279,7 @@ def test_a_mesh_delete_a_zone_refuses_keeps_its_backend_secrets(tmp_path: Path) 
         mesh = builtin("m1", "b1")
         cert = secret("m1", "m1.ca-builtin-cert-b1", b"c")
         key = secret("m1", "m1.ca-builtin-key-b1", b"k")
-        puts = tuple(Incoming(i + 1, r.key, r) for i, r in enumerate([mesh, cert, key]))
+        puts = tuple(Incoming(i + 1, r.key, as_synced(r)) for i, r in enumerate([mesh, cert, key]))
         z.apply_batch(DecodedBatch(1, 0, 3, False, True, 3, puts), "g", NOW)
         z.put(secret("m1", "local", b"l"), NOW)  # the zone's own secret in the mesh
         deletes = tuple(Incoming(4 + i, r.key) for i, r in enumerate([cert, key, mesh]))
@@ -307,14 +312,14 @@ def test_conflict_rules_apply_to_ca_secrets_on_a_zone(tmp_path: Path) -> None:
                 False,
                 True,
                 1,
-                (Incoming(1, Key(Kind.MESH, "", "m1"), Resource(Kind.MESH, "m1")),),
+                (Incoming(1, Key(Kind.MESH, "", "m1"), as_synced(Resource(Kind.MESH, "m1"))),),
             ),
             "g",
             NOW,
         )
         z.put(secret("m1", "c", b"zone's own"), NOW)
         unit = [provided("m1", "c", "k"), secret("m1", "c", ca.cert), secret("m1", "k", ca.key)]
-        changes = tuple(Incoming(2 + i, r.key, r) for i, r in enumerate(unit))
+        changes = tuple(Incoming(2 + i, r.key, as_synced(r)) for i, r in enumerate(unit))
         result = z.apply_batch(DecodedBatch(2, 1, 4, False, True, 4, changes), "g", NOW)
         assert result.rejected == [] and result.new_conflicts == [Key(Kind.SECRET, "m1", "c")]
         row = z.get(Key(Kind.SECRET, "m1", "c"))
