@@ -14,7 +14,9 @@ Rules:
 - A Mesh whose mTLS backends this version cannot read is rejected (fields it does not know
   are not a reason: a newer global may send them).
 - A synced Secret the zone's own Mesh of that name uses in its mTLS is not deleted: rejected,
-  so a zone-local Mesh never names a Secret the zone lacks.
+  so a zone-local Mesh never names a Secret the zone lacks. Nor is it changed to what would
+  leave that Mesh's backend without a valid CA (the check global's API makes of a Secret a
+  backend uses, on the batch's final state): rejected too, so that Mesh keeps a usable CA.
 - A synced Mesh is not deleted while Secrets still live in it on the zone; rejected instead.
   The deletes of the Secrets its mTLS backends use are then rejected too, so the Mesh that
   stays never names a Secret the zone lacks (global sends those deletes with the Mesh delete,
@@ -28,14 +30,15 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from kds.errors import FieldViolation, InvalidResource, ProtocolError
 from kds.model import Key, Kind, Limits, Resource, validate
-from kds.mtls import synced_mtls_problems
+from kds.mtls import secret_refs, synced_mtls_problems
 
-__all__ = ["DecodedBatch", "Incoming", "Plan", "ZoneView", "plan_batch"]
+__all__ = ["DecodedBatch", "Incoming", "OwnMtls", "Plan", "ZoneView", "plan_batch"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,50 @@ class DecodedBatch:
     repair: bool = False  # anti-entropy: applied like any batch; records no revision
 
 
+class _Problems(Protocol):
+    """kds.integrity.Problems: field errors per written resource, by its index."""
+
+    @property
+    def by_index(self) -> Mapping[int, Sequence[FieldViolation]]: ...
+
+
+@dataclass(frozen=True)
+class OwnMtls:
+    """The zone's own Mesh (kept in place of global's) of a mesh the batch puts Secrets in,
+    when its mTLS backends use some of them; ``secrets``: the Secrets its backends use, as
+    the zone serves them before the batch (its own, or global's copies). ``check`` is
+    kds.integrity.check_written, which global's API runs on a Secret a backend uses: the
+    store gives it, as it needs the cryptography package, which this pure core does not
+    load."""
+
+    mesh: Resource
+    secrets: Mapping[str, Resource]
+    check: Callable[[_OwnMtlsView, Sequence[Resource]], _Problems]
+
+
+class _OwnMtlsView:
+    """kds.integrity's view (a TxView) of the zone's own Mesh and the Secrets its backends
+    use, with ``written`` (global's copies the batch puts) in place of the zone's rows."""
+
+    def __init__(self, own: OwnMtls, written: Mapping[str, Resource]):
+        self._own = own
+        self._written = written
+
+    def get(self, key: Key) -> Resource | None:
+        mesh = self._own.mesh
+        if key == mesh.key:
+            return mesh
+        if key.kind is not Kind.SECRET or key.mesh != mesh.name:
+            return None
+        return self._written.get(key.name) or self._own.secrets.get(key.name)
+
+    def secret_meshes(self, name: str) -> list[str]:
+        return []  # asked only to say where a missing secret lives instead
+
+    def secret_names(self, mesh: str) -> list[str]:
+        return []  # asked only before a Mesh delete
+
+
 @dataclass(frozen=True)
 class ZoneView:
     local: frozenset[Key] = frozenset()  # batch keys that have a zone-local row
@@ -76,6 +123,8 @@ class ZoneView:
     backend_secrets: Mapping[str, frozenset[str]] = field(default_factory=dict)
     # for meshes the batch deletes Secrets of: the Secrets the zone's own Mesh's backends use
     local_backend_secrets: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # for meshes the batch puts Secrets in: the zone's own Mesh, when its backends use them
+    own_mtls: Mapping[str, OwnMtls] = field(default_factory=dict)
     stale: tuple[Key, ...] = ()  # final snapshot part: synced keys the snapshot did not carry
     applied_revision: int | None = None  # the zone's recorded revision (None: not checked)
 
@@ -241,6 +290,21 @@ def plan_batch(batch: DecodedBatch, view: ZoneView) -> Plan:
         puts.pop(ch.key, None)  # put again: the last put stands
         puts[ch.key] = res
 
+    for own in view.own_mtls.values():
+        used = {r.secret for r in secret_refs(own.mesh.name, own.mesh.spec)}
+        written = {
+            k.name: r
+            for k, r in puts.items()
+            if k.kind is Kind.SECRET
+            and k.mesh == own.mesh.name
+            and k.name in used
+            and k not in local  # the zone's own Secret stays in place of global's copy
+        }
+        for key, reason in _own_ca_refusals(own, written):
+            del puts[key]
+            put_here.discard(key)
+            plan.rejected.append((key, reason))
+
     if batch.snapshot and batch.final:
         # Secrets before meshes, so a stale mesh's stale secrets go first.
         for key in sorted(view.stale, key=lambda k: k.kind is Kind.MESH):
@@ -255,3 +319,22 @@ def plan_batch(batch: DecodedBatch, view: ZoneView) -> Plan:
         done = put_here.union(deletes)
         plan.already_gone = [k for k in dict.fromkeys(gone) if k not in done]
     return plan
+
+
+def _own_ca_refusals(own: OwnMtls, written: dict[str, Resource]) -> list[tuple[Key, str]]:
+    """The puts of ``written`` (by name) that would leave a backend of the zone's own Mesh
+    without a valid CA, each with the first problem. Refusing one may break a backend that
+    another put mended (a cert two backends share): the check runs again on the puts left
+    until it refuses none."""
+    refused: list[tuple[Key, str]] = []
+    while written:
+        resources = list(written.values())
+        problems = own.check(_OwnMtlsView(own, written), resources).by_index
+        if not problems:
+            break
+        for i, errors in problems.items():
+            res = resources[i]
+            # "mesh 'm' mTLS backend 'b' uses this secret: <field>: <problem>"
+            refused.append((res.key, f"this zone's own {errors[0].message}"))
+            del written[res.name]
+    return refused

@@ -21,11 +21,12 @@ from typing import TypedDict
 
 import structlog
 
+from kds import integrity
 from kds.crypto import DataCipher
 from kds.errors import ReadOnlySynced
 from kds.model import Key, Kind, Resource
 from kds.mtls import secret_refs, synced_mtls_problems
-from kds.protocol.applier import DecodedBatch, Plan, ZoneView, plan_batch
+from kds.protocol.applier import DecodedBatch, OwnMtls, Plan, ZoneView, plan_batch
 from kds.store._engine import ResourceEngine, select_key_rows
 from kds.store._rows import UPSERT_RESOURCE, Conn, DamagedRow, get_meta, set_meta, set_metas
 from kds.store.interface import OnCommit
@@ -220,8 +221,43 @@ class ZoneEngine(ResourceEngine):
             secrets_per_mesh=per_mesh,
             backend_secrets=backend_secrets,
             local_backend_secrets=local_backend,
+            own_mtls=self._own_mtls(conn, batch, local, local_meshes),
             stale=tuple(stale),
         )
+
+    def _own_mtls(
+        self, conn: Conn, batch: DecodedBatch, local: set[Key], local_meshes: set[str]
+    ) -> dict[str, OwnMtls]:
+        """The zone's own Meshes whose mTLS backends use global's copies the batch puts,
+        each with the Secrets its backends use as this zone serves them now."""
+        put: dict[str, set[str]] = {}
+        for c in batch.changes:
+            k = c.key
+            # A Secret the zone holds itself stays in place of global's copy: not one of them.
+            if c.resource is None or k is None or k.kind is not Kind.SECRET or k in local:
+                continue
+            if k.mesh in local_meshes:
+                put.setdefault(k.mesh, set()).add(k.name)
+        # Read in bulk (each statement is a round trip on PostgreSQL): the zone's own Meshes,
+        # then the Secrets of those whose backends use what the batch puts.
+        meshes = self._rows_of(conn, [Key(Kind.MESH, "", m) for m in put])
+        used: dict[str, tuple[Resource, set[str]]] = {}
+        for m, names in put.items():
+            own = meshes.get(Key(Kind.MESH, "", m), {}).get(ORIGIN_ZONE)
+            refs = {r.secret for r in secret_refs(m, own.spec)} if own is not None else set()
+            if own is not None and not refs.isdisjoint(names):
+                used[m] = (own, refs)
+        keys = [Key(Kind.SECRET, m, n) for m, (_, refs) in used.items() for n in refs]
+        rows = self._rows_of(conn, keys)
+        out = {}
+        for m, (own, refs) in used.items():
+            secrets = {}
+            for name in refs:
+                found = rows.get(Key(Kind.SECRET, m, name), {})
+                if (row := found.get(ORIGIN_ZONE) or found.get(ORIGIN_GLOBAL)) is not None:
+                    secrets[name] = row
+            out[m] = OwnMtls(own, secrets, integrity.check_written)
+        return out
 
     def _execute(self, conn: Conn, plan: Plan, gen: int) -> None:
         for key in plan.deletes:

@@ -321,9 +321,10 @@ async def _gone(zone: ZoneRun, key: Key) -> bool:
 
 async def test_the_zones_own_mesh_keeps_the_synced_secrets_its_mtls_uses(tmp_path: Path) -> None:
     """A zone's own Mesh "zm" (kept in place of global's, a name conflict) uses global's
-    copies of c and k as its CA. Global deleting them is refused, so that Mesh never names a
-    Secret the zone lacks; once the zone's Mesh stops using them, a check's repair deletes
-    them."""
+    copies of c and k as its CA. Global replacing c with what is no certificate is refused,
+    and a new CA (cert and key together) is taken, so that Mesh keeps a valid CA. Global
+    deleting them is refused, so that Mesh never names a Secret the zone lacks; once the
+    zone's Mesh stops using them, a check's repair deletes them."""
     import datetime as dt
 
     from kds.ca import CaOptions, generate_ca
@@ -348,13 +349,28 @@ async def test_the_zones_own_mesh_keeps_the_synced_secrets_its_mtls_uses(tmp_pat
         await pair.store.put(Resource(Kind.SECRET, "k", mesh="zm", data=ca.key_pem), T0)
         await wait_until(lambda: zone.client.status.applied_revision == pair.hub.head)
         await zone.store.put(Resource(Kind.MESH, "zm", spec={"mtls": mtls}), T0)
+        await pair.store.put(Resource(Kind.SECRET, "c", mesh="zm", data=b"no cert"), T0)
+        await wait_until(lambda: zone.client.status.applied_revision == pair.hub.head)
+        row = await zone.store.get(cert)
+        assert row is not None and row.resource.data == ca.cert_pem  # refused: c stays
+        new = generate_ca("zm", "ca-1", CaOptions(key_type="ECDSA"), dt.datetime.now(dt.UTC))
+        await pair.store.put_many(
+            [
+                Resource(Kind.SECRET, "c", mesh="zm", data=new.cert_pem),
+                Resource(Kind.SECRET, "k", mesh="zm", data=new.key_pem),
+            ],
+            T0,
+        )
+        await wait_until(lambda: zone.client.status.applied_revision == pair.hub.head)
+        row = await zone.store.get(cert)
+        assert row is not None and row.resource.data == new.cert_pem  # a valid CA: applied
         await pair.store.delete(cert)
         await pair.store.delete(key)
         await wait_until(lambda: zone.client.status.applied_revision == pair.hub.head)
         for k in (cert, key):
             row = await zone.store.get(k)
             assert row is not None and row.origin == ORIGIN_GLOBAL  # global's copy, kept
-        assert pair.tracker.zones["zone-a"].rejected["Secret"] >= 2
+        assert pair.tracker.zones["zone-a"].rejected["Secret"] >= 3
         # Its Mesh no longer uses them: the next check's repair deletes them here too.
         await zone.store.put(Resource(Kind.MESH, "zm"), T0)
         await wait_until_async(lambda: _gone(zone, cert))

@@ -6,8 +6,10 @@ from collections.abc import Iterable, Mapping
 
 import pytest
 
+from kds.integrity import check_written
 from kds.model import Key, Kind, Resource
-from kds.protocol.applier import DecodedBatch, Incoming, Plan, ZoneView, plan_batch
+from kds.protocol.applier import DecodedBatch, Incoming, OwnMtls, Plan, ZoneView, plan_batch
+from tests import certs
 
 MESH = Key(Kind.MESH, "", "default")
 OTHER_MESH = Key(Kind.MESH, "", "other")
@@ -529,6 +531,130 @@ def test_a_synced_secret_the_zones_own_mesh_uses_is_not_deleted() -> None:
         local_backend_secrets={"default": frozenset({"s1"})},
     )
     assert plan_batch(batch([delete(S1)]), shadowed).deletes == [S1]
+
+
+# The zone's own Mesh "default" (kept in place of global's): backend ca-1 uses c and k.
+C, K = Key(Kind.SECRET, "default", "c"), Key(Kind.SECRET, "default", "k")
+
+
+def own_mesh(*backends: tuple[str, str, str], skip_validation: bool = False) -> Resource:
+    mtls: dict[str, object] = {
+        "backends": [
+            {
+                "name": name,
+                "type": "provided",
+                "conf": {"cert": {"secret": cert}, "key": {"secret": key}},
+            }
+            for name, cert, key in backends or [("ca-1", "c", "k")]
+        ]
+    }
+    if skip_validation:
+        mtls["skipValidation"] = True
+    return Resource(Kind.MESH, "default", spec={"mtls": mtls})
+
+
+def own_view(mesh: Resource, secrets: Mapping[str, bytes], local: Iterable[Key] = ()) -> ZoneView:
+    """The zone's own Mesh ``mesh`` uses the Secrets ``secrets`` names, global's copies of
+    them synced (those in ``local`` the zone's own instead)."""
+    held = {n: res(Key(Kind.SECRET, "default", n), data) for n, data in secrets.items()}
+    keys = [r.key for r in held.values()]
+    return ZoneView(
+        local=frozenset(local),
+        synced=frozenset(keys),
+        local_meshes=frozenset({"default"}),
+        synced_meshes=frozenset({"default"}),
+        own_mtls={"default": OwnMtls(mesh, held, check_written)},
+    )
+
+
+A = certs.ca("a")  # the CA the zone's own Mesh uses now
+B = certs.ca("b")  # another
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"c": certs.GARBAGE}, "secret 'c' does not hold an X.509 certificate (PEM or DER)"),
+        ({"c": certs.leaf().cert}, "secret 'c' is not a CA certificate: basicConstraints has"),
+        ({"c": certs.ca_without_cert_sign().cert}, "keyUsage lacks keyCertSign"),
+        ({"k": certs.other_key()}, "secret 'k' is not the private key of the certificate"),
+        ({"k": b"not a key"}, "secret 'k' does not hold an unencrypted private key"),
+        ({"c": B.cert}, "secret 'k' is not the private key of the certificate"),  # half a CA
+    ],
+)
+def test_an_update_that_breaks_the_zones_own_mesh_ca_is_rejected(
+    changes: dict[str, bytes], problem: str
+) -> None:
+    """Global replacing its copy of a Secret the zone's own Mesh uses as its CA with what is
+    no valid CA for that backend (global's API check of a Secret a backend uses) is
+    rejected, naming the mesh, the backend and the problem: that Mesh keeps its CA. A put of
+    a Secret it does not use applies beside it."""
+    v = own_view(own_mesh(), {"c": A.cert, "k": A.key})
+    puts = [put(Key(Kind.SECRET, "default", n), 2, data) for n, data in changes.items()]
+    plan = plan_batch(batch([*puts, put(S2, 3)]), v)
+    assert put_keys(plan) == [S2]
+    ((key, reason),) = plan.rejected
+    assert key.name in changes
+    assert reason.startswith(
+        "this zone's own mesh 'default' mTLS backend 'ca-1' uses this secret: mtls.backends[0]."
+    )
+    assert problem in reason and len(reason) < 200
+
+
+def test_the_reason_an_update_of_the_zones_own_ca_is_rejected() -> None:
+    v = own_view(own_mesh(), {"c": A.cert, "k": A.key})
+    plan = plan_batch(batch([put(C, 2, certs.GARBAGE)]), v)
+    assert plan.rejected == [
+        (
+            C,
+            "this zone's own mesh 'default' mTLS backend 'ca-1' uses this secret: "
+            "mtls.backends[0].conf.cert.secret: secret 'c' does not hold an X.509 certificate "
+            "(PEM or DER)",
+        )
+    ]
+
+
+def test_an_update_that_keeps_the_zones_own_mesh_ca_valid_is_applied() -> None:
+    """A new CA, its cert and key in one batch (in either order), or global's copy sent again
+    unchanged (a snapshot), is applied."""
+    v = own_view(own_mesh(), {"c": A.cert, "k": A.key})
+    for changes in ([put(C, 2, B.cert), put(K, 3, B.key)], [put(K, 2, B.key), put(C, 3, B.cert)]):
+        plan = plan_batch(batch(changes), v)
+        assert plan.rejected == [] and sorted(put_keys(plan)) == [C, K]
+    plan = plan_batch(batch([put(C, 2, A.cert)]), v)
+    assert (plan.rejected, put_keys(plan)) == ([], [C])
+
+
+def test_a_new_ca_is_rejected_whole_when_half_of_it_is_not_valid() -> None:
+    """A cert and key sent together where the key is no key: both are rejected, so the Mesh
+    keeps its old pair rather than a new cert with the old key."""
+    v = own_view(own_mesh(), {"c": A.cert, "k": A.key})
+    plan = plan_batch(batch([put(C, 2, B.cert), put(K, 3, b"not a key")]), v)
+    assert put_keys(plan) == [] and sorted(rejected_keys(plan)) == [C, K]
+
+
+def test_refusing_one_put_to_the_zones_own_ca_refuses_the_put_it_broke() -> None:
+    """Backends ca-1 (c, k) and ca-2 (c, k2) share c. A new CA for ca-1 breaks ca-2 (k2 no
+    longer matches c), so c is rejected; k alone no longer matches the c that stays, so it
+    is rejected too: each backend is left as it was, valid."""
+    mesh = own_mesh(("ca-1", "c", "k"), ("ca-2", "c", "k2"))
+    v = own_view(mesh, {"c": A.cert, "k": A.key, "k2": A.key})
+    plan = plan_batch(batch([put(C, 2, B.cert), put(K, 3, B.key)]), v)
+    assert put_keys(plan) == []
+    assert rejected_keys(plan) == [C, K]
+    assert "backend 'ca-1'" in plan.rejected[1][1]
+
+
+def test_updates_the_zones_own_mesh_ca_does_not_see_are_not_checked() -> None:
+    """Global's copy of a Secret the zone holds itself is kept aside (a conflict), and the
+    Mesh uses the zone's own; a Mesh that skips validation takes any content, as global's API
+    does for one of its own."""
+    shadowed = own_view(own_mesh(), {"c": A.cert, "k": A.key}, local=[C])
+    plan = plan_batch(batch([put(C, 2, certs.GARBAGE)]), shadowed)
+    assert (plan.rejected, put_keys(plan), plan.new_conflicts) == ([], [C], [])
+    skipping = own_view(own_mesh(skip_validation=True), {"c": A.cert, "k": A.key})
+    plan = plan_batch(batch([put(C, 2, certs.GARBAGE)]), skipping)
+    assert (plan.rejected, put_keys(plan)) == ([], [C])
 
 
 def test_a_batch_putting_and_deleting_the_same_keys_plans_in_linear_time() -> None:

@@ -284,7 +284,8 @@ async def test_a_small_batch_is_applied_on_the_loop_unless_another_writer_holds_
 def test_a_batch_reads_only_the_meshes_its_resources_live_in(zstore: ZoneEngine) -> None:
     """Applying a batch reads the rows of its own keys and of the Meshes they live in, not
     every Mesh the zone holds: a one-change batch costs the same with 1 mesh or 1,000. The
-    plan still sees a mesh that only the zone holds, and refuses a Secret whose mesh the zone
+    plan still sees a mesh that only the zone holds (whose own row it reads too, as the
+    Secret put in it may be one its mTLS uses), and refuses a Secret whose mesh the zone
     does not hold."""
     meshes = [Key(Kind.MESH, "", f"m{i}") for i in range(30)]
     zstore.apply_batch(dbatch([inc_put(mk(k), i + 1) for i, k in enumerate(meshes)], 30), GSID, T0)
@@ -300,7 +301,10 @@ def test_a_batch_reads_only_the_meshes_its_resources_live_in(zstore: ZoneEngine)
     reads = [s for s in statements if s.startswith("SELECT") and "FROM resources" in s]
     assert reads and all(" name IN (" in s for s in reads), reads
     mesh_reads = [s for s in reads if "kind='Mesh'" in s]
-    assert len(mesh_reads) == 1 and "'m3'" in mesh_reads[0] and "'m4'" not in mesh_reads[0]
+    assert len(mesh_reads) == 2 and all("'m4'" not in s for s in mesh_reads)
+    assert "'m3'" in mesh_reads[0]
+    # Then the zone's own Mesh a Secret is put in, alone: its mTLS may use that Secret.
+    assert "'local-only'" in mesh_reads[1] and "'m3'" not in mesh_reads[1]
     assert result.applied_revision == 33
     assert [(k, reason) for k, reason in result.rejected] == [
         (missing, "mesh 'nowhere' does not exist on this zone")
