@@ -143,10 +143,15 @@ def _secret_errors(secret: Resource, refs: list[SecretRef], view: TxView) -> lis
     mesh = view.get(Key(Kind.MESH, "", secret.mesh))
     if not refs or mesh is None or skip_validation(mesh.spec):
         return []
-    used_by = {_backend(r.field) for r in refs}
-    use = f"mesh {mesh.name!r} mTLS backend {refs[0].backend!r} uses this secret"
+    # Each problem is named with the backend it is in (a secret two backends use may break
+    # only the second).
+    used_by = {_backend(r.field): r.backend for r in refs}
     return [
-        FieldViolation("data", f"{use}: {err.field}: {err.message}")
+        FieldViolation(
+            "data",
+            f"mesh {mesh.name!r} mTLS backend {used_by[_backend(err.field)]!r} uses this "
+            f"secret: {err.field}: {err.message}",
+        )
         for err in _mesh_errors(mesh, view)
         if _backend(err.field) in used_by
     ]

@@ -209,6 +209,38 @@ async def test_apply_errors_name_item_and_kubernetes_field(make_api: MakeApi) ->
     assert api.counts()["Secret"]["global"] == 0  # all or nothing
 
 
+async def test_a_refused_secret_names_the_backend_it_breaks(make_api: MakeApi) -> None:
+    """A key two backends share, replaced by another CA's: each problem names the backend it
+    is in (both were named after the first backend)."""
+    api = await make_api()
+    await with_secrets(api)
+    assert (await api.put("/meshes/default/secrets/cert-2", secret("cert-2", CA.cert)))[0] == 201
+    two = {
+        "enabledBackend": "ca-1",
+        "backends": [
+            {"name": "ca-1", "type": "provided",
+             "config": {"cert": {"secret": "my-cert"}, "key": {"secret": "my-key"}}},
+            {"name": "ca-2", "type": "provided",
+             "config": {"cert": {"secret": "cert-2"}, "key": {"secret": "my-key"}}},
+        ],
+    }  # fmt: skip
+    assert (await api.put("/meshes/default", {"type": "Mesh", "name": "default", "mtls": two}))[
+        0
+    ] == 200
+    other = certs.ca("other")
+    status, body, _ = await api.put("/meshes/default/secrets/my-key", secret("my-key", other.key))
+    assert status == 400
+    messages = [c["message"] for c in body["causes"] if c["field"] == "data"]
+    assert any(
+        m.startswith("mesh 'default' mTLS backend 'ca-1' uses this secret: mtls.backends[0].")
+        for m in messages
+    )
+    assert any(
+        m.startswith("mesh 'default' mTLS backend 'ca-2' uses this secret: mtls.backends[1].")
+        for m in messages
+    )
+
+
 async def test_a_secret_update_that_breaks_a_backend_is_refused(make_api: MakeApi) -> None:
     """Replacing a CA secret in use with a leaf is refused naming data; both at once is fine."""
     api = await make_api()
