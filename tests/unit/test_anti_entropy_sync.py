@@ -19,6 +19,7 @@ from kds.store.results import ORIGIN_GLOBAL
 from kds.store.sqlite import ZoneEngine
 from kds.store.sqlite._db import COLS
 from tests.unit.inprocess import Pair, ZoneRun, running_pair, wait_until
+from zonecp import check_answers
 from zonecp.check_answers import REUSE_S
 from zonecp.client import ZoneClient
 
@@ -203,6 +204,7 @@ async def test_a_zone_slow_to_answer_a_check_does_not_take_global_for_silent(
         return await real_converse(self, BusyProcess(call), waits)
 
     monkeypatch.setattr(ZoneClient, "_converse", converse)
+    monkeypatch.setattr(check_answers, "REUSE_S", 0.0)  # every check reads its tree: slowly
     async with running_pair(tmp_path, heartbeat_interval=0.1, anti_entropy_interval=0.3) as pair:
         zone = await _zone_of_twenty(pair)
         real = zone.store.sync_leaves_into
