@@ -30,7 +30,7 @@ from kds.errors import InvalidResource
 from kds.model import SYSTEM_LABELS, Kind, Limits, Resource, from_document, to_json
 from kds.mtls import conf_alias_warnings
 from kdsctl.client import ApiClient, ApiError, pass_client
-from kdsctl.inputs import Input, parse_vars, read_inputs, render, unfilled_hint
+from kdsctl.inputs import Input, parse_vars, read_inputs, render, unfilled_hint, unfilled_in
 from kdsctl.render import fail, print_error, quoted, safe_text
 
 __all__ = ["APPLY_CHUNK_BYTES", "APPLY_TIMEOUT", "apply"]
@@ -65,6 +65,7 @@ def _read_documents(item: Input) -> Iterator[_Doc]:
     # when PyYAML was built with it (the wheels are): ~12x faster than PyYAML's own on big
     # files. Aliases are refused, which could make a small file expand to gigabytes.
     docs = load_all(item.text)
+    templated = "{{" in item.text  # a variable left as written? (none: nothing to look at)
     index = problems = stripped = 0
     errors: list[tuple[str, list[tuple[str, str]]]] = []
     while True:
@@ -79,6 +80,14 @@ def _read_documents(item: Input) -> Iterator[_Doc]:
         if doc is _END:
             break
         index += 1
+        if templated and (unfilled := unfilled_in(doc)):
+            # kumactl applies it as written too; it is never what was meant.
+            names = safe_text(", ".join(unfilled))
+            click.echo(
+                f"Warning: {name} document {index}: holds {{{{ {names} }}}}, which no -v "
+                f"gave: applied as written (give -v {safe_text(unfilled[0])}=VALUE)",
+                err=True,
+            )
         for where, one in _resources_of(f"{name} document {index}", doc):
             stripped += _strip_system_labels(one)
             try:
@@ -218,7 +227,8 @@ class _Stream:
     metavar="KEY=VALUE",
     help="Replace {{ KEY }} in the input by VALUE before it is read (kumactl's variables); "
     "repeatable, or comma-separated: -v mesh=default,team=a. A variable the input uses but "
-    "no -v gives is an error.",
+    "no -v gives is an error. With no -v at all the input is read as written, as kumactl "
+    "reads it, and a warning names any {{ KEY }} left in a value.",
 )
 @click.option(
     "--dry-run",

@@ -5,7 +5,9 @@
 - ``-v KEY=VALUE`` (repeatable, or ``-v a=1,b=2``): each ``{{ KEY }}`` in the input is
   replaced by VALUE before it is parsed (kumactl's variables; a dotted KEY such as
   ``mesh.name`` works too). A variable the input uses but no ``-v`` gives is an error here,
-  where kumactl would put an empty string.
+  where kumactl would put an empty string. With no ``-v`` at all nothing is replaced, as in
+  kumactl (Kuma's own examples hold ``{{site.mesh_product_name}}`` in comments); kdsctl
+  apply warns of a ``{{ KEY }}`` left in a value (``unfilled_in``).
 
 Only the standard library: this runs on every apply, before anything heavy is imported.
 """
@@ -21,7 +23,15 @@ import click
 
 from kdsctl.render import fail, safe_text
 
-__all__ = ["SUPPORTED_SUFFIXES", "Input", "parse_vars", "read_inputs", "render", "unfilled_hint"]
+__all__ = [
+    "SUPPORTED_SUFFIXES",
+    "Input",
+    "parse_vars",
+    "read_inputs",
+    "render",
+    "unfilled_hint",
+    "unfilled_in",
+]
 
 SUPPORTED_SUFFIXES = (".yaml", ".yml", ".json")
 # {{ name }} or {{{ name }}} (mustache's unescaped form), the name letters, digits, _ - and .
@@ -67,6 +77,24 @@ def unfilled_hint(item: Input) -> str:
     if not used:
         return ""
     return f" (it uses the variable(s) {', '.join(used)}: give each with -v {used[0]}=VALUE)"
+
+
+def unfilled_in(doc: object) -> list[str]:
+    """The variables a parsed document still holds in a key or value (``{{ KEY }}`` left as
+    written, no ``-v`` having been given; one in a YAML comment is not there any more)."""
+    found: set[str] = set()
+    todo = [doc]
+    while todo:
+        v = todo.pop()
+        if isinstance(v, str):
+            if "{{" in v:
+                found.update(m.group(1) for m in _VAR_RE.finditer(v))
+        elif isinstance(v, dict):
+            todo.extend(v.keys())
+            todo.extend(v.values())
+        elif isinstance(v, list):
+            todo.extend(v)
+    return sorted(found)
 
 
 def render(item: Input, variables: dict[str, str]) -> Input:

@@ -80,6 +80,17 @@ def test_apply_variables_and_dry_run(server: Server, tmp_path: Path) -> None:
     res = run(server, "apply", "-f", str(f), "-v", "mesh=demo")
     assert res.exit_code == 1
     assert "uses the variable(s) data, name, which no -v gives" in res.stderr
+    # With no -v at all, as kumactl: applied as written, with a warning; a variable in a
+    # comment (as in Kuma's own documentation's examples) is no variable.
+    quoted = 'type: Mesh\nname: m1 # the {{site.mesh_product_name}} mesh\nlogging: {defaultBackend: "{{ backend }}"}\n'
+    res = run(server, "apply", "-f", "-", "--dry-run", input=quoted)
+    assert res.exit_code == 0, res.output
+    assert res.stderr == (
+        "Warning: stdin document 1: holds {{ backend }}, which no -v gave: applied as written "
+        "(give -v backend=VALUE)\n"
+    )
+    res = run(server, "apply", "-f", "-", "--dry-run", input="type: Mesh\nname: m1 # {{ x }}\n")
+    assert res.exit_code == 0 and res.stderr == ""
     res = run(server, "apply", "-f", str(f), "-v", "novalue")
     assert res.exit_code == 2 and "expected KEY=VALUE" in res.output
 
