@@ -7,15 +7,16 @@ Kubernetes waits up to five minutes between them). Instead the daemon tries agai
 backoff of 1 s doubling up to 15 s (up to 1 s of jitter added, 15 s at most), for up to
 ``--postgres-start-wait`` (5 minutes by default):
 
-- each failure is logged as a warning with the server's reason (a wrong password or an
-  unknown database reads as it is, and such a daemon still exits once the wait is over);
+- each failure is logged as a warning with the server's reason;
 - the service manager's status line says what the daemon waits for, and its start timeout is
   pushed back for as long as the daemon waits (``EXTEND_TIMEOUT_USEC``);
 - a stop signal ends the wait (a try under way finishes first: the connect timeout, 5 s).
 
-Only a failure to reach the server is waited out: any other error (a store made by a newer
-release, another role's store) ends the start at once, as does every error of the SQLite
-store, which is a local file.
+Only a failure to reach the server is waited out: any other error ends the start at once,
+as does every error of the SQLite store, which is a local file. That includes a server that
+answered with a refusal trying again cannot fix (a login refused: a wrong password, an
+unknown role, no pg_hba.conf entry; or no such database: kds.store.postgres._refused), a
+store made by a newer release and another role's store.
 """
 
 from __future__ import annotations

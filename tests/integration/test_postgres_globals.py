@@ -244,6 +244,48 @@ def test_a_global_started_before_postgresql_waits_for_it(tmp_path: Path) -> None
         server.remove()
 
 
+def test_a_refused_login_or_a_missing_database_ends_the_start_at_once(tmp_path: Path) -> None:
+    """A wrong password will not fix itself: global exits 1 at the first try, with one
+    error naming the user and the server (never the password), instead of trying again for
+    the whole start wait (5 minutes by default). So does a database that does not exist."""
+    bindir = find_bindir()
+    assert bindir is not None, "run scripts/setup-postgres"
+    server = PgServer(bindir)
+    hba = server.data / "pg_hba.conf"
+    hba.write_text("host all kds_pw 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
+    server.start()
+    pg = Pg(tmp_path)
+    try:
+        subprocess.run([str(bindir / "psql"), "-q", "-d", server.url, "-c",
+                        "CREATE ROLE kds_pw LOGIN PASSWORD 'the-right-one'"], check=True)  # fmt: skip
+        wrong = tmp_path / "db-password"
+        wrong.write_text("not-the-password\n")
+        wrong.chmod(0o600)
+        pg.url = f"postgresql://kds_pw@127.0.0.1:{server.port}/postgres"
+        for name, extra in (
+            ("ga", ("--postgres-password-file", str(wrong))),
+            ("gb", ()),
+        ):
+            if name == "gb":
+                pg.url = f"postgresql://postgres@127.0.0.1:{server.port}/no_such_db"
+            started = time.monotonic()
+            g = pg.start_global(name, *extra, wait=False)
+            assert g.proc is not None and g.proc.wait(30) == 1
+            assert time.monotonic() - started < 15
+            assert not g.events("store unreachable at start: trying again")
+            [failed] = g.events("cannot start")
+            assert f"PostgreSQL at postgresql://127.0.0.1:{server.port}/" in failed["error"]
+            if name == "ga":
+                assert "refused to log user 'kds_pw' in" in failed["error"]
+                assert "password authentication failed" in failed["error"]
+            else:
+                assert "has no database 'no_such_db'" in failed["error"]
+        assert "not-the-password" not in (tmp_path / "ga.log").read_text()
+    finally:
+        pg.close()
+        server.remove()
+
+
 def test_a_signing_key_added_on_one_instance_and_removed_on_another(pg: Pg) -> None:
     """A key rotated in on one instance signs tokens the other accepts; removed on the
     other instance, it ends the stream the first holds with a token it signed."""

@@ -9,7 +9,7 @@ gap-free and commit in order across instances (kds.store.postgres._db).
 The engines' logic and SQL are the SQLite backend's, shared (kds.store._engine, ._global,
 ._zone, ._changelog, ._sealing, ._threads). Modules here, by job: _db (connections, the
 versioned schema, transactions, the ``?`` to ``%s`` placeholders, the dialect points,
-errors), _global and _zone (each role's engine over a schema; a zone's fencing), _stores
+errors), _refused (a login refused or a database missing at connect), _global and _zone (each role's engine over a schema; a zone's fencing), _stores
 (the async stores, with follow and leadership), _listen (LISTEN/NOTIFY wake-ups between
 instances), _leader (one zone instance holds the stream, fenced), _import (a SQLite store
 moved here, keeping its id and its history or sync state).

@@ -53,6 +53,7 @@ from kds.store._rows import (
     set_meta,
 )
 from kds.store.pg_target import PgTarget
+from kds.store.postgres._refused import refusal
 
 __all__ = [
     "LOCK_LEADER",
@@ -293,8 +294,9 @@ class Database:
 
     @contextmanager
     def errors(self) -> Iterator[None]:
-        """PostgreSQL's errors as the store's: the server unreachable, its disk full. Records
-        whether the server was reachable (``away``)."""
+        """PostgreSQL's errors as the store's: the server unreachable, its disk full, a login
+        refused or a database missing (kds.store.postgres._refused). Records whether the
+        server was reachable (``away``)."""
         try:
             yield
         except psycopg.errors.DiskFull as e:
@@ -310,6 +312,10 @@ class Database:
                 "pool's timeout): nothing was written; the store retries as it comes back"
             ) from e
         except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+            refused = refusal(e, self.target.url, self.location)
+            if refused is not None:  # the server answered: a wrong login, no such database
+                self.away = False
+                raise refused from e
             self.away = connection_lost(e)
             failed = StoreUnavailable(
                 f"PostgreSQL at {self.location} failed: {first_line(e)}; retry once it is "

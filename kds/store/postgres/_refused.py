@@ -1,0 +1,106 @@
+"""A PostgreSQL server that answered a connection attempt with a refusal that trying again
+cannot fix: the login refused (SQLSTATE class 28: a wrong password, an unknown role, no
+pg_hba.conf entry) or the database missing (3D000).
+
+A daemon starting waits out a server it cannot reach (kds.store_start), as the server may
+still be starting (connection refused, 57P03 "the database system is starting up"). A
+refusal is another matter: the server is up and said no, and says no again at every try, so
+the start ends at once with an error naming the user, the server and the problem (never the
+password).
+
+libpq reports an error during connection set-up as a message only, without its SQLSTATE
+(psycopg's ``sqlstate`` is None then), so a refusal is told by PostgreSQL's own message
+texts (the server's, or libpq's when no password was given). A server whose ``lc_messages``
+translates them is not recognised: its refusals are waited out as an unreachable server's
+are, each logged with the server's reason, until the start wait ends.
+"""
+
+from __future__ import annotations
+
+import re
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from kds.errors import StoreError
+
+__all__ = ["refusal"]
+
+# Message texts of refused logins (class 28): the server's (``<method> authentication
+# failed``, pg_hba.conf's verdicts, an unknown role or one without LOGIN) and libpq's when
+# the server asked for a password and none was given.
+_LOGIN = (
+    "authentication failed for user",
+    "no pg_hba.conf entry for",
+    "pg_hba.conf rejects",
+    "is not permitted to log in",
+    "connection requires a valid client certificate",
+    "fe_sendauth: no password supplied",
+)
+_ROLE_MISSING = re.compile(r'role ".*" does not exist')
+_DATABASE_MISSING = re.compile(r'database ".*" does not exist')
+
+# libpq's message for a URL of several hosts holds one part per host tried.
+_ATTEMPT = re.compile(r"connection to server (?:at|on) ")
+_SERVER_SAYS = re.compile(r"(?:FATAL|ERROR):\s+(.*)")
+
+
+def _kind(text: str) -> str | None:
+    """Whether one connection attempt's message is a refused "login", a missing "database",
+    or neither (None)."""
+    if any(m in text for m in _LOGIN) or _ROLE_MISSING.search(text):
+        return "login"
+    if _DATABASE_MISSING.search(text):
+        return "database"
+    return None
+
+
+def _classify(e: psycopg.Error) -> str | None:
+    state = e.sqlstate
+    if state is not None:
+        return "login" if state.startswith("28") else "database" if state == "3D000" else None
+    text = str(e)
+    parts = _ATTEMPT.split(text)[1:] or [text]
+    kinds = {_kind(p) for p in parts}
+    # Every host tried refused the same way; one that could not be reached may come back.
+    return kinds.pop() if len(kinds) == 1 else None
+
+
+def _reason(e: psycopg.Error) -> str:
+    """The server's words for the first refusal: one line, bounded (never a password: neither
+    PostgreSQL nor libpq puts it in a message)."""
+    line = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+    said = _SERVER_SAYS.search(line)
+    return (said.group(1) if said else line).strip()[:200]
+
+
+def _setting(e: psycopg.Error, url: str, name: str) -> str:
+    """The user or database libpq used (it fills in defaults: the OS user, PGUSER ...), else
+    the URL's."""
+    used = getattr(e.pgconn, name, None) if e.pgconn is not None else None
+    if isinstance(used, bytes) and used:
+        return used.decode(errors="replace")[:100]
+    try:
+        given = conninfo_to_dict(url).get("user" if name == "user" else "dbname")
+    except psycopg.ProgrammingError:
+        given = None
+    return str(given or "?")[:100]
+
+
+def refusal(e: psycopg.Error, url: str, location: str) -> StoreError | None:
+    """The store's error for ``e`` if it is a refused login or a missing database, else None."""
+    kind = _classify(e)
+    if kind == "login":
+        user = _setting(e, url, "user")
+        return StoreError(
+            f"PostgreSQL at {location} refused to log user {user!r} in: {_reason(e)}. "
+            "Trying again cannot fix this: check the user and password (--postgres-url, "
+            "--postgres-password-file, PGPASSWORD or ~/.pgpass) and the server's pg_hba.conf"
+        )
+    if kind == "database":
+        db = _setting(e, url, "db")
+        return StoreError(
+            f"PostgreSQL at {location} has no database {db!r}: create it (CREATE DATABASE) "
+            "or name an existing one in --postgres-url"
+        )
+    return None
