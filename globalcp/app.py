@@ -41,7 +41,8 @@ from kds.runtime import (
 from kds.secret_files import check_secret_files
 from kds.store import WriteResult, open_global_store
 from kds.store.target import store_location
-from kds.store_start import open_store
+from kds.store_start import StartRetry
+from kds.tls import ReloadingServerCredentials as ServerCredentials
 from kds.version import __version__
 
 __all__ = ["run_global"]
@@ -94,7 +95,8 @@ async def run_global(cfg: GlobalConfig, service: Service) -> int:
             loop.call_soon_threadsafe(hub.publish_many, records)
 
     location = store_location(cfg, data_dir)
-    opened = await open_store(
+    start = StartRetry(location, cfg.postgres_start_wait, stop, service.notifier)
+    opened = await start.open(
         lambda: open_global_store(
             location,
             log_size=cfg.log_size,
@@ -102,37 +104,45 @@ async def run_global(cfg: GlobalConfig, service: Service) -> int:
             cipher=cipher,
             on_commit=on_commit,
             new_store=cfg.new_store,
-        ),
-        location,
-        cfg.postgres_start_wait,
-        stop,
-        service.notifier,
+        )
     )
     if opened is None:  # stopped while waiting for PostgreSQL
         return 0
     store = opened
-    if await store.head() == 0 and await store.get(Key(Kind.MESH, "", "default")) is None:
-        await store.put(Resource(Kind.MESH, "default"), rfc3339())
-        log.info("created the default mesh on a fresh store")
-    # Nothing else writes until the API starts: every later commit reaches the hub.
-    hub = Hub(await store.head(), await store.log_floor(), cfg.log_size)
     instance_id = f"global-{uuid.uuid4().hex[:8]}"
     metrics = GlobalMetrics()
     shared = store.backend == "postgres"  # other instances may share the store
-    tracker = ZoneTracker(
-        store,
-        hub,
-        observe_latency=metrics.observe_propagation,
-        instance_id=instance_id,
-        lease=ZONE_LEASE if shared else None,
-    )
-    await tracker.load()
+
+    async def load() -> tuple[Hub, ZoneTracker, ZoneTokens | None, ServerCredentials | None]:
+        # What global reads (and on a new store, writes once) before it serves: all of it is
+        # tried again if PostgreSQL goes away meanwhile, each try afresh.
+        if await store.head() == 0 and await store.get(Key(Kind.MESH, "", "default")) is None:
+            await store.put(Resource(Kind.MESH, "default"), rfc3339())
+            log.info("created the default mesh on a fresh store")
+        hub = Hub(await store.head(), await store.log_floor(), cfg.log_size)
+        tracker = ZoneTracker(
+            store,
+            hub,
+            observe_latency=metrics.observe_propagation,
+            instance_id=instance_id,
+            lease=ZONE_LEASE if shared else None,
+        )
+        await tracker.load()
+        zone_tokens: ZoneTokens | None = None
+        if not cfg.kds_insecure:
+            zone_tokens = ZoneTokens(store, issuer=f"kds-sync global {store.store_id}")
+            await zone_tokens.load()
+        creds = None if cfg.kds_insecure else await server_credentials(cfg, store, data_dir)
+        return hub, tracker, zone_tokens, creds
+
+    loaded = await start.run(load, "reading the store")
+    if loaded is None:  # stopped while waiting for PostgreSQL
+        store.close()
+        return 0
+    # Nothing else writes until the API starts: every later commit reaches the hub.
+    hub, tracker, zone_tokens, creds = loaded
     guard = Guard(stop)
     guard.start("zone-status-flusher", tracker.run_flusher())
-    zone_tokens: ZoneTokens | None = None
-    if not cfg.kds_insecure:
-        zone_tokens = ZoneTokens(store, issuer=f"kds-sync global {store.store_id}")
-        await zone_tokens.load()
     servicer = SyncServicer(
         store,
         hub,
@@ -180,7 +190,7 @@ async def run_global(cfg: GlobalConfig, service: Service) -> int:
             )
             bound = server.add_insecure_port(f"{host}:{port}")
         else:
-            creds = await server_credentials(cfg, store, data_dir)
+            assert creds is not None
             bound = server.add_secure_port(f"{host}:{port}", creds.credentials())
     except RuntimeError:
         bound = 0

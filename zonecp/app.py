@@ -28,7 +28,7 @@ from kds.runtime import (
 from kds.secret_files import check_secret_files
 from kds.store import WriteResult, open_zone_store
 from kds.store.target import store_location
-from kds.store_start import open_store
+from kds.store_start import StartRetry
 from kds.version import __version__
 from zonecp.client import ZoneClient
 from zonecp.status import ZoneMetrics, status_route
@@ -86,18 +86,20 @@ async def run_zone(cfg: ZoneConfig, service: Service) -> int:
         guard.start("refresh-conflicts", client.try_refresh_conflicts())
 
     location = store_location(cfg, data_dir)
-    opened = await open_store(
+    start = StartRetry(location, cfg.postgres_start_wait, stop, service.notifier)
+    opened = await start.open(
         lambda: open_zone_store(
             location, cipher=cipher, on_commit=on_commit, new_store=cfg.new_store
-        ),
-        location,
-        cfg.postgres_start_wait,
-        stop,
-        service.notifier,
+        )
     )
     if opened is None:  # stopped while waiting for PostgreSQL
         return 0
     store = opened
+    # The zone's first read, tried again as the open is if PostgreSQL goes away meanwhile.
+    state = await start.run(store.sync_state, "reading the store")
+    if state is None:  # stopped while waiting for PostgreSQL
+        store.close()
+        return 0
     client = ZoneClient(
         store,
         zone=cfg.zone,
@@ -207,7 +209,6 @@ async def run_zone(cfg: ZoneConfig, service: Service) -> int:
     settle_heap()  # loaded: what is alive now lives as long as the daemon
     guard.start("memory-keeper", keep_memory_trimmed(stop))
     runner = await serve_api(ctx, cfg.api_address, extra, tls)
-    state = await store.sync_state()
     log.info(
         "zone started",
         version=__version__,
