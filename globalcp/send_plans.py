@@ -116,7 +116,7 @@ class SendPlans:
         records = await self._range(action)
         if records is None:
             return None
-        changes = zone_bound(coalesce(records))
+        changes = coalesce(zone_bound(records))  # what zones are not sent, out first
         parts = list(pack(changes, self.max_message_bytes, wire.PART_BYTES))
         plan = RangePlan(
             parts=parts,

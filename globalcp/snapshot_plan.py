@@ -38,10 +38,11 @@ __all__ = ["PlanBuilder", "SnapshotPart", "SnapshotPlan", "plan_snapshot", "zone
 
 def zone_bound(records: list[ChangeRecord]) -> list[ChangeRecord]:
     """The records zones are sent: Kuma's system GlobalSecrets (kds.resource.stays_on_global)
-    stay on global. A range's revisions and chain still cover what was left out."""
-    if not any(stays_on_global(r.key) for r in records):
+    stay on global, and changes of a kind this version does not know (ChangeRecord.foreign)
+    are never sent. A range's revisions and chain still cover what was left out."""
+    if not any(r.foreign or stays_on_global(r.key) for r in records):
         return records  # the common case: no copy of a large list
-    return [r for r in records if not stays_on_global(r.key)]
+    return [r for r in records if not (r.foreign or stays_on_global(r.key))]
 
 
 class _Spill:

@@ -30,10 +30,21 @@ from kds.model import Key, Kind
 from kds.mtls import secret_refs
 from kds.wire import frame_change, mesh_spec_of
 
-__all__ = ["GENESIS_CHAIN", "ChangeRecord", "next_chain", "sort_records", "sync_units"]
+__all__ = [
+    "FOREIGN_KEY",
+    "GENESIS_CHAIN",
+    "ChangeRecord",
+    "next_chain",
+    "sort_records",
+    "sync_units",
+]
 
 # The history chain before the first change.
 GENESIS_CHAIN = b""
+
+# The key of a record of a kind this version does not know (ChangeRecord.foreign): no
+# resource has it, as no resource's name is empty.
+FOREIGN_KEY = Key(Kind.GLOBAL_SECRET, "", "")
 
 
 def next_chain(previous: bytes, change: bytes) -> bytes:
@@ -49,6 +60,10 @@ class ChangeRecord:
     change: bytes  # encoded kds.v1.Change
     chain: bytes = GENESIS_CHAIN  # global's history chain at this revision
     committed_at: float = 0.0  # wall-clock seconds of the commit on global (0: unknown)
+    # A change of a kind this version does not know (a newer instance sharing the store
+    # logged it), named here: kept for its revision, chain and time, never sent to a zone
+    # (globalcp.snapshot_plan.zone_bound); its key is then FOREIGN_KEY.
+    foreign: str = ""
     _framed: bytes | None = field(default=None, init=False, repr=False, compare=False)
     _backend: frozenset[str] | None = field(default=None, init=False, repr=False, compare=False)
 

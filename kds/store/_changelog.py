@@ -24,15 +24,14 @@ from typing import Any
 
 import structlog
 
-from kds.model import Key, Kind
-from kds.protocol.records import next_chain
+from kds.model import Key
+from kds.protocol.records import FOREIGN_KEY, next_chain
+from kds.store._kinds import known_kind
 from kds.store._rows import LOG_COLS, Conn, Db, get_meta, log_digest, set_meta
 from kds.store._sealing import Sealer, aad
 from kds.store.results import ChangeRecord
 
 __all__ = ["ChangeLog", "digest_entries"]
-
-_KINDS = frozenset(str(k) for k in Kind)
 
 log = structlog.get_logger("kds.store")
 
@@ -167,7 +166,9 @@ class ChangeLog:
     def changes_after(self, revision: int, upto: int) -> list[ChangeRecord]:
         """The entries after ``revision`` up to ``upto``, in order; a damaged entry ends
         the list before it (reported), so a range reaching it comes out short and the zone
-        is sent a snapshot instead of a damaged change or a gap."""
+        is sent a snapshot instead of a damaged change or a gap. An entry of a kind this
+        version does not know is a record of its revision, chain and time only, marked
+        ``foreign`` (kds.store._kinds): it is never sent, and the range stays whole."""
         with self.db.read() as conn:
             rows = conn.execute(
                 f"SELECT {LOG_COLS} FROM changelog WHERE revision > ? AND revision <= ? "
@@ -181,14 +182,16 @@ class ChangeLog:
                 self._damaged(row, "the changes from it on are not sent: a snapshot is")
                 break
             rev, k, m, n, d, c, ch, at, sl, _ = row
+            kind = known_kind(k, self.db.location)
             out.append(
                 ChangeRecord(
                     int(rev),
-                    Key(Kind(k), m, n),
+                    FOREIGN_KEY if kind is None else Key(kind, m, n),
                     bool(d),
                     open_value(bytes(c), sl, aad("changelog", str(rev), "", "", "")),
                     bytes(ch),
                     float(at),
+                    foreign="" if kind is not None else k,
                 )
             )
         return out
@@ -208,9 +211,10 @@ class ChangeLog:
             if not _sound(row):
                 self._damaged(row, "anti-entropy reads its whole tree again instead")
                 return None
-            if row[1] not in _KINDS:
+            kind = known_kind(row[1], self.db.location)
+            if kind is None:
                 return None  # a type this version does not know (a newer instance wrote it)
-            keys.add(Key(Kind(row[1]), row[2], row[3]))
+            keys.add(Key(kind, row[2], row[3]))
         return keys
 
     def check(self) -> list[int]:

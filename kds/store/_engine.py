@@ -27,6 +27,7 @@ from kds import integrity
 from kds.crypto import DataCipher
 from kds.errors import InvalidReferences, KdsError, NotFound, StoreDamaged
 from kds.model import Key, Kind, Resource
+from kds.store._kinds import foreign_row, known_kind
 from kds.store._rows import COL_NAMES, COLS, UPSERT_RESOURCE, Conn, DamagedRow, Db
 from kds.store._sealing import Sealer, reseal
 from kds.store._select import selected_sql
@@ -240,6 +241,8 @@ class ResourceEngine:
             # Row by row, not fetchall: every row of a large store held at once took over
             # 100 MB for 100,000 secrets, where only each key and its digest are kept.
             for r in conn.execute(f"SELECT {COLS} FROM resources WHERE origin='global'"):
+                if foreign_row(r, self.location):
+                    continue  # no zone holds it either (kds.store._kinds)
                 leaf = self._leaf(r)
                 if leaf is not None:
                     take(*leaf)
@@ -263,7 +266,8 @@ class ResourceEngine:
                 "SELECT kind, mesh, name FROM resources GROUP BY kind, mesh, name "
                 "HAVING COUNT(*) > 1 ORDER BY kind, mesh, name"
             )
-            return [Key(Kind(k), m, n) for k, m, n in cur]
+            found = ((known_kind(k, self.location), m, n) for k, m, n in cur)
+            return [Key(kind, m, n) for kind, m, n in found if kind is not None]
 
     def counts(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {str(k): {"global": 0, "zone": 0} for k in Kind}
@@ -271,7 +275,8 @@ class ResourceEngine:
             for kind, origin, n in conn.execute(
                 "SELECT kind, origin, COUNT(*) FROM resources GROUP BY kind, origin"
             ):
-                out[kind][origin] = int(n)
+                if known_kind(kind, self.location) is not None:
+                    out[kind][origin] = int(n)
         return out
 
     def _mesh_exists(self, conn: Conn, mesh: str) -> bool:

@@ -21,6 +21,7 @@ from kds.model import Key, Kind, Resource
 from kds.protocol.records import sync_units
 from kds.store._changelog import ChangeLog
 from kds.store._engine import ResourceEngine, TxView
+from kds.store._kinds import known_kind
 from kds.store._rows import COLS, DIGEST, WIRE, Conn, Db, get_meta, row_digest
 from kds.store._sealing import aad
 from kds.store.interface import OnCommit
@@ -195,7 +196,8 @@ class GlobalEngine(ResourceEngine):
         return head, chain
 
     def _snapshot_record(self, r: Sequence[Any]) -> ChangeRecord | None:
-        """A row as the snapshot sends it; None (logged by key) if its digest fails."""
+        """A row as the snapshot sends it; None (logged by key) if its digest fails, or (logged
+        once per kind: kds.store._kinds) if it is of a kind this version does not know."""
         k, m, n = r[0], r[1], r[2]
         if row_digest(r[:DIGEST]) != bytes(r[DIGEST]) or r[WIRE] is None:
             log.error(
@@ -205,8 +207,11 @@ class GlobalEngine(ResourceEngine):
                 fix="put the resource again, or restore the store from a backup",
             )
             return None
+        kind = known_kind(k, self.location)
+        if kind is None:
+            return None
         change = self.sealer.open(bytes(r[WIRE]), r[10], aad("wire", k, m, n, ORIGIN_GLOBAL))
-        return ChangeRecord(int(r[9]), Key(Kind(k), m, n), False, change)
+        return ChangeRecord(int(r[9]), Key(kind, m, n), False, change)
 
     # ------------------------------------------------------------------ internal secrets
 

@@ -28,6 +28,7 @@ from kds.model import Key, Kind, Resource
 from kds.mtls import secret_refs, synced_mtls_problems
 from kds.protocol.applier import DecodedBatch, OwnMtls, Plan, ZoneView, plan_batch
 from kds.store._engine import ResourceEngine, select_key_rows
+from kds.store._kinds import known_kind
 from kds.store._rows import UPSERT_RESOURCE, Conn, DamagedRow, get_meta, set_meta, set_metas
 from kds.store.interface import OnCommit
 from kds.store.results import ORIGIN_GLOBAL, ORIGIN_ZONE, SyncState, WriteResult, ZoneApplyResult
@@ -172,7 +173,10 @@ class ZoneEngine(ResourceEngine):
                 "SELECT kind, mesh, name FROM resources WHERE origin='global' AND sync_gen != ?",
                 (gen,),
             )
-            stale = [k for k in (Key(Kind(a), b, c) for a, b, c in cur) if k not in keys]
+            for k, m, n in cur:
+                kind = known_kind(k, self.location)  # else left to the version that knows it
+                if kind is not None and Key(kind, m, n) not in keys:
+                    stale.append(Key(kind, m, n))
         local: set[Key] = set()
         synced: set[Key] = set()
         local_meshes: set[str] = set()

@@ -15,8 +15,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
+from kds.protocol.records import next_chain
+from kds.store._rows import log_digest, row_digest
+from kds.store.postgres._db import LOCK_WRITE, lock_key
 from tests.integration.conftest import _TEST_ARGS, BIN, Daemon, b64, free_port, wait_for
 from tests.pgserver import PgServer, find_bindir, shared_server
 
@@ -284,6 +288,69 @@ def test_a_refused_login_or_a_missing_database_ends_the_start_at_once(tmp_path: 
     finally:
         pg.close()
         server.remove()
+
+
+def _plant_newer_kind(url: str, schema: str, kind: str) -> int:
+    """Commit what a newer kds-sync sharing the store would for a kind this one does not
+    know: its row and change-log entry, the head moved to it, the instances told."""
+    with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
+        conn.execute(f"SET LOCAL search_path TO {schema}")
+        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (lock_key(schema), LOCK_WRITE))
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        rev, change = int(meta["head"]) + 1, b"\x0a\x05newer"
+        chain = next_chain(bytes.fromhex(meta["chain"]), change)
+        row = (kind, "default", "p1", "global", b"", "{}", "{}", "t", "t", rev, "", change)
+        conn.execute(
+            "INSERT INTO resources (kind, mesh, name, origin, data, labels, spec, creation_time,"
+            " modification_time, version, sealed, wire, digest) VALUES"
+            " (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+            (*row, row_digest(row)),
+        )
+        entry = (rev, kind, "default", "p1", False, change, chain, time.time(), "")
+        conn.execute(
+            "INSERT INTO changelog (revision, kind, mesh, name, deleted, change, chain,"
+            " committed_at, sealed, digest) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+            (*entry, log_digest(entry)),
+        )
+        conn.execute("UPDATE meta SET value=%s WHERE key='head'", (str(rev),))
+        conn.execute("UPDATE meta SET value=%s WHERE key='chain'", (chain.hex(),))
+        conn.execute("SELECT pg_notify(%s, 'change')", (schema,))
+    return rev
+
+
+def test_a_kind_a_newer_instance_wrote_is_skipped_and_global_goes_on(pg: Pg) -> None:
+    """A newer global sharing the store commits a resource of a kind this one does not know:
+    this global logs it once, never sends it (a zone resuming through it and one taking a
+    snapshot get the rest), never lists it, and keeps running, after a restart too."""
+    g = pg.start_global("ga")
+    _, token = pg.token(g, "z1")
+    z1 = pg.start_zone("z1", token, "ga")
+    assert g.put("/meshes/default/secrets/s1", _secret("s1", "1")).status_code == 201
+    wait_for(lambda: z1.secret("default", "s1"), what="s1 on the zone")
+    rev = _plant_newer_kind(pg.url, pg.schema, "MeshTrafficPermission")
+    skipped = g.wait_event("resources of a kind this version does not know are skipped")
+    assert skipped["kind"] == "MeshTrafficPermission"
+    assert g.put("/meshes/default/secrets/s2", _secret("s2", "2")).status_code == 201
+    wait_for(lambda: z1.get_json("/status")["appliedRevision"] == rev + 1, what="z1 past it")
+    _, token2 = pg.token(g, "z2")
+    z2 = pg.start_zone("z2", token2, "ga")  # a snapshot
+    for z in (z1, z2):
+        wait_for(lambda z=z: z.secret("default", "s2"), what=f"s2 on {z.name}")
+        names = sorted(i["name"] for i in z.get_json("/meshes/default/secrets")["items"])
+        assert names == ["s1", "s2"]
+        assert not z.events("rejected a synced resource")  # nothing it cannot read was sent
+    assert sorted(i["name"] for i in g.get_json("/meshes/default/secrets")["items"]) == [
+        "s1",
+        "s2",
+    ]
+    assert g.get_json("/zones/_resources") is not None
+    assert g.proc is not None and g.proc.poll() is None
+    assert len(g.events("resources of a kind this version does not know are skipped")) == 1
+    assert g.stop() == 0
+    g.start()  # opened again: nothing damaged, nothing failed
+    assert g.put("/meshes/default/secrets/s3", _secret("s3", "3")).status_code == 201
+    wait_for(lambda: z1.secret("default", "s3"), 20, "s3 on z1 after global's restart")
+    assert not [e for e in g.events("damaged row in store: it is not served")]
 
 
 def test_a_signing_key_added_on_one_instance_and_removed_on_another(pg: Pg) -> None:
