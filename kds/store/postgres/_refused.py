@@ -23,6 +23,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from kds.errors import StoreError
+from kds.text import safe_text
 
 __all__ = ["refusal"]
 
@@ -71,7 +72,7 @@ def _reason(e: psycopg.Error) -> str:
     PostgreSQL nor libpq puts it in a message)."""
     line = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
     said = _SERVER_SAYS.search(line)
-    return (said.group(1) if said else line).strip()[:200]
+    return safe_text((said.group(1) if said else line).strip(), 200)
 
 
 def _setting(e: psycopg.Error, url: str, name: str) -> str:
