@@ -1,6 +1,7 @@
 """The benchmark harness: kds-sync end to end, side by side with etcd's watch.
 
     scripts/bench                 # full run: writes docs/benchmarks.{json,md,png}
+                                  # (any other run must name its --out)
     scripts/bench --quick --out /tmp/b   # the small run CI does (tests/integration)
 
 Every kds process is real: globalcp runs as its own process (the daemon, default settings,
@@ -221,7 +222,12 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("--quick", action="store_true", help="the small run CI does")
-    ap.add_argument("--out", type=Path, default=ROOT / "docs", help="where results go")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        help="where results go (default: docs/, for a full run only: a partial run must "
+        "name another place, so the published report is never replaced by one)",
+    )
     ap.add_argument("--repeats", type=int, help="override the plan's repeats")
     ap.add_argument("--pace", type=float, default=0.01, help="pause between single writes (s)")
     ap.add_argument("--procs", type=int, default=0, help="fleet processes (0: by zone count)")
@@ -246,6 +252,29 @@ def main(argv: list[str] | None = None) -> int:
         "--no-plaintext", action="store_true", help="skip the plaintext kds runs (TLS only)"
     )
     args = ap.parse_args(argv)
+    partial = [
+        flag
+        for flag, given in (
+            ("--quick", args.quick),
+            ("--only", args.only),
+            ("--repeats", args.repeats),
+            ("--prop-zones", args.prop_zones),
+            ("--bulk-zones", args.bulk_zones),
+            ("--writes", args.writes),
+            ("--no-plaintext", args.no_plaintext),
+            ("--profile", args.profile),
+            ("--procs", args.procs),
+            ("--pace", args.pace != 0.01),
+        )
+        if given
+    ]
+    if args.out is None:
+        if partial:
+            ap.error(
+                f"{', '.join(partial)}: a partial run does not replace the published report "
+                "in docs/: give --out DIR"
+            )
+        args.out = ROOT / "docs"
     plan = dict(PLANS["quick" if args.quick else "full"])
     if args.no_plaintext:
         plan["plaintext"] = False
