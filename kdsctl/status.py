@@ -330,6 +330,18 @@ def inspect_zone(client: ApiClient, name: str, output: str, shown: int) -> None:
         _print_history(client, name, shown, now)
 
 
+def _ready_line(st: Mapping[str, Any], standby: bool) -> str:
+    if standby:
+        return "standby (serves what the leader applies)"
+    return "yes" if st["ready"] else "no"
+
+
+def _leader_line(leader: Mapping[str, Any]) -> str:
+    """Several instances of a zone on PostgreSQL: which one holds the stream to global."""
+    who = "this instance" if leader.get("thisInstance") else str(leader.get("instanceId") or "-")
+    return f"{who} (epoch {leader.get('epoch', '-')})"
+
+
 def _print_refused(z: Mapping[str, Any]) -> None:
     refused = z.get("refused")
     refused = [r for r in refused if isinstance(r, Mapping)] if isinstance(refused, list) else []
@@ -354,22 +366,26 @@ def inspect_sync(client: ApiClient, output: str) -> None:
         dump(st, output)
         return
     g = st.get("global") or {}
-    if st["connected"]:
+    leader = st.get("leader") if isinstance(st.get("leader"), Mapping) else None
+    standby = leader is not None and not leader.get("thisInstance")
+    if standby:
+        link = "not connected: a standby; the leader holds the stream"
         link = f"connected since {st['connectedSince']} ({_since(st['connectedSince'], now)})"
-    else:
+    elif not standby:
         link = "NOT connected" + (
             f" since {st['disconnectedAt']}" if st.get("disconnectedAt") else ""
         )
+    applied = (
+        f"{st['appliedRevision']} at {st.get('appliedAt') or '-'} "
+        f"(global at {st['globalRevision']} as last heard, lag {st['lagRevisions']})"
+    )
     pairs = [
         ("Zone", str(st["zone"])),
         ("Global", f"{g.get('address')} ({link})"),
         ("Global instance", str(g.get("instanceId") or "-")),
-        ("Ready", "yes" if st["ready"] else "no"),
-        (
-            "Applied revision",
-            f"{st['appliedRevision']} at {st.get('appliedAt') or '-'} "
-            f"(global at {st['globalRevision']} as last heard, lag {st['lagRevisions']})",
-        ),
+        *([("Leader", _leader_line(leader))] if leader is not None else []),
+        ("Ready", _ready_line(st, standby)),
+        ("Applied revision", "- (the leader's: inspect sync on it)" if standby else applied),
         ("Last message", _since(st.get("lastMessageAt"), now)),
         ("Connections", str(st.get("connections", 0))),
         ("Problem", _problem_line(st, now)),

@@ -4,6 +4,7 @@ both serve the zone's API, and when the leader is SIGKILLed the other takes over
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -31,6 +32,16 @@ def _start_zone_instance(
     return d.start()
 
 
+def _inspect_sync(d: Daemon) -> str:
+    r = subprocess.run(
+        [str(BIN / "kdsctl"), "--api-url", d.api_url, "--token-file",
+         str(d.data_dir / "admin-token"), "inspect", "sync"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
 def _leader(d: Daemon) -> Any:
     return d.get_json("/status")["leader"]
 
@@ -49,6 +60,11 @@ def test_one_leader_syncs_both_serve_and_the_other_takes_over(pg: Pg) -> None:
     leader, standby = (one, two) if _leader(one)["thisInstance"] else (two, one)
     assert not _leader(standby)["thisInstance"]
     assert standby.http.get("/readyz").status_code == 200  # it serves the shared store
+    shown = {d: _inspect_sync(d) for d in (leader, standby)}
+    assert f"this instance (epoch {lead['epoch']})" in shown[leader]
+    assert f"{lead['instanceId']} (epoch {lead['epoch']})" in shown[standby]
+    assert "standby (serves what the leader applies)" in shown[standby]
+    assert "NOT connected" not in shown[standby] and "Ready:" in shown[standby]
 
     # Global's write reaches the store both serve; a zone-local write on either is shared.
     assert g.put("/meshes/default/secrets/s1", _secret("s1", "1")).status_code == 201
