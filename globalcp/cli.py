@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from kds.cli_common import run_with_config
+from kds.cli_common import check_config, run_with_config
 from kds.config import GlobalConfig, click_options
 from kds.version import __version__
 
@@ -50,6 +50,19 @@ def migrate_store(ctx: click.Context, config_file: Path | None, **given: Any) ->
     from globalcp.migrate import migrate_store
 
     sys.exit(migrate_store(ctx, config_file, given))
+
+
+@cli.command(
+    "check-config",
+    help="Check the options as run (and a SIGHUP reload) would read them: flags, "
+    "GLOBALCP_* environment variables, the --config file. Prints the first problem and exits "
+    "1, or exits 0. The systemd unit runs it before it signals a reload, so a file the "
+    "daemon would refuse makes systemctl reload fail.",
+)
+@click_options(GlobalConfig, "GLOBALCP_")
+@click.pass_context
+def check_config_command(ctx: click.Context, config_file: Path | None, **given: Any) -> None:
+    sys.exit(check_config(ctx, GlobalConfig, config_file, given))
 
 
 def main() -> None:

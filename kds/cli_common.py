@@ -25,10 +25,7 @@ def run_with_config(
     given: dict[str, Any],
     main: Callable[[Any, Service], Awaitable[int]],
 ) -> int:
-    sources = {}
-    for name in given:
-        src = ctx.get_parameter_source(name)
-        sources[name] = "environment" if src is click.core.ParameterSource.ENVIRONMENT else "flag"
+    sources = _sources(ctx, given)
 
     def load() -> Any:
         # At start and at every reload: the file read again, flags and environment as given.
@@ -44,6 +41,33 @@ def run_with_config(
     except KdsError as e:
         structlog.get_logger("kds").error("cannot start", error=str(e))
         return 1
+
+
+def _sources(ctx: click.Context, given: dict[str, Any]) -> dict[str, str]:
+    env = click.core.ParameterSource.ENVIRONMENT
+    return {n: "environment" if ctx.get_parameter_source(n) is env else "flag" for n in given}
+
+
+def check_config(
+    ctx: click.Context,
+    cls: type[Any],
+    config_file: Path | None,
+    given: dict[str, Any],
+    more: Callable[[Any], object] | None = None,
+) -> int:
+    """``check-config``: load the options as ``run`` (and a reload) would, with ``more``, the
+    role's checks across options, say whether they are valid, and return the exit code. A
+    service manager runs it before it signals a reload, so a reload the daemon would refuse
+    fails where the operator sees it."""
+    try:
+        cfg = load_config(cls, config_file, given, _sources(ctx, given))
+        if more is not None:
+            more(cfg)
+    except KdsError as e:
+        click.echo(f"Error: {e}", err=True)
+        return 1
+    click.echo(f"configuration valid{f': {config_file}' if config_file else ''}")
+    return 0
 
 
 def quiet_grpc_core() -> None:

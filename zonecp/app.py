@@ -58,10 +58,8 @@ LIVE_OPTIONS = frozenset(
 
 async def run_zone(cfg: ZoneConfig, service: Service) -> int:
     stop = service.stop
-    if not cfg.zone:
-        raise ConfigError("--zone is required (env ZONECP_ZONE or 'zone:' in the config file)")
+    ca_pem = check_options(cfg)
     structlog.contextvars.bind_contextvars(zone=cfg.zone)
-    ca_pem = _check_transport(cfg)
     check_secret_files(
         {
             "--token-file": None if cfg.insecure else cfg.token_file,
@@ -251,6 +249,15 @@ async def _first_of(*events: asyncio.Event) -> None:
     finally:
         for w in waits:
             w.cancel()
+
+
+def check_options(cfg: ZoneConfig) -> bytes | None:
+    """What a zone's start refuses of its options beyond each one's own rule (zonecp run and
+    check-config): a zone name, and transport options that agree; the CA to verify global
+    with."""
+    if not cfg.zone:
+        raise ConfigError("--zone is required (env ZONECP_ZONE or 'zone:' in the config file)")
+    return _check_transport(cfg)
 
 
 def _check_transport(cfg: ZoneConfig) -> bytes | None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from kds.cli_common import quiet_grpc_core, run_with_config
+from kds.cli_common import check_config, quiet_grpc_core, run_with_config
 from kds.config import ZoneConfig, click_options
 from kds.version import __version__
 
@@ -51,6 +51,21 @@ def migrate_store(ctx: click.Context, config_file: Path | None, **given: Any) ->
     from zonecp.migrate import migrate_store
 
     sys.exit(migrate_store(ctx, config_file, given))
+
+
+@cli.command(
+    "check-config",
+    help="Check the options as run (and a SIGHUP reload) would read them: flags, "
+    "ZONECP_* environment variables, the --config file. Prints the first problem and exits "
+    "1, or exits 0. The systemd unit runs it before it signals a reload, so a file the "
+    "daemon would refuse makes systemctl reload fail.",
+)
+@click_options(ZoneConfig, "ZONECP_")
+@click.pass_context
+def check_config_command(ctx: click.Context, config_file: Path | None, **given: Any) -> None:
+    from zonecp.app import check_options
+
+    sys.exit(check_config(ctx, ZoneConfig, config_file, given, check_options))
 
 
 def main() -> None:

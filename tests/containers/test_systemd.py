@@ -292,6 +292,14 @@ def test_reload_applies_log_level_and_keeps_the_stream(machine: Machine) -> None
         15,
         "the reload line in globalcp's journal",
     )
+    # A file the daemon would refuse: systemctl reload fails naming the problem (it reported
+    # success while only the journal said "reload refused"), and the daemon runs on.
+    refused = machine.sh(
+        "cp /etc/kds/globalcp.yaml /tmp/globalcp.yaml && echo 'log-level: [' >> /etc/kds/globalcp.yaml"
+        " && timeout 30 systemctl reload globalcp; echo rc=$?;"
+        " cp /tmp/globalcp.yaml /etc/kds/globalcp.yaml",
+    )
+    assert "rc=0" not in refused.stdout, refused.stdout + refused.stderr
     after = machine.show("globalcp", "ActiveState", "MainPID", "NRestarts")
     assert after["ActiveState"] == "active", after
     assert (after["MainPID"], after["NRestarts"]) == (before["MainPID"], before["NRestarts"])

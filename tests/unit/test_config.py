@@ -220,3 +220,27 @@ def test_an_on_off_option_can_be_turned_off_by_a_flag(
     )
     assert [getattr(c, field) for c in seen] == [False, True, False]
     assert "default off" in runner.invoke(cli, ["run", "--help"]).output
+
+
+def test_check_config_says_what_a_start_or_reload_would_refuse(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    runner = CliRunner()
+    f.write_text("log-level: debug\n")
+    r = runner.invoke(globalcp_cli, ["check-config", "--config", str(f)])
+    assert r.exit_code == 0 and f"configuration valid: {f}" in r.output
+    f.write_text("log-level: [\n")
+    r = runner.invoke(globalcp_cli, ["check-config", "--config", str(f)])
+    assert r.exit_code == 1 and "is not valid YAML" in r.stderr
+    f.write_text("heartbeat-interval: 0s\n")
+    r = runner.invoke(globalcp_cli, ["check-config", "--config", str(f)])
+    assert r.exit_code == 1 and "--heartbeat-interval (from config file" in r.stderr
+    # A zone's options that must agree, as its start checks them.
+    f.write_text("global-address: grpcs://global.example:5685\n")
+    r = runner.invoke(zonecp_cli, ["check-config", "--config", str(f)])
+    assert r.exit_code == 1 and "--zone is required" in r.stderr
+    r = runner.invoke(zonecp_cli, ["check-config", "--config", str(f), "--zone", "eu-west"])
+    assert r.exit_code == 1 and "--token-file is required" in r.stderr
+    r = runner.invoke(
+        zonecp_cli, ["check-config", "--config", str(f), "--zone", "eu-west", "--token-file", "t"]
+    )
+    assert r.exit_code == 0, r.output
