@@ -48,7 +48,7 @@ from kds.errors import StoreUnavailable
 from kds.notify import Notifier
 from kds.store.pg_target import PgTarget
 
-__all__ = ["FIRST_WAIT", "MAX_WAIT", "StartRetry", "open_store"]
+__all__ = ["FIRST_WAIT", "MAX_WAIT", "StartRetry"]
 
 log = structlog.get_logger("kds.store")
 
@@ -164,21 +164,3 @@ class StartRetry:
                 waited_s=round(time.monotonic() - started, 1),
             )
         return done
-
-
-async def open_store(
-    open_: Callable[[], T],
-    target: Path | PgTarget,
-    wait: float,
-    stop: asyncio.Event,
-    notifier: Notifier,
-    *,
-    first_wait: float = FIRST_WAIT,
-    max_wait: float = MAX_WAIT,
-) -> T | None:
-    """``open_()``, the store at ``target``; on PostgreSQL tried again while it fails
-    because the server cannot be reached, until a try would start more than ``wait`` seconds
-    after the first; None if ``stop`` was set first. The last failure (or any other error)
-    is raised."""
-    start = StartRetry(target, wait, stop, notifier, first_wait=first_wait, max_wait=max_wait)
-    return await start.open(open_)

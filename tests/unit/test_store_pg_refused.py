@@ -17,7 +17,7 @@ from kds.errors import StoreError, StoreUnavailable
 from kds.notify import Notifier
 from kds.store import PgTarget, open_global_store
 from kds.store.postgres._refused import refusal
-from kds.store_start import open_store
+from kds.store_start import StartRetry
 from tests.pgserver import PgServer, find_bindir
 
 PASSWORD = "right-" + uuid.uuid4().hex[:8]
@@ -54,7 +54,7 @@ def _open(url: str, password: str | None = None) -> Any:
 
 
 async def _start(url: str, password: str | None = None, wait: float = 30) -> tuple[Any, float, int]:
-    """open_store as a daemon starts, waiting up to ``wait``: (outcome, seconds, tries)."""
+    """The store opened as a daemon starts (StartRetry.open), waiting up to ``wait``: (outcome, seconds, tries)."""
     tries = 0
 
     def opener() -> Any:
@@ -65,8 +65,10 @@ async def _start(url: str, password: str | None = None, wait: float = 30) -> tup
     started = time.monotonic()
     target = PgTarget(url, "kds_global", password=password)
     try:
-        got: Any = await open_store(opener, target, wait, asyncio.Event(), Notifier(None),
-                                    first_wait=0.05, max_wait=0.1)  # fmt: skip
+        start = StartRetry(
+            target, wait, asyncio.Event(), Notifier(None), first_wait=0.05, max_wait=0.1
+        )
+        got: Any = await start.open(opener)
     except Exception as e:
         got = e
     return got, time.monotonic() - started, tries

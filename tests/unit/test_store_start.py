@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 from kds.errors import StoreError, StoreUnavailable
 from kds.notify import Notifier
 from kds.store.pg_target import PgTarget
-from kds.store_start import open_store
+from kds.store_start import StartRetry
 
 PG = PgTarget(url="postgresql://kds:hunter2@db.example:6543/kds", schema="kds_global")
 FAST = {"first_wait": 0.01, "max_wait": 0.02}
@@ -50,8 +50,8 @@ class _Opener:
 
 def _run(opener: _Opener, target: Any = PG, wait: float = 30.0, **kw: Any) -> Any:
     async def go() -> Any:
-        return await open_store(opener, target, wait, asyncio.Event(), kw.pop("notes", _Notes()),
-                                **{**FAST, **kw})  # fmt: skip
+        notes = kw.pop("notes", _Notes())
+        return await StartRetry(target, wait, asyncio.Event(), notes, **{**FAST, **kw}).open(opener)
 
     return asyncio.run(go())
 
@@ -146,7 +146,8 @@ def test_a_stop_signal_ends_the_wait() -> None:
         asyncio.get_running_loop().call_later(0.3, stop.set)
         started = time.monotonic()
         with capture_logs() as logs:
-            got = await open_store(opener, PG, 300, stop, _Notes(), first_wait=60, max_wait=60)
+            start = StartRetry(PG, 300, stop, _Notes(), first_wait=60, max_wait=60)
+            got = await start.open(opener)
         assert any(e["event"] == "stopped while waiting for the store" for e in logs)
         return got, time.monotonic() - started, opener.calls
 
