@@ -29,7 +29,7 @@ from typing import Any
 import click
 
 from kdsctl import resources
-from kdsctl.client import ApiClient, ApiError, ApiUnreachable
+from kdsctl.client import ApiClient, ApiError, ApiUnreachable, duration_param
 from kdsctl.render import fail, safe_text
 
 __all__ = ["DEFAULT_API_URL", "cli", "main"]
@@ -148,13 +148,7 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 
 
 def _timeout(ctx: click.Context, param: click.Parameter, value: str) -> float:
-    from kds.config_values import parse_duration
-
-    try:
-        seconds = parse_duration(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
-    if seconds <= 0:
+    if (seconds := duration_param(ctx, param, value)) <= 0:
         raise click.BadParameter("must be more than 0")
     return seconds
 

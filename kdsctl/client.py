@@ -39,6 +39,7 @@ __all__ = [
     "ApiError",
     "ApiUnreachable",
     "Response",
+    "duration_param",
     "pass_client",
     "redacted",
     "resource_path",
@@ -377,6 +378,17 @@ class ApiClient:
 
 
 pass_client = click.make_pass_decorator(ApiClient)
+
+
+def duration_param(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    """A click callback: a duration as every option takes one (10s, 500ms, 2m, bare seconds)."""
+    from kds.config_values import parse_duration
+
+    try:
+        return parse_duration(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
 
 # The largest answer kdsctl reads: a page of 1000 secrets at the default 1 MiB value limit
 # is about 1.4 GB, but lists of large secrets are paged smaller (--size); a server that

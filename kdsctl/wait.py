@@ -16,20 +16,11 @@ from urllib.parse import quote
 
 import click
 
-from kdsctl.client import ApiClient, pass_client
+from kdsctl.client import ApiClient, duration_param, pass_client
 from kdsctl.render import fail, safe_text
 from kdsctl.status import _get, _need_role, _since
 
 __all__ = ["wait"]
-
-
-def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
-    from kds.config_values import parse_duration
-
-    try:
-        return parse_duration(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
 
 
 @click.group()
@@ -51,7 +42,7 @@ def wait() -> None:
     "wait_for",
     default="30s",
     show_default=True,
-    callback=_duration,
+    callback=duration_param,
     metavar="DURATION",
     help="Give up after this long (5s, 2m, ...).",
 )
@@ -59,7 +50,7 @@ def wait() -> None:
     "--interval",
     default="250ms",
     show_default=True,
-    callback=_duration,
+    callback=duration_param,
     metavar="DURATION",
     help="How often to ask global.",
 )
