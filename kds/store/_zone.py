@@ -234,6 +234,8 @@ class ZoneEngine(ResourceEngine):
     ) -> dict[str, OwnMtls]:
         """The zone's own Meshes whose mTLS backends use global's copies the batch puts,
         each with the Secrets its backends use as this zone serves them now."""
+        if not local_meshes:  # the common case: no own Mesh, no pass over the changes
+            return {}
         put: dict[str, set[str]] = {}
         for c in batch.changes:
             k = c.key
