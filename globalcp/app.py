@@ -13,7 +13,7 @@ from aiohttp import web
 from globalcp.hub import Hub
 from globalcp.inventory import inventory_routes
 from globalcp.metrics import GlobalMetrics
-from globalcp.security import server_credentials
+from globalcp.security import check_options, server_credentials
 from globalcp.servicer import SyncServicer
 from globalcp.status_api import zone_routes
 from globalcp.token_api import token_routes
@@ -77,6 +77,7 @@ LIVE_OPTIONS = frozenset(
 
 async def run_global(cfg: GlobalConfig, service: Service) -> int:
     stop = service.stop
+    check_options(cfg)
     check_ports_free({"--kds-address": cfg.kds_address, "--api-address": cfg.api_address})
     data_dir = ensure_private_dir(cfg.data_dir)
     check_secret_files(

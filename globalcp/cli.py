@@ -62,7 +62,9 @@ def migrate_store(ctx: click.Context, config_file: Path | None, **given: Any) ->
 @click_options(GlobalConfig, "GLOBALCP_")
 @click.pass_context
 def check_config_command(ctx: click.Context, config_file: Path | None, **given: Any) -> None:
-    sys.exit(check_config(ctx, GlobalConfig, config_file, given))
+    from globalcp.security import check_options
+
+    sys.exit(check_config(ctx, GlobalConfig, config_file, given, check_options))
 
 
 def main() -> None:

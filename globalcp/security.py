@@ -21,10 +21,11 @@ import structlog
 from kds import tls
 from kds.clock import rfc3339
 from kds.config import GlobalConfig
+from kds.config_files import check_files_given
 from kds.errors import ConfigError
 from kds.store import GlobalStore
 
-__all__ = ["CA_CERT", "CA_KEY", "server_credentials"]
+__all__ = ["CA_CERT", "CA_KEY", "check_options", "server_credentials"]
 
 log = structlog.get_logger("globalcp.security")
 
@@ -66,6 +67,15 @@ async def _own_ca(store: GlobalStore, data_dir: Path) -> tls.CertPair:
     if not ca_file.exists() or ca_file.read_bytes() != ca.cert_pem:
         _write_private(ca_file, ca.cert_pem)
     return ca
+
+
+def check_options(cfg: GlobalConfig) -> None:
+    """What global's start refuses of its options beyond each one's own rule (globalcp run
+    and check-config), before it opens the store: certificate files given alone, unreadable,
+    not PEM or not a pair, and an encryption key file that does not load."""
+    check_files_given(cfg)
+    if not cfg.kds_insecure:  # plaintext sync serves no certificate
+        tls.check_files(cfg.tls_cert_file, cfg.tls_key_file, "--tls-cert-file", "--tls-key-file")
 
 
 async def server_credentials(

@@ -37,6 +37,7 @@ __all__ = [
     "CertPair",
     "ReloadingServerCredentials",
     "ReloadingServerSSLContext",
+    "check_files",
     "default_names",
     "issue_server_cert",
     "make_ca",
@@ -163,6 +164,19 @@ def _read(path: Path, option: str) -> bytes:
         return path.read_bytes()
     except OSError as e:
         raise ConfigError(f"{option} {path}: cannot read it: {e.strerror}") from None
+
+
+def check_files(
+    cert_file: Path | None, key_file: Path | None, cert_option: str, key_option: str
+) -> None:
+    """Refuse a certificate and key file given alone, or files that cannot be read or do not
+    form a pair; neither given is fine."""
+    if cert_file is None and key_file is None:
+        return
+    if cert_file is None or key_file is None:
+        raise ConfigError(f"{cert_option} and {key_option} go together: give both or neither")
+    cert, key = _read(cert_file, cert_option), _read(key_file, key_option)
+    check_pair(cert, key, f"{cert_option} {cert_file} / {key_option} {key_file}")
 
 
 def check_pair(cert_pem: bytes, key_pem: bytes, where: str) -> None:

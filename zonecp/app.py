@@ -13,6 +13,7 @@ from kds.api.auth import load_api_tokens, token_changes
 from kds.api.observe import health_routes, metrics_route
 from kds.clock import rfc3339
 from kds.config import ZoneConfig
+from kds.config_files import check_files_given
 from kds.crypto import load_key_file
 from kds.errors import ConfigError
 from kds.model import Limits
@@ -253,10 +254,11 @@ async def _first_of(*events: asyncio.Event) -> None:
 
 def check_options(cfg: ZoneConfig) -> bytes | None:
     """What a zone's start refuses of its options beyond each one's own rule (zonecp run and
-    check-config): a zone name, and transport options that agree; the CA to verify global
-    with."""
+    check-config): a zone name, the API's certificate files and the encryption key file
+    (kds.config_files), and transport options that agree; the CA to verify global with."""
     if not cfg.zone:
         raise ConfigError("--zone is required (env ZONECP_ZONE or 'zone:' in the config file)")
+    check_files_given(cfg)
     return _check_transport(cfg)
 
 

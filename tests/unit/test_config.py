@@ -244,3 +244,51 @@ def test_check_config_says_what_a_start_or_reload_would_refuse(tmp_path: Path) -
         zonecp_cli, ["check-config", "--config", str(f), "--zone", "eu-west", "--token-file", "t"]
     )
     assert r.exit_code == 0, r.output
+
+
+def test_check_config_refuses_the_certificate_and_key_files_global_would(tmp_path: Path) -> None:
+    """A start refused these only after it had opened (or made) the store; check-config, which
+    a reload runs first, passed them."""
+    from kds import tls
+
+    ca = tls.make_ca("test CA")
+    pair, other = tls.issue_server_cert(ca, ["localhost"]), tls.issue_server_cert(ca, ["x"])
+    cert, key, wrong = tmp_path / "s.crt", tmp_path / "s.key", tmp_path / "o.key"
+    cert.write_bytes(pair.cert_pem)
+    key.write_bytes(pair.key_pem)
+    wrong.write_bytes(other.key_pem)
+    for p in (key, wrong):
+        p.chmod(0o600)
+    runner = CliRunner()
+
+    def check(*args: str) -> Any:
+        return runner.invoke(globalcp_cli, ["check-config", *args])
+
+    r = check("--tls-cert-file", str(cert))
+    assert r.exit_code == 1 and "--tls-cert-file and --tls-key-file go together" in r.stderr
+    r = check("--api-tls-key-file", str(key))
+    assert r.exit_code == 1 and "--api-tls-cert-file and --api-tls-key-file go" in r.stderr
+    r = check("--tls-cert-file", str(cert), "--tls-key-file", str(wrong))
+    assert r.exit_code == 1 and "the key does not match the certificate" in r.stderr
+    assert f"--tls-key-file {wrong}" in r.stderr
+    r = check("--api-tls-cert-file", str(tmp_path / "none.crt"), "--api-tls-key-file", str(key))
+    assert r.exit_code == 1 and "--api-tls-cert-file" in r.stderr and "cannot read it" in r.stderr
+    r = check("--encryption-key-file", str(tmp_path / "none.key"))
+    assert r.exit_code == 1 and "--encryption-key-file" in r.stderr
+    for args in (
+        ("--tls-cert-file", str(cert), "--tls-key-file", str(key)),
+        ("--api-tls-cert-file", str(cert), "--api-tls-key-file", str(key)),
+        # plaintext sync serves no certificate: the sync pair is not read
+        ("--kds-insecure", "--tls-cert-file", str(cert)),
+    ):
+        r = check(*args)
+        assert r.exit_code == 0, r.output
+    zone = ("check-config", "--zone", "z", "--insecure", "--global-address", "grpc://h:1")
+    r = runner.invoke(zonecp_cli, [*zone, "--api-tls-cert-file", str(cert)])
+    assert r.exit_code == 1 and "--api-tls-cert-file and --api-tls-key-file go" in r.stderr
+    r = runner.invoke(zonecp_cli, [*zone, "--encryption-key-file", str(wrong)])
+    assert r.exit_code == 1 and "--encryption-key-file" in r.stderr
+    r = runner.invoke(
+        zonecp_cli, [*zone, "--api-tls-cert-file", str(cert), "--api-tls-key-file", str(key)]
+    )
+    assert r.exit_code == 0, r.output
