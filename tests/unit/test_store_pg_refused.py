@@ -110,6 +110,22 @@ async def test_a_missing_database_is_named_and_ends_the_start(server: PgServer) 
     )
 
 
+async def test_a_database_the_role_may_not_connect_to_ends_the_start(server: PgServer) -> None:
+    """PostgreSQL refuses a role without the CONNECT privilege while connecting (42501), so
+    libpq gives no SQLSTATE; the start waited out its whole wait, as for a server away."""
+    db = "no_connect_" + uuid.uuid4().hex[:6]
+    with psycopg.connect(server.url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {db}")
+        conn.execute(f"REVOKE CONNECT ON DATABASE {db} FROM PUBLIC")
+    got, took, tries = await _start(_url(server, "kds_pw", PASSWORD, db=db))
+    assert isinstance(got, StoreError) and not isinstance(got, StoreUnavailable), repr(got)
+    assert tries == 1 and took < 5
+    message = str(got)
+    assert f"refused user 'kds_pw' the database '{db}'" in message
+    assert f'permission denied for database "{db}"' in message
+    assert "GRANT CONNECT" in message and PASSWORD not in message
+
+
 async def test_a_server_that_is_not_there_is_still_waited_for(server: PgServer) -> None:
     url = f"postgresql://kds_pw@127.0.0.1:{server.port + 1}/postgres"  # nothing listens
     got, took, tries = await _start(url, WRONG, wait=0.5)

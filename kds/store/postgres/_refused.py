@@ -1,6 +1,7 @@
 """A PostgreSQL server that answered a connection attempt with a refusal that trying again
 cannot fix: the login refused (SQLSTATE class 28: a wrong password, an unknown role, no
-pg_hba.conf entry) or the database missing (3D000).
+pg_hba.conf entry), the database missing (3D000), or the role without the CONNECT privilege
+on it (42501 while connecting).
 
 A daemon starting waits out a server it cannot reach (kds.store_start), as the server may
 still be starting (connection refused, 57P03 "the database system is starting up"). A
@@ -40,6 +41,7 @@ _LOGIN = (
 )
 _ROLE_MISSING = re.compile(r'role ".*" does not exist')
 _DATABASE_MISSING = re.compile(r'database ".*" does not exist')
+_NO_CONNECT = re.compile(r'permission denied for database ".*"')
 
 # libpq's message for a URL of several hosts holds one part per host tried.
 _ATTEMPT = re.compile(r"connection to server (?:at|on) ")
@@ -48,11 +50,13 @@ _SERVER_SAYS = re.compile(r"(?:FATAL|ERROR):\s+(.*)")
 
 def _kind(text: str) -> str | None:
     """Whether one connection attempt's message is a refused "login", a missing "database",
-    or neither (None)."""
+    a database the role may not "connect" to, or neither (None)."""
     if any(m in text for m in _LOGIN) or _ROLE_MISSING.search(text):
         return "login"
     if _DATABASE_MISSING.search(text):
         return "database"
+    if _NO_CONNECT.search(text):
+        return "connect"
     return None
 
 
@@ -103,5 +107,12 @@ def refusal(e: psycopg.Error, url: str, location: str) -> StoreError | None:
         return StoreError(
             f"PostgreSQL at {location} has no database {db!r}: create it (CREATE DATABASE) "
             "or name an existing one in --postgres-url"
+        )
+    if kind == "connect":
+        user, db = _setting(e, url, "user"), _setting(e, url, "db")
+        return StoreError(
+            f"PostgreSQL at {location} refused user {user!r} the database {db!r}: "
+            f"{_reason(e)}. Trying again cannot fix this: GRANT CONNECT ON DATABASE to the "
+            "user, or name another user in --postgres-url"
         )
     return None
