@@ -12,6 +12,10 @@ from kds.cli_common import check_config, run_with_config
 from kds.config import GlobalConfig, click_options
 from kds.version import __version__
 
+# What migrate-store reads of run's options; it takes the others so that run's own config
+# file and environment work as they are.
+MIGRATE_SHOWN = frozenset({"data_dir", "postgres_url", "postgres_password_file", "postgres_schema"})
+
 
 @click.group(
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -42,9 +46,9 @@ def run(ctx: click.Context, config_file: Path | None, **given: Any) -> None:
     "revisions, change log, CA, signing keys and zone tokens, so zones resume instead of "
     "taking a snapshot. Stop globalcp first (its data dir is locked); the SQLite file is only "
     "read; the schema must not hold a store yet. Then run globalcp with --store postgres. "
-    "Takes globalcp run's options (the others are ignored).",
+    "Takes globalcp run's options (the others are ignored, and left out of this help).",
 )
-@click_options(GlobalConfig, "GLOBALCP_")
+@click_options(GlobalConfig, "GLOBALCP_", MIGRATE_SHOWN)
 @click.pass_context
 def migrate_store(ctx: click.Context, config_file: Path | None, **given: Any) -> None:
     from globalcp.migrate import migrate_store

@@ -310,8 +310,12 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def click_options(cls: type[C], env_prefix: str) -> Callable[[Callable[..., Any]], Any]:
-    """Decorate a click command with one option per config field (all default to None)."""
+def click_options(
+    cls: type[C], env_prefix: str, shown: frozenset[str] | None = None
+) -> Callable[[Callable[..., Any]], Any]:
+    """Decorate a click command with one option per config field (all default to None).
+    With ``shown``, the other fields' options are still taken (so the daemon's own config
+    file and environment work as they are) but left out of ``--help``."""
 
     def deco(fn: Callable[..., Any]) -> Any:
         # The daemon's own options first (zone, addresses, data dir), then the shared tuning.
@@ -321,14 +325,14 @@ def click_options(cls: type[C], env_prefix: str) -> Callable[[Callable[..., Any]
             env = env_prefix + f.name.upper()
             default = f.default
             if isinstance(default, tuple) and len(default) == 2 and isinstance(default[1], int):
-                shown: Any = f"{default[0]}:{default[1]}"  # an address
+                default_text: Any = f"{default[0]}:{default[1]}"  # an address
             elif f.metadata["metavar"] == "DURATION" and isinstance(default, int | float):
-                shown = format_duration(default)  # as the README and the flags write it: 2s
+                default_text = format_duration(default)  # as the README and the flags write it: 2s
             elif f.metadata["metavar"] == "SIZE" and isinstance(default, int):
-                shown = format_size(default)  # 1MiB
+                default_text = format_size(default)  # 1MiB
             else:
-                shown = default
-            shown = "none" if shown in ("", None, ()) else shown
+                default_text = default
+            default_text = "none" if default_text in ("", None, ()) else default_text
             if f.metadata["flag"]:
                 # --x/--no-x: a flag on the command line wins over the file and environment
                 # either way.
@@ -338,6 +342,7 @@ def click_options(cls: type[C], env_prefix: str) -> Callable[[Callable[..., Any]
                     default=None,
                     envvar=env,
                     help=f"{f.metadata['help']} [env {env}; default {'on' if default else 'off'}]",
+                    hidden=shown is not None and f.name not in shown,
                 )(fn)
                 continue
             fn = click.option(
@@ -346,7 +351,8 @@ def click_options(cls: type[C], env_prefix: str) -> Callable[[Callable[..., Any]
                 default=None,
                 envvar=env,
                 metavar=f.metadata["metavar"] or None,
-                help=f"{f.metadata['help']} [env {env}; default {shown}]",
+                help=f"{f.metadata['help']} [env {env}; default {default_text}]",
+                hidden=shown is not None and f.name not in shown,
             )(fn)
         return click.option(
             "--config",

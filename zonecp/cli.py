@@ -12,6 +12,12 @@ from kds.cli_common import check_config, quiet_grpc_core, run_with_config
 from kds.config import ZoneConfig, click_options
 from kds.version import __version__
 
+# What migrate-store reads of run's options; it takes the others so that run's own config
+# file and environment work as they are.
+MIGRATE_SHOWN = frozenset(
+    {"zone", "data_dir", "postgres_url", "postgres_password_file", "postgres_schema"}
+)
+
 
 @click.group(
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -43,9 +49,9 @@ def run(ctx: click.Context, config_file: Path | None, **given: Any) -> None:
     "copies (name conflicts included), so the zone resumes instead of taking a snapshot. "
     "Stop zonecp first (its data dir is locked); the SQLite file is only read; the schema "
     "must not hold a store yet. Then run zonecp with --store postgres. Takes zonecp run's "
-    "options (the others are ignored).",
+    "options (the others are ignored, and left out of this help).",
 )
-@click_options(ZoneConfig, "ZONECP_")
+@click_options(ZoneConfig, "ZONECP_", MIGRATE_SHOWN)
 @click.pass_context
 def migrate_store(ctx: click.Context, config_file: Path | None, **given: Any) -> None:
     from zonecp.migrate import migrate_store
