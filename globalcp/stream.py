@@ -307,6 +307,8 @@ class ZoneStream:
                     revision=done.revision,
                 )
             status.rejections(items)
+        if refusals is not None:
+            status.refusals_changed()
         # Propagation latency is observed for the batch the ack names, less the time the
         # zone held the ack (at most the delay global allows): the earlier batches it covers
         # were applied sooner, by an amount global cannot know.

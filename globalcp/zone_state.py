@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kds.clock import rfc3339
-from kds.model import Kind
+from kds.model import Key, Kind
 from kds.text import safe_text
 
 __all__ = [
@@ -89,10 +89,31 @@ class ZoneState:
     repaired: int = 0  # synced resources anti-entropy repaired on the zone
     last_check: dict[str, Any] = field(default_factory=dict)  # the last check (see check_done)
     last_repair: dict[str, Any] = field(default_factory=dict)  # the last check that repaired
+    # The changes the zone refuses now, as the instance holding its stream last heard: the
+    # newest REFUSED_SHOWN as [kind, mesh, name, reason], and how many in all. Saved, so
+    # another instance on the same store shows them, and takes them on with the stream.
+    refused: list[list[str]] = field(default_factory=list)
+    refused_count: int = 0
 
     @property
     def conflict_count(self) -> int:
         return max(self.conflicts_total, len(self.conflicts))
+
+    def keep_refusals(self, latest: list[tuple[Key, str]], count: int) -> bool:
+        """Keep the newest refusals (each key and reason, newest last) and their count;
+        whether that changed what is kept."""
+        kept = [[str(k.kind), k.mesh, k.name, reason] for k, reason in latest[-REFUSED_SHOWN:]]
+        if kept == self.refused and count == self.refused_count:
+            return False
+        self.refused, self.refused_count = kept, count
+        return True
+
+    def refused_keys(self) -> list[tuple[Key, str]]:
+        """The refusals kept, as keys and reasons (newest last)."""
+        return [(Key(Kind(kind), mesh, name), reason) for kind, mesh, name, reason in self.refused]
+
+    def refused_labels(self) -> tuple[tuple[str, str], ...]:
+        return tuple((key_label(kind, mesh, name), r) for kind, mesh, name, r in self.refused)
 
     def to_json(self) -> str:
         # Field by field, not dataclasses.asdict: asdict deep-copies every dict and list
@@ -116,6 +137,8 @@ class ZoneState:
         state.last_error = safe_text(state.last_error, ERROR_CHARS)
         state.disconnect_reason = safe_text(state.disconnect_reason, ERROR_CHARS)
         state.problem = safe_text(state.problem, ERROR_CHARS)
+        if not _refusals_valid(state.refused, state.refused_count):
+            state.refused, state.refused_count = [], 0
         state.conflicts = [safe_text(c) for c in state.conflicts[:CONFLICTS_KEPT]]
         if not all(
             isinstance(d, dict) for d in (state.last_check, state.last_repair, state.checks)
@@ -214,3 +237,21 @@ def _stamped(check: dict[str, Any]) -> dict[str, Any] | None:
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(ZoneState))
+
+
+def _refusals_valid(refused: object, count: object) -> bool:
+    """Whether saved refusals have the shape ZoneState.keep_refusals gives them."""
+    kinds = set(KINDS)
+    return (
+        isinstance(count, int)
+        and count >= 0
+        and isinstance(refused, list)
+        and len(refused) <= REFUSED_SHOWN
+        and all(
+            isinstance(r, list)
+            and len(r) == 4
+            and all(isinstance(part, str) for part in r)
+            and r[0] in kinds
+            for r in refused
+        )
+    )

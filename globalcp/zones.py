@@ -42,7 +42,6 @@ from globalcp.zone_state import (
     REFUSED_SHOWN,
     ZoneState,
     ZoneStatusView,
-    key_label,
 )
 from kds.errors import StoreError
 from kds.model import Key, Kind
@@ -150,6 +149,13 @@ class ZoneHandle:
         """What the zone refused lately, and why (kept while global runs, across streams);
         None if it refused nothing and ``create`` is false."""
         return self._tracker.refusals_of(self._state.name, create)
+
+    def refusals_changed(self) -> None:
+        """Keep the newest refusals in the zone's saved status (ZoneState.refused)."""
+        refusals = self._tracker.refusals_of(self._state.name, create=False)
+        latest = refusals.latest(REFUSED_SHOWN) if refusals else []
+        if self._state.keep_refusals(latest, len(refusals) if refusals else 0):
+            self._tracker.mark(self._state)
 
     def rejections(self, items: list[tuple[Kind, str, str]], repeated: bool = False) -> None:
         """The zone rejected these (kind, key label, reason) in one ack: each is counted, the
@@ -369,8 +375,13 @@ class ZoneTracker:
 
     def refusals_of(self, zone: str, create: bool = True) -> Refusals[Key] | None:
         refusals = self._refusals.get(zone)
-        if refusals is None and create:
+        state = self.zones.get(zone)
+        if refusals is None and (create or (state is not None and state.refused)):
+            # Taken on from the saved status (another instance held the stream, or this one
+            # before a restart), so the zone applying a change ends its saved refusal too.
             refusals = self._refusals[zone] = Refusals()
+            if state is not None:
+                refusals.record(state.refused_keys())
         return refusals
 
     def mark(self, state: ZoneState, *, urgent: bool = False) -> None:
@@ -467,13 +478,8 @@ class ZoneTracker:
     async def _view(self, state: ZoneState) -> ZoneStatusView:
         head = self.hub.head
         lag = await self._lag_seconds(state.acked_revision, head)
-        refusals = self._refusals.get(state.name)
-        if not refusals:
-            return ZoneStatusView(state, head, lag)
-        refused = tuple(
-            (key_label(k.kind, k.mesh, k.name), r) for k, r in refusals.latest(REFUSED_SHOWN)
-        )
-        return ZoneStatusView(state, head, lag, refused, len(refusals))
+        # As the instance holding the zone's stream saved them (this one, or another).
+        return ZoneStatusView(state, head, lag, state.refused_labels(), state.refused_count)
 
     async def _lag_seconds(self, acked: int, head: int) -> float | None:
         if acked >= head:

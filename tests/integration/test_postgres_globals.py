@@ -368,3 +368,42 @@ def test_a_signing_key_added_on_one_instance_and_removed_on_another(pg: Pg) -> N
     assert b.http.delete(f"/zone-token-signing-keys/{key}").status_code == 200
     a.wait_event("signing key removed on another instance", key=key)
     wait_for(lambda: not z.get_json("/status")["connected"], 10, "the zone's stream ended")
+
+
+def test_the_instance_not_holding_a_zone_shows_what_the_zone_refuses(pg: Pg) -> None:
+    """A zone keeps a Mesh global deleted while its own secret lives in it. kdsctl wait
+    synced asked of the instance that does not hold the zone's stream exited 0 ("synced"):
+    the refusals lived in the holder's memory only. Saved with the zone's status, both
+    instances show them, and the holder's restart does not lose them."""
+    a = pg.start_global("ga", "--anti-entropy-interval", "1s")
+    b = pg.start_global("gb")
+    _, token = pg.token(a, "z5")
+    z = pg.start_zone("z5", token, "ga")
+    assert a.put("/meshes/m1", {"type": "Mesh", "name": "m1"}).status_code == 201
+    wait_for(lambda: z.get_json("/meshes/m1"), what="m1 on the zone")
+    mine = {"type": "Secret", "mesh": "m1", "name": "mine", "data": b64("local")}
+    assert z.put("/meshes/m1/secrets/mine", mine).status_code == 201
+    assert b.http.delete("/meshes/m1").status_code == 200
+    wait_for(lambda: _sync(b, "z5")["refused"], 20, "the refusal seen on gb")
+    view = _sync(b, "z5")
+    assert view["refusedCount"] == 1 and [r["key"] for r in view["refused"]] == ["Mesh:m1"]
+    assert "zone-local" in view["refused"][0]["reason"]
+    env = {**os.environ, "KDSCTL_API_URL": b.api_url, "KDSCTL_TOKEN": b.admin_token}
+    r = subprocess.run(
+        [str(BIN / "kdsctl"), "wait", "synced", "--timeout", "5s"], env=env,
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert r.returncode == 3 and "z5: refuses 1 change(s)" in r.stderr, r.stderr
+
+    # The holder restarts: the saved refusal stays, and ends once the zone applies the delete.
+    a.stop()
+    a.start()
+    assert a.get_json("/zones/z5")["refusedCount"] == 1
+    assert z.http.delete("/meshes/m1/secrets/mine").status_code == 200
+    wait_for(lambda: z.http.get("/meshes/m1").status_code == 404, 30, "the Mesh deleted")
+    wait_for(lambda: _sync(b, "z5")["refused"] == [], 20, "the refusal over on gb")
+    assert a.get_json("/zones/z5")["refusedCount"] == 0
+
+
+def _sync(g: Daemon, zone: str) -> Any:
+    return g.get_json(f"/zones/{zone}/_overview")["kdsSync"]

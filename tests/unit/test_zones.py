@@ -409,3 +409,35 @@ async def test_the_flusher_stops_when_cancelled_as_it_is_woken(
         task.cancel()
         done, _ = await asyncio.wait([task], timeout=2)
         assert task in done and task.cancelled()
+
+
+def test_a_zones_refusals_are_saved_with_its_status_and_taken_on_from_it() -> None:
+    """Another global instance on the store shows what the holder saved; an instance taking
+    the zone's stream (or restarted) starts from the saved refusals, so the zone applying a
+    change ends a refusal it did not hear of itself."""
+    from globalcp.zone_state import REFUSED_SHOWN, ZoneStatusView
+    from kds.model import Key
+    from kds.protocol.refusals import Refusals
+
+    refusals: Refusals[Key] = Refusals()
+    keys = [Key(Kind.SECRET, "m", f"s{i}") for i in range(REFUSED_SHOWN + 5)]
+    refusals.record((k, f"reason {k.name}") for k in keys)
+    refusals.record([(Key(Kind.MESH, "", "m1"), "zone-local secrets live in it")])
+    state = ZoneState(name="z")
+    assert state.keep_refusals(refusals.latest(REFUSED_SHOWN), len(refusals))
+    assert not state.keep_refusals(refusals.latest(REFUSED_SHOWN), len(refusals))  # unchanged
+    back = ZoneState.from_json("z", state.to_json())
+    assert back.refused_count == REFUSED_SHOWN + 6 and len(back.refused) == REFUSED_SHOWN
+    assert back.refused_keys()[-1] == (Key(Kind.MESH, "", "m1"), "zone-local secrets live in it")
+    view = ZoneStatusView(back, 10, 0.0, back.refused_labels(), back.refused_count).overview()
+    assert view["refused"][-1] == {"key": "Mesh:m1", "reason": "zone-local secrets live in it"}
+    assert view["refusedCount"] == REFUSED_SHOWN + 6
+
+    # A saved form not of that shape (a damaged row, another version's) is dropped whole.
+    for bad in ([["Secret", "m", "s"]], [["Nope", "", "x", "r"]], "x", [[1, 2, 3, 4]]):
+        raw = json.loads(state.to_json())
+        raw["refused"] = bad
+        assert ZoneState.from_json("z", json.dumps(raw)).refused == []
+    raw = json.loads(state.to_json())
+    raw["refused_count"] = "many"
+    assert ZoneState.from_json("z", json.dumps(raw)).refused_count == 0
