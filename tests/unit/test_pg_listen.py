@@ -72,3 +72,45 @@ async def test_a_server_that_drops_each_connection_at_once_is_retried_with_backo
     assert events == ["PostgreSQL connection for wake-ups lost: reconnecting"] * 5 + [
         "PostgreSQL unreachable: writes refused, wake-ups paused"
     ]
+
+
+async def test_a_server_that_refuses_the_login_is_named_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A password changed on the server, found when the listener connects again: its log
+    said "unreachable", as for a server that is away; it now says the server refuses the
+    daemon and why, once."""
+    tries = 0
+    done = asyncio.Event()
+
+    async def connect(target: PgTarget) -> Any:
+        nonlocal tries
+        tries += 1
+        if tries > 3:
+            done.set()
+            await asyncio.sleep(3600)
+        raise psycopg.OperationalError(
+            'connection to server at "127.0.0.1", port 1 failed: FATAL:  password '
+            'authentication failed for user "kds"'
+        )
+
+    async def on_event(what: str) -> None:
+        raise AssertionError("nothing was listened to")
+
+    real_sleep = asyncio.sleep
+
+    async def sleep(seconds: float) -> None:
+        await real_sleep(0 if seconds < 3600 else seconds)
+
+    monkeypatch.setattr(_listen, "connect_own", connect)
+    monkeypatch.setattr(_listen.asyncio, "sleep", sleep)
+    target = PgTarget("postgresql://kds:pw@127.0.0.1:1/kds", "s1")
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.create_task(_listen.listen(target, on_event))
+        try:
+            await asyncio.wait_for(done.wait(), 10)
+        finally:
+            task.cancel()
+    assert len(logs) == 1 and logs[0]["event"].startswith(
+        "PostgreSQL refuses this daemon's connections: writes refused"
+    )
+    assert "refused to log user 'kds' in: password authentication failed" in logs[0]["error"]
+    assert "pw@" not in str(logs[0])

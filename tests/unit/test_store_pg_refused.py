@@ -179,3 +179,49 @@ def test_a_refusal_by_sqlstate() -> None:
         refusal(psycopg.errors.InvalidCatalogName(), "postgresql://kds@db/kds", "db")
     )
     assert refusal(psycopg.errors.CannotConnectNow(), "postgresql://kds@db/kds", "db") is None
+
+
+async def test_a_running_store_whose_login_is_refused_says_so(
+    server: PgServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The password changed on the server while the store runs: connections open go on, and
+    once they are gone the pool finds none. Its calls answered "unreachable (no connection
+    within the pool's timeout)", as for a server that is away; they now name the refusal
+    after the store's own try (in a thread of its own, so no call waits for it)."""
+    import kds.store.postgres._db as db
+    import kds.store.postgres._refused as refused_mod
+
+    monkeypatch.setattr(db, "CONNECTION_WAIT_S", 0.5)
+    monkeypatch.setattr(refused_mod, "DIAGNOSE_EVERY_S", 0.2)
+    role = "kds_rot_" + uuid.uuid4().hex[:6]
+    with psycopg.connect(server.url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{PASSWORD}' CREATEDB")
+        conn.execute(f"GRANT CREATE ON DATABASE postgres TO {role}")
+    hba = server.data / "pg_hba.conf"
+    hba.write_text(f"host all {role} 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
+    with psycopg.connect(server.url, autocommit=True) as conn:
+        conn.execute("SELECT pg_reload_conf()")
+    store = open_global_store(PgTarget(_url(server, role), "kds_rot", password=PASSWORD))
+    try:
+        assert await store.head() >= 0
+        with psycopg.connect(server.url, autocommit=True) as conn:
+            conn.execute(f"ALTER ROLE {role} PASSWORD '{WRONG}'")
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+                (role,),
+            )
+        deadline = time.monotonic() + 20
+        message = ""
+        while time.monotonic() < deadline:
+            try:
+                await store.head()
+            except StoreUnavailable as e:
+                message = str(e)
+                if "refused to log user" in message:
+                    break
+            await asyncio.sleep(0.1)
+        assert f"refused to log user '{role}' in" in message, message
+        assert "password authentication failed" in message and "restart" in message
+        assert PASSWORD not in message and WRONG not in message
+    finally:
+        store.close()

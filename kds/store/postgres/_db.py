@@ -53,7 +53,7 @@ from kds.store._rows import (
     set_meta,
 )
 from kds.store.pg_target import PgTarget
-from kds.store.postgres._refused import refusal
+from kds.store.postgres._refused import Diagnosis, refusal
 
 __all__ = [
     "LOCK_LEADER",
@@ -275,6 +275,7 @@ class Database:
         self.location = describe(target.url, target.schema)
         self.lock = lock_key(target.schema)
         self._kwargs = connection_kwargs(target, autocommit=False)
+        self._diagnosis = Diagnosis(target.url, self._kwargs, self.location)
         self.pool: ConnectionPool[psycopg.Connection[Any]] | None = None
         # The last call found the server away (errors()); any call that succeeds clears it.
         self.away = False
@@ -307,6 +308,10 @@ class Database:
             ) from e
         except PoolTimeout as e:
             self.away = True
+            if (refused := self._diagnosis.refused()) is not None:
+                raise StoreUnavailable(
+                    f"{refused} (a password file is read at start: restart after changing it)"
+                ) from e
             raise StoreUnavailable(
                 f"PostgreSQL at {self.location} is unreachable (no connection within the "
                 "pool's timeout): nothing was written; the store retries as it comes back"

@@ -21,6 +21,7 @@ import structlog
 from psycopg import sql
 
 from kds.store.postgres._db import PgTarget, connection_kwargs, describe, first_line
+from kds.store.postgres._refused import refusal
 
 __all__ = ["OnEvent", "connect_own", "first_line", "listen"]
 
@@ -44,10 +45,16 @@ async def listen(
         except (psycopg.Error, OSError) as e:
             if down_since is None:
                 down_since = loop.time()
+            refused = refusal(e, target.url, where) if isinstance(e, psycopg.Error) else None
             if not told:  # once per outage, not at every retry
                 told = True
-                log.error("PostgreSQL unreachable: writes refused, wake-ups paused",
-                          store=where, error=first_line(e))  # fmt: skip
+                if refused is not None:  # the server is there and says no
+                    log.error("PostgreSQL refuses this daemon's connections: writes refused, "
+                              "wake-ups paused (a password file is read at start: "
+                              "restart after changing it)", store=where, error=str(refused))  # fmt: skip
+                else:
+                    log.error("PostgreSQL unreachable: writes refused, wake-ups paused",
+                              store=where, error=first_line(e))  # fmt: skip
             await asyncio.sleep(delay)
             delay = min(delay * 2, retry_max)
             continue

@@ -19,6 +19,9 @@ are, each logged with the server's reason, until the start wait ends.
 from __future__ import annotations
 
 import re
+import threading
+import time
+from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -26,7 +29,7 @@ from psycopg.conninfo import conninfo_to_dict
 from kds.errors import StoreError
 from kds.text import safe_text
 
-__all__ = ["refusal"]
+__all__ = ["Diagnosis", "refusal"]
 
 # Message texts of refused logins (class 28): the server's (``<method> authentication
 # failed``, pg_hba.conf's verdicts, an unknown role or one without LOGIN) and libpq's when
@@ -116,3 +119,44 @@ def refusal(e: psycopg.Error, url: str, location: str) -> StoreError | None:
             "user, or name another user in --postgres-url"
         )
     return None
+
+
+# How often a store whose pool found no connection tries one of its own to learn why.
+DIAGNOSE_EVERY_S = 10.0
+
+
+class Diagnosis:
+    """Why a running store's pool finds no connection, when the server refuses it: the
+    pool's own attempts report nothing but a timeout, and connections already open keep
+    working after a password is changed on the server or CONNECT revoked, until the pool
+    replaces them. A call that met the timeout asks; a thread of its own tries one
+    connection (at most one every DIAGNOSE_EVERY_S), so no call waits for it, and the calls
+    after it get the answer."""
+
+    def __init__(self, url: str, kwargs: dict[str, Any], location: str):
+        self._url, self._kwargs, self._location = url, kwargs, location
+        self._lock = threading.Lock()
+        self._at = -DIAGNOSE_EVERY_S
+        self._trying = False
+        self._found: StoreError | None = None
+
+    def refused(self) -> StoreError | None:
+        """The refusal the last try met (None: it connected, failed another way, or none
+        finished yet); starts the next try when the last is older than DIAGNOSE_EVERY_S."""
+        with self._lock:
+            now = time.monotonic()
+            if not self._trying and now - self._at >= DIAGNOSE_EVERY_S:
+                self._at, self._trying = now, True
+                threading.Thread(target=self._try, name="kds-pg-diagnosis", daemon=True).start()
+            return self._found
+
+    def _try(self) -> None:
+        found = None
+        try:
+            psycopg.connect(self._url, **{**self._kwargs, "connect_timeout": 5}).close()
+        except psycopg.Error as e:
+            found = refusal(e, self._url, self._location)
+        except Exception:  # any other failure says nothing of a refusal
+            found = None
+        with self._lock:
+            self._found, self._trying = found, False
