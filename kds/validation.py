@@ -17,6 +17,7 @@ from typing import Any
 
 from kds.errors import FieldViolation, InvalidResource, shown
 from kds.fields import member_problems, unknown_fields
+from kds.mesh_rules import mesh_rule_problems
 from kds.mtls import canonical_mtls, validate_mtls
 from kds.resource import SYSTEM_LABELS, Kind, Limits, Resource
 
@@ -50,7 +51,8 @@ OUTPUT_ONLY_FIELDS = frozenset({"creationTime", "modificationTime", "kri"})
 # every field any Kuma version defines): a dict is an object with those fields, a one-item
 # list an array of that, and a type (or tuple of types) a value; _ANY is free-form (a
 # protobuf Struct such as a backend's ``conf``). The fields are kept as given and synced to
-# zones; kds-sync acts on mtls only (kds.mtls checks it in full).
+# zones; kds-sync acts on mtls only (kds.mtls checks it in full), and checks the others
+# as Kuma's Mesh validator does (kds.mesh_rules).
 _ANY = object
 _STR, _BOOL, _NUM = (str,), (bool,), (int, float)
 _ENUM = (str, int)
@@ -277,6 +279,8 @@ def read_mesh_spec(
             errs += validate_mtls(v, mesh_name, prefix)
         else:
             errs += _check_shape(v, _MESH_SCHEMA[k], f"{prefix}{k}")
+    if not errs:
+        errs = mesh_rule_problems(spec, prefix)
     if "mtls" in spec and not errs:
         spec["mtls"] = canonical_mtls(spec["mtls"])
     return spec, errs

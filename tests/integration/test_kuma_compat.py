@@ -35,7 +35,16 @@ MESH = {
         "backends": [{"name": "prometheus-1", "type": "prometheus", "conf": {"port": 5670}}],
     },
     "logging": {"backends": [{"name": "file", "type": "file", "conf": {"path": "/tmp/a.log"}}]},
-    "tracing": {"backends": [{"name": "z", "type": "zipkin", "sampling": 50.5, "conf": {}}]},
+    "tracing": {
+        "backends": [
+            {
+                "name": "z",
+                "type": "zipkin",
+                "sampling": 50.5,
+                "conf": {"url": "http://zipkin:9411/api/v2/spans"},
+            }
+        ]
+    },
     "networking": {"outbound": {"passthrough": False}},
     "routing": {"zoneEgress": True, "localityAwareLoadBalancing": True},
     "constraints": {"dataplaneProxy": {"requirements": [{"tags": {"kuma.io/zone": "east"}}]}},

@@ -55,11 +55,11 @@ def test_a_variable_without_a_key_is_refused(given: tuple[str, ...]) -> None:
 
 def test_a_templated_value_with_commas_applies(tmp_path: Path) -> None:
     (tmp_path / "s.yaml").write_text(
-        'type: Mesh\nname: "{{ name }}"\nlogging: {defaultBackend: "{{ t }}"}\n'
+        'type: Mesh\nname: "{{ name }}"\nskipCreatingInitialPolicies: ["{{ t }}"]\n'
     )
     code, out = _apply("-f", str(tmp_path / "s.yaml"), "-v", "name=m", "-v", "t=a,b", "--dry-run")
     assert code == 0, out
-    assert yaml.safe_load(out)["logging"] == {"defaultBackend": "a,b"}
+    assert yaml.safe_load(out)["skipCreatingInitialPolicies"] == ["a,b"]
 
 
 def test_a_template_without_its_variables_names_them(tmp_path: Path) -> None:

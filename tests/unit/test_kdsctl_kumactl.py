@@ -82,12 +82,12 @@ def test_apply_variables_and_dry_run(server: Server, tmp_path: Path) -> None:
     assert "uses the variable(s) data, name, which no -v gives" in res.stderr
     # With no -v at all, as kumactl: applied as written, with a warning; a variable in a
     # comment (as in Kuma's own documentation's examples) is no variable.
-    quoted = 'type: Mesh\nname: m1 # the {{site.mesh_product_name}} mesh\nlogging: {defaultBackend: "{{ backend }}"}\n'
+    quoted = 'type: Mesh\nname: m1 # the {{site.mesh_product_name}} mesh\nskipCreatingInitialPolicies: ["{{ policy }}"]\n'
     res = run(server, "apply", "-f", "-", "--dry-run", input=quoted)
     assert res.exit_code == 0, res.output
     assert res.stderr == (
-        "Warning: stdin document 1: holds {{ backend }}, which no -v gave: applied as written "
-        "(give -v backend=VALUE)\n"
+        "Warning: stdin document 1: holds {{ policy }}, which no -v gave: applied as written "
+        "(give -v policy=VALUE)\n"
     )
     res = run(server, "apply", "-f", "-", "--dry-run", input="type: Mesh\nname: m1 # {{ x }}\n")
     assert res.exit_code == 0 and res.stderr == ""

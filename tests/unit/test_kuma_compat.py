@@ -182,6 +182,11 @@ def test_the_seed_spelling_config_is_accepted_and_returned_as_conf() -> None:
 MESH_WITH_EVERY_FIELD = """
 type: Mesh
 name: default
+mtls:
+  enabledBackend: ca-1
+  backends:
+  - name: ca-1
+    type: builtin
 metrics:
   enabledBackend: prometheus-1
   backends:
@@ -249,11 +254,11 @@ def test_what_kumactl_writes_back_is_accepted() -> None:
         "creationTime": "0001-01-01T00:00:00Z",
         "modificationTime": "0001-01-01T00:00:00Z",
         "kri": "kri_m____demo_",
-        "routing": {"zoneEgress": True},
+        "routing": {"localityAwareLoadBalancing": True},
     }
     res = from_document(body)
     assert res.key == Key(Kind.MESH, "", "demo") and dict(res.spec) == {
-        "routing": {"zoneEgress": True}
+        "routing": {"localityAwareLoadBalancing": True}
     }
 
 
