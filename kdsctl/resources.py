@@ -86,7 +86,26 @@ def _get(
             fail(f"No resources found{where}", e.causes)  # kumactl's words
         print_resources(kind, answer, output, single=True)
         return
-    print_resources(kind, _list(client, path, size, offset), output, single=False)
+    answer = _list(client, path, size, offset)
+    print_resources(kind, answer, output, single=False)
+    if output == "table" and answer.get("items") and (after := _next_offset(answer)):
+        # kumactl's footer of a table that is one page of more (table.PaginationFooter)
+        click.echo(f"\nRerun command with --offset={after} argument to retrieve more resources")
+
+
+def _next_offset(answer: dict[str, Any]) -> str | None:
+    """The offset of the page after this one, as the answer's ``next`` gives it (None when
+    it is the last page, or ``next`` holds no offset)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    after = answer.get("next")
+    if not isinstance(after, str):
+        return None
+    try:
+        found = parse_qs(urlsplit(after).query).get("offset", [])
+    except ValueError:
+        return None
+    return found[0] if len(found) == 1 and found[0].isascii() and found[0].isdigit() else None
 
 
 # The most resources one listing reads, page after page (a store of 100,000 secrets is a

@@ -184,3 +184,23 @@ def test_kuma_error_bodies_are_read_and_made_safe_to_print() -> None:
     assert "\x1b" not in e.detail and "\\x1b[2J" in e.detail
     older = {"title": "Bad Request", "detail": "x", "causes": [{"field": "a", "message": "b"}]}
     assert _api_error(answer(older)).causes == [("a", "b")]
+
+
+def test_a_table_of_one_page_says_how_to_get_the_next(server: Server, tmp_path: Path) -> None:
+    """kumactl's table of a page with more after it (--size) ends with its footer,
+    'Rerun command with --offset=N argument to retrieve more resources'
+    (app/kumactl/pkg/output/table/pagination.go and the get tests' pagination golden
+    files); the last page has none, nor has -o yaml."""
+    docs = [{"type": "GlobalSecret", "name": f"sec-{i}", "data": DATA} for i in (1, 2)]
+    f = tmp_path / "two.yaml"
+    f.write_text(yaml.safe_dump_all(docs))
+    assert run(server, "apply", "-f", str(f)).exit_code == 0
+    res = run(server, "get", "globalsecrets", "--size", "1")
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert lines[0].split() == ["NAME", "ORIGIN", "AGE"] and lines[1].startswith("sec-1 ")
+    assert lines[2:] == ["", "Rerun command with --offset=1 argument to retrieve more resources"]
+    last = run(server, "get", "globalsecrets", "--size", "1", "--offset", "1").stdout
+    assert "sec-2" in last and "Rerun" not in last
+    assert "Rerun" not in run(server, "get", "globalsecrets", "--size", "1", "-o", "yaml").stdout
+    assert "Rerun" not in run(server, "get", "globalsecrets").stdout

@@ -128,6 +128,7 @@ MALFORMED: list[object] = [
 COMMANDS: list[list[str]] = [
     ["get", "meshes"],
     ["get", "meshes", "-o", "yaml"],
+    ["get", "meshes", "--size", "1"],
     ["get", "mesh", "m"],
     ["get", "secrets", "--mesh", "default"],
     ["get", "secrets", "--mesh", "default", "-o", "json"],
