@@ -37,6 +37,7 @@ from kds.model import (
     validate_mesh_name,
 )
 from kds.mtls import conf_alias_warnings
+from kds.resource import LABEL_ZONE
 from kds.store import ORIGIN_GLOBAL, ORIGIN_ZONE, Clause, Row, Selection, WriteResult
 from kds.store.results import Origin
 
@@ -83,6 +84,11 @@ def _render(ctx: ApiContext, row: Row, request: web.Request, k8s: bool = False) 
             body.pop("data", None)
         return body
     body = to_json(row.resource, labels)
+    if row.resource.kind is Kind.MESH:
+        # Kuma's resource identifier, output-only, on the kinds that have a short name
+        # (a Mesh's is "m"; Secrets have none): kri_{short}_{mesh}_{zone}_{namespace}_{name}_
+        zone = body["labels"].get(LABEL_ZONE, "")
+        body["kri"] = f"kri_m__{zone}__{row.resource.name}_"
     if request.get(READ_ONLY_KEY):
         body.pop("data", None)  # the read-only token never sees secret data
     return body

@@ -412,6 +412,20 @@ async def test_error_bodies_have_kumas_shape(api: Api) -> None:
     ]
 
 
+async def test_mesh_answers_carry_kumas_kri(api: Api) -> None:
+    """Kuma's API answers carry a Mesh's resource identifier, ``kri_m____NAME_`` (its
+    list_mesh golden files; rest/v1alpha1 ResourceMeta adds it to kinds with a short
+    name, which Secrets and GlobalSecrets lack); the answer can be written back."""
+    status, mesh = await api.get("/meshes/default")
+    assert status == 200 and mesh["kri"] == "kri_m____default_"
+    listing = (await api.get("/meshes"))[1]
+    assert [i["kri"] for i in listing["items"]] == ["kri_m____default_"]
+    assert (await api.put("/meshes/default", mesh))[2] == "unchanged"
+    assert "kri" not in (await api.get("/meshes/default?format=k8s"))[1]
+    assert (await api.put("/meshes/default/secrets/s", {"data": DATA}))[0] == 201
+    assert "kri" not in (await api.get("/meshes/default/secrets/s"))[1]
+
+
 async def test_a_mesh_that_does_not_exist_is_404(api: Api) -> None:
     """Kuma looks the mesh of a Secret path up first: not there, 404, for every verb."""
     status, err, _ = await api.put("/meshes/nope/secrets/s", {"data": DATA})
