@@ -1,7 +1,9 @@
 """Certificate authorities for Mesh mTLS backends, with the ``cryptography`` package.
 
-- ``check_ca(cert_pem, key_pem)``: is this a usable CA (a parsable X.509 certificate with
-  basicConstraints CA=true and keyUsage keyCertSign) and does the key belong to it?
+- ``check_ca(cert_pem, key_pem)``: is this a usable CA (parsable X.509 certificates, each
+  with basicConstraints CA=true and keyUsage keyCertSign but not keyAgreement, as Kuma's
+  provided-CA check asks of every certificate of the chain) and does the key belong to the
+  first?
 - ``generate_ca(...)``: a new self-signed CA for a builtin backend (RSA or ECDSA P-256).
 
 No I/O and no clock of its own: callers pass ``now``. Problems are returned as short
@@ -50,7 +52,10 @@ class GeneratedCa:
         return f"GeneratedCa(cert=<{len(self.cert_pem)} bytes>, key=<redacted>)"
 
 
-def _load_cert(data: bytes) -> x509.Certificate:
+def _load_certs(data: bytes) -> list[x509.Certificate]:
+    """Every certificate of ``data``: its PEM CERTIFICATE blocks in order (other blocks,
+    such as a key kept in the same secret, are skipped, as Go's tls.X509KeyPair skips them),
+    or one DER certificate."""
     # Kuma's builtin CAs have serial number 0, which RFC 5280 disallows and cryptography
     # loads with a deprecation warning. Such a CA must keep working as a provided CA (a
     # user moving from Kuma brings it along), so that warning alone is silenced here;
@@ -58,9 +63,9 @@ def _load_cert(data: bytes) -> x509.Certificate:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Parsed a serial number which wasn't positive")
         try:
-            return x509.load_pem_x509_certificate(data)
+            return x509.load_pem_x509_certificates(data)
         except ValueError:
-            return x509.load_der_x509_certificate(data)
+            return [x509.load_der_x509_certificate(data)]
 
 
 def _load_key(data: bytes) -> object:
@@ -90,21 +95,36 @@ def _cert_problem(cert: x509.Certificate) -> str:
         return "is not a CA certificate: it has no keyUsage extension with keyCertSign"
     if not ku.key_cert_sign:
         return "is not a CA certificate: keyUsage lacks keyCertSign"
+    if ku.key_agreement:
+        # Kuma's provided-CA check (X509-SVID, Appendix A): a signing certificate's key
+        # usage must not include keyAgreement.
+        return "is not a usable CA certificate: keyUsage must not include keyAgreement"
+    return ""
+
+
+def _chain_problem(certs: list[x509.Certificate]) -> str:
+    """What makes a CA certificate, or one of the chain after it, unusable: Kuma checks
+    every certificate of a provided CA's cert (ca_cert_validator.go)."""
+    for i, cert in enumerate(certs):
+        problem = _cert_problem(cert)
+        if problem:
+            return problem if i == 0 else f"holds certificate {i + 1} of its chain, which {problem}"
     return ""
 
 
 def check_ca(cert_data: bytes, key_data: bytes) -> CaProblems:
     """Check a CA certificate and its private key (PEM or DER)."""
     try:
-        cert = _load_cert(cert_data)
+        chain = _load_certs(cert_data)
     except ValueError:
-        cert = None
+        chain = []
+    cert = chain[0] if chain else None
     try:
         key = _load_key(key_data)
     except (ValueError, TypeError, UnsupportedAlgorithm):
         key = None
     cert_problem = (
-        "does not hold an X.509 certificate (PEM or DER)" if cert is None else _cert_problem(cert)
+        "does not hold an X.509 certificate (PEM or DER)" if cert is None else _chain_problem(chain)
     )
     key_problem = "does not hold an unencrypted private key (PEM or DER)" if key is None else ""
     if cert is not None and key is not None and not key_matches(cert, key):

@@ -51,6 +51,7 @@ def _cert(
     issuer: tuple[str, ec.EllipticCurvePrivateKey] | None,
     ca: bool,
     cert_sign: bool,
+    key_agreement: bool = False,
 ) -> bytes:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
     issuer_name, signer = (
@@ -64,7 +65,7 @@ def _cert(
         content_commitment=False,
         key_encipherment=False,
         data_encipherment=False,
-        key_agreement=False,
+        key_agreement=key_agreement,
         key_cert_sign=cert_sign,
         crl_sign=cert_sign,
         encipher_only=False,
@@ -105,6 +106,14 @@ def leaf() -> Pair:
 def ca_without_cert_sign() -> Pair:
     key = _key()
     return Pair(_cert("no-sign", key, None, ca=True, cert_sign=False), _pem(key))
+
+
+@cache
+def ca_with_key_agreement() -> Pair:
+    """A CA whose keyUsage includes keyAgreement besides keyCertSign."""
+    key = _key()
+    cert = _cert("key-agreement", key, None, ca=True, cert_sign=True, key_agreement=True)
+    return Pair(cert, _pem(key))
 
 
 @cache
