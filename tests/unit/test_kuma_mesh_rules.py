@@ -19,6 +19,8 @@ import yaml
 from kds.errors import InvalidResource
 from kds.model import from_document
 from kds.validation import read_mesh_spec
+from tests.unit.test_api import MakeApi
+from tests.unit.test_api import make_api as make_api_fixture  # noqa: F401  # registers it
 
 # Kuma's "should pass validation" Mesh, its fields as they are there.
 KUMA_VALID = """
@@ -395,3 +397,21 @@ def test_many_bad_backends_are_named_a_bounded_number_of_times() -> None:
     mesh = {"logging": {"backends": [{"name": "", "type": "file"}] * 10_000}}
     _, errs = read_mesh_spec(mesh, "m")
     assert 20 <= len(errs) <= 20 * 3 + 1
+
+
+async def test_kong_meshs_ca_rotation_is_allowed(make_api_fixture: MakeApi) -> None:  # noqa: F811
+    """Kong Mesh's CA rotation: a second backend is added, then enabledBackend moves to it
+    while mTLS is on. Kuma's own validator refuses both steps (one backend at most;
+    "Changing CA when mTLS is enabled is forbidden"); kds-sync follows Kong Mesh."""
+    api = await make_api_fixture()
+    ca1 = {"name": "ca-1", "type": "builtin"}
+    ca2 = {"name": "ca-2", "type": "builtin"}
+    steps = [
+        {"enabledBackend": "ca-1", "backends": [ca1]},
+        {"enabledBackend": "ca-1", "backends": [ca1, ca2]},
+        {"enabledBackend": "ca-2", "backends": [ca1, ca2]},
+        {"enabledBackend": "ca-2", "backends": [ca2]},
+    ]
+    for mtls in steps:
+        status, body, _ = await api.put("/meshes/m", {"mtls": mtls})
+        assert status in (200, 201), body
