@@ -54,25 +54,19 @@ class GeneratedCa:
 
 def _load_certs(data: bytes) -> list[x509.Certificate]:
     """Every certificate of ``data``: its PEM CERTIFICATE blocks in order (other blocks,
-    such as a key kept in the same secret, are skipped, as Go's tls.X509KeyPair skips them),
-    or one DER certificate."""
+    such as a key kept in the same secret, are skipped, as Go's tls.X509KeyPair skips them).
+    PEM only, as Kuma reads a provided CA (tls.X509KeyPair): raises ValueError on none."""
     # Kuma's builtin CAs have serial number 0, which RFC 5280 disallows and cryptography
     # loads with a deprecation warning. Such a CA must keep working as a provided CA (a
     # user moving from Kuma brings it along), so that warning alone is silenced here;
     # tests/unit/test_kuma_compat.py fails if a cryptography release starts refusing it.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Parsed a serial number which wasn't positive")
-        try:
-            return x509.load_pem_x509_certificates(data)
-        except ValueError:
-            return [x509.load_der_x509_certificate(data)]
+        return x509.load_pem_x509_certificates(data)
 
 
 def _load_key(data: bytes) -> object:
-    try:
-        return serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        return serialization.load_der_private_key(data, password=None)
+    return serialization.load_pem_private_key(data, password=None)
 
 
 def _cert_problem(cert: x509.Certificate) -> str:
@@ -113,7 +107,7 @@ def _chain_problem(certs: list[x509.Certificate]) -> str:
 
 
 def check_ca(cert_data: bytes, key_data: bytes) -> CaProblems:
-    """Check a CA certificate and its private key (PEM or DER)."""
+    """Check a CA certificate (or chain) and its private key, both PEM."""
     try:
         chain = _load_certs(cert_data)
     except ValueError:
@@ -124,9 +118,9 @@ def check_ca(cert_data: bytes, key_data: bytes) -> CaProblems:
     except (ValueError, TypeError, UnsupportedAlgorithm):
         key = None
     cert_problem = (
-        "does not hold an X.509 certificate (PEM or DER)" if cert is None else _chain_problem(chain)
+        "does not hold an X.509 certificate in PEM" if cert is None else _chain_problem(chain)
     )
-    key_problem = "does not hold an unencrypted private key (PEM or DER)" if key is None else ""
+    key_problem = "does not hold an unencrypted private key in PEM" if key is None else ""
     if cert is not None and key is not None and not key_matches(cert, key):
         key_problem = "is not the private key of the certificate"
     return CaProblems(cert_problem, key_problem)

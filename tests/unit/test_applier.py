@@ -574,7 +574,7 @@ B = certs.ca("b")  # another
 @pytest.mark.parametrize(
     ("changes", "problem"),
     [
-        ({"c": certs.GARBAGE}, "secret 'c' does not hold an X.509 certificate (PEM or DER)"),
+        ({"c": certs.GARBAGE}, "secret 'c' does not hold an X.509 certificate in PEM"),
         ({"c": certs.leaf().cert}, "secret 'c' is not a CA certificate: basicConstraints has"),
         ({"c": certs.ca_without_cert_sign().cert}, "keyUsage lacks keyCertSign"),
         ({"k": certs.other_key()}, "secret 'k' is not the private key of the certificate"),
@@ -609,7 +609,7 @@ def test_the_reason_an_update_of_the_zones_own_ca_is_rejected() -> None:
             C,
             "this zone's own mesh 'default' mTLS backend 'ca-1' uses this secret: "
             "mtls.backends[0].conf.cert.secret: secret 'c' does not hold an X.509 certificate "
-            "(PEM or DER)",
+            "in PEM",
         )
     ]
 

@@ -1,6 +1,7 @@
 """Kuma's checks of a provided CA (pkg/plugins/ca/provided/ca_cert_validator.go): the cert
-secret's certificates, each of them, must have basicConstraints CA:TRUE and keyUsage
-keyCertSign, and must not have keyUsage keyAgreement; the key belongs to the first."""
+and key are PEM (Go's tls.X509KeyPair reads them); the cert secret's certificates, each of
+them, must have basicConstraints CA:TRUE and keyUsage keyCertSign, and must not have keyUsage
+keyAgreement; the key belongs to the first."""
 
 from __future__ import annotations
 
@@ -39,6 +40,23 @@ def test_every_certificate_of_the_chain_is_checked() -> None:
     assert problems.cert.startswith("holds certificate 2 of its chain, which is not a CA")
     problems = check_ca(inter.cert + certs.ca_with_key_agreement().cert, inter.key)
     assert "certificate 2" in problems.cert and "keyAgreement" in problems.cert
+
+
+def test_der_is_refused_as_kuma_reads_pem_only() -> None:
+    """Kuma reads a provided CA with Go's tls.X509KeyPair, which takes PEM blocks only: a
+    DER certificate or key is refused, naming which."""
+    from cryptography import x509
+
+    pair = certs.ca()
+    der_cert = x509.load_pem_x509_certificate(pair.cert).public_bytes(serialization.Encoding.DER)
+    key = serialization.load_pem_private_key(pair.key, None)
+    der_key = key.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    assert check_ca(der_cert, pair.key).cert == "does not hold an X.509 certificate in PEM"
+    assert check_ca(pair.cert, der_key).key == "does not hold an unencrypted private key in PEM"
 
 
 def test_a_secret_holding_the_certificate_and_its_key_still_serves_as_both() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 from collections.abc import Callable
 from typing import Any
@@ -204,6 +205,15 @@ def test_an_expiration_of_too_many_digits_is_refused_naming_the_field() -> None:
     assert "from 1h to 100y" in e.value.errors[0].message
 
 
+def _pem_of_der(der: bytes) -> bytes:
+    """A DER certificate in a PEM block, kept byte for byte (however odd its content)."""
+    text = base64.encodebytes(der).decode().replace("\n", "")
+    lines = [text[i : i + 64] for i in range(0, len(text), 64)]
+    return (
+        "-----BEGIN CERTIFICATE-----\n" + "\n".join(lines) + "\n-----END CERTIFICATE-----\n"
+    ).encode()
+
+
 def _der_ca(*extensions: x509.ExtensionType) -> certs.Pair:
     """A self-signed certificate (DER) with ``extensions`` as given, and its key."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -241,13 +251,15 @@ def duplicate_extension_ca() -> certs.Pair:
     value = ca_true.public_bytes()
     pair = _der_ca(ca_true, x509.UnrecognizedExtension(x509.ObjectIdentifier("2.5.29.99"), value))
     assert pair.cert.count(_SPARE_OID) == 1
-    return certs.Pair(pair.cert.replace(_SPARE_OID, _BASIC_CONSTRAINTS_OID), pair.key)
+    der = pair.cert.replace(_SPARE_OID, _BASIC_CONSTRAINTS_OID)
+    return certs.Pair(_pem_of_der(der), pair.key)
 
 
 def malformed_extension_ca() -> certs.Pair:
     """A certificate whose basicConstraints value is not the SEQUENCE it must be."""
     oid = x509.ObjectIdentifier("2.5.29.19")
-    return _der_ca(x509.UnrecognizedExtension(oid, b"\x04\x01\x00"))
+    pair = _der_ca(x509.UnrecognizedExtension(oid, b"\x04\x01\x00"))
+    return certs.Pair(_pem_of_der(pair.cert), pair.key)
 
 
 @pytest.mark.parametrize("pair", [duplicate_extension_ca, malformed_extension_ca])
