@@ -11,6 +11,7 @@ Routes::
     GET                /globalsecrets                    list (Kuma's path; /global-secrets too)
     GET|PUT|DELETE     /globalsecrets/{name}
     POST               /_apply                           many resources in one transaction
+    GET                /_kri/{kri}                       a Mesh by its KRI (Kuma's route)
     GET                /openapi.yaml, /openapi.json      the API description (kds/openapi.yaml)
 
 A daemon adds its own routes (health, metrics, status) through ``extra_routes``.
@@ -29,7 +30,13 @@ from kds.api._apply import apply_handler
 from kds.api._connections import IDLE_S, MAX_CONNECTIONS, ConnectionGate, GuardedSite
 from kds.api._context import API_CONTEXT, ApiContext, client_max_size
 from kds.api._errors import auth_middleware, error_middleware
-from kds.api._resources import delete_handler, get_handler, list_handler, put_handler
+from kds.api._resources import (
+    delete_handler,
+    get_handler,
+    kri_handler,
+    list_handler,
+    put_handler,
+)
 from kds.errors import ConfigError
 from kds.model import Kind
 from kds.tls import ReloadingServerSSLContext
@@ -70,6 +77,7 @@ def build_app(ctx: ApiContext, extra_routes: list[web.RouteDef] | None = None) -
         web.get("/openapi.yaml", _openapi_yaml),
         web.get("/openapi.json", _openapi_json),
         web.post("/_apply", apply_handler),
+        web.get("/_kri/{kri}", kri_handler),
     ]
     paths = [
         (Kind.MESH, "/meshes", "/meshes/{name}"),

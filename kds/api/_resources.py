@@ -51,9 +51,11 @@ __all__ = [
     "delete_handler",
     "get_handler",
     "invalid_resource",
+    "kri_handler",
     "list_handler",
     "log_applied",
     "log_written",
+    "mesh_kri",
     "new_mesh_name_problems",
     "own_origin",
     "put_handler",
@@ -85,13 +87,40 @@ def _render(ctx: ApiContext, row: Row, request: web.Request, k8s: bool = False) 
         return body
     body = to_json(row.resource, labels)
     if row.resource.kind is Kind.MESH:
-        # Kuma's resource identifier, output-only, on the kinds that have a short name
-        # (a Mesh's is "m"; Secrets have none): kri_{short}_{mesh}_{zone}_{namespace}_{name}_
-        zone = body["labels"].get(LABEL_ZONE, "")
-        body["kri"] = f"kri_m__{zone}__{row.resource.name}_"
+        body["kri"] = mesh_kri(row.resource.name, body["labels"])
     if request.get(READ_ONLY_KEY):
         body.pop("data", None)  # the read-only token never sees secret data
     return body
+
+
+def mesh_kri(name: str, labels: Mapping[str, str]) -> str:
+    """Kuma's resource identifier of a Mesh, output-only; Kuma gives one to the kinds that
+    have a short name (a Mesh's is "m"; Secrets have none):
+    kri_{short}_{mesh}_{zone}_{namespace}_{name}_{section}."""
+    return f"kri_m__{labels.get(LABEL_ZONE, '')}__{name}_"
+
+
+async def kri_handler(request: web.Request) -> web.Response:
+    """Kuma's ``GET /_kri/{kri}``: the resource a KRI names, in either form (``format``).
+    Here a Mesh is the only kind with one; an identifier of another kind is a 400, as Kuma
+    answers one of a kind it does not know."""
+    ctx = request.app[API_CONTEXT]
+    text = request.match_info["kri"]
+    parts = text.split("_")
+    if len(parts) < 7 or parts[0] != "kri":
+        reason = "must be kri_{short name}_{mesh}_{zone}_{namespace}_{name}_{section}"
+        raise HttpError(400, "Bad Request", "invalid KRI", [FieldViolation("kri", reason)])
+    if parts[1] != "m":
+        reason = f"unknown short name of resource type: {shown(parts[1])} (only m, a Mesh)"
+        raise HttpError(400, "Bad Request", "invalid KRI", [FieldViolation("kri", reason)])
+    k8s = _k8s_format(request)
+    row = await ctx.store.get(Key(Kind.MESH, "", parts[5]))
+    # As Kuma's Universal reads one: by name and zone (a resource synced from another zone
+    # has another name); its namespace and section are not looked at.
+    labels = {} if row is None else computed_labels(ctx, row.resource, row.origin)
+    if row is None or labels.get(LABEL_ZONE, "") != parts[3]:
+        raise NotFound(f"no resource has KRI {shown(text)}")
+    return web.json_response(_render(ctx, row, request, k8s))
 
 
 def _key(kind: Kind, request: web.Request) -> Key:

@@ -140,6 +140,7 @@ async def test_index_and_openapi(make_api: MakeApi) -> None:
         "/meshes/{mesh}/secrets/{name}",
         "/global-secrets",
         "/global-secrets/{name}",
+        "/_kri/{kri}",
     ):
         assert path in doc["paths"]
     assert {"Resource", "Error", "List"} <= set(doc["components"]["schemas"])

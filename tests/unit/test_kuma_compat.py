@@ -426,6 +426,23 @@ async def test_mesh_answers_carry_kumas_kri(api: Api) -> None:
     assert "kri" not in (await api.get("/meshes/default/secrets/s"))[1]
 
 
+async def test_a_mesh_is_found_by_its_kri(api: Api) -> None:
+    """Kuma's GET /_kri/{kri} (its get_resource_by_kri golden files): the resource the
+    identifier names, in either form; unknown is 404; a malformed identifier or one of an
+    unknown short name is 400 (Kuma: "unknown short name of resource type")."""
+    status, got = await api.get("/_kri/kri_m____default_")
+    assert status == 200 and got == (await api.get("/meshes/default"))[1]
+    status, got = await api.get("/_kri/kri_m____default_?format=k8s")
+    assert status == 200 and got["kind"] == "Mesh" and got["metadata"]["name"] == "default"
+    for missing in ("kri_m____nope_", "kri_m__zone-1__default_"):
+        assert (await api.get(f"/_kri/{missing}"))[0] == 404, missing
+    # Kuma's Universal looks at neither the namespace nor the section of the identifier.
+    assert (await api.get("/_kri/kri_m___ns_default_sec"))[0] == 200
+    for bad in ("kri___default_default__mtp-3_", "kri_mtp_default___one_", "kri_m_default", "x"):
+        status, err = await api.get(f"/_kri/{bad}")
+        assert status == 400 and err["invalid_parameters"][0]["field"] == "kri", bad
+
+
 async def test_a_mesh_that_does_not_exist_is_404(api: Api) -> None:
     """Kuma looks the mesh of a Secret path up first: not there, 404, for every verb."""
     status, err, _ = await api.put("/meshes/nope/secrets/s", {"data": DATA})
