@@ -24,6 +24,7 @@ __all__ = [
     "print_error",
     "print_resources",
     "quoted",
+    "resource_age",
     "safe_text",
     "table",
 ]
@@ -69,12 +70,9 @@ def fail(message: str, causes: Iterable[tuple[str, str]] = (), code: int = 1) ->
 
 def format_age(timestamp: str, now: datetime) -> str:
     """How long before ``now`` an RFC 3339 ``timestamp`` was: 45s, 3m, 5h, 2d."""
-    try:
-        t = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
-    except ValueError:
+    t = _parse_time(timestamp)
+    if t is None:
         return "<unknown>"
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=UTC)
     s = max(0, int((now - t).total_seconds()))
     if s < 120:
         return f"{s}s"
@@ -83,6 +81,30 @@ def format_age(timestamp: str, now: datetime) -> str:
     if s < 2 * 86400:
         return f"{s // 3600}h"
     return f"{s // 86400}d"
+
+
+def resource_age(timestamp: str, now: datetime) -> str:
+    """A resource table's AGE, as kumactl's tables say it (its table.Duration): 45s, 3m,
+    5h, 2d, 3y; ``never`` for a time ahead of ``now``."""
+    t = _parse_time(timestamp)
+    if t is None:
+        return "<unknown>"
+    s = int((now - t).total_seconds())
+    if s < -1:
+        return "never"
+    for unit, size, below in (("s", 1, 60), ("m", 60, 3600), ("h", 3600, 86400)):
+        if s < below:
+            return f"{max(s, 0) // size}{unit}"
+    hours = s // 3600
+    return f"{hours // 24}d" if hours < 24 * 365 else f"{hours // 24 // 365}y"
+
+
+def _parse_time(timestamp: str) -> datetime | None:
+    try:
+        t = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -112,25 +134,37 @@ def _origin(item: Mapping[str, Any]) -> str:
     return f"{origin} ({zone})" if origin == "zone" and zone else origin or "-"
 
 
-def _mtls(item: Mapping[str, Any]) -> str:
-    """A Mesh's mTLS column: the enabled backend and its type, or off."""
-    mtls = item.get("mtls") or {}
-    backends = {b.get("name"): b.get("type") for b in mtls.get("backends") or []}
-    enabled = mtls.get("enabledBackend")
-    if enabled in backends:
-        return f"{enabled} ({backends[enabled]})"
-    return f"off ({len(backends)} backends)" if backends else "off"
+def _mesh_cells(item: Mapping[str, Any]) -> list[str]:
+    """A Mesh's columns as kumactl's table has them: mTLS (the enabled backend as
+    TYPE/NAME, or off), LOCALITY and ZONEEGRESS (on or off)."""
+    mtls = item.get("mtls")
+    mtls = mtls if isinstance(mtls, Mapping) else {}
+    listed = mtls.get("backends")
+    backends = {
+        str(b.get("name")): str(b.get("type"))
+        for b in (listed if isinstance(listed, list) else [])
+        if isinstance(b, Mapping)
+    }
+    enabled = str(mtls.get("enabledBackend"))
+    cells = [f"{backends[enabled]}/{enabled}" if enabled in backends else "off"]
+    routing = item.get("routing")
+    for key in ("localityAwareLoadBalancing", "zoneEgress"):
+        on = isinstance(routing, Mapping) and routing.get(key) is True
+        cells.append("on" if on else "off")
+    return cells
 
 
 def _render_table(kind: Kind, items: Sequence[Mapping[str, Any]]) -> str:
+    """kumactl's columns (a Mesh's mTLS, LOCALITY and ZONEEGRESS; a Secret's MESH), then
+    kds-sync's ORIGIN, then kumactl's AGE: the time since the last change."""
     now = datetime.now(UTC)
     headers = (["MESH"] if kind is Kind.SECRET else []) + ["NAME"]
-    headers += (["MTLS"] if kind is Kind.MESH else []) + ["ORIGIN", "AGE"]
+    headers += (["mTLS", "LOCALITY", "ZONEEGRESS"] if kind is Kind.MESH else []) + ["ORIGIN", "AGE"]
     rows = []
     for it in items:
         row = [str(it.get("mesh", ""))] if kind is Kind.SECRET else []
-        row += [str(it.get("name", ""))] + ([_mtls(it)] if kind is Kind.MESH else [])
-        row += [_origin(it), format_age(str(it.get("creationTime", "")), now)]
+        row += [str(it.get("name", ""))] + (_mesh_cells(it) if kind is Kind.MESH else [])
+        row += [_origin(it), resource_age(str(it.get("modificationTime", "")), now)]
         rows.append([safe_text(cell) for cell in row])  # what the server sent, made safe
     return table(headers, rows)
 

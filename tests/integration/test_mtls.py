@@ -110,7 +110,7 @@ def test_seed_example_and_builtin_ca_reach_two_zones(cluster: Cluster) -> None:
             "secret": "my-cert"
         }
         assert z.secret("default", "my-key")["data"] == ca.key_b64
-        assert "ca-1 (builtin)" in cluster.kdsctl("get", "meshes", api=z.api_url).stdout
+        assert "builtin/ca-1" in cluster.kdsctl("get", "meshes", api=z.api_url).stdout
         # read-only on the zone, like every synced copy
         r = z.http.delete("/meshes/payments/secrets/payments.ca-builtin-key-ca-1")
         assert r.status_code == 409 and "global" in r.json()["detail"]

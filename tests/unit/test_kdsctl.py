@@ -494,8 +494,15 @@ def test_meshes_with_mtls_in_both_forms(server: Server, tmp_path: Path) -> None:
         'resource type="Secret" mesh="payments" name="payments.ca-builtin-key-ca-1" Created',
     ]
     res = run(server, "get", "meshes")
-    assert res.stdout.splitlines()[0].split() == ["NAME", "MTLS", "ORIGIN", "AGE"]
-    assert "ca-1 (builtin)" in res.stdout
+    assert res.stdout.splitlines()[0].split() == [
+        "NAME",
+        "mTLS",
+        "LOCALITY",
+        "ZONEEGRESS",
+        "ORIGIN",
+        "AGE",
+    ]
+    assert "builtin/ca-1" in res.stdout
     res = run(server, "get", "mesh", "payments", "-o", "yaml")
     assert yaml.safe_load(res.stdout)["mtls"]["backends"][0]["type"] == "builtin"
     res = run(server, "delete", "secret", "payments.ca-builtin-key-ca-1", "--mesh", "payments")

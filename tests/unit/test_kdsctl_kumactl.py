@@ -204,3 +204,49 @@ def test_a_table_of_one_page_says_how_to_get_the_next(server: Server, tmp_path: 
     assert "sec-2" in last and "Rerun" not in last
     assert "Rerun" not in run(server, "get", "globalsecrets", "--size", "1", "-o", "yaml").stdout
     assert "Rerun" not in run(server, "get", "globalsecrets").stdout
+
+
+def test_mesh_tables_have_kumactls_columns(server: Server) -> None:
+    """kumactl's Mesh table (app/kumactl/cmd/get/table_printer.go and its get-meshes golden
+    file): NAME, mTLS as TYPE/NAME or off, LOCALITY and ZONEEGRESS as on or off (kds-sync's
+    ORIGIN follows), and AGE."""
+    doc = (
+        "type: Mesh\nname: mesh1\nmtls:\n  enabledBackend: builtin-1\n  backends:\n"
+        "  - {name: builtin-1, type: builtin}\n"
+        "routing: {localityAwareLoadBalancing: true, zoneEgress: true}\n"
+        "---\ntype: Mesh\nname: mesh2\n"
+    )
+    assert run(server, "apply", "-f", "-", input=doc).exit_code == 0
+    lines = [line.split() for line in run(server, "get", "meshes").stdout.splitlines()]
+    assert lines[0] == ["NAME", "mTLS", "LOCALITY", "ZONEEGRESS", "ORIGIN", "AGE"]
+    assert lines[1][:5] == ["mesh1", "builtin/builtin-1", "on", "on", "global"]
+    assert lines[2][:5] == ["mesh2", "off", "off", "off", "global"]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [
+        (0, "0s"),
+        (59, "59s"),
+        (60, "1m"),
+        (3599, "59m"),
+        (3600, "1h"),
+        (86399, "23h"),
+        (86400, "1d"),
+        (364 * 86400, "364d"),
+        (365 * 86400, "1y"),
+        (292 * 365 * 86400 + 86400 * 80, "292y"),
+        (-5, "never"),
+    ],
+)
+def test_age_is_said_as_kumactl_says_it(seconds: int, shown: str) -> None:
+    """kumactl's table.Duration: seconds under a minute, minutes under an hour, hours under
+    a day, days under a year, then years; a time ahead is 'never'. Its tables count AGE
+    from the last change (modificationTime)."""
+    from datetime import UTC, datetime, timedelta
+
+    from kdsctl.render import resource_age
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    stamp = (now - timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
+    assert resource_age(stamp, now) == shown

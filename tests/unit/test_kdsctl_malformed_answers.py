@@ -22,6 +22,9 @@ from tests.unit.test_kdsctl_client import clear_proxy_env
 # Every field name kdsctl reads from an answer (kdsctl/*.py), for the poisoned answers.
 FIELDS = [
     "items",
+    "mtls",
+    "routing",
+    "modificationTime",
     "total",
     "next",
     "name",
