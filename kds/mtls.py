@@ -63,8 +63,18 @@ _MODES = ("STRICT", "PERMISSIVE")
 _NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 # At most 12 digits: any longer number is far past the 100-year bound, and int() refuses a
 # string of over 4300 digits with a ValueError that would fail the whole request.
-_DURATION_RE = re.compile(r"([1-9][0-9]{0,11})(y|d|h|m|s)", re.ASCII)
-_UNIT_SECONDS = {"y": 365 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1}
+# Kuma's units (ParseDuration: y, w, d, h, m, s, ms); leading zeros are read as Kuma reads
+# them ("010h" is 10h).
+_DURATION_RE = re.compile(r"0*([1-9][0-9]{0,11})(y|w|d|h|ms|m|s)", re.ASCII)
+_UNIT_MS = {
+    "y": 365 * 86400_000,
+    "w": 7 * 86400_000,
+    "d": 86400_000,
+    "h": 3600_000,
+    "m": 60_000,
+    "s": 1000,
+    "ms": 1,
+}
 _MAX_VALIDITY = 100 * 365 * 86400
 
 
@@ -107,11 +117,12 @@ def is_builtin_secret_name(mesh: str, name: str) -> bool:
 
 
 def parse_ca_expiration(value: object) -> int | None:
-    """A builtin CA's ``caCert.expiration`` in Kuma's form ('10y', '365d', '24h', '30m',
-    '90s') -> whole seconds; None if malformed or zero. Options' durations are
-    kds.config.parse_duration (float seconds), a different grammar."""
+    """A builtin CA's ``caCert.expiration`` in Kuma's form ('10y', '52w', '365d', '24h',
+    '30m', '90s', '500ms') -> whole seconds; None if malformed or under a second. Options'
+    durations are kds.config.parse_duration (float seconds), a different grammar."""
     m = _DURATION_RE.fullmatch(value) if isinstance(value, str) else None
-    return int(m.group(1)) * _UNIT_SECONDS[m.group(2)] if m else None
+    seconds = int(m.group(1)) * _UNIT_MS[m.group(2)] // 1000 if m else 0
+    return seconds or None
 
 
 # --------------------------------------------------------------------------- reading
@@ -350,7 +361,7 @@ def _validate_builtin(config: Mapping[str, Any], f: str) -> list[FieldViolation]
         errs.append(
             FieldViolation(
                 f"{f}.caCert.expiration",
-                "must be a duration such as 10y, 365d or 24h, from 1h to 100y",
+                "must be a duration such as 10y, 52w, 365d or 24h, from 1h to 100y",
             )
         )
     return errs

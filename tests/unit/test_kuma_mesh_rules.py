@@ -415,3 +415,18 @@ async def test_kong_meshs_ca_rotation_is_allowed(make_api_fixture: MakeApi) -> N
     for mtls in steps:
         status, body, _ = await api.put("/meshes/m", {"mtls": mtls})
         assert status in (200, 201), body
+
+
+@pytest.mark.parametrize(
+    ("expiration", "seconds"),
+    [("52w", 52 * 7 * 86400), ("3600000ms", 3600), ("010h", 36000), ("10y", 10 * 365 * 86400)],
+)
+def test_builtin_ca_expiration_takes_kumas_units(expiration: str, seconds: int) -> None:
+    """Kuma reads a builtin CA's caCert.expiration with its ParseDuration (digits and y, w,
+    d, h, m, s or ms): weeks and milliseconds are Kuma durations too."""
+    from kds.mtls import parse_ca_expiration
+
+    assert parse_ca_expiration(expiration) == seconds
+    ca = {"caCert": {"expiration": expiration}}
+    mesh = {"mtls": {"backends": [{"name": "a", "type": "builtin", "conf": ca}]}}
+    assert problems(yaml.safe_dump(mesh)) == {}
