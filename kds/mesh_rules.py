@@ -1,5 +1,5 @@
-"""Kuma's rules for what a Mesh's logging, tracing, metrics, constraints and routing say,
-and for its mTLS backends' dpCert. Pure.
+"""Kuma's rules for what a Mesh's logging, tracing, metrics, constraints, routing and
+meshServices say, and for its mTLS backends' dpCert. Pure.
 
 These are the checks of Kuma's Mesh validator (pkg/core/resources/apis/mesh/
 mesh_validator.go, in every release with ``Mesh.mtls``), with its messages. They run on a
@@ -31,6 +31,8 @@ _ZIPKIN_API_VERSIONS = ("httpJsonV1", "httpJson", "httpProto")
 # Prometheus TLS modes (PrometheusTlsConfig.Mode), by name and by number.
 _TLS_ACTIVE, _TLS_DISABLED = ("activeMTLSBackend", 0), ("disabled", 2)
 _USED = "name is already used for another backend"
+# Mesh.MeshServices.Mode's names (mesh.proto).
+_MESH_SERVICES_MODES = ("Disabled", "Everywhere", "ReachableBackends", "Exclusive")
 
 Check = Callable[[Mapping[str, Any], str], list[FieldViolation]]
 
@@ -64,6 +66,16 @@ def mesh_rule_problems(spec: Mapping[str, Any], prefix: str = "") -> list[FieldV
     if isinstance(proxy, Mapping):
         for part in ("requirements", "restrictions"):
             errs += _selectors(proxy.get(part) or [], f"{prefix}constraints.dataplaneProxy.{part}")
+    services = spec.get("meshServices")
+    mode = services.get("mode") if isinstance(services, Mapping) else None
+    if isinstance(mode, str) and mode not in _MESH_SERVICES_MODES:
+        # Kuma reads the enum by name (any number is taken, as protobuf's JSON takes one)
+        errs.append(
+            FieldViolation(
+                f"{prefix}meshServices.mode",
+                f"must be one of {', '.join(_MESH_SERVICES_MODES)} (got {shown(mode)})",
+            )
+        )
     routing = spec.get("routing")
     egress = isinstance(routing, Mapping) and routing.get("zoneEgress") is True
     if egress and not (isinstance(mtls, Mapping) and mtls.get("enabledBackend")):

@@ -430,3 +430,17 @@ def test_builtin_ca_expiration_takes_kumas_units(expiration: str, seconds: int) 
     ca = {"caCert": {"expiration": expiration}}
     mesh = {"mtls": {"backends": [{"name": "a", "type": "builtin", "conf": ca}]}}
     assert problems(yaml.safe_dump(mesh)) == {}
+
+
+@pytest.mark.parametrize(
+    ("mode", "refused"),
+    [("Exclusive", False), ("ReachableBackends", False), (2, False), ("Sometimes", True)],
+)
+def test_mesh_services_mode_is_one_of_kumas(mode: object, refused: bool) -> None:
+    """Mesh.MeshServices.Mode is an enum (mesh.proto: Disabled, Everywhere,
+    ReachableBackends, Exclusive): Kuma refuses an unknown name when it reads the body
+    ("unknown value ... for enum"); a number is taken, as protobuf's JSON takes one."""
+    got = problems(yaml.safe_dump({"meshServices": {"mode": mode}}))
+    assert bool(got) is refused
+    if refused:
+        assert "Exclusive" in got["meshServices.mode"][0]
