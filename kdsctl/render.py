@@ -109,7 +109,7 @@ def _parse_time(timestamp: str) -> datetime | None:
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Left-aligned columns three spaces apart, a header line first; no trailing blanks."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
     lines = [
         "   ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip()
         for line in [list(headers), *rows]
@@ -175,7 +175,8 @@ def print_resources(kind: Kind, answer: Any, output: str, single: bool) -> None:
         dump(answer, output)
     else:
         items = [answer] if single else list(answer.get("items") or [])
+        # An empty list prints its header line alone, as kumactl's table does; the note
+        # goes to stderr.
+        click.echo(_render_table(kind, items))
         if not items:
             click.echo(f"No {kind} resources found.", err=True)
-            return
-        click.echo(_render_table(kind, items))
