@@ -1,0 +1,64 @@
+"""Without zone tokens (--kds-insecure) a zone's name is whatever a peer says: a peer inventing
+names must not grow global's zone list, history and metrics without end."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from globalcp import servicer as servicer_module
+from kds._pb import sync_pb2 as pb
+from kds.wire import PROTOCOL_VERSION
+from tests.unit.inprocess import running_pair, wait_until
+
+METHOD = "/kds.v1.SecretSync/Sync"
+
+
+async def _hello_ends(port: int, zone: str) -> tuple[grpc.StatusCode | None, str]:
+    """Send a hello for ``zone`` as a made-up zone; the status the stream ends with (None if
+    global welcomed it: the stream is then dropped)."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        call: Any = ch.stream_stream(
+            METHOD, request_serializer=lambda b: b, response_deserializer=lambda b: b
+        )()
+        hello = pb.Hello(
+            zone=zone,
+            instance_id=f"{zone}-1",
+            software_version="x",
+            protocol_version=PROTOCOL_VERSION,
+        )
+        await call.write(pb.ZoneMessage(hello=hello).SerializeToString())
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            first = await asyncio.wait_for(call.read(), 10)
+            if first is not grpc.aio.EOF:
+                call.cancel()
+                return None, ""
+        return await call.code(), await call.details()
+
+
+async def test_a_peer_inventing_zone_names_is_refused_past_the_most(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(servicer_module, "MAX_ZONES_WITHOUT_TOKENS", 3, raising=False)
+    async with running_pair(tmp_path) as pair:
+        for i in range(3):
+            assert await _hello_ends(pair.port, f"made-up-{i}") == (None, "")
+        await wait_until(lambda: all(not s.online for s in pair.tracker.zones.values()))
+        for i in range(3, 10):
+            code, details = await _hello_ends(pair.port, f"made-up-{i}")
+            assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert details == (
+                "global runs without zone tokens (--kds-insecure) and keeps at most 3 zone "
+                "names: it takes no new one"
+            )
+        assert sorted(pair.tracker.zones) == ["made-up-0", "made-up-1", "made-up-2"]
+        # A name global knows still connects, and a real zone of one of them syncs.
+        assert await _hello_ends(pair.port, "made-up-1") == (None, "")
+        await wait_until(lambda: not pair.tracker.zones["made-up-1"].online)
+        pair.start_zone("made-up-2")
+        await wait_until(lambda: pair.tracker.zones["made-up-2"].online, what="zone connected")
