@@ -113,6 +113,7 @@ class SyncServicer:
         self._on_token_refused = on_token_refused  # given the refusal's status code name
         self._refusal_log = Throttle(REFUSAL_LOG_INTERVAL)
         self._new_zone_log = Throttle(REFUSAL_LOG_INTERVAL)
+        self._admit_log = Throttle(REFUSAL_LOG_INTERVAL)  # refusals after the token
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(
@@ -299,8 +300,8 @@ class SyncServicer:
                 f"global instance {self.instance_id} cannot save its claims on zone streams "
                 "in the shared store (unreachable from it): connect to another instance"
             )
-            log.warning("zone refused: this instance cannot save its claims")
-            self.tracker.refused(h.zone, message)  # its save tells when the store is back
+            # Its save (at the next flush) tells when the store is back.
+            self._refused(h.zone, message, "zone refused: this instance cannot save its claims")
             await context.abort(grpc.StatusCode.UNAVAILABLE, message)
             return None
         session = GlobalSession(self.store.store_id, self.max_unacked, wire.WINDOW_BYTES)
@@ -328,8 +329,13 @@ class SyncServicer:
                 )
             mode = session.on_hello(hello, self.hub.head, self.hub.log_floor, chain_at_revision)
         except ProtocolError as e:
-            log.warning("zone refused", reason=str(e), instance=safe_text(h.instance_id))
-            self.tracker.refused(h.zone, f"refused instance {h.instance_id}: {e}")
+            self._refused(
+                h.zone,
+                f"refused instance {h.instance_id}: {e}",
+                "zone refused",
+                reason=str(e),
+                instance=safe_text(h.instance_id),
+            )
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
             return None
         old = self.links.get(h.zone)
@@ -337,17 +343,18 @@ class SyncServicer:
             # Another live process claims this zone: refuse it rather than let two instances
             # take turns. A dead stream (host gone, link cut) is noticed by keepalive within
             # seconds, after which the new instance's next attempt gets in.
-            log.warning(
+            message = (
+                f"zone {h.zone!r} is already connected from instance {old.instance_id} "
+                f"(since {old.connected_at}); one zone name, one live stream"
+            )
+            self._refused(
+                h.zone,
+                f"refused instance {h.instance_id}: {message}",
                 "refused a second instance of a connected zone",
                 instance=h.instance_id,
                 connected_instance=old.instance_id,
                 connected_since=old.connected_at,
             )
-            message = (
-                f"zone {h.zone!r} is already connected from instance {old.instance_id} "
-                f"(since {old.connected_at}); one zone name, one live stream"
-            )
-            self.tracker.refused(h.zone, f"refused instance {h.instance_id}: {message}")
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, message)
             return None
         if self._stopping.is_set():
@@ -359,6 +366,19 @@ class SyncServicer:
             )
             return None
         return session, mode
+
+    def _refused(self, zone: str, message: str, event: str, **fields: Any) -> None:
+        """An authenticated stream of ``zone`` is refused: log it and make ``message`` the
+        zone's last error and a history event, at most once per zone per
+        REFUSAL_LOG_INTERVAL (the next line saying how many were not); the others are only
+        counted as errors. A second instance dialling in a loop was each time a warning, an
+        error, a history event and a store write: 1,560 a second."""
+        held_back = self._admit_log.allow(zone)
+        if held_back is None:
+            self.tracker.refused(zone, message, quiet=True)
+            return
+        log.warning(event, **fields, refusals_not_logged=held_back)
+        self.tracker.refused(zone, message)
 
     def _register(
         self,

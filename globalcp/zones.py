@@ -434,11 +434,16 @@ class ZoneTracker:
         self.mark(state, urgent=True)
         return ZoneHandle(self, state, stream_id)
 
-    def refused(self, name: str, message: str) -> None:
+    def refused(self, name: str, message: str, *, quiet: bool = False) -> None:
         """A stream claiming ``name`` was refused: the reason becomes the zone's last error
-        (its other status, and a live stream's, is left alone)."""
+        (its other status, and a live stream's, is left alone); ``quiet``: one more like the
+        last recorded, only counted (saved with the next flush)."""
         state = self.zones.get(name) or ZoneState(name)
         self.zones[name] = state
+        if quiet:
+            state.errors += 1
+            self.mark(state)
+            return
         self.record_error(state, message)
         self.history.event(name, "refused", reason=state.last_error)
 

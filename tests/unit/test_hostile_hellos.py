@@ -1,5 +1,7 @@
-"""Without zone tokens (--kds-insecure) a zone's name is whatever a peer says: a peer inventing
-names must not grow global's zone list, history and metrics without end."""
+"""Peers dialling global's sync port in a loop with hellos it refuses: without zone tokens
+(--kds-insecure) a zone's name is whatever a peer says, and a peer inventing names must not
+grow global's zone list, history and metrics without end; a second instance of a connected
+zone must not flood global's log, history and store."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
+from structlog.testing import capture_logs
 
 from globalcp import servicer as servicer_module
 from kds._pb import sync_pb2 as pb
@@ -19,7 +22,9 @@ from tests.unit.inprocess import running_pair, wait_until
 METHOD = "/kds.v1.SecretSync/Sync"
 
 
-async def _hello_ends(port: int, zone: str) -> tuple[grpc.StatusCode | None, str]:
+async def _hello_ends(
+    port: int, zone: str, instance: str = ""
+) -> tuple[grpc.StatusCode | None, str]:
     """Send a hello for ``zone`` as a made-up zone; the status the stream ends with (None if
     global welcomed it: the stream is then dropped)."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
@@ -28,7 +33,7 @@ async def _hello_ends(port: int, zone: str) -> tuple[grpc.StatusCode | None, str
         )()
         hello = pb.Hello(
             zone=zone,
-            instance_id=f"{zone}-1",
+            instance_id=instance or f"{zone}-1",
             software_version="x",
             protocol_version=PROTOCOL_VERSION,
         )
@@ -62,3 +67,26 @@ async def test_a_peer_inventing_zone_names_is_refused_past_the_most(
         await wait_until(lambda: not pair.tracker.zones["made-up-1"].online)
         pair.start_zone("made-up-2")
         await wait_until(lambda: pair.tracker.zones["made-up-2"].online, what="zone connected")
+
+
+async def test_a_second_instance_dialling_in_a_loop_is_logged_and_recorded_once(
+    tmp_path: Path,
+) -> None:
+    async with running_pair(tmp_path) as pair:
+        pair.start_zone("zone-1")
+        await wait_until(lambda: "zone-1" in pair.servicer.links, what="zone-1 connected")
+        state = pair.tracker.zones["zone-1"]
+        errors = state.errors
+        await pair.tracker.flush()
+        events = len(await pair.store.zone_events("zone-1", "event"))
+        with capture_logs() as logs:
+            for _ in range(50):
+                code, details = await _hello_ends(pair.port, "zone-1", "zone-1-other")
+                assert code is grpc.StatusCode.ALREADY_EXISTS, details
+        refused = [e for e in logs if e["event"] == "refused a second instance of a connected zone"]
+        assert len(refused) == 1, refused
+        assert state.errors == errors + 50  # each is counted
+        assert state.last_error.startswith("refused instance zone-1-other: zone 'zone-1' is")
+        await pair.tracker.flush()
+        assert len(await pair.store.zone_events("zone-1", "event")) == events + 1
+        assert pair.tracker.zones["zone-1"].online
