@@ -58,11 +58,21 @@ class Threads:
         return await loop.run_in_executor(self._reader, functools.partial(fn, *args))
 
     def close(self, close: Callable[[], object]) -> None:
-        """Run ``close`` on each thread (to release what it holds), then stop both."""
+        """Let the reads and writes already submitted end, then run ``close`` on each thread
+        (to release what it holds) and stop both. ``close`` closes every thread's
+        connection: run while the other thread was in a query (a snapshot read for a zone
+        whose stream had just ended), it crashed the process with SIGSEGV. Called from the
+        event loop's thread, which submits nothing while it waits here."""
+        for pending in (self._writer.submit(_nothing), self._reader.submit(_nothing)):
+            pending.result()
         self._writer.submit(close).result()
         self._reader.submit(close).result()
         self._writer.shutdown()
         self._reader.shutdown()
+
+
+def _nothing() -> None:
+    """Submitted to a thread to wait for the work queued on it before."""
 
 
 E = TypeVar("E", bound=ResourceEngine)

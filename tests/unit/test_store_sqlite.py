@@ -624,3 +624,22 @@ def test_the_wal_is_not_restarted_under_a_long_read(tmp_path: Path) -> None:
     _steady_writes(engine, 1500)
     assert engine.db.checkpointer.restarts > 0
     engine.close()
+
+
+async def test_closing_the_store_waits_for_a_read_in_progress(tmp_path: Path) -> None:
+    """Closing closes every thread's connection: not under a query still running on the
+    reader thread (a snapshot read for a stream that had just ended crashed the process)."""
+    engine = GlobalEngine(tmp_path / "global.db")
+    store = SqliteGlobalStore(engine)
+    started = threading.Event()
+
+    def slow_read() -> int:
+        with engine.db.read() as conn:
+            started.set()
+            time.sleep(0.3)
+            return int(conn.execute("SELECT 1").fetchone()[0])
+
+    read = asyncio.ensure_future(store._threads.read(slow_read))
+    await asyncio.to_thread(started.wait, 5)
+    store.close()
+    assert await read == 1
