@@ -90,3 +90,25 @@ async def test_a_second_instance_dialling_in_a_loop_is_logged_and_recorded_once(
         await pair.tracker.flush()
         assert len(await pair.store.zone_events("zone-1", "event")) == events + 1
         assert pair.tracker.zones["zone-1"].online
+
+
+async def test_a_zone_dialling_in_a_loop_is_refused_past_its_streams_per_interval(
+    tmp_path: Path,
+) -> None:
+    most = getattr(servicer_module, "STREAMS_PER_ZONE", 20)
+    async with running_pair(tmp_path) as pair:
+        with capture_logs() as logs:
+            ends = [await _hello_ends(pair.port, "zone-1") for _ in range(40)]
+        admitted = [e for e in ends if e == (None, "")]
+        assert len(admitted) == most
+        for code, details in ends[len(admitted) :]:
+            assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert details == (
+                f"zone 'zone-1' started {most} streams within 10 s: dial again in a few seconds"
+            )
+        assert len([e for e in logs if e["event"] == "zone refused: dialling too often"]) == 1
+        await pair.tracker.flush()
+        events = await pair.store.zone_events("zone-1", "event")
+        assert len(events) <= 2 * most + 1
+        # Another zone is not held back by it.
+        assert await _hello_ends(pair.port, "zone-2") == (None, "")
