@@ -10,14 +10,12 @@ One zone name, one live stream: a new stream from the instance that already has 
 replaces it, and the old call is ended with ABORTED, so two streams never report for one zone
 and the old one's resources are freed; another instance is refused while the zone is live.
 
-Nothing a peer sends is trusted before it is checked. The hello is read before the token is
-verified, so it is bounded first (kds.protocol.limits): a field over its limit ends the
-stream with INVALID_ARGUMENT naming the field and the limit. A message that does not decode
-ends it with INVALID_ARGUMENT too. A refused token touches no zone's status: it is counted
-(``on_token_refused``, a metric) and logged at most once per zone name per
-REFUSAL_LOG_INTERVAL seconds, the line saying how many refusals it stands for. Without
-tokens (--kds-insecure) any peer names its zone: global takes at most MAX_ZONES_WITHOUT_TOKENS
-names, and refuses a new one beyond them with RESOURCE_EXHAUSTED.
+Nothing a peer sends is trusted before it is checked. The token comes first, from the call's
+metadata, before a message is read (globalcp.gate: what a stream must pass, and how refusals
+are logged). The hello is then bounded (kds.protocol.limits): a field over its limit ends
+the stream with INVALID_ARGUMENT naming the field and the limit; a hello naming another zone
+than its token's is refused as a bad token. A message that does not decode ends the stream
+with INVALID_ARGUMENT too.
 """
 
 from __future__ import annotations
@@ -34,6 +32,7 @@ import grpc
 import structlog
 
 from globalcp.checks import GlobalTrees, ZoneChecks
+from globalcp.gate import NO_TOKEN, Gate
 from globalcp.hub import Hub
 from globalcp.send_plans import SNAPSHOT_STREAMS, SendPlans
 from globalcp.stream import ZoneLink, ZoneStream, decode_zone_message
@@ -48,7 +47,6 @@ from kds.protocol.limits import check_hello
 from kds.protocol.session import GlobalSession, Hello, Mode
 from kds.store import GlobalStore
 from kds.text import safe_text
-from kds.throttle import Throttle
 from kds.wire import PROTOCOL_VERSION
 
 __all__ = ["METHOD", "SyncServicer", "ZoneLink"]
@@ -56,23 +54,7 @@ __all__ = ["METHOD", "SyncServicer", "ZoneLink"]
 METHOD = "/kds.v1.SecretSync/Sync"
 log = structlog.get_logger("globalcp.sync")
 
-# The token of a stream when global runs without zone authentication (--kds-insecure).
-NO_TOKEN = TokenInfo(token_id="", zone="", key_name="", expires_at="")
-
 REPLACED = "replaced by a new stream from the same zone instance"
-# A zone name's refused tokens are logged once per this many seconds (each is counted).
-REFUSAL_LOG_INTERVAL = 10.0
-# Without zone tokens (--kds-insecure) a zone's name is whatever a peer says, and global keeps
-# each name's status, history and metrics for ever: at most this many names, then a new one
-# is refused. 3,000 made-up names in 9 s took /metrics from 4 KB to 5.1 MB, /zones to 1.6 MB
-# and the store by 7 MB, and nothing stopped a peer at that.
-MAX_ZONES_WITHOUT_TOKENS = 1024
-# Streams global admits for one zone per REFUSAL_LOG_INTERVAL; one more is refused with
-# RESOURCE_EXHAUSTED. A zone's own dial loop starts at most one every 1.05 s (a stream that
-# lasted 1 s, then at least 0.05 s), fewer when its streams fail sooner (backoff from 0.2 s).
-# A zone instance dialling and dropping its stream in a loop took 1,210 streams a second,
-# 35,000 log lines and 4.2 MB of store (two history events and store writes each) in 10 s.
-STREAMS_PER_ZONE = 20
 
 
 class SyncServicer:
@@ -97,7 +79,6 @@ class SyncServicer:
         self.store = store
         self.hub = hub
         self.tracker = tracker
-        self.tokens = tokens  # None: plaintext test mode, no zone authentication
         self.instance_id = instance_id
         # Several instances on one store (globalcp.peers): brings the hub up to the store's
         # head, for a zone that applied more than this instance's hub has heard of yet.
@@ -116,13 +97,16 @@ class SyncServicer:
         self.plans = SendPlans(store, hub, max_message_bytes, snapshot_streams, spill_dir)
         self.trees = GlobalTrees(store)  # anti-entropy: global's tree, one per head
         self._stopping = asyncio.Event()
-        self._on_token_refused = on_token_refused  # given the refusal's status code name
-        self._refusal_log = Throttle(REFUSAL_LOG_INTERVAL)
-        self._new_zone_log = Throttle(REFUSAL_LOG_INTERVAL)
-        self._admit_log = Throttle(REFUSAL_LOG_INTERVAL)  # refusals after the token
-        # Streams admitted per zone (every zone its own key: zones is bounded by its tokens,
-        # or by MAX_ZONES_WITHOUT_TOKENS).
-        self._admitted = Throttle(REFUSAL_LOG_INTERVAL, burst=STREAMS_PER_ZONE, max_keys=1 << 16)
+        self.gate = Gate(tokens, tracker, on_token_refused)
+
+    @property
+    def tokens(self) -> ZoneTokens | None:
+        """The zone tokens streams are checked against; None: plaintext test mode."""
+        return self.gate.tokens
+
+    @tokens.setter
+    def tokens(self, tokens: ZoneTokens | None) -> None:
+        self.gate.tokens = tokens
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(
@@ -147,21 +131,45 @@ class SyncServicer:
 
     async def sync(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
         stream_id = uuid.uuid4().hex[:12]
+        token = await self.gate.token(context)  # before any message is read (globalcp.gate)
+        if token is None:
+            return
+        waiting = self.gate.awaiting_hello
+        waiting[token.zone] += 1
+        try:
+            h = await self._hello(context)
+        finally:
+            waiting[token.zone] -= 1
+            if not waiting[token.zone]:
+                del waiting[token.zone]
+        if h is None:
+            return
+        with structlog.contextvars.bound_contextvars(zone=h.zone, stream=stream_id):
+            if token is not NO_TOKEN:
+                try:
+                    ZoneTokens.for_zone(token, h.zone)
+                except TokenRefused as e:
+                    await self.gate.token_refused(e, h.zone, h.instance_id, context)
+                    return
+            await self._serve(h, stream_id, context, token)
+
+    async def _hello(self, context: grpc.aio.ServicerContext) -> pb.Hello | None:
+        """The stream's hello, each field within its bound; None once the stream is ended."""
         try:
             async with asyncio.timeout(10):
                 first = await context.read()
         except TimeoutError:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no hello within 10 s")
-            return
+            return None
         msg = None if first is grpc.aio.EOF else decode_zone_message(first)
         if msg is None and first is not grpc.aio.EOF:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "the first message is not a hello"
             )
-            return
+            return None
         if msg is None or msg.WhichOneof("msg") != "hello":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be hello")
-            return
+            return None
         h = msg.hello
         problem = next(iter(validate_name(h.zone, "hello.zone")), None) or check_hello(
             instance_id=h.instance_id,
@@ -173,42 +181,8 @@ class SyncServicer:
         )
         if problem is not None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(problem))
-            return
-        with structlog.contextvars.bound_contextvars(zone=h.zone, stream=stream_id):
-            token = await self._authenticate(h, context)
-            if token is not None:
-                await self._serve(h, stream_id, context, token)
-
-    async def _authenticate(
-        self, h: pb.Hello, context: grpc.aio.ServicerContext
-    ) -> TokenInfo | None:
-        """The verified token's facts (NO_TOKEN with no authentication); None once refused."""
-        if self.tokens is None:
-            return NO_TOKEN
-        metadata = dict(context.invocation_metadata() or ())
-        auth = str(metadata.get("authorization", ""))
-        token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-        try:
-            return self.tokens.verify(token, h.zone, utcnow())
-        except TokenRefused as e:
-            # Nothing here is the zone's: whoever sent it holds no token for it. It is counted
-            # and logged, never written to the zone's status; a known zone's history notes it
-            # (throttled as the log is, in a series of its own: globalcp.history).
-            if self._on_token_refused is not None:
-                self._on_token_refused(e.code.name)
-            held_back = self._refusal_log.allow(h.zone)
-            if held_back is not None:
-                log.warning(
-                    "zone refused: bad token",
-                    code=e.code.name,
-                    reason=safe_text(e.reason),
-                    **({"detail": e.detail} if e.detail else {}),
-                    instance=safe_text(h.instance_id),
-                    refusals_not_logged=held_back,
-                )
-                self.tracker.token_refused(h.zone, e.code.name, e.reason, held_back)
-            await context.abort(e.code, e.reason)
             return None
+        return h
 
     def end_streams(self, reason: str, *, token_id: str = "", key_name: str = "") -> int:
         """End the live streams authenticated with the token ``token_id`` (revoked) or with
@@ -232,7 +206,7 @@ class SyncServicer:
     async def _serve(
         self, h: pb.Hello, stream_id: str, context: grpc.aio.ServicerContext, token: TokenInfo
     ) -> None:
-        if token is NO_TOKEN and not await self._room_for(h.zone, context):
+        if token is NO_TOKEN and not await self.gate.room_for(h.zone, context):
             return
         admitted = await self._admit(h, context)
         if admitted is None:
@@ -277,25 +251,6 @@ class SyncServicer:
                 expiry.cancel()
             self._unregister(link, stream.reason)
 
-    async def _room_for(self, zone: str, context: grpc.aio.ServicerContext) -> bool:
-        """Without zone tokens: whether global may take ``zone``, a name it knows or one more
-        while it knows fewer than MAX_ZONES_WITHOUT_TOKENS; False once the stream is refused
-        (nothing of it kept; logged at most once per REFUSAL_LOG_INTERVAL)."""
-        most = MAX_ZONES_WITHOUT_TOKENS
-        if zone in self.tracker.zones or len(self.tracker.zones) < most:
-            return True
-        held_back = self._new_zone_log.allow("new zone")
-        if held_back is not None:
-            log.warning(
-                "zone refused: too many zone names", most=most, refusals_not_logged=held_back
-            )
-        await context.abort(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"global runs without zone tokens (--kds-insecure) and keeps at most {most} zone "
-            "names: it takes no new one",
-        )
-        return False
-
     async def _admit(
         self, h: pb.Hello, context: grpc.aio.ServicerContext
     ) -> tuple[GlobalSession, Mode] | None:
@@ -310,7 +265,7 @@ class SyncServicer:
                 "in the shared store (unreachable from it): connect to another instance"
             )
             # Its save (at the next flush) tells when the store is back.
-            self._refused(h.zone, message, "zone refused: this instance cannot save its claims")
+            self.gate.refused(h.zone, message, "zone refused: this instance cannot save its claims")
             await context.abort(grpc.StatusCode.UNAVAILABLE, message)
             return None
         session = GlobalSession(self.store.store_id, self.max_unacked, wire.WINDOW_BYTES)
@@ -338,7 +293,7 @@ class SyncServicer:
                 )
             mode = session.on_hello(hello, self.hub.head, self.hub.log_floor, chain_at_revision)
         except ProtocolError as e:
-            self._refused(
+            self.gate.refused(
                 h.zone,
                 f"refused instance {h.instance_id}: {e}",
                 "zone refused",
@@ -356,7 +311,7 @@ class SyncServicer:
                 f"zone {h.zone!r} is already connected from instance {old.instance_id} "
                 f"(since {old.connected_at}); one zone name, one live stream"
             )
-            self._refused(
+            self.gate.refused(
                 h.zone,
                 f"refused instance {h.instance_id}: {message}",
                 "refused a second instance of a connected zone",
@@ -374,30 +329,9 @@ class SyncServicer:
                 grpc.StatusCode.UNAVAILABLE, "global is shutting down: connect again later"
             )
             return None
-        if self._admitted.allow(h.zone) is None:
-            message = (
-                f"zone {h.zone!r} started {STREAMS_PER_ZONE} streams within "
-                f"{REFUSAL_LOG_INTERVAL:g} s: dial again in a few seconds"
-            )
-            self._refused(
-                h.zone, message, "zone refused: dialling too often", instance=h.instance_id
-            )
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+        if not await self.gate.admit(h.zone, h.instance_id, context):
             return None
         return session, mode
-
-    def _refused(self, zone: str, message: str, event: str, **fields: Any) -> None:
-        """An authenticated stream of ``zone`` is refused: log it and make ``message`` the
-        zone's last error and a history event, at most once per zone per
-        REFUSAL_LOG_INTERVAL (the next line saying how many were not); the others are only
-        counted as errors. A second instance dialling in a loop was each time a warning, an
-        error, a history event and a store write: 1,560 a second."""
-        held_back = self._admit_log.allow(zone)
-        if held_back is None:
-            self.tracker.refused(zone, message, quiet=True)
-            return
-        log.warning(event, **fields, refusals_not_logged=held_back)
-        self.tracker.refused(zone, message)
 
     def _register(
         self,

@@ -154,8 +154,9 @@ class ZoneTokens:
             return f"the key that signed this zone's token ({info.key_name}) was removed"
         return None
 
-    def verify(self, token: str, zone: str, now: dt.datetime) -> TokenInfo:
-        """The token's facts if it is valid for ``zone`` at ``now``; else TokenRefused."""
+    def verify(self, token: str, zone: str | None, now: dt.datetime) -> TokenInfo:
+        """The token's facts if it is valid at ``now`` (and for ``zone``, unless None: then
+        ``for_zone`` checks it later); else TokenRefused."""
         unauth = grpc.StatusCode.UNAUTHENTICATED
         if not token:
             raise TokenRefused(unauth, "no zone token: start the zone with --token-file")
@@ -192,9 +193,16 @@ class ZoneTokens:
             raise TokenRefused(
                 grpc.StatusCode.PERMISSION_DENIED, f"zone token {token_id} has been revoked"
             )
-        if subject != zone:
+        info = TokenInfo(token_id, subject, kid, rfc3339(expires))
+        if zone is not None:
+            self.for_zone(info, zone)
+        return info
+
+    @staticmethod
+    def for_zone(info: TokenInfo, zone: str) -> None:
+        """TokenRefused unless the verified token ``info`` was issued for ``zone``."""
+        if info.zone != zone:
             raise TokenRefused(
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"zone token {token_id} was issued for zone {subject!r}, not {zone!r}",
+                f"zone token {info.token_id} was issued for zone {info.zone!r}, not {zone!r}",
             )
-        return TokenInfo(token_id, subject, kid, rfc3339(expires))

@@ -52,6 +52,11 @@ def server_options(
         # grpc sets SO_REUSEPORT by default: a second global on the same port would start and
         # share the zones with the first. Refuse it instead ("cannot listen there").
         ("grpc.so_reuseport", 0),
+        # Without a read waiting, a stream's data is held up to its HTTP/2 window, which
+        # bandwidth-delay probes grow: a client never read took global to 538 MB with 256
+        # streams (15 MB without the probes: 64 KiB each). What zones send is small, and a
+        # waiting read opens the window to the message's size anyway.
+        ("grpc.http2.bdp_probe", 0),
     ]
 
 

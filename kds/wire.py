@@ -39,6 +39,7 @@ __all__ = [
     "PART_BYTES",
     "PB_TO_KIND",
     "PROTOCOL_VERSION",
+    "ZONE_METADATA",
     "ack_to_pb",
     "answer_from_pb",
     "answer_to_pb",
@@ -59,6 +60,9 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = 1
+# The call metadata a zone names itself in, beside its token: global checks the token before
+# it reads the hello, and names the zone this says in the log of a refused token.
+ZONE_METADATA = "kds-zone"
 
 KIND_TO_PB = {Kind.MESH: pb.MESH, Kind.SECRET: pb.SECRET, Kind.GLOBAL_SECRET: pb.GLOBAL_SECRET}
 PB_TO_KIND = {v: k for k, v in KIND_TO_PB.items()}

@@ -46,6 +46,7 @@ from kds.logging import debug_enabled
 from kds.protocol.limits import PROBLEM_CHARS
 from kds.protocol.zone_session import State, ZoneSession
 from kds.store import ZoneStore
+from kds.wire import ZONE_METADATA
 from zonecp.batch_log import key_fields, log_rejections, log_repair
 from zonecp.check_answers import CheckAnswers
 from zonecp.read_waits import ReadWaits
@@ -245,7 +246,10 @@ class ZoneClient:
         else:
             creds = grpc.ssl_channel_credentials(root_certificates=self.ca_pem)
             channel = grpc.aio.secure_channel(self.target, creds, options=opts)
-            metadata = (("authorization", f"Bearer {self._read_token()}"),)
+            metadata = (
+                ("authorization", f"Bearer {self._read_token()}"),
+                (ZONE_METADATA, self.zone),
+            )
         async with channel:
             call = channel.stream_stream(
                 METHOD,

@@ -1,7 +1,8 @@
 """The bounds global puts on what a zone sends it, checked before anything else uses it. Pure.
 
-A zone's hello is read before its token is verified, so each of its fields is checked
-against a fixed limit first: a field over its limit (or a string with a non-printable
+Each field of a zone's hello is checked against a fixed limit before global uses it (global
+reads the hello only once the stream's token verified, but a zone's token holder may be
+hostile): a field over its limit (or a string with a non-printable
 character) refuses the stream with a message naming the field and the limit, never the value.
 A conflict a zone reports names a resource by kind, mesh and name: it must be a kind this
 protocol knows and names global would accept (kds.validation). The problem a zone reports

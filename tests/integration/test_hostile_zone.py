@@ -42,8 +42,9 @@ def _with_channel(cluster: Cluster, body: Callable[[Any], Awaitable[Any]]) -> An
                 METHOD, request_serializer=lambda b: b, response_deserializer=lambda b: b
             )
 
-            def open_stream(token: str) -> Any:
-                return sync(metadata=(("authorization", f"Bearer {token}"),))
+            def open_stream(token: str, zone: str = "") -> Any:
+                named = (("kds-zone", zone),) if zone else ()
+                return sync(metadata=(("authorization", f"Bearer {token}"), *named))
 
             return await body(open_stream)
 
@@ -74,31 +75,37 @@ def _metric(g: Daemon, line_start: str) -> float:
 def test_hostile_hellos_are_refused_bounded_and_never_reach_a_zone(cluster: Cluster) -> None:
     g = cluster.start_global()
     cluster.start_zone("zone-1")
+    token = cluster.zone_token("zone-1").read_text().strip()
     before = g.zone_sync("zone-1")
     size = _log_size(g)
 
     async def hostile(open_stream: Any) -> list[tuple[grpc.StatusCode, str]]:
         out = []
-        for _ in range(10):  # a garbage token and a 4 MiB instance id, naming a known zone
+        for _ in range(10):  # a garbage token: refused before a message is read
             call = open_stream("garbage")
-            await call.write(_hello("zone-1", HUGE))
             out.append(await _ended(call))
-        call = open_stream("garbage")
+        for _ in range(5):  # a bad token naming a known zone: refused, counted, logged once
+            call = open_stream("garbage", "zone-1")
+            out.append(await _ended(call))
+        # With zone-1's own token, a hello over its bounds is refused naming the field.
+        call = open_stream(token)
+        await call.write(_hello("zone-1", HUGE))
+        out.append(await _ended(call))
+        call = open_stream(token)
         await call.write(_hello("zone-1", "zone-1-beyond", revision=2**63))
         out.append(await _ended(call))
-        for _ in range(5):  # a bounded hello with a bad token: refused, counted, logged once
-            call = open_stream("garbage")
-            await call.write(_hello("zone-1", "zone-1-forger"))
-            out.append(await _ended(call))
         return out
 
     ended = _with_channel(cluster, hostile)
-    for code, details in ended[:10]:
-        assert code is grpc.StatusCode.INVALID_ARGUMENT, (code, details)
-        assert details == "hello.instance_id: must be at most 300 characters (got 4190208)"
-    assert ended[10][0] is grpc.StatusCode.INVALID_ARGUMENT
-    assert ended[10][1].startswith("hello.resume.revision: must be at most 9223372036854775807")
-    assert all(code is grpc.StatusCode.UNAUTHENTICATED for code, _ in ended[11:])
+    for code, details in ended[:15]:
+        assert code is grpc.StatusCode.UNAUTHENTICATED, (code, details)
+        assert details == "malformed zone token"
+    assert ended[15] == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "hello.instance_id: must be at most 300 characters (got 4190208)",
+    )
+    assert ended[16][0] is grpc.StatusCode.INVALID_ARGUMENT
+    assert ended[16][1].startswith("hello.resume.revision: must be at most 9223372036854775807")
     # Global's log grew by a few lines, not by megabytes; nothing of it is zone-1's status.
     wait_for(lambda: g.events("zone refused: bad token", zone="zone-1"), what="refusal logged")
     grown = _log_size(g) - size
@@ -108,7 +115,7 @@ def test_hostile_hellos_are_refused_bounded_and_never_reach_a_zone(cluster: Clus
     assert after["totalErrors"] == before["totalErrors"]
     assert after["lastError"] == before["lastError"]
     assert after["status"] == "Online"
-    assert _metric(g, 'kds_global_zone_token_refusals_total{code="UNAUTHENTICATED"}') == 5
+    assert _metric(g, 'kds_global_zone_token_refusals_total{code="UNAUTHENTICATED"}') == 15
 
 
 def _read_batches(call: Any) -> Callable[[], Awaitable[pb.Batch]]:

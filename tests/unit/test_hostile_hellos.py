@@ -14,7 +14,7 @@ import grpc
 import pytest
 from structlog.testing import capture_logs
 
-from globalcp import servicer as servicer_module
+from globalcp import gate as gate_module
 from kds._pb import sync_pb2 as pb
 from kds.wire import PROTOCOL_VERSION
 from tests.unit.inprocess import running_pair, wait_until
@@ -49,7 +49,7 @@ async def _hello_ends(
 async def test_a_peer_inventing_zone_names_is_refused_past_the_most(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(servicer_module, "MAX_ZONES_WITHOUT_TOKENS", 3, raising=False)
+    monkeypatch.setattr(gate_module, "MAX_ZONES_WITHOUT_TOKENS", 3, raising=False)
     async with running_pair(tmp_path) as pair:
         for i in range(3):
             assert await _hello_ends(pair.port, f"made-up-{i}") == (None, "")
@@ -95,7 +95,7 @@ async def test_a_second_instance_dialling_in_a_loop_is_logged_and_recorded_once(
 async def test_a_zone_dialling_in_a_loop_is_refused_past_its_streams_per_interval(
     tmp_path: Path,
 ) -> None:
-    most = getattr(servicer_module, "STREAMS_PER_ZONE", 20)
+    most = getattr(gate_module, "STREAMS_PER_ZONE", 20)
     async with running_pair(tmp_path) as pair:
         with capture_logs() as logs:
             ends = [await _hello_ends(pair.port, "zone-1") for _ in range(40)]

@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import pytest
 
+from globalcp.gate import HELLOS_PER_ZONE
 from globalcp.tokens import ZoneTokens
 from kds._pb import sync_pb2 as pb
 from tests.unit.inprocess import running_pair
@@ -90,3 +91,53 @@ async def test_a_token_withdrawn_while_its_stream_is_admitted_ends_the_stream(
         assert context.aborted is not None
         assert context.aborted[0] is grpc.StatusCode.PERMISSION_DENIED
         assert "zone-x" not in pair.servicer.links
+
+
+class _Unread(_Context):
+    """A call whose messages must not be read: a read fails the test."""
+
+    async def read(self) -> Any:
+        raise AssertionError("global read a message of a stream before checking its token")
+
+
+@pytest.mark.parametrize("token", ["", "garbage", "a.b.c"])
+async def test_a_refused_token_ends_the_stream_before_a_message_is_read(
+    tmp_path: Path, token: str
+) -> None:
+    """grpc holds the whole of a message a handler waits for: a hello read before the token
+    let any client make global hold 4 MiB per stream (1.1 GB for 256 streams)."""
+    async with running_pair(tmp_path) as pair:
+        tokens = ZoneTokens(pair.store, "kds-sync")
+        await tokens.load()
+        pair.servicer.tokens = tokens
+        context = _Unread(token, b"")
+        with pytest.raises(_Aborted):
+            await pair.servicer.sync(None, context)
+        assert context.aborted is not None
+        assert context.aborted[0] is grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_zone_s_token_has_at_most_its_streams_waiting_for_a_hello(
+    tmp_path: Path,
+) -> None:
+    async with running_pair(tmp_path) as pair:
+        tokens = ZoneTokens(pair.store, "kds-sync")
+        await tokens.load()
+        token, _ = await tokens.issue("zone-x", 3600, dt.datetime.now(dt.UTC))
+        pair.servicer.tokens = tokens
+        waiting = [_Context(token, b"") for _ in range(HELLOS_PER_ZONE)]
+        for c in waiting:
+            c._messages.get_nowait()  # no hello: each waits for one
+        tasks = [asyncio.create_task(pair.servicer.sync(None, c)) for c in waiting]
+        await asyncio.sleep(0.1)
+        one_more = _Context(token, b"")
+        with pytest.raises(_Aborted):
+            await pair.servicer.sync(None, one_more)
+        assert one_more.aborted == (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"zone 'zone-x' has {HELLOS_PER_ZONE} streams waiting to send their hello",
+        )
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert not pair.servicer.gate.awaiting_hello
