@@ -162,10 +162,11 @@ class ZoneStatusView:
     state: ZoneState
     global_revision: int
     lag_seconds: float | None
-    # The changes the zone refuses now, as this global instance last heard (the newest
-    # REFUSED_SHOWN, each "Type mesh/name" and its reason), and how many in all.
-    refused: tuple[tuple[str, str], ...] = ()
-    refused_count: int = 0
+
+    @property
+    def refused_count(self) -> int:
+        """How many changes the zone refuses now, as the instance holding its stream saved."""
+        return self.state.refused_count
 
     @property
     def lag_revisions(self) -> int:
@@ -214,7 +215,7 @@ class ZoneStatusView:
                 for kind in KINDS
             },
             "conflicts": list(s.conflicts),
-            "refused": [{"key": k, "reason": r} for k, r in self.refused],
+            "refused": [{"key": k, "reason": r} for k, r in s.refused_labels()],
             "antiEntropy": {
                 "checks": dict(s.checks),
                 "repaired": s.repaired,

@@ -482,9 +482,7 @@ class ZoneTracker:
 
     async def _view(self, state: ZoneState) -> ZoneStatusView:
         head = self.hub.head
-        lag = await self._lag_seconds(state.acked_revision, head)
-        # As the instance holding the zone's stream saved them (this one, or another).
-        return ZoneStatusView(state, head, lag, state.refused_labels(), state.refused_count)
+        return ZoneStatusView(state, head, await self._lag_seconds(state.acked_revision, head))
 
     async def _lag_seconds(self, acked: int, head: int) -> float | None:
         if acked >= head:

@@ -429,7 +429,7 @@ def test_a_zones_refusals_are_saved_with_its_status_and_taken_on_from_it() -> No
     back = ZoneState.from_json("z", state.to_json())
     assert back.refused_count == REFUSED_SHOWN + 6 and len(back.refused) == REFUSED_SHOWN
     assert back.refused_keys()[-1] == (Key(Kind.MESH, "", "m1"), "zone-local secrets live in it")
-    view = ZoneStatusView(back, 10, 0.0, back.refused_labels(), back.refused_count).overview()
+    view = ZoneStatusView(back, 10, 0.0).overview()
     assert view["refused"][-1] == {"key": "Mesh:m1", "reason": "zone-local secrets live in it"}
     assert view["refusedCount"] == REFUSED_SHOWN + 6
 
