@@ -105,7 +105,7 @@ async def test_a_refused_token_ends_the_stream_before_a_message_is_read(
     tmp_path: Path, token: str
 ) -> None:
     """grpc holds the whole of a message a handler waits for: a hello read before the token
-    let any client make global hold 4 MiB per stream (1.1 GB for 256 streams)."""
+    let any client make global hold 4 MiB per stream (848 MB for 256 streams, from 76 MB)."""
     async with running_pair(tmp_path) as pair:
         tokens = ZoneTokens(pair.store, "kds-sync")
         await tokens.load()
