@@ -109,6 +109,30 @@ class Sealer:
                 raise  # a missing key: the whole store's setup, not this row
             raise self._damaged(r, "its value does not decrypt") from e
 
+    def resealed_row(self, r: Sequence[Any]) -> tuple[Any, ...] | None:
+        """A resources row (selected as COLS) with its data and wire opened and sealed again
+        with the current key: the values before the digest, or None when the row is damaged
+        (its digest does not match, or a value does not open).
+
+        Column by column, whatever the row's kind: an older instance sharing a store with a
+        newer one re-seals the newer one's rows too (a Resource of a kind it does not know
+        cannot be built), so retiring a key after one start holds for every row.
+        """
+        if row_digest(r[:DIGEST]) != bytes(r[DIGEST]):
+            return None
+        key = (r[0], r[1], r[2], r[3])
+        try:
+            data, sealed = self.seal(
+                self.open(bytes(r[4]), r[10], aad("data", *key)), aad("data", *key)
+            )
+            wire = r[WIRE]
+            if wire is not None:
+                where = aad("wire", *key)
+                wire, _ = self.seal(self.open(bytes(wire), r[10], where), where)
+        except StoreError:
+            return None
+        return (*r[:4], data, *r[5:10], sealed, wire)
+
     def _damaged(self, r: Sequence[Any], why: str) -> StoreDamaged:
         key = f"{r[0]} {r[1] + '/' if r[1] else ''}{r[2]}"
         origin = "synced" if r[3] == "global" else "zone-local" if r[3] == "zone" else "?"
@@ -159,20 +183,13 @@ def reseal(db: Db, sealer: Sealer) -> None:
             f"SELECT {COLS} FROM resources WHERE sealed != ?", (current,)
         ).fetchall()
         for r in rows:
-            try:
-                res = sealer.resource(r)
-            except StoreDamaged:
+            values = sealer.resealed_row(r)
+            if values is None:
                 continue  # left as it is: reported by the start-up check
-            key = (r[0], r[1], r[2], r[3])
-            wire = r[WIRE]
-            plain_wire = (
-                None if wire is None else sealer.open(bytes(wire), r[10], aad("wire", *key))
-            )
-            values = sealer.row_values(res, r[3], plain_wire)
             conn.execute(
                 "UPDATE resources SET data=?, sealed=?, wire=?, digest=? "
                 "WHERE kind=? AND mesh=? AND name=? AND origin=?",
-                (values[4], values[10], values[WIRE], values[DIGEST], *key),
+                (values[4], values[10], values[WIRE], row_digest(values), *values[:4]),
             )
         changes = conn.execute(
             f"SELECT {LOG_COLS} FROM changelog WHERE sealed != ?", (current,)

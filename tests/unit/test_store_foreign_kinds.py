@@ -5,6 +5,7 @@ revisions whole; each kind is logged once, cut and escaped; the store and the da
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,16 +16,28 @@ from structlog.testing import capture_logs
 
 from globalcp.hub import Hub
 from globalcp.snapshot_plan import zone_bound
+from kds.crypto import DataCipher, key_id
 from kds.model import Kind, Resource
 from kds.protocol.records import next_chain
 from kds.store import GlobalStore, PgTarget, ResourceStore, ZoneStore, _kinds, open_global_store
-from kds.store._rows import LOG_COLS, UPSERT_RESOURCE, get_meta, log_digest, row_digest, set_meta
+from kds.store._rows import (
+    COLS,
+    DIGEST,
+    LOG_COLS,
+    UPSERT_RESOURCE,
+    get_meta,
+    log_digest,
+    row_digest,
+    set_meta,
+)
+from kds.store._sealing import aad
 from tests.pgserver import shared_server
 from tests.unit.inprocess import running_pair, wait_until
 from tests.unit.store_backends import BACKENDS, GSID, MESH, T0, StoreFactory, inc_put, mk
 from tests.unit.test_store_conformance import apply, dbatch
 
 FOREIGN = "MeshTrafficPermission"
+VALUE = b"value-of-a-newer-kind"
 SKIPPED = "resources of a kind this version does not know are skipped"
 
 
@@ -55,12 +68,29 @@ async def plant(
         with engine.db.write() as conn:
             rev = int(get_meta(conn, "head", "0")) + 1 if logged else 7
             change = b"\x0a\x05newer" + name.encode()
-            wire = change if logged else None
-            row = (kind, "default", name, origin, b"", "{}", '{"rules": []}', T0, T0, rev, "", wire)
+            # Sealed as the store seals (plaintext without a key), as a newer instance would.
+            sealer, where = engine.sealer, (kind, "default", name, origin)
+            data, kid = sealer.seal(VALUE, aad("data", *where))
+            wire = sealer.seal(change, aad("wire", *where))[0] if logged else None
+            row = (
+                kind,
+                "default",
+                name,
+                origin,
+                data,
+                "{}",
+                '{"rules": []}',
+                T0,
+                T0,
+                rev,
+                kid,
+                wire,
+            )
             conn.execute(UPSERT_RESOURCE, (*row, row_digest(row), 0))
             if logged:
                 chain = next_chain(bytes.fromhex(get_meta(conn, "chain")), change)
-                entry = (rev, kind, "default", name, False, change, chain, 1.5, "")
+                logged_change = sealer.seal(change, aad("changelog", str(rev), "", "", ""))[0]
+                entry = (rev, kind, "default", name, False, logged_change, chain, 1.5, kid)
                 conn.execute(
                     f"INSERT INTO changelog ({LOG_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
                     (*entry, log_digest(entry)),
@@ -153,6 +183,38 @@ async def test_every_read_of_a_zone_store_skips_it(factory: StoreFactory) -> Non
         assert await z._threads.read(left) == ["global", "zone"]  # type: ignore[attr-defined]
     finally:
         z.close()
+
+
+async def test_a_new_first_key_seals_its_values_again(factory: StoreFactory) -> None:
+    """Re-sealing at start covers rows and log entries of a kind this version does not
+    know, so the old key can be retired after one start with the new key first, whichever
+    instance of a shared store makes that start."""
+    old, new = os.urandom(32), os.urandom(32)
+    g = factory.global_store("g", cipher=DataCipher([old]))
+    try:
+        await g.put(mk(MESH), T0)
+        await plant(g)
+    finally:
+        g.close()
+    factory.global_store("g", cipher=DataCipher([new, old])).close()  # the start that re-seals
+    g = factory.global_store("g", cipher=DataCipher([new]))  # refused if anything kept `old`
+    try:
+        engine: Any = g._engine  # type: ignore[attr-defined]
+
+        def planted() -> tuple[Any, ...]:
+            with engine.db.read() as conn:
+                cur = conn.execute(f"SELECT {COLS} FROM resources WHERE kind=?", (FOREIGN,))
+                return tuple(cur.fetchone())
+
+        r = await g._threads.read(planted)  # type: ignore[attr-defined]
+        assert r[10] == key_id(new) and row_digest(r[:DIGEST]) == bytes(r[DIGEST])
+        where = aad("data", *r[:4])
+        assert engine.sealer.open(bytes(r[4]), r[10], where) == VALUE
+        change = engine.sealer.open(bytes(r[11]), r[10], aad("wire", *r[:4]))
+        assert change.startswith(b"\x0a\x05newer")
+        assert [r.foreign for r in await g.changes_after(1, 2)] == [FOREIGN]
+    finally:
+        g.close()
 
 
 async def test_the_kind_is_logged_once_cut_and_escaped(factory: StoreFactory) -> None:
