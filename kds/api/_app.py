@@ -2,7 +2,7 @@
 
 Routes::
 
-    GET                /                                 {"role", "zone", "version"}
+    GET                /                                 Kuma's index (product, version...), role, zone
     GET                /meshes                           list
     GET|PUT|DELETE     /meshes/{name}
     GET                /meshes/{mesh}/secrets            list (404 when the mesh does not exist)
@@ -19,6 +19,8 @@ A daemon adds its own routes (health, metrics, status) through ``extra_routes``.
 
 from __future__ import annotations
 
+import os
+import socket
 import ssl
 from importlib import resources
 from pathlib import Path
@@ -40,7 +42,7 @@ from kds.api._resources import (
 from kds.errors import ConfigError
 from kds.model import Kind
 from kds.tls import ReloadingServerSSLContext
-from kds.version import __version__
+from kds.version import PRODUCT, __version__
 
 __all__ = ["api_ssl_context", "build_app", "serve_api"]
 
@@ -48,8 +50,22 @@ _OPENAPI: web.AppKey[str] = web.AppKey("kds_openapi_yaml", str)
 
 
 async def _index(request: web.Request) -> web.Response:
+    """Kuma's index fields (kumactl reads ``product`` and ``version`` before every command),
+    with this daemon's own values, then its role and zone."""
     ctx = request.app[API_CONTEXT]
-    return web.json_response({"role": ctx.role, "zone": ctx.zone, "version": __version__})
+    host = socket.gethostname()
+    return web.json_response(
+        {
+            "hostname": host,
+            "product": PRODUCT,
+            "version": __version__,
+            "instanceId": f"{host}-{os.getpid()}",
+            "clusterId": ctx.store.store_id,
+            "gui": "/gui" if ctx.role == "global" else "",
+            "role": ctx.role,
+            "zone": ctx.zone,
+        }
+    )
 
 
 async def _openapi_yaml(request: web.Request) -> web.Response:

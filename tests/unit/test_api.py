@@ -128,6 +128,11 @@ async def test_index_and_openapi(make_api: MakeApi) -> None:
     status, body = await zone.get("/")
     assert status == 200
     assert body["role"] == "zone" and body["zone"] == "zone-1" and body["version"]
+    # Kuma's index fields, as kumactl reads them before every command; the product is ours.
+    assert body["product"] == "kds-sync" and body["gui"] == ""
+    assert body["clusterId"] == zone.store.store_id and body["hostname"] and body["instanceId"]
+    _, on_global = await (await make_api("global")).get("/")
+    assert on_global["role"] == "global" and on_global["gui"] == "/gui" and not on_global["zone"]
 
     resp = await zone.client.get("/openapi.yaml")
     assert resp.status == 200
