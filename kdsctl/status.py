@@ -370,8 +370,9 @@ def inspect_sync(client: ApiClient, output: str) -> None:
     standby = leader is not None and not leader.get("thisInstance")
     if standby:
         link = "not connected: a standby; the leader holds the stream"
+    elif st["connected"]:
         link = f"connected since {st['connectedSince']} ({_since(st['connectedSince'], now)})"
-    elif not standby:
+    else:
         link = "NOT connected" + (
             f" since {st['disconnectedAt']}" if st.get("disconnectedAt") else ""
         )
