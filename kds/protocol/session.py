@@ -13,7 +13,10 @@ Acks are cumulative: an ack for batch N acknowledges every batch up to N still i
 zone may acknowledge several batches with one message. An ack may reject resources only from
 the batch it names, each at most once: a
 rejection of anything else (more rejections than changes sent, a key the batch did not hold,
-one key twice) is a protocol error, so what a zone reports never exceeds what it was sent. When the
+one key twice) is a protocol error, so what a zone reports never exceeds what it was sent.
+One exception: the final part of a snapshot also deletes, on the zone, the synced copies the
+snapshot did not carry, and the zone may refuse those deletes (a Mesh its own secrets still
+live in); its ack may name up to STALE_REJECTIONS keys the snapshot did not send. When the
 window reopens, it is sent one range from there to the head, coalesced per key.
 
 Its states, and the events that move it between them, are one table (``TRANSITIONS``), in the
@@ -64,6 +67,11 @@ __all__ = [
 ]
 
 SUPPORTED_PROTOCOL_VERSIONS = frozenset({1})
+
+# The most keys outside the batch that the ack of a snapshot's final part may reject: the
+# deletes of copies the snapshot left out that the zone refused (a zone's ack names at most
+# 1,000 rejections in all).
+STALE_REJECTIONS = 1000
 
 
 class Mode(Enum):
@@ -178,6 +186,12 @@ class _InFlight:
     keys: Keys = ()
     size: int = 0  # the encoded batch's bytes
     repair: bool = False  # a part of an anti-entropy repair
+    snapshot: bool = False  # a part of a snapshot
+
+    def rejections_allowed(self) -> int:
+        """How many rejections an ack of this batch may name at most: its changes, and for a
+        snapshot's final part also the copies the snapshot removes from the zone."""
+        return len(self.keys) + (STALE_REJECTIONS if self.snapshot and self.final else 0)
 
 
 class GlobalSession:
@@ -272,7 +286,8 @@ class GlobalSession:
         if seq != self._seq:
             raise ProtocolError(f"batch {seq} sent out of order (expected {self._seq})")
         repair = self.state is State.SENDING_REPAIR
-        self._in_flight.append(_InFlight(seq, revision, final, keys, size, repair))
+        snapshot = self.state is State.SENDING_SNAPSHOT
+        self._in_flight.append(_InFlight(seq, revision, final, keys, size, repair, snapshot))
         self._in_flight_bytes += size
         if final:
             self.sent_revision = revision
@@ -314,13 +329,14 @@ class GlobalSession:
             self.acked_revision = finals[-1]
         return done
 
-    def held_changes(self, seq: int) -> int | None:
-        """How many changes batch ``seq`` held, if it is in flight: what an ack of it may
-        reject at most, known before the ack's keys are read (a zone may send hundreds of
-        thousands in one message)."""
+    def rejections_allowed(self, seq: int) -> int | None:
+        """How many resources an ack of batch ``seq`` may reject at most, if it is in flight
+        (the changes it held, and for a snapshot's final part the copies the snapshot
+        removes), known before the ack's keys are read (a zone may send hundreds of thousands
+        in one message)."""
         for b in self._in_flight:
             if b.seq == seq:
-                return len(b.keys)
+                return b.rejections_allowed()
         return None
 
     @property
@@ -335,17 +351,21 @@ class GlobalSession:
 
 
 def _check_rejections(ack: Ack, batch: _InFlight) -> None:
-    """Every rejected key is one the batch held, and none is rejected twice. The messages
-    name positions and counts, never what the zone sent."""
-    if len(ack.rejected) > len(batch.keys):
+    """Every rejected key is one the batch held, and none is rejected twice; the ack of a
+    snapshot's final part may also reject up to STALE_REJECTIONS deletes of copies the
+    snapshot left out (keys it did not send). The messages name positions and counts,
+    never what the zone sent."""
+    allowed = batch.rejections_allowed()
+    if len(ack.rejected) > allowed:
         raise ProtocolError(
             f"ack for batch {ack.seq} rejects {len(ack.rejected)} resources but the batch "
-            f"held {len(batch.keys)} changes"
+            f"allows {allowed} (it held {len(batch.keys)} changes)"
         )
     sent = set(batch.keys)
+    removes = batch.snapshot and batch.final  # the zone drops the copies it did not carry
     seen: set[Key] = set()
     for i, key in enumerate(ack.rejected):
-        if key is None or key not in sent:
+        if key is None or (key not in sent and not removes):
             raise ProtocolError(
                 f"ack for batch {ack.seq}: rejection {i} names a resource the batch did not hold"
             )

@@ -23,7 +23,15 @@ from kds.errors import ProtocolError
 from kds.logging import escape_control_characters
 from kds.model import Key, Kind
 from kds.protocol.limits import MAX_REVISION, check_hello, check_key
-from kds.protocol.session import Ack, GlobalSession, Hello, Mode, SendSnapshot
+from kds.protocol.session import (
+    STALE_REJECTIONS,
+    Ack,
+    GlobalSession,
+    Hello,
+    Mode,
+    SendRange,
+    SendSnapshot,
+)
 from kds.store import open_global_store
 from kds.text import bound, escape, safe_text
 from kds.throttle import Throttle
@@ -114,11 +122,23 @@ def test_reported_keys_must_be_known_kinds_and_valid_names() -> None:
 # --------------------------------------------------------------------------- session
 
 
-def _sending_session(keys: list[Key]) -> GlobalSession:
-    """A session that sent one snapshot batch (seq 1, revision 5) holding ``keys``."""
+def _snapshot_session(*parts: list[Key]) -> GlobalSession:
+    """A session that sent a snapshot (revision 5) in batches 1.. holding ``parts``."""
     s = GlobalSession("store-1", max_unacked=8)
     assert s.on_hello(Hello("zone-a", "i", 1, "", 0), head=5, log_floor=0) is Mode.SNAPSHOT
     assert isinstance(s.next_action(5, 0), SendSnapshot)
+    for i, keys in enumerate(parts):
+        s.on_sent(s.next_seq(), 5, i == len(parts) - 1, keys)
+    s.on_done()
+    return s
+
+
+def _sending_session(keys: list[Key]) -> GlobalSession:
+    """A session that sent one range batch (seq 1, revisions 3 to 5) holding ``keys``."""
+    s = GlobalSession("store-1", max_unacked=8)
+    hello = Hello("zone-a", "i", 1, "store-1", 3, b"chain")
+    assert s.on_hello(hello, head=5, log_floor=0, chain_at_revision=b"chain") is Mode.RESUME
+    assert isinstance(s.next_action(5, 0), SendRange)
     s.on_sent(s.next_seq(), 5, True, keys)
     s.on_done()
     return s
@@ -137,7 +157,7 @@ def test_rejections_of_what_the_batch_held_are_accepted() -> None:
 @pytest.mark.parametrize(
     ("rejected", "message"),
     [
-        ((A, B, A), "ack for batch 1 rejects 3 resources but the batch held 2 changes"),
+        ((A, B, A), "ack for batch 1 rejects 3 resources but the batch allows 2"),
         ((Key(Kind.GLOBAL_SECRET, "", "never-sent"),), "rejection 0 names a resource the batch"),
         ((A, None), "rejection 1 names a resource the batch did not hold"),
         ((A, A), "rejection 1 rejects a resource a second time"),
@@ -151,10 +171,48 @@ def test_rejections_beyond_the_batch_are_a_protocol_error(
         s.on_ack(Ack(1, 5, rejected))
 
 
+def test_a_snapshot_s_last_part_may_reject_deletes_of_copies_it_left_out() -> None:
+    """The final part of a snapshot also removes, on the zone, the copies the snapshot did not
+    carry; a zone may refuse such a delete (a Mesh its own secrets still live in)."""
+    left_out = Key(Kind.MESH, "", "payments")
+    s = _snapshot_session([A], [B])
+    (_, done) = s.on_ack(Ack(2, 5, (B, left_out)))
+    assert done.seq == 2 and s.acked_revision == 5
+
+
+@pytest.mark.parametrize(
+    ("seq", "rejected", "message"),
+    [
+        # An earlier part removes nothing: it may reject only what it held.
+        (1, (Key(Kind.MESH, "", "m"),), "rejection 0 names a resource the batch did not hold"),
+        (2, (Key(Kind.MESH, "", "m"),) * 2, "rejection 1 rejects a resource a second time"),
+        (2, (None,), "rejection 0 names a resource the batch did not hold"),
+    ],
+)
+def test_a_snapshot_s_rejections_are_still_checked(
+    seq: int, rejected: tuple[Key | None, ...], message: str
+) -> None:
+    s = _snapshot_session([A], [B])
+    with pytest.raises(ProtocolError, match=message):
+        s.on_ack(Ack(seq, 5, rejected))
+
+
+def test_a_snapshot_s_last_part_rejects_a_bounded_number_of_copies_it_left_out() -> None:
+    s = _snapshot_session([A])
+    limit = 1 + STALE_REJECTIONS
+    assert s.rejections_allowed(1) == limit
+    flood = tuple(Key(Kind.GLOBAL_SECRET, "", f"g-{i}") for i in range(limit + 1))
+    with pytest.raises(ProtocolError, match=f"rejects {limit + 1} resources but the batch allows"):
+        s.on_ack(Ack(1, 5, flood))
+    s = _snapshot_session([A])
+    (done,) = s.on_ack(Ack(1, 5, flood[:limit]))
+    assert done.seq == 1
+
+
 def test_twenty_thousand_rejections_of_a_one_change_batch_end_the_stream() -> None:
     s = _sending_session([A])
     flood = tuple(Key(Kind.GLOBAL_SECRET, "", f"g-{i}") for i in range(20_000))
-    with pytest.raises(ProtocolError, match="rejects 20000 resources but the batch held 1"):
+    with pytest.raises(ProtocolError, match="rejects 20000 resources but the batch allows 1"):
         s.on_ack(Ack(1, 5, flood))
 
 
@@ -179,7 +237,7 @@ def _flood(seq: int, n: int) -> Any:
 @pytest.mark.parametrize(
     ("seq", "message"),
     [
-        (1, "ack for batch 1 rejects 200000 resources but the batch held 1 changes"),
+        (1, "ack for batch 1 rejects 200000 resources but the batch allows 1"),
         (99, "ack for batch 99, but the batches in flight are 1 to 1"),
     ],
 )
