@@ -18,7 +18,7 @@ from pathlib import Path
 from kds.errors import ConfigError
 from kds.secret_files import check_secret_file
 
-__all__ = ["ApiTokens", "Role", "load_api_tokens", "token_changes"]
+__all__ = ["ApiTokens", "Role", "check_api_token_files", "load_api_tokens", "token_changes"]
 
 ADMIN_FILE = "admin-token"
 READ_ONLY_FILE = "read-only-token"
@@ -46,20 +46,29 @@ class ApiTokens:
 
 
 def _token_file(given: Path | None, default: Path, option: str) -> tuple[str, Path]:
-    if given is not None:
-        try:
-            token = given.read_text().strip()
-        except OSError as e:
-            raise ConfigError(f"{option} {given}: cannot read it: {e.strerror}") from None
-        if len(token) < 16:
-            raise ConfigError(f"{option} {given}: the token must be at least 16 characters")
-        check_secret_file(given, option)
-        return token, given
-    if not default.exists():
+    """The token in ``given``, else in ``default`` (made first if missing). Either file is
+    held to the same rules: a token of at least 16 characters, in a file other users cannot
+    open (warned). An emptied or hand-written default file was taken as it was: an empty one
+    left the API without that token, and a start or reload said nothing of it."""
+    if given is None and not default.exists():
         fd = os.open(default, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(32) + "\n")
-    return default.read_text().strip(), default
+    path = given if given is not None else default
+    token = _read_token(path, option, made=given is None)
+    check_secret_file(path, option)
+    return token, path
+
+
+def _read_token(path: Path, option: str, made: bool) -> str:
+    try:
+        token = path.read_text().strip()
+    except OSError as e:
+        raise ConfigError(f"{option} {path}: cannot read it: {e.strerror}") from None
+    if len(token) < 16:
+        hint = " (remove the file to have a new token made)" if made else ""
+        raise ConfigError(f"{option} {path}: the token must be at least 16 characters{hint}")
+    return token
 
 
 def load_api_tokens(
@@ -67,9 +76,30 @@ def load_api_tokens(
 ) -> ApiTokens:
     admin, admin_path = _token_file(admin_file, data_dir / ADMIN_FILE, "--admin-token-file")
     read_only, _ = _token_file(read_only_file, data_dir / READ_ONLY_FILE, "--read-only-token-file")
+    _check_differ(admin, read_only)
+    return ApiTokens(admin, read_only, admin_path)
+
+
+def check_api_token_files(
+    data_dir: Path, admin_file: Path | None, read_only_file: Path | None
+) -> None:
+    """What load_api_tokens would refuse, without making a file (for check-config): a token
+    file that cannot be read or holds under 16 characters, or one token in both."""
+    found = []
+    for given, default, option in (
+        (admin_file, data_dir / ADMIN_FILE, "--admin-token-file"),
+        (read_only_file, data_dir / READ_ONLY_FILE, "--read-only-token-file"),
+    ):
+        if given is None and not default.exists():
+            continue  # made at the start
+        found.append(_read_token(given or default, option, made=given is None))
+    if len(found) == 2:
+        _check_differ(*found)
+
+
+def _check_differ(admin: str, read_only: str) -> None:
     if hmac.compare_digest(admin.encode(), read_only.encode()):
         raise ConfigError("the admin and read-only tokens must differ")
-    return ApiTokens(admin, read_only, admin_path)
 
 
 def token_changes(old: ApiTokens | None, new: ApiTokens) -> list[str]:

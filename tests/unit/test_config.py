@@ -295,6 +295,37 @@ def test_check_config_refuses_the_certificate_and_key_files_global_would(tmp_pat
 
 
 @pytest.mark.parametrize("cli", [globalcp_cli, zonecp_cli], ids=["globalcp", "zonecp"])
+def test_check_config_refuses_the_api_token_files_a_start_would(tmp_path: Path, cli: Any) -> None:
+    """An emptied DATA_DIR/admin-token (or a short given token file) is refused by a start and
+    a reload; check-config, which the units run before a reload, passes it no more. A data
+    dir without token files is fine: the start makes them (check-config makes nothing)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    base = ["check-config", "--data-dir", str(data)]
+    if cli is zonecp_cli:
+        base += ["--zone", "z", "--insecure", "--global-address", "grpc://h:1"]
+    runner = CliRunner()
+    r = runner.invoke(cli, base)
+    assert r.exit_code == 0, r.output
+    assert not list(data.iterdir())
+    (data / "admin-token").write_text("\n")
+    r = runner.invoke(cli, base)
+    assert r.exit_code == 1 and "--admin-token-file" in r.stderr, r.output
+    assert "the token must be at least 16 characters" in r.stderr
+    (data / "admin-token").write_text("a" * 32)
+    (data / "read-only-token").write_text("a" * 32)
+    r = runner.invoke(cli, base)
+    assert r.exit_code == 1 and "the admin and read-only tokens must differ" in r.stderr
+    short = tmp_path / "ro"
+    short.write_text("short")
+    r = runner.invoke(cli, [*base, "--read-only-token-file", str(short)])
+    assert r.exit_code == 1 and f"--read-only-token-file {short}" in r.stderr
+    short.write_text("r" * 32)
+    r = runner.invoke(cli, [*base, "--read-only-token-file", str(short)])
+    assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("cli", [globalcp_cli, zonecp_cli], ids=["globalcp", "zonecp"])
 def test_migrate_store_help_shows_what_it_reads_and_takes_every_run_option(cli: Any) -> None:
     """run's config file and environment must work for migrate-store as they are, so it takes
     every run option; its help listed all 30 of them, of which it reads four or five."""

@@ -116,3 +116,28 @@ def test_generate_zone_token_output_file_is_0600(tmp_path: Path) -> None:
     assert res.exit_code == 0 and res.stdout == TOKEN + "\n"
     res = _generate("--output-file", str(tmp_path / "missing-dir" / "t"))
     assert res.exit_code == 1 and "cannot write it" in res.stderr and TOKEN not in res.output
+
+
+@pytest.mark.parametrize("text", ["", "\n", "short"])
+def test_a_default_api_token_file_is_held_to_the_given_file_s_rules(
+    tmp_path: Path, text: str
+) -> None:
+    """DATA_DIR/admin-token, once it exists, is checked as --admin-token-file is: an emptied
+    one left the API without an admin token (a reload said only 'admin token replaced')."""
+    _file(tmp_path / "admin-token", text, 0o600)
+    with pytest.raises(ConfigError, match=r"--admin-token-file .*admin-token: the token must be"):
+        load_api_tokens(tmp_path, None, None)
+    _file(tmp_path / "admin-token", "a" * 32, 0o600)
+    _file(tmp_path / "read-only-token", text, 0o600)
+    with pytest.raises(ConfigError, match=r"remove the file to have a new token made"):
+        load_api_tokens(tmp_path, None, None)
+
+
+def test_a_default_api_token_file_open_to_others_is_warned_of(tmp_path: Path) -> None:
+    _file(tmp_path / "admin-token", "a" * 32, 0o644)
+    with capture_logs() as logs:
+        tokens = load_api_tokens(tmp_path, None, None)
+    [w] = _warnings(logs)
+    assert w["option"] == "--admin-token-file" and w["mode"] == "0644"
+    assert tokens.admin == "a" * 32 and "a" * 32 not in repr(logs)
+    assert len(tokens.read_only) >= 40  # made at first start
