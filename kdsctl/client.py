@@ -50,6 +50,17 @@ _SYNC_PORT_HINT = (
     " on --api-address (default port 5681 on global, 5682 on a zone); an API served over HTTPS"
     " needs an https:// URL"
 )
+
+
+def _closed_hint(reused: bool, method: str) -> str:
+    """The API answered on this connection before: not the sync port, but a stop or restart."""
+    if not reused:
+        return "." + _SYNC_PORT_HINT
+    write = "; the write may have been made: read it back before sending it again"
+    tail = write if method != "GET" else ""
+    return f". The API answered on this connection before: it may be stopping or restarting{tail}"
+
+
 _RUNNING_HINT = ". Is the control plane running? Set --api-url or KDSCTL_API_URL."
 
 
@@ -293,7 +304,7 @@ class ApiClient:
                     continue
                 raise ApiUnreachable(
                     f"request to {url} failed: the server closed the connection without an "
-                    f"answer.{_SYNC_PORT_HINT}"
+                    f"answer{_closed_hint(reused, method)}"
                 ) from None
             except TimeoutError:
                 self.close()
