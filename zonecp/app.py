@@ -96,9 +96,15 @@ async def run_zone(cfg: ZoneConfig, service: Service) -> int:
     store = opened
     # The zone's first read, tried again as the open is if PostgreSQL goes away meanwhile.
     state = await start.run(store.sync_state, "reading the store")
-    if state is None:  # stopped while waiting for PostgreSQL
+    bound = None
+    if state is not None:  # the zone the store serves, recorded at its first start
+        bound = await start.run(lambda: store.bind_zone(cfg.zone), "reading the store")
+    if state is None or bound is None:  # stopped while waiting for PostgreSQL
         store.close()
         return 0
+    if bound != cfg.zone:
+        store.close()
+        raise ConfigError(_another_zone(cfg.zone, bound, location))
     client = ZoneClient(
         store,
         zone=cfg.zone,
@@ -290,3 +296,14 @@ def _check_transport(cfg: ZoneConfig) -> bytes | None:
         return cfg.ca_file.read_bytes()
     except OSError as e:
         raise ConfigError(f"--ca-file {cfg.ca_file}: cannot read it: {e.strerror}") from None
+
+
+def _another_zone(zone: str, held: str, location: object) -> str:
+    """Serving another zone's store would serve that zone's own resources (its secrets) as
+    this zone's, and resume its sync: a data dir copied from another zone, or --zone
+    changed, is refused."""
+    return (
+        f"--zone {zone}: the store {location} belongs to zone {held!r}: start it with --zone "
+        f"{held}, or give this zone a store of its own (another --data-dir, or on PostgreSQL "
+        "another --postgres-schema); a new store takes a full snapshot from global"
+    )

@@ -219,6 +219,9 @@ class ThreadedZoneStore(ThreadedResourceStore[Z]):
     async def sync_state(self) -> SyncState:
         return await self._threads.read(self._engine.sync_state)
 
+    async def bind_zone(self, zone: str) -> str:
+        return await self._threads.write(self._engine.bind_zone, zone)
+
     async def apply_batch(
         self, batch: DecodedBatch, global_store_id: str, now: str
     ) -> ZoneApplyResult:

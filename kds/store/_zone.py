@@ -103,6 +103,15 @@ class ZoneEngine(ResourceEngine):
     def _sync_revision(self, conn: Conn) -> int:
         return int(get_meta(conn, "applied_revision", "0"))
 
+    def bind_zone(self, zone: str) -> str:
+        """The zone this store serves: ``zone``, recorded now if the store names none yet (a
+        new store, or one from a release that did not record it), else the one recorded."""
+        with self.db.write() as conn:
+            held = get_meta(conn, "zone")
+            if not held:
+                set_meta(conn, "zone", zone)
+            return held or zone
+
     def sync_state(self) -> SyncState:
         with self.db.read(snapshot=True) as conn:
             return SyncState(

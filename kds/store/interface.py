@@ -218,6 +218,11 @@ class ZoneStore(ResourceStore, Protocol):
         """The global store and revision this zone last applied completely."""
         ...
 
+    async def bind_zone(self, zone: str) -> str:
+        """The zone this store serves: ``zone``, recorded if the store names none yet, else
+        the one it recorded (another zone's store is not to be served as this one's)."""
+        ...
+
     async def apply_batch(
         self, batch: DecodedBatch, global_store_id: str, now: str
     ) -> ZoneApplyResult:

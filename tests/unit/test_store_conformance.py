@@ -116,6 +116,17 @@ def dbatch(
     )
 
 
+async def test_a_zone_store_records_the_zone_it_serves(stores: Stores) -> None:
+    """The first zone to start on a store is recorded; another is told whose store it is."""
+    z = stores.zone_store("bound")
+    assert await z.bind_zone("zone-a") == "zone-a"
+    assert await z.bind_zone("zone-b") == "zone-a"
+    stores.close(z)
+    z = stores.zone_store("bound")
+    assert await z.bind_zone("zone-b") == "zone-a"
+    assert await z.bind_zone("zone-a") == "zone-a"
+
+
 async def apply(zone: ZoneStore, batch: DecodedBatch, gsid: str, now: str) -> ZoneApplyResult:
     """zone.apply_batch, a batch made with from_revision=HERE starting where the zone is."""
     if batch.from_revision == HERE:

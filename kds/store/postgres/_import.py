@@ -61,6 +61,7 @@ _META = {
         "applied_at",
         "snapshot_gen",
         "snapshot_tag",
+        "zone",
     ),
 }
 
