@@ -104,7 +104,7 @@ async def run_zone(cfg: ZoneConfig, service: Service) -> int:
         return 0
     if bound != cfg.zone:
         store.close()
-        raise ConfigError(_another_zone(cfg.zone, bound, location))
+        raise ConfigError(_another_zone(cfg.zone, bound, store.location))
     client = ZoneClient(
         store,
         zone=cfg.zone,
@@ -298,7 +298,7 @@ def _check_transport(cfg: ZoneConfig) -> bytes | None:
         raise ConfigError(f"--ca-file {cfg.ca_file}: cannot read it: {e.strerror}") from None
 
 
-def _another_zone(zone: str, held: str, location: object) -> str:
+def _another_zone(zone: str, held: str, location: str) -> str:
     """Serving another zone's store would serve that zone's own resources (its secrets) as
     this zone's, and resume its sync: a data dir copied from another zone, or --zone
     changed, is refused."""

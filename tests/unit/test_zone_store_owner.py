@@ -10,7 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kds.store import open_zone_store
+from kds.store import PgTarget, open_zone_store
+from tests.pgserver import shared_server
 
 
 def _free_port() -> int:
@@ -19,14 +20,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_a_zone_refuses_the_store_of_another_zone(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    data.mkdir(mode=0o700)
-    store = open_zone_store(data / "zone.db")
-    try:
-        assert asyncio.run(store.bind_zone("zone-a")) == "zone-a"
-    finally:
-        store.close()
+def _start_zone_b(data: Path, *store: str) -> str:
+    """zonecp run as zone-b on ``data`` (and the ``store`` options): its exit code 1 and
+    output, or the test fails."""
     args = [
         str(Path(sys.executable).parent / "zonecp"),
         "run",
@@ -39,9 +35,46 @@ def test_a_zone_refuses_the_store_of_another_zone(tmp_path: Path) -> None:
         str(data),
         "--api-address",
         f"127.0.0.1:{_free_port()}",
+        *store,
     ]
     r = subprocess.run(args, capture_output=True, text=True, timeout=30)
     out = r.stdout + r.stderr
     assert r.returncode == 1, out
-    assert "--zone zone-b: the store" in out, out
-    assert "belongs to zone 'zone-a': start it with --zone zone-a" in out
+    assert "belongs to zone 'zone-a': start it with --zone zone-a" in out, out
+    return out
+
+
+def test_a_zone_refuses_the_store_of_another_zone(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    store = open_zone_store(data / "zone.db")
+    try:
+        assert asyncio.run(store.bind_zone("zone-a")) == "zone-a"
+    finally:
+        store.close()
+    out = _start_zone_b(data)
+    assert f"--zone zone-b: the store {data / 'zone.db'} belongs" in out, out
+
+
+def test_a_zone_refuses_another_zone_s_schema_naming_it_without_a_password(
+    tmp_path: Path,
+) -> None:
+    url = shared_server().url
+    schema = "kds_owner_test"
+    store = open_zone_store(PgTarget(url, schema, password="pw-never-shown"))
+    try:
+        assert asyncio.run(store.bind_zone("zone-a")) == "zone-a"
+    finally:
+        store.close()
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    password = tmp_path / "pg-password"
+    password.write_text("pw-never-shown\n")
+    password.chmod(0o600)
+    out = _start_zone_b(
+        data,
+        *("--store", "postgres", "--postgres-url", url, "--postgres-schema", schema),
+        *("--postgres-password-file", str(password)),
+    )
+    assert f"schema {schema} belongs to zone 'zone-a'" in out, out
+    assert "PgTarget" not in out and "pw-never-shown" not in out
