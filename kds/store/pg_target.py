@@ -8,7 +8,7 @@ only when a store is opened on PostgreSQL.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["PgTarget"]
@@ -23,6 +23,7 @@ class PgTarget:
 
     url: str
     schema: str
-    password: str | None = None
+    # Left out of the repr: a target shown in an error or a traceback never shows it.
+    password: str | None = field(default=None, repr=False)
     marker: Path | None = None
     application: str = "kds-sync"

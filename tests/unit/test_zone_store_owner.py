@@ -78,3 +78,8 @@ def test_a_zone_refuses_another_zone_s_schema_naming_it_without_a_password(
     )
     assert f"schema {schema} belongs to zone 'zone-a'" in out, out
     assert "PgTarget" not in out and "pw-never-shown" not in out
+
+
+def test_a_store_target_s_repr_leaves_the_password_out() -> None:
+    target = PgTarget("postgresql://kds@db:5432/kds", "kds_global", password="pw-never-shown")
+    assert "pw-never-shown" not in repr(target) and "kds_global" in repr(target)
