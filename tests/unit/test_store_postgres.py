@@ -285,9 +285,10 @@ async def test_a_store_of_an_older_schema_version_is_migrated_at_open() -> None:
 
 async def test_a_sqlite_zone_moves_with_its_sync_state_and_conflicts(tmp_path: Path) -> None:
     """import_sqlite_store for a zone: the same store id and sync state (so the zone resumes),
-    its zone-local rows and the synced copy a name conflict keeps aside; a global's file is
-    not taken for a zone's."""
+    the zone it serves, its zone-local rows and the synced copy a name conflict keeps aside; a
+    global's file is not taken for a zone's."""
     src = open_zone_store(tmp_path / "zone.db")
+    assert await src.bind_zone("zone-a") == "zone-a"
     dup = Key(Kind.SECRET, "default", "dup")
     await src.apply_batch(_batch_of([inc_put(mk(MESH), 1)], 1), "global-1", T0)
     await src.put(mk(dup, b"zone-own"), T0)
@@ -304,6 +305,7 @@ async def test_a_sqlite_zone_moves_with_its_sync_state_and_conflicts(tmp_path: P
         assert (pg.store_id, await pg.sync_state(), await pg.conflicts()) == before
         got = await pg.get(dup)
         assert got is not None and got.resource.data == b"zone-own" and got.shadows_synced
+        assert await pg.bind_zone("zone-b") == "zone-a"  # the zone it serves moves with it
     finally:
         pg.close()
     open_global_store(tmp_path / "global.db").close()
