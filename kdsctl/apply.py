@@ -9,7 +9,8 @@ kdsctl reads the last, and writes them all in one transaction once the body is c
 An invalid document, or an input that would not fit in one request of APPLY_CHUNK_BYTES,
 ends that request unfinished, which global never applies (kds.api._apply): the problems are
 then reported (nothing was applied), or the input is sent again in requests of up to
-APPLY_CHUNK_BYTES, Meshes first, each its own transaction.
+APPLY_CHUNK_BYTES, each its own transaction: Meshes first, then the Secrets their mTLS
+backends name, then the rest.
 
 Messages are kumactl's where kumactl has them (``resource type="Secret" mesh="default"
 name="sample" Created``, ``Warning: ...``). yaml is imported only here, when apply runs.
@@ -28,7 +29,7 @@ import click
 
 from kds.errors import InvalidResource
 from kds.model import SYSTEM_LABELS, Kind, Limits, Resource, from_document, to_json
-from kds.mtls import conf_alias_warnings
+from kds.mtls import conf_alias_warnings, secret_refs
 from kdsctl.client import ApiClient, ApiError, pass_client
 from kdsctl.inputs import Input, parse_vars, read_inputs, render, unfilled_hint, unfilled_in
 from kdsctl.render import fail, print_error, quoted, safe_text
@@ -246,8 +247,9 @@ def apply(
     its document number and field, and nothing is applied. The resources go to the API's
     POST /_apply, sent as they are checked, in one request written in one transaction (all
     or nothing), Meshes first, when they fit in 8 MiB: an input under 8 MiB is applied
-    atomically. A larger one goes in requests of up to 8 MiB, each one transaction, and
-    stops at the first request the API refuses, saying which resources were applied. Each
+    atomically. A larger one goes in requests of up to 8 MiB, each one transaction (a Mesh
+    with the Secrets its mTLS backends name), and stops at the first request the API
+    refuses, saying which resources were applied. Each
     request may take up to 5 minutes (or --timeout, if longer).
 
     Each resource is reported as kumactl reports it, with Unchanged for one already as given:
@@ -290,9 +292,8 @@ def apply(
     docs = stream.docs
     if not docs:
         fail("no resource(s) passed to apply")
-    docs.sort(key=lambda d: d.resource.kind is not Kind.MESH)  # stable: meshes first
     applied = 0
-    for chunk, encoded in _chunks(docs, APPLY_CHUNK_BYTES):
+    for chunk, encoded in _chunks(_in_order(docs), APPLY_CHUNK_BYTES):
         body_bytes = b'{"items": [' + b", ".join(encoded) + b"]}"
         _send(client, chunk, body_bytes, "application/json", applied)
         applied += len(chunk)
@@ -355,6 +356,31 @@ def _applied(answer: object) -> list[dict[str, Any]]:
         if not isinstance(item.get("mesh", ""), str):
             fail(f"{where}: items[{i}].mesh is not a string")
     return items
+
+
+def _in_order(docs: list[_Doc]) -> list[_Doc]:
+    """Meshes first, then the Secrets their mTLS backends name, then the rest, each group in
+    file order: in requests of their own a Mesh and its CA secrets go in one, whose
+    transaction checks them together (the secrets coming later in a large file, the Mesh
+    was refused for want of them)."""
+    used = {(d.resource.name, name) for d in docs for name in _secrets_named(d.resource)}
+
+    def group(d: _Doc) -> int:
+        r = d.resource
+        if r.kind is Kind.MESH:
+            return 0
+        return 1 if r.kind is Kind.SECRET and (r.mesh, r.name) in used else 2
+
+    return sorted(docs, key=group)
+
+
+def _secrets_named(r: Resource) -> list[str]:
+    """The Secrets a Mesh's mTLS backends name (none for another kind, or a spec the API is
+    left to refuse)."""
+    try:
+        return [ref.secret for ref in secret_refs(r.name, r.spec)] if r.kind is Kind.MESH else []
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return []
 
 
 def _chunks(docs: list[_Doc], limit: int) -> Iterator[tuple[list[_Doc], list[bytes]]]:
