@@ -12,7 +12,9 @@ What the zone sends is checked before it is used: a message that does not decode
 stream with INVALID_ARGUMENT; an ack's rejections must name changes of the batch it
 acknowledges (kds.protocol.session), a status report's conflicts known kinds and valid names
 and its problem text its bound (kds.protocol.limits), or the stream ends with
-FAILED_PRECONDITION. An ack with rejections
+FAILED_PRECONDITION. The reader reads against the stream's byte budget
+(kds.protocol.read_budget): a zone sending more than it allows is read slower, never cut off;
+that is logged at most once per READ_WAIT_LOG_INTERVAL per stream. An ack with rejections
 is one log line however many it holds; conflict reports are logged when they change, at most
 CONFLICT_LOG_BURST lines per CONFLICT_LOG_INTERVAL seconds per stream (a changed problem
 too, under its own key); reasons, problems and names are bounded and escaped (kds.text) before they are logged or kept.
@@ -38,6 +40,7 @@ from kds._pb import sync_pb2 as pb
 from kds.errors import KdsError, ProtocolError
 from kds.model import Key
 from kds.protocol.limits import REASON_CHARS, check_key, check_problem
+from kds.protocol.read_budget import ReadBudget
 from kds.protocol.session import Ack, GlobalSession
 from kds.text import safe_text
 from kds.throttle import Throttle
@@ -58,6 +61,8 @@ CONFLICT_LOG_INTERVAL = 60.0
 # (a newer one replaces it: each says the zone's whole state) and taken when due. A zone
 # sending 19,000 small reports a second kept global at 84% CPU, a history row each.
 STATUS_EVERY = 1.0
+# A stream read slower for its byte budget is logged once per this many seconds.
+READ_WAIT_LOG_INTERVAL = 60.0
 
 
 def decode_zone_message(data: bytes) -> pb.ZoneMessage | None:
@@ -144,6 +149,8 @@ class ZoneStream:
         self._held_status: tuple[str, list[str], int] | None = None
         self._status_timer: asyncio.TimerHandle | None = None
         self._sender: SendLoop | None = None  # the writer's send loop, once it runs
+        self._read_wait_log = Throttle(READ_WAIT_LOG_INTERVAL)
+        self.read_waits = 0  # times the reader waited for the budget on this stream
 
     async def run(self) -> None:
         """Write the welcome, then read and write until one side ends the stream; aborts the
@@ -209,11 +216,18 @@ class ZoneStream:
         context = self.context
         status = self.link.status
         count = 1  # messages read on this stream: the hello was the first
+        loop = asyncio.get_running_loop()
+        budget = ReadBudget(loop.time())
+        wait = 0.0
         while True:
+            if wait > 0:
+                self._read_wait(wait, budget)
+                await asyncio.sleep(wait)
             data = await context.read()
             if data is grpc.aio.EOF:
                 return
             count += 1
+            wait = budget.charge(len(data), loop.time())
             msg = decode_zone_message(data)
             if msg is None:
                 raise _Undecodable(f"message {count} on the stream is not a ZoneMessage")
@@ -240,6 +254,21 @@ class ZoneStream:
                 wake.set()
             else:
                 raise ProtocolError(f"unexpected {kind} after hello")
+
+    def _read_wait(self, wait: float, budget: ReadBudget) -> None:
+        """The reader waits ``wait`` seconds before the next message: counted, and logged
+        (throttled) with the budget it is over."""
+        self.read_waits += 1
+        held_back = self._read_wait_log.allow("wait")
+        if held_back is not None:
+            log.warning(
+                "zone sends more than its stream's budget: reading it slower",
+                wait_seconds=round(wait, 3),
+                budget_bytes_per_second=int(budget.rate),
+                burst_bytes=int(budget.burst),
+                message_cost_bytes=budget.message_cost,
+                waits_not_logged=held_back,
+            )
 
     def _on_ack(self, ack: pb.Ack) -> None:
         """Give the ack to the session (which checks its rejections against the batch), then

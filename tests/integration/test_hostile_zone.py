@@ -1,5 +1,6 @@
 """A real global against a peer speaking the sync protocol by hand: hostile hellos before the
-token is checked, and an authenticated zone flooding global with status and rejections."""
+token is checked, and an authenticated zone flooding global with status and rejections, or
+with full-size status reports (read slower, against its stream's byte budget)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import grpc
 import httpx
 
 from kds._pb import sync_pb2 as pb
+from kds.protocol.read_budget import BURST, RATE
 from tests.integration.conftest import Cluster, Daemon, wait_for
 
 METHOD = "/kds.v1.SecretSync/Sync"
@@ -224,3 +226,70 @@ def test_an_authenticated_zone_cannot_flood_global(cluster: Cluster) -> None:
         headers={"Authorization": f"Bearer {g.admin_token}"},
     )
     assert len(r.content) < 16_384
+
+
+def test_a_zone_sending_large_reports_non_stop_is_read_slower_not_cut_off(
+    cluster: Cluster,
+) -> None:
+    """Each stream is read against a byte budget (kds.protocol.read_budget): past its burst,
+    a zone sending 1 MiB status reports as fast as it can has them read at RATE bytes a
+    second, its writes held by flow control, and its stream stays up. Without the budget,
+    global read 3,000 such MiBs in 11 s (4 MiB reports), at 77% CPU."""
+    g = cluster.start_global()
+    token = cluster.zone_token("zone-raw").read_text().strip()
+    one = pb.ResourceKey(kind=pb.SECRET, mesh="default", name="c-000000").ByteSize() + 2
+    large = pb.ZoneMessage(
+        status=pb.ZoneStatus(
+            conflicts=[
+                pb.ResourceKey(kind=pb.SECRET, mesh="default", name=f"c-{i:06d}")
+                for i in range(1024 * 1024 // one)
+            ]
+        )
+    ).SerializeToString()
+    last = pb.ZoneStatus(conflicts=[pb.ResourceKey(kind=pb.SECRET, mesh="default", name="z")])
+    flood_seconds = 6.0
+
+    async def flood(open_stream: Any) -> dict[str, Any]:
+        call = open_stream(token)
+        await call.write(_hello("zone-raw", "zone-raw-1"))
+        batch = await _read_batches(call)()
+        ack = pb.Ack(seq=batch.seq, applied_revision=batch.revision)
+        await call.write(pb.ZoneMessage(ack=ack).SerializeToString())
+        written = 0
+        stop = asyncio.Event()
+
+        async def writer() -> None:
+            nonlocal written
+            while not stop.is_set():
+                await call.write(large)  # held by flow control while global waits
+                written += 1
+            # The stream is slowed, not ended: a small report after the flood is taken.
+            await call.write(pb.ZoneMessage(status=last).SerializeToString())
+
+        task = asyncio.create_task(writer())
+        await asyncio.sleep(flood_seconds)
+        stop.set()
+        out = {"written": written}
+        await asyncio.wait_for(task, 30)
+        await asyncio.to_thread(
+            wait_for,
+            lambda: g.zone_sync("zone-raw")["conflicts"] == ["Secret:default/z"],
+            30,
+            "the report after the flood taken",
+        )
+        out["status"] = g.zone_sync("zone-raw")["status"]
+        call.cancel()
+        return out
+
+    out = _with_channel(cluster, flood)
+    # Read by global: its burst, then RATE bytes a second; written by the client: those and
+    # what gRPC buffers on the way (a report or two). Without the budget, thousands.
+    read_at_most = (BURST + RATE * flood_seconds) / len(large) + 1
+    assert out["written"] <= read_at_most + 2, out
+    assert out["status"] == "Online"
+    slowed = g.events(
+        "zone sends more than its stream's budget: reading it slower", zone="zone-raw"
+    )
+    assert slowed and slowed[0]["budget_bytes_per_second"] == RATE, slowed
+    assert len(slowed) == 1  # logged once a minute per stream, not once a report
+    assert not g.events("zone broke the protocol")

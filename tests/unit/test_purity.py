@@ -22,6 +22,7 @@ PURE = [
     "kds.protocol.session",
     "kds.protocol.zone_session",
     "kds.protocol.limits",
+    "kds.protocol.read_budget",
     "kds.text",
     "kds.protocol.applier",
     "kds.protocol.batching",
