@@ -365,7 +365,9 @@ class ZoneStream:
             if problem is not None:
                 raise ProtocolError(str(problem))
             conflicts.append(_key_label(k))
-        return report.problem, conflicts, len(report.conflicts)
+        # A zone lists its first 1,000 conflicts and counts them all (an older one lists
+        # them all): the count is a number the zone says about itself, taken as it is.
+        return report.problem, conflicts, max(len(report.conflicts), report.conflict_count)
 
     def _on_status(self, checked: tuple[str, list[str], int]) -> None:
         """Take a checked report now if one is due, else hold it until it is (STATUS_EVERY)."""

@@ -12,7 +12,7 @@ assembled by writing its small header and then each Change as a pre-framed field
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from google.protobuf.internal.encoder import _VarintBytes  # type: ignore[attr-defined]
 
@@ -29,7 +29,13 @@ from kds.protocol.anti_entropy import (
 )
 from kds.protocol.applier import DecodedBatch, Incoming
 from kds.protocol.digest_tree import DIGEST_BYTES, MAX_DEPTH, NodeId, Summary
-from kds.protocol.limits import MAX_REVISION, REASON_CHARS, check_key
+from kds.protocol.limits import (
+    CONFLICTS_REPORTED,
+    MAX_REVISION,
+    PROBLEM_CHARS,
+    REASON_CHARS,
+    check_key,
+)
 from kds.protocol.zone_session import Ack, Hello, RawKey, Rejection, SyncMode, Welcome
 from kds.validation import MAX_DEPTH as MAX_DEPTH_JSON
 from kds.validation import depth_over
@@ -56,6 +62,7 @@ __all__ = [
     "query_to_pb",
     "resource_from_pb",
     "resource_to_pb",
+    "status_to_pb",
     "welcome_from_pb",
 ]
 
@@ -281,6 +288,19 @@ def ack_to_pb(a: Ack) -> pb.ZoneMessage:
             applied_revision=a.applied_revision,
             rejected=[_rejection_to_pb(r) for r in a.rejected],
             held_ms=a.held_ms,
+        )
+    )
+
+
+def status_to_pb(conflicts: Sequence[Key], problem: str) -> pb.ZoneMessage:
+    """A zone's status report: its problem within its bound and its first
+    CONFLICTS_REPORTED conflicts, with their count when it lists fewer than it holds."""
+    listed = conflicts[:CONFLICTS_REPORTED]
+    return pb.ZoneMessage(
+        status=pb.ZoneStatus(
+            conflicts=[key_to_pb(k) for k in listed],
+            problem=problem[:PROBLEM_CHARS],
+            conflict_count=len(conflicts) if len(conflicts) > len(listed) else 0,
         )
     )
 

@@ -43,7 +43,6 @@ from kds.clock import rfc3339
 from kds.errors import KdsError, ProtocolError, StoreError
 from kds.grpc_options import client_options
 from kds.logging import debug_enabled
-from kds.protocol.limits import PROBLEM_CHARS
 from kds.protocol.zone_session import State, ZoneSession
 from kds.store import ZoneStore
 from kds.wire import ZONE_METADATA
@@ -423,13 +422,7 @@ class ZoneClient:
             await call.write(wire.answer_to_pb(ans))
 
     def _status_message(self) -> pb.ZoneMessage:
-        st = self.status
-        return pb.ZoneMessage(
-            status=pb.ZoneStatus(
-                conflicts=[wire.key_to_pb(k) for k in st.conflicts],
-                problem=st.problem[:PROBLEM_CHARS],
-            )
-        )
+        return wire.status_to_pb(self.status.conflicts, self.status.problem)
 
     async def _ack_sender(self, call: Any) -> None:
         """Send a held ack once it is due (kds.protocol.zone_session), unless a later ack

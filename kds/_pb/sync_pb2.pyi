@@ -116,12 +116,14 @@ class Rejection(_message.Message):
     def __init__(self, key: _Optional[_Union[ResourceKey, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ZoneStatus(_message.Message):
-    __slots__ = ("conflicts", "problem")
+    __slots__ = ("conflicts", "problem", "conflict_count")
     CONFLICTS_FIELD_NUMBER: _ClassVar[int]
     PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    CONFLICT_COUNT_FIELD_NUMBER: _ClassVar[int]
     conflicts: _containers.RepeatedCompositeFieldContainer[ResourceKey]
     problem: str
-    def __init__(self, conflicts: _Optional[_Iterable[_Union[ResourceKey, _Mapping]]] = ..., problem: _Optional[str] = ...) -> None: ...
+    conflict_count: int
+    def __init__(self, conflicts: _Optional[_Iterable[_Union[ResourceKey, _Mapping]]] = ..., problem: _Optional[str] = ..., conflict_count: _Optional[int] = ...) -> None: ...
 
 class ZoneMessage(_message.Message):
     __slots__ = ("hello", "ack", "status", "digest_answer")

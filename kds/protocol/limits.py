@@ -7,7 +7,8 @@ character) refuses the stream with a message naming the field and the limit, nev
 A conflict a zone reports names a resource by kind, mesh and name: it must be a kind this
 protocol knows and names global would accept (kds.validation). The problem a zone reports
 in its status (why it is failing) is text for an operator: at most PROBLEM_CHARS characters;
-it is escaped (kds.text) wherever it is shown, not refused for what it contains.
+it is escaped (kds.text) wherever it is shown, not refused for what it contains. A zone lists
+at most CONFLICTS_REPORTED conflicts in a report.
 
 The other way, a zone checks the fields of global's welcome and of each batch's header that
 it records and sends back in every later hello (the store id, the revision, the history
@@ -22,6 +23,7 @@ from kds.resource import Kind
 from kds.validation import validate_name
 
 __all__ = [
+    "CONFLICTS_REPORTED",
     "HELLO_BYTES",
     "HELLO_CHARS",
     "MAX_REVISION",
@@ -59,6 +61,12 @@ REASON_CHARS = 200
 # The most characters of the problem a zone reports in its status (an error message and the
 # fix it names; a store's path in it can be long).
 PROBLEM_CHARS = 1024
+# The most conflicts a zone lists in a status report, with their count beside them when it
+# holds more (global keeps the first 100 and the count). A report listing all of them grew
+# with the zone: 100,000 conflicts with 20-character names were 3.5 MB, close to the 4 MiB a
+# message may be, and sent again at every change. 1,000 keys are at most about 520 KB (names
+# of 253 characters), 35 KB with short names.
+CONFLICTS_REPORTED = 1000
 
 
 def check_hello(

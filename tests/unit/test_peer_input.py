@@ -411,3 +411,21 @@ async def test_a_token_s_unknown_key_id_is_never_echoed_to_the_peer(
         )
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    ("listed", "count", "total"),
+    [(1000, 250_000, 250_000), (3000, 0, 3000), (500, 7, 500)],
+    ids=["the first 1000 and the count", "an older zone: all of them", "a count below the list"],
+)
+def test_a_status_report_counts_the_conflicts_it_says_it_holds(
+    listed: int, count: int, total: int
+) -> None:
+    from globalcp.stream import ZoneStream
+    from kds._pb import sync_pb2 as pb
+
+    keys = [pb.ResourceKey(kind=pb.SECRET, mesh="default", name=f"c-{i}") for i in range(listed)]
+    stream = ZoneStream.__new__(ZoneStream)
+    report = pb.ZoneStatus(conflicts=keys, conflict_count=count)
+    _, kept, got = stream._checked_status(report)
+    assert len(kept) == CONFLICTS_KEPT and got == total

@@ -239,3 +239,19 @@ def test_assembled_size_matches_framed_sizes() -> None:
     )
     body = sum(framed_size(len(c)) for c in encoded)
     assert body < len(raw) <= body + BATCH_OVERHEAD
+
+
+def test_a_status_report_lists_the_first_conflicts_and_counts_them_all() -> None:
+    from kds.protocol.limits import CONFLICTS_REPORTED, PROBLEM_CHARS
+    from kds.wire import status_to_pb
+
+    many = [Key(Kind.SECRET, "m" * 253, f"{i:06d}" + "n" * 247) for i in range(2_500)]
+    report = status_to_pb(many, "p" * 5000)
+    assert [k.name for k in report.status.conflicts] == [k.name for k in many[:1000]]
+    assert report.status.conflict_count == 2_500
+    assert len(report.status.problem) == PROBLEM_CHARS
+    # Whatever the zone holds, its report stays far below the 4 MiB a message may be.
+    assert CONFLICTS_REPORTED == 1000 and report.ByteSize() < 600_000
+    # Up to the bound, the report lists them all and needs no count (as an older zone's).
+    few = status_to_pb(many[:CONFLICTS_REPORTED], "")
+    assert len(few.status.conflicts) == CONFLICTS_REPORTED and few.status.conflict_count == 0
