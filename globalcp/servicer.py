@@ -134,6 +134,8 @@ class SyncServicer:
         token = await self.gate.token(context)  # before any message is read (globalcp.gate)
         if token is None:
             return
+        if token is not NO_TOKEN and not await self.gate.may_dial(token.zone, context):
+            return
         waiting = self.gate.awaiting_hello
         waiting[token.zone] += 1
         try:

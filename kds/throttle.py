@@ -52,6 +52,14 @@ class Throttle:
         self._used[key] += 1
         return self._held.pop(key, 0)
 
+    def spent(self, key: str) -> bool:
+        """Whether ``key`` has let its ``burst`` through in its current interval, so that
+        ``allow`` would hold its next line back; counts nothing."""
+        start = self._last.get(key)
+        if start is None or self.clock() - start >= self.interval:
+            return False
+        return self._used.get(key, 0) >= self.burst
+
     def held(self, key: str) -> int:
         """Lines of ``key`` held back since the last one let through."""
         return self._held.get(key, 0)

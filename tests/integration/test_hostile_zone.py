@@ -1,6 +1,7 @@
 """A real global against a peer speaking the sync protocol by hand: hostile hellos before the
-token is checked, and an authenticated zone flooding global with status and rejections, or
-with full-size status reports (read slower, against its stream's byte budget)."""
+token is checked, an authenticated zone flooding global with status and rejections, or with
+large status reports (read slower, against its stream's byte budget), and one dialling past
+its streams per interval (refused before its hello is read)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 import grpc
 import httpx
 
+from globalcp.gate import STREAMS_PER_ZONE
 from kds._pb import sync_pb2 as pb
 from kds.protocol.read_budget import BURST, RATE
 from tests.integration.conftest import Cluster, Daemon, wait_for
@@ -293,3 +295,37 @@ def test_a_zone_sending_large_reports_non_stop_is_read_slower_not_cut_off(
     assert slowed and slowed[0]["budget_bytes_per_second"] == RATE, slowed
     assert len(slowed) == 1  # logged once a minute per stream, not once a report
     assert not g.events("zone broke the protocol")
+
+
+def test_a_zone_past_its_streams_per_interval_is_refused_before_its_hello_is_read(
+    cluster: Cluster,
+) -> None:
+    """A token's stream beyond its zone's STREAMS_PER_ZONE in an interval is refused before
+    global reads its hello: one sending no hello at all is refused at once, not after the
+    10 s a hello may take. Refused after the hello, 4 MiB hellos on 4 streams at a time took
+    global to 64% CPU and 1.1 GB; now 45% and 200 MB."""
+    g = cluster.start_global()
+    token = cluster.zone_token("zone-raw").read_text().strip()
+
+    async def dial(open_stream: Any) -> tuple[int, tuple[grpc.StatusCode, str], float]:
+        admitted = 0
+        for _ in range(STREAMS_PER_ZONE):
+            call = open_stream(token)
+            await call.write(_hello("zone-raw", "zone-raw-1"))
+            await _read_batches(call)()
+            admitted += 1
+            call.cancel()
+        call = open_stream(token)  # no hello
+        started = time.monotonic()
+        ended = await asyncio.wait_for(_ended(call, 8), 9)
+        return admitted, ended, time.monotonic() - started
+
+    admitted, (code, details), took = _with_channel(cluster, dial)
+    assert admitted == STREAMS_PER_ZONE
+    assert code is grpc.StatusCode.RESOURCE_EXHAUSTED, (code, details)
+    assert details == (
+        f"zone 'zone-raw' started {STREAMS_PER_ZONE} streams within 10 s: dial again in a few "
+        "seconds"
+    )
+    assert took < 5, took  # not the 10 s global waits for a hello
+    assert len(g.events("zone refused: dialling too often", zone="zone-raw")) == 1

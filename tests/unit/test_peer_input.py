@@ -287,6 +287,19 @@ def test_throttle_lets_a_burst_through_per_key_then_counts() -> None:
     assert t.allow("a") == 3  # a new interval: the line says 3 were held back
 
 
+def test_throttle_says_whether_a_key_spent_its_burst_without_counting() -> None:
+    now = [0.0]
+    t = Throttle(10, burst=2, clock=lambda: now[0])
+    assert not t.spent("a")
+    t.allow("a")
+    assert not t.spent("a") and not t.spent("a")  # asking counts nothing
+    t.allow("a")
+    assert t.spent("a") and not t.spent("b")
+    now[0] = 10.0
+    assert not t.spent("a")  # a new interval
+    assert t.allow("a") == 0
+
+
 # --------------------------------------------------------------------------- kdsctl
 
 
