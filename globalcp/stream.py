@@ -150,7 +150,6 @@ class ZoneStream:
         self._status_timer: asyncio.TimerHandle | None = None
         self._sender: SendLoop | None = None  # the writer's send loop, once it runs
         self._read_wait_log = Throttle(READ_WAIT_LOG_INTERVAL)
-        self.read_waits = 0  # times the reader waited for the budget on this stream
 
     async def run(self) -> None:
         """Write the welcome, then read and write until one side ends the stream; aborts the
@@ -256,9 +255,8 @@ class ZoneStream:
                 raise ProtocolError(f"unexpected {kind} after hello")
 
     def _read_wait(self, wait: float, budget: ReadBudget) -> None:
-        """The reader waits ``wait`` seconds before the next message: counted, and logged
-        (throttled) with the budget it is over."""
-        self.read_waits += 1
+        """The reader waits ``wait`` seconds before the next message: logged (throttled)
+        with the budget it is over."""
         held_back = self._read_wait_log.allow("wait")
         if held_back is not None:
             log.warning(
