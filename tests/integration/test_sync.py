@@ -458,8 +458,10 @@ def test_second_instance_of_a_zone_is_refused_until_the_first_is_gone(cluster: C
     second = cluster.start_zone(
         "zone-1-twin", synced=False, token_file=cluster.zone_token("zone-1")
     )
-    # Same zone name, its own data dir and port: relaunch the twin under zone-1's name.
+    # Same zone name, its own data dir and port: relaunch the twin under zone-1's name, on a
+    # new store (a store records the zone it serves, and would refuse another's name).
     second.stop()
+    shutil.rmtree(cluster.tmp / "zone-1-twin")
     second.argv[second.argv.index("--zone") + 1] = "zone-1"
     second.start()
     refused = wait_for(
