@@ -36,6 +36,7 @@ from globalcp.gate import NO_TOKEN, Gate
 from globalcp.hub import Hub
 from globalcp.send_plans import SNAPSHOT_STREAMS, SendPlans
 from globalcp.stream import ZoneLink, ZoneStream, decode_zone_message
+from globalcp.token_expiry import TokenExpiry
 from globalcp.tokens import TokenInfo, TokenRefused, ZoneTokens
 from globalcp.zones import ZoneTracker
 from kds import wire
@@ -88,6 +89,8 @@ class SyncServicer:
         self.ack_delay = ack_delay  # how long a zone may hold an ack (0: one per batch)
         self.max_message_bytes = max_message_bytes
         self.heartbeat_interval = heartbeat_interval
+        # The wall clock a live stream's token expiry is checked against (tests move it).
+        self.wall_clock: Callable[[], dt.datetime] = utcnow
         self.anti_entropy_interval = anti_entropy_interval  # 0: no anti-entropy checks
         self.links: dict[str, ZoneLink] = {}
         # Shared by every stream: one snapshot read, one plan per range, however many zones.
@@ -375,17 +378,20 @@ class SyncServicer:
         self.links[h.zone] = link
         return link
 
-    def _expire_with_token(self, link: ZoneLink, token: TokenInfo) -> asyncio.TimerHandle | None:
+    def _expire_with_token(self, link: ZoneLink, token: TokenInfo) -> TokenExpiry | None:
         """A token is checked when a stream starts; one that expires during the stream ends it
-        then, and the zone's next attempt is refused until it is given a new token."""
+        then (by the loop's clock or the wall clock, globalcp.token_expiry), and the zone's
+        next attempt is refused until it is given a new token."""
         if not token.expires_at:
             return None
-        left = (dt.datetime.fromisoformat(token.expires_at) - utcnow()).total_seconds()
-        return asyncio.get_running_loop().call_later(
-            max(0.0, left),
-            link.end_with,
-            grpc.StatusCode.UNAUTHENTICATED,
-            f"zone token {token.token_id} expired at {token.expires_at}",
+        return TokenExpiry(
+            dt.datetime.fromisoformat(token.expires_at),
+            lambda: link.end_with(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"zone token {token.token_id} expired at {token.expires_at}",
+            ),
+            every=self.heartbeat_interval,
+            wall_clock=self.wall_clock,
         )
 
     def _welcome(self, mode: Mode) -> bytes:
