@@ -3,6 +3,7 @@
     KdsError
     ├── InvalidResource      the user's input broke a rule (API 400); lists FieldViolations
     │   └── InvalidReferences  ... a rule across resources (a Mesh's mTLS secrets), per item
+    │       └── NameTaken      ... a Kubernetes-form Secret's name another secret holds
     ├── NotFound             the resource does not exist (API 404)
     ├── Conflict             the write clashes with current state (API 409)
     │   └── ReadOnlySynced   a zone was asked to change a copy synced from global (API 409)
@@ -48,6 +49,7 @@ __all__ = [
     "InvalidReferences",
     "InvalidResource",
     "KdsError",
+    "NameTaken",
     "NotFound",
     "ProtocolError",
     "ReadOnlySynced",
@@ -104,6 +106,12 @@ class InvalidReferences(InvalidResource):
     def __init__(self, by_index: dict[int, list[FieldViolation]]):
         self.by_index = dict(sorted(by_index.items()))
         super().__init__([e for errs in self.by_index.values() for e in errs])
+
+
+class NameTaken(InvalidReferences):
+    """A Secret or GlobalSecret written in the Kubernetes form is named as another one
+    (kds.kubernetes_names), found inside the write's transaction; fields as the Universal
+    form names them."""
 
 
 class NotFound(KdsError):

@@ -36,10 +36,12 @@ from kds.errors import (
     InvalidReferences,
     InvalidResource,
     KdsError,
+    NameTaken,
     NotFound,
     StoreError,
 )
 from kds.kubernetes import kubernetes_field
+from kds.kubernetes_names import SECRET_KINDS, name_problems
 from kds.model import Key, Kind, Resource, from_document
 from kds.store import WriteResult
 
@@ -93,7 +95,12 @@ async def apply_handler(request: web.Request) -> web.Response:
             raise HttpError(400, "Invalid resources", "nothing was applied", errs)
     parsed.sort(key=lambda p: p[1].kind is not Kind.MESH)  # stable: meshes first
     try:
-        results = await ctx.store.put_many([r for _, r in parsed], now)
+        results = await ctx.store.put_many([r for _, r in parsed], now, _positions(parsed, k8s))
+    except NameTaken as e:
+        # Another write took the name since the check above: answered as that check does.
+        problems = [(j, f) for j, fields in e.by_index.items() for f in fields]
+        causes = _name_causes(parsed, problems[:MAX_PROBLEMS])
+        raise HttpError(400, "Invalid resources", "nothing was applied", causes) from None
     except InvalidReferences as e:
         causes = [
             FieldViolation(
@@ -147,58 +154,35 @@ async def apply_handler(request: web.Request) -> web.Response:
     return web.json_response({"items": out, "warnings": warnings} if warnings else {"items": out})
 
 
-_SECRET_KINDS = (Kind.SECRET, Kind.GLOBAL_SECRET)
-
-
 async def _kubernetes_names(
     ctx: ApiContext, parsed: list[tuple[int, Resource]], k8s: set[int]
 ) -> list[FieldViolation]:
     """Problems of the Kubernetes-form Secrets and GlobalSecrets of an apply whose name is
-    another Secret's or GlobalSecret's (here or among the items). In that form each is a
-    Kubernetes Secret in the control plane's namespace, so a name is one object: applying it
-    with another ``kuma.io/mesh`` label would move it (Kuma refuses: "cannot change mesh of
-    the Secret"), and with another type would change a type Kubernetes keeps. Taken as a
-    Universal write, either made a second secret and left the first, still synced."""
-    named = [(i, r) for i, r in parsed if i in k8s and r.kind in _SECRET_KINDS]
+    another Secret's or GlobalSecret's, here or among the items (kds.kubernetes_names): read
+    before the write, so they are answered before anything the store finds. The store checks
+    again inside the write's transaction (``NameTaken``), against writes made meanwhile."""
+    named = {r.name for i, r in parsed if i in k8s and r.kind in SECRET_KINDS}
     if not named:
         return []
-    holders: dict[str, list[Key]] = {r.name: [] for _, r in named}
-    stored = await ctx.store.secrets_named(holders)
-    for key in stored:
-        holders[key.name].append(key)
-    for _, r in parsed:
-        if r.kind in _SECRET_KINDS and r.name in holders and r.key not in holders[r.name]:
-            holders[r.name].append(r.key)
-    errs = []
-    held = set(stored)
-    for i, r in named:
-        if r.key in held:
-            continue  # an update of a stored secret (names shared before this rule held)
-        other = next((k for k in holders.get(r.name, ()) if k != r.key), None)
-        if other is None:
-            continue
-        if other.kind is Kind.SECRET and r.kind is Kind.SECRET:
-            errs.append(
-                FieldViolation(
-                    f"items[{i}].{kubernetes_field('mesh')}",
-                    f"cannot change mesh of the Secret: Secret {r.name!r} is in mesh "
-                    f"{other.mesh!r}; delete the Secret first and apply it again (in the "
-                    "Kubernetes form a name is one Kubernetes Secret, whatever its mesh)",
-                )
-            )
-        else:
-            where = f" in mesh {other.mesh!r}" if other.mesh else ""
-            errs.append(
-                FieldViolation(
-                    f"items[{i}].type",
-                    f"a {other.kind} {r.name!r}{where} exists: in the Kubernetes form a Secret "
-                    "and a GlobalSecret of one name are one Kubernetes Secret, whose type "
-                    "cannot change; delete it first and apply it again",
-                )
-            )
-        if len(errs) >= MAX_PROBLEMS:
-            break
-    return errs
+    stored = await ctx.store.secrets_named(named)
+    problems = name_problems([r for _, r in parsed], _positions(parsed, k8s), stored, MAX_PROBLEMS)
+    return _name_causes(parsed, problems)
+
+
+def _positions(parsed: list[tuple[int, Resource]], k8s: set[int]) -> set[int]:
+    """The positions in ``parsed`` of the items in the Kubernetes form."""
+    return {j for j, (i, _) in enumerate(parsed) if i in k8s}
+
+
+def _name_causes(
+    parsed: list[tuple[int, Resource]], problems: list[tuple[int, FieldViolation]]
+) -> list[FieldViolation]:
+    """Name problems (by position in ``parsed``) as causes naming ``items[i]`` and the field
+    as the Kubernetes form writes it."""
+    return [
+        FieldViolation(f"items[{parsed[j][0]}].{kubernetes_field(f.field)}", f.message)
+        for j, f in problems
+    ]
 
 
 class _Items:

@@ -17,7 +17,7 @@ resource again repairs it). At open every row is checked (``_after_check``).
 from __future__ import annotations
 
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -28,9 +28,10 @@ from kds.crypto import DataCipher
 from kds.errors import InvalidReferences, KdsError, NotFound, StoreDamaged
 from kds.model import Key, Kind, Resource
 from kds.store._kinds import foreign_row, known_kind
+from kds.store._names import check_kubernetes_names
 from kds.store._rows import COL_NAMES, COLS, UPSERT_RESOURCE, Conn, DamagedRow, Db
 from kds.store._sealing import Sealer, reseal
-from kds.store._select import selected_sql
+from kds.store._select import select_key_rows, selected_sql
 from kds.store.interface import OnCommit
 from kds.store.results import (
     ORIGIN_GLOBAL,
@@ -46,9 +47,6 @@ from kds.store.results import (
 __all__ = ["ResourceEngine", "TxView"]
 
 log = structlog.get_logger("kds.store")
-
-# Names per ``name IN (...)`` lookup: well under SQLite's oldest limit of 999 variables.
-_IN_NAMES = 500
 
 
 class TxView:
@@ -157,8 +155,8 @@ class ResourceEngine:
 
     def _rows_of(self, conn: Conn, keys: Iterable[Key]) -> dict[Key, dict[str, Resource]]:
         """``_rows`` of many keys at once (a key with no row is absent): one statement per
-        mesh and kind and up to ``_IN_NAMES`` names, where a zone applying 10,000 changes ran
-        one SELECT per key (0.022 of its 0.165 CPU seconds)."""
+        mesh and kind and up to 500 names (kds.store._select.select_key_rows), where a zone
+        applying 10,000 changes ran one SELECT per key (0.022 of its 0.165 CPU seconds)."""
         out: dict[Key, dict[str, Resource]] = {}
         for kind, mesh, r in select_key_rows(conn, COLS, keys):
             if (resource := self._resource(r)) is not None:
@@ -314,7 +312,9 @@ class ResourceEngine:
         results = self.put_many([resource], now)
         return replace(results[0], also=tuple(results[1:]))
 
-    def put_many(self, resources: Sequence[Resource], now: str) -> list[WriteResult]:
+    def put_many(
+        self, resources: Sequence[Resource], now: str, kubernetes: Collection[int] = ()
+    ) -> list[WriteResult]:
         """Write all resources in one transaction: all of them, or none.
 
         A failure raises the error of the first resource that failed, with its position in
@@ -322,7 +322,9 @@ class ResourceEngine:
         own revision (so zones see ordinary changes), all committed at once. Builtin CA
         secrets generated for the Meshes written follow the results of ``resources``. The
         mTLS rules (kds.integrity) are checked on the transaction's final state: a Mesh and
-        the secrets it uses may come in any order.
+        the secrets it uses may come in any order. ``kubernetes``: the positions of the
+        resources written in the Kubernetes form, whose names kds.kubernetes_names checks on
+        the transaction's state once they are written.
         """
         results = []
         with self.db.write() as conn:
@@ -339,6 +341,7 @@ class ResourceEngine:
                 except KdsError as e:
                     e.item_index = i
                     raise
+            check_kubernetes_names(conn, self.origin, resources, results, kubernetes)
             results += self._after_puts(conn, resources, now)
             self._before_commit(conn, results)
         return self._committed(results)
@@ -465,35 +468,3 @@ class ResourceEngine:
     def _more_problems(self, view: TxView, resources: Sequence[Resource]) -> integrity.Problems:
         """Rules a role adds to kds.integrity's, checked when those pass."""
         return integrity.Problems()
-
-
-def select_key_rows(conn: Conn, cols: str, keys: Iterable[Key]) -> Iterator[tuple[Kind, str, Any]]:
-    """(kind, mesh, row) for the resources rows of ``keys`` (every origin), each row the
-    columns ``cols`` names: one statement per ``_IN_NAMES`` names, the keys of each kind and
-    mesh in a ``name IN (...)`` term of their own. A zone's one-change batch reads its Secret
-    and that Secret's Mesh: one statement, not one per kind and mesh."""
-    names: dict[tuple[str, str], list[str]] = {}
-    for key in keys:
-        names.setdefault((str(key.kind), key.mesh), []).append(key.name)
-    terms: list[str] = []
-    args: list[str] = []
-    count = 0
-    for (kind, mesh), group in names.items():
-        for i in range(0, len(group), _IN_NAMES):
-            chunk = group[i : i + _IN_NAMES]
-            if count + len(chunk) > _IN_NAMES:
-                yield from _select_terms(conn, cols, terms, args)
-                terms, args, count = [], [], 0
-            terms.append(f"(kind=? AND mesh=? AND name IN ({', '.join('?' * len(chunk))}))")
-            args += (kind, mesh, *chunk)
-            count += len(chunk)
-    if terms:
-        yield from _select_terms(conn, cols, terms, args)
-
-
-def _select_terms(
-    conn: Conn, cols: str, terms: list[str], args: list[str]
-) -> Iterator[tuple[Kind, str, Any]]:
-    cur = conn.execute(f"SELECT kind, mesh, {cols} FROM resources WHERE {' OR '.join(terms)}", args)
-    for r in cur:
-        yield Kind(r[0]), r[1], r[2:]

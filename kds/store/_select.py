@@ -14,18 +14,24 @@ the entry K=V is there exactly when ``, "K": "V", `` occurs: a quote following `
 inside a string (a quote inside one follows a backslash), so the match starts at an entry's
 key and ends at the closing quote of its value. No JSON functions are needed, so the same
 SQL runs on SQLite and PostgreSQL.
+
+``select_key_rows`` reads the rows of many keys at once, a few hundred names a statement.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from kds.model import Key, Kind
+from kds.store._rows import Conn
 from kds.store.results import Clause, Selection
 
-__all__ = ["label_entry", "secrets_named", "selected_sql"]
+__all__ = ["label_entry", "select_key_rows", "selected_sql"]
+
+# Names per ``name IN (...)`` lookup: well under SQLite's oldest limit of 999 variables.
+_IN_NAMES = 500
 
 # The stored labels' entries framed by ", " on both sides (see above).
 _FRAMED = "(', ' || substr(r.labels, 2, length(r.labels) - 2) || ', ')"
@@ -68,17 +74,33 @@ def selected_sql(select: Selection, contains: str) -> tuple[str, list[Any]]:
     return " AND ".join(where), args
 
 
-def secrets_named(engine: Any, names: Collection[str]) -> list[Key]:
-    """ResourceStore.secrets_named on ``engine`` (kds.store._engine.ResourceEngine): one
-    statement over the key columns; no index leads with the name, so the names are matched
-    here rather than in SQL."""
-    wanted = set(names)
-    if not wanted:
-        return []
-    with engine.db.read() as conn:
-        cur = conn.execute(
-            "SELECT kind, mesh, name FROM resources "
-            "WHERE kind IN ('Secret', 'GlobalSecret') AND origin=?",
-            (engine.origin,),
-        )
-        return [Key(Kind(k), m, n) for k, m, n in cur if n in wanted]
+def select_key_rows(conn: Conn, cols: str, keys: Iterable[Key]) -> Iterator[tuple[Kind, str, Any]]:
+    """(kind, mesh, row) for the resources rows of ``keys`` (every origin), each row the
+    columns ``cols`` names: one statement per ``_IN_NAMES`` names, the keys of each kind and
+    mesh in a ``name IN (...)`` term of their own. A zone's one-change batch reads its Secret
+    and that Secret's Mesh: one statement, not one per kind and mesh."""
+    names: dict[tuple[str, str], list[str]] = {}
+    for key in keys:
+        names.setdefault((str(key.kind), key.mesh), []).append(key.name)
+    terms: list[str] = []
+    args: list[str] = []
+    count = 0
+    for (kind, mesh), group in names.items():
+        for i in range(0, len(group), _IN_NAMES):
+            chunk = group[i : i + _IN_NAMES]
+            if count + len(chunk) > _IN_NAMES:
+                yield from _select_terms(conn, cols, terms, args)
+                terms, args, count = [], [], 0
+            terms.append(f"(kind=? AND mesh=? AND name IN ({', '.join('?' * len(chunk))}))")
+            args += (kind, mesh, *chunk)
+            count += len(chunk)
+    if terms:
+        yield from _select_terms(conn, cols, terms, args)
+
+
+def _select_terms(
+    conn: Conn, cols: str, terms: list[str], args: list[str]
+) -> Iterator[tuple[Kind, str, Any]]:
+    cur = conn.execute(f"SELECT kind, mesh, {cols} FROM resources WHERE {' OR '.join(terms)}", args)
+    for r in cur:
+        yield Kind(r[0]), r[1], r[2:]

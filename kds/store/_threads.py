@@ -22,7 +22,7 @@ from kds.model import Key, Kind, Resource
 from kds.protocol.applier import DecodedBatch
 from kds.store._engine import ResourceEngine
 from kds.store._global import GlobalEngine
-from kds.store._select import secrets_named
+from kds.store._names import secrets_named
 from kds.store._zone import ZoneEngine
 from kds.store.results import (
     ChangeRecord,
@@ -133,8 +133,10 @@ class ThreadedResourceStore(Generic[E]):
     async def put(self, resource: Resource, now: str) -> WriteResult:
         return await self._threads.write(self._engine.put, resource, now)
 
-    async def put_many(self, resources: Sequence[Resource], now: str) -> list[WriteResult]:
-        return await self._threads.write(self._engine.put_many, resources, now)
+    async def put_many(
+        self, resources: Sequence[Resource], now: str, kubernetes: Collection[int] = ()
+    ) -> list[WriteResult]:
+        return await self._threads.write(self._engine.put_many, resources, now, kubernetes)
 
     async def delete(self, key: Key) -> WriteResult:
         return await self._threads.write(self._engine.delete, key)

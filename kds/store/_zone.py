@@ -27,9 +27,10 @@ from kds.errors import ReadOnlySynced
 from kds.model import Key, Kind, Resource
 from kds.mtls import secret_refs, synced_mtls_problems
 from kds.protocol.applier import DecodedBatch, OwnMtls, Plan, ZoneView, plan_batch
-from kds.store._engine import ResourceEngine, select_key_rows
+from kds.store._engine import ResourceEngine
 from kds.store._kinds import known_kind
 from kds.store._rows import UPSERT_RESOURCE, Conn, DamagedRow, get_meta, set_meta, set_metas
+from kds.store._select import select_key_rows
 from kds.store.interface import OnCommit
 from kds.store.results import ORIGIN_GLOBAL, ORIGIN_ZONE, SyncState, WriteResult, ZoneApplyResult
 

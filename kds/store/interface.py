@@ -105,8 +105,13 @@ class ResourceStore(Protocol):
         """Write one resource; builtin CA secrets made for a Mesh come in ``also``."""
         ...
 
-    async def put_many(self, resources: Sequence[Resource], now: str) -> list[WriteResult]:
-        """All in one transaction; generated CA secrets follow the given resources' results."""
+    async def put_many(
+        self, resources: Sequence[Resource], now: str, kubernetes: Collection[int] = ()
+    ) -> list[WriteResult]:
+        """All in one transaction; generated CA secrets follow the given resources' results.
+        ``kubernetes``: the positions of the resources in the Kubernetes form, whose Secret
+        and GlobalSecret names are checked in the transaction (NameTaken: one name, one
+        object, kds.kubernetes_names)."""
         ...
 
     async def delete(self, key: Key) -> WriteResult:
