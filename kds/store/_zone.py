@@ -2,7 +2,8 @@
 applying sync batches.
 
 API writes make origin ``zone`` rows, versioned locally (1, 2, ...), with no change log. A
-key held only as global's copy is read-only here. ``apply_batch`` plans a batch with
+key held only as global's copy is read-only here: a write of it that changes nothing is
+answered as unchanged, any other is refused (ReadOnlySynced). ``apply_batch`` plans a batch with
 kds.protocol.applier against the rows it touches, then executes the plan and records the
 applied revision in the same transaction, committed without waiting for the flush to disk
 (``Db.write(durable=False)``): a crash may lose the last batches, but the applied revision
@@ -60,6 +61,18 @@ class ZoneEngine(ResourceEngine):
             raise ReadOnlySynced(
                 f"{key} is synced from global and read-only on this zone: {verb} it on global"
             )
+
+    def _put(
+        self, conn: Conn, resource: Resource, now: str, rows: Mapping[str, Resource] | None = None
+    ) -> WriteResult:
+        if rows is None:
+            rows = self._rows(conn, resource.key)
+        synced = rows.get(ORIGIN_GLOBAL)
+        if ORIGIN_ZONE not in rows and synced is not None and synced.same_content(resource):
+            # Global's copy written back as it is (a listing applied again): nothing changes,
+            # so it is answered as unchanged; any change to it is refused (_check_writable).
+            return WriteResult(synced, changed=False, record=None)
+        return super()._put(conn, resource, now, rows)
 
     def _leaves_a_copy(self, rows: Mapping[str, Resource]) -> bool:
         # A local row that shadows a synced copy leaves that copy in its place.

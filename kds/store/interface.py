@@ -100,7 +100,8 @@ class ResourceStore(Protocol):
         ...
 
     # API writes. Global: each change gets a revision. Zone: zone-local rows only; a key
-    # that only global's copy holds is read-only (ReadOnlySynced).
+    # that only global's copy holds is read-only (ReadOnlySynced), though a put identical to
+    # that copy is unchanged.
     async def put(self, resource: Resource, now: str) -> WriteResult:
         """Write one resource; builtin CA secrets made for a Mesh come in ``also``."""
         ...

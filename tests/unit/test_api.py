@@ -474,7 +474,7 @@ async def test_zone_synced_rows_are_read_only(make_api: MakeApi) -> None:
     for path, body in [
         ("/meshes/default/secrets/synced", {"data": OTHER_B64}),
         ("/global-secrets/gsynced", {"data": OTHER_B64}),
-        ("/meshes/default", {}),
+        ("/meshes/default", {"labels": {"env": "dev"}}),  # a change: unchanged is no error
     ]:
         status, err, _ = await zone.put(path, body)
         assert status == 409, path

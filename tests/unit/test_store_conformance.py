@@ -647,6 +647,21 @@ async def test_synced_only_key_read_only(zstore: ZoneStore) -> None:
     assert row is not None and row.resource.data == b"g" and row.origin == ORIGIN_GLOBAL
 
 
+async def test_synced_copy_written_back_unchanged_changes_nothing(zstore: ZoneStore) -> None:
+    """A put identical to a synced copy is unchanged (no zone-local row, no version); one
+    that differs in anything a user sees stays ReadOnlySynced."""
+    await apply(zstore, dbatch([inc_put(mk(G1, b"g"), 1)], 1), GSID, T0)
+    result = await zstore.put(mk(G1, b"g"), T1)
+    assert not result.changed and not result.created and result.record is None
+    results = await zstore.put_many([mk(G1, b"g")], T1)
+    assert [r.changed for r in results] == [False]
+    with pytest.raises(ReadOnlySynced):
+        await zstore.put(mk(G1, b"g", labels={"team": "a"}), T1)
+    row = await zstore.get(G1)
+    assert row is not None and row.origin == ORIGIN_GLOBAL and row.resource.version == 1
+    assert (await zstore.counts())["GlobalSecret"] == {"global": 1, "zone": 0}
+
+
 async def test_zone_delete_missing_not_found(zstore: ZoneStore) -> None:
     """Deleting a key the zone does not hold at all is NotFound."""
     with pytest.raises(NotFound):

@@ -1,0 +1,76 @@
+"""On a zone, global's copies are read-only, but writing one back as it is changes nothing:
+a PUT or apply of a synced copy identical to what the zone holds is answered as unchanged
+(a zone's listing applied again), while any change to it is still refused (409)."""
+
+from __future__ import annotations
+
+import json
+
+from tests.unit.test_api import (
+    OTHER_B64,
+    SECRET_B64,
+    MakeApi,
+    _apply,
+    _zone_with_synced,
+    make_api,
+)
+
+__all__ = ["make_api"]  # the fixture, used by name
+
+
+async def test_a_synced_copy_written_back_unchanged_is_answered_unchanged(
+    make_api: MakeApi,
+) -> None:
+    zone = await _zone_with_synced(make_api)
+    before = zone.counts()
+    for path, body in [
+        ("/meshes/default/secrets/synced", {"data": SECRET_B64}),
+        ("/global-secrets/gsynced", {"data": SECRET_B64}),
+        ("/meshes/default", {}),
+    ]:
+        status, answer, result = await zone.put(path, body)
+        assert (status, answer, result) == (200, {}, "unchanged"), path
+    assert zone.counts() == before  # no zone-local row made
+    assert zone.writes == []  # nothing committed that changed anything
+    status, got = await zone.get("/meshes/default/secrets/synced")
+    assert got["labels"]["kuma.io/origin"] == "global"  # still global's copy
+
+
+async def test_a_change_to_a_synced_copy_is_still_refused(make_api: MakeApi) -> None:
+    zone = await _zone_with_synced(make_api)
+    for path, body in [
+        ("/meshes/default/secrets/synced", {"data": OTHER_B64}),
+        ("/meshes/default/secrets/synced", {"data": SECRET_B64, "labels": {"team": "a"}}),
+        ("/global-secrets/gsynced", {"data": OTHER_B64}),
+        ("/meshes/default", {"labels": {"env": "dev"}}),
+    ]:
+        status, err, _ = await zone.put(path, body)
+        assert status == 409, (path, body)
+        assert err["title"] == "Conflict"
+        assert (
+            "is synced from global and read-only on this zone: change it on global"
+            in (err["detail"])
+        )
+        assert SECRET_B64 not in json.dumps(err) and OTHER_B64 not in json.dumps(err)
+    assert zone.writes == []
+
+
+async def test_a_zone_listing_applied_again_reports_its_synced_copies_unchanged(
+    make_api: MakeApi,
+) -> None:
+    zone = await _zone_with_synced(make_api)
+    assert (await zone.put("/meshes/default/secrets/local", {"data": OTHER_B64}))[0] == 201
+    synced = {"type": "Secret", "mesh": "default", "name": "synced", "data": SECRET_B64}
+    local = {"type": "Secret", "mesh": "default", "name": "local", "data": OTHER_B64}
+    status, body = await _apply(zone, [synced, local])
+    assert status == 200, body
+    assert [(i["name"], i["result"]) for i in body["items"]] == [
+        ("synced", "unchanged"),
+        ("local", "unchanged"),
+    ]
+    # One item changing a synced copy: the whole apply is refused, as before.
+    changed = {**synced, "data": OTHER_B64}
+    status, body = await _apply(zone, [changed, {**local, "data": SECRET_B64}])
+    assert status == 409, body
+    assert "items[0]" in body["detail"] and "synced from global" in body["detail"]
+    assert (await zone.get("/meshes/default/secrets/local"))[1]["data"] == OTHER_B64
