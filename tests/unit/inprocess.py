@@ -21,7 +21,7 @@ from kds.store import WriteResult
 from kds.store.sqlite import GlobalEngine, SqliteGlobalStore, SqliteZoneStore, ZoneEngine
 from zonecp.client import ZoneClient
 
-__all__ = ["Pair", "ZoneRun", "running_pair", "wait_until"]
+__all__ = ["CallAborted", "FakeCall", "Pair", "ZoneRun", "running_pair", "wait_until"]
 
 
 async def wait_until(pred: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
@@ -129,3 +129,30 @@ async def running_pair(tmp: Path, **servicer_args: Any) -> AsyncIterator[Pair]:
         with contextlib.suppress(asyncio.CancelledError):
             await flusher
         store.close()
+
+
+class CallAborted(Exception):
+    """What grpc's abort raises, ending the handler."""
+
+
+class FakeCall:
+    """Just what the servicer asks of a grpc call: a hello to read, writes, an abort."""
+
+    def __init__(self, token: str, hello: bytes):
+        self._token = token
+        self._messages: asyncio.Queue[Any] = asyncio.Queue()
+        self._messages.put_nowait(hello)
+        self.aborted: tuple[grpc.StatusCode, str] | None = None
+
+    def invocation_metadata(self) -> Any:
+        return (("authorization", f"Bearer {self._token}"),)
+
+    async def read(self) -> Any:
+        return await self._messages.get()
+
+    async def write(self, data: bytes) -> None:
+        pass
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self.aborted = (code, details)
+        raise CallAborted(details)

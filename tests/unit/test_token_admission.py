@@ -15,34 +15,7 @@ import pytest
 from globalcp.gate import HELLOS_PER_ZONE
 from globalcp.tokens import ZoneTokens
 from kds._pb import sync_pb2 as pb
-from tests.unit.inprocess import running_pair
-
-
-class _Aborted(Exception):
-    """What grpc's abort raises, ending the handler."""
-
-
-class _Context:
-    """Just what the servicer asks of a grpc call: a hello to read, writes, an abort."""
-
-    def __init__(self, token: str, hello: bytes):
-        self._token = token
-        self._messages: asyncio.Queue[Any] = asyncio.Queue()
-        self._messages.put_nowait(hello)
-        self.aborted: tuple[grpc.StatusCode, str] | None = None
-
-    def invocation_metadata(self) -> Any:
-        return (("authorization", f"Bearer {self._token}"),)
-
-    async def read(self) -> Any:
-        return await self._messages.get()
-
-    async def write(self, data: bytes) -> None:
-        pass
-
-    async def abort(self, code: grpc.StatusCode, details: str) -> None:
-        self.aborted = (code, details)
-        raise _Aborted(details)
+from tests.unit.inprocess import CallAborted, FakeCall, running_pair
 
 
 @pytest.mark.parametrize("withdraw", ["revoke the token", "remove its signing key"])
@@ -73,7 +46,7 @@ async def test_a_token_withdrawn_while_its_stream_is_admitted_ends_the_stream(
                 resume=pb.ResumePoint(global_store_id=pair.store.store_id, revision=0),
             )
         ).SerializeToString()
-        context = _Context(token, hello)
+        context = FakeCall(token, hello)
         task = asyncio.create_task(pair.servicer.sync(None, context))
         for _ in range(100):
             if pair.store.chain_at is held_chain_at and not gate.is_set():
@@ -87,13 +60,13 @@ async def test_a_token_withdrawn_while_its_stream_is_admitted_ends_the_stream(
         gate.set()
         done, _ = await asyncio.wait([task], timeout=10)
         assert task in done, "the stream kept running"
-        assert isinstance(task.exception(), _Aborted)  # retrieved: not logged when collected
+        assert isinstance(task.exception(), CallAborted)  # retrieved: not logged when collected
         assert context.aborted is not None
         assert context.aborted[0] is grpc.StatusCode.PERMISSION_DENIED
         assert "zone-x" not in pair.servicer.links
 
 
-class _Unread(_Context):
+class _Unread(FakeCall):
     """A call whose messages must not be read: a read fails the test."""
 
     async def read(self) -> Any:
@@ -111,7 +84,7 @@ async def test_a_refused_token_ends_the_stream_before_a_message_is_read(
         await tokens.load()
         pair.servicer.tokens = tokens
         context = _Unread(token, b"")
-        with pytest.raises(_Aborted):
+        with pytest.raises(CallAborted):
             await pair.servicer.sync(None, context)
         assert context.aborted is not None
         assert context.aborted[0] is grpc.StatusCode.UNAUTHENTICATED
@@ -125,13 +98,13 @@ async def test_a_zone_s_token_has_at_most_its_streams_waiting_for_a_hello(
         await tokens.load()
         token, _ = await tokens.issue("zone-x", 3600, dt.datetime.now(dt.UTC))
         pair.servicer.tokens = tokens
-        waiting = [_Context(token, b"") for _ in range(HELLOS_PER_ZONE)]
+        waiting = [FakeCall(token, b"") for _ in range(HELLOS_PER_ZONE)]
         for c in waiting:
             c._messages.get_nowait()  # no hello: each waits for one
         tasks = [asyncio.create_task(pair.servicer.sync(None, c)) for c in waiting]
         await asyncio.sleep(0.1)
-        one_more = _Context(token, b"")
-        with pytest.raises(_Aborted):
+        one_more = FakeCall(token, b"")
+        with pytest.raises(CallAborted):
             await pair.servicer.sync(None, one_more)
         assert one_more.aborted == (
             grpc.StatusCode.RESOURCE_EXHAUSTED,

@@ -8,14 +8,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from pathlib import Path
-from typing import Any
 
 import grpc
 
 from globalcp.token_expiry import TokenExpiry, check_delay
 from globalcp.tokens import ZoneTokens
 from kds._pb import sync_pb2 as pb
-from tests.unit.inprocess import running_pair, wait_until
+from tests.unit.inprocess import CallAborted, FakeCall, running_pair, wait_until
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -86,33 +85,6 @@ async def test_an_expired_token_ends_at_once_and_a_cancelled_expiry_never_ends()
     assert ended == ["past"]
 
 
-class _Aborted(Exception):
-    """What grpc's abort raises, ending the handler."""
-
-
-class _Context:
-    """Just what the servicer asks of a grpc call: a hello to read, writes, an abort."""
-
-    def __init__(self, token: str, hello: bytes):
-        self._token = token
-        self._messages: asyncio.Queue[Any] = asyncio.Queue()
-        self._messages.put_nowait(hello)
-        self.aborted: tuple[grpc.StatusCode, str] | None = None
-
-    def invocation_metadata(self) -> Any:
-        return (("authorization", f"Bearer {self._token}"),)
-
-    async def read(self) -> Any:
-        return await self._messages.get()
-
-    async def write(self, data: bytes) -> None:
-        pass
-
-    async def abort(self, code: grpc.StatusCode, details: str) -> None:
-        self.aborted = (code, details)
-        raise _Aborted(details)
-
-
 async def test_a_live_stream_ends_when_the_wall_clock_passes_its_token_s_exp(
     tmp_path: Path,
 ) -> None:
@@ -133,7 +105,7 @@ async def test_a_live_stream_ends_when_the_wall_clock_passes_its_token_s_exp(
                 resume=pb.ResumePoint(global_store_id=pair.store.store_id, revision=0),
             )
         ).SerializeToString()
-        context = _Context(token, hello)
+        context = FakeCall(token, hello)
         task = asyncio.create_task(pair.servicer.sync(None, context))
         await wait_until(lambda: "zone-x" in pair.servicer.links, 5.0, "the stream admitted")
         await asyncio.sleep(0.3)
@@ -142,7 +114,7 @@ async def test_a_live_stream_ends_when_the_wall_clock_passes_its_token_s_exp(
         wall.now = now + dt.timedelta(hours=2)
         done, _ = await asyncio.wait([task], timeout=5)
         assert task in done, "the stream outlived its token"
-        assert isinstance(task.exception(), _Aborted)
+        assert isinstance(task.exception(), CallAborted)
         assert context.aborted is not None
         assert context.aborted[0] is grpc.StatusCode.UNAUTHENTICATED
         assert context.aborted[1].startswith(f"zone token {info.token_id} expired at ")
