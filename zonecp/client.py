@@ -463,8 +463,14 @@ class ZoneClient:
 
 
 def _describe(exc: BaseException | None) -> str:
+    # A refusal reads the same whichever way it came: as the call's error, or as StreamEnded
+    # when global ended the call before the zone's first write (a token refused before the
+    # hello is read), which was logged as "StreamEnded('PERMISSION_DENIED: ...')".
     if isinstance(exc, grpc.aio.AioRpcError):
         text = f"{exc.code().name}: {exc.details()}"
+        return text + _hint(text)
+    if isinstance(exc, StreamEnded):
+        text = str(exc)
         return text + _hint(text)
     return repr(exc) if exc else ""
 

@@ -11,6 +11,7 @@ import random
 import sqlite3
 from typing import Any
 
+import grpc
 import pytest
 import structlog.testing
 from tenacity import AsyncRetrying
@@ -200,3 +201,15 @@ async def test_conflicts_that_cannot_be_read_after_a_local_write_are_logged_not_
     assert client.status.conflicts == ["known"]
     assert [e["event"] for e in logs] == ["cannot re-read the zone's conflicts"]
     assert "server closed the connection" in logs[0]["error"]
+
+
+def test_a_refusal_reads_the_same_whichever_way_it_ended_the_call() -> None:
+    """Global refuses a bad token before it reads the hello: the zone learns it from its read
+    (the call's error) or, when the call ended before its first write, as StreamEnded. Both
+    are logged and shown as the status code and reason; the second read
+    "StreamEnded('PERMISSION_DENIED: ...')" before."""
+    text = "PERMISSION_DENIED: zone token 1f has been revoked"
+    assert zone_client._describe(StreamEnded(text, grpc.StatusCode.PERMISSION_DENIED)) == text
+    bad_ca = zone_client._describe(StreamEnded("UNAVAILABLE: CERTIFICATE_VERIFY_FAILED"))
+    assert bad_ca.endswith("pass global's DATA_DIR/ca.crt with --ca-file)")
+    assert zone_client._describe(ValueError("x")) == "ValueError('x')"  # unexpected: its type
