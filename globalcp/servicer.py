@@ -139,6 +139,10 @@ class SyncServicer:
             return
         if token is not NO_TOKEN and not await self.gate.may_dial(token.zone, context):
             return
+        # Admitted: headers now, before the hello is read, so the zone writes its hello only
+        # to a stream global will read (a refusal crossing the hello's write reached the
+        # zone as grpc's "Internal error from Core", the reason lost).
+        await context.send_initial_metadata(((wire.ADMITTED_METADATA, "1"),))
         waiting = self.gate.awaiting_hello
         waiting[token.zone] += 1
         try:

@@ -21,7 +21,7 @@
     ├── TokenRefused         (globalcp.tokens) a zone's token was refused: the zone's or its
     │                        operator's to fix; carries the gRPC status the stream ends with
     ├── _EndStream           (globalcp.stream) global ends one zone's stream on purpose; private
-    ├── StreamEnded          (zonecp.client) the zone's sync stream closed: dial again
+    ├── StreamEnded          (zonecp.dial) the zone's sync stream closed: dial again
     ├── HttpError            (kds.api) an answer the API sends as it is (status, title,
     │                        causes); raised in handlers, never leaves the API
     ├── ApiError             (kdsctl.client) the API answered with an error: the request's

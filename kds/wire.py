@@ -70,6 +70,9 @@ PROTOCOL_VERSION = 1
 # The call metadata a zone names itself in, beside its token: global checks the token before
 # it reads the hello, and names the zone this says in the log of a refused token.
 ZONE_METADATA = "kds-zone"
+# The response header global admits a stream with, before it reads a message: the zone
+# writes its hello only after it, so a refusal reaches the zone as its status and reason.
+ADMITTED_METADATA = "kds-admitted"
 
 KIND_TO_PB = {Kind.MESH: pb.MESH, Kind.SECRET: pb.SECRET, Kind.GLOBAL_SECRET: pb.GLOBAL_SECRET}
 PB_TO_KIND = {v: k for k, v in KIND_TO_PB.items()}

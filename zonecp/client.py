@@ -40,7 +40,7 @@ from tenacity import (
 from kds import failpoints, wire
 from kds._pb import sync_pb2 as pb
 from kds.clock import rfc3339
-from kds.errors import KdsError, ProtocolError, StoreError
+from kds.errors import ProtocolError, StoreError
 from kds.grpc_options import client_options
 from kds.logging import debug_enabled
 from kds.protocol.zone_session import State, ZoneSession
@@ -48,6 +48,7 @@ from kds.store import ZoneStore
 from kds.wire import ZONE_METADATA
 from zonecp.batch_log import key_fields, log_rejections, log_repair
 from zonecp.check_answers import CheckAnswers
+from zonecp.dial import StreamEnded, admitted, describe
 from zonecp.read_waits import ReadWaits
 from zonecp.sync_status import DISK_FULL, ZoneSyncStatus, store_problem
 
@@ -62,15 +63,6 @@ STABLE_STREAM_S = 1.0
 # How long a zone whose store failed waits for global to take its report and end the stream.
 REPORT_TIMEOUT = 2.0
 log = structlog.get_logger("zonecp.sync")
-
-
-class StreamEnded(KdsError):
-    """The sync stream closed (global ended it, the network dropped it, global went silent):
-    nobody's mistake to report, a reason to dial again; the dial loop retries."""
-
-    def __init__(self, message: str, code: grpc.StatusCode | None = None):
-        super().__init__(message)
-        self.code = code
 
 
 class ZoneClient:
@@ -217,7 +209,7 @@ class ZoneClient:
         exc = state.outcome.exception() if state.outcome else None
         delay = state.next_action.sleep if state.next_action else 0.0
         self.status.attempts = state.attempt_number
-        self.status.error(_describe(exc))
+        self.status.error(describe(exc))
         expected = isinstance(
             exc, StreamEnded | grpc.aio.AioRpcError | ProtocolError | OSError | StoreError
         )
@@ -229,7 +221,7 @@ class ZoneClient:
             "cannot sync with global: retrying",
             attempt=state.attempt_number,
             retry_in=round(delay, 2),
-            error=_describe(exc),
+            error=describe(exc),
             global_address=self.target,
             exc_info=None if expected else exc,
         )
@@ -281,6 +273,7 @@ class ZoneClient:
             state.chain,
             store_backend=self.store.backend,
         )
+        await admitted(call)
         await call.write(wire.hello_to_pb(hello))
         first = await self._read(call, waits)
         if first is None:
@@ -297,7 +290,7 @@ class ZoneClient:
                     return True
                 await self._receive(call, msg)
         except (StreamEnded, grpc.aio.AioRpcError, asyncio.InvalidStateError) as e:
-            self.status.error(_describe(e) if not isinstance(e, StreamEnded) else str(e))
+            self.status.error(describe(e) if not isinstance(e, StreamEnded) else str(e))
             log.warning("sync stream ended", error=self.status.last_error)
             return True
         finally:
@@ -460,35 +453,3 @@ class ZoneClient:
                     await call.write(self._status_message())
                     await call.done_writing()
                 await call.code()
-
-
-def _describe(exc: BaseException | None) -> str:
-    # A refusal reads the same whichever way it came: as the call's error, or as StreamEnded
-    # when global ended the call before the zone's first write (a token refused before the
-    # hello is read), which was logged as "StreamEnded('PERMISSION_DENIED: ...')".
-    if isinstance(exc, grpc.aio.AioRpcError):
-        text = f"{exc.code().name}: {exc.details()}"
-        return text + _hint(text)
-    if isinstance(exc, StreamEnded):
-        text = str(exc)
-        return text + _hint(text)
-    return repr(exc) if exc else ""
-
-
-def _hint(text: str) -> str:
-    """What to do about a dial error an operator can fix, as a sentence to add to it."""
-    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
-        return (
-            " (global's certificate is not trusted: pass global's DATA_DIR/ca.crt with --ca-file)"
-        )
-    if "WRONG_VERSION_NUMBER" in text or "HTTP_REQUEST" in text:
-        return (
-            " (this looks like an HTTP port, not the sync port"
-            " (global's --kds-address, default 5685))"
-        )
-    if "Hostname Verification Check failed" in text:
-        return (
-            " (global's certificate does not name the host dialled: dial a name it holds (global's"
-            " --tls-names; its own certificate is DATA_DIR/tls/server.crt) or add this host there)"
-        )
-    return ""

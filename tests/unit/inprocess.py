@@ -136,13 +136,18 @@ class CallAborted(Exception):
 
 
 class FakeCall:
-    """Just what the servicer asks of a grpc call: a hello to read, writes, an abort."""
+    """Just what the servicer asks of a grpc call: a hello to read, headers, writes, an
+    abort."""
 
     def __init__(self, token: str, hello: bytes):
         self._token = token
         self._messages: asyncio.Queue[Any] = asyncio.Queue()
         self._messages.put_nowait(hello)
         self.aborted: tuple[grpc.StatusCode, str] | None = None
+        self.headers: tuple[tuple[str, str], ...] | None = None  # the headers sent, if any
+
+    async def send_initial_metadata(self, metadata: Any) -> None:
+        self.headers = tuple(metadata)
 
     def invocation_metadata(self) -> Any:
         return (("authorization", f"Bearer {self._token}"),)

@@ -76,7 +76,7 @@ def test_kdsctl_at_the_sync_port_says_where_the_api_is() -> None:
 
 
 def test_zone_dial_errors_carry_a_hint() -> None:
-    from zonecp.client import _hint
+    from zonecp.dial import hint as _hint
 
     tls = "UNAVAILABLE: ... SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED: unable to get"
     assert "pass global's DATA_DIR/ca.crt with --ca-file" in _hint(tls)

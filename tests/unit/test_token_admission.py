@@ -15,6 +15,7 @@ import pytest
 from globalcp.gate import HELLOS_PER_ZONE
 from globalcp.tokens import ZoneTokens
 from kds._pb import sync_pb2 as pb
+from kds.wire import ADMITTED_METADATA
 from tests.unit.inprocess import CallAborted, FakeCall, running_pair
 
 
@@ -88,6 +89,7 @@ async def test_a_refused_token_ends_the_stream_before_a_message_is_read(
             await pair.servicer.sync(None, context)
         assert context.aborted is not None
         assert context.aborted[0] is grpc.StatusCode.UNAUTHENTICATED
+        assert context.headers is None  # refused with a status alone: no admitting headers
 
 
 async def test_a_zone_s_token_has_at_most_its_streams_waiting_for_a_hello(
@@ -103,6 +105,9 @@ async def test_a_zone_s_token_has_at_most_its_streams_waiting_for_a_hello(
             c._messages.get_nowait()  # no hello: each waits for one
         tasks = [asyncio.create_task(pair.servicer.sync(None, c)) for c in waiting]
         await asyncio.sleep(0.1)
+        # Admitted streams have their headers before their hello is read (the zone writes
+        # its hello only after them); the one refused has none.
+        assert all(c.headers == ((ADMITTED_METADATA, "1"),) for c in waiting)
         one_more = FakeCall(token, b"")
         with pytest.raises(CallAborted):
             await pair.servicer.sync(None, one_more)
@@ -110,6 +115,7 @@ async def test_a_zone_s_token_has_at_most_its_streams_waiting_for_a_hello(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             f"zone 'zone-x' has {HELLOS_PER_ZONE} streams waiting to send their hello",
         )
+        assert one_more.headers is None
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -18,7 +18,9 @@ from tenacity import AsyncRetrying
 
 from kds.errors import StoreUnavailable
 from zonecp import client as zone_client
-from zonecp.client import StreamEnded, ZoneClient
+from zonecp import dial
+from zonecp.client import ZoneClient
+from zonecp.dial import StreamEnded
 
 
 class _Store:
@@ -209,7 +211,7 @@ def test_a_refusal_reads_the_same_whichever_way_it_ended_the_call() -> None:
     are logged and shown as the status code and reason; the second read
     "StreamEnded('PERMISSION_DENIED: ...')" before."""
     text = "PERMISSION_DENIED: zone token 1f has been revoked"
-    assert zone_client._describe(StreamEnded(text, grpc.StatusCode.PERMISSION_DENIED)) == text
-    bad_ca = zone_client._describe(StreamEnded("UNAVAILABLE: CERTIFICATE_VERIFY_FAILED"))
+    assert dial.describe(StreamEnded(text, grpc.StatusCode.PERMISSION_DENIED)) == text
+    bad_ca = dial.describe(StreamEnded("UNAVAILABLE: CERTIFICATE_VERIFY_FAILED"))
     assert bad_ca.endswith("pass global's DATA_DIR/ca.crt with --ca-file)")
-    assert zone_client._describe(ValueError("x")) == "ValueError('x')"  # unexpected: its type
+    assert dial.describe(ValueError("x")) == "ValueError('x')"  # unexpected: its type
