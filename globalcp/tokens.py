@@ -122,7 +122,9 @@ class ZoneTokens:
     async def issue(self, zone: str, valid_for: float, now: dt.datetime) -> tuple[str, TokenInfo]:
         key_name = self.current_key
         token_id = uuid.uuid4().hex
-        expires = now + dt.timedelta(seconds=valid_for)
+        # Whole seconds, as the token's exp claim holds it: the expiry shown (issue answer,
+        # token list, log) is the instant the token stops working, not up to 1 s after it.
+        expires = (now + dt.timedelta(seconds=valid_for)).replace(microsecond=0)
         claims = {
             "iss": self.issuer,
             "sub": zone,

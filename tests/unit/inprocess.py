@@ -17,11 +17,20 @@ import grpc
 from globalcp.hub import Hub
 from globalcp.servicer import SyncServicer
 from globalcp.zones import ZoneTracker
+from kds._pb import sync_pb2 as pb
 from kds.store import WriteResult
 from kds.store.sqlite import GlobalEngine, SqliteGlobalStore, SqliteZoneStore, ZoneEngine
 from zonecp.client import ZoneClient
 
-__all__ = ["CallAborted", "FakeCall", "Pair", "ZoneRun", "running_pair", "wait_until"]
+__all__ = [
+    "CallAborted",
+    "FakeCall",
+    "Pair",
+    "ZoneRun",
+    "resume_hello",
+    "running_pair",
+    "wait_until",
+]
 
 
 async def wait_until(pred: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
@@ -161,3 +170,17 @@ class FakeCall:
     async def abort(self, code: grpc.StatusCode, details: str) -> None:
         self.aborted = (code, details)
         raise CallAborted(details)
+
+
+def resume_hello(zone: str, store_id: str) -> bytes:
+    """A hello of ``zone`` (instance ``ZONE-1``) resuming from revision 0 of ``store_id``,
+    encoded as a FakeCall hands it to the servicer."""
+    return pb.ZoneMessage(
+        hello=pb.Hello(
+            zone=zone,
+            instance_id=f"{zone}-1",
+            software_version="t",
+            protocol_version=1,
+            resume=pb.ResumePoint(global_store_id=store_id, revision=0),
+        )
+    ).SerializeToString()

@@ -14,9 +14,8 @@ import pytest
 
 from globalcp.gate import HELLOS_PER_ZONE
 from globalcp.tokens import ZoneTokens
-from kds._pb import sync_pb2 as pb
 from kds.wire import ADMITTED_METADATA
-from tests.unit.inprocess import CallAborted, FakeCall, running_pair
+from tests.unit.inprocess import CallAborted, FakeCall, resume_hello, running_pair
 
 
 @pytest.mark.parametrize("withdraw", ["revoke the token", "remove its signing key"])
@@ -38,15 +37,7 @@ async def test_a_token_withdrawn_while_its_stream_is_admitted_ends_the_stream(
             return await chain_at(revision)
 
         pair.store.chain_at = held_chain_at  # type: ignore[method-assign]
-        hello = pb.ZoneMessage(
-            hello=pb.Hello(
-                zone="zone-x",
-                instance_id="zone-x-1",
-                software_version="t",
-                protocol_version=1,
-                resume=pb.ResumePoint(global_store_id=pair.store.store_id, revision=0),
-            )
-        ).SerializeToString()
+        hello = resume_hello("zone-x", pair.store.store_id)
         context = FakeCall(token, hello)
         task = asyncio.create_task(pair.servicer.sync(None, context))
         for _ in range(100):

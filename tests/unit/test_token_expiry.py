@@ -10,11 +10,12 @@ import datetime as dt
 from pathlib import Path
 
 import grpc
+import jwt
 
 from globalcp.token_expiry import TokenExpiry, check_delay
-from globalcp.tokens import ZoneTokens
-from kds._pb import sync_pb2 as pb
-from tests.unit.inprocess import CallAborted, FakeCall, running_pair, wait_until
+from globalcp.tokens import TokenRefused, ZoneTokens
+from kds.clock import rfc3339
+from tests.unit.inprocess import CallAborted, FakeCall, resume_hello, running_pair, wait_until
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -96,15 +97,7 @@ async def test_a_live_stream_ends_when_the_wall_clock_passes_its_token_s_exp(
         pair.servicer.tokens = tokens
         wall = _WallClock(now)
         pair.servicer.wall_clock = wall
-        hello = pb.ZoneMessage(
-            hello=pb.Hello(
-                zone="zone-x",
-                instance_id="zone-x-1",
-                software_version="t",
-                protocol_version=1,
-                resume=pb.ResumePoint(global_store_id=pair.store.store_id, revision=0),
-            )
-        ).SerializeToString()
+        hello = resume_hello("zone-x", pair.store.store_id)
         context = FakeCall(token, hello)
         task = asyncio.create_task(pair.servicer.sync(None, context))
         await wait_until(lambda: "zone-x" in pair.servicer.links, 5.0, "the stream admitted")
@@ -119,3 +112,25 @@ async def test_a_live_stream_ends_when_the_wall_clock_passes_its_token_s_exp(
         assert context.aborted[0] is grpc.StatusCode.UNAUTHENTICATED
         assert context.aborted[1].startswith(f"zone token {info.token_id} expired at ")
         assert "zone-x" not in pair.servicer.links
+
+
+async def test_a_token_s_shown_expiry_is_its_exp_claim(tmp_path: Path) -> None:
+    """The token's exp claim holds whole seconds: its expiry was shown with the milliseconds
+    of the issuing instant (expiresAt 03:32:36.528Z), and the refusal then said it expired
+    at 03:32:36.000Z, half a second before the expiry shown."""
+    async with running_pair(tmp_path) as pair:
+        tokens = ZoneTokens(pair.store, "kds-sync")
+        await tokens.load()
+        issued_at = T0 + dt.timedelta(seconds=10, milliseconds=528)
+        token, info = await tokens.issue("zone-x", 1, issued_at)
+        exp = jwt.decode(token, options={"verify_signature": False})["exp"]
+        assert info.expires_at == rfc3339(dt.datetime.fromtimestamp(exp, dt.UTC))
+        assert info.expires_at == "2026-01-01T00:00:11.000Z"
+        listed = [t for t in await pair.store.zone_tokens() if t["id"] == info.token_id]
+        assert [t["expiresAt"] for t in listed] == [info.expires_at]
+        try:
+            tokens.verify(token, "zone-x", issued_at + dt.timedelta(seconds=1))
+        except TokenRefused as e:
+            assert e.reason == f"zone token {info.token_id} expired at {info.expires_at}"
+        else:
+            raise AssertionError("an expired token was accepted")
