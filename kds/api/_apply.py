@@ -22,7 +22,7 @@ from kds import failpoints
 from kds.api._body import json_lines, read_json
 from kds.api._context import API_CONTEXT, ApiContext, size_violation
 from kds.api._errors import HttpError
-from kds.api._labels import take_computed_labels
+from kds.api._labels import synced_claim_problems, take_computed_labels
 from kds.api._resources import (
     MAX_PROBLEMS,
     log_applied,
@@ -205,7 +205,7 @@ class _Items:
         self._count += 1
         if isinstance(item, Mapping) and "apiVersion" in item:
             self.k8s.add(i)
-        doc, label_errs = take_computed_labels(ctx, item)
+        doc, label_errs, claim = take_computed_labels(ctx, item)
         try:
             res = from_document(doc, ctx.limits)
         except InvalidResource as e:
@@ -215,6 +215,7 @@ class _Items:
                 FieldViolation(_item_field(v.field, i in self.k8s), v.message)
                 for v in await new_mesh_name_problems(ctx, res)
             ]
+            label_errs += await synced_claim_problems(ctx, res.key, claim)
         if label_errs:
             self._problems(
                 i,

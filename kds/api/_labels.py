@@ -7,7 +7,10 @@ on the kinds a zone provides, so never on a Mesh). A write may carry these label
 agree with what this control plane would show for it, so a resource read and written back
 as it is (GET then PUT) is accepted, as Kuma accepts its own output; a value that disagrees
 is refused naming the label. They are taken out before the resource is parsed, so nothing
-stores them.
+stores them. On a zone, a copy synced from global shows ``kuma.io/origin: global``: a write
+carrying that label (a zone's GET answer written back) is taken as global's copy written
+back, and holds only where the zone has global's copy of that key (unchanged, or 409 for a
+change, as any write of a synced copy); elsewhere it is refused naming the label.
 """
 
 from __future__ import annotations
@@ -27,9 +30,15 @@ from kds.model import (
     Kind,
     Resource,
 )
-from kds.store import ORIGIN_ZONE
+from kds.store import ORIGIN_GLOBAL, ORIGIN_ZONE
+from kds.store.interface import Key
 
-__all__ = ["ENV_UNIVERSAL", "computed_labels", "take_computed_labels"]
+__all__ = [
+    "ENV_UNIVERSAL",
+    "computed_labels",
+    "synced_claim_problems",
+    "take_computed_labels",
+]
 
 ENV_UNIVERSAL = "universal"
 
@@ -50,12 +59,13 @@ def computed_labels(ctx: ApiContext, resource: Resource, origin: str) -> dict[st
     return labels
 
 
-def _expected(ctx: ApiContext, name: object, mesh_kind: bool) -> dict[str, str]:
-    """The computed labels (kuma.io/mesh aside) a write on this control plane would get."""
-    labels = {LABEL_ORIGIN: "zone" if ctx.role == "zone" else "global"}
+def _expected(ctx: ApiContext, name: object, mesh_kind: bool, synced: bool) -> dict[str, str]:
+    """The computed labels (kuma.io/mesh aside) a write on this control plane would get, or
+    (``synced``) that a zone shows on global's copy."""
+    labels = {LABEL_ORIGIN: "zone" if ctx.role == "zone" and not synced else "global"}
     if isinstance(name, str):
         labels[LABEL_DISPLAY_NAME] = name
-    if ctx.role == "zone" and not mesh_kind:
+    if ctx.role == "zone" and not mesh_kind and not synced:
         labels[LABEL_ENV] = ENV_UNIVERSAL
         if ctx.zone:
             labels[LABEL_ZONE] = ctx.zone
@@ -64,21 +74,27 @@ def _expected(ctx: ApiContext, name: object, mesh_kind: bool) -> dict[str, str]:
 
 def take_computed_labels(
     ctx: ApiContext, doc: object, kind: Kind | None = None, name: str | None = None
-) -> tuple[object, list[FieldViolation]]:
-    """``doc`` (either text form) without the computed labels it carries, and a violation
-    for each that disagrees with what this control plane computes. kuma.io/mesh stays: the
-    text forms check it against the resource's mesh. ``kind`` and ``name``: the path's, when
-    it has them (else the document's type and name); a PUT's body may leave its name out,
-    as the path gives it."""
+) -> tuple[object, list[FieldViolation], str | None]:
+    """``doc`` (either text form) without the computed labels it carries, a violation for
+    each that disagrees with what this control plane computes, and, when ``doc`` shows
+    itself as a zone's copy of global's resource, the origin label's field (for
+    synced_claim_problems to check once the key is known). kuma.io/mesh stays: the text
+    forms check it against the resource's mesh. ``kind`` and ``name``: the path's, when it
+    has them (else the document's type and name); a PUT's body may leave its name out, as
+    the path gives it."""
     if not isinstance(doc, Mapping):
-        return doc, []
+        return doc, [], None
     kubernetes = "apiVersion" in doc or "kind" in doc
     holder: Any = doc.get("metadata") if kubernetes else doc
     labels = holder.get("labels") if isinstance(holder, Mapping) else None
     if not isinstance(labels, Mapping) or not (SYSTEM_LABELS & labels.keys()):
-        return doc, []
+        return doc, [], None
     mesh_kind = (kind or doc.get("kind" if kubernetes else "type")) in (Kind.MESH, "Mesh")
-    expected = _expected(ctx, holder.get("name", name), mesh_kind)
+    synced = ctx.role == "zone" and labels.get(LABEL_ORIGIN) == "global"
+    shown_on = (
+        "a copy synced from global" if synced else f"a {ctx.role} control plane's own resources"
+    )
+    expected = _expected(ctx, holder.get("name", name), mesh_kind, synced)
     prefix = "metadata.labels" if kubernetes else "labels"
     errs = []
     for key in sorted(SYSTEM_LABELS & labels.keys()):
@@ -87,8 +103,7 @@ def take_computed_labels(
             errs.append(
                 FieldViolation(
                     f"{prefix}[{key}]",
-                    f"is set by the control plane and not shown on a {ctx.role} control plane's "
-                    "own resources: leave it out",
+                    f"is set by the control plane and not shown on {shown_on}: leave it out",
                 )
             )
         elif labels[key] != want:
@@ -101,4 +116,27 @@ def take_computed_labels(
             )
     kept = {k: v for k, v in labels.items() if k not in SYSTEM_LABELS}
     new_holder = {**holder, "labels": kept}
-    return ({**doc, "metadata": new_holder} if kubernetes else new_holder), errs
+    claim = f"{prefix}[{LABEL_ORIGIN}]" if synced else None
+    return ({**doc, "metadata": new_holder} if kubernetes else new_holder), errs, claim
+
+
+async def synced_claim_problems(
+    ctx: ApiContext, key: Key, claim: str | None
+) -> list[FieldViolation]:
+    """A write showing itself as global's copy (``claim``: its origin label's field, from
+    take_computed_labels) holds only where this zone has global's copy of ``key``; the
+    store then answers it unchanged, or refuses a change to it (409). Written anywhere else
+    it would make a zone-local resource the label says it is not."""
+    if claim is None:
+        return []
+    row = await ctx.store.get(key)
+    if row is not None and row.origin == ORIGIN_GLOBAL:
+        return []
+    held = "holds no copy of" if row is None else "holds its own"
+    return [
+        FieldViolation(
+            claim,
+            f"is 'global' only on a copy synced from global, and this zone {held} {key}: "
+            "leave it out to write the zone's own",
+        )
+    ]

@@ -24,7 +24,7 @@ from kds import failpoints
 from kds.api._body import int_param, read_json
 from kds.api._context import API_CONTEXT, READ_ONLY_KEY, RESULT_HEADER, ApiContext, size_violation
 from kds.api._errors import HttpError
-from kds.api._labels import computed_labels, take_computed_labels
+from kds.api._labels import computed_labels, synced_claim_problems, take_computed_labels
 from kds.errors import FieldViolation, InvalidResource, NotFound, shown
 from kds.model import (
     Key,
@@ -309,12 +309,13 @@ def put_handler(kind: Kind) -> Handler:
         key = _key(kind, request)
         try:
             body = await read_json(request)
-            doc, label_errs = take_computed_labels(ctx, body, kind, key.name)
+            doc, label_errs, claim = take_computed_labels(ctx, body, kind, key.name)
             try:
                 res = from_json_body(doc, kind, key.name, key.mesh, ctx.limits)
             except InvalidResource as e:
                 raise invalid_resource(key, label_errs + e.errors) from None
             label_errs += await new_mesh_name_problems(ctx, res)
+            label_errs += await synced_claim_problems(ctx, key, claim)
             if label_errs:
                 raise invalid_resource(key, label_errs)
             now = ctx.now()

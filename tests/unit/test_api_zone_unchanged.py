@@ -74,3 +74,47 @@ async def test_a_zone_listing_applied_again_reports_its_synced_copies_unchanged(
     assert status == 409, body
     assert "items[0]" in body["detail"] and "synced from global" in body["detail"]
     assert (await zone.get("/meshes/default/secrets/local"))[1]["data"] == OTHER_B64
+
+
+async def test_a_zone_s_get_answer_put_back_as_it_is_is_unchanged(make_api: MakeApi) -> None:
+    """A zone's GET answer for global's copy shows ``kuma.io/origin: global``; written back as
+    it is (kumactl get -o yaml, then apply) it was refused 400 for that label. It is taken as
+    global's copy written back: unchanged, or 409 for a change, as without the labels."""
+    zone = await _zone_with_synced(make_api)
+    before = zone.counts()
+    for path in ["/meshes/default/secrets/synced", "/global-secrets/gsynced", "/meshes/default"]:
+        status, got = await zone.get(path)
+        assert status == 200 and got["labels"]["kuma.io/origin"] == "global", got
+        assert await zone.put(path, got) == (200, {}, "unchanged"), path
+        status, body = await _apply(zone, [got])
+        assert status == 200 and body["items"][0]["result"] == "unchanged", body
+    _, got = await zone.get("/meshes/default/secrets/synced")
+    status, err, _ = await zone.put("/meshes/default/secrets/synced", {**got, "data": OTHER_B64})
+    assert status == 409 and "synced from global" in err["detail"]
+    assert zone.counts() == before and zone.writes == []
+
+
+async def test_a_write_showing_global_s_origin_where_the_zone_has_no_copy_is_refused(
+    make_api: MakeApi,
+) -> None:
+    """The label would be false on what the write makes (a zone-local resource): refused,
+    naming it."""
+    zone = await _zone_with_synced(make_api)
+    assert (await zone.put("/meshes/default/secrets/local", {"data": OTHER_B64}))[0] == 201
+    shown = {"kuma.io/origin": "global"}
+    for path in ["/meshes/default/secrets/new", "/meshes/default/secrets/local"]:
+        status, err, _ = await zone.put(path, {"data": SECRET_B64, "labels": shown})
+        assert status == 400, (path, err)
+        [cause] = err["invalid_parameters"]
+        assert cause["field"] == "labels[kuma.io/origin]"
+        assert "only on a copy synced from global" in cause["reason"]
+    item = {"type": "Secret", "mesh": "default", "name": "new", "data": SECRET_B64}
+    status, body = await _apply(zone, [{**item, "labels": shown}])
+    assert status == 400 and "items[0].labels[kuma.io/origin]" in json.dumps(body)
+    assert (await zone.get("/meshes/default/secrets/new"))[0] == 404
+    # A synced copy's view carries no zone labels: shown with one, it is refused by name.
+    status, err, _ = await zone.put(
+        "/meshes/default/secrets/synced",
+        {"data": SECRET_B64, "labels": {**shown, "kuma.io/zone": "zone-1"}},
+    )
+    assert status == 400 and "not shown on a copy synced from global" in json.dumps(err)
