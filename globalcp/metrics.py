@@ -108,6 +108,12 @@ class _ZonesCollector(Collector):
             "Synced resources anti-entropy repaired on the zone.",
             ["zone"],
         )
+        slowed = counter(
+            "kds_global_zone_read_slowed_seconds",
+            "Seconds global waited to read the zone's next message: it sent more than its "
+            "stream's byte budget.",
+            ["zone"],
+        )
         for v in views:
             s, z = v.state, [v.state.name]
             online.add_metric(z, 1 if s.online else 0)
@@ -122,6 +128,7 @@ class _ZonesCollector(Collector):
             errors.add_metric(z, s.errors)
             reconnects.add_metric(z, max(0, s.connections - 1))
             repaired.add_metric(z, s.repaired)
+            slowed.add_metric(z, round(s.read_slowed_s, 3))
             for result in ("equal", "repair", "differed", "inconclusive"):
                 checks.add_metric([s.name, result], s.checks.get(result, 0))
             for kind in KINDS:
@@ -144,6 +151,7 @@ class _ZonesCollector(Collector):
             reconnects,
             checks,
             repaired,
+            slowed,
         )
 
 

@@ -256,7 +256,8 @@ class ZoneStream:
 
     def _read_wait(self, wait: float, budget: ReadBudget) -> None:
         """The reader waits ``wait`` seconds before the next message: logged (throttled)
-        with the budget it is over."""
+        with the budget it is over, and counted in the zone's read_slowed seconds."""
+        self.link.status.read_slowed(wait)
         held_back = self._read_wait_log.allow("wait")
         if held_back is not None:
             log.warning(

@@ -87,6 +87,9 @@ class ZoneState:
     problem_at: float = 0.0  # when it first reported that problem
     checks: dict[str, int] = field(default_factory=dict)  # anti-entropy checks by result
     repaired: int = 0  # synced resources anti-entropy repaired on the zone
+    # Seconds global waited before reading the zone's next message, the zone having sent
+    # more than its stream's read budget (kds.protocol.read_budget).
+    read_slowed_s: float = 0.0
     last_check: dict[str, Any] = field(default_factory=dict)  # the last check (see check_done)
     last_repair: dict[str, Any] = field(default_factory=dict)  # the last check that repaired
     # The changes the zone refuses now, as the instance holding its stream last heard: the
@@ -206,6 +209,7 @@ class ZoneStatusView:
             "connections": s.connections,
             "messagesSent": s.messages_sent,
             "messagesAcknowledged": s.messages_acked,
+            "readSlowedSeconds": round(s.read_slowed_s, 3),
             "resources": {
                 kind: {
                     "sent": s.sent[kind],

@@ -86,6 +86,12 @@ class ZoneHandle:
             self._state.last_message_at = self._tracker.clock()
             self._tracker.mark(self._state)
 
+    def read_slowed(self, seconds: float) -> None:
+        """Global waits ``seconds`` before it reads the zone's next message (its budget)."""
+        if self.current:
+            self._state.read_slowed_s += seconds
+            self._tracker.mark(self._state)
+
     def batch_sent(self, seq: int, counts: Mapping[str, int]) -> None:
         """Batch ``seq`` went out with ``counts`` changes of each kind (kept, never changed:
         the mapping may be shared by every stream sending the same part)."""

@@ -295,6 +295,11 @@ def test_a_zone_sending_large_reports_non_stop_is_read_slower_not_cut_off(
     )
     assert slowed and slowed[0]["budget_bytes_per_second"] == RATE, slowed
     assert len(slowed) == 1  # logged once a minute per stream, not once a report
+    # Every wait counted for the zone: most of the flood past its burst was waiting.
+    waited = _metric(g, 'kds_global_zone_read_slowed_seconds_total{zone="zone-raw"}')
+    assert 1.0 <= waited <= flood_seconds + 30, waited
+    overview = g.get_json("/zones/zone-raw/_overview")
+    assert overview["kdsSync"]["readSlowedSeconds"] >= waited, overview
     assert not g.events("zone broke the protocol")
 
 
