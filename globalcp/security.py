@@ -13,7 +13,6 @@ files change). Otherwise it provisions its own:
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import structlog
@@ -23,6 +22,7 @@ from kds.clock import rfc3339
 from kds.config import GlobalConfig
 from kds.config_files import check_files_given
 from kds.errors import ConfigError
+from kds.secret_files import write_secret_file
 from kds.store import GlobalStore
 
 __all__ = ["CA_CERT", "CA_KEY", "check_options", "server_credentials"]
@@ -31,17 +31,6 @@ log = structlog.get_logger("globalcp.security")
 
 CA_KEY = "sync-ca-key"
 CA_CERT = "sync-ca-cert"
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` (0600) atomically: a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 async def _own_ca(store: GlobalStore, data_dir: Path) -> tls.CertPair:
@@ -65,7 +54,7 @@ async def _own_ca(store: GlobalStore, data_dir: Path) -> tls.CertPair:
             log.info("created the sync CA", ca_file=str(data_dir / "ca.crt"))
     ca_file = data_dir / "ca.crt"
     if not ca_file.exists() or ca_file.read_bytes() != ca.cert_pem:
-        _write_private(ca_file, ca.cert_pem)
+        write_secret_file(ca_file, ca.cert_pem)
     return ca
 
 
@@ -92,7 +81,7 @@ async def server_credentials(
     cert_file, key_file = tls_dir / "server.crt", tls_dir / "server.key"
     if not cert_file.exists() or tls.needs_reissue(cert_file.read_bytes(), names):
         pair = tls.issue_server_cert(ca, names)
-        _write_private(key_file, pair.key_pem)
-        _write_private(cert_file, pair.cert_pem)
+        write_secret_file(key_file, pair.key_pem)
+        write_secret_file(cert_file, pair.cert_pem)
         log.info("issued the sync server certificate", names=names)
     return tls.ReloadingServerCredentials(cert_file, key_file)

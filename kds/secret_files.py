@@ -7,11 +7,16 @@ was added, and a key file is made by hand for this daemon alone. Token files and
 keys get a loud warning at every start instead: a token written by shell redirection under
 the usual umask 022 is 0644, and Kubernetes mounts Secret volumes 0644 by default, so
 refusing them would stop daemons that run today.
+
+The files a daemon or kdsctl writes (API tokens, the store marker, the sync CA and server
+certificate, a zone token) are written whole or not at all, crash or power cut
+(``write_secret_file``, ``create_secret_file``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import tempfile
@@ -21,7 +26,14 @@ import structlog
 
 from kds.errors import ConfigError
 
-__all__ = ["check_secret_file", "check_secret_files", "open_mode", "write_secret_file"]
+__all__ = [
+    "check_secret_file",
+    "check_secret_files",
+    "create_secret_file",
+    "open_mode",
+    "sync_dir",
+    "write_secret_file",
+]
 
 log = structlog.get_logger("kds.secret_files")
 
@@ -69,17 +81,65 @@ def check_secret_files(files: dict[str, Path | None]) -> None:
             check_secret_file(path, option)
 
 
-def write_secret_file(path: Path, text: str) -> None:
-    """Write ``text`` to ``path``, mode 0600 from the first byte: a new file is made beside it
-    (O_EXCL, 0600) and renamed over ``path``, so a reader sees the old or the new whole."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent or Path("."), prefix=f".{path.name}.")
+def sync_dir(directory: Path) -> None:
+    """Flush ``directory``'s entries to disk: a file renamed or linked into it is there after
+    a power cut only once its directory is synced. A file system that cannot sync a
+    directory (EINVAL) has nothing to flush."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+    finally:
+        os.close(fd)
+
+
+def _written_beside(path: Path, data: bytes) -> str:
+    """A new file beside ``path`` (O_EXCL, 0600 from the first byte) holding ``data``,
+    flushed to disk: its name."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def _bytes(text: str | bytes) -> bytes:
+    return text.encode() if isinstance(text, str) else text
+
+
+def write_secret_file(path: Path, text: str | bytes) -> None:
+    """Write ``text`` to ``path``, mode 0600 from the first byte: a new file is made beside it,
+    flushed, and renamed over ``path``, then the directory is synced. A reader, or a start
+    after a crash or a power cut, sees the old file or the new one whole, never a part."""
+    tmp = _written_beside(path, _bytes(text))
+    try:
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    sync_dir(path.parent)
+
+
+def create_secret_file(path: Path, text: str | bytes) -> bool:
+    """Make ``path`` holding ``text`` (0600) unless it exists: False, and nothing written,
+    if it does. As write_secret_file, the name appears only once the file is whole and on
+    disk (a file created in place, then written, was left empty by a crash in between)."""
+    tmp = _written_beside(path, _bytes(text))
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    sync_dir(path.parent)
+    return True

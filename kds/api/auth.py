@@ -9,14 +9,13 @@ resources without their secret data. Tokens are compared in constant time.
 from __future__ import annotations
 
 import hmac
-import os
 import secrets
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
 from kds.errors import ConfigError
-from kds.secret_files import check_secret_file
+from kds.secret_files import check_secret_file, create_secret_file
 
 __all__ = ["ApiTokens", "Role", "check_api_token_files", "load_api_tokens", "token_changes"]
 
@@ -51,9 +50,7 @@ def _token_file(given: Path | None, default: Path, option: str) -> tuple[str, Pa
     open (warned). An emptied or hand-written default file was taken as it was: an empty one
     left the API without that token, and a start or reload said nothing of it."""
     if given is None and not default.exists():
-        fd = os.open(default, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32) + "\n")
+        create_secret_file(default, secrets.token_urlsafe(32) + "\n")
     path = given if given is not None else default
     token = _read_token(path, option, made=given is None)
     check_secret_file(path, option)

@@ -2,15 +2,16 @@
 
 A store found missing or empty where the marker names one is refused (each backend says how
 to recover), not silently replaced by a new empty store whose emptiness every zone would
-then follow. Written atomically (a temporary file, fsynced, renamed over), mode 0600.
+then follow. Written atomically (a temporary file, fsynced, renamed over, its directory synced), mode
+0600.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from kds.errors import StoreError
+from kds.secret_files import write_secret_file
 
 __all__ = ["held_store", "write_marker"]
 
@@ -28,12 +29,6 @@ def write_marker(marker: Path, store_id: str) -> None:
     try:
         if marker.exists() and marker.read_text().strip() == store_id:
             return
-        tmp = marker.with_name(marker.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(store_id + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, marker)
+        write_secret_file(marker, store_id + "\n")
     except OSError as e:
         raise StoreError(f"cannot write the store marker {marker}: {e.strerror}") from e

@@ -1,0 +1,88 @@
+"""Files a daemon writes beside its store (API tokens, the store marker, the sync CA and
+server certificate, kdsctl's token file) survive a crash: a name never points at a file
+not fully written, and a rename is made durable by syncing its directory."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kds.api.auth import load_api_tokens
+from kds.secret_files import write_secret_file
+from kds.store._marker import write_marker
+
+# A child process that makes the API token files and is SIGKILLed while the first one's
+# bytes are written: what a crash (or a power cut before the data reached the disk) leaves.
+_KILLED_WHILE_WRITING = """
+import os, signal, sys
+from pathlib import Path
+
+real = os.fdopen
+
+class Dies:
+    def __init__(self, f): self.f = f
+    def __enter__(self): return self
+    def __exit__(self, *a): return self.f.__exit__(*a)
+    def write(self, _): os.kill(os.getpid(), signal.SIGKILL)
+    def __getattr__(self, name): return getattr(self.f, name)
+
+os.fdopen = lambda fd, *a, **k: Dies(real(fd, *a, **k))
+from kds.api.auth import load_api_tokens
+load_api_tokens(Path(sys.argv[1]), None, None)
+"""
+
+
+def test_an_api_token_file_cut_off_by_a_crash_does_not_stop_the_next_start(
+    tmp_path: Path,
+) -> None:
+    """Made in place (created, then written), a crash between the two left an empty
+    admin-token, and every later start was refused ('the token must be at least 16
+    characters'). The token is written to a file of its own and linked into place whole."""
+    done = subprocess.run([sys.executable, "-c", _KILLED_WHILE_WRITING, str(tmp_path)])
+    assert done.returncode == -9
+    tokens = load_api_tokens(tmp_path, None, None)
+    assert len(tokens.admin) >= 40
+    assert (tmp_path / "admin-token").read_text().strip() == tokens.admin
+    assert stat.S_IMODE((tmp_path / "admin-token").stat().st_mode) == 0o600
+
+
+def test_an_api_token_file_made_at_start_is_never_replaced(tmp_path: Path) -> None:
+    first = load_api_tokens(tmp_path, None, None)
+    assert load_api_tokens(tmp_path, None, None) == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["admin-token", "read-only-token"]
+
+
+def _synced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What os.fsync is called on, from now on: 'dir NAME' or 'file NAME'."""
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        st = os.fstat(fd)
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        synced.append(f"{'dir' if stat.S_ISDIR(st.st_mode) else 'file'} {name}")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced
+
+
+def test_each_file_written_beside_the_store_is_synced_with_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file fsynced and renamed into place but whose directory was not synced may be
+    gone, or the old one back, after a power cut: the store marker, kdsctl's token file."""
+    synced = _synced(monkeypatch)
+    load_api_tokens(tmp_path, None, None)
+    write_marker(tmp_path / "global.db.id", "a" * 32)
+    write_secret_file(tmp_path / "zone.token", "token\n")
+    names = ("admin-token", "read-only-token", "global.db.id", "zone.token")
+    assert all((tmp_path / name).exists() for name in names)
+    assert synced.count(f"dir {tmp_path}") == 4, synced
+    assert len([s for s in synced if s.startswith("file ")]) == 4, synced
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
