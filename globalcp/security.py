@@ -8,7 +8,8 @@ files change). Otherwise it provisions its own:
   ``DATA_DIR/ca.crt`` that zones are given with ``--ca-file``;
 - a server certificate signed by that CA for ``--tls-names`` (default: this host's name,
   localhost and its addresses), in ``DATA_DIR/tls/``, reissued at start when it expires within
-  30 days or the names changed.
+  30 days, the names changed, or the two files do not form a pair (a start cut off
+  between writing them).
 """
 
 from __future__ import annotations
@@ -67,6 +68,22 @@ def check_options(cfg: GlobalConfig) -> None:
         tls.check_files(cfg.tls_cert_file, cfg.tls_key_file, "--tls-cert-file", "--tls-key-file")
 
 
+def _needs_issuing(cert_file: Path, key_file: Path, names: list[str]) -> bool:
+    """Whether the server certificate in ``tls/`` must be issued (again): missing, expiring,
+    for other names, or not a pair with its key. The key and the certificate are two files
+    renamed into place one after the other; a crash between the two (a reissue for new
+    names) left a new key beside the old certificate, and the start was refused for it."""
+    if not cert_file.exists():
+        return True
+    try:
+        cert = cert_file.read_bytes()
+        tls.check_pair(cert, key_file.read_bytes(), str(cert_file.parent))
+    except (OSError, ConfigError) as e:
+        log.warning("the sync server certificate cannot be used: issuing it again", error=str(e))
+        return True
+    return tls.needs_reissue(cert, names)
+
+
 async def server_credentials(
     cfg: GlobalConfig, store: GlobalStore, data_dir: Path
 ) -> tls.ReloadingServerCredentials:
@@ -79,7 +96,7 @@ async def server_credentials(
     tls_dir = data_dir / "tls"
     tls_dir.mkdir(mode=0o700, exist_ok=True)
     cert_file, key_file = tls_dir / "server.crt", tls_dir / "server.key"
-    if not cert_file.exists() or tls.needs_reissue(cert_file.read_bytes(), names):
+    if _needs_issuing(cert_file, key_file, names):
         pair = tls.issue_server_cert(ca, names)
         write_secret_file(key_file, pair.key_pem)
         write_secret_file(cert_file, pair.cert_pem)

@@ -4,6 +4,7 @@ not fully written, and a rename is made durable by syncing its directory."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 import subprocess
@@ -12,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from globalcp.security import server_credentials
+from kds import tls
 from kds.api.auth import load_api_tokens
+from kds.config import GlobalConfig
 from kds.secret_files import write_secret_file
 from kds.store._marker import write_marker
 
@@ -86,3 +90,41 @@ def test_each_file_written_beside_the_store_is_synced_with_its_directory(
     assert synced.count(f"dir {tmp_path}") == 4, synced
     assert len([s for s in synced if s.startswith("file ")]) == 4, synced
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+class _Store:
+    """The internal secrets security.py reads and adds (the sync CA)."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, bytes] = {}
+
+    async def internal_secrets(self, prefix: str = "") -> dict[str, bytes]:
+        return {k: v for k, v in self.held.items() if k.startswith(prefix)}
+
+    async def add_internal_secrets(self, secrets: dict[str, bytes], now: str) -> dict[str, bytes]:
+        for k, v in secrets.items():
+            self.held.setdefault(k, v)
+        return {k: self.held[k] for k in secrets}
+
+
+def test_a_server_certificate_and_key_left_apart_by_a_crash_are_issued_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key and the certificate are two files, each renamed into place: a crash between
+    the two renames (a reissue for new names) left the new key beside the old certificate,
+    and every later start was refused ('the key does not match the certificate', naming
+    --tls-cert-file, which was never given). So was a certificate file that does not parse."""
+    store = _Store()
+    cfg = GlobalConfig(tls_names=("localhost",))
+    asyncio.run(server_credentials(cfg, store, tmp_path))  # type: ignore[arg-type]
+    cert, key = tmp_path / "tls" / "server.crt", tmp_path / "tls" / "server.key"
+    synced = _synced(monkeypatch)
+    other = tls.issue_server_cert(tls.make_ca("another"), ["localhost"])
+    key.write_bytes(other.key_pem)  # the new key in place, the certificate not yet
+    creds = asyncio.run(server_credentials(cfg, store, tmp_path))  # type: ignore[arg-type]
+    tls.check_pair(cert.read_bytes(), key.read_bytes(), "reissued")
+    assert creds.pair.cert == cert.read_bytes()
+    assert f"dir {tmp_path / 'tls'}" in synced
+    cert.write_bytes(b"")
+    asyncio.run(server_credentials(cfg, store, tmp_path))  # type: ignore[arg-type]
+    tls.check_pair(cert.read_bytes(), key.read_bytes(), "reissued")
