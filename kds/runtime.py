@@ -37,6 +37,7 @@ import structlog
 from kds import failpoints, memory
 from kds.errors import ConfigError
 from kds.notify import Notifier
+from kds.secret_files import sync_dir
 
 __all__ = [
     "GC_YOUNG_THRESHOLD",
@@ -166,7 +167,13 @@ def ensure_private_dir(path: Path) -> Path:
     """Create the data dir (0700) and lock it for this process's lifetime: two daemons on one
     store would both serve and sync it, so the second is refused, naming the first's pid."""
     try:
+        made = [d for d in (path, *path.parents) if not d.exists()]
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # A directory made now is in its parent only once the parent is synced: the store's
+        # own syncs cover the files in the data dir, not the data dir's entry, so a power
+        # cut after a first start could take the whole data dir (store, marker, CA, tokens).
+        for d in reversed(made):
+            sync_dir(d.parent)
         os.chmod(path, 0o700)
         fd = os.open(path / "LOCK", os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as e:

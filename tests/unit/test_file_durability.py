@@ -17,6 +17,7 @@ from globalcp.security import server_credentials
 from kds import tls
 from kds.api.auth import load_api_tokens
 from kds.config import GlobalConfig
+from kds.runtime import ensure_private_dir
 from kds.secret_files import write_secret_file
 from kds.store._marker import write_marker
 
@@ -128,3 +129,11 @@ def test_a_server_certificate_and_key_left_apart_by_a_crash_are_issued_again(
     cert.write_bytes(b"")
     asyncio.run(server_credentials(cfg, store, tmp_path))  # type: ignore[arg-type]
     tls.check_pair(cert.read_bytes(), key.read_bytes(), "reissued")
+
+
+def test_a_data_dir_made_at_first_start_is_synced_into_its_parent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced = _synced(monkeypatch)
+    ensure_private_dir(tmp_path / "var" / "kds")
+    assert synced == [f"dir {tmp_path}", f"dir {tmp_path / 'var'}"]
