@@ -455,3 +455,19 @@ def test_only_a_lost_connection_counts_as_the_server_away() -> None:
     assert connection_lost(psycopg.errors.ConnectionFailure())
     assert not connection_lost(psycopg.errors.SerializationFailure())
     assert not connection_lost(psycopg.errors.QueryCanceled())
+
+
+def test_a_durable_write_waits_for_the_flush_even_where_the_server_turns_it_off() -> None:
+    """A server, database or role set to synchronous_commit=off had every write global
+    acknowledged committed without waiting for the WAL flush: a PostgreSQL crash lost it.
+    Durable writes now run with it on; a zone's batches still skip the wait."""
+    off = shared_server().url + "?options=-c%20synchronous_commit%3Doff"
+    target = PgTarget(off, "u" + uuid.uuid4().hex[:12])
+    engine = PgZoneEngine(target)
+    try:
+        with engine.db.write() as conn:
+            assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",)
+        with engine.db.write(durable=False) as conn:
+            assert conn.execute("SHOW synchronous_commit").fetchone() == ("off",)
+    finally:
+        engine.close()

@@ -291,6 +291,10 @@ class Database:
 
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
         conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.target.schema)))
+        # A write answered is flushed: a server, database or role set to synchronous_commit
+        # off would lose acknowledged writes in a crash (stronger settings are kept).
+        if conn.execute("SHOW synchronous_commit").fetchone() == ("off",):
+            conn.execute("SET synchronous_commit TO on")
         conn.commit()
 
     @contextmanager
