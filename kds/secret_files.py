@@ -138,6 +138,12 @@ def create_secret_file(path: Path, text: str | bytes) -> bool:
         os.link(tmp, path)
     except FileExistsError:
         return False
+    except OSError:
+        # A file system without hard links: renamed instead. The data dir's lock keeps any
+        # other daemon from making the same file meanwhile.
+        if path.exists():
+            return False
+        os.replace(tmp, path)
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

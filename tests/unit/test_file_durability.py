@@ -5,6 +5,7 @@ not fully written, and a rename is made durable by syncing its directory."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import stat
 import subprocess
@@ -59,6 +60,18 @@ def test_an_api_token_file_cut_off_by_a_crash_does_not_stop_the_next_start(
 def test_an_api_token_file_made_at_start_is_never_replaced(tmp_path: Path) -> None:
     first = load_api_tokens(tmp_path, None, None)
     assert load_api_tokens(tmp_path, None, None) == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["admin-token", "read-only-token"]
+
+
+def test_an_api_token_file_is_made_where_the_file_system_has_no_hard_links(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_links(src: str, dst: str) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    tokens = load_api_tokens(tmp_path, None, None)
+    assert (tmp_path / "admin-token").read_text().strip() == tokens.admin
     assert sorted(p.name for p in tmp_path.iterdir()) == ["admin-token", "read-only-token"]
 
 
