@@ -7,9 +7,9 @@ from the old one are dropped, so two streams never write status for one zone.
 
 Status lives in memory and is saved to the store (table zone_status) by a background flusher:
 at once after a connect, a disconnect or an error, otherwise at most once per flush interval,
-all dirty zones in one transaction. A crash loses at most that interval of counter updates;
-the connection facts are saved before anything else happens on the stream. After a restart
-every zone is Offline until its stream comes back.
+all dirty zones in one transaction. A crash loses at most that interval of counter updates,
+and a connect, disconnect or error of the last milliseconds (the flusher is woken for it, not
+waited for). After a restart every zone is Offline until its stream comes back.
 
 What a zone sent is bounded before it is kept (kds.text): an error or disconnect reason at
 ERROR_CHARS characters, escaped; the problem a zone reports (why it is failing, e.g. its disk
