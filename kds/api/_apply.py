@@ -226,7 +226,7 @@ class _Items:
             )
             return
         if len(self.warnings) < MAX_PROBLEMS:
-            self.warnings += write_warnings(item, res, f"items[{i}]: ")
+            self.warnings += write_warnings(ctx, item, res, f"items[{i}]: ")
         too_big = size_violation(ctx, res, self.now, f"items[{i}].")
         if too_big:
             self._problems(i, [too_big])

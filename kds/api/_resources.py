@@ -36,7 +36,7 @@ from kds.model import (
     to_kubernetes,
     validate_mesh_name,
 )
-from kds.mtls import conf_alias_warnings
+from kds.mtls import conf_alias_warnings, is_builtin_secret_name
 from kds.resource import LABEL_ZONE
 from kds.store import ORIGIN_GLOBAL, ORIGIN_ZONE, Clause, Row, Selection, WriteResult
 from kds.store.results import Origin
@@ -271,10 +271,24 @@ async def new_mesh_name_problems(ctx: ApiContext, res: Resource) -> list[FieldVi
     return validate_mesh_name(res.name)
 
 
-def write_warnings(body: object, resource: Resource, prefix: str = "") -> list[str]:
+def write_warnings(
+    ctx: ApiContext, body: object, resource: Resource, prefix: str = ""
+) -> list[str]:
     """What a write did that its author may not expect, said in its answer (Kuma's
     ``warnings``)."""
     warnings = []
+    if (
+        ctx.role == "zone"
+        and resource.kind is Kind.SECRET
+        and is_builtin_secret_name(resource.mesh, resource.name)
+    ):
+        # The conflict rule keeps the zone's own secret in place of global's copy: global's
+        # builtin CA of that name would never reach this zone's copy of the Mesh.
+        warnings.append(
+            f"{prefix}{resource.key} has the name global gives a builtin mTLS CA's secret in "
+            f"mesh {resource.mesh!r}: if global's Mesh has or gets that backend, this zone keeps "
+            "this secret in place of global's and its copy of the Mesh uses it as its CA"
+        )
     if resource.kind is Kind.MESH and isinstance(body, Mapping):
         spec = body.get("spec") if "apiVersion" in body else body
         warnings += conf_alias_warnings(spec, prefix)
@@ -348,7 +362,7 @@ def put_handler(kind: Kind) -> Handler:
         else:
             log.debug("resource unchanged", type=str(kind), mesh=key.mesh, name=key.name)
         outcome = "created" if created else "updated" if result.changed else "unchanged"
-        warnings = write_warnings(body, res)
+        warnings = write_warnings(ctx, body, res)
         return web.json_response(
             {"warnings": warnings} if warnings else {},
             status=201 if created else 200,

@@ -118,3 +118,25 @@ async def test_a_write_showing_global_s_origin_where_the_zone_has_no_copy_is_ref
         {"data": SECRET_B64, "labels": {**shown, "kuma.io/zone": "zone-1"}},
     )
     assert status == 400 and "not shown on a copy synced from global" in json.dumps(err)
+
+
+async def test_a_zone_secret_named_as_global_s_builtin_ca_is_written_with_a_warning(
+    make_api: MakeApi,
+) -> None:
+    """The conflict rule keeps a zone's own secret in place of global's copy: one named as
+    global names a builtin CA's secret would stand in for that CA on this zone. The write
+    is made (its name is the zone's to choose) and its answer says so."""
+    zone = await _zone_with_synced(make_api)
+    path = "/meshes/default/secrets/default.ca-builtin-cert-ca-1"
+    status, answer, _ = await zone.put(path, {"data": OTHER_B64})
+    assert status == 201
+    [warning] = answer["warnings"]
+    assert "name global gives a builtin mTLS CA's secret in mesh 'default'" in warning
+    item = {"type": "Secret", "mesh": "default", "name": "default.ca-builtin-key-ca-1"}
+    status, body = await _apply(zone, [{**item, "data": OTHER_B64}])
+    assert status == 200 and body["warnings"][0].startswith("items[0]: Secret"), body
+    # Any other name, or the same name on global, is written without it.
+    assert (await zone.put("/meshes/default/secrets/ca-cert", {"data": OTHER_B64}))[1] == {}
+    on_global = await make_api("global")
+    assert (await on_global.put("/meshes/default", {}))[0] == 201
+    assert (await on_global.put(path, {"data": OTHER_B64}))[:2] == (201, {})
