@@ -20,7 +20,7 @@ from tests.integration.proxy import Proxy
 
 pytestmark = pytest.mark.integration
 
-# The seed document's examples, exactly as written there (secrets.md, "Example").
+# The user documentation's mTLS examples, exactly as it writes them (provided CA, "Example").
 SEED_UNIVERSAL = """\
 type: Mesh
 name: default

@@ -26,7 +26,7 @@ from kds.store import GlobalStore, open_global_store
 from kdsctl import apply as kdsctl_apply
 from kdsctl.cli import cli
 
-# The examples of secrets.md, as written there (the namespace template filled in).
+# The Secrets user documentation's examples, as written there (the namespace template filled in).
 UNIVERSAL = """\
 type: Secret
 mesh: default

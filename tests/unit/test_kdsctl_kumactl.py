@@ -105,7 +105,7 @@ def test_apply_prints_the_servers_warnings(server: Server) -> None:
 
 
 def test_apply_warns_of_config_as_the_api_does(server: Server) -> None:
-    """A Mesh backend given ``config`` (the seed document's spelling) is stored as ``conf``;
+    """A Mesh backend given ``config`` (a spelling some documentation uses) is stored as ``conf``;
     kdsctl sends it so, so it says what the API says of such a body, in both text forms."""
     backend = "backends: [{name: ca-1, type: builtin, config: {caCert: {expiration: 1y}}}]"
     universal = f"type: Mesh\nname: m1\nmtls:\n  {backend}\n"

@@ -166,7 +166,7 @@ def test_documented_mtls_meshes_are_kept_as_given(text: str) -> None:
 
 
 def test_the_seed_spelling_config_is_accepted_and_returned_as_conf() -> None:
-    """``config`` (the seed document's spelling, which real Kuma silently drops) still works,
+    """``config`` (a spelling some documentation uses, which real Kuma silently drops) still works,
     and is kept as ``conf``, Kuma's key; both at once is refused."""
     doc = yaml.safe_load(BUILTIN_UNIVERSAL)
     backend = doc["mtls"]["backends"][0]
