@@ -8,8 +8,9 @@ The client is the standard library's ``http.client``: kdsctl sends a few JSON re
 run, and importing a full HTTP library cost more than the rest of a ``kdsctl get`` together
 (about 70 ms of a 150 ms call). It verifies the server's certificate and host name (the
 system's CAs, or --ca-file's), keeps one connection open for a command's requests, applies
---timeout to connecting and to every read, and honours ``HTTP_PROXY``, ``HTTPS_PROXY`` and
-``NO_PROXY`` as other HTTP clients do (a CONNECT tunnel for https:// APIs).
+--timeout to connecting and to every answer as a whole (kdsctl.answers, which also bounds
+its size), and honours ``HTTP_PROXY``, ``HTTPS_PROXY`` and ``NO_PROXY`` as other HTTP
+clients do (a CONNECT tunnel for https:// APIs).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import click
 from kds.errors import KdsError
 from kds.resource import Kind
 from kds.text import safe_text
+from kdsctl.answers import MAX_ANSWER_BYTES, SlowAnswer, paced, too_large
 
 __all__ = [
     "MAX_ANSWER_BYTES",
@@ -306,10 +308,11 @@ class ApiClient:
                     f"request to {url} failed: the server closed the connection without an "
                     f"answer{_closed_hint(reused, method)}"
                 ) from None
-            except TimeoutError:
+            except TimeoutError as e:
                 self.close()
+                what, came = ("no whole", f"; {e}") if isinstance(e, SlowAnswer) else ("no", "")
                 raise ApiUnreachable(
-                    f"no answer from {url} within {timeout:g}s (see --timeout)"
+                    f"{what} answer from {url} within {timeout:g}s (see --timeout){came}"
                 ) from None
             except (http.client.HTTPException, OSError) as e:
                 self.close()
@@ -352,17 +355,18 @@ class ApiClient:
         conn.request(
             method, request_target, body=payload, headers={**headers, **self._proxy_headers}
         )
+        conn.response_class = paced(timeout)  # the whole answer within it, not each read
         raw = conn.getresponse()
         url = f"{self.shown_url}{path}"
         limit = self.max_answer_bytes
         length = raw.getheader("Content-Length", "")
         if length.isdigit() and int(length) > limit:
             self.close()
-            raise ApiUnreachable(_too_large(method, url, limit, f"{int(length)} bytes"))
+            raise ApiUnreachable(too_large(method, url, limit, f"{int(length)} bytes"))
         content = raw.read(limit + 1)
         if len(content) > limit:
             self.close()
-            raise ApiUnreachable(_too_large(method, url, limit, "more"))
+            raise ApiUnreachable(too_large(method, url, limit, "more"))
         self._answered += 1
         self._last_answer = time.monotonic()
         if raw.will_close or not raw.isclosed():
@@ -401,20 +405,9 @@ def duration_param(ctx: click.Context, param: click.Parameter, value: str) -> fl
         raise click.BadParameter(str(e)) from None
 
 
-# The largest answer kdsctl reads: a page of 1000 secrets at the default 1 MiB value limit
-# is about 1.4 GB, but lists of large secrets are paged smaller (--size); a server that
-# sends more is refused rather than let fill kdsctl's memory.
-MAX_ANSWER_BYTES = 256 * 1024 * 1024
 # A kept-alive connection idle this long is not used again: the API closes one idle for 30 s
 # (kds.api._connections), and a write sent as it does so would end without an answer.
 REUSE_IDLE_S = 15.0
-
-
-def _too_large(method: str, url: str, limit: int, size: str) -> str:
-    return (
-        f"{method} {url}: the answer ({size}) is larger than {limit} bytes, kdsctl's limit "
-        "for one answer; list large secrets a page at a time with --size"
-    )
 
 
 def _tls_context(verify: ssl.SSLContext | bool) -> ssl.SSLContext:

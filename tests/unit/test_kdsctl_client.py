@@ -8,6 +8,7 @@ import base64
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 
@@ -217,6 +218,56 @@ def test_no_answer_within_the_timeout(
             client.get("/meshes")
     finally:
         done.set()
+        client.close()
+
+
+def test_an_answer_trickled_a_byte_at_a_time_ends_after_the_timeout(
+    scripted: Callable[..., Scripted], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each byte well within the timeout, the answer far past it: the timeout bounds the
+    answer, not each read of it (before, this held the client 0.05 s per byte: 6 s)."""
+    clear_proxy_env(monkeypatch)
+    done = threading.Event()
+
+    def trickle(conn: socket.socket, heads: list[bytes]) -> None:
+        heads.append(_read_head(conn))
+        for byte in _answer(body=OK + b" " * 80):
+            if done.wait(0.05):
+                return
+            conn.sendall(bytes([byte]))
+
+    api = scripted(trickle)
+    client = ApiClient(f"http://127.0.0.1:{api.port}", timeout=0.5)
+    start = time.monotonic()
+    try:
+        with pytest.raises(ApiUnreachable, match=r"no whole answer from .*/meshes within 0\.5s"):
+            client.get("/meshes")
+        assert time.monotonic() - start < 2
+    finally:
+        done.set()
+        client.close()
+
+
+def test_a_large_answer_may_take_longer_than_the_timeout_at_a_steady_pace(
+    scripted: Callable[..., Scripted], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second more per MiB: 3 MiB sent over 0.6 s arrives with a 0.2 s timeout."""
+    clear_proxy_env(monkeypatch)
+    body = json.dumps({"items": ["x" * 1024] * 3 * 1024}).encode()
+
+    def steady(conn: socket.socket, heads: list[bytes]) -> None:
+        heads.append(_read_head(conn))
+        answer = _answer(body=body, close=True)
+        step = len(answer) // 12 + 1
+        for i in range(0, len(answer), step):
+            time.sleep(0.05)
+            conn.sendall(answer[i : i + step])
+
+    api = scripted(steady)
+    client = ApiClient(f"http://127.0.0.1:{api.port}", timeout=0.2)
+    try:
+        assert len(client.get("/meshes")["items"]) == 3 * 1024
+    finally:
         client.close()
 
 
