@@ -13,12 +13,13 @@ without their data. Each write logs one line naming the resource, never its data
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from kds import failpoints
 from kds.api._body import int_param, read_json
@@ -238,12 +239,25 @@ def list_handler(kind: Kind, all_meshes: bool = False) -> Handler:
         items = [_render(ctx, r, request, k8s) for r in page]
         next_url = None
         if offset + size < total:
-            next_url = str(
-                request.url.update_query({"offset": str(offset + size), "size": str(size)})
-            )
+            next_url = _next_url(request, offset + size, size)
         return web.json_response({"total": total, "items": items, "next": next_url})
 
     return handler
+
+
+# A Host header the next page's URL may name: a name or address, or a bracketed IPv6
+# address, and a port.
+_HOST = re.compile(r"(?:[A-Za-z0-9._-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?", re.ASCII)
+
+
+def _next_url(request: web.Request, offset: int, size: int) -> str:
+    """The next page's URL, on the host the request named (as Kuma's is); a path alone when
+    its Host header is no host and port. The URL was built from any Host header: one holding
+    two colons failed the list with a 500, and one holding '/' or '?' made the link another
+    host's."""
+    page = str(request.rel_url.update_query({"offset": str(offset), "size": str(size)}))
+    host = request.headers.get(hdrs.HOST, "")
+    return f"{request.scheme}://{host}{page}" if _HOST.fullmatch(host) else page
 
 
 def get_handler(kind: Kind) -> Handler:

@@ -120,3 +120,23 @@ async def test_the_read_only_token_sees_no_data_on_kumas_paths_and_forms(
     assert resp.status == 200, text
     assert '"s"' in text or '"g"' in text, text
     assert DATA not in text and '"data"' not in text and '"value"' not in text
+
+
+@pytest.mark.parametrize(
+    ("host", "shown"),
+    [
+        ("global.example:5681", "http://global.example:5681/meshes?size=1&offset=1"),
+        ("[::1]:5681", "http://[::1]:5681/meshes?size=1&offset=1"),
+        ("a:b:c", "/meshes?size=1&offset=1"),  # was a 500
+        ("evil.example/x?y#", "/meshes?size=1&offset=1"),  # was http://evil.example/x?y#/...
+        ("a b", "/meshes?size=1&offset=1"),
+    ],
+)
+async def test_the_next_page_names_only_a_host_the_host_header_can_be(
+    api: Api, host: str, shown: str
+) -> None:
+    assert (await api.put("/meshes/other", {"type": "Mesh", "name": "other"}))[0] == 201
+    resp = await api.client.get("/meshes?size=1", headers={"Host": host})
+    text = await resp.text()
+    assert resp.status == 200, text
+    assert json.loads(text)["next"] == shown
