@@ -58,8 +58,10 @@ def token_routes(tokens: ZoneTokens, end_streams: Callable[..., int]) -> list[we
             except ValueError as e:
                 errs.append(FieldViolation("validFor", str(e)))
             else:
-                if valid_for <= 0:
-                    errs.append(FieldViolation("validFor", "must be longer than 0"))
+                # The expiry is whole seconds (the token's exp claim), cut down: under a
+                # second, a token was issued already expired.
+                if valid_for < 1:
+                    errs.append(FieldViolation("validFor", "must be at least 1s"))
         if errs:
             raise InvalidResource(errs)
         token, info = await tokens.issue(str(zone), valid_for, utcnow())

@@ -302,7 +302,9 @@ async def test_paging_parameters_are_bounded(client: TestClient, query: str, par
     assert status == 200 and body["items"] == [], body
 
 
-@pytest.mark.parametrize("valid_for", [1e308, "99999999999999d", "NaN", 1e300, -1])
+@pytest.mark.parametrize(
+    "valid_for", [1e308, "99999999999999d", "NaN", 1e300, -1, 0, 0.0000001, "500ms"]
+)
 async def test_zone_token_validity_is_bounded(client: TestClient, valid_for: object) -> None:
     text = '{"zone": "zone-a", "validFor": %s}' % (
         "NaN" if valid_for == "NaN" else json.dumps(valid_for)
