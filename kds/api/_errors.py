@@ -23,7 +23,7 @@ import structlog
 from aiohttp import web
 
 from kds.api._context import API_CONTEXT, OPEN_PATHS, READ_ONLY_KEY, ApiContext, client_max_size
-from kds.api.auth import Role
+from kds.api.auth import ApiTokens, Role
 from kds.errors import (
     Conflict,
     FieldViolation,
@@ -169,10 +169,16 @@ async def auth_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """Bearer tokens: the admin token may do anything; the read-only one may use GET on
-    metadata and status, and gets resources without their data."""
+    metadata and status, and gets resources without their data. Then, a request holding a
+    NUL character is refused (_refuse_nul)."""
     tokens = request.app[API_CONTEXT].tokens
-    if tokens is None or request.path in OPEN_PATHS:
-        return await handler(request)
+    if tokens is not None and request.path not in OPEN_PATHS:
+        _check_token(request, tokens)
+    _refuse_nul(request)
+    return await handler(request)
+
+
+def _check_token(request: web.Request, tokens: ApiTokens) -> None:
     auth = request.headers.get("Authorization", "")
     token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
     role = tokens.role_of(token) if token else None
@@ -192,7 +198,18 @@ async def auth_middleware(
                 403, "Forbidden", f"the read-only token may not {request.method} {request.path}"
             )
         request[READ_ONLY_KEY] = True
-    return await handler(request)
+
+
+def _refuse_nul(request: web.Request) -> None:
+    """400 for a NUL character in the path or a query parameter: no name, label or parameter
+    holds one, and PostgreSQL refuses one in any text it is sent, so a read naming one, even
+    with the read-only token, failed with a 500 and an error logged with its stack."""
+    where = ["path"] if "\0" in request.path else []
+    where += [k for k, v in request.query.items() if "\0" in k or "\0" in v][:10]
+    if where:
+        reason = "must not contain a NUL character (no name or value holds one)"
+        causes = [FieldViolation(w, reason) for w in dict.fromkeys(where)]
+        raise HttpError(400, "Bad request", "the request holds a NUL character", causes)
 
 
 def too_large(ctx: ApiContext, limit: int | None = None) -> HttpError:

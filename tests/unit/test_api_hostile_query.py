@@ -9,8 +9,11 @@ import json
 from pathlib import Path
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
+from kds.api import ApiContext, build_app
 from kds.api.auth import ApiTokens
+from tests.unit.store_backends import BACKENDS
 from tests.unit.test_api import Api, MakeApi
 from tests.unit.test_api import make_api as make_api_fixture  # noqa: F401  # registers it
 
@@ -140,3 +143,32 @@ async def test_the_next_page_names_only_a_host_the_host_header_can_be(
     text = await resp.text()
     assert resp.status == 200, text
     assert json.loads(text)["next"] == shown
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+async def test_a_nul_in_the_path_or_a_parameter_is_a_400_on_every_store(
+    tmp_path: Path, backend: str
+) -> None:
+    """No name holds a NUL; PostgreSQL refuses one in any text it is sent, so these reads
+    were each a 500 on it, logged with their stack, and 404s on SQLite."""
+    store = BACKENDS[backend](tmp_path).global_store("g")
+    client = TestClient(TestServer(build_app(ApiContext(store=store, role="global"))))
+    await client.start_server()
+    try:
+        for method, path, field in [
+            ("GET", "/meshes/a%00b", "path"),
+            ("DELETE", "/meshes/default/secrets/a%00b", "path"),
+            ("GET", "/meshes/a%00b/secrets", "path"),
+            ("PUT", "/meshes/a%00b/secrets/s", "path"),
+            ("GET", "/globalsecrets/g%00", "path"),
+            ("GET", "/_kri/kri_m____a%00_", "path"),
+            ("GET", "/meshes?name=a%00", "name"),
+            ("GET", "/secrets?filter[labels.kuma.io/mesh]=%00", "filter[labels.kuma.io/mesh]"),
+        ]:
+            resp = await client.request(method, path, json={} if method == "PUT" else None)
+            text = await resp.text()
+            assert resp.status == 400, (path, text)
+            assert _fields(json.loads(text)) == [field], text
+    finally:
+        await client.close()
+        store.close()
