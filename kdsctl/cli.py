@@ -121,7 +121,19 @@ def read_token(token: str, token_file: Path | None) -> str:
             ) from None
         if not token.strip():
             raise click.BadParameter(f"{token_file} is empty", param_hint="'--token-file'")
-    return token.strip()
+        given = "'--token-file'"
+    else:
+        given = "'--token' (or KDSCTL_TOKEN)"
+    token = token.strip()
+    # A header cannot carry a control character: http.client refused it with a traceback
+    # that quoted the token (a token file of two lines printed both on stderr).
+    if not all(" " <= c <= "~" or "\xa0" <= c <= "\xff" for c in token):
+        raise click.BadParameter(
+            "the token holds a line break, a control character or a character outside "
+            "Latin-1, which no HTTP header can carry (the token is not shown)",
+            param_hint=given,
+        )
+    return token
 
 
 def tls_verify(ca_file: Path | None) -> ssl.SSLContext | bool:

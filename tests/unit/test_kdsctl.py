@@ -578,6 +578,21 @@ def test_token_file_unreadable_or_empty_names_the_option(tmp_path: Path) -> None
     assert r.exit_code == 2 and "is empty" in r.output
 
 
+@pytest.mark.parametrize(
+    ("how", "token"),
+    [("file", "tok-1234567890abcdef\nsecond-line\n"), ("flag", "tok-1234567890\x01abcdef")],
+)
+def test_a_token_no_header_can_carry_is_refused_without_showing_it(
+    server: Server, tmp_path: Path, how: str, token: str
+) -> None:
+    """Before, http.client refused the header with a traceback quoting the token."""
+    (tmp_path / "token").write_text(token)
+    given = ["--token-file", str(tmp_path / "token")] if how == "file" else ["--token", token]
+    r = run(server, *given, "get", "meshes")
+    assert r.exit_code == 2 and isinstance(r.exception, SystemExit), r.exception
+    assert "the token is not shown" in r.output and "abcdef" not in r.output
+
+
 @pytest.mark.parametrize("count", [1, 3])
 def test_a_global_from_before_json_lines_gets_the_apply_as_json(
     server: Server, monkeypatch: pytest.MonkeyPatch, count: int
