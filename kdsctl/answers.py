@@ -1,6 +1,7 @@
 """What kdsctl accepts of an answer: its size, and how long it may take to arrive.
 
-An answer over MAX_ANSWER_BYTES is refused (``too_large`` says so). An answer is read
+An answer over MAX_ANSWER_BYTES is refused (``too_large`` says so), and so is one whose
+status lines and headers (interim 1xx answers included) add more than HEAD_BYTES to it. An answer is read
 against one deadline (``paced``): --timeout from the moment kdsctl starts waiting for it,
 plus one second for each MiB received, so a large answer on a slow link still arrives (the
 largest, 256 MiB, may take --timeout and 256 s) and one a server trickles ends after about
@@ -17,7 +18,15 @@ import socket
 import time
 from typing import Any
 
-__all__ = ["BYTES_PER_SECOND", "MAX_ANSWER_BYTES", "SlowAnswer", "paced", "too_large"]
+__all__ = [
+    "BYTES_PER_SECOND",
+    "HEAD_BYTES",
+    "MAX_ANSWER_BYTES",
+    "AnswerTooLarge",
+    "SlowAnswer",
+    "paced",
+    "too_large",
+]
 
 # The largest answer kdsctl reads: a page of 1000 secrets at the default 1 MiB value limit
 # is about 1.4 GB, but lists of large secrets are paged smaller (--size); a server that
@@ -25,6 +34,10 @@ __all__ = ["BYTES_PER_SECOND", "MAX_ANSWER_BYTES", "SlowAnswer", "paced", "too_l
 MAX_ANSWER_BYTES = 256 * 1024 * 1024
 # How much of an answer earns a second more than --timeout to arrive.
 BYTES_PER_SECOND = 1024 * 1024
+# What an answer's status lines and headers may add to MAX_ANSWER_BYTES: http.client skips
+# any number of interim (1xx) answers, and a server sending them without end held kdsctl
+# for as long as it did (60 s, at 90% of a CPU), each within --timeout and its pace.
+HEAD_BYTES = 1024 * 1024
 
 
 def too_large(method: str, url: str, limit: int, size: str) -> str:
@@ -38,6 +51,10 @@ class SlowAnswer(TimeoutError):
     """An answer began to arrive but not whole within its deadline."""
 
 
+class AnswerTooLarge(http.client.HTTPException):
+    """More came than MAX_ANSWER_BYTES and HEAD_BYTES, before the answer's end."""
+
+
 class _PacedReader(io.RawIOBase):
     """The socket's reader (``raw``, which keeps the socket open while the answer is read),
     each read given only the time left before the deadline."""
@@ -46,6 +63,7 @@ class _PacedReader(io.RawIOBase):
         self._raw = raw
         self._sock = sock
         self._deadline = time.monotonic() + timeout
+        self._most = MAX_ANSWER_BYTES + HEAD_BYTES
         self.received = 0
 
     def readable(self) -> bool:
@@ -64,6 +82,11 @@ class _PacedReader(io.RawIOBase):
                 raise SlowAnswer(message + "the timeout and a second per MiB") from None
             raise
         self.received += n
+        if self.received > self._most:
+            raise AnswerTooLarge(
+                f"the answer, with its headers and any interim (1xx) answers, is larger than "
+                f"{self._most} bytes, kdsctl's limit"
+            )
         return n
 
     def close(self) -> None:

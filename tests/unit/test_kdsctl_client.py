@@ -5,6 +5,7 @@ timeout, a base URL with a path, and URLs it cannot use."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import socket
 import threading
@@ -14,6 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
+import kdsctl.answers
 import kdsctl.client
 from kdsctl.client import ApiClient, ApiError, ApiUnreachable
 
@@ -243,6 +245,33 @@ def test_an_answer_trickled_a_byte_at_a_time_ends_after_the_timeout(
         with pytest.raises(ApiUnreachable, match=r"no whole answer from .*/meshes within 0\.5s"):
             client.get("/meshes")
         assert time.monotonic() - start < 2
+    finally:
+        done.set()
+        client.close()
+
+
+def test_interim_answers_without_end_are_refused_past_the_answer_limit(
+    scripted: Callable[..., Scripted], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """http.client skips any number of 1xx answers: before, a server sending them without end
+    held the client for as long as it did."""
+    clear_proxy_env(monkeypatch)
+    monkeypatch.setattr(kdsctl.answers, "MAX_ANSWER_BYTES", 64 * 1024)
+    done = threading.Event()
+
+    def interim(conn: socket.socket, heads: list[bytes]) -> None:
+        heads.append(_read_head(conn))
+        with contextlib.suppress(OSError):
+            while not done.is_set():
+                conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n" * 100)
+
+    api = scripted(interim)
+    client = ApiClient(f"http://127.0.0.1:{api.port}", timeout=5)
+    start = time.monotonic()
+    try:
+        with pytest.raises(ApiUnreachable, match=r"interim \(1xx\) answers, is larger than"):
+            client.get("/meshes")
+        assert time.monotonic() - start < 20
     finally:
         done.set()
         client.close()
