@@ -65,6 +65,13 @@ def _read_token(path: Path, option: str, made: bool) -> str:
     if len(token) < 16:
         hint = " (remove the file to have a new token made)" if made else ""
         raise ConfigError(f"{option} {path}: the token must be at least 16 characters{hint}")
+    # No client can send such a token in its Authorization header: the API would be left
+    # without it, as with an empty file.
+    if any(c < " " or c == "\x7f" for c in token):
+        raise ConfigError(
+            f"{option} {path}: the token holds a line break or another control character, "
+            "which no HTTP header can carry: the file is one line, the token"
+        )
     return token
 
 

@@ -323,6 +323,11 @@ def test_check_config_refuses_the_api_token_files_a_start_would(tmp_path: Path, 
     short.write_text("r" * 32)
     r = runner.invoke(cli, [*base, "--read-only-token-file", str(short)])
     assert r.exit_code == 0, r.output
+    # Two lines: no Authorization header can carry the token, and no client could use it.
+    short.write_text("r" * 16 + "\n" + "s" * 16 + "\n")
+    r = runner.invoke(cli, [*base, "--read-only-token-file", str(short)])
+    assert r.exit_code == 1 and "holds a line break" in r.stderr, r.output
+    assert "s" * 16 not in r.stderr
 
 
 @pytest.mark.parametrize("cli", [globalcp_cli, zonecp_cli], ids=["globalcp", "zonecp"])
