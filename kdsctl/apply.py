@@ -332,7 +332,7 @@ def _send(
     # ~0.1 s of CPU per 10,000 resources.
     lines = [
         f"resource type={quoted(item['type'])} mesh={quoted(item.get('mesh', ''))} "
-        f"name={quoted(item['name'])} {str(item['result']).capitalize()}"
+        f"name={quoted(item['name'])} {safe_text(item['result'].capitalize())}"
         for item in _applied(answer)
     ]
     if lines:

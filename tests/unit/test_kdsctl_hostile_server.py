@@ -8,6 +8,7 @@ import json
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -288,3 +289,15 @@ def test_an_answer_that_parses_but_cannot_be_used_is_an_error_not_a_traceback(
     assert result.exit_code == 1, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert "Traceback" not in result.output and result.output.startswith("Error: ")
+
+
+def test_apply_prints_each_result_escaped(serve: Callable[..., OneServer], tmp_path: Path) -> None:
+    """The result word of each applied resource is the server's: it was printed as sent."""
+    item = {"type": "Secret", "mesh": "default", "name": "s", "result": f"created{ESC}"}
+    server = serve({"items": [item]})
+    doc = tmp_path / "s.yaml"
+    doc.write_text("type: Secret\nmesh: default\nname: s\ndata: dGVzdA==\n")
+    code, out = _kdsctl(server.url, "apply", "-f", str(doc))
+    assert code == 0, out
+    assert "\x1b" not in out and "\x07" not in out
+    assert 'name="s" Created\\x1b]0;owned\\x07' in out, out
