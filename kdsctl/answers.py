@@ -1,13 +1,14 @@
-"""What kdsctl accepts of an answer: its size, and how long it may take to arrive.
+"""What kdsctl accepts of an answer: its size, how long it may take to arrive, and no
+redirect (``redirected`` says why).
 
 An answer over MAX_ANSWER_BYTES is refused (``too_large`` says so), and so is one whose
-status lines and headers (interim 1xx answers included) add more than HEAD_BYTES to it. An answer is read
-against one deadline (``paced``): --timeout from the moment kdsctl starts waiting for it,
-plus one second for each MiB received, so a large answer on a slow link still arrives (the
-largest, 256 MiB, may take --timeout and 256 s) and one a server trickles ends after about
---timeout. A socket timeout alone bounds each read, not the answer: a server that sent its
-answer a byte at a time, each within --timeout, held kdsctl for as long as it liked (139
-bytes at one every 0.5 s held ``kdsctl --timeout 2s get meshes`` 69 s).
+status lines and headers (interim 1xx answers included) add more than HEAD_BYTES to it. An
+answer is read against one deadline (``paced``): --timeout from the moment kdsctl starts
+waiting for it, plus one second for each MiB received, so a large answer on a slow link
+still arrives (the largest, 256 MiB, may take --timeout and 256 s) and one a server trickles
+ends after about --timeout. A socket timeout alone bounds each read, not the answer: a
+server that sent its answer a byte at a time, each within --timeout, held kdsctl for as long
+as it liked (139 bytes at one every 0.5 s held ``kdsctl --timeout 2s get meshes`` 69 s).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import socket
 import time
 from typing import Any
 
+from kds import text
+
 __all__ = [
     "BYTES_PER_SECOND",
     "HEAD_BYTES",
@@ -25,6 +28,7 @@ __all__ = [
     "AnswerTooLarge",
     "SlowAnswer",
     "paced",
+    "redirected",
     "too_large",
 ]
 
@@ -44,6 +48,17 @@ def too_large(method: str, url: str, limit: int, size: str) -> str:
     return (
         f"{method} {url}: the answer ({size}) is larger than {limit} bytes, kdsctl's limit "
         "for one answer; list large secrets a page at a time with --size"
+    )
+
+
+def redirected(location: str | None) -> str:
+    """What a redirect answer (3xx) is told as: kdsctl follows none, which would carry the
+    token to the address the server names, and takes none as the answer (a redirect with a
+    JSON body made 'kdsctl delete' say it deleted what it never reached)."""
+    where = text.safe_text(location or "no address", 512)
+    return (
+        f"the server redirects to {where}; kdsctl follows no redirect, which would carry the "
+        "token there: give the API's own address as --api-url"
     )
 
 

@@ -33,7 +33,7 @@ import click
 from kds.errors import KdsError
 from kds.resource import Kind
 from kds.text import safe_text
-from kdsctl.answers import MAX_ANSWER_BYTES, SlowAnswer, paced, too_large
+from kdsctl.answers import MAX_ANSWER_BYTES, SlowAnswer, paced, redirected, too_large
 
 __all__ = [
     "MAX_ANSWER_BYTES",
@@ -323,6 +323,9 @@ class ApiClient:
         self.last_request = f"{method} {url}"
         if resp.status_code >= 400:
             raise _api_error(resp)
+        if resp.status_code >= 300:  # not followed, nor taken as the answer (kdsctl.answers)
+            title = f"HTTP {resp.status_code} {safe_text(resp.reason_phrase)}"
+            raise ApiError(resp.status_code, title, redirected(resp.headers.get("Location")))
         return resp
 
     def _exchange(

@@ -301,3 +301,19 @@ def test_apply_prints_each_result_escaped(serve: Callable[..., OneServer], tmp_p
     assert code == 0, out
     assert "\x1b" not in out and "\x07" not in out
     assert 'name="s" Created\\x1b]0;owned\\x07' in out, out
+
+
+@pytest.mark.parametrize(
+    "args", [["delete", "secret", "s", "--mesh", "default"], ["get", "meshes"]]
+)
+def test_a_redirect_is_neither_followed_nor_taken_as_the_answer(
+    serve: Callable[..., OneServer], args: list[str]
+) -> None:
+    """Before, a 301 with a JSON body was the answer: 'deleted Secret "s"', exit 0."""
+    moved = f"301 Moved Permanently\r\nLocation: https://elsewhere.example/{ESC}"
+    server = serve({"total": 0, "items": [], "next": None}, status=moved)
+    code, out = _kdsctl(server.url, *args)
+    assert code == 1, out
+    assert "HTTP 301 Moved Permanently" in out and "deleted" not in out
+    assert "redirects to https://elsewhere.example/\\x1b]0;owned\\x07" in out
+    assert "\x1b" not in out and server.connections == 1
