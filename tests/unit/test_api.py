@@ -153,6 +153,27 @@ async def test_index_and_openapi(make_api: MakeApi) -> None:
     assert status == 200 and as_json == doc
 
 
+async def test_the_openapi_json_is_made_once(
+    make_api: MakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Open to anyone, and the YAML takes ~55 ms of the event loop to parse: parsed for every
+    request before, so a few clients asking without pause held the loop."""
+    import kds.api._app
+
+    parses: list[str] = []
+    load = kds.api._app.yaml.safe_load
+
+    def counted(text: str) -> Any:
+        parses.append(text)
+        return load(text)
+
+    monkeypatch.setattr(kds.api._app.yaml, "safe_load", counted)
+    api = await make_api()
+    answers = [await api.get("/openapi.json") for _ in range(3)]
+    assert all(status == 200 for status, _ in answers) and answers[0] == answers[2]
+    assert len(parses) == 1
+
+
 def test_openapi_document_is_valid() -> None:
     validator = pytest.importorskip("openapi_spec_validator")
     doc = yaml.safe_load((Path(__file__).parents[2] / "kds" / "openapi.yaml").read_text())
