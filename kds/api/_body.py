@@ -19,6 +19,7 @@ import asyncio
 import json
 import math
 import re
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -127,7 +128,11 @@ def _decode(raw: bytes, line: int = 0) -> object:
         raise HttpError(400, "Bad request", f"the request body must be UTF-8 JSON{where}") from None
     try:
         body = json.loads(
-            text, parse_constant=_no_constant, parse_float=_finite, object_pairs_hook=_object
+            text,
+            parse_constant=_no_constant,
+            parse_float=_finite,
+            parse_int=_whole,
+            object_pairs_hook=_object,
         )
     except _RepeatedKey:
         key, path = _repeated_key(text)
@@ -239,6 +244,16 @@ def _no_constant(name: str) -> float:
 def _finite(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
+        raise _NotJson("holds a number too large for a 64-bit float")
+    return value
+
+
+def _whole(text: str) -> int:
+    """An integer within a 64-bit float's range, the numbers Kuma's JSON takes (a number in a
+    Mesh's backend settings is one): 10**400 was stored and synced, where Kuma refuses it.
+    An integer of more digits than int() converts raises its ValueError (too many digits)."""
+    value = int(text)
+    if abs(value) > sys.float_info.max:
         raise _NotJson("holds a number too large for a 64-bit float")
     return value
 

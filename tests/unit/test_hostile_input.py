@@ -392,6 +392,8 @@ def test_the_depth_bound_holds_at_its_edge(text: str, too_deep: bool) -> None:
         ('{"sampling": NaN}', "holds NaN, which is not JSON"),
         ('{"sampling": -Infinity}', "holds -Infinity, which is not JSON"),
         ('{"sampling": 1e400}', "holds a number too large for a 64-bit float"),
+        ('{"conf": {"port": 1' + "0" * 400 + "}}", "holds a number too large for a 64-bit float"),
+        ('{"port": -1' + "0" * 309 + "}", "holds a number too large for a 64-bit float"),
         ('{"name": "\\ud800"}', "holds a lone UTF-16 surrogate escape"),
         ('{"name": "a\\uDFFFb"}', "holds a lone UTF-16 surrogate escape"),
     ],
@@ -405,7 +407,7 @@ def test_what_python_parses_and_json_is_not_is_refused(text: str, problem: str) 
 
 
 def test_a_surrogate_pair_and_large_finite_numbers_are_json() -> None:
-    text = '{"name": "\\ud83d\\ude00", "n": 1e308}'
+    text = '{"name": "\\ud83d\\ude00", "n": 1e308, "i": 1' + "0" * 307 + ', "port": 9090}'
     assert _decode(text.encode()) == json.loads(text)
 
 
