@@ -22,16 +22,16 @@ from typing import Any
 from aiohttp import web
 
 from globalcp.zones import ZoneTracker
-from kds.model import Kind, Resource
+from kds.model import Key, Kind
 
 __all__ = ["MAX_RESOURCES", "inventory_routes"]
 
 MAX_RESOURCES = 1000
 
 
-def _label(r: Resource) -> str:
+def _label(k: Key) -> str:
     """The key as zones report conflicts: 'Secret:mesh/name' or 'GlobalSecret:name'."""
-    return f"{r.kind}:{r.mesh}/{r.name}" if r.mesh else f"{r.kind}:{r.name}"
+    return f"{k.kind}:{k.mesh}/{k.name}" if k.mesh else f"{k.kind}:{k.name}"
 
 
 async def _resources(tracker: ZoneTracker) -> dict[str, Any]:
@@ -40,29 +40,29 @@ async def _resources(tracker: ZoneTracker) -> dict[str, Any]:
     items: list[dict[str, Any]] = []
     total = 0
     for kind in (Kind.MESH, Kind.SECRET, Kind.GLOBAL_SECRET):
-        # Only the rows shown are read (a page), however many the store holds: the page is
-        # open to the read-only token and polled by the status page.
-        count, rows = await tracker.store.page(kind, None, 0, max(MAX_RESOURCES - len(items), 1))
+        # Only the keys shown are read (a page, names and versions, never data), however
+        # many the store holds: the page is open to the read-only token and polled by the
+        # status page.
+        count, keys = await tracker.store.versions_page(kind, max(MAX_RESOURCES - len(items), 1))
         total += count
-        for row in rows:
+        for key, version in keys:
             if len(items) >= MAX_RESOURCES:
                 break
-            r = row.resource
             held, own, pending = [], [], []
             for z in zones:
-                if _label(r) in conflicts[z.name]:
+                if _label(key) in conflicts[z.name]:
                     own.append(z.name)
-                elif z.acked_revision >= r.version:
+                elif z.acked_revision >= version:
                     held.append(z.name)
                 else:
                     pending.append(z.name)
             items.append(
                 {
-                    "type": str(r.kind),
-                    "mesh": r.mesh or None,
-                    "name": r.name,
-                    "origin": row.origin,
-                    "revision": r.version,
+                    "type": str(key.kind),
+                    "mesh": key.mesh or None,
+                    "name": key.name,
+                    "origin": "global",  # all of global's resources are
+                    "revision": version,
                     "zones": {"held": held, "ownCopy": own, "pending": pending},
                 }
             )

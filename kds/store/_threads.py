@@ -148,6 +148,9 @@ class ThreadedResourceStore(Generic[E]):
 class ThreadedGlobalStore(ThreadedResourceStore[G]):
     """Global's store (kds.store.interface.GlobalStore) on a GlobalEngine."""
 
+    async def versions_page(self, kind: Kind, limit: int) -> tuple[int, list[tuple[Key, int]]]:
+        return await self._threads.read(self._engine.versions_page, kind, limit)
+
     async def head(self) -> int:
         return await self._threads.read(self._engine.head)
 

@@ -128,6 +128,11 @@ class ResourceStore(Protocol):
 class GlobalStore(ResourceStore, Protocol):
     """Global's store: resources, the change log, and global's own tables."""
 
+    async def versions_page(self, kind: Kind, limit: int) -> tuple[int, list[tuple[Key, int]]]:
+        """(total, the first ``limit`` keys of ``kind`` with their versions), ordered by mesh
+        and name: a page's names without reading (or unsealing) any data."""
+        ...
+
     # The change log.
     async def head(self) -> int: ...
     async def log_floor(self) -> int: ...

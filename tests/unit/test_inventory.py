@@ -93,9 +93,19 @@ async def test_resources_read_only_the_rows_they_show(
             raise AssertionError("read every row")
 
         monkeypatch.setattr(store, "list_rows", everything)
+
+        async def with_data(*args: object) -> None:
+            raise AssertionError("read (and unsealed) the data of rows shown by name")
+
+        monkeypatch.setattr(store, "page", with_data)  # names and versions only
         t = ZoneTracker(store, Hub(engine.head(), 0, 100))
         out = await _resources(t)
         assert out["total"] == 7 and out["truncated"]
         assert [i["name"] for i in out["items"]] == ["default", "s0", "s1"]
+        assert [(i["revision"], i["origin"]) for i in out["items"]] == [
+            (1, "global"),
+            (2, "global"),
+            (3, "global"),
+        ]
     finally:
         store.close()

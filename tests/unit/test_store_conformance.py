@@ -158,6 +158,21 @@ async def test_global_put_get_list_delete(gstore: GlobalStore) -> None:
     assert [r.resource.key for r in await gstore.list_rows(Kind.SECRET)] == [S2]
 
 
+async def test_versions_page_names_keys_and_versions_as_page_does(gstore: GlobalStore) -> None:
+    """The status page's read: the keys and versions page() returns, without their data."""
+    await gstore.put(mk(MESH), T0)
+    await gstore.put(mk(S2, b"two"), T0)
+    await gstore.put(mk(S1, b"one"), T0)
+    await gstore.put(mk(S1, b"one again"), T0)
+    total, rows = await gstore.page(Kind.SECRET, None, 0, 1)
+    assert await gstore.versions_page(Kind.SECRET, 1) == (
+        total,
+        [(r.resource.key, r.resource.version) for r in rows],
+    )
+    assert await gstore.versions_page(Kind.SECRET, 10) == (2, [(S1, 4), (S2, 2)])
+    assert await gstore.versions_page(Kind.GLOBAL_SECRET, 10) == (0, [])
+
+
 async def test_global_get_missing_is_none(gstore: GlobalStore) -> None:
     """get() of an absent key returns None."""
     assert await gstore.get(G1) is None
