@@ -238,13 +238,22 @@ def test_an_answer_trickled_a_byte_at_a_time_ends_after_the_timeout(
                 return
             conn.sendall(bytes([byte]))
 
-    api = scripted(trickle)
-    client = ApiClient(f"http://127.0.0.1:{api.port}", timeout=0.5)
+    _get_refused_within(
+        scripted(trickle), 0.5, r"no whole answer from .*/meshes within 0\.5s", 2, done
+    )
+
+
+def _get_refused_within(
+    api: Scripted, timeout: float, match: str, seconds: float, done: threading.Event
+) -> None:
+    """GET /meshes from ``api`` with ``timeout`` ends ApiUnreachable matching ``match``
+    within ``seconds``; ``done`` then tells the server's script to stop."""
+    client = ApiClient(f"http://127.0.0.1:{api.port}", timeout=timeout)
     start = time.monotonic()
     try:
-        with pytest.raises(ApiUnreachable, match=r"no whole answer from .*/meshes within 0\.5s"):
+        with pytest.raises(ApiUnreachable, match=match):
             client.get("/meshes")
-        assert time.monotonic() - start < 2
+        assert time.monotonic() - start < seconds
     finally:
         done.set()
         client.close()
@@ -265,16 +274,7 @@ def test_interim_answers_without_end_are_refused_past_the_answer_limit(
             while not done.is_set():
                 conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n" * 100)
 
-    api = scripted(interim)
-    client = ApiClient(f"http://127.0.0.1:{api.port}", timeout=5)
-    start = time.monotonic()
-    try:
-        with pytest.raises(ApiUnreachable, match=r"interim \(1xx\) answers, is larger than"):
-            client.get("/meshes")
-        assert time.monotonic() - start < 20
-    finally:
-        done.set()
-        client.close()
+    _get_refused_within(scripted(interim), 5, r"interim \(1xx\) answers, is larger than", 20, done)
 
 
 def test_a_large_answer_may_take_longer_than_the_timeout_at_a_steady_pace(
