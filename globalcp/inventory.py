@@ -21,17 +21,13 @@ from typing import Any
 
 from aiohttp import web
 
+from globalcp.zone_state import key_label
 from globalcp.zones import ZoneTracker
-from kds.model import Key, Kind
+from kds.model import Kind
 
 __all__ = ["MAX_RESOURCES", "inventory_routes"]
 
 MAX_RESOURCES = 1000
-
-
-def _label(k: Key) -> str:
-    """The key as zones report conflicts: 'Secret:mesh/name' or 'GlobalSecret:name'."""
-    return f"{k.kind}:{k.mesh}/{k.name}" if k.mesh else f"{k.kind}:{k.name}"
 
 
 async def _resources(tracker: ZoneTracker) -> dict[str, Any]:
@@ -50,7 +46,7 @@ async def _resources(tracker: ZoneTracker) -> dict[str, Any]:
                 break
             held, own, pending = [], [], []
             for z in zones:
-                if _label(key) in conflicts[z.name]:
+                if key_label(key.kind, key.mesh, key.name) in conflicts[z.name]:
                     own.append(z.name)
                 elif z.acked_revision >= version:
                     held.append(z.name)

@@ -56,7 +56,8 @@ _MTLS_FIELDS = frozenset({"enabledBackend", "backends", "skipValidation"})
 # Kuma's backend fields (CertificateAuthorityBackend). dpCert, mode and rootChain are carried
 # to zones as given; kds-sync does not act on them.
 _BACKEND_FIELDS = frozenset({"name", "type", "conf", "dpCert", "mode", "rootChain"})
-# ``config``, a spelling of ``conf`` some Secrets documentation uses: accepted on input, stored and returned as ``conf``.
+# ``config``, a spelling of ``conf`` some Secrets documentation uses: accepted on input, stored
+# and returned as ``conf``.
 CONF_ALIAS = "config"
 _MODES = ("STRICT", "PERMISSIVE")
 # Used with fullmatch only: "$" would also match before a final newline.

@@ -48,7 +48,7 @@ from kds.store import ZoneStore
 from kds.wire import ZONE_METADATA
 from zonecp.batch_log import key_fields, log_rejections, log_repair
 from zonecp.check_answers import CheckAnswers
-from zonecp.dial import StreamEnded, admitted, describe
+from zonecp.dial import StreamEnded, admitted, call_ended, describe
 from zonecp.read_waits import ReadWaits
 from zonecp.sync_status import DISK_FULL, ZoneSyncStatus, store_problem
 
@@ -254,8 +254,7 @@ class ZoneClient:
                 return await self._converse(call, waits)
             except asyncio.InvalidStateError:
                 # A write after the call ended (e.g. global refused the connection).
-                code = await call.code()
-                raise StreamEnded(f"{code.name}: {await call.details()}", code) from None
+                raise await call_ended(call) from None
             finally:
                 stopper.cancel()
                 waits.close()

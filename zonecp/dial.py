@@ -11,7 +11,7 @@ import grpc
 from kds import wire
 from kds.errors import KdsError
 
-__all__ = ["ADMISSION_WAIT_S", "StreamEnded", "admitted", "describe", "hint"]
+__all__ = ["ADMISSION_WAIT_S", "StreamEnded", "admitted", "call_ended", "describe", "hint"]
 
 # How long a zone waits for global's headers admitting a stream before it writes the hello
 # anyway (a global of an earlier release sends them only after the hello).
@@ -38,10 +38,16 @@ async def admitted(call: Any) -> None:
             headers = await asyncio.shield(call.initial_metadata())
             if any(key == wire.ADMITTED_METADATA for key, _ in headers or ()):
                 return
-            code = await asyncio.shield(call.code())  # no admission: the call's status follows
+            ended = await asyncio.shield(call_ended(call))  # refused: its status follows
     except TimeoutError:
         return
-    raise StreamEnded(f"{code.name}: {await call.details()}", code)
+    raise ended
+
+
+async def call_ended(call: Any) -> StreamEnded:
+    """The ended ``call``'s status and reason, as the StreamEnded to raise."""
+    code = await call.code()
+    return StreamEnded(f"{code.name}: {await call.details()}", code)
 
 
 def describe(exc: BaseException | None) -> str:

@@ -27,11 +27,11 @@ from kds.model import (
     LABEL_ORIGIN,
     LABEL_ZONE,
     SYSTEM_LABELS,
+    Key,
     Kind,
     Resource,
 )
 from kds.store import ORIGIN_GLOBAL, ORIGIN_ZONE
-from kds.store.interface import Key
 
 __all__ = [
     "ENV_UNIVERSAL",

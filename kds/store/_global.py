@@ -61,21 +61,6 @@ class GlobalEngine(ResourceEngine):
     """Global's store as a blocking engine (one call at a time per thread)."""
 
     role = "global"
-
-    def versions_page(self, kind: Kind, limit: int) -> tuple[int, list[tuple[Key, int]]]:
-        # The status page polls the names and versions of up to 1,000 resources: page() read
-        # and unsealed every one's data to drop it (200 secrets of 1 MB: 0.5 s, 90 MB a poll).
-        with self.db.read(snapshot=True) as conn:
-            one = conn.execute("SELECT COUNT(*) FROM resources WHERE kind=?", (str(kind),))
-            row = one.fetchone()
-            cur = conn.execute(
-                "SELECT mesh, name, version FROM resources WHERE kind=? ORDER BY mesh, name"
-                " LIMIT ?",
-                (str(kind), limit),
-            )
-            keys = [(Key(kind, mesh, name), int(version)) for mesh, name, version in cur]
-        return (int(row[0]) if row else 0), keys
-
     origin = ORIGIN_GLOBAL
 
     def __init__(
@@ -96,6 +81,20 @@ class GlobalEngine(ResourceEngine):
         super().__init__(db, cipher=cipher, on_commit=on_commit, new_store=new_store)
         self.changelog = ChangeLog(self.db, self.sealer, log_size, clock)
         self.damaged_log = self.changelog.check()
+
+    def versions_page(self, kind: Kind, limit: int) -> tuple[int, list[tuple[Key, int]]]:
+        # The status page polls the names and versions of up to 1,000 resources: page() read
+        # and unsealed every one's data to drop it (200 secrets of 1 MB: 0.5 s, 90 MB a poll).
+        with self.db.read(snapshot=True) as conn:
+            one = conn.execute("SELECT COUNT(*) FROM resources WHERE kind=?", (str(kind),))
+            row = one.fetchone()
+            cur = conn.execute(
+                "SELECT mesh, name, version FROM resources WHERE kind=? ORDER BY mesh, name"
+                " LIMIT ?",
+                (str(kind), limit),
+            )
+            keys = [(Key(kind, mesh, name), int(version)) for mesh, name, version in cur]
+        return (int(row[0]) if row else 0), keys
 
     # ------------------------------------------------------------------ revisioned writes
 

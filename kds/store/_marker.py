@@ -2,8 +2,8 @@
 
 A store found missing or empty where the marker names one is refused (each backend says how
 to recover), not silently replaced by a new empty store whose emptiness every zone would
-then follow. Written atomically (a temporary file, fsynced, renamed over, its directory synced), mode
-0600.
+then follow. Written atomically (a temporary file, fsynced, renamed over, its directory
+synced), mode 0600.
 """
 
 from __future__ import annotations

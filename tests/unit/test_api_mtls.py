@@ -104,7 +104,8 @@ async def test_provided_ca_mesh_is_accepted_with_a_real_ca(make_api: MakeApi) ->
     await with_secrets(api)
     status, body, result = await api.put("/meshes/default", mesh())
     assert (status, result) == (200, "updated")
-    # the ``config`` spelling some documentation uses is kept as ``conf``, Kuma's key, and the answer says so
+    # the ``config`` spelling some documentation uses is kept as ``conf``, Kuma's key, and the
+    # answer says so
     assert body == {
         "warnings": ["mtls.backends[0].config is stored and returned as conf, Kuma's name for it"]
     }

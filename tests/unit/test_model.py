@@ -321,7 +321,8 @@ mtls:
 
 @pytest.mark.parametrize("text", [UNIVERSAL_SECRET, UNIVERSAL_SECRET_CLI])
 def test_universal_secret_example(text: str) -> None:
-    """The Universal Secret examples of the Secrets documentation parse into a mesh-scoped Secret."""
+    """The Universal Secret examples of the Secrets documentation parse into a mesh-scoped
+    Secret."""
     res = from_document(yaml.safe_load(text))
     assert res.kind is Kind.SECRET
     assert res.key == Key(Kind.SECRET, "default", "sample-secret")
@@ -330,7 +331,8 @@ def test_universal_secret_example(text: str) -> None:
 
 
 def test_universal_global_secret_example() -> None:
-    """The Universal GlobalSecret example of the Secrets documentation parses into a GlobalSecret."""
+    """The Universal GlobalSecret example of the Secrets documentation parses into a
+    GlobalSecret."""
     res = from_document(yaml.safe_load(UNIVERSAL_GLOBAL_SECRET))
     assert res.key == Key(Kind.GLOBAL_SECRET, "", "sample-global-secret")
     assert res.data == b"test\n"
@@ -348,7 +350,8 @@ def test_universal_mesh_example_with_mtls_parses() -> None:
     res = from_document(yaml.safe_load(UNIVERSAL_MESH_MTLS))
     assert res.key == Key(Kind.MESH, "", "default")
     backend = res.spec["mtls"]["backends"][0]
-    # The ``config`` spelling some documentation uses is stored and returned as ``conf``, Kuma's key.
+    # The ``config`` spelling some documentation uses is stored and returned as ``conf``,
+    # Kuma's key.
     assert backend["conf"] == {"cert": {"secret": "my-cert"}, "key": {"secret": "my-key"}}
     assert "config" not in backend
     assert to_json(res)["mtls"] == res.spec["mtls"]
